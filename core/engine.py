@@ -1,0 +1,304 @@
+"""The engine: check against the catalog, resolve the secret, run the template, schedule the
+expiry, report. Every operation is idempotent by grant id, because queues redeliver and reorder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from core.catalog import Catalog, Integration
+from core.errors import JitcError, Refused
+from core.messages import Work
+from core.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
+from core.ports import EventSink, ExpiryScheduler
+from core.sealing import seal
+from core.secrets import Secret, SecretStore
+from core.templates.base import TargetSession
+
+log = logging.getLogger("jitc.engine")
+
+# A tombstone outlives the catalog's longest grant, plus clock skew: any grant delivered after it
+# is gone has expired by then and is refused on its own.
+TOMBSTONE_MARGIN = timedelta(minutes=10)
+
+
+class _Batch:
+    """Secrets and connections for one batch: each fetched at most once, all dropped at the end."""
+
+    def __init__(self, secrets: SecretStore) -> None:
+        self._store = secrets
+        self._secrets: dict[str, Secret | None] = {}
+        self._sessions: dict[str, TargetSession] = {}
+
+    def session(self, integration: Integration) -> TargetSession:
+        session = self._sessions.get(integration.name)
+        if session is None:
+            secret = self.secret(integration)
+            session = integration.template.open(integration.name, integration.connection, secret)
+            self._sessions[integration.name] = session
+        return session
+
+    def secret(self, integration: Integration) -> Secret | None:
+        if integration.name not in self._secrets:
+            ref = integration.credentials
+            self._secrets[integration.name] = self._store.resolve(ref) if ref else None
+        return self._secrets[integration.name]
+
+    def discard(self, integration: Integration) -> None:
+        """Forget a connection that failed, so the next message reconnects."""
+        session = self._sessions.pop(integration.name, None)
+        if session is not None:
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone
+                log.debug("closing a failed session raised", exc_info=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets.values():
+            if secret is not None and secret.reveal():
+                text = text.replace(secret.reveal(), "********")
+        return text
+
+    def close(self) -> None:
+        for name in list(self._sessions):
+            session = self._sessions.pop(name)
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing session raised", exc_info=True)
+        self._secrets.clear()
+
+
+@dataclass
+class SweepReport:
+    revoked: list[str] = field(default_factory=list)
+    residual: dict[str, list[str]] = field(default_factory=dict)
+    forgotten: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    remaining: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class Engine:
+    def __init__(
+        self,
+        catalog: Catalog,
+        secrets: SecretStore,
+        scheduler: ExpiryScheduler,
+        sink: EventSink,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.catalog = catalog
+        self.secrets = secrets
+        self.scheduler = scheduler
+        self.sink = sink
+        self.clock = clock
+
+    # -- public surface --------------------------------------------------------------------
+
+    def plan(self, request: AccessRequest, issued_at: datetime | None = None) -> Outcome:
+        """The statements a grant would run; no connection, no secret, no side effect."""
+        issued = issued_at or self.clock()
+        try:
+            if request.action != "grant":
+                raise Refused("action", "only a grant has a plan; a revoke drops what the grant made")
+            spec = self.catalog.check_grant(request, issued, self.clock())
+            integration = self.catalog.integration(request.integration)
+            statements = integration.template.plan(integration.connection, spec)
+        except Refused as exc:
+            return self._refusal(request, exc)
+        return Outcome(
+            request_id=request.request_id,
+            action="grant",
+            status="planned",
+            integration=request.integration,
+            grant_id=spec.grant_id,
+            expires_at=spec.expires_at,
+            statements=statements,
+        )
+
+    def execute(
+        self, request: AccessRequest, issued_at: datetime | None = None, *, plain: bool = False
+    ) -> Outcome:
+        return self.execute_batch([Work(request, issued_at or self.clock())], plain=plain)[0]
+
+    def execute_batch(self, items: Sequence[Work], *, plain: bool = False) -> list[Outcome]:
+        """Run a batch in order; one message's failure never stops the others.
+
+        A `failed` outcome means: retry this message (the queue will); `refused` means: never.
+        """
+        with self._batch() as batch:
+            return [self._run(batch, work, plain) for work in items]
+
+    def sweep(self, now: datetime | None = None) -> SweepReport:
+        """Ask every target for our labelled grants and end those past their expiry."""
+        report = SweepReport()
+        moment = now or self.clock()
+        with self._batch() as batch:
+            for integration in self.catalog.integrations.values():
+                try:
+                    session = batch.session(integration)
+                    grants = session.active_grants()
+                except JitcError as exc:
+                    report.failed[integration.name] = batch.scrub(str(exc))
+                    continue
+                for grant in grants:
+                    due = grant.expires_at <= moment
+                    if grant.state == "tombstone":
+                        if due:
+                            session.forget(grant.grant_id)
+                            report.forgotten.append(grant.grant_id)
+                        continue
+                    if not due and grant.state == "active":
+                        continue
+                    request = AccessRequest(
+                        request_id=f"sweep-{grant.grant_id}",
+                        action="revoke",
+                        integration=integration.name,
+                        grant_id=grant.grant_id,
+                    )
+                    outcome = self._run(batch, Work(request, moment), plain=False)
+                    if outcome.status == "revoked":
+                        report.revoked.append(grant.grant_id)
+                        if outcome.residual:
+                            report.residual[grant.grant_id] = outcome.residual
+                            report.remaining += 1
+                    else:
+                        report.failed[grant.grant_id] = outcome.message or outcome.status
+                        report.remaining += 1
+        self.sink.audit(
+            AuditEvent(
+                type="sweep",
+                status="failed" if report.failed else "revoked",
+                message=(
+                    f"revoked {len(report.revoked)}, forgot {len(report.forgotten)} tombstones, "
+                    f"{len(report.failed)} failed, {report.remaining} left"
+                ),
+            )
+        )
+        return report
+
+    # -- internals -------------------------------------------------------------------------
+
+    @contextmanager
+    def _batch(self) -> Iterator[_Batch]:
+        batch = _Batch(self.secrets)
+        try:
+            yield batch
+        finally:
+            batch.close()
+
+    def _run(self, batch: _Batch, work: Work, plain: bool) -> Outcome:
+        request = work.request
+        try:
+            if request.action == "grant":
+                outcome = self._grant(batch, work, plain)
+            else:
+                outcome = self._revoke(batch, request)
+        except Refused as exc:
+            outcome = self._refusal(request, exc)
+        except Exception as exc:  # noqa: BLE001 - any failure of one message is reported, then retried
+            integration = self.catalog.integrations.get(request.integration)
+            if integration is not None:
+                batch.discard(integration)
+            message = batch.scrub(f"{type(exc).__name__}: {exc}")
+            log.warning("request %s failed: %s", request.request_id, message)
+            outcome = Outcome(
+                request_id=request.request_id,
+                action=request.action,
+                status="failed",
+                integration=request.integration,
+                grant_id=request.target_grant_id,
+                message=message,
+            )
+        self._report(request, outcome)
+        return outcome
+
+    def _grant(self, batch: _Batch, work: Work, plain: bool) -> Outcome:
+        request = work.request
+        spec = self.catalog.check_grant(request, work.issued_at, self.clock())
+        integration = self.catalog.integration(request.integration)
+        result = batch.session(integration).grant(spec)
+        self.scheduler.schedule(spec.grant_id, integration.name, spec.expires_at)
+        sealed = None
+        assert request.identity is not None
+        if result.credentials is not None and request.identity.public_key is not None:
+            sealed = seal(result.credentials, request.identity.public_key)
+        return Outcome(
+            request_id=request.request_id,
+            action="grant",
+            status="granted",
+            integration=integration.name,
+            grant_id=spec.grant_id,
+            principal=result.principal,
+            expires_at=spec.expires_at,
+            sealed_credentials=sealed,
+            credentials=result.credentials if plain else None,
+            reissued=result.reissued,
+        )
+
+    def _revoke(self, batch: _Batch, request: AccessRequest) -> Outcome:
+        integration = self.catalog.integration(request.integration)
+        now = self.clock()
+        until = now + integration.max_duration + TOMBSTONE_MARGIN
+        until += parse_duration(self.catalog.control_plane.max_skew)
+        result = batch.session(integration).revoke(request.target_grant_id, until)
+        self.scheduler.cancel(request.target_grant_id)
+        lag = None
+        if result.expires_at is not None:
+            lag = (self.clock() - result.expires_at).total_seconds()
+        return Outcome(
+            request_id=request.request_id,
+            action="revoke",
+            # Access that may still be usable is a failure: the message is retried until it is gone.
+            status="revoked" if result.verified else "failed",
+            integration=integration.name,
+            grant_id=request.target_grant_id,
+            principal=result.principal,
+            expires_at=result.expires_at,
+            residual=result.residual,
+            verified=result.verified,
+            revocation_lag_seconds=lag,
+            message=None if result.found else "nothing to revoke (never granted or already revoked)",
+        )
+
+    def _refusal(self, request: AccessRequest, exc: Refused) -> Outcome:
+        return Outcome(
+            request_id=request.request_id,
+            action=request.action,
+            status="refused",
+            integration=request.integration,
+            grant_id=request.target_grant_id,
+            field=exc.field,
+            message=exc.message,
+        )
+
+    def _report(self, request: AccessRequest, outcome: Outcome) -> None:
+        kind = {"refused": "refusal", "failed": "failure"}.get(outcome.status, request.action)
+        self.sink.audit(
+            AuditEvent(
+                type=kind,  # type: ignore[arg-type]
+                status=outcome.status,
+                request_id=request.request_id,
+                grant_id=outcome.grant_id,
+                integration=request.integration,
+                permission=request.permission,
+                identity=request.identity.email if request.identity else None,
+                principal=outcome.principal,
+                expires_at=outcome.expires_at,
+                field=outcome.field,
+                message=outcome.message,
+                residual=outcome.residual,
+                verified=outcome.verified,
+                revocation_lag_seconds=outcome.revocation_lag_seconds,
+            )
+        )
+        # Plain credentials are for the local caller only; the control plane gets the sealed box.
+        self.sink.outcome(outcome.model_copy(update={"credentials": None}))

@@ -1,0 +1,28 @@
+"""Errors that carry what a caller needs to answer well, and never a secret."""
+
+from __future__ import annotations
+
+
+class JitcError(Exception):
+    """Base of the connector's own errors."""
+
+
+class Refused(JitcError):
+    """The request is not allowed; nothing was changed. `field` names the offending input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class CatalogError(JitcError):
+    """The catalog file is invalid; the message names the integration and the field."""
+
+
+class SecretError(JitcError):
+    """A secret reference could not be resolved. The message names the reference, never a value."""
+
+
+class TargetError(JitcError):
+    """The target refused or failed an operation."""

@@ -1,0 +1,85 @@
+"""What travels through the queue: a signed envelope from the control plane, or an expiry.
+
+An expiry message is produced by the connector's own scheduler and is accepted unsigned
+because it can only ever revoke; anything that grants must carry the control plane's signature.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from core.catalog import Catalog
+from core.errors import Refused
+from core.models import AccessRequest
+from core.signing import Envelope, verify
+
+
+@dataclass(frozen=True)
+class Work:
+    """A request ready for the engine, with the moment it was signed."""
+
+    request: AccessRequest
+    issued_at: datetime
+
+
+def expiry_message(grant_id: str, integration: str) -> str:
+    return json.dumps({"kind": "expire", "grant_id": grant_id, "integration": integration})
+
+
+def envelope_message(envelope: Envelope) -> str:
+    return json.dumps({"kind": "request", "envelope": envelope.to_json()})
+
+
+def parse_request(body: bytes | str) -> AccessRequest:
+    """Validate a request body; Refused names the first offending field."""
+    try:
+        return AccessRequest.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"]
+        if err["type"] == "json_invalid":
+            field, message = "body", "malformed JSON"
+        raise Refused(field, message) from None
+
+
+def decode_message(text: str, catalog: Catalog, now: float) -> Work:
+    """Turn one queue message into work, verifying the control plane's signature on requests."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise Refused("message", "malformed JSON") from None
+    if not isinstance(doc, dict):
+        raise Refused("message", "expected a JSON object")
+    kind = doc.get("kind")
+    if kind == "expire":
+        grant_id, integration = doc.get("grant_id"), doc.get("integration")
+        request = parse_request(
+            json.dumps(
+                {
+                    "request_id": f"expire-{grant_id}",
+                    "action": "revoke",
+                    "integration": integration,
+                    "grant_id": grant_id,
+                }
+            )
+        )
+        return Work(request, datetime.fromtimestamp(now, UTC))
+    if kind == "request":
+        envelope = Envelope.from_json(doc.get("envelope"))
+        cp = catalog.control_plane
+        from core.models import parse_duration
+
+        verify(
+            envelope,
+            cp.keys,
+            now,
+            max_age=parse_duration(cp.max_message_age).total_seconds(),
+            max_ahead=parse_duration(cp.max_skew).total_seconds(),
+        )
+        return Work(parse_request(envelope.body), datetime.fromtimestamp(envelope.timestamp, UTC))
+    raise Refused("kind", "expected 'request' or 'expire'")

@@ -1,0 +1,221 @@
+"""The control plane's contract: access requests, grants, outcomes and audit events.
+
+Every model is strict and refuses unknown fields; `schemas/` holds their JSON Schemas.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+GrantId = Annotated[str, StringConstraints(pattern=r"^g[a-z2-7]{24}$")]
+Resource = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/*@+=,-]{0,254}$")]
+Email = Annotated[
+    str,
+    StringConstraints(
+        max_length=254, pattern=r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$"
+    ),
+]
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")]
+
+_DURATION_SHORT = re.compile(r"^(?:(\d{1,4})d)?(?:(\d{1,5})h)?(?:(\d{1,6})m)?(?:(\d{1,7})s)?$")
+_DURATION_ISO = re.compile(
+    r"^P(?:(\d{1,4})D)?(?:T(?:(\d{1,5})H)?(?:(\d{1,6})M)?(?:(\d{1,7})S)?)?$"
+)
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse `15m`, `2h`, `1h30m`, `1d` or ISO 8601 `PT15M`, `P1DT2H`; refuse zero and garbage."""
+    match = _DURATION_SHORT.match(text) or _DURATION_ISO.match(text)
+    if not text or match is None or not any(match.groups()):
+        raise ValueError("expected a duration such as '15m', '2h', '1h30m' or 'PT15M'")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    value = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if value <= timedelta(0):
+        raise ValueError("duration must be positive")
+    return value
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+def _check_public_key(text: str) -> str:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("public_key must be base64") from None
+    if len(raw) != 32:
+        raise ValueError("public_key must be a base64 X25519 public key (32 bytes)")
+    return text
+
+
+Duration = Annotated[str, StringConstraints(max_length=32), AfterValidator(_check_duration)]
+PublicKey = Annotated[str, StringConstraints(max_length=64), AfterValidator(_check_public_key)]
+
+
+def derive_grant_id(integration: str, request_id: str) -> str:
+    """The grant id is a pure function of the request, so every redelivery lands on the same grant."""
+    digest = hashlib.sha256(f"{integration}\0{request_id}".encode()).digest()
+    return "g" + base64.b32encode(digest).decode().lower()[:24]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Identity(_Strict):
+    """Who receives the access."""
+
+    email: Email
+    username: Username | None = None
+    public_key: PublicKey | None = Field(
+        default=None, description="X25519 public key (base64); generated credentials are sealed to it"
+    )
+
+
+class AccessRequest(_Strict):
+    """A grant or revoke asked for by the control plane."""
+
+    request_id: RequestId
+    action: Literal["grant", "revoke"]
+    integration: Name
+    permission: Name | None = None
+    resources: list[Resource] = Field(default_factory=list, max_length=32)
+    identity: Identity | None = None
+    duration: Duration | None = None
+    expires_at: AwareDatetime | None = None
+    justification: str | None = Field(default=None, max_length=2000)
+    grant_id: GrantId | None = Field(
+        default=None, description="revoke only: the grant to end (default: the grant of request_id)"
+    )
+
+    @model_validator(mode="after")
+    def _shape(self) -> AccessRequest:
+        if self.action == "grant":
+            missing = [
+                name
+                for name, value in (
+                    ("permission", self.permission),
+                    ("identity", self.identity),
+                )
+                if value is None
+            ]
+            if not self.resources:
+                missing.append("resources")
+            if missing:
+                raise ValueError(f"a grant needs {', '.join(missing)}")
+            if (self.duration is None) == (self.expires_at is None):
+                raise ValueError("a grant needs exactly one of duration or expires_at")
+            if self.grant_id is not None:
+                raise ValueError("grant_id is chosen by the connector, not by a grant request")
+        elif self.duration is not None or self.expires_at is not None:
+            raise ValueError("a revoke takes no duration or expires_at")
+        return self
+
+    @property
+    def target_grant_id(self) -> str:
+        return self.grant_id or derive_grant_id(self.integration, self.request_id)
+
+    def expiry(self, issued_at: datetime) -> datetime:
+        """Absolute expiry: a duration counts from the moment the control plane signed the request,
+        so every redelivery computes the same expiry and a late delivery gets less time, not more."""
+        if self.expires_at is not None:
+            return self.expires_at.astimezone(UTC)
+        assert self.duration is not None
+        return issued_at.astimezone(UTC) + parse_duration(self.duration)
+
+
+Status = Literal["planned", "granted", "revoked", "refused", "failed"]
+
+
+class Grant(_Strict):
+    """What a grant created in a target, as recorded in the target's own label."""
+
+    grant_id: GrantId
+    request_id: RequestId
+    integration: Name
+    permission: str
+    kind: str
+    principal: str
+    identity: str
+    expires_at: AwareDatetime
+    state: Literal["active", "revoking", "tombstone"] = "active"
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Outcome(_Strict):
+    """The answer to one request, sent back to the control plane as a signed event."""
+
+    request_id: RequestId
+    action: Literal["grant", "revoke", "sweep"]
+    status: Status
+    integration: Name | None = None
+    grant_id: GrantId | None = None
+    principal: str | None = None
+    expires_at: AwareDatetime | None = None
+    field: str | None = Field(default=None, description="the request field a refusal is about")
+    message: str | None = None
+    statements: list[str] = Field(default_factory=list, description="plan only; secrets masked")
+    sealed_credentials: str | None = Field(
+        default=None, description="credentials sealed to identity.public_key (base64 sealed box)"
+    )
+    credentials: dict[str, str] | None = Field(
+        default=None, description="plain credentials: local CLI only, and only when asked"
+    )
+    reissued: bool = False
+    residual: list[str] = Field(default_factory=list, description="what a revoke could not remove yet")
+    verified: bool | None = Field(default=None, description="revoke checked that access is gone")
+    revocation_lag_seconds: float | None = None
+
+
+class AuditEvent(_Strict):
+    """One structured record of what the connector did. Never carries a secret."""
+
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    time: AwareDatetime = Field(default_factory=utcnow)
+    type: Literal["grant", "revoke", "refusal", "failure", "sweep"]
+    status: Status
+    request_id: str | None = None
+    grant_id: str | None = None
+    integration: str | None = None
+    permission: str | None = None
+    identity: str | None = None
+    principal: str | None = None
+    expires_at: AwareDatetime | None = None
+    field: str | None = None
+    message: str | None = None
+    residual: list[str] = Field(default_factory=list)
+    verified: bool | None = None
+    revocation_lag_seconds: float | None = None
+
+
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "access-request": AccessRequest,
+    "grant": Grant,
+    "outcome": Outcome,
+    "audit-event": AuditEvent,
+}

@@ -1,0 +1,31 @@
+"""Credentials travel sealed to the requester's X25519 key (libsodium sealed boxes, via PyNaCl).
+
+Only the holder of the private key can open them: not the control plane, the queue or the logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from nacl.public import PrivateKey, PublicKey, SealedBox
+
+
+def seal(credentials: dict[str, str], public_key_b64: str) -> str:
+    box = SealedBox(PublicKey(base64.b64decode(public_key_b64)))
+    return base64.b64encode(box.encrypt(json.dumps(credentials).encode())).decode()
+
+
+def unseal(sealed_b64: str, private_key_b64: str) -> dict[str, str]:
+    box = SealedBox(PrivateKey(base64.b64decode(private_key_b64)))
+    opened: dict[str, str] = json.loads(box.decrypt(base64.b64decode(sealed_b64)))
+    return opened
+
+
+def box_keypair() -> tuple[str, str]:
+    """(private, public), base64."""
+    key = PrivateKey.generate()
+    return (
+        base64.b64encode(bytes(key)).decode(),
+        base64.b64encode(bytes(key.public_key)).decode(),
+    )

@@ -1,0 +1,116 @@
+"""Secret references and the local secret stores.
+
+A catalog holds only *references* such as `env:PG_ADMIN` or `file:/run/secrets/pg#password`;
+the value is fetched when a batch needs it and dropped with the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from core.errors import SecretError
+
+
+class Secret:
+    """A secret value that will not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Secret cannot be pickled")
+
+
+class SecretRef:
+    """`scheme:location[#field]`; the field picks a key out of a JSON secret."""
+
+    __slots__ = ("field", "location", "scheme")
+
+    def __init__(self, text: str) -> None:
+        scheme, sep, rest = text.partition(":")
+        if not sep or not scheme or not rest:
+            raise ValueError(f"secret reference {text!r} must look like 'scheme:location[#field]'")
+        location, _, field = rest.partition("#")
+        self.scheme, self.location, self.field = scheme, location, field or None
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.location}" + (f"#{self.field}" if self.field else "")
+
+    __repr__ = __str__
+
+
+def pick_field(ref: SecretRef, raw: str) -> Secret:
+    """Return the whole value, or one field of a JSON object when the reference names one."""
+    if ref.field is None:
+        return Secret(raw)
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise SecretError(f"secret {ref} is not a JSON object, so it has no field") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get(ref.field), str):
+        raise SecretError(f"secret {ref} has no string field {ref.field!r}")
+    return Secret(doc[ref.field])
+
+
+class SecretStore(Protocol):
+    """Port: resolve a reference to its value, at the moment it is needed."""
+
+    def resolve(self, ref: SecretRef) -> Secret: ...
+
+
+class EnvSecretStore:
+    """`env:NAME`: for local use and tests. Cloud deployments use their secret service."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = environ if environ is not None else os.environ
+
+    def resolve(self, ref: SecretRef) -> Secret:
+        raw = self._environ.get(ref.location)
+        if raw is None:
+            raise SecretError(f"secret {ref}: environment variable {ref.location} is not set")
+        return pick_field(ref, raw)
+
+
+class FileSecretStore:
+    """`file:/path`: a file readable only by the connector (e.g. a mounted secret)."""
+
+    def resolve(self, ref: SecretRef) -> Secret:
+        try:
+            raw = Path(ref.location).read_text(encoding="utf-8").rstrip("\n")
+        except OSError as exc:
+            raise SecretError(f"secret {ref}: cannot read file ({exc.strerror})") from None
+        return pick_field(ref, raw)
+
+
+class SecretStores:
+    """Routes a reference to the store registered for its scheme."""
+
+    def __init__(self, stores: Mapping[str, SecretStore]) -> None:
+        self._stores = dict(stores)
+
+    def resolve(self, ref: SecretRef) -> Secret:
+        store = self._stores.get(ref.scheme)
+        if store is None:
+            raise SecretError(
+                f"secret {ref}: no store for scheme {ref.scheme!r} here "
+                f"(known: {', '.join(sorted(self._stores))})"
+            )
+        return store.resolve(ref)
+
+
+def local_stores() -> SecretStores:
+    return SecretStores({"env": EnvSecretStore(), "file": FileSecretStore()})

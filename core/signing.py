@@ -1,0 +1,130 @@
+"""Signed envelopes: Ed25519 over `timestamp.body`, checked for key, signature, age and replay.
+
+The control plane signs requests; the connector signs the events it sends back. The same
+envelope travels over HTTP (as headers) and through the queue (as JSON), so a company that
+accepts no inbound HTTP can let the control plane put envelopes on the queue directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from core.errors import Refused
+
+HEADER_TIMESTAMP = "X-Jitc-Timestamp"
+HEADER_KEY_ID = "X-Jitc-Key-Id"
+HEADER_SIGNATURE = "X-Jitc-Signature"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A body and its signature, as sent by the control plane."""
+
+    key_id: str
+    timestamp: int
+    signature: str
+    body: bytes
+
+    def to_json(self) -> dict[str, str | int]:
+        return {
+            "key_id": self.key_id,
+            "timestamp": self.timestamp,
+            "signature": self.signature,
+            "body": self.body.decode("utf-8"),
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> Envelope:
+        if not isinstance(doc, dict):
+            raise Refused("envelope", "expected a JSON object")
+        try:
+            key_id, timestamp, signature, body = (
+                doc["key_id"], doc["timestamp"], doc["signature"], doc["body"]
+            )
+        except KeyError as exc:
+            raise Refused(f"envelope.{exc.args[0]}", "missing") from None
+        if not (isinstance(key_id, str) and isinstance(signature, str) and isinstance(body, str)):
+            raise Refused("envelope", "key_id, signature and body must be strings")
+        if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+            raise Refused("envelope.timestamp", "must be an integer (Unix seconds)")
+        return cls(key_id, timestamp, signature, body.encode("utf-8"))
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], body: bytes) -> Envelope:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        values = []
+        for name in (HEADER_KEY_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE):
+            value = lowered.get(name.lower())
+            if not value:
+                raise Refused(f"header {name}", "missing: requests must be signed")
+            values.append(value)
+        key_id, timestamp, signature = values
+        if not timestamp.isdigit() or len(timestamp) > 12:
+            raise Refused(f"header {HEADER_TIMESTAMP}", "must be Unix seconds")
+        return cls(key_id, int(timestamp), signature, body)
+
+
+def _message(timestamp: int, body: bytes) -> bytes:
+    return str(timestamp).encode() + b"." + body
+
+
+def sign(body: bytes, signing_key_b64: str, key_id: str, timestamp: int | None = None) -> Envelope:
+    ts = int(time.time()) if timestamp is None else timestamp
+    key = SigningKey(base64.b64decode(signing_key_b64))
+    signature = key.sign(_message(ts, body)).signature
+    return Envelope(key_id, ts, base64.b64encode(signature).decode(), body)
+
+
+def signing_keypair() -> tuple[str, str]:
+    """(private seed, public key), base64."""
+    key = SigningKey.generate()
+    return base64.b64encode(bytes(key)).decode(), base64.b64encode(bytes(key.verify_key)).decode()
+
+
+def verify(envelope: Envelope, keys: Mapping[str, str], now: float, max_age: float, max_ahead: float) -> None:
+    """Raise Refused unless the envelope is signed by a known key and its timestamp is in the window."""
+    public = keys.get(envelope.key_id)
+    if public is None:
+        raise Refused("key_id", "unknown signing key")
+    try:
+        signature = base64.b64decode(envelope.signature, validate=True)
+        VerifyKey(base64.b64decode(public)).verify(_message(envelope.timestamp, envelope.body), signature)
+    except (BadSignatureError, binascii.Error, ValueError):
+        raise Refused("signature", "signature does not verify") from None
+    if envelope.timestamp < now - max_age:
+        raise Refused("timestamp", "request is too old")
+    if envelope.timestamp > now + max_ahead:
+        raise Refused("timestamp", "request is from the future")
+
+
+class ReplayGuard:
+    """Remembers signatures seen inside the freshness window; a second sighting is a replay.
+
+    Entries older than the window can go: a replay of them fails the freshness check anyway.
+    """
+
+    def __init__(self, window_seconds: float, capacity: int = 100_000) -> None:
+        self.window = window_seconds
+        self.capacity = capacity
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check_and_remember(self, envelope: Envelope, now: float) -> None:
+        with self._lock:
+            while self._seen:
+                oldest, ts = next(iter(self._seen.items()))
+                if ts >= now - self.window and len(self._seen) < self.capacity:
+                    break
+                del self._seen[oldest]
+            if envelope.signature in self._seen:
+                raise Refused("signature", "replayed request")
+            self._seen[envelope.signature] = float(envelope.timestamp)

@@ -1,0 +1,149 @@
+"""The surface every template offers, and the label that makes the target the ledger."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.models import Duration, Grant, Identity, Resource
+from core.secrets import Secret
+
+LABEL_PREFIX = "jitc:"
+
+
+class Settings(BaseModel):
+    """Base of a template's catalog settings: strict, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PermissionSettings(Settings):
+    """What every permission has; templates add their own fields."""
+
+    description: str = ""
+    resources: list[Resource] = Field(min_length=1, description="resources a request may name")
+    max_duration: Duration | None = Field(
+        default=None, description="tighter limit than the integration's max_duration"
+    )
+
+
+@dataclass(frozen=True)
+class GrantSpec:
+    """A validated grant, ready for a template: everything comes from the catalog or was checked."""
+
+    grant_id: str
+    request_id: str
+    integration: str
+    permission_name: str
+    permission: PermissionSettings
+    resources: tuple[str, ...]
+    identity: Identity
+    expires_at: datetime
+
+    def label(self, **extra: Any) -> dict[str, Any]:
+        """The label a template writes into the target: all a revoke or sweep will ever need."""
+        return {
+            "v": 1,
+            "grant_id": self.grant_id,
+            "request_id": self.request_id,
+            "integration": self.integration,
+            "permission": self.permission_name,
+            "identity": self.identity.email,
+            "expires_at": self.expires_at.isoformat(),
+            "state": "active",
+            **extra,
+        }
+
+
+@dataclass
+class GrantResult:
+    principal: str
+    credentials: dict[str, str] | None = None
+    reissued: bool = False
+
+
+@dataclass
+class RevokeResult:
+    found: bool
+    principal: str | None = None
+    expires_at: datetime | None = None
+    residual: list[str] = field(default_factory=list)
+    verified: bool = True
+
+
+def encode_label(label: dict[str, Any]) -> str:
+    return LABEL_PREFIX + json.dumps(label, sort_keys=True, separators=(",", ":"))
+
+
+def decode_label(text: str | None) -> dict[str, Any] | None:
+    """Our label, or None for anything that is not ours (never act on what we did not create)."""
+    if not text or not text.startswith(LABEL_PREFIX):
+        return None
+    try:
+        label = json.loads(text[len(LABEL_PREFIX) :])
+    except ValueError:
+        return None
+    if not isinstance(label, dict) or label.get("v") != 1 or "grant_id" not in label:
+        return None
+    return label
+
+
+def grant_from_label(kind: str, principal: str, label: dict[str, Any]) -> Grant:
+    known = {"grant_id", "request_id", "integration", "permission", "identity", "expires_at", "state"}
+    return Grant.model_validate(
+        {
+            "grant_id": label["grant_id"],
+            "request_id": label["request_id"],
+            "integration": label["integration"],
+            "permission": label["permission"],
+            "kind": kind,
+            "principal": principal,
+            "identity": label["identity"],
+            "expires_at": datetime.fromisoformat(label["expires_at"]),
+            "state": label.get("state", "active"),
+            "detail": {k: v for k, v in label.items() if k not in known and k != "v"},
+        },
+        strict=False,
+    )
+
+
+class TargetSession(Protocol):
+    """One open connection to a target, used for a batch and then closed."""
+
+    def grant(self, spec: GrantSpec) -> GrantResult: ...
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult: ...
+
+    def forget(self, grant_id: str) -> None:
+        """Remove a grant's tombstone once no delivery of it can still succeed."""
+        ...
+
+    def active_grants(self) -> list[Grant]: ...
+
+    def inventory(self) -> dict[str, list[str]]: ...
+
+    def close(self) -> None: ...
+
+
+class Template(Protocol):
+    """A target kind. `plan` needs no connection and has no side effects."""
+
+    kind: ClassVar[str]
+    Connection: ClassVar[type[Settings]]
+    Permission: ClassVar[type[PermissionSettings]]
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        """True when the grant generates credentials, which need the identity's public key."""
+        ...
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        """Refuse (core.errors.Refused) what the template cannot do for this request."""
+        ...
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]: ...
+
+    def open(self, integration: str, connection: Settings, secret: Secret | None) -> TargetSession: ...

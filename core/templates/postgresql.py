@@ -1,0 +1,554 @@
+"""PostgreSQL: ephemeral login roles, or labelled membership of an existing group role.
+
+Every role the connector creates carries a comment `jitc:{...}` with the grant id, the expiry and
+all a revoke needs, so the server itself is the ledger. Identifiers and literals from requests
+are bound with psycopg's `sql` composition; the catalog may override statement text, whose
+placeholders are checked when the catalog loads.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import time
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import psycopg
+from psycopg import sql
+from pydantic import Field, field_validator, model_validator
+
+from core.errors import Refused, TargetError
+from core.models import Grant, utcnow
+from core.secrets import Secret
+from core.templates.base import (
+    GrantResult,
+    GrantSpec,
+    PermissionSettings,
+    RevokeResult,
+    Settings,
+    decode_label,
+    encode_label,
+    grant_from_label,
+)
+
+PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
+MASK = "'********'"
+_GUC_VALUE = r"^\d{1,9}(ms|s|min|h|d)?$"
+
+BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
+    "read-only": (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+    ),
+    "read-write": (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+    ),
+    "owner": (
+        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}",
+        "GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        "GRANT ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}",
+    ),
+}
+
+
+class Connection(Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str
+    user: str = Field(description="the connector's admin role")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    connect_timeout: int = Field(default=5, ge=1, le=60)
+    login_host: str | None = Field(default=None, description="host the grantee connects to")
+    role_prefix: str = Field(default="jit_", pattern=r"^[a-z][a-z0-9_]{0,11}$")
+    connection_limit: int = Field(default=3, ge=1, le=100)
+    statement_timeout: str = Field(default="15min", pattern=_GUC_VALUE)
+    idle_in_transaction_session_timeout: str = Field(default="5min", pattern=_GUC_VALUE)
+    idle_session_timeout: str = Field(default="30min", pattern=_GUC_VALUE)
+    terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+
+
+class Permission(PermissionSettings):
+    mode: Literal["ephemeral", "membership"] = "ephemeral"
+    template: Literal["read-only", "read-write", "owner"] | None = Field(
+        default=None, description="built-in statements (ephemeral mode)"
+    )
+    statements: list[str] | None = Field(
+        default=None,
+        description="statement text with placeholders {role} {database} {schema} {resource}, "
+        "run once per requested resource (ephemeral mode)",
+    )
+    terminate_sessions: bool = Field(
+        default=True, description="membership mode: end the member's sessions at revoke"
+    )
+
+    @field_validator("statements")
+    @classmethod
+    def _placeholders(cls, statements: list[str] | None) -> list[str] | None:
+        for index, text in enumerate(statements or []):
+            for _, name, spec, conversion in string.Formatter().parse(text):
+                if name is None:
+                    continue
+                if name not in PLACEHOLDERS or spec or conversion:
+                    raise ValueError(
+                        f"statement {index}: unknown placeholder {{{name}}} "
+                        f"(allowed: {', '.join(sorted('{' + p + '}' for p in PLACEHOLDERS))})"
+                    )
+            if "{role}" not in text:
+                raise ValueError(f"statement {index}: must name {{role}}")
+        return statements
+
+    @model_validator(mode="after")
+    def _mode(self) -> Permission:
+        if self.mode == "ephemeral" and (self.template is None) == (self.statements is None):
+            raise ValueError("ephemeral mode needs exactly one of template or statements")
+        if self.mode == "membership" and (self.template is not None or self.statements):
+            raise ValueError(
+                "membership mode grants the group roles listed in resources; it takes no statements"
+            )
+        return self
+
+    def statement_texts(self) -> tuple[str, ...]:
+        if self.statements is not None:
+            return tuple(self.statements)
+        assert self.template is not None
+        return BUILTIN_STATEMENTS[self.template]
+
+
+def _ident(dotted: str) -> sql.Identifier:
+    return sql.Identifier(*dotted.split("."))
+
+
+def _username_hint(spec: GrantSpec) -> str:
+    source = spec.identity.username or spec.identity.email.split("@", 1)[0]
+    return re.sub(r"[^a-z0-9_]", "_", source.lower())[:20]
+
+
+def role_name(connection: Connection, spec: GrantSpec) -> str:
+    """Deterministic per grant, so a redelivered grant finds the role it already made."""
+    if spec.permission.mode == "membership":  # type: ignore[attr-defined]
+        return f"{connection.role_prefix}m_{spec.grant_id[1:13]}"
+    return f"{connection.role_prefix}{_username_hint(spec)}_{spec.grant_id[1:11]}"
+
+
+def tombstone_name(connection: Connection, grant_id: str) -> str:
+    return f"{connection.role_prefix}x_{grant_id[1:]}"
+
+
+def _grant_statements(
+    connection: Connection, spec: GrantSpec, password: sql.Composable
+) -> list[sql.Composable]:
+    permission = spec.permission
+    assert isinstance(permission, Permission)
+    role = sql.Identifier(role_name(connection, spec))
+    label = sql.Literal(encode_label(spec.label(mode=permission.mode, **_label_extra(spec))))
+    if permission.mode == "membership":
+        member = sql.Identifier(_member(spec))
+        statements: list[sql.Composable] = [
+            sql.SQL("CREATE ROLE {} NOLOGIN INHERIT").format(role),
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
+        ]
+        statements += [
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), role) for group in spec.resources
+        ]
+        statements.append(sql.SQL("GRANT {} TO {}").format(role, member))
+        return statements
+    statements = [
+        sql.SQL(
+            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION "
+            "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}"
+        ).format(
+            role,
+            sql.Literal(connection.connection_limit),
+            password,
+            sql.Literal(spec.expires_at.isoformat()),
+        ),
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
+    ]
+    for guc in ("statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout"):
+        statements.append(
+            sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                role, sql.Identifier(guc), sql.Literal(getattr(connection, guc))
+            )
+        )
+    statements.append(
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+            sql.Identifier(connection.dbname), role
+        )
+    )
+    for resource in spec.resources:
+        for text in permission.statement_texts():
+            statements.append(
+                sql.SQL(text).format(
+                    role=role,
+                    database=sql.Identifier(connection.dbname),
+                    schema=_ident(resource),
+                    resource=_ident(resource),
+                )
+            )
+    return statements
+
+
+def _member(spec: GrantSpec) -> str:
+    if spec.identity.username is None:
+        raise Refused("identity.username", "membership mode needs the identity's login role")
+    return spec.identity.username
+
+
+def _label_extra(spec: GrantSpec) -> dict[str, Any]:
+    permission = spec.permission
+    assert isinstance(permission, Permission)
+    if permission.mode == "membership":
+        return {
+            "member": _member(spec),
+            "groups": list(spec.resources),
+            "terminate_sessions": permission.terminate_sessions,
+        }
+    return {}
+
+
+class PostgreSQLTemplate:
+    kind: ClassVar[str] = "postgresql"
+    Connection: ClassVar[type[Settings]] = Connection
+    Permission: ClassVar[type[PermissionSettings]] = Permission
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        assert isinstance(permission, Permission)
+        return permission.mode == "ephemeral"
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        assert isinstance(permission, Permission)
+        if permission.mode == "membership":
+            _member(spec)
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
+        assert isinstance(connection, Connection)
+        return [
+            s.as_string(None) for s in _grant_statements(connection, spec, sql.SQL(MASK))
+        ]
+
+    def open(self, integration: str, connection: Settings, secret: Secret | None) -> PostgreSQLSession:
+        assert isinstance(connection, Connection)
+        return PostgreSQLSession(integration, connection, secret)
+
+
+class PostgreSQLSession:
+    """One admin connection, used for a batch. Each operation is its own transaction."""
+
+    def __init__(self, integration: str, connection: Connection, secret: Secret | None) -> None:
+        self.integration = integration
+        self.settings = connection
+        try:
+            self.conn = psycopg.connect(
+                host=connection.host,
+                port=connection.port,
+                dbname=connection.dbname,
+                user=connection.user,
+                password=secret.reveal() if secret is not None else None,
+                sslmode=connection.sslmode,
+                connect_timeout=connection.connect_timeout,
+                application_name="jit-connector",
+                autocommit=True,
+            )
+        except psycopg.Error as exc:
+            raise TargetError(
+                f"cannot connect to PostgreSQL {connection.host}:{connection.port}/"
+                f"{connection.dbname} as {connection.user}: {type(exc).__name__}"
+            ) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def _labelled(self, grant_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        query = (
+            "SELECT r.rolname, d.description FROM pg_roles r JOIN pg_shdescription d "
+            "ON d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass "
+            "WHERE d.description LIKE %s"
+        )
+        pattern = "jitc:%" if grant_id is None else f'jitc:%"grant_id":"{grant_id}"%'
+        rows = self.conn.execute(query, (pattern,)).fetchall()
+        found = []
+        for name, description in rows:
+            label = decode_label(description)
+            if label is None or label.get("integration") != self.integration:
+                continue
+            if grant_id is not None and label["grant_id"] != grant_id:
+                continue
+            found.append((name, label))
+        return found
+
+    def _find(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
+        found = self._labelled(grant_id)
+        # A live grant wins over a tombstone only if both exist (they never should).
+        found.sort(key=lambda item: item[1].get("state") == "tombstone")
+        return found[0] if found else None
+
+    def _lock(self, grant_id: str) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant_id,))
+
+    def _role(self, name: str) -> tuple[bool, bool, bool] | None:
+        """(can login, superuser, createrole) of an existing role."""
+        row = self.conn.execute(
+            "SELECT rolcanlogin, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = %s", (name,)
+        ).fetchone()
+        return None if row is None else (bool(row[0]), bool(row[1]), bool(row[2]))
+
+    def _sessions(self, name: str) -> int:
+        row = self.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (name,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _terminate(self, name: str) -> int:
+        """End every session of a role and wait (bounded) until the server reports them gone."""
+        self.conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE usename = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        deadline = time.monotonic() + self.settings.terminate_wait_seconds
+        while (left := self._sessions(name)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return left
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        name = role_name(self.settings, spec)
+        password = secrets.token_urlsafe(24) if permission.mode == "ephemeral" else None
+        with self.conn.transaction():
+            self._lock(spec.grant_id)
+            existing = self._find(spec.grant_id)
+            if existing is not None:
+                return self._regrant(spec, existing, password)
+            if self._role(name) is not None:
+                raise Refused(
+                    "identity.username",
+                    f"role {name!r} already exists and was not created by this connector",
+                )
+            if permission.mode == "membership":
+                self._check_membership(spec)
+            verifier = self._verifier(name, password)
+            for statement in _grant_statements(self.settings, spec, verifier):
+                self.conn.execute(statement)
+        return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
+
+    def _regrant(
+        self, spec: GrantSpec, existing: tuple[str, dict[str, Any]], password: str | None
+    ) -> GrantResult:
+        name, label = existing
+        if label.get("state") == "tombstone":
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        if label.get("state") != "active":
+            raise Refused("request_id", "this grant is being revoked")
+        if password is not None:
+            # A redelivered grant may be the only one whose outcome reaches the requester,
+            # so it carries fresh credentials; the role and its expiry stay as they were.
+            self.conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(name), self._verifier(name, password)
+                )
+            )
+        return GrantResult(
+            principal=name, credentials=self._credentials(name, password, spec), reissued=True
+        )
+
+    def _verifier(self, name: str, password: str | None) -> sql.Composable:
+        """SCRAM verifier computed here, so the clear password never reaches the server's logs."""
+        if password is None:
+            return sql.SQL("NULL")
+        digest = self.conn.pgconn.encrypt_password(
+            password.encode(), name.encode(), b"scram-sha-256"
+        )
+        return sql.Literal(digest.decode())
+
+    def _credentials(
+        self, name: str, password: str | None, spec: GrantSpec
+    ) -> dict[str, str] | None:
+        if password is None:
+            return None
+        return {
+            "username": name,
+            "password": password,
+            "host": self.settings.login_host or self.settings.host,
+            "port": str(self.settings.port),
+            "dbname": self.settings.dbname,
+            "expires_at": spec.expires_at.isoformat(),
+        }
+
+    def _check_membership(self, spec: GrantSpec) -> None:
+        member = _member(spec)
+        admin_row = self.conn.execute("SELECT current_user, session_user").fetchone()
+        admins = set(admin_row or ())
+        ours = {name for name, _ in self._labelled()}
+        attrs = self._role(member)
+        if attrs is None or not attrs[0]:
+            raise Refused("identity.username", f"no login role {member!r} exists")
+        if member in admins or attrs[1] or attrs[2] or member in ours:
+            raise Refused(
+                "identity.username",
+                f"role {member!r} is the admin, a superuser or a role manager: never a grantee",
+            )
+        for index, group in enumerate(spec.resources):
+            group_attrs = self._role(group)
+            if group_attrs is None:
+                raise Refused(f"resources[{index}]", f"group role {group!r} does not exist")
+            if group_attrs[1] or group_attrs[2] or group in admins or group in ours:
+                raise Refused(
+                    f"resources[{index}]",
+                    f"group role {group!r} is a superuser, a role manager or the admin",
+                )
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        with self.conn.transaction():
+            self._lock(grant_id)
+            existing = self._find(grant_id)
+            if existing is None:
+                # Revoke before grant: leave a tombstone so the late grant is refused.
+                self._tombstone(grant_id, {"request_id": "", "permission": "", "identity": ""},
+                                tombstone_until)
+                return RevokeResult(found=False)
+        name, label = existing
+        expires_at = datetime.fromisoformat(label["expires_at"])
+        if label.get("state") == "tombstone":
+            return RevokeResult(found=False, expires_at=None)
+        if label.get("mode") == "membership":
+            return self._revoke_membership(name, label, expires_at)
+        return self._revoke_ephemeral(name, label, expires_at)
+
+    def _revoke_ephemeral(self, name: str, label: dict[str, Any], expires_at: datetime) -> RevokeResult:
+        role = sql.Identifier(name)
+        # Step 1, committed before anything can fail: no new login, no borrowed privileges.
+        with self.conn.transaction():
+            self._lock(label["grant_id"])
+            self.conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
+            groups = self.conn.execute(
+                "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+                "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+                (name,),
+            ).fetchall()
+            for (group,) in groups:
+                self.conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role))
+            revoking = {**label, "state": "revoking"}
+            self.conn.execute(
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(encode_label(revoking)))
+            )
+        # Step 2: end live sessions; a dropped role's open session would otherwise live on.
+        left = self._terminate(name)
+        # Step 3: drop what it owns here, then the role; a dependency elsewhere keeps it.
+        residual: list[str] = []
+        try:
+            with self.conn.transaction():
+                self._lock(label["grant_id"])
+                self.conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                self.conn.execute(sql.SQL("DROP ROLE {}").format(role))
+                self._tombstone(label["grant_id"], label, expires_at)
+        except psycopg.Error as exc:
+            detail = exc.diag.message_detail or ""
+            residual.append(f"role {name} not dropped: {exc.diag.message_primary}. {detail}".strip())
+        if left:
+            residual.append(f"{left} session(s) of {name} still open")
+        return RevokeResult(
+            found=True,
+            principal=name,
+            expires_at=expires_at,
+            residual=residual,
+            verified=self._verify_gone(name) and not left,
+        )
+
+    def _revoke_membership(
+        self, name: str, label: dict[str, Any], expires_at: datetime
+    ) -> RevokeResult:
+        member = str(label.get("member", ""))
+        residual: list[str] = []
+        try:
+            with self.conn.transaction():
+                self._lock(label["grant_id"])
+                self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+                self._tombstone(label["grant_id"], label, expires_at)
+        except psycopg.Error as exc:
+            residual.append(f"role {name} not dropped: {exc.diag.message_primary}")
+        left = self._terminate(member) if label.get("terminate_sessions") and member else 0
+        if left:
+            residual.append(f"{left} session(s) of {member} still open")
+        return RevokeResult(
+            found=True,
+            principal=member,
+            expires_at=expires_at,
+            residual=residual,
+            verified=self._role(name) is None and not left,
+        )
+
+    def _verify_gone(self, name: str) -> bool:
+        """Access is gone when the role is gone, or cannot log in, belongs to nothing, has no session."""
+        attrs = self._role(name)
+        if attrs is None:
+            return True
+        row = self.conn.execute(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member "
+            "WHERE u.rolname = %s",
+            (name,),
+        ).fetchone()
+        return not attrs[0] and not (row and row[0]) and self._sessions(name) == 0
+
+    def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
+        """Remember a revoke until `until`, so a late or repeated grant is refused until then.
+
+        Past that moment no tombstone is needed: a grant that late has expired and is refused.
+        """
+        if until <= utcnow() or self._role(tombstone_name(self.settings, grant_id)) is not None:
+            return
+        name = sql.Identifier(tombstone_name(self.settings, grant_id))
+        stone = {
+            "v": 1,
+            "grant_id": grant_id,
+            "request_id": label.get("request_id", ""),
+            "integration": self.integration,
+            "permission": label.get("permission", ""),
+            "identity": label.get("identity", ""),
+            "expires_at": until.isoformat(),
+            "state": "tombstone",
+        }
+        self.conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(name))
+        self.conn.execute(
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(name, sql.Literal(encode_label(stone)))
+        )
+
+    def forget(self, grant_id: str) -> None:
+        """Drop a grant's tombstone once no delivery of that grant can still succeed."""
+        with self.conn.transaction():
+            self._lock(grant_id)
+            for name, label in self._labelled(grant_id):
+                if label.get("state") == "tombstone":
+                    self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+    # -- sweep and inventory ---------------------------------------------------------------
+
+    def active_grants(self) -> list[Grant]:
+        return [grant_from_label(PostgreSQLTemplate.kind, name, label) for name, label in self._labelled()]
+
+    def inventory(self) -> dict[str, list[str]]:
+        def column(query: str) -> list[str]:
+            return [str(row[0]) for row in self.conn.execute(query).fetchall()]
+
+        return {
+            "roles": column("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1"),
+            "databases": column(
+                "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1"
+            ),
+            "schemas": column(
+                "SELECT nspname FROM pg_namespace "
+                "WHERE nspname !~ '^pg_' AND nspname <> 'information_schema' ORDER BY 1"
+            ),
+        }
