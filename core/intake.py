@@ -1,0 +1,80 @@
+"""The HTTP intake, cloud-agnostic: authenticate, validate, enqueue, answer 202.
+
+Cloud handlers adapt their event shape to `Intake.handle(headers, body)` and back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from core.catalog import Catalog
+from core.errors import Refused
+from core.messages import envelope_message, parse_request
+from core.models import parse_duration
+from core.ports import RequestQueue
+from core.signing import Envelope, ReplayGuard, verify
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def _error(status: int, exc: Refused) -> Response:
+    return Response(status, {"error": "refused", "field": exc.field, "message": exc.message})
+
+
+class Intake:
+    def __init__(
+        self,
+        catalog: Catalog,
+        queue: RequestQueue,
+        replay: ReplayGuard | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.catalog = catalog
+        self.queue = queue
+        self.skew = parse_duration(catalog.control_plane.max_skew).total_seconds()
+        self.replay = replay or ReplayGuard(window_seconds=2 * self.skew)
+        self.clock = clock
+
+    def handle(self, headers: Mapping[str, str], body: bytes) -> Response:
+        if len(body) > MAX_BODY_BYTES:
+            return Response(
+                413,
+                {"error": "refused", "field": "body", "message": f"larger than {MAX_BODY_BYTES} bytes"},
+            )
+        now = self.clock()
+        try:
+            envelope = Envelope.from_headers(headers, body)
+            verify(envelope, self.catalog.control_plane.keys, now, self.skew, self.skew)
+        except Refused as exc:
+            return _error(401, exc)
+        try:
+            request = parse_request(body)
+        except Refused as exc:
+            return _error(400, exc)
+        try:
+            if request.action == "grant":
+                issued = datetime.fromtimestamp(envelope.timestamp, UTC)
+                self.catalog.check_grant(request, issued, datetime.fromtimestamp(now, UTC))
+            else:
+                self.catalog.integration(request.integration)
+        except Refused as exc:
+            return _error(403, exc)
+        try:
+            self.replay.check_and_remember(envelope, now)
+        except Refused as exc:
+            return _error(409, exc)
+        self.queue.enqueue(envelope_message(envelope), request.target_grant_id)
+        return Response(
+            202,
+            {"status": "accepted", "request_id": request.request_id, "grant_id": request.target_grant_id},
+        )
