@@ -1,0 +1,79 @@
+"""Outcomes and audit events to the control plane as HTTPS webhooks signed by the connector.
+
+The body is signed exactly like the control plane's requests (Ed25519 over `timestamp.body`),
+so the receiver verifies with the connector's public key. Delivery is retried; a sink that
+still fails raises, so the caller's queue redelivers rather than losing the event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from core.errors import JitcError
+from core.models import AuditEvent, Outcome
+from core.secrets import Secret
+from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+
+
+class WebhookError(JitcError):
+    pass
+
+
+class WebhookSink:
+    def __init__(
+        self,
+        url: str,
+        signing_key: Secret,
+        key_id: str = "connector",
+        attempts: int = 3,
+        timeout: float = 10.0,
+        backoff: float = 0.5,
+    ) -> None:
+        if not url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError("webhook URL must be https (plain http only to loopback, for tests)")
+        self.url = url
+        self._key = signing_key
+        self.key_id = key_id
+        self.attempts = attempts
+        self.timeout = timeout
+        self.backoff = backoff
+
+    def audit(self, event: AuditEvent) -> None:
+        self._post({"type": "audit", "audit": event.model_dump(mode="json", exclude_none=True)})
+
+    def outcome(self, outcome: Outcome) -> None:
+        doc = outcome.model_dump(mode="json", exclude_none=True, exclude={"credentials"})
+        self._post({"type": "outcome", "outcome": doc})
+
+    def _post(self, doc: dict[str, object]) -> None:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        last = ""
+        for attempt in range(self.attempts):
+            envelope = sign(body, self._key.reveal(), self.key_id)
+            request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+                self.url,
+                data=body,
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    HEADER_KEY_ID: envelope.key_id,
+                    HEADER_TIMESTAMP: str(envelope.timestamp),
+                    HEADER_SIGNATURE: envelope.signature,
+                },
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                    if 200 <= response.status < 300:
+                        return
+                    last = f"HTTP {response.status}"
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    break
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                last = type(exc).__name__
+            time.sleep(self.backoff * (2**attempt))
+        raise WebhookError(f"webhook {self.url} failed: {last}")

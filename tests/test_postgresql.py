@@ -1,0 +1,289 @@
+"""The PostgreSQL template through the engine, against the real server."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from conftest import INTEGRATION, PG_DSN, PREFIX, SCHEMA, Env, all_roles, catalog_doc, our_roles
+from core.catalog import parse_catalog
+from core.errors import CatalogError
+
+
+def _table(name: str = "items") -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(name))
+
+
+def test_read_only_grant_allows_select_refuses_insert_and_revoke_ends_session(env: Env) -> None:
+    outcome = env.engine.execute(env.request(request_id="ro-1"))
+    assert outcome.status == "granted", outcome
+    assert outcome.credentials is None  # never in the clear unless asked
+    creds = env.credentials(outcome.sealed_credentials)
+    assert creds["username"] == outcome.principal and creds["username"].startswith(PREFIX)
+    session = env.login(creds)
+    assert session.execute(sql.SQL("SELECT min(id) FROM {}").format(_table())).fetchone() == (1,)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        session.execute(sql.SQL("INSERT INTO {} (name) VALUES ('x')").format(_table()))
+
+    revoke = env.engine.execute(env.request("revoke", request_id="ro-1"))
+    assert revoke.status == "revoked" and revoke.verified is True and revoke.residual == []
+    assert revoke.revocation_lag_seconds is not None and revoke.revocation_lag_seconds < 0
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    assert not env.can_login(creds["username"])
+    assert creds["username"] not in our_roles(env.admin)
+    event = env.sink.events[-1]
+    assert event.type == "revoke" and event.verified is True
+    assert event.revocation_lag_seconds == revoke.revocation_lag_seconds
+
+
+def test_read_write_allows_insert(env: Env) -> None:
+    outcome = env.engine.execute(env.request(permission="read-write", duration="1h"))
+    session = env.login(env.credentials(outcome.sealed_credentials))
+    session.execute(sql.SQL("INSERT INTO {} (name) VALUES ('rw')").format(_table()))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        session.execute(sql.SQL("CREATE TABLE {} (x int)").format(_table("nope")))
+    session.close()
+
+
+def test_role_carries_expiry_limits_timeouts_and_label(env: Env) -> None:
+    outcome = env.engine.execute(env.request(duration="30m"))
+    row = env.admin.execute(
+        "SELECT rolvaliduntil, rolconnlimit, rolsuper, rolcreaterole, rolconfig, "
+        "shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
+        (outcome.principal,),
+    ).fetchone()
+    assert row is not None
+    valid_until, limit, superuser, createrole, config, comment = row
+    assert outcome.expires_at is not None
+    assert abs((valid_until - outcome.expires_at).total_seconds()) < 1
+    assert limit == 3 and not superuser and not createrole
+    assert {c.split("=")[0] for c in config} == {
+        "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout"
+    }
+    assert comment.startswith("jitc:") and outcome.grant_id in comment
+
+
+def test_plan_has_no_side_effects_and_masks_the_password(env: Env) -> None:
+    before = our_roles(env.admin)
+    outcome = env.engine.plan(env.request())
+    assert outcome.status == "planned"
+    assert our_roles(env.admin) == before
+    create = outcome.statements[0]
+    assert create.startswith("CREATE ROLE") and "PASSWORD '********'" in create
+    assert any("GRANT SELECT ON ALL TABLES IN SCHEMA" in s for s in outcome.statements)
+
+
+def test_redelivered_grant_lands_on_the_same_role_with_fresh_credentials(env: Env) -> None:
+    request = env.request(request_id="dup-1")
+    first = env.engine.execute(request)
+    second = env.engine.execute(request)
+    assert second.status == "granted" and second.reissued
+    assert second.principal == first.principal and second.expires_at == first.expires_at
+    assert len(our_roles(env.admin)) == 1
+    session = env.login(env.credentials(second.sealed_credentials))
+    session.close()
+
+
+def test_double_revoke_and_revoke_before_grant_succeed_and_leave_no_access(env: Env) -> None:
+    grant = env.request(request_id="early-1")
+    revoke = env.request("revoke", request_id="early-1")
+    first = env.engine.execute(revoke)
+    assert first.status == "revoked" and first.message and "nothing to revoke" in first.message
+    late = env.engine.execute(grant)
+    assert late.status == "refused" and late.field == "request_id"
+    assert [r for r in our_roles(env.admin) if "_x_" not in r] == []  # only the tombstone
+    again = env.engine.execute(revoke)
+    assert again.status == "revoked"
+
+
+def test_revoke_then_redelivered_grant_is_refused(env: Env) -> None:
+    grant = env.request(request_id="again-1")
+    assert env.engine.execute(grant).status == "granted"
+    assert env.engine.execute(env.request("revoke", request_id="again-1")).status == "revoked"
+    redelivered = env.engine.execute(grant)
+    assert redelivered.status == "refused"
+    assert [r for r in our_roles(env.admin) if "_x_" not in r] == []
+
+
+def test_overlapping_ephemeral_grants_are_independent(env: Env) -> None:
+    one = env.engine.execute(env.request(request_id="ov-1", duration="10m"))
+    two = env.engine.execute(env.request(request_id="ov-2", duration="1h"))
+    assert one.principal != two.principal
+    session_two = env.login(env.credentials(two.sealed_credentials))
+    env.engine.execute(env.request("revoke", request_id="ov-1"))
+    assert session_two.execute(sql.SQL("SELECT count(*) FROM {}").format(_table())).fetchone()
+    env.advance(timedelta(minutes=11))
+    report = env.engine.sweep()
+    assert report.revoked == [] and report.ok  # ov-1 already gone; ov-2 not yet due
+    assert env.can_login(str(two.principal))
+
+
+@pytest.fixture
+def member(env: Env) -> Any:
+    """An existing login role and group role, created by the company, not by us."""
+    name, group = f"{PREFIX}alice", f"{PREFIX}readers"
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    env.admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group)))
+    env.admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SCHEMA), sql.Identifier(group)))
+    env.admin.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(_table(), sql.Identifier(group)))
+    return name, group
+
+
+def _membership_env(make_env: Any, group: str) -> Env:
+    doc = catalog_doc(analyst={"mode": "membership", "resources": [group]})
+    env: Env = make_env(doc)
+    return env
+
+
+def _can_select(env: Env, role: str) -> bool:
+    row = env.admin.execute("SELECT has_table_privilege(%s, %s, 'SELECT')",
+                            (role, f"{SCHEMA}.items")).fetchone()
+    return bool(row and row[0])
+
+
+def test_membership_overlap_and_revoke(make_env: Any, member: Any) -> None:
+    name, group = member
+    env = _membership_env(make_env, group)
+    ident = {"email": "alice@example.com", "username": name}
+    req = lambda rid: env.request(request_id=rid, permission="analyst", resources=[group], identity=ident)  # noqa: E731
+    assert not _can_select(env, name)
+    first = env.engine.execute(req("m-1"))
+    assert first.status == "granted" and first.sealed_credentials is None
+    assert env.engine.execute(req("m-2")).status == "granted"
+    assert _can_select(env, name)
+    session = psycopg.connect(**{**conninfo_to_dict(PG_DSN), "user": name}, autocommit=True)
+    assert env.engine.execute(env.request("revoke", request_id="m-1")).status == "revoked"
+    assert _can_select(env, name)  # the other grant still holds
+    with pytest.raises(psycopg.OperationalError):  # sessions that could use the access are ended
+        session.execute("SELECT 1")
+    last = env.engine.execute(env.request("revoke", request_id="m-2"))
+    assert last.status == "revoked" and last.verified
+    assert not _can_select(env, name)
+    assert env.can_login(name)  # the company's role itself is untouched
+
+
+@pytest.mark.parametrize("who", ["superuser", "admin", "ours", "missing"])
+def test_membership_refuses_admin_superuser_and_unknown_grantees(make_env: Any, member: Any, who: str) -> None:
+    _, group = member
+    env = _membership_env(make_env, group)
+    if who == "superuser":
+        username = f"{PREFIX}boss"
+        env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(username)))
+    elif who == "ours":
+        username = str(env.engine.execute(env.request()).principal)
+    else:
+        username = {"admin": conninfo_to_dict(PG_DSN).get("user", "postgres"), "missing": f"{PREFIX}nobody"}[who]
+    before = all_roles(env.admin)
+    outcome = env.engine.execute(env.request(
+        permission="analyst", resources=[group], identity={"email": "x@example.com", "username": username}
+    ))
+    assert outcome.status == "refused" and outcome.field == "identity.username", outcome
+    assert all_roles(env.admin) == before
+
+
+def test_ephemeral_name_collision_with_existing_role_is_refused(env: Env) -> None:
+    planned = env.engine.plan(env.request(request_id="clash-1"))
+    name = planned.statements[0].split('"')[1]
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    before = all_roles(env.admin)
+    outcome = env.engine.execute(env.request(request_id="clash-1"))
+    assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
+    assert all_roles(env.admin) == before
+
+
+def test_revoke_is_frozen_at_grant_time(make_env: Any) -> None:
+    custom = {"statements": ["GRANT USAGE ON SCHEMA {schema} TO {role}",
+                             "GRANT SELECT ON {schema}.items TO {role}"], "resources": [SCHEMA]}
+    env = make_env(catalog_doc(custom=custom))
+    outcome = env.engine.execute(env.request(request_id="frozen-1", permission="custom"))
+    assert outcome.status == "granted"
+    doc = catalog_doc()
+    del doc["integrations"][INTEGRATION]["permissions"]["read-only"]
+    later = make_env(doc)  # the permission and its statements are gone from the catalog
+    assert later.engine.execute(later.request("revoke", request_id="frozen-1")).status == "revoked"
+    assert not env.can_login(str(outcome.principal))
+
+
+def test_sweep_revokes_expired_labelled_grants_only(env: Env) -> None:
+    short = env.engine.execute(env.request(request_id="sw-1", duration="5m"))
+    long = env.engine.execute(env.request(request_id="sw-2", duration="2h"))
+    stranger = f"{PREFIX}stranger_{INTEGRATION[-6:]}"
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(stranger)))
+    env.admin.execute(sql.SQL("COMMENT ON ROLE {} IS 'jitc:not json'").format(sql.Identifier(stranger)))
+    env.advance(timedelta(minutes=10))
+    report = env.engine.sweep()
+    assert report.revoked == [short.grant_id] and report.ok
+    assert not env.can_login(str(short.principal))
+    assert env.can_login(str(long.principal)) and env.can_login(stranger)
+    env.advance(timedelta(hours=3))
+    assert env.engine.sweep().revoked == [long.grant_id]
+
+
+def test_failed_drop_still_ends_access_and_sweep_finishes(env: Env) -> None:
+    outcome = env.engine.execute(env.request(request_id="dep-1"))
+    name = str(outcome.principal)
+    session = env.login(env.credentials(outcome.sealed_credentials))
+    other = psycopg.connect(**{**conninfo_to_dict(PG_DSN), "dbname": "postgres"}, autocommit=True)
+    table = sql.Identifier(f"{PREFIX}left_behind")
+    other.execute(sql.SQL("CREATE TABLE {} (x int)").format(table))
+    other.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(table, sql.Identifier(name)))
+
+    revoke = env.engine.execute(env.request("revoke", request_id="dep-1"))
+    assert revoke.status == "revoked" and revoke.verified is True
+    assert revoke.residual and "not dropped" in revoke.residual[0]
+    assert env.sink.events[-1].residual == revoke.residual
+    assert name in our_roles(env.admin)
+    assert not env.can_login(name)
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+
+    assert env.engine.sweep().residual  # still blocked: reported, retried next time
+    other.execute(sql.SQL("DROP TABLE {}").format(table))
+    other.close()
+    report = env.engine.sweep()
+    assert report.revoked == [outcome.grant_id] and not report.residual
+    assert name not in our_roles(env.admin)
+
+
+def test_catalog_statements_with_unknown_placeholders_are_refused() -> None:
+    bad = catalog_doc(custom={"statements": ["GRANT SELECT ON {tabel} TO {role}"], "resources": [SCHEMA]})
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(bad)
+    assert INTEGRATION in str(err.value) and "permissions.custom.statements" in str(err.value)
+
+
+def test_inventory_lists_roles_databases_schemas(env: Env) -> None:
+    integration = env.catalog.integration(INTEGRATION)
+    session = integration.template.open(INTEGRATION, integration.connection, None)
+    try:
+        inventory = session.inventory()
+    finally:
+        session.close()
+    assert "test" in inventory["databases"] and SCHEMA in inventory["schemas"]
+    assert "postgres" in inventory["roles"]
+
+
+def test_canary_secrets_never_leak(make_env: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    canary = "CANARY-admin-secret-7f3a"
+    env = make_env(secret=canary)  # trust auth ignores it, but it is handed to the driver
+    outcome = env.engine.execute(env.request(request_id="canary-1"))
+    password = env.credentials(outcome.sealed_credentials)["password"]
+    env.engine.execute(env.request("revoke", request_id="canary-1"))
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["port"] = 1  # nothing listens: a failure
+    broken = make_env(doc, secret=canary)
+    failed = broken.engine.execute(broken.request(request_id="canary-2"))
+    assert failed.status == "failed"
+    texts = [caplog.text, failed.model_dump_json()]
+    texts += [e.model_dump_json() for e in env.sink.events + broken.sink.events]
+    texts += [o.model_dump_json() for o in env.sink.outcomes + broken.sink.outcomes]
+    for text in texts:
+        assert canary not in text and password not in text
