@@ -156,7 +156,7 @@ class Grant(_Strict):
     """What a grant created in a target, as recorded in the target's own label."""
 
     grant_id: GrantId
-    request_id: RequestId
+    request_id: str
     integration: Name
     permission: str
     kind: str

@@ -25,6 +25,7 @@ from core.local import MemorySink, NullScheduler
 from core.messages import parse_request
 from core.models import AccessRequest
 from core.sealing import box_keypair, unseal
+from core.templates.postgresql import ACL_LOCK_KEY
 from core.secrets import EnvSecretStore, SecretStores
 
 PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
@@ -84,7 +85,8 @@ def drop_our_roles(conn: psycopg.Connection[Any]) -> None:
         )
         for db in ("test", "postgres"):
             params = {**conninfo_to_dict(PG_DSN), "dbname": db}
-            with psycopg.connect(**params, autocommit=True) as other:
+            with psycopg.connect(**params) as other, other.transaction():
+                other.execute("SELECT pg_advisory_xact_lock(%s)", (ACL_LOCK_KEY,))
                 other.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 

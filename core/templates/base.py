@@ -92,23 +92,27 @@ def decode_label(text: str | None) -> dict[str, Any] | None:
     return label
 
 
-def grant_from_label(kind: str, principal: str, label: dict[str, Any]) -> Grant:
+def grant_from_label(kind: str, principal: str, label: dict[str, Any]) -> Grant | None:
+    """The grant a label describes; None for a damaged label, which is then not ours to act on."""
     known = {"grant_id", "request_id", "integration", "permission", "identity", "expires_at", "state"}
-    return Grant.model_validate(
-        {
-            "grant_id": label["grant_id"],
-            "request_id": label["request_id"],
-            "integration": label["integration"],
-            "permission": label["permission"],
-            "kind": kind,
-            "principal": principal,
-            "identity": label["identity"],
-            "expires_at": datetime.fromisoformat(label["expires_at"]),
-            "state": label.get("state", "active"),
-            "detail": {k: v for k, v in label.items() if k not in known and k != "v"},
-        },
-        strict=False,
-    )
+    try:
+        return Grant.model_validate(
+            {
+                "grant_id": label["grant_id"],
+                "request_id": label.get("request_id", ""),
+                "integration": label["integration"],
+                "permission": label.get("permission", ""),
+                "kind": kind,
+                "principal": principal,
+                "identity": label.get("identity", ""),
+                "expires_at": datetime.fromisoformat(label["expires_at"]),
+                "state": label.get("state", "active"),
+                "detail": {k: v for k, v in label.items() if k not in known and k != "v"},
+            },
+            strict=False,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class TargetSession(Protocol):

@@ -36,6 +36,9 @@ from core.templates.base import (
 PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
 MASK = "'********'"
 _GUC_VALUE = r"^\d{1,9}(ms|s|min|h|d)?$"
+# Concurrent GRANTs on one object fail with "tuple concurrently updated": every transaction of
+# ours that changes privileges takes this cluster-wide lock first, so parallel workers queue.
+ACL_LOCK_KEY = 0x6A697463_61636C  # "jitcacl"
 
 BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
     "read-only": (
@@ -293,6 +296,9 @@ class PostgreSQLSession:
     def _lock(self, grant_id: str) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant_id,))
 
+    def _lock_acl(self) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACL_LOCK_KEY,))
+
     def _role(self, name: str) -> tuple[bool, bool, bool] | None:
         """(can login, superuser, createrole) of an existing role."""
         row = self.conn.execute(
@@ -338,6 +344,7 @@ class PostgreSQLSession:
             if permission.mode == "membership":
                 self._check_membership(spec)
             verifier = self._verifier(name, password)
+            self._lock_acl()
             for statement in _grant_statements(self.settings, spec, verifier):
                 self.conn.execute(statement)
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
@@ -451,6 +458,7 @@ class PostgreSQLSession:
         try:
             with self.conn.transaction():
                 self._lock(label["grant_id"])
+                self._lock_acl()
                 self.conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
                 self.conn.execute(sql.SQL("DROP ROLE {}").format(role))
                 self._tombstone(label["grant_id"], label, expires_at)
@@ -536,7 +544,8 @@ class PostgreSQLSession:
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
-        return [grant_from_label(PostgreSQLTemplate.kind, name, label) for name, label in self._labelled()]
+        grants = (grant_from_label(PostgreSQLTemplate.kind, name, label) for name, label in self._labelled())
+        return [grant for grant in grants if grant is not None]
 
     def inventory(self) -> dict[str, list[str]]:
         def column(query: str) -> list[str]:
