@@ -1,0 +1,164 @@
+"""Wiring for the Lambda functions: settings from the environment Terraform sets, the catalog
+from the layer Terraform builds, and one boto3 client per service per execution environment.
+
+Each piece is built on first use and kept for the life of the execution environment; secret
+values are not among them (the engine fetches those per batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from aws.observability import logger
+from aws.scheduler import EventBridgeExpiryScheduler
+from aws.secrets_manager import SCHEME, SecretsManagerStore
+from aws.sinks import EventBridgeSink, LogSink
+from aws.sqs import SqsQueue
+from core.catalog import Catalog, load_catalog
+from core.engine import Engine
+from core.errors import CatalogError
+from core.intake import Intake
+from core.ports import EventSink
+from core.secrets import SecretStores
+
+DEFAULT_CATALOG = "/opt/jitc/catalog.yaml"
+
+
+class ConfigError(RuntimeError):
+    """The function's environment is incomplete: a deployment error, not a request error."""
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    catalog_path: Path
+    catalog_sha256: str | None
+    queue_url: str
+    queue_arn: str | None
+    schedule_group: str | None
+    scheduler_role_arn: str | None
+    schedule_dead_letter_arn: str | None
+    event_bus: str | None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        get = os.environ.get
+        return cls(
+            catalog_path=Path(get("JITC_CATALOG_PATH") or DEFAULT_CATALOG),
+            catalog_sha256=get("JITC_CATALOG_SHA256") or None,
+            queue_url=_env("JITC_QUEUE_URL"),
+            queue_arn=get("JITC_QUEUE_ARN") or None,
+            schedule_group=get("JITC_SCHEDULE_GROUP") or None,
+            scheduler_role_arn=get("JITC_SCHEDULER_ROLE_ARN") or None,
+            schedule_dead_letter_arn=get("JITC_SCHEDULE_DLQ_ARN") or None,
+            event_bus=get("JITC_EVENT_BUS") or None,
+        )
+
+
+@cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@cache
+def client(service: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20
+    )
+    return boto3.session.Session().client(service, config=config)  # type: ignore[call-overload]
+
+
+@cache
+def catalog() -> Catalog:
+    """The catalog Terraform shipped; a digest mismatch means a stale or altered file: stop."""
+    s = settings()
+    try:
+        data = s.catalog_path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(f"{s.catalog_path}: cannot read ({exc.strerror})") from None
+    if s.catalog_sha256 and hashlib.sha256(data).hexdigest() != s.catalog_sha256.lower():
+        raise CatalogError(f"{s.catalog_path}: digest differs from JITC_CATALOG_SHA256")
+    loaded = load_catalog(s.catalog_path)
+    logger.info("catalog loaded", extra={"integrations": sorted(loaded.integrations)})
+    return loaded
+
+
+@cache
+def queue() -> SqsQueue:
+    return SqsQueue(client("sqs"), settings().queue_url)
+
+
+@cache
+def intake() -> Intake:
+    return Intake(catalog(), queue())
+
+
+@cache
+def scheduler() -> EventBridgeExpiryScheduler:
+    s = settings()
+    if not (s.queue_arn and s.schedule_group and s.scheduler_role_arn):
+        raise ConfigError(
+            "JITC_QUEUE_ARN, JITC_SCHEDULE_GROUP and JITC_SCHEDULER_ROLE_ARN "
+            "are needed to schedule expiries"
+        )
+    return EventBridgeExpiryScheduler(
+        client("scheduler"),
+        group=s.schedule_group,
+        queue_arn=s.queue_arn,
+        role_arn=s.scheduler_role_arn,
+        queue=queue(),
+        dead_letter_arn=s.schedule_dead_letter_arn,
+    )
+
+
+class Sinks:
+    """The log always; the bus when configured. `flush` sends what the bus buffered."""
+
+    def __init__(self, log: LogSink, bus: EventBridgeSink | None) -> None:
+        self.log = log
+        self.bus = bus
+        self.sinks: tuple[EventSink, ...] = (log,) if bus is None else (log, bus)
+
+    def audit(self, event: Any) -> None:
+        for sink in self.sinks:
+            sink.audit(event)
+
+    def outcome(self, outcome: Any) -> None:
+        for sink in self.sinks:
+            sink.outcome(outcome)
+
+    def flush(self) -> None:
+        if self.bus is not None:
+            self.bus.flush()
+
+
+@cache
+def sinks() -> Sinks:
+    bus = settings().event_bus
+    return Sinks(LogSink(logger), EventBridgeSink(client("events"), bus) if bus else None)
+
+
+@cache
+def engine() -> Engine:
+    stores = SecretStores({SCHEME: SecretsManagerStore(client("secretsmanager"))})
+    return Engine(catalog(), stores, scheduler(), sinks())
+
+
+def reset() -> None:
+    """Forget everything built (tests; a new execution environment starts empty anyway)."""
+    for built in (settings, client, catalog, queue, intake, scheduler, sinks, engine):
+        built.cache_clear()

@@ -1,0 +1,43 @@
+"""`aws-sm:NAME-OR-ARN[#field]`: secrets read from AWS Secrets Manager at the moment of use.
+
+Nothing is cached here: the engine keeps a value for one batch and drops it. Errors carry the
+reference and AWS's error code, never the value or AWS's message (which may quote the request).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from core.errors import SecretError
+from core.secrets import Secret, SecretRef, pick_field
+
+SCHEME = "aws-sm"
+
+
+class SecretsManagerStore:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def resolve(self, ref: SecretRef) -> Secret:
+        if ref.scheme != SCHEME:
+            raise SecretError(f"secret {ref}: not a Secrets Manager reference")
+        try:
+            response = self._client.get_secret_value(SecretId=ref.location)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise SecretError(f"secret {ref}: Secrets Manager answered {code}") from None
+        except BotoCoreError as exc:
+            reason = type(exc).__name__
+            raise SecretError(f"secret {ref}: Secrets Manager unreachable ({reason})") from None
+        raw = response.get("SecretString")
+        if raw is None:
+            binary = response.get("SecretBinary")
+            try:
+                raw = bytes(binary).decode("utf-8") if binary is not None else None
+            except UnicodeDecodeError:
+                raw = None
+        if raw is None:
+            raise SecretError(f"secret {ref}: has no text value")
+        return pick_field(ref, raw)

@@ -1,0 +1,35 @@
+"""Lambda entry point `aws.sweep.handler`, run on a schedule: asks every target in the catalog
+for the grants this connector made, and revokes those past their expiry (the scheduled revoke
+may have been lost, or failed until now)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from aws import runtime
+from aws.observability import MetricUnit, logger, metrics, tracer
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_source(data_class=EventBridgeEvent)
+def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+    report = runtime.engine().sweep()
+    runtime.sinks().flush()
+    metrics.add_metric(name="SweepRevoked", unit=MetricUnit.Count, value=len(report.revoked))
+    metrics.add_metric(name="SweepRemaining", unit=MetricUnit.Count, value=report.remaining)
+    if report.failed:
+        metrics.add_metric(name="RevokeFailures", unit=MetricUnit.Count, value=len(report.failed))
+    summary = {
+        "revoked": report.revoked,
+        "forgotten": report.forgotten,
+        "failed": report.failed,
+        "remaining": report.remaining,
+    }
+    log = logger.warning if report.failed else logger.info
+    log("sweep done", extra={"sweep": summary})
+    return summary
