@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, str] = {
     "postgresql": "core.templates.postgresql:PostgreSQLTemplate",
+    "aws_iam": "core.templates.aws_iam:AwsIamTemplate",
+    "aws_identity_center": "core.templates.aws_identity_center:AwsIdentityCenterTemplate",
 }
 
 

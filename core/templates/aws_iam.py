@@ -1,0 +1,448 @@
+"""AWS IAM: a per-grant customer managed policy, attached to the identity's IAM role or user.
+
+The policy is the ledger and the lock at once: it lives under the connector's own path
+(`/jitc/` by default), is named by the grant id, carries the grant's label in its description,
+and every Allow statement in it carries `aws:CurrentTime < expiry`, so AWS itself refuses the
+access after the expiry even if the connector is down. Its document is the catalog's inline
+document rendered with the requested resources, or a copy of a managed policy's default version
+with the same condition added (so a managed policy is never attached without an expiry).
+
+A revoke detaches and deletes it; a tombstone policy (`jitc-x-<grant>`, never attached, denying
+everything if it ever were) records the revoke so a late redelivered grant is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from core.errors import Refused, TargetError
+from core.models import Grant, utcnow
+from core.secrets import Secret
+from core.templates.base import (
+    GrantResult,
+    GrantSpec,
+    PermissionSettings,
+    RevokeResult,
+    Settings,
+    decode_label,
+    encode_label,
+    grant_from_label,
+)
+
+PLACEHOLDER = "{resource}"
+_IAM_NAME = r"^[\w+=,.@-]{1,64}$"
+TOMBSTONE_DOCUMENT = {
+    "Version": "2012-10-17",
+    "Statement": [{"Sid": "JitcTombstone", "Effect": "Deny", "Action": "*", "Resource": "*"}],
+}
+
+
+class Connection(Settings):
+    account_id: str = Field(pattern=r"^\d{12}$", description="the account whose IAM is the target")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    path: str = Field(default="/jitc/", pattern=r"^/([\w+=,.@-]+/)+$")
+    allowed_principals: list[str] = Field(
+        min_length=1,
+        description="glob patterns of the IAM role or user names a grant may go to (e.g. 'dev-*')",
+    )
+
+
+class Permission(PermissionSettings):
+    principal_type: Literal["role", "user"] = "role"
+    policy: dict[str, Any] | None = Field(
+        default=None,
+        description="IAM policy document; '{resource}' in a string stands for each resource",
+    )
+    managed_policy_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]+$"
+    )
+    revoke_role_sessions: bool = Field(
+        default=False,
+        description="at revoke, deny every session of the role issued before that moment "
+        "(AWSRevokeOlderSessions): ends sessions holding the access, for all users of the role",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _document(cls, policy: dict[str, Any] | None) -> dict[str, Any] | None:
+        if policy is None:
+            return None
+        statements = policy.get("Statement")
+        if not isinstance(statements, list) or not statements:
+            raise ValueError("policy needs a non-empty Statement list")
+        for index, statement in enumerate(statements):
+            if not isinstance(statement, dict) or statement.get("Effect") not in ("Allow", "Deny"):
+                raise ValueError(f"policy Statement[{index}] needs Effect Allow or Deny")
+        return policy
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Permission:
+        if (self.policy is None) == (self.managed_policy_arn is None):
+            raise ValueError("exactly one of policy or managed_policy_arn")
+        if self.revoke_role_sessions and self.principal_type != "role":
+            raise ValueError("revoke_role_sessions applies to roles only")
+        return self
+
+
+def policy_name(grant_id: str) -> str:
+    return f"jitc-{grant_id}"
+
+
+def tombstone_name(grant_id: str) -> str:
+    return f"jitc-x-{grant_id}"
+
+
+def _expand(value: Any, resources: tuple[str, ...]) -> Any:
+    """Substitute resources structurally, inside JSON values: a string with the placeholder becomes
+    one string per resource; nothing is ever parsed back out of text."""
+    if isinstance(value, dict):
+        return {key: _expand(item, resources) for key, item in value.items()}
+    if isinstance(value, list):
+        out: list[Any] = []
+        for item in value:
+            expanded = _expand(item, resources)
+            if isinstance(item, str) and PLACEHOLDER in item:
+                out.extend(expanded if isinstance(expanded, list) else [expanded])
+            else:
+                out.append(expanded)
+        return out
+    if isinstance(value, str) and PLACEHOLDER in value:
+        values = [value.replace(PLACEHOLDER, resource) for resource in resources]
+        return values[0] if len(values) == 1 else values
+    return value
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def with_expiry(document: dict[str, Any], expires_at: datetime) -> dict[str, Any]:
+    """Every Allow statement gets `aws:CurrentTime < expiry` (the earlier one if it had one)."""
+    doc = copy.deepcopy(document)
+    statements = doc["Statement"]
+    if isinstance(statements, dict):
+        statements = doc["Statement"] = [statements]
+    deadline = _iso(expires_at)
+    for statement in statements:
+        if statement.get("Effect") != "Allow":
+            continue
+        condition = statement.setdefault("Condition", {})
+        before = condition.setdefault("DateLessThan", {})
+        existing = before.get("aws:CurrentTime")
+        before["aws:CurrentTime"] = (
+            min(existing, deadline) if isinstance(existing, str) else deadline
+        )
+    doc["Version"] = "2012-10-17"
+    return doc
+
+
+def principal_name(connection: Connection, spec: GrantSpec) -> str:
+    name = spec.identity.username
+    if name is None:
+        raise Refused(
+            "identity.username", "an IAM grant needs the identity's IAM role or user name"
+        )
+    if not re.match(_IAM_NAME, name):
+        raise Refused("identity.username", "not a valid IAM role or user name")
+    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in connection.allowed_principals):
+        raise Refused(
+            "identity.username", f"{name!r} is not among the catalog's allowed principals"
+        )
+    return name
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class AwsIamTemplate:
+    kind: ClassVar[str] = "aws_iam"
+    Connection: ClassVar[type[Settings]] = Connection
+    Permission: ClassVar[type[PermissionSettings]] = Permission
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        return False
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        assert isinstance(connection, Connection)
+        principal_name(connection, spec)
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
+        assert isinstance(connection, Connection)
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        name = principal_name(connection, spec)
+        if permission.policy is not None:
+            source = json.dumps(
+                with_expiry(_expand(permission.policy, spec.resources), spec.expires_at)
+            )
+        else:
+            source = (
+                f"copy of {permission.managed_policy_arn} (default version), every Allow "
+                f"conditioned on aws:CurrentTime < {_iso(spec.expires_at)}"
+            )
+        name_ = policy_name(spec.grant_id)
+        arn = f"arn:aws:iam::{connection.account_id}:policy{connection.path}{name_}"
+        return [
+            f"create policy {arn}: {source}",
+            f"attach {arn} to {permission.principal_type} {name}",
+        ]
+
+    def open(self, integration: str, connection: Settings, secret: Secret | None) -> AwsIamSession:
+        assert isinstance(connection, Connection)
+        return AwsIamSession(integration, connection)
+
+
+class AwsIamSession:
+    """An IAM client for one batch; the function's own role is the credential (no secret)."""
+
+    def __init__(self, integration: str, connection: Connection) -> None:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        self.integration = integration
+        self.settings = connection
+        self.ClientError = ClientError
+        self.iam = boto3.session.Session().client("iam", region_name=connection.region)
+
+    def close(self) -> None:
+        self.iam.close()
+
+    def _arn(self, name: str) -> str:
+        return f"arn:aws:iam::{self.settings.account_id}:policy{self.settings.path}{name}"
+
+    def _label(self, name: str) -> dict[str, Any] | None:
+        """The label of one of our policies, or None when there is no such policy (or not ours)."""
+        try:
+            policy = self.iam.get_policy(PolicyArn=self._arn(name))["Policy"]
+        except self.ClientError as exc:
+            if _code(exc) == "NoSuchEntity":
+                return None
+            raise
+        label = decode_label(policy.get("Description"))
+        if label is None or label.get("integration") != self.integration:
+            raise TargetError(f"policy {name} exists but was not made by this integration")
+        return label
+
+    def _document(self, spec: GrantSpec) -> dict[str, Any]:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        if permission.policy is not None:
+            return with_expiry(_expand(permission.policy, spec.resources), spec.expires_at)
+        assert permission.managed_policy_arn is not None
+        policy = self.iam.get_policy(PolicyArn=permission.managed_policy_arn)["Policy"]
+        version = self.iam.get_policy_version(
+            PolicyArn=permission.managed_policy_arn, VersionId=policy["DefaultVersionId"]
+        )["PolicyVersion"]["Document"]
+        if isinstance(version, str):
+            from urllib.parse import unquote
+
+            version = json.loads(unquote(version))
+        return with_expiry(version, spec.expires_at)
+
+    def _check_principal(self, kind: str, name: str) -> None:
+        """Checked before anything is made, so a missing principal leaves nothing behind."""
+        try:
+            if kind == "role":
+                self.iam.get_role(RoleName=name)
+            else:
+                self.iam.get_user(UserName=name)
+        except self.ClientError as exc:
+            if _code(exc) == "NoSuchEntity":
+                raise Refused("identity.username", f"no IAM {kind} {name!r}") from None
+            raise
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        name = principal_name(self.settings, spec)
+        if self._label(tombstone_name(spec.grant_id)) is not None:
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        self._check_principal(permission.principal_type, name)
+        label = self._label(policy_name(spec.grant_id))
+        reissued = label is not None
+        if label is None:
+            document = self._document(spec)
+            extra = {
+                "principal_type": permission.principal_type,
+                "principal": name,
+                "revoke_role_sessions": permission.revoke_role_sessions,
+            }
+            try:
+                self.iam.create_policy(
+                    PolicyName=policy_name(spec.grant_id),
+                    Path=self.settings.path,
+                    PolicyDocument=json.dumps(document),
+                    Description=encode_label(spec.label(**extra)),
+                    Tags=[
+                        {"Key": "jitc:grant_id", "Value": spec.grant_id},
+                        {"Key": "jitc:expires_at", "Value": spec.expires_at.isoformat()},
+                    ],
+                )
+            except self.ClientError as exc:
+                # A concurrent delivery of the same grant made it first: it is the same policy.
+                if _code(exc) != "EntityAlreadyExists":
+                    raise
+        arn = self._arn(policy_name(spec.grant_id))
+        try:
+            if permission.principal_type == "role":
+                self.iam.attach_role_policy(RoleName=name, PolicyArn=arn)
+            else:
+                self.iam.attach_user_policy(UserName=name, PolicyArn=arn)
+        except self.ClientError as exc:
+            if _code(exc) == "NoSuchEntity":
+                raise Refused(
+                    "identity.username", f"no IAM {permission.principal_type} {name!r}"
+                ) from None
+            raise
+        return GrantResult(principal=f"{permission.principal_type}/{name}", reissued=reissued)
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def _attachments(self, arn: str) -> tuple[list[str], list[str]]:
+        roles: list[str] = []
+        users: list[str] = []
+        for page in self.iam.get_paginator("list_entities_for_policy").paginate(PolicyArn=arn):
+            roles += [r["RoleName"] for r in page.get("PolicyRoles", [])]
+            users += [u["UserName"] for u in page.get("PolicyUsers", [])]
+        return roles, users
+
+    def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
+        if until <= utcnow() or self._label(tombstone_name(grant_id)) is not None:
+            return
+        stone = {
+            "v": 1,
+            "grant_id": grant_id,
+            "request_id": label.get("request_id", ""),
+            "integration": self.integration,
+            "permission": label.get("permission", ""),
+            "identity": label.get("identity", ""),
+            "expires_at": until.isoformat(),
+            "state": "tombstone",
+        }
+        try:
+            self.iam.create_policy(
+                PolicyName=tombstone_name(grant_id),
+                Path=self.settings.path,
+                PolicyDocument=json.dumps(TOMBSTONE_DOCUMENT),
+                Description=encode_label(stone),
+            )
+        except self.ClientError as exc:
+            if _code(exc) != "EntityAlreadyExists":
+                raise
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        label = self._label(policy_name(grant_id))
+        if label is None:
+            # Revoke before grant: the tombstone makes the late grant a refusal.
+            self._tombstone(grant_id, {}, tombstone_until)
+            return RevokeResult(found=False)
+        expires_at = datetime.fromisoformat(label["expires_at"])
+        # The tombstone first: should anything below fail, the retried revoke still finds the
+        # policy, and no redelivered grant can slip in between.
+        self._tombstone(grant_id, label, max(tombstone_until, expires_at))
+        arn = self._arn(policy_name(grant_id))
+        roles, users = self._attachments(arn)
+        for role in roles:
+            self.iam.detach_role_policy(RoleName=role, PolicyArn=arn)
+        for user in users:
+            self.iam.detach_user_policy(UserName=user, PolicyArn=arn)
+        if label.get("principal_type") == "role" and self._revokes_sessions(label):
+            self._revoke_sessions(str(label["principal"]))
+        for version in self.iam.list_policy_versions(PolicyArn=arn)["Versions"]:
+            if not version["IsDefaultVersion"]:
+                self.iam.delete_policy_version(PolicyArn=arn, VersionId=version["VersionId"])
+        try:
+            self.iam.delete_policy(PolicyArn=arn)
+        except self.ClientError as exc:
+            if _code(exc) != "NoSuchEntity":
+                raise
+        gone = self._label(policy_name(grant_id)) is None
+        principal = f"{label.get('principal_type', 'role')}/{label.get('principal', '')}"
+        return RevokeResult(
+            found=True,
+            principal=principal,
+            expires_at=expires_at,
+            residual=[] if gone else [f"policy {arn} still exists"],
+            verified=gone,
+        )
+
+    def _revokes_sessions(self, label: dict[str, Any]) -> bool:
+        return bool(label.get("revoke_role_sessions"))
+
+    def _revoke_sessions(self, role: str) -> None:
+        """AWS's own mechanism: deny every session of the role issued before now."""
+        document = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Deny",
+                    "Action": "*",
+                    "Resource": "*",
+                    "Condition": {"DateLessThan": {"aws:TokenIssueTime": _iso(utcnow())}},
+                }
+            ],
+        }
+        self.iam.put_role_policy(
+            RoleName=role, PolicyName="AWSRevokeOlderSessions", PolicyDocument=json.dumps(document)
+        )
+
+    def forget(self, grant_id: str) -> None:
+        label = self._label(tombstone_name(grant_id))
+        if label is not None and label.get("state") == "tombstone":
+            self.iam.delete_policy(PolicyArn=self._arn(tombstone_name(grant_id)))
+
+    # -- sweep and inventory ---------------------------------------------------------------
+
+    def active_grants(self) -> list[Grant]:
+        grants: list[Grant] = []
+        paginator = self.iam.get_paginator("list_policies")
+        for page in paginator.paginate(Scope="Local", PathPrefix=self.settings.path):
+            for item in page["Policies"]:
+                if not item["PolicyName"].startswith("jitc-"):
+                    continue
+                policy = self.iam.get_policy(PolicyArn=item["Arn"])["Policy"]
+                label = decode_label(policy.get("Description"))
+                if label is None or label.get("integration") != self.integration:
+                    continue
+                grant = grant_from_label(
+                    AwsIamTemplate.kind, str(label.get("principal", "")), label
+                )
+                if grant is not None:
+                    grants.append(grant)
+        return grants
+
+    def inventory(self) -> dict[str, list[str]]:
+        def allowed(name: str) -> bool:
+            return any(fnmatch.fnmatchcase(name, p) for p in self.settings.allowed_principals)
+
+        roles = [
+            r["RoleName"]
+            for page in self.iam.get_paginator("list_roles").paginate()
+            for r in page["Roles"]
+            if allowed(r["RoleName"])
+        ]
+        users = [
+            u["UserName"]
+            for page in self.iam.get_paginator("list_users").paginate()
+            for u in page["Users"]
+            if allowed(u["UserName"])
+        ]
+        policies = [
+            p["PolicyName"]
+            for page in self.iam.get_paginator("list_policies").paginate(
+                Scope="Local", PathPrefix=self.settings.path
+            )
+            for p in page["Policies"]
+        ]
+        return {"roles": sorted(roles), "users": sorted(users), "policies": sorted(policies)}

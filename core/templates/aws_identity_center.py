@@ -1,0 +1,403 @@
+"""AWS IAM Identity Center: an account assignment of a permission set to the identity's user.
+
+The user is found in the identity store by email. The permission set's own tags are the ledger:
+`jitc:<grant>:<account>` = `active <expires_at> <user id> <integration>` for each assignment a
+grant made (written *before* the assignment, so nothing exists unlabelled), and `jitc:<grant>:x`
+for a revoke's tombstone. AWS allows 50 tags per permission set, which bounds the concurrent
+(grant, account) pairs per permission set; a grant beyond that fails before assigning anything.
+
+Identity Center cannot make an assignment expire by itself: the expiry is the scheduled revoke
+and the sweep. Portal sessions already issued last until the permission set's session duration
+ends, which is why the catalog should pick permission sets with a short one (docs/aws.md).
+The connector never removes an assignment it did not make, nor one another live grant needs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from core.errors import Refused, TargetError
+from core.models import Grant, utcnow
+from core.secrets import Secret
+from core.templates.base import (
+    GrantResult,
+    GrantSpec,
+    PermissionSettings,
+    RevokeResult,
+    Settings,
+)
+
+TAG_PREFIX = "jitc:"
+STATUS_WAIT_SECONDS = 60.0
+
+
+class Connection(Settings):
+    instance_arn: str = Field(
+        pattern=r"^arn:aws[a-z-]*:sso:::instance/(sso)?ins-[a-zA-Z0-9-.]{16}$"
+    )
+    identity_store_id: str = Field(pattern=r"^d-[0-9a-f]{10}$|^[0-9a-f-]{36}$")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
+class Permission(PermissionSettings):
+    # AWS names them permissionSet/<instance>/ps-...; moto (the test server) instance/<...>/ps-...
+    permission_set_arn: str = Field(
+        pattern=r"^arn:aws[a-z-]*:sso:::(permissionSet|instance)/(sso)?ins-[a-zA-Z0-9-.]{16}"
+        r"/ps-[a-zA-Z0-9-./]{16}$"
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _accounts(cls, resources: list[str]) -> list[str]:
+        for resource in resources:
+            if not re.fullmatch(r"\d{12}", resource):
+                raise ValueError(f"resource {resource!r} is not an AWS account id (12 digits)")
+        return resources
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tag of the ledger, parsed."""
+
+    grant_id: str
+    account: str  # "x" for a tombstone
+    state: str
+    expires_at: datetime
+    user_id: str
+    integration: str
+
+    @property
+    def key(self) -> str:
+        return f"{TAG_PREFIX}{self.grant_id}:{self.account}"
+
+    @property
+    def value(self) -> str:
+        return f"{self.state} {self.expires_at.isoformat()} {self.user_id} {self.integration}"
+
+    @classmethod
+    def parse(cls, key: str, value: str) -> Entry | None:
+        match = re.fullmatch(r"jitc:(g[a-z2-7]{24}):(\d{12}|x)", key)
+        parts = value.split(" ")
+        if match is None or len(parts) != 4:
+            return None
+        try:
+            expires_at = datetime.fromisoformat(parts[1])
+        except ValueError:
+            return None
+        return cls(match[1], match[2], parts[0], expires_at, parts[2], parts[3])
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class AwsIdentityCenterTemplate:
+    kind: ClassVar[str] = "aws_identity_center"
+    Connection: ClassVar[type[Settings]] = Connection
+    Permission: ClassVar[type[PermissionSettings]] = Permission
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        return False
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        return None
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        steps = [f"find the identity store user with email {spec.identity.email}"]
+        steps += [
+            f"assign {permission.permission_set_arn} to that user on account {account} "
+            f"until {spec.expires_at.isoformat()}"
+            for account in spec.resources
+        ]
+        return steps
+
+    def open(
+        self, integration: str, connection: Settings, secret: Secret | None
+    ) -> AwsIdentityCenterSession:
+        assert isinstance(connection, Connection)
+        return AwsIdentityCenterSession(integration, connection)
+
+
+class AwsIdentityCenterSession:
+    def __init__(self, integration: str, connection: Connection) -> None:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        self.integration = integration
+        self.settings = connection
+        self.ClientError = ClientError
+        session = boto3.session.Session()
+        self.sso = session.client("sso-admin", region_name=connection.region)
+        self.store = session.client("identitystore", region_name=connection.region)
+
+    def close(self) -> None:
+        self.sso.close()
+        self.store.close()
+
+    # -- the ledger ------------------------------------------------------------------------
+
+    def _entries(self, permission_set: str) -> list[Entry]:
+        entries: list[Entry] = []
+        params = {"InstanceArn": self.settings.instance_arn, "ResourceArn": permission_set}
+        while True:
+            page = self.sso.list_tags_for_resource(**params)
+            for tag in page.get("Tags", []):
+                entry = Entry.parse(tag["Key"], tag["Value"])
+                if entry is not None and entry.integration == self.integration:
+                    entries.append(entry)
+            if not page.get("NextToken"):
+                return entries
+            params["NextToken"] = page["NextToken"]
+
+    def _permission_sets(self) -> list[str]:
+        arns: list[str] = []
+        paginator = self.sso.get_paginator("list_permission_sets")
+        for page in paginator.paginate(InstanceArn=self.settings.instance_arn):
+            arns += page.get("PermissionSets", [])
+        return arns
+
+    def _find(self, grant_id: str) -> tuple[str, list[Entry]] | None:
+        for arn in self._permission_sets():
+            found = [e for e in self._entries(arn) if e.grant_id == grant_id]
+            if found:
+                return arn, found
+        return None
+
+    def _tag(self, permission_set: str, entries: list[Entry]) -> None:
+        try:
+            self.sso.tag_resource(
+                InstanceArn=self.settings.instance_arn,
+                ResourceArn=permission_set,
+                Tags=[{"Key": e.key, "Value": e.value} for e in entries],
+            )
+        except self.ClientError as exc:
+            if _code(exc) in ("ServiceQuotaExceededException", "ValidationException"):
+                raise TargetError(
+                    "the permission set has no room for more grant labels (50 tags): "
+                    "too many concurrent grants of it"
+                ) from None
+            raise
+
+    def _untag(self, permission_set: str, keys: list[str]) -> None:
+        if keys:
+            self.sso.untag_resource(
+                InstanceArn=self.settings.instance_arn, ResourceArn=permission_set, TagKeys=keys
+            )
+
+    # -- AWS calls -------------------------------------------------------------------------
+
+    def _user_id(self, email: str) -> str:
+        try:
+            answer = self.store.get_user_id(
+                IdentityStoreId=self.settings.identity_store_id,
+                AlternateIdentifier={
+                    "UniqueAttribute": {"AttributePath": "emails.value", "AttributeValue": email}
+                },
+            )
+        except self.ClientError as exc:
+            if _code(exc) == "ResourceNotFoundException":
+                raise Refused(
+                    "identity.email", "no user with this email in the identity store"
+                ) from None
+            raise
+        return str(answer["UserId"])
+
+    def _assigned(self, account: str, permission_set: str, user_id: str) -> bool:
+        paginator = self.sso.get_paginator("list_account_assignments")
+        for page in paginator.paginate(
+            InstanceArn=self.settings.instance_arn,
+            AccountId=account,
+            PermissionSetArn=permission_set,
+        ):
+            for item in page.get("AccountAssignments", []):
+                if item.get("PrincipalType") == "USER" and item.get("PrincipalId") == user_id:
+                    return True
+        return False
+
+    def _wait(self, status: dict[str, Any], describe: str, key: str) -> None:
+        """Assignments are made asynchronously; wait (bounded) for the final status."""
+        deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        while status.get("Status") == "IN_PROGRESS" and time.monotonic() < deadline:
+            time.sleep(1.0)
+            status = getattr(self.sso, describe)(
+                InstanceArn=self.settings.instance_arn, **{key: status["RequestId"]}
+            )[key.replace("RequestId", "Status")]
+        if status.get("Status") == "FAILED":
+            raise TargetError(
+                f"Identity Center: {status.get('FailureReason', 'assignment failed')}"
+            )
+        if status.get("Status") == "IN_PROGRESS":
+            raise TargetError("Identity Center: assignment still in progress; will retry")
+
+    def _assignment(self, account: str, permission_set: str, user_id: str) -> dict[str, Any]:
+        return {
+            "InstanceArn": self.settings.instance_arn,
+            "TargetId": account,
+            "TargetType": "AWS_ACCOUNT",
+            "PermissionSetArn": permission_set,
+            "PrincipalType": "USER",
+            "PrincipalId": user_id,
+        }
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        arn = permission.permission_set_arn
+        entries = self._entries(arn)
+        if any(e.grant_id == spec.grant_id and e.account == "x" for e in entries):
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        user_id = self._user_id(spec.identity.email)
+        mine = {e.account for e in entries if e.grant_id == spec.grant_id}
+        covered = {e.account for e in entries if e.user_id == user_id and e.state == "active"}
+        for index, account in enumerate(spec.resources):
+            if account not in covered and self._assigned(account, arn, user_id):
+                raise Refused(
+                    f"resources[{index}]",
+                    f"the user already holds this permission set on {account} outside the "
+                    "connector; it will not manage (or remove) that assignment",
+                )
+        self._tag(
+            arn,
+            [
+                Entry(spec.grant_id, a, "active", spec.expires_at, user_id, self.integration)
+                for a in spec.resources
+                if a not in mine
+            ],
+        )
+        for account in spec.resources:
+            try:
+                answer = self.sso.create_account_assignment(
+                    **self._assignment(account, arn, user_id)
+                )
+            except self.ClientError as exc:
+                if _code(exc) != "ConflictException":
+                    raise
+                continue
+            self._wait(
+                answer["AccountAssignmentCreationStatus"],
+                "describe_account_assignment_creation_status",
+                "AccountAssignmentCreationRequestId",
+            )
+        return GrantResult(principal=f"user/{user_id}", reissued=bool(mine))
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        found = self._find(grant_id)
+        if found is None:
+            # Revoke before grant: without knowing the permission set, the tombstone goes on
+            # every permission set of the instance that a late grant could name.
+            if tombstone_until > utcnow():
+                stone = Entry(grant_id, "x", "tombstone", tombstone_until, "-", self.integration)
+                for arn in self._permission_sets():
+                    self._tag(arn, [stone])
+            return RevokeResult(found=False)
+        arn, entries = found
+        live = [e for e in entries if e.account != "x"]
+        if not live:
+            return RevokeResult(found=False)
+        expires_at = live[0].expires_at
+        user_id = live[0].user_id
+        stone = Entry(
+            grant_id, "x", "tombstone", max(tombstone_until, expires_at), user_id, self.integration
+        )
+        self._tag(arn, [stone])
+        others = {
+            e.account
+            for e in self._entries(arn)
+            if e.grant_id != grant_id and e.user_id == user_id and e.state == "active"
+        }
+        residual: list[str] = []
+        for entry in live:
+            if entry.account in others:
+                continue  # another live grant of the same access keeps the assignment
+            try:
+                answer = self.sso.delete_account_assignment(
+                    **self._assignment(entry.account, arn, user_id)
+                )
+                self._wait(
+                    answer["AccountAssignmentDeletionStatus"],
+                    "describe_account_assignment_deletion_status",
+                    "AccountAssignmentDeletionRequestId",
+                )
+            except self.ClientError as exc:
+                if _code(exc) != "ResourceNotFoundException":
+                    raise
+            if self._assigned(entry.account, arn, user_id):
+                residual.append(f"assignment on {entry.account} still exists")
+        if not residual:
+            self._untag(arn, [e.key for e in live])
+        return RevokeResult(
+            found=True,
+            principal=f"user/{user_id}",
+            expires_at=expires_at,
+            residual=residual,
+            verified=not residual,
+        )
+
+    def forget(self, grant_id: str) -> None:
+        for arn in self._permission_sets():
+            keys = [
+                e.key for e in self._entries(arn) if e.grant_id == grant_id and e.account == "x"
+            ]
+            self._untag(arn, keys)
+
+    # -- sweep and inventory ---------------------------------------------------------------
+
+    def active_grants(self) -> list[Grant]:
+        grants: dict[str, Grant] = {}
+        for arn in self._permission_sets():
+            for entry in self._entries(arn):
+                if entry.grant_id in grants and entry.account == "x":
+                    continue
+                grants[entry.grant_id] = Grant(
+                    grant_id=entry.grant_id,
+                    request_id=entry.grant_id,
+                    integration=self.integration,
+                    permission=arn,
+                    kind=AwsIdentityCenterTemplate.kind,
+                    principal=f"user/{entry.user_id}",
+                    identity=entry.user_id,
+                    expires_at=entry.expires_at,
+                    state="tombstone" if entry.account == "x" else "active",
+                    detail={"account": entry.account},
+                )
+        return list(grants.values())
+
+    def inventory(self) -> dict[str, list[str]]:
+        instance = self.settings.instance_arn
+        sets = self._permission_sets()
+        names = [
+            self.sso.describe_permission_set(InstanceArn=instance, PermissionSetArn=arn)[
+                "PermissionSet"
+            ]["Name"]
+            for arn in sets
+        ]
+        accounts: set[str] = set()
+        for arn in sets:
+            paginator = self.sso.get_paginator("list_accounts_for_provisioned_permission_set")
+            for page in paginator.paginate(InstanceArn=instance, PermissionSetArn=arn):
+                accounts.update(page.get("AccountIds", []))
+        users = [
+            user.get("UserName", user["UserId"])
+            for page in self.store.get_paginator("list_users").paginate(
+                IdentityStoreId=self.settings.identity_store_id
+            )
+            for user in page.get("Users", [])
+        ]
+        return {
+            "permission_sets": sorted(names),
+            "accounts": sorted(accounts),
+            "users": sorted(users),
+        }

@@ -1,0 +1,329 @@
+"""The AWS IAM template against moto's IAM: labelled per-grant policies with AWS-enforced expiry,
+idempotent grant and revoke, tombstones, overlapping grants, refusals, sweep and inventory."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from awsharness import ACCOUNT, acting_as, client
+
+from core.catalog import parse_catalog
+from core.engine import Engine
+from core.local import MemorySink, NullScheduler
+from core.models import AccessRequest, derive_grant_id
+from core.secrets import SecretStores
+from core.templates.aws_iam import with_expiry
+
+INTEGRATION = "awst-iam"
+DOC = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::{resource}/*"]},
+        {"Effect": "Deny", "Action": "s3:DeleteObject", "Resource": "*"},
+    ],
+}
+MANAGED_DOC = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": "*"}],
+}
+
+
+@pytest.fixture
+def iam(aws: str) -> Any:
+    iam = client("iam")
+    trust = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+    )
+    for role in ("dev-ana", "dev-bob", "admin"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
+    iam.create_user(UserName="dev-carl")
+    iam.create_policy(PolicyName="TableRead", PolicyDocument=json.dumps(MANAGED_DOC))
+    return iam
+
+
+@pytest.fixture
+def engine(iam: Any) -> Engine:
+    catalog = parse_catalog(
+        {
+            "integrations": {
+                INTEGRATION: {
+                    "kind": "aws_iam",
+                    "connection": {
+                        "account_id": ACCOUNT,
+                        "region": "us-east-1",
+                        "allowed_principals": ["dev-*"],
+                    },
+                    "max_duration": "4h",
+                    "permissions": {
+                        "s3-read": {"policy": DOC, "resources": ["bucket-a", "bucket-b"]},
+                        "table": {
+                            "managed_policy_arn": f"arn:aws:iam::{ACCOUNT}:policy/TableRead",
+                            "resources": ["all"],
+                        },
+                        "s3-user": {
+                            "policy": DOC,
+                            "principal_type": "user",
+                            "resources": ["bucket-a"],
+                        },
+                        "sessions": {
+                            "policy": DOC,
+                            "revoke_role_sessions": True,
+                            "resources": ["bucket-a"],
+                        },
+                    },
+                }
+            }
+        }
+    )
+    return Engine(catalog, SecretStores({}), NullScheduler(), MemorySink())
+
+
+def grant(
+    permission: str, who: str, resources: list[str], seconds: int = 3600, rid: str | None = None
+) -> AccessRequest:
+    return AccessRequest.model_validate(
+        {
+            "request_id": rid or f"iam-{uuid.uuid4().hex[:8]}",
+            "action": "grant",
+            "integration": INTEGRATION,
+            "permission": permission,
+            "resources": resources,
+            "identity": {"email": f"{who}@example.com", "username": who},
+            "duration": f"{seconds}s",
+        }
+    )
+
+
+def revoke(grant_id: str) -> AccessRequest:
+    return AccessRequest(
+        request_id=f"r-{uuid.uuid4().hex[:8]}",
+        action="revoke",
+        integration=INTEGRATION,
+        grant_id=grant_id,
+    )
+
+
+def run(engine: Engine, request: AccessRequest) -> Any:
+    with acting_as("worker"):
+        return engine.execute(request)
+
+
+def ours(iam: Any) -> dict[str, dict[str, Any]]:
+    """Our policies: name -> {description, document, roles, users}."""
+    found = {}
+    for p in iam.list_policies(Scope="Local", PathPrefix="/jitc/")["Policies"]:
+        policy = iam.get_policy(PolicyArn=p["Arn"])["Policy"]
+        doc = iam.get_policy_version(PolicyArn=p["Arn"], VersionId=policy["DefaultVersionId"])[
+            "PolicyVersion"
+        ]["Document"]
+        ents = iam.list_entities_for_policy(PolicyArn=p["Arn"])
+        found[p["PolicyName"]] = {
+            "description": policy.get("Description", ""),
+            "document": doc if isinstance(doc, dict) else json.loads(doc),
+            "roles": [r["RoleName"] for r in ents["PolicyRoles"]],
+            "users": [u["UserName"] for u in ents["PolicyUsers"]],
+        }
+    return found
+
+
+def test_grant_attaches_a_labelled_policy_that_aws_ends_at_the_expiry(
+    engine: Engine, iam: Any
+) -> None:
+    request = grant("s3-read", "dev-ana", ["bucket-a", "bucket-b"])
+    outcome = run(engine, request)
+    assert (outcome.status, outcome.principal) == ("granted", "role/dev-ana")
+    gid = derive_grant_id(INTEGRATION, request.request_id)
+    policy = ours(iam)[f"jitc-{gid}"]
+    assert policy["roles"] == ["dev-ana"] and policy["users"] == []
+    allow, deny = policy["document"]["Statement"]
+    assert allow["Resource"] == ["arn:aws:s3:::bucket-a/*", "arn:aws:s3:::bucket-b/*"]
+    # Fail closed: AWS refuses the Allow after the expiry, with or without the connector.
+    expiry = outcome.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert allow["Condition"] == {"DateLessThan": {"aws:CurrentTime": expiry}}
+    assert "Condition" not in deny
+    label = json.loads(policy["description"].removeprefix("jitc:"))
+    assert (label["grant_id"], label["integration"], label["principal"]) == (
+        gid,
+        INTEGRATION,
+        "dev-ana",
+    )
+    # Redelivered: the same policy, still one attachment.
+    again = run(engine, request)
+    assert again.status == "granted" and again.reissued
+    assert list(ours(iam)) == [f"jitc-{gid}"] and ours(iam)[f"jitc-{gid}"]["roles"] == ["dev-ana"]
+
+
+def test_plan_changes_nothing_and_shows_the_condition(engine: Engine, iam: Any) -> None:
+    with acting_as("worker"):
+        outcome = engine.plan(grant("s3-read", "dev-ana", ["bucket-a"]))
+    assert outcome.status == "planned"
+    assert "aws:CurrentTime" in outcome.statements[0] and "dev-ana" in outcome.statements[1]
+    assert ours(iam) == {}
+
+
+def test_a_managed_policy_is_copied_with_the_expiry_never_attached_bare(
+    engine: Engine, iam: Any
+) -> None:
+    outcome = run(engine, grant("table", "dev-bob", ["all"]))
+    assert outcome.status == "granted"
+    (policy,) = ours(iam).values()
+    statement = policy["document"]["Statement"][0]
+    assert statement["Action"] == "dynamodb:GetItem"
+    assert "aws:CurrentTime" in statement["Condition"]["DateLessThan"]
+    attached = iam.list_attached_role_policies(RoleName="dev-bob")["AttachedPolicies"]
+    assert [a["PolicyName"] for a in attached] == [next(iter(ours(iam)))]
+
+
+def test_user_principal(engine: Engine, iam: Any) -> None:
+    outcome = run(engine, grant("s3-user", "dev-carl", ["bucket-a"]))
+    assert (outcome.status, outcome.principal) == ("granted", "user/dev-carl")
+    (policy,) = ours(iam).values()
+    assert policy["users"] == ["dev-carl"]
+    rid = outcome.grant_id
+    assert run(engine, revoke(rid)).status == "revoked"
+    assert iam.list_attached_user_policies(UserName="dev-carl")["AttachedPolicies"] == []
+
+
+@pytest.mark.parametrize(
+    ("who", "field"),
+    [
+        ("admin", "identity.username"),
+        ("dev-nobody", "identity.username"),
+        ("bad name!", "identity.username"),
+    ],
+)
+def test_refused_principals_change_nothing(engine: Engine, iam: Any, who: str, field: str) -> None:
+    request = AccessRequest.model_validate(
+        {
+            "request_id": f"bad-{uuid.uuid4().hex[:6]}",
+            "action": "grant",
+            "integration": INTEGRATION,
+            "permission": "s3-read",
+            "resources": ["bucket-a"],
+            "identity": {"email": "x@example.com", **({"username": who} if " " not in who else {})},
+            "duration": "1h",
+        }
+    )
+    outcome = run(engine, request)
+    assert (outcome.status, outcome.field) == ("refused", field)
+    assert [p for p in ours(iam) if not p.startswith("jitc-x-")] == []
+    assert iam.list_attached_role_policies(RoleName="admin")["AttachedPolicies"] == []
+
+
+def test_refused_resource_outside_the_catalog(engine: Engine, iam: Any) -> None:
+    outcome = run(engine, grant("s3-read", "dev-ana", ["bucket-z"]))
+    assert (outcome.status, outcome.field) == ("refused", "resources[0]")
+    assert ours(iam) == {}
+
+
+def test_revoke_removes_it_twice_safely_and_a_late_grant_is_refused(
+    engine: Engine, iam: Any
+) -> None:
+    request = grant("s3-read", "dev-ana", ["bucket-a"])
+    gid = run(engine, request).grant_id
+    first = run(engine, revoke(gid))
+    assert (first.status, first.verified, first.principal) == ("revoked", True, "role/dev-ana")
+    assert iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"] == []
+    assert list(ours(iam)) == [f"jitc-x-{gid}"]
+    tombstone = ours(iam)[f"jitc-x-{gid}"]
+    assert tombstone["roles"] == [] and tombstone["document"]["Statement"][0]["Effect"] == "Deny"
+    second = run(engine, revoke(gid))
+    assert second.status == "revoked" and second.message and "nothing to revoke" in second.message
+    late = run(engine, request)
+    assert (late.status, late.field) == ("refused", "request_id")
+    assert iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"] == []
+
+
+def test_revoke_before_grant(engine: Engine, iam: Any) -> None:
+    request = grant("s3-read", "dev-ana", ["bucket-a"])
+    gid = derive_grant_id(INTEGRATION, request.request_id)
+    assert run(engine, revoke(gid)).status == "revoked"
+    assert run(engine, request).status == "refused"
+    assert iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"] == []
+
+
+def test_overlapping_grants_end_separately(engine: Engine, iam: Any) -> None:
+    a = run(engine, grant("s3-read", "dev-ana", ["bucket-a"]))
+    b = run(engine, grant("s3-read", "dev-ana", ["bucket-a"]))
+    assert a.grant_id != b.grant_id
+    assert run(engine, revoke(a.grant_id)).status == "revoked"
+    attached = [
+        p["PolicyName"]
+        for p in iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    ]
+    assert attached == [f"jitc-{b.grant_id}"]
+
+
+def test_revoke_can_end_older_sessions_of_the_role(engine: Engine, iam: Any) -> None:
+    gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    assert run(engine, revoke(gid)).status == "revoked"
+    doc = iam.get_role_policy(RoleName="dev-ana", PolicyName="AWSRevokeOlderSessions")[
+        "PolicyDocument"
+    ]
+    statement = (doc if isinstance(doc, dict) else json.loads(doc))["Statement"][0]
+    assert (statement["Effect"], statement["Action"]) == ("Deny", "*")
+    cutoff = datetime.strptime(
+        statement["Condition"]["DateLessThan"]["aws:TokenIssueTime"], "%Y-%m-%dT%H:%M:%SZ"
+    )
+    assert cutoff.replace(tzinfo=UTC) >= before.replace(microsecond=0)
+
+
+def test_sweep_revokes_expired_grants_only(engine: Engine, iam: Any) -> None:
+    short = run(engine, grant("s3-read", "dev-ana", ["bucket-a"], seconds=2))
+    long = run(engine, grant("s3-read", "dev-bob", ["bucket-a"], seconds=3600))
+    time.sleep(2.2)
+    with acting_as("sweep"):
+        report = engine.sweep()
+    assert report.revoked == [short.grant_id] and report.ok
+    names = set(ours(iam))
+    assert f"jitc-{long.grant_id}" in names and f"jitc-{short.grant_id}" not in names
+    with acting_as("sweep"):
+        inventory = (
+            engine.catalog.integration(INTEGRATION)
+            .template.open(INTEGRATION, engine.catalog.integration(INTEGRATION).connection, None)
+            .inventory()
+        )
+    assert inventory["roles"] == ["dev-ana", "dev-bob"] and inventory["users"] == ["dev-carl"]
+
+
+def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> None:
+    doc = {
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "s3:*",
+                "Resource": "*",
+                "Condition": {
+                    "DateLessThan": {"aws:CurrentTime": "2000-01-01T00:00:00Z"},
+                    "Bool": {"aws:SecureTransport": "true"},
+                },
+            }
+        ]
+    }
+    out = with_expiry(doc, datetime(2030, 1, 1, tzinfo=UTC))
+    assert out["Statement"][0]["Condition"] == {
+        "DateLessThan": {"aws:CurrentTime": "2000-01-01T00:00:00Z"},
+        "Bool": {"aws:SecureTransport": "true"},
+    }
+    out = with_expiry(
+        {"Statement": {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}},
+        datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    assert out["Statement"][0]["Condition"] == {
+        "DateLessThan": {"aws:CurrentTime": "2030-01-01T00:00:00Z"}
+    }
