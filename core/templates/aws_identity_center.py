@@ -276,6 +276,8 @@ class AwsIdentityCenterSession:
             ],
         )
         for account in spec.resources:
+            if self._assigned(account, arn, user_id):
+                continue  # made by an earlier delivery, or by an overlapping grant of ours
             try:
                 answer = self.sso.create_account_assignment(
                     **self._assignment(account, arn, user_id)

@@ -1,0 +1,200 @@
+"""The IAM Identity Center template against moto: account assignments of a permission set to a
+user found by email, the permission set's tags as the ledger, never touching assignments the
+connector did not make, tombstones, overlapping grants, sweep and inventory."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from awsharness import acting_as, client
+
+from core.catalog import parse_catalog
+from core.engine import Engine
+from core.local import MemorySink, NullScheduler
+from core.models import AccessRequest, derive_grant_id
+
+INTEGRATION = "awst-idc"
+STORE = "d-1234567890"
+ACCOUNTS = ["111111111111", "222222222222"]
+
+
+@pytest.fixture
+def idc(aws: str) -> dict[str, Any]:
+    sso, store = client("sso-admin"), client("identitystore")
+    instance = sso.list_instances()["Instances"][0]["InstanceArn"]
+    ps = sso.create_permission_set(InstanceArn=instance, Name="ReadOnly", SessionDuration="PT1H")
+    other = sso.create_permission_set(InstanceArn=instance, Name="Billing", SessionDuration="PT1H")
+    users = {}
+    for name in ("ana", "bob"):
+        users[name] = store.create_user(
+            IdentityStoreId=STORE,
+            UserName=name,
+            DisplayName=name,
+            Name={"GivenName": name, "FamilyName": "Example"},
+            Emails=[{"Value": f"{name}@example.com", "Type": "work", "Primary": True}],
+        )["UserId"]
+    return {
+        "sso": sso,
+        "instance": instance,
+        "ps": ps["PermissionSet"]["PermissionSetArn"],
+        "other": other["PermissionSet"]["PermissionSetArn"],
+        "users": users,
+    }
+
+
+@pytest.fixture
+def engine(idc: dict[str, Any]) -> Engine:
+    catalog = parse_catalog(
+        {
+            "integrations": {
+                INTEGRATION: {
+                    "kind": "aws_identity_center",
+                    "connection": {
+                        "instance_arn": idc["instance"],
+                        "identity_store_id": STORE,
+                        "region": "us-east-1",
+                    },
+                    "max_duration": "8h",
+                    "permissions": {
+                        "read": {"permission_set_arn": idc["ps"], "resources": ACCOUNTS}
+                    },
+                }
+            }
+        }
+    )
+    return Engine(catalog, None, NullScheduler(), MemorySink())  # type: ignore[arg-type]
+
+
+def grant(who: str, accounts: list[str], seconds: int = 3600) -> AccessRequest:
+    return AccessRequest.model_validate(
+        {
+            "request_id": f"idc-{uuid.uuid4().hex[:8]}",
+            "action": "grant",
+            "integration": INTEGRATION,
+            "permission": "read",
+            "resources": accounts,
+            "identity": {"email": f"{who}@example.com"},
+            "duration": f"{seconds}s",
+        }
+    )
+
+
+def revoke(grant_id: str) -> AccessRequest:
+    return AccessRequest(
+        request_id=f"r-{uuid.uuid4().hex[:8]}",
+        action="revoke",
+        integration=INTEGRATION,
+        grant_id=grant_id,
+    )
+
+
+def run(engine: Engine, request: AccessRequest) -> Any:
+    with acting_as("worker"):
+        return engine.execute(request)
+
+
+def assigned(idc: dict[str, Any], account: str) -> list[str]:
+    got = idc["sso"].list_account_assignments(
+        InstanceArn=idc["instance"], AccountId=account, PermissionSetArn=idc["ps"]
+    )["AccountAssignments"]
+    return sorted(a["PrincipalId"] for a in got)
+
+
+def tags(idc: dict[str, Any]) -> dict[str, str]:
+    got = idc["sso"].list_tags_for_resource(InstanceArn=idc["instance"], ResourceArn=idc["ps"])[
+        "Tags"
+    ]
+    return {t["Key"]: t["Value"] for t in got}
+
+
+def test_grant_assigns_the_users_permission_set_labelled_in_its_tags(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    request = grant("ana", ACCOUNTS)
+    outcome = run(engine, request)
+    ana = idc["users"]["ana"]
+    assert (outcome.status, outcome.principal) == ("granted", f"user/{ana}")
+    assert assigned(idc, ACCOUNTS[0]) == [ana] and assigned(idc, ACCOUNTS[1]) == [ana]
+    gid = derive_grant_id(INTEGRATION, request.request_id)
+    ledger = tags(idc)
+    assert set(ledger) == {f"jitc:{gid}:{a}" for a in ACCOUNTS}
+    assert (
+        ledger[f"jitc:{gid}:{ACCOUNTS[0]}"]
+        == f"active {outcome.expires_at.isoformat()} {ana} {INTEGRATION}"
+    )
+    again = run(engine, request)
+    assert again.status == "granted" and again.reissued
+    assert assigned(idc, ACCOUNTS[0]) == [ana] and len(tags(idc)) == 2
+
+
+def test_unknown_email_and_foreign_assignment_are_refused(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    outcome = run(engine, grant("nobody", ACCOUNTS[:1]))
+    assert (outcome.status, outcome.field) == ("refused", "identity.email")
+    # bob already holds the permission set on an account, outside the connector.
+    bob = idc["users"]["bob"]
+    idc["sso"].create_account_assignment(
+        InstanceArn=idc["instance"],
+        TargetId=ACCOUNTS[1],
+        TargetType="AWS_ACCOUNT",
+        PermissionSetArn=idc["ps"],
+        PrincipalType="USER",
+        PrincipalId=bob,
+    )
+    outcome = run(engine, grant("bob", ACCOUNTS))
+    assert (outcome.status, outcome.field) == ("refused", "resources[1]")
+    assert assigned(idc, ACCOUNTS[0]) == [] and assigned(idc, ACCOUNTS[1]) == [bob]
+    assert tags(idc) == {}
+
+
+def test_plan_has_no_side_effects(engine: Engine, idc: dict[str, Any]) -> None:
+    with acting_as("worker"):
+        outcome = engine.plan(grant("ana", ACCOUNTS))
+    assert outcome.status == "planned" and len(outcome.statements) == 3
+    assert assigned(idc, ACCOUNTS[0]) == [] and tags(idc) == {}
+
+
+def test_revoke_twice_before_and_after_and_overlapping(engine: Engine, idc: dict[str, Any]) -> None:
+    ana = idc["users"]["ana"]
+    first_req = grant("ana", ACCOUNTS[:1])
+    first = run(engine, first_req)
+    second = run(engine, grant("ana", ACCOUNTS))
+    # Revoking the first keeps the assignment the second still needs.
+    out = run(engine, revoke(first.grant_id))
+    assert (out.status, out.verified) == ("revoked", True)
+    assert assigned(idc, ACCOUNTS[0]) == [ana] and assigned(idc, ACCOUNTS[1]) == [ana]
+    assert f"jitc:{first.grant_id}:x" in tags(idc)
+    assert run(engine, revoke(first.grant_id)).status == "revoked"
+    assert (run(engine, first_req).status, run(engine, first_req).field) == (
+        "refused",
+        "request_id",
+    )
+    assert run(engine, revoke(second.grant_id)).status == "revoked"
+    assert assigned(idc, ACCOUNTS[0]) == [] and assigned(idc, ACCOUNTS[1]) == []
+    # Revoke before grant: the late grant is refused.
+    late = grant("ana", ACCOUNTS[:1])
+    assert run(engine, revoke(derive_grant_id(INTEGRATION, late.request_id))).status == "revoked"
+    assert run(engine, late).status == "refused"
+    assert assigned(idc, ACCOUNTS[0]) == []
+    assert not [k for k in tags(idc) if not k.endswith(":x")]
+
+
+def test_sweep_and_inventory(engine: Engine, idc: dict[str, Any]) -> None:
+    short = run(engine, grant("ana", ACCOUNTS[:1], seconds=2))
+    long = run(engine, grant("bob", ACCOUNTS[1:], seconds=3600))
+    time.sleep(2.2)
+    with acting_as("sweep"):
+        report = engine.sweep()
+    assert report.revoked == [short.grant_id] and report.ok
+    assert assigned(idc, ACCOUNTS[0]) == [] and assigned(idc, ACCOUNTS[1]) == [idc["users"]["bob"]]
+    assert any(k.startswith(f"jitc:{long.grant_id}:") for k in tags(idc))
+    integration = engine.catalog.integration(INTEGRATION)
+    with acting_as("worker"):
+        session = integration.template.open(INTEGRATION, integration.connection, None)
+        inventory = session.inventory()
+    assert inventory["permission_sets"] == ["Billing", "ReadOnly"]
+    assert inventory["users"] == ["ana", "bob"]
