@@ -98,7 +98,7 @@ def run_histories(admin: Any) -> None:
 
         @rule(i=st.integers(0, GRANTS - 1), crash=st.booleans())
         def deliver_grant(self, i: int, crash: bool) -> None:
-            self.scheduler.crash_next = crash
+            self.scheduler.arm(crash)
             outcome = self.engine.execute_batch([self.grant_request(i)])[0]
             if outcome.status == "granted":
                 assert i not in self.revoked and self.now[0] < self.expiry(i)
@@ -110,7 +110,7 @@ def run_histories(admin: Any) -> None:
 
         @rule(i=st.integers(0, GRANTS - 1), crash=st.booleans())
         def deliver_revoke(self, i: int, crash: bool) -> None:
-            self.scheduler.crash_next = crash
+            self.scheduler.arm(crash)
             outcome = self.engine.execute(self.revoke_request(i))
             # The target was revoked before the crash, so access is gone either way.
             assert outcome.status == ("failed" if self.scheduler.crashed else "revoked"), outcome

@@ -13,7 +13,8 @@ import secrets
 import string
 import time
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -33,6 +34,7 @@ from core.templates.base import (
     grant_from_label,
 )
 
+T = TypeVar("T")
 PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
 MASK = "'********'"
 _GUC_VALUE = r"^\d{1,9}(ms|s|min|h|d)?$"
@@ -121,6 +123,14 @@ class Permission(PermissionSettings):
             return tuple(self.statements)
         assert self.template is not None
         return BUILTIN_STATEMENTS[self.template]
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+        return True
+    return isinstance(exc, psycopg.errors.InternalError_) and "concurrently" in str(
+        exc.diag.message_primary
+    )
 
 
 def _ident(dotted: str) -> sql.Identifier:
@@ -326,7 +336,22 @@ class PostgreSQLSession:
 
     # -- grant -----------------------------------------------------------------------------
 
+    def _retrying(self, step: Callable[[], T]) -> T:
+        """Run a transaction again when the server reports a transient conflict, such as a
+        company's own GRANT touching the same object at the same moment."""
+        for attempt in range(4):
+            try:
+                return step()
+            except psycopg.Error as exc:
+                if attempt == 3 or not _transient(exc):
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def grant(self, spec: GrantSpec) -> GrantResult:
+        return self._retrying(lambda: self._grant_once(spec))
+
+    def _grant_once(self, spec: GrantSpec) -> GrantResult:
         permission = spec.permission
         assert isinstance(permission, Permission)
         name = role_name(self.settings, spec)
@@ -455,13 +480,17 @@ class PostgreSQLSession:
         left = self._terminate(name)
         # Step 3: drop what it owns here, then the role; a dependency elsewhere keeps it.
         residual: list[str] = []
-        try:
+
+        def drop() -> None:
             with self.conn.transaction():
                 self._lock(label["grant_id"])
                 self._lock_acl()
                 self.conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
                 self.conn.execute(sql.SQL("DROP ROLE {}").format(role))
                 self._tombstone(label["grant_id"], label, expires_at)
+
+        try:
+            self._retrying(drop)
         except psycopg.Error as exc:
             detail = exc.diag.message_detail or ""
             residual.append(f"role {name} not dropped: {exc.diag.message_primary}. {detail}".strip())
@@ -480,11 +509,15 @@ class PostgreSQLSession:
     ) -> RevokeResult:
         member = str(label.get("member", ""))
         residual: list[str] = []
-        try:
+
+        def drop() -> None:
             with self.conn.transaction():
                 self._lock(label["grant_id"])
                 self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
                 self._tombstone(label["grant_id"], label, expires_at)
+
+        try:
+            self._retrying(drop)
         except psycopg.Error as exc:
             residual.append(f"role {name} not dropped: {exc.diag.message_primary}")
         left = self._terminate(member) if label.get("terminate_sessions") and member else 0
