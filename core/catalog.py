@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -101,8 +102,14 @@ class Catalog:
         except KeyError:
             raise Refused("integration", f"integration {name!r} is not in the catalog") from None
 
-    def check_grant(self, request: AccessRequest, issued_at: datetime, now: datetime) -> GrantSpec:
-        """Everything a grant must satisfy before anything is touched; raises Refused."""
+    def check_grant(
+        self, request: AccessRequest, issued_at: datetime, now: datetime, plain: bool = False
+    ) -> GrantSpec:
+        """Everything a grant must satisfy before anything is touched; raises Refused.
+
+        `plain` is the local operator asking for credentials in the clear (CLI only): then the
+        identity needs no public key.
+        """
         integration = self.integration(request.integration)
         assert request.permission is not None and request.identity is not None
         permission = integration.permissions.get(request.permission)
@@ -128,10 +135,13 @@ class Catalog:
         if permission.max_duration is not None:
             limit = min(limit, parse_duration(permission.max_duration))
         if expires_at - issued_at > limit + timedelta(seconds=1):
-            raise Refused(field, f"longer than the {int(limit.total_seconds())} s this permission allows")
+            raise Refused(
+                field, f"longer than the {int(limit.total_seconds())} s this permission allows"
+            )
         if (
             integration.template.needs_secret_delivery(permission)
             and request.identity.public_key is None
+            and not plain
         ):
             raise Refused(
                 "identity.public_key",
@@ -157,15 +167,18 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 
 def _errors(exc: ValidationError, prefix: str) -> str:
-    return "; ".join(
-        f"{prefix}{_where(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-    )
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        if len(loc) > 2 and loc[0] == "integrations":
+            parts.append(f"integration {loc[1]!r}: {prefix}{_where(loc[2:])}: {err['msg']}")
+        else:
+            parts.append(f"{prefix}{_where(loc)}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
     """Validate a catalog document; errors name the integration and the field."""
-    import re
-
     try:
         raw = _RawCatalog.model_validate(doc)
     except ValidationError as exc:

@@ -85,11 +85,15 @@ def cmd_request(args: argparse.Namespace) -> int:
         print(f"refused: {exc.field}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
     if request.action != args.command and args.command != "plan":
-        print(f"refused: action: this request is a {request.action}, not a {args.command}", file=sys.stderr)
+        print(
+            f"refused: action: this request is a {request.action}, not a {args.command}",
+            file=sys.stderr,
+        )
         return EXIT_REFUSED
     engine = _engine(args)
     if args.command == "plan":
-        return _show(engine.plan(request), args.json)
+        # The operator previews statements; how credentials would travel is not the question.
+        return _show(engine.plan(request, plain=True), args.json)
     return _show(engine.execute(request, plain=getattr(args, "plain", False)), args.json)
 
 
@@ -105,8 +109,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(f"revoked {len(report.revoked)}, tombstones forgotten {len(report.forgotten)}, "
-              f"failed {len(report.failed)}, left {report.remaining}")
+        print(
+            f"revoked {len(report.revoked)}, tombstones forgotten {len(report.forgotten)}, "
+            f"failed {len(report.failed)}, left {report.remaining}"
+        )
         for key, value in report.failed.items():
             print(f"  failed {key}: {value}")
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -115,8 +121,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_catalog_check(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
     for integration in catalog.integrations.values():
-        print(f"{integration.name} ({integration.kind}): "
-              f"{', '.join(sorted(integration.permissions))}; max {integration.max_duration}")
+        print(
+            f"{integration.name} ({integration.kind}): "
+            f"{', '.join(sorted(integration.permissions))}; max {integration.max_duration}"
+        )
     print("catalog OK")
     return EXIT_OK
 
@@ -127,7 +135,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for name, doc in docs.items():
-            (out / f"{name}.schema.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            (out / f"{name}.schema.json").write_text(
+                json.dumps(doc, indent=2, sort_keys=True) + "\n"
+            )
         print(f"wrote {len(docs)} schemas to {out}")
     else:
         print(json.dumps(docs, indent=2, sort_keys=True))
@@ -197,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from core.demo import run_demo
 
-    return run_demo(args.seconds)
+    return run_demo(args.seconds, args.embedded)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,14 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--events", help="append audit events (JSON lines) here; default stderr")
         return p
 
-    for name, text in (("plan", "show what a grant would run"), ("grant", "grant access"),
-                       ("revoke", "revoke access")):
+    for name, text in (
+        ("plan", "show what a grant would run"),
+        ("grant", "grant access"),
+        ("revoke", "revoke access"),
+    ):
         p = with_catalog(sub.add_parser(name, help=text))
         p.add_argument("request", help="request JSON file, or - for stdin")
         p.add_argument("--json", action="store_true", help="print the outcome as JSON")
         if name == "grant":
-            p.add_argument("--plain", action="store_true",
-                           help="also print generated credentials in the clear (local use only)")
+            p.add_argument(
+                "--plain",
+                action="store_true",
+                help="also print generated credentials in the clear (local use only)",
+            )
         p.set_defaults(func=cmd_request)
 
     p = with_catalog(sub.add_parser("sweep", help="revoke every labelled grant past its expiry"))
@@ -232,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write one file per model into this folder")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("keygen", help="make a key pair: private key to a 0600 file, public to stdout")
+    p = sub.add_parser(
+        "keygen", help="make a key pair: private key to a 0600 file, public to stdout"
+    )
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--signing", action="store_true", help="Ed25519, for signing requests")
     kind.add_argument("--box", action="store_true", help="X25519, for receiving sealed credentials")
@@ -251,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-id", required=True, help="the key's id in the catalog")
     p.set_defaults(func=cmd_send)
 
-    p = with_catalog(sub.add_parser("serve", help="run the local runtime (intake, worker, expiry, sweep)"))
+    p = with_catalog(
+        sub.add_parser("serve", help="run the local runtime (intake, worker, expiry, sweep)")
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--sweep-interval", type=float, default=60.0)
@@ -259,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole story on a real PostgreSQL, in about half a minute")
     p.add_argument("--seconds", type=int, default=20, help="how long the demo grant lasts")
+    p.add_argument(
+        "--embedded", action="store_true", help="use an embedded PostgreSQL (pgserver) regardless"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -4,6 +4,7 @@ revoke end the open session, refuse a new login, and sweep to find nothing left.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import socket
@@ -56,17 +57,18 @@ def _reachable(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def _postgres() -> Iterator[tuple[str, str]]:
+def _postgres(embedded: bool) -> Iterator[tuple[str, str]]:
     """(dsn, where): JITC_PG_DSN, else 127.0.0.1:5432, else an embedded server in a temp folder."""
     dsn = os.environ.get("JITC_PG_DSN")
-    if dsn:
+    if dsn and not embedded:
         yield dsn, "JITC_PG_DSN"
         return
-    if _reachable("127.0.0.1", 5432):
+    if not embedded and _reachable("127.0.0.1", 5432):
         yield "host=127.0.0.1 port=5432 dbname=test user=postgres", "local server 127.0.0.1:5432"
         return
     try:
-        import pgserver  # type: ignore[import-untyped]
+        # untyped package: its API is one call, typed here
+        pgserver: Any = importlib.import_module("pgserver")
     except ImportError:
         raise DemoFailed(
             "no PostgreSQL: set JITC_PG_DSN, run one on 127.0.0.1:5432, "
@@ -90,9 +92,9 @@ def _wait(sink: MemorySink, request_id: str, timeout: float) -> Outcome:
     raise DemoFailed(f"no outcome for {request_id} within {timeout:.0f}s")
 
 
-def run_demo(seconds: int = 20) -> int:
+def run_demo(seconds: int = 20, embedded: bool = False) -> int:
     try:
-        with _postgres() as (dsn, where):
+        with _postgres(embedded) as (dsn, where):
             _story(dsn, where, seconds)
     except DemoFailed as exc:
         print(f"demo FAILED: {exc}")
@@ -134,12 +136,12 @@ def _story(dsn: str, where: str, seconds: int) -> None:
     )
     secrets = SecretStores({"mem": EnvSecretStore({"admin": password or ""})})
     sink = MemorySink()
-    events = tempfile.NamedTemporaryFile("w", prefix="jitc-demo-events-", suffix=".jsonl", delete=False)
-    events.close()
+    fd, events_path = tempfile.mkstemp(prefix="jitc-demo-events-", suffix=".jsonl")
+    os.close(fd)
     runtime = LocalRuntime(
         catalog,
         secrets,
-        FanOutSink(sink, JsonLinesSink(path=Path(events.name))),
+        FanOutSink(sink, JsonLinesSink(path=Path(events_path))),
         port=0,
         sweep_interval=3600,
     ).start()
@@ -161,9 +163,13 @@ def _story(dsn: str, where: str, seconds: int) -> None:
     try:
         admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
-        admin.execute(sql.SQL("CREATE TABLE {}.greetings (word text)").format(sql.Identifier(SCHEMA)))
         admin.execute(
-            sql.SQL("INSERT INTO {}.greetings VALUES ('hello'), ('world')").format(sql.Identifier(SCHEMA))
+            sql.SQL("CREATE TABLE {}.greetings (word text)").format(sql.Identifier(SCHEMA))
+        )
+        admin.execute(
+            sql.SQL("INSERT INTO {}.greetings VALUES ('hello'), ('world')").format(
+                sql.Identifier(SCHEMA)
+            )
         )
 
         def plan() -> str:
@@ -204,7 +210,9 @@ def _story(dsn: str, where: str, seconds: int) -> None:
             ).fetchall()
             try:
                 user.execute(
-                    sql.SQL("INSERT INTO {}.greetings VALUES ('nope')").format(sql.Identifier(SCHEMA))
+                    sql.SQL("INSERT INTO {}.greetings VALUES ('nope')").format(
+                        sql.Identifier(SCHEMA)
+                    )
                 )
             except psycopg.errors.InsufficientPrivilege:
                 pass
@@ -216,7 +224,9 @@ def _story(dsn: str, where: str, seconds: int) -> None:
             outcome = _wait(sink, f"expire-{state['grant_id']}", seconds + 90)
             if outcome.status != "revoked" or not outcome.verified:
                 raise DemoFailed(f"scheduled revoke ended {outcome.status}: {outcome.message}")
-            return f"scheduled revoke ran {outcome.revocation_lag_seconds:.2f}s after expiry, verified"
+            return (
+                f"scheduled revoke ran {outcome.revocation_lag_seconds:.2f}s after expiry, verified"
+            )
 
         def gone() -> str:
             try:
@@ -227,16 +237,19 @@ def _story(dsn: str, where: str, seconds: int) -> None:
                 raise DemoFailed("the open session survived the revoke")
             creds = state["credentials"]
             try:
-                psycopg.connect(**{**params, "user": creds["username"], "password": creds["password"]})
+                psycopg.connect(
+                    **{**params, "user": creds["username"], "password": creds["password"]}
+                )
             except psycopg.OperationalError:
                 return "open session terminated; new login refused"
             raise DemoFailed("a new login succeeded after revoke")
 
         def sweep() -> str:
             report = runtime.engine.sweep()
-            with runtime.engine._batch() as batch:  # noqa: SLF001 - the demo inspects the ledger
+            with runtime.engine._batch() as batch:
                 left = [
-                    g for g in batch.session(catalog.integration("demo-postgres")).active_grants()
+                    g
+                    for g in batch.session(catalog.integration("demo-postgres")).active_grants()
                     if g.grant_id == state["grant_id"] and g.state != "tombstone"
                 ]
             if report.revoked or left or report.failed:
@@ -249,12 +262,14 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         steps.run("wait for the scheduled revoke at expiry", expire)
         steps.run("check the open session is gone and a new login is refused", gone)
         steps.run("sweep", sweep)
-        print(f"audit events: {events.name}")
+        print(f"audit events: {events_path}")
     finally:
         runtime.stop()
         session = state.get("session")
         if session is not None:
             session.close()
         with contextlib.suppress(psycopg.Error):
-            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+            admin.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA))
+            )
         admin.close()

@@ -54,7 +54,7 @@ class _Batch:
         if session is not None:
             try:
                 session.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone
+            except Exception:
                 log.debug("closing a failed session raised", exc_info=True)
 
     def scrub(self, text: str) -> str:
@@ -68,7 +68,7 @@ class _Batch:
             session = self._sessions.pop(name)
             try:
                 session.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing session raised", exc_info=True)
         self._secrets.clear()
 
@@ -103,13 +103,17 @@ class Engine:
 
     # -- public surface --------------------------------------------------------------------
 
-    def plan(self, request: AccessRequest, issued_at: datetime | None = None) -> Outcome:
+    def plan(
+        self, request: AccessRequest, issued_at: datetime | None = None, *, plain: bool = False
+    ) -> Outcome:
         """The statements a grant would run; no connection, no secret, no side effect."""
         issued = issued_at or self.clock()
         try:
             if request.action != "grant":
-                raise Refused("action", "only a grant has a plan; a revoke drops what the grant made")
-            spec = self.catalog.check_grant(request, issued, self.clock())
+                raise Refused(
+                    "action", "only a grant has a plan; a revoke drops what the grant made"
+                )
+            spec = self.catalog.check_grant(request, issued, self.clock(), plain=plain)
             integration = self.catalog.integration(request.integration)
             statements = integration.template.plan(integration.connection, spec)
         except Refused as exc:
@@ -204,7 +208,7 @@ class Engine:
                 outcome = self._revoke(batch, request)
         except Refused as exc:
             outcome = self._refusal(request, exc)
-        except Exception as exc:  # noqa: BLE001 - any failure of one message is reported, then retried
+        except Exception as exc:
             integration = self.catalog.integrations.get(request.integration)
             if integration is not None:
                 batch.discard(integration)
@@ -223,7 +227,7 @@ class Engine:
 
     def _grant(self, batch: _Batch, work: Work, plain: bool) -> Outcome:
         request = work.request
-        spec = self.catalog.check_grant(request, work.issued_at, self.clock())
+        spec = self.catalog.check_grant(request, work.issued_at, self.clock(), plain=plain)
         integration = self.catalog.integration(request.integration)
         result = batch.session(integration).grant(spec)
         self.scheduler.schedule(spec.grant_id, integration.name, spec.expires_at)
@@ -266,7 +270,9 @@ class Engine:
             residual=result.residual,
             verified=result.verified,
             revocation_lag_seconds=lag,
-            message=None if result.found else "nothing to revoke (never granted or already revoked)",
+            message=None
+            if result.found
+            else "nothing to revoke (never granted or already revoked)",
         )
 
     def _refusal(self, request: AccessRequest, exc: Refused) -> Outcome:

@@ -49,7 +49,11 @@ class Intake:
         if len(body) > MAX_BODY_BYTES:
             return Response(
                 413,
-                {"error": "refused", "field": "body", "message": f"larger than {MAX_BODY_BYTES} bytes"},
+                {
+                    "error": "refused",
+                    "field": "body",
+                    "message": f"larger than {MAX_BODY_BYTES} bytes",
+                },
             )
         now = self.clock()
         try:
@@ -76,5 +80,9 @@ class Intake:
         self.queue.enqueue(envelope_message(envelope), request.target_grant_id)
         return Response(
             202,
-            {"status": "accepted", "request_id": request.request_id, "grant_id": request.target_grant_id},
+            {
+                "status": "accepted",
+                "request_id": request.request_id,
+                "grant_id": request.target_grant_id,
+            },
         )

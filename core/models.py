@@ -31,15 +31,14 @@ Resource = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:
 Email = Annotated[
     str,
     StringConstraints(
-        max_length=254, pattern=r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$"
+        max_length=254,
+        pattern=r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
     ),
 ]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")]
 
 _DURATION_SHORT = re.compile(r"^(?:(\d{1,4})d)?(?:(\d{1,5})h)?(?:(\d{1,6})m)?(?:(\d{1,7})s)?$")
-_DURATION_ISO = re.compile(
-    r"^P(?:(\d{1,4})D)?(?:T(?:(\d{1,5})H)?(?:(\d{1,6})M)?(?:(\d{1,7})S)?)?$"
-)
+_DURATION_ISO = re.compile(r"^P(?:(\d{1,4})D)?(?:T(?:(\d{1,5})H)?(?:(\d{1,6})M)?(?:(\d{1,7})S)?)?$")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -74,7 +73,7 @@ PublicKey = Annotated[str, StringConstraints(max_length=64), AfterValidator(_che
 
 
 def derive_grant_id(integration: str, request_id: str) -> str:
-    """The grant id is a pure function of the request, so every redelivery lands on the same grant."""
+    """A pure function of the request, so every redelivery lands on the same grant."""
     digest = hashlib.sha256(f"{integration}\0{request_id}".encode()).digest()
     return "g" + base64.b32encode(digest).decode().lower()[:24]
 
@@ -93,7 +92,8 @@ class Identity(_Strict):
     email: Email
     username: Username | None = None
     public_key: PublicKey | None = Field(
-        default=None, description="X25519 public key (base64); generated credentials are sealed to it"
+        default=None,
+        description="X25519 public key (base64); generated credentials are sealed to it",
     )
 
 
@@ -141,8 +141,8 @@ class AccessRequest(_Strict):
         return self.grant_id or derive_grant_id(self.integration, self.request_id)
 
     def expiry(self, issued_at: datetime) -> datetime:
-        """Absolute expiry: a duration counts from the moment the control plane signed the request,
-        so every redelivery computes the same expiry and a late delivery gets less time, not more."""
+        """Absolute expiry: a duration counts from when the control plane signed the request,
+        so every redelivery computes the same expiry; a late delivery gets less time, not more."""
         if self.expires_at is not None:
             return self.expires_at.astimezone(UTC)
         assert self.duration is not None
@@ -187,7 +187,9 @@ class Outcome(_Strict):
         default=None, description="plain credentials: local CLI only, and only when asked"
     )
     reissued: bool = False
-    residual: list[str] = Field(default_factory=list, description="what a revoke could not remove yet")
+    residual: list[str] = Field(
+        default_factory=list, description="what a revoke could not remove yet"
+    )
     verified: bool | None = Field(default=None, description="revoke checked that access is gone")
     revocation_lag_seconds: float | None = None
 

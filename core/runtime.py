@@ -80,7 +80,9 @@ class LocalRuntime:
                 except Refused as exc:
                     # Never retried: it cannot become valid. Recorded, like a dead letter.
                     self.sink.audit(
-                        AuditEvent(type="refusal", status="refused", field=exc.field, message=exc.message)
+                        AuditEvent(
+                            type="refusal", status="refused", field=exc.field, message=exc.message
+                        )
                     )
             if not work:
                 continue
@@ -91,7 +93,9 @@ class LocalRuntime:
                 tries = attempts.get(text, 0)
                 attempts[text] = tries + 1
                 delay = RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)]
-                timer = threading.Timer(delay, self.queue.enqueue, args=(text, outcome.grant_id or ""))
+                timer = threading.Timer(
+                    delay, self.queue.enqueue, args=(text, outcome.grant_id or "")
+                )
                 timer.daemon = True
                 timer.start()
 
@@ -99,7 +103,7 @@ class LocalRuntime:
         while not self._stop.wait(self.sweep_interval):
             try:
                 self.engine.sweep()
-            except Exception:  # noqa: BLE001 - the next sweep tries again
+            except Exception:
                 log.exception("sweep failed")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -117,25 +121,31 @@ class LocalRuntime:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 if self.path == "/healthz":
                     self._reply(200, {"status": "ok"})
                 else:
                     self._reply(404, {"error": "not_found", "field": "path", "message": self.path})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 if self.path != "/v1/requests":
                     self._reply(404, {"error": "not_found", "field": "path", "message": self.path})
                     return
                 length_text = self.headers.get("Content-Length", "")
                 if not length_text.isdigit():
-                    self._reply(411, {"error": "refused", "field": "Content-Length", "message": "required"})
+                    self._reply(
+                        411, {"error": "refused", "field": "Content-Length", "message": "required"}
+                    )
                     return
                 length = int(length_text)
                 if length > MAX_BODY_BYTES:
                     self._reply(
                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        {"error": "refused", "field": "body", "message": f"larger than {MAX_BODY_BYTES} bytes"},
+                        {
+                            "error": "refused",
+                            "field": "body",
+                            "message": f"larger than {MAX_BODY_BYTES} bytes",
+                        },
                     )
                     self.close_connection = True
                     return
@@ -143,7 +153,7 @@ class LocalRuntime:
                 response = intake.handle(dict(self.headers.items()), body)
                 self._reply(response.status, response.body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
 
         return Handler

@@ -26,8 +26,8 @@ from core.local import MemorySink, NullScheduler
 from core.messages import parse_request
 from core.models import AccessRequest
 from core.sealing import box_keypair, unseal
-from core.templates.postgresql import ACL_LOCK_KEY
 from core.secrets import EnvSecretStore, SecretStores
+from core.templates.postgresql import ACL_LOCK_KEY
 
 PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 # A distinct prefix and integration name per run keep concurrent runs on one server apart.
@@ -55,9 +55,13 @@ def admin() -> Iterator[psycopg.Connection[Any]]:
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
     conn.execute(
-        sql.SQL("CREATE TABLE {}.items (id serial PRIMARY KEY, name text)").format(sql.Identifier(SCHEMA))
+        sql.SQL("CREATE TABLE {}.items (id serial PRIMARY KEY, name text)").format(
+            sql.Identifier(SCHEMA)
+        )
     )
-    conn.execute(sql.SQL("INSERT INTO {}.items (name) VALUES ('a'), ('b')").format(sql.Identifier(SCHEMA)))
+    conn.execute(
+        sql.SQL("INSERT INTO {}.items (name) VALUES ('a'), ('b')").format(sql.Identifier(SCHEMA))
+    )
     yield conn
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
     drop_our_roles(conn)
@@ -153,7 +157,11 @@ class Env:
             doc.update(
                 permission="read-only",
                 resources=[SCHEMA],
-                identity={"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC},
+                identity={
+                    "email": "alice@example.com",
+                    "username": "alice",
+                    "public_key": BOX_PUBLIC,
+                },
                 duration="15m",
             )
         doc.update(fields)

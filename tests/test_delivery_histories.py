@@ -8,11 +8,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc, drop_our_roles
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
-from conftest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc, drop_our_roles
 from core.catalog import parse_catalog
 from core.engine import Engine
 from core.local import MemorySink
@@ -65,18 +71,29 @@ def run_histories(admin: Any) -> None:
             self.revoked: set[int] = set()
 
         def grant_request(self, i: int) -> Work:
-            request = parse_request(json.dumps({
-                "request_id": f"h{i}", "action": "grant", "integration": INTEGRATION,
-                "permission": "read-only", "resources": [SCHEMA],
-                "identity": {"email": f"u{i}@example.com", "username": f"u{i}", "public_key": BOX_PUBLIC},
-                "duration": f"{int(self.durations[i].total_seconds())}s",
-            }))
+            request = parse_request(
+                json.dumps(
+                    {
+                        "request_id": f"h{i}",
+                        "action": "grant",
+                        "integration": INTEGRATION,
+                        "permission": "read-only",
+                        "resources": [SCHEMA],
+                        "identity": {
+                            "email": f"u{i}@example.com",
+                            "username": f"u{i}",
+                            "public_key": BOX_PUBLIC,
+                        },
+                        "duration": f"{int(self.durations[i].total_seconds())}s",
+                    }
+                )
+            )
             return Work(request, self.start)  # the control plane signed every request at start
 
         def revoke_request(self, i: int) -> AccessRequest:
-            return parse_request(json.dumps(
-                {"request_id": f"h{i}", "action": "revoke", "integration": INTEGRATION}
-            ))
+            return parse_request(
+                json.dumps({"request_id": f"h{i}", "action": "revoke", "integration": INTEGRATION})
+            )
 
         def expiry(self, i: int) -> datetime:
             return self.start + self.durations[i]
@@ -140,7 +157,9 @@ def run_histories(admin: Any) -> None:
                 for i in range(GRANTS):
                     gid = derive_grant_id(INTEGRATION, f"h{i}")
                     usable = access.get(gid, ("", False))[1]
-                    live = i in self.granted and i not in self.revoked and self.now[0] < self.expiry(i)
+                    live = (
+                        i in self.granted and i not in self.revoked and self.now[0] < self.expiry(i)
+                    )
                     dead = i in self.revoked or self.now[0] >= self.expiry(i)
                     if dead:
                         assert not usable, f"grant {i} outlived its expiry or revoke"

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import BOX_PUBLIC, INTEGRATION, SCHEMA, all_roles, catalog_doc, our_roles
+
 from core.catalog import parse_catalog
 from core.local import MemorySink
 from core.runtime import LocalRuntime
@@ -28,8 +28,13 @@ def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySin
     doc = catalog_doc()
     doc["control_plane"] = {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
     sink = MemorySink()
-    rt = LocalRuntime(parse_catalog(doc), SecretStores({"mem": EnvSecretStore({"admin": ""})}), sink,
-                      port=0, sweep_interval=3600).start()
+    rt = LocalRuntime(
+        parse_catalog(doc),
+        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
+        sink,
+        port=0,
+        sweep_interval=3600,
+    ).start()
     yield rt, sink
     rt.stop()
 
@@ -49,14 +54,27 @@ def grant_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def post(rt: LocalRuntime, body: bytes, key: str | None = PRIVATE, timestamp: int | None = None,
-         key_id: str = "cp", signature: str | None = None) -> tuple[int, dict[str, Any]]:
+def post(
+    rt: LocalRuntime,
+    body: bytes,
+    key: str | None = PRIVATE,
+    timestamp: int | None = None,
+    key_id: str = "cp",
+    signature: str | None = None,
+) -> tuple[int, dict[str, Any]]:
     headers = {"Content-Type": "application/json"}
     if key is not None:
         envelope = sign(body, key, key_id, timestamp)
-        headers.update({HEADER_KEY_ID: key_id, HEADER_TIMESTAMP: str(envelope.timestamp),
-                        HEADER_SIGNATURE: signature or envelope.signature})
-    request = urllib.request.Request(rt.url + "/v1/requests", data=body, headers=headers, method="POST")
+        headers.update(
+            {
+                HEADER_KEY_ID: key_id,
+                HEADER_TIMESTAMP: str(envelope.timestamp),
+                HEADER_SIGNATURE: signature or envelope.signature,
+            }
+        )
+    request = urllib.request.Request(
+        rt.url + "/v1/requests", data=body, headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -69,9 +87,25 @@ def _json(doc: dict[str, Any]) -> bytes:
 
 
 BAD = {
-    "sql in username": (_json(grant_body(identity={"email": "b@example.com", "username": "bob\"; DROP ROLE postgres; --"})), 400, "identity.username"),
-    "sql in email": (_json(grant_body(identity={"email": "b'; DROP TABLE x;--@example.com"})), 400, "identity.email"),
-    "sql in resource": (_json(grant_body(resources=["public; DROP SCHEMA public"])), 400, "resources.0"),
+    "sql in username": (
+        _json(
+            grant_body(
+                identity={"email": "b@example.com", "username": 'bob"; DROP ROLE postgres; --'}
+            )
+        ),
+        400,
+        "identity.username",
+    ),
+    "sql in email": (
+        _json(grant_body(identity={"email": "b'; DROP TABLE x;--@example.com"})),
+        400,
+        "identity.email",
+    ),
+    "sql in resource": (
+        _json(grant_body(resources=["public; DROP SCHEMA public"])),
+        400,
+        "resources.0",
+    ),
     "resource not allowed": (_json(grant_body(resources=["pg_catalog"])), 403, "resources[0]"),
     "sql in permission": (_json(grant_body(permission="read-only'; --")), 400, "permission"),
     "unknown permission": (_json(grant_body(permission="superuser")), 403, "permission"),
@@ -79,19 +113,42 @@ BAD = {
     "duration over max": (_json(grant_body(duration="9h")), 403, "duration"),
     "permission max": (_json(grant_body(permission="read-write", duration="3h")), 403, "duration"),
     "zero duration": (_json(grant_body(duration="0m")), 400, "duration"),
-    "past expiry": (_json({**{k: v for k, v in grant_body().items() if k != "duration"}, "expires_at": "2020-01-01T00:00:00Z"}), 403, "expires_at"),
+    "past expiry": (
+        _json(
+            {
+                **{k: v for k, v in grant_body().items() if k != "duration"},
+                "expires_at": "2020-01-01T00:00:00Z",
+            }
+        ),
+        403,
+        "expires_at",
+    ),
     "unknown field": (_json(grant_body(role="postgres")), 400, "role"),
-    "missing identity": (_json({k: v for k, v in grant_body().items() if k != "identity"}), 400, "body"),
-    "no public key": (_json(grant_body(identity={"email": "b@example.com"})), 403, "identity.public_key"),
-    "bad public key": (_json(grant_body(identity={"email": "b@example.com", "public_key": "AAAA"})), 400, "identity.public_key"),
+    "missing identity": (
+        _json({k: v for k, v in grant_body().items() if k != "identity"}),
+        400,
+        "body",
+    ),
+    "no public key": (
+        _json(grant_body(identity={"email": "b@example.com"})),
+        403,
+        "identity.public_key",
+    ),
+    "bad public key": (
+        _json(grant_body(identity={"email": "b@example.com", "public_key": "AAAA"})),
+        400,
+        "identity.public_key",
+    ),
     "malformed json": (b'{"request_id": "x", ', 400, "body"),
-    "not an object": (b'[1, 2]', 400, "body"),
+    "not an object": (b"[1, 2]", 400, "body"),
     "oversize body": (_json(grant_body(justification="x" * 70_000)), 413, "body"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_is_refused_with_the_field_and_changes_nothing(runtime: Any, admin: Any, case: str) -> None:
+def test_bad_input_is_refused_with_the_field_and_changes_nothing(
+    runtime: Any, admin: Any, case: str
+) -> None:
     rt, sink = runtime
     body, status, field = BAD[case]
     before = all_roles(admin), our_roles(admin)
@@ -103,7 +160,9 @@ def test_bad_input_is_refused_with_the_field_and_changes_nothing(runtime: Any, a
     assert sink.outcomes == []
 
 
-def test_unsigned_forged_stale_future_unknown_key_and_replayed_are_refused(runtime: Any, admin: Any) -> None:
+def test_unsigned_forged_stale_future_unknown_key_and_replayed_are_refused(
+    runtime: Any, admin: Any
+) -> None:
     rt, sink = runtime
     body = _json(grant_body())
     before = our_roles(admin)

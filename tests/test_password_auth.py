@@ -8,6 +8,7 @@ PostgreSQL binaries (the system's, else the ones the `pgserver` package ships).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -45,7 +46,9 @@ def _bindir() -> Path:
         pass
     else:
         return Path(POSTGRES_BIN_PATH)
-    pytest.fail("no PostgreSQL binaries: set JITC_TEST_PG_BINDIR or install the demo extra (pgserver)")
+    pytest.fail(
+        "no PostgreSQL binaries: set JITC_TEST_PG_BINDIR or install the demo extra (pgserver)"
+    )
 
 
 def _free_port() -> int:
@@ -67,21 +70,45 @@ def scram_pg() -> Iterator[dict[str, Any]]:
         shutil.chown(folder / "pw", user)
         run_as = ["runuser", "-u", user, "--"]
     subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "admin", "--auth=scram-sha-256",
-         f"--pwfile={folder / 'pw'}", "-E", "UTF8"],
-        check=True, capture_output=True,
+        [
+            *run_as,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "admin",
+            "--auth=scram-sha-256",
+            f"--pwfile={folder / 'pw'}",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
     )
     port = _free_port()
     subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-         f"-h 127.0.0.1 -p {port} -k {folder}", "start"],
-        check=True, capture_output=True,
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {folder}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         yield {"host": "127.0.0.1", "port": port, "dbname": "postgres", "user": "admin"}
     finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -96,22 +123,40 @@ def _has_user(name: str) -> bool:
 @pytest.fixture
 def scram_engine(scram_pg: dict[str, Any]) -> tuple[Engine, str, str]:
     private, public = box_keypair()
-    catalog = parse_catalog({"integrations": {"scram": {
-        "kind": "postgresql",
-        "connection": {**scram_pg, "role_prefix": "s_"},
-        "credentials": "mem:admin",
-        "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}},
-    }}})
+    catalog = parse_catalog(
+        {
+            "integrations": {
+                "scram": {
+                    "kind": "postgresql",
+                    "connection": {**scram_pg, "role_prefix": "s_"},
+                    "credentials": "mem:admin",
+                    "permissions": {
+                        "read-only": {"template": "read-only", "resources": ["public"]}
+                    },
+                }
+            }
+        }
+    )
     secrets = SecretStores({"mem": EnvSecretStore({"admin": ADMIN_PASSWORD})})
     return Engine(catalog, secrets, NullScheduler(), MemorySink()), private, public
 
 
 def _grant(engine: Engine, public: str, request_id: str, duration: str) -> Any:
-    return engine.execute(parse_request(
-        '{"request_id": "%s", "action": "grant", "integration": "scram", "permission": "read-only",'
-        ' "resources": ["public"], "identity": {"email": "a@example.com", "public_key": "%s"},'
-        ' "duration": "%s"}' % (request_id, public, duration)
-    ))
+    return engine.execute(
+        parse_request(
+            json.dumps(
+                {
+                    "request_id": request_id,
+                    "action": "grant",
+                    "integration": "scram",
+                    "permission": "read-only",
+                    "resources": ["public"],
+                    "identity": {"email": "a@example.com", "public_key": public},
+                    "duration": duration,
+                }
+            )
+        )
+    )
 
 
 def _login(pg: dict[str, Any], user: str, password: str) -> psycopg.Connection[Any]:
@@ -119,18 +164,34 @@ def _login(pg: dict[str, Any], user: str, password: str) -> psycopg.Connection[A
 
 
 def test_wrong_admin_secret_fails_without_leaking_it(scram_pg: dict[str, Any]) -> None:
-    catalog = parse_catalog({"integrations": {"scram": {
-        "kind": "postgresql", "connection": scram_pg, "credentials": "mem:admin",
-        "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}},
-    }}})
+    catalog = parse_catalog(
+        {
+            "integrations": {
+                "scram": {
+                    "kind": "postgresql",
+                    "connection": scram_pg,
+                    "credentials": "mem:admin",
+                    "permissions": {
+                        "read-only": {"template": "read-only", "resources": ["public"]}
+                    },
+                }
+            }
+        }
+    )
     wrong = "WRONG-canary-password"
-    engine = Engine(catalog, SecretStores({"mem": EnvSecretStore({"admin": wrong})}),
-                    NullScheduler(), MemorySink())
+    engine = Engine(
+        catalog,
+        SecretStores({"mem": EnvSecretStore({"admin": wrong})}),
+        NullScheduler(),
+        MemorySink(),
+    )
     outcome = _grant(engine, box_keypair()[1], "wrong-1", "5m")
     assert outcome.status == "failed" and wrong not in outcome.model_dump_json()
 
 
-def test_generated_password_works_and_others_do_not(scram_engine: Any, scram_pg: dict[str, Any]) -> None:
+def test_generated_password_works_and_others_do_not(
+    scram_engine: Any, scram_pg: dict[str, Any]
+) -> None:
     engine, private, public = scram_engine
     creds = unseal(_grant(engine, public, "pw-1", "10m").sealed_credentials, private)
     _login(scram_pg, creds["username"], creds["password"]).close()
@@ -138,7 +199,9 @@ def test_generated_password_works_and_others_do_not(scram_engine: Any, scram_pg:
         _login(scram_pg, creds["username"], creds["password"] + "x")
 
 
-def test_redelivery_reissues_and_retires_the_old_password(scram_engine: Any, scram_pg: dict[str, Any]) -> None:
+def test_redelivery_reissues_and_retires_the_old_password(
+    scram_engine: Any, scram_pg: dict[str, Any]
+) -> None:
     engine, private, public = scram_engine
     old = unseal(_grant(engine, public, "re-1", "10m").sealed_credentials, private)
     new = unseal(_grant(engine, public, "re-1", "10m").sealed_credentials, private)
@@ -148,7 +211,9 @@ def test_redelivery_reissues_and_retires_the_old_password(scram_engine: Any, scr
         _login(scram_pg, old["username"], old["password"])
 
 
-def test_valid_until_ends_access_with_the_connector_stopped(scram_engine: Any, scram_pg: dict[str, Any]) -> None:
+def test_valid_until_ends_access_with_the_connector_stopped(
+    scram_engine: Any, scram_pg: dict[str, Any]
+) -> None:
     engine, private, public = scram_engine
     outcome = _grant(engine, public, "vu-1", "3s")
     creds = unseal(outcome.sealed_credentials, private)

@@ -8,10 +8,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import INTEGRATION, PG_DSN, PREFIX, SCHEMA, Env, all_roles, catalog_doc, our_roles
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from conftest import INTEGRATION, PG_DSN, PREFIX, SCHEMA, Env, all_roles, catalog_doc, our_roles
 from core.catalog import parse_catalog
 from core.errors import CatalogError
 
@@ -65,7 +65,9 @@ def test_role_carries_expiry_limits_timeouts_and_label(env: Env) -> None:
     assert abs((valid_until - outcome.expires_at).total_seconds()) < 1
     assert limit == 3 and not superuser and not createrole
     assert {c.split("=")[0] for c in config} == {
-        "statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout"
+        "statement_timeout",
+        "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
     }
     assert comment.startswith("jitc:") and outcome.grant_id in comment
 
@@ -131,7 +133,11 @@ def member(env: Env) -> Any:
     name, group = f"{PREFIX}alice", f"{PREFIX}readers"
     env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
     env.admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group)))
-    env.admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SCHEMA), sql.Identifier(group)))
+    env.admin.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(SCHEMA), sql.Identifier(group)
+        )
+    )
     env.admin.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(_table(), sql.Identifier(group)))
     return name, group
 
@@ -143,8 +149,9 @@ def _membership_env(make_env: Any, group: str) -> Env:
 
 
 def _can_select(env: Env, role: str) -> bool:
-    row = env.admin.execute("SELECT has_table_privilege(%s, %s, 'SELECT')",
-                            (role, f"{SCHEMA}.items")).fetchone()
+    row = env.admin.execute(
+        "SELECT has_table_privilege(%s, %s, 'SELECT')", (role, f"{SCHEMA}.items")
+    ).fetchone()
     return bool(row and row[0])
 
 
@@ -152,7 +159,10 @@ def test_membership_overlap_and_revoke(make_env: Any, member: Any) -> None:
     name, group = member
     env = _membership_env(make_env, group)
     ident = {"email": "alice@example.com", "username": name}
-    req = lambda rid: env.request(request_id=rid, permission="analyst", resources=[group], identity=ident)  # noqa: E731
+
+    def req(rid: str) -> Any:
+        return env.request(request_id=rid, permission="analyst", resources=[group], identity=ident)
+
     assert not _can_select(env, name)
     first = env.engine.execute(req("m-1"))
     assert first.status == "granted" and first.sealed_credentials is None
@@ -170,20 +180,31 @@ def test_membership_overlap_and_revoke(make_env: Any, member: Any) -> None:
 
 
 @pytest.mark.parametrize("who", ["superuser", "admin", "ours", "missing"])
-def test_membership_refuses_admin_superuser_and_unknown_grantees(make_env: Any, member: Any, who: str) -> None:
+def test_membership_refuses_admin_superuser_and_unknown_grantees(
+    make_env: Any, member: Any, who: str
+) -> None:
     _, group = member
     env = _membership_env(make_env, group)
     if who == "superuser":
         username = f"{PREFIX}boss"
-        env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(username)))
+        env.admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(username))
+        )
     elif who == "ours":
         username = str(env.engine.execute(env.request()).principal)
     else:
-        username = {"admin": conninfo_to_dict(PG_DSN).get("user", "postgres"), "missing": f"{PREFIX}nobody"}[who]
+        username = {
+            "admin": conninfo_to_dict(PG_DSN).get("user", "postgres"),
+            "missing": f"{PREFIX}nobody",
+        }[who]
     before = all_roles(env.admin)
-    outcome = env.engine.execute(env.request(
-        permission="analyst", resources=[group], identity={"email": "x@example.com", "username": username}
-    ))
+    outcome = env.engine.execute(
+        env.request(
+            permission="analyst",
+            resources=[group],
+            identity={"email": "x@example.com", "username": username},
+        )
+    )
     assert outcome.status == "refused" and outcome.field == "identity.username", outcome
     assert all_roles(env.admin) == before
 
@@ -199,8 +220,13 @@ def test_ephemeral_name_collision_with_existing_role_is_refused(env: Env) -> Non
 
 
 def test_revoke_is_frozen_at_grant_time(make_env: Any) -> None:
-    custom = {"statements": ["GRANT USAGE ON SCHEMA {schema} TO {role}",
-                             "GRANT SELECT ON {schema}.items TO {role}"], "resources": [SCHEMA]}
+    custom = {
+        "statements": [
+            "GRANT USAGE ON SCHEMA {schema} TO {role}",
+            "GRANT SELECT ON {schema}.items TO {role}",
+        ],
+        "resources": [SCHEMA],
+    }
     env = make_env(catalog_doc(custom=custom))
     outcome = env.engine.execute(env.request(request_id="frozen-1", permission="custom"))
     assert outcome.status == "granted"
@@ -216,7 +242,9 @@ def test_sweep_revokes_expired_labelled_grants_only(env: Env) -> None:
     long = env.engine.execute(env.request(request_id="sw-2", duration="2h"))
     stranger = f"{PREFIX}stranger_{INTEGRATION[-6:]}"
     env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(stranger)))
-    env.admin.execute(sql.SQL("COMMENT ON ROLE {} IS 'jitc:not json'").format(sql.Identifier(stranger)))
+    env.admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS 'jitc:not json'").format(sql.Identifier(stranger))
+    )
     env.advance(timedelta(minutes=10))
     report = env.engine.sweep()
     assert report.revoked == [short.grant_id] and report.ok
@@ -253,7 +281,9 @@ def test_failed_drop_still_ends_access_and_sweep_finishes(env: Env) -> None:
 
 
 def test_catalog_statements_with_unknown_placeholders_are_refused() -> None:
-    bad = catalog_doc(custom={"statements": ["GRANT SELECT ON {tabel} TO {role}"], "resources": [SCHEMA]})
+    bad = catalog_doc(
+        custom={"statements": ["GRANT SELECT ON {tabel} TO {role}"], "resources": [SCHEMA]}
+    )
     with pytest.raises(CatalogError) as err:
         parse_catalog(bad)
     assert INTEGRATION in str(err.value) and "permissions.custom.statements" in str(err.value)

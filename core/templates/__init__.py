@@ -22,7 +22,9 @@ def get_template(kind: str) -> Template:
     try:
         path = REGISTRY[kind]
     except KeyError:
-        raise KeyError(f"unknown target kind {kind!r} (known: {', '.join(sorted(REGISTRY))})") from None
+        raise KeyError(
+            f"unknown target kind {kind!r} (known: {', '.join(sorted(REGISTRY))})"
+        ) from None
     module_name, _, class_name = path.partition(":")
     template: Template = getattr(importlib.import_module(module_name), class_name)()
     return template

@@ -94,7 +94,15 @@ def decode_label(text: str | None) -> dict[str, Any] | None:
 
 def grant_from_label(kind: str, principal: str, label: dict[str, Any]) -> Grant | None:
     """The grant a label describes; None for a damaged label, which is then not ours to act on."""
-    known = {"grant_id", "request_id", "integration", "permission", "identity", "expires_at", "state"}
+    known = {
+        "grant_id",
+        "request_id",
+        "integration",
+        "permission",
+        "identity",
+        "expires_at",
+        "state",
+    }
     try:
         return Grant.model_validate(
             {
@@ -150,4 +158,6 @@ class Template(Protocol):
 
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]: ...
 
-    def open(self, integration: str, connection: Settings, secret: Secret | None) -> TargetSession: ...
+    def open(
+        self, integration: str, connection: Settings, secret: Secret | None
+    ) -> TargetSession: ...

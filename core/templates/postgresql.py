@@ -12,8 +12,8 @@ import re
 import secrets
 import string
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
 import psycopg
@@ -155,19 +155,20 @@ def tombstone_name(connection: Connection, grant_id: str) -> str:
 
 def _grant_statements(
     connection: Connection, spec: GrantSpec, password: sql.Composable
-) -> list[sql.Composable]:
+) -> list[sql.Composed]:
     permission = spec.permission
     assert isinstance(permission, Permission)
     role = sql.Identifier(role_name(connection, spec))
     label = sql.Literal(encode_label(spec.label(mode=permission.mode, **_label_extra(spec))))
     if permission.mode == "membership":
         member = sql.Identifier(_member(spec))
-        statements: list[sql.Composable] = [
+        statements: list[sql.Composed] = [
             sql.SQL("CREATE ROLE {} NOLOGIN INHERIT").format(role),
             sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
         ]
         statements += [
-            sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), role) for group in spec.resources
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), role)
+            for group in spec.resources
         ]
         statements.append(sql.SQL("GRANT {} TO {}").format(role, member))
         return statements
@@ -241,11 +242,11 @@ class PostgreSQLTemplate:
 
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
         assert isinstance(connection, Connection)
-        return [
-            s.as_string(None) for s in _grant_statements(connection, spec, sql.SQL(MASK))
-        ]
+        return [s.as_string(None) for s in _grant_statements(connection, spec, sql.SQL(MASK))]
 
-    def open(self, integration: str, connection: Settings, secret: Secret | None) -> PostgreSQLSession:
+    def open(
+        self, integration: str, connection: Settings, secret: Secret | None
+    ) -> PostgreSQLSession:
         assert isinstance(connection, Connection)
         return PostgreSQLSession(integration, connection, secret)
 
@@ -448,8 +449,9 @@ class PostgreSQLSession:
             existing = self._find(grant_id)
             if existing is None:
                 # Revoke before grant: leave a tombstone so the late grant is refused.
-                self._tombstone(grant_id, {"request_id": "", "permission": "", "identity": ""},
-                                tombstone_until)
+                self._tombstone(
+                    grant_id, {"request_id": "", "permission": "", "identity": ""}, tombstone_until
+                )
                 return RevokeResult(found=False)
         name, label = existing
         expires_at = datetime.fromisoformat(label["expires_at"])
@@ -459,7 +461,9 @@ class PostgreSQLSession:
             return self._revoke_membership(name, label, expires_at)
         return self._revoke_ephemeral(name, label, expires_at)
 
-    def _revoke_ephemeral(self, name: str, label: dict[str, Any], expires_at: datetime) -> RevokeResult:
+    def _revoke_ephemeral(
+        self, name: str, label: dict[str, Any], expires_at: datetime
+    ) -> RevokeResult:
         role = sql.Identifier(name)
         # Step 1, committed before anything can fail: no new login, no borrowed privileges.
         with self.conn.transaction():
@@ -474,7 +478,9 @@ class PostgreSQLSession:
                 self.conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role))
             revoking = {**label, "state": "revoking"}
             self.conn.execute(
-                sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(encode_label(revoking)))
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                    role, sql.Literal(encode_label(revoking))
+                )
             )
         # Step 2: end live sessions; a dropped role's open session would otherwise live on.
         left = self._terminate(name)
@@ -493,7 +499,9 @@ class PostgreSQLSession:
             self._retrying(drop)
         except psycopg.Error as exc:
             detail = exc.diag.message_detail or ""
-            residual.append(f"role {name} not dropped: {exc.diag.message_primary}. {detail}".strip())
+            residual.append(
+                f"role {name} not dropped: {exc.diag.message_primary}. {detail}".strip()
+            )
         if left:
             residual.append(f"{left} session(s) of {name} still open")
         return RevokeResult(
@@ -532,7 +540,7 @@ class PostgreSQLSession:
         )
 
     def _verify_gone(self, name: str) -> bool:
-        """Access is gone when the role is gone, or cannot log in, belongs to nothing, has no session."""
+        """Gone: the role is gone, or cannot log in, belongs to nothing and has no session."""
         attrs = self._role(name)
         if attrs is None:
             return True
@@ -577,7 +585,10 @@ class PostgreSQLSession:
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
-        grants = (grant_from_label(PostgreSQLTemplate.kind, name, label) for name, label in self._labelled())
+        grants = (
+            grant_from_label(PostgreSQLTemplate.kind, name, label)
+            for name, label in self._labelled()
+        )
         return [grant for grant in grants if grant is not None]
 
     def inventory(self) -> dict[str, list[str]]:

@@ -1,0 +1,127 @@
+"""Signatures, freshness, replays, sealed credentials and the signed webhook, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from core.errors import Refused
+from core.models import AuditEvent, Outcome
+from core.sealing import box_keypair, seal, unseal
+from core.secrets import Secret
+from core.signing import Envelope, ReplayGuard, sign, signing_keypair, verify
+from core.webhook import WebhookError, WebhookSink
+
+PRIVATE, PUBLIC = signing_keypair()
+
+
+def test_signature_window_and_keys() -> None:
+    envelope = sign(b'{"a":1}', PRIVATE, "k", timestamp=1000)
+    verify(envelope, {"k": PUBLIC}, now=1000, max_age=60, max_ahead=60)
+    with pytest.raises(Refused, match="too old"):
+        verify(envelope, {"k": PUBLIC}, now=1061, max_age=60, max_ahead=60)
+    with pytest.raises(Refused, match="future"):
+        verify(envelope, {"k": PUBLIC}, now=939, max_age=60, max_ahead=60)
+    with pytest.raises(Refused, match="unknown"):
+        verify(envelope, {"other": PUBLIC}, now=1000, max_age=60, max_ahead=60)
+    forged = Envelope("k", 1000, envelope.signature, b'{"a":2}')
+    with pytest.raises(Refused, match="does not verify"):
+        verify(forged, {"k": PUBLIC}, now=1000, max_age=60, max_ahead=60)
+    shifted = Envelope("k", 1001, envelope.signature, envelope.body)  # timestamp is signed too
+    with pytest.raises(Refused, match="does not verify"):
+        verify(shifted, {"k": PUBLIC}, now=1000, max_age=60, max_ahead=60)
+
+
+def test_envelope_round_trips_through_a_queue_message() -> None:
+    envelope = sign(b'{"x": "\xc3\xa9"}', PRIVATE, "k")
+    again = Envelope.from_json(json.loads(json.dumps(envelope.to_json())))
+    assert again == envelope
+    for bad in ([], {"key_id": "k"}, {**envelope.to_json(), "timestamp": "1"}):
+        with pytest.raises(Refused):
+            Envelope.from_json(bad)
+
+
+def test_replay_guard_forgets_only_what_freshness_already_refuses() -> None:
+    guard = ReplayGuard(window_seconds=60)
+    envelope = sign(b"{}", PRIVATE, "k", timestamp=1000)
+    guard.check_and_remember(envelope, now=1000)
+    with pytest.raises(Refused, match="replayed"):
+        guard.check_and_remember(envelope, now=1030)
+    guard.check_and_remember(sign(b"{}", PRIVATE, "k", timestamp=1100), now=1100)
+    guard.check_and_remember(envelope, now=1100)  # evicted; verify() refuses it as too old anyway
+
+
+def test_sealed_credentials_open_only_with_the_private_key() -> None:
+    private, public = box_keypair()
+    other, _ = box_keypair()
+    sealed = seal({"password": "p@ss"}, public)
+    assert "p@ss" not in sealed
+    assert unseal(sealed, private) == {"password": "p@ss"}
+    with pytest.raises(Exception):  # noqa: B017 - any failure to open is the point
+        unseal(sealed, other)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    fail_first = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if _Receiver.fail_first > 0:
+            _Receiver.fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        _Receiver.received.append((dict(self.headers.items()), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Receiver.received = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/events"
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_is_signed_retried_and_never_carries_plain_credentials(receiver: str) -> None:
+    sink = WebhookSink(receiver, Secret(PRIVATE), key_id="connector", backoff=0.01)
+    _Receiver.fail_first = 1
+    sink.outcome(
+        Outcome(
+            request_id="r",
+            action="grant",
+            status="granted",
+            credentials={"password": "plain-canary"},
+            sealed_credentials="c2VhbGVk",
+        )
+    )
+    sink.audit(AuditEvent(type="grant", status="granted", request_id="r"))
+    assert len(_Receiver.received) == 2
+    for headers, body in _Receiver.received:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        envelope = Envelope.from_headers(lowered, body)
+        verify(envelope, {"connector": PUBLIC}, now=envelope.timestamp, max_age=5, max_ahead=5)
+        assert b"plain-canary" not in body
+    assert json.loads(_Receiver.received[0][1])["outcome"]["sealed_credentials"] == "c2VhbGVk"
+
+
+def test_webhook_failure_raises_so_the_queue_retries(receiver: str) -> None:
+    _Receiver.fail_first = 10
+    sink = WebhookSink(receiver, Secret(PRIVATE), attempts=2, backoff=0.01)
+    with pytest.raises(WebhookError):
+        sink.audit(AuditEvent(type="grant", status="granted"))
+    with pytest.raises(ValueError):
+        WebhookSink("http://example.com/x", Secret(PRIVATE))
