@@ -1,0 +1,119 @@
+"""Shared helpers for the benchmarks: catalog, requests, cleanup, machine description.
+
+Every benchmark uses its own integration name and role prefix, so it never touches the roles of
+tests running at the same time on the same server, and drops all it made when it ends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import statistics
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from core.catalog import Catalog, parse_catalog
+from core.engine import Engine
+from core.local import MemorySink, NullScheduler
+from core.messages import Work, parse_request
+from core.models import AccessRequest, utcnow
+from core.sealing import box_keypair
+from core.secrets import local_stores
+
+DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+PUBLIC_KEY = box_keypair()[1]
+
+
+def catalog(integration: str, prefix: str) -> Catalog:
+    return parse_catalog(
+        {
+            "integrations": {
+                integration: {
+                    "kind": "postgresql",
+                    "connection": {
+                        "host": "127.0.0.1",
+                        "dbname": "test",
+                        "user": "postgres",
+                        "role_prefix": prefix,
+                    },
+                    "max_duration": "8h",
+                    "permissions": {
+                        "read-only": {"template": "read-only", "resources": ["public"]},
+                    },
+                }
+            }
+        },
+        "bench",
+    )
+
+
+def engine(
+    integration: str, prefix: str, clock: Callable[[], dt.datetime] = utcnow
+) -> tuple[Engine, MemorySink]:
+    sink = MemorySink()
+    eng = Engine(catalog(integration, prefix), local_stores(), NullScheduler(), sink, clock=clock)
+    return eng, sink
+
+
+def grant(integration: str, request_id: str, duration: str = "1h") -> AccessRequest:
+    return parse_request(
+        f'{{"request_id":"{request_id}","action":"grant","integration":"{integration}",'
+        f'"permission":"read-only","resources":["public"],"duration":"{duration}",'
+        f'"identity":{{"email":"bench@example.com","public_key":"{PUBLIC_KEY}"}}}}'
+    )
+
+
+def revoke(integration: str, request_id: str) -> AccessRequest:
+    return parse_request(
+        f'{{"request_id":"r-{request_id}","action":"revoke","integration":"{integration}",'
+        f'"grant_id":"{grant(integration, request_id).target_grant_id}"}}'
+    )
+
+
+def works(integration: str, ids: list[str], at: dt.datetime, duration: str = "1h") -> list[Work]:
+    return [Work(grant(integration, i, duration), at) for i in ids]
+
+
+def drop_roles(prefix: str) -> int:
+    """Drop every role named with this benchmark's prefix (grants and tombstones)."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)
+            )
+        ]
+        for start in range(0, len(names), 500):
+            with conn.transaction():
+                for name in names[start : start + 500]:
+                    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+                    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    return len(names)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    with psycopg.connect(DSN) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    pg = row[0] if row else "?"
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"{now}; nproc {nproc}; CPU {cpu}; PostgreSQL {pg}; "
+        f"Python {platform.python_version()}"
+    )

@@ -1,0 +1,148 @@
+"""Grant+revoke latency through the engine vs. the floor: the same statements over raw psycopg.
+
+The floor runs the grant statements of the template's own plan (with a real SCRAM verifier in
+place of the mask) in one transaction, and ends access with the least a revoke must do:
+terminate the sessions, DROP OWNED, DROP ROLE. Two shapes, each measured interleaved in one run:
+  per-op:  each grant and each revoke is its own batch (own connection), as a queue delivers them;
+  shared:  grant and revoke on one connection (engine: one execute_batch of both).
+Goal: engine / floor <= 1.3 (per-op).
+
+    python bench/bench_pg_latency.py [iterations]
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+
+import psycopg
+from _common import DSN, drop_roles, engine, grant, machine, median, revoke
+from psycopg import sql
+
+from core.messages import Work
+from core.models import AccessRequest, Outcome, utcnow
+from core.templates.postgresql import MASK
+
+INTEGRATION, PREFIX = "bench-latency", "benchl_"
+ENGINE, _ = engine(INTEGRATION, PREFIX)
+
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+def connect() -> Conn:
+    # The same connection parameters as the template's session.
+    return psycopg.connect(
+        DSN, sslmode="prefer", connect_timeout=5, application_name="jit-floor", autocommit=True
+    )
+
+
+def retrying(conn: Conn, statements: list[bytes] | list[sql.Composed]) -> None:
+    """One transaction, redone when a concurrent GRANT on the same schema (other tests, other
+    workers) makes PostgreSQL fail it with 'tuple concurrently updated'."""
+    for attempt in range(10):
+        try:
+            with conn.transaction():
+                for statement in statements:
+                    conn.execute(statement)
+            return
+        except psycopg.errors.InternalError_:
+            if attempt == 9:
+                raise
+
+
+def floor_grant(conn: Conn, role: str, plan: list[str], verifier: bytes | None = None) -> None:
+    if verifier is None:  # a real one, as the template makes: a fresh password per grant
+        password = secrets.token_urlsafe(24).encode()
+        verifier = conn.pgconn.encrypt_password(password, role.encode(), b"scram-sha-256")
+    literal = sql.Literal(verifier.decode()).as_string(conn)
+    retrying(conn, [text.replace(MASK, literal).encode() for text in plan])
+
+
+def floor_revoke(conn: Conn, role: str) -> None:
+    ident = sql.Identifier(role)
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+    )
+    retrying(
+        conn,
+        [sql.SQL("DROP OWNED BY {}").format(ident), sql.SQL("DROP ROLE {}").format(ident)],
+    )
+
+
+def floor_plan(request_id: str) -> tuple[str, list[str]]:
+    outcome = ENGINE.plan(grant(INTEGRATION, request_id))
+    role = outcome.statements[0].split('"')[1]
+    return role, outcome.statements
+
+
+def run_floor(request_id: str, shared: bool) -> float:
+    role, plan = floor_plan(request_id)
+    start = time.perf_counter()
+    if shared:
+        with connect() as conn:
+            floor_grant(conn, role, plan)
+            floor_revoke(conn, role)
+    else:
+        with connect() as conn:
+            floor_grant(conn, role, plan)
+        with connect() as conn:
+            floor_revoke(conn, role)
+    return time.perf_counter() - start
+
+
+def deliver(request: AccessRequest) -> Outcome:
+    """As a queue does: a failed message (a concurrent GRANT on the schema) is delivered again."""
+    while (outcome := ENGINE.execute(request)).status == "failed":
+        pass
+    return outcome
+
+
+def run_engine(request_id: str, shared: bool) -> float | None:
+    g, r = grant(INTEGRATION, request_id), revoke(INTEGRATION, request_id)
+    start = time.perf_counter()
+    if shared:
+        now = utcnow()
+        outcomes = ENGINE.execute_batch([Work(g, now), Work(r, now)])
+    else:
+        outcomes = [deliver(g), deliver(r)]
+    elapsed = time.perf_counter() - start
+    if outcomes[0].status == "failed":  # the revoke then found nothing: not a sample
+        return None
+    assert [o.status for o in outcomes] == ["granted", "revoked"], outcomes
+    return elapsed
+
+
+def main() -> None:
+    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 40
+    tag = f"{int(time.time())}"
+    print(machine())
+    try:
+        for shared in (False, True):
+            shape = "shared" if shared else "per-op"
+            floor: list[float] = []
+            eng: list[float] = []
+            for i in range(iterations + 3):  # the first 3 are warm-up
+                runs = (("f", run_floor), ("e", run_engine))
+                took = {
+                    name: fn(f"{name}-{shape}-{tag}-{i}", shared)
+                    for name, fn in (runs if i % 2 else runs[::-1])
+                }
+                f_took, e_took = took["f"], took["e"]
+                if i >= 3 and f_took is not None and e_took is not None:
+                    floor.append(f_took)
+                    eng.append(e_took)
+            f, e = median(floor), median(eng)
+            ratios = [a / b for a, b in zip(eng, floor, strict=True)]
+            print(
+                f"{shape}: floor {f * 1e3:.2f} ms, engine {e * 1e3:.2f} ms, "
+                f"ratio {e / f:.2f}x (median of pairwise ratios {median(ratios):.2f}x), "
+                f"n={len(eng)}; goal <= 1.3x"
+            )
+    finally:
+        print(f"dropped {drop_roles(PREFIX)} roles (tombstones the revokes left, leftovers)")
+
+
+if __name__ == "__main__":
+    main()
