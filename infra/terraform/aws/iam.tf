@@ -1,0 +1,303 @@
+# Each function's role allows only the AWS calls its code makes (tests/aws/test_aws_least_privilege.py
+# compares these documents with the calls recorded while the AWS test suite runs), on only the
+# secrets, queues, schedules and targets named in the variables.
+
+locals {
+  log_arns = {
+    for name, _ in local.functions :
+    name => "${aws_cloudwatch_log_group.function[name].arn}:*"
+  }
+  schedule_arn = "arn:${local.partition}:scheduler:${local.region}:${local.account}:schedule/${local.schedule_group}/*"
+  bus_arn      = var.event_bus_name == null ? null : "arn:${local.partition}:events:${local.region}:${local.account}:event-bus/${var.event_bus_name}"
+
+  iam_path             = var.iam_target == null ? "/jitc/" : var.iam_target.policy_path
+  iam_grant_policy_arn = "arn:${local.partition}:iam::${local.account}:policy${local.iam_path}jitc-*"
+
+  idc = var.identity_center_target
+  idc_resources = local.idc == null ? [] : concat(
+    [local.idc.instance_arn],
+    local.idc.permission_set_arns,
+    [for account in local.idc.account_ids : "arn:${local.partition}:sso:::account/${account}"],
+  )
+}
+
+data "aws_iam_policy_document" "intake" {
+  statement {
+    sid       = "Logs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [local.log_arns["intake"]]
+  }
+  statement {
+    sid       = "Enqueue"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.requests.arn]
+  }
+  statement {
+    sid       = "EncryptForTheQueue"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+  }
+  statement {
+    #checkov:skip=CKV_AWS_111:X-Ray trace segments have no resource ARN to scope to.
+    #checkov:skip=CKV_AWS_356:X-Ray trace segments have no resource ARN to scope to.
+    sid       = "Traces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+data "aws_iam_policy_document" "worker" {
+  statement {
+    sid       = "Logs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [local.log_arns["worker"]]
+  }
+  statement {
+    sid       = "ConsumeQueue"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
+    resources = [aws_sqs_queue.requests.arn]
+  }
+  statement {
+    sid       = "EnqueueDueExpiries"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.requests.arn]
+  }
+  statement {
+    sid       = "QueueKey"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+  }
+  statement {
+    sid       = "ScheduleExpiries"
+    actions   = ["scheduler:CreateSchedule", "scheduler:DeleteSchedule"]
+    resources = [local.schedule_arn]
+  }
+  statement {
+    sid       = "HandSchedulesTheirRole"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.scheduler.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["scheduler.amazonaws.com"]
+    }
+  }
+  statement {
+    #checkov:skip=CKV_AWS_111:X-Ray trace segments have no resource ARN to scope to.
+    #checkov:skip=CKV_AWS_356:X-Ray trace segments have no resource ARN to scope to.
+    sid       = "Traces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(var.secret_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReadCatalogSecrets"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = var.secret_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = length(var.secret_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "DecryptCatalogSecrets"
+      actions   = ["kms:Decrypt"]
+      resources = var.secret_kms_key_arns
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = local.bus_arn == null ? [] : [1]
+    content {
+      sid       = "SendEvents"
+      actions   = ["events:PutEvents"]
+      resources = [local.bus_arn]
+    }
+  }
+
+  # -- aws_iam targets --
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid = "ManageGrantPolicies"
+      actions = [
+        "iam:CreatePolicy", "iam:GetPolicy", "iam:DeletePolicy", "iam:TagPolicy",
+        "iam:ListEntitiesForPolicy", "iam:ListPolicyVersions", "iam:DeletePolicyVersion",
+      ]
+      resources = [local.iam_grant_policy_arn]
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "FindGrantPolicies"
+      actions   = ["iam:ListPolicies"]
+      resources = ["*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null || try(length(var.iam_target.managed_policy_arns), 0) == 0 ? [] : [1]
+    content {
+      sid       = "CopyCatalogManagedPolicies"
+      actions   = ["iam:GetPolicy", "iam:GetPolicyVersion"]
+      resources = var.iam_target.managed_policy_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "AttachOnlyGrantPolicies"
+      actions   = ["iam:AttachRolePolicy", "iam:DetachRolePolicy", "iam:AttachUserPolicy", "iam:DetachUserPolicy"]
+      resources = var.iam_target.principal_arns
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_grant_policy_arn]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "GranteesAndSessionRevocation"
+      actions   = ["iam:GetRole", "iam:GetUser", "iam:PutRolePolicy"]
+      resources = var.iam_target.principal_arns
+    }
+  }
+
+  # -- aws_identity_center targets --
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid = "AssignPermissionSets"
+      actions = [
+        "sso:CreateAccountAssignment", "sso:DeleteAccountAssignment", "sso:ListAccountAssignments",
+        "sso:ListTagsForResource", "sso:TagResource", "sso:UntagResource", "sso:ListPermissionSets",
+        "sso:DescribeAccountAssignmentCreationStatus", "sso:DescribeAccountAssignmentDeletionStatus",
+      ]
+      resources = local.idc_resources
+    }
+  }
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid     = "FindUsersByEmail"
+      actions = ["identitystore:GetUserId"]
+      resources = [
+        "arn:${local.partition}:identitystore::${local.account}:identitystore/${local.idc.identity_store_id}",
+        "arn:${local.partition}:identitystore:::user/*",
+      ]
+    }
+  }
+}
+
+# The sweep revokes (never grants): the worker's target rights less creation, plus cancelling
+# the schedules of what it revokes.
+data "aws_iam_policy_document" "sweep" {
+  statement {
+    sid       = "Logs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [local.log_arns["sweep"]]
+  }
+  statement {
+    sid       = "CancelExpiries"
+    actions   = ["scheduler:DeleteSchedule"]
+    resources = [local.schedule_arn]
+  }
+  statement {
+    #checkov:skip=CKV_AWS_111:X-Ray trace segments have no resource ARN to scope to.
+    #checkov:skip=CKV_AWS_356:X-Ray trace segments have no resource ARN to scope to.
+    sid       = "Traces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(var.secret_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReadCatalogSecrets"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = var.secret_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = length(var.secret_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "DecryptCatalogSecrets"
+      actions   = ["kms:Decrypt"]
+      resources = var.secret_kms_key_arns
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = local.bus_arn == null ? [] : [1]
+    content {
+      sid       = "SendEvents"
+      actions   = ["events:PutEvents"]
+      resources = [local.bus_arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid = "RemoveGrantPolicies"
+      actions = [
+        "iam:CreatePolicy", "iam:GetPolicy", "iam:DeletePolicy", "iam:ListEntitiesForPolicy",
+        "iam:ListPolicyVersions", "iam:DeletePolicyVersion",
+      ]
+      resources = [local.iam_grant_policy_arn]
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "FindGrantPolicies"
+      actions   = ["iam:ListPolicies"]
+      resources = ["*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "DetachOnlyGrantPolicies"
+      actions   = ["iam:DetachRolePolicy", "iam:DetachUserPolicy"]
+      resources = var.iam_target.principal_arns
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_grant_policy_arn]
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "SessionRevocation"
+      actions   = ["iam:PutRolePolicy"]
+      resources = var.iam_target.principal_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid = "UnassignPermissionSets"
+      actions = [
+        "sso:DeleteAccountAssignment", "sso:ListAccountAssignments", "sso:ListTagsForResource",
+        "sso:TagResource", "sso:UntagResource", "sso:ListPermissionSets",
+        "sso:DescribeAccountAssignmentDeletionStatus",
+      ]
+      resources = local.idc_resources
+    }
+  }
+}

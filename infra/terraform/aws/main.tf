@@ -1,0 +1,424 @@
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+
+locals {
+  account   = data.aws_caller_identity.current.account_id
+  partition = data.aws_partition.current.partition
+  region    = data.aws_region.current.name
+  functions = {
+    intake = { handler = "aws.intake.handler", timeout = 10 }
+    worker = { handler = "aws.worker.handler", timeout = var.worker_timeout }
+    sweep  = { handler = "aws.sweep.handler", timeout = 300 }
+  }
+  schedule_group = "${var.name}-expiry"
+  catalog_sha256 = filesha256(var.catalog_file)
+}
+
+# -- encryption -----------------------------------------------------------------------------
+
+resource "aws_kms_key" "this" {
+  description             = "${var.name}: queues, logs and function environment"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.key.json
+  tags                    = var.tags
+}
+
+resource "aws_kms_alias" "this" {
+  name          = "alias/${var.name}"
+  target_key_id = aws_kms_key.this.key_id
+}
+
+data "aws_iam_policy_document" "key" {
+  #checkov:skip=CKV_AWS_109:A key policy's "*" resource is the key itself; administration stays with the account's IAM.
+  #checkov:skip=CKV_AWS_111:A key policy's "*" resource is the key itself.
+  #checkov:skip=CKV_AWS_356:A key policy's "*" resource is the key itself.
+  statement {
+    sid       = "AccountAdministers"
+    actions   = ["kms:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${local.partition}:iam::${local.account}:root"]
+    }
+  }
+
+  statement {
+    sid       = "LogsEncrypt"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${local.region}.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:${local.partition}:logs:${local.region}:${local.account}:log-group:/aws/lambda/${var.name}-*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.control_plane_principal_arns) > 0 ? [1] : []
+    content {
+      sid       = "ControlPlaneSendsToQueue"
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = ["*"]
+      principals {
+        type        = "AWS"
+        identifiers = var.control_plane_principal_arns
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["sqs.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+# -- queues ---------------------------------------------------------------------------------
+
+resource "aws_sqs_queue" "dead_letters" {
+  name                      = "${var.name}-dead-letters.fifo"
+  fifo_queue                = true
+  message_retention_seconds = 1209600
+  kms_master_key_id         = aws_kms_key.this.arn
+  tags                      = var.tags
+}
+
+# FIFO with the grant id as message group: each grant's messages arrive in order (docs/aws.md).
+resource "aws_sqs_queue" "requests" {
+  name                        = "${var.name}-requests.fifo"
+  fifo_queue                  = true
+  content_based_deduplication = true
+  deduplication_scope         = "messageGroup"
+  fifo_throughput_limit       = "perMessageGroupId"
+  visibility_timeout_seconds  = 6 * var.worker_timeout
+  message_retention_seconds   = 1209600
+  kms_master_key_id           = aws_kms_key.this.arn
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.dead_letters.arn
+    maxReceiveCount     = var.max_receive_count
+  })
+  tags = var.tags
+}
+
+resource "aws_sqs_queue_redrive_allow_policy" "dead_letters" {
+  queue_url = aws_sqs_queue.dead_letters.id
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = [aws_sqs_queue.requests.arn]
+  })
+}
+
+data "aws_iam_policy_document" "queue" {
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["sqs:*"]
+    resources = [aws_sqs_queue.requests.arn]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.control_plane_principal_arns) > 0 ? [1] : []
+    content {
+      sid       = "ControlPlaneSends"
+      actions   = ["sqs:SendMessage"]
+      resources = [aws_sqs_queue.requests.arn]
+      principals {
+        type        = "AWS"
+        identifiers = var.control_plane_principal_arns
+      }
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "requests" {
+  queue_url = aws_sqs_queue.requests.id
+  policy    = data.aws_iam_policy_document.queue.json
+}
+
+# -- the catalog, as a layer: /opt/jitc/catalog.yaml ----------------------------------------
+
+data "archive_file" "catalog" {
+  type        = "zip"
+  output_path = "${path.root}/.terraform/${var.name}-catalog.zip"
+
+  source {
+    content  = file(var.catalog_file)
+    filename = "jitc/catalog.yaml"
+  }
+}
+
+resource "aws_lambda_layer_version" "catalog" {
+  layer_name          = "${var.name}-catalog"
+  description         = "jit-connector catalog sha256:${local.catalog_sha256}"
+  filename            = data.archive_file.catalog.output_path
+  source_code_hash    = data.archive_file.catalog.output_base64sha256
+  compatible_runtimes = ["python3.11"]
+}
+
+# -- functions ------------------------------------------------------------------------------
+
+resource "aws_cloudwatch_log_group" "function" {
+  for_each          = local.functions
+  name              = "/aws/lambda/${var.name}-${each.key}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.this.arn
+  tags              = var.tags
+}
+
+resource "aws_iam_role" "function" {
+  for_each           = local.functions
+  name               = "${var.name}-${each.key}"
+  assume_role_policy = data.aws_iam_policy_document.lambda_trust.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "lambda_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "function" {
+  for_each = local.functions
+  name     = "${var.name}-${each.key}"
+  role     = aws_iam_role.function[each.key].id
+  policy = {
+    intake = data.aws_iam_policy_document.intake.json
+    worker = data.aws_iam_policy_document.worker.json
+    sweep  = data.aws_iam_policy_document.sweep.json
+  }[each.key]
+}
+
+resource "aws_lambda_function" "this" {
+  #checkov:skip=CKV_AWS_116:No asynchronous invocations to dead-letter: the intake is called synchronously, the worker by SQS (whose queue has its own dead-letter queue), the sweep by a schedule that runs again minutes later.
+  #checkov:skip=CKV_AWS_272:Code signing needs a signing profile the company owns; the zip is built reproducibly by `jitc package aws` and pinned by source_code_hash.
+  #checkov:skip=CKV_AWS_117:A VPC is optional (var.vpc_config): only targets that live inside one need it.
+  for_each                       = local.functions
+  function_name                  = "${var.name}-${each.key}"
+  role                           = aws_iam_role.function[each.key].arn
+  runtime                        = "python3.11"
+  architectures                  = ["x86_64"]
+  handler                        = each.value.handler
+  filename                       = var.package_path
+  source_code_hash               = filebase64sha256(var.package_path)
+  memory_size                    = var.memory_size
+  timeout                        = each.value.timeout
+  reserved_concurrent_executions = var.reserved_concurrency[each.key]
+  layers                         = [aws_lambda_layer_version.catalog.arn]
+  kms_key_arn                    = aws_kms_key.this.arn
+
+  environment {
+    variables = merge(
+      {
+        JITC_CATALOG_PATH            = "/opt/jitc/catalog.yaml"
+        JITC_CATALOG_SHA256          = local.catalog_sha256
+        JITC_QUEUE_URL               = aws_sqs_queue.requests.url
+        JITC_QUEUE_ARN               = aws_sqs_queue.requests.arn
+        JITC_SCHEDULE_GROUP          = local.schedule_group
+        JITC_SCHEDULER_ROLE_ARN      = aws_iam_role.scheduler.arn
+        JITC_SCHEDULE_DLQ_ARN        = aws_sqs_queue.dead_letters.arn
+        POWERTOOLS_SERVICE_NAME      = "jit-connector"
+        POWERTOOLS_METRICS_NAMESPACE = "JitConnector"
+        POWERTOOLS_LOG_LEVEL         = "INFO"
+      },
+      var.event_bus_name == null ? {} : { JITC_EVENT_BUS = var.event_bus_name },
+    )
+  }
+
+  tracing_config {
+    mode = "Active"
+  }
+
+  dynamic "vpc_config" {
+    for_each = var.vpc_config == null ? [] : [var.vpc_config]
+    content {
+      subnet_ids         = vpc_config.value.subnet_ids
+      security_group_ids = vpc_config.value.security_group_ids
+    }
+  }
+
+  logging_config {
+    log_format = "JSON"
+    log_group  = aws_cloudwatch_log_group.function[each.key].name
+  }
+
+  depends_on = [aws_iam_role_policy.function]
+  tags       = var.tags
+}
+
+resource "aws_lambda_event_source_mapping" "worker" {
+  event_source_arn        = aws_sqs_queue.requests.arn
+  function_name           = aws_lambda_function.this["worker"].arn
+  batch_size              = var.worker_batch_size
+  function_response_types = ["ReportBatchItemFailures"]
+}
+
+resource "aws_lambda_function_url" "intake" {
+  #checkov:skip=CKV_AWS_258:The caller is the control plane, not an AWS principal; every request must carry its Ed25519 signature over a fresh timestamp, checked against keys in the catalog, and replays are refused.
+  count              = var.enable_function_url ? 1 : 0
+  function_name      = aws_lambda_function.this["intake"].function_name
+  authorization_type = "NONE"
+}
+
+# -- expiry: EventBridge Scheduler ----------------------------------------------------------
+
+resource "aws_scheduler_schedule_group" "expiry" {
+  name = local.schedule_group
+  tags = var.tags
+}
+
+resource "aws_iam_role" "scheduler" {
+  name               = "${var.name}-scheduler"
+  assume_role_policy = data.aws_iam_policy_document.scheduler_trust.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "scheduler_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["scheduler.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account]
+    }
+  }
+}
+
+# The expiry schedules deliver a revoke to the queue, and dead-letter what they cannot deliver.
+data "aws_iam_policy_document" "scheduler" {
+  statement {
+    sid       = "DeliverExpiries"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.requests.arn, aws_sqs_queue.dead_letters.arn]
+  }
+  statement {
+    sid       = "EncryptForTheQueue"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "scheduler" {
+  name   = "${var.name}-scheduler"
+  role   = aws_iam_role.scheduler.id
+  policy = data.aws_iam_policy_document.scheduler.json
+}
+
+resource "aws_iam_role" "sweep_schedule" {
+  name               = "${var.name}-sweep-schedule"
+  assume_role_policy = data.aws_iam_policy_document.scheduler_trust.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "sweep_schedule" {
+  statement {
+    actions   = ["lambda:InvokeFunction"]
+    resources = [aws_lambda_function.this["sweep"].arn]
+  }
+}
+
+resource "aws_iam_role_policy" "sweep_schedule" {
+  name   = "${var.name}-sweep-schedule"
+  role   = aws_iam_role.sweep_schedule.id
+  policy = data.aws_iam_policy_document.sweep_schedule.json
+}
+
+resource "aws_scheduler_schedule" "sweep" {
+  name                = "${var.name}-sweep"
+  schedule_expression = var.sweep_schedule
+  kms_key_arn         = aws_kms_key.this.arn
+
+  flexible_time_window {
+    mode = "OFF"
+  }
+
+  target {
+    arn      = aws_lambda_function.this["sweep"].arn
+    role_arn = aws_iam_role.sweep_schedule.arn
+    input    = jsonencode({ source = "jit-connector.sweep" })
+
+    retry_policy {
+      maximum_retry_attempts = 2
+    }
+  }
+}
+
+# -- alarms ---------------------------------------------------------------------------------
+
+resource "aws_cloudwatch_metric_alarm" "dead_letters" {
+  alarm_name          = "${var.name}-dead-letters"
+  alarm_description   = "A request or expiry could not be processed: inspect and redrive ${aws_sqs_queue.dead_letters.name}."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.dead_letters.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "revoke_failures" {
+  alarm_name          = "${var.name}-revoke-failures"
+  alarm_description   = "A revoke failed and is being retried: access may outlive its grant until it succeeds."
+  namespace           = "JitConnector"
+  metric_name         = "RevokeFailures"
+  dimensions          = { service = "jit-connector" }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "function_errors" {
+  for_each            = local.functions
+  alarm_name          = "${var.name}-${each.key}-errors"
+  alarm_description   = "The ${each.key} function failed (configuration, catalog or an unexpected error)."
+  namespace           = "AWS/Lambda"
+  metric_name         = "Errors"
+  dimensions          = { FunctionName = aws_lambda_function.this[each.key].function_name }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  tags                = var.tags
+}

@@ -1,0 +1,39 @@
+output "intake_url" {
+  description = "The Function URL the control plane POSTs signed requests to (null when disabled)."
+  value       = var.enable_function_url ? aws_lambda_function_url.intake[0].function_url : null
+}
+
+output "queue_url" {
+  description = "The request queue (FIFO); the control plane may send signed envelopes here directly."
+  value       = aws_sqs_queue.requests.url
+}
+
+output "queue_arn" {
+  description = "ARN of the request queue."
+  value       = aws_sqs_queue.requests.arn
+}
+
+output "dead_letter_queue_url" {
+  description = "Messages that failed every delivery; alarmed."
+  value       = aws_sqs_queue.dead_letters.url
+}
+
+output "function_arns" {
+  description = "ARNs of the intake, worker and sweep functions."
+  value       = { for name, fn in aws_lambda_function.this : name => fn.arn }
+}
+
+output "role_arns" {
+  description = "Execution roles of the functions (e.g. to trust from target accounts)."
+  value       = { for name, role in aws_iam_role.function : name => role.arn }
+}
+
+output "schedule_group" {
+  description = "The EventBridge Scheduler group holding one expiry schedule per live grant."
+  value       = aws_scheduler_schedule_group.expiry.name
+}
+
+output "kms_key_arn" {
+  description = "The key encrypting the queues, logs and function environment."
+  value       = aws_kms_key.this.arn
+}

@@ -1,0 +1,143 @@
+variable "name" {
+  description = "Prefix of every resource name."
+  type        = string
+  default     = "jitc"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,20}$", var.name))
+    error_message = "name: 2-21 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "package_path" {
+  description = "The AWS zip built by `jitc package aws` (core + aws + pinned requirements)."
+  type        = string
+}
+
+variable "catalog_file" {
+  description = "The company's catalog (YAML). Shipped as a layer at /opt/jitc/catalog.yaml; every change shows in the plan."
+  type        = string
+}
+
+variable "secret_arns" {
+  description = "ARNs of the Secrets Manager secrets the catalog references (aws-sm:...). The functions may read these and no others."
+  type        = list(string)
+  default     = []
+}
+
+variable "secret_kms_key_arns" {
+  description = "Customer managed KMS keys that encrypt those secrets (empty when they use the AWS managed key)."
+  type        = list(string)
+  default     = []
+}
+
+variable "event_bus_name" {
+  description = "EventBridge bus that receives audit events and outcomes (null: the function logs only)."
+  type        = string
+  default     = null
+}
+
+variable "control_plane_principal_arns" {
+  description = "AWS principals of the control plane allowed to put signed envelopes on the queue directly (for companies that want no inbound HTTP)."
+  type        = list(string)
+  default     = []
+}
+
+variable "enable_function_url" {
+  description = "Expose the intake as a Lambda Function URL. Requests must carry the control plane's Ed25519 signature."
+  type        = bool
+  default     = true
+}
+
+variable "memory_size" {
+  description = "Memory of each function, in MB."
+  type        = number
+  default     = 128
+}
+
+variable "worker_timeout" {
+  description = "Worker timeout in seconds; the queue's visibility timeout is six times this."
+  type        = number
+  default     = 60
+}
+
+variable "worker_batch_size" {
+  description = "Messages per worker invocation (a FIFO event source takes at most 10)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.worker_batch_size >= 1 && var.worker_batch_size <= 10
+    error_message = "worker_batch_size: 1 to 10 (an SQS FIFO event source's limit)."
+  }
+}
+
+variable "max_receive_count" {
+  description = "Deliveries of one message before it moves to the dead-letter queue (alarmed). Expired grants are still revoked by the sweep."
+  type        = number
+  default     = 10
+}
+
+variable "reserved_concurrency" {
+  description = "Reserved concurrent executions of the intake, worker and sweep functions."
+  type = object({
+    intake = number
+    worker = number
+    sweep  = number
+  })
+  default = { intake = 10, worker = 5, sweep = 1 }
+}
+
+variable "sweep_schedule" {
+  description = "How often the sweep looks for grants past their expiry."
+  type        = string
+  default     = "rate(5 minutes)"
+}
+
+variable "log_retention_days" {
+  description = "Retention of the functions' logs (the audit trail)."
+  type        = number
+  default     = 365
+}
+
+variable "alarm_actions" {
+  description = "ARNs notified by the alarms (e.g. an SNS topic)."
+  type        = list(string)
+  default     = []
+}
+
+variable "vpc_config" {
+  description = "Subnets and security groups, when targets (e.g. PostgreSQL) are only reachable inside a VPC."
+  type = object({
+    subnet_ids         = list(string)
+    security_group_ids = list(string)
+  })
+  default = null
+}
+
+variable "iam_target" {
+  description = "For `aws_iam` integrations: the roles/users (ARNs, wildcards allowed) grants may go to, the policy path of the catalog, and the managed policies the catalog copies."
+  type = object({
+    principal_arns      = list(string)
+    policy_path         = optional(string, "/jitc/")
+    managed_policy_arns = optional(list(string), [])
+  })
+  default = null
+}
+
+variable "identity_center_target" {
+  description = "For `aws_identity_center` integrations: the instance, identity store, permission sets and accounts of the catalog."
+  type = object({
+    instance_arn        = string
+    identity_store_id   = string
+    permission_set_arns = list(string)
+    account_ids         = list(string)
+  })
+  default = null
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}
