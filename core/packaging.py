@@ -1,0 +1,166 @@
+"""`jitc package CLOUD`: one deployable zip per cloud, from `core/`, that cloud's folder and its
+pinned requirements (`<cloud>/requirements.txt`), installed for the cloud's platform.
+
+The zip is reproducible (sorted entries, fixed timestamps and modes), so the same sources give
+the same bytes and Terraform's source hash changes only when the code or a pin does. Each cloud
+keeps its platform's entry-file convention:
+
+- aws: packages `core` and `aws` at the root; Lambda handlers are `aws.<module>.handler`.
+- gcp: packages `core` and `gcp`, and `gcp/main.py` copied to the root, where Cloud Functions
+  load it.
+- azure: package `core`, and the *contents* of `azure/` at the app root (`function_app.py`
+  beside `host.json`); never an `azure/` folder, which would shadow the Azure SDK's namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
+SKIP_SUFFIXES = {".pyc", ".pyo"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    packages: tuple[str, ...]
+    root_files: tuple[str, ...] = ()
+    flatten: str | None = None  # a folder whose contents go to the root
+    platform: str = "manylinux2014_x86_64"
+    python_version: str = "3.11"
+
+
+LAYOUTS: dict[str, Layout] = {
+    "aws": Layout(packages=("core", "aws")),
+    "gcp": Layout(packages=("core", "gcp"), root_files=("gcp/main.py",)),
+    "azure": Layout(packages=("core",), flatten="azure"),
+}
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if any(part in SKIP_DIRS for part in relative.parts) or path.suffix in SKIP_SUFFIXES:
+            continue
+        if path.name == "requirements.txt" and path.parent == source:
+            continue
+        destination = target / relative
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination)
+
+
+def _install(
+    requirements: Path, target: Path, layout: Layout, platform: str, wheelhouse: Path | None
+) -> None:
+    command = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--no-deps", "--no-compile", "--only-binary=:all:",
+        "--platform", platform, "--python-version", layout.python_version,
+        "--implementation", "cp", "--target", str(target), "-r", str(requirements),
+    ]  # fmt: skip
+    if wheelhouse is not None:
+        command += ["--no-index", "--find-links", str(wheelhouse)]
+    subprocess.run(command, check=True)  # noqa: S603 - our own interpreter and arguments
+
+
+def _write_zip(source: Path, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_suffix(".partial")
+    with zipfile.ZipFile(
+        partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9
+    ) as archive:
+        for path in sorted(source.rglob("*")):
+            relative = path.relative_to(source)
+            if any(part in SKIP_DIRS for part in relative.parts) or path.suffix in SKIP_SUFFIXES:
+                continue
+            if path.is_dir():
+                continue
+            info = zipfile.ZipInfo(relative.as_posix(), date_time=FIXED_TIME)
+            executable = path.stat().st_mode & 0o111
+            info.external_attr = ((0o755 if executable else 0o644) | 0o100000) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    partial.replace(output)
+
+
+def build(
+    cloud: str,
+    out_dir: Path,
+    *,
+    root: Path = ROOT,
+    requirements: Path | None = None,
+    platform: str | None = None,
+    wheelhouse: Path | None = None,
+) -> Path:
+    """Build `<out_dir>/jit-connector-<cloud>.zip` and return its path."""
+    layout = LAYOUTS[cloud]
+    requirements = requirements or root / cloud / "requirements.txt"
+    if not requirements.is_file():
+        raise FileNotFoundError(f"{requirements}: the pinned requirements of {cloud} are missing")
+    with tempfile.TemporaryDirectory(prefix=f"jitc-package-{cloud}-") as folder:
+        staging = Path(folder)
+        _install(requirements, staging, layout, platform or layout.platform, wheelhouse)
+        for package in layout.packages:
+            if not (root / package).is_dir():
+                raise FileNotFoundError(f"{root / package}: missing")
+            _copy_tree(root / package, staging / package)
+        for name in layout.root_files:
+            shutil.copyfile(root / name, staging / Path(name).name)
+        if layout.flatten:
+            _copy_tree(root / layout.flatten, staging)
+        manifest = {
+            "cloud": cloud,
+            "packages": list(layout.packages),
+            "platform": platform or layout.platform,
+            "python": layout.python_version,
+            "requirements": [
+                line.strip()
+                for line in requirements.read_text().splitlines()
+                if line.strip() and not line.startswith("#")
+            ],
+        }
+        (staging / "jitc-package.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        output = out_dir / f"jit-connector-{cloud}.zip"
+        _write_zip(staging, output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jitc package", description="Build the deployable zip of one cloud."
+    )
+    parser.add_argument("cloud", choices=sorted(LAYOUTS))
+    parser.add_argument("--out", type=Path, default=Path("dist"), help="output folder (dist)")
+    parser.add_argument("--requirements", type=Path, help="pinned requirements file")
+    parser.add_argument("--platform", help="wheel platform tag (e.g. manylinux2014_aarch64)")
+    parser.add_argument("--wheelhouse", type=Path, help="install from this folder only (offline)")
+    args = parser.parse_args(argv)
+    try:
+        output = build(
+            args.cloud, args.out, requirements=args.requirements, platform=args.platform,
+            wheelhouse=args.wheelhouse,
+        )  # fmt: skip
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        print(f"jitc package: {exc}", file=sys.stderr)
+        return 1
+    digest = hashlib.sha256(output.read_bytes()).digest()
+    print(f"{output}  sha256:{digest.hex()}  source_code_hash:{base64.b64encode(digest).decode()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

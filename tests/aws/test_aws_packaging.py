@@ -1,0 +1,119 @@
+"""`jitc package aws` builds the zip Terraform deploys; unpacked into a clean folder and run by an
+interpreter that sees nothing else (no site-packages), its handler paths take a signed request
+through the intake and the worker to a real grant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from awsharness import PG_SCHEMA, deploy, drop_pg_roles, pg_integration, signed_http_event
+
+from core.models import derive_grant_id
+from core.packaging import build
+
+INTEGRATION = "awst-pkg"
+
+CHILD = r"""
+import json, sys, uuid
+folder = sys.argv[1]
+sys.path[:0] = [folder]
+import boto3, pydantic
+import aws.intake, aws.worker, aws.sweep
+
+class Context:
+    function_name = "jitc-packaged"; function_version = "$LATEST"; memory_limit_in_mb = 128
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:jitc-packaged"
+    aws_request_id = str(uuid.uuid4()); log_group_name = "/aws/lambda/x"; log_stream_name = "x"
+    def get_remaining_time_in_millis(self): return 60000
+
+origins = {m.__name__: m.__file__ for m in (aws.intake, aws.worker, aws.sweep, boto3, pydantic)}
+event = json.loads(sys.stdin.read())
+intake = aws.intake.handler(event["http"], Context())
+sqs = boto3.client("sqs")
+got = sqs.receive_message(QueueUrl=event["queue_url"], MaxNumberOfMessages=10,
+                          MessageSystemAttributeNames=["All"])["Messages"]
+records = [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+            "attributes": m["Attributes"], "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+            "eventSource": "aws:sqs", "eventSourceARN": event["queue_arn"], "awsRegion": "us-east-1"}
+           for m in got]
+# Redeliver what failed, as the queue would: only a race with other suites on the shared
+# PostgreSQL ("tuple concurrently updated") is expected to fail here.
+for _ in range(5):
+    worker = aws.worker.handler({"Records": records}, Context())
+    if not worker["batchItemFailures"]:
+        break
+print("RESULT " + json.dumps({"origins": origins, "intake": intake, "worker": worker,
+                              "received": len(got)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build("aws", tmp_path_factory.mktemp("dist"))
+
+
+def test_the_build_is_reproducible_and_holds_only_what_it_should(
+    package: Path, tmp_path: Path
+) -> None:
+    again = build("aws", tmp_path)
+    assert (
+        hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(package.read_bytes()).digest()
+    )
+    names = zipfile.ZipFile(package).namelist()
+    assert "aws/worker.py" in names and "core/engine.py" in names and "jitc-package.json" in names
+    assert "aws/requirements.txt" not in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "infra/", "azure/"))]
+    manifest = json.loads(zipfile.ZipFile(package).read("jitc-package.json"))
+    assert manifest["cloud"] == "aws" and "boto3==1.44.8" in manifest["requirements"]
+
+
+def test_the_unpacked_zip_runs_the_deployed_handler_paths(
+    package: Path, aws: str, pg_admin: Any, tmp_path: Path
+) -> None:
+    deployment = deploy(tmp_path, {"integrations": pg_integration(INTEGRATION)})
+    folder = tmp_path / "lambda-task"
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(folder)
+    rid = f"pkg-{uuid.uuid4().hex[:8]}"
+    body = {
+        "request_id": rid, "action": "grant", "integration": INTEGRATION, "permission": "read",
+        "resources": [PG_SCHEMA], "duration": "10m",
+        "identity": {"email": "pkg@example.com", "public_key": deployment.box_public},
+    }  # fmt: skip
+    request = {
+        "http": signed_http_event(body, deployment),
+        "queue_url": deployment.queue_url,
+        "queue_arn": deployment.queue_arn,
+    }
+    # -S: no site-packages at all; only the unpacked zip and the standard library.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    child = subprocess.run(
+        [sys.executable, "-S", "-c", CHILD, str(folder)],
+        input=json.dumps(request), capture_output=True, text=True, env=env, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-3000:]
+    line = next(x for x in child.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    for name, origin in result["origins"].items():
+        assert origin.startswith(str(folder)), (name, origin)
+    assert result["intake"]["statusCode"] == 202
+    assert result["received"] == 1
+    assert result["worker"] == {"batchItemFailures": []}
+    row = pg_admin.execute(
+        "SELECT count(*) FROM pg_roles r JOIN pg_shdescription d ON d.objoid = r.oid "
+        "WHERE d.description LIKE %s",
+        (f'%"grant_id":"{derive_grant_id(INTEGRATION, rid)}"%',),
+    ).fetchone()
+    assert row == (1,)
+    drop_pg_roles(pg_admin)
