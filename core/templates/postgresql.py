@@ -12,7 +12,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -257,6 +257,7 @@ class PostgreSQLSession:
     def __init__(self, integration: str, connection: Connection, secret: Secret | None) -> None:
         self.integration = integration
         self.settings = connection
+        self._names: dict[str, str] = {}
         try:
             self.conn = psycopg.connect(
                 host=connection.host,
@@ -280,14 +281,24 @@ class PostgreSQLSession:
 
     # -- queries ---------------------------------------------------------------------------
 
-    def _labelled(self, grant_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-        query = (
-            "SELECT r.rolname, d.description FROM pg_roles r JOIN pg_shdescription d "
-            "ON d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass "
-            "WHERE d.description LIKE %s"
-        )
-        pattern = "jitc:%" if grant_id is None else f'jitc:%"grant_id":"{grant_id}"%'
-        rows = self.conn.execute(query, (pattern,)).fetchall()
+    def _labelled(
+        self, grant_id: str | None = None, names: list[str] | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Our labelled roles: by name when the names are known (an index lookup), else all."""
+        if names is not None:
+            rows = self.conn.execute(
+                "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+                "WHERE rolname = ANY(%s)",
+                (names,),
+            ).fetchall()
+        else:
+            pattern = "jitc:%" if grant_id is None else f'jitc:%"grant_id":"{grant_id}"%'
+            rows = self.conn.execute(
+                "SELECT r.rolname, d.description FROM pg_roles r JOIN pg_shdescription d "
+                "ON d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass "
+                "WHERE d.description LIKE %s",
+                (pattern,),
+            ).fetchall()
         found = []
         for name, description in rows:
             label = decode_label(description)
@@ -298,17 +309,32 @@ class PostgreSQLSession:
             found.append((name, label))
         return found
 
-    def _find(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
-        found = self._labelled(grant_id)
-        # A live grant wins over a tombstone only if both exist (they never should).
+    def _find(self, grant_id: str, name: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """The role of a grant. Its name, when known (from the request or the sweep's listing),
+        makes this an index lookup; otherwise every role comment is scanned."""
+        name = name or self._names.get(grant_id)
+        candidates = [tombstone_name(self.settings, grant_id)] + ([name] if name else [])
+        found = self._labelled(grant_id, candidates)
+        if not found and name is None:
+            found = self._labelled(grant_id)
+        # A live grant wins over a tombstone should both exist (they never should).
         found.sort(key=lambda item: item[1].get("state") == "tombstone")
         return found[0] if found else None
 
-    def _lock(self, grant_id: str) -> None:
-        self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant_id,))
+    def _lock(self, grant_id: str, acl: bool = False) -> None:
+        """Serialise work on one grant; with `acl`, also every privilege change of ours."""
+        if acl:
+            self.conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), pg_advisory_xact_lock(%s)",
+                (grant_id, ACL_LOCK_KEY),
+            )
+        else:
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant_id,))
 
-    def _lock_acl(self) -> None:
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACL_LOCK_KEY,))
+    def _run(self, statements: Sequence[sql.Composable]) -> None:
+        """One round trip for many statements: all values are already bound client-side."""
+        if statements:
+            self.conn.execute(sql.SQL(";\n").join(statements))
 
     def _role(self, name: str) -> tuple[bool, bool, bool] | None:
         """(can login, superuser, createrole) of an existing role."""
@@ -325,17 +351,17 @@ class PostgreSQLSession:
 
     def _terminate(self, name: str) -> int:
         """End every session of a role and wait (bounded) until the server reports them gone."""
-        self.conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        row = self.conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE usename = %s AND pid <> pg_backend_pid()",
             (name,),
-        )
+        ).fetchone()
+        if not (row and row[0]):
+            return 0
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while (left := self._sessions(name)) and time.monotonic() < deadline:
             time.sleep(0.02)
         return left
-
-    # -- grant -----------------------------------------------------------------------------
 
     def _retrying(self, step: Callable[[], T]) -> T:
         """Run a transaction again when the server reports a transient conflict, such as a
@@ -349,6 +375,8 @@ class PostgreSQLSession:
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
+    # -- grant -----------------------------------------------------------------------------
+
     def grant(self, spec: GrantSpec) -> GrantResult:
         return self._retrying(lambda: self._grant_once(spec))
 
@@ -358,8 +386,8 @@ class PostgreSQLSession:
         name = role_name(self.settings, spec)
         password = secrets.token_urlsafe(24) if permission.mode == "ephemeral" else None
         with self.conn.transaction():
-            self._lock(spec.grant_id)
-            existing = self._find(spec.grant_id)
+            self._lock(spec.grant_id, acl=True)
+            existing = self._find(spec.grant_id, name)
             if existing is not None:
                 return self._regrant(spec, existing, password)
             if self._role(name) is not None:
@@ -369,10 +397,12 @@ class PostgreSQLSession:
                 )
             if permission.mode == "membership":
                 self._check_membership(spec)
-            verifier = self._verifier(name, password)
-            self._lock_acl()
-            for statement in _grant_statements(self.settings, spec, verifier):
-                self.conn.execute(statement)
+            # A grant lost to a server crash fails closed (the role is simply not there), so
+            # its commit need not wait for the disk; revokes always do.
+            statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+            statements += _grant_statements(self.settings, spec, self._verifier(name, password))
+            self._run(statements)
+        self._names[spec.grant_id] = name
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
     def _regrant(
@@ -444,120 +474,98 @@ class PostgreSQLSession:
     # -- revoke ----------------------------------------------------------------------------
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
-        with self.conn.transaction():
-            self._lock(grant_id)
-            existing = self._find(grant_id)
-            if existing is None:
-                # Revoke before grant: leave a tombstone so the late grant is refused.
-                self._tombstone(
-                    grant_id, {"request_id": "", "permission": "", "identity": ""}, tombstone_until
-                )
-                return RevokeResult(found=False)
-        name, label = existing
-        expires_at = datetime.fromisoformat(label["expires_at"])
-        if label.get("state") == "tombstone":
-            return RevokeResult(found=False, expires_at=None)
-        if label.get("mode") == "membership":
-            return self._revoke_membership(name, label, expires_at)
-        return self._revoke_ephemeral(name, label, expires_at)
+        """Three steps, each committed: disable (no login, no password, no membership, label
+        says revoking), end sessions, drop. Access has ended after the first, whatever follows."""
 
-    def _revoke_ephemeral(
-        self, name: str, label: dict[str, Any], expires_at: datetime
-    ) -> RevokeResult:
-        role = sql.Identifier(name)
-        # Step 1, committed before anything can fail: no new login, no borrowed privileges.
-        with self.conn.transaction():
-            self._lock(label["grant_id"])
-            self.conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
-            groups = self.conn.execute(
-                "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
-                "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
-                (name,),
-            ).fetchall()
-            for (group,) in groups:
-                self.conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role))
-            revoking = {**label, "state": "revoking"}
-            self.conn.execute(
-                sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                    role, sql.Literal(encode_label(revoking))
+        def disable() -> tuple[str, dict[str, Any]] | RevokeResult:
+            with self.conn.transaction():
+                self._lock(grant_id)
+                existing = self._find(grant_id)
+                if existing is None:
+                    # Revoke before grant: a tombstone makes the late grant a refusal.
+                    self._run(self._tombstone(grant_id, {}, tombstone_until))
+                    return RevokeResult(found=False)
+                name, label = existing
+                if label.get("state") == "tombstone":
+                    return RevokeResult(found=False)
+                role = sql.Identifier(name)
+                groups = self.conn.execute(
+                    "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+                    "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+                    (name,),
+                ).fetchall()
+                statements = [sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role)]
+                statements += [
+                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role)
+                    for (group,) in groups
+                ]
+                statements.append(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        role, sql.Literal(encode_label({**label, "state": "revoking"}))
+                    )
                 )
-            )
-        # Step 2: end live sessions; a dropped role's open session would otherwise live on.
-        left = self._terminate(name)
-        # Step 3: drop what it owns here, then the role; a dependency elsewhere keeps it.
+                self._run(statements)
+                return existing
+
+        disabled = self._retrying(disable)
+        if isinstance(disabled, RevokeResult):
+            return disabled
+        name, label = disabled
+        expires_at = datetime.fromisoformat(label["expires_at"])
+        membership = label.get("mode") == "membership"
+        # A dropped role's open session would otherwise live on; in membership mode the
+        # member's sessions may hold the group's privileges through SET ROLE.
+        holder = str(label.get("member", "")) if membership else name
+        ended = not membership or bool(label.get("terminate_sessions"))
+        left = self._terminate(holder) if ended and holder else 0
         residual: list[str] = []
 
         def drop() -> None:
             with self.conn.transaction():
-                self._lock(label["grant_id"])
-                self._lock_acl()
-                self.conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-                self.conn.execute(sql.SQL("DROP ROLE {}").format(role))
-                self._tombstone(label["grant_id"], label, expires_at)
+                self._lock(label["grant_id"], acl=True)
+                role = sql.Identifier(name)
+                statements = [] if membership else [sql.SQL("DROP OWNED BY {}").format(role)]
+                statements.append(sql.SQL("DROP ROLE {}").format(role))
+                statements += self._tombstone(label["grant_id"], label, expires_at)
+                self._run(statements)
 
         try:
             self._retrying(drop)
+            self._names.pop(label["grant_id"], None)
         except psycopg.Error as exc:
             detail = exc.diag.message_detail or ""
             residual.append(
                 f"role {name} not dropped: {exc.diag.message_primary}. {detail}".strip()
             )
         if left:
-            residual.append(f"{left} session(s) of {name} still open")
+            residual.append(f"{left} session(s) of {holder} still open")
         return RevokeResult(
             found=True,
-            principal=name,
+            principal=holder,
             expires_at=expires_at,
             residual=residual,
             verified=self._verify_gone(name) and not left,
         )
 
-    def _revoke_membership(
-        self, name: str, label: dict[str, Any], expires_at: datetime
-    ) -> RevokeResult:
-        member = str(label.get("member", ""))
-        residual: list[str] = []
-
-        def drop() -> None:
-            with self.conn.transaction():
-                self._lock(label["grant_id"])
-                self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-                self._tombstone(label["grant_id"], label, expires_at)
-
-        try:
-            self._retrying(drop)
-        except psycopg.Error as exc:
-            residual.append(f"role {name} not dropped: {exc.diag.message_primary}")
-        left = self._terminate(member) if label.get("terminate_sessions") and member else 0
-        if left:
-            residual.append(f"{left} session(s) of {member} still open")
-        return RevokeResult(
-            found=True,
-            principal=member,
-            expires_at=expires_at,
-            residual=residual,
-            verified=self._role(name) is None and not left,
-        )
-
     def _verify_gone(self, name: str) -> bool:
         """Gone: the role is gone, or cannot log in, belongs to nothing and has no session."""
-        attrs = self._role(name)
-        if attrs is None:
-            return True
         row = self.conn.execute(
-            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member "
-            "WHERE u.rolname = %s",
+            "SELECT r.rolcanlogin, "
+            "(SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid), "
+            "(SELECT count(*) FROM pg_stat_activity a WHERE a.usename = r.rolname) "
+            "FROM pg_roles r WHERE r.rolname = %s",
             (name,),
         ).fetchone()
-        return not attrs[0] and not (row and row[0]) and self._sessions(name) == 0
+        return row is None or (not row[0] and not row[1] and not row[2])
 
-    def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
-        """Remember a revoke until `until`, so a late or repeated grant is refused until then.
-
-        Past that moment no tombstone is needed: a grant that late has expired and is refused.
+    def _tombstone(
+        self, grant_id: str, label: dict[str, Any], until: datetime
+    ) -> list[sql.Composed]:
+        """Statements that remember a revoke until `until`, so a late or repeated grant is
+        refused until then. Past that moment a grant that late has expired and is refused anyway.
         """
-        if until <= utcnow() or self._role(tombstone_name(self.settings, grant_id)) is not None:
-            return
+        if until <= utcnow():
+            return []
         name = sql.Identifier(tombstone_name(self.settings, grant_id))
         stone = {
             "v": 1,
@@ -569,25 +577,27 @@ class PostgreSQLSession:
             "expires_at": until.isoformat(),
             "state": "tombstone",
         }
-        self.conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(name))
-        self.conn.execute(
-            sql.SQL("COMMENT ON ROLE {} IS {}").format(name, sql.Literal(encode_label(stone)))
-        )
+        return [
+            sql.SQL("CREATE ROLE {} NOLOGIN").format(name),
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(name, sql.Literal(encode_label(stone))),
+        ]
 
     def forget(self, grant_id: str) -> None:
         """Drop a grant's tombstone once no delivery of that grant can still succeed."""
         with self.conn.transaction():
             self._lock(grant_id)
-            for name, label in self._labelled(grant_id):
+            for name, label in self._labelled(grant_id, [tombstone_name(self.settings, grant_id)]):
                 if label.get("state") == "tombstone":
                     self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
+        labelled = self._labelled()
+        # Remembered so that the sweep's revokes find each role by name, not by a scan.
+        self._names.update((label["grant_id"], name) for name, label in labelled)
         grants = (
-            grant_from_label(PostgreSQLTemplate.kind, name, label)
-            for name, label in self._labelled()
+            grant_from_label(PostgreSQLTemplate.kind, name, label) for name, label in labelled
         )
         return [grant for grant in grants if grant is not None]
 
