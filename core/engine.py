@@ -17,7 +17,7 @@ from core.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcn
 from core.ports import EventSink, ExpiryScheduler
 from core.sealing import seal
 from core.secrets import Secret, SecretStore
-from core.templates.base import TargetSession
+from core.templates.base import RevokeResult, TargetSession
 
 log = logging.getLogger("jitc.engine")
 
@@ -153,29 +153,38 @@ class Engine:
                 except JitcError as exc:
                     report.failed[integration.name] = batch.scrub(str(exc))
                     continue
+                due: list[str] = []
                 for grant in grants:
-                    due = grant.expires_at <= moment
                     if grant.state == "tombstone":
-                        if due:
+                        if grant.expires_at <= moment:
                             session.forget(grant.grant_id)
                             report.forgotten.append(grant.grant_id)
-                        continue
-                    if not due and grant.state == "active":
-                        continue
+                    elif grant.expires_at <= moment or grant.state == "revoking":
+                        due.append(grant.grant_id)
+                bulk = self._revoke_many(batch, integration, session, due)
+                for grant_id in due:
                     request = AccessRequest(
-                        request_id=f"sweep-{grant.grant_id}",
+                        request_id=f"sweep-{grant_id}",
                         action="revoke",
                         integration=integration.name,
-                        grant_id=grant.grant_id,
+                        grant_id=grant_id,
                     )
-                    outcome = self._run(batch, Work(request, moment), plain=False)
+                    if grant_id in bulk:
+                        try:
+                            self.scheduler.cancel(grant_id)
+                            outcome = self._revoked(request, integration, bulk[grant_id])
+                        except Exception as exc:  # reported; the next sweep retries
+                            outcome = self._failure(batch, request, exc)
+                        self._report(request, outcome)
+                    else:
+                        outcome = self._run(batch, Work(request, moment), plain=False)
                     if outcome.status == "revoked":
-                        report.revoked.append(grant.grant_id)
+                        report.revoked.append(grant_id)
                         if outcome.residual:
-                            report.residual[grant.grant_id] = outcome.residual
+                            report.residual[grant_id] = outcome.residual
                             report.remaining += 1
                     else:
-                        report.failed[grant.grant_id] = outcome.message or outcome.status
+                        report.failed[grant_id] = outcome.message or outcome.status
                         report.remaining += 1
         self.sink.audit(
             AuditEvent(
@@ -208,22 +217,25 @@ class Engine:
                 outcome = self._revoke(batch, request)
         except Refused as exc:
             outcome = self._refusal(request, exc)
-        except Exception as exc:
-            integration = self.catalog.integrations.get(request.integration)
-            if integration is not None:
-                batch.discard(integration)
-            message = batch.scrub(f"{type(exc).__name__}: {exc}")
-            log.warning("request %s failed: %s", request.request_id, message)
-            outcome = Outcome(
-                request_id=request.request_id,
-                action=request.action,
-                status="failed",
-                integration=request.integration,
-                grant_id=request.target_grant_id,
-                message=message,
-            )
+        except Exception as exc:  # one message's failure is reported, then retried by the queue
+            outcome = self._failure(batch, request, exc)
         self._report(request, outcome)
         return outcome
+
+    def _failure(self, batch: _Batch, request: AccessRequest, exc: Exception) -> Outcome:
+        integration = self.catalog.integrations.get(request.integration)
+        if integration is not None:
+            batch.discard(integration)
+        message = batch.scrub(f"{type(exc).__name__}: {exc}")
+        log.warning("request %s failed: %s", request.request_id, message)
+        return Outcome(
+            request_id=request.request_id,
+            action=request.action,
+            status="failed",
+            integration=request.integration,
+            grant_id=request.target_grant_id,
+            message=message,
+        )
 
     def _grant(self, batch: _Batch, work: Work, plain: bool) -> Outcome:
         request = work.request
@@ -248,13 +260,37 @@ class Engine:
             reissued=result.reissued,
         )
 
+    def _tombstone_until(self, integration: Integration) -> datetime:
+        skew = parse_duration(self.catalog.control_plane.max_skew)
+        return self.clock() + integration.max_duration + TOMBSTONE_MARGIN + skew
+
+    def _revoke_many(
+        self, batch: _Batch, integration: Integration, session: TargetSession, grant_ids: list[str]
+    ) -> dict[str, RevokeResult]:
+        """The template's bulk revoke where it has one; what it misses is revoked one by one."""
+        revoke_many = getattr(session, "revoke_many", None)
+        if revoke_many is None or not grant_ids:
+            return {}
+        try:
+            results: dict[str, RevokeResult] = revoke_many(
+                grant_ids, self._tombstone_until(integration)
+            )
+        except Exception:  # each grant is then retried alone, which reports its own error
+            log.warning("bulk revoke on %s failed; revoking one by one", integration.name)
+            batch.discard(integration)
+            return {}
+        return results
+
     def _revoke(self, batch: _Batch, request: AccessRequest) -> Outcome:
         integration = self.catalog.integration(request.integration)
-        now = self.clock()
-        until = now + integration.max_duration + TOMBSTONE_MARGIN
-        until += parse_duration(self.catalog.control_plane.max_skew)
+        until = self._tombstone_until(integration)
         result = batch.session(integration).revoke(request.target_grant_id, until)
         self.scheduler.cancel(request.target_grant_id)
+        return self._revoked(request, integration, result)
+
+    def _revoked(
+        self, request: AccessRequest, integration: Integration, result: RevokeResult
+    ) -> Outcome:
         lag = None
         if result.expires_at is not None:
             lag = (self.clock() - result.expires_at).total_seconds()

@@ -113,24 +113,30 @@ def run_histories(admin: Any) -> None:
                     found[label["grant_id"]] = (name, bool(can_login and can_select))
             return found
 
+        def deliver(self, crash: bool, request: Work) -> tuple[Any, bool]:
+            """One delivery; a crash, if armed, hits this delivery only."""
+            self.scheduler.arm(crash)
+            outcome = self.engine.execute_batch([request])[0]
+            crashed = self.scheduler.crashed
+            self.scheduler.arm(False)
+            return outcome, crashed
+
         @rule(i=st.integers(0, GRANTS - 1), crash=st.booleans())
         def deliver_grant(self, i: int, crash: bool) -> None:
-            self.scheduler.arm(crash)
-            outcome = self.engine.execute_batch([self.grant_request(i)])[0]
+            outcome, crashed = self.deliver(crash, self.grant_request(i))
             if outcome.status == "granted":
                 assert i not in self.revoked and self.now[0] < self.expiry(i)
                 self.granted.add(i)
             elif outcome.status == "refused":
                 assert i in self.revoked or self.now[0] >= self.expiry(i), outcome
             else:
-                assert self.scheduler.crashed, outcome.message
+                assert crashed, outcome.message
 
         @rule(i=st.integers(0, GRANTS - 1), crash=st.booleans())
         def deliver_revoke(self, i: int, crash: bool) -> None:
-            self.scheduler.arm(crash)
-            outcome = self.engine.execute(self.revoke_request(i))
+            outcome, crashed = self.deliver(crash, Work(self.revoke_request(i), self.now[0]))
             # The target was revoked before the crash, so access is gone either way.
-            assert outcome.status == ("failed" if self.scheduler.crashed else "revoked"), outcome
+            assert outcome.status == ("failed" if crashed else "revoked"), outcome
             self.revoked.add(i)
 
         @rule(minutes=st.sampled_from([1, 10, 30, 90]))

@@ -41,6 +41,7 @@ _GUC_VALUE = r"^\d{1,9}(ms|s|min|h|d)?$"
 # Concurrent GRANTs on one object fail with "tuple concurrently updated": every transaction of
 # ours that changes privileges takes this cluster-wide lock first, so parallel workers queue.
 ACL_LOCK_KEY = 0x6A697463_61636C  # "jitcacl"
+REVOKE_CHUNK = 200
 
 BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
     "read-only": (
@@ -131,6 +132,13 @@ def _transient(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.errors.InternalError_) and "concurrently" in str(
         exc.diag.message_primary
     )
+
+
+def _holder(name: str, label: dict[str, Any]) -> str | None:
+    """Whose sessions a revoke ends: the ephemeral role's own, or the member's if configured."""
+    if label.get("mode") != "membership":
+        return name
+    return str(label.get("member", "")) if label.get("terminate_sessions") else None
 
 
 def _ident(dotted: str) -> sql.Identifier:
@@ -343,26 +351,6 @@ class PostgreSQLSession:
         ).fetchone()
         return None if row is None else (bool(row[0]), bool(row[1]), bool(row[2]))
 
-    def _sessions(self, name: str) -> int:
-        row = self.conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (name,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def _terminate(self, name: str) -> int:
-        """End every session of a role and wait (bounded) until the server reports them gone."""
-        row = self.conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE usename = %s AND pid <> pg_backend_pid()",
-            (name,),
-        ).fetchone()
-        if not (row and row[0]):
-            return 0
-        deadline = time.monotonic() + self.settings.terminate_wait_seconds
-        while (left := self._sessions(name)) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return left
-
     def _retrying(self, step: Callable[[], T]) -> T:
         """Run a transaction again when the server reports a transient conflict, such as a
         company's own GRANT touching the same object at the same moment."""
@@ -474,89 +462,168 @@ class PostgreSQLSession:
     # -- revoke ----------------------------------------------------------------------------
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        return self._revoke([grant_id], tombstone_until)[grant_id]
+
+    def revoke_many(
+        self, grant_ids: Sequence[str], tombstone_until: datetime
+    ) -> dict[str, RevokeResult]:
+        """The sweep's path: the same steps as `revoke`, for a chunk of grants at a time."""
+        results: dict[str, RevokeResult] = {}
+        for start in range(0, len(grant_ids), REVOKE_CHUNK):
+            results.update(self._revoke(grant_ids[start : start + REVOKE_CHUNK], tombstone_until))
+        return results
+
+    def _lock_many(self, grant_ids: Sequence[str], acl: bool = False) -> None:
+        # Always in sorted order, and the ACL lock last, so concurrent workers cannot deadlock.
+        self.conn.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(g, 0))) "
+            "FROM (SELECT g FROM unnest(%s::text[]) AS g ORDER BY g) AS s",
+            (sorted(set(grant_ids)),),
+        )
+        if acl:
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACL_LOCK_KEY,))
+
+    def _revoke(
+        self, grant_ids: Sequence[str], tombstone_until: datetime
+    ) -> dict[str, RevokeResult]:
         """Three steps, each committed: disable (no login, no password, no membership, label
         says revoking), end sessions, drop. Access has ended after the first, whatever follows."""
+        results: dict[str, RevokeResult] = {}
 
-        def disable() -> tuple[str, dict[str, Any]] | RevokeResult:
+        def disable() -> list[tuple[str, dict[str, Any]]]:
+            results.clear()
             with self.conn.transaction():
-                self._lock(grant_id)
-                existing = self._find(grant_id)
-                if existing is None:
-                    # Revoke before grant: a tombstone makes the late grant a refusal.
-                    self._run(self._tombstone(grant_id, {}, tombstone_until))
-                    return RevokeResult(found=False)
-                name, label = existing
-                if label.get("state") == "tombstone":
-                    return RevokeResult(found=False)
-                role = sql.Identifier(name)
-                groups = self.conn.execute(
-                    "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
-                    "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
-                    (name,),
+                self._lock_many(grant_ids)
+                names = [tombstone_name(self.settings, g) for g in grant_ids]
+                names += [self._names[g] for g in grant_ids if g in self._names]
+                found: dict[str, tuple[str, dict[str, Any]]] = {}
+                for name, label in self._labelled(names=names):
+                    if label.get("state") != "tombstone" or label["grant_id"] not in found:
+                        found[label["grant_id"]] = (name, label)
+                for grant_id in grant_ids:
+                    if grant_id not in found and grant_id not in self._names:
+                        item = self._find(grant_id)
+                        if item is not None:
+                            found[grant_id] = item
+                statements: list[sql.Composable] = []
+                live = []
+                for grant_id in grant_ids:
+                    item = found.get(grant_id)
+                    if item is None:
+                        # Revoke before grant: a tombstone makes the late grant a refusal.
+                        statements += self._tombstone(grant_id, {}, tombstone_until)
+                        results[grant_id] = RevokeResult(found=False)
+                    elif item[1].get("state") == "tombstone":
+                        results[grant_id] = RevokeResult(found=False)
+                    else:
+                        live.append(item)
+                memberships = self.conn.execute(
+                    "SELECT u.rolname, g.rolname FROM pg_auth_members m "
+                    "JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member "
+                    "WHERE u.rolname = ANY(%s)",
+                    ([name for name, _ in live],),
                 ).fetchall()
-                statements = [sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role)]
-                statements += [
-                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role)
-                    for (group,) in groups
-                ]
-                statements.append(
-                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                        role, sql.Literal(encode_label({**label, "state": "revoking"}))
+                for name, label in live:
+                    role = sql.Identifier(name)
+                    statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
+                    statements += [
+                        sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role)
+                        for member, group in memberships
+                        if member == name
+                    ]
+                    statements.append(
+                        sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                            role, sql.Literal(encode_label({**label, "state": "revoking"}))
+                        )
                     )
-                )
                 self._run(statements)
-                return existing
+                return live
 
-        disabled = self._retrying(disable)
-        if isinstance(disabled, RevokeResult):
-            return disabled
-        name, label = disabled
-        expires_at = datetime.fromisoformat(label["expires_at"])
-        membership = label.get("mode") == "membership"
+        live = self._retrying(disable)
+        if not live:
+            return results
         # A dropped role's open session would otherwise live on; in membership mode the
         # member's sessions may hold the group's privileges through SET ROLE.
-        holder = str(label.get("member", "")) if membership else name
-        ended = not membership or bool(label.get("terminate_sessions"))
-        left = self._terminate(holder) if ended and holder else 0
-        residual: list[str] = []
-
-        def drop() -> None:
-            with self.conn.transaction():
-                self._lock(label["grant_id"], acl=True)
-                role = sql.Identifier(name)
-                statements = [] if membership else [sql.SQL("DROP OWNED BY {}").format(role)]
-                statements.append(sql.SQL("DROP ROLE {}").format(role))
-                statements += self._tombstone(label["grant_id"], label, expires_at)
-                self._run(statements)
-
+        holders = {name: _holder(name, label) for name, label in live}
+        left = self._terminate_all([h for h in holders.values() if h])
+        residual: dict[str, list[str]] = {name: [] for name, _ in live}
         try:
-            self._retrying(drop)
-            self._names.pop(label["grant_id"], None)
-        except psycopg.Error as exc:
-            detail = exc.diag.message_detail or ""
-            residual.append(
-                f"role {name} not dropped: {exc.diag.message_primary}. {detail}".strip()
+            self._retrying(lambda: self._drop(live))
+        except psycopg.Error:
+            for item in live:  # one at a time, so one blocked drop does not hold up the rest
+                try:
+                    self._retrying(lambda item=item: self._drop([item]))  # type: ignore[misc]
+                except psycopg.Error as exc:
+                    detail = exc.diag.message_detail or ""
+                    residual[item[0]].append(
+                        f"role {item[0]} not dropped: {exc.diag.message_primary}. {detail}".strip()
+                    )
+        gone = self._gone([name for name, _ in live])
+        for name, label in live:
+            holder = holders[name] or ""
+            if left.get(holder):
+                residual[name].append(f"{left[holder]} session(s) of {holder} still open")
+            else:
+                self._names.pop(label["grant_id"], None)
+            results[label["grant_id"]] = RevokeResult(
+                found=True,
+                principal=str(label.get("member") or name),
+                expires_at=datetime.fromisoformat(label["expires_at"]),
+                residual=residual[name],
+                verified=gone[name] and not left.get(holder),
             )
-        if left:
-            residual.append(f"{left} session(s) of {holder} still open")
-        return RevokeResult(
-            found=True,
-            principal=holder,
-            expires_at=expires_at,
-            residual=residual,
-            verified=self._verify_gone(name) and not left,
-        )
+        return results
 
-    def _verify_gone(self, name: str) -> bool:
-        """Gone: the role is gone, or cannot log in, belongs to nothing and has no session."""
+    def _drop(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        with self.conn.transaction():
+            self._lock_many([label["grant_id"] for _, label in items], acl=True)
+            owners = [sql.Identifier(n) for n, label in items if label.get("mode") != "membership"]
+            statements: list[sql.Composable] = []
+            if owners:
+                statements.append(sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(owners)))
+            statements.append(
+                sql.SQL("DROP ROLE {}").format(
+                    sql.SQL(", ").join(sql.Identifier(name) for name, _ in items)
+                )
+            )
+            for _, label in items:
+                until = datetime.fromisoformat(label["expires_at"])
+                statements += self._tombstone(label["grant_id"], label, until)
+            self._run(statements)
+
+    def _terminate_all(self, names: list[str]) -> dict[str, int]:
+        """End every session of these roles; wait (bounded) until the server reports them gone."""
+        if not names:
+            return {}
         row = self.conn.execute(
-            "SELECT r.rolcanlogin, "
-            "(SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid), "
-            "(SELECT count(*) FROM pg_stat_activity a WHERE a.usename = r.rolname) "
-            "FROM pg_roles r WHERE r.rolname = %s",
-            (name,),
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE usename = ANY(%s) AND pid <> pg_backend_pid()",
+            (names,),
         ).fetchone()
-        return row is None or (not row[0] and not row[1] and not row[2])
+        deadline = time.monotonic() + self.settings.terminate_wait_seconds
+        while row and row[0]:
+            counts: dict[str, int] = dict(
+                self.conn.execute(
+                    "SELECT usename::text, count(*) FROM pg_stat_activity "
+                    "WHERE usename = ANY(%s) GROUP BY 1",
+                    (names,),
+                ).fetchall()
+            )
+            if not counts or time.monotonic() >= deadline:
+                return {str(k): int(v) for k, v in counts.items()}
+            time.sleep(0.02)
+        return {}
+
+    def _gone(self, names: list[str]) -> dict[str, bool]:
+        """Gone: the role is gone, or cannot log in, belongs to nothing and has no session."""
+        rows = self.conn.execute(
+            "SELECT n, r.oid IS NULL OR (NOT r.rolcanlogin "
+            "AND NOT EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = n)) "
+            "FROM unnest(%s::text[]) AS n LEFT JOIN pg_roles r ON r.rolname = n",
+            (names,),
+        ).fetchall()
+        return {str(name): bool(gone) for name, gone in rows}
 
     def _tombstone(
         self, grant_id: str, label: dict[str, Any], until: datetime
