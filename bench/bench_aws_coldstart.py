@@ -1,0 +1,127 @@
+"""Cold start of each AWS handler module vs. `import boto3, pydantic`, in fresh interpreters.
+
+A sample is a fresh `python -c` (bytecode already compiled) that, with the environment a Lambda
+function has (AWS_LAMBDA_FUNCTION_NAME set, so Powertools' Tracer is active and patches boto3),
+times its own work with time.perf_counter: importing the handler module and the first call's
+initialisation (catalog read and validated, boto3 clients made, the catalog's template drivers
+imported: what the first invocation does before its first AWS call). Peak memory is VmHWM from
+/proc/self/status (ru_maxrss would report the parent's mark, carried across fork+exec). Cases
+alternate so noise hits them alike; figures are medians.
+
+    python bench/bench_aws_coldstart.py [samples]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = """
+import json, re, sys, time
+sys.path.insert(0, {root!r})
+start = time.perf_counter()
+{code}
+took = time.perf_counter() - start
+hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
+print(json.dumps([took, int(hwm)]))
+"""
+INIT = {
+    "intake": "import aws.intake\nfrom aws import runtime\nruntime.intake()",
+    "worker": (
+        "import aws.worker\nfrom aws import runtime\nengine = runtime.engine()\n"
+        "[i.template for i in engine.catalog.integrations.values()]"
+    ),
+    "sweep": (
+        "import aws.sweep\nfrom aws import runtime\nengine = runtime.engine()\n"
+        "[i.template for i in engine.catalog.integrations.values()]"
+    ),
+}
+CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
+CATALOG = """
+integrations:
+  orders-db:
+    kind: postgresql
+    connection: {host: 127.0.0.1, dbname: test, user: postgres}
+    credentials: aws-sm:jitc/pg-admin#password
+    permissions:
+      read-only: {template: read-only, resources: [public]}
+"""
+
+
+def lambda_env(catalog: Path) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "JITC_", "POWERTOOLS_"))
+    }
+    env.update(
+        {
+            "AWS_LAMBDA_FUNCTION_NAME": "jitc-bench",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "LAMBDA_TASK_ROOT": str(ROOT),
+            "AWS_REGION": "eu-west-1",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_SESSION_TOKEN": "bench",
+            "JITC_CATALOG_PATH": str(catalog),
+            "JITC_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/jitc-requests.fifo",
+            "JITC_QUEUE_ARN": "arn:aws:sqs:eu-west-1:123456789012:jitc-requests.fifo",
+            "JITC_SCHEDULE_GROUP": "jitc-expiry",
+            "JITC_SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/jitc-scheduler",
+            "POWERTOOLS_SERVICE_NAME": "jit-connector",
+            "POWERTOOLS_METRICS_NAMESPACE": "JitConnector",
+        }
+    )
+    return env
+
+
+def sample(code: str, env: dict[str, str]) -> tuple[float, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(root=str(ROOT), code=code)],
+        capture_output=True, text=True, check=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    took, hwm = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(took), int(hwm)
+
+
+def main() -> None:
+    samples = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    with tempfile.TemporaryDirectory() as folder:
+        catalog = Path(folder) / "catalog.yaml"
+        catalog.write_text(CATALOG)
+        env = lambda_env(catalog)
+        for code in CASES.values():  # warm the bytecode and the page cache
+            sample(code, env)
+        times: dict[str, list[float]] = {name: [] for name in CASES}
+        peaks: dict[str, list[int]] = {name: [] for name in CASES}
+        for _ in range(samples):
+            for name, code in CASES.items():
+                took, hwm = sample(code, env)
+                times[name].append(took)
+                peaks[name].append(hwm)
+    base_t = statistics.median(times["import boto3, pydantic"])
+    base_m = statistics.median(peaks["import boto3, pydantic"])
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    print(
+        f"machine: {platform.node()} {os.cpu_count()} cpu {cpu!r}, "
+        f"Python {platform.python_version()}"
+    )
+    print(f"samples: {samples} per case, medians")
+    print(f"{'case':26} {'time ms':>8} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
+    for name in CASES:
+        t = statistics.median(times[name])
+        m = statistics.median(peaks[name])
+        print(f"{name:26} {t * 1000:8.1f} {t / base_t:5.2f}x {m / 1024:9.1f} {m / base_m:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
