@@ -42,6 +42,7 @@ _GUC_VALUE = r"^\d{1,9}(ms|s|min|h|d)?$"
 # ours that changes privileges takes this cluster-wide lock first, so parallel workers queue.
 ACL_LOCK_KEY = 0x6A697463_61636C  # "jitcacl"
 REVOKE_CHUNK = 200
+_REVOCABLE = {kind: sql.SQL(kind) for kind in ("DATABASE", "SCHEMA", "TABLE", "SEQUENCE")}
 
 BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
     "read-only": (
@@ -580,6 +581,7 @@ class PostgreSQLSession:
             owners = [sql.Identifier(n) for n, label in items if label.get("mode") != "membership"]
             statements: list[sql.Composable] = []
             if owners:
+                statements += self._revoke_privileges([n for n, _ in items])
                 statements.append(sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(owners)))
             statements.append(
                 sql.SQL("DROP ROLE {}").format(
@@ -590,6 +592,41 @@ class PostgreSQLSession:
                 until = datetime.fromisoformat(label["expires_at"])
                 statements += self._tombstone(label["grant_id"], label, until)
             self._run(statements)
+
+    def _revoke_privileges(self, names: list[str]) -> list[sql.Composed]:
+        """One REVOKE per object for all the chunk's roles. DROP OWNED would rewrite a shared
+        object's ACL once per role, which grows with the square of the grants on it."""
+        rows = self.conn.execute(
+            "SELECT CASE d.classid WHEN 'pg_database'::regclass THEN 'DATABASE' "
+            "  WHEN 'pg_namespace'::regclass THEN 'SCHEMA' "
+            "  WHEN 'pg_class'::regclass THEN CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' "
+            "    WHEN c.relkind IN ('r', 'v', 'm', 'f', 'p') THEN 'TABLE' END END AS kind, "
+            "  coalesce(db.datname, ns.nspname, cn.nspname), c.relname, "
+            "  array_agg(DISTINCT r.rolname) "
+            "FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid "
+            "LEFT JOIN pg_database db "
+            "  ON d.classid = 'pg_database'::regclass AND db.oid = d.objid "
+            "LEFT JOIN pg_namespace ns "
+            "  ON d.classid = 'pg_namespace'::regclass AND ns.oid = d.objid "
+            "LEFT JOIN pg_class c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid "
+            "LEFT JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+            "WHERE d.refclassid = 'pg_authid'::regclass AND d.deptype = 'a' "
+            "  AND r.rolname = ANY(%s) AND d.dbid IN (0, (SELECT oid FROM pg_database "
+            "  WHERE datname = current_database())) "
+            "GROUP BY 1, 2, 3",
+            (names,),
+        ).fetchall()
+        statements = []
+        for kind, parent, relname, roles in rows:
+            if kind not in _REVOCABLE or parent is None:
+                continue  # DROP OWNED removes what is not listed here
+            target = sql.Identifier(parent) if relname is None else sql.Identifier(parent, relname)
+            statements.append(
+                sql.SQL("REVOKE ALL ON {} {} FROM {}").format(
+                    _REVOCABLE[kind], target, sql.SQL(", ").join(map(sql.Identifier, roles))
+                )
+            )
+        return statements
 
     def _terminate_all(self, names: list[str]) -> dict[str, int]:
         """End every session of these roles; wait (bounded) until the server reports them gone."""
