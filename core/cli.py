@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-interval", type=float, default=60.0)
     p.set_defaults(func=cmd_serve)
 
+    # `jitc package ...` is handed whole to core.packaging (see main); listed here for --help.
+    sub.add_parser("package", help="build one cloud's deployable zip (jitc package aws --help)")
+
     p = sub.add_parser("demo", help="the whole story on a real PostgreSQL, in about half a minute")
     p.add_argument("--seconds", type=int, default=20, help="how long the demo grant lasts")
     p.add_argument(
@@ -287,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["package"]:
+        from core.packaging import main as package
+
+        return package(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
