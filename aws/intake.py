@@ -28,6 +28,7 @@ def _reply(status: int, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _refusal(status: int, field: str, message: str) -> dict[str, Any]:
+    metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
     return _reply(status, {"error": "refused", "field": field, "message": message})
 
 
