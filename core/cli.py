@@ -15,9 +15,10 @@ from pathlib import Path
 from core.catalog import Catalog, load_catalog
 from core.engine import Engine
 from core.errors import CatalogError, JitcError, Refused
-from core.local import JsonLinesSink, NullScheduler
+from core.local import FanOutSink, JsonLinesSink, NullScheduler
 from core.messages import parse_request
 from core.models import SCHEMA_MODELS, Outcome
+from core.ports import EventSink
 from core.sealing import box_keypair, unseal
 from core.secrets import local_stores
 from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign, signing_keypair
@@ -192,8 +193,18 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from core.runtime import LocalRuntime
 
+    catalog, secrets = _catalog(args), local_stores()
+    sink: EventSink = _sink(args)
+    connector = catalog.connector
+    if connector.webhook_url:
+        if not connector.signing_key:
+            raise CatalogError("connector.webhook_url needs connector.signing_key")
+        from core.webhook import WebhookSink
+
+        hook = WebhookSink.from_catalog(connector.webhook_url, connector.signing_key, secrets)
+        sink = FanOutSink(sink, hook)
     runtime = LocalRuntime(
-        _catalog(args), local_stores(), _sink(args), args.host, args.port, args.sweep_interval
+        catalog, secrets, sink, args.host, args.port, args.sweep_interval
     ).start()
     print(f"jit-connector listening on {runtime.url}/v1/requests", flush=True)
     try:

@@ -86,16 +86,20 @@ class LocalRuntime:
                     )
             if not work:
                 continue
-            for text, outcome in zip(texts, self.engine.execute_batch(work), strict=True):
-                if outcome.status != "failed":
+            try:
+                outcomes = self.engine.execute_batch(work)
+            except Exception:  # e.g. the event sink is down: the whole batch is delivered again
+                log.exception("batch failed; it will be delivered again")
+                failed = texts
+            else:
+                failed = [t for t, o in zip(texts, outcomes, strict=True) if o.status == "failed"]
+                for text in set(texts) - set(failed):
                     attempts.pop(text, None)
-                    continue
+            for text in failed:
                 tries = attempts.get(text, 0)
                 attempts[text] = tries + 1
                 delay = RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)]
-                timer = threading.Timer(
-                    delay, self.queue.enqueue, args=(text, outcome.grant_id or "")
-                )
+                timer = threading.Timer(delay, self.queue.enqueue, args=(text, ""))
                 timer.daemon = True
                 timer.start()
 

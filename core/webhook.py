@@ -11,10 +11,11 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 from core.errors import JitcError
 from core.models import AuditEvent, Outcome
-from core.secrets import Secret
+from core.secrets import Secret, SecretRef, SecretStore
 from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 
 
@@ -26,7 +27,7 @@ class WebhookSink:
     def __init__(
         self,
         url: str,
-        signing_key: Secret,
+        signing_key: Callable[[], Secret],
         key_id: str = "connector",
         attempts: int = 3,
         timeout: float = 10.0,
@@ -41,6 +42,12 @@ class WebhookSink:
         self.timeout = timeout
         self.backoff = backoff
 
+    @classmethod
+    def from_catalog(cls, url: str, key_ref: str, secrets: SecretStore) -> WebhookSink:
+        """The connector's key is read from its store at each delivery, never kept."""
+        ref = SecretRef(key_ref)
+        return cls(url, lambda: secrets.resolve(ref))
+
     def audit(self, event: AuditEvent) -> None:
         self._post({"type": "audit", "audit": event.model_dump(mode="json", exclude_none=True)})
 
@@ -52,7 +59,7 @@ class WebhookSink:
         body = json.dumps(doc, separators=(",", ":")).encode()
         last = ""
         for attempt in range(self.attempts):
-            envelope = sign(body, self._key.reveal(), self.key_id)
+            envelope = sign(body, self._key().reveal(), self.key_id)
             request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
                 self.url,
                 data=body,

@@ -200,3 +200,39 @@ def test_signed_grant_runs_and_the_scheduled_revoke_fires(runtime: Any, admin: A
     assert revoke.grant_id == answer["grant_id"] and revoke.verified
     assert revoke.revocation_lag_seconds is not None and 0 <= revoke.revocation_lag_seconds < 5
     assert [r for r in our_roles(admin) if "_x_" not in r] == []
+
+
+class FlakySink(MemorySink):
+    """Fails the first outcome, as a webhook endpoint that is briefly down would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def outcome(self, outcome: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("control plane unreachable")
+        super().outcome(outcome)
+
+
+def test_worker_survives_a_failing_sink_and_redelivers(admin: Any) -> None:
+    doc = catalog_doc()
+    doc["control_plane"] = {"keys": {"cp": PUBLIC}}
+    sink = FlakySink()
+    rt = LocalRuntime(
+        parse_catalog(doc),
+        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
+        sink,
+        port=0,
+        sweep_interval=3600,
+    ).start()
+    try:
+        assert post(rt, _json(grant_body(duration="1m")))[0] == 202
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not sink.outcomes:
+            time.sleep(0.05)
+        assert [o.status for o in sink.outcomes] == ["granted"]
+        assert sink.outcomes[0].reissued  # the redelivery found the role the first try made
+    finally:
+        rt.stop()

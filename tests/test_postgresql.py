@@ -317,3 +317,29 @@ def test_canary_secrets_never_leak(make_env: Any, caplog: pytest.LogCaptureFixtu
     texts += [o.model_dump_json() for o in env.sink.outcomes + broken.sink.outcomes]
     for text in texts:
         assert canary not in text and password not in text
+
+
+class CountingStore:
+    """A secret store that counts how often it is asked."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def resolve(self, ref: Any) -> Any:
+        from core.secrets import Secret
+
+        self.calls += 1
+        return Secret("")
+
+
+def test_secret_is_fetched_once_per_batch_and_not_kept(env: Env) -> None:
+    from core.engine import Engine
+    from core.messages import Work
+
+    store = CountingStore()
+    engine = Engine(env.catalog, store, env.engine.scheduler, env.sink, clock=env.engine.clock)
+    batch = [Work(env.request(request_id=f"b-{i}"), env.now[0]) for i in range(3)]
+    assert [o.status for o in engine.execute_batch(batch)] == ["granted"] * 3
+    assert store.calls == 1
+    engine.execute(env.request("revoke", request_id="b-0"))
+    assert store.calls == 2  # a new batch asks the store again: nothing was cached

@@ -97,7 +97,7 @@ def receiver() -> Iterator[str]:
 
 
 def test_webhook_is_signed_retried_and_never_carries_plain_credentials(receiver: str) -> None:
-    sink = WebhookSink(receiver, Secret(PRIVATE), key_id="connector", backoff=0.01)
+    sink = WebhookSink(receiver, lambda: Secret(PRIVATE), key_id="connector", backoff=0.01)
     _Receiver.fail_first = 1
     sink.outcome(
         Outcome(
@@ -120,8 +120,8 @@ def test_webhook_is_signed_retried_and_never_carries_plain_credentials(receiver:
 
 def test_webhook_failure_raises_so_the_queue_retries(receiver: str) -> None:
     _Receiver.fail_first = 10
-    sink = WebhookSink(receiver, Secret(PRIVATE), attempts=2, backoff=0.01)
+    sink = WebhookSink(receiver, lambda: Secret(PRIVATE), attempts=2, backoff=0.01)
     with pytest.raises(WebhookError):
         sink.audit(AuditEvent(type="grant", status="granted"))
     with pytest.raises(ValueError):
-        WebhookSink("http://example.com/x", Secret(PRIVATE))
+        WebhookSink("http://example.com/x", lambda: Secret(PRIVATE))
