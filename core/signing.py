@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -132,6 +133,11 @@ class ReplayGuard:
                 if ts >= now - self.window and len(self._seen) < self.capacity:
                     break
                 del self._seen[oldest]
-            if envelope.signature in self._seen:
+            # Keyed on what was signed, not on the signature's text: base64 has more than one
+            # spelling of the same bytes, and a replay must not pass by re-spelling them.
+            key = hashlib.sha256(
+                f"{envelope.key_id}\0{envelope.timestamp}\0".encode() + envelope.body
+            ).hexdigest()
+            if key in self._seen:
                 raise Refused("signature", "replayed request")
-            self._seen[envelope.signature] = float(envelope.timestamp)
+            self._seen[key] = float(envelope.timestamp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -125,3 +126,19 @@ def test_webhook_failure_raises_so_the_queue_retries(receiver: str) -> None:
         sink.audit(AuditEvent(type="grant", status="granted"))
     with pytest.raises(ValueError):
         WebhookSink("http://example.com/x", lambda: Secret(PRIVATE))
+
+
+def test_replay_cannot_pass_by_respelling_the_signature() -> None:
+    guard = ReplayGuard(window_seconds=60)
+    envelope = sign(b"{}", PRIVATE, "k", timestamp=1000)
+    guard.check_and_remember(envelope, now=1000)
+    # The same 64 bytes spelled differently: the last character before "==" carries 4 unused bits.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    text = envelope.signature
+    flipped = alphabet[alphabet.index(text[-3]) ^ 1]
+    respelled = text[:-3] + flipped + text[-2:]
+    assert respelled != text and base64.b64decode(respelled) == base64.b64decode(text)
+    replay = Envelope("k", 1000, respelled, b"{}")
+    verify(replay, {"k": PUBLIC}, now=1000, max_age=60, max_ahead=60)  # still a valid signature
+    with pytest.raises(Refused, match="replayed"):
+        guard.check_and_remember(replay, now=1000)
