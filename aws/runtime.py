@@ -17,7 +17,7 @@ from typing import Any
 from aws.observability import logger
 from aws.scheduler import EventBridgeExpiryScheduler
 from aws.secrets_manager import SCHEME, SecretsManagerStore
-from aws.sinks import EventBridgeSink, LogSink
+from aws.sinks import BufferedSink, EventBridgeSink, LogSink
 from aws.sqs import SqsQueue
 from core.catalog import Catalog, load_catalog
 from core.engine import Engine
@@ -134,12 +134,17 @@ def scheduler() -> EventBridgeExpiryScheduler:
 
 
 class Sinks:
-    """The log always; the bus when configured. `flush` sends what the bus buffered."""
+    """The log always; the bus and the control plane's webhook when configured. Both are
+    buffered and sent by `flush`, before any message of the batch is deleted: a failed send
+    fails the batch, which is then delivered again (events at least once, like everything)."""
 
-    def __init__(self, log: LogSink, bus: EventBridgeSink | None) -> None:
+    def __init__(
+        self, log: LogSink, bus: EventBridgeSink | None, webhook: BufferedSink | None = None
+    ) -> None:
         self.log = log
         self.bus = bus
-        self.sinks: tuple[EventSink, ...] = (log,) if bus is None else (log, bus)
+        self.webhook = webhook
+        self.sinks: tuple[EventSink, ...] = tuple(s for s in (log, bus, webhook) if s is not None)
 
     def audit(self, event: Any) -> None:
         for sink in self.sinks:
@@ -149,24 +154,60 @@ class Sinks:
         for sink in self.sinks:
             sink.outcome(outcome)
 
+    def discard(self) -> None:
+        """Drop what a failed batch left unsent: that batch is delivered again and makes its
+        events anew, and an old outcome could carry credentials its redelivery replaced."""
+        for buffered in (self.bus, self.webhook):
+            if buffered is not None:
+                buffered.discard()
+
     def flush(self) -> None:
         if self.bus is not None:
             self.bus.flush()
+        if self.webhook is not None:
+            self.webhook.flush()
+
+
+@cache
+def secret_stores() -> SecretStores:
+    return SecretStores({SCHEME: SecretsManagerStore(client("secretsmanager"))})
 
 
 @cache
 def sinks() -> Sinks:
     bus = settings().event_bus
-    return Sinks(LogSink(logger), EventBridgeSink(client("events"), bus) if bus else None)
+    connector = catalog().connector
+    webhook = None
+    if connector.webhook_url:
+        if not connector.signing_key:
+            raise CatalogError("connector.webhook_url needs connector.signing_key")
+        from core.webhook import WebhookSink
+
+        # The connector's signing key is read from Secrets Manager at each delivery.
+        hook = WebhookSink.from_catalog(
+            connector.webhook_url, connector.signing_key, secret_stores()
+        )
+        webhook = BufferedSink(hook)
+    return Sinks(LogSink(logger), EventBridgeSink(client("events"), bus) if bus else None, webhook)
 
 
 @cache
 def engine() -> Engine:
-    stores = SecretStores({SCHEME: SecretsManagerStore(client("secretsmanager"))})
-    return Engine(catalog(), stores, scheduler(), sinks())
+    return Engine(catalog(), secret_stores(), scheduler(), sinks())
 
 
 def reset() -> None:
     """Forget everything built (tests; a new execution environment starts empty anyway)."""
-    for built in (settings, _session, client, catalog, queue, intake, scheduler, sinks, engine):
+    for built in (
+        settings,
+        _session,
+        client,
+        catalog,
+        queue,
+        intake,
+        scheduler,
+        secret_stores,
+        sinks,
+        engine,
+    ):
         built.cache_clear()

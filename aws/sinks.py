@@ -41,6 +41,29 @@ class LogSink:
         )
 
 
+class BufferedSink:
+    """Holds another sink's events until `flush()` at the end of the batch (the webhook)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._pending: list[tuple[str, Any]] = []
+
+    def audit(self, event: AuditEvent) -> None:
+        self._pending.append(("audit", event))
+
+    def outcome(self, outcome: Outcome) -> None:
+        self._pending.append(("outcome", outcome))
+
+    def discard(self) -> None:
+        self._pending.clear()
+
+    def flush(self) -> None:
+        while self._pending:
+            kind, item = self._pending[0]
+            getattr(self._inner, kind)(item)
+            self._pending.pop(0)
+
+
 class EventBridgeSink:
     """Buffers events and sends them with `flush()` at the end of a batch, ten per call.
 
@@ -69,6 +92,9 @@ class EventBridgeSink:
     def outcome(self, outcome: Outcome) -> None:
         doc = outcome.model_dump(mode="json", exclude_none=True, exclude={"credentials"})
         self._add("jitc.outcome", doc)
+
+    def discard(self) -> None:
+        self._entries.clear()
 
     def flush(self) -> None:
         while self._entries:

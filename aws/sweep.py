@@ -18,6 +18,7 @@ from aws.observability import MetricUnit, logger, metrics, tracer
 @metrics.log_metrics
 @event_source(data_class=EventBridgeEvent)
 def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+    runtime.sinks().discard()
     report = runtime.engine().sweep()
     runtime.sinks().flush()
     metrics.add_metric(name="SweepRevoked", unit=MetricUnit.Count, value=len(report.revoked))

@@ -4,14 +4,16 @@ revoke -> schedule gone; with duplicated, reordered and failing deliveries."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import logging
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pytest
@@ -25,6 +27,7 @@ from awsharness import (
     drop_pg_roles,
     invoke,
     is_transient_outcome,
+    lambda_sqs_event,
     pg_integration,
     receive,
     signed_http_event,
@@ -370,3 +373,68 @@ def test_sweep_revokes_what_outlived_its_expiry(deployment: Any, pg_admin: Any) 
     # One unreachable integration is reported and does not stop the sweep of the others.
     assert set(report["failed"]) == {BROKEN}
     assert role_of(pg_admin, grant_id) is None
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    status: ClassVar[int] = 200
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if type(self).status == 200:
+            type(self).received.append((dict(self.headers.items()), body))
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def test_outcomes_reach_the_control_plane_as_signed_webhooks(
+    aws: str, pg_admin: Any, tmp_path: Path
+) -> None:
+    from core.signing import Envelope, signing_keypair, verify
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received, _Hook.status = [], 500
+    seed, public = signing_keypair()
+    client("secretsmanager").create_secret(
+        Name="jitc/connector", SecretString=json.dumps({"seed": seed})
+    )
+    catalog = {
+        "connector": {
+            "signing_key": "aws-sm:jitc/connector#seed",
+            "webhook_url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+        },
+        "integrations": pg_integration(PG),
+    }
+    deployment = deploy(tmp_path, catalog)
+    try:
+        sqs = client("sqs")
+        rid = f"hook-{uuid.uuid4().hex[:8]}"
+        assert post(deployment, grant_body(rid, public_key=deployment.box_public))[0] == 202
+        messages = receive(sqs, deployment.queue_url)
+        # The control plane is down: the batch fails as a whole and nothing is deleted.
+        with pytest.raises(Exception, match="webhook"):
+            invoke("worker", worker.handler, lambda_sqs_event(messages, deployment.queue_arn))
+        _Hook.status = 200
+        assert (
+            deliver(
+                sqs, deployment.queue_url, deployment.queue_arn, worker.handler, messages
+            ).failed_ids
+            == []
+        )
+        outcomes = []
+        for headers, body in _Hook.received:
+            envelope = Envelope.from_headers(headers, body)
+            verify(envelope, {"connector": public}, time.time(), 300, 300)
+            doc = json.loads(body)
+            if doc["type"] == "outcome":
+                outcomes.append(doc["outcome"])
+        granted = [o for o in outcomes if o["request_id"] == rid and o["status"] == "granted"]
+        assert len(granted) == 1 and granted[0]["sealed_credentials"]
+        assert seed not in json.dumps([b.decode() for _, b in _Hook.received])
+    finally:
+        server.shutdown()
+        drop_pg_roles(pg_admin)
