@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import INTEGRATION, SCHEMA, catalog_doc, our_roles
+from pgtest import INTEGRATION, SCHEMA, catalog_doc, our_roles
 
 ROOT = Path(__file__).resolve().parent.parent
 JITC = [sys.executable, "-m", "core.cli"]

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc, drop_our_roles
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -18,6 +17,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc, drop_our_roles
 
 from core.catalog import parse_catalog
 from core.engine import Engine

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import BOX_PUBLIC, INTEGRATION, SCHEMA, all_roles, catalog_doc, our_roles
+from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, all_roles, catalog_doc, our_roles
 
 from core.catalog import parse_catalog
 from core.local import MemorySink

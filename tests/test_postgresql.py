@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import INTEGRATION, PG_DSN, PREFIX, SCHEMA, Env, all_roles, catalog_doc, our_roles
+from pgtest import INTEGRATION, PG_DSN, PREFIX, SCHEMA, Env, all_roles, catalog_doc, our_roles
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
