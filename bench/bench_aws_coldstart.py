@@ -4,7 +4,8 @@ A sample is a fresh `python -c` (bytecode already compiled) that, with the envir
 function has (AWS_LAMBDA_FUNCTION_NAME set, so Powertools' Tracer is active and patches boto3),
 times its own work with time.perf_counter: importing the handler module and the first call's
 initialisation (catalog read and validated, boto3 clients made, the catalog's template drivers
-imported: what the first invocation does before its first AWS call). Peak memory is VmHWM from
+imported, and for the worker and sweep the database driver their first call connects with:
+what the first invocation does before its first AWS call). Peak memory is VmHWM from
 /proc/self/status (ru_maxrss would report the parent's mark, carried across fork+exec). Cases
 alternate so noise hits them alike; figures are medians.
 
@@ -34,13 +35,15 @@ print(json.dumps([took, int(hwm)]))
 """
 INIT = {
     "intake": "import aws.intake\nfrom aws import runtime\nruntime.intake()",
+    # The worker and the sweep connect to the catalog's PostgreSQL on their first call, so its
+    # driver is part of their cold start (the template imports it only then).
     "worker": (
         "import aws.worker\nfrom aws import runtime\nengine = runtime.engine()\n"
-        "[i.template for i in engine.catalog.integrations.values()]"
+        "[i.template for i in engine.catalog.integrations.values()]\nimport psycopg"
     ),
     "sweep": (
         "import aws.sweep\nfrom aws import runtime\nengine = runtime.engine()\n"
-        "[i.template for i in engine.catalog.integrations.values()]"
+        "[i.template for i in engine.catalog.integrations.values()]\nimport psycopg"
     ),
 }
 CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
