@@ -36,7 +36,7 @@ class ControlPlane(_Strict):
     )
     max_skew: Duration = Field(default="5m", description="how old or early a signed request may be")
     max_message_age: Duration = Field(
-        default="24h", description="how long a signed message may wait in the queue and still run"
+        default="24h", description="how long a signed grant may wait in the queue and still run"
     )
 
     @field_validator("keys")

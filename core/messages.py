@@ -7,6 +7,7 @@ because it can only ever revoke; anything that grants must carry the control pla
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from core.catalog import Catalog
 from core.errors import Refused
-from core.models import AccessRequest
+from core.models import AccessRequest, parse_duration
 from core.signing import Envelope, verify
 
 
@@ -24,6 +25,10 @@ class Work:
 
     request: AccessRequest
     issued_at: datetime
+
+
+def _seconds(duration: str) -> float:
+    return parse_duration(duration).total_seconds()
 
 
 def expiry_message(grant_id: str, integration: str) -> str:
@@ -72,14 +77,11 @@ def decode_message(text: str, catalog: Catalog, now: float) -> Work:
     if kind == "request":
         envelope = Envelope.from_json(doc.get("envelope"))
         cp = catalog.control_plane
-        from core.models import parse_duration
-
-        verify(
-            envelope,
-            cp.keys,
-            now,
-            max_age=parse_duration(cp.max_message_age).total_seconds(),
-            max_ahead=parse_duration(cp.max_skew).total_seconds(),
-        )
-        return Work(parse_request(envelope.body), datetime.fromtimestamp(envelope.timestamp, UTC))
+        # Age is checked below, for grants only: a revoke can only take access away, so one that
+        # waited out an outage still runs rather than being dropped.
+        verify(envelope, cp.keys, now, max_age=math.inf, max_ahead=_seconds(cp.max_skew))
+        request = parse_request(envelope.body)
+        if request.action == "grant" and envelope.timestamp < now - _seconds(cp.max_message_age):
+            raise Refused("timestamp", "request is too old")
+        return Work(request, datetime.fromtimestamp(envelope.timestamp, UTC))
     raise Refused("kind", "expected 'request' or 'expire'")

@@ -142,3 +142,43 @@ def test_replay_cannot_pass_by_respelling_the_signature() -> None:
     verify(replay, {"k": PUBLIC}, now=1000, max_age=60, max_ahead=60)  # still a valid signature
     with pytest.raises(Refused, match="replayed"):
         guard.check_and_remember(replay, now=1000)
+
+
+def test_an_old_signed_revoke_still_runs_but_an_old_grant_does_not() -> None:
+    from core.catalog import parse_catalog
+    from core.messages import decode_message, envelope_message
+
+    catalog = parse_catalog(
+        {
+            "control_plane": {"keys": {"k": PUBLIC}, "max_message_age": "1h"},
+            "integrations": {
+                "db": {
+                    "kind": "postgresql",
+                    "connection": {"dbname": "test", "user": "postgres"},
+                    "permissions": {"ro": {"template": "read-only", "resources": ["public"]}},
+                }
+            },
+        }
+    )
+    revoke = json.dumps({"request_id": "r-1", "action": "revoke", "integration": "db"}).encode()
+    grant = json.dumps(
+        {
+            "request_id": "r-1",
+            "action": "grant",
+            "integration": "db",
+            "permission": "ro",
+            "resources": ["public"],
+            "identity": {"email": "a@example.com"},
+            "duration": "5m",
+        }
+    ).encode()
+    day_later = 1000 + 86400
+    work = decode_message(envelope_message(sign(revoke, PRIVATE, "k", 1000)), catalog, day_later)
+    assert work.request.action == "revoke"
+    with pytest.raises(Refused, match="too old"):
+        decode_message(envelope_message(sign(grant, PRIVATE, "k", 1000)), catalog, day_later)
+    with pytest.raises(Refused, match="does not verify"):
+        forged = sign(revoke, PRIVATE, "k", 1000)
+        decode_message(
+            envelope_message(Envelope("k", 1000, forged.signature, revoke + b" ")), catalog, 1000
+        )
