@@ -21,7 +21,7 @@ from core.models import SCHEMA_MODELS, Outcome
 from core.ports import EventSink
 from core.sealing import box_keypair, unseal
 from core.secrets import local_stores
-from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign, signing_keypair
+from core.signing import sign, signing_keypair
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
@@ -172,12 +172,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         args.url.rstrip("/") + "/v1/requests",
         data=body,
         method="POST",
-        headers={
-            "Content-Type": "application/json",
-            HEADER_KEY_ID: envelope.key_id,
-            HEADER_TIMESTAMP: str(envelope.timestamp),
-            HEADER_SIGNATURE: envelope.signature,
-        },
+        headers={"Content-Type": "application/json", **envelope.headers()},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310

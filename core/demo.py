@@ -27,7 +27,7 @@ from core.models import Outcome
 from core.runtime import LocalRuntime
 from core.sealing import box_keypair, unseal
 from core.secrets import EnvSecretStore, SecretStores
-from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign, signing_keypair
+from core.signing import sign, signing_keypair
 
 SCHEMA = "jitc_demo"
 
@@ -184,11 +184,7 @@ def _story(dsn: str, where: str, seconds: int) -> None:
                 runtime.url + "/v1/requests",
                 data=body,
                 method="POST",
-                headers={
-                    HEADER_KEY_ID: "demo",
-                    HEADER_TIMESTAMP: str(envelope.timestamp),
-                    HEADER_SIGNATURE: envelope.signature,
-                },
+                headers=envelope.headers(),
             )
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 accepted = json.loads(response.read())

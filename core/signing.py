@@ -62,6 +62,14 @@ class Envelope:
             raise Refused("envelope.timestamp", "must be an integer (Unix seconds)")
         return cls(key_id, timestamp, signature, body.encode("utf-8"))
 
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers that carry this envelope beside its body."""
+        return {
+            HEADER_KEY_ID: self.key_id,
+            HEADER_TIMESTAMP: str(self.timestamp),
+            HEADER_SIGNATURE: self.signature,
+        }
+
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], body: bytes) -> Envelope:
         lowered = {k.lower(): v for k, v in headers.items()}

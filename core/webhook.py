@@ -16,7 +16,7 @@ from collections.abc import Callable
 from core.errors import JitcError
 from core.models import AuditEvent, Outcome
 from core.secrets import Secret, SecretRef, SecretStore
-from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+from core.signing import sign
 
 
 class WebhookError(JitcError):
@@ -64,12 +64,7 @@ class WebhookSink:
                 self.url,
                 data=body,
                 method="POST",
-                headers={
-                    "Content-Type": "application/json",
-                    HEADER_KEY_ID: envelope.key_id,
-                    HEADER_TIMESTAMP: str(envelope.timestamp),
-                    HEADER_SIGNATURE: envelope.signature,
-                },
+                headers={"Content-Type": "application/json", **envelope.headers()},
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310

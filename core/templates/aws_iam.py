@@ -34,6 +34,7 @@ from core.templates.base import (
     decode_label,
     encode_label,
     grant_from_label,
+    tombstone_label,
 )
 
 PLACEHOLDER = "{resource}"
@@ -320,16 +321,7 @@ class AwsIamSession:
     def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
         if until <= utcnow() or self._label(tombstone_name(grant_id)) is not None:
             return
-        stone = {
-            "v": 1,
-            "grant_id": grant_id,
-            "request_id": label.get("request_id", ""),
-            "integration": self.integration,
-            "permission": label.get("permission", ""),
-            "identity": label.get("identity", ""),
-            "expires_at": until.isoformat(),
-            "state": "tombstone",
-        }
+        stone = tombstone_label(grant_id, self.integration, label, until)
         try:
             self.iam.create_policy(
                 PolicyName=tombstone_name(grant_id),

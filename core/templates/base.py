@@ -75,6 +75,23 @@ class RevokeResult:
     verified: bool = True
 
 
+def tombstone_label(
+    grant_id: str, integration: str, label: dict[str, Any], until: datetime
+) -> dict[str, Any]:
+    """The label of a tombstone: a revoked grant remembered until `until`, so that a late or
+    repeated delivery of that grant is refused until it could no longer be valid anyway."""
+    return {
+        "v": 1,
+        "grant_id": grant_id,
+        "request_id": label.get("request_id", ""),
+        "integration": integration,
+        "permission": label.get("permission", ""),
+        "identity": label.get("identity", ""),
+        "expires_at": until.isoformat(),
+        "state": "tombstone",
+    }
+
+
 def encode_label(label: dict[str, Any]) -> str:
     return LABEL_PREFIX + json.dumps(label, sort_keys=True, separators=(",", ":"))
 

@@ -25,6 +25,7 @@ from core.templates.base import (
     decode_label,
     encode_label,
     grant_from_label,
+    tombstone_label,
 )
 from core.templates.postgresql import (
     ACL_LOCK_KEY,
@@ -532,16 +533,7 @@ class PostgreSQLSession:
         if until <= utcnow():
             return []
         name = sql.Identifier(tombstone_name(self.settings, grant_id))
-        stone = {
-            "v": 1,
-            "grant_id": grant_id,
-            "request_id": label.get("request_id", ""),
-            "integration": self.integration,
-            "permission": label.get("permission", ""),
-            "identity": label.get("identity", ""),
-            "expires_at": until.isoformat(),
-            "state": "tombstone",
-        }
+        stone = tombstone_label(grant_id, self.integration, label, until)
         return [
             sql.SQL("CREATE ROLE {} NOLOGIN").format(name),
             sql.SQL("COMMENT ON ROLE {} IS {}").format(name, sql.Literal(encode_label(stone))),
