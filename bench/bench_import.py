@@ -1,4 +1,5 @@
-"""Cold import of `core` with the PostgreSQL template vs. `import pydantic`.
+"""Cold import of `core` with the PostgreSQL template vs. `import pydantic`. The template's
+driver (psycopg) loads only when a plan is made or a connection opened, so it is a case apart.
 
 Each sample is a fresh interpreter (`python -c`; .pyc files already compiled) that times its
 own imports with time.perf_counter and reports its peak RSS. The peak is VmHWM from
@@ -33,6 +34,12 @@ CASES = {
         "import core.engine, core.catalog, core.messages, core.local\n"
         "from core.templates import get_template\n"
         "get_template('postgresql')"
+    ),
+    "... + psycopg (what a worker loads)": (
+        "import core.engine, core.catalog, core.messages, core.local\n"
+        "from core.templates import get_template\n"
+        "get_template('postgresql')\n"
+        "import core.templates.postgresql_session"
     ),
 }
 
