@@ -23,18 +23,17 @@ PRIVATE, PUBLIC = signing_keypair()
 OTHER_PRIVATE, _ = signing_keypair()
 
 
-@pytest.fixture
-def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySink]]:
+def start_runtime(sink: MemorySink) -> LocalRuntime:
     doc = catalog_doc()
     doc["control_plane"] = {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
+    secrets = SecretStores({"mem": EnvSecretStore({"admin": ""})})
+    return LocalRuntime(parse_catalog(doc), secrets, sink, port=0, sweep_interval=3600).start()
+
+
+@pytest.fixture
+def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySink]]:
     sink = MemorySink()
-    rt = LocalRuntime(
-        parse_catalog(doc),
-        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
-        sink,
-        port=0,
-        sweep_interval=3600,
-    ).start()
+    rt = start_runtime(sink)
     yield rt, sink
     rt.stop()
 
@@ -216,17 +215,9 @@ class FlakySink(MemorySink):
         super().outcome(outcome)
 
 
-def test_worker_survives_a_failing_sink_and_redelivers(admin: Any) -> None:
-    doc = catalog_doc()
-    doc["control_plane"] = {"keys": {"cp": PUBLIC}}
+def test_worker_survives_a_failing_sink_and_redelivers(admin: Any, make_env: Any) -> None:
     sink = FlakySink()
-    rt = LocalRuntime(
-        parse_catalog(doc),
-        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
-        sink,
-        port=0,
-        sweep_interval=3600,
-    ).start()
+    rt = start_runtime(sink)
     try:
         assert post(rt, _json(grant_body(duration="1m")))[0] == 202
         deadline = time.monotonic() + 10
