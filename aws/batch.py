@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from core.engine import Engine
-from core.errors import Refused
-from core.messages import Work, decode_message
-from core.models import AuditEvent, Outcome
+from jitc.engine import Engine
+from jitc.errors import Refused
+from jitc.messages import Work, decode_message
+from jitc.models import AuditEvent, Outcome
 
 HELD_BACK = "held back behind an earlier message of the same grant that will be retried"
 

@@ -1,6 +1,6 @@
-"""Lambda entry point `aws.intake.handler`: a Function URL (or API Gateway HTTP API) request in,
-202 with the request id out once the signed request is on the queue; 4xx naming the problem and
-nothing enqueued otherwise."""
+"""Lambda entry point `jitc.aws.intake.handler`: a Function URL (or API Gateway HTTP API)
+request in, 202 with the request id out once the signed request is on the queue; 4xx naming the
+problem and nothing enqueued otherwise."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.data_classes import LambdaFunctionUrlEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from aws import runtime
-from aws.observability import MetricUnit, logger, metrics, tracer
+from jitc.aws import runtime
+from jitc.aws.observability import MetricUnit, logger, metrics, tracer
 
 PATHS = frozenset({"/", "/v1/requests"})
 

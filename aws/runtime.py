@@ -14,17 +14,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from aws.observability import logger
-from aws.scheduler import EventBridgeExpiryScheduler
-from aws.secrets_manager import SCHEME, SecretsManagerStore
-from aws.sinks import BufferedSink, EventBridgeSink, LogSink
-from aws.sqs import SqsQueue
-from core.catalog import Catalog, load_catalog
-from core.engine import Engine
-from core.errors import CatalogError
-from core.intake import Intake
-from core.ports import EventSink
-from core.secrets import SecretStores
+from jitc.aws.observability import logger
+from jitc.aws.scheduler import EventBridgeExpiryScheduler
+from jitc.aws.secrets_manager import SCHEME, SecretsManagerStore
+from jitc.aws.sinks import BufferedSink, EventBridgeSink, LogSink
+from jitc.aws.sqs import SqsQueue
+from jitc.catalog import Catalog, load_catalog
+from jitc.engine import Engine
+from jitc.errors import CatalogError
+from jitc.intake import Intake
+from jitc.ports import EventSink
+from jitc.secrets import SecretStores
 
 DEFAULT_CATALOG = "/opt/jitc/catalog.yaml"
 
@@ -181,7 +181,7 @@ def sinks() -> Sinks:
     if connector.webhook_url:
         if not connector.signing_key:
             raise CatalogError("connector.webhook_url needs connector.signing_key")
-        from core.webhook import WebhookSink
+        from jitc.webhook import WebhookSink
 
         # The connector's signing key is read from Secrets Manager at each delivery.
         hook = WebhookSink.from_catalog(

@@ -13,8 +13,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.messages import expiry_message
-from core.ports import RequestQueue
+from jitc.messages import expiry_message
+from jitc.ports import RequestQueue
 
 # Scheduler keeps retrying a failed delivery to SQS for up to a day, then dead-letters it.
 RETRY_POLICY = {"MaximumEventAgeInSeconds": 86400, "MaximumRetryAttempts": 185}

@@ -10,8 +10,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.errors import SecretError
-from core.secrets import Secret, SecretRef, pick_field
+from jitc.errors import SecretError
+from jitc.secrets import Secret, SecretRef, pick_field
 
 SCHEME = "aws-sm"
 

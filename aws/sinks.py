@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.models import AuditEvent, Outcome
+from jitc.models import AuditEvent, Outcome
 
 SOURCE = "jit-connector"
 _MAX_ENTRIES = 10  # PutEvents takes at most ten entries per call

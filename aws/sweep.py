@@ -1,4 +1,4 @@
-"""Lambda entry point `aws.sweep.handler`, run on a schedule: asks every target in the catalog
+"""Lambda entry point `jitc.aws.sweep.handler`, run on a schedule: asks every target in the catalog
 for the grants this connector made, and revokes those past their expiry (the scheduled revoke
 may have been lost, or failed until now)."""
 
@@ -9,8 +9,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from aws import runtime
-from aws.observability import MetricUnit, logger, metrics, tracer
+from jitc.aws import runtime
+from jitc.aws.observability import MetricUnit, logger, metrics, tracer
 
 
 @logger.inject_lambda_context(clear_state=True)

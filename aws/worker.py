@@ -1,4 +1,4 @@
-"""Lambda entry point `aws.worker.handler`: an SQS batch in, partial batch response out.
+"""Lambda entry point `jitc.aws.worker.handler`: an SQS batch in, partial batch response out.
 
 Powertools' BatchProcessor reports each message on its own: a message whose operation failed
 (or that waits behind a failed message of the same grant) is returned as a batch item failure
@@ -20,10 +20,10 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from aws import runtime
-from aws.batch import Message, Verdict, run_batch
-from aws.observability import MetricUnit, logger, metrics, tracer
-from core.models import Outcome
+from jitc.aws import runtime
+from jitc.aws.batch import Message, Verdict, run_batch
+from jitc.aws.observability import MetricUnit, logger, metrics, tracer
+from jitc.models import Outcome
 
 # Every record is judged by run_batch first, so an all-failed batch is an ordinary answer
 # (every item reported), not an error that would hide which items succeeded.

@@ -16,13 +16,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from core.catalog import Catalog, parse_catalog
-from core.engine import Engine
-from core.local import MemorySink, NullScheduler
-from core.messages import Work, parse_request
-from core.models import AccessRequest, utcnow
-from core.sealing import box_keypair
-from core.secrets import local_stores
+from jitc.catalog import Catalog, parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import Work, parse_request
+from jitc.models import AccessRequest, utcnow
+from jitc.sealing import box_keypair
+from jitc.secrets import local_stores
 
 DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PUBLIC_KEY = box_keypair()[1]

@@ -1,4 +1,4 @@
-"""Worker throughput on the real PostgreSQL: `aws.worker.handler` on SQS batches of 10 and 100
+"""Worker throughput on the real PostgreSQL: `jitc.aws.worker.handler` on SQS batches of 10 and 100
 grants, then of their expiry revokes, with moto's server (threaded, loopback) as Secrets
 Manager and EventBridge Scheduler, next to the engine alone on the same batches (no AWS at all).
 
@@ -131,12 +131,12 @@ def main() -> None:
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from aws import runtime, worker
-    from core.engine import Engine
-    from core.local import MemorySink, NullScheduler
-    from core.messages import decode_message, envelope_message, expiry_message
-    from core.sealing import box_keypair
-    from core.signing import sign, signing_keypair
+    from jitc.aws import runtime, worker
+    from jitc.engine import Engine
+    from jitc.local import MemorySink, NullScheduler
+    from jitc.messages import decode_message, envelope_message, expiry_message
+    from jitc.sealing import box_keypair
+    from jitc.signing import sign, signing_keypair
 
     session = boto3.session.Session()
     sqs, sched, sm = (session.client(s) for s in ("sqs", "scheduler", "secretsmanager"))
@@ -180,7 +180,7 @@ def main() -> None:
                 "resources": ["public"], "duration": "1h",
                 "identity": {"email": "bench@example.com", "public_key": box_public},
             }).encode()  # fmt: skip
-            from core.models import derive_grant_id
+            from jitc.models import derive_grant_id
 
             out.append(
                 (envelope_message(sign(body, private, "cp")), derive_grant_id(INTEGRATION, rid))

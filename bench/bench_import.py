@@ -31,15 +31,15 @@ CASES = {
     "import pydantic": "import pydantic",
     "pydantic BaseModel": "from pydantic import BaseModel",
     "core + PostgreSQL template": (
-        "import core.engine, core.catalog, core.messages, core.local\n"
-        "from core.templates import get_template\n"
+        "import jitc.engine, core.catalog, core.messages, core.local\n"
+        "from jitc.templates import get_template\n"
         "get_template('postgresql')"
     ),
     "... + psycopg (what a worker loads)": (
-        "import core.engine, core.catalog, core.messages, core.local\n"
-        "from core.templates import get_template\n"
+        "import jitc.engine, core.catalog, core.messages, core.local\n"
+        "from jitc.templates import get_template\n"
         "get_template('postgresql')\n"
-        "import core.templates.postgresql_session"
+        "import jitc.templates.postgresql_session"
     ),
 }
 

@@ -16,7 +16,7 @@ import time
 from _common import drop_roles, engine, machine, median, works
 from bench_pg_latency import connect, floor_grant
 
-from core.models import utcnow
+from jitc.models import utcnow
 
 INTEGRATION, PREFIX = "bench-batch", "benchb_"
 

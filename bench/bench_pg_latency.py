@@ -20,9 +20,9 @@ import psycopg
 from _common import DSN, drop_roles, engine, grant, machine, median, revoke
 from psycopg import sql
 
-from core.messages import Work
-from core.models import AccessRequest, Outcome, utcnow
-from core.templates.postgresql import MASK
+from jitc.messages import Work
+from jitc.models import AccessRequest, Outcome, utcnow
+from jitc.templates.postgresql import MASK
 
 INTEGRATION, PREFIX = "bench-latency", "benchl_"
 ENGINE, _ = engine(INTEGRATION, PREFIX)

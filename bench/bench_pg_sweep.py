@@ -20,8 +20,8 @@ from _common import drop_roles, engine, machine, median, works
 from bench_pg_latency import connect
 from psycopg import sql
 
-from core.models import utcnow
-from core.templates.postgresql import MASK
+from jitc.models import utcnow
+from jitc.templates.postgresql import MASK
 
 INTEGRATION, PREFIX = "bench-sweep", "benchs_"
 

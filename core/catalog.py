@@ -17,11 +17,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.errors import CatalogError, Refused
-from core.models import NAME_PATTERN, AccessRequest, Duration, parse_duration
-from core.secrets import SecretRef
-from core.templates import get_template
-from core.templates.base import GrantSpec, PermissionSettings, Settings, Template
+from jitc.errors import CatalogError, Refused
+from jitc.models import NAME_PATTERN, AccessRequest, Duration, parse_duration
+from jitc.secrets import SecretRef
+from jitc.templates import get_template
+from jitc.templates.base import GrantSpec, PermissionSettings, Settings, Template
 
 DEFAULT_MAX_DURATION = "8h"
 

@@ -12,16 +12,16 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.catalog import Catalog, load_catalog
-from core.engine import Engine
-from core.errors import CatalogError, JitcError, Refused
-from core.local import FanOutSink, JsonLinesSink, NullScheduler
-from core.messages import parse_request
-from core.models import SCHEMA_MODELS, Outcome
-from core.ports import EventSink
-from core.sealing import box_keypair, unseal
-from core.secrets import local_stores
-from core.signing import sign, signing_keypair
+from jitc.catalog import Catalog, load_catalog
+from jitc.engine import Engine
+from jitc.errors import CatalogError, JitcError, Refused
+from jitc.local import FanOutSink, JsonLinesSink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import SCHEMA_MODELS, Outcome
+from jitc.ports import EventSink
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import local_stores
+from jitc.signing import sign, signing_keypair
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
@@ -186,7 +186,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from core.runtime import LocalRuntime
+    from jitc.runtime import LocalRuntime
 
     catalog, secrets = _catalog(args), local_stores()
     sink: EventSink = _sink(args)
@@ -194,7 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if connector.webhook_url:
         if not connector.signing_key:
             raise CatalogError("connector.webhook_url needs connector.signing_key")
-        from core.webhook import WebhookSink
+        from jitc.webhook import WebhookSink
 
         hook = WebhookSink.from_catalog(connector.webhook_url, connector.signing_key, secrets)
         sink = FanOutSink(sink, hook)
@@ -211,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.demo import run_demo
+    from jitc.demo import run_demo
 
     return run_demo(args.seconds, args.embedded)
 
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-interval", type=float, default=60.0)
     p.set_defaults(func=cmd_serve)
 
-    # `jitc package ...` is handed whole to core.packaging (see main); listed here for --help.
+    # `jitc package ...` is handed whole to jitc.packaging (see main); listed here for --help.
     sub.add_parser("package", help="build one cloud's deployable zip (jitc package aws --help)")
 
     p = sub.add_parser("demo", help="the whole story on a real PostgreSQL, in about half a minute")
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["package"]:
-        from core.packaging import main as package
+        from jitc.packaging import main as package
 
         return package(argv[1:])
     args = build_parser().parse_args(argv)

@@ -20,14 +20,14 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from core.catalog import parse_catalog
-from core.local import FanOutSink, JsonLinesSink, MemorySink
-from core.messages import parse_request
-from core.models import Outcome
-from core.runtime import LocalRuntime
-from core.sealing import box_keypair, unseal
-from core.secrets import EnvSecretStore, SecretStores
-from core.signing import sign, signing_keypair
+from jitc.catalog import parse_catalog
+from jitc.local import FanOutSink, JsonLinesSink, MemorySink
+from jitc.messages import parse_request
+from jitc.models import Outcome
+from jitc.runtime import LocalRuntime
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.signing import sign, signing_keypair
 
 SCHEMA = "jitc_demo"
 

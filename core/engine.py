@@ -10,14 +10,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from core.catalog import Catalog, Integration
-from core.errors import JitcError, Refused
-from core.messages import Work
-from core.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
-from core.ports import EventSink, ExpiryScheduler
-from core.sealing import seal
-from core.secrets import Secret, SecretStore
-from core.templates.base import RevokeResult, TargetSession
+from jitc.catalog import Catalog, Integration
+from jitc.errors import JitcError, Refused
+from jitc.messages import Work
+from jitc.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
+from jitc.ports import EventSink, ExpiryScheduler
+from jitc.sealing import seal
+from jitc.secrets import Secret, SecretStore
+from jitc.templates.base import RevokeResult, TargetSession
 
 log = logging.getLogger("jitc.engine")
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from core.catalog import Catalog
-from core.errors import Refused
-from core.messages import envelope_message, parse_request
-from core.models import parse_duration
-from core.ports import RequestQueue
-from core.signing import Envelope, ReplayGuard, verify
+from jitc.catalog import Catalog
+from jitc.errors import Refused
+from jitc.messages import envelope_message, parse_request
+from jitc.models import parse_duration
+from jitc.ports import RequestQueue
+from jitc.signing import Envelope, ReplayGuard, verify
 
 MAX_BODY_BYTES = 64 * 1024
 

@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from core.messages import expiry_message
-from core.models import AuditEvent, Outcome, utcnow
-from core.ports import EventSink, RequestQueue
+from jitc.messages import expiry_message
+from jitc.models import AuditEvent, Outcome, utcnow
+from jitc.ports import EventSink, RequestQueue
 
 
 class InProcessQueue:

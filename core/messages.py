@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from core.catalog import Catalog
-from core.errors import Refused
-from core.models import AccessRequest, parse_duration
-from core.signing import Envelope, verify
+from jitc.catalog import Catalog
+from jitc.errors import Refused
+from jitc.models import AccessRequest, parse_duration
+from jitc.signing import Envelope, verify
 
 
 @dataclass(frozen=True)

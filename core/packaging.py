@@ -5,11 +5,15 @@ The zip is reproducible (sorted entries, fixed timestamps and modes), so the sam
 the same bytes and Terraform's source hash changes only when the code or a pin does. Each cloud
 keeps its platform's entry-file convention:
 
-- aws: packages `core` and `aws` at the root; Lambda handlers are `aws.<module>.handler`.
-- gcp: packages `core` and `gcp`, and `gcp/main.py` copied to the root, where Cloud Functions
+Every zip holds one import package, `jitc` (from `core/`), with the cloud's folder as its
+subpackage (`jitc.aws` from `aws/`), so nothing the connector ships can collide with another
+distribution's top-level name:
+
+- aws: `jitc/` and `jitc/aws/`; Lambda handlers are `jitc.aws.<module>.handler`.
+- gcp: `jitc/` and `jitc/gcp/`, and `gcp/main.py` copied to the root, where Cloud Functions
   load it.
-- azure: package `core`, and the *contents* of `azure/` at the app root (`function_app.py`
-  beside `host.json`); never an `azure/` folder, which would shadow the Azure SDK's namespace.
+- azure: `jitc/` and `jitc/azure/`, and `function_app.py` and `host.json` at the app root; never
+  a top-level `azure/` folder, which would shadow the Azure SDK's namespace.
 """
 
 from __future__ import annotations
@@ -34,17 +38,19 @@ SKIP_SUFFIXES = {".pyc", ".pyo"}
 
 @dataclass(frozen=True)
 class Layout:
-    packages: tuple[str, ...]
+    packages: tuple[tuple[str, str], ...]  # (folder in the zip, source folder)
     root_files: tuple[str, ...] = ()
-    flatten: str | None = None  # a folder whose contents go to the root
     platform: str = "manylinux2014_x86_64"
     python_version: str = "3.11"
 
 
 LAYOUTS: dict[str, Layout] = {
-    "aws": Layout(packages=("core", "aws")),
-    "gcp": Layout(packages=("core", "gcp"), root_files=("gcp/main.py",)),
-    "azure": Layout(packages=("core",), flatten="azure"),
+    "aws": Layout(packages=(("jitc", "core"), ("jitc/aws", "aws"))),
+    "gcp": Layout(packages=(("jitc", "core"), ("jitc/gcp", "gcp")), root_files=("gcp/main.py",)),
+    "azure": Layout(
+        packages=(("jitc", "core"), ("jitc/azure", "azure")),
+        root_files=("azure/function_app.py", "azure/host.json"),
+    ),
 }
 
 
@@ -114,17 +120,15 @@ def build(
     with tempfile.TemporaryDirectory(prefix=f"jitc-package-{cloud}-") as folder:
         staging = Path(folder)
         _install(requirements, staging, layout, platform or layout.platform, wheelhouse)
-        for package in layout.packages:
-            if not (root / package).is_dir():
-                raise FileNotFoundError(f"{root / package}: missing")
-            _copy_tree(root / package, staging / package)
+        for target, source in layout.packages:
+            if not (root / source).is_dir():
+                raise FileNotFoundError(f"{root / source}: missing")
+            _copy_tree(root / source, staging / target)
         for name in layout.root_files:
             shutil.copyfile(root / name, staging / Path(name).name)
-        if layout.flatten:
-            _copy_tree(root / layout.flatten, staging)
         manifest = {
             "cloud": cloud,
-            "packages": list(layout.packages),
+            "packages": {target.replace("/", "."): source for target, source in layout.packages},
             "platform": platform or layout.platform,
             "python": layout.python_version,
             "requirements": [

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from core.models import AuditEvent, Outcome
-from core.secrets import Secret, SecretRef, SecretStore
+from jitc.models import AuditEvent, Outcome
+from jitc.secrets import Secret, SecretRef, SecretStore
 
 __all__ = ["EventSink", "ExpiryScheduler", "RequestQueue", "Secret", "SecretRef", "SecretStore"]
 

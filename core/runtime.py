@@ -10,15 +10,15 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from core.catalog import Catalog
-from core.engine import Engine
-from core.errors import Refused
-from core.intake import MAX_BODY_BYTES, Intake
-from core.local import InProcessQueue, ThreadScheduler
-from core.messages import decode_message
-from core.models import AuditEvent
-from core.ports import EventSink
-from core.secrets import SecretStore
+from jitc.catalog import Catalog
+from jitc.engine import Engine
+from jitc.errors import Refused
+from jitc.intake import MAX_BODY_BYTES, Intake
+from jitc.local import InProcessQueue, ThreadScheduler
+from jitc.messages import decode_message
+from jitc.models import AuditEvent
+from jitc.ports import EventSink
+from jitc.secrets import SecretStore
 
 log = logging.getLogger("jitc.runtime")
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)

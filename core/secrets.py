@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from core.errors import SecretError
+from jitc.errors import SecretError
 
 
 class Secret:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from core.errors import Refused
+from jitc.errors import Refused
 
 HEADER_TIMESTAMP = "X-Jitc-Timestamp"
 HEADER_KEY_ID = "X-Jitc-Key-Id"

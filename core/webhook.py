@@ -13,10 +13,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from core.errors import JitcError
-from core.models import AuditEvent, Outcome
-from core.secrets import Secret, SecretRef, SecretStore
-from core.signing import sign
+from jitc.errors import JitcError
+from jitc.models import AuditEvent, Outcome
+from jitc.secrets import Secret, SecretRef, SecretStore
+from jitc.signing import sign
 
 
 class WebhookError(JitcError):

@@ -11,10 +11,10 @@ import pytest
 from pgtest import PG_DSN, SCHEMA, Env, catalog_doc, drop_our_roles
 from psycopg import sql
 
-from core.catalog import parse_catalog
-from core.engine import Engine
-from core.local import MemorySink, NullScheduler
-from core.secrets import EnvSecretStore, SecretStores
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.secrets import EnvSecretStore, SecretStores
 
 
 def _reach_pg() -> psycopg.Connection[Any]:

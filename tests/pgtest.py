@@ -18,13 +18,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from core.catalog import Catalog
-from core.engine import Engine
-from core.local import MemorySink
-from core.messages import parse_request
-from core.models import AccessRequest
-from core.sealing import box_keypair, unseal
-from core.templates.postgresql import ACL_LOCK_KEY
+from jitc.catalog import Catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink
+from jitc.messages import parse_request
+from jitc.models import AccessRequest
+from jitc.sealing import box_keypair, unseal
+from jitc.templates.postgresql import ACL_LOCK_KEY
 
 PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 # A distinct prefix and integration name per run keep concurrent runs on one server apart.

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from core.catalog import load_catalog, parse_catalog
-from core.errors import CatalogError, SecretError
-from core.secrets import EnvSecretStore, FileSecretStore, SecretRef, local_stores
+from jitc.catalog import load_catalog, parse_catalog
+from jitc.errors import CatalogError, SecretError
+from jitc.secrets import EnvSecretStore, FileSecretStore, SecretRef, local_stores
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "catalog.yaml"
 

@@ -16,7 +16,7 @@ import yaml
 from pgtest import INTEGRATION, SCHEMA, catalog_doc, our_roles
 
 ROOT = Path(__file__).resolve().parent.parent
-JITC = [sys.executable, "-m", "core.cli"]
+JITC = [sys.executable, "-m", "jitc.cli"]
 
 
 def jitc(

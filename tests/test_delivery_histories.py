@@ -19,12 +19,12 @@ from hypothesis.stateful import (
 )
 from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc, drop_our_roles
 
-from core.catalog import parse_catalog
-from core.engine import Engine
-from core.local import MemorySink
-from core.messages import Work, parse_request
-from core.models import AccessRequest, derive_grant_id
-from core.secrets import EnvSecretStore, SecretStores
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink
+from jitc.messages import Work, parse_request
+from jitc.models import AccessRequest, derive_grant_id
+from jitc.secrets import EnvSecretStore, SecretStores
 
 GRANTS = 4
 

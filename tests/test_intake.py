@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, all_roles, catalog_doc, our_roles
 
-from core.catalog import parse_catalog
-from core.local import MemorySink
-from core.runtime import LocalRuntime
-from core.secrets import EnvSecretStore, SecretStores
-from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign, signing_keypair
+from jitc.catalog import parse_catalog
+from jitc.local import MemorySink
+from jitc.runtime import LocalRuntime
+from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign, signing_keypair
 
 PRIVATE, PUBLIC = signing_keypair()
 OTHER_PRIVATE, _ = signing_keypair()

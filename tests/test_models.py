@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import Refused
-from core.messages import parse_request
-from core.models import SCHEMA_MODELS, derive_grant_id, parse_duration
+from jitc.errors import Refused
+from jitc.messages import parse_request
+from jitc.models import SCHEMA_MODELS, derive_grant_id, parse_duration
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 

@@ -23,12 +23,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from core.catalog import parse_catalog
-from core.engine import Engine
-from core.local import MemorySink, NullScheduler
-from core.messages import parse_request
-from core.sealing import box_keypair, unseal
-from core.secrets import EnvSecretStore, SecretStores
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import EnvSecretStore, SecretStores
 
 ADMIN_PASSWORD = "admin-pw-for-private-cluster"
 

@@ -12,8 +12,8 @@ from pgtest import INTEGRATION, PG_DSN, PREFIX, SCHEMA, Env, all_roles, catalog_
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from core.catalog import parse_catalog
-from core.errors import CatalogError
+from jitc.catalog import parse_catalog
+from jitc.errors import CatalogError
 
 
 def _table(name: str = "items") -> sql.Composed:
@@ -326,15 +326,15 @@ class CountingStore:
         self.calls = 0
 
     def resolve(self, ref: Any) -> Any:
-        from core.secrets import Secret
+        from jitc.secrets import Secret
 
         self.calls += 1
         return Secret("")
 
 
 def test_secret_is_fetched_once_per_batch_and_not_kept(env: Env) -> None:
-    from core.engine import Engine
-    from core.messages import Work
+    from jitc.engine import Engine
+    from jitc.messages import Work
 
     store = CountingStore()
     engine = Engine(env.catalog, store, env.engine.scheduler, env.sink, clock=env.engine.clock)

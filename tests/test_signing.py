@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from core.errors import Refused
-from core.models import AuditEvent, Outcome
-from core.sealing import box_keypair, seal, unseal
-from core.secrets import Secret
-from core.signing import Envelope, ReplayGuard, sign, signing_keypair, verify
-from core.webhook import WebhookError, WebhookSink
+from jitc.errors import Refused
+from jitc.models import AuditEvent, Outcome
+from jitc.sealing import box_keypair, seal, unseal
+from jitc.secrets import Secret
+from jitc.signing import Envelope, ReplayGuard, sign, signing_keypair, verify
+from jitc.webhook import WebhookError, WebhookSink
 
 PRIVATE, PUBLIC = signing_keypair()
 
@@ -145,8 +145,8 @@ def test_replay_cannot_pass_by_respelling_the_signature() -> None:
 
 
 def test_an_old_signed_revoke_still_runs_but_an_old_grant_does_not() -> None:
-    from core.catalog import parse_catalog
-    from core.messages import decode_message, envelope_message
+    from jitc.catalog import parse_catalog
+    from jitc.messages import decode_message, envelope_message
 
     catalog = parse_catalog(
         {

@@ -7,12 +7,12 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.templates.base import Template
+    from jitc.templates.base import Template
 
 REGISTRY: dict[str, str] = {
-    "postgresql": "core.templates.postgresql:PostgreSQLTemplate",
-    "aws_iam": "core.templates.aws_iam:AwsIamTemplate",
-    "aws_identity_center": "core.templates.aws_identity_center:AwsIdentityCenterTemplate",
+    "postgresql": "jitc.templates.postgresql:PostgreSQLTemplate",
+    "aws_iam": "jitc.templates.aws_iam:AwsIamTemplate",
+    "aws_identity_center": "jitc.templates.aws_identity_center:AwsIdentityCenterTemplate",
 }
 
 

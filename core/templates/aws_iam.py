@@ -22,10 +22,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.errors import Refused, TargetError
-from core.models import Grant, utcnow
-from core.secrets import Secret
-from core.templates.base import (
+from jitc.errors import Refused, TargetError
+from jitc.models import Grant, utcnow
+from jitc.secrets import Secret
+from jitc.templates.base import (
     GrantResult,
     GrantSpec,
     PermissionSettings,

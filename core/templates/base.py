@@ -9,8 +9,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import Duration, Grant, Identity, Resource
-from core.secrets import Secret
+from jitc.models import Duration, Grant, Identity, Resource
+from jitc.secrets import Secret
 
 LABEL_PREFIX = "jitc:"
 
@@ -170,7 +170,7 @@ class Template(Protocol):
         ...
 
     def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
-        """Refuse (core.errors.Refused) what the template cannot do for this request."""
+        """Refuse (jitc.errors.Refused) what the template cannot do for this request."""
         ...
 
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]: ...

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.errors import Refused
-from core.secrets import Secret
-from core.templates.base import GrantSpec, PermissionSettings, Settings
+from jitc.errors import Refused
+from jitc.secrets import Secret
+from jitc.templates.base import GrantSpec, PermissionSettings, Settings
 
 PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
 MASK = "'********'"
@@ -46,7 +46,7 @@ BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
 
 
 if TYPE_CHECKING:
-    from core.templates.postgresql_session import PostgreSQLSession
+    from jitc.templates.postgresql_session import PostgreSQLSession
 
 
 class Connection(Settings):
@@ -162,14 +162,14 @@ class PostgreSQLTemplate:
 
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
         assert isinstance(connection, Connection)
-        from core.templates.postgresql_session import plan_statements
+        from jitc.templates.postgresql_session import plan_statements
 
         return plan_statements(connection, spec)
 
     def open(
         self, integration: str, connection: Settings, secret: Secret | None
     ) -> PostgreSQLSession:
-        from core.templates.postgresql_session import PostgreSQLSession
+        from jitc.templates.postgresql_session import PostgreSQLSession
 
         assert isinstance(connection, Connection)
         return PostgreSQLSession(integration, connection, secret)

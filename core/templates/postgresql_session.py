@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from core.errors import Refused, TargetError
-from core.models import Grant, utcnow
-from core.secrets import Secret
-from core.templates.base import (
+from jitc.errors import Refused, TargetError
+from jitc.models import Grant, utcnow
+from jitc.secrets import Secret
+from jitc.templates.base import (
     GrantResult,
     GrantSpec,
     RevokeResult,
@@ -27,7 +27,7 @@ from core.templates.base import (
     grant_from_label,
     tombstone_label,
 )
-from core.templates.postgresql import (
+from jitc.templates.postgresql import (
     ACL_LOCK_KEY,
     MASK,
     Connection,

@@ -199,8 +199,8 @@ def _request_id(body: str) -> str | None:
 def _is_transient(message: dict[str, Any]) -> bool:
     """A failure that is only a server-side race which a redelivery clears (other suites share
     the PostgreSQL server, and concurrent GRANTs on one database can collide)."""
-    from aws import runtime
-    from core.local import MemorySink
+    from jitc.aws import runtime
+    from jitc.local import MemorySink
 
     memory = next((s for s in runtime.sinks().sinks if isinstance(s, MemorySink)), None)
     rid = _request_id(message["Body"])
@@ -226,8 +226,8 @@ def deliver(
 
     A failure that is only a transient server race is redelivered at once, as the queue would
     after its visibility timeout; the result reports the other failures."""
-    from aws import runtime
-    from core.local import MemorySink
+    from jitc.aws import runtime
+    from jitc.local import MemorySink
 
     sinks = runtime.sinks()
     if not any(isinstance(s, MemorySink) for s in sinks.sinks):
@@ -348,9 +348,9 @@ def deploy(
 
     import yaml
 
-    from aws import runtime
-    from core.sealing import box_keypair
-    from core.signing import signing_keypair
+    from jitc.aws import runtime
+    from jitc.sealing import box_keypair
+    from jitc.signing import signing_keypair
 
     sqs, scheduler, events, sm = (
         client(s) for s in ("sqs", "scheduler", "events", "secretsmanager")
@@ -455,7 +455,7 @@ def signed_http_event(
     tamper: bool = False,
 ) -> dict[str, Any]:
     """A Lambda Function URL event (payload format 2.0) carrying a signed request."""
-    from core.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+    from jitc.signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 
     raw = json.dumps(body).encode()
     envelope = sign(raw, deployment.sign_private, key_id, timestamp)

@@ -11,13 +11,13 @@ import pytest
 from awsharness import client
 from botocore.exceptions import ClientError
 
-from aws.scheduler import EventBridgeExpiryScheduler, fire_time
-from aws.secrets_manager import SecretsManagerStore
-from aws.sinks import EventBridgeSink
-from aws.sqs import SqsQueue
-from core.errors import SecretError
-from core.models import AuditEvent
-from core.secrets import SecretRef
+from jitc.aws.scheduler import EventBridgeExpiryScheduler, fire_time
+from jitc.aws.secrets_manager import SecretsManagerStore
+from jitc.aws.sinks import EventBridgeSink
+from jitc.aws.sqs import SqsQueue
+from jitc.errors import SecretError
+from jitc.models import AuditEvent
+from jitc.secrets import SecretRef
 
 
 def test_fire_time_rounds_up_to_the_whole_minute_never_down() -> None:

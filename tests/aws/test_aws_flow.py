@@ -34,9 +34,9 @@ from awsharness import (
 )
 from botocore.exceptions import ClientError
 
-from aws import intake, observability, sweep, worker
-from core.models import derive_grant_id
-from core.sealing import unseal
+from jitc.aws import intake, observability, sweep, worker
+from jitc.models import derive_grant_id
+from jitc.sealing import unseal
 
 # Per-run names: the sweep finds grants by integration, and other runs may share the server.
 PG = f"awst{RUN}-pg"
@@ -393,7 +393,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 def test_outcomes_reach_the_control_plane_as_signed_webhooks(
     aws: str, pg_admin: Any, tmp_path: Path
 ) -> None:
-    from core.signing import Envelope, signing_keypair, verify
+    from jitc.signing import Envelope, signing_keypair, verify
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from awsharness import ACCOUNT, acting_as, client
 
-from core.catalog import parse_catalog
-from core.engine import Engine
-from core.local import MemorySink, NullScheduler
-from core.models import AccessRequest, derive_grant_id
-from core.secrets import SecretStores
-from core.templates.aws_iam import with_expiry
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.models import AccessRequest, derive_grant_id
+from jitc.secrets import SecretStores
+from jitc.templates.aws_iam import with_expiry
 
 INTEGRATION = "awst-iam"
 DOC = {

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from awsharness import acting_as, client
 
-from core.catalog import parse_catalog
-from core.engine import Engine
-from core.local import MemorySink, NullScheduler
-from core.models import AccessRequest, derive_grant_id
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.models import AccessRequest, derive_grant_id
 
 INTEGRATION = "awst-idc"
 STORE = "d-1234567890"

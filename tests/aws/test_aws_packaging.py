@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from awsharness import PG_SCHEMA, deploy, drop_pg_roles, pg_integration, signed_http_event
 
-from core.models import derive_grant_id
-from core.packaging import build
+from jitc.models import derive_grant_id
+from jitc.packaging import build
 
 INTEGRATION = "awst-pkg"
 
@@ -27,7 +27,7 @@ import json, sys, uuid
 folder = sys.argv[1]
 sys.path[:0] = [folder]
 import boto3, pydantic
-import aws.intake, aws.worker, aws.sweep
+import jitc.aws.intake, jitc.aws.worker, jitc.aws.sweep
 
 class Context:
     function_name = "jitc-packaged"; function_version = "$LATEST"; memory_limit_in_mb = 128
@@ -35,9 +35,9 @@ class Context:
     aws_request_id = str(uuid.uuid4()); log_group_name = "/aws/lambda/x"; log_stream_name = "x"
     def get_remaining_time_in_millis(self): return 60000
 
-origins = {m.__name__: m.__file__ for m in (aws.intake, aws.worker, aws.sweep, boto3, pydantic)}
+origins = {m.__name__: m.__file__ for m in (jitc.aws.intake, jitc.aws.worker, jitc.aws.sweep, boto3, pydantic)}
 event = json.loads(sys.stdin.read())
-intake = aws.intake.handler(event["http"], Context())
+intake = jitc.aws.intake.handler(event["http"], Context())
 sqs = boto3.client("sqs")
 got = sqs.receive_message(QueueUrl=event["queue_url"], MaxNumberOfMessages=10,
                           MessageSystemAttributeNames=["All"])["Messages"]
@@ -48,7 +48,7 @@ records = [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "b
 # Redeliver what failed, as the queue would: only a race with other suites on the shared
 # PostgreSQL ("tuple concurrently updated") is expected to fail here.
 for _ in range(5):
-    worker = aws.worker.handler({"Records": records}, Context())
+    worker = jitc.aws.worker.handler({"Records": records}, Context())
     if not worker["batchItemFailures"]:
         break
 print("RESULT " + json.dumps({"origins": origins, "intake": intake, "worker": worker,
@@ -69,8 +69,9 @@ def test_the_build_is_reproducible_and_holds_only_what_it_should(
         hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(package.read_bytes()).digest()
     )
     names = zipfile.ZipFile(package).namelist()
-    assert "aws/worker.py" in names and "core/engine.py" in names and "jitc-package.json" in names
-    assert "aws/requirements.txt" not in names
+    assert "jitc/aws/worker.py" in names and "jitc/engine.py" in names
+    assert "jitc-package.json" in names and "jitc/aws/requirements.txt" not in names
+    assert not [n for n in names if n.startswith(("core/", "aws/"))]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "bench/", "infra/", "azure/"))]
     manifest = json.loads(zipfile.ZipFile(package).read("jitc-package.json"))

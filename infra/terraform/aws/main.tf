@@ -7,9 +7,9 @@ locals {
   partition = data.aws_partition.current.partition
   region    = data.aws_region.current.name
   functions = {
-    intake = { handler = "aws.intake.handler", timeout = 10 }
-    worker = { handler = "aws.worker.handler", timeout = var.worker_timeout }
-    sweep  = { handler = "aws.sweep.handler", timeout = 300 }
+    intake = { handler = "jitc.aws.intake.handler", timeout = 10 }
+    worker = { handler = "jitc.aws.worker.handler", timeout = var.worker_timeout }
+    sweep  = { handler = "jitc.aws.sweep.handler", timeout = 300 }
   }
   schedule_group = "${var.name}-expiry"
   catalog_sha256 = filesha256(var.catalog_file)
