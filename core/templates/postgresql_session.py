@@ -577,7 +577,7 @@ class PostgreSQLSession:
         self._terminate_all(sorted({h for h in holders.values() if h}))
         residual: dict[str, list[str]] = {role.name: [] for role in roles}
         self._clean(roles, residual)
-        left = self._left(roles, holders, disabled_at)
+        left = self._left(roles, labels, disabled_at)
         clean = [r for r in roles if not left[r.name]]
         dropped = self._drop(clean, labels, tombstone_until, residual)
         for role, label in live:
@@ -712,10 +712,15 @@ class PostgreSQLSession:
                     )
 
     def _left(
-        self, roles: list[_Role], holders: dict[str, str | None], disabled_at: dict[str, str]
+        self,
+        roles: list[_Role],
+        labels: dict[str, dict[str, Any]],
+        disabled_at: dict[str, str],
     ) -> dict[str, list[str]]:
         """What still gives access, from the shared catalogs: login, membership either way,
-        any dependency (owned object or privilege, in any database), a session."""
+        any dependency (owned object or privilege, in any database), a session; in membership
+        mode, a session of the member that began before the disable (it may hold the group
+        through SET ROLE), whether or not the catalog let us end it."""
         rows = self.conn.execute(
             "SELECT r.rolname::pg_catalog.text, r.rolcanlogin, "
             "  EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m "
@@ -742,8 +747,8 @@ class PostgreSQLSession:
             if sessions:
                 left[name].append(f"{sessions} session(s) of {name} still open")
         for role in roles:
-            holder = holders.get(role.name)
-            if holder is None or holder == role.name:
+            holder = labels[role.name].get("member")
+            if not holder:
                 continue
             row = self.conn.execute(
                 "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a "
