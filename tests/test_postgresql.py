@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgtest import (
+    BOX_PUBLIC,
     INTEGRATION,
     PG_DSN,
     PREFIX,
@@ -405,3 +406,40 @@ def test_secret_is_fetched_once_per_batch_and_not_kept(env: Env) -> None:
     assert store.calls == 1
     engine.execute(env.request("revoke", request_id="b-0"))
     assert store.calls == 2  # a new batch asks the store again: nothing was cached
+
+
+def test_a_request_id_reused_for_another_request_is_refused_and_one_revoke_ends_it(
+    env: Env,
+) -> None:
+    first = env.engine.execute(env.request(request_id="same-1"))
+    bob = {"email": "bob@example.com", "username": "bob", "public_key": BOX_PUBLIC}
+    other = env.engine.execute(env.request(request_id="same-1", identity=bob))
+    assert other.status == "refused" and other.field == "request_id", other
+    assert env.sink.events[-1].type == "refusal"  # audited
+    assert our_roles(env.admin) == [first.principal]
+    revoke = env.engine.execute(env.request("revoke", request_id="same-1"))
+    assert revoke.status == "revoked" and revoke.verified
+    env.advance(timedelta(hours=9))
+    report = env.engine.sweep()
+    assert report.ok and report.remaining == 0
+    assert our_roles(env.admin) == []
+
+
+def test_grants_do_not_grow_any_acl(env: Env) -> None:
+    def acls() -> tuple[Any, ...]:
+        row = env.admin.execute(
+            "SELECT (SELECT relacl FROM pg_class WHERE oid = %s::regclass), "
+            "(SELECT nspacl FROM pg_namespace WHERE nspname = %s)",
+            (f"{SCHEMA}.items", SCHEMA),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    assert env.engine.execute(env.request(request_id="acl-0")).status == "granted"
+    before = acls()
+    for index in range(1, 6):
+        assert env.engine.execute(env.request(request_id=f"acl-{index}")).status == "granted"
+    # The privileges sit on one bundle role: a table's ACL, and so its row, stays the same size
+    # however many grants are live.
+    assert acls() == before
+    assert len(our_roles(env.admin)) == 6
