@@ -443,3 +443,43 @@ def test_grants_do_not_grow_any_acl(env: Env) -> None:
     # however many grants are live.
     assert acls() == before
     assert len(our_roles(env.admin)) == 6
+
+
+def test_a_batch_of_grants_runs_together_and_one_failure_fails_only_itself(make_env: Any) -> None:
+    from jitc.messages import Work
+
+    missing = f"{PREFIX}nogroup"
+    doc = catalog_doc(
+        broken={
+            "statements": ["GRANT SELECT ON {schema}.missing TO {role}"],
+            "resources": [SCHEMA],
+        },
+        analyst={"mode": "membership", "resources": [missing]},
+    )
+    env = make_env(doc)
+    clash = env.engine.plan(env.request(request_id="bt-clash")).statements[0].split('"')[1]
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(clash)))
+    ident = {"email": "a@example.com", "username": "postgres"}
+    requests = [
+        env.request(request_id="bt-0"),
+        env.request(request_id="bt-1", permission="read-write", duration="1h"),
+        env.request(request_id="bt-clash"),  # refused: a role we did not make has its name
+        env.request(request_id="bt-m", permission="analyst", resources=[missing], identity=ident),
+        env.request(request_id="bt-broken", permission="broken"),  # fails on the server
+        env.request(request_id="bt-2"),
+        env.request(request_id="bt-0"),  # a redelivery within the batch
+    ]
+    outcomes = env.engine.execute_batch([Work(r, env.now[0]) for r in requests])
+    assert [o.status for o in outcomes] == [
+        "granted",
+        "granted",
+        "refused",
+        "refused",
+        "failed",
+        "granted",
+        "granted",
+    ], [(o.status, o.message) for o in outcomes]
+    assert outcomes[-1].reissued and outcomes[-1].principal == outcomes[0].principal
+    for outcome in (outcomes[0], outcomes[1], outcomes[5]):
+        env.login(env.credentials(outcome.sealed_credentials)).close()
+    assert len(our_roles(env.admin)) == 3 + 1  # and the company's role that clashed

@@ -294,12 +294,65 @@ class PostgreSQLSession:
         return self._retrying(lambda: self._grant_once(spec))
 
     def _grant_once(self, spec: GrantSpec) -> GrantResult:
-        permission = spec.permission
-        assert isinstance(permission, Permission)
         name = role_name(self.settings, spec.grant_id)
         existing = self._roles([name]).get(name)
         if existing is not None:
             return self._regrant(spec, existing)
+        bundles = self._bundles(spec, {})
+        with self.conn.transaction():
+            # A grant lost to a server crash fails closed (the role is simply not there), so
+            # its commit need not wait for the disk; revokes always do.
+            self.conn.execute("SET LOCAL synchronous_commit = off")
+            return self._create(spec, name, bundles)
+
+    def grant_many(self, specs: Sequence[GrantSpec]) -> list[GrantResult | Exception]:
+        """A queue batch's grants in one transaction, each in its own savepoint so that one
+        failure fails only itself; each bundle is made or refreshed once, beforehand. Results
+        are in order: a GrantResult, or the exception that grant met (Refused: final)."""
+        names = [role_name(self.settings, spec.grant_id) for spec in specs]
+        existing = self._roles(names)
+        results: list[GrantResult | Exception] = []
+        fresh: dict[int, list[str]] = {}
+        made: dict[str, str] = {}
+        for index, spec in enumerate(specs):
+            role = existing.get(names[index])
+            try:
+                if role is not None:
+                    results.append(self._regrant(spec, role))
+                    continue
+                fresh[index] = self._bundles(spec, made)
+            except (Refused, TargetError, psycopg.Error) as exc:
+                results.append(exc)
+                continue
+            results.append(TargetError("not run"))
+        with self.conn.transaction():
+            self.conn.execute("SET LOCAL synchronous_commit = off")
+            for index, bundles in fresh.items():
+                try:
+                    with self.conn.transaction():
+                        results[index] = self._create(specs[index], names[index], bundles)
+                except (Refused, TargetError, psycopg.Error) as exc:
+                    results[index] = exc
+        return results
+
+    def _bundles(self, spec: GrantSpec, made: dict[str, str]) -> list[str]:
+        """The grant's bundle roles, made or brought up to date; `made` remembers a batch's."""
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        if permission.mode == "membership":
+            return []
+        names = []
+        for resource in spec.resources:
+            key = _bundle_of(self.settings, spec, resource)
+            if key not in made:
+                made[key] = self._bundle(spec, resource)
+            names.append(made[key])
+        return names
+
+    def _create(self, spec: GrantSpec, name: str, bundles: list[str]) -> GrantResult:
+        """The grant's own statements, inside the caller's transaction."""
+        permission = spec.permission
+        assert isinstance(permission, Permission)
         label: dict[str, Any] = {
             "kind": "grant",
             "grant_id": spec.grant_id,
@@ -320,7 +373,6 @@ class PostgreSQLSession:
                 name, member, spec.resources, self._label(name, label)
             )
         else:
-            bundles = [self._bundle(spec, resource) for resource in spec.resources]
             password = self._password(spec)
             statements = _user_statements(
                 self.settings,
@@ -331,10 +383,7 @@ class PostgreSQLSession:
                 self._label(name, label),
                 self.server_version,
             )
-        with self.conn.transaction():
-            # A grant lost to a server crash fails closed (the role is simply not there), so
-            # its commit need not wait for the disk; revokes always do.
-            self._run([sql.SQL("SET LOCAL synchronous_commit = off"), *statements])
+        self._run(statements)
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
     def _password(self, spec: GrantSpec) -> str:
@@ -772,7 +821,7 @@ class PostgreSQLSession:
         def drop(chunk: list[_Role]) -> None:
             with self.conn.transaction():
                 statements: list[sql.Composable] = [
-                    sql.SQL("DROP ROLE {}").format(_names(r.name for r in chunk))
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(_names(r.name for r in chunk))
                 ]
                 for role in chunk:
                     statements += self._tombstone(role.name, labels[role.name]["grant_id"], until)
