@@ -43,7 +43,8 @@ from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
 KIND = PostgreSQLTemplate.kind
-REVOKE_CHUNK = 200
+REVOKE_CHUNK = 1000
+GRANT_CHUNK = 50
 _EQ = sql.SQL("OPERATOR(pg_catalog.=)")
 
 _ROLES = (
@@ -325,14 +326,26 @@ class PostgreSQLSession:
                 results.append(exc)
                 continue
             results.append(TargetError("not run"))
+        order = list(fresh)
         with self.conn.transaction():
             self.conn.execute("SET LOCAL synchronous_commit = off")
-            for index, bundles in fresh.items():
+            for start in range(0, len(order), GRANT_CHUNK):
+                chunk = order[start : start + GRANT_CHUNK]
                 try:
+                    # The common case: a chunk of grants in one round trip, under one savepoint.
                     with self.conn.transaction():
-                        results[index] = self._create(specs[index], names[index], bundles)
-                except (Refused, TargetError, psycopg.Error) as exc:
-                    results[index] = exc
+                        made_here = self._create_many(specs, names, fresh, chunk)
+                    for index, result in made_here.items():
+                        results[index] = result
+                    continue
+                except (Refused, TargetError, psycopg.Error):
+                    pass  # which grant failed is not known: do the chunk one by one
+                for index in chunk:
+                    try:
+                        with self.conn.transaction():
+                            results[index] = self._create(specs[index], names[index], fresh[index])
+                    except (Refused, TargetError, psycopg.Error) as exc:
+                        results[index] = exc
         return results
 
     def _bundles(self, spec: GrantSpec, made: dict[str, str]) -> list[str]:
@@ -349,8 +362,29 @@ class PostgreSQLSession:
             names.append(made[key])
         return names
 
-    def _create(self, spec: GrantSpec, name: str, bundles: list[str]) -> GrantResult:
-        """The grant's own statements, inside the caller's transaction."""
+    def _create_many(
+        self,
+        specs: Sequence[GrantSpec],
+        names: list[str],
+        bundles: dict[int, list[str]],
+        chunk: list[int],
+    ) -> dict[int, GrantResult]:
+        statements: list[sql.Composable] = []
+        results = {}
+        for index in chunk:
+            results[index] = self._create(specs[index], names[index], bundles[index], statements)
+        self._run(statements)
+        return results
+
+    def _create(
+        self,
+        spec: GrantSpec,
+        name: str,
+        bundles: list[str],
+        into: list[sql.Composable] | None = None,
+    ) -> GrantResult:
+        """The grant's own statements, inside the caller's transaction; with `into`, they are
+        added there for the caller to send, not sent."""
         permission = spec.permission
         assert isinstance(permission, Permission)
         label: dict[str, Any] = {
@@ -383,7 +417,10 @@ class PostgreSQLSession:
                 self._label(name, label),
                 self.server_version,
             )
-        self._run(statements)
+        if into is None:
+            self._run(statements)
+        else:
+            into.extend(statements)
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
     def _password(self, spec: GrantSpec) -> str:
@@ -661,11 +698,17 @@ class PostgreSQLSession:
                     (oids, oids),
                 ).fetchall()
                 statements: list[sql.Composable] = []
+                moment = utcnow()
                 for role, label in live:
                     ident = sql.Identifier(role.name)
                     statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
                     since = str(label.get("disabled_at") or (now[0] if now else ""))
                     disabled_at[role.name] = since
+                    expired = datetime.fromisoformat(label["expires_at"]) <= moment
+                    if expired and label.get("mode") != "membership":
+                        # "revoking" keeps a redelivered grant from being reissued mid-revoke;
+                        # an expired grant is refused anyway, and a sweep saves a write per role.
+                        continue
                     statements.append(
                         sql.SQL("COMMENT ON ROLE {} IS {}").format(
                             ident,
@@ -674,9 +717,12 @@ class PostgreSQLSession:
                             ),
                         )
                     )
+                members: dict[str, list[str]] = {}
+                for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
+                    members.setdefault(group, []).append(member)
                 statements += [
-                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(g), sql.Identifier(u))
-                    for g, u in edges
+                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
+                    for group, names in members.items()
                 ]
                 self._run(statements)
 
@@ -824,7 +870,11 @@ class PostgreSQLSession:
                     sql.SQL("DROP ROLE IF EXISTS {}").format(_names(r.name for r in chunk))
                 ]
                 for role in chunk:
-                    statements += self._tombstone(role.name, labels[role.name]["grant_id"], until)
+                    label = labels[role.name]
+                    # A delivery of a grant after its own expiry is refused anyway: the
+                    # tombstone need not outlive it (and a sweep of expired grants makes none).
+                    expires = datetime.fromisoformat(label["expires_at"])
+                    statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
                 self._run(statements)
 
         if not roles:
