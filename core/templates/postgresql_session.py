@@ -13,6 +13,7 @@ MACed label names them (jitc.labels).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from jitc.errors import Refused, TargetError
@@ -47,6 +48,17 @@ REVOKE_CHUNK = 1000
 GRANT_CHUNK = 50
 _EQ = sql.SQL("OPERATOR(pg_catalog.=)")
 
+_FINGERPRINT = (
+    "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
+    "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
+    " (SELECT pg_catalog.max(c.oid::pg_catalog.int8) FROM pg_catalog.pg_class c "
+    "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
+    " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p "
+    "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid), "
+    " (SELECT pg_catalog.max(p.oid::pg_catalog.int8) FROM pg_catalog.pg_proc p "
+    "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid) "
+    "FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) %s"
+)
 _ROLES = (
     "SELECT r.rolname::pg_catalog.text, r.oid::pg_catalog.int8, r.rolcanlogin, "
     "  r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls, "
@@ -277,6 +289,21 @@ class PostgreSQLSession:
         if statements:
             self.conn.execute(sql.SQL(";\n").join(statements))
 
+    def _atomic(self, statements: Sequence[sql.Composable]) -> None:
+        """One transaction in one round trip. On an error the server skips the rest, COMMIT
+        included, and leaves the transaction failed: it is rolled back before raising."""
+        if not statements:
+            return
+        try:
+            self.conn.execute(
+                sql.SQL(";\n").join([sql.SQL("BEGIN"), *statements, sql.SQL("COMMIT")])
+            )
+        except psycopg.Error:
+            if self.conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
+
     def _retrying(self, step: Callable[[], T]) -> T:
         """Run a step again when the server reports a transient conflict: a company's own GRANT
         touching the same object, or a grant and a revoke of one grant racing for its name."""
@@ -295,16 +322,22 @@ class PostgreSQLSession:
         return self._retrying(lambda: self._grant_once(spec))
 
     def _grant_once(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
         name = role_name(self.settings, spec.grant_id)
-        existing = self._roles([name]).get(name)
+        resources = spec.resources if permission.mode == "ephemeral" else ()
+        wanted = [_bundle_of(self.settings, spec, resource) for resource in resources]
+        known = self._lookup([name, *wanted], resources)
+        existing = known[0].get(name)
         if existing is not None:
             return self._regrant(spec, existing)
-        bundles = self._bundles(spec, {})
-        with self.conn.transaction():
-            # A grant lost to a server crash fails closed (the role is simply not there), so
-            # its commit need not wait for the disk; revokes always do.
-            self.conn.execute("SET LOCAL synchronous_commit = off")
-            return self._create(spec, name, bundles)
+        bundles = self._bundles(spec, {}, known)
+        # A grant lost to a server crash fails closed (the role is simply not there), so its
+        # commit need not wait for the disk; revokes always do.
+        statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+        result = self._create(spec, name, bundles, statements)
+        self._atomic(statements)
+        return result
 
     def grant_many(self, specs: Sequence[GrantSpec]) -> list[GrantResult | Exception]:
         """A queue batch's grants in one transaction, each in its own savepoint so that one
@@ -348,19 +381,26 @@ class PostgreSQLSession:
                         results[index] = exc
         return results
 
-    def _bundles(self, spec: GrantSpec, made: dict[str, str]) -> list[str]:
+    def _bundles(
+        self,
+        spec: GrantSpec,
+        made: dict[str, str],
+        known: tuple[dict[str, _Role], dict[str, str]] | None = None,
+    ) -> list[str]:
         """The grant's bundle roles, made or brought up to date; `made` remembers a batch's."""
         permission = spec.permission
         assert isinstance(permission, Permission)
         if permission.mode == "membership":
             return []
-        names = []
-        for resource in spec.resources:
-            key = _bundle_of(self.settings, spec, resource)
-            if key not in made:
-                made[key] = self._bundle(spec, resource)
-            names.append(made[key])
-        return names
+        wanted = [_bundle_of(self.settings, spec, resource) for resource in spec.resources]
+        missing = [name for name in wanted if name not in made]
+        if missing and known is None:
+            known = self._lookup(missing, spec.resources)
+        for name, resource in zip(wanted, spec.resources, strict=True):
+            if name not in made:
+                assert known is not None
+                made[name] = self._bundle(spec, resource, known)
+        return wanted
 
     def _create_many(
         self,
@@ -479,30 +519,37 @@ class PostgreSQLSession:
 
     # -- bundles ---------------------------------------------------------------------------
 
-    def _fingerprint(self, resource: str) -> str:
-        """Changes whenever a relation or function appears in or leaves the resource's schema,
+    def _lookup(
+        self, names: Sequence[str], resources: Iterable[str]
+    ) -> tuple[dict[str, _Role], dict[str, str]]:
+        """Roles by name, and the fingerprint of each resource's schema, in one round trip.
+
+        A fingerprint changes whenever a relation or function appears in or leaves the schema,
         so a bundle is brought up to date for tables created after it (GRANT ... ON ALL TABLES
         covers only those that exist when it runs)."""
-        row = self.conn.execute(
-            "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
-            "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
-            " (SELECT pg_catalog.max(c.oid::pg_catalog.int8) FROM pg_catalog.pg_class c "
-            "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
-            " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p "
-            "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid), "
-            " (SELECT pg_catalog.max(p.oid::pg_catalog.int8) FROM pg_catalog.pg_proc p "
-            "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid) "
-            "FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) %s",
-            (resource.split(".", 1)[0],),
-        ).fetchone()
-        return ":".join(str(value) for value in row) if row else "-"
+        schemas = sorted({resource.split(".", 1)[0] for resource in resources})
+        with self.conn.pipeline():
+            roles = self.conn.execute(
+                _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
+                (list(names),),
+            )
+            prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in schemas]
+        found = {row[0]: self._role(row) for row in roles.fetchall()}
+        fingerprints = {}
+        for schema, cursor in prints:
+            row = cursor.fetchone()
+            fingerprints[schema] = ":".join(str(value) for value in row) if row else "-"
+        return found, fingerprints
 
-    def _bundle(self, spec: GrantSpec, resource: str) -> str:
+    def _bundle(
+        self, spec: GrantSpec, resource: str, known: tuple[dict[str, _Role], dict[str, str]]
+    ) -> str:
         permission = spec.permission
         assert isinstance(permission, Permission)
         name = _bundle_of(self.settings, spec, resource)
-        fingerprint = self._fingerprint(resource)
-        role = self._roles([name]).get(name)
+        roles, fingerprints = known
+        fingerprint = fingerprints[resource.split(".", 1)[0]]
+        role = roles.get(name)
         if role is not None:
             label = self._ours(role, "bundle")
             if label is None or role.login or role.privileged:
@@ -660,12 +707,21 @@ class PostgreSQLSession:
         labels = {role.name: label for role, label in live}
         disabled_at = self._disable(live)
         holders = self._holders(live)
-        self._terminate_all(sorted({h for h in holders.values() if h}))
+        sessions = self._terminate_all(sorted({h for h in holders.values() if h}))
         residual: dict[str, list[str]] = {role.name: [] for role in roles}
-        self._clean(roles, residual)
-        left = self._left(roles, labels, disabled_at)
-        clean = [r for r in roles if not left[r.name]]
-        dropped = self._drop(clean, labels, tombstone_until, residual)
+        dropped = self._drop_at_once(
+            [r for r in roles if not labels[r.name].get("member") and not sessions.get(r.name)],
+            labels,
+            tombstone_until,
+        )
+        rest = [r for r in roles if r.name not in dropped]
+        left: dict[str, list[str]] = {role.name: [] for role in roles}
+        if rest:
+            self._clean(rest, residual)
+            left.update(self._left(rest, labels, disabled_at))
+            dropped |= self._drop(
+                [r for r in rest if not left[r.name]], labels, tombstone_until, residual
+            )
         for role, label in live:
             residual[role.name] += left[role.name]
             gone = role.name in dropped or not left[role.name]
@@ -685,10 +741,10 @@ class PostgreSQLSession:
 
         def step() -> None:
             disabled_at.clear()
-            with self.conn.transaction():
-                now = self.conn.execute("SELECT pg_catalog.now()::pg_catalog.text").fetchone()
-                oids = [role.oid for role, _ in live]
-                edges = self.conn.execute(
+            oids = [role.oid for role, _ in live]
+            with self.conn.pipeline():
+                clock = self.conn.execute("SELECT pg_catalog.now()::pg_catalog.text")
+                found = self.conn.execute(
                     "SELECT g.rolname::pg_catalog.text, u.rolname::pg_catalog.text "
                     "FROM pg_catalog.pg_auth_members m "
                     "JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid "
@@ -696,35 +752,38 @@ class PostgreSQLSession:
                     "WHERE m.member OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
                     "OR m.roleid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
                     (oids, oids),
-                ).fetchall()
-                statements: list[sql.Composable] = []
-                moment = utcnow()
-                for role, label in live:
-                    ident = sql.Identifier(role.name)
-                    statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
-                    since = str(label.get("disabled_at") or (now[0] if now else ""))
-                    disabled_at[role.name] = since
-                    expired = datetime.fromisoformat(label["expires_at"]) <= moment
-                    if expired and label.get("mode") != "membership":
-                        # "revoking" keeps a redelivered grant from being reissued mid-revoke;
-                        # an expired grant is refused anyway, and a sweep saves a write per role.
-                        continue
-                    statements.append(
-                        sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                            ident,
-                            self._label(
-                                role.name, {**label, "state": "revoking", "disabled_at": since}
-                            ),
-                        )
+                )
+            now, edges = clock.fetchone(), found.fetchall()
+            # An edge made after this read is still caught: by DROP ROLE, or by the check
+            # that a role has no membership left before it counts as revoked.
+            statements: list[sql.Composable] = []
+            moment = utcnow()
+            for role, label in live:
+                ident = sql.Identifier(role.name)
+                statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
+                since = str(label.get("disabled_at") or (now[0] if now else ""))
+                disabled_at[role.name] = since
+                expired = datetime.fromisoformat(label["expires_at"]) <= moment
+                if expired and label.get("mode") != "membership":
+                    # "revoking" keeps a redelivered grant from being reissued mid-revoke;
+                    # an expired grant is refused anyway, and a sweep saves a write per role.
+                    continue
+                statements.append(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        ident,
+                        self._label(
+                            role.name, {**label, "state": "revoking", "disabled_at": since}
+                        ),
                     )
-                members: dict[str, list[str]] = {}
-                for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
-                    members.setdefault(group, []).append(member)
-                statements += [
-                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
-                    for group, names in members.items()
-                ]
-                self._run(statements)
+                )
+            members: dict[str, list[str]] = {}
+            for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
+                members.setdefault(group, []).append(member)
+            statements += [
+                sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
+                for group, names in members.items()
+            ]
+            self._atomic(statements)
 
         for attempt in range(3):
             try:
@@ -854,6 +913,28 @@ class PostgreSQLSession:
             if row and row[0]:
                 left[role.name].append(f"{row[0]} session(s) of {holder} still open")
         return left
+
+    def _drop_at_once(
+        self, roles: list[_Role], labels: dict[str, dict[str, Any]], until: datetime
+    ) -> set[str]:
+        """The common case in one transaction: what the roles own and hold here, the roles,
+        their tombstones. DROP ROLE refuses while any dependency is left (in any database),
+        so success means nothing is; on failure the caller goes step by step."""
+        if not roles:
+            return set()
+        statements: list[sql.Composable] = [
+            sql.SQL("DROP OWNED BY {} CASCADE").format(_names(r.name for r in roles)),
+            sql.SQL("DROP ROLE {}").format(_names(r.name for r in roles)),
+        ]
+        for role in roles:
+            label = labels[role.name]
+            expires = datetime.fromisoformat(label["expires_at"])
+            statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
+        try:
+            self._atomic(statements)
+        except psycopg.Error:
+            return set()
+        return {role.name for role in roles}
 
     def _drop(
         self,
