@@ -212,8 +212,9 @@ class PostgreSQLSession:
         self._secret = secret
         self.conn = self._connect(connection.dbname)
         self.server_version = self.conn.info.server_version // 10000
-        row = self.conn.execute("SELECT session_user, current_user").fetchone()
-        self._admins = {str(name) for name in row or ()}
+        # Reported by the server at connect: no round trip. At connect current_user is the same.
+        admin = self.conn.info.parameter_status("session_authorization")
+        self._admins = {admin or connection.user}
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
@@ -756,7 +757,9 @@ class PostgreSQLSession:
             now, edges = clock.fetchone(), found.fetchall()
             # An edge made after this read is still caught: by DROP ROLE, or by the check
             # that a role has no membership left before it counts as revoked.
-            statements: list[sql.Composable] = []
+            # Not waiting for the disk here is safe: the revoke reports success only after a
+            # later commit that does wait, and that flushes this one with it.
+            statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
             moment = utcnow()
             for role, label in live:
                 ident = sql.Identifier(role.name)
