@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -483,3 +484,44 @@ def test_a_batch_of_grants_runs_together_and_one_failure_fails_only_itself(make_
     for outcome in (outcomes[0], outcomes[1], outcomes[5]):
         env.login(env.credentials(outcome.sealed_credentials)).close()
     assert len(our_roles(env.admin)) == 3 + 1  # and the company's role that clashed
+
+
+def test_a_grant_made_before_labels_carried_a_mac_is_still_revoked(env: Env) -> None:
+    """A role the previous version made: its name from the username and the grant id, its
+    label unsigned JSON. A revoke of that grant, and the sweep after its expiry, still end it."""
+    request = env.request(request_id="legacy-1")
+    grant_id = request.target_grant_id
+    name = f"{PREFIX}alice_{grant_id[1:11]}"
+    label = {
+        "v": 1,
+        "grant_id": grant_id,
+        "request_id": "legacy-1",
+        "integration": INTEGRATION,
+        "permission": "read-only",
+        "identity": "alice@example.com",
+        "expires_at": (env.now[0] + timedelta(minutes=15)).isoformat(),
+        "state": "active",
+    }
+    role = sql.Identifier(name)
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    env.admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal("jitc:" + json.dumps(label)))
+    )
+    env.admin.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SCHEMA), role)
+    )
+    assert env.can_login(name)
+    revoke = env.engine.execute(env.request("revoke", request_id="legacy-1"))
+    assert revoke.status == "revoked" and revoke.verified and revoke.principal == name, revoke
+    assert not env.can_login(name) and name not in our_roles(env.admin)
+    assert env.engine.execute(request).status == "refused"  # the grant's tombstone
+
+    expired = {**label, "grant_id": "g" + "q" * 24, "expires_at": "2001-01-01T00:00:00+00:00"}
+    old = sql.Identifier(f"{PREFIX}bob_{'q' * 10}")
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(old))
+    env.admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(old, sql.Literal("jitc:" + json.dumps(expired)))
+    )
+    report = env.engine.sweep()
+    assert expired["grant_id"] in report.revoked and report.ok, report
+    assert f"{PREFIX}bob_{'q' * 10}" not in our_roles(env.admin)

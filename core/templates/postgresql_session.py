@@ -14,6 +14,7 @@ MACed label names them (jitc.labels).
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -64,6 +65,13 @@ _ROLES = (
     "  r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls, "
     "  pg_catalog.shobj_description(r.oid, 'pg_authid') "
     "FROM pg_catalog.pg_roles r "
+)
+
+
+# Roles labelled before labels carried a MAC: their comment is `jitc:` and JSON.
+_LEGACY = (
+    _ROLES + "WHERE pg_catalog.starts_with(r.rolname::pg_catalog.text, %s) "
+    "AND pg_catalog.starts_with(pg_catalog.shobj_description(r.oid, 'pg_authid'), 'jitc:{')"
 )
 
 
@@ -667,8 +675,14 @@ class PostgreSQLSession:
         """Which grants have a live role; a grant with none gets a tombstone, so that a grant
         delivered after its revoke is refused."""
         names = {g: role_name(self.settings, g) for g in grant_ids}
-        roles = self._roles(list(names.values()))
-        live: list[tuple[_Role, dict[str, Any]]] = []
+        with self.conn.pipeline():
+            found = self.conn.execute(
+                _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
+                (list(names.values()),),
+            )
+            old = self.conn.execute(_LEGACY, (self.settings.role_prefix,))
+        roles = {row[0]: self._role(row) for row in found.fetchall()}
+        live = self._legacy(old.fetchall(), set(grant_ids))
         stones: list[sql.Composable] = []
         for grant_id in grant_ids:
             role = roles.get(names[grant_id])
@@ -694,6 +708,57 @@ class PostgreSQLSession:
             with self.conn.transaction():
                 self._run(stones)
         return live
+
+    def _legacy(
+        self, rows: Sequence[Sequence[Any]], grant_ids: set[str] | None
+    ) -> list[tuple[_Role, dict[str, Any]]]:
+        """Live roles of these grants made before labels carried a MAC (`jitc:{...}`), so that
+        revoking a grant made before an upgrade still ends it. Only a role whose name is the
+        one that version derived from the grant id (`{prefix}{user}_{id[1:11]}`,
+        `{prefix}m_{id[1:13]}`) and that is neither privileged nor a tombstone is acted on; it
+        gets no tombstone of its own (the grant's current name takes one). With no grant ids
+        given, every such role of this integration."""
+        prefix = self.settings.role_prefix
+        found = []
+        for name, oid, login, privileged, comment in rows:
+            try:
+                label = json.loads(str(comment)[len("jitc:") :])
+            except ValueError:
+                continue
+            if not isinstance(label, dict) or label.get("v") != 1 or privileged:
+                continue
+            grant_id = str(label.get("grant_id", ""))
+            mode = label.get("mode", "ephemeral")
+            expected = (
+                name == f"{prefix}m_{grant_id[1:13]}"
+                if mode == "membership"
+                else str(name).endswith(f"_{grant_id[1:11]}")
+            )
+            if (
+                (grant_ids is not None and grant_id not in grant_ids)
+                or label.get("integration") != self.integration
+                or label.get("state") not in ("active", "revoking")
+                or not expected
+                or "expires_at" not in label
+            ):
+                continue
+            current = {
+                "kind": "grant",
+                "grant_id": grant_id,
+                "integration": self.integration,
+                "permission": label.get("permission", ""),
+                "mode": mode,
+                "expires_at": label["expires_at"],
+                "state": "revoking",
+                "legacy": True,
+            }
+            if mode == "membership":
+                current.update(
+                    member=label.get("member", ""),
+                    terminate_sessions=bool(label.get("terminate_sessions")),
+                )
+            found.append((_Role(str(name), int(oid), bool(login), False, None), current))
+        return found
 
     def _revoke(
         self, grant_ids: Sequence[str], tombstone_until: datetime
@@ -723,16 +788,24 @@ class PostgreSQLSession:
             dropped |= self._drop(
                 [r for r in rest if not left[r.name]], labels, tombstone_until, residual
             )
+        merged: set[str] = set()
         for role, label in live:
             residual[role.name] += left[role.name]
             gone = role.name in dropped or not left[role.name]
-            results[label["grant_id"]] = RevokeResult(
+            grant_id = label["grant_id"]
+            result = RevokeResult(
                 found=True,
                 principal=str(label.get("member") or role.name),
                 expires_at=datetime.fromisoformat(label["expires_at"]),
                 residual=residual[role.name],
                 verified=gone,
             )
+            if grant_id in merged:  # a grant's current role and one from before an upgrade
+                earlier = results[grant_id]
+                result.residual = earlier.residual + result.residual
+                result.verified = earlier.verified and result.verified
+            results[grant_id] = result
+            merged.add(grant_id)
         return results
 
     def _disable(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str]:
@@ -931,6 +1004,8 @@ class PostgreSQLSession:
         ]
         for role in roles:
             label = labels[role.name]
+            if label.get("legacy"):
+                continue
             expires = datetime.fromisoformat(label["expires_at"])
             statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
         try:
@@ -955,6 +1030,8 @@ class PostgreSQLSession:
                 ]
                 for role in chunk:
                     label = labels[role.name]
+                    if label.get("legacy"):
+                        continue
                     # A delivery of a grant after its own expiry is refused anyway: the
                     # tombstone need not outlive it (and a sweep of expired grants makes none).
                     expires = datetime.fromisoformat(label["expires_at"])
@@ -1043,6 +1120,11 @@ class PostgreSQLSession:
             (self.settings.role_prefix,),
         ).fetchall()
         grants = []
+        old = [row for row in rows if str(row[4] or "").startswith("jitc:{")]
+        for old_role, old_label in self._legacy(old, None):
+            made = grant_from_label(KIND, old_role.name, {**old_label, "state": "active"})
+            if made is not None:
+                grants.append(made)
         for row in rows:
             role = self._role(row)
             label = self._ours(role)
