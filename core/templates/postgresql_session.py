@@ -218,6 +218,7 @@ class PostgreSQLSession:
         self.settings = connection
         self.key = key
         self._secret = secret
+        self._verified: dict[tuple[str, str | None], dict[str, Any] | None] = {}
         self.conn = self._connect(connection.dbname)
         self.server_version = self.conn.info.server_version // 10000
         # Reported by the server at connect: no round trip. At connect current_user is the same.
@@ -274,13 +275,11 @@ class PostgreSQLSession:
 
     def _role(self, row: Sequence[Any]) -> _Role:
         name, oid, login, privileged, comment = row
-        return _Role(
-            str(name),
-            int(oid),
-            bool(login),
-            bool(privileged),
-            verify_label(self.key, KIND, str(name), comment),
-        )
+        key = (str(name), comment)
+        if key not in self._verified:  # the sweep lists, then revokes: verify each label once
+            self._verified[key] = verify_label(self.key, KIND, str(name), comment)
+        label = self._verified[key]
+        return _Role(str(name), int(oid), bool(login), bool(privileged), label)
 
     def _ours(self, role: _Role, kind: str = "grant") -> dict[str, Any] | None:
         label = role.label
@@ -763,35 +762,43 @@ class PostgreSQLSession:
     def _revoke(
         self, grant_ids: Sequence[str], tombstone_until: datetime
     ) -> dict[str, RevokeResult]:
-        """Disable (committed), end sessions, clean every database, verify, drop. Access has
-        ended after the first step; the role is dropped only once nothing of it is left."""
+        """The common case first: drop an ephemeral grant's role with what it owns and holds
+        here, in one transaction, then end its sessions. When that cannot commit (something of
+        the role's elsewhere, a lock), nothing changed, and the revoke goes step by step:
+        disable (committed on its own, so access ends whatever follows), end sessions, clean
+        every database, verify, drop. The role is dropped only once nothing of it is left."""
         results: dict[str, RevokeResult] = {}
         live = self._retrying(lambda: self._classify(grant_ids, tombstone_until, results))
         if not live:
             return results
         roles = [role for role, _ in live]
         labels = {role.name: label for role, label in live}
-        disabled_at = self._disable(live)
-        holders = self._holders(live)
-        sessions = self._terminate_all(sorted({h for h in holders.values() if h}))
         residual: dict[str, list[str]] = {role.name: [] for role in roles}
-        dropped = self._drop_at_once(
-            [r for r in roles if not labels[r.name].get("member") and not sessions.get(r.name)],
-            labels,
-            tombstone_until,
-        )
-        rest = [r for r in roles if r.name not in dropped]
         left: dict[str, list[str]] = {role.name: [] for role in roles}
+        dropped = self._drop_at_once(
+            [r for r in roles if not labels[r.name].get("member")], labels, tombstone_until
+        )
+        if dropped:
+            # A dropped role's open sessions live on until ended; no new one can start.
+            remaining = self._end_sessions([r.oid for r in roles if r.name in dropped])
+            for role in roles:
+                if remaining.get(role.oid):
+                    left[role.name].append(f"{remaining[role.oid]} session(s) of {role.name} open")
+        rest = [(r, labels[r.name]) for r in roles if r.name not in dropped]
         if rest:
-            self._clean(rest, residual)
-            left.update(self._left(rest, labels, disabled_at))
+            disabled_at = self._disable(rest)
+            holders = self._holders(rest)
+            self._terminate_all(sorted({h for h in holders.values() if h}))
+            others = [role for role, _ in rest]
+            self._clean(others, residual)
+            left.update(self._left(others, labels, disabled_at))
             dropped |= self._drop(
-                [r for r in rest if not left[r.name]], labels, tombstone_until, residual
+                [r for r in others if not left[r.name]], labels, tombstone_until, residual
             )
         merged: set[str] = set()
         for role, label in live:
             residual[role.name] += left[role.name]
-            gone = role.name in dropped or not left[role.name]
+            gone = not left[role.name]
             grant_id = label["grant_id"]
             result = RevokeResult(
                 found=True,
@@ -1054,6 +1061,31 @@ class PostgreSQLSession:
                         f"role {role.name} not dropped: {exc.diag.message_primary}"
                     )
             return dropped
+
+    def _end_sessions(self, oids: list[int]) -> dict[int, int]:
+        """End every session of these (dropped) roles, by their former oid; wait, bounded."""
+        if not oids:
+            return {}
+        query = (
+            "SELECT a.usesysid::pg_catalog.int8, pg_catalog.count(*) "
+            "FROM pg_catalog.pg_stat_activity a "
+            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
+        )
+        row = self.conn.execute(
+            "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
+            "FROM pg_catalog.pg_stat_activity a "
+            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()",
+            (oids,),
+        ).fetchone()
+        deadline = time.monotonic() + self.settings.terminate_wait_seconds
+        while row and row[0]:
+            counts = {int(k): int(v) for k, v in self.conn.execute(query, (oids,)).fetchall()}
+            if not counts or time.monotonic() >= deadline:
+                return counts
+            time.sleep(0.02)
+        return {}
 
     def _terminate_all(self, names: list[str]) -> dict[str, int]:
         """End every session of these roles; wait (bounded) until the server reports them gone."""
