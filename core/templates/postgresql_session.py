@@ -201,11 +201,15 @@ def _membership_statements(
 
 
 def _transient(exc: psycopg.Error) -> bool:
+    """Worth running again: a grant and a revoke of one grant racing for its role name (the one
+    that loses finds the other's role when it looks again), a bundle made or dropped by another
+    worker, or a concurrent change to the same catalog row."""
     if isinstance(
         exc,
         psycopg.errors.SerializationFailure
         | psycopg.errors.DeadlockDetected
         | psycopg.errors.UniqueViolation
+        | psycopg.errors.DuplicateObject
         | psycopg.errors.UndefinedObject,
     ):
         return True
