@@ -84,6 +84,7 @@ class Integration:
     credentials: SecretRef | None
     max_duration: timedelta
     permissions: dict[str, PermissionSettings]
+    max_duration_text: str = ""  # as the catalog wrote it, for people
 
     @property
     def template(self) -> Template:
@@ -110,6 +111,8 @@ class Catalog:
         `plain` is the local operator asking for credentials in the clear (CLI only): then the
         identity needs no public key.
         """
+        # A signature time ahead of our clock (within the allowed skew) must not lengthen access.
+        issued_at = min(issued_at, now)
         integration = self.integration(request.integration)
         assert request.permission is not None and request.identity is not None
         permission = integration.permissions.get(request.permission)
@@ -216,6 +219,7 @@ def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
             credentials=credentials,
             max_duration=parse_duration(item.max_duration),
             permissions=permissions,
+            max_duration_text=item.max_duration,
         )
     return Catalog(raw.control_plane, raw.connector, integrations)
 

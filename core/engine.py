@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from jitc.catalog import Catalog, Integration
 from jitc.errors import JitcError, Refused
 from jitc.messages import Work
-from jitc.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
+from jitc.models import AccessRequest, AuditEvent, Grant, Outcome, parse_duration, utcnow
 from jitc.ports import EventSink, ExpiryScheduler
 from jitc.sealing import seal
 from jitc.secrets import Secret, SecretStore
-from jitc.templates.base import RevokeResult, TargetSession
+from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, TargetSession
 
 log = logging.getLogger("jitc.engine")
 
@@ -242,11 +242,15 @@ class Engine:
         spec = self.catalog.check_grant(request, work.issued_at, self.clock(), plain=plain)
         integration = self.catalog.integration(request.integration)
         result = batch.session(integration).grant(spec)
-        self.scheduler.schedule(spec.grant_id, integration.name, spec.expires_at)
+        expires_at = self._recorded_expiry(batch, integration, spec, result)
+        self.scheduler.schedule(spec.grant_id, integration.name, expires_at)
+        credentials = result.credentials
+        if credentials is not None and "expires_at" in credentials:
+            credentials = {**credentials, "expires_at": expires_at.isoformat()}
         sealed = None
         assert request.identity is not None
-        if result.credentials is not None and request.identity.public_key is not None:
-            sealed = seal(result.credentials, request.identity.public_key)
+        if credentials is not None and request.identity.public_key is not None:
+            sealed = seal(credentials, request.identity.public_key)
         return Outcome(
             request_id=request.request_id,
             action="grant",
@@ -254,11 +258,41 @@ class Engine:
             integration=integration.name,
             grant_id=spec.grant_id,
             principal=result.principal,
-            expires_at=spec.expires_at,
+            expires_at=expires_at,
             sealed_credentials=sealed,
-            credentials=result.credentials if plain else None,
+            credentials=credentials if plain else None,
             reissued=result.reissued,
         )
+
+    def _recorded_expiry(
+        self, batch: _Batch, integration: Integration, spec: GrantSpec, result: GrantResult
+    ) -> datetime:
+        """The expiry the target holds for this grant. A redelivery computes its own, later one
+        (a duration counts from its own signature), but the grant keeps the first: the timer
+        and every outcome must say what the target will enforce."""
+        if result.expires_at is not None:
+            return result.expires_at
+        if result.reissued:
+            for grant in batch.session(integration).active_grants():
+                if grant.grant_id == spec.grant_id and grant.state == "active":
+                    return grant.expires_at
+        return spec.expires_at
+
+    def live_grants(self, names: Sequence[str] | None = None) -> dict[str, list[Grant] | str]:
+        """The grants each target still holds that this connector made (the target is the
+        ledger), by integration; an integration that cannot be read gives the reason instead."""
+        found: dict[str, list[Grant] | str] = {}
+        with self._batch() as batch:
+            for integration in self.catalog.integrations.values():
+                if names is not None and integration.name not in names:
+                    continue
+                try:
+                    found[integration.name] = batch.session(integration).active_grants()
+                except Exception as exc:
+                    batch.discard(integration)
+                    text = str(exc) if isinstance(exc, JitcError) else type(exc).__name__
+                    found[integration.name] = batch.scrub(text)
+        return found
 
     def _tombstone_until(self, integration: Integration) -> datetime:
         skew = parse_duration(self.catalog.control_plane.max_skew)
@@ -335,6 +369,7 @@ class Engine:
                 identity=request.identity.email if request.identity else None,
                 principal=outcome.principal,
                 expires_at=outcome.expires_at,
+                justification=request.justification,
                 field=outcome.field,
                 message=outcome.message,
                 residual=outcome.residual,

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -112,6 +113,18 @@ class AccessRequest(_Strict):
     grant_id: GrantId | None = Field(
         default=None, description="revoke only: the grant to end (default: the grant of request_id)"
     )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_calendar(cls, value: datetime | None) -> datetime | None:
+        # A date at the edge of the calendar with an offset has no UTC form: refuse it here, as
+        # invalid input, rather than fail later with an OverflowError.
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expires_at is outside the representable range") from None
 
     @model_validator(mode="after")
     def _shape(self) -> AccessRequest:
@@ -208,6 +221,7 @@ class AuditEvent(_Strict):
     identity: str | None = None
     principal: str | None = None
     expires_at: AwareDatetime | None = None
+    justification: str | None = Field(default=None, description="as the request gave it")
     field: str | None = None
     message: str | None = None
     residual: list[str] = Field(default_factory=list)

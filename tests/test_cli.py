@@ -109,10 +109,11 @@ def test_failure_exits_1(tmp_path: Path, admin: Any) -> None:
     failed = jitc("grant", request(tmp_path), "--plain", "--catalog", str(path))
     assert failed.returncode == 1 and "cannot connect" in failed.stdout
     assert jitc("sweep", "--catalog", str(path)).returncode == 1
-    assert (
-        jitc("grant", request(tmp_path), "--catalog", str(tmp_path / "missing.yaml")).returncode
-        == 1
-    )
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("integrations: [")
+    for catalog in (tmp_path / "missing.yaml", malformed):
+        # a missing file and a malformed one are the same mistake: the input is wrong
+        assert jitc("grant", request(tmp_path), "--catalog", str(catalog)).returncode == 2
 
 
 def test_keygen_sealed_grant_and_open(tmp_path: Path, catalog_file: Path, admin: Any) -> None:
