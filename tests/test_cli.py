@@ -153,7 +153,18 @@ def test_serve_and_send(tmp_path: Path, admin: Any) -> None:
     events = tmp_path / "events.jsonl"
     port = _free_port()
     server = subprocess.Popen(
-        [*JITC, "serve", "--catalog", str(catalog), "--port", str(port), "--events", str(events)],
+        [
+            *JITC,
+            "serve",
+            "--catalog",
+            str(catalog),
+            "--port",
+            str(port),
+            "--events",
+            str(events),
+            "--journal",
+            str(tmp_path / "journal.db"),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
