@@ -47,8 +47,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors exit with their own status, never 2 (which means refused)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: usage error: {message}", file=sys.stderr)
+        print(f"{self.prog}: usage error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -167,12 +166,10 @@ def _show(outcome: Outcome, args: argparse.Namespace, sink: _CheckedSink | None 
         print(f"  {statement};")
     if outcome.sealed_credentials:
         if out:
-            print(f"  sealed credentials written to {out} (open: jitc open {out} --key BOX.key)")
+            print(f"  sealed credentials: written to {out}")
         else:
-            print(
-                f"  sealed credentials (open: jitc open - --key BOX.key): "
-                f"{outcome.sealed_credentials}"
-            )
+            print(f"  sealed credentials: {outcome.sealed_credentials}")
+        print("  (open them with: jitc open FILE --key BOX.key, or paste them into jitc open -)")
     if outcome.credentials:
         for key, value in outcome.credentials.items():
             print(f"  {key}: {value}")
@@ -245,7 +242,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                     "principal": grant.principal,
                     "permission": grant.permission,
                     "state": grant.state,
-                    "expires_at": grant.expires_at.isoformat(),
+                    "expires_at": grant.model_dump(mode="json")["expires_at"],
                     "seconds_left": max(0, int((grant.expires_at - now).total_seconds())),
                 }
             )
@@ -367,6 +364,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _is_sealed_blob(text: str) -> bool:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) > 48  # a sealed box adds 48 bytes to what it seals
+
+
 def _sealed_from(text: str) -> str:
     """The sealed blob in an outcome, a `serve` events line, a webhook body, or the bare blob."""
     candidates: list[Any] = []
@@ -384,7 +389,7 @@ def _sealed_from(text: str) -> str:
             if isinstance(inner, dict) and isinstance(inner.get("sealed_credentials"), str):
                 return str(inner["sealed_credentials"])
     bare = text.strip()
-    if bare and not candidates:
+    if not candidates and _is_sealed_blob(bare):
         return bare
     raise Refused(
         "outcome", "no sealed_credentials in it (give an outcome, an event line or the blob)"
