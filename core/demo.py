@@ -194,6 +194,9 @@ def _story(dsn: str, where: str, seconds: int) -> None:
             "justification": "jitc demo",
         }
     ).encode()
+    print(
+        f"this run: schema {schema}, integration {integration}, roles {connection['role_prefix']}*"
+    )
     steps = Steps()
     state: dict[str, Any] = {}
     runtime: LocalRuntime | None = None

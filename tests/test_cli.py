@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -365,3 +366,75 @@ def test_demo_with_a_bad_dsn_says_why_in_one_line() -> None:
     assert result.returncode == 1
     assert "connection refused" in result.stdout and "canary-secret" not in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_sink_that_fails_after_the_act_still_shows_the_outcome(
+    tmp_path: Path, catalog_file: Path, admin: Any
+) -> None:
+    result = jitc(
+        "grant",
+        request(tmp_path),
+        "--plain",
+        "--catalog",
+        str(catalog_file),
+        "--events",
+        "/dev/full",  # opens, then every write fails: a full disk
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "granted:" in result.stdout
+        and "WARNING" in result.stdout
+        and "not recorded" in result.stdout
+    )
+    assert "Traceback" not in result.stderr
+
+
+def _demo_run(output: str) -> tuple[str, str]:
+    line = next(line for line in output.splitlines() if line.startswith("this run:"))
+    schema = line.split("schema ", 1)[1].split(",")[0]
+    prefix = line.split("roles ", 1)[1].rstrip("*")
+    return schema, prefix
+
+
+def _left_behind(admin: Any, schema: str, prefix: str) -> list[Any]:
+    roles = admin.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)
+    ).fetchall()
+    schemas = admin.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname = %s", (schema,)
+    ).fetchall()
+    return roles + schemas
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_revokes_and_drops_what_it_created(admin: Any) -> None:
+    proc = subprocess.Popen(
+        [*JITC, "demo", "--seconds", "60"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    output = ""
+    for line in proc.stdout:
+        output += line
+        if "INSERT refused" in line:  # granted and used: a live LOGIN role exists now
+            break
+    schema, prefix = _demo_run(output)
+    proc.send_signal(signal.SIGINT)
+    output += proc.stdout.read()
+    assert proc.wait(timeout=60) == 130, output
+    assert "Traceback" not in output and "interrupted" in output
+    assert _left_behind(admin, schema, prefix) == []
+
+
+@pytest.mark.slow
+def test_two_demos_at_once_on_one_server_both_pass_and_leave_nothing(admin: Any) -> None:
+    procs = [
+        subprocess.Popen(
+            [*JITC, "demo", "--seconds", "3"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output
+        assert _left_behind(admin, *_demo_run(output)) == []
+        assert "jitc-demo-events" not in output
