@@ -689,9 +689,12 @@ def _main(argv: list[str]) -> int:
     if argv[:1] == ["package"]:
         from jitc.packaging import main as package
 
+        if argv[1:2] in (["gcp"], ["azure"]):
+            _fail(as_json, "refused", "cloud", f"{argv[1]}: not built yet (only aws is)")
+            return EXIT_REFUSED
         if "-h" not in argv and "--help" not in argv:
             print(
-                "building the package (fetches pinned wheels; about a minute) ...",
+                "building the package (fetches the pinned wheels: about a minute) ...",
                 file=sys.stderr,
                 flush=True,
             )
