@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_an_unreachable_postgresql_stops_the_suite_before_any_test() -> None:
     dsn = "host=127.0.0.1 port=1 dbname=test user=postgres"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "tests"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -23,4 +23,4 @@ def test_an_unreachable_postgresql_stops_the_suite_before_any_test() -> None:
     )
     assert result.returncode == 3, result.stdout[-2000:]
     assert "not reachable" in result.stdout and "JITC_TEST_PG_DSN" in result.stdout
-    assert " passed" not in result.stdout and " failed" not in result.stdout
+    assert "PASSED" not in result.stdout and "FAILED" not in result.stdout
