@@ -37,6 +37,7 @@ from jitc.signing import sign, signing_keypair
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 64, 130
 KNOWN_SECRET_SCHEMES = ("env", "file", "aws-sm")
 RELAXED_SSLMODES = ("disable", "allow", "prefer", "require")
+SHOWN = 20  # live grants listed when serve stops
 
 
 class Failed(JitcError):
@@ -484,6 +485,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "expiry timers rebuilt from the targets, sweep running now",
         flush=True,
     )
+
+    def report_timers() -> None:
+        if runtime.timers_ready.wait() and runtime.timers_rebuilt_at is not None:
+            took = runtime.timers_rebuilt_at - runtime.started_at
+            print(
+                f"  {runtime.timers_rebuilt} expiry timer(s) rebuilt from the targets "
+                f"{took:.2f}s after start",
+                flush=True,
+            )
+
+    threading.Thread(target=report_timers, daemon=True).start()
     while not stop.wait(0.5):
         pass
     print("stopping: no new requests; finishing the batches in flight ...", flush=True)
@@ -493,11 +505,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{args.journal} for the next start",
         flush=True,
     )
-    for grant_id, at in sorted(left.timers.items(), key=lambda kv: kv[1]):
+    timers = sorted(left.timers.items(), key=lambda kv: kv[1])
+    if timers:
         print(
-            f"  grant {grant_id} expires {at.isoformat()} ({_left(at)}): revoked at the next "
-            "start's sweep if still live; the target's own expiry applies meanwhile"
+            f"{len(timers)} live grant(s); each target enforces its own expiry meanwhile, "
+            "and the next start revokes what is due:"
         )
+    for grant_id, at in timers[:SHOWN]:
+        print(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
+    if len(timers) > SHOWN:
+        print(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ done only after its outcome was emitted; on start, what is not done is replayed 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -50,6 +51,13 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Request bodies name identities: readable by the connector's user only.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            # One owner at a time: two runtimes replaying one journal would run everything twice.
+            self._owner = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._owner)
+                raise JournalError(f"journal {path} is in use by another jitc serve") from None
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -114,3 +122,4 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            os.close(self._owner)

@@ -122,6 +122,8 @@ class LocalRuntime:
         self.batch_size = batch_size
         self.started_at = 0.0
         self.timers_rebuilt_at: float | None = None
+        self.timers_ready = threading.Event()  # set once the first rebuild has run
+        self.timers_rebuilt = 0
         self._stop = threading.Event()
         self._retries: set[threading.Timer] = set()
         self._retry_lock = threading.Lock()
@@ -280,6 +282,7 @@ class LocalRuntime:
             try:
                 count = self.rebuild_timers()
                 if first:
+                    self.timers_rebuilt = count
                     self.timers_rebuilt_at = time.monotonic()
                     log.info(
                         "%d expiry timers rebuilt from the targets in %.2f s",
@@ -288,6 +291,7 @@ class LocalRuntime:
                     )
             except Exception:
                 log.exception("rebuilding timers failed")
+            self.timers_ready.set()
             first = False
             if self._stop.is_set():
                 return

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import secrets
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +127,28 @@ def test_the_journal_refuses_a_replay_across_a_restart(serve: Serve) -> None:
     serve.start()  # a new process: its in-memory replay guard is empty
     status, answer = serve.send(doc, timestamp=now)
     assert status == 409 and answer["field"] == "signature", answer
+
+
+def test_a_second_serve_on_the_same_journal_is_refused(serve: Serve) -> None:
+    serve.start()
+    other = Serve(serve.folder)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jitc.cli",
+            "serve",
+            "--catalog",
+            str(serve.catalog()),
+            "--port",
+            str(other.port),
+            "--journal",
+            str(serve.journal),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=serve.folder,
+    )
+    assert result.returncode == 1 and "in use by another jitc serve" in result.stderr
+    assert "Traceback" not in result.stderr

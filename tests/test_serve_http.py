@@ -171,3 +171,13 @@ class _Broken:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def test_the_intake_publishes_its_openapi_document(runtime: Any) -> None:
+    from jitc.openapi import openapi_document
+
+    rt, _ = runtime
+    answer = _raw(rt, b"GET /openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert _status(answer) == 200
+    doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert doc == openapi_document(rt.url)
