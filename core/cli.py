@@ -481,8 +481,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime.start()
     print(f"jit-connector listening on {runtime.url}/v1/requests", flush=True)
     print(
-        f"  journal {args.journal}: {pending_at_start} accepted request(s) replayed; "
-        "expiry timers rebuilt from the targets, sweep running now",
+        f"  journal {args.journal}: {pending_at_start} accepted request(s) to replay; "
+        "rebuilding the expiry timers from the targets and sweeping now",
         flush=True,
     )
 
