@@ -11,6 +11,7 @@ import argparse
 import base64
 import binascii
 import json
+import logging
 import os
 import signal
 import sys
@@ -717,6 +718,10 @@ def _main(argv: list[str]) -> int:
             )
         return package(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        # A one-shot command prints each failure once, in its outcome; the engine's own
+        # warnings are for a long-running process's log.
+        logging.getLogger("jitc").setLevel(logging.ERROR)
     try:
         result: int = args.func(args)
     except Refused as exc:

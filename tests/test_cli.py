@@ -109,6 +109,8 @@ def test_failure_exits_1(tmp_path: Path, admin: Any) -> None:
     path.write_text(yaml.safe_dump(doc))
     failed = jitc("grant", request(tmp_path), "--plain", "--catalog", str(path))
     assert failed.returncode == 1 and "cannot connect" in failed.stdout
+    said = [line for line in failed.stderr.splitlines() if not line.startswith("{")]
+    assert not any("cannot connect" in line for line in said)  # said once (audit lines aside)
     assert jitc("sweep", "--catalog", str(path)).returncode == 1
     malformed = tmp_path / "malformed.yaml"
     malformed.write_text("integrations: [")
