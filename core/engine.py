@@ -141,6 +141,41 @@ class Engine:
         with self._batch() as batch:
             return [self._run(batch, work, plain) for work in items]
 
+    def revoke_batch(self, requests: Sequence[AccessRequest]) -> list[Outcome]:
+        """Revokes that fell due together (expiry timers): each integration's share goes to the
+        template's bulk revoke where it has one, the rest one by one; reported one by one,
+        exactly as `execute_batch` would."""
+        outcomes: dict[int, Outcome] = {}
+        with self._batch() as batch:
+            shares: dict[str, list[int]] = {}
+            for index, request in enumerate(requests):
+                shares.setdefault(request.integration, []).append(index)
+            for name, indexes in shares.items():
+                integration = self.catalog.integrations.get(name)
+                bulk: dict[str, RevokeResult] = {}
+                if integration is not None:
+                    ids = list(dict.fromkeys(requests[i].target_grant_id for i in indexes))
+                    try:
+                        session = batch.session(integration)
+                    except Exception:  # each revoke below reports the connection's failure
+                        batch.discard(integration)
+                    else:
+                        bulk = self._revoke_many(batch, integration, session, ids)
+                for index in indexes:
+                    request = requests[index]
+                    result = bulk.get(request.target_grant_id)
+                    if integration is None or result is None:
+                        outcomes[index] = self._run(batch, Work(request, self.clock()), False)
+                        continue
+                    try:
+                        self.scheduler.cancel(request.target_grant_id)
+                        outcome = self._revoked(request, integration, result)
+                    except Exception as exc:  # reported; the message is retried
+                        outcome = self._failure(batch, request, exc)
+                    self._report(request, outcome)
+                    outcomes[index] = outcome
+        return [outcomes[index] for index in range(len(requests))]
+
     def sweep(self, now: datetime | None = None) -> SweepReport:
         """Ask every target for our labelled grants and end those past their expiry."""
         report = SweepReport()

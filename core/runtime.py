@@ -27,7 +27,7 @@ from jitc.http_intake import HttpServer, intake_app
 from jitc.intake import Intake
 from jitc.journal import Journal
 from jitc.local import ThreadScheduler
-from jitc.messages import decode_message
+from jitc.messages import Work, decode_message
 from jitc.models import AuditEvent, utcnow
 from jitc.openapi import openapi_document
 from jitc.ports import EventSink
@@ -92,6 +92,17 @@ class Pending:
     timers: dict[str, datetime] = field(default_factory=dict)  # grant id -> expiry
 
 
+def _runs(items: list[_Item], work: list[Work]) -> list[list[tuple[_Item, Work]]]:
+    """Consecutive expiries, and consecutive requests, as groups, in the order they came."""
+    groups: list[list[tuple[_Item, Work]]] = []
+    for pair in zip(items, work, strict=True):
+        if groups and (groups[-1][0][0].seq is None) == (pair[0].seq is None):
+            groups[-1].append(pair)
+        else:
+            groups.append([pair])
+    return groups
+
+
 class LocalRuntime:
     def __init__(
         self,
@@ -101,7 +112,7 @@ class LocalRuntime:
         host: str = "127.0.0.1",
         port: int = 8080,
         sweep_interval: float = 60.0,
-        batch_size: int = 10,
+        batch_size: int = 50,  # expiries that fall due together share one bulk revoke
         *,
         journal: Path | None = None,
         workers: int = 4,
@@ -199,7 +210,9 @@ class LocalRuntime:
             items = self._batch(source)
             if not items:
                 continue
-            work, runnable, done = [], [], []
+            work: list[Work] = []
+            runnable: list[_Item] = []
+            done: list[_Item] = []
             for item in items:
                 try:
                     work.append(decode_message(item.text, self.engine.catalog, time.time()))
@@ -213,14 +226,18 @@ class LocalRuntime:
                     self._audit_refusal(Refused("message", "could not be decoded"))
                     done.append(item)
             failed: list[_Item] = []
-            if work:
+            for group in _runs(runnable, work):
+                items_, works = [i for i, _ in group], [w for _, w in group]
                 try:
-                    outcomes = self.engine.execute_batch(work)
-                except Exception:  # e.g. the event sink is down: the whole batch runs again
+                    if items_[0].seq is None:  # expiries that fell due together: bulk revoke
+                        outcomes = self.engine.revoke_batch([w.request for w in works])
+                    else:
+                        outcomes = self.engine.execute_batch(works)
+                except Exception:  # e.g. the event sink is down: the whole group runs again
                     log.exception("batch failed; it will run again")
-                    failed = runnable
+                    failed.extend(items_)
                 else:
-                    for item, outcome in zip(runnable, outcomes, strict=True):
+                    for item, outcome in zip(items_, outcomes, strict=True):
                         (failed if outcome.status == "failed" else done).append(item)
             self._mark_done(done)
             for item in done:
