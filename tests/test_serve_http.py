@@ -181,3 +181,33 @@ def test_the_intake_publishes_its_openapi_document(runtime: Any) -> None:
     assert _status(answer) == 200
     doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert doc == openapi_document(rt.url)
+
+
+def test_grants_that_expire_together_are_all_revoked_and_verified(runtime: Any, admin: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pgtest import our_roles
+
+    rt, sink = runtime
+    before = set(our_roles(admin))
+    expires = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
+    count = 12
+    for i in range(count):
+        doc = json.loads(_body(f"together-{time.monotonic_ns()}-{i}"))
+        del doc["duration"]
+        doc["expires_at"] = expires
+        assert _status(_request(rt, json.dumps(doc).encode())) == 202
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        revokes = [o for o in sink.outcomes if o.action == "revoke"]
+        if len(revokes) >= count:
+            break
+        time.sleep(0.1)
+    assert len(revokes) == count, sink.outcomes
+    assert all(o.status == "revoked" and o.verified for o in revokes), revokes
+    assert all(o.request_id.startswith("expire-") for o in revokes)
+    made = {o.principal for o in sink.outcomes if o.action == "grant"}
+    login = admin.execute(
+        "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname = ANY(%s)", (list(made),)
+    ).fetchall()
+    assert login == [] and set(our_roles(admin)) - before <= made  # tombstones at most
