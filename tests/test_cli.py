@@ -177,7 +177,8 @@ def test_serve_and_send(tmp_path: Path, admin: Any) -> None:
         url = f"http://127.0.0.1:{port}"
         box = jitc("keygen", "--box", "--out", str(tmp_path / "box.key")).stdout.strip()
         req = request(tmp_path, identity={"email": "op@example.com", "public_key": box})
-        sent = jitc("send", url, req, "--key", str(key), "--key-id", "cp-1")
+        # the URL exactly as serve prints it
+        sent = jitc("send", url + "/v1/requests", req, "--key", str(key), "--key-id", "cp-1")
         assert sent.returncode == 0 and json.loads(sent.stdout)["status"] == "accepted"
         forged = jitc("send", url, req, "--key", str(tmp_path / "box.key"), "--key-id", "cp-1")
         assert forged.returncode == 2
