@@ -309,6 +309,11 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
                 f"{where}: secret scheme {scheme!r} is not one of {', '.join(KNOWN_SECRET_SCHEMES)}"
             )
     for integration in catalog.integrations.values():
+        # A template that knows its own relaxed settings says so; else the common TLS setting.
+        relaxed = getattr(integration.connection, "warnings", None)
+        if callable(relaxed):
+            warnings.extend(f"integration {integration.name!r}: {text}" for text in relaxed())
+            continue
         sslmode = getattr(integration.connection, "sslmode", None)
         if sslmode in RELAXED_SSLMODES:
             warnings.append(
@@ -320,17 +325,27 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
 
 def cmd_catalog_check(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
-    for integration in catalog.integrations.values():
-        limits = []
-        for name in sorted(integration.permissions):
-            permission = integration.permissions[name]
-            own = f" (max {permission.max_duration})" if permission.max_duration else ""
-            limits.append(name + own)
-        print(
-            f"{integration.name} ({integration.kind}): {', '.join(limits)}; "
-            f"max {integration.max_duration_text}"
-        )
     warnings = catalog_warnings(catalog)
+    rows = []
+    for integration in catalog.integrations.values():
+        permissions = {
+            name: integration.permissions[name].max_duration or integration.max_duration_text
+            for name in sorted(integration.permissions)
+        }
+        rows.append((integration, permissions))
+    if args.json:
+        doc = {
+            "integrations": {
+                i.name: {"kind": i.kind, "max_duration": i.max_duration_text, "permissions": p}
+                for i, p in rows
+            },
+            "warnings": warnings,
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    for integration, permissions in rows:
+        shown = ", ".join(f"{name} (max {limit})" for name, limit in permissions.items())
+        print(f"{integration.name} ({integration.kind}): {shown}")
     for warning in warnings:
         print(f"warning: {warning}")
     print(f"catalog OK ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})")
@@ -611,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     p = with_catalog(_sub(csub, "check", "validate a catalog and warn about relaxed settings"))
     p.add_argument("path", nargs="?", help="the catalog (or --catalog, or $JITC_CATALOG)")
-    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_catalog_check)
 
     p = _sub(sub, "schema", "print or write the JSON Schemas and the OpenAPI document")
