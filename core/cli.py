@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import importlib
 import json
 import logging
 import os
@@ -119,8 +120,32 @@ class _CheckedSink:
             self.error = f"outcome not recorded: {exc.strerror or exc}"
 
 
+# What each target kind's template needs installed, and the extra that installs it.
+KIND_NEEDS = {
+    "postgresql": ("psycopg", "postgresql"),
+    "aws_iam": ("boto3", "aws"),
+    "aws_identity_center": ("boto3", "aws"),
+}
+
+
+def _check_installed(catalog: Catalog) -> None:
+    """Say which extra to install before anything runs, rather than fail inside a grant."""
+    for integration in catalog.integrations.values():
+        module, extra = KIND_NEEDS.get(integration.kind, (None, None))
+        if module is None:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise Failed(
+                f"integration {integration.name!r} ({integration.kind}) needs {module}: "
+                f"pip install 'jit-connector[{extra}]'"
+            ) from None
+
+
 def _engine(args: argparse.Namespace) -> tuple[Engine, _CheckedSink]:
     catalog = _catalog(args)
+    _check_installed(catalog)
     sink = _CheckedSink(getattr(args, "events", None))
     # One-shot commands have no timer to keep: expiry is enforced by the target and the sweep.
     return Engine(catalog, local_stores(), NullScheduler(), sink), sink
@@ -468,6 +493,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jitc.runtime import LocalRuntime
 
     catalog, secrets = _catalog(args), local_stores()
+    _check_installed(catalog)
     checked = _CheckedSink(args.events)
     sink: EventSink = checked._inner
     connector = catalog.connector

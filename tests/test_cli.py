@@ -444,3 +444,19 @@ def test_two_demos_at_once_on_one_server_both_pass_and_leave_nothing(admin: Any)
         assert proc.returncode == 0, output
         assert _left_behind(admin, *_demo_run(output)) == []
         assert "jitc-demo-events" not in output
+
+
+def test_a_missing_extra_is_named_before_anything_runs(tmp_path: Path, catalog_file: Path) -> None:
+    # psycopg made unimportable, as after `pip install -e .` without the postgresql extra
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from jitc.cli import main; "
+        f"sys.exit(main(['grant', {request(tmp_path)!r}, '--plain', '--catalog', {str(catalog_file)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        "pip install 'jit-connector[postgresql]'" in result.stderr
+        and "Traceback" not in result.stderr
+    )
