@@ -141,41 +141,6 @@ class Engine:
         with self._batch() as batch:
             return [self._run(batch, work, plain) for work in items]
 
-    def revoke_batch(self, requests: Sequence[AccessRequest]) -> list[Outcome]:
-        """Revokes that fell due together (expiry timers): each integration's share goes to the
-        template's bulk revoke where it has one, the rest one by one; reported one by one,
-        exactly as `execute_batch` would."""
-        outcomes: dict[int, Outcome] = {}
-        with self._batch() as batch:
-            shares: dict[str, list[int]] = {}
-            for index, request in enumerate(requests):
-                shares.setdefault(request.integration, []).append(index)
-            for name, indexes in shares.items():
-                integration = self.catalog.integrations.get(name)
-                bulk: dict[str, RevokeResult] = {}
-                if integration is not None:
-                    ids = list(dict.fromkeys(requests[i].target_grant_id for i in indexes))
-                    try:
-                        session = batch.session(integration)
-                    except Exception:  # each revoke below reports the connection's failure
-                        batch.discard(integration)
-                    else:
-                        bulk = self._revoke_many(batch, integration, session, ids)
-                for index in indexes:
-                    request = requests[index]
-                    result = bulk.get(request.target_grant_id)
-                    if integration is None or result is None:
-                        outcomes[index] = self._run(batch, Work(request, self.clock()), False)
-                        continue
-                    try:
-                        self.scheduler.cancel(request.target_grant_id)
-                        outcome = self._revoked(request, integration, result)
-                    except Exception as exc:  # reported; the message is retried
-                        outcome = self._failure(batch, request, exc)
-                    self._report(request, outcome)
-                    outcomes[index] = outcome
-        return [outcomes[index] for index in range(len(requests))]
-
     def sweep(self, now: datetime | None = None) -> SweepReport:
         """Ask every target for our labelled grants and end those past their expiry."""
         report = SweepReport()
@@ -232,6 +197,57 @@ class Engine:
             )
         )
         return report
+
+    def revoke_batch(self, requests: Sequence[AccessRequest]) -> list[Outcome]:
+        """Revokes that fell due together (expiry timers): each integration's share goes to the
+        template's bulk revoke where it has one, the rest one by one; reported one by one,
+        exactly as `execute_batch` would."""
+        outcomes: dict[int, Outcome] = {}
+        with self._batch() as batch:
+            shares: dict[str, list[int]] = {}
+            for index, request in enumerate(requests):
+                shares.setdefault(request.integration, []).append(index)
+            for name, indexes in shares.items():
+                integration = self.catalog.integrations.get(name)
+                bulk: dict[str, RevokeResult] = {}
+                if integration is not None:
+                    ids = list(dict.fromkeys(requests[i].target_grant_id for i in indexes))
+                    try:
+                        session = batch.session(integration)
+                    except Exception:  # each revoke below reports the connection's failure
+                        batch.discard(integration)
+                    else:
+                        bulk = self._revoke_many(batch, integration, session, ids)
+                for index in indexes:
+                    request = requests[index]
+                    result = bulk.get(request.target_grant_id)
+                    if integration is None or result is None:
+                        outcomes[index] = self._run(batch, Work(request, self.clock()), False)
+                        continue
+                    try:
+                        self.scheduler.cancel(request.target_grant_id)
+                        outcome = self._revoked(request, integration, result)
+                    except Exception as exc:  # reported; the message is retried
+                        outcome = self._failure(batch, request, exc)
+                    self._report(request, outcome)
+                    outcomes[index] = outcome
+        return [outcomes[index] for index in range(len(requests))]
+
+    def live_grants(self, names: Sequence[str] | None = None) -> dict[str, list[Grant] | str]:
+        """The grants each target still holds that this connector made (the target is the
+        ledger), by integration; an integration that cannot be read gives the reason instead."""
+        found: dict[str, list[Grant] | str] = {}
+        with self._batch() as batch:
+            for integration in self.catalog.integrations.values():
+                if names is not None and integration.name not in names:
+                    continue
+                try:
+                    found[integration.name] = batch.session(integration).active_grants()
+                except Exception as exc:
+                    batch.discard(integration)
+                    text = str(exc) if isinstance(exc, JitcError) else type(exc).__name__
+                    found[integration.name] = batch.scrub(text)
+        return found
 
     # -- internals -------------------------------------------------------------------------
 
@@ -312,22 +328,6 @@ class Engine:
                 if grant.grant_id == spec.grant_id and grant.state == "active":
                     return grant.expires_at
         return spec.expires_at
-
-    def live_grants(self, names: Sequence[str] | None = None) -> dict[str, list[Grant] | str]:
-        """The grants each target still holds that this connector made (the target is the
-        ledger), by integration; an integration that cannot be read gives the reason instead."""
-        found: dict[str, list[Grant] | str] = {}
-        with self._batch() as batch:
-            for integration in self.catalog.integrations.values():
-                if names is not None and integration.name not in names:
-                    continue
-                try:
-                    found[integration.name] = batch.session(integration).active_grants()
-                except Exception as exc:
-                    batch.discard(integration)
-                    text = str(exc) if isinstance(exc, JitcError) else type(exc).__name__
-                    found[integration.name] = batch.scrub(text)
-        return found
 
     def _tombstone_until(self, integration: Integration) -> datetime:
         skew = parse_duration(self.catalog.control_plane.max_skew)
