@@ -344,7 +344,7 @@ def test_catalog_check_takes_a_path_warns_and_keeps_the_catalogs_units(tmp_path:
         assert warning in result.stdout, result.stdout
     doc = json.loads(jitc("catalog", "check", str(path), "--json").stdout)
     assert doc["integrations"]["local-postgres"]["permissions"]["read-write"] == "2h"
-    assert len(doc["warnings"]) == 3
+    assert len(doc["warnings"]) >= 3 and any("vault" in w for w in doc["warnings"])
 
 
 def test_output_to_a_closed_pipe_is_no_traceback() -> None:
