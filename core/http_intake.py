@@ -95,6 +95,7 @@ class HttpServer:
         threads: int = 4,
         max_connections: int = 100,
         read_timeout: int = 10,
+        request_timeout: int = 30,
     ) -> None:
         # the stubs type the result as a union whose members lack the bound address
         self._server: Any = cast(Any, create_server)(
@@ -113,9 +114,31 @@ class HttpServer:
             expose_tracebacks=False,
             clear_untrusted_proxy_headers=True,
         )
+        self._deadline = float(request_timeout)
+        self._receiving: dict[int, tuple[int, float]] = {}
+        self._idle_check = self._server.maintenance
+        self._server.maintenance = self._maintenance
         self.host = str(self._server.effective_host)
         self.port = int(self._server.effective_port)
         self._thread = threading.Thread(target=self._run, name="jitc-http", daemon=True)
+
+    def _maintenance(self, now: float) -> None:
+        """waitress closes connections idle past the read timeout; a client that sends a byte
+        now and then is never idle, and could hold the connection cap for ever. So a request
+        must also arrive whole within the request timeout (run in the server's loop thread)."""
+        self._idle_check(now)
+        seen: dict[int, tuple[int, float]] = {}
+        for channel in list(self._server.active_channels.values()):
+            parser = channel.request  # the request being received, if any
+            if parser is None or channel.requests:
+                continue
+            began = self._receiving.get(id(channel))
+            if began is None or began[0] != id(parser):
+                began = (id(parser), now)
+            seen[id(channel)] = began
+            if now - began[1] > self._deadline:
+                channel.will_close = True
+        self._receiving = seen
 
     def start(self) -> None:
         self._thread.start()

@@ -144,6 +144,8 @@ class LocalRuntime:
             port,
             max_connections=max_connections,
             read_timeout=read_timeout,
+            # a whole request (64 KiB at most) within three read timeouts
+            request_timeout=3 * read_timeout,
         )
         self._workers = [
             threading.Thread(target=self._work, args=(q,), name=f"jitc-worker-{i}", daemon=True)

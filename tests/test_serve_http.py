@@ -211,3 +211,29 @@ def test_grants_that_expire_together_are_all_revoked_and_verified(runtime: Any, 
         "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname = ANY(%s)", (list(made),)
     ).fetchall()
     assert login == [] and set(our_roles(admin)) - before <= made  # tombstones at most
+
+
+def test_a_client_dripping_its_request_cannot_hold_a_connection(runtime: Any) -> None:
+    rt, _ = runtime  # read timeout 1 s, so a request must arrive whole within 3 s
+    conn = socket.create_connection((rt.http.host, rt.http.port), timeout=30)
+    conn.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    closed = False
+    for _ in range(40):  # never idle for a whole read timeout: one byte every 0.5 s
+        time.sleep(0.5)
+        try:
+            conn.sendall(b" ")
+        except OSError:
+            closed = True
+            break
+        conn.setblocking(False)
+        try:
+            closed = conn.recv(65536) == b""
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed = True
+        conn.setblocking(True)
+        if closed:
+            break
+    conn.close()
+    assert closed
