@@ -113,4 +113,7 @@ def machine() -> str:
         row = conn.execute("SHOW server_version").fetchone()
     pg = row[0] if row else "?"
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{now}; nproc {nproc}; CPU {cpu}; PostgreSQL {pg}; Python {platform.python_version()}"
+    return (
+        f"{now}; nproc {nproc}; CPU {cpu}; PostgreSQL {pg}; "
+        f"Python {platform.python_version()}"
+    )
