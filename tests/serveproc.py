@@ -81,6 +81,15 @@ class Serve:
         assert "listening" in line, line
         self.output = line
 
+    def read_until(self, text: str) -> str:
+        """serve's output up to the first line holding `text` (it prints as it goes)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output += line
+            if text in line:
+                return line
+        raise AssertionError(f"serve ended without printing {text!r}: {self.output}")
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

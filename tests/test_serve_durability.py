@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,12 @@ def test_after_a_kill_9_the_expiry_timer_is_rebuilt_from_the_target(
     request_id = f"timer-{secrets.token_hex(3)}"
     grant_id = derive_grant_id(INTEGRATION, request_id)
     serve.start("--sweep-interval", "3600")
-    assert serve.send(grant(request_id, "6s"))[0] == 202
+    # Long enough for the restart and its sweep to come before the expiry on a busy machine.
+    assert serve.send(grant(request_id, "20s"))[0] == 202
     serve.wait_for(lambda o: request_id in _ids(o, "granted"))
     serve.kill()  # its timer dies with it
-    serve.start("--sweep-interval", "3600")  # the start's sweep runs before the expiry
+    serve.start("--sweep-interval", "3600")
+    assert "1 expiry timer(s) rebuilt" in serve.read_until("rebuilt from the targets")
     outcomes = serve.wait_for(lambda o: f"expire-{grant_id}" in _ids(o, "revoked"))
     assert f"sweep-{grant_id}" not in _ids(outcomes, "revoked")  # the timer did it
 
@@ -110,10 +113,12 @@ def test_a_grant_that_expired_while_serve_was_down_is_swept_at_start(
     request_id = f"sweep-{secrets.token_hex(3)}"
     grant_id = derive_grant_id(INTEGRATION, request_id)
     serve.start("--sweep-interval", "3600")
-    assert serve.send(grant(request_id, "2s"))[0] == 202
-    serve.wait_for(lambda o: request_id in _ids(o, "granted"))
+    assert serve.send(grant(request_id, "5s"))[0] == 202
+    outcomes = serve.wait_for(lambda o: request_id in _ids(o, "granted"))
     serve.kill()
-    time.sleep(3)  # expired while nothing ran
+    expires = next(o for o in outcomes if o["request_id"] == request_id)["expires_at"]
+    left = datetime.fromisoformat(expires) - datetime.now(UTC)
+    time.sleep(max(0.0, left.total_seconds()) + 1)  # expired while nothing ran
     serve.start("--sweep-interval", "3600")
     serve.wait_for(lambda o: f"sweep-{grant_id}" in _ids(o, "revoked"))
 
