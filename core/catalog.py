@@ -97,6 +97,7 @@ class Integration:
     credentials: SecretRef | None
     max_duration: timedelta
     permissions: dict[str, PermissionSettings]
+    max_duration_text: str = ""  # as the catalog wrote it, for people
 
     @property
     def template(self) -> Template:
@@ -123,6 +124,8 @@ class Catalog:
         `plain` is the local operator asking for credentials in the clear (CLI only): then the
         identity needs no public key.
         """
+        # A signature time ahead of our clock (within the allowed skew) must not lengthen access.
+        issued_at = min(issued_at, now)
         integration = self.integration(request.integration)
         assert request.permission is not None and request.identity is not None
         permission = integration.permissions.get(request.permission)
@@ -198,14 +201,35 @@ def _own_secret(connector: Connector, ref: SecretRef) -> bool:
         return False
 
 
+# Secret schemes some store of this project resolves; another is most likely a typo.
+KNOWN_SECRET_SCHEMES = ("env", "file", "aws-sm")
+
+
 def catalog_warnings(catalog: Catalog) -> list[str]:
-    """Settings that are allowed but relaxed, for `jitc catalog check` to print."""
+    """What a reviewer should look at twice: allowed, but weaker than the defaults
+    (`jitc catalog check` prints them)."""
     found = []
+    if not catalog.control_plane.keys:
+        found.append("control_plane.keys is empty: no request can be accepted over HTTP")
     if catalog.connector.label_key is None:
         found.append(
             "connector.label_key is not set: labels in targets can be forged by anyone who can "
             "write a comment there, and a redelivered grant rotates its password"
         )
+    refs: list[tuple[str, object]] = [
+        (f"integration {i.name!r}: credentials", i.credentials)
+        for i in catalog.integrations.values()
+    ]
+    refs += [
+        ("connector.signing_key", catalog.connector.signing_key),
+        ("connector.label_key", catalog.connector.label_key),
+    ]
+    for where, ref in refs:
+        scheme = str(ref).partition(":")[0] if ref else None
+        if scheme and scheme not in KNOWN_SECRET_SCHEMES:
+            found.append(
+                f"{where}: secret scheme {scheme!r} is not one of {', '.join(KNOWN_SECRET_SCHEMES)}"
+            )
     for name, integration in catalog.integrations.items():
         relaxed = getattr(integration.connection, "warnings", None)
         for text in relaxed() if relaxed is not None else []:
@@ -257,6 +281,7 @@ def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
             credentials=credentials,
             max_duration=parse_duration(item.max_duration),
             permissions=permissions,
+            max_duration_text=item.max_duration,
         )
     return Catalog(raw.control_plane, raw.connector, integrations)
 

@@ -1,60 +1,182 @@
-"""`jitc`: the command line. Exit status 0 success, 2 refused, 1 failure."""
+"""`jitc`: the command line.
+
+Exit status: 0 success; 1 failure (a target, the network, a sink or the disk failed: trying
+again may help); 2 refused (the request or an input file is invalid, missing or not allowed:
+nothing was done); 64 usage (wrong arguments); 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import importlib
 import json
+import logging
 import os
+import signal
 import sys
-import time
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, NoReturn
 
 from jitc.catalog import Catalog, catalog_warnings, load_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError, JitcError, Refused
 from jitc.local import FanOutSink, JsonLinesSink, NullScheduler
 from jitc.messages import parse_request
-from jitc.models import SCHEMA_MODELS, Outcome
+from jitc.models import SCHEMA_MODELS, AuditEvent, Outcome, utcnow
 from jitc.ports import EventSink
-from jitc.sealing import box_keypair, unseal
 from jitc.secrets import local_stores
 from jitc.signing import sign, signing_keypair
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 64, 130
+SHOWN = 20  # live grants listed when serve stops
 
 
-def _read(source: str) -> bytes:
-    return sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+class Failed(JitcError):
+    """Something outside the input failed (network, disk, server); the message says what."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with their own status, never 2 (which means refused)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: usage error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _read(source: str, what: str = "request") -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise Refused(what, f"cannot read {source}: {exc.strerror}") from None
+
+
+def _key(path: str, what: str) -> str:
+    """A base64 32-byte key from a file: the refusal names the file, never its content."""
+    text = _read(path, "key").decode("utf-8", "replace").strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise Refused("key", f"{path} does not hold a base64 {what} private key (jitc keygen)")
+    return text
 
 
 def _catalog(args: argparse.Namespace) -> Catalog:
-    path = args.catalog or os.environ.get("JITC_CATALOG")
+    path = getattr(args, "path", None) or args.catalog or os.environ.get("JITC_CATALOG")
     if not path:
-        raise CatalogError("no catalog: pass --catalog PATH or set JITC_CATALOG")
-    return load_catalog(path)
+        raise Refused("catalog", "no catalog: pass --catalog PATH or set JITC_CATALOG")
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise Refused("catalog", str(exc)) from None
 
 
-def _sink(args: argparse.Namespace) -> JsonLinesSink:
-    events = getattr(args, "events", None)
-    return JsonLinesSink(path=Path(events)) if events and events != "-" else JsonLinesSink()
+class _CheckedSink:
+    """Audit events as JSON lines, opened before anything is done, so that no act happens
+    without its record; a write that fails later is remembered, not raised, so the person
+    still sees the outcome of what was done, and is told that the record is missing."""
+
+    def __init__(self, events: str | None) -> None:
+        self.error: str | None = None
+        if events and events != "-":
+            path = Path(events)
+            try:
+                with path.open("a", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise Refused("events", f"cannot write {events}: {exc.strerror}") from None
+            self._inner = JsonLinesSink(path=path)
+        else:
+            self._inner = JsonLinesSink()
+
+    def audit(self, event: AuditEvent) -> None:
+        try:
+            self._inner.audit(event)
+        except OSError as exc:
+            self.error = f"audit event not recorded: {exc.strerror or exc}"
+
+    def outcome(self, outcome: Outcome) -> None:
+        try:
+            self._inner.outcome(outcome)
+        except OSError as exc:
+            self.error = f"outcome not recorded: {exc.strerror or exc}"
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+# What each target kind's template needs installed, and the extra that installs it.
+KIND_NEEDS = {
+    "postgresql": ("psycopg", "postgresql"),
+    "aws_iam": ("boto3", "aws"),
+    "aws_identity_center": ("boto3", "aws"),
+}
+
+
+def _check_installed(catalog: Catalog) -> None:
+    """Say which extra to install before anything runs, rather than fail inside a grant."""
+    for integration in catalog.integrations.values():
+        module, extra = KIND_NEEDS.get(integration.kind, (None, None))
+        if module is None:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise Failed(
+                f"integration {integration.name!r} ({integration.kind}) needs {module}: "
+                f"pip install 'jit-connector[{extra}]'"
+            ) from None
+
+
+def _engine(args: argparse.Namespace) -> tuple[Engine, _CheckedSink]:
+    catalog = _catalog(args)
+    _check_installed(catalog)
+    sink = _CheckedSink(getattr(args, "events", None))
     # One-shot commands have no timer to keep: expiry is enforced by the target and the sweep.
-    return Engine(_catalog(args), local_stores(), NullScheduler(), _sink(args))
+    return Engine(catalog, local_stores(), NullScheduler(), sink), sink
 
 
 def _status(outcome: Outcome) -> int:
     return {"refused": EXIT_REFUSED, "failed": EXIT_FAILED}.get(outcome.status, EXIT_OK)
 
 
-def _show(outcome: Outcome, as_json: bool) -> int:
-    if as_json:
-        print(outcome.model_dump_json(indent=2, exclude_none=True))
-        return _status(outcome)
+def _write_private(path: str, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise Refused("out", f"{path} exists; it is not overwritten") from None
+    except OSError as exc:
+        raise Refused("out", f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+
+
+def _show(outcome: Outcome, args: argparse.Namespace, sink: _CheckedSink | None = None) -> int:
+    out = getattr(args, "out", None)
+    if out and outcome.sealed_credentials:
+        _write_private(out, outcome.sealed_credentials)
+    code = _status(outcome)
+    if sink is not None and sink.error and code == EXIT_OK:
+        code = EXIT_FAILED
+    if args.json:
+        doc = outcome.model_dump(mode="json", exclude_none=True)
+        if sink is not None and sink.error:
+            doc["sink_error"] = sink.error
+        print(json.dumps(doc, indent=2))
+        return code
     head = f"{outcome.status}: {outcome.action} {outcome.request_id}"
     if outcome.grant_id:
         head += f" (grant {outcome.grant_id})"
@@ -64,11 +186,15 @@ def _show(outcome: Outcome, as_json: bool) -> int:
     if outcome.principal:
         print(f"  principal: {outcome.principal}")
     if outcome.expires_at:
-        print(f"  expires at: {outcome.expires_at.isoformat()}")
+        print(f"  expires at: {outcome.expires_at.isoformat()} ({_left(outcome.expires_at)})")
     for statement in outcome.statements:
         print(f"  {statement};")
     if outcome.sealed_credentials:
-        print("  credentials: sealed to the identity's public key (open with `jitc open`)")
+        if out:
+            print(f"  sealed credentials: written to {out}")
+        else:
+            print(f"  sealed credentials: {outcome.sealed_credentials}")
+        print("  (open them with: jitc open FILE --key BOX.key, or paste them into jitc open -)")
     if outcome.credentials:
         for key, value in outcome.credentials.items():
             print(f"  {key}: {value}")
@@ -76,37 +202,104 @@ def _show(outcome: Outcome, as_json: bool) -> int:
         print(f"  left: {item}")
     if outcome.verified is not None:
         print(f"  access verified gone: {'yes' if outcome.verified else 'NO'}")
-    return _status(outcome)
+    if sink is not None and sink.error:
+        print(f"  WARNING: {sink.error}; the action above was done")
+    return code
+
+
+def _left(moment: datetime) -> str:
+    seconds = int((moment - utcnow()).total_seconds())
+    if seconds <= 0:
+        return "expired"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "in " + (f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s")
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    try:
-        request = parse_request(_read(args.request))
-    except Refused as exc:
-        print(f"refused: {exc.field}: {exc.message}", file=sys.stderr)
-        return EXIT_REFUSED
-    if request.action != args.command and args.command != "plan":
-        print(
-            f"refused: action: this request is a {request.action}, not a {args.command}",
-            file=sys.stderr,
+    if args.command == "revoke" and args.grant_id:
+        if args.request or not args.integration:
+            raise Refused("grant-id", "give either REQUEST, or --grant-id with --integration")
+        request = parse_request(
+            json.dumps(
+                {
+                    "request_id": f"cli-revoke-{args.grant_id}",
+                    "action": "revoke",
+                    "integration": args.integration,
+                    "grant_id": args.grant_id,
+                }
+            )
         )
-        return EXIT_REFUSED
-    engine = _engine(args)
+    else:
+        if not args.request:
+            raise Refused("request", "give a request file, or - for stdin")
+        request = parse_request(_read(args.request))
+    if request.action != args.command and args.command != "plan":
+        raise Refused("action", f"this request is a {request.action}, not a {args.command}")
+    engine, sink = _engine(args)
     if args.command == "plan":
         # The operator previews statements; how credentials would travel is not the question.
-        return _show(engine.plan(request, plain=True), args.json)
-    return _show(engine.execute(request, plain=getattr(args, "plain", False)), args.json)
+        return _show(engine.plan(request, plain=True), args)
+    outcome = engine.execute(request, plain=getattr(args, "plain", False))
+    return _show(outcome, args, sink)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    engine, _ = _engine(args)
+    names = [args.integration] if args.integration else None
+    if args.integration:
+        engine.catalog.integration(args.integration)
+    now = utcnow()
+    found = engine.live_grants(names)
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for name, grants in found.items():
+        if isinstance(grants, str):
+            errors[name] = grants
+            continue
+        for grant in grants:
+            if grant.state == "tombstone":
+                continue
+            rows.append(
+                {
+                    "integration": name,
+                    "grant_id": grant.grant_id,
+                    "principal": grant.principal,
+                    "permission": grant.permission,
+                    "state": grant.state,
+                    "expires_at": grant.model_dump(mode="json")["expires_at"],
+                    "seconds_left": max(0, int((grant.expires_at - now).total_seconds())),
+                }
+            )
+    rows.sort(key=lambda r: (r["expires_at"], r["grant_id"]))
+    if args.json:
+        print(json.dumps({"grants": rows, "failed": errors}, indent=2))
+    else:
+        for row in rows:
+            print(
+                f"{row['integration']}  {row['grant_id']}  {row['principal']}  "
+                f"{row['permission']}  {row['state']}  until {row['expires_at']} "
+                f"({_left(datetime.fromisoformat(row['expires_at']))})"
+            )
+        if not rows:
+            print("no live grants")
+        for name, error in errors.items():
+            print(f"failed {name}: {error}", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    report = _engine(args).sweep()
-    doc = {
+    engine, sink = _engine(args)
+    report = engine.sweep()
+    doc: dict[str, Any] = {
         "revoked": report.revoked,
         "residual": report.residual,
         "forgotten": report.forgotten,
         "failed": report.failed,
         "remaining": report.remaining,
     }
+    if sink.error:
+        doc["sink_error"] = sink.error
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -116,23 +309,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         for key, value in report.failed.items():
             print(f"  failed {key}: {value}")
-    return EXIT_OK if report.ok else EXIT_FAILED
+        if sink.error:
+            print(f"  WARNING: {sink.error}")
+    return EXIT_OK if report.ok and not sink.error else EXIT_FAILED
 
 
 def cmd_catalog_check(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
+    warnings = catalog_warnings(catalog)
+    rows = []
     for integration in catalog.integrations.values():
-        print(
-            f"{integration.name} ({integration.kind}): "
-            f"{', '.join(sorted(integration.permissions))}; max {integration.max_duration}"
-        )
-    for warning in catalog_warnings(catalog):
-        print(f"warning: {warning}", file=sys.stderr)
-    print("catalog OK")
+        permissions = {
+            name: integration.permissions[name].max_duration or integration.max_duration_text
+            for name in sorted(integration.permissions)
+        }
+        rows.append((integration, permissions))
+    if args.json:
+        doc = {
+            "integrations": {
+                i.name: {"kind": i.kind, "max_duration": i.max_duration_text, "permissions": p}
+                for i, p in rows
+            },
+            "warnings": warnings,
+        }
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    for integration, permissions in rows:
+        shown = ", ".join(f"{name} (max {limit})" for name, limit in permissions.items())
+        print(f"{integration.name} ({integration.kind}): {shown}")
+    for warning in warnings:
+        print(f"warning: {warning}")
+    print(f"catalog OK ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})")
     return EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from jitc.openapi import openapi_document
+
     docs = {name: model.model_json_schema() for name, model in SCHEMA_MODELS.items()}
     if args.out:
         out = Path(args.out)
@@ -141,37 +354,89 @@ def cmd_schema(args: argparse.Namespace) -> int:
             (out / f"{name}.schema.json").write_text(
                 json.dumps(doc, indent=2, sort_keys=True) + "\n"
             )
-        print(f"wrote {len(docs)} schemas to {out}")
+        (out / "openapi.json").write_text(
+            json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+        )
+        print(f"wrote {len(docs)} schemas and openapi.json to {out}")
     else:
         print(json.dumps(docs, indent=2, sort_keys=True))
     return EXIT_OK
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from jitc.sealing import box_keypair
+
     private, public = signing_keypair() if args.signing else box_keypair()
-    out = Path(args.out)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(private + "\n")
+    _write_private(args.out, private)
     print(public)
     return EXIT_OK
 
 
+def _is_sealed_blob(text: str) -> bool:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) > 48  # a sealed box adds 48 bytes to what it seals
+
+
+def _sealed_from(text: str) -> str:
+    """The sealed blob in an outcome, a `serve` events line, a webhook body, or the bare blob."""
+    candidates: list[Any] = []
+    try:
+        candidates.append(json.loads(text))
+    except ValueError:
+        for line in text.splitlines():
+            try:
+                candidates.append(json.loads(line))
+            except ValueError:
+                continue
+    for doc in reversed(candidates):
+        if isinstance(doc, dict):
+            inner = doc.get("outcome", doc)
+            if isinstance(inner, dict) and isinstance(inner.get("sealed_credentials"), str):
+                return str(inner["sealed_credentials"])
+    bare = text.strip()
+    if not candidates and _is_sealed_blob(bare):
+        return bare
+    raise Refused(
+        "outcome", "no sealed_credentials in it (give an outcome, an event line or the blob)"
+    )
+
+
 def cmd_open(args: argparse.Namespace) -> int:
-    doc = json.loads(_read(args.outcome))
-    sealed = doc.get("sealed_credentials")
-    if not sealed:
-        print("refused: outcome has no sealed_credentials", file=sys.stderr)
-        return EXIT_REFUSED
-    print(json.dumps(unseal(sealed, Path(args.key).read_text().strip()), indent=2))
+    from nacl.exceptions import CryptoError
+
+    from jitc.sealing import unseal
+
+    sealed = _sealed_from(_read(args.outcome, "outcome").decode("utf-8", "replace"))
+    key = _key(args.key, "X25519 box")
+    try:
+        opened = unseal(sealed, key)
+    except (CryptoError, binascii.Error, ValueError):
+        raise Refused(
+            "key", "these credentials do not open with this key (sealed to another key?)"
+        ) from None
+    print(json.dumps(opened, indent=2))
     return EXIT_OK
 
 
+def _intake_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Refused("url", f"{url!r} is not an http(s) URL")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/requests"):
+        path += "/v1/requests"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
 def cmd_send(args: argparse.Namespace) -> int:
+    url = _intake_url(args.url)
     body = _read(args.request)
-    envelope = sign(body, Path(args.key).read_text().strip(), args.key_id)
-    request = urllib.request.Request(  # noqa: S310 - the operator names the URL
-        args.url.rstrip("/") + "/v1/requests",
+    envelope = sign(body, _key(args.key, "Ed25519 signing"), args.key_id)
+    request = urllib.request.Request(  # noqa: S310 - scheme checked in _intake_url
+        url,
         data=body,
         method="POST",
         headers={"Content-Type": "application/json", **envelope.headers()},
@@ -181,6 +446,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             status, text = response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         status, text = exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Failed(f"cannot reach {url}: {reason}") from None
     print(text)
     if status < 300:
         return EXIT_OK
@@ -191,49 +459,137 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jitc.runtime import LocalRuntime
 
     catalog, secrets = _catalog(args), local_stores()
-    sink: EventSink = _sink(args)
+    _check_installed(catalog)
+    checked = _CheckedSink(args.events)
+    sink: EventSink = checked._inner
     connector = catalog.connector
     if connector.webhook_url:
         if not connector.signing_key:
-            raise CatalogError("connector.webhook_url needs connector.signing_key")
+            raise Refused("catalog", "connector.webhook_url needs connector.signing_key")
         from jitc.webhook import WebhookSink
 
         hook = WebhookSink.from_catalog(connector.webhook_url, connector.signing_key, secrets)
         sink = FanOutSink(sink, hook)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     runtime = LocalRuntime(
-        catalog, secrets, sink, args.host, args.port, args.sweep_interval
-    ).start()
+        catalog,
+        secrets,
+        sink,
+        args.host,
+        args.port,
+        args.sweep_interval,
+        journal=Path(args.journal),
+        workers=args.workers,
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
+    )
+    pending_at_start = len(runtime.journal.pending())
+    runtime.start()
     print(f"jit-connector listening on {runtime.url}/v1/requests", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        runtime.stop()
+    print(
+        f"  journal {args.journal}: {pending_at_start} accepted request(s) to replay; "
+        "rebuilding the expiry timers from the targets and sweeping now",
+        flush=True,
+    )
+
+    def report_timers() -> None:
+        if runtime.timers_ready.wait() and runtime.timers_rebuilt_at is not None:
+            took = runtime.timers_rebuilt_at - runtime.started_at
+            print(
+                f"  {runtime.timers_rebuilt} expiry timer(s) rebuilt from the targets "
+                f"{took:.2f}s after start",
+                flush=True,
+            )
+
+    threading.Thread(target=report_timers, daemon=True).start()
+    while not stop.wait(0.5):
+        pass
+    print("stopping: no new requests; finishing the batches in flight ...", flush=True)
+    left = runtime.stop()
+    print(
+        f"stopped. {len(left.journal)} accepted request(s) not done yet, kept in "
+        f"{args.journal} for the next start",
+        flush=True,
+    )
+    timers = sorted(left.timers.items(), key=lambda kv: kv[1])
+    if timers:
+        print(
+            f"{len(timers)} live grant(s); each target enforces its own expiry meanwhile, "
+            "and the next start revokes what is due:"
+        )
+    for grant_id, at in timers[:SHOWN]:
+        print(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
+    if len(timers) > SHOWN:
+        print(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from jitc.demo import run_demo
-
+    try:
+        from jitc.demo import run_demo
+    except ModuleNotFoundError as exc:
+        raise Failed(f"the demo needs {exc.name}: pip install 'jit-connector[demo]'") from None
     return run_demo(args.seconds, args.embedded)
 
 
+EXAMPLES = {
+    "plan": "jitc plan request.json --catalog catalog.yaml",
+    "grant": "jitc grant request.json --catalog catalog.yaml --out creds.sealed\n"
+    "  jitc grant request.json --plain --json      # local use: credentials in the clear",
+    "revoke": "jitc revoke request.json\n  jitc revoke --grant-id gabc... --integration billing-db",
+    "list": "jitc list --catalog catalog.yaml\n  jitc list --integration billing-db --json",
+    "sweep": "jitc sweep --catalog catalog.yaml --json",
+    "check": "jitc catalog check catalog.yaml",
+    "schema": "jitc schema --out schemas",
+    "keygen": "jitc keygen --box --out box.key > box.pub\n"
+    "  jitc keygen --signing --out cp.key > cp.pub",
+    "open": "jitc open outcome.json --key box.key\n"
+    "  jitc grant request.json --json | jitc open - --key box.key\n"
+    "  grep sealed events.jsonl | tail -1 | jitc open - --key box.key",
+    "send": "jitc send http://127.0.0.1:8080/v1/requests request.json --key cp.key --key-id cp-1",
+    "serve": "jitc serve --catalog catalog.yaml --events events.jsonl --journal /var/lib/jitc/j.db",
+    "demo": "jitc demo\n  JITC_PG_DSN='host=db user=admin' jitc demo --seconds 10",
+}
+
+
+def _sub(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=text,
+        description=text,
+        epilog=f"example:\n  {EXAMPLES[name]}" if name in EXAMPLES else None,
+        formatter_class=_Help,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jitc", description="jit-connector command line")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="jitc",
+        description="jit-connector: grants temporary access and takes it away on time.",
+        epilog="exit status: 0 ok, 1 failed, 2 refused (bad or disallowed input), "
+        "64 usage error, 130 interrupted\nexample:\n  jitc demo",
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_catalog(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--catalog", help="catalog YAML (default: $JITC_CATALOG)")
-        p.add_argument("--events", help="append audit events (JSON lines) here; default stderr")
+        p.add_argument(
+            "--events", help="append audit events (JSON lines) to this file (default: stderr)"
+        )
         return p
 
     for name, text in (
-        ("plan", "show what a grant would run"),
-        ("grant", "grant access"),
-        ("revoke", "revoke access"),
+        ("plan", "show the statements a grant would run; nothing is executed"),
+        ("grant", "grant access now"),
+        ("revoke", "revoke access now"),
     ):
-        p = with_catalog(sub.add_parser(name, help=text))
-        p.add_argument("request", help="request JSON file, or - for stdin")
+        p = with_catalog(_sub(sub, name, text))
+        p.add_argument("request", nargs="?", help="request JSON file, or - for stdin")
         p.add_argument("--json", action="store_true", help="print the outcome as JSON")
         if name == "grant":
             p.add_argument(
@@ -241,55 +597,82 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also print generated credentials in the clear (local use only)",
             )
+            p.add_argument(
+                "--out", help="write the sealed credentials to this new file (mode 0600)"
+            )
+        if name == "revoke":
+            p.add_argument("--grant-id", help="revoke this grant (no request file needed)")
+            p.add_argument("--integration", help="the grant's integration (with --grant-id)")
         p.set_defaults(func=cmd_request)
 
-    p = with_catalog(sub.add_parser("sweep", help="revoke every labelled grant past its expiry"))
-    p.add_argument("--json", action="store_true")
+    p = with_catalog(_sub(sub, "list", "the live grants, read from the targets"))
+    p.add_argument("--integration", help="only this integration (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = with_catalog(_sub(sub, "sweep", "revoke every labelled grant past its expiry"))
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_sweep)
 
-    catalog = sub.add_parser("catalog", help="catalog commands")
-    csub = catalog.add_subparsers(dest="catalog_command", required=True)
-    p = with_catalog(csub.add_parser("check", help="validate a catalog"))
+    catalog = _sub(sub, "catalog", "catalog commands")
+    csub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
+    p = with_catalog(_sub(csub, "check", "validate a catalog and warn about relaxed settings"))
+    p.add_argument("path", nargs="?", help="the catalog (or --catalog, or $JITC_CATALOG)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_catalog_check)
 
-    p = sub.add_parser("schema", help="print or write the JSON Schemas of the protocol")
-    p.add_argument("--out", help="write one file per model into this folder")
+    p = _sub(sub, "schema", "print or write the JSON Schemas and the OpenAPI document")
+    p.add_argument("--out", help="write one file per model, and openapi.json, into this folder")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser(
-        "keygen", help="make a key pair: private key to a 0600 file, public to stdout"
-    )
+    p = _sub(sub, "keygen", "make a key pair: private key to a new 0600 file, public to stdout")
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--signing", action="store_true", help="Ed25519, for signing requests")
     kind.add_argument("--box", action="store_true", help="X25519, for receiving sealed credentials")
     p.add_argument("--out", required=True, help="file for the private key (must not exist)")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("open", help="open an outcome's sealed credentials with a box private key")
-    p.add_argument("outcome", help="outcome JSON file, or -")
+    p = _sub(sub, "open", "open sealed credentials with a box private key")
+    p.add_argument(
+        "outcome", help="an outcome, an events line, a webhook body or the bare blob; - for stdin"
+    )
     p.add_argument("--key", required=True, help="file holding the X25519 private key")
     p.set_defaults(func=cmd_open)
 
-    p = sub.add_parser("send", help="sign a request and send it to a connector's intake")
-    p.add_argument("url", help="the connector's base URL")
+    p = _sub(sub, "send", "sign a request and send it to a connector's intake")
+    p.add_argument("url", help="the intake URL as `jitc serve` prints it, or its base URL")
     p.add_argument("request", help="request JSON file, or -")
     p.add_argument("--key", required=True, help="file holding the Ed25519 private key")
     p.add_argument("--key-id", required=True, help="the key's id in the catalog")
     p.set_defaults(func=cmd_send)
 
     p = with_catalog(
-        sub.add_parser("serve", help="run the local runtime (intake, worker, expiry, sweep)")
+        _sub(sub, "serve", "run the local runtime: intake, journal, workers, expiry, sweep")
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--sweep-interval", type=float, default=60.0)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument(
+        "--journal",
+        default=os.environ.get("JITC_JOURNAL", "jitc-journal.sqlite3"),
+        help="file of accepted requests (SQLite), replayed at start ($JITC_JOURNAL)",
+    )
+    p.add_argument(
+        "--sweep-interval", type=float, default=60.0, help="seconds between sweeps (one at start)"
+    )
+    p.add_argument("--workers", type=int, default=4, help="requests run in parallel")
+    p.add_argument(
+        "--read-timeout", type=int, default=10, help="seconds a connection may stay idle"
+    )
+    p.add_argument(
+        "--max-connections", type=int, default=100, help="open connections accepted at once"
+    )
     p.set_defaults(func=cmd_serve)
 
     # `jitc package ...` is handed whole to jitc.packaging (see main); listed here for --help.
-    sub.add_parser("package", help="build one cloud's deployable zip (jitc package aws --help)")
+    _sub(sub, "package", "build one cloud's deployable zip (jitc package aws --help)")
 
-    p = sub.add_parser("demo", help="the whole story on a real PostgreSQL, in about half a minute")
-    p.add_argument("--seconds", type=int, default=20, help="how long the demo grant lasts")
+    p = _sub(sub, "demo", "the whole story on a real PostgreSQL, in about half a minute")
+    p.add_argument("--seconds", type=int, default=20, help="how long the demo grant lasts, seconds")
     p.add_argument(
         "--embedded", action="store_true", help="use an embedded PostgreSQL (pgserver) regardless"
     )
@@ -297,21 +680,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return version("jit-connector")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _fail(as_json: bool, kind: str, field: str | None, message: str) -> None:
+    if as_json:
+        doc = {"error": kind, "message": message}
+        if field:
+            doc["field"] = field
+        print(json.dumps(doc, indent=2))
+    else:
+        prefix = f"{kind}: {field + ': ' if field else ''}"
+        print(prefix + message, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing left to say, and nothing to say it to.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _main(argv: list[str]) -> int:
+    as_json = "--json" in argv
     if argv[:1] == ["package"]:
         from jitc.packaging import main as package
 
+        if argv[1:2] in (["gcp"], ["azure"]):
+            _fail(as_json, "refused", "cloud", f"{argv[1]}: not built yet (only aws is)")
+            return EXIT_REFUSED
+        if "-h" not in argv and "--help" not in argv:
+            print(
+                "building the package (fetches the pinned wheels: about a minute) ...",
+                file=sys.stderr,
+                flush=True,
+            )
         return package(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        # A one-shot command prints each failure once, in its outcome; the engine's own
+        # warnings are for a long-running process's log.
+        logging.getLogger("jitc").setLevel(logging.ERROR)
     try:
         result: int = args.func(args)
     except Refused as exc:
-        print(f"refused: {exc.field}: {exc.message}", file=sys.stderr)
+        _fail(as_json, "refused", exc.field, exc.message)
         return EXIT_REFUSED
     except (JitcError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(as_json, "failed", None, str(exc))
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        _fail(as_json, "interrupted", None, "stopped by Ctrl-C")
+        return EXIT_INTERRUPTED
     return result
 
 

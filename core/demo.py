@@ -1,5 +1,9 @@
 """`jitc demo`: plan, grant a short-lived user over a signed request, use it, watch the scheduled
-revoke end the open session, refuse a new login, and sweep to find nothing left."""
+revoke end the open session, refuse a new login, and sweep to find nothing left.
+
+Safe on a shared server: each run has its own schema, integration, role prefix and request id,
+drops only what it created, and revokes its grant when it is interrupted or fails.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import contextlib
 import importlib
 import json
 import os
+import secrets
 import socket
 import tempfile
 import time
@@ -23,13 +28,11 @@ from psycopg.conninfo import conninfo_to_dict
 from jitc.catalog import parse_catalog
 from jitc.local import FanOutSink, JsonLinesSink, MemorySink
 from jitc.messages import parse_request
-from jitc.models import Outcome
+from jitc.models import Outcome, derive_grant_id
 from jitc.runtime import LocalRuntime
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, SecretStores
 from jitc.signing import sign, signing_keypair
-
-SCHEMA = "jitc_demo"
 
 
 class DemoFailed(Exception):
@@ -56,6 +59,24 @@ def _reachable(host: str, port: int) -> bool:
     return False
 
 
+def why(exc: psycopg.Error) -> str:
+    """One line saying why a connection failed, without the connection string or a secret."""
+    text = str(exc).lower()
+    for needle, reason in (
+        ("password authentication failed", "authentication failed (user or password)"),
+        ("authentication", "authentication failed"),
+        ("connection refused", "connection refused (is the server running on that port?)"),
+        ("timeout", "timed out"),
+        ("could not translate host name", "unknown host name"),
+        ("does not exist", "the database or user does not exist"),
+        ("invalid dsn", "not a valid connection string"),
+        ("connection info string", "not a valid connection string"),
+    ):
+        if needle in text:
+            return reason
+    return type(exc).__name__
+
+
 @contextlib.contextmanager
 def _postgres(embedded: bool) -> Iterator[tuple[str, str]]:
     """(dsn, where): JITC_PG_DSN, else 127.0.0.1:5432, else an embedded server in a temp folder."""
@@ -75,7 +96,10 @@ def _postgres(embedded: bool) -> Iterator[tuple[str, str]]:
             "or install the demo extra (pip install 'jit-connector[demo]')"
         ) from None
     with tempfile.TemporaryDirectory(prefix="jitc-demo-pg-") as folder:
+        print(f"starting an embedded PostgreSQL in {folder} (takes a few seconds) ...", flush=True)
+        began = time.monotonic()
         server = pgserver.get_server(folder, cleanup_mode="stop")
+        print(f"  started in {time.monotonic() - began:.1f}s", flush=True)
         try:
             yield server.get_uri("postgres"), f"embedded PostgreSQL in {folder}"
         finally:
@@ -99,15 +123,31 @@ def run_demo(seconds: int = 20, embedded: bool = False) -> int:
     except DemoFailed as exc:
         print(f"demo FAILED: {exc}")
         return 1
+    except KeyboardInterrupt:
+        print("demo interrupted: what it had created was revoked and dropped")
+        return 130
     print("demo passed: access was granted, used, revoked on time, and nothing was left behind")
     return 0
 
 
+def _connect_admin(dsn: str, where: str) -> tuple[psycopg.Connection[Any], dict[str, Any]]:
+    try:
+        params: dict[str, Any] = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        raise DemoFailed(f"{where} is not a valid PostgreSQL connection string") from None
+    try:
+        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise DemoFailed(f"cannot connect to PostgreSQL ({where}): {why(exc)}") from None
+    return admin, params
+
+
 def _story(dsn: str, where: str, seconds: int) -> None:
-    params: dict[str, Any] = conninfo_to_dict(dsn)
+    admin, params = _connect_admin(dsn, where)
     password = params.pop("password", None)
     print(f"PostgreSQL: {where}")
-    admin = psycopg.connect(dsn, autocommit=True)
+    run = secrets.token_hex(3)
+    schema, integration = f"jitc_demo_{run}", f"demo-{run}"
     sign_private, sign_public = signing_keypair()
     box_private, box_public = box_keypair()
     connection = {
@@ -115,64 +155,76 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         "port": int(params.get("port", 5432)),
         "dbname": params.get("dbname", "postgres"),
         "user": params.get("user", "postgres"),
+        "role_prefix": f"jd{run}_",
         "terminate_wait_seconds": 5,
     }
     catalog = parse_catalog(
         {
             "control_plane": {"keys": {"demo": sign_public}},
             "integrations": {
-                "demo-postgres": {
+                integration: {
                     "kind": "postgresql",
                     "connection": connection,
                     "credentials": "mem:admin" if password else None,
                     "max_duration": "1h",
                     "permissions": {
-                        "read-only": {"template": "read-only", "resources": [SCHEMA]},
+                        "read-only": {"template": "read-only", "resources": [schema]},
                     },
                 }
             },
         },
         "demo catalog",
     )
-    secrets = SecretStores({"mem": EnvSecretStore({"admin": password or ""})})
+    store = SecretStores({"mem": EnvSecretStore({"admin": password or ""})})
     sink = MemorySink()
-    fd, events_path = tempfile.mkstemp(prefix="jitc-demo-events-", suffix=".jsonl")
+    fd, events_name = tempfile.mkstemp(prefix="jitc-demo-events-", suffix=".jsonl")
     os.close(fd)
-    runtime = LocalRuntime(
-        catalog,
-        secrets,
-        FanOutSink(sink, JsonLinesSink(path=Path(events_path))),
-        port=0,
-        sweep_interval=3600,
-    ).start()
-    request_id = f"demo-{int(time.time())}"
+    events_path = Path(events_name)
+    request_id = f"demo-{run}-{int(time.time())}"
+    grant_id = derive_grant_id(integration, request_id)
     body = json.dumps(
         {
             "request_id": request_id,
             "action": "grant",
-            "integration": "demo-postgres",
+            "integration": integration,
             "permission": "read-only",
-            "resources": [SCHEMA],
+            "resources": [schema],
             "identity": {"email": "demo@example.com", "username": "demo", "public_key": box_public},
             "duration": f"{seconds}s",
             "justification": "jitc demo",
         }
     ).encode()
+    print(
+        f"this run: schema {schema}, integration {integration}, roles {connection['role_prefix']}*"
+    )
     steps = Steps()
     state: dict[str, Any] = {}
+    runtime: LocalRuntime | None = None
     try:
-        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
+        try:
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        except psycopg.Error as exc:
+            raise DemoFailed(f"cannot create schema {schema}: {why(exc)}") from None
+        state["schema"] = schema
         admin.execute(
-            sql.SQL("CREATE TABLE {}.greetings (word text)").format(sql.Identifier(SCHEMA))
+            sql.SQL("CREATE TABLE {}.greetings (word text)").format(sql.Identifier(schema))
         )
         admin.execute(
             sql.SQL("INSERT INTO {}.greetings VALUES ('hello'), ('world')").format(
-                sql.Identifier(SCHEMA)
+                sql.Identifier(schema)
             )
         )
+        runtime = LocalRuntime(
+            catalog,
+            store,
+            FanOutSink(sink, JsonLinesSink(path=events_path)),
+            port=0,
+            sweep_interval=3600,
+        ).start()
+        url = runtime.url
 
         def plan() -> str:
+            assert runtime is not None
             outcome = runtime.engine.plan(parse_request(body))
             for statement in outcome.statements:
                 print(f"            {statement}")
@@ -181,19 +233,15 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         def grant() -> str:
             envelope = sign(body, sign_private, "demo")
             request = urllib.request.Request(  # noqa: S310 - our own loopback runtime
-                runtime.url + "/v1/requests",
-                data=body,
-                method="POST",
-                headers=envelope.headers(),
+                url + "/v1/requests", data=body, method="POST", headers=envelope.headers()
             )
+            state["granting"] = True
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                accepted = json.loads(response.read())
+                json.loads(response.read())
             outcome = _wait(sink, request_id, 15)
             if outcome.status != "granted" or not outcome.sealed_credentials:
                 raise DemoFailed(f"grant ended {outcome.status}: {outcome.message}")
-            state["grant_id"] = accepted["grant_id"]
             state["credentials"] = unseal(outcome.sealed_credentials, box_private)
-            state["expires_at"] = outcome.expires_at
             return f"HTTP 202, then {outcome.principal} until {outcome.expires_at:%H:%M:%S} UTC"
 
         def use() -> str:
@@ -202,12 +250,12 @@ def _story(dsn: str, where: str, seconds: int) -> None:
             user = psycopg.connect(**login, autocommit=True)
             state["session"] = user
             rows = user.execute(
-                sql.SQL("SELECT word FROM {}.greetings ORDER BY 1").format(sql.Identifier(SCHEMA))
+                sql.SQL("SELECT word FROM {}.greetings ORDER BY 1").format(sql.Identifier(schema))
             ).fetchall()
             try:
                 user.execute(
                     sql.SQL("INSERT INTO {}.greetings VALUES ('nope')").format(
-                        sql.Identifier(SCHEMA)
+                        sql.Identifier(schema)
                     )
                 )
             except psycopg.errors.InsufficientPrivilege:
@@ -217,9 +265,10 @@ def _story(dsn: str, where: str, seconds: int) -> None:
             return f"SELECT gave {[r[0] for r in rows]}; INSERT refused (read-only)"
 
         def expire() -> str:
-            outcome = _wait(sink, f"expire-{state['grant_id']}", seconds + 90)
+            outcome = _wait(sink, f"expire-{grant_id}", seconds + 90)
             if outcome.status != "revoked" or not outcome.verified:
                 raise DemoFailed(f"scheduled revoke ended {outcome.status}: {outcome.message}")
+            state["revoked"] = True
             return (
                 f"scheduled revoke ran {outcome.revocation_lag_seconds:.2f}s after expiry, verified"
             )
@@ -241,13 +290,12 @@ def _story(dsn: str, where: str, seconds: int) -> None:
             raise DemoFailed("a new login succeeded after revoke")
 
         def sweep() -> str:
+            assert runtime is not None
             report = runtime.engine.sweep()
-            with runtime.engine._batch() as batch:
-                left = [
-                    g
-                    for g in batch.session(catalog.integration("demo-postgres")).active_grants()
-                    if g.grant_id == state["grant_id"] and g.state != "tombstone"
-                ]
+            live = runtime.engine.live_grants([integration])[integration]
+            if isinstance(live, str):
+                raise DemoFailed(f"cannot list grants: {live}")
+            left = [g for g in live if g.grant_id == grant_id and g.state != "tombstone"]
             if report.revoked or left or report.failed:
                 raise DemoFailed(f"sweep found work: {report}")
             return "nothing left to revoke"
@@ -258,14 +306,49 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         steps.run("wait for the scheduled revoke at expiry", expire)
         steps.run("check the open session is gone and a new login is refused", gone)
         steps.run("sweep", sweep)
-        print(f"audit events: {events_path}")
+        lines = events_path.read_text(encoding="utf-8").splitlines()
+        print(f"audit trail: {len(lines)} events and outcomes recorded")
     finally:
-        runtime.stop()
-        session = state.get("session")
-        if session is not None:
-            session.close()
+        _clean_up(admin, runtime, state, grant_id, events_path)
+
+
+def _clean_up(
+    admin: psycopg.Connection[Any],
+    runtime: LocalRuntime | None,
+    state: dict[str, Any],
+    grant_id: str,
+    events_path: Path,
+) -> None:
+    """Leave the server as it was: whatever this run created, and only that, is removed."""
+    session = state.get("session")
+    if session is not None:
         with contextlib.suppress(psycopg.Error):
-            admin.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA))
+            session.close()
+    if runtime is not None:
+        runtime.stop()
+        engine = runtime.engine
+        if state.get("granting") and not state.get("revoked"):
+            # Interrupted or failed before the scheduled revoke: revoke it now.
+            revoke = parse_request(
+                json.dumps(
+                    {
+                        "request_id": f"demo-cleanup-{grant_id}",
+                        "action": "revoke",
+                        "integration": next(iter(engine.catalog.integrations)),
+                        "grant_id": grant_id,
+                    }
+                )
             )
-        admin.close()
+            outcome = engine.execute(revoke)
+            if outcome.status != "revoked":
+                print(f"WARNING: could not revoke grant {grant_id}: {outcome.message}")
+        with contextlib.suppress(Exception), engine._batch() as batch:
+            # Nothing can deliver this run's grant again: its tombstone can go now.
+            integration = next(iter(engine.catalog.integrations.values()))
+            batch.session(integration).forget(grant_id)
+    schema = state.get("schema")
+    if schema is not None:
+        with contextlib.suppress(psycopg.Error):
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    admin.close()
+    events_path.unlink(missing_ok=True)

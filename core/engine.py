@@ -15,7 +15,7 @@ from jitc.catalog import Catalog, Integration
 from jitc.errors import JitcError, Refused
 from jitc.labels import LabelKey
 from jitc.messages import Work
-from jitc.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
+from jitc.models import AccessRequest, AuditEvent, Grant, Outcome, parse_duration, utcnow
 from jitc.ports import EventSink, ExpiryScheduler
 from jitc.sealing import seal
 from jitc.secrets import Secret, SecretRef, SecretStore
@@ -260,6 +260,57 @@ class Engine:
         )
         return report
 
+    def revoke_batch(self, requests: Sequence[AccessRequest]) -> list[Outcome]:
+        """Revokes that fell due together (expiry timers): each integration's share goes to the
+        template's bulk revoke where it has one, the rest one by one; reported one by one,
+        exactly as `execute_batch` would."""
+        outcomes: dict[int, Outcome] = {}
+        with self._batch() as batch:
+            shares: dict[str, list[int]] = {}
+            for index, request in enumerate(requests):
+                shares.setdefault(request.integration, []).append(index)
+            for name, indexes in shares.items():
+                integration = self.catalog.integrations.get(name)
+                bulk: dict[str, RevokeResult] = {}
+                if integration is not None:
+                    ids = list(dict.fromkeys(requests[i].target_grant_id for i in indexes))
+                    try:
+                        session = batch.session(integration)
+                    except Exception:  # each revoke below reports the connection's failure
+                        batch.discard(integration)
+                    else:
+                        bulk = self._revoke_many(batch, integration, session, ids)
+                for index in indexes:
+                    request = requests[index]
+                    result = bulk.get(request.target_grant_id)
+                    if integration is None or result is None:
+                        outcomes[index] = self._run(batch, Work(request, self.clock()), False)
+                        continue
+                    try:
+                        self.scheduler.cancel(request.target_grant_id)
+                        outcome = self._revoked(request, integration, result)
+                    except Exception as exc:  # reported; the message is retried
+                        outcome = self._failure(batch, request, exc)
+                    self._report(request, outcome)
+                    outcomes[index] = outcome
+        return [outcomes[index] for index in range(len(requests))]
+
+    def live_grants(self, names: Sequence[str] | None = None) -> dict[str, list[Grant] | str]:
+        """The grants each target still holds that this connector made (the target is the
+        ledger), by integration; an integration that cannot be read gives the reason instead."""
+        found: dict[str, list[Grant] | str] = {}
+        with self._batch() as batch:
+            for integration in self.catalog.integrations.values():
+                if names is not None and integration.name not in names:
+                    continue
+                try:
+                    found[integration.name] = batch.session(integration).active_grants()
+                except Exception as exc:
+                    batch.discard(integration)
+                    text = str(exc) if isinstance(exc, JitcError) else type(exc).__name__
+                    found[integration.name] = batch.scrub(text)
+        return found
+
     # -- internals -------------------------------------------------------------------------
 
     @contextmanager
@@ -306,11 +357,15 @@ class Engine:
         result = batch.ahead.pop(spec.grant_id, None) or batch.session(integration).grant(spec)
         if isinstance(result, Refused):
             raise result
-        self.scheduler.schedule(spec.grant_id, integration.name, spec.expires_at)
+        expires_at = self._recorded_expiry(batch, integration, spec, result)
+        self.scheduler.schedule(spec.grant_id, integration.name, expires_at)
+        credentials = result.credentials
+        if credentials is not None and "expires_at" in credentials:
+            credentials = {**credentials, "expires_at": expires_at.isoformat()}
         sealed = None
         assert request.identity is not None
-        if result.credentials is not None and request.identity.public_key is not None:
-            sealed = seal(result.credentials, request.identity.public_key)
+        if credentials is not None and request.identity.public_key is not None:
+            sealed = seal(credentials, request.identity.public_key)
         return Outcome(
             request_id=request.request_id,
             action="grant",
@@ -318,11 +373,25 @@ class Engine:
             integration=integration.name,
             grant_id=spec.grant_id,
             principal=result.principal,
-            expires_at=spec.expires_at,
+            expires_at=expires_at,
             sealed_credentials=sealed,
-            credentials=result.credentials if plain else None,
+            credentials=credentials if plain else None,
             reissued=result.reissued,
         )
+
+    def _recorded_expiry(
+        self, batch: _Batch, integration: Integration, spec: GrantSpec, result: GrantResult
+    ) -> datetime:
+        """The expiry the target holds for this grant. A redelivery computes its own, later one
+        (a duration counts from its own signature), but the grant keeps the first: the timer
+        and every outcome must say what the target will enforce."""
+        if result.expires_at is not None:
+            return result.expires_at
+        if result.reissued:
+            for grant in batch.session(integration).active_grants():
+                if grant.grant_id == spec.grant_id and grant.state == "active":
+                    return grant.expires_at
+        return spec.expires_at
 
     def _tombstone_until(self, integration: Integration) -> datetime:
         skew = parse_duration(self.catalog.control_plane.max_skew)
@@ -399,6 +468,7 @@ class Engine:
                 identity=request.identity.email if request.identity else None,
                 principal=outcome.principal,
                 expires_at=outcome.expires_at,
+                justification=request.justification,
                 field=outcome.field,
                 message=outcome.message,
                 residual=outcome.residual,

@@ -5,6 +5,7 @@ Cloud handlers adapt their event shape to `Intake.handle(headers, body)` and bac
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from jitc.ports import RequestQueue
 from jitc.signing import Envelope, ReplayGuard, verify
 
 MAX_BODY_BYTES = 64 * 1024
+log = logging.getLogger("jitc.intake")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,17 @@ class Intake:
             self.replay.check_and_remember(envelope, now)
         except Refused as exc:
             return _error(409, exc)
-        self.queue.enqueue(envelope_message(envelope), request.target_grant_id)
+        try:
+            self.queue.enqueue(envelope_message(envelope), request.target_grant_id)
+        except Refused as exc:  # a durable queue that remembers what it was given: a replay
+            return _error(409, exc)
+        except Exception:
+            # Not queued, so not accepted: the control plane must send it again.
+            log.exception("request %s could not be queued", request.request_id)
+            return Response(
+                503,
+                {"error": "unavailable", "field": "queue", "message": "not queued; send again"},
+            )
         return Response(
             202,
             {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -15,28 +14,6 @@ from typing import IO
 from jitc.messages import expiry_message
 from jitc.models import AuditEvent, Outcome, utcnow
 from jitc.ports import EventSink, RequestQueue
-
-
-class InProcessQueue:
-    """A FIFO queue inside one process (the local runtime's stand-in for SQS or Pub/Sub)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[str] = queue.Queue()
-
-    def enqueue(self, message: str, group: str) -> None:
-        self._queue.put(message)
-
-    def get_batch(self, max_items: int, timeout: float) -> list[str]:
-        try:
-            items = [self._queue.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while len(items) < max_items:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return items
 
 
 class NullScheduler:
@@ -64,6 +41,8 @@ class ThreadScheduler:
 
     def schedule(self, grant_id: str, integration: str, at: datetime) -> None:
         with self._cond:
+            if self._live.get(grant_id) == at:
+                return  # rebuilt from the targets again, or a redelivered grant: one timer
             self._live[grant_id] = at
             heapq.heappush(self._heap, (at, grant_id, integration))
             self._cond.notify()

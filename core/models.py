@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -119,6 +120,18 @@ class AccessRequest(_Strict):
         default=None, description="revoke only: the grant to end (default: the grant of request_id)"
     )
 
+    @field_validator("expires_at")
+    @classmethod
+    def _in_calendar(cls, value: datetime | None) -> datetime | None:
+        # A date at the edge of the calendar with an offset has no UTC form: refuse it here, as
+        # invalid input, rather than fail later with an OverflowError.
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expires_at is outside the representable range") from None
+
     @model_validator(mode="after")
     def _shape(self) -> AccessRequest:
         if self.action == "grant":
@@ -148,11 +161,15 @@ class AccessRequest(_Strict):
 
     def expiry(self, issued_at: datetime) -> datetime:
         """Absolute expiry: a duration counts from when the control plane signed the request,
-        so every redelivery computes the same expiry; a late delivery gets less time, not more."""
+        so every redelivery computes the same expiry; a late delivery gets less time, not more.
+        Whole seconds, rounded down: that is what every target's label records, so the first
+        outcome and a redelivery's (read back from the label) name the same instant."""
         if self.expires_at is not None:
-            return self.expires_at.astimezone(UTC)
-        assert self.duration is not None
-        return issued_at.astimezone(UTC) + parse_duration(self.duration)
+            exact = self.expires_at.astimezone(UTC)
+        else:
+            assert self.duration is not None
+            exact = issued_at.astimezone(UTC) + parse_duration(self.duration)
+        return exact.replace(microsecond=0)
 
 
 Status = Literal["planned", "granted", "revoked", "refused", "failed"]
@@ -214,6 +231,7 @@ class AuditEvent(_Strict):
     identity: str | None = None
     principal: str | None = None
     expires_at: AwareDatetime | None = None
+    justification: str | None = Field(default=None, description="as the request gave it")
     field: str | None = None
     message: str | None = None
     residual: list[str] = Field(default_factory=list)

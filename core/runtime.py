@@ -1,27 +1,106 @@
-"""The local runtime behind `jitc serve` and `jitc demo`: the same intake as the clouds, an
-in-process queue and worker, a timer scheduler for expiries and a periodic sweep."""
+"""The local runtime behind `jitc serve` and `jitc demo`: the same intake as the clouds, a
+durable journal in front of in-process workers, expiry timers rebuilt from the targets, and a
+sweep at start and then periodically.
+
+Accepted means done: the intake answers 202 only once the request is in the journal, and an
+entry is marked done only after its outcome was emitted, so a crash between the two replays it
+(every operation is idempotent). Expiry messages are not journaled: the targets record every
+live grant's expiry, and the timers and the first sweep are rebuilt from them at start.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import tempfile
 import threading
 import time
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 
 from jitc.catalog import Catalog
 from jitc.engine import Engine
 from jitc.errors import Refused
-from jitc.intake import MAX_BODY_BYTES, Intake
-from jitc.local import InProcessQueue, ThreadScheduler
-from jitc.messages import decode_message
-from jitc.models import AuditEvent
+from jitc.http_intake import HttpServer, intake_app
+from jitc.intake import Intake
+from jitc.journal import Journal
+from jitc.local import ThreadScheduler
+from jitc.messages import Work, decode_message
+from jitc.models import AuditEvent, utcnow
+from jitc.openapi import openapi_document
 from jitc.ports import EventSink
 from jitc.secrets import SecretStore
+from jitc.signing import Envelope, replay_key
 
 log = logging.getLogger("jitc.runtime")
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class _Item:
+    seq: int | None  # the journal entry; None for an expiry, which the targets can rebuild
+    grant_id: str
+    text: str
+
+
+class _Partitions:
+    """One FIFO per worker; every message of a grant goes to the same one, so a grant's
+    messages run in the order they were accepted while different grants run in parallel."""
+
+    def __init__(self, count: int) -> None:
+        self.queues: list[queue.Queue[_Item]] = [queue.Queue() for _ in range(count)]
+
+    def put(self, item: _Item) -> None:
+        self.queues[hash(item.grant_id) % len(self.queues)].put(item)
+
+
+class _JournaledQueue:
+    """What the intake enqueues to: on disk first, then to a worker."""
+
+    def __init__(self, journal: Journal, partitions: _Partitions) -> None:
+        self.journal = journal
+        self.partitions = partitions
+
+    def enqueue(self, message: str, group: str) -> None:
+        doc = json.loads(message)
+        key = (
+            replay_key(Envelope.from_json(doc["envelope"]))
+            if doc.get("kind") == "request"
+            else None
+        )
+        seq = self.journal.append(message, group, key)
+        self.partitions.put(_Item(seq, group, message))
+
+
+class _ExpiryQueue:
+    """What the timers enqueue to: straight to a worker."""
+
+    def __init__(self, partitions: _Partitions) -> None:
+        self.partitions = partitions
+
+    def enqueue(self, message: str, group: str) -> None:
+        self.partitions.put(_Item(None, group, message))
+
+
+@dataclass
+class Pending:
+    """What a stopped runtime leaves for the next start."""
+
+    journal: list[tuple[int, str]] = field(default_factory=list)  # (seq, grant id)
+    timers: dict[str, datetime] = field(default_factory=dict)  # grant id -> expiry
+
+
+def _runs(items: list[_Item], work: list[Work]) -> list[list[tuple[_Item, Work]]]:
+    """Consecutive expiries, and consecutive requests, as groups, in the order they came."""
+    groups: list[list[tuple[_Item, Work]]] = []
+    for pair in zip(items, work, strict=True):
+        if groups and (groups[-1][0][0].seq is None) == (pair[0].seq is None):
+            groups[-1].append(pair)
+        else:
+            groups.append([pair])
+    return groups
 
 
 class LocalRuntime:
@@ -33,131 +112,213 @@ class LocalRuntime:
         host: str = "127.0.0.1",
         port: int = 8080,
         sweep_interval: float = 60.0,
-        batch_size: int = 10,
+        batch_size: int = 50,  # expiries that fall due together share one bulk revoke
+        *,
+        journal: Path | None = None,
+        workers: int = 4,
+        read_timeout: int = 10,
+        max_connections: int = 100,
     ) -> None:
-        self.queue = InProcessQueue()
-        self.scheduler = ThreadScheduler(self.queue)
+        self._tempdir = None
+        if journal is None:  # tests and the demo: durable for the process's life only
+            self._tempdir = tempfile.TemporaryDirectory(prefix="jitc-journal-")
+            journal = Path(self._tempdir.name) / "journal.sqlite3"
+        self.journal = Journal(journal)
+        self.partitions = _Partitions(max(1, workers))
+        self.scheduler = ThreadScheduler(_ExpiryQueue(self.partitions))
         self.sink = sink
         self.engine = Engine(catalog, secrets, self.scheduler, sink)
-        self.intake = Intake(catalog, self.queue)
+        self.intake = Intake(catalog, _JournaledQueue(self.journal, self.partitions))
         self.sweep_interval = sweep_interval
         self.batch_size = batch_size
+        self.started_at = 0.0
+        self.timers_rebuilt_at: float | None = None
+        self.timers_ready = threading.Event()  # set once the first rebuild has run
+        self.timers_rebuilt = 0
         self._stop = threading.Event()
-        self.server = ThreadingHTTPServer((host, port), self._handler())
-        self._threads = [
-            threading.Thread(target=self.server.serve_forever, name="jitc-http", daemon=True),
-            threading.Thread(target=self._work, name="jitc-worker", daemon=True),
-            threading.Thread(target=self._sweep, name="jitc-sweep", daemon=True),
+        self._retries: set[threading.Timer] = set()
+        self._retry_lock = threading.Lock()
+        self.http = HttpServer(
+            intake_app(self.intake, lambda: openapi_document(self.url)),
+            host,
+            port,
+            max_connections=max_connections,
+            read_timeout=read_timeout,
+            # a whole request (64 KiB at most) within three read timeouts
+            request_timeout=3 * read_timeout,
+        )
+        self._workers = [
+            threading.Thread(target=self._work, args=(q,), name=f"jitc-worker-{i}", daemon=True)
+            for i, q in enumerate(self.partitions.queues)
         ]
+        self._maintainer = threading.Thread(target=self._maintain, name="jitc-sweep", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host = f"[{self.http.host}]" if ":" in self.http.host else self.http.host
+        return f"http://{host}:{self.http.port}"
 
     def start(self) -> LocalRuntime:
-        for thread in self._threads:
+        self.started_at = time.monotonic()
+        # What was accepted before a stop or a crash runs first, in the order it was accepted.
+        for entry in self.journal.pending():
+            self.partitions.put(_Item(entry.seq, entry.grant_id, entry.message))
+        for thread in (*self._workers, self._maintainer):
             thread.start()
+        self.http.start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.scheduler.stop()
-        for thread in self._threads[1:]:
-            thread.join(timeout=10)
+    def stop(self, timeout: float = 30.0) -> Pending:
+        """Stop accepting, let the batches in flight finish, and say what is left.
 
-    def _work(self) -> None:
+        Whatever was accepted and not done stays in the journal for the next start; live grants
+        keep their expiry in the target, which the next start's timers and sweep act on.
+        """
+        self.http.stop()
+        self._stop.set()
+        with self._retry_lock:
+            for timer in self._retries:
+                timer.cancel()
+        deadline = time.monotonic() + timeout
+        for thread in (*self._workers, self._maintainer):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        pending = Pending(
+            journal=[(e.seq, e.grant_id) for e in self.journal.pending()],
+            timers=self.scheduler.pending(),
+        )
+        self.scheduler.stop()
+        self.journal.close()
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+        return pending
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _batch(self, source: queue.Queue[_Item]) -> list[_Item]:
+        try:
+            items = [source.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        while len(items) < self.batch_size:
+            try:
+                items.append(source.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _work(self, source: queue.Queue[_Item]) -> None:
         attempts: dict[str, int] = {}
         while not self._stop.is_set():
-            messages = self.queue.get_batch(self.batch_size, timeout=0.2)
-            work, texts = [], []
-            for text in messages:
+            items = self._batch(source)
+            if not items:
+                continue
+            work: list[Work] = []
+            runnable: list[_Item] = []
+            done: list[_Item] = []
+            for item in items:
                 try:
-                    work.append(decode_message(text, self.engine.catalog, time.time()))
-                    texts.append(text)
+                    work.append(decode_message(item.text, self.engine.catalog, time.time()))
+                    runnable.append(item)
                 except Refused as exc:
                     # Never retried: it cannot become valid. Recorded, like a dead letter.
-                    self.sink.audit(
-                        AuditEvent(
-                            type="refusal", status="refused", field=exc.field, message=exc.message
-                        )
-                    )
-            if not work:
-                continue
-            try:
-                outcomes = self.engine.execute_batch(work)
-            except Exception:  # e.g. the event sink is down: the whole batch is delivered again
-                log.exception("batch failed; it will be delivered again")
-                failed = texts
-            else:
-                failed = [t for t, o in zip(texts, outcomes, strict=True) if o.status == "failed"]
-                for text in set(texts) - set(failed):
-                    attempts.pop(text, None)
-            for text in failed:
-                tries = attempts.get(text, 0)
-                attempts[text] = tries + 1
-                delay = RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)]
-                timer = threading.Timer(delay, self.queue.enqueue, args=(text, ""))
-                timer.daemon = True
-                timer.start()
+                    self._audit_refusal(exc)
+                    done.append(item)
+                except Exception:  # a message no code path expected must not stop the worker
+                    log.exception("message could not be decoded; recorded as refused")
+                    self._audit_refusal(Refused("message", "could not be decoded"))
+                    done.append(item)
+            failed: list[_Item] = []
+            for group in _runs(runnable, work):
+                items_, works = [i for i, _ in group], [w for _, w in group]
+                try:
+                    if items_[0].seq is None:  # expiries that fell due together: bulk revoke
+                        outcomes = self.engine.revoke_batch([w.request for w in works])
+                    else:
+                        outcomes = self.engine.execute_batch(works)
+                except Exception:  # e.g. the event sink is down: the whole group runs again
+                    log.exception("batch failed; it will run again")
+                    failed.extend(items_)
+                else:
+                    for item, outcome in zip(items_, outcomes, strict=True):
+                        (failed if outcome.status == "failed" else done).append(item)
+            self._mark_done(done)
+            for item in done:
+                attempts.pop(item.text, None)
+            for item in failed:
+                tries = attempts.get(item.text, 0)
+                attempts[item.text] = tries + 1
+                self._retry(source, item, RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)])
 
-    def _sweep(self) -> None:
-        while not self._stop.wait(self.sweep_interval):
+    def _audit_refusal(self, exc: Refused) -> None:
+        try:
+            self.sink.audit(
+                AuditEvent(type="refusal", status="refused", field=exc.field, message=exc.message)
+            )
+        except Exception:
+            log.exception("could not record a refused message")
+
+    def _mark_done(self, items: list[_Item]) -> None:
+        seqs = [item.seq for item in items if item.seq is not None]
+        try:
+            self.journal.mark_done(seqs)
+        except Exception:  # they run again at the next start: idempotent, so only late
+            log.exception("could not mark %d journal entries done", len(seqs))
+
+    def _retry(self, source: queue.Queue[_Item], item: _Item, delay: float) -> None:
+        def again() -> None:
+            with self._retry_lock:
+                self._retries.discard(timer)
+            if not self._stop.is_set():
+                source.put(item)
+
+        timer = threading.Timer(delay, again)
+        timer.daemon = True
+        with self._retry_lock:
+            if self._stop.is_set():
+                return  # a journaled item stays pending; an expiry is rebuilt at start
+            self._retries.add(timer)
+        timer.start()
+
+    # -- timers and sweep ------------------------------------------------------------------
+
+    def rebuild_timers(self) -> int:
+        """Schedule the revoke of every live grant at the expiry its target records."""
+        now = utcnow()
+        scheduled = 0
+        for name, grants in self.engine.live_grants().items():
+            if isinstance(grants, str):
+                log.warning("timers of %s not rebuilt: %s", name, grants)
+                continue
+            for grant in grants:
+                if grant.state == "active" and grant.expires_at > now:
+                    self.scheduler.schedule(grant.grant_id, name, grant.expires_at)
+                    scheduled += 1
+        return scheduled
+
+    def _maintain(self) -> None:
+        first = True
+        while first or not self._stop.wait(self.sweep_interval):
+            try:
+                count = self.rebuild_timers()
+                if first:
+                    self.timers_rebuilt = count
+                    self.timers_rebuilt_at = time.monotonic()
+                    log.info(
+                        "%d expiry timers rebuilt from the targets in %.2f s",
+                        count,
+                        self.timers_rebuilt_at - self.started_at,
+                    )
+            except Exception:
+                log.exception("rebuilding timers failed")
+            self.timers_ready.set()
+            first = False
+            if self._stop.is_set():
+                return
             try:
                 self.engine.sweep()
             except Exception:
                 log.exception("sweep failed")
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        intake = self.intake
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "jit-connector"
-            sys_version = ""
-
-            def _reply(self, status: int, body: dict[str, object]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path == "/healthz":
-                    self._reply(200, {"status": "ok"})
-                else:
-                    self._reply(404, {"error": "not_found", "field": "path", "message": self.path})
-
-            def do_POST(self) -> None:
-                if self.path != "/v1/requests":
-                    self._reply(404, {"error": "not_found", "field": "path", "message": self.path})
-                    return
-                length_text = self.headers.get("Content-Length", "")
-                if not length_text.isdigit():
-                    self._reply(
-                        411, {"error": "refused", "field": "Content-Length", "message": "required"}
-                    )
-                    return
-                length = int(length_text)
-                if length > MAX_BODY_BYTES:
-                    self._reply(
-                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        {
-                            "error": "refused",
-                            "field": "body",
-                            "message": f"larger than {MAX_BODY_BYTES} bytes",
-                        },
-                    )
-                    self.close_connection = True
-                    return
-                body = self.rfile.read(length)
-                response = intake.handle(dict(self.headers.items()), body)
-                self._reply(response.status, response.body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("%s " + format, self.address_string(), *args)
-
-        return Handler
+            try:
+                self.journal.prune(time.time() - 2 * self.intake.replay.window - 3600)
+            except Exception:
+                log.exception("journal prune failed")

@@ -24,6 +24,10 @@ from jitc.errors import Refused
 HEADER_TIMESTAMP = "X-Jitc-Timestamp"
 HEADER_KEY_ID = "X-Jitc-Key-Id"
 HEADER_SIGNATURE = "X-Jitc-Signature"
+MAX_TIMESTAMP = 10**12 - 1  # twelve digits, as the header allows
+# Verified against when the key id is unknown, so that an unknown key costs what a bad signature
+# costs and gets the same answer: the refusal must not tell which key ids exist.
+_DECOY_KEY = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Envelope:
             raise Refused("envelope", "key_id, signature and body must be strings")
         if not isinstance(timestamp, int) or isinstance(timestamp, bool):
             raise Refused("envelope.timestamp", "must be an integer (Unix seconds)")
+        if not 0 <= timestamp <= MAX_TIMESTAMP:
+            # Out of the calendar's range, it would fail later as an OverflowError instead.
+            raise Refused("envelope.timestamp", "must be Unix seconds")
         return cls(key_id, timestamp, signature, body.encode("utf-8"))
 
     def headers(self) -> dict[str, str]:
@@ -80,7 +87,8 @@ class Envelope:
                 raise Refused(f"header {name}", "missing: requests must be signed")
             values.append(value)
         key_id, timestamp, signature = values
-        if not timestamp.isdigit() or len(timestamp) > 12:
+        # isdigit() alone accepts Unicode digits such as '²', which int() then refuses.
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
             raise Refused(f"header {HEADER_TIMESTAMP}", "must be Unix seconds")
         return cls(key_id, int(timestamp), signature, body)
 
@@ -107,19 +115,28 @@ def verify(
 ) -> None:
     """Refuse unless signed by a known key, with a timestamp inside the window."""
     public = keys.get(envelope.key_id)
-    if public is None:
-        raise Refused("key_id", "unknown signing key")
     try:
         signature = base64.b64decode(envelope.signature, validate=True)
-        VerifyKey(base64.b64decode(public)).verify(
+        VerifyKey(base64.b64decode(public or _DECOY_KEY)).verify(
             _message(envelope.timestamp, envelope.body), signature
         )
+        if public is None:
+            raise BadSignatureError
     except (BadSignatureError, binascii.Error, ValueError):
-        raise Refused("signature", "signature does not verify") from None
+        raise Refused("signature", "signature does not verify with a known key") from None
     if envelope.timestamp < now - max_age:
         raise Refused("timestamp", "request is too old")
     if envelope.timestamp > now + max_ahead:
         raise Refused("timestamp", "request is from the future")
+
+
+def replay_key(envelope: Envelope) -> str:
+    """What identifies one signed request: keyed on what was signed, not on the signature's
+    text, because base64 has more than one spelling of the same bytes and a replay must not pass
+    by re-spelling them."""
+    return hashlib.sha256(
+        f"{envelope.key_id}\0{envelope.timestamp}\0".encode() + envelope.body
+    ).hexdigest()
 
 
 class ReplayGuard:
@@ -141,11 +158,7 @@ class ReplayGuard:
                 if ts >= now - self.window and len(self._seen) < self.capacity:
                     break
                 del self._seen[oldest]
-            # Keyed on what was signed, not on the signature's text: base64 has more than one
-            # spelling of the same bytes, and a replay must not pass by re-spelling them.
-            key = hashlib.sha256(
-                f"{envelope.key_id}\0{envelope.timestamp}\0".encode() + envelope.body
-            ).hexdigest()
+            key = replay_key(envelope)
             if key in self._seen:
                 raise Refused("signature", "replayed request")
             self._seen[key] = float(envelope.timestamp)

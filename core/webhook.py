@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
@@ -23,6 +24,29 @@ class WebhookError(JitcError):
     pass
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def webhook_url_allowed(url: str) -> bool:
+    """https anywhere; plain http only to loopback, judged on the parsed host name exactly, so
+    that `http://localhost.evil.example` and `http://localhost@evil.example` are refused."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname, _ = parts.hostname, parts.port
+    except ValueError:
+        return False
+    if not hostname:
+        return False
+    if parts.scheme == "https":
+        return True
+    return (
+        parts.scheme == "http"
+        and hostname in LOOPBACK_HOSTS
+        and parts.username is None
+        and parts.password is None
+    )
+
+
 class WebhookSink:
     def __init__(
         self,
@@ -33,7 +57,7 @@ class WebhookSink:
         timeout: float = 10.0,
         backoff: float = 0.5,
     ) -> None:
-        if not url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        if not webhook_url_allowed(url):
             raise ValueError("webhook URL must be https (plain http only to loopback, for tests)")
         self.url = url
         self._key = signing_key

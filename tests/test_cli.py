@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -108,11 +109,14 @@ def test_failure_exits_1(tmp_path: Path, admin: Any) -> None:
     path.write_text(yaml.safe_dump(doc))
     failed = jitc("grant", request(tmp_path), "--plain", "--catalog", str(path))
     assert failed.returncode == 1 and "cannot connect" in failed.stdout
+    said = [line for line in failed.stderr.splitlines() if not line.startswith("{")]
+    assert not any("cannot connect" in line for line in said)  # said once (audit lines aside)
     assert jitc("sweep", "--catalog", str(path)).returncode == 1
-    assert (
-        jitc("grant", request(tmp_path), "--catalog", str(tmp_path / "missing.yaml")).returncode
-        == 1
-    )
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("integrations: [")
+    for catalog in (tmp_path / "missing.yaml", malformed):
+        # a missing file and a malformed one are the same mistake: the input is wrong
+        assert jitc("grant", request(tmp_path), "--catalog", str(catalog)).returncode == 2
 
 
 def test_keygen_sealed_grant_and_open(tmp_path: Path, catalog_file: Path, admin: Any) -> None:
@@ -152,7 +156,18 @@ def test_serve_and_send(tmp_path: Path, admin: Any) -> None:
     events = tmp_path / "events.jsonl"
     port = _free_port()
     server = subprocess.Popen(
-        [*JITC, "serve", "--catalog", str(catalog), "--port", str(port), "--events", str(events)],
+        [
+            *JITC,
+            "serve",
+            "--catalog",
+            str(catalog),
+            "--port",
+            str(port),
+            "--events",
+            str(events),
+            "--journal",
+            str(tmp_path / "journal.db"),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -162,7 +177,8 @@ def test_serve_and_send(tmp_path: Path, admin: Any) -> None:
         url = f"http://127.0.0.1:{port}"
         box = jitc("keygen", "--box", "--out", str(tmp_path / "box.key")).stdout.strip()
         req = request(tmp_path, identity={"email": "op@example.com", "public_key": box})
-        sent = jitc("send", url, req, "--key", str(key), "--key-id", "cp-1")
+        # the URL exactly as serve prints it
+        sent = jitc("send", url + "/v1/requests", req, "--key", str(key), "--key-id", "cp-1")
         assert sent.returncode == 0 and json.loads(sent.stdout)["status"] == "accepted"
         forged = jitc("send", url, req, "--key", str(tmp_path / "box.key"), "--key-id", "cp-1")
         assert forged.returncode == 2
@@ -192,3 +208,255 @@ def test_demo_runs_on_an_embedded_postgresql_when_none_is_given() -> None:
     demo = jitc("demo", "--seconds", "2", "--embedded", timeout=180)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "embedded PostgreSQL" in demo.stdout and "demo passed" in demo.stdout
+
+
+def _one_line_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_usage_errors_have_their_own_exit_status_and_version_and_help_examples() -> None:
+    for args in ([], ["grant", "--bogus"], ["serve", "--port", "x"], ["keygen"]):
+        result = jitc(*args)
+        assert result.returncode == 64, (args, result.stderr)
+        _one_line_no_traceback(result)
+    version = jitc("--version")
+    assert version.returncode == 0 and version.stdout.startswith("jitc ")
+    for command in ("grant", "revoke", "list", "open", "send", "serve", "demo", "keygen"):
+        text = jitc(command, "--help").stdout
+        assert "example:" in text and "jitc " + command in text, command
+    assert "(default: 8080)" in jitc("serve", "--help").stdout
+
+
+def test_bad_keys_and_inputs_are_one_line_refusals(tmp_path: Path) -> None:
+    box = tmp_path / "box.key"
+    jitc("keygen", "--box", "--out", str(box))
+    other = tmp_path / "other.key"
+    public = jitc("keygen", "--box", "--out", str(other)).stdout.strip()
+    junk = tmp_path / "junk.key"
+    junk.write_text("not a key at all\n")
+    from jitc.sealing import seal
+
+    sealed = seal({"password": "x"}, public)
+    cases = [
+        (["open", "-", "--key", str(box)], "not json at all"),  # neither JSON nor a blob
+        (["open", "-", "--key", str(box)], sealed),  # sealed to another key
+        (["open", "-", "--key", str(junk)], sealed),
+        (["open", str(tmp_path / "missing.json"), "--key", str(box)], None),
+        (["open", "-", "--key", str(tmp_path / "missing.key")], sealed),
+        (["send", "http://127.0.0.1:9/", "-", "--key", str(junk), "--key-id", "k"], "{}"),
+        (["grant", str(tmp_path / "missing.json"), "--catalog", "examples/catalog.yaml"], None),
+        (["grant", "-", "--catalog", "examples/catalog.yaml"], "{nope"),
+    ]
+    for args, stdin in cases:
+        result = jitc(*args, stdin=stdin)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        _one_line_no_traceback(result)
+        assert "not a key at all" not in result.stderr
+
+
+def test_json_is_printed_for_failures_too(tmp_path: Path) -> None:
+    result = jitc("grant", str(tmp_path / "missing.json"), "--json")
+    assert result.returncode == 2
+    doc = json.loads(result.stdout)
+    assert doc["error"] == "refused" and doc["field"]
+
+
+def test_no_act_before_the_audit_sink_works(tmp_path: Path, catalog_file: Path, admin: Any) -> None:
+    before = our_roles(admin)
+    result = jitc(
+        "grant",
+        request(tmp_path),
+        "--plain",
+        "--catalog",
+        str(catalog_file),
+        "--events",
+        str(tmp_path / "no" / "such" / "dir" / "events.jsonl"),
+    )
+    assert result.returncode == 2 and "events" in result.stderr, result.stderr
+    _one_line_no_traceback(result)
+    assert our_roles(admin) == before
+
+
+def test_grant_prints_the_sealed_blob_and_open_takes_any_form_of_it(
+    tmp_path: Path, catalog_file: Path, admin: Any
+) -> None:
+    key = tmp_path / "box.key"
+    public = jitc("keygen", "--box", "--out", str(key)).stdout.strip()
+    req = request(tmp_path, identity={"email": "op@example.com", "public_key": public})
+    events = tmp_path / "events.jsonl"
+    out = tmp_path / "creds.sealed"
+    granted = jitc(
+        "grant", req, "--catalog", str(catalog_file), "--events", str(events), "--out", str(out)
+    )
+    assert granted.returncode == 0, granted.stdout + granted.stderr
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    blob = out.read_text().strip()
+    again = jitc("grant", req, "--catalog", str(catalog_file))
+    assert "sealed credentials" in again.stdout
+    printed = again.stdout.split("sealed credentials: ", 1)[1].split()[0]
+    events_line = [line for line in events.read_text().splitlines() if '"outcome"' in line][-1]
+    webhook_body = json.dumps({"type": "outcome", "outcome": json.loads(events_line)["outcome"]})
+    for form in (blob, printed, events_line, webhook_body, events.read_text()):
+        opened = jitc("open", "-", "--key", str(key), stdin=form)
+        assert opened.returncode == 0, opened.stderr
+        assert json.loads(opened.stdout)["username"]
+
+
+def test_list_shows_live_grants_and_revoke_takes_a_grant_id(
+    tmp_path: Path, catalog_file: Path, admin: Any
+) -> None:
+    granted = jitc("grant", request(tmp_path), "--plain", "--json", "--catalog", str(catalog_file))
+    outcome = json.loads(granted.stdout)
+    listed = jitc("list", "--json", "--catalog", str(catalog_file))
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["grant_id"]: row for row in json.loads(listed.stdout)["grants"]}
+    row = rows[outcome["grant_id"]]
+    assert row["expires_at"] == outcome["expires_at"] and row["seconds_left"] > 0
+    text = jitc("list", "--integration", INTEGRATION, "--catalog", str(catalog_file)).stdout
+    assert outcome["grant_id"] in text and "until" in text
+    revoked = jitc(
+        "revoke",
+        "--grant-id",
+        outcome["grant_id"],
+        "--integration",
+        INTEGRATION,
+        "--catalog",
+        str(catalog_file),
+    )
+    assert revoked.returncode == 0 and "verified gone: yes" in revoked.stdout, revoked.stdout
+    listed = jitc("list", "--json", "--catalog", str(catalog_file))
+    assert outcome["grant_id"] not in {r["grant_id"] for r in json.loads(listed.stdout)["grants"]}
+    unknown = jitc("list", "--integration", "nope", "--catalog", str(catalog_file))
+    assert unknown.returncode == 2
+
+
+def test_catalog_check_takes_a_path_warns_and_keeps_the_catalogs_units(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "catalog.yaml").read_text())
+    doc["integrations"]["local-postgres"]["max_duration"] = "90m"
+    doc["integrations"]["local-postgres"]["credentials"] = "vault:secret/db"
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = jitc("catalog", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "max 90m" in result.stdout
+    for warning in ("keys is empty", "'vault'", "sslmode"):
+        assert warning in result.stdout, result.stdout
+    doc = json.loads(jitc("catalog", "check", str(path), "--json").stdout)
+    assert doc["integrations"]["local-postgres"]["permissions"]["read-write"] == "2h"
+    assert len(doc["warnings"]) >= 3 and any("vault" in w for w in doc["warnings"])
+
+
+def test_output_to_a_closed_pipe_is_no_traceback() -> None:
+    proc = subprocess.Popen(
+        f"{sys.executable} -m jitc.cli schema | head -c 10 >/dev/null",
+        shell=True,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_demo_with_a_bad_dsn_says_why_in_one_line() -> None:
+    env_dsn = "host=127.0.0.1 port=1 password=canary-secret"
+    result = subprocess.run(
+        [*JITC, "demo"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "JITC_PG_DSN": env_dsn},
+    )
+    assert result.returncode == 1
+    assert "connection refused" in result.stdout and "canary-secret" not in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_sink_that_fails_after_the_act_still_shows_the_outcome(
+    tmp_path: Path, catalog_file: Path, admin: Any
+) -> None:
+    result = jitc(
+        "grant",
+        request(tmp_path),
+        "--plain",
+        "--catalog",
+        str(catalog_file),
+        "--events",
+        "/dev/full",  # opens, then every write fails: a full disk
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "granted:" in result.stdout
+        and "WARNING" in result.stdout
+        and "not recorded" in result.stdout
+    )
+    assert "Traceback" not in result.stderr
+
+
+def _demo_run(output: str) -> tuple[str, str]:
+    line = next(line for line in output.splitlines() if line.startswith("this run:"))
+    schema = line.split("schema ", 1)[1].split(",")[0]
+    prefix = line.split("roles ", 1)[1].rstrip("*")
+    return schema, prefix
+
+
+def _left_behind(admin: Any, schema: str, prefix: str) -> list[Any]:
+    roles = admin.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)
+    ).fetchall()
+    schemas = admin.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname = %s", (schema,)
+    ).fetchall()
+    return roles + schemas
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_revokes_and_drops_what_it_created(admin: Any) -> None:
+    proc = subprocess.Popen(
+        [*JITC, "demo", "--seconds", "60"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    output = ""
+    for line in proc.stdout:
+        output += line
+        if "INSERT refused" in line:  # granted and used: a live LOGIN role exists now
+            break
+    schema, prefix = _demo_run(output)
+    proc.send_signal(signal.SIGINT)
+    output += proc.stdout.read()
+    assert proc.wait(timeout=60) == 130, output
+    assert "Traceback" not in output and "interrupted" in output
+    assert _left_behind(admin, schema, prefix) == []
+
+
+@pytest.mark.slow
+def test_two_demos_at_once_on_one_server_both_pass_and_leave_nothing(admin: Any) -> None:
+    procs = [
+        subprocess.Popen(
+            [*JITC, "demo", "--seconds", "3"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output
+        assert _left_behind(admin, *_demo_run(output)) == []
+        assert "jitc-demo-events" not in output
+
+
+def test_a_missing_extra_is_named_before_anything_runs(tmp_path: Path, catalog_file: Path) -> None:
+    # psycopg made unimportable, as after `pip install -e .` without the postgresql extra
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from jitc.cli import main; "
+        f"sys.exit(main(['grant', {request(tmp_path)!r}, '--plain', '--catalog', {str(catalog_file)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        "pip install 'jit-connector[postgresql]'" in result.stderr
+        and "Traceback" not in result.stderr
+    )

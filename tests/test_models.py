@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from jitc.catalog import parse_catalog
 from jitc.errors import Refused
 from jitc.messages import parse_request
 from jitc.models import SCHEMA_MODELS, derive_grant_id, parse_duration
+from jitc.openapi import openapi_document
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -21,6 +23,33 @@ def test_published_schema_matches_the_model(name: str) -> None:
     assert published == SCHEMA_MODELS[name].model_json_schema(), (
         f"schemas/{name}.schema.json is stale: run `jitc schema --out schemas`"
     )
+
+
+def test_published_openapi_document_matches_the_models() -> None:
+    published = json.loads((SCHEMAS / "openapi.json").read_text())
+    assert published == openapi_document(), (
+        "schemas/openapi.json is stale: run `jitc schema --out schemas`"
+    )
+
+
+def _refs(doc: object) -> list[str]:
+    if isinstance(doc, dict):
+        return [doc["$ref"]] if "$ref" in doc else [r for v in doc.values() for r in _refs(v)]
+    if isinstance(doc, list):
+        return [r for v in doc for r in _refs(v)]
+    return []
+
+
+def test_openapi_document_is_fed_by_the_request_schema_and_every_ref_resolves() -> None:
+    doc = openapi_document()
+    components = doc["components"]["schemas"]
+    for ref in _refs(doc):
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in components, ref
+    published = json.loads((SCHEMAS / "access-request.schema.json").read_text())
+    assert set(components["AccessRequest"]["properties"]) == set(published["properties"])
+    assert components["AccessRequest"]["required"] == published["required"]
+    post = doc["paths"]["/v1/requests"]["post"]
+    assert {"202", "400", "401", "403", "409", "413", "503"} <= set(post["responses"])
 
 
 @pytest.mark.parametrize(
@@ -81,6 +110,49 @@ def test_requests_are_strict(changes: dict[str, object], field: str) -> None:
     with pytest.raises(Refused) as err:
         parse_request(_grant(**changes))
     assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59.999999-00:01"],
+)
+def test_an_expiry_at_the_edge_of_the_calendar_is_invalid_input_not_an_overflow(
+    moment: str,
+) -> None:
+    with pytest.raises(Refused) as err:
+        parse_request(_grant(duration=None, expires_at=moment))
+    assert err.value.field == "expires_at"
+
+
+CATALOG = {
+    "control_plane": {"max_skew": "5m"},
+    "integrations": {
+        "db": {
+            "kind": "postgresql",
+            "connection": {"dbname": "test", "user": "postgres"},
+            "max_duration": "1h",
+            "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}},
+        }
+    },
+}
+
+
+def test_the_last_moment_of_the_calendar_is_refused_as_too_long() -> None:
+    request = parse_request(_grant(duration=None, expires_at="9999-12-31T23:59:59+00:00"))
+    now = datetime.now(UTC)
+    with pytest.raises(Refused) as err:
+        parse_catalog(CATALOG).check_grant(request, now, now, plain=True)
+    assert err.value.field == "expires_at"
+
+
+def test_a_signature_time_ahead_of_now_does_not_lengthen_access() -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    ahead = now + timedelta(minutes=4)  # inside the allowed skew
+    spec = parse_catalog(CATALOG).check_grant(parse_request(_grant()), ahead, now, plain=True)
+    assert spec.expires_at == now + timedelta(minutes=15)
+    behind = now - timedelta(minutes=4)  # late: less time, as before
+    spec = parse_catalog(CATALOG).check_grant(parse_request(_grant()), behind, now, plain=True)
+    assert spec.expires_at == behind + timedelta(minutes=15)
 
 
 def test_expiry_counts_from_the_signed_moment() -> None:

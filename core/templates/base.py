@@ -65,6 +65,8 @@ class GrantResult:
     principal: str
     credentials: dict[str, str] | None = None
     reissued: bool = False
+    # The expiry the target recorded for this grant (on a redelivery: the first delivery's).
+    expires_at: datetime | None = None
 
 
 @dataclass

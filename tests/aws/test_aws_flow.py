@@ -126,7 +126,7 @@ def test_bad_requests_get_4xx_naming_the_problem_and_enqueue_nothing(deployment:
     body = grant_body(rid, public_key=deployment.box_public)
     cases = [
         (401, "signature", dict(tamper=True)),
-        (401, "key_id", dict(key_id="nobody")),
+        (401, "signature", dict(key_id="nobody")),  # the same answer as a bad signature
         (401, "timestamp", dict(timestamp=int(time.time()) - 3600)),
         (405, "method", dict(method="GET")),
         (404, "path", dict(path="/admin")),

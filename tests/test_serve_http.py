@@ -1,0 +1,241 @@
+"""The intake's HTTP server under hostile clients, and what a redelivered grant reports, on the
+in-process runtime with the real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc
+
+from jitc.catalog import parse_catalog
+from jitc.local import MemorySink
+from jitc.runtime import LocalRuntime
+from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.signing import sign, signing_keypair
+
+PRIVATE, PUBLIC = signing_keypair()
+
+
+@pytest.fixture
+def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySink]]:
+    doc = catalog_doc()
+    doc["control_plane"] = {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
+    sink = MemorySink()
+    rt = LocalRuntime(
+        parse_catalog(doc),
+        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
+        sink,
+        port=0,
+        sweep_interval=3600,
+        read_timeout=1,
+        max_connections=20,
+    ).start()
+    yield rt, sink
+    rt.stop()
+
+
+def _body(request_id: str, duration: str = "10m") -> bytes:
+    return json.dumps(
+        {
+            "request_id": request_id,
+            "action": "grant",
+            "integration": INTEGRATION,
+            "permission": "read-only",
+            "resources": [SCHEMA],
+            "identity": {"email": "h@example.com", "public_key": BOX_PUBLIC},
+            "duration": duration,
+            "justification": "INC-1234: restore the nightly export",
+        }
+    ).encode()
+
+
+def _raw(rt: LocalRuntime, head: bytes, body: bytes = b"") -> bytes:
+    with socket.create_connection((rt.http.host, rt.http.port), timeout=10) as conn:
+        conn.sendall(head + body)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        return data
+
+
+def _request(rt: LocalRuntime, body: bytes, **headers: str) -> bytes:
+    envelope = sign(body, PRIVATE, "cp")
+    fields = {**envelope.headers(), "Content-Length": str(len(body)), "Connection": "close"}
+    fields.update(headers)
+    head = "POST /v1/requests HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in fields.items()
+    )
+    return _raw(rt, head.encode("utf-8") + b"\r\n", body)
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_unicode_digits_in_headers_get_an_answer_not_a_dropped_connection(
+    runtime: Any,
+) -> None:
+    rt, sink = runtime
+    body = _body(f"uni-{time.monotonic_ns()}")
+    answer = _request(rt, body, **{"X-Jitc-Timestamp": "\u00b2"})
+    assert _status(answer) == 401 and b"X-Jitc-Timestamp" in answer, answer
+    answer = _request(rt, body, **{"Content-Length": "\u00b2"})
+    assert _status(answer) == 400, answer
+    answer = _request(rt, body, **{"Content-Length": "\uff11\uff10"})
+    assert _status(answer) == 400, answer
+    time.sleep(0.3)
+    assert sink.outcomes == []
+
+
+def test_stalled_bodies_hold_no_threads_are_timed_out_and_the_intake_still_answers(
+    runtime: Any,
+) -> None:
+    rt, _ = runtime
+    threads_before = threading.active_count()
+    stalled = []
+    for _ in range(60):  # three times the connection cap
+        conn = socket.create_connection((rt.http.host, rt.http.port), timeout=30)
+        conn.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        stalled.append(conn)
+    assert threading.active_count() <= threads_before + 2
+    for conn in stalled:  # each is closed by the server, none answered with a 202
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        assert b"202" not in data
+        conn.close()
+    answer = _request(rt, _body(f"after-{time.monotonic_ns()}"))
+    assert _status(answer) == 202, answer
+
+
+def _wait(sink: MemorySink, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while len(sink.outcomes) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sink.outcomes) >= count, sink.outcomes
+
+
+def test_a_redelivered_grant_keeps_the_expiry_its_target_recorded(runtime: Any) -> None:
+    rt, sink = runtime
+    body = _body(f"redeliver-{time.monotonic_ns()}")
+    for n in range(3):  # each send signs anew, a second later: a later computed expiry
+        assert _status(_request(rt, body)) == 202
+        _wait(sink, n + 1)
+        time.sleep(1.1)
+    expiries = {o.expires_at for o in sink.outcomes}
+    assert [o.status for o in sink.outcomes] == ["granted"] * 3
+    assert len(expiries) == 1, expiries
+    grant_id = sink.outcomes[0].grant_id
+    assert grant_id is not None
+    assert rt.scheduler.pending()[grant_id] == sink.outcomes[0].expires_at
+    live = rt.engine.live_grants([INTEGRATION])[INTEGRATION]
+    assert not isinstance(live, str)
+    assert [g.expires_at for g in live if g.grant_id == grant_id] == [sink.outcomes[0].expires_at]
+
+
+def test_the_justification_is_in_the_audit_event(runtime: Any) -> None:
+    rt, sink = runtime
+    assert _status(_request(rt, _body(f"why-{time.monotonic_ns()}"))) == 202
+    _wait(sink, 1)
+    grants = [e for e in sink.events if e.type == "grant"]
+    assert grants and grants[0].justification == "INC-1234: restore the nightly export"
+
+
+def test_a_request_the_journal_cannot_record_is_not_accepted(runtime: Any) -> None:
+    rt, sink = runtime
+
+    rt.journal._conn = _Broken(rt.journal._conn)
+    answer = _request(rt, _body(f"disk-{time.monotonic_ns()}"))
+    assert _status(answer) == 503, answer
+    time.sleep(0.3)
+    assert sink.outcomes == []
+
+
+class _Broken:
+    """A database connection whose writes fail, as on a full or failing disk."""
+
+    def __init__(self, inner: sqlite3.Connection) -> None:
+        self.inner = inner
+
+    def execute(self, statement: str, *args: Any) -> Any:
+        if statement.lstrip().upper().startswith("INSERT"):
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.inner.execute(statement, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_the_intake_publishes_its_openapi_document(runtime: Any) -> None:
+    from jitc.openapi import openapi_document
+
+    rt, _ = runtime
+    answer = _raw(rt, b"GET /openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert _status(answer) == 200
+    doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert doc == openapi_document(rt.url)
+
+
+def test_grants_that_expire_together_are_all_revoked_and_verified(runtime: Any, admin: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pgtest import our_roles
+
+    rt, sink = runtime
+    before = set(our_roles(admin))
+    # far enough ahead for every grant to be made first, also on a busy machine
+    expires = (datetime.now(UTC) + timedelta(seconds=12)).isoformat()
+    count = 12
+    for i in range(count):
+        doc = json.loads(_body(f"together-{time.monotonic_ns()}-{i}"))
+        del doc["duration"]
+        doc["expires_at"] = expires
+        assert _status(_request(rt, json.dumps(doc).encode())) == 202
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        revokes = [o for o in sink.outcomes if o.action == "revoke"]
+        if len(revokes) >= count:
+            break
+        time.sleep(0.1)
+    assert [o.status for o in sink.outcomes if o.action == "grant"] == ["granted"] * count
+    assert len(revokes) == count, sink.outcomes
+    assert all(o.status == "revoked" and o.verified for o in revokes), revokes
+    assert all(o.request_id.startswith("expire-") for o in revokes)
+    made = {o.principal for o in sink.outcomes if o.action == "grant"}
+    login = admin.execute(
+        "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname = ANY(%s)", (list(made),)
+    ).fetchall()
+    assert login == [] and set(our_roles(admin)) - before <= made  # tombstones at most
+
+
+def test_a_client_dripping_its_request_cannot_hold_a_connection(runtime: Any) -> None:
+    rt, _ = runtime  # read timeout 1 s, so a request must arrive whole within 3 s
+    conn = socket.create_connection((rt.http.host, rt.http.port), timeout=30)
+    conn.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    closed = False
+    for _ in range(40):  # never idle for a whole read timeout: one byte every 0.5 s
+        time.sleep(0.5)
+        try:
+            conn.sendall(b" ")
+        except OSError:
+            closed = True
+            break
+        conn.setblocking(False)
+        try:
+            closed = conn.recv(65536) == b""
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed = True
+        conn.setblocking(True)
+        if closed:
+            break
+    conn.close()
+    assert closed
