@@ -46,9 +46,8 @@ class Connection(Settings):
 
 
 class Permission(PermissionSettings):
-    # AWS names them permissionSet/<instance>/ps-...; moto (the test server) instance/<...>/ps-...
     permission_set_arn: str = Field(
-        pattern=r"^arn:aws[a-z-]*:sso:::(permissionSet|instance)/(sso)?ins-[a-zA-Z0-9-.]{16}"
+        pattern=r"^arn:aws[a-z-]*:sso:::permissionSet/(sso)?ins-[a-zA-Z0-9-.]{16}"
         r"/ps-[a-zA-Z0-9-./]{16}$"
     )
 

@@ -1,5 +1,6 @@
 """What moto's server lacks for these tests, added to it in-process so the real boto3 client
-still talks HTTP to a real server: tags on IAM Identity Center permission sets.
+still talks HTTP to a real server: tags on IAM Identity Center permission sets, and permission
+set ARNs in AWS's shape.
 
 moto keeps the tags given at CreatePermissionSet but has no TagResource, UntagResource or
 ListTagsForResource for sso-admin; these three operate on that same list.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from moto.moto_api._internal import mock_random as random
+from moto.ssoadmin.models import PermissionSet
 from moto.ssoadmin.responses import SSOAdminResponse
 
 
@@ -39,7 +42,17 @@ def list_tags_for_resource(self: Any) -> str:
     return json.dumps({"Tags": list(permission_set.tags or [])})
 
 
+def _permission_set_arn(instance_arn: str) -> str:
+    # AWS's shape (botocore's pattern): permissionSet/<instance id>/ps-<16>; moto's own is
+    # instance/<instance id>/ps-<16>, which AWS would refuse in every request naming it.
+    instance_id = instance_arn.rsplit("/", 1)[1]
+    partition = instance_arn.split(":")[1]
+    suffix = random.get_random_string(length=16).lower()
+    return f"arn:{partition}:sso:::permissionSet/{instance_id}/ps-{suffix}"
+
+
 def install() -> None:
+    PermissionSet.generate_id = staticmethod(_permission_set_arn)  # type: ignore[method-assign]
     SSOAdminResponse.tag_resource = tag_resource  # type: ignore[attr-defined]
     SSOAdminResponse.untag_resource = untag_resource  # type: ignore[attr-defined]
     SSOAdminResponse.list_tags_for_resource = list_tags_for_resource  # type: ignore[attr-defined]

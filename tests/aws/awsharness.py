@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import aws_moto_ext as moto_ext
+import awsmodel
 import boto3
 import botocore.client
+import botocore.exceptions
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -33,6 +35,10 @@ CALLS: dict[str, set[str]] = {}
 CALLS_FILE_ENV = "JITC_AWS_CALLS_FILE"
 
 
+# Requests AWS would have refused for breaking the service model (see awsmodel.py).
+REFUSED: list[str] = []
+
+
 def _record_calls() -> None:
     original = botocore.client.BaseClient._make_api_call
 
@@ -41,6 +47,15 @@ def _record_calls() -> None:
         if function is not None:
             prefix = self.meta.service_model.signing_name
             CALLS.setdefault(function, set()).add(f"{prefix}:{operation_name}")
+        service = self.meta.service_model.service_name
+        breaches = awsmodel.violations(service, operation_name, api_params)
+        if breaches:
+            REFUSED.extend(breaches)
+            # What AWS answers, so the code under test meets the error it would meet there.
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "ValidationException", "Message": "; ".join(breaches)}},
+                operation_name,
+            )
         return original(self, operation_name, api_params)
 
     botocore.client.BaseClient._make_api_call = recording  # type: ignore[method-assign]
@@ -338,6 +353,7 @@ class Deployment:
     box_private: str
     box_public: str
     admin_secret: str
+    schedule_dlq_arn: str = ""
 
 
 def deploy(
@@ -373,6 +389,10 @@ def deploy(
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
+    schedule_dlq_url = sqs.create_queue(QueueName="jitc-schedule-dead-letters")["QueueUrl"]
+    schedule_dlq_arn = sqs.get_queue_attributes(
+        QueueUrl=schedule_dlq_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
     scheduler.create_schedule_group(Name="jitc-expiry")
     events.create_event_bus(Name="jitc-events")
     events_url = sqs.create_queue(QueueName="jitc-events-copy")["QueueUrl"]
@@ -402,7 +422,7 @@ def deploy(
             "JITC_QUEUE_ARN": queue_arn,
             "JITC_SCHEDULE_GROUP": "jitc-expiry",
             "JITC_SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/jitc-scheduler",
-            "JITC_SCHEDULE_DLQ_ARN": dlq_arn,
+            "JITC_SCHEDULE_DLQ_ARN": schedule_dlq_arn,
             "JITC_EVENT_BUS": "jitc-events",
         }
     )
@@ -419,6 +439,7 @@ def deploy(
         box_private,
         box_public,
         admin_secret,
+        schedule_dlq_arn,
     )
 
 

@@ -201,6 +201,7 @@ def test_grant_schedule_expire_revoke_end_to_end(
     target = schedule["Target"]
     assert target["Arn"] == deployment.queue_arn
     assert target["SqsParameters"] == {"MessageGroupId": grant_id}
+    assert target["DeadLetterConfig"] == {"Arn": deployment.schedule_dlq_arn}
 
     # Duplicate delivery of the grant (at-least-once): same role, fresh credentials, one schedule.
     original = first.messages[0]["Body"]

@@ -105,6 +105,15 @@ resource "aws_sqs_queue" "requests" {
   tags = var.tags
 }
 
+# EventBridge Scheduler dead-letters only to a standard queue (a FIFO ARN is refused by
+# CreateSchedule), so the expiries it cannot deliver get a queue of their own, alarmed like the other.
+resource "aws_sqs_queue" "schedule_dead_letters" {
+  name                      = "${var.name}-schedule-dead-letters"
+  message_retention_seconds = 1209600
+  kms_master_key_id         = aws_kms_key.this.arn
+  tags                      = var.tags
+}
+
 resource "aws_sqs_queue_redrive_allow_policy" "dead_letters" {
   queue_url = aws_sqs_queue.dead_letters.id
   redrive_allow_policy = jsonencode({
@@ -239,7 +248,7 @@ resource "aws_lambda_function" "this" {
         JITC_QUEUE_ARN               = aws_sqs_queue.requests.arn
         JITC_SCHEDULE_GROUP          = local.schedule_group
         JITC_SCHEDULER_ROLE_ARN      = aws_iam_role.scheduler.arn
-        JITC_SCHEDULE_DLQ_ARN        = aws_sqs_queue.dead_letters.arn
+        JITC_SCHEDULE_DLQ_ARN        = aws_sqs_queue.schedule_dead_letters.arn
         POWERTOOLS_SERVICE_NAME      = "jit-connector"
         POWERTOOLS_METRICS_NAMESPACE = "JitConnector"
         POWERTOOLS_LOG_LEVEL         = "INFO"
@@ -316,7 +325,7 @@ data "aws_iam_policy_document" "scheduler" {
   statement {
     sid       = "DeliverExpiries"
     actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.requests.arn, aws_sqs_queue.dead_letters.arn]
+    resources = [aws_sqs_queue.requests.arn, aws_sqs_queue.schedule_dead_letters.arn]
   }
   statement {
     sid       = "EncryptForTheQueue"
@@ -378,6 +387,23 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   namespace           = "AWS/SQS"
   metric_name         = "ApproximateNumberOfMessagesVisible"
   dimensions          = { QueueName = aws_sqs_queue.dead_letters.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "schedule_dead_letters" {
+  alarm_name          = "${var.name}-schedule-dead-letters"
+  alarm_description   = "An expiry could not be delivered to the queue: its grant is revoked by the sweep; inspect ${aws_sqs_queue.schedule_dead_letters.name}."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.schedule_dead_letters.name }
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 1
