@@ -286,10 +286,40 @@ resource "aws_lambda_event_source_mapping" "worker" {
 }
 
 resource "aws_lambda_function_url" "intake" {
-  #checkov:skip=CKV_AWS_258:The caller is the control plane, not an AWS principal; every request must carry its Ed25519 signature over a fresh timestamp, checked against keys in the catalog, and replays are refused.
+  #checkov:skip=CKV_AWS_258:NONE is the company's explicit choice (function_url_auth_type); every request must still carry the control plane's Ed25519 signature over a fresh timestamp, checked against keys in the catalog, and replays are refused.
   count              = var.enable_function_url ? 1 : 0
   function_name      = aws_lambda_function.this["intake"].function_name
-  authorization_type = "NONE"
+  authorization_type = var.function_url_auth_type
+}
+
+# A Function URL answers 403 unless the function's resource policy lets the caller both reach
+# the URL (lambda:InvokeFunctionUrl, bound to the URL's auth type) and, since October 2025,
+# invoke the function through it (lambda:InvokeFunction, only when InvokedViaFunctionUrl).
+locals {
+  url_principals = var.function_url_auth_type == "NONE" ? ["*"] : var.intake_invoker_arns
+  url_invokers = var.enable_function_url ? {
+    for index, principal in local.url_principals : tostring(index) => principal
+  } : {}
+}
+
+resource "aws_lambda_permission" "intake_url" {
+  #checkov:skip=CKV_AWS_364:The principal is the control plane (AWS_IAM) or anyone (NONE, signed requests only), not an AWS service with a source ARN.
+  for_each               = local.url_invokers
+  statement_id           = "JitcIntakeUrl${each.key}"
+  action                 = "lambda:InvokeFunctionUrl"
+  function_name          = aws_lambda_function.this["intake"].function_name
+  principal              = each.value
+  function_url_auth_type = var.function_url_auth_type
+}
+
+resource "aws_lambda_permission" "intake_url_invoke" {
+  #checkov:skip=CKV_AWS_364:The principal is the control plane (AWS_IAM) or anyone (NONE, signed requests only), not an AWS service with a source ARN.
+  for_each                 = local.url_invokers
+  statement_id             = "JitcIntakeUrlInvoke${each.key}"
+  action                   = "lambda:InvokeFunction"
+  function_name            = aws_lambda_function.this["intake"].function_name
+  principal                = each.value
+  invoked_via_function_url = true
 }
 
 # -- expiry: EventBridge Scheduler ----------------------------------------------------------

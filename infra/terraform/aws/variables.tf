@@ -44,9 +44,26 @@ variable "control_plane_principal_arns" {
 }
 
 variable "enable_function_url" {
-  description = "Expose the intake as a Lambda Function URL. Requests must carry the control plane's Ed25519 signature."
+  description = "Expose the intake as a Lambda Function URL (see function_url_auth_type). Requests must carry the control plane's Ed25519 signature."
   type        = bool
   default     = true
+}
+
+variable "function_url_auth_type" {
+  description = "AWS_IAM: each request to the intake URL must be SigV4-signed by one of intake_invoker_arns, and Ed25519-signed by a catalog key. NONE: anyone reaches the function; only the Ed25519 signature protects it."
+  type        = string
+  default     = "AWS_IAM"
+
+  validation {
+    condition     = contains(["AWS_IAM", "NONE"], var.function_url_auth_type)
+    error_message = "function_url_auth_type: AWS_IAM or NONE."
+  }
+}
+
+variable "intake_invoker_arns" {
+  description = "The control plane's AWS principals allowed to call the intake URL when function_url_auth_type is AWS_IAM."
+  type        = list(string)
+  default     = []
 }
 
 variable "memory_size" {
