@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -439,3 +440,57 @@ def test_outcomes_reach_the_control_plane_as_signed_webhooks(
     finally:
         server.shutdown()
         drop_pg_roles(pg_admin)
+
+
+def _sweep_event() -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.scheduler",
+        "account": "123456789012",
+        "time": datetime.now(UTC).isoformat(),
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {},
+    }
+
+
+def _metrics(printed: str) -> dict[str, float]:
+    """The metrics in the Embedded Metric Format lines a handler printed."""
+    found: dict[str, float] = {}
+    for line in printed.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "_aws" in doc:
+            for directive in doc["_aws"]["CloudWatchMetrics"]:
+                for metric in directive["Metrics"]:
+                    value = doc[metric["Name"]]
+                    found[metric["Name"]] = sum(value) if isinstance(value, list) else value
+    return found
+
+
+def test_a_complete_sweep_beats_the_heartbeat_the_alarm_watches_and_a_failing_one_does_not(
+    aws: str, pg_admin: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tfmodule import load
+
+    (alarm,) = [
+        a
+        for a in load().of_kind("aws_cloudwatch_metric_alarm").values()
+        if a.get("treat_missing_data") == "breaching"
+    ]
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "broken").mkdir()
+    deploy(tmp_path / "ok", {"integrations": pg_integration(PG)})
+    capsys.readouterr()
+    invoke("sweep", sweep.handler, _sweep_event())
+    beat = _metrics(capsys.readouterr().out)
+    assert beat.get(alarm["metric_name"]) == 1
+    urllib.request.urlopen(urllib.request.Request(f"{aws}/moto-api/reset", method="POST"))
+    broken = pg_integration(BROKEN, "aws-sm:jitc/none#x")
+    deploy(tmp_path / "broken", {"integrations": {**pg_integration(PG), **broken}})
+    invoke("sweep", sweep.handler, _sweep_event())
+    assert alarm["metric_name"] not in _metrics(capsys.readouterr().out)

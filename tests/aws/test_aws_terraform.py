@@ -4,7 +4,7 @@ what AWS services do on the functions' behalf, and what the alarms watch. Parsed
 
 from __future__ import annotations
 
-from tfmodule import as_list, env_value, load, statements
+from tfmodule import as_list, env_value, load, role_policies, statements
 
 
 def _queue(reference: str) -> dict[str, object]:
@@ -61,3 +61,35 @@ def test_the_function_url_has_the_resource_policy_aws_requires_for_its_auth_type
     principals = module.locals["url_principals"]
     assert "NONE" in principals and '["*"]' in principals
     assert "var.intake_invoker_arns" in principals
+
+
+def test_every_schedule_role_can_decrypt_its_schedule_and_reach_its_target() -> None:
+    # A schedule encrypted with a customer managed key is decrypted by Scheduler with the
+    # schedule's role before each run; without kms:Decrypt the target is never invoked.
+    module = load()
+    schedules = module.of_kind("aws_scheduler_schedule")
+    assert schedules
+    for name, schedule in schedules.items():
+        target = as_list(schedule["target"])[0]
+        allowed = role_policies(target["role_arn"])
+        key = schedule.get("kms_key_arn")
+        if key is not None:
+            assert any(
+                "kms:Decrypt" in s["actions"] and key in as_list(s["resources"]) for s in allowed
+            ), f"schedule {name}: its role cannot decrypt it with {key}"
+        assert any(target["arn"] in as_list(s["resources"]) for s in allowed), name
+
+
+def test_a_sweep_that_stops_running_is_alarmed() -> None:
+    module = load()
+    (heartbeat,) = [
+        a
+        for a in module.of_kind("aws_cloudwatch_metric_alarm").values()
+        if a.get("metric_name") == "SweepCompleted"
+    ]
+    # No data at all (the sweep never runs) must breach, not be ignored.
+    assert heartbeat["treat_missing_data"] == "breaching"
+    assert heartbeat["comparison_operator"] == "LessThanThreshold" and heartbeat["threshold"] == 1
+    assert heartbeat["period"] == "${60 * var.sweep_interval_minutes}"
+    schedule = module.resource("aws_scheduler_schedule", "sweep")["schedule_expression"]
+    assert "var.sweep_interval_minutes" in schedule

@@ -112,3 +112,15 @@ def env_value(name: str, module: Module | None = None) -> str:
             value = match.group(1)
             return value if value.startswith('"') else f"${{{value}}}"
     raise KeyError(name)
+
+
+def role_policies(role_reference: str, module: Module | None = None) -> list[dict[str, Any]]:
+    """The statements of every inline policy of the role `${aws_iam_role.NAME.arn}` names."""
+    module = module or load()
+    name = role_reference.removeprefix("${aws_iam_role.").split(".")[0].split("[")[0]
+    found: list[dict[str, Any]] = []
+    for body in module.of_kind("aws_iam_role_policy").values():
+        if body["role"].startswith(f"${{aws_iam_role.{name}."):
+            document = body["policy"].removeprefix("${data.aws_iam_policy_document.")
+            found += statements(module.policy(document.split(".")[0]))
+    return found

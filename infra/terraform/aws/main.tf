@@ -376,10 +376,18 @@ resource "aws_iam_role" "sweep_schedule" {
   tags               = var.tags
 }
 
+# The schedule is encrypted with the module's key: Scheduler decrypts it with this role before
+# every run, so without kms:Decrypt the sweep would never be invoked.
 data "aws_iam_policy_document" "sweep_schedule" {
   statement {
+    sid       = "InvokeTheSweep"
     actions   = ["lambda:InvokeFunction"]
     resources = [aws_lambda_function.this["sweep"].arn]
+  }
+  statement {
+    sid       = "DecryptTheSchedule"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
   }
 }
 
@@ -391,7 +399,7 @@ resource "aws_iam_role_policy" "sweep_schedule" {
 
 resource "aws_scheduler_schedule" "sweep" {
   name                = "${var.name}-sweep"
-  schedule_expression = var.sweep_schedule
+  schedule_expression = var.sweep_interval_minutes == 1 ? "rate(1 minute)" : "rate(${var.sweep_interval_minutes} minutes)"
   kms_key_arn         = aws_kms_key.this.arn
 
   flexible_time_window {
@@ -440,6 +448,25 @@ resource "aws_cloudwatch_metric_alarm" "schedule_dead_letters" {
   threshold           = 0
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
+# A sweep that is never invoked (or fails every time) raises nothing else: the heartbeat is a
+# metric each complete sweep emits, and its absence for sweep_missed_runs intervals alarms.
+resource "aws_cloudwatch_metric_alarm" "sweep_heartbeat" {
+  alarm_name          = "${var.name}-sweep-heartbeat"
+  alarm_description   = "No complete sweep in ${var.sweep_missed_runs} intervals: grants whose scheduled revoke was lost are not being revoked."
+  namespace           = "JitConnector"
+  metric_name         = "SweepCompleted"
+  dimensions          = { service = "jit-connector" }
+  statistic           = "Sum"
+  period              = 60 * var.sweep_interval_minutes
+  evaluation_periods  = var.sweep_missed_runs
+  threshold           = 1
+  comparison_operator = "LessThanThreshold"
+  treat_missing_data  = "breaching"
   alarm_actions       = var.alarm_actions
   ok_actions          = var.alarm_actions
   tags                = var.tags

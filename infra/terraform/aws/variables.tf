@@ -105,10 +105,21 @@ variable "reserved_concurrency" {
   default = { intake = 10, worker = 5, sweep = 1 }
 }
 
-variable "sweep_schedule" {
-  description = "How often the sweep looks for grants past their expiry."
-  type        = string
-  default     = "rate(5 minutes)"
+variable "sweep_interval_minutes" {
+  description = "Minutes between sweeps, which revoke grants past their expiry; also the period of the sweep heartbeat alarm."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.sweep_interval_minutes >= 1 && var.sweep_interval_minutes <= 60 && floor(var.sweep_interval_minutes) == var.sweep_interval_minutes
+    error_message = "sweep_interval_minutes: a whole number from 1 to 60."
+  }
+}
+
+variable "sweep_missed_runs" {
+  description = "Intervals without a complete sweep before the heartbeat alarm fires."
+  type        = number
+  default     = 3
 }
 
 variable "log_retention_days" {
