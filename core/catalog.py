@@ -204,6 +204,10 @@ def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
                 permissions[pname] = template.Permission.model_validate(pdoc)
             except ValidationError as exc:
                 raise CatalogError(f"{where}: {_errors(exc, f'permissions.{pname}.')}") from None
+        # A template that acts only on what its permissions name is told them here.
+        scope = getattr(template, "scope", None)
+        if scope is not None:
+            connection = scope(connection, permissions)
         try:
             credentials = SecretRef(item.credentials) if item.credentials else None
         except ValueError as exc:

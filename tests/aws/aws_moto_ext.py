@@ -3,7 +3,8 @@ still talks HTTP to a real server: tags on IAM Identity Center permission sets, 
 set ARNs in AWS's shape.
 
 moto keeps the tags given at CreatePermissionSet but has no TagResource, UntagResource or
-ListTagsForResource for sso-admin; these three operate on that same list.
+ListTagsForResource for sso-admin; these three operate on that same list, with AWS's limit of
+50 tags per resource.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from moto.core.exceptions import JsonRESTError
 from moto.moto_api._internal import mock_random as random
 from moto.ssoadmin.models import PermissionSet
 from moto.ssoadmin.responses import SSOAdminResponse
@@ -22,10 +24,19 @@ def _permission_set(response: Any) -> Any:
     return backend._find_permission_set(params["InstanceArn"], params["ResourceArn"]), params
 
 
+# AWS's quota of tags per Identity Center resource: a TagResource that would exceed it fails whole.
+MAX_TAGS = 50
+
+
 def tag_resource(self: Any) -> str:
     permission_set, params = _permission_set(self)
     tags = {t["Key"]: t["Value"] for t in permission_set.tags or []}
     tags.update({t["Key"]: t["Value"] for t in params["Tags"]})
+    if len(tags) > MAX_TAGS:
+        raise JsonRESTError(
+            "ServiceQuotaExceededException",
+            f"a resource can have at most {MAX_TAGS} tags",
+        )
     permission_set.tags = [{"Key": k, "Value": v} for k, v in tags.items()]
     return "{}"
 

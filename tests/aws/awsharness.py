@@ -39,6 +39,18 @@ CALLS_FILE_ENV = "JITC_AWS_CALLS_FILE"
 REFUSED: list[str] = []
 
 
+@dataclass(frozen=True)
+class Request:
+    function: str
+    service: str
+    operation: str
+    params: dict[str, Any]
+
+
+# Every request a function's code sent, with its parameters (what it named, not only the action).
+REQUESTS: list[Request] = []
+
+
 def _record_calls() -> None:
     original = botocore.client.BaseClient._make_api_call
 
@@ -48,6 +60,8 @@ def _record_calls() -> None:
             prefix = self.meta.service_model.signing_name
             CALLS.setdefault(function, set()).add(f"{prefix}:{operation_name}")
         service = self.meta.service_model.service_name
+        if function is not None:
+            REQUESTS.append(Request(function, service, operation_name, dict(api_params)))
         breaches = awsmodel.violations(service, operation_name, api_params)
         if breaches:
             REFUSED.extend(breaches)

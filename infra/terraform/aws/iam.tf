@@ -177,7 +177,7 @@ data "aws_iam_policy_document" "worker" {
       sid = "AssignPermissionSets"
       actions = [
         "sso:CreateAccountAssignment", "sso:DeleteAccountAssignment", "sso:ListAccountAssignments",
-        "sso:ListTagsForResource", "sso:TagResource", "sso:UntagResource", "sso:ListPermissionSets",
+        "sso:ListTagsForResource", "sso:TagResource", "sso:UntagResource",
         "sso:DescribeAccountAssignmentCreationStatus", "sso:DescribeAccountAssignmentDeletionStatus",
       ]
       resources = local.idc_resources
@@ -288,14 +288,16 @@ data "aws_iam_policy_document" "sweep" {
     }
   }
 
+  # Creating is there only to put back an assignment that a grant of the same user and account
+  # labelled while the sweep removed it (the template restores what a live grant relies on).
   dynamic "statement" {
     for_each = local.idc == null ? [] : [1]
     content {
       sid = "UnassignPermissionSets"
       actions = [
         "sso:DeleteAccountAssignment", "sso:ListAccountAssignments", "sso:ListTagsForResource",
-        "sso:TagResource", "sso:UntagResource", "sso:ListPermissionSets",
-        "sso:DescribeAccountAssignmentDeletionStatus",
+        "sso:TagResource", "sso:UntagResource", "sso:DescribeAccountAssignmentDeletionStatus",
+        "sso:CreateAccountAssignment", "sso:DescribeAccountAssignmentCreationStatus",
       ]
       resources = local.idc_resources
     }
