@@ -9,6 +9,14 @@ with the same condition added (so a managed policy is never attached without an 
 
 A revoke detaches and deletes it; a tombstone policy (`jitc-x-<grant>`, never attached, denying
 everything if it ever were) records the revoke so a late redelivered grant is refused.
+
+Two bounds keep a grant from becoming a way to more access. The principal must carry the
+permissions boundary the module creates (`permissions_boundary_arn`), checked before anything is
+made, and the module's policy lets the connector attach (or write the session-revoking inline
+policy) only to principals with that boundary. And a catalog permission whose document could
+hand out IAM or role assumption (`iam:` wildcards, `iam:PassRole`, `sts:AssumeRole*`, policy
+writing, `NotAction`, `*`) or that copies `AdministratorAccess` is refused unless the catalog
+marks it `privileged: true`; a copied managed policy is checked again at each grant.
 """
 
 from __future__ import annotations
@@ -45,8 +53,65 @@ TOMBSTONE_DOCUMENT = {
 }
 
 
+# Actions a grant could use to reach beyond itself: hand out or assume roles, write policies,
+# mint credentials. Lower case: IAM matches action names case-insensitively.
+ESCALATING_ACTIONS = (
+    "iam:passrole",
+    "iam:createpolicyversion",
+    "iam:setdefaultpolicyversion",
+    "iam:attachrolepolicy",
+    "iam:attachuserpolicy",
+    "iam:attachgrouppolicy",
+    "iam:putrolepolicy",
+    "iam:putuserpolicy",
+    "iam:putgrouppolicy",
+    "iam:putrolepermissionsboundary",
+    "iam:deleterolepermissionsboundary",
+    "iam:updateassumerolepolicy",
+    "iam:createaccesskey",
+    "iam:createloginprofile",
+    "iam:updateloginprofile",
+    "iam:addusertogroup",
+    "sts:assumerole",
+    "sts:assumerolewithsaml",
+    "sts:assumerolewithwebidentity",
+)
+
+
+def _iam_glob(pattern: str) -> re.Pattern[str]:
+    """IAM's wildcards (`*`, `?`) and nothing else, case-insensitive."""
+    escaped = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.compile(escaped, re.DOTALL)
+
+
+def escalations(document: dict[str, Any]) -> list[str]:
+    """Why an Allow in this document could reach beyond the grant (empty: it cannot)."""
+    found: list[str] = []
+    statements = document.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    for index, statement in enumerate(statements if isinstance(statements, list) else []):
+        if not isinstance(statement, dict) or statement.get("Effect") != "Allow":
+            continue
+        if "NotAction" in statement:
+            found.append(f"Statement[{index}] allows with NotAction")
+        actions = statement.get("Action", [])
+        for action in [actions] if isinstance(actions, str) else actions:
+            if not isinstance(action, str):
+                continue
+            glob = _iam_glob(action)
+            if any(glob.fullmatch(a) for a in ESCALATING_ACTIONS):
+                found.append(f"Statement[{index}] allows {action}")
+    return found
+
+
 class Connection(Settings):
     account_id: str = Field(pattern=r"^\d{12}$", description="the account whose IAM is the target")
+    permissions_boundary_arn: str = Field(
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:policy/[\w+=,.@/-]+$",
+        description="the permissions boundary the module creates: a grant goes only to a role "
+        "or user that carries it, so no attached policy can reach beyond it",
+    )
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     path: str = Field(default="/jitc/", pattern=r"^/([\w+=,.@-]+/)+$")
     allowed_principals: list[str] = Field(
@@ -63,6 +128,11 @@ class Permission(PermissionSettings):
     )
     managed_policy_arn: str | None = Field(
         default=None, pattern=r"^arn:aws[a-z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]+$"
+    )
+    privileged: bool = Field(
+        default=False,
+        description="this permission may hand out IAM or role assumption (iam: wildcards, "
+        "iam:PassRole, sts:AssumeRole, NotAction, AdministratorAccess): reviewed as such",
     )
     revoke_role_sessions: bool = Field(
         default=False,
@@ -89,6 +159,17 @@ class Permission(PermissionSettings):
             raise ValueError("exactly one of policy or managed_policy_arn")
         if self.revoke_role_sessions and self.principal_type != "role":
             raise ValueError("revoke_role_sessions applies to roles only")
+        if not self.privileged:
+            reasons = escalations(self.policy) if self.policy is not None else []
+            arn = self.managed_policy_arn or ""
+            if arn.endswith(("/AdministratorAccess", "/IAMFullAccess", "/PowerUserAccess")):
+                reasons.append(f"copies {arn}")
+            if reasons:
+                raise ValueError(
+                    "this permission could hand out more than itself ("
+                    + "; ".join(reasons)
+                    + "): mark it `privileged: true` if that is intended"
+                )
         return self
 
 
@@ -247,19 +328,35 @@ class AwsIamSession:
             from urllib.parse import unquote
 
             version = json.loads(unquote(version))
+        reasons = escalations(version)
+        if reasons and not permission.privileged:
+            # The managed policy may have changed since the catalog was reviewed.
+            raise Refused(
+                "permission",
+                f"{permission.managed_policy_arn} now allows more than a grant may hand out "
+                f"({'; '.join(reasons)}); mark the permission privileged if that is intended",
+            )
         return with_expiry(version, spec.expires_at)
 
     def _check_principal(self, kind: str, name: str) -> None:
-        """Checked before anything is made, so a missing principal leaves nothing behind."""
+        """Checked before anything is made, so a missing or unbounded principal leaves nothing
+        behind."""
         try:
             if kind == "role":
-                self.iam.get_role(RoleName=name)
+                found = self.iam.get_role(RoleName=name)["Role"]
             else:
-                self.iam.get_user(UserName=name)
+                found = self.iam.get_user(UserName=name)["User"]
         except self.ClientError as exc:
             if _code(exc) == "NoSuchEntity":
                 raise Refused("identity.username", f"no IAM {kind} {name!r}") from None
             raise
+        boundary = (found.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+        if boundary != self.settings.permissions_boundary_arn:
+            raise Refused(
+                "identity.username",
+                f"IAM {kind} {name!r} does not carry the connector's permissions boundary "
+                f"{self.settings.permissions_boundary_arn}",
+            )
 
     # -- grant -----------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """What moto's server lacks for these tests, added to it in-process so the real boto3 client
-still talks HTTP to a real server: tags on IAM Identity Center permission sets, and permission
-set ARNs in AWS's shape.
+still talks HTTP to a real server.
 
 moto keeps the tags given at CreatePermissionSet but has no TagResource, UntagResource or
 ListTagsForResource for sso-admin; these three operate on that same list, with AWS's limit of
-50 tags per resource.
+50 tags per resource; permission set ARNs in AWS's shape; and the permissions boundary of an
+IAM user, which moto's CreateUser drops.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from moto.core.exceptions import JsonRESTError
+from moto.iam.responses import IamResponse
 from moto.moto_api._internal import mock_random as random
 from moto.ssoadmin.models import PermissionSet
 from moto.ssoadmin.responses import SSOAdminResponse
@@ -62,7 +63,26 @@ def _permission_set_arn(instance_arn: str) -> str:
     return f"arn:{partition}:sso:::permissionSet/{instance_id}/ps-{suffix}"
 
 
+def _create_user_with_boundary(original: Any) -> Any:
+    # moto drops CreateUser's PermissionsBoundary, which the IAM template checks on grantees.
+    def create_user(self: Any) -> Any:
+        result = original(self)
+        boundary = self._get_param("PermissionsBoundary")
+        if boundary:
+            user = self.backend.get_user(self._get_param("UserName"))
+            user.permissions_boundary = {
+                "PermissionsBoundaryType": "PermissionsBoundaryPolicy",
+                "PermissionsBoundaryArn": boundary,
+            }
+        return result
+
+    return create_user
+
+
 def install() -> None:
+    if not getattr(IamResponse, "_jitc_boundary", False):
+        IamResponse.create_user = _create_user_with_boundary(IamResponse.create_user)  # type: ignore[method-assign]
+        IamResponse._jitc_boundary = True  # type: ignore[attr-defined]
     PermissionSet.generate_id = staticmethod(_permission_set_arn)  # type: ignore[method-assign]
     SSOAdminResponse.tag_resource = tag_resource  # type: ignore[attr-defined]
     SSOAdminResponse.untag_resource = untag_resource  # type: ignore[attr-defined]

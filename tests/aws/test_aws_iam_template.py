@@ -27,6 +27,7 @@ DOC = {
         {"Effect": "Deny", "Action": "s3:DeleteObject", "Resource": "*"},
     ],
 }
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/jitc-grant-boundary"
 MANAGED_DOC = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": "*"}],
@@ -48,9 +49,12 @@ def iam(aws: str) -> Any:
             ],
         }
     )
-    for role in ("dev-ana", "dev-bob", "admin"):
-        iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
-    iam.create_user(UserName="dev-carl")
+    iam.create_policy(PolicyName="jitc-grant-boundary", PolicyDocument=json.dumps(MANAGED_DOC))
+    for role in ("dev-ana", "dev-bob"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust, PermissionsBoundary=BOUNDARY)
+    iam.create_role(RoleName="admin", AssumeRolePolicyDocument=trust)
+    iam.create_role(RoleName="dev-free", AssumeRolePolicyDocument=trust)
+    iam.create_user(UserName="dev-carl", PermissionsBoundary=BOUNDARY)
     iam.create_policy(PolicyName="TableRead", PolicyDocument=json.dumps(MANAGED_DOC))
     return iam
 
@@ -64,6 +68,7 @@ def engine(iam: Any) -> Engine:
                     "kind": "aws_iam",
                     "connection": {
                         "account_id": ACCOUNT,
+                        "permissions_boundary_arn": BOUNDARY,
                         "region": "us-east-1",
                         "allowed_principals": ["dev-*"],
                     },
@@ -295,7 +300,8 @@ def test_sweep_revokes_expired_grants_only(engine: Engine, iam: Any) -> None:
     # Inventory is read by the operator's CLI, not by the deployed functions.
     integration = engine.catalog.integration(INTEGRATION)
     inventory = integration.template.open(INTEGRATION, integration.connection, None).inventory()
-    assert inventory["roles"] == ["dev-ana", "dev-bob"] and inventory["users"] == ["dev-carl"]
+    assert inventory["roles"] == ["dev-ana", "dev-bob", "dev-free"]
+    assert inventory["users"] == ["dev-carl"]
 
 
 def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> None:
@@ -324,3 +330,77 @@ def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> No
     assert out["Statement"][0]["Condition"] == {
         "DateLessThan": {"aws:CurrentTime": "2030-01-01T00:00:00Z"}
     }
+
+
+def test_a_principal_without_the_connectors_boundary_gets_nothing(
+    engine: Engine, iam: Any
+) -> None:
+    outcome = run(engine, grant("s3-read", "dev-free", ["bucket-a"]))
+    assert (outcome.status, outcome.field) == ("refused", "identity.username")
+    assert "permissions boundary" in (outcome.message or "")
+    assert [p for p in ours(iam) if not p.startswith("jitc-x-")] == []
+    assert iam.list_attached_role_policies(RoleName="dev-free")["AttachedPolicies"] == []
+
+
+def _catalog_with(permission: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "integrations": {
+            INTEGRATION: {
+                "kind": "aws_iam",
+                "connection": {
+                    "account_id": ACCOUNT,
+                    "permissions_boundary_arn": BOUNDARY,
+                    "allowed_principals": ["dev-*"],
+                },
+                "permissions": {"p": {"resources": ["r"], **permission}},
+            }
+        }
+    }
+
+
+def _allow(action: Any, key: str = "Action") -> dict[str, Any]:
+    return {"policy": {"Statement": [{"Effect": "Allow", key: action, "Resource": "*"}]}}
+
+
+@pytest.mark.parametrize(
+    "permission",
+    [
+        _allow("iam:*"),
+        _allow(["s3:GetObject", "IAM:PassRole"]),  # IAM matches actions case-insensitively
+        _allow("sts:AssumeRole"),
+        _allow("sts:Assume*"),
+        _allow("iam:Put*Policy"),
+        _allow("*"),
+        _allow("i?m:Create*"),
+        _allow("s3:GetObject", key="NotAction"),
+        {"managed_policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"},
+    ],
+)
+def test_a_permission_that_could_hand_out_more_than_itself_needs_to_say_so(
+    permission: dict[str, Any],
+) -> None:
+    from jitc.errors import CatalogError
+
+    with pytest.raises(CatalogError, match="privileged"):
+        parse_catalog(_catalog_with(permission))
+    parse_catalog(_catalog_with({**permission, "privileged": True}))
+
+
+def test_plain_read_permissions_need_no_privilege_mark() -> None:
+    for action in ("s3:GetObject", "iam:GetRole", "iam:List*", "ec2:Describe*"):
+        parse_catalog(_catalog_with(_allow(action)))
+
+
+def test_a_managed_policy_that_grew_escalating_rights_is_refused_at_grant(
+    engine: Engine, iam: Any
+) -> None:
+    arn = f"arn:aws:iam::{ACCOUNT}:policy/TableRead"
+    grown = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["dynamodb:GetItem", "iam:PassRole"],
+                       "Resource": "*"}],
+    }  # fmt: skip
+    iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(grown), SetAsDefault=True)
+    outcome = run(engine, grant("table", "dev-bob", ["all"]))
+    assert (outcome.status, outcome.field) == ("refused", "permission")
+    assert iam.list_attached_role_policies(RoleName="dev-bob")["AttachedPolicies"] == []

@@ -93,3 +93,31 @@ def test_a_sweep_that_stops_running_is_alarmed() -> None:
     assert heartbeat["period"] == "${60 * var.sweep_interval_minutes}"
     schedule = module.resource("aws_scheduler_schedule", "sweep")["schedule_expression"]
     assert "var.sweep_interval_minutes" in schedule
+
+
+BOUNDED = {"iam:AttachRolePolicy", "iam:AttachUserPolicy", "iam:PutRolePolicy"}
+
+
+def test_the_connector_attaches_and_writes_policies_only_on_principals_with_its_boundary() -> None:
+    module = load()
+    for function in ("worker", "sweep"):
+        for statement in statements(module.policy(function)):
+            if not BOUNDED & set(statement["actions"]):
+                continue
+            conditions = {
+                (c["test"], c["variable"]): as_list(c["values"])
+                for c in as_list(statement.get("condition", []))
+            }
+            assert conditions.get(("StringEquals", "iam:PermissionsBoundary")) == [
+                "${local.iam_boundary_arn}"
+            ], (function, statement["sid"])
+            if "iam:PutRolePolicy" not in statement["actions"]:
+                # Attach: only the connector's own grant policies.
+                assert conditions[("ArnLike", "iam:PolicyARN")] == ["${local.iam_grant_policy_arn}"]
+    boundary = module.resource("aws_iam_policy", "grant_boundary")
+    arn = module.locals["iam_boundary_arn"]
+    assert arn.endswith(f":policy{boundary['path'].rstrip('/')}/{boundary['name']}")
+    # The boundary lies outside the grant policies' path (`${local.iam_path}jitc-*`, never
+    # "/"): no right over grant policies reaches it.
+    assert boundary["path"] == "/"
+    assert "${local.iam_path}jitc-*" in module.locals["iam_grant_policy_arn"]

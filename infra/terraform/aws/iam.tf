@@ -12,6 +12,22 @@ locals {
 
   iam_path             = var.iam_target == null ? "/jitc/" : var.iam_target.policy_path
   iam_grant_policy_arn = "arn:${local.partition}:iam::${local.account}:policy${local.iam_path}jitc-*"
+  # Outside the grant path, so no right over grant policies reaches the boundary itself.
+  iam_boundary_arn = "arn:${local.partition}:iam::${local.account}:policy/${var.name}-grant-boundary"
+
+  # What the catalog's aws_iam permissions may allow: the boundary's ceiling, read from the
+  # catalog itself so a reviewed catalog change moves it in the same plan.
+  iam_catalog_actions = distinct(flatten([
+    for integration in values(try(local.catalog.integrations, {})) : [
+      for permission in values(try(integration.permissions, {})) : [
+        for statement in try(tolist(permission.policy.Statement), []) :
+        try(statement.Effect, "") == "Allow" ? flatten([try(statement.Action, [])]) : []
+      ]
+    ] if try(integration.kind, "") == "aws_iam"
+  ]))
+  iam_boundary_actions = var.iam_target == null ? [] : sort(distinct(concat(
+    local.iam_catalog_actions, var.iam_target.boundary_extra_actions,
+  )))
 
   idc = var.identity_center_target
   idc_resources = local.idc == null ? [] : concat(
@@ -151,8 +167,27 @@ data "aws_iam_policy_document" "worker" {
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
-      sid       = "AttachOnlyGrantPolicies"
-      actions   = ["iam:AttachRolePolicy", "iam:DetachRolePolicy", "iam:AttachUserPolicy", "iam:DetachUserPolicy"]
+      sid       = "AttachOnlyGrantPoliciesToBoundedPrincipals"
+      actions   = ["iam:AttachRolePolicy", "iam:AttachUserPolicy"]
+      resources = var.iam_target.principal_arns
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_grant_policy_arn]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PermissionsBoundary"
+        values   = [local.iam_boundary_arn]
+      }
+    }
+  }
+  # Detaching our own policy takes nothing from anyone: allowed even if the boundary was removed.
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "DetachOnlyGrantPolicies"
+      actions   = ["iam:DetachRolePolicy", "iam:DetachUserPolicy"]
       resources = var.iam_target.principal_arns
       condition {
         test     = "ArnLike"
@@ -164,9 +199,24 @@ data "aws_iam_policy_document" "worker" {
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
-      sid       = "GranteesAndSessionRevocation"
-      actions   = ["iam:GetRole", "iam:GetUser", "iam:PutRolePolicy"]
+      sid       = "Grantees"
+      actions   = ["iam:GetRole", "iam:GetUser"]
       resources = var.iam_target.principal_arns
+    }
+  }
+  # An inline policy is written only to end a role's older sessions, and only on a role whose
+  # boundary caps whatever an inline policy could say.
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "SessionRevocationOnBoundedRoles"
+      actions   = ["iam:PutRolePolicy"]
+      resources = var.iam_target.principal_arns
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PermissionsBoundary"
+        values   = [local.iam_boundary_arn]
+      }
     }
   }
 
@@ -282,9 +332,14 @@ data "aws_iam_policy_document" "sweep" {
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
-      sid       = "SessionRevocation"
+      sid       = "SessionRevocationOnBoundedRoles"
       actions   = ["iam:PutRolePolicy"]
       resources = var.iam_target.principal_arns
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PermissionsBoundary"
+        values   = [local.iam_boundary_arn]
+      }
     }
   }
 
@@ -302,4 +357,32 @@ data "aws_iam_policy_document" "sweep" {
       resources = local.idc_resources
     }
   }
+}
+
+# -- the grantees' permissions boundary ------------------------------------------------------
+
+# Every role or user a grant may go to must carry this boundary (the template checks, and the
+# worker may attach only to principals that do): no attached grant policy and no inline policy
+# the connector writes can reach beyond it. Its ceiling is what the catalog's aws_iam
+# permissions allow, plus `boundary_extra_actions` (the grantees' own standing access, and
+# the actions of the managed policies the catalog copies).
+data "aws_iam_policy_document" "grant_boundary" {
+  count = var.iam_target == null ? 0 : 1
+  #checkov:skip=CKV_AWS_111:A boundary caps actions; the grant policies it bounds name the resources.
+  #checkov:skip=CKV_AWS_356:A boundary caps actions; the grant policies it bounds name the resources.
+  #checkov:skip=CKV_AWS_109:A boundary caps actions; the grant policies it bounds name the resources.
+  statement {
+    sid       = "CatalogCeiling"
+    actions   = local.iam_boundary_actions
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_policy" "grant_boundary" {
+  count       = var.iam_target == null ? 0 : 1
+  name        = "${var.name}-grant-boundary"
+  path        = "/"
+  description = "Permissions boundary of every principal the jit-connector may grant to."
+  policy      = data.aws_iam_policy_document.grant_boundary[0].json
+  tags        = var.tags
 }

@@ -13,6 +13,7 @@ locals {
   }
   schedule_group = "${var.name}-expiry"
   catalog_sha256 = filesha256(var.catalog_file)
+  catalog        = yamldecode(file(var.catalog_file))
 }
 
 # -- encryption -----------------------------------------------------------------------------

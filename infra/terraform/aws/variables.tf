@@ -144,11 +144,12 @@ variable "vpc_config" {
 }
 
 variable "iam_target" {
-  description = "For `aws_iam` integrations: the roles/users (ARNs, wildcards allowed) grants may go to, the policy path of the catalog, and the managed policies the catalog copies."
+  description = "For `aws_iam` integrations: the roles/users (ARNs, wildcards allowed) grants may go to, the policy path of the catalog, the managed policies the catalog copies, and actions the grantees' permissions boundary allows beyond the catalog's own (their standing access; the copied managed policies' actions). Every grantee must carry the boundary (output `grant_boundary_arn`)."
   type = object({
-    principal_arns      = list(string)
-    policy_path         = optional(string, "/jitc/")
-    managed_policy_arns = optional(list(string), [])
+    principal_arns         = list(string)
+    policy_path            = optional(string, "/jitc/")
+    managed_policy_arns    = optional(list(string), [])
+    boundary_extra_actions = optional(list(string), [])
   })
   default = null
 }
