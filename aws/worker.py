@@ -30,6 +30,12 @@ from jitc.models import Outcome
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
+# Time a message may need once started (an Identity Center assignment is waited for up to 20 s,
+# then retried), and to send the batch's events: no message starts with less left. A worker
+# that hit its timeout would lose every outcome and have the whole batch delivered again.
+RESERVE_MS = 30_000
+
+
 class RetryLater(Exception):
     """Raised for a record that SQS must deliver again."""
 
@@ -53,13 +59,15 @@ def _count(outcome: Outcome) -> None:
 
 # The verdicts hold outcomes with sealed credentials: kept out of the trace's metadata.
 @tracer.capture_method(capture_response=False)
-def judge(event: dict[str, Any]) -> dict[str, Verdict]:
+def judge(event: dict[str, Any], context: LambdaContext) -> dict[str, Verdict]:
     records = list(SQSEvent(event).records)
-    messages = [
-        Message(r.message_id, r.body, r.attributes.message_group_id) for r in records
-    ]
+    messages = [Message(r.message_id, r.body, r.attributes.message_group_id) for r in records]
     runtime.sinks().discard()
-    verdicts = run_batch(runtime.engine(), messages)
+
+    def proceed() -> bool:
+        return int(context.get_remaining_time_in_millis()) > RESERVE_MS
+
+    verdicts = run_batch(runtime.engine(), messages, proceed=proceed)
     # Events are sent before any message is deleted: a failed send fails the whole batch.
     runtime.sinks().flush()
     for verdict in verdicts.values():
@@ -74,7 +82,7 @@ def judge(event: dict[str, Any]) -> dict[str, Verdict]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    verdicts = judge(event)
+    verdicts = judge(event, context)
 
     def record_handler(record: SQSRecord) -> str:
         verdict = verdicts[record.message_id]

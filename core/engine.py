@@ -133,13 +133,26 @@ class Engine:
     ) -> Outcome:
         return self.execute_batch([Work(request, issued_at or self.clock())], plain=plain)[0]
 
-    def execute_batch(self, items: Sequence[Work], *, plain: bool = False) -> list[Outcome]:
+    def execute_batch(
+        self,
+        items: Sequence[Work],
+        *,
+        plain: bool = False,
+        proceed: Callable[[], bool] | None = None,
+    ) -> list[Outcome]:
         """Run a batch in order; one message's failure never stops the others.
 
         A `failed` outcome means: retry this message (the queue will); `refused` means: never.
+        `proceed`, asked before each item, ends the batch early when it answers False (the
+        caller's time is running out): only the items that ran have an outcome.
         """
+        outcomes: list[Outcome] = []
         with self._batch() as batch:
-            return [self._run(batch, work, plain) for work in items]
+            for work in items:
+                if proceed is not None and not proceed():
+                    break
+                outcomes.append(self._run(batch, work, plain))
+        return outcomes
 
     def sweep(self, now: datetime | None = None) -> SweepReport:
         """Ask every target for our labelled grants and end those past their expiry."""

@@ -157,6 +157,7 @@ class AwsIdentityCenterSession:
         self.integration = integration
         self.settings = connection
         self.ClientError = ClientError
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
         session = boto3.session.Session()
         self.sso = session.client("sso-admin", region_name=connection.region)
         self.store = session.client("identitystore", region_name=connection.region)
@@ -243,8 +244,9 @@ class AwsIdentityCenterSession:
         return False
 
     def _wait(self, status: dict[str, Any], describe: str, key: str) -> None:
-        """Assignments are made asynchronously; wait (bounded) for the final status."""
-        deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        """Assignments are made asynchronously; wait for the final status, within the one
+        budget of the whole grant or revoke (however many accounts it names)."""
+        deadline = self._deadline
         while status.get("Status") == "IN_PROGRESS" and time.monotonic() < deadline:
             time.sleep(1.0)
             status = getattr(self.sso, describe)(
@@ -270,6 +272,7 @@ class AwsIdentityCenterSession:
     # -- grant -----------------------------------------------------------------------------
 
     def grant(self, spec: GrantSpec) -> GrantResult:
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
         permission = spec.permission
         assert isinstance(permission, Permission)
         arn = permission.permission_set_arn
@@ -303,6 +306,7 @@ class AwsIdentityCenterSession:
     # -- revoke ----------------------------------------------------------------------------
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
         found = self._find(grant_id)
         if found is None:
             # Revoke before grant: without knowing the permission set, the tombstone goes on

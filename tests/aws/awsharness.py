@@ -215,7 +215,7 @@ def receive(sqs: Any, queue_url: str, wait: float = 2.0) -> list[dict[str, Any]]
 TRANSIENT = ("tuple concurrently updated",)
 
 
-def _request_id(body: str) -> str | None:
+def request_id_of(body: str) -> str | None:
     try:
         doc = json.loads(body)
         if doc.get("kind") == "expire":
@@ -232,7 +232,7 @@ def _is_transient(message: dict[str, Any]) -> bool:
     from jitc.local import MemorySink
 
     memory = next((s for s in runtime.sinks().sinks if isinstance(s, MemorySink)), None)
-    rid = _request_id(message["Body"])
+    rid = request_id_of(message["Body"])
     latest = [o for o in memory.outcomes if o.request_id == rid] if memory else []
     return bool(latest) and any(t in (latest[-1].message or "") for t in TRANSIENT)
 

@@ -21,6 +21,8 @@ import pytest
 from awsharness import (
     PG_SCHEMA,
     RUN,
+    LambdaContext,
+    acting_as,
     client,
     deliver,
     deploy,
@@ -31,6 +33,7 @@ from awsharness import (
     lambda_sqs_event,
     pg_integration,
     receive,
+    request_id_of,
     signed_http_event,
 )
 from botocore.exceptions import ClientError
@@ -494,3 +497,39 @@ def test_a_complete_sweep_beats_the_heartbeat_the_alarm_watches_and_a_failing_on
     deploy(tmp_path / "broken", {"integrations": {**pg_integration(PG), **broken}})
     invoke("sweep", sweep.handler, _sweep_event())
     assert alarm["metric_name"] not in _metrics(capsys.readouterr().out)
+
+
+class _RunningOut(LambdaContext):
+    """A context whose remaining time drops below the worker's reserve after `runs` asks."""
+
+    def __init__(self, runs: int) -> None:
+        super().__init__(function_name="jitc-worker")
+        self.asked = 0
+        self.runs = runs
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.asked += 1
+        return 60_000 if self.asked <= self.runs else 5_000
+
+
+def test_a_worker_running_out_of_time_starts_nothing_more_and_returns_the_rest(
+    deployment: Any, pg_admin: Any
+) -> None:
+    sqs = client("sqs")
+    rids = [f"tmo-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for rid in rids:
+        assert post(deployment, grant_body(rid, public_key=deployment.box_public))[0] == 202
+    messages = receive(sqs, deployment.queue_url)
+    assert len(messages) == 3
+    event = lambda_sqs_event(messages, deployment.queue_arn)
+    with acting_as("worker"):
+        response = worker.handler(event, _RunningOut(runs=1))
+    failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
+    ran = [m for m in messages if m["MessageId"] not in failed]
+    assert len(ran) == 1 and len(failed) == 2
+    granted = {rid for rid in rids if role_of(pg_admin, derive_grant_id(PG, rid)) is not None}
+    assert granted == {request_id_of(ran[0]["Body"])}
+    # With no time at all, nothing starts and everything comes back.
+    with acting_as("worker"):
+        response = worker.handler(event, _RunningOut(runs=0))
+    assert len(response["batchItemFailures"]) == 3
