@@ -205,22 +205,45 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _instant(value: Any) -> datetime:
+    """An IAM date condition value (ISO 8601, or epoch seconds) as a UTC instant."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a date")
+    text = value.strip()
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text), UTC)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def with_expiry(document: dict[str, Any], expires_at: datetime) -> dict[str, Any]:
-    """Every Allow statement gets `aws:CurrentTime < expiry` (the earlier one if it had one)."""
+    """Every Allow statement gets `aws:CurrentTime < expiry`, or keeps an earlier cutoff it had.
+
+    Existing cutoffs are parsed, not compared as text (offsets differ), and a list of them is
+    read as IAM reads it, any value satisfying; every spelling of the key (condition keys are
+    case-insensitive) folds into the one value left, the earliest of all, so nothing widens."""
     doc = copy.deepcopy(document)
     statements = doc["Statement"]
     if isinstance(statements, dict):
         statements = doc["Statement"] = [statements]
-    deadline = _iso(expires_at)
     for statement in statements:
         if statement.get("Effect") != "Allow":
             continue
         condition = statement.setdefault("Condition", {})
         before = condition.setdefault("DateLessThan", {})
-        existing = before.get("aws:CurrentTime")
-        before["aws:CurrentTime"] = (
-            min(existing, deadline) if isinstance(existing, str) else deadline
-        )
+        cutoffs = [expires_at.astimezone(UTC)]
+        for key in [k for k in before if k.lower() == "aws:currenttime"]:
+            values = before.pop(key)
+            for value in values if isinstance(values, list) else [values]:
+                try:
+                    cutoffs.append(_instant(value))
+                except ValueError:
+                    raise Refused(
+                        "permission", f"aws:CurrentTime condition {value!r} is not a date"
+                    ) from None
+        before["aws:CurrentTime"] = _iso(min(cutoffs))
     doc["Version"] = "2012-10-17"
     return doc
 

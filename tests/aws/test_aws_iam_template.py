@@ -404,3 +404,33 @@ def test_a_managed_policy_that_grew_escalating_rights_is_refused_at_grant(
     outcome = run(engine, grant("table", "dev-bob", ["all"]))
     assert (outcome.status, outcome.field) == ("refused", "permission")
     assert iam.list_attached_role_policies(RoleName="dev-bob")["AttachedPolicies"] == []
+
+
+def _cutoff(condition: Any, expires: datetime) -> Any:
+    doc = {"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+                          "Condition": {"DateLessThan": condition}}]}  # fmt: skip
+    return with_expiry(doc, expires)["Statement"][0]["Condition"]["DateLessThan"]
+
+
+def test_with_expiry_never_widens_an_existing_cutoff() -> None:
+    deadline = datetime(2030, 1, 1, 0, 30, tzinfo=UTC)
+    # A list is satisfied by any of its values: later ones would have widened the grant.
+    assert _cutoff({"aws:CurrentTime": ["2031-01-01T00:00:00Z", "2032-01-01T00:00:00Z"]},
+                   deadline) == {"aws:CurrentTime": "2030-01-01T00:30:00Z"}  # fmt: skip
+    # 01:00 at +02:00 is 23:00 UTC the day before: earlier, although it sorts later as text.
+    assert _cutoff({"aws:CurrentTime": "2030-01-01T01:00:00+02:00"}, deadline) == {
+        "aws:CurrentTime": "2029-12-31T23:00:00Z"
+    }
+    assert _cutoff({"aws:CurrentTime": ["2031-01-01T00:00:00Z", "2029-06-01T00:00:00Z"]},
+                   deadline) == {"aws:CurrentTime": "2029-06-01T00:00:00Z"}  # fmt: skip
+    # Condition keys are case-insensitive: another spelling must not survive beside ours.
+    assert _cutoff({"AWS:CurrentTime": "2099-01-01T00:00:00Z"}, deadline) == {
+        "aws:CurrentTime": "2030-01-01T00:30:00Z"
+    }
+    assert _cutoff({"aws:CurrentTime": "1893456000"}, deadline) == {  # epoch 2030-01-01
+        "aws:CurrentTime": "2030-01-01T00:00:00Z"
+    }
+    from jitc.errors import Refused
+
+    with pytest.raises(Refused):
+        _cutoff({"aws:CurrentTime": "next tuesday"}, deadline)
