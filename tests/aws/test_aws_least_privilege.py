@@ -136,7 +136,7 @@ def test_secrets_and_queues_come_from_the_variables_only() -> None:
     for function in FUNCTIONS:
         for statement in docs[function]:
             if any(a.startswith("secretsmanager:") for a in statement["actions"]):
-                assert statement["resources"] == ["${var.secret_arns}"]
+                assert statement["resources"] == ["${local.secret_arns}"]
             if any(a.startswith("sqs:") for a in statement["actions"]):
                 assert statement["resources"] == ["${aws_sqs_queue.requests.arn}"]
             for resource in statement["resources"]:

@@ -121,3 +121,47 @@ def test_the_connector_attaches_and_writes_policies_only_on_principals_with_its_
     # "/"): no right over grant policies reaches it.
     assert boundary["path"] == "/"
     assert "${local.iam_path}jitc-*" in module.locals["iam_grant_policy_arn"]
+
+
+def _hcl_string(text: str) -> str:
+    """An HCL string literal's value (the escapes these expressions use)."""
+    return text.replace('\\"', '"').replace("\\\\", "\\")
+
+
+def test_the_secrets_the_functions_may_read_are_every_reference_in_the_catalog() -> None:
+    import json
+    import re
+
+    import yaml
+
+    from jitc.catalog import parse_catalog
+
+    module = load()
+    refs = module.locals["catalog_secret_refs"]
+    # The expression: regexall("<pattern>", jsonencode(local.catalog)), first group of each.
+    pattern = _hcl_string(re.search(r'regexall\("((?:[^"\\]|\\.)*)"', refs).group(1))
+    assert "jsonencode(local.catalog)" in refs
+    assert module.locals["catalog"] == "${yamldecode(file(var.catalog_file))}"
+    doc = {
+        "connector": {
+            "signing_key": "aws-sm:jitc/connector#seed",
+            # Any later reference (a key for MACing labels, say) is covered the same way.
+            "label_key": "aws-sm:arn:aws:secretsmanager:eu-west-1:123456789012:secret:l-AbCdEf#k",
+        },
+        "integrations": yaml.safe_load(
+            (module.path.parent / "examples" / "aws" / "catalog.yaml").read_text()
+        )["integrations"],
+    }
+    found = {m.group(1) for m in re.finditer(pattern, json.dumps(doc))}
+    catalog = parse_catalog({k: v for k, v in doc.items() if k != "connector"})
+    expected = {str(i.credentials.location) for i in catalog.integrations.values() if i.credentials}
+    expected |= {"jitc/connector", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:l-AbCdEf"}
+    assert found == expected
+    # The worker and the sweep read exactly those (and var.secret_arns), nothing wider.
+    for function in ("worker", "sweep"):
+        reads = [
+            s for s in statements(module.policy(function))
+            if "secretsmanager:GetSecretValue" in s["actions"]
+        ]  # fmt: skip
+        assert [s["resources"] for s in reads] == ["${local.secret_arns}"]
+    assert "secret:${ref}-??????" in module.locals["secret_arns"]

@@ -3,6 +3,18 @@
 # secrets, queues, schedules and targets named in the variables.
 
 locals {
+  # Every aws-sm: reference anywhere in the catalog's data (not in its comments) is a secret the
+  # worker and sweep may read, and nothing else is: a new kind of reference in the catalog is
+  # covered without a change here. A name becomes the ARN pattern of that name (Secrets Manager
+  # appends six random characters); an ARN is kept as written.
+  catalog_secret_refs = distinct([
+    for match in regexall("\"aws-sm:([^\"#]+)", jsonencode(local.catalog)) : match[0]
+  ])
+  secret_arns = distinct(concat(var.secret_arns, [
+    for ref in local.catalog_secret_refs :
+    startswith(ref, "arn:") ? ref : "arn:${local.partition}:secretsmanager:${local.region}:${local.account}:secret:${ref}-??????"
+  ]))
+
   log_arns = {
     for name, _ in local.functions :
     name => "${aws_cloudwatch_log_group.function[name].arn}:*"
@@ -20,7 +32,7 @@ locals {
   iam_catalog_actions = distinct(flatten([
     for integration in values(try(local.catalog.integrations, {})) : [
       for permission in values(try(integration.permissions, {})) : [
-        for statement in try(tolist(permission.policy.Statement), []) :
+        for statement in flatten([try(permission.policy.Statement, [])]) :
         try(statement.Effect, "") == "Allow" ? flatten([try(statement.Action, [])]) : []
       ]
     ] if try(integration.kind, "") == "aws_iam"
@@ -107,11 +119,11 @@ data "aws_iam_policy_document" "worker" {
   }
 
   dynamic "statement" {
-    for_each = length(var.secret_arns) > 0 ? [1] : []
+    for_each = length(local.secret_arns) > 0 ? [1] : []
     content {
       sid       = "ReadCatalogSecrets"
       actions   = ["secretsmanager:GetSecretValue"]
-      resources = var.secret_arns
+      resources = local.secret_arns
     }
   }
   dynamic "statement" {
@@ -268,11 +280,11 @@ data "aws_iam_policy_document" "sweep" {
   }
 
   dynamic "statement" {
-    for_each = length(var.secret_arns) > 0 ? [1] : []
+    for_each = length(local.secret_arns) > 0 ? [1] : []
     content {
       sid       = "ReadCatalogSecrets"
       actions   = ["secretsmanager:GetSecretValue"]
-      resources = var.secret_arns
+      resources = local.secret_arns
     }
   }
   dynamic "statement" {

@@ -20,7 +20,7 @@ variable "catalog_file" {
 }
 
 variable "secret_arns" {
-  description = "ARNs of the Secrets Manager secrets the catalog references (aws-sm:...). The functions may read these and no others."
+  description = "Secrets the functions may read beyond those the catalog references (every aws-sm: reference in the catalog is derived from it already); normally empty."
   type        = list(string)
   default     = []
 }
