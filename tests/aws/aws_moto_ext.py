@@ -4,15 +4,19 @@ still talks HTTP to a real server.
 moto keeps the tags given at CreatePermissionSet but has no TagResource, UntagResource or
 ListTagsForResource for sso-admin; these three operate on that same list, with AWS's limit of
 50 tags per resource; permission set ARNs in AWS's shape; and the permissions boundary of an
-IAM user, which moto's CreateUser drops.
+IAM user, which moto's CreateUser drops. When a test enforces IAM, policies are matched with
+IAM's wildcards rather than as regular expressions.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from moto.core.exceptions import JsonRESTError
+from botocore.awsrequest import AWSRequest
+from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
 from moto.iam.responses import IamResponse
 from moto.moto_api._internal import mock_random as random
 from moto.ssoadmin.models import PermissionSet
@@ -79,7 +83,33 @@ def _create_user_with_boundary(original: Any) -> Any:
     return create_user
 
 
+def _iam_match(pattern: str, value: str) -> re.Match[str] | None:
+    """IAM's wildcards, `*` and `?`, and nothing else of regex syntax (moto's own matcher reads
+    the pattern as a regex, so `secret:name-??????` breaks it). A resource moto could not
+    determine arrives as "*": then the action alone decides, and the resources are compared
+    with the calls by the least-privilege test instead."""
+    if value == "*":
+        return re.match("", "")
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.match(f"^{regex}$", value)
+
+
+def _signed_request(self: Any) -> AWSRequest:
+    """moto re-signs a request to check its signature, but signs an empty body as the query
+    string's parameters (`body or data`), so every GET or DELETE with a query (Scheduler's
+    GetSchedule, DeleteSchedule) fails SignatureDoesNotMatch: the body is what was signed."""
+    signed = self._get_string_between("SignedHeaders=", ",", self._headers["Authorization"])
+    headers = self._create_headers_for_aws_request(signed.split(";"), self._headers)
+    request = AWSRequest(
+        method=self._method, url=self._path, data=self._body or b"", headers=headers
+    )
+    request.context["timestamp"] = headers["X-Amz-Date"]
+    return request
+
+
 def install() -> None:
+    IAMPolicyStatement._match = staticmethod(_iam_match)  # type: ignore[method-assign]
+    IAMRequestBase._create_aws_request = _signed_request  # type: ignore[method-assign]
     if not getattr(IamResponse, "_jitc_boundary", False):
         IamResponse.create_user = _create_user_with_boundary(IamResponse.create_user)  # type: ignore[method-assign]
         IamResponse._jitc_boundary = True  # type: ignore[attr-defined]

@@ -164,8 +164,35 @@ class LambdaContext:
         return 60_000
 
 
+# A function with credentials here runs with them (its role's, under enforced IAM), not the
+# environment's; the runtime is rebuilt around each invocation so its clients use them.
+FUNCTION_CREDENTIALS: dict[str, dict[str, str]] = {}
+
+
+@contextlib.contextmanager
+def _credentials_of(function: str) -> Iterator[None]:
+    credentials = FUNCTION_CREDENTIALS.get(function)
+    if credentials is None:
+        yield
+        return
+    from jitc.aws import runtime
+
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update(credentials)
+    runtime.reset()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        runtime.reset()
+
+
 def invoke(function: str, handler: Callable[[Any, Any], Any], event: dict[str, Any]) -> Any:
-    with acting_as(function):
+    with acting_as(function), _credentials_of(function):
         return handler(event, LambdaContext(function_name=f"jitc-{function}"))
 
 
