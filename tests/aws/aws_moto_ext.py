@@ -14,8 +14,8 @@ import json
 import re
 from typing import Any
 
-from moto.core.exceptions import JsonRESTError
 from botocore.awsrequest import AWSRequest
+from moto.core.exceptions import JsonRESTError
 from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
 from moto.iam.responses import IamResponse
 from moto.moto_api._internal import mock_random as random
