@@ -4,7 +4,19 @@ what AWS services do on the functions' behalf, and what the alarms watch. Parsed
 
 from __future__ import annotations
 
-from tfmodule import as_list, env_value, load, role_policies, statements
+from pathlib import Path
+
+import pytest
+from tfmodule import (
+    EXAMPLE,
+    MODULE,
+    REFERENCE,
+    as_list,
+    env_value,
+    load,
+    role_policies,
+    statements,
+)
 
 
 def _queue(reference: str) -> dict[str, object]:
@@ -41,7 +53,7 @@ def test_the_function_url_has_the_resource_policy_aws_requires_for_its_auth_type
     auth = module.variables["function_url_auth_type"]
     # SigV4 by default: the control plane signs with its AWS credentials and its Ed25519 key.
     assert auth["default"] == "AWS_IAM"
-    assert "contains([\"AWS_IAM\", \"NONE\"]" in str(auth["validation"])
+    assert 'contains(["AWS_IAM", "NONE"]' in str(auth["validation"])
     permissions = [
         p
         for p in module.of_kind("aws_lambda_permission").values()
@@ -165,3 +177,94 @@ def test_the_secrets_the_functions_may_read_are_every_reference_in_the_catalog()
         ]  # fmt: skip
         assert [s["resources"] for s in reads] == ["${local.secret_arns}"]
     assert "secret:${ref}-??????" in module.locals["secret_arns"]
+
+
+def _interpolations(value: object) -> list[str]:
+    """The text of every `${...}` in a parsed value (nested braces kept together)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for item in value.values():
+            found += _interpolations(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _interpolations(item)
+    elif isinstance(value, str):
+        start = value.find("${")
+        while start != -1:
+            depth, index = 0, start + 1
+            while index < len(value):
+                depth += {"{": 1, "}": -1}.get(value[index], 0)
+                if depth == 0:
+                    break
+                index += 1
+            found.append(value[start + 2 : index])
+            start = value.find("${", index)
+    return found
+
+
+def _dangling(path: Path) -> list[str]:
+    module = load(path)
+    everything = [module.resources, module.data, module.locals, module.outputs, module.modules]
+    everything += [{k: v.get("validation") for k, v in module.variables.items()}]
+    missing: list[str] = []
+    for expression in _interpolations(everything):
+        for match in REFERENCE.finditer(expression):
+            kind, name, attribute = match.groups()
+            if kind == "var":
+                ok = name in module.variables
+            elif kind == "local":
+                ok = name in module.locals
+            elif kind == "data":
+                ok = (name, attribute) in module.data
+            elif kind == "module":
+                ok = name in module.modules
+                if ok and attribute:
+                    source = module.modules[name]["source"]
+                    ok = attribute in load((path / source).resolve()).outputs
+            elif kind.startswith("aws_") or kind.startswith("archive_"):
+                ok = (kind, name) in module.resources
+            else:
+                continue  # each., count., path.: Terraform's own
+            if not ok:
+                missing.append(match.group(0))
+    return sorted(set(missing))
+
+
+@pytest.mark.parametrize("path", [MODULE, EXAMPLE], ids=lambda p: p.name)
+def test_every_reference_in_the_hcl_resolves_to_something_declared(path: Path) -> None:
+    assert _dangling(path) == []
+
+
+def test_the_reference_check_sees_a_dangling_reference(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        "locals {\n  a = aws_sqs_queue.nowhere.arn\n  b = var.missing\n  c = local.a\n}\n"
+    )
+    assert _dangling(tmp_path) == ["aws_sqs_queue.nowhere.arn", "var.missing"]
+
+
+def test_whoever_sends_to_or_reads_an_encrypted_queue_may_use_its_key() -> None:
+    # SQS calls KMS as the caller: SendMessage needs kms:GenerateDataKey on the queue's key,
+    # ReceiveMessage kms:Decrypt; the Scheduler's role sends as well.
+    module = load()
+    checked = 0
+    for name, document in module.data.items():
+        if name[0] != "aws_iam_policy_document":
+            continue
+        found = statements(document)
+        for statement in found:
+            for resource in as_list(statement.get("resources", [])):
+                if not str(resource).startswith("${aws_sqs_queue."):
+                    continue
+                key = _queue(resource).get("kms_master_key_id")
+                needs = {
+                    "sqs:SendMessage": "kms:GenerateDataKey",
+                    "sqs:ReceiveMessage": "kms:Decrypt",
+                }
+                for action, kms in needs.items():
+                    if action in statement["actions"] and key:
+                        checked += 1
+                        assert any(
+                            kms in s["actions"] and key in as_list(s.get("resources", []))
+                            for s in found
+                        ), (name[1], action, resource)
+    assert checked >= 4
