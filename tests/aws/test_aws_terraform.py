@@ -244,27 +244,37 @@ def test_the_reference_check_sees_a_dangling_reference(tmp_path: Path) -> None:
 
 def test_whoever_sends_to_or_reads_an_encrypted_queue_may_use_its_key() -> None:
     # SQS calls KMS as the caller: SendMessage needs kms:GenerateDataKey on the queue's key,
-    # ReceiveMessage kms:Decrypt; the Scheduler's role sends as well.
+    # ReceiveMessage kms:Decrypt; the Scheduler's role sends as well. A principal named in the
+    # queue's resource policy (the control plane) gets it from the key's policy instead.
     module = load()
+    key_policy = statements(module.policy("key"))
+    needs = {"sqs:SendMessage": "kms:GenerateDataKey", "sqs:ReceiveMessage": "kms:Decrypt"}
     checked = 0
     for name, document in module.data.items():
-        if name[0] != "aws_iam_policy_document":
+        if name[0] != "aws_iam_policy_document" or name[1] == "key":
             continue
         found = statements(document)
         for statement in found:
+            if statement.get("effect", "Allow") != "Allow":
+                continue
             for resource in as_list(statement.get("resources", [])):
                 if not str(resource).startswith("${aws_sqs_queue."):
                     continue
                 key = _queue(resource).get("kms_master_key_id")
-                needs = {
-                    "sqs:SendMessage": "kms:GenerateDataKey",
-                    "sqs:ReceiveMessage": "kms:Decrypt",
-                }
                 for action, kms in needs.items():
-                    if action in statement["actions"] and key:
-                        checked += 1
+                    if action not in statement["actions"] or not key:
+                        continue
+                    checked += 1
+                    if "principals" in statement:
+                        who = as_list(statement["principals"])[0]["identifiers"]
+                        assert any(
+                            kms in s["actions"]
+                            and as_list(s.get("principals", [{}]))[0].get("identifiers") == who
+                            for s in key_policy
+                        ), (name[1], action, who)
+                    else:
                         assert any(
                             kms in s["actions"] and key in as_list(s.get("resources", []))
                             for s in found
                         ), (name[1], action, resource)
-    assert checked >= 4
+    assert checked >= 5
