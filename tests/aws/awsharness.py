@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import json
 import os
+import re
 import socket
 import time
 import urllib.request
@@ -45,7 +46,11 @@ class Request:
     service: str
     operation: str
     params: dict[str, Any]
+    prefix: str = ""  # the IAM action prefix (signing name): sso-admin's is "sso"
 
+
+# Every aws-sm: reference of the catalogs deployed: what the module would let the functions read.
+SECRET_REFS: set[str] = set()
 
 # Every request a function's code sent, with its parameters (what it named, not only the action).
 REQUESTS: list[Request] = []
@@ -61,7 +66,9 @@ def _record_calls() -> None:
             CALLS.setdefault(function, set()).add(f"{prefix}:{operation_name}")
         service = self.meta.service_model.service_name
         if function is not None:
-            REQUESTS.append(Request(function, service, operation_name, dict(api_params)))
+            REQUESTS.append(
+                Request(function, service, operation_name, dict(api_params), prefix)
+            )
         breaches = awsmodel.violations(service, operation_name, api_params)
         if breaches:
             REFUSED.extend(breaches)
@@ -120,7 +127,12 @@ def moto_url() -> Iterator[str]:
             os.environ[key] = value
     target = os.environ.get(CALLS_FILE_ENV)
     if target:
-        Path(target).write_text(json.dumps({k: sorted(v) for k, v in CALLS.items()}))
+        record = {
+            "calls": {k: sorted(v) for k, v in CALLS.items()},
+            "requests": [r.__dict__ for r in REQUESTS],
+            "secret_refs": sorted(SECRET_REFS),
+        }
+        Path(target).write_text(json.dumps(record, default=str))
 
 
 _AWS_ENV = (
@@ -455,6 +467,7 @@ def deploy(
     doc = {"control_plane": {"keys": {"cp1": sign_public}}, **catalog_doc}
     catalog_path = tmp_path / "catalog.yaml"
     catalog_path.write_text(yaml.safe_dump(doc))
+    SECRET_REFS.update(re.findall(r'"aws-sm:([^"#]+)', json.dumps(doc)))
     os.environ.update(
         {
             "JITC_CATALOG_PATH": str(catalog_path),
