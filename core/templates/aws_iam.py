@@ -113,6 +113,11 @@ class Connection(Settings):
         "or user that carries it, so no attached policy can reach beyond it",
     )
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    partition: str | None = Field(
+        default=None,
+        pattern=r"^aws(-cn|-us-gov|-iso|-iso-[a-z])?$",
+        description="the account's partition; by default the one of permissions_boundary_arn",
+    )
     path: str = Field(default="/jitc/", pattern=r"^/([\w+=,.@-]+/)+$")
     allowed_principals: list[str] = Field(
         min_length=1,
@@ -248,6 +253,11 @@ def with_expiry(document: dict[str, Any], expires_at: datetime) -> dict[str, Any
     return doc
 
 
+def _partition(connection: Connection) -> str:
+    """GovCloud and China are partitions of their own: an `arn:aws:` ARN names nothing there."""
+    return connection.partition or connection.permissions_boundary_arn.split(":")[1]
+
+
 def principal_name(connection: Connection, spec: GrantSpec) -> str:
     name = spec.identity.username
     if name is None:
@@ -295,7 +305,8 @@ class AwsIamTemplate:
                 f"conditioned on aws:CurrentTime < {_iso(spec.expires_at)}"
             )
         name_ = policy_name(spec.grant_id)
-        arn = f"arn:aws:iam::{connection.account_id}:policy{connection.path}{name_}"
+        partition = _partition(connection)
+        arn = f"arn:{partition}:iam::{connection.account_id}:policy{connection.path}{name_}"
         return [
             f"create policy {arn}: {source}",
             f"attach {arn} to {permission.principal_type} {name}",
@@ -322,7 +333,8 @@ class AwsIamSession:
         self.iam.close()
 
     def _arn(self, name: str) -> str:
-        return f"arn:aws:iam::{self.settings.account_id}:policy{self.settings.path}{name}"
+        partition = _partition(self.settings)
+        return f"arn:{partition}:iam::{self.settings.account_id}:policy{self.settings.path}{name}"
 
     def _label(self, name: str) -> dict[str, Any] | None:
         """The label of one of our policies, or None when there is no such policy (or not ours)."""

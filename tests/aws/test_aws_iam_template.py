@@ -434,3 +434,18 @@ def test_with_expiry_never_widens_an_existing_cutoff() -> None:
 
     with pytest.raises(Refused):
         _cutoff({"aws:CurrentTime": "next tuesday"}, deadline)
+
+
+def test_arns_are_in_the_accounts_partition() -> None:
+    for partition in ("aws-cn", "aws-us-gov"):
+        doc = _catalog_with(_allow("s3:GetObject"))
+        connection = doc["integrations"][INTEGRATION]["connection"]
+        connection["permissions_boundary_arn"] = BOUNDARY.replace("arn:aws:", f"arn:{partition}:")
+        engine = Engine(parse_catalog(doc), SecretStores({}), NullScheduler(), MemorySink())
+        request = AccessRequest.model_validate(
+            {"request_id": "part-1", "action": "grant", "integration": INTEGRATION,
+             "permission": "p", "resources": ["r"], "duration": "1h",
+             "identity": {"email": "a@example.com", "username": "dev-ana"}}
+        )  # fmt: skip
+        steps = engine.plan(request).statements
+        assert steps[0].startswith(f"create policy arn:{partition}:iam::{ACCOUNT}:policy/jitc/")

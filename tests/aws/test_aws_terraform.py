@@ -4,6 +4,7 @@ what AWS services do on the functions' behalf, and what the alarms watch. Parsed
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,96 @@ def test_whoever_sends_to_or_reads_an_encrypted_queue_may_use_its_key() -> None:
                             for s in found
                         ), (name[1], action, resource)
     assert checked >= 5
+
+
+def test_no_arn_is_pinned_to_the_commercial_partition() -> None:
+    # GovCloud (aws-us-gov) and China (aws-cn) are partitions of their own.
+    for path in (MODULE, EXAMPLE):
+        for name, text in load(path).texts.items():
+            assert "arn:aws:" not in text, f"{path.name}/{name}"
+
+
+def test_every_alarm_says_when_it_is_over() -> None:
+    alarms = load().of_kind("aws_cloudwatch_metric_alarm")
+    assert alarms
+    for name, alarm in alarms.items():
+        assert alarm.get("ok_actions") == alarm["alarm_actions"], name
+
+
+def test_a_dead_letter_queue_outlives_what_it_receives() -> None:
+    # A message moved to a dead-letter queue keeps its first enqueue time.
+    module = load()
+    for name, queue in module.of_kind("aws_sqs_queue").items():
+        if "redrive_policy" not in queue:
+            continue
+        target = re.search(r"aws_sqs_queue\.(\w+)\.arn", queue["redrive_policy"]).group(1)
+        dead = module.resource("aws_sqs_queue", target)
+        assert queue["message_retention_seconds"] == "${var.request_retention_seconds}"
+        limit = module.variables["request_retention_seconds"]["validation"]
+        assert "<= 604800" in str(limit) and dead["message_retention_seconds"] == 1209600, name
+
+
+def test_in_a_vpc_lambda_may_make_the_network_interfaces_and_the_apis_are_reachable() -> None:
+    module = load()
+    function = module.resource("aws_lambda_function", "this")
+    vpc = as_list(function["dynamic"])[0]["vpc_config"]
+    # The intake talks to SQS only and stays outside; worker and sweep go in.
+    assert 'each.key == "intake"' in vpc["for_each"]
+    for name in ("worker", "sweep"):
+        found = statements(module.policy(name))
+        eni = {a for s in found for a in s["actions"] if a.startswith("ec2:")}
+        # What AWSLambdaVPCAccessExecutionRole allows: Lambda creates the ENIs with this role.
+        assert eni == {
+            "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+            "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+            "ec2:UnassignPrivateIpAddresses",
+        }, name  # fmt: skip
+        create = next(s for s in found if "ec2:CreateNetworkInterface" in s["actions"])
+        assert "var.vpc_config.subnet_ids" in str(create["resources"])
+        assert "var.vpc_config.security_group_ids" in str(create["resources"])
+    # Interface endpoints for every AWS API the worker and sweep call, bar the targets' own.
+    services = module.locals["vpc_endpoint_services"]
+    for service in ("sqs", "secretsmanager", "scheduler", "events", "sts", "xray"):
+        assert f'"{service}"' in services, service
+    endpoint = module.resource("aws_vpc_endpoint", "this")
+    assert endpoint["private_dns_enabled"] is True
+    assert endpoint["vpc_endpoint_type"] == "Interface"
+    assert endpoint["subnet_ids"] == "${var.vpc_config.subnet_ids}"
+
+
+def test_the_example_takes_what_the_catalog_says_from_the_catalog() -> None:
+    import yaml
+
+    example = load(EXAMPLE)
+    catalog = yaml.safe_load((EXAMPLE / "catalog.yaml").read_text())
+    call = example.modules["jitc"]
+    # No hard-coded account: the one deployed into.
+    assert "account_id" not in example.variables
+    assert example.locals["account"] == "${data.aws_caller_identity.current.account_id}"
+    # The grantees are the catalog's allowed principals, in this account and partition.
+    principals = str(call["iam_target"])
+    assert "local.iam.connection.allowed_principals" in principals
+    assert example.locals["iam"] == '${local.catalog.integrations["account-iam"]}'
+    assert example.locals["catalog"] == '${yamldecode(file("${path.module}/catalog.yaml"))}'
+    # The catalog's boundary is the module's, in the catalog's own account.
+    iam = catalog["integrations"]["account-iam"]["connection"]
+    boundary = iam["permissions_boundary_arn"]
+    assert boundary.split(":")[4] == iam["account_id"]
+    assert boundary.endswith(f":policy/{call['name']}-grant-boundary")
+    # The database said to be in a VPC gets one, which the deployer must give.
+    assert "VPC" in catalog["integrations"]["orders-db"]["description"]
+    assert (
+        call["vpc_config"] == "${var.vpc_config}"
+        and "default" not in example.variables["vpc_config"]
+    )
+    # The secret the catalog references exists, with a value.
+    secret = example.resource("aws_secretsmanager_secret", "pg_admin")
+    assert secret["name"] == "${local.pg_admin_secret}"
+    assert "local.database.credentials" in example.locals["pg_admin_secret"]
+    version = example.resource("aws_secretsmanager_secret_version", "pg_admin")
+    assert version["secret_id"] == "${aws_secretsmanager_secret.pg_admin.id}"
+    assert "secret_arns" not in call  # derived from the catalog by the module
+    # An empty key list would refuse every request: the module stops the plan instead.
+    function = load().resource("aws_lambda_function", "this")
+    conditions = str(function["lifecycle"])
+    assert "length(try(local.catalog.control_plane.keys, {})) > 0" in conditions

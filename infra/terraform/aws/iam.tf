@@ -118,6 +118,37 @@ data "aws_iam_policy_document" "worker" {
     resources = ["*"]
   }
 
+  # In a VPC, Lambda creates the function's network interfaces with its execution role.
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid     = "NetworkInterfacesInTheVpc"
+      actions = ["ec2:CreateNetworkInterface"]
+      resources = concat(
+        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
+        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
+        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
+      )
+    }
+  }
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "OwnNetworkInterfaces"
+      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
+      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
+    }
+  }
+  dynamic "statement" {
+    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
+    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "DescribeNetworkInterfaces"
+      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
+      resources = ["*"]
+    }
+  }
   dynamic "statement" {
     for_each = length(local.secret_arns) > 0 ? [1] : []
     content {
@@ -279,6 +310,37 @@ data "aws_iam_policy_document" "sweep" {
     resources = ["*"]
   }
 
+  # In a VPC, Lambda creates the function's network interfaces with its execution role.
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid     = "NetworkInterfacesInTheVpc"
+      actions = ["ec2:CreateNetworkInterface"]
+      resources = concat(
+        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
+        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
+        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
+      )
+    }
+  }
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "OwnNetworkInterfaces"
+      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
+      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
+    }
+  }
+  dynamic "statement" {
+    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
+    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "DescribeNetworkInterfaces"
+      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
+      resources = ["*"]
+    }
+  }
   dynamic "statement" {
     for_each = length(local.secret_arns) > 0 ? [1] : []
     content {

@@ -97,8 +97,10 @@ resource "aws_sqs_queue" "requests" {
   deduplication_scope         = "messageGroup"
   fifo_throughput_limit       = "perMessageGroupId"
   visibility_timeout_seconds  = 6 * var.worker_timeout
-  message_retention_seconds   = 1209600
-  kms_master_key_id           = aws_kms_key.this.arn
+  # Shorter than the dead-letter queue's 14 days: a moved message keeps its first enqueue
+  # time, so with equal retention it could expire from the DLQ the moment it arrives.
+  message_retention_seconds = var.request_retention_seconds
+  kms_master_key_id         = aws_kms_key.this.arn
   redrive_policy = jsonencode({
     deadLetterTargetArn = aws_sqs_queue.dead_letters.arn
     maxReceiveCount     = var.max_receive_count
@@ -225,7 +227,7 @@ resource "aws_iam_role_policy" "function" {
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_116:No asynchronous invocations to dead-letter: the intake is called synchronously, the worker by SQS (whose queue has its own dead-letter queue), the sweep by a schedule that runs again minutes later.
   #checkov:skip=CKV_AWS_272:Code signing needs a signing profile the company owns; the zip is built reproducibly by `jitc package aws` and pinned by source_code_hash.
-  #checkov:skip=CKV_AWS_117:A VPC is optional (var.vpc_config): only targets that live inside one need it.
+  #checkov:skip=CKV_AWS_117:A VPC is optional (var.vpc_config), for the worker and sweep only: the intake talks to SQS alone.
   for_each                       = local.functions
   function_name                  = "${var.name}-${each.key}"
   role                           = aws_iam_role.function[each.key].arn
@@ -262,8 +264,9 @@ resource "aws_lambda_function" "this" {
     mode = "Active"
   }
 
+  # The worker and the sweep reach the targets; the intake only SQS, so it stays outside.
   dynamic "vpc_config" {
-    for_each = var.vpc_config == null ? [] : [var.vpc_config]
+    for_each = var.vpc_config == null || each.key == "intake" ? [] : [var.vpc_config]
     content {
       subnet_ids         = vpc_config.value.subnet_ids
       security_group_ids = vpc_config.value.security_group_ids
@@ -277,6 +280,21 @@ resource "aws_lambda_function" "this" {
 
   depends_on = [aws_iam_role_policy.function]
   tags       = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = length(try(local.catalog.control_plane.keys, {})) > 0
+      error_message = "The catalog's control_plane.keys is empty: every request would be refused (401). Add the control plane's Ed25519 public key (jitc keygen --signing)."
+    }
+    precondition {
+      condition = alltrue([
+        for integration in values(try(local.catalog.integrations, {})) :
+        tostring(integration.connection.account_id) == local.account
+        if try(integration.kind, "") == "aws_iam" && try(integration.connection.role_arn, null) == null
+      ])
+      error_message = "An aws_iam integration of the catalog names another account_id than the one deployed into: give it a role_arn (the member-account module) or correct the id."
+    }
+  }
 }
 
 resource "aws_lambda_event_source_mapping" "worker" {
@@ -504,5 +522,43 @@ resource "aws_cloudwatch_metric_alarm" "function_errors" {
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
+# -- a VPC: endpoints for what the worker and sweep call -------------------------------------
+
+# A function in a private subnet reaches no AWS API without a NAT or these endpoints. IAM and
+# Identity Center targets, and a control plane webhook, still need a NAT (docs/aws.md).
+locals {
+  vpc_endpoint_services = var.vpc_config == null || !try(var.vpc_config.create_endpoints, true) ? [] : [
+    "sqs", "secretsmanager", "scheduler", "events", "sts", "xray",
+  ]
+}
+
+resource "aws_security_group" "endpoints" {
+  count       = length(local.vpc_endpoint_services) > 0 ? 1 : 0
+  name        = "${var.name}-endpoints"
+  description = "HTTPS from the jit-connector functions to the interface endpoints"
+  vpc_id      = var.vpc_config.vpc_id
+  tags        = var.tags
+
+  ingress {
+    description     = "HTTPS from the functions"
+    from_port       = 443
+    to_port         = 443
+    protocol        = "tcp"
+    security_groups = var.vpc_config.security_group_ids
+  }
+}
+
+resource "aws_vpc_endpoint" "this" {
+  for_each            = toset(local.vpc_endpoint_services)
+  vpc_id              = var.vpc_config.vpc_id
+  service_name        = "com.amazonaws.${local.region}.${each.key}"
+  vpc_endpoint_type   = "Interface"
+  subnet_ids          = var.vpc_config.subnet_ids
+  security_group_ids  = [aws_security_group.endpoints[0].id]
+  private_dns_enabled = true
   tags                = var.tags
 }

@@ -95,6 +95,17 @@ variable "max_receive_count" {
   default     = 10
 }
 
+variable "request_retention_seconds" {
+  description = "How long a request may wait in the queue; the dead-letter queue keeps messages 14 days, which must be longer."
+  type        = number
+  default     = 345600
+
+  validation {
+    condition     = var.request_retention_seconds >= 60 && var.request_retention_seconds <= 604800
+    error_message = "request_retention_seconds: 60 to 604800 (7 days), leaving the dead-letter queue's 14 days longer."
+  }
+}
+
 variable "reserved_concurrency" {
   description = "Reserved concurrent executions of the intake, worker and sweep functions."
   type = object({
@@ -135,10 +146,12 @@ variable "alarm_actions" {
 }
 
 variable "vpc_config" {
-  description = "Subnets and security groups, when targets (e.g. PostgreSQL) are only reachable inside a VPC."
+  description = "The VPC, subnets and security groups of the worker and sweep, when targets (e.g. PostgreSQL) are only reachable inside a VPC. create_endpoints adds interface endpoints for the AWS APIs they call (sqs, secretsmanager, scheduler, events, sts, xray); set it false when the subnets already reach them (NAT or existing endpoints)."
   type = object({
+    vpc_id             = string
     subnet_ids         = list(string)
     security_group_ids = list(string)
+    create_endpoints   = optional(bool, true)
   })
   default = null
 }
