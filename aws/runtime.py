@@ -81,13 +81,17 @@ def _session() -> Any:
 
 
 @cache
-def client(service: str) -> Any:
+def regional_client(service: str, region: str | None) -> Any:
     from botocore.config import Config
 
     config = Config(
         retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20
     )
-    return _session().client(service, config=config)
+    return _session().client(service, region_name=region, config=config)
+
+
+def client(service: str) -> Any:
+    return regional_client(service, None)
 
 
 @cache
@@ -193,6 +197,10 @@ def sinks() -> Sinks:
 
 @cache
 def engine() -> Engine:
+    from jitc.templates import aws_session
+
+    # The AWS templates use this runtime's session and retry settings, not their own.
+    aws_session.use(regional_client)
     return Engine(catalog(), secret_stores(), scheduler(), sinks())
 
 
@@ -201,7 +209,7 @@ def reset() -> None:
     for built in (
         settings,
         _session,
-        client,
+        regional_client,
         catalog,
         queue,
         intake,
@@ -211,3 +219,7 @@ def reset() -> None:
         engine,
     ):
         built.cache_clear()
+    from jitc.templates import aws_session
+
+    aws_session.use(None)
+    aws_session.reset()

@@ -321,16 +321,17 @@ class AwsIamSession:
     """An IAM client for one batch; the function's own role is the credential (no secret)."""
 
     def __init__(self, integration: str, connection: Connection) -> None:
-        import boto3
         from botocore.exceptions import ClientError
+
+        from jitc.templates import aws_session
 
         self.integration = integration
         self.settings = connection
         self.ClientError = ClientError
-        self.iam = boto3.session.Session().client("iam", region_name=connection.region)
+        self.iam = aws_session.client("iam", connection.region)
 
     def close(self) -> None:
-        self.iam.close()
+        """The client is shared across batches (aws_session): nothing to close."""
 
     def _arn(self, name: str) -> str:
         partition = _partition(self.settings)

@@ -151,20 +151,19 @@ class AwsIdentityCenterTemplate:
 
 class AwsIdentityCenterSession:
     def __init__(self, integration: str, connection: Connection) -> None:
-        import boto3
         from botocore.exceptions import ClientError
+
+        from jitc.templates import aws_session
 
         self.integration = integration
         self.settings = connection
         self.ClientError = ClientError
         self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
-        session = boto3.session.Session()
-        self.sso = session.client("sso-admin", region_name=connection.region)
-        self.store = session.client("identitystore", region_name=connection.region)
+        self.sso = aws_session.client("sso-admin", connection.region)
+        self.store = aws_session.client("identitystore", connection.region)
 
     def close(self) -> None:
-        self.sso.close()
-        self.store.close()
+        """The clients are shared across batches (aws_session): nothing to close."""
 
     # -- the ledger ------------------------------------------------------------------------
 

@@ -533,3 +533,13 @@ def test_a_worker_running_out_of_time_starts_nothing_more_and_returns_the_rest(
     with acting_as("worker"):
         response = worker.handler(event, _RunningOut(runs=0))
     assert len(response["batchItemFailures"]) == 3
+
+
+def test_the_aws_templates_use_the_runtimes_clients(deployment: Any) -> None:
+    from jitc.aws import runtime
+    from jitc.templates import aws_session
+
+    runtime.engine()
+    assert aws_session.client("iam", "us-east-1") is runtime.regional_client("iam", "us-east-1")
+    runtime.reset()
+    assert aws_session.client("iam", "us-east-1") is not runtime.regional_client("iam", "us-east-1")

@@ -449,3 +449,25 @@ def test_arns_are_in_the_accounts_partition() -> None:
         )  # fmt: skip
         steps = engine.plan(request).statements
         assert steps[0].startswith(f"create policy arn:{partition}:iam::{ACCOUNT}:policy/jitc/")
+
+
+def test_batches_share_one_session_and_its_clients(
+    engine: Engine, iam: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    from jitc.templates import aws_session
+
+    aws_session.reset()
+    made: list[int] = []
+    original = boto3.session.Session.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "__init__", counting)
+    for _ in range(3):  # three batches
+        assert run(engine, grant("s3-read", "dev-ana", ["bucket-a"])).status == "granted"
+    assert len(made) == 1
+    assert aws_session.client("iam", "us-east-1").meta.config.retries["mode"] == "standard"
