@@ -8,6 +8,7 @@ values are not among them (the engine fetches those per batch).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -19,14 +20,14 @@ from jitc.aws.scheduler import EventBridgeExpiryScheduler
 from jitc.aws.secrets_manager import SCHEME, SecretsManagerStore
 from jitc.aws.sinks import BufferedSink, EventBridgeSink, LogSink
 from jitc.aws.sqs import SqsQueue
-from jitc.catalog import Catalog, load_catalog
+from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError
 from jitc.intake import Intake
 from jitc.ports import EventSink
 from jitc.secrets import SecretStores
 
-DEFAULT_CATALOG = "/opt/jitc/catalog.yaml"
+DEFAULT_CATALOG = "/opt/jitc/catalog.json"
 
 
 class ConfigError(RuntimeError):
@@ -104,7 +105,11 @@ def catalog() -> Catalog:
         raise CatalogError(f"{s.catalog_path}: cannot read ({exc.strerror})") from None
     if s.catalog_sha256 and hashlib.sha256(data).hexdigest() != s.catalog_sha256.lower():
         raise CatalogError(f"{s.catalog_path}: digest differs from JITC_CATALOG_SHA256")
-    loaded = load_catalog(s.catalog_path)
+    # Terraform ships the reviewed YAML as JSON (no YAML parser in the cold start).
+    if s.catalog_path.suffix == ".json":
+        loaded = parse_catalog(json.loads(data), str(s.catalog_path))
+    else:
+        loaded = load_catalog(s.catalog_path)
     logger.info("catalog loaded", extra={"integrations": sorted(loaded.integrations)})
     return loaded
 

@@ -415,8 +415,6 @@ def deploy(
     """Queue + DLQ, scheduler group, bus with a rule to a queue we read, secret, catalog file."""
     import hashlib
 
-    import yaml
-
     from jitc.aws import runtime
     from jitc.sealing import box_keypair
     from jitc.signing import signing_keypair
@@ -465,8 +463,9 @@ def deploy(
     sign_private, sign_public = signing_keypair()
     box_private, box_public = box_keypair()
     doc = {"control_plane": {"keys": {"cp1": sign_public}}, **catalog_doc}
-    catalog_path = tmp_path / "catalog.yaml"
-    catalog_path.write_text(yaml.safe_dump(doc))
+    # As Terraform ships it: the reviewed YAML's data, as JSON.
+    catalog_path = tmp_path / "catalog.json"
+    catalog_path.write_text(json.dumps(doc))
     SECRET_REFS.update(re.findall(r'"aws-sm:([^"#]+)', json.dumps(doc)))
     os.environ.update(
         {

@@ -372,3 +372,14 @@ def test_the_example_takes_what_the_catalog_says_from_the_catalog() -> None:
     function = load().resource("aws_lambda_function", "this")
     conditions = str(function["lifecycle"])
     assert "length(try(local.catalog.control_plane.keys, {})) > 0" in conditions
+
+
+def test_the_functions_get_the_catalog_as_json_with_its_digest() -> None:
+    module = load()
+    assert module.locals["catalog_json"] == "${jsonencode(local.catalog)}"
+    assert module.locals["catalog_sha256"] == "${sha256(local.catalog_json)}"
+    source = as_list(module.data[("archive_file", "catalog")]["source"])[0]
+    assert source == {"content": "${local.catalog_json}", "filename": "jitc/catalog.json"}
+    # Layers are unpacked under /opt.
+    assert env_value("JITC_CATALOG_PATH") == '"/opt/jitc/catalog.json"'
+    assert env_value("JITC_CATALOG_SHA256") == "${local.catalog_sha256}"

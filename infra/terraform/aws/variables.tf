@@ -66,6 +66,12 @@ variable "intake_invoker_arns" {
   default     = []
 }
 
+variable "tracing" {
+  description = "X-Ray tracing of the functions (Powertools Tracer, botocore patched). Off by default: importing the X-Ray SDK costs a third of every cold start."
+  type        = bool
+  default     = false
+}
+
 variable "memory_size" {
   description = "Memory of each function, in MB."
   type        = number
