@@ -119,6 +119,18 @@ class Connection(Settings):
         description="the account's partition; by default the one of permissions_boundary_arn",
     )
     path: str = Field(default="/jitc/", pattern=r"^/([\w+=,.@-]+/)+$")
+    role_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$",
+        description="act in another account through this role (the member-account module)",
+    )
+    external_id: str | None = Field(
+        default=None,
+        pattern=r"^[\w+=,.@:/-]+$",
+        min_length=2,
+        max_length=1224,
+        description="the external id that role's trust policy requires",
+    )
     allowed_principals: list[str] = Field(
         min_length=1,
         description="glob patterns of the IAM role or user names a grant may go to (e.g. 'dev-*')",
@@ -328,7 +340,12 @@ class AwsIamSession:
         self.integration = integration
         self.settings = connection
         self.ClientError = ClientError
-        self.iam = aws_session.client("iam", connection.region)
+        if connection.role_arn is not None:
+            self.iam = aws_session.assumed_client(
+                "iam", connection.region, connection.role_arn, connection.external_id
+            )
+        else:
+            self.iam = aws_session.client("iam", connection.region)
 
     def close(self) -> None:
         """The client is shared across batches (aws_session): nothing to close."""

@@ -56,6 +56,14 @@ class Connection(Settings):
     )
     identity_store_id: str = Field(pattern=r"^d-[0-9a-f]{10}$|^[0-9a-f-]{36}$")
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    role_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$",
+        description="act in the Identity Center account through this role (member-account module)",
+    )
+    external_id: str | None = Field(
+        default=None, pattern=r"^[\w+=,.@:/-]+$", min_length=2, max_length=1224
+    )
     # Filled from the catalog's permissions (`AwsIdentityCenterTemplate.scope`), never read from
     # the file: the only permission sets the connector reads, tags or assigns.
     permission_set_arns: tuple[str, ...] = Field(default=(), exclude=True)
@@ -159,8 +167,15 @@ class AwsIdentityCenterSession:
         self.settings = connection
         self.ClientError = ClientError
         self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
-        self.sso = aws_session.client("sso-admin", connection.region)
-        self.store = aws_session.client("identitystore", connection.region)
+        if connection.role_arn is not None:
+            role, external = connection.role_arn, connection.external_id
+            self.sso = aws_session.assumed_client("sso-admin", connection.region, role, external)
+            self.store = aws_session.assumed_client(
+                "identitystore", connection.region, role, external
+            )
+        else:
+            self.sso = aws_session.client("sso-admin", connection.region)
+            self.store = aws_session.client("identitystore", connection.region)
 
     def close(self) -> None:
         """The clients are shared across batches (aws_session): nothing to close."""

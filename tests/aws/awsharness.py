@@ -61,6 +61,11 @@ def _record_calls() -> None:
 
     def recording(self: Any, operation_name: str, api_params: Any) -> Any:
         function = ACTING_AS.get()
+        credentials = getattr(self._request_signer, "_credentials", None)
+        key = getattr(credentials, "access_key", None)
+        if function is not None and key not in (None, os.environ.get("AWS_ACCESS_KEY_ID")):
+            # Through a role it assumed (a member account): that role's policy governs the call.
+            function = f"{function}@assumed"
         if function is not None:
             prefix = self.meta.service_model.signing_name
             CALLS.setdefault(function, set()).add(f"{prefix}:{operation_name}")

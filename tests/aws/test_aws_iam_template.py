@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 from awsharness import ACCOUNT, acting_as, client
 
@@ -471,3 +472,51 @@ def test_batches_share_one_session_and_its_clients(
         assert run(engine, grant("s3-read", "dev-ana", ["bucket-a"])).status == "granted"
     assert len(made) == 1
     assert aws_session.client("iam", "us-east-1").meta.config.retries["mode"] == "standard"
+
+
+MEMBER = "111111111111"
+
+
+def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: str) -> None:
+    from awsharness import REQUESTS
+
+    from jitc.templates import aws_session
+
+    aws_session.reset()
+    role_arn = f"arn:aws:iam::{MEMBER}:role/jitc-connector"
+    sts = client("sts")
+    creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="setup", ExternalId="ext-1")[
+        "Credentials"
+    ]
+    member = boto3.session.Session(
+        aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"], region_name="us-east-1",
+    ).client("iam")  # fmt: skip
+    boundary = f"arn:aws:iam::{MEMBER}:policy/jitc-grant-boundary"
+    member.create_policy(PolicyName="jitc-grant-boundary", PolicyDocument=json.dumps(MANAGED_DOC))
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+             "Principal": {"Service": "ec2.amazonaws.com"}}]}  # fmt: skip
+    member.create_role(
+        RoleName="dev-ana", AssumeRolePolicyDocument=json.dumps(trust), PermissionsBoundary=boundary
+    )
+    doc = _catalog_with(_allow("s3:GetObject"))
+    connection = doc["integrations"][INTEGRATION]["connection"]
+    connection.update(account_id=MEMBER, permissions_boundary_arn=boundary,
+                      role_arn=role_arn, external_id="ext-1")  # fmt: skip
+    engine = Engine(parse_catalog(doc), SecretStores({}), NullScheduler(), MemorySink())
+    start = len(REQUESTS)
+    request = AccessRequest.model_validate(
+        {"request_id": "member-1", "action": "grant", "integration": INTEGRATION,
+         "permission": "p", "resources": ["r"], "duration": "1h",
+         "identity": {"email": "a@example.com", "username": "dev-ana"}}
+    )  # fmt: skip
+    assert run(engine, request).status == "granted"
+    attached = member.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    assert [a["PolicyArn"].split(":")[4] for a in attached] == [MEMBER]
+    # The connector's own account holds nothing of it.
+    assert client("iam").list_policies(Scope="Local", PathPrefix="/jitc/")["Policies"] == []
+    assumed = [r for r in REQUESTS[start:] if r.operation == "AssumeRole"]
+    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [
+        (role_arn, "ext-1")
+    ]
+    aws_session.reset()

@@ -198,6 +198,7 @@ def _test_world(secret_refs: set[str]) -> dict[str, Any]:
                                 "arn:aws:sso:::permissionSet/ssoins-*/ps-*",
                                 "arn:aws:sso:::account/*"],
         "local.idc.identity_store_id": "d-1234567890",
+        "var.member_role_arns": ["arn:aws:iam::111111111111:role/jitc-connector"],
     }  # fmt: skip
 
 
@@ -241,6 +242,8 @@ def _resources(request: awsharness.Request) -> tuple[list[str], dict[str, str]]:
         if "AccountId" in p:
             found.append(f"arn:aws:sso:::account/{p['AccountId']}")
         return found, context
+    if request.service == "sts":
+        return [p["RoleArn"]], context
     if request.service == "identitystore":
         return [f"arn:aws:identitystore::{A}:identitystore/{p['IdentityStoreId']}"], context
     raise AssertionError(f"no resource mapping for {request.service}:{request.operation}")
@@ -289,6 +292,8 @@ def test_every_request_is_allowed_on_its_resources_and_under_its_conditions() ->
     documents = {f: render(f, world) for f in FUNCTIONS}
     refused: set[str] = set()
     for request in record.requests:
+        if request.function not in documents:
+            continue  # made through a member account's role: that role's policy governs it
         action = f"{request.prefix}:{request.operation}"
         resources, context = _resources(request)
         for resource in resources:

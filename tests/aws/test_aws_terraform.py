@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tfmodule import (
     EXAMPLE,
+    MEMBER_MODULE,
     MODULE,
     REFERENCE,
     as_list,
@@ -383,3 +384,28 @@ def test_the_functions_get_the_catalog_as_json_with_its_digest() -> None:
     # Layers are unpacked under /opt.
     assert env_value("JITC_CATALOG_PATH") == '"/opt/jitc/catalog.json"'
     assert env_value("JITC_CATALOG_SHA256") == "${local.catalog_sha256}"
+
+
+def test_the_member_account_role_trusts_only_the_connector_and_only_with_the_external_id() -> None:
+    member = load(MEMBER_MODULE)
+    (trust,) = statements(member.policy("trust"))
+    assert trust["actions"] == ["sts:AssumeRole"]
+    assert as_list(trust["principals"])[0]["identifiers"] == "${var.connector_role_arns}"
+    (condition,) = as_list(trust["condition"])
+    assert (condition["test"], condition["variable"]) == ("StringEquals", "sts:ExternalId")
+    assert condition["values"] == ["${var.external_id}"]
+    # There as here: attach and write only on principals with the boundary made there.
+    for statement in statements(member.policy("connector")):
+        if BOUNDED & set(statement["actions"]):
+            conditions = {c["variable"]: c["values"] for c in as_list(statement["condition"])}
+            assert conditions["iam:PermissionsBoundary"] == ["${local.iam_boundary_arn}"]
+    boundary = member.resource("aws_iam_policy", "grant_boundary")
+    assert member.locals["iam_boundary_arn"].endswith(":policy/${var.name}-grant-boundary")
+    assert boundary["name"] == "${var.name}-grant-boundary" and boundary["path"] == "/"
+    # The connector may assume those roles and no others.
+    for function in ("worker", "sweep"):
+        assumes = [
+            s for s in statements(load().policy(function)) if "sts:AssumeRole" in s["actions"]
+        ]
+        assert [s["resources"] for s in assumes] == ["${var.member_role_arns}"]
+    assert _dangling(MEMBER_MODULE) == []

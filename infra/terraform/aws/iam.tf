@@ -119,6 +119,16 @@ data "aws_iam_policy_document" "worker" {
   }
 
   # In a VPC, Lambda creates the function's network interfaces with its execution role.
+  # Targets in other accounts: only through the roles the member-account module made there,
+  # which trust these roles only with the catalog's external id.
+  dynamic "statement" {
+    for_each = length(var.member_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "ActInMemberAccounts"
+      actions   = ["sts:AssumeRole"]
+      resources = var.member_role_arns
+    }
+  }
   dynamic "statement" {
     for_each = var.vpc_config == null ? [] : [1]
     content {
@@ -311,6 +321,16 @@ data "aws_iam_policy_document" "sweep" {
   }
 
   # In a VPC, Lambda creates the function's network interfaces with its execution role.
+  # Targets in other accounts: only through the roles the member-account module made there,
+  # which trust these roles only with the catalog's external id.
+  dynamic "statement" {
+    for_each = length(var.member_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "ActInMemberAccounts"
+      actions   = ["sts:AssumeRole"]
+      resources = var.member_role_arns
+    }
+  }
   dynamic "statement" {
     for_each = var.vpc_config == null ? [] : [1]
     content {

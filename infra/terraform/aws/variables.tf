@@ -173,6 +173,12 @@ variable "iam_target" {
   default = null
 }
 
+variable "member_role_arns" {
+  description = "Roles made by the member-account module in other accounts (output role_arn there): the worker and sweep may assume these, and only these, for catalog integrations with a role_arn."
+  type        = list(string)
+  default     = []
+}
+
 variable "identity_center_target" {
   description = "For `aws_identity_center` integrations: the instance, identity store, permission sets and accounts of the catalog."
   type = object({
