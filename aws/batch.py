@@ -20,6 +20,7 @@ from jitc.messages import Work, decode_message
 from jitc.models import AuditEvent, Outcome
 
 HELD_BACK = "held back behind an earlier message of the same grant that will be retried"
+OUT_OF_TIME = "not started: the invocation's time was running out"
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,13 @@ class Verdict:
 
 
 def run_batch(
-    engine: Engine, messages: Sequence[Message], clock: Callable[[], float] = time.time
+    engine: Engine,
+    messages: Sequence[Message],
+    clock: Callable[[], float] = time.time,
+    proceed: Callable[[], bool] | None = None,
 ) -> dict[str, Verdict]:
+    """`proceed` is asked before each message runs; once it answers False no further message
+    starts, and those not run are reported as retryable (SQS delivers them again)."""
     verdicts: dict[str, Verdict] = {}
     queues: dict[str, list[tuple[Message, Work]]] = {}
     now = clock()
@@ -59,7 +65,8 @@ def run_batch(
 
     blocked: set[str] = set()
     wave_number = 0
-    while True:
+    stopped = False
+    while not stopped:
         wave = [
             (group, items[wave_number])
             for group, items in queues.items()
@@ -67,14 +74,16 @@ def run_batch(
         ]
         if not wave:
             break
-        outcomes = engine.execute_batch([work for _, (_, work) in wave])
-        for (group, (message, _)), outcome in zip(wave, outcomes, strict=True):
+        outcomes = engine.execute_batch([work for _, (_, work) in wave], proceed=proceed)
+        stopped = len(outcomes) < len(wave)
+        for (group, (message, _)), outcome in zip(wave, outcomes, strict=False):
             failed = outcome.status == "failed"
             verdicts[message.message_id] = Verdict(retry=failed, outcome=outcome)
             if failed:
                 blocked.add(group)
         wave_number += 1
-    for group in blocked:
-        for message, _ in queues[group]:
-            verdicts.setdefault(message.message_id, Verdict(retry=True, reason=HELD_BACK))
+    for group, items in queues.items():
+        for message, _ in items:
+            reason = HELD_BACK if group in blocked else OUT_OF_TIME
+            verdicts.setdefault(message.message_id, Verdict(retry=True, reason=reason))
     return verdicts

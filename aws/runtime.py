@@ -8,6 +8,7 @@ values are not among them (the engine fetches those per batch).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -19,14 +20,14 @@ from jitc.aws.scheduler import EventBridgeExpiryScheduler
 from jitc.aws.secrets_manager import SCHEME, SecretsManagerStore
 from jitc.aws.sinks import BufferedSink, EventBridgeSink, LogSink
 from jitc.aws.sqs import SqsQueue
-from jitc.catalog import Catalog, load_catalog
+from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError
 from jitc.intake import Intake
 from jitc.ports import EventSink
 from jitc.secrets import SecretStores
 
-DEFAULT_CATALOG = "/opt/jitc/catalog.yaml"
+DEFAULT_CATALOG = "/opt/jitc/catalog.json"
 
 
 class ConfigError(RuntimeError):
@@ -81,13 +82,17 @@ def _session() -> Any:
 
 
 @cache
-def client(service: str) -> Any:
+def regional_client(service: str, region: str | None) -> Any:
     from botocore.config import Config
 
     config = Config(
         retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=20
     )
-    return _session().client(service, config=config)
+    return _session().client(service, region_name=region, config=config)
+
+
+def client(service: str) -> Any:
+    return regional_client(service, None)
 
 
 @cache
@@ -100,7 +105,11 @@ def catalog() -> Catalog:
         raise CatalogError(f"{s.catalog_path}: cannot read ({exc.strerror})") from None
     if s.catalog_sha256 and hashlib.sha256(data).hexdigest() != s.catalog_sha256.lower():
         raise CatalogError(f"{s.catalog_path}: digest differs from JITC_CATALOG_SHA256")
-    loaded = load_catalog(s.catalog_path)
+    # Terraform ships the reviewed YAML as JSON (no YAML parser in the cold start).
+    if s.catalog_path.suffix == ".json":
+        loaded = parse_catalog(json.loads(data), str(s.catalog_path))
+    else:
+        loaded = load_catalog(s.catalog_path)
     logger.info("catalog loaded", extra={"integrations": sorted(loaded.integrations)})
     return loaded
 
@@ -193,6 +202,10 @@ def sinks() -> Sinks:
 
 @cache
 def engine() -> Engine:
+    from jitc.templates import aws_session
+
+    # The AWS templates use this runtime's session and retry settings, not their own.
+    aws_session.use(regional_client)
     return Engine(catalog(), secret_stores(), scheduler(), sinks())
 
 
@@ -201,7 +214,7 @@ def reset() -> None:
     for built in (
         settings,
         _session,
-        client,
+        regional_client,
         catalog,
         queue,
         intake,
@@ -211,3 +224,7 @@ def reset() -> None:
         engine,
     ):
         built.cache_clear()
+    from jitc.templates import aws_session
+
+    aws_session.use(None)
+    aws_session.reset()

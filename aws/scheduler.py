@@ -42,6 +42,12 @@ class EventBridgeExpiryScheduler:
         dead_letter_arn: str | None = None,
         clock: Any = None,
     ) -> None:
+        if dead_letter_arn is not None and dead_letter_arn.endswith(".fifo"):
+            # CreateSchedule refuses a FIFO dead-letter queue: every grant would fail after
+            # it was made. Refused here, once, at the first use of the scheduler.
+            raise ValueError(
+                f"{dead_letter_arn}: a schedule's dead-letter queue must be a standard queue"
+            )
         self._client = client
         self.group = group
         self.queue_arn = queue_arn

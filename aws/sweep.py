@@ -25,6 +25,10 @@ def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name="SweepRemaining", unit=MetricUnit.Count, value=report.remaining)
     if report.failed:
         metrics.add_metric(name="RevokeFailures", unit=MetricUnit.Count, value=len(report.failed))
+    else:
+        # The heartbeat: its absence for a few intervals is alarmed (a sweep never invoked, or
+        # failing every time, would otherwise raise nothing).
+        metrics.add_metric(name="SweepCompleted", unit=MetricUnit.Count, value=1)
     summary = {
         "revoked": report.revoked,
         "forgotten": report.forgotten,

@@ -1,7 +1,7 @@
 """Cold start of each AWS handler module vs. `import boto3, pydantic`, in fresh interpreters.
 
 A sample is a fresh `python -c` (bytecode already compiled) that, with the environment a Lambda
-function has (AWS_LAMBDA_FUNCTION_NAME set, so Powertools' Tracer is active and patches boto3),
+function of the module's default configuration has (AWS_LAMBDA_FUNCTION_NAME set, tracing off),
 times its own work with time.perf_counter: importing the handler module and the first call's
 initialisation (catalog read and validated, boto3 clients made, the catalog's template drivers
 imported, and for the worker and sweep the database driver their first call connects with:
@@ -47,15 +47,11 @@ INIT = {
     ),
 }
 CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
-CATALOG = """
-integrations:
-  orders-db:
-    kind: postgresql
-    connection: {host: 127.0.0.1, dbname: test, user: postgres}
-    credentials: aws-sm:jitc/pg-admin#password
-    permissions:
-      read-only: {template: read-only, resources: [public]}
-"""
+# As Terraform ships it: the catalog as JSON.
+CATALOG = """{"integrations": {"orders-db": {"kind": "postgresql",
+  "connection": {"host": "127.0.0.1", "dbname": "test", "user": "postgres"},
+  "credentials": "aws-sm:jitc/pg-admin#password",
+  "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}}}}}"""
 
 
 def lambda_env(catalog: Path) -> dict[str, str]:
@@ -77,6 +73,8 @@ def lambda_env(catalog: Path) -> dict[str, str]:
             "JITC_QUEUE_ARN": "arn:aws:sqs:eu-west-1:123456789012:jitc-requests.fifo",
             "JITC_SCHEDULE_GROUP": "jitc-expiry",
             "JITC_SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/jitc-scheduler",
+            # The module's default: tracing off, so no X-Ray SDK (set `tracing = true` for it).
+            "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_SERVICE_NAME": "jit-connector",
             "POWERTOOLS_METRICS_NAMESPACE": "JitConnector",
         }
@@ -96,7 +94,7 @@ def sample(code: str, env: dict[str, str]) -> tuple[float, int]:
 def main() -> None:
     samples = int(sys.argv[1]) if len(sys.argv) > 1 else 15
     with tempfile.TemporaryDirectory() as folder:
-        catalog = Path(folder) / "catalog.yaml"
+        catalog = Path(folder) / "catalog.json"
         catalog.write_text(CATALOG)
         env = lambda_env(catalog)
         for code in CASES.values():  # warm the bytecode and the page cache

@@ -158,14 +158,28 @@ class Engine:
     ) -> Outcome:
         return self.execute_batch([Work(request, issued_at or self.clock())], plain=plain)[0]
 
-    def execute_batch(self, items: Sequence[Work], *, plain: bool = False) -> list[Outcome]:
+    def execute_batch(
+        self,
+        items: Sequence[Work],
+        *,
+        plain: bool = False,
+        proceed: Callable[[], bool] | None = None,
+    ) -> list[Outcome]:
         """Run a batch in order; one message's failure never stops the others.
 
         A `failed` outcome means: retry this message (the queue will); `refused` means: never.
+        `proceed`, asked before each item, ends the batch early when it answers False (the
+        caller's time is running out): only the items that ran have an outcome.
         """
+        outcomes: list[Outcome] = []
         with self._batch() as batch:
+            # Grants made ahead whose outcome `proceed` then cuts off are redelivered and found.
             self._grant_ahead(batch, items, plain)
-            return [self._run(batch, work, plain) for work in items]
+            for work in items:
+                if proceed is not None and not proceed():
+                    break
+                outcomes.append(self._run(batch, work, plain))
+        return outcomes
 
     def _grant_ahead(self, batch: _Batch, items: Sequence[Work], plain: bool) -> None:
         """Run a batch's grants together where the template can (`grant_many`: one

@@ -9,6 +9,14 @@ with the same condition added (so a managed policy is never attached without an 
 
 A revoke detaches and deletes it; a tombstone policy (`jitc-x-<grant>`, never attached, denying
 everything if it ever were) records the revoke so a late redelivered grant is refused.
+
+Two bounds keep a grant from becoming a way to more access. The principal must carry the
+permissions boundary the module creates (`permissions_boundary_arn`), checked before anything is
+made, and the module's policy lets the connector attach (or write the session-revoking inline
+policy) only to principals with that boundary. And a catalog permission whose document could
+hand out IAM or role assumption (`iam:` wildcards, `iam:PassRole`, `sts:AssumeRole*`, policy
+writing, `NotAction`, `*`) or that copies `AdministratorAccess` is refused unless the catalog
+marks it `privileged: true`; a copied managed policy is checked again at each grant.
 """
 
 from __future__ import annotations
@@ -45,10 +53,84 @@ TOMBSTONE_DOCUMENT = {
 }
 
 
+# Actions a grant could use to reach beyond itself: hand out or assume roles, write policies,
+# mint credentials. Lower case: IAM matches action names case-insensitively.
+ESCALATING_ACTIONS = (
+    "iam:passrole",
+    "iam:createpolicyversion",
+    "iam:setdefaultpolicyversion",
+    "iam:attachrolepolicy",
+    "iam:attachuserpolicy",
+    "iam:attachgrouppolicy",
+    "iam:putrolepolicy",
+    "iam:putuserpolicy",
+    "iam:putgrouppolicy",
+    "iam:putrolepermissionsboundary",
+    "iam:deleterolepermissionsboundary",
+    "iam:updateassumerolepolicy",
+    "iam:createaccesskey",
+    "iam:createloginprofile",
+    "iam:updateloginprofile",
+    "iam:addusertogroup",
+    "sts:assumerole",
+    "sts:assumerolewithsaml",
+    "sts:assumerolewithwebidentity",
+)
+
+
+def _iam_glob(pattern: str) -> re.Pattern[str]:
+    """IAM's wildcards (`*`, `?`) and nothing else, case-insensitive."""
+    escaped = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.compile(escaped, re.DOTALL)
+
+
+def escalations(document: dict[str, Any]) -> list[str]:
+    """Why an Allow in this document could reach beyond the grant (empty: it cannot)."""
+    found: list[str] = []
+    statements = document.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    for index, statement in enumerate(statements if isinstance(statements, list) else []):
+        if not isinstance(statement, dict) or statement.get("Effect") != "Allow":
+            continue
+        if "NotAction" in statement:
+            found.append(f"Statement[{index}] allows with NotAction")
+        actions = statement.get("Action", [])
+        for action in [actions] if isinstance(actions, str) else actions:
+            if not isinstance(action, str):
+                continue
+            glob = _iam_glob(action)
+            if any(glob.fullmatch(a) for a in ESCALATING_ACTIONS):
+                found.append(f"Statement[{index}] allows {action}")
+    return found
+
+
 class Connection(Settings):
     account_id: str = Field(pattern=r"^\d{12}$", description="the account whose IAM is the target")
+    permissions_boundary_arn: str = Field(
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:policy/[\w+=,.@/-]+$",
+        description="the permissions boundary the module creates: a grant goes only to a role "
+        "or user that carries it, so no attached policy can reach beyond it",
+    )
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    partition: str | None = Field(
+        default=None,
+        pattern=r"^aws(-cn|-us-gov|-iso|-iso-[a-z])?$",
+        description="the account's partition; by default the one of permissions_boundary_arn",
+    )
     path: str = Field(default="/jitc/", pattern=r"^/([\w+=,.@-]+/)+$")
+    role_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$",
+        description="act in another account through this role (the member-account module)",
+    )
+    external_id: str | None = Field(
+        default=None,
+        pattern=r"^[\w+=,.@:/-]+$",
+        min_length=2,
+        max_length=1224,
+        description="the external id that role's trust policy requires",
+    )
     allowed_principals: list[str] = Field(
         min_length=1,
         description="glob patterns of the IAM role or user names a grant may go to (e.g. 'dev-*')",
@@ -63,6 +145,11 @@ class Permission(PermissionSettings):
     )
     managed_policy_arn: str | None = Field(
         default=None, pattern=r"^arn:aws[a-z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]+$"
+    )
+    privileged: bool = Field(
+        default=False,
+        description="this permission may hand out IAM or role assumption (iam: wildcards, "
+        "iam:PassRole, sts:AssumeRole, NotAction, AdministratorAccess): reviewed as such",
     )
     revoke_role_sessions: bool = Field(
         default=False,
@@ -89,6 +176,17 @@ class Permission(PermissionSettings):
             raise ValueError("exactly one of policy or managed_policy_arn")
         if self.revoke_role_sessions and self.principal_type != "role":
             raise ValueError("revoke_role_sessions applies to roles only")
+        if not self.privileged:
+            reasons = escalations(self.policy) if self.policy is not None else []
+            arn = self.managed_policy_arn or ""
+            if arn.endswith(("/AdministratorAccess", "/IAMFullAccess", "/PowerUserAccess")):
+                reasons.append(f"copies {arn}")
+            if reasons:
+                raise ValueError(
+                    "this permission could hand out more than itself ("
+                    + "; ".join(reasons)
+                    + "): mark it `privileged: true` if that is intended"
+                )
         return self
 
 
@@ -124,24 +222,52 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _instant(value: Any) -> datetime:
+    """An IAM date condition value (ISO 8601, or epoch seconds) as a UTC instant."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a date")
+    text = value.strip()
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text), UTC)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def with_expiry(document: dict[str, Any], expires_at: datetime) -> dict[str, Any]:
-    """Every Allow statement gets `aws:CurrentTime < expiry` (the earlier one if it had one)."""
+    """Every Allow statement gets `aws:CurrentTime < expiry`, or keeps an earlier cutoff it had.
+
+    Existing cutoffs are parsed, not compared as text (offsets differ), and a list of them is
+    read as IAM reads it, any value satisfying; every spelling of the key (condition keys are
+    case-insensitive) folds into the one value left, the earliest of all, so nothing widens."""
     doc = copy.deepcopy(document)
     statements = doc["Statement"]
     if isinstance(statements, dict):
         statements = doc["Statement"] = [statements]
-    deadline = _iso(expires_at)
     for statement in statements:
         if statement.get("Effect") != "Allow":
             continue
         condition = statement.setdefault("Condition", {})
         before = condition.setdefault("DateLessThan", {})
-        existing = before.get("aws:CurrentTime")
-        before["aws:CurrentTime"] = (
-            min(existing, deadline) if isinstance(existing, str) else deadline
-        )
+        cutoffs = [expires_at.astimezone(UTC)]
+        for key in [k for k in before if k.lower() == "aws:currenttime"]:
+            values = before.pop(key)
+            for value in values if isinstance(values, list) else [values]:
+                try:
+                    cutoffs.append(_instant(value))
+                except ValueError:
+                    raise Refused(
+                        "permission", f"aws:CurrentTime condition {value!r} is not a date"
+                    ) from None
+        before["aws:CurrentTime"] = _iso(min(cutoffs))
     doc["Version"] = "2012-10-17"
     return doc
+
+
+def _partition(connection: Connection) -> str:
+    """GovCloud and China are partitions of their own: an `arn:aws:` ARN names nothing there."""
+    return connection.partition or connection.permissions_boundary_arn.split(":")[1]
 
 
 def principal_name(connection: Connection, spec: GrantSpec) -> str:
@@ -191,7 +317,8 @@ class AwsIamTemplate:
                 f"conditioned on aws:CurrentTime < {_iso(spec.expires_at)}"
             )
         name_ = policy_name(spec.grant_id)
-        arn = f"arn:aws:iam::{connection.account_id}:policy{connection.path}{name_}"
+        partition = _partition(connection)
+        arn = f"arn:{partition}:iam::{connection.account_id}:policy{connection.path}{name_}"
         return [
             f"create policy {arn}: {source}",
             f"attach {arn} to {permission.principal_type} {name}",
@@ -206,19 +333,26 @@ class AwsIamSession:
     """An IAM client for one batch; the function's own role is the credential (no secret)."""
 
     def __init__(self, integration: str, connection: Connection) -> None:
-        import boto3
         from botocore.exceptions import ClientError
+
+        from jitc.templates import aws_session
 
         self.integration = integration
         self.settings = connection
         self.ClientError = ClientError
-        self.iam = boto3.session.Session().client("iam", region_name=connection.region)
+        if connection.role_arn is not None:
+            self.iam = aws_session.assumed_client(
+                "iam", connection.region, connection.role_arn, connection.external_id
+            )
+        else:
+            self.iam = aws_session.client("iam", connection.region)
 
     def close(self) -> None:
-        self.iam.close()
+        """The client is shared across batches (aws_session): nothing to close."""
 
     def _arn(self, name: str) -> str:
-        return f"arn:aws:iam::{self.settings.account_id}:policy{self.settings.path}{name}"
+        partition = _partition(self.settings)
+        return f"arn:{partition}:iam::{self.settings.account_id}:policy{self.settings.path}{name}"
 
     def _label(self, name: str) -> dict[str, Any] | None:
         """The label of one of our policies, or None when there is no such policy (or not ours)."""
@@ -247,19 +381,35 @@ class AwsIamSession:
             from urllib.parse import unquote
 
             version = json.loads(unquote(version))
+        reasons = escalations(version)
+        if reasons and not permission.privileged:
+            # The managed policy may have changed since the catalog was reviewed.
+            raise Refused(
+                "permission",
+                f"{permission.managed_policy_arn} now allows more than a grant may hand out "
+                f"({'; '.join(reasons)}); mark the permission privileged if that is intended",
+            )
         return with_expiry(version, spec.expires_at)
 
     def _check_principal(self, kind: str, name: str) -> None:
-        """Checked before anything is made, so a missing principal leaves nothing behind."""
+        """Checked before anything is made, so a missing or unbounded principal leaves nothing
+        behind."""
         try:
             if kind == "role":
-                self.iam.get_role(RoleName=name)
+                found = self.iam.get_role(RoleName=name)["Role"]
             else:
-                self.iam.get_user(UserName=name)
+                found = self.iam.get_user(UserName=name)["User"]
         except self.ClientError as exc:
             if _code(exc) == "NoSuchEntity":
                 raise Refused("identity.username", f"no IAM {kind} {name!r}") from None
             raise
+        boundary = (found.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+        if boundary != self.settings.permissions_boundary_arn:
+            raise Refused(
+                "identity.username",
+                f"IAM {kind} {name!r} does not carry the connector's permissions boundary "
+                f"{self.settings.permissions_boundary_arn}",
+            )
 
     # -- grant -----------------------------------------------------------------------------
 

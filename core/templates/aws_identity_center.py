@@ -2,14 +2,25 @@
 
 The user is found in the identity store by email. The permission set's own tags are the ledger:
 `jitc:<grant>:<account>` = `active <expires_at> <user id> <integration>` for each assignment a
-grant made (written *before* the assignment, so nothing exists unlabelled), and `jitc:<grant>:x`
-for a revoke's tombstone. AWS allows 50 tags per permission set, which bounds the concurrent
+grant made (written *before* the assignment, so nothing exists unlabelled). A revoke removes the
+assignment first and then rewrites the *same* tags to `tombstone ...`: it never needs room for a
+new tag, so a permission set at AWS's 50-tag limit (shared with the company's own tags) can
+always be revoked. Only a revoke that arrives before its grant writes a tag of its own,
+`jitc:<grant>:x`; if there is no room it fails and is retried, with nothing to remove meanwhile
+(the grant behind it in the queue needs a tag too). AWS's 50 tags bound the concurrent
 (grant, account) pairs per permission set; a grant beyond that fails before assigning anything.
 
+The ledger stays on the target (no second store to drift from the assignments); the cost is
+those 50 tags, which docs/aws.md discusses.
+
+The connector reads, tags and assigns only the permission sets the catalog names (the policy
+covers exactly those); it never removes an assignment it did not make, nor one another live
+grant needs: a revoke that removed an assignment looks again and restores it if a concurrent
+grant of the same user and account has labelled it meanwhile.
+
 Identity Center cannot make an assignment expire by itself: the expiry is the scheduled revoke
-and the sweep. Portal sessions already issued last until the permission set's session duration
-ends, which is why the catalog should pick permission sets with a short one (docs/aws.md).
-The connector never removes an assignment it did not make, nor one another live grant needs.
+and the sweep. Role credentials already issued through the portal last until the permission
+set's `SessionDuration` (docs/aws.md).
 """
 
 from __future__ import annotations
@@ -34,7 +45,9 @@ from jitc.templates.base import (
 )
 
 TAG_PREFIX = "jitc:"
-STATUS_WAIT_SECONDS = 60.0
+# Well inside the worker's timeout: an assignment still in progress then is retried, not waited
+# out (a timed-out worker would lose the whole batch's outcomes).
+STATUS_WAIT_SECONDS = 20.0
 
 
 class Connection(Settings):
@@ -43,12 +56,22 @@ class Connection(Settings):
     )
     identity_store_id: str = Field(pattern=r"^d-[0-9a-f]{10}$|^[0-9a-f-]{36}$")
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    role_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$",
+        description="act in the Identity Center account through this role (member-account module)",
+    )
+    external_id: str | None = Field(
+        default=None, pattern=r"^[\w+=,.@:/-]+$", min_length=2, max_length=1224
+    )
+    # Filled from the catalog's permissions (`AwsIdentityCenterTemplate.scope`), never read from
+    # the file: the only permission sets the connector reads, tags or assigns.
+    permission_set_arns: tuple[str, ...] = Field(default=(), exclude=True)
 
 
 class Permission(PermissionSettings):
-    # AWS names them permissionSet/<instance>/ps-...; moto (the test server) instance/<...>/ps-...
     permission_set_arn: str = Field(
-        pattern=r"^arn:aws[a-z-]*:sso:::(permissionSet|instance)/(sso)?ins-[a-zA-Z0-9-.]{16}"
+        pattern=r"^arn:aws[a-z-]*:sso:::permissionSet/(sso)?ins-[a-zA-Z0-9-.]{16}"
         r"/ps-[a-zA-Z0-9-./]{16}$"
     )
 
@@ -106,6 +129,13 @@ class AwsIdentityCenterTemplate:
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
         return False
 
+    def scope(self, connection: Settings, permissions: dict[str, PermissionSettings]) -> Settings:
+        """The connection bound to the catalog's permission sets, and to those only."""
+        arns = sorted(
+            {p.permission_set_arn for p in permissions.values() if isinstance(p, Permission)}
+        )
+        return connection.model_copy(update={"permission_set_arns": tuple(arns)})
+
     def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
         return None
 
@@ -129,19 +159,26 @@ class AwsIdentityCenterTemplate:
 
 class AwsIdentityCenterSession:
     def __init__(self, integration: str, connection: Connection) -> None:
-        import boto3
         from botocore.exceptions import ClientError
+
+        from jitc.templates import aws_session
 
         self.integration = integration
         self.settings = connection
         self.ClientError = ClientError
-        session = boto3.session.Session()
-        self.sso = session.client("sso-admin", region_name=connection.region)
-        self.store = session.client("identitystore", region_name=connection.region)
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        if connection.role_arn is not None:
+            role, external = connection.role_arn, connection.external_id
+            self.sso = aws_session.assumed_client("sso-admin", connection.region, role, external)
+            self.store = aws_session.assumed_client(
+                "identitystore", connection.region, role, external
+            )
+        else:
+            self.sso = aws_session.client("sso-admin", connection.region)
+            self.store = aws_session.client("identitystore", connection.region)
 
     def close(self) -> None:
-        self.sso.close()
-        self.store.close()
+        """The clients are shared across batches (aws_session): nothing to close."""
 
     # -- the ledger ------------------------------------------------------------------------
 
@@ -159,11 +196,8 @@ class AwsIdentityCenterSession:
             params["NextToken"] = page["NextToken"]
 
     def _permission_sets(self) -> list[str]:
-        arns: list[str] = []
-        paginator = self.sso.get_paginator("list_permission_sets")
-        for page in paginator.paginate(InstanceArn=self.settings.instance_arn):
-            arns += page.get("PermissionSets", [])
-        return arns
+        """The catalog's permission sets: the policy covers these and nothing else."""
+        return list(self.settings.permission_set_arns)
 
     def _find(self, grant_id: str) -> tuple[str, list[Entry]] | None:
         for arn in self._permission_sets():
@@ -224,8 +258,9 @@ class AwsIdentityCenterSession:
         return False
 
     def _wait(self, status: dict[str, Any], describe: str, key: str) -> None:
-        """Assignments are made asynchronously; wait (bounded) for the final status."""
-        deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        """Assignments are made asynchronously; wait for the final status, within the one
+        budget of the whole grant or revoke (however many accounts it names)."""
+        deadline = self._deadline
         while status.get("Status") == "IN_PROGRESS" and time.monotonic() < deadline:
             time.sleep(1.0)
             status = getattr(self.sso, describe)(
@@ -251,11 +286,12 @@ class AwsIdentityCenterSession:
     # -- grant -----------------------------------------------------------------------------
 
     def grant(self, spec: GrantSpec) -> GrantResult:
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
         permission = spec.permission
         assert isinstance(permission, Permission)
         arn = permission.permission_set_arn
         entries = self._entries(arn)
-        if any(e.grant_id == spec.grant_id and e.account == "x" for e in entries):
+        if any(e.grant_id == spec.grant_id and e.state == "tombstone" for e in entries):
             raise Refused("request_id", "this grant was already revoked; it will not be made again")
         user_id = self._user_id(spec.identity.email)
         mine = {e.account for e in entries if e.grant_id == spec.grant_id}
@@ -278,68 +314,45 @@ class AwsIdentityCenterSession:
         for account in spec.resources:
             if self._assigned(account, arn, user_id):
                 continue  # made by an earlier delivery, or by an overlapping grant of ours
-            try:
-                answer = self.sso.create_account_assignment(
-                    **self._assignment(account, arn, user_id)
-                )
-            except self.ClientError as exc:
-                if _code(exc) != "ConflictException":
-                    raise
-                continue
-            self._wait(
-                answer["AccountAssignmentCreationStatus"],
-                "describe_account_assignment_creation_status",
-                "AccountAssignmentCreationRequestId",
-            )
+            self._assign(account, arn, user_id)
         return GrantResult(principal=f"user/{user_id}", reissued=bool(mine))
 
     # -- revoke ----------------------------------------------------------------------------
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
         found = self._find(grant_id)
         if found is None:
             # Revoke before grant: without knowing the permission set, the tombstone goes on
-            # every permission set of the instance that a late grant could name.
+            # every permission set of the catalog that a late grant could name.
             if tombstone_until > utcnow():
                 stone = Entry(grant_id, "x", "tombstone", tombstone_until, "-", self.integration)
                 for arn in self._permission_sets():
                     self._tag(arn, [stone])
             return RevokeResult(found=False)
         arn, entries = found
-        live = [e for e in entries if e.account != "x"]
+        live = [e for e in entries if e.state == "active"]
         if not live:
             return RevokeResult(found=False)
         expires_at = live[0].expires_at
         user_id = live[0].user_id
-        stone = Entry(
-            grant_id, "x", "tombstone", max(tombstone_until, expires_at), user_id, self.integration
-        )
-        self._tag(arn, [stone])
-        others = {
-            e.account
-            for e in self._entries(arn)
-            if e.grant_id != grant_id and e.user_id == user_id and e.state == "active"
-        }
+        # Access first: nothing below depends on room for a tag, so a full ledger cannot keep
+        # an assignment alive.
+        for entry in live:
+            if entry.account not in self._needed_by_others(arn, grant_id, user_id):
+                self._unassign(entry.account, arn, user_id)
+        # A grant of the same user and account labelled while we removed it relies on the
+        # assignment: put it back (its tag was written before it looked, so we see it now).
+        needed = self._needed_by_others(arn, grant_id, user_id)
         residual: list[str] = []
         for entry in live:
-            if entry.account in others:
-                continue  # another live grant of the same access keeps the assignment
-            try:
-                answer = self.sso.delete_account_assignment(
-                    **self._assignment(entry.account, arn, user_id)
-                )
-                self._wait(
-                    answer["AccountAssignmentDeletionStatus"],
-                    "describe_account_assignment_deletion_status",
-                    "AccountAssignmentDeletionRequestId",
-                )
-            except self.ClientError as exc:
-                if _code(exc) != "ResourceNotFoundException":
-                    raise
-            if self._assigned(entry.account, arn, user_id):
+            assigned = self._assigned(entry.account, arn, user_id)
+            if entry.account in needed and not assigned:
+                self._assign(entry.account, arn, user_id)
+            elif entry.account not in needed and assigned:
                 residual.append(f"assignment on {entry.account} still exists")
         if not residual:
-            self._untag(arn, [e.key for e in live])
+            self._bury(arn, live, max(tombstone_until, expires_at))
         return RevokeResult(
             found=True,
             principal=f"user/{user_id}",
@@ -348,10 +361,66 @@ class AwsIdentityCenterSession:
             verified=not residual,
         )
 
+    def _needed_by_others(self, permission_set: str, grant_id: str, user_id: str) -> set[str]:
+        return {
+            e.account
+            for e in self._entries(permission_set)
+            if e.grant_id != grant_id and e.user_id == user_id and e.state == "active"
+        }
+
+    def _unassign(self, account: str, permission_set: str, user_id: str) -> None:
+        try:
+            answer = self.sso.delete_account_assignment(
+                **self._assignment(account, permission_set, user_id)
+            )
+        except self.ClientError as exc:
+            if _code(exc) != "ResourceNotFoundException":
+                raise
+            return
+        self._wait(
+            answer["AccountAssignmentDeletionStatus"],
+            "describe_account_assignment_deletion_status",
+            "AccountAssignmentDeletionRequestId",
+        )
+
+    def _assign(self, account: str, permission_set: str, user_id: str) -> None:
+        try:
+            answer = self.sso.create_account_assignment(
+                **self._assignment(account, permission_set, user_id)
+            )
+        except self.ClientError as exc:
+            if _code(exc) != "ConflictException":
+                raise
+            return
+        self._wait(
+            answer["AccountAssignmentCreationStatus"],
+            "describe_account_assignment_creation_status",
+            "AccountAssignmentCreationRequestId",
+        )
+
+    def _bury(self, permission_set: str, live: list[Entry], until: datetime) -> None:
+        """The grant's own tags become its tombstone: rewritten in place, no new tag needed.
+        Then, where there is room, they fold into one `:x` tag to give the others back."""
+        stones = [
+            Entry(e.grant_id, e.account, "tombstone", until, e.user_id, e.integration) for e in live
+        ]
+        self._tag(permission_set, stones)
+        if len(stones) < 2:
+            return
+        first = stones[0]
+        folded = Entry(first.grant_id, "x", "tombstone", until, first.user_id, first.integration)
+        try:
+            self._tag(permission_set, [folded])
+        except TargetError:
+            return  # no room: the per-account tombstones stand
+        self._untag(permission_set, [e.key for e in stones])
+
     def forget(self, grant_id: str) -> None:
         for arn in self._permission_sets():
             keys = [
-                e.key for e in self._entries(arn) if e.grant_id == grant_id and e.account == "x"
+                e.key
+                for e in self._entries(arn)
+                if e.grant_id == grant_id and e.state == "tombstone"
             ]
             self._untag(arn, keys)
 
@@ -361,7 +430,7 @@ class AwsIdentityCenterSession:
         grants: dict[str, Grant] = {}
         for arn in self._permission_sets():
             for entry in self._entries(arn):
-                if entry.grant_id in grants and entry.account == "x":
+                if entry.grant_id in grants and entry.state == "tombstone":
                     continue
                 grants[entry.grant_id] = Grant(
                     grant_id=entry.grant_id,
@@ -372,14 +441,18 @@ class AwsIdentityCenterSession:
                     principal=f"user/{entry.user_id}",
                     identity=entry.user_id,
                     expires_at=entry.expires_at,
-                    state="tombstone" if entry.account == "x" else "active",
+                    state="tombstone" if entry.state == "tombstone" else "active",
                     detail={"account": entry.account},
                 )
         return list(grants.values())
 
     def inventory(self) -> dict[str, list[str]]:
+        # Run by the operator's CLI with its own credentials: the whole instance, not only the
+        # catalog's permission sets.
         instance = self.settings.instance_arn
-        sets = self._permission_sets()
+        sets: list[str] = []
+        for page in self.sso.get_paginator("list_permission_sets").paginate(InstanceArn=instance):
+            sets += page.get("PermissionSets", [])
         names = [
             self.sso.describe_permission_set(InstanceArn=instance, PermissionSetArn=arn)[
                 "PermissionSet"

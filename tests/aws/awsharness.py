@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import json
 import os
+import re
 import socket
 import time
 import urllib.request
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import aws_moto_ext as moto_ext
+import awsmodel
 import boto3
 import botocore.client
+import botocore.exceptions
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -33,14 +36,52 @@ CALLS: dict[str, set[str]] = {}
 CALLS_FILE_ENV = "JITC_AWS_CALLS_FILE"
 
 
+# Requests AWS would have refused for breaking the service model (see awsmodel.py).
+REFUSED: list[str] = []
+
+
+@dataclass(frozen=True)
+class Request:
+    function: str
+    service: str
+    operation: str
+    params: dict[str, Any]
+    prefix: str = ""  # the IAM action prefix (signing name): sso-admin's is "sso"
+
+
+# Every aws-sm: reference of the catalogs deployed: what the module would let the functions read.
+SECRET_REFS: set[str] = set()
+
+# Every request a function's code sent, with its parameters (what it named, not only the action).
+REQUESTS: list[Request] = []
+
+
 def _record_calls() -> None:
     original = botocore.client.BaseClient._make_api_call
 
     def recording(self: Any, operation_name: str, api_params: Any) -> Any:
         function = ACTING_AS.get()
+        credentials = getattr(self._request_signer, "_credentials", None)
+        key = getattr(credentials, "access_key", None)
+        if function is not None and key not in (None, os.environ.get("AWS_ACCESS_KEY_ID")):
+            # Through a role it assumed (a member account): that role's policy governs the call.
+            function = f"{function}@assumed"
         if function is not None:
             prefix = self.meta.service_model.signing_name
             CALLS.setdefault(function, set()).add(f"{prefix}:{operation_name}")
+        service = self.meta.service_model.service_name
+        if function is not None:
+            REQUESTS.append(
+                Request(function, service, operation_name, dict(api_params), prefix)
+            )
+        breaches = awsmodel.violations(service, operation_name, api_params)
+        if breaches:
+            REFUSED.extend(breaches)
+            # What AWS answers, so the code under test meets the error it would meet there.
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "ValidationException", "Message": "; ".join(breaches)}},
+                operation_name,
+            )
         return original(self, operation_name, api_params)
 
     botocore.client.BaseClient._make_api_call = recording  # type: ignore[method-assign]
@@ -91,7 +132,12 @@ def moto_url() -> Iterator[str]:
             os.environ[key] = value
     target = os.environ.get(CALLS_FILE_ENV)
     if target:
-        Path(target).write_text(json.dumps({k: sorted(v) for k, v in CALLS.items()}))
+        record = {
+            "calls": {k: sorted(v) for k, v in CALLS.items()},
+            "requests": [r.__dict__ for r in REQUESTS],
+            "secret_refs": sorted(SECRET_REFS),
+        }
+        Path(target).write_text(json.dumps(record, default=str))
 
 
 _AWS_ENV = (
@@ -135,8 +181,35 @@ class LambdaContext:
         return 60_000
 
 
+# A function with credentials here runs with them (its role's, under enforced IAM), not the
+# environment's; the runtime is rebuilt around each invocation so its clients use them.
+FUNCTION_CREDENTIALS: dict[str, dict[str, str]] = {}
+
+
+@contextlib.contextmanager
+def _credentials_of(function: str) -> Iterator[None]:
+    credentials = FUNCTION_CREDENTIALS.get(function)
+    if credentials is None:
+        yield
+        return
+    from jitc.aws import runtime
+
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update(credentials)
+    runtime.reset()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        runtime.reset()
+
+
 def invoke(function: str, handler: Callable[[Any, Any], Any], event: dict[str, Any]) -> Any:
-    with acting_as(function):
+    with acting_as(function), _credentials_of(function):
         return handler(event, LambdaContext(function_name=f"jitc-{function}"))
 
 
@@ -186,7 +259,7 @@ def receive(sqs: Any, queue_url: str, wait: float = 2.0) -> list[dict[str, Any]]
 TRANSIENT = ("tuple concurrently updated",)
 
 
-def _request_id(body: str) -> str | None:
+def request_id_of(body: str) -> str | None:
     try:
         doc = json.loads(body)
         if doc.get("kind") == "expire":
@@ -203,7 +276,7 @@ def _is_transient(message: dict[str, Any]) -> bool:
     from jitc.local import MemorySink
 
     memory = next((s for s in runtime.sinks().sinks if isinstance(s, MemorySink)), None)
-    rid = _request_id(message["Body"])
+    rid = request_id_of(message["Body"])
     latest = [o for o in memory.outcomes if o.request_id == rid] if memory else []
     return bool(latest) and any(t in (latest[-1].message or "") for t in TRANSIENT)
 
@@ -338,6 +411,7 @@ class Deployment:
     box_private: str
     box_public: str
     admin_secret: str
+    schedule_dlq_arn: str = ""
 
 
 def deploy(
@@ -345,8 +419,6 @@ def deploy(
 ) -> Deployment:
     """Queue + DLQ, scheduler group, bus with a rule to a queue we read, secret, catalog file."""
     import hashlib
-
-    import yaml
 
     from jitc.aws import runtime
     from jitc.sealing import box_keypair
@@ -373,6 +445,10 @@ def deploy(
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
+    schedule_dlq_url = sqs.create_queue(QueueName="jitc-schedule-dead-letters")["QueueUrl"]
+    schedule_dlq_arn = sqs.get_queue_attributes(
+        QueueUrl=schedule_dlq_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
     scheduler.create_schedule_group(Name="jitc-expiry")
     events.create_event_bus(Name="jitc-events")
     events_url = sqs.create_queue(QueueName="jitc-events-copy")["QueueUrl"]
@@ -392,8 +468,10 @@ def deploy(
     sign_private, sign_public = signing_keypair()
     box_private, box_public = box_keypair()
     doc = {"control_plane": {"keys": {"cp1": sign_public}}, **catalog_doc}
-    catalog_path = tmp_path / "catalog.yaml"
-    catalog_path.write_text(yaml.safe_dump(doc))
+    # As Terraform ships it: the reviewed YAML's data, as JSON.
+    catalog_path = tmp_path / "catalog.json"
+    catalog_path.write_text(json.dumps(doc))
+    SECRET_REFS.update(re.findall(r'"aws-sm:([^"#]+)', json.dumps(doc)))
     os.environ.update(
         {
             "JITC_CATALOG_PATH": str(catalog_path),
@@ -402,7 +480,7 @@ def deploy(
             "JITC_QUEUE_ARN": queue_arn,
             "JITC_SCHEDULE_GROUP": "jitc-expiry",
             "JITC_SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/jitc-scheduler",
-            "JITC_SCHEDULE_DLQ_ARN": dlq_arn,
+            "JITC_SCHEDULE_DLQ_ARN": schedule_dlq_arn,
             "JITC_EVENT_BUS": "jitc-events",
         }
     )
@@ -419,6 +497,7 @@ def deploy(
         box_private,
         box_public,
         admin_secret,
+        schedule_dlq_arn,
     )
 
 

@@ -128,3 +128,18 @@ def test_eventbridge_sink_sends_in_tens_and_keeps_what_failed(aws: str) -> None:
     with pytest.raises((RuntimeError, ClientError)):
         missing.flush()
     assert len(missing._entries) == 1
+
+
+def test_a_fifo_dead_letter_queue_for_schedules_is_refused_at_once(aws: str) -> None:
+    # CreateSchedule refuses a FIFO DLQ: with one configured every grant would fail after
+    # it was made, so the scheduler refuses it when built, naming the setting.
+    url = client("sqs").create_queue(QueueName="t.fifo", Attributes={"FifoQueue": "true"})[
+        "QueueUrl"
+    ]
+    queue = SqsQueue(client("sqs"), url)
+    fifo_dlq = "arn:aws:sqs:us-east-1:123456789012:dlq.fifo"
+    with pytest.raises(ValueError, match="standard queue"):
+        EventBridgeExpiryScheduler(
+            client("scheduler"), "grp", "arn:aws:sqs:us-east-1:123456789012:t.fifo",
+            "arn:aws:iam::123456789012:role/s", queue, dead_letter_arn=fifo_dlq,
+        )  # fmt: skip

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 from awsharness import (
     PG_SCHEMA,
     RUN,
+    LambdaContext,
+    acting_as,
     client,
     deliver,
     deploy,
@@ -30,6 +33,7 @@ from awsharness import (
     lambda_sqs_event,
     pg_integration,
     receive,
+    request_id_of,
     signed_http_event,
 )
 from botocore.exceptions import ClientError
@@ -201,6 +205,7 @@ def test_grant_schedule_expire_revoke_end_to_end(
     target = schedule["Target"]
     assert target["Arn"] == deployment.queue_arn
     assert target["SqsParameters"] == {"MessageGroupId": grant_id}
+    assert target["DeadLetterConfig"] == {"Arn": deployment.schedule_dlq_arn}
 
     # Duplicate delivery of the grant (at-least-once): same role, fresh credentials, one schedule.
     original = first.messages[0]["Body"]
@@ -438,3 +443,103 @@ def test_outcomes_reach_the_control_plane_as_signed_webhooks(
     finally:
         server.shutdown()
         drop_pg_roles(pg_admin)
+
+
+def _sweep_event() -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.scheduler",
+        "account": "123456789012",
+        "time": datetime.now(UTC).isoformat(),
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {},
+    }
+
+
+def _metrics(printed: str) -> dict[str, float]:
+    """The metrics in the Embedded Metric Format lines a handler printed."""
+    found: dict[str, float] = {}
+    for line in printed.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "_aws" in doc:
+            for directive in doc["_aws"]["CloudWatchMetrics"]:
+                for metric in directive["Metrics"]:
+                    value = doc[metric["Name"]]
+                    found[metric["Name"]] = sum(value) if isinstance(value, list) else value
+    return found
+
+
+def test_a_complete_sweep_beats_the_heartbeat_the_alarm_watches_and_a_failing_one_does_not(
+    aws: str, pg_admin: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tfmodule import load
+
+    (alarm,) = [
+        a
+        for a in load().of_kind("aws_cloudwatch_metric_alarm").values()
+        if a.get("treat_missing_data") == "breaching"
+    ]
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "broken").mkdir()
+    deploy(tmp_path / "ok", {"integrations": pg_integration(PG)})
+    capsys.readouterr()
+    invoke("sweep", sweep.handler, _sweep_event())
+    beat = _metrics(capsys.readouterr().out)
+    assert beat.get(alarm["metric_name"]) == 1
+    urllib.request.urlopen(urllib.request.Request(f"{aws}/moto-api/reset", method="POST"))
+    broken = pg_integration(BROKEN, "aws-sm:jitc/none#x")
+    deploy(tmp_path / "broken", {"integrations": {**pg_integration(PG), **broken}})
+    invoke("sweep", sweep.handler, _sweep_event())
+    assert alarm["metric_name"] not in _metrics(capsys.readouterr().out)
+
+
+class _RunningOut(LambdaContext):
+    """A context whose remaining time drops below the worker's reserve after `runs` asks."""
+
+    def __init__(self, runs: int) -> None:
+        super().__init__(function_name="jitc-worker")
+        self.asked = 0
+        self.runs = runs
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.asked += 1
+        return 60_000 if self.asked <= self.runs else 5_000
+
+
+def test_a_worker_running_out_of_time_starts_nothing_more_and_returns_the_rest(
+    deployment: Any, pg_admin: Any
+) -> None:
+    sqs = client("sqs")
+    rids = [f"tmo-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for rid in rids:
+        assert post(deployment, grant_body(rid, public_key=deployment.box_public))[0] == 202
+    messages = receive(sqs, deployment.queue_url)
+    assert len(messages) == 3
+    event = lambda_sqs_event(messages, deployment.queue_arn)
+    with acting_as("worker"):
+        response = worker.handler(event, _RunningOut(runs=1))
+    failed = {item["itemIdentifier"] for item in response["batchItemFailures"]}
+    ran = [m for m in messages if m["MessageId"] not in failed]
+    assert len(ran) == 1 and len(failed) == 2
+    granted = {rid for rid in rids if role_of(pg_admin, derive_grant_id(PG, rid)) is not None}
+    assert granted == {request_id_of(ran[0]["Body"])}
+    # With no time at all, nothing starts and everything comes back.
+    with acting_as("worker"):
+        response = worker.handler(event, _RunningOut(runs=0))
+    assert len(response["batchItemFailures"]) == 3
+
+
+def test_the_aws_templates_use_the_runtimes_clients(deployment: Any) -> None:
+    from jitc.aws import runtime
+    from jitc.templates import aws_session
+
+    runtime.engine()
+    assert aws_session.client("iam", "us-east-1") is runtime.regional_client("iam", "us-east-1")
+    runtime.reset()
+    assert aws_session.client("iam", "us-east-1") is not runtime.regional_client("iam", "us-east-1")

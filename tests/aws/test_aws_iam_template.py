@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 from awsharness import ACCOUNT, acting_as, client
 
@@ -27,6 +28,7 @@ DOC = {
         {"Effect": "Deny", "Action": "s3:DeleteObject", "Resource": "*"},
     ],
 }
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/jitc-grant-boundary"
 MANAGED_DOC = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": "*"}],
@@ -48,9 +50,12 @@ def iam(aws: str) -> Any:
             ],
         }
     )
-    for role in ("dev-ana", "dev-bob", "admin"):
-        iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
-    iam.create_user(UserName="dev-carl")
+    iam.create_policy(PolicyName="jitc-grant-boundary", PolicyDocument=json.dumps(MANAGED_DOC))
+    for role in ("dev-ana", "dev-bob"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust, PermissionsBoundary=BOUNDARY)
+    iam.create_role(RoleName="admin", AssumeRolePolicyDocument=trust)
+    iam.create_role(RoleName="dev-free", AssumeRolePolicyDocument=trust)
+    iam.create_user(UserName="dev-carl", PermissionsBoundary=BOUNDARY)
     iam.create_policy(PolicyName="TableRead", PolicyDocument=json.dumps(MANAGED_DOC))
     return iam
 
@@ -64,6 +69,7 @@ def engine(iam: Any) -> Engine:
                     "kind": "aws_iam",
                     "connection": {
                         "account_id": ACCOUNT,
+                        "permissions_boundary_arn": BOUNDARY,
                         "region": "us-east-1",
                         "allowed_principals": ["dev-*"],
                     },
@@ -295,7 +301,8 @@ def test_sweep_revokes_expired_grants_only(engine: Engine, iam: Any) -> None:
     # Inventory is read by the operator's CLI, not by the deployed functions.
     integration = engine.catalog.integration(INTEGRATION)
     inventory = integration.template.open(INTEGRATION, integration.connection, None).inventory()
-    assert inventory["roles"] == ["dev-ana", "dev-bob"] and inventory["users"] == ["dev-carl"]
+    assert inventory["roles"] == ["dev-ana", "dev-bob", "dev-free"]
+    assert inventory["users"] == ["dev-carl"]
 
 
 def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> None:
@@ -324,3 +331,192 @@ def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> No
     assert out["Statement"][0]["Condition"] == {
         "DateLessThan": {"aws:CurrentTime": "2030-01-01T00:00:00Z"}
     }
+
+
+def test_a_principal_without_the_connectors_boundary_gets_nothing(
+    engine: Engine, iam: Any
+) -> None:
+    outcome = run(engine, grant("s3-read", "dev-free", ["bucket-a"]))
+    assert (outcome.status, outcome.field) == ("refused", "identity.username")
+    assert "permissions boundary" in (outcome.message or "")
+    assert [p for p in ours(iam) if not p.startswith("jitc-x-")] == []
+    assert iam.list_attached_role_policies(RoleName="dev-free")["AttachedPolicies"] == []
+
+
+def _catalog_with(permission: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "integrations": {
+            INTEGRATION: {
+                "kind": "aws_iam",
+                "connection": {
+                    "account_id": ACCOUNT,
+                    "permissions_boundary_arn": BOUNDARY,
+                    "allowed_principals": ["dev-*"],
+                },
+                "permissions": {"p": {"resources": ["r"], **permission}},
+            }
+        }
+    }
+
+
+def _allow(action: Any, key: str = "Action") -> dict[str, Any]:
+    return {"policy": {"Statement": [{"Effect": "Allow", key: action, "Resource": "*"}]}}
+
+
+@pytest.mark.parametrize(
+    "permission",
+    [
+        _allow("iam:*"),
+        _allow(["s3:GetObject", "IAM:PassRole"]),  # IAM matches actions case-insensitively
+        _allow("sts:AssumeRole"),
+        _allow("sts:Assume*"),
+        _allow("iam:Put*Policy"),
+        _allow("*"),
+        _allow("i?m:Create*"),
+        _allow("s3:GetObject", key="NotAction"),
+        {"managed_policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"},
+    ],
+)
+def test_a_permission_that_could_hand_out_more_than_itself_needs_to_say_so(
+    permission: dict[str, Any],
+) -> None:
+    from jitc.errors import CatalogError
+
+    with pytest.raises(CatalogError, match="privileged"):
+        parse_catalog(_catalog_with(permission))
+    parse_catalog(_catalog_with({**permission, "privileged": True}))
+
+
+def test_plain_read_permissions_need_no_privilege_mark() -> None:
+    for action in ("s3:GetObject", "iam:GetRole", "iam:List*", "ec2:Describe*"):
+        parse_catalog(_catalog_with(_allow(action)))
+
+
+def test_a_managed_policy_that_grew_escalating_rights_is_refused_at_grant(
+    engine: Engine, iam: Any
+) -> None:
+    arn = f"arn:aws:iam::{ACCOUNT}:policy/TableRead"
+    grown = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["dynamodb:GetItem", "iam:PassRole"],
+                       "Resource": "*"}],
+    }  # fmt: skip
+    iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(grown), SetAsDefault=True)
+    outcome = run(engine, grant("table", "dev-bob", ["all"]))
+    assert (outcome.status, outcome.field) == ("refused", "permission")
+    assert iam.list_attached_role_policies(RoleName="dev-bob")["AttachedPolicies"] == []
+
+
+def _cutoff(condition: Any, expires: datetime) -> Any:
+    doc = {"Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+                          "Condition": {"DateLessThan": condition}}]}  # fmt: skip
+    return with_expiry(doc, expires)["Statement"][0]["Condition"]["DateLessThan"]
+
+
+def test_with_expiry_never_widens_an_existing_cutoff() -> None:
+    deadline = datetime(2030, 1, 1, 0, 30, tzinfo=UTC)
+    # A list is satisfied by any of its values: later ones would have widened the grant.
+    assert _cutoff({"aws:CurrentTime": ["2031-01-01T00:00:00Z", "2032-01-01T00:00:00Z"]},
+                   deadline) == {"aws:CurrentTime": "2030-01-01T00:30:00Z"}  # fmt: skip
+    # 01:00 at +02:00 is 23:00 UTC the day before: earlier, although it sorts later as text.
+    assert _cutoff({"aws:CurrentTime": "2030-01-01T01:00:00+02:00"}, deadline) == {
+        "aws:CurrentTime": "2029-12-31T23:00:00Z"
+    }
+    assert _cutoff({"aws:CurrentTime": ["2031-01-01T00:00:00Z", "2029-06-01T00:00:00Z"]},
+                   deadline) == {"aws:CurrentTime": "2029-06-01T00:00:00Z"}  # fmt: skip
+    # Condition keys are case-insensitive: another spelling must not survive beside ours.
+    assert _cutoff({"AWS:CurrentTime": "2099-01-01T00:00:00Z"}, deadline) == {
+        "aws:CurrentTime": "2030-01-01T00:30:00Z"
+    }
+    assert _cutoff({"aws:CurrentTime": "1893456000"}, deadline) == {  # epoch 2030-01-01
+        "aws:CurrentTime": "2030-01-01T00:00:00Z"
+    }
+    from jitc.errors import Refused
+
+    with pytest.raises(Refused):
+        _cutoff({"aws:CurrentTime": "next tuesday"}, deadline)
+
+
+def test_arns_are_in_the_accounts_partition() -> None:
+    for partition in ("aws-cn", "aws-us-gov"):
+        doc = _catalog_with(_allow("s3:GetObject"))
+        connection = doc["integrations"][INTEGRATION]["connection"]
+        connection["permissions_boundary_arn"] = BOUNDARY.replace("arn:aws:", f"arn:{partition}:")
+        engine = Engine(parse_catalog(doc), SecretStores({}), NullScheduler(), MemorySink())
+        request = AccessRequest.model_validate(
+            {"request_id": "part-1", "action": "grant", "integration": INTEGRATION,
+             "permission": "p", "resources": ["r"], "duration": "1h",
+             "identity": {"email": "a@example.com", "username": "dev-ana"}}
+        )  # fmt: skip
+        steps = engine.plan(request).statements
+        assert steps[0].startswith(f"create policy arn:{partition}:iam::{ACCOUNT}:policy/jitc/")
+
+
+def test_batches_share_one_session_and_its_clients(
+    engine: Engine, iam: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    from jitc.templates import aws_session
+
+    aws_session.reset()
+    made: list[int] = []
+    original = boto3.session.Session.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "__init__", counting)
+    for _ in range(3):  # three batches
+        assert run(engine, grant("s3-read", "dev-ana", ["bucket-a"])).status == "granted"
+    assert len(made) == 1
+    assert aws_session.client("iam", "us-east-1").meta.config.retries["mode"] == "standard"
+
+
+MEMBER = "111111111111"
+
+
+def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: str) -> None:
+    from awsharness import REQUESTS
+
+    from jitc.templates import aws_session
+
+    aws_session.reset()
+    role_arn = f"arn:aws:iam::{MEMBER}:role/jitc-connector"
+    sts = client("sts")
+    creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="setup", ExternalId="ext-1")[
+        "Credentials"
+    ]
+    member = boto3.session.Session(
+        aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"], region_name="us-east-1",
+    ).client("iam")  # fmt: skip
+    boundary = f"arn:aws:iam::{MEMBER}:policy/jitc-grant-boundary"
+    member.create_policy(PolicyName="jitc-grant-boundary", PolicyDocument=json.dumps(MANAGED_DOC))
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+             "Principal": {"Service": "ec2.amazonaws.com"}}]}  # fmt: skip
+    member.create_role(
+        RoleName="dev-ana", AssumeRolePolicyDocument=json.dumps(trust), PermissionsBoundary=boundary
+    )
+    doc = _catalog_with(_allow("s3:GetObject"))
+    connection = doc["integrations"][INTEGRATION]["connection"]
+    connection.update(account_id=MEMBER, permissions_boundary_arn=boundary,
+                      role_arn=role_arn, external_id="ext-1")  # fmt: skip
+    engine = Engine(parse_catalog(doc), SecretStores({}), NullScheduler(), MemorySink())
+    start = len(REQUESTS)
+    request = AccessRequest.model_validate(
+        {"request_id": "member-1", "action": "grant", "integration": INTEGRATION,
+         "permission": "p", "resources": ["r"], "duration": "1h",
+         "identity": {"email": "a@example.com", "username": "dev-ana"}}
+    )  # fmt: skip
+    assert run(engine, request).status == "granted"
+    attached = member.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    assert [a["PolicyArn"].split(":")[4] for a in attached] == [MEMBER]
+    # The connector's own account holds nothing of it.
+    assert client("iam").list_policies(Scope="Local", PathPrefix="/jitc/")["Policies"] == []
+    assumed = [r for r in REQUESTS[start:] if r.operation == "AssumeRole"]
+    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [
+        (role_arn, "ext-1")
+    ]
+    aws_session.reset()

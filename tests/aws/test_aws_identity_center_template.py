@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from awsharness import acting_as, client
+from awsharness import REQUESTS, acting_as, client
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
@@ -167,7 +167,8 @@ def test_revoke_twice_before_and_after_and_overlapping(engine: Engine, idc: dict
     out = run(engine, revoke(first.grant_id))
     assert (out.status, out.verified) == ("revoked", True)
     assert assigned(idc, ACCOUNTS[0]) == [ana] and assigned(idc, ACCOUNTS[1]) == [ana]
-    assert f"jitc:{first.grant_id}:x" in tags(idc)
+    # The grant's own tag became its tombstone, in place.
+    assert tags(idc)[f"jitc:{first.grant_id}:{ACCOUNTS[0]}"].startswith("tombstone ")
     assert run(engine, revoke(first.grant_id)).status == "revoked"
     assert (run(engine, first_req).status, run(engine, first_req).field) == (
         "refused",
@@ -180,7 +181,7 @@ def test_revoke_twice_before_and_after_and_overlapping(engine: Engine, idc: dict
     assert run(engine, revoke(derive_grant_id(INTEGRATION, late.request_id))).status == "revoked"
     assert run(engine, late).status == "refused"
     assert assigned(idc, ACCOUNTS[0]) == []
-    assert not [k for k in tags(idc) if not k.endswith(":x")]
+    assert not [v for v in tags(idc).values() if v.startswith("active ")]
 
 
 def test_sweep_and_inventory(engine: Engine, idc: dict[str, Any]) -> None:
@@ -198,3 +199,82 @@ def test_sweep_and_inventory(engine: Engine, idc: dict[str, Any]) -> None:
     inventory = session.inventory()
     assert inventory["permission_sets"] == ["Billing", "ReadOnly"]
     assert inventory["users"] == ["ana", "bob"]
+
+
+def _fill(idc: dict[str, Any], room: int) -> None:
+    """The company's own tags on the permission set, leaving `room` of AWS's 50."""
+    have = len(tags(idc))
+    own = [{"Key": f"team-{i}", "Value": "x"} for i in range(50 - have - room)]
+    for start in range(0, len(own), 25):
+        idc["sso"].tag_resource(
+            InstanceArn=idc["instance"], ResourceArn=idc["ps"], Tags=own[start : start + 25]
+        )
+    assert len(tags(idc)) == 50 - room
+
+
+def test_a_full_tag_ledger_never_keeps_an_assignment_alive(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    request = grant("ana", ACCOUNTS)
+    granted = run(engine, request)
+    assert granted.status == "granted"
+    _fill(idc, room=0)
+    out = run(engine, revoke(granted.grant_id))
+    assert (out.status, out.verified) == ("revoked", True)
+    assert assigned(idc, ACCOUNTS[0]) == [] and assigned(idc, ACCOUNTS[1]) == []
+    ledger = tags(idc)
+    assert len(ledger) == 50
+    # The grant's tags became its tombstone in place: a late redelivery is still refused.
+    assert not [v for v in ledger.values() if v.startswith("active ")]
+    late = run(engine, request)
+    assert (late.status, late.field) == ("refused", "request_id")
+    assert assigned(idc, ACCOUNTS[0]) == []
+
+
+def test_a_revoke_racing_a_grant_of_the_same_assignment_leaves_the_grant_its_access(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    ana = idc["users"]["ana"]
+    first = run(engine, grant("ana", ACCOUNTS[:1]))
+    second_request = grant("ana", ACCOUNTS[:1])
+    integration = engine.catalog.integration(INTEGRATION)
+    revoker = integration.template.open(INTEGRATION, integration.connection, None)
+    original = revoker.sso.delete_account_assignment
+    raced: list[Any] = []
+
+    def delete_while_a_grant_lands(**params: Any) -> Any:
+        # The second grant runs (another worker) after the revoke looked at the ledger and
+        # before its deletion: it finds the assignment in place and relies on it.
+        if not raced:
+            raced.append(run(engine, second_request))
+        return original(**params)
+
+    revoker.sso.delete_account_assignment = delete_while_a_grant_lands
+    with acting_as("worker"):
+        result = revoker.revoke(first.grant_id, first.expires_at)
+    assert raced[0].status == "granted" and result.verified
+    assert assigned(idc, ACCOUNTS[0]) == [ana]
+    ledger = tags(idc)
+    assert ledger[f"jitc:{raced[0].grant_id}:{ACCOUNTS[0]}"].startswith("active ")
+    assert ledger[f"jitc:{first.grant_id}:{ACCOUNTS[0]}"].startswith("tombstone ")
+
+
+def test_only_the_catalogs_permission_sets_are_read_tagged_or_assigned(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    # The policy covers the catalog's permission sets only; a call naming any other (or
+    # listing them all) is AccessDenied on a real instance.
+    start = len(REQUESTS)
+    granted = run(engine, grant("ana", ACCOUNTS))
+    run(engine, revoke(granted.grant_id))
+    run(engine, revoke(derive_grant_id(INTEGRATION, "never-granted")))
+    with acting_as("sweep"):
+        assert engine.sweep().ok
+    sent = REQUESTS[start:]
+    assert sent and not [r for r in sent if r.operation == "ListPermissionSets"]
+    named = {
+        r.params.get("PermissionSetArn") or r.params.get("ResourceArn")
+        for r in sent
+        if r.service == "sso-admin"
+    }
+    assert named == {idc["ps"]}

@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,15 @@ def policies() -> dict[str, list[dict[str, Any]]]:
     return docs
 
 
-def recorded_calls() -> dict[str, set[str]]:
+@dataclass
+class Record:
+    calls: dict[str, set[str]]
+    requests: list[awsharness.Request]
+    secret_refs: set[str]
+
+
+@cache
+def recorded() -> Record:
     calls = awsharness.CALLS
     complete = (
         all(calls.get(f) for f in FUNCTIONS)
@@ -74,7 +84,7 @@ def recorded_calls() -> dict[str, set[str]]:
         and any(c.startswith("iam:") for c in calls.get("sweep", set()))
     )
     if complete:
-        return calls
+        return Record(calls, list(awsharness.REQUESTS), set(awsharness.SECRET_REFS))
     # Run alone (or without the other AWS tests): run them now, in a child, and read its record.
     target = Path(os.environ.get("TMPDIR", "/tmp")) / f"jitc-aws-calls-{os.getpid()}.json"
     env = {**os.environ, awsharness.CALLS_FILE_ENV: str(target)}
@@ -95,7 +105,16 @@ def recorded_calls() -> dict[str, set[str]]:
         check=True,
         capture_output=True,
     )
-    return {k: set(v) for k, v in json.loads(target.read_text()).items()}
+    doc = json.loads(target.read_text())
+    return Record(
+        {k: set(v) for k, v in doc["calls"].items()},
+        [awsharness.Request(**r) for r in doc["requests"]],
+        set(doc["secret_refs"]),
+    )
+
+
+def recorded_calls() -> dict[str, set[str]]:
+    return recorded().calls
 
 
 def test_every_call_is_allowed_and_nothing_more_than_needed_is_wildcarded() -> None:
@@ -136,9 +155,167 @@ def test_secrets_and_queues_come_from_the_variables_only() -> None:
     for function in FUNCTIONS:
         for statement in docs[function]:
             if any(a.startswith("secretsmanager:") for a in statement["actions"]):
-                assert statement["resources"] == ["${var.secret_arns}"]
+                assert statement["resources"] == ["${local.secret_arns}"]
             if any(a.startswith("sqs:") for a in statement["actions"]):
                 assert statement["resources"] == ["${aws_sqs_queue.requests.arn}"]
             for resource in statement["resources"]:
                 # No account-wide or service-wide ARN like arn:aws:sqs:*:*:* or secret:*.
                 assert not re.search(r":\*|secret:\*$", resource), (function, resource)
+
+
+# -- resources and conditions -------------------------------------------------------------------
+# moto decides on actions (and SQS and IAM resources) only; here each recorded request is
+# matched, as IAM would match it, against the statements of the function's rendered document:
+# action, every resource the request touches, and the conditions on the keys it carries.
+
+A = awsharness.ACCOUNT
+R = awsharness.REGION
+BOUNDARY = f"arn:aws:iam::{A}:policy/jitc-grant-boundary"
+
+
+def _test_world(secret_refs: set[str]) -> dict[str, Any]:
+    """The module's references in the test deployments (names from awsharness.deploy and the
+    template tests; Identity Center instances are moto's, made afresh for each test)."""
+    return {
+        "aws_sqs_queue.requests.arn": f"arn:aws:sqs:{R}:{A}:jitc-requests.fifo",
+        "aws_kms_key.this.arn": f"arn:aws:kms:{R}:{A}:key/11111111-2222-3333-4444-555555555555",
+        **{f'local.log_arns["{f}"]': f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-{f}:*"
+           for f in FUNCTIONS},
+        "local.schedule_arn": f"arn:aws:scheduler:{R}:{A}:schedule/jitc-expiry/*",
+        "aws_iam_role.scheduler.arn": f"arn:aws:iam::{A}:role/jitc-scheduler",
+        "local.secret_arns": [f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-??????"
+                              for ref in sorted(secret_refs)],
+        "local.bus_arn": f"arn:aws:events:{R}:{A}:event-bus/jitc-events",
+        "local.region": R,
+        "local.partition": "aws",
+        "local.account": A,
+        "var.iam_target.principal_arns": [f"arn:aws:iam::{A}:role/dev-*",
+                                          f"arn:aws:iam::{A}:user/dev-*"],
+        "var.iam_target.managed_policy_arns": [f"arn:aws:iam::{A}:policy/TableRead"],
+        "local.iam_grant_policy_arn": f"arn:aws:iam::{A}:policy/jitc/jitc-*",
+        "local.iam_boundary_arn": BOUNDARY,
+        "local.idc_resources": ["arn:aws:sso:::instance/ssoins-*",
+                                "arn:aws:sso:::permissionSet/ssoins-*/ps-*",
+                                "arn:aws:sso:::account/*"],
+        "local.idc.identity_store_id": "d-1234567890",
+        "var.member_role_arns": ["arn:aws:iam::111111111111:role/jitc-connector"],
+    }  # fmt: skip
+
+
+def _resources(request: awsharness.Request) -> tuple[list[str], dict[str, str]]:
+    """The ARNs a request acts on, and the condition keys it carries, as IAM sees them."""
+    p = request.params
+    context: dict[str, str] = {}
+    if request.service == "sqs":
+        return [f"arn:aws:sqs:{R}:{A}:{p['QueueUrl'].rsplit('/', 1)[1]}"], context
+    if request.service == "secretsmanager":
+        ref = p["SecretId"]
+        arn = (
+            ref if ref.startswith("arn:") else f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-AbCdEf"
+        )
+        return [arn], context
+    if request.service == "scheduler":
+        return [f"arn:aws:scheduler:{R}:{A}:schedule/{p['GroupName']}/{p['Name']}"], context
+    if request.service == "events":
+        buses = {e.get("EventBusName", "default") for e in p["Entries"]}
+        return [f"arn:aws:events:{R}:{A}:event-bus/{b}" for b in sorted(buses)], context
+    if request.service == "iam":
+        if "PolicyArn" in p:
+            context["iam:PolicyARN"] = p["PolicyArn"]
+        if "RoleName" in p or "UserName" in p:
+            # The template attaches only to principals carrying the boundary (checked first).
+            context["iam:PermissionsBoundary"] = BOUNDARY
+            kind, name = ("role", p["RoleName"]) if "RoleName" in p else ("user", p["UserName"])
+            return [f"arn:aws:iam::{A}:{kind}/{name}"], context
+        if request.operation == "CreatePolicy":
+            return [f"arn:aws:iam::{A}:policy{p.get('Path', '/')}{p['PolicyName']}"], context
+        if "PolicyArn" in p:
+            return [p["PolicyArn"]], context
+        return ["*"], context
+    if request.service == "sso-admin":
+        found = [p["InstanceArn"]]
+        for key in ("PermissionSetArn", "ResourceArn"):
+            if key in p:
+                found.append(p[key])
+        if "TargetId" in p:
+            found.append(f"arn:aws:sso:::account/{p['TargetId']}")
+        if "AccountId" in p:
+            found.append(f"arn:aws:sso:::account/{p['AccountId']}")
+        return found, context
+    if request.service == "sts":
+        return [p["RoleArn"]], context
+    if request.service == "identitystore":
+        return [f"arn:aws:identitystore::{A}:identitystore/{p['IdentityStoreId']}"], context
+    raise AssertionError(f"no resource mapping for {request.service}:{request.operation}")
+
+
+def _glob(pattern: str, value: str, case: bool = True) -> bool:
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, value, 0 if case else re.IGNORECASE) is not None
+
+
+def _conditions_hold(statement: dict[str, Any], context: dict[str, str]) -> bool:
+    for test, keys in statement.get("Condition", {}).items():
+        for key, values in keys.items():
+            if key not in context:
+                return False  # a key the request does not carry: IAM does not match
+            actual = context[key]
+            if test == "StringEquals":
+                ok = actual in values
+            elif test == "ArnLike":
+                ok = any(_glob(v, actual) for v in values)
+            else:
+                raise AssertionError(f"no evaluation for condition {test}")
+            if not ok:
+                return False
+    return True
+
+
+def _allowed(document: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
+    for statement in document["Statement"]:
+        if statement["Effect"] != "Allow":
+            continue
+        if not any(_glob(a, action, case=False) for a in statement["Action"]):
+            continue
+        if not any(_glob(r, resource) for r in statement["Resource"]):
+            continue
+        if _conditions_hold(statement, context):
+            return True
+    return False
+
+
+def test_every_request_is_allowed_on_its_resources_and_under_its_conditions() -> None:
+    from tfpolicy import render
+
+    record = recorded()
+    world = _test_world(record.secret_refs)
+    documents = {f: render(f, world) for f in FUNCTIONS}
+    refused: set[str] = set()
+    for request in record.requests:
+        if request.function not in documents:
+            continue  # made through a member account's role: that role's policy governs it
+        action = f"{request.prefix}:{request.operation}"
+        resources, context = _resources(request)
+        for resource in resources:
+            if not _allowed(documents[request.function], action, resource, context):
+                refused.add(f"{request.function}: {action} on {resource} {context or ''}")
+    assert refused == set(), sorted(refused)
+    assert len(record.requests) > 50
+
+
+def test_the_resource_check_refuses_what_the_policy_does_not_name() -> None:
+    from tfpolicy import render
+
+    document = render("worker", _test_world({"jitc/pg-admin"}))
+    secret = f"arn:aws:secretsmanager:{R}:{A}:secret:jitc/pg-admin-AbCdEf"
+    assert _allowed(document, "secretsmanager:GetSecretValue", secret, {})
+    other = secret.replace("pg-admin", "payroll")
+    assert not _allowed(document, "secretsmanager:GetSecretValue", other, {})
+    role = f"arn:aws:iam::{A}:role/dev-ana"
+    mine = {"iam:PolicyARN": f"arn:aws:iam::{A}:policy/jitc/jitc-gx",
+            "iam:PermissionsBoundary": BOUNDARY}  # fmt: skip
+    assert _allowed(document, "iam:AttachRolePolicy", role, mine)
+    admin = {**mine, "iam:PolicyARN": "arn:aws:iam::aws:policy/AdministratorAccess"}
+    assert not _allowed(document, "iam:AttachRolePolicy", role, admin)
+    unbounded = {**mine, "iam:PermissionsBoundary": "arn:aws:iam::aws:policy/Other"}
+    assert not _allowed(document, "iam:PutRolePolicy", role, unbounded)

@@ -3,6 +3,18 @@
 # secrets, queues, schedules and targets named in the variables.
 
 locals {
+  # Every aws-sm: reference anywhere in the catalog's data (not in its comments) is a secret the
+  # worker and sweep may read, and nothing else is: a new kind of reference in the catalog is
+  # covered without a change here. A name becomes the ARN pattern of that name (Secrets Manager
+  # appends six random characters); an ARN is kept as written.
+  catalog_secret_refs = distinct([
+    for match in regexall("\"aws-sm:([^\"#]+)", jsonencode(local.catalog)) : match[0]
+  ])
+  secret_arns = distinct(concat(var.secret_arns, [
+    for ref in local.catalog_secret_refs :
+    startswith(ref, "arn:") ? ref : "arn:${local.partition}:secretsmanager:${local.region}:${local.account}:secret:${ref}-??????"
+  ]))
+
   log_arns = {
     for name, _ in local.functions :
     name => "${aws_cloudwatch_log_group.function[name].arn}:*"
@@ -12,6 +24,22 @@ locals {
 
   iam_path             = var.iam_target == null ? "/jitc/" : var.iam_target.policy_path
   iam_grant_policy_arn = "arn:${local.partition}:iam::${local.account}:policy${local.iam_path}jitc-*"
+  # Outside the grant path, so no right over grant policies reaches the boundary itself.
+  iam_boundary_arn = "arn:${local.partition}:iam::${local.account}:policy/${var.name}-grant-boundary"
+
+  # What the catalog's aws_iam permissions may allow: the boundary's ceiling, read from the
+  # catalog itself so a reviewed catalog change moves it in the same plan.
+  iam_catalog_actions = distinct(flatten([
+    for integration in values(try(local.catalog.integrations, {})) : [
+      for permission in values(try(integration.permissions, {})) : [
+        for statement in flatten([try(permission.policy.Statement, [])]) :
+        try(statement.Effect, "") == "Allow" ? flatten([try(statement.Action, [])]) : []
+      ]
+    ] if try(integration.kind, "") == "aws_iam"
+  ]))
+  iam_boundary_actions = var.iam_target == null ? [] : sort(distinct(concat(
+    local.iam_catalog_actions, var.iam_target.boundary_extra_actions,
+  )))
 
   idc = var.identity_center_target
   idc_resources = local.idc == null ? [] : concat(
@@ -90,12 +118,53 @@ data "aws_iam_policy_document" "worker" {
     resources = ["*"]
   }
 
+  # In a VPC, Lambda creates the function's network interfaces with its execution role.
+  # Targets in other accounts: only through the roles the member-account module made there,
+  # which trust these roles only with the catalog's external id.
   dynamic "statement" {
-    for_each = length(var.secret_arns) > 0 ? [1] : []
+    for_each = length(var.member_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "ActInMemberAccounts"
+      actions   = ["sts:AssumeRole"]
+      resources = var.member_role_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid     = "NetworkInterfacesInTheVpc"
+      actions = ["ec2:CreateNetworkInterface"]
+      resources = concat(
+        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
+        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
+        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
+      )
+    }
+  }
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "OwnNetworkInterfaces"
+      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
+      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
+    }
+  }
+  dynamic "statement" {
+    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
+    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "DescribeNetworkInterfaces"
+      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
+      resources = ["*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = length(local.secret_arns) > 0 ? [1] : []
     content {
       sid       = "ReadCatalogSecrets"
       actions   = ["secretsmanager:GetSecretValue"]
-      resources = var.secret_arns
+      resources = local.secret_arns
     }
   }
   dynamic "statement" {
@@ -151,8 +220,27 @@ data "aws_iam_policy_document" "worker" {
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
-      sid       = "AttachOnlyGrantPolicies"
-      actions   = ["iam:AttachRolePolicy", "iam:DetachRolePolicy", "iam:AttachUserPolicy", "iam:DetachUserPolicy"]
+      sid       = "AttachOnlyGrantPoliciesToBoundedPrincipals"
+      actions   = ["iam:AttachRolePolicy", "iam:AttachUserPolicy"]
+      resources = var.iam_target.principal_arns
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_grant_policy_arn]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PermissionsBoundary"
+        values   = [local.iam_boundary_arn]
+      }
+    }
+  }
+  # Detaching our own policy takes nothing from anyone: allowed even if the boundary was removed.
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "DetachOnlyGrantPolicies"
+      actions   = ["iam:DetachRolePolicy", "iam:DetachUserPolicy"]
       resources = var.iam_target.principal_arns
       condition {
         test     = "ArnLike"
@@ -164,9 +252,24 @@ data "aws_iam_policy_document" "worker" {
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
-      sid       = "GranteesAndSessionRevocation"
-      actions   = ["iam:GetRole", "iam:GetUser", "iam:PutRolePolicy"]
+      sid       = "Grantees"
+      actions   = ["iam:GetRole", "iam:GetUser"]
       resources = var.iam_target.principal_arns
+    }
+  }
+  # An inline policy is written only to end a role's older sessions, and only on a role whose
+  # boundary caps whatever an inline policy could say.
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "SessionRevocationOnBoundedRoles"
+      actions   = ["iam:PutRolePolicy"]
+      resources = var.iam_target.principal_arns
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PermissionsBoundary"
+        values   = [local.iam_boundary_arn]
+      }
     }
   }
 
@@ -177,7 +280,7 @@ data "aws_iam_policy_document" "worker" {
       sid = "AssignPermissionSets"
       actions = [
         "sso:CreateAccountAssignment", "sso:DeleteAccountAssignment", "sso:ListAccountAssignments",
-        "sso:ListTagsForResource", "sso:TagResource", "sso:UntagResource", "sso:ListPermissionSets",
+        "sso:ListTagsForResource", "sso:TagResource", "sso:UntagResource",
         "sso:DescribeAccountAssignmentCreationStatus", "sso:DescribeAccountAssignmentDeletionStatus",
       ]
       resources = local.idc_resources
@@ -217,12 +320,53 @@ data "aws_iam_policy_document" "sweep" {
     resources = ["*"]
   }
 
+  # In a VPC, Lambda creates the function's network interfaces with its execution role.
+  # Targets in other accounts: only through the roles the member-account module made there,
+  # which trust these roles only with the catalog's external id.
   dynamic "statement" {
-    for_each = length(var.secret_arns) > 0 ? [1] : []
+    for_each = length(var.member_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "ActInMemberAccounts"
+      actions   = ["sts:AssumeRole"]
+      resources = var.member_role_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid     = "NetworkInterfacesInTheVpc"
+      actions = ["ec2:CreateNetworkInterface"]
+      resources = concat(
+        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
+        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
+        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
+      )
+    }
+  }
+  dynamic "statement" {
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "OwnNetworkInterfaces"
+      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
+      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
+    }
+  }
+  dynamic "statement" {
+    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
+    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
+    for_each = var.vpc_config == null ? [] : [1]
+    content {
+      sid       = "DescribeNetworkInterfaces"
+      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
+      resources = ["*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = length(local.secret_arns) > 0 ? [1] : []
     content {
       sid       = "ReadCatalogSecrets"
       actions   = ["secretsmanager:GetSecretValue"]
-      resources = var.secret_arns
+      resources = local.secret_arns
     }
   }
   dynamic "statement" {
@@ -282,22 +426,57 @@ data "aws_iam_policy_document" "sweep" {
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
-      sid       = "SessionRevocation"
+      sid       = "SessionRevocationOnBoundedRoles"
       actions   = ["iam:PutRolePolicy"]
       resources = var.iam_target.principal_arns
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PermissionsBoundary"
+        values   = [local.iam_boundary_arn]
+      }
     }
   }
 
+  # Creating is there only to put back an assignment that a grant of the same user and account
+  # labelled while the sweep removed it (the template restores what a live grant relies on).
   dynamic "statement" {
     for_each = local.idc == null ? [] : [1]
     content {
       sid = "UnassignPermissionSets"
       actions = [
         "sso:DeleteAccountAssignment", "sso:ListAccountAssignments", "sso:ListTagsForResource",
-        "sso:TagResource", "sso:UntagResource", "sso:ListPermissionSets",
-        "sso:DescribeAccountAssignmentDeletionStatus",
+        "sso:TagResource", "sso:UntagResource", "sso:DescribeAccountAssignmentDeletionStatus",
+        "sso:CreateAccountAssignment", "sso:DescribeAccountAssignmentCreationStatus",
       ]
       resources = local.idc_resources
     }
   }
+}
+
+# -- the grantees' permissions boundary ------------------------------------------------------
+
+# Every role or user a grant may go to must carry this boundary (the template checks, and the
+# worker may attach only to principals that do): no attached grant policy and no inline policy
+# the connector writes can reach beyond it. Its ceiling is what the catalog's aws_iam
+# permissions allow, plus `boundary_extra_actions` (the grantees' own standing access, and
+# the actions of the managed policies the catalog copies).
+data "aws_iam_policy_document" "grant_boundary" {
+  count = var.iam_target == null ? 0 : 1
+  #checkov:skip=CKV_AWS_111:A boundary caps actions; the grant policies it bounds name the resources.
+  #checkov:skip=CKV_AWS_356:A boundary caps actions; the grant policies it bounds name the resources.
+  #checkov:skip=CKV_AWS_109:A boundary caps actions; the grant policies it bounds name the resources.
+  statement {
+    sid       = "CatalogCeiling"
+    actions   = local.iam_boundary_actions
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_policy" "grant_boundary" {
+  count       = var.iam_target == null ? 0 : 1
+  name        = "${var.name}-grant-boundary"
+  path        = "/"
+  description = "Permissions boundary of every principal the jit-connector may grant to."
+  policy      = data.aws_iam_policy_document.grant_boundary[0].json
+  tags        = var.tags
 }

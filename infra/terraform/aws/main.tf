@@ -12,7 +12,11 @@ locals {
     sweep  = { handler = "jitc.aws.sweep.handler", timeout = 300 }
   }
   schedule_group = "${var.name}-expiry"
-  catalog_sha256 = filesha256(var.catalog_file)
+  catalog        = yamldecode(file(var.catalog_file))
+  # The functions get the reviewed YAML as JSON: the same data, without a YAML parser in
+  # every cold start.
+  catalog_json   = jsonencode(local.catalog)
+  catalog_sha256 = sha256(local.catalog_json)
 }
 
 # -- encryption -----------------------------------------------------------------------------
@@ -96,13 +100,24 @@ resource "aws_sqs_queue" "requests" {
   deduplication_scope         = "messageGroup"
   fifo_throughput_limit       = "perMessageGroupId"
   visibility_timeout_seconds  = 6 * var.worker_timeout
-  message_retention_seconds   = 1209600
-  kms_master_key_id           = aws_kms_key.this.arn
+  # Shorter than the dead-letter queue's 14 days: a moved message keeps its first enqueue
+  # time, so with equal retention it could expire from the DLQ the moment it arrives.
+  message_retention_seconds = var.request_retention_seconds
+  kms_master_key_id         = aws_kms_key.this.arn
   redrive_policy = jsonencode({
     deadLetterTargetArn = aws_sqs_queue.dead_letters.arn
     maxReceiveCount     = var.max_receive_count
   })
   tags = var.tags
+}
+
+# EventBridge Scheduler dead-letters only to a standard queue (a FIFO ARN is refused by
+# CreateSchedule), so the expiries it cannot deliver get a queue of their own, alarmed like the other.
+resource "aws_sqs_queue" "schedule_dead_letters" {
+  name                      = "${var.name}-schedule-dead-letters"
+  message_retention_seconds = 1209600
+  kms_master_key_id         = aws_kms_key.this.arn
+  tags                      = var.tags
 }
 
 resource "aws_sqs_queue_redrive_allow_policy" "dead_letters" {
@@ -149,15 +164,15 @@ resource "aws_sqs_queue_policy" "requests" {
   policy    = data.aws_iam_policy_document.queue.json
 }
 
-# -- the catalog, as a layer: /opt/jitc/catalog.yaml ----------------------------------------
+# -- the catalog, as a layer: /opt/jitc/catalog.json ----------------------------------------
 
 data "archive_file" "catalog" {
   type        = "zip"
   output_path = "${path.root}/.terraform/${var.name}-catalog.zip"
 
   source {
-    content  = file(var.catalog_file)
-    filename = "jitc/catalog.yaml"
+    content  = local.catalog_json
+    filename = "jitc/catalog.json"
   }
 }
 
@@ -215,7 +230,8 @@ resource "aws_iam_role_policy" "function" {
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_116:No asynchronous invocations to dead-letter: the intake is called synchronously, the worker by SQS (whose queue has its own dead-letter queue), the sweep by a schedule that runs again minutes later.
   #checkov:skip=CKV_AWS_272:Code signing needs a signing profile the company owns; the zip is built reproducibly by `jitc package aws` and pinned by source_code_hash.
-  #checkov:skip=CKV_AWS_117:A VPC is optional (var.vpc_config): only targets that live inside one need it.
+  #checkov:skip=CKV_AWS_50:Tracing is a choice (var.tracing, off by default): the X-Ray SDK costs a third of every cold start; logs and metrics carry request and grant ids.
+  #checkov:skip=CKV_AWS_117:A VPC is optional (var.vpc_config), for the worker and sweep only: the intake talks to SQS alone.
   for_each                       = local.functions
   function_name                  = "${var.name}-${each.key}"
   role                           = aws_iam_role.function[each.key].arn
@@ -233,27 +249,30 @@ resource "aws_lambda_function" "this" {
   environment {
     variables = merge(
       {
-        JITC_CATALOG_PATH            = "/opt/jitc/catalog.yaml"
+        JITC_CATALOG_PATH            = "/opt/jitc/catalog.json"
         JITC_CATALOG_SHA256          = local.catalog_sha256
         JITC_QUEUE_URL               = aws_sqs_queue.requests.url
         JITC_QUEUE_ARN               = aws_sqs_queue.requests.arn
         JITC_SCHEDULE_GROUP          = local.schedule_group
         JITC_SCHEDULER_ROLE_ARN      = aws_iam_role.scheduler.arn
-        JITC_SCHEDULE_DLQ_ARN        = aws_sqs_queue.dead_letters.arn
+        JITC_SCHEDULE_DLQ_ARN        = aws_sqs_queue.schedule_dead_letters.arn
         POWERTOOLS_SERVICE_NAME      = "jit-connector"
         POWERTOOLS_METRICS_NAMESPACE = "JitConnector"
         POWERTOOLS_LOG_LEVEL         = "INFO"
+        # Off by default: the X-Ray SDK is then never imported (a third of a cold start).
+        POWERTOOLS_TRACE_DISABLED = var.tracing ? "false" : "true"
       },
       var.event_bus_name == null ? {} : { JITC_EVENT_BUS = var.event_bus_name },
     )
   }
 
   tracing_config {
-    mode = "Active"
+    mode = var.tracing ? "Active" : "PassThrough"
   }
 
+  # The worker and the sweep reach the targets; the intake only SQS, so it stays outside.
   dynamic "vpc_config" {
-    for_each = var.vpc_config == null ? [] : [var.vpc_config]
+    for_each = var.vpc_config == null || each.key == "intake" ? [] : [var.vpc_config]
     content {
       subnet_ids         = vpc_config.value.subnet_ids
       security_group_ids = vpc_config.value.security_group_ids
@@ -267,6 +286,21 @@ resource "aws_lambda_function" "this" {
 
   depends_on = [aws_iam_role_policy.function]
   tags       = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = length(try(local.catalog.control_plane.keys, {})) > 0
+      error_message = "The catalog's control_plane.keys is empty: every request would be refused (401). Add the control plane's Ed25519 public key (jitc keygen --signing)."
+    }
+    precondition {
+      condition = alltrue([
+        for integration in values(try(local.catalog.integrations, {})) :
+        tostring(integration.connection.account_id) == local.account
+        if try(integration.kind, "") == "aws_iam" && try(integration.connection.role_arn, null) == null
+      ])
+      error_message = "An aws_iam integration of the catalog names another account_id than the one deployed into: give it a role_arn (the member-account module) or correct the id."
+    }
+  }
 }
 
 resource "aws_lambda_event_source_mapping" "worker" {
@@ -277,10 +311,40 @@ resource "aws_lambda_event_source_mapping" "worker" {
 }
 
 resource "aws_lambda_function_url" "intake" {
-  #checkov:skip=CKV_AWS_258:The caller is the control plane, not an AWS principal; every request must carry its Ed25519 signature over a fresh timestamp, checked against keys in the catalog, and replays are refused.
+  #checkov:skip=CKV_AWS_258:NONE is the company's explicit choice (function_url_auth_type); every request must still carry the control plane's Ed25519 signature over a fresh timestamp, checked against keys in the catalog, and replays are refused.
   count              = var.enable_function_url ? 1 : 0
   function_name      = aws_lambda_function.this["intake"].function_name
-  authorization_type = "NONE"
+  authorization_type = var.function_url_auth_type
+}
+
+# A Function URL answers 403 unless the function's resource policy lets the caller both reach
+# the URL (lambda:InvokeFunctionUrl, bound to the URL's auth type) and, since October 2025,
+# invoke the function through it (lambda:InvokeFunction, only when InvokedViaFunctionUrl).
+locals {
+  url_principals = var.function_url_auth_type == "NONE" ? ["*"] : var.intake_invoker_arns
+  url_invokers = var.enable_function_url ? {
+    for index, principal in local.url_principals : tostring(index) => principal
+  } : {}
+}
+
+resource "aws_lambda_permission" "intake_url" {
+  #checkov:skip=CKV_AWS_364:The principal is the control plane (AWS_IAM) or anyone (NONE, signed requests only), not an AWS service with a source ARN.
+  for_each               = local.url_invokers
+  statement_id           = "JitcIntakeUrl${each.key}"
+  action                 = "lambda:InvokeFunctionUrl"
+  function_name          = aws_lambda_function.this["intake"].function_name
+  principal              = each.value
+  function_url_auth_type = var.function_url_auth_type
+}
+
+resource "aws_lambda_permission" "intake_url_invoke" {
+  #checkov:skip=CKV_AWS_364:The principal is the control plane (AWS_IAM) or anyone (NONE, signed requests only), not an AWS service with a source ARN.
+  for_each                 = local.url_invokers
+  statement_id             = "JitcIntakeUrlInvoke${each.key}"
+  action                   = "lambda:InvokeFunction"
+  function_name            = aws_lambda_function.this["intake"].function_name
+  principal                = each.value
+  invoked_via_function_url = true
 }
 
 # -- expiry: EventBridge Scheduler ----------------------------------------------------------
@@ -316,7 +380,7 @@ data "aws_iam_policy_document" "scheduler" {
   statement {
     sid       = "DeliverExpiries"
     actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.requests.arn, aws_sqs_queue.dead_letters.arn]
+    resources = [aws_sqs_queue.requests.arn, aws_sqs_queue.schedule_dead_letters.arn]
   }
   statement {
     sid       = "EncryptForTheQueue"
@@ -337,10 +401,18 @@ resource "aws_iam_role" "sweep_schedule" {
   tags               = var.tags
 }
 
+# The schedule is encrypted with the module's key: Scheduler decrypts it with this role before
+# every run, so without kms:Decrypt the sweep would never be invoked.
 data "aws_iam_policy_document" "sweep_schedule" {
   statement {
+    sid       = "InvokeTheSweep"
     actions   = ["lambda:InvokeFunction"]
     resources = [aws_lambda_function.this["sweep"].arn]
+  }
+  statement {
+    sid       = "DecryptTheSchedule"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
   }
 }
 
@@ -352,7 +424,7 @@ resource "aws_iam_role_policy" "sweep_schedule" {
 
 resource "aws_scheduler_schedule" "sweep" {
   name                = "${var.name}-sweep"
-  schedule_expression = var.sweep_schedule
+  schedule_expression = var.sweep_interval_minutes == 1 ? "rate(1 minute)" : "rate(${var.sweep_interval_minutes} minutes)"
   kms_key_arn         = aws_kms_key.this.arn
 
   flexible_time_window {
@@ -389,6 +461,42 @@ resource "aws_cloudwatch_metric_alarm" "dead_letters" {
   tags                = var.tags
 }
 
+resource "aws_cloudwatch_metric_alarm" "schedule_dead_letters" {
+  alarm_name          = "${var.name}-schedule-dead-letters"
+  alarm_description   = "An expiry could not be delivered to the queue: its grant is revoked by the sweep; inspect ${aws_sqs_queue.schedule_dead_letters.name}."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.schedule_dead_letters.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
+# A sweep that is never invoked (or fails every time) raises nothing else: the heartbeat is a
+# metric each complete sweep emits, and its absence for sweep_missed_runs intervals alarms.
+resource "aws_cloudwatch_metric_alarm" "sweep_heartbeat" {
+  alarm_name          = "${var.name}-sweep-heartbeat"
+  alarm_description   = "No complete sweep in ${var.sweep_missed_runs} intervals: grants whose scheduled revoke was lost are not being revoked."
+  namespace           = "JitConnector"
+  metric_name         = "SweepCompleted"
+  dimensions          = { service = "jit-connector" }
+  statistic           = "Sum"
+  period              = 60 * var.sweep_interval_minutes
+  evaluation_periods  = var.sweep_missed_runs
+  threshold           = 1
+  comparison_operator = "LessThanThreshold"
+  treat_missing_data  = "breaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
 resource "aws_cloudwatch_metric_alarm" "revoke_failures" {
   alarm_name          = "${var.name}-revoke-failures"
   alarm_description   = "A revoke failed and is being retried: access may outlive its grant until it succeeds."
@@ -420,5 +528,43 @@ resource "aws_cloudwatch_metric_alarm" "function_errors" {
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+  tags                = var.tags
+}
+
+# -- a VPC: endpoints for what the worker and sweep call -------------------------------------
+
+# A function in a private subnet reaches no AWS API without a NAT or these endpoints. IAM and
+# Identity Center targets, and a control plane webhook, still need a NAT (docs/aws.md).
+locals {
+  vpc_endpoint_services = var.vpc_config == null || !try(var.vpc_config.create_endpoints, true) ? [] : [
+    "sqs", "secretsmanager", "scheduler", "events", "sts", "xray",
+  ]
+}
+
+resource "aws_security_group" "endpoints" {
+  count       = length(local.vpc_endpoint_services) > 0 ? 1 : 0
+  name        = "${var.name}-endpoints"
+  description = "HTTPS from the jit-connector functions to the interface endpoints"
+  vpc_id      = var.vpc_config.vpc_id
+  tags        = var.tags
+
+  ingress {
+    description     = "HTTPS from the functions"
+    from_port       = 443
+    to_port         = 443
+    protocol        = "tcp"
+    security_groups = var.vpc_config.security_group_ids
+  }
+}
+
+resource "aws_vpc_endpoint" "this" {
+  for_each            = toset(local.vpc_endpoint_services)
+  vpc_id              = var.vpc_config.vpc_id
+  service_name        = "com.amazonaws.${local.region}.${each.key}"
+  vpc_endpoint_type   = "Interface"
+  subnet_ids          = var.vpc_config.subnet_ids
+  security_group_ids  = [aws_security_group.endpoints[0].id]
+  private_dns_enabled = true
   tags                = var.tags
 }

@@ -37,3 +37,8 @@ output "kms_key_arn" {
   description = "The key encrypting the queues, logs and function environment."
   value       = aws_kms_key.this.arn
 }
+
+output "grant_boundary_arn" {
+  description = "The permissions boundary every aws_iam grantee must carry (the catalog's permissions_boundary_arn); null without iam_target."
+  value       = var.iam_target == null ? null : aws_iam_policy.grant_boundary[0].arn
+}

@@ -20,7 +20,7 @@ variable "catalog_file" {
 }
 
 variable "secret_arns" {
-  description = "ARNs of the Secrets Manager secrets the catalog references (aws-sm:...). The functions may read these and no others."
+  description = "Secrets the functions may read beyond those the catalog references (every aws-sm: reference in the catalog is derived from it already); normally empty."
   type        = list(string)
   default     = []
 }
@@ -44,9 +44,32 @@ variable "control_plane_principal_arns" {
 }
 
 variable "enable_function_url" {
-  description = "Expose the intake as a Lambda Function URL. Requests must carry the control plane's Ed25519 signature."
+  description = "Expose the intake as a Lambda Function URL (see function_url_auth_type). Requests must carry the control plane's Ed25519 signature."
   type        = bool
   default     = true
+}
+
+variable "function_url_auth_type" {
+  description = "AWS_IAM: each request to the intake URL must be SigV4-signed by one of intake_invoker_arns, and Ed25519-signed by a catalog key. NONE: anyone reaches the function; only the Ed25519 signature protects it."
+  type        = string
+  default     = "AWS_IAM"
+
+  validation {
+    condition     = contains(["AWS_IAM", "NONE"], var.function_url_auth_type)
+    error_message = "function_url_auth_type: AWS_IAM or NONE."
+  }
+}
+
+variable "intake_invoker_arns" {
+  description = "The control plane's AWS principals allowed to call the intake URL when function_url_auth_type is AWS_IAM."
+  type        = list(string)
+  default     = []
+}
+
+variable "tracing" {
+  description = "X-Ray tracing of the functions (Powertools Tracer, botocore patched). Off by default: importing the X-Ray SDK costs a third of every cold start."
+  type        = bool
+  default     = false
 }
 
 variable "memory_size" {
@@ -78,6 +101,17 @@ variable "max_receive_count" {
   default     = 10
 }
 
+variable "request_retention_seconds" {
+  description = "How long a request may wait in the queue; the dead-letter queue keeps messages 14 days, which must be longer."
+  type        = number
+  default     = 345600
+
+  validation {
+    condition     = var.request_retention_seconds >= 60 && var.request_retention_seconds <= 604800
+    error_message = "request_retention_seconds: 60 to 604800 (7 days), leaving the dead-letter queue's 14 days longer."
+  }
+}
+
 variable "reserved_concurrency" {
   description = "Reserved concurrent executions of the intake, worker and sweep functions."
   type = object({
@@ -88,10 +122,21 @@ variable "reserved_concurrency" {
   default = { intake = 10, worker = 5, sweep = 1 }
 }
 
-variable "sweep_schedule" {
-  description = "How often the sweep looks for grants past their expiry."
-  type        = string
-  default     = "rate(5 minutes)"
+variable "sweep_interval_minutes" {
+  description = "Minutes between sweeps, which revoke grants past their expiry; also the period of the sweep heartbeat alarm."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.sweep_interval_minutes >= 1 && var.sweep_interval_minutes <= 60 && floor(var.sweep_interval_minutes) == var.sweep_interval_minutes
+    error_message = "sweep_interval_minutes: a whole number from 1 to 60."
+  }
+}
+
+variable "sweep_missed_runs" {
+  description = "Intervals without a complete sweep before the heartbeat alarm fires."
+  type        = number
+  default     = 3
 }
 
 variable "log_retention_days" {
@@ -107,22 +152,31 @@ variable "alarm_actions" {
 }
 
 variable "vpc_config" {
-  description = "Subnets and security groups, when targets (e.g. PostgreSQL) are only reachable inside a VPC."
+  description = "The VPC, subnets and security groups of the worker and sweep, when targets (e.g. PostgreSQL) are only reachable inside a VPC. create_endpoints adds interface endpoints for the AWS APIs they call (sqs, secretsmanager, scheduler, events, sts, xray); set it false when the subnets already reach them (NAT or existing endpoints)."
   type = object({
+    vpc_id             = string
     subnet_ids         = list(string)
     security_group_ids = list(string)
+    create_endpoints   = optional(bool, true)
   })
   default = null
 }
 
 variable "iam_target" {
-  description = "For `aws_iam` integrations: the roles/users (ARNs, wildcards allowed) grants may go to, the policy path of the catalog, and the managed policies the catalog copies."
+  description = "For `aws_iam` integrations: the roles/users (ARNs, wildcards allowed) grants may go to, the policy path of the catalog, the managed policies the catalog copies, and actions the grantees' permissions boundary allows beyond the catalog's own (their standing access; the copied managed policies' actions). Every grantee must carry the boundary (output `grant_boundary_arn`)."
   type = object({
-    principal_arns      = list(string)
-    policy_path         = optional(string, "/jitc/")
-    managed_policy_arns = optional(list(string), [])
+    principal_arns         = list(string)
+    policy_path            = optional(string, "/jitc/")
+    managed_policy_arns    = optional(list(string), [])
+    boundary_extra_actions = optional(list(string), [])
   })
   default = null
+}
+
+variable "member_role_arns" {
+  description = "Roles made by the member-account module in other accounts (output role_arn there): the worker and sweep may assume these, and only these, for catalog integrations with a role_arn."
+  type        = list(string)
+  default     = []
 }
 
 variable "identity_center_target" {

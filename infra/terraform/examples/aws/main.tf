@@ -1,14 +1,36 @@
-# A complete deployment: build the package with `jitc package aws --out dist`, then
-# `terraform init && terraform apply` here. The catalog file is reviewed like any other code.
+# A complete deployment: build the package with `jitc package aws --out dist`, add the control
+# plane's Ed25519 public key to catalog.yaml, then `terraform init && terraform apply` here. The
+# catalog file is reviewed like any other code, and the module's inputs that repeat catalog facts
+# are read from it, so the two cannot disagree.
 
 provider "aws" {
   region = var.region
 }
 
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  catalog   = yamldecode(file("${path.module}/catalog.yaml"))
+  database  = local.catalog.integrations["orders-db"]
+  iam       = local.catalog.integrations["account-iam"]
+  account   = data.aws_caller_identity.current.account_id
+  partition = data.aws_partition.current.partition
+  # aws-sm:NAME#field -> NAME
+  pg_admin_secret = trimprefix(split("#", local.database.credentials)[0], "aws-sm:")
+}
+
 resource "aws_secretsmanager_secret" "pg_admin" {
   #checkov:skip=CKV2_AWS_57:Rotation belongs to the database's owner; the connector reads the current value per batch.
-  name       = "jitc/pg-admin"
+  name       = local.pg_admin_secret
   kms_key_id = var.secrets_kms_key_arn
+}
+
+# The value is kept in Terraform's state: encrypt the state, or leave this out and set the
+# value with `aws secretsmanager put-secret-value` instead.
+resource "aws_secretsmanager_secret_version" "pg_admin" {
+  secret_id     = aws_secretsmanager_secret.pg_admin.id
+  secret_string = jsonencode({ password = var.pg_admin_password })
 }
 
 resource "aws_cloudwatch_event_bus" "jitc" {
@@ -22,14 +44,19 @@ module "jitc" {
   package_path = var.package_path
   catalog_file = "${path.module}/catalog.yaml"
 
-  secret_arns         = [aws_secretsmanager_secret.pg_admin.arn]
+  # The secrets the functions may read are every aws-sm: reference in the catalog.
   secret_kms_key_arns = var.secrets_kms_key_arn == null ? [] : [var.secrets_kms_key_arn]
   event_bus_name      = aws_cloudwatch_event_bus.jitc.name
   alarm_actions       = var.alarm_actions
-  vpc_config          = var.vpc_config
+  intake_invoker_arns = var.control_plane_invoker_arns
+  # The catalog's database lives in the VPC: the worker and sweep join it.
+  vpc_config = var.vpc_config
 
   iam_target = {
-    principal_arns = ["arn:aws:iam::${var.account_id}:role/dev-*"]
+    principal_arns = [
+      for pattern in local.iam.connection.allowed_principals :
+      "arn:${local.partition}:iam::${local.account}:role/${pattern}"
+    ]
   }
 
   tags = { "managed-by" = "terraform", "component" = "jit-connector" }

@@ -4,15 +4,21 @@ variable "region" {
   default     = "eu-west-1"
 }
 
-variable "account_id" {
-  description = "This account's id (the catalog's aws_iam integration targets it)."
-  type        = string
-}
-
 variable "package_path" {
   description = "The zip built by `jitc package aws`."
   type        = string
   default     = "../../../../dist/jit-connector-aws.zip"
+}
+
+variable "pg_admin_password" {
+  description = "Password of the catalog's PostgreSQL admin (stored in Secrets Manager, and in the state)."
+  type        = string
+  sensitive   = true
+}
+
+variable "control_plane_invoker_arns" {
+  description = "The control plane's AWS principals that call the intake URL (SigV4)."
+  type        = list(string)
 }
 
 variable "secrets_kms_key_arn" {
@@ -28,10 +34,11 @@ variable "alarm_actions" {
 }
 
 variable "vpc_config" {
-  description = "Subnets and security groups that reach the database."
+  description = "The VPC of the orders database: its id, private subnets and a security group the database admits."
   type = object({
+    vpc_id             = string
     subnet_ids         = list(string)
     security_group_ids = list(string)
+    create_endpoints   = optional(bool, true)
   })
-  default = null
 }
