@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import string
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -207,7 +207,11 @@ def expiry_event(connection: Connection, name: str, spec: GrantSpec) -> str:
     """A one-shot event, run by the server at the expiry even when the connector is down: lock
     the account, then end its connections (a dropped or locked account's sessions live on).
     A cursor over the process list, not MariaDB's `KILL USER`, so MySQL runs it too."""
-    at = spec.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    # Rounded up to the second (the schedule's precision), never down past the expiry.
+    expires = spec.expires_at.astimezone(UTC)
+    if expires.microsecond:
+        expires = expires.replace(microsecond=0) + timedelta(seconds=1)
+    at = expires.strftime("%Y-%m-%d %H:%M:%S")
     sessions = f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {literal(name)}"  # noqa: S608
     return (
         f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."

@@ -24,6 +24,8 @@ PREFIX = f"c{RUN}_"
 DATABASE = f"jc{RUN}_db"
 LEDGER = f"jc{RUN}_ledger"
 ADMIN = f"{PREFIX}admin"
+# Shared by every MySQLTarget of the run, and a canary: it must never show up in any output.
+ADMIN_PASSWORD = f"CANARY-{secrets.token_hex(8)}"
 
 
 def root() -> pymysql.connections.Connection[Any]:
@@ -58,7 +60,7 @@ class MySQLTarget:
     integration = f"mysql-{RUN}"
 
     def __init__(self) -> None:
-        self.password = f"CANARY-{secrets.token_hex(8)}"
+        self.password = ADMIN_PASSWORD
         self._root: pymysql.connections.Connection[Any] | None = None
 
     @property
