@@ -171,17 +171,15 @@ def event_name(grant_id: str) -> str:
 
 
 def grant_statements(connection: Connection, spec: GrantSpec, password_hash: str) -> list[str]:
-    """The statements of a grant, each idempotent, so a redelivered grant can run them again
-    (the password is set again, which is what a redelivery must do)."""
+    """The statements of a grant, run only when its account does not exist yet (the GRANTs and
+    the event are idempotent, so a grant cut short is completed by running them again)."""
     permission = spec.permission
     assert isinstance(permission, Permission)
     name = user_name(connection, spec)
     who = account(connection, name)
     statements = [
-        f"CREATE USER IF NOT EXISTS {who} IDENTIFIED WITH mysql_native_password AS "
-        f"{password_hash} WITH MAX_USER_CONNECTIONS {int(connection.connection_limit)}",
-        f"ALTER USER {who} IDENTIFIED WITH mysql_native_password AS {password_hash} "
-        f"WITH MAX_USER_CONNECTIONS {int(connection.connection_limit)} ACCOUNT UNLOCK",
+        f"CREATE USER {who} IDENTIFIED WITH mysql_native_password AS {password_hash} "
+        f"WITH MAX_USER_CONNECTIONS {int(connection.connection_limit)}",
     ]
     for resource in spec.resources:
         database, table = check_resource(resource, "resource")
