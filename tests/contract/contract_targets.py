@@ -22,6 +22,7 @@ from jitc.engine import Engine
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.models import AccessRequest
+from jitc.ports import ExpiryScheduler
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, SecretStores
 
@@ -196,7 +197,10 @@ def catalog_doc(
 
 
 def make_env(
-    target: Target, doc: dict[str, Any] | None = None, secret: str | None = None
+    target: Target,
+    doc: dict[str, Any] | None = None,
+    secret: str | None = None,
+    scheduler: ExpiryScheduler | None = None,
 ) -> ContractEnv:
     catalog = parse_catalog(doc or catalog_doc(target))
     secret = target.admin_secret() if secret is None else secret
@@ -205,7 +209,7 @@ def make_env(
     engine = Engine(
         catalog,
         SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
-        NullScheduler(),
+        scheduler or NullScheduler(),
         sink,
         clock=lambda: now[0],
     )
