@@ -4,6 +4,7 @@ are in tests/contract/."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -247,3 +248,37 @@ def test_inventory_lists_users_databases_and_the_scheduler(env: ContractEnv) -> 
     assert DATABASE in inventory["databases"]
     assert f"{ADMIN}@%" in inventory["users"]
     assert inventory["event_scheduler"][0] in ("ON", "OFF")
+
+
+def test_a_grantee_reconnecting_in_a_loop_keeps_nothing_after_revoke(env: ContractEnv) -> None:
+    outcome = env.engine.execute(env.request(request_id="m-storm"))
+    creds = env.credentials(outcome.sealed_credentials)
+    held: list[Any] = []
+    stop = threading.Event()
+
+    def storm() -> None:
+        while not stop.is_set():
+            try:
+                held.append(env.target.login(creds))
+            except pymysql.Error:
+                time.sleep(0.005)
+
+    workers = [threading.Thread(target=storm) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        assert _wait_until(lambda: len(held) >= 2, 10)
+        revoke = env.engine.execute(env.request("revoke", request_id="m-storm"))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not any(env.target.alive(live) for live in held)
+    assert not env.can_login(creds)
+    sessions = run(
+        env.target.admin,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+        outcome.principal,
+    )
+    assert sessions == [(0,)]

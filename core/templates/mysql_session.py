@@ -302,12 +302,15 @@ class MySQLSession:
             who = account(self.settings, name)
             # Locked first, so no new connection can start while the old ones are killed.
             self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
-            left = self._kill(name)
+            self._kill(name)
             self._run(f"DROP USER IF EXISTS {who}")
             self._run(
                 f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
                 f"{ident(event_name(grant_id))}"
             )
+            # Once more after the drop: a login that passed its password check just before the
+            # lock shows up in the process list only after it.
+            left = self._kill(name)
             residual = self._residual(name)
             if left:
                 residual.append(f"{left} connection(s) of {name} still open")
