@@ -1,0 +1,573 @@
+"""The MySQL/MariaDB template's connection-side half, imported only when a connection is opened.
+
+Account DDL in MySQL and MariaDB commits on its own, so a grant cannot be one transaction:
+every step is idempotent instead, and the ledger row is written before the account, so a crash
+between the two leaves a row that a redelivery completes or a sweep revokes, never an account
+nobody knows of.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pymysql
+
+from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey, sign_label, verify_label
+from jitc.models import Grant, utcnow
+from jitc.secrets import Secret
+from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from_label
+from jitc.templates.mysql import (
+    Connection,
+    MySQLTemplate,
+    Permission,
+    account,
+    event_name,
+    grant_statements,
+    ident,
+    is_our_name,
+    literal,
+    member_name,
+    membership_statements,
+    role_name,
+    user_name,
+)
+
+# Fixed for every admin session: no ANSI_QUOTES or NO_BACKSLASH_ESCAPES, which would change how
+# our quoting reads, whatever the server's global default says.
+SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
+_NO_SUCH_THREAD = 1094
+_NO_SUCH_TABLE = (1049, 1146)
+
+
+def native_password_hash(password: str) -> str:
+    """mysql_native_password's stored form, computed here so the clear password never reaches
+    the server (its general log or binary log would keep it)."""
+    inner = hashlib.sha1(password.encode(), usedforsecurity=False).digest()
+    return "*" + hashlib.sha1(inner, usedforsecurity=False).hexdigest().upper()
+
+
+def _tls(connection: Connection) -> ssl.SSLContext | None:
+    """A verifying TLS context. PyMySQL's own, built from a dict without a CA, neither checks
+    the certificate nor the host name, which would hand the admin password to anyone on path."""
+    if not connection.ssl:
+        return None
+    context = ssl.create_default_context(cafile=connection.ssl_ca)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class MySQLSession:
+    """One admin connection, used for a batch."""
+
+    def __init__(
+        self,
+        integration: str,
+        connection: Connection,
+        secret: Secret | None,
+        label_key: LabelKey,
+    ) -> None:
+        self.integration = integration
+        self.settings = connection
+        self.key = label_key
+        self.ledger = f"{ident(connection.ledger_database)}.{ident('grants')}"
+        try:
+            self.conn = pymysql.connect(
+                host=connection.host,
+                port=connection.port,
+                user=connection.user,
+                password=secret.reveal() if secret is not None else "",
+                connect_timeout=connection.connect_timeout,
+                ssl=_tls(connection),
+                autocommit=True,
+                charset="utf8mb4",
+                program_name="jit-connector",
+            )
+        except pymysql.Error as exc:
+            raise TargetError(
+                f"cannot connect to MySQL {connection.host}:{connection.port} as "
+                f"{connection.user}: {type(exc).__name__} {exc.args[0] if exc.args else ''}"
+            ) from None
+        wait = int(connection.lock_wait_seconds)
+        # No default database: every name we use is qualified, so nothing a neighbour creates
+        # in some database can stand in for ours. Lock waits are bounded, so a neighbour's lock
+        # delays a revoke at most this long.
+        self._run(
+            f"SET SESSION sql_mode = {literal(SQL_MODE)}, time_zone = '+00:00', "
+            f"innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
+        )
+        scheduler, version = self._rows("SELECT @@GLOBAL.event_scheduler, VERSION()")[0]
+        self.scheduler_on = str(scheduler).upper() == "ON"
+        # MariaDB's mysql.user is a view that parses every account's JSON: its table is faster.
+        self.mariadb = "mariadb" in str(version).lower()
+        self.accounts = "mysql.global_priv" if self.mariadb else "mysql.user"
+        self._lock_key = self._ensure_ledger()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _run(self, statement: str, args: tuple[Any, ...] | None = None) -> int:
+        with self.conn.cursor() as cursor:
+            return int(cursor.execute(statement, args))
+
+    def _rows(self, query: str, args: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(query, args)
+            return list(cursor.fetchall())
+
+    def _one(self, query: str, args: tuple[Any, ...] | None = None) -> Any:
+        rows = self._rows(query, args)
+        return rows[0][0] if rows else None
+
+    def _ensure_ledger(self) -> str:
+        """The ledger's lock key, creating the ledger on first use. The key is random and only
+        readable by the admin, so no neighbour can compute the names of our locks."""
+        keys = f"{ident(self.settings.ledger_database)}.{ident('keys')}"
+        try:
+            key = self._one(f"SELECT value FROM {keys} WHERE name = 'lock'")  # noqa: S608
+        except pymysql.err.ProgrammingError as exc:
+            if exc.args[0] not in _NO_SUCH_TABLE:
+                raise
+            key = None
+        if key is not None:
+            return str(key)
+        self._run(f"CREATE DATABASE IF NOT EXISTS {ident(self.settings.ledger_database)}")
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {self.ledger} ("
+            "integration VARCHAR(64) NOT NULL, grant_id CHAR(25) NOT NULL, "
+            "name VARCHAR(80) NOT NULL, state VARCHAR(16) NOT NULL, "
+            "expires_at DATETIME(6) NOT NULL, label TEXT NOT NULL, "
+            "PRIMARY KEY (integration, grant_id)) ENGINE=InnoDB"
+        )
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {keys} (name VARCHAR(32) PRIMARY KEY, "
+            "value CHAR(64) NOT NULL) ENGINE=InnoDB"
+        )
+        self._run(
+            f"INSERT IGNORE INTO {keys} (name, value) VALUES ('lock', %s)",  # noqa: S608
+            (secrets.token_hex(32),),
+        )
+        return str(self._one(f"SELECT value FROM {keys} WHERE name = 'lock'"))  # noqa: S608
+
+    @contextmanager
+    def _locked(self, grant_id: str) -> Iterator[None]:
+        """Serialise work on one grant across workers, with a bounded wait."""
+        name = "jitc-" + hashlib.sha256(f"{self._lock_key}:{grant_id}".encode()).hexdigest()[:56]
+        got = self._one("SELECT GET_LOCK(%s, %s)", (name, self.settings.lock_wait_seconds))
+        if got != 1:
+            raise TargetError(f"grant {grant_id} is busy (lock not granted in time)")
+        try:
+            yield
+        finally:
+            self._run("DO RELEASE_LOCK(%s)", (name,))
+
+    def _label(self, name: str, text: str | None, grant_id: str) -> dict[str, Any] | None:
+        """A ledger row's label, when its MAC holds for this account name and it is this
+        integration's; a row naming an account it was not written for is not ours."""
+        label = verify_label(self.key, MySQLTemplate.kind, name, text)
+        if label is None or label.get("grant_id") != grant_id:
+            return None
+        if label.get("integration") != self.integration:
+            return None
+        if label.get("state") != "tombstone" and not is_our_name(self.settings, name, grant_id):
+            return None
+        return label
+
+    def _row(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
+        rows = self._rows(
+            f"SELECT name, label FROM {self.ledger} "  # noqa: S608
+            "WHERE integration = %s AND grant_id = %s",
+            (self.integration, grant_id),
+        )
+        for name, text in rows:
+            label = self._label(str(name), text, grant_id)
+            return None if label is None else (str(name), label)
+        return None
+
+    def _write(self, name: str, label: dict[str, Any]) -> None:
+        self._run(
+            f"REPLACE INTO {self.ledger} "  # noqa: S608
+            "(integration, grant_id, name, state, expires_at, label) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                self.integration,
+                label["grant_id"],
+                name,
+                label["state"],
+                datetime.fromisoformat(label["expires_at"]).astimezone(UTC).replace(tzinfo=None),
+                sign_label(self.key, MySQLTemplate.kind, name, label),
+            ),
+        )
+
+    def _delete(self, grant_id: str) -> None:
+        self._run(
+            f"DELETE FROM {self.ledger} WHERE integration = %s AND grant_id = %s",  # noqa: S608
+            (self.integration, grant_id),
+        )
+
+    def _user_exists(self, name: str, host: str | None = None) -> bool:
+        return bool(
+            self._one(
+                f"SELECT COUNT(*) FROM {self.accounts} WHERE User = %s AND Host = %s",  # noqa: S608
+                (name, self.settings.user_host if host is None else host),
+            )
+        )
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def _check_existing(self, label: dict[str, Any], spec: GrantSpec) -> None:
+        """A grant whose row exists: a redelivery of it may go on, nothing else."""
+        if label.get("state") == "tombstone":
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        if label.get("state") != "active":
+            raise Refused("request_id", "this grant is being revoked")
+        if label.get("digest") != spec.request_digest:
+            raise Refused(
+                "request_id", "this request id was already used for a different request; refused"
+            )
+
+    def _check_scheduler(self) -> None:
+        if self.settings.expiry_event == "required" and not self.scheduler_on:
+            raise Refused(
+                "integration",
+                "the server's event_scheduler is OFF, and this integration requires "
+                "target-enforced expiry",
+            )
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        if permission.mode == "membership":
+            return self._grant_membership(spec, permission)
+        name = user_name(self.settings, spec)
+        # With a label key every delivery of a grant computes the same password, so a
+        # redelivery hands out the same credentials and changes nothing in the server.
+        derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
+        password = derived or secrets.token_urlsafe(24)
+        hashed = literal(native_password_hash(password))
+        with self._locked(spec.grant_id):
+            found = self._row(spec.grant_id)
+            if found is None:
+                if self._user_exists(name):
+                    raise Refused(
+                        "identity.username",
+                        f"account {name!r} already exists and was not created by this connector",
+                    )
+                self._check_scheduler()
+                self._write(name, self._grant_label(spec, name))
+                statements = grant_statements(self.settings, spec, hashed)
+                reissued = False
+            else:
+                self._check_existing(found[1], spec)
+                reissued = True
+                if not self._user_exists(name):  # the first delivery stopped before the account
+                    statements = grant_statements(self.settings, spec, hashed)
+                elif derived is None:
+                    # Without a label key the first password cannot be computed again, and a
+                    # redelivery may be the only outcome that reaches the requester: it rotates.
+                    statements = [
+                        f"ALTER USER {account(self.settings, name)} "
+                        f"IDENTIFIED WITH mysql_native_password AS {hashed}"
+                    ]
+                else:
+                    statements = []
+            for statement in statements:
+                self._run(statement)
+        return GrantResult(
+            principal=name,
+            credentials={
+                "username": name,
+                "password": password,
+                "host": self.settings.login_host or self.settings.host,
+                "port": str(self.settings.port),
+                "expires_at": spec.expires_at.isoformat(),
+            },
+            reissued=reissued,
+        )
+
+    def _grant_membership(self, spec: GrantSpec, permission: Permission) -> GrantResult:
+        name = role_name(self.settings, spec.grant_id)
+        with self._locked(spec.grant_id):
+            found = self._row(spec.grant_id)
+            statements = membership_statements(self.settings, spec)
+            if found is None:
+                if not self.mariadb:
+                    raise Refused("permission", "membership mode uses MariaDB roles")
+                if self._user_exists(name, ""):
+                    raise Refused(
+                        "identity.username",
+                        f"role {name!r} already exists and was not created by this connector",
+                    )
+                self._check_membership(spec)
+                self._check_scheduler()
+                label = self._grant_label(spec, name)
+                label.update(
+                    mode="membership",
+                    member=member_name(spec),
+                    roles=list(spec.resources),
+                    terminate_sessions=permission.terminate_sessions,
+                )
+                self._write(name, label)
+                reissued = False
+            else:
+                self._check_existing(found[1], spec)
+                reissued = True
+                if self._user_exists(name, ""):
+                    # Completing a grant cut short: every later statement is idempotent.
+                    statements = statements[1:]
+            for statement in statements:
+                self._run(statement)
+        return GrantResult(principal=name, credentials=None, reissued=reissued)
+
+    def _check_membership(self, spec: GrantSpec) -> None:
+        """Never hand a role to the admin, a privileged account or one of ours, and never hand
+        out a role that reaches a privilege, the grant option, or the system and ledger
+        databases, directly or through the roles it holds."""
+        member = member_name(spec)
+        admin = str(self._one("SELECT CURRENT_USER()") or "").rpartition("@")[0]
+        prefix = self.settings.user_prefix
+        row = self._rows(
+            "SELECT JSON_VALUE(Priv, '$.access'), JSON_VALUE(Priv, '$.is_role') "
+            "FROM mysql.global_priv WHERE User = %s AND Host = %s",
+            (member, self.settings.user_host),
+        )
+        if not row or row[0][1] in ("1", "true"):
+            raise Refused(
+                "identity.username", f"no account {member!r}@{self.settings.user_host!r} exists"
+            )
+        if member in (admin, self.settings.user) or member.startswith(prefix) or row[0][0] != "0":
+            raise Refused(
+                "identity.username",
+                f"account {member!r} is the admin, one of the connector's own or holds global "
+                "privileges: never a member",
+            )
+        for index, role in enumerate(spec.resources):
+            where = f"resources[{index}]"
+            is_role = self._one(
+                "SELECT JSON_VALUE(Priv, '$.is_role') FROM mysql.global_priv "
+                "WHERE User = %s AND Host = ''",
+                (role,),
+            )
+            if is_role not in ("1", "true"):
+                raise Refused(where, f"role {role!r} does not exist")
+            reached = self._roles_reached(role)
+            if any(r.startswith(prefix) for r in reached):
+                raise Refused(where, f"role {role!r} is, or holds, one of the connector's own")
+            if self._privileged(reached):
+                raise Refused(
+                    where,
+                    f"role {role!r} reaches a global privilege, the grant option or a system "
+                    "database: never handed out",
+                )
+
+    def _roles_reached(self, role: str) -> set[str]:
+        """The role and every role it holds, transitively."""
+        reached, frontier = {role}, [role]
+        while frontier:
+            marks = ", ".join(["%s"] * len(frontier))
+            rows = self._rows(
+                f"SELECT Role FROM mysql.roles_mapping WHERE Host = '' AND User IN ({marks})",  # noqa: S608
+                tuple(frontier),
+            )
+            frontier = [str(r[0]) for r in rows if str(r[0]) not in reached]
+            reached.update(frontier)
+        return reached
+
+    def _privileged(self, roles: set[str]) -> bool:
+        names = tuple(sorted(roles))
+        marks = ", ".join(["%s"] * len(names))
+        system = ("mysql", self.settings.ledger_database)
+        query = (
+            "SELECT (SELECT COUNT(*) FROM mysql.global_priv WHERE Host = '' "  # noqa: S608
+            f"AND User IN ({marks}) AND JSON_VALUE(Priv, '$.access') <> '0') + "
+            "(SELECT COUNT(*) FROM mysql.db WHERE Host = '' "
+            f"AND User IN ({marks}) AND (Grant_priv = 'Y' OR Db IN (%s, %s))) + "
+            "(SELECT COUNT(*) FROM mysql.tables_priv WHERE Host = '' "
+            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Table_priv) OR Db IN (%s, %s)))"
+        )
+        return bool(self._one(query, names + names + system + names + system))
+
+    def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
+        return {
+            "kind": "grant",
+            "grant_id": spec.grant_id,
+            "integration": self.integration,
+            "permission": spec.permission_name,
+            "expires_at": spec.expires_at.isoformat(),
+            "state": "active",
+            "digest": spec.request_digest,
+            "identity": self.key.keyed_hash("identity", spec.identity.email),
+            "user": name,
+            "host": self.settings.user_host,
+        }
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        with self._locked(grant_id):
+            found = self._row(grant_id)
+            if found is None:
+                # Revoke before grant: the tombstone makes the late grant a refusal.
+                self._tombstone(grant_id, {}, tombstone_until)
+                return RevokeResult(found=False)
+            name, label = found
+            if label.get("state") == "tombstone":
+                return RevokeResult(found=False)
+            if label.get("state") != "revoking":
+                self._write(name, {**label, "state": "revoking"})
+            if label.get("mode") == "membership":
+                return self._revoke_membership(grant_id, name, label, tombstone_until)
+            who = account(self.settings, name)
+            # Locked first, so no new connection can start while the old ones are killed.
+            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+            self._kill(name)
+            self._run(f"DROP USER IF EXISTS {who}")
+            self._run(
+                f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
+                f"{ident(event_name(grant_id))}"
+            )
+            # Once more after the drop: a login that passed its password check just before the
+            # lock shows up in the process list only after it.
+            left = self._kill(name)
+            residual = self._residual(name)
+            if left:
+                residual.append(f"{left} connection(s) of {name} still open")
+            if not residual:
+                self._tombstone(grant_id, label, tombstone_until)
+            return RevokeResult(
+                found=True,
+                principal=name,
+                expires_at=datetime.fromisoformat(label["expires_at"]),
+                residual=residual,
+                verified=not residual,
+            )
+
+    def _revoke_membership(
+        self, grant_id: str, name: str, label: dict[str, Any], tombstone_until: datetime
+    ) -> RevokeResult:
+        """Drop the grant's own role, which ends the membership; the member's account and the
+        granted roles are the company's and stay as they were."""
+        self._run(f"DROP ROLE IF EXISTS {ident(name)}")
+        self._run(
+            f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
+            f"{ident(event_name(grant_id))}"
+        )
+        member = str(label.get("member", ""))
+        # A member's session that ran SET ROLE may keep the role's privileges until it ends.
+        left = self._kill(member) if label.get("terminate_sessions") and member else 0
+        residual = self._residual(name, "")
+        mapped = self._one("SELECT COUNT(*) FROM mysql.roles_mapping WHERE Role = %s", (name,))
+        if mapped:
+            residual.append(f"{mapped} membership(s) of role {name} left")
+        if left:
+            residual.append(f"{left} connection(s) of {member} still open")
+        if not residual:
+            self._tombstone(grant_id, label, tombstone_until)
+        return RevokeResult(
+            found=True,
+            principal=member or name,
+            expires_at=datetime.fromisoformat(label["expires_at"]),
+            residual=residual,
+            verified=not residual,
+        )
+
+    def _sessions(self, name: str) -> list[int]:
+        rows = self._rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND ID <> "
+            "CONNECTION_ID()",
+            (name,),
+        )
+        return [int(row[0]) for row in rows]
+
+    def _kill(self, name: str) -> int:
+        """End every connection of the account (DROP USER leaves them running); wait, bounded,
+        until the server no longer lists them. Returns how many are left."""
+        deadline = time.monotonic() + self.settings.kill_wait_seconds
+        while True:
+            ids = self._sessions(name)
+            if not ids:
+                return 0
+            if time.monotonic() >= deadline:
+                return len(ids)
+            for thread in ids:
+                try:
+                    self._run(f"KILL CONNECTION {int(thread)}")
+                except pymysql.err.InternalError as exc:
+                    if exc.args[0] != _NO_SUCH_THREAD:
+                        raise
+                except pymysql.err.OperationalError as exc:
+                    if exc.args[0] != _NO_SUCH_THREAD:
+                        raise
+            time.sleep(0.01)
+
+    def _residual(self, name: str, host: str | None = None) -> list[str]:
+        """What still exists of the account, read from the server's own tables."""
+        host = self.settings.user_host if host is None else host
+        tables = [self.accounts, "mysql.db", "mysql.tables_priv", "mysql.columns_priv"]
+        tables.append("mysql.procs_priv")
+        counts = ", ".join(
+            f"(SELECT COUNT(*) FROM {table} WHERE User = %s AND Host = %s)"  # noqa: S608
+            for table in tables
+        )
+        row = self._rows(f"SELECT {counts}", (name, host) * len(tables))[0]
+        return [
+            f"{count} row(s) for {name} in {table}"
+            for table, count in zip(tables, row, strict=True)
+            if count
+        ]
+
+    def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
+        """Remember a revoke until `until`; a grant delivered after that has expired anyway."""
+        if until <= utcnow():
+            self._delete(grant_id)
+            return
+        stone = {
+            "kind": "tombstone",
+            "grant_id": grant_id,
+            "integration": self.integration,
+            "permission": label.get("permission", ""),
+            "expires_at": until.isoformat(),
+            "state": "tombstone",
+        }
+        self._write(str(label.get("user", "")), stone)
+
+    def forget(self, grant_id: str) -> None:
+        with self._locked(grant_id):
+            found = self._row(grant_id)
+            if found is not None and found[1].get("state") == "tombstone":
+                self._delete(grant_id)
+
+    # -- sweep and inventory ---------------------------------------------------------------
+
+    def active_grants(self) -> list[Grant]:
+        rows = self._rows(
+            f"SELECT grant_id, name, label FROM {self.ledger} WHERE integration = %s",  # noqa: S608
+            (self.integration,),
+        )
+        grants = []
+        for grant_id, name, text in rows:
+            label = self._label(str(name), text, str(grant_id))
+            if label is None:
+                continue
+            grant = grant_from_label(MySQLTemplate.kind, str(name), label)
+            if grant is not None:
+                grants.append(grant)
+        return grants
+
+    def inventory(self) -> dict[str, list[str]]:
+        users = self._rows("SELECT User, Host FROM mysql.user ORDER BY User, Host")
+        return {
+            "users": [f"{user}@{host}" for user, host in users],
+            "databases": [str(row[0]) for row in self._rows("SHOW DATABASES")],
+            "event_scheduler": ["ON" if self.scheduler_on else "OFF"],
+        }
