@@ -1,0 +1,180 @@
+"""Redis 7: one ACL user per grant, whose name is the grant's label.
+
+Redis users have no comment or tag, and only a user allowed the ACL command can list, create or
+delete users, which no grant is ever given (see `forbidden_rule`). So the user name itself is the
+ledger entry: `jitc1:<integration>:<grant id>:...:<mac>` (see `redis_label`). Key patterns come
+from the requested resources, channel patterns and command rules from the catalog; every
+non-privileged rule list ends with `-@admin -@dangerous`, so no rule order or category can reach
+ACL, CONFIG, MODULE, DEBUG, FLUSHALL, KEYS or the like.
+
+Redis has no per-user expiry: access ends when the connector revokes it (the expiry timer, or
+the sweep after downtime). A revoke is `ACL DELUSER`, which also closes the user's connections.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from jitc.errors import Refused
+from jitc.secrets import Secret
+from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+
+if TYPE_CHECKING:
+    from jitc.templates.redis_label import MacKey
+    from jitc.templates.redis_session import RedisSession
+
+MASK = "********"
+# A command rule: +cmd, -cmd, +cmd|sub, +@category. Nothing else (no keys, passwords, `on`,
+# `nopass`, `allcommands`, selectors), so a catalog rule cannot smuggle another kind of rule in.
+_COMMAND_RULE = re.compile(r"^[+-](@[a-z]{1,32}|[a-z][a-z0-9_-]{0,31}(\|[a-z][a-z0-9_-]{0,31})?)$")
+_CHANNEL = re.compile(r"^[A-Za-z0-9_.:/*@+=,-]{1,255}$")
+# Commands that administer the server, and categories that hold every such command.
+FORBIDDEN_COMMANDS = frozenset({"acl", "config", "module", "debug"})
+FORBIDDEN_CATEGORIES = frozenset({"@admin", "@dangerous"})
+SAFETY_SUFFIX = ("-@admin", "-@dangerous")
+
+BUILTIN_COMMANDS: dict[str, tuple[str, ...]] = {
+    "read-only": ("+@read", "+@connection"),
+    "read-write": ("+@read", "+@write", "+@connection"),
+    "pubsub": ("+@pubsub", "+@connection"),
+}
+
+
+def forbidden_rule(rule: str) -> bool:
+    """True for a rule that grants administration: never allowed unless the permission is
+    marked privileged."""
+    if not rule.startswith("+"):
+        return False
+    body = rule[1:]
+    if body.startswith("@"):
+        return body in FORBIDDEN_CATEGORIES
+    return body.split("|", 1)[0] in FORBIDDEN_COMMANDS
+
+
+class Connection(Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=6379, ge=1, le=65535)
+    user: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
+        description="the connector's admin ACL user (needs +acl and +client)",
+    )
+    tls: bool = False
+    tls_ca_file: str | None = None
+    connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    login_host: str | None = Field(default=None, description="host the grantee connects to")
+    acl_save: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="ACL SAVE after each change: auto when the server has an aclfile",
+    )
+    terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+
+
+class Permission(PermissionSettings):
+    """`resources` are key patterns (`~pattern`): a request names the ones it needs."""
+
+    template: Literal["read-only", "read-write", "pubsub"] | None = Field(
+        default=None, description="built-in command rules"
+    )
+    commands: list[str] | None = Field(
+        default=None, description="command rules such as +get, +@hash, -flushdb"
+    )
+    channels: list[str] = Field(default_factory=list, description="Pub/Sub channel patterns")
+    privileged: bool = Field(
+        default=False, description="allows +@admin, +@dangerous, ACL, CONFIG, MODULE, DEBUG"
+    )
+
+    @field_validator("commands")
+    @classmethod
+    def _commands(cls, commands: list[str] | None) -> list[str] | None:
+        for index, rule in enumerate(commands or []):
+            if not _COMMAND_RULE.match(rule):
+                raise ValueError(
+                    f"commands[{index}]: {rule!r} is not a command rule (+cmd, -cmd, +cmd|sub, "
+                    "+@category); keys come from resources, channels from channels"
+                )
+        return commands
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, channels: list[str]) -> list[str]:
+        for index, channel in enumerate(channels):
+            if not _CHANNEL.match(channel):
+                raise ValueError(f"channels[{index}]: {channel!r} is not a channel pattern")
+        return channels
+
+    @model_validator(mode="after")
+    def _shape(self) -> Permission:
+        if (self.template is None) == (self.commands is None):
+            raise ValueError("a Redis permission needs exactly one of template or commands")
+        if not self.privileged:
+            bad = [rule for rule in self.command_rules() if forbidden_rule(rule)]
+            if bad:
+                raise ValueError(
+                    f"{', '.join(bad)} reach server administration: only a permission marked "
+                    "privileged may grant them"
+                )
+        return self
+
+    def command_rules(self) -> tuple[str, ...]:
+        if self.commands is not None:
+            return tuple(self.commands)
+        assert self.template is not None
+        return BUILTIN_COMMANDS[self.template]
+
+
+def acl_rules(permission: Permission, resources: tuple[str, ...], password_hash: str) -> list[str]:
+    """The ACL SETUSER arguments after the user name. Each list is reset before it is set, so
+    applying them again (a redelivered grant) leaves the same user."""
+    rules = ["on", f"#{password_hash}", "clearselectors", "resetkeys"]
+    rules += [f"~{pattern}" for pattern in resources]
+    rules.append("resetchannels")
+    rules += [f"&{channel}" for channel in permission.channels]
+    rules.append("-@all")
+    rules += permission.command_rules()
+    if not permission.privileged:
+        rules += SAFETY_SUFFIX
+    return rules
+
+
+def check_resources(spec: GrantSpec) -> None:
+    for index, pattern in enumerate(spec.resources):
+        # `~` is added here; a resource that starts with a rule character would read as a rule.
+        if pattern[0] in "~%&+-#>< (":
+            raise Refused(f"resources[{index}]", f"{pattern!r} is not a key pattern")
+
+
+class RedisTemplate:
+    kind: ClassVar[str] = "redis"
+    Connection: ClassVar[type[Settings]] = Connection
+    Permission: ClassVar[type[PermissionSettings]] = Permission
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        return True
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        check_resources(spec)
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
+        assert isinstance(connection, Connection)
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        name = f"jitc1:{spec.integration}:{spec.grant_id}:a:{int(spec.expires_at.timestamp())}:"
+        name += f"{spec.permission_name}:<digest>:<mac>"
+        rules = acl_rules(permission, spec.resources, MASK)
+        return [" ".join(["ACL SETUSER", name, *rules])]
+
+    def open(
+        self,
+        integration: str,
+        connection: Settings,
+        secret: Secret | None,
+        label_key: MacKey | None = None,
+    ) -> RedisSession:
+        from jitc.templates.redis_session import RedisSession
+
+        assert isinstance(connection, Connection)
+        return RedisSession(integration, connection, secret, label_key)
