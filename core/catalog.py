@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jitc.errors import CatalogError, Refused
-from jitc.models import NAME_PATTERN, AccessRequest, Duration, parse_duration
+from jitc.models import NAME_PATTERN, AccessRequest, Duration, parse_duration, request_digest
 from jitc.secrets import SecretRef
 from jitc.templates import get_template
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings, Template
@@ -57,6 +57,19 @@ class Connector(_Strict):
         default=None, description="secret reference to the connector's Ed25519 key for its events"
     )
     webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    label_key: str | None = Field(
+        default=None,
+        description="secret reference to the key that authenticates the labels written in targets",
+    )
+
+    @property
+    def label_key_ref(self) -> SecretRef | None:
+        return SecretRef(self.label_key) if self.label_key else None
+
+    def own_secrets(self) -> set[tuple[str, str]]:
+        """The connector's own keys, as (scheme, location): never an integration's credential."""
+        refs = (SecretRef(text) for text in (self.signing_key, self.label_key) if text)
+        return {(ref.scheme, ref.location) for ref in refs}
 
 
 class _RawIntegration(_Strict):
@@ -157,6 +170,7 @@ class Catalog:
             resources=tuple(request.resources),
             identity=request.identity,
             expires_at=expires_at,
+            request_digest=request_digest(request),
         )
         integration.template.check(integration.connection, permission, spec)
         return spec
@@ -175,6 +189,28 @@ def _errors(exc: ValidationError, prefix: str) -> str:
         else:
             parts.append(f"{prefix}{_where(loc)}: {err['msg']}")
     return "; ".join(parts)
+
+
+def _own_secret(connector: Connector, ref: SecretRef) -> bool:
+    try:
+        return (ref.scheme, ref.location) in connector.own_secrets()
+    except ValueError:
+        return False
+
+
+def catalog_warnings(catalog: Catalog) -> list[str]:
+    """Settings that are allowed but relaxed, for `jitc catalog check` to print."""
+    found = []
+    if catalog.connector.label_key is None:
+        found.append(
+            "connector.label_key is not set: labels in targets can be forged by anyone who can "
+            "write a comment there, and a redelivered grant rotates its password"
+        )
+    for name, integration in catalog.integrations.items():
+        relaxed = getattr(integration.connection, "warnings", None)
+        for text in relaxed() if relaxed is not None else []:
+            found.append(f"integration {name!r}: {text}")
+    return found
 
 
 def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
@@ -208,6 +244,11 @@ def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
             credentials = SecretRef(item.credentials) if item.credentials else None
         except ValueError as exc:
             raise CatalogError(f"{where}: credentials: {exc}") from None
+        if credentials is not None and _own_secret(raw.connector, credentials):
+            raise CatalogError(
+                f"{where}: credentials: {credentials} is one of the connector's own keys; "
+                "it is never sent to a target"
+            )
         integrations[name] = Integration(
             name=name,
             kind=item.kind,

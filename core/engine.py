@@ -9,14 +9,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from jitc.catalog import Catalog, Integration
 from jitc.errors import JitcError, Refused
+from jitc.labels import LabelKey
 from jitc.messages import Work
 from jitc.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
 from jitc.ports import EventSink, ExpiryScheduler
 from jitc.sealing import seal
-from jitc.secrets import Secret, SecretStore
+from jitc.secrets import Secret, SecretRef, SecretStore
 from jitc.templates.base import RevokeResult, TargetSession
 
 log = logging.getLogger("jitc.engine")
@@ -29,8 +31,9 @@ TOMBSTONE_MARGIN = timedelta(minutes=10)
 class _Batch:
     """Secrets and connections for one batch: each fetched at most once, all dropped at the end."""
 
-    def __init__(self, secrets: SecretStore) -> None:
+    def __init__(self, secrets: SecretStore, label_key: SecretRef | None = None) -> None:
         self._store = secrets
+        self._label_ref = label_key
         self._secrets: dict[str, Secret | None] = {}
         self._sessions: dict[str, TargetSession] = {}
 
@@ -38,9 +41,30 @@ class _Batch:
         session = self._sessions.get(integration.name)
         if session is None:
             secret = self.secret(integration)
-            session = integration.template.open(integration.name, integration.connection, secret)
+            session = self._open(integration, secret)
             self._sessions[integration.name] = session
         return session
+
+    def _open(self, integration: Integration, secret: Secret | None) -> TargetSession:
+        """Templates that label with a MAC get the connector's label key with the connection."""
+        template = integration.template
+        if not getattr(template, "uses_label_key", False):
+            return template.open(integration.name, integration.connection, secret)
+        # Kept with the batch's other secrets (no integration name holds a NUL), so it is
+        # scrubbed from error texts and dropped with the batch like them.
+        if self._label_ref is not None and "\0label" not in self._secrets:
+            self._secrets["\0label"] = self._store.resolve(self._label_ref)
+        key = self._secrets.get("\0label")
+        opener: Any = template.open
+        return cast(
+            TargetSession,
+            opener(
+                integration.name,
+                integration.connection,
+                secret,
+                label_key=LabelKey.from_secret(key.reveal() if key is not None else None),
+            ),
+        )
 
     def secret(self, integration: Integration) -> Secret | None:
         if integration.name not in self._secrets:
@@ -202,7 +226,7 @@ class Engine:
 
     @contextmanager
     def _batch(self) -> Iterator[_Batch]:
-        batch = _Batch(self.secrets)
+        batch = _Batch(self.secrets, self.catalog.connector.label_key_ref)
         try:
             yield batch
         finally:

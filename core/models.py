@@ -78,6 +78,12 @@ def derive_grant_id(integration: str, request_id: str) -> str:
     return "g" + base64.b32encode(digest).decode().lower()[:24]
 
 
+def request_digest(request: BaseModel) -> str:
+    """What a request asked for, as a short hash: a redelivery carries the same, and another
+    request reusing the request id does not."""
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:32]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

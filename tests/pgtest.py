@@ -6,12 +6,21 @@ JITC_TEST_PG_DSN   admin DSN of the PostgreSQL the tests use (default: 127.0.0.1
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pwd
 import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,11 +29,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from jitc.catalog import Catalog
 from jitc.engine import Engine
-from jitc.local import MemorySink
+from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.models import AccessRequest
 from jitc.sealing import box_keypair, unseal
-from jitc.templates.postgresql import ACL_LOCK_KEY
+from jitc.secrets import EnvSecretStore, SecretStores
 
 PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 # A distinct prefix and integration name per run keep concurrent runs on one server apart.
@@ -33,11 +42,27 @@ PREFIX = f"t{RUN}_"
 INTEGRATION = f"pg-{RUN}"
 SCHEMA = f"jt_{RUN}"
 BOX_PRIVATE, BOX_PUBLIC = box_keypair()
+LABEL_KEY = secrets.token_urlsafe(32)
+
+
+def every_role(conn: psycopg.Connection[Any]) -> list[str]:
+    """Every role of this run: grants, tombstones and bundles."""
+    rows = conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX,))
+    return sorted(r[0] for r in rows.fetchall())
 
 
 def our_roles(conn: psycopg.Connection[Any]) -> list[str]:
-    rows = conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX,))
+    """This run's grant roles that are not tombstones or bundles: what still is a grant."""
+    rows = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) "
+        "AND NOT starts_with(rolname, %s) "
+        "AND coalesce(shobj_description(oid, 'pg_authid'), '') NOT LIKE '%%\"tombstone\"%%'",
+        (PREFIX, PREFIX + "b_"),
+    )
     return sorted(r[0] for r in rows.fetchall())
+
+
+live_roles = our_roles
 
 
 def all_roles(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -64,14 +89,13 @@ def drop_our_roles(conn: psycopg.Connection[Any]) -> None:
 
 
 def _drop_our_roles(conn: psycopg.Connection[Any]) -> None:
-    for name in our_roles(conn):
+    for name in every_role(conn):
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
         )
         for db in ("test", "postgres"):
             params = {**conninfo_to_dict(PG_DSN), "dbname": db}
             with psycopg.connect(**params) as other, other.transaction():
-                other.execute("SELECT pg_advisory_xact_lock(%s)", (ACL_LOCK_KEY,))
                 other.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
@@ -153,3 +177,104 @@ class Env:
 
     def advance(self, delta: timedelta) -> None:
         self.now[0] += delta
+
+
+def keyed(make_env: Any, doc: dict[str, Any] | None = None, key: str = LABEL_KEY) -> Env:
+    """An Env whose catalog names a label key (connector.label_key), as a deployment should."""
+    doc = doc or catalog_doc()
+    doc.setdefault("connector", {})["label_key"] = "mem:label"
+    env: Env = make_env(doc)  # the fixture drops this run's roles afterwards
+    store = SecretStores({"mem": EnvSecretStore({"admin": "", "label": key})})
+    env.engine = Engine(env.catalog, store, NullScheduler(), env.sink, clock=env.engine.clock)
+    return env
+
+
+def pg_bindir() -> Path:
+    """PostgreSQL binaries for a private cluster: JITC_TEST_PG_BINDIR, the system's, pgserver's."""
+    configured = os.environ.get("JITC_TEST_PG_BINDIR")
+    candidates = [configured] if configured else []
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for candidate in candidates:
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    try:
+        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
+    except ImportError:
+        pass
+    else:
+        return Path(POSTGRES_BIN_PATH)
+    raise RuntimeError(
+        "no PostgreSQL binaries: set JITC_TEST_PG_BINDIR or install the demo extra (pgserver)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@contextmanager
+def private_cluster(auth: str = "trust", password: str = "") -> Iterator[dict[str, Any]]:
+    """A PostgreSQL cluster of our own on a free loopback port, removed afterwards: for tests
+    that plant traps, need password checks or change settings a shared server must keep.
+    Its superuser is `admin`; it yields connection parameters for database `postgres`."""
+    bindir = pg_bindir()
+    folder = Path(tempfile.mkdtemp(prefix="jitc-pg-"))
+    data = folder / "data"
+    run_as: list[str] = []
+    (folder / "pw").write_text(password or "unused")
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as an unprivileged account
+        user = next(u for u in ("postgres", "pgserver", "nobody") if _has_user(u))
+        shutil.chown(folder, user)
+        shutil.chown(folder / "pw", user)
+        run_as = ["runuser", "-u", user, "--"]
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "admin",
+            f"--auth={auth}",
+            f"--pwfile={folder / 'pw'}",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield {"host": "127.0.0.1", "port": port, "dbname": "postgres", "user": "admin"}
+    finally:
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(folder, ignore_errors=True)

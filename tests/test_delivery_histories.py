@@ -108,8 +108,8 @@ def run_histories(admin: Any) -> None:
             ).fetchall()
             found = {}
             for name, can_login, comment, can_select in rows:
-                label = json.loads(comment[5:])
-                if label["state"] != "tombstone":
+                label = json.loads(comment[5:].partition(".")[2])  # jitc:<mac>.<json>
+                if label["kind"] == "grant" and label["state"] != "tombstone":
                     found[label["grant_id"]] = (name, bool(can_login and can_select))
             return found
 

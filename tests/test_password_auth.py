@@ -7,21 +7,16 @@ PostgreSQL binaries (the system's, else the ones the `pgserver` package ships).
 
 from __future__ import annotations
 
-import glob
+import base64
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from pgtest import private_cluster
+from psycopg import sql
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
@@ -29,95 +24,15 @@ from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.templates.postgresql_scram import scram_verifier
 
 ADMIN_PASSWORD = "admin-pw-for-private-cluster"
 
 
-def _bindir() -> Path:
-    configured = os.environ.get("JITC_TEST_PG_BINDIR")
-    candidates = [configured] if configured else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    for candidate in candidates:
-        if (Path(candidate) / "initdb").exists():
-            return Path(candidate)
-    try:
-        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
-    except ImportError:
-        pass
-    else:
-        return Path(POSTGRES_BIN_PATH)
-    pytest.fail(
-        "no PostgreSQL binaries: set JITC_TEST_PG_BINDIR or install the demo extra (pgserver)"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def scram_pg() -> Iterator[dict[str, Any]]:
-    bindir = _bindir()
-    folder = Path(tempfile.mkdtemp(prefix="jitc-scram-"))
-    data = folder / "data"
-    run_as: list[str] = []
-    (folder / "pw").write_text(ADMIN_PASSWORD)
-    if os.geteuid() == 0:  # initdb refuses root: run the cluster as an unprivileged account
-        user = next(u for u in ("postgres", "pgserver", "nobody") if _has_user(u))
-        shutil.chown(folder, user)
-        shutil.chown(folder / "pw", user)
-        run_as = ["runuser", "-u", user, "--"]
-    subprocess.run(
-        [
-            *run_as,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "admin",
-            "--auth=scram-sha-256",
-            f"--pwfile={folder / 'pw'}",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    subprocess.run(
-        [
-            *run_as,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(folder / "log"),
-            "-w",
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {folder}",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield {"host": "127.0.0.1", "port": port, "dbname": "postgres", "user": "admin"}
-    finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
+    with private_cluster("scram-sha-256", ADMIN_PASSWORD) as params:
+        yield params
 
 
 @pytest.fixture
@@ -125,6 +40,7 @@ def scram_engine(scram_pg: dict[str, Any]) -> tuple[Engine, str, str]:
     private, public = box_keypair()
     catalog = parse_catalog(
         {
+            "connector": {"label_key": "mem:label"},
             "integrations": {
                 "scram": {
                     "kind": "postgresql",
@@ -134,10 +50,11 @@ def scram_engine(scram_pg: dict[str, Any]) -> tuple[Engine, str, str]:
                         "read-only": {"template": "read-only", "resources": ["public"]}
                     },
                 }
-            }
+            },
         }
     )
-    secrets = SecretStores({"mem": EnvSecretStore({"admin": ADMIN_PASSWORD})})
+    store = {"admin": ADMIN_PASSWORD, "label": "label-key-for-private-cluster"}
+    secrets = SecretStores({"mem": EnvSecretStore(store)})
     return Engine(catalog, secrets, NullScheduler(), MemorySink()), private, public
 
 
@@ -199,16 +116,39 @@ def test_generated_password_works_and_others_do_not(
         _login(scram_pg, creds["username"], creds["password"] + "x")
 
 
-def test_redelivery_reissues_and_retires_the_old_password(
+def test_a_replayed_grant_never_changes_the_live_password(
     scram_engine: Any, scram_pg: dict[str, Any]
 ) -> None:
     engine, private, public = scram_engine
-    old = unseal(_grant(engine, public, "re-1", "10m").sealed_credentials, private)
-    new = unseal(_grant(engine, public, "re-1", "10m").sealed_credentials, private)
-    assert old["username"] == new["username"] and old["password"] != new["password"]
-    _login(scram_pg, new["username"], new["password"]).close()
-    with pytest.raises(psycopg.OperationalError):
-        _login(scram_pg, old["username"], old["password"])
+    first = unseal(_grant(engine, public, "re-1", "10m").sealed_credentials, private)
+    held = _login(scram_pg, first["username"], first["password"])
+    replayed = unseal(_grant(engine, public, "re-1", "10m").sealed_credentials, private)
+    assert replayed == first  # the same credentials again, so a replay locks nobody out
+    _login(scram_pg, first["username"], first["password"]).close()
+    assert held.execute("SELECT 1").fetchone() == (1,)
+    held.close()
+
+
+def test_in_process_verifier_matches_libpq_and_the_server_accepts_it(
+    scram_pg: dict[str, Any],
+) -> None:
+    params = {**scram_pg, "password": ADMIN_PASSWORD}
+    with psycopg.connect(**params, autocommit=True) as conn:
+        theirs = conn.pgconn.encrypt_password(b"pw-Z9_x", b"u", b"scram-sha-256").decode()
+        iterations, salt = theirs.split("$")[1].split(":")
+        ours = scram_verifier("pw-Z9_x", int(iterations), base64.b64decode(salt))
+        assert ours == theirs  # byte for byte, given libpq's salt and rounds
+        conn.execute(
+            sql.SQL("CREATE ROLE verifier_check LOGIN PASSWORD {}").format(
+                sql.Literal(scram_verifier("one-round-pw"))
+            )
+        )
+        try:
+            _login(scram_pg, "verifier_check", "one-round-pw").close()
+            with pytest.raises(psycopg.OperationalError):
+                _login(scram_pg, "verifier_check", "one-round-px")
+        finally:
+            conn.execute("DROP ROLE verifier_check")
 
 
 def test_valid_until_ends_access_with_the_connector_stopped(

@@ -8,7 +8,18 @@ from typing import Any
 
 import psycopg
 import pytest
-from pgtest import INTEGRATION, PG_DSN, PREFIX, SCHEMA, Env, all_roles, catalog_doc, our_roles
+from pgtest import (
+    INTEGRATION,
+    PG_DSN,
+    PREFIX,
+    SCHEMA,
+    Env,
+    all_roles,
+    catalog_doc,
+    keyed,
+    live_roles,
+    our_roles,
+)
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -37,7 +48,7 @@ def test_read_only_grant_allows_select_refuses_insert_and_revoke_ends_session(en
     with pytest.raises(psycopg.OperationalError):
         session.execute("SELECT 1")
     assert not env.can_login(creds["username"])
-    assert creds["username"] not in our_roles(env.admin)
+    assert creds["username"] not in live_roles(env.admin)
     event = env.sink.events[-1]
     assert event.type == "revoke" and event.verified is True
     assert event.revocation_lag_seconds == revoke.revocation_lag_seconds
@@ -52,24 +63,34 @@ def test_read_write_allows_insert(env: Env) -> None:
     session.close()
 
 
-def test_role_carries_expiry_limits_timeouts_and_label(env: Env) -> None:
-    outcome = env.engine.execute(env.request(duration="30m"))
+def _role_row(env: Env, name: Any) -> tuple[Any, ...]:
     row = env.admin.execute(
         "SELECT rolvaliduntil, rolconnlimit, rolsuper, rolcreaterole, rolconfig, "
         "shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
-        (outcome.principal,),
+        (name,),
     ).fetchone()
     assert row is not None
-    valid_until, limit, superuser, createrole, config, comment = row
+    return tuple(row)
+
+
+def test_role_carries_expiry_limits_and_a_label_without_the_email(env: Env) -> None:
+    outcome = env.engine.execute(env.request(duration="30m"))
+    valid_until, limit, superuser, createrole, config, comment = _role_row(env, outcome.principal)
     assert outcome.expires_at is not None
     assert abs((valid_until - outcome.expires_at).total_seconds()) < 1
     assert limit == 3 and not superuser and not createrole
-    assert {c.split("=")[0] for c in config} == {
-        "statement_timeout",
-        "idle_in_transaction_session_timeout",
-        "idle_session_timeout",
-    }
+    assert config is None  # per-role settings only when the catalog asks for them
     assert comment.startswith("jitc:") and outcome.grant_id in comment
+    # Every database user can read role comments: the grantee's email is not in them.
+    assert "alice" not in comment and "example.com" not in comment
+
+
+def test_per_role_settings_when_the_catalog_asks(make_env: Any) -> None:
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["statement_timeout"] = "10min"
+    env = make_env(doc)
+    outcome = env.engine.execute(env.request())
+    assert _role_row(env, outcome.principal)[4] == ["statement_timeout=10min"]
 
 
 def test_plan_has_no_side_effects_and_masks_the_password(env: Env) -> None:
@@ -82,15 +103,28 @@ def test_plan_has_no_side_effects_and_masks_the_password(env: Env) -> None:
     assert any("GRANT SELECT ON ALL TABLES IN SCHEMA" in s for s in outcome.statements)
 
 
-def test_redelivered_grant_lands_on_the_same_role_with_fresh_credentials(env: Env) -> None:
+def test_redelivered_grant_lands_on_the_same_role_with_the_same_credentials(
+    make_env: Any,
+) -> None:
+    env = keyed(make_env)
     request = env.request(request_id="dup-1")
     first = env.engine.execute(request)
     second = env.engine.execute(request)
     assert second.status == "granted" and second.reissued
     assert second.principal == first.principal and second.expires_at == first.expires_at
-    assert len(our_roles(env.admin)) == 1
-    session = env.login(env.credentials(second.sealed_credentials))
-    session.close()
+    assert live_roles(env.admin) == [first.principal]
+    # A replay hands out the same password again: it never locks the grantee out.
+    assert env.credentials(second.sealed_credentials) == env.credentials(first.sealed_credentials)
+    env.login(env.credentials(first.sealed_credentials)).close()
+
+
+def test_redelivery_without_a_label_key_rotates_the_password(env: Env) -> None:
+    request = env.request(request_id="dup-2")
+    first = env.engine.execute(request)
+    second = env.engine.execute(request)
+    assert second.reissued and second.principal == first.principal
+    old, new = (env.credentials(o.sealed_credentials)["password"] for o in (first, second))
+    assert old != new
 
 
 def test_double_revoke_and_revoke_before_grant_succeed_and_leave_no_access(env: Env) -> None:
@@ -100,7 +134,7 @@ def test_double_revoke_and_revoke_before_grant_succeed_and_leave_no_access(env: 
     assert first.status == "revoked" and first.message and "nothing to revoke" in first.message
     late = env.engine.execute(grant)
     assert late.status == "refused" and late.field == "request_id"
-    assert [r for r in our_roles(env.admin) if "_x_" not in r] == []  # only the tombstone
+    assert live_roles(env.admin) == []  # only the tombstone
     again = env.engine.execute(revoke)
     assert again.status == "revoked"
 
@@ -111,7 +145,7 @@ def test_revoke_then_redelivered_grant_is_refused(env: Env) -> None:
     assert env.engine.execute(env.request("revoke", request_id="again-1")).status == "revoked"
     redelivered = env.engine.execute(grant)
     assert redelivered.status == "refused"
-    assert [r for r in our_roles(env.admin) if "_x_" not in r] == []
+    assert live_roles(env.admin) == []
 
 
 def test_overlapping_ephemeral_grants_are_independent(env: Env) -> None:
@@ -254,7 +288,7 @@ def test_sweep_revokes_expired_labelled_grants_only(env: Env) -> None:
     assert env.engine.sweep().revoked == [long.grant_id]
 
 
-def test_failed_drop_still_ends_access_and_sweep_finishes(env: Env) -> None:
+def test_revoke_removes_what_the_grantee_owns_in_another_database(env: Env) -> None:
     outcome = env.engine.execute(env.request(request_id="dep-1"))
     name = str(outcome.principal)
     session = env.login(env.credentials(outcome.sealed_credentials))
@@ -264,20 +298,48 @@ def test_failed_drop_still_ends_access_and_sweep_finishes(env: Env) -> None:
     other.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(table, sql.Identifier(name)))
 
     revoke = env.engine.execute(env.request("revoke", request_id="dep-1"))
-    assert revoke.status == "revoked" and revoke.verified is True
-    assert revoke.residual and "not dropped" in revoke.residual[0]
-    assert env.sink.events[-1].residual == revoke.residual
-    assert name in our_roles(env.admin)
+    assert revoke.status == "revoked" and revoke.verified is True and revoke.residual == []
+    assert name not in live_roles(env.admin)
+    assert other.execute("SELECT to_regclass(%s)", (f"{PREFIX}left_behind",)).fetchone() == (None,)
+    other.close()
     assert not env.can_login(name)
     with pytest.raises(psycopg.OperationalError):
         session.execute("SELECT 1")
 
-    assert env.engine.sweep().residual  # still blocked: reported, retried next time
-    other.execute(sql.SQL("DROP TABLE {}").format(table))
-    other.close()
-    report = env.engine.sweep()
-    assert report.revoked == [outcome.grant_id] and not report.residual
-    assert name not in our_roles(env.admin)
+
+def test_a_revoke_that_cannot_clean_up_fails_and_the_sweep_finishes_it(env: Env) -> None:
+    outcome = env.engine.execute(env.request(request_id="dep-2"))
+    name = str(outcome.principal)
+    db = f"{PREFIX}closed"
+    env.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    try:
+        params = {**conninfo_to_dict(PG_DSN), "dbname": db}
+        with psycopg.connect(**params, autocommit=True) as other:
+            other.execute(sql.SQL("CREATE TABLE kept (x int)"))
+            other.execute(sql.SQL("ALTER TABLE kept OWNER TO {}").format(sql.Identifier(name)))
+        # The connector cannot reach that database: what the grantee owns there stays.
+        env.admin.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(db))
+        )
+
+        revoke = env.engine.execute(env.request("revoke", request_id="dep-2"))
+        assert revoke.status == "failed" and revoke.verified is False
+        assert any("owns or holds" in r for r in revoke.residual), revoke.residual
+        assert env.sink.events[-1].residual == revoke.residual
+        assert not env.can_login(name)  # access ended even so
+
+        report = env.engine.sweep()
+        assert outcome.grant_id in report.failed  # still there: reported, retried next time
+        env.admin.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(db))
+        )
+        report = env.engine.sweep()
+        assert report.revoked == [outcome.grant_id] and report.ok
+        assert name not in live_roles(env.admin)
+    finally:
+        env.admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+        )
 
 
 def test_catalog_statements_with_unknown_placeholders_are_refused() -> None:

@@ -43,6 +43,7 @@ class GrantSpec:
     resources: tuple[str, ...]
     identity: Identity
     expires_at: datetime
+    request_digest: str = ""
 
     def label(self, **extra: Any) -> dict[str, Any]:
         """The label a template writes into the target: all a revoke or sweep will ever need."""

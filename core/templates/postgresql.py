@@ -1,30 +1,38 @@
-"""PostgreSQL: ephemeral login roles, or labelled membership of an existing group role.
+"""PostgreSQL: ephemeral login roles that are members of a per-permission bundle role, or
+labelled membership of an existing group role.
 
-Every role the connector creates carries a comment `jitc:{...}` with the grant id, the expiry and
-all a revoke needs, so the server itself is the ledger. Identifiers and literals from requests
-are bound with psycopg's `sql` composition; the catalog may override statement text, whose
-placeholders are checked when the catalog loads.
+A grant is one `CREATE ROLE ... IN ROLE bundle` plus its label: the privileges live on a bundle
+role, made once per permission, resource and version of its statements, so no table's ACL grows
+with the number of grants. Every role the connector creates carries a MACed label (jitc.labels),
+so the server itself is the ledger and nobody else's comment can steer a revoke or a sweep.
+Identifiers and literals from requests are bound with psycopg's `sql` composition; the catalog
+may override statement text, whose placeholders are checked when the catalog loads.
 """
 
 from __future__ import annotations
 
-import re
+import base64
+import hashlib
+import ipaddress
 import string
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
+from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
 
 PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
 MASK = "'********'"
 _GUC_VALUE = r"^\d{1,9}(ms|s|min|h|d)?$"
-# Concurrent GRANTs on one object fail with "tuple concurrently updated": every transaction of
-# ours that changes privileges takes this cluster-wide lock first, so parallel workers queue.
-ACL_LOCK_KEY = 0x6A697463_61636C  # "jitcacl"
+_WEAK_SSL = frozenset({"disable", "allow", "prefer", "require"})
 
+# Bundle statements: privileges a bundle role holds for every member. Never CREATE: a member
+# could `SET ROLE` the bundle and make objects that outlive every grant (PostgreSQL < 16).
+# Never TRIGGER or REFERENCES: a trigger on a table the grantee does not own runs as whoever
+# writes to that table, and outlives the grant if its function cannot be dropped.
 BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
     "read-only": (
         "GRANT USAGE ON SCHEMA {schema} TO {role}",
@@ -37,16 +45,53 @@ BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
         "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
     ),
     "owner": (
-        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}",
-        "GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA {schema} TO {role}",
-        "GRANT ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
         "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}",
     ),
 }
+# Granted to the grantee's own role, never to a bundle (see above); what it creates is its own
+# and is dropped at revoke.
+USER_STATEMENTS: dict[str, tuple[str, ...]] = {
+    "owner": ("GRANT CREATE ON SCHEMA {schema} TO {role}",),
+}
+# Groups that hand out more than data access; the catalog may add to them.
+DENIED_GROUPS = frozenset(
+    {
+        "pg_read_all_data",
+        "pg_write_all_data",
+        "pg_read_server_files",
+        "pg_write_server_files",
+        "pg_execute_server_program",
+        "pg_signal_backend",
+        "pg_checkpoint",
+        "pg_create_subscription",
+        "pg_use_reserved_connections",
+        "pg_database_owner",
+        "pg_monitor",
+        "pg_read_all_settings",
+        "pg_read_all_stats",
+        "pg_stat_scan_tables",
+    }
+)
 
 
 if TYPE_CHECKING:
     from jitc.templates.postgresql_session import PostgreSQLSession
+
+
+def is_loopback(host: str) -> bool:
+    """A Unix socket or this machine's loopback address: no network carries the password."""
+    if host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host) in (
+            ipaddress.ip_address("127.0.0.1"),
+            ipaddress.ip_address("::1"),
+        )
+    except ValueError:
+        return False
 
 
 class Connection(Settings):
@@ -54,15 +99,83 @@ class Connection(Settings):
     port: int = Field(default=5432, ge=1, le=65535)
     dbname: str
     user: str = Field(description="the connector's admin role")
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        Field(default=None, description="default: verify-full, or disable on a loopback host")
+    )
+    sslrootcert: str | None = Field(default=None, description="CA file, or 'system'")
+    require_auth: Literal["scram-sha-256", "none"] | None = Field(
+        default=None, description="default: scram-sha-256, or any on a loopback host"
+    )
+    channel_binding: Literal["disable", "prefer", "require"] | None = Field(
+        default=None, description="default: require when TLS and SCRAM are required"
+    )
+    allow_insecure_transport: bool = Field(
+        default=False, description="allow an sslmode weaker than verify-ca off loopback"
+    )
     connect_timeout: int = Field(default=5, ge=1, le=60)
     login_host: str | None = Field(default=None, description="host the grantee connects to")
     role_prefix: str = Field(default="jit_", pattern=r"^[a-z][a-z0-9_]{0,11}$")
     connection_limit: int = Field(default=3, ge=1, le=100)
-    statement_timeout: str = Field(default="15min", pattern=_GUC_VALUE)
-    idle_in_transaction_session_timeout: str = Field(default="5min", pattern=_GUC_VALUE)
-    idle_session_timeout: str = Field(default="30min", pattern=_GUC_VALUE)
+    statement_timeout: str | None = Field(default=None, pattern=_GUC_VALUE)
+    idle_in_transaction_session_timeout: str | None = Field(default=None, pattern=_GUC_VALUE)
+    idle_session_timeout: str | None = Field(default=None, pattern=_GUC_VALUE)
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    admin_lock_timeout: str = Field(default="5s", pattern=_GUC_VALUE)
+    admin_statement_timeout: str = Field(default="120s", pattern=_GUC_VALUE)
+    denied_groups: list[str] = Field(
+        default_factory=list, description="groups never handed out, besides the built-in list"
+    )
+
+    @model_validator(mode="after")
+    def _transport(self) -> Connection:
+        if self.sslmode in _WEAK_SSL and not (
+            is_loopback(self.host) or self.allow_insecure_transport
+        ):
+            raise ValueError(
+                f"sslmode {self.sslmode!r} lets a network attacker read or relay the admin "
+                "session; use verify-full, or set allow_insecure_transport: true"
+            )
+        return self
+
+    @property
+    def effective_sslmode(self) -> str:
+        return self.sslmode or ("disable" if is_loopback(self.host) else "verify-full")
+
+    @property
+    def effective_require_auth(self) -> str | None:
+        if self.require_auth is not None:
+            return None if self.require_auth == "none" else self.require_auth
+        return None if is_loopback(self.host) else "scram-sha-256"
+
+    @property
+    def effective_channel_binding(self) -> str | None:
+        if self.channel_binding is not None:
+            return self.channel_binding
+        tls = self.effective_sslmode in ("require", "verify-ca", "verify-full")
+        return "require" if tls and self.effective_require_auth == "scram-sha-256" else None
+
+    def session_settings(self) -> dict[str, str]:
+        """Per-role settings, only those the catalog asks for: each costs at drop time, and a
+        grantee can change its own (`ALTER ROLE self SET ...`), so they are a default, not a
+        control."""
+        names = ("statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout")
+        return {name: value for name in names if (value := getattr(self, name)) is not None}
+
+    def warnings(self) -> list[str]:
+        """Each relaxed setting, for `jitc catalog check`."""
+        found = []
+        if self.effective_sslmode in _WEAK_SSL:
+            where = "a loopback host" if is_loopback(self.host) else "allow_insecure_transport"
+            found.append(f"sslmode {self.effective_sslmode} ({where}): TLS is not verified")
+        if self.effective_require_auth is None and not is_loopback(self.host):
+            found.append("require_auth none: the admin password may be sent in the clear")
+        if self.channel_binding in ("disable", "prefer") and self.effective_sslmode != "disable":
+            found.append(f"channel_binding {self.channel_binding}: SCRAM can be relayed")
+        if self.session_settings():
+            found.append(
+                "per-role settings are set, but a grantee can change its own: not a control"
+            )
+        return found
 
 
 class Permission(PermissionSettings):
@@ -73,7 +186,7 @@ class Permission(PermissionSettings):
     statements: list[str] | None = Field(
         default=None,
         description="statement text with placeholders {role} {database} {schema} {resource}, "
-        "run once per requested resource (ephemeral mode)",
+        "run once per requested resource on the permission's bundle role (ephemeral mode)",
     )
     terminate_sessions: bool = Field(
         default=True, description="membership mode: end the member's sessions at revoke"
@@ -111,21 +224,31 @@ class Permission(PermissionSettings):
         assert self.template is not None
         return BUILTIN_STATEMENTS[self.template]
 
-
-def _username_hint(spec: GrantSpec) -> str:
-    source = spec.identity.username or spec.identity.email.split("@", 1)[0]
-    return re.sub(r"[^a-z0-9_]", "_", source.lower())[:20]
+    def user_statement_texts(self) -> tuple[str, ...]:
+        return USER_STATEMENTS.get(self.template or "", ())
 
 
-def role_name(connection: Connection, spec: GrantSpec) -> str:
-    """Deterministic per grant, so a redelivered grant finds the role it already made."""
-    if spec.permission.mode == "membership":  # type: ignore[attr-defined]
-        return f"{connection.role_prefix}m_{spec.grant_id[1:13]}"
-    return f"{connection.role_prefix}{_username_hint(spec)}_{spec.grant_id[1:11]}"
+def _b32(data: bytes, length: int) -> str:
+    return base64.b32encode(data).decode().lower()[:length]
 
 
-def tombstone_name(connection: Connection, grant_id: str) -> str:
-    return f"{connection.role_prefix}x_{grant_id[1:]}"
+def role_name(connection: Connection, grant_id: str) -> str:
+    """One name per grant id, whatever the request says: a second role for one grant cannot
+    exist, and a revoke that arrives first takes the name for its tombstone, so the server's
+    unique index orders a grant and a revoke of one grant without any lock of ours."""
+    return f"{connection.role_prefix}{grant_id[1:]}"
+
+
+def bundle_name(
+    connection: Connection,
+    integration: str,
+    permission_name: str,
+    resource: str,
+    texts: tuple[str, ...],
+) -> str:
+    """The bundle of one permission version: edited statements make a new bundle."""
+    source = "\0".join((integration, connection.dbname, permission_name, resource, *texts))
+    return f"{connection.role_prefix}b_{_b32(hashlib.sha256(source.encode()).digest(), 24)}"
 
 
 def member_name(spec: GrantSpec) -> str:
@@ -134,22 +257,11 @@ def member_name(spec: GrantSpec) -> str:
     return spec.identity.username
 
 
-def label_extra(spec: GrantSpec) -> dict[str, Any]:
-    permission = spec.permission
-    assert isinstance(permission, Permission)
-    if permission.mode == "membership":
-        return {
-            "member": member_name(spec),
-            "groups": list(spec.resources),
-            "terminate_sessions": permission.terminate_sessions,
-        }
-    return {}
-
-
 class PostgreSQLTemplate:
     kind: ClassVar[str] = "postgresql"
     Connection: ClassVar[type[Settings]] = Connection
     Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
 
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
         assert isinstance(permission, Permission)
@@ -167,9 +279,15 @@ class PostgreSQLTemplate:
         return plan_statements(connection, spec)
 
     def open(
-        self, integration: str, connection: Settings, secret: Secret | None
+        self,
+        integration: str,
+        connection: Settings,
+        secret: Secret | None,
+        label_key: LabelKey | None = None,
     ) -> PostgreSQLSession:
         from jitc.templates.postgresql_session import PostgreSQLSession
 
         assert isinstance(connection, Connection)
-        return PostgreSQLSession(integration, connection, secret)
+        return PostgreSQLSession(
+            integration, connection, secret, label_key or LabelKey.from_secret(None)
+        )

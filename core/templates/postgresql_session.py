@@ -1,229 +1,291 @@
-"""The PostgreSQL template's connection-side half: statement composition and the session.
+"""The PostgreSQL template's connection-side half: the admin session.
 
 Imported only when a plan is made or a connection opened, so that loading a catalog (as the
 intake does) does not load the driver.
+
+The admin session works inside a server where grantees and other users create objects, take
+locks and write comments. So: its `search_path` is pinned at connect and every name it uses is
+qualified (nothing a user creates can run as the admin); every wait is bounded by
+`lock_timeout` and `statement_timeout`, and it takes no advisory lock at all (the server's unique
+index on role names orders a grant and a revoke of one grant); and it acts only on roles whose
+MACed label names them (jitc.labels).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
-from jitc.templates.base import (
-    GrantResult,
-    GrantSpec,
-    RevokeResult,
-    decode_label,
-    encode_label,
-    grant_from_label,
-    tombstone_label,
-)
+from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from_label
 from jitc.templates.postgresql import (
-    ACL_LOCK_KEY,
+    DENIED_GROUPS,
     MASK,
     Connection,
     Permission,
     PostgreSQLTemplate,
-    label_extra,
+    bundle_name,
     member_name,
     role_name,
-    tombstone_name,
 )
+from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
+KIND = PostgreSQLTemplate.kind
 REVOKE_CHUNK = 200
-_REVOCABLE = {kind: sql.SQL(kind) for kind in ("DATABASE", "SCHEMA", "TABLE", "SEQUENCE")}
+_EQ = sql.SQL("OPERATOR(pg_catalog.=)")
+
+_ROLES = (
+    "SELECT r.rolname::pg_catalog.text, r.oid::pg_catalog.int8, r.rolcanlogin, "
+    "  r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls, "
+    "  pg_catalog.shobj_description(r.oid, 'pg_authid') "
+    "FROM pg_catalog.pg_roles r "
+)
+
+
+@dataclass(frozen=True)
+class _Role:
+    name: str
+    oid: int
+    login: bool
+    privileged: bool
+    label: dict[str, Any] | None
 
 
 def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
-    return [s.as_string(None) for s in _grant_statements(connection, spec, sql.SQL(MASK))]
+    """What a grant runs, password and label masked; a bundle's statements run on first use."""
+    permission = spec.permission
+    assert isinstance(permission, Permission)
+    name = role_name(connection, spec.grant_id)
+    label = sql.SQL("'jitc:…'")
+    if permission.mode == "membership":
+        statements = _membership_statements(name, member_name(spec), spec.resources, label)
+        return [s.as_string(None) for s in statements]
+    bundles = [_bundle_of(connection, spec, resource) for resource in spec.resources]
+    statements = _user_statements(connection, spec, name, bundles, sql.SQL(MASK), label, 15)
+    for bundle, resource in zip(bundles, spec.resources, strict=True):
+        statements += _bundle_statements(connection, permission, bundle, resource)
+    return [s.as_string(None) for s in statements]
 
 
-def _transient(exc: psycopg.Error) -> bool:
-    if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
-        return True
-    return isinstance(exc, psycopg.errors.InternalError_) and "concurrently" in str(
-        exc.diag.message_primary
+def _bundle_of(connection: Connection, spec: GrantSpec, resource: str) -> str:
+    permission = spec.permission
+    assert isinstance(permission, Permission)
+    return bundle_name(
+        connection, spec.integration, spec.permission_name, resource, permission.statement_texts()
     )
-
-
-def _holder(name: str, label: dict[str, Any]) -> str | None:
-    """Whose sessions a revoke ends: the ephemeral role's own, or the member's if configured."""
-    if label.get("mode") != "membership":
-        return name
-    return str(label.get("member", "")) if label.get("terminate_sessions") else None
 
 
 def _ident(dotted: str) -> sql.Identifier:
     return sql.Identifier(*dotted.split("."))
 
 
-def _grant_statements(
-    connection: Connection, spec: GrantSpec, password: sql.Composable
+def _names(names: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
+
+
+def _bundle_statements(
+    connection: Connection, permission: Permission, bundle: str, resource: str
 ) -> list[sql.Composed]:
-    permission = spec.permission
-    assert isinstance(permission, Permission)
-    role = sql.Identifier(role_name(connection, spec))
-    label = sql.Literal(encode_label(spec.label(mode=permission.mode, **label_extra(spec))))
-    if permission.mode == "membership":
-        member = sql.Identifier(member_name(spec))
-        statements: list[sql.Composed] = [
-            sql.SQL("CREATE ROLE {} NOLOGIN INHERIT").format(role),
-            sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
-        ]
-        statements += [
-            sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), role)
-            for group in spec.resources
-        ]
-        statements.append(sql.SQL("GRANT {} TO {}").format(role, member))
-        return statements
+    role = sql.Identifier(bundle)
     statements = [
-        sql.SQL(
-            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION "
-            "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}"
-        ).format(
-            role,
-            sql.Literal(connection.connection_limit),
-            password,
-            sql.Literal(spec.expires_at.isoformat()),
-        ),
-        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
-    ]
-    for guc in ("statement_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout"):
-        statements.append(
-            sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                role, sql.Identifier(guc), sql.Literal(getattr(connection, guc))
-            )
-        )
-    statements.append(
         sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
             sql.Identifier(connection.dbname), role
         )
-    )
-    for resource in spec.resources:
-        for text in permission.statement_texts():
-            statements.append(
-                sql.SQL(text).format(
-                    role=role,
-                    database=sql.Identifier(connection.dbname),
-                    schema=_ident(resource),
-                    resource=_ident(resource),
-                )
-            )
+    ]
+    for text in permission.statement_texts():
+        statements.append(_format(text, connection, role, resource))
     return statements
 
 
-class PostgreSQLSession:
-    """One admin connection, used for a batch. Each operation is its own transaction."""
+def _format(text: str, connection: Connection, role: sql.Identifier, resource: str) -> sql.Composed:
+    return sql.SQL(text).format(
+        role=role,
+        database=sql.Identifier(connection.dbname),
+        schema=_ident(resource),
+        resource=_ident(resource),
+    )
 
-    def __init__(self, integration: str, connection: Connection, secret: Secret | None) -> None:
+
+def _user_statements(
+    connection: Connection,
+    spec: GrantSpec,
+    name: str,
+    bundles: list[str],
+    verifier: sql.Composable,
+    label: sql.Composable,
+    server_version: int,
+) -> list[sql.Composed]:
+    permission = spec.permission
+    assert isinstance(permission, Permission)
+    role = sql.Identifier(name)
+    create = sql.SQL(
+        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION "
+        "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}"
+    ).format(
+        role,
+        sql.Literal(connection.connection_limit),
+        verifier,
+        sql.Literal(spec.expires_at.isoformat()),
+    )
+    statements: list[sql.Composed] = []
+    if server_version >= 16:
+        # A member that may not SET ROLE the bundle cannot create objects it would own.
+        statements += [
+            create,
+            sql.SQL("GRANT {} TO {} WITH INHERIT TRUE, SET FALSE").format(_names(bundles), role),
+        ]
+    else:
+        statements.append(sql.SQL("{} IN ROLE {}").format(create, _names(bundles)))
+    statements.append(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label))
+    for guc, value in connection.session_settings().items():
+        statements.append(
+            sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                role, sql.Identifier(guc), sql.Literal(value)
+            )
+        )
+    for resource in spec.resources:
+        for text in permission.user_statement_texts():
+            statements.append(_format(text, connection, role, resource))
+    return statements
+
+
+def _membership_statements(
+    name: str, member: str, groups: Sequence[str], label: sql.Composable
+) -> list[sql.Composed]:
+    role = sql.Identifier(name)
+    return [
+        sql.SQL("CREATE ROLE {} NOLOGIN INHERIT").format(role),
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
+        sql.SQL("GRANT {} TO {}").format(_names(groups), role),
+        sql.SQL("GRANT {} TO {}").format(role, sql.Identifier(member)),
+    ]
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    if isinstance(
+        exc,
+        psycopg.errors.SerializationFailure
+        | psycopg.errors.DeadlockDetected
+        | psycopg.errors.UniqueViolation
+        | psycopg.errors.UndefinedObject,
+    ):
+        return True
+    return isinstance(exc, psycopg.errors.InternalError_) and "concurrently" in str(
+        exc.diag.message_primary
+    )
+
+
+class PostgreSQLSession:
+    """One admin connection, used for a batch. Each step is its own transaction."""
+
+    def __init__(
+        self, integration: str, connection: Connection, secret: Secret | None, key: LabelKey
+    ) -> None:
         self.integration = integration
         self.settings = connection
-        self._names: dict[str, str] = {}
+        self.key = key
+        self._secret = secret
+        self.conn = self._connect(connection.dbname)
+        self.server_version = self.conn.info.server_version // 10000
+        row = self.conn.execute("SELECT session_user, current_user").fetchone()
+        self._admins = {str(name) for name in row or ()}
+
+    def _connect(self, dbname: str) -> psycopg.Connection[Any]:
+        s = self.settings
+        # Pinned at connect, before any statement: no schema a user can create in is searched,
+        # and no lock a user holds can stall us for longer than these bounds.
+        options = (
+            "-c search_path=pg_catalog,pg_temp "
+            f"-c lock_timeout={s.admin_lock_timeout} "
+            f"-c statement_timeout={s.admin_statement_timeout} "
+            "-c idle_in_transaction_session_timeout=60s"
+        )
+        params: dict[str, Any] = {
+            "host": s.host,
+            "port": s.port,
+            "dbname": dbname,
+            "user": s.user,
+            "sslmode": s.effective_sslmode,
+            "connect_timeout": s.connect_timeout,
+            "application_name": "jit-connector",
+            "options": options,
+            "sslrootcert": s.sslrootcert,
+            "require_auth": s.effective_require_auth,
+            "channel_binding": s.effective_channel_binding,
+        }
+        if self._secret is not None:
+            params["password"] = self._secret.reveal()
         try:
-            self.conn = psycopg.connect(
-                host=connection.host,
-                port=connection.port,
-                dbname=connection.dbname,
-                user=connection.user,
-                password=secret.reveal() if secret is not None else None,
-                sslmode=connection.sslmode,
-                connect_timeout=connection.connect_timeout,
-                application_name="jit-connector",
+            return psycopg.connect(
+                make_conninfo(**{k: v for k, v in params.items() if v is not None}),
                 autocommit=True,
             )
         except psycopg.Error as exc:
             raise TargetError(
-                f"cannot connect to PostgreSQL {connection.host}:{connection.port}/"
-                f"{connection.dbname} as {connection.user}: {type(exc).__name__}"
+                f"cannot connect to PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}: "
+                f"{type(exc).__name__}"
             ) from None
 
     def close(self) -> None:
         self.conn.close()
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- reading the ledger ----------------------------------------------------------------
 
-    def _labelled(
-        self, grant_id: str | None = None, names: list[str] | None = None
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Our labelled roles: by name when the names are known (an index lookup), else all."""
-        if names is not None:
-            rows = self.conn.execute(
-                "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
-                "WHERE rolname = ANY(%s)",
-                (names,),
-            ).fetchall()
-        else:
-            pattern = "jitc:%" if grant_id is None else f'jitc:%"grant_id":"{grant_id}"%'
-            rows = self.conn.execute(
-                "SELECT r.rolname, d.description FROM pg_roles r JOIN pg_shdescription d "
-                "ON d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass "
-                "WHERE d.description LIKE %s",
-                (pattern,),
-            ).fetchall()
-        found = []
-        for name, description in rows:
-            label = decode_label(description)
-            if label is None or label.get("integration") != self.integration:
-                continue
-            if grant_id is not None and label["grant_id"] != grant_id:
-                continue
-            found.append((name, label))
-        return found
+    def _roles(self, names: Sequence[str]) -> dict[str, _Role]:
+        rows = self.conn.execute(
+            _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
+            (list(names),),
+        ).fetchall()
+        return {row[0]: self._role(row) for row in rows}
 
-    def _find(self, grant_id: str, name: str | None = None) -> tuple[str, dict[str, Any]] | None:
-        """The role of a grant. Its name, when known (from the request or the sweep's listing),
-        makes this an index lookup; otherwise every role comment is scanned."""
-        name = name or self._names.get(grant_id)
-        candidates = [tombstone_name(self.settings, grant_id)] + ([name] if name else [])
-        found = self._labelled(grant_id, candidates)
-        if not found and name is None:
-            found = self._labelled(grant_id)
-        # A live grant wins over a tombstone should both exist (they never should).
-        found.sort(key=lambda item: item[1].get("state") == "tombstone")
-        return found[0] if found else None
+    def _role(self, row: Sequence[Any]) -> _Role:
+        name, oid, login, privileged, comment = row
+        return _Role(
+            str(name),
+            int(oid),
+            bool(login),
+            bool(privileged),
+            verify_label(self.key, KIND, str(name), comment),
+        )
 
-    def _lock(self, grant_id: str, acl: bool = False) -> None:
-        """Serialise work on one grant; with `acl`, also every privilege change of ours."""
-        if acl:
-            self.conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), pg_advisory_xact_lock(%s)",
-                (grant_id, ACL_LOCK_KEY),
-            )
-        else:
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (grant_id,))
+    def _ours(self, role: _Role, kind: str = "grant") -> dict[str, Any] | None:
+        label = role.label
+        if label is None or label.get("kind") != kind:
+            return None
+        if label.get("integration") != self.integration:
+            return None
+        return label
+
+    def _label(self, name: str, label: dict[str, Any]) -> sql.Literal:
+        return sql.Literal(sign_label(self.key, KIND, name, label))
 
     def _run(self, statements: Sequence[sql.Composable]) -> None:
         """One round trip for many statements: all values are already bound client-side."""
         if statements:
             self.conn.execute(sql.SQL(";\n").join(statements))
 
-    def _role(self, name: str) -> tuple[bool, bool, bool] | None:
-        """(can login, superuser, createrole) of an existing role."""
-        row = self.conn.execute(
-            "SELECT rolcanlogin, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = %s", (name,)
-        ).fetchone()
-        return None if row is None else (bool(row[0]), bool(row[1]), bool(row[2]))
-
     def _retrying(self, step: Callable[[], T]) -> T:
-        """Run a transaction again when the server reports a transient conflict, such as a
-        company's own GRANT touching the same object at the same moment."""
+        """Run a step again when the server reports a transient conflict: a company's own GRANT
+        touching the same object, or a grant and a revoke of one grant racing for its name."""
         for attempt in range(4):
             try:
                 return step()
             except psycopg.Error as exc:
                 if attempt == 3 or not _transient(exc):
                     raise
-                time.sleep(0.05 * 2**attempt)
+                time.sleep(0.02 * 2**attempt)
         raise AssertionError("unreachable")
 
     # -- grant -----------------------------------------------------------------------------
@@ -234,56 +296,86 @@ class PostgreSQLSession:
     def _grant_once(self, spec: GrantSpec) -> GrantResult:
         permission = spec.permission
         assert isinstance(permission, Permission)
-        name = role_name(self.settings, spec)
-        password = secrets.token_urlsafe(24) if permission.mode == "ephemeral" else None
+        name = role_name(self.settings, spec.grant_id)
+        existing = self._roles([name]).get(name)
+        if existing is not None:
+            return self._regrant(spec, existing)
+        label: dict[str, Any] = {
+            "kind": "grant",
+            "grant_id": spec.grant_id,
+            "integration": self.integration,
+            "permission": spec.permission_name,
+            "mode": permission.mode,
+            "expires_at": spec.expires_at.isoformat(),
+            "state": "active",
+            "digest": spec.request_digest,
+            "identity": self.key.keyed_hash("identity", spec.identity.email),
+        }
+        password = None
+        if permission.mode == "membership":
+            self._check_membership(spec)
+            member = member_name(spec)
+            label.update(member=member, terminate_sessions=permission.terminate_sessions)
+            statements = _membership_statements(
+                name, member, spec.resources, self._label(name, label)
+            )
+        else:
+            bundles = [self._bundle(spec, resource) for resource in spec.resources]
+            password = self._password(spec)
+            statements = _user_statements(
+                self.settings,
+                spec,
+                name,
+                bundles,
+                sql.Literal(scram_verifier(password)),
+                self._label(name, label),
+                self.server_version,
+            )
         with self.conn.transaction():
-            self._lock(spec.grant_id, acl=True)
-            existing = self._find(spec.grant_id, name)
-            if existing is not None:
-                return self._regrant(spec, existing, password)
-            if self._role(name) is not None:
-                raise Refused(
-                    "identity.username",
-                    f"role {name!r} already exists and was not created by this connector",
-                )
-            if permission.mode == "membership":
-                self._check_membership(spec)
             # A grant lost to a server crash fails closed (the role is simply not there), so
             # its commit need not wait for the disk; revokes always do.
-            statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
-            statements += _grant_statements(self.settings, spec, self._verifier(name, password))
-            self._run(statements)
-        self._names[spec.grant_id] = name
+            self._run([sql.SQL("SET LOCAL synchronous_commit = off"), *statements])
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
-    def _regrant(
-        self, spec: GrantSpec, existing: tuple[str, dict[str, Any]], password: str | None
-    ) -> GrantResult:
-        name, label = existing
+    def _password(self, spec: GrantSpec) -> str:
+        derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
+        return derived or secrets.token_urlsafe(24)
+
+    def _regrant(self, spec: GrantSpec, role: _Role) -> GrantResult:
+        label = self._ours(role)
+        if label is None or label.get("grant_id") != spec.grant_id:
+            raise Refused(
+                "identity.username",
+                f"role {role.name!r} already exists and was not created by this connector",
+            )
         if label.get("state") == "tombstone":
             raise Refused("request_id", "this grant was already revoked; it will not be made again")
         if label.get("state") != "active":
             raise Refused("request_id", "this grant is being revoked")
-        if password is not None:
-            # A redelivered grant may be the only one whose outcome reaches the requester,
-            # so it carries fresh credentials; the role and its expiry stay as they were.
-            self.conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(name), self._verifier(name, password)
-                )
+        if label.get("digest") != spec.request_digest:
+            raise Refused(
+                "request_id",
+                "this request id was already used for a different request; refused, not merged",
             )
-        return GrantResult(
-            principal=name, credentials=self._credentials(name, password, spec), reissued=True
-        )
-
-    def _verifier(self, name: str, password: str | None) -> sql.Composable:
-        """SCRAM verifier computed here, so the clear password never reaches the server's logs."""
-        if password is None:
-            return sql.SQL("NULL")
-        digest = self.conn.pgconn.encrypt_password(
-            password.encode(), name.encode(), b"scram-sha-256"
-        )
-        return sql.Literal(digest.decode())
+        password = None
+        if label.get("mode") == "ephemeral":
+            derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
+            if derived is None:
+                # Without a label key the first password cannot be computed again: a redelivery
+                # is then the only outcome that may reach the requester, so it rotates.
+                password = secrets.token_urlsafe(24)
+                self.conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(role.name), sql.Literal(scram_verifier(password))
+                    )
+                )
+            else:
+                password = derived  # the same credentials again: a replay changes nothing
+        expires = datetime.fromisoformat(label["expires_at"])
+        credentials = self._credentials(role.name, password, spec)
+        if credentials is not None:
+            credentials["expires_at"] = expires.isoformat()
+        return GrantResult(principal=role.name, credentials=credentials, reissued=True)
 
     def _credentials(
         self, name: str, password: str | None, spec: GrantSpec
@@ -299,28 +391,127 @@ class PostgreSQLSession:
             "expires_at": spec.expires_at.isoformat(),
         }
 
+    # -- bundles ---------------------------------------------------------------------------
+
+    def _fingerprint(self, resource: str) -> str:
+        """Changes whenever a relation or function appears in or leaves the resource's schema,
+        so a bundle is brought up to date for tables created after it (GRANT ... ON ALL TABLES
+        covers only those that exist when it runs)."""
+        row = self.conn.execute(
+            "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
+            "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
+            " (SELECT pg_catalog.max(c.oid::pg_catalog.int8) FROM pg_catalog.pg_class c "
+            "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
+            " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p "
+            "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid), "
+            " (SELECT pg_catalog.max(p.oid::pg_catalog.int8) FROM pg_catalog.pg_proc p "
+            "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid) "
+            "FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) %s",
+            (resource.split(".", 1)[0],),
+        ).fetchone()
+        return ":".join(str(value) for value in row) if row else "-"
+
+    def _bundle(self, spec: GrantSpec, resource: str) -> str:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        name = _bundle_of(self.settings, spec, resource)
+        fingerprint = self._fingerprint(resource)
+        role = self._roles([name]).get(name)
+        if role is not None:
+            label = self._ours(role, "bundle")
+            if label is None or role.login or role.privileged:
+                raise TargetError(f"role {name} has a bundle's name but is not this connector's")
+            if label.get("fingerprint") == fingerprint:
+                return name
+        label = {
+            "kind": "bundle",
+            "integration": self.integration,
+            "permission": spec.permission_name,
+            "resource": resource,
+            "fingerprint": fingerprint,
+        }
+        bundle = sql.Identifier(name)
+        with self.conn.transaction():
+            if role is None:
+                self.conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(bundle))
+            else:
+                # Row lock on the bundle: concurrent refreshes of one bundle queue here.
+                self.conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(bundle))
+            statements = _bundle_statements(self.settings, permission, name, resource)
+            statements.append(
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(bundle, self._label(name, label))
+            )
+            self._run(statements)
+            self._refuse_create(name)
+        return name
+
+    def _refuse_create(self, bundle: str) -> None:
+        """A bundle must not hold CREATE anywhere: a member could make objects it owns, which
+        would outlive every grant."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, "
+            "  pg_catalog.aclexplode(n.nspacl) a, pg_catalog.pg_roles r "
+            "  WHERE r.rolname OPERATOR(pg_catalog.=) %s "
+            "  AND a.grantee OPERATOR(pg_catalog.=) r.oid "
+            "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE') "
+            "OR EXISTS (SELECT 1 FROM pg_catalog.pg_database d, "
+            "  pg_catalog.aclexplode(d.datacl) a, pg_catalog.pg_roles r "
+            "  WHERE r.rolname OPERATOR(pg_catalog.=) %s "
+            "  AND a.grantee OPERATOR(pg_catalog.=) r.oid "
+            "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')",
+            (bundle, bundle),
+        ).fetchone()
+        if row and row[0]:
+            raise Refused(
+                "permission",
+                "the permission's statements grant CREATE; objects made with it would outlive "
+                "the grant (use the built-in owner template)",
+            )
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _reach(self, name: str) -> list[tuple[str, bool, bool]]:
+        """Every role `name` is a member of, directly or through groups, itself included:
+        (name, privileged, one of this connector's roles)."""
+        rows = self.conn.execute(
+            "WITH RECURSIVE up(oid) AS ("
+            "  SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) %s"
+            "  UNION"
+            "  SELECT m.roleid FROM pg_catalog.pg_auth_members m"
+            "  JOIN up ON m.member OPERATOR(pg_catalog.=) up.oid) "
+            "SELECT r.rolname::pg_catalog.text, r.rolsuper OR r.rolcreaterole OR r.rolreplication "
+            "  OR r.rolbypassrls OR r.rolcreatedb, "
+            "  pg_catalog.shobj_description(r.oid, 'pg_authid') "
+            "FROM up JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) up.oid",
+            (name,),
+        ).fetchall()
+        return [
+            (str(role), bool(privileged), verify_label(self.key, KIND, str(role), text) is not None)
+            for role, privileged, text in rows
+        ]
+
     def _check_membership(self, spec: GrantSpec) -> None:
         member = member_name(spec)
-        admin_row = self.conn.execute("SELECT current_user, session_user").fetchone()
-        admins = set(admin_row or ())
-        ours = {name for name, _ in self._labelled()}
-        attrs = self._role(member)
-        if attrs is None or not attrs[0]:
+        role = self._roles([member]).get(member)
+        if role is None or not role.login:
             raise Refused("identity.username", f"no login role {member!r} exists")
-        if member in admins or attrs[1] or attrs[2] or member in ours:
+        if member in self._admins or role.privileged or role.label is not None:
             raise Refused(
                 "identity.username",
                 f"role {member!r} is the admin, a superuser or a role manager: never a grantee",
             )
+        denied = DENIED_GROUPS | set(self.settings.denied_groups)
         for index, group in enumerate(spec.resources):
-            group_attrs = self._role(group)
-            if group_attrs is None:
+            reached = self._reach(group)
+            if not reached:
                 raise Refused(f"resources[{index}]", f"group role {group!r} does not exist")
-            if group_attrs[1] or group_attrs[2] or group in admins or group in ours:
-                raise Refused(
-                    f"resources[{index}]",
-                    f"group role {group!r} is a superuser, a role manager or the admin",
-                )
+            for name, privileged, ours in reached:
+                if privileged or ours or name in self._admins or name in denied:
+                    raise Refused(
+                        f"resources[{index}]",
+                        f"group role {group!r} reaches {name!r}, which is a superuser, a role "
+                        "manager, the admin, one of this connector's roles or a denied role",
+                    )
 
     # -- revoke ----------------------------------------------------------------------------
 
@@ -336,175 +527,289 @@ class PostgreSQLSession:
             results.update(self._revoke(grant_ids[start : start + REVOKE_CHUNK], tombstone_until))
         return results
 
-    def _lock_many(self, grant_ids: Sequence[str], acl: bool = False) -> None:
-        # Always in sorted order, and the ACL lock last, so concurrent workers cannot deadlock.
-        self.conn.execute(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended(g, 0))) "
-            "FROM (SELECT g FROM unnest(%s::text[]) AS g ORDER BY g) AS s",
-            (sorted(set(grant_ids)),),
-        )
-        if acl:
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACL_LOCK_KEY,))
+    def _classify(
+        self, grant_ids: Sequence[str], until: datetime, results: dict[str, RevokeResult]
+    ) -> list[tuple[_Role, dict[str, Any]]]:
+        """Which grants have a live role; a grant with none gets a tombstone, so that a grant
+        delivered after its revoke is refused."""
+        names = {g: role_name(self.settings, g) for g in grant_ids}
+        roles = self._roles(list(names.values()))
+        live: list[tuple[_Role, dict[str, Any]]] = []
+        stones: list[sql.Composable] = []
+        for grant_id in grant_ids:
+            role = roles.get(names[grant_id])
+            if role is None:
+                stones += self._tombstone(names[grant_id], grant_id, until)
+                results[grant_id] = RevokeResult(found=False)
+                continue
+            label = self._ours(role)
+            if label is None or label.get("grant_id") != grant_id or role.privileged:
+                # Someone else's role under our name, or ours with its label changed: acting on
+                # it could harm what we did not make, and leaving it silently could leave access.
+                results[grant_id] = RevokeResult(
+                    found=True,
+                    principal=role.name,
+                    residual=[f"role {role.name} does not carry this grant's label; left alone"],
+                    verified=False,
+                )
+            elif label.get("state") == "tombstone":
+                results[grant_id] = RevokeResult(found=False)
+            else:
+                live.append((role, label))
+        if stones:
+            with self.conn.transaction():
+                self._run(stones)
+        return live
 
     def _revoke(
         self, grant_ids: Sequence[str], tombstone_until: datetime
     ) -> dict[str, RevokeResult]:
-        """Three steps, each committed: disable (no login, no password, no membership, label
-        says revoking), end sessions, drop. Access has ended after the first, whatever follows."""
+        """Disable (committed), end sessions, clean every database, verify, drop. Access has
+        ended after the first step; the role is dropped only once nothing of it is left."""
         results: dict[str, RevokeResult] = {}
-
-        def disable() -> list[tuple[str, dict[str, Any]]]:
-            results.clear()
-            with self.conn.transaction():
-                self._lock_many(grant_ids)
-                names = [tombstone_name(self.settings, g) for g in grant_ids]
-                names += [self._names[g] for g in grant_ids if g in self._names]
-                found: dict[str, tuple[str, dict[str, Any]]] = {}
-                for name, label in self._labelled(names=names):
-                    if label.get("state") != "tombstone" or label["grant_id"] not in found:
-                        found[label["grant_id"]] = (name, label)
-                for grant_id in grant_ids:
-                    if grant_id not in found and grant_id not in self._names:
-                        item = self._find(grant_id)
-                        if item is not None:
-                            found[grant_id] = item
-                statements: list[sql.Composable] = []
-                live = []
-                for grant_id in grant_ids:
-                    item = found.get(grant_id)
-                    if item is None:
-                        # Revoke before grant: a tombstone makes the late grant a refusal.
-                        statements += self._tombstone(grant_id, {}, tombstone_until)
-                        results[grant_id] = RevokeResult(found=False)
-                    elif item[1].get("state") == "tombstone":
-                        results[grant_id] = RevokeResult(found=False)
-                    else:
-                        live.append(item)
-                memberships = self.conn.execute(
-                    "SELECT u.rolname, g.rolname FROM pg_auth_members m "
-                    "JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member "
-                    "WHERE u.rolname = ANY(%s)",
-                    ([name for name, _ in live],),
-                ).fetchall()
-                for name, label in live:
-                    role = sql.Identifier(name)
-                    statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
-                    statements += [
-                        sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), role)
-                        for member, group in memberships
-                        if member == name
-                    ]
-                    statements.append(
-                        sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                            role, sql.Literal(encode_label({**label, "state": "revoking"}))
-                        )
-                    )
-                self._run(statements)
-                return live
-
-        live = self._retrying(disable)
+        live = self._retrying(lambda: self._classify(grant_ids, tombstone_until, results))
         if not live:
             return results
-        # A dropped role's open session would otherwise live on; in membership mode the
-        # member's sessions may hold the group's privileges through SET ROLE.
-        holders = {name: _holder(name, label) for name, label in live}
-        left = self._terminate_all([h for h in holders.values() if h])
-        residual: dict[str, list[str]] = {name: [] for name, _ in live}
-        try:
-            self._retrying(lambda: self._drop(live))
-        except psycopg.Error:
-            for item in live:  # one at a time, so one blocked drop does not hold up the rest
-                try:
-                    self._retrying(lambda item=item: self._drop([item]))  # type: ignore[misc]
-                except psycopg.Error as exc:
-                    detail = exc.diag.message_detail or ""
-                    residual[item[0]].append(
-                        f"role {item[0]} not dropped: {exc.diag.message_primary}. {detail}".strip()
-                    )
-        gone = self._gone([name for name, _ in live])
-        for name, label in live:
-            holder = holders[name] or ""
-            if left.get(holder):
-                residual[name].append(f"{left[holder]} session(s) of {holder} still open")
-            else:
-                self._names.pop(label["grant_id"], None)
+        roles = [role for role, _ in live]
+        labels = {role.name: label for role, label in live}
+        disabled_at = self._disable(live)
+        holders = self._holders(live)
+        self._terminate_all(sorted({h for h in holders.values() if h}))
+        residual: dict[str, list[str]] = {role.name: [] for role in roles}
+        self._clean(roles, residual)
+        left = self._left(roles, holders, disabled_at)
+        clean = [r for r in roles if not left[r.name]]
+        dropped = self._drop(clean, labels, tombstone_until, residual)
+        for role, label in live:
+            residual[role.name] += left[role.name]
+            gone = role.name in dropped or not left[role.name]
             results[label["grant_id"]] = RevokeResult(
                 found=True,
-                principal=str(label.get("member") or name),
+                principal=str(label.get("member") or role.name),
                 expires_at=datetime.fromisoformat(label["expires_at"]),
-                residual=residual[name],
-                verified=gone[name] and not left.get(holder),
+                residual=residual[role.name],
+                verified=gone,
             )
         return results
 
-    def _drop(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        with self.conn.transaction():
-            self._lock_many([label["grant_id"] for _, label in items], acl=True)
-            owners = [sql.Identifier(n) for n, label in items if label.get("mode") != "membership"]
-            statements: list[sql.Composable] = []
-            if owners:
-                statements += self._revoke_privileges([n for n, _ in items])
-                statements.append(sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(owners)))
-            statements.append(
-                sql.SQL("DROP ROLE {}").format(
-                    sql.SQL(", ").join(sql.Identifier(name) for name, _ in items)
-                )
-            )
-            for _, label in items:
-                until = datetime.fromisoformat(label["expires_at"])
-                statements += self._tombstone(label["grant_id"], label, until)
-            self._run(statements)
+    def _disable(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str]:
+        """No login, no password, no membership either way, label says revoking: one commit.
+        A grantee holding a lock on its own role (an open `ALTER ROLE self`) is ended first."""
+        disabled_at: dict[str, str] = {}
 
-    def _revoke_privileges(self, names: list[str]) -> list[sql.Composed]:
-        """One REVOKE per object for all the chunk's roles. DROP OWNED would rewrite a shared
-        object's ACL once per role, which grows with the square of the grants on it."""
+        def step() -> None:
+            disabled_at.clear()
+            with self.conn.transaction():
+                now = self.conn.execute("SELECT pg_catalog.now()::pg_catalog.text").fetchone()
+                oids = [role.oid for role, _ in live]
+                edges = self.conn.execute(
+                    "SELECT g.rolname::pg_catalog.text, u.rolname::pg_catalog.text "
+                    "FROM pg_catalog.pg_auth_members m "
+                    "JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid "
+                    "JOIN pg_catalog.pg_roles u ON u.oid OPERATOR(pg_catalog.=) m.member "
+                    "WHERE m.member OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+                    "OR m.roleid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
+                    (oids, oids),
+                ).fetchall()
+                statements: list[sql.Composable] = []
+                for role, label in live:
+                    ident = sql.Identifier(role.name)
+                    statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
+                    since = str(label.get("disabled_at") or (now[0] if now else ""))
+                    disabled_at[role.name] = since
+                    statements.append(
+                        sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                            ident,
+                            self._label(
+                                role.name, {**label, "state": "revoking", "disabled_at": since}
+                            ),
+                        )
+                    )
+                statements += [
+                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(g), sql.Identifier(u))
+                    for g, u in edges
+                ]
+                self._run(statements)
+
+        for attempt in range(3):
+            try:
+                self._retrying(step)
+                break
+            except psycopg.errors.LockNotAvailable:
+                if attempt == 2:
+                    raise
+                self._terminate_all([role.name for role, _ in live])
+        return disabled_at
+
+    def _holders(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str | None]:
+        """Whose sessions a revoke ends: the ephemeral role's own, or the member's if the
+        catalog said so, never the admin's, a superuser's or a role manager's."""
+        holders: dict[str, str | None] = {}
+        members = [str(label.get("member")) for _, label in live if label.get("member")]
+        known = self._roles(members) if members else {}
+        for role, label in live:
+            if label.get("mode") != "membership":
+                holders[role.name] = role.name
+                continue
+            member = str(label.get("member", ""))
+            info = known.get(member)
+            safe = info is not None and not info.privileged and member not in self._admins
+            holders[role.name] = member if label.get("terminate_sessions") and safe else None
+        return holders
+
+    def _clean(self, roles: list[_Role], residual: dict[str, list[str]]) -> None:
+        """DROP OWNED ... CASCADE in every database `pg_shdepend` names: what the grantee
+        owns (tables, functions, large objects, triggers on them) and every privilege it holds
+        there goes, wherever it was made."""
+        oids = [role.oid for role in roles]
         rows = self.conn.execute(
-            "SELECT CASE d.classid WHEN 'pg_database'::regclass THEN 'DATABASE' "
-            "  WHEN 'pg_namespace'::regclass THEN 'SCHEMA' "
-            "  WHEN 'pg_class'::regclass THEN CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' "
-            "    WHEN c.relkind IN ('r', 'v', 'm', 'f', 'p') THEN 'TABLE' END END AS kind, "
-            "  coalesce(db.datname, ns.nspname, cn.nspname), c.relname, "
-            "  array_agg(DISTINCT r.rolname) "
-            "FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid "
-            "LEFT JOIN pg_database db "
-            "  ON d.classid = 'pg_database'::regclass AND db.oid = d.objid "
-            "LEFT JOIN pg_namespace ns "
-            "  ON d.classid = 'pg_namespace'::regclass AND ns.oid = d.objid "
-            "LEFT JOIN pg_class c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid "
-            "LEFT JOIN pg_namespace cn ON cn.oid = c.relnamespace "
-            "WHERE d.refclassid = 'pg_authid'::regclass AND d.deptype = 'a' "
-            "  AND r.rolname = ANY(%s) AND d.dbid IN (0, (SELECT oid FROM pg_database "
-            "  WHERE datname = current_database())) "
-            "GROUP BY 1, 2, 3",
-            (names,),
+            "SELECT DISTINCT d.datname::pg_catalog.text FROM pg_catalog.pg_shdepend s "
+            "JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.dbid "
+            "WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass "
+            "AND s.refobjid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+            "AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database()",
+            (oids,),
         ).fetchall()
-        statements = []
-        for kind, parent, relname, roles in rows:
-            if kind not in _REVOCABLE or parent is None:
-                continue  # DROP OWNED removes what is not listed here
-            target = sql.Identifier(parent) if relname is None else sql.Identifier(parent, relname)
-            statements.append(
-                sql.SQL("REVOKE ALL ON {} {} FROM {}").format(
-                    _REVOCABLE[kind], target, sql.SQL(", ").join(map(sql.Identifier, roles))
+        databases = [None, *(str(row[0]) for row in rows)]
+        for dbname in databases:
+            conn = self.conn
+            try:
+                if dbname is not None:
+                    conn = self._connect(dbname)
+            except TargetError as exc:
+                for role in roles:
+                    residual[role.name].append(f"database {dbname}: {exc}")
+                continue
+            try:
+                self._drop_owned(conn, roles, residual, dbname or self.settings.dbname)
+            finally:
+                if conn is not self.conn:
+                    conn.close()
+
+    def _drop_owned(
+        self,
+        conn: psycopg.Connection[Any],
+        roles: list[_Role],
+        residual: dict[str, list[str]],
+        dbname: str,
+    ) -> None:
+        def drop(chunk: list[_Role]) -> None:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("DROP OWNED BY {} CASCADE").format(_names(r.name for r in chunk))
                 )
-            )
-        return statements
+
+        try:
+            self._retrying(lambda: drop(roles))
+        except psycopg.Error:
+            for role in roles:  # one at a time, so one blocked role does not hold up the rest
+                try:
+                    self._retrying(lambda role=role: drop([role]))  # type: ignore[misc]
+                except psycopg.Error as exc:
+                    residual[role.name].append(
+                        f"database {dbname}: objects or privileges of {role.name} not removed: "
+                        f"{exc.diag.message_primary}"
+                    )
+
+    def _left(
+        self, roles: list[_Role], holders: dict[str, str | None], disabled_at: dict[str, str]
+    ) -> dict[str, list[str]]:
+        """What still gives access, from the shared catalogs: login, membership either way,
+        any dependency (owned object or privilege, in any database), a session."""
+        rows = self.conn.execute(
+            "SELECT r.rolname::pg_catalog.text, r.rolcanlogin, "
+            "  EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m "
+            "    WHERE m.member OPERATOR(pg_catalog.=) r.oid "
+            "    OR m.roleid OPERATOR(pg_catalog.=) r.oid), "
+            "  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d "
+            "    WHERE d.refclassid OPERATOR(pg_catalog.=) "
+            "    'pg_catalog.pg_authid'::pg_catalog.regclass "
+            "    AND d.refobjid OPERATOR(pg_catalog.=) r.oid), "
+            "  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a "
+            "    WHERE a.usesysid OPERATOR(pg_catalog.=) r.oid) "
+            "FROM pg_catalog.pg_roles r "
+            "WHERE r.oid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
+            ([role.oid for role in roles],),
+        ).fetchall()
+        left: dict[str, list[str]] = {role.name: [] for role in roles}
+        for name, login, member, depends, sessions in rows:
+            if login:
+                left[name].append(f"role {name} can still log in")
+            if member:
+                left[name].append(f"role {name} still has a membership")
+            if depends:
+                left[name].append(f"role {name} still owns or holds {depends} object(s)")
+            if sessions:
+                left[name].append(f"{sessions} session(s) of {name} still open")
+        for role in roles:
+            holder = holders.get(role.name)
+            if holder is None or holder == role.name:
+                continue
+            row = self.conn.execute(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a "
+                "WHERE a.usename OPERATOR(pg_catalog.=) %s "
+                "AND a.backend_start OPERATOR(pg_catalog.<=) %s::pg_catalog.timestamptz",
+                (holder, disabled_at.get(role.name) or "infinity"),
+            ).fetchone()
+            if row and row[0]:
+                left[role.name].append(f"{row[0]} session(s) of {holder} still open")
+        return left
+
+    def _drop(
+        self,
+        roles: list[_Role],
+        labels: dict[str, dict[str, Any]],
+        until: datetime,
+        residual: dict[str, list[str]],
+    ) -> set[str]:
+        """DROP ROLE a, b, ... and their tombstones, in one transaction; one by one on error."""
+
+        def drop(chunk: list[_Role]) -> None:
+            with self.conn.transaction():
+                statements: list[sql.Composable] = [
+                    sql.SQL("DROP ROLE {}").format(_names(r.name for r in chunk))
+                ]
+                for role in chunk:
+                    statements += self._tombstone(role.name, labels[role.name]["grant_id"], until)
+                self._run(statements)
+
+        if not roles:
+            return set()
+        try:
+            self._retrying(lambda: drop(roles))
+            return {role.name for role in roles}
+        except psycopg.Error:
+            dropped = set()
+            for role in roles:
+                try:
+                    self._retrying(lambda role=role: drop([role]))  # type: ignore[misc]
+                    dropped.add(role.name)
+                except psycopg.Error as exc:
+                    residual[role.name].append(
+                        f"role {role.name} not dropped: {exc.diag.message_primary}"
+                    )
+            return dropped
 
     def _terminate_all(self, names: list[str]) -> dict[str, int]:
         """End every session of these roles; wait (bounded) until the server reports them gone."""
+        names = [n for n in names if n not in self._admins]
         if not names:
             return {}
         row = self.conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE usename = ANY(%s) AND pid <> pg_backend_pid()",
+            "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
+            "FROM pg_catalog.pg_stat_activity a "
+            "JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid "
+            "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[]) "
+            "AND NOT r.rolsuper AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()",
             (names,),
         ).fetchone()
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while row and row[0]:
             counts: dict[str, int] = dict(
                 self.conn.execute(
-                    "SELECT usename::text, count(*) FROM pg_stat_activity "
-                    "WHERE usename = ANY(%s) GROUP BY 1",
+                    "SELECT a.usename::pg_catalog.text, pg_catalog.count(*) "
+                    "FROM pg_catalog.pg_stat_activity a "
+                    "WHERE a.usename OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[]) GROUP BY 1",
                     (names,),
                 ).fetchall()
             )
@@ -513,62 +818,69 @@ class PostgreSQLSession:
             time.sleep(0.02)
         return {}
 
-    def _gone(self, names: list[str]) -> dict[str, bool]:
-        """Gone: the role is gone, or cannot log in, belongs to nothing and has no session."""
-        rows = self.conn.execute(
-            "SELECT n, r.oid IS NULL OR (NOT r.rolcanlogin "
-            "AND NOT EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) "
-            "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = n)) "
-            "FROM unnest(%s::text[]) AS n LEFT JOIN pg_roles r ON r.rolname = n",
-            (names,),
-        ).fetchall()
-        return {str(name): bool(gone) for name, gone in rows}
-
-    def _tombstone(
-        self, grant_id: str, label: dict[str, Any], until: datetime
-    ) -> list[sql.Composed]:
-        """Statements that remember a revoke until `until`, so a late or repeated grant is
-        refused until then. Past that moment a grant that late has expired and is refused anyway.
-        """
+    def _tombstone(self, name: str, grant_id: str, until: datetime) -> list[sql.Composed]:
+        """Statements that remember a revoke under the grant's own name until `until`, so a
+        late or repeated grant is refused until then. Past that moment a grant that late has
+        expired and is refused anyway."""
         if until <= utcnow():
             return []
-        name = sql.Identifier(tombstone_name(self.settings, grant_id))
-        stone = tombstone_label(grant_id, self.integration, label, until)
+        label = {
+            "kind": "grant",
+            "grant_id": grant_id,
+            "integration": self.integration,
+            "expires_at": until.isoformat(),
+            "state": "tombstone",
+        }
+        ident = sql.Identifier(name)
         return [
-            sql.SQL("CREATE ROLE {} NOLOGIN").format(name),
-            sql.SQL("COMMENT ON ROLE {} IS {}").format(name, sql.Literal(encode_label(stone))),
+            sql.SQL("CREATE ROLE {} NOLOGIN").format(ident),
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, self._label(name, label)),
         ]
 
     def forget(self, grant_id: str) -> None:
         """Drop a grant's tombstone once no delivery of that grant can still succeed."""
-        with self.conn.transaction():
-            self._lock(grant_id)
-            for name, label in self._labelled(grant_id, [tombstone_name(self.settings, grant_id)]):
-                if label.get("state") == "tombstone":
-                    self.conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+        name = role_name(self.settings, grant_id)
+        role = self._roles([name]).get(name)
+        label = None if role is None else self._ours(role)
+        if role is not None and label is not None and label.get("state") == "tombstone":
+            with self.conn.transaction():
+                self.conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
-        labelled = self._labelled()
-        # Remembered so that the sweep's revokes find each role by name, not by a scan.
-        self._names.update((label["grant_id"], name) for name, label in labelled)
-        grants = (
-            grant_from_label(PostgreSQLTemplate.kind, name, label) for name, label in labelled
-        )
-        return [grant for grant in grants if grant is not None]
+        """Every role with our prefix and this integration's valid label; nothing else."""
+        rows = self.conn.execute(
+            _ROLES + "WHERE pg_catalog.starts_with(r.rolname::pg_catalog.text, %s)",
+            (self.settings.role_prefix,),
+        ).fetchall()
+        grants = []
+        for row in rows:
+            role = self._role(row)
+            label = self._ours(role)
+            if label is None or role.name != role_name(self.settings, str(label.get("grant_id"))):
+                continue
+            shown = {k: v for k, v in label.items() if k not in ("kind", "digest", "disabled_at")}
+            grant = grant_from_label(KIND, role.name, shown)
+            if grant is not None:
+                grants.append(grant)
+        return grants
 
     def inventory(self) -> dict[str, list[str]]:
         def column(query: str) -> list[str]:
             return [str(row[0]) for row in self.conn.execute(query).fetchall()]
 
         return {
-            "roles": column("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1"),
+            "roles": column(
+                "SELECT rolname FROM pg_catalog.pg_roles "
+                "WHERE NOT pg_catalog.starts_with(rolname::pg_catalog.text, 'pg_') ORDER BY 1"
+            ),
             "databases": column(
-                "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1"
+                "SELECT datname FROM pg_catalog.pg_database WHERE NOT datistemplate ORDER BY 1"
             ),
             "schemas": column(
-                "SELECT nspname FROM pg_namespace "
-                "WHERE nspname !~ '^pg_' AND nspname <> 'information_schema' ORDER BY 1"
+                "SELECT nspname FROM pg_catalog.pg_namespace "
+                "WHERE NOT pg_catalog.starts_with(nspname::pg_catalog.text, 'pg_') "
+                "AND nspname OPERATOR(pg_catalog.<>) 'information_schema' ORDER BY 1"
             ),
         }
