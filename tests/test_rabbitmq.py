@@ -21,13 +21,13 @@ import pytest
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError, Refused
+from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.models import AccessRequest, derive_grant_id
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, Secret, SecretStores
 from jitc.templates.rabbitmq_session import RabbitMQSession
-from jitc.templates.redis_label import FallbackKey
 
 API = os.environ.get("JITC_TEST_RABBITMQ_API", "http://127.0.0.1:15672")
 AMQP_PORT = int(os.environ.get("JITC_TEST_RABBITMQ_PORT", "5672"))
@@ -38,6 +38,7 @@ VHOST = f"t{RUN}"
 OTHER_VHOST = f"t{RUN}-b"
 ADMIN = f"t{RUN}admin"
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
+LABEL_KEY = secrets.token_urlsafe(32)
 BOX_PRIVATE, BOX_PUBLIC = box_keypair()
 
 
@@ -62,6 +63,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
     }
     perms.update(permissions)
     return {
+        "connector": {"label_key": "mem:label"},
         "integrations": {
             INTEGRATION: {
                 "kind": "rabbitmq",
@@ -76,7 +78,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
                 "max_duration": "8h",
                 "permissions": perms,
             }
-        }
+        },
     }
 
 
@@ -159,7 +161,7 @@ def make_env(root: httpx.Client) -> Iterator[Callable[..., Env]]:
         sink = MemorySink()
         engine = Engine(
             parse_catalog(doc or catalog_doc()),
-            SecretStores({"mem": EnvSecretStore({"admin": secret})}),
+            SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
             NullScheduler(),
             sink,
             clock=lambda: now[0],
@@ -369,7 +371,7 @@ def test_a_label_under_another_key_or_copied_to_another_user_is_not_ours(env: En
     outcome = env.engine.execute(env.request())
     integration = env.engine.catalog.integration(INTEGRATION)
     other = RabbitMQSession(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), FallbackKey.from_secret("k")
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("k")
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(str(outcome.grant_id), datetime.now(UTC)).found is False
@@ -378,7 +380,12 @@ def test_a_label_under_another_key_or_copied_to_another_user_is_not_ours(env: En
     user = users(env.root)[str(outcome.principal)]
     copy = f"{PREFIX}gaaaaaaaaaaaaaaaaaaaaaaaa"
     env.root.put(f"/api/users/{copy}", json={"password": "x", "tags": ",".join(user["tags"])})
-    mine = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    mine = integration.template.open(
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        label_key=LabelKey.from_secret(LABEL_KEY),
+    )
     assert copy not in {g.principal for g in mine.active_grants()}
     mine.close()
     env.root.delete(f"/api/users/{copy}")
@@ -431,7 +438,9 @@ def test_secrets_never_reach_events_or_outcomes(env: Env) -> None:
     env.engine.execute(env.request("revoke", request_id="canary-1"))
     wrong = Engine(
         parse_catalog(catalog_doc()),
-        SecretStores({"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong"})}),
+        SecretStores(
+            {"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong", "label": LABEL_KEY})}
+        ),
         NullScheduler(),
         env.sink,
     )

@@ -22,12 +22,12 @@ from redis.retry import Retry
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError, Refused
+from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.models import AccessRequest, derive_grant_id
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, Secret, SecretStores
-from jitc.templates.redis_label import FallbackKey
 from jitc.templates.redis_session import RedisSession
 
 HOST = os.environ.get("JITC_TEST_REDIS_HOST", "127.0.0.1")
@@ -38,6 +38,7 @@ KEYS = f"t{RUN}:app:*"
 OTHER_KEYS = f"t{RUN}:other:*"
 ADMIN = f"t{RUN}-admin"
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
+LABEL_KEY = secrets.token_urlsafe(32)
 BOX_PRIVATE, BOX_PUBLIC = box_keypair()
 
 
@@ -67,6 +68,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
     }
     perms.update(permissions)
     return {
+        "connector": {"label_key": "mem:label"},
         "integrations": {
             INTEGRATION: {
                 "kind": "redis",
@@ -80,7 +82,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
                 "max_duration": "8h",
                 "permissions": perms,
             }
-        }
+        },
     }
 
 
@@ -151,7 +153,7 @@ def make_env(root: redis.Redis) -> Iterator[Callable[..., Env]]:
         sink = MemorySink()
         engine = Engine(
             parse_catalog(doc or catalog_doc()),
-            SecretStores({"mem": EnvSecretStore({"admin": secret})}),
+            SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
             NullScheduler(),
             sink,
             clock=lambda: now[0],
@@ -232,11 +234,16 @@ def test_label_is_the_user_name_with_expiry_and_no_email(env: Env) -> None:
     assert fields[3] == "a" and int(fields[4]) == int(outcome.expires_at.timestamp())
     assert "alice" not in outcome.principal
     integration = env.engine.catalog.integration(INTEGRATION)
-    mine = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    mine = integration.template.open(
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        label_key=LabelKey.from_secret(LABEL_KEY),
+    )
     assert outcome.grant_id in {g.grant_id for g in mine.active_grants()}
     # Under another key the same name is not a label of ours: nothing acts on it.
     other = RedisSession(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), FallbackKey.from_secret("k")
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("k")
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(outcome.grant_id, datetime.now(UTC)).found is False
@@ -265,6 +272,19 @@ def test_redelivered_grant_hands_out_the_same_credentials(env: Env) -> None:
     assert second.status == "granted" and second.reissued and second.principal == first.principal
     assert env.credentials(second.sealed_credentials) == env.credentials(first.sealed_credentials)
     assert len(ours(env.root)) == 1
+    env.login(env.credentials(first.sealed_credentials)).close()
+
+
+def test_without_a_label_key_a_redelivery_neither_rotates_nor_reveals_the_password(
+    make_env: Callable[..., Env],
+) -> None:
+    doc = catalog_doc()
+    del doc["connector"]
+    env = make_env(doc)
+    request = env.request(request_id="unkeyed-1")
+    first = env.engine.execute(request)
+    second = env.engine.execute(request)
+    assert second.status == "granted" and second.reissued and second.sealed_credentials is None
     env.login(env.credentials(first.sealed_credentials)).close()
 
 
@@ -421,7 +441,9 @@ def make_bad_env_outcome(env: Env) -> dict[str, Any]:
     """A failing connection (a wrong password) must not echo the password it tried."""
     engine = Engine(
         parse_catalog(catalog_doc()),
-        SecretStores({"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong"})}),
+        SecretStores(
+            {"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong", "label": LABEL_KEY})}
+        ),
         NullScheduler(),
         env.sink,
     )

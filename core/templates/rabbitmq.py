@@ -21,12 +21,12 @@ from urllib.parse import quote, urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
+from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
 
 if TYPE_CHECKING:
     from jitc.templates.rabbitmq_session import RabbitMQSession
-    from jitc.templates.redis_label import MacKey
 
 MASK = "********"
 Tag = Literal["management", "monitoring", "policymaker", "administrator"]
@@ -188,6 +188,7 @@ class RabbitMQTemplate:
     kind: ClassVar[str] = "rabbitmq"
     Connection: ClassVar[type[Settings]] = Connection
     Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
 
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
         return True
@@ -212,7 +213,7 @@ class RabbitMQTemplate:
         integration: str,
         connection: Settings,
         secret: Secret | None,
-        label_key: MacKey | None = None,
+        label_key: LabelKey | None = None,
     ) -> RabbitMQSession:
         from jitc.templates.rabbitmq_session import RabbitMQSession
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
@@ -29,9 +30,7 @@ from jitc.templates.rabbitmq import (
     user_name,
 )
 from jitc.templates.redis_label import (
-    FallbackKey,
     Label,
-    MacKey,
     decode_label,
     encode_label,
     spec_digest,
@@ -55,13 +54,11 @@ class RabbitMQSession:
         integration: str,
         connection: Connection,
         secret: Secret | None,
-        label_key: MacKey | None = None,
+        label_key: LabelKey | None = None,
     ) -> None:
         self.integration = integration
         self.settings = connection
-        self.key: MacKey = label_key or FallbackKey.from_secret(
-            secret.reveal() if secret is not None else None
-        )
+        self.key = label_key or LabelKey.from_secret(None)
         self.client = httpx.Client(
             base_url=connection.api_url.rstrip("/"),
             auth=(connection.user, secret.reveal() if secret is not None else ""),

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
+from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
 
 if TYPE_CHECKING:
-    from jitc.templates.redis_label import MacKey
     from jitc.templates.redis_session import RedisSession
 
 MASK = "********"
@@ -151,6 +151,7 @@ class RedisTemplate:
     kind: ClassVar[str] = "redis"
     Connection: ClassVar[type[Settings]] = Connection
     Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
 
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
         return True
@@ -172,7 +173,7 @@ class RedisTemplate:
         integration: str,
         connection: Settings,
         secret: Secret | None,
-        label_key: MacKey | None = None,
+        label_key: LabelKey | None = None,
     ) -> RedisSession:
         from jitc.templates.redis_session import RedisSession
 

@@ -9,7 +9,9 @@ colon-separated fields rather than JSON:
 Only what a revoke or the sweep needs is kept (no e-mail address: anyone who may list users would
 read it). The MAC binds the fields to the target kind and the principal the label is attached to,
 so a label copied onto another user, or written by someone without the key, is never acted on.
-Every encode and verify of these templates goes through `encode_label` / `decode_label`.
+The MAC is `jitc.labels.LabelKey.mac`, keyed by the connector's label key like every other
+template's labels. Every encode and verify of these templates goes through `encode_label` /
+`decode_label`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal
 
+from jitc.labels import LabelKey
 from jitc.templates.base import GrantSpec
 
 PREFIX = "jitc1"
@@ -30,44 +33,6 @@ _STATE_CODE: dict[str, State] = {"a": "active", "t": "tombstone"}
 _CODE = {state: code for code, state in _STATE_CODE.items()}
 _FIELD = re.compile(r"^[a-z0-9_.-]{1,63}$")
 _DIGEST = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-
-
-class MacKey(Protocol):
-    """What labelling needs from the connector's label key."""
-
-    def mac(self, *parts: str) -> str: ...
-
-    def password(self, *parts: str) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class FallbackKey:
-    """A label key derived from the admin credential, for as long as the connector has no label
-    key of its own: grantees never hold the admin credential, so they cannot forge a label.
-    Rotating the admin credential makes existing labels unverifiable (those grants are then left
-    to their target-side limits), which is why a dedicated key is preferred."""
-
-    secret: bytes
-    keyed: bool
-
-    @classmethod
-    def from_secret(cls, value: str | None) -> FallbackKey:
-        if not value:
-            return cls(b"jitc unkeyed label key", keyed=False)
-        return cls(value.encode(), keyed=True)
-
-    def _derive(self, purpose: str) -> bytes:
-        return hmac.new(self.secret, f"jitc {purpose}".encode(), hashlib.sha256).digest()
-
-    def mac(self, *parts: str) -> str:
-        digest = hmac.new(self._derive("label"), "\0".join(parts).encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
-
-    def password(self, *parts: str) -> str | None:
-        if not self.keyed:
-            return None
-        digest = hmac.new(self._derive("password"), "\0".join(parts).encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
 
 
 @dataclass(frozen=True)
@@ -109,14 +74,14 @@ def spec_digest(spec: GrantSpec) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()[:16]).decode()[:22]
 
 
-def encode_label(key: MacKey, kind: str, principal: str | None, label: Label) -> str:
+def encode_label(key: LabelKey, kind: str, principal: str | None, label: Label) -> str:
     """The label text. `principal` is the user the label is attached to (None when the label is
     itself the user name, as in Redis)."""
     body = label.body()
     return f"{body}:{key.mac(kind, principal or '', body)}"
 
 
-def decode_label(key: MacKey, kind: str, principal: str | None, text: str) -> Label | None:
+def decode_label(key: LabelKey, kind: str, principal: str | None, text: str) -> Label | None:
     """The label, if it is ours, intact and written for this principal; None for anything else."""
     if not text.startswith(PREFIX + ":"):
         return None

@@ -14,14 +14,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
 from jitc.templates.redis import Connection, Permission, RedisTemplate, acl_rules
 from jitc.templates.redis_label import (
-    FallbackKey,
     Label,
-    MacKey,
     decode_label,
     encode_label,
     label_prefix,
@@ -41,13 +40,11 @@ class RedisSession:
         integration: str,
         connection: Connection,
         secret: Secret | None,
-        label_key: MacKey | None = None,
+        label_key: LabelKey | None = None,
     ) -> None:
         self.integration = integration
         self.settings = connection
-        self.key: MacKey = label_key or FallbackKey.from_secret(
-            secret.reveal() if secret is not None else None
-        )
+        self.key = label_key or LabelKey.from_secret(None)
         self._save: bool | None = {"always": True, "never": False}.get(connection.acl_save)
         try:
             self.client: redis.Redis = redis.Redis(
