@@ -1,0 +1,258 @@
+"""MySQL and MariaDB: an ephemeral account `'name'@'host'` per grant.
+
+MariaDB has no per-user comment or attribute, so the ledger is a table the connector owns
+(`<ledger_database>.grants`, default `jitc_ledger`), in a database that no grant can reach: the
+catalog refuses it, and the system databases, as a resource. A row there is the grant's label;
+an account is acted on only when a row names it *and* its name is the one derived from that
+row's grant id, so a row pointing at someone else's account is ignored.
+
+Expiry is enforced by the server itself where it can be: every grant also creates a one-shot
+`CREATE EVENT ... ON SCHEDULE AT <expiry>` that locks the account and kills its connections,
+which runs even when the connector is down, provided the server's `event_scheduler` is ON.
+
+Identifiers are quoted with backticks (doubled inside), literals with the driver's escaping,
+and every value is first checked against a narrow pattern, so neither can leave its quotes.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import UTC, timedelta
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from jitc.errors import Refused
+from jitc.secrets import Secret
+from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+
+if TYPE_CHECKING:
+    from jitc.templates.mysql_session import MySQLSession
+
+PLACEHOLDERS = frozenset({"user", "object", "database", "table"})
+MASK = "'********'"
+SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+_NAME = r"[A-Za-z0-9_$]{1,64}"
+RESOURCE_PATTERN = re.compile(rf"^({_NAME})(?:\.({_NAME}))?$")
+HOST_PATTERN = r"^[A-Za-z0-9.%_:-]{1,60}$"
+
+BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
+    "read-only": ("GRANT SELECT, SHOW VIEW ON {object} TO {user}",),
+    "read-write": ("GRANT SELECT, INSERT, UPDATE, DELETE, SHOW VIEW ON {object} TO {user}",),
+}
+
+
+class Connection(Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=3306, ge=1, le=65535)
+    user: str = Field(description="the connector's admin account", pattern=r"^[A-Za-z0-9_.@-]+$")
+    ssl: bool = Field(default=False, description="require TLS to the server")
+    connect_timeout: int = Field(default=5, ge=1, le=60)
+    login_host: str | None = Field(default=None, description="host the grantee connects to")
+    user_host: str = Field(
+        default="%", pattern=HOST_PATTERN, description="host part of every account made"
+    )
+    user_prefix: str = Field(default="jit_", pattern=r"^[a-z][a-z0-9_]{0,11}$")
+    ledger_database: str = Field(default="jitc_ledger", pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    connection_limit: int = Field(default=3, ge=1, le=100)
+    expiry_event: Literal["required", "if-available", "off"] = Field(
+        default="if-available",
+        description="the server-side expiry event: 'required' refuses a grant while the "
+        "server's event_scheduler is OFF; 'if-available' creates it anyway (it fires once the "
+        "scheduler runs); 'off' leaves expiry to the connector's scheduler and sweep",
+    )
+    lock_wait_seconds: int = Field(default=10, ge=1, le=120)
+    kill_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+
+
+class Permission(PermissionSettings):
+    template: Literal["read-only", "read-write"] | None = Field(
+        default=None, description="built-in statements"
+    )
+    statements: list[str] | None = Field(
+        default=None,
+        description="statement text with placeholders {user} {object} {database} {table}, "
+        "run once per requested resource",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, resources: list[str]) -> list[str]:
+        for index, resource in enumerate(resources):
+            check_resource(resource, f"resource {index}")
+        return resources
+
+    @field_validator("statements")
+    @classmethod
+    def _placeholders(cls, statements: list[str] | None) -> list[str] | None:
+        for index, text in enumerate(statements or []):
+            for _, name, spec, conversion in string.Formatter().parse(text):
+                if name is None:
+                    continue
+                if name not in PLACEHOLDERS or spec or conversion:
+                    raise ValueError(
+                        f"statement {index}: unknown placeholder {{{name}}} "
+                        f"(allowed: {', '.join(sorted('{' + p + '}' for p in PLACEHOLDERS))})"
+                    )
+            if "{user}" not in text:
+                raise ValueError(f"statement {index}: must name {{user}}")
+            if "{database}.*" in text.replace("`", ""):
+                # At database level `_` and `%` are wildcards: {object} escapes them.
+                raise ValueError(f"statement {index}: write {{object}}, not {{database}}.*")
+        return statements
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Permission:
+        if (self.template is None) == (self.statements is None):
+            raise ValueError("needs exactly one of template or statements")
+        return self
+
+    def statement_texts(self) -> tuple[str, ...]:
+        if self.statements is not None:
+            return tuple(self.statements)
+        assert self.template is not None
+        return BUILTIN_STATEMENTS[self.template]
+
+
+def check_resource(resource: str, where: str) -> tuple[str, str | None]:
+    """(database, table or None) of a resource `db` or `db.table`; raises ValueError."""
+    match = RESOURCE_PATTERN.match(resource)
+    if match is None:
+        raise ValueError(f"{where}: {resource!r} is not `database` or `database.table`")
+    database, table = match.group(1), match.group(2)
+    if database.lower() in SYSTEM_DATABASES:
+        raise ValueError(f"{where}: {database!r} is a system database")
+    return database, table
+
+
+def ident(name: str) -> str:
+    """A backtick-quoted identifier."""
+    if not name or "\0" in name:
+        raise ValueError("empty identifier")
+    return "`" + name.replace("`", "``") + "`"
+
+
+def literal(value: str) -> str:
+    """A quoted string literal. The sessions pin sql_mode, so backslash escapes hold."""
+    if "\0" in value:
+        raise ValueError("NUL in literal")
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"')
+    return "'" + escaped + "'"
+
+
+def db_pattern(database: str) -> str:
+    """A database name for a database-level GRANT, where `_` and `%` would be wildcards."""
+    return ident(database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%"))
+
+
+def _username_hint(spec: GrantSpec) -> str:
+    source = spec.identity.username or spec.identity.email.split("@", 1)[0]
+    return re.sub(r"[^a-z0-9_]", "_", source.lower())[:8]
+
+
+def user_name(connection: Connection, spec: GrantSpec) -> str:
+    """Deterministic per grant (at most 31 characters, MySQL's limit is 32), so a redelivered
+    grant finds the account it made."""
+    return f"{connection.user_prefix}{_username_hint(spec)}_{spec.grant_id[1:11]}"
+
+
+def is_our_name(connection: Connection, name: str, grant_id: str) -> bool:
+    """Whether an account name is one this integration would make for that grant id."""
+    return name.startswith(connection.user_prefix) and name.endswith(f"_{grant_id[1:11]}")
+
+
+def account(connection: Connection, name: str) -> str:
+    return f"{literal(name)}@{literal(connection.user_host)}"
+
+
+def event_name(grant_id: str) -> str:
+    return f"jitc_expire_{grant_id}"
+
+
+def grant_statements(connection: Connection, spec: GrantSpec, password_hash: str) -> list[str]:
+    """The statements of a grant, run only when its account does not exist yet (the GRANTs and
+    the event are idempotent, so a grant cut short is completed by running them again)."""
+    permission = spec.permission
+    assert isinstance(permission, Permission)
+    name = user_name(connection, spec)
+    who = account(connection, name)
+    statements = [
+        f"CREATE USER {who} IDENTIFIED WITH mysql_native_password AS {password_hash} "
+        f"WITH MAX_USER_CONNECTIONS {int(connection.connection_limit)}",
+    ]
+    for resource in spec.resources:
+        database, table = check_resource(resource, "resource")
+        if table is None:
+            target = f"{db_pattern(database)}.*"
+        else:
+            target = f"{ident(database)}.{ident(table)}"
+        for text in permission.statement_texts():
+            statements.append(
+                text.format(
+                    user=who,
+                    object=target,
+                    database=ident(database),
+                    table=ident(table) if table else "*",
+                )
+            )
+    if connection.expiry_event != "off":
+        statements.append(expiry_event(connection, name, spec))
+    return statements
+
+
+def expiry_event(connection: Connection, name: str, spec: GrantSpec) -> str:
+    """A one-shot event, run by the server at the expiry even when the connector is down: lock
+    the account, then end its connections (a dropped or locked account's sessions live on).
+    A cursor over the process list, not MariaDB's `KILL USER`, so MySQL runs it too."""
+    # Rounded up to the second (the schedule's precision), never down past the expiry.
+    expires = spec.expires_at.astimezone(UTC)
+    if expires.microsecond:
+        expires = expires.replace(microsecond=0) + timedelta(seconds=1)
+    at = expires.strftime("%Y-%m-%d %H:%M:%S")
+    sessions = f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {literal(name)}"  # noqa: S608
+    return (
+        f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
+        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(at)} "
+        "ON COMPLETION NOT PRESERVE DO BEGIN "
+        "DECLARE done INT DEFAULT 0; DECLARE tid BIGINT UNSIGNED; "
+        f"DECLARE c CURSOR FOR {sessions}; "
+        "DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; "
+        f"ALTER USER IF EXISTS {account(connection, name)} ACCOUNT LOCK; "
+        "OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "
+        "SET @jitc_kill = CONCAT('KILL CONNECTION ', tid); PREPARE s FROM @jitc_kill; "
+        "EXECUTE s; DEALLOCATE PREPARE s; END LOOP; CLOSE c; END"
+    )
+
+
+def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
+    return grant_statements(connection, spec, MASK)
+
+
+class MySQLTemplate:
+    kind: ClassVar[str] = "mysql"
+    Connection: ClassVar[type[Settings]] = Connection
+    Permission: ClassVar[type[PermissionSettings]] = Permission
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        return True
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        assert isinstance(connection, Connection)
+        for index, resource in enumerate(spec.resources):
+            try:
+                database, _ = check_resource(resource, f"resources[{index}]")
+            except ValueError as exc:
+                raise Refused(f"resources[{index}]", str(exc)) from None
+            if database.lower() == connection.ledger_database.lower():
+                raise Refused(f"resources[{index}]", "the connector's ledger is never granted")
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
+        assert isinstance(connection, Connection)
+        return plan_statements(connection, spec)
+
+    def open(self, integration: str, connection: Settings, secret: Secret | None) -> MySQLSession:
+        from jitc.templates.mysql_session import MySQLSession
+
+        assert isinstance(connection, Connection)
+        return MySQLSession(integration, connection, secret)

@@ -1,0 +1,386 @@
+"""The MySQL/MariaDB template's connection-side half, imported only when a connection is opened.
+
+Account DDL in MySQL and MariaDB commits on its own, so a grant cannot be one transaction:
+every step is idempotent instead, and the ledger row is written before the account, so a crash
+between the two leaves a row that a redelivery completes or a sweep revokes, never an account
+nobody knows of.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pymysql
+
+from jitc.errors import Refused, TargetError
+from jitc.models import Grant, utcnow
+from jitc.secrets import Secret
+from jitc.templates.base import (
+    GrantResult,
+    GrantSpec,
+    RevokeResult,
+    decode_label,
+    encode_label,
+    grant_from_label,
+    tombstone_label,
+)
+from jitc.templates.mysql import (
+    Connection,
+    MySQLTemplate,
+    account,
+    event_name,
+    grant_statements,
+    ident,
+    is_our_name,
+    literal,
+    user_name,
+)
+
+# Fixed for every admin session: no ANSI_QUOTES or NO_BACKSLASH_ESCAPES, which would change how
+# our quoting reads, whatever the server's global default says.
+SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
+_NO_SUCH_THREAD = 1094
+_NO_SUCH_TABLE = (1049, 1146)
+
+
+def native_password_hash(password: str) -> str:
+    """mysql_native_password's stored form, computed here so the clear password never reaches
+    the server (its general log or binary log would keep it)."""
+    inner = hashlib.sha1(password.encode(), usedforsecurity=False).digest()
+    return "*" + hashlib.sha1(inner, usedforsecurity=False).hexdigest().upper()
+
+
+def seal_label(label: dict[str, Any]) -> str:
+    """The text of a label as the ledger stores it: the one place to change how labels are
+    written."""
+    return encode_label(label)
+
+
+def open_label(text: str | None) -> dict[str, Any] | None:
+    """A label read back from the ledger, or None when it is not one of ours."""
+    return decode_label(text)
+
+
+class MySQLSession:
+    """One admin connection, used for a batch."""
+
+    def __init__(self, integration: str, connection: Connection, secret: Secret | None) -> None:
+        self.integration = integration
+        self.settings = connection
+        self.ledger = f"{ident(connection.ledger_database)}.{ident('grants')}"
+        try:
+            self.conn = pymysql.connect(
+                host=connection.host,
+                port=connection.port,
+                user=connection.user,
+                password=secret.reveal() if secret is not None else "",
+                connect_timeout=connection.connect_timeout,
+                ssl={"check_hostname": True} if connection.ssl else None,
+                autocommit=True,
+                charset="utf8mb4",
+                program_name="jit-connector",
+            )
+        except pymysql.Error as exc:
+            raise TargetError(
+                f"cannot connect to MySQL {connection.host}:{connection.port} as "
+                f"{connection.user}: {type(exc).__name__} {exc.args[0] if exc.args else ''}"
+            ) from None
+        wait = int(connection.lock_wait_seconds)
+        # No default database: every name we use is qualified, so nothing a neighbour creates
+        # in some database can stand in for ours. Lock waits are bounded, so a neighbour's lock
+        # delays a revoke at most this long.
+        self._run(
+            f"SET SESSION sql_mode = {literal(SQL_MODE)}, time_zone = '+00:00', "
+            f"innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
+        )
+        scheduler, version = self._rows("SELECT @@GLOBAL.event_scheduler, VERSION()")[0]
+        self.scheduler_on = str(scheduler).upper() == "ON"
+        # MariaDB's mysql.user is a view that parses every account's JSON: its table is faster.
+        self.accounts = "mysql.global_priv" if "mariadb" in str(version).lower() else "mysql.user"
+        self._lock_key = self._ensure_ledger()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _run(self, statement: str, args: tuple[Any, ...] | None = None) -> int:
+        with self.conn.cursor() as cursor:
+            return int(cursor.execute(statement, args))
+
+    def _rows(self, query: str, args: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        with self.conn.cursor() as cursor:
+            cursor.execute(query, args)
+            return list(cursor.fetchall())
+
+    def _one(self, query: str, args: tuple[Any, ...] | None = None) -> Any:
+        rows = self._rows(query, args)
+        return rows[0][0] if rows else None
+
+    def _ensure_ledger(self) -> str:
+        """The ledger's lock key, creating the ledger on first use. The key is random and only
+        readable by the admin, so no neighbour can compute the names of our locks."""
+        keys = f"{ident(self.settings.ledger_database)}.{ident('keys')}"
+        try:
+            key = self._one(f"SELECT value FROM {keys} WHERE name = 'lock'")  # noqa: S608
+        except pymysql.err.ProgrammingError as exc:
+            if exc.args[0] not in _NO_SUCH_TABLE:
+                raise
+            key = None
+        if key is not None:
+            return str(key)
+        self._run(f"CREATE DATABASE IF NOT EXISTS {ident(self.settings.ledger_database)}")
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {self.ledger} ("
+            "integration VARCHAR(64) NOT NULL, grant_id CHAR(25) NOT NULL, "
+            "name VARCHAR(80) NOT NULL, state VARCHAR(16) NOT NULL, "
+            "expires_at DATETIME(6) NOT NULL, label TEXT NOT NULL, "
+            "PRIMARY KEY (integration, grant_id)) ENGINE=InnoDB"
+        )
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {keys} (name VARCHAR(32) PRIMARY KEY, "
+            "value CHAR(64) NOT NULL) ENGINE=InnoDB"
+        )
+        self._run(
+            f"INSERT IGNORE INTO {keys} (name, value) VALUES ('lock', %s)",  # noqa: S608
+            (secrets.token_hex(32),),
+        )
+        return str(self._one(f"SELECT value FROM {keys} WHERE name = 'lock'"))  # noqa: S608
+
+    @contextmanager
+    def _locked(self, grant_id: str) -> Iterator[None]:
+        """Serialise work on one grant across workers, with a bounded wait."""
+        name = "jitc-" + hashlib.sha256(f"{self._lock_key}:{grant_id}".encode()).hexdigest()[:56]
+        got = self._one("SELECT GET_LOCK(%s, %s)", (name, self.settings.lock_wait_seconds))
+        if got != 1:
+            raise TargetError(f"grant {grant_id} is busy (lock not granted in time)")
+        try:
+            yield
+        finally:
+            self._run("DO RELEASE_LOCK(%s)", (name,))
+
+    def _row(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
+        rows = self._rows(
+            f"SELECT name, label FROM {self.ledger} "  # noqa: S608
+            "WHERE integration = %s AND grant_id = %s",
+            (self.integration, grant_id),
+        )
+        for name, text in rows:
+            label = open_label(text)
+            if label is None or label.get("grant_id") != grant_id:
+                return None
+            if label.get("state") != "tombstone" and not is_our_name(self.settings, name, grant_id):
+                return None  # a row naming someone else's account is not ours to act on
+            return str(name), label
+        return None
+
+    def _write(self, name: str, label: dict[str, Any]) -> None:
+        self._run(
+            f"REPLACE INTO {self.ledger} "  # noqa: S608
+            "(integration, grant_id, name, state, expires_at, label) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                self.integration,
+                label["grant_id"],
+                name,
+                label["state"],
+                datetime.fromisoformat(label["expires_at"]).astimezone(UTC).replace(tzinfo=None),
+                seal_label(label),
+            ),
+        )
+
+    def _delete(self, grant_id: str) -> None:
+        self._run(
+            f"DELETE FROM {self.ledger} WHERE integration = %s AND grant_id = %s",  # noqa: S608
+            (self.integration, grant_id),
+        )
+
+    def _user_exists(self, name: str) -> bool:
+        return bool(
+            self._one(
+                f"SELECT COUNT(*) FROM {self.accounts} WHERE User = %s AND Host = %s",  # noqa: S608
+                (name, self.settings.user_host),
+            )
+        )
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        name = user_name(self.settings, spec)
+        password = secrets.token_urlsafe(24)
+        hashed = literal(native_password_hash(password))
+        with self._locked(spec.grant_id):
+            found = self._row(spec.grant_id)
+            if found is None:
+                if self._user_exists(name):
+                    raise Refused(
+                        "identity.username",
+                        f"account {name!r} already exists and was not created by this connector",
+                    )
+                if self.settings.expiry_event == "required" and not self.scheduler_on:
+                    raise Refused(
+                        "integration",
+                        "the server's event_scheduler is OFF, and this integration requires "
+                        "target-enforced expiry",
+                    )
+                self._write(name, spec.label(user=name, host=self.settings.user_host))
+                statements = grant_statements(self.settings, spec, hashed)
+                reissued = False
+            else:
+                label = found[1]
+                if label.get("state") == "tombstone":
+                    raise Refused(
+                        "request_id", "this grant was already revoked; it will not be made again"
+                    )
+                if label.get("state") != "active":
+                    raise Refused("request_id", "this grant is being revoked")
+                reissued = True
+                if self._user_exists(name):
+                    # A redelivery may be the only outcome that reaches the requester, so it
+                    # carries a fresh password; the account and its expiry stay as they were.
+                    statements = [
+                        f"ALTER USER {account(self.settings, name)} "
+                        f"IDENTIFIED WITH mysql_native_password AS {hashed}"
+                    ]
+                else:  # the first delivery stopped between the ledger and the account
+                    statements = grant_statements(self.settings, spec, hashed)
+            for statement in statements:
+                self._run(statement)
+        return GrantResult(
+            principal=name,
+            credentials={
+                "username": name,
+                "password": password,
+                "host": self.settings.login_host or self.settings.host,
+                "port": str(self.settings.port),
+                "expires_at": spec.expires_at.isoformat(),
+            },
+            reissued=reissued,
+        )
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        with self._locked(grant_id):
+            found = self._row(grant_id)
+            if found is None:
+                # Revoke before grant: the tombstone makes the late grant a refusal.
+                self._tombstone(grant_id, {}, tombstone_until)
+                return RevokeResult(found=False)
+            name, label = found
+            if label.get("state") == "tombstone":
+                return RevokeResult(found=False)
+            if label.get("state") != "revoking":
+                self._write(name, {**label, "state": "revoking"})
+            who = account(self.settings, name)
+            # Locked first, so no new connection can start while the old ones are killed.
+            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+            left = self._kill(name)
+            self._run(f"DROP USER IF EXISTS {who}")
+            self._run(
+                f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
+                f"{ident(event_name(grant_id))}"
+            )
+            residual = self._residual(name)
+            if left:
+                residual.append(f"{left} connection(s) of {name} still open")
+            if not residual:
+                self._tombstone(grant_id, label, tombstone_until)
+            return RevokeResult(
+                found=True,
+                principal=name,
+                expires_at=datetime.fromisoformat(label["expires_at"]),
+                residual=residual,
+                verified=not residual,
+            )
+
+    def _sessions(self, name: str) -> list[int]:
+        rows = self._rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND ID <> "
+            "CONNECTION_ID()",
+            (name,),
+        )
+        return [int(row[0]) for row in rows]
+
+    def _kill(self, name: str) -> int:
+        """End every connection of the account (DROP USER leaves them running); wait, bounded,
+        until the server no longer lists them. Returns how many are left."""
+        deadline = time.monotonic() + self.settings.kill_wait_seconds
+        while True:
+            ids = self._sessions(name)
+            if not ids:
+                return 0
+            if time.monotonic() >= deadline:
+                return len(ids)
+            for thread in ids:
+                try:
+                    self._run(f"KILL CONNECTION {int(thread)}")
+                except pymysql.err.InternalError as exc:
+                    if exc.args[0] != _NO_SUCH_THREAD:
+                        raise
+                except pymysql.err.OperationalError as exc:
+                    if exc.args[0] != _NO_SUCH_THREAD:
+                        raise
+            time.sleep(0.01)
+
+    def _residual(self, name: str) -> list[str]:
+        """What still exists of the account, read from the server's own tables."""
+        tables = [self.accounts, "mysql.db", "mysql.tables_priv", "mysql.columns_priv"]
+        tables.append("mysql.procs_priv")
+        counts = ", ".join(
+            f"(SELECT COUNT(*) FROM {table} WHERE User = %s AND Host = %s)"  # noqa: S608
+            for table in tables
+        )
+        row = self._rows(f"SELECT {counts}", (name, self.settings.user_host) * len(tables))[0]
+        return [
+            f"{count} row(s) for {name} in {table}"
+            for table, count in zip(tables, row, strict=True)
+            if count
+        ]
+
+    def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
+        """Remember a revoke until `until`; a grant delivered after that has expired anyway."""
+        if until <= utcnow():
+            self._delete(grant_id)
+            return
+        stone = tombstone_label(grant_id, self.integration, label, until)
+        self._write(str(label.get("user", "")), stone)
+
+    def forget(self, grant_id: str) -> None:
+        with self._locked(grant_id):
+            found = self._row(grant_id)
+            if found is not None and found[1].get("state") == "tombstone":
+                self._delete(grant_id)
+
+    # -- sweep and inventory ---------------------------------------------------------------
+
+    def active_grants(self) -> list[Grant]:
+        rows = self._rows(
+            f"SELECT grant_id, name, label FROM {self.ledger} WHERE integration = %s",  # noqa: S608
+            (self.integration,),
+        )
+        grants = []
+        for grant_id, name, text in rows:
+            label = open_label(text)
+            if label is None or label.get("grant_id") != grant_id:
+                continue
+            if label.get("state") != "tombstone" and not is_our_name(self.settings, name, grant_id):
+                continue
+            grant = grant_from_label(MySQLTemplate.kind, str(name), label)
+            if grant is not None:
+                grants.append(grant)
+        return grants
+
+    def inventory(self) -> dict[str, list[str]]:
+        users = self._rows("SELECT User, Host FROM mysql.user ORDER BY User, Host")
+        return {
+            "users": [f"{user}@{host}" for user, host in users],
+            "databases": [str(row[0]) for row in self._rows("SHOW DATABASES")],
+            "event_scheduler": ["ON" if self.scheduler_on else "OFF"],
+        }

@@ -1,0 +1,59 @@
+"""The contract suite's fixtures: one `target` per template, each on its real server.
+
+A template joins the suite by adding its `contract_<kind>.py` here: module and class.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from contract_targets import ContractEnv, Target, make_env
+
+TARGETS: dict[str, str] = {
+    "postgresql": "contract_postgresql:PostgreSQLTarget",
+    "mysql": "contract_mysql:MySQLTarget",
+}
+
+_reached: dict[str, Any] = {}
+
+
+def _load(kind: str) -> Any:
+    if kind not in _reached:
+        module, _, name = TARGETS[kind].partition(":")
+        target = getattr(importlib.import_module(module), name)()
+        try:
+            target.reach()
+        except RuntimeError as exc:
+            pytest.exit(str(exc), returncode=3)
+        _reached[kind] = target
+    return _reached[kind]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_targets() -> Iterator[None]:
+    yield
+    for target in _reached.values():
+        target.cleanup()
+
+
+@pytest.fixture(params=sorted(TARGETS))
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    loaded = _load(request.param)
+    yield loaded
+    loaded.reset()
+
+
+@pytest.fixture
+def make_contract_env(target: Target) -> Callable[..., ContractEnv]:
+    def make(doc: dict[str, Any] | None = None, secret: str | None = None) -> ContractEnv:
+        return make_env(target, doc, secret)
+
+    return make
+
+
+@pytest.fixture
+def cenv(make_contract_env: Callable[..., ContractEnv]) -> ContractEnv:
+    return make_contract_env()

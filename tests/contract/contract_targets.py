@@ -1,0 +1,185 @@
+"""What a template supplies to join the contract suite, and the engine the suite drives.
+
+A target is a small class: how to reach its server, which catalog integration to use, how to log
+in as a granted principal, one allowed and one denied operation, how to tell whether a live
+connection still works, and how to make a principal the connector did not create. Everything
+else (the engine, the clock, the requests, the sealed credentials) is shared here.
+
+To add a template: write `contract_<kind>.py` with a class implementing `Target`, and list it in
+`TARGETS` in this folder's conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from jitc.catalog import Catalog, parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import AccessRequest
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import EnvSecretStore, SecretStores
+
+BOX_PRIVATE, BOX_PUBLIC = box_keypair()
+# One per run: concurrent runs on one server keep apart by it.
+RUN = secrets.token_hex(3)
+
+
+class Target(Protocol):
+    """One template on its real server, as the contract suite sees it."""
+
+    kind: str
+    integration: str
+
+    def reach(self) -> None:
+        """Check the server answers and create what the grants need (databases, tables...);
+        raise with a message naming the server and the variable that points at it."""
+
+    def reset(self) -> None:
+        """After each test: remove the principals this run made (the server's data stays)."""
+
+    def cleanup(self) -> None:
+        """At the end: remove everything this run made, and nothing else."""
+
+    def permissions(self) -> dict[str, dict[str, Any]]:
+        """Catalog permissions: `allowed` (the default grant) and `custom` (catalog-defined
+        statements or rules with the same effect), both on `resource()`."""
+
+    def admin_secret(self) -> str:
+        """The admin credential the catalog's reference resolves to: a canary that must never
+        appear in any output (a server that ignores it, such as trust auth, still gets it)."""
+
+    def connection(self, **overrides: Any) -> dict[str, Any]:
+        """The integration's catalog `connection` settings."""
+
+    def resource(self) -> str:
+        """The resource every grant of the suite asks for."""
+
+    def hostile_resources(self) -> list[str]:
+        """Resource names a catalog must refuse to offer (injection, system objects)."""
+
+    def login(self, credentials: dict[str, str]) -> Any:
+        """A live connection as the granted principal; raises when the login is refused."""
+
+    def allowed(self, live: Any) -> None:
+        """The operation the permission allows; raises if it is refused."""
+
+    def denied(self, live: Any) -> bool:
+        """Try the operation the permission does not allow; True when the target refused it."""
+
+    def alive(self, live: Any) -> bool:
+        """Whether a live connection still works (False once the target ended it)."""
+
+    def close(self, live: Any) -> None: ...
+
+    def principals(self) -> set[str]:
+        """Principals with this run's prefix that exist in the target now."""
+
+    def snapshot(self) -> Any:
+        """Everything about principals the connector did not make, comparable with `==`."""
+
+    def make_foreign(self, name: str) -> None:
+        """Create a principal `name` as the company would, outside the connector."""
+
+    def planned_principal(self, statements: list[str]) -> str:
+        """The principal name a plan would create."""
+
+
+@dataclass
+class ContractEnv:
+    """An engine on a target's real server, with a clock the test moves."""
+
+    target: Target
+    catalog: Catalog
+    engine: Engine
+    sink: MemorySink
+    now: list[datetime]
+
+    def request(self, action: str = "grant", **fields: Any) -> AccessRequest:
+        doc: dict[str, Any] = {
+            "request_id": fields.pop("request_id", f"r-{secrets.token_hex(4)}"),
+            "action": action,
+            "integration": self.target.integration,
+        }
+        if action == "grant":
+            doc.update(
+                permission="allowed",
+                resources=[self.target.resource()],
+                identity={
+                    "email": "alice@example.com",
+                    "username": "alice",
+                    "public_key": BOX_PUBLIC,
+                },
+                duration="15m",
+            )
+        doc.update(fields)
+        return parse_request(json.dumps(doc))
+
+    def credentials(self, sealed: str | None) -> dict[str, str]:
+        assert sealed is not None
+        return unseal(sealed, BOX_PRIVATE)
+
+    def can_login(self, credentials: dict[str, str]) -> bool:
+        try:
+            live = self.target.login(credentials)
+        except Exception:
+            return False
+        self.target.close(live)
+        return True
+
+    def usable(self, credentials: dict[str, str]) -> bool:
+        """Log in and do the allowed operation: access as the grantee would have it."""
+        try:
+            live = self.target.login(credentials)
+        except Exception:
+            return False
+        try:
+            self.target.allowed(live)
+        except Exception:
+            return False
+        finally:
+            self.target.close(live)
+        return True
+
+    def advance(self, delta: timedelta) -> None:
+        self.now[0] += delta
+
+
+def catalog_doc(
+    target: Target,
+    permissions: dict[str, dict[str, Any]] | None = None,
+    connection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "integrations": {
+            target.integration: {
+                "kind": target.kind,
+                "connection": connection or target.connection(),
+                "credentials": "mem:admin",
+                "max_duration": "8h",
+                "permissions": target.permissions() if permissions is None else permissions,
+            }
+        }
+    }
+
+
+def make_env(
+    target: Target, doc: dict[str, Any] | None = None, secret: str | None = None
+) -> ContractEnv:
+    catalog = parse_catalog(doc or catalog_doc(target))
+    secret = target.admin_secret() if secret is None else secret
+    sink = MemorySink()
+    now = [datetime.now(UTC)]
+    engine = Engine(
+        catalog,
+        SecretStores({"mem": EnvSecretStore({"admin": secret})}),
+        NullScheduler(),
+        sink,
+        clock=lambda: now[0],
+    )
+    return ContractEnv(target, catalog, engine, sink, now)

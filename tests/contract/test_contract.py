@@ -1,0 +1,212 @@
+"""The promises every template keeps, each checked on every template's real server."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from contract_targets import ContractEnv, Target, catalog_doc
+
+from jitc.catalog import parse_catalog
+from jitc.errors import CatalogError, Refused
+from jitc.messages import parse_request
+
+MakeEnv = Callable[..., ContractEnv]
+
+
+def test_grant_allows_the_permission_and_denies_the_rest(cenv: ContractEnv) -> None:
+    outcome = cenv.engine.execute(cenv.request(request_id="c-grant"))
+    assert outcome.status == "granted", outcome
+    assert outcome.credentials is None  # sealed only, unless the local caller asks
+    creds = cenv.credentials(outcome.sealed_credentials)
+    assert creds["username"] == outcome.principal
+    live = cenv.target.login(creds)
+    cenv.target.allowed(live)
+    assert cenv.target.denied(live)
+    cenv.target.close(live)
+    assert outcome.principal in cenv.target.principals()
+
+
+def test_revoke_ends_the_live_connection_and_refuses_a_new_login(cenv: ContractEnv) -> None:
+    outcome = cenv.engine.execute(cenv.request(request_id="c-revoke"))
+    creds = cenv.credentials(outcome.sealed_credentials)
+    live = cenv.target.login(creds)
+    assert cenv.target.alive(live)
+
+    revoke = cenv.engine.execute(cenv.request("revoke", request_id="c-revoke"))
+    assert revoke.status == "revoked" and revoke.verified is True and revoke.residual == []
+    assert not cenv.target.alive(live)
+    assert not cenv.can_login(creds)
+    assert outcome.principal not in cenv.target.principals()
+    event = cenv.sink.events[-1]
+    assert event.type == "revoke" and event.verified is True
+
+
+def test_plan_has_no_side_effects_and_shows_no_secret(cenv: ContractEnv) -> None:
+    before = (cenv.target.principals(), cenv.target.snapshot())
+    outcome = cenv.engine.plan(cenv.request(request_id="c-plan"))
+    assert outcome.status == "planned" and outcome.statements
+    assert (cenv.target.principals(), cenv.target.snapshot()) == before
+    assert "********" in "\n".join(outcome.statements)
+    assert cenv.target.admin_secret() not in outcome.model_dump_json()
+    granted = cenv.engine.execute(cenv.request(request_id="c-plan"))
+    assert granted.principal == cenv.target.planned_principal(outcome.statements)
+
+
+def test_redelivered_grant_lands_on_the_same_principal_with_fresh_credentials(
+    cenv: ContractEnv,
+) -> None:
+    request = cenv.request(request_id="c-dup")
+    first = cenv.engine.execute(request)
+    second = cenv.engine.execute(request)
+    assert second.status == "granted" and second.reissued
+    assert second.principal == first.principal and second.expires_at == first.expires_at
+    assert cenv.target.principals() == {first.principal}
+    assert cenv.usable(cenv.credentials(second.sealed_credentials))
+
+
+def test_revoke_before_grant_and_duplicate_revoke_succeed(cenv: ContractEnv) -> None:
+    grant = cenv.request(request_id="c-early")
+    revoke = cenv.request("revoke", request_id="c-early")
+    first = cenv.engine.execute(revoke)
+    assert first.status == "revoked" and "nothing to revoke" in str(first.message)
+    late = cenv.engine.execute(grant)
+    assert late.status == "refused" and late.field == "request_id"
+    assert cenv.engine.execute(revoke).status == "revoked"
+    granted_then = cenv.request(request_id="c-twice")
+    outcome = cenv.engine.execute(granted_then)
+    revoke_twice = cenv.request("revoke", request_id="c-twice")
+    assert cenv.engine.execute(revoke_twice).status == "revoked"
+    again = cenv.engine.execute(revoke_twice)
+    assert again.status == "revoked" and "nothing to revoke" in str(again.message)
+    assert cenv.engine.execute(granted_then).status == "refused"  # redelivered after revoke
+    assert not cenv.can_login(cenv.credentials(outcome.sealed_credentials))
+    live = {p for p in cenv.target.principals() if p == outcome.principal}
+    assert live == set()
+
+
+def test_overlapping_grants_are_independent(cenv: ContractEnv) -> None:
+    one = cenv.engine.execute(cenv.request(request_id="c-ov1", duration="10m"))
+    two = cenv.engine.execute(cenv.request(request_id="c-ov2", duration="1h"))
+    assert one.principal != two.principal
+    creds_two = cenv.credentials(two.sealed_credentials)
+    live = cenv.target.login(creds_two)
+    assert cenv.engine.execute(cenv.request("revoke", request_id="c-ov1")).status == "revoked"
+    assert cenv.target.alive(live)
+    cenv.target.allowed(live)
+    cenv.target.close(live)
+    cenv.advance(timedelta(minutes=11))
+    report = cenv.engine.sweep()
+    assert report.revoked == [] and report.ok  # ov1 gone already, ov2 not yet due
+    assert cenv.usable(creds_two)
+    assert not cenv.can_login(cenv.credentials(one.sealed_credentials))
+
+
+def test_revoke_is_frozen_at_grant_time(target: Target, make_contract_env: MakeEnv) -> None:
+    env = make_contract_env()
+    outcome = env.engine.execute(env.request(request_id="c-frozen", permission="custom"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    assert env.usable(creds)
+    # The permission is gone from the catalog and the other one now grants something else.
+    later_permissions = {"allowed": target.permissions()["allowed"]}
+    later = make_contract_env(catalog_doc(target, permissions=later_permissions))
+    revoke = later.engine.execute(later.request("revoke", request_id="c-frozen"))
+    assert revoke.status == "revoked" and revoke.verified
+    assert not env.can_login(creds)
+
+
+def test_sweep_revokes_expired_grants_only_and_never_a_foreign_principal(
+    cenv: ContractEnv,
+) -> None:
+    short = cenv.engine.execute(cenv.request(request_id="c-sw1", duration="5m"))
+    long = cenv.engine.execute(cenv.request(request_id="c-sw2", duration="2h"))
+    foreign = f"{cenv.target.planned_principal(cenv.engine.plan(cenv.request()).statements)}x"
+    cenv.target.make_foreign(foreign)
+    before = cenv.target.snapshot()
+    live = cenv.target.login(cenv.credentials(short.sealed_credentials))
+    cenv.advance(timedelta(minutes=10))
+    report = cenv.engine.sweep()
+    assert report.revoked == [short.grant_id] and report.ok
+    assert not cenv.target.alive(live)
+    assert not cenv.can_login(cenv.credentials(short.sealed_credentials))
+    assert cenv.usable(cenv.credentials(long.sealed_credentials))
+    assert cenv.target.snapshot() == before
+    cenv.advance(timedelta(hours=3))
+    assert cenv.engine.sweep().revoked == [long.grant_id]
+    assert foreign in cenv.target.principals()
+
+
+def test_a_principal_the_connector_did_not_create_is_never_changed(cenv: ContractEnv) -> None:
+    planned = cenv.engine.plan(cenv.request(request_id="c-clash"))
+    name = cenv.target.planned_principal(planned.statements)
+    cenv.target.make_foreign(name)
+    before = cenv.target.snapshot()
+    outcome = cenv.engine.execute(cenv.request(request_id="c-clash"))
+    assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
+    revoke = cenv.engine.execute(cenv.request("revoke", request_id="c-clash"))
+    assert revoke.status == "revoked" and "nothing to revoke" in str(revoke.message)
+    cenv.advance(timedelta(hours=9))
+    assert cenv.engine.sweep().ok
+    assert cenv.target.snapshot() == before
+    assert name in cenv.target.principals()
+
+
+def test_hostile_names_and_resources_are_refused_with_the_target_unchanged(
+    target: Target, make_contract_env: MakeEnv
+) -> None:
+    env = make_contract_env()
+    before = (target.principals(), target.snapshot())
+    for hostile in target.hostile_resources():
+        permissions = {"allowed": {**target.permissions()["allowed"], "resources": [hostile]}}
+        with pytest.raises(CatalogError):
+            parse_catalog(catalog_doc(target, permissions=permissions))
+        try:
+            request = env.request(resources=[hostile])
+        except Refused as exc:  # the request's own schema already refuses it
+            assert exc.field == "resources.0"
+            continue
+        outcome = env.engine.execute(request)
+        assert outcome.status == "refused" and outcome.field == "resources[0]", hostile
+    for username in ["alice'; DROP USER root; --", 'x"y', "a b", "`x`"]:
+        with pytest.raises(Refused, match=r"identity\.username"):
+            parse_request(
+                json.dumps(
+                    {
+                        "request_id": "c-bad",
+                        "action": "grant",
+                        "integration": target.integration,
+                        "permission": "allowed",
+                        "resources": [target.resource()],
+                        "identity": {"email": "a@example.com", "username": username},
+                        "duration": "5m",
+                    }
+                )
+            )
+    not_offered = env.engine.execute(env.request(permission="nope"))
+    assert not_offered.status == "refused" and not_offered.field == "permission"
+    assert (target.principals(), target.snapshot()) == before
+
+
+def test_canary_secrets_never_leak(
+    target: Target, make_contract_env: MakeEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    canary = target.admin_secret()
+    env = make_contract_env()
+    outcome = env.engine.execute(env.request(request_id="c-canary"))
+    assert outcome.status == "granted", outcome
+    password = env.credentials(outcome.sealed_credentials)["password"]
+    env.engine.execute(env.request("revoke", request_id="c-canary"))
+    # A failure: nothing listens on port 1, so the error text is where a secret could slip in.
+    broken = make_contract_env(catalog_doc(target, connection=target.connection(port=1)))
+    failed = broken.engine.execute(broken.request(request_id="c-canary-2"))
+    assert failed.status == "failed"
+    texts = [caplog.text, failed.model_dump_json()]
+    texts += [e.model_dump_json() for e in env.sink.events + broken.sink.events]
+    texts += [o.model_dump_json() for o in env.sink.outcomes + broken.sink.outcomes]
+    for text in texts:
+        assert canary not in text and password not in text

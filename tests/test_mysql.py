@@ -1,0 +1,264 @@
+"""What only MySQL/MariaDB has to prove: the server-side expiry event, database-name wildcards,
+the ledger table, and hostile neighbours on a shared server. The promises every template keeps
+are in tests/contract/."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pymysql
+import pytest
+from contract_mysql import ADMIN, DATABASE, LEDGER, PREFIX, MySQLTarget, run
+from contract_targets import ContractEnv, catalog_doc, make_env
+
+from jitc.catalog import parse_catalog
+from jitc.errors import CatalogError
+from jitc.secrets import Secret
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[MySQLTarget]:
+    target = MySQLTarget()
+    try:
+        target.reach()
+    except RuntimeError as exc:
+        pytest.exit(str(exc), returncode=3)
+    yield target
+    target.cleanup()
+
+
+@pytest.fixture
+def env(target: MySQLTarget) -> Iterator[ContractEnv]:
+    yield make_env(target)
+    target.reset()
+
+
+@pytest.fixture
+def event_scheduler(target: MySQLTarget) -> Iterator[Any]:
+    """Set the server's event scheduler for one test, and put back what it was."""
+    before = run(target.admin, "SELECT @@GLOBAL.event_scheduler")[0][0]
+
+    def switch(on: bool) -> None:
+        run(target.admin, f"SET GLOBAL event_scheduler = {'ON' if on else 'OFF'}")
+
+    yield switch
+    run(target.admin, f"SET GLOBAL event_scheduler = {before}")
+
+
+def _wait_until(check: Any, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return check()
+
+
+def test_plan_shows_the_exact_statements_with_the_password_masked(env: ContractEnv) -> None:
+    outcome = env.engine.plan(env.request(request_id="m-plan"))
+    name = env.target.planned_principal(outcome.statements)
+    escaped = DATABASE.replace("_", "\\_")
+    assert outcome.statements[:2] == [
+        f"CREATE USER '{name}'@'%' IDENTIFIED WITH mysql_native_password AS '********' "
+        "WITH MAX_USER_CONNECTIONS 3",
+        f"GRANT SELECT, SHOW VIEW ON `{escaped}`.* TO '{name}'@'%'",
+    ]
+    assert len(outcome.statements) == 3
+    event = outcome.statements[2]
+    assert event.startswith(f"CREATE EVENT IF NOT EXISTS `{LEDGER}`.`jitc_expire_g")
+    assert f"ALTER USER IF EXISTS '{name}'@'%' ACCOUNT LOCK" in event and "KILL CONNECTION" in event
+
+
+def test_expiry_event_ends_access_while_the_connector_is_down(
+    env: ContractEnv, event_scheduler: Any
+) -> None:
+    event_scheduler(True)
+    outcome = env.engine.execute(env.request(request_id="m-event", duration="2s"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    live = env.target.login(creds)
+    env.target.allowed(live)
+    # No revoke, no sweep: only the server acts.
+    assert _wait_until(lambda: not env.target.alive(live))
+    assert not env.can_login(creds)
+    locked = run(
+        env.target.admin,
+        "SELECT JSON_VALUE(Priv, '$.account_locked') IN ('1', 'true') FROM mysql.global_priv "
+        "WHERE User = %s AND Host = '%%'",
+        outcome.principal,
+    )
+    assert locked == [(1,)]
+    env.advance(timedelta(seconds=3))
+    report = env.engine.sweep()  # the connector, back, finishes: the account is dropped
+    assert report.revoked == [outcome.grant_id] and report.ok
+    assert outcome.principal not in env.target.principals()
+
+
+def test_required_expiry_event_refuses_a_grant_while_the_scheduler_is_off(
+    target: MySQLTarget, event_scheduler: Any
+) -> None:
+    event_scheduler(False)
+    env = make_env(
+        target, catalog_doc(target, connection=target.connection(expiry_event="required"))
+    )
+    before = target.snapshot()
+    outcome = env.engine.execute(env.request(request_id="m-required"))
+    assert outcome.status == "refused" and "event_scheduler" in str(outcome.message)
+    assert target.principals() == set() and target.snapshot() == before
+
+
+def test_a_database_grant_does_not_reach_a_lookalike_database(env: ContractEnv) -> None:
+    # `_` is a wildcard in a database-level GRANT: unescaped, jcXXXXXX_db would match this too.
+    lookalike = DATABASE.replace("_", "x")
+    run(env.target.admin, f"CREATE DATABASE IF NOT EXISTS `{lookalike}`")
+    run(env.target.admin, f"CREATE TABLE IF NOT EXISTS `{lookalike}`.secrets (id INT)")
+    try:
+        outcome = env.engine.execute(env.request(request_id="m-wild"))
+        live = env.target.login(env.credentials(outcome.sealed_credentials))
+        env.target.allowed(live)
+        with pytest.raises(pymysql.err.OperationalError) as denied:
+            run(live, f"SELECT * FROM `{lookalike}`.secrets")
+        assert denied.value.args[0] == 1142
+        env.target.close(live)
+    finally:
+        run(env.target.admin, f"DROP DATABASE IF EXISTS `{lookalike}`")
+
+
+def test_the_ledger_is_never_granted_and_a_grantee_cannot_write_it(
+    target: MySQLTarget,
+) -> None:
+    permissions = {
+        **target.permissions(),
+        "ledger": {"template": "read-write", "resources": [LEDGER]},
+        "write": {"template": "read-write", "resources": [DATABASE]},
+    }
+    env = make_env(target, catalog_doc(target, permissions=permissions))
+    refused = env.engine.execute(env.request(permission="ledger", resources=[LEDGER]))
+    assert refused.status == "refused" and refused.field == "resources[0]"
+    outcome = env.engine.execute(env.request(request_id="m-forger", permission="write"))
+    live = target.login(env.credentials(outcome.sealed_credentials))
+    with pytest.raises(pymysql.err.OperationalError) as denied:
+        run(live, f"UPDATE `{LEDGER}`.grants SET expires_at = '2099-01-01'")
+    assert denied.value.args[0] == 1142
+    target.close(live)
+    target.reset()
+
+
+def test_a_ledger_row_naming_someone_else_never_steers_a_revoke_or_sweep(
+    env: ContractEnv,
+) -> None:
+    outcome = env.engine.execute(env.request(request_id="m-steer"))  # the ledger exists now
+    foreign = f"{PREFIX}bob"
+    env.target.make_foreign(foreign)
+    before = env.target.snapshot()
+    for name, grant_id in (
+        (foreign, "gaaaaaaaaaaaaaaaaaaaaaaaa"),
+        (ADMIN, "gbbbbbbbbbbbbbbbbbbbbbbbb"),
+    ):
+        label = json.dumps(
+            {
+                "v": 1,
+                "grant_id": grant_id,
+                "integration": env.target.integration,
+                "expires_at": "2020-01-01T00:00:00+00:00",
+                "state": "active",
+                "request_id": "x",
+                "permission": "allowed",
+                "identity": "a@example.com",
+            }
+        )
+        run(
+            env.target.admin,
+            f"INSERT INTO `{LEDGER}`.grants VALUES (%s, %s, %s, 'active', '2020-01-01', %s)",
+            env.target.integration,
+            grant_id,
+            name,
+            "jitc:" + label,
+        )
+        revoke = env.engine.execute(env.request("revoke", request_id="x", grant_id=grant_id))
+        assert revoke.status == "revoked" and "nothing to revoke" in str(revoke.message)
+    report = env.engine.sweep()
+    assert outcome.grant_id not in report.revoked and report.ok
+    assert foreign in env.target.principals() and env.target.snapshot() == before
+
+
+def test_neighbour_locks_do_not_stall_a_revoke(env: ContractEnv) -> None:
+    outcome = env.engine.execute(env.request(request_id="m-locks"))
+    creds = env.credentials(outcome.sealed_credentials)
+    live = env.target.login(creds)
+    neighbour = env.target.login(creds)  # the grantee itself, holding what it can
+    grant_id = str(outcome.grant_id)
+    for guess in (grant_id, f"jitc-{grant_id}", f"jitc:{grant_id}", f"jitc-{grant_id[:20]}"):
+        assert run(neighbour, "SELECT GET_LOCK(%s, 0)", guess) == [(1,)]
+    run(neighbour, "BEGIN")
+    run(neighbour, f"SELECT * FROM `{DATABASE}`.items LOCK IN SHARE MODE")
+    revoke = env.engine.execute(env.request("revoke", request_id="m-locks"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not env.target.alive(live) and not env.target.alive(neighbour)
+
+
+def test_a_redelivered_grant_completes_one_cut_short_between_ledger_and_account(
+    env: ContractEnv,
+) -> None:
+    request = env.request(request_id="m-crash")
+    first = env.engine.execute(request)
+    # As if the worker had died after writing the ledger row, before making the account.
+    run(env.target.admin, "DROP USER %s@'%%'", first.principal)
+    again = env.engine.execute(request)
+    assert again.status == "granted" and again.reissued and again.principal == first.principal
+    assert env.usable(env.credentials(again.sealed_credentials))
+
+
+def test_revoke_leaves_nothing_in_the_server_tables(env: ContractEnv) -> None:
+    outcome = env.engine.execute(env.request(request_id="m-gone", resources=[DATABASE]))
+    name = outcome.principal
+    assert run(env.target.admin, "SELECT COUNT(*) FROM mysql.db WHERE User = %s", name) == [(1,)]
+    env.engine.execute(env.request("revoke", request_id="m-gone"))
+    for table in ("global_priv", "db", "tables_priv", "columns_priv", "procs_priv"):
+        rows = run(env.target.admin, f"SELECT COUNT(*) FROM mysql.{table} WHERE User = %s", name)
+        assert rows == [(0,)], table
+    events = run(
+        env.target.admin,
+        "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s AND "
+        "EVENT_NAME = %s",
+        LEDGER,
+        f"jitc_expire_{outcome.grant_id}",
+    )
+    assert events == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("statements", "resources", "error"),
+    [
+        (["GRANT SELECT ON {database}.* TO {user}"], [DATABASE], "write {object}"),
+        (["GRANT SELECT ON {schema}.* TO {user}"], [DATABASE], "unknown placeholder"),
+        (["GRANT SELECT ON {object} TO root"], [DATABASE], "must name {user}"),
+        (["GRANT SELECT ON {object} TO {user}"], ["mysql"], "system database"),
+        (["GRANT SELECT ON {object} TO {user}"], ["a.b.c"], "database.table"),
+    ],
+)
+def test_catalog_refuses_unsafe_statements_and_resources(
+    target: MySQLTarget, statements: list[str], resources: list[str], error: str
+) -> None:
+    permissions = {"custom": {"statements": statements, "resources": resources}}
+    with pytest.raises(CatalogError, match=r"permissions\.custom") as err:
+        parse_catalog(catalog_doc(target, permissions=permissions))
+    assert error in str(err.value)
+
+
+def test_inventory_lists_users_databases_and_the_scheduler(env: ContractEnv) -> None:
+    integration = env.catalog.integration(env.target.integration)
+    session = integration.template.open(
+        env.target.integration, integration.connection, Secret(env.target.admin_secret())
+    )
+    try:
+        inventory = session.inventory()
+    finally:
+        session.close()
+    assert DATABASE in inventory["databases"]
+    assert f"{ADMIN}@%" in inventory["users"]
+    assert inventory["event_scheduler"][0] in ("ON", "OFF")
