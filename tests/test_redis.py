@@ -36,7 +36,8 @@ RUN = secrets.token_hex(3)
 INTEGRATION = f"redis-{RUN}"
 KEYS = f"t{RUN}:app:*"
 OTHER_KEYS = f"t{RUN}:other:*"
-ADMIN = f"t{RUN}-admin"
+ADMIN = f"a{RUN}-admin"
+PREFIX = f"t{RUN}-"
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
 LABEL_KEY = secrets.token_urlsafe(32)
 BOX_PRIVATE, BOX_PUBLIC = box_keypair()
@@ -57,7 +58,13 @@ def acl(client: redis.Redis, *args: str) -> Any:
 
 
 def ours(client: redis.Redis) -> list[str]:
-    return sorted(n for n in acl(client, "USERS") if n.startswith(f"jitc1:{INTEGRATION}:"))
+    return sorted(n for n in acl(client, "USERS") if n.startswith(PREFIX))
+
+
+def label_of(client: redis.Redis, name: str) -> list[str]:
+    """The label's fields, as the server holds them."""
+    channels = acl(client, "GETUSER", name)["channels"].split()
+    return channels[0][1:].split(":")
 
 
 def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +83,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
                     "host": HOST,
                     "port": PORT,
                     "user": ADMIN,
+                    "user_prefix": PREFIX,
                     "terminate_wait_seconds": 3,
                 },
                 "credentials": "mem:admin",
@@ -139,7 +147,7 @@ def root() -> Iterator[redis.Redis]:
     client = _root()
     acl(client, "SETUSER", ADMIN, "on", f">{ADMIN_PASSWORD}", "~*", "&*", "+@all")
     yield client
-    leftovers = [n for n in acl(client, "USERS") if n.startswith(f"jitc1:{INTEGRATION}:")]
+    leftovers = ours(client)
     if leftovers:
         acl(client, "DELUSER", *leftovers)
     acl(client, "DELUSER", ADMIN)
@@ -226,13 +234,13 @@ def test_read_only_cannot_write(env: Env) -> None:
     user.close()
 
 
-def test_label_is_the_user_name_with_expiry_and_no_email(env: Env) -> None:
+def test_label_is_a_channel_of_the_user_with_expiry_and_no_email(env: Env) -> None:
     outcome = env.engine.execute(env.request(duration="30m"))
-    assert outcome.principal is not None and outcome.expires_at is not None
-    fields = outcome.principal.split(":")
+    assert outcome.principal == f"{PREFIX}{outcome.grant_id}" and outcome.expires_at is not None
+    fields = label_of(env.root, outcome.principal)
     assert fields[:3] == ["jitc1", INTEGRATION, outcome.grant_id]
     assert fields[3] == "a" and int(fields[4]) == int(outcome.expires_at.timestamp())
-    assert "alice" not in outcome.principal
+    assert "alice" not in " ".join(fields)
     integration = env.engine.catalog.integration(INTEGRATION)
     mine = integration.template.open(
         INTEGRATION,
@@ -258,11 +266,11 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
     assert outcome.status == "planned"
     assert acl(env.root, "LIST") == before
     (statement,) = outcome.statements
-    assert statement.startswith(f"ACL SETUSER jitc1:{INTEGRATION}:")
-    assert statement.endswith(
-        f"on #******** clearselectors resetkeys ~{KEYS} resetchannels -@all +@read +@write "
-        "+@connection -@admin -@dangerous"
+    assert statement.startswith(
+        f"ACL SETUSER {PREFIX}{outcome.grant_id} on #******** clearselectors resetkeys ~{KEYS} "
+        f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
     )
+    assert statement.endswith(":******** -@all +@read +@write +@connection -@admin -@dangerous")
 
 
 def test_redelivered_grant_hands_out_the_same_credentials(env: Env) -> None:
@@ -275,7 +283,7 @@ def test_redelivered_grant_hands_out_the_same_credentials(env: Env) -> None:
     env.login(env.credentials(first.sealed_credentials)).close()
 
 
-def test_without_a_label_key_a_redelivery_neither_rotates_nor_reveals_the_password(
+def test_without_a_label_key_a_redelivery_adds_a_password_and_keeps_the_first(
     make_env: Callable[..., Env],
 ) -> None:
     doc = catalog_doc()
@@ -284,8 +292,11 @@ def test_without_a_label_key_a_redelivery_neither_rotates_nor_reveals_the_passwo
     request = env.request(request_id="unkeyed-1")
     first = env.engine.execute(request)
     second = env.engine.execute(request)
-    assert second.status == "granted" and second.reissued and second.sealed_credentials is None
-    env.login(env.credentials(first.sealed_credentials)).close()
+    assert second.status == "granted" and second.reissued
+    one, two = (env.credentials(o.sealed_credentials) for o in (first, second))
+    assert one["password"] != two["password"]
+    env.login(one).close()
+    env.login(two).close()
 
 
 def test_another_body_under_the_same_request_id_is_refused(env: Env) -> None:
@@ -306,7 +317,7 @@ def test_revoke_before_grant_double_revoke_and_late_grant(env: Env) -> None:
     assert first.status == "revoked" and first.message and "nothing to revoke" in first.message
     late = env.engine.execute(env.request(request_id="early-1"))
     assert late.status == "refused" and late.field == "request_id"
-    assert [n for n in ours(env.root) if n.split(":")[3] == "a"] == []
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == []
     assert env.engine.execute(revoke).status == "revoked"
 
 
@@ -316,7 +327,7 @@ def test_revoke_then_redelivered_grant_is_refused(env: Env) -> None:
     assert env.engine.execute(env.request("revoke", request_id="again-1")).status == "revoked"
     again = env.engine.execute(grant)
     assert again.status == "refused"
-    assert [n for n in ours(env.root) if n.split(":")[3] == "a"] == []
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == []
 
 
 def test_overlapping_grants_are_independent(env: Env) -> None:
@@ -351,34 +362,53 @@ def test_sweep_revokes_what_expired_and_later_forgets_tombstones(env: Env) -> No
     assert report.revoked == [short.grant_id] and report.ok
     assert not env.can_login(env.credentials(short.sealed_credentials))
     env.login(env.credentials(long.sealed_credentials)).close()
-    tombstones = [n for n in ours(env.root) if n.split(":")[3] == "t"]
-    assert [n.split(":")[2] for n in tombstones] == [short.grant_id]
+    tombstones = [n for n in ours(env.root) if n.startswith(f"{PREFIX}x-")]
+    assert tombstones == [f"{PREFIX}x-{short.grant_id}"]
+    assert label_of(env.root, tombstones[0])[3] == "t"
     env.now[0] += timedelta(hours=3)
     report = env.engine.sweep()
     assert report.revoked == [long.grant_id]
     assert short.grant_id in report.forgotten
-    assert ours(env.root) == sorted(n for n in ours(env.root) if n.split(":")[2] == long.grant_id)
+    assert ours(env.root) == [f"{PREFIX}x-{long.grant_id}"]
 
 
 def test_users_the_connector_did_not_create_are_never_changed(env: Env) -> None:
     grant = env.engine.execute(env.request(request_id="mine-1"))
     assert grant.principal is not None and grant.grant_id is not None
     past = int((datetime.now(UTC) - timedelta(days=1)).timestamp())
-    # A forgery: our format, our integration and a real grant id, an expiry in the past, but no
-    # valid MAC (whoever wrote it has ACL rights but not the connector's key).
-    forged = f"jitc1:{INTEGRATION}:{grant.grant_id}:a:{past}:read-only:abcdefgh:forged"
-    stranger = f"t{RUN}-stranger"
-    acl(env.root, "SETUSER", forged, "on", ">x", "~*", "+@all")
+    # A forgery: our name scheme, our label format with a grant id and an expiry in the past,
+    # but no valid MAC (whoever wrote it has ACL rights but not the connector's key).
+    forged = f"{PREFIX}gzzzzzzzzzzzzzzzzzzzzzzzz"
+    label = f"&jitc1:{INTEGRATION}:gzzzzzzzzzzzzzzzzzzzzzzzz:a:{past}:read-only:abcdefgh:forged"
+    stranger = f"{PREFIX}stranger"
+    acl(env.root, "SETUSER", forged, "on", ">x", "~*", label, "+@all")
     acl(env.root, "SETUSER", stranger, "on", ">y", "~*", "+get")
-    before = {n: acl(env.root, "GETUSER", n) for n in (forged, stranger)}
+    # The genuine label copied onto another user: the MAC binds it to its own user name.
+    copy = f"{PREFIX}gaaaaaaaaaaaaaaaaaaaaaaaa"
+    genuine = acl(env.root, "GETUSER", grant.principal)["channels"].split()[0]
+    acl(env.root, "SETUSER", copy, "on", ">z", genuine)
+    strangers = (forged, stranger, copy)
+    before = {n: acl(env.root, "GETUSER", n) for n in strangers}
     try:
         env.now[0] += timedelta(hours=1)
         report = env.engine.sweep()
         assert report.revoked == [grant.grant_id]
         assert env.engine.execute(env.request("revoke", request_id="mine-1")).status == "revoked"
-        assert {n: acl(env.root, "GETUSER", n) for n in (forged, stranger)} == before
+        assert {n: acl(env.root, "GETUSER", n) for n in strangers} == before
     finally:
-        acl(env.root, "DELUSER", forged, stranger)
+        acl(env.root, "DELUSER", *strangers)
+
+
+def test_a_user_that_already_has_the_grants_name_is_refused_and_left_alone(env: Env) -> None:
+    request = env.request(request_id="clash-1")
+    name = f"{PREFIX}{derive_grant_id(INTEGRATION, 'clash-1')}"
+    acl(env.root, "SETUSER", name, "on", ">company", "~*", "+@read")
+    before = acl(env.root, "GETUSER", name)
+    outcome = env.engine.execute(request)
+    assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
+    revoke = env.engine.execute(env.request("revoke", request_id="clash-1"))
+    assert revoke.status == "revoked" and "nothing to revoke" in str(revoke.message)
+    assert acl(env.root, "GETUSER", name) == before
 
 
 def test_hostile_catalog_rules_are_refused_when_the_catalog_loads() -> None:

@@ -1,11 +1,13 @@
-"""Redis 7: one ACL user per grant, whose name is the grant's label.
+"""Redis 7: one ACL user per grant, `<prefix><grant id>`, labelled inside its own ACL rules.
 
-Redis users have no comment or tag, and only a user allowed the ACL command can list, create or
-delete users, which no grant is ever given (see `forbidden_rule`). So the user name itself is the
-ledger entry: `jitc1:<integration>:<grant id>:...:<mac>` (see `redis_label`). Key patterns come
-from the requested resources, channel patterns and command rules from the catalog; every
-non-privileged rule list ends with `-@admin -@dangerous`, so no rule order or category can reach
-ACL, CONFIG, MODULE, DEBUG, FLUSHALL, KEYS or the like.
+Redis users have no comment or tag. The label (`redis_label`: grant id, expiry, request digest,
+MAC bound to the user name) is the user's first channel pattern, `&jitc1:...`: a Pub/Sub
+channel nobody uses, so it grants nothing, and only a user allowed the ACL command can write it,
+which no grant is ever given (see `forbidden_rule`). `ACL LIST` is then the ledger, and a user
+that merely has one of our names but no valid label is somebody else's and is never changed.
+Key patterns come from the requested resources, channel patterns and command rules from the
+catalog; every non-privileged rule list ends with `-@admin -@dangerous`, so no rule order or
+category can reach ACL, CONFIG, MODULE, DEBUG, FLUSHALL, KEYS or the like.
 
 Redis has no per-user expiry: access ends when the connector revokes it (the expiry timer, or
 the sweep after downtime). A revoke is `ACL DELUSER`, which also closes the user's connections.
@@ -22,6 +24,7 @@ from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+from jitc.templates.redis_label import spec_digest
 
 if TYPE_CHECKING:
     from jitc.templates.redis_session import RedisSession
@@ -57,6 +60,7 @@ def forbidden_rule(rule: str) -> bool:
 class Connection(Settings):
     host: str = "127.0.0.1"
     port: int = Field(default=6379, ge=1, le=65535)
+    user_prefix: str = Field(default="jit-", pattern=r"^[a-z][a-z0-9_.-]{0,11}$")
     user: str = Field(
         default="default",
         pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
@@ -102,7 +106,8 @@ class Permission(PermissionSettings):
     @classmethod
     def _channels(cls, channels: list[str]) -> list[str]:
         for index, channel in enumerate(channels):
-            if not _CHANNEL.match(channel):
+            # `&*` would turn into allchannels, which replaces every pattern, the label included.
+            if not _CHANNEL.match(channel) or channel == "*":
                 raise ValueError(f"channels[{index}]: {channel!r} is not a channel pattern")
         return channels
 
@@ -126,12 +131,24 @@ class Permission(PermissionSettings):
         return BUILTIN_COMMANDS[self.template]
 
 
-def acl_rules(permission: Permission, resources: tuple[str, ...], password_hash: str) -> list[str]:
-    """The ACL SETUSER arguments after the user name. Each list is reset before it is set, so
-    applying them again (a redelivered grant) leaves the same user."""
+def user_name(connection: Connection, grant_id: str) -> str:
+    """A pure function of the grant: every delivery and the revoke find the user by name."""
+    return f"{connection.user_prefix}{grant_id}"
+
+
+def tombstone_name(connection: Connection, grant_id: str) -> str:
+    return f"{connection.user_prefix}x-{grant_id}"
+
+
+def acl_rules(
+    permission: Permission, resources: tuple[str, ...], password_hash: str, label: str
+) -> list[str]:
+    """The ACL SETUSER arguments after the user name. Keys, channels, commands and selectors
+    are reset before they are set, so applying them again (a redelivery) leaves the same user;
+    passwords are added, so a redelivery never invalidates credentials already handed out."""
     rules = ["on", f"#{password_hash}", "clearselectors", "resetkeys"]
     rules += [f"~{pattern}" for pattern in resources]
-    rules.append("resetchannels")
+    rules += ["resetchannels", f"&{label}"]
     rules += [f"&{channel}" for channel in permission.channels]
     rules.append("-@all")
     rules += permission.command_rules()
@@ -163,9 +180,10 @@ class RedisTemplate:
         assert isinstance(connection, Connection)
         permission = spec.permission
         assert isinstance(permission, Permission)
-        name = f"jitc1:{spec.integration}:{spec.grant_id}:a:{int(spec.expires_at.timestamp())}:"
-        name += f"{spec.permission_name}:<digest>:<mac>"
-        rules = acl_rules(permission, spec.resources, MASK)
+        label = f"jitc1:{spec.integration}:{spec.grant_id}:a:{int(spec.expires_at.timestamp())}:"
+        label += f"{spec.permission_name}:{spec_digest(spec)}:{MASK}"
+        name = user_name(connection, spec.grant_id)
+        rules = acl_rules(permission, spec.resources, MASK, label)
         return [" ".join(["ACL SETUSER", name, *rules])]
 
     def open(

@@ -18,22 +18,25 @@ from jitc.labels import LabelKey
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
-from jitc.templates.redis import Connection, Permission, RedisTemplate, acl_rules
-from jitc.templates.redis_label import (
-    Label,
-    decode_label,
-    encode_label,
-    label_prefix,
-    spec_digest,
+from jitc.templates.redis import (
+    Connection,
+    Permission,
+    RedisTemplate,
+    acl_rules,
+    tombstone_name,
+    user_name,
 )
+from jitc.templates.redis_label import Label, decode_label, encode_label, spec_digest
 
 KIND = RedisTemplate.kind
 _NO_ACLFILE = "not configured to use an ACL file"
+User = dict[str, Any] | None
 
 
 class RedisSession:
-    """One admin connection for a batch. Each change is one pipelined round trip where the
-    server allows it, and every decision reads the users from the server, never a cache."""
+    """One admin connection for a batch. A grant or a revoke is two pipelined round trips: read
+    the users it concerns, then change them and read them back. Every decision reads the
+    server, never a cache."""
 
     def __init__(
         self,
@@ -74,44 +77,63 @@ class RedisSession:
 
     # -- the ledger ------------------------------------------------------------------------
 
-    def _ours(self, names: Sequence[str], grant_id: str | None = None) -> list[tuple[str, Label]]:
-        """Our users among `names`: the integration's prefix, then a valid MAC. Anything else is
-        somebody else's user and is never changed."""
-        start = label_prefix(self.integration, grant_id)
-        found = []
-        for name in names:
-            if not name.startswith(start):
-                continue
-            label = decode_label(self.key, KIND, None, name)
-            if label is not None and label.integration == self.integration:
-                found.append((name, label))
-        return found
-
-    def _acl(self, *args: str) -> Any:
-        command: Any = self.client.execute_command  # untyped in redis-py
-        return command("ACL", *args)
-
-    def _users(self) -> list[str]:
-        return [str(name) for name in self._acl("USERS")]
-
-    def _name(self, label: Label) -> str:
-        return encode_label(self.key, KIND, None, label)
-
-    def _saving(self, pipe: Any) -> None:
-        """Queue ACL SAVE when the server keeps its users in an ACL file, so a restart keeps
-        grants and tombstones. Without an ACL file a restart forgets every grant (access ends)
-        and every tombstone."""
-        if self._save is not False:
+    def _run(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+        """One round trip. ACL SAVE is appended when the server keeps an ACL file and any
+        command changes users, so a restart keeps grants and tombstones. (Without an ACL file a
+        restart forgets every user made at run time: access ends, and tombstones are lost.)"""
+        changes = any(c[:2] in (("ACL", "SETUSER"), ("ACL", "DELUSER")) for c in commands)
+        save = changes and self._save is not False
+        pipe: Any = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        if save:
             pipe.execute_command("ACL", "SAVE")
+        try:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise TargetError(f"Redis: {type(exc).__name__}: {_first_line(exc)}") from None
+        if save:
+            self._saved(replies.pop())
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise TargetError(f"Redis {' '.join(command[:2])} failed: {_first_line(reply)}")
+        return replies
 
     def _saved(self, reply: object) -> None:
         if isinstance(reply, Exception):
             if self._save is None and _NO_ACLFILE in str(reply):
                 self._save = False
                 return
-            raise TargetError(f"ACL SAVE failed: {type(reply).__name__}")
-        if self._save is None:
-            self._save = True
+            raise TargetError(f"ACL SAVE failed: {_first_line(reply)}")
+        self._save = True
+
+    def _label(self, name: str, user: User) -> Label | None:
+        """The user's label if the user is ours: a `&jitc1:...` channel whose MAC verifies for
+        this user name. Anything else belongs to someone else and is never changed."""
+        if not user:
+            return None
+        channels = user.get("channels") or ""
+        tokens = channels.split() if isinstance(channels, str) else [str(c) for c in channels]
+        return self._label_in(name, tokens)
+
+    def _label_in(self, name: str, tokens: Sequence[str]) -> Label | None:
+        for token in tokens:
+            if not token.startswith("&jitc1:"):
+                continue
+            label = decode_label(self.key, KIND, name, token[1:])
+            if label is None or label.integration != self.integration:
+                continue
+            expected = (
+                tombstone_name(self.settings, label.grant_id)
+                if label.state == "tombstone"
+                else user_name(self.settings, label.grant_id)
+            )
+            if expected == name:
+                return label
+        return None
+
+    def _get(self, *names: str) -> list[User]:
+        return [_user(r) for r in self._run([("ACL", "GETUSER", name) for name in names])]
 
     # -- grant -----------------------------------------------------------------------------
 
@@ -119,59 +141,57 @@ class RedisSession:
         permission = spec.permission
         assert isinstance(permission, Permission)
         digest = spec_digest(spec)
-        try:
-            mine = self._ours(self._users(), spec.grant_id)
-            self._refuse_conflicts(mine, digest)
-            # With a connector label key every delivery of a grant computes one password, so a
-            # redelivery hands out the same credentials instead of changing them.
-            password = self.key.password(KIND, self.integration, spec.grant_id, digest)
-            if mine and password is None:
-                return GrantResult(principal=mine[0][0], reissued=True)
-            password = password or secrets.token_urlsafe(24)
-            label = Label(
-                self.integration,
-                spec.grant_id,
-                "active",
-                spec.expires_at,
-                spec.permission_name,
-                digest,
+        name = user_name(self.settings, spec.grant_id)
+        stone_name = tombstone_name(self.settings, spec.grant_id)
+        user, stone = self._get(name, stone_name)
+        label = self._label(name, user)
+        if user is not None and label is None:
+            raise Refused(
+                "request_id", f"user {name!r} exists and was not created by this connector"
             )
-            # A redelivery re-applies the rules to the user it made, under the name it has.
-            name = mine[0][0] if mine else self._name(label)
-            verifier = hashlib.sha256(password.encode()).hexdigest()
-            pipe: Any = self.client.pipeline(transaction=False)
-            rules = acl_rules(permission, spec.resources, verifier)
-            pipe.execute_command("ACL", "SETUSER", name, *rules)
-            pipe.execute_command("ACL", "USERS")
-            self._saving(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        except redis.RedisError as exc:
-            raise TargetError(f"Redis grant failed: {type(exc).__name__}: {_scrub(exc)}") from None
-        if isinstance(replies[0], Exception):
-            raise TargetError(f"ACL SETUSER refused: {_scrub(replies[0])}")
-        # Another delivery of this grant id with another body, or a revoke, may have run between
-        # our read and our write: then ours goes, and the next delivery decides afresh.
-        after = self._ours([str(n) for n in replies[1]], spec.grant_id)
-        others = [item for item in after if item[0] != name]
-        if others:
-            self._acl("DELUSER", name)
-            self._refuse_conflicts(others, digest)
-            raise TargetError("a concurrent delivery of this grant won; retry")
-        if len(replies) > 2:
-            self._saved(replies[2])
-        return GrantResult(
-            principal=name,
-            credentials=self._credentials(name, password, spec),
-            reissued=bool(mine),
-        )
-
-    def _refuse_conflicts(self, mine: list[tuple[str, Label]], digest: str) -> None:
-        if any(label.state == "tombstone" for _, label in mine):
+        if self._label(stone_name, stone) is not None:
             raise Refused("request_id", "this grant was already revoked; it will not be made again")
-        if any(label.digest != digest for _, label in mine):
+        if label is not None and label.digest != digest:
             raise Refused(
                 "request_id", "another request with this request id was granted; refusing this one"
             )
+        # With a connector label key every delivery computes the same password, so a
+        # redelivery hands out the same credentials; without one it adds a password, which
+        # leaves the first delivery's credentials working.
+        password = self.key.password(KIND, self.integration, spec.grant_id, digest)
+        password = password or secrets.token_urlsafe(24)
+        mine = Label(
+            self.integration, spec.grant_id, "active", spec.expires_at, spec.permission_name, digest
+        )
+        rules = acl_rules(
+            permission,
+            spec.resources,
+            hashlib.sha256(password.encode()).hexdigest(),
+            encode_label(self.key, KIND, name, mine),
+        )
+        _, after, stone_after = map(
+            _user,
+            self._run(
+                [
+                    ("ACL", "SETUSER", name, *rules),
+                    ("ACL", "GETUSER", name),
+                    ("ACL", "GETUSER", stone_name),
+                ]
+            ),
+        )
+        # A revoke, or another body under this grant id, may have run between our read and our
+        # write (ACL has no conditional write): then the user goes, and a retry decides afresh.
+        after_label = self._label(name, after)
+        if stone_after is not None or after_label is None or after_label.digest != digest:
+            self._run([("ACL", "DELUSER", name)])
+            if self._label(stone_name, stone_after) is not None:
+                raise Refused("request_id", "this grant was revoked while it was being made")
+            raise TargetError("a concurrent delivery of this grant id changed the user; retry")
+        return GrantResult(
+            principal=name,
+            credentials=self._credentials(name, password, spec),
+            reissued=label is not None,
+        )
 
     def _credentials(self, name: str, password: str, spec: GrantSpec) -> dict[str, str]:
         return {
@@ -191,89 +211,67 @@ class RedisSession:
     def revoke_many(
         self, grant_ids: Sequence[str], tombstone_until: datetime
     ) -> dict[str, RevokeResult]:
-        """Tombstone first, then delete: a crash in between leaves a tombstone next to a live
-        user, which the next revoke or sweep deletes, and a late grant is refused meanwhile.
-        Nothing here reads the catalog: what a revoke removes was fixed when the grant was made."""
-        wanted = set(grant_ids)
-        by_grant: dict[str, list[tuple[str, Label]]] = {g: [] for g in grant_ids}
-        try:
-            for item in self._ours(self._users()):
-                if item[1].grant_id in wanted:
-                    by_grant[item[1].grant_id].append(item)
-            now = utcnow()
-            changes: list[tuple[str, ...]] = []
-            live_names: list[str] = []
-            for grant_id, items in by_grant.items():
-                live = [item for item in items if item[1].state == "active"]
-                live_names += [name for name, _ in live]
-                if any(label.state == "tombstone" for _, label in items):
-                    continue
-                if live:
-                    # Remembered until the grant's own expiry: a delivery later than that is
-                    # refused for being expired anyway.
-                    if live[0][1].expires_at > now:
-                        changes.append(("SETUSER", self._tombstone(live[0][1]), "reset"))
-                else:
-                    changes.append(
-                        ("SETUSER", self._tombstone_for(grant_id, tombstone_until), "reset")
-                    )
-            if live_names:
-                # Deleting a user also closes every connection authenticated as it.
-                changes.append(("DELUSER", *live_names))
-            pipe: Any = self.client.pipeline(transaction=False)
-            for change in changes:
-                pipe.execute_command("ACL", *change)
-            pipe.execute_command("ACL", "USERS")
-            self._saving(pipe)
-            replies = pipe.execute(raise_on_error=False)
-        except redis.RedisError as exc:
-            raise TargetError(f"Redis revoke failed: {type(exc).__name__}: {_scrub(exc)}") from None
-        for reply in replies[: len(changes)]:
-            if isinstance(reply, Exception):
-                raise TargetError(f"Redis revoke failed: {_scrub(reply)}")
-        listing = replies[len(changes)]
-        if len(replies) > len(changes) + 1:
-            self._saved(replies[-1])
-        remaining = {name for name, _ in self._ours([str(n) for n in listing])}
-        sessions = self._sessions_of(live_names)
+        """Tombstone first, then delete (which also closes the user's connections), then read
+        back. Nothing here reads the catalog: what a revoke removes was fixed at grant time."""
+        names = [user_name(self.settings, g) for g in grant_ids]
+        stones = [tombstone_name(self.settings, g) for g in grant_ids]
+        found = self._get(*names, *stones)
+        now = utcnow()
+        changes: list[tuple[str, ...]] = []
+        live: dict[str, tuple[str, Label]] = {}
+        for index, grant_id in enumerate(grant_ids):
+            label = self._label(names[index], found[index])
+            has_stone = self._label(stones[index], found[len(grant_ids) + index]) is not None
+            if label is not None:
+                live[grant_id] = (names[index], label)
+            if has_stone:
+                continue
+            if label is None:
+                changes.append(self._tombstone(grant_id, tombstone_until, None))
+            elif label.expires_at > now:
+                # Remembered until the grant's own expiry: a later delivery has expired anyway.
+                changes.append(self._tombstone(grant_id, label.expires_at, label))
+        doomed = [name for name, _ in live.values()]
+        if doomed:
+            changes.append(("ACL", "DELUSER", *doomed))
+        replies = self._run([*changes, *(("ACL", "GETUSER", n) for n in doomed)])
+        remaining = dict(zip(doomed, map(_user, replies[len(changes) :]), strict=True))
+        sessions = self._sessions_of(doomed)
         results: dict[str, RevokeResult] = {}
-        for grant_id, items in by_grant.items():
-            live = [item for item in items if item[1].state == "active"]
-            if not live:
+        for grant_id in grant_ids:
+            if grant_id not in live:
                 results[grant_id] = RevokeResult(found=False)
                 continue
-            residual = [f"user {name} still exists" for name, _ in live if name in remaining]
-            residual += [
-                f"{sessions[name]} connection(s) of {name} still open"
-                for name, _ in live
-                if sessions.get(name)
-            ]
+            name, label = live[grant_id]
+            residual = [f"user {name} still exists"] if remaining[name] is not None else []
+            if sessions.get(name):
+                residual.append(f"{sessions[name]} connection(s) of {name} still open")
             results[grant_id] = RevokeResult(
                 found=True,
-                principal=live[0][0],
-                expires_at=live[0][1].expires_at,
+                principal=name,
+                expires_at=label.expires_at,
                 residual=residual,
                 verified=not residual,
             )
         return results
 
-    def _tombstone(self, label: Label) -> str:
+    def _tombstone(self, grant_id: str, until: datetime, live: Label | None) -> tuple[str, ...]:
+        """A user that cannot log in and may run nothing, whose label remembers the revoke
+        until `until`, so a late or repeated grant is refused until then."""
+        name = tombstone_name(self.settings, grant_id)
         stone = Label(
-            label.integration,
-            label.grant_id,
+            self.integration,
+            grant_id,
             "tombstone",
-            label.expires_at,
-            label.permission,
-            label.digest,
+            until,
+            live.permission if live else "-",
+            live.digest if live else "-" * 8,
         )
-        return self._name(stone)
-
-    def _tombstone_for(self, grant_id: str, until: datetime) -> str:
-        return self._name(Label(self.integration, grant_id, "tombstone", until, "-", "-" * 8))
+        return ("ACL", "SETUSER", name, "reset", f"&{encode_label(self.key, KIND, name, stone)}")
 
     def _sessions_of(self, names: list[str]) -> dict[str, int]:
-        """Connections still authenticated as these users, waited on (bounded): the server closes
-        a deleted user's connections itself, asynchronously."""
+        """Connections still authenticated as these users, waited on (bounded). The server
+        closes a deleted user's connections itself, so this normally finds none at once."""
         if not names:
             return {}
         wanted = set(names)
@@ -289,11 +287,25 @@ class RedisSession:
             time.sleep(0.02)
 
     def forget(self, grant_id: str) -> None:
-        stones = [n for n, lab in self._ours(self._users(), grant_id) if lab.state == "tombstone"]
-        if stones:
-            self._acl("DELUSER", *stones)
+        name = tombstone_name(self.settings, grant_id)
+        (stone,) = self._get(name)
+        label = self._label(name, stone)
+        if label is not None and label.state == "tombstone":
+            self._run([("ACL", "DELUSER", name)])
 
     # -- sweep and inventory ---------------------------------------------------------------
+
+    def _listing(self) -> list[tuple[str, Label]]:
+        """Our users, from one ACL LIST: `user <name> <rules...>` per line."""
+        found = []
+        for line in self._run([("ACL", "LIST")])[0]:
+            parts = str(line).split()
+            if len(parts) < 2 or not parts[1].startswith(self.settings.user_prefix):
+                continue
+            label = self._label_in(parts[1], parts[2:])
+            if label is not None:
+                found.append((parts[1], label))
+        return found
 
     def active_grants(self) -> list[Grant]:
         return [
@@ -309,15 +321,23 @@ class RedisSession:
                 state=label.state,
                 detail={"digest": label.digest},
             )
-            for name, label in self._ours(self._users())
+            for name, label in self._listing()
         ]
 
     def inventory(self) -> dict[str, list[str]]:
-        keyspace = self.client.info("keyspace")
-        return {"users": sorted(self._users()), "databases": sorted(str(k) for k in keyspace)}
+        users = [str(u) for u in self._run([("ACL", "USERS")])[0]]
+        return {"users": sorted(users), "databases": sorted(self.client.info("keyspace"))}
 
 
-def _scrub(exc: object) -> str:
-    """Redis echoes arguments in some errors; a password verifier is not a secret, but keep
-    error texts to their first line, without arguments."""
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+def _user(reply: Any) -> User:
+    """ACL GETUSER's reply: a dict from the client, or the raw flat list from a pipeline."""
+    if reply is None or isinstance(reply, dict):
+        return reply
+    items = list(reply)
+    return {str(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def _first_line(exc: object) -> str:
+    """Error texts keep to their first line: some Redis errors echo arguments."""
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
