@@ -148,10 +148,9 @@ class RabbitMQSession:
                 "request_id", "another request with this request id was granted; refusing this one"
             )
         # With a connector label key every delivery computes the same password, so a
-        # redelivery completes the grant and hands out the same credentials.
+        # redelivery completes the grant and hands out the same credentials. Without one a
+        # redelivery sets a new password (a user has one): `jitc catalog check` warns of that.
         password = self.key.password(KIND, self.integration, spec.grant_id, digest)
-        if label is not None and password is None:
-            return GrantResult(principal=name, reissued=True)
         password = password or secrets.token_urlsafe(24)
         mine = Label(
             self.integration, spec.grant_id, "active", spec.expires_at, spec.permission_name, digest
