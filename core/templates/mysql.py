@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
+from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
 
@@ -233,6 +234,7 @@ class MySQLTemplate:
     kind: ClassVar[str] = "mysql"
     Connection: ClassVar[type[Settings]] = Connection
     Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
 
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
         return True
@@ -251,8 +253,16 @@ class MySQLTemplate:
         assert isinstance(connection, Connection)
         return plan_statements(connection, spec)
 
-    def open(self, integration: str, connection: Settings, secret: Secret | None) -> MySQLSession:
+    def open(
+        self,
+        integration: str,
+        connection: Settings,
+        secret: Secret | None,
+        label_key: LabelKey | None = None,
+    ) -> MySQLSession:
         from jitc.templates.mysql_session import MySQLSession
 
         assert isinstance(connection, Connection)
-        return MySQLSession(integration, connection, secret)
+        return MySQLSession(
+            integration, connection, secret, label_key or LabelKey.from_secret(None)
+        )

@@ -19,17 +19,10 @@ from typing import Any
 import pymysql
 
 from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
-from jitc.templates.base import (
-    GrantResult,
-    GrantSpec,
-    RevokeResult,
-    decode_label,
-    encode_label,
-    grant_from_label,
-    tombstone_label,
-)
+from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from_label
 from jitc.templates.mysql import (
     Connection,
     MySQLTemplate,
@@ -56,23 +49,19 @@ def native_password_hash(password: str) -> str:
     return "*" + hashlib.sha1(inner, usedforsecurity=False).hexdigest().upper()
 
 
-def seal_label(label: dict[str, Any]) -> str:
-    """The text of a label as the ledger stores it: the one place to change how labels are
-    written."""
-    return encode_label(label)
-
-
-def open_label(text: str | None) -> dict[str, Any] | None:
-    """A label read back from the ledger, or None when it is not one of ours."""
-    return decode_label(text)
-
-
 class MySQLSession:
     """One admin connection, used for a batch."""
 
-    def __init__(self, integration: str, connection: Connection, secret: Secret | None) -> None:
+    def __init__(
+        self,
+        integration: str,
+        connection: Connection,
+        secret: Secret | None,
+        label_key: LabelKey,
+    ) -> None:
         self.integration = integration
         self.settings = connection
+        self.key = label_key
         self.ledger = f"{ident(connection.ledger_database)}.{ident('grants')}"
         try:
             self.conn = pymysql.connect(
@@ -165,6 +154,18 @@ class MySQLSession:
         finally:
             self._run("DO RELEASE_LOCK(%s)", (name,))
 
+    def _label(self, name: str, text: str | None, grant_id: str) -> dict[str, Any] | None:
+        """A ledger row's label, when its MAC holds for this account name and it is this
+        integration's; a row naming an account it was not written for is not ours."""
+        label = verify_label(self.key, MySQLTemplate.kind, name, text)
+        if label is None or label.get("grant_id") != grant_id:
+            return None
+        if label.get("integration") != self.integration:
+            return None
+        if label.get("state") != "tombstone" and not is_our_name(self.settings, name, grant_id):
+            return None
+        return label
+
     def _row(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
         rows = self._rows(
             f"SELECT name, label FROM {self.ledger} "  # noqa: S608
@@ -172,12 +173,8 @@ class MySQLSession:
             (self.integration, grant_id),
         )
         for name, text in rows:
-            label = open_label(text)
-            if label is None or label.get("grant_id") != grant_id:
-                return None
-            if label.get("state") != "tombstone" and not is_our_name(self.settings, name, grant_id):
-                return None  # a row naming someone else's account is not ours to act on
-            return str(name), label
+            label = self._label(str(name), text, grant_id)
+            return None if label is None else (str(name), label)
         return None
 
     def _write(self, name: str, label: dict[str, Any]) -> None:
@@ -191,7 +188,7 @@ class MySQLSession:
                 name,
                 label["state"],
                 datetime.fromisoformat(label["expires_at"]).astimezone(UTC).replace(tzinfo=None),
-                seal_label(label),
+                sign_label(self.key, MySQLTemplate.kind, name, label),
             ),
         )
 
@@ -213,7 +210,10 @@ class MySQLSession:
 
     def grant(self, spec: GrantSpec) -> GrantResult:
         name = user_name(self.settings, spec)
-        password = secrets.token_urlsafe(24)
+        # With a label key every delivery of a grant computes the same password, so a
+        # redelivery hands out the same credentials and changes nothing in the server.
+        derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
+        password = derived or secrets.token_urlsafe(24)
         hashed = literal(native_password_hash(password))
         with self._locked(spec.grant_id):
             found = self._row(spec.grant_id)
@@ -229,7 +229,7 @@ class MySQLSession:
                         "the server's event_scheduler is OFF, and this integration requires "
                         "target-enforced expiry",
                     )
-                self._write(name, spec.label(user=name, host=self.settings.user_host))
+                self._write(name, self._grant_label(spec, name))
                 statements = grant_statements(self.settings, spec, hashed)
                 reissued = False
             else:
@@ -240,16 +240,23 @@ class MySQLSession:
                     )
                 if label.get("state") != "active":
                     raise Refused("request_id", "this grant is being revoked")
+                if label.get("digest") != spec.request_digest:
+                    raise Refused(
+                        "request_id",
+                        "this request id was already used for a different request; refused",
+                    )
                 reissued = True
-                if self._user_exists(name):
-                    # A redelivery may be the only outcome that reaches the requester, so it
-                    # carries a fresh password; the account and its expiry stay as they were.
+                if not self._user_exists(name):  # the first delivery stopped before the account
+                    statements = grant_statements(self.settings, spec, hashed)
+                elif derived is None:
+                    # Without a label key the first password cannot be computed again, and a
+                    # redelivery may be the only outcome that reaches the requester: it rotates.
                     statements = [
                         f"ALTER USER {account(self.settings, name)} "
                         f"IDENTIFIED WITH mysql_native_password AS {hashed}"
                     ]
-                else:  # the first delivery stopped between the ledger and the account
-                    statements = grant_statements(self.settings, spec, hashed)
+                else:
+                    statements = []
             for statement in statements:
                 self._run(statement)
         return GrantResult(
@@ -263,6 +270,20 @@ class MySQLSession:
             },
             reissued=reissued,
         )
+
+    def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
+        return {
+            "kind": "grant",
+            "grant_id": spec.grant_id,
+            "integration": self.integration,
+            "permission": spec.permission_name,
+            "expires_at": spec.expires_at.isoformat(),
+            "state": "active",
+            "digest": spec.request_digest,
+            "identity": self.key.keyed_hash("identity", spec.identity.email),
+            "user": name,
+            "host": self.settings.user_host,
+        }
 
     # -- revoke ----------------------------------------------------------------------------
 
@@ -349,7 +370,14 @@ class MySQLSession:
         if until <= utcnow():
             self._delete(grant_id)
             return
-        stone = tombstone_label(grant_id, self.integration, label, until)
+        stone = {
+            "kind": "tombstone",
+            "grant_id": grant_id,
+            "integration": self.integration,
+            "permission": label.get("permission", ""),
+            "expires_at": until.isoformat(),
+            "state": "tombstone",
+        }
         self._write(str(label.get("user", "")), stone)
 
     def forget(self, grant_id: str) -> None:
@@ -367,10 +395,8 @@ class MySQLSession:
         )
         grants = []
         for grant_id, name, text in rows:
-            label = open_label(text)
-            if label is None or label.get("grant_id") != grant_id:
-                continue
-            if label.get("state") != "tombstone" and not is_our_name(self.settings, name, grant_id):
+            label = self._label(str(name), text, str(grant_id))
+            if label is None:
                 continue
             grant = grant_from_label(MySQLTemplate.kind, str(name), label)
             if grant is not None:

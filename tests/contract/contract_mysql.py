@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 import pymysql
-from contract_targets import RUN
+from contract_targets import RUN, forged_label
 
 HOST = os.environ.get("JITC_TEST_MYSQL_HOST", "127.0.0.1")
 PORT = int(os.environ.get("JITC_TEST_MYSQL_PORT", "3306"))
@@ -61,6 +61,7 @@ class MySQLTarget:
 
     def __init__(self) -> None:
         self.password = ADMIN_PASSWORD
+        self.foreign: set[str] = set()
         self._root: pymysql.connections.Connection[Any] | None = None
 
     @property
@@ -105,6 +106,7 @@ class MySQLTarget:
         """Between tests: drop the grants this run made, keep the admin, the data and the
         ledger's tables (emptied)."""
         conn = self.admin
+        self.foreign.clear()
         for user, host in run(
             conn,
             "SELECT User, Host FROM mysql.user WHERE User LIKE %s AND User <> %s",
@@ -213,6 +215,7 @@ class MySQLTarget:
             LEDGER,
         ):
             ours = {row[0] for row in run(self.admin, f"SELECT name FROM `{LEDGER}`.grants")}
+            ours -= self.foreign
         users = run(
             self.admin, "SELECT User, Host, Priv FROM mysql.global_priv ORDER BY User, Host"
         )
@@ -230,6 +233,17 @@ class MySQLTarget:
 
     def make_foreign(self, name: str) -> None:
         run(self.admin, "CREATE USER %s@'%%' IDENTIFIED BY 'foreign-pw'", name)
+        self.foreign.add(name)
+
+    def forge_label(self, name: str, grant_id: str, integration: str) -> None:
+        run(
+            self.admin,
+            f"REPLACE INTO `{LEDGER}`.grants VALUES (%s, %s, %s, 'active', '2020-01-01', %s)",
+            integration,
+            grant_id,
+            name,
+            forged_label(grant_id, integration),
+        )
 
     def planned_principal(self, statements: list[str]) -> str:
         return statements[0].split("'")[1]

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from contract_targets import RUN
+from contract_targets import RUN, forged_label
 from pgtest import PG_DSN
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-
-from jitc.templates.postgresql import ACL_LOCK_KEY
 
 PREFIX = f"c{RUN}_"
 SCHEMA = f"jc_{RUN}"
@@ -23,6 +21,7 @@ class PostgreSQLTarget:
 
     def __init__(self) -> None:
         self._admin: psycopg.Connection[Any] | None = None
+        self.foreign: set[str] = set()
 
     @property
     def admin(self) -> psycopg.Connection[Any]:
@@ -47,16 +46,19 @@ class PostgreSQLTarget:
 
     def _drop_ours(self) -> None:
         conn = self.admin
-        for name in sorted(self.principals()):
+        rows = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX,)
+        ).fetchall()
+        for (name,) in sorted(rows):
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
             )
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACL_LOCK_KEY,))
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
     def reset(self) -> None:
+        self.foreign.clear()
         self._drop_ours()
 
     def cleanup(self) -> None:
@@ -125,8 +127,12 @@ class PostgreSQLTarget:
         live.close()
 
     def principals(self) -> set[str]:
+        # Not the privilege bundles the grants share, nor tombstones: the roles that are grants.
         rows = self.admin.execute(
-            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX,)
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) "
+            "AND NOT starts_with(rolname, %s) "
+            "AND coalesce(shobj_description(oid, 'pg_authid'), '') NOT LIKE '%%\"tombstone\"%%'",
+            (PREFIX, PREFIX + "b_"),
         ).fetchall()
         return {str(row[0]) for row in rows}
 
@@ -138,12 +144,21 @@ class PostgreSQLTarget:
             # Other clients of a shared server make and drop roles all the time: this run's
             # names and the admin are what a grant here could have touched.
             "WHERE (starts_with(rolname, %s) OR rolname = current_user) "
-            "AND coalesce(shobj_description(oid, 'pg_authid'), '') NOT LIKE 'jitc:%%' ORDER BY 1",
-            (PREFIX,),
+            "AND (coalesce(shobj_description(oid, 'pg_authid'), '') NOT LIKE 'jitc:%%' "
+            "OR rolname = ANY(%s)) ORDER BY 1",
+            (PREFIX, sorted(self.foreign)),
         ).fetchall()
 
     def make_foreign(self, name: str) -> None:
         self.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        self.foreign.add(name)
+
+    def forge_label(self, name: str, grant_id: str, integration: str) -> None:
+        self.admin.execute(
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(forged_label(grant_id, integration))
+            )
+        )
 
     def planned_principal(self, statements: list[str]) -> str:
         return statements[0].split('"')[1]

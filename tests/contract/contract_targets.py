@@ -28,6 +28,7 @@ from jitc.secrets import EnvSecretStore, SecretStores
 BOX_PRIVATE, BOX_PUBLIC = box_keypair()
 # One per run: concurrent runs on one server keep apart by it.
 RUN = secrets.token_hex(3)
+LABEL_KEY = f"label-key-{secrets.token_hex(16)}"
 
 
 class Target(Protocol):
@@ -88,6 +89,30 @@ class Target(Protocol):
 
     def planned_principal(self, statements: list[str]) -> str:
         """The principal name a plan would create."""
+
+    def forge_label(self, name: str, grant_id: str, integration: str) -> None:
+        """As a neighbour would: write, where this target keeps its labels, a label that claims
+        principal `name` is the connector's grant `grant_id`, active and long expired, without
+        the connector's key."""
+
+
+def forged_label(grant_id: str, integration: str) -> str:
+    """A label as the connector writes them, with a MAC made up by someone without its key."""
+    body = json.dumps(
+        {
+            "v": 2,
+            "kind": "grant",
+            "grant_id": grant_id,
+            "integration": integration,
+            "permission": "allowed",
+            "mode": "ephemeral",
+            "expires_at": "2020-01-01T00:00:00+00:00",
+            "state": "active",
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return f"jitc:{'A' * 43}.{body}"
 
 
 @dataclass
@@ -154,8 +179,10 @@ def catalog_doc(
     target: Target,
     permissions: dict[str, dict[str, Any]] | None = None,
     connection: dict[str, Any] | None = None,
+    label_key: bool = True,
 ) -> dict[str, Any]:
     return {
+        "connector": {"label_key": "mem:label"} if label_key else {},
         "integrations": {
             target.integration: {
                 "kind": target.kind,
@@ -164,7 +191,7 @@ def catalog_doc(
                 "max_duration": "8h",
                 "permissions": target.permissions() if permissions is None else permissions,
             }
-        }
+        },
     }
 
 
@@ -177,7 +204,7 @@ def make_env(
     now = [datetime.now(UTC)]
     engine = Engine(
         catalog,
-        SecretStores({"mem": EnvSecretStore({"admin": secret})}),
+        SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
         NullScheduler(),
         sink,
         clock=lambda: now[0],

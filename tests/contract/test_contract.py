@@ -13,6 +13,7 @@ from contract_targets import ContractEnv, Target, catalog_doc
 from jitc.catalog import parse_catalog
 from jitc.errors import CatalogError, Refused
 from jitc.messages import parse_request
+from jitc.models import Outcome
 
 MakeEnv = Callable[..., ContractEnv]
 
@@ -56,16 +57,56 @@ def test_plan_has_no_side_effects_and_shows_no_secret(cenv: ContractEnv) -> None
     assert granted.principal == cenv.target.planned_principal(outcome.statements)
 
 
-def test_redelivered_grant_lands_on_the_same_principal_with_fresh_credentials(
-    cenv: ContractEnv,
+def _left_alone(outcome: Outcome) -> bool:
+    """A revoke that found no grant of ours: a success with nothing to revoke, or (a template
+    that cannot tell a squatter from a grant it failed to label) a failure, retried and alarmed,
+    that names what it left alone."""
+    if outcome.status == "revoked":
+        return "nothing to revoke" in str(outcome.message)
+    return outcome.status == "failed" and any("left alone" in r for r in outcome.residual)
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["label-key", "no-label-key"])
+def test_redelivered_grant_lands_on_the_same_principal_with_working_credentials(
+    target: Target, make_contract_env: MakeEnv, keyed: bool
 ) -> None:
-    request = cenv.request(request_id="c-dup")
-    first = cenv.engine.execute(request)
-    second = cenv.engine.execute(request)
+    env = make_contract_env(catalog_doc(target, label_key=keyed))
+    request = env.request(request_id=f"c-dup-{keyed}")
+    first = env.engine.execute(request)
+    second = env.engine.execute(request)
     assert second.status == "granted" and second.reissued
     assert second.principal == first.principal and second.expires_at == first.expires_at
+    assert target.principals() == {first.principal}
+    creds = [env.credentials(o.sealed_credentials) for o in (first, second)]
+    assert env.usable(creds[1])
+    # With the key a redelivery computes the same password; without it the password rotates
+    # (the latest outcome is the one that works).
+    assert (creds[0] == creds[1]) is keyed
+
+
+def test_a_request_id_reused_for_a_different_request_is_refused(cenv: ContractEnv) -> None:
+    first = cenv.engine.execute(cenv.request(request_id="c-reuse", duration="10m"))
+    assert first.status == "granted"
+    other = cenv.engine.execute(cenv.request(request_id="c-reuse", duration="20m"))
+    assert other.status == "refused" and other.field == "request_id"
     assert cenv.target.principals() == {first.principal}
-    assert cenv.usable(cenv.credentials(second.sealed_credentials))
+
+
+def test_a_forged_label_never_steers_a_revoke_or_sweep(cenv: ContractEnv) -> None:
+    planned = cenv.target.planned_principal(
+        cenv.engine.plan(cenv.request(request_id="c-forged")).statements
+    )
+    grant_id = str(cenv.request(request_id="c-forged").target_grant_id)
+    cenv.engine.execute(cenv.request(request_id="c-real"))  # the target's ledger is in use
+    cenv.target.make_foreign(planned)  # named exactly as the connector would name that grant
+    cenv.target.forge_label(planned, grant_id, cenv.target.integration)
+    before = cenv.target.snapshot()
+    revoke = cenv.engine.execute(cenv.request("revoke", request_id="c-forged"))
+    assert _left_alone(revoke), revoke
+    cenv.advance(timedelta(hours=9))
+    report = cenv.engine.sweep()
+    assert grant_id not in report.revoked and report.ok and not report.residual
+    assert cenv.target.snapshot() == before and planned in cenv.target.principals()
 
 
 def test_revoke_before_grant_and_duplicate_revoke_succeed(cenv: ContractEnv) -> None:
@@ -148,9 +189,10 @@ def test_a_principal_the_connector_did_not_create_is_never_changed(cenv: Contrac
     outcome = cenv.engine.execute(cenv.request(request_id="c-clash"))
     assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
     revoke = cenv.engine.execute(cenv.request("revoke", request_id="c-clash"))
-    assert revoke.status == "revoked" and "nothing to revoke" in str(revoke.message)
+    assert _left_alone(revoke), revoke
     cenv.advance(timedelta(hours=9))
-    assert cenv.engine.sweep().ok
+    report = cenv.engine.sweep()
+    assert not report.revoked and report.ok
     assert cenv.target.snapshot() == before
     assert name in cenv.target.principals()
 
