@@ -33,6 +33,7 @@ class RabbitMQTarget:
 
     def __init__(self) -> None:
         self.root = httpx.Client(base_url=API, auth=("guest", "guest"), timeout=10)
+        self.foreign: set[str] = set()
 
     def reach(self) -> None:
         try:
@@ -72,6 +73,7 @@ class RabbitMQTarget:
         ]
 
     def reset(self) -> None:
+        self.foreign.clear()
         for name in self._ours():
             self.root.delete(f"/api/users/{quote(name, safe='')}")
 
@@ -148,7 +150,8 @@ class RabbitMQTarget:
         return {n for n in self._ours() if not n.startswith(f"{PREFIX}x-")}
 
     def snapshot(self) -> Any:
-        ours = set(self._ours())
+        """Every user but the ones the connector made: the foreign ones keep our prefix."""
+        ours = set(self._ours()) - self.foreign
         users = [
             (
                 u["name"],
@@ -164,6 +167,13 @@ class RabbitMQTarget:
     def make_foreign(self, name: str) -> None:
         self.root.put(
             f"/api/users/{quote(name, safe='')}", json={"password": "foreign-pw", "tags": ""}
+        ).raise_for_status()
+        self.foreign.add(name)
+
+    def forge_label(self, name: str, grant_id: str, integration: str) -> None:
+        forged = f"jitc1:{integration}:{grant_id}:a:1577836800:allowed:abcdefgh:{'A' * 43}"
+        self.root.put(
+            f"/api/users/{quote(name, safe='')}", json={"password": "foreign-pw", "tags": forged}
         ).raise_for_status()
 
     def planned_principal(self, statements: list[str]) -> str:

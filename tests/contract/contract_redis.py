@@ -35,6 +35,7 @@ class RedisTarget:
 
     def __init__(self) -> None:
         self.root = redis.Redis(host=HOST, port=PORT, decode_responses=True, socket_timeout=5)
+        self.foreign: set[str] = set()
 
     def reach(self) -> None:
         try:
@@ -47,6 +48,7 @@ class RedisTarget:
         self.root.set(f"c{RUN}:data:1", "v")
 
     def reset(self) -> None:
+        self.foreign.clear()
         names = sorted(self.principals() | self._tombstones())
         if names:
             acl(self.root, "DELUSER", *names)
@@ -127,11 +129,17 @@ class RedisTarget:
         return {n for n in acl(self.root, "USERS") if n.startswith(f"{PREFIX}x-")}
 
     def snapshot(self) -> Any:
-        ours = self.principals() | self._tombstones()
+        """Every user but the ones the connector made: the foreign ones keep our prefix."""
+        ours = (self.principals() | self._tombstones()) - self.foreign
         return sorted(line for line in acl(self.root, "LIST") if line.split()[1] not in ours)
 
     def make_foreign(self, name: str) -> None:
         acl(self.root, "SETUSER", name, "on", ">foreign-pw", "~*", "+@read")
+        self.foreign.add(name)
+
+    def forge_label(self, name: str, grant_id: str, integration: str) -> None:
+        forged = f"jitc1:{integration}:{grant_id}:a:1577836800:allowed:abcdefgh:{'A' * 43}"
+        acl(self.root, "SETUSER", name, f"&{forged}")
 
     def planned_principal(self, statements: list[str]) -> str:
         return statements[0].split()[2]
