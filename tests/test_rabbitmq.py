@@ -18,7 +18,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from jitc.catalog import parse_catalog
+from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError, Refused
 from jitc.labels import LabelKey
@@ -401,10 +401,12 @@ def test_hostile_catalogs_are_refused() -> None:
     ):
         with pytest.raises(CatalogError):
             parse_catalog(catalog_doc(bad=bad))
-    with pytest.raises(CatalogError):
-        doc = catalog_doc()
-        doc["integrations"][INTEGRATION]["connection"]["api_url"] = "http://example.com:15672"
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["api_url"] = "http://example.com:15672"
+    with pytest.raises(CatalogError, match="allow_insecure_transport"):
         parse_catalog(doc)
+    doc["integrations"][INTEGRATION]["connection"]["allow_insecure_transport"] = True
+    assert any("http://" in w for w in catalog_warnings(parse_catalog(doc)))
 
 
 def test_hostile_requests_are_refused_with_the_broker_unchanged(env: Env) -> None:

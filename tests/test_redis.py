@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from jitc.catalog import parse_catalog
+from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError, Refused
 from jitc.labels import LabelKey
@@ -84,6 +84,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
                     "port": PORT,
                     "user": ADMIN,
                     "user_prefix": PREFIX,
+                    "tls": False,  # loopback: allowed, and `jitc catalog check` says so
                     "terminate_wait_seconds": 3,
                 },
                 "credentials": "mem:admin",
@@ -409,6 +410,16 @@ def test_a_user_that_already_has_the_grants_name_is_refused_and_left_alone(env: 
     revoke = env.engine.execute(env.request("revoke", request_id="clash-1"))
     assert revoke.status == "revoked" and "nothing to revoke" in str(revoke.message)
     assert acl(env.root, "GETUSER", name) == before
+
+
+def test_a_catalog_edit_cannot_send_the_admin_password_in_the_clear() -> None:
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["host"] = "redis.example.com"
+    with pytest.raises(CatalogError, match="allow_insecure_transport"):
+        parse_catalog(doc)
+    doc["integrations"][INTEGRATION]["connection"]["allow_insecure_transport"] = True
+    assert any("tls false" in w for w in catalog_warnings(parse_catalog(doc)))
+    assert any("tls false" in w for w in catalog_warnings(parse_catalog(catalog_doc())))
 
 
 def test_hostile_catalog_rules_are_refused_when_the_catalog_loads() -> None:

@@ -24,6 +24,7 @@ from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+from jitc.templates.redis_label import is_loopback
 
 if TYPE_CHECKING:
     from jitc.templates.rabbitmq_session import RabbitMQSession
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 MASK = "********"
 Tag = Literal["management", "monitoring", "policymaker", "administrator"]
 PRIVILEGED_TAGS = frozenset({"monitoring", "policymaker", "administrator"})
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 BUILTIN_PATTERNS: dict[str, tuple[str, str, str]] = {
     # (configure, write, read)
@@ -59,7 +59,7 @@ class Connection(Settings):
         pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="the connector's administrator user"
     )
     verify_tls: bool = True
-    insecure_http: bool = Field(
+    allow_insecure_transport: bool = Field(
         default=False, description="allow http:// to a host other than loopback"
     )
     timeout: float = Field(default=5.0, gt=0, le=60)
@@ -72,13 +72,31 @@ class Connection(Settings):
 
     @model_validator(mode="after")
     def _transport(self) -> Connection:
-        parts = urlsplit(self.api_url)
-        if parts.scheme == "http" and parts.hostname not in _LOOPBACK and not self.insecure_http:
+        # A catalog edit must not be able to send the admin password in the clear to any host.
+        if self.plain_http and not self._loopback and not self.allow_insecure_transport:
             raise ValueError(
                 "api_url: http:// sends the admin password in the clear; use https:// or set "
-                "insecure_http: true"
+                "allow_insecure_transport: true"
             )
         return self
+
+    @property
+    def plain_http(self) -> bool:
+        return urlsplit(self.api_url).scheme == "http"
+
+    @property
+    def _loopback(self) -> bool:
+        return is_loopback(urlsplit(self.api_url).hostname or "")
+
+    def warnings(self) -> list[str]:
+        """Each relaxed setting, for `jitc catalog check`."""
+        found = []
+        if self.plain_http:
+            where = "a loopback host" if self._loopback else "allow_insecure_transport"
+            found.append(f"api_url is http:// ({where}): the admin password travels in the clear")
+        if not self.verify_tls:
+            found.append("verify_tls false: the API's certificate is not checked")
+        return found
 
 
 class Permission(PermissionSettings):

@@ -24,7 +24,7 @@ from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
-from jitc.templates.redis_label import spec_digest
+from jitc.templates.redis_label import is_loopback, spec_digest
 
 if TYPE_CHECKING:
     from jitc.templates.redis_session import RedisSession
@@ -66,8 +66,11 @@ class Connection(Settings):
         pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
         description="the connector's admin ACL user (needs +acl and +client)",
     )
-    tls: bool = False
+    tls: bool = Field(default=True, description="TLS, with the server's certificate verified")
     tls_ca_file: str | None = None
+    allow_insecure_transport: bool = Field(
+        default=False, description="allow tls: false to a host other than loopback"
+    )
     connect_timeout: float = Field(default=5.0, gt=0, le=60)
     login_host: str | None = Field(default=None, description="host the grantee connects to")
     acl_save: Literal["auto", "always", "never"] = Field(
@@ -75,6 +78,26 @@ class Connection(Settings):
         description="ACL SAVE after each change: auto when the server has an aclfile",
     )
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _transport(self) -> Connection:
+        # A catalog edit must not be able to send the admin password in the clear to any host.
+        if not self.tls and not is_loopback(self.host) and not self.allow_insecure_transport:
+            raise ValueError(
+                "tls: false sends the admin password in the clear; keep TLS on, or set "
+                "allow_insecure_transport: true"
+            )
+        return self
+
+    def warnings(self) -> list[str]:
+        """Each relaxed setting, for `jitc catalog check`."""
+        found = []
+        if not self.tls:
+            where = "a loopback host" if is_loopback(self.host) else "allow_insecure_transport"
+            found.append(f"tls false ({where}): the admin password travels in the clear")
+        if self.acl_save == "never":
+            found.append("acl_save never: a server restart forgets tombstones")
+        return found
 
 
 class Permission(PermissionSettings):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,6 +111,16 @@ def decode_label(key: LabelKey, kind: str, principal: str | None, text: str) -> 
         permission=permission,
         digest=digest,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """This machine's loopback address: no network carries the admin password."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def label_prefix(integration: str, grant_id: str | None = None) -> str:

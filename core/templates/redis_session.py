@@ -57,6 +57,8 @@ class RedisSession:
                 password=secret.reveal() if secret is not None else None,
                 ssl=connection.tls,
                 ssl_ca_certs=connection.tls_ca_file,
+                ssl_cert_reqs="required",
+                ssl_check_hostname=connection.tls,
                 socket_connect_timeout=connection.connect_timeout,
                 socket_timeout=max(connection.connect_timeout, 10.0),
                 client_name="jit-connector",

@@ -74,6 +74,7 @@ class RedisTarget:
             "port": PORT,
             "user": ADMIN,
             "user_prefix": PREFIX,
+            "tls": False,
             "terminate_wait_seconds": 3,
             **overrides,
         }
