@@ -24,7 +24,7 @@ from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
-from jitc.templates.redis_label import is_loopback
+from jitc.templates.redis_label import is_loopback, spec_digest
 
 if TYPE_CHECKING:
     from jitc.templates.rabbitmq_session import RabbitMQSession
@@ -220,7 +220,7 @@ class RabbitMQTemplate:
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
         assert isinstance(connection, Connection)
         label = f"jitc1:{spec.integration}:{spec.grant_id}:a:{int(spec.expires_at.timestamp())}:"
-        label += f"{spec.permission_name}:<digest>:<mac>"
+        label += f"{spec.permission_name}:{spec_digest(spec)}:{MASK}"
         return [
             f"{method} {path} {_show(body)}"
             for method, path, body in grant_calls(connection, spec, label, MASK)
