@@ -452,3 +452,17 @@ def test_secrets_never_reach_events_or_outcomes(env: Env) -> None:
         + [o.model_dump(mode="json") for o in env.sink.outcomes]
     )
     assert ADMIN_PASSWORD not in text and creds["password"] not in text
+
+
+def test_sweep_of_many_revokes_them_in_one_pass_and_closes_their_connections(env: Env) -> None:
+    outcomes = [env.engine.execute(env.request(duration="5m")) for _ in range(4)]
+    keep = env.engine.execute(env.request(duration="2h"))
+    live = env.login(env.credentials(outcomes[0].sealed_credentials))
+    env.now[0] += timedelta(minutes=6)
+    report = env.engine.sweep()
+    assert sorted(report.revoked) == sorted(str(o.grant_id) for o in outcomes) and report.ok
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
+        for _ in range(50):
+            live.process_data_events(time_limit=0.1)
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == [keep.principal]
+    assert env.can_login(env.credentials(keep.sealed_credentials))

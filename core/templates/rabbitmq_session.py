@@ -198,33 +198,64 @@ class RabbitMQSession:
         here reads the catalog: what a revoke removes was fixed when the grant was made."""
         name = user_name(self.settings, grant_id)
         stone_name = tombstone_name(self.settings, grant_id)
-        live = self._label(self._user(name))
-        stone = self._label(self._user(stone_name))
-        if live is None:
-            if stone is None:
-                self._put_tombstone(stone_name, grant_id, tombstone_until, None)
-            return RevokeResult(found=False)
-        if stone is None and live.expires_at > utcnow():
-            self._put_tombstone(stone_name, grant_id, live.expires_at, live)
-        self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
-        residual = []
-        if self._user(name) is not None:
-            residual.append(f"user {name} still exists")
-        left = self._connections_left(name)
-        if left:
-            residual.append(f"{left} connection(s) of {name} still open")
-        return RevokeResult(
-            found=True,
-            principal=name,
-            expires_at=live.expires_at,
-            residual=residual,
-            verified=not residual,
-        )
+        users = {name: self._user(name), stone_name: self._user(stone_name)}
+        return self._revoke([grant_id], tombstone_until, users)[grant_id]
 
     def revoke_many(
         self, grant_ids: Sequence[str], tombstone_until: datetime
     ) -> dict[str, RevokeResult]:
-        return {grant_id: self.revoke(grant_id, tombstone_until) for grant_id in grant_ids}
+        """The sweep's path: one listing of the users and one of the connections for the whole
+        chunk, instead of three reads per grant."""
+        if len(grant_ids) < 3:
+            return {g: self.revoke(g, tombstone_until) for g in grant_ids}
+        listing = self._call("GET", "/api/users").json()
+        users: dict[str, dict[str, Any] | None] = {str(u["name"]): dict(u) for u in listing}
+        return self._revoke(grant_ids, tombstone_until, users)
+
+    def _revoke(
+        self,
+        grant_ids: Sequence[str],
+        tombstone_until: datetime,
+        users: dict[str, dict[str, Any] | None],
+    ) -> dict[str, RevokeResult]:
+        now = utcnow()
+        results: dict[str, RevokeResult] = {}
+        deleted: dict[str, tuple[str, Label]] = {}
+        for grant_id in grant_ids:
+            name = user_name(self.settings, grant_id)
+            stone_name = tombstone_name(self.settings, grant_id)
+            live = self._label(users.get(name))
+            stone = self._label(users.get(stone_name))
+            if live is None:
+                if stone is None:
+                    self._put_tombstone(stone_name, grant_id, tombstone_until, None)
+                results[grant_id] = RevokeResult(found=False)
+                continue
+            if stone is None and live.expires_at > now:
+                self._put_tombstone(stone_name, grant_id, live.expires_at, live)
+            self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
+            deleted[grant_id] = (name, live)
+        if not deleted:
+            return results
+        names = [name for name, _ in deleted.values()]
+        if len(names) == 1:
+            remaining = {n for n in names if self._user(n) is not None}
+        else:
+            listing = self._call("GET", "/api/users").json()
+            remaining = {str(u["name"]) for u in listing} & set(names)
+        left = self._connections_left(names)
+        for grant_id, (name, live) in deleted.items():
+            residual = [f"user {name} still exists"] if name in remaining else []
+            if left.get(name):
+                residual.append(f"{left[name]} connection(s) of {name} still open")
+            results[grant_id] = RevokeResult(
+                found=True,
+                principal=name,
+                expires_at=live.expires_at,
+                residual=residual,
+                verified=not residual,
+            )
+        return results
 
     def _put_tombstone(
         self, stone_name: str, grant_id: str, until: datetime, live: Label | None
@@ -245,22 +276,33 @@ class RabbitMQSession:
             {"password_hash": "", "tags": self._encode(stone_name, stone)},
         )
 
-    def _connections_left(self, name: str) -> int:
-        """Connections of a deleted user, waited on (bounded), then closed by name if any are
-        still listed."""
-        path = f"/api/connections/username/{quote(name, safe='')}"
+    def _connections_left(self, names: list[str]) -> dict[str, int]:
+        """Connections of deleted users, waited on (bounded); any still listed after the first
+        look are closed by user name. The broker closes them itself when a user is deleted."""
+        one = len(names) == 1
+        path = (
+            f"/api/connections/username/{quote(names[0], safe='')}" if one else "/api/connections"
+        )
+        wanted = set(names)
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         closed = False
         while True:
             response = self._call("GET", path, missing=True)
-            count = 0 if response.status_code == 404 else len(response.json())
-            if not count:
-                return 0
+            rows = [] if response.status_code == 404 else response.json()
+            counts: dict[str, int] = {}
+            for row in rows:
+                user = str(row.get("user", ""))
+                if user in wanted:
+                    counts[user] = counts.get(user, 0) + 1
+            if not counts:
+                return {}
             if not closed:
-                self._call("DELETE", path, missing=True)
+                for user in counts:
+                    path_user = f"/api/connections/username/{quote(user, safe='')}"
+                    self._call("DELETE", path_user, missing=True)
                 closed = True
             if time.monotonic() >= deadline:
-                return count
+                return counts
             time.sleep(0.05)
 
     def forget(self, grant_id: str) -> None:
