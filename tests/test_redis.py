@@ -211,6 +211,9 @@ def test_grant_allows_its_keys_denies_the_rest_and_revoke_ends_the_live_connecti
         lambda: user.execute_command("ACL", "SETUSER", "x"),
         lambda: user.execute_command("ACL", "LIST"),
         lambda: user.execute_command("MODULE", "LIST"),
+        lambda: user.scan(0, match="*"),  # would list key names outside the patterns
+        lambda: user.randomkey(),
+        lambda: user.select(1),  # the same patterns in another database
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             denied()
@@ -282,7 +285,9 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
         f"ACL SETUSER {PREFIX}{outcome.grant_id} on #******** clearselectors resetkeys ~{KEYS} "
         f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
     )
-    assert statement.endswith(":******** -@all +@read +@write +@connection -@admin -@dangerous")
+    assert statement.endswith(
+        ":******** -@all +@read +@write +@connection -scan -randomkey -select -@admin -@dangerous"
+    )
 
 
 def test_redelivered_grant_hands_out_the_same_credentials(env: Env) -> None:

@@ -39,10 +39,13 @@ FORBIDDEN_COMMANDS = frozenset({"acl", "config", "module", "debug"})
 FORBIDDEN_CATEGORIES = frozenset({"@admin", "@dangerous"})
 SAFETY_SUFFIX = ("-@admin", "-@dangerous")
 
+# Redis checks key patterns only on a command's key arguments: SCAN and RANDOMKEY would list
+# every key name of the database, and SELECT reaches the same names in every other database.
+_OUTSIDE_PATTERNS = ("-scan", "-randomkey", "-select")
 BUILTIN_COMMANDS: dict[str, tuple[str, ...]] = {
-    "read-only": ("+@read", "+@connection"),
-    "read-write": ("+@read", "+@write", "+@connection"),
-    "pubsub": ("+@pubsub", "+@connection"),
+    "read-only": ("+@read", "+@connection", *_OUTSIDE_PATTERNS),
+    "read-write": ("+@read", "+@write", "+@connection", *_OUTSIDE_PATTERNS),
+    "pubsub": ("+@pubsub", "+@connection", *_OUTSIDE_PATTERNS),
 }
 
 
