@@ -209,6 +209,30 @@ def batch(size: int) -> None:
     root.close()
 
 
+def server_costs(client: redis.Redis, n: int = 300) -> None:
+    """What the server charges for each command the template sends, on its own: reading an
+    existing user (`ACL GETUSER`) makes Redis 7.0 describe its command rules."""
+    engine = make_engine()
+    name, rules = floor_rules(engine, "costs")
+    acl(client, "SETUSER", name, *rules)
+
+    def median_ms(*command: str) -> float:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            client.execute_command(*command)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000
+
+    print(
+        f"server, one command per round trip: PING {median_ms('PING'):.3f} ms, "
+        f"ACL GETUSER of a missing user {median_ms('ACL', 'GETUSER', 'nobody-here'):.3f} ms, "
+        f"of a granted user {median_ms('ACL', 'GETUSER', name):.3f} ms, "
+        f"ACL SETUSER {median_ms('ACL', 'SETUSER', name, *rules):.3f} ms"
+    )
+    acl(client, "DELUSER", name)
+
+
 def main() -> None:
     iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
@@ -216,6 +240,7 @@ def main() -> None:
     print(machine(root))
     cleanup(root)
     try:
+        server_costs(root)
         latency(iterations)
         batch(size)
     finally:
