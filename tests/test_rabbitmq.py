@@ -466,3 +466,21 @@ def test_sweep_of_many_revokes_them_in_one_pass_and_closes_their_connections(env
             live.process_data_events(time_limit=0.1)
     assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == [keep.principal]
     assert env.can_login(env.credentials(keep.sealed_credentials))
+
+
+def test_a_management_grantee_cannot_change_its_own_user_or_see_others(env: Env) -> None:
+    outcome = env.engine.execute(env.request(permission="read-write"))
+    creds = env.credentials(outcome.sealed_credentials)
+    before = users(env.root)[creds["username"]]
+    api = httpx.Client(base_url=API, auth=(creds["username"], creds["password"]))
+    me = api.get("/api/whoami").json()
+    assert me["name"] == creds["username"] and "administrator" not in me["tags"]
+    for method, path, body in (
+        ("PUT", f"/api/users/{creds['username']}", {"password": "x", "tags": "administrator"}),
+        ("PUT", f"/api/user-limits/{creds['username']}/max-connections", {"value": 1000}),
+        ("DELETE", f"/api/users/{ADMIN}", None),
+        ("GET", "/api/users", None),
+    ):
+        assert api.request(method, path, json=body).status_code in (401, 403), path
+    api.close()
+    assert users(env.root)[creds["username"]] == before

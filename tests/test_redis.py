@@ -513,3 +513,18 @@ def make_bad_env_outcome(env: Env) -> dict[str, Any]:
 def test_grant_ids_are_those_of_the_requests(env: Env) -> None:
     outcome = env.engine.execute(env.request(request_id="gid-1"))
     assert outcome.grant_id == derive_grant_id(INTEGRATION, "gid-1")
+
+
+def test_all_commands_without_privileged_still_reach_no_administration(
+    make_env: Callable[..., Env],
+) -> None:
+    env = make_env(catalog_doc(everything={"commands": ["+@all"], "resources": [KEYS]}))
+    creds = env.credentials(
+        env.engine.execute(env.request(permission="everything")).sealed_credentials
+    )
+    user = env.login(creds)
+    user.set(f"t{RUN}:app:all", "1")
+    for command in (["CONFIG", "GET", "*"], ["ACL", "SETUSER", "x"], ["FLUSHALL"], ["SHUTDOWN"]):
+        verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+        assert "no permissions" in verdict, command
+    user.close()
