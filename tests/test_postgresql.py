@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgtest import (
+    BOX_PUBLIC,
     INTEGRATION,
     PG_DSN,
     PREFIX,
@@ -405,3 +406,80 @@ def test_secret_is_fetched_once_per_batch_and_not_kept(env: Env) -> None:
     assert store.calls == 1
     engine.execute(env.request("revoke", request_id="b-0"))
     assert store.calls == 2  # a new batch asks the store again: nothing was cached
+
+
+def test_a_request_id_reused_for_another_request_is_refused_and_one_revoke_ends_it(
+    env: Env,
+) -> None:
+    first = env.engine.execute(env.request(request_id="same-1"))
+    bob = {"email": "bob@example.com", "username": "bob", "public_key": BOX_PUBLIC}
+    other = env.engine.execute(env.request(request_id="same-1", identity=bob))
+    assert other.status == "refused" and other.field == "request_id", other
+    assert env.sink.events[-1].type == "refusal"  # audited
+    assert our_roles(env.admin) == [first.principal]
+    revoke = env.engine.execute(env.request("revoke", request_id="same-1"))
+    assert revoke.status == "revoked" and revoke.verified
+    env.advance(timedelta(hours=9))
+    report = env.engine.sweep()
+    assert report.ok and report.remaining == 0
+    assert our_roles(env.admin) == []
+
+
+def test_grants_do_not_grow_any_acl(env: Env) -> None:
+    def acls() -> tuple[Any, ...]:
+        row = env.admin.execute(
+            "SELECT (SELECT relacl FROM pg_class WHERE oid = %s::regclass), "
+            "(SELECT nspacl FROM pg_namespace WHERE nspname = %s)",
+            (f"{SCHEMA}.items", SCHEMA),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    assert env.engine.execute(env.request(request_id="acl-0")).status == "granted"
+    before = acls()
+    for index in range(1, 6):
+        assert env.engine.execute(env.request(request_id=f"acl-{index}")).status == "granted"
+    # The privileges sit on one bundle role: a table's ACL, and so its row, stays the same size
+    # however many grants are live.
+    assert acls() == before
+    assert len(our_roles(env.admin)) == 6
+
+
+def test_a_batch_of_grants_runs_together_and_one_failure_fails_only_itself(make_env: Any) -> None:
+    from jitc.messages import Work
+
+    missing = f"{PREFIX}nogroup"
+    doc = catalog_doc(
+        broken={
+            "statements": ["GRANT SELECT ON {schema}.missing TO {role}"],
+            "resources": [SCHEMA],
+        },
+        analyst={"mode": "membership", "resources": [missing]},
+    )
+    env = make_env(doc)
+    clash = env.engine.plan(env.request(request_id="bt-clash")).statements[0].split('"')[1]
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(clash)))
+    ident = {"email": "a@example.com", "username": "postgres"}
+    requests = [
+        env.request(request_id="bt-0"),
+        env.request(request_id="bt-1", permission="read-write", duration="1h"),
+        env.request(request_id="bt-clash"),  # refused: a role we did not make has its name
+        env.request(request_id="bt-m", permission="analyst", resources=[missing], identity=ident),
+        env.request(request_id="bt-broken", permission="broken"),  # fails on the server
+        env.request(request_id="bt-2"),
+        env.request(request_id="bt-0"),  # a redelivery within the batch
+    ]
+    outcomes = env.engine.execute_batch([Work(r, env.now[0]) for r in requests])
+    assert [o.status for o in outcomes] == [
+        "granted",
+        "granted",
+        "refused",
+        "refused",
+        "failed",
+        "granted",
+        "granted",
+    ], [(o.status, o.message) for o in outcomes]
+    assert outcomes[-1].reissued and outcomes[-1].principal == outcomes[0].principal
+    for outcome in (outcomes[0], outcomes[1], outcomes[5]):
+        env.login(env.credentials(outcome.sealed_credentials)).close()
+    assert len(our_roles(env.admin)) == 3 + 1  # and the company's role that clashed

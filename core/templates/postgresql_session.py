@@ -43,7 +43,8 @@ from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
 KIND = PostgreSQLTemplate.kind
-REVOKE_CHUNK = 200
+REVOKE_CHUNK = 1000
+GRANT_CHUNK = 50
 _EQ = sql.SQL("OPERATOR(pg_catalog.=)")
 
 _ROLES = (
@@ -294,12 +295,98 @@ class PostgreSQLSession:
         return self._retrying(lambda: self._grant_once(spec))
 
     def _grant_once(self, spec: GrantSpec) -> GrantResult:
-        permission = spec.permission
-        assert isinstance(permission, Permission)
         name = role_name(self.settings, spec.grant_id)
         existing = self._roles([name]).get(name)
         if existing is not None:
             return self._regrant(spec, existing)
+        bundles = self._bundles(spec, {})
+        with self.conn.transaction():
+            # A grant lost to a server crash fails closed (the role is simply not there), so
+            # its commit need not wait for the disk; revokes always do.
+            self.conn.execute("SET LOCAL synchronous_commit = off")
+            return self._create(spec, name, bundles)
+
+    def grant_many(self, specs: Sequence[GrantSpec]) -> list[GrantResult | Exception]:
+        """A queue batch's grants in one transaction, each in its own savepoint so that one
+        failure fails only itself; each bundle is made or refreshed once, beforehand. Results
+        are in order: a GrantResult, or the exception that grant met (Refused: final)."""
+        names = [role_name(self.settings, spec.grant_id) for spec in specs]
+        existing = self._roles(names)
+        results: list[GrantResult | Exception] = []
+        fresh: dict[int, list[str]] = {}
+        made: dict[str, str] = {}
+        for index, spec in enumerate(specs):
+            role = existing.get(names[index])
+            try:
+                if role is not None:
+                    results.append(self._regrant(spec, role))
+                    continue
+                fresh[index] = self._bundles(spec, made)
+            except (Refused, TargetError, psycopg.Error) as exc:
+                results.append(exc)
+                continue
+            results.append(TargetError("not run"))
+        order = list(fresh)
+        with self.conn.transaction():
+            self.conn.execute("SET LOCAL synchronous_commit = off")
+            for start in range(0, len(order), GRANT_CHUNK):
+                chunk = order[start : start + GRANT_CHUNK]
+                try:
+                    # The common case: a chunk of grants in one round trip, under one savepoint.
+                    with self.conn.transaction():
+                        made_here = self._create_many(specs, names, fresh, chunk)
+                    for index, result in made_here.items():
+                        results[index] = result
+                    continue
+                except (Refused, TargetError, psycopg.Error):
+                    pass  # which grant failed is not known: do the chunk one by one
+                for index in chunk:
+                    try:
+                        with self.conn.transaction():
+                            results[index] = self._create(specs[index], names[index], fresh[index])
+                    except (Refused, TargetError, psycopg.Error) as exc:
+                        results[index] = exc
+        return results
+
+    def _bundles(self, spec: GrantSpec, made: dict[str, str]) -> list[str]:
+        """The grant's bundle roles, made or brought up to date; `made` remembers a batch's."""
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        if permission.mode == "membership":
+            return []
+        names = []
+        for resource in spec.resources:
+            key = _bundle_of(self.settings, spec, resource)
+            if key not in made:
+                made[key] = self._bundle(spec, resource)
+            names.append(made[key])
+        return names
+
+    def _create_many(
+        self,
+        specs: Sequence[GrantSpec],
+        names: list[str],
+        bundles: dict[int, list[str]],
+        chunk: list[int],
+    ) -> dict[int, GrantResult]:
+        statements: list[sql.Composable] = []
+        results = {}
+        for index in chunk:
+            results[index] = self._create(specs[index], names[index], bundles[index], statements)
+        self._run(statements)
+        return results
+
+    def _create(
+        self,
+        spec: GrantSpec,
+        name: str,
+        bundles: list[str],
+        into: list[sql.Composable] | None = None,
+    ) -> GrantResult:
+        """The grant's own statements, inside the caller's transaction; with `into`, they are
+        added there for the caller to send, not sent."""
+        permission = spec.permission
+        assert isinstance(permission, Permission)
         label: dict[str, Any] = {
             "kind": "grant",
             "grant_id": spec.grant_id,
@@ -320,7 +407,6 @@ class PostgreSQLSession:
                 name, member, spec.resources, self._label(name, label)
             )
         else:
-            bundles = [self._bundle(spec, resource) for resource in spec.resources]
             password = self._password(spec)
             statements = _user_statements(
                 self.settings,
@@ -331,10 +417,10 @@ class PostgreSQLSession:
                 self._label(name, label),
                 self.server_version,
             )
-        with self.conn.transaction():
-            # A grant lost to a server crash fails closed (the role is simply not there), so
-            # its commit need not wait for the disk; revokes always do.
-            self._run([sql.SQL("SET LOCAL synchronous_commit = off"), *statements])
+        if into is None:
+            self._run(statements)
+        else:
+            into.extend(statements)
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
     def _password(self, spec: GrantSpec) -> str:
@@ -577,7 +663,7 @@ class PostgreSQLSession:
         self._terminate_all(sorted({h for h in holders.values() if h}))
         residual: dict[str, list[str]] = {role.name: [] for role in roles}
         self._clean(roles, residual)
-        left = self._left(roles, holders, disabled_at)
+        left = self._left(roles, labels, disabled_at)
         clean = [r for r in roles if not left[r.name]]
         dropped = self._drop(clean, labels, tombstone_until, residual)
         for role, label in live:
@@ -612,11 +698,17 @@ class PostgreSQLSession:
                     (oids, oids),
                 ).fetchall()
                 statements: list[sql.Composable] = []
+                moment = utcnow()
                 for role, label in live:
                     ident = sql.Identifier(role.name)
                     statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
                     since = str(label.get("disabled_at") or (now[0] if now else ""))
                     disabled_at[role.name] = since
+                    expired = datetime.fromisoformat(label["expires_at"]) <= moment
+                    if expired and label.get("mode") != "membership":
+                        # "revoking" keeps a redelivered grant from being reissued mid-revoke;
+                        # an expired grant is refused anyway, and a sweep saves a write per role.
+                        continue
                     statements.append(
                         sql.SQL("COMMENT ON ROLE {} IS {}").format(
                             ident,
@@ -625,9 +717,12 @@ class PostgreSQLSession:
                             ),
                         )
                     )
+                members: dict[str, list[str]] = {}
+                for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
+                    members.setdefault(group, []).append(member)
                 statements += [
-                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(g), sql.Identifier(u))
-                    for g, u in edges
+                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
+                    for group, names in members.items()
                 ]
                 self._run(statements)
 
@@ -712,10 +807,15 @@ class PostgreSQLSession:
                     )
 
     def _left(
-        self, roles: list[_Role], holders: dict[str, str | None], disabled_at: dict[str, str]
+        self,
+        roles: list[_Role],
+        labels: dict[str, dict[str, Any]],
+        disabled_at: dict[str, str],
     ) -> dict[str, list[str]]:
         """What still gives access, from the shared catalogs: login, membership either way,
-        any dependency (owned object or privilege, in any database), a session."""
+        any dependency (owned object or privilege, in any database), a session; in membership
+        mode, a session of the member that began before the disable (it may hold the group
+        through SET ROLE), whether or not the catalog let us end it."""
         rows = self.conn.execute(
             "SELECT r.rolname::pg_catalog.text, r.rolcanlogin, "
             "  EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m "
@@ -742,8 +842,8 @@ class PostgreSQLSession:
             if sessions:
                 left[name].append(f"{sessions} session(s) of {name} still open")
         for role in roles:
-            holder = holders.get(role.name)
-            if holder is None or holder == role.name:
+            holder = labels[role.name].get("member")
+            if not holder:
                 continue
             row = self.conn.execute(
                 "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a "
@@ -767,10 +867,14 @@ class PostgreSQLSession:
         def drop(chunk: list[_Role]) -> None:
             with self.conn.transaction():
                 statements: list[sql.Composable] = [
-                    sql.SQL("DROP ROLE {}").format(_names(r.name for r in chunk))
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(_names(r.name for r in chunk))
                 ]
                 for role in chunk:
-                    statements += self._tombstone(role.name, labels[role.name]["grant_id"], until)
+                    label = labels[role.name]
+                    # A delivery of a grant after its own expiry is refused anyway: the
+                    # tombstone need not outlive it (and a sweep of expired grants makes none).
+                    expires = datetime.fromisoformat(label["expires_at"])
+                    statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
                 self._run(statements)
 
         if not roles:
