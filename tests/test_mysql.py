@@ -4,6 +4,8 @@ are in tests/contract/."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -247,3 +249,195 @@ def test_inventory_lists_users_databases_and_the_scheduler(env: ContractEnv) -> 
     assert DATABASE in inventory["databases"]
     assert f"{ADMIN}@%" in inventory["users"]
     assert inventory["event_scheduler"][0] in ("ON", "OFF")
+
+
+def test_a_grantee_reconnecting_in_a_loop_keeps_nothing_after_revoke(env: ContractEnv) -> None:
+    outcome = env.engine.execute(env.request(request_id="m-storm"))
+    creds = env.credentials(outcome.sealed_credentials)
+    held: list[Any] = []
+    stop = threading.Event()
+
+    def storm() -> None:
+        while not stop.is_set():
+            try:
+                held.append(env.target.login(creds))
+            except pymysql.Error:
+                time.sleep(0.005)
+
+    workers = [threading.Thread(target=storm) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        assert _wait_until(lambda: len(held) >= 2, 10)
+        revoke = env.engine.execute(env.request("revoke", request_id="m-storm"))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not any(env.target.alive(live) for live in held)
+    assert not env.can_login(creds)
+    sessions = run(
+        env.target.admin,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s",
+        outcome.principal,
+    )
+    assert sessions == [(0,)]
+
+
+FOREIGN = f"d{PREFIX[1:]}"  # the company's own names: not the connector's prefix
+
+
+@pytest.fixture
+def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
+    """The company's roles and a member account, made outside the connector; the admin may
+    hand out `readers` (ADMIN OPTION), and `boss` reaches CREATE USER through `mid`."""
+    names = {
+        "member": f"{FOREIGN}alice",
+        "readers": f"{FOREIGN}readers",
+        "boss": f"{FOREIGN}boss",
+        "mid": f"{FOREIGN}mid",
+        "granter": f"{FOREIGN}granter",
+    }
+    conn = target.admin
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'alice-pw'", names["member"])
+    for role in ("readers", "boss", "mid", "granter"):
+        run(conn, f"CREATE ROLE `{names[role]}`")
+        run(conn, f"GRANT `{names[role]}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
+    run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['readers']}`")
+    run(conn, f"GRANT CREATE USER ON *.* TO `{names['boss']}`")
+    run(conn, f"GRANT `{names['boss']}` TO `{names['mid']}`")
+    run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['granter']}` WITH GRANT OPTION")
+    yield names
+    for thread in run(
+        conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", names["member"]
+    ):
+        with contextlib.suppress(pymysql.Error):
+            run(conn, f"KILL CONNECTION {int(thread[0])}")
+    run(conn, "DROP USER IF EXISTS %s@'%%'", names["member"])
+    for role in ("readers", "boss", "mid", "granter"):
+        run(conn, f"DROP ROLE IF EXISTS `{names[role]}`")
+
+
+def _membership_env(target: MySQLTarget, roles: dict[str, str]) -> ContractEnv:
+    permissions = {
+        **target.permissions(),
+        "analyst": {"mode": "membership", "resources": [roles["readers"]]},
+        "boss": {"mode": "membership", "resources": [roles["boss"]]},
+        "mid": {"mode": "membership", "resources": [roles["mid"]]},
+        "granter": {"mode": "membership", "resources": [roles["granter"]]},
+    }
+    return make_env(target, catalog_doc(target, permissions=permissions))
+
+
+def _member_login(roles: dict[str, str]) -> Any:
+    return pymysql.connect(
+        host="127.0.0.1", user=roles["member"], password="alice-pw", autocommit=True
+    )
+
+
+def _can_select_as(live: Any, role: str) -> bool:
+    try:
+        run(live, f"SET ROLE `{role}`")
+        run(live, f"SELECT COUNT(*) FROM `{DATABASE}`.items")
+    except pymysql.err.OperationalError:
+        return False
+    return True
+
+
+def test_membership_grants_a_role_per_grant_and_revoke_ends_only_that_one(
+    target: MySQLTarget, roles: dict[str, str]
+) -> None:
+    env = _membership_env(target, roles)
+    ident = {"email": "alice@example.com", "username": roles["member"]}
+
+    def grant(rid: str) -> Any:
+        return env.engine.execute(
+            env.request(
+                request_id=rid, permission="analyst", resources=[roles["readers"]], identity=ident
+            )
+        )
+
+    before = run(
+        target.admin, "SELECT Priv FROM mysql.global_priv WHERE User = %s", roles["member"]
+    )
+    one, two = grant("mm-1"), grant("mm-2")
+    assert one.status == two.status == "granted", (one.message, two.message)
+    assert one.sealed_credentials is None
+    assert one.principal != two.principal
+    live = _member_login(roles)
+    assert _can_select_as(live, str(one.principal))
+    revoke = env.engine.execute(env.request("revoke", request_id="mm-1"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not target.alive(live)  # its sessions could hold the role: ended
+    again = _member_login(roles)
+    assert not _can_select_as(again, str(one.principal))
+    assert _can_select_as(again, str(two.principal))  # the other grant still holds
+    assert env.engine.execute(env.request("revoke", request_id="mm-2")).verified
+    last = _member_login(roles)  # the account itself is the company's: untouched
+    assert not _can_select_as(last, str(two.principal))
+    last.close()
+    after = run(target.admin, "SELECT Priv FROM mysql.global_priv WHERE User = %s", roles["member"])
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("permission", "who", "field"),
+    [
+        ("boss", "member", "resources[0]"),
+        ("mid", "member", "resources[0]"),
+        ("granter", "member", "resources[0]"),
+        ("analyst", "admin", "identity.username"),
+        ("analyst", "missing", "identity.username"),
+        ("analyst", "role", "identity.username"),
+    ],
+)
+def test_membership_refuses_privileged_roles_and_grantees(
+    target: MySQLTarget, roles: dict[str, str], permission: str, who: str, field: str
+) -> None:
+    env = _membership_env(target, roles)
+    username = {
+        "member": roles["member"],
+        "admin": ADMIN,
+        "missing": f"{FOREIGN}nobody",
+        "role": roles["readers"],
+    }[who]
+    resource = {"analyst": "readers"}.get(permission, permission)
+    before = target.snapshot()
+    outcome = env.engine.execute(
+        env.request(
+            permission=permission,
+            resources=[roles[resource]],
+            identity={"email": "x@example.com", "username": username},
+        )
+    )
+    assert outcome.status == "refused" and outcome.field == field, outcome
+    if field.startswith("resources"):
+        assert "never handed out" in str(outcome.message)
+    assert target.snapshot() == before and target.principals() == set()
+
+
+def test_membership_expiry_event_drops_the_grant_role_and_ends_the_member_sessions(
+    target: MySQLTarget, roles: dict[str, str], event_scheduler: Any
+) -> None:
+    event_scheduler(True)
+    env = _membership_env(target, roles)
+    request = env.request(
+        request_id="mm-event",
+        permission="analyst",
+        resources=[roles["readers"]],
+        identity={"email": "alice@example.com", "username": roles["member"]},
+        duration="2s",
+    )
+    plan = env.engine.plan(request).statements
+    role = str(env.engine.execute(request).principal)
+    assert plan[0] == f"CREATE ROLE `{role}`"
+    assert plan[-2] == f"GRANT `{role}` TO '{roles['member']}'@'%'"
+    live = _member_login(roles)
+    assert _can_select_as(live, role)
+    assert _wait_until(lambda: not target.alive(live))
+    again = _member_login(roles)
+    assert not _can_select_as(again, role)
+    again.close()
+    env.advance(timedelta(seconds=3))
+    assert env.engine.sweep().revoked == [request.target_grant_id]

@@ -68,21 +68,22 @@ class Connection(Settings):
 
 
 class Permission(PermissionSettings):
+    mode: Literal["ephemeral", "membership"] = Field(
+        default="ephemeral",
+        description="ephemeral: a new account per grant; membership: the identity's existing "
+        "account gets the roles named in resources (MariaDB roles)",
+    )
     template: Literal["read-only", "read-write"] | None = Field(
-        default=None, description="built-in statements"
+        default=None, description="built-in statements (ephemeral mode)"
     )
     statements: list[str] | None = Field(
         default=None,
         description="statement text with placeholders {user} {object} {database} {table}, "
-        "run once per requested resource",
+        "run once per requested resource (ephemeral mode)",
     )
-
-    @field_validator("resources")
-    @classmethod
-    def _resources(cls, resources: list[str]) -> list[str]:
-        for index, resource in enumerate(resources):
-            check_resource(resource, f"resource {index}")
-        return resources
+    terminate_sessions: bool = Field(
+        default=True, description="membership mode: end the member's connections at revoke"
+    )
 
     @field_validator("statements")
     @classmethod
@@ -105,8 +106,16 @@ class Permission(PermissionSettings):
 
     @model_validator(mode="after")
     def _one_source(self) -> Permission:
+        if self.mode == "membership":
+            if self.template is not None or self.statements is not None:
+                raise ValueError("membership mode grants the roles in resources; no statements")
+            for index, role in enumerate(self.resources):
+                check_role(role, f"resource {index}")
+            return self
         if (self.template is None) == (self.statements is None):
             raise ValueError("needs exactly one of template or statements")
+        for index, resource in enumerate(self.resources):
+            check_resource(resource, f"resource {index}")
         return self
 
     def statement_texts(self) -> tuple[str, ...]:
@@ -125,6 +134,12 @@ def check_resource(resource: str, where: str) -> tuple[str, str | None]:
     if database.lower() in SYSTEM_DATABASES:
         raise ValueError(f"{where}: {database!r} is a system database")
     return database, table
+
+
+def check_role(role: str, where: str) -> str:
+    if not re.fullmatch(_NAME, role):
+        raise ValueError(f"{where}: {role!r} is not a role name")
+    return role
 
 
 def ident(name: str) -> str:
@@ -156,6 +171,24 @@ def user_name(connection: Connection, spec: GrantSpec) -> str:
     """Deterministic per grant (at most 31 characters, MySQL's limit is 32), so a redelivered
     grant finds the account it made."""
     return f"{connection.user_prefix}{_username_hint(spec)}_{spec.grant_id[1:11]}"
+
+
+def role_name(connection: Connection, grant_id: str) -> str:
+    """The per-grant role of membership mode, between the member and the granted roles, so
+    that overlapping grants of one role end separately."""
+    return f"{connection.user_prefix}m_{grant_id[1:11]}"
+
+
+def principal_name(connection: Connection, spec: GrantSpec) -> str:
+    if spec.permission.mode == "membership":  # type: ignore[attr-defined]
+        return role_name(connection, spec.grant_id)
+    return user_name(connection, spec)
+
+
+def member_name(spec: GrantSpec) -> str:
+    if spec.identity.username is None:
+        raise Refused("identity.username", "membership mode needs the identity's account name")
+    return spec.identity.username
 
 
 def is_our_name(connection: Connection, name: str, grant_id: str) -> bool:
@@ -206,27 +239,66 @@ def expiry_event(connection: Connection, name: str, spec: GrantSpec) -> str:
     """A one-shot event, run by the server at the expiry even when the connector is down: lock
     the account, then end its connections (a dropped or locked account's sessions live on).
     A cursor over the process list, not MariaDB's `KILL USER`, so MySQL runs it too."""
+    lock = f"ALTER USER IF EXISTS {account(connection, name)} ACCOUNT LOCK; "
+    body = _kill_loop(name, lock)
+    return (
+        f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
+        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec))} "
+        f"ON COMPLETION NOT PRESERVE DO BEGIN {body}END"
+    )
+
+
+def membership_statements(connection: Connection, spec: GrantSpec) -> list[str]:
+    """A role per grant holding the requested roles, granted to the member's account."""
+    role = ident(role_name(connection, spec.grant_id))
+    statements = [f"CREATE ROLE {role}"]
+    statements += [f"GRANT {ident(check_role(r, 'resource'))} TO {role}" for r in spec.resources]
+    statements.append(f"GRANT {role} TO {account(connection, member_name(spec))}")
+    if connection.expiry_event != "off":
+        statements.append(membership_expiry_event(connection, spec))
+    return statements
+
+
+def _kill_loop(name: str, before: str) -> str:
+    """A compound-statement body that runs `before`, then kills every connection of account
+    `name`."""
+    sessions = f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {literal(name)}"  # noqa: S608
+    return (
+        "DECLARE done INT DEFAULT 0; DECLARE tid BIGINT UNSIGNED; "
+        f"DECLARE c CURSOR FOR {sessions}; "
+        "DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; "
+        f"{before}"
+        "OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "
+        "SET @jitc_kill = CONCAT('KILL CONNECTION ', tid); PREPARE s FROM @jitc_kill; "
+        "EXECUTE s; DEALLOCATE PREPARE s; END LOOP; CLOSE c; "
+    )
+
+
+def _at(spec: GrantSpec) -> str:
     # Rounded up to the second (the schedule's precision), never down past the expiry.
     expires = spec.expires_at.astimezone(UTC)
     if expires.microsecond:
         expires = expires.replace(microsecond=0) + timedelta(seconds=1)
-    at = expires.strftime("%Y-%m-%d %H:%M:%S")
-    sessions = f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {literal(name)}"  # noqa: S608
+    return expires.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def membership_expiry_event(connection: Connection, spec: GrantSpec) -> str:
+    """At the expiry the server drops the grant's role (which ends the membership) and, if the
+    permission says so, the member's connections."""
+    permission = spec.permission
+    assert isinstance(permission, Permission)
+    drop = f"DROP ROLE IF EXISTS {ident(role_name(connection, spec.grant_id))}; "
+    body = _kill_loop(member_name(spec), drop) if permission.terminate_sessions else drop
     return (
         f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
-        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(at)} "
-        "ON COMPLETION NOT PRESERVE DO BEGIN "
-        "DECLARE done INT DEFAULT 0; DECLARE tid BIGINT UNSIGNED; "
-        f"DECLARE c CURSOR FOR {sessions}; "
-        "DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; "
-        f"ALTER USER IF EXISTS {account(connection, name)} ACCOUNT LOCK; "
-        "OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "
-        "SET @jitc_kill = CONCAT('KILL CONNECTION ', tid); PREPARE s FROM @jitc_kill; "
-        "EXECUTE s; DEALLOCATE PREPARE s; END LOOP; CLOSE c; END"
+        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec))} "
+        f"ON COMPLETION NOT PRESERVE DO BEGIN {body}END"
     )
 
 
 def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
+    if spec.permission.mode == "membership":  # type: ignore[attr-defined]
+        return membership_statements(connection, spec)
     return grant_statements(connection, spec, MASK)
 
 
@@ -237,10 +309,20 @@ class MySQLTemplate:
     uses_label_key: ClassVar[bool] = True
 
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
-        return True
+        assert isinstance(permission, Permission)
+        return permission.mode == "ephemeral"
 
     def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
         assert isinstance(connection, Connection)
+        assert isinstance(permission, Permission)
+        if permission.mode == "membership":
+            member_name(spec)
+            for index, role in enumerate(spec.resources):
+                try:
+                    check_role(role, f"resources[{index}]")
+                except ValueError as exc:
+                    raise Refused(f"resources[{index}]", str(exc)) from None
+            return
         for index, resource in enumerate(spec.resources):
             try:
                 database, _ = check_resource(resource, f"resources[{index}]")

@@ -26,12 +26,16 @@ from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from
 from jitc.templates.mysql import (
     Connection,
     MySQLTemplate,
+    Permission,
     account,
     event_name,
     grant_statements,
     ident,
     is_our_name,
     literal,
+    member_name,
+    membership_statements,
+    role_name,
     user_name,
 )
 
@@ -91,7 +95,8 @@ class MySQLSession:
         scheduler, version = self._rows("SELECT @@GLOBAL.event_scheduler, VERSION()")[0]
         self.scheduler_on = str(scheduler).upper() == "ON"
         # MariaDB's mysql.user is a view that parses every account's JSON: its table is faster.
-        self.accounts = "mysql.global_priv" if "mariadb" in str(version).lower() else "mysql.user"
+        self.mariadb = "mariadb" in str(version).lower()
+        self.accounts = "mysql.global_priv" if self.mariadb else "mysql.user"
         self._lock_key = self._ensure_ledger()
 
     def close(self) -> None:
@@ -198,17 +203,40 @@ class MySQLSession:
             (self.integration, grant_id),
         )
 
-    def _user_exists(self, name: str) -> bool:
+    def _user_exists(self, name: str, host: str | None = None) -> bool:
         return bool(
             self._one(
                 f"SELECT COUNT(*) FROM {self.accounts} WHERE User = %s AND Host = %s",  # noqa: S608
-                (name, self.settings.user_host),
+                (name, self.settings.user_host if host is None else host),
             )
         )
 
     # -- grant -----------------------------------------------------------------------------
 
+    def _check_existing(self, label: dict[str, Any], spec: GrantSpec) -> None:
+        """A grant whose row exists: a redelivery of it may go on, nothing else."""
+        if label.get("state") == "tombstone":
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        if label.get("state") != "active":
+            raise Refused("request_id", "this grant is being revoked")
+        if label.get("digest") != spec.request_digest:
+            raise Refused(
+                "request_id", "this request id was already used for a different request; refused"
+            )
+
+    def _check_scheduler(self) -> None:
+        if self.settings.expiry_event == "required" and not self.scheduler_on:
+            raise Refused(
+                "integration",
+                "the server's event_scheduler is OFF, and this integration requires "
+                "target-enforced expiry",
+            )
+
     def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        if permission.mode == "membership":
+            return self._grant_membership(spec, permission)
         name = user_name(self.settings, spec)
         # With a label key every delivery of a grant computes the same password, so a
         # redelivery hands out the same credentials and changes nothing in the server.
@@ -223,28 +251,12 @@ class MySQLSession:
                         "identity.username",
                         f"account {name!r} already exists and was not created by this connector",
                     )
-                if self.settings.expiry_event == "required" and not self.scheduler_on:
-                    raise Refused(
-                        "integration",
-                        "the server's event_scheduler is OFF, and this integration requires "
-                        "target-enforced expiry",
-                    )
+                self._check_scheduler()
                 self._write(name, self._grant_label(spec, name))
                 statements = grant_statements(self.settings, spec, hashed)
                 reissued = False
             else:
-                label = found[1]
-                if label.get("state") == "tombstone":
-                    raise Refused(
-                        "request_id", "this grant was already revoked; it will not be made again"
-                    )
-                if label.get("state") != "active":
-                    raise Refused("request_id", "this grant is being revoked")
-                if label.get("digest") != spec.request_digest:
-                    raise Refused(
-                        "request_id",
-                        "this request id was already used for a different request; refused",
-                    )
+                self._check_existing(found[1], spec)
                 reissued = True
                 if not self._user_exists(name):  # the first delivery stopped before the account
                     statements = grant_statements(self.settings, spec, hashed)
@@ -270,6 +282,108 @@ class MySQLSession:
             },
             reissued=reissued,
         )
+
+    def _grant_membership(self, spec: GrantSpec, permission: Permission) -> GrantResult:
+        name = role_name(self.settings, spec.grant_id)
+        with self._locked(spec.grant_id):
+            found = self._row(spec.grant_id)
+            statements = membership_statements(self.settings, spec)
+            if found is None:
+                if not self.mariadb:
+                    raise Refused("permission", "membership mode uses MariaDB roles")
+                if self._user_exists(name, ""):
+                    raise Refused(
+                        "identity.username",
+                        f"role {name!r} already exists and was not created by this connector",
+                    )
+                self._check_membership(spec)
+                self._check_scheduler()
+                label = self._grant_label(spec, name)
+                label.update(
+                    mode="membership",
+                    member=member_name(spec),
+                    roles=list(spec.resources),
+                    terminate_sessions=permission.terminate_sessions,
+                )
+                self._write(name, label)
+                reissued = False
+            else:
+                self._check_existing(found[1], spec)
+                reissued = True
+                if self._user_exists(name, ""):
+                    # Completing a grant cut short: every later statement is idempotent.
+                    statements = statements[1:]
+            for statement in statements:
+                self._run(statement)
+        return GrantResult(principal=name, credentials=None, reissued=reissued)
+
+    def _check_membership(self, spec: GrantSpec) -> None:
+        """Never hand a role to the admin, a privileged account or one of ours, and never hand
+        out a role that reaches a privilege, the grant option, or the system and ledger
+        databases, directly or through the roles it holds."""
+        member = member_name(spec)
+        admin = str(self._one("SELECT CURRENT_USER()") or "").rpartition("@")[0]
+        prefix = self.settings.user_prefix
+        row = self._rows(
+            "SELECT JSON_VALUE(Priv, '$.access'), JSON_VALUE(Priv, '$.is_role') "
+            "FROM mysql.global_priv WHERE User = %s AND Host = %s",
+            (member, self.settings.user_host),
+        )
+        if not row or row[0][1] in ("1", "true"):
+            raise Refused(
+                "identity.username", f"no account {member!r}@{self.settings.user_host!r} exists"
+            )
+        if member in (admin, self.settings.user) or member.startswith(prefix) or row[0][0] != "0":
+            raise Refused(
+                "identity.username",
+                f"account {member!r} is the admin, one of the connector's own or holds global "
+                "privileges: never a member",
+            )
+        for index, role in enumerate(spec.resources):
+            where = f"resources[{index}]"
+            is_role = self._one(
+                "SELECT JSON_VALUE(Priv, '$.is_role') FROM mysql.global_priv "
+                "WHERE User = %s AND Host = ''",
+                (role,),
+            )
+            if is_role not in ("1", "true"):
+                raise Refused(where, f"role {role!r} does not exist")
+            reached = self._roles_reached(role)
+            if any(r.startswith(prefix) for r in reached):
+                raise Refused(where, f"role {role!r} is, or holds, one of the connector's own")
+            if self._privileged(reached):
+                raise Refused(
+                    where,
+                    f"role {role!r} reaches a global privilege, the grant option or a system "
+                    "database: never handed out",
+                )
+
+    def _roles_reached(self, role: str) -> set[str]:
+        """The role and every role it holds, transitively."""
+        reached, frontier = {role}, [role]
+        while frontier:
+            marks = ", ".join(["%s"] * len(frontier))
+            rows = self._rows(
+                f"SELECT Role FROM mysql.roles_mapping WHERE Host = '' AND User IN ({marks})",  # noqa: S608
+                tuple(frontier),
+            )
+            frontier = [str(r[0]) for r in rows if str(r[0]) not in reached]
+            reached.update(frontier)
+        return reached
+
+    def _privileged(self, roles: set[str]) -> bool:
+        names = tuple(sorted(roles))
+        marks = ", ".join(["%s"] * len(names))
+        system = ("mysql", self.settings.ledger_database)
+        query = (
+            "SELECT (SELECT COUNT(*) FROM mysql.global_priv WHERE Host = '' "  # noqa: S608
+            f"AND User IN ({marks}) AND JSON_VALUE(Priv, '$.access') <> '0') + "
+            "(SELECT COUNT(*) FROM mysql.db WHERE Host = '' "
+            f"AND User IN ({marks}) AND (Grant_priv = 'Y' OR Db IN (%s, %s))) + "
+            "(SELECT COUNT(*) FROM mysql.tables_priv WHERE Host = '' "
+            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Table_priv) OR Db IN (%s, %s)))"
+        )
+        return bool(self._one(query, names + names + system + names + system))
 
     def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
         return {
@@ -299,15 +413,20 @@ class MySQLSession:
                 return RevokeResult(found=False)
             if label.get("state") != "revoking":
                 self._write(name, {**label, "state": "revoking"})
+            if label.get("mode") == "membership":
+                return self._revoke_membership(grant_id, name, label, tombstone_until)
             who = account(self.settings, name)
             # Locked first, so no new connection can start while the old ones are killed.
             self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
-            left = self._kill(name)
+            self._kill(name)
             self._run(f"DROP USER IF EXISTS {who}")
             self._run(
                 f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
                 f"{ident(event_name(grant_id))}"
             )
+            # Once more after the drop: a login that passed its password check just before the
+            # lock shows up in the process list only after it.
+            left = self._kill(name)
             residual = self._residual(name)
             if left:
                 residual.append(f"{left} connection(s) of {name} still open")
@@ -320,6 +439,35 @@ class MySQLSession:
                 residual=residual,
                 verified=not residual,
             )
+
+    def _revoke_membership(
+        self, grant_id: str, name: str, label: dict[str, Any], tombstone_until: datetime
+    ) -> RevokeResult:
+        """Drop the grant's own role, which ends the membership; the member's account and the
+        granted roles are the company's and stay as they were."""
+        self._run(f"DROP ROLE IF EXISTS {ident(name)}")
+        self._run(
+            f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
+            f"{ident(event_name(grant_id))}"
+        )
+        member = str(label.get("member", ""))
+        # A member's session that ran SET ROLE may keep the role's privileges until it ends.
+        left = self._kill(member) if label.get("terminate_sessions") and member else 0
+        residual = self._residual(name, "")
+        mapped = self._one("SELECT COUNT(*) FROM mysql.roles_mapping WHERE Role = %s", (name,))
+        if mapped:
+            residual.append(f"{mapped} membership(s) of role {name} left")
+        if left:
+            residual.append(f"{left} connection(s) of {member} still open")
+        if not residual:
+            self._tombstone(grant_id, label, tombstone_until)
+        return RevokeResult(
+            found=True,
+            principal=member or name,
+            expires_at=datetime.fromisoformat(label["expires_at"]),
+            residual=residual,
+            verified=not residual,
+        )
 
     def _sessions(self, name: str) -> list[int]:
         rows = self._rows(
@@ -350,15 +498,16 @@ class MySQLSession:
                         raise
             time.sleep(0.01)
 
-    def _residual(self, name: str) -> list[str]:
+    def _residual(self, name: str, host: str | None = None) -> list[str]:
         """What still exists of the account, read from the server's own tables."""
+        host = self.settings.user_host if host is None else host
         tables = [self.accounts, "mysql.db", "mysql.tables_priv", "mysql.columns_priv"]
         tables.append("mysql.procs_priv")
         counts = ", ".join(
             f"(SELECT COUNT(*) FROM {table} WHERE User = %s AND Host = %s)"  # noqa: S608
             for table in tables
         )
-        row = self._rows(f"SELECT {counts}", (name, self.settings.user_host) * len(tables))[0]
+        row = self._rows(f"SELECT {counts}", (name, host) * len(tables))[0]
         return [
             f"{count} row(s) for {name} in {table}"
             for table, count in zip(tables, row, strict=True)

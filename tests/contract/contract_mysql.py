@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from typing import Any
 
 import pymysql
-from contract_targets import RUN, forged_label
+from contract_targets import BOX_PUBLIC, RUN, forged_label
+
+from jitc.models import Outcome
 
 HOST = os.environ.get("JITC_TEST_MYSQL_HOST", "127.0.0.1")
 PORT = int(os.environ.get("JITC_TEST_MYSQL_PORT", "3306"))
@@ -40,6 +43,14 @@ def run(conn: pymysql.connections.Connection[Any], statement: str, *args: Any) -
         return list(cursor.fetchall())
 
 
+def _elsewhere(name: str) -> bool:
+    """Made by another run, a benchmark or the example catalog on the same server: those come
+    and go while a test runs, and are none of its business."""
+    if name.startswith((PREFIX, f"d{RUN}_", f"jc{RUN}_")):
+        return False
+    return bool(re.match(r"^(j?c[0-9a-f]{6}_|d[0-9a-f]{6}_|jit_|benchm_|jitc_ledger$)", name))
+
+
 def escaped(database: str) -> str:
     return database.replace("_", "\\_")
 
@@ -58,6 +69,21 @@ def admin_grants(database: str, ledger: str) -> list[str]:
 class MySQLTarget:
     kind = "mysql"
     integration = f"mysql-{RUN}"
+
+    generates_secrets = True
+
+    def identity(self) -> dict[str, Any]:
+        return {"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC}
+
+    def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
+        assert credentials is not None and credentials["username"] == outcome.principal
+        return credentials
+
+    def made(self, outcome: Outcome) -> str:
+        return str(outcome.principal)
+
+    def broken_connection(self) -> dict[str, Any]:
+        return self.connection(port=1)
 
     def __init__(self) -> None:
         self.password = ADMIN_PASSWORD
@@ -224,11 +250,12 @@ class MySQLTarget:
             self.admin,
             "SELECT User, Host, Db, Table_name, Table_priv FROM mysql.tables_priv ORDER BY 1, 2, 3, 4",
         )
+        databases = [row[0] for row in run(self.admin, "SHOW DATABASES")]
         return (
-            [u for u in users if u[0] not in ours],
-            [d for d in db if d[2] not in ours],
-            [t for t in tables if t[0] not in ours],
-            run(self.admin, "SHOW DATABASES"),
+            [u for u in users if u[0] not in ours and not _elsewhere(u[0])],
+            [d for d in db if d[2] not in ours and not _elsewhere(d[2])],
+            [t for t in tables if t[0] not in ours and not _elsewhere(t[0])],
+            [d for d in databases if not _elsewhere(d)],
         )
 
     def make_foreign(self, name: str) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from contract_targets import RUN, forged_label
+from contract_targets import BOX_PUBLIC, RUN, forged_label
 from pgtest import PG_DSN
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+
+from jitc.models import Outcome
 
 PREFIX = f"c{RUN}_"
 SCHEMA = f"jc_{RUN}"
@@ -18,6 +20,21 @@ ITEMS = sql.SQL("{}.items").format(sql.Identifier(SCHEMA))
 class PostgreSQLTarget:
     kind = "postgresql"
     integration = f"postgresql-{RUN}"
+
+    generates_secrets = True
+
+    def identity(self) -> dict[str, Any]:
+        return {"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC}
+
+    def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
+        assert credentials is not None and credentials["username"] == outcome.principal
+        return credentials
+
+    def made(self, outcome: Outcome) -> str:
+        return str(outcome.principal)
+
+    def broken_connection(self) -> dict[str, Any]:
+        return self.connection(port=1)
 
     def __init__(self) -> None:
         self._admin: psycopg.Connection[Any] | None = None

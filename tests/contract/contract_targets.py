@@ -21,7 +21,8 @@ from jitc.catalog import Catalog, parse_catalog
 from jitc.engine import Engine
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
-from jitc.models import AccessRequest
+from jitc.models import AccessRequest, Outcome
+from jitc.ports import ExpiryScheduler
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, SecretStores
 
@@ -36,6 +37,21 @@ class Target(Protocol):
 
     kind: str
     integration: str
+    # Whether a grant generates credentials (a password, a key) that reach the requester.
+    generates_secrets: bool
+
+    def identity(self) -> dict[str, Any]:
+        """The `identity` of the suite's grant requests."""
+
+    def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
+        """What the grantee holds after a grant, for `login`: its unsealed credentials, or
+        (where a grant generates none) the principal it was given access to."""
+
+    def made(self, outcome: Outcome) -> str:
+        """The name, as `principals` lists it, of what a grant made in the target."""
+
+    def broken_connection(self) -> dict[str, Any]:
+        """Connection settings under which every operation fails (nothing listens there)."""
 
     def reach(self) -> None:
         """Check the server answers and create what the grants need (databases, tables...);
@@ -64,7 +80,7 @@ class Target(Protocol):
     def hostile_resources(self) -> list[str]:
         """Resource names a catalog must refuse to offer (injection, system objects)."""
 
-    def login(self, credentials: dict[str, str]) -> Any:
+    def login(self, holder: Any) -> Any:
         """A live connection as the granted principal; raises when the login is refused."""
 
     def allowed(self, live: Any) -> None:
@@ -135,11 +151,7 @@ class ContractEnv:
             doc.update(
                 permission="allowed",
                 resources=[self.target.resource()],
-                identity={
-                    "email": "alice@example.com",
-                    "username": "alice",
-                    "public_key": BOX_PUBLIC,
-                },
+                identity=self.target.identity(),
                 duration="15m",
             )
         doc.update(fields)
@@ -149,18 +161,25 @@ class ContractEnv:
         assert sealed is not None
         return unseal(sealed, BOX_PRIVATE)
 
-    def can_login(self, credentials: dict[str, str]) -> bool:
+    def holder(self, outcome: Outcome) -> Any:
+        """What the grantee of this outcome holds (see `Target.holder`)."""
+        if self.target.generates_secrets:
+            return self.target.holder(outcome, self.credentials(outcome.sealed_credentials))
+        assert outcome.sealed_credentials is None and outcome.credentials is None
+        return self.target.holder(outcome, None)
+
+    def can_login(self, holder: Any) -> bool:
         try:
-            live = self.target.login(credentials)
+            live = self.target.login(holder)
         except Exception:
             return False
         self.target.close(live)
         return True
 
-    def usable(self, credentials: dict[str, str]) -> bool:
+    def usable(self, holder: Any) -> bool:
         """Log in and do the allowed operation: access as the grantee would have it."""
         try:
-            live = self.target.login(credentials)
+            live = self.target.login(holder)
         except Exception:
             return False
         try:
@@ -196,7 +215,10 @@ def catalog_doc(
 
 
 def make_env(
-    target: Target, doc: dict[str, Any] | None = None, secret: str | None = None
+    target: Target,
+    doc: dict[str, Any] | None = None,
+    secret: str | None = None,
+    scheduler: ExpiryScheduler | None = None,
 ) -> ContractEnv:
     catalog = parse_catalog(doc or catalog_doc(target))
     secret = target.admin_secret() if secret is None else secret
@@ -205,7 +227,7 @@ def make_env(
     engine = Engine(
         catalog,
         SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
-        NullScheduler(),
+        scheduler or NullScheduler(),
         sink,
         clock=lambda: now[0],
     )

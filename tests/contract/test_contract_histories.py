@@ -1,0 +1,144 @@
+"""Property, on every template: whatever order, duplication and crashes the queue delivers in,
+no principal keeps access past its revoke, and after a final sweep none past its expiry, while
+every live, unrevoked grant works. Access is judged as the grantee would: log in with the
+credentials the grant handed out and do the allowed operation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from contract_targets import ContractEnv, Target, make_env
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from jitc.messages import Work
+
+GRANTS = 3
+
+
+class CrashingScheduler:
+    """Schedules nothing (the sweep must cope), and can crash once, as a process would."""
+
+    def __init__(self) -> None:
+        self.crash_next = False
+        self.crashed = False
+
+    def arm(self, crash: bool) -> None:
+        self.crash_next, self.crashed = crash, False
+
+    def _maybe_crash(self) -> None:
+        if self.crash_next:
+            self.crash_next, self.crashed = False, True
+            raise RuntimeError("worker died between steps")
+
+    def schedule(self, grant_id: str, integration: str, at: datetime) -> None:
+        self._maybe_crash()
+
+    def cancel(self, grant_id: str) -> None:
+        self._maybe_crash()
+
+
+def run_histories(target: Target) -> None:
+    class Histories(RuleBasedStateMachine):
+        @initialize()
+        def setup(self) -> None:
+            target.reset()
+            self.scheduler = CrashingScheduler()
+            self.env: ContractEnv = make_env(target, scheduler=self.scheduler)
+            self.start = datetime.now(UTC)
+            self.env.now[0] = self.start
+            self.durations = [timedelta(minutes=m) for m in (5, 20, 120)]
+            self.granted: set[int] = set()
+            self.revoked: set[int] = set()
+            self.issued: dict[int, list[dict[str, str]]] = {}
+
+        def expiry(self, i: int) -> datetime:
+            return self.start + self.durations[i]
+
+        def deliver(self, crash: bool, work: Work) -> tuple[str, bool]:
+            self.scheduler.arm(crash)
+            outcome = self.env.engine.execute_batch([work])[0]
+            crashed = self.scheduler.crashed
+            self.scheduler.arm(False)
+            if outcome.sealed_credentials is not None:
+                creds = self.env.credentials(outcome.sealed_credentials)
+                self.issued.setdefault(int(work.request.request_id[1:]), []).append(creds)
+            return outcome.status, crashed
+
+        @rule(i=st.integers(0, GRANTS - 1), crash=st.booleans())
+        def deliver_grant(self, i: int, crash: bool) -> None:
+            seconds = int(self.durations[i].total_seconds())
+            request = self.env.request(request_id=f"h{i}", duration=f"{seconds}s")
+            # The control plane signed every request at the start: every delivery computes the
+            # same expiry.
+            status, crashed = self.deliver(crash, Work(request, self.start))
+            if status == "granted":
+                assert i not in self.revoked and self.env.now[0] < self.expiry(i)
+                self.granted.add(i)
+            elif status == "refused":
+                assert i in self.revoked or self.env.now[0] >= self.expiry(i)
+            else:
+                assert crashed, status
+
+        @rule(i=st.integers(0, GRANTS - 1), crash=st.booleans())
+        def deliver_revoke(self, i: int, crash: bool) -> None:
+            request = self.env.request("revoke", request_id=f"h{i}")
+            status, crashed = self.deliver(crash, Work(request, self.env.now[0]))
+            # The target was revoked before the crash, so access is gone either way.
+            assert status == ("failed" if crashed else "revoked"), status
+            self.revoked.add(i)
+
+        @rule(minutes=st.sampled_from([1, 10, 30, 90]))
+        def time_passes(self, minutes: int) -> None:
+            self.env.advance(timedelta(minutes=minutes))
+
+        @rule()
+        def sweep(self) -> None:
+            assert self.env.engine.sweep().ok
+
+        @invariant()
+        def revoked_means_gone(self) -> None:
+            if not hasattr(self, "env"):
+                return
+            for i in self.revoked:
+                for creds in self.issued.get(i, []):
+                    assert not self.env.usable(creds), f"grant {i} still usable after revoke"
+
+        def teardown(self) -> None:
+            if not hasattr(self, "env"):
+                return
+            try:
+                assert self.env.engine.sweep().ok
+                now = self.env.now[0]
+                for i in range(GRANTS):
+                    usable = [self.env.usable(c) for c in self.issued.get(i, [])]
+                    if i in self.revoked or now >= self.expiry(i):
+                        assert not any(usable), f"grant {i} outlived its expiry or revoke"
+                    elif i in self.granted:
+                        assert usable[-1], f"grant {i} is live but does not work"
+            finally:
+                target.reset()
+
+    run_state_machine_as_test(
+        Histories,
+        settings=settings(
+            max_examples=20,
+            stateful_step_count=10,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_delivery_histories(target: Target) -> None:
+    run_histories(target)
