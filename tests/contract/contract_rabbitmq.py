@@ -16,7 +16,9 @@ from urllib.parse import quote
 import httpx
 import pika
 import pika.exceptions
-from contract_targets import RUN
+from contract_targets import BOX_PUBLIC, RUN
+
+from jitc.models import Outcome
 
 API = os.environ.get("JITC_TEST_RABBITMQ_API", "http://127.0.0.1:15672")
 AMQP_PORT = int(os.environ.get("JITC_TEST_RABBITMQ_PORT", "5672"))
@@ -30,6 +32,20 @@ QUEUE = f"c{RUN}-q"
 class RabbitMQTarget:
     kind = "rabbitmq"
     integration = f"rabbitmq-{RUN}"
+    generates_secrets = True
+
+    def identity(self) -> dict[str, Any]:
+        return {"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC}
+
+    def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
+        assert credentials is not None and credentials["username"] == outcome.principal
+        return credentials
+
+    def made(self, outcome: Outcome) -> str:
+        return str(outcome.principal)
+
+    def broken_connection(self) -> dict[str, Any]:
+        return self.connection(port=1)
 
     def __init__(self) -> None:
         self.root = httpx.Client(base_url=API, auth=("guest", "guest"), timeout=10)

@@ -12,9 +12,11 @@ import secrets
 from typing import Any
 
 import redis
-from contract_targets import RUN
+from contract_targets import BOX_PUBLIC, RUN
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from jitc.models import Outcome
 
 HOST = os.environ.get("JITC_TEST_REDIS_HOST", "127.0.0.1")
 PORT = int(os.environ.get("JITC_TEST_REDIS_PORT", "6379"))
@@ -43,6 +45,20 @@ def acl(client: redis.Redis, *args: str) -> Any:
 class RedisTarget:
     kind = "redis"
     integration = f"redis-{RUN}"
+    generates_secrets = True
+
+    def identity(self) -> dict[str, Any]:
+        return {"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC}
+
+    def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
+        assert credentials is not None and credentials["username"] == outcome.principal
+        return credentials
+
+    def made(self, outcome: Outcome) -> str:
+        return str(outcome.principal)
+
+    def broken_connection(self) -> dict[str, Any]:
+        return self.connection(port=1)
 
     def __init__(self) -> None:
         self.root = redis.Redis(host=HOST, port=PORT, decode_responses=True, socket_timeout=5)
