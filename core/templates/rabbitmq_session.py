@@ -81,12 +81,21 @@ class RabbitMQSession:
     ) -> httpx.Response:
         """One API call; a 404 is an answer when `missing` is allowed. Error texts carry the
         method, path and status, never a request body (it may hold a password hash)."""
-        try:
-            response = self.client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise TargetError(
-                f"RabbitMQ API {self.settings.api_url} unreachable: {type(exc).__name__}"
-            ) from None
+        for attempt in (1, 2):
+            try:
+                response = self.client.request(method, path, json=body)
+                break
+            except httpx.RemoteProtocolError:
+                # The broker closed a kept-alive connection (idle, or after an error answer).
+                # Every call here is idempotent (GET, PUT, DELETE), so it is sent once more.
+                if attempt == 2:
+                    raise TargetError(
+                        f"RabbitMQ API {self.settings.api_url} closed the connection"
+                    ) from None
+            except httpx.HTTPError as exc:
+                raise TargetError(
+                    f"RabbitMQ API {self.settings.api_url} unreachable: {type(exc).__name__}"
+                ) from None
         if response.status_code == 404 and missing:
             return response
         if response.status_code >= 300:
