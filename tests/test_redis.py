@@ -217,8 +217,18 @@ def test_grant_allows_its_keys_denies_the_rest_and_revoke_ends_the_live_connecti
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             denied()
-    # DEBUG is off on this server for everyone; ask the ACL whether the user could run it.
-    for command in (["DEBUG", "SLEEP", "0"], ["MODULE", "LOAD", "x"], ["CONFIG", "SET", "a", "b"]):
+    # Asked of the ACL rather than run: on failure these would change the shared server.
+    for command in (
+        ["DEBUG", "SLEEP", "0"],
+        ["MODULE", "LOAD", "x"],
+        ["CONFIG", "SET", "a", "b"],
+        ["MOVE", f"t{RUN}:app:1", "1"],  # the same names in another database
+        ["COPY", f"t{RUN}:app:1", f"t{RUN}:app:9", "DB", "1"],
+        # Server-wide function libraries outlive the grant and run in other users' FCALLs.
+        ["FUNCTION", "FLUSH"],
+        ["FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() end)"],
+        ["FUNCTION", "DELETE", "x"],
+    ):
         verdict = acl(env.root, "DRYRUN", creds["username"], *command)
         assert verdict != "OK" and "no permissions" in verdict
 
@@ -286,7 +296,8 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
         f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
     )
     assert statement.endswith(
-        ":******** -@all +@read +@write +@connection -scan -randomkey -select -@admin -@dangerous"
+        ":******** -@all +@read +@write +@connection -scan -randomkey -select -move -copy -@admin "
+        "-@dangerous -function|load -function|delete -function|flush -function|restore"
     )
 
 
@@ -452,6 +463,9 @@ def test_hostile_catalog_rules_are_refused_when_the_catalog_loads() -> None:
         ["allcommands"],
         ["+get (~* +@all)"],
         ["+get >password"],
+        ["+function"],
+        ["+function|load"],
+        ["+function|flush"],
     ):
         with pytest.raises(CatalogError):
             parse_catalog(catalog_doc(bad={"commands": commands, "resources": [KEYS]}))
