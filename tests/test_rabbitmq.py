@@ -487,3 +487,13 @@ def test_a_management_grantee_cannot_change_its_own_user_or_see_others(env: Env)
             403,
         ), path
     assert users(env.root)[creds["username"]] == before
+
+
+def test_inventory_lists_users_and_vhosts_from_the_broker(env: Env) -> None:
+    outcome = env.engine.execute(env.request())
+    integration = env.engine.catalog.integration(INTEGRATION)
+    session = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    inventory = session.inventory()
+    session.close()
+    assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]
+    assert {VHOST, OTHER_VHOST} <= set(inventory["vhosts"])

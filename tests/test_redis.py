@@ -542,3 +542,13 @@ def test_all_commands_without_privileged_still_reach_no_administration(
         verdict = acl(env.root, "DRYRUN", creds["username"], *command)
         assert "no permissions" in verdict, command
     user.close()
+
+
+def test_inventory_lists_users_and_databases_from_the_server(env: Env) -> None:
+    outcome = env.engine.execute(env.request())
+    integration = env.engine.catalog.integration(INTEGRATION)
+    session = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    inventory = session.inventory()
+    session.close()
+    assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]
+    assert inventory["databases"] == sorted(env.root.info("keyspace"))
