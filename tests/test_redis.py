@@ -28,6 +28,7 @@ from jitc.messages import parse_request
 from jitc.models import AccessRequest, derive_grant_id
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.templates.redis_label import Label, decode_label, encode_label
 from jitc.templates.redis_session import RedisSession
 
 HOST = os.environ.get("JITC_TEST_REDIS_HOST", "127.0.0.1")
@@ -552,3 +553,24 @@ def test_inventory_lists_users_and_databases_from_the_server(env: Env) -> None:
     session.close()
     assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]
     assert inventory["databases"] == sorted(env.root.info("keyspace"))
+
+
+def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> None:
+    key = LabelKey.from_secret("k")
+    gid = derive_grant_id("x", "y")
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    label = Label("redis-a", gid, "active", expires, "read-only", "0123456789abcdef")
+    text = encode_label(key, "redis", "jit-a", label)
+    assert decode_label(key, "redis", "jit-a", text) == label
+    assert decode_label(key, "redis", "jit-b", text) is None  # copied to another user
+    assert decode_label(LabelKey.from_secret("other"), "redis", "jit-a", text) is None
+    assert decode_label(key, "rabbitmq", "jit-a", text) is None  # another target kind
+    tampered = text.replace(":a:", ":t:")
+    assert decode_label(key, "redis", "jit-a", tampered) is None
+    for bad in (
+        Label("redis:a", gid, "active", expires, "read-only", "0123456789abcdef"),
+        Label("redis-a", gid, "active", expires, "read:only", "0123456789abcdef"),
+        Label("redis-a", gid, "active", expires, "read-only", "01234567:9abcdef"),
+    ):
+        with pytest.raises(ValueError):
+            encode_label(key, "redis", "jit-a", bad)

@@ -46,6 +46,15 @@ class Label:
     digest: str
 
     def body(self) -> str:
+        # A field that could hold a separator would write a label nothing can read back: a
+        # grant no revoke or sweep would find. Refuse it rather than write it.
+        if not (
+            _FIELD.match(self.integration)
+            and _FIELD.match(self.permission)
+            and re.match(r"^g[a-z2-7]{24}$", self.grant_id)
+            and _DIGEST.match(self.digest)
+        ):
+            raise ValueError("a label field holds a character labels cannot carry")
         epoch = int(self.expires_at.timestamp())
         code = _CODE[self.state]
         return (
