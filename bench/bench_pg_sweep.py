@@ -15,10 +15,11 @@ import time
 
 from _common import drop_roles, engine, machine, median, works
 from bench_pg_latency import connect
+from psycopg import sql
 
 from jitc.models import utcnow
 
-INTEGRATION, PREFIX = "bench-sweep", "benchs_"
+INTEGRATION, PREFIX, FLOOR_PREFIX = "bench-sweep", "benchs_", "benchsf_"
 
 
 def make_expired(count: int, tag: str) -> None:
@@ -33,6 +34,38 @@ def make_expired(count: int, tag: str) -> None:
             outcomes = eng.execute_batch(pending)
             failed = {o.request_id for o in outcomes if o.status != "granted"}
             pending = [w for w in pending if w.request.request_id in failed]
+
+
+def floor(count: int, tag: str) -> float:
+    """The least a sweep must do for as many roles made as a grant makes them (a member of the
+    bundle, with a comment): end their sessions, DROP OWNED, DROP ROLE, 1,000 names at a time."""
+    names = [f"{FLOOR_PREFIX}{tag}_{i}" for i in range(count)]
+    with connect() as conn:
+        row = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) LIMIT 1",
+            (PREFIX + "b_",),
+        ).fetchone()
+        assert row is not None, "the sweep's bundle is gone"
+        bundle = sql.Identifier(row[0])
+        for start in range(0, count, 1000):
+            with conn.transaction():
+                for name in names[start : start + 1000]:
+                    role = sql.Identifier(name)
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(role, bundle))
+                    conn.execute(sql.SQL("COMMENT ON ROLE {} IS 'jitc:x'").format(role))
+        start_time = time.perf_counter()
+        for start in range(0, count, 1000):
+            chunk = names[start : start + 1000]
+            listed = sql.SQL(", ").join(map(sql.Identifier, chunk))
+            conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE usename = ANY(%s)",
+                (chunk,),
+            )
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(listed))
+                conn.execute(sql.SQL("DROP ROLE {}").format(listed))
+        return time.perf_counter() - start_time
 
 
 def sweep_once(count: int, tag: str) -> float:
@@ -59,6 +92,12 @@ def sweep_once(count: int, tag: str) -> float:
     return took
 
 
+def measure(count: int, tag: str) -> tuple[float, float]:
+    """The sweep, then its floor, in the same run."""
+    took = sweep_once(count, tag)
+    return took, floor(count, tag.replace("-", "_"))
+
+
 def main() -> None:
     sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "1000,10000").split(",")]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -67,11 +106,14 @@ def main() -> None:
     try:
         for size in sizes:
             n = runs if size == min(sizes) else 1
-            times = [sweep_once(size, f"{int(time.time())}-{r}") for r in range(n)]
-            results[size] = median(times)
+            pairs = [measure(size, f"{int(time.time())}-{r}") for r in range(n)]
+            results[size] = median([took for took, _ in pairs])
+            floors = median([f for _, f in pairs])
             print(
                 f"sweep of {size} expired grants: {results[size]:.2f} s "
-                f"({size / results[size]:.0f} grants/s), median of {n}"
+                f"({size / results[size]:.0f} grants/s), median of {n}; floor (terminate, "
+                f"DROP OWNED, DROP ROLE of as many bundle members) {floors:.2f} s; "
+                f"sweep/floor {results[size] / floors:.2f}x"
             )
         low, high = min(sizes), max(sizes)
         if low != high:
@@ -80,6 +122,7 @@ def main() -> None:
                 f"{high / low:.0f}x grants; goal: {high} in < 5 s, linear"
             )
     finally:
+        drop_roles(FLOOR_PREFIX)
         drop_roles(PREFIX)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -483,3 +484,98 @@ def test_a_batch_of_grants_runs_together_and_one_failure_fails_only_itself(make_
     for outcome in (outcomes[0], outcomes[1], outcomes[5]):
         env.login(env.credentials(outcome.sealed_credentials)).close()
     assert len(our_roles(env.admin)) == 3 + 1  # and the company's role that clashed
+
+
+def test_a_grant_made_before_labels_carried_a_mac_is_still_revoked(env: Env) -> None:
+    """A role the previous version made: its name from the username and the grant id, its
+    label unsigned JSON. A revoke of that grant, and the sweep after its expiry, still end it."""
+    request = env.request(request_id="legacy-1")
+    grant_id = request.target_grant_id
+    name = f"{PREFIX}alice_{grant_id[1:11]}"
+    label = {
+        "v": 1,
+        "grant_id": grant_id,
+        "request_id": "legacy-1",
+        "integration": INTEGRATION,
+        "permission": "read-only",
+        "identity": "alice@example.com",
+        "expires_at": (env.now[0] + timedelta(minutes=15)).isoformat(),
+        "state": "active",
+    }
+    role = sql.Identifier(name)
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    env.admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal("jitc:" + json.dumps(label)))
+    )
+    env.admin.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SCHEMA), role)
+    )
+    assert env.can_login(name)
+    revoke = env.engine.execute(env.request("revoke", request_id="legacy-1"))
+    assert revoke.status == "revoked" and revoke.verified and revoke.principal == name, revoke
+    assert not env.can_login(name) and name not in our_roles(env.admin)
+    assert env.engine.execute(request).status == "refused"  # the grant's tombstone
+
+    expired = {**label, "grant_id": "g" + "q" * 24, "expires_at": "2001-01-01T00:00:00+00:00"}
+    old = sql.Identifier(f"{PREFIX}bob_{'q' * 10}")
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(old))
+    env.admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(old, sql.Literal("jitc:" + json.dumps(expired)))
+    )
+    report = env.engine.sweep()
+    assert expired["grant_id"] in report.revoked and report.ok, report
+    assert f"{PREFIX}bob_{'q' * 10}" not in our_roles(env.admin)
+
+
+def test_parallel_workers_share_one_bundle_and_a_racing_revoke_always_wins(env: Env) -> None:
+    import threading
+
+    from jitc.engine import Engine
+    from jitc.local import MemorySink, NullScheduler
+
+    def worker() -> Engine:
+        return Engine(env.catalog, env.engine.secrets, NullScheduler(), MemorySink())
+
+    outcomes: list[Any] = []
+
+    def run(engine: Engine, request: Any) -> None:
+        outcomes.append(engine.execute(request))
+
+    # Four workers grant at once on a permission whose bundle does not exist yet.
+    threads = [
+        threading.Thread(target=run, args=(worker(), env.request(request_id=f"par-{i}")))
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [o.status for o in outcomes] == ["granted"] * 4, [o.message for o in outcomes]
+    bundles = env.admin.execute(
+        "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
+    ).fetchone()
+    assert bundles == (1,)
+
+    # A grant and its revoke delivered at the same moment to two workers: whichever the server
+    # orders first, no login is left once both are done.
+    for i in range(4):
+        outcomes.clear()
+        pair = [
+            threading.Thread(target=run, args=(worker(), env.request(request_id=f"race-{i}"))),
+            threading.Thread(
+                target=run, args=(worker(), env.request("revoke", request_id=f"race-{i}"))
+            ),
+        ]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join(60)
+        statuses = sorted(o.status for o in outcomes)
+        assert statuses in (["granted", "revoked"], ["refused", "revoked"]), outcomes
+        name = str(next(o.principal for o in outcomes if o.action == "grant") or "")
+        if any(o.status == "granted" for o in outcomes):
+            revoke = next(o for o in outcomes if o.action == "revoke")
+            if revoke.message:  # the revoke ran first: its tombstone refused... nothing to end
+                pytest.fail(f"grant succeeded after a revoke that found nothing: {outcomes}")
+        assert not name or not env.can_login(name)
+    assert len(our_roles(env.admin)) == 4  # the par- grants only
