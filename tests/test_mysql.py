@@ -5,6 +5,7 @@ are in tests/contract/."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from contract_mysql import ADMIN, DATABASE, LEDGER, PREFIX, MySQLTarget, run
+from contract_mysql import ADMIN, DATABASE, LEDGER, PREFIX, MySQLTarget, root, run
 from contract_targets import ContractEnv, catalog_doc, make_env
 
 from jitc.catalog import parse_catalog
@@ -40,7 +41,10 @@ def env(target: MySQLTarget) -> Iterator[ContractEnv]:
 
 @pytest.fixture
 def event_scheduler(target: MySQLTarget) -> Iterator[Any]:
-    """Set the server's event scheduler for one test, and put back what it was."""
+    """Set the server's event scheduler for one test, and put back what it was. It is one
+    setting for the whole server: concurrent runs of these tests take turns."""
+    turn = root()
+    assert run(turn, "SELECT GET_LOCK('jitc-tests-event-scheduler', 300)") == [(1,)]
     before = run(target.admin, "SELECT @@GLOBAL.event_scheduler")[0][0]
 
     def switch(on: bool) -> None:
@@ -48,6 +52,7 @@ def event_scheduler(target: MySQLTarget) -> Iterator[Any]:
 
     yield switch
     run(target.admin, f"SET GLOBAL event_scheduler = {before}")
+    turn.close()  # and with it the lock
 
 
 def _wait_until(check: Any, seconds: float = 30) -> bool:
@@ -226,6 +231,7 @@ def test_revoke_leaves_nothing_in_the_server_tables(env: ContractEnv) -> None:
         (["GRANT SELECT ON {object} TO root"], [DATABASE], "must name {user}"),
         (["GRANT SELECT ON {object} TO {user}"], ["mysql"], "system database"),
         (["GRANT SELECT ON {object} TO {user}"], ["a.b.c"], "database.table"),
+        (["GRANT SELECT ON {database}.{table} TO {user}"], [DATABASE], "{table} needs"),
     ],
 )
 def test_catalog_refuses_unsafe_statements_and_resources(
@@ -441,3 +447,17 @@ def test_membership_expiry_event_drops_the_grant_role_and_ends_the_member_sessio
     again.close()
     env.advance(timedelta(seconds=3))
     assert env.engine.sweep().revoked == [request.target_grant_id]
+
+
+def test_tls_is_verified_or_the_connection_refused(target: MySQLTarget) -> None:
+    from jitc.templates.mysql import Connection
+    from jitc.templates.mysql_session import _tls
+
+    context = _tls(Connection.model_validate(target.connection(ssl=True)))
+    assert context is not None and context.check_hostname
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    # This server offers no TLS: the admin's password is then never sent in the clear.
+    env = make_env(target, catalog_doc(target, connection=target.connection(ssl=True)))
+    outcome = env.engine.execute(env.request(request_id="m-tls"))
+    assert outcome.status == "failed" and target.password not in str(outcome.message)
+    assert target.principals() == set()

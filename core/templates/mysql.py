@@ -48,7 +48,13 @@ class Connection(Settings):
     host: str = "127.0.0.1"
     port: int = Field(default=3306, ge=1, le=65535)
     user: str = Field(description="the connector's admin account", pattern=r"^[A-Za-z0-9_.@-]+$")
-    ssl: bool = Field(default=False, description="require TLS to the server")
+    ssl: bool = Field(
+        default=False,
+        description="require TLS to the server, its certificate verified and its name checked",
+    )
+    ssl_ca: str | None = Field(
+        default=None, description="CA bundle (PEM file) to verify it with; default: the system's"
+    )
     connect_timeout: int = Field(default=5, ge=1, le=60)
     login_host: str | None = Field(default=None, description="host the grantee connects to")
     user_host: str = Field(
@@ -115,7 +121,10 @@ class Permission(PermissionSettings):
         if (self.template is None) == (self.statements is None):
             raise ValueError("needs exactly one of template or statements")
         for index, resource in enumerate(self.resources):
-            check_resource(resource, f"resource {index}")
+            _, table = check_resource(resource, f"resource {index}")
+            # `{database}.{table}` of a database would be `db`.*, whose `_` is a wildcard.
+            if table is None and any("{table}" in text for text in self.statements or []):
+                raise ValueError(f"resource {index}: {{table}} needs `database.table` resources")
         return self
 
     def statement_texts(self) -> tuple[str, ...]:

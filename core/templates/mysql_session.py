@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +54,17 @@ def native_password_hash(password: str) -> str:
     return "*" + hashlib.sha1(inner, usedforsecurity=False).hexdigest().upper()
 
 
+def _tls(connection: Connection) -> ssl.SSLContext | None:
+    """A verifying TLS context. PyMySQL's own, built from a dict without a CA, neither checks
+    the certificate nor the host name, which would hand the admin password to anyone on path."""
+    if not connection.ssl:
+        return None
+    context = ssl.create_default_context(cafile=connection.ssl_ca)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class MySQLSession:
     """One admin connection, used for a batch."""
 
@@ -74,7 +86,7 @@ class MySQLSession:
                 user=connection.user,
                 password=secret.reveal() if secret is not None else "",
                 connect_timeout=connection.connect_timeout,
-                ssl={"check_hostname": True} if connection.ssl else None,
+                ssl=_tls(connection),
                 autocommit=True,
                 charset="utf8mb4",
                 program_name="jit-connector",

@@ -23,7 +23,7 @@ class PostgreSQLTarget:
 
     generates_secrets = True
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, index: int = 0) -> dict[str, Any]:
         return {"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC}
 
     def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
@@ -33,7 +33,7 @@ class PostgreSQLTarget:
     def made(self, outcome: Outcome) -> str:
         return str(outcome.principal)
 
-    def broken_connection(self) -> dict[str, Any]:
+    def broken_connection(self) -> dict[str, Any] | None:
         return self.connection(port=1)
 
     def __init__(self) -> None:

@@ -40,8 +40,9 @@ class Target(Protocol):
     # Whether a grant generates credentials (a password, a key) that reach the requester.
     generates_secrets: bool
 
-    def identity(self) -> dict[str, Any]:
-        """The `identity` of the suite's grant requests."""
+    def identity(self, index: int = 0) -> dict[str, Any]:
+        """The `identity` of the suite's grant requests; `index` tells apart grantees of one
+        test (where a grant goes to an existing principal, each index names another one)."""
 
     def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
         """What the grantee holds after a grant, for `login`: its unsealed credentials, or
@@ -50,8 +51,9 @@ class Target(Protocol):
     def made(self, outcome: Outcome) -> str:
         """The name, as `principals` lists it, of what a grant made in the target."""
 
-    def broken_connection(self) -> dict[str, Any]:
-        """Connection settings under which every operation fails (nothing listens there)."""
+    def broken_connection(self) -> dict[str, Any] | None:
+        """Connection settings under which every operation fails (nothing listens there), or
+        None where no setting can point the template at a dead server."""
 
     def reach(self) -> None:
         """Check the server answers and create what the grants need (databases, tables...);
