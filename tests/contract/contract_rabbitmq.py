@@ -34,7 +34,7 @@ class RabbitMQTarget:
     integration = f"rabbitmq-{RUN}"
     generates_secrets = True
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, index: int = 0) -> dict[str, Any]:
         return {"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC}
 
     def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:

@@ -47,7 +47,7 @@ class RedisTarget:
     integration = f"redis-{RUN}"
     generates_secrets = True
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, index: int = 0) -> dict[str, Any]:
         return {"email": "alice@example.com", "username": "alice", "public_key": BOX_PUBLIC}
 
     def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
