@@ -14,6 +14,8 @@ REGISTRY: dict[str, str] = {
     "aws_iam": "jitc.templates.aws_iam:AwsIamTemplate",
     "aws_identity_center": "jitc.templates.aws_identity_center:AwsIdentityCenterTemplate",
     "mysql": "jitc.templates.mysql:MySQLTemplate",
+    "redis": "jitc.templates.redis:RedisTemplate",
+    "rabbitmq": "jitc.templates.rabbitmq:RabbitMQTemplate",
 }
 
 

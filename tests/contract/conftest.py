@@ -15,6 +15,8 @@ from contract_targets import ContractEnv, Target, make_env
 TARGETS: dict[str, str] = {
     "postgresql": "contract_postgresql:PostgreSQLTarget",
     "mysql": "contract_mysql:MySQLTarget",
+    "redis": "contract_redis:RedisTarget",
+    "rabbitmq": "contract_rabbitmq:RabbitMQTarget",
     "aws_iam": "contract_aws_iam:AwsIamTarget",
 }
 

@@ -1,0 +1,350 @@
+"""The RabbitMQ template's connection-side half: the management API client, imported only when
+a connection is opened."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey
+from jitc.models import Grant, utcnow
+from jitc.secrets import Secret
+from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
+from jitc.templates.rabbitmq import (
+    Connection,
+    Permission,
+    RabbitMQTemplate,
+    grant_calls,
+    tombstone_name,
+    user_name,
+)
+from jitc.templates.redis_label import (
+    Label,
+    decode_label,
+    encode_label,
+    spec_digest,
+)
+
+KIND = RabbitMQTemplate.kind
+Call = tuple[str, str, dict[str, object] | None]
+
+
+def password_hash(password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256 format: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+class RabbitMQSession:
+    """One HTTP client (kept alive) for a batch."""
+
+    def __init__(
+        self,
+        integration: str,
+        connection: Connection,
+        secret: Secret | None,
+        label_key: LabelKey | None = None,
+    ) -> None:
+        self.integration = integration
+        self.settings = connection
+        self.key = label_key or LabelKey.from_secret(None)
+        self.client = httpx.Client(
+            base_url=connection.api_url.rstrip("/"),
+            auth=(connection.user, secret.reveal() if secret is not None else ""),
+            verify=connection.verify_tls,
+            timeout=connection.timeout,
+            follow_redirects=False,
+        )
+        me = self._call("GET", "/api/whoami")
+        if "administrator" not in (me.json().get("tags") or []):
+            self.client.close()
+            raise TargetError(f"RabbitMQ user {connection.user} is not an administrator")
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, body: dict[str, object] | None = None, missing: bool = False
+    ) -> httpx.Response:
+        """One API call; a 404 is an answer when `missing` is allowed. Error texts carry the
+        method, path and status, never a request body (it may hold a password hash)."""
+        for attempt in (1, 2):
+            try:
+                response = self.client.request(method, path, json=body)
+                break
+            except httpx.RemoteProtocolError:
+                # The broker closed a kept-alive connection (idle, or after an error answer).
+                # Every call here is idempotent (GET, PUT, DELETE), so it is sent once more.
+                if attempt == 2:
+                    raise TargetError(
+                        f"RabbitMQ API {self.settings.api_url} closed the connection"
+                    ) from None
+            except httpx.HTTPError as exc:
+                raise TargetError(
+                    f"RabbitMQ API {self.settings.api_url} unreachable: {type(exc).__name__}"
+                ) from None
+        if response.status_code == 404 and missing:
+            return response
+        if response.status_code >= 300:
+            reason = ""
+            with contextlib.suppress(ValueError):
+                reason = str(response.json().get("reason", ""))[:200]
+            raise TargetError(f"RabbitMQ API {method} {path}: {response.status_code} {reason}")
+        return response
+
+    def _user(self, name: str) -> dict[str, Any] | None:
+        response = self._call("GET", f"/api/users/{quote(name, safe='')}", missing=True)
+        return None if response.status_code == 404 else dict(response.json())
+
+    # -- the ledger ------------------------------------------------------------------------
+
+    def _label(self, user: dict[str, Any] | None) -> Label | None:
+        """The user's label if the user is ours: our prefix and a tag whose MAC verifies for
+        this user name; anything else belongs to someone else and is never changed."""
+        if user is None:
+            return None
+        name = str(user.get("name", ""))
+        if not name.startswith(self.settings.user_prefix):
+            return None
+        tags = user.get("tags") or []
+        if isinstance(tags, str):  # older servers answer a comma-separated string
+            tags = tags.split(",")
+        for tag in tags:
+            label = decode_label(self.key, KIND, name, str(tag))
+            if label is not None and label.integration == self.integration:
+                expected = (
+                    tombstone_name(self.settings, label.grant_id)
+                    if label.state == "tombstone"
+                    else user_name(self.settings, label.grant_id)
+                )
+                if expected == name:
+                    return label
+        return None
+
+    def _encode(self, name: str, label: Label) -> str:
+        return encode_label(self.key, KIND, name, label)
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        digest = spec_digest(spec)
+        name = user_name(self.settings, spec.grant_id)
+        existing = self._user(name)
+        label = self._label(existing)
+        if existing is not None and label is None:
+            raise Refused(
+                "request_id", f"user {name!r} exists and was not created by this connector"
+            )
+        if self._label(self._user(tombstone_name(self.settings, spec.grant_id))) is not None:
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        if label is not None and label.digest != digest:
+            raise Refused(
+                "request_id", "another request with this request id was granted; refusing this one"
+            )
+        # With a connector label key every delivery computes the same password, so a
+        # redelivery completes the grant and hands out the same credentials. Without one a
+        # redelivery sets a new password (a user has one): `jitc catalog check` warns of that.
+        password = self.key.password(KIND, self.integration, spec.grant_id, digest)
+        password = password or secrets.token_urlsafe(24)
+        mine = Label(
+            self.integration, spec.grant_id, "active", spec.expires_at, spec.permission_name, digest
+        )
+        for method, path, body in grant_calls(
+            self.settings, spec, self._encode(name, mine), password_hash(password)
+        ):
+            self._call(method, path, body)
+        self._check_after_grant(spec, name, digest)
+        return GrantResult(
+            principal=name,
+            credentials=self._credentials(name, password, spec),
+            reissued=label is not None,
+        )
+
+    def _check_after_grant(self, spec: GrantSpec, name: str, digest: str) -> None:
+        """A revoke or another body under this grant id may have run between our reads and our
+        writes (the API has no conditional write). Then the user we wrote goes."""
+        stone = self._label(self._user(tombstone_name(self.settings, spec.grant_id)))
+        label = self._label(self._user(name))
+        if stone is None and label is not None and label.digest == digest:
+            return
+        self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
+        if stone is not None:
+            raise Refused("request_id", "this grant was revoked while it was being made")
+        raise TargetError("a concurrent delivery of this grant id changed the user; retry")
+
+    def _credentials(self, name: str, password: str, spec: GrantSpec) -> dict[str, str]:
+        host = self.settings.amqp_host or (httpx.URL(self.settings.api_url).host or "")
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        return {
+            "username": name,
+            "password": password,
+            "host": host,
+            "port": str(self.settings.amqp_port),
+            "vhosts": ",".join(permission.vhost(r) for r in spec.resources),
+            "expires_at": spec.expires_at.isoformat(),
+        }
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        """Tombstone, then delete (which closes the user's connections), then verify. Nothing
+        here reads the catalog: what a revoke removes was fixed when the grant was made."""
+        name = user_name(self.settings, grant_id)
+        stone_name = tombstone_name(self.settings, grant_id)
+        users = {name: self._user(name), stone_name: self._user(stone_name)}
+        return self._revoke([grant_id], tombstone_until, users)[grant_id]
+
+    def revoke_many(
+        self, grant_ids: Sequence[str], tombstone_until: datetime
+    ) -> dict[str, RevokeResult]:
+        """The sweep's path: one listing of the users and one of the connections for the whole
+        chunk, instead of three reads per grant."""
+        if len(grant_ids) < 3:
+            return {g: self.revoke(g, tombstone_until) for g in grant_ids}
+        listing = self._call("GET", "/api/users").json()
+        users: dict[str, dict[str, Any] | None] = {str(u["name"]): dict(u) for u in listing}
+        return self._revoke(grant_ids, tombstone_until, users)
+
+    def _revoke(
+        self,
+        grant_ids: Sequence[str],
+        tombstone_until: datetime,
+        users: dict[str, dict[str, Any] | None],
+    ) -> dict[str, RevokeResult]:
+        now = utcnow()
+        results: dict[str, RevokeResult] = {}
+        deleted: dict[str, tuple[str, Label]] = {}
+        for grant_id in grant_ids:
+            name = user_name(self.settings, grant_id)
+            stone_name = tombstone_name(self.settings, grant_id)
+            live = self._label(users.get(name))
+            stone = self._label(users.get(stone_name))
+            if live is None:
+                if stone is None:
+                    self._put_tombstone(stone_name, grant_id, tombstone_until, None)
+                results[grant_id] = RevokeResult(found=False)
+                continue
+            if stone is None and live.expires_at > now:
+                self._put_tombstone(stone_name, grant_id, live.expires_at, live)
+            self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
+            deleted[grant_id] = (name, live)
+        if not deleted:
+            return results
+        names = [name for name, _ in deleted.values()]
+        if len(names) == 1:
+            remaining = {n for n in names if self._user(n) is not None}
+        else:
+            listing = self._call("GET", "/api/users").json()
+            remaining = {str(u["name"]) for u in listing} & set(names)
+        left = self._connections_left(names)
+        for grant_id, (name, live) in deleted.items():
+            residual = [f"user {name} still exists"] if name in remaining else []
+            if left.get(name):
+                residual.append(f"{left[name]} connection(s) of {name} still open")
+            results[grant_id] = RevokeResult(
+                found=True,
+                principal=name,
+                expires_at=live.expires_at,
+                residual=residual,
+                verified=not residual,
+            )
+        return results
+
+    def _put_tombstone(
+        self, stone_name: str, grant_id: str, until: datetime, live: Label | None
+    ) -> None:
+        """A user that cannot log in (no password, no permissions) whose label remembers the
+        revoke until `until`, so a late or repeated grant is refused until then."""
+        stone = Label(
+            self.integration,
+            grant_id,
+            "tombstone",
+            until,
+            live.permission if live else "-",
+            live.digest if live else "-" * 8,
+        )
+        self._call(
+            "PUT",
+            f"/api/users/{quote(stone_name, safe='')}",
+            {"password_hash": "", "tags": self._encode(stone_name, stone)},
+        )
+
+    def _connections_left(self, names: list[str]) -> dict[str, int]:
+        """Connections of deleted users, waited on (bounded); any still listed after the first
+        look are closed by user name. The broker closes them itself when a user is deleted."""
+        one = len(names) == 1
+        path = (
+            f"/api/connections/username/{quote(names[0], safe='')}" if one else "/api/connections"
+        )
+        wanted = set(names)
+        deadline = time.monotonic() + self.settings.terminate_wait_seconds
+        closed = False
+        while True:
+            response = self._call("GET", path, missing=True)
+            rows = [] if response.status_code == 404 else response.json()
+            counts: dict[str, int] = {}
+            for row in rows:
+                user = str(row.get("user", ""))
+                if user in wanted:
+                    counts[user] = counts.get(user, 0) + 1
+            if not counts:
+                return {}
+            if not closed:
+                for user in counts:
+                    path_user = f"/api/connections/username/{quote(user, safe='')}"
+                    self._call("DELETE", path_user, missing=True)
+                closed = True
+            if time.monotonic() >= deadline:
+                return counts
+            time.sleep(0.05)
+
+    def forget(self, grant_id: str) -> None:
+        stone_name = tombstone_name(self.settings, grant_id)
+        label = self._label(self._user(stone_name))
+        if label is not None and label.state == "tombstone":
+            self._call("DELETE", f"/api/users/{quote(stone_name, safe='')}", missing=True)
+
+    # -- sweep and inventory ---------------------------------------------------------------
+
+    def active_grants(self) -> list[Grant]:
+        grants = []
+        for user in self._call("GET", "/api/users").json():
+            label = self._label(user)
+            if label is None:
+                continue
+            grants.append(
+                Grant(
+                    grant_id=label.grant_id,
+                    request_id="",
+                    integration=label.integration,
+                    permission=label.permission,
+                    kind=KIND,
+                    principal=str(user["name"]),
+                    identity="",
+                    expires_at=label.expires_at,
+                    state=label.state,
+                    detail={"digest": label.digest},
+                )
+            )
+        return grants
+
+    def inventory(self) -> dict[str, list[str]]:
+        users = [str(u["name"]) for u in self._call("GET", "/api/users").json()]
+        vhosts = [str(v["name"]) for v in self._call("GET", "/api/vhosts").json()]
+        return {"users": sorted(users), "vhosts": sorted(vhosts)}

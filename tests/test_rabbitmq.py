@@ -1,0 +1,499 @@
+"""The RabbitMQ template through the engine, against the real broker on this machine: the
+management API (JITC_TEST_RABBITMQ_API, default http://127.0.0.1:15672, guest/guest) and AMQP on
+5672 through pika for live connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pika
+import pika.exceptions
+import pytest
+
+from jitc.catalog import catalog_warnings, parse_catalog
+from jitc.engine import Engine
+from jitc.errors import CatalogError, Refused
+from jitc.labels import LabelKey
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import AccessRequest, derive_grant_id
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.templates.rabbitmq_session import RabbitMQSession
+
+API = os.environ.get("JITC_TEST_RABBITMQ_API", "http://127.0.0.1:15672")
+AMQP_PORT = int(os.environ.get("JITC_TEST_RABBITMQ_PORT", "5672"))
+RUN = secrets.token_hex(3)
+PREFIX = f"t{RUN}-"
+INTEGRATION = f"rmq-{RUN}"
+VHOST = f"t{RUN}"
+OTHER_VHOST = f"t{RUN}-b"
+ADMIN = f"t{RUN}admin"
+ADMIN_PASSWORD = secrets.token_urlsafe(18)
+LABEL_KEY = secrets.token_urlsafe(32)
+BOX_PRIVATE, BOX_PUBLIC = box_keypair()
+
+
+def users(root: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {u["name"]: u for u in root.get("/api/users").json()}
+
+
+def ours(root: httpx.Client) -> list[str]:
+    return sorted(n for n in users(root) if n.startswith(PREFIX))
+
+
+def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
+    perms: dict[str, Any] = {
+        "read-only": {"template": "read-only", "resources": [VHOST, OTHER_VHOST]},
+        "read-write": {"template": "read-write", "resources": [VHOST], "tags": ["management"]},
+        "admin": {
+            "template": "full",
+            "resources": [VHOST],
+            "tags": ["administrator"],
+            "privileged": True,
+        },
+    }
+    perms.update(permissions)
+    return {
+        "connector": {"label_key": "mem:label"},
+        "integrations": {
+            INTEGRATION: {
+                "kind": "rabbitmq",
+                "connection": {
+                    "api_url": API,
+                    "user": ADMIN,
+                    "user_prefix": PREFIX,
+                    "amqp_port": AMQP_PORT,
+                    "terminate_wait_seconds": 3,
+                },
+                "credentials": "mem:admin",
+                "max_duration": "8h",
+                "permissions": perms,
+            }
+        },
+    }
+
+
+@dataclass
+class Env:
+    engine: Engine
+    sink: MemorySink
+    root: httpx.Client
+    now: list[datetime]
+
+    def request(self, action: str = "grant", **fields: Any) -> AccessRequest:
+        doc: dict[str, Any] = {
+            "request_id": fields.pop("request_id", f"r-{secrets.token_hex(4)}"),
+            "action": action,
+            "integration": INTEGRATION,
+        }
+        if action == "grant":
+            doc.update(
+                permission="read-only",
+                resources=[VHOST],
+                identity={"email": "alice@example.com", "public_key": BOX_PUBLIC},
+                duration="15m",
+            )
+        doc.update(fields)
+        return parse_request(json.dumps(doc))
+
+    def credentials(self, sealed: str | None) -> dict[str, str]:
+        assert sealed is not None
+        return unseal(sealed, BOX_PRIVATE)
+
+    def login(self, creds: dict[str, str], vhost: str = VHOST) -> pika.BlockingConnection:
+        return pika.BlockingConnection(
+            pika.ConnectionParameters(
+                "127.0.0.1",
+                AMQP_PORT,
+                vhost,
+                pika.PlainCredentials(creds["username"], creds["password"]),
+                connection_attempts=1,
+                socket_timeout=5,
+            )
+        )
+
+    def can_login(self, creds: dict[str, str], vhost: str = VHOST) -> bool:
+        try:
+            self.login(creds, vhost).close()
+        except pika.exceptions.AMQPConnectionError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[httpx.Client]:
+    client = httpx.Client(base_url=API, auth=("guest", "guest"), timeout=10)
+    try:
+        client.get("/api/overview").raise_for_status()
+    except httpx.HTTPError as exc:
+        pytest.skip(f"RabbitMQ management API is not reachable at {API}: {exc}")
+    for vhost in (VHOST, OTHER_VHOST):
+        client.put(f"/api/vhosts/{vhost}").raise_for_status()
+    client.put(
+        f"/api/users/{ADMIN}", json={"password": ADMIN_PASSWORD, "tags": "administrator"}
+    ).raise_for_status()
+    # The test itself uses the queue below as the admin.
+    client.put(
+        f"/api/permissions/{VHOST}/guest", json={"configure": ".*", "write": ".*", "read": ".*"}
+    ).raise_for_status()
+    yield client
+    for name in ours(client):
+        client.delete(f"/api/users/{quote(name, safe='')}")
+    client.delete(f"/api/users/{ADMIN}")
+    for vhost in (VHOST, OTHER_VHOST):
+        client.delete(f"/api/vhosts/{vhost}")
+    client.close()
+
+
+@pytest.fixture
+def make_env(root: httpx.Client) -> Iterator[Callable[..., Env]]:
+    def make(doc: dict[str, Any] | None = None, secret: str = ADMIN_PASSWORD) -> Env:
+        now = [datetime.now(UTC)]
+        sink = MemorySink()
+        engine = Engine(
+            parse_catalog(doc or catalog_doc()),
+            SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
+            NullScheduler(),
+            sink,
+            clock=lambda: now[0],
+        )
+        return Env(engine, sink, root, now)
+
+    yield make
+    for name in ours(root):
+        root.delete(f"/api/users/{quote(name, safe='')}")
+
+
+@pytest.fixture
+def env(make_env: Callable[..., Env]) -> Env:
+    return make_env()
+
+
+def _declare(channel: Any, name: str) -> None:
+    channel.queue_declare(queue=name, durable=False, auto_delete=False)
+
+
+def test_grant_allows_reading_denies_writing_and_revoke_closes_the_live_connection(
+    env: Env,
+) -> None:
+    setup = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            "127.0.0.1", AMQP_PORT, VHOST, pika.PlainCredentials("guest", "guest")
+        )
+    )
+    queue = f"t{RUN}-q"
+    setup.channel().queue_declare(queue=queue)
+    setup.channel().basic_publish("", queue, b"hello")
+    setup.close()
+
+    outcome = env.engine.execute(env.request(request_id="ro-1"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    assert creds["username"] == outcome.principal == f"{PREFIX}{outcome.grant_id}"
+    live = env.login(creds)
+    channel = live.channel()
+    _, _, body = channel.basic_get(queue, auto_ack=True)
+    assert body == b"hello"
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as denied:
+        channel.queue_declare(queue=f"t{RUN}-new")
+    assert denied.value.reply_code == 403
+    channel = live.channel()
+    channel.basic_publish("", queue, b"sent")  # the broker refuses on the channel, async
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as denied:
+        channel.basic_get(queue)
+    assert denied.value.reply_code == 403
+    # Not granted on the other vhost.
+    assert not env.can_login(creds, OTHER_VHOST)
+
+    revoke = env.engine.execute(env.request("revoke", request_id="ro-1"))
+    assert revoke.status == "revoked" and revoke.verified is True and revoke.residual == []
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(50):
+            live.process_data_events(time_limit=0.1)
+    assert closed.value.reply_code == 320
+    assert not env.can_login(creds)
+    assert outcome.principal not in users(env.root)
+
+
+def test_read_write_publishes_and_management_tag_is_kept_with_the_label(env: Env) -> None:
+    outcome = env.engine.execute(env.request(permission="read-write"))
+    creds = env.credentials(outcome.sealed_credentials)
+    conn = env.login(creds)
+    conn.channel().basic_publish("amq.topic", "x", b"ok")
+    conn.close()
+    user = users(env.root)[creds["username"]]
+    tags = user["tags"] if isinstance(user["tags"], list) else user["tags"].split(",")
+    assert tags[0] == "management" and tags[1].startswith(
+        f"jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
+    )
+    assert "alice" not in ",".join(tags)
+    limits = env.root.get(f"/api/user-limits/{creds['username']}").json()
+    assert limits[0]["value"] == {"max-connections": 3, "max-channels": 32}
+    # The password never reached the server in the clear: only a salted hash is stored.
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+
+
+def test_connection_limit_is_enforced(env: Env) -> None:
+    outcome = env.engine.execute(env.request())
+    creds = env.credentials(outcome.sealed_credentials)
+    held = [env.login(creds) for _ in range(3)]
+    assert not env.can_login(creds)
+    for conn in held:
+        conn.close()
+
+
+def test_plan_has_no_side_effects_and_masks_the_password(env: Env) -> None:
+    before = users(env.root)
+    outcome = env.engine.plan(env.request(permission="read-write"))
+    assert outcome.status == "planned"
+    assert users(env.root) == before
+    first, *rest = outcome.statements
+    assert first.startswith(f"PUT /api/users/{PREFIX}")
+    assert '"password_hash": "********"' in first and '"tags": "management,jitc1:' in first
+    assert rest[-1].endswith(
+        f'/{VHOST}/{PREFIX}{outcome.grant_id} {{"configure": "^$", "read": ".*", "write": ".*"}}'
+    )
+
+
+def test_redelivered_grant_hands_out_the_same_credentials(env: Env) -> None:
+    request = env.request(request_id="dup-1")
+    first = env.engine.execute(request)
+    second = env.engine.execute(request)
+    assert second.status == "granted" and second.reissued and second.principal == first.principal
+    assert env.credentials(second.sealed_credentials) == env.credentials(first.sealed_credentials)
+    assert env.can_login(env.credentials(first.sealed_credentials))
+    assert ours(env.root) == [first.principal]
+
+
+def test_another_body_under_the_same_request_id_is_refused(env: Env) -> None:
+    assert env.engine.execute(env.request(request_id="same-1")).status == "granted"
+    before = users(env.root)
+    refused = env.engine.execute(
+        env.request(
+            request_id="same-1",
+            permission="read-write",
+            identity={"email": "mallory@example.com", "public_key": BOX_PUBLIC},
+        )
+    )
+    assert refused.status == "refused" and refused.field == "request_id"
+    assert users(env.root) == before
+
+
+def test_revoke_before_grant_double_revoke_and_late_grant(env: Env) -> None:
+    revoke = env.request("revoke", request_id="early-1")
+    first = env.engine.execute(revoke)
+    assert first.status == "revoked" and first.message and "nothing to revoke" in first.message
+    late = env.engine.execute(env.request(request_id="early-1"))
+    assert late.status == "refused" and late.field == "request_id"
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == []
+    assert env.engine.execute(revoke).status == "revoked"
+
+
+def test_revoke_then_redelivered_grant_is_refused(env: Env) -> None:
+    grant = env.request(request_id="again-1")
+    assert env.engine.execute(grant).status == "granted"
+    assert env.engine.execute(env.request("revoke", request_id="again-1")).status == "revoked"
+    assert env.engine.execute(grant).status == "refused"
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == []
+
+
+def test_overlapping_grants_are_independent(env: Env) -> None:
+    one = env.engine.execute(env.request(request_id="ov-1", duration="10m"))
+    two = env.engine.execute(env.request(request_id="ov-2", duration="1h"))
+    env.engine.execute(env.request("revoke", request_id="ov-1"))
+    assert not env.can_login(env.credentials(one.sealed_credentials))
+    assert env.can_login(env.credentials(two.sealed_credentials))
+
+
+def test_revoke_is_frozen_at_grant_time_when_the_catalog_changes(
+    make_env: Callable[..., Env],
+) -> None:
+    before = make_env()
+    outcome = before.engine.execute(before.request(request_id="frozen-1", permission="read-write"))
+    creds = before.credentials(outcome.sealed_credentials)
+    after = make_env(
+        catalog_doc(**{"read-write": {"template": "read-only", "resources": [OTHER_VHOST]}})
+    )
+    revoke = after.engine.execute(after.request("revoke", request_id="frozen-1"))
+    assert revoke.status == "revoked" and revoke.verified
+    assert not after.can_login(creds)
+
+
+def test_sweep_revokes_what_expired_and_later_forgets_tombstones(env: Env) -> None:
+    short = env.engine.execute(env.request(request_id="sw-1", duration="5m"))
+    long = env.engine.execute(env.request(request_id="sw-2", duration="2h"))
+    env.now[0] += timedelta(minutes=6)
+    report = env.engine.sweep()
+    assert report.revoked == [short.grant_id] and report.ok
+    assert not env.can_login(env.credentials(short.sealed_credentials))
+    assert env.can_login(env.credentials(long.sealed_credentials))
+    assert f"{PREFIX}x-{short.grant_id}" in users(env.root)
+    env.now[0] += timedelta(hours=3)
+    report = env.engine.sweep()
+    assert report.revoked == [long.grant_id] and short.grant_id in report.forgotten
+
+
+def test_users_the_connector_did_not_create_are_never_changed(env: Env) -> None:
+    grant = env.engine.execute(env.request(request_id="mine-1"))
+    assert grant.grant_id is not None
+    past = int((datetime.now(UTC) - timedelta(days=1)).timestamp())
+    forged_tag = f"jitc1:{INTEGRATION}:{grant.grant_id}:a:{past}:read-only:abcdefgh:forged"
+    # A stranger's user under our naming scheme with a forged label, and a plain one.
+    collide = derive_grant_id(INTEGRATION, "collide-1")
+    strangers = {
+        f"{PREFIX}gzzzzzzzzzzzzzzzzzzzzzzzz": forged_tag,
+        f"{PREFIX}stranger": "management",
+        # Already holds the name a grant would get, and no label of ours.
+        f"{PREFIX}{collide}": "",
+    }
+    for name, tags in strangers.items():
+        env.root.put(f"/api/users/{name}", json={"password": "x", "tags": tags}).raise_for_status()
+    before = {n: u for n, u in users(env.root).items() if n in strangers}
+    env.now[0] += timedelta(hours=1)
+    report = env.engine.sweep()
+    assert report.revoked == [grant.grant_id]
+    refused = env.engine.execute(env.request(request_id="collide-1"))
+    assert refused.status == "refused" and refused.field == "request_id"
+    assert env.engine.execute(env.request("revoke", request_id="collide-1")).status == "revoked"
+    assert {n: u for n, u in users(env.root).items() if n in strangers} == before
+
+
+def test_a_label_under_another_key_or_copied_to_another_user_is_not_ours(env: Env) -> None:
+    outcome = env.engine.execute(env.request())
+    integration = env.engine.catalog.integration(INTEGRATION)
+    other = RabbitMQSession(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("k")
+    )
+    assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
+    assert other.revoke(str(outcome.grant_id), datetime.now(UTC)).found is False
+    other.close()
+    # The genuine tag copied onto another user of ours: the MAC binds it to its user name.
+    user = users(env.root)[str(outcome.principal)]
+    copy = f"{PREFIX}gaaaaaaaaaaaaaaaaaaaaaaaa"
+    env.root.put(f"/api/users/{copy}", json={"password": "x", "tags": ",".join(user["tags"])})
+    mine = integration.template.open(
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        label_key=LabelKey.from_secret(LABEL_KEY),
+    )
+    assert copy not in {g.principal for g in mine.active_grants()}
+    mine.close()
+    env.root.delete(f"/api/users/{copy}")
+
+
+def test_hostile_catalogs_are_refused() -> None:
+    for bad in (
+        {"template": "full", "tags": ["administrator"], "resources": [VHOST]},
+        {"template": "full", "tags": ["monitoring"], "resources": [VHOST]},
+        {"configure": "(", "write": ".*", "read": ".*", "resources": [VHOST]},
+        {"template": "full", "write": ".*", "resources": [VHOST]},
+        {"template": "full", "resources": [VHOST], "vhosts": {VHOST: ".."}},
+    ):
+        with pytest.raises(CatalogError):
+            parse_catalog(catalog_doc(bad=bad))
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["api_url"] = "http://example.com:15672"
+    with pytest.raises(CatalogError, match="allow_insecure_transport"):
+        parse_catalog(doc)
+    doc["integrations"][INTEGRATION]["connection"]["allow_insecure_transport"] = True
+    assert any("http://" in w for w in catalog_warnings(parse_catalog(doc)))
+
+
+def test_hostile_requests_are_refused_with_the_broker_unchanged(env: Env) -> None:
+    before = users(env.root)
+    for resources in (["../users"], ["%2F"], [f"{VHOST}/../x"], ["/"]):
+        try:
+            outcome = env.engine.execute(env.request(resources=resources))
+        except Refused:
+            continue
+        assert outcome.status == "refused"
+    outcome = env.engine.execute(env.request(resources=["unlisted"]))
+    assert outcome.status == "refused" and outcome.field == "resources[0]"
+    assert users(env.root) == before
+
+
+def test_privileged_permission_alone_gets_the_administrator_tag(env: Env) -> None:
+    outcome = env.engine.execute(env.request(permission="admin"))
+    creds = env.credentials(outcome.sealed_credentials)
+    api = httpx.Client(base_url=API, auth=(creds["username"], creds["password"]))
+    assert api.get("/api/whoami").json()["tags"][0] == "administrator"
+    api.close()
+    plain = env.credentials(env.engine.execute(env.request()).sealed_credentials)
+    api = httpx.Client(base_url=API, auth=(plain["username"], plain["password"]))
+    assert api.get("/api/users").status_code == 401
+    api.close()
+
+
+def test_secrets_never_reach_events_or_outcomes(env: Env) -> None:
+    outcome = env.engine.execute(env.request(request_id="canary-1"))
+    creds = env.credentials(outcome.sealed_credentials)
+    env.engine.execute(env.request("revoke", request_id="canary-1"))
+    wrong = Engine(
+        parse_catalog(catalog_doc()),
+        SecretStores(
+            {"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong", "label": LABEL_KEY})}
+        ),
+        NullScheduler(),
+        env.sink,
+    )
+    assert wrong.execute(env.request()).status == "failed"
+    text = json.dumps(
+        [e.model_dump(mode="json") for e in env.sink.events]
+        + [o.model_dump(mode="json") for o in env.sink.outcomes]
+    )
+    assert ADMIN_PASSWORD not in text and creds["password"] not in text
+
+
+def test_sweep_of_many_revokes_them_in_one_pass_and_closes_their_connections(env: Env) -> None:
+    outcomes = [env.engine.execute(env.request(duration="5m")) for _ in range(4)]
+    keep = env.engine.execute(env.request(duration="2h"))
+    live = env.login(env.credentials(outcomes[0].sealed_credentials))
+    env.now[0] += timedelta(minutes=6)
+    report = env.engine.sweep()
+    assert sorted(report.revoked) == sorted(str(o.grant_id) for o in outcomes) and report.ok
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
+        for _ in range(50):
+            live.process_data_events(time_limit=0.1)
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == [keep.principal]
+    assert env.can_login(env.credentials(keep.sealed_credentials))
+
+
+def test_a_management_grantee_cannot_change_its_own_user_or_see_others(env: Env) -> None:
+    outcome = env.engine.execute(env.request(permission="read-write"))
+    creds = env.credentials(outcome.sealed_credentials)
+    before = users(env.root)[creds["username"]]
+    auth = (creds["username"], creds["password"])
+    me = httpx.get(f"{API}/api/whoami", auth=auth).json()
+    assert me["name"] == creds["username"] and "administrator" not in me["tags"]
+    for method, path, body in (
+        ("PUT", f"/api/users/{creds['username']}", {"password": "x", "tags": "administrator"}),
+        ("PUT", f"/api/user-limits/{creds['username']}/max-connections", {"value": 1000}),
+        ("DELETE", f"/api/users/{ADMIN}", None),
+        ("GET", "/api/users", None),
+    ):
+        # A client per call: the broker closes the connection after refusing one.
+        assert httpx.request(method, f"{API}{path}", json=body, auth=auth).status_code in (
+            401,
+            403,
+        ), path
+    assert users(env.root)[creds["username"]] == before
+
+
+def test_inventory_lists_users_and_vhosts_from_the_broker(env: Env) -> None:
+    outcome = env.engine.execute(env.request())
+    integration = env.engine.catalog.integration(INTEGRATION)
+    session = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    inventory = session.inventory()
+    session.close()
+    assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]
+    assert {VHOST, OTHER_VHOST} <= set(inventory["vhosts"])

@@ -1,0 +1,576 @@
+"""The Redis template through the engine, against the real Redis 7 on this machine.
+
+JITC_TEST_REDIS_HOST / JITC_TEST_REDIS_PORT name the server (default 127.0.0.1:6379); the test
+user that reaches it is the `default` user, from which the run makes its own admin user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from jitc.catalog import catalog_warnings, parse_catalog
+from jitc.engine import Engine
+from jitc.errors import CatalogError, Refused
+from jitc.labels import LabelKey
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import AccessRequest, derive_grant_id
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.templates.redis_label import Label, decode_label, encode_label
+from jitc.templates.redis_session import RedisSession
+
+HOST = os.environ.get("JITC_TEST_REDIS_HOST", "127.0.0.1")
+PORT = int(os.environ.get("JITC_TEST_REDIS_PORT", "6379"))
+RUN = secrets.token_hex(3)
+INTEGRATION = f"redis-{RUN}"
+KEYS = f"t{RUN}:app:*"
+OTHER_KEYS = f"t{RUN}:other:*"
+ADMIN = f"a{RUN}-admin"
+PREFIX = f"t{RUN}-"
+# What the README says the connector's admin needs, and nothing more.
+ADMIN_RULES = (
+    "resetkeys",
+    "resetchannels",
+    "-@all",
+    "+acl",
+    "+client|list",
+    "+client|setname",
+    "+ping",
+    "+info",
+)
+ADMIN_PASSWORD = secrets.token_urlsafe(18)
+LABEL_KEY = secrets.token_urlsafe(32)
+BOX_PRIVATE, BOX_PUBLIC = box_keypair()
+
+
+def _root() -> redis.Redis:
+    client = redis.Redis(host=HOST, port=PORT, decode_responses=True, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis is not reachable at {HOST}:{PORT}: {exc}")
+    return client
+
+
+def acl(client: redis.Redis, *args: str) -> Any:
+    command: Any = client.execute_command
+    return command("ACL", *args)
+
+
+def ours(client: redis.Redis) -> list[str]:
+    return sorted(n for n in acl(client, "USERS") if n.startswith(PREFIX))
+
+
+def label_of(client: redis.Redis, name: str) -> list[str]:
+    """The label's fields, as the server holds them."""
+    channels = acl(client, "GETUSER", name)["channels"].split()
+    return channels[0][1:].split(":")
+
+
+def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
+    perms: dict[str, Any] = {
+        "read-only": {"template": "read-only", "resources": [KEYS, OTHER_KEYS]},
+        "read-write": {"template": "read-write", "resources": [KEYS]},
+        "admin": {"commands": ["+@all"], "resources": [KEYS], "privileged": True},
+    }
+    perms.update(permissions)
+    return {
+        "connector": {"label_key": "mem:label"},
+        "integrations": {
+            INTEGRATION: {
+                "kind": "redis",
+                "connection": {
+                    "host": HOST,
+                    "port": PORT,
+                    "user": ADMIN,
+                    "user_prefix": PREFIX,
+                    "tls": False,  # loopback: allowed, and `jitc catalog check` says so
+                    "terminate_wait_seconds": 3,
+                },
+                "credentials": "mem:admin",
+                "max_duration": "8h",
+                "permissions": perms,
+            }
+        },
+    }
+
+
+@dataclass
+class Env:
+    engine: Engine
+    sink: MemorySink
+    root: redis.Redis
+    now: list[datetime]
+
+    def request(self, action: str = "grant", **fields: Any) -> AccessRequest:
+        doc: dict[str, Any] = {
+            "request_id": fields.pop("request_id", f"r-{secrets.token_hex(4)}"),
+            "action": action,
+            "integration": INTEGRATION,
+        }
+        if action == "grant":
+            doc.update(
+                permission="read-only",
+                resources=[KEYS],
+                identity={"email": "alice@example.com", "public_key": BOX_PUBLIC},
+                duration="15m",
+            )
+        doc.update(fields)
+        return parse_request(json.dumps(doc))
+
+    def credentials(self, sealed: str | None) -> dict[str, str]:
+        assert sealed is not None
+        return unseal(sealed, BOX_PRIVATE)
+
+    def login(self, creds: dict[str, str]) -> redis.Redis:
+        client = redis.Redis(
+            host=HOST,
+            port=PORT,
+            username=creds["username"],
+            password=creds["password"],
+            decode_responses=True,
+            single_connection_client=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+        client.ping()
+        return client
+
+    def can_login(self, creds: dict[str, str]) -> bool:
+        try:
+            self.login(creds).close()
+        except redis.AuthenticationError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[redis.Redis]:
+    client = _root()
+    acl(client, "SETUSER", ADMIN, "on", f">{ADMIN_PASSWORD}", *ADMIN_RULES)
+    yield client
+    leftovers = ours(client)
+    if leftovers:
+        acl(client, "DELUSER", *leftovers)
+    acl(client, "DELUSER", ADMIN)
+    client.close()
+
+
+@pytest.fixture
+def make_env(root: redis.Redis) -> Iterator[Callable[..., Env]]:
+    def make(doc: dict[str, Any] | None = None, secret: str = ADMIN_PASSWORD) -> Env:
+        now = [datetime.now(UTC)]
+        sink = MemorySink()
+        engine = Engine(
+            parse_catalog(doc or catalog_doc()),
+            SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
+            NullScheduler(),
+            sink,
+            clock=lambda: now[0],
+        )
+        return Env(engine, sink, root, now)
+
+    yield make
+    names = ours(root)
+    if names:
+        acl(root, "DELUSER", *names)
+
+
+@pytest.fixture
+def env(make_env: Callable[..., Env]) -> Env:
+    return make_env()
+
+
+def test_grant_allows_its_keys_denies_the_rest_and_revoke_ends_the_live_connection(
+    env: Env,
+) -> None:
+    env.root.set(f"t{RUN}:app:1", "v")
+    outcome = env.engine.execute(env.request(request_id="rw-1", permission="read-write"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    assert creds["username"] == outcome.principal
+    user = env.login(creds)
+    assert user.get(f"t{RUN}:app:1") == "v"
+    user.set(f"t{RUN}:app:2", "w")
+    for denied in (
+        lambda: user.get(f"t{RUN}:other:1"),
+        lambda: user.get("unrelated"),
+        lambda: user.config_get("maxmemory"),
+        lambda: user.keys("*"),
+        lambda: user.execute_command("ACL", "SETUSER", "x"),
+        lambda: user.execute_command("ACL", "LIST"),
+        lambda: user.execute_command("MODULE", "LIST"),
+        lambda: user.scan(0, match="*"),  # would list key names outside the patterns
+        lambda: user.randomkey(),
+        lambda: user.select(1),  # the same patterns in another database
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            denied()
+    # Asked of the ACL rather than run: on failure these would change the shared server.
+    for command in (
+        ["DEBUG", "SLEEP", "0"],
+        ["MODULE", "LOAD", "x"],
+        ["CONFIG", "SET", "a", "b"],
+        ["FLUSHALL"],
+        ["MOVE", f"t{RUN}:app:1", "1"],  # the same names in another database
+        ["COPY", f"t{RUN}:app:1", f"t{RUN}:app:9", "DB", "1"],
+        # Server-wide function libraries outlive the grant and run in other users' FCALLs.
+        ["FUNCTION", "FLUSH"],
+        ["FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() end)"],
+        ["FUNCTION", "DELETE", "x"],
+    ):
+        verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+        assert verdict != "OK" and "no permissions" in verdict
+
+    # A raw connection, so that no client-side retry can hide a closed socket.
+    live = redis.Connection(
+        host=HOST, port=PORT, username=creds["username"], password=creds["password"]
+    )
+    live.connect()
+    live.send_command("PING")
+    assert live.read_response() in (b"PONG", "PONG")
+
+    revoke = env.engine.execute(env.request("revoke", request_id="rw-1"))
+    assert revoke.status == "revoked" and revoke.verified is True and revoke.residual == []
+    with pytest.raises(redis.ConnectionError):
+        live.send_command("PING")
+        live.read_response()
+    assert not env.can_login(creds)
+    assert creds["username"] not in acl(env.root, "USERS")
+    user.close()
+
+
+def test_read_only_cannot_write(env: Env) -> None:
+    outcome = env.engine.execute(env.request(resources=[KEYS, OTHER_KEYS]))
+    user = env.login(env.credentials(outcome.sealed_credentials))
+    assert user.get(f"t{RUN}:other:x") is None
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.set(f"t{RUN}:app:x", "1")
+    user.close()
+
+
+def test_label_is_a_channel_of_the_user_with_expiry_and_no_email(env: Env) -> None:
+    outcome = env.engine.execute(env.request(duration="30m"))
+    assert outcome.principal == f"{PREFIX}{outcome.grant_id}" and outcome.expires_at is not None
+    fields = label_of(env.root, outcome.principal)
+    assert fields[:3] == ["jitc1", INTEGRATION, outcome.grant_id]
+    assert fields[3] == "a" and int(fields[4]) == int(outcome.expires_at.timestamp())
+    assert "alice" not in " ".join(fields)
+    integration = env.engine.catalog.integration(INTEGRATION)
+    mine = integration.template.open(
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        label_key=LabelKey.from_secret(LABEL_KEY),
+    )
+    assert outcome.grant_id in {g.grant_id for g in mine.active_grants()}
+    # Under another key the same name is not a label of ours: nothing acts on it.
+    other = RedisSession(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("k")
+    )
+    assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
+    assert other.revoke(outcome.grant_id, datetime.now(UTC)).found is False
+    assert outcome.principal in acl(env.root, "USERS")
+    mine.close()
+    other.close()
+
+
+def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: Env) -> None:
+    before = acl(env.root, "LIST")
+    outcome = env.engine.plan(env.request(permission="read-write"))
+    assert outcome.status == "planned"
+    assert acl(env.root, "LIST") == before
+    (statement,) = outcome.statements
+    assert statement.startswith(
+        f"ACL SETUSER {PREFIX}{outcome.grant_id} on #******** clearselectors resetkeys ~{KEYS} "
+        f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
+    )
+    assert statement.endswith(
+        ":******** -@all +@read +@write +@connection -scan -randomkey -select -move -copy -@admin "
+        "-@dangerous -function|load -function|delete -function|flush -function|restore"
+    )
+
+
+def test_redelivered_grant_hands_out_the_same_credentials(env: Env) -> None:
+    request = env.request(request_id="dup-1")
+    first = env.engine.execute(request)
+    second = env.engine.execute(request)
+    assert second.status == "granted" and second.reissued and second.principal == first.principal
+    assert env.credentials(second.sealed_credentials) == env.credentials(first.sealed_credentials)
+    assert len(ours(env.root)) == 1
+    env.login(env.credentials(first.sealed_credentials)).close()
+
+
+def test_without_a_label_key_a_redelivery_adds_a_password_and_keeps_the_first(
+    make_env: Callable[..., Env],
+) -> None:
+    doc = catalog_doc()
+    del doc["connector"]
+    env = make_env(doc)
+    request = env.request(request_id="unkeyed-1")
+    first = env.engine.execute(request)
+    second = env.engine.execute(request)
+    assert second.status == "granted" and second.reissued
+    one, two = (env.credentials(o.sealed_credentials) for o in (first, second))
+    assert one["password"] != two["password"]
+    env.login(one).close()
+    env.login(two).close()
+
+
+def test_another_body_under_the_same_request_id_is_refused(env: Env) -> None:
+    assert env.engine.execute(env.request(request_id="same-1")).status == "granted"
+    other = env.request(
+        request_id="same-1",
+        identity={"email": "mallory@example.com", "public_key": BOX_PUBLIC},
+    )
+    before = ours(env.root)
+    refused = env.engine.execute(other)
+    assert refused.status == "refused" and refused.field == "request_id"
+    assert ours(env.root) == before
+
+
+def test_revoke_before_grant_double_revoke_and_late_grant(env: Env) -> None:
+    revoke = env.request("revoke", request_id="early-1")
+    first = env.engine.execute(revoke)
+    assert first.status == "revoked" and first.message and "nothing to revoke" in first.message
+    late = env.engine.execute(env.request(request_id="early-1"))
+    assert late.status == "refused" and late.field == "request_id"
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == []
+    assert env.engine.execute(revoke).status == "revoked"
+
+
+def test_revoke_then_redelivered_grant_is_refused(env: Env) -> None:
+    grant = env.request(request_id="again-1")
+    assert env.engine.execute(grant).status == "granted"
+    assert env.engine.execute(env.request("revoke", request_id="again-1")).status == "revoked"
+    again = env.engine.execute(grant)
+    assert again.status == "refused"
+    assert [n for n in ours(env.root) if not n.startswith(f"{PREFIX}x-")] == []
+
+
+def test_overlapping_grants_are_independent(env: Env) -> None:
+    one = env.engine.execute(env.request(request_id="ov-1", duration="10m"))
+    two = env.engine.execute(env.request(request_id="ov-2", duration="1h"))
+    assert one.principal != two.principal
+    env.engine.execute(env.request("revoke", request_id="ov-1"))
+    assert not env.can_login(env.credentials(one.sealed_credentials))
+    env.login(env.credentials(two.sealed_credentials)).close()
+
+
+def test_revoke_is_frozen_at_grant_time_when_the_catalog_changes(
+    make_env: Callable[..., Env],
+) -> None:
+    before = make_env()
+    outcome = before.engine.execute(before.request(request_id="frozen-1", permission="read-write"))
+    creds = before.credentials(outcome.sealed_credentials)
+    # The permission is gone from the catalog and the other one now covers other keys.
+    after = make_env(
+        catalog_doc(**{"read-write": {"template": "read-only", "resources": [OTHER_KEYS]}})
+    )
+    revoke = after.engine.execute(after.request("revoke", request_id="frozen-1"))
+    assert revoke.status == "revoked" and revoke.verified
+    assert not after.can_login(creds)
+
+
+def test_sweep_revokes_what_expired_and_later_forgets_tombstones(env: Env) -> None:
+    short = env.engine.execute(env.request(request_id="sw-1", duration="5m"))
+    long = env.engine.execute(env.request(request_id="sw-2", duration="2h"))
+    env.now[0] += timedelta(minutes=6)
+    report = env.engine.sweep()
+    assert report.revoked == [short.grant_id] and report.ok
+    assert not env.can_login(env.credentials(short.sealed_credentials))
+    env.login(env.credentials(long.sealed_credentials)).close()
+    tombstones = [n for n in ours(env.root) if n.startswith(f"{PREFIX}x-")]
+    assert tombstones == [f"{PREFIX}x-{short.grant_id}"]
+    assert label_of(env.root, tombstones[0])[3] == "t"
+    env.now[0] += timedelta(hours=3)
+    report = env.engine.sweep()
+    assert report.revoked == [long.grant_id]
+    assert short.grant_id in report.forgotten
+    assert ours(env.root) == [f"{PREFIX}x-{long.grant_id}"]
+
+
+def test_users_the_connector_did_not_create_are_never_changed(env: Env) -> None:
+    grant = env.engine.execute(env.request(request_id="mine-1"))
+    assert grant.principal is not None and grant.grant_id is not None
+    past = int((datetime.now(UTC) - timedelta(days=1)).timestamp())
+    # A forgery: our name scheme, our label format with a grant id and an expiry in the past,
+    # but no valid MAC (whoever wrote it has ACL rights but not the connector's key).
+    forged = f"{PREFIX}gzzzzzzzzzzzzzzzzzzzzzzzz"
+    label = f"&jitc1:{INTEGRATION}:gzzzzzzzzzzzzzzzzzzzzzzzz:a:{past}:read-only:abcdefgh:forged"
+    stranger = f"{PREFIX}stranger"
+    acl(env.root, "SETUSER", forged, "on", ">x", "~*", label, "+@all")
+    acl(env.root, "SETUSER", stranger, "on", ">y", "~*", "+get")
+    # The genuine label copied onto another user: the MAC binds it to its own user name.
+    copy = f"{PREFIX}gaaaaaaaaaaaaaaaaaaaaaaaa"
+    genuine = acl(env.root, "GETUSER", grant.principal)["channels"].split()[0]
+    acl(env.root, "SETUSER", copy, "on", ">z", genuine)
+    strangers = (forged, stranger, copy)
+    before = {n: acl(env.root, "GETUSER", n) for n in strangers}
+    try:
+        env.now[0] += timedelta(hours=1)
+        report = env.engine.sweep()
+        assert report.revoked == [grant.grant_id]
+        assert env.engine.execute(env.request("revoke", request_id="mine-1")).status == "revoked"
+        assert {n: acl(env.root, "GETUSER", n) for n in strangers} == before
+    finally:
+        acl(env.root, "DELUSER", *strangers)
+
+
+def test_a_user_that_already_has_the_grants_name_is_refused_and_left_alone(env: Env) -> None:
+    request = env.request(request_id="clash-1")
+    name = f"{PREFIX}{derive_grant_id(INTEGRATION, 'clash-1')}"
+    acl(env.root, "SETUSER", name, "on", ">company", "~*", "+@read")
+    before = acl(env.root, "GETUSER", name)
+    outcome = env.engine.execute(request)
+    assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
+    revoke = env.engine.execute(env.request("revoke", request_id="clash-1"))
+    assert revoke.status == "revoked" and "nothing to revoke" in str(revoke.message)
+    assert acl(env.root, "GETUSER", name) == before
+
+
+def test_a_catalog_edit_cannot_send_the_admin_password_in_the_clear() -> None:
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["host"] = "redis.example.com"
+    with pytest.raises(CatalogError, match="allow_insecure_transport"):
+        parse_catalog(doc)
+    doc["integrations"][INTEGRATION]["connection"]["allow_insecure_transport"] = True
+    assert any("tls false" in w for w in catalog_warnings(parse_catalog(doc)))
+    assert any("tls false" in w for w in catalog_warnings(parse_catalog(catalog_doc())))
+
+
+def test_hostile_catalog_rules_are_refused_when_the_catalog_loads() -> None:
+    for commands in (
+        ["+@admin"],
+        ["+@dangerous"],
+        ["+config|get"],
+        ["+acl"],
+        ["+module"],
+        ["+debug"],
+        ["+get", "~*"],
+        ["on"],
+        ["nopass"],
+        ["allcommands"],
+        ["+get (~* +@all)"],
+        ["+get >password"],
+        ["+function"],
+        ["+function|load"],
+        ["+function|flush"],
+    ):
+        with pytest.raises(CatalogError):
+            parse_catalog(catalog_doc(bad={"commands": commands, "resources": [KEYS]}))
+    with pytest.raises(CatalogError):
+        parse_catalog(
+            catalog_doc(bad={"template": "read-only", "channels": ["a b"], "resources": [KEYS]})
+        )
+
+
+def test_hostile_requests_are_refused_with_the_server_unchanged(env: Env) -> None:
+    before = sorted(acl(env.root, "LIST"))
+    for resources in ([f"{KEYS} ~*"], ["*"], [f"t{RUN}:app:* +@all"], ["~*"], ["%RW~*"]):
+        with pytest.raises(Refused):
+            env.request(resources=resources)
+    outcome = env.engine.execute(env.request(resources=[KEYS, KEYS]))
+    assert outcome.status == "refused" and outcome.field == "resources"
+    outcome = env.engine.execute(env.request(resources=["unlisted:*"]))
+    assert outcome.status == "refused" and outcome.field == "resources[0]"
+    assert sorted(acl(env.root, "LIST")) == before
+
+
+def test_privileged_permission_alone_reaches_administration(env: Env) -> None:
+    outcome = env.engine.execute(env.request(permission="admin"))
+    user = env.login(env.credentials(outcome.sealed_credentials))
+    assert user.config_get("maxmemory")
+    user.close()
+
+
+def test_secrets_never_reach_events_or_outcomes(env: Env) -> None:
+    outcome = env.engine.execute(env.request(request_id="canary-1"))
+    creds = env.credentials(outcome.sealed_credentials)
+    env.engine.execute(env.request("revoke", request_id="canary-1"))
+    bad = make_bad_env_outcome(env)
+    text = json.dumps(
+        [e.model_dump(mode="json") for e in env.sink.events]
+        + [o.model_dump(mode="json") for o in env.sink.outcomes]
+        + [bad]
+    )
+    assert ADMIN_PASSWORD not in text
+    assert creds["password"] not in text
+
+
+def make_bad_env_outcome(env: Env) -> dict[str, Any]:
+    """A failing connection (a wrong password) must not echo the password it tried."""
+    engine = Engine(
+        parse_catalog(catalog_doc()),
+        SecretStores(
+            {"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong", "label": LABEL_KEY})}
+        ),
+        NullScheduler(),
+        env.sink,
+    )
+    outcome = engine.execute(env.request())
+    assert outcome.status == "failed"
+    assert ADMIN_PASSWORD not in (outcome.message or "")
+    return outcome.model_dump(mode="json")
+
+
+def test_grant_ids_are_those_of_the_requests(env: Env) -> None:
+    outcome = env.engine.execute(env.request(request_id="gid-1"))
+    assert outcome.grant_id == derive_grant_id(INTEGRATION, "gid-1")
+
+
+def test_all_commands_without_privileged_still_reach_no_administration(
+    make_env: Callable[..., Env],
+) -> None:
+    env = make_env(catalog_doc(everything={"commands": ["+@all"], "resources": [KEYS]}))
+    creds = env.credentials(
+        env.engine.execute(env.request(permission="everything")).sealed_credentials
+    )
+    user = env.login(creds)
+    user.set(f"t{RUN}:app:all", "1")
+    for command in (["CONFIG", "GET", "*"], ["ACL", "SETUSER", "x"], ["FLUSHALL"], ["SHUTDOWN"]):
+        verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+        assert "no permissions" in verdict, command
+    user.close()
+
+
+def test_inventory_lists_users_and_databases_from_the_server(env: Env) -> None:
+    outcome = env.engine.execute(env.request())
+    integration = env.engine.catalog.integration(INTEGRATION)
+    session = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    inventory = session.inventory()
+    session.close()
+    assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]
+    assert inventory["databases"] == sorted(env.root.info("keyspace"))
+
+
+def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> None:
+    key = LabelKey.from_secret("k")
+    gid = derive_grant_id("x", "y")
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    label = Label("redis-a", gid, "active", expires, "read-only", "0123456789abcdef")
+    text = encode_label(key, "redis", "jit-a", label)
+    assert decode_label(key, "redis", "jit-a", text) == label
+    assert decode_label(key, "redis", "jit-b", text) is None  # copied to another user
+    assert decode_label(LabelKey.from_secret("other"), "redis", "jit-a", text) is None
+    assert decode_label(key, "rabbitmq", "jit-a", text) is None  # another target kind
+    tampered = text.replace(":a:", ":t:")
+    assert decode_label(key, "redis", "jit-a", tampered) is None
+    for bad in (
+        Label("redis:a", gid, "active", expires, "read-only", "0123456789abcdef"),
+        Label("redis-a", gid, "active", expires, "read:only", "0123456789abcdef"),
+        Label("redis-a", gid, "active", expires, "read-only", "01234567:9abcdef"),
+    ):
+        with pytest.raises(ValueError):
+            encode_label(key, "redis", "jit-a", bad)

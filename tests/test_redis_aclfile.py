@@ -1,0 +1,151 @@
+"""ACL SAVE on a private Redis that keeps its users in an ACL file: grants and tombstones survive
+a restart there. (A private server, started on a free port in a temporary directory, so that the
+shared one is never restarted.)"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import Work, parse_request
+from jitc.secrets import EnvSecretStore, SecretStores
+
+LABEL_KEY = secrets.token_urlsafe(32)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Private:
+    def __init__(self, directory: Path, aclfile: bool) -> None:
+        self.port = _free_port()
+        self.dir = directory
+        self.aclfile = aclfile
+        if aclfile:
+            (directory / "users.acl").write_text("user default on nopass ~* &* +@all\n")
+
+    def start(self) -> None:
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+        ]
+        args += ["--save", "", "--appendonly", "no", "--daemonize", "yes"]
+        args += ["--pidfile", str(self.dir / "redis.pid")]
+        if self.aclfile:
+            args += ["--aclfile", str(self.dir / "users.acl")]
+        subprocess.run(args, check=True, capture_output=True)
+        for _ in range(100):
+            try:
+                self.client().ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, retry=Retry(NoBackoff(), 0))
+
+    def stop(self) -> None:
+        with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN closes the connection
+            self.client().shutdown(nosave=True)
+        for _ in range(100):
+            try:
+                self.client().ping()
+            except redis.ConnectionError:
+                return
+            time.sleep(0.05)
+
+
+@pytest.fixture(params=[True, False], ids=["aclfile", "no-aclfile"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Private]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed here")
+    private = Private(tmp_path, request.param)
+    private.start()
+    yield private
+    private.stop()
+
+
+def engine(port: int) -> Engine:
+    doc = {
+        "connector": {"label_key": "mem:label"},
+        "integrations": {
+            "redis-private": {
+                "kind": "redis",
+                "connection": {"host": "127.0.0.1", "port": port, "tls": False},
+                "max_duration": "8h",
+                "permissions": {"read-only": {"template": "read-only", "resources": ["k:*"]}},
+            }
+        },
+    }
+    stores = SecretStores({"mem": EnvSecretStore({"label": LABEL_KEY})})
+    return Engine(parse_catalog(doc), stores, NullScheduler(), MemorySink())
+
+
+def request(action: str, request_id: str) -> Any:
+    doc: dict[str, Any] = {
+        "request_id": request_id,
+        "action": action,
+        "integration": "redis-private",
+    }
+    if action == "grant":
+        doc.update(
+            permission="read-only",
+            resources=["k:*"],
+            identity={"email": "a@example.com"},
+            duration="30m",
+        )
+    return parse_request(json.dumps(doc))
+
+
+def test_a_restart_keeps_grants_and_tombstones_only_with_an_acl_file(server: Private) -> None:
+    eng = engine(server.port)
+    now = datetime.now(UTC)
+    granted = eng.execute_batch([Work(request("grant", "keep-1"), now)], plain=True)[0]
+    early = eng.execute(request("revoke", "early-1"))  # a tombstone: the late grant is refused
+    assert granted.status == "granted" and early.status == "revoked"
+    if server.aclfile:
+        saved = (server.dir / "users.acl").read_text()
+        assert f"user {granted.principal} on" in saved and "x-" in saved
+
+    server.stop()
+    server.start()
+    eng = engine(server.port)
+    users = server.client().execute_command("ACL", "USERS")
+    if server.aclfile:
+        assert granted.principal in users
+        late = eng.execute_batch([Work(request("grant", "early-1"), now)], plain=True)[0]
+        assert late.status == "refused" and late.field == "request_id"
+        assert eng.execute(request("revoke", "keep-1")).verified is True
+        assert granted.principal not in (server.dir / "users.acl").read_text()
+    else:
+        # Without an ACL file a restart forgets every user made at run time: the grant has
+        # ended (fail closed), and so has the tombstone, so a late grant would be made again.
+        assert users == ["default"]
+        late = eng.execute_batch([Work(request("grant", "early-1"), now)], plain=True)[0]
+        assert late.status == "granted"
