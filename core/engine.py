@@ -173,10 +173,12 @@ class Engine:
         """
         outcomes: list[Outcome] = []
         with self._batch() as batch:
-            # Grants made ahead whose outcome `proceed` then cuts off are redelivered and found.
-            self._grant_ahead(batch, items, plain)
+            if proceed is None or proceed():
+                self._grant_ahead(batch, items, plain)
             for work in items:
-                if proceed is not None and not proceed():
+                # A grant already made ahead costs no more target time: report it.
+                done = work.request.target_grant_id in batch.ahead
+                if not done and proceed is not None and not proceed():
                     break
                 outcomes.append(self._run(batch, work, plain))
         return outcomes

@@ -8,6 +8,8 @@ enough of the PostgreSQL protocol to ask for the password in the clear and recor
 
 from __future__ import annotations
 
+import base64
+
 import contextlib
 import json
 import socket
@@ -34,6 +36,7 @@ HOST = "127.0.0.2"
 def _catalog(connection: dict[str, Any], connector: dict[str, Any] | None = None) -> Any:
     return parse_catalog(
         {
+            "control_plane": {"keys": {"cp": base64.b64encode(bytes(32)).decode()}},
             "connector": connector or {},
             "integrations": {
                 "db": {
@@ -93,7 +96,8 @@ def test_catalog_warnings_name_each_relaxed_setting() -> None:
     ):
         assert needle in text, needle
     strict = _catalog({"host": "db.example.com"}, {"label_key": "mem:label"})
-    assert catalog_warnings(strict) == []
+    # `mem:` is this test's own secret store, which the catalog cannot know of.
+    assert [w for w in catalog_warnings(strict) if "secret scheme 'mem'" not in w] == []
 
 
 class CleartextAsker:
