@@ -206,6 +206,7 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         except psycopg.Error as exc:
             raise DemoFailed(f"cannot create schema {schema}: {why(exc)}") from None
         state["schema"] = schema
+        state["role_prefix"] = connection["role_prefix"]
         admin.execute(
             sql.SQL("CREATE TABLE {}.greetings (word text)").format(sql.Identifier(schema))
         )
@@ -350,5 +351,18 @@ def _clean_up(
     if schema is not None:
         with contextlib.suppress(psycopg.Error):
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    prefix = state.get("role_prefix")
+    if prefix is not None:
+        # The permission's bundle role outlives its members by design; this run's can go.
+        with contextlib.suppress(psycopg.Error):
+            rows = admin.execute(
+                "SELECT rolname FROM pg_catalog.pg_roles WHERE NOT rolcanlogin "
+                "AND pg_catalog.starts_with(rolname, %s)",
+                (prefix,),
+            ).fetchall()
+            for (name,) in rows:
+                role = sql.Identifier(name)
+                admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                admin.execute(sql.SQL("DROP ROLE {}").format(role))
     admin.close()
     events_path.unlink(missing_ok=True)
