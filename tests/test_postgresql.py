@@ -579,3 +579,13 @@ def test_parallel_workers_share_one_bundle_and_a_racing_revoke_always_wins(env: 
                 pytest.fail(f"grant succeeded after a revoke that found nothing: {outcomes}")
         assert not name or not env.can_login(name)
     assert len(our_roles(env.admin)) == 4  # the par- grants only
+
+
+def test_a_configured_label_key_that_is_empty_or_short_fails_instead_of_signing_weakly(
+    make_env: Any,
+) -> None:
+    for key in ("", "short"):
+        env = keyed(make_env, key=key)
+        outcome = env.engine.execute(env.request(request_id=f"weak-{len(key)}"))
+        assert outcome.status == "failed" and "label key" in str(outcome.message), outcome
+        assert our_roles(env.admin) == []
