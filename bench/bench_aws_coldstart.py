@@ -48,6 +48,8 @@ INIT = {
 }
 CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
 CATALOG = """
+connector:
+  label_key: aws-sm:jitc/label#key
 integrations:
   orders-db:
     kind: postgresql

@@ -201,11 +201,6 @@ def _own_secret(connector: Connector, ref: SecretRef) -> bool:
 def catalog_warnings(catalog: Catalog) -> list[str]:
     """Settings that are allowed but relaxed, for `jitc catalog check` to print."""
     found = []
-    if catalog.connector.label_key is None:
-        found.append(
-            "connector.label_key is not set: labels in targets can be forged by anyone who can "
-            "write a comment there, and a redelivered grant rotates its password"
-        )
     for name, integration in catalog.integrations.items():
         relaxed = getattr(integration.connection, "warnings", None)
         for text in relaxed() if relaxed is not None else []:
@@ -248,6 +243,11 @@ def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
             raise CatalogError(
                 f"{where}: credentials: {credentials} is one of the connector's own keys; "
                 "it is never sent to a target"
+            )
+        if getattr(template, "uses_label_key", False) and not raw.connector.label_key:
+            raise CatalogError(
+                f"{where}: connector.label_key is required: kind {item.kind!r} writes labels "
+                "in the target that, without a secret key, anyone who can write there could forge"
             )
         integrations[name] = Integration(
             name=name,

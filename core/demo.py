@@ -3,6 +3,7 @@ revoke end the open session, refuse a new login, and sweep to find nothing left.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import json
@@ -110,16 +111,21 @@ def _story(dsn: str, where: str, seconds: int) -> None:
     admin = psycopg.connect(dsn, autocommit=True)
     sign_private, sign_public = signing_keypair()
     box_private, box_public = box_keypair()
+    prefix = f"jitd{os.urandom(3).hex()}_"
     connection = {
         "host": params.get("host", "127.0.0.1"),
         "port": int(params.get("port", 5432)),
         "dbname": params.get("dbname", "postgres"),
         "user": params.get("user", "postgres"),
         "terminate_wait_seconds": 5,
+        # Each run signs with a fresh label key, so it takes a fresh prefix: an earlier run's
+        # roles are not this run's and would be refused as such.
+        "role_prefix": prefix,
     }
     catalog = parse_catalog(
         {
             "control_plane": {"keys": {"demo": sign_public}},
+            "connector": {"label_key": "mem:label"},
             "integrations": {
                 "demo-postgres": {
                     "kind": "postgresql",
@@ -134,7 +140,8 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         },
         "demo catalog",
     )
-    secrets = SecretStores({"mem": EnvSecretStore({"admin": password or ""})})
+    label_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    secrets = SecretStores({"mem": EnvSecretStore({"admin": password or "", "label": label_key})})
     sink = MemorySink()
     fd, events_path = tempfile.mkstemp(prefix="jitc-demo-events-", suffix=".jsonl")
     os.close(fd)
@@ -268,4 +275,12 @@ def _story(dsn: str, where: str, seconds: int) -> None:
             admin.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA))
             )
+        with contextlib.suppress(psycopg.Error):
+            rows = admin.execute(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)
+            ).fetchall()
+            for (name,) in rows:  # this run's roles only: its own prefix
+                role = sql.Identifier(name)
+                admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
         admin.close()

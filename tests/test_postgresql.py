@@ -12,6 +12,7 @@ import pytest
 from pgtest import (
     BOX_PUBLIC,
     INTEGRATION,
+    LABEL_KEY,
     PG_DSN,
     PREFIX,
     SCHEMA,
@@ -27,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from jitc.catalog import parse_catalog
 from jitc.errors import CatalogError
+from jitc.labels import LabelKey
 
 
 def _table(name: str = "items") -> sql.Composed:
@@ -120,13 +122,12 @@ def test_redelivered_grant_lands_on_the_same_role_with_the_same_credentials(
     env.login(env.credentials(first.sealed_credentials)).close()
 
 
-def test_redelivery_without_a_label_key_rotates_the_password(env: Env) -> None:
-    request = env.request(request_id="dup-2")
-    first = env.engine.execute(request)
-    second = env.engine.execute(request)
-    assert second.reissued and second.principal == first.principal
-    old, new = (env.credentials(o.sealed_credentials)["password"] for o in (first, second))
-    assert old != new
+def test_a_catalog_without_a_label_key_is_refused_naming_the_field() -> None:
+    doc = catalog_doc()
+    del doc["connector"]
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(doc)
+    assert "connector.label_key" in str(err.value) and repr(INTEGRATION) in str(err.value)
 
 
 def test_double_revoke_and_revoke_before_grant_succeed_and_leave_no_access(env: Env) -> None:
@@ -355,7 +356,9 @@ def test_catalog_statements_with_unknown_placeholders_are_refused() -> None:
 
 def test_inventory_lists_roles_databases_schemas(env: Env) -> None:
     integration = env.catalog.integration(INTEGRATION)
-    session = integration.template.open(INTEGRATION, integration.connection, None)
+    session = integration.template.open(
+        INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+    )
     try:
         inventory = session.inventory()
     finally:
@@ -384,7 +387,7 @@ def test_canary_secrets_never_leak(make_env: Any, caplog: pytest.LogCaptureFixtu
 
 
 class CountingStore:
-    """A secret store that counts how often it is asked."""
+    """A secret store that counts how often it is asked for the admin credential."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -392,6 +395,8 @@ class CountingStore:
     def resolve(self, ref: Any) -> Any:
         from jitc.secrets import Secret
 
+        if ref.location == "label":
+            return Secret(LABEL_KEY)
         self.calls += 1
         return Secret("")
 

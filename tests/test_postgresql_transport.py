@@ -34,7 +34,7 @@ HOST = "127.0.0.2"
 def _catalog(connection: dict[str, Any], connector: dict[str, Any] | None = None) -> Any:
     return parse_catalog(
         {
-            "connector": connector or {},
+            "connector": connector or {"label_key": "mem:label"},
             "integrations": {
                 "db": {
                     "kind": "postgresql",
@@ -85,7 +85,6 @@ def test_catalog_warnings_name_each_relaxed_setting() -> None:
     )
     text = "\n".join(catalog_warnings(catalog))
     for needle in (
-        "label_key",
         "sslmode require",
         "require_auth none",
         "channel_binding",
@@ -157,7 +156,7 @@ def asker() -> Iterator[CleartextAsker]:
 
 def _grant(connection: dict[str, Any]) -> Any:
     catalog = _catalog(connection)
-    store = SecretStores({"mem": EnvSecretStore({"admin": CANARY})})
+    store = SecretStores({"mem": EnvSecretStore({"admin": CANARY, "label": "t" * 32})})
     engine = Engine(catalog, store, NullScheduler(), MemorySink())
     request = {
         "request_id": "t-1",

@@ -292,11 +292,9 @@ class PostgreSQLTemplate:
         integration: str,
         connection: Settings,
         secret: Secret | None,
-        label_key: LabelKey | None = None,
+        label_key: LabelKey,
     ) -> PostgreSQLSession:
         from jitc.templates.postgresql_session import PostgreSQLSession
 
         assert isinstance(connection, Connection)
-        return PostgreSQLSession(
-            integration, connection, secret, label_key or LabelKey.from_secret(None)
-        )
+        return PostgreSQLSession(integration, connection, secret, label_key)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -488,8 +487,7 @@ class PostgreSQLSession:
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
     def _password(self, spec: GrantSpec) -> str:
-        derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
-        return derived or secrets.token_urlsafe(24)
+        return self.key.password(self.integration, spec.grant_id, spec.request_digest)
 
     def _regrant(self, spec: GrantSpec, role: _Role) -> GrantResult:
         label = self._ours(role)
@@ -509,18 +507,7 @@ class PostgreSQLSession:
             )
         password = None
         if label.get("mode") == "ephemeral":
-            derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
-            if derived is None:
-                # Without a label key the first password cannot be computed again: a redelivery
-                # is then the only outcome that may reach the requester, so it rotates.
-                password = secrets.token_urlsafe(24)
-                self.conn.execute(
-                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                        sql.Identifier(role.name), sql.Literal(scram_verifier(password))
-                    )
-                )
-            else:
-                password = derived  # the same credentials again: a replay changes nothing
+            password = self._password(spec)  # the same credentials again: a replay changes nothing
         expires = datetime.fromisoformat(label["expires_at"])
         credentials = self._credentials(role.name, password, spec)
         if credentials is not None:
