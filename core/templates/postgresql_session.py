@@ -616,7 +616,9 @@ class PostgreSQLSession:
 
     def _reach(self, name: str) -> list[tuple[str, bool, bool]]:
         """Every role `name` is a member of, directly or through groups, itself included:
-        (name, privileged, one of this connector's roles)."""
+        (name, privileged, one of this connector's roles). A role that holds ADMIN OPTION on
+        any membership counts as privileged: a member could grant that role to itself or to
+        anyone, and such a grant outlives ours."""
         rows = self.conn.execute(
             "WITH RECURSIVE up(oid) AS ("
             "  SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) %s"
@@ -624,7 +626,9 @@ class PostgreSQLSession:
             "  SELECT m.roleid FROM pg_catalog.pg_auth_members m"
             "  JOIN up ON m.member OPERATOR(pg_catalog.=) up.oid) "
             "SELECT r.rolname::pg_catalog.text, r.rolsuper OR r.rolcreaterole OR r.rolreplication "
-            "  OR r.rolbypassrls OR r.rolcreatedb, "
+            "  OR r.rolbypassrls OR r.rolcreatedb OR EXISTS (SELECT 1 FROM "
+            "  pg_catalog.pg_auth_members a WHERE a.member OPERATOR(pg_catalog.=) r.oid "
+            "  AND a.admin_option), "
             "  pg_catalog.shobj_description(r.oid, 'pg_authid') "
             "FROM up JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) up.oid",
             (name,),
@@ -654,7 +658,8 @@ class PostgreSQLSession:
                     raise Refused(
                         f"resources[{index}]",
                         f"group role {group!r} reaches {name!r}, which is a superuser, a role "
-                        "manager, the admin, one of this connector's roles or a denied role",
+                        "manager, holds ADMIN OPTION, is the admin, one of this connector's "
+                        "roles or a denied role",
                     )
 
     # -- revoke ----------------------------------------------------------------------------
