@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+import secrets
 import statistics
 import subprocess
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from jitc.local import MemorySink, NullScheduler
 from jitc.messages import Work, parse_request
 from jitc.models import AccessRequest, utcnow
 from jitc.sealing import box_keypair
-from jitc.secrets import local_stores
+from jitc.secrets import EnvSecretStore, SecretStores
 
 DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PUBLIC_KEY = box_keypair()[1]
@@ -31,6 +32,7 @@ PUBLIC_KEY = box_keypair()[1]
 def catalog(integration: str, prefix: str, schema: str = "public") -> Catalog:
     return parse_catalog(
         {
+            "connector": {"label_key": "mem:label"},
             "integrations": {
                 integration: {
                     "kind": "postgresql",
@@ -45,7 +47,7 @@ def catalog(integration: str, prefix: str, schema: str = "public") -> Catalog:
                         "read-only": {"template": "read-only", "resources": [schema]},
                     },
                 }
-            }
+            },
         },
         "bench",
     )
@@ -59,7 +61,11 @@ def engine(
 ) -> tuple[Engine, MemorySink]:
     sink = MemorySink()
     eng = Engine(
-        catalog(integration, prefix, schema), local_stores(), NullScheduler(), sink, clock=clock
+        catalog(integration, prefix, schema),
+        SecretStores({"mem": EnvSecretStore({"label": secrets.token_urlsafe(32)})}),
+        NullScheduler(),
+        sink,
+        clock=clock,
     )
     return eng, sink
 

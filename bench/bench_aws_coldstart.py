@@ -48,7 +48,8 @@ INIT = {
 }
 CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
 # As Terraform ships it: the catalog as JSON.
-CATALOG = """{"integrations": {"orders-db": {"kind": "postgresql",
+CATALOG = """{"connector": {"label_key": "aws-sm:jitc/label#key"},
+  "integrations": {"orders-db": {"kind": "postgresql",
   "connection": {"host": "127.0.0.1", "dbname": "test", "user": "postgres"},
   "credentials": "aws-sm:jitc/pg-admin#password",
   "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}}}}}"""

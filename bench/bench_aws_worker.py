@@ -147,12 +147,14 @@ def main() -> None:
     sm.create_secret(
         Name="jitc/pg-admin", SecretString=json.dumps({"password": "unused-trust-auth"})
     )
+    sm.create_secret(Name="jitc/label", SecretString=json.dumps({"key": "bench-label-key-" * 2}))
     private, public = signing_keypair()
     box_public = box_keypair()[1]
     folder = tempfile.mkdtemp()
     catalog_path = Path(folder) / "catalog.yaml"
     catalog_path.write_text(json.dumps({
         "control_plane": {"keys": {"cp": public}},
+        "connector": {"label_key": "aws-sm:jitc/label#key"},
         "integrations": {INTEGRATION: {
             "kind": "postgresql",
             "connection": {

@@ -210,11 +210,6 @@ def catalog_warnings(catalog: Catalog) -> list[str]:
     found = []
     if not catalog.control_plane.keys:
         found.append("control_plane.keys is empty: no request can be accepted over HTTP")
-    if catalog.connector.label_key is None:
-        found.append(
-            "connector.label_key is not set: labels in targets can be forged by anyone who can "
-            "write a comment there, and a redelivered grant rotates its password"
-        )
     refs: list[tuple[str, object]] = [
         (f"integration {i.name!r}: credentials", i.credentials)
         for i in catalog.integrations.values()
@@ -275,6 +270,11 @@ def parse_catalog(doc: Any, source: str = "catalog") -> Catalog:
             raise CatalogError(
                 f"{where}: credentials: {credentials} is one of the connector's own keys; "
                 "it is never sent to a target"
+            )
+        if getattr(template, "uses_label_key", False) and not raw.connector.label_key:
+            raise CatalogError(
+                f"{where}: connector.label_key is required: kind {item.kind!r} writes labels "
+                "in the target that, without a secret key, anyone who can write there could forge"
             )
         integrations[name] = Integration(
             name=name,

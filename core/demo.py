@@ -7,6 +7,7 @@ drops only what it created, and revokes its grant when it is interrupted or fail
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import json
@@ -150,6 +151,7 @@ def _story(dsn: str, where: str, seconds: int) -> None:
     schema, integration = f"jitc_demo_{run}", f"demo-{run}"
     sign_private, sign_public = signing_keypair()
     box_private, box_public = box_keypair()
+    prefix = f"jitd{os.urandom(3).hex()}_"
     connection = {
         "host": params.get("host", "127.0.0.1"),
         "port": int(params.get("port", 5432)),
@@ -161,6 +163,7 @@ def _story(dsn: str, where: str, seconds: int) -> None:
     catalog = parse_catalog(
         {
             "control_plane": {"keys": {"demo": sign_public}},
+            "connector": {"label_key": "mem:label"},
             "integrations": {
                 integration: {
                     "kind": "postgresql",
@@ -175,7 +178,9 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         },
         "demo catalog",
     )
-    store = SecretStores({"mem": EnvSecretStore({"admin": password or ""})})
+    # Each run signs its labels with a fresh key (and has its own role prefix).
+    label_key = secrets.token_urlsafe(32)
+    store = SecretStores({"mem": EnvSecretStore({"admin": password or "", "label": label_key})})
     sink = MemorySink()
     fd, events_name = tempfile.mkstemp(prefix="jitc-demo-events-", suffix=".jsonl")
     os.close(fd)

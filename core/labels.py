@@ -18,9 +18,6 @@ from typing import Any
 
 PREFIX = "jitc:"
 VERSION = 2
-# Without a configured key labels still carry a MAC, under this public key: they then guard
-# against damage, not against forgery, and `jitc catalog check` says so.
-UNKEYED = b"jitc unkeyed label key: set connector.label_key"
 
 
 @dataclass(frozen=True)
@@ -28,13 +25,14 @@ class LabelKey:
     """The connector's label secret, with one derived key per use so no two uses share a key."""
 
     secret: bytes
-    keyed: bool
 
     @classmethod
-    def from_secret(cls, value: str | None) -> LabelKey:
-        if not value:
-            return cls(UNKEYED, keyed=False)
-        return cls(value.encode(), keyed=True)
+    def from_secret(cls, value: str) -> LabelKey:
+        # A public or empty key would let anyone who can write a comment forge a label; the
+        # catalog requires the key for every template that labels.
+        if len(value) < 16:
+            raise ValueError("a label key needs 16 characters or more")
+        return cls(value.encode())
 
     def _derive(self, purpose: str) -> bytes:
         return hmac.new(self.secret, f"jitc {purpose}".encode(), hashlib.sha256).digest()
@@ -54,11 +52,9 @@ class LabelKey:
         digest = hmac.new(self._derive(purpose), value.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
-    def password(self, *parts: str) -> str | None:
+    def password(self, *parts: str) -> str:
         """A password that every delivery of one grant computes alike, so a redelivery can hand
-        out the credentials again without changing them; None without a configured key."""
-        if not self.keyed:
-            return None
+        out the credentials again without changing them."""
         message = "\0".join(parts).encode()
         digest = hmac.new(self._derive("password"), message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pgtest import PG_DSN, SCHEMA, Env, catalog_doc, drop_our_roles
+from pgtest import LABEL_KEY, PG_DSN, SCHEMA, Env, catalog_doc, drop_our_roles
 from psycopg import sql
 
 from jitc.catalog import parse_catalog
@@ -61,7 +61,7 @@ def make_env(admin: psycopg.Connection[Any]) -> Iterator[Callable[..., Env]]:
         now = [datetime.now(UTC)]
         engine = Engine(
             catalog,
-            SecretStores({"mem": EnvSecretStore({"admin": secret})}),
+            SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
             NullScheduler(),
             sink,
             clock=lambda: now[0],

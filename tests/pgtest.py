@@ -112,6 +112,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
     }
     default_permissions.update(permissions)
     return {
+        "connector": {"label_key": "mem:label"},
         "integrations": {
             INTEGRATION: {
                 "kind": "postgresql",
@@ -127,7 +128,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
                 "max_duration": "8h",
                 "permissions": default_permissions,
             }
-        }
+        },
     }
 
 
@@ -183,9 +184,8 @@ class Env:
 
 
 def keyed(make_env: Any, doc: dict[str, Any] | None = None, key: str = LABEL_KEY) -> Env:
-    """An Env whose catalog names a label key (connector.label_key), as a deployment should."""
+    """An Env whose label key (connector.label_key) is `key`."""
     doc = doc or catalog_doc()
-    doc.setdefault("connector", {})["label_key"] = "mem:label"
     env: Env = make_env(doc)  # the fixture drops this run's roles afterwards
     store = SecretStores({"mem": EnvSecretStore({"admin": "", "label": key})})
     env.engine = Engine(env.catalog, store, NullScheduler(), env.sink, clock=env.engine.clock)

@@ -23,7 +23,7 @@ def _doc(**integration: Any) -> dict[str, Any]:
         "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}},
     }
     base.update(integration)
-    return {"integrations": {"billing-db": base}}
+    return {"connector": {"label_key": "env:JITC_LABEL_KEY"}, "integrations": {"billing-db": base}}
 
 
 def test_example_catalog_loads_and_offers_what_the_readme_says() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pgtest import INTEGRATION, SCHEMA, catalog_doc, our_roles
+from pgtest import INTEGRATION, LABEL_KEY, SCHEMA, catalog_doc, our_roles
 
 ROOT = Path(__file__).resolve().parent.parent
 JITC = [sys.executable, "-m", "jitc.cli"]
@@ -35,10 +35,20 @@ def jitc(
     )
 
 
+def _cli_catalog_doc(tmp_path: Path) -> dict[str, Any]:
+    """The test catalog with a label key in a file only this user reads, as the CLI resolves."""
+    key = tmp_path / "label.key"
+    key.write_text(LABEL_KEY)  # the key the other tests sign this run's bundles with
+    key.chmod(0o600)
+    doc = catalog_doc()
+    doc["connector"] = {"label_key": f"file:{key}"}
+    doc["integrations"][INTEGRATION]["credentials"] = None
+    return doc
+
+
 @pytest.fixture
 def catalog_file(tmp_path: Path, admin: Any) -> Path:
-    doc = catalog_doc()
-    doc["integrations"][INTEGRATION]["credentials"] = None
+    doc = _cli_catalog_doc(tmp_path)
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -102,8 +112,7 @@ def test_plan_grant_revoke_exit_codes(tmp_path: Path, catalog_file: Path, admin:
 
 
 def test_failure_exits_1(tmp_path: Path, admin: Any) -> None:
-    doc = catalog_doc()
-    doc["integrations"][INTEGRATION].update(credentials=None)
+    doc = _cli_catalog_doc(tmp_path)
     doc["integrations"][INTEGRATION]["connection"]["port"] = 1
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -148,8 +157,7 @@ def _free_port() -> int:
 def test_serve_and_send(tmp_path: Path, admin: Any) -> None:
     key = tmp_path / "cp.key"
     public = jitc("keygen", "--signing", "--out", str(key)).stdout.strip()
-    doc = catalog_doc()
-    doc["integrations"][INTEGRATION]["credentials"] = None
+    doc = _cli_catalog_doc(tmp_path)
     doc["control_plane"] = {"keys": {"cp-1": public}}
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump(doc))

@@ -83,6 +83,7 @@ def _login(pg: dict[str, Any], user: str, password: str) -> psycopg.Connection[A
 def test_wrong_admin_secret_fails_without_leaking_it(scram_pg: dict[str, Any]) -> None:
     catalog = parse_catalog(
         {
+            "connector": {"label_key": "mem:label"},
             "integrations": {
                 "scram": {
                     "kind": "postgresql",
@@ -92,13 +93,15 @@ def test_wrong_admin_secret_fails_without_leaking_it(scram_pg: dict[str, Any]) -
                         "read-only": {"template": "read-only", "resources": ["public"]}
                     },
                 }
-            }
+            },
         }
     )
     wrong = "WRONG-canary-password"
     engine = Engine(
         catalog,
-        SecretStores({"mem": EnvSecretStore({"admin": wrong})}),
+        SecretStores(
+            {"mem": EnvSecretStore({"admin": wrong, "label": "label-key-for-private-cluster"})}
+        ),
         NullScheduler(),
         MemorySink(),
     )

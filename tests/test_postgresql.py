@@ -12,6 +12,7 @@ import pytest
 from pgtest import (
     BOX_PUBLIC,
     INTEGRATION,
+    LABEL_KEY,
     PG_DSN,
     PREFIX,
     SCHEMA,
@@ -27,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from jitc.catalog import parse_catalog
 from jitc.errors import CatalogError
+from jitc.labels import LabelKey
 
 
 def _table(name: str = "items") -> sql.Composed:
@@ -120,13 +122,12 @@ def test_redelivered_grant_lands_on_the_same_role_with_the_same_credentials(
     env.login(env.credentials(first.sealed_credentials)).close()
 
 
-def test_redelivery_without_a_label_key_rotates_the_password(env: Env) -> None:
-    request = env.request(request_id="dup-2")
-    first = env.engine.execute(request)
-    second = env.engine.execute(request)
-    assert second.reissued and second.principal == first.principal
-    old, new = (env.credentials(o.sealed_credentials)["password"] for o in (first, second))
-    assert old != new
+def test_a_catalog_without_a_label_key_is_refused_naming_the_field() -> None:
+    doc = catalog_doc()
+    del doc["connector"]
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(doc)
+    assert "connector.label_key" in str(err.value) and repr(INTEGRATION) in str(err.value)
 
 
 def test_double_revoke_and_revoke_before_grant_succeed_and_leave_no_access(env: Env) -> None:
@@ -355,7 +356,9 @@ def test_catalog_statements_with_unknown_placeholders_are_refused() -> None:
 
 def test_inventory_lists_roles_databases_schemas(env: Env) -> None:
     integration = env.catalog.integration(INTEGRATION)
-    session = integration.template.open(INTEGRATION, integration.connection, None)
+    session = integration.template.open(
+        INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+    )
     try:
         inventory = session.inventory()
     finally:
@@ -384,7 +387,7 @@ def test_canary_secrets_never_leak(make_env: Any, caplog: pytest.LogCaptureFixtu
 
 
 class CountingStore:
-    """A secret store that counts how often it is asked."""
+    """A secret store that counts how often it is asked for the admin credential."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -392,6 +395,8 @@ class CountingStore:
     def resolve(self, ref: Any) -> Any:
         from jitc.secrets import Secret
 
+        if ref.location == "label":
+            return Secret(LABEL_KEY)
         self.calls += 1
         return Secret("")
 
@@ -579,3 +584,28 @@ def test_parallel_workers_share_one_bundle_and_a_racing_revoke_always_wins(env: 
                 pytest.fail(f"grant succeeded after a revoke that found nothing: {outcomes}")
         assert not name or not env.can_login(name)
     assert len(our_roles(env.admin)) == 4  # the par- grants only
+
+
+def test_a_configured_label_key_that_is_empty_or_short_fails_instead_of_signing_weakly(
+    make_env: Any,
+) -> None:
+    for key in ("", "short"):
+        env = keyed(make_env, key=key)
+        outcome = env.engine.execute(env.request(request_id=f"weak-{len(key)}"))
+        assert outcome.status == "failed" and "label key" in str(outcome.message), outcome
+        assert our_roles(env.admin) == []
+
+
+def test_a_table_created_after_the_bundle_is_covered_from_the_next_grant(env: Env) -> None:
+    first = env.engine.execute(env.request(request_id="later-1"))
+    env.admin.execute(sql.SQL("CREATE TABLE {} (x int)").format(_table("later")))
+    env.admin.execute(sql.SQL("INSERT INTO {} VALUES (7)").format(_table("later")))
+    second = env.engine.execute(env.request(request_id="later-2"))
+    for outcome in (second, first):  # the bundle is shared: the earlier grant sees it too
+        with env.login(env.credentials(outcome.sealed_credentials)) as session:
+            row = session.execute(sql.SQL("SELECT x FROM {}").format(_table("later"))).fetchone()
+            assert row == (7,)
+    bundles = env.admin.execute(
+        "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
+    ).fetchone()
+    assert bundles == (1,)

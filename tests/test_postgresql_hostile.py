@@ -510,6 +510,31 @@ def test_membership_refuses_a_group_that_reaches_power_through_nesting(
                 h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def test_membership_refuses_a_group_that_holds_admin_option_somewhere_in_reach(
+    hostile: Hostile,
+) -> None:
+    """g_top -> g_mid, and g_mid may administer h_payroll: a member of g_top could grant
+    h_payroll to itself, a grant no revoke of ours would see."""
+    h = hostile
+    roles = ("g_top", "g_mid", "eve", "h_payroll")
+    for role in roles:
+        h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    try:
+        h.admin.execute("CREATE ROLE eve LOGIN")
+        for role in ("g_top", "g_mid", "h_payroll"):
+            h.admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        h.admin.execute("GRANT g_mid TO g_top")
+        h.admin.execute("GRANT h_payroll TO g_mid WITH ADMIN OPTION")
+        outcome = h.grant("nest-admin-option", permission="analyst", resources=["g_top"])
+        assert outcome.status == "refused" and outcome.field == "resources[0]", outcome.message
+        assert "ADMIN OPTION" in str(outcome.message)
+        with h.connect("eve") as eve, pytest.raises(psycopg.Error):
+            eve.execute("GRANT h_payroll TO eve")
+    finally:
+        for role in roles:
+            h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
 # -- item 8: membership mode says verified only when access is gone --------------------------
 
 

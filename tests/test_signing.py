@@ -149,6 +149,7 @@ def test_an_old_signed_revoke_still_runs_but_an_old_grant_does_not() -> None:
     catalog = parse_catalog(
         {
             "control_plane": {"keys": {"k": PUBLIC}, "max_message_age": "1h"},
+            "connector": {"label_key": "env:JITC_LABEL_KEY"},
             "integrations": {
                 "db": {
                     "kind": "postgresql",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -488,8 +487,7 @@ class PostgreSQLSession:
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
     def _password(self, spec: GrantSpec) -> str:
-        derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
-        return derived or secrets.token_urlsafe(24)
+        return self.key.password(self.integration, spec.grant_id, spec.request_digest)
 
     def _regrant(self, spec: GrantSpec, role: _Role) -> GrantResult:
         label = self._ours(role)
@@ -509,18 +507,7 @@ class PostgreSQLSession:
             )
         password = None
         if label.get("mode") == "ephemeral":
-            derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
-            if derived is None:
-                # Without a label key the first password cannot be computed again: a redelivery
-                # is then the only outcome that may reach the requester, so it rotates.
-                password = secrets.token_urlsafe(24)
-                self.conn.execute(
-                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                        sql.Identifier(role.name), sql.Literal(scram_verifier(password))
-                    )
-                )
-            else:
-                password = derived  # the same credentials again: a replay changes nothing
+            password = self._password(spec)  # the same credentials again: a replay changes nothing
         expires = datetime.fromisoformat(label["expires_at"])
         credentials = self._credentials(role.name, password, spec)
         if credentials is not None:
@@ -629,7 +616,9 @@ class PostgreSQLSession:
 
     def _reach(self, name: str) -> list[tuple[str, bool, bool]]:
         """Every role `name` is a member of, directly or through groups, itself included:
-        (name, privileged, one of this connector's roles)."""
+        (name, privileged, one of this connector's roles). A role that holds ADMIN OPTION on
+        any membership counts as privileged: a member could grant that role to itself or to
+        anyone, and such a grant outlives ours."""
         rows = self.conn.execute(
             "WITH RECURSIVE up(oid) AS ("
             "  SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) %s"
@@ -637,7 +626,9 @@ class PostgreSQLSession:
             "  SELECT m.roleid FROM pg_catalog.pg_auth_members m"
             "  JOIN up ON m.member OPERATOR(pg_catalog.=) up.oid) "
             "SELECT r.rolname::pg_catalog.text, r.rolsuper OR r.rolcreaterole OR r.rolreplication "
-            "  OR r.rolbypassrls OR r.rolcreatedb, "
+            "  OR r.rolbypassrls OR r.rolcreatedb OR EXISTS (SELECT 1 FROM "
+            "  pg_catalog.pg_auth_members a WHERE a.member OPERATOR(pg_catalog.=) r.oid "
+            "  AND a.admin_option), "
             "  pg_catalog.shobj_description(r.oid, 'pg_authid') "
             "FROM up JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) up.oid",
             (name,),
@@ -667,7 +658,8 @@ class PostgreSQLSession:
                     raise Refused(
                         f"resources[{index}]",
                         f"group role {group!r} reaches {name!r}, which is a superuser, a role "
-                        "manager, the admin, one of this connector's roles or a denied role",
+                        "manager, holds ADMIN OPTION, is the admin, one of this connector's "
+                        "roles or a denied role",
                     )
 
     # -- revoke ----------------------------------------------------------------------------

@@ -464,10 +464,13 @@ def deploy(
         Rule="all", EventBusName="jitc-events", Targets=[{"Id": "copy", "Arn": events_arn}]
     )
     sm.create_secret(Name="jitc/pg-admin", SecretString=json.dumps({"password": admin_secret}))
+    # The PostgreSQL template signs its labels: the catalog must name a label key.
+    sm.create_secret(Name="jitc/label", SecretString=json.dumps({"key": uuid.uuid4().hex * 2}))
 
     sign_private, sign_public = signing_keypair()
     box_private, box_public = box_keypair()
     doc = {"control_plane": {"keys": {"cp1": sign_public}}, **catalog_doc}
+    doc["connector"] = {"label_key": "aws-sm:jitc/label#key", **doc.get("connector", {})}
     # As Terraform ships it: the reviewed YAML's data, as JSON.
     catalog_path = tmp_path / "catalog.json"
     catalog_path.write_text(json.dumps(doc))
