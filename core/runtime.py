@@ -27,7 +27,7 @@ from jitc.http_intake import HttpServer, intake_app
 from jitc.intake import Intake
 from jitc.journal import Journal
 from jitc.local import ThreadScheduler
-from jitc.messages import Work, decode_message
+from jitc.messages import Work, decode_message, request_of
 from jitc.models import AuditEvent, utcnow
 from jitc.openapi import openapi_document
 from jitc.ports import EventSink
@@ -217,11 +217,16 @@ class LocalRuntime:
             done: list[_Item] = []
             for item in items:
                 try:
-                    work.append(decode_message(item.text, self.engine.catalog, time.time()))
+                    # A journaled request was verified before it went into the journal, which
+                    # only this user can write: a key rotated since must not drop it.
+                    work.append(
+                        decode_message(item.text, self.engine.catalog, time.time(), verified=True)
+                    )
                     runnable.append(item)
                 except Refused as exc:
-                    # Never retried: it cannot become valid. Recorded, like a dead letter.
-                    self._audit_refusal(exc)
+                    # Never retried: it cannot become valid. Recorded, like a dead letter,
+                    # with the ids the control plane waits on when the message names them.
+                    self._refuse(item, exc)
                     done.append(item)
                 except Exception:  # a message no code path expected must not stop the worker
                     log.exception("message could not be decoded; recorded as refused")
@@ -248,6 +253,16 @@ class LocalRuntime:
                 tries = attempts.get(item.text, 0)
                 attempts[item.text] = tries + 1
                 self._retry(source, item, RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)])
+
+    def _refuse(self, item: _Item, exc: Refused) -> None:
+        request = request_of(item.text)
+        if request is None:
+            self._audit_refusal(exc)
+            return
+        try:
+            self.engine.refuse(request, exc)
+        except Exception:
+            log.exception("could not record the refusal of %s", request.request_id)
 
     def _audit_refusal(self, exc: Refused) -> None:
         try:
