@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import importlib
 import json
 import logging
@@ -155,28 +156,72 @@ def _status(outcome: Outcome) -> int:
     return {"refused": EXIT_REFUSED, "failed": EXIT_FAILED}.get(outcome.status, EXIT_OK)
 
 
-def _write_private(path: str, text: str) -> None:
+def _create_private(path: str) -> int:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise Refused("out", f"{path} exists; it is not overwritten") from None
     except OSError as exc:
         raise Refused("out", f"cannot create {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as fh:
+
+
+def _write_private(path: str, text: str) -> None:
+    with os.fdopen(_create_private(path), "w") as fh:
         fh.write(text + "\n")
 
 
-def _show(outcome: Outcome, args: argparse.Namespace, sink: _CheckedSink | None = None) -> int:
-    out = getattr(args, "out", None)
-    if out and outcome.sealed_credentials:
-        _write_private(out, outcome.sealed_credentials)
+class _OutFile:
+    """The --out file, created before the grant is made: a grant whose credentials could not be
+    written anywhere would be a password nobody can use, and a re-run would issue another."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._fd = _create_private(path) if path else None
+        self.error: str | None = None
+
+    def write(self, text: str) -> bool:
+        if self._fd is None:
+            return False
+        fd, self._fd = self._fd, None
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text + "\n")
+        except OSError as exc:
+            self.error = f"could not write {self.path}: {exc.strerror or exc}"
+            return False
+        return True
+
+    def discard(self) -> None:
+        """Nothing to write (refused or failed): remove the empty file this command created."""
+        if self._fd is not None and self.path:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+def _show(
+    outcome: Outcome,
+    args: argparse.Namespace,
+    sink: _CheckedSink | None = None,
+    out_file: _OutFile | None = None,
+) -> int:
+    out = None
+    if out_file is not None:
+        if outcome.sealed_credentials and out_file.write(outcome.sealed_credentials):
+            out = out_file.path
+        out_file.discard()
     code = _status(outcome)
+    if out_file is not None and out_file.error and code == EXIT_OK:
+        code = EXIT_FAILED
     if sink is not None and sink.error and code == EXIT_OK:
         code = EXIT_FAILED
     if args.json:
         doc = outcome.model_dump(mode="json", exclude_none=True)
         if sink is not None and sink.error:
             doc["sink_error"] = sink.error
+        if out_file is not None and out_file.error:
+            doc["out_error"] = out_file.error
         print(json.dumps(doc, indent=2))
         return code
     head = f"{outcome.status}: {outcome.action} {outcome.request_id}"
@@ -204,6 +249,8 @@ def _show(outcome: Outcome, args: argparse.Namespace, sink: _CheckedSink | None 
         print(f"  left: {item}")
     if outcome.verified is not None:
         print(f"  access verified gone: {'yes' if outcome.verified else 'NO'}")
+    if out_file is not None and out_file.error:
+        print(f"  WARNING: {out_file.error}; the sealed credentials are shown above instead")
     if sink is not None and sink.error:
         print(f"  WARNING: {sink.error}; the action above was done")
     return code
@@ -242,8 +289,13 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.command == "plan":
         # The operator previews statements; how credentials would travel is not the question.
         return _show(engine.plan(request, plain=True), args)
-    outcome = engine.execute(request, plain=getattr(args, "plain", False))
-    return _show(outcome, args, sink)
+    out_file = _OutFile(getattr(args, "out", None))
+    try:
+        outcome = engine.execute(request, plain=getattr(args, "plain", False))
+    except BaseException:
+        out_file.discard()
+        raise
+    return _show(outcome, args, sink, out_file)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

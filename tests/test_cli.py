@@ -460,3 +460,31 @@ def test_a_missing_extra_is_named_before_anything_runs(tmp_path: Path, catalog_f
         "pip install 'jit-connector[postgresql]'" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_grant_with_an_out_file_it_cannot_create_makes_no_grant(
+    tmp_path: Path, catalog_file: Path, admin: Any
+) -> None:
+    public = jitc("keygen", "--box", "--out", str(tmp_path / "box.key")).stdout.strip()
+    req = request(tmp_path, identity={"email": "op@example.com", "public_key": public})
+    taken = tmp_path / "taken.sealed"
+    taken.write_text("someone else's\n")
+    before = set(our_roles(admin))
+    for out in (taken, tmp_path / "no" / "such" / "dir.sealed"):
+        result = jitc("grant", req, "--catalog", str(catalog_file), "--out", str(out))
+        assert result.returncode == 2 and "out" in result.stderr, result.stderr
+        assert set(our_roles(admin)) == before  # refused before anything was granted
+    assert taken.read_text() == "someone else's\n"
+    fresh = tmp_path / "fresh.sealed"
+    made = jitc("grant", req, "--catalog", str(catalog_file), "--out", str(fresh))
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert oct(fresh.stat().st_mode & 0o777) == "0o600"
+    opened = jitc("open", str(fresh), "--key", str(tmp_path / "box.key"))
+    assert opened.returncode == 0 and json.loads(opened.stdout)["password"]
+    refused = request(tmp_path, identity={"email": "op@example.com", "public_key": public})
+    refused_doc = json.loads(Path(refused).read_text())
+    refused_doc["permission"] = "no-such-permission"
+    Path(refused).write_text(json.dumps(refused_doc))
+    empty = tmp_path / "refused.sealed"
+    result = jitc("grant", refused, "--catalog", str(catalog_file), "--out", str(empty))
+    assert result.returncode == 2 and not empty.exists()  # no empty file left behind
