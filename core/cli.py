@@ -583,11 +583,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def report_timers() -> None:
         if runtime.timers_ready.wait() and runtime.timers_rebuilt_at is not None:
             took = runtime.timers_rebuilt_at - runtime.started_at
+            unread = dict(runtime.timers_unread)
             print(
                 f"  {runtime.timers_rebuilt} expiry timer(s) rebuilt from the targets "
                 f"{took:.2f}s after start",
                 flush=True,
             )
+            for name, reason in unread.items():
+                print(f"  not rebuilt for {name}: {reason} (trying again)", flush=True)
+            if unread and runtime.timers_complete.wait() and runtime.timers_back_at is not None:
+                took = runtime.timers_back_at - runtime.started_at
+                print(
+                    f"  every target's expiry timers rebuilt ({runtime.timers_rebuilt} in all) "
+                    f"{took:.2f}s after start",
+                    flush=True,
+                )
 
     threading.Thread(target=report_timers, daemon=True).start()
     while not stop.wait(0.5):
