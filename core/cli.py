@@ -541,6 +541,21 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_REFUSED if status < 500 else EXIT_FAILED
 
 
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`| head`): what is left to say goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _say(*parts: object) -> None:
+    """serve's report: a closed stdout must not stop serve, nor its clean shutdown."""
+    try:
+        print(*parts, flush=True)
+    except BrokenPipeError:
+        _quiet_stdout()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from jitc.runtime import LocalRuntime
 
@@ -573,52 +588,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     pending_at_start = len(runtime.journal.pending())
     runtime.start()
-    print(f"jit-connector listening on {runtime.url}/v1/requests", flush=True)
-    print(
+    _say(f"jit-connector listening on {runtime.url}/v1/requests")
+    _say(
         f"  journal {args.journal}: {pending_at_start} accepted request(s) to replay; "
-        "rebuilding the expiry timers from the targets and sweeping now",
-        flush=True,
+        "rebuilding the expiry timers from the targets and sweeping now"
     )
 
     def report_timers() -> None:
         if runtime.timers_ready.wait() and runtime.timers_rebuilt_at is not None:
             took = runtime.timers_rebuilt_at - runtime.started_at
             unread = dict(runtime.timers_unread)
-            print(
+            _say(
                 f"  {runtime.timers_rebuilt} expiry timer(s) rebuilt from the targets "
-                f"{took:.2f}s after start",
-                flush=True,
+                f"{took:.2f}s after start"
             )
             for name, reason in unread.items():
-                print(f"  not rebuilt for {name}: {reason} (trying again)", flush=True)
+                _say(f"  not rebuilt for {name}: {reason} (trying again)")
             if unread and runtime.timers_complete.wait() and runtime.timers_back_at is not None:
                 took = runtime.timers_back_at - runtime.started_at
-                print(
+                _say(
                     f"  every target's expiry timers rebuilt ({runtime.timers_rebuilt} in all) "
-                    f"{took:.2f}s after start",
-                    flush=True,
+                    f"{took:.2f}s after start"
                 )
 
     threading.Thread(target=report_timers, daemon=True).start()
     while not stop.wait(0.5):
         pass
-    print("stopping: no new requests; finishing the batches in flight ...", flush=True)
+    _say("stopping: no new requests; finishing the batches in flight ...")
     left = runtime.stop()
-    print(
+    _say(
         f"stopped. {len(left.journal)} accepted request(s) not done yet, kept in "
-        f"{args.journal} for the next start",
-        flush=True,
+        f"{args.journal} for the next start"
     )
     timers = sorted(left.timers.items(), key=lambda kv: kv[1])
     if timers:
-        print(
+        _say(
             f"{len(timers)} live grant(s); each target enforces its own expiry meanwhile, "
             "and the next start revokes what is due:"
         )
     for grant_id, at in timers[:SHOWN]:
-        print(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
+        _say(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
     if len(timers) > SHOWN:
-        print(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
+        _say(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
     return EXIT_OK
 
 
@@ -800,8 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     except BrokenPipeError:
         # The reader went away (`| head`): nothing left to say, and nothing to say it to.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _quiet_stdout()
         return EXIT_FAILED
 
 
@@ -830,6 +840,8 @@ def _main(argv: list[str]) -> int:
     except Refused as exc:
         _fail(as_json, "refused", exc.field, exc.message)
         return EXIT_REFUSED
+    except BrokenPipeError:
+        raise  # not a failure of the command: main ends quietly
     except (JitcError, OSError) as exc:
         _fail(as_json, "failed", None, str(exc))
         return EXIT_FAILED

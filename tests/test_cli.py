@@ -348,15 +348,59 @@ def test_catalog_check_takes_a_path_warns_and_keeps_the_catalogs_units(tmp_path:
 
 
 def test_output_to_a_closed_pipe_is_no_traceback() -> None:
-    proc = subprocess.Popen(
-        f"{sys.executable} -m jitc.cli schema | head -c 10 >/dev/null",
-        shell=True,
+    for command in ("schema | head -c 10", "catalog check examples/catalog.yaml | head -1"):
+        proc = subprocess.Popen(
+            f"{sys.executable} -m jitc.cli {command} >/dev/null",
+            shell=True,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, err = proc.communicate(timeout=60)
+        assert err == "", (command, err)
+
+
+def test_serve_whose_stdout_reader_went_away_keeps_serving_and_stops_cleanly(
+    tmp_path: Path, catalog_file: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    journal = tmp_path / "journal.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != "JITC_CATALOG"}
+    server = subprocess.Popen(
+        [
+            *JITC,
+            "serve",
+            "--catalog",
+            str(catalog_file),
+            "--port",
+            "0",
+            "--events",
+            str(events),
+            "--journal",
+            str(journal),
+        ],
         cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    _, err = proc.communicate(timeout=60)
-    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        server.stdout.close()  # `jitc serve | head -1`
+        while '"type":"sweep"' not in (events.read_text() if events.exists() else ""):
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.1)  # the timers were reported (to nobody), then the sweep ran
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0 and "Traceback" not in err, err
+    # it stopped cleanly: the journal is free for the next serve
+    from jitc.journal import Journal
+
+    Journal(journal).close()
 
 
 def test_demo_with_a_bad_dsn_says_why_in_one_line() -> None:
