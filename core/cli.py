@@ -100,8 +100,8 @@ class _CheckedSink:
         if events and events != "-":
             path = Path(events)
             try:
-                with path.open("a", encoding="utf-8"):
-                    pass
+                # Events name identities and grants: readable by the connector's user only.
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
             except OSError as exc:
                 raise Refused("events", f"cannot write {events}: {exc.strerror}") from None
             self._inner = JsonLinesSink(path=path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -90,7 +91,9 @@ class JsonLinesSink:
         line = json.dumps(doc, separators=(",", ":"), default=str)
         with self._lock:
             if self._path is not None:
-                with self._path.open("a", encoding="utf-8") as fh:
+                # Events name identities and grants: a new file is the connector user's only.
+                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "a", encoding="utf-8") as fh:
                     fh.write(line + "\n")
             else:
                 stream = self._stream or sys.stderr

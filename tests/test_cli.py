@@ -532,3 +532,18 @@ def test_grant_with_an_out_file_it_cannot_create_makes_no_grant(
     empty = tmp_path / "refused.sealed"
     result = jitc("grant", refused, "--catalog", str(catalog_file), "--out", str(empty))
     assert result.returncode == 2 and not empty.exists()  # no empty file left behind
+
+
+def test_a_new_events_file_is_readable_by_its_owner_only(
+    tmp_path: Path, catalog_file: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    result = jitc("sweep", "--catalog", str(catalog_file), "--events", str(events))
+    assert result.returncode == 0, result.stderr
+    assert events.read_text() and oct(events.stat().st_mode & 0o777) == "0o600"
+    from jitc.local import JsonLinesSink
+    from jitc.models import AuditEvent
+
+    direct = tmp_path / "direct.jsonl"
+    JsonLinesSink(path=direct).audit(AuditEvent(type="sweep", status="revoked"))
+    assert oct(direct.stat().st_mode & 0o777) == "0o600"
