@@ -547,3 +547,35 @@ def test_a_new_events_file_is_readable_by_its_owner_only(
     direct = tmp_path / "direct.jsonl"
     JsonLinesSink(path=direct).audit(AuditEvent(type="sweep", status="revoked"))
     assert oct(direct.stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_events_file_that_runs_out_of_room_never_holds_a_cut_line(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    # A file size limit stands in for a full disk: the write that crosses it is cut short.
+    script = f"""
+import resource, signal, sys
+from pathlib import Path
+from jitc.local import JsonLinesSink
+from jitc.models import AuditEvent
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+sink = JsonLinesSink(path=Path({str(events)!r}))
+failures = 0
+for i in range(40):
+    try:
+        sink.audit(AuditEvent(type="sweep", status="revoked", message=f"record {{i}}"))
+    except OSError:
+        failures += 1
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+sink.audit(AuditEvent(type="sweep", status="revoked", message="after the disk has room"))
+print(failures)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 0  # the limit was reached
+    lines = events.read_text().splitlines()
+    docs = [json.loads(line) for line in lines]  # every line whole
+    assert docs[-1]["audit"]["message"] == "after the disk has room"
