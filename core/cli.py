@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import importlib
 import json
 import logging
@@ -97,8 +98,8 @@ class _CheckedSink:
         if events and events != "-":
             path = Path(events)
             try:
-                with path.open("a", encoding="utf-8"):
-                    pass
+                # Events name identities and grants: readable by the connector's user only.
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
             except OSError as exc:
                 raise Refused("events", f"cannot write {events}: {exc.strerror}") from None
             self._inner = JsonLinesSink(path=path)
@@ -153,28 +154,72 @@ def _status(outcome: Outcome) -> int:
     return {"refused": EXIT_REFUSED, "failed": EXIT_FAILED}.get(outcome.status, EXIT_OK)
 
 
-def _write_private(path: str, text: str) -> None:
+def _create_private(path: str) -> int:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise Refused("out", f"{path} exists; it is not overwritten") from None
     except OSError as exc:
         raise Refused("out", f"cannot create {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as fh:
+
+
+def _write_private(path: str, text: str) -> None:
+    with os.fdopen(_create_private(path), "w") as fh:
         fh.write(text + "\n")
 
 
-def _show(outcome: Outcome, args: argparse.Namespace, sink: _CheckedSink | None = None) -> int:
-    out = getattr(args, "out", None)
-    if out and outcome.sealed_credentials:
-        _write_private(out, outcome.sealed_credentials)
+class _OutFile:
+    """The --out file, created before the grant is made: a grant whose credentials could not be
+    written anywhere would be a password nobody can use, and a re-run would issue another."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._fd = _create_private(path) if path else None
+        self.error: str | None = None
+
+    def write(self, text: str) -> bool:
+        if self._fd is None:
+            return False
+        fd, self._fd = self._fd, None
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text + "\n")
+        except OSError as exc:
+            self.error = f"could not write {self.path}: {exc.strerror or exc}"
+            return False
+        return True
+
+    def discard(self) -> None:
+        """Nothing to write (refused or failed): remove the empty file this command created."""
+        if self._fd is not None and self.path:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+def _show(
+    outcome: Outcome,
+    args: argparse.Namespace,
+    sink: _CheckedSink | None = None,
+    out_file: _OutFile | None = None,
+) -> int:
+    out = None
+    if out_file is not None:
+        if outcome.sealed_credentials and out_file.write(outcome.sealed_credentials):
+            out = out_file.path
+        out_file.discard()
     code = _status(outcome)
+    if out_file is not None and out_file.error and code == EXIT_OK:
+        code = EXIT_FAILED
     if sink is not None and sink.error and code == EXIT_OK:
         code = EXIT_FAILED
     if args.json:
         doc = outcome.model_dump(mode="json", exclude_none=True)
         if sink is not None and sink.error:
             doc["sink_error"] = sink.error
+        if out_file is not None and out_file.error:
+            doc["out_error"] = out_file.error
         print(json.dumps(doc, indent=2))
         return code
     head = f"{outcome.status}: {outcome.action} {outcome.request_id}"
@@ -202,6 +247,8 @@ def _show(outcome: Outcome, args: argparse.Namespace, sink: _CheckedSink | None 
         print(f"  left: {item}")
     if outcome.verified is not None:
         print(f"  access verified gone: {'yes' if outcome.verified else 'NO'}")
+    if out_file is not None and out_file.error:
+        print(f"  WARNING: {out_file.error}; the sealed credentials are shown above instead")
     if sink is not None and sink.error:
         print(f"  WARNING: {sink.error}; the action above was done")
     return code
@@ -240,8 +287,13 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.command == "plan":
         # The operator previews statements; how credentials would travel is not the question.
         return _show(engine.plan(request, plain=True), args)
-    outcome = engine.execute(request, plain=getattr(args, "plain", False))
-    return _show(outcome, args, sink)
+    out_file = _OutFile(getattr(args, "out", None))
+    try:
+        outcome = engine.execute(request, plain=getattr(args, "plain", False))
+    except BaseException:
+        out_file.discard()
+        raise
+    return _show(outcome, args, sink, out_file)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -455,6 +507,21 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_REFUSED if status < 500 else EXIT_FAILED
 
 
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`| head`): what is left to say goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _say(*parts: object) -> None:
+    """serve's report: a closed stdout must not stop serve, nor its clean shutdown."""
+    try:
+        print(*parts, flush=True)
+    except BrokenPipeError:
+        _quiet_stdout()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from jitc.runtime import LocalRuntime
 
@@ -487,42 +554,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     pending_at_start = len(runtime.journal.pending())
     runtime.start()
-    print(f"jit-connector listening on {runtime.url}/v1/requests", flush=True)
-    print(
+    _say(f"jit-connector listening on {runtime.url}/v1/requests")
+    _say(
         f"  journal {args.journal}: {pending_at_start} accepted request(s) to replay; "
-        "rebuilding the expiry timers from the targets and sweeping now",
-        flush=True,
+        "rebuilding the expiry timers from the targets and sweeping now"
     )
 
     def report_timers() -> None:
         if runtime.timers_ready.wait() and runtime.timers_rebuilt_at is not None:
             took = runtime.timers_rebuilt_at - runtime.started_at
-            print(
+            unread = dict(runtime.timers_unread)
+            _say(
                 f"  {runtime.timers_rebuilt} expiry timer(s) rebuilt from the targets "
-                f"{took:.2f}s after start",
-                flush=True,
+                f"{took:.2f}s after start"
             )
+            for name, reason in unread.items():
+                _say(f"  not rebuilt for {name}: {reason} (trying again)")
+            if unread and runtime.timers_complete.wait() and runtime.timers_back_at is not None:
+                took = runtime.timers_back_at - runtime.started_at
+                _say(
+                    f"  every target's expiry timers rebuilt ({runtime.timers_rebuilt} in all) "
+                    f"{took:.2f}s after start"
+                )
 
     threading.Thread(target=report_timers, daemon=True).start()
     while not stop.wait(0.5):
         pass
-    print("stopping: no new requests; finishing the batches in flight ...", flush=True)
+    _say("stopping: no new requests; finishing the batches in flight ...")
     left = runtime.stop()
-    print(
+    _say(
         f"stopped. {len(left.journal)} accepted request(s) not done yet, kept in "
-        f"{args.journal} for the next start",
-        flush=True,
+        f"{args.journal} for the next start"
     )
     timers = sorted(left.timers.items(), key=lambda kv: kv[1])
     if timers:
-        print(
+        _say(
             f"{len(timers)} live grant(s); each target enforces its own expiry meanwhile, "
             "and the next start revokes what is due:"
         )
     for grant_id, at in timers[:SHOWN]:
-        print(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
+        _say(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
     if len(timers) > SHOWN:
-        print(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
+        _say(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
     return EXIT_OK
 
 
@@ -704,8 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     except BrokenPipeError:
         # The reader went away (`| head`): nothing left to say, and nothing to say it to.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _quiet_stdout()
         return EXIT_FAILED
 
 
@@ -734,6 +806,8 @@ def _main(argv: list[str]) -> int:
     except Refused as exc:
         _fail(as_json, "refused", exc.field, exc.message)
         return EXIT_REFUSED
+    except BrokenPipeError:
+        raise  # not a failure of the command: main ends quietly
     except (JitcError, OSError) as exc:
         _fail(as_json, "failed", None, str(exc))
         return EXIT_FAILED

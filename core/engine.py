@@ -317,6 +317,12 @@ class Engine:
                     outcomes[index] = outcome
         return [outcomes[index] for index in range(len(requests))]
 
+    def refuse(self, request: AccessRequest, exc: Refused) -> Outcome:
+        """Report a request refused before it reached the engine, as the engine reports its own."""
+        outcome = self._refusal(request, exc)
+        self._report(request, outcome)
+        return outcome
+
     def live_grants(self, names: Sequence[str] | None = None) -> dict[str, list[Grant] | str]:
         """The grants each target still holds that this connector made (the target is the
         ledger), by integration; an integration that cannot be read gives the reason instead."""

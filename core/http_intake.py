@@ -8,9 +8,11 @@ threads, and never more than the cap.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -149,12 +151,33 @@ class HttpServer:
         except Exception:  # the loop ends when stop() closes its sockets
             log.debug("HTTP loop ended", exc_info=True)
 
-    def stop(self) -> None:
-        """Stop accepting, close every connection, let running requests finish."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let running requests finish and their answers go out, then close.
+
+        A request that ran has its 202 sent before its connection is closed; one still being
+        received is dropped unanswered, which is right: it was not accepted.
+        """
         from waitress import wasyncore
 
         server = self._server
-        # The socket map belongs to the loop's thread: close it from there.
+        # The socket map belongs to the loop's thread: everything below runs there.
+        server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._thread.is_alive():
+            done = threading.Event()
+            server.trigger.pull_trigger(functools.partial(self._close_idle, done))
+            done.wait(timeout=1)
+            if not server.active_channels:
+                break
+            time.sleep(0.05)
         server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
         self._thread.join(timeout=10)
         server.task_dispatcher.shutdown(timeout=10)
+
+    def _close_idle(self, done: threading.Event) -> None:
+        """Close each connection with no request running once its answer is sent."""
+        for channel in list(self._server.active_channels.values()):
+            with channel.requests_lock:
+                if not channel.requests:
+                    channel.close_when_flushed = True
+        done.set()

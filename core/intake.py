@@ -84,7 +84,9 @@ class Intake:
         except Refused as exc:  # a durable queue that remembers what it was given: a replay
             return _error(409, exc)
         except Exception:
-            # Not queued, so not accepted: the control plane must send it again.
+            # Not queued, so not accepted: the control plane must send it again, the same
+            # signed request, which must then not look like a replay.
+            self.replay.forget(envelope)
             log.exception("request %s could not be queued", request.request_id)
             return Response(
                 503,

@@ -50,9 +50,10 @@ class Journal:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Request bodies name identities: readable by the connector's user only.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             # One owner at a time: two runtimes replaying one journal would run everything twice.
-            self._owner = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            # The lock is on the database file itself, so another name for it (a symlink, a
+            # relative path) meets the same lock, and there is no lock file to delete.
+            self._owner = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -90,12 +91,30 @@ class JsonLinesSink:
         line = json.dumps(doc, separators=(",", ":"), default=str)
         with self._lock:
             if self._path is not None:
-                with self._path.open("a", encoding="utf-8") as fh:
-                    fh.write(line + "\n")
+                self._append(self._path, (line + "\n").encode())
             else:
                 stream = self._stream or sys.stderr
                 stream.write(line + "\n")
                 stream.flush()
+
+    @staticmethod
+    def _append(path: Path, data: bytes) -> None:
+        """Append one whole line or nothing: a line cut short by a full disk would glue the next
+        record onto it, and a reader would lose both."""
+        # Events name identities and grants: a new file is the connector user's only.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            written = 0
+            try:
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            except OSError:
+                if written:
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
     def audit(self, event: AuditEvent) -> None:
         self._write({"audit": event.model_dump(mode="json", exclude_none=True)})

@@ -52,8 +52,13 @@ def parse_request(body: bytes | str) -> AccessRequest:
         raise Refused(field, message) from None
 
 
-def decode_message(text: str, catalog: Catalog, now: float) -> Work:
-    """Turn one queue message into work, verifying the control plane's signature on requests."""
+def decode_message(text: str, catalog: Catalog, now: float, *, verified: bool = False) -> Work:
+    """Turn one queue message into work, verifying the control plane's signature on requests.
+
+    `verified` is for a message whose signature was checked before it was written to storage
+    only the connector can write (the local journal): checking it again against the catalog of
+    a later start would drop a revoke accepted before a key rotation.
+    """
     try:
         doc = json.loads(text)
     except ValueError:
@@ -79,9 +84,21 @@ def decode_message(text: str, catalog: Catalog, now: float) -> Work:
         cp = catalog.control_plane
         # Age is checked below, for grants only: a revoke can only take access away, so one that
         # waited out an outage still runs rather than being dropped.
-        verify(envelope, cp.keys, now, max_age=math.inf, max_ahead=_seconds(cp.max_skew))
+        if not verified:
+            verify(envelope, cp.keys, now, max_age=math.inf, max_ahead=_seconds(cp.max_skew))
         request = parse_request(envelope.body)
         if request.action == "grant" and envelope.timestamp < now - _seconds(cp.max_message_age):
             raise Refused("timestamp", "request is too old")
         return Work(request, datetime.fromtimestamp(envelope.timestamp, UTC))
     raise Refused("kind", "expected 'request' or 'expire'")
+
+
+def request_of(text: str) -> AccessRequest | None:
+    """The request a message carries, unverified: only to name it in a refusal."""
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict) and doc.get("kind") == "request":
+            return parse_request(Envelope.from_json(doc.get("envelope")).body)
+    except (Refused, ValueError, TypeError, KeyError):
+        pass
+    return None

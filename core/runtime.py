@@ -27,7 +27,7 @@ from jitc.http_intake import HttpServer, intake_app
 from jitc.intake import Intake
 from jitc.journal import Journal
 from jitc.local import ThreadScheduler
-from jitc.messages import Work, decode_message
+from jitc.messages import Work, decode_message, request_of
 from jitc.models import AuditEvent, utcnow
 from jitc.openapi import openapi_document
 from jitc.ports import EventSink
@@ -36,6 +36,9 @@ from jitc.signing import Envelope, replay_key
 
 log = logging.getLogger("jitc.runtime")
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
+# A target unreadable at start leaves its grants without timers: tried again soon, not in an
+# interval, and often enough to notice it back, rarely enough to spare a target in trouble.
+STARTUP_RETRY_DELAYS = (1.0, 2.0, 2.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,10 @@ class LocalRuntime:
         self.started_at = 0.0
         self.timers_rebuilt_at: float | None = None
         self.timers_ready = threading.Event()  # set once the first rebuild has run
+        self.timers_complete = threading.Event()  # set once every target's timers are back
         self.timers_rebuilt = 0
+        self.timers_unread: dict[str, str] = {}  # integration -> why its timers are not back
+        self.timers_back_at: float | None = None
         self._stop = threading.Event()
         self._retries: set[threading.Timer] = set()
         self._retry_lock = threading.Lock()
@@ -217,11 +223,16 @@ class LocalRuntime:
             done: list[_Item] = []
             for item in items:
                 try:
-                    work.append(decode_message(item.text, self.engine.catalog, time.time()))
+                    # A journaled request was verified before it went into the journal, which
+                    # only this user can write: a key rotated since must not drop it.
+                    work.append(
+                        decode_message(item.text, self.engine.catalog, time.time(), verified=True)
+                    )
                     runnable.append(item)
                 except Refused as exc:
-                    # Never retried: it cannot become valid. Recorded, like a dead letter.
-                    self._audit_refusal(exc)
+                    # Never retried: it cannot become valid. Recorded, like a dead letter,
+                    # with the ids the control plane waits on when the message names them.
+                    self._refuse(item, exc)
                     done.append(item)
                 except Exception:  # a message no code path expected must not stop the worker
                     log.exception("message could not be decoded; recorded as refused")
@@ -248,6 +259,16 @@ class LocalRuntime:
                 tries = attempts.get(item.text, 0)
                 attempts[item.text] = tries + 1
                 self._retry(source, item, RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)])
+
+    def _refuse(self, item: _Item, exc: Refused) -> None:
+        request = request_of(item.text)
+        if request is None:
+            self._audit_refusal(exc)
+            return
+        try:
+            self.engine.refuse(request, exc)
+        except Exception:
+            log.exception("could not record the refusal of %s", request.request_id)
 
     def _audit_refusal(self, exc: Refused) -> None:
         try:
@@ -281,44 +302,80 @@ class LocalRuntime:
 
     # -- timers and sweep ------------------------------------------------------------------
 
-    def rebuild_timers(self) -> int:
-        """Schedule the revoke of every live grant at the expiry its target records."""
+    def rebuild_timers(self, names: list[str] | None = None) -> tuple[int, dict[str, str]]:
+        """Schedule the revoke of every live grant at the expiry its target records; say which
+        integrations could not be read, and why."""
         now = utcnow()
         scheduled = 0
-        for name, grants in self.engine.live_grants().items():
+        unread: dict[str, str] = {}
+        for name, grants in self.engine.live_grants(names).items():
             if isinstance(grants, str):
-                log.warning("timers of %s not rebuilt: %s", name, grants)
+                unread[name] = grants
                 continue
             for grant in grants:
                 if grant.state == "active" and grant.expires_at > now:
                     self.scheduler.schedule(grant.grant_id, name, grant.expires_at)
                     scheduled += 1
-        return scheduled
+        return scheduled, unread
+
+    def _rebuild(self, names: list[str] | None) -> dict[str, str]:
+        try:
+            count, unread = self.rebuild_timers(names)
+        except Exception as exc:
+            log.exception("rebuilding timers failed")
+            return {name: type(exc).__name__ for name in names or self.engine.catalog.integrations}
+        with self._retry_lock:
+            if not self.timers_complete.is_set():  # what serve reports: the start's rebuild
+                self.timers_rebuilt += count
+                self.timers_unread = dict(unread)
+        for name, reason in unread.items():
+            log.warning("timers of %s not rebuilt yet (retrying): %s", name, reason)
+        if names is not None and not unread:
+            log.info("timers of %s rebuilt: %d", ", ".join(names), count)
+        return unread
+
+    def _sweep(self) -> bool:
+        """Sweep; True when every target could be read."""
+        try:
+            report = self.engine.sweep()
+        except Exception:
+            log.exception("sweep failed")
+            return False
+        unread = set(report.failed) & set(self.engine.catalog.integrations)
+        return not unread
 
     def _maintain(self) -> None:
-        first = True
-        while first or not self._stop.wait(self.sweep_interval):
-            try:
-                count = self.rebuild_timers()
-                if first:
-                    self.timers_rebuilt = count
-                    self.timers_rebuilt_at = time.monotonic()
-                    log.info(
-                        "%d expiry timers rebuilt from the targets in %.2f s",
-                        count,
-                        self.timers_rebuilt_at - self.started_at,
-                    )
-            except Exception:
-                log.exception("rebuilding timers failed")
-            self.timers_ready.set()
-            first = False
-            if self._stop.is_set():
-                return
-            try:
-                self.engine.sweep()
-            except Exception:
-                log.exception("sweep failed")
+        """Timers and a sweep at start, then a sweep each interval. A target that cannot be read
+        is tried again within seconds, not an interval later: its grants' timers are missing."""
+        unread = self._rebuild(None)
+        self.timers_rebuilt_at = time.monotonic()
+        log.info(
+            "%d expiry timers rebuilt from the targets in %.2f s",
+            self.timers_rebuilt,
+            self.timers_rebuilt_at - self.started_at,
+        )
+        self.timers_ready.set()
+        while not self._stop.is_set():
+            swept = self._sweep()
+            tries = 0
+            while unread or not swept:
+                if self._stop.wait(STARTUP_RETRY_DELAYS[min(tries, len(STARTUP_RETRY_DELAYS) - 1)]):
+                    return
+                tries += 1
+                if unread:
+                    unread = self._rebuild(sorted(unread))
+                    if not unread and not self.timers_complete.is_set():
+                        self.timers_back_at = time.monotonic()
+                        self.timers_complete.set()
+                if not swept:
+                    swept = self._sweep()
+            if not self.timers_complete.is_set():
+                self.timers_back_at = time.monotonic()
+                self.timers_complete.set()
             try:
                 self.journal.prune(time.time() - 2 * self.intake.replay.window - 3600)
             except Exception:
                 log.exception("journal prune failed")
+            if self._stop.wait(self.sweep_interval):
+                return
+            unread = self._rebuild(None)

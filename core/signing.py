@@ -162,3 +162,8 @@ class ReplayGuard:
             if key in self._seen:
                 raise Refused("signature", "replayed request")
             self._seen[key] = float(envelope.timestamp)
+
+    def forget(self, envelope: Envelope) -> None:
+        """A request that was not accepted after all (it could not be queued) may come again."""
+        with self._lock:
+            self._seen.pop(replay_key(envelope), None)

@@ -41,18 +41,32 @@ class Serve:
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
 
-    def catalog(self, reachable: bool = True) -> Path:
+    def catalog(
+        self,
+        reachable: bool = True,
+        control_plane: dict[str, Any] | None = None,
+        pg_port: int | None = None,
+    ) -> Path:
         doc = catalog_doc()
+        if pg_port is not None:  # a port of the test's choosing in front of the database
+            doc["integrations"][INTEGRATION]["connection"]["port"] = pg_port
+            doc["integrations"][INTEGRATION]["connection"]["connect_timeout"] = 1
         doc["integrations"][INTEGRATION]["credentials"] = None
         if not reachable:  # the worker fails every message, as during a database outage
             doc["integrations"][INTEGRATION]["connection"]["port"] = 1
             doc["integrations"][INTEGRATION]["connection"]["connect_timeout"] = 1
-        doc["control_plane"] = {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
+        doc["control_plane"] = control_plane or {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
         path = self.folder / ("catalog.yaml" if reachable else "catalog-down.yaml")
         path.write_text(yaml.safe_dump(doc))
         return path
 
-    def start(self, *extra: str, reachable: bool = True) -> None:
+    def start(
+        self,
+        *extra: str,
+        reachable: bool = True,
+        control_plane: dict[str, Any] | None = None,
+        pg_port: int | None = None,
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if k != "JITC_CATALOG"}
         self.proc = subprocess.Popen(
             [
@@ -61,7 +75,7 @@ class Serve:
                 "jitc.cli",
                 "serve",
                 "--catalog",
-                str(self.catalog(reachable)),
+                str(self.catalog(reachable, control_plane, pg_port)),
                 "--port",
                 str(self.port),
                 "--events",

@@ -356,15 +356,59 @@ def test_catalog_check_takes_a_path_warns_and_keeps_the_catalogs_units(tmp_path:
 
 
 def test_output_to_a_closed_pipe_is_no_traceback() -> None:
-    proc = subprocess.Popen(
-        f"{sys.executable} -m jitc.cli schema | head -c 10 >/dev/null",
-        shell=True,
+    for command in ("schema | head -c 10", "catalog check examples/catalog.yaml | head -1"):
+        proc = subprocess.Popen(
+            f"{sys.executable} -m jitc.cli {command} >/dev/null",
+            shell=True,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, err = proc.communicate(timeout=60)
+        assert err == "", (command, err)
+
+
+def test_serve_whose_stdout_reader_went_away_keeps_serving_and_stops_cleanly(
+    tmp_path: Path, catalog_file: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    journal = tmp_path / "journal.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != "JITC_CATALOG"}
+    server = subprocess.Popen(
+        [
+            *JITC,
+            "serve",
+            "--catalog",
+            str(catalog_file),
+            "--port",
+            "0",
+            "--events",
+            str(events),
+            "--journal",
+            str(journal),
+        ],
         cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    _, err = proc.communicate(timeout=60)
-    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        server.stdout.close()  # `jitc serve | head -1`
+        while '"type":"sweep"' not in (events.read_text() if events.exists() else ""):
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.1)  # the timers were reported (to nobody), then the sweep ran
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0 and "Traceback" not in err, err
+    # it stopped cleanly: the journal is free for the next serve
+    from jitc.journal import Journal
+
+    Journal(journal).close()
 
 
 def test_demo_with_a_bad_dsn_says_why_in_one_line() -> None:
@@ -468,3 +512,78 @@ def test_a_missing_extra_is_named_before_anything_runs(tmp_path: Path, catalog_f
         "pip install 'jit-connector[postgresql]'" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_grant_with_an_out_file_it_cannot_create_makes_no_grant(
+    tmp_path: Path, catalog_file: Path, admin: Any
+) -> None:
+    public = jitc("keygen", "--box", "--out", str(tmp_path / "box.key")).stdout.strip()
+    req = request(tmp_path, identity={"email": "op@example.com", "public_key": public})
+    taken = tmp_path / "taken.sealed"
+    taken.write_text("someone else's\n")
+    before = set(our_roles(admin))
+    for out in (taken, tmp_path / "no" / "such" / "dir.sealed"):
+        result = jitc("grant", req, "--catalog", str(catalog_file), "--out", str(out))
+        assert result.returncode == 2 and "out" in result.stderr, result.stderr
+        assert set(our_roles(admin)) == before  # refused before anything was granted
+    assert taken.read_text() == "someone else's\n"
+    fresh = tmp_path / "fresh.sealed"
+    made = jitc("grant", req, "--catalog", str(catalog_file), "--out", str(fresh))
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert oct(fresh.stat().st_mode & 0o777) == "0o600"
+    opened = jitc("open", str(fresh), "--key", str(tmp_path / "box.key"))
+    assert opened.returncode == 0 and json.loads(opened.stdout)["password"]
+    refused = request(tmp_path, identity={"email": "op@example.com", "public_key": public})
+    refused_doc = json.loads(Path(refused).read_text())
+    refused_doc["permission"] = "no-such-permission"
+    Path(refused).write_text(json.dumps(refused_doc))
+    empty = tmp_path / "refused.sealed"
+    result = jitc("grant", refused, "--catalog", str(catalog_file), "--out", str(empty))
+    assert result.returncode == 2 and not empty.exists()  # no empty file left behind
+
+
+def test_a_new_events_file_is_readable_by_its_owner_only(
+    tmp_path: Path, catalog_file: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    result = jitc("sweep", "--catalog", str(catalog_file), "--events", str(events))
+    assert result.returncode == 0, result.stderr
+    assert events.read_text() and oct(events.stat().st_mode & 0o777) == "0o600"
+    from jitc.local import JsonLinesSink
+    from jitc.models import AuditEvent
+
+    direct = tmp_path / "direct.jsonl"
+    JsonLinesSink(path=direct).audit(AuditEvent(type="sweep", status="revoked"))
+    assert oct(direct.stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_events_file_that_runs_out_of_room_never_holds_a_cut_line(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    # A file size limit stands in for a full disk: the write that crosses it is cut short.
+    script = f"""
+import resource, signal, sys
+from pathlib import Path
+from jitc.local import JsonLinesSink
+from jitc.models import AuditEvent
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+sink = JsonLinesSink(path=Path({str(events)!r}))
+failures = 0
+for i in range(40):
+    try:
+        sink.audit(AuditEvent(type="sweep", status="revoked", message=f"record {{i}}"))
+    except OSError:
+        failures += 1
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+sink.audit(AuditEvent(type="sweep", status="revoked", message="after the disk has room"))
+print(failures)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 0  # the limit was reached
+    lines = events.read_text().splitlines()
+    docs = [json.loads(line) for line in lines]  # every line whole
+    assert docs[-1]["audit"]["message"] == "after the disk has room"

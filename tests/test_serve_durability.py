@@ -157,3 +157,28 @@ def test_a_second_serve_on_the_same_journal_is_refused(serve: Serve) -> None:
     )
     assert result.returncode == 1 and "in use by another jitc serve" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_serve_on_the_same_journal_by_another_name_is_refused(serve: Serve) -> None:
+    serve.start()
+    alias = serve.folder / "alias.sqlite3"
+    alias.symlink_to(serve.journal)
+    for stale in serve.folder.glob("*.lock"):  # a lock file, if any, cannot be relied on
+        stale.unlink()
+    other = Serve(serve.folder)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "jitc.cli", "serve"),
+            "--catalog",
+            str(serve.catalog()),
+            "--port",
+            str(other.port),
+            "--journal",
+            str(alias),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=serve.folder,
+    )
+    assert result.returncode == 1 and "in use by another jitc serve" in result.stderr, result

@@ -18,7 +18,7 @@ from jitc.catalog import parse_catalog
 from jitc.local import MemorySink
 from jitc.runtime import LocalRuntime
 from jitc.secrets import EnvSecretStore, SecretStores
-from jitc.signing import sign, signing_keypair
+from jitc.signing import Envelope, sign, signing_keypair
 
 PRIVATE, PUBLIC = signing_keypair()
 
@@ -65,8 +65,10 @@ def _raw(rt: LocalRuntime, head: bytes, body: bytes = b"") -> bytes:
         return data
 
 
-def _request(rt: LocalRuntime, body: bytes, **headers: str) -> bytes:
-    envelope = sign(body, PRIVATE, "cp")
+def _request(
+    rt: LocalRuntime, body: bytes, envelope: Envelope | None = None, **headers: str
+) -> bytes:
+    envelope = envelope or sign(body, PRIVATE, "cp")
     fields = {**envelope.headers(), "Content-Length": str(len(body)), "Connection": "close"}
     fields.update(headers)
     head = "POST /v1/requests HTTP/1.1\r\nHost: x\r\n" + "".join(
@@ -151,11 +153,20 @@ def test_the_justification_is_in_the_audit_event(runtime: Any) -> None:
 def test_a_request_the_journal_cannot_record_is_not_accepted(runtime: Any) -> None:
     rt, sink = runtime
 
-    rt.journal._conn = _Broken(rt.journal._conn)
-    answer = _request(rt, _body(f"disk-{time.monotonic_ns()}"))
+    conn = rt.journal._conn
+    rt.journal._conn = _Broken(conn)
+    body = _body(f"disk-{time.monotonic_ns()}")
+    envelope = sign(body, PRIVATE, "cp")
+    answer = _request(rt, body, envelope)
     assert _status(answer) == 503, answer
     time.sleep(0.3)
     assert sink.outcomes == []
+    # The disk is back: the control plane sends the very same signed request again.
+    rt.journal._conn = conn
+    answer = _request(rt, body, envelope)
+    assert _status(answer) == 202, answer
+    _wait(sink, 1)
+    assert [o.status for o in sink.outcomes] == ["granted"]
 
 
 class _Broken:
