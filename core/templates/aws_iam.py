@@ -249,7 +249,10 @@ def with_expiry(document: dict[str, Any], expires_at: datetime) -> dict[str, Any
         if statement.get("Effect") != "Allow":
             continue
         condition = statement.setdefault("Condition", {})
-        before = condition.setdefault("DateLessThan", {})
+        before = condition.setdefault("DateLessThan", {}) if isinstance(condition, dict) else None
+        if not isinstance(before, dict):
+            # Not a condition block IAM would accept either; never guess around it.
+            raise Refused("permission", "a statement's Condition is not a map of maps")
         cutoffs = [expires_at.astimezone(UTC)]
         for key in [k for k in before if k.lower() == "aws:currenttime"]:
             values = before.pop(key)

@@ -435,6 +435,8 @@ def test_with_expiry_never_widens_an_existing_cutoff() -> None:
 
     with pytest.raises(Refused):
         _cutoff({"aws:CurrentTime": "next tuesday"}, deadline)
+    with pytest.raises(Refused):
+        _cutoff("2000-01-01T00:00:00Z", deadline)  # a DateLessThan that is no map
 
 
 def test_arns_are_in_the_accounts_partition() -> None:

@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "infra" / "terraform" / "aws"
 FUNCTIONS = ("intake", "worker", "sweep")
 # AWS defines no resource for these: "*" is the only possible scope.
-UNSCOPABLE = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "iam:ListPolicies"}
+UNSCOPABLE = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "iam:ListPolicies",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+}
 
 
 def _unquote(value: Any) -> Any:
