@@ -28,7 +28,7 @@ DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 PUBLIC_KEY = box_keypair()[1]
 
 
-def catalog(integration: str, prefix: str) -> Catalog:
+def catalog(integration: str, prefix: str, schema: str = "public") -> Catalog:
     return parse_catalog(
         {
             "integrations": {
@@ -42,7 +42,7 @@ def catalog(integration: str, prefix: str) -> Catalog:
                     },
                     "max_duration": "8h",
                     "permissions": {
-                        "read-only": {"template": "read-only", "resources": ["public"]},
+                        "read-only": {"template": "read-only", "resources": [schema]},
                     },
                 }
             }
@@ -52,19 +52,45 @@ def catalog(integration: str, prefix: str) -> Catalog:
 
 
 def engine(
-    integration: str, prefix: str, clock: Callable[[], dt.datetime] = utcnow
+    integration: str,
+    prefix: str,
+    clock: Callable[[], dt.datetime] = utcnow,
+    schema: str = "public",
 ) -> tuple[Engine, MemorySink]:
     sink = MemorySink()
-    eng = Engine(catalog(integration, prefix), local_stores(), NullScheduler(), sink, clock=clock)
+    eng = Engine(
+        catalog(integration, prefix, schema), local_stores(), NullScheduler(), sink, clock=clock
+    )
     return eng, sink
 
 
-def grant(integration: str, request_id: str, duration: str = "1h") -> AccessRequest:
+def grant(
+    integration: str, request_id: str, duration: str = "1h", schema: str = "public"
+) -> AccessRequest:
     return parse_request(
         f'{{"request_id":"{request_id}","action":"grant","integration":"{integration}",'
-        f'"permission":"read-only","resources":["public"],"duration":"{duration}",'
+        f'"permission":"read-only","resources":["{schema}"],"duration":"{duration}",'
         f'"identity":{{"email":"bench@example.com","public_key":"{PUBLIC_KEY}"}}}}'
     )
+
+
+def make_schema(name: str, tables: int) -> None:
+    """A schema of `tables` small tables, made again from scratch."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        with conn.transaction():
+            for index in range(tables):
+                conn.execute(
+                    sql.SQL("CREATE TABLE {}.{} (id int)").format(
+                        sql.Identifier(name), sql.Identifier(f"t{index}")
+                    )
+                )
+
+
+def drop_schema(name: str) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 def revoke(integration: str, request_id: str) -> AccessRequest:
@@ -74,12 +100,14 @@ def revoke(integration: str, request_id: str) -> AccessRequest:
     )
 
 
-def works(integration: str, ids: list[str], at: dt.datetime, duration: str = "1h") -> list[Work]:
-    return [Work(grant(integration, i, duration), at) for i in ids]
+def works(
+    integration: str, ids: list[str], at: dt.datetime, duration: str = "1h", schema: str = "public"
+) -> list[Work]:
+    return [Work(grant(integration, i, duration, schema), at) for i in ids]
 
 
 def drop_roles(prefix: str) -> int:
-    """Drop every role named with this benchmark's prefix (grants and tombstones)."""
+    """Drop every role named with this benchmark's prefix (grants, tombstones, bundles)."""
     with psycopg.connect(DSN, autocommit=True) as conn:
         names = [
             r[0]
@@ -88,10 +116,16 @@ def drop_roles(prefix: str) -> int:
             )
         ]
         for start in range(0, len(names), 500):
-            with conn.transaction():
-                for name in names[start : start + 500]:
-                    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-                    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+            for attempt in range(10):
+                try:
+                    with conn.transaction():
+                        for name in names[start : start + 500]:
+                            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+                            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+                    break
+                except psycopg.errors.InternalError_:  # tuple concurrently updated: a GRANT
+                    if attempt == 9:  # of someone else's on the same object; redo
+                        raise
     return len(names)
 
 
@@ -113,7 +147,4 @@ def machine() -> str:
         row = conn.execute("SHOW server_version").fetchone()
     pg = row[0] if row else "?"
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        f"{now}; nproc {nproc}; CPU {cpu}; PostgreSQL {pg}; "
-        f"Python {platform.python_version()}"
-    )
+    return f"{now}; nproc {nproc}; CPU {cpu}; PostgreSQL {pg}; Python {platform.python_version()}"

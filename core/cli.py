@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from jitc.catalog import Catalog, load_catalog
+from jitc.catalog import Catalog, catalog_warnings, load_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError, JitcError, Refused
 from jitc.local import FanOutSink, JsonLinesSink, NullScheduler
@@ -126,6 +126,8 @@ def cmd_catalog_check(args: argparse.Namespace) -> int:
             f"{integration.name} ({integration.kind}): "
             f"{', '.join(sorted(integration.permissions))}; max {integration.max_duration}"
         )
+    for warning in catalog_warnings(catalog):
+        print(f"warning: {warning}", file=sys.stderr)
     print("catalog OK")
     return EXIT_OK
 

@@ -12,14 +12,14 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from jitc.catalog import Catalog, Integration
-from jitc.errors import JitcError, Refused
+from jitc.errors import JitcError, Refused, SecretError
 from jitc.labels import LabelKey
 from jitc.messages import Work
 from jitc.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
 from jitc.ports import EventSink, ExpiryScheduler
 from jitc.sealing import seal
 from jitc.secrets import Secret, SecretRef, SecretStore
-from jitc.templates.base import RevokeResult, TargetSession
+from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, TargetSession
 
 log = logging.getLogger("jitc.engine")
 
@@ -36,6 +36,7 @@ class _Batch:
         self._label_ref = label_key
         self._secrets: dict[str, Secret | None] = {}
         self._sessions: dict[str, TargetSession] = {}
+        self.ahead: dict[str, GrantResult | Refused] = {}
 
     def session(self, integration: Integration) -> TargetSession:
         session = self._sessions.get(integration.name)
@@ -55,6 +56,9 @@ class _Batch:
         if self._label_ref is not None and "\0label" not in self._secrets:
             self._secrets["\0label"] = self._store.resolve(self._label_ref)
         key = self._secrets.get("\0label")
+        if key is not None and len(key.reveal()) < 16:
+            # A configured key that is empty or short would make labels forgeable in silence.
+            raise SecretError(f"secret {self._label_ref}: a label key needs 16 characters or more")
         opener: Any = template.open
         return cast(
             TargetSession,
@@ -163,7 +167,44 @@ class Engine:
         A `failed` outcome means: retry this message (the queue will); `refused` means: never.
         """
         with self._batch() as batch:
+            self._grant_ahead(batch, items, plain)
             return [self._run(batch, work, plain) for work in items]
+
+    def _grant_ahead(self, batch: _Batch, items: Sequence[Work], plain: bool) -> None:
+        """Run a batch's grants together where the template can (`grant_many`: one
+        transaction, one savepoint each). Only grants no earlier revoke in the batch names go
+        ahead, so the order of a grant and a revoke of one grant is kept. What fails here is
+        simply run again, alone, in order; each outcome is still reported in order."""
+        revoked: set[str] = set()
+        groups: dict[str, list[GrantSpec]] = {}
+        for work in items:
+            request = work.request
+            if request.action != "grant":
+                revoked.add(request.target_grant_id)
+                continue
+            if request.target_grant_id in revoked:
+                continue
+            try:
+                spec = self.catalog.check_grant(request, work.issued_at, self.clock(), plain=plain)
+            except Refused:
+                continue
+            group = groups.setdefault(request.integration, [])
+            if all(other.grant_id != spec.grant_id for other in group):
+                group.append(spec)
+        for name, specs in groups.items():
+            integration = self.catalog.integration(name)
+            try:
+                grant_many = getattr(batch.session(integration), "grant_many", None)
+                if grant_many is None or len(specs) < 2:
+                    continue
+                results = grant_many(specs)
+            except Exception:  # each grant then runs alone and reports its own error
+                log.warning("batched grants on %s failed; granting one by one", name)
+                batch.discard(integration)
+                continue
+            for spec, result in zip(specs, results, strict=True):
+                if isinstance(result, GrantResult | Refused):
+                    batch.ahead[spec.grant_id] = result
 
     def sweep(self, now: datetime | None = None) -> SweepReport:
         """Ask every target for our labelled grants and end those past their expiry."""
@@ -265,7 +306,9 @@ class Engine:
         request = work.request
         spec = self.catalog.check_grant(request, work.issued_at, self.clock(), plain=plain)
         integration = self.catalog.integration(request.integration)
-        result = batch.session(integration).grant(spec)
+        result = batch.ahead.pop(spec.grant_id, None) or batch.session(integration).grant(spec)
+        if isinstance(result, Refused):
+            raise result
         self.scheduler.schedule(spec.grant_id, integration.name, spec.expires_at)
         sealed = None
         assert request.identity is not None

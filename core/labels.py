@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 PREFIX = "jitc:"
@@ -38,9 +39,13 @@ class LabelKey:
     def _derive(self, purpose: str) -> bytes:
         return hmac.new(self.secret, f"jitc {purpose}".encode(), hashlib.sha256).digest()
 
+    @cached_property
+    def _label_key(self) -> bytes:
+        return self._derive("label")
+
     def mac(self, *parts: str) -> str:
         message = "\0".join(parts).encode()
-        digest = hmac.new(self._derive("label"), message, hashlib.sha256).digest()
+        digest = hmac.new(self._label_key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def keyed_hash(self, purpose: str, value: str) -> str:

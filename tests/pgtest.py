@@ -70,10 +70,13 @@ def all_roles(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     return conn.execute(
         "SELECT rolname, rolcanlogin, rolsuper, rolvaliduntil, shobj_description(oid, 'pg_authid'), "
         "ARRAY(SELECT roleid::regrole::text FROM pg_auth_members WHERE member = r.oid ORDER BY 1) "
-        "FROM pg_roles r WHERE rolname NOT LIKE 'pg\\_%' AND NOT starts_with(rolname, 'jit_') "
+        "FROM pg_roles r WHERE rolname NOT LIKE 'pg\\_%%' AND NOT starts_with(rolname, 'jit_') "
         # other runs' grants on a shared server come and go; they are not this test's business
         "AND coalesce(shobj_description(oid, 'pg_authid'), '') NOT LIKE 'jitc:%%' "
-        "ORDER BY 1"
+        # nor are the company roles other runs make under their own prefix
+        "AND (rolname !~ '^t[0-9a-f]{6}_' OR starts_with(rolname, %s)) "
+        "ORDER BY 1",
+        (PREFIX,),
     ).fetchall()
 
 

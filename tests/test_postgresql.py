@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from pgtest import (
+    BOX_PUBLIC,
     INTEGRATION,
     PG_DSN,
     PREFIX,
@@ -405,3 +407,200 @@ def test_secret_is_fetched_once_per_batch_and_not_kept(env: Env) -> None:
     assert store.calls == 1
     engine.execute(env.request("revoke", request_id="b-0"))
     assert store.calls == 2  # a new batch asks the store again: nothing was cached
+
+
+def test_a_request_id_reused_for_another_request_is_refused_and_one_revoke_ends_it(
+    env: Env,
+) -> None:
+    first = env.engine.execute(env.request(request_id="same-1"))
+    bob = {"email": "bob@example.com", "username": "bob", "public_key": BOX_PUBLIC}
+    other = env.engine.execute(env.request(request_id="same-1", identity=bob))
+    assert other.status == "refused" and other.field == "request_id", other
+    assert env.sink.events[-1].type == "refusal"  # audited
+    assert our_roles(env.admin) == [first.principal]
+    revoke = env.engine.execute(env.request("revoke", request_id="same-1"))
+    assert revoke.status == "revoked" and revoke.verified
+    env.advance(timedelta(hours=9))
+    report = env.engine.sweep()
+    assert report.ok and report.remaining == 0
+    assert our_roles(env.admin) == []
+
+
+def test_grants_do_not_grow_any_acl(env: Env) -> None:
+    def acls() -> tuple[Any, ...]:
+        row = env.admin.execute(
+            "SELECT (SELECT relacl FROM pg_class WHERE oid = %s::regclass), "
+            "(SELECT nspacl FROM pg_namespace WHERE nspname = %s)",
+            (f"{SCHEMA}.items", SCHEMA),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    assert env.engine.execute(env.request(request_id="acl-0")).status == "granted"
+    before = acls()
+    for index in range(1, 6):
+        assert env.engine.execute(env.request(request_id=f"acl-{index}")).status == "granted"
+    # The privileges sit on one bundle role: a table's ACL, and so its row, stays the same size
+    # however many grants are live.
+    assert acls() == before
+    assert len(our_roles(env.admin)) == 6
+
+
+def test_a_batch_of_grants_runs_together_and_one_failure_fails_only_itself(make_env: Any) -> None:
+    from jitc.messages import Work
+
+    missing = f"{PREFIX}nogroup"
+    doc = catalog_doc(
+        broken={
+            "statements": ["GRANT SELECT ON {schema}.missing TO {role}"],
+            "resources": [SCHEMA],
+        },
+        analyst={"mode": "membership", "resources": [missing]},
+    )
+    env = make_env(doc)
+    clash = env.engine.plan(env.request(request_id="bt-clash")).statements[0].split('"')[1]
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(clash)))
+    ident = {"email": "a@example.com", "username": "postgres"}
+    requests = [
+        env.request(request_id="bt-0"),
+        env.request(request_id="bt-1", permission="read-write", duration="1h"),
+        env.request(request_id="bt-clash"),  # refused: a role we did not make has its name
+        env.request(request_id="bt-m", permission="analyst", resources=[missing], identity=ident),
+        env.request(request_id="bt-broken", permission="broken"),  # fails on the server
+        env.request(request_id="bt-2"),
+        env.request(request_id="bt-0"),  # a redelivery within the batch
+    ]
+    outcomes = env.engine.execute_batch([Work(r, env.now[0]) for r in requests])
+    assert [o.status for o in outcomes] == [
+        "granted",
+        "granted",
+        "refused",
+        "refused",
+        "failed",
+        "granted",
+        "granted",
+    ], [(o.status, o.message) for o in outcomes]
+    assert outcomes[-1].reissued and outcomes[-1].principal == outcomes[0].principal
+    for outcome in (outcomes[0], outcomes[1], outcomes[5]):
+        env.login(env.credentials(outcome.sealed_credentials)).close()
+    assert len(our_roles(env.admin)) == 3 + 1  # and the company's role that clashed
+
+
+def test_a_grant_made_before_labels_carried_a_mac_is_still_revoked(env: Env) -> None:
+    """A role the previous version made: its name from the username and the grant id, its
+    label unsigned JSON. A revoke of that grant, and the sweep after its expiry, still end it."""
+    request = env.request(request_id="legacy-1")
+    grant_id = request.target_grant_id
+    name = f"{PREFIX}alice_{grant_id[1:11]}"
+    label = {
+        "v": 1,
+        "grant_id": grant_id,
+        "request_id": "legacy-1",
+        "integration": INTEGRATION,
+        "permission": "read-only",
+        "identity": "alice@example.com",
+        "expires_at": (env.now[0] + timedelta(minutes=15)).isoformat(),
+        "state": "active",
+    }
+    role = sql.Identifier(name)
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    env.admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal("jitc:" + json.dumps(label)))
+    )
+    env.admin.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SCHEMA), role)
+    )
+    assert env.can_login(name)
+    revoke = env.engine.execute(env.request("revoke", request_id="legacy-1"))
+    assert revoke.status == "revoked" and revoke.verified and revoke.principal == name, revoke
+    assert not env.can_login(name) and name not in our_roles(env.admin)
+    assert env.engine.execute(request).status == "refused"  # the grant's tombstone
+
+    expired = {**label, "grant_id": "g" + "q" * 24, "expires_at": "2001-01-01T00:00:00+00:00"}
+    old = sql.Identifier(f"{PREFIX}bob_{'q' * 10}")
+    env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(old))
+    env.admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(old, sql.Literal("jitc:" + json.dumps(expired)))
+    )
+    report = env.engine.sweep()
+    assert expired["grant_id"] in report.revoked and report.ok, report
+    assert f"{PREFIX}bob_{'q' * 10}" not in our_roles(env.admin)
+
+
+def test_parallel_workers_share_one_bundle_and_a_racing_revoke_always_wins(env: Env) -> None:
+    import threading
+
+    from jitc.engine import Engine
+    from jitc.local import MemorySink, NullScheduler
+
+    def worker() -> Engine:
+        return Engine(env.catalog, env.engine.secrets, NullScheduler(), MemorySink())
+
+    outcomes: list[Any] = []
+
+    def run(engine: Engine, request: Any) -> None:
+        outcomes.append(engine.execute(request))
+
+    # Four workers grant at once on a permission whose bundle does not exist yet.
+    threads = [
+        threading.Thread(target=run, args=(worker(), env.request(request_id=f"par-{i}")))
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [o.status for o in outcomes] == ["granted"] * 4, [o.message for o in outcomes]
+    bundles = env.admin.execute(
+        "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
+    ).fetchone()
+    assert bundles == (1,)
+
+    # A grant and its revoke delivered at the same moment to two workers: whichever the server
+    # orders first, no login is left once both are done.
+    for i in range(4):
+        outcomes.clear()
+        pair = [
+            threading.Thread(target=run, args=(worker(), env.request(request_id=f"race-{i}"))),
+            threading.Thread(
+                target=run, args=(worker(), env.request("revoke", request_id=f"race-{i}"))
+            ),
+        ]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join(60)
+        statuses = sorted(o.status for o in outcomes)
+        assert statuses in (["granted", "revoked"], ["refused", "revoked"]), outcomes
+        name = str(next(o.principal for o in outcomes if o.action == "grant") or "")
+        if any(o.status == "granted" for o in outcomes):
+            revoke = next(o for o in outcomes if o.action == "revoke")
+            if revoke.message:  # the revoke ran first: its tombstone refused... nothing to end
+                pytest.fail(f"grant succeeded after a revoke that found nothing: {outcomes}")
+        assert not name or not env.can_login(name)
+    assert len(our_roles(env.admin)) == 4  # the par- grants only
+
+
+def test_a_configured_label_key_that_is_empty_or_short_fails_instead_of_signing_weakly(
+    make_env: Any,
+) -> None:
+    for key in ("", "short"):
+        env = keyed(make_env, key=key)
+        outcome = env.engine.execute(env.request(request_id=f"weak-{len(key)}"))
+        assert outcome.status == "failed" and "label key" in str(outcome.message), outcome
+        assert our_roles(env.admin) == []
+
+
+def test_a_table_created_after_the_bundle_is_covered_from_the_next_grant(env: Env) -> None:
+    first = env.engine.execute(env.request(request_id="later-1"))
+    env.admin.execute(sql.SQL("CREATE TABLE {} (x int)").format(_table("later")))
+    env.admin.execute(sql.SQL("INSERT INTO {} VALUES (7)").format(_table("later")))
+    second = env.engine.execute(env.request(request_id="later-2"))
+    for outcome in (second, first):  # the bundle is shared: the earlier grant sees it too
+        with env.login(env.credentials(outcome.sealed_credentials)) as session:
+            row = session.execute(sql.SQL("SELECT x FROM {}").format(_table("later"))).fetchone()
+            assert row == (7,)
+    bundles = env.admin.execute(
+        "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
+    ).fetchone()
+    assert bundles == (1,)

@@ -13,6 +13,8 @@ MACed label names them (jitc.labels).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +23,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from jitc.errors import Refused, TargetError
@@ -43,14 +45,39 @@ from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
 KIND = PostgreSQLTemplate.kind
-REVOKE_CHUNK = 200
+REVOKE_CHUNK = 1000
+GRANT_CHUNK = 50
 _EQ = sql.SQL("OPERATOR(pg_catalog.=)")
 
+_FINGERPRINT = (
+    "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
+    "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
+    " (SELECT pg_catalog.max(c.oid::pg_catalog.int8) FROM pg_catalog.pg_class c "
+    "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
+    " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p "
+    "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid), "
+    " (SELECT pg_catalog.max(p.oid::pg_catalog.int8) FROM pg_catalog.pg_proc p "
+    "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid) "
+    "FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) %s"
+)
 _ROLES = (
     "SELECT r.rolname::pg_catalog.text, r.oid::pg_catalog.int8, r.rolcanlogin, "
     "  r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls, "
     "  pg_catalog.shobj_description(r.oid, 'pg_authid') "
     "FROM pg_catalog.pg_roles r "
+)
+
+
+# Roles labelled before labels carried a MAC: their comment is `jitc:` and JSON.
+# A range on the name, not starts_with(): the index on role names serves it, where a scan of a
+# pg_authid bloated by role churn takes tens of milliseconds.
+_PREFIXED = (
+    "WHERE r.rolname OPERATOR(pg_catalog.>=) %s::pg_catalog.name "
+    "AND r.rolname OPERATOR(pg_catalog.<) %s::pg_catalog.name "
+)
+_LEGACY = (
+    _ROLES + _PREFIXED + "AND pg_catalog.starts_with("
+    "pg_catalog.shobj_description(r.oid, 'pg_authid'), 'jitc:{')"
 )
 
 
@@ -174,11 +201,15 @@ def _membership_statements(
 
 
 def _transient(exc: psycopg.Error) -> bool:
+    """Worth running again: a grant and a revoke of one grant racing for its role name (the one
+    that loses finds the other's role when it looks again), a bundle made or dropped by another
+    worker, or a concurrent change to the same catalog row."""
     if isinstance(
         exc,
         psycopg.errors.SerializationFailure
         | psycopg.errors.DeadlockDetected
         | psycopg.errors.UniqueViolation
+        | psycopg.errors.DuplicateObject
         | psycopg.errors.UndefinedObject,
     ):
         return True
@@ -197,10 +228,12 @@ class PostgreSQLSession:
         self.settings = connection
         self.key = key
         self._secret = secret
+        self._verified: dict[tuple[str, str | None], dict[str, Any] | None] = {}
         self.conn = self._connect(connection.dbname)
         self.server_version = self.conn.info.server_version // 10000
-        row = self.conn.execute("SELECT session_user, current_user").fetchone()
-        self._admins = {str(name) for name in row or ()}
+        # Reported by the server at connect: no round trip. At connect current_user is the same.
+        admin = self.conn.info.parameter_status("session_authorization")
+        self._admins = {admin or connection.user}
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
@@ -252,13 +285,17 @@ class PostgreSQLSession:
 
     def _role(self, row: Sequence[Any]) -> _Role:
         name, oid, login, privileged, comment = row
-        return _Role(
-            str(name),
-            int(oid),
-            bool(login),
-            bool(privileged),
-            verify_label(self.key, KIND, str(name), comment),
-        )
+        key = (str(name), comment)
+        if key not in self._verified:  # the sweep lists, then revokes: verify each label once
+            self._verified[key] = verify_label(self.key, KIND, str(name), comment)
+        label = self._verified[key]
+        return _Role(str(name), int(oid), bool(login), bool(privileged), label)
+
+    def _prefixed(self, query: str) -> list[tuple[Any, ...]]:
+        """Rows of a query over the roles named with this integration's prefix."""
+        prefix = self.settings.role_prefix
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        return self.conn.execute(query, (prefix, after)).fetchall()
 
     def _ours(self, role: _Role, kind: str = "grant") -> dict[str, Any] | None:
         label = role.label
@@ -275,6 +312,21 @@ class PostgreSQLSession:
         """One round trip for many statements: all values are already bound client-side."""
         if statements:
             self.conn.execute(sql.SQL(";\n").join(statements))
+
+    def _atomic(self, statements: Sequence[sql.Composable]) -> None:
+        """One transaction in one round trip. On an error the server skips the rest, COMMIT
+        included, and leaves the transaction failed: it is rolled back before raising."""
+        if not statements:
+            return
+        try:
+            self.conn.execute(
+                sql.SQL(";\n").join([sql.SQL("BEGIN"), *statements, sql.SQL("COMMIT")])
+            )
+        except psycopg.Error:
+            if self.conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
 
     def _retrying(self, step: Callable[[], T]) -> T:
         """Run a step again when the server reports a transient conflict: a company's own GRANT
@@ -297,9 +349,108 @@ class PostgreSQLSession:
         permission = spec.permission
         assert isinstance(permission, Permission)
         name = role_name(self.settings, spec.grant_id)
-        existing = self._roles([name]).get(name)
+        resources = spec.resources if permission.mode == "ephemeral" else ()
+        wanted = [_bundle_of(self.settings, spec, resource) for resource in resources]
+        known = self._lookup([name, *wanted], resources)
+        existing = known[0].get(name)
         if existing is not None:
             return self._regrant(spec, existing)
+        bundles = self._bundles(spec, {}, known)
+        # A grant lost to a server crash fails closed (the role is simply not there), so its
+        # commit need not wait for the disk; revokes always do.
+        statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+        result = self._create(spec, name, bundles, statements)
+        self._atomic(statements)
+        return result
+
+    def grant_many(self, specs: Sequence[GrantSpec]) -> list[GrantResult | Exception]:
+        """A queue batch's grants in one transaction, each in its own savepoint so that one
+        failure fails only itself; each bundle is made or refreshed once, beforehand. Results
+        are in order: a GrantResult, or the exception that grant met (Refused: final)."""
+        names = [role_name(self.settings, spec.grant_id) for spec in specs]
+        existing = self._roles(names)
+        results: list[GrantResult | Exception] = []
+        fresh: dict[int, list[str]] = {}
+        made: dict[str, str] = {}
+        for index, spec in enumerate(specs):
+            role = existing.get(names[index])
+            try:
+                if role is not None:
+                    results.append(self._regrant(spec, role))
+                    continue
+                fresh[index] = self._bundles(spec, made)
+            except (Refused, TargetError, psycopg.Error) as exc:
+                results.append(exc)
+                continue
+            results.append(TargetError("not run"))
+        order = list(fresh)
+        with self.conn.transaction():
+            self.conn.execute("SET LOCAL synchronous_commit = off")
+            for start in range(0, len(order), GRANT_CHUNK):
+                chunk = order[start : start + GRANT_CHUNK]
+                try:
+                    # The common case: a chunk of grants in one round trip, under one savepoint.
+                    with self.conn.transaction():
+                        made_here = self._create_many(specs, names, fresh, chunk)
+                    for index, result in made_here.items():
+                        results[index] = result
+                    continue
+                except (Refused, TargetError, psycopg.Error):
+                    pass  # which grant failed is not known: do the chunk one by one
+                for index in chunk:
+                    try:
+                        with self.conn.transaction():
+                            results[index] = self._create(specs[index], names[index], fresh[index])
+                    except (Refused, TargetError, psycopg.Error) as exc:
+                        results[index] = exc
+        return results
+
+    def _bundles(
+        self,
+        spec: GrantSpec,
+        made: dict[str, str],
+        known: tuple[dict[str, _Role], dict[str, str]] | None = None,
+    ) -> list[str]:
+        """The grant's bundle roles, made or brought up to date; `made` remembers a batch's."""
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        if permission.mode == "membership":
+            return []
+        wanted = [_bundle_of(self.settings, spec, resource) for resource in spec.resources]
+        missing = [name for name in wanted if name not in made]
+        if missing and known is None:
+            known = self._lookup(missing, spec.resources)
+        for name, resource in zip(wanted, spec.resources, strict=True):
+            if name not in made:
+                assert known is not None
+                made[name] = self._bundle(spec, resource, known)
+        return wanted
+
+    def _create_many(
+        self,
+        specs: Sequence[GrantSpec],
+        names: list[str],
+        bundles: dict[int, list[str]],
+        chunk: list[int],
+    ) -> dict[int, GrantResult]:
+        statements: list[sql.Composable] = []
+        results = {}
+        for index in chunk:
+            results[index] = self._create(specs[index], names[index], bundles[index], statements)
+        self._run(statements)
+        return results
+
+    def _create(
+        self,
+        spec: GrantSpec,
+        name: str,
+        bundles: list[str],
+        into: list[sql.Composable] | None = None,
+    ) -> GrantResult:
+        """The grant's own statements, inside the caller's transaction; with `into`, they are
+        added there for the caller to send, not sent."""
+        permission = spec.permission
+        assert isinstance(permission, Permission)
         label: dict[str, Any] = {
             "kind": "grant",
             "grant_id": spec.grant_id,
@@ -320,7 +471,6 @@ class PostgreSQLSession:
                 name, member, spec.resources, self._label(name, label)
             )
         else:
-            bundles = [self._bundle(spec, resource) for resource in spec.resources]
             password = self._password(spec)
             statements = _user_statements(
                 self.settings,
@@ -331,10 +481,10 @@ class PostgreSQLSession:
                 self._label(name, label),
                 self.server_version,
             )
-        with self.conn.transaction():
-            # A grant lost to a server crash fails closed (the role is simply not there), so
-            # its commit need not wait for the disk; revokes always do.
-            self._run([sql.SQL("SET LOCAL synchronous_commit = off"), *statements])
+        if into is None:
+            self._run(statements)
+        else:
+            into.extend(statements)
         return GrantResult(principal=name, credentials=self._credentials(name, password, spec))
 
     def _password(self, spec: GrantSpec) -> str:
@@ -393,30 +543,37 @@ class PostgreSQLSession:
 
     # -- bundles ---------------------------------------------------------------------------
 
-    def _fingerprint(self, resource: str) -> str:
-        """Changes whenever a relation or function appears in or leaves the resource's schema,
+    def _lookup(
+        self, names: Sequence[str], resources: Iterable[str]
+    ) -> tuple[dict[str, _Role], dict[str, str]]:
+        """Roles by name, and the fingerprint of each resource's schema, in one round trip.
+
+        A fingerprint changes whenever a relation or function appears in or leaves the schema,
         so a bundle is brought up to date for tables created after it (GRANT ... ON ALL TABLES
         covers only those that exist when it runs)."""
-        row = self.conn.execute(
-            "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
-            "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
-            " (SELECT pg_catalog.max(c.oid::pg_catalog.int8) FROM pg_catalog.pg_class c "
-            "   WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid), "
-            " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p "
-            "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid), "
-            " (SELECT pg_catalog.max(p.oid::pg_catalog.int8) FROM pg_catalog.pg_proc p "
-            "   WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid) "
-            "FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) %s",
-            (resource.split(".", 1)[0],),
-        ).fetchone()
-        return ":".join(str(value) for value in row) if row else "-"
+        schemas = sorted({resource.split(".", 1)[0] for resource in resources})
+        with self.conn.pipeline():
+            roles = self.conn.execute(
+                _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
+                (list(names),),
+            )
+            prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in schemas]
+        found = {row[0]: self._role(row) for row in roles.fetchall()}
+        fingerprints = {}
+        for schema, cursor in prints:
+            row = cursor.fetchone()
+            fingerprints[schema] = ":".join(str(value) for value in row) if row else "-"
+        return found, fingerprints
 
-    def _bundle(self, spec: GrantSpec, resource: str) -> str:
+    def _bundle(
+        self, spec: GrantSpec, resource: str, known: tuple[dict[str, _Role], dict[str, str]]
+    ) -> str:
         permission = spec.permission
         assert isinstance(permission, Permission)
         name = _bundle_of(self.settings, spec, resource)
-        fingerprint = self._fingerprint(resource)
-        role = self._roles([name]).get(name)
+        roles, fingerprints = known
+        fingerprint = fingerprints[resource.split(".", 1)[0]]
+        role = roles.get(name)
         if role is not None:
             label = self._ours(role, "bundle")
             if label is None or role.login or role.privileged:
@@ -534,7 +691,10 @@ class PostgreSQLSession:
         delivered after its revoke is refused."""
         names = {g: role_name(self.settings, g) for g in grant_ids}
         roles = self._roles(list(names.values()))
-        live: list[tuple[_Role, dict[str, Any]]] = []
+        missing = {g for g in grant_ids if names[g] not in roles}
+        # A grant made before labels carried a MAC has another name: looked for only when the
+        # grant has no role under its current name.
+        live = self._legacy(self._prefixed(_LEGACY), missing) if missing else []
         stones: list[sql.Composable] = []
         for grant_id in grant_ids:
             role = roles.get(names[grant_id])
@@ -561,35 +721,111 @@ class PostgreSQLSession:
                 self._run(stones)
         return live
 
+    def _legacy(
+        self, rows: Sequence[Sequence[Any]], grant_ids: set[str] | None
+    ) -> list[tuple[_Role, dict[str, Any]]]:
+        """Live roles of these grants made before labels carried a MAC (`jitc:{...}`), so that
+        revoking a grant made before an upgrade still ends it. Only a role whose name is the
+        one that version derived from the grant id (`{prefix}{user}_{id[1:11]}`,
+        `{prefix}m_{id[1:13]}`) and that is neither privileged nor a tombstone is acted on; it
+        gets no tombstone of its own (the grant's current name takes one). With no grant ids
+        given, every such role of this integration."""
+        prefix = self.settings.role_prefix
+        found = []
+        for name, oid, login, privileged, comment in rows:
+            try:
+                label = json.loads(str(comment)[len("jitc:") :])
+            except ValueError:
+                continue
+            if not isinstance(label, dict) or label.get("v") != 1 or privileged:
+                continue
+            grant_id = str(label.get("grant_id", ""))
+            mode = label.get("mode", "ephemeral")
+            expected = (
+                name == f"{prefix}m_{grant_id[1:13]}"
+                if mode == "membership"
+                else str(name).endswith(f"_{grant_id[1:11]}")
+            )
+            if (
+                (grant_ids is not None and grant_id not in grant_ids)
+                or label.get("integration") != self.integration
+                or label.get("state") not in ("active", "revoking")
+                or not expected
+                or "expires_at" not in label
+            ):
+                continue
+            current = {
+                "kind": "grant",
+                "grant_id": grant_id,
+                "integration": self.integration,
+                "permission": label.get("permission", ""),
+                "mode": mode,
+                "expires_at": label["expires_at"],
+                "state": "revoking",
+                "legacy": True,
+            }
+            if mode == "membership":
+                current.update(
+                    member=label.get("member", ""),
+                    terminate_sessions=bool(label.get("terminate_sessions")),
+                )
+            found.append((_Role(str(name), int(oid), bool(login), False, None), current))
+        return found
+
     def _revoke(
         self, grant_ids: Sequence[str], tombstone_until: datetime
     ) -> dict[str, RevokeResult]:
-        """Disable (committed), end sessions, clean every database, verify, drop. Access has
-        ended after the first step; the role is dropped only once nothing of it is left."""
+        """The common case first: drop an ephemeral grant's role with what it owns and holds
+        here, in one transaction, then end its sessions. When that cannot commit (something of
+        the role's elsewhere, a lock), nothing changed, and the revoke goes step by step:
+        disable (committed on its own, so access ends whatever follows), end sessions, clean
+        every database, verify, drop. The role is dropped only once nothing of it is left."""
         results: dict[str, RevokeResult] = {}
         live = self._retrying(lambda: self._classify(grant_ids, tombstone_until, results))
         if not live:
             return results
         roles = [role for role, _ in live]
         labels = {role.name: label for role, label in live}
-        disabled_at = self._disable(live)
-        holders = self._holders(live)
-        self._terminate_all(sorted({h for h in holders.values() if h}))
         residual: dict[str, list[str]] = {role.name: [] for role in roles}
-        self._clean(roles, residual)
-        left = self._left(roles, holders, disabled_at)
-        clean = [r for r in roles if not left[r.name]]
-        dropped = self._drop(clean, labels, tombstone_until, residual)
+        left: dict[str, list[str]] = {role.name: [] for role in roles}
+        dropped = self._drop_at_once(
+            [r for r in roles if not labels[r.name].get("member")], labels, tombstone_until
+        )
+        if dropped:
+            # A dropped role's open sessions live on until ended; no new one can start.
+            remaining = self._end_sessions([r.oid for r in roles if r.name in dropped])
+            for role in roles:
+                if remaining.get(role.oid):
+                    left[role.name].append(f"{remaining[role.oid]} session(s) of {role.name} open")
+        rest = [(r, labels[r.name]) for r in roles if r.name not in dropped]
+        if rest:
+            disabled_at = self._disable(rest)
+            holders = self._holders(rest)
+            self._terminate_all(sorted({h for h in holders.values() if h}))
+            others = [role for role, _ in rest]
+            self._clean(others, residual)
+            left.update(self._left(others, labels, disabled_at))
+            dropped |= self._drop(
+                [r for r in others if not left[r.name]], labels, tombstone_until, residual
+            )
+        merged: set[str] = set()
         for role, label in live:
             residual[role.name] += left[role.name]
-            gone = role.name in dropped or not left[role.name]
-            results[label["grant_id"]] = RevokeResult(
+            gone = not left[role.name]
+            grant_id = label["grant_id"]
+            result = RevokeResult(
                 found=True,
                 principal=str(label.get("member") or role.name),
                 expires_at=datetime.fromisoformat(label["expires_at"]),
                 residual=residual[role.name],
                 verified=gone,
             )
+            if grant_id in merged:  # a grant's current role and one from before an upgrade
+                earlier = results[grant_id]
+                result.residual = earlier.residual + result.residual
+                result.verified = earlier.verified and result.verified
+            results[grant_id] = result
+            merged.add(grant_id)
         return results
 
     def _disable(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str]:
@@ -599,10 +835,10 @@ class PostgreSQLSession:
 
         def step() -> None:
             disabled_at.clear()
-            with self.conn.transaction():
-                now = self.conn.execute("SELECT pg_catalog.now()::pg_catalog.text").fetchone()
-                oids = [role.oid for role, _ in live]
-                edges = self.conn.execute(
+            oids = [role.oid for role, _ in live]
+            with self.conn.pipeline():
+                clock = self.conn.execute("SELECT pg_catalog.now()::pg_catalog.text")
+                found = self.conn.execute(
                     "SELECT g.rolname::pg_catalog.text, u.rolname::pg_catalog.text "
                     "FROM pg_catalog.pg_auth_members m "
                     "JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid "
@@ -610,26 +846,40 @@ class PostgreSQLSession:
                     "WHERE m.member OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
                     "OR m.roleid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
                     (oids, oids),
-                ).fetchall()
-                statements: list[sql.Composable] = []
-                for role, label in live:
-                    ident = sql.Identifier(role.name)
-                    statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
-                    since = str(label.get("disabled_at") or (now[0] if now else ""))
-                    disabled_at[role.name] = since
-                    statements.append(
-                        sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                            ident,
-                            self._label(
-                                role.name, {**label, "state": "revoking", "disabled_at": since}
-                            ),
-                        )
+                )
+            now, edges = clock.fetchone(), found.fetchall()
+            # An edge made after this read is still caught: by DROP ROLE, or by the check
+            # that a role has no membership left before it counts as revoked.
+            # Not waiting for the disk here is safe: the revoke reports success only after a
+            # later commit that does wait, and that flushes this one with it.
+            statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+            moment = utcnow()
+            for role, label in live:
+                ident = sql.Identifier(role.name)
+                statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
+                since = str(label.get("disabled_at") or (now[0] if now else ""))
+                disabled_at[role.name] = since
+                expired = datetime.fromisoformat(label["expires_at"]) <= moment
+                if expired and label.get("mode") != "membership":
+                    # "revoking" keeps a redelivered grant from being reissued mid-revoke;
+                    # an expired grant is refused anyway, and a sweep saves a write per role.
+                    continue
+                statements.append(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        ident,
+                        self._label(
+                            role.name, {**label, "state": "revoking", "disabled_at": since}
+                        ),
                     )
-                statements += [
-                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(g), sql.Identifier(u))
-                    for g, u in edges
-                ]
-                self._run(statements)
+                )
+            members: dict[str, list[str]] = {}
+            for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
+                members.setdefault(group, []).append(member)
+            statements += [
+                sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
+                for group, names in members.items()
+            ]
+            self._atomic(statements)
 
         for attempt in range(3):
             try:
@@ -712,10 +962,15 @@ class PostgreSQLSession:
                     )
 
     def _left(
-        self, roles: list[_Role], holders: dict[str, str | None], disabled_at: dict[str, str]
+        self,
+        roles: list[_Role],
+        labels: dict[str, dict[str, Any]],
+        disabled_at: dict[str, str],
     ) -> dict[str, list[str]]:
         """What still gives access, from the shared catalogs: login, membership either way,
-        any dependency (owned object or privilege, in any database), a session."""
+        any dependency (owned object or privilege, in any database), a session; in membership
+        mode, a session of the member that began before the disable (it may hold the group
+        through SET ROLE), whether or not the catalog let us end it."""
         rows = self.conn.execute(
             "SELECT r.rolname::pg_catalog.text, r.rolcanlogin, "
             "  EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m "
@@ -742,8 +997,8 @@ class PostgreSQLSession:
             if sessions:
                 left[name].append(f"{sessions} session(s) of {name} still open")
         for role in roles:
-            holder = holders.get(role.name)
-            if holder is None or holder == role.name:
+            holder = labels[role.name].get("member")
+            if not holder:
                 continue
             row = self.conn.execute(
                 "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a "
@@ -754,6 +1009,30 @@ class PostgreSQLSession:
             if row and row[0]:
                 left[role.name].append(f"{row[0]} session(s) of {holder} still open")
         return left
+
+    def _drop_at_once(
+        self, roles: list[_Role], labels: dict[str, dict[str, Any]], until: datetime
+    ) -> set[str]:
+        """The common case in one transaction: what the roles own and hold here, the roles,
+        their tombstones. DROP ROLE refuses while any dependency is left (in any database),
+        so success means nothing is; on failure the caller goes step by step."""
+        if not roles:
+            return set()
+        statements: list[sql.Composable] = [
+            sql.SQL("DROP OWNED BY {} CASCADE").format(_names(r.name for r in roles)),
+            sql.SQL("DROP ROLE {}").format(_names(r.name for r in roles)),
+        ]
+        for role in roles:
+            label = labels[role.name]
+            if label.get("legacy"):
+                continue
+            expires = datetime.fromisoformat(label["expires_at"])
+            statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
+        try:
+            self._atomic(statements)
+        except psycopg.Error:
+            return set()
+        return {role.name for role in roles}
 
     def _drop(
         self,
@@ -767,10 +1046,16 @@ class PostgreSQLSession:
         def drop(chunk: list[_Role]) -> None:
             with self.conn.transaction():
                 statements: list[sql.Composable] = [
-                    sql.SQL("DROP ROLE {}").format(_names(r.name for r in chunk))
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(_names(r.name for r in chunk))
                 ]
                 for role in chunk:
-                    statements += self._tombstone(role.name, labels[role.name]["grant_id"], until)
+                    label = labels[role.name]
+                    if label.get("legacy"):
+                        continue
+                    # A delivery of a grant after its own expiry is refused anyway: the
+                    # tombstone need not outlive it (and a sweep of expired grants makes none).
+                    expires = datetime.fromisoformat(label["expires_at"])
+                    statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
                 self._run(statements)
 
         if not roles:
@@ -789,6 +1074,31 @@ class PostgreSQLSession:
                         f"role {role.name} not dropped: {exc.diag.message_primary}"
                     )
             return dropped
+
+    def _end_sessions(self, oids: list[int]) -> dict[int, int]:
+        """End every session of these (dropped) roles, by their former oid; wait, bounded."""
+        if not oids:
+            return {}
+        query = (
+            "SELECT a.usesysid::pg_catalog.int8, pg_catalog.count(*) "
+            "FROM pg_catalog.pg_stat_activity a "
+            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
+        )
+        row = self.conn.execute(
+            "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
+            "FROM pg_catalog.pg_stat_activity a "
+            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()",
+            (oids,),
+        ).fetchone()
+        deadline = time.monotonic() + self.settings.terminate_wait_seconds
+        while row and row[0]:
+            counts = {int(k): int(v) for k, v in self.conn.execute(query, (oids,)).fetchall()}
+            if not counts or time.monotonic() >= deadline:
+                return counts
+            time.sleep(0.02)
+        return {}
 
     def _terminate_all(self, names: list[str]) -> dict[str, int]:
         """End every session of these roles; wait (bounded) until the server reports them gone."""
@@ -850,11 +1160,13 @@ class PostgreSQLSession:
 
     def active_grants(self) -> list[Grant]:
         """Every role with our prefix and this integration's valid label; nothing else."""
-        rows = self.conn.execute(
-            _ROLES + "WHERE pg_catalog.starts_with(r.rolname::pg_catalog.text, %s)",
-            (self.settings.role_prefix,),
-        ).fetchall()
+        rows = self._prefixed(_ROLES + _PREFIXED)
         grants = []
+        old = [row for row in rows if str(row[4] or "").startswith("jitc:{")]
+        for old_role, old_label in self._legacy(old, None):
+            made = grant_from_label(KIND, old_role.name, {**old_label, "state": "active"})
+            if made is not None:
+                grants.append(made)
         for row in rows:
             role = self._role(row)
             label = self._ours(role)

@@ -1,0 +1,540 @@
+"""The PostgreSQL template inside a server where grantees and other users are hostile.
+
+On a private cluster (tests/pgtest.py: private_cluster), because these tests plant functions in
+`public`, hold locks and make CREATEROLE users: nothing a shared server's other users should
+meet. The database `app` is set up as one upgraded from before PostgreSQL 15, where every user
+may create objects in `public`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from pgtest import LABEL_KEY, private_cluster
+from psycopg import sql
+
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import AccessRequest, Outcome
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import EnvSecretStore, SecretStores
+
+PREFIX = "h_"
+INTEGRATION = "hostile"
+BOX_PRIVATE, BOX_PUBLIC = box_keypair()
+# The old template's lock keys: derived from what every user can read, so anyone could hold them.
+OLD_ACL_LOCK_KEY = 0x6A697463_61636C
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    with private_cluster() as params:
+        with psycopg.connect(**params, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE app")
+        app = {**params, "dbname": "app"}
+        with psycopg.connect(**app, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA s")
+            conn.execute("CREATE TABLE s.items (id int PRIMARY KEY, name text)")
+            conn.execute("INSERT INTO s.items VALUES (1, 'a'), (2, 'b')")
+            conn.execute("CREATE ROLE mallory LOGIN")
+            conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+            conn.execute("GRANT USAGE ON SCHEMA s TO mallory")
+        yield app
+
+
+@dataclass
+class Hostile:
+    engine: Engine
+    sink: MemorySink
+    params: dict[str, Any]
+    admin: psycopg.Connection[Any]
+
+    def connect(
+        self, user: str, dbname: str | None = None, **extra: Any
+    ) -> psycopg.Connection[Any]:
+        params = {**self.params, "user": user, **extra}
+        if dbname:
+            params["dbname"] = dbname
+        return psycopg.connect(**params, autocommit=True, connect_timeout=3)
+
+    def grant(self, request_id: str, **fields: Any) -> Outcome:
+        doc: dict[str, Any] = {
+            "request_id": request_id,
+            "action": "grant",
+            "integration": INTEGRATION,
+            "permission": "read-only",
+            "resources": ["s"],
+            "identity": {"email": "eve@example.com", "username": "eve", "public_key": BOX_PUBLIC},
+            "duration": "15m",
+            **fields,
+        }
+        return self.engine.execute(parse_request(json.dumps(doc)))
+
+    def revoke(self, request_id: str) -> Outcome:
+        return self.engine.execute(self._revoke(request_id))
+
+    def _revoke(self, request_id: str) -> AccessRequest:
+        doc = {"request_id": request_id, "action": "revoke", "integration": INTEGRATION}
+        return parse_request(json.dumps(doc))
+
+    def login(self, outcome: Outcome, dbname: str | None = None) -> psycopg.Connection[Any]:
+        assert outcome.sealed_credentials is not None, outcome
+        creds = unseal(outcome.sealed_credentials, BOX_PRIVATE)
+        return self.connect(creds["username"], dbname, password=creds["password"])
+
+    def superuser(self, role: str) -> bool:
+        row = self.admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,))
+        found = row.fetchone()
+        return bool(found and found[0])
+
+    def exists(self, role: str) -> bool:
+        """The role exists and is not a tombstone (which keeps a revoked grant's name)."""
+        row = self.admin.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s AND coalesce(shobj_description(oid, "
+            "'pg_authid'), '') NOT LIKE '%%\"state\":\"tombstone\"%%'",
+            (role,),
+        )
+        return row.fetchone() is not None
+
+
+@pytest.fixture
+def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
+    catalog = parse_catalog(
+        {
+            "connector": {"label_key": "mem:label"},
+            "integrations": {
+                INTEGRATION: {
+                    "kind": "postgresql",
+                    "connection": {
+                        **cluster,
+                        "role_prefix": PREFIX,
+                        "admin_lock_timeout": "1s",
+                        "terminate_wait_seconds": 5,
+                    },
+                    "credentials": "mem:admin",
+                    "permissions": {
+                        "read-only": {"template": "read-only", "resources": ["s"]},
+                        "owner": {"template": "owner", "resources": ["s"]},
+                        "analyst": {"mode": "membership", "resources": ["readers", "g_top"]},
+                        "watcher": {
+                            "mode": "membership",
+                            "resources": ["readers"],
+                            "terminate_sessions": False,
+                        },
+                    },
+                }
+            },
+        }
+    )
+    sink = MemorySink()
+    store = SecretStores({"mem": EnvSecretStore({"admin": "", "label": LABEL_KEY})})
+    engine = Engine(catalog, store, NullScheduler(), sink)
+    with psycopg.connect(**cluster, autocommit=True) as admin:
+        yield Hostile(engine, sink, cluster, admin)
+
+
+# -- item 1: nothing a user creates runs as the admin ---------------------------------------
+
+# Every catalog function the admin session calls, today and in earlier versions of it.
+USED_FUNCTIONS = (
+    "aclexplode",
+    "array_agg",
+    "coalesce",
+    "count",
+    "current_database",
+    "hashtextextended",
+    "max",
+    "now",
+    "pg_advisory_xact_lock",
+    "pg_backend_pid",
+    "pg_terminate_backend",
+    "pg_try_advisory_xact_lock",
+    "shobj_description",
+    "starts_with",
+    "unnest",
+)
+USED_OPERATORS = ("=", "<>", "<=", "||", "~")
+# A trap wins overload resolution when it matches the call's types better than pg_catalog's:
+# an integer literal where pg_catalog takes bigint, text where it takes name or oid.
+SWAPS = {
+    "bigint": "integer",
+    "oid": "integer",
+    "name": "text",
+    "regclass": "text",
+    "anyarray": "text[]",
+    "anyelement": "text",
+    "anycompatiblearray": "text[]",
+    "anycompatible": "text",
+    '"any"': "text",
+    "aclitem[]": "text",
+}
+
+
+def _swap(types: str) -> str:
+    pattern = "|".join(re.escape(t) for t in sorted(SWAPS, key=len, reverse=True))
+    return re.sub(rf"(?<![\w\"])({pattern})(?![\w\[])", lambda m: SWAPS[m.group(1)], types)
+
+
+def _plant_traps(h: Hostile) -> int:
+    """As mallory, in `public`: a function or operator for every name the admin session uses,
+    in every variant that could beat pg_catalog's; each makes mallory a superuser if it runs."""
+    planted = 0
+    with h.connect("mallory") as m:
+        m.execute("CREATE TABLE IF NOT EXISTS public.sprung (name text)")
+        m.execute("GRANT INSERT ON public.sprung TO PUBLIC")
+        m.execute(
+            "CREATE OR REPLACE FUNCTION public.spring(what text) RETURNS void "
+            "LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.sprung VALUES (what); "
+            "EXECUTE 'ALTER ROLE mallory SUPERUSER'; END $$"
+        )
+        signatures = m.execute(
+            "SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid), "
+            "pg_catalog.pg_get_function_result(p.oid) FROM pg_catalog.pg_proc p "
+            "WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY(%s)",
+            (list(USED_FUNCTIONS),),
+        ).fetchall()
+        for name, args, result in signatures:
+            for variant in {args, _swap(args)}:
+                returns = _swap(result)
+                body = "RETURN;" if returns.startswith(("SETOF", "TABLE")) else "RETURN NULL;"
+                try:
+                    with m.transaction():
+                        m.execute(
+                            f"CREATE FUNCTION public.{name}({variant}) RETURNS {returns} "
+                            f"LANGUAGE plpgsql AS $$ BEGIN PERFORM public.spring('{name}'); "
+                            f"{body} END $$"
+                        )
+                    planted += 1
+                except psycopg.Error:
+                    pass  # a pseudo-type PL/pgSQL cannot take, or a variant already planted
+        operators = m.execute(
+            "SELECT DISTINCT o.oprname, pg_catalog.format_type(o.oprleft, NULL), "
+            "pg_catalog.format_type(o.oprright, NULL) FROM pg_catalog.pg_operator o "
+            "WHERE o.oprname = ANY(%s) AND o.oprleft <> 0 AND pg_catalog.format_type(o.oprleft, "
+            "NULL) IN ('name', 'oid', 'text', 'bigint', 'integer', 'timestamp with time zone')",
+            (list(USED_OPERATORS),),
+        ).fetchall()
+        for index, (op, left, right) in enumerate(operators):
+            swapped = (_swap(left), _swap(right))
+            fn = f"public.trap_op_{index}"
+            try:
+                with m.transaction():
+                    m.execute(
+                        f"CREATE FUNCTION {fn}(a {swapped[0]}, b {swapped[1]}) RETURNS boolean "
+                        "LANGUAGE plpgsql AS $$ BEGIN PERFORM public.spring('operator'); "
+                        "RETURN false; END $$"
+                    )
+                    m.execute(
+                        f"CREATE OPERATOR public.{op} (LEFTARG = {swapped[0]}, "
+                        f"RIGHTARG = {swapped[1]}, FUNCTION = {fn})"
+                    )
+                planted += 1
+            except psycopg.Error:
+                pass
+    return planted
+
+
+def _remove_traps(h: Hostile) -> None:
+    with h.connect("admin") as admin:
+        admin.execute("DROP OWNED BY mallory")
+        admin.execute("ALTER ROLE mallory NOSUPERUSER")
+        admin.execute("GRANT USAGE ON SCHEMA s TO mallory")
+
+
+def test_traps_in_public_never_run_as_the_admin(hostile: Hostile) -> None:
+    h = hostile
+    h.admin.execute("CREATE ROLE readers NOLOGIN")
+    h.admin.execute("CREATE ROLE g_top NOLOGIN")
+    h.admin.execute("CREATE ROLE eve LOGIN")
+    try:
+        assert _plant_traps(h) > len(USED_FUNCTIONS)
+        ro = h.grant("trap-ro")
+        owner = h.grant("trap-owner", permission="owner")
+        member = h.grant("trap-m", permission="analyst", resources=["readers"])
+        assert [o.status for o in (ro, owner, member)] == ["granted"] * 3, (ro, owner, member)
+        assert h.grant("trap-ro").status == "granted"  # a redelivery reads the ledger
+        assert h.revoke("trap-ro").status == "revoked"
+        assert h.revoke("trap-never").status == "revoked"  # revoke before grant: a tombstone
+        report = h.engine.sweep(datetime.now(UTC) + timedelta(days=1))
+        assert report.ok and sorted(report.revoked) == sorted([owner.grant_id, member.grant_id]), (
+            report
+        )
+        with h.connect("admin") as admin:
+            sprung = admin.execute("SELECT name FROM public.sprung").fetchall()
+        assert sprung == [] and not h.superuser("mallory")
+    finally:
+        _remove_traps(h)
+        for role in ("readers", "g_top", "eve"):
+            h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+# -- item 2: no lock a stranger holds stalls a revoke ----------------------------------------
+
+
+def _in_thread(step: Any, timeout: float) -> tuple[bool, list[Any]]:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(step()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive(), result
+
+
+def test_advisory_locks_held_by_another_user_do_not_stall_grant_or_revoke(
+    hostile: Hostile,
+) -> None:
+    h = hostile
+    granted = h.grant("lock-1")
+    assert granted.status == "granted"
+    with h.connect("mallory") as m:
+        # Every key the grant id or a fixed constant could give, as the old template used them.
+        m.execute(
+            "SELECT pg_advisory_lock(pg_catalog.hashtextextended(%s, 0)), pg_advisory_lock(%s)",
+            (granted.grant_id, OLD_ACL_LOCK_KEY),
+        )
+        done, result = _in_thread(lambda: h.revoke("lock-1"), 30)
+        other_done, other = _in_thread(lambda: h.grant("lock-2"), 30)
+        m.execute("SELECT pg_advisory_unlock_all()")
+    assert done and result[0].status == "revoked" and result[0].verified
+    assert other_done and other[0].status == "granted"
+
+
+def test_a_grantee_locking_its_own_role_cannot_stall_its_revoke(hostile: Hostile) -> None:
+    h = hostile
+    granted = h.grant("lock-3")
+    session = h.login(granted)
+    session.execute("SET idle_in_transaction_session_timeout = 0")
+    session.execute("BEGIN")
+    # Holds the row lock on its own pg_authid entry for as long as it likes.
+    session.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD 'mine-now'").format(sql.Identifier(str(granted.principal)))
+    )
+    done, result = _in_thread(lambda: h.revoke("lock-3"), 30)
+    assert done, "revoke waited on the grantee's lock"
+    assert result[0].status == "revoked" and result[0].verified
+    with pytest.raises(psycopg.OperationalError):
+        session.execute("SELECT 1")
+    assert not h.exists(str(granted.principal))
+
+
+# -- item 3: a revoke removes everything, in every database, or says failed ------------------
+
+
+def test_owner_backdoors_in_two_databases_are_removed_at_revoke(hostile: Hostile) -> None:
+    h = hostile
+    granted = h.grant("own-1", permission="owner")
+    name = str(granted.principal)
+    with h.login(granted) as grantee:
+        grantee.execute(
+            "CREATE FUNCTION s.backdoor() RETURNS bigint SECURITY DEFINER LANGUAGE sql "
+            "AS 'SELECT count(*) FROM s.items'"
+        )
+        grantee.execute("GRANT EXECUTE ON FUNCTION s.backdoor() TO PUBLIC")
+    with h.login(granted, "postgres") as elsewhere:  # PUBLIC may connect to `postgres`
+        lo = elsewhere.execute("SELECT lo_create(0)").fetchone()
+    assert lo is not None
+
+    revoke = h.revoke("own-1")
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not h.exists(name)
+    with h.connect("mallory") as m, pytest.raises(psycopg.errors.UndefinedFunction):
+        m.execute("SELECT s.backdoor()")
+    with h.connect("admin", "postgres") as pg:
+        row = pg.execute("SELECT 1 FROM pg_largeobject_metadata WHERE oid = %s", (lo[0],))
+        assert row.fetchone() is None
+
+
+def test_a_trigger_on_a_table_the_grantee_does_not_own_goes_with_its_function(
+    hostile: Hostile,
+) -> None:
+    h = hostile
+    h.admin.execute("CREATE TABLE IF NOT EXISTS s.audit (x int)")
+    granted = h.grant("own-2", permission="owner")
+    name = str(granted.principal)
+    # The company once gave TRIGGER on one of its tables to this role.
+    h.admin.execute(sql.SQL("GRANT TRIGGER ON s.audit TO {}").format(sql.Identifier(name)))
+    with h.login(granted) as grantee:
+        grantee.execute(
+            "CREATE FUNCTION s.tf() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+        )
+        grantee.execute(
+            "CREATE TRIGGER later BEFORE INSERT ON s.audit FOR EACH ROW EXECUTE FUNCTION s.tf()"
+        )
+    revoke = h.revoke("own-2")
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    triggers = h.admin.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 's.audit'::regclass"
+    ).fetchone()
+    assert triggers == (0,) and not h.exists(name)
+
+
+def test_owner_template_hands_out_no_trigger_or_references(hostile: Hostile) -> None:
+    h = hostile
+    granted = h.grant("own-3", permission="owner")
+    for privilege in ("TRIGGER", "REFERENCES"):
+        row = h.admin.execute(
+            "SELECT has_table_privilege(%s, 's.items', %s)", (granted.principal, privilege)
+        ).fetchone()
+        assert row == (False,), privilege
+    assert h.revoke("own-3").status == "revoked"
+
+
+# -- item 4: forged labels steer nothing -----------------------------------------------------
+
+
+def test_labels_forged_by_a_createrole_user_are_never_acted_on(hostile: Hostile) -> None:
+    h = hostile
+    h.admin.execute("CREATE ROLE carol LOGIN CREATEROLE")
+    h.admin.execute("CREATE ROLE app_owner NOLOGIN")
+    h.admin.execute("CREATE ROLE app_reader LOGIN")
+    h.admin.execute("CREATE TABLE s.precious (x int)")
+    h.admin.execute("ALTER TABLE s.precious OWNER TO app_owner")
+    real = h.grant("forge-1")
+    lookalike = f"{PREFIX}{'a' * 24}"
+    fake_member = f"{PREFIX}{'b' * 24}"
+    past = "2000-01-01T00:00:00+00:00"
+    gid = "g" + "a" * 24
+    h.admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(lookalike)))
+    h.admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(fake_member)))
+    su = h.connect("admin")  # a superuser's session that a forged label asks us to end
+    try:
+        genuine = h.admin.execute(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
+            (real.principal,),
+        ).fetchone()
+        assert genuine is not None
+        v1 = {
+            "v": 1,
+            "grant_id": gid,
+            "integration": INTEGRATION,
+            "expires_at": past,
+            "state": "active",
+        }
+        body = json.dumps({**v1, "v": 2, "kind": "grant"}, sort_keys=True, separators=(",", ":"))
+        member = {
+            **v1,
+            "grant_id": "g" + "b" * 24,
+            "mode": "membership",
+            "member": "admin",
+            "terminate_sessions": True,
+        }
+        with h.connect("carol") as carol:
+            for role, text in (
+                ("app_owner", "jitc:" + json.dumps(v1)),  # the old, unsigned format
+                (lookalike, f"jitc:{'x' * 43}.{body}"),  # the new format, a made-up MAC
+                ("app_reader", genuine[0]),  # a genuine label, copied onto another role
+                (fake_member, "jitc:" + json.dumps(member)),
+            ):
+                carol.execute(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        sql.Identifier(role), sql.Literal(text)
+                    )
+                )
+        report = h.engine.sweep(datetime.now(UTC) + timedelta(days=1))
+        assert real.grant_id in report.revoked and gid not in report.revoked, report
+        assert all(h.exists(r) for r in ("app_owner", "app_reader", lookalike, fake_member))
+        assert h.admin.execute("SELECT to_regclass('s.precious')").fetchone() == ("s.precious",)
+        assert su.execute("SELECT 1").fetchone() == (1,)
+        # Asked by grant id, the revoke leaves a role it cannot prove is ours alone, and says so.
+        outcome = h.engine.execute(
+            parse_request(
+                json.dumps(
+                    {
+                        "request_id": "forge-r",
+                        "action": "revoke",
+                        "integration": INTEGRATION,
+                        "grant_id": gid,
+                    }
+                )
+            )
+        )
+        assert outcome.status == "failed" and h.exists(lookalike)
+    finally:
+        su.close()
+        h.admin.execute("DROP TABLE IF EXISTS s.precious")
+        for role in ("carol", "app_owner", "app_reader", lookalike, fake_member):
+            h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+# -- item 5: no group that reaches power is handed out ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reach",
+    ["superuser", "createrole", "admin", "pg_write_all_data", "pg_execute_server_program", "ours"],
+)
+def test_membership_refuses_a_group_that_reaches_power_through_nesting(
+    hostile: Hostile, reach: str
+) -> None:
+    h = hostile
+    for role in ("g_top", "g_mid", "eve"):
+        h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    h.admin.execute("CREATE ROLE eve LOGIN")
+    h.admin.execute("CREATE ROLE g_top NOLOGIN")
+    h.admin.execute("CREATE ROLE g_mid NOLOGIN")
+    h.admin.execute("GRANT g_mid TO g_top")  # g_top -> g_mid -> the powerful role
+    target = {
+        "superuser": "h_boss",
+        "createrole": "h_manager",
+        "admin": "admin",
+        "pg_write_all_data": "pg_write_all_data",
+        "pg_execute_server_program": "pg_execute_server_program",
+    }.get(reach)
+    made = None
+    try:
+        if reach == "superuser":
+            h.admin.execute("CREATE ROLE h_boss NOLOGIN SUPERUSER")
+            made = "h_boss"
+        elif reach == "createrole":
+            h.admin.execute("CREATE ROLE h_manager NOLOGIN CREATEROLE")
+            made = "h_manager"
+        elif reach == "ours":
+            target = str(h.grant("nest-own-role").principal)
+        h.admin.execute(sql.SQL("GRANT {} TO g_mid").format(sql.Identifier(str(target))))
+        outcome = h.grant("nest-" + reach, permission="analyst", resources=["g_top"])
+        assert outcome.status == "refused" and outcome.field == "resources[0]", outcome.message
+        with h.connect("eve") as eve, pytest.raises(psycopg.Error):
+            eve.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(str(target))))
+    finally:
+        for role in ("g_top", "g_mid", "eve", made):
+            if role:
+                h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+# -- item 8: membership mode says verified only when access is gone --------------------------
+
+
+def test_membership_without_ending_sessions_is_unverified_while_one_holds_the_group(
+    hostile: Hostile,
+) -> None:
+    h = hostile
+    for role in ("readers", "eve"):
+        h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    h.admin.execute("CREATE ROLE readers NOLOGIN")
+    h.admin.execute("CREATE ROLE eve LOGIN")
+    try:
+        granted = h.grant("watch-1", permission="watcher", resources=["readers"])
+        assert granted.status == "granted"
+        session = h.connect("eve")
+        session.execute("SET ROLE readers")  # holds the group for as long as it lives
+        first = h.revoke("watch-1")
+        assert first.status == "failed" and not first.verified
+        assert any("session" in r for r in first.residual), first.residual
+        assert session.execute("SELECT current_user").fetchone() == ("readers",)
+        session.close()
+        again = h.revoke("watch-1")
+        assert again.status == "revoked" and again.verified, again
+        with h.connect("eve") as later, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            later.execute("SET ROLE readers")
+    finally:
+        for role in ("readers", "eve"):
+            h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
