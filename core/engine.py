@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from jitc.catalog import Catalog, Integration
-from jitc.errors import JitcError, Refused
+from jitc.errors import JitcError, Refused, SecretError
 from jitc.labels import LabelKey
 from jitc.messages import Work
 from jitc.models import AccessRequest, AuditEvent, Outcome, parse_duration, utcnow
@@ -56,6 +56,9 @@ class _Batch:
         if self._label_ref is not None and "\0label" not in self._secrets:
             self._secrets["\0label"] = self._store.resolve(self._label_ref)
         key = self._secrets.get("\0label")
+        if key is not None and len(key.reveal()) < 16:
+            # A configured key that is empty or short would make labels forgeable in silence.
+            raise SecretError(f"secret {self._label_ref}: a label key needs 16 characters or more")
         opener: Any = template.open
         return cast(
             TargetSession,

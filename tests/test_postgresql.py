@@ -579,3 +579,28 @@ def test_parallel_workers_share_one_bundle_and_a_racing_revoke_always_wins(env: 
                 pytest.fail(f"grant succeeded after a revoke that found nothing: {outcomes}")
         assert not name or not env.can_login(name)
     assert len(our_roles(env.admin)) == 4  # the par- grants only
+
+
+def test_a_configured_label_key_that_is_empty_or_short_fails_instead_of_signing_weakly(
+    make_env: Any,
+) -> None:
+    for key in ("", "short"):
+        env = keyed(make_env, key=key)
+        outcome = env.engine.execute(env.request(request_id=f"weak-{len(key)}"))
+        assert outcome.status == "failed" and "label key" in str(outcome.message), outcome
+        assert our_roles(env.admin) == []
+
+
+def test_a_table_created_after_the_bundle_is_covered_from_the_next_grant(env: Env) -> None:
+    first = env.engine.execute(env.request(request_id="later-1"))
+    env.admin.execute(sql.SQL("CREATE TABLE {} (x int)").format(_table("later")))
+    env.admin.execute(sql.SQL("INSERT INTO {} VALUES (7)").format(_table("later")))
+    second = env.engine.execute(env.request(request_id="later-2"))
+    for outcome in (second, first):  # the bundle is shared: the earlier grant sees it too
+        with env.login(env.credentials(outcome.sealed_credentials)) as session:
+            row = session.execute(sql.SQL("SELECT x FROM {}").format(_table("later"))).fetchone()
+            assert row == (7,)
+    bundles = env.admin.execute(
+        "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
+    ).fetchone()
+    assert bundles == (1,)
