@@ -182,3 +182,29 @@ def test_a_host_asking_for_the_password_in_the_clear_never_gets_it(
     # The listener does get a password from a client that allows it: the test can see a leak.
     assert _grant({**relaxed, "require_auth": "none"}).status == "failed"
     assert CANARY.encode() in asker.received
+
+
+@pytest.mark.parametrize("field", ["host", "login_host"])
+def test_a_host_list_with_one_local_entry_is_refused(asker: CleartextAsker, field: str) -> None:
+    # libpq tries each host of a comma list in turn: the socket directory does not exist, so
+    # the password would go to the listener if the list passed as loopback.
+    hosts = f"/nonexistent-jitc-socket-dir,{HOST}"
+    connection = {"port": asker.port, "connect_timeout": 2, field: hosts}
+    with pytest.raises(CatalogError) as err:
+        _catalog(connection)
+    assert "single host" in str(err.value)
+    if field == "host":
+        # The test can see a leak: an equivalent relaxed single host does hand it over.
+        assert (
+            _grant(
+                {
+                    **connection,
+                    "host": HOST,
+                    "sslmode": "disable",
+                    "allow_insecure_transport": True,
+                    "require_auth": "none",
+                }
+            ).status
+            == "failed"
+        )
+        assert CANARY.encode() in asker.received

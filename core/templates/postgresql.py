@@ -126,6 +126,15 @@ class Connection(Settings):
         default_factory=list, description="groups never handed out, besides the built-in list"
     )
 
+    @field_validator("host", "login_host")
+    @classmethod
+    def _one_host(cls, value: str | None) -> str | None:
+        # libpq reads a comma-separated list as several hosts and tries each in turn: one
+        # loopback entry would make the whole list look local and relax TLS and SCRAM for all.
+        if value is not None and (not value or any(c in value for c in ", \t\n\r=")):
+            raise ValueError("host must be a single host name, address or socket directory")
+        return value
+
     @model_validator(mode="after")
     def _transport(self) -> Connection:
         if self.sslmode in _WEAK_SSL and not (
