@@ -5,6 +5,7 @@ are in tests/contract/."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ssl
 import threading
 import time
@@ -461,3 +462,26 @@ def test_tls_is_verified_or_the_connection_refused(target: MySQLTarget) -> None:
     outcome = env.engine.execute(env.request(request_id="m-tls"))
     assert outcome.status == "failed" and target.password not in str(outcome.message)
     assert target.principals() == set()
+
+
+def test_a_revoke_whose_lock_is_held_still_ends_access_and_is_retried(
+    target: MySQLTarget,
+) -> None:
+    # The worst case: someone who can read the ledger's key holds the grant's very lock.
+    env = make_env(target, catalog_doc(target, connection=target.connection(lock_wait_seconds=1)))
+    outcome = env.engine.execute(env.request(request_id="m-held"))
+    creds = env.credentials(outcome.sealed_credentials)
+    live = target.login(creds)
+    key = run(target.admin, f"SELECT value FROM `{LEDGER}`.`keys` WHERE name = 'lock'")[0][0]
+    digest = hashlib.sha256(f"{key}:{outcome.grant_id}".encode()).hexdigest()[:56]
+    holder = root()
+    assert run(holder, "SELECT GET_LOCK(%s, 0)", f"jitc-{digest}") == [(1,)]
+    try:
+        blocked = env.engine.execute(env.request("revoke", request_id="m-held"))
+        assert blocked.status == "failed" and "busy" in str(blocked.message)
+        assert not target.alive(live) and not env.can_login(creds)
+    finally:
+        holder.close()
+    done = env.engine.execute(env.request("revoke", request_id="m-held"))
+    assert done.status == "revoked" and done.verified
+    assert outcome.principal not in target.principals()

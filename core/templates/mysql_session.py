@@ -54,6 +54,10 @@ def native_password_hash(password: str) -> str:
     return "*" + hashlib.sha1(inner, usedforsecurity=False).hexdigest().upper()
 
 
+class Busy(TargetError):
+    """Another session holds a grant's lock past the bounded wait."""
+
+
 def _tls(connection: Connection) -> ssl.SSLContext | None:
     """A verifying TLS context. PyMySQL's own, built from a dict without a CA, neither checks
     the certificate nor the host name, which would hand the admin password to anyone on path."""
@@ -165,7 +169,7 @@ class MySQLSession:
         name = "jitc-" + hashlib.sha256(f"{self._lock_key}:{grant_id}".encode()).hexdigest()[:56]
         got = self._one("SELECT GET_LOCK(%s, %s)", (name, self.settings.lock_wait_seconds))
         if got != 1:
-            raise TargetError(f"grant {grant_id} is busy (lock not granted in time)")
+            raise Busy(f"grant {grant_id} is busy (lock not granted in time)")
         try:
             yield
         finally:
@@ -414,6 +418,29 @@ class MySQLSession:
     # -- revoke ----------------------------------------------------------------------------
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        try:
+            return self._revoke(grant_id, tombstone_until)
+        except Busy:
+            # Whoever holds the lock, access ends now; the rest is retried with the message.
+            self._contain(grant_id)
+            raise
+
+    def _contain(self, grant_id: str) -> None:
+        """Without the grant's lock: only what takes access away, and is safe to repeat."""
+        found = self._row(grant_id)
+        if found is None or found[1].get("state") == "tombstone":
+            return
+        name, label = found
+        if label.get("mode") == "membership":
+            self._run(f"DROP ROLE IF EXISTS {ident(name)}")
+            member = str(label.get("member", ""))
+            if label.get("terminate_sessions") and member:
+                self._kill(member)
+            return
+        self._run(f"ALTER USER IF EXISTS {account(self.settings, name)} ACCOUNT LOCK")
+        self._kill(name)
+
+    def _revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
         with self._locked(grant_id):
             found = self._row(grant_id)
             if found is None:
