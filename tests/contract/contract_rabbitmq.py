@@ -166,8 +166,13 @@ class RabbitMQTarget:
         return {n for n in self._ours() if not n.startswith(f"{PREFIX}x-")}
 
     def snapshot(self) -> Any:
-        """Every user but the ones the connector made: the foreign ones keep our prefix."""
-        ours = set(self._ours()) - self.foreign
+        """The users this run did not make through the connector: `guest`, the admin and the
+        foreign ones (which carry our prefix), with their permissions. Other runs' users come
+        and go on a shared broker; they are not this test's business."""
+        mine = {"guest", ADMIN} | {n for n in self._ours() if n.startswith(PREFIX)}
+        ours = (set(self._ours()) - self.foreign) | {
+            str(u["name"]) for u in self.root.get("/api/users").json() if u["name"] not in mine
+        }
         users = [
             (
                 u["name"],
