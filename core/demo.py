@@ -7,7 +7,6 @@ drops only what it created, and revokes its grant when it is interrupted or fail
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import importlib
 import json
@@ -151,7 +150,6 @@ def _story(dsn: str, where: str, seconds: int) -> None:
     schema, integration = f"jitc_demo_{run}", f"demo-{run}"
     sign_private, sign_public = signing_keypair()
     box_private, box_public = box_keypair()
-    prefix = f"jitd{os.urandom(3).hex()}_"
     connection = {
         "host": params.get("host", "127.0.0.1"),
         "port": int(params.get("port", 5432)),

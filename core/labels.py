@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from jitc.errors import TargetError
+
 PREFIX = "jitc:"
 VERSION = 2
 
@@ -82,3 +84,11 @@ def verify_label(
     if not isinstance(label, dict) or label.get("v") != VERSION:
         return None
     return label
+
+
+def required(key: LabelKey | None) -> LabelKey:
+    """The label key a labelling template cannot work without (the catalog requires it, so
+    only a caller bypassing the catalog can get here)."""
+    if key is None:
+        raise TargetError("connector.label_key is required for a template that labels its grants")
+    return key

@@ -9,7 +9,6 @@ enough of the PostgreSQL protocol to ask for the password in the clear and recor
 from __future__ import annotations
 
 import base64
-
 import contextlib
 import json
 import socket

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from jitc import labels
 from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
@@ -355,5 +356,5 @@ class MySQLTemplate:
 
         assert isinstance(connection, Connection)
         return MySQLSession(
-            integration, connection, secret, label_key or LabelKey.from_secret(None)
+            integration, connection, secret, labels.required(label_key)
         )

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
+from jitc import labels
 from jitc.errors import Refused, TargetError
 from jitc.labels import LabelKey
 from jitc.models import Grant, utcnow
@@ -58,7 +59,7 @@ class RabbitMQSession:
     ) -> None:
         self.integration = integration
         self.settings = connection
-        self.key = label_key or LabelKey.from_secret(None)
+        self.key = labels.required(label_key)
         self.client = httpx.Client(
             base_url=connection.api_url.rstrip("/"),
             auth=(connection.user, secret.reveal() if secret is not None else ""),

@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from jitc import labels
 from jitc.errors import Refused, TargetError
 from jitc.labels import LabelKey
 from jitc.models import Grant, utcnow
@@ -47,7 +48,7 @@ class RedisSession:
     ) -> None:
         self.integration = integration
         self.settings = connection
-        self.key = label_key or LabelKey.from_secret(None)
+        self.key = labels.required(label_key)
         self._save: bool | None = {"always": True, "never": False}.get(connection.acl_save)
         try:
             self.client: redis.Redis = redis.Redis(
