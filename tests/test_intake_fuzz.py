@@ -19,6 +19,7 @@ PRIVATE, PUBLIC = signing_keypair()
 CATALOG = parse_catalog(
     {
         "control_plane": {"keys": {"cp": PUBLIC}},
+        "connector": {"label_key": "env:JITC_TEST_LABEL_KEY"},
         "integrations": {
             "db": {
                 "kind": "postgresql",
