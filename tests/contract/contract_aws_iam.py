@@ -33,6 +33,8 @@ REGION = "us-east-1"
 PATH = f"/jitc{RUN}/"
 BUCKET = f"bucket-{RUN}"
 ROLES = [f"c{RUN}-dev-{i}" for i in range(4)]
+BOUNDARY_NAME = f"c{RUN}-grant-boundary"
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/{BOUNDARY_NAME}"
 _ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _ENV += ("AWS_DEFAULT_REGION", "AWS_REGION")
 
@@ -126,9 +128,20 @@ class AwsIamTarget:
                 }
             ],
         }
+        # Grantees carry the boundary the connector's module creates; without it nothing is given.
+        with contextlib.suppress(self.iam.exceptions.EntityAlreadyExistsException):
+            ceiling = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+            self.iam.create_policy(
+                PolicyName=BOUNDARY_NAME,
+                PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [ceiling]}),
+            )
         for role in ROLES:
             with contextlib.suppress(self.iam.exceptions.EntityAlreadyExistsException):
-                self.iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+                self.iam.create_role(
+                    RoleName=role,
+                    AssumeRolePolicyDocument=json.dumps(trust),
+                    PermissionsBoundary=BOUNDARY,
+                )
 
     def reset(self) -> None:
         self.foreign.clear()
@@ -168,6 +181,7 @@ class AwsIamTarget:
             "region": REGION,
             "path": PATH,
             "allowed_principals": [f"c{RUN}-dev-*"],
+            "permissions_boundary_arn": BOUNDARY,
             **overrides,
         }
 
