@@ -117,6 +117,28 @@ def _ident(dotted: str) -> sql.Identifier:
     return sql.Identifier(*dotted.split("."))
 
 
+# Any ACL entry of this database, or a shared one, that lets the role pass a privilege on.
+_GRANTABLE = (
+    "WITH b AS (SELECT r.oid FROM pg_catalog.pg_roles r "
+    "  WHERE r.rolname OPERATOR(pg_catalog.=) %s), "
+    "acls AS ("
+    "  SELECT relacl AS acl FROM pg_catalog.pg_class"
+    "  UNION ALL SELECT attacl FROM pg_catalog.pg_attribute WHERE attacl IS NOT NULL"
+    "  UNION ALL SELECT nspacl FROM pg_catalog.pg_namespace"
+    "  UNION ALL SELECT proacl FROM pg_catalog.pg_proc"
+    "  UNION ALL SELECT typacl FROM pg_catalog.pg_type"
+    "  UNION ALL SELECT lanacl FROM pg_catalog.pg_language"
+    "  UNION ALL SELECT lomacl FROM pg_catalog.pg_largeobject_metadata"
+    "  UNION ALL SELECT fdwacl FROM pg_catalog.pg_foreign_data_wrapper"
+    "  UNION ALL SELECT srvacl FROM pg_catalog.pg_foreign_server"
+    "  UNION ALL SELECT datacl FROM pg_catalog.pg_database"
+    "  UNION ALL SELECT spcacl FROM pg_catalog.pg_tablespace) "
+    "SELECT EXISTS (SELECT 1 FROM acls, pg_catalog.aclexplode(acls.acl) a, b "
+    "  WHERE acls.acl IS NOT NULL AND a.grantee OPERATOR(pg_catalog.=) b.oid "
+    "  AND a.is_grantable)"
+)
+
+
 def _names(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(name) for name in names)
 
@@ -587,7 +609,31 @@ class PostgreSQLSession:
             )
             self._run(statements)
             self._refuse_create(name)
+            self._refuse_power(name)
         return name
+
+    def _refuse_power(self, bundle: str) -> None:
+        """A catalog's statements may not give the bundle a role that reaches power, nor a
+        privilege it may pass on: a member could use the first beyond its grant, and what it
+        passed on with the bundle as grantor would outlive every revoke of ours."""
+        denied = DENIED_GROUPS | set(self.settings.denied_groups)
+        for name, privileged, ours in self._reach(bundle):
+            if name == bundle:
+                continue
+            if privileged or ours or name in self._admins or name in denied:
+                raise Refused(
+                    "permission",
+                    f"the permission's statements make its bundle reach {name!r}, which is a "
+                    "superuser, a role manager, holds ADMIN OPTION, is the admin, one of this "
+                    "connector's roles or a denied role",
+                )
+        row = self.conn.execute(_GRANTABLE, (bundle,)).fetchone()
+        if row and row[0]:
+            raise Refused(
+                "permission",
+                "the permission's statements grant a privilege WITH GRANT OPTION; a member could "
+                "pass it on beyond the grant",
+            )
 
     def _refuse_create(self, bundle: str) -> None:
         """A bundle must not hold CREATE anywhere: a member could make objects it owns, which
