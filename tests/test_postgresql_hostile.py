@@ -535,6 +535,63 @@ def test_membership_refuses_a_group_that_holds_admin_option_somewhere_in_reach(
             h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def _intermediate(h: Hostile, member: str) -> str:
+    row = h.admin.execute(
+        "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+        (member,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _reads(h: Hostile, user: str) -> bool:
+    row = h.admin.execute("SELECT has_table_privilege(%s, 's.items', 'SELECT')", (user,))
+    found = row.fetchone()
+    return bool(found and found[0])
+
+
+@pytest.mark.parametrize("hold", ["session", "prepared"])
+def test_a_member_holding_its_intermediate_role_row_still_loses_the_group(
+    hostile: Hostile, hold: str
+) -> None:
+    """eve locks the row of the role that carries her membership (an open ALTER ROLE of it,
+    in a live session or a prepared transaction): the revoke still ends the access."""
+    h = hostile
+    for role in ("readers", "eve"):
+        h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    h.admin.execute("CREATE ROLE readers NOLOGIN")
+    h.admin.execute("CREATE ROLE eve LOGIN")
+    h.admin.execute("GRANT SELECT ON s.items TO readers")
+    eve = None
+    try:
+        rid = f"lock-{hold}"
+        assert h.grant(rid, permission="analyst", resources=["readers"]).status == "granted"
+        mid = _intermediate(h, "eve")
+        eve = h.connect("eve")
+        eve.execute("SET idle_in_transaction_session_timeout = 0")
+        # On 16 and later the member may not SET ROLE to the intermediate role at all.
+        eve.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(mid)))
+        eve.execute("BEGIN")
+        eve.execute(sql.SQL("ALTER ROLE {} PASSWORD 'x'").format(sql.Identifier(mid)))
+        if hold == "prepared":
+            eve.execute("PREPARE TRANSACTION 'eve-holds-it'")
+        eve.execute("RESET ROLE")
+        assert _reads(h, "eve")
+        outcome = h.revoke(rid)
+        assert not _reads(h, "eve"), outcome
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert h.admin.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+    finally:
+        if eve is not None:
+            eve.close()
+        for (gid,) in h.admin.execute("SELECT gid FROM pg_prepared_xacts").fetchall():
+            h.admin.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+        h.admin.execute("DROP OWNED BY readers")
+        for role in ("readers", "eve"):
+            h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
 # -- item 8: membership mode says verified only when access is gone --------------------------
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
     name = role_name(connection, spec.grant_id)
     label = sql.SQL("'jitc:…'")
     if permission.mode == "membership":
-        statements = _membership_statements(name, member_name(spec), spec.resources, label)
+        statements = _membership_statements(name, member_name(spec), spec.resources, label, 15)
         return [s.as_string(None) for s in statements]
     bundles = [_bundle_of(connection, spec, resource) for resource in spec.resources]
     statements = _user_statements(connection, spec, name, bundles, sql.SQL(MASK), label, 15)
@@ -136,6 +137,19 @@ _GRANTABLE = (
     "SELECT EXISTS (SELECT 1 FROM acls, pg_catalog.aclexplode(acls.acl) a, b "
     "  WHERE acls.acl IS NOT NULL AND a.grantee OPERATOR(pg_catalog.=) b.oid "
     "  AND a.is_grantable)"
+)
+
+
+# Ends the sessions that block a backend, but never a superuser's or the admin's; a zero pid
+# stands for a prepared transaction, which only ROLLBACK PREPARED frees.
+_END_BLOCKERS = (
+    "SELECT b.pid, CASE WHEN b.pid OPERATOR(pg_catalog.=) 0 THEN false "
+    "  ELSE pg_catalog.pg_terminate_backend(b.pid) END "
+    "FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(%s)) AS b(pid) "
+    "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) b.pid "
+    "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid "
+    "WHERE b.pid OPERATOR(pg_catalog.=) 0 "
+    "OR (NOT r.rolsuper AND r.rolname OPERATOR(pg_catalog.<>) ALL(%s::pg_catalog.text[]))"
 )
 
 
@@ -210,14 +224,17 @@ def _user_statements(
 
 
 def _membership_statements(
-    name: str, member: str, groups: Sequence[str], label: sql.Composable
+    name: str, member: str, groups: Sequence[str], label: sql.Composable, server_version: int
 ) -> list[sql.Composed]:
     role = sql.Identifier(name)
+    # On 16 and later the member inherits the group's privileges but may not SET ROLE to our
+    # intermediate role: it can then neither lock that role's row nor own objects as it.
+    edge = " WITH INHERIT TRUE, SET FALSE" if server_version >= 16 else ""
     return [
         sql.SQL("CREATE ROLE {} NOLOGIN INHERIT").format(role),
         sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
         sql.SQL("GRANT {} TO {}").format(_names(groups), role),
-        sql.SQL("GRANT {} TO {}").format(role, sql.Identifier(member)),
+        sql.SQL("GRANT {} TO {}" + edge).format(role, sql.Identifier(member)),
     ]
 
 
@@ -489,7 +506,7 @@ class PostgreSQLSession:
             member = member_name(spec)
             label.update(member=member, terminate_sessions=permission.terminate_sessions)
             statements = _membership_statements(
-                name, member, spec.resources, self._label(name, label)
+                name, member, spec.resources, self._label(name, label), self.server_version
             )
         else:
             password = self._password(spec)
@@ -913,21 +930,67 @@ class PostgreSQLSession:
             members: dict[str, list[str]] = {}
             for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
                 members.setdefault(group, []).append(member)
-            statements += [
+            revokes: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+            revokes += [
                 sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
                 for group, names in members.items()
             ]
+            # The memberships go in a commit of their own, first: a REVOKE needs no lock on
+            # the role's row, so a grantee holding that row (an open `ALTER ROLE` of the role)
+            # loses the access even while the ALTER ROLE below waits for it.
+            if len(revokes) > 1:
+                self._atomic(revokes)
             self._atomic(statements)
 
+        owners = [role.name for role, _ in live]
+        owners += [str(label["member"]) for _, label in live if label.get("member")]
         for attempt in range(3):
             try:
-                self._retrying(step)
+                if attempt == 0:
+                    self._retrying(step)
+                else:
+                    self._ending_blockers(owners, lambda: self._retrying(step))
                 break
             except psycopg.errors.LockNotAvailable:
                 if attempt == 2:
                     raise
                 self._terminate_all([role.name for role, _ in live])
         return disabled_at
+
+    def _ending_blockers(self, owners: list[str], step: Callable[[], T]) -> T:
+        """Run `step` while a second session ends whatever blocks it: any session that is not
+        a superuser's or the admin's, and prepared transactions of `owners` (the grant's roles
+        and its member), which no session ending frees."""
+        pid = self.conn.info.backend_pid
+        done = threading.Event()
+        watcher = self._connect(self.settings.dbname)
+
+        def watch() -> None:
+            with contextlib.suppress(psycopg.Error):
+                while not done.wait(0.05):
+                    blockers = watcher.execute(_END_BLOCKERS, (pid, sorted(self._admins)))
+                    if not any(row[0] == 0 for row in blockers.fetchall()):
+                        continue
+                    gids = watcher.execute(
+                        "SELECT p.gid FROM pg_catalog.pg_prepared_xacts p "
+                        "WHERE p.owner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[]) "
+                        "AND p.database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+                        (owners,),
+                    ).fetchall()
+                    for (gid,) in gids:
+                        with contextlib.suppress(psycopg.Error):
+                            watcher.execute(
+                                sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid))
+                            )
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        try:
+            return step()
+        finally:
+            done.set()
+            thread.join()
+            watcher.close()
 
     def _holders(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str | None]:
         """Whose sessions a revoke ends: the ephemeral role's own, or the member's if the
