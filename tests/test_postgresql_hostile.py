@@ -377,6 +377,33 @@ def test_a_trigger_on_a_table_the_grantee_does_not_own_goes_with_its_function(
     assert triggers == (0,) and not h.exists(name)
 
 
+def test_revoke_never_drops_company_objects_that_depend_on_the_grantees(hostile: Hostile) -> None:
+    """The grantee makes a type; the company uses it in its own table. DROP OWNED ... CASCADE
+    would drop the company's column; the revoke fails instead and says what is in the way."""
+    h = hostile
+    granted = h.grant("dep-1", permission="owner")
+    with h.login(granted) as grantee:
+        grantee.execute("CREATE DOMAIN s.dep_amount AS int CHECK (VALUE >= 0)")
+    h.admin.execute("CREATE TABLE s.dep_company (id int, amount s.dep_amount)")
+    h.admin.execute("INSERT INTO s.dep_company VALUES (1, 5)")
+    try:
+        outcome = h.revoke("dep-1")
+        assert outcome.status == "failed" and not outcome.verified, outcome
+        assert any("dep_company" in r for r in outcome.residual), outcome.residual
+        row = h.admin.execute("SELECT amount FROM s.dep_company").fetchone()
+        assert row == (5,)  # the company's column is still there
+        login = h.admin.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (str(granted.principal),)
+        ).fetchone()
+        assert login == (False,)  # access ended, though the role stays until it is clean
+        # Once the company moves its column off the type, the retried revoke finishes.
+        h.admin.execute("ALTER TABLE s.dep_company ALTER COLUMN amount TYPE int")
+        again = h.revoke("dep-1")
+        assert again.status == "revoked" and again.verified, again
+    finally:
+        h.admin.execute("DROP TABLE IF EXISTS s.dep_company")
+
+
 def test_owner_template_hands_out_no_trigger_or_references(hostile: Hostile) -> None:
     h = hostile
     granted = h.grant("own-3", permission="owner")

@@ -140,6 +140,16 @@ _GRANTABLE = (
 )
 
 
+# Triggers that run a function of these roles on a table that is not theirs.
+_GRANTEE_TRIGGERS = (
+    "SELECT t.tgname::pg_catalog.text, n.nspname::pg_catalog.text, c.relname::pg_catalog.text "
+    "FROM pg_catalog.pg_trigger t "
+    "JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid "
+    "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "WHERE NOT t.tgisinternal AND p.proowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND c.relowner OPERATOR(pg_catalog.<>) ALL(%s::pg_catalog.oid[])"
+)
 # Ends the sessions that block a backend, but never a superuser's or the admin's; a zero pid
 # stands for a prepared transaction, which only ROLLBACK PREPARED frees.
 _END_BLOCKERS = (
@@ -1009,7 +1019,7 @@ class PostgreSQLSession:
         return holders
 
     def _clean(self, roles: list[_Role], residual: dict[str, list[str]]) -> None:
-        """DROP OWNED ... CASCADE in every database `pg_shdepend` names: what the grantee
+        """DROP OWNED (no CASCADE) in every database `pg_shdepend` names: what the grantee
         owns (tables, functions, large objects, triggers on them) and every privilege it holds
         there goes, wherever it was made."""
         oids = [role.oid for role in roles]
@@ -1046,9 +1056,20 @@ class PostgreSQLSession:
     ) -> None:
         def drop(chunk: list[_Role]) -> None:
             with conn.transaction():
-                conn.execute(
-                    sql.SQL("DROP OWNED BY {} CASCADE").format(_names(r.name for r in chunk))
-                )
+                # A trigger the grantee put on someone else's table runs its function as
+                # whoever writes there: it is the grantee's, whatever table holds it, and goes.
+                triggers = conn.execute(
+                    _GRANTEE_TRIGGERS, ([r.oid for r in chunk], [r.oid for r in chunk])
+                ).fetchall()
+                for trigger, schema, table in triggers:
+                    conn.execute(
+                        sql.SQL("DROP TRIGGER {} ON {}.{}").format(
+                            sql.Identifier(trigger), sql.Identifier(schema), sql.Identifier(table)
+                        )
+                    )
+                # Never CASCADE: it would also drop the company's objects that depend on the
+                # grantee's (a column of its type, a view on its table), and say nothing.
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(_names(r.name for r in chunk)))
 
         try:
             self._retrying(lambda: drop(roles))
@@ -1057,9 +1078,12 @@ class PostgreSQLSession:
                 try:
                     self._retrying(lambda role=role: drop([role]))  # type: ignore[misc]
                 except psycopg.Error as exc:
+                    # The detail names what depends on the grantee's objects: someone must
+                    # decide about those, and the revoke stays failed (and retried) until then.
+                    detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
                     residual[role.name].append(
                         f"database {dbname}: objects or privileges of {role.name} not removed: "
-                        f"{exc.diag.message_primary}"
+                        f"{exc.diag.message_primary}{detail}"
                     )
 
     def _left(
@@ -1120,7 +1144,7 @@ class PostgreSQLSession:
         if not roles:
             return set()
         statements: list[sql.Composable] = [
-            sql.SQL("DROP OWNED BY {} CASCADE").format(_names(r.name for r in roles)),
+            sql.SQL("DROP OWNED BY {}").format(_names(r.name for r in roles)),
             sql.SQL("DROP ROLE {}").format(_names(r.name for r in roles)),
         ]
         for role in roles:
