@@ -404,6 +404,37 @@ def test_revoke_never_drops_company_objects_that_depend_on_the_grantees(hostile:
         h.admin.execute("DROP TABLE IF EXISTS s.dep_company")
 
 
+def test_a_strangers_lock_on_the_grantees_table_neither_stalls_revoke_nor_keeps_its_door(
+    hostile: Hostile,
+) -> None:
+    """The grantee leaves a SECURITY DEFINER function for mallory, and mallory holds a lock on
+    a table of the grantee's so that its drop waits: the revoke still finishes, and the door
+    never makes anything in the company's schema after the revoke began."""
+    h = hostile
+    granted = h.grant("door-1", permission="owner")
+    with h.login(granted) as grantee:
+        grantee.execute("CREATE TABLE s.door_mine (x int)")
+        grantee.execute("GRANT SELECT ON s.door_mine TO mallory")
+        grantee.execute(
+            "CREATE FUNCTION s.door(q text) RETURNS void SECURITY DEFINER LANGUAGE plpgsql "
+            "SET search_path = pg_catalog AS $$ BEGIN EXECUTE q; END $$"
+        )
+        grantee.execute("GRANT EXECUTE ON FUNCTION s.door(text) TO mallory")
+    mallory = h.connect("mallory")
+    try:
+        mallory.execute("SET idle_in_transaction_session_timeout = 0")
+        mallory.execute("BEGIN")
+        mallory.execute("LOCK TABLE s.door_mine IN ACCESS SHARE MODE")
+        outcome = h.revoke("door-1")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        with h.connect("mallory") as again, pytest.raises(psycopg.Error):
+            again.execute("SELECT s.door('CREATE TABLE s.door_planted (x int)')")
+        assert h.admin.execute("SELECT to_regclass('s.door_planted')").fetchone() == (None,)
+    finally:
+        mallory.close()
+        h.admin.execute("DROP TABLE IF EXISTS s.door_planted")
+
+
 def test_owner_template_hands_out_no_trigger_or_references(hostile: Hostile) -> None:
     h = hostile
     granted = h.grant("own-3", permission="owner")

@@ -151,7 +151,8 @@ _GRANTEE_TRIGGERS = (
     "AND c.relowner OPERATOR(pg_catalog.<>) ALL(%s::pg_catalog.oid[])"
 )
 # Ends the sessions that block a backend, but never a superuser's or the admin's; a zero pid
-# stands for a prepared transaction, which only ROLLBACK PREPARED frees.
+# stands for a prepared transaction, which only ROLLBACK PREPARED frees. The last parameter,
+# when not null, narrows the sessions to those locking a relation these roles own.
 _END_BLOCKERS = (
     "SELECT b.pid, CASE WHEN b.pid OPERATOR(pg_catalog.=) 0 THEN false "
     "  ELSE pg_catalog.pg_terminate_backend(b.pid) END "
@@ -159,7 +160,13 @@ _END_BLOCKERS = (
     "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) b.pid "
     "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid "
     "WHERE b.pid OPERATOR(pg_catalog.=) 0 "
-    "OR (NOT r.rolsuper AND r.rolname OPERATOR(pg_catalog.<>) ALL(%s::pg_catalog.text[]))"
+    "OR (NOT r.rolsuper AND r.rolname OPERATOR(pg_catalog.<>) ALL(%s::pg_catalog.text[]) "
+    "  AND (%s::pg_catalog.oid[] IS NULL OR EXISTS (SELECT 1 FROM pg_catalog.pg_locks l "
+    "    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation "
+    "    WHERE l.pid OPERATOR(pg_catalog.=) b.pid AND l.granted "
+    "    AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d "
+    "      WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) "
+    "    AND c.relowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]))))"
 )
 
 
@@ -903,6 +910,14 @@ class PostgreSQLSession:
             oids = [role.oid for role, _ in live]
             with self.conn.pipeline():
                 clock = self.conn.execute("SELECT pg_catalog.now()::pg_catalog.text")
+                creates = self.conn.execute(
+                    "SELECT n.nspname::pg_catalog.text, r.rolname::pg_catalog.text "
+                    "FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a, "
+                    "pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) a.grantee "
+                    "AND a.grantee OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+                    "AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'",
+                    (oids,),
+                )
                 found = self.conn.execute(
                     "SELECT g.rolname::pg_catalog.text, u.rolname::pg_catalog.text "
                     "FROM pg_catalog.pg_auth_members m "
@@ -912,7 +927,7 @@ class PostgreSQLSession:
                     "OR m.roleid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
                     (oids, oids),
                 )
-            now, edges = clock.fetchone(), found.fetchall()
+            now, edges, schemas = clock.fetchone(), found.fetchall(), creates.fetchall()
             # An edge made after this read is still caught: by DROP ROLE, or by the check
             # that a role has no membership left before it counts as revoked.
             # Not waiting for the disk here is safe: the revoke reports success only after a
@@ -945,6 +960,14 @@ class PostgreSQLSession:
                 sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
                 for group, names in members.items()
             ]
+            # Nor may anything the grantee left (a SECURITY DEFINER function) make objects in
+            # a schema while a lock delays the drop of what it owns.
+            revokes += [
+                sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
+                    sql.Identifier(schema), sql.Identifier(grantee)
+                )
+                for schema, grantee in schemas
+            ]
             # The memberships go in a commit of their own, first: a REVOKE needs no lock on
             # the role's row, so a grantee holding that row (an open `ALTER ROLE` of the role)
             # loses the access even while the ALTER ROLE below waits for it.
@@ -967,18 +990,27 @@ class PostgreSQLSession:
                 self._terminate_all([role.name for role, _ in live])
         return disabled_at
 
-    def _ending_blockers(self, owners: list[str], step: Callable[[], T]) -> T:
-        """Run `step` while a second session ends whatever blocks it: any session that is not
-        a superuser's or the admin's, and prepared transactions of `owners` (the grant's roles
-        and its member), which no session ending frees."""
-        pid = self.conn.info.backend_pid
+    def _ending_blockers(
+        self,
+        owners: list[str],
+        step: Callable[[], T],
+        conn: psycopg.Connection[Any] | None = None,
+        dbname: str | None = None,
+        relations_of: list[int] | None = None,
+    ) -> T:
+        """Run `step` on `conn` while a second session ends whatever blocks it: any session
+        that is not a superuser's or the admin's (with `relations_of`, only those holding a lock
+        on a relation these roles own), and prepared transactions of `owners` (the grant's
+        roles and its member), which no session ending frees."""
+        pid = (conn or self.conn).info.backend_pid
         done = threading.Event()
-        watcher = self._connect(self.settings.dbname)
+        watcher = self._connect(dbname or self.settings.dbname)
 
         def watch() -> None:
             with contextlib.suppress(psycopg.Error):
                 while not done.wait(0.05):
-                    blockers = watcher.execute(_END_BLOCKERS, (pid, sorted(self._admins)))
+                    args = (pid, sorted(self._admins), relations_of, relations_of)
+                    blockers = watcher.execute(_END_BLOCKERS, args)
                     if not any(row[0] == 0 for row in blockers.fetchall()):
                         continue
                     gids = watcher.execute(
@@ -1076,7 +1108,20 @@ class PostgreSQLSession:
         except psycopg.Error:
             for role in roles:  # one at a time, so one blocked role does not hold up the rest
                 try:
-                    self._retrying(lambda role=role: drop([role]))  # type: ignore[misc]
+                    try:
+                        self._retrying(lambda role=role: drop([role]))  # type: ignore[misc]
+                    except psycopg.errors.LockNotAvailable:
+                        # Someone holds a lock on a relation of the grantee's: while it lasts,
+                        # what the grantee left (a SECURITY DEFINER function) stays usable.
+                        self._ending_blockers(
+                            [role.name],
+                            lambda role=role: self._retrying(  # type: ignore[misc]
+                                lambda: drop([role])
+                            ),
+                            conn=conn,
+                            dbname=dbname,
+                            relations_of=[role.oid],
+                        )
                 except psycopg.Error as exc:
                     # The detail names what depends on the grantee's objects: someone must
                     # decide about those, and the revoke stays failed (and retried) until then.
