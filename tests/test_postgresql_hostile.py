@@ -107,8 +107,7 @@ class Hostile:
         return row.fetchone() is not None
 
 
-@pytest.fixture
-def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
+def _hostile(cluster: dict[str, Any], **connection: Any) -> Iterator[Hostile]:
     catalog = parse_catalog(
         {
             "connector": {"label_key": "mem:label"},
@@ -120,6 +119,7 @@ def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
                         "role_prefix": PREFIX,
                         "admin_lock_timeout": "1s",
                         "terminate_wait_seconds": 5,
+                        **connection,
                     },
                     "credentials": "mem:admin",
                     "permissions": {
@@ -141,6 +141,17 @@ def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
     engine = Engine(catalog, store, NullScheduler(), sink)
     with psycopg.connect(**cluster, autocommit=True) as admin:
         yield Hostile(engine, sink, cluster, admin)
+
+
+@pytest.fixture
+def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
+    # This cluster lets PUBLIC create in schema public on purpose: the traps live there.
+    yield from _hostile(cluster, allow_public_create=True)
+
+
+@pytest.fixture
+def strict(cluster: dict[str, Any]) -> Iterator[Hostile]:
+    yield from _hostile(cluster)
 
 
 # -- item 1: nothing a user creates runs as the admin ---------------------------------------
@@ -433,6 +444,39 @@ def test_a_strangers_lock_on_the_grantees_table_neither_stalls_revoke_nor_keeps_
     finally:
         mallory.close()
         h.admin.execute("DROP TABLE IF EXISTS s.door_planted")
+
+
+def test_before_16_no_grant_while_public_may_create_and_bundle_objects_are_residual(
+    strict: Hostile, hostile: Hostile
+) -> None:
+    """Before 16 a grantee may SET ROLE its bundle: where PUBLIC may CREATE it would leave a
+    SECURITY DEFINER function owned by the bundle, usable by anyone after the revoke."""
+    if strict.admin.info.server_version >= 160000:
+        pytest.skip("on 16 and later the grantee may not SET ROLE its bundle")
+    refused = strict.grant("pub-1")
+    assert refused.status == "refused" and refused.field == "permission", refused
+    assert "allow_public_create" in str(refused.message)
+    # With the catalog's explicit leave, what a bundle made keeps every revoke unverified.
+    granted = hostile.grant("pub-2")
+    bundle = str(
+        hostile.admin.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+            (str(granted.principal),),
+        ).fetchone()[0]  # type: ignore[index]
+    )
+    try:
+        with hostile.login(granted) as grantee:
+            grantee.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+            grantee.execute(
+                "CREATE FUNCTION public.pub_leak() RETURNS bigint SECURITY DEFINER "
+                "LANGUAGE sql AS 'SELECT count(*) FROM s.items'"
+            )
+        outcome = hostile.revoke("pub-2")
+        assert outcome.status == "failed" and not outcome.verified, outcome
+        assert any(bundle in r and "owns" in r for r in outcome.residual), outcome.residual
+    finally:
+        hostile.admin.execute("DROP FUNCTION IF EXISTS public.pub_leak()")
 
 
 def test_owner_template_hands_out_no_trigger_or_references(hostile: Hostile) -> None:

@@ -170,6 +170,27 @@ _END_BLOCKERS = (
 )
 
 
+_PUBLIC_CREATE = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a "
+    "  WHERE a.grantee OPERATOR(pg_catalog.=) 0 "
+    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE') "
+    "OR EXISTS (SELECT 1 FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a "
+    "  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() "
+    "  AND a.grantee OPERATOR(pg_catalog.=) 0 "
+    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')"
+)
+# Bundles of this integration that own something, in any database, or carry role settings.
+_BUNDLE_LEFTOVERS = (
+    "SELECT r.rolname::pg_catalog.text, "
+    "  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d "
+    "    WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass "
+    "    AND d.refobjid OPERATOR(pg_catalog.=) r.oid AND d.deptype OPERATOR(pg_catalog.=) 'o'), "
+    "  EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s "
+    "    WHERE s.setrole OPERATOR(pg_catalog.=) r.oid) "
+    "FROM pg_catalog.pg_roles r WHERE pg_catalog.starts_with(r.rolname, %s)"
+)
+
+
 def _names(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(name) for name in names)
 
@@ -289,6 +310,7 @@ class PostgreSQLSession:
         # Reported by the server at connect: no round trip. At connect current_user is the same.
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
+        self._public_create: bool | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
@@ -471,6 +493,7 @@ class PostgreSQLSession:
         assert isinstance(permission, Permission)
         if permission.mode == "membership":
             return []
+        self._refuse_public_create()
         wanted = [_bundle_of(self.settings, spec, resource) for resource in spec.resources]
         missing = [name for name in wanted if name not in made]
         if missing and known is None:
@@ -480,6 +503,22 @@ class PostgreSQLSession:
                 assert known is not None
                 made[name] = self._bundle(spec, resource, known)
         return wanted
+
+    def _refuse_public_create(self) -> None:
+        """Before 16 a member may SET ROLE its bundle: where PUBLIC may CREATE, it would make
+        objects the bundle owns, shared with every later member and outliving every revoke."""
+        if self.server_version >= 16 or self.settings.allow_public_create:
+            return
+        if self._public_create is None:
+            row = self.conn.execute(_PUBLIC_CREATE).fetchone()
+            self._public_create = bool(row and row[0])
+        if self._public_create:
+            raise Refused(
+                "permission",
+                "PUBLIC may CREATE in a schema or in this database, and on PostgreSQL before 16 "
+                "a grantee could make objects as its shared bundle role; revoke that CREATE, or "
+                "set allow_public_create in the catalog",
+            )
 
     def _create_many(
         self,
@@ -880,6 +919,19 @@ class PostgreSQLSession:
             dropped |= self._drop(
                 [r for r in others if not left[r.name]], labels, tombstone_until, residual
             )
+        if self.server_version < 16 and any(not label.get("member") for _, label in live):
+            # Before 16 a member could act as its bundle: what a bundle owns or has set was
+            # made by some member and is still reachable by others.
+            leftovers = [
+                f"bundle {name} owns {owned} object(s)" if owned else f"bundle {name} has settings"
+                for name, owned, settings in self.conn.execute(
+                    _BUNDLE_LEFTOVERS, (self.settings.role_prefix + "b_",)
+                ).fetchall()
+                if owned or settings
+            ]
+            for role, label in live:
+                if not label.get("member"):
+                    left[role.name] += leftovers
         merged: set[str] = set()
         for role, label in live:
             residual[role.name] += left[role.name]
