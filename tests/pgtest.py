@@ -267,7 +267,7 @@ def private_cluster(auth: str = "trust", password: str = "") -> Iterator[dict[st
             str(folder / "log"),
             "-w",
             "-o",
-            f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off",
+            f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_prepared_transactions=4",
             "start",
         ],
         check=True,

@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc, drop_our_roles
+from pgtest import BOX_PUBLIC, INTEGRATION, LABEL_KEY, SCHEMA, catalog_doc, drop_our_roles
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
@@ -61,7 +61,7 @@ def run_histories(admin: Any) -> None:
             self.scheduler = CrashingScheduler()
             self.engine = Engine(
                 parse_catalog(catalog_doc()),
-                SecretStores({"mem": EnvSecretStore({"admin": ""})}),
+                SecretStores({"mem": EnvSecretStore({"admin": "", "label": LABEL_KEY})}),
                 self.scheduler,
                 MemorySink(),
                 clock=lambda: self.now[0],

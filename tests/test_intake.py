@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, all_roles, catalog_doc, our_roles
+from pgtest import BOX_PUBLIC, INTEGRATION, LABEL_KEY, SCHEMA, all_roles, catalog_doc, our_roles
 
 from jitc.catalog import parse_catalog
 from jitc.local import MemorySink
@@ -26,7 +26,7 @@ OTHER_PRIVATE, _ = signing_keypair()
 def start_runtime(sink: MemorySink) -> LocalRuntime:
     doc = catalog_doc()
     doc["control_plane"] = {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
-    secrets = SecretStores({"mem": EnvSecretStore({"admin": ""})})
+    secrets = SecretStores({"mem": EnvSecretStore({"admin": "", "label": LABEL_KEY})})
     return LocalRuntime(parse_catalog(doc), secrets, sink, port=0, sweep_interval=3600).start()
 
 

@@ -609,3 +609,40 @@ def test_a_table_created_after_the_bundle_is_covered_from_the_next_grant(env: En
         "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
     ).fetchone()
     assert bundles == (1,)
+
+
+def _bundles(env: Env) -> list[str]:
+    rows = env.admin.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_custom_statements_that_make_the_bundle_reach_a_superuser_are_refused(
+    make_env: Any,
+) -> None:
+    boss, team = f"{PREFIX}x_boss", f"{PREFIX}x_team"
+    env_admin = make_env().admin
+    env_admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN SUPERUSER").format(sql.Identifier(boss)))
+    env_admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(team)))
+    env_admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(boss), sql.Identifier(team)))
+    env = make_env(
+        catalog_doc(custom={"statements": [f"GRANT {team} TO {{role}}"], "resources": [SCHEMA]})
+    )
+    outcome = env.engine.execute(env.request(request_id="reach-1", permission="custom"))
+    assert outcome.status == "refused" and outcome.field == "permission", outcome
+    assert boss in str(outcome.message)
+    # Nothing stays behind: no bundle, so no role anyone could be made a member of.
+    assert _bundles(env) == [] and sorted(our_roles(env.admin)) == sorted([boss, team])
+
+
+def test_custom_statements_with_grant_option_are_refused(make_env: Any) -> None:
+    statements = [
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role} WITH GRANT OPTION",
+    ]
+    env = make_env(catalog_doc(custom={"statements": statements, "resources": [SCHEMA]}))
+    outcome = env.engine.execute(env.request(request_id="gopt-1", permission="custom"))
+    assert outcome.status == "refused" and outcome.field == "permission", outcome
+    assert "GRANT OPTION" in str(outcome.message)
+    assert _bundles(env) == [] and our_roles(env.admin) == []

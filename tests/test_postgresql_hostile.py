@@ -107,8 +107,7 @@ class Hostile:
         return row.fetchone() is not None
 
 
-@pytest.fixture
-def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
+def _hostile(cluster: dict[str, Any], **connection: Any) -> Iterator[Hostile]:
     catalog = parse_catalog(
         {
             "connector": {"label_key": "mem:label"},
@@ -120,6 +119,7 @@ def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
                         "role_prefix": PREFIX,
                         "admin_lock_timeout": "1s",
                         "terminate_wait_seconds": 5,
+                        **connection,
                     },
                     "credentials": "mem:admin",
                     "permissions": {
@@ -141,6 +141,17 @@ def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
     engine = Engine(catalog, store, NullScheduler(), sink)
     with psycopg.connect(**cluster, autocommit=True) as admin:
         yield Hostile(engine, sink, cluster, admin)
+
+
+@pytest.fixture
+def hostile(cluster: dict[str, Any]) -> Iterator[Hostile]:
+    # This cluster lets PUBLIC create in schema public on purpose: the traps live there.
+    yield from _hostile(cluster, allow_public_create=True)
+
+
+@pytest.fixture
+def strict(cluster: dict[str, Any]) -> Iterator[Hostile]:
+    yield from _hostile(cluster)
 
 
 # -- item 1: nothing a user creates runs as the admin ---------------------------------------
@@ -377,6 +388,97 @@ def test_a_trigger_on_a_table_the_grantee_does_not_own_goes_with_its_function(
     assert triggers == (0,) and not h.exists(name)
 
 
+def test_revoke_never_drops_company_objects_that_depend_on_the_grantees(hostile: Hostile) -> None:
+    """The grantee makes a type; the company uses it in its own table. DROP OWNED ... CASCADE
+    would drop the company's column; the revoke fails instead and says what is in the way."""
+    h = hostile
+    granted = h.grant("dep-1", permission="owner")
+    with h.login(granted) as grantee:
+        grantee.execute("CREATE DOMAIN s.dep_amount AS int CHECK (VALUE >= 0)")
+    h.admin.execute("CREATE TABLE s.dep_company (id int, amount s.dep_amount)")
+    h.admin.execute("INSERT INTO s.dep_company VALUES (1, 5)")
+    try:
+        outcome = h.revoke("dep-1")
+        assert outcome.status == "failed" and not outcome.verified, outcome
+        assert any("dep_company" in r for r in outcome.residual), outcome.residual
+        row = h.admin.execute("SELECT amount FROM s.dep_company").fetchone()
+        assert row == (5,)  # the company's column is still there
+        login = h.admin.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (str(granted.principal),)
+        ).fetchone()
+        assert login == (False,)  # access ended, though the role stays until it is clean
+        # Once the company moves its column off the type, the retried revoke finishes.
+        h.admin.execute("ALTER TABLE s.dep_company ALTER COLUMN amount TYPE int")
+        again = h.revoke("dep-1")
+        assert again.status == "revoked" and again.verified, again
+    finally:
+        h.admin.execute("DROP TABLE IF EXISTS s.dep_company")
+
+
+def test_a_strangers_lock_on_the_grantees_table_neither_stalls_revoke_nor_keeps_its_door(
+    hostile: Hostile,
+) -> None:
+    """The grantee leaves a SECURITY DEFINER function for mallory, and mallory holds a lock on
+    a table of the grantee's so that its drop waits: the revoke still finishes, and the door
+    never makes anything in the company's schema after the revoke began."""
+    h = hostile
+    granted = h.grant("door-1", permission="owner")
+    with h.login(granted) as grantee:
+        grantee.execute("CREATE TABLE s.door_mine (x int)")
+        grantee.execute("GRANT SELECT ON s.door_mine TO mallory")
+        grantee.execute(
+            "CREATE FUNCTION s.door(q text) RETURNS void SECURITY DEFINER LANGUAGE plpgsql "
+            "SET search_path = pg_catalog AS $$ BEGIN EXECUTE q; END $$"
+        )
+        grantee.execute("GRANT EXECUTE ON FUNCTION s.door(text) TO mallory")
+    mallory = h.connect("mallory")
+    try:
+        mallory.execute("SET idle_in_transaction_session_timeout = 0")
+        mallory.execute("BEGIN")
+        mallory.execute("LOCK TABLE s.door_mine IN ACCESS SHARE MODE")
+        outcome = h.revoke("door-1")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        with h.connect("mallory") as again, pytest.raises(psycopg.Error):
+            again.execute("SELECT s.door('CREATE TABLE s.door_planted (x int)')")
+        assert h.admin.execute("SELECT to_regclass('s.door_planted')").fetchone() == (None,)
+    finally:
+        mallory.close()
+        h.admin.execute("DROP TABLE IF EXISTS s.door_planted")
+
+
+def test_before_16_no_grant_while_public_may_create_and_bundle_objects_are_residual(
+    strict: Hostile, hostile: Hostile
+) -> None:
+    """Before 16 a grantee may SET ROLE its bundle: where PUBLIC may CREATE it would leave a
+    SECURITY DEFINER function owned by the bundle, usable by anyone after the revoke."""
+    if strict.admin.info.server_version >= 160000:
+        pytest.skip("on 16 and later the grantee may not SET ROLE its bundle")
+    refused = strict.grant("pub-1")
+    assert refused.status == "refused" and refused.field == "permission", refused
+    assert "allow_public_create" in str(refused.message)
+    # With the catalog's explicit leave, what a bundle made keeps every revoke unverified.
+    granted = hostile.grant("pub-2")
+    bundle = str(
+        hostile.admin.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+            (str(granted.principal),),
+        ).fetchone()[0]  # type: ignore[index]
+    )
+    try:
+        with hostile.login(granted) as grantee:
+            grantee.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+            grantee.execute(
+                "CREATE FUNCTION public.pub_leak() RETURNS bigint SECURITY DEFINER "
+                "LANGUAGE sql AS 'SELECT count(*) FROM s.items'"
+            )
+        outcome = hostile.revoke("pub-2")
+        assert outcome.status == "failed" and not outcome.verified, outcome
+        assert any(bundle in r and "owns" in r for r in outcome.residual), outcome.residual
+    finally:
+        hostile.admin.execute("DROP FUNCTION IF EXISTS public.pub_leak()")
+
+
 def test_owner_template_hands_out_no_trigger_or_references(hostile: Hostile) -> None:
     h = hostile
     granted = h.grant("own-3", permission="owner")
@@ -532,6 +634,63 @@ def test_membership_refuses_a_group_that_holds_admin_option_somewhere_in_reach(
             eve.execute("GRANT h_payroll TO eve")
     finally:
         for role in roles:
+            h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def _intermediate(h: Hostile, member: str) -> str:
+    row = h.admin.execute(
+        "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+        (member,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _reads(h: Hostile, user: str) -> bool:
+    row = h.admin.execute("SELECT has_table_privilege(%s, 's.items', 'SELECT')", (user,))
+    found = row.fetchone()
+    return bool(found and found[0])
+
+
+@pytest.mark.parametrize("hold", ["session", "prepared"])
+def test_a_member_holding_its_intermediate_role_row_still_loses_the_group(
+    hostile: Hostile, hold: str
+) -> None:
+    """eve locks the row of the role that carries her membership (an open ALTER ROLE of it,
+    in a live session or a prepared transaction): the revoke still ends the access."""
+    h = hostile
+    for role in ("readers", "eve"):
+        h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    h.admin.execute("CREATE ROLE readers NOLOGIN")
+    h.admin.execute("CREATE ROLE eve LOGIN")
+    h.admin.execute("GRANT SELECT ON s.items TO readers")
+    eve = None
+    try:
+        rid = f"lock-{hold}"
+        assert h.grant(rid, permission="analyst", resources=["readers"]).status == "granted"
+        mid = _intermediate(h, "eve")
+        eve = h.connect("eve")
+        eve.execute("SET idle_in_transaction_session_timeout = 0")
+        # On 16 and later the member may not SET ROLE to the intermediate role at all.
+        eve.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(mid)))
+        eve.execute("BEGIN")
+        eve.execute(sql.SQL("ALTER ROLE {} PASSWORD 'x'").format(sql.Identifier(mid)))
+        if hold == "prepared":
+            eve.execute("PREPARE TRANSACTION 'eve-holds-it'")
+        eve.execute("RESET ROLE")
+        assert _reads(h, "eve")
+        outcome = h.revoke(rid)
+        assert not _reads(h, "eve"), outcome
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert h.admin.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+    finally:
+        if eve is not None:
+            eve.close()
+        for (gid,) in h.admin.execute("SELECT gid FROM pg_prepared_xacts").fetchall():
+            h.admin.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+        h.admin.execute("DROP OWNED BY readers")
+        for role in ("readers", "eve"):
             h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 

@@ -112,6 +112,11 @@ class Connection(Settings):
     allow_insecure_transport: bool = Field(
         default=False, description="allow an sslmode weaker than verify-ca off loopback"
     )
+    allow_public_create: bool = Field(
+        default=False,
+        description="PostgreSQL 15 and older: grant even while PUBLIC may CREATE in a schema or "
+        "the database, where a grantee could make objects owned by a shared bundle role",
+    )
     connect_timeout: int = Field(default=5, ge=1, le=60)
     login_host: str | None = Field(default=None, description="host the grantee connects to")
     role_prefix: str = Field(default="jit_", pattern=r"^[a-z][a-z0-9_]{0,11}$")
@@ -180,6 +185,11 @@ class Connection(Settings):
             found.append("require_auth none: the admin password may be sent in the clear")
         if self.channel_binding in ("disable", "prefer") and self.effective_sslmode != "disable":
             found.append(f"channel_binding {self.channel_binding}: SCRAM can be relayed")
+        if self.allow_public_create:
+            found.append(
+                "allow_public_create: on PostgreSQL 15 and older a grantee can make objects "
+                "as its bundle where PUBLIC may CREATE"
+            )
         if self.session_settings():
             found.append(
                 "per-role settings are set, but a grantee can change its own: not a control"

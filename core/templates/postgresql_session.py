@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
     name = role_name(connection, spec.grant_id)
     label = sql.SQL("'jitc:…'")
     if permission.mode == "membership":
-        statements = _membership_statements(name, member_name(spec), spec.resources, label)
+        statements = _membership_statements(name, member_name(spec), spec.resources, label, 15)
         return [s.as_string(None) for s in statements]
     bundles = [_bundle_of(connection, spec, resource) for resource in spec.resources]
     statements = _user_statements(connection, spec, name, bundles, sql.SQL(MASK), label, 15)
@@ -115,6 +116,79 @@ def _bundle_of(connection: Connection, spec: GrantSpec, resource: str) -> str:
 
 def _ident(dotted: str) -> sql.Identifier:
     return sql.Identifier(*dotted.split("."))
+
+
+# Any ACL entry of this database, or a shared one, that lets the role pass a privilege on.
+_GRANTABLE = (
+    "WITH b AS (SELECT r.oid FROM pg_catalog.pg_roles r "
+    "  WHERE r.rolname OPERATOR(pg_catalog.=) %s), "
+    "acls AS ("
+    "  SELECT relacl AS acl FROM pg_catalog.pg_class"
+    "  UNION ALL SELECT attacl FROM pg_catalog.pg_attribute WHERE attacl IS NOT NULL"
+    "  UNION ALL SELECT nspacl FROM pg_catalog.pg_namespace"
+    "  UNION ALL SELECT proacl FROM pg_catalog.pg_proc"
+    "  UNION ALL SELECT typacl FROM pg_catalog.pg_type"
+    "  UNION ALL SELECT lanacl FROM pg_catalog.pg_language"
+    "  UNION ALL SELECT lomacl FROM pg_catalog.pg_largeobject_metadata"
+    "  UNION ALL SELECT fdwacl FROM pg_catalog.pg_foreign_data_wrapper"
+    "  UNION ALL SELECT srvacl FROM pg_catalog.pg_foreign_server"
+    "  UNION ALL SELECT datacl FROM pg_catalog.pg_database"
+    "  UNION ALL SELECT spcacl FROM pg_catalog.pg_tablespace) "
+    "SELECT EXISTS (SELECT 1 FROM acls, pg_catalog.aclexplode(acls.acl) a, b "
+    "  WHERE acls.acl IS NOT NULL AND a.grantee OPERATOR(pg_catalog.=) b.oid "
+    "  AND a.is_grantable)"
+)
+
+
+# Triggers that run a function of these roles on a table that is not theirs.
+_GRANTEE_TRIGGERS = (
+    "SELECT t.tgname::pg_catalog.text, n.nspname::pg_catalog.text, c.relname::pg_catalog.text "
+    "FROM pg_catalog.pg_trigger t "
+    "JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid "
+    "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "WHERE NOT t.tgisinternal AND p.proowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND c.relowner OPERATOR(pg_catalog.<>) ALL(%s::pg_catalog.oid[])"
+)
+# Ends the sessions that block a backend, but never a superuser's or the admin's; a zero pid
+# stands for a prepared transaction, which only ROLLBACK PREPARED frees. The last parameter,
+# when not null, narrows the sessions to those locking a relation these roles own.
+_END_BLOCKERS = (
+    "SELECT b.pid, CASE WHEN b.pid OPERATOR(pg_catalog.=) 0 THEN false "
+    "  ELSE pg_catalog.pg_terminate_backend(b.pid) END "
+    "FROM pg_catalog.unnest(pg_catalog.pg_blocking_pids(%s)) AS b(pid) "
+    "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) b.pid "
+    "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid "
+    "WHERE b.pid OPERATOR(pg_catalog.=) 0 "
+    "OR (NOT r.rolsuper AND r.rolname OPERATOR(pg_catalog.<>) ALL(%s::pg_catalog.text[]) "
+    "  AND (%s::pg_catalog.oid[] IS NULL OR EXISTS (SELECT 1 FROM pg_catalog.pg_locks l "
+    "    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.relation "
+    "    WHERE l.pid OPERATOR(pg_catalog.=) b.pid AND l.granted "
+    "    AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d "
+    "      WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) "
+    "    AND c.relowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]))))"
+)
+
+
+_PUBLIC_CREATE = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a "
+    "  WHERE a.grantee OPERATOR(pg_catalog.=) 0 "
+    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE') "
+    "OR EXISTS (SELECT 1 FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a "
+    "  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() "
+    "  AND a.grantee OPERATOR(pg_catalog.=) 0 "
+    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')"
+)
+# Bundles of this integration that own something, in any database, or carry role settings.
+_BUNDLE_LEFTOVERS = (
+    "SELECT r.rolname::pg_catalog.text, "
+    "  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d "
+    "    WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass "
+    "    AND d.refobjid OPERATOR(pg_catalog.=) r.oid AND d.deptype OPERATOR(pg_catalog.=) 'o'), "
+    "  EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s "
+    "    WHERE s.setrole OPERATOR(pg_catalog.=) r.oid) "
+    "FROM pg_catalog.pg_roles r WHERE pg_catalog.starts_with(r.rolname, %s)"
+)
 
 
 def _names(names: Iterable[str]) -> sql.Composable:
@@ -188,14 +262,17 @@ def _user_statements(
 
 
 def _membership_statements(
-    name: str, member: str, groups: Sequence[str], label: sql.Composable
+    name: str, member: str, groups: Sequence[str], label: sql.Composable, server_version: int
 ) -> list[sql.Composed]:
     role = sql.Identifier(name)
+    # On 16 and later the member inherits the group's privileges but may not SET ROLE to our
+    # intermediate role: it can then neither lock that role's row nor own objects as it.
+    edge = " WITH INHERIT TRUE, SET FALSE" if server_version >= 16 else ""
     return [
         sql.SQL("CREATE ROLE {} NOLOGIN INHERIT").format(role),
         sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
         sql.SQL("GRANT {} TO {}").format(_names(groups), role),
-        sql.SQL("GRANT {} TO {}").format(role, sql.Identifier(member)),
+        sql.SQL("GRANT {} TO {}" + edge).format(role, sql.Identifier(member)),
     ]
 
 
@@ -233,6 +310,7 @@ class PostgreSQLSession:
         # Reported by the server at connect: no round trip. At connect current_user is the same.
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
+        self._public_create: bool | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
@@ -415,6 +493,7 @@ class PostgreSQLSession:
         assert isinstance(permission, Permission)
         if permission.mode == "membership":
             return []
+        self._refuse_public_create()
         wanted = [_bundle_of(self.settings, spec, resource) for resource in spec.resources]
         missing = [name for name in wanted if name not in made]
         if missing and known is None:
@@ -424,6 +503,22 @@ class PostgreSQLSession:
                 assert known is not None
                 made[name] = self._bundle(spec, resource, known)
         return wanted
+
+    def _refuse_public_create(self) -> None:
+        """Before 16 a member may SET ROLE its bundle: where PUBLIC may CREATE, it would make
+        objects the bundle owns, shared with every later member and outliving every revoke."""
+        if self.server_version >= 16 or self.settings.allow_public_create:
+            return
+        if self._public_create is None:
+            row = self.conn.execute(_PUBLIC_CREATE).fetchone()
+            self._public_create = bool(row and row[0])
+        if self._public_create:
+            raise Refused(
+                "permission",
+                "PUBLIC may CREATE in a schema or in this database, and on PostgreSQL before 16 "
+                "a grantee could make objects as its shared bundle role; revoke that CREATE, or "
+                "set allow_public_create in the catalog",
+            )
 
     def _create_many(
         self,
@@ -467,7 +562,7 @@ class PostgreSQLSession:
             member = member_name(spec)
             label.update(member=member, terminate_sessions=permission.terminate_sessions)
             statements = _membership_statements(
-                name, member, spec.resources, self._label(name, label)
+                name, member, spec.resources, self._label(name, label), self.server_version
             )
         else:
             password = self._password(spec)
@@ -587,7 +682,31 @@ class PostgreSQLSession:
             )
             self._run(statements)
             self._refuse_create(name)
+            self._refuse_power(name)
         return name
+
+    def _refuse_power(self, bundle: str) -> None:
+        """A catalog's statements may not give the bundle a role that reaches power, nor a
+        privilege it may pass on: a member could use the first beyond its grant, and what it
+        passed on with the bundle as grantor would outlive every revoke of ours."""
+        denied = DENIED_GROUPS | set(self.settings.denied_groups)
+        for name, privileged, ours in self._reach(bundle):
+            if name == bundle:
+                continue
+            if privileged or ours or name in self._admins or name in denied:
+                raise Refused(
+                    "permission",
+                    f"the permission's statements make its bundle reach {name!r}, which is a "
+                    "superuser, a role manager, holds ADMIN OPTION, is the admin, one of this "
+                    "connector's roles or a denied role",
+                )
+        row = self.conn.execute(_GRANTABLE, (bundle,)).fetchone()
+        if row and row[0]:
+            raise Refused(
+                "permission",
+                "the permission's statements grant a privilege WITH GRANT OPTION; a member could "
+                "pass it on beyond the grant",
+            )
 
     def _refuse_create(self, bundle: str) -> None:
         """A bundle must not hold CREATE anywhere: a member could make objects it owns, which
@@ -800,6 +919,19 @@ class PostgreSQLSession:
             dropped |= self._drop(
                 [r for r in others if not left[r.name]], labels, tombstone_until, residual
             )
+        if self.server_version < 16 and any(not label.get("member") for _, label in live):
+            # Before 16 a member could act as its bundle: what a bundle owns or has set was
+            # made by some member and is still reachable by others.
+            leftovers = [
+                f"bundle {name} owns {owned} object(s)" if owned else f"bundle {name} has settings"
+                for name, owned, settings in self.conn.execute(
+                    _BUNDLE_LEFTOVERS, (self.settings.role_prefix + "b_",)
+                ).fetchall()
+                if owned or settings
+            ]
+            for role, label in live:
+                if not label.get("member"):
+                    left[role.name] += leftovers
         merged: set[str] = set()
         for role, label in live:
             residual[role.name] += left[role.name]
@@ -830,6 +962,14 @@ class PostgreSQLSession:
             oids = [role.oid for role, _ in live]
             with self.conn.pipeline():
                 clock = self.conn.execute("SELECT pg_catalog.now()::pg_catalog.text")
+                creates = self.conn.execute(
+                    "SELECT n.nspname::pg_catalog.text, r.rolname::pg_catalog.text "
+                    "FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a, "
+                    "pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) a.grantee "
+                    "AND a.grantee OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+                    "AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'",
+                    (oids,),
+                )
                 found = self.conn.execute(
                     "SELECT g.rolname::pg_catalog.text, u.rolname::pg_catalog.text "
                     "FROM pg_catalog.pg_auth_members m "
@@ -839,7 +979,7 @@ class PostgreSQLSession:
                     "OR m.roleid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
                     (oids, oids),
                 )
-            now, edges = clock.fetchone(), found.fetchall()
+            now, edges, schemas = clock.fetchone(), found.fetchall(), creates.fetchall()
             # An edge made after this read is still caught: by DROP ROLE, or by the check
             # that a role has no membership left before it counts as revoked.
             # Not waiting for the disk here is safe: the revoke reports success only after a
@@ -867,21 +1007,84 @@ class PostgreSQLSession:
             members: dict[str, list[str]] = {}
             for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
                 members.setdefault(group, []).append(member)
-            statements += [
+            revokes: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+            revokes += [
                 sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
                 for group, names in members.items()
             ]
+            # Nor may anything the grantee left (a SECURITY DEFINER function) make objects in
+            # a schema while a lock delays the drop of what it owns.
+            revokes += [
+                sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
+                    sql.Identifier(schema), sql.Identifier(grantee)
+                )
+                for schema, grantee in schemas
+            ]
+            # The memberships go in a commit of their own, first: a REVOKE needs no lock on
+            # the role's row, so a grantee holding that row (an open `ALTER ROLE` of the role)
+            # loses the access even while the ALTER ROLE below waits for it.
+            if len(revokes) > 1:
+                self._atomic(revokes)
             self._atomic(statements)
 
+        owners = [role.name for role, _ in live]
+        owners += [str(label["member"]) for _, label in live if label.get("member")]
         for attempt in range(3):
             try:
-                self._retrying(step)
+                if attempt == 0:
+                    self._retrying(step)
+                else:
+                    self._ending_blockers(owners, lambda: self._retrying(step))
                 break
             except psycopg.errors.LockNotAvailable:
                 if attempt == 2:
                     raise
                 self._terminate_all([role.name for role, _ in live])
         return disabled_at
+
+    def _ending_blockers(
+        self,
+        owners: list[str],
+        step: Callable[[], T],
+        conn: psycopg.Connection[Any] | None = None,
+        dbname: str | None = None,
+        relations_of: list[int] | None = None,
+    ) -> T:
+        """Run `step` on `conn` while a second session ends whatever blocks it: any session
+        that is not a superuser's or the admin's (with `relations_of`, only those holding a lock
+        on a relation these roles own), and prepared transactions of `owners` (the grant's
+        roles and its member), which no session ending frees."""
+        pid = (conn or self.conn).info.backend_pid
+        done = threading.Event()
+        watcher = self._connect(dbname or self.settings.dbname)
+
+        def watch() -> None:
+            with contextlib.suppress(psycopg.Error):
+                while not done.wait(0.05):
+                    args = (pid, sorted(self._admins), relations_of, relations_of)
+                    blockers = watcher.execute(_END_BLOCKERS, args)
+                    if not any(row[0] == 0 for row in blockers.fetchall()):
+                        continue
+                    gids = watcher.execute(
+                        "SELECT p.gid FROM pg_catalog.pg_prepared_xacts p "
+                        "WHERE p.owner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[]) "
+                        "AND p.database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+                        (owners,),
+                    ).fetchall()
+                    for (gid,) in gids:
+                        with contextlib.suppress(psycopg.Error):
+                            watcher.execute(
+                                sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid))
+                            )
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        try:
+            return step()
+        finally:
+            done.set()
+            thread.join()
+            watcher.close()
 
     def _holders(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str | None]:
         """Whose sessions a revoke ends: the ephemeral role's own, or the member's if the
@@ -900,7 +1103,7 @@ class PostgreSQLSession:
         return holders
 
     def _clean(self, roles: list[_Role], residual: dict[str, list[str]]) -> None:
-        """DROP OWNED ... CASCADE in every database `pg_shdepend` names: what the grantee
+        """DROP OWNED (no CASCADE) in every database `pg_shdepend` names: what the grantee
         owns (tables, functions, large objects, triggers on them) and every privilege it holds
         there goes, wherever it was made."""
         oids = [role.oid for role in roles]
@@ -937,20 +1140,47 @@ class PostgreSQLSession:
     ) -> None:
         def drop(chunk: list[_Role]) -> None:
             with conn.transaction():
-                conn.execute(
-                    sql.SQL("DROP OWNED BY {} CASCADE").format(_names(r.name for r in chunk))
-                )
+                # A trigger the grantee put on someone else's table runs its function as
+                # whoever writes there: it is the grantee's, whatever table holds it, and goes.
+                triggers = conn.execute(
+                    _GRANTEE_TRIGGERS, ([r.oid for r in chunk], [r.oid for r in chunk])
+                ).fetchall()
+                for trigger, schema, table in triggers:
+                    conn.execute(
+                        sql.SQL("DROP TRIGGER {} ON {}.{}").format(
+                            sql.Identifier(trigger), sql.Identifier(schema), sql.Identifier(table)
+                        )
+                    )
+                # Never CASCADE: it would also drop the company's objects that depend on the
+                # grantee's (a column of its type, a view on its table), and say nothing.
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(_names(r.name for r in chunk)))
 
         try:
             self._retrying(lambda: drop(roles))
         except psycopg.Error:
             for role in roles:  # one at a time, so one blocked role does not hold up the rest
                 try:
-                    self._retrying(lambda role=role: drop([role]))  # type: ignore[misc]
+                    try:
+                        self._retrying(lambda role=role: drop([role]))  # type: ignore[misc]
+                    except psycopg.errors.LockNotAvailable:
+                        # Someone holds a lock on a relation of the grantee's: while it lasts,
+                        # what the grantee left (a SECURITY DEFINER function) stays usable.
+                        self._ending_blockers(
+                            [role.name],
+                            lambda role=role: self._retrying(  # type: ignore[misc]
+                                lambda: drop([role])
+                            ),
+                            conn=conn,
+                            dbname=dbname,
+                            relations_of=[role.oid],
+                        )
                 except psycopg.Error as exc:
+                    # The detail names what depends on the grantee's objects: someone must
+                    # decide about those, and the revoke stays failed (and retried) until then.
+                    detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
                     residual[role.name].append(
                         f"database {dbname}: objects or privileges of {role.name} not removed: "
-                        f"{exc.diag.message_primary}"
+                        f"{exc.diag.message_primary}{detail}"
                     )
 
     def _left(
@@ -1011,7 +1241,7 @@ class PostgreSQLSession:
         if not roles:
             return set()
         statements: list[sql.Composable] = [
-            sql.SQL("DROP OWNED BY {} CASCADE").format(_names(r.name for r in roles)),
+            sql.SQL("DROP OWNED BY {}").format(_names(r.name for r in roles)),
             sql.SQL("DROP ROLE {}").format(_names(r.name for r in roles)),
         ]
         for role in roles:
