@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -86,6 +87,24 @@ def _catalog(args: argparse.Namespace) -> Catalog:
         return load_catalog(path)
     except CatalogError as exc:
         raise Refused("catalog", str(exc)) from None
+    except UnicodeDecodeError:
+        raise Refused("catalog", f"{path} is not UTF-8 text") from None
+
+
+def _ranged(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a finite number within [low, high]."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
 
 
 class _CheckedSink:
@@ -474,8 +493,12 @@ def cmd_open(args: argparse.Namespace) -> int:
 
 
 def _intake_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise Refused("url", f"{url!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Refused("url", f"{url!r} is not an http(s) URL")
     path = parts.path.rstrip("/")
     if not path.endswith("/v1/requests"):
@@ -505,6 +528,27 @@ def cmd_send(args: argparse.Namespace) -> int:
     if status < 300:
         return EXIT_OK
     return EXIT_REFUSED if status < 500 else EXIT_FAILED
+
+
+class _OneLine(logging.Formatter):
+    """serve's log: one line per record, the exception as its type and message; a traceback
+    per failed request would bury the log of an outage."""
+
+    def formatException(self, ei: Any) -> str:
+        return f"{ei[0].__name__}: {ei[1]}" if ei and ei[0] else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.replace("\n", " | ")
+
+
+def _log_one_line() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLine("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # depth notes in a burst
 
 
 def _quiet_stdout() -> None:
@@ -540,18 +584,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    runtime = LocalRuntime(
-        catalog,
-        secrets,
-        sink,
-        args.host,
-        args.port,
-        args.sweep_interval,
-        journal=Path(args.journal),
-        workers=args.workers,
-        read_timeout=args.read_timeout,
-        max_connections=args.max_connections,
-    )
+    _log_one_line()
+    try:
+        runtime = LocalRuntime(
+            catalog,
+            secrets,
+            sink,
+            args.host,
+            args.port,
+            args.sweep_interval,
+            journal=Path(args.journal),
+            workers=args.workers,
+            read_timeout=args.read_timeout,
+            max_connections=args.max_connections,
+        )
+    except ValueError as exc:  # e.g. a host name that cannot be encoded or resolved
+        raise Refused("host", f"cannot listen on {args.host!r}: {exc}") from None
     pending_at_start = len(runtime.journal.pending())
     runtime.start()
     _say(f"jit-connector listening on {runtime.url}/v1/requests")
@@ -723,21 +771,34 @@ def build_parser() -> argparse.ArgumentParser:
         _sub(sub, "serve", "run the local runtime: intake, journal, workers, expiry, sweep")
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument(
+        "--port", type=_ranged(int, 0, 65535), default=8080, help="port to listen on (0: any)"
+    )
     p.add_argument(
         "--journal",
         default=os.environ.get("JITC_JOURNAL", "jitc-journal.sqlite3"),
         help="file of accepted requests (SQLite), replayed at start ($JITC_JOURNAL)",
     )
     p.add_argument(
-        "--sweep-interval", type=float, default=60.0, help="seconds between sweeps (one at start)"
+        "--sweep-interval",
+        type=_ranged(float, 1, 86400),
+        default=60.0,
+        help="seconds between sweeps (one at start)",
     )
-    p.add_argument("--workers", type=int, default=4, help="requests run in parallel")
     p.add_argument(
-        "--read-timeout", type=int, default=10, help="seconds a connection may stay idle"
+        "--workers", type=_ranged(int, 1, 64), default=4, help="requests run in parallel"
     )
     p.add_argument(
-        "--max-connections", type=int, default=100, help="open connections accepted at once"
+        "--read-timeout",
+        type=_ranged(int, 1, 3600),
+        default=10,
+        help="seconds a connection may stay idle",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_ranged(int, 1, 10000),
+        default=100,
+        help="open connections accepted at once",
     )
     p.set_defaults(func=cmd_serve)
 

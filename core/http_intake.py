@@ -2,8 +2,9 @@
 
 waitress parses HTTP (it refuses a malformed `Content-Length` with 400 itself), reads each body
 completely before a worker thread sees it, closes connections idle longer than the read
-timeout, and stops accepting above a connection cap; so stalled clients hold sockets, never
-threads, and never more than the cap.
+timeout; a request must arrive whole within the request timeout, and above the connection cap
+a new connection takes the place of the oldest one with nothing running. So stalled clients
+hold sockets, never threads, and cannot keep a real request out.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class HttpServer:
             host=host,
             port=port,
             threads=threads,
-            connection_limit=max_connections,
+            # a backstop only: above the cap, a new connection evicts a stalled one (below)
+            connection_limit=2 * max_connections + 2,
             channel_timeout=read_timeout,
             # idle connections are looked for this often: the read timeout's resolution
             cleanup_interval=max(1, read_timeout // 2),
@@ -120,6 +122,9 @@ class HttpServer:
         self._receiving: dict[int, tuple[int, float]] = {}
         self._idle_check = self._server.maintenance
         self._server.maintenance = self._maintenance
+        self._cap = max_connections
+        self._accept = self._server.handle_accept
+        self._server.handle_accept = self._handle_accept
         self.host = str(self._server.effective_host)
         self.port = int(self._server.effective_port)
         self._thread = threading.Thread(target=self._run, name="jitc-http", daemon=True)
@@ -141,6 +146,24 @@ class HttpServer:
             if now - began[1] > self._deadline:
                 channel.will_close = True
         self._receiving = seen
+
+    def _handle_accept(self) -> None:
+        """At the cap, a new connection takes the place of the oldest one with nothing running:
+        clients that trickle their requests, however many, cannot keep the control plane out
+        for as long as the request timeout (run in the server's loop thread)."""
+        before = set(self._server.active_channels)
+        self._accept()
+        channels = self._server.active_channels
+        open_ = [c for c in channels.values() if not c.will_close]
+        if len(open_) <= self._cap:
+            return
+        new = set(channels) - before
+        idle = [c for c in open_ if not c.requests and c._fileno not in new]
+        if idle:
+            min(idle, key=lambda c: c.creation_time).will_close = True
+        else:  # every other connection has a request running: the new one waits its turn
+            for fileno in new:
+                channels[fileno].will_close = True
 
     def start(self) -> None:
         self._thread.start()

@@ -587,3 +587,85 @@ print(failures)
     lines = events.read_text().splitlines()
     docs = [json.loads(line) for line in lines]  # every line whole
     assert docs[-1]["audit"]["message"] == "after the disk has room"
+
+
+def test_bad_urls_numbers_hosts_and_catalogs_are_one_line_refusals(tmp_path: Path) -> None:
+    binary = tmp_path / "catalog.bin"
+    binary.write_bytes(bytes(range(256)))
+    key = tmp_path / "cp.key"
+    jitc("keygen", "--signing", "--out", str(key))
+    req = request(tmp_path)
+    journal = str(tmp_path / "journal.sqlite3")
+    catalog = str(ROOT / "examples" / "catalog.yaml")
+    for args in (
+        ["send", "http://[::1", req, "--key", str(key), "--key-id", "cp"],
+        ["send", "http://127.0.0.1:abc/", req, "--key", str(key), "--key-id", "cp"],
+        ["serve", "--port", "-1"],
+        ["serve", "--port", "99999"],
+        ["serve", "--sweep-interval", "inf"],
+        ["serve", "--sweep-interval", "nan"],
+        ["serve", "--sweep-interval", "0"],
+        ["serve", "--workers", "100000"],
+        ["serve", "--host", "\u00e9", "--port", "0", "--catalog", catalog, "--journal", journal],
+        ["catalog", "check", str(binary)],
+    ):
+        result = jitc(*args)
+        assert result.returncode in (2, 64), (args, result.returncode, result.stderr)
+        _one_line_no_traceback(result)
+
+
+def test_serve_logs_a_failure_in_one_line(tmp_path: Path, catalog_file: Path, admin: Any) -> None:
+    from serveproc import PRIVATE, PUBLIC, free_port, grant
+
+    from jitc.signing import sign
+
+    doc = yaml.safe_load(catalog_file.read_text())
+    doc["control_plane"] = {"keys": {"cp": PUBLIC}}
+    catalog_file.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "JITC_CATALOG"}
+    server = subprocess.Popen(  # every event it writes fails: the batch fails and is retried
+        [
+            *JITC,
+            "serve",
+            "--catalog",
+            str(catalog_file),
+            "--port",
+            str(port),
+            "--events",
+            "/dev/full",
+            "--journal",
+            str(tmp_path / "journal.sqlite3"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and "listening" in server.stdout.readline()
+        body = json.dumps(grant(f"log-{time.monotonic_ns()}")).encode()
+        sent = jitc_send(port, body, sign(body, PRIVATE, "cp").headers())
+        assert sent == 202
+        assert server.stderr is not None
+        seen = []
+        for line in server.stderr:
+            seen.append(line)
+            if "batch failed" in line:
+                break
+        assert "batch failed" in seen[-1] and "OSError" in seen[-1], seen
+        assert not any("Traceback" in line or line.startswith(" ") for line in seen), seen
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def jitc_send(port: int, body: bytes, headers: dict[str, str]) -> int:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/requests", data=body, method="POST", headers=headers
+    )
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return int(response.status)

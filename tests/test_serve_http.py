@@ -3,6 +3,7 @@ in-process runtime with the real PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
@@ -250,3 +251,55 @@ def test_a_client_dripping_its_request_cannot_hold_a_connection(runtime: Any) ->
             break
     conn.close()
     assert closed
+
+
+def test_clients_trickling_their_headers_past_the_cap_do_not_keep_a_request_out(
+    admin: Any, make_env: Any
+) -> None:
+    doc = catalog_doc()
+    doc["control_plane"] = {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
+    sink = MemorySink()
+    cap = 10
+    rt = LocalRuntime(
+        parse_catalog(doc),
+        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
+        sink,
+        port=0,
+        sweep_interval=3600,
+        read_timeout=5,  # a whole request may take 15 s: the tricklers stay that long
+        max_connections=cap,
+    ).start()
+    stop = threading.Event()
+    tricklers: list[socket.socket] = []
+    try:
+        for _ in range(cap + 5):
+            conn = socket.create_connection((rt.http.host, rt.http.port), timeout=30)
+            conn.sendall(b"POST /v1/requests HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n")
+            tricklers.append(conn)
+
+        def trickle() -> None:  # a header line now and then: never idle, never complete
+            while not stop.wait(0.5):
+                for conn in tricklers:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"X-A: b\r\n")
+
+        threading.Thread(target=trickle, daemon=True).start()
+        answer = _request(rt, _body(f"loris-{time.monotonic_ns()}"))
+        assert _status(answer) == 202, answer
+        open_ = 0
+        for conn in tricklers:
+            conn.setblocking(False)
+            try:
+                open_ += conn.recv(65536) != b""
+            except BlockingIOError:
+                open_ += 1  # nothing to read, not closed: still held open
+            except OSError:
+                pass
+        # The request got in by taking one stalled client's place, not by waiting for the
+        # request timeout to close them all.
+        assert open_ >= cap - 2, open_
+    finally:
+        stop.set()
+        for conn in tricklers:
+            conn.close()
+        rt.stop()
