@@ -53,35 +53,52 @@ TOMBSTONE_DOCUMENT = {
 }
 
 
-# Actions a grant could use to reach beyond itself: hand out or assume roles, write policies,
-# mint credentials. Lower case: IAM matches action names case-insensitively.
+# IAM and STS are where access itself is written: every action there that is not a read (a
+# name beginning with one of these verbs) changes who may do what or mints credentials, whether
+# it puts a policy, lifts a boundary, edits a trust, a tag used by a condition, a key or a
+# password, or assumes a role or the root. Judged by verb so a new write action is covered too.
+_READ_VERBS = {"iam": ("get", "list", "generate", "simulate"), "sts": ("get", "decode")}
+
+# Elsewhere, the actions that hand out access or run code as another principal. Lower case: IAM
+# matches action names case-insensitively.
 ESCALATING_ACTIONS = (
-    "iam:passrole",
-    "iam:createpolicyversion",
-    "iam:setdefaultpolicyversion",
-    "iam:attachrolepolicy",
-    "iam:attachuserpolicy",
-    "iam:attachgrouppolicy",
-    "iam:putrolepolicy",
-    "iam:putuserpolicy",
-    "iam:putgrouppolicy",
-    "iam:putrolepermissionsboundary",
-    "iam:deleterolepermissionsboundary",
-    "iam:updateassumerolepolicy",
-    "iam:createaccesskey",
-    "iam:createloginprofile",
-    "iam:updateloginprofile",
-    "iam:addusertogroup",
-    "sts:assumerole",
-    "sts:assumerolewithsaml",
-    "sts:assumerolewithwebidentity",
+    "sso:createaccountassignment",
+    "sso:attachmanagedpolicytopermissionset",
+    "sso:attachcustomermanagedpolicyreferencetopermissionset",
+    "sso:putinlinepolicytopermissionset",
+    "sso:putpermissionsboundarytopermissionset",
+    "sso:deletepermissionsboundaryfrompermissionset",
+    "sso:provisionpermissionset",
+    "identitystore:creategroupmembership",
+    "organizations:createaccount",
+    "lambda:updatefunctioncode",
+    "lambda:updatefunctionconfiguration",
+    "ssm:sendcommand",
+    "ssm:startsession",
+    "ec2-instance-connect:sendsshpublickey",
 )
+
+_WILDCARDS = re.compile(r"[*?]")
 
 
 def _iam_glob(pattern: str) -> re.Pattern[str]:
     """IAM's wildcards (`*`, `?`) and nothing else, case-insensitive."""
     escaped = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
     return re.compile(escaped, re.DOTALL)
+
+
+def _writes_access(action: str) -> bool:
+    """Whether an action pattern could name an IAM or STS action that is not a read."""
+    service, _, name = action.lower().partition(":")
+    service_glob = _iam_glob(service)
+    for target, read_verbs in _READ_VERBS.items():
+        if not service_glob.fullmatch(target):
+            continue
+        # Only the literal text before the first wildcard is sure; `iam:G*` could be anything.
+        literal = _WILDCARDS.split(name, maxsplit=1)[0]
+        if not literal.startswith(read_verbs):
+            return True
+    return False
 
 
 def escalations(document: dict[str, Any]) -> list[str]:
@@ -100,7 +117,7 @@ def escalations(document: dict[str, Any]) -> list[str]:
             if not isinstance(action, str):
                 continue
             glob = _iam_glob(action)
-            if any(glob.fullmatch(a) for a in ESCALATING_ACTIONS):
+            if _writes_access(action) or any(glob.fullmatch(a) for a in ESCALATING_ACTIONS):
                 found.append(f"Statement[{index}] allows {action}")
     return found
 

@@ -522,3 +522,39 @@ def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: 
         (role_arn, "ext-1")
     ]
     aws_session.reset()
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "iam:DeleteUserPermissionsBoundary",
+        "iam:PutUserPermissionsBoundary",
+        "iam:DeleteRolePermissionsBoundary",
+        "sts:AssumeRoot",
+        "iam:UpdateAccessKey",
+        "iam:CreateServiceSpecificCredential",
+        "iam:DetachRolePolicy",
+        "iam:TagRole",
+        "iam:G*",
+        "sso:PutInlinePolicyToPermissionSet",
+        "lambda:UpdateFunctionCode",
+    ],
+)
+def test_lifting_a_boundary_or_minting_credentials_needs_the_mark(action: str) -> None:
+    from jitc.templates.aws_iam import escalations
+
+    assert escalations(_allow(action)["policy"]) == [f"Statement[0] allows {action}"]
+
+
+def test_every_iam_and_sts_action_that_is_not_a_read_needs_the_mark() -> None:
+    """Against the service models, so an action added to IAM later is judged the same way."""
+    import botocore.session
+
+    from jitc.templates.aws_iam import escalations
+
+    session = botocore.session.get_session()
+    reads = ("Get", "List", "Generate", "Simulate", "Decode")
+    for service in ("iam", "sts"):
+        for operation in session.get_service_model(service).operation_names:
+            flagged = escalations(_allow(f"{service}:{operation}")["policy"])
+            assert bool(flagged) != operation.startswith(reads), (service, operation)
