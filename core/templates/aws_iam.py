@@ -12,11 +12,13 @@ everything if it ever were) records the revoke so a late redelivered grant is re
 
 Two bounds keep a grant from becoming a way to more access. The principal must carry the
 permissions boundary the module creates (`permissions_boundary_arn`), checked before anything is
-made, and the module's policy lets the connector attach (or write the session-revoking inline
-policy) only to principals with that boundary. And a catalog permission whose document could
-hand out IAM or role assumption (`iam:` wildcards, `iam:PassRole`, `sts:AssumeRole*`, policy
-writing, `NotAction`, `*`) or that copies `AdministratorAccess` is refused unless the catalog
-marks it `privileged: true`; a copied managed policy is checked again at each grant.
+made, and the module's policy lets the connector attach its policies (grants, and the one that
+ends a role's older sessions) only to principals with that boundary; it writes no inline
+policy. And a catalog permission whose document could hand out access or credentials (any IAM
+or STS action that is not a read, `iam:` wildcards, `NotAction`, `*`, a few actions elsewhere
+that hand out access or run code as another principal) or that copies `AdministratorAccess` is
+refused unless the catalog marks it `privileged: true`; a copied managed policy is checked
+again at each grant.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from jitc.templates.base import (
 )
 
 PLACEHOLDER = "{resource}"
+# Policies that end a role's older sessions: `jitc-s-<role>-<unix time of the cutoff>`.
+SESSIONS_PREFIX = "jitc-s-"
 _IAM_NAME = r"^[\w+=,.@-]{1,64}$"
 TOMBSTONE_DOCUMENT = {
     "Version": "2012-10-17",
@@ -543,7 +547,13 @@ class AwsIamSession:
         return bool(label.get("revoke_role_sessions"))
 
     def _revoke_sessions(self, role: str) -> None:
-        """AWS's own mechanism: deny every session of the role issued before now."""
+        """AWS's own mechanism (deny every session of the role issued before now), as a managed
+        policy under the connector's path attached like a grant: the worker needs no right to
+        write inline policies, which nothing would label, list or sweep."""
+        now = utcnow().replace(microsecond=0)
+        prefix = f"{SESSIONS_PREFIX}{role}-"
+        cutoff = int(now.timestamp())
+        name = f"{prefix}{cutoff}"
         document = {
             "Version": "2012-10-17",
             "Statement": [
@@ -551,13 +561,39 @@ class AwsIamSession:
                     "Effect": "Deny",
                     "Action": "*",
                     "Resource": "*",
-                    "Condition": {"DateLessThan": {"aws:TokenIssueTime": _iso(utcnow())}},
+                    "Condition": {"DateLessThan": {"aws:TokenIssueTime": _iso(now)}},
                 }
             ],
         }
-        self.iam.put_role_policy(
-            RoleName=role, PolicyName="AWSRevokeOlderSessions", PolicyDocument=json.dumps(document)
+        try:
+            self.iam.create_policy(
+                PolicyName=name,
+                Path=self.settings.path,
+                PolicyDocument=json.dumps(document),
+                Description=f"jit-connector: denies sessions of role {role} issued before "
+                f"{_iso(now)}",
+            )
+        except self.ClientError as exc:
+            if _code(exc) != "EntityAlreadyExists":
+                raise
+        self.iam.attach_role_policy(RoleName=role, PolicyArn=self._arn(name))
+        # A later cutoff denies everything an earlier one did: drop the earlier ones, so a role
+        # holds one of these whatever the number of revokes (10 managed policies per role).
+        pages = self.iam.get_paginator("list_attached_role_policies").paginate(
+            RoleName=role, PathPrefix=self.settings.path
         )
+        for page in pages:
+            for attached in page["AttachedPolicies"]:
+                older = attached["PolicyName"]
+                stamp = older[len(prefix) :]
+                if not older.startswith(prefix) or not stamp.isdigit() or int(stamp) >= cutoff:
+                    continue
+                self.iam.detach_role_policy(RoleName=role, PolicyArn=attached["PolicyArn"])
+                try:
+                    self.iam.delete_policy(PolicyArn=attached["PolicyArn"])
+                except self.ClientError as exc:
+                    if _code(exc) != "NoSuchEntity":
+                        raise
 
     def forget(self, grant_id: str) -> None:
         label = self._label(tombstone_name(grant_id))

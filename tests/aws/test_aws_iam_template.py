@@ -278,15 +278,28 @@ def test_revoke_can_end_older_sessions_of_the_role(engine: Engine, iam: Any) -> 
     gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
     before = datetime.now(UTC) - timedelta(seconds=1)
     assert run(engine, revoke(gid)).status == "revoked"
-    doc = iam.get_role_policy(RoleName="dev-ana", PolicyName="AWSRevokeOlderSessions")[
-        "PolicyDocument"
-    ]
+    # A managed policy under the connector's path, attached like a grant; no inline policy.
+    assert iam.list_role_policies(RoleName="dev-ana")["PolicyNames"] == []
+    attached = iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    assert [p["PolicyName"].startswith("jitc-s-dev-ana-") for p in attached] == [True]
+    arn = attached[0]["PolicyArn"]
+    assert ":policy/jitc/jitc-s-dev-ana-" in arn
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    doc = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
     statement = (doc if isinstance(doc, dict) else json.loads(doc))["Statement"][0]
     assert (statement["Effect"], statement["Action"]) == ("Deny", "*")
     cutoff = datetime.strptime(
         statement["Condition"]["DateLessThan"]["aws:TokenIssueTime"], "%Y-%m-%dT%H:%M:%SZ"
     )
     assert cutoff.replace(tzinfo=UTC) >= before.replace(microsecond=0)
+    # Another revoke with a later cutoff replaces it: one such policy per role, whatever the
+    # number of revokes.
+    time.sleep(1.1)
+    gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
+    assert run(engine, revoke(gid)).status == "revoked"
+    again = iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    assert len(again) == 1 and again[0]["PolicyArn"] != arn
+    assert arn not in {p["Arn"] for p in iam.list_policies(Scope="Local")["Policies"]}
 
 
 def test_sweep_revokes_expired_grants_only(engine: Engine, iam: Any) -> None:

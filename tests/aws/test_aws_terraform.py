@@ -109,7 +109,17 @@ def test_a_sweep_that_stops_running_is_alarmed() -> None:
     assert "var.sweep_interval_minutes" in schedule
 
 
-BOUNDED = {"iam:AttachRolePolicy", "iam:AttachUserPolicy", "iam:PutRolePolicy"}
+BOUNDED = {"iam:AttachRolePolicy", "iam:AttachUserPolicy"}
+INLINE = {"iam:PutRolePolicy", "iam:PutUserPolicy", "iam:PutGroupPolicy"}
+
+
+def test_the_connector_writes_no_inline_policy() -> None:
+    """An inline policy carries no label, lies outside the connector's path and is never swept:
+    a compromised worker with that right could leave permanent access behind."""
+    module = load()
+    for function in ("worker", "sweep"):
+        for statement in statements(module.policy(function)):
+            assert not INLINE & set(statement["actions"]), (function, statement["sid"])
 
 
 def test_the_connector_attaches_and_writes_policies_only_on_principals_with_its_boundary() -> None:
@@ -125,9 +135,11 @@ def test_the_connector_attaches_and_writes_policies_only_on_principals_with_its_
             assert conditions.get(("StringEquals", "iam:PermissionsBoundary")) == [
                 "${local.iam_boundary_arn}"
             ], (function, statement["sid"])
-            if "iam:PutRolePolicy" not in statement["actions"]:
-                # Attach: only the connector's own grant policies.
-                assert conditions[("ArnLike", "iam:PolicyARN")] == ["${local.iam_grant_policy_arn}"]
+            # Attach: only the connector's own policies under its path.
+            assert conditions[("ArnLike", "iam:PolicyARN")][0] in (
+                "${local.iam_grant_policy_arn}",
+                "${local.iam_sessions_policy_arn}",
+            )
     boundary = module.resource("aws_iam_policy", "grant_boundary")
     arn = module.locals["iam_boundary_arn"]
     assert arn.endswith(f":policy{boundary['path'].rstrip('/')}/{boundary['name']}")
@@ -409,3 +421,14 @@ def test_the_member_account_role_trusts_only_the_connector_and_only_with_the_ext
         ]
         assert [s["resources"] for s in assumes] == ["${var.member_role_arns}"]
     assert _dangling(MEMBER_MODULE) == []
+
+
+def test_the_example_says_the_boundary_caps_the_grantees_standing_access() -> None:
+    """The boundary limits every policy of a grantee: the example must make its standing access
+    an explicit input rather than silently cut it to what the catalog's grants allow."""
+    example = load(EXAMPLE)
+    target = example.modules["jitc"]["iam_target"]
+    assert target["boundary_extra_actions"] == "${var.grantee_standing_actions}"
+    assert "standing" in example.variables["grantee_standing_actions"]["description"]
+    docs = (EXAMPLE.parents[2].parent / "docs" / "aws.md").read_text()
+    assert "the boundary caps the grantees' standing access" in docs
