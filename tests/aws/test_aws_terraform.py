@@ -432,3 +432,43 @@ def test_the_example_says_the_boundary_caps_the_grantees_standing_access() -> No
     assert "standing" in example.variables["grantee_standing_actions"]["description"]
     docs = (EXAMPLE.parents[2].parent / "docs" / "aws.md").read_text()
     assert "the boundary caps the grantees' standing access" in docs
+
+
+def _holds(condition: str, values: dict[str, float]) -> bool:
+    """Evaluate a module condition made of numbers, `var.*`, comparisons, `&&`, `*`, `floor`."""
+    import math
+
+    expression = condition.removeprefix("${").removesuffix("}").replace("&&", " and ")
+    expression = re.sub(r"var\.(\w+)", lambda m: repr(values[m.group(1)]), expression)
+    assert re.fullmatch(r"[\d\s.<>=*()andflor]+", expression), expression
+    return bool(eval(expression, {"__builtins__": {}}, {"floor": math.floor}))
+
+
+@pytest.mark.parametrize(
+    ("values", "accepted"),
+    [
+        ({"worker_timeout": 60}, True),
+        ({"worker_timeout": 900}, True),
+        ({"worker_timeout": 30}, False),  # below the 30 s reserve: no message would ever start
+        ({"worker_timeout": 59}, False),
+        ({"worker_timeout": 901}, False),
+        ({"worker_timeout": 90.5}, False),
+        ({"sweep_missed_runs": 3}, True),
+        ({"sweep_missed_runs": 0}, False),
+        ({"sweep_missed_runs": 1.5}, False),
+    ],
+)
+def test_timeouts_and_missed_runs_are_checked_before_they_break_the_deployment(
+    values: dict[str, float], accepted: bool
+) -> None:
+    module = load()
+    (name,) = values
+    conditions = [v["condition"] for v in as_list(module.variables[name]["validation"])]
+    assert conditions and all(_holds(c, values) for c in conditions) == accepted
+
+
+def test_the_heartbeat_alarm_refuses_more_than_a_day_of_missed_runs() -> None:
+    alarm = load().resource("aws_cloudwatch_metric_alarm", "sweep_heartbeat")
+    (check,) = [p for block in as_list(alarm["lifecycle"]) for p in as_list(block["precondition"])]
+    assert _holds(check["condition"], {"sweep_missed_runs": 3, "sweep_interval_minutes": 5})
+    assert not _holds(check["condition"], {"sweep_missed_runs": 100, "sweep_interval_minutes": 60})

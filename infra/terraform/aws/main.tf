@@ -495,6 +495,13 @@ resource "aws_cloudwatch_metric_alarm" "sweep_heartbeat" {
   alarm_actions       = var.alarm_actions
   ok_actions          = var.alarm_actions
   tags                = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.sweep_missed_runs * var.sweep_interval_minutes <= 1440
+      error_message = "sweep_missed_runs times sweep_interval_minutes exceeds one day, the longest a CloudWatch alarm evaluates."
+    }
+  }
 }
 
 resource "aws_cloudwatch_metric_alarm" "revoke_failures" {
