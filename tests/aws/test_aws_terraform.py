@@ -472,3 +472,24 @@ def test_the_heartbeat_alarm_refuses_more_than_a_day_of_missed_runs() -> None:
     (check,) = [p for block in as_list(alarm["lifecycle"]) for p in as_list(block["precondition"])]
     assert _holds(check["condition"], {"sweep_missed_runs": 3, "sweep_interval_minutes": 5})
     assert not _holds(check["condition"], {"sweep_missed_runs": 100, "sweep_interval_minutes": 60})
+
+
+def test_what_the_module_repeats_from_the_catalog_is_checked_against_it() -> None:
+    """Policy path, boundary and the Identity Center instance, store, permission sets and
+    accounts are module inputs the policies are scoped to; the plan stops when the catalog's
+    differ."""
+    function = load().resource("aws_lambda_function", "this")
+    checks = " ".join(
+        str(p["condition"])
+        for block in as_list(function["lifecycle"])
+        for p in as_list(block["precondition"])
+    )
+    for repeated in (
+        'try(integration.connection.path, "/jitc/") == local.iam_path',
+        "integration.connection.permissions_boundary_arn == local.iam_boundary_arn",
+        'integration.connection.instance_arn == try(local.idc.instance_arn, "")',
+        'integration.connection.identity_store_id == try(local.idc.identity_store_id, "")',
+        "p.permission_set_arn], try(local.idc.permission_set_arns, [])",
+        "try(local.idc.account_ids, [])",
+    ):
+        assert repeated in checks, repeated
