@@ -568,3 +568,6 @@ def test_a_sweep_running_out_of_time_starts_no_more_revokes_and_beats_no_heartbe
     report = invoke("sweep", sweep.handler, _sweep_event())
     assert report["unfinished"] == 0
     assert all(role_of(pg_admin, derive_grant_id(PG, rid)) is None for rid in rids)
+    from jitc.aws import runtime
+
+    runtime.reset()  # the runtime's session must not outlive this deployment's tests
