@@ -111,6 +111,9 @@ class SweepReport:
     forgotten: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     remaining: int = 0
+    # Revokes (or integrations) not started because the time budget ran out: the next sweep
+    # does them; a sweep that left some is not complete.
+    unfinished: int = 0
 
     @property
     def ok(self) -> bool:
@@ -225,12 +228,19 @@ class Engine:
                 if isinstance(result, GrantResult | Refused):
                     batch.ahead[spec.grant_id] = result
 
-    def sweep(self, now: datetime | None = None) -> SweepReport:
-        """Ask every target for our labelled grants and end those past their expiry."""
+    def sweep(
+        self, now: datetime | None = None, proceed: Callable[[], bool] | None = None
+    ) -> SweepReport:
+        """Ask every target for our labelled grants and end those past their expiry.
+        `proceed` is asked before each target and each revoke; once it answers False nothing
+        more starts, so a sweep with a backlog ends inside its time instead of being killed."""
         report = SweepReport()
         moment = now or self.clock()
         with self._batch() as batch:
             for integration in self.catalog.integrations.values():
+                if proceed is not None and not proceed():
+                    report.unfinished += 1
+                    continue
                 try:
                     session = batch.session(integration)
                     grants = session.active_grants()
@@ -245,6 +255,10 @@ class Engine:
                             report.forgotten.append(grant.grant_id)
                     elif grant.expires_at <= moment or grant.state == "revoking":
                         due.append(grant.grant_id)
+                if due and proceed is not None and not proceed():
+                    report.unfinished += len(due)
+                    report.remaining += len(due)
+                    continue
                 bulk = self._revoke_many(batch, integration, session, due)
                 for grant_id in due:
                     request = AccessRequest(
@@ -253,6 +267,10 @@ class Engine:
                         integration=integration.name,
                         grant_id=grant_id,
                     )
+                    if grant_id not in bulk and proceed is not None and not proceed():
+                        report.unfinished += 1
+                        report.remaining += 1
+                        continue
                     if grant_id in bulk:
                         try:
                             self.scheduler.cancel(grant_id)
@@ -276,7 +294,8 @@ class Engine:
                 status="failed" if report.failed else "revoked",
                 message=(
                     f"revoked {len(report.revoked)}, forgot {len(report.forgotten)} tombstones, "
-                    f"{len(report.failed)} failed, {report.remaining} left"
+                    f"{len(report.failed)} failed, {report.remaining} left, "
+                    f"{report.unfinished} not started for lack of time"
                 ),
             )
         )

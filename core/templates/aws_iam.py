@@ -12,11 +12,13 @@ everything if it ever were) records the revoke so a late redelivered grant is re
 
 Two bounds keep a grant from becoming a way to more access. The principal must carry the
 permissions boundary the module creates (`permissions_boundary_arn`), checked before anything is
-made, and the module's policy lets the connector attach (or write the session-revoking inline
-policy) only to principals with that boundary. And a catalog permission whose document could
-hand out IAM or role assumption (`iam:` wildcards, `iam:PassRole`, `sts:AssumeRole*`, policy
-writing, `NotAction`, `*`) or that copies `AdministratorAccess` is refused unless the catalog
-marks it `privileged: true`; a copied managed policy is checked again at each grant.
+made, and the module's policy lets the connector attach its policies (grants, and the one that
+ends a role's older sessions) only to principals with that boundary; it writes no inline
+policy. And a catalog permission whose document could hand out access or credentials (any IAM
+or STS action that is not a read, `iam:` wildcards, `NotAction`, `*`, a few actions elsewhere
+that hand out access or run code as another principal) or that copies `AdministratorAccess` is
+refused unless the catalog marks it `privileged: true`; a copied managed policy is checked
+again at each grant.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from jitc.templates.base import (
 )
 
 PLACEHOLDER = "{resource}"
+# Policies that end a role's older sessions: `jitc-s-<role>-<unix time of the cutoff>`.
+SESSIONS_PREFIX = "jitc-s-"
 _IAM_NAME = r"^[\w+=,.@-]{1,64}$"
 TOMBSTONE_DOCUMENT = {
     "Version": "2012-10-17",
@@ -53,35 +57,52 @@ TOMBSTONE_DOCUMENT = {
 }
 
 
-# Actions a grant could use to reach beyond itself: hand out or assume roles, write policies,
-# mint credentials. Lower case: IAM matches action names case-insensitively.
+# IAM and STS are where access itself is written: every action there that is not a read (a
+# name beginning with one of these verbs) changes who may do what or mints credentials, whether
+# it puts a policy, lifts a boundary, edits a trust, a tag used by a condition, a key or a
+# password, or assumes a role or the root. Judged by verb so a new write action is covered too.
+_READ_VERBS = {"iam": ("get", "list", "generate", "simulate"), "sts": ("get", "decode")}
+
+# Elsewhere, the actions that hand out access or run code as another principal. Lower case: IAM
+# matches action names case-insensitively.
 ESCALATING_ACTIONS = (
-    "iam:passrole",
-    "iam:createpolicyversion",
-    "iam:setdefaultpolicyversion",
-    "iam:attachrolepolicy",
-    "iam:attachuserpolicy",
-    "iam:attachgrouppolicy",
-    "iam:putrolepolicy",
-    "iam:putuserpolicy",
-    "iam:putgrouppolicy",
-    "iam:putrolepermissionsboundary",
-    "iam:deleterolepermissionsboundary",
-    "iam:updateassumerolepolicy",
-    "iam:createaccesskey",
-    "iam:createloginprofile",
-    "iam:updateloginprofile",
-    "iam:addusertogroup",
-    "sts:assumerole",
-    "sts:assumerolewithsaml",
-    "sts:assumerolewithwebidentity",
+    "sso:createaccountassignment",
+    "sso:attachmanagedpolicytopermissionset",
+    "sso:attachcustomermanagedpolicyreferencetopermissionset",
+    "sso:putinlinepolicytopermissionset",
+    "sso:putpermissionsboundarytopermissionset",
+    "sso:deletepermissionsboundaryfrompermissionset",
+    "sso:provisionpermissionset",
+    "identitystore:creategroupmembership",
+    "organizations:createaccount",
+    "lambda:updatefunctioncode",
+    "lambda:updatefunctionconfiguration",
+    "ssm:sendcommand",
+    "ssm:startsession",
+    "ec2-instance-connect:sendsshpublickey",
 )
+
+_WILDCARDS = re.compile(r"[*?]")
 
 
 def _iam_glob(pattern: str) -> re.Pattern[str]:
     """IAM's wildcards (`*`, `?`) and nothing else, case-insensitive."""
     escaped = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
     return re.compile(escaped, re.DOTALL)
+
+
+def _writes_access(action: str) -> bool:
+    """Whether an action pattern could name an IAM or STS action that is not a read."""
+    service, _, name = action.lower().partition(":")
+    service_glob = _iam_glob(service)
+    for target, read_verbs in _READ_VERBS.items():
+        if not service_glob.fullmatch(target):
+            continue
+        # Only the literal text before the first wildcard is sure; `iam:G*` could be anything.
+        literal = _WILDCARDS.split(name, maxsplit=1)[0]
+        if not literal.startswith(read_verbs):
+            return True
+    return False
 
 
 def escalations(document: dict[str, Any]) -> list[str]:
@@ -100,7 +121,7 @@ def escalations(document: dict[str, Any]) -> list[str]:
             if not isinstance(action, str):
                 continue
             glob = _iam_glob(action)
-            if any(glob.fullmatch(a) for a in ESCALATING_ACTIONS):
+            if _writes_access(action) or any(glob.fullmatch(a) for a in ESCALATING_ACTIONS):
                 found.append(f"Statement[{index}] allows {action}")
     return found
 
@@ -526,7 +547,13 @@ class AwsIamSession:
         return bool(label.get("revoke_role_sessions"))
 
     def _revoke_sessions(self, role: str) -> None:
-        """AWS's own mechanism: deny every session of the role issued before now."""
+        """AWS's own mechanism (deny every session of the role issued before now), as a managed
+        policy under the connector's path attached like a grant: the worker needs no right to
+        write inline policies, which nothing would label, list or sweep."""
+        now = utcnow().replace(microsecond=0)
+        prefix = f"{SESSIONS_PREFIX}{role}-"
+        cutoff = int(now.timestamp())
+        name = f"{prefix}{cutoff}"
         document = {
             "Version": "2012-10-17",
             "Statement": [
@@ -534,13 +561,39 @@ class AwsIamSession:
                     "Effect": "Deny",
                     "Action": "*",
                     "Resource": "*",
-                    "Condition": {"DateLessThan": {"aws:TokenIssueTime": _iso(utcnow())}},
+                    "Condition": {"DateLessThan": {"aws:TokenIssueTime": _iso(now)}},
                 }
             ],
         }
-        self.iam.put_role_policy(
-            RoleName=role, PolicyName="AWSRevokeOlderSessions", PolicyDocument=json.dumps(document)
+        try:
+            self.iam.create_policy(
+                PolicyName=name,
+                Path=self.settings.path,
+                PolicyDocument=json.dumps(document),
+                Description=f"jit-connector: denies sessions of role {role} issued before "
+                f"{_iso(now)}",
+            )
+        except self.ClientError as exc:
+            if _code(exc) != "EntityAlreadyExists":
+                raise
+        self.iam.attach_role_policy(RoleName=role, PolicyArn=self._arn(name))
+        # A later cutoff denies everything an earlier one did: drop the earlier ones, so a role
+        # holds one of these whatever the number of revokes (10 managed policies per role).
+        pages = self.iam.get_paginator("list_attached_role_policies").paginate(
+            RoleName=role, PathPrefix=self.settings.path
         )
+        for page in pages:
+            for attached in page["AttachedPolicies"]:
+                older = attached["PolicyName"]
+                stamp = older[len(prefix) :]
+                if not older.startswith(prefix) or not stamp.isdigit() or int(stamp) >= cutoff:
+                    continue
+                self.iam.detach_role_policy(RoleName=role, PolicyArn=attached["PolicyArn"])
+                try:
+                    self.iam.delete_policy(PolicyArn=attached["PolicyArn"])
+                except self.ClientError as exc:
+                    if _code(exc) != "NoSuchEntity":
+                        raise
 
     def forget(self, grant_id: str) -> None:
         label = self._label(tombstone_name(grant_id))

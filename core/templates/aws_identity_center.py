@@ -199,6 +199,11 @@ class AwsIdentityCenterSession:
         """The catalog's permission sets: the policy covers these and nothing else."""
         return list(self.settings.permission_set_arns)
 
+    def _ledger_set(self) -> str:
+        """Where a revoke of a grant never made leaves its tombstone: one permission set, the
+        first ARN in sort order (independent of the catalog's order), not every set."""
+        return min(self.settings.permission_set_arns)
+
     def _find(self, grant_id: str) -> tuple[str, list[Entry]] | None:
         for arn in self._permission_sets():
             found = [e for e in self._entries(arn) if e.grant_id == grant_id]
@@ -291,7 +296,9 @@ class AwsIdentityCenterSession:
         assert isinstance(permission, Permission)
         arn = permission.permission_set_arn
         entries = self._entries(arn)
-        if any(e.grant_id == spec.grant_id and e.state == "tombstone" for e in entries):
+        ledger = self._ledger_set()
+        stones = entries if arn == ledger else entries + self._entries(ledger)
+        if any(e.grant_id == spec.grant_id and e.state == "tombstone" for e in stones):
             raise Refused("request_id", "this grant was already revoked; it will not be made again")
         user_id = self._user_id(spec.identity.email)
         mine = {e.account for e in entries if e.grant_id == spec.grant_id}
@@ -323,12 +330,12 @@ class AwsIdentityCenterSession:
         self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
         found = self._find(grant_id)
         if found is None:
-            # Revoke before grant: without knowing the permission set, the tombstone goes on
-            # every permission set of the catalog that a late grant could name.
+            # Revoke before grant: the permission set a late grant would name is unknown, so
+            # its tombstone goes on the ledger set, which every grant reads as well. One tag,
+            # not one per permission set of the catalog.
             if tombstone_until > utcnow():
                 stone = Entry(grant_id, "x", "tombstone", tombstone_until, "-", self.integration)
-                for arn in self._permission_sets():
-                    self._tag(arn, [stone])
+                self._tag(self._ledger_set(), [stone])
             return RevokeResult(found=False)
         arn, entries = found
         live = [e for e in entries if e.state == "active"]

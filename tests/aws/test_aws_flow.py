@@ -545,3 +545,31 @@ def test_the_aws_templates_use_the_runtimes_clients(deployment: Any) -> None:
     assert aws_session.client("iam", "us-east-1") is runtime.regional_client("iam", "us-east-1")
     runtime.reset()
     assert aws_session.client("iam", "us-east-1") is not runtime.regional_client("iam", "us-east-1")
+
+
+def test_a_sweep_running_out_of_time_starts_no_more_revokes_and_beats_no_heartbeat(
+    deployment: Any, pg_admin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sqs = client("sqs")
+    rids = [f"swt-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for rid in rids:
+        body = grant_body(rid, duration="2s", public_key=deployment.box_public)
+        assert post(deployment, body)[0] == 202
+    assert deliver(sqs, deployment.queue_url, deployment.queue_arn, worker.handler).failed_ids == []
+    time.sleep(2.2)
+    capsys.readouterr()
+    # Time for the listing of the first integration and nothing more: its bulk revoke and
+    # every other integration wait for the next sweep.
+    with acting_as("sweep"):
+        report = sweep.handler(_sweep_event(), _RunningOut(runs=1))
+    assert report["revoked"] == [] and report["unfinished"] >= 2 and report["failed"] == {}
+    left = [rid for rid in rids if role_of(pg_admin, derive_grant_id(PG, rid)) is not None]
+    assert len(left) == 2
+    assert "SweepCompleted" not in _metrics(capsys.readouterr().out)
+    # The next sweep, with time, finishes the rest.
+    report = invoke("sweep", sweep.handler, _sweep_event())
+    assert report["unfinished"] == 0
+    assert all(role_of(pg_admin, derive_grant_id(PG, rid)) is None for rid in rids)
+    from jitc.aws import runtime
+
+    runtime.reset()  # the runtime's session must not outlive this deployment's tests

@@ -278,15 +278,28 @@ def test_revoke_can_end_older_sessions_of_the_role(engine: Engine, iam: Any) -> 
     gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
     before = datetime.now(UTC) - timedelta(seconds=1)
     assert run(engine, revoke(gid)).status == "revoked"
-    doc = iam.get_role_policy(RoleName="dev-ana", PolicyName="AWSRevokeOlderSessions")[
-        "PolicyDocument"
-    ]
+    # A managed policy under the connector's path, attached like a grant; no inline policy.
+    assert iam.list_role_policies(RoleName="dev-ana")["PolicyNames"] == []
+    attached = iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    assert [p["PolicyName"].startswith("jitc-s-dev-ana-") for p in attached] == [True]
+    arn = attached[0]["PolicyArn"]
+    assert ":policy/jitc/jitc-s-dev-ana-" in arn
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    doc = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
     statement = (doc if isinstance(doc, dict) else json.loads(doc))["Statement"][0]
     assert (statement["Effect"], statement["Action"]) == ("Deny", "*")
     cutoff = datetime.strptime(
         statement["Condition"]["DateLessThan"]["aws:TokenIssueTime"], "%Y-%m-%dT%H:%M:%SZ"
     )
     assert cutoff.replace(tzinfo=UTC) >= before.replace(microsecond=0)
+    # Another revoke with a later cutoff replaces it: one such policy per role, whatever the
+    # number of revokes.
+    time.sleep(1.1)
+    gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
+    assert run(engine, revoke(gid)).status == "revoked"
+    again = iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    assert len(again) == 1 and again[0]["PolicyArn"] != arn
+    assert arn not in {p["Arn"] for p in iam.list_policies(Scope="Local")["Policies"]}
 
 
 def test_sweep_revokes_expired_grants_only(engine: Engine, iam: Any) -> None:
@@ -522,3 +535,39 @@ def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: 
         (role_arn, "ext-1")
     ]
     aws_session.reset()
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "iam:DeleteUserPermissionsBoundary",
+        "iam:PutUserPermissionsBoundary",
+        "iam:DeleteRolePermissionsBoundary",
+        "sts:AssumeRoot",
+        "iam:UpdateAccessKey",
+        "iam:CreateServiceSpecificCredential",
+        "iam:DetachRolePolicy",
+        "iam:TagRole",
+        "iam:G*",
+        "sso:PutInlinePolicyToPermissionSet",
+        "lambda:UpdateFunctionCode",
+    ],
+)
+def test_lifting_a_boundary_or_minting_credentials_needs_the_mark(action: str) -> None:
+    from jitc.templates.aws_iam import escalations
+
+    assert escalations(_allow(action)["policy"]) == [f"Statement[0] allows {action}"]
+
+
+def test_every_iam_and_sts_action_that_is_not_a_read_needs_the_mark() -> None:
+    """Against the service models, so an action added to IAM later is judged the same way."""
+    import botocore.session
+
+    from jitc.templates.aws_iam import escalations
+
+    session = botocore.session.get_session()
+    reads = ("Get", "List", "Generate", "Simulate", "Decode")
+    for service in ("iam", "sts"):
+        for operation in session.get_service_model(service).operation_names:
+            flagged = escalations(_allow(f"{service}:{operation}")["policy"])
+            assert bool(flagged) != operation.startswith(reads), (service, operation)

@@ -278,3 +278,50 @@ def test_only_the_catalogs_permission_sets_are_read_tagged_or_assigned(
         if r.service == "sso-admin"
     }
     assert named == {idc["ps"]}
+
+
+def test_a_revoke_of_a_grant_never_made_tags_one_permission_set_and_still_stops_it(
+    idc: dict[str, Any],
+) -> None:
+    permissions = {
+        "read": {"permission_set_arn": idc["ps"], "resources": ACCOUNTS},
+        "billing": {"permission_set_arn": idc["other"], "resources": ACCOUNTS},
+    }
+    catalog = parse_catalog(
+        {
+            "integrations": {
+                INTEGRATION: {
+                    "kind": "aws_identity_center",
+                    "connection": {
+                        "instance_arn": idc["instance"],
+                        "identity_store_id": STORE,
+                        "region": "us-east-1",
+                    },
+                    "max_duration": "8h",
+                    "permissions": permissions,
+                }
+            }
+        }
+    )
+    engine = Engine(catalog, None, NullScheduler(), MemorySink())  # type: ignore[arg-type]
+
+    def tag_count(arn: str) -> int:
+        got = idc["sso"].list_tags_for_resource(InstanceArn=idc["instance"], ResourceArn=arn)
+        return len(got["Tags"])
+
+    late = {
+        name: AccessRequest.model_validate(
+            {**grant("ana", ACCOUNTS[:1]).model_dump(), "permission": name}
+        )
+        for name in permissions
+    }
+    for request in late.values():
+        assert (
+            run(engine, revoke(derive_grant_id(INTEGRATION, request.request_id))).status
+            == "revoked"
+        )
+    # Two revokes of unmade grants: two tags in all, not two on every permission set.
+    assert sorted([tag_count(idc["ps"]), tag_count(idc["other"])]) == [0, 2]
+    for request in late.values():
+        assert run(engine, request).status == "refused"
+    assert assigned(idc, ACCOUNTS[0]) == []

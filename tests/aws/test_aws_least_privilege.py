@@ -179,6 +179,9 @@ R = awsharness.REGION
 BOUNDARY = f"arn:aws:iam::{A}:policy/jitc-grant-boundary"
 
 
+IDC_ACCOUNTS = ("111111111111", "222222222222")  # the Identity Center tests' catalog
+
+
 def _test_world(secret_refs: set[str]) -> dict[str, Any]:
     """The module's references in the test deployments (names from awsharness.deploy and the
     template tests; Identity Center instances are moto's, made afresh for each test)."""
@@ -202,7 +205,9 @@ def _test_world(secret_refs: set[str]) -> dict[str, Any]:
         "local.iam_boundary_arn": BOUNDARY,
         "local.idc_resources": ["arn:aws:sso:::instance/ssoins-*",
                                 "arn:aws:sso:::permissionSet/ssoins-*/ps-*",
-                                "arn:aws:sso:::account/*"],
+                                # The catalog's accounts, not a wildcard: an assignment
+                                # to any other account must show as refused here.
+                                *[f"arn:aws:sso:::account/{a}" for a in IDC_ACCOUNTS]],
         "local.idc.identity_store_id": "d-1234567890",
         "var.member_role_arns": ["arn:aws:iam::111111111111:role/jitc-connector"],
     }  # fmt: skip
@@ -325,3 +330,15 @@ def test_the_resource_check_refuses_what_the_policy_does_not_name() -> None:
     assert not _allowed(document, "iam:AttachRolePolicy", role, admin)
     unbounded = {**mine, "iam:PermissionsBoundary": "arn:aws:iam::aws:policy/Other"}
     assert not _allowed(document, "iam:PutRolePolicy", role, unbounded)
+
+
+def test_an_identity_center_assignment_outside_the_catalogs_accounts_is_refused() -> None:
+    from tfpolicy import render
+
+    document = render("worker", _test_world(set()))
+    instance = "arn:aws:sso:::instance/ssoins-1"
+    ps = "arn:aws:sso:::permissionSet/ssoins-1/ps-1"
+    for account, allowed in ((IDC_ACCOUNTS[0], True), ("333333333333", False)):
+        for resource in (instance, ps, f"arn:aws:sso:::account/{account}"):
+            verdict = _allowed(document, "sso:CreateAccountAssignment", resource, {})
+            assert verdict == (allowed or resource != f"arn:aws:sso:::account/{account}")

@@ -109,7 +109,17 @@ def test_a_sweep_that_stops_running_is_alarmed() -> None:
     assert "var.sweep_interval_minutes" in schedule
 
 
-BOUNDED = {"iam:AttachRolePolicy", "iam:AttachUserPolicy", "iam:PutRolePolicy"}
+BOUNDED = {"iam:AttachRolePolicy", "iam:AttachUserPolicy"}
+INLINE = {"iam:PutRolePolicy", "iam:PutUserPolicy", "iam:PutGroupPolicy"}
+
+
+def test_the_connector_writes_no_inline_policy() -> None:
+    """An inline policy carries no label, lies outside the connector's path and is never swept:
+    a compromised worker with that right could leave permanent access behind."""
+    module = load()
+    for function in ("worker", "sweep"):
+        for statement in statements(module.policy(function)):
+            assert not INLINE & set(statement["actions"]), (function, statement["sid"])
 
 
 def test_the_connector_attaches_and_writes_policies_only_on_principals_with_its_boundary() -> None:
@@ -125,9 +135,11 @@ def test_the_connector_attaches_and_writes_policies_only_on_principals_with_its_
             assert conditions.get(("StringEquals", "iam:PermissionsBoundary")) == [
                 "${local.iam_boundary_arn}"
             ], (function, statement["sid"])
-            if "iam:PutRolePolicy" not in statement["actions"]:
-                # Attach: only the connector's own grant policies.
-                assert conditions[("ArnLike", "iam:PolicyARN")] == ["${local.iam_grant_policy_arn}"]
+            # Attach: only the connector's own policies under its path.
+            assert conditions[("ArnLike", "iam:PolicyARN")][0] in (
+                "${local.iam_grant_policy_arn}",
+                "${local.iam_sessions_policy_arn}",
+            )
     boundary = module.resource("aws_iam_policy", "grant_boundary")
     arn = module.locals["iam_boundary_arn"]
     assert arn.endswith(f":policy{boundary['path'].rstrip('/')}/{boundary['name']}")
@@ -409,3 +421,75 @@ def test_the_member_account_role_trusts_only_the_connector_and_only_with_the_ext
         ]
         assert [s["resources"] for s in assumes] == ["${var.member_role_arns}"]
     assert _dangling(MEMBER_MODULE) == []
+
+
+def test_the_example_says_the_boundary_caps_the_grantees_standing_access() -> None:
+    """The boundary limits every policy of a grantee: the example must make its standing access
+    an explicit input rather than silently cut it to what the catalog's grants allow."""
+    example = load(EXAMPLE)
+    target = example.modules["jitc"]["iam_target"]
+    assert target["boundary_extra_actions"] == "${var.grantee_standing_actions}"
+    assert "standing" in example.variables["grantee_standing_actions"]["description"]
+    docs = (EXAMPLE.parents[2].parent / "docs" / "aws.md").read_text()
+    assert "the boundary caps the grantees' standing access" in docs
+
+
+def _holds(condition: str, values: dict[str, float]) -> bool:
+    """Evaluate a module condition made of numbers, `var.*`, comparisons, `&&`, `*`, `floor`."""
+    import math
+
+    expression = condition.removeprefix("${").removesuffix("}").replace("&&", " and ")
+    expression = re.sub(r"var\.(\w+)", lambda m: repr(values[m.group(1)]), expression)
+    assert re.fullmatch(r"[\d\s.<>=*()andflor]+", expression), expression
+    return bool(eval(expression, {"__builtins__": {}}, {"floor": math.floor}))
+
+
+@pytest.mark.parametrize(
+    ("values", "accepted"),
+    [
+        ({"worker_timeout": 60}, True),
+        ({"worker_timeout": 900}, True),
+        ({"worker_timeout": 30}, False),  # below the 30 s reserve: no message would ever start
+        ({"worker_timeout": 59}, False),
+        ({"worker_timeout": 901}, False),
+        ({"worker_timeout": 90.5}, False),
+        ({"sweep_missed_runs": 3}, True),
+        ({"sweep_missed_runs": 0}, False),
+        ({"sweep_missed_runs": 1.5}, False),
+    ],
+)
+def test_timeouts_and_missed_runs_are_checked_before_they_break_the_deployment(
+    values: dict[str, float], accepted: bool
+) -> None:
+    module = load()
+    (name,) = values
+    conditions = [v["condition"] for v in as_list(module.variables[name]["validation"])]
+    assert conditions and all(_holds(c, values) for c in conditions) == accepted
+
+
+def test_the_heartbeat_alarm_refuses_more_than_a_day_of_missed_runs() -> None:
+    alarm = load().resource("aws_cloudwatch_metric_alarm", "sweep_heartbeat")
+    (check,) = [p for block in as_list(alarm["lifecycle"]) for p in as_list(block["precondition"])]
+    assert _holds(check["condition"], {"sweep_missed_runs": 3, "sweep_interval_minutes": 5})
+    assert not _holds(check["condition"], {"sweep_missed_runs": 100, "sweep_interval_minutes": 60})
+
+
+def test_what_the_module_repeats_from_the_catalog_is_checked_against_it() -> None:
+    """Policy path, boundary and the Identity Center instance, store, permission sets and
+    accounts are module inputs the policies are scoped to; the plan stops when the catalog's
+    differ."""
+    function = load().resource("aws_lambda_function", "this")
+    checks = " ".join(
+        str(p["condition"])
+        for block in as_list(function["lifecycle"])
+        for p in as_list(block["precondition"])
+    )
+    for repeated in (
+        'try(integration.connection.path, "/jitc/") == local.iam_path',
+        "integration.connection.permissions_boundary_arn == local.iam_boundary_arn",
+        'integration.connection.instance_arn == try(local.idc.instance_arn, "")',
+        'integration.connection.identity_store_id == try(local.idc.identity_store_id, "")',
+        "p.permission_set_arn], try(local.idc.permission_set_arns, [])",
+        "try(local.idc.account_ids, [])",
+    ):
+        assert repeated in checks, repeated

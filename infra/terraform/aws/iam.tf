@@ -24,6 +24,8 @@ locals {
 
   iam_path             = var.iam_target == null ? "/jitc/" : var.iam_target.policy_path
   iam_grant_policy_arn = "arn:${local.partition}:iam::${local.account}:policy${local.iam_path}jitc-*"
+  # The policies that end a role's older sessions (`jitc-s-<role>-<cutoff>`), a subset of the above.
+  iam_sessions_policy_arn = "arn:${local.partition}:iam::${local.account}:policy${local.iam_path}jitc-s-*"
   # Outside the grant path, so no right over grant policies reaches the boundary itself.
   iam_boundary_arn = "arn:${local.partition}:iam::${local.account}:policy/${var.name}-grant-boundary"
 
@@ -253,23 +255,8 @@ data "aws_iam_policy_document" "worker" {
     for_each = var.iam_target == null ? [] : [1]
     content {
       sid       = "Grantees"
-      actions   = ["iam:GetRole", "iam:GetUser"]
+      actions   = ["iam:GetRole", "iam:GetUser", "iam:ListAttachedRolePolicies"]
       resources = var.iam_target.principal_arns
-    }
-  }
-  # An inline policy is written only to end a role's older sessions, and only on a role whose
-  # boundary caps whatever an inline policy could say.
-  dynamic "statement" {
-    for_each = var.iam_target == null ? [] : [1]
-    content {
-      sid       = "SessionRevocationOnBoundedRoles"
-      actions   = ["iam:PutRolePolicy"]
-      resources = var.iam_target.principal_arns
-      condition {
-        test     = "StringEquals"
-        variable = "iam:PermissionsBoundary"
-        values   = [local.iam_boundary_arn]
-      }
     }
   }
 
@@ -426,14 +413,27 @@ data "aws_iam_policy_document" "sweep" {
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
-      sid       = "SessionRevocationOnBoundedRoles"
-      actions   = ["iam:PutRolePolicy"]
+      sid       = "EndOlderSessionsOfBoundedRoles"
+      actions   = ["iam:AttachRolePolicy"]
       resources = var.iam_target.principal_arns
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_sessions_policy_arn]
+      }
       condition {
         test     = "StringEquals"
         variable = "iam:PermissionsBoundary"
         values   = [local.iam_boundary_arn]
       }
+    }
+  }
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "FindOlderSessionPolicies"
+      actions   = ["iam:ListAttachedRolePolicies"]
+      resources = var.iam_target.principal_arns
     }
   }
 

@@ -300,6 +300,29 @@ resource "aws_lambda_function" "this" {
       ])
       error_message = "An aws_iam integration of the catalog names another account_id than the one deployed into: give it a role_arn (the member-account module) or correct the id."
     }
+    # What the module repeats from the catalog must agree with it: a policy scoped to other
+    # ARNs than the template uses fails every call, or (worse) lets it reach what it should not.
+    precondition {
+      condition = alltrue([
+        for integration in values(try(local.catalog.integrations, {})) :
+        try(integration.connection.path, "/jitc/") == local.iam_path
+        && integration.connection.permissions_boundary_arn == local.iam_boundary_arn
+        if try(integration.kind, "") == "aws_iam" && try(integration.connection.role_arn, null) == null
+      ])
+      error_message = "An aws_iam integration of the catalog disagrees with the module: its connection.path must equal iam_target.policy_path and its permissions_boundary_arn the grant_boundary_arn output."
+    }
+    precondition {
+      condition = alltrue([
+        for integration in values(try(local.catalog.integrations, {})) :
+        local.idc != null
+        && integration.connection.instance_arn == try(local.idc.instance_arn, "")
+        && integration.connection.identity_store_id == try(local.idc.identity_store_id, "")
+        && length(setsubtract([for p in values(integration.permissions) : p.permission_set_arn], try(local.idc.permission_set_arns, []))) == 0
+        && length(setsubtract(flatten([for p in values(integration.permissions) : [for a in p.resources : tostring(a)]]), try(local.idc.account_ids, []))) == 0
+        if try(integration.kind, "") == "aws_identity_center"
+      ])
+      error_message = "An aws_identity_center integration of the catalog names an instance, identity store, permission set or account that identity_center_target does not: the policy would not cover it."
+    }
   }
 }
 
@@ -495,6 +518,13 @@ resource "aws_cloudwatch_metric_alarm" "sweep_heartbeat" {
   alarm_actions       = var.alarm_actions
   ok_actions          = var.alarm_actions
   tags                = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.sweep_missed_runs * var.sweep_interval_minutes <= 1440
+      error_message = "sweep_missed_runs times sweep_interval_minutes exceeds one day, the longest a CloudWatch alarm evaluates."
+    }
+  }
 }
 
 resource "aws_cloudwatch_metric_alarm" "revoke_failures" {

@@ -79,9 +79,14 @@ variable "memory_size" {
 }
 
 variable "worker_timeout" {
-  description = "Worker timeout in seconds; the queue's visibility timeout is six times this."
+  description = "Worker timeout in seconds; the queue's visibility timeout is six times this. At least 60: the worker starts no message with less than 30 s left, and an Identity Center grant may wait 20 s."
   type        = number
   default     = 60
+
+  validation {
+    condition     = var.worker_timeout >= 60 && var.worker_timeout <= 900 && floor(var.worker_timeout) == var.worker_timeout
+    error_message = "worker_timeout: whole seconds from 60 (below that no message would start) to 900 (Lambda's maximum)."
+  }
 }
 
 variable "worker_batch_size" {
@@ -137,6 +142,13 @@ variable "sweep_missed_runs" {
   description = "Intervals without a complete sweep before the heartbeat alarm fires."
   type        = number
   default     = 3
+
+  validation {
+    # At most a day of the longest interval: CloudWatch caps evaluation periods times the
+    # period at one day (the heartbeat alarm checks it against the actual interval).
+    condition     = var.sweep_missed_runs >= 1 && var.sweep_missed_runs <= 1440 && floor(var.sweep_missed_runs) == var.sweep_missed_runs
+    error_message = "sweep_missed_runs: a whole number from 1 to 1440."
+  }
 }
 
 variable "log_retention_days" {

@@ -107,21 +107,8 @@ data "aws_iam_policy_document" "connector" {
     for_each = var.iam_target == null ? [] : [1]
     content {
       sid       = "Grantees"
-      actions   = ["iam:GetRole", "iam:GetUser"]
+      actions   = ["iam:GetRole", "iam:GetUser", "iam:ListAttachedRolePolicies"]
       resources = var.iam_target.principal_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = var.iam_target == null ? [] : [1]
-    content {
-      sid       = "SessionRevocationOnBoundedRoles"
-      actions   = ["iam:PutRolePolicy"]
-      resources = var.iam_target.principal_arns
-      condition {
-        test     = "StringEquals"
-        variable = "iam:PermissionsBoundary"
-        values   = [local.iam_boundary_arn]
-      }
     }
   }
   dynamic "statement" {

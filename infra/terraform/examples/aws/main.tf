@@ -57,6 +57,9 @@ module "jitc" {
       for pattern in local.iam.connection.allowed_principals :
       "arn:${local.partition}:iam::${local.account}:role/${pattern}"
     ]
+    # The boundary caps everything the grantees may do, not only their grants: list their
+    # standing access here before giving them the boundary, or it stops working.
+    boundary_extra_actions = var.grantee_standing_actions
   }
 
   tags = { "managed-by" = "terraform", "component" = "jit-connector" }

@@ -42,3 +42,9 @@ variable "vpc_config" {
     create_endpoints   = optional(bool, true)
   })
 }
+
+variable "grantee_standing_actions" {
+  description = "Actions the grantee roles keep outside any grant (their standing access): the permissions boundary they must carry allows these besides the catalog's. Empty: the grantees can do only what a live grant gives them."
+  type        = list(string)
+  default     = []
+}
