@@ -146,6 +146,11 @@ def test_the_ledger_is_never_granted_and_a_grantee_cannot_write_it(
     env = make_env(target, catalog_doc(target, permissions=permissions))
     refused = env.engine.execute(env.request(permission="ledger", resources=[LEDGER]))
     assert refused.status == "refused" and refused.field == "resources[0]"
+    lookalike = LEDGER[:-1] + "_"  # as a database-level pattern it matches the ledger
+    permissions["near"] = {"template": "read-write", "resources": [lookalike]}
+    near = make_env(target, catalog_doc(target, permissions=permissions))
+    refused = near.engine.execute(near.request(permission="near", resources=[lookalike]))
+    assert refused.status == "refused" and refused.field == "resources[0]", refused
     outcome = env.engine.execute(env.request(request_id="m-forger", permission="write"))
     live = target.login(env.credentials(outcome.sealed_credentials))
     with pytest.raises(pymysql.err.OperationalError) as denied:
@@ -233,6 +238,11 @@ def test_revoke_leaves_nothing_in_the_server_tables(env: ContractEnv) -> None:
         (["GRANT SELECT ON {object} TO {user}"], ["mysql"], "system database"),
         (["GRANT SELECT ON {object} TO {user}"], ["a.b.c"], "database.table"),
         (["GRANT SELECT ON {database}.{table} TO {user}"], [DATABASE], "{table} needs"),
+        # Spaced or commented apart, `db` .* is still a database-level, wildcard grant.
+        (["GRANT SELECT ON {database} .* TO {user}"], [DATABASE], "{database}.{table}"),
+        (["GRANT SELECT ON {database}/**/.* TO {user}"], [DATABASE], "{database}.{table}"),
+        (["GRANT SELECT ON {object} TO {user}"], ["mysq_"], "system database"),
+        (["GRANT SELECT ON {database}.{table} TO {user}"], ["m_sql.user"], "system database"),
     ],
 )
 def test_catalog_refuses_unsafe_statements_and_resources(

@@ -108,6 +108,13 @@ class Permission(PermissionSettings):
             if "{database}.*" in text.replace("`", ""):
                 # At database level `_` and `%` are wildcards: {object} escapes them.
                 raise ValueError(f"statement {index}: write {{object}}, not {{database}}.*")
+            if text.count("{database}") != text.count("{database}.{table}"):
+                # Anything else after it (spaces, a comment, then `.*`) could make a
+                # database-level grant of the unescaped name, whose `_` is a wildcard.
+                raise ValueError(
+                    f"statement {index}: {{database}} only as {{database}}.{{table}}; "
+                    "write {object} for a database"
+                )
         return statements
 
     @model_validator(mode="after")
@@ -140,9 +147,17 @@ def check_resource(resource: str, where: str) -> tuple[str, str | None]:
     if match is None:
         raise ValueError(f"{where}: {resource!r} is not `database` or `database.table`")
     database, table = match.group(1), match.group(2)
-    if database.lower() in SYSTEM_DATABASES:
-        raise ValueError(f"{where}: {database!r} is a system database")
+    if any(matches_pattern(database, system) for system in SYSTEM_DATABASES):
+        raise ValueError(f"{where}: {database!r} is, or as a pattern matches, a system database")
     return database, table
+
+
+def matches_pattern(database: str, name: str) -> bool:
+    """Whether `database` names `name`, or would if its `_` were read as a wildcard: a grant's
+    database is escaped, but a resource that could ever match a system or ledger database, by
+    a statement or a server that reads it as a pattern, is refused outright."""
+    pattern = "".join("." if c == "_" else re.escape(c) for c in database.lower())
+    return re.fullmatch(pattern, name.lower()) is not None
 
 
 def check_role(role: str, where: str) -> str:
@@ -337,7 +352,7 @@ class MySQLTemplate:
                 database, _ = check_resource(resource, f"resources[{index}]")
             except ValueError as exc:
                 raise Refused(f"resources[{index}]", str(exc)) from None
-            if database.lower() == connection.ledger_database.lower():
+            if matches_pattern(database, connection.ledger_database):
                 raise Refused(f"resources[{index}]", "the connector's ledger is never granted")
 
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
