@@ -254,6 +254,56 @@ def test_catalog_refuses_unsafe_statements_and_resources(
     assert error in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "GRANT SELECT ON {object} TO {user} WITH GRANT OPTION",
+        "GRANT SELECT ON *.* TO {user}",
+        "GRANT SELECT ON * . * TO {user}",
+        "GRANT ALL ON {object} TO {user}",
+        "GRANT ALL PRIVILEGES ON {object} TO {user}",
+        "GRANT SUPER ON {object} TO {user}",
+        "GRANT PROXY ON root TO {user}",
+        "GRANT `some_role` TO {user}",
+        "GRANT CREATE USER ON {object} TO {user}",
+        "GRANT SELECT, FILE ON {object} TO {user}",
+        "GRANT SELECT ON {object} TO {user}; GRANT SUPER ON *.* TO {user}",
+        "GRANT SELECT ON {object} TO {user} /* */ WITH GRANT OPTION",
+        "GRANT SELECT ON mysql.user TO {user}",
+        "SET PASSWORD FOR {user} = PASSWORD('x')",
+    ],
+)
+def test_catalog_statements_beyond_plain_object_grants_need_privileged(
+    target: MySQLTarget, statement: str
+) -> None:
+    plain = {"statements": [statement], "resources": [DATABASE]}
+    with pytest.raises(CatalogError, match="privileged") as err:
+        parse_catalog(catalog_doc(target, permissions={"custom": plain}))
+    assert "permissions.custom" in str(err.value)
+    marked = {**plain, "privileged": True}
+    parse_catalog(catalog_doc(target, permissions={"custom": marked}))
+
+
+def test_a_grantee_of_a_plain_statement_cannot_pass_it_on(env: ContractEnv) -> None:
+    """What the screen lets through, run on the server: the grantee holds no grant option."""
+    permissions = {
+        "cols": {
+            "statements": [
+                "GRANT SELECT (id), INSERT, UPDATE, DELETE, SHOW VIEW ON {object} TO {user}",
+                "grant select\n on {database}.{table} to {user};",
+            ],
+            "resources": [f"{DATABASE}.items"],
+        }
+    }
+    cols = make_env(env.target, catalog_doc(env.target, permissions=permissions))  # type: ignore[arg-type]
+    outcome = cols.engine.execute(cols.request(permission="cols", resources=[f"{DATABASE}.items"]))
+    assert outcome.status == "granted", outcome.message
+    live = env.target.login(cols.credentials(outcome.sealed_credentials))
+    with pytest.raises(pymysql.err.OperationalError):
+        run(live, f"GRANT SELECT ON `{DATABASE}`.items TO '{ADMIN}'@'%'")
+    env.target.close(live)
+
+
 def test_inventory_lists_users_databases_and_the_scheduler(env: ContractEnv) -> None:
     integration = env.catalog.integration(env.target.integration)
     session = integration.template.open(

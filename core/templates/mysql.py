@@ -38,6 +38,35 @@ _NAME = r"[A-Za-z0-9_$]{1,64}"
 RESOURCE_PATTERN = re.compile(rf"^({_NAME})(?:\.({_NAME}))?$")
 HOST_PATTERN = r"^[A-Za-z0-9.%_:-]{1,60}$"
 
+# What a statement may give without `privileged: true`: privileges on the resource's own
+# objects. Left out: the grant option, ALL, global and admin privileges, PROXY, roles, and the
+# objects that outlive the grant and run as their definer (routines, events, triggers).
+PLAIN_PRIVILEGES = frozenset(
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "SHOW VIEW",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "INDEX",
+        "CREATE VIEW",
+        "REFERENCES",
+        "CREATE TEMPORARY TABLES",
+        "LOCK TABLES",
+        "DELETE HISTORY",
+        "EXECUTE",
+    }
+)
+_PLAIN_GRANT = re.compile(
+    r"GRANT\s+(?P<privileges>[A-Za-z ,()_$]+?)\s+ON\s+(?:TABLE\s+)?"
+    r"(?:\{object\}|\{database\}\.\{table\})\s+TO\s+\{user\}\s*;?",
+    re.IGNORECASE,
+)
+_COLUMNS = re.compile(r"\(\s*[A-Za-z0-9_$]+(?:\s*,\s*[A-Za-z0-9_$]+)*\s*\)")
+
 BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
     "read-only": ("GRANT SELECT, SHOW VIEW ON {object} TO {user}",),
     "read-write": ("GRANT SELECT, INSERT, UPDATE, DELETE, SHOW VIEW ON {object} TO {user}",),
@@ -90,6 +119,12 @@ class Permission(PermissionSettings):
     terminate_sessions: bool = Field(
         default=True, description="membership mode: end the member's connections at revoke"
     )
+    privileged: bool = Field(
+        default=False,
+        description="allow statements beyond `GRANT <object privileges> ON {object} TO {user}`: "
+        "the grant option, ALL, global, admin and PROXY privileges, roles, routines, events, "
+        "triggers, and any other statement",
+    )
 
     @field_validator("statements")
     @classmethod
@@ -127,6 +162,9 @@ class Permission(PermissionSettings):
             return self
         if (self.template is None) == (self.statements is None):
             raise ValueError("needs exactly one of template or statements")
+        if not self.privileged:
+            for index, text in enumerate(self.statements or []):
+                screen_statement(text, f"statement {index}")
         for index, resource in enumerate(self.resources):
             _, table = check_resource(resource, f"resource {index}")
             # `{database}.{table}` of a database would be `db`.*, whose `_` is a wildcard.
@@ -139,6 +177,22 @@ class Permission(PermissionSettings):
             return tuple(self.statements)
         assert self.template is not None
         return BUILTIN_STATEMENTS[self.template]
+
+
+def screen_statement(text: str, where: str) -> None:
+    """Refuse a statement that is not one plain grant of object privileges on the resource; a
+    grantee given more could pass it on, or keep it past the revoke."""
+    match = _PLAIN_GRANT.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f"{where}: only `GRANT <privileges> ON {{object}} TO {{user}}` (or "
+            "{database}.{table}) without `privileged: true`"
+        )
+    privileges = _COLUMNS.sub("", match.group("privileges"))
+    for privilege in privileges.split(","):
+        words = " ".join(privilege.upper().split())
+        if words not in PLAIN_PRIVILEGES:
+            raise ValueError(f"{where}: privilege {words or '(empty)'!r} needs `privileged: true`")
 
 
 def check_resource(resource: str, where: str) -> tuple[str, str | None]:
