@@ -353,6 +353,8 @@ def test_a_grantee_reconnecting_in_a_loop_keeps_nothing_after_revoke(env: Contra
 
 
 FOREIGN = f"d{PREFIX[1:]}"  # the company's own names: not the connector's prefix
+ROLES = ("readers", "boss", "mid", "granter", "wild", "keeper", "routine")
+PROCEDURE = "AddGeometryColumn"  # a routine MariaDB ships in the mysql database
 
 
 @pytest.fixture
@@ -365,16 +367,27 @@ def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
         "boss": f"{FOREIGN}boss",
         "mid": f"{FOREIGN}mid",
         "granter": f"{FOREIGN}granter",
+        "wild": f"{FOREIGN}wild",
+        "keeper": f"{FOREIGN}keeper",
+        "routine": f"{FOREIGN}routine",
+        "dealer": f"{FOREIGN}dealer",
     }
     conn = target.admin
     run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'alice-pw'", names["member"])
-    for role in ("readers", "boss", "mid", "granter"):
+    # A member that may pass on what it holds in one database only.
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'dealer-pw'", names["dealer"])
+    run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO '{names['dealer']}'@'%' WITH GRANT OPTION")
+    for role in ROLES:
         run(conn, f"CREATE ROLE `{names[role]}`")
         run(conn, f"GRANT `{names[role]}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
     run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['readers']}`")
     run(conn, f"GRANT CREATE USER ON *.* TO `{names['boss']}`")
     run(conn, f"GRANT `{names['boss']}` TO `{names['mid']}`")
     run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['granter']}` WITH GRANT OPTION")
+    # A database-level `%` pattern reaches the system databases and the ledger.
+    run(conn, f"GRANT SELECT, DELETE ON `%`.* TO `{names['wild']}`")
+    run(conn, f"GRANT `{names['readers']}` TO `{names['keeper']}` WITH ADMIN OPTION")
+    run(conn, f"GRANT EXECUTE ON PROCEDURE mysql.{PROCEDURE} TO `{names['routine']}`")
     yield names
     for thread in run(
         conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", names["member"]
@@ -382,7 +395,8 @@ def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
         with contextlib.suppress(pymysql.Error):
             run(conn, f"KILL CONNECTION {int(thread[0])}")
     run(conn, "DROP USER IF EXISTS %s@'%%'", names["member"])
-    for role in ("readers", "boss", "mid", "granter"):
+    run(conn, "DROP USER IF EXISTS %s@'%%'", names["dealer"])
+    for role in ROLES:
         run(conn, f"DROP ROLE IF EXISTS `{names[role]}`")
 
 
@@ -393,6 +407,9 @@ def _membership_env(target: MySQLTarget, roles: dict[str, str]) -> ContractEnv:
         "boss": {"mode": "membership", "resources": [roles["boss"]]},
         "mid": {"mode": "membership", "resources": [roles["mid"]]},
         "granter": {"mode": "membership", "resources": [roles["granter"]]},
+        "wild": {"mode": "membership", "resources": [roles["wild"]]},
+        "keeper": {"mode": "membership", "resources": [roles["keeper"]]},
+        "routine": {"mode": "membership", "resources": [roles["routine"]]},
     }
     return make_env(target, catalog_doc(target, permissions=permissions))
 
@@ -454,6 +471,10 @@ def test_membership_grants_a_role_per_grant_and_revoke_ends_only_that_one(
         ("boss", "member", "resources[0]"),
         ("mid", "member", "resources[0]"),
         ("granter", "member", "resources[0]"),
+        ("wild", "member", "resources[0]"),
+        ("keeper", "member", "resources[0]"),
+        ("routine", "member", "resources[0]"),
+        ("analyst", "dealer", "identity.username"),
         ("analyst", "admin", "identity.username"),
         ("analyst", "missing", "identity.username"),
         ("analyst", "role", "identity.username"),
@@ -468,6 +489,7 @@ def test_membership_refuses_privileged_roles_and_grantees(
         "admin": ADMIN,
         "missing": f"{FOREIGN}nobody",
         "role": roles["readers"],
+        "dealer": roles["dealer"],
     }[who]
     resource = {"analyst": "readers"}.get(permission, permission)
     before = target.snapshot()

@@ -25,6 +25,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from_label
 from jitc.templates.mysql import (
+    SYSTEM_DATABASES,
     Connection,
     MySQLTemplate,
     Permission,
@@ -349,11 +350,15 @@ class MySQLSession:
             raise Refused(
                 "identity.username", f"no account {member!r}@{self.settings.user_host!r} exists"
             )
-        if member in (admin, self.settings.user) or member.startswith(prefix) or row[0][0] != "0":
+        if (
+            member in (admin, self.settings.user)
+            or member.startswith(prefix)
+            or self._privileged({member}, self.settings.user_host)
+        ):
             raise Refused(
                 "identity.username",
-                f"account {member!r} is the admin, one of the connector's own or holds global "
-                "privileges: never a member",
+                f"account {member!r} is the admin, one of the connector's own, or holds a global "
+                "privilege, a grant option or a system database: never a member",
             )
         for index, role in enumerate(spec.resources):
             where = f"resources[{index}]"
@@ -387,19 +392,34 @@ class MySQLSession:
             reached.update(frontier)
         return reached
 
-    def _privileged(self, roles: set[str]) -> bool:
+    def _privileged(self, roles: set[str], host: str = "") -> bool:
+        """Whether any of these accounts or roles holds a global privilege, the grant option
+        anywhere, the ADMIN OPTION of a role, or any privilege on a database whose name (a
+        pattern at database level: `%`, `m_sql`) matches a system database or the ledger."""
         names = tuple(sorted(roles))
         marks = ", ".join(["%s"] * len(names))
-        system = ("mysql", self.settings.ledger_database)
+        guarded = (*sorted(SYSTEM_DATABASES), self.settings.ledger_database)
+        reach = " OR ".join(["%s LIKE Db"] * len(guarded))
+        exact = ", ".join(["%s"] * len(guarded))
         query = (
-            "SELECT (SELECT COUNT(*) FROM mysql.global_priv WHERE Host = '' "  # noqa: S608
+            "SELECT (SELECT COUNT(*) FROM mysql.global_priv WHERE Host = %s "  # noqa: S608
             f"AND User IN ({marks}) AND JSON_VALUE(Priv, '$.access') <> '0') + "
-            "(SELECT COUNT(*) FROM mysql.db WHERE Host = '' "
-            f"AND User IN ({marks}) AND (Grant_priv = 'Y' OR Db IN (%s, %s))) + "
-            "(SELECT COUNT(*) FROM mysql.tables_priv WHERE Host = '' "
-            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Table_priv) OR Db IN (%s, %s)))"
+            "(SELECT COUNT(*) FROM mysql.roles_mapping WHERE Host = %s "
+            f"AND User IN ({marks}) AND Admin_option = 'Y') + "
+            "(SELECT COUNT(*) FROM mysql.db WHERE Host = %s "
+            f"AND User IN ({marks}) AND (Grant_priv = 'Y' OR {reach})) + "
+            "(SELECT COUNT(*) FROM mysql.tables_priv WHERE Host = %s "
+            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Table_priv) OR Db IN ({exact}))) + "
+            "(SELECT COUNT(*) FROM mysql.columns_priv WHERE Host = %s "
+            f"AND User IN ({marks}) AND Db IN ({exact})) + "
+            "(SELECT COUNT(*) FROM mysql.procs_priv WHERE Host = %s "
+            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Proc_priv) OR Db IN ({exact})))"
         )
-        return bool(self._one(query, names + names + system + names + system))
+        each = (host, *names)
+        args = (
+            each + each + each + guarded + each + guarded + each + guarded + each + guarded
+        )
+        return bool(self._one(query, args))
 
     def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
         return {
