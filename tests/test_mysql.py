@@ -199,6 +199,28 @@ def test_neighbour_locks_do_not_stall_a_revoke(env: ContractEnv) -> None:
     assert not env.target.alive(live) and not env.target.alive(neighbour)
 
 
+def test_a_grant_account_renamed_away_is_found_by_its_password_and_dropped(
+    env: ContractEnv,
+) -> None:
+    outcome = env.engine.execute(env.request(request_id="m-renamed"))
+    creds = env.credentials(outcome.sealed_credentials)
+    kept = f"{FOREIGN}kept"
+    # A neighbour holding only CREATE USER could do this: the account lives on under a name
+    # the ledger does not know.
+    run(env.target.admin, f"RENAME USER '{outcome.principal}'@'%' TO '{kept}'@'%'")
+    try:
+        revoke = env.engine.execute(env.request("revoke", request_id="m-renamed"))
+        assert not revoke.verified, revoke  # reported, and retried
+        assert any(kept in line for line in revoke.residual), revoke.residual
+        assert not run(env.target.admin, "SELECT User FROM mysql.user WHERE User = %s", kept)
+        with pytest.raises(pymysql.err.OperationalError):
+            env.target.login({**creds, "username": kept})
+        again = env.engine.execute(env.request("revoke", request_id="m-renamed"))
+        assert again.status == "revoked" and again.verified, again  # the retry finds nothing
+    finally:
+        run(env.target.admin, "DROP USER IF EXISTS %s@'%%'", kept)
+
+
 def test_a_redelivered_grant_completes_one_cut_short_between_ledger_and_account(
     env: ContractEnv,
 ) -> None:

@@ -259,7 +259,9 @@ class MySQLSession:
         # redelivery hands out the same credentials and changes nothing in the server.
         derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
         password = derived or secrets.token_urlsafe(24)
-        hashed = literal(native_password_hash(password))
+        stored = native_password_hash(password)
+        hashed = literal(stored)
+        auth = self._auth_mark(stored)
         with self._locked(spec.grant_id):
             found = self._row(spec.grant_id)
             if found is None:
@@ -269,7 +271,7 @@ class MySQLSession:
                         f"account {name!r} already exists and was not created by this connector",
                     )
                 self._check_scheduler()
-                self._write(name, self._grant_label(spec, name))
+                self._write(name, {**self._grant_label(spec, name), "auth": auth})
                 statements = grant_statements(self.settings, spec, hashed)
                 reissued = False
             else:
@@ -286,6 +288,9 @@ class MySQLSession:
                     ]
                 else:
                     statements = []
+                if statements and found[1].get("auth") != auth:
+                    # Before the password changes: a revoke must know the account by it.
+                    self._write(name, {**found[1], "auth": auth})
             for statement in statements:
                 self._run(statement)
         return GrantResult(
@@ -475,6 +480,7 @@ class MySQLSession:
             if label.get("mode") == "membership":
                 return self._revoke_membership(grant_id, name, label, tombstone_until)
             who = account(self.settings, name)
+            existed = self._user_exists(name)
             # Locked first, so no new connection can start while the old ones are killed.
             self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
             self._kill(name)
@@ -487,6 +493,8 @@ class MySQLSession:
             # lock shows up in the process list only after it.
             left = self._kill(name)
             residual = self._residual(name)
+            if not existed:
+                residual += self._missing_account(name, label)
             if left:
                 residual.append(f"{left} connection(s) of {name} still open")
             if not residual:
@@ -498,6 +506,39 @@ class MySQLSession:
                 residual=residual,
                 verified=not residual,
             )
+
+    def _auth_mark(self, stored: str) -> str:
+        """A keyed fingerprint of the account's stored password hash: the ledger can recognise
+        the account under another name without holding what would log in as it."""
+        return self.key.keyed_hash("mysql-account-auth", stored)
+
+    def _missing_account(self, name: str, label: dict[str, Any]) -> list[str]:
+        """The grant's account was not there. Someone with CREATE USER may have renamed it,
+        privileges and password intact: every account with the grant's password is locked,
+        its sessions ended and dropped, and an account missing while its grant was still
+        active is reported, so the revoke is not verified until a retry finds nothing."""
+        residual = []
+        if label.get("state") == "active":
+            residual.append(f"account {name} was missing while its grant was active")
+        mark = label.get("auth")
+        if not mark:
+            return residual
+        if self.mariadb:
+            query = (
+                "SELECT User, Host, JSON_VALUE(Priv, '$.authentication_string') "
+                "FROM mysql.global_priv"
+            )
+        else:
+            query = "SELECT User, Host, authentication_string FROM mysql.user"
+        for user, host, stored in self._rows(query):
+            if not stored or self._auth_mark(str(stored)) != mark:
+                continue
+            who = f"{literal(str(user))}@{literal(str(host))}"
+            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+            self._kill(str(user))
+            self._run(f"DROP USER IF EXISTS {who}")
+            residual.append(f"account {user}@{host} held the grant's password: dropped")
+        return residual
 
     def _revoke_membership(
         self, grant_id: str, name: str, label: dict[str, Any], tombstone_until: datetime
