@@ -393,6 +393,7 @@ def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
         "keeper": f"{FOREIGN}keeper",
         "routine": f"{FOREIGN}routine",
         "dealer": f"{FOREIGN}dealer",
+        "stranger": f"{FOREIGN}stranger",
     }
     conn = target.admin
     run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'alice-pw'", names["member"])
@@ -406,6 +407,8 @@ def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
     run(conn, f"GRANT CREATE USER ON *.* TO `{names['boss']}`")
     run(conn, f"GRANT `{names['boss']}` TO `{names['mid']}`")
     run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['granter']}` WITH GRANT OPTION")
+    run(conn, f"CREATE ROLE `{names['stranger']}`")  # the admin may not hand this one out
+    run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['stranger']}`")
     # A database-level `%` pattern reaches the system databases and the ledger.
     run(conn, f"GRANT SELECT, DELETE ON `%`.* TO `{names['wild']}`")
     run(conn, f"GRANT `{names['readers']}` TO `{names['keeper']}` WITH ADMIN OPTION")
@@ -418,6 +421,7 @@ def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
             run(conn, f"KILL CONNECTION {int(thread[0])}")
     run(conn, "DROP USER IF EXISTS %s@'%%'", names["member"])
     run(conn, "DROP USER IF EXISTS %s@'%%'", names["dealer"])
+    run(conn, f"DROP ROLE IF EXISTS `{names['stranger']}`")
     for role in ROLES:
         run(conn, f"DROP ROLE IF EXISTS `{names[role]}`")
 
@@ -432,6 +436,7 @@ def _membership_env(target: MySQLTarget, roles: dict[str, str]) -> ContractEnv:
         "wild": {"mode": "membership", "resources": [roles["wild"]]},
         "keeper": {"mode": "membership", "resources": [roles["keeper"]]},
         "routine": {"mode": "membership", "resources": [roles["routine"]]},
+        "stranger": {"mode": "membership", "resources": [roles["stranger"]]},
     }
     return make_env(target, catalog_doc(target, permissions=permissions))
 
@@ -526,6 +531,29 @@ def test_membership_refuses_privileged_roles_and_grantees(
     if field.startswith("resources"):
         assert "never handed out" in str(outcome.message)
     assert target.snapshot() == before and target.principals() == set()
+
+
+def test_membership_of_a_role_the_admin_cannot_hand_out_is_refused_before_anything_is_made(
+    target: MySQLTarget, roles: dict[str, str]
+) -> None:
+    env = _membership_env(target, roles)
+    before = target.snapshot()
+    outcome = env.engine.execute(
+        env.request(
+            permission="stranger",
+            resources=[roles["stranger"]],
+            identity={"email": "x@example.com", "username": roles["member"]},
+        )
+    )
+    assert outcome.status == "refused" and outcome.field == "resources[0]", outcome
+    assert "ADMIN OPTION" in str(outcome.message)
+    assert target.snapshot() == before and target.principals() == set()
+    ledger = run(
+        target.admin,
+        f"SELECT COUNT(*) FROM `{LEDGER}`.grants WHERE grant_id = %s",
+        outcome.grant_id,
+    )
+    assert ledger == [(0,)]
 
 
 def test_membership_expiry_event_drops_the_grant_role_and_ends_the_member_sessions(

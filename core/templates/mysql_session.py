@@ -335,8 +335,15 @@ class MySQLSession:
                 if self._user_exists(name, ""):
                     # Completing a grant cut short: every later statement is idempotent.
                     statements = statements[1:]
-            for statement in statements:
-                self._run(statement)
+            try:
+                for statement in statements:
+                    self._run(statement)
+            except pymysql.Error as exc:
+                # The row stays: a redelivery completes the grant, or the sweep revokes it.
+                raise TargetError(
+                    f"membership grant {spec.grant_id} stopped: MySQL error "
+                    f"{exc.args[0] if exc.args else '?'}"
+                ) from None
         return GrantResult(principal=name, credentials=None, reissued=reissued)
 
     def _check_membership(self, spec: GrantSpec) -> None:
@@ -344,7 +351,7 @@ class MySQLSession:
         out a role that reaches a privilege, the grant option, or the system and ledger
         databases, directly or through the roles it holds."""
         member = member_name(spec)
-        admin = str(self._one("SELECT CURRENT_USER()") or "").rpartition("@")[0]
+        admin, _, admin_host = str(self._one("SELECT CURRENT_USER()") or "").rpartition("@")
         prefix = self.settings.user_prefix
         row = self._rows(
             "SELECT JSON_VALUE(Priv, '$.access'), JSON_VALUE(Priv, '$.is_role') "
@@ -374,6 +381,18 @@ class MySQLSession:
             )
             if is_role not in ("1", "true"):
                 raise Refused(where, f"role {role!r} does not exist")
+            # Even SUPER cannot grant a role without its ADMIN OPTION: found out here, before
+            # the ledger row and the grant's role are made, not as a server error after.
+            if not self._one(
+                "SELECT COUNT(*) FROM mysql.roles_mapping WHERE User = %s AND Host = %s "
+                "AND Role = %s AND Admin_option = 'Y'",
+                (admin, admin_host, role),
+            ):
+                raise Refused(
+                    where,
+                    f"the connector's admin may not hand out role {role!r}: it needs the role "
+                    "WITH ADMIN OPTION",
+                )
             reached = self._roles_reached(role)
             if any(r.startswith(prefix) for r in reached):
                 raise Refused(where, f"role {role!r} is, or holds, one of the connector's own")
