@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import ssl
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 from contract_mysql import ADMIN, DATABASE, LEDGER, PREFIX, MySQLTarget, root, run
 from contract_targets import ContractEnv, catalog_doc, make_env
 
-from jitc.catalog import parse_catalog
+from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.errors import CatalogError
 from jitc.secrets import Secret
 
@@ -116,6 +117,21 @@ def test_required_expiry_event_refuses_a_grant_while_the_scheduler_is_off(
     outcome = env.engine.execute(env.request(request_id="m-required"))
     assert outcome.status == "refused" and "event_scheduler" in str(outcome.message)
     assert target.principals() == set() and target.snapshot() == before
+
+
+def test_a_grant_whose_expiry_event_cannot_fire_is_made_with_a_warning(
+    target: MySQLTarget, event_scheduler: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    event_scheduler(False)
+    env = make_env(target)
+    with caplog.at_level(logging.WARNING):
+        outcome = env.engine.execute(env.request(request_id="m-if-available"))
+    assert outcome.status == "granted"
+    warned = [r.getMessage() for r in caplog.records if "event_scheduler" in r.getMessage()]
+    assert warned and env.target.integration in warned[0], caplog.text
+    assert any("event_scheduler" in w for w in catalog_warnings(env.catalog))
+    env.engine.execute(env.request("revoke", request_id="m-if-available"))
+    target.reset()
 
 
 def test_a_database_grant_does_not_reach_a_lookalike_database(env: ContractEnv) -> None:

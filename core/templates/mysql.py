@@ -101,6 +101,17 @@ class Connection(Settings):
     lock_wait_seconds: int = Field(default=10, ge=1, le=120)
     kill_wait_seconds: float = Field(default=5.0, ge=0, le=60)
 
+    def warnings(self) -> list[str]:
+        """Each relaxed setting, for `jitc catalog check`."""
+        if self.expiry_event == "if-available":
+            return [
+                "expiry_event if-available: while the server's event_scheduler is OFF, grants "
+                "are made and only the connector's revoke ends them (set 'required' to refuse)"
+            ]
+        if self.expiry_event == "off":
+            return ["expiry_event off: only the connector's revoke ends a grant"]
+        return []
+
 
 class Permission(PermissionSettings):
     mode: Literal["ephemeral", "membership"] = Field(

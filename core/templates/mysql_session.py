@@ -9,6 +9,7 @@ nobody knows of.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import ssl
 import time
@@ -40,6 +41,8 @@ from jitc.templates.mysql import (
     role_name,
     user_name,
 )
+
+log = logging.getLogger(__name__)
 
 # Fixed for every admin session: no ANSI_QUOTES or NO_BACKSLASH_ESCAPES, which would change how
 # our quoting reads, whatever the server's global default says.
@@ -242,6 +245,13 @@ class MySQLSession:
             )
 
     def _check_scheduler(self) -> None:
+        if self.settings.expiry_event == "if-available" and not self.scheduler_on:
+            # The grant is made, but only the connector's own revoke ends it on time.
+            log.warning(
+                "integration %s: the server's event_scheduler is OFF; the expiry event of a "
+                "new grant will not fire until it is ON",
+                self.integration,
+            )
         if self.settings.expiry_event == "required" and not self.scheduler_on:
             raise Refused(
                 "integration",
