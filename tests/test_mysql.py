@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import ssl
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 from contract_mysql import ADMIN, DATABASE, LEDGER, PREFIX, MySQLTarget, root, run
 from contract_targets import ContractEnv, catalog_doc, make_env
 
-from jitc.catalog import parse_catalog
+from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.errors import CatalogError
 from jitc.secrets import Secret
 
@@ -118,6 +119,21 @@ def test_required_expiry_event_refuses_a_grant_while_the_scheduler_is_off(
     assert target.principals() == set() and target.snapshot() == before
 
 
+def test_a_grant_whose_expiry_event_cannot_fire_is_made_with_a_warning(
+    target: MySQLTarget, event_scheduler: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    event_scheduler(False)
+    env = make_env(target)
+    with caplog.at_level(logging.WARNING):
+        outcome = env.engine.execute(env.request(request_id="m-if-available"))
+    assert outcome.status == "granted"
+    warned = [r.getMessage() for r in caplog.records if "event_scheduler" in r.getMessage()]
+    assert warned and env.target.integration in warned[0], caplog.text
+    assert any("event_scheduler" in w for w in catalog_warnings(env.catalog))
+    env.engine.execute(env.request("revoke", request_id="m-if-available"))
+    target.reset()
+
+
 def test_a_database_grant_does_not_reach_a_lookalike_database(env: ContractEnv) -> None:
     # `_` is a wildcard in a database-level GRANT: unescaped, jcXXXXXX_db would match this too.
     lookalike = DATABASE.replace("_", "x")
@@ -146,6 +162,11 @@ def test_the_ledger_is_never_granted_and_a_grantee_cannot_write_it(
     env = make_env(target, catalog_doc(target, permissions=permissions))
     refused = env.engine.execute(env.request(permission="ledger", resources=[LEDGER]))
     assert refused.status == "refused" and refused.field == "resources[0]"
+    lookalike = LEDGER[:-1] + "_"  # as a database-level pattern it matches the ledger
+    permissions["near"] = {"template": "read-write", "resources": [lookalike]}
+    near = make_env(target, catalog_doc(target, permissions=permissions))
+    refused = near.engine.execute(near.request(permission="near", resources=[lookalike]))
+    assert refused.status == "refused" and refused.field == "resources[0]", refused
     outcome = env.engine.execute(env.request(request_id="m-forger", permission="write"))
     live = target.login(env.credentials(outcome.sealed_credentials))
     with pytest.raises(pymysql.err.OperationalError) as denied:
@@ -194,6 +215,28 @@ def test_neighbour_locks_do_not_stall_a_revoke(env: ContractEnv) -> None:
     assert not env.target.alive(live) and not env.target.alive(neighbour)
 
 
+def test_a_grant_account_renamed_away_is_found_by_its_password_and_dropped(
+    env: ContractEnv,
+) -> None:
+    outcome = env.engine.execute(env.request(request_id="m-renamed"))
+    creds = env.credentials(outcome.sealed_credentials)
+    kept = f"{FOREIGN}kept"
+    # A neighbour holding only CREATE USER could do this: the account lives on under a name
+    # the ledger does not know.
+    run(env.target.admin, f"RENAME USER '{outcome.principal}'@'%' TO '{kept}'@'%'")
+    try:
+        revoke = env.engine.execute(env.request("revoke", request_id="m-renamed"))
+        assert not revoke.verified, revoke  # reported, and retried
+        assert any(kept in line for line in revoke.residual), revoke.residual
+        assert not run(env.target.admin, "SELECT User FROM mysql.user WHERE User = %s", kept)
+        with pytest.raises(pymysql.err.OperationalError):
+            env.target.login({**creds, "username": kept})
+        again = env.engine.execute(env.request("revoke", request_id="m-renamed"))
+        assert again.status == "revoked" and again.verified, again  # the retry finds nothing
+    finally:
+        run(env.target.admin, "DROP USER IF EXISTS %s@'%%'", kept)
+
+
 def test_a_redelivered_grant_completes_one_cut_short_between_ledger_and_account(
     env: ContractEnv,
 ) -> None:
@@ -233,6 +276,11 @@ def test_revoke_leaves_nothing_in_the_server_tables(env: ContractEnv) -> None:
         (["GRANT SELECT ON {object} TO {user}"], ["mysql"], "system database"),
         (["GRANT SELECT ON {object} TO {user}"], ["a.b.c"], "database.table"),
         (["GRANT SELECT ON {database}.{table} TO {user}"], [DATABASE], "{table} needs"),
+        # Spaced or commented apart, `db` .* is still a database-level, wildcard grant.
+        (["GRANT SELECT ON {database} .* TO {user}"], [DATABASE], "{database}.{table}"),
+        (["GRANT SELECT ON {database}/**/.* TO {user}"], [DATABASE], "{database}.{table}"),
+        (["GRANT SELECT ON {object} TO {user}"], ["mysq_"], "system database"),
+        (["GRANT SELECT ON {database}.{table} TO {user}"], ["m_sql.user"], "system database"),
     ],
 )
 def test_catalog_refuses_unsafe_statements_and_resources(
@@ -242,6 +290,56 @@ def test_catalog_refuses_unsafe_statements_and_resources(
     with pytest.raises(CatalogError, match=r"permissions\.custom") as err:
         parse_catalog(catalog_doc(target, permissions=permissions))
     assert error in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "GRANT SELECT ON {object} TO {user} WITH GRANT OPTION",
+        "GRANT SELECT ON *.* TO {user}",
+        "GRANT SELECT ON * . * TO {user}",
+        "GRANT ALL ON {object} TO {user}",
+        "GRANT ALL PRIVILEGES ON {object} TO {user}",
+        "GRANT SUPER ON {object} TO {user}",
+        "GRANT PROXY ON root TO {user}",
+        "GRANT `some_role` TO {user}",
+        "GRANT CREATE USER ON {object} TO {user}",
+        "GRANT SELECT, FILE ON {object} TO {user}",
+        "GRANT SELECT ON {object} TO {user}; GRANT SUPER ON *.* TO {user}",
+        "GRANT SELECT ON {object} TO {user} /* */ WITH GRANT OPTION",
+        "GRANT SELECT ON mysql.user TO {user}",
+        "SET PASSWORD FOR {user} = PASSWORD('x')",
+    ],
+)
+def test_catalog_statements_beyond_plain_object_grants_need_privileged(
+    target: MySQLTarget, statement: str
+) -> None:
+    plain = {"statements": [statement], "resources": [DATABASE]}
+    with pytest.raises(CatalogError, match="privileged") as err:
+        parse_catalog(catalog_doc(target, permissions={"custom": plain}))
+    assert "permissions.custom" in str(err.value)
+    marked = {**plain, "privileged": True}
+    parse_catalog(catalog_doc(target, permissions={"custom": marked}))
+
+
+def test_a_grantee_of_a_plain_statement_cannot_pass_it_on(env: ContractEnv) -> None:
+    """What the screen lets through, run on the server: the grantee holds no grant option."""
+    permissions = {
+        "cols": {
+            "statements": [
+                "GRANT SELECT (id), INSERT, UPDATE, DELETE, SHOW VIEW ON {object} TO {user}",
+                "grant select\n on {database}.{table} to {user};",
+            ],
+            "resources": [f"{DATABASE}.items"],
+        }
+    }
+    cols = make_env(env.target, catalog_doc(env.target, permissions=permissions))  # type: ignore[arg-type]
+    outcome = cols.engine.execute(cols.request(permission="cols", resources=[f"{DATABASE}.items"]))
+    assert outcome.status == "granted", outcome.message
+    live = env.target.login(cols.credentials(outcome.sealed_credentials))
+    with pytest.raises(pymysql.err.OperationalError):
+        run(live, f"GRANT SELECT ON `{DATABASE}`.items TO '{ADMIN}'@'%'")
+    env.target.close(live)
 
 
 def test_inventory_lists_users_databases_and_the_scheduler(env: ContractEnv) -> None:
@@ -293,6 +391,8 @@ def test_a_grantee_reconnecting_in_a_loop_keeps_nothing_after_revoke(env: Contra
 
 
 FOREIGN = f"d{PREFIX[1:]}"  # the company's own names: not the connector's prefix
+ROLES = ("readers", "boss", "mid", "granter", "wild", "keeper", "routine")
+PROCEDURE = "AddGeometryColumn"  # a routine MariaDB ships in the mysql database
 
 
 @pytest.fixture
@@ -305,16 +405,30 @@ def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
         "boss": f"{FOREIGN}boss",
         "mid": f"{FOREIGN}mid",
         "granter": f"{FOREIGN}granter",
+        "wild": f"{FOREIGN}wild",
+        "keeper": f"{FOREIGN}keeper",
+        "routine": f"{FOREIGN}routine",
+        "dealer": f"{FOREIGN}dealer",
+        "stranger": f"{FOREIGN}stranger",
     }
     conn = target.admin
     run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'alice-pw'", names["member"])
-    for role in ("readers", "boss", "mid", "granter"):
+    # A member that may pass on what it holds in one database only.
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'dealer-pw'", names["dealer"])
+    run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO '{names['dealer']}'@'%' WITH GRANT OPTION")
+    for role in ROLES:
         run(conn, f"CREATE ROLE `{names[role]}`")
         run(conn, f"GRANT `{names[role]}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
     run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['readers']}`")
     run(conn, f"GRANT CREATE USER ON *.* TO `{names['boss']}`")
     run(conn, f"GRANT `{names['boss']}` TO `{names['mid']}`")
     run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['granter']}` WITH GRANT OPTION")
+    run(conn, f"CREATE ROLE `{names['stranger']}`")  # the admin may not hand this one out
+    run(conn, f"GRANT SELECT ON `{DATABASE}`.* TO `{names['stranger']}`")
+    # A database-level `%` pattern reaches the system databases and the ledger.
+    run(conn, f"GRANT SELECT, DELETE ON `%`.* TO `{names['wild']}`")
+    run(conn, f"GRANT `{names['readers']}` TO `{names['keeper']}` WITH ADMIN OPTION")
+    run(conn, f"GRANT EXECUTE ON PROCEDURE mysql.{PROCEDURE} TO `{names['routine']}`")
     yield names
     for thread in run(
         conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", names["member"]
@@ -322,7 +436,9 @@ def roles(target: MySQLTarget) -> Iterator[dict[str, str]]:
         with contextlib.suppress(pymysql.Error):
             run(conn, f"KILL CONNECTION {int(thread[0])}")
     run(conn, "DROP USER IF EXISTS %s@'%%'", names["member"])
-    for role in ("readers", "boss", "mid", "granter"):
+    run(conn, "DROP USER IF EXISTS %s@'%%'", names["dealer"])
+    run(conn, f"DROP ROLE IF EXISTS `{names['stranger']}`")
+    for role in ROLES:
         run(conn, f"DROP ROLE IF EXISTS `{names[role]}`")
 
 
@@ -333,6 +449,10 @@ def _membership_env(target: MySQLTarget, roles: dict[str, str]) -> ContractEnv:
         "boss": {"mode": "membership", "resources": [roles["boss"]]},
         "mid": {"mode": "membership", "resources": [roles["mid"]]},
         "granter": {"mode": "membership", "resources": [roles["granter"]]},
+        "wild": {"mode": "membership", "resources": [roles["wild"]]},
+        "keeper": {"mode": "membership", "resources": [roles["keeper"]]},
+        "routine": {"mode": "membership", "resources": [roles["routine"]]},
+        "stranger": {"mode": "membership", "resources": [roles["stranger"]]},
     }
     return make_env(target, catalog_doc(target, permissions=permissions))
 
@@ -394,6 +514,10 @@ def test_membership_grants_a_role_per_grant_and_revoke_ends_only_that_one(
         ("boss", "member", "resources[0]"),
         ("mid", "member", "resources[0]"),
         ("granter", "member", "resources[0]"),
+        ("wild", "member", "resources[0]"),
+        ("keeper", "member", "resources[0]"),
+        ("routine", "member", "resources[0]"),
+        ("analyst", "dealer", "identity.username"),
         ("analyst", "admin", "identity.username"),
         ("analyst", "missing", "identity.username"),
         ("analyst", "role", "identity.username"),
@@ -408,6 +532,7 @@ def test_membership_refuses_privileged_roles_and_grantees(
         "admin": ADMIN,
         "missing": f"{FOREIGN}nobody",
         "role": roles["readers"],
+        "dealer": roles["dealer"],
     }[who]
     resource = {"analyst": "readers"}.get(permission, permission)
     before = target.snapshot()
@@ -422,6 +547,29 @@ def test_membership_refuses_privileged_roles_and_grantees(
     if field.startswith("resources"):
         assert "never handed out" in str(outcome.message)
     assert target.snapshot() == before and target.principals() == set()
+
+
+def test_membership_of_a_role_the_admin_cannot_hand_out_is_refused_before_anything_is_made(
+    target: MySQLTarget, roles: dict[str, str]
+) -> None:
+    env = _membership_env(target, roles)
+    before = target.snapshot()
+    outcome = env.engine.execute(
+        env.request(
+            permission="stranger",
+            resources=[roles["stranger"]],
+            identity={"email": "x@example.com", "username": roles["member"]},
+        )
+    )
+    assert outcome.status == "refused" and outcome.field == "resources[0]", outcome
+    assert "ADMIN OPTION" in str(outcome.message)
+    assert target.snapshot() == before and target.principals() == set()
+    ledger = run(
+        target.admin,
+        f"SELECT COUNT(*) FROM `{LEDGER}`.grants WHERE grant_id = %s",
+        outcome.grant_id,
+    )
+    assert ledger == [(0,)]
 
 
 def test_membership_expiry_event_drops_the_grant_role_and_ends_the_member_sessions(

@@ -39,6 +39,35 @@ _NAME = r"[A-Za-z0-9_$]{1,64}"
 RESOURCE_PATTERN = re.compile(rf"^({_NAME})(?:\.({_NAME}))?$")
 HOST_PATTERN = r"^[A-Za-z0-9.%_:-]{1,60}$"
 
+# What a statement may give without `privileged: true`: privileges on the resource's own
+# objects. Left out: the grant option, ALL, global and admin privileges, PROXY, roles, and the
+# objects that outlive the grant and run as their definer (routines, events, triggers).
+PLAIN_PRIVILEGES = frozenset(
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "SHOW VIEW",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "INDEX",
+        "CREATE VIEW",
+        "REFERENCES",
+        "CREATE TEMPORARY TABLES",
+        "LOCK TABLES",
+        "DELETE HISTORY",
+        "EXECUTE",
+    }
+)
+_PLAIN_GRANT = re.compile(
+    r"GRANT\s+(?P<privileges>[A-Za-z ,()_$]+?)\s+ON\s+(?:TABLE\s+)?"
+    r"(?:\{object\}|\{database\}\.\{table\})\s+TO\s+\{user\}\s*;?",
+    re.IGNORECASE,
+)
+_COLUMNS = re.compile(r"\(\s*[A-Za-z0-9_$]+(?:\s*,\s*[A-Za-z0-9_$]+)*\s*\)")
+
 BUILTIN_STATEMENTS: dict[str, tuple[str, ...]] = {
     "read-only": ("GRANT SELECT, SHOW VIEW ON {object} TO {user}",),
     "read-write": ("GRANT SELECT, INSERT, UPDATE, DELETE, SHOW VIEW ON {object} TO {user}",),
@@ -73,6 +102,17 @@ class Connection(Settings):
     lock_wait_seconds: int = Field(default=10, ge=1, le=120)
     kill_wait_seconds: float = Field(default=5.0, ge=0, le=60)
 
+    def warnings(self) -> list[str]:
+        """Each relaxed setting, for `jitc catalog check`."""
+        if self.expiry_event == "if-available":
+            return [
+                "expiry_event if-available: while the server's event_scheduler is OFF, grants "
+                "are made and only the connector's revoke ends them (set 'required' to refuse)"
+            ]
+        if self.expiry_event == "off":
+            return ["expiry_event off: only the connector's revoke ends a grant"]
+        return []
+
 
 class Permission(PermissionSettings):
     mode: Literal["ephemeral", "membership"] = Field(
@@ -90,6 +130,12 @@ class Permission(PermissionSettings):
     )
     terminate_sessions: bool = Field(
         default=True, description="membership mode: end the member's connections at revoke"
+    )
+    privileged: bool = Field(
+        default=False,
+        description="allow statements beyond `GRANT <object privileges> ON {object} TO {user}`: "
+        "the grant option, ALL, global, admin and PROXY privileges, roles, routines, events, "
+        "triggers, and any other statement",
     )
 
     @field_validator("statements")
@@ -109,6 +155,13 @@ class Permission(PermissionSettings):
             if "{database}.*" in text.replace("`", ""):
                 # At database level `_` and `%` are wildcards: {object} escapes them.
                 raise ValueError(f"statement {index}: write {{object}}, not {{database}}.*")
+            if text.count("{database}") != text.count("{database}.{table}"):
+                # Anything else after it (spaces, a comment, then `.*`) could make a
+                # database-level grant of the unescaped name, whose `_` is a wildcard.
+                raise ValueError(
+                    f"statement {index}: {{database}} only as {{database}}.{{table}}; "
+                    "write {object} for a database"
+                )
         return statements
 
     @model_validator(mode="after")
@@ -121,6 +174,9 @@ class Permission(PermissionSettings):
             return self
         if (self.template is None) == (self.statements is None):
             raise ValueError("needs exactly one of template or statements")
+        if not self.privileged:
+            for index, text in enumerate(self.statements or []):
+                screen_statement(text, f"statement {index}")
         for index, resource in enumerate(self.resources):
             _, table = check_resource(resource, f"resource {index}")
             # `{database}.{table}` of a database would be `db`.*, whose `_` is a wildcard.
@@ -135,15 +191,39 @@ class Permission(PermissionSettings):
         return BUILTIN_STATEMENTS[self.template]
 
 
+def screen_statement(text: str, where: str) -> None:
+    """Refuse a statement that is not one plain grant of object privileges on the resource; a
+    grantee given more could pass it on, or keep it past the revoke."""
+    match = _PLAIN_GRANT.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f"{where}: only `GRANT <privileges> ON {{object}} TO {{user}}` (or "
+            "{database}.{table}) without `privileged: true`"
+        )
+    privileges = _COLUMNS.sub("", match.group("privileges"))
+    for privilege in privileges.split(","):
+        words = " ".join(privilege.upper().split())
+        if words not in PLAIN_PRIVILEGES:
+            raise ValueError(f"{where}: privilege {words or '(empty)'!r} needs `privileged: true`")
+
+
 def check_resource(resource: str, where: str) -> tuple[str, str | None]:
     """(database, table or None) of a resource `db` or `db.table`; raises ValueError."""
     match = RESOURCE_PATTERN.match(resource)
     if match is None:
         raise ValueError(f"{where}: {resource!r} is not `database` or `database.table`")
     database, table = match.group(1), match.group(2)
-    if database.lower() in SYSTEM_DATABASES:
-        raise ValueError(f"{where}: {database!r} is a system database")
+    if any(matches_pattern(database, system) for system in SYSTEM_DATABASES):
+        raise ValueError(f"{where}: {database!r} is, or as a pattern matches, a system database")
     return database, table
+
+
+def matches_pattern(database: str, name: str) -> bool:
+    """Whether `database` names `name`, or would if its `_` were read as a wildcard: a grant's
+    database is escaped, but a resource that could ever match a system or ledger database, by
+    a statement or a server that reads it as a pattern, is refused outright."""
+    pattern = "".join("." if c == "_" else re.escape(c) for c in database.lower())
+    return re.fullmatch(pattern, name.lower()) is not None
 
 
 def check_role(role: str, where: str) -> str:
@@ -338,7 +418,7 @@ class MySQLTemplate:
                 database, _ = check_resource(resource, f"resources[{index}]")
             except ValueError as exc:
                 raise Refused(f"resources[{index}]", str(exc)) from None
-            if database.lower() == connection.ledger_database.lower():
+            if matches_pattern(database, connection.ledger_database):
                 raise Refused(f"resources[{index}]", "the connector's ledger is never granted")
 
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:

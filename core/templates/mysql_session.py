@@ -9,6 +9,7 @@ nobody knows of.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import ssl
 import time
@@ -25,6 +26,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from_label
 from jitc.templates.mysql import (
+    SYSTEM_DATABASES,
     Connection,
     MySQLTemplate,
     Permission,
@@ -39,6 +41,8 @@ from jitc.templates.mysql import (
     role_name,
     user_name,
 )
+
+log = logging.getLogger(__name__)
 
 # Fixed for every admin session: no ANSI_QUOTES or NO_BACKSLASH_ESCAPES, which would change how
 # our quoting reads, whatever the server's global default says.
@@ -241,6 +245,13 @@ class MySQLSession:
             )
 
     def _check_scheduler(self) -> None:
+        if self.settings.expiry_event == "if-available" and not self.scheduler_on:
+            # The grant is made, but only the connector's own revoke ends it on time.
+            log.warning(
+                "integration %s: the server's event_scheduler is OFF; the expiry event of a "
+                "new grant will not fire until it is ON",
+                self.integration,
+            )
         if self.settings.expiry_event == "required" and not self.scheduler_on:
             raise Refused(
                 "integration",
@@ -258,7 +269,9 @@ class MySQLSession:
         # redelivery hands out the same credentials and changes nothing in the server.
         derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
         password = derived or secrets.token_urlsafe(24)
-        hashed = literal(native_password_hash(password))
+        stored = native_password_hash(password)
+        hashed = literal(stored)
+        auth = self._auth_mark(stored)
         with self._locked(spec.grant_id):
             found = self._row(spec.grant_id)
             if found is None:
@@ -268,7 +281,7 @@ class MySQLSession:
                         f"account {name!r} already exists and was not created by this connector",
                     )
                 self._check_scheduler()
-                self._write(name, self._grant_label(spec, name))
+                self._write(name, {**self._grant_label(spec, name), "auth": auth})
                 statements = grant_statements(self.settings, spec, hashed)
                 reissued = False
             else:
@@ -285,6 +298,9 @@ class MySQLSession:
                     ]
                 else:
                     statements = []
+                if statements and found[1].get("auth") != auth:
+                    # Before the password changes: a revoke must know the account by it.
+                    self._write(name, {**found[1], "auth": auth})
             for statement in statements:
                 self._run(statement)
         return GrantResult(
@@ -329,8 +345,15 @@ class MySQLSession:
                 if self._user_exists(name, ""):
                     # Completing a grant cut short: every later statement is idempotent.
                     statements = statements[1:]
-            for statement in statements:
-                self._run(statement)
+            try:
+                for statement in statements:
+                    self._run(statement)
+            except pymysql.Error as exc:
+                # The row stays: a redelivery completes the grant, or the sweep revokes it.
+                raise TargetError(
+                    f"membership grant {spec.grant_id} stopped: MySQL error "
+                    f"{exc.args[0] if exc.args else '?'}"
+                ) from None
         return GrantResult(principal=name, credentials=None, reissued=reissued)
 
     def _check_membership(self, spec: GrantSpec) -> None:
@@ -338,7 +361,7 @@ class MySQLSession:
         out a role that reaches a privilege, the grant option, or the system and ledger
         databases, directly or through the roles it holds."""
         member = member_name(spec)
-        admin = str(self._one("SELECT CURRENT_USER()") or "").rpartition("@")[0]
+        admin, _, admin_host = str(self._one("SELECT CURRENT_USER()") or "").rpartition("@")
         prefix = self.settings.user_prefix
         row = self._rows(
             "SELECT JSON_VALUE(Priv, '$.access'), JSON_VALUE(Priv, '$.is_role') "
@@ -349,11 +372,15 @@ class MySQLSession:
             raise Refused(
                 "identity.username", f"no account {member!r}@{self.settings.user_host!r} exists"
             )
-        if member in (admin, self.settings.user) or member.startswith(prefix) or row[0][0] != "0":
+        if (
+            member in (admin, self.settings.user)
+            or member.startswith(prefix)
+            or self._privileged({member}, self.settings.user_host)
+        ):
             raise Refused(
                 "identity.username",
-                f"account {member!r} is the admin, one of the connector's own or holds global "
-                "privileges: never a member",
+                f"account {member!r} is the admin, one of the connector's own, or holds a global "
+                "privilege, a grant option or a system database: never a member",
             )
         for index, role in enumerate(spec.resources):
             where = f"resources[{index}]"
@@ -364,6 +391,18 @@ class MySQLSession:
             )
             if is_role not in ("1", "true"):
                 raise Refused(where, f"role {role!r} does not exist")
+            # Even SUPER cannot grant a role without its ADMIN OPTION: found out here, before
+            # the ledger row and the grant's role are made, not as a server error after.
+            if not self._one(
+                "SELECT COUNT(*) FROM mysql.roles_mapping WHERE User = %s AND Host = %s "
+                "AND Role = %s AND Admin_option = 'Y'",
+                (admin, admin_host, role),
+            ):
+                raise Refused(
+                    where,
+                    f"the connector's admin may not hand out role {role!r}: it needs the role "
+                    "WITH ADMIN OPTION",
+                )
             reached = self._roles_reached(role)
             if any(r.startswith(prefix) for r in reached):
                 raise Refused(where, f"role {role!r} is, or holds, one of the connector's own")
@@ -387,19 +426,34 @@ class MySQLSession:
             reached.update(frontier)
         return reached
 
-    def _privileged(self, roles: set[str]) -> bool:
+    def _privileged(self, roles: set[str], host: str = "") -> bool:
+        """Whether any of these accounts or roles holds a global privilege, the grant option
+        anywhere, the ADMIN OPTION of a role, or any privilege on a database whose name (a
+        pattern at database level: `%`, `m_sql`) matches a system database or the ledger."""
         names = tuple(sorted(roles))
         marks = ", ".join(["%s"] * len(names))
-        system = ("mysql", self.settings.ledger_database)
+        guarded = (*sorted(SYSTEM_DATABASES), self.settings.ledger_database)
+        reach = " OR ".join(["%s LIKE Db"] * len(guarded))
+        exact = ", ".join(["%s"] * len(guarded))
         query = (
-            "SELECT (SELECT COUNT(*) FROM mysql.global_priv WHERE Host = '' "  # noqa: S608
+            "SELECT (SELECT COUNT(*) FROM mysql.global_priv WHERE Host = %s "  # noqa: S608
             f"AND User IN ({marks}) AND JSON_VALUE(Priv, '$.access') <> '0') + "
-            "(SELECT COUNT(*) FROM mysql.db WHERE Host = '' "
-            f"AND User IN ({marks}) AND (Grant_priv = 'Y' OR Db IN (%s, %s))) + "
-            "(SELECT COUNT(*) FROM mysql.tables_priv WHERE Host = '' "
-            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Table_priv) OR Db IN (%s, %s)))"
+            "(SELECT COUNT(*) FROM mysql.roles_mapping WHERE Host = %s "
+            f"AND User IN ({marks}) AND Admin_option = 'Y') + "
+            "(SELECT COUNT(*) FROM mysql.db WHERE Host = %s "
+            f"AND User IN ({marks}) AND (Grant_priv = 'Y' OR {reach})) + "
+            "(SELECT COUNT(*) FROM mysql.tables_priv WHERE Host = %s "
+            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Table_priv) OR Db IN ({exact}))) + "
+            "(SELECT COUNT(*) FROM mysql.columns_priv WHERE Host = %s "
+            f"AND User IN ({marks}) AND Db IN ({exact})) + "
+            "(SELECT COUNT(*) FROM mysql.procs_priv WHERE Host = %s "
+            f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Proc_priv) OR Db IN ({exact})))"
         )
-        return bool(self._one(query, names + names + system + names + system))
+        each = (host, *names)
+        args = (
+            each + each + each + guarded + each + guarded + each + guarded + each + guarded
+        )
+        return bool(self._one(query, args))
 
     def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
         return {
@@ -455,6 +509,7 @@ class MySQLSession:
             if label.get("mode") == "membership":
                 return self._revoke_membership(grant_id, name, label, tombstone_until)
             who = account(self.settings, name)
+            existed = self._user_exists(name)
             # Locked first, so no new connection can start while the old ones are killed.
             self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
             self._kill(name)
@@ -467,6 +522,8 @@ class MySQLSession:
             # lock shows up in the process list only after it.
             left = self._kill(name)
             residual = self._residual(name)
+            if not existed:
+                residual += self._missing_account(name, label)
             if left:
                 residual.append(f"{left} connection(s) of {name} still open")
             if not residual:
@@ -478,6 +535,39 @@ class MySQLSession:
                 residual=residual,
                 verified=not residual,
             )
+
+    def _auth_mark(self, stored: str) -> str:
+        """A keyed fingerprint of the account's stored password hash: the ledger can recognise
+        the account under another name without holding what would log in as it."""
+        return self.key.keyed_hash("mysql-account-auth", stored)
+
+    def _missing_account(self, name: str, label: dict[str, Any]) -> list[str]:
+        """The grant's account was not there. Someone with CREATE USER may have renamed it,
+        privileges and password intact: every account with the grant's password is locked,
+        its sessions ended and dropped, and an account missing while its grant was still
+        active is reported, so the revoke is not verified until a retry finds nothing."""
+        residual = []
+        if label.get("state") == "active":
+            residual.append(f"account {name} was missing while its grant was active")
+        mark = label.get("auth")
+        if not mark:
+            return residual
+        if self.mariadb:
+            query = (
+                "SELECT User, Host, JSON_VALUE(Priv, '$.authentication_string') "
+                "FROM mysql.global_priv"
+            )
+        else:
+            query = "SELECT User, Host, authentication_string FROM mysql.user"
+        for user, host, stored in self._rows(query):
+            if not stored or self._auth_mark(str(stored)) != mark:
+                continue
+            who = f"{literal(str(user))}@{literal(str(host))}"
+            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+            self._kill(str(user))
+            self._run(f"DROP USER IF EXISTS {who}")
+            residual.append(f"account {user}@{host} held the grant's password: dropped")
+        return residual
 
     def _revoke_membership(
         self, grant_id: str, name: str, label: dict[str, Any], tombstone_until: datetime
