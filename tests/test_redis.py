@@ -25,9 +25,11 @@ from jitc.errors import CatalogError, Refused
 from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
-from jitc.models import AccessRequest, derive_grant_id
+from jitc.models import AccessRequest, Identity, derive_grant_id
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.templates.base import GrantSpec
+from jitc.templates.redis import Permission as RedisPermission
 from jitc.templates.redis_label import Label, decode_label, encode_label
 from jitc.templates.redis_session import RedisSession
 
@@ -584,3 +586,48 @@ def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> Non
     ):
         with pytest.raises(ValueError):
             encode_label(key, "redis", "jit-a", bad)
+
+
+def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) -> None:
+    """The revoke reads the server just before a concurrent delivery makes the user: the
+    tombstone must be written before the revoke looks for the user, or the user outlives it."""
+    integration = env.engine.catalog.integration(INTEGRATION)
+    key = LabelKey.from_secret(LABEL_KEY)
+    granter = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
+    )
+    revoker = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
+    )
+    grant_id = derive_grant_id(INTEGRATION, f"race-{secrets.token_hex(4)}")
+    spec = GrantSpec(
+        grant_id=grant_id,
+        request_id=f"r-{grant_id}",
+        integration=INTEGRATION,
+        permission_name="read-only",
+        permission=RedisPermission(template="read-only", resources=[KEYS]),
+        resources=(KEYS,),
+        identity=Identity(email="alice@example.com"),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        request_digest=f"d-{grant_id}",
+    )
+    first_read = revoker._get
+    raced = []
+
+    def read_then_race(*names: str) -> list[Any]:
+        found = first_read(*names)
+        if not raced:
+            raced.append(granter.grant(spec))
+        return found
+
+    revoker._get = read_then_race  # type: ignore[method-assign]
+    result = revoker.revoke(grant_id, datetime.now(UTC) + timedelta(hours=1))
+    name = f"{PREFIX}{grant_id}"
+    try:
+        assert raced, "the concurrent delivery did not run"
+        assert result.found and result.verified
+        assert acl(env.root, "GETUSER", name) is None
+        assert grant_id not in [g.grant_id for g in revoker.active_grants() if g.state == "active"]
+    finally:
+        granter.close()
+        revoker.close()
