@@ -241,6 +241,10 @@ def test_grant_allows_its_keys_denies_the_rest_and_revoke_ends_the_live_connecti
         ["FUNCTION", "FLUSH"],
         ["FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() end)"],
         ["FUNCTION", "DELETE", "x"],
+        # A busy script blocks the whole server, its own revoke included.
+        ["EVAL", "return 1", "0"],
+        ["FCALL", "f", "0"],
+        ["SCRIPT", "LOAD", "return 1"],
     ):
         verdict = acl(env.root, "DRYRUN", creds["username"], *command)
         assert verdict != "OK" and "no permissions" in verdict
@@ -310,7 +314,7 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
     )
     assert statement.endswith(
         ":******** -@all +@read +@write +@connection -scan -randomkey -select -move -copy -@admin "
-        "-@dangerous -function|load -function|delete -function|flush -function|restore"
+        "-@dangerous -@scripting"
     )
 
 
@@ -479,6 +483,14 @@ def test_hostile_catalog_rules_are_refused_when_the_catalog_loads() -> None:
         ["+function"],
         ["+function|load"],
         ["+function|flush"],
+        ["+function|list"],
+        ["+@scripting"],
+        ["+eval"],
+        ["+evalsha"],
+        ["+eval_ro"],
+        ["+fcall"],
+        ["+fcall_ro"],
+        ["+script|load"],
     ):
         with pytest.raises(CatalogError):
             parse_catalog(catalog_doc(bad={"commands": commands, "resources": [KEYS]}))
@@ -551,7 +563,14 @@ def test_all_commands_without_privileged_still_reach_no_administration(
     )
     user = env.login(creds)
     user.set(f"t{RUN}:app:all", "1")
-    for command in (["CONFIG", "GET", "*"], ["ACL", "SETUSER", "x"], ["FLUSHALL"], ["SHUTDOWN"]):
+    for command in (
+        ["CONFIG", "GET", "*"],
+        ["ACL", "SETUSER", "x"],
+        ["FLUSHALL"],
+        ["SHUTDOWN"],
+        ["EVAL", "while true do end", "0"],
+        ["FCALL", "f", "0"],
+    ):
         verdict = acl(env.root, "DRYRUN", creds["username"], *command)
         assert "no permissions" in verdict, command
     user.close()
