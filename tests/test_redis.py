@@ -313,8 +313,8 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
         f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
     )
     assert statement.endswith(
-        ":******** -@all +@read +@write +@connection -scan -randomkey -select -move -copy -@admin "
-        "-@dangerous -@scripting"
+        ":******** -@all +@read +@write +@connection -scan -randomkey -dbsize -select -move -copy "
+        "-client|tracking -client|caching -@admin -@dangerous -@scripting"
     )
 
 
@@ -650,3 +650,45 @@ def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) ->
     finally:
         granter.close()
         revoker.close()
+
+
+def test_built_ins_reach_no_key_or_channel_name_outside_their_patterns(
+    make_env: Callable[..., Env],
+) -> None:
+    """Redis checks patterns only on key and channel arguments: commands that take none but
+    report names or counts of other keys and channels are left out of every built-in."""
+    channel = f"t{RUN}:ch"
+    env = make_env(
+        catalog_doc(pubsub={"template": "pubsub", "channels": [channel], "resources": [KEYS]})
+    )
+    outside = (
+        ["SCAN", "0"],
+        ["RANDOMKEY"],
+        ["DBSIZE"],
+        ["SELECT", "1"],
+        ["COPY", f"t{RUN}:app:1", f"t{RUN}:app:2", "DB", "1", "REPLACE"],
+        # With BCAST the server pushes the name of every key anyone changes.
+        ["CLIENT", "TRACKING", "ON", "BCAST"],
+        ["CLIENT", "CACHING", "YES"],
+    )
+    for permission in ("read-only", "read-write", "pubsub"):
+        creds = env.credentials(
+            env.engine.execute(env.request(permission=permission)).sealed_credentials
+        )
+        user = env.login(creds)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.execute_command("CLIENT", "TRACKING", "ON", "BCAST")
+        user.close()
+        for command in outside:
+            verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+            assert "no permissions" in verdict, (permission, command)
+        if permission == "pubsub":
+            assert acl(env.root, "DRYRUN", creds["username"], "PUBLISH", channel, "x") == "OK"
+            for command in (
+                ["PUBSUB", "CHANNELS"],
+                ["PUBSUB", "SHARDCHANNELS"],
+                ["PUBSUB", "NUMSUB", "other"],
+                ["PUBSUB", "SHARDNUMSUB", "other"],
+            ):
+                verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+                assert "no permissions" in verdict, command

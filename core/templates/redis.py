@@ -48,13 +48,32 @@ SCRIPTING_COMMANDS = frozenset(
 SAFETY_SUFFIX = ("-@admin", "-@dangerous", "-@scripting")
 
 # Redis checks key patterns only on a command's key arguments, in every database alike: SCAN
-# and RANDOMKEY would list every key name, SELECT reaches the same names in other databases.
-# MOVE and COPY ... DB write the same names into another database.
-_OUTSIDE_PATTERNS = ("-scan", "-randomkey", "-select", "-move", "-copy")
+# and RANDOMKEY would list every key name, DBSIZE count them, SELECT reaches the same names in
+# other databases, MOVE and COPY ... DB write the same names into another database. CLIENT
+# TRACKING (with BCAST, any prefix) pushes the name of every key anyone changes; CLIENT CACHING
+# only serves it.
+_OUTSIDE_PATTERNS = (
+    "-scan",
+    "-randomkey",
+    "-dbsize",
+    "-select",
+    "-move",
+    "-copy",
+    "-client|tracking",
+    "-client|caching",
+)
+# Channel patterns are checked only on channel arguments: PUBSUB CHANNELS lists every active
+# channel and NUMSUB counts another channel's subscribers.
+_OUTSIDE_CHANNELS = (
+    "-pubsub|channels",
+    "-pubsub|shardchannels",
+    "-pubsub|numsub",
+    "-pubsub|shardnumsub",
+)
 BUILTIN_COMMANDS: dict[str, tuple[str, ...]] = {
     "read-only": ("+@read", "+@connection", *_OUTSIDE_PATTERNS),
     "read-write": ("+@read", "+@write", "+@connection", *_OUTSIDE_PATTERNS),
-    "pubsub": ("+@pubsub", "+@connection", *_OUTSIDE_PATTERNS),
+    "pubsub": ("+@pubsub", "+@connection", *_OUTSIDE_PATTERNS, *_OUTSIDE_CHANNELS),
 }
 
 
