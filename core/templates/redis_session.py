@@ -109,6 +109,27 @@ class RedisSession:
             raise TargetError(f"ACL SAVE failed: {_first_line(reply)}")
         self._save = True
 
+    def _persistent(self) -> None:
+        """With `acl_save: auto` a grant is made only on a server that saves its users: without
+        an ACL file a restart forgets the grant's tombstone once it is revoked, and a late
+        delivery of the revoked grant would then be made again. A catalog that accepts this
+        says `acl_save: never`. (Revokes never ask: they end access either way.)"""
+        if self._save is None:
+            try:
+                self.client.execute_command("ACL", "SAVE")
+            except redis.ResponseError as exc:
+                self._saved(exc)
+            except redis.RedisError as exc:
+                raise TargetError(f"Redis: {type(exc).__name__}: {_first_line(exc)}") from None
+            else:
+                self._save = True
+        if self._save is False and self.settings.acl_save == "auto":
+            raise Refused(
+                "acl_save",
+                "the server has no ACL file, so a restart would forget revokes; grants are "
+                "refused until the catalog sets acl_save: never",
+            )
+
     def _label(self, name: str, user: User) -> Label | None:
         """The user's label if the user is ours: a `&jitc1:...` channel whose MAC verifies for
         this user name. Anything else belongs to someone else and is never changed."""
@@ -145,6 +166,7 @@ class RedisSession:
         digest = spec_digest(spec)
         name = user_name(self.settings, spec.grant_id)
         stone_name = tombstone_name(self.settings, spec.grant_id)
+        self._persistent()
         user, stone = self._get(name, stone_name)
         label = self._label(name, user)
         if user is not None and label is None:
