@@ -116,7 +116,7 @@ class RedisSession:
         says `acl_save: never`. (Revokes never ask: they end access either way.)"""
         if self._save is None:
             try:
-                self.client.execute_command("ACL", "SAVE")
+                self.client.acl_save()
             except redis.ResponseError as exc:
                 self._saved(exc)
             except redis.RedisError as exc:
