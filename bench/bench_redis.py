@@ -47,7 +47,12 @@ def make_engine(clock: Any = utcnow) -> Engine:
         "integrations": {
             INTEGRATION: {
                 "kind": "redis",
-                "connection": {"host": "127.0.0.1", "tls": False, "user_prefix": PREFIX},
+                "connection": {
+                    "host": "127.0.0.1",
+                    "tls": False,
+                    "user_prefix": PREFIX,
+                    "acl_save": "never",  # the shared server has no ACL file
+                },
                 "max_duration": "8h",
                 "permissions": {"read-only": {"template": "read-only", "resources": [KEYS]}},
             }

@@ -24,9 +24,11 @@ from jitc.errors import CatalogError, Refused
 from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
-from jitc.models import AccessRequest, derive_grant_id
+from jitc.models import AccessRequest, Identity, derive_grant_id
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.templates.base import GrantSpec
+from jitc.templates.rabbitmq import Permission as RabbitMQPermission
 from jitc.templates.rabbitmq_session import RabbitMQSession
 
 API = os.environ.get("JITC_TEST_RABBITMQ_API", "http://127.0.0.1:15672")
@@ -503,3 +505,45 @@ def test_inventory_lists_users_and_vhosts_from_the_broker(env: Env) -> None:
     session.close()
     assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]
     assert {VHOST, OTHER_VHOST} <= set(inventory["vhosts"])
+
+
+def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) -> None:
+    """The revoke reads the broker just before a concurrent delivery makes the user: the
+    tombstone must be written before the revoke looks for the user, or the user outlives it."""
+    integration = env.engine.catalog.integration(INTEGRATION)
+    key = LabelKey.from_secret(LABEL_KEY)
+    secret = Secret(ADMIN_PASSWORD)
+    granter = integration.template.open(INTEGRATION, integration.connection, secret, key)
+    revoker = integration.template.open(INTEGRATION, integration.connection, secret, key)
+    grant_id = derive_grant_id(INTEGRATION, f"race-{secrets.token_hex(4)}")
+    spec = GrantSpec(
+        grant_id=grant_id,
+        request_id=f"r-{grant_id}",
+        integration=INTEGRATION,
+        permission_name="read-only",
+        permission=RabbitMQPermission(template="read-only", resources=[VHOST]),
+        resources=(VHOST,),
+        identity=Identity(email="alice@example.com"),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        request_digest=f"d-{grant_id}",
+    )
+    first_read = revoker._user
+    reads: list[str] = []
+    raced = []
+
+    def read_then_race(name: str) -> dict[str, Any] | None:
+        found = first_read(name)
+        reads.append(name)
+        if len(reads) == 2:  # the revoke has read the user and the tombstone: none of either
+            raced.append(granter.grant(spec))
+        return found
+
+    revoker._user = read_then_race  # type: ignore[method-assign]
+    try:
+        result = revoker.revoke(grant_id, datetime.now(UTC) + timedelta(hours=1))
+        assert raced, "the concurrent delivery did not run"
+        assert result.found and result.verified
+        assert f"{PREFIX}{grant_id}" not in users(env.root)
+    finally:
+        granter.close()
+        revoker.close()

@@ -25,9 +25,11 @@ from jitc.errors import CatalogError, Refused
 from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
-from jitc.models import AccessRequest, derive_grant_id
+from jitc.models import AccessRequest, Identity, derive_grant_id
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.templates.base import GrantSpec
+from jitc.templates.redis import Permission as RedisPermission
 from jitc.templates.redis_label import Label, decode_label, encode_label
 from jitc.templates.redis_session import RedisSession
 
@@ -107,6 +109,8 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
                     "user": ADMIN,
                     "user_prefix": PREFIX,
                     "tls": False,  # loopback: allowed, and `jitc catalog check` says so
+                    # The shared server has no ACL file: grants would be refused under `auto`.
+                    "acl_save": "never",
                     "terminate_wait_seconds": 3,
                 },
                 "credentials": "mem:admin",
@@ -239,6 +243,10 @@ def test_grant_allows_its_keys_denies_the_rest_and_revoke_ends_the_live_connecti
         ["FUNCTION", "FLUSH"],
         ["FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('f', function() end)"],
         ["FUNCTION", "DELETE", "x"],
+        # A busy script blocks the whole server, its own revoke included.
+        ["EVAL", "return 1", "0"],
+        ["FCALL", "f", "0"],
+        ["SCRIPT", "LOAD", "return 1"],
     ):
         verdict = acl(env.root, "DRYRUN", creds["username"], *command)
         assert verdict != "OK" and "no permissions" in verdict
@@ -307,8 +315,8 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
         f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
     )
     assert statement.endswith(
-        ":******** -@all +@read +@write +@connection -scan -randomkey -select -move -copy -@admin "
-        "-@dangerous -function|load -function|delete -function|flush -function|restore"
+        ":******** -@all +@read +@write +@connection -scan -randomkey -dbsize -select -move -copy "
+        "-client|tracking -client|caching -@admin -@dangerous -@scripting"
     )
 
 
@@ -477,6 +485,14 @@ def test_hostile_catalog_rules_are_refused_when_the_catalog_loads() -> None:
         ["+function"],
         ["+function|load"],
         ["+function|flush"],
+        ["+function|list"],
+        ["+@scripting"],
+        ["+eval"],
+        ["+evalsha"],
+        ["+eval_ro"],
+        ["+fcall"],
+        ["+fcall_ro"],
+        ["+script|load"],
     ):
         with pytest.raises(CatalogError):
             parse_catalog(catalog_doc(bad={"commands": commands, "resources": [KEYS]}))
@@ -549,7 +565,14 @@ def test_all_commands_without_privileged_still_reach_no_administration(
     )
     user = env.login(creds)
     user.set(f"t{RUN}:app:all", "1")
-    for command in (["CONFIG", "GET", "*"], ["ACL", "SETUSER", "x"], ["FLUSHALL"], ["SHUTDOWN"]):
+    for command in (
+        ["CONFIG", "GET", "*"],
+        ["ACL", "SETUSER", "x"],
+        ["FLUSHALL"],
+        ["SHUTDOWN"],
+        ["EVAL", "while true do end", "0"],
+        ["FCALL", "f", "0"],
+    ):
         verdict = acl(env.root, "DRYRUN", creds["username"], *command)
         assert "no permissions" in verdict, command
     user.close()
@@ -584,3 +607,90 @@ def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> Non
     ):
         with pytest.raises(ValueError):
             encode_label(key, "redis", "jit-a", bad)
+
+
+def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) -> None:
+    """The revoke reads the server just before a concurrent delivery makes the user: the
+    tombstone must be written before the revoke looks for the user, or the user outlives it."""
+    integration = env.engine.catalog.integration(INTEGRATION)
+    key = LabelKey.from_secret(LABEL_KEY)
+    granter = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
+    )
+    revoker = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
+    )
+    grant_id = derive_grant_id(INTEGRATION, f"race-{secrets.token_hex(4)}")
+    spec = GrantSpec(
+        grant_id=grant_id,
+        request_id=f"r-{grant_id}",
+        integration=INTEGRATION,
+        permission_name="read-only",
+        permission=RedisPermission(template="read-only", resources=[KEYS]),
+        resources=(KEYS,),
+        identity=Identity(email="alice@example.com"),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        request_digest=f"d-{grant_id}",
+    )
+    first_read = revoker._get
+    raced = []
+
+    def read_then_race(*names: str) -> list[Any]:
+        found = first_read(*names)
+        if not raced:
+            raced.append(granter.grant(spec))
+        return found
+
+    revoker._get = read_then_race  # type: ignore[method-assign]
+    result = revoker.revoke(grant_id, datetime.now(UTC) + timedelta(hours=1))
+    name = f"{PREFIX}{grant_id}"
+    try:
+        assert raced, "the concurrent delivery did not run"
+        assert result.found and result.verified
+        assert acl(env.root, "GETUSER", name) is None
+        assert grant_id not in [g.grant_id for g in revoker.active_grants() if g.state == "active"]
+    finally:
+        granter.close()
+        revoker.close()
+
+
+def test_built_ins_reach_no_key_or_channel_name_outside_their_patterns(
+    make_env: Callable[..., Env],
+) -> None:
+    """Redis checks patterns only on key and channel arguments: commands that take none but
+    report names or counts of other keys and channels are left out of every built-in."""
+    channel = f"t{RUN}:ch"
+    env = make_env(
+        catalog_doc(pubsub={"template": "pubsub", "channels": [channel], "resources": [KEYS]})
+    )
+    outside = (
+        ["SCAN", "0"],
+        ["RANDOMKEY"],
+        ["DBSIZE"],
+        ["SELECT", "1"],
+        ["COPY", f"t{RUN}:app:1", f"t{RUN}:app:2", "DB", "1", "REPLACE"],
+        # With BCAST the server pushes the name of every key anyone changes.
+        ["CLIENT", "TRACKING", "ON", "BCAST"],
+        ["CLIENT", "CACHING", "YES"],
+    )
+    for permission in ("read-only", "read-write", "pubsub"):
+        creds = env.credentials(
+            env.engine.execute(env.request(permission=permission)).sealed_credentials
+        )
+        user = env.login(creds)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.execute_command("CLIENT", "TRACKING", "ON", "BCAST")
+        user.close()
+        for command in outside:
+            verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+            assert "no permissions" in verdict, (permission, command)
+        if permission == "pubsub":
+            assert acl(env.root, "DRYRUN", creds["username"], "PUBLISH", channel, "x") == "OK"
+            for command in (
+                ["PUBSUB", "CHANNELS"],
+                ["PUBSUB", "SHARDCHANNELS"],
+                ["PUBSUB", "NUMSUB", "other"],
+                ["PUBSUB", "SHARDNUMSUB", "other"],
+            ):
+                verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+                assert "no permissions" in verdict, command

@@ -236,9 +236,13 @@ class RabbitMQSession:
             stone_name = tombstone_name(self.settings, grant_id)
             live = self._label(users.get(name))
             stone = self._label(users.get(stone_name))
+            if live is None and stone is None:
+                # A grant writes its user and then looks for the tombstone, so the user is looked
+                # for again once the tombstone is there: a delivery racing this revoke either
+                # sees the tombstone and deletes its own user, or is found here.
+                self._put_tombstone(stone_name, grant_id, tombstone_until, None)
+                live = self._label(self._user(name))
             if live is None:
-                if stone is None:
-                    self._put_tombstone(stone_name, grant_id, tombstone_until, None)
                 results[grant_id] = RevokeResult(found=False)
                 continue
             if stone is None and live.expires_at > now:

@@ -6,9 +6,9 @@ channel nobody uses, so it grants nothing, and only a user allowed the ACL comma
 which no grant is ever given (see `forbidden_rule`). `ACL LIST` is then the ledger, and a user
 that merely has one of our names but no valid label is somebody else's and is never changed.
 Key patterns come from the requested resources, channel patterns and command rules from the
-catalog; every non-privileged rule list ends with `-@admin -@dangerous` and the function-library
-writes, so no rule order or category can reach ACL, CONFIG, MODULE, DEBUG, FLUSHALL, KEYS,
-FUNCTION LOAD or the like.
+catalog; every non-privileged rule list ends with `-@admin -@dangerous -@scripting`, so no rule
+order or category can reach ACL, CONFIG, MODULE, DEBUG, FLUSHALL, KEYS, EVAL, FUNCTION LOAD or
+the like.
 
 Redis has no per-user expiry: access ends when the connector revokes it (the expiry timer, or
 the sweep after downtime). A revoke is `ACL DELUSER`, which also closes the user's connections.
@@ -37,20 +37,43 @@ _COMMAND_RULE = re.compile(r"^[+-](@[a-z]{1,32}|[a-z][a-z0-9_-]{0,31}(\|[a-z][a-
 _CHANNEL = re.compile(r"^[A-Za-z0-9_.:/*@+=,-]{1,255}$")
 # Commands that administer the server, and categories that hold every such command.
 FORBIDDEN_COMMANDS = frozenset({"acl", "config", "module", "debug"})
-FORBIDDEN_CATEGORIES = frozenset({"@admin", "@dangerous"})
+FORBIDDEN_CATEGORIES = frozenset({"@admin", "@dangerous", "@scripting"})
 # Function libraries are server-wide and outlive the grant: whoever loads, replaces or flushes
-# them changes what every other user's FCALL runs. They sit in @write, not in @admin.
-FUNCTION_WRITES = ("load", "delete", "flush", "restore")
-SAFETY_SUFFIX = ("-@admin", "-@dangerous", *(f"-function|{sub}" for sub in FUNCTION_WRITES))
+# them changes what every other user's FCALL runs (they sit in @write, not in @admin). A script
+# (EVAL, FCALL) can also busy-loop: the server then answers nothing else, a revoke included, until
+# an admin kills it. So scripting is for privileged permissions only.
+SCRIPTING_COMMANDS = frozenset(
+    {"eval", "eval_ro", "evalsha", "evalsha_ro", "fcall", "fcall_ro", "function", "script"}
+)
+SAFETY_SUFFIX = ("-@admin", "-@dangerous", "-@scripting")
 
 # Redis checks key patterns only on a command's key arguments, in every database alike: SCAN
-# and RANDOMKEY would list every key name, SELECT reaches the same names in other databases.
-# MOVE and COPY ... DB write the same names into another database.
-_OUTSIDE_PATTERNS = ("-scan", "-randomkey", "-select", "-move", "-copy")
+# and RANDOMKEY would list every key name, DBSIZE count them, SELECT reaches the same names in
+# other databases, MOVE and COPY ... DB write the same names into another database. CLIENT
+# TRACKING (with BCAST, any prefix) pushes the name of every key anyone changes; CLIENT CACHING
+# only serves it.
+_OUTSIDE_PATTERNS = (
+    "-scan",
+    "-randomkey",
+    "-dbsize",
+    "-select",
+    "-move",
+    "-copy",
+    "-client|tracking",
+    "-client|caching",
+)
+# Channel patterns are checked only on channel arguments: PUBSUB CHANNELS lists every active
+# channel and NUMSUB counts another channel's subscribers.
+_OUTSIDE_CHANNELS = (
+    "-pubsub|channels",
+    "-pubsub|shardchannels",
+    "-pubsub|numsub",
+    "-pubsub|shardnumsub",
+)
 BUILTIN_COMMANDS: dict[str, tuple[str, ...]] = {
     "read-only": ("+@read", "+@connection", *_OUTSIDE_PATTERNS),
     "read-write": ("+@read", "+@write", "+@connection", *_OUTSIDE_PATTERNS),
-    "pubsub": ("+@pubsub", "+@connection", *_OUTSIDE_PATTERNS),
+    "pubsub": ("+@pubsub", "+@connection", *_OUTSIDE_PATTERNS, *_OUTSIDE_CHANNELS),
 }
 
 
@@ -62,10 +85,8 @@ def forbidden_rule(rule: str) -> bool:
     body = rule[1:]
     if body.startswith("@"):
         return body in FORBIDDEN_CATEGORIES
-    command, _, sub = body.partition("|")
-    if command == "function":
-        return not sub or sub in FUNCTION_WRITES
-    return command in FORBIDDEN_COMMANDS
+    command = body.partition("|")[0]
+    return command in FORBIDDEN_COMMANDS or command in SCRIPTING_COMMANDS
 
 
 class Connection(Settings):
@@ -123,7 +144,7 @@ class Permission(PermissionSettings):
     channels: list[str] = Field(default_factory=list, description="Pub/Sub channel patterns")
     privileged: bool = Field(
         default=False,
-        description="allows +@admin, +@dangerous, ACL, CONFIG, MODULE, DEBUG, FUNCTION LOAD",
+        description="allows +@admin, +@dangerous, +@scripting, ACL, CONFIG, MODULE, DEBUG",
     )
 
     @field_validator("commands")

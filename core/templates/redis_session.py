@@ -110,6 +110,27 @@ class RedisSession:
             raise TargetError(f"ACL SAVE failed: {_first_line(reply)}")
         self._save = True
 
+    def _persistent(self) -> None:
+        """With `acl_save: auto` a grant is made only on a server that saves its users: without
+        an ACL file a restart forgets the grant's tombstone once it is revoked, and a late
+        delivery of the revoked grant would then be made again. A catalog that accepts this
+        says `acl_save: never`. (Revokes never ask: they end access either way.)"""
+        if self._save is None:
+            try:
+                self.client.acl_save()
+            except redis.ResponseError as exc:
+                self._saved(exc)
+            except redis.RedisError as exc:
+                raise TargetError(f"Redis: {type(exc).__name__}: {_first_line(exc)}") from None
+            else:
+                self._save = True
+        if self._save is False and self.settings.acl_save == "auto":
+            raise Refused(
+                "acl_save",
+                "the server has no ACL file, so a restart would forget revokes; grants are "
+                "refused until the catalog sets acl_save: never",
+            )
+
     def _label(self, name: str, user: User) -> Label | None:
         """The user's label if the user is ours: a `&jitc1:...` channel whose MAC verifies for
         this user name. Anything else belongs to someone else and is never changed."""
@@ -146,6 +167,7 @@ class RedisSession:
         digest = spec_digest(spec)
         name = user_name(self.settings, spec.grant_id)
         stone_name = tombstone_name(self.settings, spec.grant_id)
+        self._persistent()
         user, stone = self._get(name, stone_name)
         label = self._label(name, user)
         if user is not None and label is None:
@@ -215,13 +237,19 @@ class RedisSession:
         self, grant_ids: Sequence[str], tombstone_until: datetime
     ) -> dict[str, RevokeResult]:
         """Tombstone first, then delete (which also closes the user's connections), then read
-        back. Nothing here reads the catalog: what a revoke removes was fixed at grant time."""
+        back. Nothing here reads the catalog: what a revoke removes was fixed at grant time.
+
+        A grant writes its user and then looks for the tombstone; so a user absent from the
+        first read is looked for again after the tombstone is written, in the same round trip.
+        A delivery racing this revoke either sees the tombstone and deletes its own user, or
+        wrote the user before the tombstone, and then the second look finds it."""
         names = [user_name(self.settings, g) for g in grant_ids]
         stones = [tombstone_name(self.settings, g) for g in grant_ids]
         found = self._get(*names, *stones)
         now = utcnow()
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, Label]] = {}
+        unseen: list[str] = []
         for index, grant_id in enumerate(grant_ids):
             label = self._label(names[index], found[index])
             has_stone = self._label(stones[index], found[len(grant_ids) + index]) is not None
@@ -231,14 +259,27 @@ class RedisSession:
                 continue
             if label is None:
                 changes.append(self._tombstone(grant_id, tombstone_until, None))
+                unseen.append(grant_id)
             elif label.expires_at > now:
                 # Remembered until the grant's own expiry: a later delivery has expired anyway.
                 changes.append(self._tombstone(grant_id, label.expires_at, label))
         doomed = [name for name, _ in live.values()]
         if doomed:
             changes.append(("ACL", "DELUSER", *doomed))
-        replies = self._run([*changes, *(("ACL", "GETUSER", n) for n in doomed)])
-        remaining = dict(zip(doomed, map(_user, replies[len(changes) :]), strict=True))
+        looks = [*doomed, *(user_name(self.settings, g) for g in unseen)]
+        replies = self._run([*changes, *(("ACL", "GETUSER", n) for n in looks)])
+        remaining = dict(zip(looks, map(_user, replies[len(changes) :]), strict=True))
+        late: list[str] = []
+        for grant_id in unseen:
+            name = user_name(self.settings, grant_id)
+            label = self._label(name, remaining.pop(name))
+            if label is not None:
+                live[grant_id] = (name, label)
+                late.append(name)
+        if late:
+            replies = self._run([("ACL", "DELUSER", *late), *(("ACL", "GETUSER", n) for n in late)])
+            remaining.update(zip(late, map(_user, replies[1:]), strict=True))
+            doomed += late
         sessions = self._sessions_of(doomed)
         results: dict[str, RevokeResult] = {}
         for grant_id in grant_ids:

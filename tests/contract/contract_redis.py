@@ -102,6 +102,7 @@ class RedisTarget:
             "user": ADMIN,
             "user_prefix": PREFIX,
             "tls": False,
+            "acl_save": "never",  # the shared server has no ACL file
             "terminate_wait_seconds": 3,
             **overrides,
         }
