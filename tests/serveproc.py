@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -56,6 +57,12 @@ class Serve:
             doc["integrations"][INTEGRATION]["connection"]["port"] = 1
             doc["integrations"][INTEGRATION]["connection"]["connect_timeout"] = 1
         doc["control_plane"] = control_plane or {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
+        # One label key per serve folder, read from a private file as a deployment would.
+        key_file = self.folder / "label.key"
+        if not key_file.exists():
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_urlsafe(32))
+        doc["connector"] = {**doc.get("connector", {}), "label_key": f"file:{key_file}"}
         path = self.folder / ("catalog.yaml" if reachable else "catalog-down.yaml")
         path.write_text(yaml.safe_dump(doc))
         return path

@@ -126,6 +126,7 @@ def test_an_expiry_at_the_edge_of_the_calendar_is_invalid_input_not_an_overflow(
 
 CATALOG = {
     "control_plane": {"max_skew": "5m"},
+    "connector": {"label_key": "env:JITC_TEST_LABEL_KEY"},
     "integrations": {
         "db": {
             "kind": "postgresql",

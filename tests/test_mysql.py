@@ -17,10 +17,11 @@ from typing import Any
 import pymysql
 import pytest
 from contract_mysql import ADMIN, DATABASE, LEDGER, PREFIX, MySQLTarget, root, run
-from contract_targets import ContractEnv, catalog_doc, make_env
+from contract_targets import LABEL_KEY, ContractEnv, catalog_doc, make_env
 
 from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.errors import CatalogError
+from jitc.labels import LabelKey
 from jitc.secrets import Secret
 
 
@@ -345,7 +346,10 @@ def test_a_grantee_of_a_plain_statement_cannot_pass_it_on(env: ContractEnv) -> N
 def test_inventory_lists_users_databases_and_the_scheduler(env: ContractEnv) -> None:
     integration = env.catalog.integration(env.target.integration)
     session = integration.template.open(
-        env.target.integration, integration.connection, Secret(env.target.admin_secret())
+        env.target.integration,
+        integration.connection,
+        Secret(env.target.admin_secret()),
+        LabelKey.from_secret(LABEL_KEY),
     )
     try:
         inventory = session.inventory()

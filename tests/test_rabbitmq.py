@@ -379,7 +379,7 @@ def test_a_label_under_another_key_or_copied_to_another_user_is_not_ours(env: En
     outcome = env.engine.execute(env.request())
     integration = env.engine.catalog.integration(INTEGRATION)
     other = RabbitMQSession(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("k")
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(str(outcome.grant_id), datetime.now(UTC)).found is False
@@ -500,7 +500,9 @@ def test_a_management_grantee_cannot_change_its_own_user_or_see_others(env: Env)
 def test_inventory_lists_users_and_vhosts_from_the_broker(env: Env) -> None:
     outcome = env.engine.execute(env.request())
     integration = env.engine.catalog.integration(INTEGRATION)
-    session = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    session = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret(LABEL_KEY)
+    )
     inventory = session.inventory()
     session.close()
     assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]

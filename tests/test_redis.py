@@ -295,7 +295,7 @@ def test_label_is_a_channel_of_the_user_with_expiry_and_no_email(env: Env) -> No
     assert outcome.grant_id in {g.grant_id for g in mine.active_grants()}
     # Under another key the same name is not a label of ours: nothing acts on it.
     other = RedisSession(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("k")
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(outcome.grant_id, datetime.now(UTC)).found is False
@@ -328,22 +328,6 @@ def test_redelivered_grant_hands_out_the_same_credentials(env: Env) -> None:
     assert env.credentials(second.sealed_credentials) == env.credentials(first.sealed_credentials)
     assert len(ours(env.root)) == 1
     env.login(env.credentials(first.sealed_credentials)).close()
-
-
-def test_without_a_label_key_a_redelivery_adds_a_password_and_keeps_the_first(
-    make_env: Callable[..., Env],
-) -> None:
-    doc = catalog_doc()
-    del doc["connector"]
-    env = make_env(doc)
-    request = env.request(request_id="unkeyed-1")
-    first = env.engine.execute(request)
-    second = env.engine.execute(request)
-    assert second.status == "granted" and second.reissued
-    one, two = (env.credentials(o.sealed_credentials) for o in (first, second))
-    assert one["password"] != two["password"]
-    env.login(one).close()
-    env.login(two).close()
 
 
 def test_another_body_under_the_same_request_id_is_refused(env: Env) -> None:
@@ -581,7 +565,9 @@ def test_all_commands_without_privileged_still_reach_no_administration(
 def test_inventory_lists_users_and_databases_from_the_server(env: Env) -> None:
     outcome = env.engine.execute(env.request())
     integration = env.engine.catalog.integration(INTEGRATION)
-    session = integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD))
+    session = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret(LABEL_KEY)
+    )
     inventory = session.inventory()
     session.close()
     assert outcome.principal in inventory["users"] and ADMIN in inventory["users"]
@@ -589,14 +575,14 @@ def test_inventory_lists_users_and_databases_from_the_server(env: Env) -> None:
 
 
 def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> None:
-    key = LabelKey.from_secret("k")
+    key = LabelKey.from_secret("another-label-key-0123456789")
     gid = derive_grant_id("x", "y")
     expires = datetime(2030, 1, 1, tzinfo=UTC)
     label = Label("redis-a", gid, "active", expires, "read-only", "0123456789abcdef")
     text = encode_label(key, "redis", "jit-a", label)
     assert decode_label(key, "redis", "jit-a", text) == label
     assert decode_label(key, "redis", "jit-b", text) is None  # copied to another user
-    assert decode_label(LabelKey.from_secret("other"), "redis", "jit-a", text) is None
+    assert decode_label(LabelKey.from_secret("yet-another-label-key-0123456789"), "redis", "jit-a", text) is None
     assert decode_label(key, "rabbitmq", "jit-a", text) is None  # another target kind
     tampered = text.replace(":a:", ":t:")
     assert decode_label(key, "redis", "jit-a", tampered) is None

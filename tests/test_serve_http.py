@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pgtest import BOX_PUBLIC, INTEGRATION, SCHEMA, catalog_doc
+from pgtest import BOX_PUBLIC, INTEGRATION, LABEL_KEY, SCHEMA, catalog_doc
 
 from jitc.catalog import parse_catalog
 from jitc.local import MemorySink
@@ -31,7 +31,7 @@ def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySin
     sink = MemorySink()
     rt = LocalRuntime(
         parse_catalog(doc),
-        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
+        SecretStores({"mem": EnvSecretStore({"admin": "", "label": LABEL_KEY})}),
         sink,
         port=0,
         sweep_interval=3600,
@@ -262,7 +262,7 @@ def test_clients_trickling_their_headers_past_the_cap_do_not_keep_a_request_out(
     cap = 10
     rt = LocalRuntime(
         parse_catalog(doc),
-        SecretStores({"mem": EnvSecretStore({"admin": ""})}),
+        SecretStores({"mem": EnvSecretStore({"admin": "", "label": LABEL_KEY})}),
         sink,
         port=0,
         sweep_interval=3600,

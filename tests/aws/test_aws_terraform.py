@@ -179,7 +179,7 @@ def test_the_secrets_the_functions_may_read_are_every_reference_in_the_catalog()
         )["integrations"],
     }
     found = {m.group(1) for m in re.finditer(pattern, json.dumps(doc))}
-    catalog = parse_catalog({k: v for k, v in doc.items() if k != "connector"})
+    catalog = parse_catalog(doc)
     expected = {str(i.credentials.location) for i in catalog.integrations.values() if i.credentials}
     expected |= {"jitc/connector", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:l-AbCdEf"}
     assert found == expected
