@@ -22,7 +22,7 @@ from redis.retry import Retry
 from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError, Refused
-from jitc.labels import LabelKey
+from jitc.labels import CompactLabel, LabelKey, decode_compact_label, encode_compact_label
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.models import AccessRequest, Identity, derive_grant_id
@@ -30,7 +30,6 @@ from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, Secret, SecretStores
 from jitc.templates.base import GrantSpec
 from jitc.templates.redis import Permission as RedisPermission
-from jitc.templates.redis_label import Label, decode_label, encode_label
 from jitc.templates.redis_session import RedisSession
 
 HOST = os.environ.get("JITC_TEST_REDIS_HOST", "127.0.0.1")
@@ -295,7 +294,10 @@ def test_label_is_a_channel_of_the_user_with_expiry_and_no_email(env: Env) -> No
     assert outcome.grant_id in {g.grant_id for g in mine.active_grants()}
     # Under another key the same name is not a label of ours: nothing acts on it.
     other = RedisSession(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        LabelKey.from_secret("another-label-key-0123456789"),
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(outcome.grant_id, datetime.now(UTC)).found is False
@@ -315,8 +317,11 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
         f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
     )
     assert statement.endswith(
-        ":******** -@all +@read +@write +@connection -scan -randomkey -dbsize -select -move -copy "
-        "-client|tracking -client|caching -@admin -@dangerous -@scripting"
+        ":******** -@all +@read +@write +@connection -@admin -@dangerous -@scripting -scan "
+        "-randomkey -dbsize -select -move -copy -client|tracking -client|caching "
+        "-cluster|getkeysinslot -cluster|countkeysinslot -memory|stats -memory|doctor "
+        "-memory|malloc-stats -memory|purge -pubsub|channels -pubsub|shardchannels "
+        "-pubsub|numsub -pubsub|shardnumsub -pubsub|numpat"
     )
 
 
@@ -578,21 +583,26 @@ def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> Non
     key = LabelKey.from_secret("another-label-key-0123456789")
     gid = derive_grant_id("x", "y")
     expires = datetime(2030, 1, 1, tzinfo=UTC)
-    label = Label("redis-a", gid, "active", expires, "read-only", "0123456789abcdef")
-    text = encode_label(key, "redis", "jit-a", label)
-    assert decode_label(key, "redis", "jit-a", text) == label
-    assert decode_label(key, "redis", "jit-b", text) is None  # copied to another user
-    assert decode_label(LabelKey.from_secret("yet-another-label-key-0123456789"), "redis", "jit-a", text) is None
-    assert decode_label(key, "rabbitmq", "jit-a", text) is None  # another target kind
+    label = CompactLabel("redis-a", gid, "active", expires, "read-only", "0123456789abcdef")
+    text = encode_compact_label(key, "redis", "jit-a", label)
+    assert decode_compact_label(key, "redis", "jit-a", text) == label
+    assert decode_compact_label(key, "redis", "jit-b", text) is None  # copied to another user
+    assert (
+        decode_compact_label(
+            LabelKey.from_secret("yet-another-label-key-0123456789"), "redis", "jit-a", text
+        )
+        is None
+    )
+    assert decode_compact_label(key, "rabbitmq", "jit-a", text) is None  # another target kind
     tampered = text.replace(":a:", ":t:")
-    assert decode_label(key, "redis", "jit-a", tampered) is None
+    assert decode_compact_label(key, "redis", "jit-a", tampered) is None
     for bad in (
-        Label("redis:a", gid, "active", expires, "read-only", "0123456789abcdef"),
-        Label("redis-a", gid, "active", expires, "read:only", "0123456789abcdef"),
-        Label("redis-a", gid, "active", expires, "read-only", "01234567:9abcdef"),
+        CompactLabel("redis:a", gid, "active", expires, "read-only", "0123456789abcdef"),
+        CompactLabel("redis-a", gid, "active", expires, "read:only", "0123456789abcdef"),
+        CompactLabel("redis-a", gid, "active", expires, "read-only", "01234567:9abcdef"),
     ):
         with pytest.raises(ValueError):
-            encode_label(key, "redis", "jit-a", bad)
+            encode_compact_label(key, "redis", "jit-a", bad)
 
 
 def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) -> None:
@@ -680,3 +690,66 @@ def test_built_ins_reach_no_key_or_channel_name_outside_their_patterns(
             ):
                 verdict = acl(env.root, "DRYRUN", creds["username"], *command)
                 assert "no permissions" in verdict, command
+
+
+# Commands that reach key or channel names outside a grant's patterns, or report on the whole
+# server: no non-privileged grant may run them, whatever its catalog rules say.
+OUTSIDE = (
+    ["SCAN", "0"],
+    ["RANDOMKEY"],
+    ["DBSIZE"],
+    ["SELECT", "1"],
+    ["MOVE", f"t{RUN}:app:1", "1"],
+    ["COPY", f"t{RUN}:app:1", f"t{RUN}:app:2", "DB", "1", "REPLACE"],
+    ["CLIENT", "TRACKING", "ON", "BCAST"],
+    ["CLIENT", "CACHING", "YES"],
+    ["CLUSTER", "GETKEYSINSLOT", "0", "10"],
+    ["CLUSTER", "COUNTKEYSINSLOT", "0"],
+    ["MEMORY", "STATS"],
+    ["MEMORY", "DOCTOR"],
+    ["MEMORY", "MALLOC-STATS"],
+    ["MEMORY", "PURGE"],
+    ["PUBSUB", "CHANNELS"],
+    ["PUBSUB", "SHARDCHANNELS"],
+    ["PUBSUB", "NUMSUB", "other"],
+    ["PUBSUB", "SHARDNUMSUB", "other"],
+    ["PUBSUB", "NUMPAT"],
+)
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        ["+@connection"],
+        ["+client|tracking"],
+        ["+client"],
+        ["+@all"],
+        ["+@read", "+@slow", "+@keyspace"],
+        ["+@pubsub", "+pubsub|channels", "+pubsub|numpat"],
+        ["+scan", "+randomkey", "+dbsize", "+select", "+move", "+copy"],
+        ["+memory", "+cluster", "+client|caching"],
+        # A `-` rule first and its `+` after: the catalog's own order cannot win either.
+        ["-client|tracking", "+@all", "+client"],
+    ],
+)
+def test_custom_rule_lists_cannot_readmit_what_the_template_denies(
+    make_env: Callable[..., Env], commands: list[str]
+) -> None:
+    # PING only so that the test can log in.
+    custom = {"commands": [*commands, "+ping"], "resources": [KEYS]}
+    env = make_env(catalog_doc(custom=custom))
+    outcome = env.engine.execute(env.request(permission="custom"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    user = env.login(creds)
+    try:
+        # Live, not only asked of the ACL: the server itself refuses to track for this user.
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.execute_command("CLIENT", "TRACKING", "ON", "BCAST")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.scan(0)
+    finally:
+        user.close()
+    for command in OUTSIDE:
+        verdict = acl(env.root, "DRYRUN", creds["username"], *command)
+        assert "no permissions" in verdict, (commands, command)

@@ -1,7 +1,7 @@
 """RabbitMQ: one user per grant through the management HTTP API, labelled in its tags.
 
-The user is `<prefix><grant id>`; one of its tags is the grant's MACed label (see `redis_label`:
-a tag cannot hold a comma, so the label is the compact form). Only an `administrator` may create
+The user is `<prefix><grant id>`; one of its tags is the grant's MACed label (a compact label
+of `jitc.labels`: a tag cannot hold a comma). Only an `administrator` may create
 users or change tags, and no grant is given that tag unless its permission is privileged, so a
 grantee cannot write a label; the MAC keeps anyone without the connector's key from forging one.
 
@@ -21,10 +21,10 @@ from urllib.parse import quote, urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
-from jitc.labels import LabelKey
+from jitc.labels import LabelKey, spec_digest
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
-from jitc.templates.redis_label import is_loopback, spec_digest
+from jitc.templates.transport import is_loopback
 
 if TYPE_CHECKING:
     from jitc.templates.rabbitmq_session import RabbitMQSession

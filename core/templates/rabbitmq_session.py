@@ -18,7 +18,13 @@ import httpx
 
 from jitc import labels
 from jitc.errors import Refused, TargetError
-from jitc.labels import LabelKey
+from jitc.labels import (
+    CompactLabel,
+    LabelKey,
+    decode_compact_label,
+    encode_compact_label,
+    spec_digest,
+)
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
@@ -29,12 +35,6 @@ from jitc.templates.rabbitmq import (
     grant_calls,
     tombstone_name,
     user_name,
-)
-from jitc.templates.redis_label import (
-    Label,
-    decode_label,
-    encode_label,
-    spec_digest,
 )
 
 KIND = RabbitMQTemplate.kind
@@ -112,7 +112,7 @@ class RabbitMQSession:
 
     # -- the ledger ------------------------------------------------------------------------
 
-    def _label(self, user: dict[str, Any] | None) -> Label | None:
+    def _label(self, user: dict[str, Any] | None) -> CompactLabel | None:
         """The user's label if the user is ours: our prefix and a tag whose MAC verifies for
         this user name; anything else belongs to someone else and is never changed."""
         if user is None:
@@ -124,7 +124,7 @@ class RabbitMQSession:
         if isinstance(tags, str):  # older servers answer a comma-separated string
             tags = tags.split(",")
         for tag in tags:
-            label = decode_label(self.key, KIND, name, str(tag))
+            label = decode_compact_label(self.key, KIND, name, str(tag))
             if label is not None and label.integration == self.integration:
                 expected = (
                     tombstone_name(self.settings, label.grant_id)
@@ -135,8 +135,8 @@ class RabbitMQSession:
                     return label
         return None
 
-    def _encode(self, name: str, label: Label) -> str:
-        return encode_label(self.key, KIND, name, label)
+    def _encode(self, name: str, label: CompactLabel) -> str:
+        return encode_compact_label(self.key, KIND, name, label)
 
     # -- grant -----------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class RabbitMQSession:
         # redelivery sets a new password (a user has one): `jitc catalog check` warns of that.
         password = self.key.password(KIND, self.integration, spec.grant_id, digest)
         password = password or secrets.token_urlsafe(24)
-        mine = Label(
+        mine = CompactLabel(
             self.integration, spec.grant_id, "active", spec.expires_at, spec.permission_name, digest
         )
         for method, path, body in grant_calls(
@@ -230,7 +230,7 @@ class RabbitMQSession:
     ) -> dict[str, RevokeResult]:
         now = utcnow()
         results: dict[str, RevokeResult] = {}
-        deleted: dict[str, tuple[str, Label]] = {}
+        deleted: dict[str, tuple[str, CompactLabel]] = {}
         for grant_id in grant_ids:
             name = user_name(self.settings, grant_id)
             stone_name = tombstone_name(self.settings, grant_id)
@@ -272,11 +272,11 @@ class RabbitMQSession:
         return results
 
     def _put_tombstone(
-        self, stone_name: str, grant_id: str, until: datetime, live: Label | None
+        self, stone_name: str, grant_id: str, until: datetime, live: CompactLabel | None
     ) -> None:
         """A user that cannot log in (no password, no permissions) whose label remembers the
         revoke until `until`, so a late or repeated grant is refused until then."""
-        stone = Label(
+        stone = CompactLabel(
             self.integration,
             grant_id,
             "tombstone",

@@ -1,14 +1,17 @@
 """Redis 7: one ACL user per grant, `<prefix><grant id>`, labelled inside its own ACL rules.
 
-Redis users have no comment or tag. The label (`redis_label`: grant id, expiry, request digest,
-MAC bound to the user name) is the user's first channel pattern, `&jitc1:...`: a Pub/Sub
-channel nobody uses, so it grants nothing, and only a user allowed the ACL command can write it,
-which no grant is ever given (see `forbidden_rule`). `ACL LIST` is then the ledger, and a user
-that merely has one of our names but no valid label is somebody else's and is never changed.
+Redis users have no comment or tag. The label (a compact label of `jitc.labels`: grant id,
+expiry, request digest, MAC bound to the user name) is the user's first channel pattern,
+`&jitc1:...`: a Pub/Sub channel nobody uses, so it grants nothing, and only a user allowed the
+ACL command can write it, which no grant is ever given (see `forbidden_rule`). `ACL LIST` is
+then the ledger, and a user that merely has one of our names but no valid label is somebody
+else's and is never changed.
+
 Key patterns come from the requested resources, channel patterns and command rules from the
-catalog; every non-privileged rule list ends with `-@admin -@dangerous -@scripting`, so no rule
-order or category can reach ACL, CONFIG, MODULE, DEBUG, FLUSHALL, KEYS, EVAL, FUNCTION LOAD or
-the like.
+catalog. Every non-privileged rule list ends with `SAFETY_SUFFIX`: the administrative
+categories, and every command that reaches key or channel names outside the grant's patterns
+(SCAN, CLIENT TRACKING, PUBSUB CHANNELS, ...). Redis applies rules in order, so no catalog rule
+before it (`+@all`, `+@connection`, `+client`, `+client|tracking`) can re-admit any of them.
 
 Redis has no per-user expiry: access ends when the connector revokes it (the expiry timer, or
 the sweep after downtime). A revoke is `ACL DELUSER`, which also closes the user's connections.
@@ -22,10 +25,10 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
-from jitc.labels import LabelKey
+from jitc.labels import LabelKey, spec_digest
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
-from jitc.templates.redis_label import is_loopback, spec_digest
+from jitc.templates.transport import is_loopback
 
 if TYPE_CHECKING:
     from jitc.templates.redis_session import RedisSession
@@ -45,13 +48,12 @@ FORBIDDEN_CATEGORIES = frozenset({"@admin", "@dangerous", "@scripting"})
 SCRIPTING_COMMANDS = frozenset(
     {"eval", "eval_ro", "evalsha", "evalsha_ro", "fcall", "fcall_ro", "function", "script"}
 )
-SAFETY_SUFFIX = ("-@admin", "-@dangerous", "-@scripting")
-
 # Redis checks key patterns only on a command's key arguments, in every database alike: SCAN
-# and RANDOMKEY would list every key name, DBSIZE count them, SELECT reaches the same names in
-# other databases, MOVE and COPY ... DB write the same names into another database. CLIENT
-# TRACKING (with BCAST, any prefix) pushes the name of every key anyone changes; CLIENT CACHING
-# only serves it.
+# and RANDOMKEY would list every key name, DBSIZE and MEMORY STATS count them, SELECT reaches the
+# same names in other databases, MOVE and COPY ... DB write the same names into another database,
+# CLUSTER GETKEYSINSLOT lists a slot's names. CLIENT TRACKING (with BCAST, any prefix) pushes the
+# name of every key anyone changes; CLIENT CACHING only serves it. MEMORY DOCTOR, MALLOC-STATS
+# and PURGE report on or work on the whole server.
 _OUTSIDE_PATTERNS = (
     "-scan",
     "-randomkey",
@@ -61,19 +63,29 @@ _OUTSIDE_PATTERNS = (
     "-copy",
     "-client|tracking",
     "-client|caching",
+    "-cluster|getkeysinslot",
+    "-cluster|countkeysinslot",
+    "-memory|stats",
+    "-memory|doctor",
+    "-memory|malloc-stats",
+    "-memory|purge",
 )
 # Channel patterns are checked only on channel arguments: PUBSUB CHANNELS lists every active
-# channel and NUMSUB counts another channel's subscribers.
+# channel, NUMSUB counts another channel's subscribers, NUMPAT everyone's patterns.
 _OUTSIDE_CHANNELS = (
     "-pubsub|channels",
     "-pubsub|shardchannels",
     "-pubsub|numsub",
     "-pubsub|shardnumsub",
+    "-pubsub|numpat",
 )
+# The end of every non-privileged rule list. Rules apply in order, so a `-` here wins over any
+# catalog rule before it, whichever category or subcommand that rule names.
+SAFETY_SUFFIX = ("-@admin", "-@dangerous", "-@scripting", *_OUTSIDE_PATTERNS, *_OUTSIDE_CHANNELS)
 BUILTIN_COMMANDS: dict[str, tuple[str, ...]] = {
-    "read-only": ("+@read", "+@connection", *_OUTSIDE_PATTERNS),
-    "read-write": ("+@read", "+@write", "+@connection", *_OUTSIDE_PATTERNS),
-    "pubsub": ("+@pubsub", "+@connection", *_OUTSIDE_PATTERNS, *_OUTSIDE_CHANNELS),
+    "read-only": ("+@read", "+@connection"),
+    "read-write": ("+@read", "+@write", "+@connection"),
+    "pubsub": ("+@pubsub", "+@connection"),
 }
 
 

@@ -15,7 +15,13 @@ from redis.retry import Retry
 
 from jitc import labels
 from jitc.errors import Refused, TargetError
-from jitc.labels import LabelKey
+from jitc.labels import (
+    CompactLabel,
+    LabelKey,
+    decode_compact_label,
+    encode_compact_label,
+    spec_digest,
+)
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
@@ -27,7 +33,6 @@ from jitc.templates.redis import (
     tombstone_name,
     user_name,
 )
-from jitc.templates.redis_label import Label, decode_label, encode_label, spec_digest
 
 KIND = RedisTemplate.kind
 _NO_ACLFILE = "not configured to use an ACL file"
@@ -131,7 +136,7 @@ class RedisSession:
                 "refused until the catalog sets acl_save: never",
             )
 
-    def _label(self, name: str, user: User) -> Label | None:
+    def _label(self, name: str, user: User) -> CompactLabel | None:
         """The user's label if the user is ours: a `&jitc1:...` channel whose MAC verifies for
         this user name. Anything else belongs to someone else and is never changed."""
         if not user:
@@ -140,11 +145,11 @@ class RedisSession:
         tokens = channels.split() if isinstance(channels, str) else [str(c) for c in channels]
         return self._label_in(name, tokens)
 
-    def _label_in(self, name: str, tokens: Sequence[str]) -> Label | None:
+    def _label_in(self, name: str, tokens: Sequence[str]) -> CompactLabel | None:
         for token in tokens:
             if not token.startswith("&jitc1:"):
                 continue
-            label = decode_label(self.key, KIND, name, token[1:])
+            label = decode_compact_label(self.key, KIND, name, token[1:])
             if label is None or label.integration != self.integration:
                 continue
             expected = (
@@ -185,14 +190,14 @@ class RedisSession:
         # leaves the first delivery's credentials working.
         password = self.key.password(KIND, self.integration, spec.grant_id, digest)
         password = password or secrets.token_urlsafe(24)
-        mine = Label(
+        mine = CompactLabel(
             self.integration, spec.grant_id, "active", spec.expires_at, spec.permission_name, digest
         )
         rules = acl_rules(
             permission,
             spec.resources,
             hashlib.sha256(password.encode()).hexdigest(),
-            encode_label(self.key, KIND, name, mine),
+            encode_compact_label(self.key, KIND, name, mine),
         )
         _, after, stone_after = map(
             _user,
@@ -248,7 +253,7 @@ class RedisSession:
         found = self._get(*names, *stones)
         now = utcnow()
         changes: list[tuple[str, ...]] = []
-        live: dict[str, tuple[str, Label]] = {}
+        live: dict[str, tuple[str, CompactLabel]] = {}
         unseen: list[str] = []
         for index, grant_id in enumerate(grant_ids):
             label = self._label(names[index], found[index])
@@ -299,11 +304,13 @@ class RedisSession:
             )
         return results
 
-    def _tombstone(self, grant_id: str, until: datetime, live: Label | None) -> tuple[str, ...]:
+    def _tombstone(
+        self, grant_id: str, until: datetime, live: CompactLabel | None
+    ) -> tuple[str, ...]:
         """A user that cannot log in and may run nothing, whose label remembers the revoke
         until `until`, so a late or repeated grant is refused until then."""
         name = tombstone_name(self.settings, grant_id)
-        stone = Label(
+        stone = CompactLabel(
             self.integration,
             grant_id,
             "tombstone",
@@ -311,7 +318,13 @@ class RedisSession:
             live.permission if live else "-",
             live.digest if live else "-" * 8,
         )
-        return ("ACL", "SETUSER", name, "reset", f"&{encode_label(self.key, KIND, name, stone)}")
+        return (
+            "ACL",
+            "SETUSER",
+            name,
+            "reset",
+            f"&{encode_compact_label(self.key, KIND, name, stone)}",
+        )
 
     def _sessions_of(self, names: list[str]) -> dict[str, int]:
         """Connections still authenticated as these users, waited on (bounded). The server
@@ -339,7 +352,7 @@ class RedisSession:
 
     # -- sweep and inventory ---------------------------------------------------------------
 
-    def _listing(self) -> list[tuple[str, Label]]:
+    def _listing(self) -> list[tuple[str, CompactLabel]]:
         """Our users, from one ACL LIST: `user <name> <rules...>` per line."""
         found = []
         for line in self._run([("ACL", "LIST")])[0]:
