@@ -313,7 +313,8 @@ def test_plan_has_no_side_effects_masks_the_password_and_shows_the_rules(env: En
     assert watched(env.root) == before
     (statement,) = outcome.statements
     assert statement.startswith(
-        f"ACL SETUSER {PREFIX}{outcome.grant_id} on #******** clearselectors resetkeys ~{KEYS} "
+        f"ACL SETUSER {PREFIX}{outcome.grant_id} on resetpass #******** clearselectors resetkeys "
+        f"~{KEYS} "
         f"resetchannels &jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
     )
     assert statement.endswith(
@@ -753,3 +754,57 @@ def test_custom_rule_lists_cannot_readmit_what_the_template_denies(
     for command in OUTSIDE:
         verdict = acl(env.root, "DRYRUN", creds["username"], *command)
         assert "no permissions" in verdict, (commands, command)
+
+
+def test_two_requests_racing_under_one_grant_id_never_share_rules(env: Env) -> None:
+    """Two different requests under one request id, both read before either writes: the
+    loser's credentials must never log in, and the winner's carry only its own rules."""
+    integration = env.engine.catalog.integration(INTEGRATION)
+    key = LabelKey.from_secret(LABEL_KEY)
+    first = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
+    )
+    second = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
+    )
+    grant_id = derive_grant_id(INTEGRATION, f"twin-{secrets.token_hex(4)}")
+
+    def spec(permission: str, resources: tuple[str, ...]) -> GrantSpec:
+        return GrantSpec(
+            grant_id=grant_id,
+            request_id=f"r-{grant_id}",
+            integration=INTEGRATION,
+            permission_name=permission,
+            permission=RedisPermission(template=permission, resources=list(resources)),
+            resources=resources,
+            identity=Identity(email=f"{permission}@example.com"),
+            expires_at=datetime.now(UTC) + timedelta(minutes=15),
+            request_digest=f"d-{permission}-{grant_id}",
+        )
+
+    wide = spec("read-write", (KEYS,))
+    narrow = spec("read-only", (OTHER_KEYS,))
+    read = first._read_for_grant
+    raced = []
+
+    def read_then_race(*names: str) -> list[Any]:
+        found = read(*names)
+        if not raced:
+            raced.append(second.grant(wide))
+        return found
+
+    first._read_for_grant = read_then_race  # type: ignore[method-assign]
+    try:
+        won = first.grant(narrow)
+        assert raced and won.credentials is not None
+        lost = raced[0].credentials
+        assert lost is not None and lost["password"] != won.credentials["password"]
+        assert not env.can_login(lost)
+        user = env.login(won.credentials)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.set(f"t{RUN}:app:1", "x")  # the loser's read-write rules are gone
+        assert user.get(f"t{RUN}:other:1") is None
+        user.close()
+    finally:
+        first.close()
+        second.close()

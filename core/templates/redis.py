@@ -211,10 +211,11 @@ def tombstone_name(connection: Connection, grant_id: str) -> str:
 def acl_rules(
     permission: Permission, resources: tuple[str, ...], password_hash: str, label: str
 ) -> list[str]:
-    """The ACL SETUSER arguments after the user name. Keys, channels, commands and selectors
-    are reset before they are set, so applying them again (a redelivery) leaves the same user;
-    passwords are added, so a redelivery never invalidates credentials already handed out."""
-    rules = ["on", f"#{password_hash}", "clearselectors", "resetkeys"]
+    """The ACL SETUSER arguments after the user name. Passwords, keys, channels, commands and
+    selectors are reset before they are set, so applying them again (a redelivery, which
+    derives the same password) leaves the same user, and the one password that logs in is
+    always the one written with these rules and this label, in one atomic command."""
+    rules = ["on", "resetpass", f"#{password_hash}", "clearselectors", "resetkeys"]
     rules += [f"~{pattern}" for pattern in resources]
     rules += ["resetchannels", f"&{label}"]
     rules += [f"&{channel}" for channel in permission.channels]
