@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import secrets
 import time
 from collections.abc import Sequence
@@ -37,6 +38,14 @@ from jitc.templates.redis import (
 KIND = RedisTemplate.kind
 _NO_ACLFILE = "not configured to use an ACL file"
 User = dict[str, Any] | None
+# No CLIENT SETINFO: two round trips more per connection, and a package metadata lookup per
+# client made; CLIENT SETNAME already names the connection. (redis-py 7 says so with
+# `driver_info=None`; 5 and 6 with `lib_name=None`, which 7 and later deprecate.)
+NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
 
 
 class RedisSession:
@@ -75,6 +84,7 @@ class RedisSession:
             protocol=2,
             # A failed message is retried by the queue; a wrong password is not retried here.
             retry=Retry(NoBackoff(), 0),
+            **NO_SETINFO,
         )
 
     def close(self) -> None:
