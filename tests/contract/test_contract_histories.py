@@ -1,7 +1,9 @@
 """Property, on every template: whatever order, duplication and crashes the queue delivers in,
 no principal keeps access past its revoke, and after a final sweep none past its expiry, while
 every live, unrevoked grant works. Access is judged as the grantee would: log in with the
-credentials the grant handed out and do the allowed operation."""
+credentials the grant handed out and do the allowed operation; and as the target holds it: a
+delivery that crashed after the target made the grant handed nothing out, so the target's own
+ledger must not hold a revoked or expired grant as active either."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from hypothesis.stateful import (
 )
 
 from jitc.messages import Work
+from jitc.models import derive_grant_id
 
 GRANTS = 3
 
@@ -107,6 +110,15 @@ def run_histories(target: Target) -> None:
         def sweep(self) -> None:
             assert self.env.engine.sweep().ok
 
+        def held_active(self) -> set[int]:
+            """The grants the target's own ledger holds as active, handed out or not."""
+            found = self.env.engine.live_grants([target.integration])[target.integration]
+            assert not isinstance(found, str), found
+            active = {g.grant_id for g in found if g.state == "active"}
+            return {
+                i for i in range(GRANTS) if derive_grant_id(target.integration, f"h{i}") in active
+            }
+
         @invariant()
         def revoked_means_gone(self) -> None:
             if not hasattr(self, "env"):
@@ -114,6 +126,8 @@ def run_histories(target: Target) -> None:
             for i in self.revoked:
                 for creds in self.issued.get(i, []):
                     assert not self.env.usable(creds), f"grant {i} still usable after revoke"
+            held = self.held_active() & self.revoked
+            assert not held, f"grants {held} still active in the target after their revoke"
 
         def teardown(self) -> None:
             if not hasattr(self, "env"):
@@ -127,6 +141,9 @@ def run_histories(target: Target) -> None:
                         assert not any(usable), f"grant {i} outlived its expiry or revoke"
                     elif i in self.granted:
                         assert usable[-1], f"grant {i} is live but does not work"
+                dead = {i for i in range(GRANTS) if i in self.revoked or now >= self.expiry(i)}
+                held = self.held_active() & dead
+                assert not held, f"grants {held} still active in the target after a final sweep"
             finally:
                 target.reset()
 
