@@ -4,7 +4,6 @@ management API (JITC_TEST_RABBITMQ_API, default http://127.0.0.1:15672, guest/gu
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -17,16 +16,14 @@ import httpx
 import pika
 import pika.exceptions
 import pytest
+import userenv
+from userenv import BOX_PUBLIC, LABEL_KEY, UserEnv, engine_parts
 
 from jitc.catalog import catalog_warnings, parse_catalog
-from jitc.engine import Engine
 from jitc.errors import CatalogError, Refused
 from jitc.labels import LabelKey
-from jitc.local import MemorySink, NullScheduler
-from jitc.messages import parse_request
-from jitc.models import AccessRequest, Identity, derive_grant_id
-from jitc.sealing import box_keypair, unseal
-from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.models import Identity, derive_grant_id
+from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec
 from jitc.templates.rabbitmq import Permission as RabbitMQPermission
 from jitc.templates.rabbitmq_session import RabbitMQSession
@@ -40,8 +37,6 @@ VHOST = f"t{RUN}"
 OTHER_VHOST = f"t{RUN}-b"
 ADMIN = f"t{RUN}admin"
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
-LABEL_KEY = secrets.token_urlsafe(32)
-BOX_PRIVATE, BOX_PUBLIC = box_keypair()
 
 
 def users(root: httpx.Client) -> dict[str, dict[str, Any]]:
@@ -70,52 +65,19 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
         },
     }
     perms.update(permissions)
-    return {
-        "connector": {"label_key": "mem:label"},
-        "integrations": {
-            INTEGRATION: {
-                "kind": "rabbitmq",
-                "connection": {
-                    "api_url": API,
-                    "user": ADMIN,
-                    "user_prefix": PREFIX,
-                    "amqp_port": AMQP_PORT,
-                    "terminate_wait_seconds": 3,
-                },
-                "credentials": "mem:admin",
-                "max_duration": "8h",
-                "permissions": perms,
-            }
-        },
+    connection = {
+        "api_url": API,
+        "user": ADMIN,
+        "user_prefix": PREFIX,
+        "amqp_port": AMQP_PORT,
+        "terminate_wait_seconds": 3,
     }
+    return userenv.catalog_doc(INTEGRATION, "rabbitmq", connection, perms)
 
 
 @dataclass
-class Env:
-    engine: Engine
-    sink: MemorySink
+class Env(UserEnv):
     root: httpx.Client
-    now: list[datetime]
-
-    def request(self, action: str = "grant", **fields: Any) -> AccessRequest:
-        doc: dict[str, Any] = {
-            "request_id": fields.pop("request_id", f"r-{secrets.token_hex(4)}"),
-            "action": action,
-            "integration": INTEGRATION,
-        }
-        if action == "grant":
-            doc.update(
-                permission="read-only",
-                resources=[VHOST],
-                identity={"email": "alice@example.com", "public_key": BOX_PUBLIC},
-                duration="15m",
-            )
-        doc.update(fields)
-        return parse_request(json.dumps(doc))
-
-    def credentials(self, sealed: str | None) -> dict[str, str]:
-        assert sealed is not None
-        return unseal(sealed, BOX_PRIVATE)
 
     def login(self, creds: dict[str, str], vhost: str = VHOST) -> pika.BlockingConnection:
         return pika.BlockingConnection(
@@ -165,16 +127,8 @@ def root() -> Iterator[httpx.Client]:
 @pytest.fixture
 def make_env(root: httpx.Client) -> Iterator[Callable[..., Env]]:
     def make(doc: dict[str, Any] | None = None, secret: str = ADMIN_PASSWORD) -> Env:
-        now = [datetime.now(UTC)]
-        sink = MemorySink()
-        engine = Engine(
-            parse_catalog(doc or catalog_doc()),
-            SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
-            NullScheduler(),
-            sink,
-            clock=lambda: now[0],
-        )
-        return Env(engine, sink, root, now)
+        parts = engine_parts(doc or catalog_doc(), secret)
+        return Env(**parts, integration=INTEGRATION, resource=VHOST, root=root)
 
     yield make
     for name in ours(root):
@@ -379,7 +333,10 @@ def test_a_label_under_another_key_or_copied_to_another_user_is_not_ours(env: En
     outcome = env.engine.execute(env.request())
     integration = env.engine.catalog.integration(INTEGRATION)
     other = RabbitMQSession(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        LabelKey.from_secret("another-label-key-0123456789"),
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(str(outcome.grant_id), datetime.now(UTC)).found is False
@@ -443,23 +400,7 @@ def test_privileged_permission_alone_gets_the_administrator_tag(env: Env) -> Non
 
 
 def test_secrets_never_reach_events_or_outcomes(env: Env) -> None:
-    outcome = env.engine.execute(env.request(request_id="canary-1"))
-    creds = env.credentials(outcome.sealed_credentials)
-    env.engine.execute(env.request("revoke", request_id="canary-1"))
-    wrong = Engine(
-        parse_catalog(catalog_doc()),
-        SecretStores(
-            {"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong", "label": LABEL_KEY})}
-        ),
-        NullScheduler(),
-        env.sink,
-    )
-    assert wrong.execute(env.request()).status == "failed"
-    text = json.dumps(
-        [e.model_dump(mode="json") for e in env.sink.events]
-        + [o.model_dump(mode="json") for o in env.sink.outcomes]
-    )
-    assert ADMIN_PASSWORD not in text and creds["password"] not in text
+    userenv.assert_secrets_stay_out(env, catalog_doc(), ADMIN_PASSWORD)
 
 
 def test_sweep_of_many_revokes_them_in_one_pass_and_closes_their_connections(env: Env) -> None:

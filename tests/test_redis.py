@@ -6,7 +6,6 @@ user that reaches it is the `default` user, from which the run makes its own adm
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -16,18 +15,16 @@ from typing import Any
 
 import pytest
 import redis
+import userenv
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from userenv import BOX_PUBLIC, LABEL_KEY, UserEnv, engine_parts
 
 from jitc.catalog import catalog_warnings, parse_catalog
-from jitc.engine import Engine
 from jitc.errors import CatalogError, Refused
 from jitc.labels import CompactLabel, LabelKey, decode_compact_label, encode_compact_label
-from jitc.local import MemorySink, NullScheduler
-from jitc.messages import parse_request
-from jitc.models import AccessRequest, Identity, derive_grant_id
-from jitc.sealing import box_keypair, unseal
-from jitc.secrets import EnvSecretStore, Secret, SecretStores
+from jitc.models import Identity, derive_grant_id
+from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec
 from jitc.templates.redis import Permission as RedisPermission
 from jitc.templates.redis_session import RedisSession
@@ -52,8 +49,6 @@ ADMIN_RULES = (
     "+info",
 )
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
-LABEL_KEY = secrets.token_urlsafe(32)
-BOX_PRIVATE, BOX_PUBLIC = box_keypair()
 
 
 def _root() -> redis.Redis:
@@ -97,55 +92,22 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
         "admin": {"commands": ["+@all"], "resources": [KEYS], "privileged": True},
     }
     perms.update(permissions)
-    return {
-        "connector": {"label_key": "mem:label"},
-        "integrations": {
-            INTEGRATION: {
-                "kind": "redis",
-                "connection": {
-                    "host": HOST,
-                    "port": PORT,
-                    "user": ADMIN,
-                    "user_prefix": PREFIX,
-                    "tls": False,  # loopback: allowed, and `jitc catalog check` says so
-                    # The shared server has no ACL file: grants would be refused under `auto`.
-                    "acl_save": "never",
-                    "terminate_wait_seconds": 3,
-                },
-                "credentials": "mem:admin",
-                "max_duration": "8h",
-                "permissions": perms,
-            }
-        },
+    connection = {
+        "host": HOST,
+        "port": PORT,
+        "user": ADMIN,
+        "user_prefix": PREFIX,
+        "tls": False,  # loopback: allowed, and `jitc catalog check` says so
+        # The shared server has no ACL file: grants would be refused under `auto`.
+        "acl_save": "never",
+        "terminate_wait_seconds": 3,
     }
+    return userenv.catalog_doc(INTEGRATION, "redis", connection, perms)
 
 
 @dataclass
-class Env:
-    engine: Engine
-    sink: MemorySink
+class Env(UserEnv):
     root: redis.Redis
-    now: list[datetime]
-
-    def request(self, action: str = "grant", **fields: Any) -> AccessRequest:
-        doc: dict[str, Any] = {
-            "request_id": fields.pop("request_id", f"r-{secrets.token_hex(4)}"),
-            "action": action,
-            "integration": INTEGRATION,
-        }
-        if action == "grant":
-            doc.update(
-                permission="read-only",
-                resources=[KEYS],
-                identity={"email": "alice@example.com", "public_key": BOX_PUBLIC},
-                duration="15m",
-            )
-        doc.update(fields)
-        return parse_request(json.dumps(doc))
-
-    def credentials(self, sealed: str | None) -> dict[str, str]:
-        assert sealed is not None
-        return unseal(sealed, BOX_PRIVATE)
 
     def login(self, creds: dict[str, str]) -> redis.Redis:
         client = redis.Redis(
@@ -183,16 +145,8 @@ def root() -> Iterator[redis.Redis]:
 @pytest.fixture
 def make_env(root: redis.Redis) -> Iterator[Callable[..., Env]]:
     def make(doc: dict[str, Any] | None = None, secret: str = ADMIN_PASSWORD) -> Env:
-        now = [datetime.now(UTC)]
-        sink = MemorySink()
-        engine = Engine(
-            parse_catalog(doc or catalog_doc()),
-            SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
-            NullScheduler(),
-            sink,
-            clock=lambda: now[0],
-        )
-        return Env(engine, sink, root, now)
+        parts = engine_parts(doc or catalog_doc(), secret)
+        return Env(**parts, integration=INTEGRATION, resource=KEYS, root=root)
 
     yield make
     names = ours(root)
@@ -512,33 +466,7 @@ def test_privileged_permission_alone_reaches_administration(env: Env) -> None:
 
 
 def test_secrets_never_reach_events_or_outcomes(env: Env) -> None:
-    outcome = env.engine.execute(env.request(request_id="canary-1"))
-    creds = env.credentials(outcome.sealed_credentials)
-    env.engine.execute(env.request("revoke", request_id="canary-1"))
-    bad = make_bad_env_outcome(env)
-    text = json.dumps(
-        [e.model_dump(mode="json") for e in env.sink.events]
-        + [o.model_dump(mode="json") for o in env.sink.outcomes]
-        + [bad]
-    )
-    assert ADMIN_PASSWORD not in text
-    assert creds["password"] not in text
-
-
-def make_bad_env_outcome(env: Env) -> dict[str, Any]:
-    """A failing connection (a wrong password) must not echo the password it tried."""
-    engine = Engine(
-        parse_catalog(catalog_doc()),
-        SecretStores(
-            {"mem": EnvSecretStore({"admin": ADMIN_PASSWORD + "-wrong", "label": LABEL_KEY})}
-        ),
-        NullScheduler(),
-        env.sink,
-    )
-    outcome = engine.execute(env.request())
-    assert outcome.status == "failed"
-    assert ADMIN_PASSWORD not in (outcome.message or "")
-    return outcome.model_dump(mode="json")
+    userenv.assert_secrets_stay_out(env, catalog_doc(), ADMIN_PASSWORD)
 
 
 def test_grant_ids_are_those_of_the_requests(env: Env) -> None:

@@ -1,0 +1,104 @@
+"""What the tests of the one-user-per-grant templates (Redis, RabbitMQ) share: a one-integration
+catalog, an engine on it with a clock the test moves, the grant requests and the sealed
+credentials. Each test module adds how to reach its server and how to log in."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import AccessRequest
+from jitc.sealing import box_keypair, unseal
+from jitc.secrets import EnvSecretStore, SecretStores
+
+BOX_PRIVATE, BOX_PUBLIC = box_keypair()
+LABEL_KEY = secrets.token_urlsafe(32)
+
+
+def catalog_doc(
+    integration: str, kind: str, connection: dict[str, Any], permissions: dict[str, Any]
+) -> dict[str, Any]:
+    """One integration whose admin secret is `mem:admin`, under the run's label key."""
+    return {
+        "connector": {"label_key": "mem:label"},
+        "integrations": {
+            integration: {
+                "kind": kind,
+                "connection": connection,
+                "credentials": "mem:admin",
+                "max_duration": "8h",
+                "permissions": permissions,
+            }
+        },
+    }
+
+
+@dataclass
+class UserEnv:
+    """An engine on the test's catalog; grants default to `read-only` on `resource`."""
+
+    engine: Engine
+    sink: MemorySink
+    now: list[datetime]
+    integration: str
+    resource: str
+
+    def request(self, action: str = "grant", **fields: Any) -> AccessRequest:
+        doc: dict[str, Any] = {
+            "request_id": fields.pop("request_id", f"r-{secrets.token_hex(4)}"),
+            "action": action,
+            "integration": self.integration,
+        }
+        if action == "grant":
+            doc.update(
+                permission="read-only",
+                resources=[self.resource],
+                identity={"email": "alice@example.com", "public_key": BOX_PUBLIC},
+                duration="15m",
+            )
+        doc.update(fields)
+        return parse_request(json.dumps(doc))
+
+    def credentials(self, sealed: str | None) -> dict[str, str]:
+        assert sealed is not None
+        return unseal(sealed, BOX_PRIVATE)
+
+
+def engine_parts(
+    doc: dict[str, Any], secret: str, sink: MemorySink | None = None
+) -> dict[str, Any]:
+    """The engine, sink and clock of a `UserEnv` on `doc`, with `secret` as the admin's."""
+    now = [datetime.now(UTC)]
+    sink = sink or MemorySink()
+    clock: Callable[[], datetime] = lambda: now[0]  # noqa: E731
+    engine = Engine(
+        parse_catalog(doc),
+        SecretStores({"mem": EnvSecretStore({"admin": secret, "label": LABEL_KEY})}),
+        NullScheduler(),
+        sink,
+        clock=clock,
+    )
+    return {"engine": engine, "sink": sink, "now": now}
+
+
+def assert_secrets_stay_out(env: UserEnv, doc: dict[str, Any], admin_password: str) -> None:
+    """Grant, revoke, then fail to log in with a wrong admin password: neither the admin's
+    password, nor the one tried, nor the grantee's, reaches any event or outcome."""
+    outcome = env.engine.execute(env.request(request_id="canary-1"))
+    creds = env.credentials(outcome.sealed_credentials)
+    env.engine.execute(env.request("revoke", request_id="canary-1"))
+    wrong = engine_parts(doc, admin_password + "-wrong", env.sink)["engine"]
+    assert wrong.execute(env.request()).status == "failed"
+    text = json.dumps(
+        [e.model_dump(mode="json") for e in env.sink.events]
+        + [o.model_dump(mode="json") for o in env.sink.outcomes]
+    )
+    assert admin_password not in text and creds["password"] not in text
