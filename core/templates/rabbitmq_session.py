@@ -21,12 +21,12 @@ from jitc.errors import Refused, TargetError
 from jitc.labels import (
     CompactLabel,
     LabelKey,
-    decode_compact_label,
     encode_compact_label,
     spec_digest,
 )
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
+from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
 from jitc.templates.rabbitmq import (
     Connection,
@@ -117,23 +117,17 @@ class RabbitMQSession:
         this user name; anything else belongs to someone else and is never changed."""
         if user is None:
             return None
-        name = str(user.get("name", ""))
-        if not name.startswith(self.settings.user_prefix):
-            return None
         tags = user.get("tags") or []
         if isinstance(tags, str):  # older servers answer a comma-separated string
             tags = tags.split(",")
-        for tag in tags:
-            label = decode_compact_label(self.key, KIND, name, str(tag))
-            if label is not None and label.integration == self.integration:
-                expected = (
-                    tombstone_name(self.settings, label.grant_id)
-                    if label.state == "tombstone"
-                    else user_name(self.settings, label.grant_id)
-                )
-                if expected == name:
-                    return label
-        return None
+        return userledger.owned_label(
+            self.key,
+            KIND,
+            self.integration,
+            self.settings.user_prefix,
+            str(user.get("name", "")),
+            (str(tag) for tag in tags),
+        )
 
     def _encode(self, name: str, label: CompactLabel) -> str:
         return encode_compact_label(self.key, KIND, name, label)
@@ -147,16 +141,8 @@ class RabbitMQSession:
         name = user_name(self.settings, spec.grant_id)
         existing = self._user(name)
         label = self._label(existing)
-        if existing is not None and label is None:
-            raise Refused(
-                "request_id", f"user {name!r} exists and was not created by this connector"
-            )
-        if self._label(self._user(tombstone_name(self.settings, spec.grant_id))) is not None:
-            raise Refused("request_id", "this grant was already revoked; it will not be made again")
-        if label is not None and label.digest != digest:
-            raise Refused(
-                "request_id", "another request with this request id was granted; refusing this one"
-            )
+        stone = self._label(self._user(tombstone_name(self.settings, spec.grant_id)))
+        userledger.check_grantable(name, existing is not None, label, stone is not None, digest)
         # With a connector label key every delivery computes the same password, so a
         # redelivery completes the grant and hands out the same credentials. Without one a
         # redelivery sets a new password (a user has one): `jitc catalog check` warns of that.
@@ -276,14 +262,7 @@ class RabbitMQSession:
     ) -> None:
         """A user that cannot log in (no password, no permissions) whose label remembers the
         revoke until `until`, so a late or repeated grant is refused until then."""
-        stone = CompactLabel(
-            self.integration,
-            grant_id,
-            "tombstone",
-            until,
-            live.permission if live else "-",
-            live.digest if live else "-" * 8,
-        )
+        stone = userledger.tombstone_label(self.integration, grant_id, until, live)
         self._call(
             "PUT",
             f"/api/users/{quote(stone_name, safe='')}",
@@ -331,22 +310,8 @@ class RabbitMQSession:
         grants = []
         for user in self._call("GET", "/api/users").json():
             label = self._label(user)
-            if label is None:
-                continue
-            grants.append(
-                Grant(
-                    grant_id=label.grant_id,
-                    request_id="",
-                    integration=label.integration,
-                    permission=label.permission,
-                    kind=KIND,
-                    principal=str(user["name"]),
-                    identity="",
-                    expires_at=label.expires_at,
-                    state=label.state,
-                    detail={"digest": label.digest},
-                )
-            )
+            if label is not None:
+                grants.append(userledger.grant_of(KIND, str(user["name"]), label))
         return grants
 
     def inventory(self) -> dict[str, list[str]]:

@@ -27,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from jitc.errors import Refused
 from jitc.labels import LabelKey, spec_digest
 from jitc.secrets import Secret
+from jitc.templates import userledger
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
 from jitc.templates.transport import is_loopback
 
@@ -200,12 +201,11 @@ class Permission(PermissionSettings):
 
 
 def user_name(connection: Connection, grant_id: str) -> str:
-    """A pure function of the grant: every delivery and the revoke find the user by name."""
-    return f"{connection.user_prefix}{grant_id}"
+    return userledger.user_name(connection.user_prefix, grant_id)
 
 
 def tombstone_name(connection: Connection, grant_id: str) -> str:
-    return f"{connection.user_prefix}x-{grant_id}"
+    return userledger.tombstone_name(connection.user_prefix, grant_id)
 
 
 def acl_rules(

@@ -19,12 +19,12 @@ from jitc.errors import Refused, TargetError
 from jitc.labels import (
     CompactLabel,
     LabelKey,
-    decode_compact_label,
     encode_compact_label,
     spec_digest,
 )
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
+from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
 from jitc.templates.redis import (
     Connection,
@@ -163,20 +163,10 @@ class RedisSession:
         return self._label_in(name, tokens)
 
     def _label_in(self, name: str, tokens: Sequence[str]) -> CompactLabel | None:
-        for token in tokens:
-            if not token.startswith("&jitc1:"):
-                continue
-            label = decode_compact_label(self.key, KIND, name, token[1:])
-            if label is None or label.integration != self.integration:
-                continue
-            expected = (
-                tombstone_name(self.settings, label.grant_id)
-                if label.state == "tombstone"
-                else user_name(self.settings, label.grant_id)
-            )
-            if expected == name:
-                return label
-        return None
+        texts = (token[1:] for token in tokens if token.startswith("&"))
+        return userledger.owned_label(
+            self.key, KIND, self.integration, self.settings.user_prefix, name, texts
+        )
 
     def _get(self, *names: str) -> list[User]:
         return [_user(r) for r in self._run([("ACL", "GETUSER", name) for name in names])]
@@ -191,16 +181,8 @@ class RedisSession:
         stone_name = tombstone_name(self.settings, spec.grant_id)
         user, stone = self._read_for_grant(name, stone_name)
         label = self._label(name, user)
-        if user is not None and label is None:
-            raise Refused(
-                "request_id", f"user {name!r} exists and was not created by this connector"
-            )
-        if self._label(stone_name, stone) is not None:
-            raise Refused("request_id", "this grant was already revoked; it will not be made again")
-        if label is not None and label.digest != digest:
-            raise Refused(
-                "request_id", "another request with this request id was granted; refusing this one"
-            )
+        tombstoned = self._label(stone_name, stone) is not None
+        userledger.check_grantable(name, user is not None, label, tombstoned, digest)
         # With a connector label key every delivery computes the same password, so a
         # redelivery hands out the same credentials; without one it adds a password, which
         # leaves the first delivery's credentials working.
@@ -324,14 +306,7 @@ class RedisSession:
         """A user that cannot log in and may run nothing, whose label remembers the revoke
         until `until`, so a late or repeated grant is refused until then."""
         name = tombstone_name(self.settings, grant_id)
-        stone = CompactLabel(
-            self.integration,
-            grant_id,
-            "tombstone",
-            until,
-            live.permission if live else "-",
-            live.digest if live else "-" * 8,
-        )
+        stone = userledger.tombstone_label(self.integration, grant_id, until, live)
         return (
             "ACL",
             "SETUSER",
@@ -379,21 +354,7 @@ class RedisSession:
         return found
 
     def active_grants(self) -> list[Grant]:
-        return [
-            Grant(
-                grant_id=label.grant_id,
-                request_id="",
-                integration=label.integration,
-                permission=label.permission,
-                kind=KIND,
-                principal=name,
-                identity="",
-                expires_at=label.expires_at,
-                state=label.state,
-                detail={"digest": label.digest},
-            )
-            for name, label in self._listing()
-        ]
+        return [userledger.grant_of(KIND, name, label) for name, label in self._listing()]
 
     def inventory(self) -> dict[str, list[str]]:
         users = [str(u) for u in self._run([("ACL", "USERS")])[0]]
