@@ -15,17 +15,14 @@ on one connection: grants per second.
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pymysql
+from _userbench import machine as host_line
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
@@ -203,19 +200,9 @@ def cleanup() -> int:
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "?",
-    )
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
     with connect() as conn:
         version = execute(conn, "SELECT VERSION()")[0][0]
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{now}; nproc {nproc}; CPU {cpu}; {version}; Python {platform.python_version()}"
+    return host_line(str(version), f"PyMySQL {pymysql.__version__}")
 
 
 def main() -> None:

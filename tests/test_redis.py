@@ -534,6 +534,37 @@ def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> Non
             encode_compact_label(key, "redis", "jit-a", bad)
 
 
+def direct_spec(grant_id: str, permission: str, resources: tuple[str, ...]) -> GrantSpec:
+    """A grant as the engine would hand it to a session opened by the test itself."""
+    return GrantSpec(
+        grant_id=grant_id,
+        request_id=f"r-{grant_id}",
+        integration=INTEGRATION,
+        permission_name=permission,
+        permission=RedisPermission(template=permission, resources=list(resources)),
+        resources=resources,
+        identity=Identity(email=f"{permission}@example.com"),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        request_digest=f"d-{permission}-{grant_id}",
+    )
+
+
+def raced_before(session: Any, method: str, race: Callable[[], Any]) -> list[Any]:
+    """Make the session's `method` (a read) run `race` once, right after the read: another
+    worker acting between this session's read and its write. Returns what `race` returned."""
+    read = getattr(session, method)
+    raced: list[Any] = []
+
+    def read_then_race(*names: str) -> list[Any]:
+        found = read(*names)
+        if not raced:
+            raced.append(race())
+        return list(found)
+
+    setattr(session, method, read_then_race)
+    return raced
+
+
 def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) -> None:
     """The revoke reads the server just before a concurrent delivery makes the user: the
     tombstone must be written before the revoke looks for the user, or the user outlives it."""
@@ -546,27 +577,8 @@ def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) ->
         INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
     )
     grant_id = derive_grant_id(INTEGRATION, f"race-{secrets.token_hex(4)}")
-    spec = GrantSpec(
-        grant_id=grant_id,
-        request_id=f"r-{grant_id}",
-        integration=INTEGRATION,
-        permission_name="read-only",
-        permission=RedisPermission(template="read-only", resources=[KEYS]),
-        resources=(KEYS,),
-        identity=Identity(email="alice@example.com"),
-        expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        request_digest=f"d-{grant_id}",
-    )
-    first_read = revoker._get
-    raced = []
-
-    def read_then_race(*names: str) -> list[Any]:
-        found = first_read(*names)
-        if not raced:
-            raced.append(granter.grant(spec))
-        return found
-
-    revoker._get = read_then_race  # type: ignore[method-assign]
+    spec = direct_spec(grant_id, "read-only", (KEYS,))
+    raced = raced_before(revoker, "_get", lambda: granter.grant(spec))
     result = revoker.revoke(grant_id, datetime.now(UTC) + timedelta(hours=1))
     name = f"{PREFIX}{grant_id}"
     try:
@@ -697,31 +709,9 @@ def test_two_requests_racing_under_one_grant_id_never_share_rules(env: Env) -> N
     )
     grant_id = derive_grant_id(INTEGRATION, f"twin-{secrets.token_hex(4)}")
 
-    def spec(permission: str, resources: tuple[str, ...]) -> GrantSpec:
-        return GrantSpec(
-            grant_id=grant_id,
-            request_id=f"r-{grant_id}",
-            integration=INTEGRATION,
-            permission_name=permission,
-            permission=RedisPermission(template=permission, resources=list(resources)),
-            resources=resources,
-            identity=Identity(email=f"{permission}@example.com"),
-            expires_at=datetime.now(UTC) + timedelta(minutes=15),
-            request_digest=f"d-{permission}-{grant_id}",
-        )
-
-    wide = spec("read-write", (KEYS,))
-    narrow = spec("read-only", (OTHER_KEYS,))
-    read = first._read_for_grant
-    raced = []
-
-    def read_then_race(*names: str) -> list[Any]:
-        found = read(*names)
-        if not raced:
-            raced.append(second.grant(wide))
-        return found
-
-    first._read_for_grant = read_then_race  # type: ignore[method-assign]
+    wide = direct_spec(grant_id, "read-write", (KEYS,))
+    narrow = direct_spec(grant_id, "read-only", (OTHER_KEYS,))
+    raced = raced_before(first, "_read_for_grant", lambda: second.grant(wide))
     try:
         won = first.grant(narrow)
         assert raced and won.credentials is not None
