@@ -17,7 +17,6 @@ and every value is first checked against a narrow pattern, so neither can leave 
 from __future__ import annotations
 
 import re
-import string
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -28,6 +27,7 @@ from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+from jitc.templates.statements import check_placeholders
 
 if TYPE_CHECKING:
     from jitc.templates.mysql_session import MySQLSession
@@ -141,17 +141,7 @@ class Permission(PermissionSettings):
     @field_validator("statements")
     @classmethod
     def _placeholders(cls, statements: list[str] | None) -> list[str] | None:
-        for index, text in enumerate(statements or []):
-            for _, name, spec, conversion in string.Formatter().parse(text):
-                if name is None:
-                    continue
-                if name not in PLACEHOLDERS or spec or conversion:
-                    raise ValueError(
-                        f"statement {index}: unknown placeholder {{{name}}} "
-                        f"(allowed: {', '.join(sorted('{' + p + '}' for p in PLACEHOLDERS))})"
-                    )
-            if "{user}" not in text:
-                raise ValueError(f"statement {index}: must name {{user}}")
+        for index, text in enumerate(check_placeholders(statements, PLACEHOLDERS, "user") or []):
             if "{database}.*" in text.replace("`", ""):
                 # At database level `_` and `%` are wildcards: {object} escapes them.
                 raise ValueError(f"statement {index}: write {{object}}, not {{database}}.*")

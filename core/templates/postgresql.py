@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import string
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -23,6 +22,7 @@ from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+from jitc.templates.statements import check_placeholders
 
 PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
 MASK = "'********'"
@@ -214,18 +214,7 @@ class Permission(PermissionSettings):
     @field_validator("statements")
     @classmethod
     def _placeholders(cls, statements: list[str] | None) -> list[str] | None:
-        for index, text in enumerate(statements or []):
-            for _, name, spec, conversion in string.Formatter().parse(text):
-                if name is None:
-                    continue
-                if name not in PLACEHOLDERS or spec or conversion:
-                    raise ValueError(
-                        f"statement {index}: unknown placeholder {{{name}}} "
-                        f"(allowed: {', '.join(sorted('{' + p + '}' for p in PLACEHOLDERS))})"
-                    )
-            if "{role}" not in text:
-                raise ValueError(f"statement {index}: must name {{role}}")
-        return statements
+        return check_placeholders(statements, PLACEHOLDERS, "role")
 
     @model_validator(mode="after")
     def _mode(self) -> Permission:
