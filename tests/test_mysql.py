@@ -16,7 +16,17 @@ from typing import Any
 
 import pymysql
 import pytest
-from contract_mysql import ADMIN, DATABASE, LEDGER, PREFIX, MySQLTarget, root, run
+from contract_mysql import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    DATABASE,
+    LEDGER,
+    PREFIX,
+    MySQLTarget,
+    admin_grants,
+    root,
+    run,
+)
 from contract_targets import LABEL_KEY, ContractEnv, catalog_doc, make_env
 
 from jitc.catalog import catalog_warnings, parse_catalog
@@ -637,3 +647,103 @@ def test_a_revoke_whose_lock_is_held_still_ends_access_and_is_retried(
     done = env.engine.execute(env.request("revoke", request_id="m-held"))
     assert done.status == "revoked" and done.verified
     assert outcome.principal not in target.principals()
+
+
+def _ledger_rows(target: MySQLTarget, grant_id: str | None) -> list[Any]:
+    return run(
+        target.admin, f"SELECT grant_id FROM `{LEDGER}`.grants WHERE grant_id = %s", grant_id
+    )
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # Through a role: `mid` holds `boss`, which holds CREATE USER.
+        "GRANT `{mid}` TO {{user}}",
+        # A role's ADMIN OPTION: `keeper` may hand `readers` to anyone.
+        "GRANT `{keeper}` TO {{user}}",
+        # The grant option: the grantee could give its access to an account that outlives it.
+        "GRANT SELECT ON {{object}} TO {{user}} WITH GRANT OPTION",
+    ],
+)
+def test_a_privileged_grant_that_could_rename_or_repassword_accounts_is_refused(
+    target: MySQLTarget, roles: dict[str, str], statement: str
+) -> None:
+    """An account that may create, rename or re-password accounts (or pass its access on)
+    could rename itself under a new password, and no revoke would find it: such a grant is
+    refused, even for a privileged permission, with nothing of it left in the server."""
+    permissions = {
+        "wide": {
+            "statements": [statement.format(**roles)],
+            "resources": [DATABASE],
+            "privileged": True,
+        }
+    }
+    env = make_env(target, catalog_doc(target, permissions=permissions))
+    before = target.snapshot()
+    outcome = env.engine.execute(env.request(permission="wide"))
+    assert outcome.status == "refused" and outcome.field == "permission", outcome
+    assert target.principals() == set() and target.snapshot() == before
+    assert _ledger_rows(target, outcome.grant_id) == []
+    # A privileged grant that reaches no account administration is made.
+    fine = {"statements": [f"GRANT `{roles['readers']}` TO {{user}}"], "resources": [DATABASE]}
+    env = make_env(target, catalog_doc(target, permissions={"fine": {**fine, "privileged": True}}))
+    made = env.engine.execute(env.request(permission="fine"))
+    assert made.status == "granted", made
+    target.reset()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["GRANT CREATE USER ON *.* TO {user}", "GRANT UPDATE ON mysql.global_priv TO {user}"],
+)
+def test_account_administration_granted_directly_is_refused(
+    target: MySQLTarget, statement: str
+) -> None:
+    """With an admin that could hand them out, CREATE USER or a write on the grant tables."""
+    boss = f"{FOREIGN}boss_admin"
+    conn = target.admin
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
+    try:
+        for grant in admin_grants(DATABASE, LEDGER):
+            run(conn, grant.format(admin=f"'{boss}'@'%'"))
+        run(conn, f"GRANT CREATE USER ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
+        run(conn, f"GRANT UPDATE ON mysql.global_priv TO '{boss}'@'%' WITH GRANT OPTION")
+        permissions = {
+            "wide": {"statements": [statement], "resources": [DATABASE], "privileged": True}
+        }
+        doc = catalog_doc(target, connection=target.connection(user=boss), permissions=permissions)
+        env = make_env(target, doc)
+        outcome = env.engine.execute(env.request(permission="wide"))
+        assert outcome.status == "refused" and outcome.field == "permission", outcome
+        assert target.principals() == set()
+        assert _ledger_rows(target, outcome.grant_id) == []
+    finally:
+        run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
+
+
+def test_a_plain_grantee_cannot_rename_itself_and_its_own_new_password_ends_with_it(
+    env: ContractEnv,
+) -> None:
+    """The name is how the revoke finds the account: a grantee may change its own password
+    (MariaDB lets every account do that), but not its name, nor anyone else's password."""
+    outcome = env.engine.execute(env.request(request_id="m-selfpw"))
+    creds = env.credentials(outcome.sealed_credentials)
+    live = env.target.login(creds)
+    me = f"'{outcome.principal}'@'%'"
+    for hostile in (
+        f"RENAME USER {me} TO '{FOREIGN}hidden'@'%'",
+        f"CREATE USER '{FOREIGN}spare'@'%' IDENTIFIED BY 'x'",
+        f"SET PASSWORD FOR '{ADMIN}'@'%' = PASSWORD('x')",
+        f"ALTER USER '{ADMIN}'@'%' IDENTIFIED BY 'x'",
+    ):
+        with pytest.raises(pymysql.err.OperationalError):
+            run(live, hostile)
+    run(live, "SET PASSWORD = PASSWORD('mine-now')")
+    revoke = env.engine.execute(env.request("revoke", request_id="m-selfpw"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not env.target.alive(live)
+    assert not env.can_login({**creds, "password": "mine-now"})
+    assert not run(
+        env.target.admin, "SELECT User FROM mysql.user WHERE User LIKE %s", f"{FOREIGN}%"
+    )

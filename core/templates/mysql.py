@@ -134,8 +134,10 @@ class Permission(PermissionSettings):
     privileged: bool = Field(
         default=False,
         description="allow statements beyond `GRANT <object privileges> ON {object} TO {user}`: "
-        "the grant option, ALL, global, admin and PROXY privileges, roles, routines, events, "
-        "triggers, and any other statement",
+        "ALL, global, admin and PROXY privileges, roles, routines, events, triggers, and any "
+        "other statement; a grant whose account then reaches account administration (CREATE "
+        "USER, writes on the mysql grant tables, the grant option, a role's ADMIN OPTION) is "
+        "still refused",
     )
 
     @field_validator("statements")

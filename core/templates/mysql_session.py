@@ -303,6 +303,14 @@ class MySQLSession:
                     self._write(name, {**found[1], "auth": auth})
             for statement in statements:
                 self._run(statement)
+            if permission.privileged and self._administers_accounts(name):
+                self._undo(spec.grant_id, name)
+                raise Refused(
+                    "permission",
+                    "these statements let the account create, rename or re-password accounts, "
+                    "or pass its privileges on: it could outlive its revoke under another name "
+                    "or password, so the grant is refused even for a privileged permission",
+                )
         return GrantResult(
             principal=name,
             credentials={
@@ -452,6 +460,56 @@ class MySQLSession:
         each = (host, *names)
         args = each + each + each + guarded + each + guarded + each + guarded + each + guarded
         return bool(self._one(query, args))
+
+    def _administers_accounts(self, name: str) -> bool:
+        """Whether the account, itself or through any role it holds, may create, rename or
+        re-password accounts (CREATE USER, or a write on the grant tables in `mysql`: global
+        INSERT, UPDATE or DELETE, or those on the `mysql` database or its tables), or pass a
+        privilege on (the grant option anywhere, a role's ADMIN OPTION). Such an account could
+        rename itself and change its password, and no revoke could find it again."""
+        host = self.settings.user_host
+        roles = {
+            str(r[0])
+            for r in self._rows(
+                "SELECT Role FROM mysql.roles_mapping WHERE User = %s AND Host = %s", (name, host)
+            )
+        }
+        reached: set[str] = set()
+        for role in roles:
+            reached |= self._roles_reached(role)
+        admin_bits = 2 | 4 | 8 | 1024 | 33554432  # INSERT UPDATE DELETE GRANT CREATE-USER
+        checks = [(name, host)] + [(role, "") for role in sorted(reached)]
+        for user, user_host in checks:
+            if self._one(
+                "SELECT (SELECT COUNT(*) FROM mysql.global_priv WHERE User = %s AND Host = %s "
+                "AND CAST(JSON_VALUE(Priv, '$.access') AS UNSIGNED) & %s <> 0) + "
+                "(SELECT COUNT(*) FROM mysql.roles_mapping WHERE User = %s AND Host = %s "
+                "AND Admin_option = 'Y') + "
+                "(SELECT COUNT(*) FROM mysql.db WHERE User = %s AND Host = %s AND "
+                "(Grant_priv = 'Y' OR ('mysql' LIKE Db AND "
+                "'Y' IN (Insert_priv, Update_priv, Delete_priv)))) + "
+                "(SELECT COUNT(*) FROM mysql.tables_priv WHERE User = %s AND Host = %s AND "
+                "(FIND_IN_SET('Grant', Table_priv) OR (Db = 'mysql' AND "
+                "(FIND_IN_SET('Insert', Table_priv) OR FIND_IN_SET('Update', Table_priv) "
+                "OR FIND_IN_SET('Delete', Table_priv))))) + "
+                "(SELECT COUNT(*) FROM mysql.procs_priv WHERE User = %s AND Host = %s "
+                "AND FIND_IN_SET('Grant', Proc_priv))",
+                (user, user_host, admin_bits, *((user, user_host) * 4)),
+            ):
+                return True
+        return False
+
+    def _undo(self, grant_id: str, name: str) -> None:
+        """Take back a grant refused after its statements ran; no credentials went out."""
+        who = account(self.settings, name)
+        self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+        self._kill(name)
+        self._run(f"DROP USER IF EXISTS {who}")
+        self._run(
+            f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
+            f"{ident(event_name(grant_id))}"
+        )
+        self._delete(grant_id)
 
     def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
         return {
