@@ -141,8 +141,18 @@ class RabbitMQSession:
         name = user_name(self.settings, spec.grant_id)
         existing = self._user(name)
         label = self._label(existing)
-        stone = self._label(self._user(tombstone_name(self.settings, spec.grant_id)))
-        userledger.check_grantable(name, existing is not None, label, stone is not None, digest)
+        stone_name = tombstone_name(self.settings, spec.grant_id)
+        stone_user = self._user(stone_name)
+        stone = self._label(stone_user)
+        userledger.check_grantable(
+            name,
+            existing is not None,
+            label,
+            stone_name,
+            stone_user is not None and stone is None,
+            stone is not None,
+            digest,
+        )
         # With a connector label key every delivery computes the same password, so a
         # redelivery completes the grant and hands out the same credentials. Without one a
         # redelivery sets a new password (a user has one): `jitc catalog check` warns of that.
@@ -222,6 +232,21 @@ class RabbitMQSession:
             stone_name = tombstone_name(self.settings, grant_id)
             live = self._label(users.get(name))
             stone = self._label(users.get(stone_name))
+            if stone is None and users.get(stone_name) is not None:
+                # Someone else's user holds the tombstone's name: never overwritten. Grants
+                # are refused while it is there; the revoke says so until it is gone.
+                blocked = f"user {stone_name} holds this grant's tombstone name; none written"
+                if live is not None:
+                    self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
+                gone = live is None or self._user(name) is None
+                results[grant_id] = RevokeResult(
+                    found=True,
+                    principal=name,
+                    expires_at=live.expires_at if live else None,
+                    residual=[blocked] if gone else [blocked, f"user {name} still exists"],
+                    verified=False,
+                )
+                continue
             if live is None and stone is None:
                 # A grant writes its user and then looks for the tombstone, so the user is looked
                 # for again once the tombstone is there: a delivery racing this revoke either

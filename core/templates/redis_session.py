@@ -182,7 +182,9 @@ class RedisSession:
         user, stone = self._read_for_grant(name, stone_name)
         label = self._label(name, user)
         tombstoned = self._label(stone_name, stone) is not None
-        userledger.check_grantable(name, user is not None, label, tombstoned, digest)
+        userledger.check_grantable(
+            name, user is not None, label, stone_name, stone is not None, tombstoned, digest
+        )
         # With a connector label key every delivery computes the same password, so a
         # redelivery hands out the same credentials; without one it adds a password, which
         # leaves the first delivery's credentials working.
@@ -247,12 +249,19 @@ class RedisSession:
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}
         unseen: list[str] = []
+        taken: dict[str, str] = {}
         for index, grant_id in enumerate(grant_ids):
             label = self._label(names[index], found[index])
-            has_stone = self._label(stones[index], found[len(grant_ids) + index]) is not None
+            stone_user = found[len(grant_ids) + index]
+            has_stone = self._label(stones[index], stone_user) is not None
             if label is not None:
                 live[grant_id] = (names[index], label)
             if has_stone:
+                continue
+            if stone_user is not None:
+                # Someone else's user holds the tombstone's name: it is never overwritten.
+                # Grants are refused while it is there; the revoke says so until it is gone.
+                taken[grant_id] = stones[index]
                 continue
             if label is None:
                 changes.append(self._tombstone(grant_id, tombstone_until, None))
@@ -284,11 +293,21 @@ class RedisSession:
         sessions = self._sessions_of(doomed) if open_now or late else {}
         results: dict[str, RevokeResult] = {}
         for grant_id in grant_ids:
+            blocked = (
+                [f"user {taken[grant_id]} holds this grant's tombstone name; no tombstone written"]
+                if grant_id in taken
+                else []
+            )
             if grant_id not in live:
-                results[grant_id] = RevokeResult(found=False)
+                results[grant_id] = (
+                    RevokeResult(found=True, residual=blocked, verified=False)
+                    if blocked
+                    else RevokeResult(found=False)
+                )
                 continue
             name, label = live[grant_id]
             residual = [f"user {name} still exists"] if remaining[name] is not None else []
+            residual += blocked
             if sessions.get(name):
                 residual.append(f"{sessions[name]} connection(s) of {name} still open")
             results[grant_id] = RevokeResult(

@@ -43,14 +43,27 @@ def owned_label(
 
 
 def check_grantable(
-    name: str, exists: bool, label: CompactLabel | None, tombstoned: bool, digest: str
+    name: str,
+    exists: bool,
+    label: CompactLabel | None,
+    stone_name: str,
+    stone_exists: bool,
+    tombstoned: bool,
+    digest: str,
 ) -> None:
-    """Refuse a grant on a user the connector did not make, of a revoked grant, or under a
-    request id another request was granted with."""
+    """Refuse a grant on a user the connector did not make, of a revoked grant, under a
+    request id another request was granted with, or whose tombstone's name a user the
+    connector did not make holds (its revoke could not remember itself)."""
     if exists and label is None:
         raise Refused("request_id", f"user {name!r} exists and was not created by this connector")
     if tombstoned:
         raise Refused("request_id", "this grant was already revoked; it will not be made again")
+    if stone_exists:
+        raise Refused(
+            "request_id",
+            f"user {stone_name!r}, the name of this grant's tombstone, exists and was not "
+            "created by this connector",
+        )
     if label is not None and label.digest != digest:
         raise Refused(
             "request_id", "another request with this request id was granted; refusing this one"
