@@ -30,7 +30,7 @@ from jitc.local import MemorySink, NullScheduler
 from jitc.messages import Work, parse_request
 from jitc.models import AccessRequest, utcnow
 from jitc.sealing import box_keypair
-from jitc.secrets import local_stores
+from jitc.secrets import EnvSecretStore, SecretStores
 from jitc.templates.mysql import MASK, literal
 from jitc.templates.mysql_session import native_password_hash
 
@@ -52,6 +52,7 @@ def execute(conn: Conn, statement: str, args: Any = None) -> list[Any]:
 ENGINE = Engine(
     parse_catalog(
         {
+            "connector": {"label_key": "mem:label"},
             "integrations": {
                 INTEGRATION: {
                     "kind": "mysql",
@@ -67,7 +68,7 @@ ENGINE = Engine(
             }
         }
     ),
-    local_stores(),
+    SecretStores({"mem": EnvSecretStore({"label": secrets.token_urlsafe(32)})}),
     NullScheduler(),
     MemorySink(),
 )

@@ -66,6 +66,8 @@ class RedisSession:
         self.settings = connection
         self.key = labels.required(label_key)
         self._save: bool | None = {"always": True, "never": False}.get(connection.acl_save)
+        # Users the last ACL LIST showed as ours, until a revoke of this batch uses them.
+        self._listed: dict[str, User] = {}
         # No PING: the connection opens with the first pipeline, which reports a failure to
         # connect or to log in like any other (one round trip fewer per batch).
         self.client: redis.Redis = redis.Redis(
@@ -185,9 +187,8 @@ class RedisSession:
         userledger.check_grantable(
             name, user is not None, label, stone_name, stone is not None, tombstoned, digest
         )
-        # With a connector label key every delivery computes the same password, so a
-        # redelivery hands out the same credentials; without one it adds a password, which
-        # leaves the first delivery's credentials working.
+        # Every delivery computes the same password from the connector's label key, so a
+        # redelivery hands out the same credentials and `resetpass` changes nothing.
         password = self.key.password(KIND, self.integration, spec.grant_id, digest)
         password = password or secrets.token_urlsafe(24)
         mine = CompactLabel(
@@ -244,7 +245,14 @@ class RedisSession:
         wrote the user before the tombstone, and then the second look finds it."""
         names = [user_name(self.settings, g) for g in grant_ids]
         stones = [tombstone_name(self.settings, g) for g in grant_ids]
-        found = self._get(*names, *stones)
+        # The sweep revokes what the ACL LIST of this same session found due, a moment ago: the
+        # users it listed are not read again (each `ACL GETUSER` of a user costs Redis 7.0 a
+        # description of its rules). Only an ACL administrator could change them in between.
+        listed = {n: self._listed.pop(n) for n in names if n in self._listed}
+        unread = [n for n in names if n not in listed]
+        reads = dict(zip([*unread, *stones], self._get(*unread, *stones), strict=True))
+        reads.update(listed)
+        found = [reads[n] for n in (*names, *stones)]
         now = utcnow()
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}
@@ -370,6 +378,7 @@ class RedisSession:
             label = self._label_in(parts[1], parts[2:])
             if label is not None:
                 found.append((parts[1], label))
+                self._listed[parts[1]] = {"channels": [p for p in parts[2:] if p[:1] == "&"]}
         return found
 
     def active_grants(self) -> list[Grant]:
