@@ -534,6 +534,16 @@ def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> Non
             encode_compact_label(key, "redis", "jit-a", bad)
 
 
+def admin_sessions(env: Env, count: int) -> list[Any]:
+    """Sessions opened by the test itself, as separate workers would hold them."""
+    integration = env.engine.catalog.integration(INTEGRATION)
+    key = LabelKey.from_secret(LABEL_KEY)
+    return [
+        integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key)
+        for _ in range(count)
+    ]
+
+
 def direct_spec(grant_id: str, permission: str, resources: tuple[str, ...]) -> GrantSpec:
     """A grant as the engine would hand it to a session opened by the test itself."""
     return GrantSpec(
@@ -568,14 +578,7 @@ def raced_before(session: Any, method: str, race: Callable[[], Any]) -> list[Any
 def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) -> None:
     """The revoke reads the server just before a concurrent delivery makes the user: the
     tombstone must be written before the revoke looks for the user, or the user outlives it."""
-    integration = env.engine.catalog.integration(INTEGRATION)
-    key = LabelKey.from_secret(LABEL_KEY)
-    granter = integration.template.open(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
-    )
-    revoker = integration.template.open(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
-    )
+    granter, revoker = admin_sessions(env, 2)
     grant_id = derive_grant_id(INTEGRATION, f"race-{secrets.token_hex(4)}")
     spec = direct_spec(grant_id, "read-only", (KEYS,))
     raced = raced_before(revoker, "_get", lambda: granter.grant(spec))
@@ -699,14 +702,7 @@ def test_custom_rule_lists_cannot_readmit_what_the_template_denies(
 def test_two_requests_racing_under_one_grant_id_never_share_rules(env: Env) -> None:
     """Two different requests under one request id, both read before either writes: the
     loser's credentials must never log in, and the winner's carry only its own rules."""
-    integration = env.engine.catalog.integration(INTEGRATION)
-    key = LabelKey.from_secret(LABEL_KEY)
-    first = integration.template.open(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
-    )
-    second = integration.template.open(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key
-    )
+    first, second = admin_sessions(env, 2)
     grant_id = derive_grant_id(INTEGRATION, f"twin-{secrets.token_hex(4)}")
 
     wide = direct_spec(grant_id, "read-write", (KEYS,))

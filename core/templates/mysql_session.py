@@ -501,6 +501,12 @@ class MySQLSession:
 
     def _undo(self, grant_id: str, name: str) -> None:
         """Take back a grant refused after its statements ran; no credentials went out."""
+        self._end_account(grant_id, name)
+        self._delete(grant_id)
+
+    def _end_account(self, grant_id: str, name: str) -> None:
+        """Lock the account first, so no new connection starts while the old ones are killed,
+        then drop it and its expiry event."""
         who = account(self.settings, name)
         self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
         self._kill(name)
@@ -509,7 +515,6 @@ class MySQLSession:
             f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
             f"{ident(event_name(grant_id))}"
         )
-        self._delete(grant_id)
 
     def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
         return {
@@ -564,16 +569,8 @@ class MySQLSession:
                 self._write(name, {**label, "state": "revoking"})
             if label.get("mode") == "membership":
                 return self._revoke_membership(grant_id, name, label, tombstone_until)
-            who = account(self.settings, name)
             existed = self._user_exists(name)
-            # Locked first, so no new connection can start while the old ones are killed.
-            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
-            self._kill(name)
-            self._run(f"DROP USER IF EXISTS {who}")
-            self._run(
-                f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
-                f"{ident(event_name(grant_id))}"
-            )
+            self._end_account(grant_id, name)
             # Once more after the drop: a login that passed its password check just before the
             # lock shows up in the process list only after it.
             left = self._kill(name)
