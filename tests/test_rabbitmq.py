@@ -493,21 +493,13 @@ def test_a_revoke_racing_a_delivery_of_the_same_grant_still_ends_it(env: Env) ->
 
 
 def test_a_stranger_holding_a_tombstone_name_is_never_overwritten(env: Env) -> None:
-    """A user the connector did not make, under the name a grant's tombstone would take: the
-    revoke ends the grant's access but never overwrites that user, and stays unverified; a
-    grant whose tombstone name is taken is refused."""
-    grant = env.engine.execute(env.request(request_id="stone-1"))
-    creds = env.credentials(grant.sealed_credentials)
-    taken = f"{PREFIX}x-{grant.grant_id}"
-    early = f"{PREFIX}x-{derive_grant_id(INTEGRATION, 'stone-2')}"
-    for name in (taken, early):
+    def make_user(name: str) -> None:
         env.root.put(f"/api/users/{name}", json={"password": "x", "tags": ""}).raise_for_status()
-    before = {n: u for n, u in users(env.root).items() if n in (taken, early)}
-    revoke = env.engine.execute(env.request("revoke", request_id="stone-1"))
-    assert revoke.status == "failed" and not revoke.verified, revoke
-    assert any(taken in line for line in revoke.residual), revoke.residual
-    assert not env.can_login(creds)
-    refused = env.engine.execute(env.request(request_id="stone-2"))
-    assert refused.status == "refused" and "tombstone" in str(refused.message), refused
-    assert env.engine.execute(env.request("revoke", request_id="stone-2")).status == "failed"
-    assert {n: u for n, u in users(env.root).items() if n in (taken, early)} == before
+
+    userenv.assert_taken_tombstone_names_are_left_alone(
+        env,
+        PREFIX,
+        make_user,
+        lambda names: {n: u for n, u in users(env.root).items() if n in names},
+        env.can_login,
+    )

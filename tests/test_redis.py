@@ -725,21 +725,10 @@ def test_two_requests_racing_under_one_grant_id_never_share_rules(env: Env) -> N
 
 
 def test_a_stranger_holding_a_tombstone_name_is_never_overwritten(env: Env) -> None:
-    """A user the connector did not make, under the name a grant's tombstone would take: the
-    revoke ends the grant's access but never resets that user, and stays unverified (no
-    tombstone could be written); a grant whose tombstone name is taken is refused."""
-    grant = env.engine.execute(env.request(request_id="stone-1"))
-    creds = env.credentials(grant.sealed_credentials)
-    taken = f"{PREFIX}x-{grant.grant_id}"
-    acl(env.root, "SETUSER", taken, "on", ">company", "~*", "+get")
-    early = f"{PREFIX}x-{derive_grant_id(INTEGRATION, 'stone-2')}"
-    acl(env.root, "SETUSER", early, "on", ">company", "~*", "+get")
-    before = {n: acl(env.root, "GETUSER", n) for n in (taken, early)}
-    revoke = env.engine.execute(env.request("revoke", request_id="stone-1"))
-    assert revoke.status == "failed" and not revoke.verified, revoke
-    assert any(taken in line for line in revoke.residual), revoke.residual
-    assert not env.can_login(creds)
-    refused = env.engine.execute(env.request(request_id="stone-2"))
-    assert refused.status == "refused" and "tombstone" in str(refused.message), refused
-    assert env.engine.execute(env.request("revoke", request_id="stone-2")).status == "failed"
-    assert {n: acl(env.root, "GETUSER", n) for n in (taken, early)} == before
+    userenv.assert_taken_tombstone_names_are_left_alone(
+        env,
+        PREFIX,
+        lambda name: acl(env.root, "SETUSER", name, "on", ">company", "~*", "+get"),
+        lambda names: {n: acl(env.root, "GETUSER", n) for n in names},
+        env.can_login,
+    )

@@ -15,7 +15,7 @@ from jitc.catalog import parse_catalog
 from jitc.engine import Engine
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
-from jitc.models import AccessRequest
+from jitc.models import AccessRequest, derive_grant_id
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, SecretStores
 
@@ -102,3 +102,30 @@ def assert_secrets_stay_out(env: UserEnv, doc: dict[str, Any], admin_password: s
         + [o.model_dump(mode="json") for o in env.sink.outcomes]
     )
     assert admin_password not in text and creds["password"] not in text
+
+
+def assert_taken_tombstone_names_are_left_alone(
+    env: UserEnv,
+    prefix: str,
+    make_user: Callable[[str], None],
+    read: Callable[[tuple[str, ...]], Any],
+    can_login: Callable[[dict[str, str]], bool],
+) -> None:
+    """A user the connector did not make, under the name a grant's tombstone would take: the
+    revoke ends the grant's access but never overwrites that user, and stays unverified (no
+    tombstone could be written); a grant whose tombstone name is taken is refused."""
+    grant = env.engine.execute(env.request(request_id="stone-1"))
+    creds = env.credentials(grant.sealed_credentials)
+    taken = f"{prefix}x-{grant.grant_id}"
+    early = f"{prefix}x-{derive_grant_id(env.integration, 'stone-2')}"
+    for name in (taken, early):
+        make_user(name)
+    before = read((taken, early))
+    revoke = env.engine.execute(env.request("revoke", request_id="stone-1"))
+    assert revoke.status == "failed" and not revoke.verified, revoke
+    assert any(taken in line for line in revoke.residual), revoke.residual
+    assert not can_login(creds)
+    refused = env.engine.execute(env.request(request_id="stone-2"))
+    assert refused.status == "refused" and "tombstone" in str(refused.message), refused
+    assert env.engine.execute(env.request("revoke", request_id="stone-2")).status == "failed"
+    assert read((taken, early)) == before
