@@ -127,6 +127,13 @@ class Connection(Settings):
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     admin_lock_timeout: str = Field(default="5s", pattern=_GUC_VALUE)
     admin_statement_timeout: str = Field(default="120s", pattern=_GUC_VALUE)
+    bundle_grace_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="the sweep leaves a bundle no grant uses alone this long after it was made "
+        "or refreshed: the grant that made it joins it just after",
+    )
     denied_groups: list[str] = Field(
         default_factory=list, description="groups never handed out, besides the built-in list"
     )

@@ -41,6 +41,12 @@ from jitc.templates.postgresql import (
     member_name,
     role_name,
 )
+from jitc.templates.postgresql_bundles import (
+    clean_bundles,
+    drop_idle_bundles,
+    join_lock,
+    public_create_databases,
+)
 from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
@@ -170,25 +176,63 @@ _END_BLOCKERS = (
 )
 
 
-_PUBLIC_CREATE = (
-    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a "
-    "  WHERE a.grantee OPERATOR(pg_catalog.=) 0 "
-    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE') "
-    "OR EXISTS (SELECT 1 FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a "
-    "  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() "
-    "  AND a.grantee OPERATOR(pg_catalog.=) 0 "
-    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')"
+# What the roles own in this database that someone else may use: relations with a grant to
+# another role, routines (PUBLIC may EXECUTE one whose ACL is the default), large objects with a
+# grant. Kind, schema, name, identity arguments (routines), the other roles in the ACL ('' for
+# PUBLIC).
+_REACH = (
+    "SELECT CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, "
+    "  n.nspname::pg_catalog.text, c.relname::pg_catalog.text, '', "
+    "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
+    "FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "CROSS JOIN pg_catalog.aclexplode(c.relacl) a "
+    "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
+    "WHERE c.relowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner GROUP BY 1, 2, 3, 4 "
+    "UNION ALL "
+    "SELECT 'ROUTINE', n.nspname::pg_catalog.text, p.proname::pg_catalog.text, "
+    "  pg_catalog.pg_get_function_identity_arguments(p.oid), "
+    "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
+    "FROM pg_catalog.pg_proc p "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace "
+    "CROSS JOIN pg_catalog.aclexplode(COALESCE(p.proacl, "
+    "  pg_catalog.acldefault('f', p.proowner))) a "
+    "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
+    "WHERE p.proowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.grantee OPERATOR(pg_catalog.<>) p.proowner GROUP BY 1, 2, 3, 4 "
+    "UNION ALL "
+    "SELECT 'LARGE OBJECT', '', l.oid::pg_catalog.text, '', "
+    "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
+    "FROM pg_catalog.pg_largeobject_metadata l "
+    "CROSS JOIN pg_catalog.aclexplode(l.lomacl) a "
+    "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
+    "WHERE l.lomowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.grantee OPERATOR(pg_catalog.<>) l.lomowner GROUP BY 1, 2, 3, 4"
 )
-# Bundles of this integration that own something, in any database, or carry role settings.
-_BUNDLE_LEFTOVERS = (
-    "SELECT r.rolname::pg_catalog.text, "
-    "  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d "
-    "    WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass "
-    "    AND d.refobjid OPERATOR(pg_catalog.=) r.oid AND d.deptype OPERATOR(pg_catalog.=) 'o'), "
-    "  EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s "
-    "    WHERE s.setrole OPERATOR(pg_catalog.=) r.oid) "
-    "FROM pg_catalog.pg_roles r WHERE pg_catalog.starts_with(r.rolname, %s)"
-)
+
+
+def _cut_reach(rows: Iterable[Sequence[Any]]) -> list[sql.Composed]:
+    """REVOKE ... CASCADE of every grant on the roles' objects to anyone else: no one reaches
+    the grantee's tables, its SECURITY DEFINER routines or its large objects through them while
+    a drop waits or fails. Names are bound as identifiers; a routine's argument list is the
+    server's own rendering (`pg_get_function_identity_arguments`, types quoted by the server),
+    the only form that names one overload."""
+    statements = []
+    for kind, schema, name, arguments, grantees in rows:
+        targets = sql.SQL(", ").join(
+            sql.SQL("PUBLIC") if not grantee else sql.Identifier(grantee) for grantee in grantees
+        )
+        if kind == "LARGE OBJECT":
+            target: sql.Composable = sql.SQL("LARGE OBJECT {}").format(sql.Literal(int(name)))
+        elif kind == "ROUTINE":
+            target = sql.SQL("ROUTINE {}({})").format(
+                sql.Identifier(schema, name), sql.SQL(str(arguments))
+            )
+        else:
+            target = sql.SQL("{} {}").format(sql.SQL(kind), sql.Identifier(schema, name))
+        statements.append(sql.SQL("REVOKE ALL ON {} FROM {} CASCADE").format(target, targets))
+    return statements
 
 
 def _names(names: Iterable[str]) -> sql.Composable:
@@ -310,7 +354,8 @@ class PostgreSQLSession:
         # Reported by the server at connect: no round trip. At connect current_user is the same.
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
-        self._public_create: bool | None = None
+        self._public_create: list[str] | None = None
+        self._authid_readable: bool | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
@@ -505,19 +550,21 @@ class PostgreSQLSession:
         return wanted
 
     def _refuse_public_create(self) -> None:
-        """Before 16 a member may SET ROLE its bundle: where PUBLIC may CREATE, it would make
-        objects the bundle owns, shared with every later member and outliving every revoke."""
+        """Before 16 a member may SET ROLE its bundle: where PUBLIC may CREATE, in any database
+        a member can connect to, it would make objects the bundle owns, shared with every later
+        member. Checked once per session, in every such database."""
         if self.server_version >= 16 or self.settings.allow_public_create:
             return
         if self._public_create is None:
-            row = self.conn.execute(_PUBLIC_CREATE).fetchone()
-            self._public_create = bool(row and row[0])
+            self._public_create = public_create_databases(self)
         if self._public_create:
             raise Refused(
                 "permission",
-                "PUBLIC may CREATE in a schema or in this database, and on PostgreSQL before 16 "
-                "a grantee could make objects as its shared bundle role; revoke that CREATE, or "
-                "set allow_public_create in the catalog",
+                "PUBLIC may CREATE in "
+                + ", ".join(self._public_create)
+                + ", which a grantee can reach; on PostgreSQL before 16 it could make objects "
+                "as its shared bundle role there. Revoke that CREATE, or set allow_public_create "
+                "in the catalog",
             )
 
     def _create_many(
@@ -527,10 +574,13 @@ class PostgreSQLSession:
         bundles: dict[int, list[str]],
         chunk: list[int],
     ) -> dict[int, GrantResult]:
-        statements: list[sql.Composable] = []
+        joined = [name for index in chunk for name in bundles[index]]
+        statements: list[sql.Composable] = list(join_lock(self.key, joined))
         results = {}
         for index in chunk:
-            results[index] = self._create(specs[index], names[index], bundles[index], statements)
+            results[index] = self._create(
+                specs[index], names[index], bundles[index], statements, lock=False
+            )
         self._run(statements)
         return results
 
@@ -540,9 +590,11 @@ class PostgreSQLSession:
         name: str,
         bundles: list[str],
         into: list[sql.Composable] | None = None,
+        lock: bool = True,
     ) -> GrantResult:
         """The grant's own statements, inside the caller's transaction; with `into`, they are
-        added there for the caller to send, not sent."""
+        added there for the caller to send, not sent. The bundles' shared locks come first
+        (unless the caller took them), so the sweep cannot drop a bundle this grant joins."""
         permission = spec.permission
         assert isinstance(permission, Permission)
         label: dict[str, Any] = {
@@ -566,7 +618,8 @@ class PostgreSQLSession:
             )
         else:
             password = self._password(spec)
-            statements = _user_statements(
+            statements = join_lock(self.key, bundles) if lock else []
+            statements += _user_statements(
                 self.settings,
                 spec,
                 name,
@@ -668,6 +721,8 @@ class PostgreSQLSession:
             "permission": spec.permission_name,
             "resource": resource,
             "fingerprint": fingerprint,
+            "database": self.settings.dbname,
+            "made_at": utcnow().isoformat(),
         }
         bundle = sql.Identifier(name)
         with self.conn.transaction():
@@ -894,6 +949,15 @@ class PostgreSQLSession:
         results: dict[str, RevokeResult] = {}
         live = self._retrying(lambda: self._classify(grant_ids, tombstone_until, results))
         if not live:
+            # A retry, or a revoke of a grant already gone: what members left on the bundles
+            # may still be there (an earlier attempt could not remove it), and while it is,
+            # no revoke says revoked.
+            leftovers = self._bundle_leftovers(None)
+            for result in results.values():
+                if leftovers and result.verified:
+                    result.residual = [*result.residual, *leftovers]
+                    result.verified = False
+                    result.found = True
             return results
         roles = [role for role, _ in live]
         labels = {role.name: label for role, label in live}
@@ -919,19 +983,10 @@ class PostgreSQLSession:
             dropped |= self._drop(
                 [r for r in others if not left[r.name]], labels, tombstone_until, residual
             )
-        if self.server_version < 16 and any(not label.get("member") for _, label in live):
-            # Before 16 a member could act as its bundle: what a bundle owns or has set was
-            # made by some member and is still reachable by others.
-            leftovers = [
-                f"bundle {name} owns {owned} object(s)" if owned else f"bundle {name} has settings"
-                for name, owned, settings in self.conn.execute(
-                    _BUNDLE_LEFTOVERS, (self.settings.role_prefix + "b_",)
-                ).fetchall()
-                if owned or settings
-            ]
-            for role, label in live:
-                if not label.get("member"):
-                    left[role.name] += leftovers
+        bundle_left = self._bundle_leftovers(live)
+        for role, label in live:
+            if not label.get("member"):
+                left[role.name] += bundle_left
         merged: set[str] = set()
         for role, label in live:
             residual[role.name] += left[role.name]
@@ -951,6 +1006,23 @@ class PostgreSQLSession:
             results[grant_id] = result
             merged.add(grant_id)
         return results
+
+    def _bundle_leftovers(self, live: list[tuple[_Role, dict[str, Any]]] | None) -> list[str]:
+        """Before 16, what members left on any of this integration's bundles is taken away
+        (postgresql_bundles); what could not be is returned. Membership grants have no bundle."""
+        if self.server_version >= 16:
+            return []
+        if live is not None and all(label.get("member") for _, label in live):
+            return []
+        return clean_bundles(self)
+
+    def tidy(self, now: datetime | None = None) -> list[str]:
+        """The sweep's housekeeping: bundles no grant uses are dropped; before 16, what members
+        left on the others is taken away. Returns what could not be done."""
+        left = drop_idle_bundles(self, now)
+        if self.server_version < 16:
+            left += clean_bundles(self)
+        return sorted(set(left))
 
     def _disable(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str]:
         """No login, no password, no membership either way, label says revoking: one commit.
@@ -979,6 +1051,7 @@ class PostgreSQLSession:
                     "OR m.roleid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
                     (oids, oids),
                 )
+                reach = self.conn.execute(_REACH, (oids, oids, oids))
             now, edges, schemas = clock.fetchone(), found.fetchall(), creates.fetchall()
             # An edge made after this read is still caught: by DROP ROLE, or by the check
             # that a role has no membership left before it counts as revoked.
@@ -1020,6 +1093,9 @@ class PostgreSQLSession:
                 )
                 for schema, grantee in schemas
             ]
+            # What the grantee made and handed to others stops serving them now, before its
+            # sessions end and whether or not its objects can be dropped later.
+            revokes += _cut_reach(reach.fetchall())
             # The memberships go in a commit of their own, first: a REVOKE needs no lock on
             # the role's row, so a grantee holding that row (an open `ALTER ROLE` of the role)
             # loses the access even while the ALTER ROLE below waits for it.
@@ -1126,6 +1202,11 @@ class PostgreSQLSession:
                     residual[role.name].append(f"database {dbname}: {exc}")
                 continue
             try:
+                if dbname is not None:  # here, the disable step did it already
+                    with contextlib.suppress(psycopg.Error), conn.transaction():
+                        rows = conn.execute(_REACH, (oids, oids, oids)).fetchall()
+                        for statement in _cut_reach(rows):
+                            conn.execute(statement)
                 self._drop_owned(conn, roles, residual, dbname or self.settings.dbname)
             finally:
                 if conn is not self.conn:
