@@ -234,7 +234,7 @@ def test_membership_refuses_admin_superuser_and_unknown_grantees(
             "admin": conninfo_to_dict(PG_DSN).get("user", "postgres"),
             "missing": f"{PREFIX}nobody",
         }[who]
-    before = all_roles(env.admin)
+    before = all_roles(env.admin, username, group)
     outcome = env.engine.execute(
         env.request(
             permission="analyst",
@@ -243,17 +243,17 @@ def test_membership_refuses_admin_superuser_and_unknown_grantees(
         )
     )
     assert outcome.status == "refused" and outcome.field == "identity.username", outcome
-    assert all_roles(env.admin) == before
+    assert all_roles(env.admin, username, group) == before
 
 
 def test_ephemeral_name_collision_with_existing_role_is_refused(env: Env) -> None:
     planned = env.engine.plan(env.request(request_id="clash-1"))
     name = planned.statements[0].split('"')[1]
     env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-    before = all_roles(env.admin)
+    before = all_roles(env.admin, name)
     outcome = env.engine.execute(env.request(request_id="clash-1"))
     assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
-    assert all_roles(env.admin) == before
+    assert all_roles(env.admin, name) == before
 
 
 def test_revoke_is_frozen_at_grant_time(make_env: Any) -> None:
