@@ -122,6 +122,7 @@ def _hostile(cluster: dict[str, Any], **connection: Any) -> Iterator[Hostile]:
                         "admin_lock_timeout": "1s",
                         "terminate_wait_seconds": 5,
                         "bundle_grace_seconds": 0,
+                        "public_create_check_seconds": 0,
                         **connection,
                     },
                     "credentials": "mem:admin",

@@ -127,6 +127,20 @@ class Connection(Settings):
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     admin_lock_timeout: str = Field(default="5s", pattern=_GUC_VALUE)
     admin_statement_timeout: str = Field(default="120s", pattern=_GUC_VALUE)
+    keep_connection_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="keep the admin connection this long after a batch for the next one with "
+        "the same secret; 0: a connection per batch",
+    )
+    public_create_check_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="how long a check that PUBLIC may not CREATE in any reachable database "
+        "is reused (PostgreSQL 15 and older)",
+    )
     bundle_grace_seconds: int = Field(
         default=600,
         ge=0,
@@ -311,7 +325,7 @@ class PostgreSQLTemplate:
         secret: Secret | None,
         label_key: LabelKey,
     ) -> PostgreSQLSession:
-        from jitc.templates.postgresql_session import PostgreSQLSession
+        from jitc.templates.postgresql_pool import take
 
         assert isinstance(connection, Connection)
-        return PostgreSQLSession(integration, connection, secret, label_key)
+        return take(integration, connection, secret, label_key)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import base64
 import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -328,9 +330,30 @@ def _drop_bundle(session: PostgreSQLSession, state: BundleState) -> None:
         conn.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
+# Per server and admin: (when checked, what was found). Checking means a connection to every
+# database PUBLIC may connect to; a queue delivers one grant per batch, so the answer is kept
+# for a while. What a member makes as its bundle in between is removed at revoke anyway.
+_PUBLIC_CREATE: dict[tuple[str, int, str, str], tuple[float, list[str]]] = {}
+_PUBLIC_CREATE_LOCK = threading.Lock()
+
+
 def public_create_databases(session: PostgreSQLSession) -> list[str]:
     """Each database a member can reach where PUBLIC may CREATE (in the database, or in one of
-    its schemas), as `database` or `database.schema`."""
+    its schemas), as `database` or `database.schema`; from the last check of this server if it
+    is recent enough."""
+    s = session.settings
+    key = (s.host, s.port, s.user, s.dbname)
+    with _PUBLIC_CREATE_LOCK:
+        cached = _PUBLIC_CREATE.get(key)
+    if cached is not None and time.monotonic() - cached[0] < s.public_create_check_seconds:
+        return cached[1]
+    found = _public_create_databases(session)
+    with _PUBLIC_CREATE_LOCK:
+        _PUBLIC_CREATE[key] = (time.monotonic(), found)
+    return found
+
+
+def _public_create_databases(session: PostgreSQLSession) -> list[str]:
     found: list[str] = []
     for dbname, database_create in session.conn.execute(_REACHABLE).fetchall():
         if database_create:

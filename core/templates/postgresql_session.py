@@ -47,6 +47,7 @@ from jitc.templates.postgresql_bundles import (
     join_lock,
     public_create_databases,
 )
+from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
@@ -354,8 +355,8 @@ class PostgreSQLSession:
         # Reported by the server at connect: no round trip. At connect current_user is the same.
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
-        self._public_create: list[str] | None = None
         self._authid_readable: bool | None = None
+        self.pool_key: tuple[str, str, str, str] | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
@@ -394,7 +395,10 @@ class PostgreSQLSession:
             ) from None
 
     def close(self) -> None:
-        self.conn.close()
+        """Kept for the next batch (postgresql_pool) when idle and healthy, else closed."""
+        if len(self._verified) > 100_000:  # labels seen, kept across batches: bounded
+            self._verified.clear()
+        give_back(self)
 
     # -- reading the ledger ----------------------------------------------------------------
 
@@ -555,13 +559,12 @@ class PostgreSQLSession:
         member. Checked once per session, in every such database."""
         if self.server_version >= 16 or self.settings.allow_public_create:
             return
-        if self._public_create is None:
-            self._public_create = public_create_databases(self)
-        if self._public_create:
+        found = public_create_databases(self)
+        if found:
             raise Refused(
                 "permission",
                 "PUBLIC may CREATE in "
-                + ", ".join(self._public_create)
+                + ", ".join(found)
                 + ", which a grantee can reach; on PostgreSQL before 16 it could make objects "
                 "as its shared bundle role there. Revoke that CREATE, or set allow_public_create "
                 "in the catalog",
