@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -72,6 +73,10 @@ def test_a_connection_the_server_ended_while_kept_is_replaced() -> None:
     first.close()
     with psycopg.connect(PG_DSN, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(250):  # until the backend is gone (bounded)
+            if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).rowcount:
+                break
+            time.sleep(0.02)
     second = template.open(INTEGRATION, connection, Secret("a"), KEY)
     try:
         assert second.conn.info.backend_pid != pid

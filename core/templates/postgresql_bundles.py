@@ -138,9 +138,10 @@ def join_lock(key: LabelKey, bundles: list[str]) -> list[sql.Composed]:
     ]
 
 
-def bundle_states(session: PostgreSQLSession) -> list[BundleState]:
-    """Every bundle of this integration, with what members may have left on it."""
+def bundle_state_query(session: PostgreSQLSession) -> psycopg.Cursor[Any]:
+    """Run the query of every bundle's state (in the caller's pipeline, if any)."""
     if session._authid_readable is None:
+        # Kept for the session's life (sessions are kept across batches): one round trip.
         row = session.conn.execute(
             "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT')"
         ).fetchone()
@@ -148,7 +149,14 @@ def bundle_states(session: PostgreSQLSession) -> list[BundleState]:
     password = _HAS_VERIFIER if session._authid_readable else "NULL::pg_catalog.bool"
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    rows = session.conn.execute(_STATE.format(password=password), (prefix, after)).fetchall()
+    return session.conn.execute(_STATE.format(password=password), (prefix, after))
+
+
+def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> list[BundleState]:
+    """Every bundle of this integration, with what members may have left on it (from `rows`
+    of `bundle_state_query` when the caller read them already)."""
+    if rows is None:
+        rows = bundle_state_query(session).fetchall()
     found = []
     for name, oid, comment, owns_in, settings_in, has_password, members, elsewhere in rows:
         role = session._role((name, oid, False, False, comment))
@@ -170,10 +178,10 @@ def bundle_states(session: PostgreSQLSession) -> list[BundleState]:
     return found
 
 
-def clean_bundles(session: PostgreSQLSession) -> list[str]:
+def clean_bundles(session: PostgreSQLSession, rows: list[Any] | None = None) -> list[str]:
     """Take away what members left on this integration's bundles; what is still there after
     (a company object depends on it, a database cannot be reached) is returned, one line each."""
-    dirty = [state for state in bundle_states(session) if state.dirty]
+    dirty = [state for state in bundle_states(session, rows) if state.dirty]
     if not dirty:
         return []
     left: list[str] = []
@@ -363,9 +371,15 @@ def _public_create_databases(session: PostgreSQLSession) -> list[str]:
             if conn is None:
                 conn = session._connect(str(dbname))
         except TargetError:
-            # What cannot be checked is counted as open: the grant is refused, not risked.
-            found.append(f"{dbname} (not checked: the admin cannot connect)")
-            continue
+            still = session.conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_database d "
+                "WHERE d.datname OPERATOR(pg_catalog.=) %s AND d.datallowconn",
+                (dbname,),
+            ).fetchone()
+            if still is not None:
+                # What cannot be checked is counted as open: the grant is refused, not risked.
+                found.append(f"{dbname} (not checked: the admin cannot connect)")
+            continue  # dropped (or closed to connections) since it was listed: out of reach
         try:
             row = conn.execute(_PUBLIC_CREATE_SCHEMAS).fetchone()
         finally:

@@ -11,6 +11,7 @@ the batch that takes it gives it that batch's own, and takes it back at close.
 from __future__ import annotations
 
 import hashlib
+import select
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -124,12 +125,14 @@ def close_all() -> None:
 
 
 def _alive(conn: psycopg.Connection[object]) -> bool:
-    """One round trip: a connection the server ended while kept is found here, not by the
-    batch's first statement."""
+    """Without a round trip: an idle connection the server has ended (terminated backend,
+    restart, idle timeout) has something to read, its last message or the end of the stream;
+    a healthy one has nothing to say. Anything to read counts as ended: a new connection is
+    cheaper than a batch that fails on its first statement."""
     if conn.closed or conn.info.transaction_status != pq.TransactionStatus.IDLE:
         return False
     try:
-        conn.execute("SELECT 1")
-    except psycopg.Error:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
         return False
-    return True
+    return not readable

@@ -42,6 +42,7 @@ from jitc.templates.postgresql import (
     role_name,
 )
 from jitc.templates.postgresql_bundles import (
+    bundle_state_query,
     clean_bundles,
     drop_idle_bundles,
     join_lock,
@@ -966,12 +967,16 @@ class PostgreSQLSession:
         labels = {role.name: label for role, label in live}
         residual: dict[str, list[str]] = {role.name: [] for role in roles}
         left: dict[str, list[str]] = {role.name: [] for role in roles}
+        prefetched: list[Any] = []
         dropped = self._drop_at_once(
             [r for r in roles if not labels[r.name].get("member")], labels, tombstone_until
         )
         if dropped:
             # A dropped role's open sessions live on until ended; no new one can start.
-            remaining = self._end_sessions([r.oid for r in roles if r.name in dropped])
+            remaining = self._end_sessions(
+                [r.oid for r in roles if r.name in dropped],
+                prefetched if self.server_version < 16 else None,
+            )
             for role in roles:
                 if remaining.get(role.oid):
                     left[role.name].append(f"{remaining[role.oid]} session(s) of {role.name} open")
@@ -986,7 +991,7 @@ class PostgreSQLSession:
             dropped |= self._drop(
                 [r for r in others if not left[r.name]], labels, tombstone_until, residual
             )
-        bundle_left = self._bundle_leftovers(live)
+        bundle_left = self._bundle_leftovers(live, prefetched or None)
         for role, label in live:
             if not label.get("member"):
                 left[role.name] += bundle_left
@@ -1010,14 +1015,16 @@ class PostgreSQLSession:
             merged.add(grant_id)
         return results
 
-    def _bundle_leftovers(self, live: list[tuple[_Role, dict[str, Any]]] | None) -> list[str]:
+    def _bundle_leftovers(
+        self, live: list[tuple[_Role, dict[str, Any]]] | None, rows: list[Any] | None = None
+    ) -> list[str]:
         """Before 16, what members left on any of this integration's bundles is taken away
         (postgresql_bundles); what could not be is returned. Membership grants have no bundle."""
         if self.server_version >= 16:
             return []
         if live is not None and all(label.get("member") for _, label in live):
             return []
-        return clean_bundles(self)
+        return clean_bundles(self, rows)
 
     def tidy(self, now: datetime | None = None) -> list[str]:
         """The sweep's housekeeping: bundles no grant uses are dropped; before 16, what members
@@ -1381,8 +1388,11 @@ class PostgreSQLSession:
                     )
             return dropped
 
-    def _end_sessions(self, oids: list[int]) -> dict[int, int]:
-        """End every session of these (dropped) roles, by their former oid; wait, bounded."""
+    def _end_sessions(self, oids: list[int], bundles: list[Any] | None = None) -> dict[int, int]:
+        """End every session of these (dropped) roles, by their former oid; wait, bounded.
+        With `bundles` (a list to fill), the bundles' state is read in the same round trip
+        when there was no session to end: nobody could have been acting as a bundle for them
+        after the terminate."""
         if not oids:
             return {}
         query = (
@@ -1391,13 +1401,21 @@ class PostgreSQLSession:
             "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
             "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
         )
-        row = self.conn.execute(
+        terminate = (
             "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
             "FROM pg_catalog.pg_stat_activity a "
             "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()",
-            (oids,),
-        ).fetchone()
+            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()"
+        )
+        if bundles is not None:
+            with self.conn.pipeline():
+                ended = self.conn.execute(terminate, (oids,))
+                state = bundle_state_query(self)
+            row = ended.fetchone()
+            if not (row and row[0]):
+                bundles[:] = state.fetchall()
+        else:
+            row = self.conn.execute(terminate, (oids,)).fetchone()
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while row and row[0]:
             counts = {int(k): int(v) for k, v in self.conn.execute(query, (oids,)).fetchall()}
