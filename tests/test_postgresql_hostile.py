@@ -955,6 +955,13 @@ def test_what_the_grantee_made_reachable_is_cut_at_disable_even_when_the_drop_fa
             "CREATE FUNCTION s.reach_fn() RETURNS bigint SECURITY DEFINER LANGUAGE sql "
             "AS 'SELECT count(*) FROM s.reach_mine'"
         )  # EXECUTE for PUBLIC by default
+        grantee.execute(
+            "CREATE AGGREGATE s.reach_agg(int) (SFUNC = int4pl, STYPE = int, INITCOND = '0')"
+        )
+    # Objects a REVOKE cannot name (another session's temporary table) must not undo the rest.
+    holder = h.login(granted)
+    holder.execute("CREATE TEMP TABLE reach_tmp (x int)")
+    holder.execute("GRANT SELECT ON reach_tmp TO mallory")
     h.admin.execute("CREATE VIEW s.reach_company AS SELECT x FROM s.reach_mine")
     try:
         with h.connect("mallory") as m:
@@ -965,6 +972,13 @@ def test_what_the_grantee_made_reachable_is_cut_at_disable_even_when_the_drop_fa
             m.execute("SELECT s.reach_fn()")
         with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
             m.execute("SELECT x FROM s.reach_mine")
+        with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            m.execute("SELECT s.reach_agg(1)")
+        login = h.admin.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (str(granted.principal),)
+        ).fetchone()
+        assert login == (False,)
     finally:
+        holder.close()
         h.admin.execute("DROP VIEW IF EXISTS s.reach_company")
     assert h.revoke("reach-1").status == "revoked"

@@ -191,7 +191,10 @@ _REACH = (
     "CROSS JOIN pg_catalog.aclexplode(c.relacl) a "
     "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
     "WHERE c.relowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-    "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner GROUP BY 1, 2, 3, 4 "
+    "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner "
+    # another session's temporary objects cannot be named; they end with that session
+    "AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_temp_') "
+    "GROUP BY 1, 2, 3, 4 "
     "UNION ALL "
     "SELECT 'ROUTINE', n.nspname::pg_catalog.text, p.proname::pg_catalog.text, "
     "  pg_catalog.pg_get_function_identity_arguments(p.oid), "
@@ -202,7 +205,9 @@ _REACH = (
     "  pg_catalog.acldefault('f', p.proowner))) a "
     "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
     "WHERE p.proowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-    "AND a.grantee OPERATOR(pg_catalog.<>) p.proowner GROUP BY 1, 2, 3, 4 "
+    "AND a.grantee OPERATOR(pg_catalog.<>) p.proowner "
+    "AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_temp_') "
+    "GROUP BY 1, 2, 3, 4 "
     "UNION ALL "
     "SELECT 'LARGE OBJECT', '', l.oid::pg_catalog.text, '', "
     "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
@@ -235,6 +240,26 @@ def _cut_reach(rows: Iterable[Sequence[Any]]) -> list[sql.Composed]:
             target = sql.SQL("{} {}").format(sql.SQL(kind), sql.Identifier(schema, name))
         statements.append(sql.SQL("REVOKE ALL ON {} FROM {} CASCADE").format(target, targets))
     return statements
+
+
+def _cut(
+    conn: psycopg.Connection[Any],
+    rows: Sequence[Sequence[Any]],
+    retrying: Callable[[Callable[[], None]], None],
+) -> None:
+    """Run `_cut_reach` each in a savepoint of one transaction: an object that went meanwhile
+    or that a REVOKE cannot name must not undo the rest, nor fail the revoke (whatever stays
+    is dropped later, or keeps the revoke failed: the final check counts it)."""
+    if not rows:
+        return
+
+    def run() -> None:
+        with conn.transaction():
+            for statement in _cut_reach(rows):
+                with contextlib.suppress(psycopg.Error), conn.transaction():
+                    conn.execute(statement)
+
+    retrying(run)
 
 
 def _names(names: Iterable[str]) -> sql.Composable:
@@ -1103,15 +1128,16 @@ class PostgreSQLSession:
                 )
                 for schema, grantee in schemas
             ]
-            # What the grantee made and handed to others stops serving them now, before its
-            # sessions end and whether or not its objects can be dropped later.
-            revokes += _cut_reach(reach.fetchall())
+            reached = reach.fetchall()
             # The memberships go in a commit of their own, first: a REVOKE needs no lock on
             # the role's row, so a grantee holding that row (an open `ALTER ROLE` of the role)
             # loses the access even while the ALTER ROLE below waits for it.
             if len(revokes) > 1:
                 self._atomic(revokes)
             self._atomic(statements)
+            # What the grantee made and handed to others stops serving them now, before its
+            # sessions end and whether or not its objects can be dropped later.
+            _cut(self.conn, reached, self._retrying)
 
         owners = [role.name for role, _ in live]
         owners += [str(label["member"]) for _, label in live if label.get("member")]
@@ -1213,10 +1239,9 @@ class PostgreSQLSession:
                 continue
             try:
                 if dbname is not None:  # here, the disable step did it already
-                    with contextlib.suppress(psycopg.Error), conn.transaction():
+                    with contextlib.suppress(psycopg.Error):
                         rows = conn.execute(_REACH, (oids, oids, oids)).fetchall()
-                        for statement in _cut_reach(rows):
-                            conn.execute(statement)
+                        _cut(conn, rows, self._retrying)
                 self._drop_owned(conn, roles, residual, dbname or self.settings.dbname)
             finally:
                 if conn is not self.conn:
