@@ -982,3 +982,32 @@ def test_what_the_grantee_made_reachable_is_cut_at_disable_even_when_the_drop_fa
         holder.close()
         h.admin.execute("DROP VIEW IF EXISTS s.reach_company")
     assert h.revoke("reach-1").status == "revoked"
+
+
+def test_a_live_member_locking_what_it_made_as_the_bundle_cannot_keep_it_or_fail_revokes(
+    hostile: Hostile,
+) -> None:
+    """Grantee B, still live, makes a table as the shared bundle and holds a lock on it so that
+    its removal waits: A's revoke still removes it (B's locking session is ended) and says so."""
+    h = hostile
+    _before_16(h)
+    h.grant("lk-a")
+    b = h.grant("lk-b")
+    bundle = _bundle_of(h, str(b.principal))
+    member = h.login(b)
+    try:
+        member.execute("SET idle_in_transaction_session_timeout = 0")
+        member.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+        member.execute("CREATE TABLE public.kept_by_lock (x int)")
+        member.execute("BEGIN")
+        member.execute("LOCK TABLE public.kept_by_lock IN ACCESS SHARE MODE")
+        outcome = h.revoke("lk-a")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert h.admin.execute("SELECT to_regclass('public.kept_by_lock')").fetchone() == (None,)
+        assert _bundle_state(h, bundle)[0] == 0
+        with h.login(b) as again:  # B's grant itself is untouched
+            assert again.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    finally:
+        member.close()
+        h.admin.execute("DROP TABLE IF EXISTS public.kept_by_lock")
+    assert h.revoke("lk-b").status == "revoked"

@@ -226,7 +226,19 @@ def _clean_one(session: PostgreSQLSession, state: BundleState) -> list[str]:
             left.append(f"bundle {state.name}: database {dbname}: {exc}")
             continue
         try:
-            _drop_objects(session, conn, state)
+            try:
+                _drop_objects(session, conn, state)
+            except psycopg.errors.LockNotAvailable:
+                # A session (a member acting as the bundle, or anyone) holds a lock on one of
+                # the bundle's objects to keep it: such objects are not allowed, so the
+                # sessions locking them are ended (never a superuser's or the admin's).
+                session._ending_blockers(
+                    [state.name],
+                    lambda conn=conn: _drop_objects(session, conn, state),  # type: ignore[misc]
+                    conn=conn,
+                    dbname=dbname,
+                    relations_of=[state.oid],
+                )
         except psycopg.Error as exc:
             detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
             left.append(
