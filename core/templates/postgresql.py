@@ -134,6 +134,13 @@ class Connection(Settings):
         description="keep the admin connection this long after a batch for the next one with "
         "the same secret; 0: a connection per batch",
     )
+    schema_check_seconds: float = Field(
+        default=5,
+        ge=0,
+        le=3600,
+        description="how long a schema's fingerprint (which brings a bundle up to date for "
+        "tables created since) is reused by a kept connection",
+    )
     public_create_check_seconds: float = Field(
         default=300,
         ge=0,

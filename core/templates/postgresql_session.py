@@ -382,6 +382,7 @@ class PostgreSQLSession:
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
         self._authid_readable: bool | None = None
+        self._fingerprints: dict[str, tuple[float, str]] = {}
         self.pool_key: tuple[str, str, str, str] | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
@@ -714,19 +715,33 @@ class PostgreSQLSession:
 
         A fingerprint changes whenever a relation or function appears in or leaves the schema,
         so a bundle is brought up to date for tables created after it (GRANT ... ON ALL TABLES
-        covers only those that exist when it runs)."""
+        covers only those that exist when it runs). A fingerprint read less than
+        `schema_check_seconds` ago is reused: a stale one can only miss tables created since
+        (fewer privileges, never more), which the next grant after that picks up."""
         schemas = sorted({resource.split(".", 1)[0] for resource in resources})
+        now = time.monotonic()
+        ttl = self.settings.schema_check_seconds
+        fresh = {
+            schema: known[1]
+            for schema in schemas
+            if (known := self._fingerprints.get(schema)) and now - known[0] < ttl
+        }
         with self.conn.pipeline():
             roles = self.conn.execute(
                 _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
                 (list(names),),
             )
-            prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in schemas]
+            prints = [
+                (schema, self.conn.execute(_FINGERPRINT, (schema,)))
+                for schema in schemas
+                if schema not in fresh
+            ]
         found = {row[0]: self._role(row) for row in roles.fetchall()}
-        fingerprints = {}
+        fingerprints = dict(fresh)
         for schema, cursor in prints:
             row = cursor.fetchone()
             fingerprints[schema] = ":".join(str(value) for value in row) if row else "-"
+            self._fingerprints[schema] = (now, fingerprints[schema])
         return found, fingerprints
 
     def _bundle(
