@@ -141,11 +141,9 @@ def join_lock(key: LabelKey, bundles: list[str]) -> list[sql.Composed]:
 def bundle_state_query(session: PostgreSQLSession) -> psycopg.Cursor[Any]:
     """Run the query of every bundle's state (in the caller's pipeline, if any)."""
     if session._authid_readable is None:
-        # Kept for the session's life (sessions are kept across batches): one round trip.
-        row = session.conn.execute(
-            "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT')"
-        ).fetchone()
-        session._authid_readable = bool(row and row[0])
+        # Only a superuser reads pg_authid; the server reports is_superuser at connect.
+        superuser = session.conn.info.parameter_status("is_superuser")
+        session._authid_readable = superuser == "on"
     password = _HAS_VERIFIER if session._authid_readable else "NULL::pg_catalog.bool"
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
