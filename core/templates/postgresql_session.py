@@ -1053,6 +1053,11 @@ class PostgreSQLSession:
                 result.verified = earlier.verified and result.verified
             results[grant_id] = result
             merged.add(grant_id)
+        for grant_id, result in results.items():  # grants of this call already gone
+            if grant_id not in merged and bundle_left and result.verified:
+                result.residual = [*result.residual, *bundle_left]
+                result.verified = False
+                result.found = True
         return results
 
     def _bundle_leftovers(
