@@ -89,6 +89,12 @@ _LEGACY = (
 )
 
 
+# Schema fingerprints by (host, port, database, schema): (when read, value). Per process, so
+# that batches on new connections share them too; see `_lookup`.
+_FINGERPRINTS: dict[tuple[str, int, str, str], tuple[float, str]] = {}
+_FINGERPRINTS_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class _Role:
     name: str
@@ -382,7 +388,6 @@ class PostgreSQLSession:
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
         self._authid_readable: bool | None = None
-        self._fingerprints: dict[str, tuple[float, str]] = {}
         self.pool_key: tuple[str, str, str, str] | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
@@ -716,16 +721,19 @@ class PostgreSQLSession:
         A fingerprint changes whenever a relation or function appears in or leaves the schema,
         so a bundle is brought up to date for tables created after it (GRANT ... ON ALL TABLES
         covers only those that exist when it runs). A fingerprint read less than
-        `schema_check_seconds` ago is reused: a stale one can only miss tables created since
-        (fewer privileges, never more), which the next grant after that picks up."""
+        `schema_check_seconds` ago, by any session of this process, is reused: a stale one can
+        only miss tables created since (fewer privileges, never more), which the next grant
+        after that picks up."""
         schemas = sorted({resource.split(".", 1)[0] for resource in resources})
         now = time.monotonic()
         ttl = self.settings.schema_check_seconds
-        fresh = {
-            schema: known[1]
-            for schema in schemas
-            if (known := self._fingerprints.get(schema)) and now - known[0] < ttl
-        }
+        where = (self.settings.host, self.settings.port, self.settings.dbname)
+        with _FINGERPRINTS_LOCK:
+            fresh = {
+                schema: known[1]
+                for schema in schemas
+                if (known := _FINGERPRINTS.get((*where, schema))) and now - known[0] < ttl
+            }
         with self.conn.pipeline():
             roles = self.conn.execute(
                 _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
@@ -741,7 +749,8 @@ class PostgreSQLSession:
         for schema, cursor in prints:
             row = cursor.fetchone()
             fingerprints[schema] = ":".join(str(value) for value in row) if row else "-"
-            self._fingerprints[schema] = (now, fingerprints[schema])
+            with _FINGERPRINTS_LOCK:
+                _FINGERPRINTS[(*where, schema)] = (now, fingerprints[schema])
         return found, fingerprints
 
     def _bundle(
