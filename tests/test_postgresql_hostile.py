@@ -1011,3 +1011,33 @@ def test_a_live_member_locking_what_it_made_as_the_bundle_cannot_keep_it_or_fail
         member.close()
         h.admin.execute("DROP TABLE IF EXISTS public.kept_by_lock")
     assert h.revoke("lk-b").status == "revoked"
+
+
+def test_without_pg_authid_the_sweep_still_removes_a_password_a_member_set(
+    hostile: Hostile,
+) -> None:
+    """An admin that is not a superuser cannot read whether a bundle has a password: the sweep
+    removes it from every bundle. (Simulated: the session is told it cannot read pg_authid.)"""
+    h = hostile
+    _before_16(h)
+    granted = h.grant("pw-1")
+    bundle = _bundle_of(h, str(granted.principal))
+    with h.login(granted) as grantee:
+        grantee.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+        grantee.execute(sql.SQL("ALTER ROLE {} PASSWORD 'mine'").format(sql.Identifier(bundle)))
+    assert _bundle_state(h, bundle)[2]
+    integration = h.engine.catalog.integrations[INTEGRATION]
+    session = integration.template.open(  # type: ignore[call-arg]
+        INTEGRATION,
+        integration.connection,
+        None,
+        label_key=LabelKey.from_secret(LABEL_KEY),
+    )
+    try:
+        session._authid_readable = False  # type: ignore[attr-defined]
+        assert session.tidy() == []  # type: ignore[attr-defined]
+    finally:
+        session.conn.close()  # not kept for another batch with the flag set  # type: ignore[attr-defined]
+        session.close()
+    assert _bundle_state(h, bundle) == (0, 0, False)
+    assert h.revoke("pw-1").status == "revoked"

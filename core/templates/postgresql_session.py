@@ -47,6 +47,7 @@ from jitc.templates.postgresql_bundles import (
     drop_idle_bundles,
     join_lock,
     public_create_databases,
+    reset_passwords,
 )
 from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
@@ -1086,6 +1087,7 @@ class PostgreSQLSession:
         left = drop_idle_bundles(self, now)
         if self.server_version < 16:
             left += clean_bundles(self)
+            left += reset_passwords(self)
         return sorted(set(left))
 
     def _disable(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str]:
