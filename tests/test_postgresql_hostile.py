@@ -1041,3 +1041,32 @@ def test_without_pg_authid_the_sweep_still_removes_a_password_a_member_set(
         session.close()
     assert _bundle_state(h, bundle) == (0, 0, False)
     assert h.revoke("pw-1").status == "revoked"
+
+
+def test_a_role_manager_cannot_keep_access_by_joining_someone_to_a_bundle(
+    hostile: Hostile,
+) -> None:
+    """A CREATEROLE user grants a bundle to mallory: no revoke would ever end that. The sweep
+    revokes every membership of a bundle that is not one of the connector's grant roles."""
+    h = hostile
+    kept = h.grant("rm-1")
+    bundle = _bundle_of(h, str(kept.principal))
+    h.admin.execute("CREATE ROLE rm_manager LOGIN CREATEROLE")
+    try:
+        with h.connect("rm_manager") as manager:
+            if h.admin.info.server_version >= 160000:
+                h.admin.execute(
+                    sql.SQL("GRANT {} TO rm_manager WITH ADMIN OPTION").format(
+                        sql.Identifier(bundle)
+                    )
+                )
+            manager.execute(sql.SQL("GRANT {} TO mallory").format(sql.Identifier(bundle)))
+        assert _reads(h, "mallory")
+        report = h.engine.sweep()
+        assert report.ok, report
+        assert not _reads(h, "mallory")
+        with h.login(kept) as grantee:  # the connector's own member keeps its access
+            assert grantee.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    finally:
+        h.admin.execute("DROP ROLE IF EXISTS rm_manager")
+    assert h.revoke("rm-1").status == "revoked"

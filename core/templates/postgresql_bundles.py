@@ -24,6 +24,7 @@ pointing at a role that no longer exists.
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import threading
 import time
@@ -37,6 +38,9 @@ from psycopg import sql
 from jitc.errors import TargetError
 from jitc.labels import LabelKey
 from jitc.models import utcnow
+from jitc.templates.postgresql import role_name
+
+log = logging.getLogger("jitc.postgresql")
 
 if TYPE_CHECKING:
     from jitc.templates.postgresql_session import PostgreSQLSession
@@ -306,6 +310,49 @@ def reset_passwords(session: PostgreSQLSession) -> list[str]:
             session._retrying(lambda statement=statement: session._atomic([statement]))  # type: ignore[misc]
         except psycopg.Error as exc:
             failed.append(f"bundle {state.name}: password not reset: {exc.diag.message_primary}")
+    return failed
+
+
+_MEMBERS = (
+    "SELECT g.rolname::pg_catalog.text, pg_catalog.shobj_description(g.oid, 'pg_authid'), "
+    "  u.rolname::pg_catalog.text, pg_catalog.shobj_description(u.oid, 'pg_authid') "
+    "FROM pg_catalog.pg_auth_members m "
+    "JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid "
+    "JOIN pg_catalog.pg_roles u ON u.oid OPERATOR(pg_catalog.=) m.member "
+    "WHERE g.rolname OPERATOR(pg_catalog.>=) %s::pg_catalog.name "
+    "AND g.rolname OPERATOR(pg_catalog.<) %s::pg_catalog.name"
+)
+
+
+def remove_strangers(session: PostgreSQLSession) -> list[str]:
+    """Only the connector's grant roles may be members of its bundles: a role manager that
+    grants a bundle to anyone else (`GRANT bundle TO mallory`) would give lasting access that no
+    revoke of ours ends. Such memberships are revoked; what could not be is returned."""
+    prefix = session.settings.role_prefix + "b_"
+    after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    rows = session.conn.execute(_MEMBERS, (prefix, after)).fetchall()
+    strangers: dict[str, list[str]] = {}
+    for bundle, bundle_comment, member, member_comment in rows:
+        group = session._role((bundle, 0, False, False, bundle_comment))
+        if session._ours(group, "bundle") is None:
+            continue
+        role = session._role((member, 0, False, False, member_comment))
+        label = session._ours(role)
+        if label is not None and str(member) == role_name(session.settings, label["grant_id"]):
+            continue
+        strangers.setdefault(str(bundle), []).append(str(member))
+    failed = []
+    for bundle, members in strangers.items():
+        statement = sql.SQL("REVOKE {} FROM {} CASCADE").format(
+            sql.Identifier(bundle), sql.SQL(", ").join(map(sql.Identifier, members))
+        )
+        log.warning("bundle %s had members the connector did not make: %s", bundle, members)
+        try:
+            session._retrying(lambda statement=statement: session._atomic([statement]))  # type: ignore[misc]
+        except psycopg.Error as exc:
+            failed.append(
+                f"bundle {bundle}: members {members} not removed: {exc.diag.message_primary}"
+            )
     return failed
 
 

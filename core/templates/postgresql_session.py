@@ -47,6 +47,7 @@ from jitc.templates.postgresql_bundles import (
     drop_idle_bundles,
     join_lock,
     public_create_databases,
+    remove_strangers,
     reset_passwords,
 )
 from jitc.templates.postgresql_pool import give_back
@@ -1084,7 +1085,8 @@ class PostgreSQLSession:
     def tidy(self, now: datetime | None = None) -> list[str]:
         """The sweep's housekeeping: bundles no grant uses are dropped; before 16, what members
         left on the others is taken away. Returns what could not be done."""
-        left = drop_idle_bundles(self, now)
+        left = remove_strangers(self)
+        left += drop_idle_bundles(self, now)
         if self.server_version < 16:
             left += clean_bundles(self)
             left += reset_passwords(self)
