@@ -653,3 +653,19 @@ def test_custom_statements_with_grant_option_are_refused(make_env: Any) -> None:
     assert outcome.status == "refused" and outcome.field == "permission", outcome
     assert "GRANT OPTION" in str(outcome.message)
     assert _bundles(env) == [] and our_roles(env.admin) == []
+
+
+def test_custom_statements_that_let_the_bundle_into_another_database_are_refused(
+    make_env: Any,
+) -> None:
+    """There, no check looked for PUBLIC CREATE; before 16 a member could make objects as the
+    bundle. (`postgres`: a database every test server has.)"""
+    statements = [
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT CONNECT ON DATABASE postgres TO {role}",
+    ]
+    env = make_env(catalog_doc(custom={"statements": statements, "resources": [SCHEMA]}))
+    outcome = env.engine.execute(env.request(request_id="elsewhere-1", permission="custom"))
+    assert outcome.status == "refused" and outcome.field == "permission", outcome
+    assert "postgres" in str(outcome.message)
+    assert _bundles(env) == [] and our_roles(env.admin) == []

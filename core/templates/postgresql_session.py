@@ -792,6 +792,7 @@ class PostgreSQLSession:
             )
             self._run(statements)
             self._refuse_create(name)
+            self._refuse_elsewhere(name)
             self._refuse_power(name)
         return name
 
@@ -816,6 +817,26 @@ class PostgreSQLSession:
                 "permission",
                 "the permission's statements grant a privilege WITH GRANT OPTION; a member could "
                 "pass it on beyond the grant",
+            )
+
+    def _refuse_elsewhere(self, bundle: str) -> None:
+        """A bundle may connect to the connection's database only: in another, no check of
+        ours looked for PUBLIC CREATE, and before 16 a member could make objects there as the
+        bundle."""
+        row = self.conn.execute(
+            "SELECT pg_catalog.string_agg(d.datname::pg_catalog.text, ', ') "
+            "FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a, "
+            "pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) %s "
+            "AND a.grantee OPERATOR(pg_catalog.=) r.oid "
+            "AND a.privilege_type OPERATOR(pg_catalog.=) ANY('{CONNECT,TEMPORARY}') "
+            "AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database()",
+            (bundle,),
+        ).fetchone()
+        if row and row[0]:
+            raise Refused(
+                "permission",
+                f"the permission's statements let its bundle connect to database(s) {row[0]}; "
+                "a permission covers the connection's database only",
             )
 
     def _refuse_create(self, bundle: str) -> None:
