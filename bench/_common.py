@@ -53,6 +53,11 @@ def catalog(integration: str, prefix: str, schema: str = "public") -> Catalog:
     )
 
 
+# One label key for the whole run: the engine that makes grants and the one that sweeps them
+# must both recognise the labels.
+LABEL_KEY = secrets.token_urlsafe(32)
+
+
 def engine(
     integration: str,
     prefix: str,
@@ -62,7 +67,7 @@ def engine(
     sink = MemorySink()
     eng = Engine(
         catalog(integration, prefix, schema),
-        SecretStores({"mem": EnvSecretStore({"label": secrets.token_urlsafe(32)})}),
+        SecretStores({"mem": EnvSecretStore({"label": LABEL_KEY})}),
         NullScheduler(),
         sink,
         clock=clock,

@@ -5,8 +5,12 @@ bundle, and its label; the bundle exists already, as it does after a permission'
 with a SCRAM verifier computed the same way, in one transaction, and ends access with the least
 a revoke must do: terminate the sessions, DROP OWNED, DROP ROLE. Two shapes, each measured
 interleaved in one run:
-  per-op:  each grant and each revoke is its own batch (own connection), as a queue delivers them;
-  shared:  grant and revoke on one connection (engine: one execute_batch of both).
+  per-op:  each grant and each revoke is its own batch with its own connection, as a queue
+           delivers them (engine: keep_connection_seconds 0);
+  kept:    each its own batch, on a connection kept from the batch before (floor: one
+           connection for the whole run; engine: the default, connections kept across batches);
+  shared:  grant and revoke on one new connection (engine: one execute_batch of both, nothing
+           kept).
 Goal: engine / floor <= 1.2.
 
     python bench/bench_pg_latency.py [iterations]
@@ -14,6 +18,7 @@ Goal: engine / floor <= 1.2.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import sys
 import time
@@ -22,6 +27,7 @@ import psycopg
 from _common import DSN, drop_roles, engine, grant, machine, median, revoke
 from psycopg import sql
 
+from jitc.engine import Engine
 from jitc.messages import Work
 from jitc.models import AccessRequest, Outcome, utcnow
 from jitc.templates.postgresql import MASK
@@ -29,6 +35,14 @@ from jitc.templates.postgresql_scram import scram_verifier
 
 INTEGRATION, PREFIX = "bench-latency", "benchl_"
 ENGINE, _ = engine(INTEGRATION, PREFIX)
+COLD, _ = engine(INTEGRATION, PREFIX)  # the same, but a connection per batch
+_settings = COLD.catalog.integrations[INTEGRATION]
+COLD.catalog.integrations[INTEGRATION] = dataclasses.replace(
+    _settings,
+    connection=_settings.connection.model_copy(update={"keep_connection_seconds": 0}),
+)
+COLD.secrets = ENGINE.secrets  # one label key: the engines share the bundle
+KEPT: list[Conn] = []
 
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -84,10 +98,20 @@ def floor_plan(request_id: str) -> tuple[str, list[str]]:
     return role, outcome.statements[:2]  # the role and its label; the rest is the bundle's
 
 
-def run_floor(request_id: str, shared: bool) -> float:
+def kept() -> Conn:
+    if not KEPT or KEPT[0].closed:
+        KEPT[:] = [connect()]
+    return KEPT[0]
+
+
+def run_floor(request_id: str, shape: str) -> float:
     role, plan = floor_plan(request_id)
+    conn = kept()
     start = time.perf_counter()
-    if shared:
+    if shape == "kept":
+        floor_grant(conn, role, plan)
+        floor_revoke(conn, role)
+    elif shape == "shared":
         with connect() as conn:
             floor_grant(conn, role, plan)
             floor_revoke(conn, role)
@@ -99,23 +123,24 @@ def run_floor(request_id: str, shared: bool) -> float:
     return time.perf_counter() - start
 
 
-def deliver(request: AccessRequest) -> Outcome:
+def deliver(request: AccessRequest, eng: Engine) -> Outcome:
     """As a queue does: a failed message is delivered again, a bounded number of times."""
     for _ in range(20):
-        outcome = ENGINE.execute(request)
+        outcome = eng.execute(request)
         if outcome.status != "failed":
             return outcome
     raise RuntimeError(f"{request.request_id} still failing after 20 deliveries: {outcome.message}")
 
 
-def run_engine(request_id: str, shared: bool) -> float | None:
+def run_engine(request_id: str, shape: str) -> float | None:
     g, r = grant(INTEGRATION, request_id), revoke(INTEGRATION, request_id)
     start = time.perf_counter()
-    if shared:
+    if shape == "shared":
         now = utcnow()
-        outcomes = ENGINE.execute_batch([Work(g, now), Work(r, now)])
+        outcomes = COLD.execute_batch([Work(g, now), Work(r, now)])
     else:
-        outcomes = [deliver(g), deliver(r)]
+        eng = ENGINE if shape == "kept" else COLD
+        outcomes = [deliver(g, eng), deliver(r, eng)]
     elapsed = time.perf_counter() - start
     if outcomes[0].status == "failed":  # the revoke then found nothing: not a sample
         return None
@@ -128,14 +153,13 @@ def main() -> None:
     tag = f"{int(time.time())}"
     print(machine())
     try:
-        for shared in (False, True):
-            shape = "shared" if shared else "per-op"
+        for shape in ("per-op", "kept", "shared"):
             floor: list[float] = []
             eng: list[float] = []
             for i in range(iterations + 3):  # the first 3 are warm-up
                 runs = (("f", run_floor), ("e", run_engine))
                 took = {
-                    name: fn(f"{name}-{shape}-{tag}-{i}", shared)
+                    name: fn(f"{name}-{shape}-{tag}-{i}", shape)
                     for name, fn in (runs if i % 2 else runs[::-1])
                 }
                 f_took, e_took = took["f"], took["e"]

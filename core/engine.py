@@ -288,6 +288,16 @@ class Engine:
                     else:
                         report.failed[grant_id] = outcome.message or outcome.status
                         report.remaining += 1
+                # Template housekeeping after the revokes (PostgreSQL: bundles nobody uses).
+                tidy = getattr(session, "tidy", None)
+                if tidy is not None and (proceed is None or proceed()):
+                    try:
+                        for line in tidy(moment):
+                            report.failed[f"{integration.name}: {line}"] = line
+                    except JitcError as exc:
+                        report.failed[integration.name] = batch.scrub(str(exc))
+                    except Exception as exc:  # reported; the next sweep tries again
+                        report.failed[integration.name] = batch.scrub(type(exc).__name__)
         self.sink.audit(
             AuditEvent(
                 type="sweep",

@@ -150,12 +150,12 @@ def test_bad_input_is_refused_with_the_field_and_changes_nothing(
 ) -> None:
     rt, sink = runtime
     body, status, field = BAD[case]
-    before = all_roles(admin), our_roles(admin)
+    before = all_roles(admin, "bob", "postgres"), our_roles(admin)
     got, answer = post(rt, body)
     assert got == status, answer
     assert answer["error"] == "refused" and answer["field"] == field, answer
     time.sleep(0.3)  # had anything been queued, the worker would have run it by now
-    assert (all_roles(admin), our_roles(admin)) == before
+    assert (all_roles(admin, "bob", "postgres"), our_roles(admin)) == before
     assert sink.outcomes == []
 
 

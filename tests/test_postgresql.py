@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -234,7 +235,7 @@ def test_membership_refuses_admin_superuser_and_unknown_grantees(
             "admin": conninfo_to_dict(PG_DSN).get("user", "postgres"),
             "missing": f"{PREFIX}nobody",
         }[who]
-    before = all_roles(env.admin)
+    before = all_roles(env.admin, username, group)
     outcome = env.engine.execute(
         env.request(
             permission="analyst",
@@ -243,17 +244,17 @@ def test_membership_refuses_admin_superuser_and_unknown_grantees(
         )
     )
     assert outcome.status == "refused" and outcome.field == "identity.username", outcome
-    assert all_roles(env.admin) == before
+    assert all_roles(env.admin, username, group) == before
 
 
 def test_ephemeral_name_collision_with_existing_role_is_refused(env: Env) -> None:
     planned = env.engine.plan(env.request(request_id="clash-1"))
     name = planned.statements[0].split('"')[1]
     env.admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-    before = all_roles(env.admin)
+    before = all_roles(env.admin, name)
     outcome = env.engine.execute(env.request(request_id="clash-1"))
     assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
-    assert all_roles(env.admin) == before
+    assert all_roles(env.admin, name) == before
 
 
 def test_revoke_is_frozen_at_grant_time(make_env: Any) -> None:
@@ -596,10 +597,16 @@ def test_a_configured_label_key_that_is_empty_or_short_fails_instead_of_signing_
         assert our_roles(env.admin) == []
 
 
-def test_a_table_created_after_the_bundle_is_covered_from_the_next_grant(env: Env) -> None:
+def test_a_table_created_after_the_bundle_is_covered_from_the_next_grant(make_env: Any) -> None:
+    """From the next grant once the kept connection's schema fingerprint is older than
+    `schema_check_seconds`: until then a grant may miss the new table (never see more)."""
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["schema_check_seconds"] = 0.3
+    env = make_env(doc)
     first = env.engine.execute(env.request(request_id="later-1"))
     env.admin.execute(sql.SQL("CREATE TABLE {} (x int)").format(_table("later")))
     env.admin.execute(sql.SQL("INSERT INTO {} VALUES (7)").format(_table("later")))
+    time.sleep(0.35)
     second = env.engine.execute(env.request(request_id="later-2"))
     for outcome in (second, first):  # the bundle is shared: the earlier grant sees it too
         with env.login(env.credentials(outcome.sealed_credentials)) as session:
@@ -645,4 +652,20 @@ def test_custom_statements_with_grant_option_are_refused(make_env: Any) -> None:
     outcome = env.engine.execute(env.request(request_id="gopt-1", permission="custom"))
     assert outcome.status == "refused" and outcome.field == "permission", outcome
     assert "GRANT OPTION" in str(outcome.message)
+    assert _bundles(env) == [] and our_roles(env.admin) == []
+
+
+def test_custom_statements_that_let_the_bundle_into_another_database_are_refused(
+    make_env: Any,
+) -> None:
+    """There, no check looked for PUBLIC CREATE; before 16 a member could make objects as the
+    bundle. (`postgres`: a database every test server has.)"""
+    statements = [
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT CONNECT ON DATABASE postgres TO {role}",
+    ]
+    env = make_env(catalog_doc(custom={"statements": statements, "resources": [SCHEMA]}))
+    outcome = env.engine.execute(env.request(request_id="elsewhere-1", permission="custom"))
+    assert outcome.status == "refused" and outcome.field == "permission", outcome
+    assert "postgres" in str(outcome.message)
     assert _bundles(env) == [] and our_roles(env.admin) == []

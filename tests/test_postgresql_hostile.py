@@ -23,11 +23,13 @@ from psycopg import sql
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
+from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.models import AccessRequest, Outcome
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.templates.postgresql_bundles import lock_key
 
 PREFIX = "h_"
 INTEGRATION = "hostile"
@@ -119,6 +121,8 @@ def _hostile(cluster: dict[str, Any], **connection: Any) -> Iterator[Hostile]:
                         "role_prefix": PREFIX,
                         "admin_lock_timeout": "1s",
                         "terminate_wait_seconds": 5,
+                        "bundle_grace_seconds": 0,
+                        "public_create_check_seconds": 0,
                         **connection,
                     },
                     "credentials": "mem:admin",
@@ -446,7 +450,7 @@ def test_a_strangers_lock_on_the_grantees_table_neither_stalls_revoke_nor_keeps_
         h.admin.execute("DROP TABLE IF EXISTS s.door_planted")
 
 
-def test_before_16_no_grant_while_public_may_create_and_bundle_objects_are_residual(
+def test_before_16_no_grant_while_public_may_create_and_bundle_objects_go_at_revoke(
     strict: Hostile, hostile: Hostile
 ) -> None:
     """Before 16 a grantee may SET ROLE its bundle: where PUBLIC may CREATE it would leave a
@@ -456,7 +460,7 @@ def test_before_16_no_grant_while_public_may_create_and_bundle_objects_are_resid
     refused = strict.grant("pub-1")
     assert refused.status == "refused" and refused.field == "permission", refused
     assert "allow_public_create" in str(refused.message)
-    # With the catalog's explicit leave, what a bundle made keeps every revoke unverified.
+    # With the catalog's explicit leave, what a member made as the bundle goes at revoke.
     granted = hostile.grant("pub-2")
     bundle = str(
         hostile.admin.execute(
@@ -473,8 +477,9 @@ def test_before_16_no_grant_while_public_may_create_and_bundle_objects_are_resid
                 "LANGUAGE sql AS 'SELECT count(*) FROM s.items'"
             )
         outcome = hostile.revoke("pub-2")
-        assert outcome.status == "failed" and not outcome.verified, outcome
-        assert any(bundle in r and "owns" in r for r in outcome.residual), outcome.residual
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        gone = hostile.admin.execute("SELECT to_regprocedure('public.pub_leak()')").fetchone()
+        assert gone == (None,)
     finally:
         hostile.admin.execute("DROP FUNCTION IF EXISTS public.pub_leak()")
 
@@ -722,3 +727,346 @@ def test_membership_without_ending_sessions_is_unverified_while_one_holds_the_gr
     finally:
         for role in ("readers", "eve"):
             h.admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+# -- bundles before PostgreSQL 16: what a member does as its bundle ---------------------------
+
+
+def _bundle_of(h: Hostile, principal: str) -> str:
+    row = h.admin.execute(
+        "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+        (principal,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _bundle_state(h: Hostile, bundle: str) -> tuple[int, int, bool]:
+    """(objects the bundle owns in any database, settings rows, has a password)."""
+    row = h.admin.execute(
+        "SELECT (SELECT count(*) FROM pg_shdepend d WHERE d.refobjid = a.oid "
+        "  AND d.refclassid = 'pg_authid'::regclass AND d.deptype = 'o'), "
+        " (SELECT count(*) FROM pg_db_role_setting s WHERE s.setrole = a.oid), "
+        " a.rolpassword IS NOT NULL FROM pg_authid a WHERE a.rolname = %s",
+        (bundle,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), bool(row[2])
+
+
+def _act_as_bundle(h: Hostile, granted: Outcome, bundle: str) -> int:
+    """Everything a member may do as its bundle on 15 without CREATE of its own: a function
+    where PUBLIC may create, large objects here and in `postgres`, default privileges, role
+    settings (here and per database) and a password. Returns the large object's oid here."""
+    role = sql.Identifier(bundle)
+    with h.login(granted) as grantee:
+        grantee.execute(sql.SQL("SET ROLE {}").format(role))
+        grantee.execute(
+            "CREATE FUNCTION public.bundle_door() RETURNS bigint SECURITY DEFINER "
+            "LANGUAGE sql AS 'SELECT count(*) FROM s.items'"
+        )
+        grantee.execute("GRANT EXECUTE ON FUNCTION public.bundle_door() TO PUBLIC")
+        lo = grantee.execute("SELECT lo_from_bytea(0, 'kept')").fetchone()
+        grantee.execute("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO mallory")
+        grantee.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA s GRANT SELECT ON TABLES TO mallory")
+        grantee.execute("ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+        grantee.execute(sql.SQL("ALTER ROLE {} SET work_mem = '1MB'").format(role))
+        grantee.execute(sql.SQL("ALTER ROLE {} PASSWORD 'chosen-by-the-grantee'").format(role))
+    with h.login(granted, "postgres") as elsewhere:
+        elsewhere.execute(sql.SQL("SET ROLE {}").format(role))
+        elsewhere.execute("SELECT lo_from_bytea(0, 'kept elsewhere')")
+        elsewhere.execute("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC")
+    assert lo is not None
+    return int(lo[0])
+
+
+def _before_16(h: Hostile) -> None:
+    if h.admin.info.server_version >= 160000:
+        pytest.skip("on 16 and later the grantee may not SET ROLE its bundle")
+
+
+def test_what_a_grantee_left_as_its_bundle_is_gone_after_revoke(hostile: Hostile) -> None:
+    h = hostile
+    _before_16(h)
+    granted = h.grant("bo-1")
+    bundle = _bundle_of(h, str(granted.principal))
+    try:
+        lo = _act_as_bundle(h, granted, bundle)
+        assert _bundle_state(h, bundle) != (0, 0, False)
+        outcome = h.revoke("bo-1")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert _bundle_state(h, bundle) == (0, 0, False)
+        assert h.admin.execute("SELECT to_regprocedure('public.bundle_door()')").fetchone() == (
+            None,
+        )
+        assert (
+            h.admin.execute(
+                "SELECT 1 FROM pg_largeobject_metadata WHERE oid = %s", (lo,)
+            ).fetchone()
+            is None
+        )
+        # The bundle still serves the next grant, with its privileges intact.
+        again = h.grant("bo-1b")
+        with h.login(again) as grantee:
+            assert grantee.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+        assert h.revoke("bo-1b").status == "revoked"
+    finally:
+        h.admin.execute("DROP FUNCTION IF EXISTS public.bundle_door()")
+
+
+def test_a_retried_revoke_never_says_revoked_while_a_bundle_object_remains(
+    hostile: Hostile,
+) -> None:
+    """The company builds on what the grantee made as its bundle: never CASCADE into it; the
+    revoke fails, and so does every retry, until the company's object is out of the way."""
+    h = hostile
+    _before_16(h)
+    granted = h.grant("bo-2")
+    bundle = _bundle_of(h, str(granted.principal))
+    try:
+        with h.login(granted) as grantee:
+            grantee.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+            grantee.execute("CREATE TABLE public.bundle_table (x int)")
+        h.admin.execute("CREATE VIEW public.company_view AS SELECT x FROM public.bundle_table")
+        first = h.revoke("bo-2")
+        assert first.status == "failed" and not first.verified, first
+        retried = h.revoke("bo-2")
+        assert retried.status == "failed" and not retried.verified, retried
+        assert any(bundle in r for r in retried.residual), retried.residual
+        assert h.admin.execute("SELECT to_regclass('public.company_view')").fetchone() != (None,)
+        h.admin.execute("DROP VIEW public.company_view")
+        last = h.revoke("bo-2")
+        assert last.status == "revoked" and last.verified, last
+        assert _bundle_state(h, bundle)[0] == 0
+    finally:
+        h.admin.execute("DROP VIEW IF EXISTS public.company_view")
+        h.admin.execute("DROP TABLE IF EXISTS public.bundle_table")
+
+
+def test_public_create_in_another_database_the_grantee_can_reach_refuses_the_grant(
+    cluster: dict[str, Any],
+) -> None:
+    """The connection's database is clean, but PUBLIC may connect to `postgres` and create in
+    its `public`: a member could make objects as its bundle there."""
+    postgres = {**cluster, "dbname": "postgres"}
+    with psycopg.connect(**postgres, autocommit=True) as conn:
+        if conn.info.server_version >= 160000:
+            pytest.skip("on 16 and later the grantee may not SET ROLE its bundle")
+        conn.execute("CREATE DATABASE clean")
+    clean = {**cluster, "dbname": "clean"}
+    with psycopg.connect(**clean, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA s")
+        conn.execute("CREATE TABLE s.items (id int)")
+        conn.execute("CREATE ROLE mallory_clean LOGIN")
+    try:
+        with psycopg.connect(**postgres, autocommit=True) as conn:
+            conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+            # `app` (PUBLIC may CREATE in its public) is out of reach for this test.
+            conn.execute("REVOKE CONNECT ON DATABASE app FROM PUBLIC")
+        for h in _hostile(clean):
+            refused = h.grant("pc-1")
+            assert refused.status == "refused" and refused.field == "permission", refused
+            assert "postgres.public" in str(refused.message), refused.message
+        with psycopg.connect(**postgres, autocommit=True) as conn:
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        for h in _hostile(clean):
+            granted = h.grant("pc-2")
+            assert granted.status == "granted", granted
+            assert h.revoke("pc-2").status == "revoked"
+    finally:
+        with psycopg.connect(**postgres, autocommit=True) as conn:
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            conn.execute("GRANT CONNECT ON DATABASE app TO PUBLIC")
+
+
+def _bundles(h: Hostile) -> set[str]:
+    rows = h.admin.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PREFIX + "b_",)
+    ).fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def test_the_sweep_drops_bundles_no_live_grant_uses_and_only_those(hostile: Hostile) -> None:
+    h = hostile
+    kept = h.grant("idle-1")
+    gone = h.grant("idle-2", permission="owner")
+    live = _bundle_of(h, str(kept.principal))
+    idle = _bundle_of(h, str(gone.principal))
+    assert h.revoke("idle-2").status == "revoked"
+    assert {live, idle} <= _bundles(h)
+    for _ in range(2):  # idempotent: a second sweep finds nothing more to do
+        report = h.engine.sweep()
+        assert report.ok, report
+        assert live in _bundles(h) and idle not in _bundles(h)
+    with h.login(kept) as grantee:  # the live grant's access is untouched
+        assert grantee.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    again = h.grant("idle-3", permission="owner")  # a later grant makes the bundle anew
+    with h.login(again) as grantee:
+        assert grantee.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    for request_id in ("idle-1", "idle-3"):
+        assert h.revoke(request_id).status == "revoked"
+
+
+def test_the_sweep_never_drops_a_bundle_a_grant_is_joining(hostile: Hostile) -> None:
+    """A grant that read the bundle as present and has not committed its membership yet holds
+    the bundle's shared lock: the sweep leaves that bundle for a later run."""
+    h = hostile
+    first = h.grant("join-1")
+    bundle = _bundle_of(h, str(first.principal))
+    assert h.revoke("join-1").status == "revoked"
+    joining = h.connect("admin")
+    try:
+        joining.execute("BEGIN")
+        # What a grant runs (postgresql_bundles.join_lock), up to its commit.
+        key = lock_key(LabelKey.from_secret(LABEL_KEY), bundle)
+        joining.execute("SELECT pg_advisory_xact_lock_shared(%s)", (key,))
+        joining.execute(
+            sql.SQL("CREATE ROLE join_member IN ROLE {}").format(sql.Identifier(bundle))
+        )
+        report = h.engine.sweep()
+        assert report.ok, report
+        assert bundle in _bundles(h)
+        joining.execute("COMMIT")
+        row = h.admin.execute(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+            "JOIN pg_roles g ON g.oid = m.roleid WHERE r.rolname = 'join_member'"
+        ).fetchone()
+        assert row == (1,)  # the membership points at a bundle that still exists
+    finally:
+        if joining.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            joining.execute("ROLLBACK")
+        joining.close()
+        h.admin.execute("DROP ROLE IF EXISTS join_member")
+
+
+def test_what_the_grantee_made_reachable_is_cut_at_disable_even_when_the_drop_fails(
+    hostile: Hostile,
+) -> None:
+    """The company builds a view on the grantee's table, so the revoke cannot drop it: the
+    grantee's function and table are still there, but nobody reaches them through it."""
+    h = hostile
+    granted = h.grant("reach-1", permission="owner")
+    with h.login(granted) as grantee:
+        grantee.execute("CREATE TABLE s.reach_mine (x int)")
+        grantee.execute("INSERT INTO s.reach_mine VALUES (1)")
+        grantee.execute("GRANT SELECT ON s.reach_mine TO mallory")
+        grantee.execute(
+            "CREATE FUNCTION s.reach_fn() RETURNS bigint SECURITY DEFINER LANGUAGE sql "
+            "AS 'SELECT count(*) FROM s.reach_mine'"
+        )  # EXECUTE for PUBLIC by default
+        grantee.execute(
+            "CREATE AGGREGATE s.reach_agg(int) (SFUNC = int4pl, STYPE = int, INITCOND = '0')"
+        )
+    # Objects a REVOKE cannot name (another session's temporary table) must not undo the rest.
+    holder = h.login(granted)
+    holder.execute("CREATE TEMP TABLE reach_tmp (x int)")
+    holder.execute("GRANT SELECT ON reach_tmp TO mallory")
+    h.admin.execute("CREATE VIEW s.reach_company AS SELECT x FROM s.reach_mine")
+    try:
+        with h.connect("mallory") as m:
+            assert m.execute("SELECT s.reach_fn()").fetchone() == (1,)
+        outcome = h.revoke("reach-1")
+        assert outcome.status == "failed", outcome
+        with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            m.execute("SELECT s.reach_fn()")
+        with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            m.execute("SELECT x FROM s.reach_mine")
+        with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            m.execute("SELECT s.reach_agg(1)")
+        login = h.admin.execute(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (str(granted.principal),)
+        ).fetchone()
+        assert login == (False,)
+    finally:
+        holder.close()
+        h.admin.execute("DROP VIEW IF EXISTS s.reach_company")
+    assert h.revoke("reach-1").status == "revoked"
+
+
+def test_a_live_member_locking_what_it_made_as_the_bundle_cannot_keep_it_or_fail_revokes(
+    hostile: Hostile,
+) -> None:
+    """Grantee B, still live, makes a table as the shared bundle and holds a lock on it so that
+    its removal waits: A's revoke still removes it (B's locking session is ended) and says so."""
+    h = hostile
+    _before_16(h)
+    h.grant("lk-a")
+    b = h.grant("lk-b")
+    bundle = _bundle_of(h, str(b.principal))
+    member = h.login(b)
+    try:
+        member.execute("SET idle_in_transaction_session_timeout = 0")
+        member.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+        member.execute("CREATE TABLE public.kept_by_lock (x int)")
+        member.execute("BEGIN")
+        member.execute("LOCK TABLE public.kept_by_lock IN ACCESS SHARE MODE")
+        outcome = h.revoke("lk-a")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert h.admin.execute("SELECT to_regclass('public.kept_by_lock')").fetchone() == (None,)
+        assert _bundle_state(h, bundle)[0] == 0
+        with h.login(b) as again:  # B's grant itself is untouched
+            assert again.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    finally:
+        member.close()
+        h.admin.execute("DROP TABLE IF EXISTS public.kept_by_lock")
+    assert h.revoke("lk-b").status == "revoked"
+
+
+def test_without_pg_authid_the_sweep_still_removes_a_password_a_member_set(
+    hostile: Hostile,
+) -> None:
+    """An admin that is not a superuser cannot read whether a bundle has a password: the sweep
+    removes it from every bundle. (Simulated: the session is told it cannot read pg_authid.)"""
+    h = hostile
+    _before_16(h)
+    granted = h.grant("pw-1")
+    bundle = _bundle_of(h, str(granted.principal))
+    with h.login(granted) as grantee:
+        grantee.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+        grantee.execute(sql.SQL("ALTER ROLE {} PASSWORD 'mine'").format(sql.Identifier(bundle)))
+    assert _bundle_state(h, bundle)[2]
+    integration = h.engine.catalog.integrations[INTEGRATION]
+    session = integration.template.open(  # type: ignore[call-arg]
+        INTEGRATION,
+        integration.connection,
+        None,
+        label_key=LabelKey.from_secret(LABEL_KEY),
+    )
+    try:
+        session._authid_readable = False  # type: ignore[attr-defined]
+        assert session.tidy() == []  # type: ignore[attr-defined]
+    finally:
+        session.conn.close()  # not kept for another batch with the flag set  # type: ignore[attr-defined]
+        session.close()
+    assert _bundle_state(h, bundle) == (0, 0, False)
+    assert h.revoke("pw-1").status == "revoked"
+
+
+def test_a_role_manager_cannot_keep_access_by_joining_someone_to_a_bundle(
+    hostile: Hostile,
+) -> None:
+    """A CREATEROLE user grants a bundle to mallory: no revoke would ever end that. The sweep
+    revokes every membership of a bundle that is not one of the connector's grant roles."""
+    h = hostile
+    kept = h.grant("rm-1")
+    bundle = _bundle_of(h, str(kept.principal))
+    h.admin.execute("CREATE ROLE rm_manager LOGIN CREATEROLE")
+    try:
+        with h.connect("rm_manager") as manager:
+            if h.admin.info.server_version >= 160000:
+                h.admin.execute(
+                    sql.SQL("GRANT {} TO rm_manager WITH ADMIN OPTION").format(
+                        sql.Identifier(bundle)
+                    )
+                )
+            manager.execute(sql.SQL("GRANT {} TO mallory").format(sql.Identifier(bundle)))
+        assert _reads(h, "mallory")
+        report = h.engine.sweep()
+        assert report.ok, report
+        assert not _reads(h, "mallory")
+        with h.login(kept) as grantee:  # the connector's own member keeps its access
+            assert grantee.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    finally:
+        h.admin.execute("DROP ROLE IF EXISTS rm_manager")
+    assert h.revoke("rm-1").status == "revoked"

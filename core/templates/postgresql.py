@@ -127,6 +127,34 @@ class Connection(Settings):
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     admin_lock_timeout: str = Field(default="5s", pattern=_GUC_VALUE)
     admin_statement_timeout: str = Field(default="120s", pattern=_GUC_VALUE)
+    keep_connection_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="keep the admin connection this long after a batch for the next one with "
+        "the same secret; 0: a connection per batch",
+    )
+    schema_check_seconds: float = Field(
+        default=5,
+        ge=0,
+        le=3600,
+        description="how long a schema's fingerprint (which brings a bundle up to date for "
+        "tables created since) is reused by a kept connection",
+    )
+    public_create_check_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="how long a check that PUBLIC may not CREATE in any reachable database "
+        "is reused (PostgreSQL 15 and older)",
+    )
+    bundle_grace_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="the sweep leaves a bundle no grant uses alone this long after it was made "
+        "or refreshed: the grant that made it joins it just after",
+    )
     denied_groups: list[str] = Field(
         default_factory=list, description="groups never handed out, besides the built-in list"
     )
@@ -293,7 +321,7 @@ class PostgreSQLTemplate:
         secret: Secret | None,
         label_key: LabelKey,
     ) -> PostgreSQLSession:
-        from jitc.templates.postgresql_session import PostgreSQLSession
+        from jitc.templates.postgresql_pool import take
 
         assert isinstance(connection, Connection)
-        return PostgreSQLSession(integration, connection, secret, label_key)
+        return take(integration, connection, secret, label_key)

@@ -41,6 +41,16 @@ from jitc.templates.postgresql import (
     member_name,
     role_name,
 )
+from jitc.templates.postgresql_bundles import (
+    bundle_state_query,
+    clean_bundles,
+    drop_idle_bundles,
+    join_lock,
+    public_create_databases,
+    remove_strangers,
+    reset_passwords,
+)
+from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
@@ -79,6 +89,12 @@ _LEGACY = (
     _ROLES + _PREFIXED + "AND pg_catalog.starts_with("
     "pg_catalog.shobj_description(r.oid, 'pg_authid'), 'jitc:{')"
 )
+
+
+# Schema fingerprints by (host, port, database, schema): (when read, value). Per process, so
+# that batches on new connections share them too; see `_lookup`.
+_FINGERPRINTS: dict[tuple[str, int, str, str], tuple[float, str]] = {}
+_FINGERPRINTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -170,25 +186,88 @@ _END_BLOCKERS = (
 )
 
 
-_PUBLIC_CREATE = (
-    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a "
-    "  WHERE a.grantee OPERATOR(pg_catalog.=) 0 "
-    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE') "
-    "OR EXISTS (SELECT 1 FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a "
-    "  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() "
-    "  AND a.grantee OPERATOR(pg_catalog.=) 0 "
-    "  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')"
+# What the roles own in this database that someone else may use: relations with a grant to
+# another role, routines (PUBLIC may EXECUTE one whose ACL is the default), large objects with a
+# grant. Kind, schema, name, identity arguments (routines), the other roles in the ACL ('' for
+# PUBLIC).
+_REACH = (
+    "SELECT CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, "
+    "  n.nspname::pg_catalog.text, c.relname::pg_catalog.text, '', "
+    "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
+    "FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "CROSS JOIN pg_catalog.aclexplode(c.relacl) a "
+    "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
+    "WHERE c.relowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner "
+    # another session's temporary objects cannot be named; they end with that session
+    "AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_temp_') "
+    "GROUP BY 1, 2, 3, 4 "
+    "UNION ALL "
+    "SELECT 'ROUTINE', n.nspname::pg_catalog.text, p.proname::pg_catalog.text, "
+    "  pg_catalog.pg_get_function_identity_arguments(p.oid), "
+    "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
+    "FROM pg_catalog.pg_proc p "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace "
+    "CROSS JOIN pg_catalog.aclexplode(COALESCE(p.proacl, "
+    "  pg_catalog.acldefault('f', p.proowner))) a "
+    "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
+    "WHERE p.proowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.grantee OPERATOR(pg_catalog.<>) p.proowner "
+    "AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_temp_') "
+    "GROUP BY 1, 2, 3, 4 "
+    "UNION ALL "
+    "SELECT 'LARGE OBJECT', '', l.oid::pg_catalog.text, '', "
+    "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
+    "FROM pg_catalog.pg_largeobject_metadata l "
+    "CROSS JOIN pg_catalog.aclexplode(l.lomacl) a "
+    "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
+    "WHERE l.lomowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.grantee OPERATOR(pg_catalog.<>) l.lomowner GROUP BY 1, 2, 3, 4"
 )
-# Bundles of this integration that own something, in any database, or carry role settings.
-_BUNDLE_LEFTOVERS = (
-    "SELECT r.rolname::pg_catalog.text, "
-    "  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d "
-    "    WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass "
-    "    AND d.refobjid OPERATOR(pg_catalog.=) r.oid AND d.deptype OPERATOR(pg_catalog.=) 'o'), "
-    "  EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s "
-    "    WHERE s.setrole OPERATOR(pg_catalog.=) r.oid) "
-    "FROM pg_catalog.pg_roles r WHERE pg_catalog.starts_with(r.rolname, %s)"
-)
+
+
+def _cut_reach(rows: Iterable[Sequence[Any]]) -> list[sql.Composed]:
+    """REVOKE ... CASCADE of every grant on the roles' objects to anyone else: no one reaches
+    the grantee's tables, its SECURITY DEFINER routines or its large objects through them while
+    a drop waits or fails. Names are bound as identifiers; a routine's argument list is the
+    server's own rendering (`pg_get_function_identity_arguments`, types quoted by the server),
+    the only form that names one overload."""
+    statements = []
+    for kind, schema, name, arguments, grantees in rows:
+        targets = sql.SQL(", ").join(
+            sql.SQL("PUBLIC") if not grantee else sql.Identifier(grantee) for grantee in grantees
+        )
+        if kind == "LARGE OBJECT":
+            target: sql.Composable = sql.SQL("LARGE OBJECT {}").format(sql.Literal(int(name)))
+        elif kind == "ROUTINE":
+            target = sql.SQL("ROUTINE {}({})").format(
+                sql.Identifier(schema, name), sql.SQL(str(arguments))
+            )
+        else:
+            target = sql.SQL("{} {}").format(sql.SQL(kind), sql.Identifier(schema, name))
+        statements.append(sql.SQL("REVOKE ALL ON {} FROM {} CASCADE").format(target, targets))
+    return statements
+
+
+def _cut(
+    conn: psycopg.Connection[Any],
+    rows: Sequence[Sequence[Any]],
+    retrying: Callable[[Callable[[], None]], None],
+) -> None:
+    """Run `_cut_reach` each in a savepoint of one transaction: an object that went meanwhile
+    or that a REVOKE cannot name must not undo the rest, nor fail the revoke (whatever stays
+    is dropped later, or keeps the revoke failed: the final check counts it)."""
+    if not rows:
+        return
+
+    def run() -> None:
+        with conn.transaction():
+            for statement in _cut_reach(rows):
+                with contextlib.suppress(psycopg.Error), conn.transaction():
+                    conn.execute(statement)
+
+    retrying(run)
 
 
 def _names(names: Iterable[str]) -> sql.Composable:
@@ -310,7 +389,8 @@ class PostgreSQLSession:
         # Reported by the server at connect: no round trip. At connect current_user is the same.
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
-        self._public_create: bool | None = None
+        self._authid_readable: bool | None = None
+        self.pool_key: tuple[str, str, str, str] | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
@@ -349,7 +429,10 @@ class PostgreSQLSession:
             ) from None
 
     def close(self) -> None:
-        self.conn.close()
+        """Kept for the next batch (postgresql_pool) when idle and healthy, else closed."""
+        if len(self._verified) > 100_000:  # labels seen, kept across batches: bounded
+            self._verified.clear()
+        give_back(self)
 
     # -- reading the ledger ----------------------------------------------------------------
 
@@ -505,19 +588,20 @@ class PostgreSQLSession:
         return wanted
 
     def _refuse_public_create(self) -> None:
-        """Before 16 a member may SET ROLE its bundle: where PUBLIC may CREATE, it would make
-        objects the bundle owns, shared with every later member and outliving every revoke."""
+        """Before 16 a member may SET ROLE its bundle: where PUBLIC may CREATE, in any database
+        a member can connect to, it would make objects the bundle owns, shared with every later
+        member. Checked once per session, in every such database."""
         if self.server_version >= 16 or self.settings.allow_public_create:
             return
-        if self._public_create is None:
-            row = self.conn.execute(_PUBLIC_CREATE).fetchone()
-            self._public_create = bool(row and row[0])
-        if self._public_create:
+        found = public_create_databases(self)
+        if found:
             raise Refused(
                 "permission",
-                "PUBLIC may CREATE in a schema or in this database, and on PostgreSQL before 16 "
-                "a grantee could make objects as its shared bundle role; revoke that CREATE, or "
-                "set allow_public_create in the catalog",
+                "PUBLIC may CREATE in "
+                + ", ".join(found)
+                + ", which a grantee can reach; on PostgreSQL before 16 it could make objects "
+                "as its shared bundle role there. Revoke that CREATE, or set allow_public_create "
+                "in the catalog",
             )
 
     def _create_many(
@@ -527,10 +611,13 @@ class PostgreSQLSession:
         bundles: dict[int, list[str]],
         chunk: list[int],
     ) -> dict[int, GrantResult]:
-        statements: list[sql.Composable] = []
+        joined = [name for index in chunk for name in bundles[index]]
+        statements: list[sql.Composable] = list(join_lock(self.key, joined))
         results = {}
         for index in chunk:
-            results[index] = self._create(specs[index], names[index], bundles[index], statements)
+            results[index] = self._create(
+                specs[index], names[index], bundles[index], statements, lock=False
+            )
         self._run(statements)
         return results
 
@@ -540,9 +627,11 @@ class PostgreSQLSession:
         name: str,
         bundles: list[str],
         into: list[sql.Composable] | None = None,
+        lock: bool = True,
     ) -> GrantResult:
         """The grant's own statements, inside the caller's transaction; with `into`, they are
-        added there for the caller to send, not sent."""
+        added there for the caller to send, not sent. The bundles' shared locks come first
+        (unless the caller took them), so the sweep cannot drop a bundle this grant joins."""
         permission = spec.permission
         assert isinstance(permission, Permission)
         label: dict[str, Any] = {
@@ -566,7 +655,8 @@ class PostgreSQLSession:
             )
         else:
             password = self._password(spec)
-            statements = _user_statements(
+            statements = join_lock(self.key, bundles) if lock else []
+            statements += _user_statements(
                 self.settings,
                 spec,
                 name,
@@ -632,19 +722,37 @@ class PostgreSQLSession:
 
         A fingerprint changes whenever a relation or function appears in or leaves the schema,
         so a bundle is brought up to date for tables created after it (GRANT ... ON ALL TABLES
-        covers only those that exist when it runs)."""
+        covers only those that exist when it runs). A fingerprint read less than
+        `schema_check_seconds` ago, by any session of this process, is reused: a stale one can
+        only miss tables created since (fewer privileges, never more), which the next grant
+        after that picks up."""
         schemas = sorted({resource.split(".", 1)[0] for resource in resources})
+        now = time.monotonic()
+        ttl = self.settings.schema_check_seconds
+        where = (self.settings.host, self.settings.port, self.settings.dbname)
+        with _FINGERPRINTS_LOCK:
+            fresh = {
+                schema: known[1]
+                for schema in schemas
+                if (known := _FINGERPRINTS.get((*where, schema))) and now - known[0] < ttl
+            }
         with self.conn.pipeline():
             roles = self.conn.execute(
                 _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
                 (list(names),),
             )
-            prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in schemas]
+            prints = [
+                (schema, self.conn.execute(_FINGERPRINT, (schema,)))
+                for schema in schemas
+                if schema not in fresh
+            ]
         found = {row[0]: self._role(row) for row in roles.fetchall()}
-        fingerprints = {}
+        fingerprints = dict(fresh)
         for schema, cursor in prints:
             row = cursor.fetchone()
             fingerprints[schema] = ":".join(str(value) for value in row) if row else "-"
+            with _FINGERPRINTS_LOCK:
+                _FINGERPRINTS[(*where, schema)] = (now, fingerprints[schema])
         return found, fingerprints
 
     def _bundle(
@@ -668,6 +776,8 @@ class PostgreSQLSession:
             "permission": spec.permission_name,
             "resource": resource,
             "fingerprint": fingerprint,
+            "database": self.settings.dbname,
+            "made_at": utcnow().isoformat(),
         }
         bundle = sql.Identifier(name)
         with self.conn.transaction():
@@ -682,6 +792,7 @@ class PostgreSQLSession:
             )
             self._run(statements)
             self._refuse_create(name)
+            self._refuse_elsewhere(name)
             self._refuse_power(name)
         return name
 
@@ -706,6 +817,26 @@ class PostgreSQLSession:
                 "permission",
                 "the permission's statements grant a privilege WITH GRANT OPTION; a member could "
                 "pass it on beyond the grant",
+            )
+
+    def _refuse_elsewhere(self, bundle: str) -> None:
+        """A bundle may connect to the connection's database only: in another, no check of
+        ours looked for PUBLIC CREATE, and before 16 a member could make objects there as the
+        bundle."""
+        row = self.conn.execute(
+            "SELECT pg_catalog.string_agg(d.datname::pg_catalog.text, ', ') "
+            "FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a, "
+            "pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) %s "
+            "AND a.grantee OPERATOR(pg_catalog.=) r.oid "
+            "AND a.privilege_type OPERATOR(pg_catalog.=) ANY('{CONNECT,TEMPORARY}') "
+            "AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database()",
+            (bundle,),
+        ).fetchone()
+        if row and row[0]:
+            raise Refused(
+                "permission",
+                f"the permission's statements let its bundle connect to database(s) {row[0]}; "
+                "a permission covers the connection's database only",
             )
 
     def _refuse_create(self, bundle: str) -> None:
@@ -894,17 +1025,30 @@ class PostgreSQLSession:
         results: dict[str, RevokeResult] = {}
         live = self._retrying(lambda: self._classify(grant_ids, tombstone_until, results))
         if not live:
+            # A retry, or a revoke of a grant already gone: what members left on the bundles
+            # may still be there (an earlier attempt could not remove it), and while it is,
+            # no revoke says revoked.
+            leftovers = self._bundle_leftovers(None)
+            for result in results.values():
+                if leftovers and result.verified:
+                    result.residual = [*result.residual, *leftovers]
+                    result.verified = False
+                    result.found = True
             return results
         roles = [role for role, _ in live]
         labels = {role.name: label for role, label in live}
         residual: dict[str, list[str]] = {role.name: [] for role in roles}
         left: dict[str, list[str]] = {role.name: [] for role in roles}
+        prefetched: list[Any] = []
         dropped = self._drop_at_once(
             [r for r in roles if not labels[r.name].get("member")], labels, tombstone_until
         )
         if dropped:
             # A dropped role's open sessions live on until ended; no new one can start.
-            remaining = self._end_sessions([r.oid for r in roles if r.name in dropped])
+            remaining = self._end_sessions(
+                [r.oid for r in roles if r.name in dropped],
+                prefetched if self.server_version < 16 else None,
+            )
             for role in roles:
                 if remaining.get(role.oid):
                     left[role.name].append(f"{remaining[role.oid]} session(s) of {role.name} open")
@@ -919,19 +1063,10 @@ class PostgreSQLSession:
             dropped |= self._drop(
                 [r for r in others if not left[r.name]], labels, tombstone_until, residual
             )
-        if self.server_version < 16 and any(not label.get("member") for _, label in live):
-            # Before 16 a member could act as its bundle: what a bundle owns or has set was
-            # made by some member and is still reachable by others.
-            leftovers = [
-                f"bundle {name} owns {owned} object(s)" if owned else f"bundle {name} has settings"
-                for name, owned, settings in self.conn.execute(
-                    _BUNDLE_LEFTOVERS, (self.settings.role_prefix + "b_",)
-                ).fetchall()
-                if owned or settings
-            ]
-            for role, label in live:
-                if not label.get("member"):
-                    left[role.name] += leftovers
+        bundle_left = self._bundle_leftovers(live, prefetched or None)
+        for role, label in live:
+            if not label.get("member"):
+                left[role.name] += bundle_left
         merged: set[str] = set()
         for role, label in live:
             residual[role.name] += left[role.name]
@@ -950,7 +1085,33 @@ class PostgreSQLSession:
                 result.verified = earlier.verified and result.verified
             results[grant_id] = result
             merged.add(grant_id)
+        for grant_id, result in results.items():  # grants of this call already gone
+            if grant_id not in merged and bundle_left and result.verified:
+                result.residual = [*result.residual, *bundle_left]
+                result.verified = False
+                result.found = True
         return results
+
+    def _bundle_leftovers(
+        self, live: list[tuple[_Role, dict[str, Any]]] | None, rows: list[Any] | None = None
+    ) -> list[str]:
+        """Before 16, what members left on any of this integration's bundles is taken away
+        (postgresql_bundles); what could not be is returned. Membership grants have no bundle."""
+        if self.server_version >= 16:
+            return []
+        if live is not None and all(label.get("member") for _, label in live):
+            return []
+        return clean_bundles(self, rows)
+
+    def tidy(self, now: datetime | None = None) -> list[str]:
+        """The sweep's housekeeping: bundles no grant uses are dropped; before 16, what members
+        left on the others is taken away. Returns what could not be done."""
+        left = remove_strangers(self)
+        left += drop_idle_bundles(self, now)
+        if self.server_version < 16:
+            left += clean_bundles(self)
+            left += reset_passwords(self)
+        return sorted(set(left))
 
     def _disable(self, live: list[tuple[_Role, dict[str, Any]]]) -> dict[str, str]:
         """No login, no password, no membership either way, label says revoking: one commit.
@@ -979,6 +1140,7 @@ class PostgreSQLSession:
                     "OR m.roleid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[])",
                     (oids, oids),
                 )
+                reach = self.conn.execute(_REACH, (oids, oids, oids))
             now, edges, schemas = clock.fetchone(), found.fetchall(), creates.fetchall()
             # An edge made after this read is still caught: by DROP ROLE, or by the check
             # that a role has no membership left before it counts as revoked.
@@ -1020,12 +1182,16 @@ class PostgreSQLSession:
                 )
                 for schema, grantee in schemas
             ]
+            reached = reach.fetchall()
             # The memberships go in a commit of their own, first: a REVOKE needs no lock on
             # the role's row, so a grantee holding that row (an open `ALTER ROLE` of the role)
             # loses the access even while the ALTER ROLE below waits for it.
             if len(revokes) > 1:
                 self._atomic(revokes)
             self._atomic(statements)
+            # What the grantee made and handed to others stops serving them now, before its
+            # sessions end and whether or not its objects can be dropped later.
+            _cut(self.conn, reached, self._retrying)
 
         owners = [role.name for role, _ in live]
         owners += [str(label["member"]) for _, label in live if label.get("member")]
@@ -1126,6 +1292,10 @@ class PostgreSQLSession:
                     residual[role.name].append(f"database {dbname}: {exc}")
                 continue
             try:
+                if dbname is not None:  # here, the disable step did it already
+                    with contextlib.suppress(psycopg.Error):
+                        rows = conn.execute(_REACH, (oids, oids, oids)).fetchall()
+                        _cut(conn, rows, self._retrying)
                 self._drop_owned(conn, roles, residual, dbname or self.settings.dbname)
             finally:
                 if conn is not self.conn:
@@ -1297,8 +1467,11 @@ class PostgreSQLSession:
                     )
             return dropped
 
-    def _end_sessions(self, oids: list[int]) -> dict[int, int]:
-        """End every session of these (dropped) roles, by their former oid; wait, bounded."""
+    def _end_sessions(self, oids: list[int], bundles: list[Any] | None = None) -> dict[int, int]:
+        """End every session of these (dropped) roles, by their former oid; wait, bounded.
+        With `bundles` (a list to fill), the bundles' state is read in the same round trip
+        when there was no session to end: nobody could have been acting as a bundle for them
+        after the terminate."""
         if not oids:
             return {}
         query = (
@@ -1307,13 +1480,21 @@ class PostgreSQLSession:
             "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
             "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
         )
-        row = self.conn.execute(
+        terminate = (
             "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
             "FROM pg_catalog.pg_stat_activity a "
             "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()",
-            (oids,),
-        ).fetchone()
+            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()"
+        )
+        if bundles is not None:
+            with self.conn.pipeline():
+                ended = self.conn.execute(terminate, (oids,))
+                state = bundle_state_query(self)
+            row = ended.fetchone()
+            if not (row and row[0]):
+                bundles[:] = state.fetchall()
+        else:
+            row = self.conn.execute(terminate, (oids,)).fetchone()
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while row and row[0]:
             counts = {int(k): int(v) for k, v in self.conn.execute(query, (oids,)).fetchall()}
