@@ -15,10 +15,10 @@ from awsharness import ACCOUNT, acting_as, client
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
+from jitc.labels import LabelKey, verify_label
 from jitc.local import MemorySink, NullScheduler
 from jitc.models import AccessRequest, derive_grant_id, request_digest
 from jitc.secrets import EnvSecretStore, SecretStores
-from jitc.labels import LabelKey, verify_label
 from jitc.templates.aws_iam import LABEL_KIND, with_expiry
 
 INTEGRATION = "awst-iam"
