@@ -95,6 +95,18 @@ def client(service: str) -> Any:
     return regional_client(service, None)
 
 
+class _LazyClient:
+    """A client made at its first use. The worker and the sweep hold the request queue only to
+    send an expiry that is due within a minute, which most invocations never do; a client costs
+    40-80 ms of a cold start (its service model and endpoint rules)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(client(self._service), name)
+
+
 @cache
 def catalog() -> Catalog:
     """The catalog Terraform shipped; a digest mismatch means a stale or altered file: stop."""
@@ -116,7 +128,7 @@ def catalog() -> Catalog:
 
 @cache
 def queue() -> SqsQueue:
-    return SqsQueue(client("sqs"), settings().queue_url)
+    return SqsQueue(_LazyClient("sqs"), settings().queue_url)
 
 
 @cache
