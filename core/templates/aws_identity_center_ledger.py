@@ -112,11 +112,13 @@ class Ledger:
             item["expires"] = {"N": str(int(ttl.timestamp()))}
         return item
 
-    def _verified(self, item: dict[str, Any]) -> dict[str, Any] | None:
+    def _verified(
+        self, item: dict[str, Any], any_integration: bool = False
+    ) -> dict[str, Any] | None:
         pk, sk = item["pk"]["S"], item["sk"]["S"]
         text = item.get("label", {}).get("S")
         body = verify_label(self.key, KIND, f"{pk}\n{sk}", text)
-        if body is None or body.get("integration") != self.integration:
+        if body is None or (not any_integration and body.get("integration") != self.integration):
             return None
         return body
 
@@ -141,12 +143,12 @@ class Ledger:
 
     # -- grants ------------------------------------------------------------------------------
 
-    def grant(self, grant_id: str) -> GrantRecord | None:
+    def grant(self, grant_id: str, any_integration: bool = False) -> GrantRecord | None:
         """The grant's record; None if there is none; Forged if the item there is not ours."""
         item = self._get(*grant_key(grant_id))
         if item is None:
             return None
-        body = self._verified(item)
+        body = self._verified(item, any_integration)
         record = GrantRecord.from_body(body) if body is not None else None
         if record is None or record.grant_id != grant_id:
             raise Forged(f"ledger item for grant {grant_id}")
@@ -233,7 +235,9 @@ class Ledger:
     ) -> list[str]:
         """The grants that hold this assignment: each hold verified, and its grant record
         verified and active (a replayed hold of a revoked grant holds nothing). `live_only`
-        also drops grants past their expiry, whose revoke is due."""
+        also drops grants past their expiry, whose revoke is due. Holds of this connector's
+        other integrations on the same instance count too: their grants rely on the same
+        assignment."""
         pk = hold_key(permission_set, account, user_id, "")[0]
         params: dict[str, Any] = {
             "TableName": self.table,
@@ -246,11 +250,11 @@ class Ledger:
         while True:
             page = self.db.query(**params)
             for item in page.get("Items", []):
-                body = self._verified(item)
+                body = self._verified(item, any_integration=True)
                 if body is None or body.get("grant_id") != item["sk"]["S"]:
                     continue
                 try:
-                    record = self.grant(item["sk"]["S"])
+                    record = self.grant(item["sk"]["S"], any_integration=True)
                 except Forged:
                     continue
                 if record is None or record.state != "active":

@@ -440,3 +440,26 @@ def test_a_genuine_record_moved_to_another_key_is_not_ours(
     outcome = run(engine, request)
     assert (outcome.status, outcome.field) == ("refused", "request_id")
     assert assigned(idc, ACCOUNTS[1]) == []
+
+
+def test_two_integrations_on_one_permission_set_keep_each_others_assignment(
+    idc: dict[str, Any],
+) -> None:
+    """Two integrations of one connector (one table, one label key) grant the same user the same
+    permission set on the same account: revoking one leaves the other its access."""
+    doc = catalog_doc(idc, {"read": {"permission_set_arn": idc["ps"], "resources": ACCOUNTS}})
+    doc["integrations"]["awst-idc-2"] = doc["integrations"][INTEGRATION]
+    engine = Engine(parse_catalog(doc), STORES, NullScheduler(), MemorySink())
+    first = run(engine, grant("ana", ACCOUNTS[:1]))
+    other = AccessRequest.model_validate(
+        {**grant("ana", ACCOUNTS[:1]).model_dump(), "integration": "awst-idc-2"}
+    )
+    second = run(engine, other)
+    assert (first.status, second.status) == ("granted", "granted")
+    assert run(engine, revoke(first.grant_id)).status == "revoked"
+    assert assigned(idc, ACCOUNTS[0]) == [idc["users"]["ana"]]
+    last = AccessRequest(
+        request_id="r-last", action="revoke", integration="awst-idc-2", grant_id=second.grant_id
+    )
+    assert run(engine, last).status == "revoked"
+    assert assigned(idc, ACCOUNTS[0]) == []
