@@ -81,7 +81,17 @@ def test_the_functions_may_use_the_tables_key_only_through_dynamodb() -> None:
         assert "kms:Decrypt" in statement["Action"]
 
 
-def test_no_function_may_tag_permission_sets_any_more() -> None:
+def test_no_role_may_tag_permission_sets_any_more() -> None:
+    """The ledger left the tags: neither the functions nor the member-account role may write
+    them (the tags are the company's)."""
+    from tfmodule import MEMBER_MODULE
+
+    text = "".join(p.read_text() for p in MEMBER_MODULE.glob("*.tf"))
+    assert "sso:TagResource" not in text and "sso:UntagResource" not in text
+    assert "sso:ListTagsForResource" not in text
+
+
+def test_no_function_may_tag_permission_sets() -> None:
     for function in ("worker", "sweep"):
         for statement in render(function, WORLD)["Statement"]:
             actions = statement["Action"]
