@@ -128,6 +128,14 @@ def catalog() -> Catalog:
 
 @cache
 def queue() -> SqsQueue:
+    """The intake's queue: every invocation sends to it, so its client is made at once."""
+    return SqsQueue(client("sqs"), settings().queue_url)
+
+
+@cache
+def expiry_queue() -> SqsQueue:
+    """The same queue for the scheduler, which sends to it only an expiry due within a minute:
+    its client is made at that first send."""
     return SqsQueue(_LazyClient("sqs"), settings().queue_url)
 
 
@@ -149,7 +157,7 @@ def scheduler() -> EventBridgeExpiryScheduler:
         group=s.schedule_group,
         queue_arn=s.queue_arn,
         role_arn=s.scheduler_role_arn,
-        queue=queue(),
+        queue=expiry_queue(),
         dead_letter_arn=s.schedule_dead_letter_arn,
     )
 
@@ -229,6 +237,7 @@ def reset() -> None:
         regional_client,
         catalog,
         queue,
+        expiry_queue,
         intake,
         scheduler,
         secret_stores,
