@@ -332,10 +332,9 @@ class AwsIdentityCenterSession:
 
     # -- revoke ----------------------------------------------------------------------------
 
-    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
-        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
+    def _own(self, grant_id: str) -> GrantRecord | None:
         try:
-            record = self.ledger.grant(grant_id)
+            return self.ledger.grant(grant_id)
         except Forged:
             # Failed, so retried and alarmed: the grant's own record was overwritten, and
             # nothing is removed on the word of an entry the connector did not write.
@@ -343,6 +342,10 @@ class AwsIdentityCenterSession:
                 f"the ledger entry of grant {grant_id} was not written by this connector: "
                 "left alone"
             ) from None
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        record = self._own(grant_id)
         if record is None:
             if tombstone_until <= utcnow():
                 return RevokeResult(found=False)
@@ -352,7 +355,7 @@ class AwsIdentityCenterSession:
             )
             if self.ledger.create(stone):
                 return RevokeResult(found=False)
-            record = self.ledger.grant(grant_id)  # the grant landed meanwhile: revoke it
+            record = self._own(grant_id)  # the grant landed meanwhile: revoke it
             if record is None:
                 raise TargetError("the ledger entry for this grant changed meanwhile; will retry")
         if record.state != "active":
