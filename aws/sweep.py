@@ -4,13 +4,16 @@ may have been lost, or failed until now)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from jitc.aws import runtime
 from jitc.aws.observability import MetricUnit, logger, metrics, tracer
+
+if TYPE_CHECKING:
+    # Types only: importing Powertools' typing module costs ~30 ms of every cold start.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 RESERVE_MS = 30_000
 

@@ -34,15 +34,15 @@ hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
 print(json.dumps([took, int(hwm)]))
 """
 INIT = {
-    "intake": "import jitc.aws.intake\nfrom aws import runtime\nruntime.intake()",
+    "intake": "import jitc.aws.intake\nfrom jitc.aws import runtime\nruntime.intake()",
     # The worker and the sweep connect to the catalog's PostgreSQL on their first call, so its
     # driver is part of their cold start (the template imports it only then).
     "worker": (
-        "import jitc.aws.worker\nfrom aws import runtime\nengine = runtime.engine()\n"
+        "import jitc.aws.worker\nfrom jitc.aws import runtime\nengine = runtime.engine()\n"
         "[i.template for i in engine.catalog.integrations.values()]\nimport psycopg"
     ),
     "sweep": (
-        "import jitc.aws.sweep\nfrom aws import runtime\nengine = runtime.engine()\n"
+        "import jitc.aws.sweep\nfrom jitc.aws import runtime\nengine = runtime.engine()\n"
         "[i.template for i in engine.catalog.integrations.values()]\nimport psycopg"
     ),
 }

@@ -32,7 +32,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from jitc import labels
 from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates.base import (
@@ -41,13 +43,18 @@ from jitc.templates.base import (
     PermissionSettings,
     RevokeResult,
     Settings,
-    decode_label,
-    encode_label,
     grant_from_label,
     tombstone_label,
 )
 
 PLACEHOLDER = "{resource}"
+# What a label's MAC binds besides its content (jitc.labels): the policy's name, and which kind of
+# policy it is, so a genuine grant label copied onto another policy, or onto a session cutoff, is
+# not ours.
+LABEL_KIND = "aws_iam_policy"
+SESSIONS_KIND = "aws_iam_sessions"
+# IAM's limit on a policy description (CreatePolicy `Description`, max 1000).
+DESCRIPTION_MAX = 1000
 # Policies that end a role's older sessions: `jitc-s-<role>-<unix time of the cutoff>`.
 SESSIONS_PREFIX = "jitc-s-"
 _IAM_NAME = r"^[\w+=,.@-]{1,64}$"
@@ -318,6 +325,7 @@ class AwsIamTemplate:
     kind: ClassVar[str] = "aws_iam"
     Connection: ClassVar[type[Settings]] = Connection
     Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
 
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
         return False
@@ -348,21 +356,32 @@ class AwsIamTemplate:
             f"attach {arn} to {permission.principal_type} {name}",
         ]
 
-    def open(self, integration: str, connection: Settings, secret: Secret | None) -> AwsIamSession:
+    def open(
+        self,
+        integration: str,
+        connection: Settings,
+        secret: Secret | None,
+        label_key: LabelKey | None = None,
+    ) -> AwsIamSession:
         assert isinstance(connection, Connection)
-        return AwsIamSession(integration, connection)
+        return AwsIamSession(integration, connection, labels.required(label_key))
+
+
+class Squatted(Exception):
+    """A policy under the connector's path with one of its names, whose label is not ours."""
 
 
 class AwsIamSession:
     """An IAM client for one batch; the function's own role is the credential (no secret)."""
 
-    def __init__(self, integration: str, connection: Connection) -> None:
+    def __init__(self, integration: str, connection: Connection, key: LabelKey) -> None:
         from botocore.exceptions import ClientError
 
         from jitc.templates import aws_session
 
         self.integration = integration
         self.settings = connection
+        self.key = key
         self.ClientError = ClientError
         if connection.role_arn is not None:
             self.iam = aws_session.assumed_client(
@@ -378,18 +397,35 @@ class AwsIamSession:
         partition = _partition(self.settings)
         return f"arn:{partition}:iam::{self.settings.account_id}:policy{self.settings.path}{name}"
 
+    def _verified(self, name: str, description: str | None) -> dict[str, Any] | None:
+        """The label if its MAC holds for this policy name and it is this integration's."""
+        label = verify_label(self.key, LABEL_KIND, name, description)
+        if label is None or label.get("integration") != self.integration:
+            return None
+        return label
+
     def _label(self, name: str) -> dict[str, Any] | None:
-        """The label of one of our policies, or None when there is no such policy (or not ours)."""
+        """The label of one of our policies; None when there is no such policy. A policy of that
+        name whose label does not verify (someone else's, or a forged description) raises
+        Squatted: the connector never acts on it."""
         try:
             policy = self.iam.get_policy(PolicyArn=self._arn(name))["Policy"]
         except self.ClientError as exc:
             if _code(exc) == "NoSuchEntity":
                 return None
             raise
-        label = decode_label(policy.get("Description"))
-        if label is None or label.get("integration") != self.integration:
-            raise TargetError(f"policy {name} exists but was not made by this integration")
+        label = self._verified(name, policy.get("Description"))
+        if label is None:
+            raise Squatted(name)
         return label
+
+    def _describe(self, name: str, label: dict[str, Any]) -> str:
+        text = sign_label(self.key, LABEL_KIND, name, label)
+        if len(text) > DESCRIPTION_MAX:
+            # Only a very long principal or permission name gets here; refused before anything
+            # is made rather than cut (a cut label would not verify, and so not be ours).
+            raise Refused("permission", "the grant's label does not fit an IAM policy description")
+        return text
 
     def _document(self, spec: GrantSpec) -> dict[str, Any]:
         permission = spec.permission
@@ -441,33 +477,59 @@ class AwsIamSession:
         permission = spec.permission
         assert isinstance(permission, Permission)
         name = principal_name(self.settings, spec)
-        if self._label(tombstone_name(spec.grant_id)) is not None:
+        try:
+            stone = self._label(tombstone_name(spec.grant_id))
+            label = self._label(policy_name(spec.grant_id))
+        except Squatted as exc:
+            # A name collision is final: retrying would never make the name ours.
+            raise Refused(
+                "request_id",
+                f"policy {exc} already exists and was not created by this connector",
+            ) from None
+        if stone is not None:
             raise Refused("request_id", "this grant was already revoked; it will not be made again")
         self._check_principal(permission.principal_type, name)
-        label = self._label(policy_name(spec.grant_id))
-        reissued = label is not None
-        if label is None:
+        if label is not None:
+            self._same_request(label, spec, permission.principal_type, name)
+        else:
             document = self._document(spec)
-            extra = {
-                "principal_type": permission.principal_type,
-                "principal": name,
-                "revoke_role_sessions": permission.revoke_role_sessions,
+            label = {
+                **spec.label(
+                    principal_type=permission.principal_type,
+                    principal=name,
+                    revoke_role_sessions=permission.revoke_role_sessions,
+                    digest=spec.request_digest,
+                ),
+                # A keyed hash: whoever can read policy descriptions learns no email.
+                "identity": self.key.keyed_hash("identity", spec.identity.email),
             }
             try:
                 self.iam.create_policy(
                     PolicyName=policy_name(spec.grant_id),
                     Path=self.settings.path,
                     PolicyDocument=json.dumps(document),
-                    Description=encode_label(spec.label(**extra)),
+                    Description=self._describe(policy_name(spec.grant_id), label),
                     Tags=[
                         {"Key": "jitc:grant_id", "Value": spec.grant_id},
                         {"Key": "jitc:expires_at", "Value": spec.expires_at.isoformat()},
                     ],
                 )
+                label = None
             except self.ClientError as exc:
-                # A concurrent delivery of the same grant made it first: it is the same policy.
+                # A concurrent delivery of the same grant made it first: then it must be ours and
+                # for this same request; anything else is refused below.
                 if _code(exc) != "EntityAlreadyExists":
                     raise
+                try:
+                    label = self._label(policy_name(spec.grant_id))
+                except Squatted as squatted:
+                    raise Refused(
+                        "request_id",
+                        f"policy {squatted} already exists and was not created by this connector",
+                    ) from None
+                if label is not None:
+                    self._same_request(label, spec, permission.principal_type, name)
+        reissued = label is not None
         arn = self._arn(policy_name(spec.grant_id))
         try:
             if permission.principal_type == "role":
@@ -482,6 +544,23 @@ class AwsIamSession:
             raise
         return GrantResult(principal=f"{permission.principal_type}/{name}", reissued=reissued)
 
+    def _same_request(
+        self, label: dict[str, Any], spec: GrantSpec, principal_type: str, name: str
+    ) -> None:
+        """A redelivery reissues the grant; a different request under a used id is refused."""
+        if label.get("state") != "active":
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        same = (
+            label.get("digest") == spec.request_digest
+            and label.get("principal_type") == principal_type
+            and label.get("principal") == name
+        )
+        if not same:
+            raise Refused(
+                "request_id",
+                "this request id was already used for a different request; refused, not merged",
+            )
+
     # -- revoke ----------------------------------------------------------------------------
 
     def _attachments(self, arn: str) -> tuple[list[str], list[str]]:
@@ -493,7 +572,14 @@ class AwsIamSession:
         return roles, users
 
     def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
-        if until <= utcnow() or self._label(tombstone_name(grant_id)) is not None:
+        if until <= utcnow():
+            return
+        try:
+            if self._label(tombstone_name(grant_id)) is not None:
+                return
+        except Squatted:
+            # Someone else's policy holds the tombstone's name: a late grant is refused on that
+            # name anyway (grant refuses a squatted tombstone), and theirs is left alone.
             return
         stone = tombstone_label(grant_id, self.integration, label, until)
         try:
@@ -501,14 +587,20 @@ class AwsIamSession:
                 PolicyName=tombstone_name(grant_id),
                 Path=self.settings.path,
                 PolicyDocument=json.dumps(TOMBSTONE_DOCUMENT),
-                Description=encode_label(stone),
+                Description=self._describe(tombstone_name(grant_id), stone),
             )
         except self.ClientError as exc:
             if _code(exc) != "EntityAlreadyExists":
                 raise
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
-        label = self._label(policy_name(grant_id))
+        try:
+            label = self._label(policy_name(grant_id))
+        except Squatted:
+            # Not ours, whatever its description says: nothing of ours to revoke, and theirs is
+            # neither detached nor deleted. The tombstone still stops a late grant.
+            self._tombstone(grant_id, {}, tombstone_until)
+            return RevokeResult(found=False)
         if label is None:
             # Revoke before grant: the tombstone makes the late grant a refusal.
             self._tombstone(grant_id, {}, tombstone_until)
@@ -533,7 +625,10 @@ class AwsIamSession:
         except self.ClientError as exc:
             if _code(exc) != "NoSuchEntity":
                 raise
-        gone = self._label(policy_name(grant_id)) is None
+        try:
+            gone = self._label(policy_name(grant_id)) is None
+        except Squatted:
+            gone = False
         principal = f"{label.get('principal_type', 'role')}/{label.get('principal', '')}"
         return RevokeResult(
             found=True,
@@ -570,12 +665,17 @@ class AwsIamSession:
                 PolicyName=name,
                 Path=self.settings.path,
                 PolicyDocument=json.dumps(document),
-                Description=f"jit-connector: denies sessions of role {role} issued before "
-                f"{_iso(now)}",
+                Description=self._sessions_label(name, role),
             )
         except self.ClientError as exc:
             if _code(exc) != "EntityAlreadyExists":
                 raise
+            # Only our own cutoff is attached: a policy planted under this name could allow
+            # anything. The retried revoke picks a later second, so a new name.
+            if not self._is_cutoff(name, role):
+                raise TargetError(
+                    f"policy {name} already exists and was not created by this connector"
+                ) from None
         self.iam.attach_role_policy(RoleName=role, PolicyArn=self._arn(name))
         # A later cutoff denies everything an earlier one did: drop the earlier ones, so a role
         # holds one of these whatever the number of revokes (10 managed policies per role).
@@ -588,6 +688,8 @@ class AwsIamSession:
                 stamp = older[len(prefix) :]
                 if not older.startswith(prefix) or not stamp.isdigit() or int(stamp) >= cutoff:
                     continue
+                if not self._is_cutoff(older, role):
+                    continue  # not ours: neither detached nor deleted
                 self.iam.detach_role_policy(RoleName=role, PolicyArn=attached["PolicyArn"])
                 try:
                     self.iam.delete_policy(PolicyArn=attached["PolicyArn"])
@@ -595,8 +697,25 @@ class AwsIamSession:
                     if _code(exc) != "NoSuchEntity":
                         raise
 
+    def _sessions_label(self, name: str, role: str) -> str:
+        body = {"integration": self.integration, "role": role}
+        return sign_label(self.key, SESSIONS_KIND, name, body)
+
+    def _is_cutoff(self, name: str, role: str) -> bool:
+        try:
+            policy = self.iam.get_policy(PolicyArn=self._arn(name))["Policy"]
+        except self.ClientError as exc:
+            if _code(exc) == "NoSuchEntity":
+                return False
+            raise
+        label = verify_label(self.key, SESSIONS_KIND, name, policy.get("Description"))
+        return label is not None and label.get("role") == role
+
     def forget(self, grant_id: str) -> None:
-        label = self._label(tombstone_name(grant_id))
+        try:
+            label = self._label(tombstone_name(grant_id))
+        except Squatted:
+            return
         if label is not None and label.get("state") == "tombstone":
             self.iam.delete_policy(PolicyArn=self._arn(tombstone_name(grant_id)))
 
@@ -610,9 +729,9 @@ class AwsIamSession:
                 if not item["PolicyName"].startswith("jitc-"):
                     continue
                 policy = self.iam.get_policy(PolicyArn=item["Arn"])["Policy"]
-                label = decode_label(policy.get("Description"))
-                if label is None or label.get("integration") != self.integration:
-                    continue
+                label = self._verified(item["PolicyName"], policy.get("Description"))
+                if label is None:
+                    continue  # someone else's, or forged: never swept
                 grant = grant_from_label(
                     AwsIamTemplate.kind, str(label.get("principal", "")), label
                 )

@@ -1,22 +1,17 @@
 """AWS IAM Identity Center: an account assignment of a permission set to the identity's user.
 
-The user is found in the identity store by email. The permission set's own tags are the ledger:
-`jitc:<grant>:<account>` = `active <expires_at> <user id> <integration>` for each assignment a
-grant made (written *before* the assignment, so nothing exists unlabelled). A revoke removes the
-assignment first and then rewrites the *same* tags to `tombstone ...`: it never needs room for a
-new tag, so a permission set at AWS's 50-tag limit (shared with the company's own tags) can
-always be revoked. Only a revoke that arrives before its grant writes a tag of its own,
-`jitc:<grant>:x`; if there is no room it fails and is retried, with nothing to remove meanwhile
-(the grant behind it in the queue needs a tag too). AWS's 50 tags bound the concurrent
-(grant, account) pairs per permission set; a grant beyond that fails before assigning anything.
+The user is found in the identity store by email. The ledger is a DynamoDB table the module
+creates (`ledger_table`; aws_identity_center_ledger): a MACed record per grant, written before
+anything is assigned, and a hold per (permission set, account, user) the grant relies on. A
+revoke removes its hold and then the assignment unless another live grant holds it, looks
+again and puts the assignment back if a concurrent grant of the same user and account took a
+hold meanwhile, and only then turns the record into a tombstone that the table's TTL deletes
+once the grant could no longer be valid. Nothing is written on the permission set, so the
+company's 50 tags per permission set are theirs, and any number of grants and revokes fit.
 
-The ledger stays on the target (no second store to drift from the assignments); the cost is
-those 50 tags, which docs/aws.md discusses.
-
-The connector reads, tags and assigns only the permission sets the catalog names (the policy
-covers exactly those); it never removes an assignment it did not make, nor one another live
-grant needs: a revoke that removed an assignment looks again and restores it if a concurrent
-grant of the same user and account has labelled it meanwhile.
+The connector reads and assigns only the permission sets the catalog names (the policy covers
+exactly those); it never removes an assignment it did not make: a grant is refused where the
+user already holds the permission set on an account outside the connector.
 
 Identity Center cannot make an assignment expire by itself: the expiry is the scheduled revoke
 and the sweep. Role credentials already issued through the portal last until the permission
@@ -27,15 +22,17 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from jitc import labels
 from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
+from jitc.templates.aws_identity_center_ledger import Forged, GrantRecord, Ledger
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
@@ -44,7 +41,6 @@ from jitc.templates.base import (
     Settings,
 )
 
-TAG_PREFIX = "jitc:"
 # Well inside the worker's timeout: an assignment still in progress then is retried, not waited
 # out (a timed-out worker would lose the whole batch's outcomes).
 STATUS_WAIT_SECONDS = 20.0
@@ -55,6 +51,11 @@ class Connection(Settings):
         pattern=r"^arn:aws[a-z-]*:sso:::instance/(sso)?ins-[a-zA-Z0-9-.]{16}$"
     )
     identity_store_id: str = Field(pattern=r"^d-[0-9a-f]{10}$|^[0-9a-f-]{36}$")
+    ledger_table: str = Field(
+        pattern=r"^[a-zA-Z0-9_.-]{3,255}$",
+        description="the DynamoDB table the module creates as this template's ledger "
+        "(output identity_center_ledger_table), in the connector's own account",
+    )
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     role_arn: str | None = Field(
         default=None,
@@ -84,38 +85,6 @@ class Permission(PermissionSettings):
         return resources
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One tag of the ledger, parsed."""
-
-    grant_id: str
-    account: str  # "x" for a tombstone
-    state: str
-    expires_at: datetime
-    user_id: str
-    integration: str
-
-    @property
-    def key(self) -> str:
-        return f"{TAG_PREFIX}{self.grant_id}:{self.account}"
-
-    @property
-    def value(self) -> str:
-        return f"{self.state} {self.expires_at.isoformat()} {self.user_id} {self.integration}"
-
-    @classmethod
-    def parse(cls, key: str, value: str) -> Entry | None:
-        match = re.fullmatch(r"jitc:(g[a-z2-7]{24}):(\d{12}|x)", key)
-        parts = value.split(" ")
-        if match is None or len(parts) != 4:
-            return None
-        try:
-            expires_at = datetime.fromisoformat(parts[1])
-        except ValueError:
-            return None
-        return cls(match[1], match[2], parts[0], expires_at, parts[2], parts[3])
-
-
 def _code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
@@ -125,6 +94,7 @@ class AwsIdentityCenterTemplate:
     kind: ClassVar[str] = "aws_identity_center"
     Connection: ClassVar[type[Settings]] = Connection
     Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
 
     def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
         return False
@@ -151,14 +121,18 @@ class AwsIdentityCenterTemplate:
         return steps
 
     def open(
-        self, integration: str, connection: Settings, secret: Secret | None
+        self,
+        integration: str,
+        connection: Settings,
+        secret: Secret | None,
+        label_key: LabelKey | None = None,
     ) -> AwsIdentityCenterSession:
         assert isinstance(connection, Connection)
-        return AwsIdentityCenterSession(integration, connection)
+        return AwsIdentityCenterSession(integration, connection, labels.required(label_key))
 
 
 class AwsIdentityCenterSession:
-    def __init__(self, integration: str, connection: Connection) -> None:
+    def __init__(self, integration: str, connection: Connection, key: LabelKey) -> None:
         from botocore.exceptions import ClientError
 
         from jitc.templates import aws_session
@@ -176,61 +150,18 @@ class AwsIdentityCenterSession:
         else:
             self.sso = aws_session.client("sso-admin", connection.region)
             self.store = aws_session.client("identitystore", connection.region)
+        # The table is the connector's own, in its own account: reached with the function's
+        # role even when Identity Center is reached through a member-account role.
+        self.ledger = Ledger(
+            aws_session.client("dynamodb", None),
+            connection.ledger_table,
+            key,
+            integration,
+            ClientError,
+        )
 
     def close(self) -> None:
         """The clients are shared across batches (aws_session): nothing to close."""
-
-    # -- the ledger ------------------------------------------------------------------------
-
-    def _entries(self, permission_set: str) -> list[Entry]:
-        entries: list[Entry] = []
-        params = {"InstanceArn": self.settings.instance_arn, "ResourceArn": permission_set}
-        while True:
-            page = self.sso.list_tags_for_resource(**params)
-            for tag in page.get("Tags", []):
-                entry = Entry.parse(tag["Key"], tag["Value"])
-                if entry is not None and entry.integration == self.integration:
-                    entries.append(entry)
-            if not page.get("NextToken"):
-                return entries
-            params["NextToken"] = page["NextToken"]
-
-    def _permission_sets(self) -> list[str]:
-        """The catalog's permission sets: the policy covers these and nothing else."""
-        return list(self.settings.permission_set_arns)
-
-    def _ledger_set(self) -> str:
-        """Where a revoke of a grant never made leaves its tombstone: one permission set, the
-        first ARN in sort order (independent of the catalog's order), not every set."""
-        return min(self.settings.permission_set_arns)
-
-    def _find(self, grant_id: str) -> tuple[str, list[Entry]] | None:
-        for arn in self._permission_sets():
-            found = [e for e in self._entries(arn) if e.grant_id == grant_id]
-            if found:
-                return arn, found
-        return None
-
-    def _tag(self, permission_set: str, entries: list[Entry]) -> None:
-        try:
-            self.sso.tag_resource(
-                InstanceArn=self.settings.instance_arn,
-                ResourceArn=permission_set,
-                Tags=[{"Key": e.key, "Value": e.value} for e in entries],
-            )
-        except self.ClientError as exc:
-            if _code(exc) in ("ServiceQuotaExceededException", "ValidationException"):
-                raise TargetError(
-                    "the permission set has no room for more grant labels (50 tags): "
-                    "too many concurrent grants of it"
-                ) from None
-            raise
-
-    def _untag(self, permission_set: str, keys: list[str]) -> None:
-        if keys:
-            self.sso.untag_resource(
-                InstanceArn=self.settings.instance_arn, ResourceArn=permission_set, TagKeys=keys
-            )
 
     # -- AWS calls -------------------------------------------------------------------------
 
@@ -288,93 +219,6 @@ class AwsIdentityCenterSession:
             "PrincipalId": user_id,
         }
 
-    # -- grant -----------------------------------------------------------------------------
-
-    def grant(self, spec: GrantSpec) -> GrantResult:
-        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
-        permission = spec.permission
-        assert isinstance(permission, Permission)
-        arn = permission.permission_set_arn
-        entries = self._entries(arn)
-        ledger = self._ledger_set()
-        stones = entries if arn == ledger else entries + self._entries(ledger)
-        if any(e.grant_id == spec.grant_id and e.state == "tombstone" for e in stones):
-            raise Refused("request_id", "this grant was already revoked; it will not be made again")
-        user_id = self._user_id(spec.identity.email)
-        mine = {e.account for e in entries if e.grant_id == spec.grant_id}
-        covered = {e.account for e in entries if e.user_id == user_id and e.state == "active"}
-        for index, account in enumerate(spec.resources):
-            if account not in covered and self._assigned(account, arn, user_id):
-                raise Refused(
-                    f"resources[{index}]",
-                    f"the user already holds this permission set on {account} outside the "
-                    "connector; it will not manage (or remove) that assignment",
-                )
-        self._tag(
-            arn,
-            [
-                Entry(spec.grant_id, a, "active", spec.expires_at, user_id, self.integration)
-                for a in spec.resources
-                if a not in mine
-            ],
-        )
-        for account in spec.resources:
-            if self._assigned(account, arn, user_id):
-                continue  # made by an earlier delivery, or by an overlapping grant of ours
-            self._assign(account, arn, user_id)
-        return GrantResult(principal=f"user/{user_id}", reissued=bool(mine))
-
-    # -- revoke ----------------------------------------------------------------------------
-
-    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
-        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
-        found = self._find(grant_id)
-        if found is None:
-            # Revoke before grant: the permission set a late grant would name is unknown, so
-            # its tombstone goes on the ledger set, which every grant reads as well. One tag,
-            # not one per permission set of the catalog.
-            if tombstone_until > utcnow():
-                stone = Entry(grant_id, "x", "tombstone", tombstone_until, "-", self.integration)
-                self._tag(self._ledger_set(), [stone])
-            return RevokeResult(found=False)
-        arn, entries = found
-        live = [e for e in entries if e.state == "active"]
-        if not live:
-            return RevokeResult(found=False)
-        expires_at = live[0].expires_at
-        user_id = live[0].user_id
-        # Access first: nothing below depends on room for a tag, so a full ledger cannot keep
-        # an assignment alive.
-        for entry in live:
-            if entry.account not in self._needed_by_others(arn, grant_id, user_id):
-                self._unassign(entry.account, arn, user_id)
-        # A grant of the same user and account labelled while we removed it relies on the
-        # assignment: put it back (its tag was written before it looked, so we see it now).
-        needed = self._needed_by_others(arn, grant_id, user_id)
-        residual: list[str] = []
-        for entry in live:
-            assigned = self._assigned(entry.account, arn, user_id)
-            if entry.account in needed and not assigned:
-                self._assign(entry.account, arn, user_id)
-            elif entry.account not in needed and assigned:
-                residual.append(f"assignment on {entry.account} still exists")
-        if not residual:
-            self._bury(arn, live, max(tombstone_until, expires_at))
-        return RevokeResult(
-            found=True,
-            principal=f"user/{user_id}",
-            expires_at=expires_at,
-            residual=residual,
-            verified=not residual,
-        )
-
-    def _needed_by_others(self, permission_set: str, grant_id: str, user_id: str) -> set[str]:
-        return {
-            e.account
-            for e in self._entries(permission_set)
-            if e.grant_id != grant_id and e.user_id == user_id and e.state == "active"
-        }
-
     def _unassign(self, account: str, permission_set: str, user_id: str) -> None:
         try:
             answer = self.sso.delete_account_assignment(
@@ -405,53 +249,170 @@ class AwsIdentityCenterSession:
             "AccountAssignmentCreationRequestId",
         )
 
-    def _bury(self, permission_set: str, live: list[Entry], until: datetime) -> None:
-        """The grant's own tags become its tombstone: rewritten in place, no new tag needed.
-        Then, where there is room, they fold into one `:x` tag to give the others back."""
-        stones = [
-            Entry(e.grant_id, e.account, "tombstone", until, e.user_id, e.integration) for e in live
-        ]
-        self._tag(permission_set, stones)
-        if len(stones) < 2:
-            return
-        first = stones[0]
-        folded = Entry(first.grant_id, "x", "tombstone", until, first.user_id, first.integration)
+    def _held(
+        self,
+        permission_set: str,
+        account: str,
+        user_id: str,
+        live_only: bool = True,
+        but: str | None = None,
+    ) -> bool:
+        """Whether a grant of ours (other than `but`) holds this assignment."""
+        found = self.ledger.holders(permission_set, account, user_id, live_only=live_only)
+        return any(grant_id != but for grant_id in found)
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def _record(self, grant_id: str) -> GrantRecord | None:
         try:
-            self._tag(permission_set, [folded])
-        except TargetError:
-            return  # no room: the per-account tombstones stand
-        self._untag(permission_set, [e.key for e in stones])
+            return self.ledger.grant(grant_id)
+        except Forged:
+            raise Refused(
+                "request_id",
+                "the ledger holds an entry for this grant that was not created by this connector",
+            ) from None
+
+    @staticmethod
+    def _same_request(record: GrantRecord, spec: GrantSpec) -> None:
+        if record.state != "active":
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        if record.digest != spec.request_digest:
+            raise Refused(
+                "request_id",
+                "this request id was already used for a different request; refused, not merged",
+            )
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        arn = permission.permission_set_arn
+        record = self._record(spec.grant_id)
+        reissued = record is not None
+        if record is not None:
+            self._same_request(record, spec)
+        else:
+            user_id = self._user_id(spec.identity.email)
+            for index, account in enumerate(spec.resources):
+                ours = self._held(arn, account, user_id, live_only=False)
+                if not ours and self._assigned(account, arn, user_id):
+                    raise Refused(
+                        f"resources[{index}]",
+                        f"the user already holds this permission set on {account} outside the "
+                        "connector; it will not manage (or remove) that assignment",
+                    )
+            record = GrantRecord(
+                spec.grant_id,
+                "active",
+                spec.expires_at,
+                user_id,
+                arn,
+                tuple(spec.resources),
+                spec.request_digest,
+                self.integration,
+            )
+            if not self.ledger.create(record):
+                # A concurrent delivery, or a revoke that arrived first, wrote there meanwhile.
+                found = self._record(spec.grant_id)
+                if found is None:
+                    raise TargetError(
+                        "the ledger entry for this grant changed meanwhile; will retry"
+                    )
+                self._same_request(found, spec)
+                record, reissued = found, True
+        for account in record.accounts:
+            # The hold before the assignment: a concurrent revoke of another grant of this user
+            # and account sees it and leaves (or puts back) the assignment.
+            self.ledger.hold(record, account)
+            if not self._assigned(account, record.permission_set, record.user_id):
+                self._assign(account, record.permission_set, record.user_id)
+        return GrantResult(
+            principal=f"user/{record.user_id}", reissued=reissued, expires_at=record.expires_at
+        )
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def _own(self, grant_id: str) -> GrantRecord | None:
+        try:
+            return self.ledger.grant(grant_id)
+        except Forged:
+            # Failed, so retried and alarmed: the grant's own record was overwritten, and
+            # nothing is removed on the word of an entry the connector did not write.
+            raise TargetError(
+                f"the ledger entry of grant {grant_id} was not written by this connector: "
+                "left alone"
+            ) from None
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        record = self._own(grant_id)
+        if record is None:
+            if tombstone_until <= utcnow():
+                return RevokeResult(found=False)
+            # Revoke before grant: the tombstone makes the late grant a refusal.
+            stone = GrantRecord(
+                grant_id, "tombstone", tombstone_until, "-", "-", (), "", self.integration
+            )
+            if self.ledger.create(stone):
+                return RevokeResult(found=False)
+            record = self._own(grant_id)  # the grant landed meanwhile: revoke it
+            if record is None:
+                raise TargetError("the ledger entry for this grant changed meanwhile; will retry")
+        if record.state != "active":
+            return RevokeResult(found=False)
+        arn, user_id = record.permission_set, record.user_id
+        # Access first: the assignment goes unless another live grant holds it; the grant's own
+        # hold goes after, so a grant landing meanwhile still sees the assignment as ours.
+        for account in record.accounts:
+            if not self._held(arn, account, user_id, but=grant_id):
+                self._unassign(account, arn, user_id)
+            self.ledger.release(record, account)
+        # A grant of the same user and account that took its hold while we removed the
+        # assignment relies on it: put it back (its hold was written before it looked).
+        residual: list[str] = []
+        for account in record.accounts:
+            needed = self._held(arn, account, user_id)
+            assigned = self._assigned(account, arn, user_id)
+            if needed and not assigned:
+                self._assign(account, arn, user_id)
+            elif not needed and assigned:
+                residual.append(f"assignment on {account} still exists")
+        if not residual and not self.ledger.bury(record, max(tombstone_until, record.expires_at)):
+            raise TargetError("the ledger entry for this grant changed meanwhile; will retry")
+        return RevokeResult(
+            found=True,
+            principal=f"user/{user_id}",
+            expires_at=record.expires_at,
+            residual=residual,
+            verified=not residual,
+        )
 
     def forget(self, grant_id: str) -> None:
-        for arn in self._permission_sets():
-            keys = [
-                e.key
-                for e in self._entries(arn)
-                if e.grant_id == grant_id and e.state == "tombstone"
-            ]
-            self._untag(arn, keys)
+        try:
+            record = self.ledger.grant(grant_id)
+        except Forged:
+            return
+        if record is not None and record.state == "tombstone":
+            self.ledger.forget(record)
 
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
-        grants: dict[str, Grant] = {}
-        for arn in self._permission_sets():
-            for entry in self._entries(arn):
-                if entry.grant_id in grants and entry.state == "tombstone":
-                    continue
-                grants[entry.grant_id] = Grant(
-                    grant_id=entry.grant_id,
-                    request_id=entry.grant_id,
-                    integration=self.integration,
-                    permission=arn,
-                    kind=AwsIdentityCenterTemplate.kind,
-                    principal=f"user/{entry.user_id}",
-                    identity=entry.user_id,
-                    expires_at=entry.expires_at,
-                    state="tombstone" if entry.state == "tombstone" else "active",
-                    detail={"account": entry.account},
-                )
-        return list(grants.values())
+        return [
+            Grant(
+                grant_id=record.grant_id,
+                request_id=record.grant_id,
+                integration=self.integration,
+                permission=record.permission_set,
+                kind=AwsIdentityCenterTemplate.kind,
+                principal=f"user/{record.user_id}",
+                identity=record.user_id,
+                expires_at=record.expires_at,
+                state="tombstone" if record.state == "tombstone" else "active",
+                detail={"accounts": list(record.accounts)},
+            )
+            for record in self.ledger.records()
+        ]
 
     def inventory(self) -> dict[str, list[str]]:
         # Run by the operator's CLI with its own credentials: the whole instance, not only the

@@ -97,12 +97,15 @@ def _iam_match(pattern: str, value: str) -> re.Match[str] | None:
 def _signed_request(self: Any) -> AWSRequest:
     """moto re-signs a request to check its signature, but signs an empty body as the query
     string's parameters (`body or data`), so every GET or DELETE with a query (Scheduler's
-    GetSchedule, DeleteSchedule) fails SignatureDoesNotMatch: the body is what was signed."""
+    GetSchedule, DeleteSchedule) fails SignatureDoesNotMatch: the body is what was signed.
+    A query-protocol POST (IAM) reaches here with its form already parsed out of the body:
+    then the parsed form is what was signed."""
     signed = self._get_string_between("SignedHeaders=", ",", self._headers["Authorization"])
     headers = self._create_headers_for_aws_request(signed.split(";"), self._headers)
-    request = AWSRequest(
-        method=self._method, url=self._path, data=self._body or b"", headers=headers
-    )
+    data: Any = self._body or b""
+    if not data and self._method == "POST" and self._data:
+        data = self._data
+    request = AWSRequest(method=self._method, url=self._path, data=data, headers=headers)
     request.context["timestamp"] = headers["X-Amz-Date"]
     return request
 

@@ -15,12 +15,15 @@ from awsharness import ACCOUNT, acting_as, client
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
+from jitc.labels import LabelKey, verify_label
 from jitc.local import MemorySink, NullScheduler
-from jitc.models import AccessRequest, derive_grant_id
-from jitc.secrets import SecretStores
-from jitc.templates.aws_iam import with_expiry
+from jitc.models import AccessRequest, derive_grant_id, request_digest
+from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.templates.aws_iam import LABEL_KIND, with_expiry
 
 INTEGRATION = "awst-iam"
+LABEL_KEY = "aws-iam-test-label-key-0123456789"
+STORES = SecretStores({"mem": EnvSecretStore({"label": LABEL_KEY})})
 DOC = {
     "Version": "2012-10-17",
     "Statement": [
@@ -64,6 +67,7 @@ def iam(aws: str) -> Any:
 def engine(iam: Any) -> Engine:
     catalog = parse_catalog(
         {
+            "connector": {"label_key": "mem:label"},
             "integrations": {
                 INTEGRATION: {
                     "kind": "aws_iam",
@@ -92,10 +96,10 @@ def engine(iam: Any) -> Engine:
                         },
                     },
                 }
-            }
+            },
         }
     )
-    return Engine(catalog, SecretStores({}), NullScheduler(), MemorySink())
+    return Engine(catalog, STORES, NullScheduler(), MemorySink())
 
 
 def grant(
@@ -161,11 +165,21 @@ def test_grant_attaches_a_labelled_policy_that_aws_ends_at_the_expiry(
     expiry = outcome.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert allow["Condition"] == {"DateLessThan": {"aws:CurrentTime": expiry}}
     assert "Condition" not in deny
-    label = json.loads(policy["description"].removeprefix("jitc:"))
+    # MACed for this policy name (jitc.labels), with no email in clear.
+    name = f"jitc-{gid}"
+    label = verify_label(LabelKey.from_secret(LABEL_KEY), LABEL_KIND, name, policy["description"])
+    assert label is not None and label["digest"] == request_digest(request)
     assert (label["grant_id"], label["integration"], label["principal"]) == (
         gid,
         INTEGRATION,
         "dev-ana",
+    )
+    assert "@" not in policy["description"]
+    assert (
+        verify_label(
+            LabelKey.from_secret(LABEL_KEY), LABEL_KIND, "jitc-other", policy["description"]
+        )
+        is None
     )
     # Redelivered: the same policy, still one attachment.
     again = run(engine, request)
@@ -313,7 +327,9 @@ def test_sweep_revokes_expired_grants_only(engine: Engine, iam: Any) -> None:
     assert f"jitc-{long.grant_id}" in names and f"jitc-{short.grant_id}" not in names
     # Inventory is read by the operator's CLI, not by the deployed functions.
     integration = engine.catalog.integration(INTEGRATION)
-    inventory = integration.template.open(INTEGRATION, integration.connection, None).inventory()
+    inventory = integration.template.open(
+        INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+    ).inventory()
     assert inventory["roles"] == ["dev-ana", "dev-bob", "dev-free"]
     assert inventory["users"] == ["dev-carl"]
 
@@ -346,9 +362,7 @@ def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> No
     }
 
 
-def test_a_principal_without_the_connectors_boundary_gets_nothing(
-    engine: Engine, iam: Any
-) -> None:
+def test_a_principal_without_the_connectors_boundary_gets_nothing(engine: Engine, iam: Any) -> None:
     outcome = run(engine, grant("s3-read", "dev-free", ["bucket-a"]))
     assert (outcome.status, outcome.field) == ("refused", "identity.username")
     assert "permissions boundary" in (outcome.message or "")
@@ -358,6 +372,7 @@ def test_a_principal_without_the_connectors_boundary_gets_nothing(
 
 def _catalog_with(permission: dict[str, Any]) -> dict[str, Any]:
     return {
+        "connector": {"label_key": "mem:label"},
         "integrations": {
             INTEGRATION: {
                 "kind": "aws_iam",
@@ -368,7 +383,7 @@ def _catalog_with(permission: dict[str, Any]) -> dict[str, Any]:
                 },
                 "permissions": {"p": {"resources": ["r"], **permission}},
             }
-        }
+        },
     }
 
 
@@ -457,7 +472,7 @@ def test_arns_are_in_the_accounts_partition() -> None:
         doc = _catalog_with(_allow("s3:GetObject"))
         connection = doc["integrations"][INTEGRATION]["connection"]
         connection["permissions_boundary_arn"] = BOUNDARY.replace("arn:aws:", f"arn:{partition}:")
-        engine = Engine(parse_catalog(doc), SecretStores({}), NullScheduler(), MemorySink())
+        engine = Engine(parse_catalog(doc), STORES, NullScheduler(), MemorySink())
         request = AccessRequest.model_validate(
             {"request_id": "part-1", "action": "grant", "integration": INTEGRATION,
              "permission": "p", "resources": ["r"], "duration": "1h",
@@ -518,7 +533,7 @@ def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: 
     connection = doc["integrations"][INTEGRATION]["connection"]
     connection.update(account_id=MEMBER, permissions_boundary_arn=boundary,
                       role_arn=role_arn, external_id="ext-1")  # fmt: skip
-    engine = Engine(parse_catalog(doc), SecretStores({}), NullScheduler(), MemorySink())
+    engine = Engine(parse_catalog(doc), STORES, NullScheduler(), MemorySink())
     start = len(REQUESTS)
     request = AccessRequest.model_validate(
         {"request_id": "member-1", "action": "grant", "integration": INTEGRATION,
@@ -531,9 +546,7 @@ def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: 
     # The connector's own account holds nothing of it.
     assert client("iam").list_policies(Scope="Local", PathPrefix="/jitc/")["Policies"] == []
     assumed = [r for r in REQUESTS[start:] if r.operation == "AssumeRole"]
-    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [
-        (role_arn, "ext-1")
-    ]
+    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [(role_arn, "ext-1")]
     aws_session.reset()
 
 
@@ -571,3 +584,44 @@ def test_every_iam_and_sts_action_that_is_not_a_read_needs_the_mark() -> None:
         for operation in session.get_service_model(service).operation_names:
             flagged = escalations(_allow(f"{service}:{operation}")["policy"])
             assert bool(flagged) != operation.startswith(reads), (service, operation)
+
+
+def test_planted_session_cutoffs_are_never_attached_nor_deleted(engine: Engine, iam: Any) -> None:
+    """Someone who can create policies under the connector's path plants `jitc-s-<role>-<t>`
+    for the seconds ahead (allowing everything) and an older one attached to the role: the
+    revoke must neither attach the planted ones nor detach and delete the old one."""
+    gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
+    everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*",
+                  "Resource": "*"}]}  # fmt: skip
+    now = int(time.time())
+    planted = [f"jitc-s-dev-ana-{t}" for t in range(now, now + 4)]
+    for name in [*planted, "jitc-s-dev-ana-1000"]:
+        iam.create_policy(PolicyName=name, Path="/jitc/", PolicyDocument=json.dumps(everything),
+                          Description="jit-connector: denies sessions of role dev-ana")  # fmt: skip
+    old = f"arn:aws:iam::{ACCOUNT}:policy/jitc/jitc-s-dev-ana-1000"
+    iam.attach_role_policy(RoleName="dev-ana", PolicyArn=old)
+    outcome = run(engine, revoke(gid))
+    attached = {
+        p["PolicyName"]
+        for p in iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    }
+    assert not attached & set(planted)
+    assert "jitc-s-dev-ana-1000" in attached  # the old, foreign one is left where it was
+    if outcome.status == "failed":  # the planted name was hit: retried later, under a new name
+        assert "not created by this connector" in str(outcome.message)
+    # Access itself is gone either way: the grant's policy is detached before the cutoff.
+    assert ours(iam).get(f"jitc-{gid}", {"roles": []})["roles"] == []
+
+
+def test_a_genuine_label_copied_onto_another_grants_policy_is_not_ours(
+    engine: Engine, iam: Any
+) -> None:
+    first = run(engine, grant("s3-read", "dev-ana", ["bucket-a"]))
+    label = ours(iam)[f"jitc-{first.grant_id}"]["description"]
+    request = grant("s3-read", "dev-bob", ["bucket-a"])
+    planned = f"jitc-{derive_grant_id(INTEGRATION, request.request_id)}"
+    iam.create_policy(PolicyName=planned, Path="/jitc/", Description=label,
+                      PolicyDocument=json.dumps(MANAGED_DOC))  # fmt: skip
+    outcome = run(engine, request)
+    assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
+    assert ours(iam)[planned]["roles"] == []  # never attached

@@ -1,9 +1,11 @@
 """The IAM Identity Center template against moto: account assignments of a permission set to a
-user found by email, the permission set's tags as the ledger, never touching assignments the
-connector did not make, tombstones, overlapping grants, sweep and inventory."""
+user found by email, a MACed DynamoDB ledger (no tags on the permission set), never touching
+assignments the connector did not make, tombstones with a TTL, overlapping grants, sweep and
+inventory, and a hostile writer of ledger items."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -13,12 +15,58 @@ from awsharness import REQUESTS, acting_as, client
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
+from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.models import AccessRequest, derive_grant_id
+from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.templates.aws_identity_center_ledger import grant_key, hold_key
 
 INTEGRATION = "awst-idc"
 STORE = "d-1234567890"
 ACCOUNTS = ["111111111111", "222222222222"]
+TABLE = "jitc-test-ledger"
+LABEL_KEY = "idc-test-label-key-0123456789abcdef"
+STORES = SecretStores({"mem": EnvSecretStore({"label": LABEL_KEY})})
+
+
+def make_table() -> Any:
+    """The table as the module makes it: pk/sk strings, TTL on `expires`."""
+    db = client("dynamodb")
+    db.create_table(
+        TableName=TABLE,
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    db.update_time_to_live(
+        TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"}
+    )
+    return db
+
+
+def catalog_doc(idc: dict[str, Any], permissions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "connector": {"label_key": "mem:label"},
+        "integrations": {
+            INTEGRATION: {
+                "kind": "aws_identity_center",
+                "connection": {
+                    "instance_arn": idc["instance"],
+                    "identity_store_id": STORE,
+                    "region": "us-east-1",
+                    "ledger_table": TABLE,
+                },
+                "max_duration": "8h",
+                "permissions": permissions,
+            }
+        },
+    }
 
 
 @pytest.fixture
@@ -37,6 +85,7 @@ def idc(aws: str) -> dict[str, Any]:
             Emails=[{"Value": f"{name}@example.com", "Type": "work", "Primary": True}],
         )["UserId"]
     return {
+        "db": make_table(),
         "sso": sso,
         "instance": instance,
         "ps": ps["PermissionSet"]["PermissionSetArn"],
@@ -47,25 +96,17 @@ def idc(aws: str) -> dict[str, Any]:
 
 @pytest.fixture
 def engine(idc: dict[str, Any]) -> Engine:
-    catalog = parse_catalog(
-        {
-            "integrations": {
-                INTEGRATION: {
-                    "kind": "aws_identity_center",
-                    "connection": {
-                        "instance_arn": idc["instance"],
-                        "identity_store_id": STORE,
-                        "region": "us-east-1",
-                    },
-                    "max_duration": "8h",
-                    "permissions": {
-                        "read": {"permission_set_arn": idc["ps"], "resources": ACCOUNTS}
-                    },
-                }
-            }
-        }
+    permissions = {"read": {"permission_set_arn": idc["ps"], "resources": ACCOUNTS}}
+    return Engine(
+        parse_catalog(catalog_doc(idc, permissions)), STORES, NullScheduler(), MemorySink()
     )
-    return Engine(catalog, None, NullScheduler(), MemorySink())  # type: ignore[arg-type]
+
+
+def session(engine: Engine) -> Any:
+    integration = engine.catalog.integration(INTEGRATION)
+    return integration.template.open(
+        INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+    )
 
 
 def grant(who: str, accounts: list[str], seconds: int = 3600) -> AccessRequest:
@@ -104,13 +145,30 @@ def assigned(idc: dict[str, Any], account: str) -> list[str]:
 
 
 def tags(idc: dict[str, Any]) -> dict[str, str]:
-    got = idc["sso"].list_tags_for_resource(InstanceArn=idc["instance"], ResourceArn=idc["ps"])[
-        "Tags"
-    ]
-    return {t["Key"]: t["Value"] for t in got}
+    got = {}
+    for arn in (idc["ps"], idc["other"]):
+        for tag in idc["sso"].list_tags_for_resource(InstanceArn=idc["instance"], ResourceArn=arn)[
+            "Tags"
+        ]:
+            got[tag["Key"]] = tag["Value"]
+    return got
 
 
-def test_grant_assigns_the_users_permission_set_labelled_in_its_tags(
+def items(idc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The ledger table: (pk, sk) -> item."""
+    found = idc["db"].scan(TableName=TABLE)["Items"]
+    return {(i["pk"]["S"], i["sk"]["S"]): i for i in found}
+
+
+def state(idc: dict[str, Any], grant_id: str) -> str | None:
+    item = items(idc).get(grant_key(grant_id))
+    if item is None:
+        return None
+    body = json.loads(item["label"]["S"].split(".", 1)[1])
+    return str(body["state"])
+
+
+def test_grant_assigns_the_users_permission_set_recorded_in_the_ledger(
     engine: Engine, idc: dict[str, Any]
 ) -> None:
     request = grant("ana", ACCOUNTS)
@@ -119,15 +177,19 @@ def test_grant_assigns_the_users_permission_set_labelled_in_its_tags(
     assert (outcome.status, outcome.principal) == ("granted", f"user/{ana}")
     assert assigned(idc, ACCOUNTS[0]) == [ana] and assigned(idc, ACCOUNTS[1]) == [ana]
     gid = derive_grant_id(INTEGRATION, request.request_id)
-    ledger = tags(idc)
-    assert set(ledger) == {f"jitc:{gid}:{a}" for a in ACCOUNTS}
-    assert (
-        ledger[f"jitc:{gid}:{ACCOUNTS[0]}"]
-        == f"active {outcome.expires_at.isoformat()} {ana} {INTEGRATION}"
-    )
+    ledger = items(idc)
+    assert set(ledger) == {grant_key(gid)} | {hold_key(idc["ps"], a, ana, gid) for a in ACCOUNTS}
+    assert state(idc, gid) == "active" and "expires" not in ledger[grant_key(gid)]
+    assert "@" not in json.dumps(list(ledger.values()))  # no email in the table
     again = run(engine, request)
     assert again.status == "granted" and again.reissued
-    assert assigned(idc, ACCOUNTS[0]) == [ana] and len(tags(idc)) == 2
+    assert assigned(idc, ACCOUNTS[0]) == [ana] and len(items(idc)) == 3
+    # Nothing is written on the permission set: its 50 tags stay the company's.
+    assert tags(idc) == {}
+    # The same request id for another request is refused, not merged.
+    other = AccessRequest.model_validate({**request.model_dump(), "duration": "60s"})
+    refused = run(engine, other)
+    assert (refused.status, refused.field) == ("refused", "request_id")
 
 
 def test_unknown_email_and_foreign_assignment_are_refused(
@@ -148,14 +210,14 @@ def test_unknown_email_and_foreign_assignment_are_refused(
     outcome = run(engine, grant("bob", ACCOUNTS))
     assert (outcome.status, outcome.field) == ("refused", "resources[1]")
     assert assigned(idc, ACCOUNTS[0]) == [] and assigned(idc, ACCOUNTS[1]) == [bob]
-    assert tags(idc) == {}
+    assert items(idc) == {}
 
 
 def test_plan_has_no_side_effects(engine: Engine, idc: dict[str, Any]) -> None:
     with acting_as("worker"):
         outcome = engine.plan(grant("ana", ACCOUNTS))
     assert outcome.status == "planned" and len(outcome.statements) == 3
-    assert assigned(idc, ACCOUNTS[0]) == [] and tags(idc) == {}
+    assert assigned(idc, ACCOUNTS[0]) == [] and items(idc) == {}
 
 
 def test_revoke_twice_before_and_after_and_overlapping(engine: Engine, idc: dict[str, Any]) -> None:
@@ -167,8 +229,11 @@ def test_revoke_twice_before_and_after_and_overlapping(engine: Engine, idc: dict
     out = run(engine, revoke(first.grant_id))
     assert (out.status, out.verified) == ("revoked", True)
     assert assigned(idc, ACCOUNTS[0]) == [ana] and assigned(idc, ACCOUNTS[1]) == [ana]
-    # The grant's own tag became its tombstone, in place.
-    assert tags(idc)[f"jitc:{first.grant_id}:{ACCOUNTS[0]}"].startswith("tombstone ")
+    # The grant's record became its tombstone, which the table's TTL deletes after the expiry.
+    assert state(idc, first.grant_id) == "tombstone"
+    stone = items(idc)[grant_key(first.grant_id)]
+    assert int(stone["expires"]["N"]) >= int(first.expires_at.timestamp())
+    assert hold_key(idc["ps"], ACCOUNTS[0], ana, first.grant_id) not in items(idc)
     assert run(engine, revoke(first.grant_id)).status == "revoked"
     assert (run(engine, first_req).status, run(engine, first_req).field) == (
         "refused",
@@ -181,7 +246,8 @@ def test_revoke_twice_before_and_after_and_overlapping(engine: Engine, idc: dict
     assert run(engine, revoke(derive_grant_id(INTEGRATION, late.request_id))).status == "revoked"
     assert run(engine, late).status == "refused"
     assert assigned(idc, ACCOUNTS[0]) == []
-    assert not [v for v in tags(idc).values() if v.startswith("active ")]
+    assert [k for k in items(idc) if k[0].startswith("a#")] == []  # no hold is left
+    assert tags(idc) == {}
 
 
 def test_sweep_and_inventory(engine: Engine, idc: dict[str, Any]) -> None:
@@ -192,43 +258,28 @@ def test_sweep_and_inventory(engine: Engine, idc: dict[str, Any]) -> None:
         report = engine.sweep()
     assert report.revoked == [short.grant_id] and report.ok
     assert assigned(idc, ACCOUNTS[0]) == [] and assigned(idc, ACCOUNTS[1]) == [idc["users"]["bob"]]
-    assert any(k.startswith(f"jitc:{long.grant_id}:") for k in tags(idc))
-    integration = engine.catalog.integration(INTEGRATION)
+    assert state(idc, long.grant_id) == "active"
     # Inventory is read by the operator's CLI, not by the deployed functions.
-    session = integration.template.open(INTEGRATION, integration.connection, None)
-    inventory = session.inventory()
+    inventory = session(engine).inventory()
     assert inventory["permission_sets"] == ["Billing", "ReadOnly"]
     assert inventory["users"] == ["ana", "bob"]
 
 
-def _fill(idc: dict[str, Any], room: int) -> None:
-    """The company's own tags on the permission set, leaving `room` of AWS's 50."""
-    have = len(tags(idc))
-    own = [{"Key": f"team-{i}", "Value": "x"} for i in range(50 - have - room)]
-    for start in range(0, len(own), 25):
+def test_many_grants_and_revokes_of_a_permission_set_at_its_tag_limit(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    """The company's 50 tags fill the permission set; 30 grants and revokes still work (the
+    tag ledger ran out after 50 tombstones)."""
+    own = [{"Key": f"team-{i}", "Value": "x"} for i in range(50)]
+    for start in range(0, 50, 25):
         idc["sso"].tag_resource(
             InstanceArn=idc["instance"], ResourceArn=idc["ps"], Tags=own[start : start + 25]
         )
-    assert len(tags(idc)) == 50 - room
-
-
-def test_a_full_tag_ledger_never_keeps_an_assignment_alive(
-    engine: Engine, idc: dict[str, Any]
-) -> None:
-    request = grant("ana", ACCOUNTS)
-    granted = run(engine, request)
-    assert granted.status == "granted"
-    _fill(idc, room=0)
-    out = run(engine, revoke(granted.grant_id))
-    assert (out.status, out.verified) == ("revoked", True)
-    assert assigned(idc, ACCOUNTS[0]) == [] and assigned(idc, ACCOUNTS[1]) == []
-    ledger = tags(idc)
-    assert len(ledger) == 50
-    # The grant's tags became its tombstone in place: a late redelivery is still refused.
-    assert not [v for v in ledger.values() if v.startswith("active ")]
-    late = run(engine, request)
-    assert (late.status, late.field) == ("refused", "request_id")
-    assert assigned(idc, ACCOUNTS[0]) == []
+    for _ in range(30):
+        granted = run(engine, grant("ana", ACCOUNTS[:1]))
+        assert granted.status == "granted"
+        assert run(engine, revoke(granted.grant_id)).status == "revoked"
+    assert assigned(idc, ACCOUNTS[0]) == [] and len(tags(idc)) == 50
 
 
 def test_a_revoke_racing_a_grant_of_the_same_assignment_leaves_the_grant_its_access(
@@ -237,8 +288,7 @@ def test_a_revoke_racing_a_grant_of_the_same_assignment_leaves_the_grant_its_acc
     ana = idc["users"]["ana"]
     first = run(engine, grant("ana", ACCOUNTS[:1]))
     second_request = grant("ana", ACCOUNTS[:1])
-    integration = engine.catalog.integration(INTEGRATION)
-    revoker = integration.template.open(INTEGRATION, integration.connection, None)
+    revoker = session(engine)
     original = revoker.sso.delete_account_assignment
     raced: list[Any] = []
 
@@ -254,12 +304,11 @@ def test_a_revoke_racing_a_grant_of_the_same_assignment_leaves_the_grant_its_acc
         result = revoker.revoke(first.grant_id, first.expires_at)
     assert raced[0].status == "granted" and result.verified
     assert assigned(idc, ACCOUNTS[0]) == [ana]
-    ledger = tags(idc)
-    assert ledger[f"jitc:{raced[0].grant_id}:{ACCOUNTS[0]}"].startswith("active ")
-    assert ledger[f"jitc:{first.grant_id}:{ACCOUNTS[0]}"].startswith("tombstone ")
+    assert state(idc, raced[0].grant_id) == "active"
+    assert state(idc, first.grant_id) == "tombstone"
 
 
-def test_only_the_catalogs_permission_sets_are_read_tagged_or_assigned(
+def test_only_the_catalogs_permission_sets_are_read_or_assigned(
     engine: Engine, idc: dict[str, Any]
 ) -> None:
     # The policy covers the catalog's permission sets only; a call naming any other (or
@@ -278,37 +327,20 @@ def test_only_the_catalogs_permission_sets_are_read_tagged_or_assigned(
         if r.service == "sso-admin"
     }
     assert named == {idc["ps"]}
+    assert not [r for r in sent if r.operation in ("TagResource", "UntagResource")]
+    assert {r.params.get("TableName") for r in sent if r.service == "dynamodb"} == {TABLE}
 
 
-def test_a_revoke_of_a_grant_never_made_tags_one_permission_set_and_still_stops_it(
+def test_a_revoke_of_a_grant_never_made_writes_one_item_and_still_stops_it(
     idc: dict[str, Any],
 ) -> None:
     permissions = {
         "read": {"permission_set_arn": idc["ps"], "resources": ACCOUNTS},
         "billing": {"permission_set_arn": idc["other"], "resources": ACCOUNTS},
     }
-    catalog = parse_catalog(
-        {
-            "integrations": {
-                INTEGRATION: {
-                    "kind": "aws_identity_center",
-                    "connection": {
-                        "instance_arn": idc["instance"],
-                        "identity_store_id": STORE,
-                        "region": "us-east-1",
-                    },
-                    "max_duration": "8h",
-                    "permissions": permissions,
-                }
-            }
-        }
+    engine = Engine(
+        parse_catalog(catalog_doc(idc, permissions)), STORES, NullScheduler(), MemorySink()
     )
-    engine = Engine(catalog, None, NullScheduler(), MemorySink())  # type: ignore[arg-type]
-
-    def tag_count(arn: str) -> int:
-        got = idc["sso"].list_tags_for_resource(InstanceArn=idc["instance"], ResourceArn=arn)
-        return len(got["Tags"])
-
     late = {
         name: AccessRequest.model_validate(
             {**grant("ana", ACCOUNTS[:1]).model_dump(), "permission": name}
@@ -316,12 +348,118 @@ def test_a_revoke_of_a_grant_never_made_tags_one_permission_set_and_still_stops_
         for name in permissions
     }
     for request in late.values():
-        assert (
-            run(engine, revoke(derive_grant_id(INTEGRATION, request.request_id))).status
-            == "revoked"
-        )
-    # Two revokes of unmade grants: two tags in all, not two on every permission set.
-    assert sorted([tag_count(idc["ps"]), tag_count(idc["other"])]) == [0, 2]
+        gid = derive_grant_id(INTEGRATION, request.request_id)
+        assert run(engine, revoke(gid)).status == "revoked"
+        assert state(idc, gid) == "tombstone" and "expires" in items(idc)[grant_key(gid)]
+    assert len(items(idc)) == 2 and tags(idc) == {}
     for request in late.values():
         assert run(engine, request).status == "refused"
+    assert assigned(idc, ACCOUNTS[0]) == []
+
+
+# -- a hostile writer of ledger items -------------------------------------------------------
+
+
+def _plant(idc: dict[str, Any], pk: str, sk: str, body: dict[str, Any]) -> None:
+    """An item as the connector writes it, but signed with a key that is not the connector's
+    (or copied from elsewhere)."""
+    from jitc.labels import sign_label
+    from jitc.templates.aws_identity_center_ledger import KIND
+
+    forged = LabelKey.from_secret("not-the-connectors-label-key-000")
+    label = sign_label(forged, KIND, f"{pk}\n{sk}", {**body, "integration": INTEGRATION})
+    idc["db"].put_item(
+        TableName=TABLE, Item={"pk": {"S": pk}, "sk": {"S": sk}, "label": {"S": label}}
+    )
+
+
+def _record(idc: dict[str, Any], grant_id: str, user: str, state: str = "active") -> dict[str, Any]:
+    return {
+        "grant_id": grant_id, "state": state, "expires_at": "2020-01-01T00:00:00+00:00",
+        "user_id": user, "permission_set": idc["ps"], "accounts": [ACCOUNTS[0]], "digest": "x",
+    }  # fmt: skip
+
+
+def _assign_outside(idc: dict[str, Any], user: str, account: str) -> None:
+    idc["sso"].create_account_assignment(
+        InstanceArn=idc["instance"], TargetId=account, TargetType="AWS_ACCOUNT",
+        PermissionSetArn=idc["ps"], PrincipalType="USER", PrincipalId=user,
+    )  # fmt: skip
+
+
+def test_a_forged_ledger_entry_never_makes_the_sweep_remove_an_assignment(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    """Someone who can write items plants an expired "grant" of bob's assignment, which the
+    company made outside the connector: the sweep must not remove it."""
+    bob = idc["users"]["bob"]
+    _assign_outside(idc, bob, ACCOUNTS[0])
+    gid = derive_grant_id(INTEGRATION, "planted")
+    _plant(idc, *grant_key(gid), _record(idc, gid, bob))
+    _plant(idc, *hold_key(idc["ps"], ACCOUNTS[0], bob, gid), {"grant_id": gid})
+    with acting_as("sweep"):
+        report = engine.sweep()
+    assert report.ok and gid not in report.revoked
+    assert assigned(idc, ACCOUNTS[0]) == [bob]
+    # A revoke of that grant id does not act on it either: it fails, retried and alarmed.
+    outcome = run(engine, revoke(gid))
+    assert outcome.status == "failed" and "left alone" in str(outcome.message)
+    assert assigned(idc, ACCOUNTS[0]) == [bob]
+
+
+def test_a_forged_or_replayed_hold_never_keeps_an_assignment_alive(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    ana = idc["users"]["ana"]
+    old = run(engine, grant("ana", ACCOUNTS[:1]))
+    old_hold = items(idc)[hold_key(idc["ps"], ACCOUNTS[0], ana, old.grant_id)]
+    assert run(engine, revoke(old.grant_id)).status == "revoked"
+    current = run(engine, grant("ana", ACCOUNTS[:1]))
+    # A replay of the revoked grant's genuine hold, and a forged hold of a made-up grant.
+    idc["db"].put_item(TableName=TABLE, Item=old_hold)
+    fake = derive_grant_id(INTEGRATION, "fake")
+    _plant(idc, *hold_key(idc["ps"], ACCOUNTS[0], ana, fake), {"grant_id": fake})
+    _plant(
+        idc,
+        *grant_key(fake),
+        {**_record(idc, fake, ana), "expires_at": "2099-01-01T00:00:00+00:00"},
+    )
+    out = run(engine, revoke(current.grant_id))
+    assert (out.status, out.verified) == ("revoked", True)
+    assert assigned(idc, ACCOUNTS[0]) == []
+
+
+def test_a_genuine_record_moved_to_another_key_is_not_ours(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    granted = run(engine, grant("ana", ACCOUNTS[:1]))
+    genuine = items(idc)[grant_key(granted.grant_id)]
+    request = grant("ana", ACCOUNTS[1:])
+    target = derive_grant_id(INTEGRATION, request.request_id)
+    idc["db"].put_item(TableName=TABLE, Item={**genuine, "pk": {"S": grant_key(target)[0]}})
+    outcome = run(engine, request)
+    assert (outcome.status, outcome.field) == ("refused", "request_id")
+    assert assigned(idc, ACCOUNTS[1]) == []
+
+
+def test_two_integrations_on_one_permission_set_keep_each_others_assignment(
+    idc: dict[str, Any],
+) -> None:
+    """Two integrations of one connector (one table, one label key) grant the same user the same
+    permission set on the same account: revoking one leaves the other its access."""
+    doc = catalog_doc(idc, {"read": {"permission_set_arn": idc["ps"], "resources": ACCOUNTS}})
+    doc["integrations"]["awst-idc-2"] = doc["integrations"][INTEGRATION]
+    engine = Engine(parse_catalog(doc), STORES, NullScheduler(), MemorySink())
+    first = run(engine, grant("ana", ACCOUNTS[:1]))
+    other = AccessRequest.model_validate(
+        {**grant("ana", ACCOUNTS[:1]).model_dump(), "integration": "awst-idc-2"}
+    )
+    second = run(engine, other)
+    assert (first.status, second.status) == ("granted", "granted")
+    assert run(engine, revoke(first.grant_id)).status == "revoked"
+    assert assigned(idc, ACCOUNTS[0]) == [idc["users"]["ana"]]
+    last = AccessRequest(
+        request_id="r-last", action="revoke", integration="awst-idc-2", grant_id=second.grant_id
+    )
+    assert run(engine, last).status == "revoked"
     assert assigned(idc, ACCOUNTS[0]) == []

@@ -209,6 +209,7 @@ def _test_world(secret_refs: set[str]) -> dict[str, Any]:
                                 # to any other account must show as refused here.
                                 *[f"arn:aws:sso:::account/{a}" for a in IDC_ACCOUNTS]],
         "local.idc.identity_store_id": "d-1234567890",
+        "local.ledger_arn": f"arn:aws:dynamodb:{R}:{A}:table/jitc-test-ledger",
         "var.member_role_arns": ["arn:aws:iam::111111111111:role/jitc-connector"],
     }  # fmt: skip
 
@@ -255,6 +256,8 @@ def _resources(request: awsharness.Request) -> tuple[list[str], dict[str, str]]:
         return found, context
     if request.service == "sts":
         return [p["RoleArn"]], context
+    if request.service == "dynamodb":
+        return [f"arn:aws:dynamodb:{R}:{A}:table/{p['TableName']}"], context
     if request.service == "identitystore":
         return [f"arn:aws:identitystore::{A}:identitystore/{p['IdentityStoreId']}"], context
     raise AssertionError(f"no resource mapping for {request.service}:{request.operation}")

@@ -22,21 +22,7 @@ TARGETS: dict[str, str] = {
 
 # Promises a template does not keep yet: the test runs and must fail (strict), so whoever
 # closes the gap sees it pass and removes the line.
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    (
-        "aws_iam",
-        "test_a_request_id_reused_for_a_different_request_is_refused",
-    ): "aws_iam keeps no request digest: a different request under a used id is reissued",
-    (
-        "aws_iam",
-        "test_a_forged_label_never_steers_a_revoke_or_sweep",
-    ): "aws_iam labels (policy descriptions) carry no MAC: a forged one is revoked, which "
-    "detaches and deletes a policy the connector did not make",
-    (
-        "aws_iam",
-        "test_a_principal_the_connector_did_not_create_is_never_changed",
-    ): "aws_iam fails (retried forever) rather than refuses a grant whose policy name is taken",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 _reached: dict[str, Any] = {}
 

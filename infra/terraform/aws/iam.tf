@@ -267,10 +267,31 @@ data "aws_iam_policy_document" "worker" {
       sid = "AssignPermissionSets"
       actions = [
         "sso:CreateAccountAssignment", "sso:DeleteAccountAssignment", "sso:ListAccountAssignments",
-        "sso:ListTagsForResource", "sso:TagResource", "sso:UntagResource",
         "sso:DescribeAccountAssignmentCreationStatus", "sso:DescribeAccountAssignmentDeletionStatus",
       ]
       resources = local.idc_resources
+    }
+  }
+  # The ledger (ledger.tf): items by key only, no Scan (that is the sweep's).
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid       = "IdentityCenterLedger"
+      actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"]
+      resources = [local.ledger_arn]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid       = "IdentityCenterLedgerKey"
+      actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
+      resources = [aws_kms_key.this.arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["dynamodb.${local.region}.amazonaws.com"]
+      }
     }
   }
   dynamic "statement" {
@@ -444,11 +465,35 @@ data "aws_iam_policy_document" "sweep" {
     content {
       sid = "UnassignPermissionSets"
       actions = [
-        "sso:DeleteAccountAssignment", "sso:ListAccountAssignments", "sso:ListTagsForResource",
-        "sso:TagResource", "sso:UntagResource", "sso:DescribeAccountAssignmentDeletionStatus",
+        "sso:DeleteAccountAssignment", "sso:ListAccountAssignments",
+        "sso:DescribeAccountAssignmentDeletionStatus",
         "sso:CreateAccountAssignment", "sso:DescribeAccountAssignmentCreationStatus",
       ]
       resources = local.idc_resources
+    }
+  }
+  # The sweep reads the whole ledger (Scan) and buries or forgets what it revokes.
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid = "IdentityCenterLedger"
+      actions = [
+        "dynamodb:Scan", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query",
+      ]
+      resources = [local.ledger_arn]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid       = "IdentityCenterLedgerKey"
+      actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
+      resources = [aws_kms_key.this.arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["dynamodb.${local.region}.amazonaws.com"]
+      }
     }
   }
 }

@@ -5,7 +5,7 @@ data "aws_region" "current" {}
 locals {
   account   = data.aws_caller_identity.current.account_id
   partition = data.aws_partition.current.partition
-  region    = data.aws_region.current.name
+  region    = data.aws_region.current.region # provider 6: `name` is deprecated
   functions = {
     intake = { handler = "jitc.aws.intake.handler", timeout = 10 }
     worker = { handler = "jitc.aws.worker.handler", timeout = var.worker_timeout }
@@ -242,7 +242,7 @@ resource "aws_lambda_function" "this" {
   source_code_hash               = filebase64sha256(var.package_path)
   memory_size                    = var.memory_size
   timeout                        = each.value.timeout
-  reserved_concurrent_executions = var.reserved_concurrency[each.key]
+  reserved_concurrent_executions = lookup(var.reserved_concurrency, each.key, -1)
   layers                         = [aws_lambda_layer_version.catalog.arn]
   kms_key_arn                    = aws_kms_key.this.arn
 
@@ -331,6 +331,15 @@ resource "aws_lambda_event_source_mapping" "worker" {
   function_name           = aws_lambda_function.this["worker"].arn
   batch_size              = var.worker_batch_size
   function_response_types = ["ReportBatchItemFailures"]
+
+  # No more pollers than the worker's reservation: a throttled message goes back to the queue
+  # and counts toward max_receive_count, so excess pollers would push requests into the DLQ.
+  dynamic "scaling_config" {
+    for_each = contains(keys(var.reserved_concurrency), "worker") ? [var.reserved_concurrency["worker"]] : []
+    content {
+      maximum_concurrency = scaling_config.value
+    }
+  }
 }
 
 resource "aws_lambda_function_url" "intake" {

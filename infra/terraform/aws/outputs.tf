@@ -42,3 +42,8 @@ output "grant_boundary_arn" {
   description = "The permissions boundary every aws_iam grantee must carry (the catalog's permissions_boundary_arn); null without iam_target."
   value       = var.iam_target == null ? null : aws_iam_policy.grant_boundary[0].arn
 }
+
+output "identity_center_ledger_table" {
+  description = "The DynamoDB table every aws_identity_center integration names as connection.ledger_table (null without identity_center_target)."
+  value       = local.idc == null ? null : aws_dynamodb_table.ledger[0].name
+}

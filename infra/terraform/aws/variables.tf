@@ -117,14 +117,37 @@ variable "request_retention_seconds" {
   }
 }
 
+variable "concurrency_budget" {
+  description = "The most concurrent executions this module may reserve in the account and region, all its functions together. An account's default quota is 1,000 and Lambda keeps 100 unreserved, so no module may take more than 900, and other reservations in the account share those 900."
+  type        = number
+  default     = 16
+
+  validation {
+    condition     = var.concurrency_budget >= 0 && var.concurrency_budget <= 900 && floor(var.concurrency_budget) == var.concurrency_budget
+    error_message = "concurrency_budget: a whole number from 0 to 900 (the default account quota of 1,000 less the 100 Lambda keeps unreserved)."
+  }
+}
+
 variable "reserved_concurrency" {
-  description = "Reserved concurrent executions of the intake, worker and sweep functions."
-  type = object({
-    intake = number
-    worker = number
-    sweep  = number
-  })
-  default = { intake = 10, worker = 5, sweep = 1 }
+  description = "Reserved concurrent executions per function of the module (intake, worker, sweep, and any function a later file adds), within concurrency_budget. A function left out draws on the account's unreserved pool. An empty map reserves nothing (accounts whose quota is below 1,000 cannot reserve)."
+  type        = map(number)
+  default     = { intake = 10, worker = 5, sweep = 1 }
+
+  validation {
+    # 0 would stop the function altogether (every invocation throttled).
+    condition     = alltrue([for n in values(var.reserved_concurrency) : n >= 1 && floor(n) == n])
+    error_message = "reserved_concurrency: whole numbers of 1 or more; leave a function out to reserve nothing for it."
+  }
+  validation {
+    condition     = sum(concat([0], values(var.reserved_concurrency))) <= var.concurrency_budget
+    error_message = "reserved_concurrency: the reservations add up to more than concurrency_budget."
+  }
+  validation {
+    # The queue's pollers are capped at the worker's reservation (maximum_concurrency, at least
+    # 2): with fewer, Lambda throttles messages back to the queue and they reach the DLQ.
+    condition     = lookup(var.reserved_concurrency, "worker", 2) >= 2
+    error_message = "reserved_concurrency.worker: at least 2 (the smallest maximum concurrency of an SQS event source)."
+  }
 }
 
 variable "sweep_interval_minutes" {

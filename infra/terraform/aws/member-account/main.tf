@@ -117,7 +117,6 @@ data "aws_iam_policy_document" "connector" {
       sid = "AssignPermissionSets"
       actions = [
         "sso:CreateAccountAssignment", "sso:DeleteAccountAssignment", "sso:ListAccountAssignments",
-        "sso:ListTagsForResource", "sso:TagResource", "sso:UntagResource",
         "sso:DescribeAccountAssignmentCreationStatus", "sso:DescribeAccountAssignmentDeletionStatus",
       ]
       resources = local.idc_resources

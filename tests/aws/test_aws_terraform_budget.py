@@ -1,0 +1,109 @@
+"""The module's concurrency budget and provider-6 attributes, checked by Terraform itself: the
+module's own `variable` blocks are copied into an empty configuration (no provider needed, so it
+plans offline) and planned with the values under test."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from tfmodule import EXAMPLE, MEMBER_MODULE, MODULE, as_list, load
+
+TERRAFORM = shutil.which("terraform")
+
+
+def _block(text: str, header: str) -> str:
+    """The HCL block that starts with `header`, braces balanced."""
+    start = text.index(header)
+    depth = 0
+    for index in range(text.index("{", start), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[start : index + 1]
+    raise AssertionError(f"unbalanced block {header}")
+
+
+@pytest.fixture(scope="module")
+def variables_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if TERRAFORM is None:
+        pytest.skip("terraform is not installed")
+    folder = tmp_path_factory.mktemp("tfvars")
+    text = (MODULE / "variables.tf").read_text()
+    blocks = [
+        _block(text, f'variable "{name}" {{')
+        for name in ("concurrency_budget", "reserved_concurrency")
+    ]
+    (folder / "main.tf").write_text("\n\n".join(blocks) + "\n")
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    subprocess.run([TERRAFORM, "init", "-input=false", "-no-color"], cwd=folder, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    return folder
+
+
+def _plan(folder: Path, **values: object) -> tuple[bool, str]:
+    args = [f"-var={name}={json.dumps(value)}" for name, value in values.items()]
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    done = subprocess.run(
+        [TERRAFORM, "plan", "-input=false", "-no-color", "-lock=false", *args],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "accepted", "why"),
+    [
+        ({}, True, ""),
+        ({"reserved_concurrency": {}}, True, ""),
+        ({"concurrency_budget": 900, "reserved_concurrency": {"intake": 600, "worker": 299, "sweep": 1}}, True, ""),
+        ({"concurrency_budget": 901}, False, "concurrency_budget"),
+        ({"concurrency_budget": 1000, "reserved_concurrency": {"intake": 990, "worker": 9, "sweep": 1}}, False, "concurrency_budget"),
+        ({"reserved_concurrency": {"intake": 10, "worker": 5, "sweep": 2}}, False, "more than concurrency_budget"),
+        ({"reserved_concurrency": {"intake": 10, "worker": 5, "sweep": 1, "sync": 1}}, False, "more than concurrency_budget"),
+        ({"reserved_concurrency": {"intake": 10, "worker": 0}}, False, "1 or more"),
+        ({"reserved_concurrency": {"intake": 10, "worker": 1}}, False, "at least 2"),
+        ({"reserved_concurrency": {"worker": 2.5}}, False, "whole numbers"),
+        ({"concurrency_budget": 4.5}, False, "whole number"),
+    ],
+)  # fmt: skip
+def test_reserved_concurrency_stays_within_a_budget_the_account_allows(
+    variables_dir: Path, values: dict[str, object], accepted: bool, why: str
+) -> None:
+    ok, output = _plan(variables_dir, **values)
+    assert ok == accepted, output
+    if not accepted:
+        assert why in " ".join(output.split()), output
+
+
+def test_the_default_budget_is_what_the_defaults_reserve_and_functions_read_the_map() -> None:
+    module = load()
+    assert module.variables["concurrency_budget"]["default"] == 16
+    assert sum(module.variables["reserved_concurrency"]["default"].values()) == 16
+    function = module.resource("aws_lambda_function", "this")
+    # A function left out of the map reserves nothing (-1), rather than failing the plan.
+    assert function["reserved_concurrent_executions"] == (
+        "${lookup(var.reserved_concurrency, each.key, -1)}"
+    )
+
+
+def test_the_queue_never_polls_beyond_the_workers_reservation() -> None:
+    mapping = load().resource("aws_lambda_event_source_mapping", "worker")
+    (scaling,) = as_list(mapping["dynamic"])
+    body = scaling["scaling_config"]
+    assert '"worker"' in body["for_each"] and "var.reserved_concurrency" in body["for_each"]
+    (content,) = as_list(body["content"])
+    assert content["maximum_concurrency"] == "${scaling_config.value}"
+
+
+def test_no_deprecated_region_name_attribute() -> None:
+    """Provider 6 (the module pins >= 6.19) deprecates `aws_region`'s `name` for `region`."""
+    for folder in (MODULE, MEMBER_MODULE, EXAMPLE):
+        for path in folder.glob("*.tf"):
+            text = path.read_text()
+            assert not re.search(r"data\.aws_region\.\w+\.name\b", text), path
+    assert load().locals["region"] == "${data.aws_region.current.region}"
