@@ -25,6 +25,7 @@ class WebhookError(JitcError):
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ANSWER_MAX = 65536  # bytes of a 2xx answer read: an acknowledgement is small
 
 
 def webhook_url_allowed(url: str) -> bool:
@@ -79,7 +80,12 @@ class WebhookSink:
         doc = outcome.model_dump(mode="json", exclude_none=True, exclude={"credentials"})
         self._post({"type": "outcome", "outcome": doc})
 
-    def _post(self, doc: dict[str, object]) -> None:
+    def send(self, doc: dict[str, object]) -> bytes:
+        """Post any signed event; the 2xx answer's body (its first 64 KiB) is returned: the
+        inventory sync reads the control plane's acknowledgement from it."""
+        return self._post(doc)
+
+    def _post(self, doc: dict[str, object]) -> bytes:
         body = json.dumps(doc, separators=(",", ":")).encode()
         last = ""
         for attempt in range(self.attempts):
@@ -93,7 +99,7 @@ class WebhookSink:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                     if 200 <= response.status < 300:
-                        return
+                        return bytes(response.read(ANSWER_MAX))
                     last = f"HTTP {response.status}"
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
