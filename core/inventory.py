@@ -58,6 +58,10 @@ class TransportError(JitcError):
     """The control plane could not be told: the sync stops (the next one starts over)."""
 
 
+class Declined(JitcError):
+    """The control plane answered, and refused this event (a 4xx): not a transport failure."""
+
+
 class Stalled(JitcError):
     pass
 
@@ -483,6 +487,9 @@ class Syncer:
         try:
             return self.transport.send(doc)
         except JitcError as exc:
+            status = getattr(exc, "status", None)
+            if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+                raise Declined(f"the control plane refused the event: HTTP {status}") from None
             raise TransportError(str(exc)) from None
         except OSError as exc:
             raise TransportError(type(exc).__name__) from None
@@ -539,9 +546,11 @@ class Syncer:
                     )
                 )
                 sent.append(index)
-        except TransportError:
+        except (TransportError, Declined) as exc:
             reader.cancel()
-            raise
+            if isinstance(exc, TransportError):
+                raise
+            return IntegrationSync("failed", error=str(exc), records=result.records)
         except Unfinished as exc:
             reader.cancel()
             return IntegrationSync("unfinished", error=str(exc), records=result.records)
@@ -553,19 +562,22 @@ class Syncer:
             )
             return IntegrationSync("failed", error=error, records=result.records)
         version = version_of_hashes(hashes)
-        answer = self._send(
-            self._event(
-                sync_id,
-                integration,
-                kind="manifest",
-                status="complete",
-                version=version,
-                base_version=result.base_version,
-                pages=hashes,
-                sent=sent,
-                record_count=result.records,
+        try:
+            answer = self._send(
+                self._event(
+                    sync_id,
+                    integration,
+                    kind="manifest",
+                    status="complete",
+                    version=version,
+                    base_version=result.base_version,
+                    pages=hashes,
+                    sent=sent,
+                    record_count=result.records,
+                )
             )
-        )
+        except Declined:
+            answer = b""  # the control plane could not take this version (e.g. lost its base)
         result.version, result.pages, result.sent = version, len(hashes), len(sent)
         if _ack_of(answer) == (sync_id, name, version):
             self.state.save(name, Acked(version, tuple(hashes), sync_id))

@@ -21,7 +21,9 @@ from jitc.signing import sign
 
 
 class WebhookError(JitcError):
-    pass
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the last HTTP status, when the receiver answered at all
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -88,6 +90,7 @@ class WebhookSink:
     def _post(self, doc: dict[str, object]) -> bytes:
         body = json.dumps(doc, separators=(",", ":")).encode()
         last = ""
+        status: int | None = None
         for attempt in range(self.attempts):
             envelope = sign(body, self._key().reveal(), self.key_id)
             request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
@@ -100,12 +103,12 @@ class WebhookSink:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                     if 200 <= response.status < 300:
                         return bytes(response.read(ANSWER_MAX))
-                    last = f"HTTP {response.status}"
+                    last, status = f"HTTP {response.status}", response.status
             except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
+                last, status = f"HTTP {exc.code}", exc.code
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
                     break
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 last = type(exc).__name__
             time.sleep(self.backoff * (2**attempt))
-        raise WebhookError(f"webhook {self.url} failed: {last}")
+        raise WebhookError(f"webhook {self.url} failed: {last}", status)

@@ -1435,33 +1435,36 @@ class PostgreSQLSession:
             (
                 "database",
                 "SELECT NULL, datname::pg_catalog.text FROM pg_catalog.pg_database "
-                'WHERE NOT datistemplate ORDER BY 2 COLLATE "C"',
+                'WHERE NOT datistemplate ORDER BY datname COLLATE "C"',
             ),
             (
                 "schema",
                 "SELECT NULL, nspname::pg_catalog.text FROM pg_catalog.pg_namespace n "
                 "WHERE NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_') "
                 "AND n.nspname OPERATOR(pg_catalog.<>) 'information_schema' "
-                'ORDER BY 2 COLLATE "C"',
+                'ORDER BY nspname COLLATE "C"',
             ),
             (
                 "",
                 "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, "
-                "CASE WHEN c.relkind OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.char[]) "
+                "CASE WHEN c.relkind::pg_catalog.text "
+                "OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.text[]) "
                 "THEN 'view' ELSE 'table' END "
                 "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
                 "ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-                "WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,f,v,m}'::pg_catalog.char[]) "
+                "WHERE c.relkind::pg_catalog.text "
+                "OPERATOR(pg_catalog.=) ANY ('{r,p,f,v,m}'::pg_catalog.text[]) "
                 "AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_') "
                 "AND n.nspname OPERATOR(pg_catalog.<>) 'information_schema' "
-                'ORDER BY 1 COLLATE "C", 2 COLLATE "C"',
+                'ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"',
             ),
             (
                 "",
                 "SELECT NULL, rolname::pg_catalog.text, "
                 "CASE WHEN rolcanlogin THEN 'login_role' ELSE 'group' END "
                 "FROM pg_catalog.pg_roles WHERE NOT "
-                "pg_catalog.starts_with(rolname::pg_catalog.text, 'pg_') ORDER BY 2 COLLATE \"C\"",
+                "pg_catalog.starts_with(rolname::pg_catalog.text, 'pg_') "
+                'ORDER BY rolname COLLATE "C"',
             ),
         )
         for kind, query in queries:
