@@ -100,7 +100,7 @@ class ControlPlane:
 @contextmanager
 def serving(cp: ControlPlane) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server interface
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             status, answer = cp.handle(dict(self.headers.items()), body)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 from inventory_cp import ControlPlane, serving
-from pgtest import PG_DSN, PREFIX, RUN, SCHEMA, catalog_doc
+from pgtest import PG_DSN, RUN, SCHEMA, catalog_doc
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
