@@ -606,6 +606,18 @@ def _say(*parts: object) -> None:
         _quiet_stdout()
 
 
+def _periodic_sync(args: argparse.Namespace, engine: Engine) -> Any:
+    """The inventory sync of `jitc serve`, when the catalog names a webhook to send it to."""
+    if not args.sync_interval or not engine.catalog.connector.webhook_url:
+        return None
+    from jitc.inventory import FileSyncState, PeriodicSync, webhook_transport
+
+    transport = webhook_transport(engine.catalog, engine.secrets)
+    state = FileSyncState(Path(args.sync_state))
+    _say(f"  inventory sync every {args.sync_interval:g}s (state {args.sync_state})")
+    return PeriodicSync(lambda: engine.sync(transport, state), args.sync_interval).start()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from jitc.runtime import LocalRuntime
 
@@ -642,6 +654,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise Refused("host", f"cannot listen on {args.host!r}: {exc}") from None
     pending_at_start = len(runtime.journal.pending())
     runtime.start()
+    periodic = _periodic_sync(args, runtime.engine)
     _say(f"jit-connector listening on {runtime.url}/v1/requests")
     _say(
         f"  journal {args.journal}: {pending_at_start} accepted request(s) to replay; "
@@ -669,6 +682,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     while not stop.wait(0.5):
         pass
     _say("stopping: no new requests; finishing the batches in flight ...")
+    if periodic is not None:
+        periodic.stop()
     left = runtime.stop()
     _say(
         f"stopped. {len(left.journal)} accepted request(s) not done yet, kept in "
@@ -862,6 +877,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ranged(int, 1, 10000),
         default=100,
         help="open connections accepted at once",
+    )
+    p.add_argument(
+        "--sync-interval",
+        type=_ranged(float, 0, 604800),
+        default=3600.0,
+        help="seconds between inventory syncs to the webhook (one at start; 0: none)",
+    )
+    p.add_argument(
+        "--sync-state",
+        default=os.environ.get("JITC_SYNC_STATE", "jitc-sync-state.json"),
+        help="file of the inventory versions the control plane acknowledged",
     )
     p.set_defaults(func=cmd_serve)
 

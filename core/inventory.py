@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import queue
 import re
@@ -39,6 +40,8 @@ from jitc.errors import JitcError, Refused
 from jitc.models import INVENTORY_NAME_MAX, INVENTORY_SCHEMA_VERSION, Grant, utcnow
 from jitc.secrets import SecretStore
 from jitc.templates.base import InventoryRecord
+
+log = logging.getLogger("jitc.inventory")
 
 PAGE_MIN = 256  # records: no content-defined cut before this many
 PAGE_MAX = 2000  # records: always cut here
@@ -605,3 +608,43 @@ def webhook_transport(catalog: Catalog, secrets: SecretStore) -> InventoryTransp
     from jitc.webhook import WebhookSink
 
     return WebhookSink.from_catalog(connector.webhook_url, connector.signing_key, secrets)
+
+
+class PeriodicSync:
+    """`jitc serve`'s inventory task: a sync at start, then one each interval, in its own
+    thread; a failed sync is logged and the next interval tries again."""
+
+    def __init__(self, run: Callable[[], SyncReport], interval: float) -> None:
+        self._run = run
+        self.interval = interval
+        self.last: SyncReport | None = None
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="jitc-sync", daemon=True)
+
+    def start(self) -> PeriodicSync:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.last = self._run()
+                failed = {
+                    name: part.error or part.status
+                    for name, part in self.last.integrations.items()
+                    if part.status != "complete"
+                }
+                if failed:
+                    log.warning("inventory sync incomplete: %s", failed)
+                else:
+                    log.info("inventory sync %s complete", self.last.sync_id)
+            except Exception:
+                log.exception("inventory sync failed")
+            self.runs += 1
+            if self._stop.wait(self.interval):
+                return

@@ -426,3 +426,63 @@ def test_jitc_sync_cli_writes_events_and_a_json_report(
     # Without a webhook and without --out there is nowhere to send: refused, naming the field.
     code = main(["sync", "--catalog", str(tmp_path / "catalog.json"), "--json"])
     assert code == 2 and json.loads(capsys.readouterr().out)["field"] == "catalog"
+
+
+def test_jitc_serve_syncs_at_start_and_then_each_interval(
+    pg: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from serveproc import ROOT, free_port
+
+    cp = ControlPlane(PUBLIC)
+    with serving(cp) as url:
+        doc = catalog_doc()
+        (tmp_path / "label").write_text(LABEL_KEY)
+        (tmp_path / "signing").write_text(PRIVATE)
+        doc["integrations"][INTEGRATION]["credentials"] = None
+        doc["connector"] = {
+            "label_key": f"file:{tmp_path / 'label'}",
+            "signing_key": f"file:{tmp_path / 'signing'}",
+            "webhook_url": url,
+        }
+        (tmp_path / "catalog.json").write_text(json.dumps(doc))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jitc.cli",
+                "serve",
+                "--catalog",
+                str(tmp_path / "catalog.json"),
+                "--port",
+                str(free_port()),
+                "--journal",
+                str(tmp_path / "journal"),
+                "--events",
+                str(tmp_path / "events"),
+                "--sync-interval",
+                "1",
+                "--sync-state",
+                str(tmp_path / "state.json"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with cp.lock:
+                    manifests = [e for e in cp.events if e["kind"] == "manifest"]
+                if len(manifests) >= 2:
+                    break
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert len(manifests) >= 2, cp.events
+    # The second sync sent no page: nothing changed, and the first was acknowledged.
+    assert manifests[1]["base_version"] == manifests[0]["version"] and manifests[1]["sent"] == []
+    assert FileSyncState(tmp_path / "state.json").load(INTEGRATION) is not None
