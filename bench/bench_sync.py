@@ -7,7 +7,7 @@ verifies every signature and page hash and acknowledges what it could rebuild:
   tables  connects to the database with N tables
   roles   connects to a second private database (few tables): its inventory is the M roles
 
-Each sync runs in a fresh child process, so its peak RSS (ru_maxrss) is the sync's alone; the
+Each sync runs in a fresh child process, so its peak RSS (VmHWM) is the sync's alone; the
 control plane (which keeps every page) stays in this process. Runs, in order: a full sync; an
 unchanged sync (only manifests); one table added, then a delta; and, for the memory ratio, a full
 sync of a database with N/100 tables in the same run. Everything made is dropped at the end.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import secrets
 import subprocess
 import sys
@@ -33,9 +32,9 @@ from _common import machine
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from inventory_cp import ControlPlane, serving  # noqa: E402
+from inventory_cp import ControlPlane, serving
 
-from jitc.signing import signing_keypair  # noqa: E402
+from jitc.signing import signing_keypair
 
 RUN = secrets.token_hex(3)
 DB_TABLES, DB_ROLES, DB_SMALL = f"jsb_{RUN}_tables", f"jsb_{RUN}_roles", f"jsb_{RUN}_small"
@@ -57,9 +56,9 @@ def make_tables(dbname: str, count: int) -> None:
             conn.execute(
                 "DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', 's' || $1); "
                 "FOR i IN 0..LEAST(999, $2 - $1 - 1) LOOP "
-                "EXECUTE format('CREATE TABLE %I.%I ()', 's' || $1, 't' || i); END LOOP; END $$"
-                .replace("$1", str(schema))
-                .replace("$2", str(count))
+                "EXECUTE format('CREATE TABLE %I.%I ()', 's' || $1, 't' || i); END LOOP; END $$".replace(
+                    "$1", str(schema)
+                ).replace("$2", str(count))
             )
 
 
@@ -75,7 +74,9 @@ def make_roles(count: int) -> None:
 def cleanup() -> None:
     with _conn("postgres") as conn:
         for db in (DB_TABLES, DB_ROLES, DB_SMALL):
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
         while True:
             rows = conn.execute(
                 "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) LIMIT 1000",
@@ -115,6 +116,15 @@ def catalog(url: str, dbs: dict[str, str], folder: Path) -> Path:
     return path
 
 
+def _status_kib(field: str) -> int:
+    """From /proc/self/status: unlike ru_maxrss, which Linux carries over from the parent
+    through fork and exec, VmHWM is this process's own peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def child(catalog_path: str, state: str, full: str) -> None:
     """One sync in this process: prints its seconds and peak RSS as JSON."""
     from jitc.catalog import load_catalog
@@ -125,11 +135,11 @@ def child(catalog_path: str, state: str, full: str) -> None:
 
     engine = Engine(load_catalog(Path(catalog_path)), local_stores(), NullScheduler(), MemorySink())
     transport = webhook_transport(engine.catalog, engine.secrets)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status_kib("VmRSS")
     started = time.perf_counter()
     report = engine.sync(transport, FileSyncState(Path(state)), full=full == "full")
     took = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kib("VmHWM")
     print(
         json.dumps(
             {
@@ -144,7 +154,14 @@ def child(catalog_path: str, state: str, full: str) -> None:
 
 def sync(catalog_path: Path, state: Path, full: bool = False) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(catalog_path), str(state), "full" if full else "delta"],
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            str(catalog_path),
+            str(state),
+            "full" if full else "delta",
+        ],
         capture_output=True,
         text=True,
     )
@@ -190,9 +207,16 @@ def main() -> None:
                 show("full sync", sync(big, state, full=True))
                 show("unchanged (delta)", sync(big, state))
                 with _conn(DB_TABLES) as conn:
-                    conn.execute("CREATE TABLE s50000.added ()" if tables > 50_000 else "CREATE TABLE s0.added ()")
+                    conn.execute(
+                        "CREATE TABLE s50000.added ()"
+                        if tables > 50_000
+                        else "CREATE TABLE s0.added ()"
+                    )
                 show("one table added (delta)", sync(big, state))
-                show(f"full sync, {max(1, tables // 100)} tables", sync(small, folder / "s2", full=True))
+                show(
+                    f"full sync, {max(1, tables // 100)} tables",
+                    sync(small, folder / "s2", full=True),
+                )
                 print(f"control plane: {len(cp.refused)} refused events, {len(cp.bodies)} bodies")
         finally:
             cleanup()
