@@ -6,7 +6,6 @@ be read fails its own part; a complete sync beats the heartbeat the alarm watche
 from __future__ import annotations
 
 import os
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
@@ -14,6 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from jitc.aws import runtime
 from jitc.aws.observability import MetricUnit, logger, metrics, tracer
+from jitc.aws.sinks import LogSink
 from jitc.aws.sync_state import DynamoSyncState
 from jitc.engine import Engine
 from jitc.inventory import webhook_transport
@@ -23,16 +23,15 @@ RESERVE_MS = 20_000  # no page starts with less left: a page and a manifest fit 
 STALL_SECONDS = 60.0
 
 
-@cache
 def engine() -> Engine:
-    """No queue, no scheduler: the sync only reads (and reports nothing but its inventory)."""
+    """No queue, no scheduler: the sync only reads. Built per invocation from the runtime's
+    cached pieces (catalog, clients), so it follows them when they are rebuilt."""
     from jitc.templates import aws_session
 
     aws_session.use(runtime.regional_client)
-    return Engine(runtime.catalog(), runtime.secret_stores(), NullScheduler(), runtime.sinks())
+    return Engine(runtime.catalog(), runtime.secret_stores(), NullScheduler(), LogSink(logger))
 
 
-@cache
 def state() -> DynamoSyncState:
     table = os.environ.get("JITC_SYNC_TABLE")
     if not table:

@@ -346,9 +346,7 @@ def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> No
     }
 
 
-def test_a_principal_without_the_connectors_boundary_gets_nothing(
-    engine: Engine, iam: Any
-) -> None:
+def test_a_principal_without_the_connectors_boundary_gets_nothing(engine: Engine, iam: Any) -> None:
     outcome = run(engine, grant("s3-read", "dev-free", ["bucket-a"]))
     assert (outcome.status, outcome.field) == ("refused", "identity.username")
     assert "permissions boundary" in (outcome.message or "")
@@ -531,9 +529,7 @@ def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: 
     # The connector's own account holds nothing of it.
     assert client("iam").list_policies(Scope="Local", PathPrefix="/jitc/")["Policies"] == []
     assumed = [r for r in REQUESTS[start:] if r.operation == "AssumeRole"]
-    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [
-        (role_arn, "ext-1")
-    ]
+    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [(role_arn, "ext-1")]
     aws_session.reset()
 
 
@@ -571,3 +567,29 @@ def test_every_iam_and_sts_action_that_is_not_a_read_needs_the_mark() -> None:
         for operation in session.get_service_model(service).operation_names:
             flagged = escalations(_allow(f"{service}:{operation}")["policy"])
             assert bool(flagged) != operation.startswith(reads), (service, operation)
+
+
+def test_the_inventory_sync_sends_principals_in_scope_and_no_policy_document(
+    engine: Engine, iam: Any
+) -> None:
+    import io
+
+    from jitc.inventory import JsonLinesTransport, MemorySyncState
+
+    live = run(engine, grant("s3-read", "dev-ana", ["bucket-a"], seconds=3600))
+    out = io.StringIO()
+    with acting_as("sync"):
+        report = engine.sync(JsonLinesTransport(out), MemorySyncState())
+    assert report.ok, report.as_dict()
+    records = [
+        r for line in out.getvalue().splitlines()
+        for r in json.loads(line)["inventory"].get("records", [])
+    ]  # fmt: skip
+    names = {(r["kind"], r["name"]) for r in records}
+    # In scope (allowed_principals dev-*) only; the connector's own grant policy and its grant.
+    assert {("role", "dev-ana"), ("role", "dev-bob"), ("role", "dev-free")} <= names
+    assert ("user", "dev-carl") in names and ("role", "admin") not in names
+    assert ("grant", live.grant_id) in names and ("policy", f"jitc-{live.grant_id}") in names
+    assert all(r["arn"].startswith(f"arn:aws:iam::{ACCOUNT}:") for r in records if "arn" in r)
+    # Names and ARNs only: no policy document, no trust policy leaves.
+    assert "Statement" not in out.getvalue() and "s3:GetObject" not in out.getvalue()
