@@ -311,6 +311,11 @@ def version_of_hashes(hashes: Iterable[str]) -> str:
 # -- reading a target without being held by it -----------------------------------------------
 
 _END = object()
+# Reader threads the sync gave up on, by integration: while one is still blocked in its target,
+# no new one starts there, so a target hung for days holds one thread and connection, not one
+# per sync.
+_HUNG: dict[str, threading.Thread] = {}
+_HUNG_LOCK = threading.Lock()
 
 
 class _Reader:
@@ -319,6 +324,12 @@ class _Reader:
     end on its own (it stops at its next record, and closes its own connection)."""
 
     def __init__(self, source: Callable[[], Iterator[Record]], stall: float, name: str) -> None:
+        with _HUNG_LOCK:
+            hung = _HUNG.get(name)
+            if hung is not None and hung.is_alive():
+                raise Stalled("the previous read of this target is still waiting for it")
+            _HUNG.pop(name, None)
+        self.name = name
         self.stall = stall
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._cancel = threading.Event()
@@ -362,6 +373,8 @@ class _Reader:
                 item = self._queue.get(timeout=self.stall)
             except queue.Empty:
                 self._cancel.set()
+                with _HUNG_LOCK:
+                    _HUNG[self.name] = self._thread
                 raise Stalled(f"the target did not answer for {self.stall:g} s") from None
             if item is _END:
                 return
@@ -529,8 +542,9 @@ class Syncer:
         result.full = base is None
         hashes: list[str] = []
         sent: list[int] = []
-        reader = _Reader(self._records(integration), self.stall, name)
+        reader: _Reader | None = None
         try:
+            reader = _Reader(self._records(integration), self.stall, name)
             for index, page in enumerate(paginate(reader)):
                 if self.proceed is not None and not self.proceed():
                     raise Unfinished("out of time mid-read; the next sync sends it")
@@ -550,16 +564,20 @@ class Syncer:
                 )
                 sent.append(index)
         except (TransportError, Declined) as exc:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             if isinstance(exc, TransportError):
                 raise
             return IntegrationSync("failed", error=str(exc), records=result.records)
         except Unfinished as exc:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             return IntegrationSync("unfinished", error=str(exc), records=result.records)
         except Exception as exc:  # the target's failure: its own part fails, reported
-            reader.cancel()
-            error = str(exc) if isinstance(exc, JitcError) else _describe(exc)
+            if reader is not None:
+                reader.cancel()
+            # Within the schema's limit, whatever a driver put in its message.
+            error = (str(exc) if isinstance(exc, JitcError) else _describe(exc))[:1000]
             self._send(
                 self._event(sync_id, integration, kind="manifest", status="failed", error=error)
             )

@@ -48,13 +48,27 @@ def _closed_port() -> int:
 def synced(
     aws: str, pg_admin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Any, ControlPlane]]:
+    yield from _deployed(tmp_path, monkeypatch, with_dead=True)
+
+
+@pytest.fixture
+def synced_ok(
+    aws: str, pg_admin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Any, ControlPlane]]:
+    yield from _deployed(tmp_path, monkeypatch, with_dead=False)
+
+
+def _deployed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_dead: bool
+) -> Iterator[tuple[Any, ControlPlane]]:
     private, public = signing_keypair()
     cp = ControlPlane(public)
     with serving(cp) as url:
         integrations = pg_integration(PG)
         dead = json.loads(json.dumps(integrations[PG]))
         dead["connection"].update(port=_closed_port(), connect_timeout=2)
-        integrations[DEAD] = dead
+        if with_dead:
+            integrations[DEAD] = dead
         client("secretsmanager").create_secret(
             Name="jitc/signing", SecretString=json.dumps({"key": private})
         )
@@ -107,6 +121,20 @@ def test_the_sync_lambda_sends_then_sends_only_changes_and_one_dead_target_fails
     # Nothing secret left: the admin password and the signing key never travelled.
     everything = b"\n".join(cp.bodies)
     assert synced[0].admin_secret.encode() not in everything
+
+
+def test_a_complete_sync_beats_the_heartbeat_the_alarm_watches(
+    synced_ok: tuple[Any, ControlPlane], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_aws_flow import _metrics
+    from tfmodule import load
+
+    alarm = load().resource("aws_cloudwatch_metric_alarm", "sync_heartbeat")
+    assert alarm["treat_missing_data"] == "breaching"
+    capsys.readouterr()
+    report = invoke("sync", sync.handler, _event())
+    assert report["ok"]
+    assert _metrics(capsys.readouterr().out).get(alarm["metric_name"]) == 1
 
 
 def _bindings(deployment: Any) -> dict[str, Any]:
