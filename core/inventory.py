@@ -227,14 +227,23 @@ def clean(record: Record) -> Record:
     return out
 
 
+def _text(value: object) -> str | None:
+    """A driver may hand a name over as bytes (PostgreSQL under SQL_ASCII, binary collations)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
 def target_record(item: InventoryRecord) -> Record:
     return clean(
         {
             "kind": item.kind,
-            "name": str(item.name),
-            "parent": None if item.parent is None else str(item.parent),
-            "arn": item.arn,
-            "id": item.id,
+            "name": _text(item.name),
+            "parent": _text(item.parent),
+            "arn": _text(item.arn),
+            "id": _text(item.id),
         }
     )
 

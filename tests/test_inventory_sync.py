@@ -521,3 +521,26 @@ def test_jitc_serve_syncs_at_start_and_then_each_interval(
     ]
     assert _only_shared_pages(second)
     assert FileSyncState(tmp_path / "state.json").load(INTEGRATION) is not None
+
+
+def test_names_a_driver_hands_over_as_bytes_or_with_lone_surrogates_still_encode() -> None:
+    from jitc.inventory import canonical, target_record
+    from jitc.templates.base import InventoryRecord
+
+    for item in (
+        InventoryRecord("table", b"caf\xe9\x00", b"s"),  # type: ignore[arg-type]
+        InventoryRecord("table", "a\ud800b"),
+    ):
+        record = target_record(item)
+        text = canonical(record)
+        text.encode("utf-8")  # would raise on a lone surrogate
+        InventoryEvent.model_validate_json(
+            json.dumps(
+                {
+                    "kind": "page", "sync_id": "0" * 32, "integration": "x",
+                    "target_kind": "postgresql", "time": "2026-01-01T00:00:00Z",
+                    "records": [record],
+                }
+            )
+        )  # fmt: skip
+        assert isinstance(record["name"], str) and not record["name"].startswith("b'")
