@@ -53,12 +53,12 @@ def make_tables(dbname: str, count: int) -> None:
         # Batches of 1,000 per transaction: one transaction holding 100,000 new tables' locks
         # would exhaust the lock table.
         for schema in range(0, count, 1000):
+            last = min(999, count - schema - 1)
             conn.execute(
-                "DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', 's' || $1); "
-                "FOR i IN 0..LEAST(999, $2 - $1 - 1) LOOP "
-                "EXECUTE format('CREATE TABLE %I.%I ()', 's' || $1, 't' || i); END LOOP; END $$".replace(
-                    "$1", str(schema)
-                ).replace("$2", str(count))
+                f"DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', 's' || {schema}); "
+                f"FOR i IN 0..{last} LOOP "
+                f"EXECUTE format('CREATE TABLE %I.%I ()', 's' || {schema}, 't' || i); "
+                "END LOOP; END $$"
             )
 
 
