@@ -19,6 +19,7 @@ closing a driver's connection under a thread blocked in it is not safe.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import json
@@ -342,8 +343,10 @@ class _Reader:
         self.stall = stall
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._cancel = threading.Event()
+        # In the caller's context (context variables: log context, the caller's identity).
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=self._run, args=(source,), name=f"jitc-sync-{name}", daemon=True
+            target=context.run, args=(self._run, source), name=f"jitc-sync-{name}", daemon=True
         )
         self._thread.start()
 

@@ -207,7 +207,7 @@ def _test_world(secret_refs: set[str]) -> dict[str, Any]:
         **{f'local.log_arns["{f}"]': f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-{f}:*"
            for f in FUNCTIONS},
         "local.schedule_arn": f"arn:aws:scheduler:{R}:{A}:schedule/jitc-expiry/*",
-        "aws_cloudwatch_log_group.sync[0].arn": f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-sync",
+        "local.sync_log_arn": f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-sync:*",
         "aws_dynamodb_table.sync_state[0].arn": f"arn:aws:dynamodb:{R}:{A}:table/jitc-inventory-state",
         "aws_iam_role.scheduler.arn": f"arn:aws:iam::{A}:role/jitc-scheduler",
         "local.secret_arns": [f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-??????"

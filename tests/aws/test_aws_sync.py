@@ -140,7 +140,7 @@ def test_a_complete_sync_beats_the_heartbeat_the_alarm_watches(
 def _bindings(deployment: Any) -> dict[str, Any]:
     arn = f"arn:aws:{{}}:{REGION}:{ACCOUNT}:{{}}".format
     return {
-        "aws_cloudwatch_log_group.sync[0].arn": arn("logs", "log-group:/aws/lambda/jitc-sync"),
+        "local.sync_log_arn": arn("logs", "log-group:/aws/lambda/jitc-sync:*"),
         "aws_dynamodb_table.sync_state[0].arn": arn("dynamodb", f"table/{TABLE}"),
         "local.secret_arns": [
             arn("secretsmanager", "secret:jitc/pg-admin-??????"),

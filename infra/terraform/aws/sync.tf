@@ -30,6 +30,8 @@ variable "sync_missed_runs" {
 locals {
   sync      = try(local.catalog.connector.webhook_url, null) != null && try(local.catalog.connector.signing_key, null) != null ? 1 : 0
   sync_name = "${var.name}-sync"
+  # The log streams of the sync's log group ("" while the sync is not deployed).
+  sync_log_arn = join("", [for group in aws_cloudwatch_log_group.sync : "${group.arn}:*"])
   # A CloudWatch alarm evaluates at most one day: a longer interval is watched over one day.
   sync_alarm_period = min(var.sync_interval_minutes, 1440) * 60
   sync_alarm_runs   = max(1, min(var.sync_missed_runs, floor(86400 / local.sync_alarm_period)))
@@ -79,7 +81,7 @@ data "aws_iam_policy_document" "sync" {
   statement {
     sid       = "Logs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.sync[0].arn}:*"]
+    resources = [local.sync_log_arn]
   }
   statement {
     sid       = "AcknowledgedVersions"
