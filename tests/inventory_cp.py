@@ -29,7 +29,7 @@ def page_hash(records: list[dict[str, Any]]) -> str:
 class ControlPlane:
     public_key: str
     key_id: str = "connector"
-    # ack | none | wrong | replay | garbage | lose (forgets its pages after its first ack)
+    # ack | none | wrong | cross | replay | garbage | lose (forgets its pages after its first ack)
     mode: str = "ack"
     bodies: list[bytes] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -86,6 +86,8 @@ class ControlPlane:
             return 200, b'{"ack": "' + version.encode() + b'", "x": [}'
         if self.mode == "wrong":
             ack = {**ack, "version": hashlib.sha256(b"other").hexdigest()}
+        if self.mode == "cross":  # the right version, acknowledged for another integration
+            ack = {**ack, "integration": name + "-other"}
         if self.mode == "replay" and self.last_ack is not None:
             ack = self.last_ack  # the acknowledgement of an earlier sync, again
         else:

@@ -172,7 +172,7 @@ def _only_shared_pages(events: list[dict[str, Any]]) -> bool:
     return all(_shared(e) for e in events if e["kind"] == "page")
 
 
-@pytest.mark.parametrize("mode", ["none", "wrong", "replay", "garbage"])
+@pytest.mark.parametrize("mode", ["none", "wrong", "cross", "replay", "garbage"])
 def test_an_answer_that_does_not_name_what_was_sent_is_no_acknowledgement(
     pg: psycopg.Connection[Any], tmp_path: Path, mode: str
 ) -> None:
