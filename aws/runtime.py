@@ -45,7 +45,7 @@ def _env(name: str) -> str:
 class Settings:
     catalog_path: Path
     catalog_sha256: str | None
-    queue_url: str
+    queue_url: str | None  # every function but the inventory sync needs it (see queue())
     queue_arn: str | None
     schedule_group: str | None
     scheduler_role_arn: str | None
@@ -58,7 +58,7 @@ class Settings:
         return cls(
             catalog_path=Path(get("JITC_CATALOG_PATH") or DEFAULT_CATALOG),
             catalog_sha256=get("JITC_CATALOG_SHA256") or None,
-            queue_url=_env("JITC_QUEUE_URL"),
+            queue_url=get("JITC_QUEUE_URL") or None,
             queue_arn=get("JITC_QUEUE_ARN") or None,
             schedule_group=get("JITC_SCHEDULE_GROUP") or None,
             scheduler_role_arn=get("JITC_SCHEDULER_ROLE_ARN") or None,
@@ -129,7 +129,10 @@ def catalog() -> Catalog:
 @cache
 def queue() -> SqsQueue:
     """The intake's queue: every invocation sends to it, so its client is made at once."""
-    return SqsQueue(client("sqs"), settings().queue_url)
+    url = settings().queue_url
+    if not url:
+        raise ConfigError("environment variable JITC_QUEUE_URL is not set")
+    return SqsQueue(client("sqs"), url)
 
 
 @cache

@@ -385,6 +385,46 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok and not sink.error else EXIT_FAILED
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from jitc.inventory import FileSyncState, JsonLinesTransport, webhook_transport
+
+    engine, sink = _engine(args)
+    if args.out == "-":
+        transport: Any = JsonLinesTransport(sys.stdout)
+    elif args.out:
+        # Closed when the command ends; a new private file, like every --out.
+        transport = JsonLinesTransport(os.fdopen(_create_private(args.out), "w"))
+    else:
+        transport = webhook_transport(engine.catalog, engine.secrets)
+    integrations = [args.integration] if args.integration else None
+    if integrations and args.integration not in engine.catalog.integrations:
+        raise Refused("integration", f"{args.integration!r} is not in the catalog")
+    report = engine.sync(
+        transport,
+        FileSyncState(Path(args.state)),
+        names=integrations,
+        full=args.full,
+        stall_seconds=args.stall_seconds,
+    )
+    doc = report.as_dict()
+    if sink.error:
+        doc["sink_error"] = sink.error
+    if args.json:
+        print(json.dumps(doc, indent=2), file=sys.stderr if args.out == "-" else sys.stdout)
+    else:
+        for name, part in report.integrations.items():
+            line = f"{name}: {part.status}"
+            if part.status == "complete":
+                line += (
+                    f", {part.records} records in {part.pages} pages, {part.sent} sent"
+                    f"{', acknowledged' if part.acked else ''}"
+                )
+            if part.error:
+                line += f": {part.error}"
+            print(line, file=sys.stderr if args.out == "-" else sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def cmd_catalog_check(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
     warnings = catalog_warnings(catalog)
@@ -566,6 +606,18 @@ def _say(*parts: object) -> None:
         _quiet_stdout()
 
 
+def _periodic_sync(args: argparse.Namespace, engine: Engine) -> Any:
+    """The inventory sync of `jitc serve`, when the catalog names a webhook to send it to."""
+    if not args.sync_interval or not engine.catalog.connector.webhook_url:
+        return None
+    from jitc.inventory import FileSyncState, PeriodicSync, webhook_transport
+
+    transport = webhook_transport(engine.catalog, engine.secrets)
+    state = FileSyncState(Path(args.sync_state))
+    _say(f"  inventory sync every {args.sync_interval:g}s (state {args.sync_state})")
+    return PeriodicSync(lambda: engine.sync(transport, state), args.sync_interval).start()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from jitc.runtime import LocalRuntime
 
@@ -602,6 +654,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise Refused("host", f"cannot listen on {args.host!r}: {exc}") from None
     pending_at_start = len(runtime.journal.pending())
     runtime.start()
+    periodic = _periodic_sync(args, runtime.engine)
     _say(f"jit-connector listening on {runtime.url}/v1/requests")
     _say(
         f"  journal {args.journal}: {pending_at_start} accepted request(s) to replay; "
@@ -629,6 +682,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     while not stop.wait(0.5):
         pass
     _say("stopping: no new requests; finishing the batches in flight ...")
+    if periodic is not None:
+        periodic.stop()
     left = runtime.stop()
     _say(
         f"stopped. {len(left.journal)} accepted request(s) not done yet, kept in "
@@ -662,6 +717,7 @@ EXAMPLES = {
     "revoke": "jitc revoke request.json\n  jitc revoke --grant-id gabc... --integration billing-db",
     "list": "jitc list --catalog catalog.yaml\n  jitc list --integration billing-db --json",
     "sweep": "jitc sweep --catalog catalog.yaml --json",
+    "sync": "jitc sync --catalog catalog.yaml --json\n  jitc sync --out inventory.jsonl --full",
     "check": "jitc catalog check catalog.yaml",
     "schema": "jitc schema --out schemas",
     "keygen": "jitc keygen --box --out box.key > box.pub\n"
@@ -735,6 +791,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_sweep)
 
+    p = with_catalog(
+        _sub(sub, "sync", "send each target's inventory (names only) to the control plane")
+    )
+    p.add_argument("--integration", help="only this integration (default: all)")
+    p.add_argument("--full", action="store_true", help="send every page, changed or not")
+    p.add_argument(
+        "--state",
+        default=os.environ.get("JITC_SYNC_STATE", "jitc-sync-state.json"),
+        help="file of the versions the control plane acknowledged ($JITC_SYNC_STATE)",
+    )
+    p.add_argument(
+        "--out", help="write the events as JSON lines here (- for stdout) instead of the webhook"
+    )
+    p.add_argument(
+        "--stall-seconds",
+        type=_ranged(float, 1, 3600),
+        default=60.0,
+        help="a target silent this long fails its own part",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_sync)
+
     catalog = _sub(sub, "catalog", "catalog commands")
     csub = catalog.add_subparsers(dest="catalog_command", required=True, metavar="COMMAND")
     p = with_catalog(_sub(csub, "check", "validate a catalog and warn about relaxed settings"))
@@ -799,6 +877,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ranged(int, 1, 10000),
         default=100,
         help="open connections accepted at once",
+    )
+    p.add_argument(
+        "--sync-interval",
+        type=_ranged(float, 0, 604800),
+        default=3600.0,
+        help="seconds between inventory syncs to the webhook (one at start; 0: none)",
+    )
+    p.add_argument(
+        "--sync-state",
+        default=os.environ.get("JITC_SYNC_STATE", "jitc-sync-state.json"),
+        help="file of the inventory versions the control plane acknowledged",
     )
     p.set_defaults(func=cmd_serve)
 

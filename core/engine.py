@@ -13,13 +13,26 @@ from typing import Any, cast
 
 from jitc.catalog import Catalog, Integration
 from jitc.errors import JitcError, Refused, SecretError
+from jitc.inventory import (
+    DEFAULT_STALL_SECONDS,
+    InventoryTransport,
+    Syncer,
+    SyncReport,
+    SyncState,
+)
 from jitc.labels import LabelKey
 from jitc.messages import Work
 from jitc.models import AccessRequest, AuditEvent, Grant, Outcome, parse_duration, utcnow
 from jitc.ports import EventSink, ExpiryScheduler
 from jitc.sealing import seal
 from jitc.secrets import Secret, SecretRef, SecretStore
-from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, TargetSession
+from jitc.templates.base import (
+    GrantResult,
+    GrantSpec,
+    InventoryRecord,
+    RevokeResult,
+    TargetSession,
+)
 
 log = logging.getLogger("jitc.engine")
 
@@ -367,6 +380,41 @@ class Engine:
                     text = str(exc) if isinstance(exc, JitcError) else type(exc).__name__
                     found[integration.name] = batch.scrub(text)
         return found
+
+    def sync(
+        self,
+        transport: InventoryTransport,
+        state: SyncState,
+        *,
+        names: Sequence[str] | None = None,
+        full: bool = False,
+        proceed: Callable[[], bool] | None = None,
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
+    ) -> SyncReport:
+        """Send every integration's inventory (names only) and the connector's own view of it
+        (catalog permissions, live grants) to the control plane: see jitc.inventory."""
+
+        def target_records(integration: Integration) -> Iterator[Grant | InventoryRecord]:
+            # Runs in the sync's reader thread, with its own batch: its connection is opened,
+            # used and closed by that thread alone, even when the sync gives up waiting on it.
+            with self._batch() as batch:
+                try:
+                    session = batch.session(integration)
+                    yield from session.active_grants()
+                    yield from session.inventory_records()
+                except JitcError as exc:
+                    raise type(exc)(batch.scrub(str(exc))) from None
+
+        syncer = Syncer(
+            self.catalog,
+            target_records,
+            transport,
+            state,
+            clock=self.clock,
+            stall_seconds=stall_seconds,
+            proceed=proceed,
+        )
+        return syncer.run(names, full=full)
 
     # -- internals -------------------------------------------------------------------------
 

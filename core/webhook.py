@@ -21,10 +21,13 @@ from jitc.signing import sign
 
 
 class WebhookError(JitcError):
-    pass
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the last HTTP status, when the receiver answered at all
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ANSWER_MAX = 65536  # bytes of a 2xx answer read: an acknowledgement is small
 
 
 def webhook_url_allowed(url: str) -> bool:
@@ -79,9 +82,15 @@ class WebhookSink:
         doc = outcome.model_dump(mode="json", exclude_none=True, exclude={"credentials"})
         self._post({"type": "outcome", "outcome": doc})
 
-    def _post(self, doc: dict[str, object]) -> None:
+    def send(self, doc: dict[str, object]) -> bytes:
+        """Post any signed event; the 2xx answer's body (its first 64 KiB) is returned: the
+        inventory sync reads the control plane's acknowledgement from it."""
+        return self._post(doc)
+
+    def _post(self, doc: dict[str, object]) -> bytes:
         body = json.dumps(doc, separators=(",", ":")).encode()
         last = ""
+        status: int | None = None
         for attempt in range(self.attempts):
             envelope = sign(body, self._key().reveal(), self.key_id)
             request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
@@ -93,13 +102,13 @@ class WebhookSink:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                     if 200 <= response.status < 300:
-                        return
-                    last = f"HTTP {response.status}"
+                        return bytes(response.read(ANSWER_MAX))
+                    last, status = f"HTTP {response.status}", response.status
             except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
+                last, status = f"HTTP {exc.code}", exc.code
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
                     break
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 last = type(exc).__name__
             time.sleep(self.backoff * (2**attempt))
-        raise WebhookError(f"webhook {self.url} failed: {last}")
+        raise WebhookError(f"webhook {self.url} failed: {last}", status)

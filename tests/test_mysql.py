@@ -748,3 +748,33 @@ def test_a_plain_grantee_cannot_rename_itself_and_its_own_new_password_ends_with
     assert not run(
         env.target.admin, "SELECT User FROM mysql.user WHERE User LIKE %s", f"{FOREIGN}%"
     )
+
+
+def test_the_inventory_sync_streams_names_only_including_hostile_ones(env: ContractEnv) -> None:
+    import io
+    import json
+
+    from jitc.inventory import JsonLinesTransport, MemorySyncState
+
+    hostile = 'x"},{"kind":"user","name":"root'
+    conn = root()
+    try:
+        run(conn, f"CREATE TABLE `{DATABASE}`.`{hostile}` (secret_col text)")
+        run(conn, f"INSERT INTO `{DATABASE}`.`{hostile}` VALUES ('ROW-VALUE-NOT-SENT')")
+        out = io.StringIO()
+        report = env.engine.sync(JsonLinesTransport(out), MemorySyncState())
+    finally:
+        run(conn, f"DROP TABLE IF EXISTS `{DATABASE}`.`{hostile}`")
+        conn.close()
+    assert report.integrations[env.target.integration].status == "complete", report.as_dict()
+    records = [
+        r for line in out.getvalue().splitlines()
+        if json.loads(line)["inventory"]["integration"] == env.target.integration
+        for r in json.loads(line)["inventory"].get("records", [])
+    ]  # fmt: skip
+    assert {"kind": "table", "name": hostile, "parent": DATABASE} in records
+    assert {"kind": "database", "name": DATABASE} in records
+    assert {"kind": "user", "name": ADMIN, "parent": "%"} in records
+    text = out.getvalue()
+    assert "ROW-VALUE-NOT-SENT" not in text and "secret_col" not in text
+    assert env.target.admin_secret() not in text

@@ -503,3 +503,30 @@ def test_a_stranger_holding_a_tombstone_name_is_never_overwritten(env: Env) -> N
         lambda names: {n: u for n, u in users(env.root).items() if n in names},
         env.can_login,
     )
+
+
+def test_the_inventory_sync_sends_user_names_never_their_password_hashes(env: Env) -> None:
+    import io
+    import json
+
+    from jitc.inventory import JsonLinesTransport, MemorySyncState
+
+    outcome = env.engine.execute(env.request())
+    out = io.StringIO()
+    report = env.engine.sync(JsonLinesTransport(out), MemorySyncState(), names=[INTEGRATION])
+    assert report.ok, report.as_dict()
+    records = [
+        r for line in out.getvalue().splitlines()
+        for r in json.loads(line)["inventory"].get("records", [])
+    ]  # fmt: skip
+    names = {(r["kind"], r["name"]) for r in records}
+    assert {("user", ADMIN), ("user", str(outcome.principal)), ("vhost", VHOST)} <= names
+    assert ("grant", outcome.grant_id) in names
+    # The management API returns each user's password hash with its name: never passed on.
+    hashes = {
+        u["password_hash"]
+        for u in httpx.get(f"{API}/api/users", auth=(ADMIN, ADMIN_PASSWORD)).json()
+        if u.get("password_hash")
+    }
+    assert hashes and not any(h in out.getvalue() for h in hashes)
+    assert "password_hash" not in out.getvalue() and ADMIN_PASSWORD not in out.getvalue()

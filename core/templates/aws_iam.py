@@ -27,6 +27,7 @@ import copy
 import fnmatch
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -40,6 +41,7 @@ from jitc.secrets import Secret
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
+    InventoryRecord,
     PermissionSettings,
     RevokeResult,
     Settings,
@@ -738,6 +740,27 @@ class AwsIamSession:
                 if grant is not None:
                     grants.append(grant)
         return grants
+
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """The roles and users a grant may go to (allowed_principals), and the policies under the
+        connector's path: names and ARNs, page by page; never a policy document."""
+        patterns = self.settings.allowed_principals
+
+        def allowed(name: str) -> bool:
+            return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+        for page in self.iam.get_paginator("list_roles").paginate():
+            for role in page["Roles"]:
+                if allowed(role["RoleName"]):
+                    yield InventoryRecord("role", role["RoleName"], None, role["Arn"])
+        for page in self.iam.get_paginator("list_users").paginate():
+            for user in page["Users"]:
+                if allowed(user["UserName"]):
+                    yield InventoryRecord("user", user["UserName"], None, user["Arn"])
+        paginator = self.iam.get_paginator("list_policies")
+        for page in paginator.paginate(Scope="Local", PathPrefix=self.settings.path):
+            for policy in page["Policies"]:
+                yield InventoryRecord("policy", policy["PolicyName"], None, policy["Arn"])
 
     def inventory(self) -> dict[str, list[str]]:
         def allowed(name: str) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -36,6 +37,7 @@ from jitc.templates.aws_identity_center_ledger import Forged, GrantRecord, Ledge
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
+    InventoryRecord,
     PermissionSettings,
     RevokeResult,
     Settings,
@@ -413,6 +415,32 @@ class AwsIdentityCenterSession:
             )
             for record in self.ledger.records()
         ]
+
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """In scope: the catalog's permission sets and the accounts they are provisioned to,
+        and the identity store's users and groups (who can be granted). Names, ids and ARNs."""
+        instance = self.settings.instance_arn
+        for arn in sorted(self.settings.permission_set_arns):
+            described = self.sso.describe_permission_set(InstanceArn=instance, PermissionSetArn=arn)
+            yield InventoryRecord("permission_set", described["PermissionSet"]["Name"], None, arn)
+        accounts: set[str] = set()
+        for arn in self.settings.permission_set_arns:
+            paginator = self.sso.get_paginator("list_accounts_for_provisioned_permission_set")
+            for page in paginator.paginate(InstanceArn=instance, PermissionSetArn=arn):
+                accounts.update(page.get("AccountIds", []))
+        for account in sorted(accounts):
+            yield InventoryRecord("account", account)
+        store = self.settings.identity_store_id
+        for page in self.store.get_paginator("list_users").paginate(IdentityStoreId=store):
+            for user in page.get("Users", []):
+                yield InventoryRecord(
+                    "user", user.get("UserName", user["UserId"]), id=user["UserId"]
+                )
+        for page in self.store.get_paginator("list_groups").paginate(IdentityStoreId=store):
+            for group in page.get("Groups", []):
+                yield InventoryRecord(
+                    "group", group.get("DisplayName", group["GroupId"]), id=group["GroupId"]
+                )
 
     def inventory(self) -> dict[str, list[str]]:
         # Run by the operator's CLI with its own credentials: the whole instance, not only the

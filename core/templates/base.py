@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +59,17 @@ class GrantSpec:
             "state": "active",
             **extra,
         }
+
+
+class InventoryRecord(NamedTuple):
+    """One name a target holds: what kind of thing, its name, and what it belongs to (a table's
+    schema, a user's host). Names only: never a row, a secret, or a policy's text."""
+
+    kind: str
+    name: str
+    parent: str | None = None
+    arn: str | None = None
+    id: str | None = None  # the target's own id where names are not unique (a user's id)
 
 
 @dataclass
@@ -157,6 +169,10 @@ class TargetSession(Protocol):
     def active_grants(self) -> list[Grant]: ...
 
     def inventory(self) -> dict[str, list[str]]: ...
+
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """The target's names, streamed in a stable order (for `jitc sync`)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -24,7 +24,13 @@ from jitc.errors import Refused, TargetError
 from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
-from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from_label
+from jitc.templates.base import (
+    GrantResult,
+    GrantSpec,
+    InventoryRecord,
+    RevokeResult,
+    grant_from_label,
+)
 from jitc.templates.mysql import (
     SYSTEM_DATABASES,
     Connection,
@@ -734,6 +740,25 @@ class MySQLSession:
                 grants.append(grant)
         return grants
 
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """Databases, tables per database and accounts (user, with its host as parent), names
+        only, streamed with an unbuffered cursor so memory stays bounded; ordered by byte value."""
+        queries = (
+            "SELECT 'database', NULL, schema_name FROM information_schema.schemata "
+            "ORDER BY CAST(schema_name AS BINARY)",
+            "SELECT IF(table_type = 'VIEW', 'view', 'table'), table_schema, table_name "
+            "FROM information_schema.tables WHERE table_schema NOT IN "
+            "('mysql', 'information_schema', 'performance_schema', 'sys') "
+            "ORDER BY CAST(table_schema AS BINARY), CAST(table_name AS BINARY)",
+            "SELECT 'user', Host, User FROM mysql.user "
+            "ORDER BY CAST(User AS BINARY), CAST(Host AS BINARY)",
+        )
+        for query in queries:
+            with self.conn.cursor(pymysql.cursors.SSCursor) as cursor:
+                cursor.execute(query)
+                for kind, parent, name in cursor:
+                    yield InventoryRecord(_text(kind), _text(name), _text(parent))
+
     def inventory(self) -> dict[str, list[str]]:
         users = self._rows("SELECT User, Host FROM mysql.user ORDER BY User, Host")
         return {
@@ -741,3 +766,10 @@ class MySQLSession:
             "databases": [str(row[0]) for row in self._rows("SHOW DATABASES")],
             "event_scheduler": ["ON" if self.scheduler_on else "OFF"],
         }
+
+
+def _text(value: Any) -> Any:
+    """A name as text: information_schema may answer in bytes (binary collations)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return value

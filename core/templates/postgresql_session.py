@@ -17,7 +17,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -30,7 +30,13 @@ from jitc.errors import Refused, TargetError
 from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
-from jitc.templates.base import GrantResult, GrantSpec, RevokeResult, grant_from_label
+from jitc.templates.base import (
+    GrantResult,
+    GrantSpec,
+    InventoryRecord,
+    RevokeResult,
+    grant_from_label,
+)
 from jitc.templates.postgresql import (
     DENIED_GROUPS,
     MASK,
@@ -54,6 +60,7 @@ from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
 
 T = TypeVar("T")
+INVENTORY_FETCH = 2000  # rows per round trip of the inventory's server-side cursor
 KIND = PostgreSQLTemplate.kind
 REVOKE_CHUNK = 1000
 GRANT_CHUNK = 50
@@ -1599,3 +1606,51 @@ class PostgreSQLSession:
                 "AND nspname OPERATOR(pg_catalog.<>) 'information_schema' ORDER BY 1"
             ),
         }
+
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """Names only, streamed through a server-side cursor: memory stays bounded whatever the
+        count of tables. Databases and roles are the cluster's; schemas and tables are those of
+        the database this integration connects to. Ordered by byte value (COLLATE "C"), so the
+        same catalog always gives the same sequence, whatever the server's locale."""
+        queries: tuple[tuple[str, str], ...] = (
+            (
+                "database",
+                "SELECT NULL, datname::pg_catalog.text FROM pg_catalog.pg_database "
+                'WHERE NOT datistemplate ORDER BY datname COLLATE "C"',
+            ),
+            (
+                "schema",
+                "SELECT NULL, nspname::pg_catalog.text FROM pg_catalog.pg_namespace n "
+                "WHERE NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_') "
+                "AND n.nspname OPERATOR(pg_catalog.<>) 'information_schema' "
+                'ORDER BY nspname COLLATE "C"',
+            ),
+            (
+                "",
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, "
+                "CASE WHEN c.relkind::pg_catalog.text "
+                "OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.text[]) "
+                "THEN 'view' ELSE 'table' END "
+                "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+                "WHERE c.relkind::pg_catalog.text "
+                "OPERATOR(pg_catalog.=) ANY ('{r,p,f,v,m}'::pg_catalog.text[]) "
+                "AND NOT pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_') "
+                "AND n.nspname OPERATOR(pg_catalog.<>) 'information_schema' "
+                'ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"',
+            ),
+            (
+                "",
+                "SELECT NULL, rolname::pg_catalog.text, "
+                "CASE WHEN rolcanlogin THEN 'login_role' ELSE 'group' END "
+                "FROM pg_catalog.pg_roles WHERE NOT "
+                "pg_catalog.starts_with(rolname::pg_catalog.text, 'pg_') "
+                'ORDER BY rolname COLLATE "C"',
+            ),
+        )
+        for kind, query in queries:
+            with self.conn.transaction(), self.conn.cursor(name="jitc_inventory") as cursor:
+                cursor.itersize = INVENTORY_FETCH
+                cursor.execute(query)
+                for row in cursor:
+                    yield InventoryRecord(kind or row[2], row[1], row[0])

@@ -9,7 +9,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +27,7 @@ from jitc.labels import (
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
-from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
+from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
 from jitc.templates.rabbitmq import (
     Connection,
     Permission,
@@ -338,6 +338,14 @@ class RabbitMQSession:
             if label is not None:
                 grants.append(userledger.grant_of(KIND, str(user["name"]), label))
         return grants
+
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """Users and virtual hosts by name: the user list also carries password hashes and
+        tags, which are read here and never passed on."""
+        for name in sorted(str(u["name"]) for u in self._call("GET", "/api/users").json()):
+            yield InventoryRecord("user", name)
+        for name in sorted(str(v["name"]) for v in self._call("GET", "/api/vhosts").json()):
+            yield InventoryRecord("vhost", name)
 
     def inventory(self) -> dict[str, list[str]]:
         users = [str(u["name"]) for u in self._call("GET", "/api/users").json()]

@@ -6,7 +6,7 @@ import hashlib
 import inspect
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from jitc.labels import (
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
-from jitc.templates.base import GrantResult, GrantSpec, RevokeResult
+from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
 from jitc.templates.redis import (
     Connection,
     Permission,
@@ -384,6 +384,13 @@ class RedisSession:
     def active_grants(self) -> list[Grant]:
         return [userledger.grant_of(KIND, name, label) for name, label in self._listing()]
 
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """ACL users and the logical databases that hold keys; never a key's name or value."""
+        for name in sorted(_name(u) for u in self._run([("ACL", "USERS")])[0]):
+            yield InventoryRecord("user", name)
+        for db in sorted(str(d) for d in self.client.info("keyspace")):
+            yield InventoryRecord("database", db)
+
     def inventory(self) -> dict[str, list[str]]:
         users = [str(u) for u in self._run([("ACL", "USERS")])[0]]
         return {"users": sorted(users), "databases": sorted(self.client.info("keyspace"))}
@@ -411,3 +418,10 @@ def _first_line(exc: object) -> str:
     """Error texts keep to their first line: some Redis errors echo arguments."""
     text = str(exc)
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _name(value: Any) -> str:
+    """A user name as text, whatever bytes a user was created with."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)

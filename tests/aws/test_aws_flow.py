@@ -480,11 +480,8 @@ def test_a_complete_sweep_beats_the_heartbeat_the_alarm_watches_and_a_failing_on
 ) -> None:
     from tfmodule import load
 
-    (alarm,) = [
-        a
-        for a in load().of_kind("aws_cloudwatch_metric_alarm").values()
-        if a.get("treat_missing_data") == "breaching"
-    ]
+    alarm = load().resource("aws_cloudwatch_metric_alarm", "sweep_heartbeat")
+    assert alarm["treat_missing_data"] == "breaching"
     (tmp_path / "ok").mkdir()
     (tmp_path / "broken").mkdir()
     deploy(tmp_path / "ok", {"integrations": pg_integration(PG)})

@@ -625,3 +625,29 @@ def test_a_genuine_label_copied_onto_another_grants_policy_is_not_ours(
     outcome = run(engine, request)
     assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
     assert ours(iam)[planned]["roles"] == []  # never attached
+
+
+def test_the_inventory_sync_sends_principals_in_scope_and_no_policy_document(
+    engine: Engine, iam: Any
+) -> None:
+    import io
+
+    from jitc.inventory import JsonLinesTransport, MemorySyncState
+
+    live = run(engine, grant("s3-read", "dev-ana", ["bucket-a"], seconds=3600))
+    out = io.StringIO()
+    with acting_as("sync"):
+        report = engine.sync(JsonLinesTransport(out), MemorySyncState())
+    assert report.ok, report.as_dict()
+    records = [
+        r for line in out.getvalue().splitlines()
+        for r in json.loads(line)["inventory"].get("records", [])
+    ]  # fmt: skip
+    names = {(r["kind"], r["name"]) for r in records}
+    # In scope (allowed_principals dev-*) only; the connector's own grant policy and its grant.
+    assert {("role", "dev-ana"), ("role", "dev-bob"), ("role", "dev-free")} <= names
+    assert ("user", "dev-carl") in names and ("role", "admin") not in names
+    assert ("grant", live.grant_id) in names and ("policy", f"jitc-{live.grant_id}") in names
+    assert all(r["arn"].startswith(f"arn:aws:iam::{ACCOUNT}:") for r in records if "arn" in r)
+    # Names and ARNs only: no policy document, no trust policy leaves.
+    assert "Statement" not in out.getvalue() and "s3:GetObject" not in out.getvalue()

@@ -463,3 +463,35 @@ def test_two_integrations_on_one_permission_set_keep_each_others_assignment(
     )
     assert run(engine, last).status == "revoked"
     assert assigned(idc, ACCOUNTS[0]) == []
+
+
+def test_the_inventory_sync_sends_the_catalogs_permission_sets_users_and_groups(
+    engine: Engine, idc: dict[str, Any]
+) -> None:
+    import io
+    import json
+
+    from jitc.inventory import JsonLinesTransport, MemorySyncState
+
+    client("identitystore").create_group(IdentityStoreId=STORE, DisplayName="admins")
+    live = run(engine, grant("ana", ACCOUNTS[:1]))
+    # Provisioned as an assignment provisions it on AWS (moto then lists its own account).
+    idc["sso"].provision_permission_set(
+        InstanceArn=idc["instance"],
+        PermissionSetArn=idc["ps"],
+        TargetType="ALL_PROVISIONED_ACCOUNTS",
+    )
+    out = io.StringIO()
+    with acting_as("sync"):
+        report = engine.sync(JsonLinesTransport(out), MemorySyncState())
+    assert report.ok, report.as_dict()
+    records = [
+        r for line in out.getvalue().splitlines()
+        for r in json.loads(line)["inventory"].get("records", [])
+    ]  # fmt: skip
+    names = {(r["kind"], r["name"]) for r in records}
+    # The catalog's permission set only (Billing is not in it), its accounts, the store.
+    assert ("permission_set", "ReadOnly") in names and ("permission_set", "Billing") not in names
+    assert ("account", "123456789012") in names
+    assert {("user", "ana"), ("user", "bob"), ("group", "admins")} <= names
+    assert ("grant", live.grant_id) in names

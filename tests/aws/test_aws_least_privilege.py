@@ -19,12 +19,14 @@ import hcl2
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "infra" / "terraform" / "aws"
-FUNCTIONS = ("intake", "worker", "sweep")
+FUNCTIONS = ("intake", "worker", "sweep", "sync")
 # AWS defines no resource for these: "*" is the only possible scope.
 UNSCOPABLE = {
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
     "iam:ListPolicies",
+    "iam:ListRoles",
+    "iam:ListUsers",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeSubnets",
 }
@@ -88,6 +90,7 @@ def recorded() -> Record:
         all(calls.get(f) for f in FUNCTIONS)
         and any(c.startswith("sso:") for c in calls.get("worker", set()))
         and any(c.startswith("iam:") for c in calls.get("sweep", set()))
+        and any(c.startswith("sso:") for c in calls.get("sync", set()))
     )
     if complete:
         return Record(calls, list(awsharness.REQUESTS), set(awsharness.SECRET_REFS))
@@ -140,6 +143,19 @@ def test_every_call_is_allowed_and_nothing_more_than_needed_is_wildcarded() -> N
     assert {"scheduler:DeleteSchedule", "iam:DeletePolicy", "sso:DeleteAccountAssignment"} <= calls[
         "sweep"
     ]
+    # The inventory sync reads: its state, the catalog's secrets, and both AWS targets' names.
+    assert {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "secretsmanager:GetSecretValue",
+        "iam:ListRoles",
+        "sso:DescribePermissionSet",
+        "identitystore:ListGroups",
+    } <= calls["sync"]
+    # ... and never changes a target.
+    changes = ("Create", "Delete", "Put", "Attach", "Detach", "Tag", "Untag", "Update")
+    writes = {c for c in calls["sync"] if c.split(":")[1].startswith(changes)}
+    assert writes <= {"dynamodb:PutItem", "dynamodb:DeleteItem"}, writes
     missing = {}
     for function in FUNCTIONS:
         allowed = {a for s in docs[function] if s["effect"] == "Allow" for a in s["actions"]}
@@ -191,6 +207,8 @@ def _test_world(secret_refs: set[str]) -> dict[str, Any]:
         **{f'local.log_arns["{f}"]': f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-{f}:*"
            for f in FUNCTIONS},
         "local.schedule_arn": f"arn:aws:scheduler:{R}:{A}:schedule/jitc-expiry/*",
+        "local.sync_log_arn": f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-sync:*",
+        "aws_dynamodb_table.sync_state[0].arn": f"arn:aws:dynamodb:{R}:{A}:table/jitc-inventory-state",
         "aws_iam_role.scheduler.arn": f"arn:aws:iam::{A}:role/jitc-scheduler",
         "local.secret_arns": [f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-??????"
                               for ref in sorted(secret_refs)],

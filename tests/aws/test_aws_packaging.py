@@ -70,6 +70,7 @@ def test_the_build_is_reproducible_and_holds_only_what_it_should(
     )
     names = zipfile.ZipFile(package).namelist()
     assert "jitc/aws/worker.py" in names and "jitc/engine.py" in names
+    assert {"jitc/aws/sync.py", "jitc/aws/sync_state.py", "jitc/inventory.py"} <= set(names)
     assert "jitc-package.json" in names and "jitc/aws/requirements.txt" not in names
     assert not [n for n in names if n.startswith(("core/", "aws/"))]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
@@ -118,3 +119,69 @@ def test_the_unpacked_zip_runs_the_deployed_handler_paths(
     ).fetchone()
     assert row == (1,)
     drop_pg_roles(pg_admin)
+
+
+SYNC_CHILD = r"""
+import json, sys, uuid
+folder = sys.argv[1]
+sys.path[:0] = [folder]
+import jitc.aws.sync, jitc.inventory
+
+class Context:
+    function_name = "jitc-packaged-sync"; function_version = "$LATEST"; memory_limit_in_mb = 128
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:jitc-packaged-sync"
+    aws_request_id = str(uuid.uuid4()); log_group_name = "/aws/lambda/x"; log_stream_name = "x"
+    def get_remaining_time_in_millis(self): return 60000
+
+event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+         "source": "aws.scheduler", "account": "123456789012", "time": "2026-01-01T00:00:00Z",
+         "region": "us-east-1", "resources": [], "detail": {}}
+report = jitc.aws.sync.handler(event, Context())
+origins = {m.__name__: m.__file__ for m in (jitc.aws.sync, jitc.inventory)}
+print("RESULT " + json.dumps({"origins": origins, "report": report}))
+"""
+
+
+def test_the_unpacked_zip_runs_the_inventory_sync_handler(
+    package: Path, aws: str, pg_admin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from awsharness import client
+    from inventory_cp import ControlPlane, serving
+
+    from jitc.signing import signing_keypair
+
+    private, public = signing_keypair()
+    cp = ControlPlane(public)
+    with serving(cp) as url:
+        client("secretsmanager").create_secret(
+            Name="jitc/signing", SecretString=json.dumps({"key": private})
+        )
+        deploy(
+            tmp_path,
+            {
+                "integrations": pg_integration(INTEGRATION),
+                "connector": {"webhook_url": url, "signing_key": "aws-sm:jitc/signing#key"},
+            },
+        )
+        client("dynamodb").create_table(
+            TableName="jitc-pkg-sync",
+            KeySchema=[{"AttributeName": "integration", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "integration", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        folder = tmp_path / "lambda-task"
+        with zipfile.ZipFile(package) as archive:
+            archive.extractall(folder)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JITC_QUEUE_URL")}
+        env["JITC_SYNC_TABLE"] = "jitc-pkg-sync"
+        child = subprocess.run(
+            [sys.executable, "-S", "-c", SYNC_CHILD, str(folder)],
+            capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-3000:]
+    line = next(x for x in child.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    for name, origin in result["origins"].items():
+        assert origin.startswith(str(folder)), (name, origin)
+    assert result["report"]["integrations"][INTEGRATION]["acked"], result
+    assert cp.current.get(INTEGRATION) and not cp.refused

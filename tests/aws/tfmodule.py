@@ -120,7 +120,8 @@ def role_policies(role_reference: str, module: Module | None = None) -> list[dic
     name = role_reference.removeprefix("${aws_iam_role.").split(".")[0].split("[")[0]
     found: list[dict[str, Any]] = []
     for body in module.of_kind("aws_iam_role_policy").values():
-        if body["role"].startswith(f"${{aws_iam_role.{name}."):
+        # `aws_iam_role.NAME.id`, or `aws_iam_role.NAME[0].id` for a role made with count.
+        if body["role"].startswith((f"${{aws_iam_role.{name}.", f"${{aws_iam_role.{name}[")):
             document = body["policy"].removeprefix("${data.aws_iam_policy_document.")
-            found += statements(module.policy(document.split(".")[0]))
+            found += statements(module.policy(document.split(".")[0].split("[")[0]))
     return found

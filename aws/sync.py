@@ -1,0 +1,65 @@
+"""Lambda entry point `jitc.aws.sync.handler`, run on a schedule: sends every integration's
+inventory (names only) and the connector's own view to the control plane's webhook, only the
+pages changed since the version it acknowledged (kept in DynamoDB). An integration that cannot
+be read fails its own part; a complete sync beats the heartbeat the alarm watches."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from jitc.aws import runtime
+from jitc.aws.observability import MetricUnit, logger, metrics, tracer
+from jitc.aws.sinks import LogSink
+from jitc.aws.sync_state import DynamoSyncState
+from jitc.engine import Engine
+from jitc.inventory import webhook_transport
+from jitc.local import NullScheduler
+
+RESERVE_MS = 20_000  # no page starts with less left: a page and a manifest fit in it
+STALL_SECONDS = 60.0
+
+
+def engine() -> Engine:
+    """No queue, no scheduler: the sync only reads. Built per invocation from the runtime's
+    cached pieces (catalog, clients), so it follows them when they are rebuilt."""
+    from jitc.templates import aws_session
+
+    aws_session.use(runtime.regional_client)
+    return Engine(runtime.catalog(), runtime.secret_stores(), NullScheduler(), LogSink(logger))
+
+
+def state() -> DynamoSyncState:
+    table = os.environ.get("JITC_SYNC_TABLE")
+    if not table:
+        raise runtime.ConfigError("environment variable JITC_SYNC_TABLE is not set")
+    return DynamoSyncState(runtime.client("dynamodb"), table)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_source(data_class=EventBridgeEvent)
+def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+    def proceed() -> bool:
+        return int(context.get_remaining_time_in_millis()) > RESERVE_MS
+
+    eng = engine()
+    transport = webhook_transport(eng.catalog, eng.secrets)
+    report = eng.sync(transport, state(), proceed=proceed, stall_seconds=STALL_SECONDS)
+    parts = report.integrations.values()
+    sent = sum(p.sent for p in parts)
+    failed = sum(1 for p in parts if p.status != "complete")
+    metrics.add_metric(name="InventoryPagesSent", unit=MetricUnit.Count, value=sent)
+    if failed:
+        metrics.add_metric(name="InventoryFailures", unit=MetricUnit.Count, value=failed)
+    else:
+        # The heartbeat: its absence for a few intervals is alarmed (a sync never invoked,
+        # or failing every time, would otherwise raise nothing).
+        metrics.add_metric(name="InventoryCompleted", unit=MetricUnit.Count, value=1)
+    summary = report.as_dict()
+    (logger.warning if failed else logger.info)("inventory sync done", extra={"sync": summary})
+    return summary
