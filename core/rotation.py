@@ -69,9 +69,12 @@ class PostgreSQLRotator:
     the server, its log or pg_stat_statements."""
 
     def _connect(self, integration: Integration, secret: Secret) -> Any:
+        from jitc.templates.postgresql import Connection
         from jitc.templates.postgresql_session import admin_connect
 
-        return admin_connect(integration.connection, integration.connection.dbname, secret)
+        settings = integration.connection
+        assert isinstance(settings, Connection)
+        return admin_connect(settings, settings.dbname, secret)
 
     def change(self, integration: Integration, current: Secret, new: Secret) -> None:
         import psycopg
@@ -93,33 +96,43 @@ class PostgreSQLRotator:
     def check(self, integration: Integration, secret: Secret) -> None:
         with self._connect(integration, secret) as conn:
             row = conn.execute("SELECT pg_catalog.current_user()::pg_catalog.text").fetchone()
-        if row is None or row[0] != integration.connection.user:
+        if row is None or row[0] != getattr(integration.connection, "user", None):
             raise TargetError("the login did not land on the catalog's admin role")
 
 
 class MySQLRotator:
-    """`ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '<hash>'`: an account
-    may change its own password; the hash is computed here, so the clear password never
-    reaches the server or its logs."""
+    """The admin account changes its own password to a hash computed here, so the clear password
+    never reaches the server or its logs. MariaDB: `SET PASSWORD = '<hash>'` (its `ALTER USER
+    CURRENT_USER() ... AS` answers OK and changes nothing, on 10.11); MySQL: `ALTER USER
+    CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '<hash>'` (its `SET PASSWORD` takes
+    the text as a clear password). The test step proves the change either way."""
 
     def _connect(self, integration: Integration, secret: Secret) -> Any:
+        from jitc.templates.mysql import Connection
         from jitc.templates.mysql_session import admin_connect
 
+        assert isinstance(integration.connection, Connection)
         return admin_connect(integration.connection, secret)
 
     def change(self, integration: Integration, current: Secret, new: Secret) -> None:
         import pymysql
 
-        from jitc.templates.mysql_session import literal, native_password_hash
+        from jitc.templates.mysql import literal
+        from jitc.templates.mysql_session import native_password_hash
 
-        stored = literal(native_password_hash(new.reveal()))
+        stored = literal(native_password_hash(new.reveal()))  # a hex digest, driver-quoted
         conn = self._connect(integration, current)
         try:
             with conn.cursor() as cursor:
-                cursor.execute(
-                    "ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS "
-                    + stored  # a hex digest quoted by the driver's own literal()
-                )
+                cursor.execute("SELECT VERSION()")
+                row = cursor.fetchone()
+                if row is not None and "mariadb" in str(row[0]).lower():
+                    cursor.execute("SET PASSWORD = " + stored)
+                else:
+                    cursor.execute(
+                        "ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS "
+                        + stored
+                    )
         except pymysql.Error as exc:
             raise TargetError(f"changing the admin password failed: {type(exc).__name__}") from None
         finally:
@@ -133,7 +146,7 @@ class MySQLRotator:
                 row = cursor.fetchone()
         finally:
             conn.close()
-        if row is None or row[0] != integration.connection.user:
+        if row is None or row[0] != getattr(integration.connection, "user", None):
             raise TargetError("the login did not land on the catalog's admin account")
 
 
