@@ -19,7 +19,11 @@ import hcl2
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "infra" / "terraform" / "aws"
-FUNCTIONS = ("intake", "worker", "sweep")
+FUNCTIONS = ("intake", "worker", "sweep", "rotation")
+# The secrets the rotation function rotates in the tests (tests/aws/test_aws_rotation.py), and
+# that function's ARN: the secrets' AllowRotationLambdaArn there.
+ROTATED = ("jitc/pg-admin",)
+ROTATION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:jitc-rotation"
 # AWS defines no resource for these: "*" is the only possible scope.
 UNSCOPABLE = {
     "xray:PutTraceSegments",
@@ -140,6 +144,11 @@ def test_every_call_is_allowed_and_nothing_more_than_needed_is_wildcarded() -> N
     assert {"scheduler:DeleteSchedule", "iam:DeletePolicy", "sso:DeleteAccountAssignment"} <= calls[
         "sweep"
     ]
+    assert {
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:ListSecretVersionIds",
+    } <= calls["rotation"]
     missing = {}
     for function in FUNCTIONS:
         allowed = {a for s in docs[function] if s["effect"] == "Allow" for a in s["actions"]}
@@ -161,7 +170,9 @@ def test_secrets_and_queues_come_from_the_variables_only() -> None:
     for function in FUNCTIONS:
         for statement in docs[function]:
             if any(a.startswith("secretsmanager:") for a in statement["actions"]):
-                assert statement["resources"] == ["${local.secret_arns}"]
+                # The rotation function: only the admin secrets it rotates (rotation.tf).
+                own = "rotation_secret_arns" if function == "rotation" else "secret_arns"
+                assert statement["resources"] == [f"${{local.{own}}}"]
             if any(a.startswith("sqs:") for a in statement["actions"]):
                 assert statement["resources"] == ["${aws_sqs_queue.requests.arn}"]
             for resource in statement["resources"]:
@@ -194,6 +205,10 @@ def _test_world(secret_refs: set[str]) -> dict[str, Any]:
         "aws_iam_role.scheduler.arn": f"arn:aws:iam::{A}:role/jitc-scheduler",
         "local.secret_arns": [f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-??????"
                               for ref in sorted(secret_refs)],
+        "local.rotation_log_arn": f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-rotation:*",
+        "local.rotation_secret_arns": [f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-??????"
+                                       for ref in ROTATED],
+        "local.rotation_function_arn": ROTATION_ARN,
         "local.bus_arn": f"arn:aws:events:{R}:{A}:event-bus/jitc-events",
         "local.region": R,
         "local.partition": "aws",
@@ -224,6 +239,9 @@ def _resources(request: awsharness.Request) -> tuple[list[str], dict[str, str]]:
         arn = (
             ref if ref.startswith("arn:") else f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-AbCdEf"
         )
+        if request.function == "rotation":
+            # The tests' rotated secrets name this function as their rotation function.
+            context["secretsmanager:resource/AllowRotationLambdaArn"] = ROTATION_ARN
         return [arn], context
     if request.service == "scheduler":
         return [f"arn:aws:scheduler:{R}:{A}:schedule/{p['GroupName']}/{p['Name']}"], context

@@ -64,6 +64,7 @@ class Rotation:
     def __init__(self) -> None:
         self.die_at: set[str] = set()
         self.steps: list[str] = []
+        self.acting = "rotation"  # whose calls these are, for the least-privilege record
         self.logs = io.StringIO()
 
     def invoke(self, event: dict[str, Any]) -> None:
@@ -71,7 +72,7 @@ class Rotation:
         self.steps.append(step)
         if step in self.die_at:
             raise RuntimeError(f"killed before {step}")
-        with acting_as("rotation"):
+        with acting_as(self.acting):
             rotation.handler(event, LambdaContext(function_name="jitc-rotation"))
 
 
@@ -315,7 +316,6 @@ def test_bad_events_are_refused_before_any_change(
         {"Step": "dropSecret", "SecretId": SECRET, "ClientRequestToken": token},
         {"Step": "setSecret", "SecretId": SECRET, "ClientRequestToken": "short"},
         {"Step": "setSecret", "SecretId": SECRET, "ClientRequestToken": token},  # unknown
-        {"Step": "setSecret", "SecretId": "jitc/label", "ClientRequestToken": token},
     ):
         with pytest.raises(ValueError), acting_as("rotation"):
             rotation.handler(event, LambdaContext(function_name="jitc-rotation"))
@@ -327,6 +327,8 @@ def test_a_secret_no_integration_uses_is_never_rotated(deployed: Rotation) -> No
     refuses it (and its policy names only the rotated secrets)."""
     sm = client("secretsmanager")
     before = sm.get_secret_value(SecretId="jitc/label")["SecretString"]
+    # On AWS its policy already refuses this secret; here the code's own check is shown.
+    deployed.acting = "rotation-outside-its-policy"
     with pytest.raises(ClientError):
         once().rotate_secret(
             SecretId="jitc/label",
@@ -336,3 +338,75 @@ def test_a_secret_no_integration_uses_is_never_rotated(deployed: Rotation) -> No
     assert deployed.steps == ["createSecret"]
     after = sm.get_secret_value(SecretId="jitc/label", VersionStage="AWSCURRENT")["SecretString"]
     assert after == before
+
+
+def test_a_rotation_under_the_terraform_policy(
+    deployed: Rotation, cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The four steps run with the credentials of a role whose only policy is rotation.tf's
+    document: a call the module does not allow fails here as on AWS."""
+    from moto.core.authorization import enable_iam_authentication
+    from tfpolicy import render
+
+    deployed.die_at = {"createSecret"}  # Secrets Manager stages the version; the steps follow
+    token = str(uuid.uuid4())
+    with pytest.raises(ClientError):
+        start(token)
+    arn = f"arn:aws:{{}}:{awsharness.REGION}:{ACCOUNT}:{{}}".format
+    document = render(
+        "rotation",
+        {
+            "local.rotation_log_arn": arn("logs", "log-group:/aws/lambda/r:*"),
+            "local.rotation_secret_arns": [arn("secretsmanager", f"secret:{SECRET}-??????")],
+            "local.rotation_function_arn": FUNCTION,
+        },
+    )
+    lacking = {
+        **document,
+        "Statement": [
+            {**st, "Action": [a for a in st["Action"] if a != "secretsmanager:PutSecretValue"]}
+            for st in document["Statement"]
+        ],
+    }
+    with enable_iam_authentication():
+        # The control: without PutSecretValue createSecret fails, so enforcement is on.
+        monkeypatch.setitem(awsharness.FUNCTION_CREDENTIALS, "rotation", _role("lacking", lacking))
+        with pytest.raises(ValueError, match="ClientError"):
+            step_as_function("createSecret", token)
+        monkeypatch.setitem(awsharness.FUNCTION_CREDENTIALS, "rotation", _role("full", document))
+        for name in ("createSecret", "setSecret", "testSecret", "finishSecret"):
+            step_as_function(name, token)
+    new = value()
+    assert new != FIRST and login(cluster, new) and not login(cluster, FIRST)
+
+
+def step_as_function(name: str, token: str) -> None:
+    event = {"Step": name, "SecretId": SECRET, "ClientRequestToken": token}
+    awsharness.invoke("rotation", rotation.handler, event)
+
+
+def _role(name: str, document: dict[str, Any]) -> dict[str, str]:
+    """A role whose only policy is `document`, assumed: its credentials."""
+    from moto.core.authorization import disable_iam_authentication
+
+    iam, sts = client("iam"), client("sts")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+             "Action": "sts:AssumeRole"}
+        ],
+    }  # fmt: skip
+    with disable_iam_authentication():
+        iam.create_role(RoleName=f"jitc-rot-{name}", AssumeRolePolicyDocument=json.dumps(trust))
+        iam.put_role_policy(
+            RoleName=f"jitc-rot-{name}", PolicyName="p", PolicyDocument=json.dumps(document)
+        )
+        got = sts.assume_role(
+            RoleArn=f"arn:aws:iam::{ACCOUNT}:role/jitc-rot-{name}", RoleSessionName="rotation"
+        )["Credentials"]
+    return {
+        "AWS_ACCESS_KEY_ID": got["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": got["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": got["SessionToken"],
+    }
