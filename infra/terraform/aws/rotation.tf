@@ -12,6 +12,15 @@ variable "rotation" {
     reserved_concurrency = optional(number, 2)
   })
   default = null
+  validation {
+    # Secrets Manager takes rate(N days|hours) down to 4 hours; more than 90 days between
+    # rotations is refused here, as security baselines (CIS, checkov CKV_AWS_304) require.
+    condition = var.rotation == null ? true : (
+      !startswith(var.rotation.schedule_expression, "rate(")
+      || can(regex("^rate\\((([1-9]|[1-8][0-9]|90) days?|([4-9]|1[0-9]|2[0-3]) hours)\\)$", var.rotation.schedule_expression))
+    )
+    error_message = "rotation.schedule_expression: rate(1 day) to rate(90 days), or rate(4 hours) to rate(23 hours), or a cron(...) expression."
+  }
 }
 
 locals {
@@ -201,6 +210,7 @@ resource "aws_lambda_permission" "rotation" {
 }
 
 resource "aws_secretsmanager_secret_rotation" "this" {
+  #checkov:skip=CKV_AWS_304:The schedule is var.rotation.schedule_expression, rate(30 days) by default; the variable's validation refuses a rate over 90 days.
   for_each            = local.rotated_secrets
   secret_id           = each.key
   rotation_lambda_arn = aws_lambda_function.rotation[0].arn
