@@ -124,13 +124,20 @@ def create_secret(client: Any, arn: str, token: str, ref: SecretRef, event: dict
         logger.info("createSecret: the pending version exists already", extra=_ids(arn, token))
         return
     extra = {"RotationToken": event["RotationToken"]} if event.get("RotationToken") else {}
-    client.put_secret_value(
-        SecretId=arn,
-        ClientRequestToken=token,  # the version id: a second put with it is a no-op
-        SecretString=with_password(ref, current_raw, new_password()),
-        VersionStages=["AWSPENDING"],
-        **extra,
-    )
+    try:
+        client.put_secret_value(
+            SecretId=arn,
+            ClientRequestToken=token,  # the version id: one value per version, ever
+            SecretString=with_password(ref, current_raw, new_password()),
+            VersionStages=["AWSPENDING"],
+            **extra,
+        )
+    except ClientError as exc:
+        # The same step running twice at once: the other's value was put first and stands.
+        if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
+            raise
+        logger.info("createSecret: another run put the pending version", extra=_ids(arn, token))
+        return
     logger.info("createSecret: pending version put", extra=_ids(arn, token))
 
 

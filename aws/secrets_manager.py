@@ -31,7 +31,10 @@ class SecretsManagerStore:
         setSecret and finishSecret (or after a rotation stopped there) the target already
         takes the pending value while AWSCURRENT still holds the old one."""
         found = [self.resolve(ref)]
-        pending = self._read(ref, "AWSPENDING")
+        try:
+            pending = self._read(ref, "AWSPENDING")
+        except SecretError:  # a pending value without the field: the current one stands alone
+            pending = None
         if pending is not None and pending.reveal() != found[0].reveal():
             found.append(pending)
         return found

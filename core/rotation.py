@@ -33,6 +33,7 @@ from jitc.secrets import (
     pending_path,
     pending_ref,
     pick_field,
+    private_file,
 )
 
 
@@ -94,8 +95,15 @@ class PostgreSQLRotator:
                 ) from None
 
     def check(self, integration: Integration, secret: Secret) -> None:
+        import psycopg
+
         with self._connect(integration, secret) as conn:
-            row = conn.execute("SELECT pg_catalog.current_user()::pg_catalog.text").fetchone()
+            try:
+                row = conn.execute("SELECT pg_catalog.current_user()::pg_catalog.text").fetchone()
+            except psycopg.Error as exc:
+                raise TargetError(
+                    f"checking the admin login failed: {type(exc).__name__}"
+                ) from None
         if row is None or row[0] != getattr(integration.connection, "user", None):
             raise TargetError("the login did not land on the catalog's admin role")
 
@@ -139,11 +147,15 @@ class MySQLRotator:
             conn.close()
 
     def check(self, integration: Integration, secret: Secret) -> None:
+        import pymysql
+
         conn = self._connect(integration, secret)
         try:
             with conn.cursor() as cursor:
                 cursor.execute("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
                 row = cursor.fetchone()
+        except pymysql.Error as exc:
+            raise TargetError(f"checking the admin login failed: {type(exc).__name__}") from None
         finally:
             conn.close()
         if row is None or row[0] != getattr(integration.connection, "user", None):
@@ -275,6 +287,21 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             f"{name}: {ref} is rotated by its secret store's own rotation (the AWS rotation "
             "function for aws-sm:), not by jitc rotate",
         )
+    shared = [
+        other.name
+        for other in catalog.integrations.values()
+        if other.name != name
+        and other.credentials is not None
+        and (other.credentials.scheme, other.credentials.location) == (ref.scheme, ref.location)
+    ]
+    if shared:
+        # One account's new password in a file others read for their own accounts would lock
+        # them out at their next login.
+        raise Refused(
+            "integration",
+            f"{name}: {ref} is also the credential of {', '.join(sorted(shared))}; give each "
+            "admin account a secret of its own to rotate it",
+        )
     path = Path(ref.location)
     pending = Path(pending_path(ref.location))
     store = FileSecretStore()
@@ -285,6 +312,13 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             raise SecretError(f"secret {ref}: cannot read file ({exc.strerror})") from None
         old = pick_field(ref, current_raw)
         if pending.exists():  # a rotation stopped part way: finish it with its value
+            if not private_file(pending):
+                # Anyone else able to plant or change it would choose the admin's password.
+                raise Refused(
+                    "integration",
+                    f"{name}: {pending} is not a regular file of this user's with mode 0600; "
+                    "remove it if no rotation of ours is under way",
+                )
             new = store.resolve(pending_ref(ref))
         else:
             new = Secret(new_password())

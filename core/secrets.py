@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -103,11 +104,21 @@ class FileSecretStore:
         """The value read afresh, then the pending one a rotation may already have set."""
         found = [self.resolve(ref)]
         pending = pending_ref(ref)
-        if Path(pending.location).exists():
+        if private_file(Path(pending.location)):
             # Unreadable or without the field: the current value stands alone.
             with suppress(SecretError):
                 found.append(self.resolve(pending))
         return found
+
+
+def private_file(path: Path) -> bool:
+    """A regular file (not a link) of this process's user that nobody else may read or write:
+    a pending value anyone else could plant would choose the admin's next password."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
 
 
 def pending_path(location: str) -> str:

@@ -303,3 +303,45 @@ def test_jitc_rotate_on_the_command_line(
         timeout=60,
     )
     assert unknown.returncode == 2 and json.loads(unknown.stdout)["field"] == "integration"
+
+
+def test_a_pending_file_others_could_have_written_is_refused(
+    cluster: dict[str, Any], secret_file: Path
+) -> None:
+    """Whoever can plant `<file>.pending` would choose the admin's next password: a pending file
+    with group or other access is refused, and the engine does not try it either."""
+    cat = catalog(cluster, f"file:{secret_file}#password")
+    pending = Path(pending_path(str(secret_file)))
+    pending.write_text(json.dumps({"password": "planted-by-a-neighbour-123"}))
+    pending.chmod(0o644)
+    with pytest.raises(Refused) as caught:
+        rotate_local(cat, "rot")
+    assert "0600" in caught.value.message
+    assert login(cluster, FIRST) and not login(cluster, "planted-by-a-neighbour-123")
+    ref = SecretRef(f"file:{secret_file}#password")
+    assert [s.reveal() for s in FileSecretStore().candidates(ref)] == [FIRST]
+    pending.chmod(0o600)
+    assert [s.reveal() for s in FileSecretStore().candidates(ref)][-1] == (
+        "planted-by-a-neighbour-123"
+    )
+
+
+def test_a_secret_shared_by_two_integrations_is_not_rotated(
+    cluster: dict[str, Any], secret_file: Path
+) -> None:
+    doc = {
+        "connector": {"label_key": "mem:label"},
+        "integrations": {
+            name: {
+                "kind": "postgresql",
+                "connection": {**cluster, "user": ADMIN, "role_prefix": f"{name}_"},
+                "credentials": f"file:{secret_file}#password",
+                "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}},
+            }
+            for name in ("one", "two")
+        },
+    }
+    with pytest.raises(Refused) as caught:
+        rotate_local(parse_catalog(doc), "one")
+    assert "two" in caught.value.message
+    assert login(cluster, FIRST) and current_password(secret_file) == FIRST

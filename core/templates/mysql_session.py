@@ -460,9 +460,7 @@ class MySQLSession:
             f"AND User IN ({marks}) AND (FIND_IN_SET('Grant', Proc_priv) OR Db IN ({exact})))"
         )
         each = (host, *names)
-        args = (
-            each + each + each + guarded + each + guarded + each + guarded + each + guarded
-        )
+        args = each + each + each + guarded + each + guarded + each + guarded + each + guarded
         return bool(self._one(query, args))
 
     def _grant_label(self, spec: GrantSpec, name: str) -> dict[str, Any]:
