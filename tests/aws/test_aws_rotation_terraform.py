@@ -68,3 +68,20 @@ def test_it_reaches_the_databases_as_the_worker_does() -> None:
     theirs = module.resource("aws_lambda_function", "this")["dynamic"][0]["vpc_config"]
     assert mine["content"] == theirs["content"]
     assert mine["for_each"] == "${var.vpc_config == null ? [] : [var.vpc_config]}"
+
+
+def test_a_schedule_over_90_days_is_refused_at_plan() -> None:
+    validation = load().variables["rotation"]["validation"][0]["condition"]
+    found = re.search(r'regex\("([^"]+)"', validation)
+    assert found is not None
+    schedule = re.compile(found.group(1))  # RE2 and Python agree on this pattern's syntax
+    for ok in (
+        "rate(30 days)",
+        "rate(1 day)",
+        "rate(90 days)",
+        "rate(4 hours)",
+        "cron(0 3 ? * SUN *)",
+    ):
+        assert schedule.fullmatch(ok), ok
+    for bad in ("rate(91 days)", "rate(365 days)", "rate(2 hours)", "rate(0 days)", "every month"):
+        assert not schedule.fullmatch(bad), bad

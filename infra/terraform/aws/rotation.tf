@@ -15,10 +15,7 @@ variable "rotation" {
   validation {
     # Secrets Manager takes rate(N days|hours) down to 4 hours; more than 90 days between
     # rotations is refused here, as security baselines (CIS, checkov CKV_AWS_304) require.
-    condition = var.rotation == null ? true : (
-      !startswith(var.rotation.schedule_expression, "rate(")
-      || can(regex("^rate\\((([1-9]|[1-8][0-9]|90) days?|([4-9]|1[0-9]|2[0-3]) hours)\\)$", var.rotation.schedule_expression))
-    )
+    condition     = can(regex("^(cron[(].+[)]|rate[(](([1-9]|[1-8][0-9]|90) days?|([4-9]|1[0-9]|2[0-3]) hours)[)])$", try(var.rotation.schedule_expression, "rate(30 days)")))
     error_message = "rotation.schedule_expression: rate(1 day) to rate(90 days), or rate(4 hours) to rate(23 hours), or a cron(...) expression."
   }
 }
