@@ -43,8 +43,12 @@ from jitc.rotation import (
 from jitc.secrets import Secret, SecretRef, pick_field
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
-# Secrets Manager's version ids: ClientRequestToken is 32 to 64 characters (its API model).
-TOKEN = re.compile(r"[A-Za-z0-9-]{32,64}")
+# Secrets Manager's version ids: ClientRequestToken is 32 to 64 characters (its API model; a
+# caller of RotateSecret may choose any, Secrets Manager's own are UUIDs).
+TOKEN = re.compile(r"[\x21-\x7e]{32,64}")
+# Other versions tried at setSecret, newest first: enough for a lost race or two, not a
+# hundred failed logins against the target.
+OTHER_VERSIONS = 10
 
 
 # botocore's and urllib3's debug logs quote every request's parameters, put_secret_value's
@@ -159,23 +163,25 @@ def _other_versions(client: Any, arn: str, ref: SecretRef, token: str) -> list[S
     """Every other version's password, newest first: two rotations racing (or a pending value
     put by hand) can leave the target on a version that is neither current nor previous, and
     the next setSecret must still log in to repair that."""
-    found: list[tuple[str, Secret]] = []
+    listed: list[tuple[str, str]] = []
     params: dict[str, Any] = {"SecretId": arn, "IncludeDeprecated": True, "MaxResults": 100}
     while True:  # botocore has no paginator for this operation
         page = client.list_secret_version_ids(**params)
         for version in page.get("Versions", []):
             vid = version.get("VersionId")
             stages = set(version.get("VersionStages") or [])
-            if vid == token or stages & {"AWSCURRENT", "AWSPREVIOUS"}:
-                continue
-            with suppress(SecretError):  # a version without the field cannot be the password
-                value = _value(client, arn, ref, VersionId=vid)
-                if value is not None:
-                    found.append((str(version.get("CreatedDate", "")), value[1]))
+            if vid and vid != token and not stages & {"AWSCURRENT", "AWSPREVIOUS"}:
+                listed.append((str(version.get("CreatedDate", "")), vid))
         if not page.get("NextToken"):
             break
         params["NextToken"] = page["NextToken"]
-    return [secret for _, secret in sorted(found, key=lambda item: item[0], reverse=True)]
+    found: list[Secret] = []
+    for _, vid in sorted(listed, reverse=True)[:OTHER_VERSIONS]:
+        with suppress(SecretError):  # a version without the field cannot be the password
+            value = _value(client, arn, ref, VersionId=vid)
+            if value is not None:
+                found.append(value[1])
+    return found
 
 
 def test_secret(client: Any, arn: str, token: str, found: list[Integration]) -> None:
