@@ -42,12 +42,15 @@ class _Batch:
     def session(self, integration: Integration) -> TargetSession:
         session = self._sessions.get(integration.name)
         if session is None:
-            try:
-                session = self._open(integration, self.secret(integration))
-            except AuthenticationFailed:
-                if not self.reread(integration):
-                    raise
+            if integration.name in self._reread:
                 session = self._open_any(integration)
+            else:
+                try:
+                    session = self._open(integration, self.secret(integration))
+                except AuthenticationFailed:
+                    if not self.reread(integration):
+                        raise
+                    session = self._open_any(integration)
             self._sessions[integration.name] = session
         return session
 
@@ -59,12 +62,17 @@ class _Batch:
             return False
         self._reread.add(integration.name)
         self.discard(integration)
+        self._secrets.pop(integration.name, None)  # refused: only the fresh reads are tried
         for index, secret in enumerate(reread(self._store, integration.credentials)):
             # Under keys no integration name has, so every candidate is scrubbed and dropped.
             self._secrets[f"{integration.name}\0{index}"] = secret
         return True
 
     def _open_any(self, integration: Integration) -> TargetSession:
+        """After a re-read: the candidate that logged in before, else each in turn."""
+        proven = self._secrets.get(integration.name)
+        if proven is not None:
+            return self._open(integration, proven)
         refused: AuthenticationFailed | None = None
         index = 0
         while (secret := self._secrets.get(f"{integration.name}\0{index}")) is not None:

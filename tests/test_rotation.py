@@ -51,9 +51,11 @@ BOX_PRIVATE, BOX_PUBLIC = box_keypair()
 def cluster() -> Iterator[dict[str, Any]]:
     with private_cluster("scram-sha-256", SUPER) as params:
         with psycopg.connect(**params, password=SUPER, autocommit=True) as conn:
-            # A least-privilege admin, as a deployment has: no superuser.
+            # A superuser, as the PostgreSQL template's admin usually is (a revoke's DROP OWNED
+            # needs the grantee's privileges); tests/aws/test_aws_rotation.py rotates a
+            # CREATEROLE admin, tests/test_rotation_mysql.py a least-privilege MariaDB account.
             conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
+                sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
                     sql.Identifier(ADMIN), sql.Literal(FIRST)
                 )
             )
@@ -345,3 +347,45 @@ def test_a_secret_shared_by_two_integrations_is_not_rotated(
         rotate_local(parse_catalog(doc), "one")
     assert "two" in caught.value.message
     assert login(cluster, FIRST) and current_password(secret_file) == FIRST
+
+
+def test_a_revoke_refused_mid_way_by_a_rotation_runs_again_and_completes(
+    cluster: dict[str, Any], secret_file: Path
+) -> None:
+    """What an in-flight batch holds: an open admin session (kept by the server through the
+    change) and the old password, which the revoke needs again to drop what the grantee owns in
+    another database. That login is refused; the engine reads the secret again and reruns the
+    revoke, which completes: no failed operation."""
+    with psycopg.connect(**cluster, password=SUPER, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS rot_other")
+        conn.execute("CREATE DATABASE rot_other")
+    cat = catalog(cluster, f"file:{secret_file}#password")
+    eng, _ = engine(cat)
+    granted = [eng.execute(request(f"mw-{n}")) for n in (1, 2)]
+    assert [o.status for o in granted] == ["granted", "granted"]
+    with psycopg.connect(
+        **{**cluster, "dbname": "rot_other"}, password=SUPER, autocommit=True
+    ) as other:
+        other.execute("CREATE TABLE left_behind (id int)")
+        other.execute(
+            sql.SQL("ALTER TABLE left_behind OWNER TO {}").format(
+                sql.Identifier(str(granted[1].principal))
+            )
+        )
+    from jitc.messages import Work
+    from jitc.models import utcnow
+
+    asked = [0]
+
+    def proceed() -> bool:
+        asked[0] += 1
+        if asked[0] == 3:  # before the second revoke: the session is open, the password old
+            rotate_local(cat, "rot")
+        return True
+
+    items = [Work(request(f"mw-{n}", "revoke"), utcnow()) for n in (1, 2)]
+    outcomes = eng.execute_batch(items, proceed=proceed)
+    assert [(o.status, o.residual) for o in outcomes] == [("revoked", []), ("revoked", [])]
+    assert asked[0] == 3 and not login(cluster, FIRST)
+    with psycopg.connect(**cluster, password=SUPER, autocommit=True) as conn:
+        conn.execute("DROP DATABASE rot_other")

@@ -1134,6 +1134,8 @@ class PostgreSQLSession:
             try:
                 if dbname is not None:
                     conn = self._connect(dbname)
+            except AuthenticationFailed:
+                raise  # the admin password changed under us: the engine logs in afresh and reruns
             except TargetError as exc:
                 for role in roles:
                     residual[role.name].append(f"database {dbname}: {exc}")
