@@ -198,9 +198,10 @@ def finish_secret(client: Any, arn: str, token: str) -> None:
     if current == token:
         logger.info("finishSecret: already current", extra=_ids(arn, token))
         return
-    client.update_secret_version_stage(
-        SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=token, RemoveFromVersionId=current
-    )
+    moved: dict[str, str] = {"MoveToVersionId": token}
+    if current is not None:  # a secret always has one; without it there is nothing to take off
+        moved["RemoveFromVersionId"] = current
+    client.update_secret_version_stage(SecretId=arn, VersionStage="AWSCURRENT", **moved)
     # AWSPENDING stays on no version once the rotation is over, so a reader of AWSPENDING
     # (the engine after a refusal) never gets an old value back.
     client.update_secret_version_stage(
