@@ -21,12 +21,36 @@ class SecretsManagerStore:
         self._client = client
 
     def resolve(self, ref: SecretRef) -> Secret:
+        found = self._read(ref)
+        if found is None:
+            raise SecretError(f"secret {ref}: Secrets Manager answered ResourceNotFoundException")
+        return found
+
+    def candidates(self, ref: SecretRef) -> list[Secret]:
+        """AWSCURRENT read afresh, then AWSPENDING when a rotation has one: between its
+        setSecret and finishSecret (or after a rotation stopped there) the target already
+        takes the pending value while AWSCURRENT still holds the old one."""
+        found = [self.resolve(ref)]
+        try:
+            pending = self._read(ref, "AWSPENDING")
+        except SecretError:  # a pending value without the field: the current one stands alone
+            pending = None
+        if pending is not None and pending.reveal() != found[0].reveal():
+            found.append(pending)
+        return found
+
+    def _read(self, ref: SecretRef, stage: str | None = None) -> Secret | None:
         if ref.scheme != SCHEME:
             raise SecretError(f"secret {ref}: not a Secrets Manager reference")
         try:
-            response = self._client.get_secret_value(SecretId=ref.location)
+            # AWSCURRENT is the default; named, so no service-side default can differ.
+            response = self._client.get_secret_value(
+                SecretId=ref.location, VersionStage=stage or "AWSCURRENT"
+            )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "error")
+            if code == "ResourceNotFoundException":
+                return None  # no such secret, or no version in that stage
             raise SecretError(f"secret {ref}: Secrets Manager answered {code}") from None
         except BotoCoreError as exc:
             reason = type(exc).__name__

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from jitc.catalog import Catalog, Integration
-from jitc.errors import JitcError, Refused, SecretError
+from jitc.errors import AuthenticationFailed, JitcError, Refused, SecretError
 from jitc.inventory import (
     DEFAULT_STALL_SECONDS,
     InventoryTransport,
@@ -25,7 +25,7 @@ from jitc.messages import Work
 from jitc.models import AccessRequest, AuditEvent, Grant, Outcome, parse_duration, utcnow
 from jitc.ports import EventSink, ExpiryScheduler
 from jitc.sealing import seal
-from jitc.secrets import Secret, SecretRef, SecretStore
+from jitc.secrets import Secret, SecretRef, SecretStore, reread
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
@@ -49,15 +49,55 @@ class _Batch:
         self._label_ref = label_key
         self._secrets: dict[str, Secret | None] = {}
         self._sessions: dict[str, TargetSession] = {}
+        self._reread: set[str] = set()
         self.ahead: dict[str, GrantResult | Refused] = {}
 
     def session(self, integration: Integration) -> TargetSession:
         session = self._sessions.get(integration.name)
         if session is None:
-            secret = self.secret(integration)
-            session = self._open(integration, secret)
+            if integration.name in self._reread:
+                session = self._open_any(integration)
+            else:
+                try:
+                    session = self._open(integration, self.secret(integration))
+                except AuthenticationFailed:
+                    if not self.reread(integration):
+                        raise
+                    session = self._open_any(integration)
             self._sessions[integration.name] = session
         return session
+
+    def reread(self, integration: Integration) -> bool:
+        """After the target refused the admin credential: read it again, once per batch and
+        integration (a rotation moved it between our read and our login, or holds the new one
+        as pending after setting it). False when that chance was already taken."""
+        if integration.name in self._reread or integration.credentials is None:
+            return False
+        self._reread.add(integration.name)
+        self.discard(integration)
+        self._secrets.pop(integration.name, None)  # refused: only the fresh reads are tried
+        for index, secret in enumerate(reread(self._store, integration.credentials)):
+            # Under keys no integration name has, so every candidate is scrubbed and dropped.
+            self._secrets[f"{integration.name}\0{index}"] = secret
+        return True
+
+    def _open_any(self, integration: Integration) -> TargetSession:
+        """After a re-read: the candidate that logged in before, else each in turn."""
+        proven = self._secrets.get(integration.name)
+        if proven is not None:
+            return self._open(integration, proven)
+        refused: AuthenticationFailed | None = None
+        index = 0
+        while (secret := self._secrets.get(f"{integration.name}\0{index}")) is not None:
+            index += 1
+            try:
+                session = self._open(integration, secret)
+            except AuthenticationFailed as exc:
+                refused = exc
+                continue
+            self._secrets[integration.name] = secret
+            return session
+        raise refused or AuthenticationFailed(f"integration {integration.name!r}: no credential")
 
     def _open(self, integration: Integration, secret: Secret | None) -> TargetSession:
         """Templates that label with a MAC get the connector's label key with the connection."""
@@ -429,16 +469,26 @@ class Engine:
     def _run(self, batch: _Batch, work: Work, plain: bool) -> Outcome:
         request = work.request
         try:
-            if request.action == "grant":
-                outcome = self._grant(batch, work, plain)
-            else:
-                outcome = self._revoke(batch, request)
+            try:
+                outcome = self._act(batch, work, plain)
+            except AuthenticationFailed:
+                # Refused mid-operation (a revoke opens a connection per database): every
+                # operation is idempotent, so it runs again once on the credential read afresh.
+                integration = self.catalog.integrations.get(request.integration)
+                if integration is None or not batch.reread(integration):
+                    raise
+                outcome = self._act(batch, work, plain)
         except Refused as exc:
             outcome = self._refusal(request, exc)
         except Exception as exc:  # one message's failure is reported, then retried by the queue
             outcome = self._failure(batch, request, exc)
         self._report(request, outcome)
         return outcome
+
+    def _act(self, batch: _Batch, work: Work, plain: bool) -> Outcome:
+        if work.request.action == "grant":
+            return self._grant(batch, work, plain)
+        return self._revoke(batch, work.request)
 
     def _failure(self, batch: _Batch, request: AccessRequest, exc: Exception) -> Outcome:
         integration = self.catalog.integrations.get(request.integration)

@@ -26,3 +26,8 @@ class SecretError(JitcError):
 
 class TargetError(JitcError):
     """The target refused or failed an operation."""
+
+
+class AuthenticationFailed(TargetError):
+    """The target refused the connector's admin credential. During a rotation the secret store
+    may already hold the new one (or hold it as pending): the engine reads it again, once."""

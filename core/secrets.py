@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -86,7 +88,10 @@ class EnvSecretStore:
 
 
 class FileSecretStore:
-    """`file:/path`: a file readable only by the connector (e.g. a mounted secret)."""
+    """`file:/path`: a file readable only by the connector (e.g. a mounted secret).
+
+    `jitc rotate` writes the next value to `/path.pending` before it sets it in the target and
+    renames it over `/path` once it works (Secrets Manager's AWSPENDING, in a file)."""
 
     def resolve(self, ref: SecretRef) -> Secret:
         try:
@@ -94,6 +99,35 @@ class FileSecretStore:
         except OSError as exc:
             raise SecretError(f"secret {ref}: cannot read file ({exc.strerror})") from None
         return pick_field(ref, raw)
+
+    def candidates(self, ref: SecretRef) -> list[Secret]:
+        """The value read afresh, then the pending one a rotation may already have set."""
+        found = [self.resolve(ref)]
+        pending = pending_ref(ref)
+        if private_file(Path(pending.location)):
+            # Unreadable or without the field: the current value stands alone.
+            with suppress(SecretError):
+                found.append(self.resolve(pending))
+        return found
+
+
+def private_file(path: Path) -> bool:
+    """A regular file (not a link) of this process's user that nobody else may read or write:
+    a pending value anyone else could plant would choose the admin's next password."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
+
+
+def pending_path(location: str) -> str:
+    return f"{location}.pending"
+
+
+def pending_ref(ref: SecretRef) -> SecretRef:
+    """Where `jitc rotate` keeps a file secret's next value until the target takes it."""
+    return SecretRef(f"file:{pending_path(ref.location)}" + (f"#{ref.field}" if ref.field else ""))
 
 
 class SecretStores:
@@ -110,6 +144,23 @@ class SecretStores:
                 f"(known: {', '.join(sorted(self._stores))})"
             )
         return store.resolve(ref)
+
+    def candidates(self, ref: SecretRef) -> list[Secret]:
+        store = self._stores.get(ref.scheme)
+        if store is None:
+            return [self.resolve(ref)]  # raises, naming the known schemes
+        return reread(store, ref)
+
+
+def reread(store: SecretStore, ref: SecretRef) -> list[Secret]:
+    """The value read again, then any value a rotation in progress holds as pending: a store
+    that knows no pending values (env:) simply reads again. The engine tries them in order
+    after the target refused the value it had (a rotation between its read and its login)."""
+    candidates = getattr(store, "candidates", None)
+    if candidates is None:
+        return [store.resolve(ref)]
+    found: list[Secret] = candidates(ref)
+    return found
 
 
 def local_stores() -> SecretStores:

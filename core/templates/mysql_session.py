@@ -20,7 +20,7 @@ from typing import Any
 
 import pymysql
 
-from jitc.errors import Refused, TargetError
+from jitc.errors import AuthenticationFailed, Refused, TargetError
 from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
@@ -79,6 +79,32 @@ def _tls(connection: Connection) -> ssl.SSLContext | None:
     return context
 
 
+# ER_ACCESS_DENIED_ERROR: a wrong password (or account); the engine then reads the secret again.
+ACCESS_DENIED = 1045
+
+
+def admin_connect(connection: Connection, secret: Secret | None) -> pymysql.Connection[Any]:
+    """The admin connection, as every session and the credential rotation open it."""
+    try:
+        return pymysql.connect(
+            host=connection.host,
+            port=connection.port,
+            user=connection.user,
+            password=secret.reveal() if secret is not None else "",
+            connect_timeout=connection.connect_timeout,
+            ssl=_tls(connection),
+            autocommit=True,
+            charset="utf8mb4",
+            program_name="jit-connector",
+        )
+    except pymysql.Error as exc:
+        code = exc.args[0] if exc.args else ""
+        where = f"MySQL {connection.host}:{connection.port} as {connection.user}"
+        if code == ACCESS_DENIED:
+            raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
+        raise TargetError(f"cannot connect to {where}: {type(exc).__name__} {code}") from None
+
+
 class MySQLSession:
     """One admin connection, used for a batch."""
 
@@ -93,23 +119,7 @@ class MySQLSession:
         self.settings = connection
         self.key = label_key
         self.ledger = f"{ident(connection.ledger_database)}.{ident('grants')}"
-        try:
-            self.conn = pymysql.connect(
-                host=connection.host,
-                port=connection.port,
-                user=connection.user,
-                password=secret.reveal() if secret is not None else "",
-                connect_timeout=connection.connect_timeout,
-                ssl=_tls(connection),
-                autocommit=True,
-                charset="utf8mb4",
-                program_name="jit-connector",
-            )
-        except pymysql.Error as exc:
-            raise TargetError(
-                f"cannot connect to MySQL {connection.host}:{connection.port} as "
-                f"{connection.user}: {type(exc).__name__} {exc.args[0] if exc.args else ''}"
-            ) from None
+        self.conn = admin_connect(connection, secret)
         wait = int(connection.lock_wait_seconds)
         # No default database: every name we use is qualified, so nothing a neighbour creates
         # in some database can stand in for ours. Lock waits are bounded, so a neighbour's lock

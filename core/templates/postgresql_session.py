@@ -26,7 +26,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
-from jitc.errors import Refused, TargetError
+from jitc.errors import AuthenticationFailed, Refused, TargetError
 from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
@@ -380,6 +380,52 @@ def _transient(exc: psycopg.Error) -> bool:
     )
 
 
+def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.Connection[Any]:
+    """The admin connection, as every session and the credential rotation open it."""
+    # Pinned at connect, before any statement: no schema a user can create in is searched,
+    # and no lock a user holds can stall us for longer than these bounds.
+    options = (
+        "-c search_path=pg_catalog,pg_temp "
+        f"-c lock_timeout={s.admin_lock_timeout} "
+        f"-c statement_timeout={s.admin_statement_timeout} "
+        "-c idle_in_transaction_session_timeout=60s"
+    )
+    params: dict[str, Any] = {
+        "host": s.host,
+        "port": s.port,
+        "dbname": dbname,
+        "user": s.user,
+        "sslmode": s.effective_sslmode,
+        "connect_timeout": s.connect_timeout,
+        "application_name": "jit-connector",
+        "options": options,
+        "sslrootcert": s.sslrootcert,
+        "require_auth": s.effective_require_auth,
+        "channel_binding": s.effective_channel_binding,
+    }
+    if secret is not None:
+        params["password"] = secret.reveal()
+    try:
+        return psycopg.connect(
+            make_conninfo(**{k: v for k, v in params.items() if v is not None}),
+            autocommit=True,
+        )
+    except psycopg.Error as exc:
+        where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
+        if refused_credential(exc):
+            raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
+        raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
+
+
+def refused_credential(exc: psycopg.Error) -> bool:
+    """The server refused the password (28P01) or the role (28000), as opposed to being down:
+    libpq gives no SQLSTATE for a failed connection attempt, only the server's message."""
+    if exc.sqlstate in ("28P01", "28000"):
+        return True
+    text = str(exc)
+    return "password authentication failed" in text or "authentication failed for user" in text
+
+
 class PostgreSQLSession:
     """One admin connection, used for a batch. Each step is its own transaction."""
 
@@ -400,40 +446,7 @@ class PostgreSQLSession:
         self.pool_key: tuple[str, str, str, str] | None = None
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
-        s = self.settings
-        # Pinned at connect, before any statement: no schema a user can create in is searched,
-        # and no lock a user holds can stall us for longer than these bounds.
-        options = (
-            "-c search_path=pg_catalog,pg_temp "
-            f"-c lock_timeout={s.admin_lock_timeout} "
-            f"-c statement_timeout={s.admin_statement_timeout} "
-            "-c idle_in_transaction_session_timeout=60s"
-        )
-        params: dict[str, Any] = {
-            "host": s.host,
-            "port": s.port,
-            "dbname": dbname,
-            "user": s.user,
-            "sslmode": s.effective_sslmode,
-            "connect_timeout": s.connect_timeout,
-            "application_name": "jit-connector",
-            "options": options,
-            "sslrootcert": s.sslrootcert,
-            "require_auth": s.effective_require_auth,
-            "channel_binding": s.effective_channel_binding,
-        }
-        if self._secret is not None:
-            params["password"] = self._secret.reveal()
-        try:
-            return psycopg.connect(
-                make_conninfo(**{k: v for k, v in params.items() if v is not None}),
-                autocommit=True,
-            )
-        except psycopg.Error as exc:
-            raise TargetError(
-                f"cannot connect to PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}: "
-                f"{type(exc).__name__}"
-            ) from None
+        return admin_connect(self.settings, dbname, self._secret)
 
     def close(self) -> None:
         """Kept for the next batch (postgresql_pool) when idle and healthy, else closed."""
@@ -1294,6 +1307,8 @@ class PostgreSQLSession:
             try:
                 if dbname is not None:
                     conn = self._connect(dbname)
+            except AuthenticationFailed:
+                raise  # the admin password changed under us: the engine logs in afresh and reruns
             except TargetError as exc:
                 for role in roles:
                     residual[role.name].append(f"database {dbname}: {exc}")

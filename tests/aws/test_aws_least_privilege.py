@@ -19,7 +19,11 @@ import hcl2
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "infra" / "terraform" / "aws"
-FUNCTIONS = ("intake", "worker", "sweep", "sync")
+FUNCTIONS = ("intake", "worker", "sweep", "sync", "rotation")
+# The secrets the rotation function rotates in the tests (tests/aws/test_aws_rotation.py), and
+# that function's ARN: the secrets' AllowRotationLambdaArn there.
+ROTATED = ("jitc/pg-admin",)
+ROTATION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:jitc-rotation"
 # AWS defines no resource for these: "*" is the only possible scope.
 UNSCOPABLE = {
     "xray:PutTraceSegments",
@@ -156,6 +160,11 @@ def test_every_call_is_allowed_and_nothing_more_than_needed_is_wildcarded() -> N
     changes = ("Create", "Delete", "Put", "Attach", "Detach", "Tag", "Untag", "Update")
     writes = {c for c in calls["sync"] if c.split(":")[1].startswith(changes)}
     assert writes <= {"dynamodb:PutItem", "dynamodb:DeleteItem"}, writes
+    assert {
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:ListSecretVersionIds",
+    } <= calls["rotation"]
     missing = {}
     for function in FUNCTIONS:
         allowed = {a for s in docs[function] if s["effect"] == "Allow" for a in s["actions"]}
@@ -177,7 +186,9 @@ def test_secrets_and_queues_come_from_the_variables_only() -> None:
     for function in FUNCTIONS:
         for statement in docs[function]:
             if any(a.startswith("secretsmanager:") for a in statement["actions"]):
-                assert statement["resources"] == ["${local.secret_arns}"]
+                # The rotation function: only the admin secrets it rotates (rotation.tf).
+                own = "rotation_secret_arns" if function == "rotation" else "secret_arns"
+                assert statement["resources"] == [f"${{local.{own}}}"]
             if any(a.startswith("sqs:") for a in statement["actions"]):
                 assert statement["resources"] == ["${aws_sqs_queue.requests.arn}"]
             for resource in statement["resources"]:
@@ -212,6 +223,10 @@ def _test_world(secret_refs: set[str]) -> dict[str, Any]:
         "aws_iam_role.scheduler.arn": f"arn:aws:iam::{A}:role/jitc-scheduler",
         "local.secret_arns": [f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-??????"
                               for ref in sorted(secret_refs)],
+        "local.rotation_log_arn": f"arn:aws:logs:{R}:{A}:log-group:/aws/lambda/jitc-rotation:*",
+        "local.rotation_secret_arns": [f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-??????"
+                                       for ref in ROTATED],
+        "local.rotation_function_arn": ROTATION_ARN,
         "local.bus_arn": f"arn:aws:events:{R}:{A}:event-bus/jitc-events",
         "local.region": R,
         "local.partition": "aws",
@@ -243,6 +258,9 @@ def _resources(request: awsharness.Request) -> tuple[list[str], dict[str, str]]:
         arn = (
             ref if ref.startswith("arn:") else f"arn:aws:secretsmanager:{R}:{A}:secret:{ref}-AbCdEf"
         )
+        if request.function == "rotation":
+            # The tests' rotated secrets name this function as their rotation function.
+            context["secretsmanager:resource/AllowRotationLambdaArn"] = ROTATION_ARN
         return [arn], context
     if request.service == "scheduler":
         return [f"arn:aws:scheduler:{R}:{A}:schedule/{p['GroupName']}/{p['Name']}"], context

@@ -27,7 +27,7 @@ import json, sys, uuid
 folder = sys.argv[1]
 sys.path[:0] = [folder]
 import boto3, pydantic
-import jitc.aws.intake, jitc.aws.worker, jitc.aws.sweep
+import jitc.aws.intake, jitc.aws.worker, jitc.aws.sweep, jitc.aws.rotation
 
 class Context:
     function_name = "jitc-packaged"; function_version = "$LATEST"; memory_limit_in_mb = 128
@@ -35,7 +35,15 @@ class Context:
     aws_request_id = str(uuid.uuid4()); log_group_name = "/aws/lambda/x"; log_stream_name = "x"
     def get_remaining_time_in_millis(self): return 60000
 
-origins = {m.__name__: m.__file__ for m in (jitc.aws.intake, jitc.aws.worker, jitc.aws.sweep, boto3, pydantic)}
+origins = {m.__name__: m.__file__ for m in (jitc.aws.intake, jitc.aws.worker, jitc.aws.sweep,
+                                            jitc.aws.rotation, boto3, pydantic)}
+# The rotation function's handler path, as rotation.tf names it: a step it does not know is
+# refused before any call.
+try:
+    jitc.aws.rotation.handler({"Step": "bogus"}, Context())
+    rotation = "ran"
+except ValueError as exc:
+    rotation = str(exc)
 event = json.loads(sys.stdin.read())
 intake = jitc.aws.intake.handler(event["http"], Context())
 sqs = boto3.client("sqs")
@@ -52,7 +60,7 @@ for _ in range(5):
     if not worker["batchItemFailures"]:
         break
 print("RESULT " + json.dumps({"origins": origins, "intake": intake, "worker": worker,
-                              "received": len(got)}))
+                              "received": len(got), "rotation": rotation}))
 """
 
 
@@ -71,6 +79,7 @@ def test_the_build_is_reproducible_and_holds_only_what_it_should(
     names = zipfile.ZipFile(package).namelist()
     assert "jitc/aws/worker.py" in names and "jitc/engine.py" in names
     assert {"jitc/aws/sync.py", "jitc/aws/sync_state.py", "jitc/inventory.py"} <= set(names)
+    assert "jitc/aws/rotation.py" in names and "jitc/rotation.py" in names
     assert "jitc-package.json" in names and "jitc/aws/requirements.txt" not in names
     assert not [n for n in names if n.startswith(("core/", "aws/"))]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
@@ -112,6 +121,7 @@ def test_the_unpacked_zip_runs_the_deployed_handler_paths(
     assert result["intake"]["statusCode"] == 202
     assert result["received"] == 1
     assert result["worker"] == {"batchItemFailures": []}
+    assert result["rotation"].startswith("Step must be one of createSecret")
     row = pg_admin.execute(
         "SELECT count(*) FROM pg_roles r JOIN pg_shdescription d ON d.objoid = r.oid "
         "WHERE d.description LIKE %s",

@@ -83,6 +83,29 @@ def test_redelivered_grant_lands_on_the_same_principal_with_working_credentials(
         assert holders[0] == holders[1]
 
 
+def test_a_redelivery_leaves_the_first_credentials_and_their_session_working(
+    target: Target, make_contract_env: MakeEnv
+) -> None:
+    """What a redelivered grant really does (README, "Idempotent under redelivery"): it hands
+    out the credentials of the first delivery again and changes nothing the grantee holds. The
+    first delivery's password still logs in, and a session opened with it lives on."""
+    env = make_contract_env(catalog_doc(target))
+    request = env.request(request_id="c-redeliver-live")
+    first = env.engine.execute(request)
+    holder = env.holder(first)
+    live = target.login(holder)
+    try:
+        again = env.engine.execute(request)
+        assert again.status == "granted" and again.reissued
+        assert target.alive(live)
+        target.allowed(live)
+    finally:
+        target.close(live)
+    assert env.usable(holder)
+    if target.generates_secrets:
+        assert env.holder(again) == holder
+
+
 def test_a_request_id_reused_for_a_different_request_is_refused(cenv: ContractEnv) -> None:
     first = cenv.engine.execute(cenv.request(request_id="c-reuse", duration="10m"))
     assert first.status == "granted"

@@ -1,0 +1,330 @@
+"""Rotation of the connector's own admin credential for an integration (single-user strategy).
+
+One admin account per integration keeps one password, changed in place: every role, event and
+bundle the connector made stays owned and administered by the account that made it, and the
+sessions a batch already holds stay logged in (a server checks a password only at login).
+A batch that logs in between the change and the secret store's switch is refused once, reads
+the secret again (the pending value included) and goes on: see `Engine` and `reread`.
+
+The steps follow Secrets Manager's rotation contract, so the AWS function and `jitc rotate`
+share them: make a pending value, set it in the target, log in with it, make it current.
+Each step is safe to repeat and to resume after a crash: `set_password` first tries the pending
+value, so a step that already ran changes nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets as random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from jitc.catalog import Catalog, Integration
+from jitc.errors import AuthenticationFailed, Refused, SecretError, TargetError
+from jitc.secrets import (
+    FileSecretStore,
+    Secret,
+    SecretRef,
+    pending_path,
+    pending_ref,
+    pick_field,
+    private_file,
+)
+
+
+def new_password() -> str:
+    """256 random bits as base64url: printable ASCII that no driver or shell quotes."""
+    return random.token_urlsafe(32)
+
+
+def with_password(ref: SecretRef, current_raw: str, password: str) -> str:
+    """The secret's text with the password replaced: the whole value, or one field of a JSON
+    object (every other field is kept as it is)."""
+    if ref.field is None:
+        return password
+    try:
+        doc = json.loads(current_raw)
+    except ValueError:
+        raise SecretError(f"secret {ref} is not a JSON object, so it has no field") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get(ref.field), str):
+        raise SecretError(f"secret {ref} has no string field {ref.field!r}")
+    return json.dumps({**doc, ref.field: password})
+
+
+class Rotator(Protocol):
+    """How one kind of target changes its admin's own password and checks a login."""
+
+    def change(self, integration: Integration, current: Secret, new: Secret) -> None: ...
+
+    def check(self, integration: Integration, secret: Secret) -> None: ...
+
+
+class PostgreSQLRotator:
+    """`ALTER ROLE CURRENT_USER PASSWORD '<SCRAM verifier>'`: a role may change its own password
+    without CREATEROLE, and the verifier is computed here, so the clear password never reaches
+    the server, its log or pg_stat_statements."""
+
+    def _connect(self, integration: Integration, secret: Secret) -> Any:
+        from jitc.templates.postgresql import Connection
+        from jitc.templates.postgresql_session import admin_connect
+
+        settings = integration.connection
+        assert isinstance(settings, Connection)
+        return admin_connect(settings, settings.dbname, secret)
+
+    def change(self, integration: Integration, current: Secret, new: Secret) -> None:
+        import psycopg
+        from psycopg import sql
+
+        from jitc.templates.postgresql_scram import scram_verifier
+
+        statement = sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(
+            sql.Literal(scram_verifier(new.reveal(), 4096))
+        )
+        with self._connect(integration, current) as conn:
+            try:
+                conn.execute(statement)
+            except psycopg.Error as exc:
+                raise TargetError(
+                    f"changing the admin password failed: {type(exc).__name__}"
+                ) from None
+
+    def check(self, integration: Integration, secret: Secret) -> None:
+        import psycopg
+
+        with self._connect(integration, secret) as conn:
+            try:
+                row = conn.execute("SELECT pg_catalog.current_user()::pg_catalog.text").fetchone()
+            except psycopg.Error as exc:
+                raise TargetError(
+                    f"checking the admin login failed: {type(exc).__name__}"
+                ) from None
+        if row is None or row[0] != getattr(integration.connection, "user", None):
+            raise TargetError("the login did not land on the catalog's admin role")
+
+
+class MySQLRotator:
+    """The admin account changes its own password to a hash computed here, so the clear password
+    never reaches the server or its logs. MariaDB: `SET PASSWORD = '<hash>'` (its `ALTER USER
+    CURRENT_USER() ... AS` answers OK and changes nothing, on 10.11); MySQL: `ALTER USER
+    CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '<hash>'` (its `SET PASSWORD` takes
+    the text as a clear password). The test step proves the change either way."""
+
+    def _connect(self, integration: Integration, secret: Secret) -> Any:
+        from jitc.templates.mysql import Connection
+        from jitc.templates.mysql_session import admin_connect
+
+        assert isinstance(integration.connection, Connection)
+        return admin_connect(integration.connection, secret)
+
+    def change(self, integration: Integration, current: Secret, new: Secret) -> None:
+        import pymysql
+
+        from jitc.templates.mysql import literal
+        from jitc.templates.mysql_session import native_password_hash
+
+        stored = literal(native_password_hash(new.reveal()))  # a hex digest, driver-quoted
+        conn = self._connect(integration, current)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT VERSION()")
+                row = cursor.fetchone()
+                if row is not None and "mariadb" in str(row[0]).lower():
+                    cursor.execute("SET PASSWORD = " + stored)
+                else:
+                    cursor.execute(
+                        "ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS "
+                        + stored
+                    )
+        except pymysql.Error as exc:
+            raise TargetError(f"changing the admin password failed: {type(exc).__name__}") from None
+        finally:
+            conn.close()
+
+    def check(self, integration: Integration, secret: Secret) -> None:
+        import pymysql
+
+        conn = self._connect(integration, secret)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
+                row = cursor.fetchone()
+        except pymysql.Error as exc:
+            raise TargetError(f"checking the admin login failed: {type(exc).__name__}") from None
+        finally:
+            conn.close()
+        if row is None or row[0] != getattr(integration.connection, "user", None):
+            raise TargetError("the login did not land on the catalog's admin account")
+
+
+ROTATORS: dict[str, Rotator] = {"postgresql": PostgreSQLRotator(), "mysql": MySQLRotator()}
+
+
+def rotator_for(integration: Integration) -> Rotator:
+    rotator = ROTATORS.get(integration.template.kind)
+    if rotator is None:
+        raise Refused(
+            "integration",
+            f"{integration.name}: rotating a {integration.template.kind} admin credential is not "
+            f"supported (supported: {', '.join(sorted(ROTATORS))})",
+        )
+    return rotator
+
+
+def credential_ref(integration: Integration) -> SecretRef:
+    if integration.credentials is None:
+        raise Refused("integration", f"{integration.name}: has no credentials to rotate")
+    return integration.credentials
+
+
+def set_password(
+    rotator: Rotator, integration: Integration, pending: Secret, logins: Sequence[Secret]
+) -> bool:
+    """Make the target take `pending`. If it already does (a repeated or resumed step), nothing
+    is changed; otherwise the first of `logins` (current, then previous) that logs in changes it.
+    True when it was changed now."""
+    try:
+        rotator.check(integration, pending)
+        return False
+    except AuthenticationFailed:
+        pass
+    for login in logins:
+        try:
+            rotator.change(integration, login, pending)
+        except AuthenticationFailed:
+            continue
+        return True
+    raise AuthenticationFailed(
+        f"{integration.name}: the target takes neither the pending nor the current credential"
+    )
+
+
+def old_refused(rotator: Rotator, integration: Integration, old: Secret) -> bool:
+    """Whether the target now refuses the credential it took before (False on a server that
+    checks no passwords, such as one trusting loopback)."""
+    try:
+        rotator.check(integration, old)
+    except AuthenticationFailed:
+        return True
+    return False
+
+
+# -- the local store: `jitc rotate INTEGRATION` --------------------------------------------------
+
+
+@dataclass
+class LocalRotation:
+    integration: str
+    reference: str
+    changed: bool  # False: a rotation stopped after setting the password was finished
+    old_refused: bool
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` atomically with mode 0600: a new file beside it, synced, renamed over."""
+    tmp = path.with_name(f".{path.name}.{random.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path)
+
+
+def _sync_folder(path: Path) -> None:
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One rotation of a file at a time: a second waits for the first, then finds it done."""
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
+    """Rotate an integration's admin password held in a `file:` secret.
+
+    The new value is written to `<file>.pending` (0600) before the target is touched, so a
+    rotation killed at any point is finished by the next one, and the engine, refused with
+    the current value, logs in with the pending one meanwhile. The file is replaced last, by
+    a rename: a reader sees the old value or the new one, never part of either.
+    An `env:` secret is refused: the connector cannot change its own process's environment,
+    let alone the one that starts it next, so the new password would be lost.
+    """
+    integration = catalog.integrations.get(name)
+    if integration is None:
+        raise Refused("integration", f"no integration {name!r} in the catalog")
+    rotator = rotator_for(integration)
+    ref = credential_ref(integration)
+    if ref.scheme == "env":
+        raise Refused(
+            "integration",
+            f"{name}: {ref} is an environment variable, which jitc cannot rewrite for the next "
+            "start; keep the credential in a file: (or aws-sm:) secret to rotate it",
+        )
+    if ref.scheme != "file":
+        raise Refused(
+            "integration",
+            f"{name}: {ref} is rotated by its secret store's own rotation (the AWS rotation "
+            "function for aws-sm:), not by jitc rotate",
+        )
+    shared = [
+        other.name
+        for other in catalog.integrations.values()
+        if other.name != name
+        and other.credentials is not None
+        and (other.credentials.scheme, other.credentials.location) == (ref.scheme, ref.location)
+    ]
+    if shared:
+        # One account's new password in a file others read for their own accounts would lock
+        # them out at their next login.
+        raise Refused(
+            "integration",
+            f"{name}: {ref} is also the credential of {', '.join(sorted(shared))}; give each "
+            "admin account a secret of its own to rotate it",
+        )
+    path = Path(ref.location)
+    pending = Path(pending_path(ref.location))
+    store = FileSecretStore()
+    with _exclusive(path):
+        try:
+            current_raw = path.read_text(encoding="utf-8").rstrip("\n")
+        except OSError as exc:
+            raise SecretError(f"secret {ref}: cannot read file ({exc.strerror})") from None
+        old = pick_field(ref, current_raw)
+        if pending.exists():  # a rotation stopped part way: finish it with its value
+            if not private_file(pending):
+                # Anyone else able to plant or change it would choose the admin's password.
+                raise Refused(
+                    "integration",
+                    f"{name}: {pending} is not a regular file of this user's with mode 0600; "
+                    "remove it if no rotation of ours is under way",
+                )
+            new = store.resolve(pending_ref(ref))
+        else:
+            new = Secret(new_password())
+            _write_private(pending, with_password(ref, current_raw, new.reveal()))
+        changed = set_password(rotator, integration, new, [old])
+        rotator.check(integration, new)
+        os.replace(pending, path)
+        _sync_folder(path)
+        return LocalRotation(name, str(ref), changed, old_refused(rotator, integration, old))

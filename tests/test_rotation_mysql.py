@@ -1,0 +1,160 @@
+"""Rotation of the connector's own MariaDB/MySQL admin password, on the shared server (which
+checks passwords), under an admin account, database and ledger of this run's own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from contract_mysql import HOST, PORT, admin_grants, root, run
+
+from jitc.catalog import Catalog, parse_catalog
+from jitc.engine import Engine
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import derive_grant_id
+from jitc.rotation import MySQLRotator, rotate_local, set_password
+from jitc.sealing import box_keypair
+from jitc.secrets import EnvSecretStore, FileSecretStore, Secret, SecretStores
+
+RUN = secrets.token_hex(3)
+PREFIX = f"r{RUN}_"
+ADMIN = f"{PREFIX}admin"
+DATABASE = f"jr{RUN}_db"
+LEDGER = f"jr{RUN}_ledger"
+FIRST = f"first-{secrets.token_hex(8)}"
+LABEL = "label-key-for-the-mysql-rotation-tests"
+_, BOX_PUBLIC = box_keypair()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    conn = root()
+    run(conn, f"CREATE DATABASE `{DATABASE}`")
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", ADMIN, FIRST)
+    for text in admin_grants(DATABASE, LEDGER):
+        run(conn, text.format(admin=f"'{ADMIN}'@'%'"))
+    yield conn
+    for user, host in run(
+        conn,
+        "SELECT User, Host FROM mysql.user WHERE User LIKE %s",
+        PREFIX.replace("_", "\\_") + "%",
+    ):
+        for (thread,) in run(
+            conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", user
+        ):
+            with contextlib.suppress(pymysql.Error):
+                run(conn, f"KILL CONNECTION {int(thread)}")
+        run(conn, "DROP USER IF EXISTS %s@%s", user, host)
+    run(conn, f"DROP DATABASE IF EXISTS `{LEDGER}`")
+    run(conn, f"DROP DATABASE IF EXISTS `{DATABASE}`")
+    conn.close()
+
+
+@pytest.fixture
+def secret_file(server: Any, tmp_path: Path) -> Path:
+    run(server, "ALTER USER %s@'%%' IDENTIFIED BY %s", ADMIN, FIRST)
+    path = tmp_path / "mysql-admin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(FIRST)  # a whole-file secret: no field
+    return path
+
+
+def catalog(path: Path) -> Catalog:
+    return parse_catalog(
+        {
+            "connector": {"label_key": "mem:label"},
+            "integrations": {
+                "rot": {
+                    "kind": "mysql",
+                    "connection": {
+                        "host": HOST,
+                        "port": PORT,
+                        "user": ADMIN,
+                        "user_prefix": PREFIX,
+                        "ledger_database": LEDGER,
+                        "expiry_event": "off",
+                    },
+                    "credentials": f"file:{path}",
+                    "permissions": {
+                        "read-only": {"template": "read-only", "resources": [DATABASE]}
+                    },
+                }
+            },
+        }
+    )
+
+
+def request(request_id: str, action: str) -> Any:
+    doc: dict[str, Any] = {"request_id": request_id, "action": action, "integration": "rot"}
+    if action == "grant":
+        doc.update(
+            permission="read-only",
+            resources=[DATABASE],
+            identity={"email": "a@example.com", "username": "a", "public_key": BOX_PUBLIC},
+            duration="10m",
+        )
+    else:
+        doc["grant_id"] = derive_grant_id("rot", request_id)
+    return parse_request(json.dumps(doc))
+
+
+def login(password: str) -> bool:
+    try:
+        pymysql.connect(
+            host=HOST, port=PORT, user=ADMIN, password=password, connect_timeout=3
+        ).close()
+    except pymysql.Error:
+        return False
+    return True
+
+
+def test_grants_and_revokes_in_a_loop_never_fail_across_rotations(secret_file: Path) -> None:
+    cat = catalog(secret_file)
+    failures: list[str] = []
+    stop = threading.Event()
+    sink = MemorySink()
+
+    def loop() -> None:
+        stores = SecretStores({"file": FileSecretStore(), "mem": EnvSecretStore({"label": LABEL})})
+        engine = Engine(cat, stores, NullScheduler(), sink)
+        n = 0
+        while not stop.is_set() or n < 4:
+            n += 1
+            for action in ("grant", "revoke"):
+                outcome = engine.execute(request(f"m-{n}", action))
+                if outcome.status not in ("granted", "revoked"):
+                    failures.append(f"{action} {n}: {outcome.status} {outcome.message}")
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    seen = [FIRST]
+    try:
+        for _ in range(3):
+            done = rotate_local(cat, "rot")
+            assert done.changed and done.old_refused
+            seen.append(secret_file.read_text().strip())
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    assert failures == []
+    assert [login(pw) for pw in seen] == [False, False, False, True]
+    text = json.dumps([e.model_dump(mode="json") for e in sink.events])
+    assert not any(pw in text for pw in seen)
+
+
+def test_a_replayed_set_step_changes_nothing(secret_file: Path) -> None:
+    integration = catalog(secret_file).integrations["rot"]
+    new = Secret(f"next-{secrets.token_hex(8)}")
+    assert set_password(MySQLRotator(), integration, new, [Secret(FIRST)])
+    assert not set_password(MySQLRotator(), integration, new, [Secret(FIRST)])
+    assert login(new.reveal()) and not login(FIRST)
