@@ -126,20 +126,24 @@ def catalog() -> Catalog:
     return loaded
 
 
-@cache
-def queue() -> SqsQueue:
-    """The intake's queue: every invocation sends to it, so its client is made at once."""
+def _queue_url() -> str:
     url = settings().queue_url
     if not url:
         raise ConfigError("environment variable JITC_QUEUE_URL is not set")
-    return SqsQueue(client("sqs"), url)
+    return url
+
+
+@cache
+def queue() -> SqsQueue:
+    """The intake's queue: every invocation sends to it, so its client is made at once."""
+    return SqsQueue(client("sqs"), _queue_url())
 
 
 @cache
 def expiry_queue() -> SqsQueue:
     """The same queue for the scheduler, which sends to it only an expiry due within a minute:
     its client is made at that first send."""
-    return SqsQueue(_LazyClient("sqs"), settings().queue_url)
+    return SqsQueue(_LazyClient("sqs"), _queue_url())
 
 
 @cache
