@@ -409,6 +409,10 @@ class PostgreSQLSession:
             "user": s.user,
             "sslmode": s.effective_sslmode,
             "connect_timeout": s.connect_timeout,
+            # A connection kept across batches may have been cut without a word (a NAT's idle
+            # timeout, a frozen function): data the server never acknowledges fails the
+            # statement within this bound instead of hanging until the function's timeout.
+            "tcp_user_timeout": s.connect_timeout * 1000,
             "application_name": "jit-connector",
             "options": options,
             "sslrootcert": s.sslrootcert,
