@@ -365,7 +365,18 @@ def _clean_up(
             ).fetchall()
             for (name,) in rows:
                 role = sql.Identifier(name)
-                admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
-                admin.execute(sql.SQL("DROP ROLE {}").format(role))
+                # DROP OWNED revokes the bundle's CONNECT on the database: a concurrent GRANT on
+                # that database's ACL (another demo, another client) fails it with "tuple
+                # concurrently updated"; it is worth running again.
+                for attempt in range(5):
+                    try:
+                        with admin.transaction():
+                            admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                            admin.execute(sql.SQL("DROP ROLE {}").format(role))
+                        break
+                    except psycopg.errors.InternalError_:
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.05 * 2**attempt)
     admin.close()
     events_path.unlink(missing_ok=True)

@@ -958,6 +958,12 @@ def test_what_the_grantee_made_reachable_is_cut_at_disable_even_when_the_drop_fa
         grantee.execute(
             "CREATE AGGREGATE s.reach_agg(int) (SFUNC = int4pl, STYPE = int, INITCOND = '0')"
         )
+    with h.login(granted, "postgres") as elsewhere:  # PUBLIC may connect to `postgres`
+        row = elsewhere.execute("SELECT lo_from_bytea(0, 'elsewhere')").fetchone()
+        assert row is not None
+        elsewhere.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO mallory").format(row[0]))
+        with h.connect("mallory", "postgres") as m:
+            assert m.execute("SELECT lo_get(%s)", (row[0],)).fetchone() == (b"elsewhere",)
     # Objects a REVOKE cannot name (another session's temporary table) must not undo the rest.
     holder = h.login(granted)
     holder.execute("CREATE TEMP TABLE reach_tmp (x int)")
@@ -974,6 +980,8 @@ def test_what_the_grantee_made_reachable_is_cut_at_disable_even_when_the_drop_fa
             m.execute("SELECT x FROM s.reach_mine")
         with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
             m.execute("SELECT s.reach_agg(1)")
+        with h.connect("mallory", "postgres") as m, pytest.raises(psycopg.Error):
+            m.execute("SELECT lo_get(%s)", (row[0],))
         login = h.admin.execute(
             "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (str(granted.principal),)
         ).fetchone()

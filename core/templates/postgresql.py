@@ -139,7 +139,7 @@ class Connection(Settings):
         ge=0,
         le=3600,
         description="how long a schema's fingerprint (which brings a bundle up to date for "
-        "tables created since) is reused by a kept connection",
+        "tables created since) is reused by the sessions of one process",
     )
     public_create_check_seconds: float = Field(
         default=300,

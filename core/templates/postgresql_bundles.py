@@ -88,8 +88,8 @@ _DEFAULT_ACLS = (
     "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
     "WHERE d.defaclrole OPERATOR(pg_catalog.=) %s::pg_catalog.oid GROUP BY 1, 2, 3"
 )
-# Databases a member can reach: the connection's, those PUBLIC may connect to (no ACL means it
-# may), and those a bundle of this prefix may connect to (a catalog's statements can grant it).
+# Databases a member can reach: the connection's, and those PUBLIC may connect to (no ACL
+# means it may). A bundle itself may connect to no other (refused when it is made).
 _REACHABLE = (
     "SELECT d.datname::pg_catalog.text, "
     "  EXISTS (SELECT 1 FROM pg_catalog.aclexplode(d.datacl) a "
@@ -98,11 +98,8 @@ _REACHABLE = (
     "FROM pg_catalog.pg_database d WHERE d.datallowconn AND ("
     "  d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() OR d.datacl IS NULL "
     "  OR EXISTS (SELECT 1 FROM pg_catalog.aclexplode(d.datacl) a "
-    "    LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee "
-    "    WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CONNECT' "
-    "    AND (a.grantee OPERATOR(pg_catalog.=) 0 "
-    "      OR (r.rolname OPERATOR(pg_catalog.>=) %s::pg_catalog.name "
-    "        AND r.rolname OPERATOR(pg_catalog.<) %s::pg_catalog.name)))) ORDER BY 1"
+    "    WHERE a.grantee OPERATOR(pg_catalog.=) 0 "
+    "    AND a.privilege_type OPERATOR(pg_catalog.=) 'CONNECT')) ORDER BY 1"
 )
 _PUBLIC_CREATE_SCHEMAS = (
     "SELECT pg_catalog.array_agg(n.nspname::pg_catalog.text ORDER BY n.nspname) "
@@ -440,9 +437,7 @@ def public_create_databases(session: PostgreSQLSession) -> list[str]:
 
 def _public_create_databases(session: PostgreSQLSession) -> list[str]:
     found: list[str] = []
-    prefix = session.settings.role_prefix + "b_"
-    after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    for dbname, database_create in session.conn.execute(_REACHABLE, (prefix, after)).fetchall():
+    for dbname, database_create in session.conn.execute(_REACHABLE).fetchall():
         if database_create:
             found.append(str(dbname))
         conn = session.conn if dbname == session.settings.dbname else None

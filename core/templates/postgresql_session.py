@@ -397,6 +397,10 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         "user": s.user,
         "sslmode": s.effective_sslmode,
         "connect_timeout": s.connect_timeout,
+        # A connection kept across batches may have been cut without a word (a NAT's idle
+        # timeout, a frozen function): data the server never acknowledges fails the statement
+        # within this bound instead of hanging until the function's timeout.
+        "tcp_user_timeout": s.connect_timeout * 1000,
         "application_name": "jit-connector",
         "options": options,
         "sslrootcert": s.sslrootcert,
@@ -1075,6 +1079,7 @@ class PostgreSQLSession:
         rest = [(r, labels[r.name]) for r in roles if r.name not in dropped]
         if rest:
             disabled_at = self._disable(rest)
+            self._cut_elsewhere([role for role, _ in rest])
             holders = self._holders(rest)
             self._terminate_all(sorted({h for h in holders.values() if h}))
             others = [role for role, _ in rest]
@@ -1288,11 +1293,8 @@ class PostgreSQLSession:
             holders[role.name] = member if label.get("terminate_sessions") and safe else None
         return holders
 
-    def _clean(self, roles: list[_Role], residual: dict[str, list[str]]) -> None:
-        """DROP OWNED (no CASCADE) in every database `pg_shdepend` names: what the grantee
-        owns (tables, functions, large objects, triggers on them) and every privilege it holds
-        there goes, wherever it was made."""
-        oids = [role.oid for role in roles]
+    def _elsewhere(self, oids: list[int]) -> list[str]:
+        """The other databases where `pg_shdepend` says these roles own or hold something."""
         rows = self.conn.execute(
             "SELECT DISTINCT d.datname::pg_catalog.text FROM pg_catalog.pg_shdepend s "
             "JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.dbid "
@@ -1301,7 +1303,30 @@ class PostgreSQLSession:
             "AND d.datname OPERATOR(pg_catalog.<>) pg_catalog.current_database()",
             (oids,),
         ).fetchall()
-        databases = [None, *(str(row[0]) for row in rows)]
+        return [str(row[0]) for row in rows]
+
+    def _cut_elsewhere(self, roles: list[_Role]) -> None:
+        """`_cut_reach` in every other database the roles have objects in, before their
+        sessions end (the disable step did this database). What cannot be reached now is
+        dropped, or reported, by `_clean`."""
+        oids = [role.oid for role in roles]
+        for dbname in self._elsewhere(oids):
+            try:
+                conn = self._connect(dbname)
+            except TargetError:
+                continue
+            try:
+                with contextlib.suppress(psycopg.Error):
+                    rows = conn.execute(_REACH, (oids, oids, oids)).fetchall()
+                    _cut(conn, rows, self._retrying)
+            finally:
+                conn.close()
+
+    def _clean(self, roles: list[_Role], residual: dict[str, list[str]]) -> None:
+        """DROP OWNED (no CASCADE) in every database `pg_shdepend` names: what the grantee
+        owns (tables, functions, large objects, triggers on them) and every privilege it holds
+        there goes, wherever it was made."""
+        databases = [None, *self._elsewhere([role.oid for role in roles])]
         for dbname in databases:
             conn = self.conn
             try:
@@ -1314,10 +1339,6 @@ class PostgreSQLSession:
                     residual[role.name].append(f"database {dbname}: {exc}")
                 continue
             try:
-                if dbname is not None:  # here, the disable step did it already
-                    with contextlib.suppress(psycopg.Error):
-                        rows = conn.execute(_REACH, (oids, oids, oids)).fetchall()
-                        _cut(conn, rows, self._retrying)
                 self._drop_owned(conn, roles, residual, dbname or self.settings.dbname)
             finally:
                 if conn is not self.conn:
