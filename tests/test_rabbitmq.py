@@ -20,7 +20,7 @@ import userenv
 from userenv import BOX_PUBLIC, LABEL_KEY, UserEnv, engine_parts
 
 from jitc.catalog import catalog_warnings, parse_catalog
-from jitc.errors import CatalogError, Refused
+from jitc.errors import CatalogError, Refused, TargetError
 from jitc.labels import LabelKey
 from jitc.models import Identity, derive_grant_id
 from jitc.secrets import Secret
@@ -530,3 +530,50 @@ def test_the_inventory_sync_sends_user_names_never_their_password_hashes(env: En
     }
     assert hashes and not any(h in out.getvalue() for h in hashes)
     assert "password_hash" not in out.getvalue() and ADMIN_PASSWORD not in out.getvalue()
+
+
+def test_two_requests_racing_under_one_grant_id_never_share_permissions(env: Env) -> None:
+    """Two different requests under one request id, both read before either writes: the one
+    that writes last must not hand out a password that reaches the other's vhosts."""
+    integration = env.engine.catalog.integration(INTEGRATION)
+    key = LabelKey.from_secret(LABEL_KEY)
+    first, second = (
+        integration.template.open(INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), key)
+        for _ in range(2)
+    )
+    grant_id = derive_grant_id(INTEGRATION, f"twin-{secrets.token_hex(4)}")
+
+    def spec(permission: str, vhost: str) -> GrantSpec:
+        return GrantSpec(
+            grant_id=grant_id,
+            request_id=f"r-{grant_id}",
+            integration=INTEGRATION,
+            permission_name=permission,
+            permission=RabbitMQPermission(template=permission, resources=[VHOST, OTHER_VHOST]),
+            resources=(vhost,),
+            identity=Identity(email=f"{permission}@example.com"),
+            expires_at=datetime.now(UTC) + timedelta(minutes=15),
+            request_digest=f"d-{permission}-{grant_id}",
+        )
+
+    read = first._user
+    raced: list[Any] = []
+
+    def read_then_race(name: str) -> Any:
+        found = read(name)
+        if not raced:
+            raced.append(second.grant(spec("read-write", OTHER_VHOST)))
+        return found
+
+    first._user = read_then_race  # type: ignore[method-assign]
+    try:
+        # The later writer finds the other's vhost on the user: the user goes, and the queue's
+        # retry decides afresh. Before, it handed out a password that reached both vhosts.
+        with pytest.raises(TargetError):
+            first.grant(spec("read-only", VHOST))
+        assert raced and raced[0].credentials is not None
+        assert not env.can_login(raced[0].credentials, OTHER_VHOST)
+        assert env.root.get(f"/api/users/{PREFIX}{grant_id}").status_code == 404
+    finally:
+        first.close()
+        second.close()

@@ -37,10 +37,11 @@ def _free_port() -> int:
 
 
 class Private:
-    def __init__(self, directory: Path, aclfile: bool) -> None:
+    def __init__(self, directory: Path, aclfile: bool, *extra: str) -> None:
         self.port = _free_port()
         self.dir = directory
         self.aclfile = aclfile
+        self.extra = extra
         if aclfile:
             (directory / "users.acl").write_text("user default on nopass ~* &* +@all\n")
 
@@ -58,6 +59,7 @@ class Private:
         args += ["--pidfile", str(self.dir / "redis.pid")]
         if self.aclfile:
             args += ["--aclfile", str(self.dir / "users.acl")]
+        args += list(self.extra)
         subprocess.run(args, check=True, capture_output=True)
         for _ in range(100):
             try:

@@ -177,12 +177,34 @@ class RabbitMQSession:
         writes (the API has no conditional write). Then the user we wrote goes."""
         stone = self._label(self._user(tombstone_name(self.settings, spec.grant_id)))
         label = self._label(self._user(name))
-        if stone is None and label is not None and label.digest == digest:
+        # The password and the label are one write, but the permissions are one call per vhost:
+        # a racing delivery of another request under this grant id may have left its own on the
+        # user, which our password would then reach. Exactly ours, or the user goes.
+        if (
+            stone is None
+            and label is not None
+            and label.digest == digest
+            and self._permissions(name) == self._expected_permissions(spec)
+        ):
             return
         self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
         if stone is not None:
             raise Refused("request_id", "this grant was revoked while it was being made")
         raise TargetError("a concurrent delivery of this grant id changed the user; retry")
+
+    def _permissions(self, name: str) -> dict[str, tuple[str, str, str]]:
+        response = self._call("GET", f"/api/users/{quote(name, safe='')}/permissions", missing=True)
+        rows = [] if response.status_code == 404 else response.json()
+        return {
+            str(row["vhost"]): (str(row["configure"]), str(row["write"]), str(row["read"]))
+            for row in rows
+        }
+
+    def _expected_permissions(self, spec: GrantSpec) -> dict[str, tuple[str, str, str]]:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        patterns = permission.patterns()
+        return {permission.vhost(resource): patterns for resource in spec.resources}
 
     def _credentials(self, name: str, password: str, spec: GrantSpec) -> dict[str, str]:
         host = self.settings.amqp_host or (httpx.URL(self.settings.api_url).host or "")
