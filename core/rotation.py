@@ -252,7 +252,7 @@ def _sync_folder(path: Path) -> None:
 @contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     """One rotation of a file at a time: a second waits for the first, then finds it done."""
-    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
