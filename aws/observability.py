@@ -10,6 +10,7 @@ the connector together, so with tracing off its decorators are plain pass-throug
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
@@ -56,6 +57,12 @@ def _tracer() -> Traces:
 
 
 logger = Logger(service=SERVICE)
+
+# botocore's and urllib3's debug logs quote every request's parameters (GetSecretValue's answer,
+# PutSecretValue's SecretString): whatever level a function's logging is set to, theirs stays
+# above DEBUG, in every function.
+for _name in ("botocore", "boto3", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = _tracer()
 

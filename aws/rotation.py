@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from contextlib import suppress
@@ -50,11 +49,6 @@ TOKEN = re.compile(r"[\x21-\x7e]{32,64}")
 # hundred failed logins against the target.
 OTHER_VERSIONS = 10
 
-
-# botocore's and urllib3's debug logs quote every request's parameters, put_secret_value's
-# SecretString included: whatever level the function's logging is set to, theirs stays above it.
-for _name in ("botocore", "boto3", "urllib3"):
-    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 class RotationError(ValueError):

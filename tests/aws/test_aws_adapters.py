@@ -4,6 +4,7 @@ queue's FIFO fields, the expiry scheduler's rounding and idempotency, the EventB
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -143,3 +144,19 @@ def test_a_fifo_dead_letter_queue_for_schedules_is_refused_at_once(aws: str) -> 
             client("scheduler"), "grp", "arn:aws:sqs:us-east-1:123456789012:t.fifo",
             "arn:aws:iam::123456789012:role/s", queue, dead_letter_arn=fifo_dlq,
         )  # fmt: skip
+
+
+def test_no_function_logs_a_secret_read_even_with_logging_at_debug(
+    aws: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """botocore's DEBUG log quotes every response body, GetSecretValue's SecretString
+    included: every handler (they all import observability) holds it above DEBUG."""
+    import jitc.aws.observability  # noqa: F401  (what every handler imports first)
+
+    sm = client("secretsmanager")
+    sm.create_secret(Name="db/debug", SecretString=json.dumps({"password": "n0t-in-l0gs"}))
+    with caplog.at_level(logging.DEBUG):
+        store = SecretsManagerStore(client("secretsmanager"))
+        assert store.resolve(SecretRef("aws-sm:db/debug#password")).reveal() == "n0t-in-l0gs"
+    assert caplog.records  # the capture itself works: the call logged something
+    assert "n0t-in-l0gs" not in caplog.text
