@@ -1,0 +1,231 @@
+"""End to end on local Azure and the real PostgreSQL: signed `func.HttpRequest` -> intake ->
+Azurite queue -> worker (a `func.QueueMessage` built from what Azurite delivers) -> grant ->
+delayed expiry message -> delivered after its delay -> revoke; a long grant hops; duplicates,
+reordering, refusals, failures and the poison path; the timer's sweep. Every Key Vault call is
+made by the real SDK under the rights the Terraform module gives, over TLS to a certificate the
+test made."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import azharness
+import psycopg
+import pytest
+from azharness import PG_SCHEMA, Deployment, http_request, queue_message, timer_request
+
+from jitc.models import derive_grant_id
+from jitc.sealing import unseal
+from jitc.signing import signing_keypair
+
+PG = "azpg"
+LABEL_KEY = "label-key-" + "k" * 24
+
+
+@pytest.fixture
+def deployment(cloud: azharness.Cloud, pg_admin: Any) -> Iterator[Deployment]:
+    vault = cloud.vault
+    vault.put("pg-admin", json.dumps({"password": "pg-admin-pw"}))
+    vault.put("jitc-label", LABEL_KEY)
+    sign_private, sign_public = signing_keypair()
+    catalog = {
+        "connector": {"label_key": vault.reference("jitc-label")},
+        "integrations": {
+            **azharness.pg_integration(PG, vault.reference("pg-admin", "password")),
+            **azharness.pg_integration("azbroken", vault.reference("not-granted", "password")),
+        },
+    }
+    yield azharness.deploy(
+        cloud,
+        catalog,
+        sign_public=sign_public,
+        sign_private=sign_private,
+        secret_names=["pg-admin", "jitc-label"],
+        max_delay_seconds=3,
+    )
+
+
+def grant_body(request_id: str, deployment: Deployment, duration: str = "30m") -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "action": "grant",
+        "integration": PG,
+        "permission": "read",
+        "resources": [PG_SCHEMA],
+        "identity": {"email": "ana@example.com", "public_key": deployment.box_public},
+        "duration": duration,
+    }
+
+
+def post(deployment: Deployment, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    from jitc.azure import intake
+
+    response = intake.handle(http_request(deployment, body, **kwargs))
+    assert response.mimetype == "application/json"
+    return response.status_code, json.loads(response.get_body())
+
+
+def run_worker(deployment: Deployment, wait: float = 0.0) -> list[Any]:
+    """Deliver every visible message once, as the host does: complete on return, make it
+    visible again on an exception. Returns the outcomes (None for hops and refusals)."""
+    from jitc.azure import worker
+
+    results = []
+    for message in deployment.receive(wait):
+        try:
+            results.append(worker.handle(queue_message(message)))
+        except worker.RetryLater:
+            deployment.abandon(message)
+            results.append("retry")
+            continue
+        deployment.complete(message)
+    return results
+
+
+def login(credentials: dict[str, str]) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=credentials["host"],
+        port=int(credentials["port"]),
+        dbname=credentials["dbname"],
+        user=credentials["username"],
+        password=credentials["password"],
+        connect_timeout=3,
+    )
+
+
+def test_signed_request_is_granted_then_revoked_by_its_delayed_expiry(
+    deployment: Deployment,
+) -> None:
+    status, body = post(deployment, grant_body("az-e2e-1", deployment, duration="3s"))
+    assert status == 202 and body["status"] == "accepted"
+    grant_id = derive_grant_id(PG, "az-e2e-1")
+    [outcome] = run_worker(deployment)
+    assert outcome.status == "granted" and outcome.grant_id == grant_id
+    credentials = unseal(outcome.sealed_credentials, deployment.box_private)
+    with login(credentials) as conn:
+        conn.execute(f"SELECT count(*) FROM {PG_SCHEMA}.items").fetchone()
+    # The expiry message is on the queue, invisible until the grant's end.
+    assert deployment.receive() == []
+    started = time.monotonic()
+    results = run_worker(deployment, wait=10)
+    assert time.monotonic() - started >= 1.0  # it waited for its delay
+    [revoked] = [r for r in results if r is not None]
+    assert revoked.status == "revoked" and revoked.request_id == f"expire-{grant_id}"
+    with pytest.raises(psycopg.OperationalError):
+        login(credentials)
+
+
+def test_a_grant_longer_than_the_delay_cap_hops_until_its_time(deployment: Deployment) -> None:
+    # The cap is 3 s here (JITC_EXPIRY_MAX_DELAY_SECONDS), the grant 8 s: at least one hop.
+    status, _ = post(deployment, grant_body("az-hop", deployment, duration="8s"))
+    assert status == 202
+    [granted] = run_worker(deployment)
+    assert granted.status == "granted"
+    hops = 0
+    deadline = time.monotonic() + 20
+    revoked = None
+    while revoked is None and time.monotonic() < deadline:
+        for result in run_worker(deployment, wait=5):
+            if result is None:
+                hops += 1
+            elif result != "retry":
+                revoked = result
+    assert hops >= 1
+    assert revoked is not None and revoked.status == "revoked"
+    assert revoked.expires_at is not None and azharness.now() >= revoked.expires_at
+
+
+def test_duplicates_and_reordering_stay_idempotent(deployment: Deployment) -> None:
+    body = grant_body("az-dup", deployment)
+    assert post(deployment, body)[0] == 202
+    # The same signed request again, as a second intake instance would accept it (each
+    # instance's replay guard is its own): two messages of one grant.
+    from jitc.azure import runtime
+
+    runtime.intake.cache_clear()
+    assert post(deployment, body)[0] == 202
+    outcomes = [o for o in run_worker(deployment) if o is not None]
+    assert [o.status for o in outcomes] == ["granted", "granted"]
+    assert outcomes[1].reissued and outcomes[0].principal == outcomes[1].principal
+    grant_id = derive_grant_id(PG, "az-dup")
+    revoke = {"request_id": "az-dup-r", "action": "revoke", "integration": PG, "grant_id": grant_id}
+    assert post(deployment, revoke)[0] == 202
+    assert post(deployment, revoke)[0] == 409  # the same instance remembers it: a replay
+    [first] = [o for o in run_worker(deployment) if o is not None]
+    assert first.status == "revoked"
+    # Reordered: a grant delivered after its revoke is refused and completed.
+    runtime.intake.cache_clear()
+    assert post(deployment, body)[0] == 202
+    [late] = [o for o in run_worker(deployment) if o is not None]
+    assert late.status == "refused" and late.field == "request_id"
+    assert deployment.receive() == []
+
+
+def test_hostile_http_callers_change_nothing(deployment: Deployment) -> None:
+    body = grant_body("az-hostile", deployment)
+    assert post(deployment, body, sign=False)[0] == 401
+    assert post(deployment, body, tamper=True)[0] == 401
+    assert post(deployment, body, timestamp=int(time.time()) - 3600)[0] == 401
+    assert post(deployment, body, key_id="other")[0] == 401
+    status, refused = post(deployment, {**body, "permission": "write"})
+    assert status == 403 and refused["field"] == "permission"
+    status, refused = post(deployment, b"{not json")
+    assert status == 400 and refused["field"] == "body"
+    status, refused = post(deployment, body, method="GET")
+    assert status == 405 and refused["field"] == "method"
+    assert post(deployment, body)[0] == 202
+    assert post(deployment, body)[0] == 409  # replayed to the same instance
+    assert len(deployment.receive()) == 1  # only the one accepted request was queued
+
+
+def test_refused_messages_are_completed_and_audited(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jitc.azure")
+    queue = deployment.cloud.queue_admin(deployment.queue)
+    queue.send_message("not json")
+    queue.send_message(json.dumps({"kind": "request", "envelope": {"body": "x"}}))
+    results = run_worker(deployment)
+    assert results == [None, None]
+    assert deployment.receive() == []
+    refusals = [r for r in caplog.records if '"event": "audit"' in r.getMessage()]
+    assert len(refusals) == 2
+
+
+def test_a_failing_operation_is_retried_then_poisoned_and_the_sweep_alarms(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jitc.azure import scheduled, worker
+
+    caplog.set_level(logging.INFO, logger="jitc.azure")
+    body = {**grant_body("az-fail", deployment), "integration": "azbroken"}
+    assert post(deployment, body)[0] == 202
+    for attempt in range(1, worker.MAX_DEQUEUE_COUNT + 1):
+        [message] = deployment.receive(wait=2)
+        assert message.dequeue_count == attempt
+        with pytest.raises(worker.RetryLater):
+            worker.handle(queue_message(message))
+        if attempt < worker.MAX_DEQUEUE_COUNT:
+            deployment.abandon(message)
+        else:
+            deployment.to_poison(message)
+    # Key Vault refused the secret the module does not grant (ForbiddenByRbac): named, no value.
+    assert any("Key Vault answered Forbidden" in r.getMessage() for r in caplog.records)
+    assert any("moving to the poison queue" in r.getMessage() for r in caplog.records)
+    summary = scheduled.run("sweep")
+    assert summary["poisoned"] == 1
+    assert any("poison queue not empty" in r.getMessage() for r in caplog.records)
+
+
+def test_the_sweep_runs_from_a_real_timer_request(deployment: Deployment) -> None:
+    import function_app_loader
+
+    app = function_app_loader.load()
+    functions = {f.get_function_name(): f for f in app.get_functions()}
+    assert set(functions) == {"intake", "worker", "sweep"}
+    sweep = functions["sweep"].get_user_function()
+    assert sweep(timer_request()) is None
