@@ -130,6 +130,8 @@ resource "azurerm_application_insights" "app" {
 }
 
 resource "azurerm_service_plan" "app" {
+  #checkov:skip=CKV_AZURE_225:A Flex Consumption plan (FC1) scales per event and has no instance count or zone setting here; messages wait in the queue through a zone outage.
+  #checkov:skip=CKV_AZURE_212:Flex Consumption has no minimum instance count on the plan (always-ready instances are per function); the queue holds work until an instance runs.
   name                = "${var.name}-jitc"
   resource_group_name = var.resource_group_name
   location            = var.location
