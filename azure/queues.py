@@ -14,14 +14,28 @@ full cap at the moment it became visible.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jitc.errors import Refused
 from jitc.messages import expiry_message
 
 MAX_DELAY = timedelta(days=7)  # the Queue service's limit on visibilitytimeout
 NEVER_EXPIRES = -1
+MAX_MESSAGE_BYTES = 64 * 1024  # the Queue service's limit, after base64 encoding
+
+
+class TooLarge(Refused):
+    """The message would exceed the queue's limit: refused (413), never retried."""
+
+    status = 413
+
+
+def encoded_size(message: str) -> int:
+    raw = len(message.encode("utf-8"))
+    return 4 * ((raw + 2) // 3)
 
 
 def client_options() -> dict[str, Any]:
@@ -45,7 +59,12 @@ class StorageQueue:
         return str(self._client.queue_name)
 
     def enqueue(self, message: str, group: str, delay: timedelta | None = None) -> None:
-        seconds = 0 if delay is None else max(0, int(delay.total_seconds()))
+        if encoded_size(message) > MAX_MESSAGE_BYTES:
+            # Checked here, not by the service: its 413 would reach the caller as a failure to
+            # queue (503, "send again"), which the control plane would retry for ever.
+            raise TooLarge("body", f"too large for the queue ({MAX_MESSAGE_BYTES} bytes encoded)")
+        # Rounded up: a message is never visible before its time (the worker hops one that is).
+        seconds = 0 if delay is None else max(0, math.ceil(delay.total_seconds()))
         self._client.send_message(
             message, visibility_timeout=seconds or None, time_to_live=NEVER_EXPIRES
         )

@@ -24,8 +24,9 @@ from jitc.models import AuditEvent, Outcome
 
 # host.json's extensions.queues.maxDequeueCount (a test keeps the two equal).
 MAX_DEQUEUE_COUNT = 5
-# An expiry that becomes visible this little before its time is run, not hopped again.
-EARLY_TOLERANCE = timedelta(seconds=1)
+# An expiry is never run before its time: one visible early (a hop's remainder, a clock a
+# little ahead) is sent again with what is left, rounded up to the next second.
+EARLY_TOLERANCE = timedelta(0)
 
 
 class RetryLater(JitcError):

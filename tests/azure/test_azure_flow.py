@@ -229,3 +229,58 @@ def test_the_sweep_runs_from_a_real_timer_request(deployment: Deployment) -> Non
     assert set(functions) == {"intake", "worker", "sweep"}
     sweep = functions["sweep"].get_user_function()
     assert sweep(timer_request()) is None
+
+
+def test_a_body_too_large_for_the_queue_is_refused_at_once(deployment: Deployment) -> None:
+    """The intake accepts 64 KiB; a Storage Queue message holds 64 KiB *after* base64, so a
+    large justification fits the intake but not the queue: 413 naming the body, nothing
+    queued, and the same request is not then taken for a replay."""
+    body = {**grant_body("az-big", deployment), "justification": "x" * 2000}
+    big = json.dumps(body).encode() + b" " * 55_000  # trailing whitespace: still valid JSON
+    status, refused = post(deployment, big)
+    assert status == 413 and refused["field"] == "body"
+    assert deployment.receive() == []
+    assert post(deployment, body)[0] == 202
+
+
+def test_the_sweep_retries_a_poisoned_revoke_until_it_succeeds(
+    deployment: Deployment, cloud: azharness.Cloud
+) -> None:
+    """A revoke that failed every delivery (its integration's secret was not readable) is sent
+    back to the worker by each sweep, alarmed meanwhile; once the deployment is fixed (the
+    secret added to the module's list), it succeeds. A poisoned grant is left for a person."""
+    import tfazure
+
+    from jitc.azure import scheduled
+
+    grant_id = derive_grant_id("azbroken", "az-stuck")
+    revoke = {
+        "request_id": "az-stuck-r",
+        "action": "revoke",
+        "integration": "azbroken",
+        "grant_id": grant_id,
+    }
+    grant = {**grant_body("az-stuck-g", deployment), "integration": "azbroken"}
+    assert post(deployment, revoke)[0] == 202 and post(deployment, grant)[0] == 202
+    for message in deployment.receive(wait=2):
+        deployment.to_poison(message)
+    summary = scheduled.run("sweep")
+    assert summary["poisoned"] == 2 and summary["redriven"] == 1
+    assert run_worker(deployment, wait=2) == ["retry"]  # still broken: back it goes
+    [message] = deployment.receive(wait=3)
+    deployment.to_poison(message)
+    cloud.vault.put("not-granted", json.dumps({"password": "x"}))
+    variables = {
+        **deployment.variables,
+        "key_vault_secret_names": ["pg-admin", "jitc-label", "not-granted"],
+    }
+    rendered = tfazure.render(
+        variables, storage_account_id=azharness.STORAGE_ID, principal=azharness.APP_OID,
+        client_id=azharness.APP_CLIENT_ID,
+    )  # fmt: skip
+    cloud.authz.assignments[:] = rendered.assignments
+    assert scheduled.run("sweep")["redriven"] == 1
+    [done] = run_worker(deployment, wait=2)
+    assert done.status == "revoked" and done.grant_id == grant_id
+    left = list(deployment.cloud.queue_admin(deployment.poison).peek_messages(max_messages=32))
+    assert len(left) == 1 and '"action": "grant"' in json.loads(left[0].content)["envelope"]["body"]

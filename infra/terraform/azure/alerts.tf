@@ -21,7 +21,7 @@ locals {
   alerts = {
     poison = {
       description = "A message failed every delivery and is in the poison queue."
-      query       = "traces | where message has '\"event\": \"poison queue not empty\"' or message has 'moving to the poison queue'"
+      query       = "traces | where message contains 'poison queue not empty' or message contains 'moving to the poison queue'"
       operator    = "GreaterThan"
       threshold   = 0
       window      = "PT15M"
@@ -37,10 +37,10 @@ locals {
     }
     sweep_silence = {
       description = "No sweep completed: the timer is not firing, or every sweep fails."
-      query       = "traces | where message has '\"event\": \"sweep completed\"'"
+      query       = "traces | where message contains 'sweep completed'"
       operator    = "LessThan"
       threshold   = 1
-      window      = "PT${var.sweep_silence_minutes}M"
+      window      = var.sweep_silence_minutes == 60 ? "PT1H" : "PT${var.sweep_silence_minutes}M"
       severity    = 1
     }
   }

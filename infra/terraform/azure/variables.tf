@@ -83,12 +83,20 @@ variable "sweep_schedule" {
   description = "NCRONTAB (six fields) of the sweep."
   type        = string
   default     = "0 */5 * * * *"
+  validation {
+    condition     = length(split(" ", var.sweep_schedule)) == 6
+    error_message = "sweep_schedule: an NCRONTAB expression of six fields (seconds first)."
+  }
 }
 
 variable "sweep_silence_minutes" {
-  description = "Alert when no sweep has completed for this long."
+  description = "Alert when no sweep has completed for this long (a window the scheduled query rule accepts)."
   type        = number
   default     = 30
+  validation {
+    condition     = contains([10, 15, 30, 45, 60], var.sweep_silence_minutes)
+    error_message = "sweep_silence_minutes: one of 10, 15, 30, 45, 60."
+  }
 }
 
 variable "expiry_max_delay_seconds" {
