@@ -33,9 +33,10 @@ took = time.perf_counter() - start
 hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
 print(json.dumps([took, int(hwm)]))
 """
+APP = str(ROOT / "azure" / "function_app.py")
 LOAD = (
     "import importlib.util\n"
-    f"spec = importlib.util.spec_from_file_location('function_app', {str(ROOT / 'azure' / 'function_app.py')!r})\n"
+    f"spec = importlib.util.spec_from_file_location('function_app', {APP!r})\n"
     "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
     "[f.get_function_json() for f in module.app.get_functions()]\n"
 )
