@@ -788,6 +788,116 @@ class Azurite:
             self.process.wait(timeout=10)
 
 
+class StorageProxy:
+    """The app's way to Azurite: an HTTPS reverse proxy that judges each queue call as Azure
+    Storage would for an Entra ID token (the data action the operation needs, on the queue's
+    scope) and records it, then forwards it unchanged. Azurite itself checks the token's claims
+    but evaluates no role."""
+
+    def __init__(self, azurite: Azurite, authz: Authz, tls: Tls, storage_id: str) -> None:
+        self.azurite = azurite
+        self.authz = authz
+        self.tls = tls
+        self.storage_id = storage_id
+        self.server, self.port = _serve_raw(self, tls)
+
+    @property
+    def queue_service_uri(self) -> str:
+        return f"https://127.0.0.1:{self.port}/{Azurite.ACCOUNT}"
+
+    def judge(self, method: str, path: str, query: dict[str, str], token: str | None) -> bool:
+        parts = path.strip("/").split("/")
+        queue = parts[1] if len(parts) > 1 else ""
+        if len(parts) == 2:
+            operation = "queue"
+        elif len(parts) == 3 and parts[2] == "messages":
+            operation = "peek" if query.get("peekonly") == "true" else "messages"
+        else:
+            operation = "message"
+        action = azspec.QUEUE_ACTIONS.get((method, operation))
+        principal = _claims(token).get("oid", "") if token else ""
+        scope = f"{self.storage_id}/queueServices/default/queues/{queue}"
+        if action is None:
+            action = f"unknown {method} {operation}"
+        return self.authz.check("storage", method, str(principal), action, scope, data=True)
+
+    def forward(
+        self, method: str, path: str, headers: Any, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        import http.client
+
+        context = ssl.create_default_context(cafile=str(self.tls.cert))
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", self.azurite.port, context=context, timeout=30
+        )
+        try:
+            forwarded = {
+                k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")
+            }
+            connection.request(method, path, body=body or None, headers=forwarded)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _claims(token: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(_unb64(token.removeprefix("Bearer ").split(".")[1])))
+    except (ValueError, IndexError):
+        return {}
+
+
+class _RawHandler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def _proxy(self) -> None:
+        proxy: StorageProxy = self.server.app
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        if not proxy.judge(self.command, parts.path, query, self.headers.get("Authorization")):
+            data = (
+                b'<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationPermissionMismatch'
+                b"</Code><Message>This request is not authorized to perform this operation using "
+                b"this permission.</Message></Error>"
+            )
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("x-ms-error-code", "AuthorizationPermissionMismatch")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        status, headers, data = proxy.forward(self.command, self.path, self.headers, body)
+        self.send_response(status)
+        for key, value in headers:
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_DELETE = do_POST = do_HEAD = _proxy
+
+
+def _serve_raw(app: Any, tls: Tls) -> tuple[_Server, int]:
+    server = _Server(("127.0.0.1", 0), _RawHandler)
+    server.app = app
+    server.socket = tls.context().wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, int(server.server_address[1])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -52,6 +52,7 @@ class Cloud:
     azurite: azfakes.Azurite
     vault: azfakes.FakeKeyVault
     arm: azfakes.FakeArm
+    storage: azfakes.StorageProxy
 
     def queue_admin(self, name: str) -> QueueClient:
         """The test's own view of a queue (account key), decoding as the Functions host does."""
@@ -186,11 +187,12 @@ def start_cloud(folder: Path) -> Iterator[Cloud]:
         pytest.fail(str(exc))
     vault = azfakes.FakeKeyVault(tokens, authz, tls, VAULT_ID)
     arm = azfakes.FakeArm(tokens, authz, tls, SUBSCRIPTION)
-    cloud = Cloud(tls, tokens, authz, identity, azurite, vault, arm)
+    storage = azfakes.StorageProxy(azurite, authz, tls, STORAGE_ID)
+    cloud = Cloud(tls, tokens, authz, identity, azurite, vault, arm, storage)
     try:
         yield cloud
     finally:
-        for closing in (arm, vault, azurite, identity):
+        for closing in (storage, arm, vault, azurite, identity):
             closing.close()
 
 
@@ -230,12 +232,13 @@ def deploy(
     for made in (queue, poison):
         service.create_queue(made)
     cloud.authz.assignments[:] = rendered.assignments
+    cloud.authz.calls.clear()
     box_private, box_public = box_keypair()
     doc = {"control_plane": {"keys": {"cp1": sign_public}}, **catalog}
     text = json.dumps(doc)
     settings = {
         **cloud.identity.env,
-        **rendered.app_settings(queue_service_uri=cloud.azurite.queue_service_uri, catalog=text),
+        **rendered.app_settings(queue_service_uri=cloud.storage.queue_service_uri, catalog=text),
         "JITC_CA_BUNDLE": str(cloud.tls.cert),
         "JITC_KEY_VAULT_DNS_SUFFIX": cloud.vault.dns_suffix,
     }
