@@ -6,8 +6,6 @@ nothing here can shadow the Azure SDK's `azure` namespace.
 
 from __future__ import annotations
 
-import json
-
 import azure.functions as func
 
 from jitc.azure import intake, scheduled, worker
@@ -39,5 +37,3 @@ def _timer(name: str, setting: str) -> None:
 
 for _name, _job in scheduled.JOBS.items():
     _timer(_name, _job.schedule_setting)
-
-__all__ = ["app", "json"]
