@@ -49,6 +49,13 @@ resource "azurerm_role_definition" "rbac_target" {
     actions     = local.rbac_actions
     not_actions = []
   }
+
+  lifecycle {
+    precondition {
+      condition     = var.rbac_role_definition_scope != null && length(var.rbac_role_ids) > 0
+      error_message = "rbac_scopes needs rbac_role_definition_scope and the catalog's role ids in rbac_role_ids (an empty condition would refuse every grant)."
+    }
+  }
 }
 
 resource "azurerm_role_assignment" "rbac_target" {
