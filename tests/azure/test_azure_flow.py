@@ -78,7 +78,7 @@ def run_worker(deployment: Deployment, wait: float = 0.0) -> list[Any]:
     for message in deployment.receive(wait):
         try:
             results.append(worker.handle(queue_message(message)))
-        except worker.RetryLater:
+        except Exception:  # the host fails the invocation on any exception
             deployment.abandon(message)
             results.append("retry")
             continue
@@ -317,3 +317,66 @@ def test_least_privilege_storage_and_key_vault_calls_match_the_module(
     status, body = post(deployment, grant_body("az-lp-2", deployment))
     assert status == 503 and body["field"] == "queue"
     assert not cloud.authz.calls[-1].allowed
+
+
+def test_outcomes_reach_the_control_planes_webhook_signed_by_the_connector(
+    cloud: azharness.Cloud, pg_admin: Any
+) -> None:
+    """The catalog names a webhook and the connector's signing key (a Key Vault reference, read
+    at each delivery with the app's identity): the grant's outcome arrives signed, credentials
+    sealed; a webhook that fails makes the invocation fail, so the message is retried."""
+    import http.server
+    import threading
+
+    from jitc.signing import Envelope, verify
+
+    received: list[tuple[dict[str, str], bytes]] = []
+    status = [204]
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(status[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        vault = cloud.vault
+        connector_private, connector_public = signing_keypair()
+        vault.put("hook-signing", connector_private)
+        vault.put("hook-pg", json.dumps({"password": "x"}))
+        vault.put("hook-label", LABEL_KEY)
+        sign_private, sign_public = signing_keypair()
+        catalog = {
+            "connector": {
+                "label_key": vault.reference("hook-label"),
+                "signing_key": vault.reference("hook-signing"),
+                "webhook_url": f"http://127.0.0.1:{server.server_address[1]}/events",
+            },
+            "integrations": azharness.pg_integration(PG, vault.reference("hook-pg", "password")),
+        }
+        deployment = azharness.deploy(
+            cloud, catalog, sign_public=sign_public, sign_private=sign_private,
+            secret_names=["hook-signing", "hook-pg", "hook-label"],
+        )  # fmt: skip
+        status[0] = 500  # the control plane is down: the invocation fails and is retried
+        assert post(deployment, grant_body("az-hook", deployment))[0] == 202
+        assert run_worker(deployment) == ["retry"]
+        status[0] = 204
+        [outcome] = run_worker(deployment, wait=5)
+        assert outcome.status == "granted"
+        headers, body = received[-1]
+        envelope = Envelope.from_headers(headers, body)
+        verify(envelope, {"connector": connector_public}, time.time(), 300, 300)
+        doc = json.loads(body)
+        assert doc["type"] == "outcome" and doc["outcome"]["status"] == "granted"
+        assert doc["outcome"]["sealed_credentials"] and "credentials" not in doc["outcome"]
+    finally:
+        server.shutdown()
+        server.server_close()
