@@ -104,6 +104,11 @@ def assignment_name(grant_id: str, scope: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{grant_id}\0{scope.lower()}"))
 
 
+def _remove_name(grant_id: str, scope: str) -> str:
+    """The GUID name of the AdminRemove request that revokes a PIM grant on `/scope`."""
+    return str(uuid.uuid5(_NAMESPACE, f"remove\0{grant_id}\0{scope.lower()}"))
+
+
 def role_definition_id(subscription_id: str, role: str) -> str:
     return (
         f"/subscriptions/{subscription_id}/providers/Microsoft.Authorization/roleDefinitions/{role}"
@@ -505,6 +510,12 @@ class AzureRbacSession:
 
         name = assignment_name(spec.grant_id, scope)
         try:
+            # PIM keeps every request: the AdminRemove of a revoke is this grant's tombstone.
+            self.requests.get(f"/{scope}", _remove_name(spec.grant_id, f"/{scope}"))
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        except self.NotFound:
+            pass
+        try:
             existing = self.requests.get(f"/{scope}", name)
         except self.NotFound:
             existing = None
@@ -567,7 +578,7 @@ class AzureRbacSession:
             if entry is None:
                 continue
             scope = str(request.scope)
-            remove = str(uuid.uuid5(_NAMESPACE, f"remove\0{grant_id}\0{scope.lower()}"))
+            remove = _remove_name(grant_id, scope)
             result.principal = f"{label.get('principal_type', 'User')}/{request.principal_id}"
             result.expires_at = datetime.fromisoformat(entry["expires_at"])
             try:

@@ -173,6 +173,10 @@ def test_pim_mode_revoke_removes_the_assignment(pim: Env) -> None:
     assert kinds == ["AdminAssign", "AdminRemove"]
     again = pim.run("revoke", request_id="pim-2")
     assert again.status == "revoked" and "nothing to revoke" in str(again.message)
+    # PIM keeps the AdminRemove request: a grant redelivered after its revoke is refused.
+    late = pim.run(request_id="pim-2")
+    assert late.status == "refused" and late.field == "request_id"
+    assert not pim.arm.holds(pim.principals[0], READER, f"/{SCOPE}")
 
 
 def test_privileged_roles_need_the_catalog_mark() -> None:
