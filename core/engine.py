@@ -532,6 +532,7 @@ class Engine:
             sealed_credentials=sealed,
             credentials=credentials if plain else None,
             reissued=result.reissued,
+            message=result.note,
         )
 
     def _recorded_expiry(

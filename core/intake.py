@@ -81,8 +81,11 @@ class Intake:
             return _error(409, exc)
         try:
             self.queue.enqueue(envelope_message(envelope), request.target_grant_id)
-        except Refused as exc:  # a durable queue that remembers what it was given: a replay
-            return _error(409, exc)
+        except Refused as exc:
+            # A durable queue that remembers what it was given: a replay (409); or a queue that
+            # cannot take this message at all, which says so (413 for one too large).
+            self.replay.forget(envelope)
+            return _error(getattr(exc, "status", 409), exc)
         except Exception:
             # Not queued, so not accepted: the control plane must send it again, the same
             # signed request, which must then not look like a replay.

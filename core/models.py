@@ -37,6 +37,8 @@ Email = Annotated[
     ),
 ]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")]
+_GUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+ObjectId = Annotated[str, StringConstraints(pattern=_GUID)]
 
 _DURATION_SHORT = re.compile(r"^(?:(\d{1,4})d)?(?:(\d{1,5})h)?(?:(\d{1,6})m)?(?:(\d{1,7})s)?$")
 _DURATION_ISO = re.compile(r"^P(?:(\d{1,4})D)?(?:T(?:(\d{1,5})H)?(?:(\d{1,6})M)?(?:(\d{1,7})S)?)?$")
@@ -98,6 +100,9 @@ class Identity(_Strict):
 
     email: Email
     username: Username | None = None
+    object_id: ObjectId | None = Field(
+        default=None, description="Entra ID object id of the user, group or service principal"
+    )
     public_key: PublicKey | None = Field(
         default=None,
         description="X25519 public key (base64); generated credentials are sealed to it",

@@ -79,6 +79,9 @@ class GrantResult:
     reissued: bool = False
     # The expiry the target recorded for this grant (on a redelivery: the first delivery's).
     expires_at: datetime | None = None
+    # What the requester should know about this grant (e.g. how long the target takes to apply
+    # it everywhere); becomes the outcome's message.
+    note: str | None = None
 
 
 @dataclass

@@ -1,0 +1,707 @@
+"""Azure RBAC: a role assignment (a role definition on a subscription, resource group or resource
+scope) for the identity's Entra ID object id, through the ARM authorization API.
+
+Two modes (the connection's `mode`):
+
+- `assignment`: a plain role assignment, named by a GUID derived from the grant id and scope,
+  its description the grant's label. The connector ends it: at expiry (the scheduled revoke) or
+  in the sweep. Works in every tenant.
+- `pim`: a PIM `roleAssignmentScheduleRequests` (`AdminAssign`) with `scheduleInfo.expiration`,
+  so Azure itself ends the assignment on time even if the connector is down (fail closed). Needs
+  Entra ID P2 (or Governance). A revoke is an `AdminRemove` request.
+
+The ledger. ARM refuses a second assignment of one role to one principal on one scope
+(409 RoleAssignmentExists), so two grants of the same access share one assignment: its label
+lists every grant it holds, and a revoke removes its grant from the list, deleting the
+assignment only when none is left. A label is acted on only when its MAC (the connector's label
+key) verifies over the content *and* the assignment's id, principal and role: anyone who may edit
+descriptions can write text, not a label for an assignment the connector did not make, and a
+genuine label copied onto another assignment does not verify there. An assignment (or a name)
+the connector did not make is never changed or deleted.
+
+Revokes and the sweep read the assignments at the connection's `scopes` (where Terraform gives
+the connector its custom role); every permission's resources lie at or under one of them.
+
+RBAC changes take up to about 10 minutes to apply everywhere (Azure's published figure): the
+outcome says so, and a revoke is verified by reading the scope back, not by trying the access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from jitc import labels
+from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey, sign_label, verify_label
+from jitc.models import Grant, utcnow
+from jitc.secrets import Secret
+from jitc.templates.base import (
+    GrantResult,
+    GrantSpec,
+    PermissionSettings,
+    RevokeResult,
+    Settings,
+    grant_from_label,
+)
+
+KIND = "azure_rbac"
+GUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_GUID = re.compile(f"^{GUID}$")
+# Scopes as the catalog writes them (no leading slash): a subscription, a resource group in it,
+# or a resource (provider namespace, type and name pairs) in a resource group.
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._()-]{0,89}"
+SCOPE = re.compile(
+    rf"^subscriptions/(?P<sub>{GUID})"
+    rf"(/resourceGroups/{_SEGMENT}"
+    rf"(/providers/[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)+(/[A-Za-z][A-Za-z0-9]*/{_SEGMENT})+)?)?$"
+)
+# Built-in roles that hand out access itself; the catalog must mark a permission using one
+# `privileged: true`. Their ids are the same in every tenant.
+PRIVILEGED_ROLES = {
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
+    "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9": "User Access Administrator",
+    "f58310d9-a9f6-439a-9e8d-f62e7b41a168": "Role Based Access Control Administrator",
+}
+# Actions that write access: a role whose actions match one of these is privileged too (a custom
+# role can be an Owner in all but name). Matched with ARM's wildcard, case-insensitively.
+ACCESS_WRITING_ACTIONS = (
+    "microsoft.authorization/roleassignments/write",
+    "microsoft.authorization/roledefinitions/write",
+    "microsoft.authorization/elevateaccess/action",
+    "microsoft.authorization/roleassignmentschedulerequests/write",
+    "microsoft.authorization/roleeligibilityschedulerequests/write",
+)
+NOTE = (
+    "Azure RBAC applies role assignments within about 10 minutes; access may take that long "
+    "to work everywhere"
+)
+# One assignment holds at most this many grants (each adds ~200 characters to its description).
+MAX_SHARED = 8
+_NAMESPACE = uuid.UUID("6f1d2c7e-3b8a-5e43-9a61-0c2b4a7e9d15")
+
+# The process's credential and transport options (the Azure runtime sets them; see `use`).
+_credential: Any = None
+_transport: dict[str, Any] = {}
+
+
+def use(credential: Any, transport: dict[str, Any]) -> None:
+    """Act with this credential and these azure-core transport options (the function app's
+    managed identity); None falls back to `DefaultAzureCredential`."""
+    global _credential, _transport
+    _credential = credential
+    _transport = dict(transport)
+
+
+def assignment_name(grant_id: str, scope: str) -> str:
+    """The GUID name of a grant's assignment on one scope: every delivery computes the same."""
+    return str(uuid.uuid5(_NAMESPACE, f"{grant_id}\0{scope.lower()}"))
+
+
+def _remove_name(grant_id: str, scope: str) -> str:
+    """The GUID name of the AdminRemove request that revokes a PIM grant on `/scope`."""
+    return str(uuid.uuid5(_NAMESPACE, f"remove\0{grant_id}\0{scope.lower()}"))
+
+
+def role_definition_id(subscription_id: str, role: str) -> str:
+    return (
+        f"/subscriptions/{subscription_id}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+    )
+
+
+def _arm_glob(pattern: str, action: str) -> bool:
+    return fnmatch.fnmatchcase(action, pattern.lower().replace("[", "[[]"))
+
+
+def writes_access(actions: list[str]) -> list[str]:
+    """The actions of a role that could hand out access (empty: none can)."""
+    return [a for a in actions if any(_arm_glob(a.lower(), w) for w in ACCESS_WRITING_ACTIONS)]
+
+
+class Connection(Settings):
+    subscription_id: str = Field(pattern=f"^{GUID}$")
+    scopes: list[str] = Field(
+        min_length=1,
+        description="the scopes where the module gives the connector its custom role (no "
+        "leading slash); every permission's resources lie at or under one of them",
+    )
+    mode: Literal["assignment", "pim"] = Field(
+        default="assignment",
+        description="assignment: plain role assignment, ended by the connector; pim: a PIM "
+        "schedule request with an expiration, ended by Azure (Entra ID P2)",
+    )
+    allowed_principal_ids: list[str] = Field(
+        min_length=1,
+        description="object ids a grant may go to, or ['*'] for any principal of the tenant",
+    )
+    arm_endpoint: str = Field(
+        default="https://management.azure.com",
+        pattern=r"^https://[a-z0-9.-]+(:\d{1,5})?$",
+        description="Azure Resource Manager (another for sovereign clouds)",
+    )
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        for scope in scopes:
+            if not SCOPE.match(scope):
+                raise ValueError(
+                    f"{scope!r} is not a subscription, resource group or resource scope"
+                )
+        return scopes
+
+    @field_validator("allowed_principal_ids")
+    @classmethod
+    def _principals(cls, ids: list[str]) -> list[str]:
+        for item in ids:
+            if item != "*" and not _GUID.match(item):
+                raise ValueError(f"{item!r} is not an object id (lower-case GUID) or '*'")
+        return ids
+
+
+class Permission(PermissionSettings):
+    role_definition_id: str = Field(
+        pattern=f"^{GUID}$", description="the role definition's GUID (built-in or custom)"
+    )
+    principal_type: Literal["User", "Group", "ServicePrincipal"] = "User"
+    privileged: bool = Field(
+        default=False,
+        description="this role hands out access (Owner, User Access Administrator, RBAC "
+        "Administrator, or a role that writes role assignments): reviewed as such",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, resources: list[str]) -> list[str]:
+        for resource in resources:
+            if not SCOPE.match(resource):
+                raise ValueError(
+                    f"{resource!r} is not a scope: subscriptions/ID[/resourceGroups/NAME"
+                    "[/providers/NAMESPACE/TYPE/NAME]]"
+                )
+        return resources
+
+    @model_validator(mode="after")
+    def _privileged(self) -> Permission:
+        role = self.role_definition_id
+        if role in PRIVILEGED_ROLES and not self.privileged:
+            raise ValueError(
+                f"role {PRIVILEGED_ROLES[role]} hands out access: mark the permission "
+                "`privileged: true` if that is intended"
+            )
+        return self
+
+
+def _under(scope: str, parent: str) -> bool:
+    return scope.lower() == parent.lower() or scope.lower().startswith(parent.lower() + "/")
+
+
+def _principal_id(connection: Connection, spec: GrantSpec) -> str:
+    object_id = spec.identity.object_id
+    if object_id is None:
+        raise Refused("identity.object_id", "an Azure RBAC grant needs the identity's object id")
+    allowed = connection.allowed_principal_ids
+    if "*" not in allowed and object_id not in allowed:
+        raise Refused("identity.object_id", "not among the catalog's allowed principals")
+    return object_id
+
+
+def _check_scopes(connection: Connection, resources: tuple[str, ...] | list[str]) -> None:
+    for index, resource in enumerate(resources):
+        match = SCOPE.match(resource)
+        if match is None or match.group("sub") != connection.subscription_id:
+            raise Refused(f"resources[{index}]", "not a scope in the connection's subscription")
+        if not any(_under(resource, scope) for scope in connection.scopes):
+            raise Refused(f"resources[{index}]", "not under any of the connection's scopes")
+
+
+class AzureRbacTemplate:
+    kind: ClassVar[str] = KIND
+    Connection: ClassVar[type[Settings]] = Connection
+    Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        return False
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        assert isinstance(connection, Connection)
+        _principal_id(connection, spec)
+        _check_scopes(connection, spec.resources)
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
+        assert isinstance(connection, Connection)
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        principal = _principal_id(connection, spec)
+        _check_scopes(connection, spec.resources)
+        role = role_definition_id(connection.subscription_id, permission.role_definition_id)
+        until = spec.expires_at.astimezone(UTC).isoformat()
+        if connection.mode == "pim":
+            return [
+                f"PIM AdminAssign {role} to {permission.principal_type} {principal} on "
+                f"/{scope}, expiring {until} (Azure ends it)"
+                for scope in spec.resources
+            ]
+        return [
+            f"/{scope}/providers/Microsoft.Authorization/roleAssignments/"
+            f"{assignment_name(spec.grant_id, scope)}: assign {role} to "
+            f"{permission.principal_type} {principal}, revoked by the connector at {until}"
+            for scope in spec.resources
+        ]
+
+    def open(
+        self,
+        integration: str,
+        connection: Settings,
+        secret: Secret | None,
+        label_key: LabelKey | None = None,
+    ) -> AzureRbacSession:
+        assert isinstance(connection, Connection)
+        return AzureRbacSession(integration, connection, labels.required(label_key))
+
+
+def _code(exc: Exception) -> str:
+    error = getattr(exc, "error", None)
+    return str(getattr(error, "code", "") or "")
+
+
+class AzureRbacSession:
+    """An ARM authorization client for one batch, acting as the app's identity (no secret)."""
+
+    def __init__(self, integration: str, connection: Connection, key: LabelKey) -> None:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.mgmt.authorization import AuthorizationManagementClient
+
+        credential = _credential
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential(**_transport)
+        self.integration = integration
+        self.settings = connection
+        self.key = key
+        self.HttpResponseError = HttpResponseError
+        self.NotFound = ResourceNotFoundError
+        endpoint = connection.arm_endpoint
+        audience = "https://management.azure.com/.default"
+        if endpoint != "https://management.azure.com":
+            audience = f"{endpoint}/.default"
+        self.client = AuthorizationManagementClient(
+            credential,
+            connection.subscription_id,
+            base_url=endpoint,
+            credential_scopes=[audience],
+            **_transport,
+        )
+        self.assignments = self.client.role_assignments  # api-version 2022-04-01
+        self.requests = self.client.role_assignment_schedule_requests  # 2020-10-01
+
+    def close(self) -> None:
+        self.client.close()  # type: ignore[no-untyped-call]
+
+    # -- labels ----------------------------------------------------------------------------
+
+    def _bound(self, assignment: Any) -> str:
+        """What a label is bound to: the assignment's id, principal and role."""
+        return "\0".join(
+            [
+                str(assignment.id).lower(),
+                str(assignment.principal_id).lower(),
+                str(assignment.role_definition_id).lower(),
+            ]
+        )
+
+    def _label(self, assignment: Any) -> dict[str, Any] | None:
+        label = verify_label(self.key, KIND, self._bound(assignment), assignment.description)
+        if label is None or label.get("integration") != self.integration:
+            return None
+        if not isinstance(label.get("grants"), dict):
+            return None
+        return label
+
+    def _describe(
+        self, assignment_id: str, principal: str, role: str, label: dict[str, Any]
+    ) -> str:
+        bound = "\0".join([assignment_id.lower(), principal.lower(), role.lower()])
+        return sign_label(self.key, KIND, bound, label)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _get(self, scope: str, name: str) -> Any | None:
+        try:
+            return self.assignments.get(f"/{scope}", name)
+        except self.NotFound:
+            return None
+
+    def _ours(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Every assignment at or under the connection's scopes that carries our label."""
+        found: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for scope in self.settings.scopes:
+            for assignment in self.assignments.list_for_scope(f"/{scope}"):
+                if str(assignment.id).lower() in found:
+                    continue
+                if not any(
+                    _under(str(assignment.scope).lstrip("/"), s) for s in self.settings.scopes
+                ):
+                    continue
+                label = self._label(assignment)
+                if label is not None:
+                    found[str(assignment.id).lower()] = (assignment, label)
+        return list(found.values())
+
+    def _holding(self, principal: str, role: str, scope: str) -> Any | None:
+        """The assignment of `role` to `principal` exactly at `scope`, whoever made it."""
+        for assignment in self.assignments.list_for_scope(
+            f"/{scope}", filter=f"principalId eq '{principal}'"
+        ):
+            if (
+                str(assignment.scope).lower() == f"/{scope}".lower()
+                and str(assignment.role_definition_id).lower() == role.lower()
+            ):
+                return assignment
+        return None
+
+    # -- grant -----------------------------------------------------------------------------
+
+    def _check_role(self, permission: Permission, scope: str) -> None:
+        """A custom role may write access under another name: read it at grant time."""
+        if permission.privileged:
+            return
+        definition = self.client.role_definitions.get(f"/{scope}", permission.role_definition_id)
+        actions = [a for p in definition.permissions or [] for a in (p.actions or [])]
+        reasons = writes_access(actions)
+        if reasons:
+            raise Refused(
+                "permission",
+                f"role {definition.role_name} can hand out access ({', '.join(reasons)}); "
+                "mark the permission privileged if that is intended",
+            )
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        principal = _principal_id(self.settings, spec)
+        _check_scopes(self.settings, spec.resources)
+        role = role_definition_id(self.settings.subscription_id, permission.role_definition_id)
+        entry = {
+            "request_id": spec.request_id,
+            "permission": spec.permission_name,
+            "digest": spec.request_digest,
+            "expires_at": spec.expires_at.astimezone(UTC).isoformat(),
+        }
+        reissued = True
+        recorded: datetime | None = None
+        for scope in spec.resources:
+            self._check_role(permission, scope)
+            if self.settings.mode == "pim":
+                made, at = self._grant_pim(spec, scope, principal, role, entry)
+            else:
+                made, at = self._grant_assignment(spec, scope, principal, role, entry, permission)
+            reissued = reissued and not made
+            recorded = at if recorded is None else min(recorded, at)
+        mode = (
+            "PIM schedule (Azure ends it at expiry)"
+            if self.settings.mode == "pim"
+            else ("role assignment (the connector ends it at expiry)")
+        )
+        return GrantResult(
+            principal=f"{permission.principal_type}/{principal}",
+            reissued=reissued,
+            expires_at=recorded,
+            note=f"{mode}. {NOTE}.",
+        )
+
+    def _entry_of(self, label: dict[str, Any], spec: GrantSpec) -> dict[str, Any] | None:
+        entry = label["grants"].get(spec.grant_id)
+        if entry is None:
+            return None
+        if entry.get("state") == "tombstone":
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        if entry.get("digest") != spec.request_digest:
+            raise Refused("request_id", "this request id was already used for another request")
+        return dict(entry)
+
+    def _grant_assignment(
+        self,
+        spec: GrantSpec,
+        scope: str,
+        principal: str,
+        role: str,
+        entry: dict[str, Any],
+        permission: Permission,
+    ) -> tuple[bool, datetime]:
+        name = assignment_name(spec.grant_id, scope)
+        existing = self._get(scope, name) or self._holding(principal, role, scope)
+        if existing is not None:
+            label = self._label(existing)
+            if label is None:
+                raise Refused(
+                    "identity.object_id",
+                    f"role assignment {existing.name} on /{scope} was not created by this "
+                    "connector; it is left alone",
+                )
+            if (
+                str(existing.principal_id) != principal
+                or str(existing.role_definition_id).lower() != role.lower()
+            ):
+                raise TargetError(f"role assignment {name} holds another principal or role")
+            known = self._entry_of(label, spec)
+            if known is not None:
+                return False, datetime.fromisoformat(known["expires_at"])
+            # Another grant of the same access: this one joins its assignment.
+            grants = dict(label["grants"])
+            if sum(1 for e in grants.values() if e.get("state") != "tombstone") >= MAX_SHARED:
+                raise Refused("identity.object_id", "too many grants of this role on this scope")
+            grants[spec.grant_id] = entry
+            self._write(existing.scope, existing.name, principal, role, permission, grants)
+            return True, spec.expires_at
+        self._write(f"/{scope}", name, principal, role, permission, {spec.grant_id: entry})
+        return True, spec.expires_at
+
+    def _write(
+        self,
+        scope: str,
+        name: str,
+        principal: str,
+        role: str,
+        permission: Permission | None,
+        grants: dict[str, Any],
+        principal_type: str | None = None,
+    ) -> None:
+        assignment_id = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
+        kind = principal_type or (permission.principal_type if permission else "User")
+        label = {"integration": self.integration, "principal_type": kind, "grants": grants}
+        from azure.mgmt.authorization.v2022_04_01.models import RoleAssignmentCreateParameters
+
+        parameters = RoleAssignmentCreateParameters(
+            role_definition_id=role,
+            principal_id=principal,
+            principal_type=kind,
+            description=self._describe(assignment_id, principal, role, label),
+        )
+        self.assignments.create(scope, name, parameters)
+        made = self._get(scope.lstrip("/"), name)  # read back: what ARM holds now
+        if made is None or self._label(made) is None:
+            raise TargetError(f"role assignment {name} on {scope} did not read back as written")
+
+    def _pim_label(self, request: Any) -> dict[str, Any] | None:
+        if request is None or request.request_type != "AdminAssign":
+            return None
+        label = verify_label(self.key, KIND, self._bound(request), request.justification)
+        if label is None or label.get("integration") != self.integration:
+            return None
+        return label if isinstance(label.get("grants"), dict) else None
+
+    def _grant_pim(
+        self, spec: GrantSpec, scope: str, principal: str, role: str, entry: dict[str, Any]
+    ) -> tuple[bool, datetime]:
+        from azure.mgmt.authorization.v2020_10_01.models import (
+            RoleAssignmentScheduleRequest,
+            RoleAssignmentScheduleRequestPropertiesScheduleInfo,
+            RoleAssignmentScheduleRequestPropertiesScheduleInfoExpiration,
+        )
+
+        name = assignment_name(spec.grant_id, scope)
+        try:
+            # PIM keeps every request: the AdminRemove of a revoke is this grant's tombstone.
+            self.requests.get(f"/{scope}", _remove_name(spec.grant_id, f"/{scope}"))
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        except self.NotFound:
+            pass
+        try:
+            existing = self.requests.get(f"/{scope}", name)
+        except self.NotFound:
+            existing = None
+        if existing is not None:
+            label = self._pim_label(existing)
+            if label is None:
+                raise Refused(
+                    "identity.object_id",
+                    f"PIM request {name} on /{scope} was not created by this connector; it is "
+                    "left alone",
+                )
+            known = self._entry_of(label, spec)
+            if known is None:
+                raise TargetError(f"PIM request {name} holds another grant")
+            return False, datetime.fromisoformat(known["expires_at"])
+        request_id = (
+            f"/{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{name}"
+        )
+        label = {"integration": self.integration, "grants": {spec.grant_id: entry}}
+        bound = "\0".join([request_id.lower(), principal.lower(), role.lower()])
+        request = RoleAssignmentScheduleRequest(
+            role_definition_id=role,
+            principal_id=principal,
+            request_type="AdminAssign",
+            justification=sign_label(self.key, KIND, bound, label),
+            schedule_info=RoleAssignmentScheduleRequestPropertiesScheduleInfo(
+                start_date_time=utcnow().replace(microsecond=0),
+                expiration=RoleAssignmentScheduleRequestPropertiesScheduleInfoExpiration(
+                    type="AfterDateTime", end_date_time=spec.expires_at
+                ),
+            ),
+        )
+        try:
+            self.requests.create(f"/{scope}", name, request)
+        except self.HttpResponseError as exc:
+            if _code(exc) != "RoleAssignmentExists":
+                raise
+            raise Refused(
+                "identity.object_id",
+                f"the principal already holds this role on /{scope} through an assignment not "
+                "created by this connector (PIM cannot share it); it is left alone",
+            ) from None
+        return True, spec.expires_at
+
+    def _pim_ours(self) -> list[tuple[Any, dict[str, Any]]]:
+        found: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for scope in self.settings.scopes:
+            for request in self.requests.list_for_scope(f"/{scope}"):
+                label = self._pim_label(request)
+                if label is not None and str(request.id).lower() not in found:
+                    found[str(request.id).lower()] = (request, label)
+        return list(found.values())
+
+    def _revoke_pim(self, grant_id: str) -> RevokeResult:
+        from azure.mgmt.authorization.v2020_10_01.models import RoleAssignmentScheduleRequest
+
+        result = RevokeResult(found=False)
+        for request, label in self._pim_ours():
+            entry = label["grants"].get(grant_id)
+            if entry is None:
+                continue
+            scope = str(request.scope)
+            remove = _remove_name(grant_id, scope)
+            result.principal = f"{label.get('principal_type', 'User')}/{request.principal_id}"
+            result.expires_at = datetime.fromisoformat(entry["expires_at"])
+            try:
+                self.requests.get(scope, remove)
+                continue  # an earlier delivery of this revoke removed it
+            except self.NotFound:
+                pass
+            result.found = True
+            try:
+                self.requests.create(
+                    scope,
+                    remove,
+                    RoleAssignmentScheduleRequest(
+                        role_definition_id=str(request.role_definition_id),
+                        principal_id=str(request.principal_id),
+                        request_type="AdminRemove",
+                        justification=f"jit-connector revoke {grant_id}",
+                    ),
+                )
+            except self.HttpResponseError as exc:
+                # Azure ended it already (the expiration): nothing left to remove.
+                if _code(exc) != "RoleAssignmentDoesNotExist":
+                    raise
+            role = str(request.role_definition_id)
+            if self._holding(str(request.principal_id), role, scope.lstrip("/")) is not None:
+                result.residual.append(f"the PIM assignment of {grant_id} on {scope} still exists")
+        result.verified = not result.residual
+        return result
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        if self.settings.mode == "pim":
+            return self._revoke_pim(grant_id)
+        found = False
+        principal: str | None = None
+        expires_at: datetime | None = None
+        residual: list[str] = []
+        for assignment, label in self._ours():
+            entry = label["grants"].get(grant_id)
+            if entry is None or entry.get("state") == "tombstone":
+                continue
+            found = True
+            principal = f"{label.get('principal_type', 'User')}/{assignment.principal_id}"
+            expires_at = datetime.fromisoformat(entry["expires_at"])
+            rest = {g: e for g, e in label["grants"].items() if g != grant_id}
+            active = {g: e for g, e in rest.items() if e.get("state") != "tombstone"}
+            scope = str(assignment.scope)
+            if active:
+                self._write(scope, str(assignment.name), str(assignment.principal_id),
+                            str(assignment.role_definition_id), None, rest,
+                            str(label.get("principal_type", "User")))  # fmt: skip
+                continue
+            with contextlib.suppress(self.NotFound):
+                self.assignments.delete(scope, str(assignment.name))
+            if self._get(scope.lstrip("/"), str(assignment.name)) is not None:
+                residual.append(f"role assignment {assignment.name} on {scope} still exists")
+        return RevokeResult(
+            found=found,
+            principal=principal,
+            expires_at=expires_at,
+            residual=residual,
+            verified=not residual,
+        )
+
+    def forget(self, grant_id: str) -> None:
+        """No tombstones are kept here (see docs/azure.md): nothing to forget."""
+
+    # -- sweep and inventory ---------------------------------------------------------------
+
+    def active_grants(self) -> list[Grant]:
+        grants: list[Grant] = []
+        if self.settings.mode == "pim":
+            return self._pim_active()
+        for assignment, label in self._ours():
+            for grant_id, entry in label["grants"].items():
+                if entry.get("state") == "tombstone":
+                    continue
+                grant = grant_from_label(
+                    KIND,
+                    f"{label.get('principal_type', 'User')}/{assignment.principal_id}",
+                    {
+                        "grant_id": grant_id,
+                        "request_id": entry.get("request_id", ""),
+                        "integration": self.integration,
+                        "permission": entry.get("permission", ""),
+                        "expires_at": entry.get("expires_at"),
+                        "scope": str(assignment.scope),
+                    },
+                )
+                if grant is not None:
+                    grants.append(grant)
+        return grants
+
+    def _pim_active(self) -> list[Grant]:
+        grants: list[Grant] = []
+        for request, label in self._pim_ours():
+            scope = str(request.scope)
+            role = str(request.role_definition_id)
+            if self._holding(str(request.principal_id), role, scope.lstrip("/")) is None:
+                continue  # ended by Azure at its expiration, or removed
+            for grant_id, entry in label["grants"].items():
+                grant = grant_from_label(
+                    KIND,
+                    f"{label.get('principal_type', 'User')}/{request.principal_id}",
+                    {
+                        "grant_id": grant_id,
+                        "request_id": entry.get("request_id", ""),
+                        "integration": self.integration,
+                        "permission": entry.get("permission", ""),
+                        "expires_at": entry.get("expires_at"),
+                        "scope": scope,
+                    },
+                )
+                if grant is not None:
+                    grants.append(grant)
+        return grants
+
+    def inventory(self) -> dict[str, list[str]]:
+        assignments: set[str] = set()
+        for scope in self.settings.scopes:
+            for assignment in self.assignments.list_for_scope(f"/{scope}"):
+                assignments.add(
+                    f"{assignment.scope} {assignment.principal_id} {assignment.role_definition_id}"
+                )
+        return {"scopes": sorted(self.settings.scopes), "role_assignments": sorted(assignments)}

@@ -1,0 +1,59 @@
+"""Fixtures of the Azure tests: one local Azure per session (Azurite, identity, Key Vault, ARM),
+the PostgreSQL schema the grants use, and a clean app environment per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import azharness
+import pytest
+
+_SETTINGS = (
+    "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID", "JITC_CATALOG",
+    "JITC_CATALOG_SHA256", "JITC_QUEUE_NAME", "JITC_POISON_QUEUE_NAME", "JitcQueue__queueServiceUri",
+    "JITC_CA_BUNDLE", "JITC_KEY_VAULT_DNS_SUFFIX", "JITC_EXPIRY_MAX_DELAY_SECONDS",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[azharness.Cloud]:
+    yield from azharness.start_cloud(tmp_path_factory.mktemp("azure"))
+
+
+@pytest.fixture(autouse=True)
+def _app_environment() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in _SETTINGS}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    from jitc.azure import runtime
+
+    runtime.reset()
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Any]:
+    import psycopg
+    from psycopg import sql
+
+    conn = psycopg.connect(azharness.PG_DSN, autocommit=True, connect_timeout=5)
+    schema = sql.Identifier(azharness.PG_SCHEMA)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.items (name text)").format(schema))
+    yield conn
+    rows = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (azharness.PG_PREFIX,)
+    ).fetchall()
+    for (name,) in rows:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+    conn.close()

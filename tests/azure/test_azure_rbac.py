@@ -1,0 +1,294 @@
+"""The Azure RBAC template beyond the contract suite: PIM mode (Azure ends the assignment),
+privileged roles, hostile neighbours who edit descriptions, and least privilege: every call the
+app's identity makes, under the rights rendered from the Terraform module, compared with those
+rights by action and scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import azharness
+import azspec
+import pytest
+import tfazure
+from azfakes import Call
+
+from jitc.catalog import parse_catalog
+from jitc.engine import Engine
+from jitc.errors import CatalogError
+from jitc.local import MemorySink, NullScheduler
+from jitc.messages import parse_request
+from jitc.models import Outcome
+from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.templates import azure_rbac
+
+SUB = azharness.SUBSCRIPTION
+SCOPE = f"subscriptions/{SUB}/resourceGroups/rbac-{azharness.RUN}"
+OTHER_SCOPE = f"subscriptions/{SUB}/resourceGroups/other-{azharness.RUN}"
+READER = azspec.BUILTIN_ROLES["Reader"][0]
+OWNER = azspec.BUILTIN_ROLES["Owner"][0]
+ESCALATOR = str(uuid.uuid4())  # a custom role that can write role assignments
+LABEL_KEY = "rbac-label-key-" + "r" * 20
+
+
+class Env:
+    def __init__(self, cloud: azharness.Cloud, mode: str, roles: list[str]) -> None:
+        self.cloud = cloud
+        self.arm = cloud.arm
+        self.integration = f"rbac-{mode}"
+        self.principals = [str(uuid.uuid4()) for _ in range(3)]
+        permissions: dict[str, Any] = {
+            "reader": {"role_definition_id": READER, "resources": [SCOPE]},
+            "escalator": {"role_definition_id": ESCALATOR, "resources": [SCOPE]},
+        }
+        doc = {
+            "connector": {"label_key": "mem:label"},
+            "integrations": {
+                self.integration: {
+                    "kind": "azure_rbac",
+                    "connection": {
+                        "subscription_id": SUB,
+                        "scopes": [SCOPE],
+                        "mode": mode,
+                        "allowed_principal_ids": self.principals,
+                        "arm_endpoint": self.arm.endpoint,
+                    },
+                    "max_duration": "8h",
+                    "permissions": permissions,
+                }
+            },
+        }
+        self.catalog = parse_catalog(doc)
+        self.sink = MemorySink()
+        self.engine = Engine(
+            self.catalog,
+            SecretStores({"mem": EnvSecretStore({"label": LABEL_KEY})}),
+            NullScheduler(),
+            self.sink,
+        )
+        rendered = tfazure.render(
+            {
+                "name": "rbac",
+                "key_vault_id": azharness.VAULT_ID,
+                "key_vault_secret_names": [],
+                "rbac_scopes": [f"/{SCOPE}"],
+                "rbac_role_ids": roles,
+                "rbac_pim": mode == "pim",
+                "control_plane_principal_id": None,
+            },
+            storage_account_id=azharness.STORAGE_ID,
+            principal=azharness.APP_OID,
+            client_id=azharness.APP_CLIENT_ID,
+        )
+        cloud.authz.assignments[:] = rendered.assignments
+        cloud.authz.calls.clear()
+
+    def request(self, action: str = "grant", principal: int = 0, **fields: Any) -> Any:
+        doc: dict[str, Any] = {
+            "request_id": fields.pop("request_id", f"r-{uuid.uuid4().hex[:8]}"),
+            "action": action,
+            "integration": self.integration,
+        }
+        if action == "grant":
+            doc |= {
+                "permission": "reader",
+                "resources": [SCOPE],
+                "identity": {"email": "ana@example.com", "object_id": self.principals[principal]},
+                "duration": "1h",
+            }
+        return parse_request(__import__("json").dumps(doc | fields))
+
+    def run(self, action: str = "grant", **fields: Any) -> Outcome:
+        return self.engine.execute(self.request(action, **fields))
+
+
+@pytest.fixture
+def identity_env(cloud: azharness.Cloud) -> Iterator[None]:
+    import azfakes
+    from azure.identity import ManagedIdentityCredential
+
+    with azfakes.environment(cloud.identity.env):
+        azure_rbac.use(
+            ManagedIdentityCredential(client_id=azharness.APP_CLIENT_ID),
+            {"connection_verify": str(cloud.tls.cert)},
+        )
+        yield
+    azure_rbac.use(None, {})
+    with cloud.arm.lock:
+        cloud.arm.assignments.clear()
+        cloud.arm.requests.clear()
+        cloud.arm.clock_offset = dt.timedelta(0)
+
+
+@pytest.fixture
+def plain(cloud: azharness.Cloud, identity_env: None) -> Env:
+    cloud.arm.add_role(ESCALATOR, "Escalator", ["Microsoft.Authorization/*"])
+    return Env(cloud, "assignment", [READER, ESCALATOR])
+
+
+@pytest.fixture
+def pim(cloud: azharness.Cloud, identity_env: None) -> Env:
+    return Env(cloud, "pim", [READER])
+
+
+def test_the_outcome_names_the_mode_and_the_propagation_delay(plain: Env) -> None:
+    outcome = plain.run(request_id="note")
+    assert outcome.status == "granted"
+    assert "role assignment (the connector ends it" in str(outcome.message)
+    assert "10 minutes" in str(outcome.message)
+
+
+def test_pim_mode_lets_azure_end_the_assignment_on_time(pim: Env) -> None:
+    outcome = pim.run(request_id="pim-1")
+    assert outcome.status == "granted", outcome
+    assert "PIM schedule (Azure ends it at expiry)" in str(outcome.message)
+    [request] = pim.arm.requests.values()
+    props = request["properties"]
+    assert props["requestType"] == "AdminAssign"
+    assert props["scheduleInfo"]["expiration"]["type"] == "AfterDateTime"
+    end = dt.datetime.fromisoformat(
+        props["scheduleInfo"]["expiration"]["endDateTime"].replace("Z", "+00:00")
+    )
+    assert abs((end - outcome.expires_at).total_seconds()) < 1  # type: ignore[operator]
+    assert pim.arm.holds(pim.principals[0], READER, f"/{SCOPE}")
+    assert [g.grant_id for g in pim.engine.live_grants()[pim.integration]] == [outcome.grant_id]  # type: ignore[union-attr]
+    redelivered = pim.run(request_id="pim-1")
+    assert redelivered.status == "granted" and redelivered.reissued
+    # The connector is down past the expiry: Azure itself ends the access.
+    pim.arm.clock_offset = dt.timedelta(hours=2)
+    assert not pim.arm.holds(pim.principals[0], READER, f"/{SCOPE}")
+    late = pim.run("revoke", request_id="pim-1")
+    assert late.status == "revoked" and late.verified
+
+
+def test_pim_mode_revoke_removes_the_assignment(pim: Env) -> None:
+    assert pim.run(request_id="pim-2").status == "granted"
+    revoke = pim.run("revoke", request_id="pim-2")
+    assert revoke.status == "revoked" and revoke.verified and revoke.residual == []
+    assert not pim.arm.holds(pim.principals[0], READER, f"/{SCOPE}")
+    kinds = sorted(r["properties"]["requestType"] for r in pim.arm.requests.values())
+    assert kinds == ["AdminAssign", "AdminRemove"]
+    again = pim.run("revoke", request_id="pim-2")
+    assert again.status == "revoked" and "nothing to revoke" in str(again.message)
+    # PIM keeps the AdminRemove request: a grant redelivered after its revoke is refused.
+    late = pim.run(request_id="pim-2")
+    assert late.status == "refused" and late.field == "request_id"
+    assert not pim.arm.holds(pim.principals[0], READER, f"/{SCOPE}")
+
+
+def test_privileged_roles_need_the_catalog_mark() -> None:
+    base = {
+        "subscription_id": SUB, "scopes": [SCOPE], "allowed_principal_ids": ["*"],
+    }  # fmt: skip
+    doc = {
+        "connector": {"label_key": "mem:label"},
+        "integrations": {
+            "rbac": {
+                "kind": "azure_rbac", "connection": base, "max_duration": "1h",
+                "permissions": {"owner": {"role_definition_id": OWNER, "resources": [SCOPE]}},
+            }
+        },
+    }  # fmt: skip
+    with pytest.raises(CatalogError, match="privileged"):
+        parse_catalog(doc)
+    doc["integrations"]["rbac"]["permissions"]["owner"]["privileged"] = True
+    parse_catalog(doc)
+
+
+def test_a_custom_role_that_writes_assignments_is_refused_at_grant(plain: Env) -> None:
+    outcome = plain.run(request_id="esc", permission="escalator")
+    assert outcome.status == "refused" and outcome.field == "permission"
+    assert "can hand out access" in str(outcome.message)
+    assert not plain.arm.assignments
+
+
+def test_a_copied_genuine_label_never_steers_a_revoke(plain: Env) -> None:
+    """A neighbour who may edit descriptions copies our label onto their own assignment of the
+    same role (another principal): the MAC binds the label to our assignment's id, principal and
+    role, so revoke and sweep leave theirs alone."""
+    granted = plain.run(request_id="copy")
+    assert granted.status == "granted"
+    [ours] = plain.arm.assignments.values()
+    theirs = plain.arm.assign(
+        f"/{SCOPE}", str(uuid.uuid4()), READER, plain.principals[2], ours.description
+    )
+    # And one under the very name the connector would use for a grant it never made.
+    squat_name = azure_rbac.assignment_name(
+        str(plain.request(request_id="never").target_grant_id), SCOPE
+    )
+    squat = plain.arm.assign(f"/{SCOPE}", squat_name, READER, plain.principals[1], ours.description)
+    revoke = plain.run("revoke", request_id="copy")
+    assert revoke.status == "revoked" and revoke.verified
+    never = plain.run("revoke", request_id="never")
+    assert "nothing to revoke" in str(never.message)
+    report = plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=9))
+    assert report.ok and not report.revoked
+    assert {a.name for a in plain.arm.assignments.values()} == {theirs.name, squat.name}
+
+
+def test_an_existing_assignment_of_the_same_access_is_left_alone(plain: Env) -> None:
+    """The principal already holds the role on the scope through an assignment the connector
+    did not make: ARM answers 409 to a second one; the grant is refused, nothing changes, and no
+    later revoke or sweep touches the neighbour's assignment."""
+    theirs = plain.arm.assign(f"/{SCOPE}", str(uuid.uuid4()), READER, plain.principals[0])
+    outcome = plain.run(request_id="exists")
+    assert outcome.status == "refused" and "not created by this connector" in str(outcome.message)
+    assert plain.run("revoke", request_id="exists").status == "revoked"
+    assert [a.name for a in plain.arm.assignments.values()] == [theirs.name]
+    assert theirs.description is None
+
+
+def test_shared_assignment_ends_only_with_its_last_grant(plain: Env) -> None:
+    one = plain.run(request_id="share-1")
+    two = plain.run(request_id="share-2", duration="2h")
+    assert one.status == two.status == "granted"
+    assert len(plain.arm.assignments) == 1  # ARM allows one per principal, role and scope
+    assert plain.run("revoke", request_id="share-1").status == "revoked"
+    assert plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+    assert plain.run("revoke", request_id="share-2").status == "revoked"
+    assert not plain.arm.assignments
+
+
+def test_a_scope_outside_the_connection_is_refused(plain: Env) -> None:
+    outcome = plain.run(request_id="out", resources=[OTHER_SCOPE])
+    assert outcome.status == "refused" and outcome.field in ("resources[0]", "resources")
+    assert not plain.arm.assignments
+
+
+def _used(calls: list[Call]) -> set[tuple[str, str]]:
+    return {(c.action, c.scope.lower()) for c in calls}
+
+
+def test_least_privilege_every_call_is_allowed_and_every_right_is_used(
+    cloud: azharness.Cloud, identity_env: None
+) -> None:
+    """Both modes run every operation under the module's rights; the fake records each call's
+    action and scope. Every call was allowed, and the custom role holds no action unused."""
+    used: set[tuple[str, str]] = set()
+    granted_actions: set[str] = set()
+    for mode in ("assignment", "pim"):
+        env = Env(cloud, mode, [READER])
+        granted_actions |= set(tfazure.rbac_actions(tfazure.load(), pim=mode == "pim"))
+        assert env.run(request_id=f"lp-{mode}").status == "granted"
+        assert env.run("revoke", request_id=f"lp-{mode}").status == "revoked"
+        env.engine.sweep()
+        env.engine.live_grants()
+        denied = [c for c in cloud.authz.calls if not c.allowed]
+        assert denied == [], denied
+        used |= _used(cloud.authz.calls)
+    assert {action for action, _ in used} == granted_actions
+    assert {scope for _, scope in used} == {f"/{SCOPE}".lower()}
+
+
+def test_the_condition_keeps_the_connector_to_the_catalogs_roles(
+    cloud: azharness.Cloud, identity_env: None
+) -> None:
+    """A catalog role the module was not told about (rbac_role_ids) is refused by ARM: the
+    connector's right to write assignments cannot hand out anything else."""
+    env = Env(cloud, "assignment", [str(uuid.uuid4())])
+    outcome = env.run(request_id="cond")
+    assert outcome.status == "failed" and "AuthorizationFailed" in str(outcome.message)
+    assert not env.arm.assignments

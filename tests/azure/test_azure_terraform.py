@@ -1,0 +1,131 @@
+"""The Azure module read as data: what the Flex Consumption app is given, what it may do, where,
+and that its alerts query the events the code writes. (The flows under these rights are in
+test_azure_flow.py and test_azure_rbac.py; checkov and `terraform fmt` run in .ci/run.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tfazure
+import yaml
+
+from jitc.azure import runtime
+
+MODULE = tfazure.load()
+
+# App settings a Flex Consumption app refuses (the platform owns them).
+FLEX_FORBIDDEN = {
+    "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE", "AzureWebJobsStorage",
+    "WEBSITE_NODE_DEFAULT_VERSION", "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD",
+}  # fmt: skip
+
+
+def app() -> dict[str, object]:
+    return MODULE.resources[("azurerm_function_app_flex_consumption", "app")]
+
+
+def test_the_app_is_python_311_on_flex_consumption_from_the_package() -> None:
+    body = app()
+    assert body["runtime_name"] == "python" and body["runtime_version"] == "3.11"
+    assert body["zip_deploy_file"] == "${var.package_zip}"
+    assert MODULE.resources[("azurerm_service_plan", "app")]["sku_name"] == "FC1"
+    assert body["storage_authentication_type"] == "UserAssignedIdentity"
+    assert body["https_only"] is True
+
+
+def test_app_settings_are_what_the_code_reads_and_nothing_flex_refuses() -> None:
+    settings = app()["app_settings"]
+    assert isinstance(settings, dict)
+    assert not FLEX_FORBIDDEN & set(settings)
+    source = Path(runtime.__file__).read_text()
+    read = set(re.findall(r'_env\("([A-Za-z_]+)"\)|get\("([A-Za-z_]+)"\)', source))
+    needed = {a or b for a, b in read} | {f"{runtime.CONNECTION}__queueServiceUri"}
+    optional = {"JITC_CATALOG_PATH", "JITC_CA_BUNDLE", "JITC_KEY_VAULT_DNS_SUFFIX"}
+    assert needed - optional <= set(settings), needed - optional - set(settings)
+    # Identity-based connections only: no connection string, no key anywhere.
+    assert settings["JitcQueue__credential"] == "managedidentity"
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert not [k for k in settings if "ConnectionString" in k or k.endswith("Key")]
+
+
+def test_the_storage_account_takes_entra_id_tokens_only() -> None:
+    account = MODULE.resources[("azurerm_storage_account", "app")]
+    assert account["shared_access_key_enabled"] is False
+    assert account["min_tls_version"] == "TLS1_2"
+    assert account["https_traffic_only_enabled"] is True
+    assert account["default_to_oauth_authentication"] is True
+
+
+def test_every_right_is_on_a_named_resource_never_an_account_or_group() -> None:
+    rendered = tfazure.render(
+        {
+            "name": "t",
+            "key_vault_id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/v",
+            "key_vault_secret_names": ["a", "b"],
+            "rbac_scopes": ["/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/x"],
+            "rbac_role_ids": ["acdd72a7-3385-48ef-bd42-f606fba81ae7"],
+            "rbac_pim": True,
+            "control_plane_principal_id": None,
+        },
+        storage_account_id="/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/acct",
+        principal="APP",
+    )
+    by_role: dict[str, list[str]] = {}
+    for assignment in rendered.assignments:
+        assert assignment.principal == "APP"
+        by_role.setdefault(assignment.role.split(":", 1)[1], []).append(assignment.scope)
+    assert sorted(by_role["Key Vault Secrets User"]) == [
+        "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/v/secrets/a",
+        "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/v/secrets/b",
+    ]
+    assert all(
+        re.search(r"/queueServices/default/queues/t-requests(-poison)?$", s)
+        for s in by_role["Storage Queue Data Contributor"]
+    )
+    assert all("/blobServices/default/containers/" in s for s in by_role["Storage Blob Data Owner"])
+    assert by_role["rbac_target"] == [
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/x"
+    ]
+    for role in ("Owner", "Contributor", "User Access Administrator"):
+        assert role not in by_role
+    actions = tfazure.rbac_actions(MODULE, pim=True)
+    assert all(
+        a.startswith(("Microsoft.Authorization/roleAssignments/", "Microsoft.Authorization/roleDefinitions/read",
+                      "Microsoft.Authorization/roleAssignmentScheduleRequests/"))
+        for a in actions
+    )  # fmt: skip
+    [target] = [a for a in rendered.assignments if a.role.endswith("rbac_target")]
+    assert target.allowed_roles == frozenset({"acdd72a7-3385-48ef-bd42-f606fba81ae7"})
+
+
+def test_alerts_query_the_events_the_code_writes() -> None:
+    text = MODULE.texts["alerts.tf"]
+    code = "".join(
+        (Path(runtime.__file__).parent / name).read_text() for name in ("worker.py", "scheduled.py")
+    )
+    for event in ("poison queue not empty", "moving to the poison queue", "sweep completed"):
+        assert event in text and event in code, event
+    assert len(MODULE.of_kind("azurerm_monitor_scheduled_query_rules_alert_v2")) == 1
+    assert set(re.findall(r"^    (\w+) = \{", text, re.MULTILINE)) == {
+        "poison", "failures", "sweep_silence",
+    }  # fmt: skip
+
+
+def test_the_example_derives_the_modules_inputs_from_its_catalog() -> None:
+    from jitc.catalog import load_catalog
+
+    path = tfazure.EXAMPLE / "catalog.yaml"
+    load_catalog(path)  # the example's catalog is valid
+    doc = yaml.safe_load(path.read_text())
+    references = [i["credentials"] for i in doc["integrations"].values() if i.get("credentials")]
+    references += [
+        doc["connector"][k] for k in ("label_key", "signing_key") if k in doc["connector"]
+    ]
+    # The example's expression: split("/", split("#", r)[0])[4]
+    names = sorted({r.split("#")[0].split("/")[4] for r in references})
+    assert names == ["jitc-label-key", "orders-db-admin"]
+    main = (tfazure.EXAMPLE / "main.tf").read_text()
+    assert 'split("/", split("#", r)[0])[4]' in main
+    assert "rbac_role_ids              = local.rbac_roles" in main
