@@ -295,10 +295,7 @@ def test_label_is_a_channel_of_the_user_with_expiry_and_no_email(env: Env) -> No
     assert outcome.grant_id in {g.grant_id for g in mine.active_grants()}
     # Under another key the same name is not a label of ours: nothing acts on it.
     other = RedisSession(
-        INTEGRATION,
-        integration.connection,
-        Secret(ADMIN_PASSWORD),
-        LabelKey.from_secret("another-label-key-0123456789"),
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(outcome.grant_id, datetime.now(UTC)).found is False
@@ -585,12 +582,7 @@ def test_labels_round_trip_bind_their_user_and_refuse_unreadable_fields() -> Non
     text = encode_label(key, "redis", "jit-a", label)
     assert decode_label(key, "redis", "jit-a", text) == label
     assert decode_label(key, "redis", "jit-b", text) is None  # copied to another user
-    assert (
-        decode_label(
-            LabelKey.from_secret("yet-another-label-key-0123456789"), "redis", "jit-a", text
-        )
-        is None
-    )
+    assert decode_label(LabelKey.from_secret("yet-another-label-key-0123456789"), "redis", "jit-a", text) is None
     assert decode_label(key, "rabbitmq", "jit-a", text) is None  # another target kind
     tampered = text.replace(":a:", ":t:")
     assert decode_label(key, "redis", "jit-a", tampered) is None
