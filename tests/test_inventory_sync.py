@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 from inventory_cp import ControlPlane, serving
-from pgtest import PG_DSN, RUN, SCHEMA, catalog_doc
+from pgtest import PG_DSN, RUN, catalog_doc
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -32,6 +32,8 @@ from jitc.secrets import EnvSecretStore, SecretStores
 from jitc.signing import signing_keypair
 
 PRIVATE, PUBLIC = signing_keypair()
+# This module's own schema: other modules of the same run share pgtest's SCHEMA.
+SCHEMA = f"ji_{RUN}"
 LABEL_KEY = secrets.token_urlsafe(32)
 ADMIN_PASSWORD = "pw-" + secrets.token_urlsafe(18)  # must never leave
 ROW_MARKER = f"row-data-{secrets.token_hex(8)}"  # a value in a table: must never leave

@@ -333,10 +333,7 @@ def test_a_label_under_another_key_or_copied_to_another_user_is_not_ours(env: En
     outcome = env.engine.execute(env.request())
     integration = env.engine.catalog.integration(INTEGRATION)
     other = RabbitMQSession(
-        INTEGRATION,
-        integration.connection,
-        Secret(ADMIN_PASSWORD),
-        LabelKey.from_secret("another-label-key-0123456789"),
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(str(outcome.grant_id), datetime.now(UTC)).found is False

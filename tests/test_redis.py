@@ -248,10 +248,7 @@ def test_label_is_a_channel_of_the_user_with_expiry_and_no_email(env: Env) -> No
     assert outcome.grant_id in {g.grant_id for g in mine.active_grants()}
     # Under another key the same name is not a label of ours: nothing acts on it.
     other = RedisSession(
-        INTEGRATION,
-        integration.connection,
-        Secret(ADMIN_PASSWORD),
-        LabelKey.from_secret("another-label-key-0123456789"),
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(outcome.grant_id, datetime.now(UTC)).found is False

@@ -427,4 +427,6 @@ class MySQLTemplate:
         from jitc.templates.mysql_session import MySQLSession
 
         assert isinstance(connection, Connection)
-        return MySQLSession(integration, connection, secret, labels.required(label_key))
+        return MySQLSession(
+            integration, connection, secret, labels.required(label_key)
+        )

@@ -71,7 +71,9 @@ def _record_calls() -> None:
             CALLS.setdefault(function, set()).add(f"{prefix}:{operation_name}")
         service = self.meta.service_model.service_name
         if function is not None:
-            REQUESTS.append(Request(function, service, operation_name, dict(api_params), prefix))
+            REQUESTS.append(
+                Request(function, service, operation_name, dict(api_params), prefix)
+            )
         breaches = awsmodel.violations(service, operation_name, api_params)
         if breaches:
             REFUSED.extend(breaches)

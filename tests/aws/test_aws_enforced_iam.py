@@ -191,7 +191,5 @@ def test_a_policy_lacking_a_call_the_code_makes_fails_the_flow(enforced: Any) ->
         awsharness.FUNCTION_CREDENTIALS["intake"] = _role("jitc-intake-lacking", document)
     rid = f"enf-{uuid.uuid4().hex[:8]}"
     # The intake answers 503 (nothing accepted) when the queue refuses it.
-    response = invoke(
-        "intake", intake.handler, signed_http_event(_grant(rid, deployment), deployment)
-    )
+    response = invoke("intake", intake.handler, signed_http_event(_grant(rid, deployment), deployment))
     assert response["statusCode"] == 503, response

@@ -362,7 +362,9 @@ def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> No
     }
 
 
-def test_a_principal_without_the_connectors_boundary_gets_nothing(engine: Engine, iam: Any) -> None:
+def test_a_principal_without_the_connectors_boundary_gets_nothing(
+    engine: Engine, iam: Any
+) -> None:
     outcome = run(engine, grant("s3-read", "dev-free", ["bucket-a"]))
     assert (outcome.status, outcome.field) == ("refused", "identity.username")
     assert "permissions boundary" in (outcome.message or "")
@@ -546,7 +548,9 @@ def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: 
     # The connector's own account holds nothing of it.
     assert client("iam").list_policies(Scope="Local", PathPrefix="/jitc/")["Policies"] == []
     assumed = [r for r in REQUESTS[start:] if r.operation == "AssumeRole"]
-    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [(role_arn, "ext-1")]
+    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [
+        (role_arn, "ext-1")
+    ]
     aws_session.reset()
 
 

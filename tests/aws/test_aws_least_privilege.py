@@ -95,6 +95,7 @@ def recorded() -> Record:
         and any(c.startswith("sso:") for c in calls.get("worker", set()))
         and any(c.startswith("iam:") for c in calls.get("sweep", set()))
         and any(c.startswith("sso:") for c in calls.get("sync", set()))
+        and "dynamodb:GetItem" in calls.get("sync", set())
     )
     if complete:
         return Record(calls, list(awsharness.REQUESTS), set(awsharness.SECRET_REFS))
