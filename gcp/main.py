@@ -1,0 +1,43 @@
+"""Cloud Run functions (2nd gen) entry points: `intake`, `worker`, `sweep`.
+
+`jitc package gcp` copies this file to the source root, where Cloud Functions load `main.py`;
+each function's `entry_point` names one of these. Everything else is in `jitc.gcp.handlers`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import flask
+import functions_framework
+
+from jitc.gcp import handlers
+
+_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+
+
+def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
+    http = handlers.HttpRequest(
+        method=request.method,
+        path=request.path,
+        headers=dict(request.headers),
+        body=request.get_data(cache=False),
+    )
+    status, body = handler(*args, http) if args else handler(http)
+    return flask.Response(json.dumps(body), status=status, headers=_HEADERS)
+
+
+@functions_framework.http
+def intake(request: flask.Request) -> flask.Response:
+    return _call(handlers.intake, request)
+
+
+@functions_framework.http
+def worker(request: flask.Request) -> flask.Response:
+    return _call(handlers.worker, request)
+
+
+@functions_framework.http
+def sweep(request: flask.Request) -> flask.Response:
+    return _call(handlers.scheduled, request, "sweep")
