@@ -37,6 +37,20 @@ def task_id(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+def status_name(exc: Exception) -> str | None:
+    """Google's status name (`ALREADY_EXISTS`, `ABORTED`) of an API error, from the gRPC code
+    or from the REST answer's `error.status`."""
+    code = getattr(exc, "grpc_status_code", None)
+    if code is not None:
+        return str(getattr(code, "name", code))
+    response = getattr(exc, "response", None)
+    try:
+        status = response.json()["error"]["status"] if response is not None else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return str(status) if status else None
+
+
 def hop_message(grant_id: str, integration: str, expires_at: datetime) -> str:
     return json.dumps(
         {
@@ -83,7 +97,11 @@ class CloudTasksQueue:
 
         try:
             self._client.create_task(parent=self.queue, task=self.task(body, name, at))
-        except exceptions.AlreadyExists:
+        except exceptions.Conflict as exc:
+            # Over REST every 409 is a Conflict: ALREADY_EXISTS is ours to accept, ABORTED is
+            # a failure to retry.
+            if status_name(exc) != "ALREADY_EXISTS":
+                raise
             return False
         return True
 
