@@ -126,6 +126,11 @@ def _rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def _etag() -> str:
+    """An etag as Google writes them: standard base64 (the discovery type is `byte`)."""
+    return base64.b64encode(secrets.token_bytes(9)).decode()
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -246,10 +251,11 @@ class FakeGcp:
                 binding["condition"] = condition
                 policy["version"] = 3
             policy["bindings"].append(binding)
-            policy["etag"] = _b64url(secrets.token_bytes(8))
+            policy["etag"] = _etag()
 
     def oidc_token(self, audience: str, email: str, **overrides: Any) -> str:
-        now = int(self.now().timestamp())
+        # Tokens are minted on the real clock: the moved clock is for schedules and conditions.
+        now = int(time.time())
         claims = {
             "iss": "https://accounts.google.com", "aud": audience, "azp": email,
             "email": email, "email_verified": True, "sub": str(abs(hash(email))),
@@ -305,7 +311,8 @@ class FakeGcp:
 
     def _token(self, form: dict[str, list[str]]) -> dict[str, Any]:
         assertion = (form.get("assertion") or [""])[0]
-        email = self._account_of_jwt(assertion, audience=f"{self.url}/token")
+        # google-auth addresses its assertion to Google's token URI whatever token_uri says.
+        email = self._account_of_jwt(assertion, audience="https://oauth2.googleapis.com/token")
         if email is None:
             raise ApiError(400, "invalid_grant", "bad assertion")
         token = secrets.token_urlsafe(24)
@@ -387,9 +394,9 @@ class FakeGcp:
     def _get_policy(self, resource: str) -> dict[str, Any]:
         with self.lock:
             policy = self.policies.setdefault(
-                resource, {"version": 1, "bindings": [], "etag": _b64url(secrets.token_bytes(8))}
+                resource, {"version": 1, "bindings": [], "etag": _etag()}
             )
-            policy.setdefault("etag", _b64url(secrets.token_bytes(8)))
+            policy.setdefault("etag", _etag())
             return json.loads(json.dumps(policy))
 
     def _set_policy(self, resource: str, policy: dict[str, Any], storage: bool) -> dict[str, Any]:
@@ -413,7 +420,7 @@ class FakeGcp:
                     raise ApiError(400, "INVALID_ARGUMENT", "a binding needs members")
             stored = {
                 "version": policy.get("version", 1), "bindings": bindings,
-                "etag": _b64url(secrets.token_bytes(8)),
+                "etag": _etag(),
             }  # fmt: skip
             self.policies[resource] = stored
             return json.loads(json.dumps(stored))
