@@ -847,8 +847,8 @@ def _main(argv: list[str]) -> int:
     if argv[:1] == ["package"]:
         from jitc.packaging import main as package
 
-        if argv[1:2] in (["gcp"], ["azure"]):
-            _fail(as_json, "refused", "cloud", f"{argv[1]}: not built yet (only aws is)")
+        if argv[1:2] == ["azure"]:
+            _fail(as_json, "refused", "cloud", f"{argv[1]}: not built yet (only aws and gcp are)")
             return EXIT_REFUSED
         if "-h" not in argv and "--help" not in argv:
             print(

@@ -198,20 +198,57 @@ def read_label(
     return label
 
 
+# A tombstone binding's role: one that each resource type accepts in its policy (its condition
+# never holds, so it grants nothing).
+TOMBSTONE_ROLES = {
+    "projects": "roles/browser",
+    "folders": "roles/browser",
+    "buckets": "roles/storage.objectViewer",
+    "secrets": "roles/secretmanager.viewer",
+}
+
+
+def tombstone_role(resource: str) -> str:
+    if "/secrets/" in resource:
+        return TOMBSTONE_ROLES["secrets"]
+    return TOMBSTONE_ROLES[resource.split("/", 1)[0]]
+
+
 class _Api:
     """getIamPolicy / setIamPolicy of one resource kind, through Google's discovery clients."""
 
     def __init__(self) -> None:
         self._services: dict[str, Any] = {}
+        self._credentials: Any = None
+
+    def credentials(self) -> Any:
+        if self._credentials is None:
+            import google.auth
+
+            self._credentials, _ = google.auth.default(
+                scopes=["https://www.googleapis.com/auth/cloud-platform"]
+            )
+        return self._credentials
+
+    def identity(self) -> str:
+        """The connector's own service account, as an IAM member."""
+        credentials = self.credentials()
+        email = getattr(credentials, "service_account_email", None)
+        if not email or email == "default":
+            # Metadata-server credentials learn their email on the first refresh.
+            from google.auth.transport.requests import Request
+
+            credentials.refresh(Request())
+            email = getattr(credentials, "service_account_email", None)
+        if not email or email == "default":
+            raise TargetError("the connector's credentials name no service account")
+        return f"serviceAccount:{email}"
 
     def _service(self, name: str, version: str) -> Any:
         if name not in self._services:
-            import google.auth
             from googleapiclient import discovery
 
-            credentials, _ = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/cloud-platform"]
-            )
+            credentials = self.credentials()
             options = {}
             endpoint = os.environ.get(f"JITC_GCP_ENDPOINT_{name.upper()}")
             if endpoint:
@@ -349,10 +386,25 @@ class GcpIamSession:
         assert isinstance(permission, Permission)
         member = member_of(permission, spec.identity.email)
         digest = spec.request_digest[:16]
+        title = f"{TITLE_PREFIX}{spec.grant_id}"
+        for resource in spec.resources:
+            policy = self._read(resource)
+            ours = {id(binding) for binding, _, _ in self._ours(resource, policy)}
+            for binding in policy.get("bindings", []) or []:
+                condition = binding.get("condition") or {}
+                if condition.get("title") == title and id(binding) not in ours:
+                    # Someone wrote a binding under this grant's title: never adopted, never
+                    # edited, and no grant is made beside it that a revoke could confuse.
+                    raise Refused(
+                        "grant_id",
+                        f"{resource} has a binding titled {title!r} not created by this connector",
+                    )
         existing = self._find(spec.grant_id)
         for _, _, _, label in existing:
             if label.get("s") == "t":
-                raise Refused("grant_id", "this grant was revoked; a new grant needs a new id")
+                raise Refused(
+                    "request_id", "this grant was already revoked; it will not be made again"
+                )
             if digest and label.get("d") and label.get("d") != digest:
                 raise Refused("request_id", "reused for a different request")
         label = {
@@ -388,6 +440,11 @@ class GcpIamSession:
         existing = self._find(grant_id)
         active = [item for item in existing if item[3].get("s") == "a"]
         if not active:
+            if not existing:
+                # A revoke before its grant (Cloud Tasks reorders): the tombstone refuses the
+                # grant when it comes. It sits on the first resource, on the connector's own
+                # account, under a condition that never holds.
+                self._tombstone_only(grant_id, tombstone_until)
             return RevokeResult(found=False)
         residual: list[str] = []
         member = active[0][2]
@@ -431,6 +488,26 @@ class GcpIamSession:
             found=True, principal=member, expires_at=expires_at, residual=residual,
             verified=not residual,
         )  # fmt: skip
+
+    def _tombstone_only(self, grant_id: str, until: datetime) -> None:
+        resource = self.connection.resources[0]
+        label = {
+            "v": 1, "g": grant_id, "i": self.integration, "p": "", "x": int(until.timestamp()),
+            "s": "t", "d": "",
+        }  # fmt: skip
+        tomb = make_binding(
+            self._key, resource, tombstone_role(resource), self._api.identity(), grant_id, label,
+            NEVER,
+        )  # fmt: skip
+
+        def add(policy: dict[str, Any]) -> bool:
+            bindings = policy.setdefault("bindings", [])
+            if tomb in bindings:
+                return False
+            bindings.append(tomb)
+            return True
+
+        self._change(resource, add)
 
     def forget(self, grant_id: str) -> None:
         for resource in self.connection.resources:

@@ -18,6 +18,7 @@ TARGETS: dict[str, str] = {
     "redis": "contract_redis:RedisTarget",
     "rabbitmq": "contract_rabbitmq:RabbitMQTarget",
     "aws_iam": "contract_aws_iam:AwsIamTarget",
+    "gcp_iam": "contract_gcp_iam:GcpIamTarget",
 }
 
 # Promises a template does not keep yet: the test runs and must fail (strict), so whoever

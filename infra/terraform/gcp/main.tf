@@ -30,9 +30,11 @@ locals {
   iam_secrets  = toset([for r in local.iam_resources : r if can(regex("^projects/[^/]+/secrets/[^/]+$", r))])
 
   functions = {
-    intake = { entry_point = "intake", timeout = 30, memory = "256Mi" }
-    worker = { entry_point = "worker", timeout = 540, memory = "256Mi" }
-    sweep  = { entry_point = "sweep", timeout = 540, memory = "256Mi" }
+    # Cloud Tasks and Cloud Scheduler count as internal traffic: only the intake, which the
+    # control plane calls from outside, takes requests from the internet.
+    intake = { entry_point = "intake", timeout = 30, memory = "256Mi", ingress = "ALLOW_ALL" }
+    worker = { entry_point = "worker", timeout = 540, memory = "256Mi", ingress = "ALLOW_INTERNAL_ONLY" }
+    sweep  = { entry_point = "sweep", timeout = 540, memory = "256Mi", ingress = "ALLOW_INTERNAL_ONLY" }
   }
   # Cloud Run functions (2nd gen) answer at this URL too; the tasks and jobs use it because it
   # is known before the function exists (the functions' environment needs it).
@@ -129,6 +131,7 @@ resource "google_cloud_tasks_queue" "requests" {
 # -- Functions --------------------------------------------------------------------------------
 
 resource "google_cloudfunctions2_function" "function" {
+  #checkov:skip=CKV_GCP_124:Only the intake allows all ingress (the control plane calls it from outside; IAM invocation and the Ed25519 signature guard it); worker and sweep are internal only.
   for_each     = local.functions
   project      = var.project_id
   name         = "${var.name}-${each.key}"
@@ -153,7 +156,7 @@ resource "google_cloudfunctions2_function" "function" {
     # One request per instance: a message's events are buffered until its answer.
     max_instance_request_concurrency = 1
     max_instance_count               = 20
-    ingress_settings                 = "ALLOW_ALL"
+    ingress_settings                 = each.value.ingress
     all_traffic_on_latest_revision   = true
     vpc_connector                    = var.vpc_connector
     vpc_connector_egress_settings    = var.vpc_connector == null ? null : "PRIVATE_RANGES_ONLY"
