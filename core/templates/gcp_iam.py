@@ -179,7 +179,7 @@ def read_label(
 ) -> dict[str, Any] | None:
     """Our label for this member of this binding, or None for anything we did not write."""
     condition = binding.get("condition")
-    if not isinstance(condition, dict):
+    if not isinstance(condition, dict) or member not in (binding.get("members") or []):
         return None
     text = condition.get("description")
     if not isinstance(text, str) or not text.startswith(PREFIX):
@@ -445,10 +445,12 @@ class GcpIamSession:
                 # grant when it comes. It sits on the first resource, on the connector's own
                 # account, under a condition that never holds.
                 self._tombstone_only(grant_id, tombstone_until)
-            return RevokeResult(found=False)
+            return RevokeResult(found=False, residual=self._squatters(grant_id))
         residual: list[str] = []
+        remaining: list[str] = []
         member = active[0][2]
         expires_at = datetime.fromtimestamp(int(active[0][3]["x"]), UTC)
+        residual += self._squatters(grant_id)
         for resource, binding, who, label in active:
             tomb_label = {**label, "s": "t", "x": int(tombstone_until.timestamp())}
             tomb = make_binding(
@@ -483,11 +485,28 @@ class GcpIamSession:
             for item in after.get("bindings", []) or []:
                 left = read_label(self._key, resource, item, who)
                 if left is not None and left.get("g") == grant_id and left.get("s") == "a":
-                    residual.append(f"{resource}: {item.get('role')} {who}")
+                    remaining.append(f"{resource}: {item.get('role')} {who}")
         return RevokeResult(
-            found=True, principal=member, expires_at=expires_at, residual=residual,
-            verified=not residual,
+            found=True, principal=member, expires_at=expires_at, residual=residual + remaining,
+            verified=not remaining,
         )  # fmt: skip
+
+    def _squatters(self, grant_id: str) -> list[str]:
+        """Bindings under this grant's title that do not verify as ours (edited or forged):
+        never touched, named in the outcome so that someone looks."""
+        title = f"{TITLE_PREFIX}{grant_id}"
+        found = []
+        for resource in self.connection.resources:
+            policy = self._read(resource)
+            ours = {id(binding) for binding, _, _ in self._ours(resource, policy)}
+            for binding in policy.get("bindings", []) or []:
+                condition = binding.get("condition") or {}
+                if condition.get("title") == title and id(binding) not in ours:
+                    found.append(
+                        f"{resource}: {binding.get('role')} titled {title!r} does not verify as "
+                        "the connector's (edited or forged): left alone"
+                    )
+        return found
 
     def _tombstone_only(self, grant_id: str, until: datetime) -> None:
         resource = self.connection.resources[0]
