@@ -152,7 +152,10 @@ class CloudTasksExpiryScheduler:
 
     def hop(self, grant_id: str, integration: str, at: datetime) -> None:
         """A hop task fired: schedule the next step, named by this step's fire time."""
-        step = task_id("hop", grant_id, at.isoformat(), self._clock().date().isoformat())
+        # Named by the minute it runs: never the name of the hop now running (created a month
+        # ago), and one name for a redelivery of this hop within the minute.
+        minute = int(self._clock().timestamp()) // 60
+        step = task_id("hop", grant_id, at.isoformat(), str(minute))
         self.schedule_from(grant_id, integration, at, name=step)
 
     def cancel(self, grant_id: str) -> None:

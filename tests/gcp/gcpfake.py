@@ -192,6 +192,9 @@ class FakeGcp:
         self.tasks: dict[str, Task] = {}
         self.reserved: dict[str, datetime] = {}
         self.delivered: list[Task] = []
+        # Tests: tasks this answers True for are accepted and then lost (a timer that never fires).
+        self.lose: Any = None
+        self.lost: list[Task] = []
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self.oidc_key = _rsa_key()
@@ -473,10 +476,14 @@ class FakeGcp:
         body = base64.b64decode(http.get("body", ""))
         if len(body) > 100 * 1024:
             raise ApiError(400, "INVALID_ARGUMENT", "task larger than 100KB")
-        self.tasks[name] = Task(
+        task = Task(
             name, http["url"], body, dict(http.get("headers", {})), email,
             (oidc or {}).get("audience") or http["url"], schedule, caller,
         )  # fmt: skip
+        if self.lose is not None and self.lose(task):
+            self.lost.append(task)
+        else:
+            self.tasks[name] = task
         return {"name": name, "scheduleTime": schedule.isoformat().replace("+00:00", "Z")}
 
     def due(self) -> list[Task]:

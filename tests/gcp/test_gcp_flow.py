@@ -30,6 +30,7 @@ from gcpharness import (
     PG_PREFIX,
     PG_SCHEMA,
     PROJECT,
+    QUEUE,
     REGION,
     RUN,
     Deployment,
@@ -114,7 +115,7 @@ def deployment(
                     "resources": [f"projects/{TARGET_PROJECT}", f"buckets/{TARGET_BUCKET}"],
                     "allowed_members": ["user:*@example.com"],
                 },
-                "max_duration": "2h",
+                "max_duration": "45d",
                 "permissions": {
                     "viewer": {
                         "role": "roles/bigquery.dataViewer",
@@ -264,6 +265,79 @@ def test_gcp_iam_grant_is_a_conditional_binding_that_google_ends_on_time(
     assert any("user:owner@example.com" in b["members"] for b in fake.policies[resource]["bindings"])
 
 
+def test_an_expiry_beyond_30_days_hops_and_still_revokes(
+    deployment: Deployment, fake: FakeGcp, webhook: Webhook
+) -> None:
+    """The hop chain: the first task of a 40-day grant is a hop inside Cloud Tasks' 30 days
+    (the fake refuses more); a hop delivered to the worker schedules the next step, a hop again
+    while the expiry is still beyond 30 days, else the expiry itself, which revokes."""
+    request_id = f"r-{secrets.token_hex(4)}"
+    grant_id = derive_grant_id("analytics-iam", request_id)
+    member = f"user:long-{RUN}@example.com"
+    doc = {
+        "request_id": request_id, "action": "grant", "integration": "analytics-iam",
+        "permission": "exports", "resources": [f"buckets/{TARGET_BUCKET}"],
+        "identity": {"email": member.removeprefix("user:")}, "duration": "40d",
+    }  # fmt: skip
+    assert deployment.post("intake", *signed(deployment, doc))[0] == 202
+    settled(fake)
+    wait_for(lambda: "granted" in statuses(webhook, grant_id), what="the long grant")
+    hop = fake.tasks[f"{QUEUE}/tasks/{task_id('expire', grant_id)}"]
+    assert json.loads(hop.body)["kind"] == "hop"
+    assert timedelta(days=29) < hop.schedule - fake.now() < timedelta(days=30)
+    worker = deployment.functions["worker"].url
+    token = {"Authorization": "Bearer " + fake.oidc_token(worker, deployment.invoker)}
+    # The hop as it would arrive in 30 days, still 10 days short: a hop again.
+    expires = datetime.fromisoformat(json.loads(hop.body)["expires_at"])
+
+    def mine() -> list[Any]:
+        return [t for t in fake.tasks.values() if grant_id in t.body.decode() and t is not hop]
+
+    far = {**json.loads(hop.body), "expires_at": (datetime.now(UTC) + timedelta(days=35)).isoformat()}
+    assert http_post(worker, json.dumps(far).encode(), token)[0] == 200
+    assert [json.loads(t.body)["kind"] for t in mine()] == ["hop"]
+    with fake.lock:
+        for task in mine():
+            del fake.tasks[task.name]
+    # ... and the last hop, with the expiry now inside 30 days: the expiry task itself.
+    near = {**json.loads(hop.body), "expires_at": (datetime.now(UTC) + timedelta(seconds=8)).isoformat()}
+    assert http_post(worker, json.dumps(near).encode(), token)[0] == 200
+    [final] = mine()
+    assert json.loads(final.body) == {"kind": "expire", "grant_id": grant_id, "integration": "analytics-iam"}
+    assert expires > datetime.now(UTC) + timedelta(days=39)
+    with fake.lock:
+        del fake.tasks[hop.name]
+    fake.advance(timedelta(seconds=10))
+    settled(fake)
+    wait_for(lambda: "revoked" in statuses(webhook, grant_id), what="the revoke after the hops")
+    assert not fake.allowed(member, "storage.objects.get", f"buckets/{TARGET_BUCKET}")
+
+
+def test_the_sweep_revokes_a_grant_whose_expiry_task_was_lost(
+    deployment: Deployment, fake: FakeGcp, pg_admin: Any, webhook: Webhook
+) -> None:
+    before = pg_roles(pg_admin)
+    request_id = f"r-{secrets.token_hex(4)}"
+    grant_id = derive_grant_id("orders-db", request_id)
+    fake.lose = lambda task: grant_id.encode() in task.body and b'"expire"' in task.body
+    try:
+        assert deployment.post("intake", *signed(deployment, pg_grant(request_id, "7s")))[0] == 202
+        settled(fake)
+        wait_for(lambda: "granted" in statuses(webhook, grant_id), what="the short grant")
+    finally:
+        fake.lose = None
+    [lost] = [t for t in fake.lost if grant_id.encode() in t.body]
+    assert lost.name.endswith(task_id("expire", grant_id))
+    sweep = deployment.functions["sweep"].url
+    wait_for(lambda: datetime.now(UTC).timestamp() > lost.schedule.timestamp() + 1, 15, "expiry")
+    token = {"Authorization": "Bearer " + fake.oidc_token(sweep, deployment.invoker)}
+    status, answer = http_post(sweep, b"", token)
+    assert status == 200, answer
+    assert grant_id in answer["revoked"]
+    assert pg_roles(pg_admin) == before
+    assert any(d.get("message") == "sweep done" and d.get("complete") for d in deployment.logs("sweep"))
+
+
 # -- hostile callers ----------------------------------------------------------------------------
 
 
@@ -359,5 +433,4 @@ def test_every_call_was_allowed_valid_and_every_binding_was_needed(
         permissions = roles.get(binding.role) or ROLE_PERMISSIONS[binding.role]
         if not any((binding.function, p, binding.resource) in used for p in permissions):
             unused.append((binding.function, binding.role, binding.resource))
-    # The sweep's bindings are exercised by test_gcp_sweep.py; here the worker and intake.
-    assert [u for u in unused if u[0] != "sweep"] == []
+    assert unused == []
