@@ -24,7 +24,13 @@ def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
         headers=dict(request.headers),
         body=request.get_data(cache=False),
     )
-    status, body = handler(*args, http) if args else handler(http)
+    try:
+        status, body = handler(*args, http) if args else handler(http)
+    except Exception:
+        # A deployment fault (configuration, credentials): JSON like every other answer, and
+        # 5xx so that Cloud Tasks and Cloud Scheduler try again. The type only, never the text.
+        handlers.logger.exception("unhandled error")
+        status, body = 500, {"error": "unavailable", "message": "internal error; try again"}
     return flask.Response(json.dumps(body), status=status, headers=_HEADERS)
 
 

@@ -66,9 +66,14 @@ variable "notification_channels" {
 }
 
 variable "runtime" {
-  description = "Python runtime of the functions."
+  description = "Python runtime of the functions: the one `jitc package gcp` built the zip's wheels for (CPython 3.11 by default)."
   type        = string
-  default     = "python312"
+  default     = "python311"
+
+  validation {
+    condition     = can(regex("^python3[0-9]+$", var.runtime))
+    error_message = "runtime: a Cloud Run functions Python runtime such as python311."
+  }
 }
 
 variable "log_level" {
