@@ -12,7 +12,9 @@ from typing import Any
 import flask
 import functions_framework
 
+from jitc.errors import CatalogError
 from jitc.gcp import handlers
+from jitc.gcp.runtime import ConfigError
 
 _HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
@@ -26,9 +28,13 @@ def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
     )
     try:
         status, body = handler(*args, http) if args else handler(http)
+    except (CatalogError, ConfigError) as exc:
+        # The deployment's own settings are wrong: their text names a setting, never a secret.
+        handlers.logger.error("deployment error", extra={"reason": str(exc)})
+        status, body = 500, {"error": "unavailable", "message": "misconfigured; see the logs"}
     except Exception:
-        # A deployment fault (configuration, credentials): JSON like every other answer, and
-        # 5xx so that Cloud Tasks and Cloud Scheduler try again. The type only, never the text.
+        # Anything else (credentials, a library fault): JSON like every other answer, and 5xx
+        # so that Cloud Tasks and Cloud Scheduler try again. The type only, never the text.
         handlers.logger.exception("unhandled error")
         status, body = 500, {"error": "unavailable", "message": "internal error; try again"}
     return flask.Response(json.dumps(body), status=status, headers=_HEADERS)
