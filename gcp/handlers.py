@@ -12,6 +12,7 @@ headers and body of a request and returns (status, JSON body). `main.py` adapts 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from jitc.messages import decode_message
 from jitc.models import AuditEvent, Outcome
 
 INTAKE_PATHS = frozenset({"/", "/v1/requests"})
+GRANT_ID = re.compile(r"^g[a-z2-7]{24}$")
 # Time the end of a job needs (events to send): nothing new starts with less left.
 RESERVE_SECONDS = 30.0
 MAX_TASK_BYTES = 100 * 1024  # Cloud Tasks' largest task
@@ -102,6 +104,8 @@ def _hop(doc: dict[str, Any]) -> Reply:
     ever lead to a revoke, so like an expiry message it needs no control-plane signature."""
     try:
         grant_id, integration = str(doc["grant_id"]), str(doc["integration"])
+        if not GRANT_ID.fullmatch(grant_id):
+            raise ValueError("not a grant id")
         at = datetime.fromisoformat(str(doc["expires_at"]))
         runtime.catalog().integration(integration)
         if at.tzinfo is None:

@@ -21,6 +21,7 @@ from jitc.errors import Refused
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
 CERTS_TTL_SECONDS = 3600.0
+REFETCH_SECONDS = 60.0
 CLOCK_SKEW_SECONDS = 10
 
 
@@ -40,8 +41,9 @@ class CertificateCache:
         self.url = url
         self.timeout = timeout
         self._certs: dict[str, str] = {}
-        self._fetched = 0.0
+        self._fetched = float("-inf")
         self._lock = threading.Lock()
+        self.fetches = 0
 
     def _fetch(self) -> None:
         with urllib.request.urlopen(self.url, timeout=self.timeout) as response:  # noqa: S310
@@ -49,11 +51,15 @@ class CertificateCache:
         if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
             raise ValueError("certificates document is not a map of key id to PEM")
         self._certs, self._fetched = certs, time.monotonic()
+        self.fetches += 1
 
     def get(self, key_id: str | None) -> dict[str, str]:
         with self._lock:
-            stale = time.monotonic() - self._fetched > CERTS_TTL_SECONDS
-            if stale or (key_id is not None and key_id not in self._certs):
+            age = time.monotonic() - self._fetched
+            unknown = key_id is not None and key_id not in self._certs
+            # An unknown key id fetches again, but at most once a minute: tokens with made-up
+            # key ids must not turn every request into a request to Google.
+            if age > CERTS_TTL_SECONDS or (unknown and age > REFETCH_SECONDS):
                 self._fetch()
             return dict(self._certs)
 

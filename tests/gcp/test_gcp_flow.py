@@ -369,9 +369,8 @@ def test_intake_refuses_unsigned_forged_and_replayed_requests(
     ["none", "unsigned", "foreign-key", "audience", "email", "expired", "issuer", "unverified"],
 )
 def test_worker_and_sweep_refuse_a_caller_without_the_invokers_oidc_token(
-    deployment: Deployment, fake: FakeGcp, pg_admin: Any, case: str
+    deployment: Deployment, fake: FakeGcp, webhook: Webhook, case: str
 ) -> None:
-    before = pg_roles(pg_admin)
     request_id = f"r-{secrets.token_hex(4)}"
     body, headers = signed(deployment, pg_grant(request_id, "10m"))
     from jitc.messages import envelope_message
@@ -406,7 +405,24 @@ def test_worker_and_sweep_refuse_a_caller_without_the_invokers_oidc_token(
         status, answer = http_post(url, message, headers)
         assert status == 401, (function, answer)
         assert answer["field"] == "authorization"
-    assert pg_roles(pg_admin) == before
+    # Nothing ran: the engine reported nothing about this grant.
+    assert statuses(webhook, derive_grant_id("orders-db", request_id)) == []
+
+
+def test_a_hop_for_a_made_up_grant_is_refused_and_schedules_nothing(
+    deployment: Deployment, fake: FakeGcp
+) -> None:
+    worker = deployment.functions["worker"].url
+    token = {"Authorization": "Bearer " + fake.oidc_token(worker, deployment.invoker)}
+    before = set(fake.tasks)
+    for doc in (
+        {"kind": "hop", "grant_id": "../../x", "integration": "orders-db", "expires_at": "2030-01-01T00:00:00+00:00"},
+        {"kind": "hop", "grant_id": "g" + "a" * 24, "integration": "nope", "expires_at": "2030-01-01T00:00:00+00:00"},
+        {"kind": "hop", "grant_id": "g" + "a" * 24, "integration": "orders-db", "expires_at": "2030-01-01T00:00:00"},
+    ):  # fmt: skip
+        status, answer = http_post(worker, json.dumps(doc).encode(), token)
+        assert status == 200 and answer["error"] == "refused", answer
+    assert set(fake.tasks) == before
 
 
 # -- least privilege: method *and* resource --------------------------------------------------------
