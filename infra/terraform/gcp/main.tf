@@ -86,6 +86,18 @@ resource "google_storage_bucket_object" "package" {
   source = var.package_path
 }
 
+# With a customer-managed key, Cloud Functions need a build image repository encrypted with the
+# same key (their service agents need roles/cloudkms.cryptoKeyEncrypterDecrypter on it: see
+# docs/gcp.md).
+resource "google_artifact_registry_repository" "images" {
+  count         = var.kms_key_name == null ? 0 : 1
+  project       = var.project_id
+  location      = var.region
+  repository_id = "${var.name}-functions"
+  format        = "DOCKER"
+  kms_key_name  = var.kms_key_name
+}
+
 # -- Service accounts: one per function, and the one whose OIDC tokens tasks and jobs carry --
 
 resource "google_service_account" "function" {
@@ -139,8 +151,9 @@ resource "google_cloudfunctions2_function" "function" {
   kms_key_name = var.kms_key_name
 
   build_config {
-    runtime     = var.runtime
-    entry_point = each.value.entry_point
+    runtime           = var.runtime
+    entry_point       = each.value.entry_point
+    docker_repository = var.kms_key_name == null ? null : google_artifact_registry_repository.images[0].id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
