@@ -68,12 +68,20 @@ def main() -> None:
         label = fake.add_secret("label", "label-key-" + "b" * 32)
         for name in ("worker", "sweep"):
             for granted in (secret, label):
-                fake.bind(granted, "roles/secretmanager.secretAccessor", f"serviceAccount:{emails[name]}")
+                fake.bind(
+                    granted, "roles/secretmanager.secretAccessor", f"serviceAccount:{emails[name]}"
+                )
         fake.bind(QUEUE, "roles/cloudtasks.enqueuer", f"serviceAccount:{emails['intake']}")
-        fake.custom_roles["sched"] = frozenset({"cloudtasks.tasks.create", "cloudtasks.tasks.get", "cloudtasks.tasks.delete"})  # noqa: E501
+        fake.custom_roles["sched"] = frozenset(
+            {"cloudtasks.tasks.create", "cloudtasks.tasks.get", "cloudtasks.tasks.delete"}
+        )
         fake.bind(QUEUE, "sched", f"serviceAccount:{emails['worker']}")
         fake.bind(QUEUE, "roles/cloudtasks.taskDeleter", f"serviceAccount:{emails['sweep']}")
-        fake.bind(f"projects/-/serviceAccounts/{emails['invoker']}", "roles/iam.serviceAccountUser", f"serviceAccount:{emails['intake']}")  # noqa: E501
+        fake.bind(
+            f"projects/-/serviceAccounts/{emails['invoker']}",
+            "roles/iam.serviceAccountUser",
+            f"serviceAccount:{emails['intake']}",
+        )
         private, public = signing_keypair()
         catalog = {
             "control_plane": {"keys": {"cp1": public}},
@@ -97,11 +105,28 @@ def main() -> None:
 
         def request_for(name: str, n: int) -> str:
             if name == "intake":
-                body = json.dumps({"request_id": f"bench-{n}-{os.urandom(4).hex()}", "action": "revoke", "integration": "orders-db"})  # noqa: E501
-                headers = {"Content-Type": "application/json", **sign(body.encode(), private, "cp1").headers()}  # noqa: E501
+                body = json.dumps(
+                    {
+                        "request_id": f"bench-{n}-{os.urandom(4).hex()}",
+                        "action": "revoke",
+                        "integration": "orders-db",
+                    }
+                )
+                headers = {
+                    "Content-Type": "application/json",
+                    **sign(body.encode(), private, "cp1").headers(),
+                }
             else:
-                body = json.dumps({"kind": "expire", "grant_id": "g" + "a" * 24, "integration": "orders-db"}) if name == "worker" else ""  # noqa: E501
-                headers = {"Authorization": "Bearer " + fake.oidc_token(urls[name], emails["invoker"])}
+                body = (
+                    json.dumps(
+                        {"kind": "expire", "grant_id": "g" + "a" * 24, "integration": "orders-db"}
+                    )
+                    if name == "worker"
+                    else ""
+                )
+                headers = {
+                    "Authorization": "Bearer " + fake.oidc_token(urls[name], emails["invoker"])
+                }
             return json.dumps({"body": body, "headers": headers})
 
         cases = ["baseline", "intake", "worker", "sweep"]
@@ -138,7 +163,8 @@ def main() -> None:
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor(),
     )  # fmt: skip
-    print(f"machine: {platform.node()} {os.cpu_count()} cpu {cpu!r}, Python {platform.python_version()}")  # noqa: E501
+    python = platform.python_version()
+    print(f"machine: {platform.node()} {os.cpu_count()} cpu {cpu!r}, Python {python}")
     print(f"samples: {samples} per case, medians; baseline: {BASELINE.splitlines()[0]}")
     print(f"{'case':30} {'time ms':>8} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
     for name in cases:

@@ -14,6 +14,7 @@ import functions_framework
 
 from jitc.errors import CatalogError
 from jitc.gcp import handlers
+from jitc.gcp.logs import logger
 from jitc.gcp.runtime import ConfigError
 
 _HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
@@ -30,12 +31,12 @@ def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
         status, body = handler(*args, http) if args else handler(http)
     except (CatalogError, ConfigError) as exc:
         # The deployment's own settings are wrong: their text names a setting, never a secret.
-        handlers.logger.error("deployment error", extra={"reason": str(exc)})
+        logger.error("deployment error", extra={"reason": str(exc)})
         status, body = 500, {"error": "unavailable", "message": "misconfigured; see the logs"}
     except Exception:
         # Anything else (credentials, a library fault): JSON like every other answer, and 5xx
         # so that Cloud Tasks and Cloud Scheduler try again. The type only, never the text.
-        handlers.logger.exception("unhandled error")
+        logger.exception("unhandled error")
         status, body = 500, {"error": "unavailable", "message": "internal error; try again"}
     return flask.Response(json.dumps(body), status=status, headers=_HEADERS)
 

@@ -26,7 +26,7 @@ from jitc.templates.gcp_iam import read_label
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gcp"))
 
-from gcpfake import FakeGcp  # noqa: E402
+from gcpfake import FakeGcp
 
 KEY = LabelKey.from_secret(LABEL_KEY)
 PROJECT = f"jitc-contract-{RUN}"
@@ -56,8 +56,7 @@ class GcpIamTarget:
     def reach(self) -> None:
         fake = FakeGcp(PROJECT)
         email, info = fake.service_account("jitc-worker")
-        handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        with handle:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(info, handle)
         os.chmod(handle.name, 0o600)
         self._key_file = handle.name
@@ -70,7 +69,9 @@ class GcpIamTarget:
         fake.custom_roles[f"projects/{PROJECT}/roles/jitc_iam_target"] = frozenset(
             {"storage.buckets.getIamPolicy", "storage.buckets.setIamPolicy"}
         )
-        fake.bind(self.resource(), f"projects/{PROJECT}/roles/jitc_iam_target", f"serviceAccount:{email}")
+        fake.bind(
+            self.resource(), f"projects/{PROJECT}/roles/jitc_iam_target", f"serviceAccount:{email}"
+        )
         self.connector = f"serviceAccount:{email}"
         self.fake = fake
 
@@ -85,7 +86,11 @@ class GcpIamTarget:
         fake = self._fake()
         with fake.lock:
             policy = fake.policies[self.resource()]
-            policy["bindings"] = [b for b in policy["bindings"] if "condition" not in b and self.connector in b["members"]]
+            policy["bindings"] = [
+                b
+                for b in policy["bindings"]
+                if "condition" not in b and self.connector in b["members"]
+            ]
         assert fake.violations == [], fake.violations
 
     def cleanup(self) -> None:

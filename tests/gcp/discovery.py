@@ -115,9 +115,13 @@ def _scalar(spec: dict[str, Any], value: Any, where: str, int_enums: bool) -> No
             except (binascii.Error, ValueError):
                 raise Violation(f"{where}: not base64") from None
         if fmt == "google-datetime":
-            if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)", value):
+            if not re.fullmatch(
+                r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)", value
+            ):
                 raise Violation(f"{where}: not an RFC 3339 time")
-            datetime.fromisoformat(value.replace("Z", "+00:00")[:26] if "." in value else value.replace("Z", "+00:00"))
+            datetime.fromisoformat(
+                value.replace("Z", "+00:00")[:26] if "." in value else value.replace("Z", "+00:00")
+            )
         if fmt == "google-duration" and not re.fullmatch(r"-?\d+(\.\d{1,9})?s", value):
             raise Violation(f"{where}: not a duration")
         if enum is not None and value not in enum:

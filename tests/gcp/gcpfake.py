@@ -50,24 +50,40 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "roles/cloudtasks.enqueuer": frozenset({"cloudtasks.tasks.create"}),
     "roles/cloudtasks.taskDeleter": frozenset({"cloudtasks.tasks.delete"}),
     "roles/cloudtasks.viewer": frozenset(
-        {"cloudtasks.locations.get", "cloudtasks.locations.list", "cloudtasks.queues.get",
-         "cloudtasks.queues.list", "cloudtasks.tasks.get", "cloudtasks.tasks.list"}
-    ),  # fmt: skip
+        {
+            "cloudtasks.locations.get",
+            "cloudtasks.locations.list",
+            "cloudtasks.queues.get",
+            "cloudtasks.queues.list",
+            "cloudtasks.tasks.get",
+            "cloudtasks.tasks.list",
+        }
+    ),
     "roles/iam.serviceAccountUser": frozenset(
         {"iam.serviceAccounts.actAs", "iam.serviceAccounts.get", "iam.serviceAccounts.list"}
     ),
     "roles/iam.serviceAccountTokenCreator": frozenset(
-        {"iam.serviceAccounts.getAccessToken", "iam.serviceAccounts.getOpenIdToken",
-         "iam.serviceAccounts.signBlob", "iam.serviceAccounts.signJwt"}
-    ),  # fmt: skip
+        {
+            "iam.serviceAccounts.getAccessToken",
+            "iam.serviceAccounts.getOpenIdToken",
+            "iam.serviceAccounts.signBlob",
+            "iam.serviceAccounts.signJwt",
+        }
+    ),
     "roles/resourcemanager.projectIamAdmin": frozenset(
-        {"resourcemanager.projects.get", "resourcemanager.projects.getIamPolicy",
-         "resourcemanager.projects.setIamPolicy"}
-    ),  # fmt: skip
+        {
+            "resourcemanager.projects.get",
+            "resourcemanager.projects.getIamPolicy",
+            "resourcemanager.projects.setIamPolicy",
+        }
+    ),
     "roles/resourcemanager.folderIamAdmin": frozenset(
-        {"resourcemanager.folders.get", "resourcemanager.folders.getIamPolicy",
-         "resourcemanager.folders.setIamPolicy"}
-    ),  # fmt: skip
+        {
+            "resourcemanager.folders.get",
+            "resourcemanager.folders.getIamPolicy",
+            "resourcemanager.folders.setIamPolicy",
+        }
+    ),
     "roles/storage.objectViewer": frozenset({"storage.objects.get", "storage.objects.list"}),
     "roles/bigquery.dataViewer": frozenset({"bigquery.tables.getData"}),
     "roles/run.invoker": frozenset({"run.routes.invoke"}),
@@ -176,7 +192,9 @@ def _certificate(key: rsa.RSAPrivateKey) -> str:
 
 
 class FakeGcp:
-    def __init__(self, project: str, *, retry_seconds: float = 0.2, reserve: timedelta = timedelta(hours=1)) -> None:  # noqa: E501
+    def __init__(
+        self, project: str, *, retry_seconds: float = 0.2, reserve: timedelta = timedelta(hours=1)
+    ) -> None:
         self.project = project
         self.offset = timedelta(0)  # tests move this server's clock forward
         self.retry_seconds = retry_seconds
@@ -246,7 +264,9 @@ class FakeGcp:
         self.secrets[f"{name}/versions/latest"] = value.encode()
         return name
 
-    def bind(self, resource: str, role: str, member: str, condition: dict[str, str] | None = None) -> None:  # noqa: E501
+    def bind(
+        self, resource: str, role: str, member: str, condition: dict[str, str] | None = None
+    ) -> None:
         with self.lock:
             policy = self.policies.setdefault(resource, {"version": 1, "bindings": []})
             binding: dict[str, Any] = {"role": role, "members": [member]}
@@ -350,7 +370,9 @@ class FakeGcp:
 
     # -- APIs ---------------------------------------------------------------------------
 
-    def handle(self, verb: str, raw_path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:  # noqa: E501
+    def handle(
+        self, verb: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Any]:
         parts = urlsplit(raw_path)
         path, query = parts.path, parse_qs(parts.query)
         if path == "/token" and verb == "POST":
@@ -392,7 +414,10 @@ class FakeGcp:
         if data is None:
             raise ApiError(404, "NOT_FOUND", f"{name} not found")
         crc = str(_crc32c(data))
-        return 200, {"name": name, "payload": {"data": base64.b64encode(data).decode(), "dataCrc32c": crc}}
+        return 200, {
+            "name": name,
+            "payload": {"data": base64.b64encode(data).decode(), "dataCrc32c": crc},
+        }
 
     def _get_policy(self, resource: str) -> dict[str, Any]:
         with self.lock:
@@ -428,7 +453,9 @@ class FakeGcp:
             self.policies[resource] = stored
             return json.loads(json.dumps(stored))
 
-    def _tasks(self, method: str, params: dict[str, str], doc: dict[str, Any], caller: str) -> tuple[int, Any]:  # noqa: E501
+    def _tasks(
+        self, method: str, params: dict[str, str], doc: dict[str, Any], caller: str
+    ) -> tuple[int, Any]:
         with self.lock:
             if method.endswith(".create"):
                 return 200, self._create_task(params["parent"], doc["task"], caller)
@@ -438,7 +465,10 @@ class FakeGcp:
             if method.endswith(".get"):
                 if task is None:
                     raise ApiError(404, "NOT_FOUND", "no such task")
-                return 200, {"name": name, "scheduleTime": task.schedule.isoformat().replace("+00:00", "Z")}
+                return 200, {
+                    "name": name,
+                    "scheduleTime": task.schedule.isoformat().replace("+00:00", "Z"),
+                }
             if task is None:
                 raise ApiError(404, "NOT_FOUND", "no such task")
             del self.tasks[name]
@@ -455,7 +485,9 @@ class FakeGcp:
             raise ApiError(404, "NOT_FOUND", f"queue {parent} not found")
         self._expire_reservations()
         name = task.get("name") or f"{parent}/tasks/{secrets.randbelow(10**19)}"
-        if not name.startswith(f"{parent}/tasks/") or not re.fullmatch(r"[A-Za-z0-9_-]{1,500}", name.rsplit("/", 1)[1]):
+        if not name.startswith(f"{parent}/tasks/") or not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,500}", name.rsplit("/", 1)[1]
+        ):
             raise ApiError(400, "INVALID_ARGUMENT", "bad task name")
         if name in self.tasks or name in self.reserved:
             raise ApiError(409, "ALREADY_EXISTS", "task exists or existed recently")
@@ -467,7 +499,9 @@ class FakeGcp:
         if oidc is not None:
             email = oidc.get("serviceAccountEmail")
             account = f"projects/-/serviceAccounts/{email}"
-            self.authorize(caller, "iam.actAs (CreateTask oidcToken)", "iam.serviceAccounts.actAs", account)
+            self.authorize(
+                caller, "iam.actAs (CreateTask oidcToken)", "iam.serviceAccounts.actAs", account
+            )
         schedule = self.now()
         if task.get("scheduleTime"):
             schedule = datetime.fromisoformat(task["scheduleTime"].replace("Z", "+00:00"))
@@ -506,7 +540,9 @@ class FakeGcp:
         headers["X-CloudTasks-TaskName"] = task.name.rsplit("/", 1)[1]
         headers["X-CloudTasks-TaskRetryCount"] = str(task.attempts)
         if task.oidc_email:
-            headers["Authorization"] = "Bearer " + self.oidc_token(task.audience or task.url, task.oidc_email)
+            headers["Authorization"] = "Bearer " + self.oidc_token(
+                task.audience or task.url, task.oidc_email
+            )
         request = urllib.request.Request(task.url, data=task.body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -544,9 +580,14 @@ class FakeGcp:
                     status, doc = fake.handle(self.command, self.path, headers, body)
                 except ApiError as exc:
                     status = exc.http
-                    doc = {"error": {"code": exc.http, "status": exc.status, "message": exc.message}}
+                    doc = {
+                        "error": {"code": exc.http, "status": exc.status, "message": exc.message}
+                    }
                 except Exception as exc:  # a defect of the fake: visible in the test
-                    status, doc = 500, {"error": {"code": 500, "status": "INTERNAL", "message": repr(exc)}}
+                    status, doc = (
+                        500,
+                        {"error": {"code": 500, "status": "INTERNAL", "message": repr(exc)}},
+                    )
                 data = json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -125,7 +125,9 @@ class Deployment:
     functions: dict[str, Function] = field(default_factory=dict)
     tmp: Path = Path()
 
-    def post(self, function: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def post(
+        self, function: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
         url = self.functions[function].url + "v1/requests"
         return http_post(url, body, headers)
 
@@ -194,7 +196,7 @@ def deploy(
             "JITC_LOG_LEVEL": "DEBUG",
         }
         log = tmp / f"{name}.log"
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [
                 sys.executable, "-m", "functions_framework", "--source", str(ENTRY),
                 "--target", name, "--host", "127.0.0.1", "--port", str(ports[name]),
@@ -213,7 +215,9 @@ def _wait_up(function: Function) -> None:
         if function.process.poll() is not None:
             raise RuntimeError(f"{function.name} exited:\n{function.log.read_text()}")
         try:
-            with socket.create_connection(("127.0.0.1", int(function.url.rsplit(":", 1)[1].strip("/"))), timeout=1):
+            with socket.create_connection(
+                ("127.0.0.1", int(function.url.rsplit(":", 1)[1].strip("/"))), timeout=1
+            ):
                 return
         except OSError:
             time.sleep(0.1)

@@ -35,10 +35,12 @@ NEIGHBOUR = "user:neighbour@example.com"
 def fake() -> Iterator[FakeGcp]:
     server = FakeGcp(PROJECT)
     email, info = server.service_account("jitc-worker")
-    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    with handle:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(info, handle)
-    saved = {k: os.environ.get(k) for k in ("GOOGLE_APPLICATION_CREDENTIALS", "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER")}  # noqa: E501
+    saved = {
+        k: os.environ.get(k)
+        for k in ("GOOGLE_APPLICATION_CREDENTIALS", "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER")
+    }
     os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = handle.name
     os.environ["JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER"] = server.url + "/"
     server.custom_roles[CUSTOM] = frozenset(
@@ -72,13 +74,20 @@ def catalog_doc(**permission: Any) -> dict[str, Any]:
 
 def engine() -> Engine:
     store = EnvSecretStore({"label": "label-key-" + "k" * 32})
-    return Engine(parse_catalog(catalog_doc()), SecretStores({"mem": store}), NullScheduler(), MemorySink())
+    return Engine(
+        parse_catalog(catalog_doc()), SecretStores({"mem": store}), NullScheduler(), MemorySink()
+    )
 
 
 def request(action: str = "grant", request_id: str = "r1", **fields: Any) -> Any:
     doc: dict[str, Any] = {"request_id": request_id, "action": action, "integration": "iam"}
     if action == "grant":
-        doc.update(permission="viewer", resources=[RESOURCE], identity={"email": "ana@example.com"}, duration="1h")  # noqa: E501
+        doc.update(
+            permission="viewer",
+            resources=[RESOURCE],
+            identity={"email": "ana@example.com"},
+            duration="1h",
+        )
     doc.update(fields)
     return parse_request(json.dumps(doc))
 
@@ -116,7 +125,9 @@ def test_an_extended_condition_is_not_ours_any_more_and_the_revoke_says_so(fake:
     outcome = engine().execute(request("revoke"))
     assert outcome.status == "revoked" and "nothing to revoke" in str(outcome.message)
     assert any("left alone" in r for r in outcome.residual)
-    assert ours(fake, grant_id)["condition"]["expression"].startswith('request.time < timestamp("2999')
+    assert ours(fake, grant_id)["condition"]["expression"].startswith(
+        'request.time < timestamp("2999'
+    )
 
 
 def test_a_label_copied_onto_a_neighbours_binding_never_steers_a_revoke(fake: FakeGcp) -> None:
@@ -124,7 +135,11 @@ def test_a_label_copied_onto_a_neighbours_binding_never_steers_a_revoke(fake: Fa
     mine = ours(fake, grant_id)
     # The neighbour copies the connector's condition (title, description, expression) onto a
     # binding of their own member and another role, hoping the revoke removes it.
-    stolen = {"role": "roles/storage.objectViewer", "members": [NEIGHBOUR], "condition": dict(mine["condition"])}  # noqa: E501
+    stolen = {
+        "role": "roles/storage.objectViewer",
+        "members": [NEIGHBOUR],
+        "condition": dict(mine["condition"]),
+    }
     bindings(fake).append(stolen)
     outcome = engine().execute(request("revoke"))
     assert outcome.status == "revoked"
@@ -149,7 +164,9 @@ def test_a_retitled_binding_is_left_alone(fake: FakeGcp) -> None:
     ours(fake, grant_id)["condition"]["title"] = f"jitc {other}"
     outcome = engine().execute(request("revoke", request_id="r2"))
     assert "nothing to revoke" in str(outcome.message)
-    assert any(b["members"] == ["user:ana@example.com"] and b["role"] == ROLE for b in bindings(fake))
+    assert any(
+        b["members"] == ["user:ana@example.com"] and b["role"] == ROLE for b in bindings(fake)
+    )
 
 
 def test_a_concurrent_writer_is_retried_with_the_new_etag(fake: FakeGcp) -> None:
@@ -165,7 +182,9 @@ def test_a_concurrent_writer_is_retried_with_the_new_etag(fake: FakeGcp) -> None
     fake._set_policy = racing  # type: ignore[method-assign]
     outcome = engine().execute(request())
     assert outcome.status == "granted"
-    assert {"role": "roles/storage.objectViewer", "members": ["user:late@example.com"]} in bindings(fake)
+    assert {"role": "roles/storage.objectViewer", "members": ["user:late@example.com"]} in bindings(
+        fake
+    )
     ours(fake, outcome.grant_id or "")
 
 

@@ -41,18 +41,27 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build("gcp", tmp_path_factory.mktemp("dist"))
 
 
-def test_the_build_is_reproducible_and_holds_only_what_it_should(package: Path, tmp_path: Path) -> None:
+def test_the_build_is_reproducible_and_holds_only_what_it_should(
+    package: Path, tmp_path: Path
+) -> None:
     again = build("gcp", tmp_path)
-    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(package.read_bytes()).digest()
+    assert (
+        hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(package.read_bytes()).digest()
+    )
     names = zipfile.ZipFile(package).namelist()
     assert "main.py" in names  # Cloud Functions load main.py at the source root
     assert "jitc/gcp/handlers.py" in names and "jitc/engine.py" in names
     assert "jitc/templates/gcp_iam.py" in names
     assert not [n for n in names if n.startswith(("core/", "gcp/", "aws/", "azure/", "tests/"))]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    assert zipfile.ZipFile(package).read("main.py") == (Path(__file__).parents[2] / "gcp" / "main.py").read_bytes()
+    assert (
+        zipfile.ZipFile(package).read("main.py")
+        == (Path(__file__).parents[2] / "gcp" / "main.py").read_bytes()
+    )
     manifest = json.loads(zipfile.ZipFile(package).read("jitc-package.json"))
-    assert manifest["cloud"] == "gcp" and any(r.startswith("google-cloud-tasks==") for r in manifest["requirements"])
+    assert manifest["cloud"] == "gcp" and any(
+        r.startswith("google-cloud-tasks==") for r in manifest["requirements"]
+    )
 
 
 def test_the_unpacked_zip_serves_the_deployed_entry_points(package: Path, tmp_path: Path) -> None:
@@ -63,14 +72,25 @@ def test_the_unpacked_zip_serves_the_deployed_entry_points(package: Path, tmp_pa
         intake_email, key = fake.service_account("jitc-intake")
         invoker, _ = fake.service_account("jitc-invoker")
         fake.bind(queue, "roles/cloudtasks.enqueuer", f"serviceAccount:{intake_email}")
-        fake.bind(f"projects/-/serviceAccounts/{invoker}", "roles/iam.serviceAccountUser", f"serviceAccount:{intake_email}")  # noqa: E501
+        fake.bind(
+            f"projects/-/serviceAccounts/{invoker}",
+            "roles/iam.serviceAccountUser",
+            f"serviceAccount:{intake_email}",
+        )
         key_file = tmp_path / "key.json"
         key_file.write_text(json.dumps(key))
         private, public = signing_keypair()
         catalog = {
             "control_plane": {"keys": {"cp1": public}},
             "connector": {"label_key": "gcp-sm:projects/p-one/secrets/label/versions/1"},
-            "integrations": {"db": {"kind": "postgresql", "connection": {"host": "10.0.0.5", "dbname": "d", "user": "u"}, "credentials": "gcp-sm:projects/p-one/secrets/s/versions/1", "permissions": {"read": {"template": "read-only", "resources": ["public"]}}}},  # noqa: E501
+            "integrations": {
+                "db": {
+                    "kind": "postgresql",
+                    "connection": {"host": "10.0.0.5", "dbname": "d", "user": "u"},
+                    "credentials": "gcp-sm:projects/p-one/secrets/s/versions/1",
+                    "permissions": {"read": {"template": "read-only", "resources": ["public"]}},
+                }
+            },
         }
         folder = tmp_path / "source"
         with zipfile.ZipFile(package) as archive:
@@ -82,13 +102,20 @@ def test_the_unpacked_zip_serves_the_deployed_entry_points(package: Path, tmp_pa
             "JITC_PROJECT": "jitc-pkg-test", "JITC_QUEUE": queue, "JITC_WORKER_URL": "http://127.0.0.1:9/",
             "JITC_INVOKER_EMAIL": invoker, "JITC_CATALOG": json.dumps(catalog), "JITC_TASKS_ENDPOINT": fake.url,
         }  # fmt: skip
-        event: dict[str, Any] = {"body": body.decode(), "headers": {"Content-Type": "application/json", **envelope.headers()}}  # noqa: E501
+        event: dict[str, Any] = {
+            "body": body.decode(),
+            "headers": {"Content-Type": "application/json", **envelope.headers()},
+        }
         child = subprocess.run(
             [sys.executable, "-S", "-c", CHILD, str(folder)], input=json.dumps(event),
             capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
         )  # fmt: skip
         assert child.returncode == 0, child.stderr[-3000:]
-        result = json.loads(next(x for x in child.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))  # noqa: E501
+        result = json.loads(
+            next(x for x in child.stdout.splitlines() if x.startswith("RESULT ")).removeprefix(
+                "RESULT "
+            )
+        )
         for name, origin in result["origins"].items():
             assert origin.startswith(str(folder)), (name, origin)
         assert {"intake", "worker", "sweep"} <= set(result["entries"])

@@ -55,8 +55,14 @@ def test_each_function_runs_as_its_own_account_one_request_at_a_time() -> None:
 
 
 def test_no_binding_reaches_beyond_a_named_resource() -> None:
-    kinds = {kind for (kind, _) in MODULE.resources if kind.endswith(("_iam_member", "_iam_binding", "_iam_policy"))}  # noqa: E501
-    assert not {k for k in kinds if k.endswith(("_iam_binding", "_iam_policy"))}  # authoritative: never
+    kinds = {
+        kind
+        for (kind, _) in MODULE.resources
+        if kind.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
+    }
+    assert not {
+        k for k in kinds if k.endswith(("_iam_binding", "_iam_policy"))
+    }  # authoritative: never
     # The only project-level binding is the IAM target's own role, on the catalog's projects.
     project = MODULE.of_kind("google_project_iam_member")
     assert list(project) == ["iam_target"]
@@ -66,7 +72,9 @@ def test_no_binding_reaches_beyond_a_named_resource() -> None:
     facts = tfgcp.facts_from_catalog(catalog, "acme-jit", "europe-west1", "jitc")
     for binding in tfgcp.bindings(facts, {"invoker": "inv@acme-jit.iam.gserviceaccount.com"}):
         assert binding.role not in ("roles/owner", "roles/editor", "roles/viewer")
-        assert "admin" not in binding.role.lower() or binding.address.endswith("folder_iam_member.iam_target")
+        assert "admin" not in binding.role.lower() or binding.address.endswith(
+            "folder_iam_member.iam_target"
+        )
         assert binding.resource.startswith(("projects/", "buckets/", "folders/"))
 
 
@@ -77,7 +85,10 @@ def test_the_queue_never_drops_a_revoke_and_jobs_carry_oidc() -> None:
     job = MODULE.resource("google_cloud_scheduler_job", "job")
     target = job["http_target"][0]
     assert target["oidc_token"][0]["audience"] == target["uri"]
-    assert target["oidc_token"][0]["service_account_email"] == "${google_service_account.invoker.email}"
+    assert (
+        target["oidc_token"][0]["service_account_email"]
+        == "${google_service_account.invoker.email}"
+    )
     assert set(MODULE.locals["scheduled_jobs"]) == {"sweep"}
 
 

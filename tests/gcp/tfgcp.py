@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aws"))
 
-from tfmodule import Module, load  # noqa: E402
+from tfmodule import Module, load
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "infra" / "terraform" / "gcp"
@@ -166,7 +166,9 @@ def _role(text: str, facts: Facts, module: Module) -> str:
     return f"projects/{facts.project}/roles/{(facts.name + suffix.group(1)).replace('-', '_')}"
 
 
-def _resource(kind: str, body: dict[str, Any], each: dict[str, Any], facts: Facts, emails: dict[str, str]) -> str:  # noqa: E501
+def _resource(
+    kind: str, body: dict[str, Any], each: dict[str, Any], facts: Facts, emails: dict[str, str]
+) -> str:
     if kind == "google_secret_manager_secret_iam_member":
         return _each(body["secret_id"], each)
     if kind == "google_cloud_tasks_queue_iam_member":
