@@ -63,18 +63,19 @@ def test_no_binding_reaches_beyond_a_named_resource() -> None:
     assert not {
         k for k in kinds if k.endswith(("_iam_binding", "_iam_policy"))
     }  # authoritative: never
-    # The only project-level binding is the IAM target's own role, on the catalog's projects.
+    # The only project-level binding is the IAM target's, on the catalog's projects: the
+    # predefined role that holds exactly get, getIamPolicy and setIamPolicy.
     project = MODULE.of_kind("google_project_iam_member")
     assert list(project) == ["iam_target"]
-    assert project["iam_target"]["role"] == "${google_project_iam_custom_role.iam_target[0].id}"
-    # Every role a function holds, rendered for the example's catalog: nothing basic, no admin.
+    assert project["iam_target"]["role"] == "roles/resourcemanager.projectIamAdmin"
+    # Every role a function holds, rendered for the example's catalog: nothing basic, no admin
+    # role but the IAM target's own (which must set IAM policy on its resources).
     catalog = yaml.safe_load((tfgcp.EXAMPLE / "catalog.yaml").read_text())
     facts = tfgcp.facts_from_catalog(catalog, "acme-jit", "europe-west1", "jitc")
     for binding in tfgcp.bindings(facts, {"invoker": "inv@acme-jit.iam.gserviceaccount.com"}):
         assert binding.role not in ("roles/owner", "roles/editor", "roles/viewer")
-        assert "admin" not in binding.role.lower() or binding.address.endswith(
-            "folder_iam_member.iam_target"
-        )
+        targets = ("folder_iam_member.iam_target", "project_iam_member.iam_target")
+        assert "admin" not in binding.role.lower() or binding.address.endswith(targets)
         assert binding.resource.startswith(("projects/", "buckets/", "folders/"))
 
 

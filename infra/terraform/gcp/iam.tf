@@ -67,28 +67,34 @@ resource "google_service_account_iam_member" "act_as_invoker" {
 }
 
 # The IAM target: get and set IAM policy on exactly the resources the catalog's gcp_iam
-# integrations name. One custom role for projects, buckets and secrets in this project;
-# folders take the predefined folder IAM admin role (a project role cannot be bound there).
+# integrations name. Projects and folders take the predefined IAM-admin role of their kind
+# (exactly get, getIamPolicy and setIamPolicy, and bindable in any project or folder); buckets
+# and secrets a custom role, which a project role allows only inside this project.
 resource "google_project_iam_custom_role" "iam_target" {
-  count       = length(local.iam_resources) > 0 ? 1 : 0
+  count       = length(local.iam_buckets) + length(local.iam_secrets) > 0 ? 1 : 0
   project     = var.project_id
   role_id     = replace("${var.name}_iam_target", "-", "_")
   title       = "jit-connector IAM target"
-  description = "Read and write the IAM policy of the resources the catalog names."
+  description = "Read and write the IAM policy of the buckets and secrets the catalog names."
   permissions = [
-    "resourcemanager.projects.getIamPolicy",
-    "resourcemanager.projects.setIamPolicy",
     "storage.buckets.getIamPolicy",
     "storage.buckets.setIamPolicy",
     "secretmanager.secrets.getIamPolicy",
     "secretmanager.secrets.setIamPolicy",
   ]
+
+  lifecycle {
+    precondition {
+      condition     = alltrue([for s in local.iam_secrets : split("/", s)[1] == var.project_id])
+      error_message = "gcp_iam secrets must be in project_id: the custom role that may set their IAM policy is this project's."
+    }
+  }
 }
 
 resource "google_project_iam_member" "iam_target" {
   for_each = { for pair in setproduct(local.iam_editors, local.iam_projects) : "${pair[0]} ${pair[1]}" => { function = pair[0], project = pair[1] } }
   project  = each.value.project
-  role     = google_project_iam_custom_role.iam_target[0].id
+  role     = "roles/resourcemanager.projectIamAdmin"
   member   = "serviceAccount:${google_service_account.function[each.value.function].email}"
 }
 
