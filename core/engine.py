@@ -424,6 +424,7 @@ class Engine:
             sealed_credentials=sealed,
             credentials=credentials if plain else None,
             reissued=result.reissued,
+            message=result.note,
         )
 
     def _recorded_expiry(
@@ -486,7 +487,7 @@ class Engine:
             residual=result.residual,
             verified=result.verified,
             revocation_lag_seconds=lag,
-            message=None
+            message=result.note
             if result.found
             else "nothing to revoke (never granted or already revoked)",
         )

@@ -67,6 +67,8 @@ class GrantResult:
     reissued: bool = False
     # The expiry the target recorded for this grant (on a redelivery: the first delivery's).
     expires_at: datetime | None = None
+    # What the requester should know about the grant (e.g. that the target applies it late).
+    note: str | None = None
 
 
 @dataclass
@@ -76,6 +78,7 @@ class RevokeResult:
     expires_at: datetime | None = None
     residual: list[str] = field(default_factory=list)
     verified: bool = True
+    note: str | None = None
 
 
 def tombstone_label(

@@ -51,6 +51,8 @@ TITLE_PREFIX = "jitc "
 NEVER = 'request.time < timestamp("1970-01-01T00:00:00Z")'
 MAX_DESCRIPTION = 256  # Google's limit for a condition's description
 POLICY_VERSION = 3
+# Google's published figure for IAM changes to take effect.
+PROPAGATION = "GCP IAM applies this in about 2 minutes (up to 7); the policy already holds it"
 ATTEMPTS = 5
 
 RESOURCE = re.compile(
@@ -434,7 +436,9 @@ class GcpIamSession:
             after = self._change(resource, add)
             if binding not in after.get("bindings", []):
                 raise TargetError(f"{resource}: the binding is not in the policy read back")
-        return GrantResult(principal=member, reissued=bool(existing), expires_at=expires_at)
+        return GrantResult(
+            principal=member, reissued=bool(existing), expires_at=expires_at, note=PROPAGATION
+        )
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
         existing = self._find(grant_id)
@@ -488,7 +492,7 @@ class GcpIamSession:
                     remaining.append(f"{resource}: {item.get('role')} {who}")
         return RevokeResult(
             found=True, principal=member, expires_at=expires_at, residual=residual + remaining,
-            verified=not remaining,
+            verified=not remaining, note=PROPAGATION,
         )  # fmt: skip
 
     def _squatters(self, grant_id: str) -> list[str]:

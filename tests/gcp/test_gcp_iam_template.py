@@ -109,6 +109,7 @@ def ours(fake: FakeGcp, grant_id: str) -> dict[str, Any]:
 def test_grant_is_one_conditional_binding_with_a_verified_label(fake: FakeGcp) -> None:
     outcome = engine().execute(request())
     assert outcome.status == "granted" and outcome.principal == "user:ana@example.com"
+    assert "about 2 minutes" in str(outcome.message)  # IAM propagation, said in the outcome
     binding = ours(fake, outcome.grant_id or "")
     assert binding["role"] == ROLE and binding["members"] == ["user:ana@example.com"]
     assert binding["condition"]["description"].startswith("jitc:")
