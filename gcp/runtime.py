@@ -49,6 +49,7 @@ class Settings:
     catalog_json: str | None
     catalog_path: Path | None
     catalog_sha256: str | None
+    event_topic: str | None
     tasks_endpoint: str | None
     secrets_endpoint: str | None
     timeout_seconds: float
@@ -67,6 +68,7 @@ class Settings:
             catalog_json=get("JITC_CATALOG") or None,
             catalog_path=Path(path) if path else None,
             catalog_sha256=get("JITC_CATALOG_SHA256") or None,
+            event_topic=get("JITC_EVENT_TOPIC") or None,
             # Private Service Connect endpoints (and local servers in tests).
             tasks_endpoint=get("JITC_TASKS_ENDPOINT") or None,
             secrets_endpoint=get("JITC_SECRETS_ENDPOINT") or None,
@@ -194,7 +196,12 @@ def sinks() -> Sinks:
             connector.webhook_url, connector.signing_key, secret_stores()
         )
         webhook = BufferedSink(hook)
-    return Sinks(LogSink(logger), webhook)
+    topic = None
+    if settings().event_topic:
+        from jitc.gcp.pubsub import PubSubSink, pubsub_service
+
+        topic = PubSubSink(pubsub_service(), settings().event_topic or "")
+    return Sinks(LogSink(logger), webhook, topic)
 
 
 @cache

@@ -1,7 +1,8 @@
 """Audit events and outcomes: always to the function's JSON log, and to the control plane's
 webhook when the catalog names one, sent once the message's work is done and before the worker
 answers Cloud Tasks: a failed send fails the task, which is delivered again (events at least
-once, like every message; they carry ids for the receiver to deduplicate)."""
+once, like every message; they carry ids for the receiver to deduplicate). The Pub/Sub topic,
+when configured, is sent to the same way."""
 
 from __future__ import annotations
 
@@ -36,10 +37,15 @@ class BufferedSink:
 
 
 class Sinks:
-    def __init__(self, log: LogSink, webhook: BufferedSink | None = None) -> None:
+    def __init__(
+        self, log: LogSink, webhook: BufferedSink | None = None, topic: Any | None = None
+    ) -> None:
         self.log = log
         self.webhook = webhook
-        self.sinks: tuple[EventSink, ...] = tuple(s for s in (log, webhook) if s is not None)
+        self.topic = topic
+        self.sinks: tuple[EventSink, ...] = tuple(
+            s for s in (log, topic, webhook) if s is not None
+        )
 
     def audit(self, event: AuditEvent) -> None:
         for sink in self.sinks:
@@ -51,9 +57,12 @@ class Sinks:
 
     def discard(self) -> None:
         """Drop what a failed message left unsent: its redelivery makes its events anew."""
-        if self.webhook is not None:
-            self.webhook.discard()
+        for buffered in (self.topic, self.webhook):
+            if buffered is not None:
+                buffered.discard()
 
     def flush(self) -> None:
+        if self.topic is not None:
+            self.topic.flush()
         if self.webhook is not None:
             self.webhook.flush()

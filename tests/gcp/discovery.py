@@ -28,6 +28,7 @@ APIS = {
     "secretmanager": "secretmanager.v1.json",
     "cloudresourcemanager": "cloudresourcemanager.v3.json",
     "storage": "storage.v1.json",
+    "pubsub": "pubsub.v1.json",
 }
 
 

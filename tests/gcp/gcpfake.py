@@ -87,6 +87,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "roles/storage.objectViewer": frozenset({"storage.objects.get", "storage.objects.list"}),
     "roles/bigquery.dataViewer": frozenset({"bigquery.tables.getData"}),
     "roles/run.invoker": frozenset({"run.routes.invoke"}),
+    "roles/pubsub.publisher": frozenset({"pubsub.topics.publish"}),
 }
 
 # Method id -> permission; the resource comes from the request (see `_resource`).
@@ -103,6 +104,7 @@ METHOD_PERMISSIONS = {
     "cloudresourcemanager.folders.setIamPolicy": "resourcemanager.folders.setIamPolicy",
     "storage.buckets.getIamPolicy": "storage.buckets.getIamPolicy",
     "storage.buckets.setIamPolicy": "storage.buckets.setIamPolicy",
+    "pubsub.projects.topics.publish": "pubsub.topics.publish",
 }
 CONDITION = re.compile(r'^request\.time < timestamp\("(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\)$')
 MAX_AHEAD = timedelta(days=30)
@@ -207,6 +209,8 @@ class FakeGcp:
         self.custom_roles: dict[str, frozenset[str]] = {}
         self.buckets: set[str] = set()
         self.queues: set[str] = set()
+        self.topics: set[str] = set()
+        self.published: dict[str, list[dict[str, Any]]] = {}
         self.tasks: dict[str, Task] = {}
         self.reserved: dict[str, datetime] = {}
         self.delivered: list[Task] = []
@@ -394,6 +398,8 @@ class FakeGcp:
             return self._tasks(method.id, params, doc, caller)
         if method.id.endswith("versions.access"):
             return self._access(params["name"])
+        if method.id == "pubsub.projects.topics.publish":
+            return self._publish(resource, doc)
         if method.id.endswith("getIamPolicy"):
             return 200, self._get_policy(resource)
         policy = doc if method.api == "storage" else doc.get("policy", {})
@@ -407,7 +413,24 @@ class FakeGcp:
             return params["name"].rsplit("/versions/", 1)[0]
         if method.startswith("storage."):
             return f"buckets/{params['bucket']}"
+        if method.startswith("pubsub."):
+            return params["topic"]
         return params["resource"]
+
+    def _publish(self, topic: str, doc: dict[str, Any]) -> tuple[int, Any]:
+        if topic not in self.topics:
+            raise ApiError(404, "NOT_FOUND", f"topic {topic} not found")
+        messages = doc.get("messages") or []
+        if not 1 <= len(messages) <= 1000:
+            raise ApiError(400, "INVALID_ARGUMENT", "1 to 1000 messages per publish")
+        ids = []
+        with self.lock:
+            for message in messages:
+                if not message.get("data") and not message.get("attributes"):
+                    raise ApiError(400, "INVALID_ARGUMENT", "a message needs data or attributes")
+                self.published.setdefault(topic, []).append(message)
+                ids.append(str(len(self.published[topic])))
+        return 200, {"messageIds": ids}
 
     def _access(self, name: str) -> tuple[int, Any]:
         data = self.secrets.get(name)

@@ -192,6 +192,8 @@ def deploy(
             "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER": fake.url + "/",
             "JITC_GCP_ENDPOINT_SECRETMANAGER": fake.url + "/",
             "JITC_GCP_ENDPOINT_STORAGE": fake.url + "/storage/v1/",
+            "JITC_GCP_ENDPOINT_PUBSUB": fake.url + "/",
+            "JITC_EVENT_TOPIC": f"projects/{PROJECT}/topics/{NAME}-events",
             "JITC_TIMEOUT_SECONDS": "120",
             "JITC_LOG_LEVEL": "DEBUG",
         }

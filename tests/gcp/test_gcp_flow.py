@@ -48,6 +48,7 @@ BOX_PRIVATE, BOX_PUBLIC = box_keypair()
 TARGET_PROJECT = f"jitc-tgt-{RUN}"
 TARGET_BUCKET = f"jitc-tgt-{RUN}-exports"
 GRANTEE = f"user:ana-{RUN}@example.com"
+TOPIC = f"projects/{PROJECT}/topics/{NAME}-events"
 
 
 class Webhook:
@@ -128,7 +129,8 @@ def deployment(
             },
         },
     }
-    facts = tfgcp.facts_from_catalog(catalog, PROJECT, REGION, NAME)
+    facts = tfgcp.facts_from_catalog(catalog, PROJECT, REGION, NAME, publish_events=True)
+    fake.topics.add(TOPIC)
     fake.custom_roles.update(tfgcp.custom_roles(facts))
     for binding in tfgcp.bindings(facts, emails):
         fake.bind(binding.resource, binding.role, f"serviceAccount:{emails[binding.function]}")
@@ -186,6 +188,12 @@ def test_signed_grant_runs_and_expires_on_time(
     settled(fake)
     wait_for(lambda: "granted" in statuses(webhook, grant_id), what="the grant's outcome")
     assert len(pg_roles(pg_admin) - before) == 1
+    # The same outcome on the event topic, with ids as attributes for consumers to filter on.
+    published = fake.published.get(TOPIC, [])
+    assert any(
+        m["attributes"].get("grant_id") == grant_id and m["attributes"]["type"] == "jitc.outcome"
+        for m in published
+    )
     # The expiry is a task named from the grant id, due at the expiry, not yet delivered.
     expiry = f"{deployment.fake.url and ''}projects/{PROJECT}/locations/{REGION}/queues/{NAME}-requests/tasks/{task_id('expire', grant_id)}"
     assert expiry in fake.tasks
@@ -486,7 +494,7 @@ def test_every_call_was_allowed_valid_and_every_binding_was_needed(
     by_email = {email: name for name, email in deployment.emails.items()}
     denied = [(by_email[c.caller], c.permission, c.resource) for c in calls if not c.allowed]
     assert denied == []
-    facts = tfgcp.facts_from_catalog(deployment.catalog, PROJECT, REGION, NAME)
+    facts = tfgcp.facts_from_catalog(deployment.catalog, PROJECT, REGION, NAME, publish_events=True)
     roles = tfgcp.custom_roles(facts)
     from gcpfake import ROLE_PERMISSIONS
 

@@ -30,6 +30,7 @@ IAM_KINDS = (
     "google_project_iam_member",
     "google_storage_bucket_iam_member",
     "google_folder_iam_member",
+    "google_pubsub_topic_iam_member",
 )
 
 
@@ -50,6 +51,7 @@ class Facts:
     name: str
     secrets: frozenset[str]  # projects/P/secrets/S
     iam_resources: frozenset[str]
+    publish_events: bool = False
 
     def locals_sets(self, module: Module) -> dict[str, list[str]]:
         sets = {
@@ -78,7 +80,9 @@ def _literal_set(text: str) -> list[str]:
     return re.findall(r'"([^"]*)"', match.group(1))
 
 
-def facts_from_catalog(catalog: dict[str, Any], project: str, region: str, name: str) -> Facts:
+def facts_from_catalog(
+    catalog: dict[str, Any], project: str, region: str, name: str, publish_events: bool = False
+) -> Facts:
     """The module's `local.secrets` and `local.iam_resources`, computed as its HCL does."""
     refs = [i.get("credentials") for i in catalog.get("integrations", {}).values()]
     refs += [catalog.get("connector", {}).get(k) for k in ("signing_key", "label_key")]
@@ -91,14 +95,20 @@ def facts_from_catalog(catalog: dict[str, Any], project: str, region: str, name:
         for i in catalog.get("integrations", {}).values() if i.get("kind") == "gcp_iam"
         for r in i.get("connection", {}).get("resources", [])
     }  # fmt: skip
-    return Facts(project, region, name, frozenset(secrets), frozenset(resources))
+    return Facts(project, region, name, frozenset(secrets), frozenset(resources), publish_events)
 
 
-def _instances(body: dict[str, Any], sets: dict[str, list[str]]) -> list[dict[str, Any]]:
+def _instances(
+    body: dict[str, Any], sets: dict[str, list[str]], facts: Facts
+) -> list[dict[str, Any]]:
     """`each` of every instance: {"key": ..., "value": ...}."""
     for_each = body.get("for_each")
     if for_each is None:
         return [{}]
+    switch = re.fullmatch(r"\$\{toset\(var\.publish_events \? (\[[^\]]*\]) : \[\]\)\}", for_each)
+    if switch:
+        names = re.findall(r'"([^"]*)"', switch.group(1)) if facts.publish_events else []
+        return [{"key": v, "value": v} for v in names]
     if for_each.startswith("${toset(["):
         return [{"key": v, "value": v} for v in _literal_set(for_each)]
     if for_each == "${local.secret_access}":
@@ -183,6 +193,9 @@ def _resource(
         return f"buckets/{_each(body['bucket'], each)}"
     if kind == "google_folder_iam_member":
         return _each(body["folder"], each)
+    if kind == "google_pubsub_topic_iam_member":
+        assert body["topic"] == "${google_pubsub_topic.events[0].name}", body["topic"]
+        return f"projects/{facts.project}/topics/{facts.name}-events"
     raise AssertionError(kind)
 
 
@@ -193,7 +206,7 @@ def bindings(facts: Facts, emails: dict[str, str], module: Module | None = None)
     found = []
     for kind in IAM_KINDS:
         for name, body in module.of_kind(kind).items():
-            for each in _instances(body, sets):
+            for each in _instances(body, sets, facts):
                 found.append(
                     Binding(
                         address=f"{kind}.{name}",

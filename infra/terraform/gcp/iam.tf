@@ -119,3 +119,12 @@ resource "google_folder_iam_member" "iam_target" {
   role     = "roles/resourcemanager.folderIamAdmin"
   member   = "serviceAccount:${google_service_account.function[each.value.function].email}"
 }
+
+# The optional event topic: the functions that run the engine publish its events there.
+resource "google_pubsub_topic_iam_member" "events" {
+  for_each = toset(var.publish_events ? ["worker", "sweep"] : [])
+  project  = var.project_id
+  topic    = google_pubsub_topic.events[0].name
+  role     = "roles/pubsub.publisher"
+  member   = "serviceAccount:${google_service_account.function[each.key].email}"
+}

@@ -54,6 +54,7 @@ locals {
     JITC_CATALOG        = local.catalog_json
     JITC_CATALOG_SHA256 = sha256(local.catalog_json)
     JITC_LOG_LEVEL      = var.log_level
+    JITC_EVENT_TOPIC    = var.publish_events ? google_pubsub_topic.events[0].id : ""
   }
 }
 
@@ -138,6 +139,17 @@ resource "google_cloud_tasks_queue" "requests" {
   stackdriver_logging_config {
     sampling_ratio = 1.0
   }
+}
+
+# -- Events (optional) ------------------------------------------------------------------------
+
+resource "google_pubsub_topic" "events" {
+  count        = var.publish_events ? 1 : 0
+  project      = var.project_id
+  name         = "${var.name}-events"
+  kms_key_name = var.kms_key_name
+
+  message_retention_duration = "604800s"
 }
 
 # -- Functions --------------------------------------------------------------------------------

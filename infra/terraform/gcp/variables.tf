@@ -87,3 +87,9 @@ variable "vpc_connector" {
   type        = string
   default     = null
 }
+
+variable "publish_events" {
+  description = "Also publish audit events and outcomes to a Pub/Sub topic the module creates (`<name>-events`), for the company's own consumers."
+  type        = bool
+  default     = false
+}
