@@ -250,11 +250,15 @@ class _Api:
         if name not in self._services:
             from googleapiclient import discovery
 
-            credentials = self.credentials()
             options = {}
             endpoint = os.environ.get(f"JITC_GCP_ENDPOINT_{name.upper()}")
             if endpoint:
+                # A Private Service Connect endpoint, or a local server in tests: the bearer
+                # token goes there, so never in clear text off this machine.
+                if not endpoint.startswith(("https://", "http://127.0.0.1:")):
+                    raise TargetError(f"JITC_GCP_ENDPOINT_{name.upper()}: https only")
                 options["api_endpoint"] = endpoint
+            credentials = self.credentials()
             self._services[name] = discovery.build(
                 name, version, credentials=credentials, static_discovery=True,
                 cache_discovery=False, client_options=options or None, num_retries=0,
