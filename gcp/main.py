@@ -20,7 +20,15 @@ from jitc.gcp.runtime import ConfigError
 _HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 
+# Nothing this connector accepts is larger (the intake's limit is 64 KiB, a task's 100 KB):
+# a larger body is refused before it is read.
+MAX_BODY_BYTES = 128 * 1024
+
+
 def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        refusal = {"error": "refused", "field": "body", "message": "too large"}
+        return flask.Response(json.dumps(refusal), status=413, headers=_HEADERS)
     http = handlers.HttpRequest(
         method=request.method,
         path=request.path,

@@ -395,6 +395,9 @@ def test_intake_refuses_unsigned_forged_and_replayed_requests(
     bad = {**doc, "resources": ["pg_catalog"]}
     status, answer = deployment.post("intake", *signed(deployment, bad))
     assert status == 403 and answer["field"].startswith("resources")
+    huge = json.dumps({**doc, "justification": "x" * 200_000}).encode()
+    status, answer = deployment.post("intake", huge, {"Content-Type": "application/json"})
+    assert status == 413 and answer["field"] == "body"
     old = int(datetime.now(UTC).timestamp()) - 3600
     assert deployment.post("intake", *signed(deployment, doc, timestamp=old))[0] == 401
     settled(fake)
