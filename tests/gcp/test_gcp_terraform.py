@@ -102,3 +102,27 @@ def test_the_example_catalog_is_valid_and_the_module_call_matches_the_variables(
     assert arguments <= set(MODULE.variables), arguments - set(MODULE.variables)
     required = {name for name, body in MODULE.variables.items() if "default" not in body}
     assert required <= arguments
+
+
+def test_queue_writers_get_the_queue_and_the_invokers_token_and_nothing_else() -> None:
+    catalog = yaml.safe_load((tfgcp.EXAMPLE / "catalog.yaml").read_text())
+    facts = tfgcp.facts_from_catalog(catalog, "acme-jit", "europe-west1", "jitc")
+    emails = {"invoker": "inv@acme-jit.iam.gserviceaccount.com"}
+    writer = "serviceAccount:cp@saas.iam.gserviceaccount.com"
+    assert not [b for b in tfgcp.bindings(facts, emails) if b.function == writer]
+    import dataclasses
+
+    with_writer = dataclasses.replace(facts, queue_writers=(writer,))
+    granted = {
+        (b.role, b.resource) for b in tfgcp.bindings(with_writer, emails) if b.function == writer
+    }
+    assert granted == {
+        (
+            "roles/cloudtasks.enqueuer",
+            "projects/acme-jit/locations/europe-west1/queues/jitc-requests",
+        ),
+        (
+            "roles/iam.serviceAccountUser",
+            "projects/-/serviceAccounts/inv@acme-jit.iam.gserviceaccount.com",
+        ),
+    }

@@ -52,6 +52,7 @@ class Facts:
     secrets: frozenset[str]  # projects/P/secrets/S
     iam_resources: frozenset[str]
     publish_events: bool = False
+    queue_writers: tuple[str, ...] = ()
 
     def locals_sets(self, module: Module) -> dict[str, list[str]]:
         sets = {
@@ -105,6 +106,8 @@ def _instances(
     for_each = body.get("for_each")
     if for_each is None:
         return [{}]
+    if for_each == "${toset(var.queue_writers)}":
+        return [{"key": v, "value": v} for v in facts.queue_writers]
     switch = re.fullmatch(r"\$\{toset\(var\.publish_events \? (\[[^\]]*\]) : \[\]\)\}", for_each)
     if switch:
         names = re.findall(r'"([^"]*)"', switch.group(1)) if facts.publish_events else []
@@ -139,6 +142,8 @@ def _each(text: str, each: dict[str, Any]) -> str:
 def _member(text: str, each: dict[str, Any]) -> str:
     if text == "serviceAccount:${google_service_account.invoker.email}":
         return "invoker"
+    if text == "${each.value}":
+        return str(each["value"])  # a member the deployment names (queue_writers)
     match = re.fullmatch(
         r'serviceAccount:\$\{google_service_account\.function\[(each\.key|each\.value\.(\w+)|"(\w+)")\]\.email\}',
         text,

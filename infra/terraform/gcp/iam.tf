@@ -128,3 +128,21 @@ resource "google_pubsub_topic_iam_member" "events" {
   role     = "roles/pubsub.publisher"
   member   = "serviceAccount:${google_service_account.function[each.key].email}"
 }
+
+# No inbound HTTP (optional): the control plane creates the worker's tasks itself, each a
+# signed envelope the worker verifies like any other; an unsigned message can only revoke.
+resource "google_cloud_tasks_queue_iam_member" "writers" {
+  for_each = toset(var.queue_writers)
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_tasks_queue.requests.name
+  role     = "roles/cloudtasks.enqueuer"
+  member   = each.value
+}
+
+resource "google_service_account_iam_member" "writers_act_as_invoker" {
+  for_each           = toset(var.queue_writers)
+  service_account_id = google_service_account.invoker.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = each.value
+}

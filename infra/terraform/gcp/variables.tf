@@ -93,3 +93,9 @@ variable "publish_events" {
   type        = bool
   default     = false
 }
+
+variable "queue_writers" {
+  description = "Members (e.g. the control plane's service account) that may create tasks on the queue directly, carrying the same signed envelope, for a company that wants no inbound HTTP. They get cloudtasks.enqueuer on the queue and serviceAccountUser on the invoker account (a task's OIDC token needs it)."
+  type        = list(string)
+  default     = []
+}
