@@ -143,6 +143,7 @@ KIND_NEEDS = {
     "postgresql": ("psycopg", "postgresql"),
     "aws_iam": ("boto3", "aws"),
     "aws_identity_center": ("boto3", "aws"),
+    "gcp_iam": ("googleapiclient", "gcp"),
 }
 
 
