@@ -126,3 +126,19 @@ def test_queue_writers_get_the_queue_and_the_invokers_token_and_nothing_else() -
             "projects/-/serviceAccounts/inv@acme-jit.iam.gserviceaccount.com",
         ),
     }
+
+
+def test_every_warning_the_functions_log_is_alerted_on() -> None:
+    """A message the code logs at WARNING or above that the failure metric does not count
+    would fail in silence (e.g. tasks retried for ever behind a misconfigured audience)."""
+    text = (tfgcp.MODULE / "monitoring.tf").read_text()
+    metric = text.split('resource "google_logging_metric" "failures"', 1)[1].split("EOT", 2)[1]
+    logged = set()
+    for source in (ROOT / "gcp").glob("*.py"):
+        logged |= set(
+            re.findall(r'logger\.(?:warning|error|exception)\(\s*"([^"]+)"', source.read_text())
+        )
+    logged.add("sweep failed")  # handlers.scheduled logs f"{name} failed" for each job
+    assert logged, "no warnings found: the pattern above no longer matches the code"
+    for message in logged:
+        assert f'jsonPayload.message="{message}"' in metric, message

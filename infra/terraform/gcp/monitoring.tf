@@ -1,5 +1,6 @@
 # Alerts: work that keeps failing (a failed revoke is retried without end: access may outlive
-# its grant meanwhile), and a sweep that has not completed for too long.
+# its grant meanwhile), a caller refused (an attack, or tasks whose OIDC audience or account is
+# misconfigured and will be retried for ever), and a sweep that has not completed for too long.
 
 resource "google_logging_metric" "failures" {
   project = var.project_id
@@ -8,7 +9,7 @@ resource "google_logging_metric" "failures" {
     resource.type="cloud_run_revision"
     resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-intake")
     severity>=WARNING
-    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.complete=false)
+    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false)
   EOT
   metric_descriptor {
     metric_kind = "DELTA"
