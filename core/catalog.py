@@ -201,7 +201,7 @@ def _own_secret(connector: Connector, ref: SecretRef) -> bool:
 
 
 # Secret schemes some store of this project resolves; another is most likely a typo.
-KNOWN_SECRET_SCHEMES = ("env", "file", "aws-sm")
+KNOWN_SECRET_SCHEMES = ("env", "file", "aws-sm", "gcp-sm")
 
 
 def catalog_warnings(catalog: Catalog) -> list[str]:

@@ -595,7 +595,7 @@ class Engine:
             residual=result.residual,
             verified=result.verified,
             revocation_lag_seconds=lag,
-            message=None
+            message=result.note
             if result.found
             else "nothing to revoke (never granted or already revoked)",
         )

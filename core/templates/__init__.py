@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "mysql": "jitc.templates.mysql:MySQLTemplate",
     "redis": "jitc.templates.redis:RedisTemplate",
     "rabbitmq": "jitc.templates.rabbitmq:RabbitMQTemplate",
+    "gcp_iam": "jitc.templates.gcp_iam:GcpIamTemplate",
     "azure_rbac": "jitc.templates.azure_rbac:AzureRbacTemplate",
 }
 

@@ -91,6 +91,7 @@ class RevokeResult:
     expires_at: datetime | None = None
     residual: list[str] = field(default_factory=list)
     verified: bool = True
+    note: str | None = None
 
 
 def tombstone_label(

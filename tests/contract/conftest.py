@@ -18,6 +18,7 @@ TARGETS: dict[str, str] = {
     "redis": "contract_redis:RedisTarget",
     "rabbitmq": "contract_rabbitmq:RabbitMQTarget",
     "aws_iam": "contract_aws_iam:AwsIamTarget",
+    "gcp_iam": "contract_gcp_iam:GcpIamTarget",
     "azure_rbac": "contract_azure_rbac:AzureRbacTarget",
 }
 

@@ -1,0 +1,176 @@
+"""Cold start of each deployed GCP entry point vs. importing pydantic and the Google clients it
+needs, in fresh interpreters, same run.
+
+A sample is a fresh `python -c` (bytecode already compiled) with the environment Terraform
+gives the function, timing its own work: functions-framework loading `gcp/main.py` (the file
+`jitc package gcp` puts at the source root) and serving the first request through the real
+Flask app: a signed request for the intake (a Cloud Task is created), an expiry task with the
+invoker's OIDC token for the worker (Secret Manager read, PostgreSQL revoke), a scheduled call
+for the sweep. The Google APIs are the loopback GCP of tests/gcp. Peak memory is VmHWM from
+/proc/self/status. Cases alternate so noise hits them alike; figures are medians.
+
+    python bench/bench_gcp_coldstart.py [samples]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "gcp"))
+
+from gcpfake import FakeGcp  # noqa: E402
+
+from jitc.signing import sign, signing_keypair  # noqa: E402
+
+PROBE = """
+import json, re, sys, time
+start = time.perf_counter()
+{code}
+took = time.perf_counter() - start
+hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
+print(json.dumps([took, int(hwm), status]))
+"""
+BASELINE = (
+    "import pydantic, flask, functions_framework, google.auth, google.cloud.tasks_v2, "
+    "google.cloud.secretmanager_v1\nstatus = 0"
+)
+FIRST = """
+import functions_framework
+app = functions_framework.create_app(target={target!r}, source={source!r})
+request = json.loads({request!r})
+answer = app.test_client().post("/", data=request["body"].encode(), headers=request["headers"])
+status = answer.status_code
+"""
+PROJECT = "jitc-bench-gcp"
+QUEUE = f"projects/{PROJECT}/locations/europe-west1/queues/jitc-requests"
+
+
+def main() -> None:
+    samples = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+    fake = FakeGcp(PROJECT)
+    fake.queues.add(QUEUE)
+    folder = Path(tempfile.mkdtemp(prefix="jitc-bench-gcp-"))
+    try:
+        emails, keys = {}, {}
+        for name in ("intake", "worker", "sweep", "invoker"):
+            emails[name], info = fake.service_account(f"jitc-{name}")
+            keys[name] = folder / f"{name}.json"
+            keys[name].write_text(json.dumps(info))
+        secret = fake.add_secret("pg", json.dumps({"password": "bench"}))
+        label = fake.add_secret("label", "label-key-" + "b" * 32)
+        for name in ("worker", "sweep"):
+            for granted in (secret, label):
+                fake.bind(
+                    granted, "roles/secretmanager.secretAccessor", f"serviceAccount:{emails[name]}"
+                )
+        fake.bind(QUEUE, "roles/cloudtasks.enqueuer", f"serviceAccount:{emails['intake']}")
+        fake.custom_roles["sched"] = frozenset(
+            {"cloudtasks.tasks.create", "cloudtasks.tasks.get", "cloudtasks.tasks.delete"}
+        )
+        fake.bind(QUEUE, "sched", f"serviceAccount:{emails['worker']}")
+        fake.bind(QUEUE, "roles/cloudtasks.taskDeleter", f"serviceAccount:{emails['sweep']}")
+        fake.bind(
+            f"projects/-/serviceAccounts/{emails['invoker']}",
+            "roles/iam.serviceAccountUser",
+            f"serviceAccount:{emails['intake']}",
+        )
+        private, public = signing_keypair()
+        catalog = {
+            "control_plane": {"keys": {"cp1": public}},
+            "connector": {"label_key": f"gcp-sm:{label}/versions/1"},
+            "integrations": {"orders-db": {
+                "kind": "postgresql",
+                "connection": {"host": "127.0.0.1", "dbname": "test", "user": "postgres", "role_prefix": "jbgcp_"},  # noqa: E501
+                "credentials": f"gcp-sm:{secret}/versions/latest#password",
+                "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}},
+            }},
+        }  # fmt: skip
+        urls = {n: f"http://127.0.0.1:9/{n}" for n in ("worker", "sweep")}
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JITC_", "GOOGLE_"))}
+        base_env.update({
+            "JITC_PROJECT": PROJECT, "JITC_QUEUE": QUEUE, "JITC_WORKER_URL": urls["worker"],
+            "JITC_SWEEP_URL": urls["sweep"], "JITC_INVOKER_EMAIL": emails["invoker"],
+            "JITC_CATALOG": json.dumps(catalog), "JITC_CERTS_URL": f"{fake.url}/oauth2/v1/certs",
+            "JITC_TASKS_ENDPOINT": fake.url, "JITC_SECRETS_ENDPOINT": fake.url,
+        })  # fmt: skip
+        source = str(ROOT / "gcp" / "main.py")
+
+        def request_for(name: str, n: int) -> str:
+            if name == "intake":
+                body = json.dumps(
+                    {
+                        "request_id": f"bench-{n}-{os.urandom(4).hex()}",
+                        "action": "revoke",
+                        "integration": "orders-db",
+                    }
+                )
+                headers = {
+                    "Content-Type": "application/json",
+                    **sign(body.encode(), private, "cp1").headers(),
+                }
+            else:
+                body = (
+                    json.dumps(
+                        {"kind": "expire", "grant_id": "g" + "a" * 24, "integration": "orders-db"}
+                    )
+                    if name == "worker"
+                    else ""
+                )
+                headers = {
+                    "Authorization": "Bearer " + fake.oidc_token(urls[name], emails["invoker"])
+                }
+            return json.dumps({"body": body, "headers": headers})
+
+        cases = ["baseline", "intake", "worker", "sweep"]
+
+        def sample(name: str, n: int) -> tuple[float, int]:
+            env = dict(base_env)
+            if name == "baseline":
+                code = BASELINE
+            else:
+                env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[name])
+                code = FIRST.format(target=name, source=source, request=request_for(name, n))
+            out = subprocess.run(
+                [sys.executable, "-c", PROBE.format(code=code)], capture_output=True, text=True,
+                check=True, env=env, cwd=folder,
+            )  # fmt: skip
+            took, hwm, status = json.loads(out.stdout.strip().splitlines()[-1])
+            if name != "baseline" and status not in (200, 202):
+                raise RuntimeError(f"{name}: HTTP {status}\n{out.stdout[-2000:]}")
+            return float(took), int(hwm)
+
+        for name in cases:
+            sample(name, -1)  # warm the bytecode and the page cache
+        times: dict[str, list[float]] = {n: [] for n in cases}
+        peaks: dict[str, list[int]] = {n: [] for n in cases}
+        for n in range(samples):
+            for name in cases:
+                took, hwm = sample(name, n)
+                times[name].append(took)
+                peaks[name].append(hwm)
+    finally:
+        fake.close()
+    base_t, base_m = statistics.median(times["baseline"]), statistics.median(peaks["baseline"])
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    python = platform.python_version()
+    print(f"machine: {platform.node()} {os.cpu_count()} cpu {cpu!r}, Python {python}")
+    print(f"samples: {samples} per case, medians; baseline: {BASELINE.splitlines()[0]}")
+    print(f"{'case':30} {'time ms':>8} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
+    for name in cases:
+        t, m = statistics.median(times[name]), statistics.median(peaks[name])
+        print(f"{name:30} {t * 1000:8.1f} {t / base_t:5.2f}x {m / 1024:9.1f} {m / base_m:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

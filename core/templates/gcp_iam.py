@@ -1,0 +1,642 @@
+"""GCP IAM: a conditional role binding per grant on a project, folder, bucket or secret.
+
+The binding is the ledger and the lock at once. Its condition is
+`request.time < timestamp("<expiry>")`, so Google ends the access on time even when the
+connector is down; its title names the grant and its description carries the grant's label,
+MACed with the connector's label key over the label *and* the resource, role, member, title and
+expression of the binding it sits on. A label copied onto another binding, or a binding whose
+condition or title someone edited, no longer verifies and is never acted on: a revoke removes
+only a binding the connector wrote, and from it only the connector's member.
+
+Every change is a read-modify-write of the resource's policy (version 3, with its etag),
+retried when another writer got there first. A revoke leaves a tombstone binding whose
+condition is never true, so a late redelivered grant is refused. IAM changes take about two
+minutes to apply (seven at worst); a grant's outcome is not proof of usable access until then,
+and a revoke is verified by reading the policy back.
+
+Basic roles (owner, editor, viewer), IAM roles, admin roles (which hold setIamPolicy on what
+they administer) and custom roles (whose permissions this template cannot see) are refused
+unless the catalog marks the permission `privileged: true`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import json
+import os
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from jitc.errors import Refused, TargetError
+from jitc.labels import LabelKey, required
+from jitc.models import Grant
+from jitc.secrets import Secret
+from jitc.templates.base import (
+    GrantResult,
+    GrantSpec,
+    PermissionSettings,
+    RevokeResult,
+    Settings,
+    grant_from_label,
+)
+
+KIND = "gcp_iam"
+PREFIX = "jitc:"
+TITLE_PREFIX = "jitc "
+NEVER = 'request.time < timestamp("1970-01-01T00:00:00Z")'
+MAX_DESCRIPTION = 256  # Google's limit for a condition's description
+POLICY_VERSION = 3
+# Google's published figure for IAM changes to take effect.
+PROPAGATION = "GCP IAM applies this in about 2 minutes (up to 7); the policy already holds it"
+ATTEMPTS = 5
+
+RESOURCE = re.compile(
+    r"^(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
+    r"|folders/[0-9]{1,20}"
+    r"|buckets/[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
+    r"|projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/secrets/[A-Za-z0-9_-]{1,255})$"
+)
+ROLE = re.compile(
+    r"^(roles/[A-Za-z0-9_.]{1,128}"
+    r"|(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]|organizations/[0-9]{1,20})/roles/[A-Za-z0-9_.]{3,64})$"
+)
+BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer", "roles/browser"})
+
+
+def role_escalates(role: str) -> str | None:
+    """Why a role could hand out more access (None: it cannot, as far as its name shows)."""
+    if role in BASIC_ROLES:
+        return "a basic role"
+    if not role.startswith("roles/"):
+        return "a custom role, whose permissions this template cannot see"
+    name = role.removeprefix("roles/")
+    service, _, short = name.partition(".")
+    lowered = short.lower()
+    if service in ("iam", "resourcemanager", "orgpolicy", "accesscontextmanager"):
+        return "an IAM or resource-manager role"
+    if "admin" in lowered or "owner" in lowered or lowered.endswith("tokencreator"):
+        return "an admin role (admin roles can set IAM policy on what they administer)"
+    if lowered in ("serviceaccountuser", "workloadidentityuser"):
+        return "a role that acts as a service account"
+    return None
+
+
+def expression(expires_at: datetime) -> str:
+    moment = expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f'request.time < timestamp("{moment}")'
+
+
+class Connection(Settings):
+    resources: list[str] = Field(
+        min_length=1,
+        description="every resource whose policy the connector manages (and the sweep reads): "
+        "projects/P, folders/F, buckets/B, projects/P/secrets/S; Terraform grants setIamPolicy "
+        "on exactly these",
+    )
+    allowed_members: list[str] = Field(
+        min_length=1,
+        description="glob patterns of the members a grant may go to (e.g. 'user:*@example.com')",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, resources: list[str]) -> list[str]:
+        for resource in resources:
+            if not RESOURCE.fullmatch(resource):
+                raise ValueError(
+                    f"{resource!r}: expected projects/P, folders/F, buckets/B or "
+                    "projects/P/secrets/S"
+                )
+        return resources
+
+
+class Permission(PermissionSettings):
+    role: str = Field(pattern=ROLE.pattern, description="the role the binding grants")
+    member_type: Literal["user", "group", "serviceAccount"] = "user"
+    privileged: bool = Field(
+        default=False,
+        description="this permission may hand out a basic, IAM, admin or custom role: "
+        "reviewed as such",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, resources: list[str]) -> list[str]:
+        for resource in resources:
+            if not RESOURCE.fullmatch(resource):
+                raise ValueError(f"{resource!r} is not a resource this template can bind on")
+        return resources
+
+    def model_post_init(self, context: Any) -> None:
+        reason = role_escalates(self.role)
+        if reason is not None and not self.privileged:
+            raise ValueError(f"{self.role} is {reason}: set privileged: true to offer it")
+
+
+def member_of(permission: Permission, email: str) -> str:
+    return f"{permission.member_type}:{email.lower()}"
+
+
+def _mac(key: LabelKey, resource: str, binding: dict[str, Any], member: str, body: str) -> str:
+    condition = binding.get("condition") or {}
+    return key.mac(
+        KIND,
+        resource,
+        str(binding.get("role", "")),
+        member,
+        str(condition.get("title", "")),
+        str(condition.get("expression", "")),
+        body,
+    )
+
+
+def _body(spec_or_label: dict[str, Any]) -> str:
+    return json.dumps(spec_or_label, sort_keys=True, separators=(",", ":"))
+
+
+def make_binding(
+    key: LabelKey, resource: str, role: str, member: str, grant_id: str, label: dict[str, Any],
+    condition: str,
+) -> dict[str, Any]:  # fmt: skip
+    binding: dict[str, Any] = {
+        "role": role,
+        "members": [member],
+        "condition": {"title": f"{TITLE_PREFIX}{grant_id}", "expression": condition},
+    }
+    body = _body(label)
+    description = f"{PREFIX}{_mac(key, resource, binding, member, body)}.{body}"
+    if len(description) > MAX_DESCRIPTION:
+        raise Refused("integration", "integration and permission names are too long to label")
+    binding["condition"]["description"] = description
+    return binding
+
+
+def read_label(
+    key: LabelKey, resource: str, binding: dict[str, Any], member: str
+) -> dict[str, Any] | None:
+    """Our label for this member of this binding, or None for anything we did not write."""
+    condition = binding.get("condition")
+    if not isinstance(condition, dict) or member not in (binding.get("members") or []):
+        return None
+    text = condition.get("description")
+    if not isinstance(text, str) or not text.startswith(PREFIX):
+        return None
+    mac, sep, body = text[len(PREFIX) :].partition(".")
+    if not sep or not hmac.compare_digest(mac, _mac(key, resource, binding, member, body)):
+        return None
+    try:
+        label = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(label, dict) or label.get("v") != 1:
+        return None
+    if condition.get("title") != f"{TITLE_PREFIX}{label.get('g')}":
+        return None
+    return label
+
+
+# A tombstone binding's role: one that each resource type accepts in its policy (its condition
+# never holds, so it grants nothing).
+TOMBSTONE_ROLES = {
+    "projects": "roles/browser",
+    "folders": "roles/browser",
+    "buckets": "roles/storage.objectViewer",
+    "secrets": "roles/secretmanager.viewer",
+}
+
+
+def tombstone_role(resource: str) -> str:
+    if "/secrets/" in resource:
+        return TOMBSTONE_ROLES["secrets"]
+    return TOMBSTONE_ROLES[resource.split("/", 1)[0]]
+
+
+class _Api:
+    """getIamPolicy / setIamPolicy of one resource kind, through Google's discovery clients."""
+
+    def __init__(self) -> None:
+        self._services: dict[str, Any] = {}
+        self._credentials: Any = None
+
+    def credentials(self) -> Any:
+        if self._credentials is None:
+            import google.auth
+
+            self._credentials, _ = google.auth.default(
+                scopes=["https://www.googleapis.com/auth/cloud-platform"]
+            )
+        return self._credentials
+
+    def identity(self) -> str:
+        """The connector's own service account, as an IAM member."""
+        credentials = self.credentials()
+        email = getattr(credentials, "service_account_email", None)
+        if not email or email == "default":
+            # Metadata-server credentials learn their email on the first refresh.
+            from google.auth.transport.requests import Request
+
+            credentials.refresh(Request())
+            email = getattr(credentials, "service_account_email", None)
+        if not email or email == "default":
+            raise TargetError("the connector's credentials name no service account")
+        return f"serviceAccount:{email}"
+
+    def _service(self, name: str, version: str) -> Any:
+        if name not in self._services:
+            from googleapiclient import discovery
+
+            options = {}
+            endpoint = os.environ.get(f"JITC_GCP_ENDPOINT_{name.upper()}")
+            if endpoint:
+                # A Private Service Connect endpoint, or a local server in tests: the bearer
+                # token goes there, so never in clear text off this machine.
+                if not endpoint.startswith(("https://", "http://127.0.0.1:")):
+                    raise TargetError(f"JITC_GCP_ENDPOINT_{name.upper()}: https only")
+                options["api_endpoint"] = endpoint
+            credentials = self.credentials()
+            self._services[name] = discovery.build(
+                name, version, credentials=credentials, static_discovery=True,
+                cache_discovery=False, client_options=options or None, num_retries=0,
+            )  # fmt: skip
+        return self._services[name]
+
+    def get(self, resource: str) -> dict[str, Any]:
+        if resource.startswith("buckets/"):
+            call = (
+                self._service("storage", "v1")
+                .buckets()
+                .getIamPolicy(
+                    bucket=resource.removeprefix("buckets/"),
+                    optionsRequestedPolicyVersion=POLICY_VERSION,
+                )
+            )
+        elif "/secrets/" in resource:
+            call = (
+                self._service("secretmanager", "v1")
+                .projects()
+                .secrets()
+                .getIamPolicy(resource=resource, options_requestedPolicyVersion=POLICY_VERSION)
+            )
+        else:
+            collection = self._collection(resource)
+            call = collection.getIamPolicy(
+                resource=resource, body={"options": {"requestedPolicyVersion": POLICY_VERSION}}
+            )
+        policy: dict[str, Any] = call.execute(num_retries=2)
+        return policy
+
+    def set(self, resource: str, policy: dict[str, Any]) -> dict[str, Any]:
+        if resource.startswith("buckets/"):
+            call = (
+                self._service("storage", "v1")
+                .buckets()
+                .setIamPolicy(bucket=resource.removeprefix("buckets/"), body=policy)
+            )
+        elif "/secrets/" in resource:
+            call = (
+                self._service("secretmanager", "v1")
+                .projects()
+                .secrets()
+                .setIamPolicy(resource=resource, body={"policy": policy})
+            )
+        else:
+            call = self._collection(resource).setIamPolicy(
+                resource=resource, body={"policy": policy}
+            )
+        # Not retried blindly: a lost answer is read back by the next attempt.
+        result: dict[str, Any] = call.execute(num_retries=0)
+        return result
+
+    def _collection(self, resource: str) -> Any:
+        service = self._service("cloudresourcemanager", "v3")
+        return service.folders() if resource.startswith("folders/") else service.projects()
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "resp", None)
+    status = getattr(response, "status", None)
+    return int(status) if status is not None else None
+
+
+class GcpIamSession:
+    def __init__(
+        self, integration: str, connection: Connection, key: LabelKey, api: _Api | None = None
+    ) -> None:
+        self.integration = integration
+        self.connection = connection
+        self._key = key
+        self._api = api or _Api()
+
+    # -- policy read-modify-write --------------------------------------------------------
+
+    def _read(self, resource: str) -> dict[str, Any]:
+        from googleapiclient.errors import HttpError
+
+        try:
+            policy = self._api.get(resource)
+        except HttpError as exc:
+            raise TargetError(f"{resource}: getIamPolicy answered HTTP {_status(exc)}") from None
+        return policy
+
+    def _change(self, resource: str, edit: Any) -> dict[str, Any]:
+        """Apply `edit(policy) -> bool` (False: nothing to write) with the policy's etag,
+        again on a concurrent change. Returns the policy as it stands afterwards."""
+        from googleapiclient.errors import HttpError
+
+        for attempt in range(ATTEMPTS):
+            policy = self._read(resource)
+            if not edit(policy):
+                return policy
+            policy["version"] = POLICY_VERSION
+            try:
+                self._api.set(resource, policy)
+            except HttpError as exc:
+                status = _status(exc)
+                if status in (409, 412) and attempt + 1 < ATTEMPTS:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise TargetError(f"{resource}: setIamPolicy answered HTTP {status}") from None
+            # Read back: what the target holds is what the outcome reports.
+            return self._read(resource)
+        raise TargetError(f"{resource}: policy kept changing under the connector")
+
+    def _ours(
+        self, resource: str, policy: dict[str, Any]
+    ) -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
+        found = []
+        for binding in policy.get("bindings", []) or []:
+            for member in binding.get("members", []) or []:
+                label = read_label(self._key, resource, binding, member)
+                if label is not None and label.get("i") == self.integration:
+                    found.append((binding, member, label))
+        return found
+
+    def _find(self, grant_id: str) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+        found = []
+        for resource in self.connection.resources:
+            policy = self._read(resource)
+            for binding, member, label in self._ours(resource, policy):
+                if label.get("g") == grant_id:
+                    found.append((resource, binding, member, label))
+        return found
+
+    # -- the session surface -------------------------------------------------------------
+
+    def grant(self, spec: GrantSpec) -> GrantResult:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        member = member_of(permission, spec.identity.email)
+        digest = spec.request_digest[:16]
+        title = f"{TITLE_PREFIX}{spec.grant_id}"
+        for resource in spec.resources:
+            policy = self._read(resource)
+            ours = {id(binding) for binding, _, _ in self._ours(resource, policy)}
+            for binding in policy.get("bindings", []) or []:
+                condition = binding.get("condition") or {}
+                if condition.get("title") == title and id(binding) not in ours:
+                    # Someone wrote a binding under this grant's title: never adopted, never
+                    # edited, and no grant is made beside it that a revoke could confuse.
+                    raise Refused(
+                        "grant_id",
+                        f"{resource} has a binding titled {title!r} not created by this connector",
+                    )
+        existing = self._find(spec.grant_id)
+        for _, _, _, label in existing:
+            if label.get("s") == "t":
+                raise Refused(
+                    "request_id", "this grant was already revoked; it will not be made again"
+                )
+            if digest and label.get("d") and label.get("d") != digest:
+                raise Refused("request_id", "reused for a different request")
+        label = {
+            "v": 1, "g": spec.grant_id, "i": spec.integration, "p": spec.permission_name,
+            "x": int(spec.expires_at.timestamp()), "s": "a", "d": digest,
+        }  # fmt: skip
+        done = {resource for resource, _, _, old in existing if old.get("s") == "a"}
+        expires_at = spec.expires_at
+        if existing:
+            expires_at = datetime.fromtimestamp(int(existing[0][3]["x"]), UTC)
+            label["x"] = int(expires_at.timestamp())
+        for resource in spec.resources:
+            if resource in done:
+                continue
+            binding = make_binding(
+                self._key, resource, permission.role, member, spec.grant_id, label,
+                expression(expires_at),
+            )  # fmt: skip
+
+            def add(policy: dict[str, Any], binding: dict[str, Any] = binding) -> bool:
+                bindings = policy.setdefault("bindings", [])
+                if binding in bindings:
+                    return False
+                bindings.append(binding)
+                return True
+
+            after = self._change(resource, add)
+            if binding not in after.get("bindings", []):
+                raise TargetError(f"{resource}: the binding is not in the policy read back")
+        return GrantResult(
+            principal=member, reissued=bool(existing), expires_at=expires_at, note=PROPAGATION
+        )
+
+    def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        existing = self._find(grant_id)
+        active = [item for item in existing if item[3].get("s") == "a"]
+        if not active:
+            if not existing:
+                # A revoke before its grant (Cloud Tasks reorders): the tombstone refuses the
+                # grant when it comes. It sits on the first resource, on the connector's own
+                # account, under a condition that never holds.
+                self._tombstone_only(grant_id, tombstone_until)
+            return RevokeResult(found=False, residual=self._squatters(grant_id))
+        residual: list[str] = []
+        remaining: list[str] = []
+        member = active[0][2]
+        expires_at = datetime.fromtimestamp(int(active[0][3]["x"]), UTC)
+        residual += self._squatters(grant_id)
+        for resource, binding, who, label in active:
+            tomb_label = {**label, "s": "t", "x": int(tombstone_until.timestamp())}
+            tomb = make_binding(
+                self._key, resource, binding["role"], who, grant_id, tomb_label, NEVER
+            )
+
+            def remove(
+                policy: dict[str, Any],
+                resource: str = resource,
+                who: str = who,
+                tomb: dict[str, Any] = tomb,
+            ) -> bool:
+                changed = False
+                kept = []
+                for item in policy.get("bindings", []) or []:
+                    label = read_label(self._key, resource, item, who)
+                    if label is not None and label.get("g") == grant_id and label.get("s") == "a":
+                        # Only our member leaves; anyone else on the binding stays.
+                        others = [m for m in item.get("members", []) if m != who]
+                        changed = True
+                        if others:
+                            kept.append({**item, "members": others})
+                        continue
+                    kept.append(item)
+                if tomb not in kept:
+                    kept.append(tomb)
+                    changed = True
+                policy["bindings"] = kept
+                return changed
+
+            after = self._change(resource, remove)
+            for item in after.get("bindings", []) or []:
+                left = read_label(self._key, resource, item, who)
+                if left is not None and left.get("g") == grant_id and left.get("s") == "a":
+                    remaining.append(f"{resource}: {item.get('role')} {who}")
+        return RevokeResult(
+            found=True, principal=member, expires_at=expires_at, residual=residual + remaining,
+            verified=not remaining, note=PROPAGATION,
+        )  # fmt: skip
+
+    def _squatters(self, grant_id: str) -> list[str]:
+        """Bindings under this grant's title that do not verify as ours (edited or forged):
+        never touched, named in the outcome so that someone looks."""
+        title = f"{TITLE_PREFIX}{grant_id}"
+        found = []
+        for resource in self.connection.resources:
+            policy = self._read(resource)
+            ours = {id(binding) for binding, _, _ in self._ours(resource, policy)}
+            for binding in policy.get("bindings", []) or []:
+                condition = binding.get("condition") or {}
+                if condition.get("title") == title and id(binding) not in ours:
+                    found.append(
+                        f"{resource}: {binding.get('role')} titled {title!r} does not verify as "
+                        "the connector's (edited or forged): left alone"
+                    )
+        return found
+
+    def _tombstone_only(self, grant_id: str, until: datetime) -> None:
+        resource = self.connection.resources[0]
+        label = {
+            "v": 1, "g": grant_id, "i": self.integration, "p": "", "x": int(until.timestamp()),
+            "s": "t", "d": "",
+        }  # fmt: skip
+        tomb = make_binding(
+            self._key, resource, tombstone_role(resource), self._api.identity(), grant_id, label,
+            NEVER,
+        )  # fmt: skip
+
+        def add(policy: dict[str, Any]) -> bool:
+            bindings = policy.setdefault("bindings", [])
+            if tomb in bindings:
+                return False
+            bindings.append(tomb)
+            return True
+
+        self._change(resource, add)
+
+    def forget(self, grant_id: str) -> None:
+        for resource in self.connection.resources:
+
+            def drop(policy: dict[str, Any], resource: str = resource) -> bool:
+                before = policy.get("bindings", []) or []
+                kept = [
+                    item
+                    for item in before
+                    if not any(
+                        (label := read_label(self._key, resource, item, m)) is not None
+                        and label.get("g") == grant_id
+                        and label.get("s") == "t"
+                        for m in item.get("members", []) or []
+                    )
+                ]
+                policy["bindings"] = kept
+                return len(kept) != len(before)
+
+            self._change(resource, drop)
+
+    def active_grants(self) -> list[Grant]:
+        grants: dict[str, Grant] = {}
+        for resource in self.connection.resources:
+            for binding, member, label in self._ours(resource, self._read(resource)):
+                state = "tombstone" if label.get("s") == "t" else "active"
+                grant = grant_from_label(
+                    KIND,
+                    member,
+                    {
+                        "grant_id": label.get("g"),
+                        "integration": label.get("i"),
+                        "permission": label.get("p", ""),
+                        "identity": member.partition(":")[2],
+                        "expires_at": datetime.fromtimestamp(
+                            int(label.get("x", 0)), UTC
+                        ).isoformat(),
+                        "state": state,
+                        "resource": resource,
+                        "role": binding.get("role"),
+                    },
+                )
+                if grant is not None:
+                    grants.setdefault(f"{grant.grant_id}:{state}", grant)
+        return list(grants.values())
+
+    def inventory(self) -> dict[str, list[str]]:
+        members: set[str] = set()
+        roles: set[str] = set()
+        for resource in self.connection.resources:
+            for binding in self._read(resource).get("bindings", []) or []:
+                roles.add(str(binding.get("role")))
+                members.update(str(m) for m in binding.get("members", []) or [])
+        return {
+            "resources": list(self.connection.resources),
+            "roles": sorted(roles),
+            "members": sorted(members),
+        }
+
+    def close(self) -> None:
+        self._api = _Api()
+
+
+class GcpIamTemplate:
+    kind: ClassVar[str] = KIND
+    Connection: ClassVar[type[Settings]] = Connection
+    Permission: ClassVar[type[PermissionSettings]] = Permission
+    uses_label_key: ClassVar[bool] = True
+
+    def needs_secret_delivery(self, permission: PermissionSettings) -> bool:
+        return False
+
+    def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
+        assert isinstance(connection, Connection) and isinstance(permission, Permission)
+        member = member_of(permission, spec.identity.email)
+        if not any(fnmatch.fnmatchcase(member, p) for p in connection.allowed_members):
+            raise Refused("identity", f"{member} is not among the connection's allowed members")
+        for index, resource in enumerate(spec.resources):
+            if resource not in connection.resources:
+                raise Refused(
+                    f"resources[{index}]", f"{resource} is not managed by this connection"
+                )
+
+    def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        member = member_of(permission, spec.identity.email)
+        return [
+            f"setIamPolicy {resource}: add {permission.role} for {member} "
+            f"if {expression(spec.expires_at)} (title {TITLE_PREFIX}{spec.grant_id})"
+            for resource in spec.resources
+        ]
+
+    def open(
+        self,
+        integration: str,
+        connection: Settings,
+        secret: Secret | None,
+        label_key: LabelKey | None = None,
+    ) -> GcpIamSession:
+        assert isinstance(connection, Connection)
+        # The connector's own service account reaches IAM (no stored credential); a secret
+        # configured anyway is not used.
+        del secret
+        return GcpIamSession(integration, connection, required(label_key))

@@ -1,0 +1,64 @@
+"""Cloud Run functions (2nd gen) entry points: `intake`, `worker`, `sweep`.
+
+`jitc package gcp` copies this file to the source root, where Cloud Functions load `main.py`;
+each function's `entry_point` names one of these. Everything else is in `jitc.gcp.handlers`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import flask
+import functions_framework
+
+from jitc.errors import CatalogError
+from jitc.gcp import handlers
+from jitc.gcp.logs import logger
+from jitc.gcp.runtime import ConfigError
+
+_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+
+
+# Nothing this connector accepts is larger (the intake's limit is 64 KiB, a task's 100 KB):
+# a larger body is refused before it is read.
+MAX_BODY_BYTES = 128 * 1024
+
+
+def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        refusal = {"error": "refused", "field": "body", "message": "too large"}
+        return flask.Response(json.dumps(refusal), status=413, headers=_HEADERS)
+    http = handlers.HttpRequest(
+        method=request.method,
+        path=request.path,
+        headers=dict(request.headers),
+        body=request.get_data(cache=False),
+    )
+    try:
+        status, body = handler(*args, http) if args else handler(http)
+    except (CatalogError, ConfigError) as exc:
+        # The deployment's own settings are wrong: their text names a setting, never a secret.
+        logger.error("deployment error", extra={"reason": str(exc)})
+        status, body = 500, {"error": "unavailable", "message": "misconfigured; see the logs"}
+    except Exception:
+        # Anything else (credentials, a library fault): JSON like every other answer, and 5xx
+        # so that Cloud Tasks and Cloud Scheduler try again. The type only, never the text.
+        logger.exception("unhandled error")
+        status, body = 500, {"error": "unavailable", "message": "internal error; try again"}
+    return flask.Response(json.dumps(body), status=status, headers=_HEADERS)
+
+
+@functions_framework.http
+def intake(request: flask.Request) -> flask.Response:
+    return _call(handlers.intake, request)
+
+
+@functions_framework.http
+def worker(request: flask.Request) -> flask.Response:
+    return _call(handlers.worker, request)
+
+
+@functions_framework.http
+def sweep(request: flask.Request) -> flask.Response:
+    return _call(handlers.scheduled, request, "sweep")

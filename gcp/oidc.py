@@ -1,0 +1,101 @@
+"""The OIDC token Cloud Tasks and Cloud Scheduler attach to their requests, checked by the
+worker and the sweep themselves: signature (Google's certificates), audience (this function's
+URL), issuer, and the email of the one service account that may invoke it.
+
+Cloud Run checks the token too when invocation is IAM-authenticated; this check still holds
+when a company deploys the functions public, and it ties the caller to one service account
+rather than to anyone with `run.invoker`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from jitc.errors import Refused
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
+CERTS_TTL_SECONDS = 3600.0
+REFETCH_SECONDS = 60.0
+CLOCK_SKEW_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Caller:
+    email: str
+    subject: str
+
+
+class CertificateCache:
+    """Google's token-signing certificates (public), fetched at most once an hour, and again at
+    once for a key id not yet seen (Google rotates them)."""
+
+    def __init__(self, url: str = GOOGLE_CERTS_URL, timeout: float = 10.0) -> None:
+        if not url.startswith("https://") and not url.startswith("http://127.0.0.1:"):
+            raise ValueError("the certificates URL must be https (plain http only to loopback)")
+        self.url = url
+        self.timeout = timeout
+        self._certs: dict[str, str] = {}
+        self._fetched = float("-inf")
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def _fetch(self) -> None:
+        with urllib.request.urlopen(self.url, timeout=self.timeout) as response:  # noqa: S310
+            certs = json.loads(response.read())
+        if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
+            raise ValueError("certificates document is not a map of key id to PEM")
+        self._certs, self._fetched = certs, time.monotonic()
+        self.fetches += 1
+
+    def get(self, key_id: str | None) -> dict[str, str]:
+        with self._lock:
+            age = time.monotonic() - self._fetched
+            unknown = key_id is not None and key_id not in self._certs
+            # An unknown key id fetches again, but at most once a minute: tokens with made-up
+            # key ids must not turn every request into a request to Google.
+            if age > CERTS_TTL_SECONDS or (unknown and age > REFETCH_SECONDS):
+                self._fetch()
+            return dict(self._certs)
+
+
+class OidcVerifier:
+    def __init__(self, audience: str, email: str, certs: CertificateCache) -> None:
+        self.audience = audience
+        self.email = email.lower()
+        self._certs = certs
+
+    def verify(self, authorization: str | None) -> Caller:
+        """The caller of a request with this Authorization header; Refused if it is not the
+        expected service account with a valid token for this audience."""
+        from google.auth import exceptions, jwt
+
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Refused("authorization", "a Bearer OIDC token is required")
+        try:
+            header = jwt.decode_header(token)  # type: ignore[no-untyped-call]
+            if header.get("alg") != "RS256":
+                raise Refused("authorization", "the token must be signed with RS256")
+            certs = self._certs.get(header.get("kid"))
+            claims: dict[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]
+                token,
+                certs=certs,
+                audience=self.audience,
+                clock_skew_in_seconds=CLOCK_SKEW_SECONDS,
+            )
+        except Refused:
+            raise
+        except (exceptions.GoogleAuthError, ValueError, KeyError, OSError):
+            raise Refused("authorization", "the OIDC token is not valid") from None
+        if claims.get("iss") not in ISSUERS:
+            raise Refused("authorization", "the token was not issued by Google")
+        email = str(claims.get("email", "")).lower()
+        if email != self.email or claims.get("email_verified") is not True:
+            raise Refused("authorization", "the token is not of the invoker service account")
+        return Caller(email=email, subject=str(claims.get("sub", "")))

@@ -1,0 +1,73 @@
+# Alerts: work that keeps failing (a failed revoke is retried without end: access may outlive
+# its grant meanwhile), a caller refused (an attack, or tasks whose OIDC audience or account is
+# misconfigured and will be retried for ever), and a sweep that has not completed for too long.
+
+resource "google_logging_metric" "failures" {
+  project = var.project_id
+  name    = "${var.name}-failures"
+  filter  = <<-EOT
+    resource.type="cloud_run_revision"
+    resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-intake")
+    severity>=WARNING
+    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false)
+  EOT
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+  }
+}
+
+resource "google_logging_metric" "sweep_completed" {
+  project = var.project_id
+  name    = "${var.name}-sweep-completed"
+  filter  = <<-EOT
+    resource.type="cloud_run_revision"
+    resource.labels.service_name="${var.name}-sweep"
+    jsonPayload.message="sweep done"
+    jsonPayload.complete=true
+  EOT
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+  }
+}
+
+resource "google_monitoring_alert_policy" "failures" {
+  project               = var.project_id
+  display_name          = "${var.name}: connector work failing"
+  combiner              = "OR"
+  notification_channels = var.notification_channels
+
+  conditions {
+    display_name = "failures logged"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.failures.name}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_SUM"
+      }
+    }
+  }
+}
+
+resource "google_monitoring_alert_policy" "sweep_silence" {
+  project               = var.project_id
+  display_name          = "${var.name}: no complete sweep"
+  combiner              = "OR"
+  notification_channels = var.notification_channels
+
+  conditions {
+    display_name = "sweep heartbeat absent"
+    condition_absent {
+      filter   = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.sweep_completed.name}\" AND resource.type=\"cloud_run_revision\""
+      duration = "${var.sweep_silence_alert}s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_SUM"
+      }
+    }
+  }
+}

@@ -1,0 +1,202 @@
+"""The GCP IAM template in the contract suite, on the loopback GCP of tests/gcp (in-process, so
+google-api-python-client's real HTTP path is used, and every request is checked against the
+discovery documents and the connector's own IAM bindings).
+
+IAM has no sessions: a "login" is the grantee's member holding the allowed permission on the
+bucket now, judged from the bucket's and project's policies as Google would, with the
+`request.time` conditions evaluated. A "principal" is a binding, named by its condition title
+(`jitc <grant_id>` for the connector's), since the member itself always exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from contract_targets import LABEL_KEY, RUN, forged_label
+
+from jitc.labels import LabelKey
+from jitc.models import Outcome
+from jitc.templates.gcp_iam import read_label
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gcp"))
+
+from gcpfake import FakeGcp
+
+KEY = LabelKey.from_secret(LABEL_KEY)
+PROJECT = f"jitc-contract-{RUN}"
+BUCKET = f"jitc-contract-{RUN}-data"
+ALLOWED = "storage.objects.get"
+DENIED = "storage.objects.delete"
+_ENV = (
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "JITC_GCP_ENDPOINT_STORAGE",
+    "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER",
+    "JITC_GCP_ENDPOINT_SECRETMANAGER",
+)
+
+
+class GcpIamTarget:
+    kind = "gcp_iam"
+    integration = f"gcpiam-{RUN}"
+    generates_secrets = False
+
+    def __init__(self) -> None:
+        self.fake: FakeGcp | None = None
+        self._saved: dict[str, str | None] = {}
+        self._key_file: str | None = None
+
+    # -- reaching the (fake) service ------------------------------------------------------
+
+    def reach(self) -> None:
+        fake = FakeGcp(PROJECT)
+        email, info = fake.service_account("jitc-worker")
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+            json.dump(info, handle)
+        os.chmod(handle.name, 0o600)
+        self._key_file = handle.name
+        self._saved = {name: os.environ.get(name) for name in _ENV}
+        os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = handle.name
+        os.environ["JITC_GCP_ENDPOINT_STORAGE"] = f"{fake.url}/storage/v1/"
+        os.environ["JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER"] = f"{fake.url}/"
+        os.environ["JITC_GCP_ENDPOINT_SECRETMANAGER"] = f"{fake.url}/"
+        # What the Terraform module binds: its IAM-target role on the catalog's resource only.
+        fake.custom_roles[f"projects/{PROJECT}/roles/jitc_iam_target"] = frozenset(
+            {"storage.buckets.getIamPolicy", "storage.buckets.setIamPolicy"}
+        )
+        fake.bind(
+            self.resource(), f"projects/{PROJECT}/roles/jitc_iam_target", f"serviceAccount:{email}"
+        )
+        self.connector = f"serviceAccount:{email}"
+        self.fake = fake
+
+    def _fake(self) -> FakeGcp:
+        assert self.fake is not None
+        return self.fake
+
+    def _bindings(self) -> list[dict[str, Any]]:
+        return list(self._fake().policies.get(self.resource(), {}).get("bindings", []))
+
+    def reset(self) -> None:
+        fake = self._fake()
+        with fake.lock:
+            policy = fake.policies[self.resource()]
+            policy["bindings"] = [
+                b
+                for b in policy["bindings"]
+                if "condition" not in b and self.connector in b["members"]
+            ]
+        assert fake.violations == [], fake.violations
+
+    def cleanup(self) -> None:
+        if self.fake is not None:
+            self.fake.close()
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if self._key_file:
+            os.unlink(self._key_file)
+
+    # -- the catalog ----------------------------------------------------------------------
+
+    def identity(self, index: int = 0) -> dict[str, Any]:
+        return {"email": f"dev{index}-{RUN}@example.com"}
+
+    def connection(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "resources": [self.resource()],
+            "allowed_members": [f"user:*-{RUN}@example.com"],
+            **overrides,
+        }
+
+    def permissions(self) -> dict[str, dict[str, Any]]:
+        return {
+            "allowed": {"role": "roles/storage.objectViewer", "resources": [self.resource()]},
+            "custom": {
+                "role": "roles/storage.objectViewer",
+                "member_type": "user",
+                "resources": [self.resource()],
+            },
+        }
+
+    def resource(self) -> str:
+        return f"buckets/{BUCKET}"
+
+    def hostile_resources(self) -> list[str]:
+        return [
+            f"buckets/{BUCKET}/../other", "buckets/*", "organizations/1234", f"projects/{PROJECT}/x",
+            "buckets/UPPER", "buckets/a'b",
+        ]  # fmt: skip
+
+    def admin_secret(self) -> str:
+        return f"gcp-canary-{RUN}-never-printed"
+
+    def broken_connection(self) -> dict[str, Any] | None:
+        return None  # the endpoint is the platform's, not a catalog setting
+
+    # -- access, as Google would judge it ---------------------------------------------------
+
+    def holder(self, outcome: Outcome, credentials: dict[str, str] | None) -> Any:
+        return outcome.principal
+
+    def made(self, outcome: Outcome) -> str:
+        return f"jitc {outcome.grant_id}"
+
+    def planned_principal(self, statements: list[str]) -> str:
+        text = statements[0]
+        return "jitc " + text.split("(title jitc ", 1)[1].split(")", 1)[0]
+
+    def login(self, holder: Any) -> Any:
+        if not self._fake().allowed(str(holder), ALLOWED, self.resource()):
+            raise PermissionError(f"{holder} holds no {ALLOWED} on {self.resource()}")
+        return holder
+
+    def allowed(self, live: Any) -> None:
+        self.login(live)
+
+    def denied(self, live: Any) -> bool:
+        return not self._fake().allowed(str(live), DENIED, self.resource())
+
+    def alive(self, live: Any) -> bool:
+        return self._fake().allowed(str(live), ALLOWED, self.resource())
+
+    def close(self, live: Any) -> None:
+        return None
+
+    def principals(self) -> set[str]:
+        """The titles of bindings that grant something (a tombstone's condition never holds)."""
+        names = set()
+        for binding in self._bindings():
+            condition = binding.get("condition") or {}
+            if condition.get("title") and "1970-01-01" not in condition.get("expression", ""):
+                names.add(condition["title"])
+        return names
+
+    def snapshot(self) -> Any:
+        foreign = [
+            b for b in self._bindings()
+            if not any(read_label(KEY, self.resource(), b, m) for m in b["members"])
+            and not any(m.endswith(f"-{RUN}@example.com") and m.startswith("user:dev") for m in b["members"])
+        ]  # fmt: skip
+        return sorted(json.dumps(b, sort_keys=True) for b in copy.deepcopy(foreign))
+
+    def make_foreign(self, name: str) -> None:
+        self._fake().bind(
+            self.resource(), "roles/storage.objectViewer", f"user:foreign-{RUN}@example.com",
+            {"title": name, "expression": 'request.time < timestamp("2999-01-01T00:00:00Z")'},
+        )  # fmt: skip
+
+    def forge_label(self, name: str, grant_id: str, integration: str) -> None:
+        fake = self._fake()
+        with fake.lock:
+            for binding in fake.policies[self.resource()]["bindings"]:
+                condition = binding.get("condition") or {}
+                if condition.get("title") == name:
+                    condition["description"] = forged_label(grant_id, integration)[:256]

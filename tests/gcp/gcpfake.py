@@ -1,0 +1,636 @@
+"""A small GCP on loopback for the real Google client libraries: OAuth token endpoint, Google's
+OIDC certificates, Secret Manager, Cloud Tasks (which *delivers* its tasks), and the IAM
+policies of projects, folders, buckets and secrets.
+
+It enforces what Google enforces, or the tests could not see deployment defects:
+
+- every request is checked against Google's discovery documents (`discovery.check`) and
+  refused with 400 when the real API would refuse it;
+- every request is authenticated (an access token from `/token`, obtained with a service
+  account key it knows, or a JWT self-signed with that key) and authorised: the method's
+  permission on the method's resource, through the resource's IAM policy and its project's,
+  with role contents from Google's documentation and conditions on `request.time` evaluated;
+  creating a task with an OIDC token also needs `iam.serviceAccounts.actAs` on that account;
+- IAM policies have etags (a stale one: 409, or 412 for Cloud Storage), need version 3 for
+  conditions, and conditions need a title (<= 100) and a description (<= 256);
+- task names are reserved for a while after their task ran or was deleted (`ALREADY_EXISTS`),
+  schedule times are refused beyond 30 days, and deliveries carry an OIDC token signed with
+  this server's key, for the audience and service account the task names.
+
+Every call is recorded with its caller, method id, permission and resource.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import gcpdiscovery as discovery
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+# Roles and the permissions they hold (the ones this connector's deployment uses), from
+# https://cloud.google.com/iam/docs/understanding-roles
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "roles/secretmanager.secretAccessor": frozenset({"secretmanager.versions.access"}),
+    "roles/cloudtasks.enqueuer": frozenset({"cloudtasks.tasks.create"}),
+    "roles/cloudtasks.taskDeleter": frozenset({"cloudtasks.tasks.delete"}),
+    "roles/cloudtasks.viewer": frozenset(
+        {
+            "cloudtasks.locations.get",
+            "cloudtasks.locations.list",
+            "cloudtasks.queues.get",
+            "cloudtasks.queues.list",
+            "cloudtasks.tasks.get",
+            "cloudtasks.tasks.list",
+        }
+    ),
+    "roles/iam.serviceAccountUser": frozenset(
+        {"iam.serviceAccounts.actAs", "iam.serviceAccounts.get", "iam.serviceAccounts.list"}
+    ),
+    "roles/iam.serviceAccountTokenCreator": frozenset(
+        {
+            "iam.serviceAccounts.getAccessToken",
+            "iam.serviceAccounts.getOpenIdToken",
+            "iam.serviceAccounts.signBlob",
+            "iam.serviceAccounts.signJwt",
+        }
+    ),
+    "roles/resourcemanager.projectIamAdmin": frozenset(
+        {
+            "resourcemanager.projects.get",
+            "resourcemanager.projects.getIamPolicy",
+            "resourcemanager.projects.setIamPolicy",
+        }
+    ),
+    "roles/resourcemanager.folderIamAdmin": frozenset(
+        {
+            "resourcemanager.folders.get",
+            "resourcemanager.folders.getIamPolicy",
+            "resourcemanager.folders.setIamPolicy",
+        }
+    ),
+    "roles/storage.objectViewer": frozenset({"storage.objects.get", "storage.objects.list"}),
+    "roles/bigquery.dataViewer": frozenset({"bigquery.tables.getData"}),
+    "roles/run.invoker": frozenset({"run.routes.invoke"}),
+    "roles/pubsub.publisher": frozenset({"pubsub.topics.publish"}),
+}
+
+# Method id -> permission; the resource comes from the request (see `_resource`).
+METHOD_PERMISSIONS = {
+    "cloudtasks.projects.locations.queues.tasks.create": "cloudtasks.tasks.create",
+    "cloudtasks.projects.locations.queues.tasks.get": "cloudtasks.tasks.get",
+    "cloudtasks.projects.locations.queues.tasks.delete": "cloudtasks.tasks.delete",
+    "secretmanager.projects.secrets.versions.access": "secretmanager.versions.access",
+    "secretmanager.projects.secrets.getIamPolicy": "secretmanager.secrets.getIamPolicy",
+    "secretmanager.projects.secrets.setIamPolicy": "secretmanager.secrets.setIamPolicy",
+    "cloudresourcemanager.projects.getIamPolicy": "resourcemanager.projects.getIamPolicy",
+    "cloudresourcemanager.projects.setIamPolicy": "resourcemanager.projects.setIamPolicy",
+    "cloudresourcemanager.folders.getIamPolicy": "resourcemanager.folders.getIamPolicy",
+    "cloudresourcemanager.folders.setIamPolicy": "resourcemanager.folders.setIamPolicy",
+    "storage.buckets.getIamPolicy": "storage.buckets.getIamPolicy",
+    "storage.buckets.setIamPolicy": "storage.buckets.setIamPolicy",
+    "pubsub.projects.topics.publish": "pubsub.topics.publish",
+}
+CONDITION = re.compile(r'^request\.time < timestamp\("(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\)$')
+MAX_AHEAD = timedelta(days=30)
+
+
+class ApiError(Exception):
+    def __init__(self, http: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.http, self.status, self.message = http, status, message
+
+
+@dataclass
+class Call:
+    caller: str
+    method: str
+    permission: str
+    resource: str
+    allowed: bool
+
+
+@dataclass
+class Task:
+    name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    oidc_email: str | None
+    audience: str | None
+    schedule: datetime
+    created_by: str
+    attempts: int = 0
+    responses: list[int] = field(default_factory=list)
+    next_try: datetime | None = None
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _etag() -> str:
+    """An etag as Google writes them: standard base64 (the discovery type is `byte`)."""
+    return base64.b64encode(secrets.token_bytes(9)).decode()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_jwt(key: rsa.RSAPrivateKey, kid: str, claims: dict[str, Any]) -> str:
+    header = _b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}).encode())
+    payload = _b64url(json.dumps(claims).encode())
+    signature = key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{header}.{payload}.{_b64url(signature)}"
+
+
+def _verify_jwt(token: str, public: Any) -> dict[str, Any] | None:
+    try:
+        header, payload, signature = token.split(".")
+        public.verify(
+            _unb64url(signature), f"{header}.{payload}".encode(), padding.PKCS1v15(),
+            hashes.SHA256(),
+        )  # fmt: skip
+        claims: dict[str, Any] = json.loads(_unb64url(payload))
+    except Exception:
+        return None
+    return claims
+
+
+def _certificate(key: rsa.RSAPrivateKey) -> str:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-google-oidc")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class FakeGcp:
+    def __init__(
+        self, project: str, *, retry_seconds: float = 0.2, reserve: timedelta = timedelta(hours=1)
+    ) -> None:
+        self.project = project
+        self.offset = timedelta(0)  # tests move this server's clock forward
+        self.retry_seconds = retry_seconds
+        self.reserve = reserve
+        self.lock = threading.RLock()
+        self.accounts: dict[str, rsa.RSAPrivateKey] = {}
+        self.tokens: dict[str, str] = {}
+        self.secrets: dict[str, bytes] = {}  # version name -> payload
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.custom_roles: dict[str, frozenset[str]] = {}
+        self.buckets: set[str] = set()
+        self.queues: set[str] = set()
+        self.topics: set[str] = set()
+        self.published: dict[str, list[dict[str, Any]]] = {}
+        self.tasks: dict[str, Task] = {}
+        self.reserved: dict[str, datetime] = {}
+        self.delivered: list[Task] = []
+        # Tests: tasks this answers True for are accepted and then lost (a timer that never fires).
+        self.lose: Any = None
+        self.lost: list[Task] = []
+        self.calls: list[Call] = []
+        self.violations: list[str] = []
+        self.oidc_key = _rsa_key()
+        self.oidc_kid = secrets.token_hex(8)
+        self.oidc_cert = _certificate(self.oidc_key)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self.server.serve_forever, daemon=True),
+            threading.Thread(target=self._dispatch, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- setup --------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        with self.lock:
+            self.offset += delta
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def service_account(self, name: str) -> tuple[str, dict[str, Any]]:
+        """A service account and its key file (`token_uri` pointing here)."""
+        email = f"{name}@{self.project}.iam.gserviceaccount.com"
+        key = _rsa_key()
+        self.accounts[email] = key
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()  # fmt: skip
+        info = {
+            "type": "service_account", "project_id": self.project,
+            "private_key_id": secrets.token_hex(8), "private_key": pem, "client_email": email,
+            "client_id": str(secrets.randbelow(10**20)), "token_uri": f"{self.url}/token",
+        }  # fmt: skip
+        return email, info
+
+    def add_secret(self, secret: str, value: str) -> str:
+        name = f"projects/{self.project}/secrets/{secret}"
+        self.secrets[f"{name}/versions/1"] = value.encode()
+        self.secrets[f"{name}/versions/latest"] = value.encode()
+        return name
+
+    def bind(
+        self, resource: str, role: str, member: str, condition: dict[str, str] | None = None
+    ) -> None:
+        with self.lock:
+            policy = self.policies.setdefault(resource, {"version": 1, "bindings": []})
+            binding: dict[str, Any] = {"role": role, "members": [member]}
+            if condition is not None:
+                binding["condition"] = condition
+                policy["version"] = 3
+            policy["bindings"].append(binding)
+            policy["etag"] = _etag()
+
+    def oidc_token(self, audience: str, email: str, **overrides: Any) -> str:
+        # Tokens are minted on the real clock: the moved clock is for schedules and conditions.
+        now = int(time.time())
+        claims = {
+            "iss": "https://accounts.google.com", "aud": audience, "azp": email,
+            "email": email, "email_verified": True, "sub": str(abs(hash(email))),
+            "iat": now, "exp": now + 3600, **overrides,
+        }  # fmt: skip
+        return sign_jwt(self.oidc_key, self.oidc_kid, claims)
+
+    # -- IAM ----------------------------------------------------------------------------
+
+    def role_permissions(self, role: str) -> frozenset[str]:
+        if role in self.custom_roles:
+            return self.custom_roles[role]
+        return ROLE_PERMISSIONS.get(role, frozenset())
+
+    def _holds(self, binding: dict[str, Any], member: str) -> bool:
+        if member not in binding.get("members", []):
+            return False
+        condition = binding.get("condition")
+        if condition is None:
+            return True
+        match = CONDITION.fullmatch(condition.get("expression", ""))
+        if match is None:
+            return False  # not evaluated here: fail closed
+        return self.now() < datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+
+    def _ancestors(self, resource: str) -> list[str]:
+        chain = [resource]
+        project = re.match(r"^projects/[^/]+", resource)
+        if project and project.group(0) != resource:
+            chain.append(project.group(0))
+        if resource.startswith("buckets/"):
+            chain.append(f"projects/{self.project}")
+        return chain
+
+    def allowed(self, member: str, permission: str, resource: str) -> bool:
+        with self.lock:
+            for name in self._ancestors(resource):
+                for binding in self.policies.get(name, {}).get("bindings", []):
+                    if permission in self.role_permissions(binding["role"]) and self._holds(
+                        binding, member
+                    ):
+                        return True
+        return False
+
+    def authorize(self, caller: str, method: str, permission: str, resource: str) -> None:
+        ok = self.allowed(f"serviceAccount:{caller}", permission, resource)
+        with self.lock:
+            self.calls.append(Call(caller, method, permission, resource, ok))
+        if not ok:
+            raise ApiError(403, "PERMISSION_DENIED", f"{permission} denied on {resource}")
+
+    # -- authentication -----------------------------------------------------------------
+
+    def _token(self, form: dict[str, list[str]]) -> dict[str, Any]:
+        assertion = (form.get("assertion") or [""])[0]
+        # google-auth addresses its assertion to Google's token URI whatever token_uri says.
+        email = self._account_of_jwt(assertion, audience="https://oauth2.googleapis.com/token")
+        if email is None:
+            raise ApiError(400, "invalid_grant", "bad assertion")
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = email
+        return {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+
+    def _account_of_jwt(self, token: str, audience: str | None = None) -> str | None:
+        try:
+            claims = json.loads(_unb64url(token.split(".")[1]))
+        except Exception:
+            return None
+        email = claims.get("iss")
+        key = self.accounts.get(email)
+        if key is None or _verify_jwt(token, key.public_key()) is None:
+            return None
+        if audience is not None and claims.get("aud") != audience:
+            return None
+        if not claims.get("exp") or claims["exp"] < time.time():
+            return None
+        return str(email)
+
+    def caller(self, authorization: str | None) -> str:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme != "Bearer" or not token:
+            raise ApiError(401, "UNAUTHENTICATED", "no credentials")
+        if token in self.tokens:
+            return self.tokens[token]
+        email = self._account_of_jwt(token)  # a self-signed JWT
+        if email is None:
+            raise ApiError(401, "UNAUTHENTICATED", "invalid credentials")
+        return email
+
+    # -- APIs ---------------------------------------------------------------------------
+
+    def handle(
+        self, verb: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Any]:
+        parts = urlsplit(raw_path)
+        path, query = parts.path, parse_qs(parts.query)
+        if path == "/token" and verb == "POST":
+            return 200, self._token(parse_qs(body.decode()))
+        if path == "/oauth2/v1/certs":
+            return 200, {self.oidc_kid: self.oidc_cert}
+        try:
+            method, params = discovery.check(verb, path, query, body)
+        except discovery.Violation as exc:
+            with self.lock:
+                self.violations.append(str(exc))
+            raise ApiError(400, "INVALID_ARGUMENT", str(exc)) from None
+        caller = self.caller(headers.get("authorization"))
+        doc = json.loads(body) if body.strip() else {}
+        permission = METHOD_PERMISSIONS[method.id]
+        resource = self._resource(method.id, params)
+        self.authorize(caller, method.id, permission, resource)
+        if method.api == "cloudtasks":
+            return self._tasks(method.id, params, doc, caller)
+        if method.id.endswith("versions.access"):
+            return self._access(params["name"])
+        if method.id == "pubsub.projects.topics.publish":
+            return self._publish(resource, doc)
+        if method.id.endswith("getIamPolicy"):
+            return 200, self._get_policy(resource)
+        policy = doc if method.api == "storage" else doc.get("policy", {})
+        return 200, self._set_policy(resource, policy, method.api == "storage")
+
+    def _resource(self, method: str, params: dict[str, str]) -> str:
+        if method.startswith("cloudtasks."):
+            name = params.get("parent") or params["name"].rsplit("/tasks/", 1)[0]
+            return name
+        if method.endswith("versions.access"):
+            return params["name"].rsplit("/versions/", 1)[0]
+        if method.startswith("storage."):
+            return f"buckets/{params['bucket']}"
+        if method.startswith("pubsub."):
+            return params["topic"]
+        return params["resource"]
+
+    def _publish(self, topic: str, doc: dict[str, Any]) -> tuple[int, Any]:
+        if topic not in self.topics:
+            raise ApiError(404, "NOT_FOUND", f"topic {topic} not found")
+        messages = doc.get("messages") or []
+        if not 1 <= len(messages) <= 1000:
+            raise ApiError(400, "INVALID_ARGUMENT", "1 to 1000 messages per publish")
+        ids = []
+        with self.lock:
+            for message in messages:
+                if not message.get("data") and not message.get("attributes"):
+                    raise ApiError(400, "INVALID_ARGUMENT", "a message needs data or attributes")
+                self.published.setdefault(topic, []).append(message)
+                ids.append(str(len(self.published[topic])))
+        return 200, {"messageIds": ids}
+
+    def _access(self, name: str) -> tuple[int, Any]:
+        data = self.secrets.get(name)
+        if data is None:
+            raise ApiError(404, "NOT_FOUND", f"{name} not found")
+        crc = str(_crc32c(data))
+        return 200, {
+            "name": name,
+            "payload": {"data": base64.b64encode(data).decode(), "dataCrc32c": crc},
+        }
+
+    def _get_policy(self, resource: str) -> dict[str, Any]:
+        with self.lock:
+            policy = self.policies.setdefault(
+                resource, {"version": 1, "bindings": [], "etag": _etag()}
+            )
+            policy.setdefault("etag", _etag())
+            return json.loads(json.dumps(policy))
+
+    def _set_policy(self, resource: str, policy: dict[str, Any], storage: bool) -> dict[str, Any]:
+        with self.lock:
+            current = self._get_policy(resource)
+            if policy.get("etag") and policy["etag"] != current["etag"]:
+                # Cloud Storage answers a stale etag with 412, the others with 409 ABORTED.
+                raise ApiError(412 if storage else 409, "ABORTED", "etag mismatch")
+            bindings = policy.get("bindings", [])
+            for binding in bindings:
+                condition = binding.get("condition")
+                if condition is None:
+                    continue
+                if policy.get("version") != 3:
+                    raise ApiError(400, "INVALID_ARGUMENT", "conditions need policy version 3")
+                if not condition.get("title") or len(condition["title"]) > 100:
+                    raise ApiError(400, "INVALID_ARGUMENT", "condition title missing or > 100")
+                if len(condition.get("description", "")) > 256:
+                    raise ApiError(400, "INVALID_ARGUMENT", "condition description > 256")
+                if not binding.get("members"):
+                    raise ApiError(400, "INVALID_ARGUMENT", "a binding needs members")
+            stored = {
+                "version": policy.get("version", 1), "bindings": bindings,
+                "etag": _etag(),
+            }  # fmt: skip
+            self.policies[resource] = stored
+            return json.loads(json.dumps(stored))
+
+    def _tasks(
+        self, method: str, params: dict[str, str], doc: dict[str, Any], caller: str
+    ) -> tuple[int, Any]:
+        with self.lock:
+            if method.endswith(".create"):
+                return 200, self._create_task(params["parent"], doc["task"], caller)
+            name = params["name"]
+            self._expire_reservations()
+            task = self.tasks.get(name)
+            if method.endswith(".get"):
+                if task is None:
+                    raise ApiError(404, "NOT_FOUND", "no such task")
+                return 200, {
+                    "name": name,
+                    "scheduleTime": task.schedule.isoformat().replace("+00:00", "Z"),
+                }
+            if task is None:
+                raise ApiError(404, "NOT_FOUND", "no such task")
+            del self.tasks[name]
+            self.reserved[name] = self.now()
+            return 200, {}
+
+    def _expire_reservations(self) -> None:
+        for name, since in list(self.reserved.items()):
+            if self.now() - since > self.reserve:
+                del self.reserved[name]
+
+    def _create_task(self, parent: str, task: dict[str, Any], caller: str) -> dict[str, Any]:
+        if parent not in self.queues:
+            raise ApiError(404, "NOT_FOUND", f"queue {parent} not found")
+        self._expire_reservations()
+        name = task.get("name") or f"{parent}/tasks/{secrets.randbelow(10**19)}"
+        if not name.startswith(f"{parent}/tasks/") or not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,500}", name.rsplit("/", 1)[1]
+        ):
+            raise ApiError(400, "INVALID_ARGUMENT", "bad task name")
+        if name in self.tasks or name in self.reserved:
+            raise ApiError(409, "ALREADY_EXISTS", "task exists or existed recently")
+        http = task.get("httpRequest") or {}
+        if not http.get("url"):
+            raise ApiError(400, "INVALID_ARGUMENT", "httpRequest.url is required")
+        oidc = http.get("oidcToken")
+        email = None
+        if oidc is not None:
+            email = oidc.get("serviceAccountEmail")
+            account = f"projects/-/serviceAccounts/{email}"
+            self.authorize(
+                caller, "iam.actAs (CreateTask oidcToken)", "iam.serviceAccounts.actAs", account
+            )
+        schedule = self.now()
+        if task.get("scheduleTime"):
+            schedule = datetime.fromisoformat(task["scheduleTime"].replace("Z", "+00:00"))
+            if schedule > self.now() + MAX_AHEAD:
+                raise ApiError(400, "INVALID_ARGUMENT", "scheduleTime is more than 30 days ahead")
+        body = base64.b64decode(http.get("body", ""))
+        if len(body) > 100 * 1024:
+            raise ApiError(400, "INVALID_ARGUMENT", "task larger than 100KB")
+        task = Task(
+            name, http["url"], body, dict(http.get("headers", {})), email,
+            (oidc or {}).get("audience") or http["url"], schedule, caller,
+        )  # fmt: skip
+        if self.lose is not None and self.lose(task):
+            self.lost.append(task)
+        else:
+            self.tasks[name] = task
+        return {"name": name, "scheduleTime": schedule.isoformat().replace("+00:00", "Z")}
+
+    def due(self) -> list[Task]:
+        with self.lock:
+            return [t for t in self.tasks.values() if t.schedule <= self.now()]
+
+    def _dispatch(self) -> None:
+        while not self._stop.wait(0.05):
+            now = self.now()
+            with self.lock:
+                ready = [
+                    t for t in self.tasks.values()
+                    if t.schedule <= now and (t.next_try is None or t.next_try <= now)
+                ]  # fmt: skip
+            for task in ready:
+                self._deliver(task)
+
+    def _deliver(self, task: Task) -> None:
+        headers = {**task.headers, "User-Agent": "Google-Cloud-Tasks"}
+        headers["X-CloudTasks-TaskName"] = task.name.rsplit("/", 1)[1]
+        headers["X-CloudTasks-TaskRetryCount"] = str(task.attempts)
+        if task.oidc_email:
+            headers["Authorization"] = "Bearer " + self.oidc_token(
+                task.audience or task.url, task.oidc_email
+            )
+        request = urllib.request.Request(task.url, data=task.body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = 0
+        with self.lock:
+            task.attempts += 1
+            task.responses.append(status)
+            if 200 <= status < 300:
+                if self.tasks.pop(task.name, None) is not None:
+                    self.reserved[task.name] = self.now()
+                    self.delivered.append(task)
+            else:
+                task.next_try = self.now() + timedelta(seconds=self.retry_seconds)
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    status, doc = fake.handle(self.command, self.path, headers, body)
+                except ApiError as exc:
+                    status = exc.http
+                    doc = {
+                        "error": {"code": exc.http, "status": exc.status, "message": exc.message}
+                    }
+                except Exception as exc:  # a defect of the fake: visible in the test
+                    status, doc = (
+                        500,
+                        {"error": {"code": 500, "status": "INTERNAL", "message": repr(exc)}},
+                    )
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        return Handler
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

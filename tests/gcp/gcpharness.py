@@ -1,0 +1,235 @@
+"""The GCP harness: the loopback GCP (gcpfake), service accounts with key files, a catalog,
+and the real entry file `gcp/main.py` served by the real functions-framework, one process per
+function, each with its own service account's credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gcpfake import FakeGcp
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = ROOT / "gcp" / "main.py"
+RUN = uuid.uuid4().hex[:4]
+PROJECT = f"jitc-test-{RUN}"
+REGION = "europe-west1"
+NAME = "jitc"
+QUEUE = f"projects/{PROJECT}/locations/{REGION}/queues/{NAME}-requests"
+PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
+PG_PREFIX = f"gcpt{RUN}_"
+PG_SCHEMA = f"gcpt{RUN}_data"
+FUNCTIONS = ("intake", "worker", "sweep")
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeGcp]:
+    server = FakeGcp(PROJECT, retry_seconds=0.3)
+    server.queues.add(QUEUE)
+    yield server
+    server.close()
+
+
+def drop_pg_roles(conn: Any) -> None:
+    from psycopg import sql
+
+    rows = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PG_PREFIX,)
+    ).fetchall()
+    for (name,) in rows:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Any]:
+    import psycopg
+    from psycopg import sql
+
+    conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    schema = sql.Identifier(PG_SCHEMA)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.items (name text)").format(schema))
+    yield conn
+    for attempt in range(5):
+        try:
+            drop_pg_roles(conn)
+            break
+        except psycopg.errors.InternalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+    conn.close()
+
+
+def pg_integration(name: str, credentials: str) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(PG_DSN)
+    return {
+        name: {
+            "kind": "postgresql",
+            "connection": {
+                "host": params.get("host", "127.0.0.1"),
+                "port": int(params.get("port", 5432)),
+                "dbname": params.get("dbname", "test"),
+                "user": params.get("user", "postgres"),
+                "role_prefix": PG_PREFIX,
+                "terminate_wait_seconds": 5,
+            },
+            "credentials": credentials,
+            "max_duration": "2h",
+            "permissions": {"read": {"template": "read-only", "resources": [PG_SCHEMA]}},
+        }
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Function:
+    name: str
+    url: str
+    email: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Deployment:
+    fake: FakeGcp
+    catalog: dict[str, Any]
+    sign_private: str
+    emails: dict[str, str]
+    invoker: str
+    functions: dict[str, Function] = field(default_factory=dict)
+    tmp: Path = Path()
+
+    def post(
+        self, function: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        url = self.functions[function].url + "v1/requests"
+        return http_post(url, body, headers)
+
+    def logs(self, function: str) -> list[dict[str, Any]]:
+        lines = self.functions[function].log.read_text().splitlines()
+        docs = []
+        for line in lines:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                docs.append(doc)
+        return docs
+
+    def stop(self) -> None:
+        for function in self.functions.values():
+            function.process.terminate()
+        for function in self.functions.values():
+            try:
+                function.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                function.process.kill()
+
+
+def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def deploy(
+    fake: FakeGcp, tmp: Path, catalog: dict[str, Any], sign_private: str, emails: dict[str, str],
+    invoker: str, keys: dict[str, dict[str, Any]],
+) -> Deployment:  # fmt: skip
+    """Start intake, worker and sweep from the real entry file under their own accounts."""
+    ports = {name: free_port() for name in FUNCTIONS}
+    urls = {name: f"http://127.0.0.1:{port}/" for name, port in ports.items()}
+    deployment = Deployment(fake, catalog, sign_private, emails, invoker, tmp=tmp)
+    catalog_json = json.dumps(catalog)
+    for name in FUNCTIONS:
+        key_file = tmp / f"{name}-key.json"
+        key_file.write_text(json.dumps(keys[name]))
+        key_file.chmod(0o600)
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "JITC_PROJECT": PROJECT,
+            "JITC_QUEUE": QUEUE,
+            "JITC_WORKER_URL": urls["worker"],
+            "JITC_SWEEP_URL": urls["sweep"],
+            "JITC_INVOKER_EMAIL": invoker,
+            "JITC_CATALOG": catalog_json,
+            "JITC_CERTS_URL": f"{fake.url}/oauth2/v1/certs",
+            "JITC_TASKS_ENDPOINT": fake.url,
+            "JITC_SECRETS_ENDPOINT": fake.url,
+            "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER": fake.url + "/",
+            "JITC_GCP_ENDPOINT_SECRETMANAGER": fake.url + "/",
+            "JITC_GCP_ENDPOINT_STORAGE": fake.url + "/storage/v1/",
+            "JITC_GCP_ENDPOINT_PUBSUB": fake.url + "/",
+            "JITC_EVENT_TOPIC": f"projects/{PROJECT}/topics/{NAME}-events",
+            "JITC_TIMEOUT_SECONDS": "120",
+            "JITC_LOG_LEVEL": "DEBUG",
+        }
+        log = tmp / f"{name}.log"
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "functions_framework", "--source", str(ENTRY),
+                "--target", name, "--host", "127.0.0.1", "--port", str(ports[name]),
+            ],
+            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp,
+        )  # fmt: skip
+        deployment.functions[name] = Function(name, urls[name], emails[name], process, log)
+    for function in deployment.functions.values():
+        _wait_up(function)
+    return deployment
+
+
+def _wait_up(function: Function) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if function.process.poll() is not None:
+            raise RuntimeError(f"{function.name} exited:\n{function.log.read_text()}")
+        try:
+            with socket.create_connection(
+                ("127.0.0.1", int(function.url.rsplit(":", 1)[1].strip("/"))), timeout=1
+            ):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{function.name} did not start:\n{function.log.read_text()}")
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,144 @@
+"""The GCP module as data: what the code needs is what the module sets, each function runs as
+its own account, and nothing is bound wider than a named resource."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import tfgcp
+import yaml
+from tfmodule import load
+
+from jitc.catalog import parse_catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = load(tfgcp.MODULE)
+EXAMPLE = load(tfgcp.EXAMPLE)
+
+
+def test_terraform_fmt() -> None:
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed here")
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", str(tfgcp.MODULE), str(tfgcp.EXAMPLE)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_environment_holds_every_setting_the_functions_require() -> None:
+    runtime = (ROOT / "gcp" / "runtime.py").read_text()
+    required = set(re.findall(r'_env\("(JITC_[A-Z_]+)"\)', runtime))
+    environment = MODULE.locals["environment"]
+    assert required <= set(environment), required - set(environment)
+    assert environment["JITC_CATALOG_SHA256"] == "${sha256(local.catalog_json)}"
+
+
+def test_each_function_runs_as_its_own_account_one_request_at_a_time() -> None:
+    function = MODULE.resource("google_cloudfunctions2_function", "function")
+    service = function["service_config"][0]
+    assert service["service_account_email"] == "${google_service_account.function[each.key].email}"
+    assert service["max_instance_request_concurrency"] == 1
+    assert service["ingress_settings"] == "${each.value.ingress}"
+    functions = MODULE.locals["functions"]
+    assert {k: v["ingress"] for k, v in functions.items()} == {
+        "intake": "ALLOW_ALL", "worker": "ALLOW_INTERNAL_ONLY", "sweep": "ALLOW_INTERNAL_ONLY",
+    }  # fmt: skip
+    assert {v["entry_point"] for v in functions.values()} == {"intake", "worker", "sweep"}
+    main = (ROOT / "gcp" / "main.py").read_text()
+    for entry in ("intake", "worker", "sweep"):
+        assert f"def {entry}(request: flask.Request)" in main
+
+
+def test_no_binding_reaches_beyond_a_named_resource() -> None:
+    kinds = {
+        kind
+        for (kind, _) in MODULE.resources
+        if kind.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
+    }
+    assert not {
+        k for k in kinds if k.endswith(("_iam_binding", "_iam_policy"))
+    }  # authoritative: never
+    # The only project-level binding is the IAM target's, on the catalog's projects: the
+    # predefined role that holds exactly get, getIamPolicy and setIamPolicy.
+    project = MODULE.of_kind("google_project_iam_member")
+    assert list(project) == ["iam_target"]
+    assert project["iam_target"]["role"] == "roles/resourcemanager.projectIamAdmin"
+    # Every role a function holds, rendered for the example's catalog: nothing basic, no admin
+    # role but the IAM target's own (which must set IAM policy on its resources).
+    catalog = yaml.safe_load((tfgcp.EXAMPLE / "catalog.yaml").read_text())
+    facts = tfgcp.facts_from_catalog(catalog, "acme-jit", "europe-west1", "jitc")
+    for binding in tfgcp.bindings(facts, {"invoker": "inv@acme-jit.iam.gserviceaccount.com"}):
+        assert binding.role not in ("roles/owner", "roles/editor", "roles/viewer")
+        targets = ("folder_iam_member.iam_target", "project_iam_member.iam_target")
+        assert "admin" not in binding.role.lower() or binding.address.endswith(targets)
+        assert binding.resource.startswith(("projects/", "buckets/", "folders/"))
+
+
+def test_the_queue_never_drops_a_revoke_and_jobs_carry_oidc() -> None:
+    queue = MODULE.resource("google_cloud_tasks_queue", "requests")
+    assert queue["retry_config"][0]["max_attempts"] == -1
+    assert queue["retry_config"][0]["max_retry_duration"] == "0s"
+    job = MODULE.resource("google_cloud_scheduler_job", "job")
+    target = job["http_target"][0]
+    assert target["oidc_token"][0]["audience"] == target["uri"]
+    assert (
+        target["oidc_token"][0]["service_account_email"]
+        == "${google_service_account.invoker.email}"
+    )
+    assert set(MODULE.locals["scheduled_jobs"]) == {"sweep"}
+
+
+def test_the_example_catalog_is_valid_and_the_module_call_matches_the_variables() -> None:
+    catalog = yaml.safe_load((tfgcp.EXAMPLE / "catalog.yaml").read_text())
+    parsed = parse_catalog(catalog)
+    assert {i.kind for i in parsed.integrations.values()} == {"postgresql", "gcp_iam"}
+    call = EXAMPLE.modules["jitc"]
+    arguments = set(call) - {"source"}
+    assert arguments <= set(MODULE.variables), arguments - set(MODULE.variables)
+    required = {name for name, body in MODULE.variables.items() if "default" not in body}
+    assert required <= arguments
+
+
+def test_queue_writers_get_the_queue_and_the_invokers_token_and_nothing_else() -> None:
+    catalog = yaml.safe_load((tfgcp.EXAMPLE / "catalog.yaml").read_text())
+    facts = tfgcp.facts_from_catalog(catalog, "acme-jit", "europe-west1", "jitc")
+    emails = {"invoker": "inv@acme-jit.iam.gserviceaccount.com"}
+    writer = "serviceAccount:cp@saas.iam.gserviceaccount.com"
+    assert not [b for b in tfgcp.bindings(facts, emails) if b.function == writer]
+    import dataclasses
+
+    with_writer = dataclasses.replace(facts, queue_writers=(writer,))
+    granted = {
+        (b.role, b.resource) for b in tfgcp.bindings(with_writer, emails) if b.function == writer
+    }
+    assert granted == {
+        (
+            "roles/cloudtasks.enqueuer",
+            "projects/acme-jit/locations/europe-west1/queues/jitc-requests",
+        ),
+        (
+            "roles/iam.serviceAccountUser",
+            "projects/-/serviceAccounts/inv@acme-jit.iam.gserviceaccount.com",
+        ),
+    }
+
+
+def test_every_warning_the_functions_log_is_alerted_on() -> None:
+    """A message the code logs at WARNING or above that the failure metric does not count
+    would fail in silence (e.g. tasks retried for ever behind a misconfigured audience)."""
+    text = (tfgcp.MODULE / "monitoring.tf").read_text()
+    metric = text.split('resource "google_logging_metric" "failures"', 1)[1].split("EOT", 2)[1]
+    logged = set()
+    for source in (ROOT / "gcp").glob("*.py"):
+        logged |= set(
+            re.findall(r'logger\.(?:warning|error|exception)\(\s*"([^"]+)"', source.read_text())
+        )
+    logged.add("sweep failed")  # handlers.scheduled logs f"{name} failed" for each job
+    assert logged, "no warnings found: the pattern above no longer matches the code"
+    for message in logged:
+        assert f'jsonPayload.message="{message}"' in metric, message
