@@ -41,7 +41,7 @@ IDC = f"awst{RUN}-idc"
 STORE = "d-1234567890"
 ACCOUNTS = ["111111111111"]
 BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/jitc-grant-boundary"
-LEDGER = "jitc-ledger"
+LEDGER = "jitc-test-ledger"  # as the Identity Center tests name it, and the least-privilege world
 S3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
       "Resource": "arn:aws:s3:::{resource}/*"}]}  # fmt: skip
 # The statements the two targets need, per function; each must be missed by the flow.
@@ -102,16 +102,8 @@ def _targets() -> dict[str, Any]:
     )["UserId"]  # fmt: skip
     from test_aws_identity_center_template import TABLE, make_table
 
-    assert TABLE != LEDGER
-    db = make_table()
-    db.delete_table(TableName=TABLE)
-    db.create_table(
-        TableName=LEDGER,
-        AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k in ("pk", "sk")],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                   {"AttributeName": "sk", "KeyType": "RANGE"}],
-        BillingMode="PAY_PER_REQUEST",
-    )  # fmt: skip
+    assert TABLE == LEDGER
+    make_table()
     return {"instance": instance, "ps": ps["PermissionSet"]["PermissionSetArn"], "user": user}
 
 
