@@ -4,12 +4,11 @@
 # its name, its password changes), on a schedule.
 
 variable "rotation" {
-  description = "Rotate the admin credentials of the catalog's postgresql and mysql integrations held in Secrets Manager (null: no rotation). schedule_expression: rate(N days) or cron(...) as Secrets Manager takes it; window: how long each rotation may take (e.g. 3h); rotate_immediately: also rotate once when this is applied; reserved_concurrency: the function's concurrency (one rotation per secret at a time)."
+  description = "Rotate the admin credentials of the catalog's postgresql and mysql integrations held in Secrets Manager (null: no rotation). schedule_expression: rate(N days) or cron(...) as Secrets Manager takes it; window: how long each rotation may take (e.g. 3h); rotate_immediately: also rotate once when this is applied. Its concurrency is reserved_concurrency[\"rotation\"], within concurrency_budget."
   type = object({
-    schedule_expression  = optional(string, "rate(30 days)")
-    window               = optional(string, "3h")
-    rotate_immediately   = optional(bool, false)
-    reserved_concurrency = optional(number, 2)
+    schedule_expression = optional(string, "rate(30 days)")
+    window              = optional(string, "3h")
+    rotate_immediately  = optional(bool, false)
   })
   default = null
   validation {
@@ -157,7 +156,7 @@ resource "aws_lambda_function" "rotation" {
   source_code_hash               = filebase64sha256(var.package_path)
   memory_size                    = var.memory_size
   timeout                        = 60
-  reserved_concurrent_executions = var.rotation.reserved_concurrency
+  reserved_concurrent_executions = lookup(var.reserved_concurrency, "rotation", -1)
   layers                         = [aws_lambda_layer_version.catalog.arn]
   kms_key_arn                    = aws_kms_key.this.arn
 
