@@ -18,7 +18,7 @@ from typing import Any
 from jitc.aws.observability import logger
 from jitc.aws.scheduler import EventBridgeExpiryScheduler
 from jitc.aws.secrets_manager import SCHEME, SecretsManagerStore
-from jitc.aws.sinks import BufferedSink, EventBridgeSink, LogSink
+from jitc.aws.sinks import EventBridgeSink
 from jitc.aws.sqs import SqsQueue
 from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.engine import Engine
@@ -26,6 +26,7 @@ from jitc.errors import CatalogError
 from jitc.intake import Intake
 from jitc.ports import EventSink
 from jitc.secrets import SecretStores
+from jitc.sinks import BufferedSink, LogSink
 
 DEFAULT_CATALOG = "/opt/jitc/catalog.json"
 

@@ -13,57 +13,6 @@ SOURCE = "jit-connector"
 _MAX_ENTRIES = 10  # PutEvents takes at most ten entries per call
 
 
-class LogSink:
-    """Writes through the Powertools logger, so each line carries the Lambda context."""
-
-    def __init__(self, logger: Any) -> None:
-        self._logger = logger
-
-    def audit(self, event: AuditEvent) -> None:
-        self._logger.info(
-            "audit",
-            extra={
-                "request_id": event.request_id,
-                "grant_id": event.grant_id,
-                "audit": event.model_dump(mode="json", exclude_none=True),
-            },
-        )
-
-    def outcome(self, outcome: Outcome) -> None:
-        # The sealed box is for the control plane only; the log keeps that one was delivered.
-        doc = outcome.model_dump(
-            mode="json", exclude_none=True, exclude={"credentials", "sealed_credentials"}
-        )
-        doc["sealed"] = outcome.sealed_credentials is not None
-        self._logger.info(
-            "outcome",
-            extra={"request_id": outcome.request_id, "grant_id": outcome.grant_id, "outcome": doc},
-        )
-
-
-class BufferedSink:
-    """Holds another sink's events until `flush()` at the end of the batch (the webhook)."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self._pending: list[tuple[str, Any]] = []
-
-    def audit(self, event: AuditEvent) -> None:
-        self._pending.append(("audit", event))
-
-    def outcome(self, outcome: Outcome) -> None:
-        self._pending.append(("outcome", outcome))
-
-    def discard(self) -> None:
-        self._pending.clear()
-
-    def flush(self) -> None:
-        while self._pending:
-            kind, item = self._pending[0]
-            getattr(self._inner, kind)(item)
-            self._pending.pop(0)
-
-
 class EventBridgeSink:
     """Buffers events and sends them with `flush()` at the end of a batch, ten per call.
 

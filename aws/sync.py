@@ -13,11 +13,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from jitc.aws import runtime
 from jitc.aws.observability import MetricUnit, logger, metrics, tracer
-from jitc.aws.sinks import LogSink
 from jitc.aws.sync_state import DynamoSyncState
 from jitc.engine import Engine
 from jitc.inventory import webhook_transport
 from jitc.local import NullScheduler
+from jitc.sinks import LogSink
 
 RESERVE_MS = 20_000  # no page starts with less left: a page and a manifest fit in it
 STALL_SECONDS = 60.0

@@ -9,6 +9,7 @@ from typing import Any
 
 from jitc.azure import observability
 from jitc.models import AuditEvent, Outcome
+from jitc.sinks import outcome_record
 
 
 class LogSink:
@@ -21,13 +22,11 @@ class LogSink:
         )
 
     def outcome(self, outcome: Outcome) -> None:
-        # The sealed box is for the control plane only; the log keeps that one was delivered.
-        doc = outcome.model_dump(
-            mode="json", exclude_none=True, exclude={"credentials", "sealed_credentials"}
-        )
-        doc["sealed"] = outcome.sealed_credentials is not None
         observability.info(
-            "outcome", request_id=outcome.request_id, grant_id=outcome.grant_id, outcome=doc
+            "outcome",
+            request_id=outcome.request_id,
+            grant_id=outcome.grant_id,
+            outcome=outcome_record(outcome),
         )
 
 

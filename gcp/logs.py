@@ -15,8 +15,6 @@ import os
 import sys
 from typing import Any
 
-from jitc.models import AuditEvent, Outcome
-
 TRACE_KEY = "logging.googleapis.com/trace"
 LABELS_KEY = "logging.googleapis.com/labels"
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("jitc_trace", default=None)
@@ -75,26 +73,3 @@ def setup(level: str | None = None) -> logging.Logger:
 logger = setup()
 
 
-class LogSink:
-    def __init__(self, log: logging.Logger) -> None:
-        self._log = log
-
-    def audit(self, event: AuditEvent) -> None:
-        self._log.info(
-            "audit",
-            extra={
-                "request_id": event.request_id,
-                "grant_id": event.grant_id,
-                "audit": event.model_dump(mode="json", exclude_none=True),
-            },
-        )
-
-    def outcome(self, outcome: Outcome) -> None:
-        doc = outcome.model_dump(
-            mode="json", exclude_none=True, exclude={"credentials", "sealed_credentials"}
-        )
-        doc["sealed"] = outcome.sealed_credentials is not None
-        self._log.info(
-            "outcome",
-            extra={"request_id": outcome.request_id, "grant_id": outcome.grant_id, "outcome": doc},
-        )

@@ -18,13 +18,14 @@ from typing import Any
 from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.engine import Engine
 from jitc.errors import CatalogError
-from jitc.gcp.logs import LogSink, logger
+from jitc.gcp.logs import logger
 from jitc.gcp.oidc import GOOGLE_CERTS_URL, CertificateCache, OidcVerifier
 from jitc.gcp.secret_manager import SCHEME, SecretManagerStore
-from jitc.gcp.sinks import BufferedSink, Sinks
+from jitc.gcp.sinks import Sinks
 from jitc.gcp.tasks import CloudTasksExpiryScheduler, CloudTasksQueue
 from jitc.intake import Intake
 from jitc.secrets import SecretStores
+from jitc.sinks import BufferedSink, LogSink
 
 
 class ConfigError(RuntimeError):

@@ -8,32 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jitc.gcp.logs import LogSink
 from jitc.models import AuditEvent, Outcome
 from jitc.ports import EventSink
-
-
-class BufferedSink:
-    """Holds another sink's events until `flush()` at the end of the message."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self._pending: list[tuple[str, Any]] = []
-
-    def audit(self, event: AuditEvent) -> None:
-        self._pending.append(("audit", event))
-
-    def outcome(self, outcome: Outcome) -> None:
-        self._pending.append(("outcome", outcome))
-
-    def discard(self) -> None:
-        self._pending.clear()
-
-    def flush(self) -> None:
-        while self._pending:
-            kind, item = self._pending[0]
-            getattr(self._inner, kind)(item)
-            self._pending.pop(0)
+from jitc.sinks import BufferedSink, LogSink
 
 
 class Sinks:
