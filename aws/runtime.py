@@ -22,7 +22,7 @@ from jitc.aws.sinks import EventBridgeSink
 from jitc.aws.sqs import SqsQueue
 from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.engine import Engine
-from jitc.errors import CatalogError
+from jitc.errors import CatalogError, ConfigError, required_env
 from jitc.intake import Intake
 from jitc.ports import EventSink
 from jitc.secrets import SecretStores
@@ -31,15 +31,6 @@ from jitc.sinks import BufferedSink, LogSink
 DEFAULT_CATALOG = "/opt/jitc/catalog.json"
 
 
-class ConfigError(RuntimeError):
-    """The function's environment is incomplete: a deployment error, not a request error."""
-
-
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"environment variable {name} is not set")
-    return value
 
 
 @dataclass(frozen=True)
@@ -128,10 +119,7 @@ def catalog() -> Catalog:
 
 
 def _queue_url() -> str:
-    url = settings().queue_url
-    if not url:
-        raise ConfigError("environment variable JITC_QUEUE_URL is not set")
-    return url
+    return settings().queue_url or required_env("JITC_QUEUE_URL")
 
 
 @cache

@@ -5,7 +5,6 @@ be read fails its own part; a complete sync beats the heartbeat the alarm watche
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
@@ -15,6 +14,7 @@ from jitc.aws import runtime
 from jitc.aws.observability import MetricUnit, logger, metrics, tracer
 from jitc.aws.sync_state import DynamoSyncState
 from jitc.engine import Engine
+from jitc.errors import required_env
 from jitc.inventory import webhook_transport
 from jitc.local import NullScheduler
 from jitc.sinks import LogSink
@@ -33,10 +33,7 @@ def engine() -> Engine:
 
 
 def state() -> DynamoSyncState:
-    table = os.environ.get("JITC_SYNC_TABLE")
-    if not table:
-        raise runtime.ConfigError("environment variable JITC_SYNC_TABLE is not set")
-    return DynamoSyncState(runtime.client("dynamodb"), table)
+    return DynamoSyncState(runtime.client("dynamodb"), required_env("JITC_SYNC_TABLE"))
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -23,22 +23,16 @@ from jitc.azure.sinks import Sinks
 from jitc.azure.vault_store import PUBLIC_SUFFIX, SCHEME, KeyVaultStore
 from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.engine import Engine
-from jitc.errors import CatalogError
+from jitc.errors import CatalogError, ConfigError, required_env
 from jitc.intake import Intake
 from jitc.secrets import SecretStores
 
 CONNECTION = "JitcQueue"
 
 
-class ConfigError(RuntimeError):
-    """The app's settings are incomplete: a deployment error, not a request error."""
-
 
 def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"app setting {name} is not set")
-    return value
+    return required_env(name, "app setting")
 
 
 @dataclass(frozen=True)

@@ -31,3 +31,19 @@ class TargetError(JitcError):
 class AuthenticationFailed(TargetError):
     """The target refused the connector's admin credential. During a rotation the secret store
     may already hold the new one (or hold it as pending): the engine reads it again, once."""
+
+
+class ConfigError(RuntimeError):
+    """A function's environment is incomplete: a deployment error, not a request error (so it
+    is neither a JitcError nor answered as one)."""
+
+
+def required_env(name: str, what: str = "environment variable") -> str:
+    """The value of an environment variable a deployment must set (never a secret: secrets
+    are read from the cloud's secret store)."""
+    import os
+
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{what} {name} is not set")
+    return value

@@ -12,10 +12,9 @@ from typing import Any
 import flask
 import functions_framework
 
-from jitc.errors import CatalogError
+from jitc.errors import CatalogError, ConfigError
 from jitc.gcp import handlers
 from jitc.gcp.logs import logger
-from jitc.gcp.runtime import ConfigError
 
 _HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.engine import Engine
-from jitc.errors import CatalogError
+from jitc.errors import CatalogError, ConfigError, required_env
 from jitc.gcp.logs import logger
 from jitc.gcp.oidc import GOOGLE_CERTS_URL, CertificateCache, OidcVerifier
 from jitc.gcp.secret_manager import SCHEME, SecretManagerStore
@@ -26,17 +26,6 @@ from jitc.gcp.tasks import CloudTasksExpiryScheduler, CloudTasksQueue
 from jitc.intake import Intake
 from jitc.secrets import SecretStores
 from jitc.sinks import BufferedSink, LogSink
-
-
-class ConfigError(RuntimeError):
-    """The function's environment is incomplete: a deployment error, not a request error."""
-
-
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"environment variable {name} is not set")
-    return value
 
 
 @dataclass(frozen=True)
@@ -60,11 +49,11 @@ class Settings:
         get = os.environ.get
         path = get("JITC_CATALOG_PATH")
         return cls(
-            project=_env("JITC_PROJECT"),
-            queue=_env("JITC_QUEUE"),
-            worker_url=_env("JITC_WORKER_URL"),
+            project=required_env("JITC_PROJECT"),
+            queue=required_env("JITC_QUEUE"),
+            worker_url=required_env("JITC_WORKER_URL"),
             sweep_url=get("JITC_SWEEP_URL") or None,
-            invoker_email=_env("JITC_INVOKER_EMAIL"),
+            invoker_email=required_env("JITC_INVOKER_EMAIL"),
             certs_url=get("JITC_CERTS_URL") or GOOGLE_CERTS_URL,
             catalog_json=get("JITC_CATALOG") or None,
             catalog_path=Path(path) if path else None,
