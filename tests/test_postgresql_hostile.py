@@ -1078,3 +1078,70 @@ def test_a_role_manager_cannot_keep_access_by_joining_someone_to_a_bundle(
     finally:
         h.admin.execute("DROP ROLE IF EXISTS rm_manager")
     assert h.revoke("rm-1").status == "revoked"
+
+
+def _member_of(h: Hostile, member: str, group: str) -> bool:
+    row = h.admin.execute(
+        "SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s AND g.rolname = %s",
+        (member, group),
+    ).fetchone()
+    return row is not None
+
+
+def test_a_role_manager_cannot_give_a_grant_another_permissions_bundle(hostile: Hostile) -> None:
+    """A CREATEROLE user grants the `owner` bundle to a read-only grant's role: that grant now
+    gives more than its permission, until its own revoke. The sweep accepts a connector grant
+    role as a bundle's member only for the bundle of its own permission."""
+    h = hostile
+    reader = h.grant("xb-1")
+    owner = h.grant("xb-2", permission="owner")
+    reader_bundle = _bundle_of(h, str(reader.principal))
+    owner_bundle = _bundle_of(h, str(owner.principal))
+    assert reader_bundle != owner_bundle
+    h.admin.execute("CREATE ROLE xb_manager LOGIN CREATEROLE")
+    try:
+        with h.connect("xb_manager") as manager:
+            if h.admin.info.server_version >= 160000:
+                h.admin.execute(
+                    sql.SQL("GRANT {} TO xb_manager WITH ADMIN OPTION").format(
+                        sql.Identifier(owner_bundle)
+                    )
+                )
+            manager.execute(
+                sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(owner_bundle), sql.Identifier(str(reader.principal))
+                )
+            )
+        assert _member_of(h, str(reader.principal), owner_bundle)
+        report = h.engine.sweep()
+        assert report.ok, report
+        assert not _member_of(h, str(reader.principal), owner_bundle)
+        assert _member_of(h, str(reader.principal), reader_bundle)
+        assert _member_of(h, str(owner.principal), owner_bundle)
+    finally:
+        h.admin.execute("DROP ROLE IF EXISTS xb_manager")
+    for request_id in ("xb-1", "xb-2"):
+        assert h.revoke(request_id).status == "revoked"
+
+
+def test_a_column_grant_on_the_grantees_table_is_cut_at_disable(hostile: Hostile) -> None:
+    """A column privilege lives in pg_attribute, not in the table's ACL: the cut at disable
+    must find a table whose only grant to another role is on a column."""
+    h = hostile
+    granted = h.grant("col-1", permission="owner")
+    with h.login(granted) as grantee:
+        grantee.execute("CREATE TABLE s.col_mine (x int, y int)")
+        grantee.execute("INSERT INTO s.col_mine VALUES (1, 2)")
+        grantee.execute("GRANT SELECT (x) ON s.col_mine TO mallory")
+    h.admin.execute("CREATE VIEW s.col_company AS SELECT x FROM s.col_mine")
+    try:
+        with h.connect("mallory") as m:
+            assert m.execute("SELECT x FROM s.col_mine").fetchone() == (1,)
+        outcome = h.revoke("col-1")
+        assert outcome.status == "failed", outcome
+        with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            m.execute("SELECT x FROM s.col_mine")
+    finally:
+        h.admin.execute("DROP VIEW IF EXISTS s.col_company")
+    assert h.revoke("col-1").status == "revoked"

@@ -187,7 +187,7 @@ _END_BLOCKERS = (
 
 
 # What the roles own in this database that someone else may use: relations with a grant to
-# another role, routines (PUBLIC may EXECUTE one whose ACL is the default), large objects with a
+# another role (on the relation or on one of its columns), routines (PUBLIC may EXECUTE one whose ACL is the default), large objects with a
 # grant. Kind, schema, name, identity arguments (routines), the other roles in the ACL ('' for
 # PUBLIC).
 _REACH = (
@@ -196,7 +196,12 @@ _REACH = (
     "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
     "FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-    "CROSS JOIN pg_catalog.aclexplode(c.relacl) a "
+    # a column's grants are in pg_attribute only: a table whose ACL is the default may still
+    # hand out a column (REVOKE ALL ON TABLE takes the column grants too)
+    "CROSS JOIN LATERAL (SELECT x.grantee FROM pg_catalog.aclexplode(c.relacl) x "
+    "  UNION ALL SELECT y.grantee FROM pg_catalog.pg_attribute t "
+    "  CROSS JOIN pg_catalog.aclexplode(t.attacl) y "
+    "  WHERE t.attrelid OPERATOR(pg_catalog.=) c.oid AND t.attacl IS NOT NULL) a "
     "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
     "WHERE c.relowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
     "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner "
