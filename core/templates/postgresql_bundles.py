@@ -326,20 +326,21 @@ _MEMBERS = (
 
 
 def remove_strangers(session: PostgreSQLSession) -> list[str]:
-    """Only the connector's grant roles may be members of its bundles: a role manager that
+    """Only the connector's grant roles made for a bundle may be its members: a role manager that
     grants a bundle to anyone else (`GRANT bundle TO mallory`) would give lasting access that no
-    revoke of ours ends. Such memberships are revoked; what could not be is returned."""
+    revoke of ours ends, and one that grants it to another permission's grant role would make
+    that grant give more than its permission says. Such memberships are revoked; what could not be is returned."""
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     rows = session.conn.execute(_MEMBERS, (prefix, after)).fetchall()
     strangers: dict[str, list[str]] = {}
     for bundle, bundle_comment, member, member_comment in rows:
         group = session._role((bundle, 0, False, False, bundle_comment))
-        if session._ours(group, "bundle") is None:
+        bundle_label = session._ours(group, "bundle")
+        if bundle_label is None:
             continue
         role = session._role((member, 0, False, False, member_comment))
-        label = session._ours(role)
-        if label is not None and str(member) == role_name(session.settings, label["grant_id"]):
+        if _belongs(session, str(member), session._ours(role), bundle_label):
             continue
         strangers.setdefault(str(bundle), []).append(str(member))
     failed = []
@@ -355,6 +356,26 @@ def remove_strangers(session: PostgreSQLSession) -> list[str]:
                 f"bundle {bundle}: members {members} not removed: {exc.diag.message_primary}"
             )
     return failed
+
+
+def _belongs(
+    session: PostgreSQLSession,
+    member: str,
+    label: dict[str, Any] | None,
+    bundle_label: dict[str, Any],
+) -> bool:
+    """A member the connector made for this bundle: an ephemeral grant's role, of the bundle's
+    permission and (labels since they name them) of its resource. Any grant role would do
+    otherwise: a role manager's `GRANT owner_bundle TO reader_grant` would make a read-only
+    grant an owner until its own revoke."""
+    if label is None or member != role_name(session.settings, label["grant_id"]):
+        return False
+    if label.get("mode", "ephemeral") != "ephemeral":
+        return False
+    if label.get("permission") != bundle_label.get("permission"):
+        return False
+    resources = label.get("resources")
+    return resources is None or bundle_label.get("resource") in resources
 
 
 def drop_idle_bundles(session: PostgreSQLSession, now: datetime | None = None) -> list[str]:

@@ -663,6 +663,9 @@ class PostgreSQLSession:
                 name, member, spec.resources, self._label(name, label), self.server_version
             )
         else:
+            # Which bundles it may be a member of (remove_strangers): those of its permission
+            # and of these resources.
+            label["resources"] = list(spec.resources)
             password = self._password(spec)
             statements = join_lock(self.key, bundles) if lock else []
             statements += _user_statements(
