@@ -329,7 +329,8 @@ def remove_strangers(session: PostgreSQLSession) -> list[str]:
     """Only the connector's grant roles made for a bundle may be its members: a role manager that
     grants a bundle to anyone else (`GRANT bundle TO mallory`) would give lasting access that no
     revoke of ours ends, and one that grants it to another permission's grant role would make
-    that grant give more than its permission says. Such memberships are revoked; what could not be is returned."""
+    that grant give more than its permission says. Such memberships are revoked; what could not
+    be is returned."""
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     rows = session.conn.execute(_MEMBERS, (prefix, after)).fetchall()

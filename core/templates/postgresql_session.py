@@ -187,9 +187,9 @@ _END_BLOCKERS = (
 
 
 # What the roles own in this database that someone else may use: relations with a grant to
-# another role (on the relation or on one of its columns), routines (PUBLIC may EXECUTE one whose ACL is the default), large objects with a
-# grant. Kind, schema, name, identity arguments (routines), the other roles in the ACL ('' for
-# PUBLIC).
+# another role (on the relation or on one of its columns), routines (PUBLIC may EXECUTE one
+# whose ACL is the default), large objects with a grant. Kind, schema, name, identity
+# arguments (routines), the other roles in the ACL ('' for PUBLIC).
 _REACH = (
     "SELECT CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, "
     "  n.nspname::pg_catalog.text, c.relname::pg_catalog.text, '', "
