@@ -230,18 +230,16 @@ def _clean_one(session: PostgreSQLSession, state: BundleState) -> list[str]:
             continue
         try:
             try:
-                _drop_objects(session, conn, state)
-            except psycopg.errors.LockNotAvailable:
-                # A session (a member acting as the bundle, or anyone) holds a lock on one of
-                # the bundle's objects to keep it: such objects are not allowed, so the
-                # sessions locking them are ended (never a superuser's or the admin's).
-                session._ending_blockers(
-                    [state.name],
-                    lambda conn=conn: _drop_objects(session, conn, state),  # type: ignore[misc]
-                    conn=conn,
-                    dbname=dbname,
-                    relations_of=[state.oid],
-                )
+                _drop_objects_ending_lockers(session, conn, state, dbname)
+            except psycopg.errors.DependentObjectsStillExist:
+                # A member's session made temporary objects as the bundle (TEMP is PUBLIC's by
+                # default) and its own temporary objects on them: they go with that session,
+                # which is ended; then the drop is tried once more.
+                holders = _temp_holders(session, conn, state)
+                if not holders:
+                    raise
+                session._terminate_all(holders)
+                _drop_objects_ending_lockers(session, conn, state, dbname)
         except psycopg.Error as exc:
             detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
             left.append(
@@ -252,6 +250,55 @@ def _clean_one(session: PostgreSQLSession, state: BundleState) -> list[str]:
             if conn is not session.conn:
                 conn.close()
     return left
+
+
+def _drop_objects_ending_lockers(
+    session: PostgreSQLSession, conn: psycopg.Connection[Any], state: BundleState, dbname: str
+) -> None:
+    try:
+        _drop_objects(session, conn, state)
+    except psycopg.errors.LockNotAvailable:
+        # A session (a member acting as the bundle, or anyone) holds a lock on one of the
+        # bundle's objects to keep it: such objects are not allowed, so the sessions locking
+        # them are ended (never a superuser's or the admin's).
+        session._ending_blockers(
+            [state.name],
+            lambda: _drop_objects(session, conn, state),
+            conn=conn,
+            dbname=dbname,
+            relations_of=[state.oid],
+        )
+
+
+# Other owners of objects in the temporary schemas where the bundle owns something. Only the
+# session of a schema pg_temp_N can create in it, so they are the roles of that session.
+_TEMP_HOLDERS = (
+    "WITH o AS (SELECT c.relnamespace AS ns, c.relowner AS owner FROM pg_catalog.pg_class c "
+    "  UNION ALL SELECT p.pronamespace, p.proowner FROM pg_catalog.pg_proc p "
+    "  UNION ALL SELECT t.typnamespace, t.typowner FROM pg_catalog.pg_type t), "
+    "temp AS (SELECT o.ns, o.owner FROM o JOIN pg_catalog.pg_namespace n "
+    "  ON n.oid OPERATOR(pg_catalog.=) o.ns "
+    "  WHERE pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_temp_')) "
+    "SELECT DISTINCT r.rolname::pg_catalog.text FROM temp "
+    "JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) temp.owner "
+    "WHERE temp.owner OPERATOR(pg_catalog.<>) %s::pg_catalog.oid "
+    "AND temp.ns OPERATOR(pg_catalog.=) ANY(ARRAY(SELECT b.ns FROM temp b "
+    "  WHERE b.owner OPERATOR(pg_catalog.=) %s::pg_catalog.oid))"
+)
+
+
+def _temp_holders(
+    session: PostgreSQLSession, conn: psycopg.Connection[Any], state: BundleState
+) -> list[str]:
+    """The connector's grant roles whose sessions hold temporary objects next to the bundle's
+    (never another role: the connector ends only its own grantees' sessions)."""
+    rows = conn.execute(_TEMP_HOLDERS, (state.oid, state.oid)).fetchall()
+    roles = session._roles([str(row[0]) for row in rows])
+    return sorted(
+        name
+        for name, role in roles.items()
+        if session._ours(role) is not None and not role.privileged
+    )
 
 
 def _drop_objects(
