@@ -1177,3 +1177,39 @@ def test_a_live_member_cannot_stall_every_revoke_with_temporary_objects_as_its_b
         assert h.revoke("tmp-b").status == "revoked"
     finally:
         h.admin.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+
+
+def test_a_database_owners_settings_cannot_turn_the_admin_into_another_role_or_read_only(
+    hostile: Hostile,
+) -> None:
+    """A CREATEDB user makes a database (PUBLIC may connect) whose settings say `role` is its
+    own and transactions are read-only: every admin connection there would act as that user,
+    unable to remove what a grantee made there. The admin's own settings win."""
+    h = hostile
+    h.admin.execute("CREATE ROLE dbset_owner LOGIN CREATEDB")
+    try:
+        with h.connect("dbset_owner", "postgres") as owner:
+            owner.execute("CREATE DATABASE dbset_evil")
+        with h.connect("dbset_owner", "dbset_evil") as owner:
+            owner.execute("ALTER DATABASE dbset_evil SET role = 'dbset_owner'")
+            owner.execute("ALTER DATABASE dbset_evil SET default_transaction_read_only = on")
+        granted = h.grant("dbset-a", permission="owner")
+        other = h.grant("dbset-b")
+        bundle = _bundle_of(h, str(other.principal))
+        with h.login(granted, "dbset_evil") as grantee:
+            grantee.execute("SET default_transaction_read_only = off")
+            row = grantee.execute("SELECT lo_from_bytea(0, 'mine')").fetchone()
+            assert row is not None
+            grantee.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO mallory").format(row[0]))
+        if h.admin.info.server_version < 160000:
+            with h.login(other, "dbset_evil") as member:
+                member.execute("SET default_transaction_read_only = off")
+                member.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+                member.execute("SELECT lo_from_bytea(0, 'as the bundle')")
+        outcome = h.revoke("dbset-a")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert _bundle_state(h, bundle)[0] == 0
+        assert h.revoke("dbset-b").status == "revoked"
+    finally:
+        h.admin.execute("DROP DATABASE IF EXISTS dbset_evil WITH (FORCE)")
+        h.admin.execute("DROP ROLE IF EXISTS dbset_owner")

@@ -400,8 +400,12 @@ class PostgreSQLSession:
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
         s = self.settings
         # Pinned at connect, before any statement: no schema a user can create in is searched,
-        # and no lock a user holds can stall us for longer than these bounds.
+        # and no lock a user holds can stall us for longer than these bounds. A database's
+        # owner (any CREATEDB user, for a database PUBLIC may connect to) may set defaults for
+        # every connection there: `role` would make the admin act as that owner, read-only
+        # transactions would keep what a grantee made there from going. Ours win over both.
         options = (
+            "-c role=none -c default_transaction_read_only=off "
             "-c search_path=pg_catalog,pg_temp "
             f"-c lock_timeout={s.admin_lock_timeout} "
             f"-c statement_timeout={s.admin_statement_timeout} "
