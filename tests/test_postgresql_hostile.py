@@ -1193,6 +1193,20 @@ def test_a_database_owners_settings_cannot_turn_the_admin_into_another_role_or_r
         with h.connect("dbset_owner", "dbset_evil") as owner:
             owner.execute("ALTER DATABASE dbset_evil SET role = 'dbset_owner'")
             owner.execute("ALTER DATABASE dbset_evil SET default_transaction_read_only = on")
+            owner.execute("ALTER DATABASE dbset_evil SET exit_on_error = on")
+        integration = h.engine.catalog.integrations[INTEGRATION]
+        session = integration.template.open(  # type: ignore[call-arg]
+            INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+        )
+        try:
+            with session._connect("dbset_evil") as there:  # type: ignore[attr-defined]
+                row = there.execute(
+                    "SELECT current_user, current_setting('default_transaction_read_only'), "
+                    "current_setting('exit_on_error')"
+                ).fetchone()
+                assert row == ("admin", "off", "off"), row
+        finally:
+            session.close()
         granted = h.grant("dbset-a", permission="owner")
         other = h.grant("dbset-b")
         bundle = _bundle_of(h, str(other.principal))

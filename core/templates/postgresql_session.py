@@ -403,9 +403,10 @@ class PostgreSQLSession:
         # and no lock a user holds can stall us for longer than these bounds. A database's
         # owner (any CREATEDB user, for a database PUBLIC may connect to) may set defaults for
         # every connection there: `role` would make the admin act as that owner, read-only
-        # transactions would keep what a grantee made there from going. Ours win over both.
+        # transactions would keep what a grantee made there from going, exit_on_error would end
+        # the connection at a lock timeout we recover from. Ours win over all three.
         options = (
-            "-c role=none -c default_transaction_read_only=off "
+            "-c role=none -c default_transaction_read_only=off -c exit_on_error=off "
             "-c search_path=pg_catalog,pg_temp "
             f"-c lock_timeout={s.admin_lock_timeout} "
             f"-c statement_timeout={s.admin_statement_timeout} "
