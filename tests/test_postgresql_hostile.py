@@ -1227,3 +1227,33 @@ def test_a_database_owners_settings_cannot_turn_the_admin_into_another_role_or_r
     finally:
         h.admin.execute("DROP DATABASE IF EXISTS dbset_evil WITH (FORCE)")
         h.admin.execute("DROP ROLE IF EXISTS dbset_owner")
+
+
+def test_a_role_manager_cannot_log_in_as_a_bundle_past_the_sweep(hostile: Hostile) -> None:
+    """`ALTER ROLE bundle LOGIN` needs no password where the server trusts the client (trust,
+    cert, peer): the role manager would then hold the bundle's access as long as it exists.
+    The sweep finds a bundle that may log in and takes that away."""
+    h = hostile
+    kept = h.grant("bl-1")
+    bundle = _bundle_of(h, str(kept.principal))
+    h.admin.execute("CREATE ROLE bl_manager LOGIN CREATEROLE")
+    try:
+        with h.connect("bl_manager") as manager:
+            if h.admin.info.server_version >= 160000:
+                h.admin.execute(
+                    sql.SQL("GRANT {} TO bl_manager WITH ADMIN OPTION").format(
+                        sql.Identifier(bundle)
+                    )
+                )
+            manager.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(bundle)))
+        with h.connect(bundle) as as_bundle:
+            assert as_bundle.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+        report = h.engine.sweep()
+        assert report.ok, report
+        with pytest.raises(psycopg.OperationalError):
+            h.connect(bundle).close()
+        with h.login(kept) as grantee:
+            assert grantee.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    finally:
+        h.admin.execute("DROP ROLE IF EXISTS bl_manager")
+    assert h.revoke("bl-1").status == "revoked"

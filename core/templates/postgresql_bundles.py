@@ -50,7 +50,8 @@ _OBJECT_TYPES = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES"
 _PUBLIC_DEFAULT = {"f": "EXECUTE", "T": "USAGE"}
 
 # Bundles of a prefix: name, oid, label, databases where they own something, databases of
-# their settings ('' for all), whether a password is set (NULL: the admin cannot read it).
+# their settings ('' for all), whether a password is set (NULL: the admin cannot read it),
+# whether it has members, whether it owns something elsewhere, whether it may log in.
 _STATE = (
     "SELECT r.rolname::pg_catalog.text, r.oid::pg_catalog.int8, "
     "  pg_catalog.shobj_description(r.oid, 'pg_authid'), "
@@ -69,7 +70,8 @@ _STATE = (
     "    WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass "
     "    AND s.refobjid OPERATOR(pg_catalog.=) r.oid AND s.dbid OPERATOR(pg_catalog.<>) 0 "
     "    AND s.dbid OPERATOR(pg_catalog.<>) (SELECT d.oid FROM pg_catalog.pg_database d "
-    "      WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())) "
+    "      WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())), "
+    "  r.rolcanlogin "
     "FROM pg_catalog.pg_roles r "
     "WHERE r.rolname OPERATOR(pg_catalog.>=) %s::pg_catalog.name "
     "AND r.rolname OPERATOR(pg_catalog.<) %s::pg_catalog.name"
@@ -119,10 +121,13 @@ class BundleState:
     has_members: bool
     elsewhere: bool
     label: dict[str, Any] = field(default_factory=dict)
+    # Made NOLOGIN; a role manager's `ALTER ROLE bundle LOGIN` needs no password where the
+    # server trusts the client (trust, cert, peer), and would hold the bundle's access.
+    login: bool = False
 
     @property
     def dirty(self) -> bool:
-        return bool(self.owns_in or self.settings_in or self.password)
+        return bool(self.owns_in or self.settings_in or self.password or self.login)
 
 
 def lock_key(key: LabelKey, bundle: str) -> int:
@@ -161,7 +166,7 @@ def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> 
     if rows is None:
         rows = bundle_state_query(session).fetchall()
     found = []
-    for name, oid, comment, owns_in, settings_in, has_password, members, elsewhere in rows:
+    for name, oid, comment, owns_in, settings_in, has_password, members, elsewhere, login in rows:
         role = session._role((name, oid, False, False, comment))
         label = session._ours(role, "bundle")
         if label is None:
@@ -176,6 +181,7 @@ def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> 
                 bool(members),
                 bool(elsewhere),
                 label,
+                bool(login),
             )
         )
     return found
@@ -199,6 +205,8 @@ def clean_bundles(session: PostgreSQLSession, rows: list[Any] | None = None) -> 
             left.append(f"bundle {state.name} still has role settings")
         if state.password:
             left.append(f"bundle {state.name} still has a password")
+        if state.login:
+            left.append(f"bundle {state.name} may still log in")
     return sorted(set(left))
 
 
@@ -206,7 +214,11 @@ def _clean_one(session: PostgreSQLSession, state: BundleState) -> list[str]:
     left: list[str] = []
     role = sql.Identifier(state.name)
     alters: list[sql.Composable] = []
-    if state.password or (state.password is None and (state.settings_in or state.owns_in)):
+    if (
+        state.password
+        or state.login
+        or (state.password is None and (state.settings_in or state.owns_in))
+    ):
         alters.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
     for dbname in sorted(set(state.settings_in)):
         if dbname:
