@@ -400,7 +400,7 @@ def remove_strangers(session: PostgreSQLSession) -> list[str]:
         if bundle_label is None:
             continue
         role = session._role((member, 0, False, False, member_comment))
-        if _belongs(session, str(member), session._ours(role), bundle_label):
+        if _belongs(session, str(bundle), str(member), session._ours(role), bundle_label):
             continue
         strangers.setdefault(str(bundle), []).append(str(member))
     failed = []
@@ -420,22 +420,24 @@ def remove_strangers(session: PostgreSQLSession) -> list[str]:
 
 def _belongs(
     session: PostgreSQLSession,
+    bundle: str,
     member: str,
     label: dict[str, Any] | None,
     bundle_label: dict[str, Any],
 ) -> bool:
-    """A member the connector made for this bundle: an ephemeral grant's role, of the bundle's
-    permission and (labels since they name them) of its resource. Any grant role would do
-    otherwise: a role manager's `GRANT owner_bundle TO reader_grant` would make a read-only
-    grant an owner until its own revoke."""
+    """A member the connector made for this bundle: an ephemeral grant's role whose label names
+    the bundle (labels from before they named it: of the bundle's permission). Any grant role
+    would do otherwise: a role manager's `GRANT owner_bundle TO reader_grant` (or the bundle of
+    an earlier, broader version of the same permission) would make a grant give more than its
+    permission until its own revoke."""
     if label is None or member != role_name(session.settings, label["grant_id"]):
         return False
     if label.get("mode", "ephemeral") != "ephemeral":
         return False
-    if label.get("permission") != bundle_label.get("permission"):
-        return False
-    resources = label.get("resources")
-    return resources is None or bundle_label.get("resource") in resources
+    bundles = label.get("bundles")
+    if bundles is not None:
+        return bundle in bundles
+    return bool(label.get("permission") == bundle_label.get("permission"))
 
 
 def drop_idle_bundles(session: PostgreSQLSession, now: datetime | None = None) -> list[str]:

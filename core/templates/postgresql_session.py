@@ -668,9 +668,9 @@ class PostgreSQLSession:
                 name, member, spec.resources, self._label(name, label), self.server_version
             )
         else:
-            # Which bundles it may be a member of (remove_strangers): those of its permission
-            # and of these resources.
-            label["resources"] = list(spec.resources)
+            # The bundles it may be a member of (remove_strangers): these, not another
+            # permission's, resource's, or version's.
+            label["bundles"] = sorted(set(bundles))
             password = self._password(spec)
             statements = join_lock(self.key, bundles) if lock else []
             statements += _user_statements(
