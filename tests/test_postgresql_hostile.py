@@ -1078,3 +1078,182 @@ def test_a_role_manager_cannot_keep_access_by_joining_someone_to_a_bundle(
     finally:
         h.admin.execute("DROP ROLE IF EXISTS rm_manager")
     assert h.revoke("rm-1").status == "revoked"
+
+
+def _member_of(h: Hostile, member: str, group: str) -> bool:
+    row = h.admin.execute(
+        "SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s AND g.rolname = %s",
+        (member, group),
+    ).fetchone()
+    return row is not None
+
+
+def test_a_role_manager_cannot_give_a_grant_another_permissions_bundle(hostile: Hostile) -> None:
+    """A CREATEROLE user grants the `owner` bundle to a read-only grant's role: that grant now
+    gives more than its permission, until its own revoke. The sweep accepts a connector grant
+    role as a bundle's member only for the bundle of its own permission."""
+    h = hostile
+    reader = h.grant("xb-1")
+    owner = h.grant("xb-2", permission="owner")
+    reader_bundle = _bundle_of(h, str(reader.principal))
+    owner_bundle = _bundle_of(h, str(owner.principal))
+    assert reader_bundle != owner_bundle
+    h.admin.execute("CREATE ROLE xb_manager LOGIN CREATEROLE")
+    try:
+        with h.connect("xb_manager") as manager:
+            if h.admin.info.server_version >= 160000:
+                h.admin.execute(
+                    sql.SQL("GRANT {} TO xb_manager WITH ADMIN OPTION").format(
+                        sql.Identifier(owner_bundle)
+                    )
+                )
+            manager.execute(
+                sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(owner_bundle), sql.Identifier(str(reader.principal))
+                )
+            )
+        assert _member_of(h, str(reader.principal), owner_bundle)
+        report = h.engine.sweep()
+        assert report.ok, report
+        assert not _member_of(h, str(reader.principal), owner_bundle)
+        assert _member_of(h, str(reader.principal), reader_bundle)
+        assert _member_of(h, str(owner.principal), owner_bundle)
+    finally:
+        h.admin.execute("DROP ROLE IF EXISTS xb_manager")
+    for request_id in ("xb-1", "xb-2"):
+        assert h.revoke(request_id).status == "revoked"
+
+
+def test_a_column_grant_on_the_grantees_table_is_cut_at_disable(hostile: Hostile) -> None:
+    """A column privilege lives in pg_attribute, not in the table's ACL: the cut at disable
+    must find a table whose only grant to another role is on a column."""
+    h = hostile
+    granted = h.grant("col-1", permission="owner")
+    with h.login(granted) as grantee:
+        grantee.execute("CREATE TABLE s.col_mine (x int, y int)")
+        grantee.execute("INSERT INTO s.col_mine VALUES (1, 2)")
+        grantee.execute("GRANT SELECT (x) ON s.col_mine TO mallory")
+    h.admin.execute("CREATE VIEW s.col_company AS SELECT x FROM s.col_mine")
+    try:
+        with h.connect("mallory") as m:
+            assert m.execute("SELECT x FROM s.col_mine").fetchone() == (1,)
+        outcome = h.revoke("col-1")
+        assert outcome.status == "failed", outcome
+        with h.connect("mallory") as m, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            m.execute("SELECT x FROM s.col_mine")
+    finally:
+        h.admin.execute("DROP VIEW IF EXISTS s.col_company")
+    assert h.revoke("col-1").status == "revoked"
+
+
+def test_a_live_member_cannot_stall_every_revoke_with_temporary_objects_as_its_bundle(
+    strict: Hostile,
+) -> None:
+    """TEMP is PUBLIC's on every database by default: a live member (B) may make a temporary
+    table as its bundle with no CREATE anywhere, and a temporary view of its own on it. Another
+    grantee's (A's) revoke must still end as `revoked`: B's session is ended, and what it made
+    goes with it."""
+    h = strict
+    _before_16(h)
+    h.admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        h.grant("tmp-a")
+        b = h.grant("tmp-b")
+        bundle = _bundle_of(h, str(b.principal))
+        member = h.login(b)
+        try:
+            member.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+            member.execute("CREATE TEMP TABLE kept_tmp (x int)")
+            member.execute("RESET ROLE")
+            member.execute("CREATE TEMP VIEW kept_tmp_view AS SELECT x FROM kept_tmp")
+            outcome = h.revoke("tmp-a")
+            assert outcome.status == "revoked" and outcome.verified, outcome
+            assert _bundle_state(h, bundle)[0] == 0
+        finally:
+            member.close()
+        with h.login(b) as again:  # B's grant itself is untouched
+            assert again.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+        assert h.revoke("tmp-b").status == "revoked"
+    finally:
+        h.admin.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+
+
+def test_a_database_owners_settings_cannot_turn_the_admin_into_another_role_or_read_only(
+    hostile: Hostile,
+) -> None:
+    """A CREATEDB user makes a database (PUBLIC may connect) whose settings say `role` is its
+    own and transactions are read-only: every admin connection there would act as that user,
+    unable to remove what a grantee made there. The admin's own settings win."""
+    h = hostile
+    h.admin.execute("CREATE ROLE dbset_owner LOGIN CREATEDB")
+    try:
+        with h.connect("dbset_owner", "postgres") as owner:
+            owner.execute("CREATE DATABASE dbset_evil")
+        with h.connect("dbset_owner", "dbset_evil") as owner:
+            owner.execute("ALTER DATABASE dbset_evil SET role = 'dbset_owner'")
+            owner.execute("ALTER DATABASE dbset_evil SET default_transaction_read_only = on")
+            owner.execute("ALTER DATABASE dbset_evil SET exit_on_error = on")
+        integration = h.engine.catalog.integrations[INTEGRATION]
+        session = integration.template.open(  # type: ignore[call-arg]
+            INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+        )
+        try:
+            with session._connect("dbset_evil") as there:  # type: ignore[attr-defined]
+                row = there.execute(
+                    "SELECT current_user, current_setting('default_transaction_read_only'), "
+                    "current_setting('exit_on_error')"
+                ).fetchone()
+                assert row == ("admin", "off", "off"), row
+        finally:
+            session.close()
+        granted = h.grant("dbset-a", permission="owner")
+        other = h.grant("dbset-b")
+        bundle = _bundle_of(h, str(other.principal))
+        with h.login(granted, "dbset_evil") as grantee:
+            grantee.execute("SET default_transaction_read_only = off")
+            row = grantee.execute("SELECT lo_from_bytea(0, 'mine')").fetchone()
+            assert row is not None
+            grantee.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO mallory").format(row[0]))
+        if h.admin.info.server_version < 160000:
+            with h.login(other, "dbset_evil") as member:
+                member.execute("SET default_transaction_read_only = off")
+                member.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(bundle)))
+                member.execute("SELECT lo_from_bytea(0, 'as the bundle')")
+        outcome = h.revoke("dbset-a")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert _bundle_state(h, bundle)[0] == 0
+        assert h.revoke("dbset-b").status == "revoked"
+    finally:
+        h.admin.execute("DROP DATABASE IF EXISTS dbset_evil WITH (FORCE)")
+        h.admin.execute("DROP ROLE IF EXISTS dbset_owner")
+
+
+def test_a_role_manager_cannot_log_in_as_a_bundle_past_the_sweep(hostile: Hostile) -> None:
+    """`ALTER ROLE bundle LOGIN` needs no password where the server trusts the client (trust,
+    cert, peer): the role manager would then hold the bundle's access as long as it exists.
+    The sweep finds a bundle that may log in and takes that away."""
+    h = hostile
+    kept = h.grant("bl-1")
+    bundle = _bundle_of(h, str(kept.principal))
+    h.admin.execute("CREATE ROLE bl_manager LOGIN CREATEROLE")
+    try:
+        with h.connect("bl_manager") as manager:
+            if h.admin.info.server_version >= 160000:
+                h.admin.execute(
+                    sql.SQL("GRANT {} TO bl_manager WITH ADMIN OPTION").format(
+                        sql.Identifier(bundle)
+                    )
+                )
+            manager.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(bundle)))
+        with h.connect(bundle) as as_bundle:
+            assert as_bundle.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+        report = h.engine.sweep()
+        assert report.ok, report
+        with pytest.raises(psycopg.OperationalError):
+            h.connect(bundle).close()
+        with h.login(kept) as grantee:
+            assert grantee.execute("SELECT count(*) FROM s.items").fetchone() == (2,)
+    finally:
+        h.admin.execute("DROP ROLE IF EXISTS bl_manager")
+    assert h.revoke("bl-1").status == "revoked"

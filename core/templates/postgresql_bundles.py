@@ -50,7 +50,8 @@ _OBJECT_TYPES = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES"
 _PUBLIC_DEFAULT = {"f": "EXECUTE", "T": "USAGE"}
 
 # Bundles of a prefix: name, oid, label, databases where they own something, databases of
-# their settings ('' for all), whether a password is set (NULL: the admin cannot read it).
+# their settings ('' for all), whether a password is set (NULL: the admin cannot read it),
+# whether it has members, whether it owns something elsewhere, whether it may log in.
 _STATE = (
     "SELECT r.rolname::pg_catalog.text, r.oid::pg_catalog.int8, "
     "  pg_catalog.shobj_description(r.oid, 'pg_authid'), "
@@ -69,7 +70,8 @@ _STATE = (
     "    WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass "
     "    AND s.refobjid OPERATOR(pg_catalog.=) r.oid AND s.dbid OPERATOR(pg_catalog.<>) 0 "
     "    AND s.dbid OPERATOR(pg_catalog.<>) (SELECT d.oid FROM pg_catalog.pg_database d "
-    "      WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())) "
+    "      WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())), "
+    "  r.rolcanlogin "
     "FROM pg_catalog.pg_roles r "
     "WHERE r.rolname OPERATOR(pg_catalog.>=) %s::pg_catalog.name "
     "AND r.rolname OPERATOR(pg_catalog.<) %s::pg_catalog.name"
@@ -119,10 +121,13 @@ class BundleState:
     has_members: bool
     elsewhere: bool
     label: dict[str, Any] = field(default_factory=dict)
+    # Made NOLOGIN; a role manager's `ALTER ROLE bundle LOGIN` needs no password where the
+    # server trusts the client (trust, cert, peer), and would hold the bundle's access.
+    login: bool = False
 
     @property
     def dirty(self) -> bool:
-        return bool(self.owns_in or self.settings_in or self.password)
+        return bool(self.owns_in or self.settings_in or self.password or self.login)
 
 
 def lock_key(key: LabelKey, bundle: str) -> int:
@@ -161,7 +166,7 @@ def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> 
     if rows is None:
         rows = bundle_state_query(session).fetchall()
     found = []
-    for name, oid, comment, owns_in, settings_in, has_password, members, elsewhere in rows:
+    for name, oid, comment, owns_in, settings_in, has_password, members, elsewhere, login in rows:
         role = session._role((name, oid, False, False, comment))
         label = session._ours(role, "bundle")
         if label is None:
@@ -176,6 +181,7 @@ def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> 
                 bool(members),
                 bool(elsewhere),
                 label,
+                bool(login),
             )
         )
     return found
@@ -199,6 +205,8 @@ def clean_bundles(session: PostgreSQLSession, rows: list[Any] | None = None) -> 
             left.append(f"bundle {state.name} still has role settings")
         if state.password:
             left.append(f"bundle {state.name} still has a password")
+        if state.login:
+            left.append(f"bundle {state.name} may still log in")
     return sorted(set(left))
 
 
@@ -206,7 +214,11 @@ def _clean_one(session: PostgreSQLSession, state: BundleState) -> list[str]:
     left: list[str] = []
     role = sql.Identifier(state.name)
     alters: list[sql.Composable] = []
-    if state.password or (state.password is None and (state.settings_in or state.owns_in)):
+    if (
+        state.password
+        or state.login
+        or (state.password is None and (state.settings_in or state.owns_in))
+    ):
         alters.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(role))
     for dbname in sorted(set(state.settings_in)):
         if dbname:
@@ -230,18 +242,16 @@ def _clean_one(session: PostgreSQLSession, state: BundleState) -> list[str]:
             continue
         try:
             try:
-                _drop_objects(session, conn, state)
-            except psycopg.errors.LockNotAvailable:
-                # A session (a member acting as the bundle, or anyone) holds a lock on one of
-                # the bundle's objects to keep it: such objects are not allowed, so the
-                # sessions locking them are ended (never a superuser's or the admin's).
-                session._ending_blockers(
-                    [state.name],
-                    lambda conn=conn: _drop_objects(session, conn, state),  # type: ignore[misc]
-                    conn=conn,
-                    dbname=dbname,
-                    relations_of=[state.oid],
-                )
+                _drop_objects_ending_lockers(session, conn, state, dbname)
+            except psycopg.errors.DependentObjectsStillExist:
+                # A member's session made temporary objects as the bundle (TEMP is PUBLIC's by
+                # default) and its own temporary objects on them: they go with that session,
+                # which is ended; then the drop is tried once more.
+                holders = _temp_holders(session, conn, state)
+                if not holders:
+                    raise
+                session._terminate_all(holders)
+                _drop_objects_ending_lockers(session, conn, state, dbname)
         except psycopg.Error as exc:
             detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
             left.append(
@@ -252,6 +262,55 @@ def _clean_one(session: PostgreSQLSession, state: BundleState) -> list[str]:
             if conn is not session.conn:
                 conn.close()
     return left
+
+
+def _drop_objects_ending_lockers(
+    session: PostgreSQLSession, conn: psycopg.Connection[Any], state: BundleState, dbname: str
+) -> None:
+    try:
+        _drop_objects(session, conn, state)
+    except psycopg.errors.LockNotAvailable:
+        # A session (a member acting as the bundle, or anyone) holds a lock on one of the
+        # bundle's objects to keep it: such objects are not allowed, so the sessions locking
+        # them are ended (never a superuser's or the admin's).
+        session._ending_blockers(
+            [state.name],
+            lambda: _drop_objects(session, conn, state),
+            conn=conn,
+            dbname=dbname,
+            relations_of=[state.oid],
+        )
+
+
+# Other owners of objects in the temporary schemas where the bundle owns something. Only the
+# session of a schema pg_temp_N can create in it, so they are the roles of that session.
+_TEMP_HOLDERS = (
+    "WITH o AS (SELECT c.relnamespace AS ns, c.relowner AS owner FROM pg_catalog.pg_class c "
+    "  UNION ALL SELECT p.pronamespace, p.proowner FROM pg_catalog.pg_proc p "
+    "  UNION ALL SELECT t.typnamespace, t.typowner FROM pg_catalog.pg_type t), "
+    "temp AS (SELECT o.ns, o.owner FROM o JOIN pg_catalog.pg_namespace n "
+    "  ON n.oid OPERATOR(pg_catalog.=) o.ns "
+    "  WHERE pg_catalog.starts_with(n.nspname::pg_catalog.text, 'pg_temp_')) "
+    "SELECT DISTINCT r.rolname::pg_catalog.text FROM temp "
+    "JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) temp.owner "
+    "WHERE temp.owner OPERATOR(pg_catalog.<>) %s::pg_catalog.oid "
+    "AND temp.ns OPERATOR(pg_catalog.=) ANY(ARRAY(SELECT b.ns FROM temp b "
+    "  WHERE b.owner OPERATOR(pg_catalog.=) %s::pg_catalog.oid))"
+)
+
+
+def _temp_holders(
+    session: PostgreSQLSession, conn: psycopg.Connection[Any], state: BundleState
+) -> list[str]:
+    """The connector's grant roles whose sessions hold temporary objects next to the bundle's
+    (never another role: the connector ends only its own grantees' sessions)."""
+    rows = conn.execute(_TEMP_HOLDERS, (state.oid, state.oid)).fetchall()
+    roles = session._roles([str(row[0]) for row in rows])
+    return sorted(
+        name
+        for name, role in roles.items()
+        if session._ours(role) is not None and not role.privileged
+    )
 
 
 def _drop_objects(
@@ -326,20 +385,22 @@ _MEMBERS = (
 
 
 def remove_strangers(session: PostgreSQLSession) -> list[str]:
-    """Only the connector's grant roles may be members of its bundles: a role manager that
+    """Only the connector's grant roles made for a bundle may be its members: a role manager that
     grants a bundle to anyone else (`GRANT bundle TO mallory`) would give lasting access that no
-    revoke of ours ends. Such memberships are revoked; what could not be is returned."""
+    revoke of ours ends, and one that grants it to another permission's grant role would make
+    that grant give more than its permission says. Such memberships are revoked; what could not
+    be is returned."""
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     rows = session.conn.execute(_MEMBERS, (prefix, after)).fetchall()
     strangers: dict[str, list[str]] = {}
     for bundle, bundle_comment, member, member_comment in rows:
         group = session._role((bundle, 0, False, False, bundle_comment))
-        if session._ours(group, "bundle") is None:
+        bundle_label = session._ours(group, "bundle")
+        if bundle_label is None:
             continue
         role = session._role((member, 0, False, False, member_comment))
-        label = session._ours(role)
-        if label is not None and str(member) == role_name(session.settings, label["grant_id"]):
+        if _belongs(session, str(bundle), str(member), session._ours(role), bundle_label):
             continue
         strangers.setdefault(str(bundle), []).append(str(member))
     failed = []
@@ -355,6 +416,28 @@ def remove_strangers(session: PostgreSQLSession) -> list[str]:
                 f"bundle {bundle}: members {members} not removed: {exc.diag.message_primary}"
             )
     return failed
+
+
+def _belongs(
+    session: PostgreSQLSession,
+    bundle: str,
+    member: str,
+    label: dict[str, Any] | None,
+    bundle_label: dict[str, Any],
+) -> bool:
+    """A member the connector made for this bundle: an ephemeral grant's role whose label names
+    the bundle (labels from before they named it: of the bundle's permission). Any grant role
+    would do otherwise: a role manager's `GRANT owner_bundle TO reader_grant` (or the bundle of
+    an earlier, broader version of the same permission) would make a grant give more than its
+    permission until its own revoke."""
+    if label is None or member != role_name(session.settings, label["grant_id"]):
+        return False
+    if label.get("mode", "ephemeral") != "ephemeral":
+        return False
+    bundles = label.get("bundles")
+    if bundles is not None:
+        return bundle in bundles
+    return bool(label.get("permission") == bundle_label.get("permission"))
 
 
 def drop_idle_bundles(session: PostgreSQLSession, now: datetime | None = None) -> list[str]:

@@ -194,16 +194,21 @@ _END_BLOCKERS = (
 
 
 # What the roles own in this database that someone else may use: relations with a grant to
-# another role, routines (PUBLIC may EXECUTE one whose ACL is the default), large objects with a
-# grant. Kind, schema, name, identity arguments (routines), the other roles in the ACL ('' for
-# PUBLIC).
+# another role (on the relation or on one of its columns), routines (PUBLIC may EXECUTE one
+# whose ACL is the default), large objects with a grant. Kind, schema, name, identity
+# arguments (routines), the other roles in the ACL ('' for PUBLIC).
 _REACH = (
     "SELECT CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, "
     "  n.nspname::pg_catalog.text, c.relname::pg_catalog.text, '', "
     "  pg_catalog.array_agg(DISTINCT COALESCE(g.rolname::pg_catalog.text, '')) "
     "FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-    "CROSS JOIN pg_catalog.aclexplode(c.relacl) a "
+    # a column's grants are in pg_attribute only: a table whose ACL is the default may still
+    # hand out a column (REVOKE ALL ON TABLE takes the column grants too)
+    "CROSS JOIN LATERAL (SELECT x.grantee FROM pg_catalog.aclexplode(c.relacl) x "
+    "  UNION ALL SELECT y.grantee FROM pg_catalog.pg_attribute t "
+    "  CROSS JOIN pg_catalog.aclexplode(t.attacl) y "
+    "  WHERE t.attrelid OPERATOR(pg_catalog.=) c.oid AND t.attacl IS NOT NULL) a "
     "LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee "
     "WHERE c.relowner OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
     "AND a.grantee OPERATOR(pg_catalog.<>) c.relowner "
@@ -383,8 +388,13 @@ def _transient(exc: psycopg.Error) -> bool:
 def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.Connection[Any]:
     """The admin connection, as every session and the credential rotation open it."""
     # Pinned at connect, before any statement: no schema a user can create in is searched,
-    # and no lock a user holds can stall us for longer than these bounds.
+    # and no lock a user holds can stall us for longer than these bounds. A database's owner
+    # (any CREATEDB user, for a database PUBLIC may connect to) may set defaults for every
+    # connection there: `role` would make the admin act as that owner, read-only transactions
+    # would keep what a grantee made there from going, exit_on_error would end the connection
+    # at a lock timeout we recover from. Ours win over all three.
     options = (
+        "-c role=none -c default_transaction_read_only=off -c exit_on_error=off "
         "-c search_path=pg_catalog,pg_temp "
         f"-c lock_timeout={s.admin_lock_timeout} "
         f"-c statement_timeout={s.admin_statement_timeout} "
@@ -678,6 +688,9 @@ class PostgreSQLSession:
                 name, member, spec.resources, self._label(name, label), self.server_version
             )
         else:
+            # The bundles it may be a member of (remove_strangers): these, not another
+            # permission's, resource's, or version's.
+            label["bundles"] = sorted(set(bundles))
             password = self._password(spec)
             statements = join_lock(self.key, bundles) if lock else []
             statements += _user_statements(
