@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -457,6 +457,9 @@ class FakeArm:
             guid: (name, actions) for name, (guid, actions, _) in azspec.BUILTIN_ROLES.items()
         }
         self.clock_offset = dt.timedelta(0)
+        # Called with (method, path) before a request is served: another writer acting at
+        # that moment (ARM has no ETags on role assignments, so nothing orders the two).
+        self.meanwhile: Callable[[str, str], None] | None = None
         self.lock = threading.RLock()
         self.server, self.port = _serve(self, tls)
 
@@ -500,6 +503,8 @@ class FakeArm:
             )
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any, body: Any) -> Any:
+        if self.meanwhile is not None:
+            self.meanwhile(method, path)
         principal = self.tokens.check(headers.get("Authorization"), self.endpoint)
         if principal is None:
             return _error(401, "InvalidAuthenticationToken", "missing or invalid token")
