@@ -7,6 +7,7 @@ test made."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -163,6 +164,31 @@ def test_duplicates_and_reordering_stay_idempotent(deployment: Deployment) -> No
     [late] = [o for o in run_worker(deployment) if o is not None]
     assert late.status == "refused" and late.field == "request_id"
     assert deployment.receive() == []
+
+
+def test_an_expiry_beyond_any_grant_revokes_at_once_instead_of_hopping_for_ever(
+    deployment: Deployment,
+) -> None:
+    """Expiry messages are not signed: anyone who may send to the queue (the control plane's
+    sender role) can write one whose `at` is a century away. No grant lasts that long, so the
+    `at` is damaged: the revoke runs at once, rather than the message hopping every 7 days
+    for ever while the grant it names stays."""
+    status, _ = post(deployment, grant_body("az-far", deployment))
+    assert status == 202
+    [granted] = run_worker(deployment)
+    assert granted.status == "granted"
+    credentials = unseal(granted.sealed_credentials, deployment.box_private)
+    far = {
+        "kind": "expire",
+        "grant_id": granted.grant_id,
+        "integration": PG,
+        "at": (azharness.now() + dt.timedelta(days=36500)).isoformat(),
+    }
+    deployment.cloud.queue_admin(deployment.queue).send_message(json.dumps(far))
+    [outcome] = run_worker(deployment)
+    assert outcome is not None and outcome.status == "revoked"
+    with pytest.raises(psycopg.OperationalError):
+        login(credentials)
 
 
 def test_hostile_http_callers_change_nothing(deployment: Deployment) -> None:
