@@ -588,6 +588,8 @@ class FakeArm:
             return _error(400, "InvalidRequestContent", "principalType")
         if not azspec.GUID.match(props["principalId"]):
             return _error(400, "InvalidPrincipalId", "principalId must be a GUID")
+        if len(props.get("description") or "") > azspec.DESCRIPTION_MAX:
+            return _error(400, "InvalidRequestContent", "properties.description is too long")
         role = role_match.group("guid")
         if not self.authz.check("arm", method, principal, base + "write", scope, False, role):
             return self._denied(base + "write", scope)

@@ -330,3 +330,18 @@ def test_concurrent_revokes_of_a_shared_assignment_both_take_effect(plain: Env) 
     assert first.status == "revoked" and first.verified
     # Both grants were revoked and both outcomes say so: the access must be gone.
     assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+
+
+def test_a_full_shared_assignment_fits_arms_description_limit(plain: Env) -> None:
+    """Grants of one access share an assignment whose description lists them all (up to
+    MAX_SHARED). Request ids may be 128 characters: a grant that would not fit is refused,
+    never a write ARM rejects (a failure retried into the poison queue)."""
+    outcomes = [
+        plain.run(request_id=f"{i}" + "x" * 127, duration=f"{i + 1}m")
+        for i in range(azure_rbac.MAX_SHARED)
+    ]
+    statuses = [(o.status, o.field) for o in outcomes]
+    assert set(statuses) == {("granted", None), ("refused", "identity.object_id")}, statuses
+    assert outcomes[0].status == "granted"
+    [shared] = plain.arm.assignments.values()
+    assert len(shared.description or "") <= azspec.DESCRIPTION_MAX
