@@ -500,7 +500,16 @@ class AzureRbacSession:
             principal_type=kind,
             description=self._text(scope, name, principal, role, kind, grants),
         )
-        self.assignments.create(scope, name, parameters)
+        try:
+            self.assignments.create(scope, name, parameters)
+        except self.HttpResponseError as exc:
+            # The object id is a principal of another type than the permission's: no delivery
+            # can succeed, so it is a refusal, not a failure retried into the poison queue.
+            if _code(exc) != "UnmatchedPrincipalType":
+                raise
+            raise Refused(
+                "identity.object_id", f"not a {kind} (the permission's principal_type)"
+            ) from None
         made = self._get(scope.lstrip("/"), name)  # read back: what ARM holds now
         if made is None or self._label(made) is None:
             raise TargetError(f"role assignment {name} on {scope} did not read back as written")

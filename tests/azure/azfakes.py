@@ -460,6 +460,9 @@ class FakeArm:
         # Called with (method, path) before a request is served: another writer acting at
         # that moment (ARM has no ETags on role assignments, so nothing orders the two).
         self.meanwhile: Callable[[str, str], None] | None = None
+        # Entra ID object id -> its type, for the principals a test names: ARM compares a
+        # request's principalType with the directory's (400 UnmatchedPrincipalType).
+        self.directory: dict[str, str] = {}
         self.lock = threading.RLock()
         self.server, self.port = _serve(self, tls)
 
@@ -588,6 +591,14 @@ class FakeArm:
             return _error(400, "InvalidRequestContent", "principalType")
         if not azspec.GUID.match(props["principalId"]):
             return _error(400, "InvalidPrincipalId", "principalId must be a GUID")
+        known = self.directory.get(props["principalId"])
+        if known is not None and props.get("principalType") not in (None, known):
+            return _error(
+                400,
+                "UnmatchedPrincipalType",
+                f"The PrincipalId '{props['principalId']}' has type '{known}', which is "
+                f"different from specified PrincipalType '{props.get('principalType')}'.",
+            )
         if len(props.get("description") or "") > azspec.DESCRIPTION_MAX:
             return _error(400, "InvalidRequestContent", "properties.description is too long")
         role = role_match.group("guid")

@@ -122,6 +122,7 @@ def identity_env(cloud: azharness.Cloud) -> Iterator[None]:
         cloud.arm.requests.clear()
         cloud.arm.clock_offset = dt.timedelta(0)
         cloud.arm.meanwhile = None
+        cloud.arm.directory.clear()
 
 
 @pytest.fixture
@@ -345,3 +346,13 @@ def test_a_full_shared_assignment_fits_arms_description_limit(plain: Env) -> Non
     assert outcomes[0].status == "granted"
     [shared] = plain.arm.assignments.values()
     assert len(shared.description or "") <= azspec.DESCRIPTION_MAX
+
+
+def test_a_principal_of_another_type_is_refused_not_retried(plain: Env) -> None:
+    """The catalog's permission is for users; the request names a group's object id. ARM
+    answers 400 UnmatchedPrincipalType: no delivery can succeed, so the grant is refused with
+    the field named, not failed and retried into the poison queue."""
+    plain.arm.directory[plain.principals[1]] = "Group"
+    outcome = plain.engine.execute(plain.request(principal=1, request_id="group"))
+    assert outcome.status == "refused" and outcome.field == "identity.object_id", outcome
+    assert not plain.arm.assignments
