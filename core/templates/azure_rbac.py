@@ -604,6 +604,11 @@ class AzureRbacSession:
             remove = _remove_name(grant_id, scope)
             result.principal = f"{label.get('principal_type', 'User')}/{request.principal_id}"
             result.expires_at = datetime.fromisoformat(entry["expires_at"])
+            if utcnow() >= result.expires_at:
+                # Azure ended this schedule at its expiration. An AdminRemove acts on whatever
+                # active assignment of the role the principal holds there now: one made since,
+                # by someone else, which the connector must leave alone.
+                continue
             try:
                 self.requests.get(scope, remove)
                 continue  # an earlier delivery of this revoke removed it
@@ -704,6 +709,8 @@ class AzureRbacSession:
             if self._holding(str(request.principal_id), role, scope.lstrip("/")) is None:
                 continue  # ended by Azure at its expiration, or removed
             for grant_id, entry in label["grants"].items():
+                if utcnow() >= datetime.fromisoformat(entry["expires_at"]):
+                    continue  # ended by Azure: what the principal holds now is someone else's
                 grant = grant_from_label(
                     KIND,
                     f"{label.get('principal_type', 'User')}/{request.principal_id}",

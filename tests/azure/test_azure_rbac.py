@@ -6,6 +6,7 @@ rights by action and scope."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -356,3 +357,24 @@ def test_a_principal_of_another_type_is_refused_not_retried(plain: Env) -> None:
     outcome = plain.engine.execute(plain.request(principal=1, request_id="group"))
     assert outcome.status == "refused" and outcome.field == "identity.object_id", outcome
     assert not plain.arm.assignments
+
+
+def test_a_late_pim_revoke_leaves_a_neighbours_later_assignment_alone(pim: Env) -> None:
+    """Azure ends a PIM grant at its expiry; the revoke (its expiry message, or one delayed by
+    an outage) comes later. Meanwhile someone with rights of their own assigned the same role to
+    the same person on the same scope, directly. An AdminRemove acts on whatever active
+    assignment matches principal, role and scope: the late revoke must not send one, or it
+    deletes an assignment the connector never made."""
+    granted = pim.run(request_id="pim-late", duration="2s")
+    assert granted.status == "granted", granted
+    assert granted.expires_at is not None
+    time.sleep(max(0.0, (granted.expires_at - azharness.now()).total_seconds()) + 0.5)
+    assert not pim.arm.holds(pim.principals[0], READER, f"/{SCOPE}")  # Azure ended it
+    theirs = pim.arm.assign(f"/{SCOPE}", str(uuid.uuid4()), READER, pim.principals[0])
+    late = pim.run("revoke", request_id="pim-late")
+    assert late.status == "revoked" and late.verified, late
+    assert theirs.id.lower() in pim.arm.assignments
+    # Nor does the sweep take theirs for the ended grant, or report that grant as live.
+    assert not pim.engine.sweep().revoked
+    assert pim.engine.live_grants()[pim.integration] == []
+    assert theirs.id.lower() in pim.arm.assignments
