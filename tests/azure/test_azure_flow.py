@@ -154,8 +154,11 @@ def test_duplicates_and_reordering_stay_idempotent(deployment: Deployment) -> No
     assert outcomes[1].reissued and outcomes[0].principal == outcomes[1].principal
     grant_id = derive_grant_id(PG, "az-dup")
     revoke = {"request_id": "az-dup-r", "action": "revoke", "integration": PG, "grant_id": grant_id}
-    assert post(deployment, revoke)[0] == 202
-    assert post(deployment, revoke)[0] == 409  # the same instance remembers it: a replay
+    # One signature sent twice (signed at one second: two posts straddling a second boundary
+    # would be two different signed requests, not a replay).
+    signed_at = int(time.time())
+    assert post(deployment, revoke, timestamp=signed_at)[0] == 202
+    assert post(deployment, revoke, timestamp=signed_at)[0] == 409  # a replay, remembered
     [first] = [o for o in run_worker(deployment) if o is not None]
     assert first.status == "revoked"
     # Reordered: a grant delivered after its revoke is refused and completed.
@@ -203,8 +206,9 @@ def test_hostile_http_callers_change_nothing(deployment: Deployment) -> None:
     assert status == 400 and refused["field"] == "body"
     status, refused = post(deployment, body, method="GET")
     assert status == 405 and refused["field"] == "method"
-    assert post(deployment, body)[0] == 202
-    assert post(deployment, body)[0] == 409  # replayed to the same instance
+    signed_at = int(time.time())
+    assert post(deployment, body, timestamp=signed_at)[0] == 202
+    assert post(deployment, body, timestamp=signed_at)[0] == 409  # replayed to the same instance
     assert len(deployment.receive()) == 1  # only the one accepted request was queued
 
 
