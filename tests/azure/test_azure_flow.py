@@ -316,6 +316,36 @@ def test_the_sweep_retries_a_poisoned_revoke_until_it_succeeds(
     assert len(left) == 1 and '"action": "grant"' in json.loads(left[0].content)["envelope"]["body"]
 
 
+def test_a_poisoned_message_that_is_not_base64_does_not_stop_the_redrive(
+    deployment: Deployment, cloud: azharness.Cloud
+) -> None:
+    """Anyone who may send to the queue can send a message that is not base64; the host cannot
+    decode it for the trigger, and after its retries it sits in the poison queue as it came.
+    The sweep must still count the poison queue and send the revokes there back to the worker,
+    rather than fail on that one message every run (no heartbeat, no redrive, for ever)."""
+    from azure.storage.queue import QueueServiceClient
+
+    from jitc.azure import scheduled
+
+    raw = QueueServiceClient.from_connection_string(
+        cloud.azurite.connection_string(), connection_verify=str(cloud.tls.cert)
+    ).get_queue_client(deployment.poison)
+    raw.send_message("%% not base64 %%")
+    revoke = {
+        "request_id": "az-b64-r",
+        "action": "revoke",
+        "integration": PG,
+        "grant_id": derive_grant_id(PG, "az-b64"),
+    }
+    assert post(deployment, revoke)[0] == 202
+    for message in deployment.receive(wait=2):
+        deployment.to_poison(message)
+    summary = scheduled.run("sweep")
+    assert summary["poisoned"] == 2 and summary["redriven"] == 1
+    [redriven] = run_worker(deployment, wait=2)
+    assert redriven.status == "revoked"
+
+
 def test_least_privilege_storage_and_key_vault_calls_match_the_module(
     deployment: Deployment, cloud: azharness.Cloud
 ) -> None:
