@@ -13,6 +13,7 @@ full cap at the moment it became visible.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Callable
@@ -68,6 +69,14 @@ class StorageQueue:
         self._client.send_message(
             message, visibility_timeout=seconds or None, time_to_live=NEVER_EXPIRES
         )
+
+
+def decoded(content: str) -> str | None:
+    """A stored message's text (base64 of UTF-8, as the trigger reads it); None if it is not."""
+    try:
+        return base64.b64decode(content, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def expiry_body(grant_id: str, integration: str, at: datetime) -> str:

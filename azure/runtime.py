@@ -117,13 +117,13 @@ def catalog() -> Catalog:
     return parse_catalog(json.loads(data), where)
 
 
-def _queue_client(name: str) -> Any:
+def _queue_client(name: str, raw: bool = False) -> Any:
     from azure.storage.queue import QueueClient
 
     s = settings()
+    options = {} if raw else client_options()
     return QueueClient(
-        s.queue_service_uri, name, credential=credential(), **client_options(),
-        **transport_options(),
+        s.queue_service_uri, name, credential=credential(), **options, **transport_options(),
     )  # fmt: skip
 
 
@@ -134,7 +134,9 @@ def queue() -> StorageQueue:
 
 @cache
 def poison_queue() -> Any:
-    return _queue_client(settings().poison_queue_name)
+    """Read as stored, not decoded: a message that is not base64 (which is why it was poisoned)
+    would make the client's decoder fail the whole listing. `queues.decoded` reads each one."""
+    return _queue_client(settings().poison_queue_name, raw=True)
 
 
 @cache

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jitc.azure import observability, runtime
+from jitc.azure.queues import decoded
 from jitc.messages import request_of
 
 
@@ -49,13 +50,14 @@ def redrive_revokes(limit: int = 32) -> int:
     # max_messages bounds the listing: without it the client keeps fetching pages, and the
     # grants released below would be received again and again.
     received = list(poison.receive_messages(max_messages=limit, visibility_timeout=30))
-    for message in received:
-        if is_revoke(message.content):
-            runtime.queue().enqueue(message.content, "")
+    texts = [decoded(message.content) for message in received]
+    for message, text in zip(received, texts, strict=True):
+        if text is not None and is_revoke(text):
+            runtime.queue().enqueue(text, "")
             poison.delete_message(message)
             moved += 1
-    for message in received:
-        if not is_revoke(message.content):
+    for message, text in zip(received, texts, strict=True):
+        if text is None or not is_revoke(text):
             poison.update_message(message, visibility_timeout=0)
     return moved
 

@@ -18,15 +18,26 @@ import azure.functions as func
 
 from jitc.azure import observability, runtime
 from jitc.azure.queues import due_at
+from jitc.catalog import Catalog
+from jitc.engine import TOMBSTONE_MARGIN
 from jitc.errors import JitcError, Refused
 from jitc.messages import decode_message
-from jitc.models import AuditEvent, Outcome
+from jitc.models import AuditEvent, Outcome, parse_duration
 
 # host.json's extensions.queues.maxDequeueCount (a test keeps the two equal).
 MAX_DEQUEUE_COUNT = 5
 # An expiry is never run before its time: one visible early (a hop's remainder, a clock a
 # little ahead) is sent again with what is left, rounded up to the next second.
 EARLY_TOLERANCE = timedelta(0)
+
+
+def latest_expiry(catalog: Catalog, now: datetime) -> datetime:
+    """The latest `at` a genuine expiry message can carry: no grant outlives the catalog's
+    longest `max_duration` from a signature at most `max_skew` ahead. Expiry messages are not
+    signed, so an `at` beyond this (a message that would hop for ever, one every 7 days) is
+    damaged, and a damaged `at` runs the revoke at once."""
+    longest = max((i.max_duration for i in catalog.integrations.values()), default=timedelta(0))
+    return now + longest + parse_duration(catalog.control_plane.max_skew) + TOMBSTONE_MARGIN
 
 
 class RetryLater(JitcError):
@@ -42,12 +53,16 @@ def handle(message: func.QueueMessage) -> Outcome | None:
     except UnicodeDecodeError:
         text = ""
     now = time.time()
+    engine = runtime.engine()
     at = due_at(text)
-    if at is not None and at - EARLY_TOLERANCE > datetime.fromtimestamp(now, UTC):
+    moment = datetime.fromtimestamp(now, UTC)
+    if at is not None and at > latest_expiry(engine.catalog, moment):
+        observability.warning("expiry beyond any grant; revoking now", message_id=message.id)
+        at = None
+    if at is not None and at - EARLY_TOLERANCE > moment:
         runtime.expiry().hop(text, at)
         observability.info("expiry hopped", message_id=message.id, due=at.isoformat())
         return None
-    engine = runtime.engine()
     try:
         work = decode_message(text, engine.catalog, now)
     except Refused as exc:

@@ -82,8 +82,11 @@ NOTE = (
     "Azure RBAC applies role assignments within about 10 minutes; access may take that long "
     "to work everywhere"
 )
-# One assignment holds at most this many grants (each adds ~200 characters to its description).
+# One assignment holds at most this many grants (each adds 200-330 characters to its description).
 MAX_SHARED = 8
+# ARM's limit on a role assignment's description (2 KB, the conditions FAQ): a grant whose entry
+# would not fit is refused rather than sent as a write ARM rejects (retried into the poison queue).
+DESCRIPTION_MAX = 2048
 _NAMESPACE = uuid.UUID("6f1d2c7e-3b8a-5e43-9a61-0c2b4a7e9d15")
 
 # The process's credential and transport options (the Azure runtime sets them; see `use`).
@@ -460,10 +463,23 @@ class AzureRbacSession:
             if sum(1 for e in grants.values() if e.get("state") != "tombstone") >= MAX_SHARED:
                 raise Refused("identity.object_id", "too many grants of this role on this scope")
             grants[spec.grant_id] = entry
+            text = self._text(
+                existing.scope, existing.name, principal, role, permission.principal_type, grants
+            )
+            if len(text) > DESCRIPTION_MAX:
+                raise Refused("identity.object_id", "too many grants of this role on this scope")
             self._write(existing.scope, existing.name, principal, role, permission, grants)
             return True, spec.expires_at
         self._write(f"/{scope}", name, principal, role, permission, {spec.grant_id: entry})
         return True, spec.expires_at
+
+    def _text(
+        self, scope: str, name: str, principal: str, role: str, kind: str, grants: dict[str, Any]
+    ) -> str:
+        """The description (the signed label) of assignment `name` on `scope` holding `grants`."""
+        assignment_id = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
+        label = {"integration": self.integration, "principal_type": kind, "grants": grants}
+        return self._describe(assignment_id, principal, role, label)
 
     def _write(
         self,
@@ -475,18 +491,25 @@ class AzureRbacSession:
         grants: dict[str, Any],
         principal_type: str | None = None,
     ) -> None:
-        assignment_id = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
         kind = principal_type or (permission.principal_type if permission else "User")
-        label = {"integration": self.integration, "principal_type": kind, "grants": grants}
         from azure.mgmt.authorization.v2022_04_01.models import RoleAssignmentCreateParameters
 
         parameters = RoleAssignmentCreateParameters(
             role_definition_id=role,
             principal_id=principal,
             principal_type=kind,
-            description=self._describe(assignment_id, principal, role, label),
+            description=self._text(scope, name, principal, role, kind, grants),
         )
-        self.assignments.create(scope, name, parameters)
+        try:
+            self.assignments.create(scope, name, parameters)
+        except self.HttpResponseError as exc:
+            # The object id is a principal of another type than the permission's: no delivery
+            # can succeed, so it is a refusal, not a failure retried into the poison queue.
+            if _code(exc) != "UnmatchedPrincipalType":
+                raise
+            raise Refused(
+                "identity.object_id", f"not a {kind} (the permission's principal_type)"
+            ) from None
         made = self._get(scope.lstrip("/"), name)  # read back: what ARM holds now
         if made is None or self._label(made) is None:
             raise TargetError(f"role assignment {name} on {scope} did not read back as written")
@@ -581,6 +604,11 @@ class AzureRbacSession:
             remove = _remove_name(grant_id, scope)
             result.principal = f"{label.get('principal_type', 'User')}/{request.principal_id}"
             result.expires_at = datetime.fromisoformat(entry["expires_at"])
+            if utcnow() >= result.expires_at:
+                # Azure ended this schedule at its expiration. An AdminRemove acts on whatever
+                # active assignment of the role the principal holds there now: one made since,
+                # by someone else, which the connector must leave alone.
+                continue
             try:
                 self.requests.get(scope, remove)
                 continue  # an earlier delivery of this revoke removed it
@@ -681,6 +709,8 @@ class AzureRbacSession:
             if self._holding(str(request.principal_id), role, scope.lstrip("/")) is None:
                 continue  # ended by Azure at its expiration, or removed
             for grant_id, entry in label["grants"].items():
+                if utcnow() >= datetime.fromisoformat(entry["expires_at"]):
+                    continue  # ended by Azure: what the principal holds now is someone else's
                 grant = grant_from_label(
                     KIND,
                     f"{label.get('principal_type', 'User')}/{request.principal_id}",

@@ -427,6 +427,4 @@ class MySQLTemplate:
         from jitc.templates.mysql_session import MySQLSession
 
         assert isinstance(connection, Connection)
-        return MySQLSession(
-            integration, connection, secret, labels.required(label_key)
-        )
+        return MySQLSession(integration, connection, secret, labels.required(label_key))

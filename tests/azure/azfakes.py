@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -457,6 +457,12 @@ class FakeArm:
             guid: (name, actions) for name, (guid, actions, _) in azspec.BUILTIN_ROLES.items()
         }
         self.clock_offset = dt.timedelta(0)
+        # Called with (method, path) before a request is served: another writer acting at
+        # that moment (ARM has no ETags on role assignments, so nothing orders the two).
+        self.meanwhile: Callable[[str, str], None] | None = None
+        # Entra ID object id -> its type, for the principals a test names: ARM compares a
+        # request's principalType with the directory's (400 UnmatchedPrincipalType).
+        self.directory: dict[str, str] = {}
         self.lock = threading.RLock()
         self.server, self.port = _serve(self, tls)
 
@@ -500,6 +506,8 @@ class FakeArm:
             )
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any, body: Any) -> Any:
+        if self.meanwhile is not None:
+            self.meanwhile(method, path)
         principal = self.tokens.check(headers.get("Authorization"), self.endpoint)
         if principal is None:
             return _error(401, "InvalidAuthenticationToken", "missing or invalid token")
@@ -583,6 +591,16 @@ class FakeArm:
             return _error(400, "InvalidRequestContent", "principalType")
         if not azspec.GUID.match(props["principalId"]):
             return _error(400, "InvalidPrincipalId", "principalId must be a GUID")
+        known = self.directory.get(props["principalId"])
+        if known is not None and props.get("principalType") not in (None, known):
+            return _error(
+                400,
+                "UnmatchedPrincipalType",
+                f"The PrincipalId '{props['principalId']}' has type '{known}', which is "
+                f"different from specified PrincipalType '{props.get('principalType')}'.",
+            )
+        if len(props.get("description") or "") > azspec.DESCRIPTION_MAX:
+            return _error(400, "InvalidRequestContent", "properties.description is too long")
         role = role_match.group("guid")
         if not self.authz.check("arm", method, principal, base + "write", scope, False, role):
             return self._denied(base + "write", scope)

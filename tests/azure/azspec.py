@@ -6,8 +6,10 @@ fakes rely on is encoded from the REST reference pages, each with its source:
 - Role Assignments (Microsoft.Authorization, 2022-04-01): `PUT {scope}/providers/
   Microsoft.Authorization/roleAssignments/{roleAssignmentName}`; the name must be a GUID;
   `properties.roleDefinitionId` and `properties.principalId` are required; `principalType` is one
-  of User, Group, ServicePrincipal, ForeignGroup, Device; a second assignment of one role to one
-  principal on one scope is `409 RoleAssignmentExists`; an assignment's role, principal and
+  of User, Group, ServicePrincipal, ForeignGroup, Device, and must be the principal's type in the
+  directory (`400 UnmatchedPrincipalType`); a second assignment of one role to one
+  principal on one scope is `409 RoleAssignmentExists`; a description is at most 2 KB (the
+  conditions FAQ, "What are the limits for a description?"); an assignment's role, principal and
   scope cannot change (`400 RoleAssignmentUpdateNotPermitted`). `$filter` takes `atScope()`,
   `principalId eq '{id}'` (or `assignedTo('{id}')`).
 - Role Definitions - Get (2022-04-01): `GET {scope}/providers/Microsoft.Authorization/
@@ -45,6 +47,7 @@ API_VERSIONS = {
     "keyvault": {"7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"},
 }
 
+DESCRIPTION_MAX = 2048
 PRINCIPAL_TYPES = {"User", "Group", "ServicePrincipal", "ForeignGroup", "Device"}
 REQUEST_TYPES = {
     "AdminAssign",

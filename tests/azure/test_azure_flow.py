@@ -7,6 +7,7 @@ test made."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -153,8 +154,11 @@ def test_duplicates_and_reordering_stay_idempotent(deployment: Deployment) -> No
     assert outcomes[1].reissued and outcomes[0].principal == outcomes[1].principal
     grant_id = derive_grant_id(PG, "az-dup")
     revoke = {"request_id": "az-dup-r", "action": "revoke", "integration": PG, "grant_id": grant_id}
-    assert post(deployment, revoke)[0] == 202
-    assert post(deployment, revoke)[0] == 409  # the same instance remembers it: a replay
+    # One signature sent twice (signed at one second: two posts straddling a second boundary
+    # would be two different signed requests, not a replay).
+    signed_at = int(time.time())
+    assert post(deployment, revoke, timestamp=signed_at)[0] == 202
+    assert post(deployment, revoke, timestamp=signed_at)[0] == 409  # a replay, remembered
     [first] = [o for o in run_worker(deployment) if o is not None]
     assert first.status == "revoked"
     # Reordered: a grant delivered after its revoke is refused and completed.
@@ -163,6 +167,31 @@ def test_duplicates_and_reordering_stay_idempotent(deployment: Deployment) -> No
     [late] = [o for o in run_worker(deployment) if o is not None]
     assert late.status == "refused" and late.field == "request_id"
     assert deployment.receive() == []
+
+
+def test_an_expiry_beyond_any_grant_revokes_at_once_instead_of_hopping_for_ever(
+    deployment: Deployment,
+) -> None:
+    """Expiry messages are not signed: anyone who may send to the queue (the control plane's
+    sender role) can write one whose `at` is a century away. No grant lasts that long, so the
+    `at` is damaged: the revoke runs at once, rather than the message hopping every 7 days
+    for ever while the grant it names stays."""
+    status, _ = post(deployment, grant_body("az-far", deployment))
+    assert status == 202
+    [granted] = run_worker(deployment)
+    assert granted.status == "granted"
+    credentials = unseal(granted.sealed_credentials, deployment.box_private)
+    far = {
+        "kind": "expire",
+        "grant_id": granted.grant_id,
+        "integration": PG,
+        "at": (azharness.now() + dt.timedelta(days=36500)).isoformat(),
+    }
+    deployment.cloud.queue_admin(deployment.queue).send_message(json.dumps(far))
+    [outcome] = run_worker(deployment)
+    assert outcome is not None and outcome.status == "revoked"
+    with pytest.raises(psycopg.OperationalError):
+        login(credentials)
 
 
 def test_hostile_http_callers_change_nothing(deployment: Deployment) -> None:
@@ -177,8 +206,9 @@ def test_hostile_http_callers_change_nothing(deployment: Deployment) -> None:
     assert status == 400 and refused["field"] == "body"
     status, refused = post(deployment, body, method="GET")
     assert status == 405 and refused["field"] == "method"
-    assert post(deployment, body)[0] == 202
-    assert post(deployment, body)[0] == 409  # replayed to the same instance
+    signed_at = int(time.time())
+    assert post(deployment, body, timestamp=signed_at)[0] == 202
+    assert post(deployment, body, timestamp=signed_at)[0] == 409  # replayed to the same instance
     assert len(deployment.receive()) == 1  # only the one accepted request was queued
 
 
@@ -284,6 +314,36 @@ def test_the_sweep_retries_a_poisoned_revoke_until_it_succeeds(
     assert done.status == "revoked" and done.grant_id == grant_id
     left = list(deployment.cloud.queue_admin(deployment.poison).peek_messages(max_messages=32))
     assert len(left) == 1 and '"action": "grant"' in json.loads(left[0].content)["envelope"]["body"]
+
+
+def test_a_poisoned_message_that_is_not_base64_does_not_stop_the_redrive(
+    deployment: Deployment, cloud: azharness.Cloud
+) -> None:
+    """Anyone who may send to the queue can send a message that is not base64; the host cannot
+    decode it for the trigger, and after its retries it sits in the poison queue as it came.
+    The sweep must still count the poison queue and send the revokes there back to the worker,
+    rather than fail on that one message every run (no heartbeat, no redrive, for ever)."""
+    from azure.storage.queue import QueueServiceClient
+
+    from jitc.azure import scheduled
+
+    raw = QueueServiceClient.from_connection_string(
+        cloud.azurite.connection_string(), connection_verify=str(cloud.tls.cert)
+    ).get_queue_client(deployment.poison)
+    raw.send_message("%% not base64 %%")
+    revoke = {
+        "request_id": "az-b64-r",
+        "action": "revoke",
+        "integration": PG,
+        "grant_id": derive_grant_id(PG, "az-b64"),
+    }
+    assert post(deployment, revoke)[0] == 202
+    for message in deployment.receive(wait=2):
+        deployment.to_poison(message)
+    summary = scheduled.run("sweep")
+    assert summary["poisoned"] == 2 and summary["redriven"] == 1
+    [redriven] = run_worker(deployment, wait=2)
+    assert redriven.status == "revoked"
 
 
 def test_least_privilege_storage_and_key_vault_calls_match_the_module(
