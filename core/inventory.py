@@ -590,9 +590,12 @@ class Syncer:
                 reader.cancel()
             # Within the schema's limit, whatever a driver put in its message.
             error = (str(exc) if isinstance(exc, JitcError) else _describe(exc))[:1000]
-            self._send(
-                self._event(sync_id, integration, kind="manifest", status="failed", error=error)
-            )
+            with contextlib.suppress(Declined):
+                # A control plane that refuses the failure's report (a 4xx) leaves this part
+                # failed, as it is: the other integrations still sync.
+                self._send(
+                    self._event(sync_id, integration, kind="manifest", status="failed", error=error)
+                )
             return IntegrationSync("failed", error=error, records=result.records)
         version = version_of_hashes(hashes)
         try:
