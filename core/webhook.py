@@ -8,6 +8,7 @@ still fails raises, so the caller's queue redelivers rather than losing the even
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +29,10 @@ class WebhookError(JitcError):
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANSWER_MAX = 65536  # bytes of a 2xx answer read: an acknowledgement is small
+# One exchange (connect, send, the whole answer) may take this many `timeout`s in all: urlopen's
+# timeout bounds each read on the socket, so a receiver dripping a byte at a time would
+# otherwise hold the caller for days.
+EXCHANGE_TIMEOUTS = 3
 
 
 def webhook_url_allowed(url: str) -> bool:
@@ -100,10 +105,10 @@ class WebhookSink:
                 headers={"Content-Type": "application/json", **envelope.headers()},
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                    if 200 <= response.status < 300:
-                        return bytes(response.read(ANSWER_MAX))
-                    last, status = f"HTTP {response.status}", response.status
+                code, answer = self._exchange(request)
+                if 200 <= code < 300:
+                    return answer
+                last, status = f"HTTP {code}", code
             except urllib.error.HTTPError as exc:
                 last, status = f"HTTP {exc.code}", exc.code
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
@@ -112,3 +117,27 @@ class WebhookSink:
                 last = type(exc).__name__
             time.sleep(self.backoff * (2**attempt))
         raise WebhookError(f"webhook {self.url} failed: {last}", status)
+
+    def _exchange(self, request: urllib.request.Request) -> tuple[int, bytes]:
+        """The answer's status and body (a 2xx's first ANSWER_MAX bytes), within
+        EXCHANGE_TIMEOUTS timeouts in all. An exchange that overruns is left to its thread,
+        which ends at the socket's next timeout or the receiver's last byte."""
+        done: list[tuple[int, bytes] | BaseException] = []
+
+        def run() -> None:
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                    ok = 200 <= response.status < 300
+                    done.append((response.status, bytes(response.read(ANSWER_MAX)) if ok else b""))
+            except BaseException as exc:  # handed to the caller as it is
+                done.append(exc)
+
+        worker = threading.Thread(target=run, name="jitc-webhook", daemon=True)
+        worker.start()
+        worker.join(self.timeout * EXCHANGE_TIMEOUTS)
+        if not done:
+            raise TimeoutError("the receiver did not finish its answer in time")
+        result = done[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result

@@ -43,3 +43,61 @@ def test_a_refused_failed_manifest_does_not_stop_the_other_integrations(
     assert report.integrations[DEAD].status == "failed"
     assert report.integrations[LATE].status == "complete"
     assert LATE in cp.current
+
+
+def test_a_control_plane_that_drips_its_answer_cannot_hold_the_sender() -> None:
+    """urlopen's timeout bounds each socket read, not the exchange: a control plane that sends
+    a byte of its answer every half timeout would hold the sync (and `jitc serve`'s outcome
+    and audit deliveries through the same sink) for days. The whole exchange has a deadline."""
+    import socket
+    import threading
+    import time
+
+    from jitc.secrets import Secret
+    from jitc.signing import signing_keypair
+    from jitc.webhook import WebhookError, WebhookSink
+
+    private, _ = signing_keypair()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n")
+                while not stop.is_set():
+                    conn.sendall(b" ")
+                    time.sleep(0.1)
+            except OSError:
+                return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/events"
+    sink = WebhookSink(url, lambda: Secret(private), attempts=1, timeout=0.5, backoff=0.01)
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            outcome.append(sink.send({"type": "inventory", "inventory": {}}))
+        except WebhookError as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    sender.join(15)
+    stop.set()
+    listener.close()
+    assert not sender.is_alive(), "the send was still held after 15 s with a 0.5 s timeout"
+    assert isinstance(outcome[0], WebhookError)
