@@ -616,12 +616,24 @@ class Syncer:
             answer = b""  # the control plane could not take this version (e.g. lost its base)
         result.version, result.pages, result.sent = version, len(hashes), len(sent)
         if _ack_of(answer) == (sync_id, name, version):
-            self.state.save(name, Acked(version, tuple(hashes), sync_id))
             result.acked = True
+            result.error = self._save(name, Acked(version, tuple(hashes), sync_id))
         elif base is not None or answer is not None:
             # Not acknowledged as sent: nothing is assumed held; the next delta has no base.
-            self.state.save(name, None)
+            result.error = self._save(name, None)
         return result
+
+    def _save(self, name: str, acked: Acked | None) -> str | None:
+        """Keep the acknowledged version; None, or what kept it from being kept. The state is
+        a cache: unsaved, the next sync sends a delta against an older version (which a control
+        plane that lost it declines, and gets in full), so a full disk or a read-only folder
+        costs a larger sync, never this integration's part or the others'."""
+        try:
+            self.state.save(name, acked)
+        except OSError as exc:
+            log.warning("inventory state for %s not saved: %s", name, type(exc).__name__)
+            return f"acknowledged version not saved: {exc.strerror or type(exc).__name__}"
+        return None
 
 
 def _describe(exc: Exception) -> str:

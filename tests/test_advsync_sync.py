@@ -101,3 +101,58 @@ def test_a_control_plane_that_drips_its_answer_cannot_hold_the_sender() -> None:
     listener.close()
     assert not sender.is_alive(), "the send was still held after 15 s with a 0.5 s timeout"
     assert isinstance(outcome[0], WebhookError)
+
+
+def test_a_state_file_that_cannot_be_written_costs_a_full_sync_not_the_others(
+    pg: psycopg.Connection[Any],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`jitc sync` on a full disk (a file size limit of 100 bytes: every write past it fails,
+    as on ENOSPC): the control plane acknowledged the first integration, its state cannot be
+    saved. The acknowledgement is only a cache (lost, the next sync is full): the sync must
+    still send every other integration, not stop at the first save."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from test_inventory_sync import ADMIN_PASSWORD, LABEL_KEY, PRIVATE
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as ENOSPC, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    cp = ControlPlane(PUBLIC)
+    with serving(cp) as url:
+        doc = catalog_doc()
+        for name, path in (("label", "label"), ("signing", "signing"), ("admin", "admin")):
+            (tmp_path / path).write_text(
+                {"label": LABEL_KEY, "signing": PRIVATE, "admin": ADMIN_PASSWORD}[name]
+            )
+        doc["connector"] = {
+            "label_key": f"file:{tmp_path / 'label'}",
+            "signing_key": f"file:{tmp_path / 'signing'}",
+            "webhook_url": url,
+        }
+        doc["integrations"][INTEGRATION]["credentials"] = f"file:{tmp_path / 'admin'}"
+        doc["integrations"][LATE] = json.loads(json.dumps(doc["integrations"][INTEGRATION]))
+        (tmp_path / "catalog.json").write_text(json.dumps(doc))
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jitc.cli",
+                "sync",
+                "--catalog",
+                str(tmp_path / "catalog.json"),
+                "--state",
+                str(tmp_path / "state" / "state.json"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=limited,  # a child of this test only
+        )
+    assert INTEGRATION in cp.current, run.stderr
+    assert LATE in cp.current, (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
