@@ -52,3 +52,13 @@ def test_a_rotation_finishing_between_the_two_reads_still_yields_the_new_passwor
         os.close(writer)
         reader.join(10)
     assert "new-password-abcdefghijkl" in [s.reveal() for s in found]
+
+
+def test_the_label_key_never_shows_in_a_repr() -> None:
+    """The label key MACs every label and derives every grant's password: like a Secret, it must
+    not print itself (a traceback with locals, a formatted session, an assertion report)."""
+    from jitc.labels import LabelKey
+
+    key = LabelKey.from_secret("label-key-never-printed-0123456789")
+    assert "label-key-never-printed" not in repr(key)
+    assert "label-key-never-printed" not in str(key)
