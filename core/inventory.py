@@ -548,7 +548,7 @@ class Syncer:
 
     def _one(self, sync_id: str, integration: Integration, full: bool) -> IntegrationSync:
         name = integration.name
-        base = None if full else self.state.load(name)
+        base = None if full else self._load(name)
         known = set(base.pages) if base is not None else set()
         result = IntegrationSync("complete", base_version=base.version if base else None)
         result.full = base is None
@@ -623,16 +623,25 @@ class Syncer:
             result.error = self._save(name, None)
         return result
 
+    def _load(self, name: str) -> Acked | None:
+        """The acknowledged version, or None (a full sync) when the state cannot be read."""
+        try:
+            return self.state.load(name)
+        except Exception as exc:  # a cache: unreadable, everything is sent
+            log.warning("inventory state for %s not read: %s", name, _describe(exc))
+            return None
+
     def _save(self, name: str, acked: Acked | None) -> str | None:
         """Keep the acknowledged version; None, or what kept it from being kept. The state is
         a cache: unsaved, the next sync sends a delta against an older version (which a control
-        plane that lost it declines, and gets in full), so a full disk or a read-only folder
-        costs a larger sync, never this integration's part or the others'."""
+        plane that lost it declines, and gets in full), so a full disk, a read-only folder or a
+        failing table costs a larger sync, never this integration's part or the others'."""
         try:
             self.state.save(name, acked)
-        except OSError as exc:
-            log.warning("inventory state for %s not saved: %s", name, type(exc).__name__)
-            return f"acknowledged version not saved: {exc.strerror or type(exc).__name__}"
+        except Exception as exc:
+            why = getattr(exc, "strerror", None) or _describe(exc)
+            log.warning("inventory state for %s not saved: %s", name, why)
+            return f"acknowledged version not saved: {why}"
         return None
 
 
