@@ -15,12 +15,22 @@ from jitc.aws import sync
 
 
 def test_a_state_table_that_fails_costs_a_full_sync_not_the_inventory(
-    aws: str, pg_admin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aws: str,
+    pg_admin: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from test_aws_flow import _metrics
+
     for _, cp in _deployed(tmp_path, monkeypatch, with_dead=False):
         client("dynamodb").delete_table(TableName=TABLE)
+        capsys.readouterr()
         report = invoke("sync", sync.handler, _event())
         part = report["integrations"][PG]
         assert part["status"] == "complete" and part["full"] and part["acked"], part
         assert "not saved" in part.get("error", ""), part
         assert PG in cp.current
+        # No heartbeat: the deployment fault still alarms while the inventory flows.
+        metrics = _metrics(capsys.readouterr().out)
+        assert "InventoryCompleted" not in metrics and metrics["InventoryFailures"] == 1
