@@ -691,7 +691,7 @@ class PeriodicSync:
                 failed = {
                     name: part.error or part.status
                     for name, part in self.last.integrations.items()
-                    if part.status != "complete"
+                    if part.status != "complete" or part.error  # e.g. the state not saved
                 }
                 if failed:
                     log.warning("inventory sync incomplete: %s", failed)
