@@ -128,7 +128,8 @@ class FileSyncState:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a link: the default state file is in the working directory.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -3,6 +3,7 @@ PostgreSQL, to a real HTTP control plane (tests/inventory_cp.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,20 @@ def test_a_state_file_that_cannot_be_written_costs_a_full_sync_not_the_others(
         )
     assert INTEGRATION in cp.current, run.stderr
     assert LATE in cp.current, (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
+
+
+def test_the_sync_state_lock_is_never_opened_through_a_link(tmp_path: Path) -> None:
+    """`--state` defaults to the working directory: in a shared one (/tmp), a link planted at
+    `<state>.lock` would have the sync (often root) create or open any file it points to, as
+    `jitc rotate`'s lock refuses to."""
+    from jitc.inventory import Acked, FileSyncState, version_of_hashes
+
+    target = tmp_path / "elsewhere" / "created-by-the-sync"
+    target.parent.mkdir()
+    (tmp_path / "state.json.lock").symlink_to(target)
+    page = "0" * 64
+    acked = Acked(version_of_hashes([page]), (page,), "1" * 32)
+    # Refused (the sync then reports its state as not saved and goes on), or done elsewhere.
+    with contextlib.suppress(OSError):
+        FileSyncState(tmp_path / "state.json").save("x", acked)
+    assert not target.exists()
