@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from jitc.errors import JitcError
 from jitc.models import AuditEvent, Outcome
@@ -33,6 +34,18 @@ ANSWER_MAX = 65536  # bytes of a 2xx answer read: an acknowledgement is small
 # timeout bounds each read on the socket, so a receiver dripping a byte at a time would
 # otherwise hold the caller for days.
 EXCHANGE_TIMEOUTS = 3
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error, not a delivery: urllib would follow a 302 to a POST with a GET
+    that has no body, to any URL (plain http to another host too), and take that answer's 200
+    as the event delivered."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def webhook_url_allowed(url: str) -> bool:
@@ -126,7 +139,7 @@ class WebhookSink:
 
         def run() -> None:
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     ok = 200 <= response.status < 300
                     done.append((response.status, bytes(response.read(ANSWER_MAX)) if ok else b""))
             except BaseException as exc:  # handed to the caller as it is

@@ -174,3 +174,65 @@ def test_the_sync_state_lock_is_never_opened_through_a_link(tmp_path: Path) -> N
     with contextlib.suppress(OSError):
         FileSyncState(tmp_path / "state.json").save("x", acked)
     assert not target.exists()
+
+
+def test_a_redirect_is_not_a_delivery() -> None:
+    """urllib follows a 302 to a POST with a GET that carries no body, to any URL (plain http
+    to another host too, past the https rule): a control plane behind a load balancer that
+    redirects (to a login page, to its new address) answered 200 there, and the connector
+    counted an outcome, an audit event or an inventory page as delivered that nobody got."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from jitc.secrets import Secret
+    from jitc.signing import signing_keypair
+    from jitc.webhook import WebhookError, WebhookSink
+
+    private, _ = signing_keypair()
+    seen: list[tuple[str, int]] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(("GET", 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://127.0.0.1:{elsewhere.server_address[1]}/login"
+
+    class Redirects(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Redirects)
+    for server in (elsewhere, front):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{front.server_address[1]}/v1/events"
+        sink = WebhookSink(url, lambda: Secret(private), attempts=2, timeout=2, backoff=0.01)
+        failed = False
+        try:
+            sink.send({"type": "outcome", "outcome": {}})
+        except WebhookError as exc:
+            failed = True
+            assert exc.status == 302
+        assert failed, "a redirect answered 200 elsewhere was taken as delivered"
+        assert seen == []  # and nothing followed it
+    finally:
+        for server in (elsewhere, front):
+            server.shutdown()
+            server.server_close()
