@@ -30,11 +30,14 @@ class SecretsManagerStore:
         """AWSCURRENT read afresh, then AWSPENDING when a rotation has one: between its
         setSecret and finishSecret (or after a rotation stopped there) the target already
         takes the pending value while AWSCURRENT still holds the old one."""
-        found = [self.resolve(ref)]
+        # AWSPENDING first: finishSecret moves AWSCURRENT, then takes AWSPENDING off, so read
+        # in this order one of the two reads sees the new value whenever finishSecret runs
+        # (AWSCURRENT read just before it and AWSPENDING just after would both be old or gone).
         try:
             pending = self._read(ref, "AWSPENDING")
         except SecretError:  # a pending value without the field: the current one stands alone
             pending = None
+        found = [self.resolve(ref)]
         if pending is not None and pending.reveal() != found[0].reveal():
             found.append(pending)
         return found

@@ -49,7 +49,9 @@ def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     report = eng.sync(transport, state(), proceed=proceed, stall_seconds=STALL_SECONDS)
     parts = report.integrations.values()
     sent = sum(p.sent for p in parts)
-    failed = sum(1 for p in parts if p.status != "complete")
+    # A part sent but whose acknowledgement could not be kept (the state table denied or
+    # failing) counts too: the inventory flowed, but a deployment fault must still alarm.
+    failed = sum(1 for p in parts if p.status != "complete" or p.error)
     metrics.add_metric(name="InventoryPagesSent", unit=MetricUnit.Count, value=sent)
     if failed:
         metrics.add_metric(name="InventoryFailures", unit=MetricUnit.Count, value=failed)

@@ -128,7 +128,8 @@ class FileSyncState:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a link: the default state file is in the working directory.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -548,7 +549,7 @@ class Syncer:
 
     def _one(self, sync_id: str, integration: Integration, full: bool) -> IntegrationSync:
         name = integration.name
-        base = None if full else self.state.load(name)
+        base = None if full else self._load(name)
         known = set(base.pages) if base is not None else set()
         result = IntegrationSync("complete", base_version=base.version if base else None)
         result.full = base is None
@@ -590,9 +591,12 @@ class Syncer:
                 reader.cancel()
             # Within the schema's limit, whatever a driver put in its message.
             error = (str(exc) if isinstance(exc, JitcError) else _describe(exc))[:1000]
-            self._send(
-                self._event(sync_id, integration, kind="manifest", status="failed", error=error)
-            )
+            with contextlib.suppress(Declined):
+                # A control plane that refuses the failure's report (a 4xx) leaves this part
+                # failed, as it is: the other integrations still sync.
+                self._send(
+                    self._event(sync_id, integration, kind="manifest", status="failed", error=error)
+                )
             return IntegrationSync("failed", error=error, records=result.records)
         version = version_of_hashes(hashes)
         try:
@@ -613,12 +617,33 @@ class Syncer:
             answer = b""  # the control plane could not take this version (e.g. lost its base)
         result.version, result.pages, result.sent = version, len(hashes), len(sent)
         if _ack_of(answer) == (sync_id, name, version):
-            self.state.save(name, Acked(version, tuple(hashes), sync_id))
             result.acked = True
+            result.error = self._save(name, Acked(version, tuple(hashes), sync_id))
         elif base is not None or answer is not None:
             # Not acknowledged as sent: nothing is assumed held; the next delta has no base.
-            self.state.save(name, None)
+            result.error = self._save(name, None)
         return result
+
+    def _load(self, name: str) -> Acked | None:
+        """The acknowledged version, or None (a full sync) when the state cannot be read."""
+        try:
+            return self.state.load(name)
+        except Exception as exc:  # a cache: unreadable, everything is sent
+            log.warning("inventory state for %s not read: %s", name, _describe(exc))
+            return None
+
+    def _save(self, name: str, acked: Acked | None) -> str | None:
+        """Keep the acknowledged version; None, or what kept it from being kept. The state is
+        a cache: unsaved, the next sync sends a delta against an older version (which a control
+        plane that lost it declines, and gets in full), so a full disk, a read-only folder or a
+        failing table costs a larger sync, never this integration's part or the others'."""
+        try:
+            self.state.save(name, acked)
+        except Exception as exc:
+            why = getattr(exc, "strerror", None) or _describe(exc)
+            log.warning("inventory state for %s not saved: %s", name, why)
+            return f"acknowledged version not saved: {why}"
+        return None
 
 
 def _describe(exc: Exception) -> str:
@@ -667,7 +692,7 @@ class PeriodicSync:
                 failed = {
                     name: part.error or part.status
                     for name, part in self.last.integrations.items()
-                    if part.status != "complete"
+                    if part.status != "complete" or part.error  # e.g. the state not saved
                 }
                 if failed:
                     log.warning("inventory sync incomplete: %s", failed)

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,7 +31,10 @@ VERSION = 2
 class LabelKey:
     """The connector's label secret, with one derived key per use so no two uses share a key."""
 
-    secret: bytes
+    # Out of its repr: a traceback printed with its locals, a log line formatting a session,
+    # or an assertion's report would otherwise show the key that MACs every label and derives
+    # every grant's password.
+    secret: bytes = field(repr=False)
 
     @classmethod
     def from_secret(cls, value: str) -> LabelKey:

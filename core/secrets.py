@@ -101,13 +101,21 @@ class FileSecretStore:
         return pick_field(ref, raw)
 
     def candidates(self, ref: SecretRef) -> list[Secret]:
-        """The value read afresh, then the pending one a rotation may already have set."""
-        found = [self.resolve(ref)]
+        """The value read afresh, then the pending one a rotation may already have set.
+
+        The pending file is read first: a rotation renames it over the file in one step, so
+        read in this order one of the two reads sees the new value however they interleave
+        with the rename (read the other way, the file could be read just before the rename
+        and the pending file looked for just after it, and the new value missed)."""
         pending = pending_ref(ref)
+        ahead: Secret | None = None
         if private_file(Path(pending.location)):
             # Unreadable or without the field: the current value stands alone.
             with suppress(SecretError):
-                found.append(self.resolve(pending))
+                ahead = self.resolve(pending)
+        found = [self.resolve(ref)]
+        if ahead is not None:
+            found.append(ahead)
         return found
 
 

@@ -8,11 +8,13 @@ still fails raises, so the caller's queue redelivers rather than losing the even
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from jitc.errors import JitcError
 from jitc.models import AuditEvent, Outcome
@@ -28,6 +30,22 @@ class WebhookError(JitcError):
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANSWER_MAX = 65536  # bytes of a 2xx answer read: an acknowledgement is small
+# One exchange (connect, send, the whole answer) may take this many `timeout`s in all: urlopen's
+# timeout bounds each read on the socket, so a receiver dripping a byte at a time would
+# otherwise hold the caller for days.
+EXCHANGE_TIMEOUTS = 3
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error, not a delivery: urllib would follow a 302 to a POST with a GET
+    that has no body, to any URL (plain http to another host too), and take that answer's 200
+    as the event delivered."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def webhook_url_allowed(url: str) -> bool:
@@ -100,10 +118,10 @@ class WebhookSink:
                 headers={"Content-Type": "application/json", **envelope.headers()},
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                    if 200 <= response.status < 300:
-                        return bytes(response.read(ANSWER_MAX))
-                    last, status = f"HTTP {response.status}", response.status
+                code, answer = self._exchange(request)
+                if 200 <= code < 300:
+                    return answer
+                last, status = f"HTTP {code}", code
             except urllib.error.HTTPError as exc:
                 last, status = f"HTTP {exc.code}", exc.code
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
@@ -112,3 +130,27 @@ class WebhookSink:
                 last = type(exc).__name__
             time.sleep(self.backoff * (2**attempt))
         raise WebhookError(f"webhook {self.url} failed: {last}", status)
+
+    def _exchange(self, request: urllib.request.Request) -> tuple[int, bytes]:
+        """The answer's status and body (a 2xx's first ANSWER_MAX bytes), within
+        EXCHANGE_TIMEOUTS timeouts in all. An exchange that overruns is left to its thread,
+        which ends at the socket's next timeout or the receiver's last byte."""
+        done: list[tuple[int, bytes] | BaseException] = []
+
+        def run() -> None:
+            try:
+                with _OPENER.open(request, timeout=self.timeout) as response:
+                    ok = 200 <= response.status < 300
+                    done.append((response.status, bytes(response.read(ANSWER_MAX)) if ok else b""))
+            except BaseException as exc:  # handed to the caller as it is
+                done.append(exc)
+
+        worker = threading.Thread(target=run, name="jitc-webhook", daemon=True)
+        worker.start()
+        worker.join(self.timeout * EXCHANGE_TIMEOUTS)
+        if not done:
+            raise TimeoutError("the receiver did not finish its answer in time")
+        result = done[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
