@@ -155,10 +155,12 @@ resource "azurerm_function_app_flex_consumption" "app" {
   runtime_version        = "3.11"
   maximum_instance_count = var.maximum_instance_count
   instance_memory_in_mb  = 2048
-  zip_deploy_file        = var.package_zip
-  https_only             = true
-  # Function keys for the intake; the publishing (basic auth) endpoints stay off.
-  webdeploy_publish_basic_authentication_enabled = false
+  # azurerm pushes zip_deploy_file to the app's SCM site with the site's publishing
+  # credentials (Basic auth): on only when Terraform deploys the package. With
+  # package_deploy = "external" they stay off and the package goes up with an Entra ID token.
+  zip_deploy_file                                = var.package_deploy == "terraform" ? var.package_zip : null
+  https_only                                     = true
+  webdeploy_publish_basic_authentication_enabled = var.package_deploy == "terraform"
 
   identity {
     type         = "UserAssigned"

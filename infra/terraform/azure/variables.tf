@@ -27,6 +27,16 @@ variable "package_zip" {
   type        = string
 }
 
+variable "package_deploy" {
+  description = "How the package reaches the app. terraform: azurerm pushes package_zip at apply, over the app's publishing credentials (Basic auth on its SCM site, enabled for that alone). external: Basic auth stays off; after apply, deploy package_zip with an Entra ID token (az functionapp deployment source config-zip --resource-group RG --name APP --src ZIP)."
+  type        = string
+  default     = "terraform"
+  validation {
+    condition     = contains(["terraform", "external"], var.package_deploy)
+    error_message = "package_deploy: terraform or external."
+  }
+}
+
 variable "key_vault_id" {
   description = "Resource id of the Key Vault holding the connector's secrets. It must use the Azure RBAC permission model: access policies cannot be scoped to single secrets."
   type        = string
