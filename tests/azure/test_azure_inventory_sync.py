@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,3 +210,69 @@ def test_two_syncs_writing_the_state_at_once_lose_neither_update(
     blobs[1].before_put = another_sync
     assert scheduled.run("sync")["integrations"][PG]["status"] == "complete"
     assert set(_stored(container)) == {PG, "other"}
+
+
+def test_a_tampered_state_blob_costs_a_full_sync_and_is_rewritten(
+    synced_ok: tuple[Deployment, ControlPlane], container: Any
+) -> None:
+    from jitc.azure import scheduled
+
+    first = scheduled.run("sync")["integrations"][PG]
+    assert first["acked"]
+    # Hashes that do not add up to the version, then not JSON at all: nothing is skipped.
+    stored = _stored(container)
+    stored[PG]["pages"] = ["0" * 64]
+    container.upload_blob(BLOB, json.dumps({"v": 1, "integrations": stored}), overwrite=True)
+    second = scheduled.run("sync")["integrations"][PG]
+    assert second["full"] and second["sent"] == second["pages"] and second["acked"]
+    container.upload_blob(BLOB, b"\xff not json", overwrite=True)
+    third = scheduled.run("sync")["integrations"][PG]
+    assert third["full"] and third["acked"]
+    assert _stored(container)[PG]["version"] == third["version"]
+
+
+def test_an_unreachable_control_plane_is_reported_with_no_heartbeat_and_no_state(
+    cloud: azharness.Cloud,
+    blobs: tuple[AzuriteBlob, BlobProxy],
+    container: Any,
+    pg_admin: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from jitc.azure import runtime, scheduled
+
+    for deployment, _ in _deploy(cloud, blobs, with_dead=False):
+        catalog = dict(deployment.catalog)
+        url = f"http://127.0.0.1:{_closed_port()}/events"
+        catalog["connector"] = {**catalog["connector"], "webhook_url": url}
+        os.environ["JITC_CATALOG"] = json.dumps(catalog)
+        os.environ.pop("JITC_CATALOG_SHA256", None)
+        runtime.reset()
+        caplog.set_level(logging.INFO, logger="jitc.azure")
+        report = scheduled.run("sync")
+        # Reported, not acknowledged: the silence alert sees no heartbeat, nothing is held.
+        assert report["integrations"][PG]["status"] == "not_sent" and not report["ok"]
+        assert _heartbeats(caplog) == 0 and not list(container.list_blobs())
+
+
+def test_without_a_webhook_the_timer_only_says_so(
+    cloud: azharness.Cloud, blobs: tuple[AzuriteBlob, BlobProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    from jitc.azure import scheduled
+
+    vault = cloud.vault
+    vault.put("sync-nohook-pg", json.dumps({"password": "x"}))
+    vault.put("sync-nohook-label", "label-key-" + "n" * 24)
+    sign_private, sign_public = signing_keypair()
+    catalog = {
+        "connector": {"label_key": vault.reference("sync-nohook-label")},
+        "integrations": azharness.pg_integration(PG, vault.reference("sync-nohook-pg", "password")),
+    }
+    azharness.deploy(
+        cloud, catalog, sign_public=sign_public, sign_private=sign_private,
+        secret_names=["sync-nohook-pg", "sync-nohook-label"],
+        blob_service_uri=blobs[1].blob_service_uri,
+    )  # fmt: skip
+    caplog.set_level(logging.INFO, logger="jitc.azure")
+    cloud.authz.calls.clear()
+    assert scheduled.run("sync") == {"configured": False}
+    assert _heartbeats(caplog) == 0 and not cloud.authz.calls
