@@ -71,5 +71,3 @@ def setup(level: str | None = None) -> logging.Logger:
 
 
 logger = setup()
-
-
