@@ -71,3 +71,5 @@ def setup(level: str | None = None) -> logging.Logger:
 
 
 logger = setup()
+
+

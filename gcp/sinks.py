@@ -20,7 +20,9 @@ class Sinks:
         self.log = log
         self.webhook = webhook
         self.topic = topic
-        self.sinks: tuple[EventSink, ...] = tuple(s for s in (log, topic, webhook) if s is not None)
+        self.sinks: tuple[EventSink, ...] = tuple(
+            s for s in (log, topic, webhook) if s is not None
+        )
 
     def audit(self, event: AuditEvent) -> None:
         for sink in self.sinks:
