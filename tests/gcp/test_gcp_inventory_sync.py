@@ -20,6 +20,7 @@ import tfgcp
 from gcpfake import ROLE_PERMISSIONS, FakeGcp
 from gcpharness import (
     NAME,
+    PG_SCHEMA,
     PROJECT,
     REGION,
     RUN,
@@ -60,7 +61,7 @@ def start(fake: FakeGcp, pg_admin: Any, tmp_path: Path) -> Iterator[Start]:
     running: list[Deployment] = []
     fake.buckets.add(SYNC_BUCKET)
     fake.objects.pop((SYNC_BUCKET, OBJECT), None)
-    table = sql.Identifier(PG_SCHEMA_NAME(), "items")
+    table = sql.Identifier(PG_SCHEMA, "items")
     pg_admin.execute(sql.SQL("INSERT INTO {} (name) VALUES (%s)").format(table), (ROW,))
 
     def _start(
