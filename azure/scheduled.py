@@ -1,6 +1,6 @@
 """Timer-triggered jobs. Each is one entry in `JOBS`: the app setting that holds its NCRONTAB
 schedule and a function returning a JSON-able summary; `function_app.py` registers one timer
-function per entry, so a second scheduled job (an inventory sync, say) is a few lines here.
+function per entry: the sweep, and the inventory sync (`sync.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from jitc.azure import observability, runtime
 from jitc.azure.queues import decoded
+from jitc.azure.sync import sync
 from jitc.messages import request_of
 
 
@@ -93,6 +94,7 @@ def sweep(proceed: Callable[[], bool]) -> dict[str, Any]:
 
 JOBS: dict[str, Job] = {
     "sweep": Job("JITC_SWEEP_SCHEDULE", sweep),
+    "sync": Job("JITC_SYNC_SCHEDULE", sync),
 }
 
 

@@ -192,9 +192,15 @@ def _sweep() -> tuple[bool, dict[str, Any]]:
     return not report.failed and not report.unfinished, summary
 
 
+def _sync() -> tuple[bool, dict[str, Any]]:
+    from jitc.gcp.sync import sync
+
+    return sync(_deadline())
+
+
 # Scheduled jobs by name: each is one Cloud Scheduler job calling its own function. A job
 # returns (complete, summary); an incomplete one answers 500, which the job's alerting sees.
-JOBS: dict[str, Callable[[], tuple[bool, dict[str, Any]]]] = {"sweep": _sweep}
+JOBS: dict[str, Callable[[], tuple[bool, dict[str, Any]]]] = {"sweep": _sweep, "sync": _sync}
 
 
 def scheduled(name: str, request: HttpRequest, audience: str | None = None) -> Reply:
@@ -202,7 +208,9 @@ def scheduled(name: str, request: HttpRequest, audience: str | None = None) -> R
     if request.method.upper() != "POST":
         return _refusal(405, "method", "POST only")
     s = runtime.settings()
-    target = audience or s.sweep_url
+    # Each job's own function URL: a job whose audience is not configured refuses every call
+    # (never falls back to another job's, whose tokens would then open it).
+    target = s.sweep_url if audience is None else audience
     if not target:
         return 500, {"status": "failed", "message": f"no audience configured for {name}"}
     denied = _authenticate(request, target)

@@ -1,4 +1,4 @@
-"""Cloud Run functions (2nd gen) entry points: `intake`, `worker`, `sweep`.
+"""Cloud Run functions (2nd gen) entry points: `intake`, `worker`, `sweep`, `sync`.
 
 `jitc package gcp` copies this file to the source root, where Cloud Functions load `main.py`;
 each function's `entry_point` names one of these. Everything else is in `jitc.gcp.handlers`.
@@ -6,7 +6,9 @@ each function's `entry_point` names one of these. Everything else is in `jitc.gc
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from typing import Any
 
 import flask
@@ -61,3 +63,10 @@ def worker(request: flask.Request) -> flask.Response:
 @functions_framework.http
 def sweep(request: flask.Request) -> flask.Response:
     return _call(handlers.scheduled, request, "sweep")
+
+
+@functions_framework.http
+def sync(request: flask.Request) -> flask.Response:
+    # The OIDC audience is this function's own URL, as for the sweep.
+    audience = os.environ.get("JITC_SYNC_URL") or ""
+    return _call(functools.partial(handlers.scheduled, audience=audience), request, "sync")

@@ -207,6 +207,7 @@ def deploy(
     rbac_roles: list[str] | None = None,
     rbac_pim: bool = False,
     max_delay_seconds: int | None = None,
+    blob_service_uri: str = "",
 ) -> Deployment:
     """Create what the module creates and set the app settings it sets; rights from the HCL."""
     from jitc.azure import runtime
@@ -238,7 +239,11 @@ def deploy(
     text = json.dumps(doc)
     settings = {
         **cloud.identity.env,
-        **rendered.app_settings(queue_service_uri=cloud.storage.queue_service_uri, catalog=text),
+        **rendered.app_settings(
+            queue_service_uri=cloud.storage.queue_service_uri,
+            catalog=text,
+            blob_service_uri=blob_service_uri,
+        ),
         "JITC_CA_BUNDLE": str(cloud.tls.cert),
         "JITC_KEY_VAULT_DNS_SUFFIX": cloud.vault.dns_suffix,
     }

@@ -104,6 +104,22 @@ BUILTIN_ROLES: dict[str, tuple[str, list[str], list[str]]] = {
         ],
         ["Microsoft.Storage/storageAccounts/blobServices/containers/blobs/*"],
     ),
+    "Storage Blob Data Contributor": (
+        "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+        [
+            "Microsoft.Storage/storageAccounts/blobServices/containers/delete",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/read",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/write",
+            "Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action",
+        ],
+        [
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/move/action",
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/add/action",
+        ],
+    ),
     "Monitoring Metrics Publisher": (
         "3913510d-42f4-4e42-8a64-420c390055eb",
         [

@@ -256,7 +256,7 @@ def test_the_sweep_runs_from_a_real_timer_request(deployment: Deployment) -> Non
 
     app = function_app_loader.load()
     functions = {f.get_function_name(): f for f in app.get_functions()}
-    assert set(functions) == {"intake", "worker", "sweep"}
+    assert set(functions) == {"intake", "worker", "sweep", "sync"}
     sweep = functions["sweep"].get_user_function()
     assert sweep(timer_request()) is None
 

@@ -71,12 +71,12 @@ def test_host_json_and_the_code_agree() -> None:
     assert host["version"] == "2.0"
 
 
-def test_the_deployed_entry_file_indexes_three_functions() -> None:
+def test_the_deployed_entry_file_indexes_four_functions() -> None:
     import function_app_loader
 
     app = function_app_loader.load()
     functions = {f.get_function_name(): f for f in app.get_functions()}
-    assert set(functions) == {"intake", "worker", "sweep"}
+    assert set(functions) == {"intake", "worker", "sweep", "sync"}
     bindings = {
         name: json.loads(f.get_function_json())["bindings"] for name, f in functions.items()
     }
@@ -88,13 +88,15 @@ def test_the_deployed_entry_file_indexes_three_functions() -> None:
     assert http["route"] == "v1/requests"
     [timer] = [b for b in bindings["sweep"] if b["type"] == "timerTrigger"]
     assert timer["schedule"] == "%JITC_SWEEP_SCHEDULE%"
+    [timer] = [b for b in bindings["sync"] if b["type"] == "timerTrigger"]
+    assert timer["schedule"] == "%JITC_SYNC_SCHEDULE%"
 
 
 CHILD = r"""
 import json, sys
 folder = sys.argv[1]
 sys.path[:0] = [folder]
-import azure.functions as func, azure.storage.queue, pydantic
+import azure.functions as func, azure.storage.queue, azure.storage.blob, pydantic
 from azure.functions.queue import QueueMessage
 import function_app
 request = json.loads(sys.stdin.read())
@@ -111,7 +113,8 @@ for m in got:
     functions["worker"](message)
     runtime.queue()._client.delete_message(m)
     statuses.append("done")
-origins = {m.__name__: m.__file__ for m in (func, azure.storage.queue, pydantic, function_app)}
+origins = {m.__name__: m.__file__ for m in (func, azure.storage.queue, azure.storage.blob, pydantic,
+                                            function_app)}
 print("RESULT " + json.dumps({"origins": origins, "intake": response.status_code,
                               "functions": sorted(functions), "worker": statuses}))
 """
@@ -181,7 +184,7 @@ def test_the_unpacked_zip_runs_the_deployed_entry_file(
     result = json.loads(line.removeprefix("RESULT "))
     for name, origin in result["origins"].items():
         assert origin.startswith(str(folder)), (name, origin)
-    assert result["functions"] == ["intake", "sweep", "worker"]
+    assert result["functions"] == ["intake", "sweep", "sync", "worker"]
     assert result["intake"] == 202 and result["worker"] == ["done"]
     row = pg_admin.execute(
         "SELECT count(*) FROM pg_roles r JOIN pg_shdescription d ON d.objoid = r.oid "

@@ -44,6 +44,12 @@ def test_app_settings_are_what_the_code_reads_and_nothing_flex_refuses() -> None
     needed = {a or b for a, b in read} | {f"{runtime.CONNECTION}__queueServiceUri"}
     optional = {"JITC_CATALOG_PATH", "JITC_CA_BUNDLE", "JITC_KEY_VAULT_DNS_SUFFIX"}
     assert needed - optional <= set(settings), needed - optional - set(settings)
+    sync_source = (Path(runtime.__file__).parent / "sync.py").read_text()
+    sync_needed = set(re.findall(r'required_env\(\s*"([A-Za-z_]+)"', sync_source))
+    assert sync_needed and sync_needed <= set(settings), sync_needed - set(settings)
+    from jitc.azure import scheduled
+
+    assert {job.schedule_setting for job in scheduled.JOBS.values()} <= set(settings)
     # Identity-based connections only: no connection string, no key anywhere.
     assert settings["JitcQueue__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
@@ -85,6 +91,10 @@ def test_every_right_is_on_a_named_resource_never_an_account_or_group() -> None:
         for s in by_role["Storage Queue Data Contributor"]
     )
     assert all("/blobServices/default/containers/" in s for s in by_role["Storage Blob Data Owner"])
+    assert by_role["Storage Blob Data Contributor"] == [
+        "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/acct"
+        "/blobServices/default/containers/jitc-inventory-state"
+    ]
     assert by_role["rbac_target"] == [
         "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/x"
     ]
@@ -107,7 +117,11 @@ def test_alerts_query_the_events_the_code_writes() -> None:
     )
     for event in ("poison queue not empty", "moving to the poison queue", "sweep completed"):
         assert event in text and event in code, event
-    assert len(MODULE.of_kind("azurerm_monitor_scheduled_query_rules_alert_v2")) == 1
+    alerts = MODULE.of_kind("azurerm_monitor_scheduled_query_rules_alert_v2")
+    assert set(alerts) == {"app", "sync_silence"}
+    sync_code = (Path(runtime.__file__).parent / "sync.py").read_text()
+    assert "inventory sync completed" in alerts["sync_silence"]["criteria"][0]["query"]
+    assert "inventory sync completed" in sync_code
     assert set(re.findall(r"^    (\w+) = \{", text, re.MULTILINE)) == {
         "poison", "failures", "sweep_silence",
     }  # fmt: skip

@@ -155,10 +155,13 @@ class Rendered:
     settings: dict[str, str]
     evaluator: Evaluator
 
-    def app_settings(self, queue_service_uri: str, catalog: str) -> dict[str, str]:
+    def app_settings(
+        self, queue_service_uri: str, catalog: str, blob_service_uri: str = ""
+    ) -> dict[str, str]:
         self.evaluator.refs["azurerm_storage_account.app.primary_queue_endpoint"] = (
             queue_service_uri + "/"
         )
+        self.evaluator.refs["azurerm_storage_account.app.primary_blob_endpoint"] = blob_service_uri
         self.evaluator.refs["local.catalog"] = catalog
         body = load().resources[("azurerm_function_app_flex_consumption", "app")]
         return {k: str(v) for k, v in self.evaluator.value(body["app_settings"]).items()}
@@ -187,6 +190,8 @@ def render(
     poison_name = evaluator.value(queues["poison"]["name"])
     refs["azurerm_storage_queue.requests.name"] = queue_name
     refs["azurerm_storage_queue.poison.name"] = poison_name
+    containers = module.of_kind("azurerm_storage_container")
+    refs["azurerm_storage_container.sync.name"] = evaluator.value(containers["sync"]["name"])
     assignments: list[Assignment] = []
     for name, body in module.of_kind("azurerm_role_assignment").items():
         for each in _instances(evaluator, body):

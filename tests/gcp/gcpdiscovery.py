@@ -179,13 +179,36 @@ def check_value(
 
 
 def check(
-    http_method: str, path: str, query: dict[str, list[str]], body: bytes
+    http_method: str,
+    path: str,
+    query: dict[str, list[str]],
+    body: bytes,
+    *,
+    download: bool = False,
+    upload: bool = False,
 ) -> tuple[Method, dict[str, str]]:
-    """The method a request calls and its path parameters; Violation if the API would refuse it."""
+    """The method a request calls and its path parameters; Violation if the API would refuse it.
+
+    `download`: the request came to the media download path (`/download` + the method's path):
+    the method must support media download and ask `alt=media`. `upload`: it came to the
+    method's `mediaUpload.protocols.simple.path`, with a simple protocol `uploadType`, and
+    `body` is its metadata part (checked against the request schema like a JSON body)."""
     method, params = find(http_method, path)
     spec = method.spec["parameters"]
     alt = (query.pop("$alt", None) or query.pop("alt", None) or ["json"])[0]
-    if alt.split(";")[0] != "json":
+    if download:
+        if not method.spec.get("supportsMediaDownload") or alt != "media":
+            raise Violation(f"{method.id}: not a media download (alt={alt!r})")
+    elif upload:
+        simple = method.spec.get("mediaUpload", {}).get("protocols", {}).get("simple")
+        kind = (query.pop("uploadType", None) or [""])[0]
+        if simple is None or "/upload" + path != _upload_path(method, simple["path"], params):
+            raise Violation(f"{method.id}: no simple media upload at {path}")
+        if kind not in ("media", "multipart") or (kind == "multipart") != bool(body.strip()):
+            raise Violation(f"{method.id}: uploadType={kind!r} does not match the body")
+    elif alt == "media" and method.spec.get("supportsMediaDownload"):
+        pass  # GCS serves media on the JSON path too
+    elif alt.split(";")[0] != "json":
         raise Violation(f"{method.id}: alt={alt!r}")
     int_enums = "enum-encoding=int" in alt
     for name, value in params.items():
@@ -214,3 +237,9 @@ def check(
     elif body.strip():
         raise Violation(f"{method.id}: takes no body")
     return method, params
+
+
+def _upload_path(method: Method, template: str, params: dict[str, str]) -> str:
+    for name, value in params.items():
+        template = template.replace("{" + name + "}", value)
+    return template

@@ -85,6 +85,15 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
         }
     ),
     "roles/storage.objectViewer": frozenset({"storage.objects.get", "storage.objects.list"}),
+    # Read-only IAM (a subset: the getIamPolicy permissions of the resource kinds used here).
+    "roles/iam.securityReviewer": frozenset(
+        {
+            "resourcemanager.projects.getIamPolicy",
+            "resourcemanager.folders.getIamPolicy",
+            "storage.buckets.getIamPolicy",
+            "secretmanager.secrets.getIamPolicy",
+        }
+    ),
     "roles/bigquery.dataViewer": frozenset({"bigquery.tables.getData"}),
     "roles/run.invoker": frozenset({"run.routes.invoke"}),
     "roles/pubsub.publisher": frozenset({"pubsub.topics.publish"}),
@@ -105,6 +114,9 @@ METHOD_PERMISSIONS = {
     "storage.buckets.getIamPolicy": "storage.buckets.getIamPolicy",
     "storage.buckets.setIamPolicy": "storage.buckets.setIamPolicy",
     "pubsub.projects.topics.publish": "pubsub.topics.publish",
+    "storage.objects.get": "storage.objects.get",
+    # Replacing an existing object also needs storage.objects.delete (checked in `_insert`).
+    "storage.objects.insert": "storage.objects.create",
 }
 CONDITION = re.compile(r'^request\.time < timestamp\("(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\)$')
 MAX_AHEAD = timedelta(days=30)
@@ -123,6 +135,12 @@ class Call:
     permission: str
     resource: str
     allowed: bool
+
+
+@dataclass
+class Media:
+    data: bytes
+    headers: dict[str, str]
 
 
 @dataclass
@@ -208,6 +226,11 @@ class FakeGcp:
         self.policies: dict[str, dict[str, Any]] = {}
         self.custom_roles: dict[str, frozenset[str]] = {}
         self.buckets: set[str] = set()
+        # Cloud Storage objects: (bucket, name) -> (generation, data, content type).
+        self.objects: dict[tuple[str, str], tuple[int, bytes, str]] = {}
+        self._generation = int(time.time() * 1_000_000)
+        # Tests: called once before the next object write is applied (another writer's turn).
+        self.before_object_write: Any = None
         self.queues: set[str] = set()
         self.topics: set[str] = set()
         self.published: dict[str, list[dict[str, Any]]] = {}
@@ -383,8 +406,19 @@ class FakeGcp:
             return 200, self._token(parse_qs(body.decode()))
         if path == "/oauth2/v1/certs":
             return 200, {self.oidc_kid: self.oidc_cert}
+        download, upload = path.startswith("/download/"), path.startswith("/upload/")
+        wants_media = download or query.get("alt") == ["media"]
+        media = b""
+        if download or upload:
+            path = "/" + path.split("/", 2)[2]
+        if upload and "uploadType" in query and query["uploadType"] == ["multipart"]:
+            body, media = _multipart(headers.get("content-type", ""), body)
+        elif upload:
+            body, media = b"", body
         try:
-            method, params = discovery.check(verb, path, query, body)
+            method, params = discovery.check(
+                verb, path, query, body, download=download, upload=upload
+            )
         except discovery.Violation as exc:
             with self.lock:
                 self.violations.append(str(exc))
@@ -400,6 +434,10 @@ class FakeGcp:
             return self._access(params["name"])
         if method.id == "pubsub.projects.topics.publish":
             return self._publish(resource, doc)
+        if method.id == "storage.objects.get":
+            return self._object(params, query, wants_media)
+        if method.id == "storage.objects.insert":
+            return self._insert(params, query, doc, media, caller, headers)
         if method.id.endswith("getIamPolicy"):
             return 200, self._get_policy(resource)
         policy = doc if method.api == "storage" else doc.get("policy", {})
@@ -441,6 +479,72 @@ class FakeGcp:
             "name": name,
             "payload": {"data": base64.b64encode(data).decode(), "dataCrc32c": crc},
         }
+
+    def _object_doc(self, bucket: str, name: str) -> dict[str, Any]:
+        generation, data, content_type = self.objects[(bucket, name)]
+        return {
+            "kind": "storage#object", "bucket": bucket, "name": name,
+            "id": f"{bucket}/{name}/{generation}", "generation": str(generation),
+            "metageneration": "1", "size": str(len(data)), "contentType": content_type,
+            "crc32c": base64.b64encode(_crc32c(data).to_bytes(4, "big")).decode(),
+            "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),
+        }  # fmt: skip
+
+    def _preconditions(self, current: int, query: dict[str, list[str]]) -> None:
+        """`generation` selects a generation (404 if not it); `ifGenerationMatch` is a
+        precondition (412; 0 means "no live object")."""
+        if "generation" in query and int(query["generation"][0]) != current:
+            raise ApiError(404, "NOT_FOUND", "no such generation")
+        if "ifGenerationMatch" in query and int(query["ifGenerationMatch"][0]) != current:
+            raise ApiError(412, "FAILED_PRECONDITION", "conditionNotMet")
+
+    def _object(
+        self, params: dict[str, str], query: dict[str, list[str]], download: bool
+    ) -> tuple[int, Any]:
+        key = (params["bucket"], params["object"])
+        with self.lock:
+            if key[0] not in self.buckets:
+                raise ApiError(404, "NOT_FOUND", "no such bucket")
+            if key not in self.objects:
+                raise ApiError(404, "NOT_FOUND", "no such object")
+            self._preconditions(self.objects[key][0], query)
+            if download:
+                # Media with the headers Cloud Storage sends with it (the client reads the
+                # object's generation and checks the hashes from them).
+                generation, data, content_type = self.objects[key]
+                crc = base64.b64encode(_crc32c(data).to_bytes(4, "big")).decode()
+                md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+                return 200, Media(data, {
+                    "Content-Type": content_type, "x-goog-generation": str(generation),
+                    "x-goog-metageneration": "1", "x-goog-hash": f"crc32c={crc},md5={md5}",
+                    "x-goog-stored-content-length": str(len(data)),
+                    "x-goog-stored-content-encoding": "identity",
+                })  # fmt: skip
+            return 200, self._object_doc(*key)
+
+    def _insert(
+        self, params: dict[str, str], query: dict[str, list[str]], doc: dict[str, Any],
+        media: bytes, caller: str, headers: dict[str, str],
+    ) -> tuple[int, Any]:  # fmt: skip
+        bucket = params["bucket"]
+        name = (query.get("name") or [doc.get("name", "")])[0]
+        if not name:
+            raise ApiError(400, "INVALID_ARGUMENT", "an object needs a name")
+        hook, self.before_object_write = self.before_object_write, None
+        if hook is not None:
+            hook()
+        with self.lock:
+            if bucket not in self.buckets:
+                raise ApiError(404, "NOT_FOUND", "no such bucket")
+            current = self.objects.get((bucket, name), (0, b"", ""))[0]
+            if current:
+                self.authorize(caller, "storage.objects.insert", "storage.objects.delete",
+                               f"buckets/{bucket}")  # fmt: skip
+            self._preconditions(current, {k: v for k, v in query.items() if k != "generation"})
+            self._generation += 1
+            content_type = doc.get("contentType") or "application/octet-stream"
+            self.objects[(bucket, name)] = (self._generation, media, content_type)
+            return 200, self._object_doc(bucket, name)
 
     def _get_policy(self, resource: str) -> dict[str, Any]:
         with self.lock:
@@ -611,9 +715,13 @@ class FakeGcp:
                         500,
                         {"error": {"code": 500, "status": "INTERNAL", "message": repr(exc)}},
                     )
-                data = json.dumps(doc).encode()
+                if isinstance(doc, Media):
+                    data, extra = doc.data, doc.headers
+                else:
+                    data, extra = json.dumps(doc).encode(), {"Content-Type": "application/json"}
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -621,6 +729,24 @@ class FakeGcp:
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
         return Handler
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[bytes, bytes]:
+    """(metadata JSON, media) of a `multipart/related` upload; ApiError if it is not one."""
+    import email.parser
+
+    if not content_type.startswith("multipart/related"):
+        raise ApiError(400, "INVALID_ARGUMENT", "a multipart upload needs multipart/related")
+    message = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    parts = message.get_payload() if message.is_multipart() else []
+    if not isinstance(parts, list) or len(parts) != 2:
+        raise ApiError(400, "INVALID_ARGUMENT", "a multipart upload has two parts")
+    metadata, media = (part.get_payload(decode=True) for part in parts)
+    if parts[0].get_content_type() != "application/json":
+        raise ApiError(400, "INVALID_ARGUMENT", "the first part is the JSON metadata")
+    return bytes(metadata or b""), bytes(media or b"")
 
 
 def _crc32c(data: bytes) -> int:

@@ -31,7 +31,8 @@ QUEUE = f"projects/{PROJECT}/locations/{REGION}/queues/{NAME}-requests"
 PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 PG_PREFIX = f"gcpt{RUN}_"
 PG_SCHEMA = f"gcpt{RUN}_data"
-FUNCTIONS = ("intake", "worker", "sweep")
+FUNCTIONS = ("intake", "worker", "sweep", "sync")
+SYNC_BUCKET = f"{PROJECT}-{NAME}-sync"  # the module's google_storage_bucket.sync_state
 
 
 @pytest.fixture(scope="session")
@@ -164,14 +165,14 @@ def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict
 
 def deploy(
     fake: FakeGcp, tmp: Path, catalog: dict[str, Any], sign_private: str, emails: dict[str, str],
-    invoker: str, keys: dict[str, dict[str, Any]],
+    invoker: str, keys: dict[str, dict[str, Any]], functions: tuple[str, ...] = FUNCTIONS,
 ) -> Deployment:  # fmt: skip
-    """Start intake, worker and sweep from the real entry file under their own accounts."""
+    """Start the functions (all by default) from the real entry file under their own accounts."""
     ports = {name: free_port() for name in FUNCTIONS}
     urls = {name: f"http://127.0.0.1:{port}/" for name, port in ports.items()}
     deployment = Deployment(fake, catalog, sign_private, emails, invoker, tmp=tmp)
     catalog_json = json.dumps(catalog)
-    for name in FUNCTIONS:
+    for name in functions:
         key_file = tmp / f"{name}-key.json"
         key_file.write_text(json.dumps(keys[name]))
         key_file.chmod(0o600)
@@ -184,6 +185,9 @@ def deploy(
             "JITC_QUEUE": QUEUE,
             "JITC_WORKER_URL": urls["worker"],
             "JITC_SWEEP_URL": urls["sweep"],
+            "JITC_SYNC_URL": urls["sync"],
+            "JITC_SYNC_BUCKET": SYNC_BUCKET,
+            "JITC_STORAGE_ENDPOINT": fake.url,
             "JITC_INVOKER_EMAIL": invoker,
             "JITC_CATALOG": catalog_json,
             "JITC_CERTS_URL": f"{fake.url}/oauth2/v1/certs",

@@ -47,10 +47,11 @@ def test_each_function_runs_as_its_own_account_one_request_at_a_time() -> None:
     functions = MODULE.locals["functions"]
     assert {k: v["ingress"] for k, v in functions.items()} == {
         "intake": "ALLOW_ALL", "worker": "ALLOW_INTERNAL_ONLY", "sweep": "ALLOW_INTERNAL_ONLY",
+        "sync": "ALLOW_INTERNAL_ONLY",
     }  # fmt: skip
-    assert {v["entry_point"] for v in functions.values()} == {"intake", "worker", "sweep"}
+    assert {v["entry_point"] for v in functions.values()} == {"intake", "worker", "sweep", "sync"}
     main = (ROOT / "gcp" / "main.py").read_text()
-    for entry in ("intake", "worker", "sweep"):
+    for entry in ("intake", "worker", "sweep", "sync"):
         assert f"def {entry}(request: flask.Request)" in main
 
 
@@ -63,11 +64,14 @@ def test_no_binding_reaches_beyond_a_named_resource() -> None:
     assert not {
         k for k in kinds if k.endswith(("_iam_binding", "_iam_policy"))
     }  # authoritative: never
-    # The only project-level binding is the IAM target's, on the catalog's projects: the
-    # predefined role that holds exactly get, getIamPolicy and setIamPolicy.
+    # The only project-level bindings are the IAM target's, on the catalog's projects: the
+    # predefined role that holds exactly get, getIamPolicy and setIamPolicy, and the sync's
+    # read-only IAM role there (its live grants are read from the policies, never written).
     project = MODULE.of_kind("google_project_iam_member")
-    assert list(project) == ["iam_target"]
+    assert sorted(project) == ["iam_reader", "iam_target"]
     assert project["iam_target"]["role"] == "roles/resourcemanager.projectIamAdmin"
+    assert project["iam_reader"]["role"] == "roles/iam.securityReviewer"
+    assert "local.iam_readers" in project["iam_reader"]["for_each"]
     # Every role a function holds, rendered for the example's catalog: nothing basic, no admin
     # role but the IAM target's own (which must set IAM policy on its resources).
     catalog = yaml.safe_load((tfgcp.EXAMPLE / "catalog.yaml").read_text())
@@ -90,7 +94,9 @@ def test_the_queue_never_drops_a_revoke_and_jobs_carry_oidc() -> None:
         target["oidc_token"][0]["service_account_email"]
         == "${google_service_account.invoker.email}"
     )
-    assert set(MODULE.locals["scheduled_jobs"]) == {"sweep"}
+    assert set(MODULE.locals["scheduled_jobs"]) == {"sweep", "sync"}
+    # Each job's function takes the tokens of its own URL only (handlers.scheduled).
+    assert MODULE.locals["environment"]["JITC_SYNC_URL"] == "${local.url.sync}"
 
 
 def test_the_example_catalog_is_valid_and_the_module_call_matches_the_variables() -> None:
@@ -138,7 +144,9 @@ def test_every_warning_the_functions_log_is_alerted_on() -> None:
         logged |= set(
             re.findall(r'logger\.(?:warning|error|exception)\(\s*"([^"]+)"', source.read_text())
         )
-    logged.add("sweep failed")  # handlers.scheduled logs f"{name} failed" for each job
+    from jitc.gcp.handlers import JOBS
+
+    logged |= {f"{name} failed" for name in JOBS}  # handlers.scheduled logs it for each job
     assert logged, "no warnings found: the pattern above no longer matches the code"
     for message in logged:
         assert f'jsonPayload.message="{message}"' in metric, message

@@ -69,7 +69,7 @@ class Facts:
                 r for r in self.iam_resources if re.fullmatch(r"projects/[^/]+/secrets/[^/]+", r)
             ),
         }  # fmt: skip
-        for key in ("secret_readers", "iam_editors"):
+        for key in ("secret_readers", "iam_editors", "iam_readers"):
             sets[key] = _literal_set(module.locals[key])
         return sets
 
@@ -195,6 +195,8 @@ def _resource(
     if kind == "google_project_iam_member":
         return f"projects/{_each(body['project'], each)}"
     if kind == "google_storage_bucket_iam_member":
+        if body["bucket"] == "${google_storage_bucket.sync_state.name}":
+            return f"buckets/{facts.project}-{facts.name}-sync"
         return f"buckets/{_each(body['bucket'], each)}"
     if kind == "google_folder_iam_member":
         return _each(body["folder"], each)

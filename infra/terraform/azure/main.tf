@@ -188,6 +188,9 @@ resource "azurerm_function_app_flex_consumption" "app" {
     JITC_CATALOG                              = local.catalog
     JITC_CATALOG_SHA256                       = sha256(local.catalog)
     JITC_SWEEP_SCHEDULE                       = var.sweep_schedule
+    JITC_SYNC_SCHEDULE                        = var.sync_schedule
+    JITC_SYNC_BLOB_SERVICE_URI                = azurerm_storage_account.app.primary_blob_endpoint
+    JITC_SYNC_CONTAINER                       = azurerm_storage_container.sync.name
     JITC_EXPIRY_MAX_DELAY_SECONDS             = tostring(var.expiry_max_delay_seconds)
   }
 

@@ -3,9 +3,9 @@
 # under them, comparing every API call's permission and resource with what is bound here.
 
 locals {
-  # Functions that resolve the catalog's secrets: the worker and the sweep run templates and
-  # sign webhook events; the intake only checks signatures against public keys.
-  secret_readers = toset(["worker", "sweep"])
+  # Functions that resolve the catalog's secrets: the worker, the sweep and the sync run
+  # templates and sign webhook events; the intake only checks signatures against public keys.
+  secret_readers = toset(["worker", "sweep", "sync"])
   secret_access = {
     for pair in setproduct(local.secret_readers, local.secrets) : "${pair[0]} ${pair[1]}" => {
       function = pair[0]

@@ -35,6 +35,7 @@ locals {
     intake = { entry_point = "intake", timeout = 30, memory = "256Mi", ingress = "ALLOW_ALL" }
     worker = { entry_point = "worker", timeout = 540, memory = "256Mi", ingress = "ALLOW_INTERNAL_ONLY" }
     sweep  = { entry_point = "sweep", timeout = 540, memory = "256Mi", ingress = "ALLOW_INTERNAL_ONLY" }
+    sync   = { entry_point = "sync", timeout = 540, memory = "512Mi", ingress = "ALLOW_INTERNAL_ONLY" }
   }
   # Cloud Run functions (2nd gen) answer at this URL too; the tasks and jobs use it because it
   # is known before the function exists (the functions' environment needs it).
@@ -43,6 +44,7 @@ locals {
   # and one entry point in main.py).
   scheduled_jobs = {
     sweep = { schedule = var.sweep_schedule, function = "sweep" }
+    sync  = { schedule = var.sync_schedule, function = "sync" }
   }
   queue_name = "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.requests.name}"
   environment = {
@@ -50,6 +52,8 @@ locals {
     JITC_QUEUE          = local.queue_name
     JITC_WORKER_URL     = local.url.worker
     JITC_SWEEP_URL      = local.url.sweep
+    JITC_SYNC_URL       = local.url.sync
+    JITC_SYNC_BUCKET    = google_storage_bucket.sync_state.name
     JITC_INVOKER_EMAIL  = google_service_account.invoker.email
     JITC_CATALOG        = local.catalog_json
     JITC_CATALOG_SHA256 = sha256(local.catalog_json)
@@ -201,7 +205,7 @@ resource "google_cloud_run_service_iam_member" "intake" {
 }
 
 resource "google_cloud_run_service_iam_member" "invoker" {
-  for_each = toset(["worker", "sweep"])
+  for_each = toset(["worker", "sweep", "sync"])
   project  = var.project_id
   location = var.region
   service  = google_cloudfunctions2_function.function[each.key].service_config[0].service

@@ -7,9 +7,9 @@ resource "google_logging_metric" "failures" {
   name    = "${var.name}-failures"
   filter  = <<-EOT
     resource.type="cloud_run_revision"
-    resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-intake")
+    resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-intake" OR "${var.name}-sync")
     severity>=WARNING
-    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false)
+    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="sync failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false)
   EOT
   metric_descriptor {
     metric_kind = "DELTA"
