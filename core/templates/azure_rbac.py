@@ -32,6 +32,7 @@ import contextlib
 import fnmatch
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -45,6 +46,7 @@ from jitc.secrets import Secret
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
+    InventoryRecord,
     PermissionSettings,
     RevokeResult,
     Settings,
@@ -726,6 +728,18 @@ class AzureRbacSession:
                 if grant is not None:
                     grants.append(grant)
         return grants
+
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """Per managed scope: each role assignment there (its role definition, on its scope, for
+        its principal's object id); never a description, which holds the connector's labels."""
+        for scope in sorted(self.settings.scopes):
+            yield InventoryRecord("scope", scope)
+            found = sorted(
+                (str(a.scope), str(a.role_definition_id), str(a.principal_id), str(a.name))
+                for a in self.assignments.list_for_scope(f"/{scope}")
+            )
+            for where, role, principal, name in found:
+                yield InventoryRecord("role_assignment", role, where, id=f"{principal}/{name}")
 
     def inventory(self) -> dict[str, list[str]]:
         assignments: set[str] = set()

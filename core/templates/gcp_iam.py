@@ -27,6 +27,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -39,6 +40,7 @@ from jitc.secrets import Secret
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
+    InventoryRecord,
     PermissionSettings,
     RevokeResult,
     Settings,
@@ -580,6 +582,21 @@ class GcpIamSession:
                 if grant is not None:
                     grants.setdefault(f"{grant.grant_id}:{state}", grant)
         return list(grants.values())
+
+    def inventory_records(self) -> Iterator[InventoryRecord]:
+        """Per managed resource: the roles bound there and the members holding them (names as
+        IAM writes them); never a condition's expression or description."""
+        for resource in self.connection.resources:
+            yield InventoryRecord("resource", resource)
+            roles: set[str] = set()
+            members: set[str] = set()
+            for binding in self._read(resource).get("bindings", []) or []:
+                roles.add(str(binding.get("role")))
+                members.update(str(m) for m in binding.get("members", []) or [])
+            for role in sorted(roles):
+                yield InventoryRecord("role", role, resource)
+            for member in sorted(members):
+                yield InventoryRecord("member", member, resource)
 
     def inventory(self) -> dict[str, list[str]]:
         members: set[str] = set()

@@ -378,3 +378,32 @@ def test_a_late_pim_revoke_leaves_a_neighbours_later_assignment_alone(pim: Env) 
     assert not pim.engine.sweep().revoked
     assert pim.engine.live_grants()[pim.integration] == []
     assert theirs.id.lower() in pim.arm.assignments
+
+
+def test_the_inventory_sync_sends_scopes_and_assignments_never_their_descriptions(
+    plain: Env,
+) -> None:
+    """The sync reads each managed scope's role assignments (role, scope, principal object id):
+    the descriptions, which hold the connector's MACed labels, never leave."""
+    import io
+    import json
+
+    from jitc.inventory import JsonLinesTransport, MemorySyncState
+
+    granted = plain.run()
+    assert granted.status == "granted", granted
+    out = io.StringIO()
+    report = plain.engine.sync(JsonLinesTransport(out), MemorySyncState())
+    assert report.ok, report.as_dict()
+    records = [
+        r for line in out.getvalue().splitlines()
+        for r in json.loads(line)["inventory"].get("records", [])
+    ]  # fmt: skip
+    assert {"kind": "scope", "name": SCOPE} in records
+    mine = [r for r in records if r["kind"] == "role_assignment"]
+    assert any(
+        READER in r["name"] and r["parent"] == f"/{SCOPE}" and r["id"].startswith(plain.principals[0])
+        for r in mine
+    ), mine
+    assert ("grant", granted.grant_id) in {(r["kind"], r["name"]) for r in records}
+    assert "jitc:" not in out.getvalue()  # no label (assignment description) was sent

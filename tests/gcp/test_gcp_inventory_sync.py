@@ -178,14 +178,17 @@ def test_a_complete_sync_logs_the_heartbeat(start: Start, fake: FakeGcp) -> None
 def test_every_call_is_allowed_and_every_binding_of_the_sync_account_is_used(
     start: Start, fake: FakeGcp
 ) -> None:
-    """With a gcp_iam integration: its live grants are read with getIamPolicy (never set). The
-    template has no inventory_records yet, so that part fails, reported, and the others go on."""
+    """With a gcp_iam integration: its live grants and its inventory (each managed resource,
+    the roles bound there and their members) are read with getIamPolicy, never set."""
     deployment, cp = start(with_iam=True)
     before = len(fake.calls)
     run_sync(fake, deployment)
     status, body = run_sync(fake, deployment)  # the second replaces the state object
-    assert status == 500 and body["integrations"][PG]["acked"]
-    assert body["integrations"][IAM]["status"] == "failed" and IAM in cp.failed
+    assert status == 200 and body["integrations"][PG]["acked"]
+    assert body["integrations"][IAM]["status"] == "complete" and IAM not in cp.failed
+    sent = b"\n".join(cp.bodies)
+    assert f"buckets/{TARGET_BUCKET}".encode() in sent
+    assert b"request.time" not in sent  # a condition's expression is not a name
     assert fake.violations == []
     email = deployment.emails["sync"]
     calls = [c for c in fake.calls[before:] if c.caller == email]

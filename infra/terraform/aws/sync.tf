@@ -157,6 +157,28 @@ data "aws_iam_policy_document" "sync" {
       resources = local.idc_resources
     }
   }
+  # The connector's own view of its Identity Center grants: the ledger (ledger.tf), read only.
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid       = "ReadIdentityCenterLedger"
+      actions   = ["dynamodb:Scan"]
+      resources = [local.ledger_arn]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.idc == null ? [] : [1]
+    content {
+      sid       = "ReadIdentityCenterLedgerKey"
+      actions   = ["kms:Decrypt", "kms:DescribeKey"]
+      resources = [aws_kms_key.this.arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["dynamodb.${local.region}.amazonaws.com"]
+      }
+    }
+  }
   dynamic "statement" {
     for_each = local.idc == null ? [] : [1]
     content {
