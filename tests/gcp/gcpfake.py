@@ -106,6 +106,8 @@ METHOD_PERMISSIONS = {
     "storage.buckets.setIamPolicy": "storage.buckets.setIamPolicy",
     "pubsub.projects.topics.publish": "pubsub.topics.publish",
 }
+# Google refuses a condition on these (IAM Conditions overview).
+LEGACY_BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 CONDITION = re.compile(r'^request\.time < timestamp\("(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\)$')
 MAX_AHEAD = timedelta(days=30)
 
@@ -469,6 +471,16 @@ class FakeGcp:
                     raise ApiError(400, "INVALID_ARGUMENT", "condition description > 256")
                 if not binding.get("members"):
                     raise ApiError(400, "INVALID_ARGUMENT", "a binding needs members")
+                # https://cloud.google.com/iam/docs/conditions-overview: no conditions on the
+                # legacy basic roles, nor for allUsers / allAuthenticatedUsers.
+                if binding.get("role") in LEGACY_BASIC_ROLES:
+                    raise ApiError(
+                        400, "INVALID_ARGUMENT", f"conditions are not allowed on {binding['role']}"
+                    )
+                if set(binding["members"]) & {"allUsers", "allAuthenticatedUsers"}:
+                    raise ApiError(
+                        400, "INVALID_ARGUMENT", "conditions are not allowed for all users"
+                    )
             stored = {
                 "version": policy.get("version", 1), "bindings": bindings,
                 "etag": _etag(),
