@@ -108,6 +108,8 @@ METHOD_PERMISSIONS = {
 }
 # Google refuses a condition on these (IAM Conditions overview).
 LEGACY_BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
+MAX_CONDITIONAL = 100
+MAX_SAME_ROLE_MEMBER = 20
 CONDITION = re.compile(r'^request\.time < timestamp\("(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\)$')
 MAX_AHEAD = timedelta(days=30)
 
@@ -481,6 +483,23 @@ class FakeGcp:
                     raise ApiError(
                         400, "INVALID_ARGUMENT", "conditions are not allowed for all users"
                     )
+            # Google's limits on conditional bindings (https://cloud.google.com/iam/docs/
+            # allow-policies, "Policy limitations"): 100 per policy, and 20 of one role and
+            # one member.
+            conditional = [b for b in bindings if b.get("condition") is not None]
+            if len(conditional) > MAX_CONDITIONAL:
+                raise ApiError(400, "INVALID_ARGUMENT", "more than 100 conditional bindings")
+            pairs: dict[tuple[str, str], int] = {}
+            for binding in bindings:
+                for member in binding.get("members", []):
+                    key = (str(binding.get("role")), str(member))
+                    pairs[key] = pairs.get(key, 0) + 1
+                    if pairs[key] > MAX_SAME_ROLE_MEMBER:
+                        raise ApiError(
+                            400,
+                            "INVALID_ARGUMENT",
+                            f"more than 20 bindings of {key[0]} for one member",
+                        )
             stored = {
                 "version": policy.get("version", 1), "bindings": bindings,
                 "etag": _etag(),
