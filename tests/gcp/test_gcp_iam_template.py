@@ -266,3 +266,17 @@ def test_repeated_grants_of_one_role_to_one_person_keep_working(fake: FakeGcp) -
         granted = e.execute(request(request_id=f"again-{index}"))
         assert granted.status == "granted", (index, granted.message)
         assert e.execute(request("revoke", request_id=f"again-{index}")).status == "revoked"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a revoke of a grant that was never made (reordered delivery, or a request that was "
+    "refused) leaves a roles/browser tombstone for the connector's own service account on the "
+    "first resource; Google allows 20 bindings of one role and member, so the 21st such revoke "
+    "inside the tombstone window is refused with 400 and fails (retried without end)",
+)
+def test_many_revokes_of_grants_never_made_keep_working(fake: FakeGcp) -> None:
+    e = engine()
+    for index in range(21):
+        outcome = e.execute(request("revoke", request_id=f"never-{index}"))
+        assert outcome.status == "revoked", (index, outcome.message)
