@@ -110,6 +110,12 @@ METHOD_PERMISSIONS = {
 LEGACY_BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 MAX_CONDITIONAL = 100
 MAX_SAME_ROLE_MEMBER = 20
+# A condition on an IAM-admin binding that limits the roles it may grant or revoke
+# (https://cloud.google.com/iam/docs/setting-limits-on-granting-roles).
+GRANTS_BY_ROLE = re.compile(
+    r"^api\.getAttribute\('iam\.googleapis\.com/modifiedGrantsByRole', \[\]\)"
+    r"\.hasOnly\((\[.*\])\)$"
+)
 CONDITION = re.compile(r'^request\.time < timestamp\("(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\)$')
 MAX_AHEAD = timedelta(days=30)
 
@@ -301,12 +307,18 @@ class FakeGcp:
             return self.custom_roles[role]
         return ROLE_PERMISSIONS.get(role, frozenset())
 
-    def _holds(self, binding: dict[str, Any], member: str) -> bool:
+    def _holds(
+        self, binding: dict[str, Any], member: str, modified: frozenset[str] = frozenset()
+    ) -> bool:
         if member not in binding.get("members", []):
             return False
         condition = binding.get("condition")
         if condition is None:
             return True
+        limited = GRANTS_BY_ROLE.fullmatch(condition.get("expression", ""))
+        if limited is not None:
+            # The roles whose grants this request changes (none for any other call).
+            return modified <= frozenset(json.loads(limited.group(1)))
         match = CONDITION.fullmatch(condition.get("expression", ""))
         if match is None:
             return False  # not evaluated here: fail closed
@@ -321,18 +333,37 @@ class FakeGcp:
             chain.append(f"projects/{self.project}")
         return chain
 
-    def allowed(self, member: str, permission: str, resource: str) -> bool:
+    def allowed(
+        self, member: str, permission: str, resource: str, modified: frozenset[str] = frozenset()
+    ) -> bool:
         with self.lock:
             for name in self._ancestors(resource):
                 for binding in self.policies.get(name, {}).get("bindings", []):
                     if permission in self.role_permissions(binding["role"]) and self._holds(
-                        binding, member
+                        binding, member, modified
                     ):
                         return True
         return False
 
-    def authorize(self, caller: str, method: str, permission: str, resource: str) -> None:
-        ok = self.allowed(f"serviceAccount:{caller}", permission, resource)
+    def modified_roles(self, resource: str, policy: dict[str, Any]) -> frozenset[str]:
+        """The roles whose grants (member and condition) a new policy adds or removes."""
+
+        def grants(bindings: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+            return {
+                (str(b.get("role")), str(m), json.dumps(b.get("condition"), sort_keys=True))
+                for b in bindings for m in b.get("members", [])
+            }  # fmt: skip
+
+        with self.lock:
+            before = grants(self.policies.get(resource, {}).get("bindings", []))
+        after = grants(policy.get("bindings", []) or [])
+        return frozenset(role for role, _, _ in before ^ after)
+
+    def authorize(
+        self, caller: str, method: str, permission: str, resource: str,
+        modified: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
+        ok = self.allowed(f"serviceAccount:{caller}", permission, resource, modified)
         with self.lock:
             self.calls.append(Call(caller, method, permission, resource, ok))
         if not ok:
@@ -397,7 +428,11 @@ class FakeGcp:
         doc = json.loads(body) if body.strip() else {}
         permission = METHOD_PERMISSIONS[method.id]
         resource = self._resource(method.id, params)
-        self.authorize(caller, method.id, permission, resource)
+        modified: frozenset[str] = frozenset()
+        if method.id.endswith("setIamPolicy"):
+            policy = doc if method.api == "storage" else doc.get("policy", {})
+            modified = self.modified_roles(resource, policy)
+        self.authorize(caller, method.id, permission, resource, modified)
         if method.api == "cloudtasks":
             return self._tasks(method.id, params, doc, caller)
         if method.id.endswith("versions.access"):

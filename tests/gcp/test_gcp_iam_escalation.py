@@ -44,7 +44,10 @@ def worker() -> Iterator[tuple[FakeGcp, str]]:
     facts = tfgcp.facts_from_catalog(catalog, PROJECT, "europe-west1", "jitc")
     for binding in tfgcp.bindings(facts, emails):
         if binding.resource == RESOURCE:
-            server.bind(RESOURCE, binding.role, f"serviceAccount:{emails[binding.function]}")
+            server.bind(
+                RESOURCE, binding.role, f"serviceAccount:{emails[binding.function]}",
+                binding.condition,
+            )  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(info["worker"], handle)
     keys = ("GOOGLE_APPLICATION_CREDENTIALS", "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER")
@@ -61,15 +64,6 @@ def worker() -> Iterator[tuple[FakeGcp, str]]:
             os.environ[key] = value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker and the sweep hold roles/resourcemanager.projectIamAdmin (and "
-    "folderIamAdmin) on each managed project/folder without a condition, so a compromised "
-    "function can grant itself roles/owner there; Google lets that binding carry "
-    "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly([...]) listing "
-    "the catalog's roles and the tombstone role, which the module does not set (and the "
-    "loopback IAM does not evaluate yet)",
-)
 def test_the_worker_cannot_grant_itself_a_role_the_catalog_does_not_name(
     worker: tuple[FakeGcp, str],
 ) -> None:
@@ -86,3 +80,29 @@ def test_the_worker_cannot_grant_itself_a_role_the_catalog_does_not_name(
     assert caught.value.resp.status == 403
     owners = [b for b in server.policies[RESOURCE]["bindings"] if b["role"] == "roles/owner"]
     assert owners == []
+
+
+def test_the_worker_still_manages_the_catalogs_roles(worker: tuple[FakeGcp, str]) -> None:
+    """The condition leaves exactly the connector's work: a grant of a catalog role and its
+    removal, and the tombstone role."""
+    from jitc.templates.gcp_iam import _Api
+
+    server, _ = worker
+    api = _Api()
+    for role in (ROLE, "roles/browser"):
+        policy = api.get(RESOURCE)
+        binding = {
+            "role": role,
+            "members": ["user:ana@example.com"],
+            "condition": {
+                "title": "jitc g" + "a" * 24,
+                "expression": 'request.time < timestamp("2999-01-01T00:00:00Z")',
+            },
+        }
+        policy["bindings"].append(binding)
+        policy["version"] = 3
+        api.set(RESOURCE, policy)
+        policy = api.get(RESOURCE)
+        policy["bindings"].remove(binding)
+        api.set(RESOURCE, policy)
+    assert all(call.allowed for call in server.calls)
