@@ -211,6 +211,10 @@ class FakeGcp:
         self.offset = timedelta(0)  # tests move this server's clock forward
         self.retry_seconds = retry_seconds
         self.reserve = reserve
+        # The worker runs IAM-authenticated: Cloud Run checks each task's token and forwards it
+        # with the signature replaced (https://cloud.google.com/run/docs/troubleshooting
+        # #signature-removed).
+        self.cloud_run_iam = True
         self.lock = threading.RLock()
         self.accounts: dict[str, rsa.RSAPrivateKey] = {}
         self.tokens: dict[str, str] = {}
@@ -629,9 +633,10 @@ class FakeGcp:
         headers["X-CloudTasks-TaskName"] = task.name.rsplit("/", 1)[1]
         headers["X-CloudTasks-TaskRetryCount"] = str(task.attempts)
         if task.oidc_email:
-            headers["Authorization"] = "Bearer " + self.oidc_token(
-                task.audience or task.url, task.oidc_email
-            )
+            token = self.oidc_token(task.audience or task.url, task.oidc_email)
+            if self.cloud_run_iam:
+                token = token.rsplit(".", 1)[0] + ".SIGNATURE_REMOVED_BY_GOOGLE"
+            headers["Authorization"] = "Bearer " + token
         request = urllib.request.Request(task.url, data=task.body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
