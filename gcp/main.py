@@ -22,19 +22,36 @@ _HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 
 # Nothing this connector accepts is larger (the intake's limit is 64 KiB, a task's 100 KB):
-# a larger body is refused before it is read.
+# a larger body is refused before it is read, and one without a Content-Length (chunked) is
+# read no further than the limit.
 MAX_BODY_BYTES = 128 * 1024
+_TOO_LARGE = {"error": "refused", "field": "body", "message": "too large"}
+
+
+def _body(request: flask.Request) -> bytes | None:
+    """The body, or None when it is larger than MAX_BODY_BYTES."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    while size <= MAX_BODY_BYTES:
+        part = request.stream.read(MAX_BODY_BYTES + 1 - size)
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    return None
 
 
 def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        refusal = {"error": "refused", "field": "body", "message": "too large"}
-        return flask.Response(json.dumps(refusal), status=413, headers=_HEADERS)
+    data = _body(request)
+    if data is None:
+        return flask.Response(json.dumps(_TOO_LARGE), status=413, headers=_HEADERS)
     http = handlers.HttpRequest(
         method=request.method,
         path=request.path,
         headers=dict(request.headers),
-        body=request.get_data(cache=False),
+        body=data,
     )
     try:
         status, body = handler(*args, http) if args else handler(http)

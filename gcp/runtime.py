@@ -43,6 +43,9 @@ class Settings:
     tasks_endpoint: str | None
     secrets_endpoint: str | None
     timeout_seconds: float
+    # The worker and the sweep sit behind Cloud Run's IAM check (never public): tokens arrive
+    # with their signature removed by Cloud Run.
+    behind_iam: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,6 +66,7 @@ class Settings:
             tasks_endpoint=get("JITC_TASKS_ENDPOINT") or None,
             secrets_endpoint=get("JITC_SECRETS_ENDPOINT") or None,
             timeout_seconds=float(get("JITC_TIMEOUT_SECONDS") or 540),
+            behind_iam=get("JITC_BEHIND_CLOUD_RUN_IAM") == "1",
         )
 
 
@@ -164,7 +168,8 @@ def certificates() -> CertificateCache:
 
 @cache
 def verifier(audience: str) -> OidcVerifier:
-    return OidcVerifier(audience, settings().invoker_email, certificates())
+    s = settings()
+    return OidcVerifier(audience, s.invoker_email, certificates(), behind_iam=s.behind_iam)
 
 
 @cache

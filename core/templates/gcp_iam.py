@@ -14,7 +14,8 @@ condition is never true, so a late redelivered grant is refused. IAM changes tak
 minutes to apply (seven at worst); a grant's outcome is not proof of usable access until then,
 and a revoke is verified by reading the policy back.
 
-Basic roles (owner, editor, viewer), IAM roles, admin roles (which hold setIamPolicy on what
+The legacy basic roles (owner, editor, viewer) are refused outright: Google accepts no condition
+on them. Browser, IAM roles, admin roles (which hold setIamPolicy on what
 they administer) and custom roles (whose permissions this template cannot see) are refused
 unless the catalog marks the permission `privileged: true`.
 """
@@ -68,6 +69,9 @@ ROLE = re.compile(
     r"|(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]|organizations/[0-9]{1,20})/roles/[A-Za-z0-9_.]{3,64})$"
 )
 BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer", "roles/browser"})
+# Google refuses an IAM condition on these, so a grant of one can never be made: refused even
+# when privileged (https://cloud.google.com/iam/docs/conditions-overview).
+UNCONDITIONAL_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 
 
 def role_escalates(role: str) -> str | None:
@@ -135,6 +139,11 @@ class Permission(PermissionSettings):
         return resources
 
     def model_post_init(self, context: Any) -> None:
+        if self.role in UNCONDITIONAL_ROLES:
+            raise ValueError(
+                f"{self.role} is a legacy basic role: Google refuses an IAM condition on it, so "
+                "no grant of it could expire; offer a predefined role instead"
+            )
         reason = role_escalates(self.role)
         if reason is not None and not self.privileged:
             raise ValueError(f"{self.role} is {reason}: set privileged: true to offer it")

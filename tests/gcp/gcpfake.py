@@ -118,6 +118,16 @@ METHOD_PERMISSIONS = {
     # Replacing an existing object also needs storage.objects.delete (checked in `_insert`).
     "storage.objects.insert": "storage.objects.create",
 }
+# Google refuses a condition on these (IAM Conditions overview).
+LEGACY_BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
+MAX_CONDITIONAL = 100
+MAX_SAME_ROLE_MEMBER = 20
+# A condition on an IAM-admin binding that limits the roles it may grant or revoke
+# (https://cloud.google.com/iam/docs/setting-limits-on-granting-roles).
+GRANTS_BY_ROLE = re.compile(
+    r"^api\.getAttribute\('iam\.googleapis\.com/modifiedGrantsByRole', \[\]\)"
+    r"\.hasOnly\((\[.*\])\)$"
+)
 CONDITION = re.compile(r'^request\.time < timestamp\("(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\)$')
 MAX_AHEAD = timedelta(days=30)
 
@@ -219,6 +229,10 @@ class FakeGcp:
         self.offset = timedelta(0)  # tests move this server's clock forward
         self.retry_seconds = retry_seconds
         self.reserve = reserve
+        # The worker runs IAM-authenticated: Cloud Run checks each task's token and forwards it
+        # with the signature replaced (https://cloud.google.com/run/docs/troubleshooting
+        # #signature-removed).
+        self.cloud_run_iam = True
         self.lock = threading.RLock()
         self.accounts: dict[str, rsa.RSAPrivateKey] = {}
         self.tokens: dict[str, str] = {}
@@ -320,12 +334,18 @@ class FakeGcp:
             return self.custom_roles[role]
         return ROLE_PERMISSIONS.get(role, frozenset())
 
-    def _holds(self, binding: dict[str, Any], member: str) -> bool:
+    def _holds(
+        self, binding: dict[str, Any], member: str, modified: frozenset[str] = frozenset()
+    ) -> bool:
         if member not in binding.get("members", []):
             return False
         condition = binding.get("condition")
         if condition is None:
             return True
+        limited = GRANTS_BY_ROLE.fullmatch(condition.get("expression", ""))
+        if limited is not None:
+            # The roles whose grants this request changes (none for any other call).
+            return modified <= frozenset(json.loads(limited.group(1)))
         match = CONDITION.fullmatch(condition.get("expression", ""))
         if match is None:
             return False  # not evaluated here: fail closed
@@ -340,18 +360,37 @@ class FakeGcp:
             chain.append(f"projects/{self.project}")
         return chain
 
-    def allowed(self, member: str, permission: str, resource: str) -> bool:
+    def allowed(
+        self, member: str, permission: str, resource: str, modified: frozenset[str] = frozenset()
+    ) -> bool:
         with self.lock:
             for name in self._ancestors(resource):
                 for binding in self.policies.get(name, {}).get("bindings", []):
                     if permission in self.role_permissions(binding["role"]) and self._holds(
-                        binding, member
+                        binding, member, modified
                     ):
                         return True
         return False
 
-    def authorize(self, caller: str, method: str, permission: str, resource: str) -> None:
-        ok = self.allowed(f"serviceAccount:{caller}", permission, resource)
+    def modified_roles(self, resource: str, policy: dict[str, Any]) -> frozenset[str]:
+        """The roles whose grants (member and condition) a new policy adds or removes."""
+
+        def grants(bindings: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+            return {
+                (str(b.get("role")), str(m), json.dumps(b.get("condition"), sort_keys=True))
+                for b in bindings for m in b.get("members", [])
+            }  # fmt: skip
+
+        with self.lock:
+            before = grants(self.policies.get(resource, {}).get("bindings", []))
+        after = grants(policy.get("bindings", []) or [])
+        return frozenset(role for role, _, _ in before ^ after)
+
+    def authorize(
+        self, caller: str, method: str, permission: str, resource: str,
+        modified: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
+        ok = self.allowed(f"serviceAccount:{caller}", permission, resource, modified)
         with self.lock:
             self.calls.append(Call(caller, method, permission, resource, ok))
         if not ok:
@@ -427,7 +466,11 @@ class FakeGcp:
         doc = json.loads(body) if body.strip() else {}
         permission = METHOD_PERMISSIONS[method.id]
         resource = self._resource(method.id, params)
-        self.authorize(caller, method.id, permission, resource)
+        modified: frozenset[str] = frozenset()
+        if method.id.endswith("setIamPolicy"):
+            policy = doc if method.api == "storage" else doc.get("policy", {})
+            modified = self.modified_roles(resource, policy)
+        self.authorize(caller, method.id, permission, resource, modified)
         if method.api == "cloudtasks":
             return self._tasks(method.id, params, doc, caller)
         if method.id.endswith("versions.access"):
@@ -573,6 +616,33 @@ class FakeGcp:
                     raise ApiError(400, "INVALID_ARGUMENT", "condition description > 256")
                 if not binding.get("members"):
                     raise ApiError(400, "INVALID_ARGUMENT", "a binding needs members")
+                # https://cloud.google.com/iam/docs/conditions-overview: no conditions on the
+                # legacy basic roles, nor for allUsers / allAuthenticatedUsers.
+                if binding.get("role") in LEGACY_BASIC_ROLES:
+                    raise ApiError(
+                        400, "INVALID_ARGUMENT", f"conditions are not allowed on {binding['role']}"
+                    )
+                if set(binding["members"]) & {"allUsers", "allAuthenticatedUsers"}:
+                    raise ApiError(
+                        400, "INVALID_ARGUMENT", "conditions are not allowed for all users"
+                    )
+            # Google's limits on conditional bindings (https://cloud.google.com/iam/docs/
+            # allow-policies, "Policy limitations"): 100 per policy, and 20 of one role and
+            # one member.
+            conditional = [b for b in bindings if b.get("condition") is not None]
+            if len(conditional) > MAX_CONDITIONAL:
+                raise ApiError(400, "INVALID_ARGUMENT", "more than 100 conditional bindings")
+            pairs: dict[tuple[str, str], int] = {}
+            for binding in bindings:
+                for member in binding.get("members", []):
+                    key = (str(binding.get("role")), str(member))
+                    pairs[key] = pairs.get(key, 0) + 1
+                    if pairs[key] > MAX_SAME_ROLE_MEMBER:
+                        raise ApiError(
+                            400,
+                            "INVALID_ARGUMENT",
+                            f"more than 20 bindings of {key[0]} for one member",
+                        )
             stored = {
                 "version": policy.get("version", 1), "bindings": bindings,
                 "etag": _etag(),
@@ -667,9 +737,10 @@ class FakeGcp:
         headers["X-CloudTasks-TaskName"] = task.name.rsplit("/", 1)[1]
         headers["X-CloudTasks-TaskRetryCount"] = str(task.attempts)
         if task.oidc_email:
-            headers["Authorization"] = "Bearer " + self.oidc_token(
-                task.audience or task.url, task.oidc_email
-            )
+            token = self.oidc_token(task.audience or task.url, task.oidc_email)
+            if self.cloud_run_iam:
+                token = token.rsplit(".", 1)[0] + ".SIGNATURE_REMOVED_BY_GOOGLE"
+            headers["Authorization"] = "Bearer " + token
         request = urllib.request.Request(task.url, data=task.body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:

@@ -200,6 +200,7 @@ def deploy(
             "JITC_EVENT_TOPIC": f"projects/{PROJECT}/topics/{NAME}-events",
             "JITC_TIMEOUT_SECONDS": "120",
             "JITC_LOG_LEVEL": "DEBUG",
+            "JITC_BEHIND_CLOUD_RUN_IAM": "1",  # as the module sets it
         }
         log = tmp / f"{name}.log"
         process = subprocess.Popen(

@@ -133,7 +133,10 @@ def deployment(
     fake.topics.add(TOPIC)
     fake.custom_roles.update(tfgcp.custom_roles(facts))
     for binding in tfgcp.bindings(facts, emails):
-        fake.bind(binding.resource, binding.role, f"serviceAccount:{emails[binding.function]}")
+        fake.bind(
+            binding.resource, binding.role, f"serviceAccount:{emails[binding.function]}",
+            binding.condition,
+        )  # fmt: skip
     # Someone else's binding on the target project, which nothing the connector does may touch.
     fake.bind(f"projects/{TARGET_PROJECT}", "roles/bigquery.dataViewer", "user:owner@example.com")
     deployed = deploy(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from gcpfake import FakeGcp, _rsa_key, sign_jwt
 
@@ -53,3 +55,41 @@ def test_an_hs256_token_keyed_with_the_public_certificate_is_refused(fake: FakeG
     verifier = OidcVerifier(AUDIENCE, INVOKER, CertificateCache(f"{fake.url}/oauth2/v1/certs"))
     with pytest.raises(Refused):
         verifier.verify(f"Bearer {token}")
+
+
+def _as_cloud_run_forwards(token: str) -> str:
+    """What the function receives when Cloud Run checked the token for IAM: the signature is
+    replaced (https://cloud.google.com/run/docs/troubleshooting#signature-removed)."""
+    return token.rsplit(".", 1)[0] + ".SIGNATURE_REMOVED_BY_GOOGLE"
+
+
+def test_behind_cloud_runs_iam_check_a_token_without_its_signature_is_the_norm(
+    fake: FakeGcp,
+) -> None:
+    # Cloud Tasks and Cloud Scheduler put their token in Authorization; with IAM-authenticated
+    # invocation (the module's worker and sweep) Cloud Run always strips its signature.
+    certs = CertificateCache(f"{fake.url}/oauth2/v1/certs")
+    verifier = OidcVerifier(AUDIENCE, INVOKER, certs, behind_iam=True)
+    stripped = _as_cloud_run_forwards(fake.oidc_token(AUDIENCE, INVOKER))
+    assert verifier.verify(f"Bearer {stripped}").email == INVOKER
+    # Its claims are still checked: another account, another audience, expired, unverified.
+    now = int(time.time())
+    for token in (
+        fake.oidc_token(AUDIENCE, "someone@p.iam.gserviceaccount.com"),
+        fake.oidc_token("https://elsewhere.example/", INVOKER),
+        fake.oidc_token(AUDIENCE, INVOKER, iat=now - 7200, exp=now - 3600),
+        fake.oidc_token(AUDIENCE, INVOKER, email_verified=False),
+        fake.oidc_token(AUDIENCE, INVOKER, iss="https://evil.example"),
+    ):
+        with pytest.raises(Refused):
+            verifier.verify(f"Bearer {_as_cloud_run_forwards(token)}")
+
+
+def test_a_token_without_its_signature_is_refused_where_cloud_run_did_not_check_it(
+    fake: FakeGcp,
+) -> None:
+    verifier = OidcVerifier(AUDIENCE, INVOKER, CertificateCache(f"{fake.url}/oauth2/v1/certs"))
+    stripped = _as_cloud_run_forwards(fake.oidc_token(AUDIENCE, INVOKER))
+    with pytest.raises(Refused) as caught:
+        verifier.verify(f"Bearer {stripped}")
+    assert caught.value.field == "authorization"

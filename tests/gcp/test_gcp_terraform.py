@@ -150,3 +150,20 @@ def test_every_warning_the_functions_log_is_alerted_on() -> None:
     assert logged, "no warnings found: the pattern above no longer matches the code"
     for message in logged:
         assert f'jsonPayload.message="{message}"' in metric, message
+
+
+def test_worker_and_sweep_accept_cloud_runs_checked_tokens_and_are_never_public() -> None:
+    # Cloud Run removes the signature of every token it checked for IAM: the functions accept
+    # such a token only because they are never public (run.invoker: the invoker account only).
+    assert MODULE.locals["environment"]["JITC_BEHIND_CLOUD_RUN_IAM"] == "1"
+    invoker = MODULE.resource("google_cloud_run_service_iam_member", "invoker")
+    assert invoker["member"] == "serviceAccount:${google_service_account.invoker.email}"
+    assert invoker["for_each"] == '${toset(["worker", "sweep"])}'
+    public = [
+        (name, body["for_each"])
+        for name, body in MODULE.of_kind("google_cloud_run_service_iam_member").items()
+        if "allUsers" in str(body)
+    ]
+    assert public == [("intake", public[0][1])] and "intake" in str(
+        MODULE.resource("google_cloud_run_service_iam_member", "intake")["service"]
+    )

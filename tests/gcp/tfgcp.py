@@ -10,6 +10,7 @@ skipped, so a new binding cannot hide from the least-privilege checks.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Binding:
     function: str  # the service account: a function name, or "invoker"
     role: str
     resource: str
+    condition: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Facts:
     iam_resources: frozenset[str]
     publish_events: bool = False
     queue_writers: tuple[str, ...] = ()
+    # local.iam_roles: per managed resource, the roles its IAM-admin binding may change.
+    iam_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def locals_sets(self, module: Module) -> dict[str, list[str]]:
         sets = {
@@ -96,7 +100,49 @@ def facts_from_catalog(
         for i in catalog.get("integrations", {}).values() if i.get("kind") == "gcp_iam"
         for r in i.get("connection", {}).get("resources", [])
     }  # fmt: skip
-    return Facts(project, region, name, frozenset(secrets), frozenset(resources), publish_events)
+    roles = tuple(
+        (r, tuple(sorted({"roles/browser"} | {
+            p["role"]
+            for i in catalog.get("integrations", {}).values() if i.get("kind") == "gcp_iam"
+            for p in i.get("permissions", {}).values() if r in p.get("resources", [])
+        })))
+        for r in sorted(resources)
+    )  # fmt: skip
+    return Facts(
+        project, region, name, frozenset(secrets), frozenset(resources), publish_events,
+        iam_roles=roles,
+    )  # fmt: skip
+
+
+# The IAM-admin bindings' condition, as the module writes it (the resource key differs).
+_GRANTS_BY_ROLE = re.compile(
+    r"^api\.getAttribute\('iam\.googleapis\.com/modifiedGrantsByRole', \[\]\)\.hasOnly\("
+    r"\$\{jsonencode\(local\.iam_roles\[(.+)\]\)\}\)$"
+)
+
+
+def _condition(body: dict[str, Any], each: dict[str, Any], facts: Facts) -> dict[str, str] | None:
+    blocks = body.get("condition")
+    if not blocks:
+        return None
+    block = blocks[0] if isinstance(blocks, list) else blocks
+    match = _GRANTS_BY_ROLE.fullmatch(block["expression"])
+    if match is None:
+        raise AssertionError(f"condition not understood: {block['expression']}")
+    key = match.group(1)
+    if key == '"projects/${each.value.project}"':
+        resource = f"projects/{each['value']['project']}"
+    elif key == "each.value.folder":
+        resource = str(each["value"]["folder"])
+    else:
+        raise AssertionError(f"condition key not understood: {key}")
+    roles = dict(facts.iam_roles)[resource]
+    expression = (
+        "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly("
+        + json.dumps(list(roles), separators=(",", ":"))
+        + ")"
+    )
+    return {"title": block["title"], "description": block["description"], "expression": expression}
 
 
 def _instances(
@@ -220,6 +266,7 @@ def bindings(facts: Facts, emails: dict[str, str], module: Module | None = None)
                         function=_member(body["member"], each),
                         role=_role(body["role"], facts, module),
                         resource=_resource(kind, body, each, facts, emails),
+                        condition=_condition(body, each, facts),
                     )
                 )
     return found

@@ -13,6 +13,15 @@ locals {
     }
   }
   iam_editors = toset(["worker", "sweep"])
+  # Per managed project or folder: the roles the catalog's gcp_iam permissions bind there, and
+  # the tombstone role (roles/browser). The IAM-admin binding may change grants of these only.
+  iam_roles = {
+    for r in local.iam_resources : r => sort(distinct(concat(["roles/browser"], flatten([
+      for i in values(local.integrations) : [
+        for p in values(try(i.permissions, {})) : p.role if contains(try(p.resources, []), r)
+      ] if i.kind == "gcp_iam"
+    ]))))
+  }
 }
 
 # Secret Manager: accessor on each named secret only, never on the project.
@@ -91,11 +100,21 @@ resource "google_project_iam_custom_role" "iam_target" {
   }
 }
 
+# projectIamAdmin and folderIamAdmin could set any role, roles/owner for the connector itself
+# included: the condition lets them add or remove grants of the catalog's roles only
+# (https://cloud.google.com/iam/docs/setting-limits-on-granting-roles). A role dropped from the
+# catalog can then no longer be revoked early; its grants still end by their own condition.
 resource "google_project_iam_member" "iam_target" {
   for_each = { for pair in setproduct(local.iam_editors, local.iam_projects) : "${pair[0]} ${pair[1]}" => { function = pair[0], project = pair[1] } }
   project  = each.value.project
   role     = "roles/resourcemanager.projectIamAdmin"
   member   = "serviceAccount:${google_service_account.function[each.value.function].email}"
+
+  condition {
+    title       = "jit-connector catalog roles only"
+    description = "Grants of the roles the connector's catalog offers, and its tombstone role."
+    expression  = "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(${jsonencode(local.iam_roles["projects/${each.value.project}"])})"
+  }
 }
 
 resource "google_storage_bucket_iam_member" "iam_target" {
@@ -118,6 +137,12 @@ resource "google_folder_iam_member" "iam_target" {
   folder   = each.value.folder
   role     = "roles/resourcemanager.folderIamAdmin"
   member   = "serviceAccount:${google_service_account.function[each.value.function].email}"
+
+  condition {
+    title       = "jit-connector catalog roles only"
+    description = "Grants of the roles the connector's catalog offers, and its tombstone role."
+    expression  = "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(${jsonencode(local.iam_roles[each.value.folder])})"
+  }
 }
 
 # The optional event topic: the functions that run the engine publish its events there.

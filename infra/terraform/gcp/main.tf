@@ -59,6 +59,9 @@ locals {
     JITC_CATALOG_SHA256 = sha256(local.catalog_json)
     JITC_LOG_LEVEL      = var.log_level
     JITC_EVENT_TOPIC    = var.publish_events ? google_pubsub_topic.events[0].id : ""
+    # Worker and sweep are never public (run.invoker: the invoker account only), so Cloud Run
+    # checks each token and removes its signature before the function sees it.
+    JITC_BEHIND_CLOUD_RUN_IAM = "1"
   }
 }
 
