@@ -38,7 +38,11 @@ def sync(proceed: Callable[[], bool]) -> dict[str, Any]:
     transport = webhook_transport(engine.catalog, engine.secrets)
     report = engine.sync(transport, state(), proceed=proceed, stall_seconds=STALL_SECONDS)
     summary = report.as_dict()
-    failed = [name for name, part in report.integrations.items() if part.status != "complete"]
+    failed = [
+        name
+        for name, part in report.integrations.items()
+        if part.status != "complete" or part.error
+    ]
     if failed:
         observability.warning("inventory sync incomplete", failed=failed, sync=summary)
     else:

@@ -428,6 +428,12 @@ class SyncReport:
     def ok(self) -> bool:
         return all(i.status == "complete" for i in self.integrations.values())
 
+    @property
+    def healthy(self) -> bool:
+        """Complete, and every acknowledged version kept: what a scheduled sync's heartbeat
+        stands for (a state store that cannot be read or written must reach the alarm too)."""
+        return self.ok and not any(i.error for i in self.integrations.values())
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "sync_id": self.sync_id,
@@ -647,9 +653,11 @@ class Syncer:
 
 
 def _describe(exc: Exception) -> str:
-    """An unexpected error's type and, for AWS, its code: never its text, which may quote
-    what the target holds."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    """An unexpected error's type and its service's error code (botocore's `response`, Azure's
+    `error_code`): never its text, which may quote what the target holds."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    code = code or getattr(exc, "error_code", None)
     return f"{type(exc).__name__}: {code}" if isinstance(code, str) else type(exc).__name__
 
 

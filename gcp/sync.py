@@ -45,4 +45,4 @@ def sync(proceed: Callable[[], bool]) -> tuple[bool, dict[str, Any]]:
     transport = webhook_transport(engine.catalog, engine.secrets)
     state = GcsSyncState(storage_bucket())
     report = engine.sync(transport, state, proceed=proceed, stall_seconds=STALL_SECONDS)
-    return report.ok, report.as_dict()
+    return report.healthy, report.as_dict()

@@ -167,7 +167,12 @@ SHARED_KINDS = {"login_role", "group", "database", "schema"}
 
 
 def _shared(page: dict[str, Any]) -> bool:
-    return any(r["kind"] in SHARED_KINDS for r in page["records"])
+    """A page other suites can change: cluster-wide names, or tables of schemas not ours in
+    the shared database."""
+    return any(
+        r["kind"] in SHARED_KINDS or (r["kind"] == "table" and r.get("parent") != SCHEMA)
+        for r in page["records"]
+    )
 
 
 def _only_shared_pages(events: list[dict[str, Any]]) -> bool:

@@ -163,9 +163,10 @@ def test_a_complete_sync_logs_the_heartbeat_the_silence_alert_counts(
 
 
 def test_blob_calls_are_only_on_the_sync_container_and_need_its_role(
-    synced_ok: tuple[Deployment, ControlPlane], cloud: azharness.Cloud
+    synced_ok: tuple[Deployment, ControlPlane],
+    cloud: azharness.Cloud,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from azure.core.exceptions import HttpResponseError
 
     from jitc.azure import scheduled
 
@@ -176,12 +177,17 @@ def test_blob_calls_are_only_on_the_sync_container_and_need_its_role(
     assert blob_calls and {c.scope for c in blob_calls} == {scope}
     assert all(c.allowed and c.principal == azharness.APP_OID for c in blob_calls)
     assert {c.action.rsplit("/", 1)[1] for c in blob_calls} == {"read", "write"}
-    # The control: without the module's assignment on the container, the state is refused.
+    # The control: without the module's assignment on the container, the state is refused:
+    # the inventory still goes (the state is a cache), the refusal is reported on the part,
+    # and no heartbeat is logged, so the silence alert sees it.
     cloud.authz.assignments[:] = [
         a for a in cloud.authz.assignments if not a.role.startswith("sync_state:")
     ]
-    with pytest.raises(HttpResponseError, match="AuthorizationPermissionMismatch"):
-        scheduled.run("sync")
+    caplog.set_level(logging.INFO, logger="jitc.azure")
+    part = scheduled.run("sync")["integrations"][PG]
+    assert "AuthorizationPermissionMismatch" in str(part["error"])
+    assert [c for c in cloud.authz.calls if "/blobServices/" in c.scope and not c.allowed]
+    assert _heartbeats(caplog) == 0
 
 
 def test_two_syncs_writing_the_state_at_once_lose_neither_update(

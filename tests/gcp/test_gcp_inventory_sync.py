@@ -221,7 +221,11 @@ def test_without_the_modules_bucket_binding_the_state_is_refused(
         if binding.function == "sync" and not binding.address.endswith("sync_state"):
             fake.bind(binding.resource, binding.role, f"serviceAccount:{email}")
     status, body = run_sync(fake, deployment)
-    assert status == 500 and body == {"status": "failed"}
+    # The inventory still goes (the state is a cache); the refusal is reported on the part and
+    # the job answers 500 with no heartbeat, so the failure metric and silence alert see it.
+    assert status == 500 and body["status"] == "incomplete"
+    assert "Forbidden" in str(body["integrations"][PG]["error"])
+    assert not [d for d in deployment.logs("sync") if d.get("complete") is True]
     assert [c for c in fake.calls if c.caller == email and not c.allowed]
 
 
