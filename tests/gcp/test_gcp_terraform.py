@@ -152,13 +152,13 @@ def test_every_warning_the_functions_log_is_alerted_on() -> None:
         assert f'jsonPayload.message="{message}"' in metric, message
 
 
-def test_worker_and_sweep_accept_cloud_runs_checked_tokens_and_are_never_public() -> None:
+def test_scheduled_and_task_functions_accept_cloud_runs_checked_tokens_and_are_never_public() -> None:
     # Cloud Run removes the signature of every token it checked for IAM: the functions accept
     # such a token only because they are never public (run.invoker: the invoker account only).
     assert MODULE.locals["environment"]["JITC_BEHIND_CLOUD_RUN_IAM"] == "1"
     invoker = MODULE.resource("google_cloud_run_service_iam_member", "invoker")
     assert invoker["member"] == "serviceAccount:${google_service_account.invoker.email}"
-    assert invoker["for_each"] == '${toset(["worker", "sweep"])}'
+    assert invoker["for_each"] == '${toset(["worker", "sweep", "sync"])}'
     public = [
         (name, body["for_each"])
         for name, body in MODULE.of_kind("google_cloud_run_service_iam_member").items()
