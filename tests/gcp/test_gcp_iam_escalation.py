@@ -21,7 +21,7 @@ RUN = secrets.token_hex(2)
 PROJECT = f"jitc-esc-{RUN}"
 RESOURCE = f"projects/{PROJECT}"
 ROLE = "roles/bigquery.dataViewer"
-FUNCTIONS = ("intake", "worker", "sweep", "invoker")
+FUNCTIONS = ("intake", "worker", "sweep", "sync", "invoker")
 
 
 @pytest.fixture
