@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from jitc.errors import TargetError
+from jitc.errors import AuthenticationFailed, TargetError
 from jitc.labels import LabelKey
 from jitc.models import utcnow
 from jitc.templates.postgresql import role_name
@@ -527,6 +527,10 @@ def _public_create_databases(session: PostgreSQLSession) -> list[str]:
         try:
             if conn is None:
                 conn = session._connect(str(dbname))
+        except AuthenticationFailed:
+            # The admin's password changed under us (a rotation): the engine reads the secret
+            # again and runs the grant again; never a refusal, never a cached answer.
+            raise
         except TargetError:
             still = session.conn.execute(
                 "SELECT 1 FROM pg_catalog.pg_database d "

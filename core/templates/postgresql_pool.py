@@ -85,12 +85,16 @@ def give_back(session: PostgreSQLSession) -> None:
     stale: list[PostgreSQLSession] = []
     kept_it = False
     with _LOCK:
-        if wanted is not None and healthy:
+        if wanted is not None and session.refused:
+            # The credential no longer logs in (a rotation, a changed password): every
+            # connection kept under it goes, so the next batch logs in with what it reads.
+            stale.extend(kept_session for _, kept_session in _POOL.pop(wanted, []))
+        elif wanted is not None and healthy:
             kept = _POOL.setdefault(wanted, [])
             if len(kept) < KEPT_PER_KEY:
                 kept.append((time.monotonic(), session))
                 kept_it = True
-        stale = _prune(session.settings.keep_connection_seconds)
+        stale += _prune(session.settings.keep_connection_seconds)
     if not kept_it:
         conn.close()
     for old in stale:

@@ -458,9 +458,16 @@ class PostgreSQLSession:
         self._admins = {admin or connection.user}
         self._authid_readable: bool | None = None
         self.pool_key: tuple[str, str, str, str] | None = None
+        # Set when the server refused this session's credential for a new connection: a kept
+        # connection logged in earlier proves nothing about it, so none under it is reused.
+        self.refused = False
 
     def _connect(self, dbname: str) -> psycopg.Connection[Any]:
-        return admin_connect(self.settings, dbname, self._secret)
+        try:
+            return admin_connect(self.settings, dbname, self._secret)
+        except AuthenticationFailed:
+            self.refused = True
+            raise
 
     def close(self) -> None:
         """Kept for the next batch (postgresql_pool) when idle and healthy, else closed."""
