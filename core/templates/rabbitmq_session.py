@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from jitc import labels
-from jitc.errors import Refused, TargetError
+from jitc.errors import AuthenticationFailed, Refused, TargetError
 from jitc.labels import (
     CompactLabel,
     LabelKey,
@@ -99,6 +99,13 @@ class RabbitMQSession:
                 ) from None
         if response.status_code == 404 and missing:
             return response
+        if response.status_code == 401:
+            # A rotation may have changed the password since it was read: the engine reads the
+            # secret again (the pending value included) on this error, once.
+            raise AuthenticationFailed(
+                f"RabbitMQ API {self.settings.api_url}: the admin credential of "
+                f"{self.settings.user} was refused"
+            )
         if response.status_code >= 300:
             reason = ""
             with contextlib.suppress(ValueError):
