@@ -328,6 +328,16 @@ def rotator_for(integration: Integration) -> Rotator:
             f"{integration.name}: rotating a {integration.template.kind} admin credential is not "
             f"supported (supported: {', '.join(sorted(ROTATORS))})",
         )
+    if integration.template.kind == "redis" and getattr(integration.connection, "user", "") in (
+        "default",
+    ):
+        # `default` is the user of every client that sends AUTH <password> alone (requirepass):
+        # a new password would lock all of them out, not just the connector.
+        raise Refused(
+            "integration",
+            f"{integration.name}: the Redis user `default` is shared with every client that "
+            "logs in without a user name; give the connector an ACL user of its own to rotate it",
+        )
     return rotator
 
 

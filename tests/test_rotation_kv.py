@@ -21,6 +21,7 @@ from test_redis_aclfile import Private
 
 from jitc.catalog import Catalog, parse_catalog
 from jitc.engine import Engine
+from jitc.errors import Refused
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
 from jitc.models import derive_grant_id
@@ -114,12 +115,14 @@ def rabbit_secret(rabbit_root: httpx.Client, tmp_path: Path) -> Path:
     return _secret_file(tmp_path, "rabbit-admin")
 
 
-def redis_catalog(path: Path, port: int = REDIS_PORT, acl_save: str = "never") -> Catalog:
+def redis_catalog(
+    path: Path, port: int = REDIS_PORT, acl_save: str = "never", user: str = REDIS_ADMIN
+) -> Catalog:
     connection = {
         "host": REDIS_HOST,
         "port": port,
         "tls": False,
-        "user": REDIS_ADMIN,
+        "user": user,
         "user_prefix": PREFIX,
         "acl_save": acl_save,
         "terminate_wait_seconds": 0,
@@ -323,3 +326,12 @@ def test_a_replayed_set_step_changes_nothing(
     assert set_password(rotator, integration, new, [Secret(FIRST)])
     assert not set_password(rotator, integration, new, [Secret(FIRST)])
     assert login(new.reveal()) and not login(FIRST)
+
+
+def test_the_redis_default_user_is_never_rotated(redis_root: redis.Redis, tmp_path: Path) -> None:
+    path = _secret_file(tmp_path, "default")
+    before = _acl(redis_root, "GETUSER", "default")
+    with pytest.raises(Refused, match="default"):
+        rotate_local(redis_catalog(path, user="default"), "rot")
+    assert _acl(redis_root, "GETUSER", "default") == before
+    assert not Path(f"{path}.pending").exists()
