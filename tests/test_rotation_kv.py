@@ -306,9 +306,6 @@ def test_rabbitmq_grants_and_revokes_never_fail_across_rotations(
     assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
 
 
-Rotators = Callable[[], Any]
-
-
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
 def test_a_replayed_set_step_changes_nothing(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
