@@ -67,7 +67,11 @@ class RabbitMQSession:
             timeout=connection.timeout,
             follow_redirects=False,
         )
-        me = self._call("GET", "/api/whoami")
+        try:
+            me = self._call("GET", "/api/whoami")
+        except TargetError:  # a refused login included: the engine may try another value
+            self.client.close()
+            raise
         if "administrator" not in (me.json().get("tags") or []):
             self.client.close()
             raise TargetError(f"RabbitMQ user {connection.user} is not an administrator")
