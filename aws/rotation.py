@@ -1,6 +1,6 @@
 """Lambda entry point `jitc.aws.rotation.handler`: Secrets Manager's rotation function for the
-admin credentials the catalog names (`aws-sm:` references of PostgreSQL and MySQL/MariaDB
-integrations), single-user: the admin account keeps its name and gets a new password.
+admin credentials the catalog names (`aws-sm:` references of PostgreSQL, MySQL/MariaDB, Redis
+and RabbitMQ integrations), single-user: the admin account keeps its name, gets a new password.
 
 Secrets Manager calls it four times per rotation, each with the new version's id
 (`ClientRequestToken`): createSecret puts a new value as AWSPENDING under that id, setSecret
@@ -35,6 +35,7 @@ from jitc.errors import CatalogError, SecretError
 from jitc.rotation import (
     credential_ref,
     new_password,
+    persist,
     rotator_for,
     set_password,
     with_password,
@@ -48,7 +49,6 @@ TOKEN = re.compile(r"[\x21-\x7e]{32,64}")
 # Other versions tried at setSecret, newest first: enough for a lost race or two, not a
 # hundred failed logins against the target.
 OTHER_VERSIONS = 10
-
 
 
 class RotationError(ValueError):
@@ -147,10 +147,14 @@ def set_secret(client: Any, arn: str, token: str, found: list[Integration]) -> N
     if previous is not None:
         logins.append(previous[1])  # a restore from backup may have brought it back
     logins += _other_versions(client, arn, ref, token)
-    changed = set_password(rotator_for(found[0]), found[0], pending, logins)
+    rotator = rotator_for(found[0])
+    changed = set_password(rotator, found[0], pending, logins)
+    note = persist(rotator, found[0], pending)  # a replayed step saves too
     logger.info(
         "setSecret: " + ("password set" if changed else "already set"), extra=_ids(arn, token)
     )
+    if note:
+        logger.warning("setSecret: " + note, extra=_ids(arn, token))
 
 
 def _other_versions(client: Any, arn: str, ref: SecretRef, token: str) -> list[Secret]:

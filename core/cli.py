@@ -436,6 +436,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         "changed": done.changed,
         "old_refused": done.old_refused,
     }
+    if done.note:  # e.g. a Redis server without an ACL file: a restart reverts the change
+        doc["note"] = done.note
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -443,6 +445,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         print(f"{done.integration}: admin password {how}; {done.reference} holds the new one")
         if not done.old_refused:
             print("  WARNING: the server still lets the old password in (does it check passwords?)")
+        if done.note:
+            print(f"  NOTE: {done.note}")
     return EXIT_OK
 
 

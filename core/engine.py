@@ -95,6 +95,14 @@ class _Batch:
             except AuthenticationFailed as exc:
                 refused = exc
                 continue
+            try:
+                # A session that logs in only at its first command (Redis) proves this
+                # candidate now, so a refused one makes way for the next.
+                getattr(session, "login", lambda: None)()
+            except AuthenticationFailed as exc:
+                session.close()
+                refused = exc
+                continue
             self._secrets[integration.name] = secret
             return session
         raise refused or AuthenticationFailed(f"integration {integration.name!r}: no credential")

@@ -162,7 +162,162 @@ class MySQLRotator:
             raise TargetError("the login did not land on the catalog's admin account")
 
 
-ROTATORS: dict[str, Rotator] = {"postgresql": PostgreSQLRotator(), "mysql": MySQLRotator()}
+class RedisRotator:
+    """`ACL SETUSER <admin> resetpass #<sha256>`: the admin user (which holds +acl) changes its
+    own passwords to the one hash computed here, so the clear password never reaches the server
+    or its slow log; `on` and every rule stay as they are. Connections already logged in stay so
+    (Redis checks a password only at AUTH). Without an ACL file the change lives in memory only:
+    see `persist`."""
+
+    def _client(self, integration: Integration, secret: Secret) -> Any:
+        from jitc.templates.redis import Connection
+        from jitc.templates.redis_session import admin_client
+
+        assert isinstance(integration.connection, Connection)
+        return admin_client(integration.connection, secret)
+
+    def _run(self, integration: Integration, secret: Secret, *command: str) -> Any:
+        import redis
+
+        client = self._client(integration, secret)
+        try:
+            return client.execute_command(*command)
+        except redis.AuthenticationError:
+            raise AuthenticationFailed(
+                f"{integration.name}: the admin credential was refused"
+            ) from None
+        except redis.RedisError as exc:
+            raise TargetError(
+                f"Redis {' '.join(command[:2])} failed: {type(exc).__name__}"
+            ) from None
+        finally:
+            client.close()
+
+    def change(self, integration: Integration, current: Secret, new: Secret) -> None:
+        import hashlib
+
+        digest = hashlib.sha256(new.reveal().encode()).hexdigest()
+        user = str(getattr(integration.connection, "user", ""))
+        self._run(integration, current, "ACL", "SETUSER", user, "resetpass", f"#{digest}")
+
+    def check(self, integration: Integration, secret: Secret) -> None:
+        whoami = self._run(integration, secret, "ACL", "WHOAMI")
+        if whoami != getattr(integration.connection, "user", None):
+            raise TargetError("the login did not land on the catalog's admin user")
+
+    def persist(self, integration: Integration, secret: Secret) -> str | None:
+        """`ACL SAVE` as the template does (`acl_save`), so a restart keeps the new password;
+        run after every set step, a replayed one too, so a crash between the change and the save
+        is repaired. A note when the server cannot keep it."""
+        import redis
+
+        from jitc.templates.redis import Connection
+        from jitc.templates.redis_session import _NO_ACLFILE
+
+        settings = integration.connection
+        assert isinstance(settings, Connection)
+        revert = (
+            "a restart of the Redis server would bring the old admin password back: it has no "
+            "ACL file"
+        )
+        if settings.acl_save == "never":
+            return (
+                "acl_save is never, so the new admin password is not saved: a restart of the "
+                "Redis server may bring the old one back"
+            )
+        client = self._client(integration, secret)
+        try:
+            client.execute_command("ACL", "SAVE")
+        except redis.ResponseError as exc:
+            if settings.acl_save == "auto" and _NO_ACLFILE in str(exc):
+                return revert
+            raise TargetError("Redis ACL SAVE failed: the new password is not saved") from None
+        except redis.AuthenticationError:
+            raise AuthenticationFailed(
+                f"{integration.name}: the admin credential was refused"
+            ) from None
+        except redis.RedisError as exc:
+            raise TargetError(f"Redis ACL SAVE failed: {type(exc).__name__}") from None
+        finally:
+            client.close()
+        return None
+
+
+class RabbitMQRotator:
+    """`PUT /api/users/<admin>` with a salted SHA-256 `password_hash` computed here (the clear
+    password never reaches the broker) and the admin's own tags, read first: a PUT replaces
+    them, and an admin without `administrator` could no longer run the connector."""
+
+    def _client(self, integration: Integration, secret: Secret) -> Any:
+        import httpx
+
+        from jitc.templates.rabbitmq import Connection
+
+        settings = integration.connection
+        assert isinstance(settings, Connection)
+        return httpx.Client(
+            base_url=settings.api_url.rstrip("/"),
+            auth=(settings.user, secret.reveal()),
+            verify=settings.verify_tls,
+            timeout=settings.timeout,
+            follow_redirects=False,
+        )
+
+    def _call(
+        self, integration: Integration, client: Any, method: str, path: str, body: Any = None
+    ) -> Any:
+        import httpx
+
+        try:
+            response = client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise TargetError(f"RabbitMQ API unreachable: {type(exc).__name__}") from None
+        if response.status_code == 401:
+            raise AuthenticationFailed(f"{integration.name}: the admin credential was refused")
+        if response.status_code >= 300:  # no body in the text: a request's holds a hash
+            raise TargetError(f"RabbitMQ API {method} {path}: {response.status_code}")
+        return response
+
+    def _path(self, integration: Integration) -> str:
+        from urllib.parse import quote
+
+        return "/api/users/" + quote(str(getattr(integration.connection, "user", "")), safe="")
+
+    def change(self, integration: Integration, current: Secret, new: Secret) -> None:
+        from jitc.templates.rabbitmq_session import password_hash
+
+        with self._client(integration, current) as client:
+            me = self._call(integration, client, "GET", self._path(integration)).json()
+            tags = me.get("tags") or []
+            if isinstance(tags, str):  # older servers answer a comma-separated string
+                tags = [t for t in tags.split(",") if t]
+            body = {
+                "password_hash": password_hash(new.reveal()),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": ",".join(str(t) for t in tags),
+            }
+            self._call(integration, client, "PUT", self._path(integration), body)
+
+    def check(self, integration: Integration, secret: Secret) -> None:
+        with self._client(integration, secret) as client:
+            me = self._call(integration, client, "GET", "/api/whoami").json()
+        if me.get("name") != getattr(integration.connection, "user", None):
+            raise TargetError("the login did not land on the catalog's admin user")
+
+
+ROTATORS: dict[str, Rotator] = {
+    "postgresql": PostgreSQLRotator(),
+    "mysql": MySQLRotator(),
+    "redis": RedisRotator(),
+    "rabbitmq": RabbitMQRotator(),
+}
+
+
+def persist(rotator: Rotator, integration: Integration, secret: Secret) -> str | None:
+    """Make a target that keeps its users in memory write the new password down (Redis's ACL
+    file); a note when it cannot, so the caller can say a restart would revert it."""
+    step = getattr(rotator, "persist", None)
+    return None if step is None else step(integration, secret)
 
 
 def rotator_for(integration: Integration) -> Rotator:
@@ -172,6 +327,16 @@ def rotator_for(integration: Integration) -> Rotator:
             "integration",
             f"{integration.name}: rotating a {integration.template.kind} admin credential is not "
             f"supported (supported: {', '.join(sorted(ROTATORS))})",
+        )
+    if integration.template.kind == "redis" and getattr(integration.connection, "user", "") in (
+        "default",
+    ):
+        # `default` is the user of every client that sends AUTH <password> alone (requirepass):
+        # a new password would lock all of them out, not just the connector.
+        raise Refused(
+            "integration",
+            f"{integration.name}: the Redis user `default` is shared with every client that "
+            "logs in without a user name; give the connector an ACL user of its own to rotate it",
         )
     return rotator
 
@@ -223,6 +388,7 @@ class LocalRotation:
     reference: str
     changed: bool  # False: a rotation stopped after setting the password was finished
     old_refused: bool
+    note: str | None = None  # e.g. a server that cannot keep the change across a restart
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -325,6 +491,7 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             _write_private(pending, with_password(ref, current_raw, new.reveal()))
         changed = set_password(rotator, integration, new, [old])
         rotator.check(integration, new)
+        note = persist(rotator, integration, new)
         os.replace(pending, path)
         _sync_folder(path)
-        return LocalRotation(name, str(ref), changed, old_refused(rotator, integration, old))
+        return LocalRotation(name, str(ref), changed, old_refused(rotator, integration, old), note)

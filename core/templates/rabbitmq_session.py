@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from jitc import labels
-from jitc.errors import Refused, TargetError
+from jitc.errors import AuthenticationFailed, Refused, TargetError
 from jitc.labels import (
     CompactLabel,
     LabelKey,
@@ -67,7 +67,11 @@ class RabbitMQSession:
             timeout=connection.timeout,
             follow_redirects=False,
         )
-        me = self._call("GET", "/api/whoami")
+        try:
+            me = self._call("GET", "/api/whoami")
+        except TargetError:  # a refused login included: the engine may try another value
+            self.client.close()
+            raise
         if "administrator" not in (me.json().get("tags") or []):
             self.client.close()
             raise TargetError(f"RabbitMQ user {connection.user} is not an administrator")
@@ -99,6 +103,13 @@ class RabbitMQSession:
                 ) from None
         if response.status_code == 404 and missing:
             return response
+        if response.status_code == 401:
+            # A rotation may have changed the password since it was read: the engine reads the
+            # secret again (the pending value included) on this error, once.
+            raise AuthenticationFailed(
+                f"RabbitMQ API {self.settings.api_url}: the admin credential of "
+                f"{self.settings.user} was refused"
+            )
         if response.status_code >= 300:
             reason = ""
             with contextlib.suppress(ValueError):

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from jitc import labels
-from jitc.errors import Refused, TargetError
+from jitc.errors import AuthenticationFailed, Refused, TargetError
 from jitc.labels import (
     CompactLabel,
     LabelKey,
@@ -48,6 +48,28 @@ NO_SETINFO: dict[str, Any] = (
 )
 
 
+def admin_client(connection: Connection, secret: Secret | None) -> redis.Redis:
+    """A client logged in as the catalog's admin user at its first command."""
+    return redis.Redis(
+        host=connection.host,
+        port=connection.port,
+        username=connection.user,
+        password=secret.reveal() if secret is not None else None,
+        ssl=connection.tls,
+        ssl_ca_certs=connection.tls_ca_file,
+        ssl_cert_reqs="required",
+        ssl_check_hostname=connection.tls,
+        socket_connect_timeout=connection.connect_timeout,
+        socket_timeout=max(connection.connect_timeout, 10.0),
+        client_name="jit-connector",
+        decode_responses=True,
+        protocol=2,
+        # A failed message is retried by the queue; a wrong password is not retried here.
+        retry=Retry(NoBackoff(), 0),
+        **NO_SETINFO,
+    )
+
+
 class RedisSession:
     """One admin connection for a batch. A grant or a revoke is two pipelined round trips: read
     the users it concerns, then change them and look for what a concurrent delivery may have
@@ -70,27 +92,15 @@ class RedisSession:
         self._listed: dict[str, User] = {}
         # No PING: the connection opens with the first pipeline, which reports a failure to
         # connect or to log in like any other (one round trip fewer per batch).
-        self.client: redis.Redis = redis.Redis(
-            host=connection.host,
-            port=connection.port,
-            username=connection.user,
-            password=secret.reveal() if secret is not None else None,
-            ssl=connection.tls,
-            ssl_ca_certs=connection.tls_ca_file,
-            ssl_cert_reqs="required",
-            ssl_check_hostname=connection.tls,
-            socket_connect_timeout=connection.connect_timeout,
-            socket_timeout=max(connection.connect_timeout, 10.0),
-            client_name="jit-connector",
-            decode_responses=True,
-            protocol=2,
-            # A failed message is retried by the queue; a wrong password is not retried here.
-            retry=Retry(NoBackoff(), 0),
-            **NO_SETINFO,
-        )
+        self.client: redis.Redis = admin_client(connection, secret)
 
     def close(self) -> None:
         self.client.close()
+
+    def login(self) -> None:
+        """Log in now (a session otherwise logs in with its first pipeline): the engine proves
+        each credential it read again after a refusal, while a rotation is under way."""
+        self._send([("PING",)])
 
     # -- the ledger ------------------------------------------------------------------------
 
@@ -101,7 +111,14 @@ class RedisSession:
             pipe.execute_command(*command)
         try:
             replies: list[Any] = pipe.execute(raise_on_error=False)
-        except (redis.ConnectionError, redis.AuthenticationError, redis.TimeoutError) as exc:
+        except redis.AuthenticationError:
+            # A rotation may have changed the password since it was read: the engine reads the
+            # secret again (the pending value included) on this error, once.
+            raise AuthenticationFailed(
+                f"Redis {self.settings.host}:{self.settings.port}: the admin credential of "
+                f"{self.settings.user} was refused"
+            ) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TargetError(
                 f"cannot reach Redis {self.settings.host}:{self.settings.port} as "
                 f"{self.settings.user}: {type(exc).__name__}"

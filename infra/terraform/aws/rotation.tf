@@ -4,7 +4,7 @@
 # its name, its password changes), on a schedule.
 
 variable "rotation" {
-  description = "Rotate the admin credentials of the catalog's postgresql and mysql integrations held in Secrets Manager (null: no rotation). schedule_expression: rate(N days) or cron(...) as Secrets Manager takes it; window: how long each rotation may take (e.g. 3h); rotate_immediately: also rotate once when this is applied. Its concurrency is reserved_concurrency[\"rotation\"], within concurrency_budget."
+  description = "Rotate the admin credentials of the catalog's postgresql, mysql, redis and rabbitmq integrations held in Secrets Manager (null: no rotation). schedule_expression: rate(N days) or cron(...) as Secrets Manager takes it; window: how long each rotation may take (e.g. 3h); rotate_immediately: also rotate once when this is applied. Its concurrency is reserved_concurrency[\"rotation\"], within concurrency_budget."
   type = object({
     schedule_expression = optional(string, "rate(30 days)")
     window              = optional(string, "3h")
@@ -25,7 +25,7 @@ locals {
   rotated_secret_ids = var.rotation == null ? [] : distinct([
     for integration in values(try(local.catalog.integrations, {})) :
     split("#", trimprefix(integration.credentials, "aws-sm:"))[0]
-    if contains(["postgresql", "mysql"], try(integration.kind, ""))
+    if contains(["postgresql", "mysql", "redis", "rabbitmq"], try(integration.kind, ""))
     && startswith(try(integration.credentials, ""), "aws-sm:")
   ])
   rotated_secrets = {
