@@ -184,6 +184,7 @@ def test_blob_calls_are_only_on_the_sync_container_and_need_its_role(
         a for a in cloud.authz.assignments if not a.role.startswith("sync_state:")
     ]
     caplog.set_level(logging.INFO, logger="jitc.azure")
+    caplog.clear()  # the run above logged its heartbeat
     part = scheduled.run("sync")["integrations"][PG]
     assert "AuthorizationPermissionMismatch" in str(part["error"])
     assert [c for c in cloud.authz.calls if "/blobServices/" in c.scope and not c.allowed]
