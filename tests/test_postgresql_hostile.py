@@ -1125,6 +1125,48 @@ def test_a_role_manager_cannot_give_a_grant_another_permissions_bundle(hostile: 
         assert h.revoke(request_id).status == "revoked"
 
 
+def test_a_role_manager_cannot_widen_a_permission_by_joining_its_bundle_to_a_group(
+    hostile: Hostile,
+) -> None:
+    """A CREATEROLE user makes a read-only bundle a member of a company group
+    (`GRANT company TO bundle`): every grant of that permission, present and future, would get
+    the group's privileges, and no revoke would end that. The next grant of the permission
+    takes the bundle back to what its statements give; so does the sweep."""
+    h = hostile
+    first = h.grant("wg-1")
+    bundle = _bundle_of(h, str(first.principal))
+    h.admin.execute("CREATE ROLE wg_company NOLOGIN")
+    h.admin.execute("CREATE TABLE IF NOT EXISTS public.wg_payroll (salary int)")
+    h.admin.execute("GRANT SELECT ON public.wg_payroll TO wg_company")
+    h.admin.execute("CREATE ROLE wg_manager LOGIN CREATEROLE")
+    try:
+        with h.connect("wg_manager") as manager:
+            if h.admin.info.server_version >= 160000:
+                h.admin.execute("GRANT wg_company TO wg_manager WITH ADMIN OPTION")
+            manager.execute(sql.SQL("GRANT wg_company TO {}").format(sql.Identifier(bundle)))
+        assert _member_of(h, bundle, "wg_company")
+        second = h.grant("wg-2")
+        assert second.status == "granted", second.message
+        assert _bundle_of(h, str(second.principal)) == bundle
+        assert not _member_of(h, bundle, "wg_company")
+        with h.login(second) as grantee, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            grantee.execute("SELECT * FROM public.wg_payroll")
+
+        with h.connect("wg_manager") as manager:
+            manager.execute(sql.SQL("GRANT wg_company TO {}").format(sql.Identifier(bundle)))
+        report = h.engine.sweep()
+        assert report.ok, report
+        assert not _member_of(h, bundle, "wg_company")
+        with h.login(first) as grantee, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            grantee.execute("SELECT * FROM public.wg_payroll")
+    finally:
+        h.admin.execute("DROP TABLE IF EXISTS public.wg_payroll")
+        h.admin.execute("DROP ROLE IF EXISTS wg_manager")
+        h.admin.execute("DROP ROLE IF EXISTS wg_company")
+    for request_id in ("wg-1", "wg-2"):
+        assert h.revoke(request_id).status == "revoked"
+
+
 def test_a_column_grant_on_the_grantees_table_is_cut_at_disable(hostile: Hostile) -> None:
     """A column privilege lives in pg_attribute, not in the table's ACL: the cut at disable
     must find a table whose only grant to another role is on a column."""

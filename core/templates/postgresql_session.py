@@ -53,6 +53,7 @@ from jitc.templates.postgresql_bundles import (
     drop_idle_bundles,
     join_lock,
     public_create_databases,
+    remove_foreign_groups,
     remove_strangers,
     reset_passwords,
 )
@@ -83,6 +84,16 @@ _ROLES = (
     "  pg_catalog.shobj_description(r.oid, 'pg_authid') "
     "FROM pg_catalog.pg_roles r "
 )
+# The roles a role is a direct member of, by name, sorted: what a bundle's label records.
+_GROUPS_OF = (
+    "ARRAY(SELECT g.rolname::pg_catalog.text FROM pg_catalog.pg_auth_members m "
+    "  JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) m.roleid "
+    "  WHERE m.member OPERATOR(pg_catalog.=) {} ORDER BY 1)"
+)
+_ROLES_AND_GROUPS = _ROLES.replace(
+    " FROM pg_catalog.pg_roles r ",
+    ", " + _GROUPS_OF.format("r.oid") + " FROM pg_catalog.pg_roles r ",
+)
 
 
 # Roles labelled before labels carried a MAC: their comment is `jitc:` and JSON.
@@ -111,6 +122,8 @@ class _Role:
     login: bool
     privileged: bool
     label: dict[str, Any] | None
+    # The roles it is a direct member of; read only where a bundle is looked up.
+    groups: tuple[str, ...] = ()
 
 
 def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
@@ -485,12 +498,13 @@ class PostgreSQLSession:
         return {row[0]: self._role(row) for row in rows}
 
     def _role(self, row: Sequence[Any]) -> _Role:
-        name, oid, login, privileged, comment = row
+        name, oid, login, privileged, comment, *groups = row
         key = (str(name), comment)
         if key not in self._verified:  # the sweep lists, then revokes: verify each label once
             self._verified[key] = verify_label(self.key, KIND, str(name), comment)
         label = self._verified[key]
-        return _Role(str(name), int(oid), bool(login), bool(privileged), label)
+        held = tuple(str(g) for g in groups[0]) if groups else ()
+        return _Role(str(name), int(oid), bool(login), bool(privileged), label, held)
 
     def _prefixed(self, query: str) -> list[tuple[Any, ...]]:
         """Rows of a query over the roles named with this integration's prefix."""
@@ -782,7 +796,8 @@ class PostgreSQLSession:
             }
         with self.conn.pipeline():
             roles = self.conn.execute(
-                _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
+                _ROLES_AND_GROUPS
+                + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
                 (list(names),),
             )
             prints = [
@@ -812,7 +827,10 @@ class PostgreSQLSession:
             label = self._ours(role, "bundle")
             if label is None or role.login or role.privileged:
                 raise TargetError(f"role {name} has a bundle's name but is not this connector's")
-            if label.get("fingerprint") == fingerprint:
+            # Its groups are what its statements gave it, as its label records: a role manager's
+            # `GRANT company TO bundle` would widen every grant of the permission, so a bundle
+            # whose groups differ is made again below, which takes them away.
+            if label.get("fingerprint") == fingerprint and list(role.groups) == label.get("groups"):
                 return name
         label = {
             "kind": "bundle",
@@ -824,17 +842,37 @@ class PostgreSQLSession:
             "made_at": utcnow().isoformat(),
         }
         bundle = sql.Identifier(name)
+        groups = sql.SQL(_GROUPS_OF).format(
+            sql.SQL("{}::pg_catalog.regrole::pg_catalog.oid").format(sql.Literal(name))
+        )
         with self.conn.transaction():
             if role is None:
                 self.conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(bundle))
             else:
                 # Row lock on the bundle: concurrent refreshes of one bundle queue here.
                 self.conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(bundle))
-            statements = _bundle_statements(self.settings, permission, name, resource)
-            statements.append(
-                sql.SQL("COMMENT ON ROLE {} IS {}").format(bundle, self._label(name, label))
+                # Out of every group, read under that lock; the statements put back the ones
+                # the permission gives.
+                held = self.conn.execute(sql.SQL("SELECT ") + groups).fetchone()
+                if held and held[0]:
+                    self.conn.execute(
+                        sql.SQL("REVOKE {} FROM {} CASCADE").format(
+                            sql.SQL(", ").join(map(sql.Identifier, held[0])), bundle
+                        )
+                    )
+                    # From 16 a REVOKE of a membership someone else granted only warns.
+                    kept = self.conn.execute(sql.SQL("SELECT ") + groups).fetchone()
+                    if kept and kept[0]:
+                        raise TargetError(
+                            f"bundle {name} is a member of {', '.join(kept[0])}, which the "
+                            "admin cannot revoke: no grant joins it until that is removed"
+                        )
+            self._run(_bundle_statements(self.settings, permission, name, resource))
+            given = self.conn.execute(sql.SQL("SELECT ") + groups).fetchone()
+            label["groups"] = list(given[0]) if given else []
+            self._run(
+                [sql.SQL("COMMENT ON ROLE {} IS {}").format(bundle, self._label(name, label))]
             )
-            self._run(statements)
             self._refuse_create(name)
             self._refuse_elsewhere(name)
             self._refuse_power(name)
@@ -1152,6 +1190,7 @@ class PostgreSQLSession:
         """The sweep's housekeeping: bundles no grant uses are dropped; before 16, what members
         left on the others is taken away. Returns what could not be done."""
         left = remove_strangers(self)
+        left += remove_foreign_groups(self)
         left += drop_idle_bundles(self, now)
         if self.server_version < 16:
             left += clean_bundles(self)
