@@ -9,10 +9,23 @@ condition or title someone edited, no longer verifies and is never acted on: a r
 only a binding the connector wrote, and from it only the connector's member.
 
 Every change is a read-modify-write of the resource's policy (version 3, with its etag),
-retried when another writer got there first. A revoke leaves a tombstone binding whose
-condition is never true, so a late redelivered grant is refused. IAM changes take about two
-minutes to apply (seven at worst); a grant's outcome is not proof of usable access until then,
-and a revoke is verified by reading the policy back.
+retried when another writer got there first. IAM changes take about two minutes to apply (seven
+at worst); a grant's outcome is not proof of usable access until then, and a revoke is verified
+by reading the policy back.
+
+Tombstones are not in the policies. A revoke first creates the grant's tombstone object in the
+connector's bucket (JITC_GCP_TOMBSTONE_BUCKET; `ifGenerationMatch=0`, so create-if-absent and
+atomic), named by a keyed hash of the grant and MACed, then removes the binding. A grant looks for
+it before and after writing its binding, and takes the binding out again if it appeared: with
+the revoke's order, a grant and its revoke running at once end revoked. In the policy, a tombstone
+took one of Google's 100 conditional bindings per policy and of its 20 bindings per role and
+member for the whole tombstone window (the 21st revoked grant of one role to one person failed
+forever); one merged tombstone binding per role and member would still grow with every revoke
+against the limits on a condition and a policy. The bucket's retention policy and lifecycle rule
+(infra/terraform/gcp/tombstones.tf) keep each object for the tombstone window and then delete it.
+
+Google's limits still bound live grants: a grant that would exceed them is refused, not failed
+(every delivery would fail alike), and none of its bindings is left behind.
 
 The legacy basic roles (owner, editor, viewer) are refused outright: Google accepts no condition
 on them. Browser, IAM roles, admin roles (which hold setIamPolicy on what
