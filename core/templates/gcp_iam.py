@@ -506,7 +506,8 @@ class GcpIamSession:
         return True
 
     def _bury(self, grant_id: str, until: datetime) -> list[str]:
-        """Write the grant's tombstone unless one is there; what is wrong with one that is."""
+        """Write the grant's tombstone unless one is there (residual notes if that one is not
+        the connector's)."""
         bucket, name = self._api.tombstone_bucket(), self._tomb_name(grant_id)
         body = _body(
             {"v": 1, "g": grant_id, "i": self.integration, "s": "t", "x": int(until.timestamp())}
@@ -519,12 +520,20 @@ class GcpIamSession:
             raise TargetError("the tombstone object was deleted while it was being written")
         if state is None:
             # Still a tombstone (a grant finding it is refused), but not one this connector
-            # wrote: someone with write access to the bucket and the label key's hash.
+            # wrote: someone who can write to the bucket put it under this keyed name.
             return [f"tombstone {bucket}/{name} does not verify as the connector's: left alone"]
         return []
 
-    def _refuse_if_buried(self, grant_id: str) -> None:
+    def _refuse_if_buried(
+        self, grant_id: str, existing: list[tuple[str, dict[str, Any], str, dict[str, Any]]]
+    ) -> None:
         state = self._buried(grant_id)
+        if state is False:
+            return
+        # A binding of this grant beside its tombstone is one a concurrent revoke missed and
+        # whose grant could not take it out again (it failed, and this is its retry): it goes.
+        for resource, who in sorted({(r, w) for r, _, w, lab in existing if lab.get("s") == "a"}):
+            self._strip_all(grant_id, [resource], who)
         if state is True:
             raise Refused("request_id", "this grant was already revoked; it will not be made again")
         if state is None:
@@ -562,7 +571,7 @@ class GcpIamSession:
                 )
             if digest and label.get("d") and label.get("d") != digest:
                 raise Refused("request_id", "reused for a different request")
-        self._refuse_if_buried(spec.grant_id)
+        self._refuse_if_buried(spec.grant_id, existing)
         label = {
             "v": 1, "g": spec.grant_id, "i": spec.integration, "p": spec.permission_name,
             "x": int(spec.expires_at.timestamp()), "s": "a", "d": digest,

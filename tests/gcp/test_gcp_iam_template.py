@@ -348,3 +348,21 @@ def test_without_its_tombstone_bucket_nothing_is_granted_or_revoked(
     for outcome in (e.execute(request()), e.execute(request("revoke"))):
         assert outcome.status == "failed" and outcome.message, outcome
     assert not any("user:ana@example.com" in b["members"] for b in bindings(fake))
+
+
+def test_a_binding_left_beside_its_tombstone_goes_when_the_grant_comes_again(
+    fake: FakeGcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grant that met its revoke's tombstone after its write and then failed to take its
+    binding out is retried by the queue: the retry refuses, and takes the binding out first."""
+    from jitc.templates.gcp_iam import GcpIamSession
+
+    e = engine()
+    assert e.execute(request()).status == "granted"
+    with monkeypatch.context() as patch:
+        patch.setattr(GcpIamSession, "_strip", lambda self, resource, grant_id, who: [])
+        e.execute(request("revoke"))  # the tombstone is written; the binding stays
+    assert any("user:ana@example.com" in b["members"] for b in bindings(fake))
+    retry = e.execute(request())
+    assert retry.status == "refused" and retry.field == "request_id", retry
+    assert not any("user:ana@example.com" in b["members"] for b in bindings(fake))
