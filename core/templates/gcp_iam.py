@@ -9,10 +9,23 @@ condition or title someone edited, no longer verifies and is never acted on: a r
 only a binding the connector wrote, and from it only the connector's member.
 
 Every change is a read-modify-write of the resource's policy (version 3, with its etag),
-retried when another writer got there first. A revoke leaves a tombstone binding whose
-condition is never true, so a late redelivered grant is refused. IAM changes take about two
-minutes to apply (seven at worst); a grant's outcome is not proof of usable access until then,
-and a revoke is verified by reading the policy back.
+retried when another writer got there first. IAM changes take about two minutes to apply (seven
+at worst); a grant's outcome is not proof of usable access until then, and a revoke is verified
+by reading the policy back.
+
+Tombstones are not in the policies. A revoke first creates the grant's tombstone object in the
+connector's bucket (JITC_GCP_TOMBSTONE_BUCKET; `ifGenerationMatch=0`, so create-if-absent and
+atomic), named by a keyed hash of the grant and MACed, then removes the binding. A grant looks for
+it before and after writing its binding, and takes the binding out again if it appeared: with
+the revoke's order, a grant and its revoke running at once end revoked. In the policy, a tombstone
+took one of Google's 100 conditional bindings per policy and of its 20 bindings per role and
+member for the whole tombstone window (the 21st revoked grant of one role to one person failed
+forever); one merged tombstone binding per role and member would still grow with every revoke
+against the limits on a condition and a policy. The bucket's retention policy and lifecycle rule
+(infra/terraform/gcp/tombstones.tf) keep each object for the tombstone window and then delete it.
+
+Google's limits still bound live grants: a grant that would exceed them is refused, not failed
+(every delivery would fail alike), and none of its bindings is left behind.
 
 The legacy basic roles (owner, editor, viewer) are refused outright: Google accepts no condition
 on them. Browser, IAM roles, admin roles (which hold setIamPolicy on what
@@ -28,7 +41,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -51,7 +64,13 @@ from jitc.templates.base import (
 KIND = "gcp_iam"
 PREFIX = "jitc:"
 TITLE_PREFIX = "jitc "
-NEVER = 'request.time < timestamp("1970-01-01T00:00:00Z")'
+TOMBSTONE_BUCKET_ENV = "JITC_GCP_TOMBSTONE_BUCKET"
+TOMBSTONE_OBJECTS = "gcp_iam/"
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+# Google's limits on an allow policy (https://cloud.google.com/iam/docs/allow-policies):
+# conditional role bindings per policy, and bindings of one role for one member.
+MAX_CONDITIONAL = 100
+MAX_SAME_ROLE_MEMBER = 20
 MAX_DESCRIPTION = 256  # Google's limit for a condition's description
 POLICY_VERSION = 3
 # Google's published figure for IAM changes to take effect.
@@ -211,20 +230,25 @@ def read_label(
     return label
 
 
-# A tombstone binding's role: one that each resource type accepts in its policy (its condition
-# never holds, so it grants nothing).
-TOMBSTONE_ROLES = {
-    "projects": "roles/browser",
-    "folders": "roles/browser",
-    "buckets": "roles/storage.objectViewer",
-    "secrets": "roles/secretmanager.viewer",
-}
-
-
-def tombstone_role(resource: str) -> str:
-    if "/secrets/" in resource:
-        return TOMBSTONE_ROLES["secrets"]
-    return TOMBSTONE_ROLES[resource.split("/", 1)[0]]
+def _make_room(
+    resource: str, bindings: list[dict[str, Any]], binding: dict[str, Any], member: str
+) -> None:
+    """Refuse a binding Google would refuse for a limit: every delivery of the grant would
+    fail the same way until other grants on the resource end, long after it was asked for."""
+    if sum(1 for b in bindings if b.get("condition") is not None) >= MAX_CONDITIONAL:
+        raise Refused(
+            "resources",
+            f"{resource} already holds {MAX_CONDITIONAL} conditional role bindings, Google's "
+            "limit per policy: no time-bound grant fits there until others end",
+        )
+    role = binding.get("role")
+    same = sum(1 for b in bindings if b.get("role") == role and member in (b.get("members") or []))
+    if same >= MAX_SAME_ROLE_MEMBER:
+        raise Refused(
+            "resources",
+            f"{member} already holds {role} on {resource} in {MAX_SAME_ROLE_MEMBER} bindings, "
+            "Google's limit for one role and member",
+        )
 
 
 class _Api:
@@ -233,6 +257,7 @@ class _Api:
     def __init__(self) -> None:
         self._services: dict[str, Any] = {}
         self._credentials: Any = None
+        self._storage: Any = None
 
     def credentials(self) -> Any:
         if self._credentials is None:
@@ -243,19 +268,65 @@ class _Api:
             )
         return self._credentials
 
-    def identity(self) -> str:
-        """The connector's own service account, as an IAM member."""
-        credentials = self.credentials()
-        email = getattr(credentials, "service_account_email", None)
-        if not email or email == "default":
-            # Metadata-server credentials learn their email on the first refresh.
-            from google.auth.transport.requests import Request
+    def tombstone_bucket(self) -> str:
+        bucket = os.environ.get(TOMBSTONE_BUCKET_ENV, "")
+        if not BUCKET_NAME.fullmatch(bucket):
+            # Without its tombstones a revoke could be undone by a late grant: no revoke (and
+            # no grant) is done rather than one without that guarantee.
+            raise TargetError(
+                f"{TOMBSTONE_BUCKET_ENV} names no bucket: the gcp_iam target keeps its "
+                "tombstones there (the Terraform module creates it)"
+            )
+        return bucket
 
-            credentials.refresh(Request())
-            email = getattr(credentials, "service_account_email", None)
-        if not email or email == "default":
-            raise TargetError("the connector's credentials name no service account")
-        return f"serviceAccount:{email}"
+    def _bucket(self, bucket: str) -> Any:
+        if self._storage is None:
+            from google.cloud import storage  # type: ignore[attr-defined]
+
+            # The objects API through google-cloud-storage (the discovery client sends media
+            # uploads to https whatever the endpoint's scheme): its endpoint is the API's root.
+            endpoint = os.environ.get("JITC_STORAGE_ENDPOINT") or None
+            if endpoint is not None and not endpoint.startswith(("https://", "http://127.0.0.1:")):
+                raise TargetError("JITC_STORAGE_ENDPOINT: https only")
+            self._storage = storage.Client(
+                project=None,  # object calls name their bucket; no project is needed or guessed
+                credentials=self.credentials(),
+                client_options={"api_endpoint": endpoint} if endpoint else None,
+            )
+        return self._storage.bucket(bucket)
+
+    def create_object(self, bucket: str, name: str, data: bytes) -> bool:
+        """Create the object if none exists (True), or leave the one there (False)."""
+        from google.api_core.exceptions import Forbidden, GoogleAPICallError, PreconditionFailed
+
+        blob = self._bucket(bucket).blob(name)
+        try:
+            # Create-if-absent: a retry or a second revoke can never overwrite it.
+            blob.upload_from_string(data, content_type="text/plain", if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        except Forbidden:
+            # Creating over an existing object is an overwrite, which needs delete: Cloud
+            # Storage may answer that with 403 before it looks at the precondition.
+            if self.read_object(bucket, name) is not None:
+                return False
+            raise TargetError("tombstone bucket: objects.insert answered HTTP 403") from None
+        except GoogleAPICallError as exc:
+            raise TargetError(
+                f"tombstone bucket: objects.insert answered HTTP {exc.code}"
+            ) from None
+        return True
+
+    def read_object(self, bucket: str, name: str) -> bytes | None:
+        from google.api_core.exceptions import GoogleAPICallError, NotFound
+
+        try:
+            data: bytes = self._bucket(bucket).blob(name).download_as_bytes()
+        except NotFound:
+            return None
+        except GoogleAPICallError as exc:
+            raise TargetError(f"tombstone bucket: objects.get answered HTTP {exc.code}") from None
+        return data
 
     def _service(self, name: str, version: str) -> Any:
         if name not in self._services:
@@ -396,6 +467,82 @@ class GcpIamSession:
                     found.append((resource, binding, member, label))
         return found
 
+    # -- tombstones: objects of the connector's bucket, never bindings ----------------------
+
+    def _tomb_name(self, grant_id: str) -> str:
+        # Keyed: the name says nothing about the grant, and nobody without the label key can
+        # plant an object where a grant's tombstone will be looked for.
+        return TOMBSTONE_OBJECTS + self._key.keyed_hash(
+            "gcp_iam tombstone", f"{self.integration}\0{grant_id}"
+        )
+
+    def _tomb_mac(self, bucket: str, name: str, body: str) -> str:
+        return self._key.mac(KIND, "tombstone", bucket, name, body)
+
+    def _buried(self, grant_id: str) -> bool | None:
+        """True: the grant's tombstone is there; False: nothing is; None: an object is there
+        that does not verify as the connector's."""
+        bucket, name = self._api.tombstone_bucket(), self._tomb_name(grant_id)
+        data = self._api.read_object(bucket, name)
+        if data is None:
+            return False
+        text = data.decode("utf-8", "replace")
+        mac, sep, body = text.removeprefix(PREFIX).partition(".")
+        if (
+            not text.startswith(PREFIX)
+            or not sep
+            or not hmac.compare_digest(mac, self._tomb_mac(bucket, name, body))
+        ):
+            return None
+        try:
+            label = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(label, dict) or (label.get("g"), label.get("i")) != (
+            grant_id,
+            self.integration,
+        ):
+            return None
+        return True
+
+    def _bury(self, grant_id: str, until: datetime) -> list[str]:
+        """Write the grant's tombstone unless one is there (residual notes if that one is not
+        the connector's)."""
+        bucket, name = self._api.tombstone_bucket(), self._tomb_name(grant_id)
+        body = _body(
+            {"v": 1, "g": grant_id, "i": self.integration, "s": "t", "x": int(until.timestamp())}
+        )
+        data = f"{PREFIX}{self._tomb_mac(bucket, name, body)}.{body}".encode()
+        if self._api.create_object(bucket, name, data):
+            return []
+        state = self._buried(grant_id)
+        if state is False:
+            raise TargetError("the tombstone object was deleted while it was being written")
+        if state is None:
+            # Still a tombstone (a grant finding it is refused), but not one this connector
+            # wrote: someone who can write to the bucket put it under this keyed name.
+            return [f"tombstone {bucket}/{name} does not verify as the connector's: left alone"]
+        return []
+
+    def _refuse_if_buried(
+        self, grant_id: str, existing: list[tuple[str, dict[str, Any], str, dict[str, Any]]]
+    ) -> None:
+        state = self._buried(grant_id)
+        if state is False:
+            return
+        # A binding of this grant beside its tombstone is one a concurrent revoke missed and
+        # whose grant could not take it out again (it failed, and this is its retry): it goes.
+        for resource, who in sorted({(r, w) for r, _, w, lab in existing if lab.get("s") == "a"}):
+            self._strip_all(grant_id, [resource], who)
+        if state is True:
+            raise Refused("request_id", "this grant was already revoked; it will not be made again")
+        if state is None:
+            raise Refused(
+                "request_id",
+                "an object that does not verify as the connector's sits where this grant's "
+                "tombstone belongs: the grant is not made",
+            )
+
     # -- the session surface -------------------------------------------------------------
 
     def grant(self, spec: GrantSpec) -> GrantResult:
@@ -418,12 +565,13 @@ class GcpIamSession:
                     )
         existing = self._find(spec.grant_id)
         for _, _, _, label in existing:
-            if label.get("s") == "t":
+            if label.get("s") == "t":  # a tombstone binding, as earlier versions wrote them
                 raise Refused(
                     "request_id", "this grant was already revoked; it will not be made again"
                 )
             if digest and label.get("d") and label.get("d") != digest:
                 raise Refused("request_id", "reused for a different request")
+        self._refuse_if_buried(spec.grant_id, existing)
         label = {
             "v": 1, "g": spec.grant_id, "i": spec.integration, "p": spec.permission_name,
             "x": int(spec.expires_at.timestamp()), "s": "a", "d": digest,
@@ -433,78 +581,90 @@ class GcpIamSession:
         if existing:
             expires_at = datetime.fromtimestamp(int(existing[0][3]["x"]), UTC)
             label["x"] = int(expires_at.timestamp())
-        for resource in spec.resources:
-            if resource in done:
-                continue
-            binding = make_binding(
-                self._key, resource, permission.role, member, spec.grant_id, label,
-                expression(expires_at),
-            )  # fmt: skip
+        try:
+            for resource in spec.resources:
+                if resource in done:
+                    continue
+                binding = make_binding(
+                    self._key, resource, permission.role, member, spec.grant_id, label,
+                    expression(expires_at),
+                )  # fmt: skip
 
-            def add(policy: dict[str, Any], binding: dict[str, Any] = binding) -> bool:
-                bindings = policy.setdefault("bindings", [])
-                if binding in bindings:
-                    return False
-                bindings.append(binding)
-                return True
+                def add(
+                    policy: dict[str, Any],
+                    resource: str = resource,
+                    binding: dict[str, Any] = binding,
+                ) -> bool:
+                    bindings = policy.setdefault("bindings", [])
+                    if binding in bindings:
+                        return False
+                    _make_room(resource, bindings, binding, member)
+                    bindings.append(binding)
+                    return True
 
-            after = self._change(resource, add)
-            if binding not in after.get("bindings", []):
-                raise TargetError(f"{resource}: the binding is not in the policy read back")
+                after = self._change(resource, add)
+                if binding not in after.get("bindings", []):
+                    raise TargetError(f"{resource}: the binding is not in the policy read back")
+        except Refused:
+            # No half-made grant stays behind a refusal: it would never be revoked by anyone.
+            self._strip_all(spec.grant_id, spec.resources, member)
+            raise
+        # A revoke of this grant may have run meanwhile. It writes its tombstone before it reads
+        # any policy, so either it read the bindings above and removed them, or its tombstone
+        # is visible now and these bindings go again here.
+        if self._buried(spec.grant_id) is not False:
+            self._strip_all(spec.grant_id, spec.resources, member)
+            raise Refused("request_id", "this grant was revoked while it was being made")
         return GrantResult(
             principal=member, reissued=bool(existing), expires_at=expires_at, note=PROPAGATION
         )
 
+    def _strip(self, resource: str, grant_id: str, who: str) -> list[str]:
+        """Remove `who` from the grant's active bindings on `resource`; what is left of them."""
+
+        def remove(policy: dict[str, Any]) -> bool:
+            changed = False
+            kept = []
+            for item in policy.get("bindings", []) or []:
+                label = read_label(self._key, resource, item, who)
+                if label is not None and label.get("g") == grant_id and label.get("s") == "a":
+                    # Only our member leaves; anyone else on the binding stays.
+                    others = [m for m in item.get("members", []) if m != who]
+                    changed = True
+                    if others:
+                        kept.append({**item, "members": others})
+                    continue
+                kept.append(item)
+            policy["bindings"] = kept
+            return changed
+
+        remaining = []
+        for item in self._change(resource, remove).get("bindings", []) or []:
+            left = read_label(self._key, resource, item, who)
+            if left is not None and left.get("g") == grant_id and left.get("s") == "a":
+                remaining.append(f"{resource}: {item.get('role')} {who}")
+        return remaining
+
+    def _strip_all(self, grant_id: str, resources: Iterable[str], who: str) -> None:
+        remaining = [line for r in resources for line in self._strip(r, grant_id, who)]
+        if remaining:
+            raise TargetError(f"could not remove a binding of a refused grant: {remaining}")
+
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        # The tombstone first, then the policies: a grant of this id running now either sees the
+        # tombstone after its own write, or wrote before the reads below, which then remove it.
+        residual = self._bury(grant_id, tombstone_until)
         existing = self._find(grant_id)
         active = [item for item in existing if item[3].get("s") == "a"]
+        residual += self._squatters(grant_id)
         if not active:
-            if not existing:
-                # A revoke before its grant (Cloud Tasks reorders): the tombstone refuses the
-                # grant when it comes. It sits on the first resource, on the connector's own
-                # account, under a condition that never holds.
-                self._tombstone_only(grant_id, tombstone_until)
-            return RevokeResult(found=False, residual=self._squatters(grant_id))
-        residual: list[str] = []
-        remaining: list[str] = []
+            # Nothing granted (yet: Cloud Tasks reorders): the tombstone refuses it when it comes.
+            return RevokeResult(found=False, residual=residual)
         member = active[0][2]
         expires_at = datetime.fromtimestamp(int(active[0][3]["x"]), UTC)
-        residual += self._squatters(grant_id)
-        for resource, binding, who, label in active:
-            tomb_label = {**label, "s": "t", "x": int(tombstone_until.timestamp())}
-            tomb = make_binding(
-                self._key, resource, binding["role"], who, grant_id, tomb_label, NEVER
-            )
-
-            def remove(
-                policy: dict[str, Any],
-                resource: str = resource,
-                who: str = who,
-                tomb: dict[str, Any] = tomb,
-            ) -> bool:
-                changed = False
-                kept = []
-                for item in policy.get("bindings", []) or []:
-                    label = read_label(self._key, resource, item, who)
-                    if label is not None and label.get("g") == grant_id and label.get("s") == "a":
-                        # Only our member leaves; anyone else on the binding stays.
-                        others = [m for m in item.get("members", []) if m != who]
-                        changed = True
-                        if others:
-                            kept.append({**item, "members": others})
-                        continue
-                    kept.append(item)
-                if tomb not in kept:
-                    kept.append(tomb)
-                    changed = True
-                policy["bindings"] = kept
-                return changed
-
-            after = self._change(resource, remove)
-            for item in after.get("bindings", []) or []:
-                left = read_label(self._key, resource, item, who)
-                if left is not None and left.get("g") == grant_id and left.get("s") == "a":
-                    remaining.append(f"{resource}: {item.get('role')} {who}")
+        remaining: list[str] = []
+        for resource, who in sorted({(resource, who) for resource, _, who, _ in active}):
+            remaining += self._strip(resource, grant_id, who)
         return RevokeResult(
             found=True, principal=member, expires_at=expires_at, residual=residual + remaining,
             verified=not remaining, note=PROPAGATION,
@@ -527,27 +687,9 @@ class GcpIamSession:
                     )
         return found
 
-    def _tombstone_only(self, grant_id: str, until: datetime) -> None:
-        resource = self.connection.resources[0]
-        label = {
-            "v": 1, "g": grant_id, "i": self.integration, "p": "", "x": int(until.timestamp()),
-            "s": "t", "d": "",
-        }  # fmt: skip
-        tomb = make_binding(
-            self._key, resource, tombstone_role(resource), self._api.identity(), grant_id, label,
-            NEVER,
-        )  # fmt: skip
-
-        def add(policy: dict[str, Any]) -> bool:
-            bindings = policy.setdefault("bindings", [])
-            if tomb in bindings:
-                return False
-            bindings.append(tomb)
-            return True
-
-        self._change(resource, add)
-
     def forget(self, grant_id: str) -> None:
+        """Tombstone objects are deleted by the bucket's lifecycle rule; this removes tombstone
+        *bindings*, which earlier versions of this template wrote into the policies."""
         for resource in self.connection.resources:
 
             def drop(policy: dict[str, Any], resource: str = resource) -> bool:

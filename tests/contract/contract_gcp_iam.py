@@ -31,6 +31,7 @@ from gcpfake import FakeGcp
 KEY = LabelKey.from_secret(LABEL_KEY)
 PROJECT = f"jitc-contract-{RUN}"
 BUCKET = f"jitc-contract-{RUN}-data"
+TOMBSTONES = f"jitc-contract-{RUN}-tombstones"
 ALLOWED = "storage.objects.get"
 DENIED = "storage.objects.delete"
 _ENV = (
@@ -38,6 +39,8 @@ _ENV = (
     "JITC_GCP_ENDPOINT_STORAGE",
     "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER",
     "JITC_GCP_ENDPOINT_SECRETMANAGER",
+    "JITC_STORAGE_ENDPOINT",
+    "JITC_GCP_TOMBSTONE_BUCKET",
 )
 
 
@@ -65,6 +68,8 @@ class GcpIamTarget:
         os.environ["JITC_GCP_ENDPOINT_STORAGE"] = f"{fake.url}/storage/v1/"
         os.environ["JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER"] = f"{fake.url}/"
         os.environ["JITC_GCP_ENDPOINT_SECRETMANAGER"] = f"{fake.url}/"
+        os.environ["JITC_STORAGE_ENDPOINT"] = fake.url
+        os.environ["JITC_GCP_TOMBSTONE_BUCKET"] = TOMBSTONES
         # What the Terraform module binds: its IAM-target role on the catalog's resource only.
         fake.custom_roles[f"projects/{PROJECT}/roles/jitc_iam_target"] = frozenset(
             {"storage.buckets.getIamPolicy", "storage.buckets.setIamPolicy"}
@@ -72,6 +77,15 @@ class GcpIamTarget:
         fake.bind(
             self.resource(), f"projects/{PROJECT}/roles/jitc_iam_target", f"serviceAccount:{email}"
         )
+        # ...and its tombstone role on its tombstone bucket.
+        fake.buckets.add(TOMBSTONES)
+        fake.custom_roles[f"projects/{PROJECT}/roles/jitc_tombstones"] = frozenset(
+            {"storage.objects.create", "storage.objects.get"}
+        )
+        fake.bind(
+            f"buckets/{TOMBSTONES}", f"projects/{PROJECT}/roles/jitc_tombstones",
+            f"serviceAccount:{email}",
+        )  # fmt: skip
         self.connector = f"serviceAccount:{email}"
         self.fake = fake
 
@@ -91,6 +105,8 @@ class GcpIamTarget:
                 for b in policy["bindings"]
                 if "condition" not in b and self.connector in b["members"]
             ]
+            for key in [k for k in fake.objects if k[0] == TOMBSTONES]:
+                del fake.objects[key]
         assert fake.violations == [], fake.violations
 
     def cleanup(self) -> None:
@@ -171,11 +187,11 @@ class GcpIamTarget:
         return None
 
     def principals(self) -> set[str]:
-        """The titles of bindings that grant something (a tombstone's condition never holds)."""
+        """The titles of conditional bindings (tombstones are objects, never bindings)."""
         names = set()
         for binding in self._bindings():
             condition = binding.get("condition") or {}
-            if condition.get("title") and "1970-01-01" not in condition.get("expression", ""):
+            if condition.get("title"):
                 names.add(condition["title"])
         return names
 

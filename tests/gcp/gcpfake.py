@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import gcpdiscovery as discovery
 from cryptography import x509
@@ -544,7 +544,8 @@ class FakeGcp:
     def _object(
         self, params: dict[str, str], query: dict[str, list[str]], download: bool
     ) -> tuple[int, Any]:
-        key = (params["bucket"], params["object"])
+        # The object's name is one path segment, percent-encoded ("/" as %2F), as in Google's.
+        key = (params["bucket"], unquote(params["object"]))
         with self.lock:
             if key[0] not in self.buckets:
                 raise ApiError(404, "NOT_FOUND", "no such bucket")

@@ -33,12 +33,14 @@ PG_PREFIX = f"gcpt{RUN}_"
 PG_SCHEMA = f"gcpt{RUN}_data"
 FUNCTIONS = ("intake", "worker", "sweep", "sync")
 SYNC_BUCKET = f"{PROJECT}-{NAME}-sync"  # the module's google_storage_bucket.sync_state
+TOMBSTONE_BUCKET = f"{PROJECT}-{NAME}-tombstones"  # google_storage_bucket.tombstones
 
 
 @pytest.fixture(scope="session")
 def fake() -> Iterator[FakeGcp]:
     server = FakeGcp(PROJECT, retry_seconds=0.3)
     server.queues.add(QUEUE)
+    server.buckets.add(TOMBSTONE_BUCKET)
     yield server
     server.close()
 
@@ -187,6 +189,7 @@ def deploy(
             "JITC_SWEEP_URL": urls["sweep"],
             "JITC_SYNC_URL": urls["sync"],
             "JITC_SYNC_BUCKET": SYNC_BUCKET,
+            "JITC_GCP_TOMBSTONE_BUCKET": TOMBSTONE_BUCKET,
             "JITC_STORAGE_ENDPOINT": fake.url,
             "JITC_INVOKER_EMAIL": invoker,
             "JITC_CATALOG": catalog_json,

@@ -32,6 +32,7 @@ from gcpharness import (
     QUEUE,
     REGION,
     RUN,
+    TOMBSTONE_BUCKET,
     Deployment,
     deploy,
     http_post,
@@ -290,10 +291,10 @@ def test_gcp_iam_grant_is_a_conditional_binding_that_google_ends_on_time(
     settled(fake)
     wait_for(lambda: "revoked" in statuses(webhook, grant_id), what="the expiry revoke")
     remaining = [b for b in fake.policies[resource]["bindings"] if GRANTEE in b["members"]]
-    # Only the tombstone (never true) remains; the neighbour's binding is untouched.
-    assert [b["condition"]["expression"] for b in remaining] == [
-        'request.time < timestamp("1970-01-01T00:00:00Z")'
-    ]
+    # Nothing of the grant remains in the policy: its tombstone is an object of the connector's
+    # bucket. The neighbour's binding is untouched.
+    assert remaining == []
+    assert any(bucket == TOMBSTONE_BUCKET for bucket, _ in fake.objects)
     assert any(
         "user:owner@example.com" in b["members"] for b in fake.policies[resource]["bindings"]
     )
@@ -382,6 +383,40 @@ def test_the_sweep_revokes_a_grant_whose_expiry_task_was_lost(
     assert any(
         d.get("message") == "sweep done" and d.get("complete") for d in deployment.logs("sweep")
     )
+
+
+def test_the_sweep_revokes_a_lost_gcp_iam_expiry_and_leaves_its_tombstone(
+    deployment: Deployment, fake: FakeGcp, webhook: Webhook
+) -> None:
+    """The sweep's account writes tombstones too: a late delivery of a grant it revoked is
+    refused like one the worker revoked."""
+    request_id = f"r-{secrets.token_hex(4)}"
+    grant_id = derive_grant_id("analytics-iam", request_id)
+    doc = {
+        "request_id": request_id, "action": "grant", "integration": "analytics-iam",
+        "permission": "exports", "resources": [f"buckets/{TARGET_BUCKET}"],
+        "identity": {"email": f"swept-{RUN}@example.com"}, "duration": "7s",
+    }  # fmt: skip
+    fake.lose = lambda task: grant_id.encode() in task.body and b'"expire"' in task.body
+    try:
+        assert deployment.post("intake", *signed(deployment, doc))[0] == 202
+        settled(fake)
+        wait_for(lambda: "granted" in statuses(webhook, grant_id), what="the short IAM grant")
+    finally:
+        fake.lose = None
+    [lost] = [t for t in fake.lost if grant_id.encode() in t.body]
+    tombstones = {key for key in fake.objects if key[0] == TOMBSTONE_BUCKET}
+    sweep = deployment.functions["sweep"].url
+    wait_for(lambda: datetime.now(UTC).timestamp() > lost.schedule.timestamp() + 1, 15, "expiry")
+    token = {"Authorization": "Bearer " + fake.oidc_token(sweep, deployment.invoker)}
+    status, answer = http_post(sweep, b"", token)
+    assert status == 200 and grant_id in answer["revoked"], answer
+    created = [
+        c for c in fake.calls
+        if c.caller == deployment.emails["sweep"] and c.permission == "storage.objects.create"
+    ]  # fmt: skip
+    assert created and all(c.allowed for c in created)
+    assert len({key for key in fake.objects if key[0] == TOMBSTONE_BUCKET} - tombstones) == 1
 
 
 # -- hostile callers ----------------------------------------------------------------------------

@@ -84,25 +84,31 @@ def test_the_worker_cannot_grant_itself_a_role_the_catalog_does_not_name(
 
 def test_the_worker_still_manages_the_catalogs_roles(worker: tuple[FakeGcp, str]) -> None:
     """The condition leaves exactly the connector's work: a grant of a catalog role and its
-    removal, and the tombstone role."""
+    removal. Nothing else, not even roles/browser (tombstones are objects, not bindings)."""
+    from googleapiclient.errors import HttpError
+
     from jitc.templates.gcp_iam import _Api
 
     server, _ = worker
     api = _Api()
-    for role in (ROLE, "roles/browser"):
-        policy = api.get(RESOURCE)
-        binding = {
-            "role": role,
-            "members": ["user:ana@example.com"],
-            "condition": {
-                "title": "jitc g" + "a" * 24,
-                "expression": 'request.time < timestamp("2999-01-01T00:00:00Z")',
-            },
-        }
-        policy["bindings"].append(binding)
-        policy["version"] = 3
-        api.set(RESOURCE, policy)
-        policy = api.get(RESOURCE)
-        policy["bindings"].remove(binding)
-        api.set(RESOURCE, policy)
+    binding = {
+        "role": ROLE,
+        "members": ["user:ana@example.com"],
+        "condition": {
+            "title": "jitc g" + "a" * 24,
+            "expression": 'request.time < timestamp("2999-01-01T00:00:00Z")',
+        },
+    }
+    policy = api.get(RESOURCE)
+    policy["bindings"].append(binding)
+    policy["version"] = 3
+    api.set(RESOURCE, policy)
+    policy = api.get(RESOURCE)
+    policy["bindings"].remove(binding)
+    api.set(RESOURCE, policy)
     assert all(call.allowed for call in server.calls)
+    policy = api.get(RESOURCE)
+    policy["bindings"].append({**binding, "role": "roles/browser"})
+    with pytest.raises(HttpError) as caught:
+        api.set(RESOURCE, policy)
+    assert caught.value.resp.status == 403

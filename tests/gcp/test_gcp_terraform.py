@@ -3,10 +3,13 @@ its own account, and nothing is bound wider than a named resource."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tfgcp
@@ -166,4 +169,67 @@ def test_scheduled_and_task_functions_accept_cloud_runs_checked_tokens_and_are_n
     ]
     assert public == [("intake", public[0][1])] and "intake" in str(
         MODULE.resource("google_cloud_run_service_iam_member", "intake")["service"]
+    )
+
+
+def _tombstone_window(catalog: dict[str, Any], tmp: Path) -> tuple[int, int]:
+    """The module's tombstone retention (seconds) and lifecycle age (days) for this catalog,
+    evaluated by Terraform itself from tombstones.tf's locals."""
+    text = (tfgcp.MODULE / "tombstones.tf").read_text()
+    start = text.index("locals {")
+    end = text.index("\n}\n", start) + 3
+    (tmp / "main.tf").write_text(
+        text[start:end]
+        + "locals {\n"
+        + f"  catalog      = jsondecode({json.dumps(json.dumps(catalog))})\n"
+        + "  integrations = try(local.catalog.integrations, {})\n}\n"
+    )
+    age = MODULE.resource("google_storage_bucket", "tombstones")["lifecycle_rule"][0]
+    expression = age["condition"][0]["age"].removeprefix("${").removesuffix("}")
+    result = subprocess.run(
+        ["terraform", "console"], input=f"jsonencode([local.tombstone_retention, {expression}])\n",
+        cwd=tmp, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    retention, days = json.loads(json.loads(result.stdout))
+    return int(retention), int(days)
+
+
+@pytest.mark.parametrize(
+    ("skew", "durations"),
+    [("5m", ["45d", None]), ("PT2M", ["P1DT2H", "1h30m15s"]), (None, [None]), ("5m", [])],
+)
+def test_tombstones_outlive_every_delivery_of_their_grant(
+    skew: str | None, durations: list[str | None], tmp_path: Path
+) -> None:
+    """The bucket keeps each tombstone as long as the engine says a tombstone must last (its
+    longest gcp_iam max_duration + max_skew + margin), and the lifecycle deletes it only later."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed here")
+    from jitc.engine import TOMBSTONE_MARGIN
+    from jitc.models import parse_duration
+
+    integrations: dict[str, Any] = {"db": {"kind": "postgresql", "max_duration": "400d"}}
+    for index, duration in enumerate(durations):
+        integrations[f"iam{index}"] = {"kind": "gcp_iam"}
+        if duration is not None:
+            integrations[f"iam{index}"]["max_duration"] = duration
+    catalog: dict[str, Any] = {"integrations": integrations}
+    if skew is not None:
+        catalog["control_plane"] = {"max_skew": skew}
+    retention, days = _tombstone_window(catalog, tmp_path)
+    longest = max(
+        [parse_duration(i.get("max_duration", "8h")) for i in integrations.values()
+         if i["kind"] == "gcp_iam"] or [timedelta(0)]
+    )  # fmt: skip
+    expected = longest + parse_duration(skew or "5m") + TOMBSTONE_MARGIN
+    assert retention == expected.total_seconds()
+    assert timedelta(days=days) >= expected + timedelta(days=1)
+    bucket = MODULE.resource("google_storage_bucket", "tombstones")
+    assert bucket["retention_policy"][0]["retention_period"] == "${local.tombstone_retention}"
+    # Worker and sweep create and read tombstones; nothing can replace or delete one.
+    role = MODULE.resource("google_project_iam_custom_role", "tombstones")
+    assert sorted(role["permissions"]) == ["storage.objects.create", "storage.objects.get"]
+    assert MODULE.locals["environment"]["JITC_GCP_TOMBSTONE_BUCKET"] == (
+        "${google_storage_bucket.tombstones.name}"
     )

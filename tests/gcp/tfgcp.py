@@ -101,7 +101,7 @@ def facts_from_catalog(
         for r in i.get("connection", {}).get("resources", [])
     }  # fmt: skip
     roles = tuple(
-        (r, tuple(sorted({"roles/browser"} | {
+        (r, tuple(sorted({
             p["role"]
             for i in catalog.get("integrations", {}).values() if i.get("kind") == "gcp_iam"
             for p in i.get("permissions", {}).values() if r in p.get("resources", [])
@@ -243,6 +243,8 @@ def _resource(
     if kind == "google_storage_bucket_iam_member":
         if body["bucket"] == "${google_storage_bucket.sync_state.name}":
             return f"buckets/{facts.project}-{facts.name}-sync"
+        if body["bucket"] == "${google_storage_bucket.tombstones.name}":
+            return f"buckets/{facts.project}-{facts.name}-tombstones"
         return f"buckets/{_each(body['bucket'], each)}"
     if kind == "google_folder_iam_member":
         return _each(body["folder"], each)

@@ -13,14 +13,14 @@ locals {
     }
   }
   iam_editors = toset(["worker", "sweep"])
-  # Per managed project or folder: the roles the catalog's gcp_iam permissions bind there, and
-  # the tombstone role (roles/browser). The IAM-admin binding may change grants of these only.
+  # Per managed project or folder: the roles the catalog's gcp_iam permissions bind there. The
+  # IAM-admin binding may change grants of these only (tombstones are objects, tombstones.tf).
   iam_roles = {
-    for r in local.iam_resources : r => sort(distinct(concat(["roles/browser"], flatten([
+    for r in local.iam_resources : r => sort(distinct(flatten([
       for i in values(local.integrations) : [
         for p in values(try(i.permissions, {})) : p.role if contains(try(p.resources, []), r)
       ] if i.kind == "gcp_iam"
-    ]))))
+    ])))
   }
 }
 
@@ -112,7 +112,7 @@ resource "google_project_iam_member" "iam_target" {
 
   condition {
     title       = "jit-connector catalog roles only"
-    description = "Grants of the roles the connector's catalog offers, and its tombstone role."
+    description = "Grants of the roles the connector's catalog offers."
     expression  = "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(${jsonencode(local.iam_roles["projects/${each.value.project}"])})"
   }
 }
@@ -140,7 +140,7 @@ resource "google_folder_iam_member" "iam_target" {
 
   condition {
     title       = "jit-connector catalog roles only"
-    description = "Grants of the roles the connector's catalog offers, and its tombstone role."
+    description = "Grants of the roles the connector's catalog offers."
     expression  = "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(${jsonencode(local.iam_roles[each.value.folder])})"
   }
 }

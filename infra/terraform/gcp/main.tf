@@ -48,17 +48,18 @@ locals {
   }
   queue_name = "projects/${var.project_id}/locations/${var.region}/queues/${google_cloud_tasks_queue.requests.name}"
   environment = {
-    JITC_PROJECT        = var.project_id
-    JITC_QUEUE          = local.queue_name
-    JITC_WORKER_URL     = local.url.worker
-    JITC_SWEEP_URL      = local.url.sweep
-    JITC_SYNC_URL       = local.url.sync
-    JITC_SYNC_BUCKET    = google_storage_bucket.sync_state.name
-    JITC_INVOKER_EMAIL  = google_service_account.invoker.email
-    JITC_CATALOG        = local.catalog_json
-    JITC_CATALOG_SHA256 = sha256(local.catalog_json)
-    JITC_LOG_LEVEL      = var.log_level
-    JITC_EVENT_TOPIC    = var.publish_events ? google_pubsub_topic.events[0].id : ""
+    JITC_PROJECT              = var.project_id
+    JITC_QUEUE                = local.queue_name
+    JITC_WORKER_URL           = local.url.worker
+    JITC_SWEEP_URL            = local.url.sweep
+    JITC_SYNC_URL             = local.url.sync
+    JITC_SYNC_BUCKET          = google_storage_bucket.sync_state.name
+    JITC_GCP_TOMBSTONE_BUCKET = google_storage_bucket.tombstones.name
+    JITC_INVOKER_EMAIL        = google_service_account.invoker.email
+    JITC_CATALOG              = local.catalog_json
+    JITC_CATALOG_SHA256       = sha256(local.catalog_json)
+    JITC_LOG_LEVEL            = var.log_level
+    JITC_EVENT_TOPIC          = var.publish_events ? google_pubsub_topic.events[0].id : ""
     # Worker and sweep are never public (run.invoker: the invoker account only), so Cloud Run
     # checks each token and removes its signature before the function sees it.
     JITC_BEHIND_CLOUD_RUN_IAM = "1"
