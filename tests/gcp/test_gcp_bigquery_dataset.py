@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import tfgcp
 from gcpfake import FakeGcp
 
 from jitc.catalog import parse_catalog
@@ -28,8 +29,7 @@ PROJECT = f"jitc-bq-{RUN}"
 DATASET = f"projects/{PROJECT}/datasets/sales_{RUN}"
 ROLE = "roles/bigquery.dataViewer"
 WORKER_ROLE = f"projects/{PROJECT}/roles/jitc_bigquery_target"
-# What infra/terraform/gcp binds the worker on each catalog dataset (test_gcp_terraform checks
-# the module's role holds exactly these).
+# What the worker needs on a dataset, and all infra/terraform/gcp gives it there.
 WORKER_PERMISSIONS = frozenset(
     {
         "bigquery.datasets.get",
@@ -50,24 +50,39 @@ def _env(fake: FakeGcp, key_file: str) -> dict[str, str]:
     }
 
 
+def terraform(server: FakeGcp) -> tuple[dict[str, str], dict[str, Any]]:
+    """The deployment's accounts (emails, key files), each with exactly the dataset rights the
+    module binds."""
+    accounts = {
+        name: server.service_account(f"jitc-{name}") for name in ("worker", "sweep", "sync", "invoker")
+    }  # fmt: skip
+    emails = {name: email for name, (email, _) in accounts.items()}
+    facts = tfgcp.facts_from_catalog(catalog_doc(), PROJECT, "europe-west1", "jitc")
+    server.custom_roles.update(tfgcp.custom_roles(facts))
+    for binding in tfgcp.bindings(facts, emails):
+        if binding.resource == DATASET:
+            server.bind(DATASET, binding.role, f"serviceAccount:{emails[binding.function]}")
+    return emails, accounts["worker"][1]
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeGcp]:
     server = FakeGcp(PROJECT)
-    email, info = server.service_account("jitc-worker")
+    server.add_dataset(DATASET)
+    server.datasets[DATASET]["access"].append(dict(VIEW))
+    server.bind(DATASET, ROLE, NEIGHBOUR)
+    _, info = terraform(server)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(info, handle)
     env = _env(server, handle.name)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    server.custom_roles[WORKER_ROLE] = WORKER_PERMISSIONS
-    server.add_dataset(DATASET)
-    server.datasets[DATASET]["access"].append(dict(VIEW))
-    server.bind(DATASET, WORKER_ROLE, f"serviceAccount:{email}")
-    server.bind(DATASET, ROLE, NEIGHBOUR)
     yield server
     assert server.violations == []
-    denied = [c for c in server.calls if not c.allowed]
-    assert denied == [], denied
+    # Least privilege: every call the worker made was allowed by what Terraform binds, on the
+    # dataset itself, and it used no permission the module's role does not hold.
+    assert [c for c in server.calls if not c.allowed] == []
+    assert {c.resource for c in server.calls} <= {DATASET}
     server.close()
     os.unlink(handle.name)
     for key, value in saved.items():
@@ -235,7 +250,7 @@ def test_a_label_copied_onto_another_entry_is_never_acted_on(fake: FakeGcp) -> N
 def test_a_dataset_read_without_its_access_list_is_never_written(fake: FakeGcp) -> None:
     # A worker that may update the dataset but not see its access (no getIamPolicy): a patch
     # from that read would replace everyone's access with the connector's entry alone.
-    fake.custom_roles[WORKER_ROLE] = WORKER_PERMISSIONS - {"bigquery.datasets.getIamPolicy"}
+    fake.custom_roles[WORKER_ROLE] -= {"bigquery.datasets.getIamPolicy"}
     before = access(fake)
     outcome = engine().execute(request())
     assert outcome.status == "failed" and "getIamPolicy" in str(outcome.message)
@@ -282,3 +297,27 @@ def test_the_data_owner_role_needs_privileged() -> None:
 def test_a_malformed_dataset_is_refused_when_the_catalog_loads(resource: str) -> None:
     with pytest.raises(CatalogError, match="datasets/D"):
         parse_catalog(catalog_doc(resource=resource))
+
+
+def test_terraform_gives_the_worker_and_sweep_exactly_the_access_rights_and_sync_reads() -> None:
+    server = FakeGcp(PROJECT)
+    try:
+        server.add_dataset(DATASET)
+        emails, _ = terraform(server)
+        roles = {entry.get("role"): entry.get("userByEmail") for entry in access(server)}
+        assert server.custom_roles[WORKER_ROLE] == WORKER_PERMISSIONS
+        reader = f"projects/{PROJECT}/roles/jitc_bigquery_reader"
+        assert server.custom_roles[reader] == {
+            "bigquery.datasets.get", "bigquery.datasets.getIamPolicy"
+        }  # fmt: skip
+        granted = sorted(
+            (e["role"], e["userByEmail"]) for e in access(server) if "userByEmail" in e
+        )  # fmt: skip
+        assert granted == sorted(
+            [(WORKER_ROLE, emails["worker"]), (WORKER_ROLE, emails["sweep"]),
+             (reader, emails["sync"])]
+        ), roles  # fmt: skip
+        # Nothing on the project: the rights end at the catalog's datasets.
+        assert server.policies.get(f"projects/{PROJECT}", {}).get("bindings", []) == []
+    finally:
+        server.close()
