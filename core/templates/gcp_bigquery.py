@@ -160,5 +160,7 @@ class Datasets:
             accessPolicyVersion=POLICY_VERSION, updateMode="UPDATE_ACL",
         )  # fmt: skip
         call.headers["If-Match"] = policy["etag"]
-        # Not retried blindly: a lost answer is read back by the next attempt.
-        return to_policy(resource, call.execute(num_retries=0))
+        # Not retried blindly: a lost answer is read back by the next attempt (which is also
+        # what gcp_iam reports from, so the answer itself is not translated).
+        result: dict[str, Any] = call.execute(num_retries=0)
+        return result

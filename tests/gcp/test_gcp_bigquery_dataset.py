@@ -105,11 +105,12 @@ def catalog_doc(resource: str = DATASET, **permission: Any) -> dict[str, Any]:
     }
 
 
-def engine() -> Engine:
+def engine(doc: dict[str, Any] | None = None) -> Engine:
     store = EnvSecretStore({"label": "label-key-" + "k" * 32})
     return Engine(
-        parse_catalog(catalog_doc()), SecretStores({"mem": store}), NullScheduler(), MemorySink()
-    )
+        parse_catalog(doc or catalog_doc()), SecretStores({"mem": store}), NullScheduler(),
+        MemorySink(),
+    )  # fmt: skip
 
 
 def request(action: str = "grant", request_id: str = "r1", **fields: Any) -> Any:
@@ -208,6 +209,22 @@ def test_a_revoke_delivered_before_its_grant_refuses_the_grant(fake: FakeGcp) ->
     late = e.execute(request(request_id="r9"))
     assert late.status == "refused" and late.field == "request_id"
     assert not can_read(fake)
+
+
+def test_a_service_account_grantee_answered_as_user_by_email_is_still_revoked(
+    fake: FakeGcp,
+) -> None:
+    doc = catalog_doc(member_type="serviceAccount")
+    doc["integrations"]["bq"]["connection"]["allowed_members"] = ["serviceAccount:*"]
+    e = engine(doc)
+    robot = f"robot@{PROJECT}.iam.gserviceaccount.com"
+    outcome = e.execute(request(identity={"email": robot}))
+    assert outcome.status == "granted" and outcome.principal == f"serviceAccount:{robot}"
+    [entry] = live(fake, outcome.grant_id or "")
+    assert entry["userByEmail"] == robot and "iamMember" not in entry
+    revoked = e.execute(request("revoke"))
+    assert revoked.status == "revoked" and revoked.verified, revoked
+    assert live(fake, outcome.grant_id or "") == []
 
 
 def test_a_concurrent_writer_gets_412_and_the_write_is_redone_on_its_result(
