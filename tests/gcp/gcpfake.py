@@ -665,8 +665,9 @@ class FakeGcp:
                 if name not in self.datasets:
                     raise ApiError(404, "NOT_FOUND", f"Not found: Dataset {name}")
                 # Without getIamPolicy the dataset comes back without its access list.
-                shown = self.allowed(f"serviceAccount:{caller}", "bigquery.datasets.getIamPolicy",
-                                     name)  # fmt: skip
+                permission = "bigquery.datasets.getIamPolicy"
+                shown = self.allowed(f"serviceAccount:{caller}", permission, name)
+                self.calls.append(Call(caller, method, permission, name, shown))
                 return 200, self._dataset_doc(name, version, shown)
         hook, self.before_dataset_write = self.before_dataset_write, None
         if hook is not None:

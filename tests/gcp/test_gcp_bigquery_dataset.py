@@ -170,6 +170,8 @@ def test_grant_is_one_conditional_entry_that_google_ends(fake: FakeGcp) -> None:
     # Every write was conditional on the etag of the read it edited.
     writes = [c for c in fake.calls if c.method == "bigquery.datasets.patch"]
     assert writes and all(c.resource == DATASET for c in writes)
+    # Every permission the module's role holds was needed (and the fixture: nothing else).
+    assert {c.permission for c in fake.calls} == WORKER_PERMISSIONS
 
 
 def test_revoke_removes_the_entry_and_keeps_everyone_else(fake: FakeGcp) -> None:
@@ -272,7 +274,24 @@ def test_a_dataset_read_without_its_access_list_is_never_written(fake: FakeGcp) 
     outcome = engine().execute(request())
     assert outcome.status == "failed" and "getIamPolicy" in str(outcome.message)
     assert access(fake) == before
+    assert not [c for c in fake.calls if c.method == "bigquery.datasets.patch"]
     fake.calls.clear()  # the fixture's check is for the worker's granted rights
+
+
+def test_a_read_that_hides_conditions_is_never_written_back(
+    fake: FakeGcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Below accessPolicyVersion 3 BigQuery shows a conditional entry as an unconditional one of
+    # a made-up role; written back, that would be a different (unexpiring) entry.
+    e = engine()
+    grant_id = e.execute(request()).grant_id or ""
+    before = access(fake)
+    from jitc.templates import gcp_bigquery
+
+    monkeypatch.setattr(gcp_bigquery, "POLICY_VERSION", 1)
+    outcome = e.execute(request("revoke"))
+    assert outcome.status == "failed" and "policy version" in str(outcome.message)
+    assert access(fake) == before and len(live(fake, grant_id)) == 1
 
 
 @pytest.mark.parametrize("role", ["roles/owner", "roles/editor", "roles/viewer"])
