@@ -1,4 +1,5 @@
-"""GCP IAM: a conditional role binding per grant on a project, folder, bucket or secret.
+"""GCP IAM: a conditional role binding per grant on a project, folder, bucket, secret or
+BigQuery dataset.
 
 The binding is the ledger and the lock at once. Its condition is
 `request.time < timestamp("<expiry>")`, so Google ends the access on time even when the
@@ -31,6 +32,10 @@ The legacy basic roles (owner, editor, viewer) are refused outright: Google acce
 on them. Browser, IAM roles, admin roles (which hold setIamPolicy on what
 they administer) and custom roles (whose permissions this template cannot see) are refused
 unless the catalog marks the permission `privileged: true`.
+
+A BigQuery dataset keeps its access in the dataset's `access[]` entries, not in an IAM policy of
+its own: `gcp_bigquery` reads and writes them (with the dataset's etag in `If-Match`) as the
+same policy shape, so every rule above holds for datasets unchanged.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from jitc.errors import Refused, TargetError
 from jitc.labels import LabelKey, required
 from jitc.models import Grant
 from jitc.secrets import Secret
+from jitc.templates import gcp_bigquery
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
@@ -81,7 +87,8 @@ RESOURCE = re.compile(
     r"^(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
     r"|folders/[0-9]{1,20}"
     r"|buckets/[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
-    r"|projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/secrets/[A-Za-z0-9_-]{1,255})$"
+    r"|projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/secrets/[A-Za-z0-9_-]{1,255}"
+    r"|projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/datasets/[A-Za-z0-9_]{1,1024})$"
 )
 ROLE = re.compile(
     r"^(roles/[A-Za-z0-9_.]{1,128}"
@@ -120,8 +127,8 @@ class Connection(Settings):
     resources: list[str] = Field(
         min_length=1,
         description="every resource whose policy the connector manages (and the sweep reads): "
-        "projects/P, folders/F, buckets/B, projects/P/secrets/S; Terraform grants setIamPolicy "
-        "on exactly these",
+        "projects/P, folders/F, buckets/B, projects/P/secrets/S, projects/P/datasets/D; "
+        "Terraform grants the rights to change access on exactly these",
     )
     allowed_members: list[str] = Field(
         min_length=1,
@@ -134,8 +141,9 @@ class Connection(Settings):
         for resource in resources:
             if not RESOURCE.fullmatch(resource):
                 raise ValueError(
-                    f"{resource!r}: expected projects/P, folders/F, buckets/B or "
-                    "projects/P/secrets/S"
+                    f"{resource!r}: expected projects/P, folders/F, buckets/B, "
+                    "projects/P/secrets/S or projects/P/datasets/D (a dataset id is letters, "
+                    "digits and underscores)"
                 )
         return resources
 
@@ -252,7 +260,8 @@ def _make_room(
 
 
 class _Api:
-    """getIamPolicy / setIamPolicy of one resource kind, through Google's discovery clients."""
+    """getIamPolicy / setIamPolicy of one resource kind (a dataset's access entries as a
+    policy), through Google's discovery clients."""
 
     def __init__(self) -> None:
         self._services: dict[str, Any] = {}
@@ -348,6 +357,8 @@ class _Api:
         return self._services[name]
 
     def get(self, resource: str) -> dict[str, Any]:
+        if gcp_bigquery.is_dataset(resource):
+            return gcp_bigquery.Datasets(self._service("bigquery", "v2")).get(resource)
         if resource.startswith("buckets/"):
             call = (
                 self._service("storage", "v1")
@@ -373,6 +384,8 @@ class _Api:
         return policy
 
     def set(self, resource: str, policy: dict[str, Any]) -> dict[str, Any]:
+        if gcp_bigquery.is_dataset(resource):
+            return gcp_bigquery.Datasets(self._service("bigquery", "v2")).set(resource, policy)
         if resource.startswith("buckets/"):
             call = (
                 self._service("storage", "v1")

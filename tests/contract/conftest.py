@@ -19,6 +19,7 @@ TARGETS: dict[str, str] = {
     "rabbitmq": "contract_rabbitmq:RabbitMQTarget",
     "aws_iam": "contract_aws_iam:AwsIamTarget",
     "gcp_iam": "contract_gcp_iam:GcpIamTarget",
+    "gcp_iam_dataset": "contract_gcp_iam:GcpIamDatasetTarget",
     "azure_rbac": "contract_azure_rbac:AzureRbacTarget",
 }
 

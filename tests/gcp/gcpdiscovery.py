@@ -29,6 +29,7 @@ APIS = {
     "cloudresourcemanager": "cloudresourcemanager.v3.json",
     "storage": "storage.v1.json",
     "pubsub": "pubsub.v1.json",
+    "bigquery": "bigquery.v2.json",
 }
 
 

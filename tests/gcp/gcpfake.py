@@ -1,6 +1,6 @@
 """A small GCP on loopback for the real Google client libraries: OAuth token endpoint, Google's
-OIDC certificates, Secret Manager, Cloud Tasks (which *delivers* its tasks), and the IAM
-policies of projects, folders, buckets and secrets.
+OIDC certificates, Secret Manager, Cloud Tasks (which *delivers* its tasks), the IAM
+policies of projects, folders, buckets and secrets, and BigQuery datasets' access entries.
 
 It enforces what Google enforces, or the tests could not see deployment defects:
 
@@ -13,6 +13,11 @@ It enforces what Google enforces, or the tests could not see deployment defects:
   creating a task with an OIDC token also needs `iam.serviceAccounts.actAs` on that account;
 - IAM policies have etags (a stale one: 409, or 412 for Cloud Storage), need version 3 for
   conditions, and conditions need a title (<= 100) and a description (<= 256);
+- a BigQuery dataset's access is its `access[]` entries (datasets.get/patch/update): the
+  dataset's etag checked against `If-Match` (412), `accessPolicyVersion=3` needed to write or see
+  a condition, the data roles answered in their legacy names (OWNER/WRITER/READER), service
+  accounts answered as `userByEmail`, the access list shown only with
+  `bigquery.datasets.getIamPolicy` and changed only with `bigquery.datasets.setIamPolicy`;
 - task names are reserved for a while after their task ran or was deleted (`ALREADY_EXISTS`),
   schedule times are refused beyond 30 days, and deliveries carry an OIDC token signed with
   this server's key, for the audience and service account the task names.
@@ -94,7 +99,21 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "secretmanager.secrets.getIamPolicy",
         }
     ),
-    "roles/bigquery.dataViewer": frozenset({"bigquery.tables.getData"}),
+    "roles/bigquery.dataViewer": frozenset({"bigquery.datasets.get", "bigquery.tables.getData"}),
+    "roles/bigquery.dataEditor": frozenset(
+        {"bigquery.datasets.get", "bigquery.tables.getData", "bigquery.tables.updateData"}
+    ),
+    "roles/bigquery.dataOwner": frozenset(
+        {
+            "bigquery.datasets.get",
+            "bigquery.datasets.update",
+            "bigquery.datasets.getIamPolicy",
+            "bigquery.datasets.setIamPolicy",
+            "bigquery.tables.getData",
+            "bigquery.tables.updateData",
+        }
+    ),
+    "roles/bigquery.metadataViewer": frozenset({"bigquery.datasets.get"}),
     "roles/run.invoker": frozenset({"run.routes.invoke"}),
     "roles/pubsub.publisher": frozenset({"pubsub.topics.publish"}),
 }
@@ -117,7 +136,22 @@ METHOD_PERMISSIONS = {
     "storage.objects.get": "storage.objects.get",
     # Replacing an existing object also needs storage.objects.delete (checked in `_insert`).
     "storage.objects.insert": "storage.objects.create",
+    # Seeing the access list also needs getIamPolicy, changing it setIamPolicy (`_dataset_*`).
+    "bigquery.datasets.get": "bigquery.datasets.get",
+    "bigquery.datasets.patch": "bigquery.datasets.update",
+    "bigquery.datasets.update": "bigquery.datasets.update",
 }
+# BigQuery answers these roles only in their legacy names (Dataset.access[].role).
+BIGQUERY_LEGACY = {
+    "roles/bigquery.dataOwner": "OWNER",
+    "roles/bigquery.dataEditor": "WRITER",
+    "roles/bigquery.dataViewer": "READER",
+}
+BIGQUERY_MEMBER_FIELDS = ("userByEmail", "groupByEmail", "domain", "specialGroup", "iamMember")
+BIGQUERY_AUTHORIZED = ("view", "dataset", "routine")
+# https://cloud.google.com/bigquery/quotas#dataset_limits: authorized views (and datasets and
+# routines) in one dataset's access list.
+MAX_AUTHORIZED = 2500
 # Google refuses a condition on these (IAM Conditions overview).
 LEGACY_BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 MAX_CONDITIONAL = 100
@@ -240,6 +274,10 @@ class FakeGcp:
         self.policies: dict[str, dict[str, Any]] = {}
         self.custom_roles: dict[str, frozenset[str]] = {}
         self.buckets: set[str] = set()
+        # BigQuery datasets (projects/P/datasets/D) -> {"etag": ..., "access": [entries]}.
+        self.datasets: dict[str, dict[str, Any]] = {}
+        # Tests: called once before the next dataset write is applied (another writer's turn).
+        self.before_dataset_write: Any = None
         # Cloud Storage objects: (bucket, name) -> (generation, data, content type).
         self.objects: dict[tuple[str, str], tuple[int, bytes, str]] = {}
         self._generation = int(time.time() * 1_000_000)
@@ -305,10 +343,27 @@ class FakeGcp:
         self.secrets[f"{name}/versions/latest"] = value.encode()
         return name
 
+    def add_dataset(self, name: str) -> None:
+        """A dataset with BigQuery's default access: the project's owners, writers, readers."""
+        with self.lock:
+            self.datasets[name] = {
+                "etag": _etag(),
+                "access": [
+                    {"role": "OWNER", "specialGroup": "projectOwners"},
+                    {"role": "WRITER", "specialGroup": "projectWriters"},
+                    {"role": "READER", "specialGroup": "projectReaders"},
+                ],
+            }
+
     def bind(
         self, resource: str, role: str, member: str, condition: dict[str, str] | None = None
     ) -> None:
         with self.lock:
+            if resource in self.datasets:
+                entry = _dataset_entry(role, member, condition)
+                self.datasets[resource]["access"].append(entry)
+                self.datasets[resource]["etag"] = _etag()
+                return
             policy = self.policies.setdefault(resource, {"version": 1, "bindings": []})
             binding: dict[str, Any] = {"role": role, "members": [member]}
             if condition is not None:
@@ -365,7 +420,10 @@ class FakeGcp:
     ) -> bool:
         with self.lock:
             for name in self._ancestors(resource):
-                for binding in self.policies.get(name, {}).get("bindings", []):
+                bindings = self.policies.get(name, {}).get("bindings", [])
+                if name in self.datasets:
+                    bindings = _dataset_bindings(self.datasets[name]["access"])
+                for binding in bindings:
                     if permission in self.role_permissions(binding["role"]) and self._holds(
                         binding, member, modified
                     ):
@@ -481,6 +539,8 @@ class FakeGcp:
             return self._object(params, query, wants_media)
         if method.id == "storage.objects.insert":
             return self._insert(params, query, doc, media, caller, headers)
+        if method.api == "bigquery":
+            return self._dataset(method.id, resource, query, doc, caller, headers)
         if method.id.endswith("getIamPolicy"):
             return 200, self._get_policy(resource)
         policy = doc if method.api == "storage" else doc.get("policy", {})
@@ -496,6 +556,8 @@ class FakeGcp:
             return f"buckets/{params['bucket']}"
         if method.startswith("pubsub."):
             return params["topic"]
+        if method.startswith("bigquery."):
+            return f"projects/{params['projectId']}/datasets/{params['datasetId']}"
         return params["resource"]
 
     def _publish(self, topic: str, doc: dict[str, Any]) -> tuple[int, Any]:
@@ -589,6 +651,117 @@ class FakeGcp:
             content_type = doc.get("contentType") or "application/octet-stream"
             self.objects[(bucket, name)] = (self._generation, media, content_type)
             return 200, self._object_doc(bucket, name)
+
+    # -- BigQuery datasets ------------------------------------------------------------------
+
+    def _dataset(
+        self, method: str, name: str, query: dict[str, list[str]], doc: dict[str, Any],
+        caller: str, headers: dict[str, str],
+    ) -> tuple[int, Any]:  # fmt: skip
+        version = int((query.get("accessPolicyVersion") or ["0"])[0])
+        if version not in (0, 1, 3):
+            raise ApiError(400, "INVALID_ARGUMENT", "accessPolicyVersion is 0, 1 or 3")
+        if method.endswith(".get"):
+            with self.lock:
+                if name not in self.datasets:
+                    raise ApiError(404, "NOT_FOUND", f"Not found: Dataset {name}")
+                # Without getIamPolicy the dataset comes back without its access list.
+                permission = "bigquery.datasets.getIamPolicy"
+                shown = self.allowed(f"serviceAccount:{caller}", permission, name)
+                self.calls.append(Call(caller, method, permission, name, shown))
+                return 200, self._dataset_doc(name, version, shown)
+        hook, self.before_dataset_write = self.before_dataset_write, None
+        if hook is not None:
+            hook()
+        with self.lock:
+            if name not in self.datasets:
+                raise ApiError(404, "NOT_FOUND", f"Not found: Dataset {name}")
+            stored = self.datasets[name]
+            # datasets.patch needs get as well as update (its IAM permissions).
+            self.authorize(caller, method, "bigquery.datasets.get", name)
+            match = headers.get("if-match")
+            if match is not None and match != stored["etag"]:
+                raise ApiError(412, "FAILED_PRECONDITION", "Precondition check failed.")
+            reference = doc.get("datasetReference") or {}
+            project, _, dataset = name.removeprefix("projects/").partition("/datasets/")
+            if reference and (reference.get("projectId"), reference.get("datasetId")) != (
+                project, dataset,
+            ):  # fmt: skip
+                raise ApiError(400, "INVALID_ARGUMENT", "datasetReference differs from the path")
+            if "access" in doc or method.endswith(".update"):
+                access = [_normalise_entry(e) for e in doc.get("access") or []]
+                self._check_access(access, stored["access"], version)
+                if _dataset_bindings(access) != _dataset_bindings(stored["access"]) or len(
+                    access
+                ) != len(stored["access"]):
+                    self.authorize(caller, method, "bigquery.datasets.setIamPolicy", name)
+                stored["access"] = access
+            stored["etag"] = _etag()
+            return 200, self._dataset_doc(name, version, True)
+
+    def _check_access(
+        self, access: list[dict[str, Any]], before: list[dict[str, Any]], version: int
+    ) -> None:
+        """What BigQuery refuses in an access list (with IAM's rules for conditions)."""
+        conditional = [e for e in access if e.get("condition") is not None]
+        had = any(e.get("condition") is not None for e in before)
+        if (conditional or had) and version != 3:
+            raise ApiError(
+                400, "INVALID_ARGUMENT", "conditional access entries need accessPolicyVersion=3"
+            )
+        authorized = 0
+        for entry in access:
+            members = [f for f in BIGQUERY_MEMBER_FIELDS if entry.get(f)]
+            targets = [f for f in BIGQUERY_AUTHORIZED if entry.get(f)]
+            if len(members) + len(targets) != 1:
+                raise ApiError(400, "INVALID_ARGUMENT", "an access entry names exactly one grantee")
+            if targets:
+                authorized += 1
+                continue
+            if not entry.get("role"):
+                raise ApiError(400, "INVALID_ARGUMENT", "an access entry for a member needs a role")
+            condition = entry.get("condition")
+            if condition is None:
+                continue
+            role = _full_role(str(entry["role"]))
+            if role in LEGACY_BASIC_ROLES:
+                raise ApiError(400, "INVALID_ARGUMENT", f"conditions are not allowed on {role}")
+            if entry.get("specialGroup") in ("allAuthenticatedUsers", "allUsers"):
+                raise ApiError(400, "INVALID_ARGUMENT", "conditions are not allowed for all users")
+            if not condition.get("title") or len(condition["title"]) > 100:
+                raise ApiError(400, "INVALID_ARGUMENT", "condition title missing or > 100")
+            if len(condition.get("description", "")) > 256:
+                raise ApiError(400, "INVALID_ARGUMENT", "condition description > 256")
+            if not condition.get("expression"):
+                raise ApiError(400, "INVALID_ARGUMENT", "a condition needs an expression")
+        if authorized > MAX_AUTHORIZED:
+            raise ApiError(400, "INVALID_ARGUMENT", "more than 2500 authorized resources")
+        if len(conditional) > MAX_CONDITIONAL:
+            raise ApiError(400, "INVALID_ARGUMENT", "more than 100 conditional bindings")
+
+    def _dataset_doc(self, name: str, version: int, show_access: bool) -> dict[str, Any]:
+        stored = self.datasets[name]
+        project, _, dataset = name.removeprefix("projects/").partition("/datasets/")
+        doc: dict[str, Any] = {
+            "kind": "bigquery#dataset", "id": f"{project}:{dataset}", "etag": stored["etag"],
+            "datasetReference": {"projectId": project, "datasetId": dataset},
+            "location": "EU",
+        }  # fmt: skip
+        if show_access:
+            access = []
+            for entry in stored["access"]:
+                entry = json.loads(json.dumps(entry))
+                if entry.get("condition") is not None and version != 3:
+                    # What BigQuery answers an older reader for a conditional entry.
+                    digest_ = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
+                    entry["role"] = (
+                        f"{_full_role(entry['role'])}_with_conditionalbinding_"
+                        f"{digest_.hexdigest()[:10]}"
+                    )
+                    del entry["condition"]
+                access.append(entry)
+            doc["access"] = access
+        return doc
 
     def _get_policy(self, resource: str) -> dict[str, Any]:
         with self.lock:
@@ -801,6 +974,60 @@ class FakeGcp:
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
         return Handler
+
+
+def _full_role(role: str) -> str:
+    legacy = {v: k for k, v in BIGQUERY_LEGACY.items()}
+    return legacy.get(role, role)
+
+
+def _normalise_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """An access entry as BigQuery stores and answers it: legacy data-role names, and IAM
+    members written as the member field they stand for."""
+    entry = json.loads(json.dumps(entry))
+    if "role" in entry:
+        role = _full_role(str(entry["role"]))
+        entry["role"] = BIGQUERY_LEGACY.get(role, role)
+    member = entry.get("iamMember")
+    if isinstance(member, str):
+        kind, _, value = member.partition(":")
+        field_ = {"user": "userByEmail", "serviceAccount": "userByEmail",
+                  "group": "groupByEmail", "domain": "domain"}.get(kind)  # fmt: skip
+        if field_ is not None:
+            del entry["iamMember"]
+            entry[field_] = value
+    return entry
+
+
+def _dataset_entry(
+    role: str, member: str, condition: dict[str, str] | None = None
+) -> dict[str, Any]:
+    entry = _normalise_entry({"role": role, "iamMember": member})
+    if condition is not None:
+        entry["condition"] = dict(condition)
+    return entry
+
+
+def _dataset_bindings(access: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The IAM bindings an access list stands for (for the permission checks)."""
+    bindings = []
+    for entry in access:
+        members: list[str] = []
+        if entry.get("userByEmail"):
+            members = [f"user:{entry['userByEmail']}", f"serviceAccount:{entry['userByEmail']}"]
+        elif entry.get("groupByEmail"):
+            members = [f"group:{entry['groupByEmail']}"]
+        elif entry.get("domain"):
+            members = [f"domain:{entry['domain']}"]
+        elif entry.get("iamMember"):
+            members = [str(entry["iamMember"])]
+        if not members or not entry.get("role"):
+            continue
+        binding: dict[str, Any] = {"role": _full_role(str(entry["role"])), "members": members}
+        if entry.get("condition") is not None:
+            binding["condition"] = entry["condition"]
+        bindings.append(binding)
+    return bindings
 
 
 def _multipart(content_type: str, body: bytes) -> tuple[bytes, bytes]:

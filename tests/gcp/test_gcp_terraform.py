@@ -233,3 +233,53 @@ def test_tombstones_outlive_every_delivery_of_their_grant(
     assert MODULE.locals["environment"]["JITC_GCP_TOMBSTONE_BUCKET"] == (
         "${google_storage_bucket.tombstones.name}"
     )
+
+
+def test_datasets_get_one_access_entry_of_a_custom_role_per_function_and_dataset() -> None:
+    # Dataset IAM members would go through setIamPolicy, which drops a dataset's authorized
+    # views; one access entry each keeps them.
+    assert not [k for (k, _) in MODULE.resources if k.startswith("google_bigquery_dataset_iam")]
+    access = MODULE.of_kind("google_bigquery_dataset_access")
+    assert sorted(access) == ["iam_reader", "iam_target"]
+    assert "local.iam_editors" in access["iam_target"]["for_each"]
+    assert "local.iam_readers" in access["iam_reader"]["for_each"]
+    target = MODULE.resource("google_project_iam_custom_role", "bigquery_target")
+    reader = MODULE.resource("google_project_iam_custom_role", "bigquery_reader")
+    assert sorted(target["permissions"]) == [
+        "bigquery.datasets.get", "bigquery.datasets.getIamPolicy",
+        "bigquery.datasets.setIamPolicy", "bigquery.datasets.update",
+    ]  # fmt: skip
+    assert sorted(reader["permissions"]) == [
+        "bigquery.datasets.get", "bigquery.datasets.getIamPolicy"
+    ]  # fmt: skip
+    # A project's custom role binds only inside that project: the plan stops for a dataset
+    # elsewhere instead of failing at apply.
+    assert "var.project_id" in json.dumps(target["lifecycle"])
+    catalog = {
+        "integrations": {
+            "bq": {
+                "kind": "gcp_iam",
+                "connection": {
+                    "resources": ["projects/acme-jit/datasets/sales"],
+                    "allowed_members": ["user:*"],
+                },
+                "permissions": {
+                    "r": {
+                        "role": "roles/bigquery.dataViewer",
+                        "resources": ["projects/acme-jit/datasets/sales"],
+                    }
+                },
+            }
+        }
+    }
+    facts = tfgcp.facts_from_catalog(catalog, "acme-jit", "europe-west1", "jitc")
+    found = {
+        (b.function, b.role, b.resource)
+        for b in tfgcp.bindings(facts, {"invoker": "inv@acme-jit.iam.gserviceaccount.com"})
+        if "bigquery" in b.role
+    }
+    assert found == {
+        ("worker", "projects/acme-jit/roles/jitc_bigquery_target", "projects/acme-jit/datasets/sales"),
+        ("sweep", "projects/acme-jit/roles/jitc_bigquery_target", "projects/acme-jit/datasets/sales"),
+        ("sync", "projects/acme-jit/roles/jitc_bigquery_reader", "projects/acme-jit/datasets/sales"),
+    }

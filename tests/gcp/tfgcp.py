@@ -32,6 +32,7 @@ IAM_KINDS = (
     "google_storage_bucket_iam_member",
     "google_folder_iam_member",
     "google_pubsub_topic_iam_member",
+    "google_bigquery_dataset_access",
 )
 
 
@@ -71,6 +72,9 @@ class Facts:
             ),
             "iam_secrets": sorted(
                 r for r in self.iam_resources if re.fullmatch(r"projects/[^/]+/secrets/[^/]+", r)
+            ),
+            "iam_datasets": sorted(
+                r for r in self.iam_resources if re.fullmatch(r"projects/[^/]+/datasets/[^/]+", r)
             ),
         }  # fmt: skip
         for key in ("secret_readers", "iam_editors", "iam_readers"):
@@ -203,6 +207,19 @@ def _member(text: str, each: dict[str, Any]) -> str:
     return str(each["value"][match.group(2)])
 
 
+def _member_text(kind: str, body: dict[str, Any]) -> str:
+    if kind != "google_bigquery_dataset_access":
+        return str(body["member"])
+    # An access entry names its member by field: userByEmail is a user or a service account.
+    fields = {"user_by_email", "group_by_email", "iam_member", "domain", "special_group", "view"}
+    named = sorted(fields & set(body))
+    if named != ["user_by_email"] or not str(body["user_by_email"]).startswith(
+        "${google_service_account."
+    ):
+        raise AssertionError(f"dataset access member not understood: {named}")
+    return "serviceAccount:" + str(body["user_by_email"])
+
+
 def custom_roles(facts: Facts, module: Module | None = None) -> dict[str, frozenset[str]]:
     module = module or load(MODULE)
     roles = {}
@@ -248,6 +265,11 @@ def _resource(
         return f"buckets/{_each(body['bucket'], each)}"
     if kind == "google_folder_iam_member":
         return _each(body["folder"], each)
+    if kind == "google_bigquery_dataset_access":
+        dataset = _each("${each.value.dataset}", each)
+        assert body["project"] == '${split("/", each.value.dataset)[1]}', body["project"]
+        assert body["dataset_id"] == '${split("/", each.value.dataset)[3]}', body["dataset_id"]
+        return dataset
     if kind == "google_pubsub_topic_iam_member":
         assert body["topic"] == "${google_pubsub_topic.events[0].name}", body["topic"]
         return f"projects/{facts.project}/topics/{facts.name}-events"
@@ -265,7 +287,7 @@ def bindings(facts: Facts, emails: dict[str, str], module: Module | None = None)
                 found.append(
                     Binding(
                         address=f"{kind}.{name}",
-                        function=_member(body["member"], each),
+                        function=_member(_member_text(kind, body), each),
                         role=_role(body["role"], facts, module),
                         resource=_resource(kind, body, each, facts, emails),
                         condition=_condition(body, each, facts),

@@ -132,6 +132,40 @@ resource "google_secret_manager_secret_iam_member" "iam_target" {
   member    = "serviceAccount:${google_service_account.function[each.value.function].email}"
 }
 
+# BigQuery datasets: their access is the Dataset resource's access[] entries, changed with
+# datasets.patch, and reading or changing those entries needs getIamPolicy / setIamPolicy on
+# top of get / update (https://cloud.google.com/bigquery/docs/dataset-access-control). Bound as
+# one access entry per dataset, not as a dataset IAM member: setting a dataset's IAM policy
+# drops its authorized views, a patch of one entry keeps them.
+resource "google_project_iam_custom_role" "bigquery_target" {
+  count       = length(local.iam_datasets) > 0 ? 1 : 0
+  project     = var.project_id
+  role_id     = replace("${var.name}_bigquery_target", "-", "_")
+  title       = "jit-connector BigQuery dataset target"
+  description = "Read and change the access entries of the datasets the catalog names."
+  permissions = [
+    "bigquery.datasets.get",
+    "bigquery.datasets.getIamPolicy",
+    "bigquery.datasets.update",
+    "bigquery.datasets.setIamPolicy",
+  ]
+
+  lifecycle {
+    precondition {
+      condition     = alltrue([for d in local.iam_datasets : split("/", d)[1] == var.project_id])
+      error_message = "gcp_iam datasets must be in project_id: the custom role that may change their access is this project's."
+    }
+  }
+}
+
+resource "google_bigquery_dataset_access" "iam_target" {
+  for_each      = { for pair in setproduct(local.iam_editors, local.iam_datasets) : "${pair[0]} ${pair[1]}" => { function = pair[0], dataset = pair[1] } }
+  project       = split("/", each.value.dataset)[1]
+  dataset_id    = split("/", each.value.dataset)[3]
+  role          = google_project_iam_custom_role.bigquery_target[0].id
+  user_by_email = google_service_account.function[each.value.function].email
+}
+
 resource "google_folder_iam_member" "iam_target" {
   for_each = { for pair in setproduct(local.iam_editors, local.iam_folders) : "${pair[0]} ${pair[1]}" => { function = pair[0], folder = pair[1] } }
   folder   = each.value.folder

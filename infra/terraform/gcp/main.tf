@@ -28,6 +28,7 @@ locals {
   iam_folders  = toset([for r in local.iam_resources : r if startswith(r, "folders/")])
   iam_buckets  = toset([for r in local.iam_resources : trimprefix(r, "buckets/") if startswith(r, "buckets/")])
   iam_secrets  = toset([for r in local.iam_resources : r if can(regex("^projects/[^/]+/secrets/[^/]+$", r))])
+  iam_datasets = toset([for r in local.iam_resources : r if can(regex("^projects/[^/]+/datasets/[^/]+$", r))])
 
   functions = {
     # Cloud Tasks and Cloud Scheduler count as internal traffic: only the intake, which the

@@ -90,6 +90,23 @@ resource "google_secret_manager_secret_iam_member" "iam_reader" {
   member    = "serviceAccount:${google_service_account.function[each.value.function].email}"
 }
 
+resource "google_project_iam_custom_role" "bigquery_reader" {
+  count       = length(local.iam_datasets) > 0 ? 1 : 0
+  project     = var.project_id
+  role_id     = replace("${var.name}_bigquery_reader", "-", "_")
+  title       = "jit-connector BigQuery dataset reader"
+  description = "Read the access entries of the datasets the catalog names."
+  permissions = ["bigquery.datasets.get", "bigquery.datasets.getIamPolicy"]
+}
+
+resource "google_bigquery_dataset_access" "iam_reader" {
+  for_each      = { for pair in setproduct(local.iam_readers, local.iam_datasets) : "${pair[0]} ${pair[1]}" => { function = pair[0], dataset = pair[1] } }
+  project       = split("/", each.value.dataset)[1]
+  dataset_id    = split("/", each.value.dataset)[3]
+  role          = google_project_iam_custom_role.bigquery_reader[0].id
+  user_by_email = google_service_account.function[each.value.function].email
+}
+
 resource "google_project_iam_member" "iam_reader" {
   for_each = { for pair in setproduct(local.iam_readers, local.iam_projects) : "${pair[0]} ${pair[1]}" => { function = pair[0], project = pair[1] } }
   project  = each.value.project

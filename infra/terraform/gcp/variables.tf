@@ -25,7 +25,7 @@ variable "package_path" {
 }
 
 variable "catalog_file" {
-  description = "The company's catalog (YAML). Shipped to the functions as JSON in JITC_CATALOG, with its digest: every change shows in the plan."
+  description = "The company's catalog (YAML). Shipped to the functions as JSON in JITC_CATALOG, with its digest: every change shows in the plan. Its gcp_iam resources (projects, folders, buckets, secrets, BigQuery datasets) are where the worker may change access."
   type        = string
 }
 
