@@ -19,6 +19,11 @@ descriptions can write text, not a label for an assignment the connector did not
 genuine label copied onto another assignment does not verify there. An assignment (or a name)
 the connector did not make is never changed or deleted.
 
+What ARM cannot hold, assignment mode keeps in its ledger (`azure_rbac_ledger`, a blob container
+of the app's own storage account): a tombstone per revoked grant, which refuses a grant
+delivered after its revoke, and a lock per assignment, held around every read-modify-write of
+its label (ARM keeps no ETag on an assignment, so two writers would undo each other).
+
 Revokes and the sweep read the assignments at the connection's `scopes` (where Terraform gives
 the connector its custom role); every permission's resources lie at or under one of them.
 
