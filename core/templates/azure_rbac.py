@@ -729,15 +729,15 @@ class AzureRbacSession:
             with self.ledger.lock(scope, principal, role) as held:
                 # Read again under the lock: the listing may predate another writer's change.
                 assignment = self._get(scope.lstrip("/"), name)
-                label = (self._label(assignment) if assignment is not None else None) or {}
-                grants = label.get("grants", {})
+                current = (self._label(assignment) if assignment is not None else None) or {}
+                grants = current.get("grants", {})
                 if grant_id not in grants:
                     continue  # removed meanwhile (another delivery of this revoke)
                 rest = {g: e for g, e in grants.items() if g != grant_id}
                 held.renew()
                 if any(e.get("state") != "tombstone" for e in rest.values()):
                     self._write(scope, name, principal, role, None, rest,
-                                str(label.get("principal_type", "User")))  # fmt: skip
+                                str(current.get("principal_type", "User")))  # fmt: skip
                     continue
                 with contextlib.suppress(self.NotFound):
                     self.assignments.delete(scope, name)
