@@ -541,3 +541,26 @@ def test_the_inventory_sync_sends_scopes_and_assignments_never_their_description
     ), mine
     assert ("grant", granted.grant_id) in {(r["kind"], r["name"]) for r in records}
     assert "jitc:" not in out.getvalue()  # no label (assignment description) was sent
+
+
+def test_a_blob_written_at_a_tombstones_name_neither_refuses_nor_blocks(
+    plain: Env, ledger: Any
+) -> None:
+    """Someone who may write the container (they cannot compute a tombstone's name without the
+    label key, but suppose they copy one) puts their own bytes there: a grant is not refused by
+    a tombstone that does not verify, and a revoke replaces it with one that does."""
+    from jitc.labels import LabelKey
+    from jitc.templates.azure_rbac_ledger import TOMBSTONES
+
+    grant_id = plain.request(request_id="squat").target_grant_id
+    name = TOMBSTONES + LabelKey.from_secret(LABEL_KEY).keyed_hash(
+        "azure_rbac tombstone", f"{plain.integration}\0{grant_id}"
+    )
+    ledger.upload_blob(name, b"jitc:forged.{}", metadata={"grant_id": grant_id, "until": "x"})
+    assert plain.run(request_id="squat").status == "granted"
+    revoked = plain.run("revoke", request_id="squat")
+    assert revoked.status == "revoked" and revoked.verified
+    assert b"forged" not in ledger.get_blob_client(name).download_blob().readall()
+    late = plain.run(request_id="squat")
+    assert late.status == "refused" and late.field == "request_id"
+    assert not plain.arm.assignments
