@@ -30,7 +30,6 @@ from jitc.secrets import SecretStores
 CONNECTION = "JitcQueue"
 
 
-
 def _env(name: str) -> str:
     return required_env(name, "app setting")
 
@@ -46,6 +45,7 @@ class Settings:
     expiry_max_delay: timedelta
     key_vault_dns_suffix: str
     ca_bundle: str | None
+    rbac_ledger_url: str | None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +64,7 @@ class Settings:
             ),
             key_vault_dns_suffix=get("JITC_KEY_VAULT_DNS_SUFFIX") or PUBLIC_SUFFIX,
             ca_bundle=get("JITC_CA_BUNDLE") or None,
+            rbac_ledger_url=get("JITC_RBAC_LEDGER_URL") or None,
         )
 
 
@@ -174,8 +175,9 @@ def sinks() -> Sinks:
 def engine() -> Engine:
     from jitc.templates import azure_rbac
 
-    # The RBAC template uses the app's identity and transport settings.
-    azure_rbac.use(credential(), transport_options())
+    # The RBAC template uses the app's identity and transport settings, and keeps its
+    # tombstones and locks in the container Terraform made for them.
+    azure_rbac.use(credential(), transport_options(), settings().rbac_ledger_url)
     return Engine(catalog(), secret_stores(), expiry(), sinks())
 
 

@@ -19,6 +19,11 @@ descriptions can write text, not a label for an assignment the connector did not
 genuine label copied onto another assignment does not verify there. An assignment (or a name)
 the connector did not make is never changed or deleted.
 
+What ARM cannot hold, assignment mode keeps in its ledger (`azure_rbac_ledger`, a blob container
+of the app's own storage account): a tombstone per revoked grant, which refuses a grant
+delivered after its revoke, and a lock per assignment, held around every read-modify-write of
+its label (ARM keeps no ETag on an assignment, so two writers would undo each other).
+
 Revokes and the sweep read the assignments at the connection's `scopes` (where Terraform gives
 the connector its custom role); every permission's resources lie at or under one of them.
 
@@ -43,6 +48,7 @@ from jitc.errors import Refused, TargetError
 from jitc.labels import LabelKey, sign_label, verify_label
 from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
+from jitc.templates.azure_rbac_ledger import Held, Ledger
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
@@ -91,17 +97,21 @@ MAX_SHARED = 8
 DESCRIPTION_MAX = 2048
 _NAMESPACE = uuid.UUID("6f1d2c7e-3b8a-5e43-9a61-0c2b4a7e9d15")
 
-# The process's credential and transport options (the Azure runtime sets them; see `use`).
+# The process's credential, transport options and ledger container (the Azure runtime sets them;
+# see `use`).
 _credential: Any = None
 _transport: dict[str, Any] = {}
+_ledger_url: str | None = None
 
 
-def use(credential: Any, transport: dict[str, Any]) -> None:
+def use(credential: Any, transport: dict[str, Any], ledger_url: str | None = None) -> None:
     """Act with this credential and these azure-core transport options (the function app's
-    managed identity); None falls back to `DefaultAzureCredential`."""
-    global _credential, _transport
+    managed identity); None falls back to `DefaultAzureCredential`. `ledger_url` is the blob
+    container assignment mode keeps its tombstones and locks in (`azure_rbac_ledger`)."""
+    global _credential, _transport, _ledger_url
     _credential = credential
     _transport = dict(transport)
+    _ledger_url = ledger_url
 
 
 def assignment_name(grant_id: str, scope: str) -> str:
@@ -307,9 +317,27 @@ class AzureRbacSession:
         )
         self.assignments = self.client.role_assignments  # api-version 2022-04-01
         self.requests = self.client.role_assignment_schedule_requests  # 2020-10-01
+        self.ledger: Ledger | None = None
+        if connection.mode == "assignment":
+            if _ledger_url is None:
+                self.client.close()  # type: ignore[no-untyped-call]
+                # Without tombstones and locks a late grant is made again and concurrent
+                # revokes undo each other: refuse to act rather than act unsafely.
+                raise TargetError(
+                    "assignment mode needs its ledger container (app setting "
+                    "JITC_RBAC_LEDGER_URL); see docs/azure.md"
+                )
+            from azure.storage.blob import ContainerClient
+
+            self._container = ContainerClient.from_container_url(
+                _ledger_url, credential=credential, **_transport
+            )
+            self.ledger = Ledger(self._container, key, integration)
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]
+        if self.ledger is not None:
+            self._container.close()
 
     # -- labels ----------------------------------------------------------------------------
 
@@ -403,6 +431,8 @@ class AzureRbacSession:
         }
         reissued = True
         recorded: datetime | None = None
+        if self.ledger is not None:
+            self._unless_revoked(spec.grant_id)
         for scope in spec.resources:
             self._check_role(permission, scope)
             if self.settings.mode == "pim":
@@ -411,6 +441,11 @@ class AzureRbacSession:
                 made, at = self._grant_assignment(spec, scope, principal, role, entry, permission)
             reissued = reissued and not made
             recorded = at if recorded is None else min(recorded, at)
+        if self.ledger is not None:
+            # A revoke that wrote its tombstone after the check above and listed the scope
+            # before this grant's assignment existed found nothing to remove: looking again
+            # after the write, one of the two always sees the other.
+            self._unless_revoked(spec.grant_id)
         mode = (
             "PIM schedule (Azure ends it at expiry)"
             if self.settings.mode == "pim"
@@ -422,6 +457,17 @@ class AzureRbacSession:
             expires_at=recorded,
             note=f"{mode}. {NOTE}.",
         )
+
+    def _unless_revoked(self, grant_id: str) -> None:
+        """Refuse a grant whose tombstone exists, first removing what a delivery of it made
+        (one that crashed before it could look again, or one made while it was revoked)."""
+        assert self.ledger is not None
+        if not self.ledger.tombstoned(grant_id):
+            return
+        residual = self._remove(grant_id).residual
+        if residual:
+            raise TargetError(f"this grant was revoked and {residual[0]}; retried")
+        raise Refused("request_id", "this grant was already revoked; it will not be made again")
 
     def _entry_of(self, label: dict[str, Any], spec: GrantSpec) -> dict[str, Any] | None:
         entry = label["grants"].get(spec.grant_id)
@@ -441,6 +487,20 @@ class AzureRbacSession:
         role: str,
         entry: dict[str, Any],
         permission: Permission,
+    ) -> tuple[bool, datetime]:
+        assert self.ledger is not None
+        with self.ledger.lock(scope, principal, role) as held:
+            return self._grant_locked(spec, scope, principal, role, entry, permission, held)
+
+    def _grant_locked(
+        self,
+        spec: GrantSpec,
+        scope: str,
+        principal: str,
+        role: str,
+        entry: dict[str, Any],
+        permission: Permission,
+        held: Held,
     ) -> tuple[bool, datetime]:
         name = assignment_name(spec.grant_id, scope)
         existing = self._get(scope, name) or self._holding(principal, role, scope)
@@ -470,8 +530,10 @@ class AzureRbacSession:
             )
             if len(text) > DESCRIPTION_MAX:
                 raise Refused("identity.object_id", "too many grants of this role on this scope")
+            held.renew()
             self._write(existing.scope, existing.name, principal, role, permission, grants)
             return True, spec.expires_at
+        held.renew()
         self._write(f"/{scope}", name, principal, role, permission, {spec.grant_id: entry})
         return True, spec.expires_at
 
@@ -643,39 +705,51 @@ class AzureRbacSession:
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
         if self.settings.mode == "pim":
             return self._revoke_pim(grant_id)
-        found = False
-        principal: str | None = None
-        expires_at: datetime | None = None
-        residual: list[str] = []
-        for assignment, label in self._ours():
+        assert self.ledger is not None
+        # The tombstone first: a crash after it leaves an entry that this revoke's retry, a
+        # later delivery of the grant (which removes it before refusing) or the sweep (which
+        # takes a tombstoned entry as due) removes; a crash before it leaves nothing done.
+        self.ledger.bury(grant_id, tombstone_until)
+        return self._remove(grant_id)
+
+    def _remove(self, grant_id: str) -> RevokeResult:
+        """Take `grant_id` out of every assignment holding it, each under its lock, deleting an
+        assignment when no grant is left in it."""
+        assert self.ledger is not None
+        result = RevokeResult(found=False)
+        for listed, label in self._ours():
             entry = label["grants"].get(grant_id)
             if entry is None or entry.get("state") == "tombstone":
                 continue
-            found = True
-            principal = f"{label.get('principal_type', 'User')}/{assignment.principal_id}"
-            expires_at = datetime.fromisoformat(entry["expires_at"])
-            rest = {g: e for g, e in label["grants"].items() if g != grant_id}
-            active = {g: e for g, e in rest.items() if e.get("state") != "tombstone"}
-            scope = str(assignment.scope)
-            if active:
-                self._write(scope, str(assignment.name), str(assignment.principal_id),
-                            str(assignment.role_definition_id), None, rest,
-                            str(label.get("principal_type", "User")))  # fmt: skip
-                continue
-            with contextlib.suppress(self.NotFound):
-                self.assignments.delete(scope, str(assignment.name))
-            if self._get(scope.lstrip("/"), str(assignment.name)) is not None:
-                residual.append(f"role assignment {assignment.name} on {scope} still exists")
-        return RevokeResult(
-            found=found,
-            principal=principal,
-            expires_at=expires_at,
-            residual=residual,
-            verified=not residual,
-        )
+            result.found = True
+            result.principal = f"{label.get('principal_type', 'User')}/{listed.principal_id}"
+            result.expires_at = datetime.fromisoformat(entry["expires_at"])
+            scope, name = str(listed.scope), str(listed.name)
+            principal, role = str(listed.principal_id), str(listed.role_definition_id)
+            with self.ledger.lock(scope, principal, role) as held:
+                # Read again under the lock: the listing may predate another writer's change.
+                assignment = self._get(scope.lstrip("/"), name)
+                current = (self._label(assignment) if assignment is not None else None) or {}
+                grants = current.get("grants", {})
+                if grant_id not in grants:
+                    continue  # removed meanwhile (another delivery of this revoke)
+                rest = {g: e for g, e in grants.items() if g != grant_id}
+                held.renew()
+                if any(e.get("state") != "tombstone" for e in rest.values()):
+                    self._write(scope, name, principal, role, None, rest,
+                                str(current.get("principal_type", "User")))  # fmt: skip
+                    continue
+                with contextlib.suppress(self.NotFound):
+                    self.assignments.delete(scope, name)
+                if self._get(scope.lstrip("/"), name) is not None:
+                    result.residual.append(f"role assignment {name} on {scope} still exists")
+        result.verified = not result.residual
+        return result
 
     def forget(self, grant_id: str) -> None:
-        """No tombstones are kept here (see docs/azure.md): nothing to forget."""
+        """Delete the grant's tombstone (the sweep, once no delivery of it can succeed)."""
+        if self.ledger is not None:
+            self.ledger.forget(grant_id)
 
     # -- sweep and inventory ---------------------------------------------------------------
 
@@ -683,6 +757,21 @@ class AzureRbacSession:
         grants: list[Grant] = []
         if self.settings.mode == "pim":
             return self._pim_active()
+        assert self.ledger is not None
+        tombstones = dict(self.ledger.tombstones())
+        for grant_id, until in tombstones.items():
+            grant = grant_from_label(
+                KIND,
+                "",
+                {
+                    "grant_id": grant_id,
+                    "integration": self.integration,
+                    "expires_at": until.isoformat(),
+                    "state": "tombstone",
+                },
+            )
+            if grant is not None:
+                grants.append(grant)
         for assignment, label in self._ours():
             for grant_id, entry in label["grants"].items():
                 if entry.get("state") == "tombstone":
@@ -697,6 +786,9 @@ class AzureRbacSession:
                         "permission": entry.get("permission", ""),
                         "expires_at": entry.get("expires_at"),
                         "scope": str(assignment.scope),
+                        # Revoked but still listed (a revoke that stopped after its tombstone):
+                        # the sweep removes it now, not at its expiry.
+                        "state": "revoking" if grant_id in tombstones else "active",
                     },
                 )
                 if grant is not None:

@@ -4,8 +4,9 @@ action the operation needs, on the container's scope) before forwarding it uncha
 
 Data actions per operation, from Storage's "Authorize with Microsoft Entra ID" reference: Get
 Blob and Get Blob Properties need `blobs/read`; Put Blob needs `blobs/write` (`blobs/add/action`
-covers only a blob that does not exist yet); Delete Blob needs `blobs/delete`. Container
-operations are control-plane rights the app is not given.
+covers only a blob that does not exist yet); Lease Blob needs `blobs/write`; Delete Blob needs
+`blobs/delete`; List Blobs needs `blobs/read` on the container. Other container operations are
+control-plane rights the app is not given.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ class BlobProxy(StorageProxy):
         container = parts[1] if len(parts) > 1 else ""
         plain = len(parts) == 3 and "restype" not in query and "comp" not in query
         action = BLOB_ACTIONS.get((method, "blob")) if plain else None
+        if len(parts) == 3 and method == "PUT" and "restype" not in query:
+            action = {"lease": f"{BLOBS}/write"}.get(query.get("comp", ""), action)
+        if len(parts) == 2 and method == "GET" and query.get("restype") == "container":
+            action = {"list": f"{BLOBS}/read"}.get(query.get("comp", ""))
         principal = _claims(token).get("oid", "") if token else ""
         scope = f"{self.storage_id}/blobServices/default/containers/{container}"
         if len(parts) == 3:

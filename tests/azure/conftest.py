@@ -9,17 +9,34 @@ from typing import Any
 
 import azharness
 import pytest
+from azblob import AzuriteBlob, BlobProxy
 
 _SETTINGS = (
     "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID", "JITC_CATALOG",
     "JITC_CATALOG_SHA256", "JITC_QUEUE_NAME", "JITC_POISON_QUEUE_NAME", "JitcQueue__queueServiceUri",
     "JITC_CA_BUNDLE", "JITC_KEY_VAULT_DNS_SUFFIX", "JITC_EXPIRY_MAX_DELAY_SECONDS",
+    "JITC_RBAC_LEDGER_URL",
 )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[azharness.Cloud]:
     yield from azharness.start_cloud(tmp_path_factory.mktemp("azure"))
+
+
+@pytest.fixture(scope="session")
+def blobs(cloud: azharness.Cloud) -> Iterator[tuple[AzuriteBlob, BlobProxy]]:
+    """Azurite's blob service, and the app's way to it through the judging proxy."""
+    try:
+        azurite = AzuriteBlob(cloud.tls)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    proxy = BlobProxy(azurite, cloud.authz, cloud.tls, azharness.STORAGE_ID)
+    try:
+        yield azurite, proxy
+    finally:
+        proxy.close()
+        azurite.close()
 
 
 @pytest.fixture(autouse=True)

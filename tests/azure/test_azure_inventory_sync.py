@@ -33,20 +33,6 @@ ROW = f"row-data-{azharness.RUN}-never-sent"
 SIGNING: dict[str, str] = {}  # the connector's private key of the current deployment
 
 
-@pytest.fixture(scope="module")
-def blobs(cloud: azharness.Cloud) -> Iterator[tuple[AzuriteBlob, BlobProxy]]:
-    try:
-        azurite = AzuriteBlob(cloud.tls)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    proxy = BlobProxy(azurite, cloud.authz, cloud.tls, azharness.STORAGE_ID)
-    try:
-        yield azurite, proxy
-    finally:
-        proxy.close()
-        azurite.close()
-
-
 @pytest.fixture
 def container(blobs: tuple[AzuriteBlob, BlobProxy], cloud: azharness.Cloud) -> Any:
     made = admin_container(blobs[0], cloud.tls, CONTAINER)

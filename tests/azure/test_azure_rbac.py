@@ -5,7 +5,9 @@ rights by action and scope."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ import azharness
 import azspec
 import pytest
 import tfazure
+from azblob import AzuriteBlob, BlobProxy, admin_container
 from azfakes import Call
 
 from jitc.catalog import parse_catalog
@@ -33,6 +36,9 @@ READER = azspec.BUILTIN_ROLES["Reader"][0]
 OWNER = azspec.BUILTIN_ROLES["Owner"][0]
 ESCALATOR = str(uuid.uuid4())  # a custom role that can write role assignments
 LABEL_KEY = "rbac-label-key-" + "r" * 20
+# The module's azurerm_storage_container.rbac_ledger.
+LEDGER = tfazure.load().resources[("azurerm_storage_container", "rbac_ledger")]["name"]
+LEDGER_SCOPE = f"{azharness.STORAGE_ID}/blobServices/default/containers/{LEDGER}"
 
 
 class Env:
@@ -107,7 +113,20 @@ class Env:
 
 
 @pytest.fixture
-def identity_env(cloud: azharness.Cloud) -> Iterator[None]:
+def ledger(blobs: tuple[AzuriteBlob, BlobProxy], cloud: azharness.Cloud) -> Iterator[Any]:
+    """The module's ledger container (the test's own view, account key), emptied after."""
+    made = admin_container(blobs[0], cloud.tls, LEDGER)
+    yield made
+    for blob in made.list_blobs():
+        with contextlib.suppress(Exception):
+            made.get_blob_client(blob.name).break_lease(lease_break_period=0)
+        made.delete_blob(blob.name)
+
+
+@pytest.fixture
+def identity_env(
+    cloud: azharness.Cloud, blobs: tuple[AzuriteBlob, BlobProxy], ledger: Any
+) -> Iterator[None]:
     import azfakes
     from azure.identity import ManagedIdentityCredential
 
@@ -115,6 +134,7 @@ def identity_env(cloud: azharness.Cloud) -> Iterator[None]:
         azure_rbac.use(
             ManagedIdentityCredential(client_id=azharness.APP_CLIENT_ID),
             {"connection_verify": str(cloud.tls.cert)},
+            f"{blobs[1].blob_service_uri}{LEDGER}",
         )
         yield
     azure_rbac.use(None, {})
@@ -262,16 +282,18 @@ def test_a_scope_outside_the_connection_is_refused(plain: Env) -> None:
 
 
 def _used(calls: list[Call]) -> set[tuple[str, str]]:
-    return {(c.action, c.scope.lower()) for c in calls}
+    return {(c.action, c.scope.lower()) for c in calls if c.service != "storage"}
 
 
 def test_least_privilege_every_call_is_allowed_and_every_right_is_used(
     cloud: azharness.Cloud, identity_env: None
 ) -> None:
-    """Both modes run every operation under the module's rights; the fake records each call's
-    action and scope. Every call was allowed, and the custom role holds no action unused."""
+    """Both modes run every operation under the module's rights; the fakes record each call's
+    action and scope. Every call was allowed, the custom role holds no action unused, and the
+    ledger's blob calls stay in its container, under the module's assignment there."""
     used: set[tuple[str, str]] = set()
     granted_actions: set[str] = set()
+    blob_calls: list[Call] = []
     for mode in ("assignment", "pim"):
         env = Env(cloud, mode, [READER])
         granted_actions |= set(tfazure.rbac_actions(tfazure.load(), pim=mode == "pim"))
@@ -279,11 +301,40 @@ def test_least_privilege_every_call_is_allowed_and_every_right_is_used(
         assert env.run("revoke", request_id=f"lp-{mode}").status == "revoked"
         env.engine.sweep()
         env.engine.live_grants()
+        # Past the tombstone's time: the sweep forgets it.
+        report = env.engine.sweep(now=azharness.now() + dt.timedelta(days=2))
+        assert report.forgotten == (
+            [] if mode == "pim" else [env.request(request_id=f"lp-{mode}").target_grant_id]
+        )
         denied = [c for c in cloud.authz.calls if not c.allowed]
         assert denied == [], denied
         used |= _used(cloud.authz.calls)
+        blob_calls += [c for c in cloud.authz.calls if c.service == "storage"]
     assert {action for action, _ in used} == granted_actions
     assert {scope for _, scope in used} == {f"/{SCOPE}".lower()}
+    # Tombstones and locks: read, write (create, lease) and delete, in the ledger only.
+    assert {c.action.rsplit("/", 1)[1] for c in blob_calls} == {"read", "write", "delete"}
+    assert all(
+        c.scope == LEDGER_SCOPE or c.scope.startswith(f"{LEDGER_SCOPE}/blobs/") for c in blob_calls
+    ), {c.scope for c in blob_calls}
+    [ledger_right] = [a for a in cloud.authz.assignments if a.role.startswith("rbac_ledger:")]
+    assert ledger_right.scope == LEDGER_SCOPE
+    assert ledger_right.role == "rbac_ledger:Storage Blob Data Contributor"
+
+
+def test_without_the_ledgers_right_assignment_mode_fails_and_makes_nothing(
+    cloud: azharness.Cloud, identity_env: None
+) -> None:
+    """The control for the test above: the module's assignment on the ledger container is what
+    lets the blob calls through; without it a grant fails (and is retried) before any write."""
+    env = Env(cloud, "assignment", [READER])
+    cloud.authz.assignments[:] = [
+        a for a in cloud.authz.assignments if not a.role.startswith("rbac_ledger:")
+    ]
+    outcome = env.run(request_id="no-ledger")
+    assert outcome.status == "failed", outcome
+    assert not env.arm.assignments
+    assert [c for c in cloud.authz.calls if c.service == "storage" and not c.allowed]
 
 
 def test_the_condition_keeps_the_connector_to_the_catalogs_roles(
@@ -297,18 +348,12 @@ def test_the_condition_keeps_the_connector_to_the_catalogs_roles(
     assert not env.arm.assignments
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a shared assignment's label is read, edited and written back with no concurrency "
-    "control (ARM role assignments have no ETag or If-Match): two revokes of grants sharing one "
-    "assignment, run at once (batchSize 16, several instances), each write back the other's "
-    "grant, both report 'revoked, verified', and the assignment survives until the surviving "
-    "entry's own expiry. Needs a per-assignment lock (e.g. a blob lease) or no sharing.",
-)
 def test_concurrent_revokes_of_a_shared_assignment_both_take_effect(plain: Env) -> None:
     """Two grants of the same access share one assignment; both are revoked at the same time
-    (the control plane revoking a person's access, two messages in one batch). The second
-    revoke runs, start to finish, while the first is about to write its label back."""
+    (the control plane revoking a person's access, two messages in one batch, or two
+    instances). The second revoke starts while the first is about to write its label back, and
+    is given time to finish first: ARM keeps no ETag on an assignment, so only the ledger's lock
+    keeps it from reading the old label and writing back the first's grant."""
     assert plain.run(request_id="race-1").status == "granted"
     assert plain.run(request_id="race-2", duration="2h").status == "granted"
     other = Engine(
@@ -318,20 +363,107 @@ def test_concurrent_revokes_of_a_shared_assignment_both_take_effect(plain: Env) 
         MemorySink(),
     )
     seen: list[Outcome] = []
-    fired: list[bool] = []
+    second = threading.Thread(
+        target=lambda: seen.append(other.execute(plain.request("revoke", request_id="race-2")))
+    )
 
     def meanwhile(method: str, path: str) -> None:
-        if method == "PUT" and "/roleAssignments/" in path and not fired:
-            fired.append(True)
-            seen.append(other.execute(plain.request("revoke", request_id="race-2")))
+        if method == "PUT" and "/roleAssignments/" in path and not second.is_alive() and not seen:
+            second.start()
+            second.join(timeout=3)  # done by then, unless something makes it wait
 
     plain.arm.meanwhile = meanwhile
     first = plain.run("revoke", request_id="race-1")
+    second.join(timeout=60)
     plain.arm.meanwhile = None
-    assert fired and seen[0].status == "revoked" and seen[0].verified
+    assert seen and seen[0].status == "revoked" and seen[0].verified, seen
     assert first.status == "revoked" and first.verified
     # Both grants were revoked and both outcomes say so: the access must be gone.
     assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+    assert not plain.arm.assignments
+
+
+def test_a_grant_delivered_after_its_revoke_is_refused(plain: Env) -> None:
+    """Storage Queues redeliver and reorder: the revoke runs first and finds nothing, then the
+    grant arrives. The revoke's tombstone refuses it; the sweep forgets the tombstone once no
+    delivery of the grant could still be valid."""
+    early = plain.run("revoke", request_id="late")
+    assert early.status == "revoked" and "nothing to revoke" in str(early.message)
+    late = plain.run(request_id="late")
+    assert late.status == "refused" and late.field == "request_id", late
+    assert not plain.arm.assignments
+    grant_id = plain.request(request_id="late").target_grant_id
+    [tombstone] = [
+        g for g in plain.engine.live_grants()[plain.integration] if g.state == "tombstone"
+    ]  # type: ignore[union-attr]
+    assert tombstone.grant_id == grant_id
+    assert plain.engine.sweep().forgotten == []  # still needed
+    report = plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=9))
+    assert report.forgotten == [grant_id]
+    assert plain.engine.live_grants()[plain.integration] == []
+
+
+def _stop_at_delete(plain: Env) -> None:
+    """The revoke's process dies once its tombstone is written, before ARM deletes anything."""
+
+    def meanwhile(method: str, path: str) -> None:
+        if method == "DELETE" and "/roleAssignments/" in path:
+            raise RuntimeError("the instance went away")
+
+    plain.arm.meanwhile = meanwhile
+
+
+def test_a_revoke_stopped_after_its_tombstone_is_finished_by_the_sweep(plain: Env) -> None:
+    assert plain.run(request_id="stop-1").status == "granted"
+    _stop_at_delete(plain)
+    stopped = plain.run("revoke", request_id="stop-1")
+    plain.arm.meanwhile = None
+    assert stopped.status == "failed"
+    assert plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+    found = plain.engine.live_grants()[plain.integration]
+    assert not isinstance(found, str)
+    [live] = [g for g in found if g.state != "tombstone"]
+    assert live.state == "revoking"  # not left until its expiry an hour from now
+    report = plain.engine.sweep()
+    assert report.revoked == [live.grant_id] and report.ok
+    assert not plain.arm.assignments
+
+
+def test_a_revoke_stopped_after_its_tombstone_is_finished_by_a_late_grant(plain: Env) -> None:
+    """Or the grant's own redelivery comes first: it finds the tombstone, removes what the
+    grant made, and is refused."""
+    assert plain.run(request_id="stop-2").status == "granted"
+    _stop_at_delete(plain)
+    assert plain.run("revoke", request_id="stop-2").status == "failed"
+    plain.arm.meanwhile = None
+    again = plain.run(request_id="stop-2")
+    assert again.status == "refused" and again.field == "request_id", again
+    assert not plain.arm.assignments
+
+
+def test_a_lock_held_by_a_stalled_holder_stops_the_write(
+    plain: Env, ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance holds the assignment's lock (stalled, or died holding it: its lease
+    runs out after 60 s). A grant waits, then fails and is retried; it never writes without
+    the lock, and nobody breaks another's lease."""
+    from jitc.labels import LabelKey
+    from jitc.templates import azure_rbac_ledger
+
+    monkeypatch.setattr(azure_rbac_ledger, "LOCK_WAIT_SECONDS", 1.0)
+    principal = plain.principals[0]
+    role = azure_rbac.role_definition_id(SUB, READER)
+    name = azure_rbac_ledger.LOCKS + LabelKey.from_secret(LABEL_KEY).keyed_hash(
+        "azure_rbac lock", "\0".join([SCOPE.lower(), principal, role.lower()])
+    )
+    blob = ledger.get_blob_client(name)
+    blob.upload_blob(b"", overwrite=True)
+    lease = blob.acquire_lease(lease_duration=15)
+    outcome = plain.run(request_id="locked")
+    assert outcome.status == "failed" and "locked by another operation" in str(outcome.message)
+    assert not plain.arm.assignments
+    lease.release()
+    assert plain.run(request_id="locked").status == "granted"
 
 
 def test_a_full_shared_assignment_fits_arms_description_limit(plain: Env) -> None:
@@ -402,8 +534,33 @@ def test_the_inventory_sync_sends_scopes_and_assignments_never_their_description
     assert {"kind": "scope", "name": SCOPE} in records
     mine = [r for r in records if r["kind"] == "role_assignment"]
     assert any(
-        READER in r["name"] and r["parent"] == f"/{SCOPE}" and r["id"].startswith(plain.principals[0])
+        READER in r["name"]
+        and r["parent"] == f"/{SCOPE}"
+        and r["id"].startswith(plain.principals[0])
         for r in mine
     ), mine
     assert ("grant", granted.grant_id) in {(r["kind"], r["name"]) for r in records}
     assert "jitc:" not in out.getvalue()  # no label (assignment description) was sent
+
+
+def test_a_blob_written_at_a_tombstones_name_neither_refuses_nor_blocks(
+    plain: Env, ledger: Any
+) -> None:
+    """Someone who may write the container (they cannot compute a tombstone's name without the
+    label key, but suppose they copy one) puts their own bytes there: a grant is not refused by
+    a tombstone that does not verify, and a revoke replaces it with one that does."""
+    from jitc.labels import LabelKey
+    from jitc.templates.azure_rbac_ledger import TOMBSTONES
+
+    grant_id = plain.request(request_id="squat").target_grant_id
+    name = TOMBSTONES + LabelKey.from_secret(LABEL_KEY).keyed_hash(
+        "azure_rbac tombstone", f"{plain.integration}\0{grant_id}"
+    )
+    ledger.upload_blob(name, b"jitc:forged.{}", metadata={"grant_id": grant_id, "until": "x"})
+    assert plain.run(request_id="squat").status == "granted"
+    revoked = plain.run("revoke", request_id="squat")
+    assert revoked.status == "revoked" and revoked.verified
+    assert b"forged" not in ledger.get_blob_client(name).download_blob().readall()
+    late = plain.run(request_id="squat")
+    assert late.status == "refused" and late.field == "request_id"
+    assert not plain.arm.assignments

@@ -91,9 +91,10 @@ def test_every_right_is_on_a_named_resource_never_an_account_or_group() -> None:
         for s in by_role["Storage Queue Data Contributor"]
     )
     assert all("/blobServices/default/containers/" in s for s in by_role["Storage Blob Data Owner"])
-    assert by_role["Storage Blob Data Contributor"] == [
+    assert sorted(by_role["Storage Blob Data Contributor"]) == [
         "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/acct"
-        "/blobServices/default/containers/jitc-inventory-state"
+        f"/blobServices/default/containers/{name}"
+        for name in ("jitc-inventory-state", "jitc-rbac-ledger")
     ]
     assert by_role["rbac_target"] == [
         "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/x"
@@ -108,6 +109,33 @@ def test_every_right_is_on_a_named_resource_never_an_account_or_group() -> None:
     )  # fmt: skip
     [target] = [a for a in rendered.assignments if a.role.endswith("rbac_target")]
     assert target.allowed_roles == frozenset({"acdd72a7-3385-48ef-bd42-f606fba81ae7"})
+
+
+def test_the_rbac_ledger_right_and_its_lifecycle_rule() -> None:
+    """The ledger container's right exists only with an RBAC target; the app setting names the
+    container the right is on; the lifecycle rule deletes idle lock blobs there and never a
+    tombstone (the sweep forgets each at its own time)."""
+    variables = {
+        "name": "t", "key_vault_id": "/kv", "key_vault_secret_names": [], "rbac_scopes": [],
+        "rbac_role_ids": [], "rbac_pim": False, "control_plane_principal_id": None,
+    }  # fmt: skip
+    account = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/a"
+    without = tfazure.render(variables, storage_account_id=account, principal="APP")
+    assert not [a for a in without.assignments if a.role.startswith("rbac_ledger:")]
+    variables["rbac_scopes"] = ["/subscriptions/00000000-0000-0000-0000-000000000000"]
+    rendered = tfazure.render(variables, storage_account_id=account, principal="APP")
+    [right] = [a for a in rendered.assignments if a.role.startswith("rbac_ledger:")]
+    settings = rendered.app_settings("https://a.queue/", "{}", "https://a.blob/")
+    container = settings["JITC_RBAC_LEDGER_URL"].removeprefix("https://a.blob/")
+    assert right.scope == f"{account}/blobServices/default/containers/{container}"
+    [policy] = MODULE.of_kind("azurerm_storage_management_policy").values()
+    rules = policy["rule"]
+    assert [r["filters"][0]["prefix_match"] for r in rules] == [
+        ["${azurerm_storage_container.rbac_ledger.name}/locks/"]
+    ]
+    from jitc.templates import azure_rbac_ledger
+
+    assert azure_rbac_ledger.LOCKS == "locks/"
 
 
 def test_alerts_query_the_events_the_code_writes() -> None:

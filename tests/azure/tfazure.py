@@ -191,7 +191,10 @@ def render(
     refs["azurerm_storage_queue.requests.name"] = queue_name
     refs["azurerm_storage_queue.poison.name"] = poison_name
     containers = module.of_kind("azurerm_storage_container")
-    refs["azurerm_storage_container.sync.name"] = evaluator.value(containers["sync"]["name"])
+    for container in ("sync", "rbac_ledger"):
+        refs[f"azurerm_storage_container.{container}.name"] = evaluator.value(
+            containers[container]["name"]
+        )
     assignments: list[Assignment] = []
     for name, body in module.of_kind("azurerm_role_assignment").items():
         for each in _instances(evaluator, body):
@@ -219,6 +222,10 @@ def _instances(evaluator: Evaluator, body: dict[str, Any]) -> list[tuple[Any, An
         var = re.match(r"var\.(\w+) == null", text)
         if var and evaluator.ref(f"var.{var.group(1)}") is None:
             return []
+        if text == "local.rbac_enabled ? 1 : 0":
+            return [(None, None)] if evaluator.ref("var.rbac_scopes") else []
+        if var is None and text != "1":
+            raise ValueError(f"count {text!r} is not understood by tfazure")
         return [(None, None)]
     if "for_each" not in body:
         return [(None, None)]

@@ -25,16 +25,7 @@ TARGETS: dict[str, str] = {
 
 # Promises a template does not keep yet: the test runs and must fail (strict), so whoever
 # closes the gap sees it pass and removes the line.
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    (
-        "azure_rbac",
-        "test_revoke_before_grant_and_duplicate_revoke_succeed",
-    ): "azure_rbac keeps no tombstones (a revoke that finds no assignment leaves nothing in "
-    "ARM to remember it by): a grant delivered after its revoke is made again, until its "
-    "expiry message or the sweep ends it",
-    ("azure_rbac", "test_delivery_histories"): "azure_rbac keeps no tombstones in assignment "
-    "mode: a grant delivered after its revoke is made again (see the line above)",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 _reached: dict[str, Any] = {}
 

@@ -191,6 +191,7 @@ resource "azurerm_function_app_flex_consumption" "app" {
     JITC_SYNC_SCHEDULE                        = var.sync_schedule
     JITC_SYNC_BLOB_SERVICE_URI                = azurerm_storage_account.app.primary_blob_endpoint
     JITC_SYNC_CONTAINER                       = azurerm_storage_container.sync.name
+    JITC_RBAC_LEDGER_URL                      = "${azurerm_storage_account.app.primary_blob_endpoint}${azurerm_storage_container.rbac_ledger.name}"
     JITC_EXPIRY_MAX_DELAY_SECONDS             = tostring(var.expiry_max_delay_seconds)
   }
 
