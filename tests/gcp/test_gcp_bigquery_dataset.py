@@ -43,10 +43,16 @@ ANA = "user:ana@example.com"
 VIEW = {"view": {"projectId": PROJECT, "datasetId": "reports", "tableId": "summary"}}
 
 
+# The module's tombstone bucket (google_storage_bucket.tombstones), where revokes leave theirs.
+TOMBSTONES = f"buckets/{PROJECT}-jitc-tombstones"
+
+
 def _env(fake: FakeGcp, key_file: str) -> dict[str, str]:
     return {
         "GOOGLE_APPLICATION_CREDENTIALS": key_file,
         "JITC_GCP_ENDPOINT_BIGQUERY": f"{fake.url}/bigquery/v2/",
+        "JITC_STORAGE_ENDPOINT": fake.url,
+        "JITC_GCP_TOMBSTONE_BUCKET": TOMBSTONES.removeprefix("buckets/"),
     }
 
 
@@ -59,9 +65,12 @@ def terraform(server: FakeGcp) -> tuple[dict[str, str], dict[str, Any]]:
     emails = {name: email for name, (email, _) in accounts.items()}
     facts = tfgcp.facts_from_catalog(catalog_doc(), PROJECT, "europe-west1", "jitc")
     server.custom_roles.update(tfgcp.custom_roles(facts))
+    server.buckets.add(TOMBSTONES.removeprefix("buckets/"))
     for binding in tfgcp.bindings(facts, emails):
-        if binding.resource == DATASET:
-            server.bind(DATASET, binding.role, f"serviceAccount:{emails[binding.function]}")
+        if binding.resource in (DATASET, TOMBSTONES):
+            server.bind(
+                binding.resource, binding.role, f"serviceAccount:{emails[binding.function]}"
+            )
     return emails, accounts["worker"][1]
 
 
@@ -82,7 +91,7 @@ def fake() -> Iterator[FakeGcp]:
     # Least privilege: every call the worker made was allowed by what Terraform binds, on the
     # dataset itself, and it used no permission the module's role does not hold.
     assert [c for c in server.calls if not c.allowed] == []
-    assert {c.resource for c in server.calls} <= {DATASET}
+    assert {c.resource for c in server.calls} <= {DATASET, TOMBSTONES}
     server.close()
     os.unlink(handle.name)
     for key, value in saved.items():
@@ -170,8 +179,9 @@ def test_grant_is_one_conditional_entry_that_google_ends(fake: FakeGcp) -> None:
     # Every write was conditional on the etag of the read it edited.
     writes = [c for c in fake.calls if c.method == "bigquery.datasets.patch"]
     assert writes and all(c.resource == DATASET for c in writes)
-    # Every permission the module's role holds was needed (and the fixture: nothing else).
-    assert {c.permission for c in fake.calls} == WORKER_PERMISSIONS
+    # Every permission the module's role holds was needed (and the fixture: nothing else),
+    # besides the read of the grant's tombstone in the module's bucket.
+    assert {c.permission for c in fake.calls} == WORKER_PERMISSIONS | {"storage.objects.get"}
 
 
 def test_revoke_removes_the_entry_and_keeps_everyone_else(fake: FakeGcp) -> None:
