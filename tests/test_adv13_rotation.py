@@ -4,6 +4,7 @@ connector out. Shared servers, under names of this run's own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -12,11 +13,13 @@ from typing import Any
 
 import pymysql
 import pytest
+import redis
 from contract_mysql import HOST, PORT, root, run
 
 from jitc.catalog import Catalog, parse_catalog
-from jitc.errors import Refused
-from jitc.rotation import rotate_local
+from jitc.errors import AuthenticationFailed, Refused
+from jitc.rotation import RedisRotator, rotate_local
+from jitc.secrets import FileSecretStore, SecretRef
 
 RUN = secrets.token_hex(3)
 PREFIX = f"a13{RUN}_"
@@ -94,3 +97,82 @@ def test_a_rotation_that_says_the_old_password_is_refused_leaves_it_working_nowh
     if not done.old_refused:
         return  # so would saying the old password still works
     assert not _socket_login(FIRST), "the old admin password still logs in as admin@localhost"
+
+
+REDIS_HOST = os.environ.get("JITC_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("JITC_TEST_REDIS_PORT", "6379"))
+REDIS_ADMIN = f"a13{RUN}-redisadmin"
+REDIS_RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|list")
+REDIS_RULES += ("+client|setname", "+ping", "+info")
+
+
+@pytest.fixture
+def redis_admin() -> Iterator[redis.Redis]:
+    root_client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, decode_responses=True)
+    try:
+        root_client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis is not reachable: {exc}")
+    command: Any = root_client.execute_command
+    command("ACL", "SETUSER", REDIS_ADMIN, "reset", "on", f">{FIRST}", *REDIS_RULES)
+    yield root_client
+    command("ACL", "DELUSER", REDIS_ADMIN)
+    root_client.close()
+
+
+def _private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
+
+
+def _redis_integration(prefix: str, path: Path) -> dict[str, Any]:
+    return {
+        "kind": "redis",
+        "connection": {
+            "host": REDIS_HOST,
+            "port": REDIS_PORT,
+            "tls": False,
+            "user": REDIS_ADMIN,
+            "user_prefix": prefix,
+            "acl_save": "never",
+        },
+        "credentials": f"file:{path}",
+        "permissions": {"r": {"template": "read-only", "resources": [f"{prefix}*"]}},
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ADV: jitc rotate changes a shared admin account's password but only one of the "
+    "secrets that hold it; the other integration on that account is locked out",
+)
+def test_rotating_one_integration_never_locks_out_another_on_the_same_admin_account(
+    redis_admin: redis.Redis, tmp_path: Path
+) -> None:
+    # Two integrations on one Redis admin (one per key space), each with a secret file: what
+    # `jitc rotate` asks for when they share one ("give each admin account a secret of its
+    # own"), though they are one account.
+    first = _private(tmp_path / "a", FIRST)
+    second = _private(tmp_path / "b", FIRST)
+    cat = parse_catalog(
+        {
+            "connector": {"label_key": "env:A13_UNUSED"},
+            "integrations": {
+                "cache-a": _redis_integration(f"a13{RUN}a-", first),
+                "cache-b": _redis_integration(f"a13{RUN}b-", second),
+            },
+        }
+    )
+    try:
+        rotate_local(cat, "cache-a")
+    except Refused:
+        return  # refusing to rotate an account another secret holds would be honest
+    other = cat.integrations["cache-b"]
+    # What the engine does for cache-b: read its secret (again, after a refusal) and log in.
+    for candidate in FileSecretStore().candidates(SecretRef(f"file:{second}")):
+        with contextlib.suppress(AuthenticationFailed):
+            RedisRotator().check(other, candidate)
+            return
+    pytest.fail("cache-b's admin credential is refused after cache-a's rotation")
