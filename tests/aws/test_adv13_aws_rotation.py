@@ -1,0 +1,42 @@
+"""Adversarial checks of the Secrets Manager rotation function: a step invoked out of order
+must never leave AWSCURRENT on a password the target refuses."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from test_aws_rotation import (  # noqa: F401  (fixtures)
+    FIRST,
+    Rotation,
+    cluster,
+    deployed,
+    login,
+    start,
+    step,
+    value,
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ADV: finishSecret moves AWSCURRENT to a pending value the target never took "
+    "(setSecret failed or never ran), locking the connector out",
+)
+def test_finish_before_set_never_makes_current_a_password_the_target_refuses(
+    deployed: Rotation, cluster: dict[str, Any]
+) -> None:
+    deployed.die_at = {"setSecret"}
+    token = str(uuid.uuid4())
+    with pytest.raises(ClientError):
+        start(token)  # createSecret ran; setSecret died: the target still takes FIRST
+    assert login(cluster, FIRST)
+    # A finishSecret delivered for this version before its setSecret succeeded (a replayed or
+    # hand-invoked step): refusing it, or setting the password first, would both be safe.
+    try:
+        step("finishSecret", token)
+    except ValueError:
+        return
+    assert login(cluster, value()), "AWSCURRENT holds a password the target refuses"
