@@ -25,7 +25,7 @@ from test_aws_rotation import (  # noqa: F401  (fixtures)
     reason="ADV: finishSecret moves AWSCURRENT to a pending value the target never took "
     "(setSecret failed or never ran), locking the connector out",
 )
-def test_finish_before_set_never_makes_current_a_password_the_target_refuses(  # noqa: F811
+def test_finish_before_set_never_makes_current_a_password_the_target_refuses(
     deployed: Rotation, cluster: dict[str, Any]  # noqa: F811
 ) -> None:
     deployed.die_at = {"setSecret"}
