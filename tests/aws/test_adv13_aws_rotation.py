@@ -26,7 +26,8 @@ from test_aws_rotation import (  # noqa: F401  (fixtures)
     "(setSecret failed or never ran), locking the connector out",
 )
 def test_finish_before_set_never_makes_current_a_password_the_target_refuses(
-    deployed: Rotation, cluster: dict[str, Any]  # noqa: F811
+    deployed: Rotation,  # noqa: F811
+    cluster: dict[str, Any],  # noqa: F811
 ) -> None:
     deployed.die_at = {"setSecret"}
     token = str(uuid.uuid4())
