@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,3 +179,50 @@ def test_rotating_one_integration_never_locks_out_another_on_the_same_admin_acco
             RedisRotator().check(other, candidate)
             return
     pytest.fail("cache-b's admin credential is refused after cache-a's rotation")
+
+
+SERVICE_UID = 65534  # `nobody`: the account a service runs the connector as
+
+
+def _service_reads(path: Path) -> bool:
+    """Whether the connector, running as its own account, can still read its secret."""
+    code = (
+        "import os, sys\n"
+        f"os.setgid({SERVICE_UID}); os.setgroups([]); os.setuid({SERVICE_UID})\n"
+        "try:\n"
+        f"    open({str(path)!r}, encoding='utf-8').read()\n"
+        "except PermissionError:\n"
+        "    sys.exit(3)\n"
+    )
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", code], check=False, timeout=60)
+    assert done.returncode in (0, 3), done
+    return done.returncode == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ADV: jitc rotate run by another account (root, an operator) replaces the secret "
+    "file with one only that account can read: the connector's service is locked out",
+)
+def test_a_rotation_run_by_an_operator_leaves_the_secret_readable_by_the_connector(
+    redis_admin: redis.Redis,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to play the operator and the service account")
+    folder = Path(tempfile.mkdtemp(prefix="a13-"))
+    try:
+        folder.chmod(0o755)
+        path = _private(folder / "admin", FIRST)
+        os.chown(path, SERVICE_UID, SERVICE_UID)  # the connector's own file, mode 0600
+        assert _service_reads(path)
+        cat = parse_catalog(
+            {
+                "connector": {"label_key": "env:A13_UNUSED"},
+                "integrations": {"rot": _redis_integration(f"a13{RUN}r-", path)},
+            }
+        )
+        done = rotate_local(cat, "rot")  # `sudo jitc rotate rot`
+        assert done.changed and done.old_refused
+        assert _service_reads(path), "the connector can no longer read its admin secret"
+    finally:
+        shutil.rmtree(folder)
