@@ -242,6 +242,9 @@ def rotate(client: Any, cat: Catalog, event: dict[str, Any]) -> None:
     elif step == "testSecret":
         test_secret(client, arn, token, found)
     else:
+        # A finishSecret run before its setSecret took (replayed, or invoked by hand) would make
+        # current a password the target refuses, and the engine reads only current and pending.
+        test_secret(client, arn, token, found)
         finish_secret(client, arn, token)
 
 
