@@ -129,9 +129,25 @@ class MySQLRotator:
         from jitc.templates.mysql_session import native_password_hash
 
         stored = literal(native_password_hash(new.reveal()))  # a hex digest, driver-quoted
+        user = str(getattr(integration.connection, "user", ""))
         conn = self._connect(integration, current)
         try:
             with conn.cursor() as cursor:
+                # A password belongs to one host entry (user@host): another entry of the name,
+                # often given the same password, would keep taking the old one after this.
+                cursor.execute(
+                    "SELECT COUNT(*) FROM mysql.user WHERE User = %s "
+                    "AND Host <> SUBSTRING_INDEX(CURRENT_USER(), '@', -1)",
+                    (user,),
+                )
+                others = cursor.fetchone()
+                if others is not None and int(others[0]) > 0:
+                    raise Refused(
+                        "integration",
+                        f"{integration.name}: the admin account {user!r} has other host "
+                        "entries, which would keep their passwords; rotate an account with "
+                        "one host entry",
+                    )
                 cursor.execute("SELECT VERSION()")
                 row = cursor.fetchone()
                 if row is not None and "mariadb" in str(row[0]).lower():
