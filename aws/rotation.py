@@ -81,8 +81,9 @@ def integrations_of(cat: Catalog, arn: str, name: str) -> list[Integration]:
     first = found[0]
     fields = {credential_ref(i).field for i in found}
     where = {
+        # RabbitMQ's server is its API URL: it has no host or port setting.
         (i.template.kind, getattr(i.connection, "host", None), getattr(i.connection, "port", None),
-         getattr(i.connection, "user", None))
+         getattr(i.connection, "api_url", None), getattr(i.connection, "user", None))
         for i in found
     }  # fmt: skip
     if len(fields) > 1 or len(where) > 1:

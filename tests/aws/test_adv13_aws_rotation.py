@@ -1,5 +1,5 @@
 """The Secrets Manager rotation function: a step invoked out of order never leaves AWSCURRENT
-on a password the target refuses."""
+on a password the target refuses, and one secret never serves two servers' admins."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from test_aws_rotation import (  # noqa: F401  (fixtures)
     step,
     value,
 )
+
+from jitc.aws import rotation
+from jitc.catalog import parse_catalog
 
 
 def test_finish_before_set_never_makes_current_a_password_the_target_refuses(
@@ -38,3 +41,30 @@ def test_finish_before_set_never_makes_current_a_password_the_target_refuses(
     for name in ("setSecret", "testSecret", "finishSecret"):
         step(name, token)
     assert login(cluster, value()) and not login(cluster, FIRST)
+
+
+def test_two_brokers_sharing_one_secret_are_refused_before_any_change() -> None:
+    """Two RabbitMQ brokers (no host or port of their own: an API URL) whose admins share one
+    secret: setSecret would change the password on the first broker only, and testSecret fail
+    on the second at every retry, leaving the first on a value only AWSPENDING holds."""
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:jitc/rabbit-AbCdEf"
+
+    def broker(url: str) -> dict[str, Any]:
+        return {
+            "kind": "rabbitmq",
+            "connection": {"api_url": url, "user": "jitc-admin", "user_prefix": "jit-"},
+            "credentials": f"aws-sm:{arn}#password",
+            "permissions": {"r": {"template": "read-only", "resources": ["app"]}},
+        }
+
+    cat = parse_catalog(
+        {
+            "connector": {"label_key": "env:A13_UNUSED"},
+            "integrations": {
+                "mq-eu": broker("https://mq-eu.example.com:15671"),
+                "mq-us": broker("https://mq-us.example.com:15671"),
+            },
+        }
+    )
+    with pytest.raises(rotation.RotationError, match="share this secret"):
+        rotation.integrations_of(cat, arn, "jitc/rabbit")
