@@ -357,6 +357,14 @@ def rotator_for(integration: Integration) -> Rotator:
     return rotator
 
 
+def account_of(integration: Integration) -> tuple[object, ...]:
+    """The admin account an integration logs in as: its kind, server and user name (a
+    RabbitMQ server is its API URL; PostgreSQL's databases share the cluster's roles)."""
+    settings = integration.connection
+    where = ("host", "port", "api_url", "user")
+    return (integration.template.kind, *(getattr(settings, key, None) for key in where))
+
+
 def credential_ref(integration: Integration) -> SecretRef:
     if integration.credentials is None:
         raise Refused("integration", f"{integration.name}: has no credentials to rotate")
@@ -469,13 +477,18 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             f"{name}: {ref} is rotated by its secret store's own rotation (the AWS rotation "
             "function for aws-sm:), not by jitc rotate",
         )
-    shared = [
-        other.name
-        for other in catalog.integrations.values()
-        if other.name != name
-        and other.credentials is not None
-        and (other.credentials.scheme, other.credentials.location) == (ref.scheme, ref.location)
-    ]
+    mine = (ref.scheme, ref.location)
+    shared, elsewhere = [], []
+    for other in catalog.integrations.values():
+        theirs = other.credentials
+        if other.name == name or theirs is None:
+            continue
+        same_account = account_of(other) == account_of(integration)
+        if (theirs.scheme, theirs.location) == mine:
+            if not same_account or theirs.field != ref.field:
+                shared.append(other.name)
+        elif same_account:
+            elsewhere.append(f"{other.name} ({theirs})")
     if shared:
         # One account's new password in a file others read for their own accounts would lock
         # them out at their next login.
@@ -483,6 +496,14 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             "integration",
             f"{name}: {ref} is also the credential of {', '.join(sorted(shared))}; give each "
             "admin account a secret of its own to rotate it",
+        )
+    if elsewhere:
+        # The account's new password would reach only this secret: the others' old one is
+        # refused from then on.
+        raise Refused(
+            "integration",
+            f"{name}: the same admin account is also reached by {', '.join(sorted(elsewhere))}; "
+            f"name {ref} in all of them to rotate it",
         )
     path = Path(ref.location)
     pending = Path(pending_path(ref.location))

@@ -146,20 +146,8 @@ def _redis_integration(prefix: str, path: Path) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: jitc rotate changes a shared admin account's password but only one of the "
-    "secrets that hold it; the other integration on that account is locked out",
-)
-def test_rotating_one_integration_never_locks_out_another_on_the_same_admin_account(
-    redis_admin: redis.Redis, tmp_path: Path
-) -> None:
-    # Two integrations on one Redis admin (one per key space), each with a secret file: what
-    # `jitc rotate` asks for when they share one ("give each admin account a secret of its
-    # own"), though they are one account.
-    first = _private(tmp_path / "a", FIRST)
-    second = _private(tmp_path / "b", FIRST)
-    cat = parse_catalog(
+def _two_caches(first: Path, second: Path) -> Catalog:
+    return parse_catalog(
         {
             "connector": {"label_key": "env:A13_UNUSED"},
             "integrations": {
@@ -168,17 +156,40 @@ def test_rotating_one_integration_never_locks_out_another_on_the_same_admin_acco
             },
         }
     )
-    try:
-        rotate_local(cat, "cache-a")
-    except Refused:
-        return  # refusing to rotate an account another secret holds would be honest
-    other = cat.integrations["cache-b"]
-    # What the engine does for cache-b: read its secret (again, after a refusal) and log in.
-    for candidate in FileSecretStore().candidates(SecretRef(f"file:{second}")):
+
+
+def _logs_in(cat: Catalog, name: str, path: Path) -> bool:
+    """What the engine does: read the secret (again, after a refusal) and log in."""
+    for candidate in FileSecretStore().candidates(SecretRef(f"file:{path}")):
         with contextlib.suppress(AuthenticationFailed):
-            RedisRotator().check(other, candidate)
-            return
-    pytest.fail("cache-b's admin credential is refused after cache-a's rotation")
+            RedisRotator().check(cat.integrations[name], candidate)
+            return True
+    return False
+
+
+def test_an_admin_account_another_secret_also_holds_is_refused_before_any_change(
+    redis_admin: redis.Redis, tmp_path: Path
+) -> None:
+    """Two integrations on one Redis admin (one per key space), each with a secret file:
+    rotated through one, the other's old password would be refused from then on."""
+    first = _private(tmp_path / "a", FIRST)
+    second = _private(tmp_path / "b", FIRST)
+    cat = _two_caches(first, second)
+    with pytest.raises(Refused, match="same admin account"):
+        rotate_local(cat, "cache-a")
+    assert _logs_in(cat, "cache-a", first) and _logs_in(cat, "cache-b", second)
+    assert not Path(f"{first}.pending").exists()
+
+
+def test_one_secret_for_one_admin_account_rotates_for_every_integration_on_it(
+    redis_admin: redis.Redis, tmp_path: Path
+) -> None:
+    shared = _private(tmp_path / "admin", FIRST)
+    cat = _two_caches(shared, shared)
+    done = rotate_local(cat, "cache-a")
+    assert done.changed and done.old_refused
+    assert shared.read_text() != FIRST
+    assert _logs_in(cat, "cache-a", shared) and _logs_in(cat, "cache-b", shared)
 
 
 SERVICE_UID = 65534  # `nobody`: the account a service runs the connector as

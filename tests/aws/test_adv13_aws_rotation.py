@@ -68,3 +68,34 @@ def test_two_brokers_sharing_one_secret_are_refused_before_any_change() -> None:
     )
     with pytest.raises(rotation.RotationError, match="share this secret"):
         rotation.integrations_of(cat, arn, "jitc/rabbit")
+
+
+def test_an_admin_account_another_secret_also_holds_is_refused() -> None:
+    """One PostgreSQL admin, two databases, a secret each: rotated through one, the other's
+    old password would be refused from then on."""
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:jitc/pg-a-AbCdEf"
+
+    def database(secret: str, dbname: str) -> dict[str, Any]:
+        connection = {"host": "db.example.com", "dbname": dbname, "user": "jitc_admin"}
+        return {
+            "kind": "postgresql",
+            "connection": {**connection, "role_prefix": "jit_"},
+            "credentials": f"aws-sm:{secret}#password",
+            "permissions": {"r": {"template": "read-only", "resources": ["public"]}},
+        }
+
+    cat = parse_catalog(
+        {
+            "connector": {"label_key": "env:A13_UNUSED"},
+            "integrations": {"sales": database(arn, "sales"), "hr": database("jitc/pg-b", "hr")},
+        }
+    )
+    with pytest.raises(rotation.RotationError, match="same admin account"):
+        rotation.integrations_of(cat, arn, "jitc/pg-a")
+    cat = parse_catalog(
+        {
+            "connector": {"label_key": "env:A13_UNUSED"},
+            "integrations": {"sales": database(arn, "sales"), "hr": database(arn, "hr")},
+        }
+    )
+    assert [i.name for i in rotation.integrations_of(cat, arn, "jitc/pg-a")] == ["sales", "hr"]
