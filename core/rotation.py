@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import secrets as random
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from jitc.secrets import (
     pending_path,
     pending_ref,
     pick_field,
-    private_file,
 )
 
 
@@ -415,12 +415,16 @@ class LocalRotation:
     note: str | None = None  # e.g. a server that cannot keep the change across a restart
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `path` atomically with mode 0600: a new file beside it, synced, renamed over."""
+def _write_private(path: Path, text: str, owner: os.stat_result | None = None) -> None:
+    """Write `path` atomically with mode 0600: a new file beside it, synced, renamed over.
+    With `owner`, the file gets its user and group: the connector may run as an account other
+    than the one rotating (root, an operator), and must still read its secret."""
     tmp = path.with_name(f".{path.name}.{random.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if owner is not None and (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
             out.write(text + "\n")
             out.flush()
             os.fsync(out.fileno())
@@ -437,6 +441,19 @@ def _sync_folder(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _private_to(path: Path, owner: int) -> bool:
+    """A regular file (not a link) of this user's or of `owner` (the secret's), mode 0600."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(info.st_mode)
+        and info.st_uid in (os.geteuid(), owner)
+        and not info.st_mode & 0o077
+    )
 
 
 @contextmanager
@@ -513,22 +530,25 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             current_raw = path.read_text(encoding="utf-8").rstrip("\n")
         except OSError as exc:
             raise SecretError(f"secret {ref}: cannot read file ({exc.strerror})") from None
+        kept = path.stat()
         old = pick_field(ref, current_raw)
         if pending.exists():  # a rotation stopped part way: finish it with its value
-            if not private_file(pending):
+            if not _private_to(pending, kept.st_uid):
                 # Anyone else able to plant or change it would choose the admin's password.
                 raise Refused(
                     "integration",
-                    f"{name}: {pending} is not a regular file of this user's with mode 0600; "
+                    f"{name}: {pending} is not a regular file of this user's or the secret's "
+                    "owner's with mode 0600; "
                     "remove it if no rotation of ours is under way",
                 )
             new = store.resolve(pending_ref(ref))
         else:
             new = Secret(new_password())
-            _write_private(pending, with_password(ref, current_raw, new.reveal()))
+            _write_private(pending, with_password(ref, current_raw, new.reveal()), kept)
         changed = set_password(rotator, integration, new, [old])
         rotator.check(integration, new)
         note = persist(rotator, integration, new)
+        os.chmod(pending, stat.S_IMODE(kept.st_mode))  # e.g. group-readable, as it was
         os.replace(pending, path)
         _sync_folder(path)
         return LocalRotation(name, str(ref), changed, old_refused(rotator, integration, old), note)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -210,11 +211,6 @@ def _service_reads(path: Path) -> bool:
     return done.returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: jitc rotate run by another account (root, an operator) replaces the secret "
-    "file with one only that account can read: the connector's service is locked out",
-)
 def test_a_rotation_run_by_an_operator_leaves_the_secret_readable_by_the_connector(
     redis_admin: redis.Redis,
 ) -> None:
@@ -235,5 +231,17 @@ def test_a_rotation_run_by_an_operator_leaves_the_secret_readable_by_the_connect
         done = rotate_local(cat, "rot")  # `sudo jitc rotate rot`
         assert done.changed and done.old_refused
         assert _service_reads(path), "the connector can no longer read its admin secret"
+        info = path.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+            SERVICE_UID,
+            SERVICE_UID,
+            0o600,
+        )
+        # A rotation stopped part way left the service's own pending file: the next finishes it.
+        pending = _private(folder / "admin.pending", "resumed-" + secrets.token_hex(8))
+        os.chown(pending, SERVICE_UID, SERVICE_UID)
+        again = rotate_local(cat, "rot")
+        assert again.changed and path.read_text().startswith("resumed-")
+        assert _service_reads(path)
     finally:
         shutil.rmtree(folder)
