@@ -31,7 +31,7 @@ from jitc.aws import runtime
 from jitc.aws.observability import logger
 from jitc.aws.secrets_manager import SCHEME
 from jitc.catalog import Catalog, Integration, parse_catalog
-from jitc.errors import CatalogError, SecretError
+from jitc.errors import CatalogError, Refused, SecretError
 from jitc.rotation import (
     account_of,
     credential_ref,
@@ -266,6 +266,9 @@ def handler(event: dict[str, Any], context: Any) -> None:
     except RotationError:
         logger.error("rotation step refused", extra={"step": str(event.get("Step"))[:20]})
         raise
+    except Refused as exc:  # our own text (an unsupported account), never a secret's
+        logger.error("rotation step refused", extra={"step": str(event.get("Step"))[:20]})
+        raise RotationError(exc.message) from None
     except Exception as exc:
         # The type only: a driver's or SDK's text is not ours to vouch for.
         logger.error("rotation step failed", extra={"error": type(exc).__name__})

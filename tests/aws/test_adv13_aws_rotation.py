@@ -99,3 +99,20 @@ def test_an_admin_account_another_secret_also_holds_is_refused() -> None:
         }
     )
     assert [i.name for i in rotation.integrations_of(cat, arn, "jitc/pg-a")] == ["sales", "hr"]
+
+
+def test_a_refused_account_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An account the rotation refuses (say, a MySQL admin with another host entry) fails the
+    step with the reason, not only the exception's type: the operator has to act on it."""
+    from awsharness import LambdaContext
+
+    from jitc.errors import Refused
+
+    def refuse(*_: Any) -> None:
+        raise Refused("integration", "db: the admin account 'a' has other host entries")
+
+    monkeypatch.setattr(rotation, "catalog", lambda: None)
+    monkeypatch.setattr(rotation.runtime, "client", lambda _: None)
+    monkeypatch.setattr(rotation, "rotate", refuse)
+    with pytest.raises(rotation.RotationError, match="other host entries"):
+        rotation.handler({"Step": "setSecret"}, LambdaContext(function_name="jitc-rotation"))
