@@ -31,8 +31,9 @@ from jitc.aws import runtime
 from jitc.aws.observability import logger
 from jitc.aws.secrets_manager import SCHEME
 from jitc.catalog import Catalog, Integration, parse_catalog
-from jitc.errors import CatalogError, SecretError
+from jitc.errors import CatalogError, Refused, SecretError
 from jitc.rotation import (
+    account_of,
     credential_ref,
     new_password,
     persist,
@@ -80,16 +81,26 @@ def integrations_of(cat: Catalog, arn: str, name: str) -> list[Integration]:
         raise RotationError(f"{arn}: no integration in the catalog uses this secret")
     first = found[0]
     fields = {credential_ref(i).field for i in found}
-    where = {
-        (i.template.kind, getattr(i.connection, "host", None), getattr(i.connection, "port", None),
-         getattr(i.connection, "user", None))
-        for i in found
-    }  # fmt: skip
+    where = {account_of(i) for i in found}
     if len(fields) > 1 or len(where) > 1:
         # One password set in one account would lock the other integrations out.
         raise RotationError(
             f"{arn}: integrations {', '.join(i.name for i in found)} share this secret for "
             "different accounts or fields; give each admin account its own secret"
+        )
+    sharing = {i.name for i in found}
+    elsewhere = [
+        i.name
+        for i in cat.integrations.values()
+        if i.name not in sharing
+        and i.credentials is not None
+        and account_of(i) == account_of(first)
+    ]
+    if elsewhere:
+        # The new password would reach only this secret: theirs would be refused from then on.
+        raise RotationError(
+            f"{arn}: the same admin account is also reached by {', '.join(elsewhere)} through "
+            "another secret; name one secret in all of them"
         )
     rotator_for(first)  # refuses a kind that cannot rotate, before anything is changed
     return found
@@ -242,6 +253,9 @@ def rotate(client: Any, cat: Catalog, event: dict[str, Any]) -> None:
     elif step == "testSecret":
         test_secret(client, arn, token, found)
     else:
+        # A finishSecret run before its setSecret took (replayed, or invoked by hand) would make
+        # current a password the target refuses, and the engine reads only current and pending.
+        test_secret(client, arn, token, found)
         finish_secret(client, arn, token)
 
 
@@ -252,6 +266,9 @@ def handler(event: dict[str, Any], context: Any) -> None:
     except RotationError:
         logger.error("rotation step refused", extra={"step": str(event.get("Step"))[:20]})
         raise
+    except Refused as exc:  # our own text (an unsupported account), never a secret's
+        logger.error("rotation step refused", extra={"step": str(event.get("Step"))[:20]})
+        raise RotationError(exc.message) from None
     except Exception as exc:
         # The type only: a driver's or SDK's text is not ours to vouch for.
         logger.error("rotation step failed", extra={"error": type(exc).__name__})

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import secrets as random
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from jitc.secrets import (
     pending_path,
     pending_ref,
     pick_field,
-    private_file,
 )
 
 
@@ -129,9 +129,25 @@ class MySQLRotator:
         from jitc.templates.mysql_session import native_password_hash
 
         stored = literal(native_password_hash(new.reveal()))  # a hex digest, driver-quoted
+        user = str(getattr(integration.connection, "user", ""))
         conn = self._connect(integration, current)
         try:
             with conn.cursor() as cursor:
+                # A password belongs to one host entry (user@host): another entry of the name,
+                # often given the same password, would keep taking the old one after this.
+                cursor.execute(
+                    "SELECT COUNT(*) FROM mysql.user WHERE User = %s "
+                    "AND Host <> SUBSTRING_INDEX(CURRENT_USER(), '@', -1)",
+                    (user,),
+                )
+                others = cursor.fetchone()
+                if others is not None and int(others[0]) > 0:
+                    raise Refused(
+                        "integration",
+                        f"{integration.name}: the admin account {user!r} has other host "
+                        "entries, which would keep their passwords; rotate an account with "
+                        "one host entry",
+                    )
                 cursor.execute("SELECT VERSION()")
                 row = cursor.fetchone()
                 if row is not None and "mariadb" in str(row[0]).lower():
@@ -341,6 +357,14 @@ def rotator_for(integration: Integration) -> Rotator:
     return rotator
 
 
+def account_of(integration: Integration) -> tuple[object, ...]:
+    """The admin account an integration logs in as: its kind, server and user name (a
+    RabbitMQ server is its API URL; PostgreSQL's databases share the cluster's roles)."""
+    settings = integration.connection
+    where = ("host", "port", "api_url", "user")
+    return (integration.template.kind, *(getattr(settings, key, None) for key in where))
+
+
 def credential_ref(integration: Integration) -> SecretRef:
     if integration.credentials is None:
         raise Refused("integration", f"{integration.name}: has no credentials to rotate")
@@ -391,12 +415,16 @@ class LocalRotation:
     note: str | None = None  # e.g. a server that cannot keep the change across a restart
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `path` atomically with mode 0600: a new file beside it, synced, renamed over."""
+def _write_private(path: Path, text: str, owner: os.stat_result | None = None) -> None:
+    """Write `path` atomically with mode 0600: a new file beside it, synced, renamed over.
+    With `owner`, the file gets its user and group: the connector may run as an account other
+    than the one rotating (root, an operator), and must still read its secret."""
     tmp = path.with_name(f".{path.name}.{random.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if owner is not None and (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
             out.write(text + "\n")
             out.flush()
             os.fsync(out.fileno())
@@ -413,6 +441,19 @@ def _sync_folder(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _private_to(path: Path, owner: int) -> bool:
+    """A regular file (not a link) of this user's or of `owner` (the secret's), mode 0600."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(info.st_mode)
+        and info.st_uid in (os.geteuid(), owner)
+        and not info.st_mode & 0o077
+    )
 
 
 @contextmanager
@@ -453,13 +494,18 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             f"{name}: {ref} is rotated by its secret store's own rotation (the AWS rotation "
             "function for aws-sm:), not by jitc rotate",
         )
-    shared = [
-        other.name
-        for other in catalog.integrations.values()
-        if other.name != name
-        and other.credentials is not None
-        and (other.credentials.scheme, other.credentials.location) == (ref.scheme, ref.location)
-    ]
+    mine = (ref.scheme, ref.location)
+    shared, elsewhere = [], []
+    for other in catalog.integrations.values():
+        theirs = other.credentials
+        if other.name == name or theirs is None:
+            continue
+        same_account = account_of(other) == account_of(integration)
+        if (theirs.scheme, theirs.location) == mine:
+            if not same_account or theirs.field != ref.field:
+                shared.append(other.name)
+        elif same_account:
+            elsewhere.append(f"{other.name} ({theirs})")
     if shared:
         # One account's new password in a file others read for their own accounts would lock
         # them out at their next login.
@@ -467,6 +513,14 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             "integration",
             f"{name}: {ref} is also the credential of {', '.join(sorted(shared))}; give each "
             "admin account a secret of its own to rotate it",
+        )
+    if elsewhere:
+        # The account's new password would reach only this secret: the others' old one is
+        # refused from then on.
+        raise Refused(
+            "integration",
+            f"{name}: the same admin account is also reached by {', '.join(sorted(elsewhere))}; "
+            f"name {ref} in all of them to rotate it",
         )
     path = Path(ref.location)
     pending = Path(pending_path(ref.location))
@@ -476,22 +530,25 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
             current_raw = path.read_text(encoding="utf-8").rstrip("\n")
         except OSError as exc:
             raise SecretError(f"secret {ref}: cannot read file ({exc.strerror})") from None
+        kept = path.stat()
         old = pick_field(ref, current_raw)
         if pending.exists():  # a rotation stopped part way: finish it with its value
-            if not private_file(pending):
+            if not _private_to(pending, kept.st_uid):
                 # Anyone else able to plant or change it would choose the admin's password.
                 raise Refused(
                     "integration",
-                    f"{name}: {pending} is not a regular file of this user's with mode 0600; "
+                    f"{name}: {pending} is not a regular file of this user's or the secret's "
+                    "owner's with mode 0600; "
                     "remove it if no rotation of ours is under way",
                 )
             new = store.resolve(pending_ref(ref))
         else:
             new = Secret(new_password())
-            _write_private(pending, with_password(ref, current_raw, new.reveal()))
+            _write_private(pending, with_password(ref, current_raw, new.reveal()), kept)
         changed = set_password(rotator, integration, new, [old])
         rotator.check(integration, new)
         note = persist(rotator, integration, new)
+        os.chmod(pending, stat.S_IMODE(kept.st_mode))  # e.g. group-readable, as it was
         os.replace(pending, path)
         _sync_folder(path)
         return LocalRotation(name, str(ref), changed, old_refused(rotator, integration, old), note)
