@@ -500,10 +500,11 @@ class AwsIamSession:
             size = len(json.dumps(document, separators=(",", ":")))
             if size > DOCUMENT_MAX:
                 # CreatePolicy would answer LimitExceeded on every delivery: never retried.
+                # A copied managed policy too big for a customer managed one is the catalog's.
+                field = "resources" if permission.policy is not None else "permission"
                 raise Refused(
-                    "resources",
-                    f"the grant's policy would be {size} characters, over IAM's {DOCUMENT_MAX}: "
-                    "request fewer or shorter resources",
+                    field,
+                    f"the grant's policy would be {size} characters, over IAM's {DOCUMENT_MAX}",
                 )
             label = {
                 **spec.label(

@@ -684,5 +684,5 @@ def test_a_grant_whose_policy_cannot_fit_iams_quota_is_refused_not_retried(iam: 
     )
     engine = Engine(catalog, STORES, NullScheduler(), MemorySink())
     outcome = run(engine, grant("s3-read", "dev-ana", buckets))
-    assert outcome.status == "refused", (outcome.status, outcome.message)
+    assert (outcome.status, outcome.field) == ("refused", "resources"), outcome.message
     assert ours(iam) == {}
