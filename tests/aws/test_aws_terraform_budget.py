@@ -135,3 +135,52 @@ def test_the_inventory_sync_reserves_within_the_budget_and_nothing_with_an_empty
     else:
         # Read from the map (or -1 when left out), as every other function does.
         assert "var.reserved_concurrency" in str(reserved), reserved
+
+
+@pytest.fixture(scope="module")
+def limits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if TERRAFORM is None:
+        pytest.skip("terraform is not installed")
+    folder = tmp_path_factory.mktemp("tflimits")
+    text = (MODULE / "variables.tf").read_text()
+    names = ("memory_size", "log_retention_days", "max_receive_count")
+    blocks = [_block(text, f'variable "{name}" {{') for name in names]
+    (folder / "main.tf").write_text("\n\n".join(blocks) + "\n")
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    subprocess.run([TERRAFORM, "init", "-input=false", "-no-color"], cwd=folder, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        # Lambda's MemorySize: at least 128 (botocore's model, min 128).
+        {"memory_size": 64},
+        # CloudWatch Logs' retentionInDays: one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180,
+        # 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653 (botocore's Days shape).
+        {"log_retention_days": 100},
+        # SQS's RedrivePolicy maxReceiveCount: 1 to 1,000.
+        {"max_receive_count": 0},
+        {"max_receive_count": 1001},
+        {"memory_size": 128.5},
+    ],
+)
+def test_variables_refuse_at_plan_what_aws_refuses_at_apply(
+    limits_dir: Path, values: dict[str, object]
+) -> None:
+    """A value the variable admits and AWS refuses fails `terraform apply` half-way, after
+    the resources before it were made; the module's other numbers are validated at plan."""
+    ok, output = _plan(limits_dir, **values)
+    assert not ok, output
+    assert all(name in " ".join(output.split()) for name in values), output
+
+
+def test_the_defaults_and_aws_edges_pass_those_validations(limits_dir: Path) -> None:
+    for values in (
+        {},
+        {"memory_size": 10240, "log_retention_days": 0, "max_receive_count": 1000},
+        {"memory_size": 128, "log_retention_days": 3653, "max_receive_count": 1},
+    ):
+        ok, output = _plan(limits_dir, **values)
+        assert ok, output
