@@ -686,3 +686,18 @@ def test_a_grant_whose_policy_cannot_fit_iams_quota_is_refused_not_retried(iam: 
     outcome = run(engine, grant("s3-read", "dev-ana", buckets))
     assert (outcome.status, outcome.field) == ("refused", "resources"), outcome.message
     assert ours(iam) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ADV: sts:GetWebIdentityToken mints a credential that outlives the grant, unmarked",
+)
+@pytest.mark.parametrize("action", ["sts:GetWebIdentityToken", "sts:Get*Token"])
+def test_minting_a_token_used_outside_aws_needs_the_mark(action: str) -> None:
+    """STS "Get" verbs are judged reads, but GetWebIdentityToken (outbound identity federation)
+    mints a JWT that the external service accepts until the token's own expiry: after the
+    revoke, and outside any aws:CurrentTime condition. The module docstring promises that an
+    action minting credentials needs `privileged: true`."""
+    from jitc.templates.aws_iam import escalations
+
+    assert escalations(_allow(action)["policy"]) == [f"Statement[0] allows {action}"]
