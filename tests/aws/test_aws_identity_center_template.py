@@ -536,3 +536,44 @@ def test_a_sweep_racing_a_redelivered_grant_leaves_no_orphaned_assignment(
     with acting_as("sweep"):
         engine.sweep()
     assert assigned(idc, ACCOUNTS[0]) == [], (redelivered.status, redelivered.message)
+
+
+def test_a_conflict_from_identity_center_is_retried_never_taken_for_an_assignment(
+    engine: Engine, idc: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ConflictException is AWS's "a previous write has not propagated yet; retry with
+    backoff" (sso-admin's API model), not "the assignment exists": a grant that met it and
+    assigned nothing must not report `granted`, and its retry makes the assignment."""
+    from botocore.exceptions import ClientError
+
+    ana = idc["users"]["ana"]
+    request = grant("ana", ACCOUNTS[:1])
+    conflicts: list[dict[str, Any]] = []
+
+    def conflict_once(self: Any, **params: Any) -> Any:
+        conflicts.append(params)
+        raise ClientError(
+            {"Error": {"Code": "ConflictException", "Message": "retry"}},
+            "CreateAccountAssignment",
+        )
+
+    from jitc.templates.aws_identity_center import AwsIdentityCenterSession
+
+    original = AwsIdentityCenterSession._assign
+
+    def assign(self: Any, account: str, permission_set: str, user_id: str) -> None:
+        if not conflicts:
+            real = self.sso.create_account_assignment
+            self.sso.create_account_assignment = lambda **p: conflict_once(self, **p)
+            try:
+                original(self, account, permission_set, user_id)
+            finally:
+                self.sso.create_account_assignment = real
+            return
+        original(self, account, permission_set, user_id)
+
+    monkeypatch.setattr(AwsIdentityCenterSession, "_assign", assign)
+    first = run(engine, request)
+    assert conflicts and first.status == "failed", (first.status, assigned(idc, ACCOUNTS[0]))
+    again = run(engine, request)
+    assert again.status == "granted" and assigned(idc, ACCOUNTS[0]) == [ana]
