@@ -184,3 +184,41 @@ def test_the_defaults_and_aws_edges_pass_those_validations(limits_dir: Path) -> 
     ):
         ok, output = _plan(limits_dir, **values)
         assert ok, output
+
+
+@pytest.fixture(scope="module")
+def rotation_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if TERRAFORM is None:
+        pytest.skip("terraform is not installed")
+    folder = tmp_path_factory.mktemp("tfrotation")
+    block = _block((MODULE / "rotation.tf").read_text(), 'variable "rotation" {')
+    (folder / "main.tf").write_text(block + "\n")
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    subprocess.run([TERRAFORM, "init", "-input=false", "-no-color"], cwd=folder, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("rotation", "accepted"),
+    [
+        (None, True),
+        ({}, True),
+        ({"window": "24h"}, True),
+        ({"schedule_expression": "rate(4 hours)", "window": "4h"}, True),
+        ({"schedule_expression": "cron(0 2 ? * SUN *)", "window": "2h"}, True),
+        # Secrets Manager's Duration is whole hours, "<n>h" (botocore: pattern [0-9]+h).
+        ({"window": "3 hours"}, False),
+        ({"window": "90m"}, False),
+        # Nor into the next UTC day, nor into the next window of a rate in hours.
+        ({"window": "25h"}, False),
+        ({"schedule_expression": "rate(4 hours)", "window": "5h"}, False),
+    ],
+)  # fmt: skip
+def test_the_rotation_window_is_one_secrets_manager_takes(
+    rotation_dir: Path, rotation: dict[str, object] | None, accepted: bool
+) -> None:
+    ok, output = _plan(rotation_dir, rotation=rotation)
+    assert ok == accepted, output
+    if not accepted:
+        assert "rotation.window" in " ".join(output.split()), output
