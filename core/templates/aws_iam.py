@@ -57,6 +57,8 @@ LABEL_KIND = "aws_iam_policy"
 SESSIONS_KIND = "aws_iam_sessions"
 # IAM's limit on a policy description (CreatePolicy `Description`, max 1000).
 DESCRIPTION_MAX = 1000
+# IAM's quota on a managed policy document, white space not counted.
+DOCUMENT_MAX = 6144
 # Policies that end a role's older sessions: `jitc-s-<role>-<unix time of the cutoff>`.
 SESSIONS_PREFIX = "jitc-s-"
 _IAM_NAME = r"^[\w+=,.@-]{1,64}$"
@@ -495,6 +497,15 @@ class AwsIamSession:
             self._same_request(label, spec, permission.principal_type, name)
         else:
             document = self._document(spec)
+            size = len(json.dumps(document, separators=(",", ":")))
+            if size > DOCUMENT_MAX:
+                # CreatePolicy would answer LimitExceeded on every delivery: never retried.
+                # A copied managed policy too big for a customer managed one is the catalog's.
+                field = "resources" if permission.policy is not None else "permission"
+                raise Refused(
+                    field,
+                    f"the grant's policy would be {size} characters, over IAM's {DOCUMENT_MAX}",
+                )
             label = {
                 **spec.label(
                     principal_type=permission.principal_type,

@@ -244,7 +244,13 @@ class AwsIdentityCenterSession:
         except self.ClientError as exc:
             if _code(exc) != "ConflictException":
                 raise
-            return
+            # AWS's "a previous write has not propagated yet; retry", not "it exists": only an
+            # assignment seen in place counts, anything else is retried.
+            if self._assigned(account, permission_set, user_id):
+                return
+            raise TargetError(
+                "Identity Center: a concurrent change of this assignment; will retry"
+            ) from None
         self._wait(
             answer["AccountAssignmentCreationStatus"],
             "describe_account_assignment_creation_status",

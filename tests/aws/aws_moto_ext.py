@@ -4,8 +4,9 @@ still talks HTTP to a real server.
 moto keeps the tags given at CreatePermissionSet but has no TagResource, UntagResource or
 ListTagsForResource for sso-admin; these three operate on that same list, with AWS's limit of
 50 tags per resource; permission set ARNs in AWS's shape; and the permissions boundary of an
-IAM user, which moto's CreateUser drops. When a test enforces IAM, policies are matched with
-IAM's wildcards rather than as regular expressions.
+IAM user, which moto's CreateUser drops; and IAM's quota of 6,144 characters per policy
+document. When a test enforces IAM, policies are matched with IAM's wildcards rather than as
+regular expressions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from botocore.awsrequest import AWSRequest
 from moto.core.exceptions import JsonRESTError
 from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
+from moto.iam.exceptions import LimitExceededException
 from moto.iam.responses import IamResponse
 from moto.moto_api._internal import mock_random as random
 from moto.ssoadmin.models import PermissionSet
@@ -83,6 +85,21 @@ def _create_user_with_boundary(original: Any) -> Any:
     return create_user
 
 
+# IAM's quota on a customer managed policy document: 6,144 characters, white space not counted.
+POLICY_SIZE = 6144
+
+
+def _create_policy_within_size(original: Any) -> Any:
+    # moto stores a document of any size; IAM refuses one over its quota (LimitExceeded).
+    def create_policy(self: Any) -> Any:
+        document = self._get_param("PolicyDocument") or ""
+        if len(re.sub(r"\s", "", document)) > POLICY_SIZE:
+            raise LimitExceededException(f"Cannot exceed quota for PolicySize: {POLICY_SIZE}")
+        return original(self)
+
+    return create_policy
+
+
 def _iam_match(pattern: str, value: str) -> re.Match[str] | None:
     """IAM's wildcards, `*` and `?`, and nothing else of regex syntax (moto's own matcher reads
     the pattern as a regex, so `secret:name-??????` breaks it). A resource moto could not
@@ -115,6 +132,7 @@ def install() -> None:
     IAMRequestBase._create_aws_request = _signed_request  # type: ignore[method-assign]
     if not getattr(IamResponse, "_jitc_boundary", False):
         IamResponse.create_user = _create_user_with_boundary(IamResponse.create_user)  # type: ignore[method-assign]
+        IamResponse.create_policy = _create_policy_within_size(IamResponse.create_policy)  # type: ignore[method-assign]
         IamResponse._jitc_boundary = True  # type: ignore[attr-defined]
     PermissionSet.generate_id = staticmethod(_permission_set_arn)  # type: ignore[method-assign]
     SSOAdminResponse.tag_resource = tag_resource  # type: ignore[attr-defined]

@@ -655,3 +655,49 @@ def test_the_inventory_sync_sends_principals_in_scope_and_no_policy_document(
     assert all(r["arn"].startswith(f"arn:aws:iam::{ACCOUNT}:") for r in records if "arn" in r)
     # Names and ARNs only: no policy document, no trust policy leaves.
     assert "Statement" not in out.getvalue() and "s3:GetObject" not in out.getvalue()
+
+
+def test_a_grant_whose_policy_cannot_fit_iams_quota_is_refused_not_retried(iam: Any) -> None:
+    """A request may name up to 32 resources of up to 255 characters, and the catalog's
+    document repeats each: the rendered policy then exceeds IAM's 6,144 characters, CreatePolicy
+    answers LimitExceeded on every delivery, and the message is retried until it reaches the
+    dead-letter queue (alarmed as a failure), where a request that can never succeed is a
+    refusal, checked before anything is made."""
+    buckets = [f"bucket-{i:02d}-" + "x" * 180 for i in range(32)]
+    catalog = parse_catalog(
+        {
+            "connector": {"label_key": "mem:label"},
+            "integrations": {
+                INTEGRATION: {
+                    "kind": "aws_iam",
+                    "connection": {
+                        "account_id": ACCOUNT,
+                        "permissions_boundary_arn": BOUNDARY,
+                        "region": "us-east-1",
+                        "allowed_principals": ["dev-*"],
+                    },
+                    "max_duration": "4h",
+                    "permissions": {"s3-read": {"policy": DOC, "resources": buckets}},
+                }
+            },
+        }
+    )
+    engine = Engine(catalog, STORES, NullScheduler(), MemorySink())
+    outcome = run(engine, grant("s3-read", "dev-ana", buckets))
+    assert (outcome.status, outcome.field) == ("refused", "resources"), outcome.message
+    assert ours(iam) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ADV: sts:GetWebIdentityToken mints a credential that outlives the grant, unmarked",
+)
+@pytest.mark.parametrize("action", ["sts:GetWebIdentityToken", "sts:Get*Token"])
+def test_minting_a_token_used_outside_aws_needs_the_mark(action: str) -> None:
+    """STS "Get" verbs are judged reads, but GetWebIdentityToken (outbound identity federation)
+    mints a JWT that the external service accepts until the token's own expiry: after the
+    revoke, and outside any aws:CurrentTime condition. The module docstring promises that an
+    action minting credentials needs `privileged: true`."""
+    from jitc.templates.aws_iam import escalations
+
+    assert escalations(_allow(action)["policy"]) == [f"Statement[0] allows {action}"]

@@ -19,7 +19,7 @@ from jitc.labels import LabelKey
 from jitc.local import MemorySink, NullScheduler
 from jitc.models import AccessRequest, derive_grant_id
 from jitc.secrets import EnvSecretStore, SecretStores
-from jitc.templates.aws_identity_center_ledger import grant_key, hold_key
+from jitc.templates.aws_identity_center_ledger import Ledger, grant_key, hold_key
 
 INTEGRATION = "awst-idc"
 STORE = "d-1234567890"
@@ -495,3 +495,85 @@ def test_the_inventory_sync_sends_the_catalogs_permission_sets_users_and_groups(
     assert ("account", "123456789012") in names
     assert {("user", "ana"), ("user", "bob"), ("group", "admins")} <= names
     assert ("grant", live.grant_id) in names
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ADV: a sweep revoke racing a redelivered grant leaves an assignment no one removes",
+)
+def test_a_sweep_racing_a_redelivered_grant_leaves_no_orphaned_assignment(
+    engine: Engine, idc: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grant's first delivery made the record and the assignment, then failed (say the
+    assignment was still in progress); SQS redelivers it once it expired. The sweep (its own
+    function, not serialised by the FIFO group) revokes the expired grant between the
+    redelivery's read of the record and its hold: the record becomes a tombstone, and then the
+    redelivery puts the assignment back. Nothing ever removes it: the scheduled revoke and
+    every later sweep find a tombstone."""
+    ana = idc["users"]["ana"]
+    request = grant("ana", ACCOUNTS[:1], seconds=2)
+    first = run(engine, request)
+    assert first.status == "granted" and assigned(idc, ACCOUNTS[0]) == [ana]
+    time.sleep(2.2)
+
+    original = Ledger.hold
+    raced: list[Any] = []
+
+    def hold_after_a_sweep(self: Ledger, record: Any, account: str) -> None:
+        if not raced:
+            with acting_as("sweep"):
+                raced.append(engine.sweep())
+        original(self, record, account)
+
+    monkeypatch.setattr(Ledger, "hold", hold_after_a_sweep)
+    redelivered = run(engine, request)
+    monkeypatch.setattr(Ledger, "hold", original)
+    assert raced[0].revoked == [first.grant_id]
+    assert state(idc, first.grant_id) == "tombstone"
+    # The scheduled expiry and the next sweep: whatever they do, no access may be left.
+    with acting_as("worker"):
+        session(engine).revoke(first.grant_id, first.expires_at)
+    with acting_as("sweep"):
+        engine.sweep()
+    assert assigned(idc, ACCOUNTS[0]) == [], (redelivered.status, redelivered.message)
+
+
+def test_a_conflict_from_identity_center_is_retried_never_taken_for_an_assignment(
+    engine: Engine, idc: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ConflictException is AWS's "a previous write has not propagated yet; retry with
+    backoff" (sso-admin's API model), not "the assignment exists": a grant that met it and
+    assigned nothing must not report `granted`, and its retry makes the assignment."""
+    from botocore.exceptions import ClientError
+
+    ana = idc["users"]["ana"]
+    request = grant("ana", ACCOUNTS[:1])
+    conflicts: list[dict[str, Any]] = []
+
+    def conflict_once(self: Any, **params: Any) -> Any:
+        conflicts.append(params)
+        raise ClientError(
+            {"Error": {"Code": "ConflictException", "Message": "retry"}},
+            "CreateAccountAssignment",
+        )
+
+    from jitc.templates.aws_identity_center import AwsIdentityCenterSession
+
+    original = AwsIdentityCenterSession._assign
+
+    def assign(self: Any, account: str, permission_set: str, user_id: str) -> None:
+        if not conflicts:
+            real = self.sso.create_account_assignment
+            self.sso.create_account_assignment = lambda **p: conflict_once(self, **p)
+            try:
+                original(self, account, permission_set, user_id)
+            finally:
+                self.sso.create_account_assignment = real
+            return
+        original(self, account, permission_set, user_id)
+
+    monkeypatch.setattr(AwsIdentityCenterSession, "_assign", assign)
+    first = run(engine, request)
+    assert conflicts and first.status == "failed", (first.status, assigned(idc, ACCOUNTS[0]))
+    again = run(engine, request)
+    assert again.status == "granted" and assigned(idc, ACCOUNTS[0]) == [ana]

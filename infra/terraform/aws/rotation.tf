@@ -4,7 +4,7 @@
 # its name, its password changes), on a schedule.
 
 variable "rotation" {
-  description = "Rotate the admin credentials of the catalog's postgresql, mysql, redis and rabbitmq integrations held in Secrets Manager (null: no rotation). schedule_expression: rate(N days) or cron(...) as Secrets Manager takes it; window: how long each rotation may take (e.g. 3h); rotate_immediately: also rotate once when this is applied. Its concurrency is reserved_concurrency[\"rotation\"], within concurrency_budget."
+  description = "Rotate the admin credentials of the catalog's postgresql, mysql, redis and rabbitmq integrations held in Secrets Manager (null: no rotation). schedule_expression: rate(N days) or cron(...) as Secrets Manager takes it; window: how long each rotation may take, whole hours from 1h to 24h (e.g. 3h) and no longer than a rate in hours; rotate_immediately: also rotate once when this is applied. Its concurrency is reserved_concurrency[\"rotation\"], within concurrency_budget."
   type = object({
     schedule_expression = optional(string, "rate(30 days)")
     window              = optional(string, "3h")
@@ -16,6 +16,15 @@ variable "rotation" {
     # rotations is refused here, as security baselines (CIS, checkov CKV_AWS_304) require.
     condition     = can(regex("^(cron[(].+[)]|rate[(](([1-9]|[1-8][0-9]|90) days?|([4-9]|1[0-9]|2[0-3]) hours)[)])$", try(var.rotation.schedule_expression, "rate(30 days)")))
     error_message = "rotation.schedule_expression: rate(1 day) to rate(90 days), or rate(4 hours) to rate(23 hours), or a cron(...) expression."
+  }
+  validation {
+    # Secrets Manager's Duration: whole hours ("3h"), and the window may extend neither into
+    # the next UTC day nor, for a rate in hours, into the next rotation's window.
+    condition = can(regex("^([1-9]|1[0-9]|2[0-4])h$", try(var.rotation.window, "3h"))) && try(
+      tonumber(trimsuffix(var.rotation.window, "h")) <= tonumber(regex("^rate[(]([0-9]+) hours[)]$", var.rotation.schedule_expression)[0]),
+      true
+    )
+    error_message = "rotation.window: whole hours from 1h to 24h, and no longer than the interval of a rate in hours."
   }
 }
 

@@ -76,6 +76,12 @@ variable "memory_size" {
   description = "Memory of each function, in MB."
   type        = number
   default     = 128
+
+  validation {
+    # Lambda's range (its API takes 128 MB at least; 10,240 MB is the documented maximum).
+    condition     = var.memory_size >= 128 && var.memory_size <= 10240 && floor(var.memory_size) == var.memory_size
+    error_message = "memory_size: a whole number of MB from 128 to 10240."
+  }
 }
 
 variable "worker_timeout" {
@@ -104,6 +110,11 @@ variable "max_receive_count" {
   description = "Deliveries of one message before it moves to the dead-letter queue (alarmed). Expired grants are still revoked by the sweep."
   type        = number
   default     = 10
+
+  validation {
+    condition     = var.max_receive_count >= 1 && var.max_receive_count <= 1000 && floor(var.max_receive_count) == var.max_receive_count
+    error_message = "max_receive_count: a whole number from 1 to 1000 (SQS's redrive policy range)."
+  }
 }
 
 variable "request_retention_seconds" {
@@ -178,6 +189,12 @@ variable "log_retention_days" {
   description = "Retention of the functions' logs (the audit trail)."
   type        = number
   default     = 365
+
+  validation {
+    # The values CloudWatch Logs accepts (PutRetentionPolicy); 0 keeps the logs forever.
+    condition     = contains([0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days: one of CloudWatch Logs' retention periods (0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)."
+  }
 }
 
 variable "alarm_actions" {
