@@ -172,10 +172,12 @@ def sinks() -> Sinks:
 
 @cache
 def engine() -> Engine:
-    from jitc.templates import azure_rbac
+    if any(i.kind == "azure_rbac" for i in catalog().integrations.values()):
+        # Imported only for a catalog with RBAC integrations (its models are ~20 ms of a cold
+        # start); the template uses the app's identity and transport settings.
+        from jitc.templates import azure_rbac
 
-    # The RBAC template uses the app's identity and transport settings.
-    azure_rbac.use(credential(), transport_options())
+        azure_rbac.use(credential(), transport_options())
     return Engine(catalog(), secret_stores(), expiry(), sinks())
 
 
