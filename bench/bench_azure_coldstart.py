@@ -68,6 +68,9 @@ CATALOG = {
 
 def app_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JITC_", "AZURE_"))}
+    # The warm-up writes the connector's bytecode, as pip did the libraries' (see the AWS
+    # benchmark).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         {
             "JITC_CATALOG": json.dumps(CATALOG),

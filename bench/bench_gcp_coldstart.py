@@ -95,6 +95,9 @@ def main() -> None:
         }  # fmt: skip
         urls = {n: f"http://127.0.0.1:9/{n}" for n in ("worker", "sweep")}
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JITC_", "GOOGLE_"))}
+        # The warm-up writes the connector's bytecode, as pip did the libraries' (see the AWS
+        # benchmark).
+        base_env.pop("PYTHONDONTWRITEBYTECODE", None)
         base_env.update({
             "JITC_PROJECT": PROJECT, "JITC_QUEUE": QUEUE, "JITC_WORKER_URL": urls["worker"],
             "JITC_SWEEP_URL": urls["sweep"], "JITC_INVOKER_EMAIL": emails["invoker"],
