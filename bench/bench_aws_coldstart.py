@@ -86,6 +86,7 @@ def lambda_env(catalog: Path) -> dict[str, str]:
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_SERVICE_NAME": "jit-connector",
             "POWERTOOLS_METRICS_NAMESPACE": "JitConnector",
+            "PYDANTIC_DISABLE_PLUGINS": "__all__",
         }
     )
     return env

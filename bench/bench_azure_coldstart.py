@@ -79,6 +79,7 @@ def app_env() -> dict[str, str]:
             "IDENTITY_ENDPOINT": "http://127.0.0.1:9/msi/token",
             "IDENTITY_HEADER": "bench",
             "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000000",
+            "PYDANTIC_DISABLE_PLUGINS": "__all__",
         }
     )
     return env

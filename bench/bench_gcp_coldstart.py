@@ -103,6 +103,7 @@ def main() -> None:
             "JITC_SWEEP_URL": urls["sweep"], "JITC_INVOKER_EMAIL": emails["invoker"],
             "JITC_CATALOG": json.dumps(catalog), "JITC_CERTS_URL": f"{fake.url}/oauth2/v1/certs",
             "JITC_TASKS_ENDPOINT": fake.url, "JITC_SECRETS_ENDPOINT": fake.url,
+            "PYDANTIC_DISABLE_PLUGINS": "__all__",
         })  # fmt: skip
         source = str(ROOT / "gcp" / "main.py")
 
