@@ -46,7 +46,13 @@ INIT = {
         "[i.template for i in engine.catalog.integrations.values()]\nimport psycopg"
     ),
 }
-CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
+CASES = {
+    "import boto3, pydantic": "import boto3, pydantic",
+    # The worker's and the sweep's first call needs the target's driver; a second baseline with
+    # it shows what the connector adds on top (ratios are still to the first line).
+    "  + psycopg (the target's driver)": "import boto3, pydantic, psycopg",
+    **INIT,
+}
 # The same handlers configured as before tracing became optional and the catalog JSON: X-Ray
 # SDK imported and the catalog read as YAML (the worker's Powertools batch is gone in both).
 BEFORE = {"POWERTOOLS_TRACE_DISABLED": "false", "JITC_CATALOG_PATH": "yaml"}

@@ -133,12 +133,16 @@ def main() -> None:
                 }
             return json.dumps({"body": body, "headers": headers})
 
-        cases = ["baseline", "intake", "worker", "sweep"]
+        # "+ psycopg": the worker's and the sweep's target driver added to the baseline, to show
+        # what the connector adds on top of it (ratios are still to the first line).
+        cases = ["baseline", "baseline + psycopg", "intake", "worker", "sweep"]
 
         def sample(name: str, n: int) -> tuple[float, int]:
             env = dict(base_env)
             if name == "baseline":
                 code = BASELINE
+            elif name == "baseline + psycopg":
+                code = BASELINE.replace("\nstatus", ", psycopg\nstatus")
             else:
                 env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[name])
                 code = FIRST.format(target=name, source=source, request=request_for(name, n))
@@ -147,7 +151,7 @@ def main() -> None:
                 check=True, env=env, cwd=folder,
             )  # fmt: skip
             took, hwm, status = json.loads(out.stdout.strip().splitlines()[-1])
-            if name != "baseline" and status not in (200, 202):
+            if not name.startswith("baseline") and status not in (200, 202):
                 raise RuntimeError(f"{name}: HTTP {status}\n{out.stdout[-2000:]}")
             return float(took), int(hwm)
 
