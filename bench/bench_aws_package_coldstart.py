@@ -6,8 +6,9 @@ its .pyc in the zip is compiled at every cold start, and the result is never kep
 the zip `jitc package aws` built twice, as built and with every .pyc removed, and runs each in
 fresh interpreters that see only that folder and the standard library (`python -S`, nothing
 written: PYTHONDONTWRITEBYTECODE), with bench_aws_coldstart.py's Lambda environment and cases.
-Cases alternate; figures are medians. The baseline imports boto3 and pydantic from the same
-folder, so it pays the same compilation when the zip has no bytecode.
+Cases alternate; figures are medians, of wall and of CPU time (see bench_aws_coldstart.py). The
+baseline imports boto3 and pydantic from the same folder, so it pays the same compilation when
+the zip has no bytecode.
 
     python -m jitc.packaging aws --out dist && python bench/bench_aws_package_coldstart.py \
         dist/jit-connector-aws.zip [samples]
@@ -31,21 +32,22 @@ from bench_aws_coldstart import CATALOG, INIT, lambda_env
 PROBE = """
 import json, re, sys, time
 sys.path[:0] = [{folder!r}]
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 {code}
-took = time.perf_counter() - start
+took, used = time.perf_counter() - start, time.process_time() - cpu
 hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
-print(json.dumps([took, int(hwm)]))
+print(json.dumps([took, int(hwm), used]))
 """
 CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
 
 
-def sample(folder: Path, code: str, env: dict[str, str]) -> float:
+def sample(folder: Path, code: str, env: dict[str, str]) -> tuple[float, float]:
     out = subprocess.run(
         [sys.executable, "-S", "-c", PROBE.format(folder=str(folder), code=code)],
         capture_output=True, text=True, check=True, env=env, cwd=folder,
     )  # fmt: skip
-    return float(json.loads(out.stdout.strip().splitlines()[-1])[0])
+    took, _, used = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(took), float(used)
 
 
 def main() -> None:
@@ -66,18 +68,24 @@ def main() -> None:
         for folder in folders.values():  # the page cache, not the bytecode: nothing is written
             for code in CASES.values():
                 sample(folder, code, env)
-        times: dict[tuple[str, str], list[float]] = {}
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(samples):
             for label, folder in folders.items():
                 for name, code in CASES.items():
                     times.setdefault((label, name), []).append(sample(folder, code, env))
     print(f"samples: {samples} per case, medians; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'zip':13} {'case':24} {'time ms':>8} {'ratio':>6}")
+    print(f"{'zip':13} {'case':24} {'time ms':>8} {'ratio':>6} {'cpu ms':>7} {'ratio':>6}")
     for label in folders:
-        base = statistics.median(times[(label, "import boto3, pydantic")])
+        base = times[(label, "import boto3, pydantic")]
+        base_t = statistics.median(t for t, _ in base)
+        base_c = statistics.median(c for _, c in base)
         for name in CASES:
-            took = statistics.median(times[(label, name)])
-            print(f"{label:13} {name:24} {took * 1000:8.1f} {took / base:5.2f}x")
+            took = statistics.median(t for t, _ in times[(label, name)])
+            used = statistics.median(c for _, c in times[(label, name)])
+            print(
+                f"{label:13} {name:24} {took * 1000:8.1f} {took / base_t:5.2f}x "
+                f"{used * 1000:7.1f} {used / base_c:5.2f}x"
+            )
 
 
 if __name__ == "__main__":
