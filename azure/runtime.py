@@ -173,7 +173,7 @@ def sinks() -> Sinks:
 @cache
 def engine() -> Engine:
     if any(i.kind == "azure_rbac" for i in catalog().integrations.values()):
-        # Imported only for a catalog with RBAC integrations (its models are ~20 ms of a cold
+        # Imported only for a catalog with RBAC integrations (its models are ~15 ms of a cold
         # start); the template uses the app's identity and transport settings.
         from jitc.templates import azure_rbac
 

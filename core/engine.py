@@ -29,7 +29,7 @@ from jitc.templates.base import (
 
 if TYPE_CHECKING:
     # The inventory sync is imported by sync() alone: the worker, sweep and intake never sync,
-    # and its module (threads, temp files, paging) is ~10 ms of their cold start.
+    # and its module (threads, temp files, paging) is ~15 ms of CPU in their cold start.
     from jitc.inventory import InventoryTransport, SyncReport, SyncState
 
 log = logging.getLogger("jitc.engine")
