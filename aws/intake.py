@@ -10,7 +10,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.data_classes import LambdaFunctionUrlEvent, event_source
 
 from jitc.aws import runtime
 from jitc.aws.observability import MetricUnit, logger, metrics, tracer
@@ -30,6 +29,11 @@ def _reply(status: int, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _path(raw_path: str, stage: str) -> str:
+    """The route within the API: an HTTP API stage other than `$default` prefixes its name."""
+    return raw_path if stage == "$default" else raw_path[len("/" + stage) :]
+
+
 def _refusal(status: int, field: str, message: str) -> dict[str, Any]:
     metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
     return _reply(status, {"error": "refused", "field": field, "message": message})
@@ -38,19 +42,25 @@ def _refusal(status: int, field: str, message: str) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.LAMBDA_FUNCTION_URL)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_source(data_class=LambdaFunctionUrlEvent)
-def handler(event: LambdaFunctionUrlEvent, context: LambdaContext) -> dict[str, Any]:
-    method = event.request_context.http.method.upper()
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # The payload (format 2.0) is read here rather than through Powertools' event classes, whose
+    # package imports every event type it knows (~20 ms of CPU in each cold start).
+    request_context = event["requestContext"]
+    method = request_context["http"]["method"].upper()
     if method != "POST":
         return _refusal(405, "method", f"{method} is not allowed; POST a signed request")
-    if event.path not in PATHS:
-        return _refusal(404, "path", f"{event.path} is not a route; POST to /v1/requests")
-    text = event.body or ""
+    path = _path(event["rawPath"], request_context.get("stage", "$default"))
+    if path not in PATHS:
+        return _refusal(404, "path", f"{path} is not a route; POST to /v1/requests")
+    text = event.get("body") or ""
     try:
-        body = base64.b64decode(text, validate=True) if event.is_base64_encoded else text.encode()
+        body = (
+            base64.b64decode(text, validate=True) if event.get("isBase64Encoded") else text.encode()
+        )
     except (binascii.Error, ValueError):
         return _refusal(400, "body", "not valid base64")
-    response = runtime.intake().handle(dict(event.headers), body)
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    response = runtime.intake().handle(headers, body)
     if response.status == 202:
         metrics.add_metric(name="RequestsAccepted", unit=MetricUnit.Count, value=1)
         ids = {key: response.body[key] for key in ("request_id", "grant_id")}

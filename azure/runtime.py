@@ -173,11 +173,13 @@ def sinks() -> Sinks:
 
 @cache
 def engine() -> Engine:
-    from jitc.templates import azure_rbac
+    if any(i.kind == "azure_rbac" for i in catalog().integrations.values()):
+        # Imported only for a catalog with RBAC integrations (its models are ~15 ms of a cold
+        # start); the template uses the app's identity and transport settings, and keeps its
+        # tombstones and locks in the container Terraform made for them.
+        from jitc.templates import azure_rbac
 
-    # The RBAC template uses the app's identity and transport settings, and keeps its
-    # tombstones and locks in the container Terraform made for them.
-    azure_rbac.use(credential(), transport_options(), settings().rbac_ledger_url)
+        azure_rbac.use(credential(), transport_options(), settings().rbac_ledger_url)
     return Engine(catalog(), secret_stores(), expiry(), sinks())
 
 

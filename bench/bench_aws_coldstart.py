@@ -7,7 +7,9 @@ initialisation (catalog read and validated, boto3 clients made, the catalog's te
 imported, and for the worker and sweep the database driver their first call connects with:
 what the first invocation does before its first AWS call). Peak memory is VmHWM from
 /proc/self/status (ru_maxrss would report the parent's mark, carried across fork+exec). Cases
-alternate so noise hits them alike; figures are medians.
+alternate so noise hits them alike; figures are medians. CPU time (time.process_time, all
+threads) is reported beside wall time: on a loaded machine wall time mostly measures waiting
+for a core, CPU time the work.
 
     python bench/bench_aws_coldstart.py [samples]
 """
@@ -27,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, re, sys, time
 sys.path.insert(0, {root!r})
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 {code}
-took = time.perf_counter() - start
+took, used = time.perf_counter() - start, time.process_time() - cpu
 hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
-print(json.dumps([took, int(hwm)]))
+print(json.dumps([took, int(hwm), used]))
 """
 INIT = {
     "intake": "import jitc.aws.intake\nfrom jitc.aws import runtime\nruntime.intake()",
@@ -46,7 +48,13 @@ INIT = {
         "[i.template for i in engine.catalog.integrations.values()]\nimport psycopg"
     ),
 }
-CASES = {"import boto3, pydantic": "import boto3, pydantic", **INIT}
+CASES = {
+    "import boto3, pydantic": "import boto3, pydantic",
+    # The worker's and the sweep's first call needs the target's driver; a second baseline with
+    # it shows what the connector adds on top (ratios are still to the first line).
+    "  + psycopg (the target's driver)": "import boto3, pydantic, psycopg",
+    **INIT,
+}
 # The same handlers configured as before tracing became optional and the catalog JSON: X-Ray
 # SDK imported and the catalog read as YAML (the worker's Powertools batch is gone in both).
 BEFORE = {"POWERTOOLS_TRACE_DISABLED": "false", "JITC_CATALOG_PATH": "yaml"}
@@ -63,6 +71,10 @@ def lambda_env(catalog: Path) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "JITC_", "POWERTOOLS_"))
     }
+    # The warm-up writes the connector's bytecode, as pip did the libraries': with
+    # PYTHONDONTWRITEBYTECODE inherited, every sample compiled the connector's source again
+    # (~50 ms) and none of the baseline's.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         {
             "AWS_LAMBDA_FUNCTION_NAME": "jitc-bench",
@@ -82,6 +94,7 @@ def lambda_env(catalog: Path) -> dict[str, str]:
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_SERVICE_NAME": "jit-connector",
             "POWERTOOLS_METRICS_NAMESPACE": "JitConnector",
+            "PYDANTIC_DISABLE_PLUGINS": "__all__",
         }
     )
     return env
@@ -95,13 +108,13 @@ def env_for(name: str, env: dict[str, str], yaml_catalog: Path) -> dict[str, str
     return changed
 
 
-def sample(code: str, env: dict[str, str]) -> tuple[float, int]:
+def sample(code: str, env: dict[str, str]) -> tuple[float, int, float]:
     out = subprocess.run(
         [sys.executable, "-c", PROBE.format(root=str(ROOT), code=code)],
         capture_output=True, text=True, check=True, env=env, cwd=ROOT,
     )  # fmt: skip
-    took, hwm = json.loads(out.stdout.strip().splitlines()[-1])
-    return float(took), int(hwm)
+    took, hwm, used = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(took), int(hwm), float(used)
 
 
 def main() -> None:
@@ -116,13 +129,16 @@ def main() -> None:
             sample(code, env_for(name, env, yaml_catalog))
         times: dict[str, list[float]] = {name: [] for name in CASES}
         peaks: dict[str, list[int]] = {name: [] for name in CASES}
+        cpus: dict[str, list[float]] = {name: [] for name in CASES}
         for _ in range(samples):
             for name, code in CASES.items():
-                took, hwm = sample(code, env_for(name, env, yaml_catalog))
+                took, hwm, used = sample(code, env_for(name, env, yaml_catalog))
+                cpus[name].append(used)
                 times[name].append(took)
                 peaks[name].append(hwm)
     base_t = statistics.median(times["import boto3, pydantic"])
     base_m = statistics.median(peaks["import boto3, pydantic"])
+    base_c = statistics.median(cpus["import boto3, pydantic"])
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor(),
@@ -132,11 +148,18 @@ def main() -> None:
         f"Python {platform.python_version()}"
     )
     print(f"samples: {samples} per case, medians")
-    print(f"{'case':34} {'time ms':>8} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}")
+    print(
+        f"{'case':34} {'time ms':>8} {'ratio':>6} {'cpu ms':>7} {'ratio':>6} "
+        f"{'peak MiB':>9} {'ratio':>6}"
+    )
     for name in CASES:
         t = statistics.median(times[name])
         m = statistics.median(peaks[name])
-        print(f"{name:34} {t * 1000:8.1f} {t / base_t:5.2f}x {m / 1024:9.1f} {m / base_m:5.2f}x")
+        u = statistics.median(cpus[name])
+        print(
+            f"{name:34} {t * 1000:8.1f} {t / base_t:5.2f}x {u * 1000:7.1f} {u / base_c:5.2f}x "
+            f"{m / 1024:9.1f} {m / base_m:5.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -9,17 +9,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from jitc.catalog import Catalog, Integration
 from jitc.errors import AuthenticationFailed, JitcError, Refused, SecretError
-from jitc.inventory import (
-    DEFAULT_STALL_SECONDS,
-    InventoryTransport,
-    Syncer,
-    SyncReport,
-    SyncState,
-)
 from jitc.labels import LabelKey
 from jitc.messages import Work
 from jitc.models import AccessRequest, AuditEvent, Grant, Outcome, parse_duration, utcnow
@@ -33,6 +26,11 @@ from jitc.templates.base import (
     RevokeResult,
     TargetSession,
 )
+
+if TYPE_CHECKING:
+    # The inventory sync is imported by sync() alone: the worker, sweep and intake never sync,
+    # and its module (threads, temp files, paging) is ~15 ms of CPU in their cold start.
+    from jitc.inventory import InventoryTransport, SyncReport, SyncState
 
 log = logging.getLogger("jitc.engine")
 
@@ -437,10 +435,12 @@ class Engine:
         names: Sequence[str] | None = None,
         full: bool = False,
         proceed: Callable[[], bool] | None = None,
-        stall_seconds: float = DEFAULT_STALL_SECONDS,
+        stall_seconds: float | None = None,
     ) -> SyncReport:
         """Send every integration's inventory (names only) and the connector's own view of it
-        (catalog permissions, live grants) to the control plane: see jitc.inventory."""
+        (catalog permissions, live grants) to the control plane: see jitc.inventory.
+        `stall_seconds` defaults to jitc.inventory.DEFAULT_STALL_SECONDS."""
+        from jitc.inventory import DEFAULT_STALL_SECONDS, Syncer
 
         def target_records(integration: Integration) -> Iterator[Grant | InventoryRecord]:
             # Runs in the sync's reader thread, with its own batch: its connection is opened,
@@ -459,7 +459,7 @@ class Engine:
             transport,
             state,
             clock=self.clock,
-            stall_seconds=stall_seconds,
+            stall_seconds=DEFAULT_STALL_SECONDS if stall_seconds is None else stall_seconds,
             proceed=proceed,
         )
         return syncer.run(names, full=full)

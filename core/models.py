@@ -253,6 +253,10 @@ class InventoryRecord(_Strict):
     """One name a target holds, or (kinds `permission` and `grant`) the connector's own view.
     Names, ids and ARNs only: never a row, a secret or a policy's text."""
 
+    # The inventory models describe what `jitc sync` sends (its JSON Schema, checked by the
+    # tests and the control plane): built when first used, not in every function's cold start.
+    model_config = ConfigDict(defer_build=True)
+
     kind: str = Field(pattern=r"^[a-z_]{1,32}$")
     name: str = Field(max_length=INVENTORY_NAME_MAX)
     parent: str | None = Field(
@@ -285,6 +289,8 @@ class InventoryEvent(_Strict):
     `{"ack": {"sync_id": ..., "integration": ..., "version": ...}}`), the next sync sends only
     the pages whose hash that version lacks, and the manifest names it as `base_version`.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     schema_version: Literal[1] = 1
     kind: Literal["page", "manifest"]

@@ -2,8 +2,10 @@
 pinned requirements (`<cloud>/requirements.txt`), installed for the cloud's platform.
 
 The zip is reproducible (sorted entries, fixed timestamps and modes), so the same sources give
-the same bytes and Terraform's source hash changes only when the code or a pin does. Each cloud
-keeps its platform's entry-file convention:
+the same bytes and Terraform's source hash changes only when the code or a pin does (and the
+builder's Python: built with the functions' version, the zip carries compiled bytecode, which
+saves every cold start compiling the sources; built with another, it carries sources alone).
+Each cloud keeps its platform's entry-file convention:
 
 Every zip holds one import package, `jitc` (from `core/`), with the cloud's folder as its
 subpackage (`jitc.aws` from `aws/`), so nothing the connector ships can collide with another
@@ -22,6 +24,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -83,6 +86,33 @@ def _install(
     subprocess.run(command, check=True)  # noqa: S603 - our own interpreter and arguments
 
 
+def _compile(staging: Path, layout: Layout) -> bool:
+    """Bytecode for every module of the zip, so that no cold start compiles them: the deployed
+    folder is read-only (Lambda, a mounted package) or new with each instance, so what Python
+    compiles at import is never kept, and compiling the connector and its libraries took longer
+    than running them (section "Bytecode in the zip" of bench/RESULTS.md). Reproducible:
+    hash-based .pyc (no timestamps, checked against the source at import), one process in
+    sorted order under a fixed hash seed, file names relative to the zip's root. Only this
+    interpreter's version can be compiled: for another the zip ships sources alone."""
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if running != layout.python_version:
+        print(
+            f"jitc package: no bytecode in the zip: this is Python {running}, the functions "
+            f"run {layout.python_version} (build with {layout.python_version} for faster cold "
+            "starts)",
+            file=sys.stderr,
+        )
+        return False
+    command = [
+        sys.executable, "-m", "compileall", "-q", "-s", str(staging), "-p", "/",
+        "--invalidation-mode", "checked-hash", str(staging),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    subprocess.run(command, check=True, env=env)  # noqa: S603 - our own interpreter and arguments
+    return True
+
+
 def _write_zip(source: Path, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial")
@@ -91,8 +121,6 @@ def _write_zip(source: Path, output: Path) -> None:
     ) as archive:
         for path in sorted(source.rglob("*")):
             relative = path.relative_to(source)
-            if any(part in SKIP_DIRS for part in relative.parts) or path.suffix in SKIP_SUFFIXES:
-                continue
             if path.is_dir():
                 continue
             info = zipfile.ZipInfo(relative.as_posix(), date_time=FIXED_TIME)
@@ -126,7 +154,9 @@ def build(
             _copy_tree(root / source, staging / target)
         for name in layout.root_files:
             shutil.copyfile(root / name, staging / Path(name).name)
-        manifest = {
+        bytecode = _compile(staging, layout)
+        manifest: dict[str, object] = {
+            "bytecode": bytecode,
             "cloud": cloud,
             "packages": {target.replace("/", "."): source for target, source in layout.packages},
             "platform": platform or layout.platform,

@@ -13,19 +13,22 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jitc.catalog import Catalog, load_catalog, parse_catalog
-from jitc.engine import Engine
 from jitc.errors import CatalogError, ConfigError, required_env
 from jitc.gcp.logs import logger
 from jitc.gcp.oidc import GOOGLE_CERTS_URL, CertificateCache, OidcVerifier
-from jitc.gcp.secret_manager import SCHEME, SecretManagerStore
 from jitc.gcp.sinks import Sinks
 from jitc.gcp.tasks import CloudTasksExpiryScheduler, CloudTasksQueue
 from jitc.intake import Intake
-from jitc.secrets import SecretStores
 from jitc.sinks import BufferedSink, LogSink
+
+if TYPE_CHECKING:
+    # The engine and the secret stores are imported where the worker and the sweep build them:
+    # the intake never runs them, and skips their import in its cold start.
+    from jitc.engine import Engine
+    from jitc.secrets import SecretStores
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,9 @@ def verifier(audience: str) -> OidcVerifier:
 
 @cache
 def secret_stores() -> SecretStores:
+    from jitc.gcp.secret_manager import SCHEME, SecretManagerStore
+    from jitc.secrets import SecretStores
+
     return SecretStores({SCHEME: SecretManagerStore(secrets_client())})
 
 
@@ -201,6 +207,8 @@ def sinks() -> Sinks:
 
 @cache
 def engine() -> Engine:
+    from jitc.engine import Engine
+
     return Engine(catalog(), secret_stores(), scheduler(), sinks())
 
 

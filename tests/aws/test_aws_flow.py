@@ -4,6 +4,7 @@ revoke -> schedule gone; with duplicated, reordered and failing deliveries."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import io
 import json
@@ -147,6 +148,29 @@ def test_bad_requests_get_4xx_naming_the_problem_and_enqueue_nothing(deployment:
     got, answer = post(deployment, {k: v for k, v in body.items() if k != "identity"})
     assert got == 400 and "identity" in answer["message"]
     assert queue_depth(deployment) == 0
+
+
+def test_the_intake_reads_base64_bodies_stage_prefixed_paths_and_any_header_case(
+    deployment: Any,
+) -> None:
+    """What an HTTP API (a named stage) or a binary body sends, read from the raw event."""
+    rid = f"b64-{uuid.uuid4().hex[:8]}"
+    event = signed_http_event(grant_body(rid, public_key=deployment.box_public), deployment)
+    event["body"] = base64.b64encode(event["body"].encode()).decode()
+    event["isBase64Encoded"] = True
+    event["headers"] = {name.title(): value for name, value in event["headers"].items()}
+    event["requestContext"]["stage"] = "prod"
+    event["rawPath"] = "/prod/v1/requests"
+    answer = invoke("intake", intake.handler, event)
+    assert answer["statusCode"] == 202, answer
+    assert json.loads(answer["body"])["request_id"] == rid
+    assert queue_depth(deployment) == 1
+    event["rawPath"] = "/v1/requests"  # no stage prefix on a named stage: not a route
+    refused = json.loads(invoke("intake", intake.handler, event)["body"])
+    assert refused["field"] == "path"
+    event["rawPath"], event["body"] = "/prod/v1/requests", "not base64!"
+    assert json.loads(invoke("intake", intake.handler, event)["body"])["field"] == "body"
+    assert queue_depth(deployment) == 1
 
 
 @pytest.fixture

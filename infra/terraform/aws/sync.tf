@@ -256,6 +256,7 @@ resource "aws_lambda_function" "sync" {
       POWERTOOLS_METRICS_NAMESPACE = "JitConnector"
       POWERTOOLS_LOG_LEVEL         = "INFO"
       POWERTOOLS_TRACE_DISABLED    = var.tracing ? "false" : "true"
+      PYDANTIC_DISABLE_PLUGINS     = "__all__" # see main.tf
     }
   }
 

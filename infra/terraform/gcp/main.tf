@@ -64,6 +64,9 @@ locals {
     # Worker and sweep are never public (run.invoker: the invoker account only), so Cloud Run
     # checks each token and removes its signature before the function sees it.
     JITC_BEHIND_CLOUD_RUN_IAM = "1"
+    # The connector uses no pydantic plugin: skip their discovery (an entry-point scan of
+    # every installed distribution at the first model: 10-25 ms with 150 of them installed).
+    PYDANTIC_DISABLE_PLUGINS = "__all__"
   }
 }
 
