@@ -5,6 +5,8 @@ be read fails its own part; a complete sync beats the heartbeat the alarm watche
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
@@ -44,9 +46,35 @@ def handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     def proceed() -> bool:
         return int(context.get_remaining_time_in_millis()) > RESERVE_MS
 
+    store = state()
+    holder = str(context.aws_request_id)
+    # The lease lasts as long as this invocation can: a run killed at its timeout holds it no
+    # longer than it could have run.
+    until = time.time() + int(context.get_remaining_time_in_millis()) / 1000
+    try:
+        leased = store.acquire(holder, until)
+    except Exception:
+        # The acknowledged versions are a cache, and so is their lease: a table that fails
+        # costs a full sync (whose state saves fail and are reported), not the inventory.
+        logger.warning("inventory sync: the run lease could not be taken; syncing without it")
+        leased = None
+    if leased is False:
+        logger.info("inventory sync: another run holds the lease; this one stands down")
+        return {"ok": True, "skipped": "another inventory sync is running"}
+    try:
+        return _sync(store, proceed)
+    finally:
+        if leased:
+            try:
+                store.release(holder)
+            except Exception:  # it lapses at `until` anyway
+                logger.warning("inventory sync: the run lease could not be given back")
+
+
+def _sync(store: DynamoSyncState, proceed: Callable[[], bool]) -> dict[str, Any]:
     eng = engine()
     transport = webhook_transport(eng.catalog, eng.secrets)
-    report = eng.sync(transport, state(), proceed=proceed, stall_seconds=STALL_SECONDS)
+    report = eng.sync(transport, store, proceed=proceed, stall_seconds=STALL_SECONDS)
     parts = report.integrations.values()
     sent = sum(p.sent for p in parts)
     # A part sent but whose acknowledgement could not be kept (the state table denied or

@@ -68,11 +68,18 @@ TOMBSTONE_DOCUMENT = {
 }
 
 
-# IAM and STS are where access itself is written: every action there that is not a read (a
-# name beginning with one of these verbs) changes who may do what or mints credentials, whether
-# it puts a policy, lifts a boundary, edits a trust, a tag used by a condition, a key or a
-# password, or assumes a role or the root. Judged by verb so a new write action is covered too.
-_READ_VERBS = {"iam": ("get", "list", "generate", "simulate"), "sts": ("get", "decode")}
+# IAM and STS are where access itself is written: every action there that is not a read changes
+# who may do what or mints credentials, whether it puts a policy, lifts a boundary, edits a
+# trust, a tag used by a condition, a key or a password, or assumes a role or the root. IAM's
+# reads are judged by verb (a name beginning with one of these), so a new write action is
+# covered too.
+_IAM_READ_VERBS = ("get", "list", "generate", "simulate")
+# STS's "Get" verbs are not reads: GetSessionToken, GetFederationToken, GetWebIdentityToken
+# (a JWT an outside service accepts until its own expiry, past the revoke) and others mint
+# credentials. Its reads are named one by one, so a new STS action needs the mark; "Decode"
+# only decodes an authorization message.
+_STS_READS = ("getcalleridentity", "getaccesskeyinfo", "decodeauthorizationmessage")
+_STS_READ_VERBS = ("decode",)
 
 # Elsewhere, the actions that hand out access or run code as another principal. Lower case: IAM
 # matches action names case-insensitively.
@@ -102,18 +109,23 @@ def _iam_glob(pattern: str) -> re.Pattern[str]:
     return re.compile(escaped, re.DOTALL)
 
 
+def _is_read(service: str, name: str) -> bool:
+    """Whether every action of `service` (iam or sts) the lower-case name pattern could match
+    is a read."""
+    # Only the literal text before the first wildcard is sure; `iam:G*` could be anything.
+    literal = _WILDCARDS.split(name, maxsplit=1)[0]
+    if service == "iam":
+        return literal.startswith(_IAM_READ_VERBS)
+    return literal.startswith(_STS_READ_VERBS) or (literal == name and name in _STS_READS)
+
+
 def _writes_access(action: str) -> bool:
     """Whether an action pattern could name an IAM or STS action that is not a read."""
     service, _, name = action.lower().partition(":")
     service_glob = _iam_glob(service)
-    for target, read_verbs in _READ_VERBS.items():
-        if not service_glob.fullmatch(target):
-            continue
-        # Only the literal text before the first wildcard is sure; `iam:G*` could be anything.
-        literal = _WILDCARDS.split(name, maxsplit=1)[0]
-        if not literal.startswith(read_verbs):
-            return True
-    return False
+    return any(
+        service_glob.fullmatch(target) and not _is_read(target, name) for target in ("iam", "sts")
+    )
 
 
 def escalations(document: dict[str, Any]) -> list[str]:

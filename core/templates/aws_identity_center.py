@@ -3,11 +3,17 @@
 The user is found in the identity store by email. The ledger is a DynamoDB table the module
 creates (`ledger_table`; aws_identity_center_ledger): a MACed record per grant, written before
 anything is assigned, and a hold per (permission set, account, user) the grant relies on. A
-revoke removes its hold and then the assignment unless another live grant holds it, looks
-again and puts the assignment back if a concurrent grant of the same user and account took a
-hold meanwhile, and only then turns the record into a tombstone that the table's TTL deletes
-once the grant could no longer be valid. Nothing is written on the permission set, so the
-company's 50 tags per permission set are theirs, and any number of grants and revokes fit.
+revoke removes the assignment unless another live grant holds it and then its hold, turns the
+record into a tombstone (the table's TTL deletes it once the grant could no longer be valid),
+and only then looks again: an assignment no live grant holds is removed, and one a concurrent
+grant of the same user and account took a hold on meanwhile is put back. A grant reads its
+record again after assigning: if a revoke (the sweep is not held back by the queue's group)
+buried it meanwhile, the grant takes its assignment back out unless a live grant holds it, and
+is refused. Whichever of the two looks last sees the other's work. A revoke or a redelivered
+grant that finds a tombstone listing accounts looks at those accounts again, so a delivery that
+failed between assigning and reading its record leaves nothing behind. Nothing is written on
+the permission set, so the company's 50 tags per permission set are theirs, and any number of
+grants and revokes fit.
 
 The connector reads and assigns only the permission sets the catalog names (the policy covers
 exactly those); it never removes an assignment it did not make: a grant is refused where the
@@ -298,6 +304,10 @@ class AwsIdentityCenterSession:
         record = self._record(spec.grant_id)
         reissued = record is not None
         if record is not None:
+            if record.state != "active":
+                # An earlier delivery may have assigned after the revoke's last look, then
+                # failed before it could see the tombstone: take that assignment back out.
+                self._settle(record)
             self._same_request(record, spec)
         else:
             user_id = self._user_id(spec.identity.email)
@@ -326,6 +336,8 @@ class AwsIdentityCenterSession:
                     raise TargetError(
                         "the ledger entry for this grant changed meanwhile; will retry"
                     )
+                if found.state != "active":
+                    self._settle(found)
                 self._same_request(found, spec)
                 record, reissued = found, True
         for account in record.accounts:
@@ -334,9 +346,26 @@ class AwsIdentityCenterSession:
             self.ledger.hold(record, account)
             if not self._assigned(account, record.permission_set, record.user_id):
                 self._assign(account, record.permission_set, record.user_id)
+        # A revoke (the sweep is not held back by the queue's group) may have buried the record
+        # between our read and our hold, and looked at the assignment before we made it. Either
+        # it sees our assignment (it buries before its last look) or we see its tombstone here.
+        if not self._still_active(record):
+            self._settle(record)
+            raise Refused(
+                "request_id",
+                "this grant was revoked while it was being made; its assignment was taken back",
+            )
         return GrantResult(
             principal=f"user/{record.user_id}", reissued=reissued, expires_at=record.expires_at
         )
+
+    def _still_active(self, record: GrantRecord) -> bool:
+        try:
+            current = self.ledger.grant(record.grant_id)
+        except Forged:
+            # Overwritten by somebody else: nothing vouches for this grant any more.
+            return False
+        return current == record
 
     # -- revoke ----------------------------------------------------------------------------
 
@@ -350,6 +379,28 @@ class AwsIdentityCenterSession:
                 f"the ledger entry of grant {grant_id} was not written by this connector: "
                 "left alone"
             ) from None
+
+    def _settle(self, record: GrantRecord) -> tuple[int, list[str]]:
+        """The record no longer stands (a tombstone, or gone): each of its accounts keeps the
+        assignment only if a live grant holds it. Returns how many assignments were removed,
+        and those still in place that nothing holds."""
+        arn, user_id = record.permission_set, record.user_id
+        removed, residual = 0, []
+        for account in record.accounts:
+            # The record's own holds count for nothing now (holders reads each grant's record).
+            if not self._held(arn, account, user_id) and self._assigned(account, arn, user_id):
+                self._unassign(account, arn, user_id)
+                removed += 1
+            self.ledger.release(record, account)
+            # A grant of the same user and account that took its hold while the assignment
+            # went relies on it: put it back (its hold was written before it looked).
+            needed = self._held(arn, account, user_id)
+            assigned = self._assigned(account, arn, user_id)
+            if needed and not assigned:
+                self._assign(account, arn, user_id)
+            elif not needed and assigned:
+                residual.append(f"assignment on {account} still exists")
+        return removed, residual
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
         self._deadline = time.monotonic() + STATUS_WAIT_SECONDS
@@ -366,27 +417,34 @@ class AwsIdentityCenterSession:
             record = self._own(grant_id)  # the grant landed meanwhile: revoke it
             if record is None:
                 raise TargetError("the ledger entry for this grant changed meanwhile; will retry")
-        if record.state != "active":
-            return RevokeResult(found=False)
         arn, user_id = record.permission_set, record.user_id
+        if record.state != "active":
+            # Already revoked; but a delivery of the grant may have assigned after that revoke
+            # looked, or this revoke failed after burying: look again at what it listed.
+            removed, residual = self._settle(record)
+            if not removed and not residual:
+                return RevokeResult(found=False)
+            return RevokeResult(
+                found=True,
+                principal=f"user/{user_id}",
+                expires_at=record.expires_at,
+                residual=residual,
+                verified=not residual,
+                note="an assignment left after the earlier revoke was removed" if removed else None,
+            )
         # Access first: the assignment goes unless another live grant holds it; the grant's own
         # hold goes after, so a grant landing meanwhile still sees the assignment as ours.
         for account in record.accounts:
             if not self._held(arn, account, user_id, but=grant_id):
                 self._unassign(account, arn, user_id)
             self.ledger.release(record, account)
-        # A grant of the same user and account that took its hold while we removed the
-        # assignment relies on it: put it back (its hold was written before it looked).
-        residual: list[str] = []
-        for account in record.accounts:
-            needed = self._held(arn, account, user_id)
-            assigned = self._assigned(account, arn, user_id)
-            if needed and not assigned:
-                self._assign(account, arn, user_id)
-            elif not needed and assigned:
-                residual.append(f"assignment on {account} still exists")
-        if not residual and not self.ledger.bury(record, max(tombstone_until, record.expires_at)):
+        # The tombstone before the last look: a delivery of this grant that assigns after that
+        # look sees the tombstone when it reads its record again, and takes the assignment back.
+        if not self.ledger.bury(record, max(tombstone_until, record.expires_at)):
             raise TargetError("the ledger entry for this grant changed meanwhile; will retry")
+        _, residual = self._settle(record)
+        # A residual fails the revoke, so it is retried: the retry finds the tombstone and
+        # looks again at the accounts it lists.
         return RevokeResult(
             found=True,
             principal=f"user/{user_id}",

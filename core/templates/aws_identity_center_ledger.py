@@ -17,7 +17,9 @@ Every item carries a label MACed with the connector's label key over its content
 (jitc.labels): whoever can write items into the table can neither forge a grant or a hold nor
 move a genuine one to another key. Writes are conditional where a race matters: a grant is
 created only where no item is (so a revoke's tombstone and a concurrent delivery are both
-seen), and a tombstone replaces only the exact active item the revoke read.
+seen), and a tombstone replaces only the exact active item the revoke read. The grant reads its
+record again after assigning, and the revoke buries the record before its last look at the
+assignments (aws_identity_center): whichever looks last sees the other's work.
 """
 
 from __future__ import annotations

@@ -497,10 +497,6 @@ def test_the_inventory_sync_sends_the_catalogs_permission_sets_users_and_groups(
     assert ("grant", live.grant_id) in names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: a sweep revoke racing a redelivered grant leaves an assignment no one removes",
-)
 def test_a_sweep_racing_a_redelivered_grant_leaves_no_orphaned_assignment(
     engine: Engine, idc: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -536,6 +532,53 @@ def test_a_sweep_racing_a_redelivered_grant_leaves_no_orphaned_assignment(
     with acting_as("sweep"):
         engine.sweep()
     assert assigned(idc, ACCOUNTS[0]) == [], (redelivered.status, redelivered.message)
+
+
+@pytest.mark.parametrize("then", ["redelivery", "revoke"])
+def test_a_delivery_that_dies_after_assigning_past_a_revoke_is_cleaned_up_next_time(
+    engine: Engine, idc: dict[str, Any], monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """As above, but the redelivery dies after assigning, before it reads its record again:
+    the assignment is there and the record is a tombstone. The next delivery of the grant, or
+    the next revoke of it, finds the tombstone listing the account and removes the assignment."""
+    from jitc.errors import TargetError
+    from jitc.templates.aws_identity_center import AwsIdentityCenterSession
+
+    ana = idc["users"]["ana"]
+    request = grant("ana", ACCOUNTS[:1], seconds=2)
+    first = run(engine, request)
+    assert first.status == "granted"
+    time.sleep(2.2)
+
+    original = Ledger.hold
+    raced: list[Any] = []
+
+    def hold_after_a_sweep(self: Ledger, record: Any, account: str) -> None:
+        if not raced:
+            with acting_as("sweep"):
+                raced.append(engine.sweep())
+        original(self, record, account)
+
+    still_active = AwsIdentityCenterSession._still_active
+
+    def dies(self: Any, record: Any) -> bool:
+        raise TargetError("the worker died here")
+
+    monkeypatch.setattr(Ledger, "hold", hold_after_a_sweep)
+    monkeypatch.setattr(AwsIdentityCenterSession, "_still_active", dies)
+    assert run(engine, request).status == "failed"
+    monkeypatch.setattr(Ledger, "hold", original)
+    monkeypatch.setattr(AwsIdentityCenterSession, "_still_active", still_active)
+    assert raced[0].revoked == [first.grant_id]
+    assert state(idc, first.grant_id) == "tombstone" and assigned(idc, ACCOUNTS[0]) == [ana]
+    if then == "redelivery":
+        again = run(engine, request)
+        assert again.status == "refused", again.message
+    else:
+        with acting_as("worker"):
+            result = session(engine).revoke(first.grant_id, first.expires_at)
+        assert result.found and result.verified and not result.residual
+    assert assigned(idc, ACCOUNTS[0]) == []
 
 
 def test_a_conflict_from_identity_center_is_retried_never_taken_for_an_assignment(

@@ -200,3 +200,45 @@ def test_the_sync_lambda_runs_under_the_terraform_policy_and_nothing_wider(
             assert "InventoryCompleted" not in _metrics(capsys.readouterr().out)
     finally:
         awsharness.FUNCTION_CREDENTIALS.clear()
+
+
+def test_a_second_sync_while_one_runs_stands_down_whether_or_not_it_is_reserved(
+    synced_ok: tuple[Any, ControlPlane],
+) -> None:
+    """The sync reserves no concurrency unless reserved_concurrency names it, and the
+    schedule delivers at least once: a run that finds another's lease sends nothing and saves
+    nothing; a lease whose run was killed lapses at that run's deadline; a run gives back only
+    its own lease."""
+    import time
+
+    from tfmodule import load
+
+    from jitc.aws.sync_state import LEASE_KEY, DynamoSyncState
+
+    sync_fn = load().resource("aws_lambda_function", "sync")
+    assert sync_fn["reserved_concurrent_executions"] == (
+        '${lookup(var.reserved_concurrency, "sync", -1)}'
+    )
+    _, cp = synced_ok
+    store = DynamoSyncState(client("dynamodb"), TABLE)
+    assert store.acquire("other-run", time.time() + 60)
+    skipped = invoke("sync", sync.handler, _event())
+    assert skipped.get("skipped") and "integrations" not in skipped, skipped
+    assert not cp.bodies and _stored(PG) is None
+    # Not its lease: giving back another run's lease leaves it in place.
+    store.release("someone-else")
+    assert _stored(LEASE_KEY) is not None
+    assert store.acquire("third-run", time.time() + 60) is False
+    # A run killed at its timeout never gives its lease back: it lapses, and the next run syncs.
+    client("dynamodb").put_item(
+        TableName=TABLE,
+        Item={
+            "integration": {"S": LEASE_KEY},
+            "holder": {"S": "killed-run"},
+            "until": {"N": str(time.time() - 1)},
+        },
+    )
+    report = invoke("sync", sync.handler, _event())
+    assert report["ok"] and report["integrations"][PG]["acked"], report
+    # It gave its own lease back: the next scheduled run is not held up.
+    assert _stored(LEASE_KEY) is None

@@ -109,10 +109,6 @@ def test_no_deprecated_region_name_attribute() -> None:
     assert load().locals["region"] == "${data.aws_region.current.region}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: the inventory sync reserves 1 outside concurrency_budget, and even with {}",
-)
 def test_the_inventory_sync_reserves_within_the_budget_and_nothing_with_an_empty_map() -> None:
     """concurrency_budget is what the module may reserve, all its functions together, and `{}`
     is for accounts that cannot reserve at all. The sync (deployed whenever the catalog names

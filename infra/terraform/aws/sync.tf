@@ -233,6 +233,9 @@ resource "aws_lambda_function" "sync" {
   #checkov:skip=CKV_AWS_272:Code signing needs a signing profile the company owns; the zip is built reproducibly by `jitc package aws` and pinned by source_code_hash.
   #checkov:skip=CKV_AWS_50:Tracing is a choice (var.tracing, off by default), as for the other functions.
   #checkov:skip=CKV_AWS_117:A VPC is optional (var.vpc_config), as for the worker and sweep.
+  # The reservation is counted in concurrency_budget like the others (reserved_concurrency
+  # "sync"; nothing when left out). One run at a time is the run lease in the state table
+  # (jitc.aws.sync_state), which holds whether or not anything is reserved.
   count                          = local.sync
   function_name                  = local.sync_name
   role                           = aws_iam_role.sync[0].arn
@@ -243,7 +246,7 @@ resource "aws_lambda_function" "sync" {
   source_code_hash               = filebase64sha256(var.package_path)
   memory_size                    = var.memory_size
   timeout                        = 300
-  reserved_concurrent_executions = 1 # one sync at a time: two would race on the state
+  reserved_concurrent_executions = lookup(var.reserved_concurrency, "sync", -1)
   layers                         = [aws_lambda_layer_version.catalog.arn]
   kms_key_arn                    = aws_kms_key.this.arn
 

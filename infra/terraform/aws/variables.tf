@@ -140,7 +140,7 @@ variable "concurrency_budget" {
 }
 
 variable "reserved_concurrency" {
-  description = "Reserved concurrent executions per function of the module (intake, worker, sweep, and any function a later file adds), within concurrency_budget. A function left out draws on the account's unreserved pool. An empty map reserves nothing (accounts whose quota is below 1,000 cannot reserve). The inventory sync, when deployed, always reserves 1 more: two syncs at once would race on its state."
+  description = "Reserved concurrent executions per function of the module (intake, worker, sweep, and any function a later file adds), within concurrency_budget. A function left out draws on the account's unreserved pool. An empty map reserves nothing (accounts whose quota is below 1,000 cannot reserve). The inventory sync (deployed when the catalog names a webhook) is \"sync\": left out, as by default, it reserves nothing, and a run lease in its state table keeps a second run from starting while one is going, reserved or not; give it 1 (counted in the budget) to also keep it from waiting on the unreserved pool."
   type        = map(number)
   default     = { intake = 10, worker = 5, sweep = 1 }
 
