@@ -801,6 +801,10 @@ class GcpIamTemplate:
         member = member_of(permission, spec.identity.email)
         if not any(fnmatch.fnmatchcase(member, p) for p in connection.allowed_members):
             raise Refused("identity", f"{member} is not among the connection's allowed members")
+        if member.startswith("user:") and member.endswith(gcp_bigquery.SERVICE_ACCOUNT_DOMAIN):
+            # A service account's address as a user: a dataset answers it as serviceAccount:,
+            # another member than the label's, so the connector could never revoke it there.
+            raise Refused("identity", f"{member} is a service account's address, not a user's")
         for index, resource in enumerate(spec.resources):
             if resource not in connection.resources:
                 raise Refused(

@@ -410,3 +410,21 @@ def test_a_rate_limited_patch_is_retried_not_failed(fake: FakeGcp) -> None:
     fake.before_dataset_write = rate_limited
     outcome = engine().execute(request())
     assert outcome.status == "granted", outcome.message
+
+
+def test_a_user_grant_to_a_service_account_address_is_made_and_revoked_once(
+    fake: FakeGcp,
+) -> None:
+    # `member_type: user` with `allowed_members: user:*`: nothing stops a grantee from naming a
+    # service account's address. BigQuery keeps it as userByEmail, which reads back as
+    # serviceAccount:..., another member than the one the label was MACed over.
+    doc = catalog_doc()
+    doc["integrations"]["bq"]["connection"]["allowed_members"] = ["user:*"]
+    e = engine(doc)
+    robot = f"robot@{PROJECT}.iam.gserviceaccount.com"
+    for _ in range(3):  # Cloud Tasks redelivers a failed grant
+        e.execute(request(identity={"email": robot}))
+    entries = [e_ for e_ in access(fake) if e_.get("userByEmail") == robot]
+    revoked = e.execute(request("revoke"))
+    assert len(entries) <= 1, f"{len(entries)} entries written for one grant"
+    assert [e_ for e_ in access(fake) if e_.get("userByEmail") == robot] == [], revoked
