@@ -401,9 +401,10 @@ def test_a_rate_limited_patch_is_retried_not_failed(fake: FakeGcp) -> None:
 
     def rate_limited() -> None:
         # https://cloud.google.com/bigquery/quotas#dataset_limits: 5 dataset metadata updates
-        # per 10 seconds per dataset; BigQuery answers the sixth with 403 rateLimitExceeded.
+        # per 10 seconds per dataset; BigQuery answers the sixth with 403 (errors[].reason
+        # rateLimitExceeded, which this fake's error body does not carry yet).
         raise ApiError(
-            403, "rateLimitExceeded",
+            403, "PERMISSION_DENIED",
             "Exceeded rate limits: too many dataset metadata update operations for this dataset",
         )  # fmt: skip
 
