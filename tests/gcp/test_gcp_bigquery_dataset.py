@@ -429,3 +429,32 @@ def test_a_user_grant_to_a_service_account_address_is_made_and_revoked_once(
     revoked = e.execute(request("revoke"))
     assert len(entries) <= 1, f"{len(entries)} entries written for one grant"
     assert [e_ for e_ in access(fake) if e_.get("userByEmail") == robot] == [], revoked
+
+
+def test_a_revoke_run_while_its_grant_writes_ends_with_no_access(fake: FakeGcp) -> None:
+    # Cloud Tasks runs the two on two workers: the revoke (tombstone, read, nothing found)
+    # happens between the grant's read of the dataset and its patch.
+    outcomes = []
+
+    def revoke_meanwhile() -> None:
+        outcomes.append(engine().execute(request("revoke")))
+
+    fake.before_dataset_write = revoke_meanwhile
+    grant = engine().execute(request())
+    assert fake.before_dataset_write is None and len(outcomes) == 1  # the interleaving happened
+    assert outcomes[0].status == "revoked"
+    assert grant.status == "refused" and grant.field == "request_id", grant
+    assert live(fake, grant.grant_id or "") == [] and not can_read(fake)
+
+
+def test_two_deliveries_of_one_grant_racing_write_one_entry(fake: FakeGcp) -> None:
+    outcomes = []
+
+    def deliver_again() -> None:
+        outcomes.append(engine().execute(request()))
+
+    fake.before_dataset_write = deliver_again
+    first = engine().execute(request())
+    assert len(outcomes) == 1 and outcomes[0].status == first.status == "granted"
+    assert outcomes[0].expires_at == first.expires_at
+    assert len(live(fake, first.grant_id or "")) == 1
