@@ -568,6 +568,26 @@ def test_a_blob_written_at_a_tombstones_name_neither_refuses_nor_blocks(
     assert not plain.arm.assignments
 
 
+def test_adv_an_infinite_lease_on_a_lock_cannot_keep_access_past_its_expiry(
+    plain: Env, ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone with Storage Blob Data Contributor on the container (or account) cannot compute
+    a lock's name, but may list `locks/` and take an infinite lease on every lock blob. The
+    connector never breaks a lease, so every revoke and every sweep of the grants behind those
+    locks would fail forever, while the role assignments live on past their expiry: the
+    connector, which never takes an infinite lease, breaks one."""
+    from jitc.templates import azure_rbac_ledger
+
+    monkeypatch.setattr(azure_rbac_ledger, "LOCK_WAIT_SECONDS", 1.0)
+    assert plain.run(request_id="forever").status == "granted"
+    for item in ledger.list_blobs(name_starts_with=azure_rbac_ledger.LOCKS):
+        ledger.get_blob_client(item.name).acquire_lease(lease_duration=-1)
+    plain.run("revoke", request_id="forever")
+    plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=2))
+    plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=3))
+    assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="ADV: an ARM write that outlasts the 60 s lease lands after another holder's write",
