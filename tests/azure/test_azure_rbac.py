@@ -632,3 +632,23 @@ def test_adv_an_arm_write_slower_than_the_lease_cannot_undo_a_concurrent_revoke(
     both_verified = first.verified and seen[0].verified
     still_held = plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
     assert not (both_verified and still_held), (first, seen[0], plain.arm.assignments)
+
+
+def test_adv_a_tombstone_the_sweep_cannot_delete_does_not_stop_expiry_revokes(
+    plain: Env, ledger: Any
+) -> None:
+    """Someone who may write the container takes an infinite lease on a tombstone (listable
+    under `tombstones/`). Once it is past its time the sweep's delete of it is refused
+    (LeaseIdMissing), and that error must not end the sweep before it revokes the grants that
+    are due: they would outlive their expiry for as long as the lease stands."""
+    from azure.storage.blob import BlobLeaseClient
+
+    from jitc.templates.azure_rbac_ledger import TOMBSTONES
+
+    assert plain.run(request_id="due").status == "granted"  # for an hour
+    assert plain.run("revoke", request_id="ghost").status == "revoked"  # a tombstone only
+    for item in ledger.list_blobs(name_starts_with=TOMBSTONES):
+        BlobLeaseClient(ledger.get_blob_client(item.name)).acquire(lease_duration=-1)
+    report = plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=9))
+    assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+    assert report.forgotten == [] and len(report.failed) == 1, report  # said, and tried again
