@@ -306,6 +306,11 @@ class Engine:
                 except JitcError as exc:
                     report.failed[integration.name] = batch.scrub(str(exc))
                     continue
+                except Exception as exc:  # a client library's error (Azure Storage's): this
+                    # integration failed, not the sweep of every other one
+                    batch.discard(integration)
+                    report.failed[integration.name] = batch.scrub(type(exc).__name__)
+                    continue
                 due: list[str] = []
                 for grant in grants:
                     if grant.state == "tombstone":

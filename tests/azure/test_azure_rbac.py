@@ -652,3 +652,19 @@ def test_adv_a_tombstone_the_sweep_cannot_delete_does_not_stop_expiry_revokes(
     report = plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=9))
     assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
     assert report.forgotten == [] and len(report.failed) == 1, report  # said, and tried again
+
+
+def test_adv_a_ledger_that_cannot_be_listed_fails_its_integration_not_the_sweep(
+    plain: Env, ledger: Any
+) -> None:
+    """Storage Blob Data Contributor on the account may delete containers (the role's
+    `containers/delete` action), and Storage can fail: `List Blobs` then raises an azure-core
+    error, not a JitcError, which ended the whole sweep, so no integration's grant expired
+    (other templates' included). It must be reported against this integration alone."""
+    assert plain.run(request_id="gone").status == "granted"
+    ledger.delete_container()
+    try:
+        report = plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=9))
+    finally:
+        ledger.create_container()  # for the fixture's teardown
+    assert list(report.failed) == [plain.integration], report
