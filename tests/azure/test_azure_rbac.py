@@ -629,9 +629,11 @@ def test_adv_an_arm_write_slower_than_the_lease_cannot_undo_a_concurrent_revoke(
     second.join(timeout=90)
     plain.arm.meanwhile = None
     assert seen, "the second revoke did not finish"
-    both_verified = first.verified and seen[0].verified
-    still_held = plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
-    assert not (both_verified and still_held), (first, seen[0], plain.arm.assignments)
+    for outcome in (first, seen[0]):
+        if outcome.status != "revoked" or not outcome.verified:  # the queue's retry
+            plain.run("revoke", request_id=outcome.request_id)
+    # Both grants were revoked (and retried if they said so): the access must be gone.
+    assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}"), plain.arm.assignments
 
 
 def test_adv_a_tombstone_the_sweep_cannot_delete_does_not_stop_expiry_revokes(
