@@ -306,11 +306,26 @@ class Engine:
                 except JitcError as exc:
                     report.failed[integration.name] = batch.scrub(str(exc))
                     continue
+                except Exception as exc:  # a client library's error (Azure Storage's): this
+                    # integration failed, not the sweep of every other one
+                    batch.discard(integration)
+                    report.failed[integration.name] = batch.scrub(type(exc).__name__)
+                    continue
                 due: list[str] = []
                 for grant in grants:
                     if grant.state == "tombstone":
                         if grant.expires_at <= moment:
-                            session.forget(grant.grant_id)
+                            try:
+                                session.forget(grant.grant_id)
+                            except Exception as exc:  # reported; the next sweep tries again
+                                # One tombstone that cannot go (a lease on it, a Storage error)
+                                # must not keep the revokes below from running.
+                                report.failed[grant.grant_id] = "tombstone not forgotten: " + (
+                                    batch.scrub(str(exc))
+                                    if isinstance(exc, JitcError)
+                                    else type(exc).__name__
+                                )
+                                continue
                             report.forgotten.append(grant.grant_id)
                     elif grant.expires_at <= moment or grant.state == "revoking":
                         due.append(grant.grant_id)

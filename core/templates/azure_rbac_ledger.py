@@ -18,6 +18,8 @@ of an assignment holds a 60 s blob lease on a lock blob named by a keyed hash of
 assignment by (scope, principal, role): the one lock whoever shares it takes. The lease is
 renewed right before each write (a holder that lost it, stalled past its 60 s, stops before
 writing), released at the end, and never broken: a crashed holder's lease runs out on its own.
+Only an infinite lease is broken, which the connector never takes: someone who may write the
+container could otherwise block every revoke of an assignment for good.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ class Held:
             self.lease.renew()
         except HttpResponseError:
             raise TargetError(f"lost the lock on {self.what}; the operation is retried") from None
+
+
+def _infinite(blob: Any) -> bool:
+    """Whether the blob's current lease is an infinite one (gone meanwhile: no)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return bool(blob.get_blob_properties().lease.duration == "infinite")
+    except ResourceNotFoundError:
+        return False
 
 
 class Ledger:
@@ -146,6 +158,7 @@ class Ledger:
             ResourceExistsError,
             ResourceNotFoundError,
         )
+        from azure.storage.blob import BlobLeaseClient
 
         what = f"the role assignment of {role.rsplit('/', 1)[-1]} on {scope}"
         name = LOCKS + self.key.keyed_hash(
@@ -166,6 +179,13 @@ class Ledger:
             except HttpResponseError as exc:
                 if exc.status_code != 409:  # 409 LeaseAlreadyPresent: someone holds it
                     raise
+                if _infinite(blob):
+                    # The connector only takes 60 s leases: an infinite one was taken by
+                    # someone else who may write the container, and would block every revoke
+                    # of this assignment (and the sweep's) for good. No holder of ours is
+                    # cut off by breaking it.
+                    BlobLeaseClient(blob).break_lease(lease_break_period=0)
+                    continue
             if time.monotonic() >= deadline:
                 raise TargetError(f"{what} is locked by another operation; it is retried")
             time.sleep(0.1 + random.random() * 0.3)  # noqa: S311 (jitter, not a secret)

@@ -115,11 +115,13 @@ class Env:
 @pytest.fixture
 def ledger(blobs: tuple[AzuriteBlob, BlobProxy], cloud: azharness.Cloud) -> Iterator[Any]:
     """The module's ledger container (the test's own view, account key), emptied after."""
+    from azure.storage.blob import BlobLeaseClient
+
     made = admin_container(blobs[0], cloud.tls, LEDGER)
     yield made
     for blob in made.list_blobs():
-        with contextlib.suppress(Exception):
-            made.get_blob_client(blob.name).break_lease(lease_break_period=0)
+        with contextlib.suppress(Exception):  # most blobs have no lease to break
+            BlobLeaseClient(made.get_blob_client(blob.name)).break_lease(lease_break_period=0)
         made.delete_blob(blob.name)
 
 
@@ -564,3 +566,107 @@ def test_a_blob_written_at_a_tombstones_name_neither_refuses_nor_blocks(
     late = plain.run(request_id="squat")
     assert late.status == "refused" and late.field == "request_id"
     assert not plain.arm.assignments
+
+
+def test_adv_an_infinite_lease_on_a_lock_cannot_keep_access_past_its_expiry(
+    plain: Env, ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone with Storage Blob Data Contributor on the container (or account) cannot compute
+    a lock's name, but may list `locks/` and take an infinite lease on every lock blob. The
+    connector never breaks a lease, so every revoke and every sweep of the grants behind those
+    locks would fail forever, while the role assignments live on past their expiry: the
+    connector, which never takes an infinite lease, breaks one."""
+    from jitc.templates import azure_rbac_ledger
+
+    monkeypatch.setattr(azure_rbac_ledger, "LOCK_WAIT_SECONDS", 1.0)
+    assert plain.run(request_id="forever").status == "granted"
+    for item in ledger.list_blobs(name_starts_with=azure_rbac_ledger.LOCKS):
+        ledger.get_blob_client(item.name).acquire_lease(lease_duration=-1)
+    plain.run("revoke", request_id="forever")
+    plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=2))
+    plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=3))
+    assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ADV: an ARM write that outlasts the 60 s lease lands after another holder's write",
+)
+def test_adv_an_arm_write_slower_than_the_lease_cannot_undo_a_concurrent_revoke(
+    plain: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal right before a write only proves the lease was held when the write began. A
+    `PUT` that takes longer than the lease (ARM throttling: azure-core retries 429s with their
+    Retry-After, 10 times by default; a frozen instance) lands after the lease has run out and
+    another holder has read, written and released: the stale label is written back. Two revokes
+    of grants sharing one assignment then both report `revoked`, verified, while the assignment
+    lives on. (The lease is 15 s here, Storage's minimum, to keep the test short.)"""
+    from jitc.templates import azure_rbac_ledger
+
+    monkeypatch.setattr(azure_rbac_ledger, "LEASE_SECONDS", 15)
+    assert plain.run(request_id="slow-1").status == "granted"
+    assert plain.run(request_id="slow-2", duration="2h").status == "granted"
+    other = Engine(
+        plain.catalog,
+        SecretStores({"mem": EnvSecretStore({"label": LABEL_KEY})}),
+        NullScheduler(),
+        MemorySink(),
+    )
+    seen: list[Outcome] = []
+    second = threading.Thread(
+        target=lambda: seen.append(other.execute(plain.request("revoke", request_id="slow-2")))
+    )
+    started: list[bool] = []
+
+    def meanwhile(method: str, path: str) -> None:
+        if method == "PUT" and "/roleAssignments/" in path and not started:
+            started.append(True)
+            second.start()
+            time.sleep(22)  # this PUT is still on its way when its 15 s lease runs out
+
+    plain.arm.meanwhile = meanwhile
+    first = plain.run("revoke", request_id="slow-1")
+    second.join(timeout=90)
+    plain.arm.meanwhile = None
+    assert seen, "the second revoke did not finish"
+    for outcome in (first, seen[0]):
+        if outcome.status != "revoked" or not outcome.verified:  # the queue's retry
+            plain.run("revoke", request_id=outcome.request_id)
+    # Both grants were revoked (and retried if they said so): the access must be gone.
+    assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}"), plain.arm.assignments
+
+
+def test_adv_a_tombstone_the_sweep_cannot_delete_does_not_stop_expiry_revokes(
+    plain: Env, ledger: Any
+) -> None:
+    """Someone who may write the container takes an infinite lease on a tombstone (listable
+    under `tombstones/`). Once it is past its time the sweep's delete of it is refused
+    (LeaseIdMissing), and that error must not end the sweep before it revokes the grants that
+    are due: they would outlive their expiry for as long as the lease stands."""
+    from azure.storage.blob import BlobLeaseClient
+
+    from jitc.templates.azure_rbac_ledger import TOMBSTONES
+
+    assert plain.run(request_id="due").status == "granted"  # for an hour
+    assert plain.run("revoke", request_id="ghost").status == "revoked"  # a tombstone only
+    for item in ledger.list_blobs(name_starts_with=TOMBSTONES):
+        BlobLeaseClient(ledger.get_blob_client(item.name)).acquire(lease_duration=-1)
+    report = plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=9))
+    assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
+    assert report.forgotten == [] and len(report.failed) == 1, report  # said, and tried again
+
+
+def test_adv_a_ledger_that_cannot_be_listed_fails_its_integration_not_the_sweep(
+    plain: Env, ledger: Any
+) -> None:
+    """Storage Blob Data Contributor on the account may delete containers (the role's
+    `containers/delete` action), and Storage can fail: `List Blobs` then raises an azure-core
+    error, not a JitcError, which ended the whole sweep, so no integration's grant expired
+    (other templates' included). It must be reported against this integration alone."""
+    assert plain.run(request_id="gone").status == "granted"
+    ledger.delete_container()
+    try:
+        report = plain.engine.sweep(now=azharness.now() + dt.timedelta(hours=9))
+    finally:
+        ledger.create_container()  # for the fixture's teardown
+    assert list(report.failed) == [plain.integration], report
