@@ -588,10 +588,6 @@ def test_adv_an_infinite_lease_on_a_lock_cannot_keep_access_past_its_expiry(
     assert not plain.arm.holds(plain.principals[0], READER, f"/{SCOPE}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: an ARM write that outlasts the 60 s lease lands after another holder's write",
-)
 def test_adv_an_arm_write_slower_than_the_lease_cannot_undo_a_concurrent_revoke(
     plain: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
