@@ -111,16 +111,25 @@ WRITE_ONCE: dict[str, Any] = {"retry_total": 0}
 _credential: Any = None
 _transport: dict[str, Any] = {}
 _ledger_url: str | None = None
+_own_scope: str | None = None
 
 
-def use(credential: Any, transport: dict[str, Any], ledger_url: str | None = None) -> None:
+def use(
+    credential: Any,
+    transport: dict[str, Any],
+    ledger_url: str | None = None,
+    own_scope: str | None = None,
+) -> None:
     """Act with this credential and these azure-core transport options (the function app's
     managed identity); None falls back to `DefaultAzureCredential`. `ledger_url` is the blob
-    container assignment mode keeps its tombstones and locks in (`azure_rbac_ledger`)."""
-    global _credential, _transport, _ledger_url
+    container assignment mode keeps its tombstones and locks in (`azure_rbac_ledger`).
+    `own_scope` is the connector's own resource group (app setting JITC_AZURE_OWN_SCOPE): no
+    grant may be on it, on a resource in it, or on a scope holding it."""
+    global _credential, _transport, _ledger_url, _own_scope
     _credential = credential
     _transport = dict(transport)
     _ledger_url = ledger_url
+    _own_scope = own_scope
 
 
 def _retry_policy() -> Any:
@@ -262,6 +271,12 @@ def _principal_id(connection: Connection, spec: GrantSpec) -> str:
     return object_id
 
 
+def _overlaps(one: str, other: str) -> bool:
+    """Whether either scope is, holds or lies in the other."""
+    a, b = one.strip("/"), other.strip("/")
+    return _under(a, b) or _under(b, a)
+
+
 def _check_scopes(connection: Connection, resources: tuple[str, ...] | list[str]) -> None:
     for index, resource in enumerate(resources):
         match = SCOPE.match(resource)
@@ -269,6 +284,14 @@ def _check_scopes(connection: Connection, resources: tuple[str, ...] | list[str]
             raise Refused(f"resources[{index}]", "not a scope in the connection's subscription")
         if not any(_under(resource, scope) for scope in connection.scopes):
             raise Refused(f"resources[{index}]", "not under any of the connection's scopes")
+        if _own_scope and _overlaps(resource, _own_scope):
+            # The connector's storage account (queues, ledger, package) and app live there: even
+            # a role ARM does not count as privileged (Storage Account Contributor) would let
+            # the grantee turn shared keys on, delete tombstones or replace the package.
+            raise Refused(
+                f"resources[{index}]",
+                "holds or lies in the connector's own resource group; it is never granted on",
+            )
 
 
 class AzureRbacTemplate:
