@@ -135,7 +135,7 @@ def use(
 def _retry_policy() -> Any:
     from azure.core.pipeline.policies import RetryPolicy
 
-    class BoundedRetry(RetryPolicy):
+    class BoundedRetry(RetryPolicy[Any, Any]):
         """Honours a throttled read's Retry-After up to a few seconds, not minutes."""
 
         def get_retry_after(self, response: Any) -> float | None:
