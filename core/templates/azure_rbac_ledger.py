@@ -20,7 +20,7 @@ renewed right before each write (a holder that lost it, stalled past its 60 s, s
 writing) and again right after it: a write that outlasted the lease may have landed over another
 holder's, so its writer takes the lock anew, reads the assignment again and removes every grant
 that has a tombstone (whichever write came last, no revoked grant stays). Every ARM call is
-bounded well under the lease (see `azure_rbac.ARM_OPTIONS`). The lease is released at the end
+bounded well under the lease (`azure_rbac.arm_options`). The lease is released at the end
 and never broken: a crashed holder's lease runs out on its own.
 Only an infinite lease is broken, which the connector never takes: someone who may write the
 container could otherwise block every revoke of an assignment for good.
