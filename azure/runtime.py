@@ -46,6 +46,7 @@ class Settings:
     key_vault_dns_suffix: str
     ca_bundle: str | None
     rbac_ledger_url: str | None
+    own_scope: str | None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,6 +66,7 @@ class Settings:
             key_vault_dns_suffix=get("JITC_KEY_VAULT_DNS_SUFFIX") or PUBLIC_SUFFIX,
             ca_bundle=get("JITC_CA_BUNDLE") or None,
             rbac_ledger_url=get("JITC_RBAC_LEDGER_URL") or None,
+            own_scope=get("JITC_AZURE_OWN_SCOPE") or None,
         )
 
 
@@ -179,7 +181,9 @@ def engine() -> Engine:
         # tombstones and locks in the container Terraform made for them.
         from jitc.templates import azure_rbac
 
-        azure_rbac.use(credential(), transport_options(), settings().rbac_ledger_url)
+        azure_rbac.use(
+            credential(), transport_options(), settings().rbac_ledger_url, settings().own_scope
+        )
     return Engine(catalog(), secret_stores(), expiry(), sinks())
 
 

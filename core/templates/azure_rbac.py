@@ -96,22 +96,66 @@ MAX_SHARED = 8
 # would not fit is refused rather than sent as a write ARM rejects (retried into the poison queue).
 DESCRIPTION_MAX = 2048
 _NAMESPACE = uuid.UUID("6f1d2c7e-3b8a-5e43-9a61-0c2b4a7e9d15")
+# Bounds on every ARM call, well under the ledger's 60 s lease: azure-core's defaults (300 s
+# timeouts, 10 retries, Retry-After honoured however long) let one call outlive the lease. A
+# write is sent once (`WRITE_ONCE`), so it lasts at most connect + read = 40 s; a refused write
+# (429, 5xx) fails the operation and the queue retries the message later.
+ARM_CONNECT_SECONDS = 10
+ARM_READ_SECONDS = 30
+ARM_RETRIES = 2
+ARM_RETRY_AFTER_MAX = 5.0
+WRITE_ONCE: dict[str, Any] = {"retry_total": 0}
 
 # The process's credential, transport options and ledger container (the Azure runtime sets them;
 # see `use`).
 _credential: Any = None
 _transport: dict[str, Any] = {}
 _ledger_url: str | None = None
+_own_scope: str | None = None
 
 
-def use(credential: Any, transport: dict[str, Any], ledger_url: str | None = None) -> None:
+def use(
+    credential: Any,
+    transport: dict[str, Any],
+    ledger_url: str | None = None,
+    own_scope: str | None = None,
+) -> None:
     """Act with this credential and these azure-core transport options (the function app's
     managed identity); None falls back to `DefaultAzureCredential`. `ledger_url` is the blob
-    container assignment mode keeps its tombstones and locks in (`azure_rbac_ledger`)."""
-    global _credential, _transport, _ledger_url
+    container assignment mode keeps its tombstones and locks in (`azure_rbac_ledger`).
+    `own_scope` is the connector's own resource group (app setting JITC_AZURE_OWN_SCOPE): no
+    grant may be on it, on a resource in it, or on a scope holding it."""
+    global _credential, _transport, _ledger_url, _own_scope
     _credential = credential
     _transport = dict(transport)
     _ledger_url = ledger_url
+    _own_scope = own_scope
+
+
+def _retry_policy() -> Any:
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class BoundedRetry(RetryPolicy[Any, Any]):
+        """Honours a throttled read's Retry-After up to a few seconds, not minutes."""
+
+        def get_retry_after(self, response: Any) -> float | None:
+            after = super().get_retry_after(response)
+            return None if after is None else min(after, ARM_RETRY_AFTER_MAX)
+
+    return BoundedRetry(
+        retry_total=ARM_RETRIES,
+        retry_backoff_max=ARM_RETRY_AFTER_MAX,
+        timeout=ARM_CONNECT_SECONDS + ARM_READ_SECONDS,
+    )
+
+
+def arm_options() -> dict[str, Any]:
+    """The azure-core options of the ARM client: every call bounded well under the lease."""
+    return {
+        "connection_timeout": ARM_CONNECT_SECONDS,
+        "read_timeout": ARM_READ_SECONDS,
+        "retry_policy": _retry_policy(),
+    }
 
 
 def assignment_name(grant_id: str, scope: str) -> str:
@@ -227,6 +271,12 @@ def _principal_id(connection: Connection, spec: GrantSpec) -> str:
     return object_id
 
 
+def _overlaps(one: str, other: str) -> bool:
+    """Whether either scope is, holds or lies in the other."""
+    a, b = one.strip("/"), other.strip("/")
+    return _under(a, b) or _under(b, a)
+
+
 def _check_scopes(connection: Connection, resources: tuple[str, ...] | list[str]) -> None:
     for index, resource in enumerate(resources):
         match = SCOPE.match(resource)
@@ -234,6 +284,14 @@ def _check_scopes(connection: Connection, resources: tuple[str, ...] | list[str]
             raise Refused(f"resources[{index}]", "not a scope in the connection's subscription")
         if not any(_under(resource, scope) for scope in connection.scopes):
             raise Refused(f"resources[{index}]", "not under any of the connection's scopes")
+        if _own_scope and _overlaps(resource, _own_scope):
+            # The connector's storage account (queues, ledger, package) and app live there: even
+            # a role ARM does not count as privileged (Storage Account Contributor) would let
+            # the grantee turn shared keys on, delete tombstones or replace the package.
+            raise Refused(
+                f"resources[{index}]",
+                "holds or lies in the connector's own resource group; it is never granted on",
+            )
 
 
 class AzureRbacTemplate:
@@ -313,7 +371,7 @@ class AzureRbacSession:
             connection.subscription_id,
             base_url=endpoint,
             credential_scopes=[audience],
-            **_transport,
+            **{**_transport, **arm_options()},
         )
         self.assignments = self.client.role_assignments  # api-version 2022-04-01
         self.requests = self.client.role_assignment_schedule_requests  # 2020-10-01
@@ -520,8 +578,9 @@ class AzureRbacSession:
             known = self._entry_of(label, spec)
             if known is not None:
                 return False, datetime.fromisoformat(known["expires_at"])
-            # Another grant of the same access: this one joins its assignment.
-            grants = dict(label["grants"])
+            # Another grant of the same access: this one joins its assignment (leaving out any
+            # grant revoked meanwhile, which a write that outlasted its lease may have put back).
+            grants = self._live(label["grants"])
             if sum(1 for e in grants.values() if e.get("state") != "tombstone") >= MAX_SHARED:
                 raise Refused("identity.object_id", "too many grants of this role on this scope")
             grants[spec.grant_id] = entry
@@ -530,12 +589,57 @@ class AzureRbacSession:
             )
             if len(text) > DESCRIPTION_MAX:
                 raise Refused("identity.object_id", "too many grants of this role on this scope")
-            held.renew()
-            self._write(existing.scope, existing.name, principal, role, permission, grants)
-            return True, spec.expires_at
+            where, name = str(existing.scope), str(existing.name)
+        else:
+            where, grants = f"/{scope}", {spec.grant_id: entry}
         held.renew()
-        self._write(f"/{scope}", name, principal, role, permission, {spec.grant_id: entry})
+        try:
+            self._write(where, name, principal, role, permission, grants)
+        except BaseException:
+            self._settle(held, where, name, principal, role)
+            raise
+        left = self._settle(held, where, name, principal, role)
+        if left is not None and spec.grant_id not in left:
+            # Another holder's write, made while ours was on its way, landed last: retried.
+            raise TargetError(f"role assignment {name} on {where} lost this grant; retried")
         return True, spec.expires_at
+
+    def _live(self, grants: dict[str, Any]) -> dict[str, Any]:
+        """The entries of `grants` whose grant was not revoked (no tombstone in the ledger)."""
+        assert self.ledger is not None
+        return {
+            g: e
+            for g, e in grants.items()
+            if e.get("state") != "tombstone" and not self.ledger.tombstoned(g)
+        }
+
+    def _settle(
+        self, held: Held, scope: str, name: str, principal: str, role: str
+    ) -> dict[str, Any] | None:
+        """After a write of assignment `name`: None if the lease outlived it (nobody else wrote
+        meanwhile). Otherwise the write may have landed after another holder's and put back a
+        grant that holder removed: under a new lock, read the assignment again and remove every
+        grant with a tombstone, whichever revoke it was. Returns the grants left ({}: none)."""
+        assert self.ledger is not None
+        if held.kept():
+            return None
+        with self.ledger.lock(scope, principal, role) as again:
+            assignment = self._get(scope.lstrip("/"), name)
+            current = (self._label(assignment) if assignment is not None else None) or {}
+            grants = current.get("grants", {})
+            keep = self._live(grants)
+            if keep == grants:
+                return keep
+            again.renew()
+            if keep:
+                kind = str(current.get("principal_type", "User"))
+                self._write(scope, name, principal, role, None, keep, kind)
+            else:
+                with contextlib.suppress(self.NotFound):
+                    self.assignments.delete(scope, name, **WRITE_ONCE)
+            if not again.kept():
+                raise TargetError(f"lost the lock on {again.what} twice; the operation is retried")
+            return keep
 
     def _text(
         self, scope: str, name: str, principal: str, role: str, kind: str, grants: dict[str, Any]
@@ -565,7 +669,7 @@ class AzureRbacSession:
             description=self._text(scope, name, principal, role, kind, grants),
         )
         try:
-            self.assignments.create(scope, name, parameters)
+            self.assignments.create(scope, name, parameters, **WRITE_ONCE)
         except self.HttpResponseError as exc:
             # The object id is a principal of another type than the permission's: no delivery
             # can succeed, so it is a refusal, not a failure retried into the poison queue.
@@ -733,14 +837,22 @@ class AzureRbacSession:
                 grants = current.get("grants", {})
                 if grant_id not in grants:
                     continue  # removed meanwhile (another delivery of this revoke)
-                rest = {g: e for g, e in grants.items() if g != grant_id}
+                # Every revoked grant goes, not only this one: one a stale write put back too.
+                rest = {g: e for g, e in self._live(grants).items() if g != grant_id}
                 held.renew()
-                if any(e.get("state") != "tombstone" for e in rest.values()):
-                    self._write(scope, name, principal, role, None, rest,
-                                str(current.get("principal_type", "User")))  # fmt: skip
+                try:
+                    if rest:
+                        self._write(scope, name, principal, role, None, rest,
+                                    str(current.get("principal_type", "User")))  # fmt: skip
+                    else:
+                        with contextlib.suppress(self.NotFound):
+                            self.assignments.delete(scope, name, **WRITE_ONCE)
+                except BaseException:
+                    self._settle(held, scope, name, principal, role)
+                    raise
+                self._settle(held, scope, name, principal, role)
+                if rest:
                     continue
-                with contextlib.suppress(self.NotFound):
-                    self.assignments.delete(scope, name)
                 if self._get(scope.lstrip("/"), name) is not None:
                     result.residual.append(f"role assignment {name} on {scope} still exists")
         result.verified = not result.residual

@@ -17,7 +17,11 @@ description (its list of grants) would each write back the other's grant. Every 
 of an assignment holds a 60 s blob lease on a lock blob named by a keyed hash of what ARM keys an
 assignment by (scope, principal, role): the one lock whoever shares it takes. The lease is
 renewed right before each write (a holder that lost it, stalled past its 60 s, stops before
-writing), released at the end, and never broken: a crashed holder's lease runs out on its own.
+writing) and again right after it: a write that outlasted the lease may have landed over another
+holder's, so its writer takes the lock anew, reads the assignment again and removes every grant
+that has a tombstone (whichever write came last, no revoked grant stays). Every ARM call is
+bounded well under the lease (`azure_rbac.arm_options`). The lease is released at the end
+and never broken: a crashed holder's lease runs out on its own.
 Only an infinite lease is broken, which the connector never takes: someone who may write the
 container could otherwise block every revoke of an assignment for good.
 """
@@ -59,6 +63,19 @@ class Held:
             self.lease.renew()
         except HttpResponseError:
             raise TargetError(f"lost the lock on {self.what}; the operation is retried") from None
+
+    def kept(self) -> bool:
+        """Called right after a write: whether the lease outlived it. A write that took longer
+        than the lease (a slow or throttled ARM call) may have landed after another holder's
+        read-modify-write, undoing it; Storage refuses the renewal once anyone else has taken
+        the lease since, while a lease that ran out unclaimed renews (nobody wrote meanwhile)."""
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            self.lease.renew()
+        except HttpResponseError:
+            return False
+        return True
 
 
 def _infinite(blob: Any) -> bool:

@@ -216,6 +216,7 @@ def deploy(
     name = f"t{secrets.token_hex(4)}"
     variables = {
         "name": name,
+        "resource_group_name": RESOURCE_GROUP,
         "key_vault_id": VAULT_ID,
         "key_vault_secret_names": secret_names,
         "rbac_scopes": rbac_scopes or [],

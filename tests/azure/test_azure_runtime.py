@@ -50,9 +50,12 @@ def test_an_rbac_catalog_gives_the_template_the_apps_identity(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _app(monkeypatch, {"orders-db": PG, "subs": RBAC})
+    own = f"/subscriptions/{SUB}/resourceGroups/jitc"
+    monkeypatch.setenv("JITC_AZURE_OWN_SCOPE", own)  # the module's app setting
     runtime.engine()
     assert azure_rbac._credential is runtime.credential()
     assert azure_rbac._transport == {"connection_verify": "/etc/ssl/certs/ca-certificates.crt"}
+    assert azure_rbac._own_scope == own  # never granted on (its storage account, app)
 
 
 def test_a_catalog_without_rbac_leaves_the_template_unconfigured(
@@ -61,3 +64,4 @@ def test_a_catalog_without_rbac_leaves_the_template_unconfigured(
     _app(monkeypatch, {"orders-db": PG})
     runtime.engine()
     assert azure_rbac._credential is None and azure_rbac._transport == {}
+    assert azure_rbac._own_scope is None

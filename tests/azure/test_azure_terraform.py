@@ -4,9 +4,15 @@ test_azure_flow.py and test_azure_rbac.py; checkov and `terraform fmt` run in .c
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 import tfazure
 import yaml
 
@@ -116,8 +122,9 @@ def test_the_rbac_ledger_right_and_its_lifecycle_rule() -> None:
     container the right is on; the lifecycle rule deletes idle lock blobs there and never a
     tombstone (the sweep forgets each at its own time)."""
     variables = {
-        "name": "t", "key_vault_id": "/kv", "key_vault_secret_names": [], "rbac_scopes": [],
-        "rbac_role_ids": [], "rbac_pim": False, "control_plane_principal_id": None,
+        "name": "t", "resource_group_name": "g", "key_vault_id": "/kv",
+        "key_vault_secret_names": [], "rbac_scopes": [], "rbac_role_ids": [], "rbac_pim": False,
+        "control_plane_principal_id": None,
     }  # fmt: skip
     account = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/a"
     without = tfazure.render(variables, storage_account_id=account, principal="APP")
@@ -184,3 +191,97 @@ def test_the_package_push_can_authenticate() -> None:
     assert pushed == "${" + condition.replace(" ", "") + "?var.package_zip:null}"
     assert str(body["webdeploy_publish_basic_authentication_enabled"]) == "${" + condition + "}"
     assert MODULE.variables["package_deploy"]["default"] == "terraform"
+
+
+# The module's own resource group in the plans below, and a catalog's azure_rbac integration.
+OWN_SUB = "11111111-2222-3333-4444-555555555555"
+OWN = f"/subscriptions/{OWN_SUB}/resourceGroups/jitc"
+ACCOUNT = f"{OWN}/providers/Microsoft.Storage/storageAccounts/jitcjitcabc123"
+
+
+def _rbac_catalog(scopes: list[str], resources: list[str]) -> dict[str, Any]:
+    return {
+        "integrations": {
+            "db": {"kind": "postgresql", "permissions": {"r": {"resources": [ACCOUNT]}}},
+            "rbac": {
+                "kind": "azure_rbac",
+                "connection": {"scopes": scopes},
+                "permissions": {"p": {"resources": resources}},
+            },
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def own_scope_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """own_scope.tf with the module's variables it reads, and the subscription the provider
+    would report given as a variable: Terraform plans it offline (terraform_data is built in)."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed here")
+    folder = tmp_path_factory.mktemp("ownscope")
+    text = MODULE.texts["own_scope.tf"]
+    reference = "data.azurerm_client_config.current.subscription_id"
+    assert text.count(reference) == 1
+    variables = MODULE.texts["variables.tf"]
+    blocks = [
+        variables[variables.index(f'variable "{name}" {{') :].split("\n}\n", 1)[0] + "\n}\n"
+        for name in ("resource_group_name", "catalog_file", "rbac_scopes")
+    ]
+    (folder / "main.tf").write_text(
+        text.replace(reference, "var.subscription_id")
+        + 'variable "subscription_id" {\n  type = string\n}\n'
+        + "\n".join(blocks)
+    )
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    subprocess.run(["terraform", "init", "-input=false", "-no-color"], cwd=folder, env=env,
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("rbac_scopes", "catalog", "accepted"),
+    [
+        ([f"/subscriptions/{OWN_SUB}/resourceGroups/app-prod"], None, True),
+        ([f"/subscriptions/{OWN_SUB}/resourceGroups/jitc-other"], None, True),  # a prefix only
+        (["/subscriptions/99999999-2222-3333-4444-555555555555"], None, True),
+        ([OWN], None, False),
+        ([f"/subscriptions/{OWN_SUB}/resourceGroups/JITC"], None, False),  # ARM ignores case
+        ([f"/subscriptions/{OWN_SUB}"], None, False),  # holds it
+        ([ACCOUNT], None, False),  # lies in it
+        ([f"{OWN}/providers/Microsoft.Web/sites/jitc-jitc-abc123"], None, False),
+        ([], _rbac_catalog([f"subscriptions/{OWN_SUB}/resourceGroups/app"], [ACCOUNT[1:]]), False),
+        ([], _rbac_catalog([OWN[1:]], []), False),
+        ([], _rbac_catalog([f"subscriptions/{OWN_SUB}/resourceGroups/app"], []), True),
+    ],
+)  # fmt: skip
+def test_no_rbac_scope_covers_the_connectors_own_resource_group(
+    own_scope_dir: Path,
+    tmp_path: Path,
+    rbac_scopes: list[str],
+    catalog: dict[str, Any] | None,
+    accepted: bool,
+) -> None:
+    """A role the connector hands out over its own resource group (Storage Account Contributor
+    is not privileged by ARM's measure) would let the grantee turn shared keys on, delete the
+    ledger's tombstones or replace the package: the plan refuses such rbac_scopes and catalog
+    azure_rbac scopes (connection scopes, permission resources) and nothing else."""
+    catalog_file = tmp_path / "catalog.json"
+    catalog_file.write_text(json.dumps(catalog or {"integrations": {}}))
+    values = {
+        "subscription_id": OWN_SUB,
+        "resource_group_name": "jitc",
+        "catalog_file": str(catalog_file),
+        "rbac_scopes": rbac_scopes,
+    }
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    done = subprocess.run(
+        ["terraform", "plan", "-input=false", "-no-color", "-lock=false", "-refresh=false",
+         *[f"-var={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]],
+        cwd=own_scope_dir, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert (done.returncode == 0) == accepted, output
+    if not accepted:
+        assert "connector's own resource group" in " ".join(output.split()), output
+    # The template refuses the same at grant time, from this app setting.
+    assert app()["app_settings"]["JITC_AZURE_OWN_SCOPE"] == "${local.own_scope}"  # type: ignore[index]

@@ -179,6 +179,7 @@ def render(
         "vars": variables,
         "azurerm_storage_account.app.id": storage_account_id,
         "azurerm_storage_account.app.name": storage_account_id.rsplit("/", 1)[1],
+        "data.azurerm_client_config.current.subscription_id": storage_account_id.split("/")[2],
         "azurerm_user_assigned_identity.app.principal_id": principal,
         "azurerm_user_assigned_identity.app.client_id": client_id,
         "azurerm_application_insights.app.id": storage_account_id.rsplit("/providers/", 1)[0]

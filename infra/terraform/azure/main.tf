@@ -192,7 +192,9 @@ resource "azurerm_function_app_flex_consumption" "app" {
     JITC_SYNC_BLOB_SERVICE_URI                = azurerm_storage_account.app.primary_blob_endpoint
     JITC_SYNC_CONTAINER                       = azurerm_storage_container.sync.name
     JITC_RBAC_LEDGER_URL                      = "${azurerm_storage_account.app.primary_blob_endpoint}${azurerm_storage_container.rbac_ledger.name}"
-    JITC_EXPIRY_MAX_DELAY_SECONDS             = tostring(var.expiry_max_delay_seconds)
+    # The azure_rbac template refuses a grant on, in or over this (see own_scope.tf).
+    JITC_AZURE_OWN_SCOPE          = local.own_scope
+    JITC_EXPIRY_MAX_DELAY_SECONDS = tostring(var.expiry_max_delay_seconds)
     # The connector uses no pydantic plugin: skip their discovery (an entry-point scan of
     # every installed distribution at the first model: 10-25 ms with 150 of them installed).
     PYDANTIC_DISABLE_PLUGINS = "__all__"
