@@ -12,9 +12,10 @@ Reads and writes pass `accessPolicyVersion=3`: with an older version BigQuery hi
 conditional entry behind a `..._with_conditionalbinding_<hash>` role, which would be written
 back as a different role. `datasets.patch` replaces the whole array, so every write carries the
 etag of the read it edits in `If-Match`: a concurrent writer turns it into 412 and `gcp_iam`
-reads again and retries, as it does for a stale policy etag. BigQuery answers the three data
-roles in their legacy names (OWNER, WRITER, READER); they are read as the predefined roles they
-stand for, so a label verifies whichever spelling comes back.
+reads again and retries, as it does for a stale policy etag; a patch over BigQuery's five updates
+per dataset every 10 s (403, reason rateLimitExceeded) is read again and retried after a pause.
+BigQuery answers the three data roles in their legacy names (OWNER, WRITER, READER); they are
+read as the predefined roles they stand for, so a label verifies whichever spelling comes back.
 
 Rights (https://cloud.google.com/bigquery/docs/dataset-access-control,
 https://cloud.google.com/bigquery/docs/conditions): `bigquery.datasets.get` and, to see `access`

@@ -10,9 +10,10 @@ condition or title someone edited, no longer verifies and is never acted on: a r
 only a binding the connector wrote, and from it only the connector's member.
 
 Every change is a read-modify-write of the resource's policy (version 3, with its etag),
-retried when another writer got there first. IAM changes take about two minutes to apply (seven
-at worst); a grant's outcome is not proof of usable access until then, and a revoke is verified
-by reading the policy back.
+retried when another writer got there first, and after a pause when a rate limit refused the
+write (BigQuery allows five updates per dataset every ten seconds). IAM changes take about two
+minutes to apply (seven at worst); a grant's outcome is not proof of usable access until then,
+and a revoke is verified by reading the policy back.
 
 Tombstones are not in the policies. A revoke first creates the grant's tombstone object in the
 connector's bucket (JITC_GCP_TOMBSTONE_BUCKET; `ifGenerationMatch=0`, so create-if-absent and
@@ -44,9 +45,11 @@ import fnmatch
 import hmac
 import json
 import os
+import random
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -82,6 +85,12 @@ POLICY_VERSION = 3
 # Google's published figure for IAM changes to take effect.
 PROPAGATION = "GCP IAM applies this in about 2 minutes (up to 7); the policy already holds it"
 ATTEMPTS = 5
+# A write refused for a rate limit: BigQuery allows five metadata updates per dataset every 10 s
+# (https://cloud.google.com/bigquery/quotas#dataset_limits) and answers the next datasets.patch
+# with HTTP 403 and errors[].reason rateLimitExceeded, or quotaExceeded with a message about rate
+# limits (https://cloud.google.com/bigquery/docs/troubleshoot-quotas); other APIs answer 429.
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+DATASET_UPDATE_LIMIT = "BigQuery's rate limit of 5 updates per dataset every 10 s"
 
 RESOURCE = re.compile(
     r"^(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
@@ -121,6 +130,27 @@ def role_escalates(role: str) -> str | None:
 def expression(expires_at: datetime) -> str:
     moment = expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f'request.time < timestamp("{moment}")'
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """The pauses before writing again after a rate-limit answer.
+
+    Doubling from one second, they add up to 15 s: the last write comes after the 10-second
+    window of the first refusal has passed, so a dataset that other writers keep busy still gets
+    a write in. Each pause is stretched by up to `jitter` of itself so that workers refused
+    together do not come back together. `budget` bounds all the pauses of one grant, revoke or
+    forget, whatever the number of its resources, far below the worker's 540 s timeout: past it
+    the message fails and the queue delivers it again later."""
+
+    delays: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    jitter: float = 0.5
+    budget: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+    draw: Callable[[], float] = random.random  # in [0, 1)
+
+
+BACKOFF = Backoff()
 
 
 class Connection(Settings):
@@ -418,14 +448,43 @@ def _status(exc: Exception) -> int | None:
     return int(status) if status is not None else None
 
 
+def _rate_limited(exc: Exception) -> str | None:
+    """The reason a write was refused for a rate limit (None: it was refused for something else,
+    a denied permission among them, which no pause would change)."""
+    status = _status(exc)
+    if status == 429:
+        return "HTTP 429"
+    if status != 403:
+        return None
+    try:
+        error = json.loads(getattr(exc, "content", b"") or b"{}").get("error") or {}
+        items = [item for item in error.get("errors") or [] if isinstance(item, dict)]
+    except (ValueError, TypeError, AttributeError):
+        return None
+    for item in items:
+        reason = item.get("reason")
+        if reason in RATE_LIMIT_REASONS:
+            return f"HTTP 403 {reason}"
+        # quotaExceeded is also the answer to a long-term quota (a daily one): only a message
+        # about a rate limit says a pause will do.
+        text = f"{item.get('message', '')} {error.get('message', '')}".lower()
+        if reason == "quotaExceeded" and "rate limit" in text:
+            return "HTTP 403 quotaExceeded (rate limits)"
+    return None
+
+
 class GcpIamSession:
     def __init__(
-        self, integration: str, connection: Connection, key: LabelKey, api: _Api | None = None
-    ) -> None:
+        self, integration: str, connection: Connection, key: LabelKey, api: _Api | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:  # fmt: skip
         self.integration = integration
         self.connection = connection
         self._key = key
         self._api = api or _Api()
+        self._backoff = backoff or BACKOFF
+        # Seconds paused for rate limits in the current grant, revoke or forget.
+        self._paused = 0.0
 
     # -- policy read-modify-write --------------------------------------------------------
 
@@ -443,7 +502,10 @@ class GcpIamSession:
         again on a concurrent change. Returns the policy as it stands afterwards."""
         from googleapiclient.errors import HttpError
 
-        for attempt in range(ATTEMPTS):
+        conflicts = 0
+        pauses = iter(self._backoff.delays)
+        while True:
+            # Read again before every write: after a conflict or a pause the policy may differ.
             policy = self._read(resource)
             if not edit(policy):
                 return policy
@@ -452,13 +514,41 @@ class GcpIamSession:
                 self._api.set(resource, policy)
             except HttpError as exc:
                 status = _status(exc)
-                if status in (409, 412) and attempt + 1 < ATTEMPTS:
-                    time.sleep(0.2 * (attempt + 1))
+                limited = _rate_limited(exc)
+                if limited is not None and self._pause(next(pauses, None)):
                     continue
+                if limited is not None:
+                    limit = "Google's rate limit"
+                    if gcp_bigquery.is_dataset(resource):
+                        limit = DATASET_UPDATE_LIMIT
+                    raise TargetError(
+                        f"{resource}: {limit} refused the write ({limited}) again after "
+                        f"{self._paused:.0f} s of pauses: not a missing permission; the message "
+                        "is retried"
+                    ) from None
+                if status in (409, 412):
+                    conflicts += 1
+                    if conflicts < ATTEMPTS:
+                        time.sleep(0.2 * conflicts)
+                        continue
+                    raise TargetError(
+                        f"{resource}: policy kept changing under the connector (HTTP {status})"
+                    ) from None
                 raise TargetError(f"{resource}: setIamPolicy answered HTTP {status}") from None
             # Read back: what the target holds is what the outcome reports.
             return self._read(resource)
-        raise TargetError(f"{resource}: policy kept changing under the connector")
+
+    def _pause(self, delay: float | None) -> bool:
+        """Wait `delay` (stretched by the jitter) before the next write; False, without waiting,
+        when a write's pauses (None) or the message's budget have run out."""
+        if delay is None:
+            return False
+        delay *= 1 + self._backoff.jitter * self._backoff.draw()
+        if self._paused + delay > self._backoff.budget:
+            return False
+        self._paused += delay
+        self._backoff.sleep(delay)
+        return True
 
     def _ours(
         self, resource: str, policy: dict[str, Any]
@@ -559,6 +649,7 @@ class GcpIamSession:
     # -- the session surface -------------------------------------------------------------
 
     def grant(self, spec: GrantSpec) -> GrantResult:
+        self._paused = 0.0
         permission = spec.permission
         assert isinstance(permission, Permission)
         member = member_of(permission, spec.identity.email)
@@ -664,6 +755,7 @@ class GcpIamSession:
             raise TargetError(f"could not remove a binding of a refused grant: {remaining}")
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
+        self._paused = 0.0
         # The tombstone first, then the policies: a grant of this id running now either sees the
         # tombstone after its own write, or wrote before the reads below, which then remove it.
         try:
@@ -711,6 +803,7 @@ class GcpIamSession:
     def forget(self, grant_id: str) -> None:
         """Tombstone objects are deleted by the bucket's lifecycle rule; this removes tombstone
         *bindings*, which earlier versions of this template wrote into the policies."""
+        self._paused = 0.0
         for resource in self.connection.resources:
 
             def drop(policy: dict[str, Any], resource: str = resource) -> bool:

@@ -18,6 +18,9 @@ It enforces what Google enforces, or the tests could not see deployment defects:
   a condition, the data roles answered in their legacy names (OWNER/WRITER/READER), service
   accounts answered as `userByEmail`, the access list shown only with
   `bigquery.datasets.getIamPolicy` and changed only with `bigquery.datasets.setIamPolicy`;
+  BigQuery's errors carry `errors[].reason` (accessDenied, notFound, ...), and a test can turn on
+  its limit of five updates per dataset every 10 s (`dataset_updates_per_window`), answered as
+  BigQuery answers it: 403 with reason `rateLimitExceeded`;
 - task names are reserved for a while after their task ran or was deleted (`ALREADY_EXISTS`),
   schedule times are refused beyond 30 days, and deliveries carry an OIDC token signed with
   this server's key, for the audience and service account the task names.
@@ -152,6 +155,18 @@ BIGQUERY_AUTHORIZED = ("view", "dataset", "routine")
 # https://cloud.google.com/bigquery/quotas#dataset_limits: authorized views (and datasets and
 # routines) in one dataset's access list.
 MAX_AUTHORIZED = 2500
+# https://cloud.google.com/bigquery/quotas#dataset_limits: dataset metadata updates (patch,
+# update) per dataset in a window; the next one is refused with this error
+# (https://cloud.google.com/bigquery/docs/troubleshoot-quotas).
+DATASET_UPDATES = 5
+DATASET_UPDATE_WINDOW = timedelta(seconds=10)
+DATASET_RATE_LIMITED = (
+    "Exceeded rate limits: too many dataset metadata update operations for this dataset. For more "
+    "information, see https://cloud.google.com/bigquery/docs/troubleshoot-quotas"
+)
+# BigQuery's errors[].reason by HTTP code (https://cloud.google.com/bigquery/docs/error-messages)
+# for errors that name none of their own.
+BIGQUERY_REASONS = {400: "invalid", 403: "accessDenied", 404: "notFound", 409: "duplicate"}
 # Google refuses a condition on these (IAM Conditions overview).
 LEGACY_BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 MAX_CONDITIONAL = 100
@@ -167,9 +182,23 @@ MAX_AHEAD = timedelta(days=30)
 
 
 class ApiError(Exception):
-    def __init__(self, http: int, status: str, message: str) -> None:
+    def __init__(
+        self, http: int, status: str, message: str, reason: str | None = None,
+        domain: str = "global",
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.http, self.status, self.message = http, status, message
+        # BigQuery's (and other JSON APIs') errors[] entry: what a client tells errors apart by.
+        self.reason, self.domain = reason, domain
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.http, "message": self.message}
+        if self.reason is not None:
+            error["errors"] = [
+                {"message": self.message, "domain": self.domain, "reason": self.reason}
+            ]
+        error["status"] = self.status
+        return {"error": error}
 
 
 @dataclass
@@ -278,6 +307,11 @@ class FakeGcp:
         self.datasets: dict[str, dict[str, Any]] = {}
         # Tests: called once before the next dataset write is applied (another writer's turn).
         self.before_dataset_write: Any = None
+        # Tests: BigQuery's per-dataset update limit (DATASET_UPDATES), off unless set: without a
+        # clock the test drives, a burst of writes in a test would wait out real seconds.
+        self.dataset_updates_per_window: int | None = None
+        self.dataset_updates: dict[str, list[datetime]] = {}
+        self.rate_limited: list[str] = []  # datasets whose write was refused for the limit
         # Cloud Storage objects: (bucket, name) -> (generation, data, content type).
         self.objects: dict[tuple[str, str], tuple[int, bytes, str]] = {}
         self._generation = int(time.time() * 1_000_000)
@@ -520,6 +554,17 @@ class FakeGcp:
             with self.lock:
                 self.violations.append(str(exc))
             raise ApiError(400, "INVALID_ARGUMENT", str(exc)) from None
+        try:
+            return self._call(method, params, query, headers, body, media, wants_media)
+        except ApiError as exc:
+            if method.api == "bigquery":
+                exc.reason = exc.reason or BIGQUERY_REASONS.get(exc.http)
+            raise
+
+    def _call(
+        self, method: discovery.Method, params: dict[str, str], query: dict[str, list[str]],
+        headers: dict[str, str], body: bytes, media: bytes, wants_media: bool,
+    ) -> tuple[int, Any]:  # fmt: skip
         caller = self.caller(headers.get("authorization"))
         doc = json.loads(body) if body.strip() else {}
         permission = METHOD_PERMISSIONS[method.id]
@@ -679,6 +724,18 @@ class FakeGcp:
             stored = self.datasets[name]
             # datasets.patch needs get as well as update (its IAM permissions).
             self.authorize(caller, method, "bigquery.datasets.get", name)
+            if self.dataset_updates_per_window is not None:
+                now = self.now()
+                recent = [
+                    t for t in self.dataset_updates.get(name, []) if now - t < DATASET_UPDATE_WINDOW
+                ]
+                self.dataset_updates[name] = recent
+                if len(recent) >= self.dataset_updates_per_window:
+                    self.rate_limited.append(name)
+                    raise ApiError(
+                        403, "PERMISSION_DENIED", DATASET_RATE_LIMITED,
+                        reason="rateLimitExceeded", domain="usageLimits",
+                    )  # fmt: skip
             match = headers.get("if-match")
             if match is not None and match != stored["etag"]:
                 raise ApiError(412, "FAILED_PRECONDITION", "Precondition check failed.")
@@ -697,6 +754,7 @@ class FakeGcp:
                     self.authorize(caller, method, "bigquery.datasets.setIamPolicy", name)
                 stored["access"] = access
             stored["etag"] = _etag()
+            self.dataset_updates.setdefault(name, []).append(self.now())
             return 200, self._dataset_doc(name, version, True)
 
     def _check_access(
@@ -951,10 +1009,7 @@ class FakeGcp:
                 try:
                     status, doc = fake.handle(self.command, self.path, headers, body)
                 except ApiError as exc:
-                    status = exc.http
-                    doc = {
-                        "error": {"code": exc.http, "status": exc.status, "message": exc.message}
-                    }
+                    status, doc = exc.http, exc.body()
                 except Exception as exc:  # a defect of the fake: visible in the test
                     status, doc = (
                         500,

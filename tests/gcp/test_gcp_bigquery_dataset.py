@@ -392,25 +392,159 @@ def test_a_revoke_whose_tombstone_write_fails_still_takes_the_access_away(fake: 
     assert live(fake, grant_id) == [] and not can_read(fake)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: BigQuery's 5 updates/10 s per dataset (403 rateLimitExceeded) fails the grant",
-)
-def test_a_rate_limited_patch_is_retried_not_failed(fake: FakeGcp) -> None:
-    from gcpfake import ApiError
+@pytest.fixture
+def pauses(fake: FakeGcp, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The rate-limit pauses the worker takes, taken on the fake's clock (BigQuery's window moves
+    with them) instead of the test's."""
+    from jitc.templates import gcp_iam
 
+    taken: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        taken.append(seconds)
+        fake.advance(timedelta(seconds=seconds))
+
+    monkeypatch.setattr(gcp_iam, "BACKOFF", gcp_iam.Backoff(sleep=sleep))
+    return taken
+
+
+def rate_limit_error() -> Exception:
+    from gcpfake import DATASET_RATE_LIMITED, ApiError
+
+    # What BigQuery answers the sixth update of a dataset within 10 s (the fake's own limit
+    # answers the same).
+    return ApiError(
+        403, "PERMISSION_DENIED", DATASET_RATE_LIMITED, reason="rateLimitExceeded",
+        domain="usageLimits",
+    )  # fmt: skip
+
+
+def patches(fake: FakeGcp) -> int:
+    """datasets.patch requests (each is authorised for bigquery.datasets.update first)."""
+    return len([c for c in fake.calls if c.permission == "bigquery.datasets.update"])
+
+
+def test_a_rate_limited_patch_is_retried_not_failed(fake: FakeGcp, pauses: list[float]) -> None:
     def rate_limited() -> None:
-        # https://cloud.google.com/bigquery/quotas#dataset_limits: 5 dataset metadata updates
-        # per 10 seconds per dataset; BigQuery answers the sixth with 403 (errors[].reason
-        # rateLimitExceeded, which this fake's error body does not carry yet).
-        raise ApiError(
-            403, "PERMISSION_DENIED",
-            "Exceeded rate limits: too many dataset metadata update operations for this dataset",
-        )  # fmt: skip
+        raise rate_limit_error()
 
     fake.before_dataset_write = rate_limited
     outcome = engine().execute(request())
     assert outcome.status == "granted", outcome.message
+    assert len(live(fake, outcome.grant_id or "")) == 1
+    assert patches(fake) == 2
+    [pause] = pauses
+    assert 1.0 <= pause <= 1.5  # the first pause, with its jitter
+
+
+def test_a_burst_on_one_dataset_waits_out_bigquerys_window(
+    fake: FakeGcp, pauses: list[float]
+) -> None:
+    from gcpfake import DATASET_UPDATES
+
+    fake.dataset_updates_per_window = DATASET_UPDATES
+    e = engine()
+    ids = [f"burst{n}" for n in range(8)]  # one message each, as Cloud Tasks delivers them
+    granted = [e.execute(request(request_id=i)) for i in ids]
+    assert [o.status for o in granted] == ["granted"] * len(ids), [o.message for o in granted]
+    assert fake.rate_limited and pauses  # the sixth write met the limit and was paced
+    revoked = [e.execute(request("revoke", request_id=i)) for i in ids]
+    assert all(o.status == "revoked" and o.verified for o in revoked), revoked
+    assert all(live(fake, o.grant_id or "") == [] for o in granted)
+    assert not can_read(fake)
+
+
+def test_a_rate_limit_that_does_not_lift_fails_and_says_so(
+    fake: FakeGcp, pauses: list[float]
+) -> None:
+    def rate_limited() -> None:
+        fake.before_dataset_write = rate_limited  # every write, not only the next one
+        raise rate_limit_error()
+
+    fake.before_dataset_write = rate_limited
+    outcome = engine().execute(request())
+    fake.before_dataset_write = None
+    # Failed (the queue delivers it again later), and not reported as a denied permission.
+    assert outcome.status == "failed"
+    assert "BigQuery's rate limit" in str(outcome.message), outcome.message
+    assert "not a missing permission" in str(outcome.message)
+    assert live(fake, outcome.grant_id or "") == []
+    # Four pauses, five writes: bounded (22.5 s at most) and past BigQuery's 10 s window.
+    assert len(pauses) == 4 and patches(fake) == 5
+    assert 10 < sum(pauses) <= 22.5
+
+
+def test_the_pauses_of_one_message_stay_within_its_budget(
+    fake: FakeGcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jitc.templates import gcp_iam
+
+    taken: list[float] = []
+    monkeypatch.setattr(gcp_iam, "BACKOFF", gcp_iam.Backoff(sleep=taken.append, budget=5.0))
+
+    def rate_limited() -> None:
+        fake.before_dataset_write = rate_limited
+        raise rate_limit_error()
+
+    fake.before_dataset_write = rate_limited
+    outcome = engine().execute(request())
+    fake.before_dataset_write = None
+    assert outcome.status == "failed" and "rate limit" in str(outcome.message)
+    # 1-1.5 s and 2-3 s fit in 5 s; the third (4-6 s) would not, and is not taken.
+    assert len(taken) == 2 and sum(taken) <= 5.0
+
+
+def test_a_denied_patch_fails_at_once_and_is_never_paced(
+    fake: FakeGcp, pauses: list[float]
+) -> None:
+    # The worker lost setIamPolicy on the dataset: BigQuery answers 403 too, with reason
+    # accessDenied, and no pause would change that.
+    fake.custom_roles[WORKER_ROLE] -= {"bigquery.datasets.setIamPolicy"}
+    outcome = engine().execute(request())
+    assert outcome.status == "failed"
+    assert "HTTP 403" in str(outcome.message) and "rate limit" not in str(outcome.message)
+    assert pauses == [] and patches(fake) == 1
+    assert live(fake, outcome.grant_id or "") == []
+    fake.calls.clear()  # the fixture's check is for the worker's granted rights
+
+
+def http_error(status: int, body: Any) -> Exception:
+    import httplib2
+    from googleapiclient.errors import HttpError
+
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return HttpError(httplib2.Response({"status": status}), content)
+
+
+def error_body(reason: str, message: str, code: int = 403) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": code, "message": message, "status": "PERMISSION_DENIED",
+            "errors": [{"message": message, "domain": "global", "reason": reason}],
+        }
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "limited"),
+    [
+        (429, b"", True),
+        (403, error_body("rateLimitExceeded", "Exceeded rate limits: too many ..."), True),
+        (403, error_body("userRateLimitExceeded", "User Rate Limit Exceeded"), True),
+        (403, error_body("quotaExceeded", "Exceeded rate limits: too many table updates"), True),
+        # A long-term quota (a daily one): no pause of seconds lifts it.
+        (403, error_body("quotaExceeded", "Quota exceeded: your project exceeded quota"), False),
+        (403, error_body("accessDenied", "Access Denied: Dataset p:d: Permission denied"), False),
+        (403, {"error": {"code": 403, "message": "denied", "status": "PERMISSION_DENIED"}}, False),
+        (403, b"<html>Forbidden</html>", False),
+        (403, b"", False),
+        (400, error_body("rateLimitExceeded", "not a 403", code=400), False),
+    ],
+)  # fmt: skip
+def test_only_a_rate_limit_is_read_as_one(status: int, body: Any, limited: bool) -> None:
+    from jitc.templates.gcp_iam import _rate_limited
+
+    assert (_rate_limited(http_error(status, body)) is not None) is limited
 
 
 def test_a_user_grant_to_a_service_account_address_is_made_and_revoked_once(
