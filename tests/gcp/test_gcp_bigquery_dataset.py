@@ -22,6 +22,7 @@ from jitc.engine import Engine
 from jitc.errors import CatalogError
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
+from jitc.models import utcnow
 from jitc.secrets import EnvSecretStore, SecretStores
 
 RUN = secrets.token_hex(2)
@@ -584,11 +585,15 @@ def test_a_revoke_run_while_its_grant_writes_ends_with_no_access(fake: FakeGcp) 
 def test_two_deliveries_of_one_grant_racing_write_one_entry(fake: FakeGcp) -> None:
     outcomes = []
 
+    # Both deliveries carry the one signed time of the message, as a queue's redelivery does
+    # (without it each would count its hour from its own second).
+    signed = utcnow()
+
     def deliver_again() -> None:
-        outcomes.append(engine().execute(request()))
+        outcomes.append(engine().execute(request(), issued_at=signed))
 
     fake.before_dataset_write = deliver_again
-    first = engine().execute(request())
+    first = engine().execute(request(), issued_at=signed)
     assert len(outcomes) == 1 and outcomes[0].status == first.status == "granted"
     assert outcomes[0].expires_at == first.expires_at
     assert len(live(fake, first.grant_id or "")) == 1
