@@ -118,8 +118,14 @@ class Serve:
         self.proc = None
 
     def interrupt(self, signum: int = signal.SIGINT) -> tuple[int, str]:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
         self.proc.send_signal(signum)
+        return self.exited()
+
+    def exited(self) -> tuple[int, str]:
+        """Wait for a process already told to stop. (A second signal could reach it after it
+        has stopped, while the interpreter shuts down and the default action is back.)"""
+        assert self.proc is not None and self.proc.stdout is not None
         rest = self.proc.stdout.read()
         code = self.proc.wait(timeout=60)
         self.proc = None
