@@ -244,8 +244,9 @@ class Engine:
             if proceed is None or proceed():
                 self._grant_ahead(batch, items, plain)
             for work in items:
-                # A grant already made ahead costs no more target time: report it.
-                done = work.request.target_grant_id in batch.ahead
+                # A grant already made ahead costs no more target time: report it. (Asked only
+                # when something was made ahead: a grant's id is a hash of the request.)
+                done = bool(batch.ahead) and work.request.target_grant_id in batch.ahead
                 if not done and proceed is not None and not proceed():
                     break
                 outcomes.append(self._run(batch, work, plain))
@@ -256,6 +257,8 @@ class Engine:
         transaction, one savepoint each). Only grants no earlier revoke in the batch names go
         ahead, so the order of a grant and a revoke of one grant is kept. What fails here is
         simply run again, alone, in order; each outcome is still reported in order."""
+        if sum(work.request.action == "grant" for work in items) < 2:
+            return  # nothing to group: each grant runs alone anyway, checked once there
         revoked: set[str] = set()
         groups: dict[str, list[GrantSpec]] = {}
         for work in items:
