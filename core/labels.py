@@ -15,7 +15,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from jitc.errors import TargetError
@@ -44,29 +43,38 @@ class LabelKey:
             raise ValueError("a label key needs 16 characters or more")
         return cls(value.encode())
 
+    # Keyed HMAC states, one per purpose, each derived once: a kept session MACs several
+    # labels per grant, and keying an HMAC costs as much as the MAC itself.
+    _keyed: dict[str, hmac.HMAC] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
     def _derive(self, purpose: str) -> bytes:
         return hmac.new(self.secret, f"jitc {purpose}".encode(), hashlib.sha256).digest()
 
-    @cached_property
-    def _label_key(self) -> bytes:
-        return self._derive("label")
+    def _hmac(self, purpose: str, message: bytes) -> bytes:
+        keyed = self._keyed.get(purpose)
+        if keyed is None:
+            keyed = hmac.new(self._derive(purpose), digestmod=hashlib.sha256)
+            self._keyed[purpose] = keyed
+        state = keyed.copy()
+        state.update(message)
+        return state.digest()
 
     def mac(self, *parts: str) -> str:
-        message = "\0".join(parts).encode()
-        digest = hmac.new(self._label_key, message, hashlib.sha256).digest()
+        digest = self._hmac("label", "\0".join(parts).encode())
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def keyed_hash(self, purpose: str, value: str) -> str:
         """A value others may see without learning it (an email): unlike a plain hash, it cannot
         be reversed by hashing guesses without the key."""
-        digest = hmac.new(self._derive(purpose), value.encode(), hashlib.sha256).digest()
+        digest = self._hmac(purpose, value.encode())
         return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
     def password(self, *parts: str) -> str:
         """A password that every delivery of one grant computes alike, so a redelivery can hand
         out the credentials again without changing them."""
-        message = "\0".join(parts).encode()
-        digest = hmac.new(self._derive("password"), message, hashlib.sha256).digest()
+        digest = self._hmac("password", "\0".join(parts).encode())
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 

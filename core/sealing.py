@@ -6,14 +6,22 @@ Only the holder of the private key can open them: not the control plane, the que
 from __future__ import annotations
 
 import base64
+import functools
 import json
 
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 
 def seal(credentials: dict[str, str], public_key_b64: str) -> str:
-    box = SealedBox(PublicKey(base64.b64decode(public_key_b64)))
+    box = _box(public_key_b64)
     return base64.b64encode(box.encrypt(json.dumps(credentials).encode())).decode()
+
+
+@functools.lru_cache(maxsize=256)
+def _box(public_key_b64: str) -> SealedBox[PublicKey]:
+    # A requester's public key, parsed once: a sealed box holds no state between messages
+    # (each encryption makes its own ephemeral key pair).
+    return SealedBox(PublicKey(base64.b64decode(public_key_b64)))
 
 
 def unseal(sealed_b64: str, private_key_b64: str) -> dict[str, str]:
