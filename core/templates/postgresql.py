@@ -12,6 +12,7 @@ may override statement text, whose placeholders are checked when the catalog loa
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -283,8 +284,23 @@ def bundle_name(
     texts: tuple[str, ...],
 ) -> str:
     """The bundle of one permission version: edited statements make a new bundle."""
-    source = "\0".join((integration, connection.dbname, permission_name, resource, *texts))
-    return f"{connection.role_prefix}b_{_b32(hashlib.sha256(source.encode()).digest(), 24)}"
+    return _bundle_name(
+        connection.role_prefix, connection.dbname, integration, permission_name, resource, texts
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _bundle_name(
+    prefix: str,
+    dbname: str,
+    integration: str,
+    permission_name: str,
+    resource: str,
+    texts: tuple[str, ...],
+) -> str:
+    # A pure function of catalog values, asked several times per grant: hashed once.
+    source = "\0".join((integration, dbname, permission_name, resource, *texts))
+    return f"{prefix}b_{_b32(hashlib.sha256(source.encode()).digest(), 24)}"
 
 
 def member_name(spec: GrantSpec) -> str:

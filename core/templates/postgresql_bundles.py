@@ -40,6 +40,7 @@ from jitc.errors import AuthenticationFailed, TargetError
 from jitc.labels import LabelKey
 from jitc.models import utcnow
 from jitc.templates.postgresql import role_name
+from jitc.templates.postgresql_sql import compose
 
 log = logging.getLogger("jitc.postgresql")
 
@@ -142,8 +143,9 @@ def lock_key(key: LabelKey, bundle: str) -> int:
 def join_lock(key: LabelKey, bundles: list[str]) -> list[sql.Composed]:
     """Statements a grant runs in its transaction before joining these bundles."""
     return [
-        sql.SQL("SELECT pg_catalog.pg_advisory_xact_lock_shared({}::pg_catalog.int8)").format(
-            sql.Literal(lock_key(key, name))
+        compose(
+            "SELECT pg_catalog.pg_advisory_xact_lock_shared({}::pg_catalog.int8)",
+            sql.Literal(lock_key(key, name)),
         )
         for name in sorted(set(bundles))
     ]

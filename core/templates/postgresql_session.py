@@ -59,6 +59,7 @@ from jitc.templates.postgresql_bundles import (
 )
 from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
+from jitc.templates.postgresql_sql import compose
 
 T = TypeVar("T")
 INVENTORY_FETCH = 2000  # rows per round trip of the inventory's server-side cursor
@@ -334,10 +335,9 @@ def _user_statements(
     permission = spec.permission
     assert isinstance(permission, Permission)
     role = sql.Identifier(name)
-    create = sql.SQL(
+    create = compose(
         "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION "
-        "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}"
-    ).format(
+        "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}",
         role,
         sql.Literal(connection.connection_limit),
         verifier,
@@ -348,11 +348,11 @@ def _user_statements(
         # A member that may not SET ROLE the bundle cannot create objects it would own.
         statements += [
             create,
-            sql.SQL("GRANT {} TO {} WITH INHERIT TRUE, SET FALSE").format(_names(bundles), role),
+            compose("GRANT {} TO {} WITH INHERIT TRUE, SET FALSE", _names(bundles), role),
         ]
     else:
-        statements.append(sql.SQL("{} IN ROLE {}").format(create, _names(bundles)))
-    statements.append(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label))
+        statements.append(compose("{} IN ROLE {}", create, _names(bundles)))
+    statements.append(compose("COMMENT ON ROLE {} IS {}", role, label))
     for guc, value in connection.session_settings().items():
         statements.append(
             sql.SQL("ALTER ROLE {} SET {} = {}").format(
@@ -373,9 +373,9 @@ def _membership_statements(
     # intermediate role: it can then neither lock that role's row nor own objects as it.
     edge = " WITH INHERIT TRUE, SET FALSE" if server_version >= 16 else ""
     return [
-        sql.SQL("CREATE ROLE {} NOLOGIN INHERIT").format(role),
-        sql.SQL("COMMENT ON ROLE {} IS {}").format(role, label),
-        sql.SQL("GRANT {} TO {}").format(_names(groups), role),
+        compose("CREATE ROLE {} NOLOGIN INHERIT", role),
+        compose("COMMENT ON ROLE {} IS {}", role, label),
+        compose("GRANT {} TO {}", _names(groups), role),
         sql.SQL("GRANT {} TO {}" + edge).format(role, sql.Identifier(member)),
     ]
 
@@ -1234,7 +1234,7 @@ class PostgreSQLSession:
             moment = utcnow()
             for role, label in live:
                 ident = sql.Identifier(role.name)
-                statements.append(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident))
+                statements.append(compose("ALTER ROLE {} NOLOGIN PASSWORD NULL", ident))
                 since = str(label.get("disabled_at") or (now[0] if now else ""))
                 disabled_at[role.name] = since
                 expired = datetime.fromisoformat(label["expires_at"]) <= moment
@@ -1243,7 +1243,8 @@ class PostgreSQLSession:
                     # an expired grant is refused anyway, and a sweep saves a write per role.
                     continue
                 statements.append(
-                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                    compose(
+                        "COMMENT ON ROLE {} IS {}",
                         ident,
                         self._label(
                             role.name, {**label, "state": "revoking", "disabled_at": since}
@@ -1255,7 +1256,7 @@ class PostgreSQLSession:
                 members.setdefault(group, []).append(member)
             revokes: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
             revokes += [
-                sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), _names(names))
+                compose("REVOKE {} FROM {}", sql.Identifier(group), _names(names))
                 for group, names in members.items()
             ]
             # Nor may anything the grantee left (a SECURITY DEFINER function) make objects in
@@ -1513,8 +1514,8 @@ class PostgreSQLSession:
         if not roles:
             return set()
         statements: list[sql.Composable] = [
-            sql.SQL("DROP OWNED BY {}").format(_names(r.name for r in roles)),
-            sql.SQL("DROP ROLE {}").format(_names(r.name for r in roles)),
+            compose("DROP OWNED BY {}", _names(r.name for r in roles)),
+            compose("DROP ROLE {}", _names(r.name for r in roles)),
         ]
         for role in roles:
             label = labels[role.name]
@@ -1540,7 +1541,7 @@ class PostgreSQLSession:
         def drop(chunk: list[_Role]) -> None:
             with self.conn.transaction():
                 statements: list[sql.Composable] = [
-                    sql.SQL("DROP ROLE IF EXISTS {}").format(_names(r.name for r in chunk))
+                    compose("DROP ROLE IF EXISTS {}", _names(r.name for r in chunk))
                 ]
                 for role in chunk:
                     label = labels[role.name]
@@ -1648,8 +1649,8 @@ class PostgreSQLSession:
         }
         ident = sql.Identifier(name)
         return [
-            sql.SQL("CREATE ROLE {} NOLOGIN").format(ident),
-            sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, self._label(name, label)),
+            compose("CREATE ROLE {} NOLOGIN", ident),
+            compose("COMMENT ON ROLE {} IS {}", ident, self._label(name, label)),
         ]
 
     def forget(self, grant_id: str) -> None:
