@@ -4,6 +4,7 @@ expiry, report. Every operation is idempotent by grant id, because queues redeli
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ log = logging.getLogger("jitc.engine")
 # A tombstone outlives the catalog's longest grant, plus clock skew: any grant delivered after it
 # is gone has expired by then and is refused on its own.
 TOMBSTONE_MARGIN = timedelta(minutes=10)
+# The catalog's durations, parsed once each: every revoke asks for the allowed clock skew.
+_duration = functools.lru_cache(maxsize=64)(parse_duration)
 
 
 class _Batch:
@@ -576,7 +579,7 @@ class Engine:
         return spec.expires_at
 
     def _tombstone_until(self, integration: Integration) -> datetime:
-        skew = parse_duration(self.catalog.control_plane.max_skew)
+        skew = _duration(self.catalog.control_plane.max_skew)
         return self.clock() + integration.max_duration + TOMBSTONE_MARGIN + skew
 
     def _revoke_many(
@@ -659,4 +662,6 @@ class Engine:
             )
         )
         # Plain credentials are for the local caller only; the control plane gets the sealed box.
-        self.sink.outcome(outcome.model_copy(update={"credentials": None}))
+        if outcome.credentials is not None:
+            outcome = outcome.model_copy(update={"credentials": None})
+        self.sink.outcome(outcome)

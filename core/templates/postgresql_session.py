@@ -794,17 +794,15 @@ class PostgreSQLSession:
                 for schema in schemas
                 if (known := _FINGERPRINTS.get((*where, schema))) and now - known[0] < ttl
             }
-        with self.conn.pipeline():
-            roles = self.conn.execute(
-                _ROLES_AND_GROUPS
-                + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
-                (list(names),),
-            )
-            prints = [
-                (schema, self.conn.execute(_FINGERPRINT, (schema,)))
-                for schema in schemas
-                if schema not in fresh
-            ]
+        query = (
+            _ROLES_AND_GROUPS + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
+        )
+        stale = [schema for schema in schemas if schema not in fresh]
+        # A pipeline only when there is more than the one query to send: for a single one it
+        # is the same round trip with the pipeline's own bookkeeping added.
+        with self.conn.pipeline() if stale else contextlib.nullcontext():
+            roles = self.conn.execute(query, (list(names),))
+            prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in stale]
         found = {row[0]: self._role(row) for row in roles.fetchall()}
         fingerprints = dict(fresh)
         for schema, cursor in prints:
