@@ -39,5 +39,9 @@ def test_compose_refuses_what_it_is_not_for() -> None:
         compose("SELECT {name}", sql.Literal(1))
     with pytest.raises(ValueError):
         compose("SELECT {}, {}", sql.Literal(1))
-    with pytest.raises(TypeError):
-        compose("SELECT {}", "1")  # type: ignore[arg-type]  # a bare value is never SQL
+
+
+def test_a_bare_value_is_bound_as_a_literal_never_as_sql() -> None:
+    value = "1; DROP ROLE postgres"
+    composed = compose("SELECT {}", value)  # type: ignore[arg-type]
+    assert composed.as_string(None) == "SELECT '1; DROP ROLE postgres'"

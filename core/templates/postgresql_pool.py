@@ -42,10 +42,28 @@ def pool_key(
     password = secret.reveal() if secret is not None else ""
     return (
         integration,
-        connection.model_dump_json(),
+        _settings_json(connection),
         hashlib.sha256(b"jitc pool\0" + password.encode()).hexdigest(),
         hashlib.sha256(b"jitc pool\0" + key.secret).hexdigest(),
     )
+
+
+# Connection settings as JSON, by object: a catalog's settings are frozen models made once,
+# and serialising them was a good part of a kept batch's cost. Each entry keeps its model, so
+# an id is never reused while its entry stands.
+_SETTINGS_JSON: dict[int, tuple[Connection, str]] = {}
+
+
+def _settings_json(connection: Connection) -> str:
+    known = _SETTINGS_JSON.get(id(connection))
+    if known is not None and known[0] is connection:
+        return known[1]
+    text = connection.model_dump_json()
+    with _LOCK:
+        if len(_SETTINGS_JSON) >= 64:  # catalogs reloaded many times: start again
+            _SETTINGS_JSON.clear()
+        _SETTINGS_JSON[id(connection)] = (connection, text)
+    return text
 
 
 def take(
@@ -105,6 +123,13 @@ def _prune(keep: float) -> list[PostgreSQLSession]:
     """Under the lock: take out sessions idle longer than `keep`, and the oldest beyond the
     total cap; the caller closes them."""
     now = time.monotonic()
+    count = sum(len(kept) for kept in _POOL.values())
+    if count <= KEPT_IN_ALL and all(
+        now - since <= keep for kept in _POOL.values() for since, _ in kept
+    ):
+        for key in [key for key, kept in _POOL.items() if not kept]:
+            del _POOL[key]
+        return []  # nothing idle too long, nothing beyond the cap: the common case
     entries = sorted(
         ((since, key, session) for key, kept in _POOL.items() for since, session in kept),
         key=lambda entry: entry[0],

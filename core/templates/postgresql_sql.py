@@ -30,7 +30,7 @@ def compose(template: str, *args: sql.Composable) -> sql.Composed:
         raise ValueError(f"{template!r} takes {len(pieces) - 1} value(s), not {len(args)}")
     parts: list[sql.Composable] = [pieces[0]]
     for arg, piece in zip(args, pieces[1:], strict=True):
-        if not isinstance(arg, sql.Composable):
-            raise TypeError(f"compose takes sql.Composable values, not {type(arg).__name__}")
         parts += (arg, piece)
+    # Composed takes a value that is not a Composable as a Literal, as format does: a bare
+    # value is bound as data, never spliced in as SQL.
     return sql.Composed(parts)
