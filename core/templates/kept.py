@@ -12,7 +12,6 @@ batch that takes it gives it that batch's own (`hand_over`), and `give_back` tak
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import threading
@@ -57,8 +56,9 @@ def pool_key(
     return (
         integration,
         connection.model_dump_json(),
-        hmac.new(_DIGEST_KEY, b"secret\0" + password.encode(), hashlib.sha256).hexdigest(),
-        hmac.new(_DIGEST_KEY, b"label key\0" + key.secret, hashlib.sha256).hexdigest(),
+        # One-shot digests: a third of hmac.new's time, once per batch.
+        hmac.digest(_DIGEST_KEY, b"secret\0" + password.encode(), "sha256").hex(),
+        hmac.digest(_DIGEST_KEY, b"label key\0" + key.secret, "sha256").hex(),
     )
 
 
