@@ -129,6 +129,8 @@ class RedisSession:
         self.integration = integration
         self.settings = connection
         self.key = labels.required(label_key)
+        # Kept with a kept session: a server's ACL file is set only when it starts, and a
+        # restart ends the connection, so the next session asks again.
         self._save: bool | None = {"always": True, "never": False}.get(connection.acl_save)
         # Users the last ACL LIST showed as ours, until a revoke of this batch uses them.
         self._listed: dict[str, User] = {}
