@@ -165,3 +165,25 @@ def _doc(**connection: Any) -> dict[str, Any]:
     doc = catalog_doc()
     doc["integrations"][INTEGRATION]["connection"].update(connection)
     return doc
+
+
+def test_a_kept_connection_never_proves_a_credential_the_server_no_longer_takes(
+    make_env: Callable[..., Env], root: redis.Redis
+) -> None:
+    """The engine proves a re-read credential with login(): on a kept session that logs in again
+    on a new connection, since the kept one logged in before the password changed."""
+    env = make_env()
+    first = _open(env)
+    first.active_grants()
+    first.close()
+    root.execute_command("ACL", "SETUSER", ADMIN, "resetpass", ">changed-on-the-server")
+    try:
+        kept = _open(env)
+        assert kept is first
+        kept.active_grants()  # the connection logged in earlier still answers
+        with pytest.raises(AuthenticationFailed):
+            kept.login()
+        kept.close()
+        assert len(redis_session.POOL) == 0  # refused: nothing under that secret is kept
+    finally:
+        root.execute_command("ACL", "SETUSER", ADMIN, "resetpass", f">{ADMIN_PASSWORD}")

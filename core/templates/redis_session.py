@@ -188,12 +188,10 @@ class RedisSession:
 
     def login(self) -> None:
         """Log in now (a session otherwise logs in with its first pipeline): the engine proves
-        each credential it read again after a refusal, while a rotation is under way. A kept
-        connection logged in earlier, which proves nothing about the credential now: it logs in
-        again on a new one."""
-        if self._kept:
-            self._kept = False
-            self.client.connection_pool.disconnect()
+        each credential it read again after a refusal, while a rotation is under way. Always on
+        a new connection: one logged in earlier (a kept one) proves nothing about it now."""
+        self._kept = False
+        self.client.connection_pool.disconnect()
         self._send([("PING",)])
 
     # -- the ledger ------------------------------------------------------------------------
