@@ -3,9 +3,12 @@ one-integration catalog, its requests, the machine line, and the latency and bat
 time the engine against raw-client floors in the same run, interleaved.
 
 A floor prepares, untimed, what the raw client needs for one request id (its plan, a real
-password hash) and returns the timed part, run with a shape: `per-op` (the grant and the revoke
-each on its own connection, as a queue delivers them) or `shared` (both on one connection; the
-engine runs one batch of both).
+password hash) and returns the timed part, run with a shape:
+  per-op:  the grant and the revoke each on its own new connection, as a queue delivers them
+           (engine: keep_connection_seconds 0);
+  kept:    each its own batch, on a connection kept from the batch before (floor: one
+           connection for the whole run; engine: the default, the admin client kept);
+  shared:  both on one new connection (engine: one batch of both, nothing kept).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from jitc.sealing import box_keypair
 from jitc.secrets import EnvSecretStore, SecretStores
 
 PUBLIC_KEY = box_keypair()[1]
-SHAPES = ("per-op", "shared")
+SHAPES = ("per-op", "kept", "shared")
 Floor = Callable[[str], Callable[[str], None]]
 # Prepares N grants untimed; returns the timed grants and the timed revokes.
 BatchFloor = Callable[[int], tuple[Callable[[], None], Callable[[], None]]]
@@ -48,13 +51,15 @@ class Target:
     resource: str
     secrets: dict[str, str]
 
-    def engine(self, clock: Callable[[], dt.datetime] = utcnow) -> Engine:
+    def engine(self, clock: Callable[[], dt.datetime] = utcnow, keep: bool = True) -> Engine:
+        """`keep`: the template's default, admin clients kept across batches; else none kept."""
+        connection = self.connection if keep else {**self.connection, "keep_connection_seconds": 0}
         doc: dict[str, Any] = {
             "connector": {"label_key": "mem:label"},
             "integrations": {
                 self.integration: {
                     "kind": self.kind,
-                    "connection": self.connection,
+                    "connection": connection,
                     "max_duration": "8h",
                     "permissions": {
                         "read-only": {"template": "read-only", "resources": [self.resource]}
@@ -118,7 +123,7 @@ def machine(server: str, client: str) -> str:
 
 def latency(target: Target, iterations: int, floors: dict[str, Floor]) -> None:
     """Grant+revoke through the engine against each floor, interleaved, after 3 warm-ups."""
-    engine = target.engine()
+    cold, warm = target.engine(keep=False), target.engine()
     took: dict[tuple[str, str], list[float]] = {}
     for i in range(iterations + 3):
         for shape in SHAPES:
@@ -129,8 +134,9 @@ def latency(target: Target, iterations: int, floors: dict[str, Floor]) -> None:
                 if i >= 3:
                     took.setdefault((shape, name), []).append(time.perf_counter() - start)
             rid = f"lat-e-{shape}-{i}-{secrets.token_hex(3)}"
+            engine = warm if shape == "kept" else cold
             start = time.perf_counter()
-            if shape == "per-op":
+            if shape in ("per-op", "kept"):
                 outcomes = [engine.execute(target.grant(rid)), engine.execute(target.revoke(rid))]
             else:
                 outcomes = engine.execute_batch(

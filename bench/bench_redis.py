@@ -1,7 +1,7 @@
 """Redis: grant+revoke latency through the engine vs. the raw client, and batch throughput.
 
 Two floors, both raw redis-py with the session's client settings, on the same server in the
-same run, interleaved with the engine (see `_userbench` for the shapes):
+same run, interleaved with the engine (see `_userbench` for the shapes: per-op, kept, shared):
   writes:     only the writes: the template's own planned `ACL SETUSER` (a real SHA-256 in place
               of the masked password and a stand-in MAC) and `ACL DELUSER`;
   same calls: the commands the template sends, pipelined as it pipelines them: the grant reads
@@ -43,6 +43,7 @@ TARGET = Target(
     secrets={},
 )
 PLANNER = TARGET.engine()
+KEPT: list[redis.Redis] = []
 
 
 def connect() -> redis.Redis:
@@ -55,6 +56,20 @@ def connect() -> redis.Redis:
         client_name="jit-floor",
         **NO_SETINFO,
     )
+
+
+def opened(shape: str) -> redis.Redis:
+    """The floor's connection for an operation: kept for the whole run in the kept shape."""
+    if shape != "kept":
+        return connect()
+    if not KEPT:
+        KEPT.append(connect())
+    return KEPT[0]
+
+
+def done(client: redis.Redis, shape: str) -> None:
+    if shape != "kept":
+        client.close()
 
 
 def acl(client: redis.Redis, *args: str) -> Any:
@@ -83,13 +98,13 @@ def writes(request_id: str) -> Callable[[str], None]:
     name, rules = floor_rules(request_id)
 
     def run(shape: str) -> None:
-        c = connect()
+        c = opened(shape)
         acl(c, "SETUSER", name, *rules)
         if shape == "per-op":
             c.close()
             c = connect()
         acl(c, "DELUSER", name)
-        c.close()
+        done(c, shape)
 
     return run
 
@@ -99,7 +114,7 @@ def same_calls(request_id: str) -> Callable[[str], None]:
     stone = PREFIX + "x-" + name[len(PREFIX) :]
 
     def run(shape: str) -> None:
-        c = connect()
+        c = opened(shape)
         pipelined(c, ("ACL", "GETUSER", name), ("ACL", "GETUSER", stone))
         pipelined(c, ("ACL", "SETUSER", name, *rules), ("ACL", "GETUSER", stone))
         if shape == "per-op":
@@ -113,7 +128,7 @@ def same_calls(request_id: str) -> Callable[[str], None]:
             ("ACL", "GETUSER", name),
             ("CLIENT", "LIST"),
         )
-        c.close()
+        done(c, shape)
 
     return run
 
@@ -167,11 +182,12 @@ def server_costs(client: redis.Redis, n: int = 300) -> None:
     acl(client, "DELUSER", name)
 
 
-def breakdown(iterations: int) -> None:
-    """Where the engine's time goes in the shared shape: inside the session's pipelines (the
-    round trips, the first one with the connect) and everywhere else (request checks, the
-    client object, sealing the credentials, the audit events)."""
-    engine = TARGET.engine()
+def breakdown(iterations: int, shape: str) -> None:
+    """Where the engine's time goes in the shared shape (one batch, a new client) or the kept
+    one (two batches on the kept client): inside the session's pipelines (the round trips, and
+    a connect) and everywhere else (request checks, the client object, sealing the credentials,
+    the audit events)."""
+    engine = TARGET.engine(keep=shape == "kept")
     spent = [0.0]
     send = RedisSession._send
 
@@ -190,7 +206,11 @@ def breakdown(iterations: int) -> None:
             works = [Work(TARGET.grant(rid), utcnow()), Work(TARGET.revoke(rid), utcnow())]
             spent[0] = 0.0
             start = time.perf_counter()
-            engine.execute_batch(works)
+            if shape == "kept":
+                for work in works:
+                    engine.execute_batch([work])
+            else:
+                engine.execute_batch(works)
             if i >= 3:
                 totals.append(time.perf_counter() - start)
                 trips.append(spent[0])
@@ -198,8 +218,8 @@ def breakdown(iterations: int) -> None:
         RedisSession._send = send  # type: ignore[method-assign]
     total, rt = statistics.median(totals), statistics.median(trips)
     print(
-        f"shared, where the engine's time goes: {total * 1000:.2f} ms, of which the 4 pipelined "
-        f"round trips (and the connect) {rt * 1000:.2f} ms, the rest {(total - rt) * 1000:.2f} ms"
+        f"{shape}, where the engine's time goes: {total * 1000:.2f} ms, of which the 4 pipelined "
+        f"round trips (and any connect) {rt * 1000:.2f} ms, the rest {(total - rt) * 1000:.2f} ms"
     )
 
 
@@ -213,11 +233,14 @@ def main() -> None:
     try:
         server_costs(root)
         latency(TARGET, iterations, {"writes": writes, "same calls": same_calls})
-        breakdown(iterations)
+        breakdown(iterations, "shared")
+        breakdown(iterations, "kept")
         batch(TARGET, size, batch_floor(root), "DELUSER")
     finally:
         cleanup(root)
         root.close()
+        for kept in KEPT:
+            kept.close()
 
 
 if __name__ == "__main__":

@@ -70,6 +70,13 @@ class Connection(Settings):
     max_connections: int = Field(default=3, ge=1, le=1000)
     max_channels: int = Field(default=32, ge=1, le=65535)
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    keep_connection_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="keep the admin HTTP client this long after a batch for the next one with "
+        "the same secret; 0: a client per batch",
+    )
 
     @model_validator(mode="after")
     def _transport(self) -> Connection:
@@ -233,10 +240,10 @@ class RabbitMQTemplate:
         secret: Secret | None,
         label_key: LabelKey | None = None,
     ) -> RabbitMQSession:
-        from jitc.templates.rabbitmq_session import RabbitMQSession
+        from jitc.templates.rabbitmq_session import take
 
         assert isinstance(connection, Connection)
-        return RabbitMQSession(integration, connection, secret, label_key)
+        return take(integration, connection, secret, label_key)
 
 
 def _show(body: dict[str, object] | None) -> str:

@@ -9,7 +9,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +28,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
+from jitc.templates.kept import PoolKey, SessionPool, pool_key
 from jitc.templates.rabbitmq import (
     Connection,
     Permission,
@@ -39,6 +40,7 @@ from jitc.templates.rabbitmq import (
 
 KIND = RabbitMQTemplate.kind
 Call = tuple[str, str, dict[str, object] | None]
+POOL: SessionPool[RabbitMQSession] = SessionPool()
 
 
 def password_hash(password: str) -> str:
@@ -47,8 +49,41 @@ def password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+class _NoCredential(httpx.Auth):
+    """A kept client's auth: it sends nothing until a batch hands it that batch's credential."""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise TargetError("a kept RabbitMQ client sends only for a batch")
+        yield request  # a generator, as httpx.Auth's flow is
+
+
+def take(
+    integration: str, connection: Connection, secret: Secret | None, label_key: LabelKey | None
+) -> RabbitMQSession:
+    """A session kept from an earlier batch of the same integration, settings, secret and label
+    key (`jitc.templates.kept`), or a new one. Either proves the admin first (`/api/whoami`)."""
+    keep = connection.keep_connection_seconds
+    wanted = (
+        pool_key(integration, connection, secret, label_key)
+        if keep > 0 and label_key is not None
+        else None
+    )
+    if wanted is not None:
+        kept = POOL.take(wanted, keep, secret)
+        if kept is not None:
+            try:
+                kept.check_admin()
+            except TargetError:
+                kept.close()  # refused or failed: not kept again
+                raise
+            return kept
+    session = RabbitMQSession(integration, connection, secret, label_key)
+    session.pool_key = wanted
+    return session
+
+
 class RabbitMQSession:
-    """One HTTP client (kept alive) for a batch."""
+    """One HTTP client (kept alive, and kept across batches: `take`) for a batch."""
 
     def __init__(
         self,
@@ -60,6 +95,10 @@ class RabbitMQSession:
         self.integration = integration
         self.settings = connection
         self.key = labels.required(label_key)
+        self.pool_key: PoolKey | None = None
+        self.refused = False
+        # Set when a call failed in transport (the connection's state is then unknown).
+        self._failed = False
         self.client = httpx.Client(
             base_url=connection.api_url.rstrip("/"),
             auth=(connection.user, secret.reveal() if secret is not None else ""),
@@ -68,15 +107,37 @@ class RabbitMQSession:
             follow_redirects=False,
         )
         try:
-            me = self._call("GET", "/api/whoami")
+            self.check_admin()
         except TargetError:  # a refused login included: the engine may try another value
             self.client.close()
             raise
+
+    def check_admin(self) -> None:
+        """Every batch, kept client or not: the credential logs in and is an administrator."""
+        me = self._call("GET", "/api/whoami")
         if "administrator" not in (me.json().get("tags") or []):
-            self.client.close()
-            raise TargetError(f"RabbitMQ user {connection.user} is not an administrator")
+            self._failed = True
+            raise TargetError(f"RabbitMQ user {self.settings.user} is not an administrator")
 
     def close(self) -> None:
+        """Kept for the next batch (`POOL`) when healthy, else closed."""
+        POOL.give_back(self, self.settings.keep_connection_seconds)
+
+    # -- kept across batches (jitc.templates.kept) -----------------------------------------
+
+    def reusable(self) -> bool:
+        # httpx itself drops a kept-alive connection the broker closed before reusing it, and
+        # `_call` sends an idempotent call once more when the broker closes one mid-request.
+        return not (self._failed or self.refused or self.client.is_closed)
+
+    def hand_over(self, secret: Secret | None) -> None:
+        self.client.auth = (self.settings.user, secret.reveal() if secret is not None else "")
+
+    def drop_secret(self) -> None:
+        # The client's auth holds the encoded credential: replaced by none while kept.
+        self.client.auth = _NoCredential()
+
+    def discard(self) -> None:
         self.client.close()
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -90,20 +151,23 @@ class RabbitMQSession:
             try:
                 response = self.client.request(method, path, json=body)
                 break
-            except httpx.RemoteProtocolError:
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                 # The broker closed a kept-alive connection (idle, or after an error answer).
                 # Every call here is idempotent (GET, PUT, DELETE), so it is sent once more.
                 if attempt == 2:
+                    self._failed = True
                     raise TargetError(
                         f"RabbitMQ API {self.settings.api_url} closed the connection"
                     ) from None
             except httpx.HTTPError as exc:
+                self._failed = True
                 raise TargetError(
                     f"RabbitMQ API {self.settings.api_url} unreachable: {type(exc).__name__}"
                 ) from None
         if response.status_code == 404 and missing:
             return response
         if response.status_code == 401:
+            self.refused = True
             # A rotation may have changed the password since it was read: the engine reads the
             # secret again (the pending value included) on this error, once.
             raise AuthenticationFailed(

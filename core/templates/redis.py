@@ -123,6 +123,13 @@ class Connection(Settings):
         description="ACL SAVE after each change: auto when the server has an aclfile",
     )
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    keep_connection_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="keep the admin connection this long after a batch for the next one with "
+        "the same secret; 0: a connection per batch",
+    )
 
     @model_validator(mode="after")
     def _transport(self) -> Connection:
@@ -262,7 +269,7 @@ class RedisTemplate:
         secret: Secret | None,
         label_key: LabelKey | None = None,
     ) -> RedisSession:
-        from jitc.templates.redis_session import RedisSession
+        from jitc.templates.redis_session import take
 
         assert isinstance(connection, Connection)
-        return RedisSession(integration, connection, secret, label_key)
+        return take(integration, connection, secret, label_key)

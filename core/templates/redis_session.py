@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import secrets
+import select
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -26,6 +27,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
+from jitc.templates.kept import PoolKey, SessionPool, pool_key
 from jitc.templates.redis import (
     Connection,
     Permission,
@@ -48,13 +50,30 @@ NO_SETINFO: dict[str, Any] = (
 )
 
 
-def admin_client(connection: Connection, secret: Secret | None) -> redis.Redis:
+class AdminCredential(redis.CredentialProvider):
+    """The admin user and the secret of the batch that holds the client, read at each login. A
+    kept client holds none: it cannot log in again until a batch hands it that batch's own."""
+
+    def __init__(self, user: str, secret: Secret | None) -> None:
+        self.user = user
+        self.secret = secret
+        self.held = True
+
+    def get_credentials(self) -> tuple[str, str]:
+        if not self.held:
+            raise redis.AuthenticationError("a kept client logs in only for a batch")
+        return self.user, self.secret.reveal() if self.secret is not None else ""
+
+
+def admin_client(connection: Connection, secret: Secret | AdminCredential | None) -> redis.Redis:
     """A client logged in as the catalog's admin user at its first command."""
+    credential = (
+        secret if isinstance(secret, AdminCredential) else AdminCredential(connection.user, secret)
+    )
     return redis.Redis(
         host=connection.host,
         port=connection.port,
-        username=connection.user,
-        password=secret.reveal() if secret is not None else None,
+        credential_provider=credential,
         ssl=connection.tls,
         ssl_ca_certs=connection.tls_ca_file,
         ssl_cert_reqs="required",
@@ -68,6 +87,29 @@ def admin_client(connection: Connection, secret: Secret | None) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         **NO_SETINFO,
     )
+
+
+POOL: SessionPool[RedisSession] = SessionPool()
+
+
+def take(
+    integration: str, connection: Connection, secret: Secret | None, label_key: LabelKey | None
+) -> RedisSession:
+    """A session kept from an earlier batch of the same integration, settings, secret and label
+    key (`jitc.templates.kept`), or a new one."""
+    keep = connection.keep_connection_seconds
+    wanted = (
+        pool_key(integration, connection, secret, label_key)
+        if keep > 0 and label_key is not None
+        else None
+    )
+    if wanted is not None:
+        kept = POOL.take(wanted, keep, secret)
+        if kept is not None:
+            return kept
+    session = RedisSession(integration, connection, secret, label_key)
+    session.pool_key = wanted
+    return session
 
 
 class RedisSession:
@@ -87,19 +129,69 @@ class RedisSession:
         self.integration = integration
         self.settings = connection
         self.key = labels.required(label_key)
+        # Kept with a kept session: a server's ACL file is set only when it starts, and a
+        # restart ends the connection, so the next session asks again.
         self._save: bool | None = {"always": True, "never": False}.get(connection.acl_save)
         # Users the last ACL LIST showed as ours, until a revoke of this batch uses them.
         self._listed: dict[str, User] = {}
+        self._credential = AdminCredential(connection.user, secret)
         # No PING: the connection opens with the first pipeline, which reports a failure to
         # connect or to log in like any other (one round trip fewer per batch).
-        self.client: redis.Redis = admin_client(connection, secret)
+        self.client: redis.Redis = admin_client(connection, self._credential)
+        self.pool_key: PoolKey | None = None
+        self.refused = False
+        # Set when a round trip failed (the connection's state is then unknown): not kept.
+        self._failed = False
+        # Set while the connection is one kept from an earlier batch and has not yet answered
+        # this one: the server may have closed it meanwhile, so it may be reconnected once.
+        self._kept = False
 
     def close(self) -> None:
+        """Kept for the next batch (`POOL`) when idle and healthy, else closed."""
+        POOL.give_back(self, self.settings.keep_connection_seconds)
+
+    # -- kept across batches (jitc.templates.kept) -----------------------------------------
+
+    def reusable(self) -> bool:
+        if self._failed or self.refused:
+            return False
+        pool: Any = self.client.connection_pool
+        if getattr(pool, "_in_use_connections", None):
+            return False
+        for conn in list(getattr(pool, "_available_connections", ())):
+            sock = getattr(conn, "_sock", None)
+            if sock is None:
+                continue  # not connected: it connects, and logs in, at its next command
+            # An idle connection the server has ended (CLIENT KILL, timeout, restart) has
+            # something to read, the end of the stream; a healthy one has nothing to say.
+            try:
+                readable, _, _ = select.select([sock], [], [], 0)
+            except (OSError, ValueError):
+                return False
+            if readable:
+                return False
+        return True
+
+    def hand_over(self, secret: Secret | None) -> None:
+        self._credential.secret = secret
+        self._credential.held = True
+        self._kept = True
+
+    def drop_secret(self) -> None:
+        self._credential.secret = None
+        self._credential.held = False
+        # Batch-scoped: a later batch reads every user it decides on again.
+        self._listed.clear()
+
+    def discard(self) -> None:
         self.client.close()
 
     def login(self) -> None:
         """Log in now (a session otherwise logs in with its first pipeline): the engine proves
-        each credential it read again after a refusal, while a rotation is under way."""
+        each credential it read again after a refusal, while a rotation is under way. Always on
+        a new connection: one logged in earlier (a kept one) proves nothing about it now."""
+        self._kept = False
+        self.client.connection_pool.disconnect()
         self._send([("PING",)])
 
     # -- the ledger ------------------------------------------------------------------------
@@ -112,6 +204,7 @@ class RedisSession:
         try:
             replies: list[Any] = pipe.execute(raise_on_error=False)
         except redis.AuthenticationError:
+            self._failed = self.refused = True
             # A rotation may have changed the password since it was read: the engine reads the
             # secret again (the pending value included) on this error, once.
             raise AuthenticationFailed(
@@ -119,12 +212,22 @@ class RedisSession:
                 f"{self.settings.user} was refused"
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if self._kept and isinstance(exc, redis.ConnectionError):
+                # The server ended the kept connection after it was last checked (a restart, a
+                # timeout, CLIENT KILL): once more on a new one. Every command here resets and
+                # sets a state or reads one, so sending them again is harmless.
+                self._kept = False
+                self.client.connection_pool.disconnect()
+                return self._send(commands)
+            self._failed = True
             raise TargetError(
                 f"cannot reach Redis {self.settings.host}:{self.settings.port} as "
                 f"{self.settings.user}: {type(exc).__name__}"
             ) from None
         except redis.RedisError as exc:
+            self._failed = True
             raise TargetError(f"Redis: {type(exc).__name__}: {_first_line(exc)}") from None
+        self._kept = False
         return replies
 
     def _run(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
