@@ -162,7 +162,7 @@ def main() -> None:
             }},
         }  # fmt: skip
         urls = {n: f"http://127.0.0.1:9/{n}" for n in ("worker", "sweep")}
-        ours = ("JITC_", "GOOGLE_", "GCE_")
+        ours = ("JITC_", "GOOGLE_", "GCE_", "K_SERVICE")
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
         # The warm-up writes the connector's bytecode, as pip did the libraries' (see the AWS
         # benchmark).
@@ -215,6 +215,7 @@ def main() -> None:
             else:
                 if metadata:
                     env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = servers[name].host
+                    env["K_SERVICE"] = f"jitc-{name}"  # as Cloud Run sets it
                 else:
                     env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[name])
                 code = FIRST.format(target=name, source=source, request=request_for(name, n))
