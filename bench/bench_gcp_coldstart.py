@@ -11,7 +11,12 @@ for the sweep. The Google APIs are the loopback GCP of tests/gcp. Peak memory is
 (time.process_time, all threads) is reported beside wall time: on a loaded machine wall time
 mostly measures waiting for a core, CPU time the work (the servers' work is in neither).
 
-    python bench/bench_gcp_coldstart.py [samples]
+Each function finds its credentials in a service-account key file by default. With
+`--metadata` it finds them as on Cloud Run instead: from a loopback metadata server (one per
+function's service account) that hands out access tokens the loopback GCP accepts; no key is
+parsed, and the first Google call fetches a token from that server.
+
+    python bench/bench_gcp_coldstart.py [samples] [--metadata]
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +63,65 @@ PROJECT = "jitc-bench-gcp"
 QUEUE = f"projects/{PROJECT}/locations/europe-west1/queues/jitc-requests"
 
 
+class Metadata:
+    """The Compute Engine metadata server of one service account, as google-auth reads it on
+    Cloud Run: the ping, the project id, the account, and access tokens the fake accepts."""
+
+    def __init__(self, fake: FakeGcp, email: str) -> None:
+        def answer(path: str) -> tuple[int, str, str]:
+            route = path.split("?", 1)[0]
+            if route == "/":
+                return 200, "text/plain", ""
+            if route == "/computeMetadata/v1/project/project-id":
+                return 200, "text/plain", fake.project
+            if route == "/computeMetadata/v1/universe/universe-domain":
+                return 200, "text/plain", "googleapis.com"
+            if route == "/computeMetadata/v1/instance/service-accounts/default/":
+                doc = {"email": email, "aliases": ["default"], "scopes": list(SCOPES)}
+                return 200, "application/json", json.dumps(doc)
+            if route == "/computeMetadata/v1/instance/service-accounts/default/token":
+                token = secrets.token_urlsafe(24)
+                with fake.lock:
+                    fake.tokens[token] = email
+                doc = {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+                return 200, "application/json", json.dumps(doc)
+            return 404, "text/plain", "not found"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Metadata-Flavor") != "Google":
+                    status, kind, body = 403, "text/plain", "missing Metadata-Flavor"
+                else:
+                    status, kind, body = answer(self.path)
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Metadata-Flavor", "Google")
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
 def main() -> None:
-    samples = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    samples = int(args[0]) if args else 9
+    metadata = "--metadata" in sys.argv[1:]
     fake = FakeGcp(PROJECT)
+    servers: dict[str, Metadata] = {}
     fake.queues.add(QUEUE)
     folder = Path(tempfile.mkdtemp(prefix="jitc-bench-gcp-"))
     try:
@@ -66,6 +130,8 @@ def main() -> None:
             emails[name], info = fake.service_account(f"jitc-{name}")
             keys[name] = folder / f"{name}.json"
             keys[name].write_text(json.dumps(info))
+            if metadata and name != "invoker":
+                servers[name] = Metadata(fake, emails[name])
         secret = fake.add_secret("pg", json.dumps({"password": "bench"}))
         label = fake.add_secret("label", "label-key-" + "b" * 32)
         for name in ("worker", "sweep"):
@@ -96,7 +162,8 @@ def main() -> None:
             }},
         }  # fmt: skip
         urls = {n: f"http://127.0.0.1:9/{n}" for n in ("worker", "sweep")}
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("JITC_", "GOOGLE_"))}
+        ours = ("JITC_", "GOOGLE_", "GCE_", "K_SERVICE")
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
         # The warm-up writes the connector's bytecode, as pip did the libraries' (see the AWS
         # benchmark).
         base_env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -146,7 +213,11 @@ def main() -> None:
             elif name == "baseline + psycopg":
                 code = BASELINE.replace("\nstatus", ", psycopg\nstatus")
             else:
-                env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[name])
+                if metadata:
+                    env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = servers[name].host
+                    env["K_SERVICE"] = f"jitc-{name}"  # as Cloud Run sets it
+                else:
+                    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[name])
                 code = FIRST.format(target=name, source=source, request=request_for(name, n))
             out = subprocess.run(
                 [sys.executable, "-c", PROBE.format(code=code)], capture_output=True, text=True,
@@ -169,6 +240,8 @@ def main() -> None:
                 times[name].append(took)
                 peaks[name].append(hwm)
     finally:
+        for server in servers.values():
+            server.close()
         fake.close()
     base_t, base_m = statistics.median(times["baseline"]), statistics.median(peaks["baseline"])
     base_c = statistics.median(cpus["baseline"])
@@ -179,6 +252,9 @@ def main() -> None:
     python = platform.python_version()
     print(f"machine: {platform.node()} {os.cpu_count()} cpu {cpu!r}, Python {python}")
     print(f"samples: {samples} per case, medians; baseline: {BASELINE.splitlines()[0]}")
+    credentials = "metadata server (as on Cloud Run)" if metadata else "service-account key file"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"credentials: {credentials}; load average {load}")
     print(
         f"{'case':30} {'time ms':>8} {'ratio':>6} {'cpu ms':>7} {'ratio':>6} "
         f"{'peak MiB':>9} {'ratio':>6}"

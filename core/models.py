@@ -183,6 +183,10 @@ Status = Literal["planned", "granted", "revoked", "refused", "failed"]
 class Grant(_Strict):
     """What a grant created in a target, as recorded in the target's own label."""
 
+    # Grant, Outcome and AuditEvent are built when first used (by the worker and the sweep):
+    # the intake never makes one, and skips building them in its cold start.
+    model_config = ConfigDict(defer_build=True)
+
     grant_id: GrantId
     request_id: str
     integration: Name
@@ -197,6 +201,8 @@ class Grant(_Strict):
 
 class Outcome(_Strict):
     """The answer to one request, sent back to the control plane as a signed event."""
+
+    model_config = ConfigDict(defer_build=True)
 
     request_id: RequestId
     action: Literal["grant", "revoke", "sweep"]
@@ -224,6 +230,8 @@ class Outcome(_Strict):
 
 class AuditEvent(_Strict):
     """One structured record of what the connector did. Never carries a secret."""
+
+    model_config = ConfigDict(defer_build=True)
 
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     time: AwareDatetime = Field(default_factory=utcnow)

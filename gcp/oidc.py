@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +53,9 @@ class CertificateCache:
         self.fetches = 0
 
     def _fetch(self) -> None:
+        # Imported at the first fetch: the intake never checks a token and skips its import.
+        import urllib.request
+
         with urllib.request.urlopen(self.url, timeout=self.timeout) as response:  # noqa: S310
             certs = json.loads(response.read())
         if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import google.auth
 import pytest
+from google.auth import compute_engine
+from google.auth.credentials import AnonymousCredentials, Credentials
 
 from jitc.errors import TargetError
 from jitc.gcp import runtime
@@ -36,3 +41,65 @@ def test_missing_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(runtime.ConfigError, match="JITC_PROJECT"):
         runtime.Settings.from_env()
+
+
+@pytest.fixture
+def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    for name, value in {
+        "JITC_PROJECT": "p-one", "JITC_QUEUE": "projects/p-one/locations/l/queues/q",
+        "JITC_WORKER_URL": "https://worker.example.com", "JITC_INVOKER_EMAIL": "i@p-one.iam.gserviceaccount.com",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    runtime.reset()
+    yield monkeypatch
+    runtime.reset()
+
+
+@pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:9"])
+def test_the_clients_share_one_set_of_credentials(
+    fresh_runtime: pytest.MonkeyPatch, endpoint: str | None
+) -> None:
+    # Each client finding its own would probe the metadata server and fetch a token of its own.
+    found: list[Credentials] = []
+
+    def default(**kwargs: object) -> tuple[Credentials, None]:
+        found.append(AnonymousCredentials())  # type: ignore[no-untyped-call]
+        return found[-1], None
+
+    fresh_runtime.delenv("K_SERVICE", raising=False)
+    fresh_runtime.setattr(google.auth, "default", default)
+    for name in ("JITC_TASKS_ENDPOINT", "JITC_SECRETS_ENDPOINT"):
+        if endpoint:
+            fresh_runtime.setenv(name, endpoint)
+        else:
+            fresh_runtime.delenv(name, raising=False)
+    clients = (runtime.tasks_client(), runtime.secrets_client())
+    assert len(found) == 1
+    assert all(client._transport._credentials is found[0] for client in clients)
+
+
+def test_on_cloud_run_the_metadata_servers_credentials_are_built_without_probing(
+    fresh_runtime: pytest.MonkeyPatch,
+) -> None:
+    def probe(**kwargs: object) -> None:
+        raise AssertionError("google.auth.default probed")
+
+    fresh_runtime.setenv("K_SERVICE", "jitc-worker")
+    fresh_runtime.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    fresh_runtime.setattr(google.auth, "default", probe)
+    found = runtime.credentials()
+    assert isinstance(found, compute_engine.Credentials)
+    # The scope the clients would have asked for, and the instance's default account.
+    assert (
+        found.default_scopes == list(runtime.CLOUD_PLATFORM)
+        or tuple(found.default_scopes) == runtime.CLOUD_PLATFORM
+    )
+    assert found.service_account_email == "default"
+
+
+def test_a_key_file_on_cloud_run_is_still_used(fresh_runtime: pytest.MonkeyPatch) -> None:
+    chosen = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    fresh_runtime.setenv("K_SERVICE", "jitc-worker")
+    fresh_runtime.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+    fresh_runtime.setattr(google.auth, "default", lambda **kwargs: (chosen, None))
+    assert runtime.credentials() is chosen
