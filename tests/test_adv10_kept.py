@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
-import time
-
 from test_redis import ADMIN, ADMIN_PASSWORD, INTEGRATION, Env, catalog_doc, make_env, root
 from userenv import LABEL_KEY
 
