@@ -145,6 +145,9 @@ class _Batch:
         """Forget a connection that failed, so the next message reconnects."""
         session = self._sessions.pop(integration.name, None)
         if session is not None:
+            # Closed for good, never kept for a later batch: its state is not known.
+            if hasattr(session, "pool_key"):
+                session.pool_key = None
             try:
                 session.close()
             except Exception:
@@ -368,11 +371,12 @@ class Engine:
                     else:
                         report.failed[grant_id] = outcome.message or outcome.status
                         report.remaining += 1
-                # Template housekeeping after the revokes (PostgreSQL: bundles nobody uses).
-                tidy = getattr(session, "tidy", None)
-                if tidy is not None and (proceed is None or proceed()):
+                # Template housekeeping after the revokes (PostgreSQL: bundles nobody uses), on
+                # the batch's session now: a failure above may have discarded the one read first.
+                if proceed is None or proceed():
                     try:
-                        for line in tidy(moment):
+                        tidy = getattr(batch.session(integration), "tidy", None)
+                        for line in tidy(moment) if tidy is not None else ():
                             report.failed[f"{integration.name}: {line}"] = line
                     except JitcError as exc:
                         report.failed[integration.name] = batch.scrub(str(exc))

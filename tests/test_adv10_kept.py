@@ -32,10 +32,6 @@ def _open(env: Env, secret: str = ADMIN_PASSWORD, **extra: Any) -> Any:
     return integration.template.open(INTEGRATION, connection, Secret(secret), KEY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: a kept Redis connection keeps granting after the admin user is disabled (off)",
-)
 def test_a_kept_redis_connection_never_grants_after_the_admin_user_is_disabled(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:
@@ -60,10 +56,6 @@ def test_a_kept_redis_connection_never_grants_after_the_admin_user_is_disabled(
         root.execute_command("ACL", "SETUSER", ADMIN, "on")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: a busy kept Redis connection has no maximum age: a disabled admin grants forever",
-)
 def test_a_kept_redis_connection_has_a_maximum_age_while_batches_keep_coming(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:
@@ -89,11 +81,6 @@ def test_a_kept_redis_connection_has_a_maximum_age_while_batches_keep_coming(
         root.execute_command("ACL", "SETUSER", ADMIN, "on")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: a kept Redis session holds the label key (it MACs labels, derives grant "
-    "passwords) after its batch, though the docs say a kept session holds no secret",
-)
 def test_a_kept_redis_session_holds_no_label_key(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:
@@ -106,11 +93,6 @@ def test_a_kept_redis_session_holds_no_label_key(
     assert all(LABEL_KEY.encode() not in key.secret for key in held), "label key kept"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: a kept Redis admin connection stays open and logged in past "
-    "keep_connection_seconds when no later batch comes (pruned only at a give-back)",
-)
 def test_a_kept_redis_connection_is_closed_once_its_idle_limit_passes(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:

@@ -31,11 +31,6 @@ def _open(env: Env, secret: str = ADMIN_PASSWORD, **extra: Any) -> Any:
     return integration.template.open(INTEGRATION, connection, Secret(secret), KEY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: a kept RabbitMQ session holds the label key (it MACs labels, derives grant "
-    "passwords) after its batch, though the docs say a kept session holds no secret",
-)
 def test_a_kept_rabbitmq_session_holds_no_label_key(
     make_env: Callable[..., Env], root: httpx.Client
 ) -> None:

@@ -98,3 +98,34 @@ def test_zero_keeps_nothing() -> None:
     first = template.open(INTEGRATION, connection, Secret("a"), KEY)
     first.close()
     assert first.conn.closed
+
+
+def test_a_session_the_engine_discards_after_a_failure_is_closed_not_kept() -> None:
+    """A batch forgets a session whose step failed: its state is unknown, so it is closed, never
+    kept for a later batch (nor taken by another thread while the sweep still holds it)."""
+    from jitc.engine import _Batch
+    from jitc.secrets import EnvSecretStore, SecretStores
+
+    catalog = parse_catalog(catalog_doc())
+    integration = catalog.integrations[INTEGRATION]
+    store = SecretStores({"mem": EnvSecretStore({"admin": "", "label": LABEL_KEY})})
+    batch = _Batch(store, catalog.connector.label_key_ref)
+    session: Any = batch.session(integration)
+    assert session.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    batch.discard(integration)
+    assert session.conn.closed
+    assert len(postgresql_pool.POOL) == 0
+
+
+def test_a_kept_connection_is_closed_once_idle_past_its_limit_with_no_later_batch() -> None:
+    template, connection = PostgreSQLTemplate(), _connection(keep_connection_seconds=0.3)
+    session = template.open(INTEGRATION, connection, Secret("a"), KEY)
+    session.close()
+    assert len(postgresql_pool.POOL) == 1
+    assert session._key is None  # kept without the label key either
+    for _ in range(200):  # bounded: the pool's timer closes it soon after 0.3 s
+        if session.conn.closed:
+            break
+        time.sleep(0.02)
+    assert session.conn.closed
+    assert len(postgresql_pool.POOL) == 0

@@ -170,8 +170,8 @@ def _doc(**connection: Any) -> dict[str, Any]:
 def test_a_kept_connection_never_proves_a_credential_the_server_no_longer_takes(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:
-    """The engine proves a re-read credential with login(): on a kept session that logs in again
-    on a new connection, since the kept one logged in before the password changed."""
+    """A kept connection logged in before the password changed: its batch's first round trip
+    logs in again, and login() (how the engine proves a re-read credential) uses a new one."""
     env = make_env()
     first = _open(env)
     first.active_grants()
@@ -180,10 +180,14 @@ def test_a_kept_connection_never_proves_a_credential_the_server_no_longer_takes(
     try:
         kept = _open(env)
         assert kept is first
-        kept.active_grants()  # the connection logged in earlier still answers
         with pytest.raises(AuthenticationFailed):
-            kept.login()
+            kept.active_grants()
         kept.close()
+        again = _open(env)
+        assert again is not first
+        with pytest.raises(AuthenticationFailed):
+            again.login()
+        again.close()
         assert len(redis_session.POOL) == 0  # refused: nothing under that secret is kept
     finally:
         root.execute_command("ACL", "SETUSER", ADMIN, "resetpass", f">{ADMIN_PASSWORD}")

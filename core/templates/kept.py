@@ -1,13 +1,15 @@
-"""Admin sessions kept across batches, for the templates whose session is a client object (Redis,
-RabbitMQ): the rules of `postgresql_pool`, for any session.
+"""Admin sessions kept across batches, for every template whose session is a connection or a
+client (PostgreSQL, Redis, RabbitMQ).
 
 A queue delivers one message per batch more often than not, and a new client (its connection,
 its login, for redis-py the client object itself) costs about what the grant does. A session is
 kept after its batch only when it is idle and healthy, and handed out again only to a batch of
 the same integration with the same connection settings, the same admin secret and the same label
 key. The key holds digests, never a secret: each is keyed with a random per-process key, so a
-memory dump gives no digest that could be looked up. While kept a session holds no secret: the
-batch that takes it gives it that batch's own (`hand_over`), and `give_back` takes it away.
+memory dump gives no digest that could be looked up. While kept a session holds neither the
+admin secret nor the label key: the batch that takes it gives it that batch's own
+(`hand_over`), and `give_back` takes them away. A session idle past its integration's limit is
+closed by a timer, not left open until some later batch comes.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ class Keepable(Protocol):
     def reusable(self) -> bool:
         """Idle, healthy and not failed, decided without a round trip."""
 
-    def hand_over(self, secret: Secret | None) -> None:
-        """Take a batch's secret; from now on the session is that batch's."""
+    def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
+        """Take a batch's secret and label key; from now on the session is that batch's."""
 
     def drop_secret(self) -> None:
-        """Forget the secret, and anything batch-scoped, before the session is kept."""
+        """Forget the secret, the label key and anything batch-scoped, before it is kept."""
 
     def discard(self) -> None:
         """Close for good."""
@@ -55,11 +57,30 @@ def pool_key(
     password = secret.reveal() if secret is not None else ""
     return (
         integration,
-        connection.model_dump_json(),
+        _settings_json(connection),
         # One-shot digests: a third of hmac.new's time, once per batch.
         hmac.digest(_DIGEST_KEY, b"secret\0" + password.encode(), "sha256").hex(),
         hmac.digest(_DIGEST_KEY, b"label key\0" + key.secret, "sha256").hex(),
     )
+
+
+# Connection settings as JSON, by object: a catalog's settings are frozen models made once,
+# and serialising them was a good part of a kept batch's cost. Each entry keeps its model, so
+# an id is never reused while its entry stands.
+_SETTINGS_JSON: dict[int, tuple[BaseModel, str]] = {}
+_SETTINGS_LOCK = threading.Lock()
+
+
+def _settings_json(connection: BaseModel) -> str:
+    known = _SETTINGS_JSON.get(id(connection))
+    if known is not None and known[0] is connection:
+        return known[1]
+    text = connection.model_dump_json()
+    with _SETTINGS_LOCK:
+        if len(_SETTINGS_JSON) >= 64:  # catalogs reloaded many times: start again
+            _SETTINGS_JSON.clear()
+        _SETTINGS_JSON[id(connection)] = (connection, text)
+    return text
 
 
 class SessionPool(Generic[S]):
@@ -72,9 +93,14 @@ class SessionPool(Generic[S]):
         # Each with the time it was kept and its own integration's idle limit.
         self._kept: dict[PoolKey, list[tuple[float, float, S]]] = {}
         self._lock = threading.Lock()
+        # At most one pending: it closes what has idled out, then waits for the next to.
+        self._timer: threading.Timer | None = None
 
-    def take(self, wanted: PoolKey, keep: float, secret: Secret | None) -> S | None:
-        """A kept session for this key, given `secret`, or None: the caller makes a new one."""
+    def take(
+        self, wanted: PoolKey, keep: float, secret: Secret | None, key: LabelKey
+    ) -> S | None:
+        """A kept session for this key, given `secret` and `key`, or None: the caller makes a
+        new one."""
         while True:
             with self._lock:
                 kept = self._kept.get(wanted)
@@ -83,7 +109,7 @@ class SessionPool(Generic[S]):
                 return None
             since, _, session = entry
             if time.monotonic() - since <= keep and session.reusable():
-                session.hand_over(secret)
+                session.hand_over(secret, key)
                 session.pool_key = wanted
                 return session
             session.discard()
@@ -105,8 +131,28 @@ class SessionPool(Generic[S]):
                     kept.append((time.monotonic(), keep, session))
                     kept_it = True
             stale += self._prune()
+            self._arm()
         if not kept_it:
             session.discard()
+        for old in stale:
+            old.discard()
+
+    def _arm(self) -> None:
+        """Under the lock: have a timer close the next session to idle out. A process that gets
+        no further batch (a quiet `jitc serve`) would otherwise keep its admin connections open
+        and logged in long past their limit."""
+        if self._timer is not None or not self._kept:
+            return
+        due = min(since + keep for kept in self._kept.values() for since, keep, _ in kept)
+        self._timer = threading.Timer(max(0.0, due - time.monotonic()) + 0.01, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._timer = None
+            stale = self._prune()
+            self._arm()
         for old in stale:
             old.discard()
 
@@ -114,6 +160,11 @@ class SessionPool(Generic[S]):
         """Under the lock: take out sessions idle longer than their own limit, and the oldest
         beyond the total cap; the caller closes them."""
         now = time.monotonic()
+        kept_now = [since_keep for kept in self._kept.values() for since_keep in kept]
+        if len(kept_now) <= self.in_all and all(now - since <= keep for since, keep, _ in kept_now):
+            for key in [key for key, kept in self._kept.items() if not kept]:
+                del self._kept[key]
+            return []  # nothing idle too long, nothing beyond the cap: the common case
         entries = sorted(
             ((since, keep, key, s) for key, kept in self._kept.items() for since, keep, s in kept),
             key=lambda entry: entry[0],
@@ -132,6 +183,9 @@ class SessionPool(Generic[S]):
         with self._lock:
             entries = [entry for kept in self._kept.values() for entry in kept]
             self._kept.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         for _, _, session in entries:
             session.discard()
 

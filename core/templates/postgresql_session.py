@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ from jitc.templates.base import (
     RevokeResult,
     grant_from_label,
 )
+from jitc.templates.kept import PoolKey
 from jitc.templates.postgresql import (
     DENIED_GROUPS,
     MASK,
@@ -461,7 +463,7 @@ class PostgreSQLSession:
     ) -> None:
         self.integration = integration
         self.settings = connection
-        self.key = key
+        self._key: LabelKey | None = key
         self._secret = secret
         self._verified: dict[tuple[str, str | None], dict[str, Any] | None] = {}
         self.conn = self._connect(connection.dbname)
@@ -470,7 +472,7 @@ class PostgreSQLSession:
         admin = self.conn.info.parameter_status("session_authorization")
         self._admins = {admin or connection.user}
         self._authid_readable: bool | None = None
-        self.pool_key: tuple[str, str, str, str] | None = None
+        self.pool_key: PoolKey | None = None
         # Set when the server refused this session's credential for a new connection: a kept
         # connection logged in earlier proves nothing about it, so none under it is reused.
         self.refused = False
@@ -487,6 +489,43 @@ class PostgreSQLSession:
         if len(self._verified) > 100_000:  # labels seen, kept across batches: bounded
             self._verified.clear()
         give_back(self)
+
+    # -- kept across batches (jitc.templates.kept) -----------------------------------------
+
+    @property
+    def key(self) -> LabelKey:
+        if self._key is None:
+            raise RuntimeError("a kept session holds no label key until a batch takes it")
+        return self._key
+
+    def reusable(self) -> bool:
+        """Without a round trip: an idle connection the server has ended (terminated backend,
+        restart, idle timeout) has something to read, its last message or the end of the
+        stream; a healthy one has nothing to say. Anything to read counts as ended: a new
+        connection is cheaper than a batch that fails on its first statement."""
+        conn = self.conn
+        if (
+            conn.closed
+            or conn.info.status != pq.ConnStatus.OK
+            or conn.info.transaction_status != pq.TransactionStatus.IDLE
+        ):
+            return False
+        try:
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        except (OSError, ValueError, psycopg.Error):
+            return False
+        return not readable
+
+    def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
+        self._secret = secret
+        self._key = key
+
+    def drop_secret(self) -> None:
+        self._secret = None
+        self._key = None
+
+    def discard(self) -> None:
+        self.conn.close()
 
     # -- reading the ledger ----------------------------------------------------------------
 

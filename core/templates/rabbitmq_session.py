@@ -69,7 +69,7 @@ def take(
         else None
     )
     if wanted is not None:
-        kept = POOL.take(wanted, keep, secret)
+        kept = POOL.take(wanted, keep, secret, labels.required(label_key))
         if kept is not None:
             try:
                 kept.check_admin()
@@ -94,7 +94,7 @@ class RabbitMQSession:
     ) -> None:
         self.integration = integration
         self.settings = connection
-        self.key = labels.required(label_key)
+        self._key: LabelKey | None = labels.required(label_key)
         self.pool_key: PoolKey | None = None
         self.refused = False
         # Set when a call failed in transport (the connection's state is then unknown).
@@ -130,10 +130,18 @@ class RabbitMQSession:
         # `_call` sends an idempotent call once more when the broker closes one mid-request.
         return not (self._failed or self.refused or self.client.is_closed)
 
-    def hand_over(self, secret: Secret | None) -> None:
+    @property
+    def key(self) -> LabelKey:
+        if self._key is None:
+            raise RuntimeError("a kept session holds no label key until a batch takes it")
+        return self._key
+
+    def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
+        self._key = key
         self.client.auth = (self.settings.user, secret.reveal() if secret is not None else "")
 
     def drop_secret(self) -> None:
+        self._key = None
         # The client's auth holds the encoded credential: replaced by none while kept.
         self.client.auth = _NoCredential()
 

@@ -90,6 +90,7 @@ def admin_client(connection: Connection, secret: Secret | AdminCredential | None
 
 
 POOL: SessionPool[RedisSession] = SessionPool()
+_CHANGES = frozenset({("ACL", "SETUSER"), ("ACL", "DELUSER")})
 
 
 def take(
@@ -104,7 +105,7 @@ def take(
         else None
     )
     if wanted is not None:
-        kept = POOL.take(wanted, keep, secret)
+        kept = POOL.take(wanted, keep, secret, labels.required(label_key))
         if kept is not None:
             return kept
     session = RedisSession(integration, connection, secret, label_key)
@@ -128,7 +129,7 @@ class RedisSession:
     ) -> None:
         self.integration = integration
         self.settings = connection
-        self.key = labels.required(label_key)
+        self._key: LabelKey | None = labels.required(label_key)
         # Kept with a kept session: a server's ACL file is set only when it starts, and a
         # restart ends the connection, so the next session asks again.
         self._save: bool | None = {"always": True, "never": False}.get(connection.acl_save)
@@ -172,12 +173,20 @@ class RedisSession:
                 return False
         return True
 
-    def hand_over(self, secret: Secret | None) -> None:
+    @property
+    def key(self) -> LabelKey:
+        if self._key is None:
+            raise RuntimeError("a kept session holds no label key until a batch takes it")
+        return self._key
+
+    def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
+        self._key = key
         self._credential.secret = secret
         self._credential.held = True
         self._kept = True
 
     def drop_secret(self) -> None:
+        self._key = None
         self._credential.secret = None
         self._credential.held = False
         # Batch-scoped: a later batch reads every user it decides on again.
@@ -197,12 +206,23 @@ class RedisSession:
     # -- the ledger ------------------------------------------------------------------------
 
     def _send(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
-        """One round trip; each reply or the error it gave."""
+        """One round trip; each reply or the error it gave. The first of a batch on a kept
+        connection logs in again ahead of its commands: the server checks a password, and
+        whether the user is `on`, only at a login, so one logged in before this batch proves
+        nothing about the admin now (an operator may have disabled it or changed its password).
+        Commands that change users wait for that login's answer; reads ride with it."""
+        if self._kept and any(c[:2] in _CHANGES for c in commands):
+            self._send(())  # a login on its own first: a refused one must stop the writes
         pipe: Any = self.client.pipeline(transaction=False)
+        check = self._kept
+        if check:
+            pipe.execute_command("AUTH", *self._credential.get_credentials())
         for command in commands:
             pipe.execute_command(*command)
         try:
             replies: list[Any] = pipe.execute(raise_on_error=False)
+            if check and isinstance(replies.pop(0), Exception):
+                raise redis.AuthenticationError
         except redis.AuthenticationError:
             self._failed = self.refused = True
             # A rotation may have changed the password since it was read: the engine reads the
@@ -234,7 +254,7 @@ class RedisSession:
         """One round trip. ACL SAVE is appended when the server keeps an ACL file and any
         command changes users, so a restart keeps grants and tombstones. (Without an ACL file a
         restart forgets every user made at run time: access ends, and tombstones are lost.)"""
-        changes = any(c[:2] in (("ACL", "SETUSER"), ("ACL", "DELUSER")) for c in commands)
+        changes = any(c[:2] in _CHANGES for c in commands)
         save = changes and self._save is not False
         replies = self._send([*commands, ("ACL", "SAVE")] if save else commands)
         if save:
