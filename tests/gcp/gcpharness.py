@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,29 @@ def fake() -> Iterator[FakeGcp]:
     server.buckets.add(TOMBSTONE_BUCKET)
     yield server
     server.close()
+
+
+# What `worker_credentials` gives a test: use(key, env).
+WorkerCredentials = Callable[[dict[str, Any], dict[str, str]], None]
+
+
+@pytest.fixture
+def worker_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerCredentials:
+    """For tests that call Google's clients in-process as the worker: `key` (a service account's
+    key) in a file only this user can read, named by GOOGLE_APPLICATION_CREDENTIALS, and the
+    variables of `env` set beside it; all of it undone when the test ends, after the fixtures
+    that asked for this one have done their own checks."""
+
+    def use(key: dict[str, Any], env: dict[str, str]) -> None:
+        path = tmp_path / f"worker-key-{uuid.uuid4().hex[:8]}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(key, out)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+
+    return use
 
 
 def drop_pg_roles(conn: Any) -> None:
