@@ -15,6 +15,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,17 @@ def deployed(
     }
     deploy(tmp_path, doc, admin_secret=FIRST)
     # One label key for the module's cluster, whose bundle roles outlive each test's moto.
+    with rotation_function(LABEL_KEY, monkeypatch) as function:
+        yield function
+
+
+@contextmanager
+def rotation_function(label_key: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rotation]:
+    """The rotation function, after `deploy`, created in moto's Lambda and handed the
+    invocations of its rotations, with `label_key` as the deployment's label key; every log
+    of the block goes to its `logs`."""
     client("secretsmanager").put_secret_value(
-        SecretId="jitc/label", SecretString=json.dumps({"key": LABEL_KEY})
+        SecretId="jitc/label", SecretString=json.dumps({"key": label_key})
     )
     rotation.catalog.cache_clear()
     iam, lam = client("iam"), client("lambda")

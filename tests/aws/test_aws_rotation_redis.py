@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from awsharness import acting_as, client, deploy
-from moto.awslambda.models import LambdaBackend
-from test_aws_rotation import FUNCTION, Rotation, stages, start, step, value, worker_engine
+from awsharness import acting_as, deploy
+from test_aws_rotation import (
+    Rotation,
+    rotation_function,
+    stages,
+    start,
+    step,
+    value,
+    worker_engine,
+)
 from userenv import grant_or_revoke, grant_revoke_loop
 
-from jitc.aws import rotation, runtime
 from jitc.local import MemorySink
 
 RUN = secrets.token_hex(3)
@@ -69,50 +73,8 @@ def deployed(
         }
     }
     deploy(tmp_path, doc, admin_secret=FIRST)
-    client("secretsmanager").put_secret_value(
-        SecretId="jitc/label", SecretString=json.dumps({"key": secrets.token_hex(32)})
-    )
-    rotation.catalog.cache_clear()
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "lambda.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-    role = client("iam").create_role(
-        RoleName="jitc-rotation", AssumeRolePolicyDocument=json.dumps(trust)
-    )
-    client("lambda").create_function(
-        FunctionName="jitc-rotation",
-        Runtime="python3.11",
-        Role=role["Role"]["Arn"],
-        Handler="jitc.aws.rotation.handler",
-        Code={"ZipFile": b"PK\x05\x06" + b"\0" * 18},
-    )
-    function = Rotation()
-    original = LambdaBackend.invoke
-
-    def invoke(self: Any, function_name: str, body: Any, **rest: Any) -> Any:
-        if function_name != FUNCTION:
-            return original(self, function_name, body=body, **rest)
-        function.invoke(json.loads(body))
-        return b"null"
-
-    monkeypatch.setattr(LambdaBackend, "invoke", invoke)
-    handler = logging.StreamHandler(function.logs)
-    logging.getLogger().addHandler(handler)
-    previous = logging.getLogger().level
-    logging.getLogger().setLevel(logging.DEBUG)
-    try:
+    with rotation_function(secrets.token_hex(32), monkeypatch) as function:
         yield function
-    finally:
-        logging.getLogger().removeHandler(handler)
-        logging.getLogger().setLevel(previous)
-        runtime.reset()
 
 
 def login(password: str) -> bool:
