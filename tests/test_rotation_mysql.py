@@ -3,7 +3,6 @@ checks passwords), under an admin account, database and ledger of this run's own
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -13,7 +12,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from contract_mysql import HOST, PORT, admin_grants, root, run
+from contract_mysql import HOST, PORT, admin_grants, drop_run, root, run
 from userenv import grant_or_revoke, grant_revoke_loop
 
 from jitc.catalog import Catalog, parse_catalog
@@ -39,19 +38,7 @@ def server() -> Iterator[Any]:
     for text in admin_grants(DATABASE, LEDGER):
         run(conn, text.format(admin=f"'{ADMIN}'@'%'"))
     yield conn
-    for user, host in run(
-        conn,
-        "SELECT User, Host FROM mysql.user WHERE User LIKE %s",
-        PREFIX.replace("_", "\\_") + "%",
-    ):
-        for (thread,) in run(
-            conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", user
-        ):
-            with contextlib.suppress(pymysql.Error):
-                run(conn, f"KILL CONNECTION {int(thread)}")
-        run(conn, "DROP USER IF EXISTS %s@%s", user, host)
-    run(conn, f"DROP DATABASE IF EXISTS `{LEDGER}`")
-    run(conn, f"DROP DATABASE IF EXISTS `{DATABASE}`")
+    drop_run(conn, PREFIX, LEDGER, DATABASE)
     conn.close()
 
 
