@@ -28,7 +28,6 @@ PROJECT = f"jitc-test-{RUN}"
 REGION = "europe-west1"
 NAME = "jitc"
 QUEUE = f"projects/{PROJECT}/locations/{REGION}/queues/{NAME}-requests"
-PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 PG_PREFIX = f"gcpt{RUN}_"
 PG_SCHEMA = f"gcpt{RUN}_data"
 FUNCTIONS = ("intake", "worker", "sweep", "sync")
@@ -68,62 +67,18 @@ def worker_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Worke
     return use
 
 
-def drop_pg_roles(conn: Any) -> None:
-    from psycopg import sql
-
-    rows = conn.execute(
-        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PG_PREFIX,)
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
-        )
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
 @pytest.fixture(scope="session")
 def pg_admin() -> Iterator[Any]:
-    import psycopg
-    from psycopg import sql
+    from pgtest import schema_admin
 
-    conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
-    schema = sql.Identifier(PG_SCHEMA)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.items (name text)").format(schema))
-    yield conn
-    for attempt in range(5):
-        try:
-            drop_pg_roles(conn)
-            break
-        except psycopg.errors.InternalError:
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
-    conn.close()
+    with schema_admin(PG_PREFIX, PG_SCHEMA) as conn:
+        yield conn
 
 
 def pg_integration(name: str, credentials: str) -> dict[str, Any]:
-    from psycopg.conninfo import conninfo_to_dict
+    from pgtest import cloud_integration
 
-    params = conninfo_to_dict(PG_DSN)
-    return {
-        name: {
-            "kind": "postgresql",
-            "connection": {
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "dbname": params.get("dbname", "test"),
-                "user": params.get("user", "postgres"),
-                "role_prefix": PG_PREFIX,
-                "terminate_wait_seconds": 5,
-            },
-            "credentials": credentials,
-            "max_duration": "2h",
-            "permissions": {"read": {"template": "read-only", "resources": [PG_SCHEMA]}},
-        }
-    }
+    return cloud_integration(name, credentials, PG_PREFIX, PG_SCHEMA, "2h")
 
 
 def free_port() -> int:
