@@ -152,18 +152,10 @@ def cloud_integration(
 ) -> dict[str, Any]:
     """The catalog entry `name` of a cloud suite's PostgreSQL integration: grants of read-only
     on `schema` to roles under `prefix`, its admin password read from `credentials`."""
-    params = conninfo_to_dict(PG_DSN)
     return {
         name: {
             "kind": "postgresql",
-            "connection": {
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "dbname": params.get("dbname", "test"),
-                "user": params.get("user", "postgres"),
-                "role_prefix": prefix,
-                "terminate_wait_seconds": 5,
-            },
+            "connection": connection(prefix),
             "credentials": credentials,
             "max_duration": max_duration,
             "permissions": {"read": {"template": "read-only", "resources": [schema]}},
@@ -171,8 +163,20 @@ def cloud_integration(
     }
 
 
-def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
+def connection(prefix: str) -> dict[str, Any]:
+    """The PostgreSQL template's connection to the test server, its grant roles under `prefix`."""
     params = conninfo_to_dict(PG_DSN)
+    return {
+        "host": params.get("host", "127.0.0.1"),
+        "port": int(params.get("port", 5432)),
+        "dbname": params.get("dbname", "test"),
+        "user": params.get("user", "postgres"),
+        "role_prefix": prefix,
+        "terminate_wait_seconds": 5,
+    }
+
+
+def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
     default_permissions: dict[str, Any] = {
         "read-only": {"template": "read-only", "resources": [SCHEMA]},
         "read-write": {"template": "read-write", "resources": [SCHEMA], "max_duration": "2h"},
@@ -184,14 +188,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
         "integrations": {
             INTEGRATION: {
                 "kind": "postgresql",
-                "connection": {
-                    "host": params.get("host", "127.0.0.1"),
-                    "port": int(params.get("port", 5432)),
-                    "dbname": params.get("dbname", "test"),
-                    "user": params.get("user", "postgres"),
-                    "role_prefix": PREFIX,
-                    "terminate_wait_seconds": 5,
-                },
+                "connection": connection(PREFIX),
                 "credentials": "mem:admin",
                 "max_duration": "8h",
                 "permissions": default_permissions,
