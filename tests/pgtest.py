@@ -100,8 +100,83 @@ def _drop_our_roles(conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
+# -- What the cloud suites (tests/aws, tests/gcp, tests/azure) share: a schema and roles of
+# their own run, under a prefix of their own, on the same server.
+
+
+def drop_roles_under(conn: psycopg.Connection[Any], prefix: str) -> None:
+    """Drop the roles under `prefix` (a run's own, and only those): each one's sessions ended
+    and what it owns in `conn`'s database dropped first. Another suite changing the same ACLs
+    at the same moment makes a collision, which is retried."""
+    for attempt in range(5):
+        try:
+            rows = conn.execute(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)
+            ).fetchall()
+            for (name,) in rows:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                    (name,),
+                )
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+            return
+        except psycopg.errors.InternalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
+@contextmanager
+def schema_admin(
+    prefix: str, schema: str, names: tuple[str, ...] = ()
+) -> Iterator[psycopg.Connection[Any]]:
+    """An admin connection, with `schema` made and in it a table `items (name text)` holding
+    `names`; afterwards the roles under `prefix` and the schema are dropped."""
+    conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    ident = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.items (name text)").format(ident))
+    for name in names:
+        conn.execute(sql.SQL("INSERT INTO {}.items VALUES (%s)").format(ident), (name,))
+    try:
+        yield conn
+    finally:
+        drop_roles_under(conn, prefix)
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+        conn.close()
+
+
+def cloud_integration(
+    name: str, credentials: str, prefix: str, schema: str, max_duration: str
+) -> dict[str, Any]:
+    """The catalog entry `name` of a cloud suite's PostgreSQL integration: grants of read-only
+    on `schema` to roles under `prefix`, its admin password read from `credentials`."""
+    return {
+        name: {
+            "kind": "postgresql",
+            "connection": connection(prefix),
+            "credentials": credentials,
+            "max_duration": max_duration,
+            "permissions": {"read": {"template": "read-only", "resources": [schema]}},
+        }
+    }
+
+
+def connection(prefix: str) -> dict[str, Any]:
+    """The PostgreSQL template's connection to the test server, its grant roles under `prefix`."""
     params = conninfo_to_dict(PG_DSN)
+    return {
+        "host": params.get("host", "127.0.0.1"),
+        "port": int(params.get("port", 5432)),
+        "dbname": params.get("dbname", "test"),
+        "user": params.get("user", "postgres"),
+        "role_prefix": prefix,
+        "terminate_wait_seconds": 5,
+    }
+
+
+def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
     default_permissions: dict[str, Any] = {
         "read-only": {"template": "read-only", "resources": [SCHEMA]},
         "read-write": {"template": "read-write", "resources": [SCHEMA], "max_duration": "2h"},
@@ -113,14 +188,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
         "integrations": {
             INTEGRATION: {
                 "kind": "postgresql",
-                "connection": {
-                    "host": params.get("host", "127.0.0.1"),
-                    "port": int(params.get("port", 5432)),
-                    "dbname": params.get("dbname", "test"),
-                    "user": params.get("user", "postgres"),
-                    "role_prefix": PREFIX,
-                    "terminate_wait_seconds": 5,
-                },
+                "connection": connection(PREFIX),
                 "credentials": "mem:admin",
                 "max_duration": "8h",
                 "permissions": default_permissions,

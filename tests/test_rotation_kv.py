@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,13 @@ import httpx
 import pytest
 import redis
 from test_redis_aclfile import Private
+from userenv import grant_or_revoke, grant_revoke_loop
 
 from jitc.catalog import Catalog, parse_catalog
 from jitc.engine import Engine
 from jitc.errors import Refused
 from jitc.local import MemorySink, NullScheduler
-from jitc.messages import parse_request
-from jitc.models import derive_grant_id
 from jitc.rotation import RabbitMQRotator, RedisRotator, rotate_local, set_password
-from jitc.sealing import box_keypair
 from jitc.secrets import EnvSecretStore, FileSecretStore, Secret, SecretStores
 
 RUN = secrets.token_hex(3)
@@ -40,7 +37,6 @@ VHOST = f"k{RUN}"
 KEYS = f"k{RUN}:*"
 FIRST = f"first-{secrets.token_hex(8)}"
 LABEL = "label-key-for-the-kv-rotation-tests"
-_, BOX_PUBLIC = box_keypair()
 # What the README says the Redis admin needs; `on` and these must survive a rotation.
 REDIS_RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|list")
 REDIS_RULES += ("+client|setname", "+ping", "+info")
@@ -158,20 +154,6 @@ def _catalog(kind: str, connection: dict[str, Any], permission: Any, path: Path)
     )
 
 
-def request(request_id: str, action: str, resource: str) -> Any:
-    doc: dict[str, Any] = {"request_id": request_id, "action": action, "integration": "rot"}
-    if action == "grant":
-        doc.update(
-            permission="read-only",
-            resources=[resource],
-            identity={"email": "a@example.com", "username": "a", "public_key": BOX_PUBLIC},
-            duration="10m",
-        )
-    else:
-        doc["grant_id"] = derive_grant_id("rot", request_id)
-    return parse_request(json.dumps(doc))
-
-
 def redis_login(password: str, port: int = REDIS_PORT) -> bool:
     client = redis.Redis(
         host=REDIS_HOST, port=port, username=REDIS_ADMIN, password=password, socket_timeout=5
@@ -199,46 +181,27 @@ def password_of(path: Path) -> str:
 def rotate_under_load(cat: Catalog, path: Path, resource: str) -> tuple[list[str], list[str]]:
     """Three rotations while one engine grants and revokes in a loop: its failures, and every
     password the admin had, oldest first."""
-    failures: list[str] = []
-    stop = threading.Event()
     sink = MemorySink()
 
-    rounds = threading.Semaphore(0)
-
-    def loop() -> None:
+    def engine() -> Engine:
         stores = SecretStores({"file": FileSecretStore(), "mem": EnvSecretStore({"label": LABEL})})
-        engine = Engine(cat, stores, NullScheduler(), sink)
-        n = 0
-        while not stop.is_set() or n < 4:
-            n += 1
-            rounds.release()
-            for action in ("grant", "revoke"):
-                outcome = engine.execute(request(f"m-{n}", action, resource))
-                if outcome.status not in ("granted", "revoked"):
-                    failures.append(f"{action} {n}: {outcome.status} {outcome.message}")
+        return Engine(cat, stores, NullScheduler(), sink)
 
-    worker = threading.Thread(target=loop)
-    worker.start()
+    request = grant_or_revoke("rot", "read-only", resource)
     seen = [FIRST]
-    try:
+    with grant_revoke_loop(engine, request, "m-") as loop:
         for _ in range(3):
             # Some grants and revokes between rotations: RabbitMQ checks the password on every
             # API call, and the engine re-reads the secret once per batch, so a batch spanning
             # two rotations would be refused again (and retried by the queue). Secrets Manager
-            # rotates at most every four hours.
-            while rounds.acquire(blocking=False):
-                pass  # only rounds started after the last rotation count
-            for _ in range(2):
-                assert rounds.acquire(timeout=60)
+            # rotates at most every four hours. Only rounds started after the last rotation count.
+            assert loop.wait_rounds(2)
             done = rotate_local(cat, "rot")
             assert done.changed and done.old_refused
             seen.append(password_of(path))
-    finally:
-        stop.set()
-        worker.join(timeout=120)
     text = json.dumps([e.model_dump(mode="json") for e in sink.events])
     assert not any(pw in text for pw in seen)
-    return failures, seen
+    return loop.failures, seen
 
 
 def _admin_rules(root: redis.Redis) -> dict[str, Any]:

@@ -3,26 +3,22 @@ checks passwords), under an admin account, database and ledger of this run's own
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-from contract_mysql import HOST, PORT, admin_grants, root, run
+from contract_mysql import HOST, PORT, admin_grants, drop_run, root, run
+from userenv import grant_or_revoke, grant_revoke_loop
 
 from jitc.catalog import Catalog, parse_catalog
 from jitc.engine import Engine
 from jitc.local import MemorySink, NullScheduler
-from jitc.messages import parse_request
-from jitc.models import derive_grant_id
 from jitc.rotation import MySQLRotator, rotate_local, set_password
-from jitc.sealing import box_keypair
 from jitc.secrets import EnvSecretStore, FileSecretStore, Secret, SecretStores
 
 RUN = secrets.token_hex(3)
@@ -32,7 +28,6 @@ DATABASE = f"jr{RUN}_db"
 LEDGER = f"jr{RUN}_ledger"
 FIRST = f"first-{secrets.token_hex(8)}"
 LABEL = "label-key-for-the-mysql-rotation-tests"
-_, BOX_PUBLIC = box_keypair()
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +38,7 @@ def server() -> Iterator[Any]:
     for text in admin_grants(DATABASE, LEDGER):
         run(conn, text.format(admin=f"'{ADMIN}'@'%'"))
     yield conn
-    for user, host in run(
-        conn,
-        "SELECT User, Host FROM mysql.user WHERE User LIKE %s",
-        PREFIX.replace("_", "\\_") + "%",
-    ):
-        for (thread,) in run(
-            conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", user
-        ):
-            with contextlib.suppress(pymysql.Error):
-                run(conn, f"KILL CONNECTION {int(thread)}")
-        run(conn, "DROP USER IF EXISTS %s@%s", user, host)
-    run(conn, f"DROP DATABASE IF EXISTS `{LEDGER}`")
-    run(conn, f"DROP DATABASE IF EXISTS `{DATABASE}`")
+    drop_run(conn, PREFIX, LEDGER, DATABASE)
     conn.close()
 
 
@@ -94,18 +77,7 @@ def catalog(path: Path) -> Catalog:
     )
 
 
-def request(request_id: str, action: str) -> Any:
-    doc: dict[str, Any] = {"request_id": request_id, "action": action, "integration": "rot"}
-    if action == "grant":
-        doc.update(
-            permission="read-only",
-            resources=[DATABASE],
-            identity={"email": "a@example.com", "username": "a", "public_key": BOX_PUBLIC},
-            duration="10m",
-        )
-    else:
-        doc["grant_id"] = derive_grant_id("rot", request_id)
-    return parse_request(json.dumps(doc))
+request = grant_or_revoke("rot", "read-only", DATABASE)
 
 
 def login(password: str) -> bool:
@@ -120,33 +92,19 @@ def login(password: str) -> bool:
 
 def test_grants_and_revokes_in_a_loop_never_fail_across_rotations(secret_file: Path) -> None:
     cat = catalog(secret_file)
-    failures: list[str] = []
-    stop = threading.Event()
     sink = MemorySink()
 
-    def loop() -> None:
+    def engine() -> Engine:
         stores = SecretStores({"file": FileSecretStore(), "mem": EnvSecretStore({"label": LABEL})})
-        engine = Engine(cat, stores, NullScheduler(), sink)
-        n = 0
-        while not stop.is_set() or n < 4:
-            n += 1
-            for action in ("grant", "revoke"):
-                outcome = engine.execute(request(f"m-{n}", action))
-                if outcome.status not in ("granted", "revoked"):
-                    failures.append(f"{action} {n}: {outcome.status} {outcome.message}")
+        return Engine(cat, stores, NullScheduler(), sink)
 
-    worker = threading.Thread(target=loop)
-    worker.start()
     seen = [FIRST]
-    try:
+    with grant_revoke_loop(engine, request, "m-") as loop:
         for _ in range(3):
             done = rotate_local(cat, "rot")
             assert done.changed and done.old_refused
             seen.append(secret_file.read_text().strip())
-    finally:
-        stop.set()
-        worker.join(timeout=120)
-    assert failures == []
+    assert loop.failures == []
     assert [login(pw) for pw in seen] == [False, False, False, True]
     text = json.dumps([e.model_dump(mode="json") for e in sink.events])
     assert not any(pw in text for pw in seen)

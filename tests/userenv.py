@@ -1,13 +1,19 @@
 """What the tests of the one-user-per-grant templates (Redis, RabbitMQ) share: a one-integration
 catalog, an engine on it with a clock the test moves, the grant requests and the sealed
-credentials. Each test module adds how to reach its server and how to log in."""
+credentials. Each test module adds how to reach its server and how to log in.
+
+Also what every rotation test shares, whatever its target: grants and revokes run in a loop
+beside the rotation (`grant_revoke_loop`), each a grant or revoke of one permission
+(`grant_or_revoke`)."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,3 +135,93 @@ def assert_taken_tombstone_names_are_left_alone(
     assert refused.status == "refused" and "tombstone" in str(refused.message), refused
     assert env.engine.execute(env.request("revoke", request_id="stone-2")).status == "failed"
     assert read((taken, early)) == before
+
+
+def grant_or_revoke(
+    integration: str, permission: str, resource: str
+) -> Callable[[str, str], AccessRequest]:
+    """The request for `action` ("grant" or "revoke") under `request_id`: a grant of
+    `permission` on `resource`, or the revoke of the grant that request id made."""
+
+    def build(request_id: str, action: str) -> AccessRequest:
+        doc: dict[str, Any] = {
+            "request_id": request_id,
+            "action": action,
+            "integration": integration,
+        }
+        if action == "grant":
+            doc.update(
+                permission=permission,
+                resources=[resource],
+                identity={"email": "a@example.com", "username": "a", "public_key": BOX_PUBLIC},
+                duration="10m",
+            )
+        else:
+            doc["grant_id"] = derive_grant_id(integration, request_id)
+        return parse_request(json.dumps(doc))
+
+    return build
+
+
+@dataclass
+class GrantRevokeLoop:
+    """What the worker of `grant_revoke_loop` saw: every grant or revoke that did not succeed
+    (and the worker's own death, or that it did not stop), and how many rounds it started."""
+
+    failures: list[str] = field(default_factory=list)
+    rounds: int = 0
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_rounds(self, count: int, timeout: float = 60) -> bool:
+        """Until `count` more rounds have started than had when called."""
+        with self._changed:
+            target = self.rounds + count
+            return self._changed.wait_for(lambda: self.rounds >= target, timeout)
+
+    def _started(self) -> None:
+        with self._changed:
+            self.rounds += 1
+            self._changed.notify_all()
+
+
+@contextmanager
+def grant_revoke_loop(
+    engine: Callable[[], Engine],
+    request: Callable[[str, str], AccessRequest],
+    prefix: str,
+    within: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> Iterator[GrantRevokeLoop]:
+    """A worker thread that grants and revokes (`request(f"{prefix}{n}", action)`) in a loop
+    for as long as the block runs, and for four rounds at least. The engine is made by
+    `engine()` in the worker, inside `within()` (context variables do not cross threads).
+    Once the block is left the worker has stopped and `failures` is complete."""
+    seen = GrantRevokeLoop()
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            with within():
+                worker = engine()
+                n = 0
+                while not stop.is_set() or n < 4:
+                    n += 1
+                    seen._started()
+                    for action in ("grant", "revoke"):
+                        outcome = worker.execute(request(f"{prefix}{n}", action))
+                        if outcome.status not in ("granted", "revoked"):
+                            seen.failures.append(
+                                f"{action} {n}: {outcome.status} {outcome.message}"
+                            )
+        except Exception as exc:
+            # A worker that dies must fail the test, not leave its failures empty.
+            seen.failures.append(f"worker died: {type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+        if thread.is_alive():
+            seen.failures.append("worker did not stop within 120s")

@@ -342,7 +342,6 @@ def deliver(
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
-PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 # Our own prefix and schema per run: other suites use the same server at the same time.
 RUN = uuid.uuid4().hex[:4]
 PG_PREFIX = f"awst{RUN}_"
@@ -350,47 +349,18 @@ PG_SCHEMA = f"awst{RUN}_data"
 
 
 def drop_pg_roles(conn: Any) -> None:
-    """Drop the roles this run made (and only those), retrying a collision with other suites."""
-    import psycopg
+    """Drop the roles this run made (and only those)."""
+    from pgtest import drop_roles_under
 
-    for attempt in range(5):
-        try:
-            _drop_pg_roles(conn)
-            return
-        except psycopg.errors.InternalError:
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
-
-
-def _drop_pg_roles(conn: Any) -> None:
-    from psycopg import sql
-
-    rows = conn.execute(
-        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PG_PREFIX,)
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
-        )
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    drop_roles_under(conn, PG_PREFIX)
 
 
 @pytest.fixture(scope="session")
 def pg_admin() -> Iterator[Any]:
-    import psycopg
-    from psycopg import sql
+    from pgtest import schema_admin
 
-    conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
-    schema = sql.Identifier(PG_SCHEMA)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.items (name text)").format(schema))
-    conn.execute(sql.SQL("INSERT INTO {}.items VALUES ('a'), ('b')").format(schema))
-    yield conn
-    drop_pg_roles(conn)
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
-    conn.close()
+    with schema_admin(PG_PREFIX, PG_SCHEMA, ("a", "b")) as conn:
+        yield conn
 
 
 # -- A deployed connector on moto ---------------------------------------------------------------
@@ -505,25 +475,9 @@ def deploy(
 
 
 def pg_integration(name: str, credentials: str = "aws-sm:jitc/pg-admin#password") -> dict[str, Any]:
-    from psycopg.conninfo import conninfo_to_dict
+    from pgtest import cloud_integration
 
-    params = conninfo_to_dict(PG_DSN)
-    return {
-        name: {
-            "kind": "postgresql",
-            "connection": {
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "dbname": params.get("dbname", "test"),
-                "user": params.get("user", "postgres"),
-                "role_prefix": PG_PREFIX,
-                "terminate_wait_seconds": 5,
-            },
-            "credentials": credentials,
-            "max_duration": "2h",
-            "permissions": {"read": {"template": "read-only", "resources": [PG_SCHEMA]}},
-        }
-    }
+    return cloud_integration(name, credentials, PG_PREFIX, PG_SCHEMA, "2h")
 
 
 def signed_http_event(

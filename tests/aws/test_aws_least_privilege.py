@@ -16,6 +16,7 @@ from typing import Any
 
 import awsharness
 import hcl2
+from tfmodule import SOURCE_DOCUMENT
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "infra" / "terraform" / "aws"
@@ -62,6 +63,7 @@ def _statements(block: Any) -> list[dict[str, Any]]:
 
 def policies() -> dict[str, list[dict[str, Any]]]:
     docs: dict[str, list[dict[str, Any]]] = {}
+    sources: dict[str, str] = {}
     for path in MODULE.glob("*.tf"):
         parsed = hcl2.load(path.open())
         for data in parsed.get("data", []):
@@ -69,6 +71,7 @@ def policies() -> dict[str, list[dict[str, Any]]]:
                 if _unquote(kind) != "aws_iam_policy_document":
                     continue
                 for name, body in named.items():
+                    sources[_unquote(name)] = str(body.get("source_policy_documents", ""))
                     docs[_unquote(name)] = [
                         {
                             "actions": [_unquote(a) for a in s["actions"]],
@@ -77,6 +80,9 @@ def policies() -> dict[str, list[dict[str, Any]]]:
                         }
                         for s in _statements(body)
                     ]
+    # The statements of the documents a document takes in are its own (tfmodule.Module.policy).
+    for name, taken in sources.items():
+        docs[name] += [s for source in SOURCE_DOCUMENT.findall(taken) for s in docs[source]]
     return docs
 
 

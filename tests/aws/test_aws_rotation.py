@@ -13,9 +13,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,11 @@ from botocore.exceptions import ClientError
 from moto.awslambda.models import LambdaBackend
 from pgtest import private_cluster
 from psycopg import sql
+from userenv import grant_or_revoke, grant_revoke_loop
 
 from jitc.aws import rotation, runtime
 from jitc.engine import Engine
 from jitc.local import MemorySink, NullScheduler
-from jitc.messages import parse_request
-from jitc.models import derive_grant_id
-from jitc.sealing import box_keypair
 
 SUPER = "super-pw-of-the-rotation-cluster"
 FIRST = "FIRST-canary-admin-pw-0123456789"
@@ -43,7 +41,6 @@ ADMIN = "jitc_sm_admin"
 SECRET = "jitc/pg-admin"
 LABEL_KEY = uuid.uuid4().hex * 2
 FUNCTION = f"arn:aws:lambda:{awsharness.REGION}:{ACCOUNT}:function:jitc-rotation"
-_, BOX_PUBLIC = box_keypair()
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +93,17 @@ def deployed(
     }
     deploy(tmp_path, doc, admin_secret=FIRST)
     # One label key for the module's cluster, whose bundle roles outlive each test's moto.
+    with rotation_function(LABEL_KEY, monkeypatch) as function:
+        yield function
+
+
+@contextmanager
+def rotation_function(label_key: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rotation]:
+    """The rotation function, after `deploy`, created in moto's Lambda and handed the
+    invocations of its rotations, with `label_key` as the deployment's label key; every log
+    of the block goes to its `logs`."""
     client("secretsmanager").put_secret_value(
-        SecretId="jitc/label", SecretString=json.dumps({"key": LABEL_KEY})
+        SecretId="jitc/label", SecretString=json.dumps({"key": label_key})
     )
     rotation.catalog.cache_clear()
     iam, lam = client("iam"), client("lambda")
@@ -194,49 +200,21 @@ def worker_engine(sink: MemorySink) -> Engine:
     return Engine(runtime.catalog(), runtime.secret_stores(), NullScheduler(), sink)
 
 
-def request(request_id: str, action: str) -> Any:
-    doc: dict[str, Any] = {"request_id": request_id, "action": action, "integration": "pg"}
-    if action == "grant":
-        doc.update(
-            permission="read",
-            resources=["public"],
-            identity={"email": "a@example.com", "username": "a", "public_key": BOX_PUBLIC},
-            duration="10m",
-        )
-    else:
-        doc["grant_id"] = derive_grant_id("pg", request_id)
-    return parse_request(json.dumps(doc))
+request = grant_or_revoke("pg", "read", "public")
 
 
 def test_a_full_rotation_under_load_fails_nothing_and_the_old_password_is_refused(
     deployed: Rotation, cluster: dict[str, Any]
 ) -> None:
-    failures: list[str] = []
-    stop = threading.Event()
     sink = MemorySink()
-
-    def loop() -> None:
-        with acting_as("worker"):
-            engine = worker_engine(sink)
-            n = 0
-            while not stop.is_set() or n < 4:
-                n += 1
-                for action in ("grant", "revoke"):
-                    outcome = engine.execute(request(f"sm-{n}", action))
-                    if outcome.status not in ("granted", "revoked"):
-                        failures.append(f"{action} {n}: {outcome.status} {outcome.message}")
-
-    worker = threading.Thread(target=loop)
-    worker.start()
     seen = [FIRST]
-    try:
+    with grant_revoke_loop(
+        lambda: worker_engine(sink), request, "sm-", lambda: acting_as("worker")
+    ) as loop:
         for _ in range(3):
             start()
             seen.append(value())
-    finally:
-        stop.set()
-        worker.join(timeout=120)
-    assert failures == []
+    assert loop.failures == []
     assert deployed.steps == ["createSecret", "setSecret", "testSecret", "finishSecret"] * 3
     assert len(set(seen)) == 4
     assert [login(cluster, pw) for pw in seen] == [False, False, False, True]

@@ -6,24 +6,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from awsharness import acting_as, client, deploy
-from moto.awslambda.models import LambdaBackend
-from test_aws_rotation import FUNCTION, Rotation, stages, start, step, value, worker_engine
+from awsharness import acting_as, deploy
+from test_aws_rotation import (
+    Rotation,
+    rotation_function,
+    stages,
+    start,
+    step,
+    value,
+    worker_engine,
+)
+from userenv import grant_or_revoke, grant_revoke_loop
 
-from jitc.aws import rotation, runtime
 from jitc.local import MemorySink
-from jitc.messages import parse_request
-from jitc.models import derive_grant_id
-from jitc.sealing import box_keypair
 
 RUN = secrets.token_hex(3)
 ADMIN = f"s{RUN}-smadmin"
@@ -32,7 +33,6 @@ KEYS = f"s{RUN}:*"
 FIRST = f"FIRST-{secrets.token_hex(12)}"
 RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|list", "+client|setname")
 RULES += ("+ping", "+info")
-_, BOX_PUBLIC = box_keypair()
 
 
 @pytest.fixture
@@ -73,50 +73,8 @@ def deployed(
         }
     }
     deploy(tmp_path, doc, admin_secret=FIRST)
-    client("secretsmanager").put_secret_value(
-        SecretId="jitc/label", SecretString=json.dumps({"key": secrets.token_hex(32)})
-    )
-    rotation.catalog.cache_clear()
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "lambda.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-    role = client("iam").create_role(
-        RoleName="jitc-rotation", AssumeRolePolicyDocument=json.dumps(trust)
-    )
-    client("lambda").create_function(
-        FunctionName="jitc-rotation",
-        Runtime="python3.11",
-        Role=role["Role"]["Arn"],
-        Handler="jitc.aws.rotation.handler",
-        Code={"ZipFile": b"PK\x05\x06" + b"\0" * 18},
-    )
-    function = Rotation()
-    original = LambdaBackend.invoke
-
-    def invoke(self: Any, function_name: str, body: Any, **rest: Any) -> Any:
-        if function_name != FUNCTION:
-            return original(self, function_name, body=body, **rest)
-        function.invoke(json.loads(body))
-        return b"null"
-
-    monkeypatch.setattr(LambdaBackend, "invoke", invoke)
-    handler = logging.StreamHandler(function.logs)
-    logging.getLogger().addHandler(handler)
-    previous = logging.getLogger().level
-    logging.getLogger().setLevel(logging.DEBUG)
-    try:
+    with rotation_function(secrets.token_hex(32), monkeypatch) as function:
         yield function
-    finally:
-        logging.getLogger().removeHandler(handler)
-        logging.getLogger().setLevel(previous)
-        runtime.reset()
 
 
 def login(password: str) -> bool:
@@ -130,49 +88,21 @@ def login(password: str) -> bool:
     return True
 
 
-def request(request_id: str, action: str) -> Any:
-    doc: dict[str, Any] = {"request_id": request_id, "action": action, "integration": "kv"}
-    if action == "grant":
-        doc.update(
-            permission="read",
-            resources=[KEYS],
-            identity={"email": "a@example.com", "username": "a", "public_key": BOX_PUBLIC},
-            duration="10m",
-        )
-    else:
-        doc["grant_id"] = derive_grant_id("kv", request_id)
-    return parse_request(json.dumps(doc))
+request = grant_or_revoke("kv", "read", KEYS)
 
 
 def test_a_redis_rotation_under_load_fails_nothing_and_says_a_restart_reverts_it(
     deployed: Rotation, root: redis.Redis
 ) -> None:
-    failures: list[str] = []
-    stop = threading.Event()
     sink = MemorySink()
-
-    def loop() -> None:
-        with acting_as("worker"):
-            engine = worker_engine(sink)
-            n = 0
-            while not stop.is_set() or n < 4:
-                n += 1
-                for action in ("grant", "revoke"):
-                    outcome = engine.execute(request(f"sm-{n}", action))
-                    if outcome.status not in ("granted", "revoked"):
-                        failures.append(f"{action} {n}: {outcome.status} {outcome.message}")
-
-    worker = threading.Thread(target=loop)
-    worker.start()
     seen = [FIRST]
-    try:
+    with grant_revoke_loop(
+        lambda: worker_engine(sink), request, "sm-", lambda: acting_as("worker")
+    ) as loop:
         for _ in range(2):
             start()
             seen.append(value())
-    finally:
-        stop.set()
-        worker.join(timeout=120)
-    assert failures == []
+    assert loop.failures == []
     assert deployed.steps == ["createSecret", "setSecret", "testSecret", "finishSecret"] * 2
     assert [login(pw) for pw in seen] == [False, False, True]
     (stored,) = root.execute_command("ACL", "GETUSER", ADMIN)["passwords"]

@@ -30,6 +30,10 @@ def unquote(value: Any) -> Any:
     return value
 
 
+# A document another takes in: `data.aws_iam_policy_document.NAME[*].json` (made with count).
+SOURCE_DOCUMENT = re.compile(r"data\.aws_iam_policy_document\.(\w+)\[\*\]\.json")
+
+
 @dataclass
 class Module:
     path: Path
@@ -48,7 +52,19 @@ class Module:
         return {name: body for (k, name), body in self.resources.items() if k == kind}
 
     def policy(self, name: str) -> dict[str, Any]:
-        return self.data[("aws_iam_policy_document", name)]
+        """`data.aws_iam_policy_document.NAME`, with the statements of the documents its
+        `source_policy_documents` takes in under `source_statements`: each of those documents
+        is made only when its feature is deployed (`count`), so its statements are as
+        conditional as a `dynamic "statement"`."""
+        body = self.data[("aws_iam_policy_document", name)]
+        if "source_policy_documents" not in body:
+            return body
+        taken = [
+            statement
+            for source in SOURCE_DOCUMENT.findall(str(body["source_policy_documents"]))
+            for statement in as_list(self.policy(source).get("statement", []))
+        ]
+        return {**body, "source_statements": taken}
 
 
 @cache

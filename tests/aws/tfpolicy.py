@@ -3,7 +3,10 @@
 `render(name, bindings)` turns `data.aws_iam_policy_document.<name>` into the document Terraform
 would produce, with each `${...}` reference replaced by its binding. A `dynamic "statement"`
 is kept when every reference in its content is bound (the deployment has that feature) and
-dropped when one is not (e.g. no `iam_target`): the bindings say which features exist.
+dropped when one is not (e.g. no `iam_target`): the bindings say which features exist. The
+statements of the documents a document takes in (`source_policy_documents`, each made only
+when its feature is deployed) are kept or dropped the same way, and come first, as Terraform
+puts them.
 """
 
 from __future__ import annotations
@@ -61,11 +64,19 @@ def _statement(block: dict[str, Any], bindings: dict[str, Any]) -> dict[str, Any
 def render(name: str, bindings: dict[str, Any], module: Module | None = None) -> dict[str, Any]:
     module = module or load()
     body = module.policy(name)
-    statements = [_statement(s, bindings) for s in as_list(body.get("statement", []))]
+    statements = _conditional(body.get("source_statements", []), bindings)
+    statements += [_statement(s, bindings) for s in as_list(body.get("statement", []))]
     for dynamic in as_list(body.get("dynamic", [])):
-        for content in as_list(dynamic["statement"]["content"]):
-            try:
-                statements.append(_statement(content, bindings))
-            except Unbound:
-                continue
+        statements += _conditional(dynamic["statement"]["content"], bindings)
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _conditional(blocks: Any, bindings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The statements of `blocks` whose every reference is bound."""
+    kept = []
+    for block in as_list(blocks):
+        try:
+            kept.append(_statement(block, bindings))
+        except Unbound:
+            continue
+    return kept

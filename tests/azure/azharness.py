@@ -36,7 +36,6 @@ STORAGE_ID = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
     f"Microsoft.Storage/storageAccounts/devstoreaccount1"
 )
-PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 PG_PREFIX = f"azt{RUN}_"
 PG_SCHEMA = f"azt{RUN}_data"
 
@@ -154,25 +153,9 @@ def timer_request() -> func.TimerRequest:
 
 
 def pg_integration(name: str, credentials: str) -> dict[str, Any]:
-    from psycopg.conninfo import conninfo_to_dict
+    from pgtest import cloud_integration
 
-    params = conninfo_to_dict(PG_DSN)
-    return {
-        name: {
-            "kind": "postgresql",
-            "connection": {
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "dbname": params.get("dbname", "test"),
-                "user": params.get("user", "postgres"),
-                "role_prefix": PG_PREFIX,
-                "terminate_wait_seconds": 5,
-            },
-            "credentials": credentials,
-            "max_duration": "30d",
-            "permissions": {"read": {"template": "read-only", "resources": [PG_SCHEMA]}},
-        }
-    }
+    return cloud_integration(name, credentials, PG_PREFIX, PG_SCHEMA, "30d")
 
 
 def start_cloud(folder: Path) -> Iterator[Cloud]:

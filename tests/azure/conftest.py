@@ -55,22 +55,7 @@ def _app_environment() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def pg_admin() -> Iterator[Any]:
-    import psycopg
-    from psycopg import sql
+    from pgtest import schema_admin
 
-    conn = psycopg.connect(azharness.PG_DSN, autocommit=True, connect_timeout=5)
-    schema = sql.Identifier(azharness.PG_SCHEMA)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.items (name text)").format(schema))
-    yield conn
-    rows = conn.execute(
-        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (azharness.PG_PREFIX,)
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
-        )
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
-    conn.close()
+    with schema_admin(azharness.PG_PREFIX, azharness.PG_SCHEMA) as conn:
+        yield conn

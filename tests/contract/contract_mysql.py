@@ -43,6 +43,24 @@ def run(conn: pymysql.connections.Connection[Any], statement: str, *args: Any) -
         return list(cursor.fetchall())
 
 
+def drop_run(conn: pymysql.connections.Connection[Any], prefix: str, *databases: str) -> None:
+    """Every account under `prefix` (its sessions killed first, so none outlives the run) and
+    `databases`."""
+    for user, host in run(
+        conn,
+        "SELECT User, Host FROM mysql.user WHERE User LIKE %s",
+        prefix.replace("_", "\\_") + "%",
+    ):
+        for (thread,) in run(
+            conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", user
+        ):
+            with contextlib.suppress(pymysql.Error):
+                run(conn, f"KILL CONNECTION {int(thread)}")
+        run(conn, "DROP USER IF EXISTS %s@%s", user, host)
+    for database in databases:
+        run(conn, f"DROP DATABASE IF EXISTS `{database}`")
+
+
 def _elsewhere(name: str) -> bool:
     """Made by another run, a benchmark or the example catalog on the same server: those come
     and go while a test runs, and are none of its business."""
@@ -113,19 +131,7 @@ class MySQLTarget:
 
     def cleanup(self) -> None:
         conn = self.admin
-        for user, host in run(
-            conn,
-            "SELECT User, Host FROM mysql.user WHERE User LIKE %s",
-            PREFIX.replace("_", "\\_") + "%",
-        ):
-            for (thread,) in run(
-                conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", user
-            ):
-                with contextlib.suppress(pymysql.Error):
-                    run(conn, f"KILL CONNECTION {int(thread)}")
-            run(conn, "DROP USER IF EXISTS %s@%s", user, host)
-        run(conn, f"DROP DATABASE IF EXISTS `{LEDGER}`")
-        run(conn, f"DROP DATABASE IF EXISTS `{DATABASE}`")
+        drop_run(conn, PREFIX, LEDGER, DATABASE)
         conn.close()
 
     def reset(self) -> None:

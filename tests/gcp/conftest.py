@@ -6,4 +6,4 @@ from pathlib import Path
 # tfmodule (the HCL parser of the AWS tests) serves the GCP module's tests too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aws"))
 
-from gcpharness import fake, pg_admin  # noqa: F401 - pytest fixtures
+from gcpharness import fake, pg_admin, worker_credentials  # noqa: F401 - pytest fixtures

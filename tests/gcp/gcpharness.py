@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ PROJECT = f"jitc-test-{RUN}"
 REGION = "europe-west1"
 NAME = "jitc"
 QUEUE = f"projects/{PROJECT}/locations/{REGION}/queues/{NAME}-requests"
-PG_DSN = os.environ.get("JITC_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 PG_PREFIX = f"gcpt{RUN}_"
 PG_SCHEMA = f"gcpt{RUN}_data"
 FUNCTIONS = ("intake", "worker", "sweep", "sync")
@@ -45,62 +44,41 @@ def fake() -> Iterator[FakeGcp]:
     server.close()
 
 
-def drop_pg_roles(conn: Any) -> None:
-    from psycopg import sql
+# What `worker_credentials` gives a test: use(key, env).
+WorkerCredentials = Callable[[dict[str, Any], dict[str, str]], None]
 
-    rows = conn.execute(
-        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (PG_PREFIX,)
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
-        )
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+@pytest.fixture
+def worker_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerCredentials:
+    """For tests that call Google's clients in-process as the worker: `key` (a service account's
+    key) in a file only this user can read, named by GOOGLE_APPLICATION_CREDENTIALS, and the
+    variables of `env` set beside it; all of it undone when the test ends, after the fixtures
+    that asked for this one have done their own checks."""
+
+    def use(key: dict[str, Any], env: dict[str, str]) -> None:
+        path = tmp_path / f"worker-key-{uuid.uuid4().hex[:8]}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(key, out)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+
+    return use
 
 
 @pytest.fixture(scope="session")
 def pg_admin() -> Iterator[Any]:
-    import psycopg
-    from psycopg import sql
+    from pgtest import schema_admin
 
-    conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
-    schema = sql.Identifier(PG_SCHEMA)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.items (name text)").format(schema))
-    yield conn
-    for attempt in range(5):
-        try:
-            drop_pg_roles(conn)
-            break
-        except psycopg.errors.InternalError:
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
-    conn.close()
+    with schema_admin(PG_PREFIX, PG_SCHEMA) as conn:
+        yield conn
 
 
 def pg_integration(name: str, credentials: str) -> dict[str, Any]:
-    from psycopg.conninfo import conninfo_to_dict
+    from pgtest import cloud_integration
 
-    params = conninfo_to_dict(PG_DSN)
-    return {
-        name: {
-            "kind": "postgresql",
-            "connection": {
-                "host": params.get("host", "127.0.0.1"),
-                "port": int(params.get("port", 5432)),
-                "dbname": params.get("dbname", "test"),
-                "user": params.get("user", "postgres"),
-                "role_prefix": PG_PREFIX,
-                "terminate_wait_seconds": 5,
-            },
-            "credentials": credentials,
-            "max_duration": "2h",
-            "permissions": {"read": {"template": "read-only", "resources": [PG_SCHEMA]}},
-        }
-    }
+    return cloud_integration(name, credentials, PG_PREFIX, PG_SCHEMA, "2h")
 
 
 def free_port() -> int:

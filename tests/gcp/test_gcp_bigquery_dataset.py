@@ -6,9 +6,7 @@ entries of others (members, special groups, an authorized view) survive every wr
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 import tfgcp
 from gcpfake import FakeGcp
+from gcpharness import WorkerCredentials
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
@@ -48,9 +47,8 @@ VIEW = {"view": {"projectId": PROJECT, "datasetId": "reports", "tableId": "summa
 TOMBSTONES = f"buckets/{PROJECT}-jitc-tombstones"
 
 
-def _env(fake: FakeGcp, key_file: str) -> dict[str, str]:
+def _env(fake: FakeGcp) -> dict[str, str]:
     return {
-        "GOOGLE_APPLICATION_CREDENTIALS": key_file,
         "JITC_GCP_ENDPOINT_BIGQUERY": f"{fake.url}/bigquery/v2/",
         "JITC_STORAGE_ENDPOINT": fake.url,
         "JITC_GCP_TOMBSTONE_BUCKET": TOMBSTONES.removeprefix("buckets/"),
@@ -76,17 +74,13 @@ def terraform(server: FakeGcp) -> tuple[dict[str, str], dict[str, Any]]:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeGcp]:
+def fake(worker_credentials: WorkerCredentials) -> Iterator[FakeGcp]:
     server = FakeGcp(PROJECT)
     server.add_dataset(DATASET)
     server.datasets[DATASET]["access"].append(dict(VIEW))
     server.bind(DATASET, ROLE, NEIGHBOUR)
     _, info = terraform(server)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(info, handle)
-    env = _env(server, handle.name)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    worker_credentials(info, _env(server))
     yield server
     assert server.violations == []
     # Least privilege: every call the worker made was allowed by what Terraform binds, on the
@@ -94,12 +88,6 @@ def fake() -> Iterator[FakeGcp]:
     assert [c for c in server.calls if not c.allowed] == []
     assert {c.resource for c in server.calls} <= {DATASET, TOMBSTONES}
     server.close()
-    os.unlink(handle.name)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def catalog_doc(resource: str = DATASET, **permission: Any) -> dict[str, Any]:

@@ -7,15 +7,13 @@ against those bindings as Google would.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 import tfgcp
 from gcpfake import FakeGcp
+from gcpharness import WorkerCredentials
 
 RUN = secrets.token_hex(2)
 PROJECT = f"jitc-esc-{RUN}"
@@ -25,7 +23,7 @@ FUNCTIONS = ("intake", "worker", "sweep", "sync", "invoker")
 
 
 @pytest.fixture
-def worker() -> Iterator[tuple[FakeGcp, str]]:
+def worker(worker_credentials: WorkerCredentials) -> Iterator[tuple[FakeGcp, str]]:
     server = FakeGcp(PROJECT)
     emails = {}
     info = {}
@@ -48,20 +46,9 @@ def worker() -> Iterator[tuple[FakeGcp, str]]:
                 RESOURCE, binding.role, f"serviceAccount:{emails[binding.function]}",
                 binding.condition,
             )  # fmt: skip
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(info["worker"], handle)
-    keys = ("GOOGLE_APPLICATION_CREDENTIALS", "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = handle.name
-    os.environ["JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER"] = server.url + "/"
+    worker_credentials(info["worker"], {"JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER": server.url + "/"})
     yield server, emails["worker"]
     server.close()
-    os.unlink(handle.name)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def test_the_worker_cannot_grant_itself_a_role_the_catalog_does_not_name(

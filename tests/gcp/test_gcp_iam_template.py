@@ -5,15 +5,14 @@ binding, concurrent writers; and the catalog's refusal of roles that hand out ac
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from gcpfake import FakeGcp
+from gcpharness import WorkerCredentials
 
 from jitc.catalog import parse_catalog
 from jitc.engine import Engine
@@ -32,23 +31,20 @@ NEIGHBOUR = "user:neighbour@example.com"
 TOMBSTONES = f"{PROJECT}-jitc-tombstones"
 # What the Terraform module binds on its tombstone bucket (google_storage_bucket.tombstones).
 TOMBSTONE_ROLE = f"projects/{PROJECT}/roles/jitc_tombstones"
-ENV = (
-    "GOOGLE_APPLICATION_CREDENTIALS", "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER",
-    "JITC_STORAGE_ENDPOINT", "JITC_GCP_TOMBSTONE_BUCKET",
-)  # fmt: skip
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeGcp]:
+def fake(worker_credentials: WorkerCredentials) -> Iterator[FakeGcp]:
     server = FakeGcp(PROJECT)
     email, info = server.service_account("jitc-worker")
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(info, handle)
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = handle.name
-    os.environ["JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER"] = server.url + "/"
-    os.environ["JITC_STORAGE_ENDPOINT"] = server.url
-    os.environ["JITC_GCP_TOMBSTONE_BUCKET"] = TOMBSTONES
+    worker_credentials(
+        info,
+        {
+            "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER": server.url + "/",
+            "JITC_STORAGE_ENDPOINT": server.url,
+            "JITC_GCP_TOMBSTONE_BUCKET": TOMBSTONES,
+        },
+    )
     server.buckets.add(TOMBSTONES)
     server.custom_roles[TOMBSTONE_ROLE] = frozenset(
         {"storage.objects.create", "storage.objects.get"}
@@ -62,12 +58,6 @@ def fake() -> Iterator[FakeGcp]:
     yield server
     assert server.violations == []
     server.close()
-    os.unlink(handle.name)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def catalog_doc(**permission: Any) -> dict[str, Any]:

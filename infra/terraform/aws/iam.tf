@@ -51,6 +51,51 @@ locals {
   )
 }
 
+# Statements that several functions' policies share, each group one document their policies
+# take in with `source_policy_documents` (present only when its feature is deployed).
+
+# In a VPC, Lambda creates the function's network interfaces with its execution role: the
+# worker, the sweep, the sync and the rotation function run there.
+data "aws_iam_policy_document" "vpc_network_interfaces" {
+  count = var.vpc_config == null ? 0 : 1
+  statement {
+    sid     = "NetworkInterfacesInTheVpc"
+    actions = ["ec2:CreateNetworkInterface"]
+    resources = concat(
+      ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
+      [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
+      [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
+    )
+  }
+  statement {
+    sid       = "OwnNetworkInterfaces"
+    actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
+    resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
+  }
+  # EC2's Describe actions have no resource to scope to.
+  statement {
+    sid       = "DescribeNetworkInterfaces"
+    actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
+    resources = ["*"]
+  }
+}
+
+# The catalog's secrets under customer managed keys, decrypted through Secrets Manager only: the
+# worker, the sweep and the sync read those secrets.
+data "aws_iam_policy_document" "catalog_secret_keys" {
+  count = length(var.secret_kms_key_arns) > 0 ? 1 : 0
+  statement {
+    sid       = "DecryptCatalogSecrets"
+    actions   = ["kms:Decrypt"]
+    resources = var.secret_kms_key_arns
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["secretsmanager.${local.region}.amazonaws.com"]
+    }
+  }
+}
+
 data "aws_iam_policy_document" "intake" {
   statement {
     sid       = "Logs"
@@ -77,6 +122,10 @@ data "aws_iam_policy_document" "intake" {
 }
 
 data "aws_iam_policy_document" "worker" {
+  source_policy_documents = concat(
+    data.aws_iam_policy_document.vpc_network_interfaces[*].json,
+    data.aws_iam_policy_document.catalog_secret_keys[*].json,
+  )
   statement {
     sid       = "Logs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -120,7 +169,6 @@ data "aws_iam_policy_document" "worker" {
     resources = ["*"]
   }
 
-  # In a VPC, Lambda creates the function's network interfaces with its execution role.
   # Targets in other accounts: only through the roles the member-account module made there,
   # which trust these roles only with the catalog's external id.
   dynamic "statement" {
@@ -132,54 +180,11 @@ data "aws_iam_policy_document" "worker" {
     }
   }
   dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid     = "NetworkInterfacesInTheVpc"
-      actions = ["ec2:CreateNetworkInterface"]
-      resources = concat(
-        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
-        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
-        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
-      )
-    }
-  }
-  dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "OwnNetworkInterfaces"
-      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
-      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
-    }
-  }
-  dynamic "statement" {
-    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
-    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "DescribeNetworkInterfaces"
-      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
-      resources = ["*"]
-    }
-  }
-  dynamic "statement" {
     for_each = length(local.secret_arns) > 0 ? [1] : []
     content {
       sid       = "ReadCatalogSecrets"
       actions   = ["secretsmanager:GetSecretValue"]
       resources = local.secret_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = length(var.secret_kms_key_arns) > 0 ? [1] : []
-    content {
-      sid       = "DecryptCatalogSecrets"
-      actions   = ["kms:Decrypt"]
-      resources = var.secret_kms_key_arns
-      condition {
-        test     = "StringEquals"
-        variable = "kms:ViaService"
-        values   = ["secretsmanager.${local.region}.amazonaws.com"]
-      }
     }
   }
   dynamic "statement" {
@@ -310,6 +315,10 @@ data "aws_iam_policy_document" "worker" {
 # The sweep revokes (never grants): the worker's target rights less creation, plus cancelling
 # the schedules of what it revokes.
 data "aws_iam_policy_document" "sweep" {
+  source_policy_documents = concat(
+    data.aws_iam_policy_document.vpc_network_interfaces[*].json,
+    data.aws_iam_policy_document.catalog_secret_keys[*].json,
+  )
   statement {
     sid       = "Logs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -328,7 +337,6 @@ data "aws_iam_policy_document" "sweep" {
     resources = ["*"]
   }
 
-  # In a VPC, Lambda creates the function's network interfaces with its execution role.
   # Targets in other accounts: only through the roles the member-account module made there,
   # which trust these roles only with the catalog's external id.
   dynamic "statement" {
@@ -340,54 +348,11 @@ data "aws_iam_policy_document" "sweep" {
     }
   }
   dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid     = "NetworkInterfacesInTheVpc"
-      actions = ["ec2:CreateNetworkInterface"]
-      resources = concat(
-        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
-        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
-        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
-      )
-    }
-  }
-  dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "OwnNetworkInterfaces"
-      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
-      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
-    }
-  }
-  dynamic "statement" {
-    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
-    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "DescribeNetworkInterfaces"
-      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
-      resources = ["*"]
-    }
-  }
-  dynamic "statement" {
     for_each = length(local.secret_arns) > 0 ? [1] : []
     content {
       sid       = "ReadCatalogSecrets"
       actions   = ["secretsmanager:GetSecretValue"]
       resources = local.secret_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = length(var.secret_kms_key_arns) > 0 ? [1] : []
-    content {
-      sid       = "DecryptCatalogSecrets"
-      actions   = ["kms:Decrypt"]
-      resources = var.secret_kms_key_arns
-      condition {
-        test     = "StringEquals"
-        variable = "kms:ViaService"
-        values   = ["secretsmanager.${local.region}.amazonaws.com"]
-      }
     }
   }
   dynamic "statement" {

@@ -68,6 +68,8 @@ resource "aws_iam_role" "rotation" {
 # function is the secret's rotation function (Secrets Manager's AllowRotationLambdaArn key).
 data "aws_iam_policy_document" "rotation" {
   count = local.rotation_enabled ? 1 : 0
+  # In the targets' VPC, as the worker.
+  source_policy_documents = data.aws_iam_policy_document.vpc_network_interfaces[*].json
   statement {
     sid       = "Logs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -108,37 +110,6 @@ data "aws_iam_policy_document" "rotation" {
         variable = "kms:ViaService"
         values   = ["secretsmanager.${local.region}.amazonaws.com"]
       }
-    }
-  }
-  # In the targets' VPC, as the worker: Lambda makes the function's interfaces with this role.
-  dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid     = "NetworkInterfacesInTheVpc"
-      actions = ["ec2:CreateNetworkInterface"]
-      resources = concat(
-        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
-        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
-        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
-      )
-    }
-  }
-  dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "OwnNetworkInterfaces"
-      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
-      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
-    }
-  }
-  dynamic "statement" {
-    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
-    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "DescribeNetworkInterfaces"
-      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
-      resources = ["*"]
     }
   }
 }

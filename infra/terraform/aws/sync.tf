@@ -78,6 +78,10 @@ resource "aws_iam_role" "sync" {
 # them; it reads the catalog's secrets to connect and to sign; it keeps its state in one table.
 data "aws_iam_policy_document" "sync" {
   count = local.sync
+  source_policy_documents = concat(
+    data.aws_iam_policy_document.vpc_network_interfaces[*].json,
+    data.aws_iam_policy_document.catalog_secret_keys[*].json,
+  )
   statement {
     sid       = "Logs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -101,19 +105,6 @@ data "aws_iam_policy_document" "sync" {
       sid       = "ReadCatalogSecrets"
       actions   = ["secretsmanager:GetSecretValue"]
       resources = local.secret_arns
-    }
-  }
-  dynamic "statement" {
-    for_each = length(var.secret_kms_key_arns) > 0 ? [1] : []
-    content {
-      sid       = "DecryptCatalogSecrets"
-      actions   = ["kms:Decrypt"]
-      resources = var.secret_kms_key_arns
-      condition {
-        test     = "StringEquals"
-        variable = "kms:ViaService"
-        values   = ["secretsmanager.${local.region}.amazonaws.com"]
-      }
     }
   }
   dynamic "statement" {
@@ -185,38 +176,6 @@ data "aws_iam_policy_document" "sync" {
       sid       = "ListUsersAndGroups"
       actions   = ["identitystore:ListUsers", "identitystore:ListGroups"]
       resources = ["arn:${local.partition}:identitystore::${local.account}:identitystore/${local.idc.identity_store_id}"]
-    }
-  }
-
-  # In a VPC, Lambda creates the function's network interfaces with its execution role.
-  dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid     = "NetworkInterfacesInTheVpc"
-      actions = ["ec2:CreateNetworkInterface"]
-      resources = concat(
-        ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"],
-        [for id in var.vpc_config.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:subnet/${id}"],
-        [for id in var.vpc_config.security_group_ids : "arn:${local.partition}:ec2:${local.region}:${local.account}:security-group/${id}"],
-      )
-    }
-  }
-  dynamic "statement" {
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "OwnNetworkInterfaces"
-      actions   = ["ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
-      resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:network-interface/*"]
-    }
-  }
-  dynamic "statement" {
-    #checkov:skip=CKV_AWS_111:EC2 Describe actions have no resource to scope to.
-    #checkov:skip=CKV_AWS_356:EC2 Describe actions have no resource to scope to.
-    for_each = var.vpc_config == null ? [] : [1]
-    content {
-      sid       = "DescribeNetworkInterfaces"
-      actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
-      resources = ["*"]
     }
   }
 }
