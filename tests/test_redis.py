@@ -729,3 +729,17 @@ def test_a_stranger_holding_a_tombstone_name_is_never_overwritten(env: Env) -> N
         lambda names: {n: acl(env.root, "GETUSER", n) for n in names},
         env.can_login,
     )
+
+
+def test_a_round_trip_sends_the_bytes_redis_py_would_send() -> None:
+    from jitc.templates.redis_session import _pack
+
+    commands = [
+        ("ACL", "SETUSER", "jitc-gabc", "reset", "on", "#" + "a" * 64, "~k:*", "&jitc1:x:y"),
+        ("ACL", "GETUSER", "jitc-x-gabc"),
+        ("ACL", "SETUSER", "naïve-ü", "", "two words"),
+        ("CLIENT LIST",),
+        ("PING",),
+    ]
+    connection = redis.Connection(host="127.0.0.1", port=1)  # never connected
+    assert _pack(commands) == b"".join(connection.pack_commands(commands))
