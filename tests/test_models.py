@@ -212,3 +212,15 @@ def test_derived_grant_id_and_digest_are_kept_without_changing_the_request() -> 
     assert other.target_grant_id == derive_grant_id("db", "r-2")
     assert other.digest == request_digest(parse_request(_grant(request_id="r-2")))
     assert other.digest != request.digest
+
+
+def test_audit_event_ids_are_random_version_4_uuids_in_hex() -> None:
+    import uuid
+
+    from jitc.models import AuditEvent
+
+    ids = [AuditEvent(type="sweep", status="revoked").event_id for _ in range(200)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
