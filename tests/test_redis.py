@@ -743,3 +743,18 @@ def test_a_round_trip_sends_the_bytes_redis_py_would_send() -> None:
     ]
     connection = redis.Connection(host="127.0.0.1", port=1)  # never connected
     assert _pack(commands) == b"".join(connection.pack_commands(commands))
+
+
+def test_the_client_list_counts_each_user_connection_by_its_exact_name() -> None:
+    from jitc.templates.redis_session import _connections
+
+    listing = (
+        "id=1 addr=127.0.0.1:1 user=jitc-ga name= cmd=ping\n"
+        "id=2 addr=127.0.0.1:2 user=jitc-gab name= cmd=ping\n"
+        "id=3 addr=127.0.0.1:3 user=jitc-ga name=x cmd=get\n"
+        "id=4 addr=127.0.0.1:4 user=default name= cmd=client|list\n"
+    )
+    assert _connections(listing, {"jitc-ga", "jitc-gz"}) == {"jitc-ga": 2}
+    assert _connections(listing, {"jitc-g"}) == {}
+    assert _connections(listing, {"jitc-gab"}) == {"jitc-gab": 1}
+    assert _connections("", {"jitc-ga"}) == {}

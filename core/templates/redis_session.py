@@ -578,7 +578,12 @@ def _user(reply: Any) -> User:
 def _connections(listing: Any, names: set[str]) -> dict[str, int]:
     """Connections per user in a raw CLIENT LIST reply (`id=... user=<name> ...` per line)."""
     counts: dict[str, int] = {}
-    for line in str(listing).splitlines():
+    text = str(listing)
+    # A server's list can be long, and after a revoke it names none of the deleted users
+    # nearly always: a field `user=<name>` cannot be in a line the text does not hold.
+    if not any(f"user={name}" in text for name in names):
+        return counts
+    for line in text.splitlines():
         for field in line.split():
             if field.startswith("user=") and field[5:] in names:
                 counts[field[5:]] = counts.get(field[5:], 0) + 1
