@@ -758,3 +758,31 @@ def test_the_client_list_counts_each_user_connection_by_its_exact_name() -> None
     assert _connections(listing, {"jitc-g"}) == {}
     assert _connections(listing, {"jitc-gab"}) == {"jitc-gab": 1}
     assert _connections("", {"jitc-ga"}) == {}
+
+
+def test_a_revoke_that_sees_the_user_still_connected_looks_again_on_its_own_connection(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jitc.templates import redis_session
+
+    outcome = env.engine.execute(env.request(request_id="still-1"))
+    assert outcome.status == "granted", outcome
+    user = env.login(env.credentials(outcome.sealed_credentials))
+    real = redis_session._connections
+    looks: list[dict[str, int]] = []
+
+    def first_sees_one(listing: Any, names: set[str]) -> dict[str, int]:
+        # The revoke's own round trip reports the user still connected; the looks after it
+        # are the real ones, on the session's connection, which the server has closed by then.
+        counts = real(listing, names) if looks else {name: 1 for name in names}
+        looks.append(counts)
+        return counts
+
+    monkeypatch.setattr(redis_session, "_connections", first_sees_one)
+    revoked = env.engine.execute(
+        env.request("revoke", request_id="r-still-1", grant_id=outcome.grant_id)
+    )
+    assert revoked.status == "revoked" and revoked.verified, revoked
+    assert len(looks) >= 2 and looks[-1] == {}
+    with pytest.raises(redis.exceptions.ConnectionError):
+        user.ping()

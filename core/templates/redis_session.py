@@ -139,6 +139,10 @@ class RedisSession:
         # No PING: the connection opens with the first pipeline, which reports a failure to
         # connect or to log in like any other (one round trip fewer per batch).
         self.client: redis.Redis = admin_client(connection, self._credential)
+        # The client pool's connection this session sends its round trips on, taken (connected,
+        # logged in, checked) at the first of them and held, kept with the session, until the
+        # client is closed: not taken from the pool and given back at every round trip.
+        self._conn: Any = None
         self.pool_key: PoolKey | None = None
         self.refused = False
         # Set when a round trip failed (the connection's state is then unknown): not kept.
@@ -157,9 +161,10 @@ class RedisSession:
         if self._failed or self.refused:
             return False
         pool: Any = self.client.connection_pool
-        if getattr(pool, "_in_use_connections", None):
+        if set(getattr(pool, "_in_use_connections", ())) - {self._conn}:
             return False
-        for conn in list(getattr(pool, "_available_connections", ())):
+        held = [self._conn] if self._conn is not None else []
+        for conn in [*held, *getattr(pool, "_available_connections", ())]:
             sock = getattr(conn, "_sock", None)
             if sock is None:
                 continue  # not connected: it connects, and logs in, at its next command
@@ -216,7 +221,9 @@ class RedisSession:
         check = self._kept
         login = [("AUTH", *self._credential.get_credentials())] if check else []
         try:
-            replies = _pipelined(self.client.connection_pool, [*login, *commands])
+            if self._conn is None:
+                self._conn = self.client.connection_pool.get_connection()
+            replies = _pipelined(self._conn, [*login, *commands])
             if check and isinstance(replies.pop(0), Exception):
                 raise redis.AuthenticationError
         except redis.AuthenticationError:
@@ -486,11 +493,8 @@ class RedisSession:
         wanted = set(names)
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while True:
-            counts: dict[str, int] = {}
-            for client in self.client.client_list():
-                user = str(client.get("user", ""))
-                if user in wanted:
-                    counts[user] = counts.get(user, 0) + 1
+            # On the session's own connection: the client's would open another, and log in.
+            counts = _connections(self._run([("CLIENT", "LIST")])[0], wanted)
             if not counts or time.monotonic() >= deadline:
                 return counts
             time.sleep(0.02)
@@ -532,13 +536,12 @@ class RedisSession:
         return {"users": sorted(users), "databases": sorted(self.client.info("keyspace"))}
 
 
-def _pipelined(pool: Any, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+def _pipelined(conn: Any, commands: Sequence[tuple[str, ...]]) -> list[Any]:
     """The commands in one write, then each reply or the error it gave: what redis-py's
     `pipeline(transaction=False).execute(raise_on_error=False)` sends and reads for them (no
     command here has a response callback), without the pipeline object, its retry wrapper and
     its bookkeeping, ~20 us of Python per round trip. A connection that failed in any way is
-    disconnected before it goes back to the pool, as redis-py does: its state is unknown."""
-    conn = pool.get_connection()
+    disconnected, as redis-py does: its state is unknown (the next send connects again)."""
     try:
         conn.send_packed_command([_pack(commands)])
         replies: list[Any] = []
@@ -551,8 +554,6 @@ def _pipelined(pool: Any, commands: Sequence[tuple[str, ...]]) -> list[Any]:
     except BaseException:
         conn.disconnect()
         raise
-    finally:
-        pool.release(conn)
 
 
 def _pack(commands: Sequence[tuple[str, ...]]) -> bytes:
