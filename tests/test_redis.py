@@ -739,6 +739,8 @@ def test_a_round_trip_sends_the_bytes_redis_py_would_send() -> None:
         ("ACL", "GETUSER", "jitc-x-gabc"),
         ("ACL", "SETUSER", "naïve-ü", "", "two words"),
         ("CLIENT LIST",),
+        ("CLIENT\tLIST", "x"),
+        ("AUTH", "admin", "pässwörd"),
         ("PING",),
     ]
     connection = redis.Connection(host="127.0.0.1", port=1)  # never connected

@@ -558,14 +558,21 @@ def _pipelined(conn: Any, commands: Sequence[tuple[str, ...]]) -> list[Any]:
 
 def _pack(commands: Sequence[tuple[str, ...]]) -> bytes:
     """The bytes redis-py's `pack_commands` sends for these commands (a first word holding
-    spaces is split, as it splits it), in half its time: every argument here is text."""
-    out = bytearray()
+    whitespace is split, as it splits it), in about half its time: every argument here is text,
+    composed as text and encoded once."""
+    parts: list[str] = []
     for command in commands:
-        args = [*command[0].encode().split(), *(arg.encode() for arg in command[1:])]
-        out += b"*%d\r\n" % len(args)
+        head = command[0]
+        args: Sequence[str] = (
+            command
+            if head.isalpha()
+            else [*(word.decode() for word in head.encode().split()), *command[1:]]
+        )
+        parts.append(f"*{len(args)}\r\n")
         for arg in args:
-            out += b"$%d\r\n%b\r\n" % (len(arg), arg)
-    return bytes(out)
+            size = len(arg) if arg.isascii() else len(arg.encode())
+            parts.append(f"${size}\r\n{arg}\r\n")
+    return "".join(parts).encode()
 
 
 def _user(reply: Any) -> User:
