@@ -528,12 +528,22 @@ class RedisSession:
         """ACL users and the logical databases that hold keys; never a key's name or value."""
         for name in sorted(_name(u) for u in self._run([("ACL", "USERS")])[0]):
             yield InventoryRecord("user", name)
-        for db in sorted(str(d) for d in self.client.info("keyspace")):
+        for db in self._databases():
             yield InventoryRecord("database", db)
 
     def inventory(self) -> dict[str, list[str]]:
         users = [str(u) for u in self._run([("ACL", "USERS")])[0]]
-        return {"users": sorted(users), "databases": sorted(self.client.info("keyspace"))}
+        return {"users": sorted(users), "databases": self._databases()}
+
+    def _databases(self) -> list[str]:
+        """The logical databases that hold keys, from INFO keyspace (`db0:keys=1,...` per line),
+        on the session's own connection: the client's would open another, and log in."""
+        text = str(self._run([("INFO", "keyspace")])[0])
+        return sorted(
+            line.partition(":")[0]
+            for line in text.splitlines()
+            if line.startswith("db") and ":" in line
+        )
 
 
 def _pipelined(conn: Any, commands: Sequence[tuple[str, ...]]) -> list[Any]:
