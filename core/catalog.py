@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jitc.errors import CatalogError, Refused
-from jitc.models import NAME_PATTERN, AccessRequest, Duration, parse_duration, request_digest
+from jitc.models import NAME_PATTERN, AccessRequest, Duration, parse_duration
 from jitc.secrets import SecretRef
 from jitc.templates import get_template
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings, Template
@@ -172,7 +172,7 @@ class Catalog:
             resources=tuple(request.resources),
             identity=request.identity,
             expires_at=expires_at,
-            request_digest=request_digest(request),
+            request_digest=request.digest,
         )
         integration.template.check(integration.connection, permission, spec)
         return spec

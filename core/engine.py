@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -159,6 +158,14 @@ class _Batch:
                 text = text.replace(secret.reveal(), "********")
         return text
 
+    # A context manager of its own (not contextlib's generator): one per message on the
+    # worker's path.
+    def __enter__(self) -> _Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for name in list(self._sessions):
             session = self._sessions.pop(name)
@@ -263,7 +270,7 @@ class Engine:
         transaction, one savepoint each). Only grants no earlier revoke in the batch names go
         ahead, so the order of a grant and a revoke of one grant is kept. What fails here is
         simply run again, alone, in order; each outcome is still reported in order."""
-        if sum(work.request.action == "grant" for work in items) < 2:
+        if len(items) < 2 or sum(work.request.action == "grant" for work in items) < 2:
             return  # nothing to group: each grant runs alone anyway, checked once there
         revoked: set[str] = set()
         groups: dict[str, list[GrantSpec]] = {}
@@ -491,13 +498,9 @@ class Engine:
 
     # -- internals -------------------------------------------------------------------------
 
-    @contextmanager
-    def _batch(self) -> Iterator[_Batch]:
-        batch = _Batch(self.secrets, self.catalog.connector.label_key_ref)
-        try:
-            yield batch
-        finally:
-            batch.close()
+    def _batch(self) -> _Batch:
+        """A batch to use in a `with` block: closed at its end, whatever happened."""
+        return _Batch(self.secrets, self.catalog.connector.label_key_ref)
 
     def _run(self, batch: _Batch, work: Work, plain: bool) -> Outcome:
         request = work.request

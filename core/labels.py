@@ -78,9 +78,13 @@ class LabelKey:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+# json.dumps with these options builds a new encoder at every call: one, made once.
+_LABEL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def sign_label(key: LabelKey, kind: str, principal: str, label: dict[str, Any]) -> str:
     """`jitc:<mac>.<json>`, the MAC binding the content to the target kind and principal."""
-    body = json.dumps({**label, "v": VERSION}, sort_keys=True, separators=(",", ":"))
+    body = _LABEL_JSON.encode({**label, "v": VERSION})
     return f"{PREFIX}{key.mac(kind, principal, body)}.{body}"
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
+import os
 import re
-import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -91,6 +93,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# A request's duration parsed once per text: every grant asks for its expiry.
+_duration_of = functools.lru_cache(maxsize=256)(parse_duration)
+
+
+def _event_id() -> str:
+    """What `uuid.uuid4().hex` gives (random, version 4, RFC 4122 variant) without building a
+    UUID object: two for every request."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -160,9 +175,25 @@ class AccessRequest(_Strict):
             raise ValueError("a revoke takes no duration or expires_at")
         return self
 
-    @property
+    # Derived once per request and kept in the instance's __dict__ (the model is frozen, so
+    # they cannot go stale): the engine asks for the grant id many times per request, and a
+    # sha256 with its base32 is ~5 us each time. Neither is a field: they are in no dump,
+    # comparison or hash of the model (tests/test_models.py).
+    @functools.cached_property
     def target_grant_id(self) -> str:
         return self.grant_id or derive_grant_id(self.integration, self.request_id)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """`request_digest` of this request."""
+        return request_digest(self)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        # A copy with other field values must derive its own grant id and digest.
+        copied = super().model_copy(update=update, deep=deep)
+        for name in _DERIVED:
+            copied.__dict__.pop(name, None)
+        return copied
 
     def expiry(self, issued_at: datetime) -> datetime:
         """Absolute expiry: a duration counts from when the control plane signed the request,
@@ -173,9 +204,11 @@ class AccessRequest(_Strict):
             exact = self.expires_at.astimezone(UTC)
         else:
             assert self.duration is not None
-            exact = issued_at.astimezone(UTC) + parse_duration(self.duration)
+            exact = issued_at.astimezone(UTC) + _duration_of(self.duration)
         return exact.replace(microsecond=0)
 
+
+_DERIVED = ("target_grant_id", "digest")
 
 Status = Literal["planned", "granted", "revoked", "refused", "failed"]
 
@@ -233,7 +266,7 @@ class AuditEvent(_Strict):
 
     model_config = ConfigDict(defer_build=True)
 
-    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    event_id: str = Field(default_factory=_event_id)
     time: AwareDatetime = Field(default_factory=utcnow)
     type: Literal["grant", "revoke", "refusal", "failure", "sweep"]
     status: Status

@@ -3,6 +3,7 @@ outcome, and a buffer that holds another sink's events until the message's work 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from jitc.models import AuditEvent, Outcome
@@ -25,7 +26,14 @@ class LogSink:
     def __init__(self, logger: Any) -> None:
         self._logger = logger
 
+    def _on(self) -> bool:
+        """False only when the logger says it drops INFO: then no record is built for it."""
+        enabled = getattr(self._logger, "isEnabledFor", None)
+        return enabled is None or bool(enabled(logging.INFO))
+
     def audit(self, event: AuditEvent) -> None:
+        if not self._on():
+            return
         self._logger.info(
             "audit",
             extra={
@@ -36,6 +44,8 @@ class LogSink:
         )
 
     def outcome(self, outcome: Outcome) -> None:
+        if not self._on():
+            return
         self._logger.info(
             "outcome",
             extra={

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from jitc.catalog import parse_catalog
 from jitc.errors import Refused
 from jitc.messages import parse_request
-from jitc.models import SCHEMA_MODELS, derive_grant_id, parse_duration
+from jitc.models import SCHEMA_MODELS, derive_grant_id, parse_duration, request_digest
 from jitc.openapi import openapi_document
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -189,3 +191,36 @@ def test_revoke_shapes() -> None:
 def test_grant_ids_differ_per_integration_and_request() -> None:
     ids = {derive_grant_id(i, r) for i in ("a", "b") for r in ("1", "2")}
     assert len(ids) == 4
+
+
+def test_derived_grant_id_and_digest_are_kept_without_changing_the_request() -> None:
+    request = parse_request(_grant())
+    twin = parse_request(_grant())
+    dumped, text = request.model_dump(), request.model_dump_json()
+    assert request.target_grant_id == derive_grant_id("db", "r-1")
+    assert request.digest == request_digest(twin)
+    # Held by the instance now, yet in no dump, comparison or digest of it.
+    assert {"target_grant_id", "digest"} <= set(vars(request))
+    assert request.model_dump() == dumped and request.model_dump_json() == text
+    assert request_digest(request) == request_digest(twin) == request.digest
+    assert request == twin and twin == request
+    for clone in (pickle.loads(pickle.dumps(request)), copy.copy(request), copy.deepcopy(request)):
+        assert clone == request and clone.model_dump_json() == text
+        assert clone.target_grant_id == request.target_grant_id
+    # A copy with another request id derives its own grant id and digest.
+    other = request.model_copy(update={"request_id": "r-2"})
+    assert other.target_grant_id == derive_grant_id("db", "r-2")
+    assert other.digest == request_digest(parse_request(_grant(request_id="r-2")))
+    assert other.digest != request.digest
+
+
+def test_audit_event_ids_are_random_version_4_uuids_in_hex() -> None:
+    import uuid
+
+    from jitc.models import AuditEvent
+
+    ids = [AuditEvent(type="sweep", status="revoked").event_id for _ in range(200)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(hex=text)
+        assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -729,3 +729,62 @@ def test_a_stranger_holding_a_tombstone_name_is_never_overwritten(env: Env) -> N
         lambda names: {n: acl(env.root, "GETUSER", n) for n in names},
         env.can_login,
     )
+
+
+def test_a_round_trip_sends_the_bytes_redis_py_would_send() -> None:
+    from jitc.templates.redis_session import _pack
+
+    commands = [
+        ("ACL", "SETUSER", "jitc-gabc", "reset", "on", "#" + "a" * 64, "~k:*", "&jitc1:x:y"),
+        ("ACL", "GETUSER", "jitc-x-gabc"),
+        ("ACL", "SETUSER", "naïve-ü", "", "two words"),
+        ("CLIENT LIST",),
+        ("CLIENT\tLIST", "x"),
+        ("AUTH", "admin", "pässwörd"),
+        ("PING",),
+    ]
+    connection = redis.Connection(host="127.0.0.1", port=1)  # never connected
+    assert _pack(commands) == b"".join(connection.pack_commands(commands))
+
+
+def test_the_client_list_counts_each_user_connection_by_its_exact_name() -> None:
+    from jitc.templates.redis_session import _connections
+
+    listing = (
+        "id=1 addr=127.0.0.1:1 user=jitc-ga name= cmd=ping\n"
+        "id=2 addr=127.0.0.1:2 user=jitc-gab name= cmd=ping\n"
+        "id=3 addr=127.0.0.1:3 user=jitc-ga name=x cmd=get\n"
+        "id=4 addr=127.0.0.1:4 user=default name= cmd=client|list\n"
+    )
+    assert _connections(listing, {"jitc-ga", "jitc-gz"}) == {"jitc-ga": 2}
+    assert _connections(listing, {"jitc-g"}) == {}
+    assert _connections(listing, {"jitc-gab"}) == {"jitc-gab": 1}
+    assert _connections("", {"jitc-ga"}) == {}
+
+
+def test_a_revoke_that_sees_the_user_still_connected_looks_again_on_its_own_connection(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jitc.templates import redis_session
+
+    outcome = env.engine.execute(env.request(request_id="still-1"))
+    assert outcome.status == "granted", outcome
+    user = env.login(env.credentials(outcome.sealed_credentials))
+    real = redis_session._connections
+    looks: list[dict[str, int]] = []
+
+    def first_sees_one(listing: Any, names: set[str]) -> dict[str, int]:
+        # The revoke's own round trip reports the user still connected; the looks after it
+        # are the real ones, on the session's connection, which the server has closed by then.
+        counts = real(listing, names) if looks else {name: 1 for name in names}
+        looks.append(counts)
+        return counts
+
+    monkeypatch.setattr(redis_session, "_connections", first_sees_one)
+    revoked = env.engine.execute(
+        env.request("revoke", request_id="r-still-1", grant_id=outcome.grant_id)
+    )
+    assert revoked.status == "revoked" and revoked.verified, revoked
+    assert len(looks) >= 2 and looks[-1] == {}
+    with pytest.raises(redis.exceptions.ConnectionError):
+        user.ping()
