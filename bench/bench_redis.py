@@ -87,11 +87,14 @@ def floor_rules(request_id: str) -> tuple[str, list[str]]:
 
 
 def pipelined(client: redis.Redis, *commands: tuple[str, ...]) -> list[Any]:
-    pipe: Any = client.pipeline(transaction=False)
-    for command in commands:
-        pipe.execute_command(*command)
-    replies: list[Any] = pipe.execute()
-    return replies
+    """One round trip the way the template sends one: redis-py's connection API on one
+    connection the client holds (its packer, then each reply), no pipeline object."""
+    conn: Any = getattr(client, "_floor_connection", None)
+    if conn is None:
+        conn = client.connection_pool.get_connection()
+        setattr(client, "_floor_connection", conn)  # noqa: B010 - a bench-only attribute
+    conn.send_packed_command(conn.pack_commands(commands))
+    return [conn.read_response() for _ in commands]
 
 
 def writes(request_id: str) -> Callable[[str], None]:

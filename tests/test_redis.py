@@ -731,22 +731,6 @@ def test_a_stranger_holding_a_tombstone_name_is_never_overwritten(env: Env) -> N
     )
 
 
-def test_a_round_trip_sends_the_bytes_redis_py_would_send() -> None:
-    from jitc.templates.redis_session import _pack
-
-    commands = [
-        ("ACL", "SETUSER", "jitc-gabc", "reset", "on", "#" + "a" * 64, "~k:*", "&jitc1:x:y"),
-        ("ACL", "GETUSER", "jitc-x-gabc"),
-        ("ACL", "SETUSER", "naïve-ü", "", "two words"),
-        ("CLIENT LIST",),
-        ("CLIENT\tLIST", "x"),
-        ("AUTH", "admin", "pässwörd"),
-        ("PING",),
-    ]
-    connection = redis.Connection(host="127.0.0.1", port=1)  # never connected
-    assert _pack(commands) == b"".join(connection.pack_commands(commands))
-
-
 def test_the_client_list_counts_each_user_connection_by_its_exact_name() -> None:
     from jitc.templates.redis_session import _connections
 
