@@ -4,7 +4,6 @@ expiry, report. Every operation is idempotent by grant id, because queues redeli
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from jitc.catalog import Catalog, Integration
 from jitc.errors import AuthenticationFailed, JitcError, Refused, SecretError
 from jitc.labels import LabelKey
 from jitc.messages import Work
-from jitc.models import AccessRequest, AuditEvent, Grant, Outcome, parse_duration, utcnow
+from jitc.models import AccessRequest, AuditEvent, Grant, Outcome, parsed_duration, utcnow
 from jitc.ports import EventSink, ExpiryScheduler
 from jitc.sealing import seal
 from jitc.secrets import Secret, SecretRef, SecretStore, reread
@@ -38,7 +37,6 @@ log = logging.getLogger("jitc.engine")
 # is gone has expired by then and is refused on its own.
 TOMBSTONE_MARGIN = timedelta(minutes=10)
 # The catalog's durations, parsed once each: every revoke asks for the allowed clock skew.
-_duration = functools.lru_cache(maxsize=64)(parse_duration)
 
 
 class _Batch:
@@ -586,7 +584,7 @@ class Engine:
         return spec.expires_at
 
     def _tombstone_until(self, integration: Integration) -> datetime:
-        skew = _duration(self.catalog.control_plane.max_skew)
+        skew = parsed_duration(self.catalog.control_plane.max_skew)
         return self.clock() + integration.max_duration + TOMBSTONE_MARGIN + skew
 
     def _revoke_many(

@@ -93,8 +93,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# A request's duration parsed once per text: every grant asks for its expiry.
-_duration_of = functools.lru_cache(maxsize=256)(parse_duration)
+# A duration parsed once per text: every grant asks for its expiry, every batch for the skew.
+parsed_duration = functools.lru_cache(maxsize=256)(parse_duration)
 
 
 def _event_id() -> str:
@@ -204,7 +204,7 @@ class AccessRequest(_Strict):
             exact = self.expires_at.astimezone(UTC)
         else:
             assert self.duration is not None
-            exact = issued_at.astimezone(UTC) + _duration_of(self.duration)
+            exact = issued_at.astimezone(UTC) + parsed_duration(self.duration)
         return exact.replace(microsecond=0)
 
 

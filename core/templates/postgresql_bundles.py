@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import logging
 import secrets
 import threading
@@ -133,11 +132,10 @@ class BundleState:
         return bool(self.owns_in or self.settings_in or self.password or self.login)
 
 
-@functools.lru_cache(maxsize=256)
 def lock_key(key: LabelKey, bundle: str) -> int:
     """The bundle's advisory lock key: from the connector's secret, so no other user can tell
-    which lock to take beforehand (it can still see one taken, in pg_locks). A pure function
-    of the key and the bundle, asked on every grant: kept for the bundles in use."""
+    which lock to take beforehand (it can still see one taken, in pg_locks). Not memoised
+    across batches: a memo keyed by the label key would hold the key between them."""
     digest = key.keyed_hash("bundle lock", bundle)
     raw = base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4))[:8]
     return int.from_bytes(raw, "big", signed=True)
