@@ -153,3 +153,15 @@ def test_a_broken_kept_connection_never_fails_the_revoke(
     revoke = env.engine.execute(env.request("revoke", request_id="pool-1"))
     assert revoke.status == "revoked" and revoke.verified, revoke
     assert _gone(root, grant.principal)
+
+
+def test_a_kept_rabbitmq_session_holds_no_label_key(
+    make_env: Callable[..., Env], root: httpx.Client
+) -> None:
+    env = make_env()
+    session = _open(env)
+    session.active_grants()
+    session.close()
+    assert len(rabbitmq_session.POOL) == 1  # kept, between batches
+    held = [v for v in vars(session).values() if isinstance(v, LabelKey)]
+    assert all(LABEL_KEY.encode() not in key.secret for key in held), "label key kept"

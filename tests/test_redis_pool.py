@@ -191,3 +191,53 @@ def test_a_kept_connection_never_proves_a_credential_the_server_no_longer_takes(
         assert len(redis_session.POOL) == 0  # refused: nothing under that secret is kept
     finally:
         root.execute_command("ACL", "SETUSER", ADMIN, "resetpass", f">{ADMIN_PASSWORD}")
+
+
+def test_a_kept_redis_connection_never_grants_after_the_admin_user_is_disabled(
+    make_env: Callable[..., Env], root: redis.Redis
+) -> None:
+    env = make_env()
+    first = env.engine.execute(env.request(request_id="adv-off-1"))
+    assert first.status == "granted", first
+    # The operator takes the connector's admin rights away: no new login as it is possible.
+    root.execute_command("ACL", "SETUSER", ADMIN, "off")
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(
+                host=root.connection_pool.connection_kwargs["host"],
+                port=root.connection_pool.connection_kwargs["port"],
+                username=ADMIN,
+                password=ADMIN_PASSWORD,
+            ).ping()
+        second = env.engine.execute(env.request(request_id="adv-off-2"))
+        # A disabled admin must not make grants: a fresh connection per batch would be refused.
+        assert second.status != "granted", second
+        assert root.acl_getuser(str(second.principal)) is None
+    finally:
+        root.execute_command("ACL", "SETUSER", ADMIN, "on")
+
+
+def test_a_kept_redis_session_holds_no_label_key(
+    make_env: Callable[..., Env], root: redis.Redis
+) -> None:
+    env = make_env()
+    session = _open(env)
+    session.active_grants()
+    session.close()
+    assert len(redis_session.POOL) == 1  # kept, between batches
+    held = [v for v in vars(session).values() if isinstance(v, LabelKey)]
+    assert all(LABEL_KEY.encode() not in key.secret for key in held), "label key kept"
+
+
+def test_a_kept_redis_connection_is_closed_once_its_idle_limit_passes(
+    make_env: Callable[..., Env], root: redis.Redis
+) -> None:
+    env = make_env()
+    session = _open(env, keep_connection_seconds=0.3)
+    session.active_grants()
+    session.close()
+    assert len(redis_session.POOL) == 1
+    time.sleep(1.0)
+    # No batch since: the admin connection, past its limit, should be gone from the server.
+    admins = [c for c in root.client_list() if c.get("user") == ADMIN]
+    assert admins == [], admins

@@ -18,6 +18,7 @@ import hmac
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -49,6 +50,18 @@ class Keepable(Protocol):
 
 
 S = TypeVar("S", bound=Keepable)
+
+
+class BatchLabelKey:
+    """The label key of the batch that holds a session: none while the session is kept."""
+
+    _key: LabelKey | None
+
+    @property
+    def key(self) -> LabelKey:
+        if self._key is None:
+            raise RuntimeError("a kept session holds no label key until a batch takes it")
+        return self._key
 
 
 def pool_key(
@@ -95,6 +108,26 @@ class SessionPool(Generic[S]):
         self._lock = threading.Lock()
         # At most one pending: it closes what has idled out, then waits for the next to.
         self._timer: threading.Timer | None = None
+
+    def session(
+        self,
+        integration: str,
+        connection: BaseModel,
+        secret: Secret | None,
+        key: LabelKey,
+        keep: float,
+        make: Callable[[], S],
+    ) -> tuple[S, bool]:
+        """A session kept from an earlier batch of the same integration, settings, secret and
+        label key, or a new one from `make`; and whether it was kept."""
+        wanted = pool_key(integration, connection, secret, key) if keep > 0 else None
+        if wanted is not None:
+            kept = self.take(wanted, keep, secret, key)
+            if kept is not None:
+                return kept, True
+        session = make()
+        session.pool_key = wanted
+        return session, False
 
     def take(
         self, wanted: PoolKey, keep: float, secret: Secret | None, key: LabelKey

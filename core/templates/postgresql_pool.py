@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
-from jitc.templates.kept import SessionPool, pool_key
+from jitc.templates.kept import SessionPool
 from jitc.templates.postgresql import Connection
 
 if TYPE_CHECKING:
@@ -26,14 +26,14 @@ def take(
     key, or a new one."""
     from jitc.templates.postgresql_session import PostgreSQLSession
 
-    keep = connection.keep_connection_seconds
-    wanted = pool_key(integration, connection, secret, key) if keep > 0 else None
-    if wanted is not None:
-        kept = POOL.take(wanted, keep, secret, key)
-        if kept is not None:
-            return kept
-    session = PostgreSQLSession(integration, connection, secret, key)
-    session.pool_key = wanted
+    session, _ = POOL.session(
+        integration,
+        connection,
+        secret,
+        key,
+        connection.keep_connection_seconds,
+        lambda: PostgreSQLSession(integration, connection, secret, key),
+    )
     return session
 
 

@@ -38,7 +38,7 @@ from jitc.templates.base import (
     RevokeResult,
     grant_from_label,
 )
-from jitc.templates.kept import PoolKey
+from jitc.templates.kept import BatchLabelKey, PoolKey
 from jitc.templates.postgresql import (
     DENIED_GROUPS,
     MASK,
@@ -455,7 +455,7 @@ def refused_credential(exc: psycopg.Error) -> bool:
     return "password authentication failed" in text or "authentication failed for user" in text
 
 
-class PostgreSQLSession:
+class PostgreSQLSession(BatchLabelKey):
     """One admin connection, used for a batch. Each step is its own transaction."""
 
     def __init__(
@@ -491,12 +491,6 @@ class PostgreSQLSession:
         give_back(self)
 
     # -- kept across batches (jitc.templates.kept) -----------------------------------------
-
-    @property
-    def key(self) -> LabelKey:
-        if self._key is None:
-            raise RuntimeError("a kept session holds no label key until a batch takes it")
-        return self._key
 
     def reusable(self) -> bool:
         """Without a round trip: an idle connection the server has ended (terminated backend,

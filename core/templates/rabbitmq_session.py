@@ -28,7 +28,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
-from jitc.templates.kept import PoolKey, SessionPool, pool_key
+from jitc.templates.kept import BatchLabelKey, PoolKey, SessionPool
 from jitc.templates.rabbitmq import (
     Connection,
     Permission,
@@ -62,27 +62,24 @@ def take(
 ) -> RabbitMQSession:
     """A session kept from an earlier batch of the same integration, settings, secret and label
     key (`jitc.templates.kept`), or a new one. Either proves the admin first (`/api/whoami`)."""
-    keep = connection.keep_connection_seconds
-    wanted = (
-        pool_key(integration, connection, secret, label_key)
-        if keep > 0 and label_key is not None
-        else None
+    session, kept = POOL.session(
+        integration,
+        connection,
+        secret,
+        labels.required(label_key),
+        connection.keep_connection_seconds,
+        lambda: RabbitMQSession(integration, connection, secret, label_key),
     )
-    if wanted is not None:
-        kept = POOL.take(wanted, keep, secret, labels.required(label_key))
-        if kept is not None:
-            try:
-                kept.check_admin()
-            except TargetError:
-                kept.close()  # refused or failed: not kept again
-                raise
-            return kept
-    session = RabbitMQSession(integration, connection, secret, label_key)
-    session.pool_key = wanted
+    if kept:
+        try:
+            session.check_admin()
+        except TargetError:
+            session.close()  # refused or failed: not kept again
+            raise
     return session
 
 
-class RabbitMQSession:
+class RabbitMQSession(BatchLabelKey):
     """One HTTP client (kept alive, and kept across batches: `take`) for a batch."""
 
     def __init__(
@@ -129,12 +126,6 @@ class RabbitMQSession:
         # httpx itself drops a kept-alive connection the broker closed before reusing it, and
         # `_call` sends an idempotent call once more when the broker closes one mid-request.
         return not (self._failed or self.refused or self.client.is_closed)
-
-    @property
-    def key(self) -> LabelKey:
-        if self._key is None:
-            raise RuntimeError("a kept session holds no label key until a batch takes it")
-        return self._key
 
     def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
         self._key = key

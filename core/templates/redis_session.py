@@ -27,7 +27,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
-from jitc.templates.kept import PoolKey, SessionPool, pool_key
+from jitc.templates.kept import BatchLabelKey, PoolKey, SessionPool
 from jitc.templates.redis import (
     Connection,
     Permission,
@@ -98,22 +98,18 @@ def take(
 ) -> RedisSession:
     """A session kept from an earlier batch of the same integration, settings, secret and label
     key (`jitc.templates.kept`), or a new one."""
-    keep = connection.keep_connection_seconds
-    wanted = (
-        pool_key(integration, connection, secret, label_key)
-        if keep > 0 and label_key is not None
-        else None
+    session, _ = POOL.session(
+        integration,
+        connection,
+        secret,
+        labels.required(label_key),
+        connection.keep_connection_seconds,
+        lambda: RedisSession(integration, connection, secret, label_key),
     )
-    if wanted is not None:
-        kept = POOL.take(wanted, keep, secret, labels.required(label_key))
-        if kept is not None:
-            return kept
-    session = RedisSession(integration, connection, secret, label_key)
-    session.pool_key = wanted
     return session
 
 
-class RedisSession:
+class RedisSession(BatchLabelKey):
     """One admin connection for a batch. A grant or a revoke is two pipelined round trips: read
     the users it concerns, then change them and look for what a concurrent delivery may have
     written. Every decision reads the server, never a cache. (`ACL GETUSER` of an existing user
@@ -177,12 +173,6 @@ class RedisSession:
             if readable:
                 return False
         return True
-
-    @property
-    def key(self) -> LabelKey:
-        if self._key is None:
-            raise RuntimeError("a kept session holds no label key until a batch takes it")
-        return self._key
 
     def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
         self._key = key
