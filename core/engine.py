@@ -142,9 +142,10 @@ class _Batch:
         """Forget a connection that failed, so the next message reconnects."""
         session = self._sessions.pop(integration.name, None)
         if session is not None:
-            # Closed for good, never kept for a later batch: its state is not known.
-            if hasattr(session, "pool_key"):
-                session.pool_key = None
+            # Closed for good, never kept for a later batch: its state is not known. (Its pool
+            # key stays: a refused credential still clears every session kept under it.)
+            if hasattr(session, "broken"):
+                session.broken = True
             try:
                 session.close()
             except Exception:

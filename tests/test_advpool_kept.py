@@ -57,12 +57,6 @@ def _set_password(params: dict[str, Any], current: str, new: str) -> None:
         conn.execute(sql.SQL("ALTER ROLE admin PASSWORD {}").format(sql.Literal(new)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: a refusal seen mid-operation never closes the other sessions kept under the "
-    "refused credential: _Batch.discard clears pool_key before give_back, so the purge is "
-    "skipped and the engine's 'log in afresh' rerun is handed a kept connection instead",
-)
 def test_a_refused_credential_is_not_rerun_on_another_kept_connection(
     scram_pg: dict[str, Any],
 ) -> None:

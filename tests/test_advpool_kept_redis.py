@@ -33,11 +33,6 @@ def _open(env: Env, **extra: Any) -> Any:
     return template.open(INTEGRATION, connection, Secret(ADMIN_PASSWORD), KEY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ADV: SessionPool._arm never re-arms a pending timer, so a session kept with a "
-    "shorter idle limit than one kept before it stays open and logged in until the longer one's",
-)
 def test_a_short_idle_limit_is_kept_when_a_longer_one_armed_the_timer_first(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:

@@ -17,6 +17,7 @@ class FakeSession:
         self.name = name
         self.pool_key: PoolKey | None = None
         self.refused = False
+        self.broken = False
         self.closed = False
 
     def reusable(self) -> bool:

@@ -32,6 +32,7 @@ _DIGEST_KEY = os.urandom(32)
 
 class Keepable(Protocol):
     pool_key: PoolKey | None
+    broken: bool
     # Set when the server refused this session's credential: every session kept under the same
     # key goes, since one logged in earlier proves nothing about the credential now.
     refused: bool
@@ -52,10 +53,13 @@ class Keepable(Protocol):
 S = TypeVar("S", bound=Keepable)
 
 
-class BatchLabelKey:
-    """The label key of the batch that holds a session: none while the session is kept."""
+class KeptSession:
+    """What every kept session holds beside its connection: the label key of the batch that
+    holds it (none while kept), and whether the engine gave it up after a failure (then it is
+    closed at its give-back, never kept: its state is not known)."""
 
     _key: LabelKey | None
+    broken: bool = False
 
     @property
     def key(self) -> LabelKey:
@@ -108,6 +112,7 @@ class SessionPool(Generic[S]):
         self._lock = threading.Lock()
         # At most one pending: it closes what has idled out, then waits for the next to.
         self._timer: threading.Timer | None = None
+        self._due = 0.0
 
     def session(
         self,
@@ -151,7 +156,13 @@ class SessionPool(Generic[S]):
         """Keep the session for a later batch of its key if it is reusable; close it otherwise.
         A session with no key (keeping is off, or it is not to be kept) is closed."""
         wanted, session.pool_key = session.pool_key, None
-        reusable = wanted is not None and keep > 0 and not session.refused and session.reusable()
+        reusable = (
+            wanted is not None
+            and keep > 0
+            and not session.refused
+            and not session.broken
+            and session.reusable()
+        )
         session.drop_secret()
         stale: list[S] = []
         kept_it = False
@@ -174,9 +185,14 @@ class SessionPool(Generic[S]):
         """Under the lock: have a timer close the next session to idle out. A process that gets
         no further batch (a quiet `jitc serve`) would otherwise keep its admin connections open
         and logged in long past their limit."""
-        if self._timer is not None or not self._kept:
+        if not self._kept:
             return
         due = min(since + keep for kept in self._kept.values() for since, keep, _ in kept)
+        if self._timer is not None:
+            if self._due <= due:
+                return
+            self._timer.cancel()  # a session with a shorter limit than the pending timer's
+        self._due = due
         self._timer = threading.Timer(max(0.0, due - time.monotonic()) + 0.01, self._expire)
         self._timer.daemon = True
         self._timer.start()

@@ -38,7 +38,7 @@ from jitc.templates.base import (
     RevokeResult,
     grant_from_label,
 )
-from jitc.templates.kept import BatchLabelKey, PoolKey
+from jitc.templates.kept import KeptSession, PoolKey
 from jitc.templates.postgresql import (
     DENIED_GROUPS,
     MASK,
@@ -455,7 +455,7 @@ def refused_credential(exc: psycopg.Error) -> bool:
     return "password authentication failed" in text or "authentication failed for user" in text
 
 
-class PostgreSQLSession(BatchLabelKey):
+class PostgreSQLSession(KeptSession):
     """One admin connection, used for a batch. Each step is its own transaction."""
 
     def __init__(

@@ -28,7 +28,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
-from jitc.templates.kept import BatchLabelKey, PoolKey, SessionPool
+from jitc.templates.kept import KeptSession, PoolKey, SessionPool
 from jitc.templates.rabbitmq import (
     Connection,
     Permission,
@@ -79,7 +79,7 @@ def take(
     return session
 
 
-class RabbitMQSession(BatchLabelKey):
+class RabbitMQSession(KeptSession):
     """One HTTP client (kept alive, and kept across batches: `take`) for a batch."""
 
     def __init__(

@@ -27,7 +27,7 @@ from jitc.models import Grant, utcnow
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
-from jitc.templates.kept import BatchLabelKey, PoolKey, SessionPool
+from jitc.templates.kept import KeptSession, PoolKey, SessionPool
 from jitc.templates.redis import (
     Connection,
     Permission,
@@ -109,7 +109,7 @@ def take(
     return session
 
 
-class RedisSession(BatchLabelKey):
+class RedisSession(KeptSession):
     """One admin connection for a batch. A grant or a revoke is two pipelined round trips: read
     the users it concerns, then change them and look for what a concurrent delivery may have
     written. Every decision reads the server, never a cache. (`ACL GETUSER` of an existing user
