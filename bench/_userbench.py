@@ -30,7 +30,7 @@ from jitc.catalog import parse_catalog
 from jitc.engine import Engine
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import Work, parse_request
-from jitc.models import AccessRequest, utcnow
+from jitc.models import AccessRequest, derive_grant_id, utcnow
 from jitc.sealing import box_keypair
 from jitc.secrets import EnvSecretStore, SecretStores
 
@@ -74,32 +74,35 @@ class Target:
         )
         return Engine(parse_catalog(doc), stores, NullScheduler(), MemorySink(), clock=clock)
 
-    def grant(self, request_id: str, duration: str = "1h") -> AccessRequest:
-        return parse_request(
-            json.dumps(
-                {
-                    "request_id": request_id,
-                    "action": "grant",
-                    "integration": self.integration,
-                    "permission": "read-only",
-                    "resources": [self.resource],
-                    "duration": duration,
-                    "identity": {"email": "bench@example.com", "public_key": PUBLIC_KEY},
-                }
-            )
+    def grant_message(self, request_id: str, duration: str = "1h") -> str:
+        """A grant as the control plane sends it: the bench builds it before the clock starts."""
+        return json.dumps(
+            {
+                "request_id": request_id,
+                "action": "grant",
+                "integration": self.integration,
+                "permission": "read-only",
+                "resources": [self.resource],
+                "duration": duration,
+                "identity": {"email": "bench@example.com", "public_key": PUBLIC_KEY},
+            }
         )
 
-    def revoke(self, request_id: str) -> AccessRequest:
-        return parse_request(
-            json.dumps(
-                {
-                    "request_id": f"r-{request_id}",
-                    "action": "revoke",
-                    "integration": self.integration,
-                    "grant_id": self.grant(request_id).target_grant_id,
-                }
-            )
+    def revoke_message(self, request_id: str) -> str:
+        return json.dumps(
+            {
+                "request_id": f"r-{request_id}",
+                "action": "revoke",
+                "integration": self.integration,
+                "grant_id": derive_grant_id(self.integration, request_id),
+            }
         )
+
+    def grant(self, request_id: str, duration: str = "1h") -> AccessRequest:
+        return parse_request(self.grant_message(request_id, duration))
+
+    def revoke(self, request_id: str) -> AccessRequest:
+        return parse_request(self.revoke_message(request_id))
 
 
 def machine(server: str, client: str) -> str:
@@ -135,12 +138,17 @@ def latency(target: Target, iterations: int, floors: dict[str, Floor]) -> None:
                     took.setdefault((shape, name), []).append(time.perf_counter() - start)
             rid = f"lat-e-{shape}-{i}-{secrets.token_hex(3)}"
             engine = warm if shape == "kept" else cold
+            # The messages come built, as from a queue; reading them is the connector's work.
+            grant, revoke = target.grant_message(rid), target.revoke_message(rid)
             start = time.perf_counter()
             if shape in ("per-op", "kept"):
-                outcomes = [engine.execute(target.grant(rid)), engine.execute(target.revoke(rid))]
+                outcomes = [
+                    engine.execute(parse_request(grant)),
+                    engine.execute(parse_request(revoke)),
+                ]
             else:
                 outcomes = engine.execute_batch(
-                    [Work(target.grant(rid), utcnow()), Work(target.revoke(rid), utcnow())]
+                    [Work(parse_request(grant), utcnow()), Work(parse_request(revoke), utcnow())]
                 )
             elapsed = time.perf_counter() - start
             assert [o.status for o in outcomes] == ["granted", "revoked"], outcomes
