@@ -241,3 +241,21 @@ def test_a_kept_redis_connection_is_closed_once_its_idle_limit_passes(
     # No batch since: the admin connection, past its limit, should be gone from the server.
     admins = [c for c in root.client_list() if c.get("user") == ADMIN]
     assert admins == [], admins
+
+
+def test_a_short_idle_limit_is_kept_when_a_longer_one_armed_the_timer_first(
+    make_env: Callable[..., Env], root: redis.Redis
+) -> None:
+    env = make_env()
+    # Two integrations (or one whose catalog changed) with different limits share the pool.
+    slow = _open(env, keep_connection_seconds=30)
+    slow.active_grants()
+    slow.close()
+    quick = _open(env, keep_connection_seconds=0.3)
+    quick.active_grants()
+    quick.close()
+    assert len(redis_session.POOL) == 2
+    time.sleep(1.0)
+    # Only the one whose 30 s have not passed may still be open on the server.
+    admins = [c for c in root.client_list() if c.get("user") == ADMIN]
+    assert len(admins) == 1, admins

@@ -22,6 +22,18 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def keep_connection_field(kept: str = "connection") -> Any:
+    """The `keep_connection_seconds` setting of a template whose admin sessions are kept across
+    batches (`jitc.templates.kept`)."""
+    return Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description=f"keep the admin {kept} this long after a batch for the next one with the "
+        f"same secret; 0: a new one per batch",
+    )
+
+
 class PermissionSettings(Settings):
     """What every permission has; templates add their own fields."""
 

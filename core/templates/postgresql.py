@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from jitc.errors import Refused
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
-from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+from jitc.templates.base import GrantSpec, PermissionSettings, Settings, keep_connection_field
 from jitc.templates.statements import check_placeholders
 
 PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
@@ -128,13 +128,7 @@ class Connection(Settings):
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     admin_lock_timeout: str = Field(default="5s", pattern=_GUC_VALUE)
     admin_statement_timeout: str = Field(default="120s", pattern=_GUC_VALUE)
-    keep_connection_seconds: float = Field(
-        default=300,
-        ge=0,
-        le=3600,
-        description="keep the admin connection this long after a batch for the next one with "
-        "the same secret; 0: a connection per batch",
-    )
+    keep_connection_seconds: float = keep_connection_field()
     schema_check_seconds: float = Field(
         default=5,
         ge=0,

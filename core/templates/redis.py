@@ -28,7 +28,7 @@ from jitc.errors import Refused
 from jitc.labels import LabelKey, spec_digest
 from jitc.secrets import Secret
 from jitc.templates import userledger
-from jitc.templates.base import GrantSpec, PermissionSettings, Settings
+from jitc.templates.base import GrantSpec, PermissionSettings, Settings, keep_connection_field
 from jitc.templates.transport import is_loopback
 
 if TYPE_CHECKING:
@@ -123,13 +123,7 @@ class Connection(Settings):
         description="ACL SAVE after each change: auto when the server has an aclfile",
     )
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
-    keep_connection_seconds: float = Field(
-        default=300,
-        ge=0,
-        le=3600,
-        description="keep the admin connection this long after a batch for the next one with "
-        "the same secret; 0: a connection per batch",
-    )
+    keep_connection_seconds: float = keep_connection_field()
 
     @model_validator(mode="after")
     def _transport(self) -> Connection:
