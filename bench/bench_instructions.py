@@ -1,6 +1,7 @@
-"""Client instructions per kept grant+revoke: the engine against the replay of its own
-statements (`bench_pg_latency`'s floor 'same' in the kept shape), counted by valgrind's
-callgrind, and split by the library that ran them.
+"""Client instructions per kept grant+revoke: the engine against the same calls over the raw
+client (PostgreSQL: the replay of the engine's own statements, `bench_pg_latency`'s floor
+'same'; Redis: `bench_redis`'s floor 'same calls'), counted by valgrind's callgrind, and split
+by the library that ran them.
 
 Wall-clock ratios on a shared two-core machine move by a tenth from one run to the next; an
 instruction count does not: the same code, inputs and server answers give the same count
@@ -9,7 +10,7 @@ neither side), and only the measured loop: collection is switched on inside
 `itertools.starmap` (`--toggle-collect=starmap_next`), which nothing on these paths calls.
 Each side runs in its own process under valgrind, after the same warm-up.
 
-    python bench/bench_pg_instructions.py [iterations]
+    python bench/bench_instructions.py [postgresql|redis] [iterations]
 """
 
 from __future__ import annotations
@@ -23,29 +24,73 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("engine", "replay")
+SIDES = ("engine", "floor")
+TARGETS = ("postgresql", "redis")
 _SOURCES = (("/libsodium/", "_sodium"), ("/Python-3", "libpython3"))
 
 
-def child(side: str, iterations: int) -> None:
-    """The measured loop, run under valgrind: warm-up, then `iterations` kept grant+revokes."""
+Step = tuple[Callable[..., object], list[tuple[Any, ...]]]
+
+
+def loop(target: str, side: str, iterations: int) -> Step:
+    """After a warm-up: what to run for each measured kept grant+revoke, and its arguments (made
+    here, before the count starts, as a queue hands messages over ready)."""
+    tag = secrets.token_hex(3)
+    if target == "postgresql":
+        import bench_pg_latency as pg
+
+        pg.RECORDED["kept"] = pg.record_engine("kept", tag)
+        run = pg.run_engine if side == "engine" else pg.run_same
+        for i in range(5):
+            run(f"w{i}-{tag}", "kept")
+        return run, [(f"c{i}-{tag}", "kept") for i in range(iterations)]
+    import bench_redis as rd
+
+    from jitc.messages import parse_request
+
+    if side == "engine":
+        engine = rd.TARGET.engine()
+
+        def grant_revoke(grant: str, revoke: str) -> object:
+            return [engine.execute(parse_request(grant)), engine.execute(parse_request(revoke))]
+
+        messages = [
+            (rd.TARGET.grant_message(rid), rd.TARGET.revoke_message(rid))
+            for rid in (f"c{i}-{tag}" for i in range(iterations + 5))
+        ]
+        for grant, revoke in messages[:5]:
+            grant_revoke(grant, revoke)
+        return grant_revoke, messages[5:]
+    floors = [rd.same_calls(f"f{i}-{tag}") for i in range(iterations + 5)]
+    for floor in floors[:5]:
+        floor("kept")
+    return (lambda floor: floor("kept")), [(floor,) for floor in floors[5:]]
+
+
+def child(target: str, side: str, iterations: int) -> None:
+    """The measured loop, run under valgrind."""
     sys.argv = sys.argv[:1]
-    import bench_pg_latency as latency
     from _common import drop_roles
 
-    drop_roles(latency.PREFIX)
+    if target == "postgresql":
+        import bench_pg_latency as pg
+
+        drop_roles(pg.PREFIX)
     try:
-        latency.RECORDED["kept"] = latency.record_engine("kept", secrets.token_hex(3))
-        run = latency.run_engine if side == "engine" else latency.run_same
-        for i in range(5):
-            run(f"w{i}-{secrets.token_hex(3)}", "kept")
-        ids = [(f"c{i}-{secrets.token_hex(3)}", "kept") for i in range(iterations)]
-        list(itertools.starmap(run, ids))
+        run, args = loop(target, side, iterations)
+        list(itertools.starmap(run, args))
     finally:
-        drop_roles(latency.PREFIX)
+        if target == "postgresql":
+            drop_roles(pg.PREFIX)
+        else:
+            import bench_redis as rd
+
+            rd.cleanup(rd.connect())
 
 
 def by_library(out: Path) -> tuple[int, Counter[str]]:
@@ -78,10 +123,13 @@ def by_library(out: Path) -> tuple[int, Counter[str]]:
 
 
 def main() -> None:
-    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    target = sys.argv[1] if len(sys.argv) > 1 else "postgresql"
+    iterations = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    if target not in TARGETS:
+        sys.exit(f"target: one of {', '.join(TARGETS)}")
     side = os.environ.get("JITC_INSTRUCTIONS_SIDE")
     if side is not None:
-        child(side, iterations)
+        child(target, side, iterations)
         return
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         sys.exit("valgrind (callgrind) is not installed here")
@@ -101,6 +149,7 @@ def main() -> None:
                     "--toggle-collect=starmap_next",
                     sys.executable,
                     str(Path(__file__).resolve()),
+                    target,
                     str(iterations),
                 ],
                 cwd=HERE,
@@ -109,11 +158,11 @@ def main() -> None:
                 check=True,
             )
             counts[name] = by_library(out)
-    (engine, ours), (replay, theirs) = counts["engine"], counts["replay"]
+    (engine, ours), (floor, theirs) = counts["engine"], counts["floor"]
     per = iterations * 1000
     print(
-        f"client instructions per kept grant+revoke, n={iterations}: engine {engine / per:.0f}k, "
-        f"replay {replay / per:.0f}k, ratio {engine / replay:.2f}x"
+        f"{target}: client instructions per kept grant+revoke, n={iterations}: engine "
+        f"{engine / per:.0f}k, floor 'same calls' {floor / per:.0f}k, ratio {engine / floor:.2f}x"
     )
     print("where the engine's extra instructions run (k per grant+revoke):")
     extra = {lib: ours[lib] - theirs[lib] for lib in ours | theirs}
