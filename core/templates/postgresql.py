@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
 from jitc.labels import LabelKey
+from jitc.models import empty_list
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings, keep_connection_field
 from jitc.templates.statements import check_placeholders
@@ -151,7 +152,7 @@ class Connection(Settings):
         "or refreshed: the grant that made it joins it just after",
     )
     denied_groups: list[str] = Field(
-        default_factory=list, description="groups never handed out, besides the built-in list"
+        default_factory=empty_list, description="groups never handed out, besides the built-in list"
     )
 
     @field_validator("host", "login_host")
