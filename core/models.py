@@ -114,7 +114,10 @@ def _event_id() -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # Every model here is built when first used, not at import: this base is never used alone,
+    # and the sweep never parses a request (Identity, AccessRequest), so neither pays for what
+    # it does not use in its cold start.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
 
 class Identity(_Strict):
