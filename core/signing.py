@@ -15,19 +15,40 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from functools import cache
+from typing import TYPE_CHECKING
 
 from jitc.errors import Refused
+
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey, VerifyKey
 
 HEADER_TIMESTAMP = "X-Jitc-Timestamp"
 HEADER_KEY_ID = "X-Jitc-Key-Id"
 HEADER_SIGNATURE = "X-Jitc-Signature"
 MAX_TIMESTAMP = 10**12 - 1  # twelve digits, as the header allows
-# Verified against when the key id is unknown, so that an unknown key costs what a bad signature
-# costs and gets the same answer: the refusal must not tell which key ids exist.
-_DECOY_KEY = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+
+
+# PyNaCl (~6 ms to import: libsodium and every binding) is loaded when a signature is first made
+# or checked, not with this module: the GCP worker and sweep import it for the envelope's shape
+# and never verify one in an expiry's or a sweep's cold start.
+def _signing_key(seed: bytes | None = None) -> SigningKey:
+    from nacl.signing import SigningKey
+
+    return SigningKey.generate() if seed is None else SigningKey(seed)
+
+
+def _verify_key(public: bytes) -> VerifyKey:
+    from nacl.signing import VerifyKey
+
+    return VerifyKey(public)
+
+
+@cache
+def _decoy_key() -> str:
+    """Verified against when the key id is unknown, so that an unknown key costs what a bad
+    signature costs and gets the same answer: the refusal must not tell which key ids exist."""
+    return base64.b64encode(bytes(_signing_key().verify_key)).decode()
 
 
 @dataclass(frozen=True)
@@ -99,14 +120,14 @@ def _message(timestamp: int, body: bytes) -> bytes:
 
 def sign(body: bytes, signing_key_b64: str, key_id: str, timestamp: int | None = None) -> Envelope:
     ts = int(time.time()) if timestamp is None else timestamp
-    key = SigningKey(base64.b64decode(signing_key_b64))
+    key = _signing_key(base64.b64decode(signing_key_b64))
     signature = key.sign(_message(ts, body)).signature
     return Envelope(key_id, ts, base64.b64encode(signature).decode(), body)
 
 
 def signing_keypair() -> tuple[str, str]:
     """(private seed, public key), base64."""
-    key = SigningKey.generate()
+    key = _signing_key()
     return base64.b64encode(bytes(key)).decode(), base64.b64encode(bytes(key.verify_key)).decode()
 
 
@@ -114,10 +135,13 @@ def verify(
     envelope: Envelope, keys: Mapping[str, str], now: float, max_age: float, max_ahead: float
 ) -> None:
     """Refuse unless signed by a known key, with a timestamp inside the window."""
+    from nacl.exceptions import BadSignatureError
+
+    decoy = _decoy_key()  # made before the lookup: the first unknown key costs no more either
     public = keys.get(envelope.key_id)
     try:
         signature = base64.b64decode(envelope.signature, validate=True)
-        VerifyKey(base64.b64decode(public or _DECOY_KEY)).verify(
+        _verify_key(base64.b64decode(public or decoy)).verify(
             _message(envelope.timestamp, envelope.body), signature
         )
         if public is None:

@@ -21,13 +21,14 @@ from jitc.gcp.logs import logger
 from jitc.gcp.oidc import GOOGLE_CERTS_URL, CertificateCache, OidcVerifier
 from jitc.gcp.sinks import Sinks
 from jitc.gcp.tasks import CloudTasksExpiryScheduler, CloudTasksQueue
-from jitc.intake import Intake
 from jitc.sinks import BufferedSink, LogSink
 
 if TYPE_CHECKING:
     # The engine and the secret stores are imported where the worker and the sweep build them:
-    # the intake never runs them, and skips their import in its cold start.
+    # the intake never runs them, and skips their import in its cold start; the intake's
+    # module likewise where the intake builds it, out of the worker's and the sweep's.
     from jitc.engine import Engine
+    from jitc.intake import Intake
     from jitc.secrets import SecretStores
 
 
@@ -189,6 +190,8 @@ def scheduler() -> CloudTasksExpiryScheduler:
 
 @cache
 def intake() -> Intake:
+    from jitc.intake import Intake
+
     return Intake(catalog(), queue())
 
 

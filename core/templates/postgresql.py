@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
-from jitc.labels import LabelKey
+from jitc.models import empty_list
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings, keep_connection_field
 from jitc.templates.statements import check_placeholders
@@ -79,6 +79,9 @@ DENIED_GROUPS = frozenset(
 
 
 if TYPE_CHECKING:
+    # The label key is only named in open()'s signature: jitc.labels is imported with the
+    # session, not when the catalog is read (the intake reads it and never opens one).
+    from jitc.labels import LabelKey
     from jitc.templates.postgresql_session import PostgreSQLSession
 
 
@@ -151,7 +154,7 @@ class Connection(Settings):
         "or refreshed: the grant that made it joins it just after",
     )
     denied_groups: list[str] = Field(
-        default_factory=list, description="groups never handed out, besides the built-in list"
+        default_factory=empty_list, description="groups never handed out, besides the built-in list"
     )
 
     @field_validator("host", "login_host")

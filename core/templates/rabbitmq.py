@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
 from jitc.labels import LabelKey, spec_digest
+from jitc.models import empty_list
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings, keep_connection_field
@@ -110,7 +111,7 @@ class Permission(PermissionSettings):
     configure: str | None = None
     write: str | None = None
     read: str | None = None
-    tags: list[Tag] = Field(default_factory=list)
+    tags: list[Tag] = Field(default_factory=empty_list)
     privileged: bool = Field(
         default=False, description="allows monitoring/policymaker/administrator"
     )

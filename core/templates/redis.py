@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from jitc.errors import Refused
 from jitc.labels import LabelKey, spec_digest
+from jitc.models import empty_list
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings, keep_connection_field
@@ -155,7 +156,7 @@ class Permission(PermissionSettings):
     commands: list[str] | None = Field(
         default=None, description="command rules such as +get, +@hash, -flushdb"
     )
-    channels: list[str] = Field(default_factory=list, description="Pub/Sub channel patterns")
+    channels: list[str] = Field(default_factory=empty_list, description="Pub/Sub channel patterns")
     privileged: bool = Field(
         default=False,
         description="allows +@admin, +@dangerous, +@scripting, ACL, CONFIG, MODULE, DEBUG",
