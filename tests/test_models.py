@@ -224,3 +224,50 @@ def test_audit_event_ids_are_random_version_4_uuids_in_hex() -> None:
     for text in ids:
         parsed = uuid.UUID(hex=text)
         assert parsed.hex == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+_FIRST_USE_IN_THREADS = """
+import json, sys, threading
+from jitc.messages import parse_request
+from jitc.models import AccessRequest, AuditEvent, Outcome
+
+sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+assert not AccessRequest.__pydantic_complete__  # built at first use, not at import
+grant = sys.argv[1]
+start, errors = threading.Barrier(16), []
+
+def first_use() -> None:
+    start.wait()
+    try:
+        request = parse_request(grant)
+        Outcome(request_id=request.request_id, action="grant", status="granted",
+                integration=request.integration, grant_id=request.target_grant_id)
+        AuditEvent(type="grant", status="granted", request_id=request.request_id)
+    except Exception as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=first_use) for _ in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(errors))
+"""
+
+
+def test_models_built_at_first_use_validate_in_every_thread_that_first_uses_them() -> None:
+    # The models are built at first use (defer_build), and a worker's threads may all first
+    # use them at once: each must validate with the model's own validator, never fail or fall
+    # back to another. Each run is a fresh interpreter, where the first use is the build.
+    import subprocess
+    import sys
+
+    for _ in range(5):
+        done = subprocess.run(
+            [sys.executable, "-c", _FIRST_USE_IN_THREADS, _grant()],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        assert json.loads(done.stdout) == []
