@@ -40,6 +40,13 @@ def _open(env: Env, secret: str = ADMIN_PASSWORD, key: LabelKey = KEY, **extra: 
     return integration.template.open(INTEGRATION, connection, Secret(secret), key)
 
 
+def _one_batch(env: Env, **extra: Any) -> None:
+    """A batch that reads the server on a session of these settings, then gives it back."""
+    session = _open(env, **extra)
+    session.active_grants()
+    session.close()
+
+
 def test_a_later_batch_gets_the_connection_kept_without_its_secret(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:
@@ -233,13 +240,11 @@ def test_a_kept_redis_connection_is_closed_once_its_idle_limit_passes(
     make_env: Callable[..., Env], root: redis.Redis
 ) -> None:
     env = make_env()
-    session = _open(env, keep_connection_seconds=0.3)
-    session.active_grants()
-    session.close()
+    _one_batch(env, keep_connection_seconds=0.3)
     assert len(redis_session.POOL) == 1
     time.sleep(1.0)
     # No batch since: the admin connection, past its limit, should be gone from the server.
-    admins = [c for c in root.client_list() if c.get("user") == ADMIN]
+    admins = _admin_connections(root)
     assert admins == [], admins
 
 
@@ -248,14 +253,10 @@ def test_a_short_idle_limit_is_kept_when_a_longer_one_armed_the_timer_first(
 ) -> None:
     env = make_env()
     # Two integrations (or one whose catalog changed) with different limits share the pool.
-    slow = _open(env, keep_connection_seconds=30)
-    slow.active_grants()
-    slow.close()
-    quick = _open(env, keep_connection_seconds=0.3)
-    quick.active_grants()
-    quick.close()
+    _one_batch(env, keep_connection_seconds=30)
+    _one_batch(env, keep_connection_seconds=0.3)
     assert len(redis_session.POOL) == 2
     time.sleep(1.0)
     # Only the one whose 30 s have not passed may still be open on the server.
-    admins = [c for c in root.client_list() if c.get("user") == ADMIN]
+    admins = _admin_connections(root)
     assert len(admins) == 1, admins
