@@ -30,6 +30,7 @@ Goal: engine / floor of the same statements <= 1.2.
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import sys
 import time
@@ -46,7 +47,8 @@ from jitc.templates import postgresql_pool
 from jitc.templates.postgresql import MASK
 from jitc.templates.postgresql_scram import scram_verifier
 
-INTEGRATION, PREFIX = "bench-latency", "benchl_"
+# JITC_BENCH_PREFIX: runs side by side on one server each clean up only their own roles.
+INTEGRATION, PREFIX = "bench-latency", os.environ.get("JITC_BENCH_PREFIX", "benchl") + "_"
 ENGINE, _ = engine(INTEGRATION, PREFIX)
 COLD, _ = engine(INTEGRATION, PREFIX)  # the same, but a connection per batch
 _settings = COLD.catalog.integrations[INTEGRATION]

@@ -19,6 +19,7 @@ cost of each command comes first.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import statistics
 import sys
@@ -33,7 +34,8 @@ from jitc.messages import Work
 from jitc.models import utcnow
 from jitc.templates.redis_session import NO_SETINFO, RedisSession
 
-PREFIX = "benchr-"
+# JITC_BENCH_PREFIX: runs side by side on one server each clean up only their own users.
+PREFIX = os.environ.get("JITC_BENCH_PREFIX", "benchr") + "-"
 TARGET = Target(
     integration="bench-redis",
     kind="redis",
