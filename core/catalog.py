@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jitc.errors import CatalogError, Refused
-from jitc.models import NAME_PATTERN, AccessRequest, Duration, parse_duration
+from jitc.models import NAME_PATTERN, AccessRequest, Duration, parse_duration, parsed_duration
 from jitc.secrets import SecretRef
 from jitc.templates import get_template
 from jitc.templates.base import GrantSpec, PermissionSettings, Settings, Template
@@ -61,7 +62,8 @@ class Connector(_Strict):
         description="secret reference to the key that authenticates the labels written in targets",
     )
 
-    @property
+    # Asked by every batch; the model is frozen, so the reference made once cannot go stale.
+    @functools.cached_property
     def label_key_ref(self) -> SecretRef | None:
         return SecretRef(self.label_key) if self.label_key else None
 
@@ -148,7 +150,7 @@ class Catalog:
             raise Refused(field, "the access would already have expired")
         limit = integration.max_duration
         if permission.max_duration is not None:
-            limit = min(limit, parse_duration(permission.max_duration))
+            limit = min(limit, parsed_duration(permission.max_duration))
         if expires_at - issued_at > limit + timedelta(seconds=1):
             raise Refused(
                 field, f"longer than the {int(limit.total_seconds())} s this permission allows"

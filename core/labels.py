@@ -43,23 +43,19 @@ class LabelKey:
             raise ValueError("a label key needs 16 characters or more")
         return cls(value.encode())
 
-    # Keyed HMAC states, one per purpose, each derived once: a kept session MACs several
-    # labels per grant, and keying an HMAC costs as much as the MAC itself.
-    _keyed: dict[str, hmac.HMAC] = field(
+    # One derived key per purpose, each derived once: a kept session MACs several labels per
+    # grant. Each MAC is then one call into OpenSSL (`hmac.digest`), cheaper than copying a
+    # keyed `hmac.HMAC` state through its Python wrapper.
+    _derived: dict[str, bytes] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
-    def _derive(self, purpose: str) -> bytes:
-        return hmac.new(self.secret, f"jitc {purpose}".encode(), hashlib.sha256).digest()
-
     def _hmac(self, purpose: str, message: bytes) -> bytes:
-        keyed = self._keyed.get(purpose)
-        if keyed is None:
-            keyed = hmac.new(self._derive(purpose), digestmod=hashlib.sha256)
-            self._keyed[purpose] = keyed
-        state = keyed.copy()
-        state.update(message)
-        return state.digest()
+        key = self._derived.get(purpose)
+        if key is None:
+            key = hmac.digest(self.secret, f"jitc {purpose}".encode(), "sha256")
+            self._derived[purpose] = key
+        return hmac.digest(key, message, "sha256")
 
     def mac(self, *parts: str) -> str:
         digest = self._hmac("label", "\0".join(parts).encode())

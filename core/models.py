@@ -59,7 +59,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _check_duration(text: str) -> str:
-    parse_duration(text)
+    parsed_duration(text)  # a refusal raises, and is not cached
     return text
 
 
@@ -78,9 +78,17 @@ PublicKey = Annotated[str, StringConstraints(max_length=64), AfterValidator(_che
 
 
 def derive_grant_id(integration: str, request_id: str) -> str:
-    """A pure function of the request, so every redelivery lands on the same grant."""
+    """A pure function of the request, so every redelivery lands on the same grant: "g" and
+    the lower-case base32 of the first 15 bytes of a sha256 (120 bits, 24 characters)."""
     digest = hashlib.sha256(f"{integration}\0{request_id}".encode()).digest()
-    return "g" + base64.b32encode(digest).decode().lower()[:24]
+    # `base64.b32encode` is pure Python (~10 us); 10 bits at a time from one integer is ~2 us.
+    bits = int.from_bytes(digest[:15], "big")
+    return "g" + "".join([_B32_PAIRS[(bits >> shift) & 0x3FF] for shift in _B32_SHIFTS])
+
+
+_B32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_B32_PAIRS = [a + b for a in _B32_ALPHABET for b in _B32_ALPHABET]
+_B32_SHIFTS = range(110, -1, -10)
 
 
 def request_digest(request: BaseModel) -> str:

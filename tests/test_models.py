@@ -188,6 +188,13 @@ def test_revoke_shapes() -> None:
         )
 
 
+def test_grant_ids_are_those_earlier_releases_derived() -> None:
+    # Targets hold these ids in their labels: a redelivery after an upgrade must land on the
+    # grant an earlier release made ("g" + base32 of the sha256's first 15 bytes).
+    assert derive_grant_id("db", "r-1") == "grbns525dh6jb4utvkjjiboew"
+    assert derive_grant_id("pg-prod", "2026-11-29T00:00:00Z-7f3a") == "grwugeq2e6fnffexh253tq6au"
+
+
 def test_grant_ids_differ_per_integration_and_request() -> None:
     ids = {derive_grant_id(i, r) for i in ("a", "b") for r in ("1", "2")}
     assert len(ids) == 4

@@ -1,0 +1,24 @@
+"""Label MACs and derived passwords stay what earlier releases computed: targets hold labels and
+logins made with them, and a redelivery or a sweep after an upgrade must still read them."""
+
+from __future__ import annotations
+
+from jitc.labels import LabelKey
+
+KEY = LabelKey.from_secret("a-label-key-for-the-known-answer")
+
+
+def test_label_mac_is_hmac_sha256_under_the_derived_label_key() -> None:
+    assert KEY.mac("postgresql", "jitc_g", "{}") == "1MHVL1eRBU0s_R-sEzWyxLCbyYPrQR4nuuUntgOdYnk"
+
+
+def test_password_and_keyed_hash_use_their_own_derived_keys() -> None:
+    assert KEY.password("a", "b") == "LWUmo0Bx41tfID063xKj5unsqzd2iZ9ljElil2JAaCc"
+    assert KEY.keyed_hash("identity", "a@example.com") == "pqxLS3IeV7Ri-ej3hvjh7g"
+
+
+def test_each_purpose_and_each_secret_gives_another_mac() -> None:
+    other = LabelKey.from_secret("another-label-key-of-enough-length")
+    assert KEY.mac("a", "b") != other.mac("a", "b")
+    assert KEY.mac("a", "b") != KEY.password("a", "b")
+    assert KEY.mac("a", "b") == KEY.mac("a", "b")  # the derived key, kept, is the same one
