@@ -40,7 +40,7 @@ from jitc.errors import AuthenticationFailed, TargetError
 from jitc.labels import LabelKey
 from jitc.models import utcnow
 from jitc.templates.postgresql import role_name
-from jitc.templates.postgresql_sql import compose
+from jitc.templates.postgresql_sql import Renderer
 
 log = logging.getLogger("jitc.postgresql")
 
@@ -141,12 +141,12 @@ def lock_key(key: LabelKey, bundle: str) -> int:
     return int.from_bytes(raw, "big", signed=True)
 
 
-def join_lock(key: LabelKey, bundles: list[str]) -> list[sql.Composed]:
+def join_lock(render: Renderer, key: LabelKey, bundles: list[str]) -> list[bytes]:
     """Statements a grant runs in its transaction before joining these bundles."""
     return [
-        compose(
+        render(
             "SELECT pg_catalog.pg_advisory_xact_lock_shared({}::pg_catalog.int8)",
-            sql.Literal(lock_key(key, name)),
+            render.literal(lock_key(key, name)),
         )
         for name in sorted(set(bundles))
     ]
