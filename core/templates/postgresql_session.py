@@ -449,6 +449,11 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         if refused_credential(exc):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
         raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
+    # Never prepared: psycopg forgets every prepared statement of a connection (and sends
+    # DEALLOCATE ALL) after any statement that DROPs, ALTERs or rolls back, as every revoke
+    # does. A query would be prepared (an extra round trip outside a pipeline) for one use or
+    # two, and every execute would count its uses.
+    conn.prepare_threshold = None
     return conn
 
 
