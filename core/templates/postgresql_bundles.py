@@ -82,6 +82,11 @@ _HAS_VERIFIER = (
     "(SELECT a.rolpassword IS NOT NULL FROM pg_catalog.pg_authid a "
     " WHERE a.oid OPERATOR(pg_catalog.=) r.oid)"
 )
+# By whether the admin may read pg_authid.
+_STATES = {
+    True: _STATE.replace("{password}", _HAS_VERIFIER),
+    False: _STATE.replace("{password}", "NULL::pg_catalog.bool"),
+}
 _DEFAULT_ACLS = (
     "SELECT d.defaclnamespace OPERATOR(pg_catalog.<>) 0, n.nspname::pg_catalog.text, "
     "  d.defaclobjtype::pg_catalog.text, "
@@ -158,10 +163,9 @@ def bundle_state_query(session: PostgreSQLSession) -> psycopg.Cursor[Any]:
         # Only a superuser reads pg_authid; the server reports is_superuser at connect.
         superuser = session.conn.info.parameter_status("is_superuser")
         session._authid_readable = superuser == "on"
-    password = _HAS_VERIFIER if session._authid_readable else "NULL::pg_catalog.bool"
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return session.conn.execute(_STATE.format(password=password), (prefix, after))
+    return session.conn.execute(_STATES[session._authid_readable], (prefix, after))
 
 
 def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> list[BundleState]:

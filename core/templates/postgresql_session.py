@@ -19,9 +19,8 @@ import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import pq, sql
@@ -99,6 +98,12 @@ _ROLES_AND_GROUPS = _ROLES.replace(
     " FROM pg_catalog.pg_roles r ",
     ", " + _GROUPS_OF.format("r.oid") + " FROM pg_catalog.pg_roles r ",
 )
+_NAMED = "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
+_ROLES_NAMED = _ROLES + _NAMED
+_ROLES_AND_GROUPS_NAMED = _ROLES_AND_GROUPS + _NAMED
+_UNSEEN: Any = object()
+_CONN_OK = pq.ConnStatus.OK
+_IDLE = pq.TransactionStatus.IDLE
 
 
 # Roles labelled before labels carried a MAC: their comment is `jitc:` and JSON.
@@ -120,8 +125,9 @@ _FINGERPRINTS: dict[tuple[str, int, str, str], tuple[float, str]] = {}
 _FINGERPRINTS_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class _Role:
+class _Role(NamedTuple):
+    # A tuple, not a frozen dataclass: several are made per grant and revoke, and a frozen
+    # dataclass sets each field through object.__setattr__.
     name: str
     oid: int
     login: bool
@@ -510,11 +516,8 @@ class PostgreSQLSession(KeptSession):
         stream; a healthy one has nothing to say. Anything to read counts as ended: a new
         connection is cheaper than a batch that fails on its first statement."""
         conn = self.conn
-        if (
-            conn.closed
-            or conn.info.status != pq.ConnStatus.OK
-            or conn.info.transaction_status != pq.TransactionStatus.IDLE
-        ):
+        pgconn = conn.pgconn  # what conn.closed and conn.info read, without their wrappers
+        if pgconn.status != _CONN_OK or pgconn.transaction_status != _IDLE:
             return False
         try:
             readable, _, _ = select.select([conn.fileno()], [], [], 0)
@@ -536,20 +539,18 @@ class PostgreSQLSession(KeptSession):
     # -- reading the ledger ----------------------------------------------------------------
 
     def _roles(self, names: Sequence[str]) -> dict[str, _Role]:
-        rows = self.conn.execute(
-            _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
-            (list(names),),
-        ).fetchall()
+        rows = self.conn.execute(_ROLES_NAMED, (list(names),)).fetchall()
         return {row[0]: self._role(row) for row in rows}
 
     def _role(self, row: Sequence[Any]) -> _Role:
         name, oid, login, privileged, comment, *groups = row
-        key = (str(name), comment)
-        if key not in self._verified:  # the sweep lists, then revokes: verify each label once
-            self._verified[key] = verify_label(self.key, KIND, str(name), comment)
-        label = self._verified[key]
-        held = tuple(str(g) for g in groups[0]) if groups else ()
-        return _Role(str(name), int(oid), bool(login), bool(privileged), label, held)
+        name = str(name)
+        key = (name, comment)
+        label = self._verified.get(key, _UNSEEN)
+        if label is _UNSEEN:  # the sweep lists, then revokes: verify each label once
+            label = self._verified[key] = verify_label(self.key, KIND, name, comment)
+        held = tuple(map(str, groups[0])) if groups else ()
+        return _Role(name, int(oid), bool(login), bool(privileged), label, held)
 
     def _prefixed(self, query: str) -> list[tuple[Any, ...]]:
         """Rows of a query over the roles named with this integration's prefix."""
@@ -843,15 +844,16 @@ class PostgreSQLSession(KeptSession):
                 for schema in schemas
                 if (known := _FINGERPRINTS.get((*where, schema))) and now - known[0] < ttl
             }
-        query = (
-            _ROLES_AND_GROUPS + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
-        )
         stale = [schema for schema in schemas if schema not in fresh]
         # A pipeline only when there is more than the one query to send: for a single one it
         # is the same round trip with the pipeline's own bookkeeping added.
-        with self.conn.pipeline() if stale else contextlib.nullcontext():
-            roles = self.conn.execute(query, (list(names),))
-            prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in stale]
+        prints = []
+        if stale:
+            with self.conn.pipeline():
+                roles = self.conn.execute(_ROLES_AND_GROUPS_NAMED, (list(names),))
+                prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in stale]
+        else:
+            roles = self.conn.execute(_ROLES_AND_GROUPS_NAMED, (list(names),))
         found = {row[0]: self._role(row) for row in roles.fetchall()}
         fingerprints = dict(fresh)
         for schema, cursor in prints:
