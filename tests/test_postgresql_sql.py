@@ -21,6 +21,7 @@ HOSTILE = [
     "é ñ 漢字 \u2028",
     "$$ $tag$ ${}",
     "{} {0} {name}",
+    "100% %s %b %%",
     "",
 ]
 VALUES: list[Any] = [*HOSTILE, 0, 3, -5623031420806969371, 2**63 - 1]
@@ -39,6 +40,7 @@ def test_rendered_is_what_format_makes(admin: psycopg.Connection[Any]) -> None:
                 "GRANT {} TO {} WITH INHERIT TRUE, SET FALSE",
                 "{} IN ROLE {}",
                 "COMMENT ON ROLE {} IS {}",
+                "SELECT {} LIKE '100%' -- %s %b %% {}",
             ):
                 made = r(template, r.ident(name), r.literal(value))
                 expected = sql.SQL(template).format(sql.Identifier(name), sql.Literal(value))

@@ -13,7 +13,7 @@ go into a slot: a str is refused, so no value is ever put into the template text
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -41,26 +41,22 @@ class Renderer:
         self._escape = pq.Escaping(conn.pgconn).escape_identifier if conn is not None else None
         # One adaptation context for every value (a Literal given a connection makes its own).
         self._literal = Transformer.from_context(conn).as_literal
-        self._templates: dict[str, tuple[bytes, ...]] = {}
+        # Each template as a bytes format, its text's own '%' doubled, and its slot count.
+        self._formats: dict[str, tuple[bytes, int]] = {}
 
     def __call__(self, template: str, *args: bytes) -> bytes:
         """`sql.SQL(template).format(*args)` for a template whose slots are all `{}`, each arg
         made by this renderer."""
-        pieces = self._templates.get(template)
-        if pieces is None:
-            pieces = tuple(piece.encode(self.encoding) for piece in _pieces(template))
-            self._templates[template] = pieces
-        if len(args) != len(pieces) - 1:
-            raise ValueError(f"{template!r} takes {len(pieces) - 1} value(s), not {len(args)}")
-        if not args:
-            return pieces[0]
-        out = [pieces[0]]
-        for arg, piece in zip(args, pieces[1:], strict=True):
-            if type(arg) is not bytes:
-                # Text is never spliced in: a value goes through `literal`, a name `ident`.
-                raise TypeError(f"a slot takes what the renderer made, not {type(arg).__name__}")
-            out += (arg, piece)
-        return b"".join(out)
+        found = self._formats.get(template)
+        if found is None:
+            encoded = (piece.encode(self.encoding) for piece in _pieces(template))
+            pieces = [piece.replace(b"%", b"%%") for piece in encoded]
+            found = self._formats[template] = (b"%b".join(pieces), len(pieces) - 1)
+        if len(args) != found[1]:
+            raise ValueError(f"{template!r} takes {found[1]} value(s), not {len(args)}")
+        # `%b` takes bytes only: text is never spliced in (a value goes through `literal`, a
+        # name through `ident`), and an int or a str raises TypeError.
+        return found[0] % args
 
     def ident(self, name: str) -> bytes:
         """`sql.Identifier(name)`."""
@@ -83,9 +79,12 @@ class Renderer:
         assert isinstance(statement, sql.Composable)
         return statement.as_bytes(self.conn)
 
-    def join(self, statements: Iterable[bytes | sql.Composable]) -> bytes:
+    def join(self, statements: Sequence[bytes | sql.Composable]) -> bytes:
         """Statements for one round trip: `sql.SQL(";\\n").join(statements)`."""
-        return b";\n".join(map(self.composed, statements))
+        try:
+            return b";\n".join(statements)  # type: ignore[arg-type]
+        except TypeError:  # some composed with psycopg.sql
+            return b";\n".join(map(self.composed, statements))
 
     def text(self, statement: bytes | sql.Composable) -> str:
         """A statement as `as_string` shows it."""
