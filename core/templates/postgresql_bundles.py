@@ -165,7 +165,7 @@ def bundle_state_query(session: PostgreSQLSession) -> psycopg.Cursor[Any]:
         session._authid_readable = superuser == "on"
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return session.conn.execute(_STATES[session._authid_readable], (prefix, after))
+    return session._exec(_STATES[session._authid_readable], (prefix, after))
 
 
 def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> list[BundleState]:

@@ -102,6 +102,18 @@ _NAMED = "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
 _ROLES_NAMED = _ROLES + _NAMED
 _ROLES_AND_GROUPS_NAMED = _ROLES_AND_GROUPS + _NAMED
 _UNSEEN: Any = object()
+_SESSIONS_OF = (
+    "SELECT a.usesysid::pg_catalog.int8, pg_catalog.count(*) "
+    "FROM pg_catalog.pg_stat_activity a "
+    "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
+)
+_TERMINATE_OIDS = (
+    "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
+    "FROM pg_catalog.pg_stat_activity a "
+    "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()"
+)
 _CONN_OK = pq.ConnStatus.OK
 _IDLE = pq.TransactionStatus.IDLE
 
@@ -485,6 +497,7 @@ class PostgreSQLSession(KeptSession):
         self._verified: dict[tuple[str, str | None], dict[str, Any] | None] = {}
         self.conn = self._connect(connection.dbname)
         self.sql = Renderer(self.conn)
+        self._cursors: dict[str | None, psycopg.Cursor[Any]] = {}
         self.server_version = self.conn.info.server_version // 10000
         # Reported by the server at connect: no round trip. At connect current_user is the same.
         admin = self.conn.info.parameter_status("session_authorization")
@@ -539,7 +552,7 @@ class PostgreSQLSession(KeptSession):
     # -- reading the ledger ----------------------------------------------------------------
 
     def _roles(self, names: Sequence[str]) -> dict[str, _Role]:
-        rows = self.conn.execute(_ROLES_NAMED, (list(names),)).fetchall()
+        rows = self._exec(_ROLES_NAMED, (list(names),)).fetchall()
         return {row[0]: self._role(row) for row in rows}
 
     def _role(self, row: Sequence[Any]) -> _Role:
@@ -566,13 +579,24 @@ class PostgreSQLSession(KeptSession):
             return None
         return label
 
+    def _exec(self, query: str | bytes, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
+        """`conn.execute` on a cursor kept for this query, a module constant (the hot path's
+        queries only: one cursor each), or on one kept for all rendered statements. Making a
+        cursor costs more client work than many a query's own; one that runs the same query
+        again keeps its adaptation. Its rows are read before it runs again."""
+        key = query if type(query) is str else None
+        cursor = self._cursors.get(key)
+        if cursor is None:
+            cursor = self._cursors[key] = self.conn.cursor()
+        return cursor.execute(query, params)
+
     def _label(self, name: str, label: dict[str, Any]) -> bytes:
         return self.sql.literal(sign_label(self.key, KIND, name, label))
 
     def _run(self, statements: Sequence[Stmt]) -> None:
         """One round trip for many statements: all values are already bound client-side."""
         if statements:
-            self.conn.execute(self.sql.join(statements))
+            self._exec(self.sql.join(statements))
 
     def _atomic(self, statements: Sequence[Stmt]) -> None:
         """One transaction in one round trip. On an error the server skips the rest, COMMIT
@@ -580,7 +604,7 @@ class PostgreSQLSession(KeptSession):
         if not statements:
             return
         try:
-            self.conn.execute(self.sql.join([self.sql("BEGIN"), *statements, self.sql("COMMIT")]))
+            self._exec(self.sql.join([self.sql("BEGIN"), *statements, self.sql("COMMIT")]))
         except psycopg.Error:
             if self.conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):
@@ -853,7 +877,7 @@ class PostgreSQLSession(KeptSession):
                 roles = self.conn.execute(_ROLES_AND_GROUPS_NAMED, (list(names),))
                 prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in stale]
         else:
-            roles = self.conn.execute(_ROLES_AND_GROUPS_NAMED, (list(names),))
+            roles = self._exec(_ROLES_AND_GROUPS_NAMED, (list(names),))
         found = {row[0]: self._role(row) for row in roles.fetchall()}
         fingerprints = dict(fresh)
         for schema, cursor in prints:
@@ -1632,30 +1656,18 @@ class PostgreSQLSession(KeptSession):
         after the terminate."""
         if not oids:
             return {}
-        query = (
-            "SELECT a.usesysid::pg_catalog.int8, pg_catalog.count(*) "
-            "FROM pg_catalog.pg_stat_activity a "
-            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
-        )
-        terminate = (
-            "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
-            "FROM pg_catalog.pg_stat_activity a "
-            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()"
-        )
         if bundles is not None:
             with self.conn.pipeline():
-                ended = self.conn.execute(terminate, (oids,))
+                ended = self._exec(_TERMINATE_OIDS, (oids,))
                 state = bundle_state_query(self)
             row = ended.fetchone()
             if not (row and row[0]):
                 bundles[:] = state.fetchall()
         else:
-            row = self.conn.execute(terminate, (oids,)).fetchone()
+            row = self._exec(_TERMINATE_OIDS, (oids,)).fetchone()
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while row and row[0]:
-            counts = {int(k): int(v) for k, v in self.conn.execute(query, (oids,)).fetchall()}
+            counts = {int(k): int(v) for k, v in self._exec(_SESSIONS_OF, (oids,)).fetchall()}
             if not counts or time.monotonic() >= deadline:
                 return counts
             time.sleep(0.02)
