@@ -1,6 +1,7 @@
 """Record what the engine sends PostgreSQL, and send the same again over raw psycopg.
 
-`record()` watches every `Connection.execute`, the fetches of its cursors (iteration
+`record()` watches every `Cursor.execute` (`Connection.execute` runs one, on a new cursor;
+the template also keeps cursors of its own), the fetches of those cursors (iteration
 included), and the `transaction()` and `pipeline()` blocks opened on a connection while it is
 active, as events in order. `replay()` sends those events again on a connection of the
 caller's: the same statements, parameters, transactions, savepoints and pipeline syncs, with
@@ -48,7 +49,7 @@ def record() -> Iterator[Recording]:
     found = Recording()
     cursor_of: dict[int, int] = {}  # id(cursor) -> its index among the events
     originals = {
-        "execute": psycopg.Connection.execute,
+        "execute": psycopg.Cursor.execute,
         "transaction": psycopg.Connection.transaction,
         "pipeline": psycopg.Connection.pipeline,
         "fetchone": psycopg.Cursor.fetchone,
@@ -56,14 +57,17 @@ def record() -> Iterator[Recording]:
         "iter": psycopg.Cursor.__iter__,
     }
 
-    def execute(conn: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+    def execute(cursor: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        conn = cursor.connection
         if id(conn) not in found.connections:
             found.connections[id(conn)] = conn.info.dbname
         index = len(found.events)
+        # Connection.execute passes prepare=None; the replay's Connection.execute does too.
+        kw = {k: v for k, v in kw.items() if v is not None}
         found.events.append(("exec", id(conn), _text(conn, query), params, kw))
-        cursor = originals["execute"](conn, query, params, **kw)
+        # A kept cursor's fetches belong to its latest statement.
         cursor_of[id(cursor)] = index
-        return cursor
+        return originals["execute"](cursor, query, params, **kw)
 
     def fetch(name: str) -> Callable[..., Any]:
         def fetching(cursor: Any, *args: Any) -> Any:
@@ -97,7 +101,7 @@ def record() -> Iterator[Recording]:
         return wrapped
 
     patches: dict[tuple[type, str], Any] = {
-        (psycopg.Connection, "execute"): execute,
+        (psycopg.Cursor, "execute"): execute,
         (psycopg.Connection, "transaction"): block("transaction"),
         (psycopg.Connection, "pipeline"): block("pipeline"),
         (psycopg.Cursor, "fetchone"): fetch("fetchone"),

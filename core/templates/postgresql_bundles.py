@@ -40,7 +40,7 @@ from jitc.errors import AuthenticationFailed, TargetError
 from jitc.labels import LabelKey
 from jitc.models import utcnow
 from jitc.templates.postgresql import role_name
-from jitc.templates.postgresql_sql import compose
+from jitc.templates.postgresql_sql import Renderer
 
 log = logging.getLogger("jitc.postgresql")
 
@@ -82,6 +82,11 @@ _HAS_VERIFIER = (
     "(SELECT a.rolpassword IS NOT NULL FROM pg_catalog.pg_authid a "
     " WHERE a.oid OPERATOR(pg_catalog.=) r.oid)"
 )
+# By whether the admin may read pg_authid.
+_STATES = {
+    True: _STATE.replace("{password}", _HAS_VERIFIER),
+    False: _STATE.replace("{password}", "NULL::pg_catalog.bool"),
+}
 _DEFAULT_ACLS = (
     "SELECT d.defaclnamespace OPERATOR(pg_catalog.<>) 0, n.nspname::pg_catalog.text, "
     "  d.defaclobjtype::pg_catalog.text, "
@@ -141,12 +146,12 @@ def lock_key(key: LabelKey, bundle: str) -> int:
     return int.from_bytes(raw, "big", signed=True)
 
 
-def join_lock(key: LabelKey, bundles: list[str]) -> list[sql.Composed]:
+def join_lock(render: Renderer, key: LabelKey, bundles: list[str]) -> list[bytes]:
     """Statements a grant runs in its transaction before joining these bundles."""
     return [
-        compose(
+        render(
             "SELECT pg_catalog.pg_advisory_xact_lock_shared({}::pg_catalog.int8)",
-            sql.Literal(lock_key(key, name)),
+            render.literal(lock_key(key, name)),
         )
         for name in sorted(set(bundles))
     ]
@@ -158,10 +163,9 @@ def bundle_state_query(session: PostgreSQLSession) -> psycopg.Cursor[Any]:
         # Only a superuser reads pg_authid; the server reports is_superuser at connect.
         superuser = session.conn.info.parameter_status("is_superuser")
         session._authid_readable = superuser == "on"
-    password = _HAS_VERIFIER if session._authid_readable else "NULL::pg_catalog.bool"
     prefix = session.settings.role_prefix + "b_"
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return session.conn.execute(_STATE.format(password=password), (prefix, after))
+    return session._exec(_STATES[session._authid_readable], (prefix, after))
 
 
 def bundle_states(session: PostgreSQLSession, rows: list[Any] | None = None) -> list[BundleState]:

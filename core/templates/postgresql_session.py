@@ -19,9 +19,8 @@ import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import pq, sql
@@ -61,7 +60,7 @@ from jitc.templates.postgresql_bundles import (
 )
 from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
-from jitc.templates.postgresql_sql import compose
+from jitc.templates.postgresql_sql import Renderer
 
 T = TypeVar("T")
 INVENTORY_FETCH = 2000  # rows per round trip of the inventory's server-side cursor
@@ -69,6 +68,8 @@ KIND = PostgreSQLTemplate.kind
 REVOKE_CHUNK = 1000
 GRANT_CHUNK = 50
 _EQ = sql.SQL("OPERATOR(pg_catalog.=)")
+# A statement made by a session's Renderer, or composed with psycopg.sql.
+Stmt = bytes | sql.Composable
 
 _FINGERPRINT = (
     "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
@@ -97,6 +98,24 @@ _ROLES_AND_GROUPS = _ROLES.replace(
     " FROM pg_catalog.pg_roles r ",
     ", " + _GROUPS_OF.format("r.oid") + " FROM pg_catalog.pg_roles r ",
 )
+_NAMED = "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
+_ROLES_NAMED = _ROLES + _NAMED
+_ROLES_AND_GROUPS_NAMED = _ROLES_AND_GROUPS + _NAMED
+_UNSEEN: Any = object()
+_SESSIONS_OF = (
+    "SELECT a.usesysid::pg_catalog.int8, pg_catalog.count(*) "
+    "FROM pg_catalog.pg_stat_activity a "
+    "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
+)
+_TERMINATE_OIDS = (
+    "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
+    "FROM pg_catalog.pg_stat_activity a "
+    "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
+    "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()"
+)
+_CONN_OK = pq.ConnStatus.OK
+_IDLE = pq.TransactionStatus.IDLE
 
 
 # Roles labelled before labels carried a MAC: their comment is `jitc:` and JSON.
@@ -118,8 +137,9 @@ _FINGERPRINTS: dict[tuple[str, int, str, str], tuple[float, str]] = {}
 _FINGERPRINTS_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class _Role:
+class _Role(NamedTuple):
+    # A tuple, not a frozen dataclass: several are made per grant and revoke, and a frozen
+    # dataclass sets each field through object.__setattr__.
     name: str
     oid: int
     login: bool
@@ -134,15 +154,16 @@ def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
     permission = spec.permission
     assert isinstance(permission, Permission)
     name = role_name(connection, spec.grant_id)
-    label = sql.SQL("'jitc:…'")
+    r = Renderer(None)
+    label = r("'jitc:…'")
     if permission.mode == "membership":
-        statements = _membership_statements(name, member_name(spec), spec.resources, label, 15)
-        return [s.as_string(None) for s in statements]
+        statements = _membership_statements(r, name, member_name(spec), spec.resources, label, 15)
+        return [r.text(s) for s in statements]
     bundles = [_bundle_of(connection, spec, resource) for resource in spec.resources]
-    statements = _user_statements(connection, spec, name, bundles, sql.SQL(MASK), label, 15)
+    statements = _user_statements(r, connection, spec, name, bundles, r(MASK), label, 15)
     for bundle, resource in zip(bundles, spec.resources, strict=True):
         statements += _bundle_statements(connection, permission, bundle, resource)
-    return [s.as_string(None) for s in statements]
+    return [r.text(s) for s in statements]
 
 
 def _bundle_of(connection: Connection, spec: GrantSpec, resource: str) -> str:
@@ -326,59 +347,61 @@ def _format(text: str, connection: Connection, role: sql.Identifier, resource: s
 
 
 def _user_statements(
+    r: Renderer,
     connection: Connection,
     spec: GrantSpec,
     name: str,
     bundles: list[str],
-    verifier: sql.Composable,
-    label: sql.Composable,
+    verifier: bytes,
+    label: bytes,
     server_version: int,
-) -> list[sql.Composed]:
+) -> list[Stmt]:
     permission = spec.permission
     assert isinstance(permission, Permission)
-    role = sql.Identifier(name)
-    create = compose(
+    role = r.ident(name)
+    create = r(
         "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION "
         "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}",
         role,
-        sql.Literal(connection.connection_limit),
+        r.literal(connection.connection_limit),
         verifier,
-        sql.Literal(spec.expires_at.isoformat()),
+        r.literal(spec.expires_at.isoformat()),
     )
-    statements: list[sql.Composed] = []
+    statements: list[Stmt] = []
     if server_version >= 16:
         # A member that may not SET ROLE the bundle cannot create objects it would own.
         statements += [
             create,
-            compose("GRANT {} TO {} WITH INHERIT TRUE, SET FALSE", _names(bundles), role),
+            r("GRANT {} TO {} WITH INHERIT TRUE, SET FALSE", r.idents(bundles), role),
         ]
     else:
-        statements.append(compose("{} IN ROLE {}", create, _names(bundles)))
-    statements.append(compose("COMMENT ON ROLE {} IS {}", role, label))
+        statements.append(r("{} IN ROLE {}", create, r.idents(bundles)))
+    statements.append(r("COMMENT ON ROLE {} IS {}", role, label))
     for guc, value in connection.session_settings().items():
-        statements.append(
-            sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                role, sql.Identifier(guc), sql.Literal(value)
-            )
-        )
+        statements.append(r("ALTER ROLE {} SET {} = {}", role, r.ident(guc), r.literal(value)))
     for resource in spec.resources:
         for text in permission.user_statement_texts():
-            statements.append(_format(text, connection, role, resource))
+            statements.append(_format(text, connection, sql.Identifier(name), resource))
     return statements
 
 
 def _membership_statements(
-    name: str, member: str, groups: Sequence[str], label: sql.Composable, server_version: int
-) -> list[sql.Composed]:
-    role = sql.Identifier(name)
+    r: Renderer,
+    name: str,
+    member: str,
+    groups: Sequence[str],
+    label: bytes,
+    server_version: int,
+) -> list[Stmt]:
+    role = r.ident(name)
     # On 16 and later the member inherits the group's privileges but may not SET ROLE to our
     # intermediate role: it can then neither lock that role's row nor own objects as it.
     edge = " WITH INHERIT TRUE, SET FALSE" if server_version >= 16 else ""
     return [
-        compose("CREATE ROLE {} NOLOGIN INHERIT", role),
-        compose("COMMENT ON ROLE {} IS {}", role, label),
-        compose("GRANT {} TO {}", _names(groups), role),
-        sql.SQL("GRANT {} TO {}" + edge).format(role, sql.Identifier(member)),
+        r("CREATE ROLE {} NOLOGIN INHERIT", role),
+        r("COMMENT ON ROLE {} IS {}", role, label),
+        r("GRANT {} TO {}", r.idents(groups), role),
+        r("GRANT {} TO {}" + edge, role, r.ident(member)),
     ]
 
 
@@ -435,7 +458,7 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     if secret is not None:
         params["password"] = secret.reveal()
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             make_conninfo(**{k: v for k, v in params.items() if v is not None}),
             autocommit=True,
         )
@@ -444,6 +467,12 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         if refused_credential(exc):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
         raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
+    # Never prepared: psycopg forgets every prepared statement of a connection (and sends
+    # DEALLOCATE ALL) after any statement that DROPs, ALTERs or rolls back, as every revoke
+    # does. A query would be prepared (an extra round trip outside a pipeline) for one use or
+    # two, and every execute would count its uses.
+    conn.prepare_threshold = None
+    return conn
 
 
 def refused_credential(exc: psycopg.Error) -> bool:
@@ -467,6 +496,8 @@ class PostgreSQLSession(KeptSession):
         self._secret = secret
         self._verified: dict[tuple[str, str | None], dict[str, Any] | None] = {}
         self.conn = self._connect(connection.dbname)
+        self.sql = Renderer(self.conn)
+        self._cursors: dict[str | None, psycopg.Cursor[Any]] = {}
         self.server_version = self.conn.info.server_version // 10000
         # Reported by the server at connect: no round trip. At connect current_user is the same.
         admin = self.conn.info.parameter_status("session_authorization")
@@ -498,11 +529,8 @@ class PostgreSQLSession(KeptSession):
         stream; a healthy one has nothing to say. Anything to read counts as ended: a new
         connection is cheaper than a batch that fails on its first statement."""
         conn = self.conn
-        if (
-            conn.closed
-            or conn.info.status != pq.ConnStatus.OK
-            or conn.info.transaction_status != pq.TransactionStatus.IDLE
-        ):
+        pgconn = conn.pgconn  # what conn.closed and conn.info read, without their wrappers
+        if pgconn.status != _CONN_OK or pgconn.transaction_status != _IDLE:
             return False
         try:
             readable, _, _ = select.select([conn.fileno()], [], [], 0)
@@ -524,20 +552,18 @@ class PostgreSQLSession(KeptSession):
     # -- reading the ledger ----------------------------------------------------------------
 
     def _roles(self, names: Sequence[str]) -> dict[str, _Role]:
-        rows = self.conn.execute(
-            _ROLES + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])",
-            (list(names),),
-        ).fetchall()
+        rows = self._exec(_ROLES_NAMED, (list(names),)).fetchall()
         return {row[0]: self._role(row) for row in rows}
 
     def _role(self, row: Sequence[Any]) -> _Role:
         name, oid, login, privileged, comment, *groups = row
-        key = (str(name), comment)
-        if key not in self._verified:  # the sweep lists, then revokes: verify each label once
-            self._verified[key] = verify_label(self.key, KIND, str(name), comment)
-        label = self._verified[key]
-        held = tuple(str(g) for g in groups[0]) if groups else ()
-        return _Role(str(name), int(oid), bool(login), bool(privileged), label, held)
+        name = str(name)
+        key = (name, comment)
+        label = self._verified.get(key, _UNSEEN)
+        if label is _UNSEEN:  # the sweep lists, then revokes: verify each label once
+            label = self._verified[key] = verify_label(self.key, KIND, name, comment)
+        held = tuple(map(str, groups[0])) if groups else ()
+        return _Role(name, int(oid), bool(login), bool(privileged), label, held)
 
     def _prefixed(self, query: str) -> list[tuple[Any, ...]]:
         """Rows of a query over the roles named with this integration's prefix."""
@@ -553,23 +579,32 @@ class PostgreSQLSession(KeptSession):
             return None
         return label
 
-    def _label(self, name: str, label: dict[str, Any]) -> sql.Literal:
-        return sql.Literal(sign_label(self.key, KIND, name, label))
+    def _exec(self, query: str | bytes, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
+        """`conn.execute` on a cursor kept for this query, a module constant (the hot path's
+        queries only: one cursor each), or on one kept for all rendered statements. Making a
+        cursor costs more client work than many a query's own; one that runs the same query
+        again keeps its adaptation. Its rows are read before it runs again."""
+        key = query if type(query) is str else None
+        cursor = self._cursors.get(key)
+        if cursor is None:
+            cursor = self._cursors[key] = self.conn.cursor()
+        return cursor.execute(query, params)
 
-    def _run(self, statements: Sequence[sql.Composable]) -> None:
+    def _label(self, name: str, label: dict[str, Any]) -> bytes:
+        return self.sql.literal(sign_label(self.key, KIND, name, label))
+
+    def _run(self, statements: Sequence[Stmt]) -> None:
         """One round trip for many statements: all values are already bound client-side."""
         if statements:
-            self.conn.execute(sql.SQL(";\n").join(statements))
+            self._exec(self.sql.join(statements))
 
-    def _atomic(self, statements: Sequence[sql.Composable]) -> None:
+    def _atomic(self, statements: Sequence[Stmt]) -> None:
         """One transaction in one round trip. On an error the server skips the rest, COMMIT
         included, and leaves the transaction failed: it is rolled back before raising."""
         if not statements:
             return
         try:
-            self.conn.execute(
-                sql.SQL(";\n").join([sql.SQL("BEGIN"), *statements, sql.SQL("COMMIT")])
-            )
+            self._exec(self.sql.join([self.sql("BEGIN"), *statements, self.sql("COMMIT")]))
         except psycopg.Error:
             if self.conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):
@@ -606,7 +641,7 @@ class PostgreSQLSession(KeptSession):
         bundles = self._bundles(spec, {}, known)
         # A grant lost to a server crash fails closed (the role is simply not there), so its
         # commit need not wait for the disk; revokes always do.
-        statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+        statements: list[Stmt] = [self.sql("SET LOCAL synchronous_commit = off")]
         result = self._create(spec, name, bundles, statements)
         self._atomic(statements)
         return result
@@ -700,7 +735,7 @@ class PostgreSQLSession(KeptSession):
         chunk: list[int],
     ) -> dict[int, GrantResult]:
         joined = [name for index in chunk for name in bundles[index]]
-        statements: list[sql.Composable] = list(join_lock(self.key, joined))
+        statements: list[Stmt] = list(join_lock(self.sql, self.key, joined))
         results = {}
         for index in chunk:
             results[index] = self._create(
@@ -714,7 +749,7 @@ class PostgreSQLSession(KeptSession):
         spec: GrantSpec,
         name: str,
         bundles: list[str],
-        into: list[sql.Composable] | None = None,
+        into: list[Stmt] | None = None,
         lock: bool = True,
     ) -> GrantResult:
         """The grant's own statements, inside the caller's transaction; with `into`, they are
@@ -739,20 +774,26 @@ class PostgreSQLSession(KeptSession):
             member = member_name(spec)
             label.update(member=member, terminate_sessions=permission.terminate_sessions)
             statements = _membership_statements(
-                name, member, spec.resources, self._label(name, label), self.server_version
+                self.sql,
+                name,
+                member,
+                spec.resources,
+                self._label(name, label),
+                self.server_version,
             )
         else:
             # The bundles it may be a member of (remove_strangers): these, not another
             # permission's, resource's, or version's.
             label["bundles"] = sorted(set(bundles))
             password = self._password(spec)
-            statements = join_lock(self.key, bundles) if lock else []
+            statements = list(join_lock(self.sql, self.key, bundles)) if lock else []
             statements += _user_statements(
+                self.sql,
                 self.settings,
                 spec,
                 name,
                 bundles,
-                sql.Literal(scram_verifier(password)),
+                self.sql.literal(scram_verifier(password)),
                 self._label(name, label),
                 self.server_version,
             )
@@ -827,15 +868,16 @@ class PostgreSQLSession(KeptSession):
                 for schema in schemas
                 if (known := _FINGERPRINTS.get((*where, schema))) and now - known[0] < ttl
             }
-        query = (
-            _ROLES_AND_GROUPS + "WHERE r.rolname OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
-        )
         stale = [schema for schema in schemas if schema not in fresh]
         # A pipeline only when there is more than the one query to send: for a single one it
         # is the same round trip with the pipeline's own bookkeeping added.
-        with self.conn.pipeline() if stale else contextlib.nullcontext():
-            roles = self.conn.execute(query, (list(names),))
-            prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in stale]
+        prints = []
+        if stale:
+            with self.conn.pipeline():
+                roles = self.conn.execute(_ROLES_AND_GROUPS_NAMED, (list(names),))
+                prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in stale]
+        else:
+            roles = self._exec(_ROLES_AND_GROUPS_NAMED, (list(names),))
         found = {row[0]: self._role(row) for row in roles.fetchall()}
         fingerprints = dict(fresh)
         for schema, cursor in prints:
@@ -902,7 +944,11 @@ class PostgreSQLSession(KeptSession):
             given = self.conn.execute(sql.SQL("SELECT ") + groups).fetchone()
             label["groups"] = list(given[0]) if given else []
             self._run(
-                [sql.SQL("COMMENT ON ROLE {} IS {}").format(bundle, self._label(name, label))]
+                [
+                    self.sql(
+                        "COMMENT ON ROLE {} IS {}", self.sql.ident(name), self._label(name, label)
+                    )
+                ]
             )
             self._refuse_create(name)
             self._refuse_elsewhere(name)
@@ -1050,7 +1096,7 @@ class PostgreSQLSession(KeptSession):
         # A grant made before labels carried a MAC has another name: looked for only when the
         # grant has no role under its current name.
         live = self._legacy(self._prefixed(_LEGACY), missing) if missing else []
-        stones: list[sql.Composable] = []
+        stones: list[Stmt] = []
         for grant_id in grant_ids:
             role = roles.get(names[grant_id])
             if role is None:
@@ -1261,11 +1307,12 @@ class PostgreSQLSession(KeptSession):
             # that a role has no membership left before it counts as revoked.
             # Not waiting for the disk here is safe: the revoke reports success only after a
             # later commit that does wait, and that flushes this one with it.
-            statements: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+            r = self.sql
+            statements: list[Stmt] = [r("SET LOCAL synchronous_commit = off")]
             moment = utcnow()
             for role, label in live:
-                ident = sql.Identifier(role.name)
-                statements.append(compose("ALTER ROLE {} NOLOGIN PASSWORD NULL", ident))
+                ident = r.ident(role.name)
+                statements.append(r("ALTER ROLE {} NOLOGIN PASSWORD NULL", ident))
                 since = str(label.get("disabled_at") or (now[0] if now else ""))
                 disabled_at[role.name] = since
                 expired = datetime.fromisoformat(label["expires_at"]) <= moment
@@ -1274,7 +1321,7 @@ class PostgreSQLSession(KeptSession):
                     # an expired grant is refused anyway, and a sweep saves a write per role.
                     continue
                 statements.append(
-                    compose(
+                    r(
                         "COMMENT ON ROLE {} IS {}",
                         ident,
                         self._label(
@@ -1285,9 +1332,9 @@ class PostgreSQLSession(KeptSession):
             members: dict[str, list[str]] = {}
             for group, member in edges:  # one REVOKE per group: a sweep's roles share bundles
                 members.setdefault(group, []).append(member)
-            revokes: list[sql.Composable] = [sql.SQL("SET LOCAL synchronous_commit = off")]
+            revokes: list[Stmt] = [r("SET LOCAL synchronous_commit = off")]
             revokes += [
-                compose("REVOKE {} FROM {}", sql.Identifier(group), _names(names))
+                r("REVOKE {} FROM {}", r.ident(group), r.idents(names))
                 for group, names in members.items()
             ]
             # Nor may anything the grantee left (a SECURITY DEFINER function) make objects in
@@ -1544,9 +1591,10 @@ class PostgreSQLSession(KeptSession):
         so success means nothing is; on failure the caller goes step by step."""
         if not roles:
             return set()
-        statements: list[sql.Composable] = [
-            compose("DROP OWNED BY {}", _names(r.name for r in roles)),
-            compose("DROP ROLE {}", _names(r.name for r in roles)),
+        names = self.sql.idents([role.name for role in roles])
+        statements: list[Stmt] = [
+            self.sql("DROP OWNED BY {}", names),
+            self.sql("DROP ROLE {}", names),
         ]
         for role in roles:
             label = labels[role.name]
@@ -1571,8 +1619,8 @@ class PostgreSQLSession(KeptSession):
 
         def drop(chunk: list[_Role]) -> None:
             with self.conn.transaction():
-                statements: list[sql.Composable] = [
-                    compose("DROP ROLE IF EXISTS {}", _names(r.name for r in chunk))
+                statements: list[Stmt] = [
+                    self.sql("DROP ROLE IF EXISTS {}", self.sql.idents(r.name for r in chunk))
                 ]
                 for role in chunk:
                     label = labels[role.name]
@@ -1608,30 +1656,18 @@ class PostgreSQLSession(KeptSession):
         after the terminate."""
         if not oids:
             return {}
-        query = (
-            "SELECT a.usesysid::pg_catalog.int8, pg_catalog.count(*) "
-            "FROM pg_catalog.pg_stat_activity a "
-            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() GROUP BY 1"
-        )
-        terminate = (
-            "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(a.pid)) "
-            "FROM pg_catalog.pg_stat_activity a "
-            "WHERE a.usesysid OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.oid[]) "
-            "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()"
-        )
         if bundles is not None:
             with self.conn.pipeline():
-                ended = self.conn.execute(terminate, (oids,))
+                ended = self._exec(_TERMINATE_OIDS, (oids,))
                 state = bundle_state_query(self)
             row = ended.fetchone()
             if not (row and row[0]):
                 bundles[:] = state.fetchall()
         else:
-            row = self.conn.execute(terminate, (oids,)).fetchone()
+            row = self._exec(_TERMINATE_OIDS, (oids,)).fetchone()
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while row and row[0]:
-            counts = {int(k): int(v) for k, v in self.conn.execute(query, (oids,)).fetchall()}
+            counts = {int(k): int(v) for k, v in self._exec(_SESSIONS_OF, (oids,)).fetchall()}
             if not counts or time.monotonic() >= deadline:
                 return counts
             time.sleep(0.02)
@@ -1665,7 +1701,7 @@ class PostgreSQLSession(KeptSession):
             time.sleep(0.02)
         return {}
 
-    def _tombstone(self, name: str, grant_id: str, until: datetime) -> list[sql.Composed]:
+    def _tombstone(self, name: str, grant_id: str, until: datetime) -> list[Stmt]:
         """Statements that remember a revoke under the grant's own name until `until`, so a
         late or repeated grant is refused until then. Past that moment a grant that late has
         expired and is refused anyway."""
@@ -1678,10 +1714,10 @@ class PostgreSQLSession(KeptSession):
             "expires_at": until.isoformat(),
             "state": "tombstone",
         }
-        ident = sql.Identifier(name)
+        ident = self.sql.ident(name)
         return [
-            compose("CREATE ROLE {} NOLOGIN", ident),
-            compose("COMMENT ON ROLE {} IS {}", ident, self._label(name, label)),
+            self.sql("CREATE ROLE {} NOLOGIN", ident),
+            self.sql("COMMENT ON ROLE {} IS {}", ident, self._label(name, label)),
         ]
 
     def forget(self, grant_id: str) -> None:

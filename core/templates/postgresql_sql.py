@@ -1,36 +1,91 @@
-"""Statement composition for the admin session, without parsing a format string per call.
+"""Statement text for the admin session, rendered as it is composed.
 
-`psycopg.sql.SQL(text).format(...)` parses its template on every call, which is most of the
-cost of building a grant's or a revoke's statements. `compose` splits each template once and
-interleaves the same `sql.Composable` values `format` would: identifiers are still
-`sql.Identifier`, values still `sql.Literal`, escaped by the driver when the statement is sent.
-No value is ever put into the template text itself.
+`psycopg.sql.SQL(text).format(...)` parses its template on every call, and the `sql.Composed`
+tree it makes is walked again when the statement is sent, each constant piece encoded on its own
+and each node looking up the connection's encoding: most of the client's work in a grant or a
+revoke. A `Renderer` is made once per connection and renders each statement straight to the
+bytes psycopg would send for the same `format`: each template is split once and its constant
+pieces encoded once, identifiers are escaped by libpq (`PQescapeIdentifier`, as `sql.Identifier`
+does), values quoted by psycopg's own adaptation (`sql.Literal`'s). Only bytes a `Renderer` made
+go into a slot: a str is refused, so no value is ever put into the template text itself.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from psycopg import sql
+import psycopg
+from psycopg import pq, sql
+from psycopg.adapt import Transformer
 
 
 @functools.lru_cache(maxsize=256)
-def _pieces(template: str) -> tuple[sql.SQL, ...]:
-    pieces = template.split("{}")
+def _pieces(template: str) -> tuple[str, ...]:
+    pieces = tuple(template.split("{}"))
     if any("{" in piece or "}" in piece for piece in pieces):
         # Only positional `{}` slots: anything else is a template this helper is not for.
         raise ValueError(f"compose takes '{{}}' slots only: {template!r}")
-    return tuple(sql.SQL(piece) for piece in pieces)
+    return pieces
 
 
-def compose(template: str, *args: sql.Composable) -> sql.Composed:
-    """`sql.SQL(template).format(*args)` for a template whose slots are all `{}`."""
-    pieces = _pieces(template)
-    if len(args) != len(pieces) - 1:
-        raise ValueError(f"{template!r} takes {len(pieces) - 1} value(s), not {len(args)}")
-    parts: list[sql.Composable] = [pieces[0]]
-    for arg, piece in zip(args, pieces[1:], strict=True):
-        parts += (arg, piece)
-    # Composed takes a value that is not a Composable as a Literal, as format does: a bare
-    # value is bound as data, never spliced in as SQL.
-    return sql.Composed(parts)
+class Renderer:
+    """Statements as the connection's bytes (or, with no connection, as `as_string(None)` makes
+    them: the plan's text, never sent). The connection's encoding is read once: the admin
+    session never changes it."""
+
+    def __init__(self, conn: psycopg.Connection[Any] | None) -> None:
+        self.conn = conn
+        self.encoding = conn.info.encoding if conn is not None else "utf-8"
+        self._escape = pq.Escaping(conn.pgconn).escape_identifier if conn is not None else None
+        # One adaptation context for every value (a Literal given a connection makes its own).
+        self._literal = Transformer.from_context(conn).as_literal
+        # Each template as a bytes format, its text's own '%' doubled, and its slot count.
+        self._formats: dict[str, tuple[bytes, int]] = {}
+
+    def __call__(self, template: str, *args: bytes) -> bytes:
+        """`sql.SQL(template).format(*args)` for a template whose slots are all `{}`, each arg
+        made by this renderer."""
+        found = self._formats.get(template)
+        if found is None:
+            encoded = (piece.encode(self.encoding) for piece in _pieces(template))
+            pieces = [piece.replace(b"%", b"%%") for piece in encoded]
+            found = self._formats[template] = (b"%b".join(pieces), len(pieces) - 1)
+        if len(args) != found[1]:
+            raise ValueError(f"{template!r} takes {found[1]} value(s), not {len(args)}")
+        # `%b` takes bytes only: text is never spliced in (a value goes through `literal`, a
+        # name through `ident`), and an int or a str raises TypeError.
+        return found[0] % args
+
+    def ident(self, name: str) -> bytes:
+        """`sql.Identifier(name)`."""
+        if self._escape is None:
+            return sql.Identifier(name).as_bytes(None)
+        return self._escape(name.encode(self.encoding))
+
+    def idents(self, names: Iterable[str]) -> bytes:
+        """`sql.SQL(", ").join(map(sql.Identifier, names))`."""
+        return b", ".join(map(self.ident, names))
+
+    def literal(self, value: Any) -> bytes:
+        """`sql.Literal(value)`."""
+        return self._literal(value)
+
+    def composed(self, statement: bytes | sql.Composable) -> bytes:
+        """A statement made here, or one composed with `psycopg.sql` elsewhere."""
+        if type(statement) is bytes:
+            return statement
+        assert isinstance(statement, sql.Composable)
+        return statement.as_bytes(self.conn)
+
+    def join(self, statements: Sequence[bytes | sql.Composable]) -> bytes:
+        """Statements for one round trip: `sql.SQL(";\\n").join(statements)`."""
+        try:
+            return b";\n".join(statements)  # type: ignore[arg-type]
+        except TypeError:  # some composed with psycopg.sql
+            return b";\n".join(map(self.composed, statements))
+
+    def text(self, statement: bytes | sql.Composable) -> str:
+        """A statement as `as_string` shows it."""
+        return self.composed(statement).decode(self.encoding)
