@@ -5,7 +5,9 @@ the template also keeps cursors of its own), the fetches of those cursors (itera
 included), and the `transaction()` and `pipeline()` blocks opened on a connection while it is
 active, as events in order. `replay()` sends those events again on a connection of the
 caller's: the same statements, parameters, transactions, savepoints and pipeline syncs, with
-new names put in place of the recorded ones. Values the server makes up (role oids, backend
+new names put in place of the recorded ones, each statement on a new cursor where the engine
+used `Connection.execute` and on a cursor kept on that connection where the engine kept one
+(so the floor is raw psycopg used as the engine uses it). Values the server makes up (role oids, backend
 pids) are learned as the replay goes: where a recorded fetch returned one value and the
 replay's returns another at the same place, later parameters get the new one. A replay that
 errs, or that fetches rows of another shape, was not the same statements: it raises.
@@ -17,6 +19,7 @@ none of its Python around them (request checks, planning, labels, sealing, event
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,12 +53,22 @@ def record() -> Iterator[Recording]:
     cursor_of: dict[int, int] = {}  # id(cursor) -> its index among the events
     originals = {
         "execute": psycopg.Cursor.execute,
+        "conn_execute": psycopg.Connection.execute,
         "transaction": psycopg.Connection.transaction,
         "pipeline": psycopg.Connection.pipeline,
         "fetchone": psycopg.Cursor.fetchone,
         "fetchall": psycopg.Cursor.fetchall,
         "iter": psycopg.Cursor.__iter__,
     }
+
+    temporary: list[bool] = [False]  # inside Connection.execute: its cursor is a new one
+
+    def conn_execute(conn: Any, *args: Any, **kw: Any) -> Any:
+        temporary[0] = True
+        try:
+            return originals["conn_execute"](conn, *args, **kw)
+        finally:
+            temporary[0] = False
 
     def execute(cursor: Any, query: Any, params: Any = None, **kw: Any) -> Any:
         conn = cursor.connection
@@ -64,9 +77,13 @@ def record() -> Iterator[Recording]:
         index = len(found.events)
         # Connection.execute passes prepare=None; the replay's Connection.execute does too.
         kw = {k: v for k, v in kw.items() if v is not None}
-        found.events.append(("exec", id(conn), _text(conn, query), params, kw))
+        # Which cursor: None for the new one of a Connection.execute, else the kept cursor's
+        # identity, so the replay keeps a cursor of its own wherever the engine kept one.
+        kept = None if temporary[0] else id(cursor)
+        found.events.append(("exec", id(conn), _text(conn, query), params, kw, kept))
         # A kept cursor's fetches belong to its latest statement.
         cursor_of[id(cursor)] = index
+        temporary[0] = False
         return originals["execute"](cursor, query, params, **kw)
 
     def fetch(name: str) -> Callable[..., Any]:
@@ -102,6 +119,7 @@ def record() -> Iterator[Recording]:
 
     patches: dict[tuple[type, str], Any] = {
         (psycopg.Cursor, "execute"): execute,
+        (psycopg.Connection, "execute"): conn_execute,
         (psycopg.Connection, "transaction"): block("transaction"),
         (psycopg.Connection, "pipeline"): block("pipeline"),
         (psycopg.Cursor, "fetchone"): fetch("fetchone"),
@@ -147,6 +165,13 @@ def _learn(recorded: Any, replayed: Any, learned: dict[Any, Any]) -> None:
         learned[recorded] = replayed
 
 
+# The cursors a replay keeps on each connection, where the engine kept one: raw psycopg
+# reusing a cursor as the engine's session does, across replays on one kept connection.
+_KEPT: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[int, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def replay(
     conn: psycopg.Connection[Any],
     recording: Recording,
@@ -179,9 +204,16 @@ def replay(
                 conns[owner] = connect(recording.connections[owner])
             target = conns[owner]
             if kind == "exec":
-                _, _, text, params, kw = event
+                _, _, text, params, kw, kept = event
                 query = _swap(text, names, learned).encode()
-                cursors[index] = target.execute(query, _swap(params, names, learned), **kw)
+                if kept is None:
+                    cursors[index] = target.execute(query, _swap(params, names, learned), **kw)
+                else:
+                    mine = _KEPT.setdefault(target, {})
+                    if kept not in mine:
+                        mine[kept] = target.cursor()
+                    cursors[index] = mine[kept]
+                    mine[kept].execute(query, _swap(params, names, learned), **kw)
             elif kind.endswith("-enter"):
                 opened = getattr(target, kind.removesuffix("-enter"))()
                 opened.__enter__()
