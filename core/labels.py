@@ -43,19 +43,21 @@ class LabelKey:
             raise ValueError("a label key needs 16 characters or more")
         return cls(value.encode())
 
-    # One derived key per purpose, each derived once: a kept session MACs several labels per
-    # grant. Each MAC is then one call into OpenSSL (`hmac.digest`), cheaper than copying a
-    # keyed `hmac.HMAC` state through its Python wrapper.
-    _derived: dict[str, bytes] = field(
+    # Keyed HMAC states, one per purpose, each derived once: a kept session MACs several
+    # labels per grant, and keying an HMAC costs more than the MAC itself (a copy of the keyed
+    # state, ~19k instructions, against ~26k for a one-shot `hmac.digest`).
+    _keyed: dict[str, hmac.HMAC] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
     def _hmac(self, purpose: str, message: bytes) -> bytes:
-        key = self._derived.get(purpose)
-        if key is None:
-            key = hmac.digest(self.secret, f"jitc {purpose}".encode(), "sha256")
-            self._derived[purpose] = key
-        return hmac.digest(key, message, "sha256")
+        keyed = self._keyed.get(purpose)
+        if keyed is None:
+            derived = hmac.digest(self.secret, f"jitc {purpose}".encode(), "sha256")
+            keyed = self._keyed[purpose] = hmac.new(derived, digestmod=hashlib.sha256)
+        state = keyed.copy()
+        state.update(message)
+        return state.digest()
 
     def mac(self, *parts: str) -> str:
         digest = self._hmac("label", "\0".join(parts).encode())
