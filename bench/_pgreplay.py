@@ -7,10 +7,11 @@ active, as events in order. `replay()` sends those events again on a connection 
 caller's: the same statements, parameters, transactions, savepoints and pipeline syncs, with
 new names put in place of the recorded ones, each statement on a new cursor where the engine
 used `Connection.execute` and on a cursor kept on that connection where the engine kept one
-(so the floor is raw psycopg used as the engine uses it). Values the server makes up (role oids, backend
-pids) are learned as the replay goes: where a recorded fetch returned one value and the
-replay's returns another at the same place, later parameters get the new one. A replay that
-errs, or that fetches rows of another shape, was not the same statements: it raises.
+(so the floor is raw psycopg used as the engine uses it). Values the server makes up (role
+oids, backend pids) are learned as the replay goes: where a recorded fetch returned one value
+and the replay's returns another at the same place, later parameters get the new one. A
+replay that errs, or that fetches rows of another shape, was not the same statements: it
+raises.
 
 This is the "same statements" floor of bench_pg_latency.py: the engine's own statements with
 none of its Python around them (request checks, planning, labels, sealing, events).
