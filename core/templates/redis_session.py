@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
+import operator
 import secrets
 import select
 import time
@@ -91,6 +93,17 @@ def admin_client(connection: Connection, secret: Secret | AdminCredential | None
 
 POOL: SessionPool[RedisSession] = SessionPool()
 _CHANGES = frozenset({("ACL", "SETUSER"), ("ACL", "DELUSER")})
+_VERB = operator.itemgetter(slice(2))
+
+
+def _changes(commands: Sequence[tuple[str, ...]]) -> bool:
+    """Whether any command changes users. (Iterated in C: a generator's frame per round trip
+    cost more than the test.)"""
+    return any(map(_CHANGES.__contains__, map(_VERB, commands)))
+
+
+def _any_error(replies: list[Any]) -> bool:
+    return any(map(isinstance, replies, itertools.repeat(Exception)))
 
 
 def take(
@@ -206,7 +219,7 @@ class RedisSession(KeptSession):
         whether the user is `on`, only at a login, so one logged in before this batch proves
         nothing about the admin now (an operator may have disabled it or changed its password).
         Commands that change users wait for that login's answer; reads ride with it."""
-        if self._kept and any(c[:2] in _CHANGES for c in commands):
+        if self._kept and _changes(commands):
             self._send(())  # a login on its own first: a refused one must stop the writes
         check = self._kept
         login = [("AUTH", *self._credential.get_credentials())] if check else []
@@ -247,14 +260,14 @@ class RedisSession(KeptSession):
         """One round trip. ACL SAVE is appended when the server keeps an ACL file and any
         command changes users, so a restart keeps grants and tombstones. (Without an ACL file a
         restart forgets every user made at run time: access ends, and tombstones are lost.)"""
-        changes = any(c[:2] in _CHANGES for c in commands)
-        save = changes and self._save is not False
+        save = self._save is not False and _changes(commands)
         replies = self._send([*commands, ("ACL", "SAVE")] if save else commands)
         if save:
             self._saved(replies.pop())
-        for command, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise TargetError(f"Redis {' '.join(command[:2])} failed: {_first_line(reply)}")
+        if _any_error(replies) or len(replies) != len(commands):
+            for command, reply in zip(commands, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise TargetError(f"Redis {' '.join(command[:2])} failed: {_first_line(reply)}")
         return replies
 
     def _saved(self, reply: object) -> None:
@@ -381,11 +394,14 @@ class RedisSession(KeptSession):
         # The sweep revokes what the ACL LIST of this same session found due, a moment ago: the
         # users it listed are not read again (each `ACL GETUSER` of a user costs Redis 7.0 a
         # description of its rules). Only an ACL administrator could change them in between.
-        listed = {n: self._listed.pop(n) for n in names if n in self._listed}
-        unread = [n for n in names if n not in listed]
-        reads = dict(zip([*unread, *stones], self._get(*unread, *stones), strict=True))
-        reads.update(listed)
-        found = [reads[n] for n in (*names, *stones)]
+        if self._listed:
+            listed = {n: self._listed.pop(n) for n in names if n in self._listed}
+            unread = [n for n in names if n not in listed]
+            reads = dict(zip([*unread, *stones], self._get(*unread, *stones), strict=True))
+            reads.update(listed)
+            found = [reads[n] for n in (*names, *stones)]
+        else:
+            found = self._get(*names, *stones)
         now = utcnow()
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}
