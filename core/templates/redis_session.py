@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import itertools
@@ -91,6 +92,30 @@ def admin_client(connection: Connection, secret: Secret | AdminCredential | None
     )
 
 
+# One client per distinct connection settings, never used to connect: its pool's connection
+# arguments are what `admin_client` gives redis-py for those settings.
+_PROTOTYPES: dict[Connection, Any] = {}
+
+
+def admin_pool(connection: Connection, credential: AdminCredential) -> Any:
+    """A pool of connections made with the very arguments `admin_client`'s client would make
+    them with, logging in with `credential`. A client (`redis.Redis`) per session cost 230 us,
+    most of it a table of reply callbacks that the session's raw round trips never use: a
+    fifth of a grant+revoke's client time when each has its own session."""
+    proto = _PROTOTYPES.get(connection)
+    if proto is None:
+        proto = _PROTOTYPES[connection] = admin_client(connection, None).connection_pool
+    kwargs = dict(proto.connection_kwargs)
+    # redis-py 8's pool adds a registry of its own to the arguments; each pool makes its own.
+    kwargs.pop("himport_registry", None)
+    kwargs["credential_provider"] = credential
+    if "retry" in kwargs:
+        kwargs["retry"] = copy.deepcopy(kwargs["retry"])  # as redis.Redis does, per client
+    return type(proto)(
+        connection_class=proto.connection_class, max_connections=proto.max_connections, **kwargs
+    )
+
+
 POOL: SessionPool[RedisSession] = SessionPool()
 _CHANGES = frozenset({("ACL", "SETUSER"), ("ACL", "DELUSER")})
 _VERB = operator.itemgetter(slice(2))
@@ -147,10 +172,10 @@ class RedisSession(KeptSession):
         self._credential = AdminCredential(connection.user, secret)
         # No PING: the connection opens with the first pipeline, which reports a failure to
         # connect or to log in like any other (one round trip fewer per batch).
-        self.client: redis.Redis = admin_client(connection, self._credential)
-        # The client pool's connection this session sends its round trips on, taken (connected,
+        self.pool = admin_pool(connection, self._credential)
+        # The pool's connection this session sends its round trips on, taken (connected,
         # logged in, checked) at the first of them and held, kept with the session, until the
-        # client is closed: not taken from the pool and given back at every round trip.
+        # pool is closed: not taken from the pool and given back at every round trip.
         self._conn: Any = None
         self.pool_key: PoolKey | None = None
         self.refused = False
@@ -169,23 +194,26 @@ class RedisSession(KeptSession):
     def reusable(self) -> bool:
         if self._failed or self.refused:
             return False
-        pool: Any = self.client.connection_pool
-        if set(getattr(pool, "_in_use_connections", ())) - {self._conn}:
-            return False
-        held = [self._conn] if self._conn is not None else []
-        for conn in [*held, *getattr(pool, "_available_connections", ())]:
+        pool = self.pool
+        held = self._conn
+        in_use = getattr(pool, "_in_use_connections", ())
+        if len(in_use) > (held in in_use):
+            return False  # a connection other than the session's own is out
+        socks = []
+        for conn in [held, *getattr(pool, "_available_connections", ())]:
             sock = getattr(conn, "_sock", None)
-            if sock is None:
-                continue  # not connected: it connects, and logs in, at its next command
-            # An idle connection the server has ended (CLIENT KILL, timeout, restart) has
-            # something to read, the end of the stream; a healthy one has nothing to say.
-            try:
-                readable, _, _ = select.select([sock], [], [], 0)
-            except (OSError, ValueError):
-                return False
-            if readable:
-                return False
-        return True
+            # One not connected connects, and logs in, at its next command.
+            if sock is not None:
+                socks.append(sock)
+        if not socks:
+            return True
+        # An idle connection the server has ended (CLIENT KILL, timeout, restart) has
+        # something to read, the end of the stream; a healthy one has nothing to say.
+        try:
+            readable, _, _ = select.select(socks, [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
         self._key = key
@@ -201,14 +229,14 @@ class RedisSession(KeptSession):
         self._listed.clear()
 
     def discard(self) -> None:
-        self.client.close()
+        self.pool.disconnect()
 
     def login(self) -> None:
         """Log in now (a session otherwise logs in with its first pipeline): the engine proves
         each credential it read again after a refusal, while a rotation is under way. Always on
         a new connection: one logged in earlier (a kept one) proves nothing about it now."""
         self._kept = False
-        self.client.connection_pool.disconnect()
+        self.pool.disconnect()
         self._send([("PING",)])
 
     # -- the ledger ------------------------------------------------------------------------
@@ -225,7 +253,7 @@ class RedisSession(KeptSession):
         login = [("AUTH", *self._credential.get_credentials())] if check else []
         try:
             if self._conn is None:
-                self._conn = self.client.connection_pool.get_connection()
+                self._conn = self.pool.get_connection()
             replies = _pipelined(self._conn, [*login, *commands])
             if check and isinstance(replies.pop(0), Exception):
                 raise redis.AuthenticationError
@@ -243,7 +271,7 @@ class RedisSession(KeptSession):
                 # timeout, CLIENT KILL): once more on a new one. Every command here resets and
                 # sets a state or reads one, so sending them again is harmless.
                 self._kept = False
-                self.client.connection_pool.disconnect()
+                self.pool.disconnect()
                 return self._send(commands)
             self._failed = True
             raise TargetError(
@@ -499,7 +527,7 @@ class RedisSession(KeptSession):
         wanted = set(names)
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while True:
-            # On the session's own connection: the client's would open another, and log in.
+            # On the session's own connection: another would have to connect, and log in.
             counts = _connections(self._run([("CLIENT", "LIST")])[0], wanted)
             if not counts or time.monotonic() >= deadline:
                 return counts
@@ -543,7 +571,7 @@ class RedisSession(KeptSession):
 
     def _databases(self) -> list[str]:
         """The logical databases that hold keys, from INFO keyspace (`db0:keys=1,...` per line),
-        on the session's own connection: the client's would open another, and log in."""
+        on the session's own connection: another would have to connect, and log in."""
         text = str(self._run([("INFO", "keyspace")])[0])
         return sorted(
             line.partition(":")[0]
