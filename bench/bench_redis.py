@@ -49,10 +49,14 @@ KEPT: list[redis.Redis] = []
 
 
 def connect() -> redis.Redis:
-    # The same client settings as the template's session.
+    # The same client settings as the template's session, and the same login: the session
+    # logs in as its admin user (`AUTH default ""` here, the shared server's user without a
+    # password) on each new connection, a round trip of its own before the first command.
     return redis.Redis(
         host="127.0.0.1",
         port=6379,
+        username="default",
+        password="",
         decode_responses=True,
         protocol=2,
         client_name="jit-floor",

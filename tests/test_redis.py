@@ -746,6 +746,27 @@ def test_the_client_list_counts_each_user_connection_by_its_exact_name() -> None
     assert _connections("", {"jitc-ga"}) == {}
 
 
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_session_connects_with_the_arguments_of_the_admin_client(tls: bool) -> None:
+    from jitc.templates.redis import Connection
+    from jitc.templates.redis_session import AdminCredential, admin_client, admin_pool
+
+    settings = Connection.model_validate(
+        {"host": "127.0.0.1", "tls": tls, "tls_ca_file": "/nonexistent/ca.pem", "user": "adm"}
+    )
+    credential = AdminCredential("adm", Secret("pw"))
+    made, client = admin_pool(settings, credential), admin_client(settings, credential)
+    ours, theirs = dict(made.connection_kwargs), dict(client.connection_pool.connection_kwargs)
+    assert ours.pop("credential_provider") is credential is theirs.pop("credential_provider")
+    assert type(ours.pop("retry")) is type(theirs.pop("retry"))
+    ours.pop("himport_registry", None)
+    theirs.pop("himport_registry", None)
+    assert ours == theirs and ours["client_name"] == "jit-connector"
+    assert made.connection_class is client.connection_pool.connection_class
+    assert made.max_connections == client.connection_pool.max_connections
+    assert admin_pool(settings, credential) is not made
+
+
 def test_a_revoke_that_sees_the_user_still_connected_looks_again_on_its_own_connection(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
+import itertools
+import operator
 import secrets
 import select
 import time
@@ -89,8 +92,43 @@ def admin_client(connection: Connection, secret: Secret | AdminCredential | None
     )
 
 
+# One client per distinct connection settings, never used to connect: its pool's connection
+# arguments are what `admin_client` gives redis-py for those settings.
+_PROTOTYPES: dict[Connection, Any] = {}
+
+
+def admin_pool(connection: Connection, credential: AdminCredential) -> Any:
+    """A pool of connections made with the very arguments `admin_client`'s client would make
+    them with, logging in with `credential`. A client (`redis.Redis`) per session cost 230 us,
+    most of it a table of reply callbacks that the session's raw round trips never use: a
+    fifth of a grant+revoke's client time when each has its own session."""
+    proto = _PROTOTYPES.get(connection)
+    if proto is None:
+        proto = _PROTOTYPES[connection] = admin_client(connection, None).connection_pool
+    kwargs = dict(proto.connection_kwargs)
+    # redis-py 8's pool adds a registry of its own to the arguments; each pool makes its own.
+    kwargs.pop("himport_registry", None)
+    kwargs["credential_provider"] = credential
+    if "retry" in kwargs:
+        kwargs["retry"] = copy.deepcopy(kwargs["retry"])  # as redis.Redis does, per client
+    return type(proto)(
+        connection_class=proto.connection_class, max_connections=proto.max_connections, **kwargs
+    )
+
+
 POOL: SessionPool[RedisSession] = SessionPool()
 _CHANGES = frozenset({("ACL", "SETUSER"), ("ACL", "DELUSER")})
+_VERB = operator.itemgetter(slice(2))
+
+
+def _changes(commands: Sequence[tuple[str, ...]]) -> bool:
+    """Whether any command changes users. (Iterated in C: a generator's frame per round trip
+    cost more than the test.)"""
+    return any(map(_CHANGES.__contains__, map(_VERB, commands)))
+
+
+def _any_error(replies: list[Any]) -> bool:
+    return any(map(isinstance, replies, itertools.repeat(Exception)))
 
 
 def take(
@@ -134,10 +172,10 @@ class RedisSession(KeptSession):
         self._credential = AdminCredential(connection.user, secret)
         # No PING: the connection opens with the first pipeline, which reports a failure to
         # connect or to log in like any other (one round trip fewer per batch).
-        self.client: redis.Redis = admin_client(connection, self._credential)
-        # The client pool's connection this session sends its round trips on, taken (connected,
+        self.pool = admin_pool(connection, self._credential)
+        # The pool's connection this session sends its round trips on, taken (connected,
         # logged in, checked) at the first of them and held, kept with the session, until the
-        # client is closed: not taken from the pool and given back at every round trip.
+        # pool is closed: not taken from the pool and given back at every round trip.
         self._conn: Any = None
         self.pool_key: PoolKey | None = None
         self.refused = False
@@ -156,23 +194,26 @@ class RedisSession(KeptSession):
     def reusable(self) -> bool:
         if self._failed or self.refused:
             return False
-        pool: Any = self.client.connection_pool
-        if set(getattr(pool, "_in_use_connections", ())) - {self._conn}:
-            return False
-        held = [self._conn] if self._conn is not None else []
-        for conn in [*held, *getattr(pool, "_available_connections", ())]:
+        pool = self.pool
+        held = self._conn
+        in_use = getattr(pool, "_in_use_connections", ())
+        if len(in_use) > (held in in_use):
+            return False  # a connection other than the session's own is out
+        socks = []
+        for conn in [held, *getattr(pool, "_available_connections", ())]:
             sock = getattr(conn, "_sock", None)
-            if sock is None:
-                continue  # not connected: it connects, and logs in, at its next command
-            # An idle connection the server has ended (CLIENT KILL, timeout, restart) has
-            # something to read, the end of the stream; a healthy one has nothing to say.
-            try:
-                readable, _, _ = select.select([sock], [], [], 0)
-            except (OSError, ValueError):
-                return False
-            if readable:
-                return False
-        return True
+            # One not connected connects, and logs in, at its next command.
+            if sock is not None:
+                socks.append(sock)
+        if not socks:
+            return True
+        # An idle connection the server has ended (CLIENT KILL, timeout, restart) has
+        # something to read, the end of the stream; a healthy one has nothing to say.
+        try:
+            readable, _, _ = select.select(socks, [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
         self._key = key
@@ -188,14 +229,14 @@ class RedisSession(KeptSession):
         self._listed.clear()
 
     def discard(self) -> None:
-        self.client.close()
+        self.pool.disconnect()
 
     def login(self) -> None:
         """Log in now (a session otherwise logs in with its first pipeline): the engine proves
         each credential it read again after a refusal, while a rotation is under way. Always on
         a new connection: one logged in earlier (a kept one) proves nothing about it now."""
         self._kept = False
-        self.client.connection_pool.disconnect()
+        self.pool.disconnect()
         self._send([("PING",)])
 
     # -- the ledger ------------------------------------------------------------------------
@@ -206,13 +247,13 @@ class RedisSession(KeptSession):
         whether the user is `on`, only at a login, so one logged in before this batch proves
         nothing about the admin now (an operator may have disabled it or changed its password).
         Commands that change users wait for that login's answer; reads ride with it."""
-        if self._kept and any(c[:2] in _CHANGES for c in commands):
+        if self._kept and _changes(commands):
             self._send(())  # a login on its own first: a refused one must stop the writes
         check = self._kept
         login = [("AUTH", *self._credential.get_credentials())] if check else []
         try:
             if self._conn is None:
-                self._conn = self.client.connection_pool.get_connection()
+                self._conn = self.pool.get_connection()
             replies = _pipelined(self._conn, [*login, *commands])
             if check and isinstance(replies.pop(0), Exception):
                 raise redis.AuthenticationError
@@ -230,7 +271,7 @@ class RedisSession(KeptSession):
                 # timeout, CLIENT KILL): once more on a new one. Every command here resets and
                 # sets a state or reads one, so sending them again is harmless.
                 self._kept = False
-                self.client.connection_pool.disconnect()
+                self.pool.disconnect()
                 return self._send(commands)
             self._failed = True
             raise TargetError(
@@ -247,14 +288,14 @@ class RedisSession(KeptSession):
         """One round trip. ACL SAVE is appended when the server keeps an ACL file and any
         command changes users, so a restart keeps grants and tombstones. (Without an ACL file a
         restart forgets every user made at run time: access ends, and tombstones are lost.)"""
-        changes = any(c[:2] in _CHANGES for c in commands)
-        save = changes and self._save is not False
+        save = self._save is not False and _changes(commands)
         replies = self._send([*commands, ("ACL", "SAVE")] if save else commands)
         if save:
             self._saved(replies.pop())
-        for command, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise TargetError(f"Redis {' '.join(command[:2])} failed: {_first_line(reply)}")
+        if _any_error(replies) or len(replies) != len(commands):
+            for command, reply in zip(commands, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise TargetError(f"Redis {' '.join(command[:2])} failed: {_first_line(reply)}")
         return replies
 
     def _saved(self, reply: object) -> None:
@@ -381,11 +422,14 @@ class RedisSession(KeptSession):
         # The sweep revokes what the ACL LIST of this same session found due, a moment ago: the
         # users it listed are not read again (each `ACL GETUSER` of a user costs Redis 7.0 a
         # description of its rules). Only an ACL administrator could change them in between.
-        listed = {n: self._listed.pop(n) for n in names if n in self._listed}
-        unread = [n for n in names if n not in listed]
-        reads = dict(zip([*unread, *stones], self._get(*unread, *stones), strict=True))
-        reads.update(listed)
-        found = [reads[n] for n in (*names, *stones)]
+        if self._listed:
+            listed = {n: self._listed.pop(n) for n in names if n in self._listed}
+            unread = [n for n in names if n not in listed]
+            reads = dict(zip([*unread, *stones], self._get(*unread, *stones), strict=True))
+            reads.update(listed)
+            found = [reads[n] for n in (*names, *stones)]
+        else:
+            found = self._get(*names, *stones)
         now = utcnow()
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}
@@ -483,7 +527,7 @@ class RedisSession(KeptSession):
         wanted = set(names)
         deadline = time.monotonic() + self.settings.terminate_wait_seconds
         while True:
-            # On the session's own connection: the client's would open another, and log in.
+            # On the session's own connection: another would have to connect, and log in.
             counts = _connections(self._run([("CLIENT", "LIST")])[0], wanted)
             if not counts or time.monotonic() >= deadline:
                 return counts
@@ -527,7 +571,7 @@ class RedisSession(KeptSession):
 
     def _databases(self) -> list[str]:
         """The logical databases that hold keys, from INFO keyspace (`db0:keys=1,...` per line),
-        on the session's own connection: the client's would open another, and log in."""
+        on the session's own connection: another would have to connect, and log in."""
         text = str(self._run([("INFO", "keyspace")])[0])
         return sorted(
             line.partition(":")[0]
