@@ -3,8 +3,6 @@
 Every model is strict and refuses unknown fields; `schemas/` holds their JSON Schemas.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import functools
@@ -163,7 +161,7 @@ class AccessRequest(_Strict):
             raise ValueError("expires_at is outside the representable range") from None
 
     @model_validator(mode="after")
-    def _shape(self) -> AccessRequest:
+    def _shape(self) -> Self:
         if self.action == "grant":
             missing = [
                 name
