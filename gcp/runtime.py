@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jitc.catalog import Catalog, load_catalog, parse_catalog
 from jitc.errors import CatalogError, ConfigError, required_env
@@ -32,8 +31,7 @@ if TYPE_CHECKING:
     from jitc.secrets import SecretStores
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     project: str
     queue: str
     worker_url: str
