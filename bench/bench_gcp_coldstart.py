@@ -16,7 +16,14 @@ Each function finds its credentials in a service-account key file by default. Wi
 function's service account) that hands out access tokens the loopback GCP accepts; no key is
 parsed, and the first Google call fetches a token from that server.
 
-    python bench/bench_gcp_coldstart.py [samples] [--metadata]
+With `--callgrind` each case runs once (after the warm-up) under `valgrind --tool=callgrind`
+and the whole process's instructions are counted instead: the same code, inputs and server
+answers give the same count whatever else runs on the machine, so a change can be measured
+before/after on a loaded machine. PYTHONHASHSEED is fixed for those runs. `--keep=DIR` keeps
+the callgrind files (for `callgrind_annotate`); `--cases=intake,worker` runs only those (the
+baseline always runs).
+
+    python bench/bench_gcp_coldstart.py [samples] [--metadata] [--callgrind [--keep=DIR]]
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,7 +128,13 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     samples = int(args[0]) if args else 9
-    metadata = "--metadata" in sys.argv[1:]
+    flags = sys.argv[1:]
+    metadata = "--metadata" in flags
+    callgrind = "--callgrind" in flags
+    keep = next((Path(f.split("=", 1)[1]) for f in flags if f.startswith("--keep=")), None)
+    only = next((f.split("=", 1)[1].split(",") for f in flags if f.startswith("--cases=")), None)
+    if callgrind and shutil.which("valgrind") is None:
+        sys.exit("valgrind (callgrind) is not installed here")
     fake = FakeGcp(PROJECT)
     servers: dict[str, Metadata] = {}
     fake.queues.add(QUEUE)
@@ -205,8 +220,10 @@ def main() -> None:
         # "+ psycopg": the worker's and the sweep's target driver added to the baseline, to show
         # what the connector adds on top of it (ratios are still to the first line).
         cases = ["baseline", "baseline + psycopg", "intake", "worker", "sweep"]
+        if only:
+            cases = [c for c in cases if c == "baseline" or c in only]
 
-        def sample(name: str, n: int) -> tuple[float, int, float]:
+        def sample(name: str, n: int, counted: bool = False) -> tuple[float, int, float]:
             env = dict(base_env)
             if name == "baseline":
                 code = BASELINE
@@ -219,17 +236,31 @@ def main() -> None:
                 else:
                     env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[name])
                 code = FIRST.format(target=name, source=source, request=request_for(name, n))
+            command = [sys.executable, "-c", PROBE.format(code=code)]
+            if counted:
+                env["PYTHONHASHSEED"] = "0"
+                out_file = f"--callgrind-out-file={counts_of(name)}"
+                command = ["valgrind", "--tool=callgrind", out_file, *command]
             out = subprocess.run(
-                [sys.executable, "-c", PROBE.format(code=code)], capture_output=True, text=True,
-                check=True, env=env, cwd=folder,
+                command, capture_output=True, text=True, check=True, env=env, cwd=folder,
             )  # fmt: skip
             took, hwm, status, used = json.loads(out.stdout.strip().splitlines()[-1])
             if not name.startswith("baseline") and status not in (200, 202):
                 raise RuntimeError(f"{name}: HTTP {status}\n{out.stdout[-2000:]}")
             return float(took), int(hwm), float(used)
 
+        def counts_of(name: str) -> Path:
+            return (keep or folder) / f"callgrind.{name.replace(' + ', '-')}.out"
+
         for name in cases:
             sample(name, -1)  # warm the bytecode and the page cache
+        if callgrind:
+            if keep:
+                keep.mkdir(parents=True, exist_ok=True)
+            for name in cases:
+                sample(name, 0, counted=True)
+            report_instructions(cases, {name: instructions(counts_of(name)) for name in cases})
+            return
         times: dict[str, list[float]] = {n: [] for n in cases}
         peaks: dict[str, list[int]] = {n: [] for n in cases}
         cpus: dict[str, list[float]] = {n: [] for n in cases}
@@ -266,6 +297,27 @@ def main() -> None:
             f"{name:30} {t * 1000:8.1f} {t / base_t:5.2f}x {u * 1000:7.1f} {u / base_c:5.2f}x "
             f"{m / 1024:9.1f} {m / base_m:5.2f}x"
         )
+
+
+def instructions(out: Path) -> int:
+    """The process's total instructions, from a callgrind file's `totals:` (or `summary:`)."""
+    text = out.read_text()
+    found = re.search(r"^totals:\s+(\d+)", text, re.M) or re.search(
+        r"^summary:\s+(\d+)", text, re.M
+    )
+    if not found:
+        raise RuntimeError(f"no totals in {out}")
+    return int(found.group(1))
+
+
+def report_instructions(cases: list[str], counts: dict[str, int]) -> None:
+    print(f"python {platform.python_version()}; baseline: {BASELINE.splitlines()[0]}")
+    print(f"{'case':22} {'instructions':>14} {'ratio':>6} {'vs + psycopg':>12}")
+    base, with_pg = counts["baseline"], counts.get("baseline + psycopg")
+    for name in cases:
+        n = counts[name]
+        to_pg = f"{n / with_pg:11.3f}x" if with_pg and name in ("worker", "sweep") else ""
+        print(f"{name:22} {n / 1e6:12,.1f}M {n / base:5.3f}x {to_pg:>12}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 Every model is strict and refuses unknown fields; `schemas/` holds their JSON Schemas.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import functools
@@ -13,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -171,7 +169,7 @@ class AccessRequest(_Strict):
             raise ValueError("expires_at is outside the representable range") from None
 
     @model_validator(mode="after")
-    def _shape(self) -> AccessRequest:
+    def _shape(self) -> Self:
         if self.action == "grant":
             missing = [
                 name
@@ -307,84 +305,37 @@ class AuditEvent(_Strict):
 
 INVENTORY_SCHEMA_VERSION = 1
 INVENTORY_NAME_MAX = 512  # characters of a name sent; longer ones are cut and marked
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class InventoryRecord(_Strict):
-    """One name a target holds, or (kinds `permission` and `grant`) the connector's own view.
-    Names, ids and ARNs only: never a row, a secret or a policy's text."""
+# The inventory's models (what `jitc sync` sends) live in `jitc.inventory_models` and are
+# loaded when first named here: defining them costs ~12M instructions (pydantic collecting
+# their fields, even unbuilt) in every function's cold start, and no function's first request
+# uses them.
+_LAZY = frozenset({"InventoryRecord", "InventoryEvent", "Sha256"})
 
-    # The inventory models describe what `jitc sync` sends (its JSON Schema, checked by the
-    # tests and the control plane): built when first used, not in every function's cold start.
-    model_config = ConfigDict(defer_build=True)
+if TYPE_CHECKING:
+    from jitc.inventory_models import InventoryEvent as InventoryEvent
+    from jitc.inventory_models import InventoryRecord as InventoryRecord
+    from jitc.inventory_models import Sha256 as Sha256
 
-    kind: str = Field(pattern=r"^[a-z_]{1,32}$")
-    name: str = Field(max_length=INVENTORY_NAME_MAX)
-    parent: str | None = Field(
-        default=None, max_length=INVENTORY_NAME_MAX, description="a table's schema, a user's host"
-    )
-    arn: str | None = Field(default=None, max_length=INVENTORY_NAME_MAX)
-    id: str | None = Field(default=None, max_length=INVENTORY_NAME_MAX)
-    truncated: bool = Field(
-        default=False, description="a field was longer than the limit and was cut"
-    )
-    full_sha256: Sha256 | None = Field(
-        default=None,
-        description="when truncated: sha256 of the uncut record, to tell cut names apart",
-    )
-    permission: str | None = Field(default=None, max_length=INVENTORY_NAME_MAX)
-    principal: str | None = Field(default=None, max_length=INVENTORY_NAME_MAX)
-    identity: str | None = Field(default=None, max_length=INVENTORY_NAME_MAX)
-    state: str | None = Field(default=None, max_length=32)
-    expires_at: AwareDatetime | None = None
-    resources: list[str] = Field(
-        default_factory=empty_list, description="permission: resources allowed"
-    )
-    max_duration: str | None = Field(default=None, max_length=32)
+    SCHEMA_MODELS: dict[str, type[BaseModel]]
 
 
-class InventoryEvent(_Strict):
-    """What `jitc sync` sends, as the body's `inventory` (webhook type `inventory`).
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from jitc import inventory_models
 
-    An integration's inventory travels as pages and then one manifest. A page carries records
-    and the sha256 of their canonical JSON; the manifest lists every page's hash in order. When
-    the control plane acknowledged a version (the webhook's 2xx answer to a manifest names it:
-    `{"ack": {"sync_id": ..., "integration": ..., "version": ...}}`), the next sync sends only
-    the pages whose hash that version lacks, and the manifest names it as `base_version`.
-    """
+        return getattr(inventory_models, name)
+    if name == "SCHEMA_MODELS":
+        from jitc.inventory_models import InventoryEvent
 
-    model_config = ConfigDict(defer_build=True)
-
-    schema_version: Literal[1] = 1
-    kind: Literal["page", "manifest"]
-    sync_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    integration: Name
-    target_kind: str = Field(pattern=r"^[a-z0-9_]{1,32}$")
-    time: AwareDatetime
-    index: int | None = Field(default=None, ge=0, description="page: its place in the manifest")
-    hash: Sha256 | None = Field(default=None, description="page: sha256 of its records")
-    records: list[InventoryRecord] = Field(default_factory=empty_list)
-    status: Literal["complete", "failed"] | None = Field(
-        default=None, description="manifest: failed means the target could not be read"
-    )
-    version: Sha256 | None = Field(default=None, description="manifest: hash of the page hashes")
-    base_version: Sha256 | None = Field(
-        default=None, description="manifest: the acknowledged version unsent pages come from"
-    )
-    pages: list[Sha256] = Field(
-        default_factory=empty_list, description="manifest: every page, in order"
-    )
-    sent: list[int] = Field(
-        default_factory=empty_list, description="manifest: pages sent this time"
-    )
-    record_count: int | None = Field(default=None, ge=0)
-    error: str | None = Field(default=None, max_length=1000)
-
-
-SCHEMA_MODELS: dict[str, type[BaseModel]] = {
-    "access-request": AccessRequest,
-    "grant": Grant,
-    "outcome": Outcome,
-    "audit-event": AuditEvent,
-    "inventory-event": InventoryEvent,
-}
+        models: dict[str, type[BaseModel]] = {
+            "access-request": AccessRequest,
+            "grant": Grant,
+            "outcome": Outcome,
+            "audit-event": AuditEvent,
+            "inventory-event": InventoryEvent,
+        }
+        globals()["SCHEMA_MODELS"] = models
+        return models
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
