@@ -7,7 +7,6 @@ among them (the engine fetches those per batch).
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -117,16 +116,6 @@ def credentials() -> Any:
     return found
 
 
-@cache
-def _loaded(library: str) -> None:
-    """A Google client library was just imported for the first client: it lives as long as the
-    process, so it is frozen like what `main.py` froze (the cold start's later full collections
-    would walk it again and again: ~50M instructions of the first request). What is unreachable
-    at this point, a few dozen objects of the request in flight, is kept for good: once per
-    library and process (`reset` leaves this alone)."""
-    gc.freeze()
-
-
 def _rest_client(client_class: Any, transport_class: Any, endpoint: str | None) -> Any:
     options, extra = _client_options(endpoint)
     if not extra:
@@ -144,7 +133,6 @@ def tasks_client() -> Any:
         CloudTasksRestTransport,
     )
 
-    _loaded("tasks")
     return _rest_client(
         tasks_v2.CloudTasksClient, CloudTasksRestTransport, settings().tasks_endpoint
     )
@@ -157,7 +145,6 @@ def secrets_client() -> Any:
         SecretManagerServiceRestTransport,
     )
 
-    _loaded("secretmanager")
     return _rest_client(
         secretmanager_v1.SecretManagerServiceClient,
         SecretManagerServiceRestTransport,
