@@ -1271,6 +1271,55 @@ def test_a_database_owners_settings_cannot_turn_the_admin_into_another_role_or_r
         h.admin.execute("DROP ROLE IF EXISTS dbset_owner")
 
 
+def test_a_database_owners_client_encoding_cannot_keep_a_grant_from_being_revoked(
+    hostile: Hostile,
+) -> None:
+    """A database's owner may set `client_encoding` for every connection there. Under
+    SQL_ASCII the driver hands back text as bytes, and every label read there failed: a revoke
+    of a grant made before the setting failed and left the grantee its login. Under another
+    encoding, statements would be rendered for whatever the owner chose. The admin's own
+    encoding (UTF8) wins, in the integration's database and in every other one it visits."""
+    h = hostile
+    h.admin.execute("CREATE ROLE dbenc_owner LOGIN CREATEDB")
+    h.admin.execute("ALTER DATABASE app OWNER TO dbenc_owner")
+    try:
+        with h.connect("dbenc_owner", "postgres") as owner:
+            owner.execute("CREATE DATABASE dbenc_evil")
+        granted = h.grant("dbenc-a", permission="owner")
+        with h.login(granted, "dbenc_evil") as grantee:
+            row = grantee.execute("SELECT lo_from_bytea(0, 'mine')").fetchone()
+            assert row is not None
+            grantee.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO mallory").format(row[0]))
+        for dbname in ("app", "dbenc_evil"):
+            with h.connect("dbenc_owner", dbname) as owner:
+                owner.execute(
+                    sql.SQL("ALTER DATABASE {} SET client_encoding = 'SQL_ASCII'").format(
+                        sql.Identifier(dbname)
+                    )
+                )
+        integration = h.engine.catalog.integrations[INTEGRATION]
+        session = integration.template.open(  # type: ignore[call-arg]
+            INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+        )
+        try:
+            assert session.conn.info.encoding == "utf-8"  # type: ignore[attr-defined]
+            with session._connect("dbenc_evil") as there:  # type: ignore[attr-defined]
+                assert there.info.encoding == "utf-8"
+        finally:
+            session.close()
+        outcome = h.revoke("dbenc-a")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert not h.exists(str(granted.principal))
+        with h.connect("admin", "dbenc_evil") as there:
+            row = there.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+            assert row == (0,)
+    finally:
+        h.admin.execute("ALTER DATABASE app RESET client_encoding")
+        h.admin.execute("ALTER DATABASE app OWNER TO admin")
+        h.admin.execute("DROP DATABASE IF EXISTS dbenc_evil WITH (FORCE)")
+        h.admin.execute("DROP ROLE IF EXISTS dbenc_owner")
+
+
 def test_a_role_manager_cannot_log_in_as_a_bundle_past_the_sweep(hostile: Hostile) -> None:
     """`ALTER ROLE bundle LOGIN` needs no password where the server trusts the client (trust,
     cert, peer): the role manager would then hold the bundle's access as long as it exists.

@@ -430,9 +430,12 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     # (any CREATEDB user, for a database PUBLIC may connect to) may set defaults for every
     # connection there: `role` would make the admin act as that owner, read-only transactions
     # would keep what a grantee made there from going, exit_on_error would end the connection
-    # at a lock timeout we recover from. Ours win over all three.
+    # at a lock timeout we recover from, client_encoding SQL_ASCII would have the driver hand
+    # back every name and label as bytes (each revoke there failing), and any other encoding
+    # would be the one statements are rendered in (jitc.templates.postgresql_sql). Ours win.
     options = (
         "-c role=none -c default_transaction_read_only=off -c exit_on_error=off "
+        "-c client_encoding=UTF8 "
         "-c search_path=pg_catalog,pg_temp "
         f"-c lock_timeout={s.admin_lock_timeout} "
         f"-c statement_timeout={s.admin_statement_timeout} "
