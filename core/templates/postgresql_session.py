@@ -60,7 +60,7 @@ from jitc.templates.postgresql_bundles import (
 )
 from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
-from jitc.templates.postgresql_sql import Renderer
+from jitc.templates.postgresql_sql import Rendered, Renderer
 
 T = TypeVar("T")
 INVENTORY_FETCH = 2000  # rows per round trip of the inventory's server-side cursor
@@ -69,7 +69,7 @@ REVOKE_CHUNK = 1000
 GRANT_CHUNK = 50
 _EQ = sql.SQL("OPERATOR(pg_catalog.=)")
 # A statement made by a session's Renderer, or composed with psycopg.sql.
-Stmt = bytes | sql.Composable
+Stmt = Rendered | sql.Composable
 
 _FINGERPRINT = (
     "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
@@ -352,8 +352,8 @@ def _user_statements(
     spec: GrantSpec,
     name: str,
     bundles: list[str],
-    verifier: bytes,
-    label: bytes,
+    verifier: Rendered,
+    label: Rendered,
     server_version: int,
 ) -> list[Stmt]:
     permission = spec.permission
@@ -390,7 +390,7 @@ def _membership_statements(
     name: str,
     member: str,
     groups: Sequence[str],
-    label: bytes,
+    label: Rendered,
     server_version: int,
 ) -> list[Stmt]:
     role = r.ident(name)
@@ -593,7 +593,7 @@ class PostgreSQLSession(KeptSession):
             cursor = self._cursors[key] = self.conn.cursor()
         return cursor.execute(query, params)
 
-    def _label(self, name: str, label: dict[str, Any]) -> bytes:
+    def _label(self, name: str, label: dict[str, Any]) -> Rendered:
         return self.sql.literal(sign_label(self.key, KIND, name, label))
 
     def _run(self, statements: Sequence[Stmt]) -> None:
