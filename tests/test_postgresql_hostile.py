@@ -1271,21 +1271,26 @@ def test_a_database_owners_settings_cannot_turn_the_admin_into_another_role_or_r
         h.admin.execute("DROP ROLE IF EXISTS dbset_owner")
 
 
-def test_a_database_owners_client_encoding_cannot_keep_a_grant_from_being_revoked(
-    hostile: Hostile,
+@pytest.mark.parametrize(
+    ("setting", "value", "ours"),
+    [("client_encoding", "SQL_ASCII", "UTF8"), ("idle_session_timeout", "1", "0")],
+)
+def test_a_database_owners_session_settings_cannot_keep_a_grant_from_being_revoked(
+    hostile: Hostile, setting: str, value: str, ours: str
 ) -> None:
-    """A database's owner may set `client_encoding` for every connection there. Under
-    SQL_ASCII the driver hands back text as bytes, and every label read there failed: a revoke
-    of a grant made before the setting failed and left the grantee its login. Under another
-    encoding, statements would be rendered for whatever the owner chose. The admin's own
-    encoding (UTF8) wins, in the integration's database and in every other one it visits."""
+    """A database's owner may set defaults for every connection there. Under client_encoding
+    SQL_ASCII the driver hands back text as bytes and every label read there failed; with an
+    idle_session_timeout of 1 ms the server ended the admin's session between two round trips.
+    Either way a revoke of a grant made before the setting failed and left the grantee its
+    login. The admin's own settings win, in the integration's database and in every other one
+    it visits."""
     h = hostile
     h.admin.execute("CREATE ROLE dbenc_owner LOGIN CREATEDB")
     h.admin.execute("ALTER DATABASE app OWNER TO dbenc_owner")
     try:
         with h.connect("dbenc_owner", "postgres") as owner:
             owner.execute("CREATE DATABASE dbenc_evil")
-        granted = h.grant("dbenc-a", permission="owner")
+        granted = h.grant(f"dbenc-{setting}", permission="owner")
         with h.login(granted, "dbenc_evil") as grantee:
             row = grantee.execute("SELECT lo_from_bytea(0, 'mine')").fetchone()
             assert row is not None
@@ -1293,8 +1298,8 @@ def test_a_database_owners_client_encoding_cannot_keep_a_grant_from_being_revoke
         for dbname in ("app", "dbenc_evil"):
             with h.connect("dbenc_owner", dbname) as owner:
                 owner.execute(
-                    sql.SQL("ALTER DATABASE {} SET client_encoding = 'SQL_ASCII'").format(
-                        sql.Identifier(dbname)
+                    sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                        sql.Identifier(dbname), sql.Identifier(setting), value
                     )
                 )
         integration = h.engine.catalog.integrations[INTEGRATION]
@@ -1302,22 +1307,43 @@ def test_a_database_owners_client_encoding_cannot_keep_a_grant_from_being_revoke
             INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
         )
         try:
-            assert session.conn.info.encoding == "utf-8"  # type: ignore[attr-defined]
             with session._connect("dbenc_evil") as there:  # type: ignore[attr-defined]
-                assert there.info.encoding == "utf-8"
+                row = there.execute(sql.SQL("SHOW {}").format(sql.Identifier(setting)))
+                assert row.fetchone() == (ours,)
         finally:
             session.close()
-        outcome = h.revoke("dbenc-a")
+        outcome = h.revoke(f"dbenc-{setting}")
         assert outcome.status == "revoked" and outcome.verified, outcome
         assert not h.exists(str(granted.principal))
         with h.connect("admin", "dbenc_evil") as there:
             row = there.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
             assert row == (0,)
     finally:
-        h.admin.execute("ALTER DATABASE app RESET client_encoding")
+        h.admin.execute(sql.SQL("ALTER DATABASE app RESET {}").format(sql.Identifier(setting)))
         h.admin.execute("ALTER DATABASE app OWNER TO admin")
         h.admin.execute("DROP DATABASE IF EXISTS dbenc_evil WITH (FORCE)")
         h.admin.execute("DROP ROLE IF EXISTS dbenc_owner")
+
+
+def test_a_setting_the_server_does_not_know_is_left_out_not_a_refused_connection(
+    hostile: Hostile,
+) -> None:
+    """The timeouts a database's owner could end the admin's session with are pinned only on a
+    server that knows them: the first connection names them all, a server that does not know
+    one refuses it by name, and the connection is made again without it, then remembered."""
+    from jitc.templates import postgresql_session
+
+    settings: Any = hostile.engine.catalog.integrations[INTEGRATION].connection
+    server = (settings.host, settings.port)
+    for remembered in (None, 999999, 90600):  # not yet seen; an upgrade or downgrade since
+        if remembered is None:
+            postgresql_session._SERVER_VERSIONS.pop(server, None)
+        else:
+            postgresql_session._SERVER_VERSIONS[server] = remembered
+        with postgresql_session.admin_connect(settings, "app", None) as conn:
+            version = conn.info.server_version
+            assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+        assert postgresql_session._SERVER_VERSIONS[server] == version
 
 
 def test_a_role_manager_cannot_log_in_as_a_bundle_past_the_sweep(hostile: Hostile) -> None:

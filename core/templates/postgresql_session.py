@@ -423,6 +423,15 @@ def _transient(exc: psycopg.Error) -> bool:
     )
 
 
+# Settings a database's owner could end the admin's session with that only newer servers know:
+# idle_session_timeout (14) between two round trips, transaction_timeout (17) in a transaction.
+# A server refuses a connection whose options name a setting it does not know, so each goes
+# only to a server not known to be older (by host and port, as last seen): the first connection
+# to an older one is refused naming the setting, and is made again without it.
+_NEWER_SETTINGS = ((140000, "idle_session_timeout"), (170000, "transaction_timeout"))
+_SERVER_VERSIONS: dict[tuple[str, int], int] = {}
+
+
 def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.Connection[Any]:
     """The admin connection, as every session and the credential rotation open it."""
     # Pinned at connect, before any statement: no schema a user can create in is searched,
@@ -432,7 +441,8 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     # would keep what a grantee made there from going, exit_on_error would end the connection
     # at a lock timeout we recover from, client_encoding SQL_ASCII would have the driver hand
     # back every name and label as bytes (each revoke there failing), and any other encoding
-    # would be the one statements are rendered in (jitc.templates.postgresql_sql). Ours win.
+    # would be the one statements are rendered in (jitc.templates.postgresql_sql); a timeout
+    # of 1 ms (_NEWER_SETTINGS) would end every session there. Ours win.
     options = (
         "-c role=none -c default_transaction_read_only=off -c exit_on_error=off "
         "-c client_encoding=UTF8 "
@@ -453,23 +463,36 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         # within this bound instead of hanging until the function's timeout.
         "tcp_user_timeout": s.connect_timeout * 1000,
         "application_name": "jit-connector",
-        "options": options,
         "sslrootcert": s.sslrootcert,
         "require_auth": s.effective_require_auth,
         "channel_binding": s.effective_channel_binding,
     }
     if secret is not None:
         params["password"] = secret.reveal()
+    server = (s.host, s.port)
+    known = _SERVER_VERSIONS.get(server)
+    newer = [name for since, name in _NEWER_SETTINGS if known is None or known >= since]
     try:
-        conn = psycopg.connect(
-            make_conninfo(**{k: v for k, v in params.items() if v is not None}),
-            autocommit=True,
-        )
+        while True:
+            params["options"] = options + "".join(f" -c {name}=0" for name in newer)
+            try:
+                conn = psycopg.connect(
+                    make_conninfo(**{k: v for k, v in params.items() if v is not None}),
+                    autocommit=True,
+                )
+                break
+            except psycopg.OperationalError as exc:
+                # Named in the message, translated or not; anything else is raised.
+                unknown = [name for name in newer if name in str(exc)]
+                if not unknown:
+                    raise
+                newer = [name for name in newer if name not in unknown]
     except psycopg.Error as exc:
         where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
         if refused_credential(exc):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
         raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
+    _SERVER_VERSIONS[server] = conn.info.server_version
     # Never prepared: psycopg forgets every prepared statement of a connection (and sends
     # DEALLOCATE ALL) after any statement that DROPs, ALTERs or rolls back, as every revoke
     # does. A query would be prepared (an extra round trip outside a pipeline) for one use or
