@@ -1335,7 +1335,7 @@ def test_a_setting_the_server_does_not_know_is_left_out_not_a_refused_connection
 
     settings: Any = hostile.engine.catalog.integrations[INTEGRATION].connection
     server = (settings.host, settings.port)
-    for remembered in (None, 999999, 90600):  # not yet seen; an upgrade or downgrade since
+    for remembered in (None, 999999, 90600):  # not yet seen; a downgrade or upgrade since
         if remembered is None:
             postgresql_session._SERVER_VERSIONS.pop(server, None)
         else:
@@ -1343,7 +1343,33 @@ def test_a_setting_the_server_does_not_know_is_left_out_not_a_refused_connection
         with postgresql_session.admin_connect(settings, "app", None) as conn:
             version = conn.info.server_version
             assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+            assert "idle_session_timeout=0" in conn.info.get_parameters().get("options", "")
         assert postgresql_session._SERVER_VERSIONS[server] == version
+
+
+def test_an_error_naming_a_setting_the_server_knows_never_drops_its_pin(
+    hostile: Hostile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a server too old for a setting goes without it: an error that happens to name it
+    (a database a user named after it, refused for its connection limit) fails the connect."""
+    from jitc.errors import TargetError
+    from jitc.templates import postgresql_session
+
+    settings: Any = hostile.engine.catalog.integrations[INTEGRATION].connection
+    postgresql_session._SERVER_VERSIONS.pop((settings.host, settings.port), None)
+    real = psycopg.connect
+    calls: list[str] = []
+
+    def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        calls.append(conninfo)
+        if len(calls) == 1:
+            raise psycopg.OperationalError('too many connections for "idle_session_timeout"')
+        return real(conninfo, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    with pytest.raises(TargetError, match="idle_session_timeout refused"):
+        postgresql_session.admin_connect(settings, "app", None)
+    assert "idle_session_timeout" not in calls[1]
 
 
 def test_a_role_manager_cannot_log_in_as_a_bundle_past_the_sweep(hostile: Hostile) -> None:

@@ -472,6 +472,7 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     server = (s.host, s.port)
     known = _SERVER_VERSIONS.get(server)
     newer = [name for since, name in _NEWER_SETTINGS if known is None or known >= since]
+    dropped: set[str] = set()
     try:
         while True:
             params["options"] = options + "".join(f" -c {name}=0" for name in newer)
@@ -486,13 +487,24 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
                 unknown = [name for name in newer if name in str(exc)]
                 if not unknown:
                     raise
+                dropped.update(unknown)
                 newer = [name for name in newer if name not in unknown]
     except psycopg.Error as exc:
         where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
         if refused_credential(exc):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
         raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
-    _SERVER_VERSIONS[server] = conn.info.server_version
+    version = conn.info.server_version
+    _SERVER_VERSIONS[server] = version
+    missing = {name for since, name in _NEWER_SETTINGS if since <= version} - set(newer)
+    if missing:
+        conn.close()
+        if missing & dropped:
+            # Left out after an error that named it, on a server that knows it (a database
+            # named after it, say): that error was another one.
+            where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
+            raise TargetError(f"cannot connect to {where}: {', '.join(sorted(missing))} refused")
+        return admin_connect(s, dbname, secret)  # upgraded since last seen: now it is known
     # Never prepared: psycopg forgets every prepared statement of a connection (and sends
     # DEALLOCATE ALL) after any statement that DROPs, ALTERs or rolls back, as every revoke
     # does. A query would be prepared (an extra round trip outside a pipeline) for one use or
