@@ -1271,6 +1271,107 @@ def test_a_database_owners_settings_cannot_turn_the_admin_into_another_role_or_r
         h.admin.execute("DROP ROLE IF EXISTS dbset_owner")
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "ours"),
+    [("client_encoding", "SQL_ASCII", "UTF8"), ("idle_session_timeout", "1", "0")],
+)
+def test_a_database_owners_session_settings_cannot_keep_a_grant_from_being_revoked(
+    hostile: Hostile, setting: str, value: str, ours: str
+) -> None:
+    """A database's owner may set defaults for every connection there. Under client_encoding
+    SQL_ASCII the driver hands back text as bytes and every label read there failed; with an
+    idle_session_timeout of 1 ms the server ended the admin's session between two round trips.
+    Either way a revoke of a grant made before the setting failed and left the grantee its
+    login. The admin's own settings win, in the integration's database and in every other one
+    it visits."""
+    h = hostile
+    h.admin.execute("CREATE ROLE dbenc_owner LOGIN CREATEDB")
+    h.admin.execute("ALTER DATABASE app OWNER TO dbenc_owner")
+    try:
+        with h.connect("dbenc_owner", "postgres") as owner:
+            owner.execute("CREATE DATABASE dbenc_evil")
+        granted = h.grant(f"dbenc-{setting}", permission="owner")
+        with h.login(granted, "dbenc_evil") as grantee:
+            row = grantee.execute("SELECT lo_from_bytea(0, 'mine')").fetchone()
+            assert row is not None
+            grantee.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO mallory").format(row[0]))
+        for dbname in ("app", "dbenc_evil"):
+            with h.connect("dbenc_owner", dbname) as owner:
+                owner.execute(
+                    sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                        sql.Identifier(dbname), sql.Identifier(setting), value
+                    )
+                )
+        integration = h.engine.catalog.integrations[INTEGRATION]
+        session = integration.template.open(  # type: ignore[call-arg]
+            INTEGRATION, integration.connection, None, label_key=LabelKey.from_secret(LABEL_KEY)
+        )
+        try:
+            with session._connect("dbenc_evil") as there:  # type: ignore[attr-defined]
+                row = there.execute(sql.SQL("SHOW {}").format(sql.Identifier(setting)))
+                assert row.fetchone() == (ours,)
+        finally:
+            session.close()
+        outcome = h.revoke(f"dbenc-{setting}")
+        assert outcome.status == "revoked" and outcome.verified, outcome
+        assert not h.exists(str(granted.principal))
+        with h.connect("admin", "dbenc_evil") as there:
+            row = there.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+            assert row == (0,)
+    finally:
+        h.admin.execute(sql.SQL("ALTER DATABASE app RESET {}").format(sql.Identifier(setting)))
+        h.admin.execute("ALTER DATABASE app OWNER TO admin")
+        h.admin.execute("DROP DATABASE IF EXISTS dbenc_evil WITH (FORCE)")
+        h.admin.execute("DROP ROLE IF EXISTS dbenc_owner")
+
+
+def test_a_setting_the_server_does_not_know_is_left_out_not_a_refused_connection(
+    hostile: Hostile,
+) -> None:
+    """The timeouts a database's owner could end the admin's session with are pinned only on a
+    server that knows them: the first connection names them all, a server that does not know
+    one refuses it by name, and the connection is made again without it, then remembered."""
+    from jitc.templates import postgresql_session
+
+    settings: Any = hostile.engine.catalog.integrations[INTEGRATION].connection
+    server = (settings.host, settings.port)
+    for remembered in (None, 999999, 90600):  # not yet seen; a downgrade or upgrade since
+        if remembered is None:
+            postgresql_session._SERVER_VERSIONS.pop(server, None)
+        else:
+            postgresql_session._SERVER_VERSIONS[server] = remembered
+        with postgresql_session.admin_connect(settings, "app", None) as conn:
+            version = conn.info.server_version
+            assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+            assert "idle_session_timeout=0" in conn.info.get_parameters().get("options", "")
+        assert postgresql_session._SERVER_VERSIONS[server] == version
+
+
+def test_an_error_naming_a_setting_the_server_knows_never_drops_its_pin(
+    hostile: Hostile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a server too old for a setting goes without it: an error that happens to name it
+    (a database a user named after it, refused for its connection limit) fails the connect."""
+    from jitc.errors import TargetError
+    from jitc.templates import postgresql_session
+
+    settings: Any = hostile.engine.catalog.integrations[INTEGRATION].connection
+    postgresql_session._SERVER_VERSIONS.pop((settings.host, settings.port), None)
+    real = psycopg.connect
+    calls: list[str] = []
+
+    def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        calls.append(conninfo)
+        if len(calls) == 1:
+            raise psycopg.OperationalError('too many connections for "idle_session_timeout"')
+        return real(conninfo, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    with pytest.raises(TargetError, match="idle_session_timeout refused"):
+        postgresql_session.admin_connect(settings, "app", None)
+    assert "idle_session_timeout" not in calls[1]
+
+
 def test_a_role_manager_cannot_log_in_as_a_bundle_past_the_sweep(hostile: Hostile) -> None:
     """`ALTER ROLE bundle LOGIN` needs no password where the server trusts the client (trust,
     cert, peer): the role manager would then hold the bundle's access as long as it exists.

@@ -85,3 +85,21 @@ def test_text_is_never_spliced_into_a_slot() -> None:
     with pytest.raises(TypeError):
         r("SELECT {}", "1; DROP ROLE postgres")  # type: ignore[arg-type]
     assert r("SELECT {}", r.literal("1; DROP ROLE postgres")) == b"SELECT '1; DROP ROLE postgres'"
+
+
+def test_bytes_not_made_by_a_renderer_are_refused_by_the_type_checker(tmp_path: Any) -> None:
+    # `%b` takes any bytes at run time: a name's `.encode()` or a bytea read back would go into a
+    # slot unescaped. Only the type (Rendered) tells the renderer's bytes from those.
+    api = pytest.importorskip("mypy.api")
+    source = tmp_path / "mistake.py"
+    source.write_text(
+        "from jitc.templates.postgresql_sql import Renderer\n"
+        "r = Renderer(None)\n"
+        "r('SELECT {}', r.literal('x'))\n"
+        "r.join([r('SELECT {}', r.ident('x'))])\n"
+        "r('SELECT {}', 'x'.encode())\n"
+        "r.join([b'DROP ROLE x'])\n"
+    )
+    out, _, status = api.run(["--strict", "--follow-imports=silent", str(source)])
+    assert status == 1, out
+    assert [line.split(":")[1] for line in out.splitlines() if ": error:" in line] == ["5", "6"]

@@ -40,7 +40,7 @@ from jitc.errors import AuthenticationFailed, TargetError
 from jitc.labels import LabelKey
 from jitc.models import utcnow
 from jitc.templates.postgresql import role_name
-from jitc.templates.postgresql_sql import Renderer
+from jitc.templates.postgresql_sql import Rendered, Renderer
 
 log = logging.getLogger("jitc.postgresql")
 
@@ -146,7 +146,7 @@ def lock_key(key: LabelKey, bundle: str) -> int:
     return int.from_bytes(raw, "big", signed=True)
 
 
-def join_lock(render: Renderer, key: LabelKey, bundles: list[str]) -> list[bytes]:
+def join_lock(render: Renderer, key: LabelKey, bundles: list[str]) -> list[Rendered]:
     """Statements a grant runs in its transaction before joining these bundles."""
     return [
         render(

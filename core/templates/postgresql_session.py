@@ -60,7 +60,7 @@ from jitc.templates.postgresql_bundles import (
 )
 from jitc.templates.postgresql_pool import give_back
 from jitc.templates.postgresql_scram import scram_verifier
-from jitc.templates.postgresql_sql import Renderer
+from jitc.templates.postgresql_sql import Rendered, Renderer
 
 T = TypeVar("T")
 INVENTORY_FETCH = 2000  # rows per round trip of the inventory's server-side cursor
@@ -69,7 +69,7 @@ REVOKE_CHUNK = 1000
 GRANT_CHUNK = 50
 _EQ = sql.SQL("OPERATOR(pg_catalog.=)")
 # A statement made by a session's Renderer, or composed with psycopg.sql.
-Stmt = bytes | sql.Composable
+Stmt = Rendered | sql.Composable
 
 _FINGERPRINT = (
     "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c "
@@ -352,8 +352,8 @@ def _user_statements(
     spec: GrantSpec,
     name: str,
     bundles: list[str],
-    verifier: bytes,
-    label: bytes,
+    verifier: Rendered,
+    label: Rendered,
     server_version: int,
 ) -> list[Stmt]:
     permission = spec.permission
@@ -390,7 +390,7 @@ def _membership_statements(
     name: str,
     member: str,
     groups: Sequence[str],
-    label: bytes,
+    label: Rendered,
     server_version: int,
 ) -> list[Stmt]:
     role = r.ident(name)
@@ -423,6 +423,15 @@ def _transient(exc: psycopg.Error) -> bool:
     )
 
 
+# Settings a database's owner could end the admin's session with that only newer servers know:
+# idle_session_timeout (14) between two round trips, transaction_timeout (17) in a transaction.
+# A server refuses a connection whose options name a setting it does not know, so each goes
+# only to a server not known to be older (by host and port, as last seen): the first connection
+# to an older one is refused naming the setting, and is made again without it.
+_NEWER_SETTINGS = ((140000, "idle_session_timeout"), (170000, "transaction_timeout"))
+_SERVER_VERSIONS: dict[tuple[str, int], int] = {}
+
+
 def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.Connection[Any]:
     """The admin connection, as every session and the credential rotation open it."""
     # Pinned at connect, before any statement: no schema a user can create in is searched,
@@ -430,9 +439,13 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     # (any CREATEDB user, for a database PUBLIC may connect to) may set defaults for every
     # connection there: `role` would make the admin act as that owner, read-only transactions
     # would keep what a grantee made there from going, exit_on_error would end the connection
-    # at a lock timeout we recover from. Ours win over all three.
+    # at a lock timeout we recover from, client_encoding SQL_ASCII would have the driver hand
+    # back every name and label as bytes (each revoke there failing), and any other encoding
+    # would be the one statements are rendered in (jitc.templates.postgresql_sql); a timeout
+    # of 1 ms (_NEWER_SETTINGS) would end every session there. Ours win.
     options = (
         "-c role=none -c default_transaction_read_only=off -c exit_on_error=off "
+        "-c client_encoding=UTF8 "
         "-c search_path=pg_catalog,pg_temp "
         f"-c lock_timeout={s.admin_lock_timeout} "
         f"-c statement_timeout={s.admin_statement_timeout} "
@@ -450,23 +463,48 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         # within this bound instead of hanging until the function's timeout.
         "tcp_user_timeout": s.connect_timeout * 1000,
         "application_name": "jit-connector",
-        "options": options,
         "sslrootcert": s.sslrootcert,
         "require_auth": s.effective_require_auth,
         "channel_binding": s.effective_channel_binding,
     }
     if secret is not None:
         params["password"] = secret.reveal()
+    server = (s.host, s.port)
+    known = _SERVER_VERSIONS.get(server)
+    newer = [name for since, name in _NEWER_SETTINGS if known is None or known >= since]
+    dropped: set[str] = set()
     try:
-        conn = psycopg.connect(
-            make_conninfo(**{k: v for k, v in params.items() if v is not None}),
-            autocommit=True,
-        )
+        while True:
+            params["options"] = options + "".join(f" -c {name}=0" for name in newer)
+            try:
+                conn = psycopg.connect(
+                    make_conninfo(**{k: v for k, v in params.items() if v is not None}),
+                    autocommit=True,
+                )
+                break
+            except psycopg.OperationalError as exc:
+                # Named in the message, translated or not; anything else is raised.
+                unknown = [name for name in newer if name in str(exc)]
+                if not unknown:
+                    raise
+                dropped.update(unknown)
+                newer = [name for name in newer if name not in unknown]
     except psycopg.Error as exc:
         where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
         if refused_credential(exc):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
         raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
+    version = conn.info.server_version
+    _SERVER_VERSIONS[server] = version
+    missing = {name for since, name in _NEWER_SETTINGS if since <= version} - set(newer)
+    if missing:
+        conn.close()
+        if missing & dropped:
+            # Left out after an error that named it, on a server that knows it (a database
+            # named after it, say): that error was another one.
+            where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
+            raise TargetError(f"cannot connect to {where}: {', '.join(sorted(missing))} refused")
+        return admin_connect(s, dbname, secret)  # upgraded since last seen: now it is known
     # Never prepared: psycopg forgets every prepared statement of a connection (and sends
     # DEALLOCATE ALL) after any statement that DROPs, ALTERs or rolls back, as every revoke
     # does. A query would be prepared (an extra round trip outside a pipeline) for one use or
@@ -590,7 +628,7 @@ class PostgreSQLSession(KeptSession):
             cursor = self._cursors[key] = self.conn.cursor()
         return cursor.execute(query, params)
 
-    def _label(self, name: str, label: dict[str, Any]) -> bytes:
+    def _label(self, name: str, label: dict[str, Any]) -> Rendered:
         return self.sql.literal(sign_label(self.key, KIND, name, label))
 
     def _run(self, statements: Sequence[Stmt]) -> None:
