@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,8 +61,7 @@ class Connector(_Strict):
         description="secret reference to the key that authenticates the labels written in targets",
     )
 
-    # Asked by every batch; the model is frozen, so the reference made once cannot go stale.
-    @functools.cached_property
+    @property
     def label_key_ref(self) -> SecretRef | None:
         return SecretRef(self.label_key) if self.label_key else None
 
