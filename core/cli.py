@@ -33,7 +33,7 @@ from jitc.engine import Engine
 from jitc.errors import CatalogError, JitcError, Refused
 from jitc.local import FanOutSink, JsonLinesSink, NullScheduler
 from jitc.messages import parse_request
-from jitc.models import SCHEMA_MODELS, AuditEvent, Outcome, utcnow
+from jitc.models import AuditEvent, Outcome, utcnow
 from jitc.ports import EventSink
 from jitc.secrets import local_stores
 from jitc.signing import sign, signing_keypair
@@ -480,6 +480,7 @@ def cmd_catalog_check(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from jitc.inventory_models import SCHEMA_MODELS
     from jitc.openapi import openapi_document
 
     docs = {name: model.model_json_schema() for name, model in SCHEMA_MODELS.items()}

@@ -1,15 +1,24 @@
 """The inventory's models: what `jitc sync` sends (its JSON Schema, checked by the tests and the
-control plane). Apart from `jitc.models` so that no function's cold start defines them;
-`jitc.models` still names them.
+control plane), and every model the published JSON Schemas are made from. Apart from
+`jitc.models` so that no function's cold start defines them.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from jitc.models import INVENTORY_NAME_MAX, Name, _Strict, empty_list
+from jitc.models import (
+    INVENTORY_NAME_MAX,
+    AccessRequest,
+    AuditEvent,
+    Grant,
+    Name,
+    Outcome,
+    _Strict,
+    empty_list,
+)
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -83,3 +92,13 @@ class InventoryEvent(_Strict):
     )
     record_count: int | None = Field(default=None, ge=0)
     error: str | None = Field(default=None, max_length=1000)
+
+
+# Every model the published JSON Schemas (`schemas/`, `jitc schema`) are made from.
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "access-request": AccessRequest,
+    "grant": Grant,
+    "outcome": Outcome,
+    "audit-event": AuditEvent,
+    "inventory-event": InventoryEvent,
+}

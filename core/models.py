@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -307,35 +307,6 @@ INVENTORY_SCHEMA_VERSION = 1
 INVENTORY_NAME_MAX = 512  # characters of a name sent; longer ones are cut and marked
 
 
-# The inventory's models (what `jitc sync` sends) live in `jitc.inventory_models` and are
-# loaded when first named here: defining them costs ~12M instructions (pydantic collecting
-# their fields, even unbuilt) in every function's cold start, and no function's first request
-# uses them.
-_LAZY = frozenset({"InventoryRecord", "InventoryEvent", "Sha256"})
-
-if TYPE_CHECKING:
-    from jitc.inventory_models import InventoryEvent as InventoryEvent
-    from jitc.inventory_models import InventoryRecord as InventoryRecord
-    from jitc.inventory_models import Sha256 as Sha256
-
-    SCHEMA_MODELS: dict[str, type[BaseModel]]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from jitc import inventory_models
-
-        return getattr(inventory_models, name)
-    if name == "SCHEMA_MODELS":
-        from jitc.inventory_models import InventoryEvent
-
-        models: dict[str, type[BaseModel]] = {
-            "access-request": AccessRequest,
-            "grant": Grant,
-            "outcome": Outcome,
-            "audit-event": AuditEvent,
-            "inventory-event": InventoryEvent,
-        }
-        globals()["SCHEMA_MODELS"] = models
-        return models
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The inventory's models (what `jitc sync` sends) and SCHEMA_MODELS are in
+# `jitc.inventory_models`: defining them costs ~12M instructions (pydantic collecting their
+# fields, even unbuilt) in every function's cold start, and no function's first request uses them.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from jitc.models import InventoryEvent
+from jitc.inventory_models import InventoryEvent
 from jitc.signing import Envelope, verify
 
 

@@ -26,8 +26,8 @@ from jitc.catalog import parse_catalog
 from jitc.cli import main
 from jitc.engine import Engine
 from jitc.inventory import FileSyncState, paginate, webhook_transport
+from jitc.inventory_models import InventoryEvent
 from jitc.local import MemorySink, NullScheduler
-from jitc.models import InventoryEvent
 from jitc.secrets import EnvSecretStore, SecretStores
 from jitc.signing import signing_keypair
 

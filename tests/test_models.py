@@ -12,8 +12,9 @@ import pytest
 
 from jitc.catalog import parse_catalog
 from jitc.errors import Refused
+from jitc.inventory_models import SCHEMA_MODELS
 from jitc.messages import parse_request
-from jitc.models import SCHEMA_MODELS, derive_grant_id, parse_duration, request_digest
+from jitc.models import derive_grant_id, parse_duration, request_digest
 from jitc.openapi import openapi_document
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
