@@ -672,14 +672,25 @@ class PostgreSQLSession(KeptSession):
         name = role_name(self.settings, spec.grant_id)
         resources = spec.resources if permission.mode == "ephemeral" else ()
         wanted = [_bundle_of(self.settings, spec, resource) for resource in resources]
-        known = self._lookup([name, *wanted], resources)
+        # A grant lost to a server crash fails closed (the role is simply not there), so its
+        # commit need not wait for the disk; revokes always do.
+        statements: list[Stmt] = [self.sql("SET LOCAL synchronous_commit = off")]
+        early: list[GrantResult] = []
+
+        def render() -> None:
+            # An ephemeral grant's own statements need nothing the lookup answers (its
+            # bundles are named by the catalog): they are rendered while the server looks.
+            if permission.mode == "ephemeral":
+                early.append(self._create(spec, name, wanted, statements))
+
+        known = self._lookup([name, *wanted], resources, render)
         existing = known[0].get(name)
         if existing is not None:
             return self._regrant(spec, existing)
         bundles = self._bundles(spec, {}, known)
-        # A grant lost to a server crash fails closed (the role is simply not there), so its
-        # commit need not wait for the disk; revokes always do.
-        statements: list[Stmt] = [self.sql("SET LOCAL synchronous_commit = off")]
+        if early:
+            self._atomic(statements)
+            return early[0]
         result = self._create(spec, name, bundles, statements)
         self._atomic(statements)
         return result
@@ -886,9 +897,13 @@ class PostgreSQLSession(KeptSession):
     # -- bundles ---------------------------------------------------------------------------
 
     def _lookup(
-        self, names: Sequence[str], resources: Iterable[str]
+        self,
+        names: Sequence[str],
+        resources: Iterable[str],
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[dict[str, _Role], dict[str, str]]:
-        """Roles by name, and the fingerprint of each resource's schema, in one round trip.
+        """Roles by name, and the fingerprint of each resource's schema, in one round trip;
+        `meanwhile` runs once the queries are sent, before their answers are read.
 
         A fingerprint changes whenever a relation or function appears in or leaves the schema,
         so a bundle is brought up to date for tables created after it (GRANT ... ON ALL TABLES
@@ -907,13 +922,17 @@ class PostgreSQLSession(KeptSession):
                 if (known := _FINGERPRINTS.get((*where, schema))) and now - known[0] < ttl
             }
         stale = [schema for schema in schemas if schema not in fresh]
-        # A pipeline only when there is more than the one query to send: for a single one it
-        # is the same round trip with the pipeline's own bookkeeping added.
+        # A pipeline only when there is more than the one query to send, or work to do while
+        # the server answers: otherwise it is the same round trip with its bookkeeping added.
         prints = []
-        if stale:
+        if stale or meanwhile is not None:
             with self.conn.pipeline():
-                roles = self.conn.execute(_ROLES_AND_GROUPS_NAMED, (list(names),))
+                roles = self._exec(_ROLES_AND_GROUPS_NAMED, (list(names),))
                 prints = [(schema, self.conn.execute(_FINGERPRINT, (schema,))) for schema in stale]
+                if meanwhile is not None:
+                    meanwhile()
+            # Read once the pipeline has ended: read inside it, the rows would cost a flush
+            # request and its end a second round trip.
         else:
             roles = self._exec(_ROLES_AND_GROUPS_NAMED, (list(names),))
         found = {row[0]: self._role(row) for row in roles.fetchall()}
