@@ -563,7 +563,7 @@ class Engine:
         sealed = None
         assert request.identity is not None
         if credentials is not None and request.identity.public_key is not None:
-            sealed = seal(credentials, request.identity.public_key)
+            sealed = spec.sealed_for(credentials) or seal(credentials, request.identity.public_key)
         return Outcome(
             request_id=request.request_id,
             action="grant",

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
 
 from jitc.errors import Refused
-from jitc.models import AuditEvent, Outcome
+from jitc.models import AuditEvent, Identity, Outcome
 from jitc.sealing import box_keypair, seal, unseal
 from jitc.secrets import Secret
 from jitc.signing import Envelope, ReplayGuard, sign, signing_keypair, verify
+from jitc.templates.base import GrantSpec, PermissionSettings
 from jitc.webhook import WebhookError, WebhookSink
 
 PRIVATE, PUBLIC = signing_keypair()
@@ -63,6 +66,32 @@ def test_sealed_credentials_open_only_with_the_private_key() -> None:
     assert unseal(sealed, private) == {"password": "p@ss"}
     with pytest.raises(Exception):  # noqa: B017 - any failure to open is the point
         unseal(sealed, other)
+
+
+def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> None:
+    private, public = box_keypair()
+    spec = GrantSpec(
+        grant_id="g1",
+        request_id="r1",
+        integration="db",
+        permission_name="read",
+        permission=PermissionSettings(resources=["public.*"]),
+        resources=("public.*",),
+        identity=Identity(email="a@example.com", public_key=public),
+        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    credentials = {"username": "u", "password": "p@ss", "expires_at": "2030-01-01T00:00:00+00:00"}
+    spec.seal_ahead(credentials)
+    box = spec.sealed_for(dict(credentials))  # an equal dict, as the engine rebuilds it
+    assert box is not None and "p@ss" not in box
+    assert unseal(box, private) == credentials
+    # Credentials that changed after the box was made (another expiry) are never served it.
+    assert spec.sealed_for({**credentials, "expires_at": "2030-01-01T01:00:00+00:00"}) is None
+    assert "p@ss" not in repr(spec)
+    # Without a public key (a local caller's plain grant) nothing is sealed.
+    plain = dataclasses.replace(spec, identity=Identity(email="a@example.com"))
+    plain.seal_ahead(credentials)
+    assert plain.sealed_for(credentials) is None
 
 
 class _Receiver(BaseHTTPRequestHandler):

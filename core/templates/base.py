@@ -57,6 +57,28 @@ class GrantSpec:
     identity: Identity
     expires_at: datetime
     request_digest: str = ""
+    # Credentials sealed ahead (`seal_ahead`), with the box made for them: it lives and dies
+    # with this grant's spec.
+    _sealed: list[tuple[dict[str, str], str]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+
+    def seal_ahead(self, credentials: dict[str, str]) -> None:
+        """Seal credentials for the requester now: a template that knows them before its last
+        round trip calls this while the target works, so sealing (two X25519 operations, the
+        largest piece of a grant's own client work) takes no time of its own. The engine uses
+        the box only for exactly these credentials; any other outcome is sealed afresh."""
+        key = self.identity.public_key
+        if key is not None and not self._sealed:
+            from jitc.sealing import seal  # PyNaCl, imported when a grant first seals
+
+            self._sealed.append((credentials, seal(credentials, key)))
+
+    def sealed_for(self, credentials: dict[str, str]) -> str | None:
+        for sealed, box in self._sealed:
+            if sealed == credentials:
+                return box
+        return None
 
     def label(self, **extra: Any) -> dict[str, Any]:
         """The label a template writes into the target: all a revoke or sweep will ever need."""

@@ -679,9 +679,13 @@ class PostgreSQLSession(KeptSession):
 
         def render() -> None:
             # An ephemeral grant's own statements need nothing the lookup answers (its
-            # bundles are named by the catalog): they are rendered while the server looks.
+            # bundles are named by the catalog): they are rendered, and its credentials
+            # sealed, while the server looks.
             if permission.mode == "ephemeral":
-                early.append(self._create(spec, name, wanted, statements))
+                result = self._create(spec, name, wanted, statements)
+                if result.credentials is not None:
+                    spec.seal_ahead(result.credentials)
+                early.append(result)
 
         known = self._lookup([name, *wanted], resources, render)
         existing = known[0].get(name)
