@@ -10,7 +10,7 @@ import operator
 import secrets
 import select
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -241,8 +241,11 @@ class RedisSession(KeptSession):
 
     # -- the ledger ------------------------------------------------------------------------
 
-    def _send(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
-        """One round trip; each reply or the error it gave. The first of a batch on a kept
+    def _send(
+        self, commands: Sequence[tuple[str, ...]], meanwhile: Callable[[], None] | None = None
+    ) -> list[Any]:
+        """One round trip; each reply or the error it gave; `meanwhile` runs once the commands
+        are sent, before their replies are read. The first of a batch on a kept
         connection logs in again ahead of its commands: the server checks a password, and
         whether the user is `on`, only at a login, so one logged in before this batch proves
         nothing about the admin now (an operator may have disabled it or changed its password).
@@ -254,7 +257,7 @@ class RedisSession(KeptSession):
         try:
             if self._conn is None:
                 self._conn = self.pool.get_connection()
-            replies = _pipelined(self._conn, [*login, *commands])
+            replies = _pipelined(self._conn, [*login, *commands], meanwhile)
             if check and isinstance(replies.pop(0), Exception):
                 raise redis.AuthenticationError
         except redis.AuthenticationError:
@@ -272,7 +275,7 @@ class RedisSession(KeptSession):
                 # sets a state or reads one, so sending them again is harmless.
                 self._kept = False
                 self.pool.disconnect()
-                return self._send(commands)
+                return self._send(commands, meanwhile)
             self._failed = True
             raise TargetError(
                 f"cannot reach Redis {self.settings.host}:{self.settings.port} as "
@@ -284,12 +287,14 @@ class RedisSession(KeptSession):
         self._kept = False
         return replies
 
-    def _run(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+    def _run(
+        self, commands: Sequence[tuple[str, ...]], meanwhile: Callable[[], None] | None = None
+    ) -> list[Any]:
         """One round trip. ACL SAVE is appended when the server keeps an ACL file and any
         command changes users, so a restart keeps grants and tombstones. (Without an ACL file a
         restart forgets every user made at run time: access ends, and tombstones are lost.)"""
         save = self._save is not False and _changes(commands)
-        replies = self._send([*commands, ("ACL", "SAVE")] if save else commands)
+        replies = self._send([*commands, ("ACL", "SAVE")] if save else commands, meanwhile)
         if save:
             self._saved(replies.pop())
         if _any_error(replies) or len(replies) != len(commands):
@@ -380,17 +385,17 @@ class RedisSession(KeptSession):
         # the loser's credentials never log in, and no credentials ever carry rules other than
         # their own. The tombstone is looked for after the write, in the same round trip: a
         # revoke that ran between our read and our write wrote it before its own last look.
+        # A new grant's credentials are sealed while the server writes (a redelivery's carry
+        # the first delivery's expiry, which the engine reads afterwards).
+        credentials = self._credentials(name, password, spec)
         _, stone_after = self._run(
-            [("ACL", "SETUSER", name, *rules), ("ACL", "GETUSER", stone_name)]
+            [("ACL", "SETUSER", name, *rules), ("ACL", "GETUSER", stone_name)],
+            None if label is not None else lambda: spec.seal_ahead(credentials),
         )
         if self._label(stone_name, _user(stone_after)) is not None:
             self._run([("ACL", "DELUSER", name)])
             raise Refused("request_id", "this grant was revoked while it was being made")
-        return GrantResult(
-            principal=name,
-            credentials=self._credentials(name, password, spec),
-            reissued=label is not None,
-        )
+        return GrantResult(principal=name, credentials=credentials, reissued=label is not None)
 
     def _credentials(self, name: str, password: str, spec: GrantSpec) -> dict[str, str]:
         return {
@@ -580,7 +585,9 @@ class RedisSession(KeptSession):
         )
 
 
-def _pipelined(conn: Any, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+def _pipelined(
+    conn: Any, commands: Sequence[tuple[str, ...]], meanwhile: Callable[[], None] | None = None
+) -> list[Any]:
     """The commands in one write, then each reply or the error it gave: what redis-py's
     `pipeline(transaction=False).execute(raise_on_error=False)` sends and reads for them (no
     command here has a response callback), without the pipeline object, its retry wrapper and
@@ -588,6 +595,8 @@ def _pipelined(conn: Any, commands: Sequence[tuple[str, ...]]) -> list[Any]:
     disconnected, as redis-py does: its state is unknown (the next send connects again)."""
     try:
         conn.send_packed_command(conn.pack_commands(commands))
+        if meanwhile is not None:
+            meanwhile()
         replies: list[Any] = []
         for _ in commands:
             try:
