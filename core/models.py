@@ -68,7 +68,27 @@ def _check_public_key(text: str) -> str:
         raise ValueError("public_key must be base64") from None
     if len(raw) != 32:
         raise ValueError("public_key must be a base64 X25519 public key (32 bytes)")
+    if not _sealable(raw):
+        raise ValueError("public_key is a point of small order: nothing can be sealed to it")
     return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _sealable(raw: bytes) -> bool:
+    """Whether a sealed box can be made for this key. With a point of small order the shared
+    secret is all zeros, which libsodium refuses: such a key would fail a grant only once the
+    target has made it, leaving access no one receives, made again by every redelivery. A
+    requester's key repeats across requests, so each is checked (one X25519 operation) once."""
+    from nacl.bindings import crypto_scalarmult  # PyNaCl, imported on the first key checked
+    from nacl.exceptions import CryptoError
+
+    try:
+        # libsodium clamps the scalar to a multiple of the cofactor, as it does a box's
+        # ephemeral one: the product is zero exactly for the keys a box cannot be sealed to.
+        crypto_scalarmult(bytes([1]) * 32, raw)
+    except CryptoError:
+        return False
+    return True
 
 
 Duration = Annotated[str, StringConstraints(max_length=32), AfterValidator(_check_duration)]

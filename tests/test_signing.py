@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from jitc.errors import Refused
+from jitc.messages import parse_request
 from jitc.models import AuditEvent, Identity, Outcome
 from jitc.sealing import box_keypair, seal, unseal
 from jitc.secrets import Secret
@@ -92,6 +93,43 @@ def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> Non
     plain = dataclasses.replace(spec, identity=Identity(email="a@example.com"))
     plain.seal_ahead(credentials)
     assert plain.sealed_for(credentials) is None
+
+
+# Points of small order (and a non-canonical spelling of one): a sealed box's shared secret
+# with any of them is all zeros, which libsodium refuses.
+_SMALL_ORDER = [
+    bytes(32),
+    bytes([1]) + bytes(31),
+    bytes(31) + b"\x80",
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+]
+
+
+@pytest.mark.parametrize("point", _SMALL_ORDER, ids=lambda point: point.hex())
+def test_a_public_key_no_box_can_be_sealed_to_is_refused_at_intake(point: bytes) -> None:
+    # Accepted, such a key failed the grant only after the target had made it: access left in
+    # place that no one received, made again by every redelivery.
+    key = base64.b64encode(point).decode()
+    with pytest.raises(Exception):  # noqa: B017 - libsodium's own error: what matters is that it fails
+        seal({"password": "p@ss"}, key)
+    with pytest.raises(Refused, match="public_key"):
+        parse_request(_grant(key))
+    assert parse_request(_grant(box_keypair()[1])).identity is not None
+
+
+def _grant(public_key: str) -> str:
+    return json.dumps(
+        {
+            "request_id": "r-1",
+            "action": "grant",
+            "integration": "db",
+            "permission": "read",
+            "resources": ["public.*"],
+            "identity": {"email": "a@example.com", "public_key": public_key},
+            "duration": "15m",
+        }
+    )
 
 
 class _Receiver(BaseHTTPRequestHandler):
