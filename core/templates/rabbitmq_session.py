@@ -232,8 +232,11 @@ class RabbitMQSession(KeptSession):
         # redelivery sets a new password (a user has one): `jitc catalog check` warns of that.
         password = self.key.password(KIND, self.integration, spec.grant_id, digest)
         password = password or secrets.token_urlsafe(24)
+        # A redelivery keeps the first delivery's expiry: one signed later asks for a later one
+        # (a duration counts from the signature), which must never lengthen access.
+        expires_at = spec.expires_at if label is None else label.expires_at
         mine = CompactLabel(
-            self.integration, spec.grant_id, "active", spec.expires_at, spec.permission_name, digest
+            self.integration, spec.grant_id, "active", expires_at, spec.permission_name, digest
         )
         for method, path, body in grant_calls(
             self.settings, spec, self._encode(name, mine), password_hash(password)
@@ -242,8 +245,9 @@ class RabbitMQSession(KeptSession):
         self._check_after_grant(spec, name, digest)
         return GrantResult(
             principal=name,
-            credentials=self._credentials(name, password, spec),
+            credentials=self._credentials(name, password, spec, expires_at),
             reissued=label is not None,
+            expires_at=expires_at,
         )
 
     def _check_after_grant(self, spec: GrantSpec, name: str, digest: str) -> None:
@@ -280,7 +284,9 @@ class RabbitMQSession(KeptSession):
         patterns = permission.patterns()
         return {permission.vhost(resource): patterns for resource in spec.resources}
 
-    def _credentials(self, name: str, password: str, spec: GrantSpec) -> dict[str, str]:
+    def _credentials(
+        self, name: str, password: str, spec: GrantSpec, expires_at: datetime
+    ) -> dict[str, str]:
         host = self.settings.amqp_host or (httpx.URL(self.settings.api_url).host or "")
         permission = spec.permission
         assert isinstance(permission, Permission)
@@ -290,7 +296,7 @@ class RabbitMQSession(KeptSession):
             "host": host,
             "port": str(self.settings.amqp_port),
             "vhosts": ",".join(permission.vhost(r) for r in spec.resources),
-            "expires_at": spec.expires_at.isoformat(),
+            "expires_at": expires_at.isoformat(),
         }
 
     # -- revoke ----------------------------------------------------------------------------

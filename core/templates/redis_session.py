@@ -370,8 +370,11 @@ class RedisSession(KeptSession):
         # redelivery hands out the same credentials and `resetpass` changes nothing.
         password = self.key.password(KIND, self.integration, spec.grant_id, digest)
         password = password or secrets.token_urlsafe(24)
+        # A redelivery keeps the first delivery's expiry: one signed later asks for a later one
+        # (a duration counts from the signature), which must never lengthen access.
+        expires_at = spec.expires_at if label is None else label.expires_at
         mine = CompactLabel(
-            self.integration, spec.grant_id, "active", spec.expires_at, spec.permission_name, digest
+            self.integration, spec.grant_id, "active", expires_at, spec.permission_name, digest
         )
         rules = acl_rules(
             permission,
@@ -385,26 +388,30 @@ class RedisSession(KeptSession):
         # the loser's credentials never log in, and no credentials ever carry rules other than
         # their own. The tombstone is looked for after the write, in the same round trip: a
         # revoke that ran between our read and our write wrote it before its own last look.
-        # A new grant's credentials are sealed while the server writes (a redelivery's carry
-        # the first delivery's expiry, which the engine reads afterwards).
-        credentials = self._credentials(name, password, spec)
+        # The credentials are sealed while the server writes.
+        credentials = self._credentials(name, password, expires_at)
         _, stone_after = self._run(
             [("ACL", "SETUSER", name, *rules), ("ACL", "GETUSER", stone_name)],
-            None if label is not None else lambda: spec.seal_ahead(credentials),
+            lambda: spec.seal_ahead(credentials),
         )
         if self._label(stone_name, _user(stone_after)) is not None:
             self._run([("ACL", "DELUSER", name)])
             raise Refused("request_id", "this grant was revoked while it was being made")
-        return GrantResult(principal=name, credentials=credentials, reissued=label is not None)
+        return GrantResult(
+            principal=name,
+            credentials=credentials,
+            reissued=label is not None,
+            expires_at=expires_at,
+        )
 
-    def _credentials(self, name: str, password: str, spec: GrantSpec) -> dict[str, str]:
+    def _credentials(self, name: str, password: str, expires_at: datetime) -> dict[str, str]:
         return {
             "username": name,
             "password": password,
             "host": self.settings.login_host or self.settings.host,
             "port": str(self.settings.port),
             "tls": "true" if self.settings.tls else "false",
-            "expires_at": spec.expires_at.isoformat(),
+            "expires_at": expires_at.isoformat(),
         }
 
     # -- revoke ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from contract_targets import ContractEnv, Target, catalog_doc
@@ -104,6 +104,29 @@ def test_a_redelivery_leaves_the_first_credentials_and_their_session_working(
     assert env.usable(holder)
     if target.generates_secrets:
         assert env.holder(again) == holder
+
+
+def test_a_redelivery_signed_later_keeps_the_first_expiry(
+    target: Target, make_contract_env: MakeEnv
+) -> None:
+    """A duration counts from its request's signature, so a copy of the request signed later
+    asks for a later expiry. The grant keeps the first one, in the target and in every outcome
+    (the sealed credentials and the timer included): a re-signed request never lengthens
+    access."""
+    env = make_contract_env(catalog_doc(target))
+    request = env.request(request_id="c-resigned")
+    first = env.engine.execute(request)
+    assert first.status == "granted" and first.expires_at is not None, first
+    env.advance(timedelta(minutes=5))
+    again = env.engine.execute(request)
+    assert again.status == "granted" and again.reissued, again
+    assert again.expires_at == first.expires_at
+    if target.generates_secrets:
+        sealed = env.credentials(again.sealed_credentials)
+        assert datetime.fromisoformat(sealed["expires_at"]) == first.expires_at
+    env.advance(timedelta(minutes=11))  # past the first expiry (15 min), before the later one
+    report = env.engine.sweep()
+    assert report.revoked == [first.grant_id] and report.ok, report
 
 
 def test_a_request_id_reused_for_a_different_request_is_refused(cenv: ContractEnv) -> None:
