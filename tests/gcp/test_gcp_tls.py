@@ -118,7 +118,7 @@ def ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ec.EllipticC
     runtime.tls_context.cache_clear()
 
 
-LOOPBACK = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+LOOPBACK: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
 
 
 def _session() -> requests.Session:
