@@ -6,7 +6,10 @@ gives the function, timing its own work: functions-framework loading `gcp/main.p
 `jitc package gcp` puts at the source root) and serving the first request through the real
 Flask app: a signed request for the intake (a Cloud Task is created), an expiry task with the
 invoker's OIDC token for the worker (Secret Manager read, PostgreSQL revoke), a scheduled call
-for the sweep. The Google APIs are the loopback GCP of tests/gcp. Peak memory is VmHWM from
+for the sweep. The request is handed to the app as a WSGI server hands it (an environ and
+start_response), not through Flask's test client, whose imports (flask.testing, click.testing
+and the pdb it pulls in) and request building no deployed function pays; every case is driven
+the same way. The Google APIs are the loopback GCP of tests/gcp. Peak memory is VmHWM from
 /proc/self/status. Cases alternate so noise hits them alike; figures are medians. CPU time
 (time.process_time, all threads) is reported beside wall time: on a loaded machine wall time
 mostly measures waiting for a core, CPU time the work (the servers' work is in neither).
@@ -61,12 +64,34 @@ BASELINE = (
     "import pydantic, flask, functions_framework, google.auth, google.cloud.tasks_v2, "
     "google.cloud.secretmanager_v1\nstatus = 0"
 )
+# The first request is handed to the app as a WSGI server (gunicorn, on Cloud Run) hands it:
+# an environ and a start_response, the body read to its end. Flask's test client would add the
+# import of flask.testing and click.testing (pdb, cmd, code, glob, shlex...) and its own
+# request building to every function's cold start, which no deployed function does.
 FIRST = """
+import io
 import functions_framework
 app = functions_framework.create_app(target={target!r}, source={source!r})
 request = json.loads({request!r})
-answer = app.test_client().post("/", data=request["body"].encode(), headers=request["headers"])
-status = answer.status_code
+body = request["body"].encode()
+environ = {{
+    "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+    "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+    "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8080", "CONTENT_LENGTH": str(len(body)),
+    "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+    "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": False,
+    "wsgi.run_once": False,
+}}
+for name, value in request["headers"].items():
+    key = name.upper().replace("-", "_")
+    environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key] = value
+started = []
+answer = app(environ, lambda line, headers, exc_info=None: started.append(line))
+try:
+    b"".join(answer)
+finally:
+    getattr(answer, "close", lambda: None)()
+status = int(started[0].split()[0])
 """
 PROJECT = "jitc-bench-gcp"
 QUEUE = f"projects/{PROJECT}/locations/europe-west1/queues/jitc-requests"

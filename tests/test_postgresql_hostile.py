@@ -1343,6 +1343,8 @@ def test_a_setting_the_server_does_not_know_is_left_out_not_a_refused_connection
         with postgresql_session.admin_connect(settings, "app", None) as conn:
             version = conn.info.server_version
             assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+            # In the options, where libpq's retry without application_name cannot drop it.
+            assert conn.execute("SHOW application_name").fetchone() == ("jit-connector",)
             assert "idle_session_timeout=0" in conn.info.get_parameters().get("options", "")
         assert postgresql_session._SERVER_VERSIONS[server] == version
 

@@ -443,7 +443,13 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     # back every name and label as bytes (each revoke there failing), and any other encoding
     # would be the one statements are rendered in (jitc.templates.postgresql_sql); a timeout
     # of 1 ms (_NEWER_SETTINGS) would end every session there. Ours win.
+    # application_name goes with these rather than as libpq's own parameter: libpq makes the
+    # whole connection again without it whenever the server refuses the start with SQLSTATE
+    # 42704 (its guess at a pre-9.0 server), which is also what a server older than
+    # _NEWER_SETTINGS answers. A first connection to PostgreSQL 14-16 (every cold start) would
+    # take three attempts, and three backends, instead of two.
     options = (
+        "-c application_name=jit-connector "
         "-c role=none -c default_transaction_read_only=off -c exit_on_error=off "
         "-c client_encoding=UTF8 "
         "-c search_path=pg_catalog,pg_temp "
@@ -462,7 +468,6 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         # timeout, a frozen function): data the server never acknowledges fails the statement
         # within this bound instead of hanging until the function's timeout.
         "tcp_user_timeout": s.connect_timeout * 1000,
-        "application_name": "jit-connector",
         "sslrootcert": s.sslrootcert,
         "require_auth": s.effective_require_auth,
         "channel_binding": s.effective_channel_binding,
