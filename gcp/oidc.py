@@ -40,15 +40,11 @@ class CertificateCache:
     """Google's token-signing certificates (public), fetched at most once an hour, and again at
     once for a key id not yet seen (Google rotates them)."""
 
-    def __init__(
-        self, url: str = GOOGLE_CERTS_URL, timeout: float = 10.0, context: Any = None
-    ) -> None:
+    def __init__(self, url: str = GOOGLE_CERTS_URL, timeout: float = 10.0) -> None:
         if not url.startswith("https://") and not url.startswith("http://127.0.0.1:"):
             raise ValueError("the certificates URL must be https (plain http only to loopback)")
         self.url = url
         self.timeout = timeout
-        # An ssl.SSLContext that verifies (the instance's shared one); None: urllib's default.
-        self.context = context
         self._certs: dict[str, str] = {}
         self._fetched = float("-inf")
         self._lock = threading.Lock()
@@ -58,10 +54,7 @@ class CertificateCache:
         # Imported at the first fetch: the intake never checks a token and skips its import.
         import urllib.request
 
-        opened = urllib.request.urlopen(  # noqa: S310
-            self.url, timeout=self.timeout, context=self.context
-        )
-        with opened as response:
+        with urllib.request.urlopen(self.url, timeout=self.timeout) as response:  # noqa: S310
             certs = json.loads(response.read())
         if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
             raise ValueError("certificates document is not a map of key id to PEM")

@@ -116,100 +116,14 @@ def credentials() -> Any:
     return found
 
 
-def _ca_bundle() -> str:
-    """The roots requests verifies Google's servers against: its environment's bundle, or
-    certifi's."""
-    from requests.utils import DEFAULT_CA_BUNDLE_PATH
-
-    get = os.environ.get
-    return get("REQUESTS_CA_BUNDLE") or get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
-
-
-@cache
-def tls_context() -> Any:
-    """The one TLS context of the instance's calls to Google (Secret Manager, Cloud Tasks, the
-    OIDC certificates), built and loaded with its trusted roots once.
-
-    Left alone, urllib3 builds a context and loads the CA bundle into it at each new
-    connection, and urllib the system's: 30-40 ms of CPU each time, and a worker's cold start
-    opens three (the certificates, Secret Manager, Cloud Tasks). This one is built as urllib3
-    builds its own (certificate and host name checked, TLS 1.2 at least), from the bundle
-    requests would have loaded: every connection checks what it checked before."""
-    import ssl
-
-    from urllib3.util.ssl_ import create_urllib3_context
-
-    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-    context.check_hostname = True  # urllib (the certificates) checks the name only this way
-    bundle = _ca_bundle()
-    if os.path.isdir(bundle):
-        context.load_verify_locations(capath=bundle)
-    else:
-        context.load_verify_locations(cafile=bundle)
-    return context
-
-
-def _share_tls(session: Any) -> None:
-    """Have a requests session's https connections verified with tls_context(). A request
-    with other TLS settings (another bundle, no check, a client certificate, a proxy) goes
-    requests' own way, and never changes the shared context."""
-    from requests.adapters import HTTPAdapter
-    from requests.utils import select_proxy
-
-    shared, bundle = tls_context(), _ca_bundle()
-
-    class SharedTlsAdapter(HTTPAdapter):
-        def __init__(self) -> None:
-            self.own = HTTPAdapter()
-            super().__init__()
-
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **{**kwargs, "ssl_context": shared})
-
-        def get_connection_with_tls_context(
-            self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
-        ) -> Any:
-            if verify not in (True, bundle) or cert or select_proxy(request.url, proxies):
-                return self.own.get_connection_with_tls_context(request, verify, proxies, cert)
-            return super().get_connection_with_tls_context(request, verify, proxies, cert)
-
-        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-            super().cert_verify(conn, url, verify, cert)
-            if getattr(conn, "conn_kw", {}).get("ssl_context") is shared:
-                # The roots are in the context: urllib3 would load them again per connection.
-                conn.ca_certs = conn.ca_cert_dir = None
-
-        def close(self) -> None:
-            self.own.close()
-            super().close()
-
-    session.mount("https://", SharedTlsAdapter())
-
-
 def _rest_client(client_class: Any, transport_class: Any, endpoint: str | None) -> Any:
     options, extra = _client_options(endpoint)
     if not extra:
-        client = client_class(
+        return client_class(
             credentials=credentials(), transport="rest", client_options=options or None
         )
-    else:
-        transport = transport_class(
-            host=options["api_endpoint"], credentials=credentials(), **extra
-        )
-        client = client_class(transport=transport)
-    # The REST transport's AuthorizedSession (google-auth's requests.Session): its TLS to
-    # Google uses the instance's one context. A plain-http loopback endpoint builds none.
-    # Not where google-auth mounted an adapter of its own (mutual TLS).
-    from requests.adapters import HTTPAdapter
-
-    session = getattr(client.transport, "_session", None)
-    if (
-        session is not None
-        and extra.get("url_scheme", "https") == "https"
-        and type(session.get_adapter("https://")) is HTTPAdapter
-    ):
-        _share_tls(session)
-    return client
+    transport = transport_class(host=options["api_endpoint"], credentials=credentials(), **extra)
+    return client_class(transport=transport)
 
 
 @cache
@@ -281,8 +195,7 @@ def intake() -> Intake:
 
 @cache
 def certificates() -> CertificateCache:
-    url = settings().certs_url
-    return CertificateCache(url, context=tls_context() if url.startswith("https://") else None)
+    return CertificateCache(settings().certs_url)
 
 
 @cache
@@ -331,7 +244,7 @@ def engine() -> Engine:
 def reset() -> None:
     """Forget everything built (tests; a new instance starts empty anyway)."""
     for built in (
-        settings, credentials, tls_context, tasks_client, secrets_client, catalog, queue,
-        scheduler, intake, certificates, verifier, secret_stores, sinks, engine,
+        settings, credentials, tasks_client, secrets_client, catalog, queue, scheduler, intake,
+        certificates, verifier, secret_stores, sinks, engine,
     ):  # fmt: skip
         built.cache_clear()
