@@ -204,10 +204,10 @@ def breakdown(iterations: int, shape: str) -> None:
     spent = [0.0]
     send = RedisSession._send
 
-    def timed(self: RedisSession, commands: Any) -> list[Any]:
+    def timed(self: RedisSession, commands: Any, meanwhile: Any = None) -> list[Any]:
         start = time.perf_counter()
         try:
-            return send(self, commands)
+            return send(self, commands, meanwhile)
         finally:
             spent[0] += time.perf_counter() - start
 

@@ -562,8 +562,8 @@ def raced_before(session: Any, method: str, race: Callable[[], Any]) -> list[Any
     read = getattr(session, method)
     raced: list[Any] = []
 
-    def read_then_race(*names: str) -> list[Any]:
-        found = read(*names)
+    def read_then_race(*names: str, **options: Any) -> list[Any]:
+        found = read(*names, **options)
         if not raced:
             raced.append(race())
         return list(found)

@@ -311,7 +311,9 @@ class RedisSession(KeptSession):
             raise TargetError(f"ACL SAVE failed: {_first_line(reply)}")
         self._save = True
 
-    def _read_for_grant(self, *names: str) -> list[User]:
+    def _read_for_grant(
+        self, *names: str, meanwhile: Callable[[], None] | None = None
+    ) -> list[User]:
         """The users a grant decides on, in one round trip. With `acl_save: auto` and a server
         not yet asked, the same round trip tries ACL SAVE: a grant is made only on a server that
         saves its users, since without an ACL file a restart forgets the grant's tombstone once
@@ -320,7 +322,7 @@ class RedisSession(KeptSession):
         either way.)"""
         probe = self._save is None
         commands = [("ACL", "GETUSER", name) for name in names]
-        replies = self._send([*commands, ("ACL", "SAVE")] if probe else commands)
+        replies = self._send([*commands, ("ACL", "SAVE")] if probe else commands, meanwhile)
         if probe:
             self._saved(replies.pop())
         for reply in replies:
@@ -355,32 +357,29 @@ class RedisSession(KeptSession):
     # -- grant -----------------------------------------------------------------------------
 
     def grant(self, spec: GrantSpec) -> GrantResult:
-        permission = spec.permission
-        assert isinstance(permission, Permission)
         digest = spec_digest(spec)
         name = user_name(self.settings, spec.grant_id)
         stone_name = tombstone_name(self.settings, spec.grant_id)
-        user, stone = self._read_for_grant(name, stone_name)
+        # A new grant's user, password and credentials need nothing the read answers (only a
+        # redelivery's label can change the expiry): rendered while the server reads.
+        fresh: list[tuple[list[str], dict[str, str]]] = []
+        user, stone = self._read_for_grant(
+            name,
+            stone_name,
+            meanwhile=lambda: fresh.append(self._render(spec, name, digest, spec.expires_at)),
+        )
         label = self._label(name, user)
         tombstoned = self._label(stone_name, stone) is not None
         userledger.check_grantable(
             name, user is not None, label, stone_name, stone is not None, tombstoned, digest
         )
-        # Every delivery computes the same password from the connector's label key, so a
-        # redelivery hands out the same credentials and `resetpass` changes nothing.
-        password = self.key.password(KIND, self.integration, spec.grant_id, digest)
-        password = password or secrets.token_urlsafe(24)
         # A redelivery keeps the first delivery's expiry: one signed later asks for a later one
         # (a duration counts from the signature), which must never lengthen access.
         expires_at = spec.expires_at if label is None else label.expires_at
-        mine = CompactLabel(
-            self.integration, spec.grant_id, "active", expires_at, spec.permission_name, digest
-        )
-        rules = acl_rules(
-            permission,
-            spec.resources,
-            hashlib.sha256(password.encode()).hexdigest(),
-            encode_compact_label(self.key, KIND, name, mine),
+        rules, credentials = (
+            fresh[0]
+            if fresh and expires_at == spec.expires_at
+            else self._render(spec, name, digest, expires_at)
         )
         # The user is not read back: ACL SETUSER is atomic and resets the passwords, so the
         # only password that logs in is the one written with these rules and this label. A
@@ -389,7 +388,6 @@ class RedisSession(KeptSession):
         # their own. The tombstone is looked for after the write, in the same round trip: a
         # revoke that ran between our read and our write wrote it before its own last look.
         # The credentials are sealed while the server writes.
-        credentials = self._credentials(name, password, expires_at)
         _, stone_after = self._run(
             [("ACL", "SETUSER", name, *rules), ("ACL", "GETUSER", stone_name)],
             lambda: spec.seal_ahead(credentials),
@@ -403,6 +401,28 @@ class RedisSession(KeptSession):
             reissued=label is not None,
             expires_at=expires_at,
         )
+
+    def _render(
+        self, spec: GrantSpec, name: str, digest: str, expires_at: datetime
+    ) -> tuple[list[str], dict[str, str]]:
+        """The user's ACL rules (its password's hash, its permission, its label) and the
+        credentials they let in. Every delivery computes the same password from the
+        connector's label key, so a redelivery hands out the same credentials and `resetpass`
+        changes nothing."""
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        password = self.key.password(KIND, self.integration, spec.grant_id, digest)
+        password = password or secrets.token_urlsafe(24)
+        mine = CompactLabel(
+            self.integration, spec.grant_id, "active", expires_at, spec.permission_name, digest
+        )
+        rules = acl_rules(
+            permission,
+            spec.resources,
+            hashlib.sha256(password.encode()).hexdigest(),
+            encode_compact_label(self.key, KIND, name, mine),
+        )
+        return rules, self._credentials(name, password, expires_at)
 
     def _credentials(self, name: str, password: str, expires_at: datetime) -> dict[str, str]:
         return {
