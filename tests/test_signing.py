@@ -95,6 +95,29 @@ def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> Non
     assert plain.sealed_for(credentials) is None
 
 
+def test_sealing_ahead_never_interrupts_a_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run while a template's write is out, before the reads that check it: a failure there
+    # would skip them. The engine seals again afterwards and reports its error as the outcome.
+    from jitc import sealing
+
+    def broken(credentials: dict[str, str], key: str) -> str:
+        raise ValueError("no box")
+
+    monkeypatch.setattr(sealing, "seal", broken)
+    spec = GrantSpec(
+        grant_id="g1",
+        request_id="r1",
+        integration="db",
+        permission_name="read",
+        permission=PermissionSettings(resources=["public.*"]),
+        resources=("public.*",),
+        identity=Identity(email="a@example.com", public_key=box_keypair()[1]),
+        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    spec.seal_ahead({"username": "u", "password": "p@ss"})
+    assert spec.sealed_for({"username": "u", "password": "p@ss"}) is None
+
+
 # Points of small order (and a non-canonical spelling of one): a sealed box's shared secret
 # with any of them is all zeros, which libsodium refuses.
 _SMALL_ORDER = [

@@ -67,12 +67,18 @@ class GrantSpec:
         """Seal credentials for the requester now: a template that knows them before its last
         round trip calls this while the target works, so sealing (two X25519 operations, the
         largest piece of a grant's own client work) takes no time of its own. The engine uses
-        the box only for exactly these credentials; any other outcome is sealed afresh."""
+        the box only for exactly these credentials; any other outcome is sealed afresh.
+        Never raises: it runs between a template's write and the reads that check it, which a
+        failure here would skip; the engine's own seal reports any error, after them."""
         key = self.identity.public_key
         if key is not None and not self._sealed:
             from jitc.sealing import seal  # PyNaCl, imported when a grant first seals
 
-            self._sealed.append((credentials, seal(credentials, key)))
+            try:
+                box = seal(credentials, key)
+            except Exception:
+                return
+            self._sealed.append((credentials, box))
 
     def sealed_for(self, credentials: dict[str, str]) -> str | None:
         for sealed, box in self._sealed:
