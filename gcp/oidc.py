@@ -54,7 +54,16 @@ class CertificateCache:
         # Imported at the first fetch: the intake never checks a token and skips its import.
         import urllib.request
 
-        with urllib.request.urlopen(self.url, timeout=self.timeout) as response:  # noqa: S310
+        class Unfollowed(urllib.request.HTTPRedirectHandler):
+            # Google's endpoint never redirects. A redirect followed could lead off https (urllib
+            # follows https to http), and whoever answered there would choose the keys every
+            # token is checked with: a 3xx is an error here, and the certificates stay as they
+            # were.
+            def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        opener = urllib.request.build_opener(Unfollowed)
+        with opener.open(self.url, timeout=self.timeout) as response:
             certs = json.loads(response.read())
         if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
             raise ValueError("certificates document is not a map of key id to PEM")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from gcpfake import FakeGcp, _rsa_key, sign_jwt
@@ -28,6 +30,37 @@ def test_a_valid_token_passes_and_made_up_key_ids_cannot_flood_googles_endpoint(
         with pytest.raises(Refused):
             verifier.verify(f"Bearer {token}")
     assert certs.fetches == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_the_certificates_are_never_fetched_through_a_redirect(fake: FakeGcp, status: int) -> None:
+    # A redirect followed could lead off https, to whoever then chooses the keys every token
+    # is checked with. The endpoint redirects to a document of keys that would verify a forged
+    # token; the fetch fails instead and the token is refused.
+    served = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.append(self.path)
+            self.send_response(status)
+            self.send_header("Location", f"{fake.url}/oauth2/v1/certs")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        certs = CertificateCache(f"http://127.0.0.1:{server.server_address[1]}/certs")
+        verifier = OidcVerifier(AUDIENCE, INVOKER, certs)
+        with pytest.raises(Exception):  # noqa: B017 - urllib's HTTPError, or the verifier's refusal
+            verifier.verify("Bearer " + fake.oidc_token(AUDIENCE, INVOKER))
+        assert served == ["/certs"] and certs.fetches == 0
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("header", ["", "Basic abc", "Bearer ", "Bearer not.a.jwt", "Bearer x"])
