@@ -37,15 +37,15 @@ EXCHANGE_TIMEOUTS = 3
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error, not a delivery: urllib would follow a 302 to a POST with a GET
-    that has no body, to any URL (plain http to another host too), and take that answer's 200
-    as the event delivered."""
+    """A redirect is an error: urllib would follow a 302 to a POST with a GET that has no body,
+    to any URL (plain http to another host too), and take that answer's 200 as the event
+    delivered (or, for a fetch of public keys, take keys from whoever answered there)."""
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # urllib then raises HTTPError with the 3xx status
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+UNREDIRECTED = urllib.request.build_opener(_NoRedirect)
 
 
 def webhook_url_allowed(url: str) -> bool:
@@ -139,7 +139,7 @@ class WebhookSink:
 
         def run() -> None:
             try:
-                with _OPENER.open(request, timeout=self.timeout) as response:
+                with UNREDIRECTED.open(request, timeout=self.timeout) as response:
                     ok = 200 <= response.status < 300
                     done.append((response.status, bytes(response.read(ANSWER_MAX)) if ok else b""))
             except BaseException as exc:  # handed to the caller as it is

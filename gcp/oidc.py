@@ -22,6 +22,7 @@ import time
 from typing import Any, NamedTuple
 
 from jitc.errors import Refused
+from jitc.webhook import UNREDIRECTED
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
@@ -51,19 +52,10 @@ class CertificateCache:
         self.fetches = 0
 
     def _fetch(self) -> None:
-        # Imported at the first fetch: the intake never checks a token and skips its import.
-        import urllib.request
-
-        class Unfollowed(urllib.request.HTTPRedirectHandler):
-            # Google's endpoint never redirects. A redirect followed could lead off https (urllib
-            # follows https to http), and whoever answered there would choose the keys every
-            # token is checked with: a 3xx is an error here, and the certificates stay as they
-            # were.
-            def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-                return None
-
-        opener = urllib.request.build_opener(Unfollowed)
-        with opener.open(self.url, timeout=self.timeout) as response:
+        # Google's endpoint never redirects. A redirect followed could lead off https (urllib
+        # follows https to plain http), and whoever answered there would choose the keys every
+        # token is checked with: a 3xx is an error, and the certificates stay as they were.
+        with UNREDIRECTED.open(self.url, timeout=self.timeout) as response:
             certs = json.loads(response.read())
         if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
             raise ValueError("certificates document is not a map of key id to PEM")
