@@ -79,10 +79,18 @@ def watched(client: redis.Redis) -> list[str]:
     )
 
 
+def channels_of(client: redis.Redis, name: str) -> list[str]:
+    """The user's channel patterns, as the server holds them (redis-py 8 parses the reply of
+    a raw `ACL GETUSER` into a map; earlier versions return the flat list)."""
+    reply = acl(client, "GETUSER", name)
+    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    channels = fields["channels"]
+    return channels.split() if isinstance(channels, str) else [str(c) for c in channels]
+
+
 def label_of(client: redis.Redis, name: str) -> list[str]:
     """The label's fields, as the server holds them."""
-    channels = acl(client, "GETUSER", name)["channels"].split()
-    return channels[0][1:].split(":")
+    return channels_of(client, name)[0][1:].split(":")
 
 
 def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +381,7 @@ def test_users_the_connector_did_not_create_are_never_changed(env: Env) -> None:
     acl(env.root, "SETUSER", stranger, "on", ">y", "~*", "+get")
     # The genuine label copied onto another user: the MAC binds it to its own user name.
     copy = f"{PREFIX}gaaaaaaaaaaaaaaaaaaaaaaaa"
-    genuine = acl(env.root, "GETUSER", grant.principal)["channels"].split()[0]
+    genuine = channels_of(env.root, grant.principal)[0]
     acl(env.root, "SETUSER", copy, "on", ">z", genuine)
     strangers = (forged, stranger, copy)
     before = {n: acl(env.root, "GETUSER", n) for n in strangers}
