@@ -69,18 +69,22 @@ def test_sealed_credentials_open_only_with_the_private_key() -> None:
         unseal(sealed, other)
 
 
-def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> None:
-    private, public = box_keypair()
-    spec = GrantSpec(
+def _spec(public_key: str) -> GrantSpec:
+    return GrantSpec(
         grant_id="g1",
         request_id="r1",
         integration="db",
         permission_name="read",
         permission=PermissionSettings(resources=["public.*"]),
         resources=("public.*",),
-        identity=Identity(email="a@example.com", public_key=public),
+        identity=Identity(email="a@example.com", public_key=public_key),
         expires_at=datetime(2030, 1, 1, tzinfo=UTC),
     )
+
+
+def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> None:
+    private, public = box_keypair()
+    spec = _spec(public)
     credentials = {"username": "u", "password": "p@ss", "expires_at": "2030-01-01T00:00:00+00:00"}
     spec.seal_ahead(credentials)
     box = spec.sealed_for(dict(credentials))  # an equal dict, as the engine rebuilds it
@@ -104,16 +108,7 @@ def test_sealing_ahead_never_interrupts_a_template(monkeypatch: pytest.MonkeyPat
         raise ValueError("no box")
 
     monkeypatch.setattr(sealing, "seal", broken)
-    spec = GrantSpec(
-        grant_id="g1",
-        request_id="r1",
-        integration="db",
-        permission_name="read",
-        permission=PermissionSettings(resources=["public.*"]),
-        resources=("public.*",),
-        identity=Identity(email="a@example.com", public_key=box_keypair()[1]),
-        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
-    )
+    spec = _spec(box_keypair()[1])
     spec.seal_ahead({"username": "u", "password": "p@ss"})
     assert spec.sealed_for({"username": "u", "password": "p@ss"}) is None
 
