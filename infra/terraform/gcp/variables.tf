@@ -54,9 +54,15 @@ variable "sweep_schedule" {
 }
 
 variable "sweep_silence_alert" {
-  description = "Alert when no complete sweep was logged for this long (seconds): a sweep that never runs or always fails."
+  description = "Alert when no complete sweep was logged for this long (seconds): a sweep that stops running or always fails."
   type        = number
   default     = 3600
+
+  # Cloud Monitoring's limits on a metric-absence duration: the policy is refused otherwise.
+  validation {
+    condition     = var.sweep_silence_alert >= 120 && var.sweep_silence_alert <= 84600 && var.sweep_silence_alert % 60 == 0
+    error_message = "sweep_silence_alert: whole minutes from 120 to 84600 seconds (23.5 hours, Cloud Monitoring's longest absence)."
+  }
 }
 
 variable "notification_channels" {

@@ -1,0 +1,53 @@
+"""What Google refuses at apply, or later, that a plan does not: the module's inputs and
+arguments are held to the API's own limits here, each test naming the page that sets it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import tfgcp
+from tfmodule import load
+
+MODULE = load(tfgcp.MODULE)
+
+
+def _variable_block(name: str) -> str:
+    for path in sorted(tfgcp.MODULE.glob("*.tf")):
+        text = path.read_text()
+        found = re.search(rf'^variable "{name}" {{\n.*?^}}\n', text, re.S | re.M)
+        if found:
+            return found.group(0)
+    raise AssertionError(f"no variable {name}")
+
+
+def _accepted(name: str, value: int, tmp: Path) -> bool:
+    """Whether Terraform's own validation of the module's variable takes this value."""
+    (tmp / "main.tf").write_text(_variable_block(name))
+    if not (tmp / ".terraform").exists():
+        subprocess.run(
+            ["terraform", "init", "-input=false", "-backend=false"],
+            cwd=tmp, capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    result = subprocess.run(
+        ["terraform", "plan", "-input=false", "-lock=false", f"-var={name}={value}"],
+        cwd=tmp, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+@pytest.mark.parametrize("name", ["sweep_silence_alert", "sync_silence_alert"])
+def test_silence_alerts_take_only_durations_monitoring_accepts(name: str, tmp_path: Path) -> None:
+    """A metric-absence condition's duration is at least 120 s, a whole number of minutes, and
+    at most 23.5 hours (https://cloud.google.com/monitoring/alerts/metric-absence; the API's
+    MetricAbsence.duration): anything else passes the plan and fails creating the policy."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed here")
+    assert _accepted(name, 3600, tmp_path)
+    assert _accepted(name, 84600, tmp_path)
+    for refused in (86400, 84660, 60, 3601):
+        assert not _accepted(name, refused, tmp_path), refused
+
