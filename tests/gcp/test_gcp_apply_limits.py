@@ -51,3 +51,19 @@ def test_silence_alerts_take_only_durations_monitoring_accepts(name: str, tmp_pa
     for refused in (86400, 84660, 60, 3601):
         assert not _accepted(name, refused, tmp_path), refused
 
+
+
+def test_alert_policies_wait_until_their_log_metrics_can_be_found() -> None:
+    """Monitoring finds a new log-based metric only minutes after Logging created it: an alert
+    policy created right after its metric fails with 404 "Cannot find metric(s)"
+    (hashicorp/terraform-provider-google#11102), so the first apply of the module failed."""
+    metrics = set(MODULE.of_kind("google_logging_metric"))
+    sleep = MODULE.resource("time_sleep", "log_metrics")
+    assert {f"google_logging_metric.{m}" for m in metrics} <= set(
+        re.findall(r"google_logging_metric\.\w+", str(sleep["triggers"]))
+    )
+    for name, policy in MODULE.of_kind("google_monitoring_alert_policy").items():
+        assert "${time_sleep.log_metrics}" in policy.get("depends_on", []), name
+    versions = (tfgcp.MODULE / "versions.tf").read_text()
+    assert 'source  = "hashicorp/time"' in versions
+

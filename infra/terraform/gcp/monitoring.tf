@@ -32,11 +32,24 @@ resource "google_logging_metric" "sweep_completed" {
   }
 }
 
+# Cloud Monitoring finds a new log-based metric only some minutes after Logging made it: an
+# alert policy created at once is refused with 404 "Cannot find metric(s)"
+# (hashicorp/terraform-provider-google#11102). Should two minutes not do, a second apply does.
+resource "time_sleep" "log_metrics" {
+  create_duration = "120s"
+  triggers = {
+    failures        = google_logging_metric.failures.id
+    sweep_completed = google_logging_metric.sweep_completed.id
+    sync_completed  = google_logging_metric.sync_completed.id
+  }
+}
+
 resource "google_monitoring_alert_policy" "failures" {
   project               = var.project_id
   display_name          = "${var.name}: connector work failing"
   combiner              = "OR"
   notification_channels = var.notification_channels
+  depends_on            = [time_sleep.log_metrics]
 
   conditions {
     display_name = "failures logged"
@@ -58,6 +71,7 @@ resource "google_monitoring_alert_policy" "sweep_silence" {
   display_name          = "${var.name}: no complete sweep"
   combiner              = "OR"
   notification_channels = var.notification_channels
+  depends_on            = [time_sleep.log_metrics]
 
   conditions {
     display_name = "sweep heartbeat absent"

@@ -145,6 +145,7 @@ resource "google_monitoring_alert_policy" "sync_silence" {
   display_name          = "${var.name}: no complete inventory sync"
   combiner              = "OR"
   notification_channels = var.notification_channels
+  depends_on            = [time_sleep.log_metrics]
 
   conditions {
     display_name = "sync heartbeat absent"
