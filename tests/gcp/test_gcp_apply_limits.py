@@ -67,3 +67,15 @@ def test_alert_policies_wait_until_their_log_metrics_can_be_found() -> None:
     versions = (tfgcp.MODULE / "versions.tf").read_text()
     assert 'source  = "hashicorp/time"' in versions
 
+
+
+def test_the_build_account_can_be_given() -> None:
+    """Cloud Build runs a function's build as the project's default build account unless one
+    is named; in projects whose policies strip that account's roles (the default for new
+    organizations) every build fails, and the module offered no way to name another
+    (https://cloud.google.com/functions/docs/securing/build-custom-sa)."""
+    variable = MODULE.variables["build_service_account"]
+    assert variable["default"] is None
+    build = MODULE.resource("google_cloudfunctions2_function", "function")["build_config"][0]
+    assert build["service_account"] == "${var.build_service_account}"
+

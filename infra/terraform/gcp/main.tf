@@ -177,6 +177,7 @@ resource "google_cloudfunctions2_function" "function" {
   build_config {
     runtime           = var.runtime
     entry_point       = each.value.entry_point
+    service_account   = var.build_service_account
     docker_repository = var.kms_key_name == null ? null : google_artifact_registry_repository.images[0].id
     source {
       storage_source {

@@ -105,3 +105,14 @@ variable "queue_writers" {
   type        = list(string)
   default     = []
 }
+
+variable "build_service_account" {
+  description = "Service account Cloud Build builds the functions as (projects/P/serviceAccounts/EMAIL), holding roles/cloudbuild.builds.builder or the rights it needs: read the source bucket, write the image repository and logs. Null: the project's default build account, which projects whose policies strip its roles (new organizations by default) cannot build with."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.build_service_account == null || can(regex("^projects/[^/]+/serviceAccounts/[^/]+@[^/]+$", var.build_service_account))
+    error_message = "build_service_account: projects/P/serviceAccounts/EMAIL, or null."
+  }
+}
