@@ -79,3 +79,17 @@ def test_the_build_account_can_be_given() -> None:
     build = MODULE.resource("google_cloudfunctions2_function", "function")["build_config"][0]
     assert build["service_account"] == "${var.build_service_account}"
 
+
+
+def test_the_functions_environment_fits_what_cloud_functions_accepts() -> None:
+    """The environment variables of one function, names and values, total at most 32 KiB
+    (https://cloud.google.com/functions/docs/configuring/env-var, "Size limits"): the catalog
+    travels there, and a larger one passed the plan and failed the deployment."""
+    function = MODULE.resource("google_cloudfunctions2_function", "function")
+    service = function["service_config"][0]
+    assert service["environment_variables"] == "${local.function_environment[each.key]}"
+    conditions = [p["condition"] for p in function["lifecycle"][0]["precondition"]]
+    assert any("local.environment_bytes[each.key]" in c and "32768" in c for c in conditions)
+    text = (tfgcp.MODULE / "main.tf").read_text()
+    # Bytes, not characters: a catalog's non-ASCII text counts by its UTF-8 length.
+    assert "base64encode" in text.split("environment_bytes", 1)[1].split("\n\n", 1)[0]
