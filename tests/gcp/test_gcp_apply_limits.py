@@ -52,7 +52,6 @@ def test_silence_alerts_take_only_durations_monitoring_accepts(name: str, tmp_pa
         assert not _accepted(name, refused, tmp_path), refused
 
 
-
 def test_alert_policies_wait_until_their_log_metrics_can_be_found() -> None:
     """Monitoring finds a new log-based metric only minutes after Logging created it: an alert
     policy created right after its metric fails with 404 "Cannot find metric(s)"
@@ -68,7 +67,6 @@ def test_alert_policies_wait_until_their_log_metrics_can_be_found() -> None:
     assert 'source  = "hashicorp/time"' in versions
 
 
-
 def test_the_build_account_can_be_given() -> None:
     """Cloud Build runs a function's build as the project's default build account unless one
     is named; in projects whose policies strip that account's roles (the default for new
@@ -78,7 +76,6 @@ def test_the_build_account_can_be_given() -> None:
     assert variable["default"] is None
     build = MODULE.resource("google_cloudfunctions2_function", "function")["build_config"][0]
     assert build["service_account"] == "${var.build_service_account}"
-
 
 
 def test_the_functions_environment_fits_what_cloud_functions_accepts() -> None:
