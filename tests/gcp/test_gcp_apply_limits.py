@@ -90,3 +90,17 @@ def test_the_functions_environment_fits_what_cloud_functions_accepts() -> None:
     text = (tfgcp.MODULE / "main.tf").read_text()
     # Bytes, not characters: a catalog's non-ASCII text counts by its UTF-8 length.
     assert "base64encode" in text.split("environment_bytes", 1)[1].split("\n\n", 1)[0]
+
+
+def test_requests_cloud_run_refuses_before_the_function_are_alerted_on() -> None:
+    """With IAM-authenticated invocation Cloud Run checks each token first: one with a wrong
+    audience or account is answered 401/403 without the function running, so no `caller
+    refused` is logged and Cloud Tasks retries it for ever
+    (https://cloud.google.com/run/docs/authenticating/service-to-service). Cloud Run's request
+    log still records the answer: the failure metric counts those of worker, sweep and sync."""
+    text = (tfgcp.MODULE / "monitoring.tf").read_text()
+    metric = text.split('resource "google_logging_metric" "failures"', 1)[1].split("EOT", 2)[1]
+    assert 'logName="projects/${var.project_id}/logs/run.googleapis.com%2Frequests"' in metric
+    internal = '("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-sync")'
+    assert f"resource.labels.service_name={internal}" in metric
+    assert "httpRequest.status>=400" in metric

@@ -1,6 +1,8 @@
 # Alerts: work that keeps failing (a failed revoke is retried without end: access may outlive
 # its grant meanwhile), a caller refused (an attack, or tasks whose OIDC audience or account is
 # misconfigured and will be retried for ever), and a sweep that has not completed for too long.
+# Cloud Run refuses a token of the wrong audience or account itself, before the function runs
+# and logs anything: its request log's 4xx/5xx answers of worker, sweep and sync count too.
 
 resource "google_logging_metric" "failures" {
   project = var.project_id
@@ -9,7 +11,7 @@ resource "google_logging_metric" "failures" {
     resource.type="cloud_run_revision"
     resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-intake" OR "${var.name}-sync")
     severity>=WARNING
-    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="sync failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false)
+    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="sync failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false OR (logName="projects/${var.project_id}/logs/run.googleapis.com%2Frequests" AND resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-sync") AND httpRequest.status>=400))
   EOT
   metric_descriptor {
     metric_kind = "DELTA"
