@@ -7,8 +7,9 @@ queue), and a name makes `CreateTask` idempotent: `ALREADY_EXISTS` means it is a
 - A request task is named from the hash of the signed message, so the same signed request
   accepted by two intake instances is queued once (a replay, refused with 409).
 - An expiry task is named from the grant id and fires at the expiry. Cloud Tasks schedules at
-  most 30 days ahead: a later expiry gets a *hop* task that the worker turns into the next one
-  (each hop named by grant id and its own fire time, so no two share a name). A name stays
+  most 30 days ahead and keeps a task 31 days: an expiry more than 24 days ahead gets a *hop*
+  task that the worker turns into the next one (each hop named by grant id and its own fire
+  time, so no two share a name). A name stays
   taken for about an hour after its task ran or was deleted; a grant id scheduled again inside
   that time gets an unnamed task (a spare expiry is harmless: a revoke of what is gone succeeds).
 """
@@ -25,8 +26,11 @@ from typing import Any
 from jitc.errors import Refused
 from jitc.messages import expiry_message
 
-# Cloud Tasks refuses a schedule_time more than 30 days ahead; a margin for clock skew.
-MAX_AHEAD = timedelta(days=30) - timedelta(hours=1)
+# Cloud Tasks refuses a schedule_time more than 30 days ahead, and deletes a task 31 days after
+# its creation whether it succeeded or not: a task scheduled near the limit would have a day
+# for its retries before a failing revoke or hop is dropped. Scheduled at most this far, every
+# task keeps a week of them (and an hour for clock skew).
+MAX_AHEAD = timedelta(days=31) - timedelta(days=7) - timedelta(hours=1)
 # An expiry this close is queued at once rather than scheduled.
 IMMEDIATE = timedelta(seconds=5)
 HOP = "hop"

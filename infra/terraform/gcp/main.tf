@@ -68,6 +68,16 @@ locals {
     # every installed distribution at the first model: 10-25 ms with 150 of them installed).
     PYDANTIC_DISABLE_PLUGINS = "__all__"
   }
+  function_environment = {
+    for k, f in local.functions : k => merge(local.environment, { JITC_TIMEOUT_SECONDS = tostring(f.timeout) })
+  }
+  # Cloud Functions take at most 32 KiB of environment (names and values) per function, and the
+  # catalog travels there. Bytes, not characters: base64 gives the UTF-8 length (within 2).
+  environment_bytes = {
+    for k, environment in local.function_environment : k => sum([
+      for key, value in environment : length(key) + length(base64encode(value)) / 4 * 3
+    ])
+  }
 }
 
 # -- Source -----------------------------------------------------------------------------------
@@ -177,6 +187,7 @@ resource "google_cloudfunctions2_function" "function" {
   build_config {
     runtime           = var.runtime
     entry_point       = each.value.entry_point
+    service_account   = var.build_service_account
     docker_repository = var.kms_key_name == null ? null : google_artifact_registry_repository.images[0].id
     source {
       storage_source {
@@ -197,7 +208,15 @@ resource "google_cloudfunctions2_function" "function" {
     all_traffic_on_latest_revision   = true
     vpc_connector                    = var.vpc_connector
     vpc_connector_egress_settings    = var.vpc_connector == null ? null : "PRIVATE_RANGES_ONLY"
-    environment_variables            = merge(local.environment, { JITC_TIMEOUT_SECONDS = tostring(each.value.timeout) })
+    environment_variables            = local.function_environment[each.key]
+  }
+
+  lifecycle {
+    # Room kept for what Cloud Functions adds itself (LOG_EXECUTION_ID).
+    precondition {
+      condition     = local.environment_bytes[each.key] <= 32768 - 512
+      error_message = "The catalog is too large for a function's environment (32 KiB with the other settings): shorten it or split the deployment."
+    }
   }
 }
 

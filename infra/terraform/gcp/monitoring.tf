@@ -1,6 +1,8 @@
 # Alerts: work that keeps failing (a failed revoke is retried without end: access may outlive
 # its grant meanwhile), a caller refused (an attack, or tasks whose OIDC audience or account is
 # misconfigured and will be retried for ever), and a sweep that has not completed for too long.
+# Cloud Run refuses a token of the wrong audience or account itself, before the function runs
+# and logs anything: its request log's 4xx/5xx answers of worker, sweep and sync count too.
 
 resource "google_logging_metric" "failures" {
   project = var.project_id
@@ -9,7 +11,7 @@ resource "google_logging_metric" "failures" {
     resource.type="cloud_run_revision"
     resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-intake" OR "${var.name}-sync")
     severity>=WARNING
-    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="sync failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false)
+    (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="sync failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false OR (logName="projects/${var.project_id}/logs/run.googleapis.com%2Frequests" AND resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-sync") AND httpRequest.status>=400))
   EOT
   metric_descriptor {
     metric_kind = "DELTA"
@@ -32,11 +34,24 @@ resource "google_logging_metric" "sweep_completed" {
   }
 }
 
+# Cloud Monitoring finds a new log-based metric only some minutes after Logging made it: an
+# alert policy created at once is refused with 404 "Cannot find metric(s)"
+# (hashicorp/terraform-provider-google#11102). Should two minutes not do, a second apply does.
+resource "time_sleep" "log_metrics" {
+  create_duration = "120s"
+  triggers = {
+    failures        = google_logging_metric.failures.id
+    sweep_completed = google_logging_metric.sweep_completed.id
+    sync_completed  = google_logging_metric.sync_completed.id
+  }
+}
+
 resource "google_monitoring_alert_policy" "failures" {
   project               = var.project_id
   display_name          = "${var.name}: connector work failing"
   combiner              = "OR"
   notification_channels = var.notification_channels
+  depends_on            = [time_sleep.log_metrics]
 
   conditions {
     display_name = "failures logged"
@@ -58,6 +73,7 @@ resource "google_monitoring_alert_policy" "sweep_silence" {
   display_name          = "${var.name}: no complete sweep"
   combiner              = "OR"
   notification_channels = var.notification_channels
+  depends_on            = [time_sleep.log_metrics]
 
   conditions {
     display_name = "sweep heartbeat absent"

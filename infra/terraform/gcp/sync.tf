@@ -17,9 +17,10 @@ variable "sync_silence_alert" {
   type        = number
   default     = 10800
 
+  # Cloud Monitoring's limits on a metric-absence duration: the policy is refused otherwise.
   validation {
-    condition     = var.sync_silence_alert >= 600 && var.sync_silence_alert <= 86400
-    error_message = "sync_silence_alert: 600 to 86400 seconds."
+    condition     = var.sync_silence_alert >= 600 && var.sync_silence_alert <= 84600 && var.sync_silence_alert % 60 == 0
+    error_message = "sync_silence_alert: whole minutes from 600 to 84600 seconds (23.5 hours, Cloud Monitoring's longest absence)."
   }
 }
 
@@ -144,6 +145,7 @@ resource "google_monitoring_alert_policy" "sync_silence" {
   display_name          = "${var.name}: no complete inventory sync"
   combiner              = "OR"
   notification_channels = var.notification_channels
+  depends_on            = [time_sleep.log_metrics]
 
   conditions {
     display_name = "sync heartbeat absent"

@@ -54,9 +54,15 @@ variable "sweep_schedule" {
 }
 
 variable "sweep_silence_alert" {
-  description = "Alert when no complete sweep was logged for this long (seconds): a sweep that never runs or always fails."
+  description = "Alert when no complete sweep was logged for this long (seconds): a sweep that stops running or always fails."
   type        = number
   default     = 3600
+
+  # Cloud Monitoring's limits on a metric-absence duration: the policy is refused otherwise.
+  validation {
+    condition     = var.sweep_silence_alert >= 120 && var.sweep_silence_alert <= 84600 && var.sweep_silence_alert % 60 == 0
+    error_message = "sweep_silence_alert: whole minutes from 120 to 84600 seconds (23.5 hours, Cloud Monitoring's longest absence)."
+  }
 }
 
 variable "notification_channels" {
@@ -98,4 +104,15 @@ variable "queue_writers" {
   description = "Members (e.g. the control plane's service account) that may create tasks on the queue directly, carrying the same signed envelope, for a company that wants no inbound HTTP. They get cloudtasks.enqueuer on the queue and serviceAccountUser on the invoker account (a task's OIDC token needs it)."
   type        = list(string)
   default     = []
+}
+
+variable "build_service_account" {
+  description = "Service account Cloud Build builds the functions as (projects/P/serviceAccounts/EMAIL), holding roles/cloudbuild.builds.builder or the rights it needs: read the source bucket, write the image repository and logs. Null: the project's default build account, which projects whose policies strip its roles (new organizations by default) cannot build with."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.build_service_account == null || can(regex("^projects/[^/]+/serviceAccounts/[^/]+@[^/]+$", var.build_service_account))
+    error_message = "build_service_account: projects/P/serviceAccounts/EMAIL, or null."
+  }
 }
