@@ -7,6 +7,11 @@ from datetime import timedelta
 
 import test_rabbitmq
 import test_redis
+from contract_mysql import ADMIN_PASSWORD, DATABASE, LEDGER, admin_grants, escaped, run
+from contract_targets import catalog_doc as mysql_catalog_doc
+from contract_targets import make_env as mysql_make_env
+from test_mysql import FOREIGN
+from test_mysql import target as mysql_target  # noqa: F401  (fixture)
 from test_rabbitmq import root as rabbitmq_root  # noqa: F401  (fixture)
 from test_redis import root as redis_root  # noqa: F401  (fixture)
 from userenv import UserEnv, engine_parts
@@ -61,3 +66,62 @@ def test_rabbitmq_a_copy_signed_before_the_revoke_never_brings_the_grant_back(
     creds, late = _revoked_then_resigned_copy(env)
     assert late.status == "refused", late  # type: ignore[attr-defined]
     assert not env.can_login(creds)
+
+
+def test_mysql_a_privileged_grant_that_may_choose_its_definer_is_refused(
+    mysql_target,  # noqa: F811
+) -> None:
+    """SET USER (or SUPER) lets an account name any definer of what it creates: a routine it
+    writes as the connector's admin runs as the admin, and CREATE USER there makes an account
+    no revoke knows of. That reaches account administration as surely as CREATE USER itself,
+    so even a privileged permission giving it is refused, with nothing made."""
+    boss = f"{FOREIGN}boss_definer"
+    back = f"{FOREIGN}backdoor"
+    conn = mysql_target.admin
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
+    try:
+        for grant in admin_grants(DATABASE, LEDGER):
+            run(conn, grant.format(admin=f"'{boss}'@'%'"))
+        run(conn, f"GRANT SET USER ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
+        run(
+            conn,
+            f"GRANT CREATE ROUTINE, EXECUTE ON `{escaped(DATABASE)}`.* TO '{boss}'@'%' "
+            "WITH GRANT OPTION",
+        )
+        permissions = {
+            "definer": {
+                "statements": [
+                    "GRANT SET USER ON *.* TO {user}",
+                    "GRANT SELECT, CREATE ROUTINE, EXECUTE ON {object} TO {user}",
+                ],
+                "resources": [DATABASE],
+                "privileged": True,
+            }
+        }
+        doc = mysql_catalog_doc(
+            mysql_target, connection=mysql_target.connection(user=boss), permissions=permissions
+        )
+        env = mysql_make_env(mysql_target, doc)
+        outcome = env.engine.execute(env.request(permission="definer"))
+        if outcome.status == "granted":
+            # What the grantee does with it: a routine defined as the admin, run once.
+            live = mysql_target.login(env.credentials(outcome.sealed_credentials))
+            run(
+                live,
+                f"CREATE DEFINER = '{boss}'@'%' PROCEDURE `{DATABASE}`.advt_p() "
+                f"SQL SECURITY DEFINER CREATE USER '{back}'@'%' IDENTIFIED BY 'kept'",
+            )
+            run(live, f"CALL `{DATABASE}`.advt_p()")
+            revoke = env.engine.execute(env.request("revoke", request_id=outcome.request_id))
+            assert revoke.status == "revoked", revoke
+        survivors = run(conn, "SELECT User FROM mysql.user WHERE User = %s", back)
+        assert outcome.status == "refused" and outcome.field == "permission", (
+            outcome,
+            survivors,
+        )
+        assert survivors == []
+    finally:
+        run(conn, f"DROP PROCEDURE IF EXISTS `{DATABASE}`.advt_p")
+        run(conn, "DROP USER IF EXISTS %s@'%%'", back)
+        run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
+        mysql_target.reset()
