@@ -480,9 +480,11 @@ class MySQLSession:
     def _administers_accounts(self, name: str) -> bool:
         """Whether the account, itself or through any role it holds, may create, rename or
         re-password accounts (CREATE USER, or a write on the grant tables in `mysql`: global
-        INSERT, UPDATE or DELETE, or those on the `mysql` database or its tables), or pass a
-        privilege on (the grant option anywhere, a role's ADMIN OPTION). Such an account could
-        rename itself and change its password, and no revoke could find it again."""
+        INSERT, UPDATE or DELETE, or those on the `mysql` database or its tables; or run code
+        as another account: SUPER, SET USER; or replay rows: BINLOG REPLAY, REPLICATION SLAVE
+        ADMIN), or pass a privilege on (the grant option anywhere, a role's ADMIN OPTION). Such
+        an account could rename itself and change its password, or make another, and no
+        revoke could find it again."""
         host = self.settings.user_host
         roles = {
             str(r[0])
@@ -494,6 +496,11 @@ class MySQLSession:
         for role in roles:
             reached |= self._roles_reached(role)
         admin_bits = 2 | 4 | 8 | 1024 | 33554432  # INSERT UPDATE DELETE GRANT CREATE-USER
+        # SUPER and SET USER let the account name any definer: a routine, event, trigger or
+        # view it defines as the connector's admin runs as the admin (CREATE USER included).
+        # BINLOG REPLAY and REPLICATION SLAVE ADMIN write rows, the grant tables' included,
+        # from binary log events it supplies or from a primary it chooses.
+        admin_bits |= 32768 | (1 << 30) | (1 << 37) | (1 << 34)
         checks = [(name, host)] + [(role, "") for role in sorted(reached)]
         for user, user_host in checks:
             if self._one(
