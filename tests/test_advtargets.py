@@ -125,3 +125,70 @@ def test_mysql_a_privileged_grant_that_may_choose_its_definer_is_refused(
         run(conn, "DROP USER IF EXISTS %s@'%%'", back)
         run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
         mysql_target.reset()
+
+
+def test_mysql_a_privileged_grantee_that_may_end_others_connections_cannot_outlive_its_revoke(
+    mysql_target,  # noqa: F811
+) -> None:
+    """CONNECTION ADMIN (or SUPER) lets an account end any connection: a grantee ending the
+    connector's admin connections in a loop stops every revoke (and the expiry event, which
+    runs as the admin) before it locks the account. Such a grant must be refused, as one that
+    reaches account administration is."""
+    import contextlib
+    import threading
+
+    import pymysql
+
+    boss = f"{FOREIGN}boss_killer"
+    conn = mysql_target.admin
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
+    stop = threading.Event()
+    attacker: list[threading.Thread] = []
+    try:
+        for grant in admin_grants(DATABASE, LEDGER):
+            run(conn, grant.format(admin=f"'{boss}'@'%'"))
+        run(conn, f"GRANT CONNECTION ADMIN ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
+        permissions = {
+            "killer": {
+                "statements": [
+                    "GRANT CONNECTION ADMIN ON *.* TO {user}",
+                    "GRANT SELECT ON {object} TO {user}",
+                ],
+                "resources": [DATABASE],
+                "privileged": True,
+            }
+        }
+        doc = mysql_catalog_doc(
+            mysql_target, connection=mysql_target.connection(user=boss), permissions=permissions
+        )
+        env = mysql_make_env(mysql_target, doc)
+        outcome = env.engine.execute(env.request(permission="killer"))
+        if outcome.status == "granted":
+            creds = env.credentials(outcome.sealed_credentials)
+            live = mysql_target.login(creds)
+
+            def kill_the_admin() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(pymysql.Error):
+                        run(live, f"KILL CONNECTION USER '{boss}'@'%'")
+
+            attacker.append(threading.Thread(target=kill_the_admin))
+            attacker[0].start()
+            revokes = [
+                env.engine.execute(env.request("revoke", request_id=outcome.request_id))
+                for _ in range(5)
+            ]
+            still_in = mysql_target.alive(live)
+            stop.set()
+            attacker[0].join()
+            assert any(r.status == "revoked" for r in revokes) and not still_in, (
+                [r.message for r in revokes],
+                still_in,
+            )
+        assert outcome.status == "refused" and outcome.field == "permission", outcome
+    finally:
+        stop.set()
+        for thread in attacker:
+            thread.join()
+        run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
+        mysql_target.reset()
