@@ -137,7 +137,8 @@ class Permission(PermissionSettings):
         "ALL, global, admin and PROXY privileges, roles, routines, events, triggers, and any "
         "other statement; a grant whose account then reaches account administration (CREATE "
         "USER, writes on the mysql grant tables, SUPER or SET USER, BINLOG REPLAY, REPLICATION "
-        "SLAVE ADMIN, the grant option, a role's ADMIN OPTION) is still refused",
+        "SLAVE ADMIN, CONNECTION ADMIN, the grant option, a role's ADMIN OPTION) is still "
+        "refused",
     )
 
     @field_validator("statements")
