@@ -3,7 +3,8 @@ machine, as a grantee holding an old signed copy of its request."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import test_rabbitmq
 import test_redis
@@ -192,3 +193,54 @@ def test_mysql_a_privileged_grantee_that_may_end_others_connections_cannot_outli
             thread.join()
         run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
         mysql_target.reset()
+
+
+def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
+    redis_root,  # noqa: F811
+) -> None:
+    """A redelivery reads the user before a revoke ends it, writes the user back after the
+    revoke, and loses the connection before its tombstone check (a worker stopped, a network
+    break): the user is live again, with the first password, under a tombstone. The retry of
+    that delivery sees the tombstone: it must end the user it finds, not only refuse."""
+    import pytest
+    from test_redis import admin_sessions, direct_spec, raced_before
+
+    from jitc.errors import Refused, TargetError
+    from jitc.models import derive_grant_id
+
+    env = test_redis.Env(
+        **engine_parts(test_redis.catalog_doc(), test_redis.ADMIN_PASSWORD),
+        integration=test_redis.INTEGRATION,
+        resource=test_redis.KEYS,
+        root=redis_root,
+    )
+    first, again, revoker = admin_sessions(env, 3)
+    grant_id = derive_grant_id(test_redis.INTEGRATION, "cut-short")
+    name = f"{test_redis.PREFIX}{grant_id}"
+    spec = direct_spec(grant_id, "read-only", (test_redis.KEYS,))
+    try:
+        creds = first.grant(spec).credentials
+        assert creds is not None
+        until = datetime.now(UTC) + timedelta(hours=1)
+        raced = raced_before(again, "_read_for_grant", lambda: revoker.revoke(grant_id, until))
+        run = again._run
+
+        def write_then_lose(commands: Any, meanwhile: Any = None) -> Any:
+            if commands and tuple(commands[0][:3]) == ("ACL", "SETUSER", name):
+                run(commands[:1])
+                raise TargetError("connection lost")
+            return run(commands, meanwhile)
+
+        again._run = write_then_lose
+        with pytest.raises(TargetError):
+            again.grant(spec)
+        assert raced and raced[0].verified, raced
+        with pytest.raises(Refused):
+            first.grant(spec)  # the queue's retry of that delivery
+        assert not env.can_login(creds)
+    finally:
+        for session in (first, again, revoker):
+            session.close()
+        names = test_redis.ours(redis_root)
+        if names:
+            test_redis.acl(redis_root, "DELUSER", *names)
