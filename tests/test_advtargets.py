@@ -244,3 +244,77 @@ def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
         names = test_redis.ours(redis_root)
         if names:
             test_redis.acl(redis_root, "DELUSER", *names)
+
+
+def test_rabbitmq_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
+    rabbitmq_root,  # noqa: F811
+) -> None:
+    """As for Redis: the redelivery's writes land after the revoke, and it stops before its
+    check; its retry must end the user it finds under the tombstone."""
+    import pytest
+    from test_rabbitmq import OTHER_VHOST, VHOST
+
+    from jitc.errors import Refused, TargetError
+    from jitc.labels import LabelKey
+    from jitc.models import Identity, derive_grant_id
+    from jitc.secrets import Secret
+    from jitc.templates.base import GrantSpec
+    from jitc.templates.rabbitmq import Permission
+
+    env = test_rabbitmq.Env(
+        **engine_parts(test_rabbitmq.catalog_doc(), test_rabbitmq.ADMIN_PASSWORD),
+        integration=test_rabbitmq.INTEGRATION,
+        resource=VHOST,
+        root=rabbitmq_root,
+    )
+    integration = env.engine.catalog.integration(test_rabbitmq.INTEGRATION)
+    key = LabelKey.from_secret(test_rabbitmq.LABEL_KEY)
+    first, again, revoker = (
+        integration.template.open(
+            test_rabbitmq.INTEGRATION,
+            integration.connection,
+            Secret(test_rabbitmq.ADMIN_PASSWORD),
+            key,
+        )
+        for _ in range(3)
+    )
+    grant_id = derive_grant_id(test_rabbitmq.INTEGRATION, "cut-short")
+    spec = GrantSpec(
+        grant_id=grant_id,
+        request_id="cut-short",
+        integration=test_rabbitmq.INTEGRATION,
+        permission_name="read-only",
+        permission=Permission(template="read-only", resources=[VHOST, OTHER_VHOST]),
+        resources=(VHOST,),
+        identity=Identity(email="a@example.com"),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        request_digest=f"d-cut-short-{grant_id}",
+    )
+    try:
+        creds = first.grant(spec).credentials
+        assert creds is not None
+        stone = f"{test_rabbitmq.PREFIX}x-{grant_id}"
+        until = datetime.now(UTC) + timedelta(hours=1)
+        read = again._user
+        raced: list[Any] = []
+
+        def read_then_race(name: str) -> Any:
+            found = read(name)
+            if name == stone and not raced:
+                raced.append(revoker.revoke(grant_id, until))
+            return found
+
+        def lost(*args: Any) -> None:
+            raise TargetError("connection lost")
+
+        again._user = read_then_race
+        again._check_after_grant = lost
+        with pytest.raises(TargetError):
+            again.grant(spec)
+        assert raced and raced[0].verified, raced
+        with pytest.raises(Refused):
+            first.grant(spec)  # the queue's retry of that delivery
+        assert not env.can_login(creds)
+    finally:
+        for session in (first, again, revoker):
+            session.close()
