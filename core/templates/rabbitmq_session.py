@@ -218,6 +218,11 @@ class RabbitMQSession(KeptSession):
         stone_name = tombstone_name(self.settings, spec.grant_id)
         stone_user = self._user(stone_name)
         stone = self._label(stone_user)
+        if stone is not None and label is not None:
+            # Our user under our tombstone: a delivery that wrote it after a revoke and stopped
+            # before its check (a lost connection, a stopped worker). It would live, with the
+            # first password, until the sweep at its expiry. Deleting it closes its connections.
+            self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
         userledger.check_grantable(
             name,
             existing is not None,

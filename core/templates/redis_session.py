@@ -370,6 +370,11 @@ class RedisSession(KeptSession):
         )
         label = self._label(name, user)
         tombstoned = self._label(stone_name, stone) is not None
+        if tombstoned and label is not None:
+            # Our user under our tombstone: a delivery that wrote it after a revoke and stopped
+            # before its own look for the tombstone (a lost connection, a stopped worker). It
+            # would live, with the first password, until the sweep at its expiry.
+            self._run([("ACL", "DELUSER", name)])
         userledger.check_grantable(
             name, user is not None, label, stone_name, stone is not None, tombstoned, digest
         )
