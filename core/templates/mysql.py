@@ -136,8 +136,9 @@ class Permission(PermissionSettings):
         description="allow statements beyond `GRANT <object privileges> ON {object} TO {user}`: "
         "ALL, global, admin and PROXY privileges, roles, routines, events, triggers, and any "
         "other statement; a grant whose account then reaches account administration (CREATE "
-        "USER, writes on the mysql grant tables, the grant option, a role's ADMIN OPTION) is "
-        "still refused",
+        "USER, writes on the mysql grant tables, SUPER or SET USER, BINLOG REPLAY, REPLICATION "
+        "SLAVE ADMIN, CONNECTION ADMIN, the grant option, a role's ADMIN OPTION) is still "
+        "refused",
     )
 
     @field_validator("statements")

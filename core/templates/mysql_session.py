@@ -324,8 +324,9 @@ class MySQLSession:
                 raise Refused(
                     "permission",
                     "these statements let the account create, rename or re-password accounts, "
-                    "or pass its privileges on: it could outlive its revoke under another name "
-                    "or password, so the grant is refused even for a privileged permission",
+                    "end the connector's connections, or pass its privileges on: it could "
+                    "outlive its revoke, so the grant is refused even for a privileged "
+                    "permission",
                 )
         return GrantResult(
             principal=name,
@@ -480,9 +481,11 @@ class MySQLSession:
     def _administers_accounts(self, name: str) -> bool:
         """Whether the account, itself or through any role it holds, may create, rename or
         re-password accounts (CREATE USER, or a write on the grant tables in `mysql`: global
-        INSERT, UPDATE or DELETE, or those on the `mysql` database or its tables), or pass a
-        privilege on (the grant option anywhere, a role's ADMIN OPTION). Such an account could
-        rename itself and change its password, and no revoke could find it again."""
+        INSERT, UPDATE or DELETE, or those on the `mysql` database or its tables; or run code
+        as another account: SUPER, SET USER; or replay rows: BINLOG REPLAY, REPLICATION SLAVE
+        ADMIN), end others' connections (CONNECTION ADMIN), or pass a privilege on (the grant
+        option anywhere, a role's ADMIN OPTION). Such an account could rename itself and change
+        its password, make another, or stop its revoke, and keep its access."""
         host = self.settings.user_host
         roles = {
             str(r[0])
@@ -494,6 +497,14 @@ class MySQLSession:
         for role in roles:
             reached |= self._roles_reached(role)
         admin_bits = 2 | 4 | 8 | 1024 | 33554432  # INSERT UPDATE DELETE GRANT CREATE-USER
+        # SUPER and SET USER let the account name any definer: a routine, event, trigger or
+        # view it defines as the connector's admin runs as the admin (CREATE USER included).
+        # BINLOG REPLAY and REPLICATION SLAVE ADMIN write rows, the grant tables' included,
+        # from binary log events it supplies or from a primary it chooses.
+        admin_bits |= 32768 | (1 << 30) | (1 << 37) | (1 << 34)
+        # CONNECTION ADMIN ends any connection: the account could end the connector's admin
+        # connections (and the expiry event, which runs as the admin) before each revoke locks it.
+        admin_bits |= 1 << 32
         checks = [(name, host)] + [(role, "") for role in sorted(reached)]
         for user, user_host in checks:
             if self._one(

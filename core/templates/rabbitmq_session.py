@@ -24,7 +24,7 @@ from jitc.labels import (
     encode_compact_label,
     spec_digest,
 )
-from jitc.models import Grant, utcnow
+from jitc.models import Grant
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
@@ -218,6 +218,11 @@ class RabbitMQSession(KeptSession):
         stone_name = tombstone_name(self.settings, spec.grant_id)
         stone_user = self._user(stone_name)
         stone = self._label(stone_user)
+        if stone is not None and label is not None:
+            # Our user under our tombstone: a delivery that wrote it after a revoke and stopped
+            # before its check (a lost connection, a stopped worker). It would live, with the
+            # first password, until the sweep at its expiry. Deleting it closes its connections.
+            self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
         userledger.check_grantable(
             name,
             existing is not None,
@@ -326,7 +331,6 @@ class RabbitMQSession(KeptSession):
         tombstone_until: datetime,
         users: dict[str, dict[str, Any] | None],
     ) -> dict[str, RevokeResult]:
-        now = utcnow()
         results: dict[str, RevokeResult] = {}
         deleted: dict[str, tuple[str, CompactLabel]] = {}
         for grant_id in grant_ids:
@@ -358,8 +362,13 @@ class RabbitMQSession(KeptSession):
             if live is None:
                 results[grant_id] = RevokeResult(found=False)
                 continue
-            if stone is None and live.expires_at > now:
-                self._put_tombstone(stone_name, grant_id, live.expires_at, live)
+            if stone is None:
+                # Not only until the grant's own expiry: a copy of the request signed later (a
+                # retried publish) asks for a later one, and once the tombstone is forgotten it
+                # would make the grant again, with the same password. `tombstone_until`
+                # outlasts every copy signed before now.
+                until = max(tombstone_until, live.expires_at)
+                self._put_tombstone(stone_name, grant_id, until, live)
             self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
             deleted[grant_id] = (name, live)
         if not deleted:

@@ -26,7 +26,7 @@ from jitc.labels import (
     encode_compact_label,
     spec_digest,
 )
-from jitc.models import Grant, utcnow
+from jitc.models import Grant
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
@@ -370,6 +370,11 @@ class RedisSession(KeptSession):
         )
         label = self._label(name, user)
         tombstoned = self._label(stone_name, stone) is not None
+        if tombstoned and label is not None:
+            # Our user under our tombstone: a delivery that wrote it after a revoke and stopped
+            # before its own look for the tombstone (a lost connection, a stopped worker). It
+            # would live, with the first password, until the sweep at its expiry.
+            self._run([("ACL", "DELUSER", name)])
         userledger.check_grantable(
             name, user is not None, label, stone_name, stone is not None, tombstoned, digest
         )
@@ -462,7 +467,6 @@ class RedisSession(KeptSession):
             found = [reads[n] for n in (*names, *stones)]
         else:
             found = self._get(*names, *stones)
-        now = utcnow()
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}
         unseen: list[str] = []
@@ -483,9 +487,13 @@ class RedisSession(KeptSession):
             if label is None:
                 changes.append(self._tombstone(grant_id, tombstone_until, None))
                 unseen.append(grant_id)
-            elif label.expires_at > now:
-                # Remembered until the grant's own expiry: a later delivery has expired anyway.
-                changes.append(self._tombstone(grant_id, label.expires_at, label))
+            else:
+                # Not only until the grant's own expiry: a copy of the request signed later (a
+                # retried publish) asks for a later one, and once the tombstone is forgotten it
+                # would make the grant again, with the same password. `tombstone_until` outlasts
+                # every copy signed before now.
+                until = max(tombstone_until, label.expires_at)
+                changes.append(self._tombstone(grant_id, until, label))
         doomed = [name for name, _ in live.values()]
         if doomed:
             changes.append(("ACL", "DELUSER", *doomed))

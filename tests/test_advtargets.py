@@ -1,0 +1,324 @@
+"""Adversarial tests of the Redis, RabbitMQ and MySQL templates on the real servers of this
+machine, as a grantee holding an old signed copy of its request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import test_rabbitmq
+import test_redis
+from contract_mysql import ADMIN_PASSWORD, DATABASE, LEDGER, admin_grants, escaped, run
+from contract_targets import catalog_doc as mysql_catalog_doc
+from contract_targets import make_env as mysql_make_env
+from test_mysql import FOREIGN
+from test_mysql import target as mysql_target  # noqa: F401  (fixture)
+from test_rabbitmq import root as rabbitmq_root  # noqa: F401  (fixture)
+from test_redis import root as redis_root  # noqa: F401  (fixture)
+from userenv import UserEnv, engine_parts
+
+
+def _revoked_then_resigned_copy(env: UserEnv) -> tuple[dict[str, str], object]:
+    """A grant of 15 minutes signed at t0; the control plane signs a copy of the same request
+    at t0+5m (a retry of its own publish); the grant is revoked at t0+6m; the sweep runs past
+    the first expiry; then the copy arrives, within its own lifetime (t0+20m)."""
+    t0 = env.now[0]
+    request = env.request(request_id="resigned-1")
+    first = env.engine.execute(request, t0)
+    assert first.status == "granted", first
+    creds = env.credentials(first.sealed_credentials)
+    env.now[0] = t0 + timedelta(minutes=6)
+    revoke = env.engine.execute(env.request("revoke", request_id="resigned-1"))
+    assert revoke.status == "revoked", revoke
+    env.now[0] = t0 + timedelta(minutes=16)
+    env.engine.sweep()
+    late = env.engine.execute(request, t0 + timedelta(minutes=5))
+    return creds, late
+
+
+def test_redis_a_copy_signed_before_the_revoke_never_brings_the_grant_back(
+    redis_root,  # noqa: F811
+) -> None:
+    env = test_redis.Env(
+        **engine_parts(test_redis.catalog_doc(), test_redis.ADMIN_PASSWORD),
+        integration=test_redis.INTEGRATION,
+        resource=test_redis.KEYS,
+        root=redis_root,
+    )
+    try:
+        creds, late = _revoked_then_resigned_copy(env)
+        assert late.status == "refused", late  # type: ignore[attr-defined]
+        assert not env.can_login(creds)
+    finally:
+        names = test_redis.ours(redis_root)
+        if names:
+            test_redis.acl(redis_root, "DELUSER", *names)
+
+
+def test_rabbitmq_a_copy_signed_before_the_revoke_never_brings_the_grant_back(
+    rabbitmq_root,  # noqa: F811
+) -> None:
+    env = test_rabbitmq.Env(
+        **engine_parts(test_rabbitmq.catalog_doc(), test_rabbitmq.ADMIN_PASSWORD),
+        integration=test_rabbitmq.INTEGRATION,
+        resource=test_rabbitmq.VHOST,
+        root=rabbitmq_root,
+    )
+    creds, late = _revoked_then_resigned_copy(env)
+    assert late.status == "refused", late  # type: ignore[attr-defined]
+    assert not env.can_login(creds)
+
+
+def test_mysql_a_privileged_grant_that_may_choose_its_definer_is_refused(
+    mysql_target,  # noqa: F811
+) -> None:
+    """SET USER (or SUPER) lets an account name any definer of what it creates: a routine it
+    writes as the connector's admin runs as the admin, and CREATE USER there makes an account
+    no revoke knows of. That reaches account administration as surely as CREATE USER itself,
+    so even a privileged permission giving it is refused, with nothing made."""
+    boss = f"{FOREIGN}boss_definer"
+    back = f"{FOREIGN}backdoor"
+    conn = mysql_target.admin
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
+    try:
+        for grant in admin_grants(DATABASE, LEDGER):
+            run(conn, grant.format(admin=f"'{boss}'@'%'"))
+        run(conn, f"GRANT SET USER ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
+        run(
+            conn,
+            f"GRANT CREATE ROUTINE, EXECUTE ON `{escaped(DATABASE)}`.* TO '{boss}'@'%' "
+            "WITH GRANT OPTION",
+        )
+        permissions = {
+            "definer": {
+                "statements": [
+                    "GRANT SET USER ON *.* TO {user}",
+                    "GRANT SELECT, CREATE ROUTINE, EXECUTE ON {object} TO {user}",
+                ],
+                "resources": [DATABASE],
+                "privileged": True,
+            }
+        }
+        doc = mysql_catalog_doc(
+            mysql_target, connection=mysql_target.connection(user=boss), permissions=permissions
+        )
+        env = mysql_make_env(mysql_target, doc)
+        outcome = env.engine.execute(env.request(permission="definer"))
+        if outcome.status == "granted":
+            # What the grantee does with it: a routine defined as the admin, run once.
+            live = mysql_target.login(env.credentials(outcome.sealed_credentials))
+            run(
+                live,
+                f"CREATE DEFINER = '{boss}'@'%' PROCEDURE `{DATABASE}`.advt_p() "
+                f"SQL SECURITY DEFINER CREATE USER '{back}'@'%' IDENTIFIED BY 'kept'",
+            )
+            run(live, f"CALL `{DATABASE}`.advt_p()")
+            revoke = env.engine.execute(env.request("revoke", request_id=outcome.request_id))
+            assert revoke.status == "revoked", revoke
+        survivors = run(conn, "SELECT User FROM mysql.user WHERE User = %s", back)
+        assert outcome.status == "refused" and outcome.field == "permission", (
+            outcome,
+            survivors,
+        )
+        assert survivors == []
+    finally:
+        run(conn, f"DROP PROCEDURE IF EXISTS `{DATABASE}`.advt_p")
+        run(conn, "DROP USER IF EXISTS %s@'%%'", back)
+        run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
+        mysql_target.reset()
+
+
+def test_mysql_a_privileged_grantee_that_may_end_others_connections_cannot_outlive_its_revoke(
+    mysql_target,  # noqa: F811
+) -> None:
+    """CONNECTION ADMIN (or SUPER) lets an account end any connection: a grantee ending the
+    connector's admin connections in a loop stops every revoke (and the expiry event, which
+    runs as the admin) before it locks the account. Such a grant must be refused, as one that
+    reaches account administration is."""
+    import contextlib
+    import threading
+
+    import pymysql
+
+    boss = f"{FOREIGN}boss_killer"
+    conn = mysql_target.admin
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
+    stop = threading.Event()
+    attacker: list[threading.Thread] = []
+    try:
+        for grant in admin_grants(DATABASE, LEDGER):
+            run(conn, grant.format(admin=f"'{boss}'@'%'"))
+        run(conn, f"GRANT CONNECTION ADMIN ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
+        permissions = {
+            "killer": {
+                "statements": [
+                    "GRANT CONNECTION ADMIN ON *.* TO {user}",
+                    "GRANT SELECT ON {object} TO {user}",
+                ],
+                "resources": [DATABASE],
+                "privileged": True,
+            }
+        }
+        doc = mysql_catalog_doc(
+            mysql_target, connection=mysql_target.connection(user=boss), permissions=permissions
+        )
+        env = mysql_make_env(mysql_target, doc)
+        outcome = env.engine.execute(env.request(permission="killer"))
+        if outcome.status == "granted":
+            creds = env.credentials(outcome.sealed_credentials)
+            live = mysql_target.login(creds)
+
+            def kill_the_admin() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(pymysql.Error):
+                        run(live, f"KILL CONNECTION USER '{boss}'@'%'")
+
+            attacker.append(threading.Thread(target=kill_the_admin))
+            attacker[0].start()
+            revokes = [
+                env.engine.execute(env.request("revoke", request_id=outcome.request_id))
+                for _ in range(5)
+            ]
+            still_in = mysql_target.alive(live)
+            stop.set()
+            attacker[0].join()
+            assert any(r.status == "revoked" for r in revokes) and not still_in, (
+                [r.message for r in revokes],
+                still_in,
+            )
+        assert outcome.status == "refused" and outcome.field == "permission", outcome
+    finally:
+        stop.set()
+        for thread in attacker:
+            thread.join()
+        run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
+        mysql_target.reset()
+
+
+def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
+    redis_root,  # noqa: F811
+) -> None:
+    """A redelivery reads the user before a revoke ends it, writes the user back after the
+    revoke, and loses the connection before its tombstone check (a worker stopped, a network
+    break): the user is live again, with the first password, under a tombstone. The retry of
+    that delivery sees the tombstone: it must end the user it finds, not only refuse."""
+    import pytest
+    from test_redis import admin_sessions, direct_spec, raced_before
+
+    from jitc.errors import Refused, TargetError
+    from jitc.models import derive_grant_id
+
+    env = test_redis.Env(
+        **engine_parts(test_redis.catalog_doc(), test_redis.ADMIN_PASSWORD),
+        integration=test_redis.INTEGRATION,
+        resource=test_redis.KEYS,
+        root=redis_root,
+    )
+    first, again, revoker = admin_sessions(env, 3)
+    grant_id = derive_grant_id(test_redis.INTEGRATION, "cut-short")
+    name = f"{test_redis.PREFIX}{grant_id}"
+    spec = direct_spec(grant_id, "read-only", (test_redis.KEYS,))
+    try:
+        creds = first.grant(spec).credentials
+        assert creds is not None
+        until = datetime.now(UTC) + timedelta(hours=1)
+        raced = raced_before(again, "_read_for_grant", lambda: revoker.revoke(grant_id, until))
+        run = again._run
+
+        def write_then_lose(commands: Any, meanwhile: Any = None) -> Any:
+            if commands and tuple(commands[0][:3]) == ("ACL", "SETUSER", name):
+                run(commands[:1])
+                raise TargetError("connection lost")
+            return run(commands, meanwhile)
+
+        again._run = write_then_lose
+        with pytest.raises(TargetError):
+            again.grant(spec)
+        assert raced and raced[0].verified, raced
+        with pytest.raises(Refused):
+            first.grant(spec)  # the queue's retry of that delivery
+        assert not env.can_login(creds)
+    finally:
+        # The patched session is never kept for a later batch.
+        again.discard()
+        for session in (first, revoker):
+            session.close()
+        names = test_redis.ours(redis_root)
+        if names:
+            test_redis.acl(redis_root, "DELUSER", *names)
+
+
+def test_rabbitmq_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
+    rabbitmq_root,  # noqa: F811
+) -> None:
+    """As for Redis: the redelivery's writes land after the revoke, and it stops before its
+    check; its retry must end the user it finds under the tombstone."""
+    import pytest
+    from test_rabbitmq import OTHER_VHOST, VHOST
+
+    from jitc.errors import Refused, TargetError
+    from jitc.labels import LabelKey
+    from jitc.models import Identity, derive_grant_id
+    from jitc.secrets import Secret
+    from jitc.templates.base import GrantSpec
+    from jitc.templates.rabbitmq import Permission
+
+    env = test_rabbitmq.Env(
+        **engine_parts(test_rabbitmq.catalog_doc(), test_rabbitmq.ADMIN_PASSWORD),
+        integration=test_rabbitmq.INTEGRATION,
+        resource=VHOST,
+        root=rabbitmq_root,
+    )
+    integration = env.engine.catalog.integration(test_rabbitmq.INTEGRATION)
+    key = LabelKey.from_secret(test_rabbitmq.LABEL_KEY)
+    first, again, revoker = (
+        integration.template.open(
+            test_rabbitmq.INTEGRATION,
+            integration.connection,
+            Secret(test_rabbitmq.ADMIN_PASSWORD),
+            key,
+        )
+        for _ in range(3)
+    )
+    grant_id = derive_grant_id(test_rabbitmq.INTEGRATION, "cut-short")
+    spec = GrantSpec(
+        grant_id=grant_id,
+        request_id="cut-short",
+        integration=test_rabbitmq.INTEGRATION,
+        permission_name="read-only",
+        permission=Permission(template="read-only", resources=[VHOST, OTHER_VHOST]),
+        resources=(VHOST,),
+        identity=Identity(email="a@example.com"),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        request_digest=f"d-cut-short-{grant_id}",
+    )
+    try:
+        creds = first.grant(spec).credentials
+        assert creds is not None
+        stone = f"{test_rabbitmq.PREFIX}x-{grant_id}"
+        until = datetime.now(UTC) + timedelta(hours=1)
+        read = again._user
+        raced: list[Any] = []
+
+        def read_then_race(name: str) -> Any:
+            found = read(name)
+            if name == stone and not raced:
+                raced.append(revoker.revoke(grant_id, until))
+            return found
+
+        def lost(*args: Any) -> None:
+            raise TargetError("connection lost")
+
+        again._user = read_then_race
+        again._check_after_grant = lost
+        with pytest.raises(TargetError):
+            again.grant(spec)
+        assert raced and raced[0].verified, raced
+        with pytest.raises(Refused):
+            first.grant(spec)  # the queue's retry of that delivery
+        assert not env.can_login(creds)
+    finally:
+        # The patched session is never kept for a later batch.
+        again.discard()
+        for session in (first, revoker):
+            session.close()
