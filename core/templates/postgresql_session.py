@@ -1667,7 +1667,7 @@ class PostgreSQLSession(KeptSession):
             if label.get("legacy"):
                 continue
             expires = datetime.fromisoformat(label["expires_at"])
-            statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
+            statements += self._tombstone(role.name, label["grant_id"], max(until, expires))
         try:
             self._atomic(statements)
         except psycopg.Error:
@@ -1692,10 +1692,12 @@ class PostgreSQLSession(KeptSession):
                     label = labels[role.name]
                     if label.get("legacy"):
                         continue
-                    # A delivery of a grant after its own expiry is refused anyway: the
-                    # tombstone need not outlive it (and a sweep of expired grants makes none).
+                    # Not only until the grant's own expiry, even once it has passed (the
+                    # sweep): a copy of the request signed later (a retried publish) asks for
+                    # a later one, and once the tombstone is gone it would make the grant
+                    # again. `until` outlasts every copy signed before now.
                     expires = datetime.fromisoformat(label["expires_at"])
-                    statements += self._tombstone(role.name, label["grant_id"], min(until, expires))
+                    statements += self._tombstone(role.name, label["grant_id"], max(until, expires))
                 self._run(statements)
 
         if not roles:

@@ -129,6 +129,33 @@ def test_a_redelivery_signed_later_keeps_the_first_expiry(
     assert report.revoked == [first.grant_id] and report.ok, report
 
 
+@pytest.mark.parametrize("end", ["revoked", "expired"])
+def test_a_copy_signed_before_the_end_never_brings_the_grant_back(
+    target: Target, make_contract_env: MakeEnv, end: str
+) -> None:
+    """A copy of the request signed later (the control plane retried its publish) asks for a
+    later expiry. Arriving after the grant was revoked, or expired and was swept, and past the
+    first expiry, it is refused: a grant's end is remembered as long as any copy signed before
+    it can still ask for access."""
+    env = make_contract_env(catalog_doc(target))
+    t0 = env.now[0]
+    request = env.request(request_id=f"c-copy-{end}")
+    first = env.engine.execute(request, t0)
+    assert first.status == "granted", first
+    holder = env.holder(first)
+    if end == "revoked":
+        env.advance(timedelta(minutes=6))
+        revoke = env.engine.execute(env.request("revoke", request_id=f"c-copy-{end}"))
+        assert revoke.status == "revoked", revoke
+    env.now[0] = t0 + timedelta(minutes=16)  # past the first expiry (15 min)
+    report = env.engine.sweep()
+    assert report.ok, report
+    late = env.engine.execute(request, t0 + timedelta(minutes=5))  # its own ends at 20 min
+    assert late.status == "refused", late
+    assert not env.usable(holder)
+    assert target.principals() == set()
+
+
 def test_a_request_id_reused_for_a_different_request_is_refused(cenv: ContractEnv) -> None:
     first = cenv.engine.execute(cenv.request(request_id="c-reuse", duration="10m"))
     assert first.status == "granted"
