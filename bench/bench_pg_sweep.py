@@ -2,7 +2,8 @@
 
 The expired grants are made by the engine itself, with its clock two hours back (so each grant
 expired 1 h 45 min ago), in batches of 500. Then a real-clock Engine.sweep() is timed: it must
-leave no role of the benchmark behind but the permission's bundle.
+leave no role of the benchmark behind but the permission's bundle and one NOLOGIN tombstone per
+grant (a copy of a request signed before the sweep may still arrive, asking for a later expiry).
 
     python bench/bench_pg_sweep.py [sizes, default 1000,10000] [runs of the smallest, default 3]
 """
@@ -82,13 +83,21 @@ def sweep_once(count: int, tag: str) -> float:
             if not (again := eng.sweep()).residual:
                 break
         assert again.ok and not again.residual, again
-    with connect() as conn:  # the sweep alone must leave nothing behind
+    with connect() as conn:  # the sweep alone leaves nothing behind but the tombstones
         left = conn.execute(
             "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
             "WHERE starts_with(rolname, %s) AND NOT starts_with(rolname, %s)",
             (PREFIX, PREFIX + "b_"),
         ).fetchall()
-    assert not left, f"roles left after the sweep: {left}"
+        # Each swept grant leaves a NOLOGIN tombstone (until no copy of its request signed
+        # before the sweep could still ask for access): dropped here, untimed, for the next run.
+        granted = [name for name, label in left if '"state":"tombstone"' not in (label or "")]
+        assert not granted, f"roles left after the sweep: {granted[:5]}"
+        assert len(left) == count, (len(left), count)
+        names = [name for name, _ in left]
+        for start in range(0, len(names), 1000):
+            listed = sql.SQL(", ").join(map(sql.Identifier, names[start : start + 1000]))
+            conn.execute(sql.SQL("DROP ROLE {}").format(listed))
     return took
 
 
