@@ -82,6 +82,7 @@ MAX_CONDITIONAL = 100
 MAX_SAME_ROLE_MEMBER = 20
 MAX_DESCRIPTION = 256  # Google's limit for a condition's description
 POLICY_VERSION = 3
+CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
 # Google's published figure for IAM changes to take effect.
 PROPAGATION = "GCP IAM applies this in about 2 minutes (up to 7); the policy already holds it"
 ATTEMPTS = 5
@@ -300,11 +301,20 @@ class _Api:
 
     def credentials(self) -> Any:
         if self._credentials is None:
-            import google.auth
+            get = os.environ.get
+            if get("K_SERVICE") and not get("GOOGLE_APPLICATION_CREDENTIALS"):
+                # On Cloud Run without a key file they can only be the metadata server's, which
+                # google.auth.default would find after probing for them (a ping, a project-id
+                # request, the import of the user-credentials modules) in the cold start of
+                # every function revoking a grant here: built directly, the same account and
+                # scope (as jitc.gcp.runtime.credentials does for the functions' own clients).
+                from google.auth import compute_engine
 
-            self._credentials, _ = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/cloud-platform"]
-            )
+                self._credentials = compute_engine.Credentials(scopes=list(CLOUD_PLATFORM))  # type: ignore[no-untyped-call]
+            else:
+                import google.auth
+
+                self._credentials, _ = google.auth.default(scopes=list(CLOUD_PLATFORM))
         return self._credentials
 
     def tombstone_bucket(self) -> str:
