@@ -296,6 +296,7 @@ class _Api:
 
     def __init__(self) -> None:
         self._services: dict[str, Any] = {}
+        self._collections: dict[tuple[str, ...], Any] = {}
         self._credentials: Any = None
         self._storage: Any = None
 
@@ -400,24 +401,16 @@ class _Api:
         if gcp_bigquery.is_dataset(resource):
             return gcp_bigquery.Datasets(self._service("bigquery", "v2")).get(resource)
         if resource.startswith("buckets/"):
-            call = (
-                self._service("storage", "v1")
-                .buckets()
-                .getIamPolicy(
-                    bucket=resource.removeprefix("buckets/"),
-                    optionsRequestedPolicyVersion=POLICY_VERSION,
-                )
+            call = self._collection("storage", "v1", "buckets").getIamPolicy(
+                bucket=resource.removeprefix("buckets/"),
+                optionsRequestedPolicyVersion=POLICY_VERSION,
             )
         elif "/secrets/" in resource:
-            call = (
-                self._service("secretmanager", "v1")
-                .projects()
-                .secrets()
-                .getIamPolicy(resource=resource, options_requestedPolicyVersion=POLICY_VERSION)
+            call = self._collection("secretmanager", "v1", "projects", "secrets").getIamPolicy(
+                resource=resource, options_requestedPolicyVersion=POLICY_VERSION
             )
         else:
-            collection = self._collection(resource)
-            call = collection.getIamPolicy(
+            call = self._manager(resource).getIamPolicy(
                 resource=resource, body={"options": {"requestedPolicyVersion": POLICY_VERSION}}
             )
         policy: dict[str, Any] = call.execute(num_retries=2)
@@ -427,29 +420,34 @@ class _Api:
         if gcp_bigquery.is_dataset(resource):
             return gcp_bigquery.Datasets(self._service("bigquery", "v2")).set(resource, policy)
         if resource.startswith("buckets/"):
-            call = (
-                self._service("storage", "v1")
-                .buckets()
-                .setIamPolicy(bucket=resource.removeprefix("buckets/"), body=policy)
+            call = self._collection("storage", "v1", "buckets").setIamPolicy(
+                bucket=resource.removeprefix("buckets/"), body=policy
             )
         elif "/secrets/" in resource:
-            call = (
-                self._service("secretmanager", "v1")
-                .projects()
-                .secrets()
-                .setIamPolicy(resource=resource, body={"policy": policy})
-            )
-        else:
-            call = self._collection(resource).setIamPolicy(
+            call = self._collection("secretmanager", "v1", "projects", "secrets").setIamPolicy(
                 resource=resource, body={"policy": policy}
             )
+        else:
+            call = self._manager(resource).setIamPolicy(resource=resource, body={"policy": policy})
         # Not retried blindly: a lost answer is read back by the next attempt.
         result: dict[str, Any] = call.execute(num_retries=0)
         return result
 
-    def _collection(self, resource: str) -> Any:
-        service = self._service("cloudresourcemanager", "v3")
-        return service.folders() if resource.startswith("folders/") else service.projects()
+    def _collection(self, name: str, version: str, *path: str) -> Any:
+        """A collection of a discovery client (`projects().secrets()`: "projects", "secrets"),
+        made once: the client builds every method of a collection each time it is asked for
+        one, and a revoke reads and writes the same policy four times or more."""
+        key = (name, *path)
+        if key not in self._collections:
+            found = self._service(name, version)
+            for step in path:
+                found = getattr(found, step)()
+            self._collections[key] = found
+        return self._collections[key]
+
+    def _manager(self, resource: str) -> Any:
+        kind = "folders" if resource.startswith("folders/") else "projects"
+        return self._collection("cloudresourcemanager", "v3", kind)
 
 
 def _status(exc: Exception) -> int | None:
