@@ -49,9 +49,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
@@ -133,8 +132,7 @@ def expression(expires_at: datetime) -> str:
     return f'request.time < timestamp("{moment}")'
 
 
-@dataclass(frozen=True)
-class Backoff:
+class Backoff(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     """The pauses before writing again after a rate-limit answer.
 
     Doubling from one second, they add up to 15 s: the last write comes after the 10-second
