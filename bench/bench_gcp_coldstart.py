@@ -6,13 +6,21 @@ gives the function, timing its own work: functions-framework loading `gcp/main.p
 `jitc package gcp` puts at the source root) and serving the first request through the real
 Flask app: a signed request for the intake (a Cloud Task is created), an expiry task with the
 invoker's OIDC token for the worker (Secret Manager read, PostgreSQL revoke), a scheduled call
-for the sweep. The request is handed to the app as a WSGI server hands it (an environ and
-start_response), not through Flask's test client, whose imports (flask.testing, click.testing
-and the pdb it pulls in) and request building no deployed function pays; every case is driven
-the same way. The Google APIs are the loopback GCP of tests/gcp. Peak memory is VmHWM from
-/proc/self/status. Cases alternate so noise hits them alike; figures are medians. CPU time
-(time.process_time, all threads) is reported beside wall time: on a loaded machine wall time
-mostly measures waiting for a core, CPU time the work (the servers' work is in neither).
+for the sweep. The "(gcp_iam)" cases are the worker and the sweep of a catalog holding only a
+GCP IAM integration: the worker's first request is the expiry of a grant whose conditional
+binding the setup wrote into the loopback project's policy (as the template writes it,
+untimed), and the sweep's finds one such grant past its expiry; each revokes it for real (a
+tombstone object created, the policy read, written and read back), and the bench checks
+afterwards that the binding is gone and the tombstone is there. They need no database driver,
+only pydantic and Google's clients: "+ gcp_iam clients" adds to the baseline the two that the
+template uses (the discovery client for the policies, google-cloud-storage for the tombstones).
+The request is handed to the app as a WSGI server hands it (an environ and start_response), not
+through Flask's test client, whose imports (flask.testing, click.testing and the pdb it pulls
+in) and request building no deployed function pays; every case is driven the same way. The
+Google APIs are the loopback GCP of tests/gcp. Peak memory is VmHWM from /proc/self/status.
+Cases alternate so noise hits them alike; figures are medians. CPU time (time.process_time, all
+threads) is reported beside wall time: on a loaded machine wall time mostly measures waiting
+for a core, CPU time the work (the servers' work is in neither).
 
 Each function finds its credentials in a service-account key file by default. With
 `--metadata` it finds them as on Cloud Run instead: from a loopback metadata server (one per
@@ -23,14 +31,15 @@ With `--callgrind` each case runs once (after the warm-up) under `valgrind --too
 and the whole process's instructions are counted instead: the same code, inputs and server
 answers give the same count whatever else runs on the machine, so a change can be measured
 before/after on a loaded machine. PYTHONHASHSEED is fixed for those runs. `--keep=DIR` keeps
-the callgrind files (for `callgrind_annotate`); `--cases=intake,worker` runs only those (the
-baseline always runs).
+the callgrind files (for `callgrind_annotate`); `--cases=intake,worker-gcp_iam` runs only those
+(named as in the callgrind files; the baseline always runs).
 
     python bench/bench_gcp_coldstart.py [samples] [--metadata] [--callgrind [--keep=DIR]]
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -42,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -50,7 +60,9 @@ sys.path.insert(0, str(ROOT / "tests" / "gcp"))
 
 from gcpfake import FakeGcp  # noqa: E402
 
+from jitc.labels import LabelKey  # noqa: E402
 from jitc.signing import sign, signing_keypair  # noqa: E402
+from jitc.templates.gcp_iam import expression, make_binding  # noqa: E402
 
 PROBE = """
 import json, re, sys, time
@@ -95,6 +107,12 @@ status = int(started[0].split()[0])
 """
 PROJECT = "jitc-bench-gcp"
 QUEUE = f"projects/{PROJECT}/locations/europe-west1/queues/jitc-requests"
+# The gcp_iam cases: the project whose policy holds the grants, and the tombstones' bucket.
+TARGET = "projects/jitc-bench-target"
+TOMBSTONES = f"{PROJECT}-jitc-tombstones"
+GRANTEE = "user:ana@example.com"
+IAM_ROLE = "roles/bigquery.dataViewer"
+LABEL_KEY = "label-key-" + "b" * 32
 
 
 class Metadata:
@@ -104,6 +122,9 @@ class Metadata:
     def __init__(self, fake: FakeGcp, email: str) -> None:
         def answer(path: str) -> tuple[int, str, str]:
             route = path.split("?", 1)[0]
+            # The account answers under its alias and under its address, as Google's does (a
+            # compute_engine credential asks by address once it has learnt it).
+            route = route.replace(f"/service-accounts/{email}/", "/service-accounts/default/")
             if route == "/":
                 return 200, "text/plain", ""
             if route == "/computeMetadata/v1/project/project-id":
@@ -173,7 +194,7 @@ def main() -> None:
             if metadata and name != "invoker":
                 servers[name] = Metadata(fake, emails[name])
         secret = fake.add_secret("pg", json.dumps({"password": "bench"}))
-        label = fake.add_secret("label", "label-key-" + "b" * 32)
+        label = fake.add_secret("label", LABEL_KEY)
         for name in ("worker", "sweep"):
             for granted in (secret, label):
                 fake.bind(
@@ -190,6 +211,19 @@ def main() -> None:
             "roles/iam.serviceAccountUser",
             f"serviceAccount:{emails['intake']}",
         )
+        # The gcp_iam target as the Terraform module sets it up: the worker and the sweep may
+        # read and write the target's policy and create and read tombstone objects.
+        fake.buckets.add(TOMBSTONES)
+        fake.custom_roles["iam_target"] = frozenset(
+            {"resourcemanager.projects.getIamPolicy", "resourcemanager.projects.setIamPolicy"}
+        )
+        fake.custom_roles["tombstones"] = frozenset(
+            {"storage.objects.create", "storage.objects.get"}
+        )
+        for name in ("worker", "sweep"):
+            fake.bind(TARGET, "iam_target", f"serviceAccount:{emails[name]}")
+            fake.bind(f"buckets/{TOMBSTONES}", "tombstones", f"serviceAccount:{emails[name]}")
+        fake.bind(TARGET, IAM_ROLE, "user:neighbour@example.com")
         private, public = signing_keypair()
         catalog = {
             "control_plane": {"keys": {"cp1": public}},
@@ -201,6 +235,42 @@ def main() -> None:
                 "permissions": {"read-only": {"template": "read-only", "resources": ["public"]}},
             }},
         }  # fmt: skip
+        iam_catalog = {
+            "connector": catalog["connector"],
+            "integrations": {"analytics-iam": {
+                "kind": "gcp_iam",
+                "connection": {"resources": [TARGET], "allowed_members": ["user:*@example.com"]},
+                "permissions": {"viewer": {"role": IAM_ROLE, "resources": [TARGET]}},
+            }},
+        }  # fmt: skip
+        iam_env = {
+            "JITC_CATALOG": json.dumps(iam_catalog), "JITC_GCP_TOMBSTONE_BUCKET": TOMBSTONES,
+            "JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER": fake.url + "/",
+            "JITC_STORAGE_ENDPOINT": fake.url,
+        }  # fmt: skip
+        key = LabelKey.from_secret(LABEL_KEY)
+
+        def plant(grant_id: str, expires_in: float) -> dict[str, object]:
+            """A grant's binding as the template's grant writes it (its label MACed with the
+            connector's label key), so that the timed request finds a grant to revoke."""
+            expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
+            label = {
+                "v": 1, "g": grant_id, "i": "analytics-iam", "p": "viewer",
+                "x": int(expires_at.timestamp()), "s": "a", "d": "",
+            }  # fmt: skip
+            binding = make_binding(
+                key, TARGET, IAM_ROLE, GRANTEE, grant_id, label, expression(expires_at)
+            )
+            with fake.lock:
+                policy = fake.policies[TARGET]
+                policy["bindings"].append(binding)
+                policy["version"] = 3
+            return binding
+
+        def tombstones() -> int:
+            with fake.lock:
+                return sum(1 for bucket, _ in fake.objects if bucket == TOMBSTONES)
+
         urls = {n: f"http://127.0.0.1:9/{n}" for n in ("worker", "sweep")}
         ours = ("JITC_", "GOOGLE_", "GCE_", "K_SERVICE")
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
@@ -216,7 +286,8 @@ def main() -> None:
         })  # fmt: skip
         source = str(ROOT / "gcp" / "main.py")
 
-        def request_for(name: str, n: int) -> str:
+        def request_for(name: str, n: int, grant_id: str = "g" + "a" * 24) -> str:
+            integration = "analytics-iam" if name.endswith("(gcp_iam)") else "orders-db"
             if name == "intake":
                 body = json.dumps(
                     {
@@ -231,22 +302,22 @@ def main() -> None:
                 }
             else:
                 body = (
-                    json.dumps(
-                        {"kind": "expire", "grant_id": "g" + "a" * 24, "integration": "orders-db"}
-                    )
-                    if name == "worker"
+                    json.dumps({"kind": "expire", "grant_id": grant_id, "integration": integration})
+                    if name.startswith("worker")
                     else ""
                 )
-                headers = {
-                    "Authorization": "Bearer " + fake.oidc_token(urls[name], emails["invoker"])
-                }
+                url = urls[name.split()[0]]
+                headers = {"Authorization": "Bearer " + fake.oidc_token(url, emails["invoker"])}
             return json.dumps({"body": body, "headers": headers})
 
         # "+ psycopg": the worker's and the sweep's target driver added to the baseline, to show
         # what the connector adds on top of it (ratios are still to the first line).
-        cases = ["baseline", "baseline + psycopg", "intake", "worker", "sweep"]
+        cases = [
+            "baseline", "baseline + psycopg", "baseline + gcp_iam clients", "intake", "worker",
+            "sweep", "worker (gcp_iam)", "sweep (gcp_iam)",
+        ]  # fmt: skip
         if only:
-            cases = [c for c in cases if c == "baseline" or c in only]
+            cases = [c for c in cases if c == "baseline" or c in only or slug(c) in only]
 
         def sample(name: str, n: int, counted: bool = False) -> tuple[float, int, float]:
             env = dict(base_env)
@@ -254,13 +325,25 @@ def main() -> None:
                 code = BASELINE
             elif name == "baseline + psycopg":
                 code = BASELINE.replace("\nstatus", ", psycopg\nstatus")
+            elif name == "baseline + gcp_iam clients":
+                code = BASELINE.replace(
+                    "\nstatus", ", googleapiclient.discovery, google.cloud.storage\nstatus"
+                )
             else:
+                function = name.split()[0]
                 if metadata:
-                    env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = servers[name].host
-                    env["K_SERVICE"] = f"jitc-{name}"  # as Cloud Run sets it
+                    env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = servers[function].host
+                    env["K_SERVICE"] = f"jitc-{function}"  # as Cloud Run sets it
                 else:
-                    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[name])
-                code = FIRST.format(target=name, source=source, request=request_for(name, n))
+                    env["GOOGLE_APPLICATION_CREDENTIALS"] = str(keys[function])
+                grant_id = "g" + base64.b32encode(os.urandom(15)).decode().lower()
+                if name.endswith("(gcp_iam)"):
+                    env.update(iam_env)
+                    # The worker's expiry comes on time; the sweep's grant is past it.
+                    binding = plant(grant_id, 3600 if function == "worker" else -60)
+                    buried = tombstones()
+                request = request_for(name, n, grant_id)
+                code = FIRST.format(target=function, source=source, request=request)
             command = [sys.executable, "-c", PROBE.format(code=code)]
             if counted:
                 env["PYTHONHASHSEED"] = "0"
@@ -272,10 +355,15 @@ def main() -> None:
             took, hwm, status, used = json.loads(out.stdout.strip().splitlines()[-1])
             if not name.startswith("baseline") and status not in (200, 202):
                 raise RuntimeError(f"{name}: HTTP {status}\n{out.stdout[-2000:]}")
+            if name.endswith("(gcp_iam)"):
+                with fake.lock:
+                    left = binding in fake.policies[TARGET]["bindings"]
+                if left or tombstones() != buried + 1:
+                    raise RuntimeError(f"{name}: the grant was not revoked\n{out.stderr[-2000:]}")
             return float(took), int(hwm), float(used)
 
         def counts_of(name: str) -> Path:
-            return (keep or folder) / f"callgrind.{name.replace(' + ', '-')}.out"
+            return (keep or folder) / f"callgrind.{slug(name)}.out"
 
         for name in cases:
             sample(name, -1)  # warm the bytecode and the page cache
@@ -326,18 +414,29 @@ def main() -> None:
             f"{name:30} {t * 1000:8.1f} {t / base_t:5.2f}x {u * 1000:7.1f} {u / base_c:5.2f}x "
             f"{f * 1000:8.1f} {f / base_f:5.2f}x {m / 1024:9.1f} {m / base_m:5.2f}x"
         )
-    if "baseline + psycopg" in cases:
-        with_driver = cpus["baseline + psycopg"]
+    for driver, names in (
+        ("baseline + psycopg", ("worker", "sweep")),
+        ("baseline + gcp_iam clients", ("worker (gcp_iam)", "sweep (gcp_iam)")),
+    ):
+        if driver not in cases or not any(name in cases for name in names):
+            continue
+        with_driver, peak = cpus[driver], statistics.median(peaks[driver])
         print(
-            "worker and sweep against the baseline + psycopg (their first request's driver), "
-            "CPU median / fastest: "
+            f"against the {driver} (their first request's clients), CPU median / fastest, "
+            "peak: "
             + "; ".join(
                 f"{name} {statistics.median(cpus[name]) / statistics.median(with_driver):.2f}x"
                 f" / {min(cpus[name]) / min(with_driver):.2f}x"
-                for name in ("worker", "sweep")
+                f", {statistics.median(peaks[name]) / peak:.2f}x"
+                for name in names
                 if name in cases
             )
         )
+
+
+def slug(name: str) -> str:
+    """A case's name in file names and --cases: "worker (gcp_iam)" is worker-gcp_iam."""
+    return re.sub(r"[^a-z0-9_]+", "-", name).strip("-")
 
 
 def instructions(out: Path) -> int:
@@ -353,12 +452,15 @@ def instructions(out: Path) -> int:
 
 def report_instructions(cases: list[str], counts: dict[str, int]) -> None:
     print(f"python {platform.python_version()}; baseline: {BASELINE.splitlines()[0]}")
-    print(f"{'case':22} {'instructions':>14} {'ratio':>6} {'vs + psycopg':>12}")
+    print(f"{'case':27} {'instructions':>14} {'ratio':>6} {'vs + driver':>12}")
     base, with_pg = counts["baseline"], counts.get("baseline + psycopg")
+    with_iam = counts.get("baseline + gcp_iam clients")
     for name in cases:
         n = counts[name]
         to_pg = f"{n / with_pg:11.3f}x" if with_pg and name in ("worker", "sweep") else ""
-        print(f"{name:22} {n / 1e6:12,.1f}M {n / base:5.3f}x {to_pg:>12}")
+        if name.endswith("(gcp_iam)") and with_iam:
+            to_pg = f"{n / with_iam:11.3f}x"
+        print(f"{name:27} {n / 1e6:12,.1f}M {n / base:5.3f}x {to_pg:>12}")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,7 @@ INTEGRATION, PREFIX = "bench-latency", os.environ.get("JITC_BENCH_PREFIX", "benc
 ENGINE, _ = engine(INTEGRATION, PREFIX)
 COLD, _ = engine(INTEGRATION, PREFIX)  # the same, but a connection per batch
 _settings = COLD.catalog.integrations[INTEGRATION]
-COLD.catalog.integrations[INTEGRATION] = dataclasses.replace(
-    _settings,
+COLD.catalog.integrations[INTEGRATION] = _settings._replace(
     connection=_settings.connection.model_copy(update={"keep_connection_seconds": 0}),
 )
 COLD.secrets = ENGINE.secrets  # one label key: the engines share the bundle

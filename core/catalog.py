@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -87,8 +86,7 @@ class _RawCatalog(_Strict):
     integrations: dict[str, _RawIntegration]
 
 
-@dataclass(frozen=True)
-class Integration:
+class Integration(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     name: str
     kind: str
     description: str
@@ -103,8 +101,7 @@ class Integration:
         return get_template(self.kind)
 
 
-@dataclass(frozen=True)
-class Catalog:
+class Catalog(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     control_plane: ControlPlane
     connector: Connector
     integrations: dict[str, Integration]

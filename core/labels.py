@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from jitc.errors import TargetError
 
@@ -133,8 +133,7 @@ _FIELD = re.compile(r"^[a-z0-9_.-]{1,63}$")
 _DIGEST = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
-@dataclass(frozen=True)
-class CompactLabel:
+class CompactLabel(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     integration: str
     grant_id: str
     state: CompactState

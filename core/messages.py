@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -19,8 +19,7 @@ from jitc.models import AccessRequest, parse_duration
 from jitc.signing import Envelope, verify
 
 
-@dataclass(frozen=True)
-class Work:
+class Work(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     """A request ready for the engine, with the moment it was signed."""
 
     request: AccessRequest

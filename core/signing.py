@@ -14,9 +14,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from jitc.errors import Refused
 
@@ -51,8 +50,7 @@ def _decoy_key() -> str:
     return base64.b64encode(bytes(_signing_key().verify_key)).decode()
 
 
-@dataclass(frozen=True)
-class Envelope:
+class Envelope(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     """A body and its signature, as sent by the control plane."""
 
     key_id: str

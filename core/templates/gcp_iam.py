@@ -49,9 +49,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
@@ -82,6 +81,7 @@ MAX_CONDITIONAL = 100
 MAX_SAME_ROLE_MEMBER = 20
 MAX_DESCRIPTION = 256  # Google's limit for a condition's description
 POLICY_VERSION = 3
+CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
 # Google's published figure for IAM changes to take effect.
 PROPAGATION = "GCP IAM applies this in about 2 minutes (up to 7); the policy already holds it"
 ATTEMPTS = 5
@@ -132,8 +132,7 @@ def expression(expires_at: datetime) -> str:
     return f'request.time < timestamp("{moment}")'
 
 
-@dataclass(frozen=True)
-class Backoff:
+class Backoff(NamedTuple):  # not a frozen dataclass: see jitc.gcp.handlers.HttpRequest
     """The pauses before writing again after a rate-limit answer.
 
     Doubling from one second, they add up to 15 s: the last write comes after the 10-second
@@ -295,16 +294,26 @@ class _Api:
 
     def __init__(self) -> None:
         self._services: dict[str, Any] = {}
+        self._collections: dict[tuple[str, ...], Any] = {}
         self._credentials: Any = None
         self._storage: Any = None
 
     def credentials(self) -> Any:
         if self._credentials is None:
-            import google.auth
+            get = os.environ.get
+            if get("K_SERVICE") and not get("GOOGLE_APPLICATION_CREDENTIALS"):
+                # On Cloud Run without a key file they can only be the metadata server's, which
+                # google.auth.default would find after probing for them (a ping, a project-id
+                # request, the import of the user-credentials modules) in the cold start of
+                # every function revoking a grant here: built directly, the same account and
+                # scope (as jitc.gcp.runtime.credentials does for the functions' own clients).
+                from google.auth import compute_engine
 
-            self._credentials, _ = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/cloud-platform"]
-            )
+                self._credentials = compute_engine.Credentials(scopes=list(CLOUD_PLATFORM))  # type: ignore[no-untyped-call]
+            else:
+                import google.auth
+
+                self._credentials, _ = google.auth.default(scopes=list(CLOUD_PLATFORM))
         return self._credentials
 
     def tombstone_bucket(self) -> str:
@@ -390,24 +399,16 @@ class _Api:
         if gcp_bigquery.is_dataset(resource):
             return gcp_bigquery.Datasets(self._service("bigquery", "v2")).get(resource)
         if resource.startswith("buckets/"):
-            call = (
-                self._service("storage", "v1")
-                .buckets()
-                .getIamPolicy(
-                    bucket=resource.removeprefix("buckets/"),
-                    optionsRequestedPolicyVersion=POLICY_VERSION,
-                )
+            call = self._collection("storage", "v1", "buckets").getIamPolicy(
+                bucket=resource.removeprefix("buckets/"),
+                optionsRequestedPolicyVersion=POLICY_VERSION,
             )
         elif "/secrets/" in resource:
-            call = (
-                self._service("secretmanager", "v1")
-                .projects()
-                .secrets()
-                .getIamPolicy(resource=resource, options_requestedPolicyVersion=POLICY_VERSION)
+            call = self._collection("secretmanager", "v1", "projects", "secrets").getIamPolicy(
+                resource=resource, options_requestedPolicyVersion=POLICY_VERSION
             )
         else:
-            collection = self._collection(resource)
-            call = collection.getIamPolicy(
+            call = self._manager(resource).getIamPolicy(
                 resource=resource, body={"options": {"requestedPolicyVersion": POLICY_VERSION}}
             )
         policy: dict[str, Any] = call.execute(num_retries=2)
@@ -417,29 +418,34 @@ class _Api:
         if gcp_bigquery.is_dataset(resource):
             return gcp_bigquery.Datasets(self._service("bigquery", "v2")).set(resource, policy)
         if resource.startswith("buckets/"):
-            call = (
-                self._service("storage", "v1")
-                .buckets()
-                .setIamPolicy(bucket=resource.removeprefix("buckets/"), body=policy)
+            call = self._collection("storage", "v1", "buckets").setIamPolicy(
+                bucket=resource.removeprefix("buckets/"), body=policy
             )
         elif "/secrets/" in resource:
-            call = (
-                self._service("secretmanager", "v1")
-                .projects()
-                .secrets()
-                .setIamPolicy(resource=resource, body={"policy": policy})
-            )
-        else:
-            call = self._collection(resource).setIamPolicy(
+            call = self._collection("secretmanager", "v1", "projects", "secrets").setIamPolicy(
                 resource=resource, body={"policy": policy}
             )
+        else:
+            call = self._manager(resource).setIamPolicy(resource=resource, body={"policy": policy})
         # Not retried blindly: a lost answer is read back by the next attempt.
         result: dict[str, Any] = call.execute(num_retries=0)
         return result
 
-    def _collection(self, resource: str) -> Any:
-        service = self._service("cloudresourcemanager", "v3")
-        return service.folders() if resource.startswith("folders/") else service.projects()
+    def _collection(self, name: str, version: str, *path: str) -> Any:
+        """A collection of a discovery client (`projects().secrets()`: "projects", "secrets"),
+        made once: the client builds every method of a collection each time it is asked for
+        one, and a revoke reads and writes the same policy four times or more."""
+        key = (name, *path)
+        if key not in self._collections:
+            found = self._service(name, version)
+            for step in path:
+                found = getattr(found, step)()
+            self._collections[key] = found
+        return self._collections[key]
+
+    def _manager(self, resource: str) -> Any:
+        kind = "folders" if resource.startswith("folders/") else "projects"
+        return self._collection("cloudresourcemanager", "v3", kind)
 
 
 def _status(exc: Exception) -> int | None:

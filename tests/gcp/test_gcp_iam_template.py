@@ -356,3 +356,37 @@ def test_a_binding_left_beside_its_tombstone_goes_when_the_grant_comes_again(
     retry = e.execute(request())
     assert retry.status == "refused" and retry.field == "request_id", retry
     assert not any("user:ana@example.com" in b["members"] for b in bindings(fake))
+
+
+def test_on_cloud_run_the_metadata_servers_credentials_are_built_without_probing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import google.auth
+    from google.auth import compute_engine
+
+    from jitc.templates.gcp_iam import CLOUD_PLATFORM, _Api
+
+    def probe(**kwargs: object) -> None:
+        raise AssertionError("google.auth.default probed")
+
+    monkeypatch.setenv("K_SERVICE", "jitc-worker")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setattr(google.auth, "default", probe)
+    found = _Api().credentials()
+    assert isinstance(found, compute_engine.Credentials)
+    # The scope google.auth.default was asked for, and the instance's default account.
+    assert tuple(found.scopes) == CLOUD_PLATFORM
+    assert found.service_account_email == "default"
+
+
+def test_a_key_file_on_cloud_run_is_still_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+
+    from jitc.templates.gcp_iam import _Api
+
+    chosen = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    monkeypatch.setenv("K_SERVICE", "jitc-worker")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+    monkeypatch.setattr(google.auth, "default", lambda **kwargs: (chosen, None))
+    assert _Api().credentials() is chosen
