@@ -548,7 +548,11 @@ def rotate_local(catalog: Catalog, name: str) -> LocalRotation:
         changed = set_password(rotator, integration, new, [old])
         rotator.check(integration, new)
         note = persist(rotator, integration, new)
-        os.chmod(pending, stat.S_IMODE(kept.st_mode))  # e.g. group-readable, as it was
         os.replace(pending, path)
+        # The secret's own mode back (e.g. group-readable) only once renamed: a pending file
+        # that is not 0600 is passed over by the engine's re-read and refused by the next
+        # rotation, so widened first it would fail a batch that raced the rename, or, left by
+        # a rotation killed just then, stop every later rotation.
+        os.chmod(path, stat.S_IMODE(kept.st_mode))
         _sync_folder(path)
         return LocalRotation(name, str(ref), changed, old_refused(rotator, integration, old), note)

@@ -133,6 +133,28 @@ def current_password(path: Path) -> str:
     return str(json.loads(path.read_text())["password"])
 
 
+def test_a_group_readable_secret_keeps_its_mode_and_its_pending_file_stays_private(
+    cluster: dict[str, Any], secret_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pending file that is not 0600 is passed over by the engine's re-read and refused by the
+    # next rotation: it keeps 0600 up to its rename, and the secret gets its own mode back after.
+    secret_file.chmod(0o640)
+    pending = Path(pending_path(str(secret_file)))
+    at_rename: list[int] = []
+    rename = os.replace
+
+    def watched(src: Any, dst: Any) -> None:
+        if Path(src) == pending:
+            at_rename.append(stat.S_IMODE(pending.stat().st_mode))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", watched)
+    done = rotate_local(catalog(cluster, f"file:{secret_file}#password"), "rot")
+    assert done.changed and at_rename == [0o600]
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o640
+    assert login(cluster, current_password(secret_file))
+
+
 def test_a_rotation_replaces_the_file_atomically_and_the_old_password_is_refused(
     cluster: dict[str, Any], secret_file: Path
 ) -> None:
