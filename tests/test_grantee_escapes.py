@@ -1,6 +1,5 @@
-"""Ways a grantee could outlive its revoke on the real Redis, RabbitMQ and MariaDB servers of
-this machine: a privileged MySQL grant that may act as the connector's admin or end its
-connections, and a redelivery cut short between its write and its check for a revoke."""
+"""A redelivery cut short between its write and its check for a revoke, on the real Redis and
+RabbitMQ servers of this machine: the user it wrote back must not outlive the revoke."""
 
 from __future__ import annotations
 
@@ -9,140 +8,9 @@ from typing import Any
 
 import test_rabbitmq
 import test_redis
-from contract_mysql import ADMIN_PASSWORD, DATABASE, LEDGER, admin_grants, escaped, run
-from contract_targets import catalog_doc as mysql_catalog_doc
-from contract_targets import make_env as mysql_make_env
-from test_mysql import FOREIGN
-from test_mysql import target as mysql_target  # noqa: F401  (fixture)
 from test_rabbitmq import root as rabbitmq_root  # noqa: F401  (fixture)
 from test_redis import root as redis_root  # noqa: F401  (fixture)
 from userenv import engine_parts
-
-
-def test_mysql_a_privileged_grant_that_may_choose_its_definer_is_refused(
-    mysql_target,  # noqa: F811
-) -> None:
-    """SET USER (or SUPER) lets an account name any definer of what it creates: a routine it
-    writes as the connector's admin runs as the admin, and CREATE USER there makes an account
-    no revoke knows of. That reaches account administration as surely as CREATE USER itself,
-    so even a privileged permission giving it is refused, with nothing made."""
-    boss = f"{FOREIGN}boss_definer"
-    back = f"{FOREIGN}backdoor"
-    conn = mysql_target.admin
-    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
-    try:
-        for grant in admin_grants(DATABASE, LEDGER):
-            run(conn, grant.format(admin=f"'{boss}'@'%'"))
-        run(conn, f"GRANT SET USER ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
-        run(
-            conn,
-            f"GRANT CREATE ROUTINE, EXECUTE ON `{escaped(DATABASE)}`.* TO '{boss}'@'%' "
-            "WITH GRANT OPTION",
-        )
-        permissions = {
-            "definer": {
-                "statements": [
-                    "GRANT SET USER ON *.* TO {user}",
-                    "GRANT SELECT, CREATE ROUTINE, EXECUTE ON {object} TO {user}",
-                ],
-                "resources": [DATABASE],
-                "privileged": True,
-            }
-        }
-        doc = mysql_catalog_doc(
-            mysql_target, connection=mysql_target.connection(user=boss), permissions=permissions
-        )
-        env = mysql_make_env(mysql_target, doc)
-        outcome = env.engine.execute(env.request(permission="definer"))
-        if outcome.status == "granted":
-            # What the grantee does with it: a routine defined as the admin, run once.
-            live = mysql_target.login(env.credentials(outcome.sealed_credentials))
-            run(
-                live,
-                f"CREATE DEFINER = '{boss}'@'%' PROCEDURE `{DATABASE}`.advt_p() "
-                f"SQL SECURITY DEFINER CREATE USER '{back}'@'%' IDENTIFIED BY 'kept'",
-            )
-            run(live, f"CALL `{DATABASE}`.advt_p()")
-            revoke = env.engine.execute(env.request("revoke", request_id=outcome.request_id))
-            assert revoke.status == "revoked", revoke
-        survivors = run(conn, "SELECT User FROM mysql.user WHERE User = %s", back)
-        assert outcome.status == "refused" and outcome.field == "permission", (
-            outcome,
-            survivors,
-        )
-        assert survivors == []
-    finally:
-        run(conn, f"DROP PROCEDURE IF EXISTS `{DATABASE}`.advt_p")
-        run(conn, "DROP USER IF EXISTS %s@'%%'", back)
-        run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
-        mysql_target.reset()
-
-
-def test_mysql_a_privileged_grantee_that_may_end_others_connections_cannot_outlive_its_revoke(
-    mysql_target,  # noqa: F811
-) -> None:
-    """CONNECTION ADMIN (or SUPER) lets an account end any connection: a grantee ending the
-    connector's admin connections in a loop stops every revoke (and the expiry event, which
-    runs as the admin) before it locks the account. Such a grant must be refused, as one that
-    reaches account administration is."""
-    import contextlib
-    import threading
-
-    import pymysql
-
-    boss = f"{FOREIGN}boss_killer"
-    conn = mysql_target.admin
-    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
-    stop = threading.Event()
-    attacker: list[threading.Thread] = []
-    try:
-        for grant in admin_grants(DATABASE, LEDGER):
-            run(conn, grant.format(admin=f"'{boss}'@'%'"))
-        run(conn, f"GRANT CONNECTION ADMIN ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
-        permissions = {
-            "killer": {
-                "statements": [
-                    "GRANT CONNECTION ADMIN ON *.* TO {user}",
-                    "GRANT SELECT ON {object} TO {user}",
-                ],
-                "resources": [DATABASE],
-                "privileged": True,
-            }
-        }
-        doc = mysql_catalog_doc(
-            mysql_target, connection=mysql_target.connection(user=boss), permissions=permissions
-        )
-        env = mysql_make_env(mysql_target, doc)
-        outcome = env.engine.execute(env.request(permission="killer"))
-        if outcome.status == "granted":
-            creds = env.credentials(outcome.sealed_credentials)
-            live = mysql_target.login(creds)
-
-            def kill_the_admin() -> None:
-                while not stop.is_set():
-                    with contextlib.suppress(pymysql.Error):
-                        run(live, f"KILL CONNECTION USER '{boss}'@'%'")
-
-            attacker.append(threading.Thread(target=kill_the_admin))
-            attacker[0].start()
-            revokes = [
-                env.engine.execute(env.request("revoke", request_id=outcome.request_id))
-                for _ in range(5)
-            ]
-            still_in = mysql_target.alive(live)
-            stop.set()
-            attacker[0].join()
-            assert any(r.status == "revoked" for r in revokes) and not still_in, (
-                [r.message for r in revokes],
-                still_in,
-            )
-        assert outcome.status == "refused" and outcome.field == "permission", outcome
-    finally:
-        stop.set()
-        for thread in attacker:
-            thread.join()
-        run(conn, "DROP USER IF EXISTS %s@'%%'", boss)
-        mysql_target.reset()
 
 
 def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(

@@ -698,12 +698,22 @@ def test_a_privileged_grant_that_could_rename_or_repassword_accounts_is_refused(
 
 @pytest.mark.parametrize(
     "statement",
-    ["GRANT CREATE USER ON *.* TO {user}", "GRANT UPDATE ON mysql.global_priv TO {user}"],
+    [
+        "GRANT CREATE USER ON *.* TO {user}",
+        "GRANT UPDATE ON mysql.global_priv TO {user}",
+        # Names any definer: a routine the grantee defines as the connector's admin runs as the
+        # admin, and a CREATE USER there makes an account no revoke knows of.
+        "GRANT SET USER ON *.* TO {user}",
+        # Ends any connection: a grantee ending the admin's in a loop stops every revoke (and
+        # the expiry event, which runs as the admin) before it locks the account.
+        "GRANT CONNECTION ADMIN ON *.* TO {user}",
+    ],
 )
 def test_account_administration_granted_directly_is_refused(
     target: MySQLTarget, statement: str
 ) -> None:
-    """With an admin that could hand them out, CREATE USER or a write on the grant tables."""
+    """With an admin that could hand them out: what reaches account administration, or past
+    the revoke, is refused even to a privileged permission, with nothing made."""
     boss = f"{FOREIGN}boss_admin"
     conn = target.admin
     run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", boss, ADMIN_PASSWORD)
@@ -712,6 +722,7 @@ def test_account_administration_granted_directly_is_refused(
             run(conn, grant.format(admin=f"'{boss}'@'%'"))
         run(conn, f"GRANT CREATE USER ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
         run(conn, f"GRANT UPDATE ON mysql.global_priv TO '{boss}'@'%' WITH GRANT OPTION")
+        run(conn, f"GRANT SET USER, CONNECTION ADMIN ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
         permissions = {
             "wide": {"statements": [statement], "resources": [DATABASE], "privileged": True}
         }
