@@ -6,11 +6,33 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import test_rabbitmq
 import test_redis
 from test_rabbitmq import root as rabbitmq_root  # noqa: F401  (fixture)
 from test_redis import root as redis_root  # noqa: F401  (fixture)
 from userenv import engine_parts
+
+from jitc.errors import Refused, TargetError
+
+
+def _cut_short_then_retried(
+    again: Any, first: Any, spec: Any, raced: list[Any], can_login: Any
+) -> None:
+    """The delivery cut short after its write (the revoke raced it), then the queue's retry of
+    it on another session: refused, and the user written back is gone."""
+    with pytest.raises(TargetError):
+        again.grant(spec)
+    assert raced and raced[0].verified, raced
+    with pytest.raises(Refused):
+        first.grant(spec)
+    assert not can_login()
+
+
+def _close(again: Any, *others: Any) -> None:
+    again.discard()  # the patched session is never kept for a later batch
+    for session in others:
+        session.close()
 
 
 def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
@@ -20,10 +42,9 @@ def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
     revoke, and loses the connection before its tombstone check (a worker stopped, a network
     break): the user is live again, with the first password, under a tombstone. The retry of
     that delivery sees the tombstone: it must end the user it finds, not only refuse."""
-    import pytest
     from test_redis import admin_sessions, direct_spec, raced_before
 
-    from jitc.errors import Refused, TargetError
+    from jitc.errors import TargetError
     from jitc.models import derive_grant_id
 
     env = test_redis.Env(
@@ -50,17 +71,9 @@ def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
             return run(commands, meanwhile)
 
         again._run = write_then_lose
-        with pytest.raises(TargetError):
-            again.grant(spec)
-        assert raced and raced[0].verified, raced
-        with pytest.raises(Refused):
-            first.grant(spec)  # the queue's retry of that delivery
-        assert not env.can_login(creds)
+        _cut_short_then_retried(again, first, spec, raced, lambda: env.can_login(creds))
     finally:
-        # The patched session is never kept for a later batch.
-        again.discard()
-        for session in (first, revoker):
-            session.close()
+        _close(again, first, revoker)
         names = test_redis.ours(redis_root)
         if names:
             test_redis.acl(redis_root, "DELUSER", *names)
@@ -71,10 +84,9 @@ def test_rabbitmq_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
 ) -> None:
     """As for Redis: the redelivery's writes land after the revoke, and it stops before its
     check; its retry must end the user it finds under the tombstone."""
-    import pytest
     from test_rabbitmq import OTHER_VHOST, VHOST
 
-    from jitc.errors import Refused, TargetError
+    from jitc.errors import TargetError
     from jitc.labels import LabelKey
     from jitc.models import Identity, derive_grant_id
     from jitc.secrets import Secret
@@ -129,14 +141,6 @@ def test_rabbitmq_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
 
         again._user = read_then_race
         again._check_after_grant = lost
-        with pytest.raises(TargetError):
-            again.grant(spec)
-        assert raced and raced[0].verified, raced
-        with pytest.raises(Refused):
-            first.grant(spec)  # the queue's retry of that delivery
-        assert not env.can_login(creds)
+        _cut_short_then_retried(again, first, spec, raced, lambda: env.can_login(creds))
     finally:
-        # The patched session is never kept for a later batch.
-        again.discard()
-        for session in (first, revoker):
-            session.close()
+        _close(again, first, revoker)
