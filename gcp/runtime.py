@@ -20,6 +20,7 @@ from jitc.gcp.logs import logger
 from jitc.gcp.oidc import GOOGLE_CERTS_URL, CertificateCache, OidcVerifier
 from jitc.gcp.sinks import Sinks
 from jitc.gcp.tasks import CloudTasksExpiryScheduler, CloudTasksQueue
+from jitc.google_credentials import CLOUD_PLATFORM, service_account
 from jitc.sinks import BufferedSink, LogSink
 
 if TYPE_CHECKING:
@@ -87,10 +88,6 @@ def _client_options(endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any
     return {"api_endpoint": host}, {"url_scheme": scheme}
 
 
-# Both clients' own default scope (their transports' AUTH_SCOPES).
-CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
-
-
 @cache
 def credentials() -> Any:
     """The function's service account, found once and shared by every Google client.
@@ -101,19 +98,9 @@ def credentials() -> Any:
     refresh it in one place. Found as each client would find them (no scopes of our own, the
     clients' default scope), so the credentials are the same ones either way.
 
-    On Cloud Run (`K_SERVICE` set) without a key file they can only be the metadata server's,
-    which `google.auth.default` would find after probing for them (a ping of the metadata
-    server, a project-id request, the import of the user-credentials modules: ~10 ms of CPU
-    and two round trips in every cold start): built directly, the same account and scope."""
-    get = os.environ.get
-    if get("K_SERVICE") and not get("GOOGLE_APPLICATION_CREDENTIALS"):
-        from google.auth import compute_engine
-
-        return compute_engine.Credentials(default_scopes=CLOUD_PLATFORM)  # type: ignore[no-untyped-call]
-    import google.auth
-
-    found, _ = google.auth.default(default_scopes=CLOUD_PLATFORM)
-    return found
+    On Cloud Run they are built without probing for them (`jitc.google_credentials`)."""
+    # Both clients' own default scope (their transports' AUTH_SCOPES).
+    return service_account(default_scopes=CLOUD_PLATFORM)
 
 
 def _rest_client(client_class: Any, transport_class: Any, endpoint: str | None) -> Any:

@@ -55,6 +55,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from pydantic import Field, field_validator
 
 from jitc.errors import Refused, TargetError
+from jitc.google_credentials import CLOUD_PLATFORM, service_account
 from jitc.labels import LabelKey, required
 from jitc.models import Grant
 from jitc.secrets import Secret
@@ -81,7 +82,6 @@ MAX_CONDITIONAL = 100
 MAX_SAME_ROLE_MEMBER = 20
 MAX_DESCRIPTION = 256  # Google's limit for a condition's description
 POLICY_VERSION = 3
-CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
 # Google's published figure for IAM changes to take effect.
 PROPAGATION = "GCP IAM applies this in about 2 minutes (up to 7); the policy already holds it"
 ATTEMPTS = 5
@@ -300,20 +300,9 @@ class _Api:
 
     def credentials(self) -> Any:
         if self._credentials is None:
-            get = os.environ.get
-            if get("K_SERVICE") and not get("GOOGLE_APPLICATION_CREDENTIALS"):
-                # On Cloud Run without a key file they can only be the metadata server's, which
-                # google.auth.default would find after probing for them (a ping, a project-id
-                # request, the import of the user-credentials modules) in the cold start of
-                # every function revoking a grant here: built directly, the same account and
-                # scope (as jitc.gcp.runtime.credentials does for the functions' own clients).
-                from google.auth import compute_engine
-
-                self._credentials = compute_engine.Credentials(scopes=list(CLOUD_PLATFORM))  # type: ignore[no-untyped-call]
-            else:
-                import google.auth
-
-                self._credentials, _ = google.auth.default(scopes=list(CLOUD_PLATFORM))
+            # Built without probing on Cloud Run (`jitc.google_credentials`), as the functions'
+            # own clients are.
+            self._credentials = service_account(scopes=list(CLOUD_PLATFORM))
         return self._credentials
 
     def tombstone_bucket(self) -> str:
