@@ -492,16 +492,23 @@ class GcpIamSession:
             raise TargetError(f"{resource}: getIamPolicy answered HTTP {_status(exc)}") from None
         return policy
 
-    def _change(self, resource: str, edit: Any) -> dict[str, Any]:
+    def _change(
+        self, resource: str, edit: Any, policy: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Apply `edit(policy) -> bool` (False: nothing to write) with the policy's etag,
-        again on a concurrent change. Returns the policy as it stands afterwards."""
+        again on a concurrent change. Returns the policy as it stands afterwards. `policy`: the
+        one this operation has just read and not written since (the etag refuses the write if
+        it changed meanwhile), so that a grant or revoke reads each policy once before writing;
+        None reads it now."""
         from googleapiclient.errors import HttpError
 
         conflicts = 0
         pauses = iter(self._backoff.delays)
         while True:
-            # Read again before every write: after a conflict or a pause the policy may differ.
-            policy = self._read(resource)
+            # Read again before every further write: after a conflict or a pause the policy may
+            # differ.
+            if policy is None:
+                policy = self._read(resource)
             if not edit(policy):
                 return policy
             policy["version"] = POLICY_VERSION
@@ -510,6 +517,7 @@ class GcpIamSession:
             except HttpError as exc:
                 status = _status(exc)
                 limited = _rate_limited(exc)
+                policy = None
                 if limited is not None and self._pause(next(pauses, None)):
                     continue
                 if limited is not None:
@@ -556,14 +564,27 @@ class GcpIamSession:
                     found.append((binding, member, label))
         return found
 
-    def _find(self, grant_id: str) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+    def _policies(self) -> dict[str, dict[str, Any]]:
+        """Every managed resource's policy, read once for the operation under way."""
+        return {resource: self._read(resource) for resource in self.connection.resources}
+
+    def _scan(
+        self, grant_id: str, policies: dict[str, dict[str, Any]]
+    ) -> tuple[list[tuple[str, dict[str, Any], str, dict[str, Any]]], list[tuple[str, str]]]:
+        """The grant's bindings that verify as ours, as (resource, binding, member, label); and
+        the bindings under its title that do not (edited or forged), as (resource, role)."""
+        title = f"{TITLE_PREFIX}{grant_id}"
         found = []
-        for resource in self.connection.resources:
-            policy = self._read(resource)
-            for binding, member, label in self._ours(resource, policy):
-                if label.get("g") == grant_id:
-                    found.append((resource, binding, member, label))
-        return found
+        squatters = []
+        for resource, policy in policies.items():
+            ours = self._ours(resource, policy)
+            found += [(resource, b, m, label) for b, m, label in ours if label.get("g") == grant_id]
+            mine = {id(binding) for binding, _, _ in ours}
+            for binding in policy.get("bindings", []) or []:
+                condition = binding.get("condition") or {}
+                if condition.get("title") == title and id(binding) not in mine:
+                    squatters.append((resource, str(binding.get("role"))))
+        return found, squatters
 
     # -- tombstones: objects of the connector's bucket, never bindings ----------------------
 
@@ -650,19 +671,16 @@ class GcpIamSession:
         member = member_of(permission, spec.identity.email)
         digest = spec.request_digest[:16]
         title = f"{TITLE_PREFIX}{spec.grant_id}"
-        for resource in spec.resources:
-            policy = self._read(resource)
-            ours = {id(binding) for binding, _, _ in self._ours(resource, policy)}
-            for binding in policy.get("bindings", []) or []:
-                condition = binding.get("condition") or {}
-                if condition.get("title") == title and id(binding) not in ours:
-                    # Someone wrote a binding under this grant's title: never adopted, never
-                    # edited, and no grant is made beside it that a revoke could confuse.
-                    raise Refused(
-                        "grant_id",
-                        f"{resource} has a binding titled {title!r} not created by this connector",
-                    )
-        existing = self._find(spec.grant_id)
+        policies = self._policies()
+        existing, squatters = self._scan(spec.grant_id, policies)
+        for resource, _ in squatters:
+            if resource in spec.resources:
+                # Someone wrote a binding under this grant's title: never adopted, never
+                # edited, and no grant is made beside it that a revoke could confuse.
+                raise Refused(
+                    "grant_id",
+                    f"{resource} has a binding titled {title!r} not created by this connector",
+                )
         for _, _, _, label in existing:
             if label.get("s") == "t":  # a tombstone binding, as earlier versions wrote them
                 raise Refused(
@@ -701,7 +719,7 @@ class GcpIamSession:
                     bindings.append(binding)
                     return True
 
-                after = self._change(resource, add)
+                after = self._change(resource, add, policies.pop(resource, None))
                 if binding not in after.get("bindings", []):
                     raise TargetError(f"{resource}: the binding is not in the policy read back")
         except Refused:
@@ -718,8 +736,11 @@ class GcpIamSession:
             principal=member, reissued=bool(existing), expires_at=expires_at, note=PROPAGATION
         )
 
-    def _strip(self, resource: str, grant_id: str, who: str) -> list[str]:
-        """Remove `who` from the grant's active bindings on `resource`; what is left of them."""
+    def _strip(
+        self, resource: str, grant_id: str, who: str, policy: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Remove `who` from the grant's active bindings on `resource`; what is left of them.
+        `policy` as for `_change`."""
 
         def remove(policy: dict[str, Any]) -> bool:
             changed = False
@@ -738,7 +759,7 @@ class GcpIamSession:
             return changed
 
         remaining = []
-        for item in self._change(resource, remove).get("bindings", []) or []:
+        for item in self._change(resource, remove, policy).get("bindings", []) or []:
             left = read_label(self._key, resource, item, who)
             if left is not None and left.get("g") == grant_id and left.get("s") == "a":
                 remaining.append(f"{resource}: {item.get('role')} {who}")
@@ -758,13 +779,21 @@ class GcpIamSession:
         except TargetError:
             # No tombstone (yet): the access still goes now, and the revoke fails, so the queue
             # retries it until its tombstone is written and a grant racing this one is undone.
-            for resource, _, who, label in self._find(grant_id):
+            policies = self._policies()
+            for resource, _, who, label in self._scan(grant_id, policies)[0]:
                 if label.get("s") == "a":
-                    self._strip(resource, grant_id, who)
+                    self._strip(resource, grant_id, who, policies.pop(resource, None))
             raise
-        existing = self._find(grant_id)
+        policies = self._policies()
+        existing, squatters = self._scan(grant_id, policies)
         active = [item for item in existing if item[3].get("s") == "a"]
-        residual += self._squatters(grant_id)
+        title = f"{TITLE_PREFIX}{grant_id}"
+        # Never touched, named in the outcome so that someone looks.
+        residual += [
+            f"{resource}: {role} titled {title!r} does not verify as the connector's (edited or "
+            "forged): left alone"
+            for resource, role in squatters
+        ]
         if not active:
             # Nothing granted (yet: Cloud Tasks reorders): the tombstone refuses it when it comes.
             return RevokeResult(found=False, residual=residual)
@@ -772,28 +801,11 @@ class GcpIamSession:
         expires_at = datetime.fromtimestamp(int(active[0][3]["x"]), UTC)
         remaining: list[str] = []
         for resource, who in sorted({(resource, who) for resource, _, who, _ in active}):
-            remaining += self._strip(resource, grant_id, who)
+            remaining += self._strip(resource, grant_id, who, policies.pop(resource, None))
         return RevokeResult(
             found=True, principal=member, expires_at=expires_at, residual=residual + remaining,
             verified=not remaining, note=PROPAGATION,
         )  # fmt: skip
-
-    def _squatters(self, grant_id: str) -> list[str]:
-        """Bindings under this grant's title that do not verify as ours (edited or forged):
-        never touched, named in the outcome so that someone looks."""
-        title = f"{TITLE_PREFIX}{grant_id}"
-        found = []
-        for resource in self.connection.resources:
-            policy = self._read(resource)
-            ours = {id(binding) for binding, _, _ in self._ours(resource, policy)}
-            for binding in policy.get("bindings", []) or []:
-                condition = binding.get("condition") or {}
-                if condition.get("title") == title and id(binding) not in ours:
-                    found.append(
-                        f"{resource}: {binding.get('role')} titled {title!r} does not verify as "
-                        "the connector's (edited or forged): left alone"
-                    )
-        return found
 
     def forget(self, grant_id: str) -> None:
         """Tombstone objects are deleted by the bucket's lifecycle rule; this removes tombstone

@@ -190,6 +190,26 @@ def test_a_concurrent_writer_is_retried_with_the_new_etag(fake: FakeGcp) -> None
     ours(fake, outcome.grant_id or "")
 
 
+def test_a_grant_and_a_revoke_read_each_policy_once_before_writing(fake: FakeGcp) -> None:
+    """Resource Manager's getIamPolicy has its own quota: a grant or a revoke reads a policy
+    once to decide and write (the etag refuses the write if it changed), then once to check
+    what it wrote."""
+
+    def policy_calls() -> list[str]:
+        with fake.lock:
+            made = [c.method.rsplit(".", 1)[-1] for c in fake.calls if c.resource == RESOURCE]
+            fake.calls.clear()
+        return made
+
+    policy_calls()
+    granted = engine().execute(request())
+    assert granted.status == "granted"
+    assert policy_calls() == ["getIamPolicy", "setIamPolicy", "getIamPolicy"]
+    revoked = engine().execute(request("revoke", "r2", grant_id=granted.grant_id))
+    assert revoked.status == "revoked" and revoked.verified
+    assert policy_calls() == ["getIamPolicy", "setIamPolicy", "getIamPolicy"]
+
+
 @pytest.mark.parametrize(
     "role",
     ["roles/browser", "roles/iam.serviceAccountTokenCreator",
