@@ -50,21 +50,18 @@ import json
 import os
 import platform
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "gcp"))
 
-from gcpfake import FakeGcp  # noqa: E402
+from gcpfake import FakeGcp, MetadataServer  # noqa: E402
 
 from jitc.labels import LabelKey  # noqa: E402
 from jitc.signing import sign, signing_keypair  # noqa: E402
@@ -128,60 +125,6 @@ IAM_ROLE = "roles/bigquery.dataViewer"
 LABEL_KEY = "label-key-" + "b" * 32
 
 
-class Metadata:
-    """The Compute Engine metadata server of one service account, as google-auth reads it on
-    Cloud Run: the ping, the project id, the account, and access tokens the fake accepts."""
-
-    def __init__(self, fake: FakeGcp, email: str) -> None:
-        def answer(path: str) -> tuple[int, str, str]:
-            route = path.split("?", 1)[0]
-            # The account answers under its alias and under its address, as Google's does (a
-            # compute_engine credential asks by address once it has learnt it).
-            route = route.replace(f"/service-accounts/{email}/", "/service-accounts/default/")
-            if route == "/":
-                return 200, "text/plain", ""
-            if route == "/computeMetadata/v1/project/project-id":
-                return 200, "text/plain", fake.project
-            if route == "/computeMetadata/v1/universe/universe-domain":
-                return 200, "text/plain", "googleapis.com"
-            if route == "/computeMetadata/v1/instance/service-accounts/default/":
-                doc = {"email": email, "aliases": ["default"], "scopes": list(SCOPES)}
-                return 200, "application/json", json.dumps(doc)
-            if route == "/computeMetadata/v1/instance/service-accounts/default/token":
-                token = secrets.token_urlsafe(24)
-                with fake.lock:
-                    fake.tokens[token] = email
-                doc = {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
-                return 200, "application/json", json.dumps(doc)
-            return 404, "text/plain", "not found"
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.headers.get("Metadata-Flavor") != "Google":
-                    status, kind, body = 403, "text/plain", "missing Metadata-Flavor"
-                else:
-                    status, kind, body = answer(self.path)
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Metadata-Flavor", "Google")
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 
 def main() -> None:
@@ -196,7 +139,7 @@ def main() -> None:
     if callgrind and shutil.which("valgrind") is None:
         sys.exit("valgrind (callgrind) is not installed here")
     fake = FakeGcp(PROJECT)
-    servers: dict[str, Metadata] = {}
+    servers: dict[str, MetadataServer] = {}
     fake.queues.add(QUEUE)
     folder = Path(tempfile.mkdtemp(prefix="jitc-bench-gcp-"))
     try:
@@ -206,7 +149,7 @@ def main() -> None:
             keys[name] = folder / f"{name}.json"
             keys[name].write_text(json.dumps(info))
             if metadata and name != "invoker":
-                servers[name] = Metadata(fake, emails[name])
+                servers[name] = MetadataServer(fake, emails[name])
         secret = fake.add_secret("pg", json.dumps({"password": "bench"}))
         label = fake.add_secret("label", LABEL_KEY)
         for name in ("worker", "sweep"):

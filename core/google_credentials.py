@@ -1,26 +1,48 @@
-"""The service account a Google client acts as, found once for the process's clients."""
+"""The service account a Google client acts as, found once for all of the process's clients."""
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 CLOUD_PLATFORM = ("https://www.googleapis.com/auth/cloud-platform",)
+# The variables google.auth consults to find credentials: the same values, the same account.
+_DECIDING = ("GOOGLE_", "GCE_", "CLOUDSDK_", "K_SERVICE")
+
+_found: dict[frozenset[tuple[str, str]], Any] = {}
+_lock = threading.Lock()
 
 
-def service_account(**scopes: Any) -> Any:
-    """Credentials as `google.auth.default(**scopes)` finds them (`scopes` or
-    `default_scopes`). On Cloud Run (`K_SERVICE` set) without a key file they can only be the
-    metadata server's, which `google.auth.default` finds only after probing for them (a ping
-    of the metadata server, a project-id request, the import of the user-credentials modules:
-    ~10 ms of CPU and two round trips in every cold start): built directly, the same account
-    and scopes."""
-    get = os.environ.get
-    if get("K_SERVICE") and not get("GOOGLE_APPLICATION_CREDENTIALS"):
-        from google.auth import compute_engine
+def service_account() -> Any:
+    """Credentials as `google.auth.default(scopes=CLOUD_PLATFORM)` finds them, one object for
+    every Google client of the process: each client left to find its own would fetch an access
+    token of its own (on Cloud Run a round trip to the metadata server per client in every cold
+    start) and refresh it on its own. With their scope set, no client makes a rescoped copy
+    (googleapiclient and google-cloud-storage copy credentials that lack one), and the scope is
+    the one every client here asks for by default.
 
-        return compute_engine.Credentials(**scopes)  # type: ignore[no-untyped-call]
-    import google.auth
+    On Cloud Run (`K_SERVICE` set) without a key file they can only be the metadata server's,
+    which `google.auth.default` finds only after probing for them (a ping of the metadata
+    server, a project-id request, the import of the user-credentials modules: ~10 ms of CPU and
+    two round trips in every cold start): built directly, the same account and scope."""
+    environ = os.environ
+    key = frozenset((k, v) for k, v in environ.items() if k.startswith(_DECIDING))
+    with _lock:
+        if key not in _found:
+            if environ.get("K_SERVICE") and not environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+                from google.auth import compute_engine
 
-    found, _ = google.auth.default(**scopes)
-    return found
+                found: Any = compute_engine.Credentials(scopes=CLOUD_PLATFORM)  # type: ignore[no-untyped-call]
+            else:
+                import google.auth
+
+                found, _ = google.auth.default(scopes=CLOUD_PLATFORM)
+            _found[key] = found
+        return _found[key]
+
+
+def forget() -> None:
+    """Forget the credentials found (tests; a new instance starts without them anyway)."""
+    with _lock:
+        _found.clear()

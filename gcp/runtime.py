@@ -20,7 +20,7 @@ from jitc.gcp.logs import logger
 from jitc.gcp.oidc import GOOGLE_CERTS_URL, CertificateCache, OidcVerifier
 from jitc.gcp.sinks import Sinks
 from jitc.gcp.tasks import CloudTasksExpiryScheduler, CloudTasksQueue
-from jitc.google_credentials import CLOUD_PLATFORM, service_account
+from jitc.google_credentials import forget, service_account
 from jitc.sinks import BufferedSink, LogSink
 
 if TYPE_CHECKING:
@@ -88,19 +88,10 @@ def _client_options(endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any
     return {"api_endpoint": host}, {"url_scheme": scheme}
 
 
-@cache
 def credentials() -> Any:
-    """The function's service account, found once and shared by every Google client.
-
-    Left to itself each client looks for credentials again: on Cloud Run a probe of the
-    metadata server and then an access token of its own (with a key file, the key parsed
-    again). Shared, the worker and the sweep, which use two clients, fetch one token and
-    refresh it in one place. Found as each client would find them (no scopes of our own, the
-    clients' default scope), so the credentials are the same ones either way.
-
-    On Cloud Run they are built without probing for them (`jitc.google_credentials`)."""
-    # Both clients' own default scope (their transports' AUTH_SCOPES).
-    return service_account(default_scopes=CLOUD_PLATFORM)
+    """The function's service account, shared by every Google client of the process
+    (`jitc.google_credentials`): one access token, fetched and refreshed in one place."""
+    return service_account()
 
 
 def _rest_client(client_class: Any, transport_class: Any, endpoint: str | None) -> Any:
@@ -231,7 +222,8 @@ def engine() -> Engine:
 def reset() -> None:
     """Forget everything built (tests; a new instance starts empty anyway)."""
     for built in (
-        settings, credentials, tasks_client, secrets_client, catalog, queue, scheduler, intake,
+        settings, tasks_client, secrets_client, catalog, queue, scheduler, intake,
         certificates, verifier, secret_stores, sinks, engine,
     ):  # fmt: skip
         built.cache_clear()
+    forget()

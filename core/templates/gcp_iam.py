@@ -55,7 +55,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from pydantic import Field, field_validator
 
 from jitc.errors import Refused, TargetError
-from jitc.google_credentials import CLOUD_PLATFORM, service_account
+from jitc.google_credentials import service_account
 from jitc.labels import LabelKey, required
 from jitc.models import Grant
 from jitc.secrets import Secret
@@ -300,9 +300,9 @@ class _Api:
 
     def credentials(self) -> Any:
         if self._credentials is None:
-            # Built without probing on Cloud Run (`jitc.google_credentials`), as the functions'
-            # own clients are.
-            self._credentials = service_account(scopes=list(CLOUD_PLATFORM))
+            # The process's one set (`jitc.google_credentials`): the functions' own clients use
+            # it too, so one access token serves them all.
+            self._credentials = service_account()
         return self._credentials
 
     def tombstone_bucket(self) -> str:

@@ -31,6 +31,7 @@ Every call is recorded with its caller, method id, permission and resource.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import json
 import re
@@ -1114,3 +1115,64 @@ def _crc32c(data: bytes) -> int:
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class MetadataServer:
+    """The Compute Engine metadata server of one service account, as google-auth reads it on
+    Cloud Run: the ping, the project id, the universe, the account, and access tokens the fake
+    accepts. `requests` counts the calls by path."""
+
+    def __init__(self, fake: FakeGcp, email: str) -> None:
+        self.requests: collections.Counter[str] = collections.Counter()
+
+        def answer(path: str) -> tuple[int, str, str]:
+            route = path.split("?", 1)[0]
+            with fake.lock:
+                self.requests[route] += 1
+            # The account answers under its alias and under its address, as Google's does (a
+            # compute_engine credential asks by address once it has learnt it).
+            route = route.replace(f"/service-accounts/{email}/", "/service-accounts/default/")
+            if route == "/":
+                return 200, "text/plain", ""
+            if route == "/computeMetadata/v1/project/project-id":
+                return 200, "text/plain", fake.project
+            if route == "/computeMetadata/v1/universe/universe-domain":
+                return 200, "text/plain", "googleapis.com"
+            if route == "/computeMetadata/v1/instance/service-accounts/default/":
+                doc = {"email": email, "aliases": ["default"], "scopes": [CLOUD_PLATFORM]}
+                return 200, "application/json", json.dumps(doc)
+            if route == "/computeMetadata/v1/instance/service-accounts/default/token":
+                token = secrets.token_urlsafe(24)
+                with fake.lock:
+                    fake.tokens[token] = email
+                doc = {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+                return 200, "application/json", json.dumps(doc)
+            return 404, "text/plain", "not found"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.headers.get("Metadata-Flavor") != "Google":
+                    status, kind, body = 403, "text/plain", "missing Metadata-Flavor"
+                else:
+                    status, kind, body = answer(self.path)
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Metadata-Flavor", "Google")
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

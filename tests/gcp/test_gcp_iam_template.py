@@ -370,7 +370,7 @@ def test_a_binding_left_beside_its_tombstone_goes_when_the_grant_comes_again(
     e = engine()
     assert e.execute(request()).status == "granted"
     with monkeypatch.context() as patch:
-        patch.setattr(GcpIamSession, "_strip", lambda self, resource, grant_id, who: [])
+        patch.setattr(GcpIamSession, "_strip", lambda self, resource, grant_id, who, policy=None: [])
         e.execute(request("revoke"))  # the tombstone is written; the binding stays
     assert any("user:ana@example.com" in b["members"] for b in bindings(fake))
     retry = e.execute(request())
@@ -384,7 +384,8 @@ def test_on_cloud_run_the_metadata_servers_credentials_are_built_without_probing
     import google.auth
     from google.auth import compute_engine
 
-    from jitc.templates.gcp_iam import CLOUD_PLATFORM, _Api
+    from jitc.google_credentials import CLOUD_PLATFORM
+    from jitc.templates.gcp_iam import _Api
 
     def probe(**kwargs: object) -> None:
         raise AssertionError("google.auth.default probed")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import google.auth
 import pytest
+from gcpfake import FakeGcp, MetadataServer
 from google.auth import compute_engine
 from google.auth.credentials import AnonymousCredentials, Credentials
 
 from jitc.errors import TargetError
 from jitc.gcp import runtime
 from jitc.gcp.oidc import CertificateCache
+from jitc.google_credentials import CLOUD_PLATFORM
 from jitc.templates.gcp_iam import _Api
 
 
@@ -78,6 +83,49 @@ def test_the_clients_share_one_set_of_credentials(
     assert all(client._transport._credentials is found[0] for client in clients)
 
 
+HELD = """
+from google.auth import compute_engine
+from jitc.gcp import runtime
+from jitc.templates.gcp_iam import _Api
+api = _Api()
+held = [
+    runtime.tasks_client()._transport._credentials,
+    runtime.secrets_client()._transport._credentials,
+    api._service("cloudresourcemanager", "v3")._http.credentials,
+    api._bucket(api.tombstone_bucket()).client._credentials,
+]
+assert isinstance(held[0], compute_engine.Credentials), held
+print(sum(found is held[0] for found in held))
+"""
+
+
+def test_on_cloud_run_every_google_client_holds_the_same_credentials() -> None:
+    """The functions' clients and the gcp_iam template's: a client holding a rescoped copy
+    (googleapiclient and google-cloud-storage make one of credentials without a scope) would
+    fetch an access token of its own from the metadata server in every cold start. In a process
+    of its own: google-auth reads the metadata server's address when it is imported."""
+    fake = FakeGcp("p-one")
+    email, _ = fake.service_account("jitc-worker")
+    metadata = MetadataServer(fake, email)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_", "JITC_"))}
+    env.update({
+        "GCE_METADATA_HOST": metadata.host, "GCE_METADATA_IP": metadata.host,
+        "K_SERVICE": "jitc-worker", "JITC_GCP_TOMBSTONE_BUCKET": "p-one-jitc-tombstones",
+        "JITC_PROJECT": "p-one", "JITC_QUEUE": "projects/p-one/locations/l/queues/q",
+        "JITC_WORKER_URL": "https://worker.example.com",
+        "JITC_INVOKER_EMAIL": "i@p-one.iam.gserviceaccount.com",
+    })  # fmt: skip
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", HELD], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        metadata.close()
+        fake.close()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["4"]
+
+
 def test_on_cloud_run_the_metadata_servers_credentials_are_built_without_probing(
     fresh_runtime: pytest.MonkeyPatch,
 ) -> None:
@@ -89,11 +137,9 @@ def test_on_cloud_run_the_metadata_servers_credentials_are_built_without_probing
     fresh_runtime.setattr(google.auth, "default", probe)
     found = runtime.credentials()
     assert isinstance(found, compute_engine.Credentials)
-    # The scope the clients would have asked for, and the instance's default account.
-    assert (
-        found.default_scopes == list(runtime.CLOUD_PLATFORM)
-        or tuple(found.default_scopes) == runtime.CLOUD_PLATFORM
-    )
+    # The scope every client asks for, set (no client makes a rescoped copy), and the
+    # instance's default account.
+    assert tuple(found.scopes) == CLOUD_PLATFORM and not found.requires_scopes
     assert found.service_account_email == "default"
 
 
