@@ -1,5 +1,6 @@
 """`jitc package CLOUD`: one deployable zip per cloud, from `core/`, that cloud's folder and its
-pinned requirements (`<cloud>/requirements.txt`), installed for the cloud's platform.
+pinned requirements (`<cloud>/requirements.txt`), installed for the cloud's platform, or, where
+the platform installs them itself (gcp), shipped as wheels with the requirements file it reads.
 
 The zip is reproducible (sorted entries, fixed timestamps and modes), so the same sources give
 the same bytes and Terraform's source hash changes only when the code or a pin does (and the
@@ -13,7 +14,13 @@ distribution's top-level name:
 
 - aws: `jitc/` and `jitc/aws/`; Lambda handlers are `jitc.aws.<module>.handler`.
 - gcp: `jitc/` and `jitc/gcp/`, and `gcp/main.py` copied to the root, where Cloud Functions
-  load it.
+  load it. No dependency is unpacked: Google's Python buildpack installs `requirements.txt` at
+  the root whatever the zip holds (and, without functions-framework in it, adds its own
+  functions-framework, Flask and the rest, fetched at build time, ahead of the source folder on
+  `sys.path`). So the zip carries `requirements.txt` (every pin, each with the sha256 of its
+  wheel) and the wheels in `wheels/`, which the buildpack installs offline with
+  `GOOGLE_VENDOR_PIP_DEPENDENCIES=wheels` (set by infra/terraform/gcp): the functions run the
+  versions that were tested, and a wheel that is not the one packaged is refused.
 - azure: `jitc/` and `jitc/azure/`, and `function_app.py` and `host.json` at the app root; never
   a top-level `azure/` folder, which would shadow the Azure SDK's namespace.
 """
@@ -25,6 +32,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,11 +53,18 @@ class Layout:
     root_files: tuple[str, ...] = ()
     platform: str = "manylinux2014_x86_64"
     python_version: str = "3.11"
+    # None: the requirements are installed into the zip. A folder: they are downloaded into it as
+    # wheels, with a hashed requirements.txt at the root, for a platform that installs them.
+    wheels: str | None = None
 
 
 LAYOUTS: dict[str, Layout] = {
     "aws": Layout(packages=(("jitc", "core"), ("jitc/aws", "aws"))),
-    "gcp": Layout(packages=(("jitc", "core"), ("jitc/gcp", "gcp")), root_files=("gcp/main.py",)),
+    "gcp": Layout(
+        packages=(("jitc", "core"), ("jitc/gcp", "gcp")),
+        root_files=("gcp/main.py",),
+        wheels="wheels",
+    ),
     "azure": Layout(
         packages=(("jitc", "core"), ("jitc/azure", "azure")),
         root_files=("azure/function_app.py", "azure/host.json"),
@@ -72,18 +87,51 @@ def _copy_tree(source: Path, target: Path) -> None:
             shutil.copyfile(path, destination)
 
 
-def _install(
-    requirements: Path, target: Path, layout: Layout, platform: str, wheelhouse: Path | None
+def _pip(
+    action: list[str], requirements: Path, layout: Layout, platform: str, wheelhouse: Path | None
 ) -> None:
     command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-deps", "--no-compile", "--only-binary=:all:",
+        sys.executable, "-m", "pip", *action, "--quiet", "--disable-pip-version-check",
+        "--no-deps", "--only-binary=:all:",
         "--platform", platform, "--python-version", layout.python_version,
-        "--implementation", "cp", "--target", str(target), "-r", str(requirements),
+        "--implementation", "cp", "-r", str(requirements),
     ]  # fmt: skip
     if wheelhouse is not None:
         command += ["--no-index", "--find-links", str(wheelhouse)]
     subprocess.run(command, check=True)  # noqa: S603 - our own interpreter and arguments
+
+
+def _pins(requirements: Path) -> list[str]:
+    return [
+        line.strip()
+        for line in requirements.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _hashed_requirements(requirements: Path, wheels: Path) -> str:
+    """The pins of `requirements`, each with `--hash=sha256:` of its wheel in `wheels`: pip then
+    installs nothing else (every requirement must match a hash), so a swapped wheel is refused."""
+    digests: dict[tuple[str, str], str] = {}
+    for wheel in sorted(wheels.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        digests[(_canonical(name), version)] = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    source = f"{requirements.parent.name}/{requirements.name}"
+    lines = [
+        f"# Every pin of {source} with the sha256 of its wheel in {wheels.name}/, installed from",
+        f"# there, offline (GOOGLE_VENDOR_PIP_DEPENDENCIES={wheels.name}).",
+    ]
+    for pin in _pins(requirements):
+        name, _, version = pin.partition("==")
+        digest = digests.get((_canonical(name), version.strip()))
+        if digest is None:
+            raise FileNotFoundError(f"{pin}: no wheel for it in {wheels}")
+        lines.append(f"{pin} --hash=sha256:{digest}")
+    return "\n".join(lines) + "\n"
 
 
 def _compile(staging: Path, layout: Layout) -> bool:
@@ -147,7 +195,15 @@ def build(
         raise FileNotFoundError(f"{requirements}: the pinned requirements of {cloud} are missing")
     with tempfile.TemporaryDirectory(prefix=f"jitc-package-{cloud}-") as folder:
         staging = Path(folder)
-        _install(requirements, staging, layout, platform or layout.platform, wheelhouse)
+        platform = platform or layout.platform
+        if layout.wheels is None:
+            action = ["install", "--no-compile", "--target", str(staging)]
+            _pip(action, requirements, layout, platform, wheelhouse)
+        else:
+            wheels = staging / layout.wheels
+            _pip(["download", "--dest", str(wheels)], requirements, layout, platform, wheelhouse)
+            hashed = _hashed_requirements(requirements, wheels)
+            (staging / "requirements.txt").write_text(hashed)
         for target, source in layout.packages:
             if not (root / source).is_dir():
                 raise FileNotFoundError(f"{root / source}: missing")
@@ -159,13 +215,9 @@ def build(
             "bytecode": bytecode,
             "cloud": cloud,
             "packages": {target.replace("/", "."): source for target, source in layout.packages},
-            "platform": platform or layout.platform,
+            "platform": platform,
             "python": layout.python_version,
-            "requirements": [
-                line.strip()
-                for line in requirements.read_text().splitlines()
-                if line.strip() and not line.startswith("#")
-            ],
+            "requirements": _pins(requirements),
         }
         (staging / "jitc-package.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         output = out_dir / f"jit-connector-{cloud}.zip"

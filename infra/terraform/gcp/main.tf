@@ -189,6 +189,11 @@ resource "google_cloudfunctions2_function" "function" {
     entry_point       = each.value.entry_point
     service_account   = var.build_service_account
     docker_repository = var.kms_key_name == null ? null : google_artifact_registry_repository.images[0].id
+    # The buildpack installs requirements.txt from the zip's wheels/ (pip --no-index
+    # --find-links wheels): the pinned versions, no fetch from PyPI at build time.
+    environment_variables = {
+      GOOGLE_VENDOR_PIP_DEPENDENCIES = "wheels"
+    }
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
