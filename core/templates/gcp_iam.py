@@ -715,6 +715,14 @@ class GcpIamSession:
                     bindings = policy.setdefault("bindings", [])
                     if binding in bindings:
                         return False
+                    if self._scan(spec.grant_id, {resource: policy})[1]:
+                        # Written since the grant's first read (its write was refused for the
+                        # etag, and this is the policy read again): refused as that read would.
+                        raise Refused(
+                            "grant_id",
+                            f"{resource} has a binding titled {title!r} not created by this "
+                            "connector",
+                        )
                     _make_room(resource, bindings, binding, member)
                     bindings.append(binding)
                     return True
@@ -737,10 +745,16 @@ class GcpIamSession:
         )
 
     def _strip(
-        self, resource: str, grant_id: str, who: str, policy: dict[str, Any] | None = None
+        self,
+        resource: str,
+        grant_id: str,
+        who: str,
+        policy: dict[str, Any] | None = None,
+        edited: bool = False,
     ) -> list[str]:
-        """Remove `who` from the grant's active bindings on `resource`; what is left of them.
-        `policy` as for `_change`."""
+        """Remove `who` from the grant's active bindings on `resource`; what is left of them
+        (with `edited`, also bindings under the grant's title that name `who` and no longer
+        verify). `policy` as for `_change`."""
 
         def remove(policy: dict[str, Any]) -> bool:
             changed = False
@@ -758,11 +772,27 @@ class GcpIamSession:
             policy["bindings"] = kept
             return changed
 
+        after = self._change(resource, remove, policy)
         remaining = []
-        for item in self._change(resource, remove, policy).get("bindings", []) or []:
+        for item in after.get("bindings", []) or []:
             left = read_label(self._key, resource, item, who)
             if left is not None and left.get("g") == grant_id and left.get("s") == "a":
                 remaining.append(f"{resource}: {item.get('role')} {who}")
+        # A binding of the grant edited since the revoke's first read (its write was refused for
+        # the etag) no longer verifies, so `remove` left it; `who` still holds it.
+        title = f"{TITLE_PREFIX}{grant_id}"
+        mine = {id(item) for item, _, _ in self._ours(resource, after)}
+        for item in (after.get("bindings", []) or []) if edited else []:
+            condition = item.get("condition") or {}
+            if (
+                condition.get("title") == title
+                and id(item) not in mine
+                and who in (item.get("members") or [])
+            ):
+                remaining.append(
+                    f"{resource}: {item.get('role')} {who} titled {title!r} does not verify as "
+                    "the connector's (edited or forged): left alone"
+                )
         return remaining
 
     def _strip_all(self, grant_id: str, resources: Iterable[str], who: str) -> None:
@@ -801,7 +831,9 @@ class GcpIamSession:
         expires_at = datetime.fromtimestamp(int(active[0][3]["x"]), UTC)
         remaining: list[str] = []
         for resource, who in sorted({(resource, who) for resource, _, who, _ in active}):
-            remaining += self._strip(resource, grant_id, who, policies.pop(resource, None))
+            remaining += self._strip(
+                resource, grant_id, who, policies.pop(resource, None), edited=True
+            )
         return RevokeResult(
             found=True, principal=member, expires_at=expires_at, residual=residual + remaining,
             verified=not remaining, note=PROPAGATION,
