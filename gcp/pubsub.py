@@ -12,16 +12,17 @@ import json
 import os
 from typing import Any
 
+from jitc.google_credentials import service_account
 from jitc.models import AuditEvent, Outcome
 
 MAX_PER_CALL = 1000  # Pub/Sub's limit of messages per publish request
 
 
 def pubsub_service() -> Any:
-    import google.auth
     from googleapiclient import discovery
 
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/pubsub"])
+    # The function's one set of credentials (cloud-platform covers Pub/Sub): no token of its own.
+    credentials = service_account()
     endpoint = os.environ.get("JITC_GCP_ENDPOINT_PUBSUB")
     return discovery.build(
         "pubsub", "v1", credentials=credentials, static_discovery=True, cache_discovery=False,

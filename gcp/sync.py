@@ -13,13 +13,13 @@ from typing import Any
 from jitc.errors import ConfigError, required_env
 from jitc.gcp import runtime
 from jitc.gcp.sync_state import GcsSyncState
+from jitc.google_credentials import service_account
 from jitc.inventory import webhook_transport
 
 STALL_SECONDS = 60.0
 
 
 def storage_bucket() -> Any:
-    import google.auth
     from google.cloud import storage  # type: ignore[attr-defined]
 
     # A Private Service Connect endpoint (or a local server in tests), like the other clients.
@@ -28,10 +28,9 @@ def storage_bucket() -> Any:
         scheme, _, host = endpoint.partition("://")
         if scheme != "https" and not host.startswith("127.0.0.1:"):
             raise ConfigError("a plain-http endpoint is allowed only on 127.0.0.1")
-    credentials, _ = google.auth.default()
     client = storage.Client(
         project=runtime.settings().project,
-        credentials=credentials,
+        credentials=service_account(),  # the function's one set: no token of its own
         client_options={"api_endpoint": endpoint} if endpoint else None,
     )
     return client.bucket(required_env("JITC_SYNC_BUCKET"))

@@ -468,6 +468,14 @@ def _rate_limited(exc: Exception) -> str | None:
     return None
 
 
+def _left_alone(resource: str, role: str, grant_id: str) -> str:
+    title = f"{TITLE_PREFIX}{grant_id}"
+    return (
+        f"{resource}: {role} titled {title!r} does not verify as the connector's (edited or "
+        "forged): left alone"
+    )
+
+
 class GcpIamSession:
     def __init__(
         self, integration: str, connection: Connection, key: LabelKey, api: _Api | None = None,
@@ -750,11 +758,12 @@ class GcpIamSession:
         grant_id: str,
         who: str,
         policy: dict[str, Any] | None = None,
-        edited: bool = False,
+        alone: list[str] | None = None,
     ) -> list[str]:
-        """Remove `who` from the grant's active bindings on `resource`; what is left of them
-        (with `edited`, also bindings under the grant's title that name `who` and no longer
-        verify). `policy` as for `_change`."""
+        """Remove `who` from the grant's active bindings on `resource`; what is left of them.
+        `policy` as for `_change`. `alone` gathers the bindings under the grant's title that do
+        not verify in the policy read back: one edited since the first read (whose write the
+        etag refused) is no longer the connector's, and is named as one edited before it is."""
 
         def remove(policy: dict[str, Any]) -> bool:
             changed = False
@@ -778,21 +787,9 @@ class GcpIamSession:
             left = read_label(self._key, resource, item, who)
             if left is not None and left.get("g") == grant_id and left.get("s") == "a":
                 remaining.append(f"{resource}: {item.get('role')} {who}")
-        # A binding of the grant edited since the revoke's first read (its write was refused for
-        # the etag) no longer verifies, so `remove` left it; `who` still holds it.
-        title = f"{TITLE_PREFIX}{grant_id}"
-        mine = {id(item) for item, _, _ in self._ours(resource, after)}
-        for item in (after.get("bindings", []) or []) if edited else []:
-            condition = item.get("condition") or {}
-            if (
-                condition.get("title") == title
-                and id(item) not in mine
-                and who in (item.get("members") or [])
-            ):
-                remaining.append(
-                    f"{resource}: {item.get('role')} {who} titled {title!r} does not verify as "
-                    "the connector's (edited or forged): left alone"
-                )
+        if alone is not None:
+            for _, role in self._scan(grant_id, {resource: after})[1]:
+                alone.append(_left_alone(resource, role, grant_id))
         return remaining
 
     def _strip_all(self, grant_id: str, resources: Iterable[str], who: str) -> None:
@@ -817,26 +814,20 @@ class GcpIamSession:
         policies = self._policies()
         existing, squatters = self._scan(grant_id, policies)
         active = [item for item in existing if item[3].get("s") == "a"]
-        title = f"{TITLE_PREFIX}{grant_id}"
         # Never touched, named in the outcome so that someone looks.
-        residual += [
-            f"{resource}: {role} titled {title!r} does not verify as the connector's (edited or "
-            "forged): left alone"
-            for resource, role in squatters
-        ]
+        alone = [_left_alone(resource, role, grant_id) for resource, role in squatters]
         if not active:
             # Nothing granted (yet: Cloud Tasks reorders): the tombstone refuses it when it comes.
-            return RevokeResult(found=False, residual=residual)
+            return RevokeResult(found=False, residual=residual + alone)
         member = active[0][2]
         expires_at = datetime.fromtimestamp(int(active[0][3]["x"]), UTC)
         remaining: list[str] = []
         for resource, who in sorted({(resource, who) for resource, _, who, _ in active}):
-            remaining += self._strip(
-                resource, grant_id, who, policies.pop(resource, None), edited=True
-            )
+            remaining += self._strip(resource, grant_id, who, policies.pop(resource, None), alone)
         return RevokeResult(
-            found=True, principal=member, expires_at=expires_at, residual=residual + remaining,
-            verified=not remaining, note=PROPAGATION,
+            found=True, principal=member, expires_at=expires_at,
+            residual=residual + list(dict.fromkeys(alone)) + remaining, verified=not remaining,
+            note=PROPAGATION,
         )  # fmt: skip
 
     def forget(self, grant_id: str) -> None:

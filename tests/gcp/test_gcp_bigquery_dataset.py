@@ -259,7 +259,7 @@ def test_a_label_copied_onto_another_entry_is_never_acted_on(fake: FakeGcp) -> N
     fake.datasets[DATASET]["access"] += [forged_member, forged_role]
     fake.datasets[DATASET]["etag"] = "Zm9yZ2Vk"
     outcome = e.execute(request("revoke"))
-    assert outcome.status == "revoked"
+    assert outcome.status == "revoked", outcome.message
     assert sum("left alone" in r for r in outcome.residual) == 2, outcome.residual
     assert forged_member in access(fake) and forged_role in access(fake)
     assert mine not in access(fake)

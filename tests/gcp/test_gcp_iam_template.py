@@ -370,7 +370,7 @@ def test_a_binding_left_beside_its_tombstone_goes_when_the_grant_comes_again(
     e = engine()
     assert e.execute(request()).status == "granted"
     with monkeypatch.context() as patch:
-        patch.setattr(GcpIamSession, "_strip", lambda self, resource, grant_id, who, policy=None, edited=False: [])
+        patch.setattr(GcpIamSession, "_strip", lambda self, resource, grant_id, who, policy=None, alone=None: [])
         e.execute(request("revoke"))  # the tombstone is written; the binding stays
     assert any("user:ana@example.com" in b["members"] for b in bindings(fake))
     retry = e.execute(request())

@@ -291,3 +291,40 @@ def test_the_unpacked_zip_serves_the_deployed_entry_points(
         assert len(fake.tasks) == 1 and fake.violations == []
     finally:
         fake.close()
+
+
+def test_the_source_compiled_by_the_buildpack_stays_valid_in_the_image(
+    package: Path, tmp_path: Path
+) -> None:
+    """The buildpack compiles the source again (`python3 -m compileall -f -q .`, lib.go) with
+    the build's environment, and the image's export sets every file's time to 1980-01-01
+    00:00:01: bytecode checked against the source's time would be stale in every instance and
+    every module compiled again at every cold start. With the module's SOURCE_DATE_EPOCH it is
+    checked against the source's hash, and loads."""
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the functions' bytecode is CPython 3.11's")
+    module = load(tfgcp.MODULE)
+    build_config = module.resource("google_cloudfunctions2_function", "function")["build_config"]
+    build_env = build_config[0]["environment_variables"]
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "PYTHONPATH")}
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-f", "-q", "jitc", "main.py"],
+        cwd=tmp_path, env={**env, **build_env}, check=True, timeout=300,
+    )  # fmt: skip
+    exported = 315532801
+    for path in tmp_path.rglob("*"):
+        os.utime(path, (exported, exported), follow_symlinks=False)
+    loaded = subprocess.run(
+        # The unpacked folder first on the path (-c), as the function's source is.
+        [sys.executable, "-v", "-c", "import jitc.catalog, jitc.engine, jitc.gcp.handlers"],
+        cwd=tmp_path, env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    ours = [line for line in loaded.stderr.splitlines() if str(tmp_path) in line]
+    assert sum("code object from" in line for line in ours) > 20, ours[:20]
+    # "bytecode is stale for 'jitc.catalog'": the import then compiles the source again.
+    stale = [line for line in loaded.stderr.splitlines() if "bytecode is stale for 'jitc" in line]
+    assert not stale, stale[:5]

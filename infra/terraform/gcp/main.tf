@@ -190,9 +190,13 @@ resource "google_cloudfunctions2_function" "function" {
     service_account   = var.build_service_account
     docker_repository = var.kms_key_name == null ? null : google_artifact_registry_repository.images[0].id
     # The buildpack installs requirements.txt from the zip's wheels/ (pip --no-index
-    # --find-links wheels): the pinned versions, no fetch from PyPI at build time.
+    # --find-links wheels): the pinned versions, no fetch from PyPI at build time. It also
+    # compiles the source again (compileall -f): with SOURCE_DATE_EPOCH set, into bytecode
+    # checked against the source's hash, not its time, which the image's export resets to
+    # 1980-01-01 00:00:01 and which would make every module recompile at every cold start.
     environment_variables = {
       GOOGLE_VENDOR_PIP_DEPENDENCIES = "wheels"
+      SOURCE_DATE_EPOCH              = "315532800"
     }
     source {
       storage_source {

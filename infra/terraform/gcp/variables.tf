@@ -77,8 +77,8 @@ variable "runtime" {
   default     = "python311"
 
   validation {
-    condition     = can(regex("^python3[0-9]+$", var.runtime))
-    error_message = "runtime: a Cloud Run functions Python runtime such as python311."
+    condition     = var.runtime == "python311"
+    error_message = "runtime: python311, the only runtime the zip's wheels (cp311) install on."
   }
 }
 
