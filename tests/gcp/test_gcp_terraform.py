@@ -283,3 +283,20 @@ def test_datasets_get_one_access_entry_of_a_custom_role_per_function_and_dataset
         ("sweep", "projects/acme-jit/roles/jitc_bigquery_target", "projects/acme-jit/datasets/sales"),
         ("sync", "projects/acme-jit/roles/jitc_bigquery_reader", "projects/acme-jit/datasets/sales"),
     }
+
+
+def test_a_scheduled_call_that_never_reaches_its_function_is_alerted_on() -> None:
+    """Cloud Scheduler logs a failed attempt (no OIDC token for the invoker, a URL that does not
+    answer) where no function log or Cloud Run request log shows it: every scheduled job's
+    failures are counted, and alerted on with the function failures."""
+    jobs = MODULE.locals["scheduled_jobs"]
+    assert MODULE.resource("google_cloud_scheduler_job", "job")["name"] == "${var.name}-${each.key}"
+    metric = MODULE.resource("google_logging_metric", "scheduler_failures")["filter"]
+    assert 'resource.type="cloud_scheduler_job"' in metric
+    assert "google.cloud.scheduler.logging.AttemptFinished" in metric and "severity>=ERROR" in metric
+    assert all(f'"${{var.name}}-{job}"' in metric for job in jobs), (jobs, metric)
+    policy = MODULE.resource("google_monitoring_alert_policy", "failures")
+    filters = [c["condition_threshold"][0]["filter"] for c in policy["conditions"]]
+    assert any("google_logging_metric.scheduler_failures.name" in f for f in filters), filters
+    waited = MODULE.resource("time_sleep", "log_metrics")["triggers"]
+    assert "google_logging_metric.scheduler_failures.id" in str(waited)

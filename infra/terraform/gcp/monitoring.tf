@@ -2,7 +2,10 @@
 # its grant meanwhile), a caller refused (an attack, or tasks whose OIDC audience or account is
 # misconfigured and will be retried for ever), and a sweep that has not completed for too long.
 # Cloud Run refuses a token of the wrong audience or account itself, before the function runs
-# and logs anything: its request log's 4xx/5xx answers of worker, sweep and sync count too.
+# and logs anything: its request log's 4xx/5xx answers of worker, sweep and sync count too. A
+# scheduled call that never reaches Cloud Run at all (no token could be made for the invoker
+# account, the URL does not answer) is logged only by Cloud Scheduler, as a failed attempt: the
+# one failure the heartbeat alert cannot see on a sweep that has never completed since an apply.
 
 resource "google_logging_metric" "failures" {
   project = var.project_id
@@ -12,6 +15,21 @@ resource "google_logging_metric" "failures" {
     resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-intake" OR "${var.name}-sync")
     severity>=WARNING
     (jsonPayload.message="failed; delivered again" OR jsonPayload.message="worker failed" OR jsonPayload.message="sweep failed" OR jsonPayload.message="sync failed" OR jsonPayload.message="caller refused" OR jsonPayload.message="deployment error" OR jsonPayload.message="unhandled error" OR jsonPayload.complete=false OR (logName="projects/${var.project_id}/logs/run.googleapis.com%2Frequests" AND resource.labels.service_name=("${var.name}-worker" OR "${var.name}-sweep" OR "${var.name}-sync") AND httpRequest.status>=400))
+  EOT
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+  }
+}
+
+resource "google_logging_metric" "scheduler_failures" {
+  project = var.project_id
+  name    = "${var.name}-scheduler-failures"
+  filter  = <<-EOT
+    resource.type="cloud_scheduler_job"
+    resource.labels.job_id=("${var.name}-sweep" OR "${var.name}-sync")
+    jsonPayload."@type"="type.googleapis.com/google.cloud.scheduler.logging.AttemptFinished"
+    severity>=ERROR
   EOT
   metric_descriptor {
     metric_kind = "DELTA"
@@ -41,6 +59,7 @@ resource "time_sleep" "log_metrics" {
   create_duration = "120s"
   triggers = {
     failures        = google_logging_metric.failures.id
+    scheduler       = google_logging_metric.scheduler_failures.id
     sweep_completed = google_logging_metric.sweep_completed.id
     sync_completed  = google_logging_metric.sync_completed.id
   }
@@ -57,6 +76,20 @@ resource "google_monitoring_alert_policy" "failures" {
     display_name = "failures logged"
     condition_threshold {
       filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.failures.name}\" AND resource.type=\"cloud_run_revision\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_SUM"
+      }
+    }
+  }
+
+  conditions {
+    display_name = "scheduled calls failing"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.scheduler_failures.name}\" AND resource.type=\"cloud_scheduler_job\""
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"
