@@ -10,21 +10,33 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import hashlib
+import ipaddress
 import json
+import os
 import socket
+import ssl
+import stat
 import struct
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.engine import Engine
-from jitc.errors import CatalogError
+from jitc.errors import CatalogError, TargetError
 from jitc.local import MemorySink, NullScheduler
 from jitc.messages import parse_request
-from jitc.secrets import EnvSecretStore, SecretStores
+from jitc.secrets import EnvSecretStore, Secret, SecretStores
 
 CANARY = "CANARY-admin-password-51d2"
 # 127.0.0.2 is this machine, but not an address the connector treats as loopback: the defaults
@@ -210,3 +222,292 @@ def test_a_host_list_with_one_local_entry_is_refused(asker: CleartextAsker, fiel
             == "failed"
         )
         assert CANARY.encode() in asker.received
+
+
+# --- sslrootcert_pem: the CA inline in the catalog -------------------------------------------
+
+
+def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A test CA, a server certificate it signs for 127.0.0.2, and another, unrelated CA."""
+    ca_key, ca = _ca("jitc test CA")
+    _, other = _ca("jitc other CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("pki")
+    (folder / "server.pem").write_text(_pem(server))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return {
+        "ca": _pem(ca),
+        "other": _pem(other),
+        "cert": str(folder / "server.pem"),
+        "key": str(folder / "server.key"),
+    }
+
+
+class TlsListener:
+    """Accepts PostgreSQL connections, answers the SSLRequest with 'S', completes a TLS
+    handshake as 127.0.0.2 and records each startup message that arrives over it."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen()
+        self.port = int(self.sock.getsockname()[1])
+        self.ssl_requests = 0
+        self.handshake_errors: list[str] = []
+        self.startups: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    self._talk(conn)
+
+    @staticmethod
+    def _read(conn: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        return data
+
+    def _talk(self, conn: socket.socket) -> None:
+        while True:
+            (length,) = struct.unpack("!I", self._read(conn, 4))
+            body = self._read(conn, length - 4)
+            code = struct.unpack("!I", body[:4])[0]
+            if code == 80877104:  # GSSENCRequest: not here
+                conn.sendall(b"N")
+                continue
+            if code != 80877103:
+                self.startups.append(b"cleartext:" + body)  # never expected
+                return
+            self.ssl_requests += 1
+            conn.sendall(b"S")
+            break
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except ssl.SSLError as exc:
+            self.handshake_errors.append(str(exc))
+            return
+        with tls:
+            (length,) = struct.unpack("!I", self._read(tls, 4))
+            self.startups.append(self._read(tls, length - 4))
+            message = b"SFATAL\x00C28000\x00Mjitc test listener\x00\x00"
+            tls.sendall(b"E" + struct.pack("!I", len(message) + 4) + message)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def tls_listener(pki: dict[str, Any]) -> Iterator[TlsListener]:
+    server = TlsListener(pki["cert"], pki["key"])
+    yield server
+    server.close()
+
+
+def _admin_connect(connection: dict[str, Any]) -> None:
+    from jitc.templates.postgresql_session import admin_connect
+
+    settings = _catalog(connection).integrations["db"].connection
+    admin_connect(settings, settings.dbname, Secret(CANARY)).close()
+
+
+def test_an_inline_ca_verifies_the_servers_certificate(
+    pki: dict[str, Any], tls_listener: TlsListener
+) -> None:
+    connection = {
+        "host": HOST,
+        "port": tls_listener.port,
+        "connect_timeout": 2,
+        "sslmode": "verify-full",
+        "sslrootcert_pem": pki["ca"],
+    }
+    with pytest.raises(TargetError):  # the listener ends every session after the startup
+        _admin_connect(connection)
+    assert tls_listener.handshake_errors == []
+    assert len(tls_listener.startups) == 1  # over TLS, verified against the inline CA
+    assert b"user\x00jitc_admin\x00" in tls_listener.startups[0]
+    assert b"application_name=jit-connector" in tls_listener.startups[0]
+
+
+def test_another_cas_certificate_ends_the_connection_before_the_startup(
+    pki: dict[str, Any], tls_listener: TlsListener
+) -> None:
+    connection = {
+        "host": HOST,
+        "port": tls_listener.port,
+        "connect_timeout": 2,
+        "sslmode": "verify-full",
+        "sslrootcert_pem": pki["other"],
+    }
+    with pytest.raises(TargetError):
+        _admin_connect(connection)
+    assert _grant(connection).status == "failed"  # the same, through a grant
+    assert tls_listener.ssl_requests >= 2  # libpq did ask for TLS and got a handshake
+    # which it broke off at the server's certificate
+    assert tls_listener.handshake_errors and all(
+        "unknown ca" in e.lower() for e in tls_listener.handshake_errors
+    ), tls_listener.handshake_errors
+    assert tls_listener.startups == []  # no user name, let alone a password, ever arrived
+
+
+def test_the_inline_ca_is_checked_when_the_catalog_loads(pki: dict[str, Any]) -> None:
+    base = {"host": "db.example.com"}
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    garbled = pki["ca"].replace(pki["ca"].splitlines()[3], "A" * 64)
+    refused = {
+        "not a certificate": ("just some text", "no PEM certificate"),
+        "garbled": (garbled, "certificate 1 is not an X.509 certificate"),
+        "a key along": (pki["ca"] + key.decode(), "certificates only, not PRIVATE KEY"),
+        "no end": (pki["ca"].split("-----END")[0], "without its -----END"),
+        "too large": (pki["ca"] * 30, "larger than 16 KiB"),
+        "not ascii": (pki["ca"] + "\u00e9", "ASCII"),
+    }
+    for case, (text, needle) in refused.items():
+        with pytest.raises(CatalogError) as err:
+            _catalog({**base, "sslrootcert_pem": text})
+        message = str(err.value)
+        assert "connection.sslrootcert_pem" in message and needle in message, (case, message)
+    with pytest.raises(CatalogError) as err:
+        _catalog({**base, "sslrootcert": "system", "sslrootcert_pem": pki["ca"]})
+    assert "sslrootcert_pem and sslrootcert are exclusive" in str(err.value)
+    # Two CAs (a regional bundle, a CA rotation), blank lines and comments between: accepted.
+    bundle = f"# current\n{pki['ca']}\n# next\n{pki['other']}"
+    assert _catalog({**base, "sslrootcert_pem": bundle}).integrations["db"].connection
+
+
+def test_an_inline_ca_counts_as_verification_like_a_ca_file(pki: dict[str, Any]) -> None:
+    for ca in ({"sslrootcert": "/etc/db-ca.pem"}, {"sslrootcert_pem": pki["ca"]}):
+        strict = _catalog({"host": "db.example.com", **ca})
+        assert [w for w in catalog_warnings(strict) if "secret scheme 'mem'" not in w] == []
+        with pytest.raises(CatalogError) as err:
+            _catalog({"host": "db.example.com", "sslmode": "require", **ca})
+        assert "allow_insecure_transport" in str(err.value)
+
+
+def test_the_ca_file_is_private_and_a_planted_link_is_never_followed(
+    pki: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jitc.templates import postgresql_session as session
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(session, "_CA_FILES", {})
+    folder = Path(session.ca_directory())
+    assert folder.parent == tmp_path
+    # Someone who can write there plants a link at the name the CA's file will have.
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    digest = hashlib.sha256(pki["ca"].encode()).hexdigest()
+    (folder / f"{digest}.pem").symlink_to(victim)
+    path = Path(session.ca_file(pki["ca"]))
+    assert path == folder / f"{digest}.pem"
+    assert victim.read_text() == "untouched"
+    assert not path.is_symlink() and path.read_text() == pki["ca"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert session.ca_file(pki["ca"]) == str(path)  # once per process
+    other = session.ca_file(pki["other"])
+    assert other != str(path) and Path(other).read_text() == pki["other"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([path.name, Path(other).name])
+
+
+@pytest.mark.parametrize("planted", ["link", "open"])
+def test_a_ca_directory_anyone_else_could_change_is_refused(
+    pki: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    from jitc.templates import postgresql_session as session
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(session, "_CA_FILES", {})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    predictable = tmp_path / f"jitc-ca-{os.geteuid()}"
+    if planted == "link":
+        predictable.symlink_to(elsewhere)
+    else:
+        predictable.mkdir()
+        predictable.chmod(0o755)
+    with pytest.raises(TargetError) as err:
+        _admin_connect({"host": "db.example.com", "sslrootcert_pem": pki["ca"]})
+    assert "not a directory of this user's alone" in str(err.value)
+    assert list(elsewhere.iterdir()) == []

@@ -15,9 +15,11 @@ import base64
 import functools
 import hashlib
 import ipaddress
+import re
+import ssl
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from jitc.errors import Refused
 from jitc.models import empty_list
@@ -29,6 +31,13 @@ PLACEHOLDERS = frozenset({"role", "database", "schema", "resource"})
 MASK = "'********'"
 _GUC_VALUE = r"^\d{1,9}(ms|s|min|h|d)?$"
 _WEAK_SSL = frozenset({"disable", "allow", "prefer", "require"})
+# A CA bundle inline in the catalog: a regional bundle (RDS) is a few certificates; a catalog is
+# no place for a whole trust store.
+PEM_LIMIT = 16 * 1024
+_PEM_LABEL = re.compile(r"^-----BEGIN ([^-\r\n]*)-----\s*$", re.MULTILINE)
+_PEM_CERTIFICATE = re.compile(
+    r"^-----BEGIN CERTIFICATE-----\s*$(.*?)^-----END CERTIFICATE-----\s*$", re.MULTILINE | re.DOTALL
+)
 
 # Bundle statements: privileges a bundle role holds for every member. Never CREATE: a member
 # could `SET ROLE` the bundle and make objects that outlive every grant (PostgreSQL < 16).
@@ -98,6 +107,35 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_ca_pem(text: str) -> None:
+    """Refuse anything but one or more X.509 certificates in PEM, as OpenSSL (libpq's) reads
+    them: a private key pasted along would be published with the catalog, and a block OpenSSL
+    skips or cannot read would leave the connection trusting less than the reviewer saw."""
+    if len(text.encode()) > PEM_LIMIT:
+        raise ValueError(f"is larger than {PEM_LIMIT // 1024} KiB")
+    if not text.isascii():
+        raise ValueError("must be PEM (ASCII) text")
+    labels = _PEM_LABEL.findall(text)
+    if not labels:
+        raise ValueError("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    others = sorted(set(labels) - {"CERTIFICATE"})
+    if others:
+        raise ValueError(f"may hold certificates only, not {', '.join(others)}")
+    bodies = _PEM_CERTIFICATE.findall(text)
+    if len(bodies) != len(labels):
+        raise ValueError("has a certificate without its -----END CERTIFICATE----- line")
+    for number, body in enumerate(bodies, 1):
+        try:
+            der = base64.b64decode("".join(body.split()), validate=True)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+        except (ValueError, ssl.SSLError):
+            raise ValueError(f"certificate {number} is not an X.509 certificate") from None
+    try:  # and the text as a whole, as libpq will read it
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except ssl.SSLError:
+        raise ValueError("is not a PEM bundle OpenSSL reads") from None
+
+
 class Connection(Settings):
     host: str = "127.0.0.1"
     port: int = Field(default=5432, ge=1, le=65535)
@@ -107,6 +145,11 @@ class Connection(Settings):
         Field(default=None, description="default: verify-full, or disable on a loopback host")
     )
     sslrootcert: str | None = Field(default=None, description="CA file, or 'system'")
+    sslrootcert_pem: str | None = Field(
+        default=None,
+        description="the CA certificate(s) the server's chains to, in PEM, inline (instead of "
+        "sslrootcert: for a platform where no file can be placed and a CA 'system' lacks)",
+    )
     require_auth: Literal["scram-sha-256", "none"] | None = Field(
         default=None, description="default: scram-sha-256, or any on a loopback host"
     )
@@ -164,6 +207,18 @@ class Connection(Settings):
         # loopback entry would make the whole list look local and relax TLS and SCRAM for all.
         if value is not None and (not value or any(c in value for c in ", \t\n\r=")):
             raise ValueError("host must be a single host name, address or socket directory")
+        return value
+
+    @field_validator("sslrootcert_pem")
+    @classmethod
+    def _ca_certificates(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("sslrootcert") is not None:
+            raise ValueError(
+                "sslrootcert_pem and sslrootcert are exclusive: give the CA inline or as a file"
+            )
+        check_ca_pem(value)
         return value
 
     @model_validator(mode="after")

@@ -14,8 +14,13 @@ MACed label names them (jitc.labels).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
+import secrets
 import select
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -432,8 +437,66 @@ _NEWER_SETTINGS = ((140000, "idle_session_timeout"), (170000, "transaction_timeo
 _SERVER_VERSIONS: dict[tuple[str, int], int] = {}
 
 
+# libpq reads a CA only from a file: a catalog's sslrootcert_pem is written once per process,
+# under a name that is its sha256 (a changed CA gets a file of its own), to a directory of this
+# user's alone in the temp dir (a Cloud Run, Lambda or Azure Functions instance's only writable
+# place).
+_CA_FILES: dict[str, str] = {}
+_CA_LOCK = threading.Lock()
+
+
+def ca_directory() -> str:
+    """This user's private directory for CA files: made 0700, and refused when anyone else
+    could have made or changed it (a link to elsewhere, another owner, other users' access)."""
+    path = os.path.join(tempfile.gettempdir(), f"jitc-ca-{os.geteuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    found = os.lstat(path)
+    if (
+        not stat.S_ISDIR(found.st_mode)
+        or found.st_uid != os.geteuid()
+        or stat.S_IMODE(found.st_mode) & 0o077
+    ):
+        raise OSError(f"{path} is not a directory of this user's alone (0700)")
+    return path
+
+
+def ca_file(pem: str) -> str:
+    """The path of a file holding `pem`, for libpq's sslrootcert."""
+    digest = hashlib.sha256(pem.encode()).hexdigest()
+    with _CA_LOCK:
+        path = _CA_FILES.get(digest)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    return path
+        folder = ca_directory()
+        path = os.path.join(folder, f"{digest}.pem")
+        # A fresh name nobody can have planted anything at (O_EXCL, O_NOFOLLOW), renamed over
+        # the final one: a link found there is replaced, never followed.
+        temporary = os.path.join(folder, f".{digest}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(pem)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        _CA_FILES[digest] = path
+        return path
+
+
 def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.Connection[Any]:
     """The admin connection, as every session and the credential rotation open it."""
+    where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
+    sslrootcert = s.sslrootcert
+    if s.sslrootcert_pem is not None:
+        try:
+            sslrootcert = ca_file(s.sslrootcert_pem)
+        except OSError as exc:
+            raise TargetError(f"cannot connect to {where}: sslrootcert_pem: {exc}") from None
     # Pinned at connect, before any statement: no schema a user can create in is searched,
     # and no lock a user holds can stall us for longer than these bounds. A database's owner
     # (any CREATEDB user, for a database PUBLIC may connect to) may set defaults for every
@@ -468,7 +531,7 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         # timeout, a frozen function): data the server never acknowledges fails the statement
         # within this bound instead of hanging until the function's timeout.
         "tcp_user_timeout": s.connect_timeout * 1000,
-        "sslrootcert": s.sslrootcert,
+        "sslrootcert": sslrootcert,
         "require_auth": s.effective_require_auth,
         "channel_binding": s.effective_channel_binding,
     }
@@ -495,7 +558,6 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
                 dropped.update(unknown)
                 newer = [name for name in newer if name not in unknown]
     except psycopg.Error as exc:
-        where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
         if refused_credential(exc):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
         raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
@@ -507,7 +569,6 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
         if missing & dropped:
             # Left out after an error that named it, on a server that knows it (a database
             # named after it, say): that error was another one.
-            where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
             raise TargetError(f"cannot connect to {where}: {', '.join(sorted(missing))} refused")
         return admin_connect(s, dbname, secret)  # upgraded since last seen: now it is known
     # Never prepared: psycopg forgets every prepared statement of a connection (and sends
