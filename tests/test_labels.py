@@ -22,3 +22,14 @@ def test_each_purpose_and_each_secret_gives_another_mac() -> None:
     assert KEY.mac("a", "b") != other.mac("a", "b")
     assert KEY.mac("a", "b") != KEY.password("a", "b")
     assert KEY.mac("a", "b") == KEY.mac("a", "b")  # the derived key, kept, is the same one
+
+
+def test_every_use_of_a_purpose_gives_the_known_answer() -> None:
+    """The first uses MAC one-shot under the derived key, later ones copy a keyed state: a
+    fresh key (a new batch) and a long-used one (a sweep) agree on every MAC."""
+    for _ in range(2):
+        key = LabelKey.from_secret("a-label-key-for-the-known-answer")
+        macs = [key.mac("postgresql", "jitc_g", "{}") for _ in range(5)]
+        assert macs == ["1MHVL1eRBU0s_R-sEzWyxLCbyYPrQR4nuuUntgOdYnk"] * 5
+        passwords = [key.password("a", "b") for _ in range(4)]
+        assert passwords == ["LWUmo0Bx41tfID063xKj5unsqzd2iZ9ljElil2JAaCc"] * 4
