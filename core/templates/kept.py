@@ -190,9 +190,13 @@ class SessionPool(Generic[S]):
         """Under the lock: have a timer close the next session to idle out. A process that gets
         no further batch (a quiet `jitc serve`) would otherwise keep its admin connections open
         and logged in long past their limit."""
-        if not self._kept:
+        due = None
+        for kept in self._kept.values():  # loops, not generators: this runs after every batch
+            for since, keep, _ in kept:
+                if due is None or since + keep < due:
+                    due = since + keep
+        if due is None:
             return
-        due = min(since + keep for kept in self._kept.values() for since, keep, _ in kept)
         if self._timer is not None:
             if self._due <= due:
                 return
@@ -214,9 +218,17 @@ class SessionPool(Generic[S]):
         """Under the lock: take out sessions idle longer than their own limit, and the oldest
         beyond the total cap; the caller closes them."""
         now = time.monotonic()
-        kept_now = [since_keep for kept in self._kept.values() for since_keep in kept]
-        if len(kept_now) <= self.in_all and all(now - since <= keep for since, keep, _ in kept_now):
-            for key in [key for key, kept in self._kept.items() if not kept]:
+        count = 0
+        idle = False
+        empty = []
+        for key, kept in self._kept.items():  # loops, not generators: this runs after every batch
+            if not kept:
+                empty.append(key)
+            count += len(kept)
+            for since, keep, _ in kept:
+                idle = idle or now - since > keep
+        if count <= self.in_all and not idle:
+            for key in empty:
                 del self._kept[key]
             return []  # nothing idle too long, nothing beyond the cap: the common case
         entries = sorted(
