@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import ModuleType
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +46,15 @@ class PermissionSettings(Settings):
     )
 
 
+@functools.cache
+def _sealing() -> ModuleType:
+    """`jitc.sealing`, imported (with PyNaCl) when a grant first seals credentials; then an
+    import statement no more at every grant."""
+    from jitc import sealing
+
+    return sealing
+
+
 @dataclass(frozen=True)
 class GrantSpec:
     """A validated grant, ready for a template: everything comes from the catalog or was checked."""
@@ -72,10 +83,8 @@ class GrantSpec:
         failure here would skip; the engine's own seal reports any error, after them."""
         key = self.identity.public_key
         if key is not None and not self._sealed:
-            from jitc.sealing import seal  # PyNaCl, imported when a grant first seals
-
             try:
-                box = seal(credentials, key)
+                box = _sealing().seal(credentials, key)
             except Exception:
                 return
             self._sealed.append((credentials, box))

@@ -19,7 +19,9 @@ the sweep after downtime). A revoke is `ACL DELUSER`, which also closes the user
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -235,6 +237,15 @@ def check_resources(spec: GrantSpec) -> None:
             raise Refused(f"resources[{index}]", f"{pattern!r} is not a key pattern")
 
 
+@functools.cache
+def _take() -> Callable[[str, Connection, Secret | None, LabelKey | None], RedisSession]:
+    """`redis_session.take`, imported (with redis-py) when a first session is opened. An import
+    statement of a module already loaded still costs ~8k instructions, at every batch."""
+    from jitc.templates.redis_session import take
+
+    return take
+
+
 class RedisTemplate:
     kind: ClassVar[str] = "redis"
     Connection: ClassVar[type[Settings]] = Connection
@@ -264,7 +275,5 @@ class RedisTemplate:
         secret: Secret | None,
         label_key: LabelKey | None = None,
     ) -> RedisSession:
-        from jitc.templates.redis_session import take
-
         assert isinstance(connection, Connection)
-        return take(integration, connection, secret, label_key)
+        return _take()(integration, connection, secret, label_key)
