@@ -37,7 +37,7 @@ KEY = LabelKey.from_secret("a-label-key-for-the-pool-tests")
 
 
 def _key(name: str) -> PoolKey:
-    return (name, "{}", "s", "l")
+    return (name, "{}", "s")
 
 
 def test_a_session_past_its_idle_limit_is_closed_at_the_next_give_back(
@@ -72,3 +72,28 @@ def test_the_total_cap_closes_the_oldest_and_a_taken_key_leaves_no_empty_entry()
     # Newest first for a key.
     assert pool.take(_key("2"), 300.0, None, KEY) is extra
     assert pool.take(_key("2"), 300.0, None, KEY) is sessions[2]
+
+
+def test_the_pool_key_tells_every_pair_of_admin_secret_and_label_key_apart() -> None:
+    """One digest covers both secrets: moving bytes from one into the other, or swapping them,
+    gives another key; the same pair, read again by a later batch, the same one."""
+    from pydantic import BaseModel
+
+    from jitc.templates.kept import pool_key
+
+    class Settings(BaseModel):
+        host: str = "h"
+
+    settings = Settings()
+    label = "k" * 16
+
+    def key(secret: str | None, label_key: str) -> PoolKey:
+        given = Secret(secret) if secret is not None else None
+        return pool_key("i", settings, given, LabelKey.from_secret(label_key))
+
+    assert key("ab", label) == key("ab", label)
+    assert key("ab", label) != key("a", "b" + label)
+    assert key("abkkkkkkkkkkkkkkkk", "b" * 16) != key("ab", "k" * 16 + "b" * 16)
+    assert key(None, label) == key("", label)  # no credential: the login without a password
+    assert key("0", label) != key("", "0" + label)
+    assert all(secret not in "".join(key(secret, label)) for secret in ("ab", label))

@@ -5,7 +5,7 @@ A queue delivers one message per batch more often than not, and a new client (it
 its login, for redis-py the client object itself) costs about what the grant does. A session is
 kept after its batch only when it is idle and healthy, and handed out again only to a batch of
 the same integration with the same connection settings, the same admin secret and the same label
-key. The key holds digests, never a secret: each is keyed with a random per-process key, so a
+key. The key holds a digest, never a secret, keyed with a random per-process key, so a
 memory dump gives no digest that could be looked up. While kept a session holds neither the
 admin secret nor the label key: the batch that takes it gives it that batch's own
 (`hand_over`), and `give_back` takes them away. A session idle past its integration's limit is
@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from jitc.labels import LabelKey
 from jitc.secrets import Secret
 
-PoolKey = tuple[str, str, str, str]
+PoolKey = tuple[str, str, str]
 _DIGEST_KEY = os.urandom(32)
 
 
@@ -71,14 +71,14 @@ class KeptSession:
 def pool_key(
     integration: str, connection: BaseModel, secret: Secret | None, key: LabelKey
 ) -> PoolKey:
-    password = secret.reveal() if secret is not None else ""
+    password = (secret.reveal() if secret is not None else "").encode()
     return (
         integration,
         _settings_json(connection),
         # Keyed BLAKE2b under a key of this process (the pool key holds no secret and lives
-        # only here): a quarter of an OpenSSL HMAC's instructions, twice in every batch.
-        _digest(b"secret\0" + password.encode()),
-        _digest(b"label key\0" + key.secret),
+        # only here): a quarter of an OpenSSL HMAC's instructions. One digest of both secrets,
+        # the admin secret's length first so no two pairs of secrets run together alike.
+        _digest(b"%d\0%b%b" % (len(password), password, key.secret)),
     )
 
 
