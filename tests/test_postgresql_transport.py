@@ -512,3 +512,25 @@ def test_a_ca_directory_anyone_else_could_change_is_refused(
         _admin_connect({"host": "db.example.com", "sslrootcert_pem": pki["ca"]})
     assert "not a directory of this user's alone" in str(err.value)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_system_means_the_hosts_trust_store_and_needs_verify_full(
+    pki: dict[str, Any], tls_listener: TlsListener, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg's binary wheel links an OpenSSL whose own store is a folder of its build that no
+    host has, so libpq's `system` trusted nothing on the serverless hosts: `system` is the
+    store the interpreter's OpenSSL finds (here made to hold the test CA), and, as any public
+    CA signs for anyone's name, only with the name checked."""
+    store = tmp_path / "store.pem"
+    store.write_text(pki["ca"])
+    found = ssl.get_default_verify_paths()
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: found._replace(cafile=str(store)))
+    connection = {
+        "host": HOST, "port": tls_listener.port, "connect_timeout": 2, "sslrootcert": "system",
+    }  # fmt: skip
+    with pytest.raises(TargetError):  # the listener ends every session after the startup
+        _admin_connect(connection)
+    assert tls_listener.handshake_errors == []
+    assert len(tls_listener.startups) == 1  # over TLS, verified against the host's store
+    with pytest.raises(CatalogError, match="verify-full"):
+        _catalog({**connection, "sslmode": "verify-ca"})

@@ -230,6 +230,10 @@ class Connection(Settings):
                 f"sslmode {self.sslmode!r} lets a network attacker read or relay the admin "
                 "session; use verify-full, or set allow_insecure_transport: true"
             )
+        if self.sslrootcert == "system" and self.effective_sslmode != "verify-full":
+            # Any public CA signs for anyone's name: without the name checked, whoever holds
+            # any certificate could stand in for the server (libpq refuses it too).
+            raise ValueError("sslrootcert 'system' needs sslmode verify-full")
         return self
 
     @property

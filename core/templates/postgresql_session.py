@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import select
+import ssl
 import stat
 import tempfile
 import threading
@@ -488,15 +489,30 @@ def ca_file(pem: str) -> str:
         return path
 
 
+def system_ca_file() -> str:
+    """The host's trust store, as `sslrootcert: system` means it. libpq's own `system` asks
+    the OpenSSL it is linked with, and psycopg's binary wheel carries an OpenSSL whose store is
+    a folder of its build (/usr/lib/psycopg-openssl) that no host has: on Lambda, Cloud Run and
+    Azure Functions it would trust nothing. The interpreter's OpenSSL knows the host's
+    (`SSL_CERT_FILE` first, as OpenSSL reads it)."""
+    found = ssl.get_default_verify_paths().cafile
+    if not found:
+        raise OSError("no CA bundle of the system found (set SSL_CERT_FILE)")
+    return found
+
+
 def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.Connection[Any]:
     """The admin connection, as every session and the credential rotation open it."""
     where = f"PostgreSQL {s.host}:{s.port}/{dbname} as {s.user}"
     sslrootcert = s.sslrootcert
-    if s.sslrootcert_pem is not None:
-        try:
+    try:
+        if s.sslrootcert_pem is not None:
             sslrootcert = ca_file(s.sslrootcert_pem)
-        except OSError as exc:
-            raise TargetError(f"cannot connect to {where}: sslrootcert_pem: {exc}") from None
+        elif sslrootcert == "system":
+            # verify-full, which the catalog requires with `system`, checks the name.
+            sslrootcert = system_ca_file()
+    except OSError as exc:
+        raise TargetError(f"cannot connect to {where}: {exc}") from None
     # Pinned at connect, before any statement: no schema a user can create in is searched,
     # and no lock a user holds can stall us for longer than these bounds. A database's owner
     # (any CREATEDB user, for a database PUBLIC may connect to) may set defaults for every
