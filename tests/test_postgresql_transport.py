@@ -110,8 +110,9 @@ def test_catalog_warnings_name_each_relaxed_setting() -> None:
     assert [w for w in catalog_warnings(strict) if "secret scheme 'mem'" not in w] == []
 
 
-class CleartextAsker:
-    """Accepts PostgreSQL connections, refuses TLS, asks for a cleartext password, records."""
+class _Listener:
+    """A PostgreSQL server's socket on 127.0.0.2: accepts connections and hands each to
+    `_talk`; `received` holds every byte read."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -144,6 +145,16 @@ class CleartextAsker:
         return data
 
     def _talk(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class CleartextAsker(_Listener):
+    """Accepts PostgreSQL connections, refuses TLS, asks for a cleartext password, records."""
+
+    def _talk(self, conn: socket.socket) -> None:
         while True:
             (length,) = struct.unpack("!I", self._read(conn, 4))
             body = self._read(conn, length - 4)
@@ -157,9 +168,6 @@ class CleartextAsker:
         (length,) = struct.unpack("!I", self._read(conn, 4))
         self._read(conn, length - 4)
         assert kind == b"p"
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -309,43 +317,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-class TlsListener:
+class TlsListener(_Listener):
     """Accepts PostgreSQL connections, answers the SSLRequest with 'S', completes a TLS
     handshake as 127.0.0.2 and records each startup message that arrives over it."""
 
     def __init__(self, cert: str, key: str) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen()
-        self.port = int(self.sock.getsockname()[1])
         self.ssl_requests = 0
         self.handshake_errors: list[str] = []
         self.startups: list[bytes] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                with contextlib.suppress(OSError):
-                    self._talk(conn)
-
-    @staticmethod
-    def _read(conn: socket.socket, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = conn.recv(size - len(data))
-            if not chunk:
-                raise OSError("closed")
-            data += chunk
-        return data
+        super().__init__()
 
     def _talk(self, conn: socket.socket) -> None:
         while True:
@@ -371,9 +353,6 @@ class TlsListener:
             self.startups.append(self._read(tls, length - 4))
             message = b"SFATAL\x00C28000\x00Mjitc test listener\x00\x00"
             tls.sendall(b"E" + struct.pack("!I", len(message) + 4) + message)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
