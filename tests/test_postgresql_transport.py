@@ -21,6 +21,7 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -451,7 +452,7 @@ def test_the_ca_file_is_private_and_a_planted_link_is_never_followed(
     from jitc.templates import postgresql_session as session
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(session, "_CA_FILES", {})
+    monkeypatch.setattr(session, "_CA_DIRECTORY", [])
     folder = Path(session.ca_directory())
     assert folder.parent == tmp_path
     # Someone who can write there plants a link at the name the CA's file will have.
@@ -472,13 +473,15 @@ def test_the_ca_file_is_private_and_a_planted_link_is_never_followed(
 
 
 @pytest.mark.parametrize("planted", ["link", "open"])
-def test_a_ca_directory_anyone_else_could_change_is_refused(
+def test_a_ca_directory_anyone_else_made_is_never_used_and_blocks_nothing(
     pki: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
 ) -> None:
+    """Any local user can make the predictable name first (a sticky temp dir keeps its owner
+    from removing it): the connector neither trusts what is there nor stops connecting."""
     from jitc.templates import postgresql_session as session
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(session, "_CA_FILES", {})
+    monkeypatch.setattr(session, "_CA_DIRECTORY", [])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(mode=0o700)
     predictable = tmp_path / f"jitc-ca-{os.geteuid()}"
@@ -487,10 +490,93 @@ def test_a_ca_directory_anyone_else_could_change_is_refused(
     else:
         predictable.mkdir()
         predictable.chmod(0o755)
-    with pytest.raises(TargetError) as err:
-        _admin_connect({"host": "db.example.com", "sslrootcert_pem": pki["ca"]})
-    assert "not a directory of this user's alone" in str(err.value)
-    assert list(elsewhere.iterdir()) == []
+    path = Path(session.ca_file(pki["ca"]))
+    assert path.parent.parent == tmp_path and path.parent != predictable
+    assert stat.S_IMODE(path.parent.lstat().st_mode) == 0o700 and path.read_text() == pki["ca"]
+    assert list(elsewhere.iterdir()) == [] and not any(predictable.iterdir())
+
+
+# --- what OpenSSL reads is what the check read ------------------------------------------------
+
+
+def _hidden_by_a_long_line(pem: str) -> str:
+    """`pem` on one line that starts as a comment: OpenSSL reads PEM in pieces of 254
+    characters, so a BEGIN line can start mid-line, where no reviewer and no line-based check
+    looks (the rest of the line is past the edge of a diff)."""
+    data = "".join(pem.splitlines()[1:-1])
+    line = "# this server's CA"
+    line += " " * (254 - len(line)) + "-----BEGIN CERTIFICATE-----" + " " * (254 - 27) + data
+    return line + " " * (-len(line) % 254) + "-----END CERTIFICATE-----\n"
+
+
+def _hidden_by_a_control_character(pem: str) -> str:
+    """OpenSSL strips every byte up to ' ' at the end of a BEGIN line; a line-based check that
+    takes only blanks there counts no certificate."""
+    return pem.replace("CERTIFICATE-----\n", "CERTIFICATE-----\x01\n", 1)
+
+
+@pytest.mark.parametrize("hide", [_hidden_by_a_long_line, _hidden_by_a_control_character])
+def test_a_certificate_the_check_did_not_see_is_never_trusted(
+    pki: dict[str, Any], tls_listener: TlsListener, hide: Any
+) -> None:
+    connection = {
+        "host": HOST,
+        "port": tls_listener.port,
+        "connect_timeout": 2,
+        "sslmode": "verify-full",
+        # One CA to the check (another one); the listener's CA rides along unseen.
+        "sslrootcert_pem": pki["other"] + hide(pki["ca"]),
+    }
+    with pytest.raises(CatalogError, match="sslrootcert_pem"):
+        _catalog(connection)
+
+
+def test_libpq_reads_only_the_certificates_the_check_read(
+    pki: dict[str, Any], tls_listener: TlsListener
+) -> None:
+    """Comments and all are dropped: the file libpq reads is the checked certificates written
+    out again, so no reading of the text other than the check's can add one."""
+    connection = _catalog({"host": HOST, "sslrootcert_pem": f"# ours\n{pki['other']}"})
+    assert connection.integrations["db"].connection.sslrootcert_pem == pki["other"]
+
+
+def test_a_long_run_of_blank_lines_is_refused_quickly() -> None:
+    started = time.monotonic()
+    with pytest.raises(CatalogError, match="sslrootcert_pem"):
+        _catalog({"host": HOST, "sslrootcert_pem": "-----BEGIN CERTIFICATE-----\n" + "\n" * 16000})
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_cached_ca_path_is_not_used_once_someone_else_remade_its_directory(
+    pki: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tmp cleaner (systemd-tmpfiles' aging) removes the private directory of a long-lived
+    `jitc serve`; another user makes one at the same, predictable name with a file at the CA's
+    name (its sha256, from a public CA). libpq is never led there."""
+    from jitc.templates import postgresql_session as session
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(session, "_CA_DIRECTORY", [])
+    path = Path(session.ca_file(pki["other"]))
+    folder = path.parent
+    path.unlink()
+    folder.rmdir()
+    folder.mkdir(mode=0o755)  # someone else's now (here: open to others)
+    path.write_text(pki["ca"])
+    with pytest.raises(OSError, match="alone"):
+        session.ca_file(pki["other"])
+
+
+def test_a_changed_ca_file_is_written_again(
+    pki: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jitc.templates import postgresql_session as session
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(session, "_CA_DIRECTORY", [])
+    path = Path(session.ca_file(pki["other"]))
+    path.write_text(pki["ca"])  # what a process of this user's could do
+    assert session.ca_file(pki["other"]) == str(path) and path.read_text() == pki["other"]
 
 
 def test_system_means_the_hosts_trust_store_and_needs_verify_full(
@@ -513,3 +599,15 @@ def test_system_means_the_hosts_trust_store_and_needs_verify_full(
     assert len(tls_listener.startups) == 1  # over TLS, verified against the host's store
     with pytest.raises(CatalogError, match="verify-full"):
         _catalog({**connection, "sslmode": "verify-ca"})
+
+
+def test_a_ca_that_checks_no_name_or_is_not_used_is_named(pki: dict[str, Any]) -> None:
+    """verify-ca with public roots pinned lets any server certified by them stand in; a CA
+    given with an sslmode that verifies nothing is ignored by libpq."""
+    remote = {"host": "db.example.com", "sslrootcert_pem": pki["ca"]}
+    clean = catalog_warnings(_catalog({**remote, "sslmode": "verify-full"}))
+    assert not [w for w in clean if "sslmode" in w], clean
+    named = catalog_warnings(_catalog({**remote, "sslmode": "verify-ca"}))
+    assert any("verify-ca: the server's name is not checked" in w for w in named), named
+    loopback = catalog_warnings(_catalog({"host": "127.0.0.1", "sslrootcert_pem": pki["ca"]}))
+    assert any("the CA given is not used" in w for w in loopback), loopback

@@ -34,9 +34,11 @@ _WEAK_SSL = frozenset({"disable", "allow", "prefer", "require"})
 # A CA bundle inline in the catalog: a regional bundle (RDS) is a few certificates; a catalog is
 # no place for a whole trust store.
 PEM_LIMIT = 16 * 1024
-_PEM_LABEL = re.compile(r"^-----BEGIN ([^-\r\n]*)-----\s*$", re.MULTILINE)
+# Trailing blanks only, never a newline: `\s*$` would backtrack over every blank line.
+_PEM_LABEL = re.compile(r"^-----BEGIN ([^-\r\n]*)-----[ \t\r]*$", re.MULTILINE)
 _PEM_CERTIFICATE = re.compile(
-    r"^-----BEGIN CERTIFICATE-----\s*$(.*?)^-----END CERTIFICATE-----\s*$", re.MULTILINE | re.DOTALL
+    r"^-----BEGIN CERTIFICATE-----[ \t\r]*$(.*?)^-----END CERTIFICATE-----[ \t\r]*$",
+    re.MULTILINE | re.DOTALL,
 )
 
 # Bundle statements: privileges a bundle role holds for every member. Never CREATE: a member
@@ -107,14 +109,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_ca_pem(text: str) -> None:
-    """Refuse anything but one or more X.509 certificates in PEM, as OpenSSL (libpq's) reads
-    them: a private key pasted along would be published with the catalog, and a block OpenSSL
-    skips or cannot read would leave the connection trusting less than the reviewer saw."""
+def check_ca_pem(text: str) -> str:
+    """The certificates of `text`, one or more X.509 certificates in PEM, written out again
+    from what was checked: libpq is never handed the text itself, whose comments OpenSSL may
+    read otherwise than this check (a block past a line's 254th character, or after a control
+    character, is a certificate to OpenSSL). Anything that is not plainly certificates and
+    comments is refused: a private key pasted along would be published with the catalog."""
     if len(text.encode()) > PEM_LIMIT:
         raise ValueError(f"is larger than {PEM_LIMIT // 1024} KiB")
-    if not text.isascii():
-        raise ValueError("must be PEM (ASCII) text")
+    if not text.isascii() or any(c < " " and c not in "\t\r\n" for c in text):
+        raise ValueError("must be PEM text (printable ASCII)")
     labels = _PEM_LABEL.findall(text)
     if not labels:
         raise ValueError("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
@@ -124,16 +128,18 @@ def check_ca_pem(text: str) -> None:
     bodies = _PEM_CERTIFICATE.findall(text)
     if len(bodies) != len(labels):
         raise ValueError("has a certificate without its -----END CERTIFICATE----- line")
+    if text.count("-----") != 4 * len(bodies):
+        # Every "-----" belongs to a BEGIN or END line of its own: none hides in a comment.
+        raise ValueError("has a BEGIN or END of a PEM block that is not on a line of its own")
+    ders = []
     for number, body in enumerate(bodies, 1):
         try:
             der = base64.b64decode("".join(body.split()), validate=True)
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
         except (ValueError, ssl.SSLError):
             raise ValueError(f"certificate {number} is not an X.509 certificate") from None
-    try:  # and the text as a whole, as libpq will read it
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
-    except ssl.SSLError:
-        raise ValueError("is not a PEM bundle OpenSSL reads") from None
+        ders.append(der)
+    return "".join(ssl.DER_cert_to_PEM_cert(der) for der in ders)
 
 
 class Connection(Settings):
@@ -218,8 +224,7 @@ class Connection(Settings):
             raise ValueError(
                 "sslrootcert_pem and sslrootcert are exclusive: give the CA inline or as a file"
             )
-        check_ca_pem(value)
-        return value
+        return check_ca_pem(value)
 
     @model_validator(mode="after")
     def _transport(self) -> Connection:
@@ -279,6 +284,14 @@ class Connection(Settings):
             found.append(
                 "per-role settings are set, but a grantee can change its own: not a control"
             )
+        pinned = self.sslrootcert is not None or self.sslrootcert_pem is not None
+        if self.effective_sslmode == "verify-ca":
+            found.append(
+                "sslmode verify-ca: the server's name is not checked, so any server with a "
+                "certificate from the same CA passes"
+            )
+        elif pinned and self.effective_sslmode not in ("verify-full", "verify-ca"):
+            found.append(f"sslmode {self.effective_sslmode}: the CA given is not used")
         return found
 
 

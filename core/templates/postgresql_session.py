@@ -438,41 +438,59 @@ _NEWER_SETTINGS = ((140000, "idle_session_timeout"), (170000, "transaction_timeo
 _SERVER_VERSIONS: dict[tuple[str, int], int] = {}
 
 
-# libpq reads a CA only from a file: a catalog's sslrootcert_pem is written once per process,
-# under a name that is its sha256 (a changed CA gets a file of its own), to a directory of this
-# user's alone in the temp dir (a Cloud Run, Lambda or Azure Functions instance's only writable
-# place).
-_CA_FILES: dict[str, str] = {}
+# libpq reads a CA only from a file: a catalog's sslrootcert_pem is written under a name that is
+# its sha256 (a changed CA gets a file of its own), to a directory of this user's alone in the
+# temp dir (a Cloud Run, Lambda or Azure Functions instance's only writable place).
 _CA_LOCK = threading.Lock()
+_CA_DIRECTORY: list[str] = []  # the directory chosen, once per process
+
+
+def _private(found: os.stat_result, mode: int) -> bool:
+    return found.st_uid == os.geteuid() and stat.S_IMODE(found.st_mode) == mode
 
 
 def ca_directory() -> str:
-    """This user's private directory for CA files: made 0700, and refused when anyone else
-    could have made or changed it (a link to elsewhere, another owner, other users' access)."""
-    path = os.path.join(tempfile.gettempdir(), f"jitc-ca-{os.geteuid()}")
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
+    """This user's private directory for CA files, checked again at every use: `jitc-ca-<uid>`
+    in the temp dir, made 0700; or, when anyone else made or can change that name (a link,
+    another owner, other users' access: a local user can plant it before the first connect),
+    a fresh one of `mkdtemp`'s for the rest of the process, so the plant neither blocks the
+    connector nor is trusted."""
+    if _CA_DIRECTORY:
+        path = _CA_DIRECTORY[0]
+    else:
+        path = os.path.join(tempfile.gettempdir(), f"jitc-ca-{os.geteuid()}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        found = os.lstat(path)
+        if not (stat.S_ISDIR(found.st_mode) and _private(found, 0o700)):
+            path = tempfile.mkdtemp(prefix="jitc-ca-")
+        _CA_DIRECTORY.append(path)
     found = os.lstat(path)
-    if (
-        not stat.S_ISDIR(found.st_mode)
-        or found.st_uid != os.geteuid()
-        or stat.S_IMODE(found.st_mode) & 0o077
-    ):
-        raise OSError(f"{path} is not a directory of this user's alone (0700)")
+    if not (stat.S_ISDIR(found.st_mode) and _private(found, 0o700)):
+        # Removed (a temp cleaner) and made again by someone else since: never used.
+        raise OSError(f"{path} is not a directory of this user's alone (0700) any more")
     return path
 
 
 def ca_file(pem: str) -> str:
-    """The path of a file holding `pem`, for libpq's sslrootcert."""
+    """The path of a file holding exactly `pem`, for libpq's sslrootcert: checked at every
+    connect (its directory ours and 0700, the file ours, 0600, one link, this content), written
+    anew otherwise."""
     digest = hashlib.sha256(pem.encode()).hexdigest()
     with _CA_LOCK:
-        path = _CA_FILES.get(digest)
-        if path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    return path
         folder = ca_directory()
         path = os.path.join(folder, f"{digest}.pem")
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as held:
+                found = os.fstat(held.fileno())
+                if (
+                    stat.S_ISREG(found.st_mode)
+                    and _private(found, 0o600)
+                    and found.st_nlink == 1
+                    and held.read(len(pem) + 1) == pem.encode()
+                ):
+                    return path
         # A fresh name nobody can have planted anything at (O_EXCL, O_NOFOLLOW), renamed over
         # the final one: a link found there is replaced, never followed.
         temporary = os.path.join(folder, f".{digest}.{secrets.token_hex(8)}.tmp")
@@ -485,7 +503,6 @@ def ca_file(pem: str) -> str:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        _CA_FILES[digest] = path
         return path
 
 
