@@ -96,4 +96,5 @@ def test_the_pool_key_tells_every_pair_of_admin_secret_and_label_key_apart() -> 
     assert key("abkkkkkkkkkkkkkkkk", "b" * 16) != key("ab", "k" * 16 + "b" * 16)
     assert key(None, label) == key("", label)  # no credential: the login without a password
     assert key("0", label) != key("", "0" + label)
-    assert all(secret not in "".join(key(secret, label)) for secret in ("ab", label))
+    # Neither secret is in the key (each with letters no hex digest holds).
+    assert all(secret not in "".join(key(secret, label)) for secret in ("pw-secret-xyz", label))
