@@ -88,19 +88,15 @@ def _client_options(endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any
     return {"api_endpoint": host}, {"url_scheme": scheme}
 
 
-def credentials() -> Any:
-    """The function's service account, shared by every Google client of the process
-    (`jitc.google_credentials`): one access token, fetched and refreshed in one place."""
-    return service_account()
-
-
 def _rest_client(client_class: Any, transport_class: Any, endpoint: str | None) -> Any:
     options, extra = _client_options(endpoint)
     if not extra:
         return client_class(
-            credentials=credentials(), transport="rest", client_options=options or None
+            credentials=service_account(), transport="rest", client_options=options or None
         )
-    transport = transport_class(host=options["api_endpoint"], credentials=credentials(), **extra)
+    transport = transport_class(
+        host=options["api_endpoint"], credentials=service_account(), **extra
+    )
     return client_class(transport=transport)
 
 

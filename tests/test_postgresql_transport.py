@@ -8,6 +8,7 @@ enough of the PostgreSQL protocol to ask for the password in the clear and recor
 
 from __future__ import annotations
 
+import abc
 import base64
 import contextlib
 import datetime
@@ -111,7 +112,7 @@ def test_catalog_warnings_name_each_relaxed_setting() -> None:
     assert [w for w in catalog_warnings(strict) if "secret scheme 'mem'" not in w] == []
 
 
-class _Listener:
+class _Listener(abc.ABC):
     """A PostgreSQL server's socket on 127.0.0.2: accepts connections and hands each to
     `_talk`; `received` holds every byte read."""
 
@@ -145,8 +146,9 @@ class _Listener:
         self.received += data
         return data
 
+    @abc.abstractmethod
     def _talk(self, conn: socket.socket) -> None:
-        raise NotImplementedError
+        """One client's conversation."""
 
     def close(self) -> None:
         self.sock.close()
@@ -363,6 +365,11 @@ def tls_listener(pki: dict[str, Any]) -> Iterator[TlsListener]:
     server.close()
 
 
+def _through(listener: TlsListener) -> dict[str, Any]:
+    """Connection settings that reach `listener` and check its name."""
+    return {"host": HOST, "port": listener.port, "connect_timeout": 2, "sslmode": "verify-full"}
+
+
 def _admin_connect(connection: dict[str, Any]) -> None:
     from jitc.templates.postgresql_session import admin_connect
 
@@ -374,10 +381,7 @@ def test_an_inline_ca_verifies_the_servers_certificate(
     pki: dict[str, Any], tls_listener: TlsListener
 ) -> None:
     connection = {
-        "host": HOST,
-        "port": tls_listener.port,
-        "connect_timeout": 2,
-        "sslmode": "verify-full",
+        **_through(tls_listener),
         # A bundle, as a rotation or a regional bundle has it: libpq reads every certificate.
         "sslrootcert_pem": f"# another\n{pki['other']}\n# this server's\n{pki['ca']}",
     }
@@ -393,10 +397,7 @@ def test_another_cas_certificate_ends_the_connection_before_the_startup(
     pki: dict[str, Any], tls_listener: TlsListener
 ) -> None:
     connection = {
-        "host": HOST,
-        "port": tls_listener.port,
-        "connect_timeout": 2,
-        "sslmode": "verify-full",
+        **_through(tls_listener),
         "sslrootcert_pem": pki["other"],
     }
     with pytest.raises(TargetError):
@@ -520,10 +521,7 @@ def test_a_certificate_the_check_did_not_see_is_never_trusted(
     pki: dict[str, Any], tls_listener: TlsListener, hide: Any
 ) -> None:
     connection = {
-        "host": HOST,
-        "port": tls_listener.port,
-        "connect_timeout": 2,
-        "sslmode": "verify-full",
+        **_through(tls_listener),
         # One CA to the check (another one); the listener's CA rides along unseen.
         "sslrootcert_pem": pki["other"] + hide(pki["ca"]),
     }

@@ -681,14 +681,18 @@ class GcpIamSession:
         title = f"{TITLE_PREFIX}{spec.grant_id}"
         policies = self._policies()
         existing, squatters = self._scan(spec.grant_id, policies)
-        for resource, _ in squatters:
-            if resource in spec.resources:
-                # Someone wrote a binding under this grant's title: never adopted, never
-                # edited, and no grant is made beside it that a revoke could confuse.
+
+        def refuse_if_squatted(resource: str, squatters: list[tuple[str, str]]) -> None:
+            # Someone wrote a binding under this grant's title: never adopted, never edited, and
+            # no grant is made beside it that a revoke could confuse.
+            if any(where == resource for where, _ in squatters):
                 raise Refused(
                     "grant_id",
                     f"{resource} has a binding titled {title!r} not created by this connector",
                 )
+
+        for resource in spec.resources:
+            refuse_if_squatted(resource, squatters)
         for _, _, _, label in existing:
             if label.get("s") == "t":  # a tombstone binding, as earlier versions wrote them
                 raise Refused(
@@ -723,14 +727,9 @@ class GcpIamSession:
                     bindings = policy.setdefault("bindings", [])
                     if binding in bindings:
                         return False
-                    if self._scan(spec.grant_id, {resource: policy})[1]:
-                        # Written since the grant's first read (its write was refused for the
-                        # etag, and this is the policy read again): refused as that read would.
-                        raise Refused(
-                            "grant_id",
-                            f"{resource} has a binding titled {title!r} not created by this "
-                            "connector",
-                        )
+                    # Written since the grant's first read (its write was refused for the etag,
+                    # and this is the policy read again): refused as that read would.
+                    refuse_if_squatted(resource, self._scan(spec.grant_id, {resource: policy})[1])
                     _make_room(resource, bindings, binding, member)
                     bindings.append(binding)
                     return True

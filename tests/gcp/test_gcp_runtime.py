@@ -16,7 +16,7 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from jitc.errors import TargetError
 from jitc.gcp import runtime
 from jitc.gcp.oidc import CertificateCache
-from jitc.google_credentials import CLOUD_PLATFORM
+from jitc.google_credentials import CLOUD_PLATFORM, service_account
 from jitc.templates.gcp_iam import _Api
 
 
@@ -135,7 +135,7 @@ def test_on_cloud_run_the_metadata_servers_credentials_are_built_without_probing
     fresh_runtime.setenv("K_SERVICE", "jitc-worker")
     fresh_runtime.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     fresh_runtime.setattr(google.auth, "default", probe)
-    found = runtime.credentials()
+    found = service_account()
     assert isinstance(found, compute_engine.Credentials)
     # The scope every client asks for, set (no client makes a rescoped copy), and the
     # instance's default account.
@@ -148,4 +148,4 @@ def test_a_key_file_on_cloud_run_is_still_used(fresh_runtime: pytest.MonkeyPatch
     fresh_runtime.setenv("K_SERVICE", "jitc-worker")
     fresh_runtime.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
     fresh_runtime.setattr(google.auth, "default", lambda **kwargs: (chosen, None))
-    assert runtime.credentials() is chosen
+    assert service_account() is chosen
