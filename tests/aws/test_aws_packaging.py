@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from awsharness import PG_SCHEMA, deploy, drop_pg_roles, pg_integration, signed_http_event
+from closure import unmet_requirements
 
 from jitc.models import derive_grant_id
 from jitc.packaging import build
@@ -99,6 +101,21 @@ def test_the_build_is_reproducible_and_holds_only_what_it_should(
     assert not [n for n in names if n.startswith(("tests/", "bench/", "infra/", "azure/"))]
     manifest = json.loads(zipfile.ZipFile(package).read("jitc-package.json"))
     assert manifest["cloud"] == "aws" and "boto3==1.44.8" in manifest["requirements"]
+
+
+def test_every_packaged_distribution_finds_what_it_requires(
+    package: Path, tmp_path: Path
+) -> None:
+    # The pins are installed with --no-deps: a dependency missing from them would be missing
+    # from the zip, and the function would fail at its first import in the cloud.
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(folder)
+    pins = json.loads((folder / "jitc-package.json").read_text())["requirements"]
+    assert unmet_requirements(folder, pins) == []
+    # And it would be seen: jmespath is what boto3 needs.
+    shutil.rmtree(next(folder.glob("jmespath-*.dist-info")))
+    assert [u for u in unmet_requirements(folder, pins) if u.startswith("jmespath")]
 
 
 def test_the_unpacked_zip_runs_the_deployed_handler_paths(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,6 +20,7 @@ from typing import Any
 import azharness
 import pytest
 from azharness import PG_SCHEMA, http_request
+from closure import unmet_requirements
 
 from jitc.models import derive_grant_id
 from jitc.packaging import ROOT, build
@@ -142,6 +144,21 @@ def test_the_build_is_reproducible_and_holds_only_what_it_should(
     assert not [n for n in names if n.startswith(("core/", "tests/", "bench/", "infra/", "aws/"))]
     manifest = json.loads(zipfile.ZipFile(package).read("jitc-package.json"))
     assert manifest["cloud"] == "azure" and "azure-functions==1.26.0" in manifest["requirements"]
+
+
+def test_every_packaged_distribution_finds_what_it_requires(
+    package: Path, tmp_path: Path
+) -> None:
+    # The pins are installed with --no-deps: a dependency missing from them would be missing
+    # from the zip, and the function would fail at its first import in the cloud.
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(folder)
+    pins = json.loads((folder / "jitc-package.json").read_text())["requirements"]
+    assert unmet_requirements(folder, pins) == []
+    # And it would be seen: isodate is what azure-keyvault-secrets needs.
+    shutil.rmtree(next(folder.glob("isodate-*.dist-info")))
+    assert [u for u in unmet_requirements(folder, pins) if u.startswith("isodate")]
 
 
 def test_the_unpacked_zip_runs_the_deployed_entry_file(
