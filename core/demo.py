@@ -33,6 +33,7 @@ from jitc.runtime import LocalRuntime
 from jitc.sealing import box_keypair, unseal
 from jitc.secrets import EnvSecretStore, SecretStores
 from jitc.signing import sign, signing_keypair
+from jitc.templates.postgresql_session import connect_failure
 
 
 class DemoFailed(Exception):
@@ -57,24 +58,6 @@ def _reachable(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
         return True
     return False
-
-
-def why(exc: psycopg.Error) -> str:
-    """One line saying why a connection failed, without the connection string or a secret."""
-    text = str(exc).lower()
-    for needle, reason in (
-        ("password authentication failed", "authentication failed (user or password)"),
-        ("authentication", "authentication failed"),
-        ("connection refused", "connection refused (is the server running on that port?)"),
-        ("timeout", "timed out"),
-        ("could not translate host name", "unknown host name"),
-        ("does not exist", "the database or user does not exist"),
-        ("invalid dsn", "not a valid connection string"),
-        ("connection info string", "not a valid connection string"),
-    ):
-        if needle in text:
-            return reason
-    return type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -138,7 +121,8 @@ def _connect_admin(dsn: str, where: str) -> tuple[psycopg.Connection[Any], dict[
     try:
         admin = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
-        raise DemoFailed(f"cannot connect to PostgreSQL ({where}): {why(exc)}") from None
+        reason = connect_failure(exc)
+        raise DemoFailed(f"cannot connect to PostgreSQL ({where}): {reason}") from None
     return admin, params
 
 
@@ -207,7 +191,7 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         try:
             admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         except psycopg.Error as exc:
-            raise DemoFailed(f"cannot create schema {schema}: {why(exc)}") from None
+            raise DemoFailed(f"cannot create schema {schema}: {connect_failure(exc)}") from None
         state["schema"] = schema
         state["role_prefix"] = connection["role_prefix"]
         admin.execute(

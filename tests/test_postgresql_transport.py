@@ -32,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pgtest import PG_DSN
+from psycopg.conninfo import conninfo_to_dict
 
 from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.engine import Engine
@@ -609,3 +611,45 @@ def test_a_ca_that_checks_no_name_or_is_not_used_is_named(pki: dict[str, Any]) -
     assert any("verify-ca: the server's name is not checked" in w for w in named), named
     loopback = catalog_warnings(_catalog({"host": "127.0.0.1", "sslrootcert_pem": pki["ca"]}))
     assert any("the CA given is not used" in w for w in loopback), loopback
+
+
+def _local(**connection: Any) -> dict[str, Any]:
+    """The suite's own server, as the rest of the suite reaches it."""
+    info = conninfo_to_dict(PG_DSN)
+    return {
+        "host": info.get("host", "127.0.0.1"),
+        "port": int(info.get("port", 5432)),
+        "user": info.get("user", "postgres"),
+        "dbname": info.get("dbname", "test"),
+        "connect_timeout": 2,
+        **connection,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"port": 1}, "connection refused: nothing listens at the host and port"),
+        ({"dbname": "jitc_no_such_database"}, "the database does not exist"),
+        ({"user": "jitc_no_such_role"}, "the role does not exist"),
+    ],
+)
+def test_a_failed_connection_says_why_and_never_echoes_the_servers_words(
+    change: dict[str, Any], reason: str
+) -> None:
+    connection = _local(**change)
+    with pytest.raises(TargetError) as failed:
+        _admin_connect(connection)
+    assert str(failed.value).endswith(f": {reason}")
+    assert CANARY not in str(failed.value)
+    outcome = _grant(connection)
+    assert outcome.status == "failed" and reason in (outcome.message or "")
+    # The server's own words stay out of the outcome.
+    assert "FATAL" not in (outcome.message or "") and "TCP/IP" not in (outcome.message or "")
+
+
+def test_a_certificate_of_another_ca_is_named_as_such(
+    pki: dict[str, Any], tls_listener: TlsListener
+) -> None:
+    with pytest.raises(TargetError, match=r"not signed by a trusted CA$"):
+        _admin_connect({**_through(tls_listener), "sslrootcert_pem": pki["other"]})

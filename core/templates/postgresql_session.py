@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import select
 import ssl
@@ -593,7 +594,7 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     except psycopg.Error as exc:
         if refused_credential(exc):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
-        raise TargetError(f"cannot connect to {where}: {type(exc).__name__}") from None
+        raise TargetError(f"cannot connect to {where}: {connect_failure(exc)}") from None
     version = conn.info.server_version
     _SERVER_VERSIONS[server] = version
     missing = {name for since, name in _NEWER_SETTINGS if since <= version} - set(newer)
@@ -610,6 +611,46 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
     # two, and every execute would count its uses.
     conn.prepare_threshold = None
     return conn
+
+
+# Why a connection failed, from libpq's or the server's message (untranslated, as a function's
+# locale leaves them; libpq gives a failed connection no SQLSTATE): the operator learns which
+# setting to look at, and the message itself, which names hosts, users and databases, never
+# reaches an outcome or a log. The patterns are compiled once a connection fails, not at every
+# cold start.
+_CONNECT_FAILURES = (
+    (r"invalid dsn|connection info string", "not a valid connection string"),
+    (r"password authentication failed", "the server refused the user or the password"),
+    (r"could not translate host name", "the host name does not resolve"),
+    (r"Connection refused", "connection refused: nothing listens at the host and port"),
+    (r"timeout expired", "no answer within connect_timeout"),
+    (r"certificate verify failed", "the server's certificate is not signed by a trusted CA"),
+    (r"does not match host name", "the server's certificate does not name the host"),
+    (r"server does not support SSL", "the server offers no TLS"),
+    (r"no pg_hba\.conf entry", "the server's pg_hba.conf has no entry for this connection"),
+    (r"channel binding", "channel binding was required and not done"),
+    (
+        r"authentication method requirement",
+        "the server asked for an authentication method require_auth refuses",
+    ),
+    (r'FATAL: +database "[^\n]*" does not exist', "the database does not exist"),
+    (r'FATAL: +role "[^\n]*" does not exist', "the role does not exist"),
+    (r"too many (clients|connections)", "the server has no connection slot left"),
+    (
+        r"the database system is (starting up|shutting down|in recovery mode)",
+        "the server is not accepting connections",
+    ),
+)
+
+
+def connect_failure(exc: psycopg.Error) -> str:
+    """What went wrong connecting, in words of our own; the error's type when it is none of
+    those known."""
+    text = str(exc)
+    for pattern, reason in _CONNECT_FAILURES:
+        if re.search(pattern, text):
+            return reason
+    return type(exc).__name__
 
 
 def refused_credential(exc: psycopg.Error) -> bool:
