@@ -300,3 +300,26 @@ def test_a_scheduled_call_that_never_reaches_its_function_is_alerted_on() -> Non
     assert any("google_logging_metric.scheduler_failures.name" in f for f in filters), filters
     waited = MODULE.resource("time_sleep", "log_metrics")["triggers"]
     assert "google_logging_metric.scheduler_failures.id" in str(waited)
+
+
+def test_a_scheduled_job_paused_or_deleted_by_hand_is_alerted_on() -> None:
+    """A job never attempted again logs no failure, and a sweep that had not completed since the
+    last apply gives Cloud Monitoring no point to judge an absence by: the job's Admin Activity
+    audit entry (always written) raises the sweep's alert instead."""
+    jobs = MODULE.locals["scheduled_jobs"]
+    metric = MODULE.resource("google_logging_metric", "scheduler_stopped")["filter"]
+    assert "cloudaudit.googleapis.com%2Factivity" in metric
+    assert 'protoPayload.serviceName="cloudscheduler.googleapis.com"' in metric
+    for method in ("PauseJob", "DeleteJob"):
+        assert f'"google.cloud.scheduler.v1.CloudScheduler.{method}"' in metric
+    # Only this deployment's jobs, named as the module names them; the name is a literal
+    # in the regular expression (the module's names hold no metacharacter but "-").
+    names = re.search(r'resourceName=~"/jobs/\$\{var\.name\}-\(([a-z|]+)\)\$"', metric)
+    assert names is not None and set(names.group(1).split("|")) == set(jobs), metric
+    assert MODULE.resource("google_cloud_scheduler_job", "job")["name"] == "${var.name}-${each.key}"
+    policy = MODULE.resource("google_monitoring_alert_policy", "sweep_silence")
+    filters = [c["condition_threshold"][0]["filter"] for c in policy["conditions"]
+               if "condition_threshold" in c]  # fmt: skip
+    assert any("google_logging_metric.scheduler_stopped.name" in f for f in filters), filters
+    waited = MODULE.resource("time_sleep", "log_metrics")["triggers"]
+    assert "google_logging_metric.scheduler_stopped.id" in str(waited)

@@ -37,6 +37,24 @@ resource "google_logging_metric" "scheduler_failures" {
   }
 }
 
+# A job paused or deleted by hand is never attempted again: no failure and, when the sweep had
+# not completed since the last apply, no absence either (Cloud Monitoring judges an absence
+# only after a first point). Its Admin Activity audit log entry, always written, counts instead.
+resource "google_logging_metric" "scheduler_stopped" {
+  project = var.project_id
+  name    = "${var.name}-scheduler-stopped"
+  filter  = <<-EOT
+    logName="projects/${var.project_id}/logs/cloudaudit.googleapis.com%2Factivity"
+    protoPayload.serviceName="cloudscheduler.googleapis.com"
+    protoPayload.methodName=("google.cloud.scheduler.v1.CloudScheduler.PauseJob" OR "google.cloud.scheduler.v1.CloudScheduler.DeleteJob")
+    protoPayload.resourceName=~"/jobs/${var.name}-(sweep|sync)$"
+  EOT
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+  }
+}
+
 resource "google_logging_metric" "sweep_completed" {
   project = var.project_id
   name    = "${var.name}-sweep-completed"
@@ -60,6 +78,7 @@ resource "time_sleep" "log_metrics" {
   triggers = {
     failures        = google_logging_metric.failures.id
     scheduler       = google_logging_metric.scheduler_failures.id
+    stopped         = google_logging_metric.scheduler_stopped.id
     sweep_completed = google_logging_metric.sweep_completed.id
     sync_completed  = google_logging_metric.sync_completed.id
   }
@@ -107,6 +126,20 @@ resource "google_monitoring_alert_policy" "sweep_silence" {
   combiner              = "OR"
   notification_channels = var.notification_channels
   depends_on            = [time_sleep.log_metrics]
+
+  conditions {
+    display_name = "sweep or sync job paused or deleted"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.scheduler_stopped.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_SUM"
+      }
+    }
+  }
 
   conditions {
     display_name = "sweep heartbeat absent"
