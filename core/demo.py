@@ -121,7 +121,7 @@ def _connect_admin(dsn: str, where: str) -> tuple[psycopg.Connection[Any], dict[
     try:
         admin = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
-        reason = connect_failure(exc)
+        reason = connect_failure(str(exc))
         raise DemoFailed(f"cannot connect to PostgreSQL ({where}): {reason}") from None
     return admin, params
 
@@ -191,7 +191,9 @@ def _story(dsn: str, where: str, seconds: int) -> None:
         try:
             admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         except psycopg.Error as exc:
-            raise DemoFailed(f"cannot create schema {schema}: {connect_failure(exc)}") from None
+            raise DemoFailed(
+                f"cannot create schema {schema}: {connect_failure(str(exc))}"
+            ) from None
         state["schema"] = schema
         state["role_prefix"] = connection["role_prefix"]
         admin.execute(

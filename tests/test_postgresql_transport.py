@@ -632,6 +632,14 @@ def _local(**connection: Any) -> dict[str, Any]:
         ({"port": 1}, "connection refused: nothing listens at the host and port"),
         ({"dbname": "jitc_no_such_database"}, "the database does not exist"),
         ({"user": "jitc_no_such_role"}, "the role does not exist"),
+        # Anyone who may create a database names it: its name is not the server's words (the
+        # bundle check connects to every database listed). Read as a refused password, this
+        # one made the engine read the secret again and run the grant again.
+        (
+            {"dbname": 'jitc" password authentication failed for user "x'},
+            "the database does not exist",
+        ),
+        ({"dbname": "jitc Connection refused timeout expired"}, "the database does not exist"),
     ],
 )
 def test_a_failed_connection_says_why_and_never_echoes_the_servers_words(
@@ -640,6 +648,7 @@ def test_a_failed_connection_says_why_and_never_echoes_the_servers_words(
     connection = _local(**change)
     with pytest.raises(TargetError) as failed:
         _admin_connect(connection)
+    assert type(failed.value) is TargetError  # not AuthenticationFailed
     assert str(failed.value).endswith(f": {reason}")
     assert CANARY not in str(failed.value)
     outcome = _grant(connection)

@@ -139,9 +139,7 @@ class SessionPool(Generic[S]):
         session.pool_key = wanted
         return session, False
 
-    def take(
-        self, wanted: PoolKey, keep: float, secret: Secret | None, key: LabelKey
-    ) -> S | None:
+    def take(self, wanted: PoolKey, keep: float, secret: Secret | None, key: LabelKey) -> S | None:
         """A kept session for this key, given `secret` and `key`, or None: the caller makes a
         new one."""
         while True:

@@ -586,15 +586,17 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
                 break
             except psycopg.OperationalError as exc:
                 # Named in the message, translated or not; anything else is raised.
-                unknown = [name for name in newer if name in str(exc)]
+                text = _without_names(exc, s.host, dbname, s.user)
+                unknown = [name for name in newer if name in text]
                 if not unknown:
                     raise
                 dropped.update(unknown)
                 newer = [name for name in newer if name not in unknown]
     except psycopg.Error as exc:
-        if refused_credential(exc):
+        text = _without_names(exc, s.host, dbname, s.user)
+        if refused_credential(exc, text):
             raise AuthenticationFailed(f"{where}: the admin credential was refused") from None
-        raise TargetError(f"cannot connect to {where}: {connect_failure(exc)}") from None
+        raise TargetError(f"cannot connect to {where}: {connect_failure(text)}") from None
     version = conn.info.server_version
     _SERVER_VERSIONS[server] = version
     missing = {name for since, name in _NEWER_SETTINGS if since <= version} - set(newer)
@@ -621,7 +623,7 @@ def admin_connect(s: Connection, dbname: str, secret: Secret | None) -> psycopg.
 _CONNECT_FAILURES = (
     (r"invalid dsn|connection info string", "not a valid connection string"),
     (r"password authentication failed", "the server refused the user or the password"),
-    (r"could not translate host name", "the host name does not resolve"),
+    (r"could not translate host name|failed to resolve host", "the host name does not resolve"),
     (r"Connection refused", "connection refused: nothing listens at the host and port"),
     (r"timeout expired", "no answer within connect_timeout"),
     (r"certificate verify failed", "the server's certificate is not signed by a trusted CA"),
@@ -635,30 +637,45 @@ _CONNECT_FAILURES = (
     ),
     (r'FATAL: +database "[^\n]*" does not exist', "the database does not exist"),
     (r'FATAL: +role "[^\n]*" does not exist', "the role does not exist"),
-    (r"too many (clients|connections)", "the server has no connection slot left"),
+    (r"permission denied for database", "the admin may not connect to the database (CONNECT)"),
     (
-        r"the database system is (starting up|shutting down|in recovery mode)",
+        r"too many (clients|connections)|remaining connection slots are reserved",
+        "the server has no connection slot left",
+    ),
+    (
+        r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)",
         "the server is not accepting connections",
     ),
 )
 
 
-def connect_failure(exc: psycopg.Error) -> str:
-    """What went wrong connecting, in words of our own; the error's type when it is none of
-    those known."""
+def _without_names(exc: psycopg.Error, *names: str) -> str:
+    """The error's text with each name we connected with, quoted as the server and libpq quote
+    it, taken out. A database's name is anyone's to choose who may create one (the bundle check
+    connects to every database listed), and its words are not the server's: a database named
+    `password authentication failed` would otherwise pass for a refused admin password, which
+    the engine answers by reading the secret again and running the grant again."""
     text = str(exc)
+    for name in sorted({n for n in names if n}, key=len, reverse=True):
+        text = text.replace(f'"{name}"', '""')
+    return text
+
+
+def connect_failure(text: str) -> str:
+    """What went wrong connecting, in words of our own, from the error's text without the names
+    connected with (`_without_names`); "OperationalError" when it is none of those known."""
     for pattern, reason in _CONNECT_FAILURES:
         if re.search(pattern, text):
             return reason
-    return type(exc).__name__
+    return "OperationalError"
 
 
-def refused_credential(exc: psycopg.Error) -> bool:
+def refused_credential(exc: psycopg.Error, text: str) -> bool:
     """The server refused the password (28P01) or the role (28000), as opposed to being down:
-    libpq gives no SQLSTATE for a failed connection attempt, only the server's message."""
+    libpq gives no SQLSTATE for a failed connection attempt, only the server's message.
+    `text`: the error's text without the names connected with (`_without_names`)."""
     if exc.sqlstate in ("28P01", "28000"):
         return True
-    text = str(exc)
     return "password authentication failed" in text or "authentication failed for user" in text
 
 
