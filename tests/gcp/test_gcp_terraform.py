@@ -310,8 +310,15 @@ def test_a_scheduled_job_paused_or_deleted_by_hand_is_alerted_on() -> None:
     metric = MODULE.resource("google_logging_metric", "scheduler_stopped")["filter"]
     assert "cloudaudit.googleapis.com%2Factivity" in metric
     assert 'protoPayload.serviceName="cloudscheduler.googleapis.com"' in metric
-    for method in ("PauseJob", "DeleteJob"):
-        assert f'"google.cloud.scheduler.v1.CloudScheduler.{method}"' in metric
+    # The method, whichever API version made the call (Cloud Scheduler's audit logging page
+    # lists v1, v1beta1 and v1alpha1): a pause or a delete, never a resume or an update.
+    method = re.search(r'protoPayload\.methodName=~"([^"]+)"', metric)
+    assert method is not None, metric
+    for version in ("v1", "v1beta1", "v1alpha1"):
+        for name, counted in (("PauseJob", True), ("DeleteJob", True), ("ResumeJob", False),
+                              ("UpdateJob", False), ("CreateJob", False)):  # fmt: skip
+            called = f"google.cloud.scheduler.{version}.CloudScheduler.{name}"
+            assert bool(re.search(method.group(1), called)) is counted, called
     # Only this deployment's jobs, named as the module names them; the name is a literal
     # in the regular expression (the module's names hold no metacharacter but "-").
     names = re.search(r'resourceName=~"/jobs/\$\{var\.name\}-\(([a-z|]+)\)\$"', metric)
@@ -320,6 +327,11 @@ def test_a_scheduled_job_paused_or_deleted_by_hand_is_alerted_on() -> None:
     policy = MODULE.resource("google_monitoring_alert_policy", "sweep_silence")
     filters = [c["condition_threshold"][0]["filter"] for c in policy["conditions"]
                if "condition_threshold" in c]  # fmt: skip
-    assert any("google_logging_metric.scheduler_stopped.name" in f for f in filters), filters
+    # Monitoring refuses a condition on a log-based metric without a resource type.
+    assert any(
+        "google_logging_metric.scheduler_stopped.name" in f
+        and 'resource.type=\\"cloud_scheduler_job\\"' in f
+        for f in filters
+    ), filters
     waited = MODULE.resource("time_sleep", "log_metrics")["triggers"]
     assert "google_logging_metric.scheduler_stopped.id" in str(waited)

@@ -39,14 +39,16 @@ resource "google_logging_metric" "scheduler_failures" {
 
 # A job paused or deleted by hand is never attempted again: no failure and, when the sweep had
 # not completed since the last apply, no absence either (Cloud Monitoring judges an absence
-# only after a first point). Its Admin Activity audit log entry, always written, counts instead.
+# only after a first point). Its Admin Activity audit log entry, always written, counts instead,
+# whichever API version made the call (v1, v1beta1, v1alpha1). A destroy, or a replacement of
+# a job by Terraform, counts too.
 resource "google_logging_metric" "scheduler_stopped" {
   project = var.project_id
   name    = "${var.name}-scheduler-stopped"
   filter  = <<-EOT
     logName="projects/${var.project_id}/logs/cloudaudit.googleapis.com%2Factivity"
     protoPayload.serviceName="cloudscheduler.googleapis.com"
-    protoPayload.methodName=("google.cloud.scheduler.v1.CloudScheduler.PauseJob" OR "google.cloud.scheduler.v1.CloudScheduler.DeleteJob")
+    protoPayload.methodName=~"^google.cloud.scheduler.v1[a-z0-9]*.CloudScheduler.(PauseJob|DeleteJob)$"
     protoPayload.resourceName=~"/jobs/${var.name}-(sweep|sync)$"
   EOT
   metric_descriptor {
@@ -130,7 +132,7 @@ resource "google_monitoring_alert_policy" "sweep_silence" {
   conditions {
     display_name = "sweep or sync job paused or deleted"
     condition_threshold {
-      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.scheduler_stopped.name}\""
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.scheduler_stopped.name}\" AND resource.type=\"cloud_scheduler_job\""
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "0s"
