@@ -34,3 +34,11 @@ def test_a_version_the_requirement_refuses_is_named(tmp_path: Path) -> None:
     _dist(tmp_path, "core", "2.3")
     assert unmet_requirements(tmp_path, ["client==1.0"]) == ["core<2,>=1.2 (the package has 2.3)"]
     assert unmet_requirements(tmp_path, ["client==1.1"]) == ["client==1.1 (the package has 1.0)"]
+
+
+def test_a_distribution_installed_twice_is_named(tmp_path: Path) -> None:
+    # Which of the two Python imports is a matter of chance: neither is trusted.
+    _dist(tmp_path, "core", "1.0")
+    _dist(tmp_path, "core", "2.0")
+    unmet = unmet_requirements(tmp_path, ["core>=1"])
+    assert "core (installed 2 times)" in unmet

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
 import uuid
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from awsharness import PG_SCHEMA, deploy, drop_pg_roles, pg_integration, signed_http_event
-from closure import unmet_requirements
+from closure import connector_requirements, unmet_requirements
 
 from jitc.models import derive_grant_id
 from jitc.packaging import build
@@ -103,19 +103,23 @@ def test_the_build_is_reproducible_and_holds_only_what_it_should(
     assert manifest["cloud"] == "aws" and "boto3==1.44.8" in manifest["requirements"]
 
 
-def test_every_packaged_distribution_finds_what_it_requires(
-    package: Path, tmp_path: Path
-) -> None:
+def test_every_packaged_distribution_finds_what_it_requires(package: Path, tmp_path: Path) -> None:
     # The pins are installed with --no-deps: a dependency missing from them would be missing
     # from the zip, and the function would fail at its first import in the cloud.
     folder = tmp_path / "unpacked"
     with zipfile.ZipFile(package) as archive:
         archive.extractall(folder)
     pins = json.loads((folder / "jitc-package.json").read_text())["requirements"]
-    assert unmet_requirements(folder, pins) == []
-    # And it would be seen: jmespath is what boto3 needs.
-    shutil.rmtree(next(folder.glob("jmespath-*.dist-info")))
-    assert [u for u in unmet_requirements(folder, pins) if u.startswith("jmespath")]
+    roots = [*pins, *connector_requirements("aws")]
+    assert unmet_requirements(folder, roots) == []
+    # And it would be seen where no pin says it: psycopg[binary] (the connector's own extra)
+    # asks for psycopg-binary of exactly psycopg's version.
+    (info,) = folder.glob("psycopg_binary-*.dist-info")
+    metadata = info / "METADATA"
+    metadata.write_text(re.sub(r"(?m)^Version: .*$", "Version: 3.0.0", metadata.read_text()))
+    pins = [p if not p.startswith("psycopg-binary==") else "psycopg-binary==3.0.0" for p in pins]
+    unmet = unmet_requirements(folder, [*pins, *connector_requirements("aws")])
+    assert [u for u in unmet if u.startswith("psycopg-binary==")], unmet
 
 
 def test_the_unpacked_zip_runs_the_deployed_handler_paths(
