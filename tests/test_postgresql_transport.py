@@ -109,7 +109,9 @@ def test_catalog_warnings_name_each_relaxed_setting() -> None:
         "per-role",
     ):
         assert needle in text, needle
-    strict = _catalog({"host": "db.example.com"}, {"label_key": "mem:label"})
+    strict = _catalog(
+        {"host": "db.example.com", "sslrootcert": "system"}, {"label_key": "mem:label"}
+    )
     # `mem:` is this test's own secret store, which the catalog cannot know of.
     assert [w for w in catalog_warnings(strict) if "secret scheme 'mem'" not in w] == []
 
@@ -611,6 +613,12 @@ def test_a_ca_that_checks_no_name_or_is_not_used_is_named(pki: dict[str, Any]) -
     assert any("verify-ca: the server's name is not checked" in w for w in named), named
     loopback = catalog_warnings(_catalog({"host": "127.0.0.1", "sslrootcert_pem": pki["ca"]}))
     assert any("the CA given is not used" in w for w in loopback), loopback
+    # Verification with no CA named fails at the first connection: said at the catalog check.
+    for mode in ("verify-full", "verify-ca"):
+        bare = catalog_warnings(_catalog({"host": "db.example.com", "sslmode": mode}))
+        assert any(f"sslmode {mode} names no CA" in w for w in bare), bare
+    system = {"host": "db.example.com", "sslrootcert": "system"}
+    assert not [w for w in catalog_warnings(_catalog(system)) if "names no CA" in w]
 
 
 def _local(**connection: Any) -> dict[str, Any]:
@@ -662,3 +670,14 @@ def test_a_certificate_of_another_ca_is_named_as_such(
 ) -> None:
     with pytest.raises(TargetError, match=r"not signed by a trusted CA$"):
         _admin_connect({**_through(tls_listener), "sslrootcert_pem": pki["other"]})
+
+
+def test_verification_without_a_ca_names_the_settings_that_give_one(
+    tls_listener: TlsListener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq looks for ~/.postgresql/root.crt, which a function's home never holds.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(TargetError) as failed:
+        _admin_connect(_through(tls_listener))
+    assert str(failed.value).endswith(": no CA to check the server's certificate against")
+    assert tls_listener.startups == []

@@ -292,6 +292,12 @@ class Connection(Settings):
             )
         elif pinned and self.effective_sslmode not in ("verify-full", "verify-ca"):
             found.append(f"sslmode {self.effective_sslmode}: the CA given is not used")
+        if not pinned and self.effective_sslmode in ("verify-full", "verify-ca"):
+            found.append(
+                f"sslmode {self.effective_sslmode} names no CA: libpq looks for "
+                "~/.postgresql/root.crt, which no function has; set sslrootcert_pem (the "
+                "provider's CA bundle) or sslrootcert: system"
+            )
         return found
 
 

@@ -626,6 +626,7 @@ _CONNECT_FAILURES = (
     (r"could not translate host name|failed to resolve host", "the host name does not resolve"),
     (r"Connection refused", "connection refused: nothing listens at the host and port"),
     (r"timeout expired", "no answer within connect_timeout"),
+    (r"root certificate file .* does not exist", "no CA to check the server's certificate against"),
     (r"certificate verify failed", "the server's certificate is not signed by a trusted CA"),
     (r"does not match host name", "the server's certificate does not name the host"),
     (r"server does not support SSL", "the server offers no TLS"),
