@@ -588,13 +588,18 @@ class AwsIamSession:
 
     # -- revoke ----------------------------------------------------------------------------
 
-    def _attachments(self, arn: str) -> tuple[list[str], list[str]]:
+    def _attachments(self, arn: str) -> tuple[list[str], list[str], list[str]]:
+        """The roles, users and groups the policy is attached to. Groups too: whoever may
+        attach policies to a group can hang the grant's there, and IAM deletes no policy that
+        is attached anywhere."""
         roles: list[str] = []
         users: list[str] = []
+        groups: list[str] = []
         for page in self.iam.get_paginator("list_entities_for_policy").paginate(PolicyArn=arn):
             roles += [r["RoleName"] for r in page.get("PolicyRoles", [])]
             users += [u["UserName"] for u in page.get("PolicyUsers", [])]
-        return roles, users
+            groups += [g["GroupName"] for g in page.get("PolicyGroups", [])]
+        return roles, users, groups
 
     def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
         if until <= utcnow():
@@ -635,11 +640,13 @@ class AwsIamSession:
         # policy, and no redelivered grant can slip in between.
         self._tombstone(grant_id, label, max(tombstone_until, expires_at))
         arn = self._arn(policy_name(grant_id))
-        roles, users = self._attachments(arn)
+        roles, users, groups = self._attachments(arn)
         for role in roles:
             self.iam.detach_role_policy(RoleName=role, PolicyArn=arn)
         for user in users:
             self.iam.detach_user_policy(UserName=user, PolicyArn=arn)
+        for group in groups:
+            self.iam.detach_group_policy(GroupName=group, PolicyArn=arn)
         if label.get("principal_type") == "role" and self._revokes_sessions(label):
             self._revoke_sessions(str(label["principal"]))
         for version in self.iam.list_policy_versions(PolicyArn=arn)["Versions"]:

@@ -4,9 +4,10 @@ still talks HTTP to a real server.
 moto keeps the tags given at CreatePermissionSet but has no TagResource, UntagResource or
 ListTagsForResource for sso-admin; these three operate on that same list, with AWS's limit of
 50 tags per resource; permission set ARNs in AWS's shape; and the permissions boundary of an
-IAM user, which moto's CreateUser drops; and IAM's quota of 6,144 characters per policy
-document. When a test enforces IAM, policies are matched with IAM's wildcards rather than as
-regular expressions.
+IAM user, which moto's CreateUser drops; IAM's quota of 6,144 characters per policy
+document; and IAM's refusal to delete a policy still attached to anything (DeleteConflict).
+When a test enforces IAM, policies are matched with IAM's wildcards rather than as regular
+expressions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from botocore.awsrequest import AWSRequest
 from moto.core.exceptions import JsonRESTError
 from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
-from moto.iam.exceptions import LimitExceededException
+from moto.iam.exceptions import DeleteConflictException, LimitExceededException
 from moto.iam.responses import IamResponse
 from moto.moto_api._internal import mock_random as random
 from moto.ssoadmin.models import PermissionSet
@@ -100,6 +101,20 @@ def _create_policy_within_size(original: Any) -> Any:
     return create_policy
 
 
+def _delete_policy_unattached(original: Any) -> Any:
+    # moto deletes a policy still attached to a user, group or role; IAM refuses with
+    # DeleteConflict ("Cannot delete a policy attached to entities."), and a revoke that forgot
+    # an attachment would fail there, not pass.
+    def delete_policy(self: Any) -> Any:
+        arn = self._get_param("PolicyArn")
+        policy = self.backend.managed_policies.get(arn)
+        if policy is not None and policy.attachment_count > 0:
+            raise DeleteConflictException("Cannot delete a policy attached to entities.")
+        return original(self)
+
+    return delete_policy
+
+
 def _iam_match(pattern: str, value: str) -> re.Match[str] | None:
     """IAM's wildcards, `*` and `?`, and nothing else of regex syntax (moto's own matcher reads
     the pattern as a regex, so `secret:name-??????` breaks it). A resource moto could not
@@ -133,6 +148,7 @@ def install() -> None:
     if not getattr(IamResponse, "_jitc_boundary", False):
         IamResponse.create_user = _create_user_with_boundary(IamResponse.create_user)  # type: ignore[method-assign]
         IamResponse.create_policy = _create_policy_within_size(IamResponse.create_policy)  # type: ignore[method-assign]
+        IamResponse.delete_policy = _delete_policy_unattached(IamResponse.delete_policy)  # type: ignore[method-assign]
         IamResponse._jitc_boundary = True  # type: ignore[attr-defined]
     PermissionSet.generate_id = staticmethod(_permission_set_arn)  # type: ignore[method-assign]
     SSOAdminResponse.tag_resource = tag_resource  # type: ignore[attr-defined]

@@ -277,3 +277,41 @@ def test_each_statement_the_targets_need_is_missed_without_it(
     _roles(values, without=missing)
     # The worker's statements serve grants and revokes, the sweep's the sweep.
     assert flow(deployment, idc, "grant" if missing[0] == "worker" else "sweep") != []
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["as-deployed", "without-group-detach"])
+def test_a_grant_policy_hung_on_a_group_is_taken_off_under_the_terraform_policies(
+    world: Any, allowed: bool
+) -> None:
+    """Someone who may attach policies to groups hangs the grant's policy on one: the worker's
+    role, as Terraform writes it, may take it off there (IAM deletes no attached policy); the
+    revoke fails without that statement."""
+    deployment, _, values = world
+    _roles(values, without=None if allowed else ("worker", "DetachGrantPoliciesFromGroups"))
+    sqs = client("sqs")
+    run = uuid.uuid4().hex[:6]
+    _send(_request(IAM, f"h{run}", "grant", deployment, 1800), deployment)
+    assert not deliver(sqs, deployment.queue_url, deployment.queue_arn, worker.handler).failed_ids
+    drain_events(sqs, deployment.events_url)
+    group = f"everyone-{run}"
+    with disable_iam_authentication():  # the neighbour with iam:AttachGroupPolicy
+        iam = client("iam")
+        (name,) = [p["PolicyName"] for p in
+                   iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]]  # fmt: skip
+        arn = next(p["Arn"] for p in iam.list_policies(Scope="Local")["Policies"]
+                   if p["PolicyName"] == name)  # fmt: skip
+        iam.create_group(GroupName=group)
+        iam.attach_group_policy(GroupName=group, PolicyArn=arn)
+    _send(_request(IAM, f"h{run}", "revoke", deployment, 0), deployment)
+    deliver(sqs, deployment.queue_url, deployment.queue_arn, worker.handler)
+    outcomes = [e["detail"] for e in drain_events(sqs, deployment.events_url)
+                if e["detail-type"] == "jitc.outcome"]  # fmt: skip
+    with disable_iam_authentication():
+        left = iam.list_attached_group_policies(GroupName=group)["AttachedPolicies"]
+        for policy in left:  # what a failed revoke left, for the next test
+            iam.detach_group_policy(GroupName=group, PolicyArn=policy["PolicyArn"])
+        iam.delete_group(GroupName=group)
+    if allowed:
+        assert [o["status"] for o in outcomes] == ["revoked"] and left == [], outcomes
+    else:
+        assert [o["status"] for o in outcomes] != ["revoked"] and left != [], outcomes

@@ -714,3 +714,32 @@ def test_minting_a_token_used_outside_aws_needs_the_mark(action: str) -> None:
     from jitc.templates.aws_iam import escalations
 
     assert escalations(_allow(action)["policy"]) == [f"Statement[0] allows {action}"]
+
+
+def test_a_grant_policy_hung_on_a_group_is_taken_off_at_the_revoke(
+    engine: Engine, iam: Any
+) -> None:
+    """Whoever may attach policies to a group can hang a grant's policy there (its members then
+    hold the grant); IAM deletes no policy still attached anywhere (DeleteConflict, which the
+    fake enforces too), so a revoke that left the group would fail for ever."""
+    gid = run(engine, grant("s3-read", "dev-ana", ["bucket-a"])).grant_id
+    arn = next(p["Arn"] for p in iam.list_policies(Scope="Local")["Policies"]
+               if p["PolicyName"] == f"jitc-{gid}")  # fmt: skip
+    iam.create_group(GroupName="everyone")
+    iam.attach_group_policy(GroupName="everyone", PolicyArn=arn)
+    done = run(engine, revoke(gid))
+    assert (done.status, done.verified, done.residual) == ("revoked", True, [])
+    assert iam.list_attached_group_policies(GroupName="everyone")["AttachedPolicies"] == []
+    assert f"jitc-{gid}" not in ours(iam)
+
+
+def test_the_fake_refuses_to_delete_an_attached_policy_as_iam_does(iam: Any) -> None:
+    arn = iam.create_policy(PolicyName="attached", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                                  "Resource": "*"}]}))["Policy"]["Arn"]  # fmt: skip
+    iam.create_group(GroupName="holders")
+    iam.attach_group_policy(GroupName="holders", PolicyArn=arn)
+    with pytest.raises(iam.exceptions.DeleteConflictException):
+        iam.delete_policy(PolicyArn=arn)
+    iam.detach_group_policy(GroupName="holders", PolicyArn=arn)
+    iam.delete_policy(PolicyArn=arn)

@@ -256,6 +256,21 @@ data "aws_iam_policy_document" "worker" {
       }
     }
   }
+  # A grant's policy hung on a group (by whoever may attach policies to groups) is taken off
+  # it at the revoke: IAM deletes no policy that is still attached anywhere.
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "DetachGrantPoliciesFromGroups"
+      actions   = ["iam:DetachGroupPolicy"]
+      resources = ["arn:${local.partition}:iam::${local.account}:group/*"]
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_grant_policy_arn]
+      }
+    }
+  }
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
@@ -389,6 +404,21 @@ data "aws_iam_policy_document" "sweep" {
       sid       = "DetachOnlyGrantPolicies"
       actions   = ["iam:DetachRolePolicy", "iam:DetachUserPolicy"]
       resources = var.iam_target.principal_arns
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_grant_policy_arn]
+      }
+    }
+  }
+  # A grant's policy hung on a group (by whoever may attach policies to groups) is taken off
+  # it at the revoke: IAM deletes no policy that is still attached anywhere.
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "DetachGrantPoliciesFromGroups"
+      actions   = ["iam:DetachGroupPolicy"]
+      resources = ["arn:${local.partition}:iam::${local.account}:group/*"]
       condition {
         test     = "ArnLike"
         variable = "iam:PolicyARN"

@@ -103,6 +103,21 @@ data "aws_iam_policy_document" "connector" {
       }
     }
   }
+  # A grant's policy hung on a group (by whoever may attach policies to groups) is taken off
+  # it at the revoke: IAM deletes no policy that is still attached anywhere.
+  dynamic "statement" {
+    for_each = var.iam_target == null ? [] : [1]
+    content {
+      sid       = "DetachGrantPoliciesFromGroups"
+      actions   = ["iam:DetachGroupPolicy"]
+      resources = ["arn:${local.partition}:iam::${local.account}:group/*"]
+      condition {
+        test     = "ArnLike"
+        variable = "iam:PolicyARN"
+        values   = [local.iam_grant_policy_arn]
+      }
+    }
+  }
   dynamic "statement" {
     for_each = var.iam_target == null ? [] : [1]
     content {
