@@ -282,6 +282,9 @@ def _resources(request: awsharness.Request) -> tuple[list[str], dict[str, str]]:
             context["iam:PermissionsBoundary"] = BOUNDARY
             kind, name = ("role", p["RoleName"]) if "RoleName" in p else ("user", p["UserName"])
             return [f"arn:aws:iam::{A}:{kind}/{name}"], context
+        if "GroupName" in p:
+            # A group (any group: a neighbour may hang a grant's policy on one) is the resource.
+            return [f"arn:aws:iam::{A}:group/{p['GroupName']}"], context
         if request.operation == "CreatePolicy":
             return [f"arn:aws:iam::{A}:policy{p.get('Path', '/')}{p['PolicyName']}"], context
         if "PolicyArn" in p:
