@@ -163,6 +163,13 @@ def assignment_name(grant_id: str, scope: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{grant_id}\0{scope.lower()}"))
 
 
+def _names(assignment: Any, grant_id: str) -> bool:
+    """Whether an assignment bears `grant_id`: its name (the one the grant gave it) or its
+    description."""
+    named = assignment_name(grant_id, str(assignment.scope).lstrip("/"))
+    return str(assignment.name).lower() == named or grant_id in str(assignment.description or "")
+
+
 def _remove_name(grant_id: str, scope: str) -> str:
     """The GUID name of the AdminRemove request that revokes a PIM grant on `/scope`."""
     return str(uuid.uuid5(_NAMESPACE, f"remove\0{grant_id}\0{scope.lower()}"))
@@ -431,9 +438,10 @@ class AzureRbacSession:
         except self.NotFound:
             return None
 
-    def _ours(self) -> list[tuple[Any, dict[str, Any]]]:
-        """Every assignment at or under the connection's scopes that carries our label."""
-        found: dict[str, tuple[Any, dict[str, Any]]] = {}
+    def _listed(self) -> list[tuple[Any, dict[str, Any] | None]]:
+        """Every assignment at or under the connection's scopes, with our label, or None for
+        one that carries none that verifies."""
+        found: dict[str, tuple[Any, dict[str, Any] | None]] = {}
         for scope in self.settings.scopes:
             for assignment in self.assignments.list_for_scope(f"/{scope}"):
                 if str(assignment.id).lower() in found:
@@ -442,10 +450,12 @@ class AzureRbacSession:
                     _under(str(assignment.scope).lstrip("/"), s) for s in self.settings.scopes
                 ):
                     continue
-                label = self._label(assignment)
-                if label is not None:
-                    found[str(assignment.id).lower()] = (assignment, label)
+                found[str(assignment.id).lower()] = (assignment, self._label(assignment))
         return list(found.values())
+
+    def _ours(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Every assignment at or under the connection's scopes that carries our label."""
+        return [(assignment, label) for assignment, label in self._listed() if label is not None]
 
     def _holding(self, principal: str, role: str, scope: str) -> Any | None:
         """The assignment of `role` to `principal` exactly at `scope`, whoever made it."""
@@ -821,7 +831,16 @@ class AzureRbacSession:
         assignment when no grant is left in it."""
         assert self.ledger is not None
         result = RevokeResult(found=False)
-        for listed, label in self._ours():
+        everything = self._listed()
+        # One under this grant's name, or whose description names it, that does not verify
+        # (edited or forged): never touched, named in the outcome so that someone looks.
+        alone = [
+            f"role assignment {assignment.name} on {assignment.scope} names {grant_id} but does "
+            "not verify as the connector's (edited or forged): left alone"
+            for assignment, label in everything
+            if label is None and _names(assignment, grant_id)
+        ]
+        for listed, label in [(a, found) for a, found in everything if found is not None]:
             entry = label["grants"].get(grant_id)
             if entry is None or entry.get("state") == "tombstone":
                 continue
@@ -856,6 +875,7 @@ class AzureRbacSession:
                 if self._get(scope.lstrip("/"), name) is not None:
                     result.residual.append(f"role assignment {name} on {scope} still exists")
         result.verified = not result.residual
+        result.residual = [*alone, *result.residual]
         return result
 
     def forget(self, grant_id: str) -> None:

@@ -727,3 +727,26 @@ def test_adv_a_ledger_that_cannot_be_listed_fails_its_integration_not_the_sweep(
     finally:
         ledger.create_container()  # for the fixture's teardown
     assert list(report.failed) == [plain.integration], report
+
+
+def test_an_assignment_of_the_grant_edited_by_someone_else_is_named_not_passed_over(
+    plain: Env,
+) -> None:
+    """Whoever may write assignments edits the description of the grant's own: the label no
+    longer verifies, so the connector leaves it alone, as it does anything not its own, and the
+    revoke says so instead of "nothing to revoke" with nothing more."""
+    assert plain.run(request_id="edited").status == "granted"
+    [ours] = plain.arm.assignments.values()
+    ours.description = "taken over"
+    revoke = plain.run("revoke", request_id="edited")
+    assert revoke.status == "revoked"
+    assert [r for r in revoke.residual if ours.name in r and "left alone" in r], revoke.residual
+    assert ours.name in {a.name for a in plain.arm.assignments.values()}  # never touched
+    # A description that still names the grant, with its MAC broken, is named the same way.
+    assert plain.run(request_id="edited-2", principal=1).status == "granted"
+    [second] = [a for a in plain.arm.assignments.values() if a.name != ours.name]
+    mac, _, body = str(second.description).partition(".")
+    widened = body[:-1] + ',"extended":true}'  # the MAC no longer matches
+    second.description = f"{mac}.{widened}"
+    again = plain.run("revoke", request_id="edited-2")
+    assert [r for r in again.residual if second.name in r and "left alone" in r], again.residual
