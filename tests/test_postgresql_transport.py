@@ -27,12 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pgtest import PG_DSN
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from jitc.catalog import catalog_warnings, parse_catalog
@@ -681,3 +683,22 @@ def test_verification_without_a_ca_names_the_settings_that_give_one(
         _admin_connect(_through(tls_listener))
     assert str(failed.value).endswith(": no CA to check the server's certificate against")
     assert tls_listener.startups == []
+
+
+def test_a_database_closed_to_connections_is_named_as_such() -> None:
+    """Anyone who may create a database can close it (ALLOW_CONNECTIONS false) after giving a
+    grant's role a privilege there: the revoke that cannot clean it says why, in our words."""
+    name = 'jitc_closed" password authentication failed for user "x'
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {} ALLOW_CONNECTIONS false").format(
+            sql.Identifier(name)))  # fmt: skip
+        try:
+            with pytest.raises(TargetError) as failed:
+                _admin_connect(_local(dbname=name))
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+    assert type(failed.value) is TargetError
+    assert str(failed.value).endswith(
+        ": the database accepts no connections (ALLOW_CONNECTIONS false)"
+    )

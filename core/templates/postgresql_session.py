@@ -640,6 +640,10 @@ _CONNECT_FAILURES = (
     (r'FATAL: +role "[^\n]*" does not exist', "the role does not exist"),
     (r"permission denied for database", "the admin may not connect to the database (CONNECT)"),
     (
+        r"is not currently accepting connections",
+        "the database accepts no connections (ALLOW_CONNECTIONS false)",
+    ),
+    (
         r"too many (clients|connections)|remaining connection slots are reserved",
         "the server has no connection slot left",
     ),
