@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pgtest import PG_DSN
+from pgtest import connection as pgtest_connection
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.engine import Engine
@@ -623,17 +623,9 @@ def test_a_ca_that_checks_no_name_or_is_not_used_is_named(pki: dict[str, Any]) -
     assert not [w for w in catalog_warnings(_catalog(system)) if "names no CA" in w]
 
 
-def _local(**connection: Any) -> dict[str, Any]:
+def _local(**change: Any) -> dict[str, Any]:
     """The suite's own server, as the rest of the suite reaches it."""
-    info = conninfo_to_dict(PG_DSN)
-    return {
-        "host": info.get("host", "127.0.0.1"),
-        "port": int(info.get("port", 5432)),
-        "user": info.get("user", "postgres"),
-        "dbname": info.get("dbname", "test"),
-        "connect_timeout": 2,
-        **connection,
-    }
+    return {**pgtest_connection("jitc_tr_"), "connect_timeout": 2, **change}
 
 
 @pytest.mark.parametrize(

@@ -105,11 +105,14 @@ def _delete_policy_unattached(original: Any) -> Any:
     # moto deletes a policy still attached to a user, group or role; IAM refuses with
     # DeleteConflict ("Cannot delete a policy attached to entities."), and a revoke that forgot
     # an attachment would fail there, not pass.
+    # What is attached is read from the roles, users and groups themselves: moto's own count
+    # is not lowered when a role or user goes with the policy still on it.
     def delete_policy(self: Any) -> Any:
         arn = self._get_param("PolicyArn")
-        policy = self.backend.managed_policies.get(arn)
-        if policy is not None and policy.attachment_count > 0:
-            raise DeleteConflictException("Cannot delete a policy attached to entities.")
+        backend = self.backend
+        for entities in (backend.roles, backend.users, backend.groups):
+            if any(arn in entity.managed_policies for entity in entities.values()):
+                raise DeleteConflictException("Cannot delete a policy attached to entities.")
         return original(self)
 
     return delete_policy

@@ -156,6 +156,10 @@ class AwsIamTarget:
                 entities = iam.list_entities_for_policy(PolicyArn=item["Arn"])
                 for role in entities["PolicyRoles"]:
                     iam.detach_role_policy(RoleName=role["RoleName"], PolicyArn=item["Arn"])
+                for user in entities["PolicyUsers"]:
+                    iam.detach_user_policy(UserName=user["UserName"], PolicyArn=item["Arn"])
+                for group in entities["PolicyGroups"]:
+                    iam.detach_group_policy(GroupName=group["GroupName"], PolicyArn=item["Arn"])
                 iam.delete_policy(PolicyArn=item["Arn"])
         self.reach()
 
