@@ -588,10 +588,10 @@ class AwsIamSession:
 
     # -- revoke ----------------------------------------------------------------------------
 
-    def _attachments(self, arn: str) -> tuple[list[str], list[str], list[str]]:
-        """The roles, users and groups the policy is attached to. Groups too: whoever may
-        attach policies to a group can hang the grant's there, and IAM deletes no policy that
-        is attached anywhere."""
+    def _detach_everywhere(self, arn: str) -> None:
+        """Take one of our policies off every role, user and group it hangs on: whoever may
+        attach policies can hang it anywhere (a group's members then hold it), and IAM deletes
+        no policy that is still attached."""
         roles: list[str] = []
         users: list[str] = []
         groups: list[str] = []
@@ -599,7 +599,12 @@ class AwsIamSession:
             roles += [r["RoleName"] for r in page.get("PolicyRoles", [])]
             users += [u["UserName"] for u in page.get("PolicyUsers", [])]
             groups += [g["GroupName"] for g in page.get("PolicyGroups", [])]
-        return roles, users, groups
+        for role in roles:
+            self.iam.detach_role_policy(RoleName=role, PolicyArn=arn)
+        for user in users:
+            self.iam.detach_user_policy(UserName=user, PolicyArn=arn)
+        for group in groups:
+            self.iam.detach_group_policy(GroupName=group, PolicyArn=arn)
 
     def _tombstone(self, grant_id: str, label: dict[str, Any], until: datetime) -> None:
         if until <= utcnow():
@@ -640,13 +645,7 @@ class AwsIamSession:
         # policy, and no redelivered grant can slip in between.
         self._tombstone(grant_id, label, max(tombstone_until, expires_at))
         arn = self._arn(policy_name(grant_id))
-        roles, users, groups = self._attachments(arn)
-        for role in roles:
-            self.iam.detach_role_policy(RoleName=role, PolicyArn=arn)
-        for user in users:
-            self.iam.detach_user_policy(UserName=user, PolicyArn=arn)
-        for group in groups:
-            self.iam.detach_group_policy(GroupName=group, PolicyArn=arn)
+        self._detach_everywhere(arn)
         if label.get("principal_type") == "role" and self._revokes_sessions(label):
             self._revoke_sessions(str(label["principal"]))
         for version in self.iam.list_policy_versions(PolicyArn=arn)["Versions"]:
@@ -722,7 +721,7 @@ class AwsIamSession:
                     continue
                 if not self._is_cutoff(older, role):
                     continue  # not ours: neither detached nor deleted
-                self.iam.detach_role_policy(RoleName=role, PolicyArn=attached["PolicyArn"])
+                self._detach_everywhere(attached["PolicyArn"])
                 try:
                     self.iam.delete_policy(PolicyArn=attached["PolicyArn"])
                 except self.ClientError as exc:
@@ -749,6 +748,7 @@ class AwsIamSession:
         except Squatted:
             return
         if label is not None and label.get("state") == "tombstone":
+            self._detach_everywhere(self._arn(tombstone_name(grant_id)))
             self.iam.delete_policy(PolicyArn=self._arn(tombstone_name(grant_id)))
 
     # -- sweep and inventory ---------------------------------------------------------------

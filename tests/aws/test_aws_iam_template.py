@@ -362,9 +362,7 @@ def test_with_expiry_keeps_an_earlier_deadline_and_ands_other_conditions() -> No
     }
 
 
-def test_a_principal_without_the_connectors_boundary_gets_nothing(
-    engine: Engine, iam: Any
-) -> None:
+def test_a_principal_without_the_connectors_boundary_gets_nothing(engine: Engine, iam: Any) -> None:
     outcome = run(engine, grant("s3-read", "dev-free", ["bucket-a"]))
     assert (outcome.status, outcome.field) == ("refused", "identity.username")
     assert "permissions boundary" in (outcome.message or "")
@@ -549,9 +547,7 @@ def test_a_member_account_is_reached_through_its_role_with_the_external_id(aws: 
     # The connector's own account holds nothing of it.
     assert client("iam").list_policies(Scope="Local", PathPrefix="/jitc/")["Policies"] == []
     assumed = [r for r in REQUESTS[start:] if r.operation == "AssumeRole"]
-    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [
-        (role_arn, "ext-1")
-    ]
+    assert [(r.params["RoleArn"], r.params["ExternalId"]) for r in assumed] == [(role_arn, "ext-1")]
     aws_session.reset()
 
 
@@ -743,3 +739,23 @@ def test_the_fake_refuses_to_delete_an_attached_policy_as_iam_does(iam: Any) -> 
         iam.delete_policy(PolicyArn=arn)
     iam.detach_group_policy(GroupName="holders", PolicyArn=arn)
     iam.delete_policy(PolicyArn=arn)
+
+
+def test_an_older_session_cutoff_hung_on_a_group_is_taken_off_before_it_goes(
+    engine: Engine, iam: Any
+) -> None:
+    """The same for the connector's session cutoffs: a later revoke replaces the older one, and
+    would fail on IAM's DeleteConflict at every revoke of that role if the older one stayed on a
+    group someone hung it on."""
+    gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
+    assert run(engine, revoke(gid)).status == "revoked"
+    [older] = iam.list_attached_role_policies(RoleName="dev-ana")["AttachedPolicies"]
+    iam.create_group(GroupName="cutoffs")
+    iam.attach_group_policy(GroupName="cutoffs", PolicyArn=older["PolicyArn"])
+    time.sleep(1.1)  # a later cutoff second, so a later policy name
+    gid = run(engine, grant("sessions", "dev-ana", ["bucket-a"])).grant_id
+    assert run(engine, revoke(gid)).status == "revoked"
+    assert iam.list_attached_group_policies(GroupName="cutoffs")["AttachedPolicies"] == []
+    assert older["PolicyArn"] not in {
+        p["Arn"] for p in iam.list_policies(Scope="Local")["Policies"]
+    }
