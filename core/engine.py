@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -183,16 +182,23 @@ class _Batch:
         self._secrets.clear()
 
 
-@dataclass
 class SweepReport:
-    revoked: list[str] = field(default_factory=list)
-    residual: dict[str, list[str]] = field(default_factory=dict)
-    forgotten: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    remaining: int = 0
-    # Revokes (or integrations) not started because the time budget ran out: the next sweep
-    # does them; a sweep that left some is not complete.
-    unfinished: int = 0
+    # A plain class, not a dataclass: see jitc.templates.base.GrantSpec.
+    __slots__ = ("failed", "forgotten", "remaining", "residual", "revoked", "unfinished")
+
+    def __init__(self) -> None:
+        self.revoked: list[str] = []
+        self.residual: dict[str, list[str]] = {}
+        self.forgotten: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.remaining = 0
+        # Revokes (or integrations) not started because the time budget ran out: the next
+        # sweep does them; a sweep that left some is not complete.
+        self.unfinished = 0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"SweepReport({fields})"
 
     @property
     def ok(self) -> bool:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from jitc.catalog import Catalog
 from jitc.errors import Refused
@@ -23,10 +22,9 @@ MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("jitc.intake")
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):  # not a frozen dataclass: see jitc.templates.base.GrantSpec
     status: int
-    body: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any]
 
 
 def _error(status: int, exc: Refused) -> Response:

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -26,14 +25,44 @@ PREFIX = "jitc:"
 VERSION = 2
 
 
-@dataclass(frozen=True)
 class LabelKey:
-    """The connector's label secret, with one derived key per use so no two uses share a key."""
+    """The connector's label secret, with one derived key per use so no two uses share a key.
+
+    Immutable, compared and hashed by its secret. A plain class, not a frozen dataclass: a
+    dataclass compiles its generated methods when its module is imported (~3M instructions
+    each, in every cold start of every function)."""
+
+    __slots__ = ("_keyed", "secret")
+    secret: bytes
+    # Per purpose: its derived key and how often it was used, then, from its third use on, a
+    # keyed HMAC state to copy. A batch of one message uses each purpose once or twice, and a
+    # one-shot `hmac.digest` under the derived key (~24k instructions) costs less than keying
+    # a state (~14k) and copying it (~21k); a sweep MACs many labels, each from a copy.
+    _keyed: dict[str, tuple[bytes, int] | hmac.HMAC]
+
+    def __init__(self, secret: bytes) -> None:
+        object.__setattr__(self, "secret", secret)
+        object.__setattr__(self, "_keyed", {})
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"LabelKey is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"LabelKey is immutable: cannot delete {name}")
 
     # Out of its repr: a traceback printed with its locals, a log line formatting a session,
     # or an assertion's report would otherwise show the key that MACs every label and derives
     # every grant's password.
-    secret: bytes = field(repr=False)
+    def __repr__(self) -> str:
+        return "LabelKey()"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LabelKey):
+            return NotImplemented
+        return hmac.compare_digest(self.secret, other.secret)
+
+    def __hash__(self) -> int:
+        return hash(self.secret)
 
     @classmethod
     def from_secret(cls, value: str) -> LabelKey:
@@ -42,14 +71,6 @@ class LabelKey:
         if len(value) < 16:
             raise ValueError("a label key needs 16 characters or more")
         return cls(value.encode())
-
-    # Per purpose: its derived key and how often it was used, then, from its third use on, a
-    # keyed HMAC state to copy. A batch of one message uses each purpose once or twice, and a
-    # one-shot `hmac.digest` under the derived key (~24k instructions) costs less than keying
-    # a state (~14k) and copying it (~21k); a sweep MACs many labels, each from a copy.
-    _keyed: dict[str, tuple[bytes, int] | hmac.HMAC] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     def _hmac(self, purpose: str, message: bytes) -> bytes:
         keyed = self._keyed.get(purpose)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -94,7 +93,7 @@ def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> Non
     assert spec.sealed_for({**credentials, "expires_at": "2030-01-01T01:00:00+00:00"}) is None
     assert "p@ss" not in repr(spec)
     # Without a public key (a local caller's plain grant) nothing is sealed.
-    plain = dataclasses.replace(spec, identity=Identity(email="a@example.com"))
+    plain = spec.replace(identity=Identity(email="a@example.com"))
     plain.seal_ahead(credentials)
     assert plain.sealed_for(credentials) is None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from types import ModuleType
 from typing import Any, ClassVar, NamedTuple, Protocol
@@ -55,10 +54,25 @@ def _sealing() -> ModuleType:
     return sealing
 
 
-@dataclass(frozen=True)
-class GrantSpec:
-    """A validated grant, ready for a template: everything comes from the catalog or was checked."""
+# The records below are plain classes, not dataclasses: a dataclass compiles its generated
+# methods when its module is imported (~2-6M instructions each), in every cold start of every
+# function, and nothing here needs more than an __init__ and a repr.
 
+
+def _repr(record: object, names: tuple[str, ...]) -> str:
+    fields = ", ".join(f"{name}={getattr(record, name)!r}" for name in names)
+    return f"{type(record).__name__}({fields})"
+
+
+class GrantSpec:
+    """A validated grant, ready for a template: everything comes from the catalog or was checked.
+    Immutable once made."""
+
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "grant_id", "request_id", "integration", "permission_name", "permission", "resources",
+        "identity", "expires_at", "request_digest",
+    )  # fmt: skip
+    __slots__ = (*_FIELDS, "_sealed")
     grant_id: str
     request_id: str
     integration: str
@@ -67,12 +81,47 @@ class GrantSpec:
     resources: tuple[str, ...]
     identity: Identity
     expires_at: datetime
-    request_digest: str = ""
+    request_digest: str
     # Credentials sealed ahead (`seal_ahead`), with the box made for them: it lives and dies
     # with this grant's spec.
-    _sealed: list[tuple[dict[str, str], str]] = field(
-        default_factory=list, init=False, repr=False, compare=False
-    )
+    _sealed: list[tuple[dict[str, str], str]]
+
+    def __init__(
+        self,
+        grant_id: str,
+        request_id: str,
+        integration: str,
+        permission_name: str,
+        permission: PermissionSettings,
+        resources: tuple[str, ...],
+        identity: Identity,
+        expires_at: datetime,
+        request_digest: str = "",
+    ) -> None:
+        init = object.__setattr__
+        init(self, "grant_id", grant_id)
+        init(self, "request_id", request_id)
+        init(self, "integration", integration)
+        init(self, "permission_name", permission_name)
+        init(self, "permission", permission)
+        init(self, "resources", resources)
+        init(self, "identity", identity)
+        init(self, "expires_at", expires_at)
+        init(self, "request_digest", request_digest)
+        init(self, "_sealed", [])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"GrantSpec is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"GrantSpec is immutable: cannot delete {name}")
+
+    def __repr__(self) -> str:
+        return _repr(self, self._FIELDS)
+
+    def replace(self, **changes: Any) -> GrantSpec:
+        """A copy with these fields changed (nothing sealed ahead is carried over)."""
+        return GrantSpec(**{name: getattr(self, name) for name in self._FIELDS} | changes)
 
     def seal_ahead(self, credentials: dict[str, str]) -> None:
         """Seal credentials for the requester now: a template that knows them before its last
@@ -121,26 +170,54 @@ class InventoryRecord(NamedTuple):
     id: str | None = None  # the target's own id where names are not unique (a user's id)
 
 
-@dataclass
 class GrantResult:
-    principal: str
-    credentials: dict[str, str] | None = None
-    reissued: bool = False
-    # The expiry the target recorded for this grant (on a redelivery: the first delivery's).
-    expires_at: datetime | None = None
-    # What the requester should know about this grant (e.g. how long the target takes to apply
-    # it everywhere); becomes the outcome's message.
-    note: str | None = None
+    __slots__ = ("credentials", "expires_at", "note", "principal", "reissued")
+
+    def __init__(
+        self,
+        principal: str,
+        credentials: dict[str, str] | None = None,
+        reissued: bool = False,
+        expires_at: datetime | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.principal = principal
+        self.credentials = credentials
+        self.reissued = reissued
+        # The expiry the target recorded for this grant (on a redelivery: the first delivery's).
+        self.expires_at = expires_at
+        # What the requester should know about this grant (e.g. how long the target takes to
+        # apply it everywhere); becomes the outcome's message.
+        self.note = note
+
+    def __repr__(self) -> str:
+        # Credentials are never shown, only whether there are any.
+        shown = "credentials=<withheld>" if self.credentials is not None else "credentials=None"
+        rest = _repr(self, ("reissued", "expires_at", "note"))[len("GrantResult(") :]
+        return f"GrantResult(principal={self.principal!r}, {shown}, {rest}"
 
 
-@dataclass
 class RevokeResult:
-    found: bool
-    principal: str | None = None
-    expires_at: datetime | None = None
-    residual: list[str] = field(default_factory=list)
-    verified: bool = True
-    note: str | None = None
+    __slots__ = ("expires_at", "found", "note", "principal", "residual", "verified")
+
+    def __init__(
+        self,
+        found: bool,
+        principal: str | None = None,
+        expires_at: datetime | None = None,
+        residual: list[str] | None = None,
+        verified: bool = True,
+        note: str | None = None,
+    ) -> None:
+        self.found = found
+        self.principal = principal
+        self.expires_at = expires_at
+        self.residual = [] if residual is None else residual
+        self.verified = verified
+        self.note = note
+
+    def __repr__(self) -> str:
+        return _repr(self, self.__slots__)
 
 
 def tombstone_label(
