@@ -19,15 +19,14 @@ MAX_PER_CALL = 1000  # Pub/Sub's limit of messages per publish request
 
 
 def pubsub_service() -> Any:
-    from googleapiclient import discovery
+    from jitc.templates import discovery
 
     # The function's one set of credentials (cloud-platform covers Pub/Sub): no token of its own.
     credentials = service_account()
     endpoint = os.environ.get("JITC_GCP_ENDPOINT_PUBSUB")
     return discovery.build(
-        "pubsub", "v1", credentials=credentials, static_discovery=True, cache_discovery=False,
-        client_options={"api_endpoint": endpoint} if endpoint else None,
-    )  # fmt: skip
+        "pubsub", "v1", credentials, {"api_endpoint": endpoint} if endpoint else None
+    )
 
 
 class PubSubSink:

@@ -18,7 +18,7 @@ from jitc.models import AuditEvent, Identity, Outcome
 from jitc.sealing import box_keypair, seal, unseal
 from jitc.secrets import Secret
 from jitc.signing import Envelope, ReplayGuard, sign, signing_keypair, verify
-from jitc.templates.base import GrantSpec, PermissionSettings
+from jitc.templates.base import GrantResult, GrantSpec, PermissionSettings
 from jitc.webhook import WebhookError, WebhookSink
 
 PRIVATE, PUBLIC = signing_keypair()
@@ -92,6 +92,7 @@ def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> Non
     # Credentials that changed after the box was made (another expiry) are never served it.
     assert spec.sealed_for({**credentials, "expires_at": "2030-01-01T01:00:00+00:00"}) is None
     assert "p@ss" not in repr(spec)
+    assert "p@ss" not in repr(GrantResult("u", credentials=dict(credentials)))
     # Without a public key (a local caller's plain grant) nothing is sealed.
     plain = spec.replace(identity=Identity(email="a@example.com"))
     plain.seal_ahead(credentials)

@@ -59,7 +59,7 @@ from jitc.google_credentials import service_account
 from jitc.labels import LabelKey, required
 from jitc.models import Grant
 from jitc.secrets import Secret
-from jitc.templates import gcp_bigquery
+from jitc.templates import discovery, gcp_bigquery
 from jitc.templates.base import (
     GrantResult,
     GrantSpec,
@@ -367,8 +367,6 @@ class _Api:
 
     def _service(self, name: str, version: str) -> Any:
         if name not in self._services:
-            from googleapiclient import discovery
-
             options = {}
             endpoint = os.environ.get(f"JITC_GCP_ENDPOINT_{name.upper()}")
             if endpoint:
@@ -378,10 +376,7 @@ class _Api:
                     raise TargetError(f"JITC_GCP_ENDPOINT_{name.upper()}: https only")
                 options["api_endpoint"] = endpoint
             credentials = self.credentials()
-            self._services[name] = discovery.build(
-                name, version, credentials=credentials, static_discovery=True,
-                cache_discovery=False, client_options=options or None, num_retries=0,
-            )  # fmt: skip
+            self._services[name] = discovery.build(name, version, credentials, options or None)
         return self._services[name]
 
     def get(self, resource: str) -> dict[str, Any]:

@@ -138,6 +138,14 @@ def test_the_build_is_reproducible_and_holds_only_what_it_should(
     assert "main.py" in names  # Cloud Functions load main.py at the source root
     assert "jitc/gcp/handlers.py" in names and "jitc/engine.py" in names
     assert "jitc/templates/gcp_iam.py" in names
+    # The cut discovery documents the gcp_iam and Pub/Sub clients are built from.
+    from jitc.templates import discovery
+
+    for name, version in discovery.METHODS:
+        document = f"jitc/templates/discovery_documents/{name}.{version}.json"
+        assert zipfile.ZipFile(package).read(document) == (
+            discovery.FOLDER / f"{name}.{version}.json"
+        ).read_bytes()
     assert not [n for n in names if n.startswith(("core/", "gcp/", "aws/", "azure/", "tests/"))]
     # No dependency unpacked beside the connector: they are wheels, which the buildpack installs.
     manifest = json.loads(zipfile.ZipFile(package).read("jitc-package.json"))
