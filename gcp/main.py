@@ -10,6 +10,7 @@ import functools
 import gc
 import json
 import os
+import threading
 from typing import Any
 
 import flask
@@ -19,32 +20,49 @@ import functions_framework
 # instance: frozen, the garbage collector no longer walks it at every full collection. Nothing
 # is unreachable at this point, so nothing is kept that a collection would have freed.
 gc.freeze()
-# The rest of the cold start (the connector's imports, then the first request, which loads the
-# Google clients it needs) runs with young collections only every 100,000 new objects, not 700:
-# it makes about 85,000, nearly all to live as long as the instance, and the collections that
-# walked them again and again (a thousand cycles to free in all) cost a worker 50-60M
-# instructions, a quarter of what the connector adds to a cold start. A first request that
-# makes far more (a long sweep) is still collected, every 100,000. It ends with one collection,
-# then the usual thresholds (`_end_cold_start`).
-_THRESHOLDS = gc.get_threshold()
-gc.set_threshold(100_000, *_THRESHOLDS[1:])
+
+
+class _ColdStart:
+    """The rest of the cold start (the connector's imports, then the first request, which loads
+    the Google clients it needs) runs with young collections only every 100,000 new objects,
+    not 700: it makes about 85,000, nearly all to live as long as the instance, and the
+    collections that walked them again and again (about a thousand unreachable objects to free,
+    pydantic's and the clients') cost a worker 50-60M instructions, a quarter of what the
+    connector adds to a cold start. A first request that makes far more (a long sweep) is still
+    collected, every 100,000.
+
+    It ends when the first request does, whatever its answer, and no other is being served (with
+    more than one request per instance, another one's objects would be frozen with the rest):
+    one collection frees what is unreachable, what survives is frozen, the usual thresholds
+    return. A request that arrives meanwhile waits for that."""
+
+    def __init__(self) -> None:
+        self.thresholds = gc.get_threshold()
+        self._lock = threading.Lock()
+        self._serving = 0
+        self.over = False
+        gc.set_threshold(100_000, *self.thresholds[1:])
+
+    def begin(self) -> None:
+        with self._lock:
+            self._serving += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._serving -= 1
+            if self.over or self._serving:
+                return
+            self.over = True
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*self.thresholds)
+
+
+_cold_start = _ColdStart()
 
 from jitc.errors import CatalogError, ConfigError  # noqa: E402
 from jitc.gcp import handlers  # noqa: E402
 from jitc.gcp.logs import logger  # noqa: E402
-
-# Likewise the connector's modules and pydantic's (they leave nothing unreachable either).
-gc.freeze()
-
-
-def _end_cold_start() -> None:
-    """After the first request: free what it left unreachable, freeze what it made that lives
-    on (its clients, credentials, the catalog), and collect at the usual thresholds again."""
-    if gc.get_threshold() != _THRESHOLDS:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*_THRESHOLDS)
-
 
 _HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
@@ -72,10 +90,11 @@ def _body(request: flask.Request) -> bytes | None:
 
 
 def _call(handler: Any, request: flask.Request, *args: Any) -> flask.Response:
+    _cold_start.begin()
     try:
         return _answer(handler, request, *args)
     finally:
-        _end_cold_start()
+        _cold_start.end()
 
 
 def _answer(handler: Any, request: flask.Request, *args: Any) -> flask.Response:

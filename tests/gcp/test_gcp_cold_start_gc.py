@@ -76,3 +76,38 @@ def test_cold_start_collects_rarely_then_once_then_as_usual(length: str) -> None
     assert seen["left"] == 100 and seen["alive"] == 0
     assert seen["frozen_after"] > seen["frozen_at_load"] > 0
     assert seen["second"] == seen["status"]
+
+
+OVERLAP = """
+import gc, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("main", sys.argv[1])
+main = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(main)
+cold = main._cold_start
+seen = [gc.get_threshold()[0]]
+cold.begin(); cold.begin()  # two requests served at once
+cold.end()                   # the first ends: the other's objects are not frozen yet
+seen += [cold.over, gc.get_threshold()[0]]
+cold.end()                   # the last one ends the cold start
+seen += [cold.over, list(gc.get_threshold()) == list(cold.thresholds)]
+cold.begin(); cold.end()     # and later requests leave it as it is
+seen += [cold.over, list(gc.get_threshold()) == list(cold.thresholds)]
+print(json.dumps(seen))
+"""
+
+
+def test_the_cold_start_ends_when_no_request_is_being_served() -> None:
+    """With more than one request per instance, the first to end must not freeze what another
+    is still using: the last one being served ends the cold start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JITC_", "GOOGLE_", "GCE_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", OVERLAP, str(MAIN)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        100_000, False, 100_000, True, True, True, True,
+    ]  # fmt: skip
