@@ -64,6 +64,10 @@ class LabelKey:
     def __hash__(self) -> int:
         return hash(self.secret)
 
+    def __reduce__(self) -> Any:
+        # Like a Secret: the key that MACs every label never goes into a pickle or a copy.
+        raise TypeError("a LabelKey cannot be pickled or copied")
+
     @classmethod
     def from_secret(cls, value: str) -> LabelKey:
         # A public or empty key would let anyone who can write a comment forge a label; the

@@ -3,6 +3,11 @@ logins made with them, and a redelivery or a sweep after an upgrade must still r
 
 from __future__ import annotations
 
+import copy
+import pickle
+
+import pytest
+
 from jitc.labels import LabelKey
 
 KEY = LabelKey.from_secret("a-label-key-for-the-known-answer")
@@ -33,3 +38,13 @@ def test_every_use_of_a_purpose_gives_the_known_answer() -> None:
         assert macs == ["1MHVL1eRBU0s_R-sEzWyxLCbyYPrQR4nuuUntgOdYnk"] * 5
         passwords = [key.password("a", "b") for _ in range(4)]
         assert passwords == ["LWUmo0Bx41tfID063xKj5unsqzd2iZ9ljElil2JAaCc"] * 4
+
+
+def test_a_label_key_is_immutable_and_never_leaves_in_a_pickle_or_a_copy() -> None:
+    key = LabelKey.from_secret("k" * 32)
+    for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            attempt(key)
+    with pytest.raises(AttributeError):
+        key.secret = b"other"  # type: ignore[misc]
+    assert "k" * 32 not in repr(key) and key == LabelKey.from_secret("k" * 32)

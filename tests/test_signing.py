@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import pickle
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -94,6 +96,9 @@ def test_a_box_sealed_ahead_serves_only_the_credentials_it_was_made_for() -> Non
     assert "p@ss" not in repr(spec)
     assert "p@ss" not in repr(GrantResult("u", credentials=dict(credentials)))
     # Without a public key (a local caller's plain grant) nothing is sealed.
+    # Copied or pickled, a spec is made again from its fields, nothing sealed ahead with it.
+    for again in (copy.copy(spec), copy.deepcopy(spec), pickle.loads(pickle.dumps(spec))):
+        assert repr(again) == repr(spec) and again.sealed_for(credentials) is None
     plain = spec.replace(identity=Identity(email="a@example.com"))
     plain.seal_ahead(credentials)
     assert plain.sealed_for(credentials) is None

@@ -119,6 +119,10 @@ class GrantSpec:
     def __repr__(self) -> str:
         return _repr(self, self._FIELDS)
 
+    def __reduce__(self) -> Any:
+        # copy, deepcopy and pickle make it again from its fields (nothing sealed ahead).
+        return (GrantSpec, tuple(getattr(self, name) for name in self._FIELDS))
+
     def replace(self, **changes: Any) -> GrantSpec:
         """A copy with these fields changed (nothing sealed ahead is carried over)."""
         return GrantSpec(**{name: getattr(self, name) for name in self._FIELDS} | changes)
