@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from jitc.errors import ConfigError
 from jitc.google_credentials import service_account
 from jitc.models import AuditEvent, Outcome
 
@@ -21,9 +22,13 @@ MAX_PER_CALL = 1000  # Pub/Sub's limit of messages per publish request
 def pubsub_service() -> Any:
     from jitc.templates import discovery
 
+    endpoint = os.environ.get("JITC_GCP_ENDPOINT_PUBSUB")
+    # A Private Service Connect endpoint, or a local server in tests: the bearer token goes
+    # there, so never in clear text off this machine.
+    if endpoint and not endpoint.startswith(("https://", "http://127.0.0.1:")):
+        raise ConfigError("JITC_GCP_ENDPOINT_PUBSUB: https only")
     # The function's one set of credentials (cloud-platform covers Pub/Sub): no token of its own.
     credentials = service_account()
-    endpoint = os.environ.get("JITC_GCP_ENDPOINT_PUBSUB")
     return discovery.build(
         "pubsub", "v1", credentials, {"api_endpoint": endpoint} if endpoint else None
     )

@@ -36,9 +36,10 @@ CALLS: dict[str, dict[str, Any]] = {
     "secretmanager.projects.secrets.setIamPolicy": {
         "resource": "projects/p-123/secrets/s", "body": {"policy": POLICY},
     },
-    "bigquery.datasets.get": {"projectId": "p-123", "datasetId": "d_1"},
+    "bigquery.datasets.get": {"projectId": "p-123", "datasetId": "d_1", "accessPolicyVersion": 3},
     "bigquery.datasets.patch": {
         "projectId": "p-123", "datasetId": "d_1", "body": {"access": [], "etag": "e"},
+        "accessPolicyVersion": 3, "updateMode": "UPDATE_ACL",
     },
     "pubsub.projects.topics.publish": {
         "topic": "projects/p-123/topics/t", "body": {"messages": [{"data": "e30="}]},

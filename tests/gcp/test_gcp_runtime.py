@@ -41,6 +41,15 @@ def test_the_iam_targets_endpoint_override_is_https_only(monkeypatch: pytest.Mon
         _Api()._service("cloudresourcemanager", "v3")
 
 
+def test_the_pubsub_endpoint_override_is_https_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jitc.errors import ConfigError
+    from jitc.gcp.pubsub import pubsub_service
+
+    monkeypatch.setenv("JITC_GCP_ENDPOINT_PUBSUB", "http://pubsub.example.com/")
+    with pytest.raises(ConfigError, match="https only"):
+        pubsub_service()
+
+
 def test_missing_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("JITC_PROJECT", "JITC_QUEUE", "JITC_WORKER_URL", "JITC_INVOKER_EMAIL"):
         monkeypatch.delenv(name, raising=False)
