@@ -22,6 +22,7 @@ from jitc.templates.base import (
     InventoryRecord,
     RevokeResult,
     TargetSession,
+    fields_repr,
 )
 
 if TYPE_CHECKING:
@@ -197,8 +198,7 @@ class SweepReport:
         self.unfinished = 0
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"SweepReport({fields})"
+        return fields_repr(self, self.__slots__)
 
     @property
     def ok(self) -> bool:

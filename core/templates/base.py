@@ -59,7 +59,7 @@ def _sealing() -> ModuleType:
 # function, and nothing here needs more than an __init__ and a repr.
 
 
-def _repr(record: object, names: tuple[str, ...]) -> str:
+def fields_repr(record: object, names: tuple[str, ...]) -> str:
     fields = ", ".join(f"{name}={getattr(record, name)!r}" for name in names)
     return f"{type(record).__name__}({fields})"
 
@@ -117,7 +117,7 @@ class GrantSpec:
         raise AttributeError(f"GrantSpec is immutable: cannot delete {name}")
 
     def __repr__(self) -> str:
-        return _repr(self, self._FIELDS)
+        return fields_repr(self, self._FIELDS)
 
     def __reduce__(self) -> Any:
         # copy, deepcopy and pickle make it again from its fields (nothing sealed ahead).
@@ -197,7 +197,7 @@ class GrantResult:
     def __repr__(self) -> str:
         # Credentials are never shown, only whether there are any.
         shown = "credentials=<withheld>" if self.credentials is not None else "credentials=None"
-        rest = _repr(self, ("reissued", "expires_at", "note"))[len("GrantResult(") :]
+        rest = fields_repr(self, ("reissued", "expires_at", "note"))[len("GrantResult(") :]
         return f"GrantResult(principal={self.principal!r}, {shown}, {rest}"
 
 
@@ -221,7 +221,7 @@ class RevokeResult:
         self.note = note
 
     def __repr__(self) -> str:
-        return _repr(self, self.__slots__)
+        return fields_repr(self, self.__slots__)
 
 
 def tombstone_label(
