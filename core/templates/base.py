@@ -196,9 +196,11 @@ class GrantResult:
 
     def __repr__(self) -> str:
         # Credentials are never shown, only whether there are any.
-        shown = "credentials=<withheld>" if self.credentials is not None else "credentials=None"
-        rest = fields_repr(self, ("reissued", "expires_at", "note"))[len("GrantResult(") :]
-        return f"GrantResult(principal={self.principal!r}, {shown}, {rest}"
+        shown = "<withheld>" if self.credentials is not None else "None"
+        return (
+            f"GrantResult(principal={self.principal!r}, credentials={shown}, "
+            f"reissued={self.reissued!r}, expires_at={self.expires_at!r}, note={self.note!r})"
+        )
 
 
 class RevokeResult:
