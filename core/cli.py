@@ -706,8 +706,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     threading.Thread(target=report_timers, daemon=True).start()
     while not stop.wait(0.5):
-        pass
-    _say("stopping: no new requests; finishing the batches in flight ...")
+        if not runtime.http.alive:  # a supervisor restarts a process that exits, not one that hangs
+            break
+    if runtime.http.alive:
+        _say("stopping: no new requests; finishing the batches in flight ...")
+    else:
+        _say(f"the intake stopped answering ({runtime.http.failure}); finishing the batches ...")
     if periodic is not None:
         periodic.stop()
     left = runtime.stop()
@@ -725,7 +729,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _say(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
     if len(timers) > SHOWN:
         _say(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
-    return EXIT_OK
+    return EXIT_OK if runtime.http.alive else EXIT_FAILED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -115,6 +115,9 @@ class HttpServer:
             max_request_body_size=2 * MAX_BODY_BYTES,
             max_request_header_size=16 * 1024,
             ident="jit-connector",
+            # select() refuses a descriptor above 1023 and ends the loop: a process holding
+            # that many files (database pools, many connections) would stop answering
+            asyncore_use_poll=True,
             expose_tracebacks=False,
             clear_untrusted_proxy_headers=True,
         )
@@ -127,6 +130,8 @@ class HttpServer:
         self._server.handle_accept = self._handle_accept
         self.host = str(self._server.effective_host)
         self.port = int(self._server.effective_port)
+        self._stopping = False
+        self.failure: str | None = None  # why the loop ended while it should have run
         self._thread = threading.Thread(target=self._run, name="jitc-http", daemon=True)
 
     def _maintenance(self, now: float) -> None:
@@ -171,8 +176,22 @@ class HttpServer:
     def _run(self) -> None:
         try:
             self._server.run()
-        except Exception:  # the loop ends when stop() closes its sockets
-            log.debug("HTTP loop ended", exc_info=True)
+        except Exception as exc:
+            if self._stopping:  # stop() closing the sockets under the loop
+                log.debug("HTTP loop ended", exc_info=True)
+                return
+            failure = f"{type(exc).__name__}: {exc}"
+            log.critical("the HTTP intake stopped answering: %s", failure, exc_info=True)
+            self.failure = failure  # said first, then seen
+        else:
+            if not self._stopping:
+                log.critical("the HTTP intake stopped answering: the loop ended")
+                self.failure = "the loop ended"
+
+    @property
+    def alive(self) -> bool:
+        """False once the loop has ended for any reason but stop(): nothing answers then."""
+        return self.failure is None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let running requests finish and their answers go out, then close.
@@ -183,6 +202,7 @@ class HttpServer:
         from waitress import wasyncore
 
         server = self._server
+        self._stopping = True
         # The socket map belongs to the loop's thread: everything below runs there.
         server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server))
         deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import descriptors
 import psycopg
 import pytest
 from pgtest import LABEL_KEY, PG_DSN, SCHEMA, Env, catalog_doc, drop_our_roles
@@ -75,3 +76,9 @@ def make_env(admin: psycopg.Connection[Any]) -> Iterator[Callable[..., Env]]:
 @pytest.fixture
 def env(make_env: Callable[..., Env]) -> Env:
     return make_env()
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    with descriptors.above_select():
+        yield

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from descriptors import FD_SETSIZE
 from pgtest import BOX_PUBLIC, INTEGRATION, LABEL_KEY, SCHEMA, catalog_doc
+from serveproc import Serve
+from waitress import wasyncore
 
 from jitc.catalog import parse_catalog
+from jitc.http_intake import HttpServer
 from jitc.local import MemorySink
 from jitc.runtime import LocalRuntime
 from jitc.secrets import EnvSecretStore, SecretStores
@@ -24,8 +32,7 @@ from jitc.signing import Envelope, sign, signing_keypair
 PRIVATE, PUBLIC = signing_keypair()
 
 
-@pytest.fixture
-def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySink]]:
+def _start() -> tuple[LocalRuntime, MemorySink]:
     doc = catalog_doc()
     doc["control_plane"] = {"keys": {"cp": PUBLIC}, "max_skew": "2m"}
     sink = MemorySink()
@@ -38,6 +45,12 @@ def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySin
         read_timeout=1,
         max_connections=20,
     ).start()
+    return rt, sink
+
+
+@pytest.fixture
+def runtime(admin: Any, make_env: Any) -> Iterator[tuple[LocalRuntime, MemorySink]]:
+    rt, sink = _start()
     yield rt, sink
     rt.stop()
 
@@ -303,3 +316,58 @@ def test_clients_trickling_their_headers_past_the_cap_do_not_keep_a_request_out(
         for conn in tricklers:
             conn.close()
         rt.stop()
+
+
+def test_the_intake_answers_with_its_sockets_numbered_above_what_select_can_watch(
+    admin: Any, make_env: Any, high_descriptors: None
+) -> None:
+    rt, sink = _start()
+    try:
+        with socket.create_connection((rt.http.host, rt.http.port), timeout=10) as probe:
+            assert probe.fileno() >= FD_SETSIZE  # and so are the server's end and its listener
+        answer = _request(rt, _body(f"high-{time.monotonic_ns()}"))
+        assert _status(answer) == 202, answer
+        _wait(sink, 1)
+        assert [o.status for o in sink.outcomes] == ["granted"], sink.outcomes
+        assert rt.http.alive
+    finally:
+        rt.stop()
+
+
+def test_an_intake_loop_that_ends_is_reported_not_left_silent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: Any, **__: Any) -> None:
+        raise OSError("poll failed")
+
+    monkeypatch.setattr(wasyncore, "poll2", broken)
+    server = HttpServer(lambda environ, start_response: [], "127.0.0.1", 0)
+    server.start()
+    deadline = time.monotonic() + 10
+    while server.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not server.alive and server.failure == "OSError: poll failed"
+    assert any(
+        r.levelno == logging.CRITICAL and "stopped answering" in r.getMessage()
+        for r in caplog.records
+    ), caplog.records
+    server.stop(timeout=1)
+
+
+def test_serve_exits_failed_when_its_intake_stops_answering(tmp_path: Path, admin: Any) -> None:
+    """A supervisor restarts a process that exits; one that hangs with its intake dead it
+    would leave running, accepting connections nobody answers."""
+    serve = Serve(tmp_path)
+    inject = (
+        "import sys, waitress.wasyncore as w\n"
+        "def broken(*a, **k): raise OSError('poll failed')\n"
+        "w.poll2 = broken\n"
+        "from jitc.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", inject, "serve", "--catalog", str(serve.catalog())]
+    command += ["--port", str(serve.port), "--events", str(serve.events)]
+    command += ["--journal", str(serve.journal)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "the intake stopped answering (OSError: poll failed)" in done.stdout, done.stdout
