@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from descriptors import FD_SETSIZE
 from pgtest import INTEGRATION, LABEL_KEY, PG_DSN, catalog_doc
 
 from jitc.catalog import parse_catalog
@@ -83,6 +84,30 @@ def test_a_connection_the_server_ended_while_kept_is_replaced() -> None:
         assert second.active_grants() is not None
     finally:
         second.close()
+
+
+def test_kept_connections_numbered_above_what_select_can_watch_are_checked_and_reused(
+    high_descriptors: None,
+) -> None:
+    template, connection = PostgreSQLTemplate(), _connection()
+    first = template.open(INTEGRATION, connection, Secret("a"), KEY)
+    assert first.conn.fileno() >= FD_SETSIZE
+    pid = first.conn.info.backend_pid
+    first.close()
+    second = template.open(INTEGRATION, connection, Secret("a"), KEY)
+    assert second.conn.info.backend_pid == pid  # healthy, so kept and handed out again
+    second.close()
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(250):  # until the backend is gone (bounded)
+            if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).rowcount:
+                break
+            time.sleep(0.02)
+    third = template.open(INTEGRATION, connection, Secret("a"), KEY)
+    try:
+        assert third.conn.info.backend_pid != pid  # the ended one is seen, and replaced
+    finally:
+        third.close()
 
 
 def test_a_session_left_in_a_transaction_is_closed_not_kept() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from descriptors import FD_SETSIZE
 from test_redis import ADMIN, ADMIN_PASSWORD, INTEGRATION, Env, catalog_doc, make_env, root
 from userenv import LABEL_KEY
 
@@ -140,6 +141,22 @@ def test_a_kept_connection_the_server_ended_is_replaced(
     assert revoke.status == "revoked" and revoke.verified, revoke
     assert kept not in _admin_connections(root)
     assert root.acl_getuser(str(grant.principal)) is None
+
+
+def test_kept_connections_numbered_above_what_select_can_watch_are_checked_and_reused(
+    make_env: Callable[..., Env], root: redis.Redis, high_descriptors: None
+) -> None:
+    env = make_env()
+    session = _open(env)
+    session.active_grants()
+    assert session._conn._sock.fileno() >= FD_SETSIZE
+    session.close()
+    (kept,) = _admin_connections(root)
+    _one_batch(env)
+    assert _admin_connections(root) == [kept]  # healthy, so kept and handed out again
+    root.client_kill_filter(_id=kept)
+    _one_batch(env)
+    assert kept not in _admin_connections(root)  # the ended one is seen, and replaced
 
 
 def test_a_broken_kept_connection_the_check_cannot_see_never_fails_the_revoke(

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -51,6 +52,16 @@ class Keepable(Protocol):
 
 
 S = TypeVar("S", bound=Keepable)
+
+
+def ended_by_peer(fds: Iterable[int]) -> bool:
+    """Whether any of these idle connections has something to read, without waiting: the end
+    of the stream or a last message from a server that closed it. poll, not select: select
+    refuses a descriptor above 1023, which a process holding many connections reaches."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class KeptSession:

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import secrets
-import select
 import ssl
 import stat
 import tempfile
@@ -44,7 +43,7 @@ from jitc.templates.base import (
     RevokeResult,
     grant_from_label,
 )
-from jitc.templates.kept import KeptSession, PoolKey
+from jitc.templates.kept import KeptSession, PoolKey, ended_by_peer
 from jitc.templates.postgresql import (
     DENIED_GROUPS,
     MASK,
@@ -733,10 +732,9 @@ class PostgreSQLSession(KeptSession):
         if pgconn.status != _CONN_OK or pgconn.transaction_status != _IDLE:
             return False
         try:
-            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+            return not ended_by_peer([conn.fileno()])
         except (OSError, ValueError, psycopg.Error):
             return False
-        return not readable
 
     def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
         self._secret = secret

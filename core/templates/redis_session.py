@@ -8,7 +8,6 @@ import inspect
 import itertools
 import operator
 import secrets
-import select
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -30,7 +29,7 @@ from jitc.models import Grant
 from jitc.secrets import Secret
 from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
-from jitc.templates.kept import KeptSession, PoolKey, SessionPool
+from jitc.templates.kept import KeptSession, PoolKey, SessionPool, ended_by_peer
 from jitc.templates.redis import (
     Connection,
     Permission,
@@ -210,10 +209,9 @@ class RedisSession(KeptSession):
         # An idle connection the server has ended (CLIENT KILL, timeout, restart) has
         # something to read, the end of the stream; a healthy one has nothing to say.
         try:
-            readable, _, _ = select.select(socks, [], [], 0)
-        except (OSError, ValueError):
+            return not ended_by_peer(sock.fileno() for sock in socks)
+        except (OSError, ValueError):  # closed under us: fileno() is -1
             return False
-        return not readable
 
     def hand_over(self, secret: Secret | None, key: LabelKey) -> None:
         self._key = key
