@@ -13,26 +13,20 @@ from typing import Any
 from jitc.errors import ConfigError, required_env
 from jitc.gcp import runtime
 from jitc.gcp.sync_state import GcsSyncState
-from jitc.google_credentials import service_account
+from jitc.google_storage import storage_client
 from jitc.inventory import webhook_transport
 
 STALL_SECONDS = 60.0
 
 
 def storage_bucket() -> Any:
-    from google.cloud import storage  # type: ignore[attr-defined]
-
     # A Private Service Connect endpoint (or a local server in tests), like the other clients.
     endpoint = os.environ.get("JITC_STORAGE_ENDPOINT") or None
     if endpoint is not None:
         scheme, _, host = endpoint.partition("://")
         if scheme != "https" and not host.startswith("127.0.0.1:"):
             raise ConfigError("a plain-http endpoint is allowed only on 127.0.0.1")
-    client = storage.Client(
-        project=runtime.settings().project,
-        credentials=service_account(),  # the function's one set: no token of its own
-        client_options={"api_endpoint": endpoint} if endpoint else None,
-    )
+    client = storage_client(runtime.settings().project, endpoint)
     return client.bucket(required_env("JITC_SYNC_BUCKET"))
 
 
@@ -42,6 +36,11 @@ def sync(proceed: Callable[[], bool]) -> tuple[bool, dict[str, Any]]:
         # Nowhere to send it: complete, and the module deploys no silence alert for this.
         return True, {"configured": False}
     transport = webhook_transport(engine.catalog, engine.secrets)
-    state = GcsSyncState(storage_bucket())
-    report = engine.sync(transport, state, proceed=proceed, stall_seconds=STALL_SECONDS)
+    bucket = storage_bucket()
+    try:
+        report = engine.sync(
+            transport, GcsSyncState(bucket), proceed=proceed, stall_seconds=STALL_SECONDS
+        )
+    finally:
+        bucket.client.close()  # its connections, now: a warm instance runs the next sync too
     return report.healthy, report.as_dict()

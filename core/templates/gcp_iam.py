@@ -48,6 +48,7 @@ import os
 import random
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -56,6 +57,7 @@ from pydantic import Field, field_validator
 
 from jitc.errors import Refused, TargetError
 from jitc.google_credentials import service_account
+from jitc.google_storage import storage_client
 from jitc.labels import LabelKey, required
 from jitc.models import Grant
 from jitc.secrets import Secret
@@ -288,6 +290,20 @@ def _make_room(
         )
 
 
+def _let_go(exc: BaseException) -> None:
+    """google-cloud-storage raises an HTTP error from within the handling of another, whose
+    traceback holds that exception again (a reference cycle) and the HTTP response, which holds
+    its connection pool: left to the cycle collector, every such answer (a missing tombstone is
+    one) would keep a connection open after its client is closed. Those frames have returned;
+    their variables go now."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__
+
+
 class _Api:
     """getIamPolicy / setIamPolicy of one resource kind (a dataset's access entries as a
     policy), through Google's discovery clients."""
@@ -297,6 +313,17 @@ class _Api:
         self._collections: dict[tuple[str, ...], Any] = {}
         self._credentials: Any = None
         self._storage: Any = None
+
+    def close(self) -> None:
+        """httplib2 keeps its sockets open until told (and the discovery clients sit in
+        reference cycles, so only the cycle collector would free them): a process that runs
+        batch after batch, a warm function, would pile up a connection or two per batch."""
+        services, self._services, self._collections = self._services, {}, {}
+        storage, self._storage = self._storage, None
+        for service in services.values():
+            service.close()
+        if storage is not None:
+            storage.close()
 
     def credentials(self) -> Any:
         if self._credentials is None:
@@ -318,18 +345,13 @@ class _Api:
 
     def _bucket(self, bucket: str) -> Any:
         if self._storage is None:
-            from google.cloud import storage  # type: ignore[attr-defined]
-
             # The objects API through google-cloud-storage (the discovery client sends media
             # uploads to https whatever the endpoint's scheme): its endpoint is the API's root.
             endpoint = os.environ.get("JITC_STORAGE_ENDPOINT") or None
             if endpoint is not None and not endpoint.startswith(("https://", "http://127.0.0.1:")):
                 raise TargetError("JITC_STORAGE_ENDPOINT: https only")
-            self._storage = storage.Client(
-                project=None,  # object calls name their bucket; no project is needed or guessed
-                credentials=self.credentials(),
-                client_options={"api_endpoint": endpoint} if endpoint else None,
-            )
+            # Object calls name their bucket: no project is needed or guessed.
+            self._storage = storage_client(None, endpoint)
         return self._storage.bucket(bucket)
 
     def create_object(self, bucket: str, name: str, data: bytes) -> bool:
@@ -340,15 +362,14 @@ class _Api:
         try:
             # Create-if-absent: a retry or a second revoke can never overwrite it.
             blob.upload_from_string(data, content_type="text/plain", if_generation_match=0)
-        except PreconditionFailed:
-            return False
-        except Forbidden:
+        except GoogleAPICallError as exc:
+            _let_go(exc)
+            if isinstance(exc, PreconditionFailed):
+                return False
             # Creating over an existing object is an overwrite, which needs delete: Cloud
             # Storage may answer that with 403 before it looks at the precondition.
-            if self.read_object(bucket, name) is not None:
+            if isinstance(exc, Forbidden) and self.read_object(bucket, name) is not None:
                 return False
-            raise TargetError("tombstone bucket: objects.insert answered HTTP 403") from None
-        except GoogleAPICallError as exc:
             raise TargetError(
                 f"tombstone bucket: objects.insert answered HTTP {exc.code}"
             ) from None
@@ -359,9 +380,10 @@ class _Api:
 
         try:
             data: bytes = self._bucket(bucket).blob(name).download_as_bytes()
-        except NotFound:
-            return None
         except GoogleAPICallError as exc:
+            _let_go(exc)
+            if isinstance(exc, NotFound):
+                return None
             raise TargetError(f"tombstone bucket: objects.get answered HTTP {exc.code}") from None
         return data
 
@@ -901,7 +923,8 @@ class GcpIamSession:
         }
 
     def close(self) -> None:
-        self._api = _Api()
+        api, self._api = self._api, _Api()
+        api.close()
 
 
 class GcpIamTemplate:

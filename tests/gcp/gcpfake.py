@@ -137,6 +137,7 @@ METHOD_PERMISSIONS = {
     "storage.buckets.getIamPolicy": "storage.buckets.getIamPolicy",
     "storage.buckets.setIamPolicy": "storage.buckets.setIamPolicy",
     "pubsub.projects.topics.publish": "pubsub.topics.publish",
+    "storage.buckets.get": "storage.buckets.get",
     "storage.objects.get": "storage.objects.get",
     # Replacing an existing object also needs storage.objects.delete (checked in `_insert`).
     "storage.objects.insert": "storage.objects.create",
@@ -568,7 +569,11 @@ class FakeGcp:
     ) -> tuple[int, Any]:  # fmt: skip
         caller = self.caller(headers.get("authorization"))
         doc = json.loads(body) if body.strip() else {}
-        permission = METHOD_PERMISSIONS[method.id]
+        permission = METHOD_PERMISSIONS.get(method.id)
+        if permission is None:  # a method no account of the module holds a permission for
+            with self.lock:
+                self.violations.append(f"{method.id}: not a method the connector calls")
+            raise ApiError(403, "PERMISSION_DENIED", f"{method.id} denied")
         resource = self._resource(method.id, params)
         modified: frozenset[str] = frozenset()
         if method.id.endswith("setIamPolicy"):
