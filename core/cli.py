@@ -644,6 +644,17 @@ def _periodic_sync(args: argparse.Namespace, engine: Engine) -> Any:
     return PeriodicSync(lambda: engine.sync(transport, state), args.sync_interval).start()
 
 
+def _descriptors_up_to_the_hard_limit() -> None:
+    """A long-running server holds a socket per client and per target connection: the soft
+    limit (often 1024) is raised to the hard one, which the operator sets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from jitc.runtime import LocalRuntime
 
@@ -663,6 +674,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     _log_one_line()
+    _descriptors_up_to_the_hard_limit()
     try:
         runtime = LocalRuntime(
             catalog,
@@ -708,10 +720,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     while not stop.wait(0.5):
         if not runtime.http.alive:  # a supervisor restarts a process that exits, not one that hangs
             break
-    if runtime.http.alive:
+    problem = runtime.http.problem()
+    if problem is None:
         _say("stopping: no new requests; finishing the batches in flight ...")
     else:
-        _say(f"the intake stopped answering ({runtime.http.failure}); finishing the batches ...")
+        _say(f"the intake stopped answering ({problem}); finishing the batches ...")
     if periodic is not None:
         periodic.stop()
     left = runtime.stop()
@@ -729,7 +742,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _say(f"  grant {grant_id} expires {at.isoformat()} ({_left(at)})")
     if len(timers) > SHOWN:
         _say(f"  ... and {len(timers) - SHOWN} more (jitc list shows them all)")
-    return EXIT_OK if runtime.http.alive else EXIT_FAILED
+    return EXIT_OK if problem is None else EXIT_FAILED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

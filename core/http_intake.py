@@ -9,9 +9,12 @@ hold sockets, never threads, and cannot keep a real request out.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -122,25 +125,41 @@ class HttpServer:
             clear_untrusted_proxy_headers=True,
         )
         self._deadline = float(request_timeout)
+        self._idle_after = float(read_timeout)
         self._receiving: dict[int, tuple[int, float]] = {}
-        self._idle_check = self._server.maintenance
         self._server.maintenance = self._maintenance
         self._cap = max_connections
         self._accept = self._server.handle_accept
         self._server.handle_accept = self._handle_accept
+        self._accept_socket = self._server.accept
+        self._server.accept = self._accept_or_shed
+        self._server_error = self._server.handle_error
+        self._server.handle_error = self._handle_server_error
+        # One descriptor held back: when the process runs out, it is given up for a moment to
+        # take the waiting connection and close it, so the listener does not stay readable
+        # and the loop does not spin on it.
+        self._spare: int | None = os.open(os.devnull, os.O_RDONLY)
+        self._shed_logged = 0.0
         self.host = str(self._server.effective_host)
         self.port = int(self._server.effective_port)
         self._stopping = False
         self.failure: str | None = None  # why the loop ended while it should have run
         self._thread = threading.Thread(target=self._run, name="jitc-http", daemon=True)
 
+    # waitress lets a worker thread close a channel (a failed `100 Continue`), which changes the
+    # channel map while the loop thread reads it: everything here reads a copy.
+
+    def _channels(self) -> list[Any]:
+        return list(self._server.active_channels.values())
+
     def _maintenance(self, now: float) -> None:
         """waitress closes connections idle past the read timeout; a client that sends a byte
         now and then is never idle, and could hold the connection cap for ever. So a request
         must also arrive whole within the request timeout (run in the server's loop thread)."""
-        self._idle_check(now)
         seen: dict[int, tuple[int, float]] = {}
-        for channel in list(self._server.active_channels.values()):
+        for channel in self._channels():
+            if not channel.requests and channel.last_activity < now - self._idle_after:
+                channel.will_close = True
             parser = channel.request  # the request being received, if any
             if parser is None or channel.requests:
                 continue
@@ -155,43 +174,93 @@ class HttpServer:
     def _handle_accept(self) -> None:
         """At the cap, a new connection takes the place of the oldest one with nothing running:
         clients that trickle their requests, however many, cannot keep the control plane out
-        for as long as the request timeout (run in the server's loop thread)."""
-        before = set(self._server.active_channels)
-        self._accept()
+        for as long as the request timeout (run in the server's loop thread). Whatever goes
+        wrong here costs that one connection, never the listener: waitress closes a server
+        whose handler raised."""
         channels = self._server.active_channels
-        open_ = [c for c in channels.values() if not c.will_close]
-        if len(open_) <= self._cap:
-            return
-        new = set(channels) - before
-        idle = [c for c in open_ if not c.requests and c._fileno not in new]
-        if idle:
-            min(idle, key=lambda c: c.creation_time).will_close = True
-        else:  # every other connection has a request running: the new one waits its turn
-            for fileno in new:
-                channels[fileno].will_close = True
+        before = set(list(channels))
+        try:
+            self._accept()
+            new = set(list(channels)) - before
+            open_ = [c for c in self._channels() if not c.will_close]
+            if len(open_) <= self._cap:
+                return
+            idle = [c for c in open_ if not c.requests and c._fileno not in new]
+            if idle:
+                min(idle, key=lambda c: c.creation_time).will_close = True
+            else:  # every other connection has a request running: the new one waits its turn
+                for fileno in new:
+                    if fileno in channels:
+                        channels[fileno].will_close = True
+        except Exception:
+            log.exception("a connection could not be taken; it is closed, the intake goes on")
+            for fileno in set(list(channels)) - before:
+                channel = channels.get(fileno)
+                if channel is not None:
+                    channel.will_close = True
+
+    def _accept_or_shed(self) -> Any:
+        try:
+            return self._accept_socket()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+        try:
+            conn, _ = self._server.socket.accept()
+            conn.close()
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self._spare = os.open(os.devnull, os.O_RDONLY)
+        now = time.monotonic()
+        if now - self._shed_logged > 10:
+            self._shed_logged = now
+            log.error("out of file descriptors: new connections are closed unanswered")
+        return None
+
+    def _handle_server_error(self) -> None:
+        """An exception no handler caught, on the listening socket: waitress logs it and closes
+        the listener. Said as the failure it is, so `serve` exits for its supervisor."""
+        if not self._stopping:
+            log.critical("the HTTP intake's listener failed", exc_info=True)
+            self.failure = self.failure or "the listener failed"
+        self._server_error()
 
     def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
+        failure = "the loop ended"
         try:
             self._server.run()
-        except Exception as exc:
-            if self._stopping:  # stop() closing the sockets under the loop
-                log.debug("HTTP loop ended", exc_info=True)
-                return
-            failure = f"{type(exc).__name__}: {exc}"
-            log.critical("the HTTP intake stopped answering: %s", failure, exc_info=True)
-            self.failure = failure  # said first, then seen
-        else:
+        except BaseException as exc:
+            failure = type(exc).__name__
+            with contextlib.suppress(Exception):
+                failure += f": {exc}"
             if not self._stopping:
-                log.critical("the HTTP intake stopped answering: the loop ended")
-                self.failure = "the loop ended"
+                log.critical("the HTTP intake stopped answering", exc_info=True)
+        finally:
+            if not self._stopping:
+                self.failure = self.failure or failure
+
+    def problem(self) -> str | None:
+        """Once started: why nothing answers, when the listener or its loop has ended for any
+        reason but stop() (or did before a stop()); None while it serves."""
+        if self.failure is not None or self._stopping:
+            return self.failure
+        if not self._thread.is_alive():
+            return "the loop ended"
+        if not self._server.accepting:
+            return "the listener closed"
+        return None
 
     @property
     def alive(self) -> bool:
-        """False once the loop has ended for any reason but stop(): nothing answers then."""
-        return self.failure is None
+        return self.problem() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let running requests finish and their answers go out, then close.
@@ -203,19 +272,28 @@ class HttpServer:
 
         server = self._server
         self._stopping = True
-        # The socket map belongs to the loop's thread: everything below runs there.
-        server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._thread.is_alive():
-            done = threading.Event()
-            server.trigger.pull_trigger(functools.partial(self._close_idle, done))
-            done.wait(timeout=1)
-            if not server.active_channels:
-                break
-            time.sleep(0.05)
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            try:
+                # The socket map belongs to the loop's thread: everything below runs there.
+                server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server))
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and self._thread.is_alive():
+                    done = threading.Event()
+                    server.trigger.pull_trigger(functools.partial(self._close_idle, done))
+                    done.wait(timeout=1)
+                    if not server.active_channels:
+                        break
+                    time.sleep(0.05)
+                server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            except OSError:  # the loop closed its trigger (the listener failed): close here
+                log.warning("the HTTP loop's trigger is closed; closing its sockets from here")
+            self._thread.join(timeout=10)
+        if not self._thread.is_alive():  # never started, or ended: nothing else touches the map
+            wasyncore.close_all(server._map)
         server.task_dispatcher.shutdown(timeout=10)
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
 
     def _close_idle(self, done: threading.Event) -> None:
         """Close each connection with no request running once its answer is sent."""

@@ -371,3 +371,112 @@ def test_serve_exits_failed_when_its_intake_stops_answering(tmp_path: Path, admi
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "the intake stopped answering (OSError: poll failed)" in done.stdout, done.stdout
+
+
+def _ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+
+def _get(server: HttpServer) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        return data
+
+
+def test_a_connection_that_cannot_be_taken_costs_that_connection_not_the_listener() -> None:
+    """waitress closes a server whose accept handler raised; the intake's never does."""
+    from waitress.channel import HTTPChannel
+
+    class FailsOnce(HTTPChannel):
+        failures = 1
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if FailsOnce.failures:
+                FailsOnce.failures -= 1
+                raise RuntimeError("channel could not be made")
+            super().__init__(*args, **kwargs)
+
+    server = HttpServer(_ok, "127.0.0.1", 0)
+    server._server.channel_class = FailsOnce
+    server.start()
+    try:
+        with contextlib.suppress(OSError):
+            _get(server)
+        assert FailsOnce.failures == 0
+        assert _get(server).endswith(b"ok")
+        assert server.alive and server.problem() is None
+    finally:
+        server.stop()
+
+
+def test_a_listener_closed_under_the_loop_is_reported() -> None:
+    server = HttpServer(_ok, "127.0.0.1", 0)
+    server.start()
+    server._server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server._server))
+    deadline = time.monotonic() + 10
+    while server.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.problem() == "the listener closed"
+    server.stop()
+
+
+OUT_OF_DESCRIPTORS = """
+import os, resource, sys
+from jitc.http_intake import HttpServer
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+server = HttpServer(app, "127.0.0.1", 0, read_timeout=60)
+server.start()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 3, hard))
+print(server.port, flush=True)
+sys.stdin.readline()
+print("alive" if server.alive else f"dead: {server.problem()}", flush=True)
+server.stop()
+"""
+
+
+def test_out_of_descriptors_a_new_connection_is_closed_not_left_hanging() -> None:
+    """Out of descriptors, accept() fails and leaves the connection waiting: the listener stays
+    readable, and the loop would spin on it while the client waits for nothing."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        port = int(child.stdout.readline())
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        closed = 0
+        for conn in held:
+            conn.settimeout(3)
+            with contextlib.suppress(TimeoutError):
+                closed += conn.recv(1) == b""  # closed by the server, unanswered
+        assert closed >= 1, "every connection past the limit was left hanging"
+        for conn in held:
+            conn.close()
+        deadline = time.monotonic() + 10
+        answer = b""
+        while time.monotonic() < deadline and not answer.endswith(b"ok"):
+            with contextlib.suppress(OSError):
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = conn.recv(65536)
+                conn.close()
+            time.sleep(0.1)
+        assert answer.endswith(b"ok"), answer
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "alive"
+    finally:
+        child.kill()
+        child.wait(timeout=10)
