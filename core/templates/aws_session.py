@@ -56,12 +56,17 @@ def reset() -> None:
 
 # role ARN, external id, region -> (expiry, session) of the assumed role's credentials
 _assumed: dict[tuple[str, str | None, str | None], tuple[datetime, Any]] = {}
-_assumed_clients: dict[tuple[str, str | None, str | None, str, datetime], Any] = {}
+# service, region, role ARN, external id -> the client of the current credentials, and the one
+# of the credentials before them: closed only at the next renewal, an hour on, when no batch
+# can still be using it (closing it at once could end a call in flight on another thread).
+_assumed_clients: dict[tuple[str, str | None, str, str | None], tuple[datetime, Any, Any]] = {}
 
 
 def assumed_client(service: str, region: str | None, role_arn: str, external_id: str | None) -> Any:
     """A client acting as `role_arn` (a role the customer deployed in a member account, which
-    trusts the connector's roles only with this external id), reassumed before it expires."""
+    trusts the connector's roles only with this external id), reassumed before it expires.
+    One client per service, region and role at a time (two across a renewal): each holds its
+    own connections and ~10 MB of endpoint data."""
     import boto3
 
     key = (role_arn, external_id, region)
@@ -79,13 +84,18 @@ def assumed_client(service: str, region: str | None, role_arn: str, external_id:
         )
         held = (answer["Expiration"], session)
         _assumed[key] = held
-    client_key = (service, region, role_arn, external_id or "", held[0])
+    client_key = (service, region, role_arn, external_id)
     found = _assumed_clients.get(client_key)
-    if found is None:
-        from botocore.config import Config
+    if found is not None and found[0] == held[0]:
+        return found[1]
+    from botocore.config import Config
 
-        config = Config(retries={"mode": "standard", "max_attempts": 5})
-        assumed: Any = held[1]
-        found = assumed.client(service, region_name=region, config=config)
-        _assumed_clients[client_key] = found
-    return found
+    config = Config(retries={"mode": "standard", "max_attempts": 5})
+    made: Any = held[1].client(service, region_name=region, config=config)
+    if found is not None:
+        _assumed_clients[client_key] = (held[0], made, found[1])
+        if found[2] is not None:
+            found[2].close()
+    else:
+        _assumed_clients[client_key] = (held[0], made, None)
+    return made

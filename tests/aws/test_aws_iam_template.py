@@ -759,3 +759,50 @@ def test_an_older_session_cutoff_hung_on_a_group_is_taken_off_before_it_goes(
     assert older["PolicyArn"] not in {
         p["Arn"] for p in iam.list_policies(Scope="Local")["Policies"]
     }
+
+
+def test_a_renewed_role_keeps_one_client_and_closes_the_one_before_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each renewal of an assumed role's credentials makes a client (its own connections and
+    ~10 MB of endpoint data): the one before last is closed, so a process that runs for days
+    holds two, not one per hour."""
+    from datetime import UTC, datetime, timedelta
+
+    from jitc.templates import aws_session
+
+    made: list[Any] = []
+
+    class Client:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Session:
+        def __init__(self, **_: Any) -> None:
+            pass
+
+        def client(self, *_: Any, **__: Any) -> Client:
+            made.append(Client())
+            return made[-1]
+
+    class Sts:
+        def assume_role(self, **_: Any) -> dict[str, Any]:
+            # Within five minutes of its end: every call renews it.
+            expiry = datetime.now(UTC) + timedelta(minutes=1, microseconds=len(made))
+            keys = {"AccessKeyId": "a", "SecretAccessKey": "s", "SessionToken": "t"}
+            return {"Credentials": {**keys, "Expiration": expiry}}
+
+    aws_session.reset()
+    monkeypatch.setattr(aws_session, "client", lambda service, region: Sts())
+    monkeypatch.setattr(boto3.session, "Session", Session)
+    try:
+        got = [
+            aws_session.assumed_client("iam", None, "arn:aws:iam::1:role/r", "x") for _ in range(6)
+        ]
+        assert got == made and len(made) == 6
+        assert [c.closed for c in made] == [True, True, True, True, False, False]
+        assert len(aws_session._assumed_clients) == 1
+    finally:
+        aws_session.reset()
