@@ -17,16 +17,15 @@ from jitc.inventory import webhook_transport
 STALL_SECONDS = 60.0
 
 
-def state() -> BlobSyncState:
+def container() -> Any:
     from azure.storage.blob import ContainerClient
 
-    container = ContainerClient(
+    return ContainerClient(
         required_env("JITC_SYNC_BLOB_SERVICE_URI", "app setting"),
         required_env("JITC_SYNC_CONTAINER", "app setting"),
         credential=runtime.credential(),
         **runtime.transport_options(),
     )
-    return BlobSyncState(container)
 
 
 def sync(proceed: Callable[[], bool]) -> dict[str, Any]:
@@ -36,7 +35,11 @@ def sync(proceed: Callable[[], bool]) -> dict[str, Any]:
         observability.info("inventory sync not configured: the catalog names no webhook")
         return {"configured": False}
     transport = webhook_transport(engine.catalog, engine.secrets)
-    report = engine.sync(transport, state(), proceed=proceed, stall_seconds=STALL_SECONDS)
+    # Closed after each run, its connections with it: a warm instance runs the next one too.
+    with container() as blobs:
+        report = engine.sync(
+            transport, BlobSyncState(blobs), proceed=proceed, stall_seconds=STALL_SECONDS
+        )
     summary = report.as_dict()
     failed = [
         name

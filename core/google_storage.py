@@ -8,6 +8,7 @@ earn a 403, a "permission denied" entry in the project's audit log, and a thread
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 from jitc.google_credentials import service_account
@@ -27,3 +28,17 @@ def storage_client(project: str | None, endpoint: str | None) -> Any:
     if hasattr(client, "_bucket_metadata_cache"):
         client._bucket_metadata_cache = None
     return client
+
+
+def let_go(exc: BaseException) -> None:
+    """google-cloud-storage raises an HTTP error from within the handling of another, whose
+    traceback holds that exception again (a reference cycle) and the HTTP response, which holds
+    its connection pool: left to the cycle collector, every such answer (a missing tombstone is
+    one) would keep a connection open after its client is closed. Those frames have returned;
+    their variables go now."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__

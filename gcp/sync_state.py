@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from jitc.errors import JitcError
+from jitc.google_storage import let_go
 from jitc.inventory import Acked, acked_from, acked_to
 
 OBJECT = "inventory-state.json"
@@ -30,13 +31,17 @@ class GcsSyncState:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         for _ in range(ATTEMPTS):
-            blob = self._bucket.get_blob(self._name)
-            if blob is None:
+            blob = self._bucket.blob(self._name)
+            try:
+                blob.reload()
+            except NotFound as exc:
+                let_go(exc)  # get_blob would keep the answer's connection until a collection
                 return {}, 0
             generation = int(blob.generation)
             try:
                 data = blob.download_as_bytes(if_generation_match=generation)
-            except (NotFound, PreconditionFailed):
+            except (NotFound, PreconditionFailed) as exc:
+                let_go(exc)
                 continue  # replaced or deleted between the two calls: read again
             try:
                 doc = json.loads(data)
@@ -67,6 +72,7 @@ class GcsSyncState:
                     body, content_type="application/json", if_generation_match=generation
                 )
                 return
-            except PreconditionFailed:
+            except PreconditionFailed as exc:
+                let_go(exc)
                 continue
         raise SyncStateConflict("the sync state object kept changing under this sync")

@@ -360,10 +360,12 @@ class AzureRbacSession:
         from azure.mgmt.authorization import AuthorizationManagementClient
 
         credential = _credential
+        # Made here (no runtime handed one in, as under `jitc serve`): closed with the session.
+        self._own_credential: Any = None
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
-            credential = DefaultAzureCredential(**_transport)
+            credential = self._own_credential = DefaultAzureCredential(**_transport)
         self.integration = integration
         self.settings = connection
         self.key = key
@@ -403,6 +405,8 @@ class AzureRbacSession:
         self.client.close()  # type: ignore[no-untyped-call]
         if self.ledger is not None:
             self._container.close()
+        if self._own_credential is not None:
+            self._own_credential.close()
 
     # -- labels ----------------------------------------------------------------------------
 

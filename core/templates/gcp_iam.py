@@ -44,11 +44,11 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import json
+import logging
 import os
 import random
 import re
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -57,7 +57,7 @@ from pydantic import Field, field_validator
 
 from jitc.errors import Refused, TargetError
 from jitc.google_credentials import service_account
-from jitc.google_storage import storage_client
+from jitc.google_storage import let_go, storage_client
 from jitc.labels import LabelKey, required
 from jitc.models import Grant
 from jitc.secrets import Secret
@@ -72,6 +72,7 @@ from jitc.templates.base import (
     grant_from_label,
 )
 
+log = logging.getLogger(__name__)
 KIND = "gcp_iam"
 PREFIX = "jitc:"
 TITLE_PREFIX = "jitc "
@@ -290,20 +291,6 @@ def _make_room(
         )
 
 
-def _let_go(exc: BaseException) -> None:
-    """google-cloud-storage raises an HTTP error from within the handling of another, whose
-    traceback holds that exception again (a reference cycle) and the HTTP response, which holds
-    its connection pool: left to the cycle collector, every such answer (a missing tombstone is
-    one) would keep a connection open after its client is closed. Those frames have returned;
-    their variables go now."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
-        error = error.__context__
-
-
 class _Api:
     """getIamPolicy / setIamPolicy of one resource kind (a dataset's access entries as a
     policy), through Google's discovery clients."""
@@ -320,10 +307,11 @@ class _Api:
         batch after batch, a warm function, would pile up a connection or two per batch."""
         services, self._services, self._collections = self._services, {}, {}
         storage, self._storage = self._storage, None
-        for service in services.values():
-            service.close()
-        if storage is not None:
-            storage.close()
+        for client in [*services.values(), *([storage] if storage is not None else [])]:
+            try:
+                client.close()
+            except Exception:  # the others are closed all the same
+                log.warning("a Google client could not be closed", exc_info=True)
 
     def credentials(self) -> Any:
         if self._credentials is None:
@@ -363,7 +351,7 @@ class _Api:
             # Create-if-absent: a retry or a second revoke can never overwrite it.
             blob.upload_from_string(data, content_type="text/plain", if_generation_match=0)
         except GoogleAPICallError as exc:
-            _let_go(exc)
+            let_go(exc)
             if isinstance(exc, PreconditionFailed):
                 return False
             # Creating over an existing object is an overwrite, which needs delete: Cloud
@@ -381,7 +369,7 @@ class _Api:
         try:
             data: bytes = self._bucket(bucket).blob(name).download_as_bytes()
         except GoogleAPICallError as exc:
-            _let_go(exc)
+            let_go(exc)
             if isinstance(exc, NotFound):
                 return None
             raise TargetError(f"tombstone bucket: objects.get answered HTTP {exc.code}") from None

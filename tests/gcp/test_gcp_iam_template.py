@@ -442,3 +442,31 @@ def test_batch_after_batch_leaves_no_connection_open(fake: FakeGcp) -> None:
         gc.enable()
     # google-cloud-storage's own bucket lookups: a 403 and an audit-log entry each, and a thread
     assert [c for c in fake.calls if not c.allowed] == [], fake.calls
+
+
+def test_the_sync_state_leaves_no_connection_open(fake: FakeGcp) -> None:
+    """The same for the inventory sync's state object (jitc.gcp.sync_state), read missing,
+    written, read back, on a client closed after the run as the sync closes it."""
+    from jitc.gcp.sync_state import GcsSyncState
+    from jitc.google_storage import storage_client
+    from jitc.inventory import Acked, version_of_hashes
+
+    pages = ("ab" * 32,)
+    acked = Acked(version_of_hashes(pages), pages, "cd" * 16)
+    gc.collect()
+    gc.disable()
+    try:
+        before = _descriptors()
+        for n in range(3):
+            client = storage_client(None, fake.url)
+            state = GcsSyncState(client.bucket(TOMBSTONES), name=f"sync-{n}.json")
+            assert state.load("iam") is None
+            state.save("iam", acked)
+            assert state.load("iam") == acked
+            client.close()
+        deadline = time.monotonic() + 5
+        while _descriptors() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _descriptors() <= before, (before, _descriptors())
+    finally:
+        gc.enable()
