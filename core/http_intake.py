@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from waitress import wasyncore
 from waitress.server import create_server
 
 from jitc.intake import MAX_BODY_BYTES, Intake
@@ -126,7 +127,9 @@ class HttpServer:
         )
         self._deadline = float(request_timeout)
         self._idle_after = float(read_timeout)
-        self._receiving: dict[int, tuple[int, float]] = {}
+        # channel id -> (the request being received, first seen at): the parser itself, held, so
+        # a later request can never be taken for it (ids of freed objects come back)
+        self._receiving: dict[int, tuple[Any, float]] = {}
         self._server.maintenance = self._maintenance
         self._cap = max_connections
         self._accept = self._server.handle_accept
@@ -135,6 +138,13 @@ class HttpServer:
         self._server.accept = self._accept_or_shed
         self._server_error = self._server.handle_error
         self._server.handle_error = self._handle_server_error
+        # waitress closes its trigger pipe with a failed listener, and workers go on writing to
+        # its old descriptor number, which a journal or a database socket may have taken since:
+        # the listener alone is closed; the trigger goes with the rest, at stop()
+        self._server.close = functools.partial(wasyncore.dispatcher.close, self._server)
+        self._readable = self._server.readable
+        self._server.readable = self._listening
+        self._paused_until = 0.0
         # One descriptor held back: when the process runs out, it is given up for a moment to
         # take the waiting connection and close it, so the listener does not stay readable
         # and the loop does not spin on it.
@@ -156,7 +166,8 @@ class HttpServer:
         """waitress closes connections idle past the read timeout; a client that sends a byte
         now and then is never idle, and could hold the connection cap for ever. So a request
         must also arrive whole within the request timeout (run in the server's loop thread)."""
-        seen: dict[int, tuple[int, float]] = {}
+        self._keep_spare()
+        seen: dict[int, tuple[Any, float]] = {}
         for channel in self._channels():
             if not channel.requests and channel.last_activity < now - self._idle_after:
                 channel.will_close = True
@@ -164,8 +175,8 @@ class HttpServer:
             if parser is None or channel.requests:
                 continue
             began = self._receiving.get(id(channel))
-            if began is None or began[0] != id(parser):
-                began = (id(parser), now)
+            if began is None or began[0] is not parser:
+                began = (parser, now)
             seen[id(channel)] = began
             if now - began[1] > self._deadline:
                 channel.will_close = True
@@ -178,8 +189,9 @@ class HttpServer:
         wrong here costs that one connection, never the listener: waitress closes a server
         whose handler raised."""
         channels = self._server.active_channels
-        before = set(list(channels))
+        before: set[int] = set()
         try:
+            before = set(list(channels))
             self._accept()
             new = set(list(channels)) - before
             open_ = [c for c in self._channels() if not c.will_close]
@@ -199,24 +211,40 @@ class HttpServer:
                 if channel is not None:
                     channel.will_close = True
 
+    def _keep_spare(self) -> None:
+        if self._spare is None:
+            with contextlib.suppress(OSError):
+                self._spare = os.open(os.devnull, os.O_RDONLY)
+
+    def _listening(self) -> bool:
+        """waitress's own answer (it also runs the maintenance), unless the listener is resting
+        after running out of descriptors with no spare to give up."""
+        readable = bool(self._readable())
+        return readable and time.monotonic() >= self._paused_until
+
     def _accept_or_shed(self) -> Any:
         try:
-            return self._accept_socket()
+            accepted = self._accept_socket()
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
+        else:
+            self._keep_spare()
+            return accepted
+        shed = False
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None
-        try:
-            conn, _ = self._server.socket.accept()
-            conn.close()
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                self._spare = os.open(os.devnull, os.O_RDONLY)
+            try:
+                conn, _ = self._server.socket.accept()
+                conn.close()
+                shed = True
+            except OSError:
+                pass
+            self._keep_spare()
         now = time.monotonic()
+        if not shed:  # nothing to give up (another thread took it): rest, not spin
+            self._paused_until = now + 0.1
         if now - self._shed_logged > 10:
             self._shed_logged = now
             log.error("out of file descriptors: new connections are closed unanswered")
@@ -268,8 +296,6 @@ class HttpServer:
         A request that ran has its 202 sent before its connection is closed; one still being
         received is dropped unanswered, which is right: it was not accepted.
         """
-        from waitress import wasyncore
-
         server = self._server
         self._stopping = True
         if self._thread.is_alive():

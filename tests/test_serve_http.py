@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import sqlite3
 import subprocess
@@ -480,3 +481,61 @@ def test_out_of_descriptors_a_new_connection_is_closed_not_left_hanging() -> Non
     finally:
         child.kill()
         child.wait(timeout=10)
+
+
+def test_a_request_deadline_starts_with_each_request_not_a_former_one_at_its_address() -> None:
+    """A keep-alive client sending request after request, each well within the deadline, is
+    never cut off: a new request whose parser lands where the last one was freed is new."""
+    from types import SimpleNamespace
+
+    class Parser:
+        pass
+
+    server = HttpServer(_ok, "127.0.0.1", 0, read_timeout=1, request_timeout=3)
+    try:
+        channel = SimpleNamespace(
+            requests=[], request=Parser(), last_activity=0.0, will_close=False
+        )
+        server._server.active_channels = {7: channel}
+        for tick in range(1, 12):
+            channel.request = None  # the last request answered; the next one begins
+            channel.request = Parser()
+            channel.last_activity = float(tick)
+            server._maintenance(float(tick))
+            assert not channel.will_close, tick
+        for tick in range(12, 17):  # one request that never ends is cut at its deadline
+            channel.last_activity = float(tick)
+            server._maintenance(float(tick))
+        assert channel.will_close
+    finally:
+        server._server.active_channels = {}
+        server.stop()
+
+
+def test_a_failed_listener_keeps_the_trigger_until_stop_and_a_lost_spare_comes_back() -> None:
+    """waitress closed the trigger pipe with a failed listener; workers and stop() then wrote
+    into whatever file took its number next."""
+    server = HttpServer(_ok, "127.0.0.1", 0)
+    server.start()
+
+    def fail() -> None:
+        try:
+            raise RuntimeError("listener failed")
+        except RuntimeError:
+            server._server.handle_error()
+
+    server._server.trigger.pull_trigger(fail)
+    deadline = time.monotonic() + 10
+    while server.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.problem() == "the listener failed"
+    assert not server._server.trigger._closed
+    os.close(server._spare)  # another thread took the descriptor the spare gave up
+    server._spare = None
+    server._server.trigger.pull_trigger(lambda: server._maintenance(time.time()))
+    deadline = time.monotonic() + 10
+    while server._spare is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server._spare is not None
+    server.stop()
+    assert not server._thread.is_alive() and server._server.trigger._closed
