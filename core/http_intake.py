@@ -235,12 +235,11 @@ class HttpServer:
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None
-            try:
+            # None waiting any more, or the freed descriptor already taken: nothing shed.
+            with contextlib.suppress(OSError):
                 conn, _ = self._server.socket.accept()
                 conn.close()
                 shed = True
-            except OSError:
-                pass
             self._keep_spare()
         now = time.monotonic()
         if not shed:  # nothing to give up (another thread took it): rest, not spin

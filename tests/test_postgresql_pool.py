@@ -67,17 +67,22 @@ def test_another_secret_or_label_key_or_setting_gets_a_new_connection() -> None:
             session.conn.close()
 
 
-def test_a_connection_the_server_ended_while_kept_is_replaced() -> None:
-    template, connection = PostgreSQLTemplate(), _connection()
-    first = template.open(INTEGRATION, connection, Secret("a"), KEY)
-    pid = first.conn.info.backend_pid
-    first.close()
+def _terminate(pid: int) -> None:
+    """The server ends a kept connection's backend, and it is gone before the test goes on."""
     with psycopg.connect(PG_DSN, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         for _ in range(250):  # until the backend is gone (bounded)
             if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).rowcount:
                 break
             time.sleep(0.02)
+
+
+def test_a_connection_the_server_ended_while_kept_is_replaced() -> None:
+    template, connection = PostgreSQLTemplate(), _connection()
+    first = template.open(INTEGRATION, connection, Secret("a"), KEY)
+    pid = first.conn.info.backend_pid
+    first.close()
+    _terminate(pid)
     second = template.open(INTEGRATION, connection, Secret("a"), KEY)
     try:
         assert second.conn.info.backend_pid != pid
@@ -97,12 +102,7 @@ def test_kept_connections_numbered_above_what_select_can_watch_are_checked_and_r
     second = template.open(INTEGRATION, connection, Secret("a"), KEY)
     assert second.conn.info.backend_pid == pid  # healthy, so kept and handed out again
     second.close()
-    with psycopg.connect(PG_DSN, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        for _ in range(250):  # until the backend is gone (bounded)
-            if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).rowcount:
-                break
-            time.sleep(0.02)
+    _terminate(pid)
     third = template.open(INTEGRATION, connection, Secret("a"), KEY)
     try:
         assert third.conn.info.backend_pid != pid  # the ended one is seen, and replaced

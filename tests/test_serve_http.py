@@ -489,7 +489,7 @@ def test_a_request_deadline_starts_with_each_request_not_a_former_one_at_its_add
     from types import SimpleNamespace
 
     class Parser:
-        pass
+        """A request being received: only its identity matters here."""
 
     server = HttpServer(_ok, "127.0.0.1", 0, read_timeout=1, request_timeout=3)
     try:

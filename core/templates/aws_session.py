@@ -92,10 +92,8 @@ def assumed_client(service: str, region: str | None, role_arn: str, external_id:
 
     config = Config(retries={"mode": "standard", "max_attempts": 5})
     made: Any = held[1].client(service, region_name=region, config=config)
-    if found is not None:
-        _assumed_clients[client_key] = (held[0], made, found[1])
-        if found[2] is not None:
-            found[2].close()
-    else:
-        _assumed_clients[client_key] = (held[0], made, None)
+    previous, retiring = (found[1], found[2]) if found is not None else (None, None)
+    _assumed_clients[client_key] = (held[0], made, previous)
+    if retiring is not None:
+        retiring.close()
     return made

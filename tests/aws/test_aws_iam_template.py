@@ -781,7 +781,7 @@ def test_a_renewed_role_keeps_one_client_and_closes_the_one_before_last(
 
     class Session:
         def __init__(self, **_: Any) -> None:
-            pass
+            """Credentials taken and ignored, as the client below needs none."""
 
         def client(self, *_: Any, **__: Any) -> Client:
             made.append(Client())
