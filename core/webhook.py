@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from jitc.endpoints import https_or_loopback
 from jitc.errors import JitcError
 from jitc.models import AuditEvent, Outcome
 from jitc.secrets import Secret, SecretRef, SecretStore
@@ -28,7 +29,6 @@ class WebhookError(JitcError):
         self.status = status  # the last HTTP status, when the receiver answered at all
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANSWER_MAX = 65536  # bytes of a 2xx answer read: an acknowledgement is small
 # One exchange (connect, send, the whole answer) may take this many `timeout`s in all: urlopen's
 # timeout bounds each read on the socket, so a receiver dripping a byte at a time would
@@ -49,23 +49,7 @@ UNREDIRECTED = urllib.request.build_opener(_NoRedirect)
 
 
 def webhook_url_allowed(url: str) -> bool:
-    """https anywhere; plain http only to loopback, judged on the parsed host name exactly, so
-    that `http://localhost.evil.example` and `http://localhost@evil.example` are refused."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        hostname, _ = parts.hostname, parts.port
-    except ValueError:
-        return False
-    if not hostname:
-        return False
-    if parts.scheme == "https":
-        return True
-    return (
-        parts.scheme == "http"
-        and hostname in LOOPBACK_HOSTS
-        and parts.username is None
-        and parts.password is None
-    )
+    return https_or_loopback(url)
 
 
 class WebhookSink:

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from jitc.endpoints import https_or_loopback
 from jitc.errors import Refused
 from jitc.webhook import UNREDIRECTED
 
@@ -42,7 +43,7 @@ class CertificateCache:
     once for a key id not yet seen (Google rotates them)."""
 
     def __init__(self, url: str = GOOGLE_CERTS_URL, timeout: float = 10.0) -> None:
-        if not url.startswith("https://") and not url.startswith("http://127.0.0.1:"):
+        if not https_or_loopback(url):
             raise ValueError("the certificates URL must be https (plain http only to loopback)")
         self.url = url
         self.timeout = timeout

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from jitc.endpoints import https_or_loopback
 from jitc.errors import ConfigError
 from jitc.google_credentials import service_account
 from jitc.models import AuditEvent, Outcome
@@ -25,7 +26,7 @@ def pubsub_service() -> Any:
     endpoint = os.environ.get("JITC_GCP_ENDPOINT_PUBSUB")
     # A Private Service Connect endpoint, or a local server in tests: the bearer token goes
     # there, so never in clear text off this machine.
-    if endpoint and not endpoint.startswith(("https://", "http://127.0.0.1:")):
+    if endpoint and not https_or_loopback(endpoint):
         raise ConfigError("JITC_GCP_ENDPOINT_PUBSUB: https only")
     # The function's one set of credentials (cloud-platform covers Pub/Sub): no token of its own.
     credentials = service_account()

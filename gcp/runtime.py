@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jitc.catalog import Catalog, load_catalog, parse_catalog
+from jitc.endpoints import https_or_loopback
 from jitc.errors import CatalogError, ConfigError, required_env
 from jitc.gcp.logs import logger
 from jitc.gcp.oidc import GOOGLE_CERTS_URL, CertificateCache, OidcVerifier
@@ -82,9 +83,9 @@ def _client_options(endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any
     """(client_options, transport kwargs) for the REST transport, plain http only to loopback."""
     if endpoint is None:
         return {}, {}
+    if not https_or_loopback(endpoint):
+        raise ConfigError("a plain-http endpoint is allowed only on this machine")
     scheme, _, host = endpoint.partition("://")
-    if scheme == "http" and not host.startswith("127.0.0.1:"):
-        raise ConfigError("a plain-http endpoint is allowed only on 127.0.0.1")
     return {"api_endpoint": host}, {"url_scheme": scheme}
 
 

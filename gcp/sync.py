@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from jitc.endpoints import https_or_loopback
 from jitc.errors import ConfigError, required_env
 from jitc.gcp import runtime
 from jitc.gcp.sync_state import GcsSyncState
@@ -22,10 +23,8 @@ STALL_SECONDS = 60.0
 def storage_bucket() -> Any:
     # A Private Service Connect endpoint (or a local server in tests), like the other clients.
     endpoint = os.environ.get("JITC_STORAGE_ENDPOINT") or None
-    if endpoint is not None:
-        scheme, _, host = endpoint.partition("://")
-        if scheme != "https" and not host.startswith("127.0.0.1:"):
-            raise ConfigError("a plain-http endpoint is allowed only on 127.0.0.1")
+    if endpoint is not None and not https_or_loopback(endpoint):
+        raise ConfigError("a plain-http endpoint is allowed only on this machine")
     client = storage_client(runtime.settings().project, endpoint)
     return client.bucket(required_env("JITC_SYNC_BUCKET"))
 

@@ -55,6 +55,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
+from jitc.endpoints import https_or_loopback
 from jitc.errors import Refused, TargetError
 from jitc.google_credentials import service_account
 from jitc.google_storage import let_go, storage_client
@@ -336,7 +337,7 @@ class _Api:
             # The objects API through google-cloud-storage (the discovery client sends media
             # uploads to https whatever the endpoint's scheme): its endpoint is the API's root.
             endpoint = os.environ.get("JITC_STORAGE_ENDPOINT") or None
-            if endpoint is not None and not endpoint.startswith(("https://", "http://127.0.0.1:")):
+            if endpoint is not None and not https_or_loopback(endpoint):
                 raise TargetError("JITC_STORAGE_ENDPOINT: https only")
             # Object calls name their bucket: no project is needed or guessed.
             self._storage = storage_client(None, endpoint)
@@ -382,7 +383,7 @@ class _Api:
             if endpoint:
                 # A Private Service Connect endpoint, or a local server in tests: the bearer
                 # token goes there, so never in clear text off this machine.
-                if not endpoint.startswith(("https://", "http://127.0.0.1:")):
+                if not https_or_loopback(endpoint):
                     raise TargetError(f"JITC_GCP_ENDPOINT_{name.upper()}: https only")
                 options["api_endpoint"] = endpoint
             credentials = self.credentials()

@@ -50,6 +50,38 @@ def test_the_pubsub_endpoint_override_is_https_only(monkeypatch: pytest.MonkeyPa
         pubsub_service()
 
 
+# http "to 127.0.0.1" by its text, to another host in fact: the host is what follows the "@"
+DISGUISED = "http://127.0.0.1:@127.0.0.2:8443/"
+
+
+def test_an_endpoint_that_only_starts_like_loopback_is_refused_everywhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jitc.endpoints import https_or_loopback
+    from jitc.errors import ConfigError
+    from jitc.gcp import sync
+    from jitc.gcp.pubsub import pubsub_service
+
+    assert https_or_loopback("http://127.0.0.1:8443/") and https_or_loopback("https://a.example")
+    for url in (DISGUISED, "http://localhost.evil.example/", "https://u:p@a.example/"):
+        assert not https_or_loopback(url), url
+    with pytest.raises(ValueError):
+        CertificateCache(DISGUISED)
+    monkeypatch.setenv("JITC_GCP_ENDPOINT_CLOUDRESOURCEMANAGER", DISGUISED)
+    with pytest.raises(TargetError, match="https only"):
+        _Api()._service("cloudresourcemanager", "v3")
+    monkeypatch.setenv("JITC_STORAGE_ENDPOINT", DISGUISED)
+    with pytest.raises(TargetError, match="https only"):
+        _Api()._bucket("b")
+    with pytest.raises(ConfigError, match="only on this machine"):
+        sync.storage_bucket()
+    with pytest.raises(ConfigError, match="only on this machine"):
+        runtime._client_options(DISGUISED)
+    monkeypatch.setenv("JITC_GCP_ENDPOINT_PUBSUB", DISGUISED)
+    with pytest.raises(ConfigError, match="https only"):
+        pubsub_service()
+
+
 def test_missing_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("JITC_PROJECT", "JITC_QUEUE", "JITC_WORKER_URL", "JITC_INVOKER_EMAIL"):
         monkeypatch.delenv(name, raising=False)
