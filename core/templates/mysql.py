@@ -342,18 +342,31 @@ def membership_statements(connection: Connection, spec: GrantSpec) -> list[str]:
     return statements
 
 
-def _kill_loop(name: str, before: str) -> str:
+def _kill_loop(name: str, before: str, sole: bool = False) -> str:
     """A compound-statement body that runs `before`, then kills every connection of account
-    `name`."""
-    sessions = f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {literal(name)}"  # noqa: S608
+    `name`. The process list names a connection by user name alone, compared here byte for byte
+    (information_schema compares without case: `ALICE` is another account). `sole`: only when
+    no other account, on another host, has that name, since the list cannot tell theirs apart."""
+    sessions = (
+        "SELECT ID FROM information_schema.PROCESSLIST "  # noqa: S608
+        f"WHERE CAST(USER AS BINARY) = CAST({literal(name)} AS BINARY)"
+    )
+    kill = (
+        "OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "
+        "SET @jitc_kill = CONCAT('KILL CONNECTION ', tid); PREPARE s FROM @jitc_kill; "
+        "EXECUTE s; DEALLOCATE PREPARE s; END LOOP; CLOSE c; "
+    )
+    if sole:
+        accounts = (
+            "SELECT COUNT(*) FROM mysql.global_priv "  # noqa: S608
+            f"WHERE User = {literal(name)} AND Host <> ''"
+        )
+        kill = f"IF ({accounts}) = 1 THEN {kill}END IF; "
     return (
         "DECLARE done INT DEFAULT 0; DECLARE tid BIGINT UNSIGNED; "
         f"DECLARE c CURSOR FOR {sessions}; "
         "DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; "
-        f"{before}"
-        "OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "
-        "SET @jitc_kill = CONCAT('KILL CONNECTION ', tid); PREPARE s FROM @jitc_kill; "
-        "EXECUTE s; DEALLOCATE PREPARE s; END LOOP; CLOSE c; "
+        f"{before}{kill}"
     )
 
 
@@ -371,7 +384,8 @@ def membership_expiry_event(connection: Connection, spec: GrantSpec) -> str:
     permission = spec.permission
     assert isinstance(permission, Permission)
     drop = f"DROP ROLE IF EXISTS {ident(role_name(connection, spec.grant_id))}; "
-    body = _kill_loop(member_name(spec), drop) if permission.terminate_sessions else drop
+    member = member_name(spec)
+    body = _kill_loop(member, drop, sole=True) if permission.terminate_sessions else drop
     return (
         f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
         f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec))} "

@@ -407,6 +407,16 @@ class MySQLSession:
                 f"account {member!r} is the admin, one of the connector's own, or holds a global "
                 "privilege, a grant option or a system database: never a member",
             )
+        permission = spec.permission
+        assert isinstance(permission, Permission)
+        others = self._namesakes(member)
+        if permission.terminate_sessions and others:
+            raise Refused(
+                "identity.username",
+                f"{others} account(s) on other hosts share the name {member!r}: the process list "
+                "names connections by user alone, so the revoke could not end this member's "
+                "sessions without ending theirs",
+            )
         for index, role in enumerate(spec.resources):
             where = f"resources[{index}]"
             is_role = self._one(
@@ -577,7 +587,7 @@ class MySQLSession:
             self._run(f"DROP ROLE IF EXISTS {ident(name)}")
             member = str(label.get("member", ""))
             if label.get("terminate_sessions") and member:
-                self._kill(member)
+                self._end_member(member)
             return
         self._run(f"ALTER USER IF EXISTS {account(self.settings, name)} ACCOUNT LOCK")
         self._kill(name)
@@ -660,14 +670,12 @@ class MySQLSession:
             f"{ident(event_name(grant_id))}"
         )
         member = str(label.get("member", ""))
-        # A member's session that ran SET ROLE may keep the role's privileges until it ends.
-        left = self._kill(member) if label.get("terminate_sessions") and member else 0
+        left = self._end_member(member) if label.get("terminate_sessions") and member else []
         residual = self._residual(name, "")
         mapped = self._one("SELECT COUNT(*) FROM mysql.roles_mapping WHERE Role = %s", (name,))
         if mapped:
             residual.append(f"{mapped} membership(s) of role {name} left")
-        if left:
-            residual.append(f"{left} connection(s) of {member} still open")
+        residual += left
         if not residual:
             self._tombstone(grant_id, label, tombstone_until)
         return RevokeResult(
@@ -678,10 +686,33 @@ class MySQLSession:
             verified=not residual,
         )
 
+    def _namesakes(self, member: str) -> int:
+        """Accounts on other hosts with the member's user name. The process list names a
+        connection by user name alone: theirs cannot be told from the member's."""
+        count = self._one(
+            "SELECT COUNT(*) FROM mysql.global_priv WHERE User = %s AND Host <> '' AND Host <> %s",
+            (member, self.settings.user_host),
+        )
+        return int(str(count or 0))
+
+    def _end_member(self, member: str) -> list[str]:
+        """End the member's sessions (one that ran SET ROLE may keep the role's privileges
+        until it ends), never another account's; what is left, as residual."""
+        others = self._namesakes(member)
+        if others:
+            return [
+                f"connections of {member} not ended: {others} account(s) on other hosts share "
+                "the name, and the process list does not tell their connections apart"
+            ]
+        left = self._kill(member)
+        return [f"{left} connection(s) of {member} still open"] if left else []
+
     def _sessions(self, name: str) -> list[int]:
+        # Byte for byte: information_schema compares without case, and `ALICE` is another
+        # account than `alice`.
         rows = self._rows(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND ID <> "
-            "CONNECTION_ID()",
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE CAST(USER AS BINARY) = "
+            "CAST(%s AS BINARY) AND ID <> CONNECTION_ID()",
             (name,),
         )
         return [int(row[0]) for row in rows]
@@ -745,6 +776,35 @@ class MySQLSession:
                 self._delete(grant_id)
 
     # -- sweep and inventory ---------------------------------------------------------------
+
+    def tidy(self, now: datetime | None = None) -> list[str]:
+        """The sweep's backstop for sessions that outlive their revoke. While a session runs
+        another account's DEFINER trigger or stored function, MariaDB lists it under that
+        account's name: a revoke at that moment cannot see it, and once it returns it keeps
+        the database privileges it cached with USE. A session still open under the name of an
+        account this integration revoked (its tombstone stands; no account has that name now)
+        is ended here, and reported: that revoke's verification missed it."""
+        revoked = {g.principal for g in self.active_grants() if g.state == "tombstone"}
+        if not revoked:
+            return []
+        listed = self._rows(
+            "SELECT DISTINCT USER FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
+        )
+        # Compared here, byte for byte: information_schema compares without case.
+        survivors = sorted({str(user) for (user,) in listed} & revoked)
+        lines = []
+        for name in survivors:
+            # Never the sessions of an account that has the name again (made since by someone
+            # with CREATE USER): only a dropped account's survivors are ours to end.
+            if self._one(f"SELECT COUNT(*) FROM {self.accounts} WHERE User = %s", (name,)):  # noqa: S608
+                continue
+            left = self._kill(name)
+            lines.append(
+                f"session(s) of {name} outlived its revoke (one running another account's "
+                "DEFINER trigger or function is listed under that account): "
+                + (f"{left} still open" if left else "ended")
+            )
+        return lines
 
     def active_grants(self) -> list[Grant]:
         rows = self._rows(

@@ -1,0 +1,357 @@
+"""MySQL/MariaDB: sessions the process list hides or shares. A session running another
+account's DEFINER trigger is listed under that account (the sweep ends it once it is back under
+the revoked name); a member's name another account shares on another host cannot be told apart
+there (such a grant is refused, and such a revoke ends nobody's sessions and says so); names are
+compared byte for byte.
+
+Everything made here is named `advm<run>_...` and dropped at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pymysql
+import pytest
+from contract_mysql import HOST, PORT, admin_grants, root, run
+from contract_targets import BOX_PUBLIC, ContractEnv, catalog_doc, make_env
+
+RUN = secrets.token_hex(3)
+PREFIX = f"advm{RUN}_"  # 11 characters: fits user_prefix
+DATABASE = f"{PREFIX}db"
+LEDGER = f"{PREFIX}ledger"
+ADMIN = f"{PREFIX}admin"
+OWNER = f"{PREFIX}owner"  # the company's application account, which defines the trigger
+ADMIN_PASSWORD = f"CANARY-{secrets.token_hex(8)}"
+
+
+class Target:
+    """Just enough of the contract suite's target for `catalog_doc` and `make_env`."""
+
+    kind = "mysql"
+    integration = f"advm-{RUN}"
+
+    def __init__(self) -> None:
+        self.conn = root()
+
+    def connection(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "host": HOST,
+            "port": PORT,
+            "user": ADMIN,
+            "user_prefix": PREFIX,
+            "ledger_database": LEDGER,
+            "kill_wait_seconds": 2,
+            "lock_wait_seconds": 3,
+            **overrides,
+        }
+
+    def permissions(self) -> dict[str, dict[str, Any]]:
+        return {"rw": {"template": "read-write", "resources": [DATABASE]}}
+
+    def admin_secret(self) -> str:
+        return ADMIN_PASSWORD
+
+    def resource(self) -> str:
+        return DATABASE
+
+    def identity(self, index: int = 0) -> dict[str, Any]:
+        return {"email": "mallory@example.com", "username": "mallory", "public_key": BOX_PUBLIC}
+
+
+def _kill_sessions(conn: Any, user: str) -> None:
+    for (thread,) in run(
+        conn, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", user
+    ):
+        with contextlib.suppress(pymysql.Error):
+            run(conn, f"KILL CONNECTION {int(thread)}")
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    try:
+        target = Target()
+    except pymysql.Error as exc:
+        pytest.skip(f"MariaDB not reachable: {exc}")
+    conn = target.conn
+    run(conn, f"CREATE DATABASE `{DATABASE}`")
+    run(conn, f"CREATE TABLE `{DATABASE}`.items (id INT PRIMARY KEY, name TEXT)")
+    run(conn, f"CREATE TABLE `{DATABASE}`.audit (id INT PRIMARY KEY)")
+    run(conn, f"INSERT INTO `{DATABASE}`.items VALUES (1, 'a'), (2, 'b')")
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", ADMIN, ADMIN_PASSWORD)
+    for text in admin_grants(DATABASE, LEDGER):
+        run(conn, text.format(admin=f"'{ADMIN}'@'%'"))
+    try:
+        yield target
+    finally:
+        users = run(
+            conn,
+            "SELECT User, Host FROM mysql.global_priv WHERE User LIKE %s",
+            PREFIX.replace("_", "\\_") + "%",
+        )
+        for user, host in users:
+            if host == "":  # a role
+                run(conn, f"DROP ROLE IF EXISTS `{user}`")
+                continue
+            _kill_sessions(conn, user)
+            run(conn, "DROP USER IF EXISTS %s@%s", user, host)
+        run(conn, f"DROP DATABASE IF EXISTS `{DATABASE}`")
+        run(conn, f"DROP DATABASE IF EXISTS `{LEDGER}`")
+        conn.close()
+
+
+@pytest.fixture
+def env(target: Target) -> ContractEnv:
+    return make_env(target, catalog_doc(target))  # type: ignore[arg-type]
+
+
+def _login(creds: dict[str, str]) -> Any:
+    return pymysql.connect(
+        host=creds["host"],
+        port=int(creds["port"]),
+        user=creds["username"],
+        password=creds["password"],
+        autocommit=True,
+        connect_timeout=3,
+    )
+
+
+def _alive(conn: Any) -> bool:
+    try:
+        run(conn, "SELECT 1")
+    except pymysql.Error:
+        return False
+    return True
+
+
+def test_a_grantee_session_hidden_in_a_definer_trigger_is_ended_by_the_next_sweep(
+    target: Target, env: ContractEnv
+) -> None:
+    """While a session runs a trigger (or a stored function) whose DEFINER is another account,
+    MariaDB lists it in PROCESSLIST under the definer's name, not the grantee's. The revoke
+    (and the expiry event) find the grantee's sessions by `USER = <name>` there, so a session
+    the grantee keeps inside a definer trigger (here: an ordinary audit trigger waiting on a
+    row lock that another account holds) is never killed; the revoke drops the account and
+    reports `revoked`, verified, and the session carries on with the dropped grant's access
+    (`USE db` keeps its database-level privileges cached). MariaDB shows no login user for such
+    a session; once the trigger returns, the session is listed under the dropped account's
+    name again, and the sweep ends every session under the name of a revoked account, and
+    reports it (the README says so)."""
+    conn = target.conn
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", OWNER, secrets.token_hex(8))
+    run(conn, f"GRANT ALL ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO '{OWNER}'@'%'")
+    run(
+        conn,
+        f"CREATE DEFINER='{OWNER}'@'%' TRIGGER `{DATABASE}`.items_audit AFTER INSERT ON "
+        f"`{DATABASE}`.items FOR EACH ROW INSERT INTO `{DATABASE}`.audit VALUES (NEW.id)",
+    )
+    outcome = env.engine.execute(env.request(permission="rw", request_id="adv-definer"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    live = _login(creds)
+    run(live, f"USE `{DATABASE}`")
+    # Another account (any with INSERT on the audit table) holds the row the trigger will
+    # want: the grantee's INSERT waits inside the trigger, as the trigger's definer.
+    accomplice = root()
+    run(accomplice, "BEGIN")
+    run(accomplice, f"INSERT INTO `{DATABASE}`.audit VALUES (42)")
+    result: list[Any] = []
+
+    def hide() -> None:
+        try:
+            result.append(run(live, "INSERT INTO items VALUES (42, 'x')"))
+        except pymysql.Error as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=hide)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            listed = run(
+                conn,
+                "SELECT USER FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
+                f"%INSERT INTO `{DATABASE}`.audit VALUES%",
+            )
+            if any(row[0] == OWNER for row in listed):
+                break
+            time.sleep(0.05)
+        revoke = env.engine.execute(env.request("revoke", request_id="adv-definer"))
+    finally:
+        run(accomplice, "ROLLBACK")
+        accomplice.close()
+        worker.join(10)
+    try:
+        assert revoke.status == "revoked", revoke
+        # The trigger has returned: the session is the grantee's again, and the sweep ends it.
+        report = env.engine.sweep()
+        reads = None
+        with contextlib.suppress(pymysql.Error):
+            reads = run(live, "SELECT COUNT(*) FROM items")
+        assert reads is None, f"the grantee's session still reads after the sweep: {reads}"
+        assert any("outlived its revoke" in line for line in report.failed), report
+    finally:
+        with contextlib.suppress(pymysql.Error):
+            live.close()
+        run(conn, f"DROP TRIGGER IF EXISTS `{DATABASE}`.items_audit")
+        run(conn, f"DELETE FROM `{DATABASE}`.items WHERE id = 42")
+        run(conn, f"DELETE FROM `{DATABASE}`.audit")
+        run(conn, "DROP USER IF EXISTS %s@'%%'", OWNER)
+
+
+@pytest.mark.parametrize("namesake", ["other-host", "other-case", "other-host-later"])
+def test_a_membership_revoke_ends_only_the_member_s_sessions_never_a_namesake_s(
+    target: Target, namesake: str
+) -> None:
+    """Membership mode grants a role to `'<username>'@'<user_host>'`, and its revoke (and its
+    expiry event) end the member's sessions, found in the process list by user name. That list
+    compares without case and shows no account host: `'<USERNAME>'@'%'` is told apart byte for
+    byte; `'<username>'@'127.0.0.1'` cannot be told apart at all, so a grant to a name another
+    account shares is refused, and a revoke that finds one made since ends nobody's sessions
+    and says so (not verified) until it is gone."""
+    conn = target.conn
+    member, readers = f"advm_{RUN}_alice", f"advm_{RUN}_readers"
+    other_user, other_host = {
+        "other-host": (member, "127.0.0.1"),
+        "other-host-later": (member, "127.0.0.1"),
+        "other-case": (member.upper(), "%"),
+    }[namesake]
+    later = namesake == "other-host-later"
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
+
+    def make_other() -> None:
+        # A different account (a service, another person's) the grant never names.
+        run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
+
+    if not later:
+        make_other()
+    run(conn, f"CREATE ROLE `{readers}`")
+    run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
+    run(conn, f"GRANT `{readers}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
+    permissions = {"analyst": {"mode": "membership", "resources": [readers]}}
+    env = make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
+    request_id = f"adv-namesake-{namesake}"
+    other = None
+    try:
+        outcome = env.engine.execute(
+            env.request(
+                request_id=request_id,
+                permission="analyst",
+                resources=[readers],
+                identity={"email": "alice@example.com", "username": member},
+            )
+        )
+        if namesake == "other-host":
+            assert outcome.status == "refused" and outcome.field == "identity.username", outcome
+            assert "share the name" in (outcome.message or "")
+            return
+        assert outcome.status == "granted", (outcome.field, outcome.message)
+        if later:
+            make_other()
+        other = pymysql.connect(
+            host="127.0.0.1", port=PORT, user=other_user, password="other-pw", autocommit=True
+        )
+        assert run(other, "SELECT CURRENT_USER()") == [(f"{other_user}@{other_host}",)]
+        revoke = env.engine.execute(env.request("revoke", request_id=request_id))
+        assert _alive(other), (
+            f"the revoke of {member}@% killed the session of {other_user}@{other_host}, an account "
+            "the grant never touched"
+        )
+        if later:
+            assert revoke.status == "failed" and not revoke.verified, revoke
+            assert any("share the name" in r for r in revoke.residual), revoke.residual
+            other.close()
+            other = None
+            run(conn, "DROP USER %s@%s", other_user, other_host)
+            revoke = env.engine.execute(env.request("revoke", request_id=request_id))
+        assert revoke.status == "revoked" and revoke.verified, revoke
+    finally:
+        if other is not None:
+            with contextlib.suppress(pymysql.Error):
+                other.close()
+        _kill_sessions(conn, member)
+        run(conn, "DROP USER IF EXISTS %s@'%%'", member)
+        run(conn, "DROP USER IF EXISTS %s@%s", other_user, other_host)
+        run(conn, f"DROP ROLE IF EXISTS `{readers}`")
+
+
+@pytest.mark.parametrize("namesake", ["other-case", "other-host-later"])
+def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
+    target: Target, namesake: str
+) -> None:
+    """The expiry event, run by the server with the connector down, drops the role and ends the
+    member's sessions by the same rule as the revoke: byte for byte, and nobody's while another
+    account on another host shares the member's name."""
+    conn = target.conn
+    before = run(conn, "SELECT @@GLOBAL.event_scheduler")[0][0]
+    run(conn, "SET GLOBAL event_scheduler = ON")
+    member, readers = f"advm_{RUN}_bob", f"advm_{RUN}_evreaders"
+    other_user, other_host = {
+        "other-case": (member.upper(), "%"),
+        "other-host-later": (member, "127.0.0.1"),
+    }[namesake]
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
+    run(conn, f"CREATE ROLE `{readers}`")
+    run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
+    run(conn, f"GRANT `{readers}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
+    permissions = {"analyst": {"mode": "membership", "resources": [readers]}}
+    env = make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
+    sessions: list[Any] = []
+    try:
+        if namesake == "other-case":
+            run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
+        outcome = env.engine.execute(
+            env.request(
+                request_id=f"adv-event-{namesake}",
+                permission="analyst",
+                resources=[readers],
+                identity={"email": "bob@example.com", "username": member},
+                duration="2s",
+            )
+        )
+        assert outcome.status == "granted", (outcome.field, outcome.message)
+        # The member logs in before the namesake's account exists (afterwards, a login from
+        # 127.0.0.1 would be the namesake's: the more specific host wins).
+        member_session = pymysql.connect(
+            host="127.0.0.1", port=PORT, user=member, password="member-pw", autocommit=True
+        )
+        sessions.append(member_session)
+        if namesake == "other-host-later":
+            run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
+        other = pymysql.connect(
+            host="127.0.0.1", port=PORT, user=other_user, password="other-pw", autocommit=True
+        )
+        sessions.append(other)
+        assert run(other, "SELECT CURRENT_USER()") == [(f"{other_user}@{other_host}",)]
+        event = f"jitc_{outcome.grant_id}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and run(
+            conn,
+            "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
+            "AND EVENT_NAME LIKE %s",
+            LEDGER,
+            f"%{outcome.grant_id}%",
+        ) != [(0,)]:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        assert _alive(other), f"the expiry event of {event} killed {other_user}@{other_host}"
+        if namesake == "other-case":
+            assert not _alive(member_session), "the member's session outlived the expiry event"
+        else:
+            # Nobody's sessions are ended while the name is shared; the revoke says so.
+            assert _alive(member_session)
+            revoke = env.engine.execute(env.request("revoke", request_id=f"adv-event-{namesake}"))
+            assert revoke.status == "failed" and not revoke.verified, revoke
+    finally:
+        for session in sessions:
+            with contextlib.suppress(pymysql.Error):
+                session.close()
+        _kill_sessions(conn, member)
+        run(conn, "DROP USER IF EXISTS %s@'%%'", member)
+        run(conn, "DROP USER IF EXISTS %s@%s", other_user, other_host)
+        run(conn, f"DROP ROLE IF EXISTS `{readers}`")
+        run(conn, f"SET GLOBAL event_scheduler = {before}")
