@@ -138,7 +138,7 @@ def same_calls(request_id: str) -> Callable[[str], None]:
         pipelined(c, *login(shape), ("ACL", "GETUSER", name), ("ACL", "GETUSER", stone))
         pipelined(
             c,
-            ("ACL", "SETUSER", stone, "reset", "&jitc1:" + "M" * 80),
+            ("ACL", "SETUSER", stone, "reset", "resetchannels", "&jitc1:" + "M" * 80),
             ("ACL", "DELUSER", name),
             ("ACL", "GETUSER", name),
             ("CLIENT", "LIST"),

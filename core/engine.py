@@ -319,7 +319,8 @@ class Engine:
     def sweep(
         self, now: datetime | None = None, proceed: Callable[[], bool] | None = None
     ) -> SweepReport:
-        """Ask every target for our labelled grants and end those past their expiry.
+        """Ask every target for our labelled grants and end those past their expiry, and any
+        found live under its own tombstone.
         `proceed` is asked before each target and each revoke; once it answers False nothing
         more starts, so a sweep with a backlog ends inside its time instead of being killed."""
         report = SweepReport()
@@ -341,9 +342,14 @@ class Engine:
                     report.failed[integration.name] = batch.scrub(type(exc).__name__)
                     continue
                 due: list[str] = []
+                # A grant both live and tombstoned was made again after its revoke (a delivery
+                # cut short between its write and its look for the tombstone): it ends now, not
+                # at its expiry, and its tombstone stays until that revoke is done.
+                stones = {g.grant_id for g in grants if g.state == "tombstone"}
+                live = {g.grant_id for g in grants if g.state != "tombstone"}
                 for grant in grants:
                     if grant.state == "tombstone":
-                        if grant.expires_at <= moment:
+                        if grant.expires_at <= moment and grant.grant_id not in live:
                             try:
                                 session.forget(grant.grant_id)
                             except Exception as exc:  # reported; the next sweep tries again
@@ -356,7 +362,11 @@ class Engine:
                                 )
                                 continue
                             report.forgotten.append(grant.grant_id)
-                    elif grant.expires_at <= moment or grant.state == "revoking":
+                    elif (
+                        grant.expires_at <= moment
+                        or grant.state == "revoking"
+                        or grant.grant_id in stones
+                    ):
                         due.append(grant.grant_id)
                 if due and proceed is not None and not proceed():
                     report.unfinished += len(due)

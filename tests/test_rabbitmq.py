@@ -306,6 +306,31 @@ def test_sweep_revokes_what_expired_and_later_forgets_tombstones(env: Env) -> No
     assert report.revoked == [long.grant_id] and short.grant_id in report.forgotten
 
 
+def test_sweep_ends_a_grant_found_live_under_its_own_tombstone(env: Env) -> None:
+    """A delivery cut short between its write and its look for the tombstone leaves the grant's
+    user under the grant's own tombstone. The tombstone says the grant was revoked: the sweep
+    ends the user at once, not at its expiry, and the tombstone stays."""
+    outcome = env.engine.execute(env.request(request_id="under-1", duration="2h"))
+    creds = env.credentials(outcome.sealed_credentials)
+    integration = env.engine.catalog.integration(INTEGRATION)
+    session = integration.template.open(
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        label_key=LabelKey.from_secret(LABEL_KEY),
+    )
+    assert isinstance(session, RabbitMQSession)
+    grant_id = str(outcome.grant_id)
+    until = datetime.now(UTC) + timedelta(hours=9)
+    session._put_tombstone(f"{PREFIX}x-{grant_id}", grant_id, until, None)
+    session.close()
+    assert env.can_login(creds)
+    report = env.engine.sweep()
+    assert report.revoked == [grant_id] and report.ok, report
+    assert not env.can_login(creds)
+    assert f"{PREFIX}x-{grant_id}" in users(env.root)
+
+
 def test_users_the_connector_did_not_create_are_never_changed(env: Env) -> None:
     grant = env.engine.execute(env.request(request_id="mine-1"))
     assert grant.grant_id is not None

@@ -549,11 +549,15 @@ class RedisSession(KeptSession):
         until `until`, so a late or repeated grant is refused until then."""
         name = tombstone_name(self.settings, grant_id)
         stone = userledger.tombstone_label(self.integration, grant_id, until, live)
+        # `reset` gives every channel on a server whose acl-pubsub-default is allchannels (the
+        # 6.x default, kept by upgraded servers), and Redis then refuses any channel pattern:
+        # `resetchannels` first, as a grant's rules do.
         return (
             "ACL",
             "SETUSER",
             name,
             "reset",
+            "resetchannels",
             f"&{encode_compact_label(self.key, KIND, name, stone)}",
         )
 
