@@ -342,11 +342,12 @@ def membership_statements(connection: Connection, spec: GrantSpec) -> list[str]:
     return statements
 
 
-def _kill_loop(name: str, before: str, sole: bool = False) -> str:
+def _kill_loop(name: str, before: str, host: str | None = None) -> str:
     """A compound-statement body that runs `before`, then kills every connection of account
     `name`. The process list names a connection by user name alone, compared here byte for byte
-    (information_schema compares without case: `ALICE` is another account). `sole`: only when
-    no other account, on another host, has that name, since the list cannot tell theirs apart."""
+    (information_schema compares without case: `ALICE` is another account). With `host` (the
+    account's): only when no account on another host has that name, since the list cannot tell
+    their connections apart."""
     sessions = (
         "SELECT ID FROM information_schema.PROCESSLIST "  # noqa: S608
         f"WHERE CAST(USER AS BINARY) = CAST({literal(name)} AS BINARY)"
@@ -356,12 +357,12 @@ def _kill_loop(name: str, before: str, sole: bool = False) -> str:
         "SET @jitc_kill = CONCAT('KILL CONNECTION ', tid); PREPARE s FROM @jitc_kill; "
         "EXECUTE s; DEALLOCATE PREPARE s; END LOOP; CLOSE c; "
     )
-    if sole:
-        accounts = (
+    if host is not None:
+        others = (
             "SELECT COUNT(*) FROM mysql.global_priv "  # noqa: S608
-            f"WHERE User = {literal(name)} AND Host <> ''"
+            f"WHERE User = {literal(name)} AND Host <> '' AND Host <> {literal(host)}"
         )
-        kill = f"IF ({accounts}) = 1 THEN {kill}END IF; "
+        kill = f"IF ({others}) = 0 THEN {kill}END IF; "
     return (
         "DECLARE done INT DEFAULT 0; DECLARE tid BIGINT UNSIGNED; "
         f"DECLARE c CURSOR FOR {sessions}; "
@@ -385,7 +386,10 @@ def membership_expiry_event(connection: Connection, spec: GrantSpec) -> str:
     assert isinstance(permission, Permission)
     drop = f"DROP ROLE IF EXISTS {ident(role_name(connection, spec.grant_id))}; "
     member = member_name(spec)
-    body = _kill_loop(member, drop, sole=True) if permission.terminate_sessions else drop
+    if permission.terminate_sessions:
+        body = _kill_loop(member, drop, host=connection.user_host)
+    else:
+        body = drop
     return (
         f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
         f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec))} "
