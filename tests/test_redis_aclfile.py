@@ -184,3 +184,40 @@ def test_without_an_acl_file_auto_refuses_grants_and_still_revokes(tmp_path: Pat
         assert eng.execute(request("revoke", "early-2")).status == "revoked"
     finally:
         server.stop()
+
+
+def test_a_revoke_whose_acl_save_failed_saves_on_its_retry(tmp_path: Path) -> None:
+    """A revoke changes the users in memory, then ACL SAVE fails (the file cannot be written):
+    the revoke fails and is retried. The retry finds nothing left to change, and must still
+    save, or the ACL file keeps the user and a restart brings it back with its password."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed here")
+    server = Private(tmp_path, aclfile=True)
+    server.start()
+    acl = server.dir / "users.acl"
+    aside = server.dir / "users.acl.kept"
+    try:
+        eng = engine(server.port)
+        now = datetime.now(UTC)
+        granted = eng.execute_batch([Work(request("grant", "save-1"), now)], plain=True)[0]
+        assert granted.status == "granted" and f"user {granted.principal} " in acl.read_text()
+        # The file's name taken by a directory: the save's rename over it fails.
+        acl.rename(aside)
+        acl.mkdir()
+        failed = eng.execute(request("revoke", "save-1"))
+        assert failed.status == "failed" and "ACL SAVE" in str(failed.message), failed
+        acl.rmdir()
+        aside.rename(acl)
+        assert f"user {granted.principal} " in acl.read_text()  # the file still has it
+        retried = eng.execute(request("revoke", "save-1"))
+        assert retried.status == "revoked", retried
+        assert f"user {granted.principal} " not in acl.read_text()
+        server.stop()
+        server.start()
+        assert granted.principal not in server.client().execute_command("ACL", "USERS")
+    finally:
+        if acl.is_dir():
+            acl.rmdir()
+        if aside.exists():
+            aside.rename(acl)
+        server.stop()

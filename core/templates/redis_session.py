@@ -286,12 +286,16 @@ class RedisSession(KeptSession):
         return replies
 
     def _run(
-        self, commands: Sequence[tuple[str, ...]], meanwhile: Callable[[], None] | None = None
+        self,
+        commands: Sequence[tuple[str, ...]],
+        meanwhile: Callable[[], None] | None = None,
+        persist: bool = False,
     ) -> list[Any]:
         """One round trip. ACL SAVE is appended when the server keeps an ACL file and any
-        command changes users, so a restart keeps grants and tombstones. (Without an ACL file a
-        restart forgets every user made at run time: access ends, and tombstones are lost.)"""
-        save = self._save is not False and _changes(commands)
+        command changes users, or `persist` asks, so a restart keeps grants and tombstones.
+        (Without an ACL file a restart forgets every user made at run time: access ends, and
+        tombstones are lost.)"""
+        save = self._save is not False and (persist or _changes(commands))
         replies = self._send([*commands, ("ACL", "SAVE")] if save else commands, meanwhile)
         if save:
             self._saved(replies.pop())
@@ -497,8 +501,13 @@ class RedisSession(KeptSession):
             changes.append(("ACL", "DELUSER", *doomed))
         looks = [*doomed, *(user_name(self.settings, g) for g in unseen)]
         # The server closes a deleted user's connections itself; the client list read in the
-        # same round trip shows whether any is still authenticated as one of them.
-        replies = self._run([*changes, *(("ACL", "GETUSER", n) for n in looks), ("CLIENT", "LIST")])
+        # same round trip shows whether any is still authenticated as one of them. Saved even
+        # when nothing changes: a revoke whose ACL SAVE failed has changed the users in memory
+        # only, and its retry, which finds nothing left to change, must still write the file,
+        # or a restart would bring the user back.
+        replies = self._run(
+            [*changes, *(("ACL", "GETUSER", n) for n in looks), ("CLIENT", "LIST")], persist=True
+        )
         open_now = _connections(replies.pop(), set(doomed))
         remaining = dict(zip(looks, map(_user, replies[len(changes) :]), strict=True))
         late: list[str] = []
