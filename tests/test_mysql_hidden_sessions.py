@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pymysql
@@ -355,3 +356,160 @@ def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
         run(conn, "DROP USER IF EXISTS %s@%s", other_user, other_host)
         run(conn, f"DROP ROLE IF EXISTS `{readers}`")
         run(conn, f"SET GLOBAL event_scheduler = {before}")
+
+
+def test_a_session_hidden_past_its_tombstone_is_still_ended_by_a_sweep(
+    target: Target, env: ContractEnv
+) -> None:
+    """A grantee's statement may wait inside another account's DEFINER trigger (its session
+    sets innodb_lock_wait_timeout as high as it likes; any other ordinary account holding the
+    row keeps it waiting) until the sweep has forgotten the grant's tombstone (max_duration +
+    10 min + skew after the revoke). It then comes back under the dropped account's name with
+    the grant's database privileges cached: the sweep ends every session under a name of the
+    connector's namespace that no account has, tombstone or not."""
+    conn = target.conn
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", OWNER, secrets.token_hex(8))
+    run(conn, f"GRANT ALL ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO '{OWNER}'@'%'")
+    run(
+        conn,
+        f"CREATE DEFINER='{OWNER}'@'%' TRIGGER `{DATABASE}`.items_audit AFTER INSERT ON "
+        f"`{DATABASE}`.items FOR EACH ROW INSERT INTO `{DATABASE}`.audit VALUES (NEW.id)",
+    )
+    outcome = env.engine.execute(env.request(permission="rw", request_id="advz-definer"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    live = _login(creds)
+    run(live, f"USE `{DATABASE}`")
+    run(live, "SET SESSION innodb_lock_wait_timeout = 3600")
+    accomplice = root()  # stands for any ordinary account with INSERT on the audit table
+    run(accomplice, "BEGIN")
+    run(accomplice, f"INSERT INTO `{DATABASE}`.audit VALUES (42)")
+    result: list[Any] = []
+
+    def hide() -> None:
+        try:
+            result.append(run(live, "INSERT INTO items VALUES (42, 'x')"))
+        except pymysql.Error as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=hide)
+    worker.start()
+    released = False
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            listed = run(
+                conn,
+                "SELECT USER FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
+                f"%INSERT INTO `{DATABASE}`.audit VALUES%",
+            )
+            if any(row[0] == OWNER for row in listed):
+                break
+            time.sleep(0.05)
+        revoke = env.engine.execute(env.request("revoke", request_id="advz-definer"))
+        assert revoke.status == "revoked", revoke
+        # Still hidden when a sweep runs past the tombstone's end: the tombstone is forgotten,
+        # and with it the only record tidy() goes by.
+        env.advance(timedelta(days=2))
+        first = env.engine.sweep()
+        assert outcome.grant_id in first.forgotten, first
+        run(accomplice, "ROLLBACK")
+        released = True
+        worker.join(10)
+        # Back under the dropped account's name; the next sweep finds nothing to look for.
+        env.engine.sweep()
+        reads = None
+        with contextlib.suppress(pymysql.Error):
+            reads = run(live, "SELECT COUNT(*) FROM items")
+        assert reads is None, (
+            f"the revoked grantee's session still reads after the sweeps: {reads}, {result}"
+        )
+    finally:
+        if not released:
+            with contextlib.suppress(pymysql.Error):
+                run(accomplice, "ROLLBACK")
+        accomplice.close()
+        worker.join(10)
+        with contextlib.suppress(pymysql.Error):
+            live.close()
+        run(conn, f"DROP TRIGGER IF EXISTS `{DATABASE}`.items_audit")
+        run(conn, f"DELETE FROM `{DATABASE}`.items WHERE id = 42")
+        run(conn, f"DELETE FROM `{DATABASE}`.audit")
+        run(conn, "DROP USER IF EXISTS %s@'%%'", OWNER)
+
+
+def test_a_namesake_made_after_the_revoke_does_not_hide_a_survivor_from_the_sweep(
+    target: Target, env: ContractEnv
+) -> None:
+    """Anyone allowed CREATE USER (an account with no rights of its own) can make
+    `'<dropped name>'@'<another host>'` while the grantee's session hides in a DEFINER
+    trigger. Once the session is back under the dropped name, the process list cannot tell it
+    from that account's: the sweep does not end it, and says so (a failure naming it), as the
+    membership revoke does in the same ambiguity."""
+    conn = target.conn
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", OWNER, secrets.token_hex(8))
+    run(conn, f"GRANT ALL ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO '{OWNER}'@'%'")
+    run(
+        conn,
+        f"CREATE DEFINER='{OWNER}'@'%' TRIGGER `{DATABASE}`.items_audit AFTER INSERT ON "
+        f"`{DATABASE}`.items FOR EACH ROW INSERT INTO `{DATABASE}`.audit VALUES (NEW.id)",
+    )
+    outcome = env.engine.execute(env.request(permission="rw", request_id="advz-shield"))
+    assert outcome.status == "granted", outcome
+    creds = env.credentials(outcome.sealed_credentials)
+    name = creds["username"]
+    live = _login(creds)
+    run(live, f"USE `{DATABASE}`")
+    accomplice = root()
+    run(accomplice, "BEGIN")
+    run(accomplice, f"INSERT INTO `{DATABASE}`.audit VALUES (43)")
+    result: list[Any] = []
+
+    def hide() -> None:
+        try:
+            result.append(run(live, "INSERT INTO items VALUES (43, 'x')"))
+        except pymysql.Error as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=hide)
+    worker.start()
+    released = False
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            listed = run(
+                conn,
+                "SELECT USER FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
+                f"%INSERT INTO `{DATABASE}`.audit VALUES%",
+            )
+            if any(row[0] == OWNER for row in listed):
+                break
+            time.sleep(0.05)
+        revoke = env.engine.execute(env.request("revoke", request_id="advz-shield"))
+        assert revoke.status == "revoked", revoke
+        # An account with no rights, on a host nobody connects from, under the dropped name.
+        run(conn, "CREATE USER %s@'192.0.2.1' IDENTIFIED BY %s", name, secrets.token_hex(8))
+        run(accomplice, "ROLLBACK")
+        released = True
+        worker.join(10)
+        report = env.engine.sweep()
+        reads = None
+        with contextlib.suppress(pymysql.Error):
+            reads = run(live, "SELECT COUNT(*) FROM items")
+        assert reads is None or any(name in line for line in report.failed), (
+            f"the sweep reported {report.failed or 'nothing'} while the revoked grantee's "
+            f"session still reads: {reads}"
+        )
+    finally:
+        if not released:
+            with contextlib.suppress(pymysql.Error):
+                run(accomplice, "ROLLBACK")
+        accomplice.close()
+        worker.join(10)
+        with contextlib.suppress(pymysql.Error):
+            live.close()
+        run(conn, "DROP USER IF EXISTS %s@'192.0.2.1'", name)
+        run(conn, f"DROP TRIGGER IF EXISTS `{DATABASE}`.items_audit")
+        run(conn, f"DELETE FROM `{DATABASE}`.items WHERE id = 43")
+        run(conn, f"DELETE FROM `{DATABASE}`.audit")
+        run(conn, "DROP USER IF EXISTS %s@'%%'", OWNER)

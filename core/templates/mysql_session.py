@@ -781,22 +781,26 @@ class MySQLSession:
         """The sweep's backstop for sessions that outlive their revoke. While a session runs
         another account's DEFINER trigger or stored function, MariaDB lists it under that
         account's name: a revoke at that moment cannot see it, and once it returns it keeps
-        the database privileges it cached with USE. A session still open under the name of an
-        account this integration revoked (its tombstone stands; no account has that name now)
-        is ended here, and reported: that revoke's verification missed it."""
-        revoked = {g.principal for g in self.active_grants() if g.state == "tombstone"}
-        if not revoked:
-            return []
+        the database privileges it cached with USE, for as long as it lives. Every session
+        still open under a name of the connector's namespace that no account has (a dropped
+        grant account's, however long ago, its tombstone forgotten or not) is ended here, and
+        reported: that revoke's verification missed it. One whose name an account has again
+        cannot be told from that account's sessions: reported, never ended."""
+        prefix = self.settings.user_prefix
         listed = self._rows(
             "SELECT DISTINCT USER FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
         )
         # Compared here, byte for byte: information_schema compares without case.
-        survivors = sorted({str(user) for (user,) in listed} & revoked)
+        ours = sorted({str(user) for (user,) in listed if str(user).startswith(prefix)})
         lines = []
-        for name in survivors:
-            # Never the sessions of an account that has the name again (made since by someone
-            # with CREATE USER): only a dropped account's survivors are ours to end.
+        for name in ours:
+            if self._user_exists(name):
+                continue  # a live grant's account (or a revoke's, under way)
             if self._one(f"SELECT COUNT(*) FROM {self.accounts} WHERE User = %s", (name,)):  # noqa: S608
+                lines.append(
+                    f"session(s) of {name} outlived its account, and an account on another host "
+                    "has the name again: not ended (the process list does not tell them apart)"
+                )
                 continue
             left = self._kill(name)
             lines.append(
