@@ -9,6 +9,7 @@ Everything made here is named `advm<run>_...` and dropped at the end."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import threading
 import time
@@ -127,81 +128,6 @@ def _alive(conn: Any) -> bool:
     except pymysql.Error:
         return False
     return True
-
-
-def test_a_grantee_session_hidden_in_a_definer_trigger_is_ended_by_the_next_sweep(
-    target: Target, env: ContractEnv
-) -> None:
-    """While a session runs a trigger (or a stored function) whose DEFINER is another account,
-    MariaDB lists it in PROCESSLIST under the definer's name, not the grantee's. The revoke
-    (and the expiry event) find the grantee's sessions by `USER = <name>` there, so a session
-    the grantee keeps inside a definer trigger (here: an ordinary audit trigger waiting on a
-    row lock that another account holds) is never killed; the revoke drops the account and
-    reports `revoked`, verified, and the session carries on with the dropped grant's access
-    (`USE db` keeps its database-level privileges cached). MariaDB shows no login user for such
-    a session; once the trigger returns, the session is listed under the dropped account's
-    name again, and the sweep ends every session under the name of a revoked account, and
-    reports it (the README says so)."""
-    conn = target.conn
-    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", OWNER, secrets.token_hex(8))
-    run(conn, f"GRANT ALL ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO '{OWNER}'@'%'")
-    run(
-        conn,
-        f"CREATE DEFINER='{OWNER}'@'%' TRIGGER `{DATABASE}`.items_audit AFTER INSERT ON "
-        f"`{DATABASE}`.items FOR EACH ROW INSERT INTO `{DATABASE}`.audit VALUES (NEW.id)",
-    )
-    outcome = env.engine.execute(env.request(permission="rw", request_id="adv-definer"))
-    assert outcome.status == "granted", outcome
-    creds = env.credentials(outcome.sealed_credentials)
-    live = _login(creds)
-    run(live, f"USE `{DATABASE}`")
-    # Another account (any with INSERT on the audit table) holds the row the trigger will
-    # want: the grantee's INSERT waits inside the trigger, as the trigger's definer.
-    accomplice = root()
-    run(accomplice, "BEGIN")
-    run(accomplice, f"INSERT INTO `{DATABASE}`.audit VALUES (42)")
-    result: list[Any] = []
-
-    def hide() -> None:
-        try:
-            result.append(run(live, "INSERT INTO items VALUES (42, 'x')"))
-        except pymysql.Error as exc:
-            result.append(exc)
-
-    worker = threading.Thread(target=hide)
-    worker.start()
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            listed = run(
-                conn,
-                "SELECT USER FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
-                f"%INSERT INTO `{DATABASE}`.audit VALUES%",
-            )
-            if any(row[0] == OWNER for row in listed):
-                break
-            time.sleep(0.05)
-        revoke = env.engine.execute(env.request("revoke", request_id="adv-definer"))
-    finally:
-        run(accomplice, "ROLLBACK")
-        accomplice.close()
-        worker.join(10)
-    try:
-        assert revoke.status == "revoked", revoke
-        # The trigger has returned: the session is the grantee's again, and the sweep ends it.
-        report = env.engine.sweep()
-        reads = None
-        with contextlib.suppress(pymysql.Error):
-            reads = run(live, "SELECT COUNT(*) FROM items")
-        assert reads is None, f"the grantee's session still reads after the sweep: {reads}"
-        assert any("outlived its revoke" in line for line in report.failed), report
-    finally:
-        with contextlib.suppress(pymysql.Error):
-            live.close()
-        run(conn, f"DROP TRIGGER IF EXISTS `{DATABASE}`.items_audit")
-        run(conn, f"DELETE FROM `{DATABASE}`.items WHERE id = 42")
-        run(conn, f"DELETE FROM `{DATABASE}`.audit")
-        run(conn, "DROP USER IF EXISTS %s@'%%'", OWNER)
 
 
 @pytest.mark.parametrize("namesake", ["other-host", "other-case", "other-host-later"])
@@ -358,16 +284,24 @@ def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
         run(conn, f"SET GLOBAL event_scheduler = {before}")
 
 
-def test_a_session_hidden_past_its_tombstone_is_still_ended_by_a_sweep(
-    target: Target, env: ContractEnv
-) -> None:
-    """A grantee's statement may wait inside another account's DEFINER trigger (its session
-    sets innodb_lock_wait_timeout as high as it likes; any other ordinary account holding the
-    row keeps it waiting) until the sweep has forgotten the grant's tombstone (max_duration +
-    10 min + skew after the revoke). It then comes back under the dropped account's name with
-    the grant's database privileges cached: the sweep ends every session under a name of the
-    connector's namespace that no account has, tombstone or not."""
+@dataclasses.dataclass
+class Hidden:
+    """A granted session whose INSERT waits inside another account's DEFINER trigger."""
+
+    live: Any
+    name: str
+    grant_id: str
+    release: Any
+
+
+@contextlib.contextmanager
+def hidden_in_a_trigger(target: Target, env: ContractEnv, request_id: str) -> Iterator[Hidden]:
+    """The company's application account defines an ordinary audit trigger; another account
+    (any with INSERT on the audit table) holds the row the trigger will write, so the
+    grantee's INSERT waits inside the trigger, listed under the trigger's definer. `release`
+    lets the trigger return; the session is then listed under the grantee's name again."""
     conn = target.conn
+    row = 40 + sum(map(ord, request_id)) % 50
     run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", OWNER, secrets.token_hex(8))
     run(conn, f"GRANT ALL ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO '{OWNER}'@'%'")
     run(
@@ -375,26 +309,32 @@ def test_a_session_hidden_past_its_tombstone_is_still_ended_by_a_sweep(
         f"CREATE DEFINER='{OWNER}'@'%' TRIGGER `{DATABASE}`.items_audit AFTER INSERT ON "
         f"`{DATABASE}`.items FOR EACH ROW INSERT INTO `{DATABASE}`.audit VALUES (NEW.id)",
     )
-    outcome = env.engine.execute(env.request(permission="rw", request_id="advz-definer"))
+    outcome = env.engine.execute(env.request(permission="rw", request_id=request_id))
     assert outcome.status == "granted", outcome
     creds = env.credentials(outcome.sealed_credentials)
     live = _login(creds)
     run(live, f"USE `{DATABASE}`")
+    # The grantee may wait as long as it likes.
     run(live, "SET SESSION innodb_lock_wait_timeout = 3600")
-    accomplice = root()  # stands for any ordinary account with INSERT on the audit table
-    run(accomplice, "BEGIN")
-    run(accomplice, f"INSERT INTO `{DATABASE}`.audit VALUES (42)")
-    result: list[Any] = []
+    holder = root()
+    run(holder, "BEGIN")
+    run(holder, f"INSERT INTO `{DATABASE}`.audit VALUES ({row})")
 
-    def hide() -> None:
-        try:
-            result.append(run(live, "INSERT INTO items VALUES (42, 'x')"))
-        except pymysql.Error as exc:
-            result.append(exc)
+    def insert() -> None:
+        with contextlib.suppress(pymysql.Error):  # ended by the sweep, or not
+            run(live, f"INSERT INTO items VALUES ({row}, 'x')")
 
-    worker = threading.Thread(target=hide)
+    worker = threading.Thread(target=insert)
     worker.start()
-    released = False
+    released: list[bool] = []
+
+    def release() -> None:
+        if not released:
+            released.append(True)
+            with contextlib.suppress(pymysql.Error):
+                run(holder, "ROLLBACK")
+            worker.join(10)
+
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -403,113 +343,77 @@ def test_a_session_hidden_past_its_tombstone_is_still_ended_by_a_sweep(
                 "SELECT USER FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
                 f"%INSERT INTO `{DATABASE}`.audit VALUES%",
             )
-            if any(row[0] == OWNER for row in listed):
+            if any(user == OWNER for (user,) in listed):
                 break
             time.sleep(0.05)
-        revoke = env.engine.execute(env.request("revoke", request_id="advz-definer"))
-        assert revoke.status == "revoked", revoke
-        # Still hidden when a sweep runs past the tombstone's end: the tombstone is forgotten,
-        # and with it the only record tidy() goes by.
-        env.advance(timedelta(days=2))
-        first = env.engine.sweep()
-        assert outcome.grant_id in first.forgotten, first
-        run(accomplice, "ROLLBACK")
-        released = True
-        worker.join(10)
-        # Back under the dropped account's name; the next sweep finds nothing to look for.
-        env.engine.sweep()
-        reads = None
-        with contextlib.suppress(pymysql.Error):
-            reads = run(live, "SELECT COUNT(*) FROM items")
-        assert reads is None, (
-            f"the revoked grantee's session still reads after the sweeps: {reads}, {result}"
-        )
+        yield Hidden(live, creds["username"], str(outcome.grant_id), release)
     finally:
-        if not released:
-            with contextlib.suppress(pymysql.Error):
-                run(accomplice, "ROLLBACK")
-        accomplice.close()
-        worker.join(10)
+        release()
+        holder.close()
         with contextlib.suppress(pymysql.Error):
             live.close()
         run(conn, f"DROP TRIGGER IF EXISTS `{DATABASE}`.items_audit")
-        run(conn, f"DELETE FROM `{DATABASE}`.items WHERE id = 42")
+        run(conn, f"DELETE FROM `{DATABASE}`.items WHERE id = {row}")
         run(conn, f"DELETE FROM `{DATABASE}`.audit")
         run(conn, "DROP USER IF EXISTS %s@'%%'", OWNER)
+
+
+def _reads(live: Any) -> Any:
+    with contextlib.suppress(pymysql.Error):
+        return run(live, "SELECT COUNT(*) FROM items")
+    return None
+
+
+def test_a_grantee_session_hidden_in_a_definer_trigger_is_ended_by_the_next_sweep(
+    target: Target, env: ContractEnv
+) -> None:
+    """MariaDB lists a session running a trigger (or a stored function) whose DEFINER is
+    another account under the definer's name, and shows no login user anywhere: the revoke
+    cannot see it, drops the account and reports `revoked`, and the session goes on with the
+    database privileges it cached with `USE`. Once the trigger returns, the session is listed
+    under the dropped account's name again, and the sweep ends it and reports it."""
+    with hidden_in_a_trigger(target, env, "hide-1") as hidden:
+        revoke = env.engine.execute(env.request("revoke", request_id="hide-1"))
+        assert revoke.status == "revoked", revoke
+        hidden.release()
+        report = env.engine.sweep()
+        assert _reads(hidden.live) is None, "the grantee's session still reads after the sweep"
+        assert any("outlived its revoke" in line for line in report.failed), report
+
+
+def test_a_session_hidden_past_its_tombstone_is_still_ended_by_a_sweep(
+    target: Target, env: ContractEnv
+) -> None:
+    """The grantee's statement may wait in the trigger until a sweep has forgotten the grant's
+    tombstone (max_duration + 10 min + skew after the revoke): the sweep ends every session
+    under a name of the connector's namespace that no account has, tombstone or not."""
+    with hidden_in_a_trigger(target, env, "hide-2") as hidden:
+        revoke = env.engine.execute(env.request("revoke", request_id="hide-2"))
+        assert revoke.status == "revoked", revoke
+        env.advance(timedelta(days=2))
+        first = env.engine.sweep()
+        assert hidden.grant_id in first.forgotten, first
+        hidden.release()
+        env.engine.sweep()
+        assert _reads(hidden.live) is None, "the grantee's session still reads after the sweeps"
 
 
 def test_a_namesake_made_after_the_revoke_does_not_hide_a_survivor_from_the_sweep(
     target: Target, env: ContractEnv
 ) -> None:
     """Anyone allowed CREATE USER (an account with no rights of its own) can make
-    `'<dropped name>'@'<another host>'` while the grantee's session hides in a DEFINER
-    trigger. Once the session is back under the dropped name, the process list cannot tell it
-    from that account's: the sweep does not end it, and says so (a failure naming it), as the
-    membership revoke does in the same ambiguity."""
+    `'<dropped name>'@'<another host>'` while the grantee's session hides in the trigger. Once
+    the session is back under the dropped name, the process list cannot tell it from that
+    account's: the sweep does not end it, and says so (a failure naming it), as the membership
+    revoke does in the same ambiguity."""
     conn = target.conn
-    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY %s", OWNER, secrets.token_hex(8))
-    run(conn, f"GRANT ALL ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO '{OWNER}'@'%'")
-    run(
-        conn,
-        f"CREATE DEFINER='{OWNER}'@'%' TRIGGER `{DATABASE}`.items_audit AFTER INSERT ON "
-        f"`{DATABASE}`.items FOR EACH ROW INSERT INTO `{DATABASE}`.audit VALUES (NEW.id)",
-    )
-    outcome = env.engine.execute(env.request(permission="rw", request_id="advz-shield"))
-    assert outcome.status == "granted", outcome
-    creds = env.credentials(outcome.sealed_credentials)
-    name = creds["username"]
-    live = _login(creds)
-    run(live, f"USE `{DATABASE}`")
-    accomplice = root()
-    run(accomplice, "BEGIN")
-    run(accomplice, f"INSERT INTO `{DATABASE}`.audit VALUES (43)")
-    result: list[Any] = []
-
-    def hide() -> None:
-        try:
-            result.append(run(live, "INSERT INTO items VALUES (43, 'x')"))
-        except pymysql.Error as exc:
-            result.append(exc)
-
-    worker = threading.Thread(target=hide)
-    worker.start()
-    released = False
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            listed = run(
-                conn,
-                "SELECT USER FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
-                f"%INSERT INTO `{DATABASE}`.audit VALUES%",
-            )
-            if any(row[0] == OWNER for row in listed):
-                break
-            time.sleep(0.05)
-        revoke = env.engine.execute(env.request("revoke", request_id="advz-shield"))
+    with hidden_in_a_trigger(target, env, "hide-3") as hidden:
+        revoke = env.engine.execute(env.request("revoke", request_id="hide-3"))
         assert revoke.status == "revoked", revoke
-        # An account with no rights, on a host nobody connects from, under the dropped name.
-        run(conn, "CREATE USER %s@'192.0.2.1' IDENTIFIED BY %s", name, secrets.token_hex(8))
-        run(accomplice, "ROLLBACK")
-        released = True
-        worker.join(10)
-        report = env.engine.sweep()
-        reads = None
-        with contextlib.suppress(pymysql.Error):
-            reads = run(live, "SELECT COUNT(*) FROM items")
-        assert reads is None or any(name in line for line in report.failed), (
-            f"the sweep reported {report.failed or 'nothing'} while the revoked grantee's "
-            f"session still reads: {reads}"
-        )
-    finally:
-        if not released:
-            with contextlib.suppress(pymysql.Error):
-                run(accomplice, "ROLLBACK")
-        accomplice.close()
-        worker.join(10)
-        with contextlib.suppress(pymysql.Error):
-            live.close()
-        run(conn, "DROP USER IF EXISTS %s@'192.0.2.1'", name)
-        run(conn, f"DROP TRIGGER IF EXISTS `{DATABASE}`.items_audit")
-        run(conn, f"DELETE FROM `{DATABASE}`.items WHERE id = 43")
-        run(conn, f"DELETE FROM `{DATABASE}`.audit")
-        run(conn, "DROP USER IF EXISTS %s@'%%'", OWNER)
+        run(conn, "CREATE USER %s@'192.0.2.1' IDENTIFIED BY %s", hidden.name, secrets.token_hex(8))
+        try:
+            hidden.release()
+            report = env.engine.sweep()
+            assert any(hidden.name in line for line in report.failed), report
+        finally:
+            run(conn, "DROP USER IF EXISTS %s@'192.0.2.1'", hidden.name)
