@@ -35,13 +35,31 @@ def _close(again: Any, *others: Any) -> None:
         session.close()
 
 
+def _cut_short_then_swept(
+    again: Any, spec: Any, raced: list[Any], env: Any, can_login: Any
+) -> None:
+    """The delivery cut short after its write, and never delivered again (acknowledged, or
+    dead-lettered): the sweep finds the user live under its own tombstone and ends it at once,
+    not at its expiry."""
+    with pytest.raises(TargetError):
+        again.grant(spec)
+    assert raced and raced[0].verified, raced
+    assert can_login()
+    report = env.engine.sweep()
+    assert report.revoked == [spec.grant_id] and report.ok, report
+    assert not can_login()
+
+
+@pytest.mark.parametrize("then", ["retried", "swept"])
 def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
     redis_root,  # noqa: F811
+    then: str,
 ) -> None:
     """A redelivery reads the user before a revoke ends it, writes the user back after the
     revoke, and loses the connection before its tombstone check (a worker stopped, a network
     break): the user is live again, with the first password, under a tombstone. The retry of
-    that delivery sees the tombstone: it must end the user it finds, not only refuse."""
+    that delivery sees the tombstone: it must end the user it finds, not only refuse; with no
+    retry, the sweep ends it."""
     from test_redis import admin_sessions, direct_spec, raced_before
 
     from jitc.errors import TargetError
@@ -71,7 +89,10 @@ def test_redis_a_redelivery_cut_short_by_a_revoke_never_leaves_its_user_live(
             return run(commands, meanwhile)
 
         again._run = write_then_lose
-        _cut_short_then_retried(again, first, spec, raced, lambda: env.can_login(creds))
+        if then == "retried":
+            _cut_short_then_retried(again, first, spec, raced, lambda: env.can_login(creds))
+        else:
+            _cut_short_then_swept(again, spec, raced, env, lambda: env.can_login(creds))
     finally:
         _close(again, first, revoker)
         names = test_redis.ours(redis_root)

@@ -1,6 +1,7 @@
-"""ACL SAVE on a private Redis that keeps its users in an ACL file: grants and tombstones survive
-a restart there. (A private server, started on a free port in a temporary directory, so that the
-shared one is never restarted.)"""
+"""A private Redis, configured as the shared one is not: ACL SAVE where the server keeps its
+users in an ACL file (grants and tombstones survive a restart there), and a server whose
+channels default to all. (Started on a free port in a temporary directory, so that the shared
+one is never restarted or reconfigured.)"""
 
 from __future__ import annotations
 
@@ -220,4 +221,38 @@ def test_a_revoke_whose_acl_save_failed_saves_on_its_retry(tmp_path: Path) -> No
             acl.rmdir()
         if aside.exists():
             aside.rename(acl)
+        server.stop()
+
+
+def test_a_revoke_works_on_a_server_whose_channels_default_to_all(tmp_path: Path) -> None:
+    """On a server with `acl-pubsub-default allchannels` (Redis 6's default, kept by upgraded
+    servers) `reset` gives every channel, and Redis refuses a channel pattern after it: the
+    tombstone resets the channels first, so the revoke ends the grant, verifies, and its
+    tombstone refuses the grant's redelivery."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed here")
+    server = Private(tmp_path, False, "--acl-pubsub-default", "allchannels")
+    server.start()
+    try:
+        eng = engine(server.port, "never")
+        now = datetime.now(UTC)
+        granted = eng.execute_batch([Work(request("grant", "all-1"), now)], plain=True)[0]
+        assert granted.status == "granted" and granted.credentials is not None
+        creds = granted.credentials
+        grantee = redis.Redis(
+            port=server.port, username=creds["username"], password=creds["password"]
+        )
+        assert grantee.ping()
+        grantee.close()
+        revoked = eng.execute(request("revoke", "all-1"))
+        assert revoked.status == "revoked" and revoked.verified, revoked
+        again = eng.execute_batch([Work(request("grant", "all-1"), now)], plain=True)[0]
+        assert again.status == "refused" and again.field == "request_id", again
+        grantee = redis.Redis(
+            port=server.port, username=creds["username"], password=creds["password"]
+        )
+        with pytest.raises(redis.AuthenticationError):
+            grantee.ping()
+        grantee.close()
+    finally:
         server.stop()
