@@ -206,13 +206,13 @@ def test_a_membership_revoke_ends_only_the_member_s_sessions_never_a_namesake_s(
         run(conn, f"DROP ROLE IF EXISTS `{readers}`")
 
 
-@pytest.mark.parametrize("namesake", ["other-case", "other-host-later"])
+@pytest.mark.parametrize("namesake", ["other-case", "other-host-later", "member-dropped"])
 def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
     target: Target, namesake: str
 ) -> None:
     """The expiry event, run by the server with the connector down, drops the role and ends the
     member's sessions by the same rule as the revoke: byte for byte, and nobody's while another
-    account on another host shares the member's name."""
+    account on another host shares the member's name, the member's own account there or not."""
     conn = target.conn
     before = run(conn, "SELECT @@GLOBAL.event_scheduler")[0][0]
     run(conn, "SET GLOBAL event_scheduler = ON")
@@ -220,7 +220,9 @@ def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
     other_user, other_host = {
         "other-case": (member.upper(), "%"),
         "other-host-later": (member, "127.0.0.1"),
+        "member-dropped": (member, "127.0.0.1"),
     }[namesake]
+    later = namesake != "other-case"
     run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
     run(conn, f"CREATE ROLE `{readers}`")
     run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
@@ -229,7 +231,7 @@ def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
     env = make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
     sessions: list[Any] = []
     try:
-        if namesake == "other-case":
+        if not later:
             run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
         outcome = env.engine.execute(
             env.request(
@@ -247,8 +249,11 @@ def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
             host="127.0.0.1", port=PORT, user=member, password="member-pw", autocommit=True
         )
         sessions.append(member_session)
-        if namesake == "other-host-later":
+        if later:
             run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
+        if namesake == "member-dropped":
+            # Only the namesake has the name now (the member's session lives on).
+            run(conn, "DROP USER %s@'%%'", member)
         other = pymysql.connect(
             host="127.0.0.1", port=PORT, user=other_user, password="other-pw", autocommit=True
         )
@@ -273,6 +278,7 @@ def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
             assert _alive(member_session)
             revoke = env.engine.execute(env.request("revoke", request_id=f"adv-event-{namesake}"))
             assert revoke.status == "failed" and not revoke.verified, revoke
+            assert any("share the name" in line for line in revoke.residual), revoke.residual
     finally:
         for session in sessions:
             with contextlib.suppress(pymysql.Error):
