@@ -423,3 +423,58 @@ def test_a_namesake_made_after_the_revoke_does_not_hide_a_survivor_from_the_swee
             assert any(hidden.name in line for line in report.failed), report
         finally:
             run(conn, "DROP USER IF EXISTS %s@'192.0.2.1'", hidden.name)
+
+
+def test_a_member_named_like_the_event_scheduler_thread_is_revoked_and_verified(
+    target: Target,
+) -> None:
+    """The event scheduler's own thread is listed under the user name `event_scheduler`, and
+    cannot be killed: a member account of that name is revoked and verified, its sessions
+    ended, and the server's thread left alone."""
+    conn = target.conn
+    before = run(conn, "SELECT @@GLOBAL.event_scheduler")[0][0]
+    run(conn, "SET GLOBAL event_scheduler = ON")
+    member, readers = "event_scheduler", f"advm_{RUN}_esreaders"
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
+    run(conn, f"CREATE ROLE `{readers}`")
+    run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
+    run(conn, f"GRANT `{readers}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
+    permissions = {"analyst": {"mode": "membership", "resources": [readers]}}
+    env = make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
+    session = None
+    try:
+        outcome = env.engine.execute(
+            env.request(
+                request_id="adv-scheduler-name",
+                permission="analyst",
+                resources=[readers],
+                identity={"email": "es@example.com", "username": member},
+            )
+        )
+        assert outcome.status == "granted", (outcome.field, outcome.message)
+        session = pymysql.connect(
+            host="127.0.0.1", port=PORT, user=member, password="member-pw", autocommit=True
+        )
+        revoke = env.engine.execute(env.request("revoke", request_id="adv-scheduler-name"))
+        assert revoke.status == "revoked" and revoke.verified, revoke
+        assert not _alive(session)
+        daemons = run(
+            conn,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'event_scheduler' "
+            "AND COMMAND = 'Daemon'",
+        )
+        assert daemons == [(1,)]
+    finally:
+        if session is not None:
+            with contextlib.suppress(pymysql.Error):
+                session.close()
+        for (thread,) in run(
+            conn,
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND COMMAND <> 'Daemon'",
+            member,
+        ):
+            with contextlib.suppress(pymysql.Error):
+                run(conn, f"KILL CONNECTION {int(thread)}")
+        run(conn, "DROP USER IF EXISTS %s@'%%'", member)
+        run(conn, f"DROP ROLE IF EXISTS `{readers}`")
+        run(conn, f"SET GLOBAL event_scheduler = {before}")

@@ -350,7 +350,7 @@ def _kill_loop(name: str, before: str, host: str | None = None) -> str:
     their connections apart."""
     sessions = (
         "SELECT ID FROM information_schema.PROCESSLIST "  # noqa: S608
-        f"WHERE CAST(USER AS BINARY) = CAST({literal(name)} AS BINARY)"
+        f"WHERE CAST(USER AS BINARY) = CAST({literal(name)} AS BINARY) AND COMMAND <> 'Daemon'"
     )
     kill = (
         "OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "

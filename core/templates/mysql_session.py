@@ -709,10 +709,11 @@ class MySQLSession:
 
     def _sessions(self, name: str) -> list[int]:
         # Byte for byte: information_schema compares without case, and `ALICE` is another
-        # account than `alice`.
+        # account than `alice`. Never a server thread (the event scheduler's is listed under
+        # the user name `event_scheduler`, and refuses to be killed).
         rows = self._rows(
             "SELECT ID FROM information_schema.PROCESSLIST WHERE CAST(USER AS BINARY) = "
-            "CAST(%s AS BINARY) AND ID <> CONNECTION_ID()",
+            "CAST(%s AS BINARY) AND COMMAND <> 'Daemon' AND ID <> CONNECTION_ID()",
             (name,),
         )
         return [int(row[0]) for row in rows]
@@ -788,7 +789,8 @@ class MySQLSession:
         cannot be told from that account's sessions: reported, never ended."""
         prefix = self.settings.user_prefix
         listed = self._rows(
-            "SELECT DISTINCT USER FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
+            "SELECT DISTINCT USER FROM information_schema.PROCESSLIST "
+            "WHERE COMMAND <> 'Daemon' AND ID <> CONNECTION_ID()"
         )
         # Compared here, byte for byte: information_schema compares without case.
         ours = sorted({str(user) for (user,) in listed if str(user).startswith(prefix)})
