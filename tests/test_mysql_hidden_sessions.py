@@ -130,6 +130,53 @@ def _alive(conn: Any) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def membership(target: Target, member: str, readers: str) -> Iterator[ContractEnv]:
+    """An engine whose `analyst` permission hands out role `readers` (SELECT on the test
+    database) to member accounts; the member `'<member>'@'%'` made here, and both dropped,
+    the member's sessions ended, at the end."""
+    conn = target.conn
+    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
+    run(conn, f"CREATE ROLE `{readers}`")
+    run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
+    run(conn, f"GRANT `{readers}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
+    permissions = {"analyst": {"mode": "membership", "resources": [readers]}}
+    try:
+        yield make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
+    finally:
+        for (thread,) in run(
+            conn,
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND COMMAND <> 'Daemon'",
+            member,
+        ):
+            with contextlib.suppress(pymysql.Error):
+                run(conn, f"KILL CONNECTION {int(thread)}")
+        run(conn, "DROP USER IF EXISTS %s@'%%'", member)
+        run(conn, f"DROP ROLE IF EXISTS `{readers}`")
+
+
+@contextlib.contextmanager
+def event_scheduler_on(conn: Any) -> Iterator[None]:
+    before = run(conn, "SELECT @@GLOBAL.event_scheduler")[0][0]
+    run(conn, "SET GLOBAL event_scheduler = ON")
+    try:
+        yield
+    finally:
+        run(conn, f"SET GLOBAL event_scheduler = {before}")
+
+
+def _grant_to(env: ContractEnv, request_id: str, member: str, **fields: Any) -> Any:
+    return env.engine.execute(
+        env.request(
+            request_id=request_id,
+            permission="analyst",
+            resources=[f"advm_{RUN}_readers"],
+            identity={"email": "m@example.com", "username": member},
+            **fields,
+        )
+    )
+
+
 @pytest.mark.parametrize("namesake", ["other-host", "other-case", "other-host-later"])
 def test_a_membership_revoke_ends_only_the_member_s_sessions_never_a_namesake_s(
     target: Target, namesake: str
@@ -141,69 +188,54 @@ def test_a_membership_revoke_ends_only_the_member_s_sessions_never_a_namesake_s(
     account shares is refused, and a revoke that finds one made since ends nobody's sessions
     and says so (not verified) until it is gone."""
     conn = target.conn
-    member, readers = f"advm_{RUN}_alice", f"advm_{RUN}_readers"
+    member = f"advm_{RUN}_alice"
     other_user, other_host = {
         "other-host": (member, "127.0.0.1"),
         "other-host-later": (member, "127.0.0.1"),
         "other-case": (member.upper(), "%"),
     }[namesake]
     later = namesake == "other-host-later"
-    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
 
     def make_other() -> None:
         # A different account (a service, another person's) the grant never names.
         run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
 
-    if not later:
-        make_other()
-    run(conn, f"CREATE ROLE `{readers}`")
-    run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
-    run(conn, f"GRANT `{readers}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
-    permissions = {"analyst": {"mode": "membership", "resources": [readers]}}
-    env = make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
     request_id = f"adv-namesake-{namesake}"
     other = None
-    try:
-        outcome = env.engine.execute(
-            env.request(
-                request_id=request_id,
-                permission="analyst",
-                resources=[readers],
-                identity={"email": "alice@example.com", "username": member},
-            )
-        )
-        if namesake == "other-host":
-            assert outcome.status == "refused" and outcome.field == "identity.username", outcome
-            assert "share the name" in (outcome.message or "")
-            return
-        assert outcome.status == "granted", (outcome.field, outcome.message)
-        if later:
+    with membership(target, member, f"advm_{RUN}_readers") as env:
+        if not later:
             make_other()
-        other = pymysql.connect(
-            host="127.0.0.1", port=PORT, user=other_user, password="other-pw", autocommit=True
-        )
-        assert run(other, "SELECT CURRENT_USER()") == [(f"{other_user}@{other_host}",)]
-        revoke = env.engine.execute(env.request("revoke", request_id=request_id))
-        assert _alive(other), (
-            f"the revoke of {member}@% killed the session of {other_user}@{other_host}, an account "
-            "the grant never touched"
-        )
-        if later:
-            assert revoke.status == "failed" and not revoke.verified, revoke
-            assert any("share the name" in r for r in revoke.residual), revoke.residual
-            other.close()
-            other = None
-            run(conn, "DROP USER %s@%s", other_user, other_host)
+        try:
+            outcome = _grant_to(env, request_id, member)
+            if namesake == "other-host":
+                assert outcome.status == "refused" and outcome.field == "identity.username", outcome
+                assert "share the name" in (outcome.message or "")
+                return
+            assert outcome.status == "granted", (outcome.field, outcome.message)
+            if later:
+                make_other()
+            other = pymysql.connect(
+                host="127.0.0.1", port=PORT, user=other_user, password="other-pw", autocommit=True
+            )
+            assert run(other, "SELECT CURRENT_USER()") == [(f"{other_user}@{other_host}",)]
             revoke = env.engine.execute(env.request("revoke", request_id=request_id))
-        assert revoke.status == "revoked" and revoke.verified, revoke
-    finally:
-        if other is not None:
-            with contextlib.suppress(pymysql.Error):
+            assert _alive(other), (
+                f"the revoke of {member}@% killed the session of {other_user}@{other_host}, an "
+                "account the grant never touched"
+            )
+            if later:
+                assert revoke.status == "failed" and not revoke.verified, revoke
+                assert any("share the name" in r for r in revoke.residual), revoke.residual
                 other.close()
-        _kill_sessions(conn, member)
-        run(conn, "DROP USER IF EXISTS %s@'%%'", member)
-        run(conn, "DROP USER IF EXISTS %s@%s", other_user, other_host)
-        run(conn, f"DROP ROLE IF EXISTS `{readers}`")
+                other = None
+                run(conn, "DROP USER %s@%s", other_user, other_host)
+                revoke = env.engine.execute(env.request("revoke", request_id=request_id))
+            assert revoke.status == "revoked" and revoke.verified, revoke
+        finally:
+            if other is not None:
+                with contextlib.suppress(pymysql.Error):
+                    other.close()
+            run(conn, "DROP USER IF EXISTS %s@%s", other_user, other_host)
 
 
 @pytest.mark.parametrize("namesake", ["other-case", "other-host-later", "member-dropped"])
@@ -214,80 +246,62 @@ def test_the_membership_expiry_event_ends_only_the_member_s_sessions(
     member's sessions by the same rule as the revoke: byte for byte, and nobody's while another
     account on another host shares the member's name, the member's own account there or not."""
     conn = target.conn
-    before = run(conn, "SELECT @@GLOBAL.event_scheduler")[0][0]
-    run(conn, "SET GLOBAL event_scheduler = ON")
-    member, readers = f"advm_{RUN}_bob", f"advm_{RUN}_evreaders"
+    member = f"advm_{RUN}_bob"
     other_user, other_host = {
         "other-case": (member.upper(), "%"),
         "other-host-later": (member, "127.0.0.1"),
         "member-dropped": (member, "127.0.0.1"),
     }[namesake]
     later = namesake != "other-case"
-    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
-    run(conn, f"CREATE ROLE `{readers}`")
-    run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
-    run(conn, f"GRANT `{readers}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
-    permissions = {"analyst": {"mode": "membership", "resources": [readers]}}
-    env = make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
     sessions: list[Any] = []
-    try:
-        if not later:
-            run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
-        outcome = env.engine.execute(
-            env.request(
-                request_id=f"adv-event-{namesake}",
-                permission="analyst",
-                resources=[readers],
-                identity={"email": "bob@example.com", "username": member},
-                duration="2s",
+    with event_scheduler_on(conn), membership(target, member, f"advm_{RUN}_readers") as env:
+        try:
+            if not later:
+                run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
+            outcome = _grant_to(env, f"adv-event-{namesake}", member, duration="2s")
+            assert outcome.status == "granted", (outcome.field, outcome.message)
+            # The member logs in before the namesake's account exists (afterwards, a login from
+            # 127.0.0.1 would be the namesake's: the more specific host wins).
+            member_session = pymysql.connect(
+                host="127.0.0.1", port=PORT, user=member, password="member-pw", autocommit=True
             )
-        )
-        assert outcome.status == "granted", (outcome.field, outcome.message)
-        # The member logs in before the namesake's account exists (afterwards, a login from
-        # 127.0.0.1 would be the namesake's: the more specific host wins).
-        member_session = pymysql.connect(
-            host="127.0.0.1", port=PORT, user=member, password="member-pw", autocommit=True
-        )
-        sessions.append(member_session)
-        if later:
-            run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
-        if namesake == "member-dropped":
-            # Only the namesake has the name now (the member's session lives on).
-            run(conn, "DROP USER %s@'%%'", member)
-        other = pymysql.connect(
-            host="127.0.0.1", port=PORT, user=other_user, password="other-pw", autocommit=True
-        )
-        sessions.append(other)
-        assert run(other, "SELECT CURRENT_USER()") == [(f"{other_user}@{other_host}",)]
-        event = f"jitc_{outcome.grant_id}"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and run(
-            conn,
-            "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
-            "AND EVENT_NAME LIKE %s",
-            LEDGER,
-            f"%{outcome.grant_id}%",
-        ) != [(0,)]:
-            time.sleep(0.1)
-        time.sleep(0.3)
-        assert _alive(other), f"the expiry event of {event} killed {other_user}@{other_host}"
-        if namesake == "other-case":
-            assert not _alive(member_session), "the member's session outlived the expiry event"
-        else:
-            # Nobody's sessions are ended while the name is shared; the revoke says so.
-            assert _alive(member_session)
-            revoke = env.engine.execute(env.request("revoke", request_id=f"adv-event-{namesake}"))
-            assert revoke.status == "failed" and not revoke.verified, revoke
-            assert any("share the name" in line for line in revoke.residual), revoke.residual
-    finally:
-        for session in sessions:
-            with contextlib.suppress(pymysql.Error):
-                session.close()
-        _kill_sessions(conn, member)
-        run(conn, "DROP USER IF EXISTS %s@'%%'", member)
-        run(conn, "DROP USER IF EXISTS %s@%s", other_user, other_host)
-        run(conn, f"DROP ROLE IF EXISTS `{readers}`")
-        run(conn, f"SET GLOBAL event_scheduler = {before}")
+            sessions.append(member_session)
+            if later:
+                run(conn, "CREATE USER %s@%s IDENTIFIED BY 'other-pw'", other_user, other_host)
+            if namesake == "member-dropped":
+                # Only the namesake has the name now (the member's session lives on).
+                run(conn, "DROP USER %s@'%%'", member)
+            other = pymysql.connect(
+                host="127.0.0.1", port=PORT, user=other_user, password="other-pw", autocommit=True
+            )
+            sessions.append(other)
+            assert run(other, "SELECT CURRENT_USER()") == [(f"{other_user}@{other_host}",)]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and run(
+                conn,
+                "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
+                "AND EVENT_NAME LIKE %s",
+                LEDGER,
+                f"%{outcome.grant_id}%",
+            ) != [(0,)]:
+                time.sleep(0.1)
+            time.sleep(0.3)
+            assert _alive(other), f"the expiry event killed {other_user}@{other_host}"
+            if namesake == "other-case":
+                assert not _alive(member_session), "the member's session outlived the event"
+            else:
+                # Nobody's sessions are ended while the name is shared; the revoke says so.
+                assert _alive(member_session)
+                revoke = env.engine.execute(
+                    env.request("revoke", request_id=f"adv-event-{namesake}")
+                )
+                assert revoke.status == "failed" and not revoke.verified, revoke
+                assert any("share the name" in line for line in revoke.residual), revoke
+        finally:
+            for session in sessions:
+                with contextlib.suppress(pymysql.Error):
+                    session.close()
+            run(conn, "DROP USER IF EXISTS %s@%s", other_user, other_host)
 
 
 @dataclasses.dataclass
@@ -432,49 +446,23 @@ def test_a_member_named_like_the_event_scheduler_thread_is_revoked_and_verified(
     cannot be killed: a member account of that name is revoked and verified, its sessions
     ended, and the server's thread left alone."""
     conn = target.conn
-    before = run(conn, "SELECT @@GLOBAL.event_scheduler")[0][0]
-    run(conn, "SET GLOBAL event_scheduler = ON")
-    member, readers = "event_scheduler", f"advm_{RUN}_esreaders"
-    run(conn, "CREATE USER %s@'%%' IDENTIFIED BY 'member-pw'", member)
-    run(conn, f"CREATE ROLE `{readers}`")
-    run(conn, f"GRANT SELECT ON `{DATABASE.replace('_', chr(92) + '_')}`.* TO `{readers}`")
-    run(conn, f"GRANT `{readers}` TO '{ADMIN}'@'%' WITH ADMIN OPTION")
-    permissions = {"analyst": {"mode": "membership", "resources": [readers]}}
-    env = make_env(target, catalog_doc(target, permissions=permissions))  # type: ignore[arg-type]
-    session = None
-    try:
-        outcome = env.engine.execute(
-            env.request(
-                request_id="adv-scheduler-name",
-                permission="analyst",
-                resources=[readers],
-                identity={"email": "es@example.com", "username": member},
-            )
-        )
+    member = "event_scheduler"
+    with event_scheduler_on(conn), membership(target, member, f"advm_{RUN}_readers") as env:
+        outcome = _grant_to(env, "adv-scheduler-name", member)
         assert outcome.status == "granted", (outcome.field, outcome.message)
         session = pymysql.connect(
             host="127.0.0.1", port=PORT, user=member, password="member-pw", autocommit=True
         )
-        revoke = env.engine.execute(env.request("revoke", request_id="adv-scheduler-name"))
-        assert revoke.status == "revoked" and revoke.verified, revoke
-        assert not _alive(session)
-        daemons = run(
-            conn,
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'event_scheduler' "
-            "AND COMMAND = 'Daemon'",
-        )
-        assert daemons == [(1,)]
-    finally:
-        if session is not None:
+        try:
+            revoke = env.engine.execute(env.request("revoke", request_id="adv-scheduler-name"))
+            assert revoke.status == "revoked" and revoke.verified, revoke
+            assert not _alive(session)
+            daemons = run(
+                conn,
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                "WHERE USER = 'event_scheduler' AND COMMAND = 'Daemon'",
+            )
+            assert daemons == [(1,)]
+        finally:
             with contextlib.suppress(pymysql.Error):
                 session.close()
-        for (thread,) in run(
-            conn,
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s AND COMMAND <> 'Daemon'",
-            member,
-        ):
-            with contextlib.suppress(pymysql.Error):
-                run(conn, f"KILL CONNECTION {int(thread)}")
-        run(conn, "DROP USER IF EXISTS %s@'%%'", member)
-        run(conn, f"DROP ROLE IF EXISTS `{readers}`")
-        run(conn, f"SET GLOBAL event_scheduler = {before}")
