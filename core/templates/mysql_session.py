@@ -796,9 +796,16 @@ class MySQLSession:
         ours = sorted({str(user) for (user,) in listed if str(user).startswith(prefix)})
         lines = []
         for name in ours:
-            if self._user_exists(name):
+            hosts = {
+                str(host)
+                for (host,) in self._rows(
+                    f"SELECT Host FROM {self.accounts} WHERE User = %s",  # noqa: S608
+                    (name,),
+                )
+            }
+            if self.settings.user_host in hosts:
                 continue  # a live grant's account (or a revoke's, under way)
-            if self._one(f"SELECT COUNT(*) FROM {self.accounts} WHERE User = %s", (name,)):  # noqa: S608
+            if hosts:
                 lines.append(
                     f"session(s) of {name} outlived its account, and an account on another host "
                     "has the name again: not ended (the process list does not tell them apart)"
