@@ -206,7 +206,10 @@ def test_a_genuine_label_moved_to_another_account_never_steers_a_revoke_or_sweep
     )
     before = env.target.snapshot()
     revoke = env.engine.execute(env.request("revoke", request_id="m-steer"))
-    assert revoke.status == "revoked" and "nothing to revoke" in str(revoke.message)
+    # The ledger holds no valid row for the grant, and accounts are named for it: the revoke
+    # names them and fails (retried, for an operator to see), and changes nothing.
+    assert revoke.status == "failed" and not revoke.verified, revoke
+    assert any(foreign in line for line in revoke.residual), revoke.residual
     env.advance(timedelta(hours=1))
     report = env.engine.sweep()
     assert grant_id not in report.revoked and report.ok
@@ -260,6 +263,82 @@ def test_a_redelivered_grant_completes_one_cut_short_between_ledger_and_account(
     again = env.engine.execute(request)
     assert again.status == "granted" and again.reissued and again.principal == first.principal
     assert env.usable(env.credentials(again.sealed_credentials))
+
+
+def test_a_redelivery_completes_a_grant_cut_short_after_its_account(
+    env: ContractEnv, event_scheduler: Any
+) -> None:
+    """A worker that died after CREATE USER left an account without its privileges or its
+    expiry event: the redelivery runs the GRANTs and the event again (both idempotent)."""
+    event_scheduler(True)
+    request = env.request(request_id="m-cut-short")
+    first = env.engine.execute(request)
+    who = f"'{first.principal}'@'%'"
+    run(env.target.admin, f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {who}")
+    event = f"jitc_expire_{first.grant_id}"
+    run(env.target.admin, f"DROP EVENT `{LEDGER}`.`{event}`")
+    creds = env.credentials(first.sealed_credentials)
+    assert not env.usable(creds)
+    again = env.engine.execute(request)
+    assert again.status == "granted" and again.reissued, again
+    assert env.credentials(again.sealed_credentials) == creds
+    assert env.usable(creds)
+    events = "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s"
+    assert (event,) in run(env.target.admin, events, LEDGER)
+
+
+@pytest.mark.parametrize(
+    "change", [{"user_prefix": f"{PREFIX}z"}, {"user_host": "127.0.0.1"}], ids=str
+)
+def test_a_revoke_acts_on_the_account_its_grant_made_after_the_naming_settings_change(
+    target: MySQLTarget, change: dict[str, str]
+) -> None:
+    """What a revoke removes was fixed at grant time: the account its ledger row names, at its
+    host, whatever the catalog would call a new grant's account now."""
+    before = make_env(target)
+    first = before.engine.execute(before.request(request_id="m-renamed-settings"))
+    assert first.status == "granted", first
+    creds = before.credentials(first.sealed_credentials)
+    live = target.login(creds)
+    after = make_env(target, catalog_doc(target, connection=target.connection(**change)))
+    again = after.engine.execute(after.request(request_id="m-renamed-settings"))
+    assert again.status == "granted" and again.reissued, again
+    assert again.principal == first.principal and target.principals() == {first.principal}
+    revoke = after.engine.execute(after.request("revoke", request_id="m-renamed-settings"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert revoke.principal == first.principal
+    assert target.principals() == set()
+    assert not target.alive(live) and not after.can_login(creds)
+    target.reset()
+
+
+def test_a_revoke_on_a_ledger_without_the_grant_reports_its_account_and_changes_nothing(
+    target: MySQLTarget,
+) -> None:
+    """After `ledger_database` changes, the new ledger has no row for an older grant: its revoke
+    names the account and fails (retried), rather than say there was nothing to revoke."""
+    moved = f"{LEDGER}b"
+    run(target.admin, f"GRANT ALL PRIVILEGES ON `{moved}`.* TO '{ADMIN}'@'%'")
+    try:
+        before = make_env(target)
+        first = before.engine.execute(before.request(request_id="m-moved-ledger"))
+        creds = before.credentials(first.sealed_credentials)
+        after = make_env(
+            target, catalog_doc(target, connection=target.connection(ledger_database=moved))
+        )
+        for _ in range(2):
+            revoke = after.engine.execute(after.request("revoke", request_id="m-moved-ledger"))
+            assert revoke.status == "failed" and not revoke.verified, revoke
+            assert any(str(first.principal) in line for line in revoke.residual), revoke
+        assert target.principals() == {first.principal} and before.usable(creds)
+        assert run(target.admin, f"SELECT grant_id FROM `{moved}`.grants") == []
+        revoke = before.engine.execute(before.request("revoke", request_id="m-moved-ledger"))
+        assert revoke.status == "revoked" and revoke.verified, revoke
+        assert target.principals() == set()
+    finally:
+        run(target.admin, f"DROP DATABASE IF EXISTS `{moved}`")
+        run(target.admin, f"REVOKE ALL PRIVILEGES ON `{moved}`.* FROM '{ADMIN}'@'%'")
+        target.reset()
 
 
 def test_revoke_leaves_nothing_in_the_server_tables(env: ContractEnv) -> None:
@@ -651,6 +730,30 @@ def test_a_revoke_whose_lock_is_held_still_ends_access_and_is_retried(
     assert outcome.principal not in target.principals()
 
 
+def test_a_revoke_whose_writes_wait_on_a_global_read_lock_still_ends_the_sessions(
+    target: MySQLTarget,
+) -> None:
+    """An account with RELOAD (a backup job) holds FLUSH TABLES WITH READ LOCK: every write
+    of the revoke waits on it and fails. The grantee's sessions are ended all the same (KILL
+    takes no table lock), and the revoke is retried."""
+    env = make_env(target, catalog_doc(target, connection=target.connection(lock_wait_seconds=1)))
+    outcome = env.engine.execute(env.request(request_id="m-ftwrl"))
+    creds = env.credentials(outcome.sealed_credentials)
+    live = target.login(creds)
+    holder = root()
+    run(holder, "FLUSH TABLES WITH READ LOCK")
+    try:
+        blocked = env.engine.execute(env.request("revoke", request_id="m-ftwrl"))
+        assert blocked.status == "failed", blocked
+        assert not target.alive(live)
+    finally:
+        run(holder, "UNLOCK TABLES")
+        holder.close()
+    done = env.engine.execute(env.request("revoke", request_id="m-ftwrl"))
+    assert done.status == "revoked" and done.verified, done
+    assert outcome.principal not in target.principals() and not env.can_login(creds)
+
+
 def _ledger_rows(target: MySQLTarget, grant_id: str | None) -> list[Any]:
     return run(
         target.admin, f"SELECT grant_id FROM `{LEDGER}`.grants WHERE grant_id = %s", grant_id
@@ -707,6 +810,8 @@ def test_a_privileged_grant_that_could_rename_or_repassword_accounts_is_refused(
         # Ends any connection: a grantee ending the admin's in a loop stops every revoke (and
         # the expiry event, which runs as the admin) before it locks the account.
         "GRANT CONNECTION ADMIN ON *.* TO {user}",
+        # FLUSH TABLES WITH READ LOCK holds every write: the revoke's and the expiry event's.
+        "GRANT RELOAD ON *.* TO {user}",
     ],
 )
 def test_account_administration_granted_directly_is_refused(
@@ -722,7 +827,10 @@ def test_account_administration_granted_directly_is_refused(
             run(conn, grant.format(admin=f"'{boss}'@'%'"))
         run(conn, f"GRANT CREATE USER ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
         run(conn, f"GRANT UPDATE ON mysql.global_priv TO '{boss}'@'%' WITH GRANT OPTION")
-        run(conn, f"GRANT SET USER, CONNECTION ADMIN ON *.* TO '{boss}'@'%' WITH GRANT OPTION")
+        run(
+            conn,
+            f"GRANT SET USER, CONNECTION ADMIN, RELOAD ON *.* TO '{boss}'@'%' WITH GRANT OPTION",
+        )
         permissions = {
             "wide": {"statements": [statement], "resources": [DATABASE], "privileged": True}
         }

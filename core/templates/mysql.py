@@ -253,7 +253,7 @@ def _username_hint(spec: GrantSpec) -> str:
 def user_name(connection: Connection, spec: GrantSpec) -> str:
     """Deterministic per grant (at most 31 characters, MySQL's limit is 32), so a redelivered
     grant finds the account it made."""
-    return f"{connection.user_prefix}{_username_hint(spec)}_{spec.grant_id[1:11]}"
+    return f"{connection.user_prefix}{_username_hint(spec)}{grant_suffix(spec.grant_id)}"
 
 
 def role_name(connection: Connection, grant_id: str) -> str:
@@ -274,9 +274,23 @@ def member_name(spec: GrantSpec) -> str:
     return spec.identity.username
 
 
-def is_our_name(connection: Connection, name: str, grant_id: str) -> bool:
-    """Whether an account name is one this integration would make for that grant id."""
-    return name.startswith(connection.user_prefix) and name.endswith(f"_{grant_id[1:11]}")
+def is_our_name(name: str, grant_id: str) -> bool:
+    """Whether an account or role name is one made for that grant id, under any prefix the
+    integration has had: a revoke acts on the name its ledger row holds, which the row's MAC
+    covers, not on what today's catalog would call it."""
+    return name.endswith(grant_suffix(grant_id))
+
+
+def grant_suffix(grant_id: str) -> str:
+    """The end of every account and role name made for a grant."""
+    return f"_{grant_id[1:11]}"
+
+
+def at_host(connection: Connection, host: str) -> Connection:
+    """The settings with the account host a grant was made with (its ledger row's)."""
+    if host == connection.user_host:
+        return connection
+    return connection.model_copy(update={"user_host": host})
 
 
 def account(connection: Connection, name: str) -> str:
@@ -287,12 +301,15 @@ def event_name(grant_id: str) -> str:
     return f"jitc_expire_{grant_id}"
 
 
-def grant_statements(connection: Connection, spec: GrantSpec, password_hash: str) -> list[str]:
-    """The statements of a grant, run only when its account does not exist yet (the GRANTs and
-    the event are idempotent, so a grant cut short is completed by running them again)."""
+def grant_statements(
+    connection: Connection, spec: GrantSpec, password_hash: str, name: str | None = None
+) -> list[str]:
+    """The statements of a grant: CREATE USER, then the GRANTs and the expiry event, which are
+    idempotent, so a redelivery completes a grant cut short by running them again. `name`: the
+    account a ledger row already holds (a redelivery), else the one the settings give."""
     permission = spec.permission
     assert isinstance(permission, Permission)
-    name = user_name(connection, spec)
+    name = user_name(connection, spec) if name is None else name
     who = account(connection, name)
     statements = [
         f"CREATE USER {who} IDENTIFIED WITH mysql_native_password AS {password_hash} "

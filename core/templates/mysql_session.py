@@ -37,8 +37,10 @@ from jitc.templates.mysql import (
     MySQLTemplate,
     Permission,
     account,
+    at_host,
     event_name,
     grant_statements,
+    grant_suffix,
     ident,
     is_our_name,
     literal,
@@ -203,9 +205,13 @@ class MySQLSession:
             return None
         if label.get("integration") != self.integration:
             return None
-        if label.get("state") != "tombstone" and not is_our_name(self.settings, name, grant_id):
+        if label.get("state") != "tombstone" and not is_our_name(name, grant_id):
             return None
         return label
+
+    def _host(self, label: dict[str, Any]) -> str:
+        """The account host a grant was made with: its row's, not today's settings."""
+        return str(label.get("host", self.settings.user_host))
 
     def _row(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
         rows = self._rows(
@@ -281,6 +287,7 @@ class MySQLSession:
         if permission.mode == "membership":
             return self._grant_membership(spec, permission)
         name = user_name(self.settings, spec)
+        host = self.settings.user_host
         # With a label key every delivery of a grant computes the same password, so a
         # redelivery hands out the same credentials and changes nothing in the server.
         derived = self.key.password(self.integration, spec.grant_id, spec.request_digest)
@@ -303,24 +310,29 @@ class MySQLSession:
             else:
                 self._check_existing(found[1], spec)
                 reissued = True
-                if not self._user_exists(name):  # the first delivery stopped before the account
-                    statements = grant_statements(self.settings, spec, hashed)
-                elif derived is None:
-                    # Without a label key the first password cannot be computed again, and a
-                    # redelivery may be the only outcome that reaches the requester: it rotates.
-                    statements = [
-                        f"ALTER USER {account(self.settings, name)} "
-                        f"IDENTIFIED WITH mysql_native_password AS {hashed}"
-                    ]
-                else:
-                    statements = []
-                if statements and found[1].get("auth") != auth:
+                # The account the row holds, at its host, whatever the settings say now.
+                name, host = found[0], self._host(found[1])
+                settings = at_host(self.settings, host)
+                statements = grant_statements(settings, spec, hashed, name)
+                if self._user_exists(name, host):
+                    # The GRANTs and the expiry event again (idempotent): the first delivery
+                    # may have stopped after CREATE USER, before them.
+                    statements = statements[1:]
+                    if derived is None:
+                        # Without a label key the first password cannot be computed again, and
+                        # a redelivery may be the only outcome that reaches the requester.
+                        statements.insert(
+                            0,
+                            f"ALTER USER {account(settings, name)} "
+                            f"IDENTIFIED WITH mysql_native_password AS {hashed}",
+                        )
+                if found[1].get("auth") != auth:
                     # Before the password changes: a revoke must know the account by it.
                     self._write(name, {**found[1], "auth": auth})
             for statement in statements:
                 self._run(statement)
-            if permission.privileged and self._administers_accounts(name):
-                self._undo(spec.grant_id, name)
+            if permission.privileged and self._administers_accounts(name, host):
+                self._undo(spec.grant_id, name, host)
                 raise Refused(
                     "permission",
                     "these statements let the account create, rename or re-password accounts, "
@@ -409,7 +421,7 @@ class MySQLSession:
             )
         permission = spec.permission
         assert isinstance(permission, Permission)
-        others = self._namesakes(member)
+        others = self._namesakes(member, self.settings.user_host)
         if permission.terminate_sessions and others:
             raise Refused(
                 "identity.username",
@@ -488,7 +500,7 @@ class MySQLSession:
         args = each + each + each + guarded + each + guarded + each + guarded + each + guarded
         return bool(self._one(query, args))
 
-    def _administers_accounts(self, name: str) -> bool:
+    def _administers_accounts(self, name: str, host: str) -> bool:
         """Whether the account, itself or through any role it holds, may create, rename or
         re-password accounts (CREATE USER, or a write on the grant tables in `mysql`: global
         INSERT, UPDATE or DELETE, or those on the `mysql` database or its tables; or run code
@@ -496,7 +508,6 @@ class MySQLSession:
         ADMIN), end others' connections (CONNECTION ADMIN), or pass a privilege on (the grant
         option anywhere, a role's ADMIN OPTION). Such an account could rename itself and change
         its password, make another, or stop its revoke, and keep its access."""
-        host = self.settings.user_host
         roles = {
             str(r[0])
             for r in self._rows(
@@ -507,6 +518,10 @@ class MySQLSession:
         for role in roles:
             reached |= self._roles_reached(role)
         admin_bits = 2 | 4 | 8 | 1024 | 33554432  # INSERT UPDATE DELETE GRANT CREATE-USER
+        # RELOAD: FLUSH TABLES WITH READ LOCK (or BACKUP STAGE) holds every write, the grant
+        # tables' and the ledger's, and the event scheduler with them, for as long as the
+        # account keeps its connection: its revoke and its expiry event would wait on it.
+        admin_bits |= 64
         # SUPER and SET USER let the account name any definer: a routine, event, trigger or
         # view it defines as the connector's admin runs as the admin (CREATE USER included).
         # BINLOG REPLAY and REPLICATION SLAVE ADMIN write rows, the grant tables' included,
@@ -536,15 +551,15 @@ class MySQLSession:
                 return True
         return False
 
-    def _undo(self, grant_id: str, name: str) -> None:
+    def _undo(self, grant_id: str, name: str, host: str) -> None:
         """Take back a grant refused after its statements ran; no credentials went out."""
-        self._end_account(grant_id, name)
+        self._end_account(grant_id, name, host)
         self._delete(grant_id)
 
-    def _end_account(self, grant_id: str, name: str) -> None:
+    def _end_account(self, grant_id: str, name: str, host: str) -> None:
         """Lock the account first, so no new connection starts while the old ones are killed,
         then drop it and its expiry event."""
-        who = account(self.settings, name)
+        who = f"{literal(name)}@{literal(host)}"
         self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
         self._kill(name)
         self._run(f"DROP USER IF EXISTS {who}")
@@ -576,26 +591,43 @@ class MySQLSession:
             # Whoever holds the lock, access ends now; the rest is retried with the message.
             self._contain(grant_id)
             raise
+        except pymysql.Error:
+            # A write of the revoke failed, as every write does while an account with RELOAD
+            # holds FLUSH TABLES WITH READ LOCK (a backup): its sessions end all the same, since
+            # KILL waits on no lock. (ALTER USER would wait on that lock without a bound.)
+            try:
+                self._contain(grant_id, lock=False)
+            except pymysql.Error:
+                log.warning("grant %s: its sessions could not be ended either", grant_id)
+            raise
 
-    def _contain(self, grant_id: str) -> None:
+    def _contain(self, grant_id: str, lock: bool = True) -> None:
         """Without the grant's lock: only what takes access away, and is safe to repeat."""
         found = self._row(grant_id)
         if found is None or found[1].get("state") == "tombstone":
             return
         name, label = found
         if label.get("mode") == "membership":
-            self._run(f"DROP ROLE IF EXISTS {ident(name)}")
+            if lock:
+                self._run(f"DROP ROLE IF EXISTS {ident(name)}")
             member = str(label.get("member", ""))
             if label.get("terminate_sessions") and member:
-                self._end_member(member)
+                self._end_member(member, self._host(label))
             return
-        self._run(f"ALTER USER IF EXISTS {account(self.settings, name)} ACCOUNT LOCK")
+        if lock:
+            host = self._host(label)
+            self._run(f"ALTER USER IF EXISTS {literal(name)}@{literal(host)} ACCOUNT LOCK")
         self._kill(name)
 
     def _revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
         with self._locked(grant_id):
             found = self._row(grant_id)
             if found is None:
+                strays = self._strays(grant_id)
+                if strays:
+                    # Not ours by any row this ledger holds, so nothing is changed; never
+                    # reported revoked either, since it may be a grant of ours all the same.
+                    return RevokeResult(found=True, residual=strays, verified=False)
                 # Revoke before grant: the tombstone makes the late grant a refusal.
                 self._tombstone(grant_id, {}, tombstone_until)
                 return RevokeResult(found=False)
@@ -606,12 +638,13 @@ class MySQLSession:
                 self._write(name, {**label, "state": "revoking"})
             if label.get("mode") == "membership":
                 return self._revoke_membership(grant_id, name, label, tombstone_until)
-            existed = self._user_exists(name)
-            self._end_account(grant_id, name)
+            host = self._host(label)
+            existed = self._user_exists(name, host)
+            self._end_account(grant_id, name, host)
             # Once more after the drop: a login that passed its password check just before the
             # lock shows up in the process list only after it.
             left = self._kill(name)
-            residual = self._residual(name)
+            residual = self._residual(name, host)
             if not existed:
                 residual += self._missing_account(name, label)
             if left:
@@ -625,6 +658,23 @@ class MySQLSession:
                 residual=residual,
                 verified=not residual,
             )
+
+    def _strays(self, grant_id: str) -> list[str]:
+        """Accounts and roles whose names end as this grant's would, with no row for it in this
+        ledger: the grant's own, if the catalog's `ledger_database` changed after it was made
+        (its row is in the old one). Names end in ten characters of the grant id, which no one
+        else chooses by chance."""
+        suffix = grant_suffix(grant_id)
+        rows = self._rows(
+            f"SELECT User, Host FROM {self.accounts} WHERE User LIKE %s",  # noqa: S608
+            ("%" + suffix.replace("_", "\\_"),),
+        )
+        return [
+            f"account {user}@{host} is named for this grant, but {self.settings.ledger_database} "
+            "holds no row for it (was ledger_database changed?): left alone, not revoked"
+            for user, host in sorted((_text(u), _text(h)) for u, h in rows)
+            if str(user).endswith(suffix)
+        ]
 
     def _auth_mark(self, stored: str) -> str:
         """A keyed fingerprint of the account's stored password hash: the ledger can recognise
@@ -670,7 +720,8 @@ class MySQLSession:
             f"{ident(event_name(grant_id))}"
         )
         member = str(label.get("member", ""))
-        left = self._end_member(member) if label.get("terminate_sessions") and member else []
+        host = self._host(label)
+        left = self._end_member(member, host) if label.get("terminate_sessions") and member else []
         residual = self._residual(name, "")
         mapped = self._one("SELECT COUNT(*) FROM mysql.roles_mapping WHERE Role = %s", (name,))
         if mapped:
@@ -686,19 +737,19 @@ class MySQLSession:
             verified=not residual,
         )
 
-    def _namesakes(self, member: str) -> int:
-        """Accounts on other hosts with the member's user name. The process list names a
-        connection by user name alone: theirs cannot be told from the member's."""
+    def _namesakes(self, member: str, host: str) -> int:
+        """Accounts on hosts other than the member's with its user name. The process list names
+        a connection by user name alone: theirs cannot be told from the member's."""
         count = self._one(
             "SELECT COUNT(*) FROM mysql.global_priv WHERE User = %s AND Host <> '' AND Host <> %s",
-            (member, self.settings.user_host),
+            (member, host),
         )
         return int(str(count or 0))
 
-    def _end_member(self, member: str) -> list[str]:
+    def _end_member(self, member: str, host: str) -> list[str]:
         """End the member's sessions (one that ran SET ROLE may keep the role's privileges
         until it ends), never another account's; what is left, as residual."""
-        others = self._namesakes(member)
+        others = self._namesakes(member, host)
         if others:
             return [
                 f"connections of {member} not ended: {others} account(s) on other hosts share "
