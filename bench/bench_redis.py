@@ -6,9 +6,9 @@ same run, interleaved with the engine (see `_userbench` for the shapes: per-op, 
               of the masked password and a stand-in MAC) and `ACL DELUSER`;
   same calls: the commands the template sends, pipelined as it pipelines them: the grant reads
               the user and its tombstone, then writes the user and looks for the tombstone; the
-              revoke reads both, then writes the tombstone, deletes the user, reads it back and
-              reads the client list. Engine / this floor is the connector's own cost; engine /
-              writes adds the reads every decision takes from the server.
+              revoke reads both, then writes the tombstone, kills the user's connections,
+              deletes the user and reads it back. Engine / this floor is the connector's own
+              cost; engine / writes adds the reads every decision takes from the server.
 Goal: engine / floor <= 1.3. Then where the engine's time goes: in all, and in the kept shape
 round trip by round trip, with the engine's own work before, between and after them. Last, N
 grants in one batch (engine) vs. the floor's N `ACL SETUSER` on one connection, and the sweep of
@@ -139,9 +139,9 @@ def same_calls(request_id: str) -> Callable[[str], None]:
         pipelined(
             c,
             ("ACL", "SETUSER", stone, "reset", "resetchannels", "&jitc1:" + "M" * 80),
+            ("CLIENT", "KILL", "USER", name),
             ("ACL", "DELUSER", name),
             ("ACL", "GETUSER", name),
-            ("CLIENT", "LIST"),
         )
         done(c, shape)
 
@@ -242,7 +242,7 @@ _TRIPS = (
     "grant's reads (AUTH, GETUSER of the user and the tombstone)",
     "grant's write (SETUSER, GETUSER of the tombstone)",
     "revoke's reads (AUTH, GETUSER of the user and the tombstone)",
-    "revoke's writes (tombstone, DELUSER, GETUSER, CLIENT LIST)",
+    "revoke's writes (tombstone, CLIENT KILL USER, DELUSER, GETUSER)",
 )
 _GAPS = (
     "grant, before its first round trip (the message read, the request checked, the kept "

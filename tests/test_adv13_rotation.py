@@ -106,7 +106,7 @@ def _tcp_login(password: str) -> bool:
 REDIS_HOST = os.environ.get("JITC_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("JITC_TEST_REDIS_PORT", "6379"))
 REDIS_ADMIN = f"a13{RUN}-redisadmin"
-REDIS_RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|list")
+REDIS_RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|kill")
 REDIS_RULES += ("+client|setname", "+ping", "+info")
 
 

@@ -38,7 +38,7 @@ KEYS = f"k{RUN}:*"
 FIRST = f"first-{secrets.token_hex(8)}"
 LABEL = "label-key-for-the-kv-rotation-tests"
 # What the README says the Redis admin needs; `on` and these must survive a rotation.
-REDIS_RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|list")
+REDIS_RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|kill")
 REDIS_RULES += ("+client|setname", "+ping", "+info")
 RABBIT_TAGS = "administrator,monitoring"
 

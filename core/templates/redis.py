@@ -125,7 +125,6 @@ class Connection(Settings):
         default="auto",
         description="ACL SAVE after each change: auto when the server has an aclfile",
     )
-    terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     keep_connection_seconds: float = keep_connection_field()
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ ADMIN = f"s{RUN}-smadmin"
 PREFIX = f"s{RUN}-"
 KEYS = f"s{RUN}:*"
 FIRST = f"FIRST-{secrets.token_hex(12)}"
-RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|list", "+client|setname")
+RULES = ("resetkeys", "resetchannels", "-@all", "+acl", "+client|kill", "+client|setname")
 RULES += ("+ping", "+info")
 
 

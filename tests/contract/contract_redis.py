@@ -28,7 +28,7 @@ ADMIN_RULES = (
     "resetchannels",
     "-@all",
     "+acl",
-    "+client|list",
+    "+client|kill",
     "+client|setname",
     "+ping",
     "+info",
