@@ -108,7 +108,6 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
         "tls": False,  # loopback: allowed, and `jitc catalog check` says so
         # The shared server has no ACL file: grants would be refused under `auto`.
         "acl_save": "never",
-        "terminate_wait_seconds": 3,
     }
     return userenv.catalog_doc(INTEGRATION, "redis", connection, perms)
 

@@ -46,7 +46,6 @@ def test_a_grantee_holding_every_connection_stalls_the_revoke_only_until_one_fre
         "tls": False,
         "acl_save": "never",
         "user_prefix": "jit-",
-        "terminate_wait_seconds": 2,
         "keep_connection_seconds": keep,
     }
     permissions = {"read-only": {"template": "read-only", "resources": ["app:*"]}}

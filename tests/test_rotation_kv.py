@@ -121,7 +121,6 @@ def redis_catalog(
         "user": user,
         "user_prefix": PREFIX,
         "acl_save": acl_save,
-        "terminate_wait_seconds": 0,
     }
     permission = {"template": "read-only", "resources": [KEYS]}
     return _catalog("redis", connection, permission, path)

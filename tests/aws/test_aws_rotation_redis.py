@@ -60,7 +60,6 @@ def deployed(
         "user": ADMIN,
         "user_prefix": PREFIX,
         "acl_save": "never",
-        "terminate_wait_seconds": 0,
     }
     doc = {
         "integrations": {

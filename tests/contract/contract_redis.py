@@ -103,7 +103,6 @@ class RedisTarget:
             "user_prefix": PREFIX,
             "tls": False,
             "acl_save": "never",  # the shared server has no ACL file
-            "terminate_wait_seconds": 3,
             **overrides,
         }
 
