@@ -131,6 +131,17 @@ _PREFIXED = (
     "WHERE r.rolname OPERATOR(pg_catalog.>=) %s::pg_catalog.name "
     "AND r.rolname OPERATOR(pg_catalog.<) %s::pg_catalog.name "
 )
+# Roles whose names end with one of these grant-id tails (a grant's role under any prefix).
+_ENDING = (
+    _ROLES + "WHERE pg_catalog.right(r.rolname::pg_catalog.text, 24) "
+    "OPERATOR(pg_catalog.=) ANY(%s::pg_catalog.text[])"
+)
+# Roles with a current label (`jitc:<mac>.`), under any prefix.
+_LABELLED = (
+    _ROLES + "WHERE pg_catalog.starts_with(pg_catalog.shobj_description(r.oid, 'pg_authid'), "
+    "'jitc:') AND NOT pg_catalog.starts_with("
+    "pg_catalog.shobj_description(r.oid, 'pg_authid'), 'jitc:{')"
+)
 _LEGACY = (
     _ROLES + _PREFIXED + "AND pg_catalog.starts_with("
     "pg_catalog.shobj_description(r.oid, 'pg_authid'), 'jitc:{')"
@@ -1317,12 +1328,18 @@ class PostgreSQLSession(KeptSession):
         # A grant made before labels carried a MAC has another name: looked for only when the
         # grant has no role under its current name.
         live = self._legacy(self._prefixed(_LEGACY), missing) if missing else []
+        # A grant made before `role_prefix` changed has its role under the old prefix.
+        unnamed = missing - {str(label.get("grant_id")) for _, label in live}
+        elsewhere = self._renamed_roles(unnamed) if unnamed else {}
         stones: list[Stmt] = []
         for grant_id in grant_ids:
             role = roles.get(names[grant_id])
             if role is None:
                 stones += self._tombstone(names[grant_id], grant_id, until)
-                results[grant_id] = RevokeResult(found=False)
+                if grant_id in elsewhere:
+                    live.append(elsewhere[grant_id])
+                else:
+                    results[grant_id] = RevokeResult(found=False)
                 continue
             label = self._ours(role)
             if label is None or label.get("grant_id") != grant_id or role.privileged:
@@ -1342,6 +1359,22 @@ class PostgreSQLSession(KeptSession):
             with self.conn.transaction():
                 self._run(stones)
         return live
+
+    def _renamed_roles(self, grant_ids: set[str]) -> dict[str, tuple[_Role, dict[str, Any]]]:
+        """Live roles of these grants under another name than today's `role_prefix` gives
+        them: what a revoke removes was fixed when the grant was made. A role counts only if
+        its label verifies for its own name, names the grant, and is not privileged."""
+        rows = self._exec(_ENDING, ([g[1:] for g in grant_ids],)).fetchall()
+        found: dict[str, tuple[_Role, dict[str, Any]]] = {}
+        for row in rows:
+            role = self._role(row)
+            label = self._ours(role)
+            if label is None or role.privileged or label.get("state") == "tombstone":
+                continue
+            grant_id = str(label.get("grant_id"))
+            if grant_id in grant_ids and role.name.endswith(grant_id[1:]):
+                found[grant_id] = (role, label)
+        return found
 
     def _legacy(
         self, rows: Sequence[Sequence[Any]], grant_ids: set[str] | None
@@ -1955,18 +1988,18 @@ class PostgreSQLSession(KeptSession):
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
-        """Every role with our prefix and this integration's valid label; nothing else."""
-        rows = self._prefixed(_ROLES + _PREFIXED)
+        """Every role with this integration's valid label, named for its grant under any
+        prefix (one made before `role_prefix` changed still ends on time); nothing else."""
         grants = []
-        old = [row for row in rows if str(row[4] or "").startswith("jitc:{")]
-        for old_role, old_label in self._legacy(old, None):
+        for old_role, old_label in self._legacy(self._prefixed(_LEGACY), None):
             made = grant_from_label(KIND, old_role.name, {**old_label, "state": "active"})
             if made is not None:
                 grants.append(made)
-        for row in rows:
+        for row in self.conn.execute(_LABELLED).fetchall():
             role = self._role(row)
             label = self._ours(role)
-            if label is None or role.name != role_name(self.settings, str(label.get("grant_id"))):
+            grant_id = str(label.get("grant_id")) if label is not None else ""
+            if label is None or not role.name.endswith(grant_id[1:]) or not grant_id:
                 continue
             shown = {k: v for k, v in label.items() if k not in ("kind", "digest", "disabled_at")}
             grant = grant_from_label(KIND, role.name, shown)

@@ -187,20 +187,16 @@ class RabbitMQSession(KeptSession):
     # -- the ledger ------------------------------------------------------------------------
 
     def _label(self, user: dict[str, Any] | None) -> CompactLabel | None:
-        """The user's label if the user is ours: our prefix and a tag whose MAC verifies for
-        this user name; anything else belongs to someone else and is never changed."""
+        """The user's label if the user is ours: a tag whose MAC verifies for this user name,
+        named for its grant (under any prefix); anything else belongs to someone else and is
+        never changed."""
         if user is None:
             return None
         tags = user.get("tags") or []
         if isinstance(tags, str):  # older servers answer a comma-separated string
             tags = tags.split(",")
         return userledger.owned_label(
-            self.key,
-            KIND,
-            self.integration,
-            self.settings.user_prefix,
-            str(user.get("name", "")),
-            (str(tag) for tag in tags),
+            self.key, KIND, self.integration, str(user.get("name", "")), (str(t) for t in tags)
         )
 
     def _encode(self, name: str, label: CompactLabel) -> str:
@@ -312,7 +308,7 @@ class RabbitMQSession(KeptSession):
         name = user_name(self.settings, grant_id)
         stone_name = tombstone_name(self.settings, grant_id)
         users = {name: self._user(name), stone_name: self._user(stone_name)}
-        return self._revoke([grant_id], tombstone_until, users)[grant_id]
+        return self._revoke([grant_id], tombstone_until, users, listed=False)[grant_id]
 
     def revoke_many(
         self, grant_ids: Sequence[str], tombstone_until: datetime
@@ -323,14 +319,16 @@ class RabbitMQSession(KeptSession):
             return {g: self.revoke(g, tombstone_until) for g in grant_ids}
         listing = self._call("GET", "/api/users").json()
         users: dict[str, dict[str, Any] | None] = {str(u["name"]): dict(u) for u in listing}
-        return self._revoke(grant_ids, tombstone_until, users)
+        return self._revoke(grant_ids, tombstone_until, users, listed=True)
 
     def _revoke(
         self,
         grant_ids: Sequence[str],
         tombstone_until: datetime,
         users: dict[str, dict[str, Any] | None],
+        listed: bool,
     ) -> dict[str, RevokeResult]:
+        """`users`: the grants' users and tombstones by name, or (`listed`) every user."""
         results: dict[str, RevokeResult] = {}
         deleted: dict[str, tuple[str, CompactLabel]] = {}
         for grant_id in grant_ids:
@@ -354,11 +352,15 @@ class RabbitMQSession(KeptSession):
                 )
                 continue
             if live is None and stone is None:
-                # A grant writes its user and then looks for the tombstone, so the user is looked
-                # for again once the tombstone is there: a delivery racing this revoke either
-                # sees the tombstone and deletes its own user, or is found here.
-                self._put_tombstone(stone_name, grant_id, tombstone_until, None)
-                live = self._label(self._user(name))
+                other = self._elsewhere(grant_id, users if listed else None)
+                if other is not None:
+                    name, live = other
+                else:
+                    # A grant writes its user and then looks for the tombstone, so the user is
+                    # looked for again once the tombstone is there: a delivery racing this
+                    # revoke either sees the tombstone and deletes its own user, or is found here.
+                    self._put_tombstone(stone_name, grant_id, tombstone_until, None)
+                    live = self._label(self._user(name))
             if live is None:
                 results[grant_id] = RevokeResult(found=False)
                 continue
@@ -392,6 +394,22 @@ class RabbitMQSession(KeptSession):
                 verified=not residual,
             )
         return results
+
+    def _elsewhere(
+        self, grant_id: str, users: dict[str, dict[str, Any] | None] | None
+    ) -> tuple[str, CompactLabel] | None:
+        """The grant's user under another name than today's settings give it: made before
+        `user_prefix` changed. Looked for only when a grant has neither its user nor its
+        tombstone under today's names (a revoke before its grant, or the first after the
+        change), in `users` when it lists every user, else in a listing read now."""
+        if users is None:
+            users = {str(u["name"]): dict(u) for u in self._call("GET", "/api/users").json()}
+        for name, user in users.items():
+            if userledger.grant_of_name(name) == grant_id:
+                label = self._label(user)
+                if label is not None and label.state != "tombstone":
+                    return name, label
+        return None
 
     def _put_tombstone(
         self, stone_name: str, grant_id: str, until: datetime, live: CompactLabel | None

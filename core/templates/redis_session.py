@@ -348,9 +348,7 @@ class RedisSession(KeptSession):
 
     def _label_in(self, name: str, tokens: Sequence[str]) -> CompactLabel | None:
         texts = (token[1:] for token in tokens if token.startswith("&"))
-        return userledger.owned_label(
-            self.key, KIND, self.integration, self.settings.user_prefix, name, texts
-        )
+        return userledger.owned_label(self.key, KIND, self.integration, name, texts)
 
     def _get(self, *names: str) -> list[User]:
         return [_user(r) for r in self._run([("ACL", "GETUSER", name) for name in names])]
@@ -468,16 +466,22 @@ class RedisSession(KeptSession):
             found = [reads[n] for n in (*names, *stones)]
         else:
             found = self._get(*names, *stones)
+        count = len(grant_ids)
+        gone = [g for i, g in enumerate(grant_ids) if found[i] is None and found[count + i] is None]
+        elsewhere = self._elsewhere(gone) if gone else {}
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}
         unseen: list[str] = []
         taken: dict[str, str] = {}
         for index, grant_id in enumerate(grant_ids):
             label = self._label(names[index], found[index])
-            stone_user = found[len(grant_ids) + index]
+            stone_user = found[count + index]
             has_stone = self._label(stones[index], stone_user) is not None
             if label is not None:
                 live[grant_id] = (names[index], label)
+            elif grant_id in elsewhere:
+                live[grant_id] = elsewhere[grant_id]
+                label = live[grant_id][1]
             if has_stone:
                 continue
             if stone_user is not None:
@@ -540,6 +544,25 @@ class RedisSession(KeptSession):
             )
         return results
 
+    def _elsewhere(self, grant_ids: Sequence[str]) -> dict[str, tuple[str, CompactLabel]]:
+        """Users of these grants under another name than today's settings give them: made
+        before `user_prefix` changed. Looked for only when a grant has neither its user nor its
+        tombstone under today's names (a revoke before its grant, or the first after the
+        change): one ACL USERS, then the label of each user whose name ends in the grant id."""
+        wanted = set(grant_ids)
+        current = {user_name(self.settings, g) for g in grant_ids}
+        names = [
+            name
+            for name in map(_name, self._run([("ACL", "USERS")])[0])
+            if userledger.grant_of_name(name) in wanted and name not in current
+        ]
+        found: dict[str, tuple[str, CompactLabel]] = {}
+        for name, user in zip(names, self._get(*names), strict=True) if names else ():
+            label = self._label(name, user)
+            if label is not None and label.state != "tombstone" and label.grant_id in wanted:
+                found[label.grant_id] = (name, label)
+        return found
+
     def _tombstone(
         self, grant_id: str, until: datetime, live: CompactLabel | None
     ) -> tuple[str, ...]:
@@ -569,11 +592,12 @@ class RedisSession(KeptSession):
     # -- sweep and inventory ---------------------------------------------------------------
 
     def _listing(self) -> list[tuple[str, CompactLabel]]:
-        """Our users, from one ACL LIST: `user <name> <rules...>` per line."""
+        """Our users, from one ACL LIST: `user <name> <rules...>` per line. Under any prefix: a
+        grant made before `user_prefix` changed still ends on time."""
         found = []
         for line in self._run([("ACL", "LIST")])[0]:
             parts = str(line).split()
-            if len(parts) < 2 or not parts[1].startswith(self.settings.user_prefix):
+            if len(parts) < 2 or userledger.grant_of_name(parts[1]) is None:
                 continue
             label = self._label_in(parts[1], parts[2:])
             if label is not None:

@@ -23,13 +23,13 @@ def tombstone_name(prefix: str, grant_id: str) -> str:
 
 
 def owned_label(
-    key: LabelKey, kind: str, integration: str, prefix: str, name: str, texts: Iterable[str]
+    key: LabelKey, kind: str, integration: str, name: str, texts: Iterable[str]
 ) -> CompactLabel | None:
     """The label among `texts` that makes user `name` ours: written with our key for this name,
-    for this integration, and naming the grant whose user (or tombstone) `name` is. A label
-    copied from another user, or naming another grant, is not one."""
-    if not name.startswith(prefix):
-        return None
+    for this integration, and naming the grant whose user (or tombstone) `name` is, under any
+    `user_prefix` the integration has had: what a revoke or the sweep removes was fixed when
+    the grant was made, whatever the catalog would name a new grant's user now. A label copied
+    from another user, or naming another grant, is not one."""
     for text in texts:
         if not text.startswith(COMPACT_PREFIX + ":"):
             continue
@@ -37,9 +37,22 @@ def owned_label(
         if label is None or label.integration != integration:
             continue
         namer = tombstone_name if label.state == "tombstone" else user_name
-        if namer(prefix, label.grant_id) == name:
+        ending = namer("", label.grant_id)
+        if name.endswith(ending) and len(name) > len(ending):
             return label
     return None
+
+
+def grant_of_name(name: str) -> str | None:
+    """The grant id a user name ends with, under any prefix (tombstones included): grant ids
+    are `g` and 24 base32 characters."""
+    tail = name[-25:]
+    if len(name) > 25 and tail[0] == "g" and all(c in _BASE32 for c in tail[1:]):
+        return tail
+    return None
+
+
+_BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 
 
 def check_grantable(

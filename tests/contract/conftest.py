@@ -25,7 +25,13 @@ TARGETS: dict[str, str] = {
 
 # Promises a template does not keep yet: the test runs and must fail (strict), so whoever
 # closes the gap sees it pass and removes the line.
-KNOWN_GAPS: dict[tuple[str, str], str] = {}
+KNOWN_GAPS: dict[tuple[str, str], str] = {
+    (
+        "aws_iam",
+        "test_a_revoke_after_the_naming_settings_change_ends_the_grant_made_before",
+    ): "the worker's IAM rights stop at its own `path` (docs/aws.md): a grant's policy under "
+    "an earlier path is out of its reach, so it cannot tell one is there",
+}
 
 _reached: dict[str, Any] = {}
 

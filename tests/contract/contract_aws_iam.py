@@ -179,6 +179,9 @@ class AwsIamTarget:
     def admin_secret(self) -> str:
         return "CANARY-aws-never-used-0d9b"  # the template's credential is the function's role
 
+    def renamed(self) -> dict[str, Any]:
+        return {"path": f"{PATH}z/"}
+
     def connection(self, **overrides: Any) -> dict[str, Any]:
         return {
             "account_id": ACCOUNT,

@@ -117,6 +117,9 @@ class AzureRbacTarget:
     def admin_secret(self) -> str:
         return "CANARY-azure-never-used-5e1c"  # the template's credential is the app's identity
 
+    def renamed(self) -> dict[str, Any]:
+        return {}  # a grant is a role assignment named by its grant id: no setting names it
+
     def connection(self, **overrides: Any) -> dict[str, Any]:
         assert self.arm is not None
         return {

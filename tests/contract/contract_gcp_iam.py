@@ -162,6 +162,9 @@ class GcpIamTarget:
     def identity(self, index: int = 0) -> dict[str, Any]:
         return {"email": f"dev{index}-{RUN}@example.com"}
 
+    def renamed(self) -> dict[str, Any]:
+        return {}  # a grant is a binding of its member: no setting names it
+
     def connection(self, **overrides: Any) -> dict[str, Any]:
         return {
             "resources": [self.resource()],

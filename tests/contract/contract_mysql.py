@@ -175,6 +175,9 @@ class MySQLTarget:
             **overrides,
         }
 
+    def renamed(self) -> dict[str, Any]:
+        return {"user_prefix": f"{PREFIX}z", "user_host": "127.0.0.1"}
+
     def permissions(self) -> dict[str, dict[str, Any]]:
         return {
             "allowed": {"template": "read-only", "resources": [DATABASE]},

@@ -99,6 +99,9 @@ class PostgreSQLTarget:
             **overrides,
         }
 
+    def renamed(self) -> dict[str, Any]:
+        return {"role_prefix": f"{PREFIX}z"}
+
     def permissions(self) -> dict[str, dict[str, Any]]:
         return {
             "allowed": {"template": "read-only", "resources": [SCHEMA]},

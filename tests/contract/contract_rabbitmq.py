@@ -113,6 +113,9 @@ class RabbitMQTarget:
     def admin_secret(self) -> str:
         return ADMIN_PASSWORD
 
+    def renamed(self) -> dict[str, Any]:
+        return {"user_prefix": f"{PREFIX}z-"}
+
     def connection(self, **overrides: Any) -> dict[str, Any]:
         api = API
         if "port" in overrides:  # the suite's way to point at a port where nothing listens

@@ -106,6 +106,9 @@ class RedisTarget:
             **overrides,
         }
 
+    def renamed(self) -> dict[str, Any]:
+        return {"user_prefix": f"{PREFIX}z-"}
+
     def resource(self) -> str:
         return KEYS
 

@@ -76,6 +76,11 @@ class Target(Protocol):
     def connection(self, **overrides: Any) -> dict[str, Any]:
         """The integration's catalog `connection` settings."""
 
+    def renamed(self) -> dict[str, Any]:
+        """Overrides of `connection` under which a new grant's principal would get another
+        name (another prefix), within this run's namespace; {} where no setting names
+        principals."""
+
     def resource(self) -> str:
         """The resource every grant of the suite asks for."""
 

@@ -232,6 +232,35 @@ def test_revoke_is_frozen_at_grant_time(target: Target, make_contract_env: MakeE
     assert not env.can_login(creds)
 
 
+def test_a_revoke_after_the_naming_settings_change_ends_the_grant_made_before(
+    target: Target, make_contract_env: MakeEnv
+) -> None:
+    """What a revoke removes was fixed at grant time, names included: after the catalog changes
+    what a new grant's principal would be called (another prefix), a revoke still ends the
+    grant made before, or fails, retried, naming it; it never says revoked while it lives. The
+    sweep ends it at its expiry all the same."""
+    env = make_contract_env()
+    outcome = env.engine.execute(env.request(request_id="c-renamed"))
+    holder = env.holder(outcome)
+    assert env.usable(holder)
+    later = make_contract_env(catalog_doc(target, connection=target.connection(**target.renamed())))
+    revoke = later.engine.execute(later.request("revoke", request_id="c-renamed"))
+    if revoke.status == "revoked":
+        assert revoke.verified and not env.usable(holder), revoke
+    else:
+        assert revoke.status == "failed" and not revoke.verified, revoke
+        assert any(target.made(outcome) in line for line in revoke.residual), revoke.residual
+        done = env.engine.execute(env.request("revoke", request_id="c-renamed"))
+        assert done.status == "revoked" and done.verified and not env.usable(holder), done
+    again = later.engine.execute(later.request(request_id="c-swept", duration="5m"))
+    assert again.status == "granted", again
+    swept = make_contract_env()
+    swept.advance(timedelta(minutes=10))
+    report = swept.engine.sweep()
+    assert again.grant_id in report.revoked and report.ok, report
+    assert not env.usable(env.holder(again))
+
+
 def test_sweep_revokes_expired_grants_only_and_never_a_foreign_principal(
     cenv: ContractEnv,
 ) -> None:
