@@ -1328,8 +1328,16 @@ class PostgreSQLSession(KeptSession):
         # A grant made before labels carried a MAC has another name: looked for only when the
         # grant has no role under its current name.
         live = self._legacy(self._prefixed(_LEGACY), missing) if missing else []
-        # A grant made before `role_prefix` changed has its role under the old prefix.
-        unnamed = missing - {str(label.get("grant_id")) for _, label in live}
+        # No live role under today's name (none, or a tombstone): a revoke before its grant, a
+        # repeated one, or a grant made (or made again) before `role_prefix` changed, whose role
+        # has the old prefix.
+        stoned = {
+            g
+            for g in grant_ids
+            if names[g] in roles
+            and (self._ours(roles[names[g]]) or {}).get("state") == "tombstone"
+        }
+        unnamed = (missing | stoned) - {str(label.get("grant_id")) for _, label in live}
         elsewhere = self._renamed_roles(unnamed) if unnamed else {}
         stones: list[Stmt] = []
         for grant_id in grant_ids:
@@ -1352,7 +1360,10 @@ class PostgreSQLSession(KeptSession):
                     verified=False,
                 )
             elif label.get("state") == "tombstone":
-                results[grant_id] = RevokeResult(found=False)
+                if grant_id in elsewhere:
+                    live.append(elsewhere[grant_id])
+                else:
+                    results[grant_id] = RevokeResult(found=False)
             else:
                 live.append((role, label))
         if stones:

@@ -351,16 +351,17 @@ class RabbitMQSession(KeptSession):
                     verified=False,
                 )
                 continue
-            if live is None and stone is None:
-                other = self._elsewhere(grant_id, users if listed else None)
-                if other is not None:
-                    name, live = other
-                else:
-                    # A grant writes its user and then looks for the tombstone, so the user is
-                    # looked for again once the tombstone is there: a delivery racing this
-                    # revoke either sees the tombstone and deletes its own user, or is found here.
-                    self._put_tombstone(stone_name, grant_id, tombstone_until, None)
-                    live = self._label(self._user(name))
+            # No live user under today's name: a revoke before its grant, a repeated one, or
+            # a grant made (or made again) under an earlier prefix.
+            other = self._elsewhere(grant_id, users if listed else None) if live is None else None
+            if other is not None:
+                name, live = other
+            elif live is None and stone is None:
+                # A grant writes its user and then looks for the tombstone, so the user is
+                # looked for again once the tombstone is there: a delivery racing this revoke
+                # either sees the tombstone and deletes its own user, or is found here.
+                self._put_tombstone(stone_name, grant_id, tombstone_until, None)
+                live = self._label(self._user(name))
             if live is None:
                 results[grant_id] = RevokeResult(found=False)
                 continue
@@ -399,9 +400,8 @@ class RabbitMQSession(KeptSession):
         self, grant_id: str, users: dict[str, dict[str, Any] | None] | None
     ) -> tuple[str, CompactLabel] | None:
         """The grant's user under another name than today's settings give it: made before
-        `user_prefix` changed. Looked for only when a grant has neither its user nor its
-        tombstone under today's names (a revoke before its grant, or the first after the
-        change), in `users` when it lists every user, else in a listing read now."""
+        `user_prefix` changed. Looked for only when a grant has no live user under today's
+        name, in `users` when it lists every user, else in a listing read now."""
         if users is None:
             users = {str(u["name"]): dict(u) for u in self._call("GET", "/api/users").json()}
         for name, user in users.items():

@@ -467,14 +467,17 @@ class RedisSession(KeptSession):
         else:
             found = self._get(*names, *stones)
         count = len(grant_ids)
-        gone = [g for i, g in enumerate(grant_ids) if found[i] is None and found[count + i] is None]
+        # No live user under today's name: a revoke before its grant, a repeated one, or a grant
+        # made (or made again) under an earlier prefix.
+        labels = [self._label(names[i], found[i]) for i in range(count)]
+        gone = [g for g, label in zip(grant_ids, labels, strict=True) if label is None]
         elsewhere = self._elsewhere(gone) if gone else {}
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}
         unseen: list[str] = []
         taken: dict[str, str] = {}
         for index, grant_id in enumerate(grant_ids):
-            label = self._label(names[index], found[index])
+            label = labels[index]
             stone_user = found[count + index]
             has_stone = self._label(stones[index], stone_user) is not None
             if label is not None:
@@ -546,14 +549,15 @@ class RedisSession(KeptSession):
 
     def _elsewhere(self, grant_ids: Sequence[str]) -> dict[str, tuple[str, CompactLabel]]:
         """Users of these grants under another name than today's settings give them: made
-        before `user_prefix` changed. Looked for only when a grant has neither its user nor its
-        tombstone under today's names (a revoke before its grant, or the first after the
-        change): one ACL USERS, then the label of each user whose name ends in the grant id."""
+        before `user_prefix` changed. Looked for only when a grant has no live user under
+        today's name: in the sweep's own ACL LIST when it just read one, else in one ACL USERS;
+        then the label of each user whose name ends in the grant id is read."""
         wanted = set(grant_ids)
         current = {user_name(self.settings, g) for g in grant_ids}
+        every = list(self._listed) or map(_name, self._run([("ACL", "USERS")])[0])
         names = [
             name
-            for name in map(_name, self._run([("ACL", "USERS")])[0])
+            for name in every
             if userledger.grant_of_name(name) in wanted and name not in current
         ]
         found: dict[str, tuple[str, CompactLabel]] = {}

@@ -261,6 +261,25 @@ def test_a_revoke_after_the_naming_settings_change_ends_the_grant_made_before(
     assert not env.usable(env.holder(again))
 
 
+def test_a_grant_made_again_after_the_naming_settings_change_ends_whole(
+    target: Target, make_contract_env: MakeEnv
+) -> None:
+    """A redelivery under the new settings may make the grant's principal again under its new
+    name: the revoke ends that one, and the first sweep after it the one from before (live
+    under its grant's tombstone); neither outlives them."""
+    env = make_contract_env()
+    first = env.engine.execute(env.request(request_id="c-renamed-twice"))
+    later = make_contract_env(catalog_doc(target, connection=target.connection(**target.renamed())))
+    second = later.engine.execute(later.request(request_id="c-renamed-twice"))
+    assert first.status == second.status == "granted", second
+    holders = [env.holder(first), later.holder(second)]
+    revoke = later.engine.execute(later.request("revoke", request_id="c-renamed-twice"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    report = later.engine.sweep()
+    assert report.ok, report
+    assert not any(env.usable(holder) for holder in holders)
+
+
 def test_sweep_revokes_expired_grants_only_and_never_a_foreign_principal(
     cenv: ContractEnv,
 ) -> None:
