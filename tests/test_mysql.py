@@ -287,6 +287,27 @@ def test_a_redelivery_completes_a_grant_cut_short_after_its_account(
     assert (event,) in run(env.target.admin, events, LEDGER)
 
 
+def test_a_redelivery_after_the_catalog_widens_the_permission_leaves_the_grant_as_made(
+    target: MySQLTarget,
+) -> None:
+    """The same request delivered again after the catalog's permission changed gets the grant
+    as it was made: its ledger row holds a digest of the GRANTs, and only the same GRANTs run
+    again."""
+    before = make_env(target)
+    first = before.engine.execute(before.request(request_id="m-widened"))
+    creds = before.credentials(first.sealed_credentials)
+    wider = {"allowed": {"template": "read-write", "resources": [DATABASE]}}
+    after = make_env(target, catalog_doc(target, permissions=wider))
+    again = after.engine.execute(after.request(request_id="m-widened"))
+    assert again.status == "granted" and again.reissued, again
+    live = target.login(creds)
+    try:
+        assert target.denied(live)
+    finally:
+        target.close(live)
+    target.reset()
+
+
 @pytest.mark.parametrize(
     "change", [{"user_prefix": f"{PREFIX}z"}, {"user_host": "127.0.0.1"}], ids=str
 )

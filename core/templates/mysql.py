@@ -16,8 +16,9 @@ and every value is first checked against a narrow pattern, so neither can leave 
 
 from __future__ import annotations
 
+import hashlib
 import re
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -302,11 +303,16 @@ def event_name(grant_id: str) -> str:
 
 
 def grant_statements(
-    connection: Connection, spec: GrantSpec, password_hash: str, name: str | None = None
+    connection: Connection,
+    spec: GrantSpec,
+    password_hash: str,
+    name: str | None = None,
+    expires_at: datetime | None = None,
 ) -> list[str]:
     """The statements of a grant: CREATE USER, then the GRANTs and the expiry event, which are
-    idempotent, so a redelivery completes a grant cut short by running them again. `name`: the
-    account a ledger row already holds (a redelivery), else the one the settings give."""
+    idempotent, so a redelivery completes a grant cut short by running them again. `name` and
+    `expires_at`: the account and expiry a ledger row already holds (a redelivery), else the
+    ones the settings and the request give."""
     permission = spec.permission
     assert isinstance(permission, Permission)
     name = user_name(connection, spec) if name is None else name
@@ -331,11 +337,21 @@ def grant_statements(
                 )
             )
     if connection.expiry_event != "off":
-        statements.append(expiry_event(connection, name, spec))
+        statements.append(expiry_event(connection, name, spec, expires_at))
     return statements
 
 
-def expiry_event(connection: Connection, name: str, spec: GrantSpec) -> str:
+def plan_digest(statements: list[str]) -> str:
+    """What a grant's GRANTs were when it was made (its ledger row keeps this): a redelivery
+    runs them again only while they are still the same, so a catalog changed since never
+    widens a live grant."""
+    grants = [s for s in statements if not s.startswith(("CREATE USER ", "CREATE EVENT "))]
+    return hashlib.sha256("\n".join(grants).encode()).hexdigest()[:32]
+
+
+def expiry_event(
+    connection: Connection, name: str, spec: GrantSpec, expires_at: datetime | None = None
+) -> str:
     """A one-shot event, run by the server at the expiry even when the connector is down: lock
     the account, then end its connections (a dropped or locked account's sessions live on).
     A cursor over the process list, not MariaDB's `KILL USER`, so MySQL runs it too."""
@@ -343,7 +359,8 @@ def expiry_event(connection: Connection, name: str, spec: GrantSpec) -> str:
     body = _kill_loop(name, lock)
     return (
         f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
-        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec))} "
+        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT "
+        f"{literal(_at(spec.expires_at if expires_at is None else expires_at))} "
         f"ON COMPLETION NOT PRESERVE DO BEGIN {body}END"
     )
 
@@ -388,9 +405,9 @@ def _kill_loop(name: str, before: str, host: str | None = None) -> str:
     )
 
 
-def _at(spec: GrantSpec) -> str:
+def _at(expires_at: datetime) -> str:
     # Rounded up to the second (the schedule's precision), never down past the expiry.
-    expires = spec.expires_at.astimezone(UTC)
+    expires = expires_at.astimezone(UTC)
     if expires.microsecond:
         expires = expires.replace(microsecond=0) + timedelta(seconds=1)
     return expires.strftime("%Y-%m-%d %H:%M:%S")
@@ -409,7 +426,7 @@ def membership_expiry_event(connection: Connection, spec: GrantSpec) -> str:
         body = drop
     return (
         f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
-        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec))} "
+        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec.expires_at))} "
         f"ON COMPLETION NOT PRESERVE DO BEGIN {body}END"
     )
 

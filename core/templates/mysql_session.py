@@ -46,6 +46,7 @@ from jitc.templates.mysql import (
     literal,
     member_name,
     membership_statements,
+    plan_digest,
     role_name,
     user_name,
 )
@@ -304,20 +305,27 @@ class MySQLSession:
                         f"account {name!r} already exists and was not created by this connector",
                     )
                 self._check_scheduler()
-                self._write(name, {**self._grant_label(spec, name), "auth": auth})
                 statements = grant_statements(self.settings, spec, hashed)
+                plan = plan_digest(statements)
+                self._write(name, {**self._grant_label(spec, name), "auth": auth, "plan": plan})
                 reissued = False
             else:
-                self._check_existing(found[1], spec)
+                label = found[1]
+                self._check_existing(label, spec)
                 reissued = True
-                # The account the row holds, at its host, whatever the settings say now.
-                name, host = found[0], self._host(found[1])
+                # The account the row holds, at its host, with the expiry it holds, whatever
+                # the settings say now and whenever this copy of the request was signed.
+                name, host = found[0], self._host(label)
                 settings = at_host(self.settings, host)
-                statements = grant_statements(settings, spec, hashed, name)
+                expires = datetime.fromisoformat(label["expires_at"])
+                statements = grant_statements(settings, spec, hashed, name, expires)
+                plan = plan_digest(statements)
                 if self._user_exists(name, host):
                     # The GRANTs and the expiry event again (idempotent): the first delivery
-                    # may have stopped after CREATE USER, before them.
-                    statements = statements[1:]
+                    # may have stopped after CREATE USER, before them. Only while they are
+                    # what the grant was made with: a catalog changed since never widens it.
+                    statements = statements[1:] if label.get("plan") == plan else []
+                    plan = str(label.get("plan", ""))
                     if derived is None:
                         # Without a label key the first password cannot be computed again, and
                         # a redelivery may be the only outcome that reaches the requester.
@@ -326,9 +334,10 @@ class MySQLSession:
                             f"ALTER USER {account(settings, name)} "
                             f"IDENTIFIED WITH mysql_native_password AS {hashed}",
                         )
-                if found[1].get("auth") != auth:
-                    # Before the password changes: a revoke must know the account by it.
-                    self._write(name, {**found[1], "auth": auth})
+                if label.get("auth") != auth or label.get("plan") != plan:
+                    # Before the password changes: a revoke must know the account by it (and a
+                    # grant made afresh, its account gone, is made with today's GRANTs).
+                    self._write(name, {**label, "auth": auth, "plan": plan})
             for statement in statements:
                 self._run(statement)
             if permission.privileged and self._administers_accounts(name, host):
