@@ -319,13 +319,13 @@ class MySQLSession:
                 settings = at_host(self.settings, host)
                 expires = datetime.fromisoformat(label["expires_at"])
                 statements = grant_statements(settings, spec, hashed, name, expires)
-                plan = plan_digest(statements)
+                changes: dict[str, Any] = {"auth": auth}
                 if self._user_exists(name, host):
                     # The GRANTs and the expiry event again (idempotent): the first delivery
                     # may have stopped after CREATE USER, before them. Only while they are
                     # what the grant was made with: a catalog changed since never widens it.
-                    statements = statements[1:] if label.get("plan") == plan else []
-                    plan = str(label.get("plan", ""))
+                    same = label.get("plan") == plan_digest(statements)
+                    statements = statements[1:] if same else []
                     if derived is None:
                         # Without a label key the first password cannot be computed again, and
                         # a redelivery may be the only outcome that reaches the requester.
@@ -334,10 +334,12 @@ class MySQLSession:
                             f"ALTER USER {account(settings, name)} "
                             f"IDENTIFIED WITH mysql_native_password AS {hashed}",
                         )
-                if label.get("auth") != auth or label.get("plan") != plan:
-                    # Before the password changes: a revoke must know the account by it (and a
-                    # grant made afresh, its account gone, is made with today's GRANTs).
-                    self._write(name, {**label, "auth": auth, "plan": plan})
+                else:
+                    # Its account never made: the grant is made now, with today's GRANTs.
+                    changes["plan"] = plan_digest(statements)
+                if any(label.get(k) != v for k, v in changes.items()):
+                    # Before the password changes: a revoke must know the account by it.
+                    self._write(name, {**label, **changes})
             for statement in statements:
                 self._run(statement)
             if permission.privileged and self._administers_accounts(name, host):

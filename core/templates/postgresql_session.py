@@ -1334,8 +1334,7 @@ class PostgreSQLSession(KeptSession):
         stoned = {
             g
             for g in grant_ids
-            if names[g] in roles
-            and (self._ours(roles[names[g]]) or {}).get("state") == "tombstone"
+            if names[g] in roles and (self._ours(roles[names[g]]) or {}).get("state") == "tombstone"
         }
         unnamed = (missing | stoned) - {str(label.get("grant_id")) for _, label in live}
         elsewhere = self._renamed_roles(unnamed) if unnamed else {}

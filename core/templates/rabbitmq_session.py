@@ -305,10 +305,13 @@ class RabbitMQSession(KeptSession):
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
         """Tombstone, then delete (which closes the user's connections), then verify. Nothing
         here reads the catalog: what a revoke removes was fixed when the grant was made."""
+        return self._revoke_one(grant_id, tombstone_until, swept=False)
+
+    def _revoke_one(self, grant_id: str, tombstone_until: datetime, swept: bool) -> RevokeResult:
         name = user_name(self.settings, grant_id)
         stone_name = tombstone_name(self.settings, grant_id)
         users = {name: self._user(name), stone_name: self._user(stone_name)}
-        return self._revoke([grant_id], tombstone_until, users, listed=False)[grant_id]
+        return self._revoke([grant_id], tombstone_until, users, listed=False, swept=swept)[grant_id]
 
     def revoke_many(
         self, grant_ids: Sequence[str], tombstone_until: datetime
@@ -316,10 +319,10 @@ class RabbitMQSession(KeptSession):
         """The sweep's path: one listing of the users and one of the connections for the whole
         chunk, instead of three reads per grant."""
         if len(grant_ids) < 3:
-            return {g: self.revoke(g, tombstone_until) for g in grant_ids}
+            return {g: self._revoke_one(g, tombstone_until, swept=True) for g in grant_ids}
         listing = self._call("GET", "/api/users").json()
         users: dict[str, dict[str, Any] | None] = {str(u["name"]): dict(u) for u in listing}
-        return self._revoke(grant_ids, tombstone_until, users, listed=True)
+        return self._revoke(grant_ids, tombstone_until, users, listed=True, swept=True)
 
     def _revoke(
         self,
@@ -327,8 +330,10 @@ class RabbitMQSession(KeptSession):
         tombstone_until: datetime,
         users: dict[str, dict[str, Any] | None],
         listed: bool,
+        swept: bool,
     ) -> dict[str, RevokeResult]:
-        """`users`: the grants' users and tombstones by name, or (`listed`) every user."""
+        """`users`: the grants' users and tombstones by name, or (`listed`) every user.
+        `swept`: the sweep's revoke, which also looks past today's tombstone."""
         results: dict[str, RevokeResult] = {}
         deleted: dict[str, tuple[str, CompactLabel]] = {}
         for grant_id in grant_ids:
@@ -351,9 +356,12 @@ class RabbitMQSession(KeptSession):
                     verified=False,
                 )
                 continue
-            # No live user under today's name: a revoke before its grant, a repeated one, or
-            # a grant made (or made again) under an earlier prefix.
-            other = self._elsewhere(grant_id, users if listed else None) if live is None else None
+            # No live user under today's name: a revoke before its grant, or a grant made under
+            # an earlier prefix. Past today's tombstone (a repeated revoke) only in the sweep:
+            # a grant made again under today's name after the prefix changed leaves its first
+            # user live under that tombstone, and the sweep finds it so.
+            look = live is None and (stone is None or swept)
+            other = self._elsewhere(grant_id, users if listed else None) if look else None
             if other is not None:
                 name, live = other
             elif live is None and stone is None:

@@ -467,10 +467,16 @@ class RedisSession(KeptSession):
         else:
             found = self._get(*names, *stones)
         count = len(grant_ids)
-        # No live user under today's name: a revoke before its grant, a repeated one, or a grant
-        # made (or made again) under an earlier prefix.
+        # No live user under today's name: a revoke before its grant, or a grant made under an
+        # earlier prefix. Past today's tombstone (a repeated revoke) only in the sweep, which
+        # has just listed every user: a grant made again under today's name after the prefix
+        # changed leaves its first user live under that tombstone, and the sweep ends it.
         labels = [self._label(names[i], found[i]) for i in range(count)]
-        gone = [g for g, label in zip(grant_ids, labels, strict=True) if label is None]
+        gone = [
+            g
+            for i, g in enumerate(grant_ids)
+            if labels[i] is None and (found[count + i] is None or self._listed)
+        ]
         elsewhere = self._elsewhere(gone) if gone else {}
         changes: list[tuple[str, ...]] = []
         live: dict[str, tuple[str, CompactLabel]] = {}

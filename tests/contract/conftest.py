@@ -25,16 +25,30 @@ TARGETS: dict[str, str] = {
 
 # Promises a template does not keep yet: the test runs and must fail (strict), so whoever
 # closes the gap sees it pass and removes the line.
+_PATH = (
+    "the worker's IAM rights stop at its own `path` (docs/aws.md): a grant's policy under an "
+    "earlier path is out of its reach, so it cannot tell one is there"
+)
+_MADE_AGAIN = (
+    "a fresh grant looks for its principal and tombstone under today's name only (anything "
+    "more is a listing of every user per grant): a grant delivered again after the prefix "
+    "changed is made again under the new name, and until the next sweep its revoke ends only "
+    "that one, and a late copy of one revoked before the change is made again"
+)
 KNOWN_GAPS: dict[tuple[str, str], str] = {
+    ("aws_iam", "test_a_revoke_after_the_naming_settings_change_ends_the_grant_made_before"): _PATH,
+    **{
+        (kind, test): _PATH if kind == "aws_iam" else _MADE_AGAIN
+        for kind in ("aws_iam", "postgresql", "rabbitmq", "redis")
+        for test in (
+            "test_a_grant_made_again_after_the_naming_settings_change_ends_whole_at_its_revoke",
+            "test_a_grant_revoked_before_the_naming_settings_change_is_not_made_again",
+        )
+    },
     (
         "aws_iam",
-        "test_a_revoke_after_the_naming_settings_change_ends_the_grant_made_before",
-    ): "the worker's IAM rights stop at its own `path` (docs/aws.md): a grant's policy under "
-    "an earlier path is out of its reach, so it cannot tell one is there",
-    (
-        "aws_iam",
-        "test_a_grant_made_again_after_the_naming_settings_change_ends_whole",
-    ): "as above: the policy under the earlier path is out of the worker's reach",
+        "test_a_grant_made_again_after_the_naming_settings_change_ends_whole_at_the_next_sweep",
+    ): _PATH,
 }
 
 _reached: dict[str, Any] = {}
