@@ -570,7 +570,7 @@ class MySQLSession:
     def _end_account(self, grant_id: str, name: str, host: str) -> None:
         """Lock the account first, so no new connection starts while the old ones are killed,
         then drop it and its expiry event."""
-        who = f"{literal(name)}@{literal(host)}"
+        who = account(at_host(self.settings, host), name)
         self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
         self._kill(name)
         self._run(f"DROP USER IF EXISTS {who}")
@@ -626,8 +626,8 @@ class MySQLSession:
                 self._end_member(member, self._host(label))
             return
         if lock:
-            host = self._host(label)
-            self._run(f"ALTER USER IF EXISTS {literal(name)}@{literal(host)} ACCOUNT LOCK")
+            who = account(at_host(self.settings, self._host(label)), name)
+            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
         self._kill(name)
 
     def _revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:

@@ -566,9 +566,12 @@ class RedisSession(KeptSession):
             for name in every
             if userledger.grant_of_name(name) in wanted and name not in current
         ]
+        # The sweep's listing already holds each listed user's labels: not read again.
+        unread = [name for name in names if name not in self._listed]
+        read = dict(zip(unread, self._get(*unread), strict=True)) if unread else {}
         found: dict[str, tuple[str, CompactLabel]] = {}
-        for name, user in zip(names, self._get(*names), strict=True) if names else ():
-            label = self._label(name, user)
+        for name in names:
+            label = self._label(name, read[name] if name in read else self._listed[name])
             if label is not None and label.state != "tombstone" and label.grant_id in wanted:
                 found[label.grant_id] = (name, label)
         return found
