@@ -308,6 +308,72 @@ def test_a_redelivery_after_the_catalog_widens_the_permission_leaves_the_grant_a
     target.reset()
 
 
+def test_a_redelivery_after_the_catalog_changes_still_makes_the_missing_expiry_event(
+    target: MySQLTarget, event_scheduler: Any
+) -> None:
+    """A grant cut short before its expiry event, delivered again after the permission
+    changed: its GRANTs are not run again, but its event is, at the row's expiry."""
+    event_scheduler(True)
+    before = make_env(target)
+    first = before.engine.execute(before.request(request_id="m-event-kept"))
+    event = f"jitc_expire_{first.grant_id}"
+    run(target.admin, f"DROP EVENT `{LEDGER}`.`{event}`")
+    wider = {"allowed": {"template": "read-write", "resources": [DATABASE]}}
+    after = make_env(target, catalog_doc(target, permissions=wider))
+    again = after.engine.execute(after.request(request_id="m-event-kept"))
+    assert again.status == "granted" and again.reissued, again
+    events = "SELECT EXECUTE_AT FROM information_schema.EVENTS WHERE EVENT_NAME = %s"
+    ((at,),) = run(target.admin, events, event)
+    assert first.expires_at is not None
+    assert at == first.expires_at.replace(tzinfo=None, microsecond=0) + timedelta(
+        seconds=1 if first.expires_at.microsecond else 0
+    )
+    live = target.login(before.credentials(first.sealed_credentials))
+    try:
+        assert target.denied(live)
+    finally:
+        target.close(live)
+    target.reset()
+
+
+def test_a_redelivery_after_the_grant_expired_is_refused_and_makes_nothing(
+    env: ContractEnv,
+) -> None:
+    """A copy of the request signed later asks for a later expiry; past the grant's own (the
+    row's), the server's event may already have ended it: nothing is made again."""
+    request = env.request(request_id="m-late-copy", duration="1s")
+    first = env.engine.execute(request)
+    assert first.status == "granted", first
+    run(env.target.admin, "DROP USER %s@'%%'", first.principal)  # as the expiry would
+    time.sleep(1.2)
+    env.advance(timedelta(seconds=1.2))
+    late = env.engine.execute(request, issued_at=env.now[0])
+    assert late.status == "refused" and late.field == "request_id", late
+    assert env.target.principals() == set()
+
+
+def test_a_redelivery_after_the_account_was_renamed_away_is_refused_and_the_revoke_drops_it(
+    env: ContractEnv,
+) -> None:
+    """Someone with CREATE USER renamed the grant's account: a redelivery does not make a
+    second one (whose presence would hide the renamed one from the revoke); the revoke finds
+    the renamed one by its password and drops it."""
+    request = env.request(request_id="m-renamed-again")
+    first = env.engine.execute(request)
+    creds = env.credentials(first.sealed_credentials)
+    kept = f"{FOREIGN}kept2"
+    run(env.target.admin, f"RENAME USER '{first.principal}'@'%' TO '{kept}'@'%'")
+    try:
+        again = env.engine.execute(request)
+        assert again.status == "refused" and kept in str(again.message), again
+        assert env.target.principals() == set()
+        revoke = env.engine.execute(env.request("revoke", request_id="m-renamed-again"))
+        assert any(kept in line for line in revoke.residual), revoke
+        assert not env.usable({**creds, "username": kept})
+    finally:
+        run(env.target.admin, "DROP USER IF EXISTS %s@'%%'", kept)
+
+
 @pytest.mark.parametrize(
     "change", [{"user_prefix": f"{PREFIX}z"}, {"user_host": "127.0.0.1"}], ids=str
 )
@@ -712,6 +778,78 @@ def test_membership_expiry_event_drops_the_grant_role_and_ends_the_member_sessio
     again.close()
     env.advance(timedelta(seconds=3))
     assert env.engine.sweep().revoked == [request.target_grant_id]
+
+
+def _member_accounts(target: MySQLTarget, roles: dict[str, str]) -> list[Any]:
+    return run(
+        target.admin,
+        "SELECT Host, JSON_VALUE(Priv, '$.authentication_string') FROM mysql.global_priv "
+        "WHERE User = %s",
+        roles["member"],
+    )
+
+
+def _member_roles(target: MySQLTarget, roles: dict[str, str]) -> list[Any]:
+    return run(
+        target.admin, "SELECT Role FROM mysql.roles_mapping WHERE User = %s", roles["member"]
+    )
+
+
+def test_a_membership_redelivery_after_the_member_is_gone_makes_no_account(
+    target: MySQLTarget, roles: dict[str, str]
+) -> None:
+    """The member was removed while its grant lived; a GRANT to an account that does not
+    exist would make it, with no password, on MariaDB: refused instead."""
+    env = _membership_env(target, roles)
+    request = env.request(
+        request_id="mm-gone",
+        permission="analyst",
+        resources=[roles["readers"]],
+        identity={"email": "alice@example.com", "username": roles["member"]},
+    )
+    assert env.engine.execute(request).status == "granted"
+    run(target.admin, "DROP USER %s@'%%'", roles["member"])
+    again = env.engine.execute(request)
+    assert again.status == "refused" and again.field == "identity.username", again
+    assert _member_accounts(target, roles) == []
+    with pytest.raises(pymysql.err.OperationalError):
+        pymysql.connect(host="127.0.0.1", user=roles["member"], password="", connect_timeout=3)
+    revoke = env.engine.execute(env.request("revoke", request_id="mm-gone"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+
+
+@pytest.mark.parametrize(
+    "change", [{"user_prefix": f"{PREFIX}z"}, {"user_host": "127.0.0.1"}], ids=str
+)
+def test_a_membership_redelivery_after_the_naming_settings_change_keeps_the_grant_as_made(
+    target: MySQLTarget, roles: dict[str, str], change: dict[str, str]
+) -> None:
+    """The role and the member's host the row holds, not today's: no second role the revoke
+    would not know, no account made at another host."""
+    before = _membership_env(target, roles)
+    request = before.request(
+        request_id=f"mm-renamed-{next(iter(change))}",
+        permission="analyst",
+        resources=[roles["readers"]],
+        identity={"email": "alice@example.com", "username": roles["member"]},
+    )
+    first = before.engine.execute(request)
+    assert first.status == "granted", first
+    permissions = {"analyst": {"mode": "membership", "resources": [roles["readers"]]}}
+    doc = catalog_doc(
+        target,
+        permissions={**target.permissions(), **permissions},
+        connection=target.connection(**change),
+    )
+    after = make_env(target, doc)
+    again = after.engine.execute(request)
+    assert again.status == "granted" and again.reissued, again
+    assert again.principal == first.principal
+    assert _member_roles(target, roles) == [(first.principal,)]
+    assert [host for host, _ in _member_accounts(target, roles)] == ["%"]
+    revoke = after.engine.execute(after.request("revoke", request_id=request.request_id))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert _member_roles(target, roles) == []
 
 
 def test_tls_is_verified_or_the_connection_refused(target: MySQLTarget) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, field_validator, model_validator
 
@@ -302,25 +302,43 @@ def event_name(grant_id: str) -> str:
     return f"jitc_expire_{grant_id}"
 
 
-def grant_statements(
+class GrantParts(NamedTuple):
+    """A grant's statements by what they do: a redelivery runs some of them again."""
+
+    create: str
+    grants: list[str]
+    event: str | None
+
+    def statements(self) -> list[str]:
+        return [self.create, *self.grants, *([self.event] if self.event else [])]
+
+    def digest(self) -> str:
+        """What the grant's GRANTs were when it was made (its ledger row keeps this): a
+        redelivery runs them again only while they are still the same, so a catalog changed
+        since never widens a live grant."""
+        return hashlib.sha256("\n".join(self.grants).encode()).hexdigest()[:32]
+
+
+def grant_parts(
     connection: Connection,
     spec: GrantSpec,
     password_hash: str,
     name: str | None = None,
     expires_at: datetime | None = None,
-) -> list[str]:
-    """The statements of a grant: CREATE USER, then the GRANTs and the expiry event, which are
-    idempotent, so a redelivery completes a grant cut short by running them again. `name` and
-    `expires_at`: the account and expiry a ledger row already holds (a redelivery), else the
-    ones the settings and the request give."""
+) -> GrantParts:
+    """A grant's CREATE USER, its GRANTs and its expiry event (both idempotent, so a redelivery
+    completes a grant cut short by running them again). `name` and `expires_at`: the account
+    and expiry a ledger row already holds (a redelivery), else the ones the settings and the
+    request give."""
     permission = spec.permission
     assert isinstance(permission, Permission)
     name = user_name(connection, spec) if name is None else name
     who = account(connection, name)
-    statements = [
+    create = (
         f"CREATE USER {who} IDENTIFIED WITH mysql_native_password AS {password_hash} "
-        f"WITH MAX_USER_CONNECTIONS {int(connection.connection_limit)}",
-    ]
+        f"WITH MAX_USER_CONNECTIONS {int(connection.connection_limit)}"
+    )
+    grants = []
     for resource in spec.resources:
         database, table = check_resource(resource, "resource")
         if table is None:
@@ -328,7 +346,7 @@ def grant_statements(
         else:
             target = f"{ident(database)}.{ident(table)}"
         for text in permission.statement_texts():
-            statements.append(
+            grants.append(
                 text.format(
                     user=who,
                     object=target,
@@ -336,17 +354,10 @@ def grant_statements(
                     table=ident(table) if table else "*",
                 )
             )
+    event = None
     if connection.expiry_event != "off":
-        statements.append(expiry_event(connection, name, spec, expires_at))
-    return statements
-
-
-def plan_digest(statements: list[str]) -> str:
-    """What a grant's GRANTs were when it was made (its ledger row keeps this): a redelivery
-    runs them again only while they are still the same, so a catalog changed since never
-    widens a live grant."""
-    grants = [s for s in statements if not s.startswith(("CREATE USER ", "CREATE EVENT "))]
-    return hashlib.sha256("\n".join(grants).encode()).hexdigest()[:32]
+        event = expiry_event(connection, name, spec, expires_at)
+    return GrantParts(create, grants, event)
 
 
 def expiry_event(
@@ -365,14 +376,23 @@ def expiry_event(
     )
 
 
-def membership_statements(connection: Connection, spec: GrantSpec) -> list[str]:
-    """A role per grant holding the requested roles, granted to the member's account."""
-    role = ident(role_name(connection, spec.grant_id))
+def membership_statements(
+    connection: Connection,
+    spec: GrantSpec,
+    name: str | None = None,
+    expires_at: datetime | None = None,
+    terminate: bool | None = None,
+) -> list[str]:
+    """A role per grant holding the requested roles, granted to the member's account. `name`,
+    `expires_at`, `terminate` (and the member's host, `connection.user_host`): what a ledger
+    row already holds (a redelivery), else what the settings and the request give."""
+    name = role_name(connection, spec.grant_id) if name is None else name
+    role = ident(name)
     statements = [f"CREATE ROLE {role}"]
     statements += [f"GRANT {ident(check_role(r, 'resource'))} TO {role}" for r in spec.resources]
     statements.append(f"GRANT {role} TO {account(connection, member_name(spec))}")
     if connection.expiry_event != "off":
-        statements.append(membership_expiry_event(connection, spec))
+        statements.append(membership_expiry_event(connection, spec, name, expires_at, terminate))
     return statements
 
 
@@ -413,20 +433,27 @@ def _at(expires_at: datetime) -> str:
     return expires.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def membership_expiry_event(connection: Connection, spec: GrantSpec) -> str:
-    """At the expiry the server drops the grant's role (which ends the membership) and, if the
-    permission says so, the member's connections."""
+def membership_expiry_event(
+    connection: Connection,
+    spec: GrantSpec,
+    name: str,
+    expires_at: datetime | None = None,
+    terminate: bool | None = None,
+) -> str:
+    """At the expiry the server drops the grant's role `name` (which ends the membership) and,
+    if the permission says so, the member's connections."""
     permission = spec.permission
     assert isinstance(permission, Permission)
-    drop = f"DROP ROLE IF EXISTS {ident(role_name(connection, spec.grant_id))}; "
+    drop = f"DROP ROLE IF EXISTS {ident(name)}; "
     member = member_name(spec)
-    if permission.terminate_sessions:
+    if permission.terminate_sessions if terminate is None else terminate:
         body = _kill_loop(member, drop, host=connection.user_host)
     else:
         body = drop
+    at = spec.expires_at if expires_at is None else expires_at
     return (
         f"CREATE EVENT IF NOT EXISTS {ident(connection.ledger_database)}."
-        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(spec.expires_at))} "
+        f"{ident(event_name(spec.grant_id))} ON SCHEDULE AT {literal(_at(at))} "
         f"ON COMPLETION NOT PRESERVE DO BEGIN {body}END"
     )
 
@@ -434,7 +461,7 @@ def membership_expiry_event(connection: Connection, spec: GrantSpec) -> str:
 def plan_statements(connection: Connection, spec: GrantSpec) -> list[str]:
     if spec.permission.mode == "membership":  # type: ignore[attr-defined]
         return membership_statements(connection, spec)
-    return grant_statements(connection, spec, MASK)
+    return grant_parts(connection, spec, MASK).statements()
 
 
 class MySQLTemplate:

@@ -39,14 +39,13 @@ from jitc.templates.mysql import (
     account,
     at_host,
     event_name,
-    grant_statements,
+    grant_parts,
     grant_suffix,
     ident,
     is_our_name,
     literal,
     member_name,
     membership_statements,
-    plan_digest,
     role_name,
     user_name,
 )
@@ -56,6 +55,9 @@ log = logging.getLogger(__name__)
 # Fixed for every admin session: no ANSI_QUOTES or NO_BACKSLASH_ESCAPES, which would change how
 # our quoting reads, whatever the server's global default says.
 SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
+# MariaDB only (MySQL 8 has no such mode and never does this): without it a GRANT to an account
+# that does not exist creates it, with no password.
+MARIADB_SQL_MODE = SQL_MODE + ",NO_AUTO_CREATE_USER"
 _NO_SUCH_THREAD = 1094
 _NO_SUCH_TABLE = (1049, 1146)
 
@@ -124,18 +126,19 @@ class MySQLSession:
         self.ledger = f"{ident(connection.ledger_database)}.{ident('grants')}"
         self.conn = admin_connect(connection, secret)
         wait = int(connection.lock_wait_seconds)
-        # No default database: every name we use is qualified, so nothing a neighbour creates
-        # in some database can stand in for ours. Lock waits are bounded, so a neighbour's lock
-        # delays a revoke at most this long.
-        self._run(
-            f"SET SESSION sql_mode = {literal(SQL_MODE)}, time_zone = '+00:00', "
-            f"innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
-        )
         scheduler, version = self._rows("SELECT @@GLOBAL.event_scheduler, VERSION()")[0]
         self.scheduler_on = str(scheduler).upper() == "ON"
         # MariaDB's mysql.user is a view that parses every account's JSON: its table is faster.
         self.mariadb = "mariadb" in str(version).lower()
         self.accounts = "mysql.global_priv" if self.mariadb else "mysql.user"
+        mode = MARIADB_SQL_MODE if self.mariadb else SQL_MODE
+        # No default database: every name we use is qualified, so nothing a neighbour creates
+        # in some database can stand in for ours. Lock waits are bounded, so a neighbour's lock
+        # delays a revoke at most this long.
+        self._run(
+            f"SET SESSION sql_mode = {literal(mode)}, time_zone = '+00:00', "
+            f"innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}"
+        )
         self._lock_key = self._ensure_ledger()
 
     def close(self) -> None:
@@ -266,6 +269,10 @@ class MySQLSession:
             raise Refused(
                 "request_id", "this request id was already used for a different request; refused"
             )
+        if datetime.fromisoformat(label["expires_at"]) <= utcnow():
+            # A copy signed later asks for a later expiry; the grant's own is the row's. Past
+            # it, the server's event may already have ended the grant: never made again.
+            raise Refused("request_id", "this grant has expired; it will not be made again")
 
     def _check_scheduler(self) -> None:
         if self.settings.expiry_event == "if-available" and not self.scheduler_on:
@@ -305,9 +312,10 @@ class MySQLSession:
                         f"account {name!r} already exists and was not created by this connector",
                     )
                 self._check_scheduler()
-                statements = grant_statements(self.settings, spec, hashed)
-                plan = plan_digest(statements)
-                self._write(name, {**self._grant_label(spec, name), "auth": auth, "plan": plan})
+                parts = grant_parts(self.settings, spec, hashed)
+                statements = parts.statements()
+                label = self._grant_label(spec, name)
+                self._write(name, {**label, "auth": auth, "plan": parts.digest()})
                 reissued = False
             else:
                 label = found[1]
@@ -318,14 +326,15 @@ class MySQLSession:
                 name, host = found[0], self._host(label)
                 settings = at_host(self.settings, host)
                 expires = datetime.fromisoformat(label["expires_at"])
-                statements = grant_statements(settings, spec, hashed, name, expires)
+                parts = grant_parts(settings, spec, hashed, name, expires)
                 changes: dict[str, Any] = {"auth": auth}
                 if self._user_exists(name, host):
                     # The GRANTs and the expiry event again (idempotent): the first delivery
-                    # may have stopped after CREATE USER, before them. Only while they are
-                    # what the grant was made with: a catalog changed since never widens it.
-                    same = label.get("plan") == plan_digest(statements)
-                    statements = statements[1:] if same else []
+                    # may have stopped after CREATE USER, before them. The GRANTs only while
+                    # they are what the grant was made with: a catalog changed since never
+                    # widens it. The event always: it ends the grant at the row's expiry.
+                    grants = parts.grants if label.get("plan") == parts.digest() else []
+                    statements = [*grants, *([parts.event] if parts.event else [])]
                     if derived is None:
                         # Without a label key the first password cannot be computed again, and
                         # a redelivery may be the only outcome that reaches the requester.
@@ -335,8 +344,19 @@ class MySQLSession:
                             f"IDENTIFIED WITH mysql_native_password AS {hashed}",
                         )
                 else:
-                    # Its account never made: the grant is made now, with today's GRANTs.
-                    changes["plan"] = plan_digest(statements)
+                    # Its account never made, or renamed by someone with CREATE USER: then
+                    # another account holds its password, and the revoke drops that one.
+                    holders = self._holding(str(label.get("auth") or ""))
+                    if holders:
+                        raise Refused(
+                            "request_id",
+                            f"the grant's account {name} is gone and account(s) "
+                            f"{', '.join(f'{u}@{h}' for u, h in holders)} hold its password: "
+                            "not made again; its revoke drops them",
+                        )
+                    # Never made: the grant is made now, with today's GRANTs.
+                    statements = parts.statements()
+                    changes["plan"] = parts.digest()
                 if any(label.get(k) != v for k, v in changes.items()):
                     # Before the password changes: a revoke must know the account by it.
                     self._write(name, {**label, **changes})
@@ -367,8 +387,8 @@ class MySQLSession:
         name = role_name(self.settings, spec.grant_id)
         with self._locked(spec.grant_id):
             found = self._row(spec.grant_id)
-            statements = membership_statements(self.settings, spec)
             if found is None:
+                statements = membership_statements(self.settings, spec)
                 if not self.mariadb:
                     raise Refused("permission", "membership mode uses MariaDB roles")
                 if self._user_exists(name, ""):
@@ -388,8 +408,21 @@ class MySQLSession:
                 self._write(name, label)
                 reissued = False
             else:
-                self._check_existing(found[1], spec)
+                label = found[1]
+                self._check_existing(label, spec)
                 reissued = True
+                # The role, member host, expiry and session ending the row holds, whatever the
+                # settings say now and whenever this copy of the request was signed; the member
+                # checked again (it may have gone, or gained privileges, since).
+                name, host = found[0], self._host(label)
+                self._check_membership(spec, host)
+                statements = membership_statements(
+                    at_host(self.settings, host),
+                    spec,
+                    name,
+                    datetime.fromisoformat(label["expires_at"]),
+                    bool(label.get("terminate_sessions")),
+                )
                 if self._user_exists(name, ""):
                     # Completing a grant cut short: every later statement is idempotent.
                     statements = statements[1:]
@@ -404,26 +437,26 @@ class MySQLSession:
                 ) from None
         return GrantResult(principal=name, credentials=None, reissued=reissued)
 
-    def _check_membership(self, spec: GrantSpec) -> None:
+    def _check_membership(self, spec: GrantSpec, host: str | None = None) -> None:
         """Never hand a role to the admin, a privileged account or one of ours, and never hand
         out a role that reaches a privilege, the grant option, or the system and ledger
-        databases, directly or through the roles it holds."""
+        databases, directly or through the roles it holds. `host`: the member's (today's
+        `user_host` unless a ledger row holds another)."""
         member = member_name(spec)
+        host = self.settings.user_host if host is None else host
         admin, _, admin_host = str(self._one("SELECT CURRENT_USER()") or "").rpartition("@")
         prefix = self.settings.user_prefix
         row = self._rows(
             "SELECT JSON_VALUE(Priv, '$.access'), JSON_VALUE(Priv, '$.is_role') "
             "FROM mysql.global_priv WHERE User = %s AND Host = %s",
-            (member, self.settings.user_host),
+            (member, host),
         )
         if not row or row[0][1] in ("1", "true"):
-            raise Refused(
-                "identity.username", f"no account {member!r}@{self.settings.user_host!r} exists"
-            )
+            raise Refused("identity.username", f"no account {member!r}@{host!r} exists")
         if (
             member in (admin, self.settings.user)
             or member.startswith(prefix)
-            or self._privileged({member}, self.settings.user_host)
+            or self._privileged({member}, host)
         ):
             raise Refused(
                 "identity.username",
@@ -432,7 +465,7 @@ class MySQLSession:
             )
         permission = spec.permission
         assert isinstance(permission, Permission)
-        others = self._namesakes(member, self.settings.user_host)
+        others = self._namesakes(member, host)
         if permission.terminate_sessions and others:
             raise Refused(
                 "identity.username",
@@ -700,9 +733,18 @@ class MySQLSession:
         residual = []
         if label.get("state") == "active":
             residual.append(f"account {name} was missing while its grant was active")
-        mark = label.get("auth")
+        for user, host in self._holding(str(label.get("auth") or "")):
+            who = f"{literal(user)}@{literal(host)}"
+            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+            self._kill(user)
+            self._run(f"DROP USER IF EXISTS {who}")
+            residual.append(f"account {user}@{host} held the grant's password: dropped")
+        return residual
+
+    def _holding(self, mark: str) -> list[tuple[str, str]]:
+        """The accounts whose stored password hash has this keyed fingerprint (`_auth_mark`)."""
         if not mark:
-            return residual
+            return []
         if self.mariadb:
             query = (
                 "SELECT User, Host, JSON_VALUE(Priv, '$.authentication_string') "
@@ -710,15 +752,11 @@ class MySQLSession:
             )
         else:
             query = "SELECT User, Host, authentication_string FROM mysql.user"
-        for user, host, stored in self._rows(query):
-            if not stored or self._auth_mark(str(stored)) != mark:
-                continue
-            who = f"{literal(str(user))}@{literal(str(host))}"
-            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
-            self._kill(str(user))
-            self._run(f"DROP USER IF EXISTS {who}")
-            residual.append(f"account {user}@{host} held the grant's password: dropped")
-        return residual
+        return [
+            (str(user), str(host))
+            for user, host, stored in self._rows(query)
+            if stored and self._auth_mark(str(stored)) == mark
+        ]
 
     def _revoke_membership(
         self, grant_id: str, name: str, label: dict[str, Any], tombstone_until: datetime
