@@ -351,7 +351,7 @@ class Engine:
                     if grant.state == "tombstone":
                         if grant.expires_at <= moment and grant.grant_id not in live:
                             try:
-                                session.forget(grant.grant_id)
+                                session.forget(grant.grant_id, grant.principal)
                             except Exception as exc:  # reported; the next sweep tries again
                                 # One tombstone that cannot go (a lease on it, a Storage error)
                                 # must not keep the revokes below from running.

@@ -742,7 +742,7 @@ class AwsIamSession:
         label = verify_label(self.key, SESSIONS_KIND, name, policy.get("Description"))
         return label is not None and label.get("role") == role
 
-    def forget(self, grant_id: str) -> None:
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
         try:
             label = self._label(tombstone_name(grant_id))
         except Squatted:

@@ -453,7 +453,7 @@ class AwsIdentityCenterSession:
             verified=not residual,
         )
 
-    def forget(self, grant_id: str) -> None:
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
         try:
             record = self.ledger.grant(grant_id)
         except Forged:

@@ -882,7 +882,7 @@ class AzureRbacSession:
         result.residual = [*alone, *result.residual]
         return result
 
-    def forget(self, grant_id: str) -> None:
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
         """Delete the grant's tombstone (the sweep, once no delivery of it can succeed)."""
         if self.ledger is not None:
             self.ledger.forget(grant_id)

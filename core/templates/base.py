@@ -298,8 +298,10 @@ class TargetSession(Protocol):
 
     def revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult: ...
 
-    def forget(self, grant_id: str) -> None:
-        """Remove a grant's tombstone once no delivery of it can still succeed."""
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
+        """Remove a grant's tombstone once no delivery of it can still succeed. `principal`:
+        the name `active_grants` listed it under (one made under an earlier prefix keeps that
+        one), else the one today's settings give."""
         ...
 
     def active_grants(self) -> list[Grant]: ...

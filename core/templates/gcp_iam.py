@@ -835,7 +835,7 @@ class GcpIamSession:
             note=PROPAGATION,
         )  # fmt: skip
 
-    def forget(self, grant_id: str) -> None:
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
         """Tombstone objects are deleted by the bucket's lifecycle rule; this removes tombstone
         *bindings*, which earlier versions of this template wrote into the policies."""
         self._paused = 0.0

@@ -870,7 +870,7 @@ class MySQLSession:
         }
         self._write(str(label.get("user", "")), stone)
 
-    def forget(self, grant_id: str) -> None:
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
         with self._locked(grant_id):
             found = self._row(grant_id)
             if found is not None and found[1].get("state") == "tombstone":

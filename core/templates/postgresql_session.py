@@ -1986,12 +1986,16 @@ class PostgreSQLSession(KeptSession):
             self.sql("COMMENT ON ROLE {} IS {}", ident, self._label(name, label)),
         ]
 
-    def forget(self, grant_id: str) -> None:
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
         """Drop a grant's tombstone once no delivery of that grant can still succeed."""
-        name = role_name(self.settings, grant_id)
+        name = principal or role_name(self.settings, grant_id)
         role = self._roles([name]).get(name)
         label = None if role is None else self._ours(role)
-        if role is not None and label is not None and label.get("state") == "tombstone":
+        if (
+            label is not None
+            and label.get("state") == "tombstone"
+            and label.get("grant_id") == grant_id
+        ):
             with self.conn.transaction():
                 self.conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 

@@ -186,17 +186,24 @@ class RabbitMQSession(KeptSession):
 
     # -- the ledger ------------------------------------------------------------------------
 
-    def _label(self, user: dict[str, Any] | None) -> CompactLabel | None:
+    def _label(
+        self, user: dict[str, Any] | None, tombstone: bool | None = None
+    ) -> CompactLabel | None:
         """The user's label if the user is ours: a tag whose MAC verifies for this user name,
-        named for its grant (under any prefix); anything else belongs to someone else and is
-        never changed."""
+        named for its grant (under any prefix; `tombstone`: `owned_label`'s); anything else
+        belongs to someone else and is never changed."""
         if user is None:
             return None
         tags = user.get("tags") or []
         if isinstance(tags, str):  # older servers answer a comma-separated string
             tags = tags.split(",")
         return userledger.owned_label(
-            self.key, KIND, self.integration, str(user.get("name", "")), (str(t) for t in tags)
+            self.key,
+            KIND,
+            self.integration,
+            str(user.get("name", "")),
+            (str(t) for t in tags),
+            tombstone,
         )
 
     def _encode(self, name: str, label: CompactLabel) -> str:
@@ -210,10 +217,10 @@ class RabbitMQSession(KeptSession):
         digest = spec_digest(spec)
         name = user_name(self.settings, spec.grant_id)
         existing = self._user(name)
-        label = self._label(existing)
+        label = self._label(existing, tombstone=False)
         stone_name = tombstone_name(self.settings, spec.grant_id)
         stone_user = self._user(stone_name)
-        stone = self._label(stone_user)
+        stone = self._label(stone_user, tombstone=True)
         if stone is not None and label is not None:
             # Our user under our tombstone: a delivery that wrote it after a revoke and stopped
             # before its check (a lost connection, a stopped worker). It would live, with the
@@ -254,8 +261,8 @@ class RabbitMQSession(KeptSession):
     def _check_after_grant(self, spec: GrantSpec, name: str, digest: str) -> None:
         """A revoke or another body under this grant id may have run between our reads and our
         writes (the API has no conditional write). Then the user we wrote goes."""
-        stone = self._label(self._user(tombstone_name(self.settings, spec.grant_id)))
-        label = self._label(self._user(name))
+        stone = self._label(self._user(tombstone_name(self.settings, spec.grant_id)), True)
+        label = self._label(self._user(name), tombstone=False)
         # The password and the label are one write, but the permissions are one call per vhost:
         # a racing delivery of another request under this grant id may have left its own on the
         # user, which our password would then reach. Exactly ours, or the user goes.
@@ -339,12 +346,17 @@ class RabbitMQSession(KeptSession):
         for grant_id in grant_ids:
             name = user_name(self.settings, grant_id)
             stone_name = tombstone_name(self.settings, grant_id)
-            live = self._label(users.get(name))
-            stone = self._label(users.get(stone_name))
+            live = self._label(users.get(name), tombstone=False)
+            stone = self._label(users.get(stone_name), tombstone=True)
             if stone is None and users.get(stone_name) is not None:
                 # Someone else's user holds the tombstone's name: never overwritten. Grants
                 # are refused while it is there; the revoke says so until it is gone.
                 blocked = f"user {stone_name} holds this grant's tombstone name; none written"
+                mine = self._label(users.get(stone_name), tombstone=False)
+                if live is None and mine is not None and mine.grant_id == grant_id:
+                    # The grant's own user, made under a prefix `x-` longer than today's: ended
+                    # now, and the tombstone written once the name is free.
+                    name, live = stone_name, mine
                 if live is not None:
                     self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
                 gone = live is None or self._user(name) is None
@@ -369,7 +381,7 @@ class RabbitMQSession(KeptSession):
                 # looked for again once the tombstone is there: a delivery racing this revoke
                 # either sees the tombstone and deletes its own user, or is found here.
                 self._put_tombstone(stone_name, grant_id, tombstone_until, None)
-                live = self._label(self._user(name))
+                live = self._label(self._user(name), tombstone=False)
             if live is None:
                 results[grant_id] = RevokeResult(found=False)
                 continue
@@ -414,8 +426,8 @@ class RabbitMQSession(KeptSession):
             users = {str(u["name"]): dict(u) for u in self._call("GET", "/api/users").json()}
         for name, user in users.items():
             if userledger.grant_of_name(name) == grant_id:
-                label = self._label(user)
-                if label is not None and label.state != "tombstone":
+                label = self._label(user, tombstone=False)
+                if label is not None:
                     return name, label
         return None
 
@@ -460,10 +472,10 @@ class RabbitMQSession(KeptSession):
                 return counts
             time.sleep(0.05)
 
-    def forget(self, grant_id: str) -> None:
-        stone_name = tombstone_name(self.settings, grant_id)
-        label = self._label(self._user(stone_name))
-        if label is not None and label.state == "tombstone":
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
+        stone_name = principal or tombstone_name(self.settings, grant_id)
+        label = self._label(self._user(stone_name), tombstone=True)
+        if label is not None and label.grant_id == grant_id:
             self._call("DELETE", f"/api/users/{quote(stone_name, safe='')}", missing=True)
 
     # -- sweep and inventory ---------------------------------------------------------------

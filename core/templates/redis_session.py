@@ -337,18 +337,21 @@ class RedisSession(KeptSession):
             )
         return [_user(reply) for reply in replies]
 
-    def _label(self, name: str, user: User) -> CompactLabel | None:
+    def _label(self, name: str, user: User, tombstone: bool | None = None) -> CompactLabel | None:
         """The user's label if the user is ours: a `&jitc1:...` channel whose MAC verifies for
-        this user name. Anything else belongs to someone else and is never changed."""
+        this user name (`tombstone`: `owned_label`'s). Anything else belongs to someone else and
+        is never changed."""
         if not user:
             return None
         channels = user.get("channels") or ""
         tokens = channels.split() if isinstance(channels, str) else [str(c) for c in channels]
-        return self._label_in(name, tokens)
+        return self._label_in(name, tokens, tombstone)
 
-    def _label_in(self, name: str, tokens: Sequence[str]) -> CompactLabel | None:
+    def _label_in(
+        self, name: str, tokens: Sequence[str], tombstone: bool | None = None
+    ) -> CompactLabel | None:
         texts = (token[1:] for token in tokens if token.startswith("&"))
-        return userledger.owned_label(self.key, KIND, self.integration, name, texts)
+        return userledger.owned_label(self.key, KIND, self.integration, name, texts, tombstone)
 
     def _get(self, *names: str) -> list[User]:
         return [_user(r) for r in self._run([("ACL", "GETUSER", name) for name in names])]
@@ -367,8 +370,8 @@ class RedisSession(KeptSession):
             stone_name,
             meanwhile=lambda: fresh.append(self._render(spec, name, digest, spec.expires_at)),
         )
-        label = self._label(name, user)
-        tombstoned = self._label(stone_name, stone) is not None
+        label = self._label(name, user, tombstone=False)
+        tombstoned = self._label(stone_name, stone, tombstone=True) is not None
         if tombstoned and label is not None:
             # Our user under our tombstone: a delivery that wrote it after a revoke and stopped
             # before its own look for the tombstone (a lost connection, a stopped worker). It
@@ -396,7 +399,7 @@ class RedisSession(KeptSession):
             [("ACL", "SETUSER", name, *rules), ("ACL", "GETUSER", stone_name)],
             lambda: spec.seal_ahead(credentials),
         )
-        if self._label(stone_name, _user(stone_after)) is not None:
+        if self._label(stone_name, _user(stone_after), tombstone=True) is not None:
             self._run([("ACL", "DELUSER", name)])
             raise Refused("request_id", "this grant was revoked while it was being made")
         return GrantResult(
@@ -471,7 +474,7 @@ class RedisSession(KeptSession):
         # earlier prefix. Past today's tombstone (a repeated revoke) only in the sweep, which
         # has just listed every user: a grant made again under today's name after the prefix
         # changed leaves its first user live under that tombstone, and the sweep ends it.
-        labels = [self._label(names[i], found[i]) for i in range(count)]
+        labels = [self._label(names[i], found[i], tombstone=False) for i in range(count)]
         gone = [
             g
             for i, g in enumerate(grant_ids)
@@ -485,12 +488,18 @@ class RedisSession(KeptSession):
         for index, grant_id in enumerate(grant_ids):
             label = labels[index]
             stone_user = found[count + index]
-            has_stone = self._label(stones[index], stone_user) is not None
+            has_stone = self._label(stones[index], stone_user, tombstone=True) is not None
             if label is not None:
                 live[grant_id] = (names[index], label)
             elif grant_id in elsewhere:
                 live[grant_id] = elsewhere[grant_id]
                 label = live[grant_id][1]
+            elif stone_user is not None and not has_stone:
+                # The grant's own user, made under a prefix `x-` longer than today's, holds the
+                # tombstone's name: ended now, and the tombstone written once the name is free.
+                mine = self._label(stones[index], stone_user, tombstone=False)
+                if mine is not None and mine.grant_id == grant_id:
+                    live[grant_id] = (stones[index], mine)
             if has_stone:
                 continue
             if stone_user is not None:
@@ -519,7 +528,7 @@ class RedisSession(KeptSession):
         late: list[str] = []
         for grant_id in unseen:
             name = user_name(self.settings, grant_id)
-            label = self._label(name, remaining.pop(name))
+            label = self._label(name, remaining.pop(name), tombstone=False)
             if label is not None:
                 live[grant_id] = (name, label)
                 late.append(name)
@@ -571,8 +580,9 @@ class RedisSession(KeptSession):
         read = dict(zip(unread, self._get(*unread), strict=True)) if unread else {}
         found: dict[str, tuple[str, CompactLabel]] = {}
         for name in names:
-            label = self._label(name, read[name] if name in read else self._listed[name])
-            if label is not None and label.state != "tombstone" and label.grant_id in wanted:
+            user = read[name] if name in read else self._listed[name]
+            label = self._label(name, user, tombstone=False)
+            if label is not None and label.grant_id in wanted:
                 found[label.grant_id] = (name, label)
         return found
 
@@ -595,11 +605,11 @@ class RedisSession(KeptSession):
             f"&{encode_compact_label(self.key, KIND, name, stone)}",
         )
 
-    def forget(self, grant_id: str) -> None:
-        name = tombstone_name(self.settings, grant_id)
+    def forget(self, grant_id: str, principal: str | None = None) -> None:
+        name = principal or tombstone_name(self.settings, grant_id)
         (stone,) = self._get(name)
-        label = self._label(name, stone)
-        if label is not None and label.state == "tombstone":
+        label = self._label(name, stone, tombstone=True)
+        if label is not None and label.grant_id == grant_id:
             self._run([("ACL", "DELUSER", name)])
 
     # -- sweep and inventory ---------------------------------------------------------------

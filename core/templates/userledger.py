@@ -23,18 +23,27 @@ def tombstone_name(prefix: str, grant_id: str) -> str:
 
 
 def owned_label(
-    key: LabelKey, kind: str, integration: str, name: str, texts: Iterable[str]
+    key: LabelKey,
+    kind: str,
+    integration: str,
+    name: str,
+    texts: Iterable[str],
+    tombstone: bool | None = None,
 ) -> CompactLabel | None:
     """The label among `texts` that makes user `name` ours: written with our key for this name,
     for this integration, and naming the grant whose user (or tombstone) `name` is, under any
     `user_prefix` the integration has had: what a revoke or the sweep removes was fixed when
     the grant was made, whatever the catalog would name a new grant's user now. A label copied
-    from another user, or naming another grant, is not one."""
+    from another user, or naming another grant, is not one. `tombstone`: what a look by name
+    expects there. One name can be both under two prefixes (`P`'s tombstone `Px-g...` is user
+    `g...` under `Px-`), and a user read as a tombstone would end a revoke that ended nothing."""
     for text in texts:
         if not text.startswith(COMPACT_PREFIX + ":"):
             continue
         label = decode_compact_label(key, kind, name, text)
         if label is None or label.integration != integration:
+            continue
+        if tombstone is not None and (label.state == "tombstone") != tombstone:
             continue
         namer = tombstone_name if label.state == "tombstone" else user_name
         ending = namer("", label.grant_id)

@@ -49,6 +49,10 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
         "aws_iam",
         "test_a_grant_made_again_after_the_naming_settings_change_ends_whole_at_the_next_sweep",
     ): _PATH,
+    (
+        "aws_iam",
+        "test_a_tombstone_made_before_the_naming_settings_change_is_forgotten_in_its_time",
+    ): _PATH,
 }
 
 _reached: dict[str, Any] = {}
@@ -79,6 +83,15 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     gap = KNOWN_GAPS.get((request.param, request.node.originalname))
     if gap is not None:
         request.node.add_marker(pytest.mark.xfail(reason=gap, strict=True))
+    yield loaded
+    loaded.reset()
+
+
+@pytest.fixture(params=["rabbitmq", "redis"])
+def user_target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    """The targets whose grant is a user and whose tombstone another user, named from
+    `user_prefix` (`jitc.templates.userledger`)."""
+    loaded = _load(request.param)
     yield loaded
     loaded.reset()
 

@@ -262,6 +262,35 @@ def test_a_revoke_after_the_naming_settings_change_ends_the_grant_made_before(
     assert not env.usable(env.holder(again))
 
 
+def _stones(env: ContractEnv, grant_id: str) -> list[str]:
+    """The tombstones of this grant that the target lists (by name)."""
+    listed = env.engine.live_grants()[env.target.integration]
+    assert not isinstance(listed, str), listed
+    return [g.principal for g in listed if g.grant_id == grant_id and g.state == "tombstone"]
+
+
+def test_a_tombstone_made_before_the_naming_settings_change_is_forgotten_in_its_time(
+    target: Target, make_contract_env: MakeEnv
+) -> None:
+    """The target lists a revoke's tombstone under the name it was made with after the naming
+    settings change too, and the sweep forgets it there once no delivery of its grant can
+    succeed: once, not reported again at every sweep. (Where tombstones live outside what the
+    target lists, a bucket's lifecycle rule removes them: both listings are empty.)"""
+    env = make_contract_env()
+    outcome = env.engine.execute(env.request(request_id="c-renamed-stone"))
+    revoke = env.engine.execute(env.request("revoke", request_id="c-renamed-stone"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    stones = _stones(env, outcome.grant_id)
+    later = make_contract_env(catalog_doc(target, connection=target.connection(**target.renamed())))
+    assert _stones(later, outcome.grant_id) == stones
+    later.advance(timedelta(days=30))
+    first = later.engine.sweep()
+    assert first.ok and first.forgotten == [outcome.grant_id] * len(stones), first
+    assert _stones(later, outcome.grant_id) == []
+    second = later.engine.sweep()
+    assert second.ok and second.forgotten == [], second
+
+
 def _made_again(target: Target, make_contract_env: MakeEnv, request_id: str) -> Any:
     """A grant, then the same request delivered again after the naming settings changed: the
     two environments and what each grantee holds."""

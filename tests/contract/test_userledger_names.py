@@ -1,0 +1,52 @@
+"""Names under two prefixes, for the templates whose grant is a user and whose tombstone is
+another user (Redis, RabbitMQ): prefix `P`'s tombstone of a grant, `Px-<grant>`, is that
+grant's user under prefix `Px-`. A name is read as what the look by name expects there: a user
+is never taken for a tombstone, nor a tombstone for a user."""
+
+from __future__ import annotations
+
+from contract_targets import ContractEnv, Target, catalog_doc, make_env
+
+
+def _env(target: Target, prefix: str) -> ContractEnv:
+    return make_env(target, catalog_doc(target, connection=target.connection(user_prefix=prefix)))
+
+
+def _prefix(target: Target) -> str:
+    return str(target.connection()["user_prefix"])
+
+
+def test_a_user_under_a_prefix_x_longer_is_ended_by_its_revoke_not_taken_for_its_tombstone(
+    user_target: Target,
+) -> None:
+    prefix = _prefix(user_target)
+    before = _env(user_target, f"{prefix}x-")
+    outcome = before.engine.execute(before.request(request_id="u-longer"))
+    assert outcome.status == "granted", outcome
+    holder = before.holder(outcome)
+    after = _env(user_target, prefix)  # the operator shortens the prefix
+    first = after.engine.execute(after.request("revoke", request_id="u-longer"))
+    # Access ends now; the tombstone waits for the name its user held.
+    assert first.status == "failed" and not first.verified, first
+    assert not after.usable(holder)
+    again = after.engine.execute(after.request("revoke", request_id="u-longer"))
+    assert again.status == "revoked", again
+    late = after.engine.execute(after.request(request_id="u-longer"))
+    assert late.status == "refused" and late.field == "request_id", late
+    assert not after.usable(holder)
+
+
+def test_a_tombstone_under_a_prefix_x_shorter_is_never_taken_for_the_grant_s_user(
+    user_target: Target,
+) -> None:
+    prefix = _prefix(user_target)
+    before = _env(user_target, prefix)
+    request = before.request(request_id="u-shorter")
+    outcome = before.engine.execute(request)
+    revoke = before.engine.execute(before.request("revoke", request_id="u-shorter"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    after = _env(user_target, f"{prefix}x-")  # the operator lengthens the prefix
+    late = after.engine.execute(request)  # a late copy of the revoked grant
+    assert late.status == "refused" and late.field == "request_id", late
+    assert not after.can_login(before.holder(outcome))
+    assert user_target.principals() == set()
