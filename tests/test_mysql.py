@@ -854,10 +854,7 @@ def test_a_revoke_whose_lock_is_held_still_ends_access_and_is_retried(
     outcome = env.engine.execute(env.request(request_id="m-held"))
     creds = env.credentials(outcome.sealed_credentials)
     live = target.login(creds)
-    key = run(target.admin, f"SELECT value FROM `{LEDGER}`.`keys` WHERE name = 'lock'")[0][0]
-    digest = hashlib.sha256(f"{key}:{outcome.grant_id}".encode()).hexdigest()[:56]
-    holder = root()
-    assert run(holder, "SELECT GET_LOCK(%s, 0)", f"jitc-{digest}") == [(1,)]
+    holder = _hold_lock(target, str(outcome.grant_id))
     try:
         blocked = env.engine.execute(env.request("revoke", request_id="m-held"))
         assert blocked.status == "failed" and "busy" in str(blocked.message)
@@ -867,6 +864,91 @@ def test_a_revoke_whose_lock_is_held_still_ends_access_and_is_retried(
     done = env.engine.execute(env.request("revoke", request_id="m-held"))
     assert done.status == "revoked" and done.verified
     assert outcome.principal not in target.principals()
+
+
+def _hold_lock(target: MySQLTarget, grant_id: str) -> Any:
+    """A connection holding the grant's own lock (as someone who can read the ledger's key)."""
+    key = run(target.admin, f"SELECT value FROM `{LEDGER}`.`keys` WHERE name = 'lock'")[0][0]
+    digest = hashlib.sha256(f"{key}:{grant_id}".encode()).hexdigest()[:56]
+    holder = root()
+    assert run(holder, "SELECT GET_LOCK(%s, 0)", f"jitc-{digest}") == [(1,)]
+    return holder
+
+
+def test_a_membership_revoke_cut_short_by_its_held_lock_is_not_undone_by_a_redelivery(
+    target: MySQLTarget, roles: dict[str, str]
+) -> None:
+    """The revoke that cannot take its grant's lock drops the grant's role all the same, and
+    marks the row: a redelivery finding the role gone refuses instead of making it again."""
+    permissions = {"analyst": {"mode": "membership", "resources": [roles["readers"]]}}
+    doc = catalog_doc(
+        target,
+        permissions={**target.permissions(), **permissions},
+        connection=target.connection(lock_wait_seconds=1),
+    )
+    env = make_env(target, doc)
+    request = env.request(
+        request_id="mm-held",
+        permission="analyst",
+        resources=[roles["readers"]],
+        identity={"email": "alice@example.com", "username": roles["member"]},
+    )
+    outcome = env.engine.execute(request)
+    holder = _hold_lock(target, str(outcome.grant_id))
+    try:
+        blocked = env.engine.execute(env.request("revoke", request_id="mm-held"))
+        assert blocked.status == "failed" and "busy" in str(blocked.message), blocked
+        assert _member_roles(target, roles) == []
+    finally:
+        holder.close()
+    again = env.engine.execute(request)
+    assert again.status == "refused" and again.field == "request_id", again
+    assert _member_roles(target, roles) == []
+    done = env.engine.execute(env.request("revoke", request_id="mm-held"))
+    assert done.status == "revoked" and done.verified, done
+
+
+def test_a_redelivery_past_the_expiry_by_the_server_s_clock_is_refused(
+    target: MySQLTarget, roles: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expiry event fires by the server's clock: a connector whose clock runs behind
+    still refuses a redelivery once the server has passed the grant's expiry."""
+    from datetime import UTC, datetime
+
+    from jitc.templates import mysql_session
+
+    env = _membership_env(target, roles)
+    request = env.request(
+        request_id="mm-skewed",
+        permission="analyst",
+        resources=[roles["readers"]],
+        identity={"email": "alice@example.com", "username": roles["member"]},
+        duration="1s",
+    )
+    outcome = env.engine.execute(request)
+    run(target.admin, f"DROP ROLE `{outcome.principal}`")  # as the server's event would
+    time.sleep(1.2)
+    behind = datetime.now(UTC) - timedelta(seconds=10)
+    monkeypatch.setattr(mysql_session, "utcnow", lambda: behind)
+    env.now[0] = behind
+    again = env.engine.execute(request, issued_at=behind)
+    assert again.status == "refused" and again.field == "request_id", again
+    assert _member_roles(target, roles) == []
+
+
+def test_an_upper_case_user_host_is_the_server_s_lower_case_one(target: MySQLTarget) -> None:
+    """The server keeps an account's host in lower case; the catalog's is read so, and a
+    redelivery and a revoke find the account they made."""
+    doc = catalog_doc(target, connection=target.connection(user_host="127.0.0.1.EXAMPLE"))
+    env = make_env(target, doc)
+    request = env.request(request_id="m-upper-host")
+    first = env.engine.execute(request)
+    assert first.status == "granted", first
+    again = env.engine.execute(request)
+    assert again.status == "granted" and again.reissued, again
+    revoke = env.engine.execute(env.request("revoke", request_id="m-upper-host"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert target.principals() == set()
 
 
 def test_a_revoke_whose_writes_wait_on_a_global_read_lock_still_ends_the_sessions(

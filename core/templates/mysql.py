@@ -103,6 +103,13 @@ class Connection(Settings):
     lock_wait_seconds: int = Field(default=10, ge=1, le=120)
     kill_wait_seconds: float = Field(default=5.0, ge=0, le=60)
 
+    @field_validator("user_host")
+    @classmethod
+    def _lower_host(cls, host: str) -> str:
+        # The server keeps an account's host in lower case: an account looked for as written
+        # here would never be found.
+        return host.lower()
+
     def warnings(self) -> list[str]:
         """Each relaxed setting, for `jitc catalog check`."""
         if self.expiry_event == "if-available":

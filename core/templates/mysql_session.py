@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 # Fixed for every admin session: no ANSI_QUOTES or NO_BACKSLASH_ESCAPES, which would change how
 # our quoting reads, whatever the server's global default says.
 SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
-# MariaDB only (MySQL 8 has no such mode and never does this): without it a GRANT to an account
-# that does not exist creates it, with no password.
-MARIADB_SQL_MODE = SQL_MODE + ",NO_AUTO_CREATE_USER"
+# Without it, on MariaDB and MySQL before 8.0, a GRANT to an account that does not exist creates
+# it with no password. (MySQL 8.0 dropped the mode, and its GRANT never creates an account.)
+GUARDED_SQL_MODE = SQL_MODE + ",NO_AUTO_CREATE_USER"
 _NO_SUCH_THREAD = 1094
 _NO_SUCH_TABLE = (1049, 1146)
 
@@ -131,7 +131,10 @@ class MySQLSession:
         # MariaDB's mysql.user is a view that parses every account's JSON: its table is faster.
         self.mariadb = "mariadb" in str(version).lower()
         self.accounts = "mysql.global_priv" if self.mariadb else "mysql.user"
-        mode = MARIADB_SQL_MODE if self.mariadb else SQL_MODE
+        major = str(version).split(".", 1)[0]
+        mode = (
+            GUARDED_SQL_MODE if self.mariadb or (major.isdigit() and int(major) < 8) else SQL_MODE
+        )
         # No default database: every name we use is qualified, so nothing a neighbour creates
         # in some database can stand in for ours. Lock waits are bounded, so a neighbour's lock
         # delays a revoke at most this long.
@@ -215,7 +218,7 @@ class MySQLSession:
 
     def _host(self, label: dict[str, Any]) -> str:
         """The account host a grant was made with: its row's, not today's settings."""
-        return str(label.get("host", self.settings.user_host))
+        return str(label.get("host", self.settings.user_host)).lower()
 
     def _row(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
         rows = self._rows(
@@ -269,9 +272,11 @@ class MySQLSession:
             raise Refused(
                 "request_id", "this request id was already used for a different request; refused"
             )
-        if datetime.fromisoformat(label["expires_at"]) <= utcnow():
+        server_now = self._one("SELECT UTC_TIMESTAMP(6)").replace(tzinfo=UTC)
+        if datetime.fromisoformat(label["expires_at"]) <= max(utcnow(), server_now):
             # A copy signed later asks for a later expiry; the grant's own is the row's. Past
-            # it, the server's event may already have ended the grant: never made again.
+            # it, by our clock or by the server's (its event's), the event may already have
+            # ended the grant: never made again.
             raise Refused("request_id", "this grant has expired; it will not be made again")
 
     def _check_scheduler(self) -> None:
@@ -651,6 +656,19 @@ class MySQLSession:
         if found is None or found[1].get("state") == "tombstone":
             return
         name, label = found
+        if lock and label.get("state") == "active":
+            # So that a redelivery finding the role or account gone refuses instead of making
+            # it again. Only an active row is changed: never a write made meanwhile undone.
+            self._run(
+                f"UPDATE {self.ledger} SET state = 'revoking', label = %s "  # noqa: S608
+                "WHERE integration = %s AND grant_id = %s AND name = %s AND state = 'active'",
+                (
+                    sign_label(self.key, MySQLTemplate.kind, name, {**label, "state": "revoking"}),
+                    self.integration,
+                    grant_id,
+                    name,
+                ),
+            )
         if label.get("mode") == "membership":
             if lock:
                 self._run(f"DROP ROLE IF EXISTS {ident(name)}")
