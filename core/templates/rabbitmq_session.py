@@ -348,15 +348,14 @@ class RabbitMQSession(KeptSession):
             stone_name = tombstone_name(self.settings, grant_id)
             live = self._label(users.get(name), tombstone=False)
             stone = self._label(users.get(stone_name), tombstone=True)
+            mine = self._label(users.get(stone_name), tombstone=False)
+            if live is None and mine is not None and mine.grant_id == grant_id:
+                results[grant_id] = self._end_in_place(stone_name, mine, tombstone_until)
+                continue
             if stone is None and users.get(stone_name) is not None:
                 # Someone else's user holds the tombstone's name: never overwritten. Grants
                 # are refused while it is there; the revoke says so until it is gone.
                 blocked = f"user {stone_name} holds this grant's tombstone name; none written"
-                mine = self._label(users.get(stone_name), tombstone=False)
-                if live is None and mine is not None and mine.grant_id == grant_id:
-                    # The grant's own user, made under a prefix `x-` longer than today's: ended
-                    # now, and the tombstone written once the name is free.
-                    name, live = stone_name, mine
                 if live is not None:
                     self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
                 gone = live is None or self._user(name) is None
@@ -415,6 +414,26 @@ class RabbitMQSession(KeptSession):
                 verified=not residual,
             )
         return results
+
+    def _end_in_place(self, name: str, live: CompactLabel, until: datetime) -> RevokeResult:
+        """The grant's own user holds its tombstone's name (made under a prefix `x-` longer
+        than today's): deleted, which closes its connections, then the tombstone written under
+        the name it frees."""
+        self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
+        self._put_tombstone(name, live.grant_id, max(until, live.expires_at), live)
+        residual = []
+        if self._label(self._user(name), tombstone=True) is None:
+            residual.append(f"user {name} is not this grant's tombstone")
+        left = self._connections_left([name]).get(name)
+        if left:
+            residual.append(f"{left} connection(s) of {name} still open")
+        return RevokeResult(
+            found=True,
+            principal=name,
+            expires_at=live.expires_at,
+            residual=residual,
+            verified=not residual,
+        )
 
     def _elsewhere(
         self, grant_id: str, users: dict[str, dict[str, Any] | None] | None

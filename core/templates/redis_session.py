@@ -485,6 +485,9 @@ class RedisSession(KeptSession):
         live: dict[str, tuple[str, CompactLabel]] = {}
         unseen: list[str] = []
         taken: dict[str, str] = {}
+        # Grants whose own user holds their tombstone's name: the tombstone is written there
+        # once the user is deleted, in the same round trip.
+        in_place: dict[str, tuple[str, ...]] = {}
         for index, grant_id in enumerate(grant_ids):
             label = labels[index]
             stone_user = found[count + index]
@@ -496,10 +499,14 @@ class RedisSession(KeptSession):
                 label = live[grant_id][1]
             elif stone_user is not None and not has_stone:
                 # The grant's own user, made under a prefix `x-` longer than today's, holds the
-                # tombstone's name: ended now, and the tombstone written once the name is free.
-                mine = self._label(stones[index], stone_user, tombstone=False)
-                if mine is not None and mine.grant_id == grant_id:
-                    live[grant_id] = (stones[index], mine)
+                # tombstone's name.
+                label = self._label(stones[index], stone_user, tombstone=False)
+                if label is not None:  # its name ends with this grant's id: this grant's
+                    live[grant_id] = (stones[index], label)
+            if label is not None and live[grant_id][0] == stones[index]:
+                until = max(tombstone_until, label.expires_at)
+                in_place[grant_id] = self._tombstone(grant_id, until, label)
+                continue
             if has_stone:
                 continue
             if stone_user is not None:
@@ -518,7 +525,7 @@ class RedisSession(KeptSession):
                 until = max(tombstone_until, label.expires_at)
                 changes.append(self._tombstone(grant_id, until, label))
         doomed = [name for name, _ in live.values()]
-        changes += _ending(doomed)
+        changes += [*_ending(doomed), *in_place.values()]
         looks = [*doomed, *(user_name(self.settings, g) for g in unseen)]
         # Saved even when nothing changes: a revoke whose ACL SAVE failed has changed the users
         # in memory only, and its retry, which finds nothing left to change, must still write
@@ -551,7 +558,11 @@ class RedisSession(KeptSession):
                 )
                 continue
             name, label = live[grant_id]
-            residual = [f"user {name} still exists"] if remaining[name] is not None else []
+            if grant_id in in_place:
+                ended = self._label(name, remaining[name], tombstone=True) is not None
+            else:
+                ended = remaining[name] is None
+            residual = [] if ended else [f"user {name} still exists"]
             residual += blocked
             results[grant_id] = RevokeResult(
                 found=True,

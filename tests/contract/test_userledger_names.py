@@ -5,6 +5,8 @@ is never taken for a tombstone, nor a tombstone for a user."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from contract_targets import ContractEnv, Target, catalog_doc, make_env
 
 
@@ -25,13 +27,30 @@ def test_a_user_under_a_prefix_x_longer_is_ended_by_its_revoke_not_taken_for_its
     assert outcome.status == "granted", outcome
     holder = before.holder(outcome)
     after = _env(user_target, prefix)  # the operator shortens the prefix
-    first = after.engine.execute(after.request("revoke", request_id="u-longer"))
-    # Access ends now; the tombstone waits for the name its user held.
-    assert first.status == "failed" and not first.verified, first
+    revoke = after.engine.execute(after.request("revoke", request_id="u-longer"))
+    # The user goes, and the tombstone takes the name it held.
+    assert revoke.status == "revoked" and revoke.verified, revoke
     assert not after.usable(holder)
-    again = after.engine.execute(after.request("revoke", request_id="u-longer"))
-    assert again.status == "revoked", again
     late = after.engine.execute(after.request(request_id="u-longer"))
+    assert late.status == "refused" and late.field == "request_id", late
+    assert not after.usable(holder)
+
+
+def test_a_user_under_a_prefix_x_longer_is_ended_by_the_sweep_and_stays_revoked(
+    user_target: Target,
+) -> None:
+    """The sweep's revoke is retried by no queue: it writes the tombstone itself."""
+    prefix = _prefix(user_target)
+    before = _env(user_target, f"{prefix}x-")
+    request = before.request(request_id="u-longer-swept", duration="5m")
+    outcome = before.engine.execute(request)
+    holder = before.holder(outcome)
+    after = _env(user_target, prefix)
+    after.advance(timedelta(minutes=10))
+    report = after.engine.sweep()
+    assert report.ok and report.revoked == [outcome.grant_id], report
+    assert not after.usable(holder)
+    late = after.engine.execute(request, issued_at=after.now[0] - timedelta(minutes=4))
     assert late.status == "refused" and late.field == "request_id", late
     assert not after.usable(holder)
 
