@@ -913,10 +913,6 @@ def test_a_redelivery_past_the_expiry_by_the_server_s_clock_is_refused(
 ) -> None:
     """The expiry event fires by the server's clock: a connector whose clock runs behind
     still refuses a redelivery once the server has passed the grant's expiry."""
-    from datetime import UTC, datetime
-
-    from jitc.templates import mysql_session
-
     env = _membership_env(target, roles)
     request = env.request(
         request_id="mm-skewed",
@@ -928,12 +924,71 @@ def test_a_redelivery_past_the_expiry_by_the_server_s_clock_is_refused(
     outcome = env.engine.execute(request)
     run(target.admin, f"DROP ROLE `{outcome.principal}`")  # as the server's event would
     time.sleep(1.2)
-    behind = datetime.now(UTC) - timedelta(seconds=10)
-    monkeypatch.setattr(mysql_session, "utcnow", lambda: behind)
-    env.now[0] = behind
+    behind = _clock_behind(monkeypatch, env, 10)
     again = env.engine.execute(request, issued_at=behind)
     assert again.status == "refused" and again.field == "request_id", again
     assert _member_roles(target, roles) == []
+
+
+def test_a_revoke_whose_lock_is_held_ends_access_even_while_the_ledger_is_locked(
+    target: MySQLTarget,
+) -> None:
+    """A backup's `LOCK TABLES ... READ` on the ledger makes the revoke's mark wait and fail:
+    the account is locked and its sessions ended first, all the same."""
+    env = make_env(target, catalog_doc(target, connection=target.connection(lock_wait_seconds=1)))
+    outcome = env.engine.execute(env.request(request_id="m-held-ledger"))
+    creds = env.credentials(outcome.sealed_credentials)
+    live = target.login(creds)
+    holder = _hold_lock(target, str(outcome.grant_id))
+    backup = root()
+    run(backup, f"LOCK TABLES `{LEDGER}`.grants READ")
+    try:
+        blocked = env.engine.execute(env.request("revoke", request_id="m-held-ledger"))
+        assert blocked.status == "failed", blocked
+        assert not target.alive(live) and not env.can_login(creds)
+    finally:
+        backup.close()
+        holder.close()
+    done = env.engine.execute(env.request("revoke", request_id="m-held-ledger"))
+    assert done.status == "revoked" and done.verified, done
+
+
+def _clock_behind(monkeypatch: pytest.MonkeyPatch, env: ContractEnv, seconds: float) -> Any:
+    """The connector's clock `seconds` behind the server's (and the engine's with it)."""
+    from datetime import UTC, datetime
+
+    from jitc.templates import mysql_session
+
+    behind = datetime.now(UTC) - timedelta(seconds=seconds)
+    monkeypatch.setattr(mysql_session, "utcnow", lambda: behind)
+    env.now[0] = behind
+    return behind
+
+
+def test_a_grant_the_server_s_clock_has_already_passed_is_refused(
+    target: MySQLTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its expiry event, scheduled at a time the server has passed, would be dropped as it is
+    made: the grant would have no expiry in the server."""
+    env = make_env(target)
+    behind = _clock_behind(monkeypatch, env, 600)
+    outcome = env.engine.execute(env.request(request_id="m-skew", duration="5m"), issued_at=behind)
+    assert outcome.status == "refused" and outcome.field == "integration", outcome
+    assert target.principals() == set()
+
+
+def test_without_an_expiry_event_the_server_s_clock_refuses_nothing(
+    target: MySQLTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = make_env(target, catalog_doc(target, connection=target.connection(expiry_event="off")))
+    behind = _clock_behind(monkeypatch, env, 600)
+    request = env.request(request_id="m-skew-off", duration="5m")
+    first = env.engine.execute(request, issued_at=behind)
+    assert first.status == "granted", first
+    again = env.engine.execute(request, issued_at=behind)
+    assert again.status == "granted" and again.reissued, again
+    revoke = env.engine.execute(env.request("revoke", request_id="m-skew-off"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
 
 
 def test_an_upper_case_user_host_is_the_server_s_lower_case_one(target: MySQLTarget) -> None:

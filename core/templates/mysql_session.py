@@ -126,8 +126,12 @@ class MySQLSession:
         self.ledger = f"{ident(connection.ledger_database)}.{ident('grants')}"
         self.conn = admin_connect(connection, secret)
         wait = int(connection.lock_wait_seconds)
-        scheduler, version = self._rows("SELECT @@GLOBAL.event_scheduler, VERSION()")[0]
+        scheduler, version, server_now = self._rows(
+            "SELECT @@GLOBAL.event_scheduler, VERSION(), UTC_TIMESTAMP(6)"
+        )[0]
         self.scheduler_on = str(scheduler).upper() == "ON"
+        # How far the server's clock, by which expiry events fire, runs ahead of ours.
+        self.skew = server_now.replace(tzinfo=UTC) - utcnow()
         # MariaDB's mysql.user is a view that parses every account's JSON: its table is faster.
         self.mariadb = "mariadb" in str(version).lower()
         self.accounts = "mysql.global_priv" if self.mariadb else "mysql.user"
@@ -221,6 +225,11 @@ class MySQLSession:
         return str(label.get("host", self.settings.user_host)).lower()
 
     def _row(self, grant_id: str) -> tuple[str, dict[str, Any]] | None:
+        found = self._row_text(grant_id)
+        return None if found is None else (found[0], found[1])
+
+    def _row_text(self, grant_id: str) -> tuple[str, dict[str, Any], str] | None:
+        """The grant's row, if ours: its account name, its label, and the label as stored."""
         rows = self._rows(
             f"SELECT name, label FROM {self.ledger} "  # noqa: S608
             "WHERE integration = %s AND grant_id = %s",
@@ -228,8 +237,13 @@ class MySQLSession:
         )
         for name, text in rows:
             label = self._label(str(name), text, grant_id)
-            return None if label is None else (str(name), label)
+            return None if label is None else (str(name), label, str(text))
         return None
+
+    def _server_now(self) -> datetime:
+        """The server's time, by which its expiry events fire (ours, where none is made)."""
+        now = utcnow()
+        return now if self.settings.expiry_event == "off" else max(now, now + self.skew)
 
     def _write(self, name: str, label: dict[str, Any]) -> None:
         self._run(
@@ -272,12 +286,21 @@ class MySQLSession:
             raise Refused(
                 "request_id", "this request id was already used for a different request; refused"
             )
-        server_now = self._one("SELECT UTC_TIMESTAMP(6)").replace(tzinfo=UTC)
-        if datetime.fromisoformat(label["expires_at"]) <= max(utcnow(), server_now):
+        if datetime.fromisoformat(label["expires_at"]) <= self._server_now():
             # A copy signed later asks for a later expiry; the grant's own is the row's. Past
             # it, by our clock or by the server's (its event's), the event may already have
             # ended the grant: never made again.
             raise Refused("request_id", "this grant has expired; it will not be made again")
+
+    def _check_clock(self, spec: GrantSpec) -> None:
+        """An event scheduled at a time the server has passed is dropped as it is made: the
+        grant would have no expiry in the server."""
+        if spec.expires_at <= self._server_now():
+            raise Refused(
+                "integration",
+                f"the server's clock is {self.skew.total_seconds():.0f} s ahead of the "
+                "connector's, past this grant's expiry: its expiry event would never fire",
+            )
 
     def _check_scheduler(self) -> None:
         if self.settings.expiry_event == "if-available" and not self.scheduler_on:
@@ -317,6 +340,7 @@ class MySQLSession:
                         f"account {name!r} already exists and was not created by this connector",
                     )
                 self._check_scheduler()
+                self._check_clock(spec)
                 parts = grant_parts(self.settings, spec, hashed)
                 statements = parts.statements()
                 label = self._grant_label(spec, name)
@@ -403,6 +427,7 @@ class MySQLSession:
                     )
                 self._check_membership(spec)
                 self._check_scheduler()
+                self._check_clock(spec)
                 label = self._grant_label(spec, name)
                 label.update(
                     mode="membership",
@@ -652,34 +677,42 @@ class MySQLSession:
 
     def _contain(self, grant_id: str, lock: bool = True) -> None:
         """Without the grant's lock: only what takes access away, and is safe to repeat."""
-        found = self._row(grant_id)
+        found = self._row_text(grant_id)
         if found is None or found[1].get("state") == "tombstone":
             return
-        name, label = found
-        if lock and label.get("state") == "active":
-            # So that a redelivery finding the role or account gone refuses instead of making
-            # it again. Only an active row is changed: never a write made meanwhile undone.
-            self._run(
-                f"UPDATE {self.ledger} SET state = 'revoking', label = %s "  # noqa: S608
-                "WHERE integration = %s AND grant_id = %s AND name = %s AND state = 'active'",
-                (
-                    sign_label(self.key, MySQLTemplate.kind, name, {**label, "state": "revoking"}),
-                    self.integration,
-                    grant_id,
-                    name,
-                ),
-            )
+        name, label, text = found
         if label.get("mode") == "membership":
             if lock:
                 self._run(f"DROP ROLE IF EXISTS {ident(name)}")
             member = str(label.get("member", ""))
             if label.get("terminate_sessions") and member:
                 self._end_member(member, self._host(label))
-            return
-        if lock:
-            who = account(at_host(self.settings, self._host(label)), name)
-            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
-        self._kill(name)
+        else:
+            if lock:
+                who = account(at_host(self.settings, self._host(label)), name)
+                self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+            self._kill(name)
+        if lock and label.get("state") == "active":
+            self._mark_revoking(grant_id, name, label, text)
+
+    def _mark_revoking(self, grant_id: str, name: str, label: dict[str, Any], text: str) -> None:
+        """So that a later redelivery, finding the role or account gone, refuses instead of
+        making it again. Without the grant's lock: only the row as read is changed, never a
+        write made meanwhile; and a failure here (the ledger locked by a backup, say) changes
+        nothing of what containment did."""
+        try:
+            self._run(
+                f"UPDATE {self.ledger} SET state = 'revoking', label = %s "  # noqa: S608
+                "WHERE integration = %s AND grant_id = %s AND label = %s",
+                (
+                    sign_label(self.key, MySQLTemplate.kind, name, {**label, "state": "revoking"}),
+                    self.integration,
+                    grant_id,
+                    text,
+                ),
+            )
+        except pymysql.Error as exc:
+            log.warning("grant %s: not marked revoking (MySQL error %s)", grant_id, exc.args[:1])
 
     def _revoke(self, grant_id: str, tombstone_until: datetime) -> RevokeResult:
         with self._locked(grant_id):

@@ -424,9 +424,16 @@ class RabbitMQSession(KeptSession):
         residual = []
         if self._label(self._user(name), tombstone=True) is None:
             residual.append(f"user {name} is not this grant's tombstone")
-        left = self._connections_left([name]).get(name)
-        if left:
-            residual.append(f"{left} connection(s) of {name} still open")
+        # A delivery under today's prefix that ran before the tombstone was there: found here.
+        today = user_name(self.settings, live.grant_id)
+        ended = [name]
+        if self._label(self._user(today), tombstone=False) is not None:
+            self._call("DELETE", f"/api/users/{quote(today, safe='')}", missing=True)
+            ended.append(today)
+            if self._user(today) is not None:
+                residual.append(f"user {today} still exists")
+        for user, left in self._connections_left(ended).items():
+            residual.append(f"{left} connection(s) of {user} still open")
         return RevokeResult(
             found=True,
             principal=name,

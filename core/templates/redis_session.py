@@ -526,7 +526,9 @@ class RedisSession(KeptSession):
                 changes.append(self._tombstone(grant_id, until, label))
         doomed = [name for name, _ in live.values()]
         changes += [*_ending(doomed), *in_place.values()]
-        looks = [*doomed, *(user_name(self.settings, g) for g in unseen)]
+        # Today's names of the grants ended in place too: a delivery under today's prefix that
+        # ran before the tombstone was there is found there.
+        looks = [*doomed, *(user_name(self.settings, g) for g in (*unseen, *in_place))]
         # Saved even when nothing changes: a revoke whose ACL SAVE failed has changed the users
         # in memory only, and its retry, which finds nothing left to change, must still write
         # the file, or a restart would bring the user back.
@@ -538,6 +540,10 @@ class RedisSession(KeptSession):
             label = self._label(name, remaining.pop(name), tombstone=False)
             if label is not None:
                 live[grant_id] = (name, label)
+                late.append(name)
+        for grant_id in in_place:
+            name = user_name(self.settings, grant_id)
+            if self._label(name, remaining[name], tombstone=False) is not None:
                 late.append(name)
         if late:
             ending = _ending(late)
@@ -559,7 +565,11 @@ class RedisSession(KeptSession):
                 continue
             name, label = live[grant_id]
             if grant_id in in_place:
-                ended = self._label(name, remaining[name], tombstone=True) is not None
+                today = user_name(self.settings, grant_id)
+                ended = (
+                    self._label(name, remaining[name], tombstone=True) is not None
+                    and self._label(today, remaining[today], tombstone=False) is None
+                )
             else:
                 ended = remaining[name] is None
             residual = [] if ended else [f"user {name} still exists"]

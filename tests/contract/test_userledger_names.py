@@ -6,7 +6,9 @@ is never taken for a tombstone, nor a tombstone for a user."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from contract_targets import ContractEnv, Target, catalog_doc, make_env
 
 
@@ -69,3 +71,31 @@ def test_a_tombstone_under_a_prefix_x_shorter_is_never_taken_for_the_grant_s_use
     assert late.status == "refused" and late.field == "request_id", late
     assert not after.can_login(before.holder(outcome))
     assert user_target.principals() == set()
+
+
+# Redis sends the deletion and the tombstone in one write: nothing lands between them there.
+@pytest.mark.parametrize("user_target", ["rabbitmq"], indirect=True)
+def test_a_delivery_under_today_s_prefix_between_the_in_place_deletion_and_tombstone_is_ended(
+    user_target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jitc.templates.rabbitmq_session import RabbitMQSession
+
+    prefix = _prefix(user_target)
+    before = _env(user_target, f"{prefix}x-")
+    request = before.request(request_id="u-between")
+    first = before.engine.execute(request)
+    after = _env(user_target, prefix)
+    original = RabbitMQSession._put_tombstone
+    landed: list[Any] = []
+
+    def racing(self: RabbitMQSession, *args: Any) -> None:
+        if not landed:  # the same request, delivered under today's prefix right now
+            landed.append(_env(user_target, prefix).engine.execute(request))
+        original(self, *args)
+
+    monkeypatch.setattr(RabbitMQSession, "_put_tombstone", racing)
+    revoke = after.engine.execute(after.request("revoke", request_id="u-between"))
+    assert landed and landed[0].status == "granted", landed
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not after.usable(after.holder(landed[0]))
+    assert not before.usable(before.holder(first))
