@@ -1006,26 +1006,53 @@ def test_an_upper_case_user_host_is_the_server_s_lower_case_one(target: MySQLTar
     assert target.principals() == set()
 
 
-def test_a_revoke_whose_writes_wait_on_a_global_read_lock_still_ends_the_sessions(
-    target: MySQLTarget,
+BACKUP_LOCKS = {
+    "global": "FLUSH TABLES WITH READ LOCK",
+    "mysql-tables": "LOCK TABLES mysql.global_priv READ, mysql.roles_mapping READ",
+}
+
+
+@pytest.mark.parametrize("began", [False, True], ids=["fresh", "revoke-began"])
+@pytest.mark.parametrize("grant_lock", [False, True], ids=["lock-free", "lock-held"])
+@pytest.mark.parametrize("backup", sorted(BACKUP_LOCKS))
+def test_a_revoke_held_up_by_a_backup_s_lock_ends_the_sessions_and_returns(
+    target: MySQLTarget, backup: str, grant_lock: bool, began: bool
 ) -> None:
-    """An account with RELOAD (a backup job) holds FLUSH TABLES WITH READ LOCK: every write
-    of the revoke waits on it and fails. The grantee's sessions are ended all the same (KILL
-    takes no table lock), and the revoke is retried."""
+    """A backup job holds FLUSH TABLES WITH READ LOCK, or locks the `mysql` tables: the
+    revoke's writes and account DDL wait on it (MariaDB waits on the DDL without a bound). The
+    grantee's sessions are ended first all the same (`KILL` waits on no lock), the revoke
+    returns within its bound, failed, and its retry finishes. So too when the grant's lock is
+    held (the revoke only contains), and when an earlier revoke already marked the row."""
     env = make_env(target, catalog_doc(target, connection=target.connection(lock_wait_seconds=1)))
-    outcome = env.engine.execute(env.request(request_id="m-ftwrl"))
+    rid = f"m-backup-{backup[0]}-{int(grant_lock)}-{int(began)}"
+    outcome = env.engine.execute(env.request(request_id=rid))
     creds = env.credentials(outcome.sealed_credentials)
+    if began:  # a revoke that could not take its lock: account locked, row marked
+        holder = _hold_lock(target, str(outcome.grant_id))
+        assert env.engine.execute(env.request("revoke", request_id=rid)).status == "failed"
+        holder.close()
+        run(target.admin, "ALTER USER %s@'%%' ACCOUNT UNLOCK", outcome.principal)
     live = target.login(creds)
-    holder = root()
-    run(holder, "FLUSH TABLES WITH READ LOCK")
+    held = _hold_lock(target, str(outcome.grant_id)) if grant_lock else None
+    backup_job = root()
+    run(backup_job, BACKUP_LOCKS[backup])
+    results: list[Any] = []
+    revoking = threading.Thread(
+        target=lambda: results.append(env.engine.execute(env.request("revoke", request_id=rid)))
+    )
     try:
-        blocked = env.engine.execute(env.request("revoke", request_id="m-ftwrl"))
-        assert blocked.status == "failed", blocked
+        revoking.start()
+        revoking.join(30)
+        assert not revoking.is_alive(), "the revoke waited on the backup's lock without a bound"
+        assert results[0].status == "failed", results
         assert not target.alive(live)
     finally:
-        run(holder, "UNLOCK TABLES")
-        holder.close()
-    done = env.engine.execute(env.request("revoke", request_id="m-ftwrl"))
+        run(backup_job, "UNLOCK TABLES")
+        backup_job.close()
+        if held is not None:
+            held.close()
+        revoking.join()
+    done = env.engine.execute(env.request("revoke", request_id=rid))
     assert done.status == "revoked" and done.verified, done
     assert outcome.principal not in target.principals() and not env.can_login(creds)
 

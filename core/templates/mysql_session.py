@@ -162,6 +162,16 @@ class MySQLSession:
             cursor.execute(query, args)
             return list(cursor.fetchall())
 
+    def _bounded(self, statement: str) -> None:
+        """Account, role and event DDL, which MariaDB keeps waiting without a bound (not
+        `lock_wait_timeout`) while a backup holds `FLUSH TABLES WITH READ LOCK` or locks the
+        `mysql` tables: cut off after `lock_wait_seconds`, as an error the revoke is retried on.
+        (MySQL bounds that wait by `lock_wait_timeout`.)"""
+        if self.mariadb:
+            wait = int(self.settings.lock_wait_seconds)
+            statement = f"SET STATEMENT max_statement_time = {wait} FOR {statement}"
+        self._run(statement)
+
     def _one(self, query: str, args: tuple[Any, ...] | None = None) -> Any:
         rows = self._rows(query, args)
         return rows[0][0] if rows else None
@@ -631,13 +641,18 @@ class MySQLSession:
         self._delete(grant_id)
 
     def _end_account(self, grant_id: str, name: str, host: str) -> None:
-        """Lock the account first, so no new connection starts while the old ones are killed,
-        then drop it and its expiry event."""
+        """End the account's connections first (`KILL` waits on no lock, so a backup's lock
+        that holds the DDL below never keeps them alive), lock the account, end any connection
+        that started meanwhile, then drop the account and its expiry event."""
         who = account(at_host(self.settings, host), name)
-        self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
         self._kill(name)
-        self._run(f"DROP USER IF EXISTS {who}")
-        self._run(
+        self._bounded(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+        self._kill(name)
+        self._bounded(f"DROP USER IF EXISTS {who}")
+        self._drop_event(grant_id)
+
+    def _drop_event(self, grant_id: str) -> None:
+        self._bounded(
             f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
             f"{ident(event_name(grant_id))}"
         )
@@ -681,18 +696,26 @@ class MySQLSession:
         if found is None or found[1].get("state") == "tombstone":
             return
         name, label, text = found
-        if label.get("mode") == "membership":
-            if lock:
-                self._run(f"DROP ROLE IF EXISTS {ident(name)}")
-            member = str(label.get("member", ""))
-            if label.get("terminate_sessions") and member:
+        membership = label.get("mode") == "membership"
+        member = str(label.get("member", ""))
+
+        def end_sessions() -> None:
+            if not membership:
+                self._kill(name)
+            elif label.get("terminate_sessions") and member:
                 self._end_member(member, self._host(label))
+
+        # Sessions first: `KILL` waits on no lock, the DDL below may (a backup's), bounded.
+        end_sessions()
+        if not lock:
+            return
+        if membership:
+            self._bounded(f"DROP ROLE IF EXISTS {ident(name)}")
         else:
-            if lock:
-                who = account(at_host(self.settings, self._host(label)), name)
-                self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
-            self._kill(name)
-        if lock and label.get("state") == "active":
+            who = account(at_host(self.settings, self._host(label)), name)
+            self._bounded(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+        end_sessions()
+        if label.get("state") == "active":
             self._mark_revoking(grant_id, name, label, text)
 
     def _mark_revoking(self, grant_id: str, name: str, label: dict[str, Any], text: str) -> None:
@@ -786,9 +809,10 @@ class MySQLSession:
             residual.append(f"account {name} was missing while its grant was active")
         for user, host in self._holding(str(label.get("auth") or "")):
             who = f"{literal(user)}@{literal(host)}"
-            self._run(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
             self._kill(user)
-            self._run(f"DROP USER IF EXISTS {who}")
+            self._bounded(f"ALTER USER IF EXISTS {who} ACCOUNT LOCK")
+            self._kill(user)
+            self._bounded(f"DROP USER IF EXISTS {who}")
             residual.append(f"account {user}@{host} held the grant's password: dropped")
         return residual
 
@@ -814,11 +838,8 @@ class MySQLSession:
     ) -> RevokeResult:
         """Drop the grant's own role, which ends the membership; the member's account and the
         granted roles are the company's and stay as they were."""
-        self._run(f"DROP ROLE IF EXISTS {ident(name)}")
-        self._run(
-            f"DROP EVENT IF EXISTS {ident(self.settings.ledger_database)}."
-            f"{ident(event_name(grant_id))}"
-        )
+        self._bounded(f"DROP ROLE IF EXISTS {ident(name)}")
+        self._drop_event(grant_id)
         member = str(label.get("member", ""))
         host = self._host(label)
         left = self._end_member(member, host) if label.get("terminate_sessions") and member else []
