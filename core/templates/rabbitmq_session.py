@@ -349,7 +349,7 @@ class RabbitMQSession(KeptSession):
             live = self._label(users.get(name), tombstone=False)
             stone = self._label(users.get(stone_name), tombstone=True)
             mine = self._label(users.get(stone_name), tombstone=False)
-            if live is None and mine is not None and mine.grant_id == grant_id:
+            if mine is not None and mine.grant_id == grant_id:
                 results[grant_id] = self._end_in_place(stone_name, mine, tombstone_until)
                 continue
             if stone is None and users.get(stone_name) is not None:

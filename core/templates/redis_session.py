@@ -492,21 +492,21 @@ class RedisSession(KeptSession):
             label = labels[index]
             stone_user = found[count + index]
             has_stone = self._label(stones[index], stone_user, tombstone=True) is not None
+            # The grant's own user, made under a prefix `x-` longer than today's, may hold the
+            # tombstone's name (its name ends with this grant's id: this grant's). It goes,
+            # the tombstone takes its name, and a user under today's name goes too (below).
+            mine = None if has_stone else self._label(stones[index], stone_user, tombstone=False)
+            if mine is not None:
+                live[grant_id] = (stones[index], mine)
+                in_place[grant_id] = self._tombstone(
+                    grant_id, max(tombstone_until, mine.expires_at), mine
+                )
+                continue
             if label is not None:
                 live[grant_id] = (names[index], label)
             elif grant_id in elsewhere:
                 live[grant_id] = elsewhere[grant_id]
                 label = live[grant_id][1]
-            elif stone_user is not None and not has_stone:
-                # The grant's own user, made under a prefix `x-` longer than today's, holds the
-                # tombstone's name.
-                label = self._label(stones[index], stone_user, tombstone=False)
-                if label is not None:  # its name ends with this grant's id: this grant's
-                    live[grant_id] = (stones[index], label)
-            if label is not None and live[grant_id][0] == stones[index]:
-                until = max(tombstone_until, label.expires_at)
-                in_place[grant_id] = self._tombstone(grant_id, until, label)
-                continue
             if has_stone:
                 continue
             if stone_user is not None:

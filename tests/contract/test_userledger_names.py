@@ -99,3 +99,19 @@ def test_a_delivery_under_today_s_prefix_between_the_in_place_deletion_and_tombs
     assert revoke.status == "revoked" and revoke.verified, revoke
     assert not after.usable(after.holder(landed[0]))
     assert not before.usable(before.holder(first))
+
+
+def test_the_grant_s_users_under_today_s_name_and_its_tombstone_s_name_both_end(
+    user_target: Target,
+) -> None:
+    prefix = _prefix(user_target)
+    today = _env(user_target, prefix)
+    request = today.request(request_id="u-both")
+    first = today.engine.execute(request)
+    longer = _env(user_target, f"{prefix}x-")
+    second = longer.engine.execute(request)  # made again under the other prefix: a known gap
+    assert second.status == "granted" and second.principal != first.principal, second
+    revoke = today.engine.execute(today.request("revoke", request_id="u-both"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert not today.usable(today.holder(first))
+    assert not longer.usable(longer.holder(second))
