@@ -368,6 +368,9 @@ class Engine:
                         or grant.grant_id in stones
                     ):
                         due.append(grant.grant_id)
+                # One revoke per grant, however many of its principals the target lists (one
+                # made again under another prefix, say): a revoke acts on the grant.
+                due = list(dict.fromkeys(due))
                 if due and proceed is not None and not proceed():
                     report.unfinished += len(due)
                     report.remaining += len(due)

@@ -1057,6 +1057,55 @@ def test_a_revoke_held_up_by_a_backup_s_lock_ends_the_sessions_and_returns(
     assert outcome.principal not in target.principals() and not env.can_login(creds)
 
 
+@pytest.mark.parametrize("backup", sorted(BACKUP_LOCKS))
+def test_a_grant_held_up_by_a_backup_s_lock_returns_and_its_redelivery_completes_it(
+    target: MySQLTarget, backup: str
+) -> None:
+    """The grant's writes and its account DDL wait on the backup's lock, bounded: the grant
+    fails (retried) instead of holding its lock, and every revoke of it, for as long as the
+    backup lasts."""
+    env = make_env(target, catalog_doc(target, connection=target.connection(lock_wait_seconds=1)))
+    request = env.request(request_id=f"m-backup-grant-{backup[0]}")
+    backup_job = root()
+    run(backup_job, BACKUP_LOCKS[backup])
+    results: list[Any] = []
+    granting = threading.Thread(target=lambda: results.append(env.engine.execute(request)))
+    try:
+        granting.start()
+        granting.join(30)
+        assert not granting.is_alive(), "the grant waited on the backup's lock without a bound"
+        assert results[0].status == "failed", results
+    finally:
+        run(backup_job, "UNLOCK TABLES")
+        backup_job.close()
+        granting.join()
+    again = env.engine.execute(request)
+    assert again.status == "granted", again
+    assert env.usable(env.credentials(again.sealed_credentials))
+    done = env.engine.execute(env.request("revoke", request_id=request.request_id))
+    assert done.status == "revoked" and done.verified, done
+
+
+def test_the_expiry_event_ends_the_sessions_while_a_backup_holds_the_account_tables(
+    target: MySQLTarget, event_scheduler: Any
+) -> None:
+    """The event kills first: its `ACCOUNT LOCK` waits as long as the backup locks the `mysql`
+    tables (a statement in an event has no time bound), its kills on nothing."""
+    event_scheduler(True)
+    env = make_env(target)
+    outcome = env.engine.execute(env.request(request_id="m-event-backup", duration="2s"))
+    live = target.login(env.credentials(outcome.sealed_credentials))
+    backup_job = root()
+    run(backup_job, BACKUP_LOCKS["mysql-tables"])
+    try:
+        assert _wait_until(lambda: not target.alive(live), 20)
+    finally:
+        run(backup_job, "UNLOCK TABLES")
+        backup_job.close()
+    env.advance(timedelta(seconds=3))
+    assert env.engine.sweep().revoked == [outcome.grant_id]
+
+
 def _ledger_rows(target: MySQLTarget, grant_id: str | None) -> list[Any]:
     return run(
         target.admin, f"SELECT grant_id FROM `{LEDGER}`.grants WHERE grant_id = %s", grant_id

@@ -404,8 +404,10 @@ def membership_statements(
 
 
 def _kill_loop(name: str, before: str, host: str | None = None) -> str:
-    """A compound-statement body that runs `before`, then kills every connection of account
-    `name`. The process list names a connection by user name alone, compared here byte for byte
+    """A compound-statement body that kills every connection of account `name`, runs `before`,
+    then kills again (a login that started meanwhile). Kills first: `before` is account DDL,
+    which may wait on a backup's lock (as long as the backup holds it), the kills on none. The
+    process list names a connection by user name alone, compared here byte for byte
     (information_schema compares without case: `ALICE` is another account). With `host` (the
     account's): only when no account on another host has that name, since the list cannot tell
     their connections apart."""
@@ -414,7 +416,7 @@ def _kill_loop(name: str, before: str, host: str | None = None) -> str:
         f"WHERE CAST(USER AS BINARY) = CAST({literal(name)} AS BINARY) AND COMMAND <> 'Daemon'"
     )
     kill = (
-        "OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "
+        "SET done = 0; OPEN c; l: LOOP FETCH c INTO tid; IF done THEN LEAVE l; END IF; "
         "SET @jitc_kill = CONCAT('KILL CONNECTION ', tid); PREPARE s FROM @jitc_kill; "
         "EXECUTE s; DEALLOCATE PREPARE s; END LOOP; CLOSE c; "
     )
@@ -428,7 +430,7 @@ def _kill_loop(name: str, before: str, host: str | None = None) -> str:
         "DECLARE done INT DEFAULT 0; DECLARE tid BIGINT UNSIGNED; "
         f"DECLARE c CURSOR FOR {sessions}; "
         "DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; "
-        f"{before}{kill}"
+        f"{kill}{before}{kill}"
     )
 
 

@@ -163,10 +163,11 @@ class MySQLSession:
             return list(cursor.fetchall())
 
     def _bounded(self, statement: str) -> None:
-        """Account, role and event DDL, which MariaDB keeps waiting without a bound (not
-        `lock_wait_timeout`) while a backup holds `FLUSH TABLES WITH READ LOCK` or locks the
-        `mysql` tables: cut off after `lock_wait_seconds`, as an error the revoke is retried on.
-        (MySQL bounds that wait by `lock_wait_timeout`.)"""
+        """Account, role and event DDL and GRANTs, which MariaDB keeps waiting without a bound
+        (not `lock_wait_timeout`) while a backup holds `FLUSH TABLES WITH READ LOCK` or locks
+        the `mysql` tables: cut off after `lock_wait_seconds`, as an error the grant or revoke
+        is retried on. MySQL has no such bound for DDL (`max_execution_time` is for SELECT),
+        and waits for account statements as long as a backup's lock lasts."""
         if self.mariadb:
             wait = int(self.settings.lock_wait_seconds)
             statement = f"SET STATEMENT max_statement_time = {wait} FOR {statement}"
@@ -400,7 +401,7 @@ class MySQLSession:
                     # Before the password changes: a revoke must know the account by it.
                     self._write(name, {**label, **changes})
             for statement in statements:
-                self._run(statement)
+                self._bounded(statement)
             if permission.privileged and self._administers_accounts(name, host):
                 self._undo(spec.grant_id, name, host)
                 raise Refused(
@@ -468,7 +469,7 @@ class MySQLSession:
                     statements = statements[1:]
             try:
                 for statement in statements:
-                    self._run(statement)
+                    self._bounded(statement)
             except pymysql.Error as exc:
                 # The row stays: a redelivery completes the grant, or the sweep revokes it.
                 raise TargetError(

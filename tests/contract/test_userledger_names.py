@@ -115,3 +115,18 @@ def test_the_grant_s_users_under_today_s_name_and_its_tombstone_s_name_both_end(
     assert revoke.status == "revoked" and revoke.verified, revoke
     assert not today.usable(today.holder(first))
     assert not longer.usable(longer.holder(second))
+
+
+def test_a_sweep_revokes_a_grant_with_two_users_once_and_ends_both(user_target: Target) -> None:
+    prefix = _prefix(user_target)
+    today = _env(user_target, prefix)
+    request = today.request(request_id="u-both-swept", duration="5m")
+    first = today.engine.execute(request)
+    longer = _env(user_target, f"{prefix}x-")
+    second = longer.engine.execute(request)  # made again under the other prefix: a known gap
+    assert second.status == "granted", second
+    today.advance(timedelta(minutes=10))
+    report = today.engine.sweep()
+    assert report.ok and report.revoked == [first.grant_id], report
+    assert not today.usable(today.holder(first))
+    assert not longer.usable(longer.holder(second))
