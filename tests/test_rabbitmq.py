@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from userenv import BOX_PUBLIC, LABEL_KEY, UserEnv, engine_parts
 
 from jitc.catalog import catalog_warnings, parse_catalog
 from jitc.errors import CatalogError, Refused, TargetError
-from jitc.labels import LabelKey
+from jitc.labels import CompactLabel, LabelKey, encode_compact_label
 from jitc.models import Identity, derive_grant_id
 from jitc.secrets import Secret
 from jitc.templates.base import GrantSpec
@@ -37,10 +38,27 @@ VHOST = f"t{RUN}"
 OTHER_VHOST = f"t{RUN}-b"
 ADMIN = f"t{RUN}admin"
 ADMIN_PASSWORD = secrets.token_urlsafe(18)
+LEDGER = f"t{RUN}-ledger"
 
 
 def users(root: httpx.Client) -> dict[str, dict[str, Any]]:
-    return {u["name"]: u for u in root.get("/api/users").json()}
+    """Every user, each with its topic permissions (`topic`: the labels are there)."""
+    found = {u["name"]: {**u, "topic": []} for u in root.get("/api/users").json()}
+    for row in root.get("/api/topic-permissions").json():
+        if row["user"] in found:
+            found[row["user"]]["topic"].append((row["vhost"], row["exchange"]))
+    return found
+
+
+def labels(root: httpx.Client, name: str) -> list[str]:
+    return [e for v, e in users(root)[name]["topic"] if v == LEDGER]
+
+
+def put_label(root: httpx.Client, name: str, label: str) -> None:
+    root.put(
+        f"/api/topic-permissions/{LEDGER}/{quote(name, safe='')}",
+        json={"exchange": label, "write": "^$", "read": "^$"},
+    ).raise_for_status()
 
 
 def watched(root: httpx.Client) -> dict[str, dict[str, Any]]:
@@ -69,6 +87,7 @@ def catalog_doc(**permissions: dict[str, Any]) -> dict[str, Any]:
         "api_url": API,
         "user": ADMIN,
         "user_prefix": PREFIX,
+        "ledger_vhost": LEDGER,
         "amqp_port": AMQP_PORT,
         "terminate_wait_seconds": 3,
     }
@@ -119,7 +138,7 @@ def root() -> Iterator[httpx.Client]:
     for name in ours(client):
         client.delete(f"/api/users/{quote(name, safe='')}")
     client.delete(f"/api/users/{ADMIN}")
-    for vhost in (VHOST, OTHER_VHOST):
+    for vhost in (VHOST, OTHER_VHOST, LEDGER):
         client.delete(f"/api/vhosts/{vhost}")
     client.close()
 
@@ -186,18 +205,20 @@ def test_grant_allows_reading_denies_writing_and_revoke_closes_the_live_connecti
     assert outcome.principal not in users(env.root)
 
 
-def test_read_write_publishes_and_management_tag_is_kept_with_the_label(env: Env) -> None:
+def test_read_write_publishes_and_the_label_is_a_topic_permission_in_the_ledger(env: Env) -> None:
     outcome = env.engine.execute(env.request(permission="read-write"))
     creds = env.credentials(outcome.sealed_credentials)
     conn = env.login(creds)
     conn.channel().basic_publish("amq.topic", "x", b"ok")
     conn.close()
     user = users(env.root)[creds["username"]]
-    tags = user["tags"] if isinstance(user["tags"], list) else user["tags"].split(",")
-    assert tags[0] == "management" and tags[1].startswith(
-        f"jitc1:{INTEGRATION}:{outcome.grant_id}:a:"
-    )
-    assert "alice" not in ",".join(tags)
+    # The label is no tag (an Erlang atom, never freed): only the catalog's tags are there.
+    assert user["tags"] in (["management"], "management")
+    (label,) = labels(env.root, creds["username"])
+    assert label.startswith(f"jitc1:{INTEGRATION}:{outcome.grant_id}:a:")
+    assert user["topic"] == [(LEDGER, label)] and "alice" not in label
+    ledger = env.root.get(f"/api/vhosts/{LEDGER}").json()
+    assert "ledger" in ledger["description"]
     limits = env.root.get(f"/api/user-limits/{creds['username']}").json()
     assert limits[0]["value"] == {"max-connections": 3, "max-channels": 32}
     # The password never reached the server in the clear: only a salted hash is stored.
@@ -218,9 +239,13 @@ def test_plan_has_no_side_effects_and_masks_the_password(env: Env) -> None:
     outcome = env.engine.plan(env.request(permission="read-write"))
     assert outcome.status == "planned"
     assert watched(env.root) == before
-    first, *rest = outcome.statements
+    first, label, password, *rest = outcome.statements
     assert first.startswith(f"PUT /api/users/{PREFIX}")
-    assert '"password_hash": "********"' in first and '"tags": "management,jitc1:' in first
+    assert '"password_hash": ""' in first and '"tags": ""' in first
+    assert label.startswith(f"PUT /api/topic-permissions/{LEDGER}/{PREFIX}")
+    assert '"exchange": "jitc1:' in label and '"read": "^$"' in label
+    assert password.startswith(f"PUT /api/users/{PREFIX}")
+    assert '"password_hash": "********"' in password and '"tags": "management"' in password
     assert rest[-1].endswith(
         f'/{VHOST}/{PREFIX}{outcome.grant_id} {{"configure": "^$", "read": ".*", "write": ".*"}}'
     )
@@ -335,17 +360,20 @@ def test_users_the_connector_did_not_create_are_never_changed(env: Env) -> None:
     grant = env.engine.execute(env.request(request_id="mine-1"))
     assert grant.grant_id is not None
     past = int((datetime.now(UTC) - timedelta(days=1)).timestamp())
-    forged_tag = f"jitc1:{INTEGRATION}:{grant.grant_id}:a:{past}:read-only:abcdefgh:forged"
-    # A stranger's user under our naming scheme with a forged label, and a plain one.
+    forged = f"jitc1:{INTEGRATION}:{grant.grant_id}:a:{past}:read-only:abcdefgh:forged"
+    # Strangers' users under our naming scheme with a forged label, as a tag (the form of
+    # earlier versions) and in the ledger, and plain ones.
     collide = derive_grant_id(INTEGRATION, "collide-1")
     strangers = {
-        f"{PREFIX}gzzzzzzzzzzzzzzzzzzzzzzzz": forged_tag,
+        f"{PREFIX}gzzzzzzzzzzzzzzzzzzzzzzzz": forged,
+        f"{PREFIX}gyyyyyyyyyyyyyyyyyyyyyyyy": "",
         f"{PREFIX}stranger": "management",
         # Already holds the name a grant would get, and no label of ours.
         f"{PREFIX}{collide}": "",
     }
     for name, tags in strangers.items():
         env.root.put(f"/api/users/{name}", json={"password": "x", "tags": tags}).raise_for_status()
+    put_label(env.root, f"{PREFIX}gyyyyyyyyyyyyyyyyyyyyyyyy", forged)
     before = {n: u for n, u in users(env.root).items() if n in strangers}
     env.now[0] += timedelta(hours=1)
     report = env.engine.sweep()
@@ -360,15 +388,20 @@ def test_a_label_under_another_key_or_copied_to_another_user_is_not_ours(env: En
     outcome = env.engine.execute(env.request())
     integration = env.engine.catalog.integration(INTEGRATION)
     other = RabbitMQSession(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret("another-label-key-0123456789")
+        INTEGRATION,
+        integration.connection,
+        Secret(ADMIN_PASSWORD),
+        LabelKey.from_secret("another-label-key-0123456789"),
     )
     assert outcome.grant_id not in {g.grant_id for g in other.active_grants()}
     assert other.revoke(str(outcome.grant_id), datetime.now(UTC)).found is False
     other.close()
-    # The genuine tag copied onto another user of ours: the MAC binds it to its user name.
-    user = users(env.root)[str(outcome.principal)]
+    # The genuine label copied onto another user, in the ledger and as a tag: the MAC binds
+    # it to its user name.
+    (label,) = labels(env.root, str(outcome.principal))
     copy = f"{PREFIX}gaaaaaaaaaaaaaaaaaaaaaaaa"
-    env.root.put(f"/api/users/{copy}", json={"password": "x", "tags": ",".join(user["tags"])})
+    env.root.put(f"/api/users/{copy}", json={"password": "x", "tags": label})
+    put_label(env.root, copy, label)
     mine = integration.template.open(
         INTEGRATION,
         integration.connection,
@@ -601,3 +634,151 @@ def test_two_requests_racing_under_one_grant_id_never_share_permissions(env: Env
     finally:
         first.close()
         second.close()
+
+
+def atom_count() -> int:
+    """The broker node's atoms: `rabbitmqctl` on this machine, as CI's `.ci/run` starts it."""
+    out = subprocess.run(
+        ["rabbitmqctl", "eval", "erlang:system_info(atom_count)."],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def test_grants_and_revokes_leave_no_atom_behind_in_the_broker(env: Env) -> None:
+    """RabbitMQ keeps each distinct tag as an Erlang atom, never freed while the node runs, and
+    the node stops when its atom table is full: a label per grant in the tags was a countdown
+    to the broker's crash. Labels in topic permissions are data, freed with the user."""
+    env.engine.execute(env.request(request_id="atoms-warm"))  # the first grant's one-offs
+    before = atom_count()
+    for index in range(30):
+        request_id = f"atoms-{index}"
+        assert env.engine.execute(env.request(request_id=request_id)).status == "granted"
+        assert env.engine.execute(env.request("revoke", request_id=request_id)).status == "revoked"
+    # 60 with a label tag on each user and on each tombstone; a few for the broker's own work.
+    assert atom_count() - before < 10
+
+
+def _to_tag_label(root: httpx.Client, name: str) -> None:
+    """Rewrite a user's label in the form earlier versions wrote: a tag, no topic permission."""
+    (label,) = labels(root, name)
+    user = users(root)[name]
+    tags = (
+        user["tags"]
+        if isinstance(user["tags"], list)
+        else [t for t in user["tags"].split(",") if t]
+    )
+    root.delete(f"/api/topic-permissions/{LEDGER}/{quote(name, safe='')}").raise_for_status()
+    root.put(
+        f"/api/users/{quote(name, safe='')}",
+        json={"password_hash": user["password_hash"], "tags": ",".join([*tags, label])},
+    ).raise_for_status()
+    assert labels(root, name) == []
+
+
+def test_users_labelled_in_their_tags_by_an_earlier_version_are_still_the_connector_s(
+    env: Env,
+) -> None:
+    old = env.engine.execute(env.request(request_id="legacy-1", duration="5m"))
+    kept = env.engine.execute(env.request(request_id="legacy-2", duration="2h"))
+    gone = env.engine.execute(env.request(request_id="legacy-3", duration="2h"))
+    assert env.engine.execute(env.request("revoke", request_id="legacy-3")).status == "revoked"
+    for name in (old.principal, kept.principal, f"{PREFIX}x-{gone.grant_id}"):
+        _to_tag_label(env.root, str(name))
+    # A redelivery moves the label into the ledger and hands out the same credentials.
+    again = env.engine.execute(env.request(request_id="legacy-2", duration="2h"))
+    assert again.status == "granted" and again.reissued, again
+    creds = env.credentials(again.sealed_credentials)
+    assert creds == env.credentials(kept.sealed_credentials) and env.can_login(creds)
+    assert users(env.root)[str(kept.principal)]["tags"] in ([], "")
+    assert len(labels(env.root, str(kept.principal))) == 1
+    # A tombstone in its tag still refuses a late copy.
+    late = env.engine.execute(env.request(request_id="legacy-3", duration="2h"))
+    assert late.status == "refused" and late.field == "request_id", late
+    env.now[0] += timedelta(minutes=6)
+    report = env.engine.sweep()
+    assert report.revoked == [old.grant_id] and report.ok, report
+    assert str(old.principal) not in users(env.root)
+    revoke = env.engine.execute(env.request("revoke", request_id="legacy-2"))
+    assert revoke.status == "revoked" and revoke.verified and not env.can_login(creds)
+
+
+def test_a_user_a_write_left_without_its_label_is_completed_and_a_stranger_s_is_not(
+    env: Env,
+) -> None:
+    """RabbitMQ writes a user and its topic permission in two calls: a grant or a revoke
+    stopped between them leaves a user with no password, tags, limits, permissions or label
+    under the name the catalog gives that grant. The next delivery or revoke completes it."""
+    empty = {"password_hash": "", "tags": ""}
+    half = derive_grant_id(INTEGRATION, "half-1")
+    env.root.put(f"/api/users/{PREFIX}{half}", json=empty).raise_for_status()
+    outcome = env.engine.execute(env.request(request_id="half-1"))
+    assert outcome.status == "granted", outcome
+    assert env.can_login(env.credentials(outcome.sealed_credentials))
+    assert len(labels(env.root, f"{PREFIX}{half}")) == 1
+    # A revoke's tombstone left without its label: the grant waits for that revoke's retry,
+    # which completes the tombstone; a late copy is refused after it.
+    stopped = derive_grant_id(INTEGRATION, "half-2")
+    stone = f"{PREFIX}x-{stopped}"
+    env.root.put(f"/api/users/{stone}", json=empty).raise_for_status()
+    waiting = env.engine.execute(env.request(request_id="half-2"))
+    assert waiting.status == "failed" and f"{PREFIX}{stopped}" not in users(env.root), waiting
+    revoke = env.engine.execute(env.request("revoke", request_id="half-2"))
+    assert revoke.status == "revoked", revoke
+    assert len(labels(env.root, stone)) == 1
+    late = env.engine.execute(env.request(request_id="half-2"))
+    assert late.status == "refused" and late.field == "request_id", late
+    # A passwordless user with anything more (here a permission) is a stranger's: refused.
+    taken = derive_grant_id(INTEGRATION, "half-3")
+    env.root.put(f"/api/users/{PREFIX}{taken}", json=empty).raise_for_status()
+    env.root.put(
+        f"/api/permissions/{VHOST}/{PREFIX}{taken}",
+        json={"configure": "^$", "write": "^$", "read": ".*"},
+    ).raise_for_status()
+    before = users(env.root)[f"{PREFIX}{taken}"]
+    refused = env.engine.execute(env.request(request_id="half-3"))
+    assert refused.status == "refused" and "not created by this connector" in str(refused.message)
+    assert users(env.root)[f"{PREFIX}{taken}"] == before
+
+
+def test_a_second_label_on_a_user_makes_the_grant_start_again(env: Env) -> None:
+    """A racing delivery of another request under the grant id may add its own label to ours
+    (topic permissions add up, one per exchange name): the user goes, and the retry decides
+    afresh."""
+    outcome = env.engine.execute(env.request(request_id="twice-1"))
+    name = str(outcome.principal)
+    other = CompactLabel(
+        INTEGRATION,
+        str(outcome.grant_id),
+        "active",
+        datetime.now(UTC) + timedelta(hours=1),
+        "read-write",
+        "anotherdigest",
+    )
+    put_label(
+        env.root,
+        name,
+        encode_compact_label(LabelKey.from_secret(LABEL_KEY), "rabbitmq", name, other),
+    )
+    again = env.engine.execute(env.request(request_id="twice-1"))
+    assert again.status == "failed", again
+    assert name not in users(env.root)
+    assert env.engine.execute(env.request(request_id="twice-1")).status == "granted"
+
+
+def test_the_ledger_vhost_is_made_when_missing_and_never_granted(
+    make_env: Callable[..., Env],
+) -> None:
+    env = make_env(
+        catalog_doc(ledger={"template": "full", "resources": ["led"], "vhosts": {"led": LEDGER}})
+    )
+    env.root.delete(f"/api/vhosts/{LEDGER}")
+    outcome = env.engine.execute(env.request())
+    assert outcome.status == "granted" and len(labels(env.root, str(outcome.principal))) == 1
+    before = watched(env.root)
+    refused = env.engine.execute(env.request(permission="ledger", resources=["led"]))
+    assert refused.status == "refused" and refused.field == "resources[0]", refused
+    assert watched(env.root) == before

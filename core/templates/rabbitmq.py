@@ -1,9 +1,13 @@
-"""RabbitMQ: one user per grant through the management HTTP API, labelled in its tags.
+"""RabbitMQ: one user per grant through the management HTTP API, labelled in a ledger vhost.
 
-The user is `<prefix><grant id>`; one of its tags is the grant's MACed label (a compact label
-of `jitc.labels`: a tag cannot hold a comma). Only an `administrator` may create
-users or change tags, and no grant is given that tag unless its permission is privileged, so a
-grantee cannot write a label; the MAC keeps anyone without the connector's key from forging one.
+The user is `<prefix><grant id>`; the grant's MACed label (a compact label of `jitc.labels`) is
+the exchange name of the user's one topic permission in the connector's ledger vhost. Topic
+permissions are user data, freed with the user; a tag would be an Erlang atom, never freed while
+the node runs, and a node that runs out of atoms stops. Only an `administrator` may create users
+or set topic permissions, and no grant is given the `administrator` tag unless its permission is
+privileged, so a grantee cannot write a label; the MAC keeps anyone without the connector's key
+from forging one. The ledger vhost holds no queue and no exchange: a topic permission there
+governs nothing. Users labelled by earlier versions carry the label as a tag: it is still read.
 
 A grant sets per-vhost configure/write/read patterns (the requested resources are vhosts), the
 tags the catalog allows, and a connection and channel limit (`user-limits`). The password is
@@ -68,6 +72,11 @@ class Connection(Settings):
     amqp_host: str | None = Field(default=None, description="host the grantee connects to")
     amqp_port: int = Field(default=5672, ge=1, le=65535)
     user_prefix: str = Field(default="jit-", pattern=r"^[a-z][a-z0-9_.-]{0,11}$")
+    ledger_vhost: str = Field(
+        default="jitc-ledger",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$",
+        description="the vhost whose topic permissions hold the labels; made when missing",
+    )
     max_connections: int = Field(default=3, ge=1, le=1000)
     max_channels: int = Field(default=32, ge=1, le=65535)
     terminate_wait_seconds: float = Field(default=5.0, ge=0, le=60)
@@ -167,23 +176,44 @@ def tombstone_name(connection: Connection, grant_id: str) -> str:
     return userledger.tombstone_name(connection.user_prefix, grant_id)
 
 
+Call = tuple[str, str, dict[str, object] | None]
+
+
+def label_calls(connection: Connection, name: str, label: str, create: bool) -> list[Call]:
+    """Write a label: the user first when `create` (no password, no tags: it logs in nowhere
+    until the label is there), then its topic permission in the ledger vhost, which governs
+    nothing there (`^$`)."""
+    calls: list[Call] = []
+    if create:
+        calls.append(("PUT", f"/api/users/{name}", {"password_hash": "", "tags": ""}))
+    path = f"/api/topic-permissions/{quote(connection.ledger_vhost, safe='')}/{name}"
+    calls.append(("PUT", path, {"exchange": label, "write": "^$", "read": "^$"}))
+    return calls
+
+
 def grant_calls(
-    connection: Connection, spec: GrantSpec, label: str, password_hash: str
-) -> list[tuple[str, str, dict[str, object] | None]]:
-    """The management API calls of a grant, in order: (method, path, body). Names in paths are
-    percent-encoded here (names are ours: prefix and grant id)."""
+    connection: Connection,
+    spec: GrantSpec,
+    label: str | None,
+    password_hash: str,
+    create: bool = True,
+) -> list[Call]:
+    """The management API calls of a grant, in order: (method, path, body); `label` None when
+    the user already holds it. Names in paths are percent-encoded here (names are ours: prefix
+    and grant id)."""
     permission = spec.permission
     assert isinstance(permission, Permission)
     name = user_name(connection, spec.grant_id)
     configure, write, read = permission.patterns()
-    calls: list[tuple[str, str, dict[str, object] | None]] = [
+    calls = [] if label is None else label_calls(connection, name, label, create)
+    calls += [
         (
             "PUT",
             f"/api/users/{name}",
             {
                 "password_hash": password_hash,
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": ",".join([*permission.tags, label]),
+                "tags": ",".join(permission.tags),
             },
         ),
         (
@@ -214,10 +244,12 @@ class RabbitMQTemplate:
         return True
 
     def check(self, connection: Settings, permission: PermissionSettings, spec: GrantSpec) -> None:
-        assert isinstance(permission, Permission)
+        assert isinstance(connection, Connection) and isinstance(permission, Permission)
         for index, resource in enumerate(spec.resources):
             if permission.vhost(resource) in (".", ".."):
                 raise Refused(f"resources[{index}]", f"{resource!r} is not a virtual host name")
+            if permission.vhost(resource) == connection.ledger_vhost:
+                raise Refused(f"resources[{index}]", f"{resource!r} is the connector's ledger")
 
     def plan(self, connection: Settings, spec: GrantSpec) -> list[str]:
         assert isinstance(connection, Connection)

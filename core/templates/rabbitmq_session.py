@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -30,16 +31,17 @@ from jitc.templates import userledger
 from jitc.templates.base import GrantResult, GrantSpec, InventoryRecord, RevokeResult
 from jitc.templates.kept import KeptSession, PoolKey, SessionPool
 from jitc.templates.rabbitmq import (
+    Call,
     Connection,
     Permission,
     RabbitMQTemplate,
     grant_calls,
+    label_calls,
     tombstone_name,
     user_name,
 )
 
 KIND = RabbitMQTemplate.kind
-Call = tuple[str, str, dict[str, object] | None]
 POOL: SessionPool[RabbitMQSession] = SessionPool()
 
 
@@ -142,10 +144,16 @@ class RabbitMQSession(KeptSession):
     # -- HTTP ------------------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, body: dict[str, object] | None = None, missing: bool = False
+        self,
+        method: str,
+        path: str,
+        body: dict[str, object] | None = None,
+        missing: bool = False,
+        accept: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """One API call; a 404 is an answer when `missing` is allowed. Error texts carry the
-        method, path and status, never a request body (it may hold a password hash)."""
+        """One API call; a 404 is an answer when `missing` is allowed, and so is any status in
+        `accept`. Error texts carry the method, path and status, never a request body (it may
+        hold a password hash)."""
         for attempt in (1, 2):
             try:
                 response = self.client.request(method, path, json=body)
@@ -163,7 +171,7 @@ class RabbitMQSession(KeptSession):
                 raise TargetError(
                     f"RabbitMQ API {self.settings.api_url} unreachable: {type(exc).__name__}"
                 ) from None
-        if response.status_code == 404 and missing:
+        if (response.status_code == 404 and missing) or response.status_code in accept:
             return response
         if response.status_code == 401:
             self.refused = True
@@ -181,8 +189,93 @@ class RabbitMQSession(KeptSession):
         return response
 
     def _user(self, name: str) -> dict[str, Any] | None:
-        response = self._call("GET", f"/api/users/{quote(name, safe='')}", missing=True)
-        return None if response.status_code == 404 else dict(response.json())
+        """The user as the ledger needs it: `ledger`, the exchange names of its topic permissions
+        in the ledger vhost (the labels); the user itself is read only when they hold none (a
+        label of an earlier version is a tag; `unfinished`: a user a write stopped before its
+        label)."""
+        quoted = quote(name, safe="")
+        response = self._call("GET", f"/api/users/{quoted}/topic-permissions", missing=True)
+        if response.status_code == 404:
+            return None
+        rows = response.json()
+        ledger = [str(r["exchange"]) for r in rows if r.get("vhost") == self.settings.ledger_vhost]
+        if ledger:
+            return {"name": name, "ledger": ledger}
+        answer = self._call("GET", f"/api/users/{quoted}", missing=True)
+        if answer.status_code == 404:
+            return None
+        user = dict(answer.json())
+        user["ledger"] = []
+        user["unfinished"] = not rows and self._empty(user)
+        return user
+
+    def _empty(self, user: dict[str, Any]) -> bool:
+        """No password, tags, limits or permissions: what a grant or a revoke writes first, under
+        a name the catalog gives its own grant, before the label that makes it ours (RabbitMQ
+        has no call that writes a user and a topic permission at once). It logs in nowhere;
+        the next delivery or revoke under that name completes it."""
+        if user.get("password_hash") or user.get("tags") or user.get("limits"):
+            return False
+        name = quote(str(user.get("name", "")), safe="")
+        response = self._call("GET", f"/api/users/{name}/permissions", missing=True)
+        return response.status_code == 200 and not response.json()
+
+    def _derived(self, user: dict[str, Any] | None, grant_id: str, digest: str) -> bool:
+        """The user's password is the one only the connector's key derives for this grant and
+        request: a user of ours whose label a race took away (RabbitMQ writes a user whether
+        it exists or not, so a grant's password write after a revoke deleted the user makes it
+        again, without its label)."""
+        if user is None or user.get("hashing_algorithm") != "rabbit_password_hashing_sha256":
+            return False
+        try:
+            raw = base64.b64decode(str(user.get("password_hash") or ""), validate=True)
+        except ValueError:
+            return False
+        if len(raw) != 36:  # a 4-byte salt and a SHA-256 digest
+            return False
+        password = self.key.password(KIND, self.integration, grant_id, digest)
+        return hmac.compare_digest(raw[4:], hashlib.sha256(raw[:4] + password.encode()).digest())
+
+    def _orphan(
+        self, users: dict[str, dict[str, Any] | None], name: str, stone: CompactLabel | None
+    ) -> CompactLabel | None:
+        """The grant's user under `name`, made again without its label after its revoke
+        (`_derived` with the digest its tombstone keeps): live under a tombstone, as a label
+        would say."""
+        user = users.get(name)
+        if stone is None or user is None or user.get("ledger"):
+            return None
+        if self._label(user, tombstone=False) is not None:
+            return None
+        if not self._derived(user, stone.grant_id, stone.digest):
+            return None
+        return stone._replace(state="active")
+
+    def _listing(self) -> dict[str, dict[str, Any] | None]:
+        """Every user by name, each with its labels (`_user`'s `ledger`): two reads."""
+        users: dict[str, dict[str, Any] | None] = {}
+        for row in self._call("GET", "/api/users").json():
+            users[str(row["name"])] = {**row, "ledger": []}
+        for row in self._call("GET", "/api/topic-permissions").json():
+            user = users.get(str(row.get("user", "")))
+            if user is not None and row.get("vhost") == self.settings.ledger_vhost:
+                user["ledger"].append(str(row["exchange"]))
+        return users
+
+    def _write(self, calls: Sequence[Call]) -> None:
+        """Send `calls` in order; the ledger vhost is made the first time a label needs it."""
+        for method, path, body in calls:
+            labelled = path.startswith("/api/topic-permissions/")
+            response = self._call(method, path, body, accept=(400,) if labelled else ())
+            if response.status_code == 400:
+                self._ledger_vhost()
+                self._call(method, path, body)
+
+    def _ledger_vhost(self) -> None:
+        vhost = f"/api/vhosts/{quote(self.settings.ledger_vhost, safe='')}"
+        if self._call("GET", vhost, missing=True).status_code == 404:
+            description = "jit-connector ledger: deleting it forgets which users are grants"
+            self._call("PUT", vhost, {"description": description})
 
     # -- the ledger ------------------------------------------------------------------------
 
@@ -202,7 +295,7 @@ class RabbitMQSession(KeptSession):
             KIND,
             self.integration,
             str(user.get("name", "")),
-            (str(t) for t in tags),
+            [*user.get("ledger", ()), *(str(t) for t in tags)],
             tombstone,
         )
 
@@ -218,10 +311,22 @@ class RabbitMQSession(KeptSession):
         name = user_name(self.settings, spec.grant_id)
         existing = self._user(name)
         label = self._label(existing, tombstone=False)
+        # Ours without a label: a delivery stopped before its label, or one whose password
+        # write made the user again after a racing revoke or check deleted it. This delivery
+        # writes it afresh, label first.
+        unlabelled = (
+            existing is not None
+            and label is None
+            and (existing.get("unfinished") or self._derived(existing, spec.grant_id, digest))
+        )
         stone_name = tombstone_name(self.settings, spec.grant_id)
         stone_user = self._user(stone_name)
         stone = self._label(stone_user, tombstone=True)
-        if stone is not None and label is not None:
+        if stone_user is not None and stone_user.get("unfinished"):
+            raise TargetError(f"a revoke of this grant stopped writing {stone_name}; retry")
+        if unlabelled:
+            existing = None
+        if stone is not None and (label is not None or unlabelled):
             # Our user under our tombstone: a delivery that wrote it after a revoke and stopped
             # before its check (a lost connection, a stopped worker). It would live, with the
             # first password, until the sweep at its expiry. Deleting it closes its connections.
@@ -246,10 +351,16 @@ class RabbitMQSession(KeptSession):
         mine = CompactLabel(
             self.integration, spec.grant_id, "active", expires_at, spec.permission_name, digest
         )
-        for method, path, body in grant_calls(
-            self.settings, spec, self._encode(name, mine), password_hash(password)
-        ):
-            self._call(method, path, body)
+        text = self._encode(name, mine)
+        held = existing is not None and text in existing.get("ledger", ())
+        calls = grant_calls(
+            self.settings,
+            spec,
+            None if held else text,
+            password_hash(password),
+            create=existing is None,
+        )
+        self._write(calls)
         self._check_after_grant(spec, name, digest)
         return GrantResult(
             principal=name,
@@ -262,12 +373,16 @@ class RabbitMQSession(KeptSession):
         """A revoke or another body under this grant id may have run between our reads and our
         writes (the API has no conditional write). Then the user we wrote goes."""
         stone = self._label(self._user(tombstone_name(self.settings, spec.grant_id)), True)
-        label = self._label(self._user(name), tombstone=False)
-        # The password and the label are one write, but the permissions are one call per vhost:
-        # a racing delivery of another request under this grant id may have left its own on the
-        # user, which our password would then reach. Exactly ours, or the user goes.
+        user = self._user(name)
+        label = self._label(user, tombstone=False)
+        # The label, the password and each vhost's permissions are separate calls: a racing
+        # delivery of another request under this grant id may have left its own label or
+        # permissions on the user, which our password would then reach. Exactly ours (one
+        # label, this request's), or the user goes.
         if (
             stone is None
+            and user is not None
+            and len(user["ledger"]) == 1
             and label is not None
             and label.digest == digest
             and self._permissions(name) == self._expected_permissions(spec)
@@ -323,13 +438,11 @@ class RabbitMQSession(KeptSession):
     def revoke_many(
         self, grant_ids: Sequence[str], tombstone_until: datetime
     ) -> dict[str, RevokeResult]:
-        """The sweep's path: one listing of the users and one of the connections for the whole
-        chunk, instead of three reads per grant."""
+        """The sweep's path: one listing of the users and their labels, and one of the
+        connections, for the whole chunk, instead of three reads per grant."""
         if len(grant_ids) < 3:
             return {g: self._revoke_one(g, tombstone_until, swept=True) for g in grant_ids}
-        listing = self._call("GET", "/api/users").json()
-        users: dict[str, dict[str, Any] | None] = {str(u["name"]): dict(u) for u in listing}
-        return self._revoke(grant_ids, tombstone_until, users, listed=True, swept=True)
+        return self._revoke(grant_ids, tombstone_until, self._listing(), listed=True, swept=True)
 
     def _revoke(
         self,
@@ -352,7 +465,15 @@ class RabbitMQSession(KeptSession):
             if mine is not None and mine.grant_id == grant_id:
                 results[grant_id] = self._end_in_place(stone_name, mine, tombstone_until)
                 continue
-            if stone is None and users.get(stone_name) is not None:
+            held = users.get(stone_name)
+            if stone is None and held is not None and listed:
+                # A listing does not tell an unfinished user: read once more, by name.
+                held = users[stone_name] = self._user(stone_name)
+                stone = self._label(held, tombstone=True)
+            if stone is None and held is not None and held.get("unfinished"):
+                # A revoke stopped before its tombstone's label: this one writes it there.
+                held = users[stone_name] = None
+            if stone is None and held is not None:
                 # Someone else's user holds the tombstone's name: never overwritten. Grants
                 # are refused while it is there; the revoke says so until it is gone.
                 blocked = f"user {stone_name} holds this grant's tombstone name; none written"
@@ -367,6 +488,8 @@ class RabbitMQSession(KeptSession):
                     verified=False,
                 )
                 continue
+            if live is None:
+                live = self._orphan(users, name, stone)
             # No live user under today's name: a revoke before its grant, or a grant made under
             # an earlier prefix. Past today's tombstone (a repeated revoke) only in the sweep:
             # a grant made again under today's name after the prefix changed leaves its first
@@ -449,7 +572,7 @@ class RabbitMQSession(KeptSession):
         `user_prefix` changed. Looked for only when a grant has no live user under today's
         name, in `users` when it lists every user, else in a listing read now."""
         if users is None:
-            users = {str(u["name"]): dict(u) for u in self._call("GET", "/api/users").json()}
+            users = self._listing()
         for name, user in users.items():
             if userledger.grant_of_name(name) == grant_id:
                 label = self._label(user, tombstone=False)
@@ -463,11 +586,8 @@ class RabbitMQSession(KeptSession):
         """A user that cannot log in (no password, no permissions) whose label remembers the
         revoke until `until`, so a late or repeated grant is refused until then."""
         stone = userledger.tombstone_label(self.integration, grant_id, until, live)
-        self._call(
-            "PUT",
-            f"/api/users/{quote(stone_name, safe='')}",
-            {"password_hash": "", "tags": self._encode(stone_name, stone)},
-        )
+        text = self._encode(stone_name, stone)
+        self._write(label_calls(self.settings, quote(stone_name, safe=""), text, create=True))
 
     def _connections_left(self, names: list[str]) -> dict[str, int]:
         """Connections of deleted users, waited on (bounded); any still listed after the first
@@ -508,10 +628,19 @@ class RabbitMQSession(KeptSession):
 
     def active_grants(self) -> list[Grant]:
         grants = []
-        for user in self._call("GET", "/api/users").json():
+        users = self._listing()
+        for name, user in users.items():
             label = self._label(user)
-            if label is not None:
-                grants.append(userledger.grant_of(KIND, str(user["name"]), label))
+            if label is None:
+                continue
+            grants.append(userledger.grant_of(KIND, name, label))
+            ending = userledger.tombstone_name("", label.grant_id)
+            if label.state == "tombstone" and name.endswith(ending):
+                # Its grant's user under the same prefix, made again without its label.
+                live_name = userledger.user_name(name.removesuffix(ending), label.grant_id)
+                orphan = self._orphan(users, live_name, label)
+                if orphan is not None:
+                    grants.append(userledger.grant_of(KIND, live_name, orphan))
         return grants
 
     def inventory_records(self) -> Iterator[InventoryRecord]:

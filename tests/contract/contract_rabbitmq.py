@@ -27,6 +27,7 @@ ADMIN = f"a{RUN}admin"
 ADMIN_PASSWORD = f"CANARY-{secrets.token_hex(8)}"
 VHOST = f"c{RUN}"
 QUEUE = f"c{RUN}-q"
+LEDGER = f"c{RUN}-ledger"
 
 
 class RabbitMQTarget:
@@ -97,6 +98,7 @@ class RabbitMQTarget:
         self.reset()
         self.root.delete(f"/api/users/{ADMIN}")
         self.root.delete(f"/api/vhosts/{VHOST}")
+        self.root.delete(f"/api/vhosts/{LEDGER}")
         self.root.close()
 
     def permissions(self) -> dict[str, dict[str, Any]]:
@@ -124,6 +126,7 @@ class RabbitMQTarget:
             "api_url": api,
             "user": ADMIN,
             "user_prefix": PREFIX,
+            "ledger_vhost": LEDGER,
             "amqp_port": AMQP_PORT,
             "terminate_wait_seconds": 3,
             **overrides,
@@ -186,7 +189,12 @@ class RabbitMQTarget:
             if u["name"] not in ours
         ]
         perms = [p for p in self.root.get("/api/permissions").json() if p["user"] not in ours]
-        return sorted(users), sorted(perms, key=lambda p: (p["user"], p["vhost"]))
+        topic = [
+            (p["user"], p["vhost"], p["exchange"])
+            for p in self.root.get("/api/topic-permissions").json()
+            if p["user"] not in ours
+        ]
+        return sorted(users), sorted(perms, key=lambda p: (p["user"], p["vhost"])), sorted(topic)
 
     def make_foreign(self, name: str) -> None:
         self.root.put(
@@ -195,9 +203,16 @@ class RabbitMQTarget:
         self.foreign.add(name)
 
     def forge_label(self, name: str, grant_id: str, integration: str) -> None:
+        """A label without the connector's key, where labels are (the ledger vhost's topic
+        permissions) and where earlier versions wrote them (a tag)."""
         forged = f"jitc1:{integration}:{grant_id}:a:1577836800:allowed:abcdefgh:{'A' * 43}"
         self.root.put(
             f"/api/users/{quote(name, safe='')}", json={"password": "foreign-pw", "tags": forged}
+        ).raise_for_status()
+        self.root.put(f"/api/vhosts/{LEDGER}").raise_for_status()
+        self.root.put(
+            f"/api/topic-permissions/{LEDGER}/{quote(name, safe='')}",
+            json={"exchange": forged, "write": "^$", "read": "^$"},
         ).raise_for_status()
 
     def planned_principal(self, statements: list[str]) -> str:
