@@ -104,6 +104,11 @@ class LabelKey:
         digest = self._hmac(purpose, value.encode())
         return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
+    def salt(self, *parts: str) -> bytes:
+        """Four bytes only this key gives these parts: a password hash's salt that marks the
+        user it was written for as the connector's, whatever its password."""
+        return self._hmac("salt", "\0".join(parts).encode())[:4]
+
     def password(self, *parts: str) -> str:
         """A password that every delivery of one grant computes alike, so a redelivery can hand
         out the credentials again without changing them."""

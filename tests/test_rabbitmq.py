@@ -241,7 +241,7 @@ def test_plan_has_no_side_effects_and_masks_the_password(env: Env) -> None:
     assert watched(env.root) == before
     first, label, password, *rest = outcome.statements
     assert first.startswith(f"PUT /api/users/{PREFIX}")
-    assert '"password_hash": ""' in first and '"tags": ""' in first
+    assert '"password_hash": "********"' in first and '"tags": ""' in first
     assert label.startswith(f"PUT /api/topic-permissions/{LEDGER}/{PREFIX}")
     assert '"exchange": "jitc1:' in label and '"read": "^$"' in label
     assert password.startswith(f"PUT /api/users/{PREFIX}")
@@ -706,42 +706,109 @@ def test_users_labelled_in_their_tags_by_an_earlier_version_are_still_the_connec
     assert revoke.status == "revoked" and revoke.verified and not env.can_login(creds)
 
 
+def _stopped_after_first_write(env: Env) -> RabbitMQSession:
+    """A session whose connection is lost after its first write (a stopped worker)."""
+    integration = env.engine.catalog.integration(INTEGRATION)
+    session = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret(LABEL_KEY)
+    )
+    assert isinstance(session, RabbitMQSession)
+    call = session._call
+    writes: list[str] = []
+
+    def cut(method: str, path: str, *args: Any, **kwargs: Any) -> httpx.Response:
+        if method == "PUT":
+            if writes:
+                raise TargetError("connection lost")
+            writes.append(path)
+        return call(method, path, *args, **kwargs)
+
+    session._call = cut  # type: ignore[method-assign]
+    return session
+
+
 def test_a_user_a_write_left_without_its_label_is_completed_and_a_stranger_s_is_not(
     env: Env,
 ) -> None:
     """RabbitMQ writes a user and its topic permission in two calls: a grant or a revoke
-    stopped between them leaves a user with no password, tags, limits, permissions or label
-    under the name the catalog gives that grant. The next delivery or revoke completes it."""
-    empty = {"password_hash": "", "tags": ""}
-    half = derive_grant_id(INTEGRATION, "half-1")
-    env.root.put(f"/api/users/{PREFIX}{half}", json=empty).raise_for_status()
+    stopped between them leaves a user without a label, marked as ours by its hash's salt (of a
+    password nobody knows). The next delivery or revoke completes it."""
+    gid = derive_grant_id(INTEGRATION, "half-1")
+    spec = GrantSpec(
+        grant_id=gid,
+        request_id="half-1",
+        integration=INTEGRATION,
+        permission_name="read-only",
+        permission=RabbitMQPermission(template="read-only", resources=[VHOST]),
+        resources=(VHOST,),
+        identity=Identity(email="alice@example.com"),
+        expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        request_digest=f"d-{gid}",
+    )
+    stopped = _stopped_after_first_write(env)
+    with pytest.raises(TargetError):
+        stopped.grant(spec)
+    stopped.discard()
+    assert f"{PREFIX}{gid}" in users(env.root) and labels(env.root, f"{PREFIX}{gid}") == []
     outcome = env.engine.execute(env.request(request_id="half-1"))
     assert outcome.status == "granted", outcome
     assert env.can_login(env.credentials(outcome.sealed_credentials))
-    assert len(labels(env.root, f"{PREFIX}{half}")) == 1
-    # A revoke's tombstone left without its label: the grant waits for that revoke's retry,
+    assert len(labels(env.root, f"{PREFIX}{gid}")) == 1
+    # A revoke stopped after its tombstone user: the grant waits for that revoke's retry,
     # which completes the tombstone; a late copy is refused after it.
-    stopped = derive_grant_id(INTEGRATION, "half-2")
-    stone = f"{PREFIX}x-{stopped}"
-    env.root.put(f"/api/users/{stone}", json=empty).raise_for_status()
+    stopped = _stopped_after_first_write(env)
+    gid = derive_grant_id(INTEGRATION, "half-2")
+    with pytest.raises(TargetError):
+        stopped.revoke(gid, datetime.now(UTC) + timedelta(hours=9))
+    stopped.discard()
+    stone = f"{PREFIX}x-{gid}"
+    assert stone in users(env.root) and labels(env.root, stone) == []
     waiting = env.engine.execute(env.request(request_id="half-2"))
-    assert waiting.status == "failed" and f"{PREFIX}{stopped}" not in users(env.root), waiting
+    assert waiting.status == "failed" and f"{PREFIX}{gid}" not in users(env.root), waiting
     revoke = env.engine.execute(env.request("revoke", request_id="half-2"))
     assert revoke.status == "revoked", revoke
     assert len(labels(env.root, stone)) == 1
     late = env.engine.execute(env.request(request_id="half-2"))
     assert late.status == "refused" and late.field == "request_id", late
-    # A passwordless user with anything more (here a permission) is a stranger's: refused.
-    taken = derive_grant_id(INTEGRATION, "half-3")
-    env.root.put(f"/api/users/{PREFIX}{taken}", json=empty).raise_for_status()
-    env.root.put(
-        f"/api/permissions/{VHOST}/{PREFIX}{taken}",
-        json={"configure": "^$", "write": "^$", "read": ".*"},
-    ).raise_for_status()
-    before = users(env.root)[f"{PREFIX}{taken}"]
-    refused = env.engine.execute(env.request(request_id="half-3"))
-    assert refused.status == "refused" and "not created by this connector" in str(refused.message)
-    assert users(env.root)[f"{PREFIX}{taken}"] == before
+    # A stranger's user under the names of a grant, with no password and nothing else: not
+    # marked, so never taken, under either name.
+    empty = {"password_hash": "", "tags": ""}
+    for request_id, name in (("half-3", "{p}{g}"), ("half-4", "{p}x-{g}")):
+        taken = name.format(p=PREFIX, g=derive_grant_id(INTEGRATION, request_id))
+        env.root.put(f"/api/users/{taken}", json=empty).raise_for_status()
+        before = users(env.root)[taken]
+        refused = env.engine.execute(env.request(request_id=request_id))
+        assert refused.status == "refused", refused
+        assert "not created by this connector" in str(refused.message)
+        env.engine.execute(env.request("revoke", request_id=request_id))
+        env.now[0] += timedelta(hours=20)
+        assert env.engine.sweep().ok
+        assert users(env.root)[taken] == before
+
+
+def test_a_ledger_that_lost_its_labels_ends_the_grants_instead_of_forgetting_them(
+    env: Env,
+) -> None:
+    """The ledger vhost deleted, or `ledger_vhost` changed: no label is left, but the users
+    are still marked as ours by their hashes' salt, so the revoke ends its grant and the sweep
+    ends every other one at once, rather than taking them for someone else's."""
+    live = [
+        env.engine.execute(env.request(request_id=f"lost-{i}", duration="2h")) for i in range(4)
+    ]
+    held = env.login(env.credentials(live[0].sealed_credentials))
+    env.root.delete(f"/api/vhosts/{LEDGER}").raise_for_status()
+    assert all(labels(env.root, str(o.principal)) == [] for o in live)
+    revoke = env.engine.execute(env.request("revoke", request_id="lost-3"))
+    assert revoke.status == "revoked" and revoke.verified, revoke
+    assert str(live[3].principal) not in users(env.root)
+    report = env.engine.sweep()
+    assert sorted(report.revoked) == sorted(str(o.grant_id) for o in live[:3]) and report.ok
+    assert not any(str(o.principal) in users(env.root) for o in live)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
+        for _ in range(50):
+            held.process_data_events(time_limit=0.1)
+    for outcome in live:
+        assert not env.can_login(env.credentials(outcome.sealed_credentials))
 
 
 def test_a_second_label_on_a_user_makes_the_grant_start_again(env: Env) -> None:

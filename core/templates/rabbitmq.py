@@ -179,13 +179,21 @@ def tombstone_name(connection: Connection, grant_id: str) -> str:
 Call = tuple[str, str, dict[str, object] | None]
 
 
-def label_calls(connection: Connection, name: str, label: str, create: bool) -> list[Call]:
-    """Write a label: the user first when `create` (no password, no tags: it logs in nowhere
-    until the label is there), then its topic permission in the ledger vhost, which governs
-    nothing there (`^$`)."""
+def label_calls(
+    connection: Connection, name: str, label: str, marked_hash: str | None
+) -> list[Call]:
+    """Write a label: the user first when there is a `marked_hash` (the hash of a password
+    nobody knows, salted with the connector's mark: no tags, no permissions, it logs in
+    nowhere), then its topic permission in the ledger vhost, which governs nothing there
+    (`^$`)."""
     calls: list[Call] = []
-    if create:
-        calls.append(("PUT", f"/api/users/{name}", {"password_hash": "", "tags": ""}))
+    if marked_hash is not None:
+        body: dict[str, object] = {
+            "password_hash": marked_hash,
+            "hashing_algorithm": "rabbit_password_hashing_sha256",
+            "tags": "",
+        }
+        calls.append(("PUT", f"/api/users/{name}", body))
     path = f"/api/topic-permissions/{quote(connection.ledger_vhost, safe='')}/{name}"
     calls.append(("PUT", path, {"exchange": label, "write": "^$", "read": "^$"}))
     return calls
@@ -196,16 +204,16 @@ def grant_calls(
     spec: GrantSpec,
     label: str | None,
     password_hash: str,
-    create: bool = True,
+    marked_hash: str | None,
 ) -> list[Call]:
     """The management API calls of a grant, in order: (method, path, body); `label` None when
-    the user already holds it. Names in paths are percent-encoded here (names are ours: prefix
-    and grant id)."""
+    the user already holds it, `marked_hash` None when the user exists (`label_calls`). Names
+    in paths are percent-encoded here (names are ours: prefix and grant id)."""
     permission = spec.permission
     assert isinstance(permission, Permission)
     name = user_name(connection, spec.grant_id)
     configure, write, read = permission.patterns()
-    calls = [] if label is None else label_calls(connection, name, label, create)
+    calls = [] if label is None else label_calls(connection, name, label, marked_hash)
     calls += [
         (
             "PUT",
@@ -257,7 +265,7 @@ class RabbitMQTemplate:
         label += f"{spec.permission_name}:{spec_digest(spec)}:{MASK}"
         return [
             f"{method} {path} {_show(body)}"
-            for method, path, body in grant_calls(connection, spec, label, MASK)
+            for method, path, body in grant_calls(connection, spec, label, MASK, MASK)
         ]
 
     def open(

@@ -11,7 +11,7 @@ import os
 import secrets
 import time
 from collections.abc import Generator, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -42,12 +42,17 @@ from jitc.templates.rabbitmq import (
 )
 
 KIND = RabbitMQTemplate.kind
+# How long the sweep waits before it takes a user of ours without a label for one nothing will
+# label: a delivery writes its user's label in the call after the user.
+UNLABELLED_WAIT_SECONDS = 2.0
+EPOCH = datetime.fromtimestamp(0, UTC)
 POOL: SessionPool[RabbitMQSession] = SessionPool()
 
 
-def password_hash(password: str) -> str:
-    """RabbitMQ's rabbit_password_hashing_sha256 format: base64(salt + sha256(salt + password))."""
-    salt = os.urandom(4)
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256 format: base64(salt + sha256(salt + password)),
+    the 4-byte salt random unless given."""
+    salt = os.urandom(4) if salt is None else salt
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
@@ -191,8 +196,7 @@ class RabbitMQSession(KeptSession):
     def _user(self, name: str) -> dict[str, Any] | None:
         """The user as the ledger needs it: `ledger`, the exchange names of its topic permissions
         in the ledger vhost (the labels); the user itself is read only when they hold none (a
-        label of an earlier version is a tag; `unfinished`: a user a write stopped before its
-        label)."""
+        label of an earlier version is a tag; the mark of `_unlabelled` is in its hash)."""
         quoted = quote(name, safe="")
         response = self._call("GET", f"/api/users/{quoted}/topic-permissions", missing=True)
         if response.status_code == 404:
@@ -202,54 +206,42 @@ class RabbitMQSession(KeptSession):
         if ledger:
             return {"name": name, "ledger": ledger}
         answer = self._call("GET", f"/api/users/{quoted}", missing=True)
-        if answer.status_code == 404:
-            return None
-        user = dict(answer.json())
-        user["ledger"] = []
-        user["unfinished"] = not rows and self._empty(user)
-        return user
+        return None if answer.status_code == 404 else {**answer.json(), "ledger": []}
 
-    def _empty(self, user: dict[str, Any]) -> bool:
-        """No password, tags, limits or permissions: what a grant or a revoke writes first, under
-        a name the catalog gives its own grant, before the label that makes it ours (RabbitMQ
-        has no call that writes a user and a topic permission at once). It logs in nowhere;
-        the next delivery or revoke under that name completes it."""
-        if user.get("password_hash") or user.get("tags") or user.get("limits"):
+    def _salt(self, name: str) -> bytes:
+        return self.key.salt(KIND, self.integration, name)
+
+    def _hash(self, name: str, password: str | None = None) -> str:
+        """A password hash marked as the connector's for user `name` (`_unlabelled`); of a
+        password nobody knows when none is given."""
+        return password_hash(password or secrets.token_urlsafe(24), self._salt(name))
+
+    def _unlabelled(self, user: dict[str, Any] | None) -> bool:
+        """A user of ours with no label: its password hash carries the salt only the connector's
+        key gives this integration and user name. RabbitMQ has no call that writes a user and a
+        topic permission at once, and writes a user whether it exists or not: a delivery or a
+        revoke stopped between its user and its label leaves one, and a grant's password write
+        that lands after a racing revoke deleted the user makes it again without its label. So
+        does a ledger that lost its labels (its vhost deleted, `ledger_vhost` changed)."""
+        if user is None or user.get("ledger") or self._label(user) is not None:
             return False
-        name = quote(str(user.get("name", "")), safe="")
-        response = self._call("GET", f"/api/users/{name}/permissions", missing=True)
-        return response.status_code == 200 and not response.json()
-
-    def _derived(self, user: dict[str, Any] | None, grant_id: str, digest: str) -> bool:
-        """The user's password is the one only the connector's key derives for this grant and
-        request: a user of ours whose label a race took away (RabbitMQ writes a user whether
-        it exists or not, so a grant's password write after a revoke deleted the user makes it
-        again, without its label)."""
-        if user is None or user.get("hashing_algorithm") != "rabbit_password_hashing_sha256":
+        if user.get("hashing_algorithm") != "rabbit_password_hashing_sha256":
             return False
         try:
             raw = base64.b64decode(str(user.get("password_hash") or ""), validate=True)
         except ValueError:
             return False
-        if len(raw) != 36:  # a 4-byte salt and a SHA-256 digest
-            return False
-        password = self.key.password(KIND, self.integration, grant_id, digest)
-        return hmac.compare_digest(raw[4:], hashlib.sha256(raw[:4] + password.encode()).digest())
+        # A 4-byte salt and a SHA-256 digest.
+        return len(raw) == 36 and hmac.compare_digest(raw[:4], self._salt(str(user["name"])))
 
     def _orphan(
-        self, users: dict[str, dict[str, Any] | None], name: str, stone: CompactLabel | None
+        self, users: dict[str, dict[str, Any] | None], name: str, grant_id: str, until: datetime
     ) -> CompactLabel | None:
-        """The grant's user under `name`, made again without its label after its revoke
-        (`_derived` with the digest its tombstone keeps): live under a tombstone, as a label
-        would say."""
-        user = users.get(name)
-        if stone is None or user is None or user.get("ledger"):
+        """A label for the grant's user under `name` when it is ours and has none (the revoke
+        ends it as if it had)."""
+        if not self._unlabelled(users.get(name)):
             return None
-        if self._label(user, tombstone=False) is not None:
-            return None
-        if not self._derived(user, stone.grant_id, stone.digest):
-            return None
-        return stone._replace(state="active")
+        return CompactLabel(self.integration, grant_id, "active", until, "-", "-" * 8)
 
     def _listing(self) -> dict[str, dict[str, Any] | None]:
         """Every user by name, each with its labels (`_user`'s `ledger`): two reads."""
@@ -311,18 +303,12 @@ class RabbitMQSession(KeptSession):
         name = user_name(self.settings, spec.grant_id)
         existing = self._user(name)
         label = self._label(existing, tombstone=False)
-        # Ours without a label: a delivery stopped before its label, or one whose password
-        # write made the user again after a racing revoke or check deleted it. This delivery
-        # writes it afresh, label first.
-        unlabelled = (
-            existing is not None
-            and label is None
-            and (existing.get("unfinished") or self._derived(existing, spec.grant_id, digest))
-        )
+        # Ours without a label (`_unlabelled`): this delivery writes it afresh, label first.
+        unlabelled = self._unlabelled(existing)
         stone_name = tombstone_name(self.settings, spec.grant_id)
         stone_user = self._user(stone_name)
         stone = self._label(stone_user, tombstone=True)
-        if stone_user is not None and stone_user.get("unfinished"):
+        if self._unlabelled(stone_user):
             raise TargetError(f"a revoke of this grant stopped writing {stone_name}; retry")
         if unlabelled:
             existing = None
@@ -357,8 +343,8 @@ class RabbitMQSession(KeptSession):
             self.settings,
             spec,
             None if held else text,
-            password_hash(password),
-            create=existing is None,
+            self._hash(name, password),
+            None if existing is not None else self._hash(name),
         )
         self._write(calls)
         self._check_after_grant(spec, name, digest)
@@ -466,11 +452,7 @@ class RabbitMQSession(KeptSession):
                 results[grant_id] = self._end_in_place(stone_name, mine, tombstone_until)
                 continue
             held = users.get(stone_name)
-            if stone is None and held is not None and listed:
-                # A listing does not tell an unfinished user: read once more, by name.
-                held = users[stone_name] = self._user(stone_name)
-                stone = self._label(held, tombstone=True)
-            if stone is None and held is not None and held.get("unfinished"):
+            if self._unlabelled(held):
                 # A revoke stopped before its tombstone's label: this one writes it there.
                 held = users[stone_name] = None
             if stone is None and held is not None:
@@ -489,7 +471,8 @@ class RabbitMQSession(KeptSession):
                 )
                 continue
             if live is None:
-                live = self._orphan(users, name, stone)
+                until = stone.expires_at if stone is not None else tombstone_until
+                live = self._orphan(users, name, grant_id, until)
             # No live user under today's name: a revoke before its grant, or a grant made under
             # an earlier prefix. Past today's tombstone (a repeated revoke) only in the sweep:
             # a grant made again under today's name after the prefix changed leaves its first
@@ -587,7 +570,8 @@ class RabbitMQSession(KeptSession):
         revoke until `until`, so a late or repeated grant is refused until then."""
         stone = userledger.tombstone_label(self.integration, grant_id, until, live)
         text = self._encode(stone_name, stone)
-        self._write(label_calls(self.settings, quote(stone_name, safe=""), text, create=True))
+        quoted = quote(stone_name, safe="")
+        self._write(label_calls(self.settings, quoted, text, self._hash(stone_name)))
 
     def _connections_left(self, names: list[str]) -> dict[str, int]:
         """Connections of deleted users, waited on (bounded); any still listed after the first
@@ -627,8 +611,13 @@ class RabbitMQSession(KeptSession):
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
+        """Every labelled user, and every user of ours that has no label (`_unlabelled`): under
+        its grant's tombstone, live there as a label would say (the sweep ends it now); under
+        today's name for a grant without one, as expired (the sweep ends it now), if it still
+        has none a moment later, since a delivery labels its new user within milliseconds."""
         grants = []
         users = self._listing()
+        stoned: set[str] = set()
         for name, user in users.items():
             label = self._label(user)
             if label is None:
@@ -636,11 +625,26 @@ class RabbitMQSession(KeptSession):
             grants.append(userledger.grant_of(KIND, name, label))
             ending = userledger.tombstone_name("", label.grant_id)
             if label.state == "tombstone" and name.endswith(ending):
-                # Its grant's user under the same prefix, made again without its label.
                 live_name = userledger.user_name(name.removesuffix(ending), label.grant_id)
-                orphan = self._orphan(users, live_name, label)
+                orphan = self._orphan(users, live_name, label.grant_id, label.expires_at)
                 if orphan is not None:
                     grants.append(userledger.grant_of(KIND, live_name, orphan))
+                    stoned.add(live_name)
+        waiting = [
+            name
+            for name in users
+            if name not in stoned
+            and (grant_id := userledger.grant_of_name(name)) is not None
+            and name == user_name(self.settings, grant_id)
+            and self._unlabelled(users[name])
+        ]
+        if waiting:
+            time.sleep(UNLABELLED_WAIT_SECONDS)
+        for name in waiting:
+            grant_id = str(userledger.grant_of_name(name))
+            orphan = self._orphan({name: self._user(name)}, name, grant_id, EPOCH)
+            if orphan is not None:
+                grants.append(userledger.grant_of(KIND, name, orphan))
         return grants
 
     def inventory_records(self) -> Iterator[InventoryRecord]:
