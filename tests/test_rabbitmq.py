@@ -790,7 +790,8 @@ def test_a_ledger_that_lost_its_labels_ends_the_grants_instead_of_forgetting_the
     env: Env,
 ) -> None:
     """The ledger vhost deleted, or `ledger_vhost` changed: no label is left, but the users
-    are still marked as ours by their hashes' salt, so the revoke ends its grant and the sweep
+    are still marked as ours by their hashes' salt, so the revoke ends its grant, a copy of a
+    grant is refused and ends it (its expiry is lost: the copy's may be later), and the sweep
     ends every other one at once, rather than taking them for someone else's."""
     live = [
         env.engine.execute(env.request(request_id=f"lost-{i}", duration="2h")) for i in range(4)
@@ -801,8 +802,12 @@ def test_a_ledger_that_lost_its_labels_ends_the_grants_instead_of_forgetting_the
     revoke = env.engine.execute(env.request("revoke", request_id="lost-3"))
     assert revoke.status == "revoked" and revoke.verified, revoke
     assert str(live[3].principal) not in users(env.root)
+    env.now[0] += timedelta(minutes=10)  # a copy signed later asks for a later expiry
+    copy = env.engine.execute(env.request(request_id="lost-2", duration="2h"))
+    assert copy.status == "refused" and copy.field == "request_id", copy
+    assert str(live[2].principal) not in users(env.root)
     report = env.engine.sweep()
-    assert sorted(report.revoked) == sorted(str(o.grant_id) for o in live[:3]) and report.ok
+    assert sorted(report.revoked) == sorted(str(o.grant_id) for o in live[:2]) and report.ok
     assert not any(str(o.principal) in users(env.root) for o in live)
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
         for _ in range(50):

@@ -56,6 +56,17 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+def _hashes(user: dict[str, Any] | None, password: str) -> bool:
+    """The user's stored hash is of `password`."""
+    try:
+        raw = base64.b64decode(str((user or {}).get("password_hash") or ""), validate=True)
+    except ValueError:
+        return False
+    return len(raw) == 36 and hmac.compare_digest(
+        raw[4:], hashlib.sha256(raw[:4] + password.encode()).digest()
+    )
+
+
 class _NoCredential(httpx.Auth):
     """A kept client's auth: it sends nothing until a batch hands it that batch's credential."""
 
@@ -310,6 +321,17 @@ class RabbitMQSession(KeptSession):
         stone = self._label(stone_user, tombstone=True)
         if self._unlabelled(stone_user):
             raise TargetError(f"a revoke of this grant stopped writing {stone_name}; retry")
+        password = self.key.password(KIND, self.integration, spec.grant_id, digest)
+        if unlabelled and stone is None and _hashes(existing, password):
+            # Made before, with this request's password, and its label gone since (the ledger
+            # vhost deleted or changed, a racing delivery): the expiry it had is lost with it,
+            # and this copy's may be later. Ended, not made again.
+            self._call("DELETE", f"/api/users/{quote(name, safe='')}", missing=True)
+            raise Refused(
+                "request_id",
+                "this grant's user had lost its label (and with it its expiry): it was ended "
+                "and is not made again",
+            )
         if unlabelled:
             existing = None
         if stone is not None and (label is not None or unlabelled):
@@ -326,11 +348,8 @@ class RabbitMQSession(KeptSession):
             stone is not None,
             digest,
         )
-        # With a connector label key every delivery computes the same password, so a
-        # redelivery completes the grant and hands out the same credentials. Without one a
-        # redelivery sets a new password (a user has one): `jitc catalog check` warns of that.
-        password = self.key.password(KIND, self.integration, spec.grant_id, digest)
-        password = password or secrets.token_urlsafe(24)
+        # Every delivery computes the same password (above), so a redelivery completes the
+        # grant and hands out the same credentials.
         # A redelivery keeps the first delivery's expiry: one signed later asks for a later one
         # (a duration counts from the signature), which must never lengthen access.
         expires_at = spec.expires_at if label is None else label.expires_at
