@@ -750,6 +750,10 @@ def test_a_user_a_write_left_without_its_label_is_completed_and_a_stranger_s_is_
         stopped.grant(spec)
     stopped.discard()
     assert f"{PREFIX}{gid}" in users(env.root) and labels(env.root, f"{PREFIX}{gid}") == []
+    # It reaches nothing (no permissions, no tags, a password nobody knows): the sweep leaves
+    # it to the delivery's retry, which would be refused after a tombstone.
+    report = env.engine.sweep()
+    assert report.ok and not report.revoked and f"{PREFIX}{gid}" in users(env.root), report
     outcome = env.engine.execute(env.request(request_id="half-1"))
     assert outcome.status == "granted", outcome
     assert env.can_login(env.credentials(outcome.sealed_credentials))
@@ -769,6 +773,16 @@ def test_a_user_a_write_left_without_its_label_is_completed_and_a_stranger_s_is_
     assert revoke.status == "revoked", revoke
     assert len(labels(env.root, stone)) == 1
     late = env.engine.execute(env.request(request_id="half-2"))
+    assert late.status == "refused" and late.field == "request_id", late
+    # A revoke stopped so and never retried: the sweep completes its tombstone.
+    stopped = _stopped_after_first_write(env)
+    gid = derive_grant_id(INTEGRATION, "half-5")
+    with pytest.raises(TargetError):
+        stopped.revoke(gid, datetime.now(UTC) + timedelta(hours=9))
+    stopped.discard()
+    assert env.engine.sweep().ok
+    assert len(labels(env.root, f"{PREFIX}x-{gid}")) == 1
+    late = env.engine.execute(env.request(request_id="half-5"))
     assert late.status == "refused" and late.field == "request_id", late
     # A stranger's user under the names of a grant, with no password and nothing else: not
     # marked, so never taken, under either name.
@@ -854,3 +868,58 @@ def test_the_ledger_vhost_is_made_when_missing_and_never_granted(
     refused = env.engine.execute(env.request(permission="ledger", resources=["led"]))
     assert refused.status == "refused" and refused.field == "resources[0]", refused
     assert watched(env.root) == before
+
+
+def test_a_copy_reading_while_another_copy_writes_never_takes_the_user_for_one_that_lost_its_label(
+    env: Env,
+) -> None:
+    """Two copies of one request at once: the second reads the user's labels before the first
+    writes its label, and the user after the first writes its password. The label is there by
+    then: the second copy reads again rather than end the grant as one whose label was lost."""
+    first = env.engine.execute(env.request(request_id="copies-1"))
+    creds = env.credentials(first.sealed_credentials)
+    integration = env.engine.catalog.integration(INTEGRATION)
+    second = integration.template.open(
+        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret(LABEL_KEY)
+    )
+    assert isinstance(second, RabbitMQSession)
+    read = second._user
+    stale: list[str] = []
+
+    def labels_read_before_the_label(name: str) -> dict[str, Any] | None:
+        found = read(name)
+        if name == first.principal and not stale and found is not None:
+            stale.append(name)
+            record = env.root.get(f"/api/users/{quote(name, safe='')}").json()
+            return {**record, "ledger": []}
+        return found
+
+    second._user = labels_read_before_the_label  # type: ignore[method-assign]
+    now = env.now[0]
+    spec = env.engine.catalog.check_grant(env.request(request_id="copies-1"), now, now)
+    try:
+        again = second.grant(spec)
+    finally:
+        second.discard()
+    assert stale and again.reissued, again
+    assert {k: v for k, v in (again.credentials or {}).items() if k != "expires_at"} == {
+        k: v for k, v in creds.items() if k != "expires_at"
+    }
+    assert env.can_login(creds)
+
+
+def test_an_unreachable_api_s_error_keeps_no_request_and_so_no_admin_credential() -> None:
+    """httpx's exception holds the request, whose headers hold the admin credential: an error
+    reporter that walks `__context__` must not find it."""
+    doc = catalog_doc()
+    doc["integrations"][INTEGRATION]["connection"]["api_url"] = "http://127.0.0.1:1"
+    integration = parse_catalog(doc).integration(INTEGRATION)
+    with pytest.raises(TargetError) as raised:
+        RabbitMQSession(
+            INTEGRATION,
+            integration.connection,
+            Secret(ADMIN_PASSWORD),
+            LabelKey.from_secret(LABEL_KEY),  # type: ignore[arg-type]
+        )
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
+    assert "unreachable: ConnectError" in str(raised.value)

@@ -46,6 +46,7 @@ KIND = RabbitMQTemplate.kind
 # label: a delivery writes its user's label in the call after the user.
 UNLABELLED_WAIT_SECONDS = 2.0
 EPOCH = datetime.fromtimestamp(0, UTC)
+ORPHAN_DIGEST = "-" * 8  # as a tombstone of no live grant has (`userledger.tombstone_label`)
 POOL: SessionPool[RabbitMQSession] = SessionPool()
 
 
@@ -170,23 +171,24 @@ class RabbitMQSession(KeptSession):
         """One API call; a 404 is an answer when `missing` is allowed, and so is any status in
         `accept`. Error texts carry the method, path and status, never a request body (it may
         hold a password hash)."""
-        for attempt in (1, 2):
+        # The error is raised outside the `except`: httpx's exception holds the request, whose
+        # headers hold the admin credential, and it would stay reachable as `__context__`.
+        failure = ""
+        response = None
+        for _ in (1, 2):
             try:
                 response = self.client.request(method, path, json=body)
                 break
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                 # The broker closed a kept-alive connection (idle, or after an error answer).
                 # Every call here is idempotent (GET, PUT, DELETE), so it is sent once more.
-                if attempt == 2:
-                    self._failed = True
-                    raise TargetError(
-                        f"RabbitMQ API {self.settings.api_url} closed the connection"
-                    ) from None
+                failure = "closed the connection"
             except httpx.HTTPError as exc:
-                self._failed = True
-                raise TargetError(
-                    f"RabbitMQ API {self.settings.api_url} unreachable: {type(exc).__name__}"
-                ) from None
+                failure = f"unreachable: {type(exc).__name__}"
+                break
+        if response is None:
+            self._failed = True
+            raise TargetError(f"RabbitMQ API {self.settings.api_url} {failure}")
         if (response.status_code == 404 and missing) or response.status_code in accept:
             return response
         if response.status_code == 401:
@@ -252,7 +254,7 @@ class RabbitMQSession(KeptSession):
         ends it as if it had)."""
         if not self._unlabelled(users.get(name)):
             return None
-        return CompactLabel(self.integration, grant_id, "active", until, "-", "-" * 8)
+        return CompactLabel(self.integration, grant_id, "active", until, "-", ORPHAN_DIGEST)
 
     def _listing(self) -> dict[str, dict[str, Any] | None]:
         """Every user by name, each with its labels (`_user`'s `ledger`): two reads."""
@@ -322,6 +324,12 @@ class RabbitMQSession(KeptSession):
         if self._unlabelled(stone_user):
             raise TargetError(f"a revoke of this grant stopped writing {stone_name}; retry")
         password = self.key.password(KIND, self.integration, spec.grant_id, digest)
+        if unlabelled and stone is None and _hashes(existing, password):
+            # A copy of this request running now writes its label before its password: read
+            # after its password, the label is there (`_user` read the labels first).
+            existing = self._user(name)
+            label = self._label(existing, tombstone=False)
+            unlabelled = self._unlabelled(existing)
         if unlabelled and stone is None and _hashes(existing, password):
             # Made before, with this request's password, and its label gone since (the ledger
             # vhost deleted or changed, a racing delivery): the expiry it had is lost with it,
@@ -534,7 +542,8 @@ class RabbitMQSession(KeptSession):
             results[grant_id] = RevokeResult(
                 found=True,
                 principal=name,
-                expires_at=live.expires_at,
+                # An unlabelled user's expiry is not known (`_orphan`).
+                expires_at=None if live.digest == ORPHAN_DIGEST else live.expires_at,
                 residual=residual,
                 verified=not residual,
             )
@@ -630,10 +639,14 @@ class RabbitMQSession(KeptSession):
     # -- sweep and inventory ---------------------------------------------------------------
 
     def active_grants(self) -> list[Grant]:
-        """Every labelled user, and every user of ours that has no label (`_unlabelled`): under
+        """Every labelled user, and every user of ours without a label (`_unlabelled`): under
         its grant's tombstone, live there as a label would say (the sweep ends it now); under
-        today's name for a grant without one, as expired (the sweep ends it now), if it still
-        has none a moment later, since a delivery labels its new user within milliseconds."""
+        today's name of a grant without one, as expired if it can reach anything (permissions
+        or tags: a user made again by a password write after a revoke); and a tombstone a revoke
+        left without its label, as an expired grant, whose revoke completes it. Those two only
+        if still so a moment later: a delivery or a revoke labels its new user within
+        milliseconds, and a user without permissions or tags reaches nothing and is the retry's
+        to finish."""
         grants = []
         users = self._listing()
         stoned: set[str] = set()
@@ -649,22 +662,38 @@ class RabbitMQSession(KeptSession):
                 if orphan is not None:
                     grants.append(userledger.grant_of(KIND, live_name, orphan))
                     stoned.add(live_name)
-        waiting = [
-            name
-            for name in users
-            if name not in stoned
-            and (grant_id := userledger.grant_of_name(name)) is not None
-            and name == user_name(self.settings, grant_id)
-            and self._unlabelled(users[name])
-        ]
-        if waiting:
-            time.sleep(UNLABELLED_WAIT_SECONDS)
-        for name in waiting:
+        waiting = self._unfinished(users, stoned)
+        if not waiting:
+            return grants
+        time.sleep(UNLABELLED_WAIT_SECONDS)
+        users = self._listing()
+        reaching = {str(row["user"]) for row in self._call("GET", "/api/permissions").json()}
+        for name in self._unfinished(users, stoned) & waiting:
             grant_id = str(userledger.grant_of_name(name))
-            orphan = self._orphan({name: self._user(name)}, name, grant_id, EPOCH)
-            if orphan is not None:
-                grants.append(userledger.grant_of(KIND, name, orphan))
+            live_name = user_name(self.settings, grant_id)
+            user = users[name] or {}
+            if name == live_name and name not in reaching and not user.get("tags"):
+                continue
+            expired = CompactLabel(self.integration, grant_id, "active", EPOCH, "-", ORPHAN_DIGEST)
+            grants.append(userledger.grant_of(KIND, live_name, expired))
         return grants
+
+    def _unfinished(self, users: dict[str, dict[str, Any] | None], stoned: set[str]) -> set[str]:
+        """Today's user and tombstone names of grants, held by users of ours without a label
+        (those under a tombstone, `stoned`, aside)."""
+        found = set()
+        for name, user in users.items():
+            grant_id = userledger.grant_of_name(name)
+            if grant_id is None or name in stoned:
+                continue
+            if name not in (
+                user_name(self.settings, grant_id),
+                tombstone_name(self.settings, grant_id),
+            ):
+                continue
+            if self._unlabelled(user):
+                found.add(name)
+        return found
 
     def inventory_records(self) -> Iterator[InventoryRecord]:
         """Users and virtual hosts by name: the user list also carries password hashes and
