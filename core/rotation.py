@@ -284,10 +284,15 @@ class RabbitMQRotator:
     ) -> Any:
         import httpx
 
+        # Raised outside the `except`: httpx's exception holds the request (the admin
+        # credential in its headers, the new password in its body) as `__context__` would.
+        failure = ""
         try:
             response = client.request(method, path, json=body)
         except httpx.HTTPError as exc:
-            raise TargetError(f"RabbitMQ API unreachable: {type(exc).__name__}") from None
+            failure = type(exc).__name__
+        if failure:
+            raise TargetError(f"RabbitMQ API unreachable: {failure}")
         if response.status_code == 401:
             raise AuthenticationFailed(f"{integration.name}: the admin credential was refused")
         if response.status_code >= 300:  # no body in the text: a request's holds a hash

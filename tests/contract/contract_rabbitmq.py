@@ -175,24 +175,27 @@ class RabbitMQTarget:
         """The users this run did not make through the connector: `guest`, the admin and the
         foreign ones (which carry our prefix), with their permissions. Other runs' users come
         and go on a shared broker; they are not this test's business."""
+        listed = self.root.get("/api/users").json()
         mine = {"guest", ADMIN} | {n for n in self._ours() if n.startswith(PREFIX)}
         ours = (set(self._ours()) - self.foreign) | {
-            str(u["name"]) for u in self.root.get("/api/users").json() if u["name"] not in mine
+            str(u["name"]) for u in listed if u["name"] not in mine
         }
+        kept = {str(u["name"]) for u in listed} - ours
         users = [
             (
                 u["name"],
                 u["password_hash"],
                 sorted(u["tags"] if isinstance(u["tags"], list) else [u["tags"]]),
             )
-            for u in self.root.get("/api/users").json()
-            if u["name"] not in ours
+            for u in listed
+            if u["name"] in kept
         ]
-        perms = [p for p in self.root.get("/api/permissions").json() if p["user"] not in ours]
+        # Only users of the listing above: another run's, made meanwhile, are not in it.
+        perms = [p for p in self.root.get("/api/permissions").json() if p["user"] in kept]
         topic = [
             (p["user"], p["vhost"], p["exchange"])
             for p in self.root.get("/api/topic-permissions").json()
-            if p["user"] not in ours
+            if p["user"] in kept
         ]
         return sorted(users), sorted(perms, key=lambda p: (p["user"], p["vhost"])), sorted(topic)
 
