@@ -706,13 +706,19 @@ def test_users_labelled_in_their_tags_by_an_earlier_version_are_still_the_connec
     assert revoke.status == "revoked" and revoke.verified and not env.can_login(creds)
 
 
-def _stopped_after_first_write(env: Env) -> RabbitMQSession:
-    """A session whose connection is lost after its first write (a stopped worker)."""
+def _session(env: Env) -> RabbitMQSession:
+    """A session of the env's integration, as the engine opens one."""
     integration = env.engine.catalog.integration(INTEGRATION)
     session = integration.template.open(
         INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret(LABEL_KEY)
     )
     assert isinstance(session, RabbitMQSession)
+    return session
+
+
+def _stopped_after_first_write(env: Env) -> RabbitMQSession:
+    """A session whose connection is lost after its first write (a stopped worker)."""
+    session = _session(env)
     call = session._call
     writes: list[str] = []
 
@@ -734,17 +740,7 @@ def test_a_user_a_write_left_without_its_label_is_completed_and_a_stranger_s_is_
     stopped between them leaves a user without a label, marked as ours by its hash's salt (of a
     password nobody knows). The next delivery or revoke completes it."""
     gid = derive_grant_id(INTEGRATION, "half-1")
-    spec = GrantSpec(
-        grant_id=gid,
-        request_id="half-1",
-        integration=INTEGRATION,
-        permission_name="read-only",
-        permission=RabbitMQPermission(template="read-only", resources=[VHOST]),
-        resources=(VHOST,),
-        identity=Identity(email="alice@example.com"),
-        expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        request_digest=f"d-{gid}",
-    )
+    spec = env.engine.catalog.check_grant(env.request(request_id="half-1"), env.now[0], env.now[0])
     stopped = _stopped_after_first_write(env)
     with pytest.raises(TargetError):
         stopped.grant(spec)
@@ -878,11 +874,7 @@ def test_a_copy_reading_while_another_copy_writes_never_takes_the_user_for_one_t
     then: the second copy reads again rather than end the grant as one whose label was lost."""
     first = env.engine.execute(env.request(request_id="copies-1"))
     creds = env.credentials(first.sealed_credentials)
-    integration = env.engine.catalog.integration(INTEGRATION)
-    second = integration.template.open(
-        INTEGRATION, integration.connection, Secret(ADMIN_PASSWORD), LabelKey.from_secret(LABEL_KEY)
-    )
-    assert isinstance(second, RabbitMQSession)
+    second = _session(env)
     read = second._user
     stale: list[str] = []
 
