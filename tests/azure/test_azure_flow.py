@@ -23,7 +23,9 @@ from jitc.models import derive_grant_id
 from jitc.sealing import unseal
 from jitc.signing import signing_keypair
 
-PG = "azpg"
+# Per run: grant ids derive from the integration and the request id, and another run's live
+# grants on the same server would otherwise be this run's to sweep, and its tombstones refuse ours.
+PG = f"azpg{azharness.RUN}"
 LABEL_KEY = "label-key-" + "k" * 24
 
 

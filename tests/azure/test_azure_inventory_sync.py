@@ -26,7 +26,7 @@ from inventory_cp import ControlPlane, serving
 from jitc.azure.sync_state import BLOB
 from jitc.signing import signing_keypair
 
-PG = "azsync"
+PG = f"azsync{azharness.RUN}"  # per run, as in test_azure_flow
 DEAD = "azsyncdead"
 CONTAINER = "jitc-inventory-state"  # the module's azurerm_storage_container.sync
 ROW = f"row-data-{azharness.RUN}-never-sent"
