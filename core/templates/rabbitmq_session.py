@@ -57,14 +57,22 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+def _stored(user: dict[str, Any] | None) -> tuple[bytes, bytes] | None:
+    """The user's stored hash as (4-byte salt, SHA-256 digest), if it is one of that scheme."""
+    if user is None or user.get("hashing_algorithm") != "rabbit_password_hashing_sha256":
+        return None
+    try:
+        raw = base64.b64decode(str(user.get("password_hash") or ""), validate=True)
+    except ValueError:
+        return None
+    return (raw[:4], raw[4:]) if len(raw) == 36 else None
+
+
 def _hashes(user: dict[str, Any] | None, password: str) -> bool:
     """The user's stored hash is of `password`."""
-    try:
-        raw = base64.b64decode(str((user or {}).get("password_hash") or ""), validate=True)
-    except ValueError:
-        return False
-    return len(raw) == 36 and hmac.compare_digest(
-        raw[4:], hashlib.sha256(raw[:4] + password.encode()).digest()
+    stored = _stored(user)
+    return stored is not None and hmac.compare_digest(
+        stored[1], hashlib.sha256(stored[0] + password.encode()).digest()
     )
 
 
@@ -238,14 +246,8 @@ class RabbitMQSession(KeptSession):
         does a ledger that lost its labels (its vhost deleted, `ledger_vhost` changed)."""
         if user is None or user.get("ledger") or self._label(user) is not None:
             return False
-        if user.get("hashing_algorithm") != "rabbit_password_hashing_sha256":
-            return False
-        try:
-            raw = base64.b64decode(str(user.get("password_hash") or ""), validate=True)
-        except ValueError:
-            return False
-        # A 4-byte salt and a SHA-256 digest.
-        return len(raw) == 36 and hmac.compare_digest(raw[:4], self._salt(str(user["name"])))
+        stored = _stored(user)
+        return stored is not None and hmac.compare_digest(stored[0], self._salt(str(user["name"])))
 
     def _orphan(
         self, users: dict[str, dict[str, Any] | None], name: str, grant_id: str, until: datetime
